@@ -1,0 +1,60 @@
+"""System checks for configuration that can be wrong (``manage.py check``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+@register()
+def check_storage(app_configs: Any, **kwargs: Any) -> list[Any]:
+    errors = []
+    for name in ("PACS_FACILITY_TIER_DIR", "PACS_INCOMING_DIR"):
+        path = Path(getattr(settings, name))
+        if not _writable_dir(path):
+            errors.append(Error(f"{name}={path} is not a writable folder.", id="archive.E001"))
+    try:
+        if os.stat(settings.PACS_FACILITY_TIER_DIR).st_dev != os.stat(settings.PACS_INCOMING_DIR).st_dev:
+            errors.append(
+                Warning(
+                    "PACS_INCOMING_DIR and PACS_FACILITY_TIER_DIR are on different filesystems: "
+                    "every received file is copied instead of renamed.",
+                    id="archive.W001",
+                )
+            )
+    except OSError:
+        pass
+    return errors
+
+
+@register()
+def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
+    errors = []
+    if not 1 <= settings.PACS_DICOM_PORT <= 65535:
+        errors.append(Error(f"PACS_DICOM_PORT={settings.PACS_DICOM_PORT} is not a TCP port.", id="archive.E002"))
+    if settings.PACS_DICOM_MAX_PDU < 4096:
+        errors.append(Error("PACS_DICOM_MAX_PDU must be at least 4096 bytes.", id="archive.E003"))
+    if settings.PACS_DICOM_PDU_READ_LIMIT < settings.PACS_DICOM_MAX_PDU + 6:
+        errors.append(
+            Error("PACS_DICOM_PDU_READ_LIMIT must exceed PACS_DICOM_MAX_PDU (plus the 6-byte PDU header).", id="archive.E004")
+        )
+    if settings.PACS_DICOM_ACCEPT_UNKNOWN_AE and not settings.DEBUG:
+        errors.append(
+            Warning(
+                "PACS_DICOM_ACCEPT_UNKNOWN_AE is on: any DICOM peer may store images. Use it only for the demo.",
+                id="archive.W002",
+            )
+        )
+    return errors

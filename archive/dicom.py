@@ -1,0 +1,405 @@
+"""DICOM parsing for the archive, with no ORM: headers, UID checks, completeness.
+
+Everything that reads a DICOM file for indexing goes through :func:`read_part10`,
+which refuses what the archive must not store: a file whose elements run past
+its end (truncated), one without the identifying UIDs, a UID that is not a UID
+(a ``../`` in it would otherwise reach a path), a SOP class that is not a
+storage class, a dataset whose SOP class or instance disagrees with its file
+meta (or with the C-STORE request that carried it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import mmap
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+logger = logging.getLogger(__name__)
+
+# The transfer syntaxes the listener accepts. Images are stored as received:
+# the archive never transcodes on ingest.
+ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+# PS3.5 9.1: a UID is dot-separated numeric components, no leading zero, at most 64 characters.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+# PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+
+
+class DicomRejected(Exception):
+    """A file or dataset the archive refuses to store, with the reason.
+
+    ``kind`` says which DIMSE failure fits: ``"invalid"`` (cannot understand),
+    ``"sop_class_mismatch"`` (data set does not match SOP class),
+    ``"not_storage"`` (SOP class not supported).
+    """
+
+    def __init__(self, reason: str, *, kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+def is_valid_uid(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+def is_storage_sop_class(uid: str) -> bool:
+    """True for every storage SOP class pynetdicom knows (composite and non-patient)."""
+    from pynetdicom.sop_class import uid_to_service_class
+    from pynetdicom.service_class import NonPatientObjectStorageServiceClass, StorageServiceClass
+
+    return uid_to_service_class(uid) in (StorageServiceClass, NonPatientObjectStorageServiceClass)
+
+
+# (model field, DICOM keyword, maximum length kept in the index). The file keeps
+# the full value; the index keeps what query/retrieve and the pages need.
+PATIENT_FIELDS = [
+    ("patient_name", "PatientName", 256),
+    ("dicom_patient_id", "PatientID", 64),
+    ("issuer_of_patient_id", "IssuerOfPatientID", 64),
+    ("patient_sex", "PatientSex", 16),
+]
+STUDY_FIELDS = [
+    ("accession_number", "AccessionNumber", 16),
+    ("study_id", "StudyID", 16),
+    ("study_description", "StudyDescription", 64),
+    ("referring_physician_name", "ReferringPhysicianName", 256),
+    ("study_time", "StudyTime", 16),
+]
+SERIES_FIELDS = [
+    ("modality", "Modality", 16),
+    ("series_description", "SeriesDescription", 64),
+    ("body_part_examined", "BodyPartExamined", 16),
+]
+INSTANCE_INT_FIELDS = [
+    ("instance_number", "InstanceNumber"),
+    ("rows", "Rows"),
+    ("columns", "Columns"),
+    ("number_of_frames", "NumberOfFrames"),
+]
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the index needs of one instance, already checked."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    instance: dict[str, Any] = field(default_factory=dict)
+
+
+def _text(ds: Any, keyword: str, max_len: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if not isinstance(value, str) and hasattr(value, "__iter__") and not hasattr(value, "family_name"):
+        value = "\\".join(str(v) for v in value)
+    text = str(value).replace("\x00", "").strip()
+    return text[:max_len]
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        if not isinstance(value, (int, str, float)) and hasattr(value, "__iter__"):
+            value = next(iter(value))
+        return int(value)
+    except (TypeError, ValueError, StopIteration):
+        return None
+
+
+def parse_da(value: object) -> dt.date | None:
+    """A DICOM DA (``YYYYMMDD``; ``YYYY.MM.DD`` from old ACR-NEMA files) as a date, or None."""
+    text = str(value or "").strip().replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _uid(ds: Any, keyword: str, *, where: str = "data set") -> str:
+    value = ds.get(keyword)
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    if not text:
+        raise DicomRejected(f"{keyword} is missing from the {where}")
+    if not is_valid_uid(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise DicomRejected(f"{keyword} {shown!r} is not a valid DICOM UID")
+    return text
+
+
+def read_part10(
+    fp: BinaryIO,
+    buf: Buffer,
+    *,
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> Header:
+    """Check a DICOM Part 10 file and read the header fields the index needs.
+
+    Parameters
+    ----------
+    fp : file object
+        The file, positioned anywhere; its header is read from the start.
+    buf : bytes-like
+        The whole file (an ``mmap`` for files on disk), walked without copying.
+    expected_sop_class_uid, expected_sop_instance_uid : str, optional
+        The Affected SOP Class/Instance UID of the C-STORE request that carried
+        the data set, which the data set must agree with.
+
+    Raises
+    ------
+    DicomRejected
+        With the reason, for anything the archive must not store.
+    """
+    if len(buf) == 0:
+        raise DicomRejected("the file is empty")
+    fp.seek(0)
+    try:
+        ds = dcmread(fp, stop_before_pixels=True, defer_size="64 KB")
+    except InvalidDicomError as exc:
+        raise DicomRejected(f"not a DICOM Part 10 file: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on garbage input
+        raise DicomRejected(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
+    meta = ds.file_meta
+    ts = _uid(meta, "TransferSyntaxUID", where="file meta information")
+    check_complete(buf, _body_offset(buf), ts)
+    if len(ds) == 0:
+        raise DicomRejected("the data set is empty")
+
+    try:
+        sop_class = _uid(ds, "SOPClassUID")
+        sop_instance = _uid(ds, "SOPInstanceUID")
+        study_uid = _uid(ds, "StudyInstanceUID")
+        series_uid = _uid(ds, "SeriesInstanceUID")
+    except DicomRejected:
+        raise
+    except Exception as exc:  # a deferred value that does not decode
+        raise DicomRejected(f"unreadable identifying attribute: {type(exc).__name__}: {exc}") from None
+
+    meta_class = str(meta.get("MediaStorageSOPClassUID", "") or "").rstrip("\x00")
+    meta_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").rstrip("\x00")
+    if meta_class and meta_class != sop_class:
+        raise DicomRejected(
+            f"SOPClassUID {sop_class} differs from the file meta's MediaStorageSOPClassUID {meta_class}",
+            kind="sop_class_mismatch",
+        )
+    if meta_instance and meta_instance != sop_instance:
+        raise DicomRejected(
+            f"SOPInstanceUID {sop_instance} differs from the file meta's MediaStorageSOPInstanceUID {meta_instance}"
+        )
+    if expected_sop_class_uid is not None and expected_sop_class_uid != sop_class:
+        raise DicomRejected(
+            f"the data set's SOPClassUID {sop_class} differs from the request's {expected_sop_class_uid}",
+            kind="sop_class_mismatch",
+        )
+    if expected_sop_instance_uid is not None and expected_sop_instance_uid != sop_instance:
+        raise DicomRejected(
+            f"the data set's SOPInstanceUID {sop_instance} differs from the request's {expected_sop_instance_uid}"
+        )
+    if not is_storage_sop_class(sop_class):
+        name = UID(sop_class).name
+        raise DicomRejected(f"SOP class {sop_class} ({name}) is not a storage SOP class", kind="not_storage")
+
+    try:
+        patient = {name: _text(ds, kw, n) for name, kw, n in PATIENT_FIELDS}
+        patient["patient_birth_date"] = parse_da(ds.get("PatientBirthDate"))
+        study = {name: _text(ds, kw, n) for name, kw, n in STUDY_FIELDS}
+        study["study_date"] = parse_da(ds.get("StudyDate"))
+        series = {name: _text(ds, kw, n) for name, kw, n in SERIES_FIELDS}
+        series["series_number"] = _int(ds, "SeriesNumber")
+        instance = {name: _int(ds, kw) for name, kw in INSTANCE_INT_FIELDS}
+    except Exception as exc:
+        raise DicomRejected(f"unreadable attribute: {type(exc).__name__}: {exc}") from None
+    return Header(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        transfer_syntax_uid=ts,
+        patient=patient,
+        study=study,
+        series=series,
+        instance=instance,
+    )
+
+
+def _body_offset(buf: Buffer) -> int:
+    """Where the data set starts: after the preamble, the prefix and the file meta group."""
+    view = memoryview(buf)
+    if len(view) < 132 or bytes(view[128:132]) != b"DICM":
+        raise DicomRejected("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
+    pos = 132
+    # File meta is always explicit VR little endian (PS3.10 7.1); walk group 0002.
+    while pos + 8 <= len(view):
+        group, _elem = struct.unpack_from("<HH", view, pos)
+        if group != 0x0002:
+            return pos
+        if bytes(view[pos + 4 : pos + 6]) in _LONG_VRS:
+            if pos + 12 > len(view):
+                raise DicomRejected("the file meta information is truncated")
+            (length,) = struct.unpack_from("<L", view, pos + 8)
+            pos += 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", view, pos + 6)
+            pos += 8 + length
+    if pos > len(view):
+        raise DicomRejected("the file meta information is truncated")
+    return pos
+
+
+def check_complete(buf: Buffer, offset: int, transfer_syntax: str) -> None:
+    """Walk every element of the data set and fail unless the last one ends at the end of the file.
+
+    pydicom reads lazily and forgives a file cut short inside its pixel data;
+    the archive must not acknowledge such a file, so the structure is walked
+    here without reading any value.
+    """
+    view = memoryview(buf)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(view[offset:]) + inflater.flush()
+        except zlib.error as exc:
+            raise DicomRejected(f"the deflated data set is corrupt: {exc}") from None
+        if not inflater.eof:
+            raise DicomRejected("the deflated data set is truncated")
+        _walk(memoryview(body), 0, len(body), explicit=True, little=True, top=True)
+        return
+    explicit = transfer_syntax != ImplicitVRLittleEndian
+    little = transfer_syntax != ExplicitVRBigEndian
+    _walk(view, offset, len(view), explicit=explicit, little=little, top=True)
+
+
+def _walk(buf: memoryview, pos: int, end: int, *, explicit: bool, little: bool, top: bool = False) -> int:
+    """Walk elements from ``pos``; return where the walk stopped (``end``, or after an item delimiter)."""
+    e = "<" if little else ">"
+    tag_fmt = struct.Struct(e + "HH")
+    u16 = struct.Struct(e + "H")
+    u32 = struct.Struct(e + "L")
+    while pos < end:
+        if pos + 8 > end:
+            raise DicomRejected(f"the data set is truncated: {end - pos} stray bytes at offset {pos}")
+        group, elem = tag_fmt.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        if tag == _ITEM_END and not top:
+            return pos + 8
+        if group == 0xFFFE:
+            # A delimiter or item where an element should be.
+            raise DicomRejected(f"unexpected item tag ({group:04X},{elem:04X}) at offset {pos}")
+        vr = b""
+        if explicit:
+            vr = bytes(buf[pos + 4 : pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise DicomRejected(f"the data set is truncated inside element ({group:04X},{elem:04X})")
+                (length,) = u32.unpack_from(buf, pos + 8)
+                pos += 12
+            else:
+                (length,) = u16.unpack_from(buf, pos + 6)
+                pos += 8
+        else:
+            (length,) = u32.unpack_from(buf, pos + 4)
+            pos += 8
+        if length == _UNDEFINED:
+            # SQ, encapsulated pixel data, or UN of undefined length (whose
+            # content is implicit VR little endian, PS3.5 6.2.2).
+            nested_explicit = explicit and vr != b"UN"
+            nested_little = little if vr != b"UN" else True
+            pos = _walk_items(buf, pos, end, explicit=nested_explicit, little=nested_little, tag=tag)
+        else:
+            pos += length
+            if pos > end:
+                raise DicomRejected(
+                    f"the data set is truncated: element ({group:04X},{elem:04X}) needs "
+                    f"{pos - end} more bytes than the file holds"
+                )
+    if not top:
+        raise DicomRejected("the data set is truncated inside a sequence item")
+    return pos
+
+
+def _walk_items(buf: memoryview, pos: int, end: int, *, explicit: bool, little: bool, tag: int) -> int:
+    u32 = struct.Struct(("<" if little else ">") + "L")
+    tag_fmt = struct.Struct(("<" if little else ">") + "HH")
+    while True:
+        if pos + 8 > end:
+            raise DicomRejected(f"the data set is truncated inside the sequence ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        group, elem = tag_fmt.unpack_from(buf, pos)
+        item_tag = (group << 16) | elem
+        (length,) = u32.unpack_from(buf, pos + 4)
+        pos += 8
+        if item_tag == _SEQ_END:
+            return pos
+        if item_tag != _ITEM:
+            raise DicomRejected(f"unexpected tag ({group:04X},{elem:04X}) inside a sequence at offset {pos - 8}")
+        if length == _UNDEFINED:
+            pos = _walk(buf, pos, end, explicit=explicit, little=little)
+        else:
+            pos += length
+            if pos > end:
+                raise DicomRejected(
+                    f"the data set is truncated inside the sequence ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                )
+
+
+def read_dataset(path: Path) -> Any:
+    """The full header of a stored file, without pixel data, for display."""
+    return dcmread(path, stop_before_pixels=True, defer_size="16 KB")

@@ -1,0 +1,416 @@
+"""The DICOM listener: pynetdicom handlers and the association server around them.
+
+Handlers only translate: a C-STORE's received file goes to
+:func:`archive.ingest.instance_ingest`, its outcome becomes a DIMSE status.
+Around them sit three guards pynetdicom 3.0.4 does not provide:
+
+* who may associate is decided per facility, from ``RemoteNode`` rows read
+  at association time (so a node added in the admin works at once);
+* a PDU whose declared length exceeds ``PACS_DICOM_PDU_READ_LIMIT`` cuts the
+  connection before a byte of it is buffered (pynetdicom would otherwise
+  buffer whatever a peer declares, up to 4 GiB);
+* received data sets are written to this process's incoming folder as they
+  arrive (memory does not grow with an object's size), then linked into the
+  tier by ingestion.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from . import storage
+from .audit import audit_record
+from .dicom import ACCEPTED_TRANSFER_SYNTAXES
+from .ingest import CONFLICT, IngestError, instance_ingest
+from .models import AuditEvent, Facility, RemoteNode
+
+logger = logging.getLogger(__name__)
+
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2).
+SUCCESS = 0x0000
+WARNING_CONFLICT = 0xB000
+OUT_OF_RESOURCES = 0xA700
+SOP_CLASS_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+NOT_AUTHORIZED = 0x0124
+
+_FAILURE_STATUS = {
+    "invalid": CANNOT_UNDERSTAND,
+    "sop_class_mismatch": SOP_CLASS_MISMATCH,
+    "not_storage": SOP_CLASS_NOT_SUPPORTED,
+    "out_of_resources": OUT_OF_RESOURCES,
+    "processing": PROCESSING_FAILURE,
+}
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        # ErrorComment is LO: 64 characters at most.
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+# --- who may associate -------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """What the listener knows about the peer of one association."""
+
+    facility: Facility
+    node: RemoteNode | None  # None: an unknown AE let in by PACS_DICOM_ACCEPT_UNKNOWN_AE
+    calling_ae: str
+    address: str
+    studies: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+    failures: list[str] = field(default_factory=list)
+    failed: int = 0
+    busy: bool = False
+
+
+def decide_association(
+    *,
+    calling_ae: str,
+    called_ae: str,
+    address: str,
+    facility_code: str | None,
+    listener_ae: str | None,
+    accept_unknown: bool,
+) -> tuple[Peer | None, tuple[int, int, int] | None, str]:
+    """Accept (a Peer) or reject (an A-ASSOCIATE-RJ reason) an association request.
+
+    A listener bound to one facility answers to ``listener_ae`` (default: the
+    facility's AE title); an unbound one serves every facility under its own.
+    """
+    calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
+    if facility_code:
+        facility = Facility.objects.filter(code=facility_code).first()
+        if facility is not None and called_ae != (listener_ae or facility.ae_title):
+            facility = None
+    else:
+        facility = Facility.objects.filter(ae_title=called_ae).first()
+    if facility is None:
+        return None, REJECT_CALLED_AE, f"called AE title {called_ae!r} is not served here"
+    node = RemoteNode.objects.filter(facility=facility, ae_title=calling_ae).first()
+    if node is None or not node.may_associate():
+        if not accept_unknown:
+            why = "is not a registered DICOM node" if node is None else "has no rights"
+            return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} {why} of {facility.code}"
+        node = None
+    return Peer(facility=facility, node=node, calling_ae=calling_ae, address=address), None, ""
+
+
+class PacsACSE(ACSE):
+    def _negotiate_as_acceptor(self) -> None:
+        assoc = self.assoc
+        rq = self.requestor.primitive
+        server: PacsServer = assoc._server  # type: ignore[assignment]
+        address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        close_old_connections()
+        try:
+            peer, reject, why = decide_association(
+                calling_ae=str(rq.calling_ae_title),
+                called_ae=str(rq.called_ae_title),
+                address=address,
+                facility_code=server.facility_code,
+                listener_ae=server.listener_ae,
+                accept_unknown=server.accept_unknown,
+            )
+        except Exception:
+            logger.exception("association policy failed; rejecting")
+            peer, reject, why = None, (0x02, 0x01, 0x01), "internal error"
+        if reject is None and server.draining:
+            peer, reject, why = None, (0x02, 0x03, 0x02), "the listener is shutting down"
+        if reject is not None:
+            logger.warning("rejecting association from %s: %s", address, why)
+            _audit_quietly(
+                action="dicom.association",
+                outcome=AuditEvent.Outcome.DENIED,
+                ae_title=str(rq.calling_ae_title).strip()[:16],
+                source=address,
+                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why},
+            )
+            self.send_reject(*reject)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
+        assoc.pacs_peer = peer  # type: ignore[attr-defined]
+        super()._negotiate_as_acceptor()
+
+
+# --- bounded PDU reads ---------------------------------------------------------
+
+
+class GuardedDUL(DULServiceProvider):
+    """pynetdicom's DUL with a ceiling on the PDU length it will read, and larger reads."""
+
+    def _read_pdu_data(self) -> None:
+        sock = self.socket
+        assert sock is not None
+        try:
+            head = _recv_exact(sock, 6)
+        except OSError:
+            self.event_queue.put("Evt17")
+            return
+        if len(head) < 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = struct.unpack(">BBL", head)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            logger.error("unknown PDU type 0x%02X received", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        limit = settings.PACS_DICOM_PDU_READ_LIMIT
+        if length + 6 > limit:
+            logger.error(
+                "peer %s declared a PDU of %d bytes (limit %d): connection cut",
+                getattr(self.assoc.requestor, "address", "?"),
+                length,
+                limit,
+            )
+            sock.close()  # emits Evt17: the association ends with an A-P-ABORT
+            return
+        try:
+            body = _recv_exact(sock, length)
+        except OSError:
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            logger.error("connection closed after %d of %d PDU bytes", len(body), length)
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(head + body)
+        except Exception:
+            logger.exception("unable to decode the received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+
+def _recv_exact(assoc_sock: Any, n: int) -> bytearray:
+    """Read ``n`` bytes (fewer only if the peer closed), into one preallocated buffer."""
+    raw = assoc_sock.socket
+    if raw is None:
+        raise OSError("socket closed")
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = raw.recv_into(view[got:], min(n - got, 1 << 20))
+        if k == 0:
+            return buf[:got]
+        got += k
+    return buf
+
+
+# --- the association, its handlers and the server ---------------------------------
+
+
+class PacsAssociation(Association):
+    """An acceptor association that writes its audit summary and closes its database
+    connection when its thread ends, however it ends."""
+
+    pacs_peer: Peer | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            try:
+                if self.pacs_peer is not None:
+                    _audit_association(self.pacs_peer)
+            finally:
+                connections.close_all()
+
+
+class PacsRequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # Swapped before the threads start; the subclasses add methods, no state.
+        assoc.__class__ = PacsAssociation
+        assoc.acse.__class__ = PacsACSE
+        assoc.dul.__class__ = GuardedDUL
+        return assoc
+
+
+class PacsServer(ThreadedAssociationServer):
+    facility_code: str | None = None
+    listener_ae: str | None = None
+    accept_unknown: bool = False
+    draining: bool = False
+
+
+def handle_echo(event: Any) -> int:
+    return SUCCESS
+
+
+def handle_store(event: Any) -> Dataset:
+    assoc = event.assoc
+    peer: Peer = assoc.pacs_peer
+    peer.busy = True
+    try:
+        close_old_connections()
+        if peer.node is not None and not peer.node.can_store:
+            peer.failed += 1
+            return _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not store here")
+        req = event.request
+        try:
+            result = instance_ingest(
+                path=event.dataset_path,
+                facility=peer.facility,
+                owned=True,
+                calling_ae=peer.calling_ae,
+                expected_sop_class_uid=str(req.AffectedSOPClassUID),
+                expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            )
+        except IngestError as exc:
+            peer.failed += 1
+            if len(peer.failures) < 20:
+                peer.failures.append(f"{req.AffectedSOPInstanceUID}: {exc.reason}")
+            logger.warning("C-STORE from %s refused: %s", peer.calling_ae, exc.reason)
+            return _status(_FAILURE_STATUS[exc.kind], exc.reason)
+        except Exception as exc:
+            peer.failed += 1
+            logger.exception("C-STORE from %s failed", peer.calling_ae)
+            return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+        counts = peer.studies[result.study_instance_uid]
+        counts.setdefault("study_id", result.study_id)
+        counts.setdefault("patient_id", result.patient_id)
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        if result.outcome == CONFLICT:
+            return _status(WARNING_CONFLICT, "conflict kept for review; archived object unchanged")
+        return _status(SUCCESS)
+    finally:
+        peer.busy = False
+
+
+def _audit_quietly(**kwargs: Any) -> None:
+    try:
+        audit_record(**kwargs)
+    except Exception:
+        logger.exception("could not write the audit event %s", kwargs.get("action"))
+
+
+def _audit_association(peer: Peer) -> None:
+    close_old_connections()
+    from .models import Patient, Study
+
+    for study_uid, counts in peer.studies.items():
+        outcome = AuditEvent.Outcome.WARNING if counts.get(CONFLICT) else AuditEvent.Outcome.SUCCESS
+        _audit_quietly(
+            action="dicom.store",
+            outcome=outcome,
+            ae_title=peer.calling_ae,
+            source=peer.address,
+            study=Study(pk=counts["study_id"]) if counts.get("study_id") else None,
+            patient=Patient(pk=counts["patient_id"]) if counts.get("patient_id") else None,
+            study_instance_uid=study_uid,
+            detail={
+                "facility": peer.facility.code,
+                **{k: v for k, v in counts.items() if k not in {"study_id", "patient_id"}},
+            },
+        )
+    if peer.failed:
+        _audit_quietly(
+            action="dicom.store",
+            outcome=AuditEvent.Outcome.FAILURE,
+            ae_title=peer.calling_ae,
+            source=peer.address,
+            detail={"facility": peer.facility.code, "failed": peer.failed, "reasons": peer.failures},
+        )
+
+
+def build_ae(ae_title: str) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = settings.PACS_DICOM_MAX_ASSOCIATIONS
+    ae.maximum_pdu_size = settings.PACS_DICOM_MAX_PDU
+    ae.acse_timeout = settings.PACS_DICOM_ACSE_TIMEOUT
+    ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
+    ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_listener(
+    *, host: str, port: int, facility_code: str | None = None, ae_title: str | None = None
+) -> PacsServer:
+    """Start serving in background threads; return the server (``.server_address`` has the port).
+
+    With ``facility_code`` the listener serves that facility only, under
+    ``ae_title`` (default: the facility's); without, it serves every facility,
+    each under its own AE title, and the called AE title chooses the facility.
+    """
+    # Received data sets go to a file in this process's incoming folder, on
+    # the tiers' filesystem, so that ingestion links them instead of copying.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(storage.incoming_dir())
+    storage.incoming_clean_stray()
+
+    ae = build_ae(ae_title or "PACS")
+    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store)]
+    server: PacsServer = ae.make_server(
+        (host, port),
+        ae_title=ae_title or "PACS",
+        evt_handlers=handlers,
+        server_class=PacsServer,
+        request_handler=PacsRequestHandler,
+    )
+    server.facility_code = facility_code
+    server.listener_ae = ae_title
+    server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
+    thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener:{port}", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    return server
+
+
+def stop_listener(server: PacsServer, *, grace: float) -> None:
+    """Stop accepting, let associations finish for ``grace`` seconds, then abort
+    each one between two stores (never in the middle of one)."""
+    server.draining = True
+    server.shutdown()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _active(server):
+        time.sleep(0.05)
+    hard_deadline = time.monotonic() + max(grace, 30.0)
+    while _active(server) and time.monotonic() < hard_deadline:
+        for assoc in _active(server):
+            peer = getattr(assoc, "pacs_peer", None)
+            if peer is None or not peer.busy:
+                assoc.abort()
+        time.sleep(0.02)
+    for assoc in _active(server):
+        assoc.join(timeout=5)
+
+
+def _active(server: PacsServer) -> list[Association]:
+    return [a for a in server.active_associations if a.is_alive()]

@@ -1,0 +1,515 @@
+"""Ingestion: the one way an instance enters the archive (DIMSE, import, later STOW-RS).
+
+Order of work, so that an acknowledged image is never lost and a crash never
+leaves an index row without its file:
+
+1. check the file (complete, identifying UIDs, storage SOP class);
+2. fsync it and link it into the facility tier under a name carrying its
+   SHA-256 (a name is never reused for other bytes);
+3. index patient, study, series, instance and copy in one transaction;
+4. after commit, queue the post-ingest work.
+
+Only when this returns is the sender told that its object is stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import mmap
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db import IntegrityError, OperationalError, close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import storage
+from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
+from .dicom import DicomRejected, Header, read_part10
+from .signals import study_instances_received
+from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
+
+logger = logging.getLogger(__name__)
+
+STORED = "stored"
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+
+# How often a transaction that lost to a transient database error is retried.
+_DB_ATTEMPTS = 4
+
+
+class IngestError(Exception):
+    """An object that was not stored, with the reason and the kind of failure.
+
+    ``kind``: ``invalid``, ``sop_class_mismatch``, ``not_storage`` (the object),
+    ``out_of_resources`` (the tier is full), ``processing`` (anything else).
+    """
+
+    def __init__(self, reason: str, *, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: str  # STORED, DUPLICATE or CONFLICT
+    sop_instance_uid: str
+    study_instance_uid: str
+    study_id: int | None
+    patient_id: int | None
+    instance_id: int | None
+    detail: str = ""
+
+
+def instance_ingest(
+    *,
+    path: Path,
+    facility: Facility,
+    owned: bool,
+    calling_ae: str = "",
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> IngestResult:
+    """Store one DICOM Part 10 file in ``facility``'s tier and index it.
+
+    Parameters
+    ----------
+    path : Path
+        The file. When ``owned`` it is a temporary file in this process's
+        incoming folder and is consumed; otherwise it is copied first and
+        left alone.
+    facility : Facility
+        The facility whose tier receives it.
+    calling_ae : str
+        The sender's AE title, kept with the instance.
+    expected_sop_class_uid, expected_sop_instance_uid : str, optional
+        The C-STORE request's Affected SOP Class/Instance UID.
+
+    Raises
+    ------
+    IngestError
+        The object was not stored; nothing of it was kept.
+    """
+    if not owned:
+        try:
+            with open(path, "rb") as src:
+                path = storage.copy_to_incoming(src)
+        except storage.StorageFull as exc:
+            raise IngestError(str(exc), kind="out_of_resources") from exc
+        except (storage.StorageError, OSError) as exc:
+            raise IngestError(f"cannot read {path}: {exc}", kind="processing") from exc
+    try:
+        header, sha256, size = _check_and_sync(
+            path,
+            expected_sop_class_uid=expected_sop_class_uid,
+            expected_sop_instance_uid=expected_sop_instance_uid,
+        )
+        tier = storage.facility_tier(facility.code)
+        relpath = storage.instance_relpath(
+            study_uid=header.study_instance_uid,
+            series_uid=header.series_instance_uid,
+            sop_uid=header.sop_instance_uid,
+            sha256=sha256,
+        )
+        storage.place_file(path, tier, relpath)
+    except DicomRejected as exc:
+        path.unlink(missing_ok=True)
+        raise IngestError(exc.reason, kind=exc.kind) from exc
+    except storage.StorageFull as exc:
+        path.unlink(missing_ok=True)
+        raise IngestError(str(exc), kind="out_of_resources") from exc
+    except (storage.StorageError, OSError) as exc:
+        path.unlink(missing_ok=True)
+        raise IngestError(str(exc), kind="processing") from exc
+
+    # The file is durable. A failure from here on leaves it in place without an
+    # index row: harmless, and a resend of the same bytes finds and adopts it.
+    received_at = timezone.now()
+    for attempt in range(1, _DB_ATTEMPTS + 1):
+        try:
+            return _index(
+                header=header,
+                facility=facility,
+                calling_ae=calling_ae,
+                sha256=sha256,
+                size=size,
+                tier=tier,
+                relpath=relpath,
+                received_at=received_at,
+            )
+        except OperationalError as exc:
+            # Lock timeouts, deadlocks, serialisation failures, a dropped
+            # connection: the transaction rolled back whole, so try again.
+            logger.warning("indexing %s failed (attempt %d): %s", header.sop_instance_uid, attempt, exc)
+            close_old_connections()
+            if attempt == _DB_ATTEMPTS:
+                raise IngestError(f"the index database is unavailable: {exc}", kind="out_of_resources") from exc
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _check_and_sync(
+    path: Path, *, expected_sop_class_uid: str | None, expected_sop_instance_uid: str | None
+) -> tuple[Header, str, int]:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise DicomRejected("the file is empty")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            sha256 = hashlib.sha256(buf).hexdigest()
+            header = read_part10(
+                fh,
+                buf,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+            )
+        # Linux flushes a file's dirty pages on fsync through any descriptor.
+        os.fsync(fh.fileno())
+    return header, sha256, size
+
+
+def _index(
+    *,
+    header: Header,
+    facility: Facility,
+    calling_ae: str,
+    sha256: str,
+    size: int,
+    tier: str,
+    relpath: str,
+    received_at: Any,
+) -> IngestResult:
+    with transaction.atomic():
+        patient = _patient_for(header, facility)
+        study, study_created = _study_for_update(header, facility, patient)
+        if study.patient_id != patient.pk:
+            return _conflict(
+                header,
+                InstanceConflict.Reason.OTHER_PATIENT,
+                f"study {study.study_instance_uid} belongs to patient #{study.patient_id}, "
+                f"this object names PatientID {header.patient['dicom_patient_id']!r}",
+                study=study,
+                facility=facility,
+                calling_ae=calling_ae,
+                sha256=sha256,
+                size=size,
+                tier=tier,
+                relpath=relpath,
+                received_at=received_at,
+            )
+        series, series_created = _series_for(header, study)
+        if series.study_id != study.pk:
+            return _conflict(
+                header,
+                InstanceConflict.Reason.OTHER_STUDY,
+                f"series {series.series_instance_uid} is archived in study #{series.study_id}",
+                study=study,
+                facility=facility,
+                calling_ae=calling_ae,
+                sha256=sha256,
+                size=size,
+                tier=tier,
+                relpath=relpath,
+                received_at=received_at,
+            )
+        existing = Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
+        if existing is None:
+            try:
+                with transaction.atomic():
+                    instance = Instance.objects.create(
+                        sop_instance_uid=header.sop_instance_uid,
+                        series=series,
+                        sop_class_uid=header.sop_class_uid,
+                        transfer_syntax_uid=header.transfer_syntax_uid,
+                        size=size,
+                        sha256=sha256,
+                        facility=facility,
+                        calling_ae=calling_ae,
+                        received_at=received_at,
+                        **header.instance,
+                    )
+                    Copy.objects.create(
+                        instance=instance,
+                        tier=tier,
+                        path=relpath,
+                        sha256=sha256,
+                        size=size,
+                        verified_at=received_at,
+                    )
+            except IntegrityError:
+                # Another transaction archived this SOP Instance UID meanwhile
+                # (under another study: ours is locked).
+                existing = Instance.objects.get(sop_instance_uid=header.sop_instance_uid)
+        if existing is not None:
+            return _existing(
+                header,
+                existing,
+                study=study,
+                facility=facility,
+                calling_ae=calling_ae,
+                sha256=sha256,
+                size=size,
+                tier=tier,
+                relpath=relpath,
+                received_at=received_at,
+            )
+
+        Series.objects.filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + 1)
+        updates: dict[str, Any] = {
+            "number_of_instances": F("number_of_instances") + 1,
+            "last_received_at": received_at,
+            "post_ingest_pending": True,
+        }
+        if series_created:
+            updates["number_of_series"] = F("number_of_series") + 1
+            modality = series.modality
+            if modality and modality not in study.modality_list():
+                updates["modalities_in_study"] = "\\".join([*study.modality_list(), modality])[:64]
+        Study.objects.filter(pk=study.pk).update(**updates)
+        if not study.post_ingest_pending:
+            # The row is locked: nobody else saw it idle, so exactly one task is queued.
+            study_pk = study.pk
+            transaction.on_commit(lambda: _enqueue_post_ingest(study_pk))
+    return IngestResult(
+        outcome=STORED,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        study_id=study.pk,
+        patient_id=patient.pk,
+        instance_id=instance.pk,
+    )
+
+
+def _existing(
+    header: Header,
+    existing: Instance,
+    *,
+    study: Study,
+    facility: Facility,
+    calling_ae: str,
+    sha256: str,
+    size: int,
+    tier: str,
+    relpath: str,
+    received_at: Any,
+) -> IngestResult:
+    if existing.sha256 != sha256:
+        return _conflict(
+            header,
+            InstanceConflict.Reason.DIFFERENT_CONTENT,
+            f"archived with SHA-256 {existing.sha256}, received {sha256}",
+            study=study,
+            instance=existing,
+            facility=facility,
+            calling_ae=calling_ae,
+            sha256=sha256,
+            size=size,
+            tier=tier,
+            relpath=relpath,
+            received_at=received_at,
+        )
+    # The same bytes again: nothing to do, except that a copy received by
+    # another facility is a copy in that facility's tier too.
+    if not Copy.objects.filter(instance=existing, tier=tier).exists():
+        with transaction.atomic():
+            Copy.objects.get_or_create(
+                instance=existing,
+                tier=tier,
+                defaults={"path": relpath, "sha256": sha256, "size": size, "verified_at": received_at},
+            )
+    return IngestResult(
+        outcome=DUPLICATE,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        study_id=study.pk,
+        patient_id=study.patient_id,
+        instance_id=existing.pk,
+        detail="already archived with the same content",
+    )
+
+
+def _conflict(
+    header: Header,
+    reason: str,
+    detail: str,
+    *,
+    study: Study | None,
+    facility: Facility,
+    calling_ae: str,
+    sha256: str,
+    size: int,
+    tier: str,
+    relpath: str,
+    received_at: Any,
+    instance: Instance | None = None,
+) -> IngestResult:
+    if instance is None:
+        instance = Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
+    with transaction.atomic():
+        InstanceConflict.objects.get_or_create(
+            sop_instance_uid=header.sop_instance_uid,
+            sha256=sha256,
+            reason=reason,
+            defaults={
+                "study_instance_uid": header.study_instance_uid,
+                "instance": instance,
+                "study": study,
+                "detail": detail,
+                "tier": tier,
+                "path": relpath,
+                "size": size,
+                "facility": facility,
+                "calling_ae": calling_ae,
+                "received_at": received_at,
+            },
+        )
+    logger.warning("conflict on %s: %s", header.sop_instance_uid, detail)
+    return IngestResult(
+        outcome=CONFLICT,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        study_id=study.pk if study else None,
+        patient_id=study.patient_id if study else None,
+        instance_id=instance.pk if instance else None,
+        detail=f"kept for review, the archived object is unchanged: {detail}",
+    )
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    parts = name.split("=")[0].split("^")
+    return parts[0].strip()[:128], (parts[1].strip() if len(parts) > 1 else "")[:128]
+
+
+def _new_patient(header: Header, *, codice_fiscale: str | None) -> Patient:
+    family, given = _split_name(header.patient["patient_name"])
+    sex = header.patient["patient_sex"][:1].upper()
+    return Patient.objects.create(
+        codice_fiscale=codice_fiscale,
+        provisional=codice_fiscale is None,
+        family_name=family,
+        given_name=given,
+        birth_date=header.patient["patient_birth_date"],
+        sex=sex if sex in {"M", "F", "O"} else "",
+    )
+
+
+def _patient_for(header: Header, facility: Facility) -> Patient:
+    """The regional patient this object's PatientID designates at ``facility``.
+
+    A PatientID that is a valid codice fiscale names the patient directly;
+    any other unknown PatientID creates a provisional patient to reconcile.
+    """
+    pid = header.patient["dicom_patient_id"]
+    issuer = header.patient["issuer_of_patient_id"]
+    if not pid:
+        # No identifier at all: the study's own patient, else a new provisional one.
+        study = Study.objects.filter(study_instance_uid=header.study_instance_uid).select_related("patient").first()
+        return study.patient if study else _new_patient(header, codice_fiscale=None)
+    for _attempt in range(3):
+        mapping = (
+            PatientIdentifier.objects.filter(facility=facility, dicom_patient_id=pid, issuer=issuer)
+            .select_related("patient")
+            .first()
+        )
+        if mapping is not None:
+            return mapping.patient
+        try:
+            with transaction.atomic():
+                cf = normalize_codice_fiscale(pid)
+                if is_valid_codice_fiscale(cf):
+                    patient = Patient.objects.filter(codice_fiscale=cf).first() or _new_patient(
+                        header, codice_fiscale=cf
+                    )
+                else:
+                    patient = _new_patient(header, codice_fiscale=None)
+                PatientIdentifier.objects.create(
+                    facility=facility, dicom_patient_id=pid, issuer=issuer, patient=patient
+                )
+                return patient
+        except IntegrityError:
+            # A concurrent store created this patient or mapping first: look again.
+            continue
+    raise OperationalError(f"could not settle the patient for PatientID {pid!r}")
+
+
+def _study_for_update(header: Header, facility: Facility, patient: Patient) -> tuple[Study, bool]:
+    """The study row, locked until commit so that its counters move one store at a time."""
+    uid = header.study_instance_uid
+    study = Study.objects.select_for_update().filter(study_instance_uid=uid).first()
+    if study is not None:
+        return study, False
+    try:
+        with transaction.atomic():
+            study = Study.objects.create(
+                study_instance_uid=uid,
+                patient=patient,
+                facility=facility,
+                patient_name=header.patient["patient_name"],
+                dicom_patient_id=header.patient["dicom_patient_id"],
+                issuer_of_patient_id=header.patient["issuer_of_patient_id"],
+                patient_birth_date=header.patient["patient_birth_date"],
+                patient_sex=header.patient["patient_sex"],
+                **header.study,
+            )
+        return study, True
+    except IntegrityError:
+        return Study.objects.select_for_update().get(study_instance_uid=uid), False
+
+
+def _series_for(header: Header, study: Study) -> tuple[Series, bool]:
+    uid = header.series_instance_uid
+    series = Series.objects.filter(series_instance_uid=uid).first()
+    if series is not None:
+        return series, False
+    try:
+        with transaction.atomic():
+            return Series.objects.create(series_instance_uid=uid, study=study, **header.series), True
+    except IntegrityError:
+        return Series.objects.get(series_instance_uid=uid), False
+
+
+def _enqueue_post_ingest(study_pk: int) -> None:
+    from .tasks import study_post_ingest
+
+    try:
+        study_post_ingest.delay(study_pk)
+    except Exception:
+        # The store is committed and acknowledged; the periodic sweep queues
+        # the work for any study left pending.
+        logger.exception("could not queue post-ingest work for study %s", study_pk)
+
+
+def study_post_ingest(*, study_pk: int) -> bool:
+    """The work owed after instances of a study arrive; return False if there was none.
+
+    Idempotent: it may run twice, or after a worker died half-way. The pending
+    flag is cleared only if no instance arrived while the work ran (those
+    arrivals found the flag set and queued nothing), otherwise it runs again.
+    """
+    for _round in range(20):
+        study = Study.objects.filter(pk=study_pk).values("post_ingest_pending", "last_received_at").first()
+        if study is None or not study["post_ingest_pending"]:
+            return False
+        study_instances_received.send(sender=Study, study_pk=study_pk)
+        done = Study.objects.filter(
+            pk=study_pk, post_ingest_pending=True, last_received_at=study["last_received_at"]
+        ).update(post_ingest_pending=False, post_ingest_at=timezone.now())
+        if done:
+            return True
+    # Still receiving: leave it pending for the next task or the sweep.
+    return True
+
+
+def studies_post_ingest_overdue(*, older_than_seconds: float) -> list[int]:
+    """Studies whose post-ingest work is owed but apparently not queued (a broker outage)."""
+    cutoff = timezone.now() - dt.timedelta(seconds=older_than_seconds)
+    return list(
+        Study.objects.filter(post_ingest_pending=True, last_received_at__lt=cutoff).values_list("pk", flat=True)[:1000]
+    )

@@ -1,0 +1,67 @@
+"""Run the DICOM listener (C-ECHO, C-STORE) until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from archive.dimse import start_listener, stop_listener
+from archive.models import Facility, ae_title_validator
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve DICOM C-ECHO and C-STORE. With --facility, for that facility only (its AE title "
+        "and port by default); without, for every facility on one port, each under its own AE title."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--facility", metavar="CODE", help="serve only this facility")
+        parser.add_argument("--port", type=int, help="TCP port (default: the facility's, else PACS_DICOM_PORT)")
+        parser.add_argument("--ae-title", metavar="AET", help="AE title to answer to (needs --facility)")
+        parser.add_argument("--host", default=settings.PACS_DICOM_HOST, help="address to listen on")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        facility = None
+        if opts["facility"]:
+            facility = Facility.objects.filter(code=opts["facility"]).first()
+            if facility is None:
+                raise CommandError(f"no facility with code {opts['facility']!r}")
+        ae_title = opts["ae_title"]
+        if ae_title is not None:
+            if facility is None:
+                raise CommandError("--ae-title needs --facility (without it each facility answers to its own)")
+            try:
+                ae_title_validator(ae_title)
+            except Exception:
+                raise CommandError(f"{ae_title!r} is not a valid AE title (1-16 printable ASCII characters)")
+        port = opts["port"] or (facility.dicom_port if facility else settings.PACS_DICOM_PORT)
+        if not 0 <= port <= 65535:
+            raise CommandError(f"{port} is not a TCP port")
+
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            server = start_listener(
+                host=opts["host"], port=port, facility_code=facility.code if facility else None, ae_title=ae_title
+            )
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {opts['host']}:{port}: {exc}")
+        host, bound_port = server.server_address[:2]
+        if facility:
+            served = f"{ae_title or facility.ae_title} ({facility.code})"
+        else:
+            served = ", ".join(f"{f.ae_title} ({f.code})" for f in Facility.objects.order_by("code")) or "no facility yet"
+        self.stdout.write(f"DICOM listener ready on {host}:{bound_port}, AE titles: {served}", ending="\n")
+        self.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+        self.stdout.write("stopping: no new associations; finishing the stores in flight")
+        self.stdout.flush()
+        stop_listener(server, grace=settings.PACS_DICOM_SHUTDOWN_GRACE)
+        self.stdout.write("DICOM listener stopped")

@@ -1,0 +1,349 @@
+"""The imaging archive's data model: the region's sites, its DICOM peers, patients,
+studies, series, instances, their stored copies, conflicts and the audit log."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .codice_fiscale import validate_codice_fiscale
+
+# PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash
+# or control characters; leading/trailing spaces are not significant.
+ae_title_validator = RegexValidator(
+    r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$",
+    _("Un AE title ha da 1 a 16 caratteri ASCII stampabili, senza barra rovesciata."),
+)
+port_validators = [MinValueValidator(1), MaxValueValidator(65535)]
+
+
+class HealthAuthority(models.Model):
+    """An *azienda sanitaria*: owner of several facilities."""
+
+    code = models.CharField(_("codice"), max_length=16, unique=True)
+    name = models.CharField(_("nome"), max_length=200)
+
+    class Meta:
+        verbose_name = _("azienda sanitaria")
+        verbose_name_plural = _("aziende sanitarie")
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} – {self.name}"
+
+
+class Facility(models.Model):
+    """A *presidio ospedaliero*, with its own short-term store and DICOM identity."""
+
+    code = models.CharField(
+        _("codice"),
+        max_length=16,
+        unique=True,
+        validators=[RegexValidator(r"^[A-Z0-9_-]{1,16}$", _("Lettere maiuscole, cifre, '-' e '_'."))],
+    )
+    name = models.CharField(_("nome"), max_length=200)
+    authority = models.ForeignKey(HealthAuthority, on_delete=models.PROTECT, related_name="facilities")
+    ae_title = models.CharField(_("AE title"), max_length=16, unique=True, validators=[ae_title_validator])
+    dicom_port = models.PositiveIntegerField(_("porta DICOM"), validators=port_validators)
+
+    class Meta:
+        verbose_name = _("presidio")
+        verbose_name_plural = _("presidi")
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} – {self.name}"
+
+
+class RemoteNode(models.Model):
+    """A DICOM peer of a facility (modality, workstation, another archive) and what it may do."""
+
+    facility = models.ForeignKey(Facility, on_delete=models.CASCADE, related_name="remote_nodes")
+    ae_title = models.CharField(_("AE title"), max_length=16, validators=[ae_title_validator])
+    host = models.CharField(_("host"), max_length=255)
+    port = models.PositiveIntegerField(_("porta"), validators=port_validators)
+    description = models.CharField(_("descrizione"), max_length=200, blank=True)
+    can_store = models.BooleanField(_("può inviare (C-STORE)"), default=False)
+    can_query = models.BooleanField(_("può interrogare (C-FIND)"), default=False)
+    can_retrieve = models.BooleanField(_("può recuperare (C-MOVE/C-GET)"), default=False)
+    is_retrieve_destination = models.BooleanField(_("destinazione di C-MOVE"), default=False)
+
+    class Meta:
+        verbose_name = _("nodo DICOM remoto")
+        verbose_name_plural = _("nodi DICOM remoti")
+        constraints = [models.UniqueConstraint(fields=["facility", "ae_title"], name="remotenode_unique_ae")]
+        ordering = ["facility__code", "ae_title"]
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port} ({self.facility.code})"
+
+    def may_associate(self) -> bool:
+        return self.can_store or self.can_query or self.can_retrieve or self.is_retrieve_destination
+
+
+class Patient(models.Model):
+    """A person, identified regionally by the codice fiscale.
+
+    An instance whose PatientID is not yet known to the region creates a
+    provisional patient (no codice fiscale), flagged for reconciliation.
+    """
+
+    codice_fiscale = models.CharField(
+        _("codice fiscale"), max_length=16, unique=True, null=True, blank=True, validators=[validate_codice_fiscale]
+    )
+    family_name = models.CharField(_("cognome"), max_length=128, blank=True, db_index=True)
+    given_name = models.CharField(_("nome"), max_length=128, blank=True)
+    birth_date = models.DateField(_("data di nascita"), null=True, blank=True)
+    sex = models.CharField(_("sesso"), max_length=1, blank=True, choices=[("M", "M"), ("F", "F"), ("O", "O")])
+    provisional = models.BooleanField(
+        _("provvisorio"), default=False, db_index=True, help_text=_("Da riconciliare con l'anagrafe regionale.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("paziente")
+        verbose_name_plural = _("pazienti")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(provisional=True) | models.Q(codice_fiscale__isnull=False),
+                name="patient_identified_or_provisional",
+            )
+        ]
+
+    def __str__(self) -> str:
+        name = f"{self.family_name} {self.given_name}".strip() or _("(senza nome)")
+        return f"{name} – {self.codice_fiscale or _('provvisorio')}"
+
+    def clean(self) -> None:
+        if not self.provisional and not self.codice_fiscale:
+            raise ValidationError({"codice_fiscale": _("Un paziente non provvisorio ha un codice fiscale.")})
+
+
+class PatientIdentifier(models.Model):
+    """A facility's DICOM PatientID (+ IssuerOfPatientID) and the patient it designates."""
+
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="patient_identifiers")
+    dicom_patient_id = models.CharField(_("PatientID"), max_length=64)
+    issuer = models.CharField(_("IssuerOfPatientID"), max_length=64, blank=True)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="identifiers")
+
+    class Meta:
+        verbose_name = _("identificativo paziente")
+        verbose_name_plural = _("identificativi paziente")
+        constraints = [
+            models.UniqueConstraint(fields=["facility", "dicom_patient_id", "issuer"], name="patientidentifier_unique")
+        ]
+
+    def __str__(self) -> str:
+        issuer = f"^{self.issuer}" if self.issuer else ""
+        return f"{self.dicom_patient_id}{issuer} @ {self.facility.code}"
+
+
+class Study(models.Model):
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, unique=True)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="studies", help_text=_("Presidio di origine.")
+    )
+    # Patient attributes as the modality sent them (C-FIND answers with these).
+    patient_name = models.CharField("PatientName", max_length=256, blank=True, db_index=True)
+    dicom_patient_id = models.CharField("PatientID", max_length=64, blank=True, db_index=True)
+    issuer_of_patient_id = models.CharField("IssuerOfPatientID", max_length=64, blank=True)
+    patient_birth_date = models.DateField("PatientBirthDate", null=True, blank=True)
+    patient_sex = models.CharField("PatientSex", max_length=16, blank=True)
+    study_date = models.DateField("StudyDate", null=True, blank=True, db_index=True)
+    study_time = models.CharField("StudyTime", max_length=16, blank=True)
+    accession_number = models.CharField("AccessionNumber", max_length=16, blank=True, db_index=True)
+    study_id = models.CharField("StudyID", max_length=16, blank=True)
+    study_description = models.CharField("StudyDescription", max_length=64, blank=True)
+    referring_physician_name = models.CharField("ReferringPhysicianName", max_length=256, blank=True)
+    modalities_in_study = models.CharField("ModalitiesInStudy", max_length=64, blank=True, db_index=True)
+    number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
+    number_of_instances = models.PositiveIntegerField("NumberOfStudyRelatedInstances", default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_received_at = models.DateTimeField(_("ultima immagine ricevuta"), null=True, blank=True, db_index=True)
+    # Set by ingestion when post-ingest work is owed; cleared by the task that does it.
+    post_ingest_pending = models.BooleanField(default=False, db_index=True)
+    post_ingest_at = models.DateTimeField(_("ultima elaborazione"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("studio")
+        verbose_name_plural = _("studi")
+        indexes = [models.Index(fields=["patient", "study_date"], name="study_patient_date")]
+
+    def __str__(self) -> str:
+        return f"{self.study_date or ''} {self.modalities_in_study} {self.study_description or self.study_instance_uid}"
+
+    def modality_list(self) -> list[str]:
+        return [m for m in self.modalities_in_study.split("\\") if m]
+
+
+class Series(models.Model):
+    series_instance_uid = models.CharField("SeriesInstanceUID", max_length=64, unique=True)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    modality = models.CharField("Modality", max_length=16, blank=True, db_index=True)
+    series_number = models.IntegerField("SeriesNumber", null=True, blank=True)
+    series_description = models.CharField("SeriesDescription", max_length=64, blank=True)
+    body_part_examined = models.CharField("BodyPartExamined", max_length=16, blank=True)
+    number_of_instances = models.PositiveIntegerField("NumberOfSeriesRelatedInstances", default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("serie")
+        verbose_name_plural = _("serie")
+
+    def __str__(self) -> str:
+        return f"{self.modality} #{self.series_number} {self.series_description}".strip()
+
+
+class Instance(models.Model):
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    sop_class_uid = models.CharField("SOPClassUID", max_length=64, db_index=True)
+    instance_number = models.IntegerField("InstanceNumber", null=True, blank=True)
+    rows = models.PositiveIntegerField("Rows", null=True, blank=True)
+    columns = models.PositiveIntegerField("Columns", null=True, blank=True)
+    number_of_frames = models.PositiveIntegerField("NumberOfFrames", null=True, blank=True)
+    transfer_syntax_uid = models.CharField("TransferSyntaxUID", max_length=64)
+    size = models.BigIntegerField(_("dimensione (byte)"))
+    sha256 = models.CharField("SHA-256", max_length=64)
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="instances", help_text=_("Presidio di origine.")
+    )
+    calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
+    received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
+
+    class Meta:
+        verbose_name = _("istanza")
+        verbose_name_plural = _("istanze")
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class Copy(models.Model):
+    """One stored copy of an instance in one tier. A copy is deleted only after
+    another verified copy exists."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="copies")
+    tier = models.CharField(_("livello"), max_length=64, help_text=_("Es. facility:TS-CAT"))
+    path = models.CharField(_("percorso"), max_length=512)
+    sha256 = models.CharField("SHA-256", max_length=64)
+    size = models.BigIntegerField(_("dimensione (byte)"))
+    created_at = models.DateTimeField(auto_now_add=True)
+    verified_at = models.DateTimeField(_("ultima verifica"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("copia")
+        verbose_name_plural = _("copie")
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "tier"], name="copy_one_per_tier"),
+            models.UniqueConstraint(fields=["tier", "path"], name="copy_unique_path"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tier}:{self.path}"
+
+
+class InstanceConflict(models.Model):
+    """A received object that collides with an archived one, kept for staff review.
+
+    The archived instance is never overwritten: the other bytes are stored at
+    their own path (the path carries the content hash) and recorded here.
+    """
+
+    class Reason(models.TextChoices):
+        DIFFERENT_CONTENT = "different_content", _("stesso SOPInstanceUID, contenuto diverso")
+        OTHER_PATIENT = "other_patient", _("studio già archiviato per un altro paziente")
+        OTHER_STUDY = "other_study", _("SOPInstanceUID già archiviato in un altro studio o serie")
+
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, db_index=True)
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64)
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="conflicts",
+        help_text=_("L'istanza archiviata con lo stesso SOPInstanceUID, se c'è."),
+    )
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.PROTECT, related_name="conflicts",
+        help_text=_("Lo studio archiviato con lo stesso StudyInstanceUID, se c'è."),
+    )
+    reason = models.CharField(_("motivo"), max_length=32, choices=Reason.choices)
+    detail = models.TextField(_("dettaglio"), blank=True)
+    tier = models.CharField(_("livello"), max_length=64)
+    path = models.CharField(_("percorso"), max_length=512)
+    sha256 = models.CharField("SHA-256", max_length=64)
+    size = models.BigIntegerField(_("dimensione (byte)"))
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="conflicts")
+    calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
+    received_at = models.DateTimeField(_("ricevuta il"))
+    resolved_at = models.DateTimeField(_("risolto il"), null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    resolution_note = models.TextField(_("nota"), blank=True)
+
+    class Meta:
+        verbose_name = _("conflitto di archiviazione")
+        verbose_name_plural = _("conflitti di archiviazione")
+        constraints = [
+            models.UniqueConstraint(fields=["sop_instance_uid", "sha256", "reason"], name="conflict_unique_content")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_reason_display()}: {self.sop_instance_uid}"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which patient or study, when, from where, and how it ended.
+
+    Append-only: rows are never updated or deleted (the database refuses it),
+    and each row carries the SHA-256 of the previous row's hash and its own
+    content, so a changed or removed row breaks the chain
+    (``manage.py verify_audit_chain``).
+    """
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", _("riuscito")
+        WARNING = "warning", _("con avvisi")
+        FAILURE = "failure", _("fallito")
+        DENIED = "denied", _("negato")
+
+    at = models.DateTimeField(_("quando"), db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+    username = models.CharField(_("utente"), max_length=150, blank=True)
+    ae_title = models.CharField(_("AE title"), max_length=16, blank=True)
+    system = models.CharField(_("processo di sistema"), max_length=64, blank=True)
+    action = models.CharField(_("azione"), max_length=64, db_index=True)
+    outcome = models.CharField(_("esito"), max_length=16, choices=Outcome.choices)
+    patient = models.ForeignKey(
+        Patient, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, blank=True)
+    source = models.CharField(_("da dove"), max_length=255, blank=True)
+    detail = models.JSONField(_("dettaglio"), default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        verbose_name = _("evento di audit")
+        verbose_name_plural = _("eventi di audit")
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["patient", "at"], name="audit_patient_at")]
+
+    def __str__(self) -> str:
+        who = self.username or self.ae_title or self.system
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {who} {self.action} {self.outcome}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValidationError("Audit events are append-only.")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise ValidationError("Audit events are append-only.")

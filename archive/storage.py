@@ -1,0 +1,224 @@
+"""Where stored objects lie: the one module that touches the tiers' files.
+
+Tiers are named ``"<kind>:<scope>"`` (today ``facility:<CODE>``) and resolved
+through Django's ``STORAGES`` aliases. A file enters a tier only complete and
+durable: it is written to a temporary file in the incoming folder, fsynced,
+then linked under its final name (which carries its SHA-256, so a name is
+never reused for other bytes) and the directory entry is fsynced.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, storages
+
+logger = logging.getLogger(__name__)
+
+FACILITY = "facility"
+_CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """A tier could not be read or written."""
+
+
+class StorageFull(StorageError):
+    """The tier has no space (or quota) left."""
+
+
+def facility_tier(facility_code: str) -> str:
+    return f"{FACILITY}:{facility_code}"
+
+
+def _tier_root(tier: str) -> Path:
+    kind, _, scope = tier.partition(":")
+    if kind != FACILITY or not scope or "/" in scope or scope in {".", ".."}:
+        raise StorageError(f"unknown tier {tier!r}")
+    storage = storages[FACILITY]
+    if not isinstance(storage, FileSystemStorage):
+        raise StorageError("the facility tier must be a local filesystem (STORAGES['facility'])")
+    return Path(storage.location) / scope
+
+
+def instance_relpath(*, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+    """The path of an instance inside a tier, from checked UIDs and the content hash only.
+
+    The UIDs have passed :func:`archive.dicom.is_valid_uid` (digits and dots),
+    so nothing taken from the data set can climb out of the tier.
+    """
+    for uid in (study_uid, series_uid, sop_uid):
+        if not uid or not all(c.isdigit() or c == "." for c in uid) or uid.startswith("."):
+            raise StorageError(f"refusing to build a path from {uid!r}")
+    bucket = hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:2]
+    return f"studies/{bucket}/{study_uid}/{series_uid}/{sop_uid}.{sha256}.dcm"
+
+
+def absolute_path(tier: str, relpath: str) -> Path:
+    rel = Path(relpath)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise StorageError(f"path {relpath!r} is outside tier {tier!r}")
+    return _tier_root(tier) / rel
+
+
+def incoming_dir() -> Path:
+    """This process's folder for files being received (``<incoming>/<pid>``).
+
+    One folder per process, so a process starting up can remove what a dead
+    one left behind without touching the files another live one is writing.
+    """
+    path = Path(settings.PACS_INCOMING_DIR) / str(os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def incoming_clean_stray() -> int:
+    """Remove the incoming folders of processes that no longer run; return how many files went."""
+    root = Path(settings.PACS_INCOMING_DIR)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        if not entry.is_dir() or not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            files = [p for p in entry.iterdir() if p.is_file()]
+            for p in files:
+                p.unlink(missing_ok=True)
+            removed += len(files)
+            continue
+        removed += sum(1 for p in entry.rglob("*") if p.is_file())
+        shutil.rmtree(entry, ignore_errors=True)
+    if removed:
+        logger.warning("removed %d stray temporary files from %s", removed, root)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_incoming_file() -> tuple[BinaryIO, Path]:
+    """An open temporary file in this process's incoming folder."""
+    fd, name = tempfile.mkstemp(dir=incoming_dir(), suffix=".part")
+    return os.fdopen(fd, "w+b"), Path(name)
+
+
+def copy_to_incoming(src: BinaryIO) -> Path:
+    """Copy a stream into a new incoming file (flushed, not yet fsynced); return its path."""
+    fh, path = new_incoming_file()
+    try:
+        with fh:
+            shutil.copyfileobj(src, fh, _CHUNK)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise _storage_error(exc, "writing an incoming file") from exc
+    return path
+
+
+def _storage_error(exc: OSError, doing: str) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left while {doing}")
+    return StorageError(f"{exc.strerror or exc} while {doing}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path) -> None:
+    """Create ``path`` and its missing parents, fsyncing each new entry's parent."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+def place_file(tmp_path: Path, tier: str, relpath: str) -> bool:
+    """Make the fsynced temporary file ``tmp_path`` durable at ``relpath`` in ``tier``.
+
+    The temporary file is consumed. Returns True when this call created the
+    file, False when identical content (same name, so same SHA-256) was already
+    there; an existing file is never replaced.
+    """
+    final = absolute_path(tier, relpath)
+    try:
+        _makedirs_durable(final.parent)
+        try:
+            os.link(tmp_path, final)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            # The incoming folder is on another filesystem: copy, fsync, link.
+            created = _copy_across(tmp_path, final)
+        if created:
+            _fsync_dir(final.parent)
+    except OSError as exc:
+        raise _storage_error(exc, f"storing {relpath}") from exc
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return created
+
+
+def _copy_across(src: Path, final: Path) -> bool:
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, final)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+
+
+def open_copy(tier: str, relpath: str) -> BinaryIO | None:
+    """Open a stored file for reading; None when it is not there."""
+    try:
+        return open(absolute_path(tier, relpath), "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _storage_error(exc, f"reading {relpath}") from exc
+
+
+def file_sha256(fh: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()

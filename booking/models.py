@@ -1,0 +1,1 @@
+"""CUP bookings (issue 5): nothing yet."""

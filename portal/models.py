@@ -1,0 +1,1 @@
+"""The citizen's FSE portal (issue 7): nothing yet."""

@@ -1,0 +1,1 @@
+"""Conservazione a norma (issue 9): nothing yet."""
