@@ -148,7 +148,8 @@ def instance_ingest(
             # Lock timeouts, deadlocks, serialisation failures, a dropped
             # connection: the transaction rolled back whole, so try again.
             logger.warning("indexing %s failed (attempt %d): %s", header.sop_instance_uid, attempt, exc)
-            close_old_connections()
+            if not transaction.get_connection().in_atomic_block:
+                close_old_connections()
             if attempt == _DB_ATTEMPTS:
                 raise IngestError(f"the index database is unavailable: {exc}", kind="out_of_resources") from exc
             time.sleep(0.05 * attempt)
@@ -162,14 +163,22 @@ def _check_and_sync(
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise DicomRejected("the file is empty")
+        rejected: DicomRejected | None = None
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            sha256 = hashlib.sha256(buf).hexdigest()
-            header = read_part10(
-                fh,
-                buf,
-                expected_sop_class_uid=expected_sop_class_uid,
-                expected_sop_instance_uid=expected_sop_instance_uid,
-            )
+            try:
+                sha256 = hashlib.sha256(buf).hexdigest()
+                header = read_part10(
+                    fh,
+                    buf,
+                    expected_sop_class_uid=expected_sop_class_uid,
+                    expected_sop_instance_uid=expected_sop_instance_uid,
+                )
+            except DicomRejected as exc:
+                # Re-raised outside the mapping: the traceback's frames hold
+                # views of it, and a mapping with live views cannot close.
+                rejected = DicomRejected(exc.reason, kind=exc.kind)
+        if rejected is not None:
+            raise rejected
         # Linux flushes a file's dirty pages on fsync through any descriptor.
         os.fsync(fh.fileno())
     return header, sha256, size
@@ -187,13 +196,12 @@ def _index(
     received_at: Any,
 ) -> IngestResult:
     with transaction.atomic():
-        patient = _patient_for(header, facility)
-        study, study_created = _study_for_update(header, facility, patient)
-        if study.patient_id != patient.pk:
+        study, study_created = _study_for_update(header, facility)
+        if not study_created and not _same_patient(header, study, facility):
             return _conflict(
                 header,
                 InstanceConflict.Reason.OTHER_PATIENT,
-                f"study {study.study_instance_uid} belongs to patient #{study.patient_id}, "
+                f"study {study.study_instance_uid} belongs to PatientID {study.dicom_patient_id!r}, "
                 f"this object names PatientID {header.patient['dicom_patient_id']!r}",
                 study=study,
                 facility=facility,
@@ -282,7 +290,7 @@ def _index(
         sop_instance_uid=header.sop_instance_uid,
         study_instance_uid=header.study_instance_uid,
         study_id=study.pk,
-        patient_id=patient.pk,
+        patient_id=study.patient_id,
         instance_id=instance.pk,
     )
 
@@ -439,12 +447,13 @@ def _patient_for(header: Header, facility: Facility) -> Patient:
     raise OperationalError(f"could not settle the patient for PatientID {pid!r}")
 
 
-def _study_for_update(header: Header, facility: Facility, patient: Patient) -> tuple[Study, bool]:
+def _study_for_update(header: Header, facility: Facility) -> tuple[Study, bool]:
     """The study row, locked until commit so that its counters move one store at a time."""
     uid = header.study_instance_uid
     study = Study.objects.select_for_update().filter(study_instance_uid=uid).first()
     if study is not None:
         return study, False
+    patient = _patient_for(header, facility)
     try:
         with transaction.atomic():
             study = Study.objects.create(
@@ -460,7 +469,16 @@ def _study_for_update(header: Header, facility: Facility, patient: Patient) -> t
             )
         return study, True
     except IntegrityError:
+        # A concurrent store created the study first; it is committed now.
         return Study.objects.select_for_update().get(study_instance_uid=uid), False
+
+
+def _same_patient(header: Header, study: Study, facility: Facility) -> bool:
+    """Whether an object of an archived study names that study's patient."""
+    pid = header.patient["dicom_patient_id"]
+    if not pid or (pid, header.patient["issuer_of_patient_id"]) == (study.dicom_patient_id, study.issuer_of_patient_id):
+        return True
+    return _patient_for(header, facility).pk == study.patient_id
 
 
 def _series_for(header: Header, study: Study) -> tuple[Series, bool]:

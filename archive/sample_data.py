@@ -1,0 +1,139 @@
+"""Synthetic studies made from the DICOM files bundled inside the pydicom wheel.
+
+For the demo region, the tests and the benchmarks. Each copy gets fresh
+UIDs; nothing is ever downloaded (pydicom would fetch files it does not
+bundle, so only bundled ones are looked up).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+# Bundled files, by what they are good for.
+CT = "CT_small.dcm"  # CT, explicit VR little endian, 128x128x16 bit
+MR = "MR_small.dcm"  # MR, explicit VR little endian
+US_MULTIFRAME = "examples_ybr_color.dcm"  # US cine, 30 frames, JPEG baseline, YBR_FULL_422
+US_PALETTE = "examples_palette.dcm"  # US, PALETTE COLOR
+NM = "JPEG-lossy.dcm"  # NM, JPEG extended (12 bit)
+SR = "test-SR.dcm"  # a structured report: no pixels
+COMPRESSED = {
+    "1.2.840.10008.1.2.4.50": "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "JPEG-lossy.dcm",  # JPEG extended
+    "1.2.840.10008.1.2.4.70": "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "JPEGLSNearLossless_16.dcm",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "JPEG2000.dcm",  # JPEG 2000
+    "1.2.840.10008.1.2.5": "MR_small_RLE.dcm",  # RLE lossless
+    "1.2.840.10008.1.2.1.99": "image_dfl.dcm",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.2": "MR_small_bigendian.dcm",  # explicit VR big endian
+    "1.2.840.10008.1.2": "MR_small_implicit.dcm",  # implicit VR little endian
+}
+
+
+def bundled_path(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    if not path:
+        raise FileNotFoundError(f"{name} is not bundled with this pydicom")
+    return Path(str(path))
+
+
+def bundled_dataset(name: str) -> Dataset:
+    return dcmread(bundled_path(name))
+
+
+@dataclass
+class PatientInfo:
+    patient_id: str
+    name: str = "Rossi^Mario"
+    birth_date: str = "19700101"
+    sex: str = "M"
+    issuer: str = ""
+
+
+def fresh_copy(
+    source: str | Dataset,
+    *,
+    patient: PatientInfo,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str | None = None,
+    instance_number: int = 1,
+    series_number: int = 1,
+    accession_number: str = "",
+    study_date: dt.date | None = None,
+    study_description: str | None = None,
+    series_description: str | None = None,
+    modality: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Dataset:
+    """A copy of a bundled file (or of a dataset) as one instance of the given study and series."""
+    ds = bundled_dataset(source) if isinstance(source, str) else source.copy()
+    sop_uid = sop_uid or generate_uid()
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientID = patient.patient_id
+    ds.PatientName = patient.name
+    ds.PatientBirthDate = patient.birth_date
+    ds.PatientSex = patient.sex
+    if patient.issuer:
+        ds.IssuerOfPatientID = patient.issuer
+    ds.InstanceNumber = instance_number
+    ds.SeriesNumber = series_number
+    ds.AccessionNumber = accession_number
+    date = study_date or dt.date.today()
+    ds.StudyDate = date.strftime("%Y%m%d")
+    ds.StudyTime = ds.get("StudyTime") or "090000"
+    if study_description is not None:
+        ds.StudyDescription = study_description
+    if series_description is not None:
+        ds.SeriesDescription = series_description
+    if modality is not None:
+        ds.Modality = modality
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    return ds
+
+
+def write_study(
+    dest: Path,
+    *,
+    patient: PatientInfo,
+    source: str = CT,
+    series: int = 1,
+    instances_per_series: int = 10,
+    study_uid: str | None = None,
+    **kwargs: Any,
+) -> list[Path]:
+    """Write one study of ``series`` x ``instances_per_series`` fresh copies into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    template = bundled_dataset(source)
+    paths = []
+    for s in range(1, series + 1):
+        series_uid = generate_uid()
+        for i in range(1, instances_per_series + 1):
+            ds = fresh_copy(
+                template,
+                patient=patient,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                instance_number=i,
+                series_number=s,
+                **kwargs,
+            )
+            path = dest / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths

@@ -1,0 +1,213 @@
+"""Shared fixtures: a small region, DICOM listeners (in-process and as real
+processes), a real Celery worker, and DICOM files made from pydicom's bundle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from archive.models import Facility, HealthAuthority, RemoteNode
+from archive.sample_data import PatientInfo, write_study
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Region:
+    authority: HealthAuthority
+    facility: Facility
+    other_facility: Facility
+
+
+@pytest.fixture
+def region(db: None) -> Region:
+    asugi = HealthAuthority.objects.create(code="ASUGI", name="Azienda sanitaria universitaria Giuliano Isontina")
+    cattinara = Facility.objects.create(
+        code="TS-CAT", name="Ospedale di Cattinara", authority=asugi, ae_title="TSCAT_PACS", dicom_port=11112
+    )
+    gorizia = Facility.objects.create(
+        code="GO-SG", name="Ospedale di Gorizia", authority=asugi, ae_title="GORIZIA_PACS", dicom_port=11113
+    )
+    for ae in ("STORESCU", "DCMSEND", "MODALITY", "CT01"):
+        RemoteNode.objects.create(facility=cattinara, ae_title=ae, host="127.0.0.1", port=104, can_store=True)
+    RemoteNode.objects.create(facility=cattinara, ae_title="VIEWER", host="127.0.0.1", port=104, can_query=True)
+    RemoteNode.objects.create(facility=gorizia, ae_title="STORESCU", host="127.0.0.1", port=104, can_store=True)
+    return Region(authority=asugi, facility=cattinara, other_facility=gorizia)
+
+
+@pytest.fixture
+def patient() -> PatientInfo:
+    return PatientInfo(patient_id="MRN0001", name="Rossi^Mario", birth_date="19700101", sex="M")
+
+
+@pytest.fixture
+def ct_study(tmp_path: Path, patient: PatientInfo) -> list[Path]:
+    """One CT study: 2 series of 3 instances."""
+    return write_study(tmp_path / "ct", patient=patient, series=2, instances_per_series=3, accession_number="ACC1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """The test database, as a URL for processes the tests start."""
+    s = connection.settings_dict
+    if s["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{s['NAME']}"
+    auth = quote(s.get("USER") or "")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"])
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
+
+
+@pytest.fixture
+def process_env(transactional_db: None) -> dict[str, str]:
+    """Environment for the listener and worker processes: same settings, the test database."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url()
+    env["PACS_VAR_DIR"] = str(settings.VAR_DIR)
+    env["SECRET_KEY"] = settings.SECRET_KEY
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TCP_NODELAY"] = "1"  # DCMTK 3.6.7 on loopback crawls without it (Nagle)
+    return env
+
+
+@dataclass
+class ListenerProcess:
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.stopped = True
+
+
+@pytest.fixture
+def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Iterator:
+    """Start ``manage.py dicom_listener`` as a real process; stopped at teardown."""
+    started: list[ListenerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> ListenerProcess:
+        port = port or free_port()
+        log_path = tmp_path / f"listener-{port}-{len(started)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=REPO,
+            env={**process_env, **(env or {})},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        listener = ListenerProcess(port=port, proc=proc, log_path=log_path)
+        started.append(listener)
+        try:
+            wait_for_port(port, proc=proc)
+        except Exception:
+            raise RuntimeError(f"listener did not start:\n{listener.log()}")
+        return listener
+
+    yield start
+    for listener in started:
+        if listener.proc.poll() is None:
+            listener.proc.kill()
+            listener.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def listener(transactional_db: None, region: Region) -> Iterator[int]:
+    """An in-process listener serving every facility; yields its port."""
+    from archive.dimse import start_listener, stop_listener
+
+    server = start_listener(host="127.0.0.1", port=0)
+    try:
+        yield int(server.server_address[1])
+    finally:
+        stop_listener(server, grace=0.0)
+
+
+@pytest.fixture
+def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process consuming this session's queue."""
+    log_path = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "pacs", "worker", "--pool", "solo", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--queues", os.environ["CELERY_QUEUE"],
+        ],
+        cwd=REPO,
+        env=process_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, timeout=60, what="worker ready")
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{log_path.read_text()}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _empty_tiers() -> Iterator[None]:
+    """Each test starts with empty tiers and incoming folders, as its database starts empty."""
+    import shutil
+
+    yield
+    for path in (Path(settings.PACS_FACILITY_TIER_DIR), Path(settings.PACS_INCOMING_DIR)):
+        shutil.rmtree(path, ignore_errors=True)

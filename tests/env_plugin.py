@@ -1,0 +1,22 @@
+"""A pytest plugin loaded with -p, before pytest-django reads the settings:
+give the test session its own var folder and Celery queue."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+if "PACS_TEST_VAR_DIR" not in os.environ:
+    os.environ["PACS_TEST_VAR_DIR"] = tempfile.mkdtemp(prefix="pacs-test-")
+os.environ["PACS_VAR_DIR"] = os.environ["PACS_TEST_VAR_DIR"]
+# Tests run their own Celery queue, so that nothing a previous run left in a
+# shared broker is consumed by this run's worker.
+os.environ.setdefault("CELERY_QUEUE", f"pacs-test-{os.getpid()}")
+
+
+def pytest_unconfigure(config: object) -> None:
+    import shutil
+
+    path = os.environ.get("PACS_TEST_VAR_DIR", "")
+    if path.startswith(tempfile.gettempdir()) and "pacs-test-" in path and not os.environ.get("PACS_KEEP_TEST_VAR"):
+        shutil.rmtree(path, ignore_errors=True)
