@@ -28,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connections
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -360,6 +360,10 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
+def _incoming_temporary_file(**kwargs: Any) -> Any:
+    return tempfile.NamedTemporaryFile(dir=storage.incoming_dir(), **kwargs)
+
+
 def start_listener(
     *, host: str, port: int, facility_code: str | None = None, ae_title: str | None = None
 ) -> PacsServer:
@@ -371,8 +375,10 @@ def start_listener(
     """
     # Received data sets go to a file in this process's incoming folder, on
     # the tiers' filesystem, so that ingestion links them instead of copying.
+    # pynetdicom has no setting for the folder: its NamedTemporaryFile is
+    # pointed there (not tempfile.tempdir, which every other library shares).
     _config.STORE_RECV_CHUNKED_DATASET = True
-    tempfile.tempdir = str(storage.incoming_dir())
+    dimse_messages.NamedTemporaryFile = _incoming_temporary_file
     storage.incoming_clean_stray()
 
     ae = build_ae(ae_title or "PACS")
@@ -387,7 +393,9 @@ def start_listener(
     server.facility_code = facility_code
     server.listener_ae = ae_title
     server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
-    thread = threading.Thread(target=server.serve_forever, name=f"dicom-listener:{port}", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"dicom-listener:{port}", daemon=True
+    )
     thread.start()
     ae._servers.append(server)
     return server

@@ -76,7 +76,8 @@ def incoming_dir() -> Path:
     one left behind without touching the files another live one is writing.
     """
     path = Path(settings.PACS_INCOMING_DIR) / str(os.getpid())
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

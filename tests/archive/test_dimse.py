@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from archive import storage
+from archive.models import AuditEvent, Instance, Study
+from archive.sample_data import COMPRESSED, CT, MR, PatientInfo, fresh_copy, write_study
+from tests.conftest import wait_until
+from tests.dicom_client import echo, send_files
+
+
+def _body(path: Path) -> bytes:
+    """The data set's bytes, after the file meta (which the receiver writes itself)."""
+    from archive.dicom import _body_offset
+
+    data = path.read_bytes()
+    return data[_body_offset(data):]
+
+
+def test_echo(listener: int) -> None:
+    assert echo(listener) == 0x0000
+
+
+def test_store_a_study(listener: int, ct_study: list[Path]) -> None:
+    report = send_files(listener, ct_study)
+    assert set(report.statuses.values()) == {0x0000}
+    study = Study.objects.get()
+    assert (study.number_of_series, study.number_of_instances) == (2, 6)
+    for path in ct_study:
+        instance = Instance.objects.get(sop_instance_uid=dcmread(path).SOPInstanceUID)
+        assert instance.calling_ae == "STORESCU"
+        copy = instance.copies.get()
+        assert _body(storage.absolute_path(copy.tier, copy.path)) == _body(path)
+    # The association's audit summary is written as its thread ends, after the release.
+    event = wait_until(lambda: AuditEvent.objects.filter(action="dicom.store").first(), what="audit event")
+    assert event.ae_title == "STORESCU" and event.study == study and event.patient == study.patient
+    assert event.detail["stored"] == 6 and event.source.startswith("127.0.0.1:")
+
+
+def test_called_ae_chooses_the_facility(listener: int, ct_study: list[Path]) -> None:
+    send_files(listener, ct_study[:1], called_ae="GORIZIA_PACS")
+    assert Instance.objects.get().facility.code == "GO-SG"
+
+
+def test_unknown_calling_ae_is_rejected_at_association(listener: int, ct_study: list[Path]) -> None:
+    report = send_files(listener, ct_study, calling_ae="INTRUDER")
+    assert report.rejected and not report.established
+    assert not Instance.objects.exists()
+    denied = wait_until(lambda: AuditEvent.objects.filter(action="dicom.association").first(), what="audit")
+    assert denied.outcome == "denied" and denied.ae_title == "INTRUDER"
+    assert "not a registered DICOM node" in denied.detail["reason"]
+
+
+def test_node_of_another_facility_is_rejected(listener: int, ct_study: list[Path]) -> None:
+    # MODALITY is registered at TS-CAT only.
+    report = send_files(listener, ct_study, calling_ae="MODALITY", called_ae="GORIZIA_PACS")
+    assert report.rejected
+
+
+def test_unknown_called_ae_is_rejected(listener: int) -> None:
+    assert echo(listener, called_ae="NOT_HERE") is None
+
+
+def test_node_without_store_right_is_refused(listener: int, ct_study: list[Path]) -> None:
+    report = send_files(listener, ct_study[:2], calling_ae="VIEWER")
+    assert report.established
+    assert set(report.statuses.values()) == {0x0124}
+    assert not Instance.objects.exists()
+
+
+def test_accept_unknown_ae_setting_opens_the_listener(transactional_db, region, settings, ct_study) -> None:  # type: ignore[no-untyped-def]
+    from archive.dimse import start_listener, stop_listener
+
+    settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
+    server = start_listener(host="127.0.0.1", port=0)
+    try:
+        report = send_files(server.server_address[1], ct_study[:1], calling_ae="ANY_DEVICE")
+    finally:
+        stop_listener(server, grace=0)
+    assert set(report.statuses.values()) == {0x0000}
+    assert Instance.objects.get().calling_ae == "ANY_DEVICE"
+
+
+@pytest.mark.parametrize("ts,name", sorted(COMPRESSED.items()))
+def test_transfer_syntaxes_are_stored_as_received(listener: int, tmp_path: Path, patient, ts: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    ds = fresh_copy(name, patient=patient, study_uid=generate_uid(), series_uid=generate_uid())
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    report = send_files(listener, [path])
+    assert list(report.statuses.values()) == [0x0000]
+    instance = Instance.objects.get()
+    assert instance.transfer_syntax_uid == ts
+    copy = instance.copies.get()
+    assert _body(storage.absolute_path(copy.tier, copy.path)) == _body(path)
+
+
+def _broken(tmp_path: Path, patient: PatientInfo, change) -> Path:  # type: ignore[no-untyped-def]
+    ds = fresh_copy(CT, patient=patient, study_uid=generate_uid(), series_uid=generate_uid())
+    ds.preamble = b"\0" * 128
+    change(ds)
+    path = tmp_path / f"broken-{generate_uid()}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def test_failures_get_their_dimse_status_and_leave_nothing(listener: int, tmp_path: Path, patient) -> None:  # type: ignore[no-untyped-def]
+    def no_sop_instance(ds):  # type: ignore[no-untyped-def]
+        del ds.SOPInstanceUID
+
+    def other_class(ds):  # type: ignore[no-untyped-def]
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR in a file whose meta says CT
+
+    def bad_uid(ds):  # type: ignore[no-untyped-def]
+        ds.StudyInstanceUID = "1.2.3/../../x"
+
+    cases = {
+        "no-sop-instance": (_broken(tmp_path, patient, no_sop_instance), 0xC000),
+        "class-mismatch": (_broken(tmp_path, patient, other_class), 0xA900),
+        "path-uid": (_broken(tmp_path, patient, bad_uid), 0xC000),
+    }
+    truncated = tmp_path / "truncated.dcm"
+    good = _broken(tmp_path, patient, lambda ds: None)
+    truncated.write_bytes(good.read_bytes()[:-5000])
+    cases["truncated"] = (truncated, 0xC000)
+    for name, (path, expected) in cases.items():
+        report = send_files(listener, [path])
+        (status,) = report.statuses.values()
+        assert status == expected, name
+        (comment,) = report.comments.values()
+        assert comment, name
+    assert not Instance.objects.exists() and not Study.objects.exists()
+    assert not any(p.is_file() for p in Path(storage.absolute_path("facility:TS-CAT", ".")).rglob("*"))
+    wait_until(
+        lambda: AuditEvent.objects.filter(action="dicom.store", outcome="failure").count() == 4, what="4 audits"
+    )
+
+
+def test_four_concurrent_associations(listener: int, tmp_path: Path) -> None:
+    studies = [
+        write_study(tmp_path / str(i), patient=PatientInfo(patient_id=f"P{i}"), source=MR if i % 2 else CT,
+                    series=2, instances_per_series=5)
+        for i in range(4)
+    ]
+    reports: list = [None] * 4
+
+    def run(i: int) -> None:
+        reports[i] = send_files(listener, studies[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None and set(r.statuses.values()) == {0x0000} for r in reports)
+    assert Study.objects.count() == 4
+    assert sorted(Study.objects.values_list("number_of_instances", flat=True)) == [10, 10, 10, 10]
+    assert Instance.objects.count() == 40
