@@ -16,6 +16,7 @@ Around them sit three guards pynetdicom 3.0.4 does not provide:
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
 import tempfile
@@ -23,6 +24,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -281,6 +283,13 @@ def handle_store(event: Any) -> Dataset:
             peer.failed += 1
             return _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not store here")
         req = event.request
+        spool_error = _SpoolFile.pop_error(event.dataset_path)
+        if spool_error is not None:
+            peer.failed += 1
+            Path(event.dataset_path).unlink(missing_ok=True)
+            full = spool_error.errno in (errno.ENOSPC, errno.EDQUOT)
+            logger.error("receiving a data set from %s failed: %s", peer.calling_ae, spool_error)
+            return _status(OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool_error.strerror}")
         try:
             result = instance_ingest(
                 path=event.dataset_path,
@@ -360,8 +369,59 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
-def _incoming_temporary_file(**kwargs: Any) -> Any:
-    return tempfile.NamedTemporaryFile(dir=storage.incoming_dir(), **kwargs)
+class _SpoolFile:
+    """pynetdicom's temporary file for a data set being received, in the incoming
+    folder, that remembers a write error instead of raising it.
+
+    pynetdicom writes while it decodes P-DATA; an exception there aborts the
+    association. A full disk must instead be answered with "out of
+    resources" for that store, so the error is kept (and the rest of the
+    data set discarded) until the C-STORE handler sees it.
+    """
+
+    _errors: dict[str, OSError] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._file = tempfile.NamedTemporaryFile(dir=storage.incoming_dir(), **kwargs)
+        self.name = self._file.name
+        self._failed = False
+
+    @property
+    def file(self) -> _SpoolFile:
+        return self
+
+    def _fail(self, exc: OSError) -> None:
+        self._failed = True
+        with self._lock:
+            self._errors[self.name] = exc
+
+    def write(self, data: bytes) -> int:
+        if not self._failed:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self._failed:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:
+            if not self._failed:
+                self._fail(exc)
+
+    @classmethod
+    def pop_error(cls, path: object) -> OSError | None:
+        with cls._lock:
+            return cls._errors.pop(str(path), None)
 
 
 def start_listener(
@@ -378,7 +438,7 @@ def start_listener(
     # pynetdicom has no setting for the folder: its NamedTemporaryFile is
     # pointed there (not tempfile.tempdir, which every other library shares).
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _incoming_temporary_file
+    dimse_messages.NamedTemporaryFile = _SpoolFile
     storage.incoming_clean_stray()
 
     ae = build_ae(ae_title or "PACS")
@@ -407,18 +467,20 @@ def stop_listener(server: PacsServer, *, grace: float) -> None:
     server.draining = True
     server.shutdown()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _active(server):
+    while time.monotonic() < deadline and _working(server):
         time.sleep(0.05)
     hard_deadline = time.monotonic() + max(grace, 30.0)
-    while _active(server) and time.monotonic() < hard_deadline:
-        for assoc in _active(server):
+    while _working(server) and time.monotonic() < hard_deadline:
+        for assoc in _working(server):
             peer = getattr(assoc, "pacs_peer", None)
             if peer is None or not peer.busy:
                 assoc.abort()
         time.sleep(0.02)
-    for assoc in _active(server):
+    for assoc in _working(server):
         assoc.join(timeout=5)
+    # Connections that never completed an association request hold no data:
+    # their threads are daemons and end with the process.
 
 
-def _active(server: PacsServer) -> list[Association]:
-    return [a for a in server.active_associations if a.is_alive()]
+def _working(server: PacsServer) -> list[Association]:
+    return [a for a in server.active_associations if a.is_alive() and a.is_established]

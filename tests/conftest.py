@@ -64,19 +64,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-
-
 def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
@@ -149,10 +136,14 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
         )
         listener = ListenerProcess(port=port, proc=proc, log_path=log_path)
         started.append(listener)
+        # Not a test connection to the port: it would hold an association slot
+        # until the ACSE timeout. The listener says when it is bound.
         try:
-            wait_for_port(port, proc=proc)
-        except Exception:
+            wait_until(lambda: "listener ready" in listener.log() or proc.poll() is not None, what="listener")
+        except TimeoutError:
             raise RuntimeError(f"listener did not start:\n{listener.log()}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"listener exited:\n{listener.log()}")
         return listener
 
     yield start

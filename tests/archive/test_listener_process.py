@@ -1,0 +1,238 @@
+"""The listener as a real process: shutdown, crashes, a full disk, hostile peers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from pydicom import dcmread
+
+from archive import storage
+from archive.dicom import read_part10
+from archive.models import Copy, Instance, Study
+from archive.sample_data import PatientInfo, write_study
+from tests.conftest import wait_until
+from tests.dicom_client import echo, send_files
+
+pytestmark = pytest.mark.slow
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _assert_index_matches_files(tier_root: Path) -> None:
+    """Every copy row has its complete file; every file in the tier has its row."""
+    rows = {}
+    for copy in Copy.objects.select_related("instance"):
+        path = storage.absolute_path(copy.tier, copy.path)
+        data = path.read_bytes()
+        assert len(data) == copy.size == copy.instance.size, copy.path
+        assert hashlib.sha256(data).hexdigest() == copy.sha256 == copy.instance.sha256, copy.path
+        read_part10(open(path, "rb"), data)  # complete and valid
+        rows[path.resolve()] = copy
+    files = {p.resolve() for p in tier_root.rglob("*") if p.is_file()}
+    assert files == set(rows), "files without rows or rows without files"
+
+
+def _acked_all_stored(acked: list[str]) -> None:
+    stored = set(Instance.objects.values_list("sop_instance_uid", flat=True))
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged instances lost"
+
+
+def test_sigterm_finishes_the_store_in_flight_and_exits(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process(env={"PACS_DICOM_SHUTDOWN_GRACE": "1"})
+    files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), instances_per_series=80)
+    acked: list[str] = []
+
+    def on_status(uid: str, status: int) -> None:
+        if status == 0:
+            acked.append(uid)
+        if len(acked) == 10:
+            listener.proc.send_signal(signal.SIGTERM)
+
+    report = send_files(listener.port, files, on_status=on_status)
+    assert listener.proc.wait(timeout=60) == 0, listener.log()
+    assert "DICOM listener stopped" in listener.log()
+    assert 10 <= len(acked) < 80  # cut between two stores, after the grace period
+    assert report.aborted
+    _acked_all_stored(acked)
+    assert Study.objects.get().number_of_instances == Instance.objects.count()
+    _assert_index_matches_files(Path(settings.PACS_FACILITY_TIER_DIR))
+    # Nothing listens any more.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", listener.port), timeout=1).close()
+
+
+def test_sigkill_mid_transfer_loses_no_acknowledged_instance(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process()
+    files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), series=2, instances_per_series=100)
+    acked: list[str] = []
+
+    def on_status(uid: str, status: int) -> None:
+        if status == 0:
+            acked.append(uid)
+        if len(acked) == 70:
+            listener.proc.send_signal(signal.SIGKILL)
+
+    send_files(listener.port, files, on_status=on_status)
+    listener.proc.wait(timeout=30)
+    assert len(acked) == 70
+    _acked_all_stored(acked)
+    # At most the one store in flight committed without being acknowledged.
+    assert Instance.objects.count() in (70, 71)
+    study = Study.objects.get()
+    assert study.number_of_instances == Instance.objects.count()
+    _assert_index_matches_files(Path(settings.PACS_FACILITY_TIER_DIR))
+    # The dead listener's half-received file is removed by the next one.
+    dead = Path(settings.PACS_INCOMING_DIR) / str(listener.proc.pid)
+    restarted = start_listener_process()
+    assert not dead.exists()
+    # And the sender's retry of everything completes the study, duplicates included.
+    report = send_files(restarted.port, files)
+    assert set(report.statuses.values()) == {0}
+    assert Study.objects.get().number_of_instances == 200
+    _assert_index_matches_files(Path(settings.PACS_FACILITY_TIER_DIR))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_answers_out_of_resources_and_leaves_no_partial_file(
+    start_listener_process, region, tmp_path: Path, small_tmpfs: Path
+) -> None:  # type: ignore[no-untyped-def]
+    tier, incoming = small_tmpfs / "tier", small_tmpfs / "incoming"
+    listener = start_listener_process(
+        env={"PACS_FACILITY_TIER_DIR": str(tier), "PACS_INCOMING_DIR": str(incoming)}
+    )
+    # 60 CT images of 39 KB cannot fit in 1 MB.
+    files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), instances_per_series=60)
+    report = send_files(listener.port, files)
+    statuses = list(report.statuses.values())
+    assert statuses[0] == 0x0000
+    assert 0xA700 in statuses, statuses
+    assert set(statuses) <= {0x0000, 0xA700}
+    stored = [uid for uid, s in report.statuses.items() if s == 0]
+    assert sorted(Instance.objects.values_list("sop_instance_uid", flat=True)) == sorted(stored)
+    from django.test import override_settings
+
+    with override_settings(STORAGES={**settings.STORAGES, "facility": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tier}}}):
+        _assert_index_matches_files(tier)
+    # Nothing half-written: no empty or partial file anywhere on the full disk.
+    leftovers = [p for p in incoming.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert echo(listener.port) == 0  # still serving
+
+
+def _raw_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _stream_until_cut(sock: socket.socket, total: int) -> int:
+    """Send up to ``total`` bytes of junk; return how many were sent before the peer cut us."""
+    chunk = b"\0" * 65536
+    sent = 0
+    try:
+        while sent < total:
+            sent += sock.send(chunk)
+    except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
+        pass
+    return sent
+
+
+@pytest.mark.parametrize("where", ["association-request", "established"])
+def test_a_declared_4gib_pdu_is_cut_without_buffering(start_listener_process, region, where: str) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process()
+    pid = listener.proc.pid
+    assert echo(listener.port) == 0  # warm up: threads, imports, database connection
+    before = _rss_kib(pid)
+    sock = _raw_connect(listener.port)
+    if where == "established":
+        from pynetdicom.pdu import A_ASSOCIATE_RQ
+        from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+        from pynetdicom.presentation import build_context
+        from pynetdicom.transport import AddressInformation
+
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+        primitive.calling_ae_title = "STORESCU"
+        primitive.called_ae_title = "TSCAT_PACS"
+        primitive.calling_presentation_address = AddressInformation("127.0.0.1", 0)
+        primitive.called_presentation_address = AddressInformation("127.0.0.1", listener.port)
+        cx = build_context("1.2.840.10008.1.1")
+        cx.context_id = 1
+        primitive.presentation_context_definition_list = [cx]
+        max_len = MaximumLengthNotification()
+        max_len.maximum_length_received = 16384
+        primitive.user_information = [max_len]
+        pdu = A_ASSOCIATE_RQ()
+        pdu.from_primitive(primitive)
+        sock.sendall(pdu.encode())
+        answer = sock.recv(6)
+        assert answer[0] == 0x02, "association not accepted"
+        length = struct.unpack(">L", answer[2:6])[0]
+        while length:
+            length -= len(sock.recv(length))
+        header = struct.pack(">BBL", 0x04, 0, 0xFFFFFFFF)  # P-DATA-TF of 4 GiB
+    else:
+        header = struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF)  # A-ASSOCIATE-RQ of 4 GiB
+    sock.sendall(header)
+    sent = _stream_until_cut(sock, 256 * 1024 * 1024)
+    sock.close()
+    after = _rss_kib(pid)
+    assert sent < 64 * 1024 * 1024, f"the listener kept reading ({sent} bytes)"
+    assert after - before < 4 * 1024, f"RSS grew by {after - before} KiB"
+    assert "connection cut" in listener.log()
+    assert echo(listener.port) == 0  # and it still serves others
+
+
+def test_concurrent_association_limit(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process(env={"PACS_DICOM_MAX_ASSOCIATIONS": "2"})
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS") for _ in range(2)]
+    assert all(a.is_established for a in held)
+    third = ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS")
+    assert third.is_rejected
+    for a in held:
+        a.release()
+    assert wait_until(lambda: echo(listener.port) == 0, timeout=10, what="free slot")
+
+
+def test_idle_peer_is_dropped_after_the_network_timeout(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process(env={"PACS_DICOM_ACSE_TIMEOUT": "1", "PACS_DICOM_NETWORK_TIMEOUT": "1"})
+    sock = _raw_connect(listener.port)  # connects, then says nothing
+    start = time.monotonic()
+    sock.settimeout(15)
+    assert sock.recv(100) == b""  # the listener closed it
+    assert time.monotonic() - start < 10
+    sock.close()
