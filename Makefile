@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The embedded demo: SQLite and files under var/, a broker that is a folder.
+# Cookies over plain http on localhost; any DICOM peer may store (demo only).
+RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1
+
+.PHONY: run test install install-test system-test-deps clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(SUDO) apt-get install -y python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+system-test-deps:
+	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py load_demo
+	$(BIN)/python manage.py demo_info
+	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
+
+test: install-test system-test-deps
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf var/ .pytest_cache

@@ -1,0 +1,260 @@
+"""The demo region: Friuli Venezia Giulia's three health authorities, some of their
+hospitals, a staff account for every role, and studies made from pydicom's bundle.
+
+Loading is idempotent: the demo's UIDs are derived from fixed seeds, so a second
+load finds every instance already archived, and the accounts keep the
+passwords generated the first time (kept in ``var/demo-credentials.json``,
+never committed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from codicefiscale import codicefiscale
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+from pydicom.uid import generate_uid
+
+from . import sample_data
+from .audit import audit_record
+from .ingest import IngestError, instance_ingest
+from .models import Facility, HealthAuthority, Instance, RemoteNode
+
+logger = logging.getLogger(__name__)
+
+AUTHORITIES = [
+    ("ASUGI", "Azienda sanitaria universitaria Giuliano Isontina"),
+    ("ASUFC", "Azienda sanitaria universitaria Friuli Centrale"),
+    ("ASFO", "Azienda sanitaria Friuli Occidentale"),
+]
+# (authority, code, name, AE title)
+FACILITIES = [
+    ("ASUGI", "TS-CAT", "Ospedale di Cattinara, Trieste", "TSCAT_PACS"),
+    ("ASUGI", "TS-MAG", "Ospedale Maggiore, Trieste", "TSMAG_PACS"),
+    ("ASUGI", "GO-SG", "Ospedale San Giovanni di Dio, Gorizia", "GORIZIA_PACS"),
+    ("ASUGI", "MO-SP", "Ospedale San Polo, Monfalcone", "MONFALC_PACS"),
+    ("ASUFC", "UD-SMM", "Ospedale Santa Maria della Misericordia, Udine", "UDINE_PACS"),
+    ("ASUFC", "SD-SA", "Ospedale Sant'Antonio, San Daniele del Friuli", "SANDANI_PACS"),
+    ("ASUFC", "TO-SA", "Ospedale Sant'Antonio Abate, Tolmezzo", "TOLMEZZO_PACS"),
+    ("ASFO", "PN-SMA", "Ospedale Santa Maria degli Angeli, Pordenone", "PORDENONE_PACS"),
+    ("ASFO", "SV-SV", "Ospedale di San Vito al Tagliamento", "SANVITO_PACS"),
+    ("ASFO", "SP-SP", "Ospedale di Spilimbergo", "SPILIMB_PACS"),
+]
+# Peers every demo facility knows: its modalities, a reporting workstation, and
+# the AE titles DCMTK's tools use by default, so that a newcomer's first
+# `storescu` works.
+NODES = [
+    ("CT01", "Tomografo computerizzato", dict(can_store=True)),
+    ("MR01", "Risonanza magnetica", dict(can_store=True)),
+    ("US01", "Ecografo", dict(can_store=True)),
+    ("NM01", "Gamma camera", dict(can_store=True)),
+    ("RADWS", "Stazione di refertazione", dict(can_query=True, can_retrieve=True, is_retrieve_destination=True)),
+    ("STORESCU", "DCMTK storescu", dict(can_store=True)),
+    ("DCMSEND", "DCMTK dcmsend", dict(can_store=True)),
+    ("ECHOSCU", "DCMTK echoscu", dict(can_store=True)),
+]
+
+# Roles: (group, permissions as "app.codename")
+_VIEW_ARCHIVE = [
+    f"archive.view_{m}" for m in ("patient", "patientidentifier", "study", "series", "instance", "copy")
+]
+ROLES = {
+    "Archivisti": [
+        *_VIEW_ARCHIVE,
+        "archive.view_healthauthority", "archive.view_facility",
+        "archive.view_remotenode", "archive.add_remotenode", "archive.change_remotenode",
+        "archive.view_instanceconflict", "archive.change_instanceconflict",
+        "archive.view_auditevent", "archive.change_patient",
+    ],
+    "Radiologi": [*_VIEW_ARCHIVE],
+    "Operatori CUP": ["archive.view_patient", "archive.add_patient", "archive.view_facility"],
+    "Responsabili della conservazione": [*_VIEW_ARCHIVE, "archive.view_auditevent", "archive.view_instanceconflict"],
+}
+# (username, first name, last name, group or None for the superuser, role shown)
+ACCOUNTS = [
+    ("admin", "Amministratore", "di sistema", None, "amministratore (tutti i permessi)"),
+    ("archivista", "Paola", "Vidali", "Archivisti", "archivista"),
+    ("radiologo", "Stefano", "Cossutta", "Radiologi", "radiologo"),
+    ("radiologa", "Chiara", "Degano", "Radiologi", "radiologa"),
+    ("cup", "Luca", "Tomasin", "Operatori CUP", "operatore CUP"),
+    ("conservatore", "Anna", "Zorzut", "Responsabili della conservazione", "responsabile della conservazione"),
+]
+
+
+@dataclass(frozen=True)
+class DemoPatient:
+    family: str
+    given: str
+    sex: str
+    birth: dt.date
+    birthplace: str
+    dicom_id: str | None = None  # None: the codice fiscale is the DICOM PatientID
+
+    @property
+    def codice_fiscale(self) -> str:
+        return str(codicefiscale.encode(self.family, self.given, self.sex, self.birth.isoformat(), self.birthplace))
+
+
+PATIENTS = [
+    DemoPatient("Rossi", "Mario", "M", dt.date(1956, 3, 12), "Trieste"),
+    DemoPatient("Bianchi", "Laura", "F", dt.date(1972, 7, 2), "Udine"),
+    DemoPatient("Zanetti", "Giulia", "F", dt.date(1990, 11, 23), "Pordenone"),
+    DemoPatient("Furlan", "Marco", "M", dt.date(1948, 1, 30), "Gorizia"),
+    # A local hospital number only: arrives as a provisional patient to reconcile.
+    DemoPatient("Coren", "Elena", "F", dt.date(2015, 5, 5), "Monfalcone", dicom_id="MO-0042117"),
+]
+
+# (patient index, facility, calling AE, source file, series x instances, years ago, description, modality)
+STUDIES = [
+    (0, "TS-CAT", "CT01", sample_data.CT, (2, 6), 0, "TC torace senza mdc", None),
+    (0, "TS-CAT", "CT01", sample_data.CT, (1, 6), 2, "TC torace (precedente)", None),
+    (1, "UD-SMM", "MR01", sample_data.MR, (2, 5), 0, "RM encefalo", None),
+    (2, "PN-SMA", "US01", sample_data.US_MULTIFRAME, (1, 1), 0, "Ecocardiogramma", None),
+    (2, "PN-SMA", "US01", sample_data.US_PALETTE, (1, 1), 0, "Ecografia addome", None),
+    (3, "GO-SG", "NM01", sample_data.NM, (1, 2), 0, "Scintigrafia ossea", "NM"),
+    (4, "MO-SP", "CT01", sample_data.CT, (1, 4), 0, "TC cranio", None),
+]
+
+
+def _uid(*parts: object) -> str:
+    return generate_uid(entropy_srcs=["pacs-demo", *map(str, parts)])
+
+
+def credentials_path() -> Path:
+    return Path(settings.VAR_DIR) / "demo-credentials.json"
+
+
+def demo_credentials() -> dict[str, str]:
+    try:
+        return dict(json.loads(credentials_path().read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _save_credentials(creds: dict[str, str]) -> None:
+    path = credentials_path()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(creds, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def demo_region_load() -> None:
+    with transaction.atomic():
+        authorities = {
+            code: HealthAuthority.objects.update_or_create(code=code, defaults={"name": name})[0]
+            for code, name in AUTHORITIES
+        }
+        for i, (auth, code, name, ae) in enumerate(FACILITIES):
+            facility, _ = Facility.objects.update_or_create(
+                code=code,
+                defaults={
+                    "name": name,
+                    "authority": authorities[auth],
+                    "ae_title": ae,
+                    "dicom_port": settings.PACS_DICOM_PORT + 1 + i,
+                },
+            )
+            for node_ae, description, rights in NODES:
+                RemoteNode.objects.update_or_create(
+                    facility=facility,
+                    ae_title=node_ae,
+                    defaults={"host": "127.0.0.1", "port": 104, "description": description, **rights},
+                )
+
+
+def demo_accounts_load() -> dict[str, str]:
+    User = get_user_model()
+    creds = demo_credentials()
+    with transaction.atomic():
+        for group_name, perms in ROLES.items():
+            group, _ = Group.objects.get_or_create(name=group_name)
+            wanted = []
+            for perm in perms:
+                app, codename = perm.split(".")
+                wanted.append(Permission.objects.get(content_type__app_label=app, codename=codename))
+            group.permissions.set(wanted)
+        for username, first, last, group_name, _role in ACCOUNTS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"first_name": first, "last_name": last, "is_staff": True}
+            )
+            if group_name is None:
+                user.is_superuser = True
+            else:
+                user.groups.set([Group.objects.get(name=group_name)])
+            if created or username not in creds:
+                creds[username] = secrets.token_urlsafe(12)
+                user.set_password(creds[username])
+            user.is_staff = True
+            user.save()
+    _save_credentials(creds)
+    return creds
+
+
+# Fixed dates: the demo's bytes never change, so a reload finds the same objects.
+DEMO_DATE = dt.date(2026, 11, 2)
+
+
+def demo_studies_load() -> tuple[int, int]:
+    """Ingest the demo studies; returns (stored, already there)."""
+    stored = existing = 0
+    with TemporaryDirectory() as tmp:
+        for n, (pi, facility_code, calling_ae, source, (n_series, n_inst), years, description, modality) in enumerate(
+            STUDIES
+        ):
+            person = PATIENTS[pi]
+            patient = sample_data.PatientInfo(
+                patient_id=person.dicom_id or person.codice_fiscale,
+                name=f"{person.family.upper()}^{person.given.upper()}",
+                birth_date=person.birth.strftime("%Y%m%d"),
+                sex=person.sex,
+            )
+            facility = Facility.objects.get(code=facility_code)
+            template = sample_data.bundled_dataset(source)
+            study_uid = _uid("study", n)
+            for s in range(1, n_series + 1):
+                for i in range(1, n_inst + 1):
+                    sop_uid = _uid("instance", n, s, i)
+                    if Instance.objects.filter(sop_instance_uid=sop_uid).exists():
+                        existing += 1
+                        continue
+                    ds = sample_data.fresh_copy(
+                        template,
+                        patient=patient,
+                        study_uid=study_uid,
+                        series_uid=_uid("series", n, s),
+                        sop_uid=sop_uid,
+                        instance_number=i,
+                        series_number=s,
+                        accession_number=f"{facility_code.replace('-', '')}{240000 + n:06d}"[:16],
+                        study_date=DEMO_DATE.replace(year=DEMO_DATE.year - years),
+                        study_description=description,
+                        series_description=f"{description}, serie {s}",
+                        modality=modality,
+                        extra={"InstitutionName": facility.name[:64]},
+                    )
+                    path = Path(tmp) / f"{n}-{s}-{i}.dcm"
+                    ds.save_as(path, enforce_file_format=True)
+                    try:
+                        result = instance_ingest(path=path, facility=facility, owned=True, calling_ae=calling_ae)
+                    except IngestError as exc:
+                        logger.error("demo instance refused: %s", exc.reason)
+                        continue
+                    if result.outcome == "stored":
+                        stored += 1
+                    else:
+                        existing += 1
+    if stored:
+        audit_record(action="demo.load", system="load_demo", detail={"stored": stored})
+    return stored, existing

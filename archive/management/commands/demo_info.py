@@ -1,0 +1,41 @@
+"""Print how to reach the running demo: web URL, DICOM address and AE titles, logins."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from archive import demo
+from archive.models import Facility
+
+
+class Command(BaseCommand):
+    help = "Print the demo's URLs, DICOM port and AE titles, and logins."
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        host = os.environ.get("WEB_HOST", "127.0.0.1")
+        port = os.environ.get("WEB_PORT", "8000")
+        dicom_host = "127.0.0.1" if settings.PACS_DICOM_HOST in ("0.0.0.0", "::") else settings.PACS_DICOM_HOST
+        creds = demo.demo_credentials()
+        w = self.stdout.write
+        w("")
+        w("PACS regionale – demo")
+        w(f"  Web:    http://{host}:{port}/        (amministrazione: http://{host}:{port}/admin/)")
+        w(f"  DICOM:  host {dicom_host}, port {settings.PACS_DICOM_PORT}; one AE title per facility:")
+        for f in Facility.objects.select_related("authority").order_by("authority__code", "code"):
+            w(f"          {f.ae_title:<16} {f.code:<8} {f.name} ({f.authority.code})")
+        first = Facility.objects.order_by("code").first()
+        if first:
+            w(
+                f"          e.g.  TCP_NODELAY=1 storescu -aec {first.ae_title} {dicom_host} "
+                f"{settings.PACS_DICOM_PORT} image.dcm"
+            )
+        w(f"  Logins (kept in {demo.credentials_path()}):")
+        for username, _first, _last, _group, role in demo.ACCOUNTS:
+            if username in creds:
+                w(f"          {username:<14} {creds[username]:<20} {role}")
+        w("  Ctrl-C stops everything.")
+        w("")
