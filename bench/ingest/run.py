@@ -1,0 +1,191 @@
+"""Ingest benchmark: DCMTK storescu -> our listener (SQLite, PostgreSQL) and the Python floor.
+
+Sends N generated CT instances (default 1,000, CT_small copies of 39 KB) over
+one association, then over four concurrent associations (four storescu
+processes), to:
+
+* the bare pynetdicom SCP that only writes and fsyncs each file (the floor);
+* our ``dicom_listener`` on SQLite (the embedded default);
+* our ``dicom_listener`` on PostgreSQL (``BENCH_PG_URL``, default
+  ``postgres://postgres@127.0.0.1:5432/pacs_bench``, created and dropped here).
+
+Prints instances/s and MB/s for each, and our listener's ratio to the floor.
+Run: ``.venv/bin/python bench/ingest/run.py [--instances N] [--skip-pg]``.
+This is a benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def generate(dest: Path, count: int, folders: int) -> int:
+    """Write ``count`` fresh CT instances split over ``folders`` folders; return total bytes."""
+    from archive.sample_data import PatientInfo, write_study
+
+    per = count // folders
+    total = 0
+    for i in range(folders):
+        paths = write_study(
+            dest / f"a{i}", patient=PatientInfo(patient_id=f"BENCH{i}"), series=1, instances_per_series=per
+        )
+        total += sum(p.stat().st_size for p in paths)
+    return total
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        # echoscu, not a bare connect: a bare connection would hold an association slot.
+        done = subprocess.run(
+            ["echoscu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", "127.0.0.1", str(port)],
+            capture_output=True,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        if done.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("server did not answer C-ECHO")
+
+
+def send(port: int, folders: list[Path], aet: str) -> float:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port), "+sd", str(folder)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for folder in folders
+    ]
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError(f"storescu failed: {p.stderr.read().decode() if p.stderr else ''}")
+    return time.perf_counter() - start
+
+
+def run_floor(work: Path, sets: dict[str, tuple[list[Path], int]]) -> dict[str, float]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, str(REPO / "bench/ingest/floor_scp.py"), str(port), str(work / "floor-out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        return {mode: send(port, folders, "TSCAT_PACS") for mode, (folders, _) in sets.items()}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run_listener(work: Path, sets: dict[str, tuple[list[Path], int]], database_url: str | None) -> dict[str, float]:
+    var = work / "var"
+    env = {**os.environ, "PACS_VAR_DIR": str(var), "LOG_LEVEL": "WARNING"}
+    env.pop("REDIS_URL", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    else:
+        env.pop("DATABASE_URL", None)
+    for cmd in (["migrate", "-v0"], ["load_demo"]):
+        subprocess.run([PYTHON, "manage.py", *cmd], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, proc)
+        return {mode: send(port, folders, "TSCAT_PACS") for mode, (folders, _) in sets.items()}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def pg_database(url: str, action: str) -> None:
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    args = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432), "-U", parsed.username or "postgres"]
+    subprocess.run(["dropdb", "--if-exists", *args, name], check=True)
+    if action == "create":
+        subprocess.run(["createdb", *args, name], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=1000)
+    parser.add_argument("--skip-pg", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("storescu") is None:
+        sys.exit("DCMTK's storescu is needed: apt-get install dcmtk")
+
+    import django
+
+    django.setup()
+    pg_url = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench")
+    targets = ["floor", "sqlite"] + ([] if args.skip_pg else ["postgresql"])
+    results: dict[str, dict[str, float]] = {}
+    sizes: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
+        root = Path(tmp)
+        for target in targets:
+            sets = {}
+            for mode, folders in (("1 association", 1), ("4 associations", 4)):
+                dest = root / target / mode.replace(" ", "-")
+                total = generate(dest, args.instances, folders)
+                sets[mode] = (sorted(dest.iterdir()), total)
+            sizes[target] = {mode: total for mode, (_, total) in sets.items()}
+            print(f"running {target}...", file=sys.stderr, flush=True)
+            if target == "floor":
+                results[target] = run_floor(root / target, sets)
+            elif target == "sqlite":
+                results[target] = run_listener(root / target, sets, None)
+            else:
+                pg_database(pg_url, "create")
+                try:
+                    results[target] = run_listener(root / target, sets, pg_url)
+                finally:
+                    pg_database(pg_url, "drop")
+
+    n = args.instances
+    print(f"\nIngest benchmark: {n} CT instances (CT_small, 39 KB) sent by DCMTK storescu over loopback")
+    print(f"{'target':<14}{'mode':<17}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}{'vs floor':>10}")
+    for target in targets:
+        for mode, seconds in results[target].items():
+            rate = n / seconds
+            mbps = sizes[target][mode] / seconds / 1e6
+            floor_rate = n / results["floor"][mode]
+            ratio = "" if target == "floor" else f"{rate / floor_rate:.2f}"
+            print(f"{target:<14}{mode:<17}{seconds:>9.2f}{rate:>9.0f}{mbps:>8.1f}{ratio:>10}")
+
+
+if __name__ == "__main__":
+    main()
