@@ -11,6 +11,7 @@ meta (or with the C-STORE request that carried it).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import mmap
 import re
@@ -18,12 +19,15 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, Union
 
 Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -90,6 +94,7 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 64 and bool(_UID_RE.match(value))
 
 
+@functools.lru_cache(maxsize=512)
 def is_storage_sop_class(uid: str) -> bool:
     """True for every storage SOP class pynetdicom knows (composite and non-patient)."""
     from pynetdicom.sop_class import uid_to_service_class
@@ -141,25 +146,20 @@ class Header:
     instance: dict[str, Any] = field(default_factory=dict)
 
 
-def _text(ds: Any, keyword: str, max_len: int) -> str:
-    value = ds.get(keyword)
+def _text(values: dict[str, Any], keyword: str, max_len: int) -> str:
+    value = values.get(keyword)
     if value is None:
         return ""
-    if not isinstance(value, str) and hasattr(value, "__iter__") and not hasattr(value, "family_name"):
-        value = "\\".join(str(v) for v in value)
-    text = str(value).replace("\x00", "").strip()
-    return text[:max_len]
+    return str(value).replace("\x00", "").strip()[:max_len]
 
 
-def _int(ds: Any, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
+def _int(values: dict[str, Any], keyword: str) -> int | None:
+    value = values.get(keyword)
+    if isinstance(value, int):
+        return value
     try:
-        if not isinstance(value, (int, str, float)) and hasattr(value, "__iter__"):
-            value = next(iter(value))
-        return int(value)
-    except (TypeError, ValueError, StopIteration):
+        return int(str(value or "").split("\\")[0].strip())
+    except ValueError:
         return None
 
 
@@ -174,9 +174,8 @@ def parse_da(value: object) -> dt.date | None:
         return None
 
 
-def _uid(ds: Any, keyword: str, *, where: str = "data set") -> str:
-    value = ds.get(keyword)
-    text = str(value).strip().rstrip("\x00") if value is not None else ""
+def _uid(values: dict[str, Any], keyword: str, *, where: str = "data set") -> str:
+    text = str(values.get(keyword) or "").strip().rstrip("\x00")
     if not text:
         raise DicomRejected(f"{keyword} is missing from the {where}")
     if not is_valid_uid(text):
@@ -185,8 +184,55 @@ def _uid(ds: Any, keyword: str, *, where: str = "data set") -> str:
     return text
 
 
+_BINARY_INTS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
+_CHARSET_VRS = {"LO", "SH", "LT", "ST", "UT", "UC"}
+_CHARSET_TAG = 0x00080005
+
+
+def _decode(raw: dict[int, RawDataElement]) -> dict[str, Any]:
+    """The collected elements' values by keyword: text decoded in the data set's
+    character set (PS3.5 6.1), binary integers unpacked.
+
+    Decoding a handful of elements directly is several times faster than
+    building a pydicom Dataset for them, and the listener does it per image.
+    """
+    charset = raw.get(_CHARSET_TAG)
+    terms = charset.value.decode("ascii", "replace").strip(" \x00").split("\\") if charset else []
+    encodings = convert_encodings([t.strip() for t in terms] or None)
+    values: dict[str, Any] = {}
+    for tag, el in raw.items():
+        vr = el.VR or dictionary_VR(tag)
+        data = el.value
+        if vr in _BINARY_INTS:
+            fmt = ("<" if el.is_little_endian else ">") + _BINARY_INTS[vr]
+            value: Any = struct.unpack_from(fmt, data)[0] if len(data) >= struct.calcsize(fmt) else None
+        elif vr == "PN":
+            value = decode_bytes(data, encodings, {0x5E, 0x3D})
+        elif vr in _CHARSET_VRS:
+            value = decode_bytes(data, encodings, {0x5C})
+        else:
+            value = data.decode("ascii", "replace")
+        if isinstance(value, str):
+            value = value.strip(" \x00")
+        values[keyword_for_tag(tag)] = value
+    return values
+
+
+# Every top-level element the index reads (the walk keeps these, undecoded).
+_WANTED_KEYWORDS = [
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "PatientBirthDate", "StudyDate", "SeriesNumber",
+    *(kw for _, kw, _ in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS),
+    *(kw for _, kw in INSTANCE_INT_FIELDS),
+]
+_WANTED = frozenset(int(tag_for_keyword(kw)) for kw in _WANTED_KEYWORDS)  # type: ignore[arg-type]
+_META_WANTED = frozenset(
+    int(tag_for_keyword(kw))  # type: ignore[arg-type]
+    for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+)
+
+
 def read_part10(
-    fp: BinaryIO,
     buf: Buffer,
     *,
     expected_sop_class_uid: str | None = None,
@@ -194,10 +240,12 @@ def read_part10(
 ) -> Header:
     """Check a DICOM Part 10 file and read the header fields the index needs.
 
+    One walk over the file's elements proves it complete and keeps the few
+    elements the index needs; only those are decoded (by pydicom, which
+    knows the character sets). Nothing else of the file is parsed.
+
     Parameters
     ----------
-    fp : file object
-        The file, positioned anywhere; its header is read from the start.
     buf : bytes-like
         The whole file (an ``mmap`` for files on disk), walked without copying.
     expected_sop_class_uid, expected_sop_instance_uid : str, optional
@@ -211,31 +259,27 @@ def read_part10(
     """
     if len(buf) == 0:
         raise DicomRejected("the file is empty")
-    fp.seek(0)
-    try:
-        ds = dcmread(fp, stop_before_pixels=True, defer_size="64 KB")
-    except InvalidDicomError as exc:
-        raise DicomRejected(f"not a DICOM Part 10 file: {exc}") from None
-    except Exception as exc:  # pydicom raises many types on garbage input
-        raise DicomRejected(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
-    meta = ds.file_meta
+    meta_raw: dict[int, RawDataElement] = {}
+    body_offset = _body_offset(buf, meta_raw)
+    meta = _decode(meta_raw)
     ts = _uid(meta, "TransferSyntaxUID", where="file meta information")
-    check_complete(buf, _body_offset(buf), ts)
-    if len(ds) == 0:
+    collected: dict[int, RawDataElement] = {}
+    check_complete(buf, body_offset, ts, collect=collected)
+    if not collected and _is_empty_body(buf, body_offset, ts):
         raise DicomRejected("the data set is empty")
-
     try:
+        ds = _decode(collected)
         sop_class = _uid(ds, "SOPClassUID")
         sop_instance = _uid(ds, "SOPInstanceUID")
         study_uid = _uid(ds, "StudyInstanceUID")
         series_uid = _uid(ds, "SeriesInstanceUID")
     except DicomRejected:
         raise
-    except Exception as exc:  # a deferred value that does not decode
+    except Exception as exc:  # a value that does not decode
         raise DicomRejected(f"unreadable identifying attribute: {type(exc).__name__}: {exc}") from None
 
-    meta_class = str(meta.get("MediaStorageSOPClassUID", "") or "").rstrip("\x00")
-    meta_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "").rstrip("\x00")
+    meta_class = str(meta.get("MediaStorageSOPClassUID") or "")
+    meta_instance = str(meta.get("MediaStorageSOPInstanceUID") or "")
     if meta_class and meta_class != sop_class:
         raise DicomRejected(
             f"SOPClassUID {sop_class} differs from the file meta's MediaStorageSOPClassUID {meta_class}",
@@ -281,55 +325,86 @@ def read_part10(
     )
 
 
-def _body_offset(buf: Buffer) -> int:
+def _is_empty_body(buf: Buffer, offset: int, transfer_syntax: str) -> bool:
+    return len(buf) == offset or transfer_syntax == DeflatedExplicitVRLittleEndian and len(buf) - offset <= 2
+
+
+def _body_offset(buf: Buffer, collect: dict[int, RawDataElement] | None = None) -> int:
     """Where the data set starts: after the preamble, the prefix and the file meta group."""
     view = memoryview(buf)
-    if len(view) < 132 or bytes(view[128:132]) != b"DICM":
-        raise DicomRejected("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
-    pos = 132
-    # File meta is always explicit VR little endian (PS3.10 7.1); walk group 0002.
-    while pos + 8 <= len(view):
-        group, _elem = struct.unpack_from("<HH", view, pos)
-        if group != 0x0002:
-            return pos
-        if bytes(view[pos + 4 : pos + 6]) in _LONG_VRS:
-            if pos + 12 > len(view):
+    try:
+        if len(view) < 132 or bytes(view[128:132]) != b"DICM":
+            raise DicomRejected("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
+        pos = 132
+        # File meta is always explicit VR little endian (PS3.10 7.1); walk group 0002.
+        while pos + 8 <= len(view):
+            group, elem = struct.unpack_from("<HH", view, pos)
+            if group != 0x0002:
+                return pos
+            vr = bytes(view[pos + 4 : pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > len(view):
+                    raise DicomRejected("the file meta information is truncated")
+                (length,) = struct.unpack_from("<L", view, pos + 8)
+                start = pos + 12
+            else:
+                (length,) = struct.unpack_from("<H", view, pos + 6)
+                start = pos + 8
+            end = start + length
+            if end > len(view):
                 raise DicomRejected("the file meta information is truncated")
-            (length,) = struct.unpack_from("<L", view, pos + 8)
-            pos += 12 + length
-        else:
-            (length,) = struct.unpack_from("<H", view, pos + 6)
-            pos += 8 + length
-    if pos > len(view):
-        raise DicomRejected("the file meta information is truncated")
-    return pos
+            tag = (group << 16) | elem
+            if collect is not None and tag in _META_WANTED:
+                collect[tag] = RawDataElement(
+                    BaseTag(tag), vr.decode("ascii", "replace"), length, bytes(view[start:end]), start, False, True
+                )
+            pos = end
+        return pos
+    finally:
+        view.release()
 
 
-def check_complete(buf: Buffer, offset: int, transfer_syntax: str) -> None:
+def check_complete(
+    buf: Buffer, offset: int, transfer_syntax: str, *, collect: dict[int, RawDataElement] | None = None
+) -> None:
     """Walk every element of the data set and fail unless the last one ends at the end of the file.
 
     pydicom reads lazily and forgives a file cut short inside its pixel data;
     the archive must not acknowledge such a file, so the structure is walked
-    here without reading any value.
+    here without reading any value. Top-level elements the index needs are
+    kept in ``collect``, undecoded.
     """
-    view = memoryview(buf)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(view[offset:]) + inflater.flush()
-        except zlib.error as exc:
-            raise DicomRejected(f"the deflated data set is corrupt: {exc}") from None
+        with memoryview(buf) as view:
+            try:
+                body = inflater.decompress(view[offset:]) + inflater.flush()
+            except zlib.error as exc:
+                raise DicomRejected(f"the deflated data set is corrupt: {exc}") from None
         if not inflater.eof:
             raise DicomRejected("the deflated data set is truncated")
-        _walk(memoryview(body), 0, len(body), explicit=True, little=True, top=True)
+        _walk(body, 0, len(body), explicit=True, little=True, top=True, collect=collect)
         return
     explicit = transfer_syntax != ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
-    _walk(view, offset, len(view), explicit=explicit, little=little, top=True)
+    _walk(buf, offset, len(buf), explicit=explicit, little=little, top=True, collect=collect)
 
 
-def _walk(buf: memoryview, pos: int, end: int, *, explicit: bool, little: bool, top: bool = False) -> int:
-    """Walk elements from ``pos``; return where the walk stopped (``end``, or after an item delimiter)."""
+def _walk(
+    buf: Buffer,
+    pos: int,
+    end: int,
+    *,
+    explicit: bool,
+    little: bool,
+    top: bool = False,
+    collect: dict[int, RawDataElement] | None = None,
+) -> int:
+    """Walk elements from ``pos``; return where the walk stopped (``end``, or after an item delimiter).
+
+    Reads tags and lengths only, with ``struct.unpack_from`` on the buffer
+    (no copy); values are skipped, except the wanted top-level ones.
+    """
     e = "<" if little else ">"
     tag_fmt = struct.Struct(e + "HH")
     u16 = struct.Struct(e + "H")
@@ -365,18 +440,29 @@ def _walk(buf: memoryview, pos: int, end: int, *, explicit: bool, little: bool, 
             nested_little = little if vr != b"UN" else True
             pos = _walk_items(buf, pos, end, explicit=nested_explicit, little=nested_little, tag=tag)
         else:
+            start = pos
             pos += length
             if pos > end:
                 raise DicomRejected(
                     f"the data set is truncated: element ({group:04X},{elem:04X}) needs "
                     f"{pos - end} more bytes than the file holds"
                 )
+            if collect is not None and top and tag in _WANTED:
+                collect[tag] = RawDataElement(
+                    BaseTag(tag),
+                    vr.decode("ascii", "replace") if vr else None,
+                    length,
+                    bytes(buf[start:pos]),
+                    start,
+                    not explicit,
+                    little,
+                )
     if not top:
         raise DicomRejected("the data set is truncated inside a sequence item")
     return pos
 
 
-def _walk_items(buf: memoryview, pos: int, end: int, *, explicit: bool, little: bool, tag: int) -> int:
+def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool, tag: int) -> int:
     u32 = struct.Struct(("<" if little else ">") + "L")
     tag_fmt = struct.Struct(("<" if little else ">") + "HH")
     while True:
@@ -398,6 +484,7 @@ def _walk_items(buf: memoryview, pos: int, end: int, *, explicit: bool, little: 
                 raise DicomRejected(
                     f"the data set is truncated inside the sequence ({tag >> 16:04X},{tag & 0xFFFF:04X})"
                 )
+
 
 
 def read_dataset(path: Path) -> Any:

@@ -163,22 +163,13 @@ def _check_and_sync(
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise DicomRejected("the file is empty")
-        rejected: DicomRejected | None = None
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            try:
-                sha256 = hashlib.sha256(buf).hexdigest()
-                header = read_part10(
-                    fh,
-                    buf,
-                    expected_sop_class_uid=expected_sop_class_uid,
-                    expected_sop_instance_uid=expected_sop_instance_uid,
-                )
-            except DicomRejected as exc:
-                # Re-raised outside the mapping: the traceback's frames hold
-                # views of it, and a mapping with live views cannot close.
-                rejected = DicomRejected(exc.reason, kind=exc.kind)
-        if rejected is not None:
-            raise rejected
+            sha256 = hashlib.sha256(buf).hexdigest()
+            header = read_part10(
+                buf,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+            )
         # Linux flushes a file's dirty pages on fsync through any descriptor.
         os.fsync(fh.fileno())
     return header, sha256, size

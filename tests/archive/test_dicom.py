@@ -20,7 +20,7 @@ def _bytes_of(ds, *, enforce: bool = True) -> bytes:  # type: ignore[no-untyped-
 
 
 def _read(data: bytes, **kwargs):  # type: ignore[no-untyped-def]
-    return read_part10(io.BytesIO(data), data, **kwargs)
+    return read_part10(data, **kwargs)
 
 
 def _copy(name: str = CT, **kwargs):  # type: ignore[no-untyped-def]
@@ -139,3 +139,33 @@ def test_header_fields_for_the_index() -> None:
 def test_structured_report_without_pixels_is_accepted() -> None:
     header = _read(_bytes_of(_copy(SR)))
     assert header.instance["rows"] is None
+
+
+@pytest.mark.parametrize(
+    "charset,name",
+    [
+        ("ISO_IR 100", "Zanè^Lucìa"),
+        ("ISO_IR 192", "Šuštar^Žiga"),
+        ("ISO_IR 192", "山田^太郎"),
+    ],
+)
+def test_names_are_decoded_in_the_data_set_character_set(charset: str, name: str) -> None:
+    ds = _copy()
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    ds.StudyDescription = "Ecografia è ù"
+    header = _read(_bytes_of(ds))
+    assert header.patient["patient_name"] == name
+    assert header.study["study_description"] == "Ecografia è ù"
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"])
+def test_binary_and_text_values_in_every_encoding(name: str) -> None:
+    from pydicom import dcmread
+
+    ds = _copy(name)
+    header = _read(_bytes_of(ds))
+    again = dcmread(io.BytesIO(_bytes_of(ds)))
+    assert header.instance["rows"] == again.Rows and header.instance["columns"] == again.Columns
+    assert header.sop_instance_uid == again.SOPInstanceUID
+    assert header.patient["patient_name"] == str(again.PatientName)

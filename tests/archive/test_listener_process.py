@@ -41,7 +41,7 @@ def _assert_index_matches_files(tier_root: Path) -> None:
         data = path.read_bytes()
         assert len(data) == copy.size == copy.instance.size, copy.path
         assert hashlib.sha256(data).hexdigest() == copy.sha256 == copy.instance.sha256, copy.path
-        read_part10(open(path, "rb"), data)  # complete and valid
+        read_part10(data)  # complete and valid
         rows[path.resolve()] = copy
     files = {p.resolve() for p in tier_root.rglob("*") if p.is_file()}
     assert files == set(rows), "files without rows or rows without files"
