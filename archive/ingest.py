@@ -143,7 +143,14 @@ def instance_ingest(
                 tier=tier,
                 relpath=relpath,
                 received_at=received_at,
+                optimistic=attempt == 1,
             )
+        except IntegrityError as exc:
+            # A concurrent store created one of the same rows first (or this
+            # instance is already archived): the transaction rolled back
+            # whole; the next attempt looks before it inserts.
+            if attempt == _DB_ATTEMPTS:
+                raise IngestError(f"could not index the object: {exc}", kind="processing") from exc
         except OperationalError as exc:
             # Lock timeouts, deadlocks, serialisation failures, a dropped
             # connection: the transaction rolled back whole, so try again.
@@ -185,7 +192,14 @@ def _index(
     tier: str,
     relpath: str,
     received_at: Any,
+    optimistic: bool,
 ) -> IngestResult:
+    """Index one stored object in one transaction.
+
+    ``optimistic``: insert the instance without first looking for it (the
+    common case: a new image); a unique-constraint violation then rolls the
+    whole transaction back and the caller retries with ``optimistic=False``.
+    """
     with transaction.atomic():
         study, study_created = _study_for_update(header, facility)
         if not study_created and not _same_patient(header, study, facility):
@@ -218,34 +232,23 @@ def _index(
                 relpath=relpath,
                 received_at=received_at,
             )
-        existing = Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
+        existing = None if optimistic else Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
         if existing is None:
-            try:
-                with transaction.atomic():
-                    instance = Instance.objects.create(
-                        sop_instance_uid=header.sop_instance_uid,
-                        series=series,
-                        sop_class_uid=header.sop_class_uid,
-                        transfer_syntax_uid=header.transfer_syntax_uid,
-                        size=size,
-                        sha256=sha256,
-                        facility=facility,
-                        calling_ae=calling_ae,
-                        received_at=received_at,
-                        **header.instance,
-                    )
-                    Copy.objects.create(
-                        instance=instance,
-                        tier=tier,
-                        path=relpath,
-                        sha256=sha256,
-                        size=size,
-                        verified_at=received_at,
-                    )
-            except IntegrityError:
-                # Another transaction archived this SOP Instance UID meanwhile
-                # (under another study: ours is locked).
-                existing = Instance.objects.get(sop_instance_uid=header.sop_instance_uid)
+            instance = Instance.objects.create(
+                sop_instance_uid=header.sop_instance_uid,
+                series=series,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                size=size,
+                sha256=sha256,
+                facility=facility,
+                calling_ae=calling_ae,
+                received_at=received_at,
+                **header.instance,
+            )
+            Copy.objects.create(
+                instance=instance, tier=tier, path=relpath, sha256=sha256, size=size, verified_at=received_at
+            )
         if existing is not None:
             return _existing(
                 header,
