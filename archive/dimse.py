@@ -6,9 +6,9 @@ Around them sit three guards pynetdicom 3.0.4 does not provide:
 
 * who may associate is decided per facility, from ``RemoteNode`` rows read
   at association time (so a node added in the admin works at once);
-* a PDU whose declared length exceeds ``PACS_DICOM_PDU_READ_LIMIT`` cuts the
-  connection before a byte of it is buffered (pynetdicom would otherwise
-  buffer whatever a peer declares, up to 4 GiB);
+* the transport (``archive/dul.py``) cuts a peer that declares a PDU longer
+  than ``PACS_DICOM_PDU_READ_LIMIT`` before buffering it, and wakes on events
+  instead of polling;
 * received data sets are written to this process's incoming folder as they
   arrive (memory does not grow with an object's size), then linked into the
   tier by ingestion.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import struct
 import tempfile
 import threading
 import time
@@ -33,12 +32,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import storage
+from . import dul, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .ingest import CONFLICT, IngestError, instance_ingest
@@ -165,73 +163,6 @@ class PacsACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-# --- bounded PDU reads ---------------------------------------------------------
-
-
-class GuardedDUL(DULServiceProvider):
-    """pynetdicom's DUL with a ceiling on the PDU length it will read, and larger reads."""
-
-    def _read_pdu_data(self) -> None:
-        sock = self.socket
-        assert sock is not None
-        try:
-            head = _recv_exact(sock, 6)
-        except OSError:
-            self.event_queue.put("Evt17")
-            return
-        if len(head) < 6:
-            self.event_queue.put("Evt17")
-            return
-        pdu_type, _, length = struct.unpack(">BBL", head)
-        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            logger.error("unknown PDU type 0x%02X received", pdu_type)
-            self.event_queue.put("Evt19")
-            return
-        limit = settings.PACS_DICOM_PDU_READ_LIMIT
-        if length + 6 > limit:
-            logger.error(
-                "peer %s declared a PDU of %d bytes (limit %d): connection cut",
-                getattr(self.assoc.requestor, "address", "?"),
-                length,
-                limit,
-            )
-            sock.close()  # emits Evt17: the association ends with an A-P-ABORT
-            return
-        try:
-            body = _recv_exact(sock, length)
-        except OSError:
-            self.event_queue.put("Evt17")
-            return
-        if len(body) != length:
-            logger.error("connection closed after %d of %d PDU bytes", len(body), length)
-            self.event_queue.put("Evt17")
-            return
-        try:
-            pdu, event = self._decode_pdu(head + body)
-        except Exception:
-            logger.exception("unable to decode the received PDU")
-            self.event_queue.put("Evt19")
-            return
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
-
-
-def _recv_exact(assoc_sock: Any, n: int) -> bytearray:
-    """Read ``n`` bytes (fewer only if the peer closed), into one preallocated buffer."""
-    raw = assoc_sock.socket
-    if raw is None:
-        raise OSError("socket closed")
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = raw.recv_into(view[got:], min(n - got, 1 << 20))
-        if k == 0:
-            return buf[:got]
-        got += k
-    return buf
-
-
 # --- the association, its handlers and the server ---------------------------------
 
 
@@ -242,6 +173,7 @@ class PacsAssociation(Association):
     pacs_peer: Peer | None = None
 
     def run(self) -> None:
+        dul.reactor_waits_on_events(self)
         try:
             super().run()
         finally:
@@ -258,7 +190,7 @@ class PacsRequestHandler(RequestHandler):
         # Swapped before the threads start; the subclasses add methods, no state.
         assoc.__class__ = PacsAssociation
         assoc.acse.__class__ = PacsACSE
-        assoc.dul.__class__ = GuardedDUL
+        dul.prepare(assoc)
         return assoc
 
 
@@ -439,6 +371,7 @@ def start_listener(
     # pointed there (not tempfile.tempdir, which every other library shares).
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _SpoolFile
+    dul.install()
     storage.incoming_clean_stray()
 
     ae = build_ae(ae_title or "PACS")
