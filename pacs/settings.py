@@ -152,8 +152,6 @@ SQLITE_PATH = VAR_DIR / "pacs.sqlite3"
 DATABASE_URL = env_secret("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-        DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     DATABASES = {
         "default": {
@@ -163,6 +161,9 @@ else:
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Opening SQLite (and running its PRAGMAs) costs more than a store: keep
+    # each thread's connection; the listener closes it when the association ends.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "timeout": env_int("SQLITE_BUSY_TIMEOUT", 60),
