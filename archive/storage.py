@@ -131,6 +131,10 @@ def copy_to_incoming(src: BinaryIO) -> Path:
     except OSError as exc:
         path.unlink(missing_ok=True)
         raise _storage_error(exc, "writing an incoming file") from exc
+    except BaseException:
+        # The source failed (a corrupt zip member, Ctrl-C): no partial file stays.
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
