@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.db import IntegrityError, OperationalError, close_old_connections, transaction
+from django.db import IntegrityError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -201,6 +201,19 @@ def _index(
     whole transaction back and the caller retries with ``optimistic=False``.
     """
     with transaction.atomic():
+        if optimistic:
+            done = _index_into_known_series(
+                header=header,
+                facility=facility,
+                calling_ae=calling_ae,
+                sha256=sha256,
+                size=size,
+                tier=tier,
+                relpath=relpath,
+                received_at=received_at,
+            )
+            if done is not None:
+                return done
         study, study_created = _study_for_update(header, facility)
         if not study_created and not _same_patient(header, study, facility):
             return _conflict(
@@ -235,20 +248,9 @@ def _index(
         existing = None if optimistic else Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
         if existing is None:
             instance = Instance.objects.create(
-                sop_instance_uid=header.sop_instance_uid,
-                series=series,
-                sop_class_uid=header.sop_class_uid,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                size=size,
-                sha256=sha256,
-                facility=facility,
-                calling_ae=calling_ae,
-                received_at=received_at,
-                **header.instance,
+                series=series, **_instance_values(header, facility, calling_ae, sha256, size, received_at)
             )
-            Copy.objects.create(
-                instance=instance, tier=tier, path=relpath, sha256=sha256, size=size, verified_at=received_at
-            )
+            Copy.objects.create(instance=instance, **_copy_values(tier, relpath, sha256, size, received_at))
         if existing is not None:
             return _existing(
                 header,
@@ -286,6 +288,147 @@ def _index(
         study_id=study.pk,
         patient_id=study.patient_id,
         instance_id=instance.pk,
+    )
+
+
+def _instance_values(
+    header: Header, facility: Facility, calling_ae: str, sha256: str, size: int, received_at: Any
+) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "size": size,
+        "sha256": sha256,
+        "facility_id": facility.pk,
+        "calling_ae": calling_ae,
+        "received_at": received_at,
+        **header.instance,
+    }
+
+
+def _copy_values(tier: str, relpath: str, sha256: str, size: int, received_at: Any) -> dict[str, Any]:
+    return {"tier": tier, "path": relpath, "sha256": sha256, "size": size, "verified_at": received_at}
+
+
+class _HotSql:
+    """The statements of the common case, built once from the models' metadata.
+
+    Django's ORM compiles each query anew, which costs more than SQLite
+    takes to run it; an image joining a series already archived (all but
+    the first of each series) goes through these instead. Column names come
+    from the models, so a renamed field cannot drift from them.
+    """
+
+    def __init__(self) -> None:
+        q = connection.ops.quote_name
+
+        def table(model: Any) -> str:
+            return q(model._meta.db_table)
+
+        def col(model: Any, name: str) -> str:
+            return q(model._meta.get_field(name).column)
+
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        self.study = (
+            f"SELECT {col(Study, 'id')}, {col(Study, 'patient')}, {col(Study, 'dicom_patient_id')}, "
+            f"{col(Study, 'issuer_of_patient_id')}, {col(Study, 'post_ingest_pending')} "
+            f"FROM {table(Study)} WHERE {col(Study, 'study_instance_uid')} = %s{lock}"
+        )
+        self.series = (
+            f"SELECT {col(Series, 'id')}, {col(Series, 'study')} FROM {table(Series)} "
+            f"WHERE {col(Series, 'series_instance_uid')} = %s"
+        )
+        self.instance_fields = [
+            Instance._meta.get_field(name)
+            for name in (
+                "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "size", "sha256", "facility",
+                "calling_ae", "received_at", "instance_number", "rows", "columns", "number_of_frames", "series",
+            )
+        ]
+        self.insert_instance = (
+            f"INSERT INTO {table(Instance)} ({', '.join(q(f.column) for f in self.instance_fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(self.instance_fields))}) RETURNING {col(Instance, 'id')}"
+        )
+        self.copy_fields = [
+            Copy._meta.get_field(name)
+            for name in ("instance", "tier", "path", "sha256", "size", "created_at", "verified_at")
+        ]
+        self.insert_copy = (
+            f"INSERT INTO {table(Copy)} ({', '.join(q(f.column) for f in self.copy_fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(self.copy_fields))})"
+        )
+        n = col(Series, "number_of_instances")
+        self.bump_series = f"UPDATE {table(Series)} SET {n} = {n} + 1 WHERE {col(Series, 'id')} = %s"
+        n = col(Study, "number_of_instances")
+        self.bump_study = (
+            f"UPDATE {table(Study)} SET {n} = {n} + 1, {col(Study, 'last_received_at')} = %s, "
+            f"{col(Study, 'post_ingest_pending')} = %s WHERE {col(Study, 'id')} = %s"
+        )
+
+    @staticmethod
+    def params(fields: list[Any], values: dict[str, Any]) -> list[Any]:
+        return [f.get_db_prep_save(values[f.attname], connection) for f in fields]
+
+
+_hot_sql: dict[str, _HotSql] = {}
+
+
+def _index_into_known_series(
+    *,
+    header: Header,
+    facility: Facility,
+    calling_ae: str,
+    sha256: str,
+    size: int,
+    tier: str,
+    relpath: str,
+    received_at: Any,
+) -> IngestResult | None:
+    """The common case in raw SQL: a new image of a series already archived, same patient.
+
+    Returns None, having changed nothing, for anything else (new study or
+    series, another patient, a series of another study): the ORM path
+    handles those. A duplicate SOP Instance UID raises IntegrityError.
+    """
+    sql = _hot_sql.get(connection.vendor)
+    if sql is None:
+        sql = _hot_sql[connection.vendor] = _HotSql()
+    with connection.cursor() as cursor:
+        cursor.execute(sql.study, [header.study_instance_uid])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        study_id, patient_id, dicom_pid, issuer, pending = row
+        pid = header.patient["dicom_patient_id"]
+        if pid and (pid, header.patient["issuer_of_patient_id"]) != (dicom_pid, issuer):
+            return None
+        cursor.execute(sql.series, [header.series_instance_uid])
+        row = cursor.fetchone()
+        if row is None or row[1] != study_id:
+            return None
+        series_id = row[0]
+        values = _instance_values(header, facility, calling_ae, sha256, size, received_at)
+        values["series_id"] = series_id
+        cursor.execute(sql.insert_instance, sql.params(sql.instance_fields, values))
+        instance_id = cursor.fetchone()[0]
+        copy = _copy_values(tier, relpath, sha256, size, received_at)
+        copy.update(instance_id=instance_id, created_at=received_at)
+        cursor.execute(sql.insert_copy, sql.params(sql.copy_fields, copy))
+        cursor.execute(sql.bump_series, [series_id])
+        cursor.execute(
+            sql.bump_study,
+            [Study._meta.get_field("last_received_at").get_db_prep_save(received_at, connection), True, study_id],
+        )
+    if not pending:
+        transaction.on_commit(lambda: _enqueue_post_ingest(study_id))
+    return IngestResult(
+        outcome=STORED,
+        sop_instance_uid=header.sop_instance_uid,
+        study_instance_uid=header.study_instance_uid,
+        study_id=study_id,
+        patient_id=patient_id,
+        instance_id=instance_id,
     )
 
 
