@@ -19,7 +19,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
 
@@ -487,6 +487,7 @@ def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool
 
 
 
-def read_dataset(path: Path) -> Any:
-    """The full header of a stored file, without pixel data, for display."""
-    return dcmread(path, stop_before_pixels=True, defer_size="16 KB")
+def read_dataset(source: Path | BinaryIO) -> Any:
+    """The full header of a stored file (a path or an open file), without pixel
+    data and with large values left unread, for display."""
+    return dcmread(source, stop_before_pixels=True, defer_size="16 KB")

@@ -11,12 +11,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
+
+from .dicom import read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ class Header:
 def read_header(fh: BinaryIO, *, max_rows: int | None = None) -> Header:
     """Read an open Part 10 file and flatten its file meta and data set.
 
-    The reading is :func:`archive.dicom.read_dataset`'s (no pixel data, large
-    values deferred), from an open file rather than a path, so that the caller
-    decides where the bytes come from (``archive.storage.open_copy``).
+    Read with :func:`archive.dicom.read_dataset` (no pixel data, large values
+    deferred) from an open file, so that the caller decides where the bytes
+    come from (``archive.storage.open_copy``).
     Deferred values are never loaded except sequences, so the file must stay
     open while this runs; it does not need to afterwards.
 
@@ -73,7 +74,7 @@ def read_header(fh: BinaryIO, *, max_rows: int | None = None) -> Header:
     """
     if max_rows is None:
         max_rows = MAX_ROWS
-    ds = dcmread(fh, stop_before_pixels=True, defer_size="16 KB")
+    ds = read_dataset(fh)
     meta = dataset_rows(getattr(ds, "file_meta", None) or Dataset(), max_rows=max_rows)[0]
     rows, truncated = dataset_rows(ds, max_rows=max_rows)
     return Header(meta=meta, rows=rows, truncated=truncated)

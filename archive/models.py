@@ -45,7 +45,9 @@ class Facility(models.Model):
         validators=[RegexValidator(r"^[A-Z0-9_-]{1,16}$", _("Lettere maiuscole, cifre, '-' e '_'."))],
     )
     name = models.CharField(_("nome"), max_length=200)
-    authority = models.ForeignKey(HealthAuthority, on_delete=models.PROTECT, related_name="facilities")
+    authority = models.ForeignKey(
+        HealthAuthority, on_delete=models.PROTECT, related_name="facilities", verbose_name=_("azienda sanitaria")
+    )
     ae_title = models.CharField(_("AE title"), max_length=16, unique=True, validators=[ae_title_validator])
     dicom_port = models.PositiveIntegerField(_("porta DICOM"), validators=port_validators)
 
@@ -61,7 +63,9 @@ class Facility(models.Model):
 class RemoteNode(models.Model):
     """A DICOM peer of a facility (modality, workstation, another archive) and what it may do."""
 
-    facility = models.ForeignKey(Facility, on_delete=models.CASCADE, related_name="remote_nodes")
+    facility = models.ForeignKey(
+        Facility, on_delete=models.CASCADE, related_name="remote_nodes", verbose_name=_("presidio")
+    )
     ae_title = models.CharField(_("AE title"), max_length=16, validators=[ae_title_validator])
     host = models.CharField(_("host"), max_length=255)
     port = models.PositiveIntegerField(_("porta"), validators=port_validators)
@@ -101,7 +105,7 @@ class Patient(models.Model):
     provisional = models.BooleanField(
         _("provvisorio"), default=False, db_index=True, help_text=_("Da riconciliare con l'anagrafe regionale.")
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
 
     class Meta:
         verbose_name = _("paziente")
@@ -125,10 +129,14 @@ class Patient(models.Model):
 class PatientIdentifier(models.Model):
     """A facility's DICOM PatientID (+ IssuerOfPatientID) and the patient it designates."""
 
-    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="patient_identifiers")
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="patient_identifiers", verbose_name=_("presidio")
+    )
     dicom_patient_id = models.CharField(_("PatientID"), max_length=64)
     issuer = models.CharField(_("IssuerOfPatientID"), max_length=64, blank=True)
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="identifiers")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="identifiers", verbose_name=_("paziente")
+    )
 
     class Meta:
         verbose_name = _("identificativo paziente")
@@ -144,9 +152,15 @@ class PatientIdentifier(models.Model):
 
 class Study(models.Model):
     study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, unique=True)
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="studies", verbose_name=_("paziente")
+    )
     facility = models.ForeignKey(
-        Facility, on_delete=models.PROTECT, related_name="studies", help_text=_("Presidio di origine.")
+        Facility,
+        on_delete=models.PROTECT,
+        related_name="studies",
+        verbose_name=_("presidio"),
+        help_text=_("Presidio di origine."),
     )
     # Patient attributes as the modality sent them (C-FIND answers with these).
     patient_name = models.CharField("PatientName", max_length=256, blank=True, db_index=True)
@@ -163,10 +177,10 @@ class Study(models.Model):
     modalities_in_study = models.CharField("ModalitiesInStudy", max_length=64, blank=True, db_index=True)
     number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
     number_of_instances = models.PositiveIntegerField("NumberOfStudyRelatedInstances", default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
     last_received_at = models.DateTimeField(_("ultima immagine ricevuta"), null=True, blank=True, db_index=True)
     # Set by ingestion when post-ingest work is owed; cleared by the task that does it.
-    post_ingest_pending = models.BooleanField(default=False, db_index=True)
+    post_ingest_pending = models.BooleanField(_("elaborazione in attesa"), default=False, db_index=True)
     post_ingest_at = models.DateTimeField(_("ultima elaborazione"), null=True, blank=True)
 
     class Meta:
@@ -183,13 +197,13 @@ class Study(models.Model):
 
 class Series(models.Model):
     series_instance_uid = models.CharField("SeriesInstanceUID", max_length=64, unique=True)
-    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series")
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series", verbose_name=_("studio"))
     modality = models.CharField("Modality", max_length=16, blank=True, db_index=True)
     series_number = models.IntegerField("SeriesNumber", null=True, blank=True)
     series_description = models.CharField("SeriesDescription", max_length=64, blank=True)
     body_part_examined = models.CharField("BodyPartExamined", max_length=16, blank=True)
     number_of_instances = models.PositiveIntegerField("NumberOfSeriesRelatedInstances", default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
 
     class Meta:
         verbose_name = _("serie")
@@ -201,7 +215,7 @@ class Series(models.Model):
 
 class Instance(models.Model):
     sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
-    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances")
+    series = models.ForeignKey(Series, on_delete=models.PROTECT, related_name="instances", verbose_name=_("serie"))
     sop_class_uid = models.CharField("SOPClassUID", max_length=64, db_index=True)
     instance_number = models.IntegerField("InstanceNumber", null=True, blank=True)
     rows = models.PositiveIntegerField("Rows", null=True, blank=True)
@@ -211,7 +225,11 @@ class Instance(models.Model):
     size = models.BigIntegerField(_("dimensione (byte)"))
     sha256 = models.CharField("SHA-256", max_length=64)
     facility = models.ForeignKey(
-        Facility, on_delete=models.PROTECT, related_name="instances", help_text=_("Presidio di origine.")
+        Facility,
+        on_delete=models.PROTECT,
+        related_name="instances",
+        verbose_name=_("presidio"),
+        help_text=_("Presidio di origine."),
     )
     calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
     received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
@@ -228,12 +246,14 @@ class Copy(models.Model):
     """One stored copy of an instance in one tier. A copy is deleted only after
     another verified copy exists."""
 
-    instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="copies")
+    instance = models.ForeignKey(
+        Instance, on_delete=models.PROTECT, related_name="copies", verbose_name=_("istanza")
+    )
     tier = models.CharField(_("livello"), max_length=64, help_text=_("Es. facility:TS-CAT"))
     path = models.CharField(_("percorso"), max_length=512)
     sha256 = models.CharField("SHA-256", max_length=64)
     size = models.BigIntegerField(_("dimensione (byte)"))
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
     verified_at = models.DateTimeField(_("ultima verifica"), null=True, blank=True)
 
     class Meta:
@@ -263,11 +283,21 @@ class InstanceConflict(models.Model):
     sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, db_index=True)
     study_instance_uid = models.CharField("StudyInstanceUID", max_length=64)
     instance = models.ForeignKey(
-        Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="conflicts",
+        Instance,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="conflicts",
+        verbose_name=_("istanza archiviata"),
         help_text=_("L'istanza archiviata con lo stesso SOPInstanceUID, se c'è."),
     )
     study = models.ForeignKey(
-        Study, null=True, blank=True, on_delete=models.PROTECT, related_name="conflicts",
+        Study,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="conflicts",
+        verbose_name=_("studio archiviato"),
         help_text=_("Lo studio archiviato con lo stesso StudyInstanceUID, se c'è."),
     )
     reason = models.CharField(_("motivo"), max_length=32, choices=Reason.choices)
@@ -276,11 +306,15 @@ class InstanceConflict(models.Model):
     path = models.CharField(_("percorso"), max_length=512)
     sha256 = models.CharField("SHA-256", max_length=64)
     size = models.BigIntegerField(_("dimensione (byte)"))
-    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="conflicts")
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="conflicts", verbose_name=_("presidio")
+    )
     calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
     received_at = models.DateTimeField(_("ricevuta il"))
     resolved_at = models.DateTimeField(_("risolto il"), null=True, blank=True)
-    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, verbose_name=_("risolto da")
+    )
     resolution_note = models.TextField(_("nota"), blank=True)
 
     class Meta:
@@ -311,24 +345,41 @@ class AuditEvent(models.Model):
 
     at = models.DateTimeField(_("quando"), db_index=True)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        verbose_name=_("utente"),
     )
-    username = models.CharField(_("utente"), max_length=150, blank=True)
+    username = models.CharField(_("nome utente"), max_length=150, blank=True)
     ae_title = models.CharField(_("AE title"), max_length=16, blank=True)
     system = models.CharField(_("processo di sistema"), max_length=64, blank=True)
     action = models.CharField(_("azione"), max_length=64, db_index=True)
     outcome = models.CharField(_("esito"), max_length=16, choices=Outcome.choices)
     patient = models.ForeignKey(
-        Patient, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Patient,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        verbose_name=_("paziente"),
     )
     study = models.ForeignKey(
-        Study, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Study,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        verbose_name=_("studio"),
     )
     study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, blank=True)
     source = models.CharField(_("da dove"), max_length=255, blank=True)
     detail = models.JSONField(_("dettaglio"), default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    prev_hash = models.CharField(_("hash precedente"), max_length=64)
+    hash = models.CharField(_("hash"), max_length=64, unique=True)
 
     class Meta:
         verbose_name = _("evento di audit")

@@ -25,9 +25,6 @@ from archive.sample_data import MR, PatientInfo, write_study
 
 CF = "RSSMRA85T10A562S"
 
-# WhiteNoise's complaint that collectstatic has not run in the test var folder.
-pytestmark = pytest.mark.filterwarnings("ignore:No directory at:UserWarning")
-
 
 @dataclass
 class Archive:
