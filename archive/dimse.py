@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import tempfile
+import uuid
+import weakref
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -215,16 +216,17 @@ def handle_store(event: Any) -> Dataset:
             peer.failed += 1
             return _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not store here")
         req = event.request
-        spool_error = _SpoolFile.pop_error(event.dataset_path)
-        if spool_error is not None:
+        spool = _SpoolFile.of(event.dataset_path)
+        if spool is not None and spool.error is not None:
             peer.failed += 1
             Path(event.dataset_path).unlink(missing_ok=True)
-            full = spool_error.errno in (errno.ENOSPC, errno.EDQUOT)
-            logger.error("receiving a data set from %s failed: %s", peer.calling_ae, spool_error)
-            return _status(OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool_error.strerror}")
+            full = spool.error.errno in (errno.ENOSPC, errno.EDQUOT)
+            logger.error("receiving a data set from %s failed: %s", peer.calling_ae, spool.error)
+            return _status(OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool.error.strerror}")
         try:
             result = instance_ingest(
                 path=event.dataset_path,
+                data=spool.in_memory() if spool is not None else None,
                 facility=peer.facility,
                 owned=True,
                 calling_ae=peer.calling_ae,
@@ -302,58 +304,75 @@ def build_ae(ae_title: str) -> AE:
 
 
 class _SpoolFile:
-    """pynetdicom's temporary file for a data set being received, in the incoming
-    folder, that remembers a write error instead of raising it.
+    """pynetdicom's temporary file for a data set being received.
 
-    pynetdicom writes while it decodes P-DATA; an exception there aborts the
-    association. A full disk must instead be answered with "out of
-    resources" for that store, so the error is kept (and the rest of the
-    data set discarded) until the C-STORE handler sees it.
+    A data set up to ``PACS_DICOM_SPOOL_MEMORY`` bytes (every CT or MR image)
+    stays in memory and ingestion writes it once, durably; a larger one
+    spills to a file in the incoming folder as it arrives, so memory does not
+    grow with an object's size or a hostile peer's stream.
+
+    pynetdicom writes while it decodes P-DATA, where an exception would abort
+    the association; a write error (a full disk) is kept instead, the rest
+    of the data set discarded, and the C-STORE handler answers "out of
+    resources" for that store.
     """
 
-    _errors: dict[str, OSError] = {}
+    # Looked up by name from the handler; weak, so a data set whose association
+    # died before its handler ran leaves nothing behind in memory.
+    _live: weakref.WeakValueDictionary[str, _SpoolFile] = weakref.WeakValueDictionary()
     _lock = threading.Lock()
 
     def __init__(self, **kwargs: Any) -> None:
-        self._file = tempfile.NamedTemporaryFile(dir=storage.incoming_dir(), **kwargs)
-        self.name = self._file.name
-        self._failed = False
+        self.name = str(storage.incoming_dir() / f"{uuid.uuid4().hex}.dcm")
+        self.error: OSError | None = None
+        self._limit = settings.PACS_DICOM_SPOOL_MEMORY
+        self._memory: bytearray | None = bytearray()
+        self._file: BinaryIO | None = None
+        with self._lock:
+            self._live[self.name] = self
 
     @property
     def file(self) -> _SpoolFile:
         return self
 
-    def _fail(self, exc: OSError) -> None:
-        self._failed = True
-        with self._lock:
-            self._errors[self.name] = exc
-
     def write(self, data: bytes) -> int:
-        if not self._failed:
-            try:
-                return self._file.write(data)
-            except OSError as exc:
-                self._fail(exc)
+        if self.error is not None:
+            return len(data)
+        try:
+            if self._memory is not None:
+                if len(self._memory) + len(data) <= self._limit:
+                    self._memory += data
+                    return len(data)
+                self._file = open(self.name, "xb")
+                self._file.write(self._memory)
+                self._memory = None
+            assert self._file is not None
+            self._file.write(data)
+        except OSError as exc:
+            self.error = exc
         return len(data)
 
     def flush(self) -> None:
-        if not self._failed:
+        if self._file is not None and self.error is None:
             try:
                 self._file.flush()
             except OSError as exc:
-                self._fail(exc)
+                self.error = exc
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError as exc:
-            if not self._failed:
-                self._fail(exc)
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+    def in_memory(self) -> bytes | None:
+        return bytes(self._memory) if self._memory is not None else None
 
     @classmethod
-    def pop_error(cls, path: object) -> OSError | None:
+    def of(cls, path: object) -> _SpoolFile | None:
         with cls._lock:
-            return cls._errors.pop(str(path), None)
+            return cls._live.get(str(path))
 
 
 def start_listener(

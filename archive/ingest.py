@@ -73,6 +73,7 @@ def instance_ingest(
     path: Path,
     facility: Facility,
     owned: bool,
+    data: bytes | None = None,
     calling_ae: str = "",
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
@@ -85,6 +86,10 @@ def instance_ingest(
         The file. When ``owned`` it is a temporary file in this process's
         incoming folder and is consumed; otherwise it is copied first and
         left alone.
+    data : bytes, optional
+        The file's content, when it is in memory (a data set received over
+        the network): checked there, then written once to ``path`` (which
+        must not exist yet, in the incoming folder) and made durable.
     facility : Facility
         The facility whose tier receives it.
     calling_ae : str
@@ -97,7 +102,7 @@ def instance_ingest(
     IngestError
         The object was not stored; nothing of it was kept.
     """
-    if not owned:
+    if not owned and data is None:
         try:
             with open(path, "rb") as src:
                 path = storage.copy_to_incoming(src)
@@ -106,11 +111,19 @@ def instance_ingest(
         except (storage.StorageError, OSError) as exc:
             raise IngestError(f"cannot read {path}: {exc}", kind="processing") from exc
     try:
-        header, sha256, size = _check_and_sync(
-            path,
-            expected_sop_class_uid=expected_sop_class_uid,
-            expected_sop_instance_uid=expected_sop_instance_uid,
-        )
+        if data is not None:
+            header, sha256, size = _check_in_memory(
+                data,
+                path,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+            )
+        else:
+            header, sha256, size = _check_and_sync(
+                path,
+                expected_sop_class_uid=expected_sop_class_uid,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+            )
         tier = storage.facility_tier(facility.code)
         relpath = storage.instance_relpath(
             study_uid=header.study_instance_uid,
@@ -161,6 +174,16 @@ def instance_ingest(
                 raise IngestError(f"the index database is unavailable: {exc}", kind="out_of_resources") from exc
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
+
+
+def _check_in_memory(
+    data: bytes, path: Path, *, expected_sop_class_uid: str | None, expected_sop_instance_uid: str | None
+) -> tuple[Header, str, int]:
+    header = read_part10(
+        data, expected_sop_class_uid=expected_sop_class_uid, expected_sop_instance_uid=expected_sop_instance_uid
+    )
+    storage.write_new_file(path, data)
+    return header, hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _check_and_sync(

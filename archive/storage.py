@@ -138,6 +138,22 @@ def copy_to_incoming(src: BinaryIO) -> Path:
     return path
 
 
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (which must not exist) holding ``data``, fsynced; nothing stays on failure."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise _storage_error(exc, f"creating {path.name}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise _storage_error(exc, f"writing {path.name}") from exc
+
+
 def _storage_error(exc: OSError, doing: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull(f"no space left while {doing}")

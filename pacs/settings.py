@@ -271,6 +271,9 @@ PACS_DICOM_MAX_PDU = env_int("PACS_DICOM_MAX_PDU", 262144)
 # The largest PDU we will read at all: some equipment ignores our maximum, but a
 # peer that declares more than this is cut before anything is buffered.
 PACS_DICOM_PDU_READ_LIMIT = env_int("PACS_DICOM_PDU_READ_LIMIT", 1024 * 1024)
+# A received data set up to this size is held in memory until it is stored;
+# a larger one is written to the incoming folder as it arrives.
+PACS_DICOM_SPOOL_MEMORY = env_int("PACS_DICOM_SPOOL_MEMORY", 4 * 1024 * 1024)
 PACS_DICOM_ACSE_TIMEOUT = env_float("PACS_DICOM_ACSE_TIMEOUT", 30.0)
 PACS_DICOM_DIMSE_TIMEOUT = env_float("PACS_DICOM_DIMSE_TIMEOUT", 60.0)
 PACS_DICOM_NETWORK_TIMEOUT = env_float("PACS_DICOM_NETWORK_TIMEOUT", 60.0)

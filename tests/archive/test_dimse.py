@@ -160,3 +160,21 @@ def test_four_concurrent_associations(listener: int, tmp_path: Path) -> None:
     assert Study.objects.count() == 4
     assert sorted(Study.objects.values_list("number_of_instances", flat=True)) == [10, 10, 10, 10]
     assert Instance.objects.count() == 40
+
+
+def test_data_sets_above_the_memory_limit_spill_to_disk_as_they_arrive(  # type: ignore[no-untyped-def]
+    transactional_db, region, settings, ct_study
+) -> None:
+    from archive.dimse import start_listener, stop_listener
+
+    settings.PACS_DICOM_SPOOL_MEMORY = 4096  # a CT image is 39 KB
+    server = start_listener(host="127.0.0.1", port=0)
+    try:
+        report = send_files(server.server_address[1], ct_study)
+    finally:
+        stop_listener(server, grace=0)
+    assert set(report.statuses.values()) == {0x0000}
+    for path in ct_study:
+        copy = Instance.objects.get(sop_instance_uid=dcmread(path).SOPInstanceUID).copies.get()
+        assert _body(storage.absolute_path(copy.tier, copy.path)) == _body(path)
+    assert not any(p.is_file() for p in storage.incoming_dir().rglob("*"))

@@ -121,12 +121,18 @@ def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.parametrize("spool", ["in-memory", "spilled-to-disk"])
 def test_full_disk_answers_out_of_resources_and_leaves_no_partial_file(
-    start_listener_process, region, tmp_path: Path, small_tmpfs: Path
+    start_listener_process, region, tmp_path: Path, small_tmpfs: Path, spool: str
 ) -> None:  # type: ignore[no-untyped-def]
     tier, incoming = small_tmpfs / "tier", small_tmpfs / "incoming"
     listener = start_listener_process(
-        env={"PACS_FACILITY_TIER_DIR": str(tier), "PACS_INCOMING_DIR": str(incoming)}
+        env={
+            "PACS_FACILITY_TIER_DIR": str(tier),
+            "PACS_INCOMING_DIR": str(incoming),
+            # Spilled: the disk fills while pynetdicom writes the data set as it arrives.
+            "PACS_DICOM_SPOOL_MEMORY": "4096" if spool == "spilled-to-disk" else str(4 * 1024 * 1024),
+        }
     )
     # 60 CT images of 39 KB cannot fit in 1 MB.
     files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), instances_per_series=60)
