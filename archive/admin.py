@@ -35,7 +35,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
-from django.utils.translation import gettext, gettext_lazy as _, ngettext
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
 from . import storage
@@ -330,7 +331,14 @@ class RemoteNodeInline(admin.TabularInline):
     model = RemoteNode
     extra = 0
     fields = (
-        "ae_title", "host", "port", "description", "can_store", "can_query", "can_retrieve", "is_retrieve_destination"
+        "ae_title",
+        "host",
+        "port",
+        "description",
+        "can_store",
+        "can_query",
+        "can_retrieve",
+        "is_retrieve_destination",
     )
 
 
@@ -346,7 +354,14 @@ class FacilityAdmin(admin.ModelAdmin):
 @admin.register(RemoteNode)
 class RemoteNodeAdmin(admin.ModelAdmin):
     list_display = (
-        "ae_title", "host", "port", "facility", "can_store", "can_query", "can_retrieve", "is_retrieve_destination"
+        "ae_title",
+        "host",
+        "port",
+        "facility",
+        "can_store",
+        "can_query",
+        "can_retrieve",
+        "is_retrieve_destination",
     )
     list_filter = ("facility", "can_store", "can_query", "can_retrieve", "is_retrieve_destination")
     search_fields = ("ae_title", "host", "description")
@@ -469,8 +484,13 @@ def _person_name(value: str) -> str:
 class SeriesInline(ReadOnlyInline):
     model = Series
     fields = readonly_fields = (
-        "series_number", "modality", "series_description", "body_part_examined", "number_of_instances",
-        "created_at", "instances_link",
+        "series_number",
+        "modality",
+        "series_description",
+        "body_part_examined",
+        "number_of_instances",
+        "created_at",
+        "instances_link",
     )
     ordering = ("series_number", "id")
 
@@ -484,14 +504,25 @@ class SeriesInline(ReadOnlyInline):
 @admin.register(Study)
 class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
     list_display = (
-        "study_date", "patient_display", "dicom_patient_id", "accession_number", "modalities_display",
-        "study_description", "facility", "series_count", "instance_count",
+        "study_date",
+        "patient_display",
+        "dicom_patient_id",
+        "accession_number",
+        "modalities_display",
+        "study_description",
+        "facility",
+        "series_count",
+        "instance_count",
     )
     list_display_links = ("study_date", "patient_display")
     list_filter = ("facility", StudyModalityFilter, "post_ingest_pending")
     date_hierarchy = "study_date"
     search_fields = (
-        "patient_name", "^dicom_patient_id", "^accession_number", "=study_instance_uid", "^patient__codice_fiscale"
+        "patient_name",
+        "^dicom_patient_id",
+        "^accession_number",
+        "=study_instance_uid",
+        "^patient__codice_fiscale",
     )
     search_help_text = _("PatientName, PatientID, AccessionNumber, StudyInstanceUID o codice fiscale.")
     list_select_related = ("facility",)
@@ -503,8 +534,13 @@ class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
             _("Paziente"),
             {
                 "fields": (
-                    "patient", "patient_codice_fiscale", "patient_name", "dicom_patient_id", "issuer_of_patient_id",
-                    "patient_birth_date", "patient_sex",
+                    "patient",
+                    "patient_codice_fiscale",
+                    "patient_name",
+                    "dicom_patient_id",
+                    "issuer_of_patient_id",
+                    "patient_birth_date",
+                    "patient_sex",
                 )
             },
         ),
@@ -512,9 +548,17 @@ class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
             _("Studio"),
             {
                 "fields": (
-                    "study_instance_uid", "study_date", "study_time", "accession_number", "study_id",
-                    "study_description", "referring_physician_name", "modalities_in_study", "number_of_series",
-                    "number_of_instances", "facility",
+                    "study_instance_uid",
+                    "study_date",
+                    "study_time",
+                    "accession_number",
+                    "study_id",
+                    "study_description",
+                    "referring_physician_name",
+                    "modalities_in_study",
+                    "number_of_series",
+                    "number_of_instances",
+                    "facility",
                 )
             },
         ),
@@ -554,8 +598,14 @@ class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
 @admin.register(Series)
 class SeriesAdmin(AuditedAdminMixin, IngestedRowAdmin):
     list_display = (
-        "series_instance_uid", "study_link", "modality", "series_number", "series_description", "body_part_examined",
-        "number_of_instances", "created_at",
+        "series_instance_uid",
+        "study_link",
+        "modality",
+        "series_number",
+        "series_description",
+        "body_part_examined",
+        "number_of_instances",
+        "created_at",
     )
     list_filter = (SeriesModalityFilter, "study__facility")
     search_fields = ("=series_instance_uid", "=study__study_instance_uid")
@@ -564,8 +614,15 @@ class SeriesAdmin(AuditedAdminMixin, IngestedRowAdmin):
     ordering = ("-id",)
     readonly_fields = ("instances_link",)
     fields = (
-        "series_instance_uid", "study", "modality", "series_number", "series_description", "body_part_examined",
-        "number_of_instances", "instances_link", "created_at",
+        "series_instance_uid",
+        "study",
+        "modality",
+        "series_number",
+        "series_description",
+        "body_part_examined",
+        "number_of_instances",
+        "instances_link",
+        "created_at",
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Series]:
@@ -710,8 +767,17 @@ class DicomHeaderViewMixin(AuditedAdminMixin):
 @admin.register(Instance)
 class InstanceAdmin(DicomHeaderViewMixin, IngestedRowAdmin):
     list_display = (
-        "sop_instance_uid", "instance_number", "modality", "sop_class", "transfer_syntax", "dimensions",
-        "number_of_frames", "size", "facility", "received_at", "header_link",
+        "sop_instance_uid",
+        "instance_number",
+        "modality",
+        "sop_class",
+        "transfer_syntax",
+        "dimensions",
+        "number_of_frames",
+        "size",
+        "facility",
+        "received_at",
+        "header_link",
     )
     list_filter = (InstanceModalityFilter, SopClassFilter, TransferSyntaxFilter, "facility", "received_at")
     search_fields = ("=sop_instance_uid", "=series__series_instance_uid", "=series__study__study_instance_uid")
@@ -725,8 +791,16 @@ class InstanceAdmin(DicomHeaderViewMixin, IngestedRowAdmin):
             None,
             {
                 "fields": (
-                    "sop_instance_uid", "sop_class_uid", "sop_class", "series", "study_link", "instance_number",
-                    "rows", "columns", "number_of_frames", "header_link",
+                    "sop_instance_uid",
+                    "sop_class_uid",
+                    "sop_class",
+                    "series",
+                    "study_link",
+                    "instance_number",
+                    "rows",
+                    "columns",
+                    "number_of_frames",
+                    "header_link",
                 )
             },
         ),
@@ -734,7 +808,12 @@ class InstanceAdmin(DicomHeaderViewMixin, IngestedRowAdmin):
             _("File"),
             {
                 "fields": (
-                    "transfer_syntax_uid", "transfer_syntax", "size", "sha256", "facility", "calling_ae",
+                    "transfer_syntax_uid",
+                    "transfer_syntax",
+                    "size",
+                    "sha256",
+                    "facility",
+                    "calling_ae",
                     "received_at",
                 )
             },
@@ -830,7 +909,13 @@ class ResolveForm(forms.Form):
 class InstanceConflictAdmin(DicomHeaderViewMixin, admin.ModelAdmin):
     form = ConflictForm
     list_display = (
-        "received_at", "reason", "facility", "calling_ae", "sop_instance_uid", "study_link", "is_resolved",
+        "received_at",
+        "reason",
+        "facility",
+        "calling_ae",
+        "sop_instance_uid",
+        "study_link",
+        "is_resolved",
         "resolved_by",
     )
     list_filter = (ResolvedFilter, "reason", "facility", "received_at")
@@ -840,8 +925,22 @@ class InstanceConflictAdmin(DicomHeaderViewMixin, admin.ModelAdmin):
     ordering = ("-received_at",)
     actions = ["mark_resolved"]
     readonly_fields = (
-        "reason", "detail", "sop_instance_uid", "study_instance_uid", "instance", "study", "facility", "calling_ae",
-        "received_at", "tier", "path", "sha256", "size", "header_link", "resolved_at", "resolved_by",
+        "reason",
+        "detail",
+        "sop_instance_uid",
+        "study_instance_uid",
+        "instance",
+        "study",
+        "facility",
+        "calling_ae",
+        "received_at",
+        "tier",
+        "path",
+        "sha256",
+        "size",
+        "header_link",
+        "resolved_at",
+        "resolved_by",
     )
 
     def get_urls(self) -> list[URLPattern]:
@@ -971,8 +1070,20 @@ class AuditEventAdmin(IngestedRowAdmin):
     list_select_related = ("patient",)
     readonly_fields = ("detail_pretty",)
     fields = (
-        "at", "user", "username", "ae_title", "system", "action", "outcome", "patient", "study",
-        "study_instance_uid", "source", "detail_pretty", "prev_hash", "hash",
+        "at",
+        "user",
+        "username",
+        "ae_title",
+        "system",
+        "action",
+        "outcome",
+        "patient",
+        "study",
+        "study_instance_uid",
+        "source",
+        "detail_pretty",
+        "prev_hash",
+        "hash",
     )
 
     @admin.display(description=_("chi"))
@@ -982,4 +1093,3 @@ class AuditEventAdmin(IngestedRowAdmin):
     @admin.display(description=_("dettaglio"))
     def detail_pretty(self, obj: AuditEvent) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.detail, indent=2, ensure_ascii=False, sort_keys=True))
-

@@ -48,7 +48,10 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
         errors.append(Error("PACS_DICOM_MAX_PDU must be at least 4096 bytes.", id="archive.E003"))
     if settings.PACS_DICOM_PDU_READ_LIMIT < settings.PACS_DICOM_MAX_PDU + 6:
         errors.append(
-            Error("PACS_DICOM_PDU_READ_LIMIT must exceed PACS_DICOM_MAX_PDU (plus the 6-byte PDU header).", id="archive.E004")
+            Error(
+                "PACS_DICOM_PDU_READ_LIMIT must exceed PACS_DICOM_MAX_PDU (plus the 6-byte PDU header).",
+                id="archive.E004",
+            )
         )
     if settings.PACS_DICOM_ACCEPT_UNKNOWN_AE and not settings.DEBUG:
         errors.append(

@@ -65,16 +65,19 @@ NODES = [
 ]
 
 # Roles: (group, permissions as "app.codename")
-_VIEW_ARCHIVE = [
-    f"archive.view_{m}" for m in ("patient", "patientidentifier", "study", "series", "instance", "copy")
-]
+_VIEW_ARCHIVE = [f"archive.view_{m}" for m in ("patient", "patientidentifier", "study", "series", "instance", "copy")]
 ROLES = {
     "Archivisti": [
         *_VIEW_ARCHIVE,
-        "archive.view_healthauthority", "archive.view_facility",
-        "archive.view_remotenode", "archive.add_remotenode", "archive.change_remotenode",
-        "archive.view_instanceconflict", "archive.change_instanceconflict",
-        "archive.view_auditevent", "archive.change_patient",
+        "archive.view_healthauthority",
+        "archive.view_facility",
+        "archive.view_remotenode",
+        "archive.add_remotenode",
+        "archive.change_remotenode",
+        "archive.view_instanceconflict",
+        "archive.change_instanceconflict",
+        "archive.view_auditevent",
+        "archive.change_patient",
     ],
     "Radiologi": [*_VIEW_ARCHIVE],
     "Operatori CUP": ["archive.view_patient", "archive.add_patient", "archive.view_facility"],

@@ -21,29 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
-Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
-
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
+
+Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def is_valid_uid(value: object) -> bool:
 @functools.lru_cache(maxsize=512)
 def is_storage_sop_class(uid: str) -> bool:
     """True for every storage SOP class pynetdicom knows (composite and non-patient)."""
-    from pynetdicom.sop_class import uid_to_service_class
     from pynetdicom.service_class import NonPatientObjectStorageServiceClass, StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
 
     return uid_to_service_class(uid) in (StorageServiceClass, NonPatientObjectStorageServiceClass)
 
@@ -220,8 +220,14 @@ def _decode(raw: dict[int, RawDataElement]) -> dict[str, Any]:
 
 # Every top-level element the index reads (the walk keeps these, undecoded).
 _WANTED_KEYWORDS = [
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "PatientBirthDate", "StudyDate", "SeriesNumber",
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientBirthDate",
+    "StudyDate",
+    "SeriesNumber",
     *(kw for _, kw, _ in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS),
     *(kw for _, kw in INSTANCE_INT_FIELDS),
 ]
@@ -484,7 +490,6 @@ def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool
                 raise DicomRejected(
                     f"the data set is truncated inside the sequence ({tag >> 16:04X},{tag & 0xFFFF:04X})"
                 )
-
 
 
 def read_dataset(source: Path | BinaryIO) -> Any:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import uuid
-import weakref
 import threading
 import time
+import uuid
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -31,8 +31,8 @@ from django.utils import timezone
 from . import storage
 from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from .dicom import DicomRejected, Header, read_part10
-from .signals import study_instances_received
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
+from .signals import study_instances_received
 
 logger = logging.getLogger(__name__)
 
@@ -144,20 +144,19 @@ def instance_ingest(
 
     # The file is durable. A failure from here on leaves it in place without an
     # index row: harmless, and a resend of the same bytes finds and adopts it.
-    received_at = timezone.now()
+    received = _Received(
+        header=header,
+        facility=facility,
+        calling_ae=calling_ae,
+        sha256=sha256,
+        size=size,
+        tier=tier,
+        relpath=relpath,
+        received_at=timezone.now(),
+    )
     for attempt in range(1, _DB_ATTEMPTS + 1):
         try:
-            return _index(
-                header=header,
-                facility=facility,
-                calling_ae=calling_ae,
-                sha256=sha256,
-                size=size,
-                tier=tier,
-                relpath=relpath,
-                received_at=received_at,
-                optimistic=attempt == 1,
-            )
+            return _index(received, optimistic=attempt == 1)
         except IntegrityError as exc:
             # A concurrent store created one of the same rows first (or this
             # instance is already archived): the transaction rolled back
@@ -205,93 +204,95 @@ def _check_and_sync(
     return header, sha256, size
 
 
-def _index(
-    *,
-    header: Header,
-    facility: Facility,
-    calling_ae: str,
-    sha256: str,
-    size: int,
-    tier: str,
-    relpath: str,
-    received_at: Any,
-    optimistic: bool,
-) -> IngestResult:
+@dataclass(frozen=True)
+class _Received:
+    """One object, durable in its tier, to be indexed."""
+
+    header: Header
+    facility: Facility
+    calling_ae: str
+    sha256: str
+    size: int
+    tier: str
+    relpath: str
+    received_at: Any
+
+    def result(
+        self, outcome: str, study_id: int | None, patient_id: int | None, instance_id: int | None, detail: str = ""
+    ) -> IngestResult:
+        return IngestResult(
+            outcome=outcome,
+            sop_instance_uid=self.header.sop_instance_uid,
+            study_instance_uid=self.header.study_instance_uid,
+            study_id=study_id,
+            patient_id=patient_id,
+            instance_id=instance_id,
+            detail=detail,
+        )
+
+    def instance_values(self) -> dict[str, Any]:
+        return {
+            "sop_instance_uid": self.header.sop_instance_uid,
+            "sop_class_uid": self.header.sop_class_uid,
+            "transfer_syntax_uid": self.header.transfer_syntax_uid,
+            "size": self.size,
+            "sha256": self.sha256,
+            "facility_id": self.facility.pk,
+            "calling_ae": self.calling_ae,
+            "received_at": self.received_at,
+            **self.header.instance,
+        }
+
+    def copy_values(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "path": self.relpath,
+            "sha256": self.sha256,
+            "size": self.size,
+            "verified_at": self.received_at,
+        }
+
+
+def _index(received: _Received, *, optimistic: bool) -> IngestResult:
     """Index one stored object in one transaction.
 
     ``optimistic``: insert the instance without first looking for it (the
     common case: a new image); a unique-constraint violation then rolls the
     whole transaction back and the caller retries with ``optimistic=False``.
     """
+    header, facility = received.header, received.facility
     with transaction.atomic():
         if optimistic:
-            done = _index_into_known_series(
-                header=header,
-                facility=facility,
-                calling_ae=calling_ae,
-                sha256=sha256,
-                size=size,
-                tier=tier,
-                relpath=relpath,
-                received_at=received_at,
-            )
+            done = _index_into_known_series(received)
             if done is not None:
                 return done
         study, study_created = _study_for_update(header, facility)
         if not study_created and not _same_patient(header, study, facility):
             return _conflict(
-                header,
+                received,
                 InstanceConflict.Reason.OTHER_PATIENT,
                 f"study {study.study_instance_uid} belongs to PatientID {study.dicom_patient_id!r}, "
                 f"this object names PatientID {header.patient['dicom_patient_id']!r}",
                 study=study,
-                facility=facility,
-                calling_ae=calling_ae,
-                sha256=sha256,
-                size=size,
-                tier=tier,
-                relpath=relpath,
-                received_at=received_at,
             )
         series, series_created = _series_for(header, study)
         if series.study_id != study.pk:
             return _conflict(
-                header,
+                received,
                 InstanceConflict.Reason.OTHER_STUDY,
                 f"series {series.series_instance_uid} is archived in study #{series.study_id}",
                 study=study,
-                facility=facility,
-                calling_ae=calling_ae,
-                sha256=sha256,
-                size=size,
-                tier=tier,
-                relpath=relpath,
-                received_at=received_at,
             )
         existing = None if optimistic else Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
-        if existing is None:
-            instance = Instance.objects.create(
-                series=series, **_instance_values(header, facility, calling_ae, sha256, size, received_at)
-            )
-            Copy.objects.create(instance=instance, **_copy_values(tier, relpath, sha256, size, received_at))
         if existing is not None:
-            return _existing(
-                header,
-                existing,
-                study=study,
-                facility=facility,
-                calling_ae=calling_ae,
-                sha256=sha256,
-                size=size,
-                tier=tier,
-                relpath=relpath,
-                received_at=received_at,
-            )
+            return _existing(received, existing, study=study)
+        instance = Instance.objects.create(series=series, **received.instance_values())
+        Copy.objects.create(instance=instance, **received.copy_values())
 
         Series.objects.filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + 1)
         updates: dict[str, Any] = {
             "number_of_instances": F("number_of_instances") + 1,
-            "last_received_at": received_at,
+            "last_received_at": received.received_at,
             "post_ingest_pending": True,
         }
         if series_created:
@@ -304,34 +305,7 @@ def _index(
             # The row is locked: nobody else saw it idle, so exactly one task is queued.
             study_pk = study.pk
             transaction.on_commit(lambda: _enqueue_post_ingest(study_pk))
-    return IngestResult(
-        outcome=STORED,
-        sop_instance_uid=header.sop_instance_uid,
-        study_instance_uid=header.study_instance_uid,
-        study_id=study.pk,
-        patient_id=study.patient_id,
-        instance_id=instance.pk,
-    )
-
-
-def _instance_values(
-    header: Header, facility: Facility, calling_ae: str, sha256: str, size: int, received_at: Any
-) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": header.sop_instance_uid,
-        "sop_class_uid": header.sop_class_uid,
-        "transfer_syntax_uid": header.transfer_syntax_uid,
-        "size": size,
-        "sha256": sha256,
-        "facility_id": facility.pk,
-        "calling_ae": calling_ae,
-        "received_at": received_at,
-        **header.instance,
-    }
-
-
-def _copy_values(tier: str, relpath: str, sha256: str, size: int, received_at: Any) -> dict[str, Any]:
-    return {"tier": tier, "path": relpath, "sha256": sha256, "size": size, "verified_at": received_at}
+    return received.result(STORED, study.pk, study.patient_id, instance.pk)
 
 
 class _HotSql:
@@ -365,8 +339,19 @@ class _HotSql:
         self.instance_fields = [
             Instance._meta.get_field(name)
             for name in (
-                "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "size", "sha256", "facility",
-                "calling_ae", "received_at", "instance_number", "rows", "columns", "number_of_frames", "series",
+                "sop_instance_uid",
+                "sop_class_uid",
+                "transfer_syntax_uid",
+                "size",
+                "sha256",
+                "facility",
+                "calling_ae",
+                "received_at",
+                "instance_number",
+                "rows",
+                "columns",
+                "number_of_frames",
+                "series",
             )
         ]
         self.insert_instance = (
@@ -397,23 +382,14 @@ class _HotSql:
 _hot_sql: dict[str, _HotSql] = {}
 
 
-def _index_into_known_series(
-    *,
-    header: Header,
-    facility: Facility,
-    calling_ae: str,
-    sha256: str,
-    size: int,
-    tier: str,
-    relpath: str,
-    received_at: Any,
-) -> IngestResult | None:
+def _index_into_known_series(received: _Received) -> IngestResult | None:
     """The common case in raw SQL: a new image of a series already archived, same patient.
 
     Returns None, having changed nothing, for anything else (new study or
     series, another patient, a series of another study): the ORM path
     handles those. A duplicate SOP Instance UID raises IntegrityError.
     """
+    header = received.header
     sql = _hot_sql.get(connection.vendor)
     if sql is None:
         sql = _hot_sql[connection.vendor] = _HotSql()
@@ -431,121 +407,76 @@ def _index_into_known_series(
         if row is None or row[1] != study_id:
             return None
         series_id = row[0]
-        values = _instance_values(header, facility, calling_ae, sha256, size, received_at)
+        values = received.instance_values()
         values["series_id"] = series_id
         cursor.execute(sql.insert_instance, sql.params(sql.instance_fields, values))
         instance_id = cursor.fetchone()[0]
-        copy = _copy_values(tier, relpath, sha256, size, received_at)
-        copy.update(instance_id=instance_id, created_at=received_at)
+        copy = received.copy_values()
+        copy.update(instance_id=instance_id, created_at=received.received_at)
         cursor.execute(sql.insert_copy, sql.params(sql.copy_fields, copy))
         cursor.execute(sql.bump_series, [series_id])
         cursor.execute(
             sql.bump_study,
-            [Study._meta.get_field("last_received_at").get_db_prep_save(received_at, connection), True, study_id],
+            [
+                Study._meta.get_field("last_received_at").get_db_prep_save(received.received_at, connection),
+                True,
+                study_id,
+            ],
         )
     if not pending:
         transaction.on_commit(lambda: _enqueue_post_ingest(study_id))
-    return IngestResult(
-        outcome=STORED,
-        sop_instance_uid=header.sop_instance_uid,
-        study_instance_uid=header.study_instance_uid,
-        study_id=study_id,
-        patient_id=patient_id,
-        instance_id=instance_id,
-    )
+    return received.result(STORED, study_id, patient_id, instance_id)
 
 
-def _existing(
-    header: Header,
-    existing: Instance,
-    *,
-    study: Study,
-    facility: Facility,
-    calling_ae: str,
-    sha256: str,
-    size: int,
-    tier: str,
-    relpath: str,
-    received_at: Any,
-) -> IngestResult:
-    if existing.sha256 != sha256:
+def _existing(received: _Received, existing: Instance, *, study: Study) -> IngestResult:
+    if existing.sha256 != received.sha256:
         return _conflict(
-            header,
+            received,
             InstanceConflict.Reason.DIFFERENT_CONTENT,
-            f"archived with SHA-256 {existing.sha256}, received {sha256}",
+            f"archived with SHA-256 {existing.sha256}, received {received.sha256}",
             study=study,
             instance=existing,
-            facility=facility,
-            calling_ae=calling_ae,
-            sha256=sha256,
-            size=size,
-            tier=tier,
-            relpath=relpath,
-            received_at=received_at,
         )
     # The same bytes again: nothing to do, except that a copy received by
     # another facility is a copy in that facility's tier too.
-    if not Copy.objects.filter(instance=existing, tier=tier).exists():
+    if not Copy.objects.filter(instance=existing, tier=received.tier).exists():
         with transaction.atomic():
-            Copy.objects.get_or_create(
-                instance=existing,
-                tier=tier,
-                defaults={"path": relpath, "sha256": sha256, "size": size, "verified_at": received_at},
-            )
-    return IngestResult(
-        outcome=DUPLICATE,
-        sop_instance_uid=header.sop_instance_uid,
-        study_instance_uid=header.study_instance_uid,
-        study_id=study.pk,
-        patient_id=study.patient_id,
-        instance_id=existing.pk,
-        detail="already archived with the same content",
+            Copy.objects.get_or_create(instance=existing, tier=received.tier, defaults=received.copy_values())
+    return received.result(
+        DUPLICATE, study.pk, study.patient_id, existing.pk, detail="already archived with the same content"
     )
 
 
 def _conflict(
-    header: Header,
-    reason: str,
-    detail: str,
-    *,
-    study: Study | None,
-    facility: Facility,
-    calling_ae: str,
-    sha256: str,
-    size: int,
-    tier: str,
-    relpath: str,
-    received_at: Any,
-    instance: Instance | None = None,
+    received: _Received, reason: str, detail: str, *, study: Study | None, instance: Instance | None = None
 ) -> IngestResult:
+    header = received.header
     if instance is None:
         instance = Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
     with transaction.atomic():
         InstanceConflict.objects.get_or_create(
             sop_instance_uid=header.sop_instance_uid,
-            sha256=sha256,
+            sha256=received.sha256,
             reason=reason,
             defaults={
                 "study_instance_uid": header.study_instance_uid,
                 "instance": instance,
                 "study": study,
                 "detail": detail,
-                "tier": tier,
-                "path": relpath,
-                "size": size,
-                "facility": facility,
-                "calling_ae": calling_ae,
-                "received_at": received_at,
+                "tier": received.tier,
+                "path": received.relpath,
+                "size": received.size,
+                "facility": received.facility,
+                "calling_ae": received.calling_ae,
+                "received_at": received.received_at,
             },
         )
     logger.warning("conflict on %s: %s", header.sop_instance_uid, detail)
-    return IngestResult(
-        outcome=CONFLICT,
-        sop_instance_uid=header.sop_instance_uid,
-        study_instance_uid=header.study_instance_uid,
-        study_id=study.pk if study else None,
-        patient_id=study.patient_id if study else None,
-        instance_id=instance.pk if instance else None,
+    return received.result(
+        CONFLICT,
+        study.pk if study else None,
+        study.patient_id if study else None,
+        instance.pk if instance else None,
         detail=f"kept for review, the archived object is unchanged: {detail}",
     )
 

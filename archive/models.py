@@ -152,9 +152,7 @@ class PatientIdentifier(models.Model):
 
 class Study(models.Model):
     study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, unique=True)
-    patient = models.ForeignKey(
-        Patient, on_delete=models.PROTECT, related_name="studies", verbose_name=_("paziente")
-    )
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies", verbose_name=_("paziente"))
     facility = models.ForeignKey(
         Facility,
         on_delete=models.PROTECT,
@@ -246,9 +244,7 @@ class Copy(models.Model):
     """One stored copy of an instance in one tier. A copy is deleted only after
     another verified copy exists."""
 
-    instance = models.ForeignKey(
-        Instance, on_delete=models.PROTECT, related_name="copies", verbose_name=_("istanza")
-    )
+    instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="copies", verbose_name=_("istanza"))
     tier = models.CharField(_("livello"), max_length=64, help_text=_("Es. facility:TS-CAT"))
     path = models.CharField(_("percorso"), max_length=512)
     sha256 = models.CharField("SHA-256", max_length=64)

@@ -141,7 +141,7 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
         try:
             wait_until(lambda: "listener ready" in listener.log() or proc.poll() is not None, what="listener")
         except TimeoutError:
-            raise RuntimeError(f"listener did not start:\n{listener.log()}")
+            raise RuntimeError(f"listener did not start:\n{listener.log()}") from None
         if proc.poll() is not None:
             raise RuntimeError(f"listener exited:\n{listener.log()}")
         return listener
@@ -171,9 +171,21 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
     log_path = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "pacs", "worker", "--pool", "solo", "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--queues", os.environ["CELERY_QUEUE"],
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pacs",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--queues",
+            os.environ["CELERY_QUEUE"],
         ],
         cwd=REPO,
         env=process_env,
@@ -181,7 +193,9 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, timeout=60, what="worker ready")
+        wait_until(
+            lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, timeout=60, what="worker ready"
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited:\n{log_path.read_text()}")
         yield proc

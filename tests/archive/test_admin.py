@@ -64,7 +64,9 @@ def archive(region, tmp_path: Path) -> Archive:  # type: ignore[no-untyped-def]
         study_description="<script>alert(1)</script>",
     )
     verdi = write_study(
-        tmp_path / "cf", patient=PatientInfo(patient_id=CF, name="Rossi^Mario", birth_date="19851210"), instances_per_series=1,
+        tmp_path / "cf",
+        patient=PatientInfo(patient_id=CF, name="Rossi^Mario", birth_date="19851210"),
+        instances_per_series=1,
         accession_number="ACC3",
     )
     for p in [*rossi, *bianchi, *verdi]:
@@ -84,8 +86,16 @@ def _staff(username: str, *codenames: str) -> User:
 
 
 VIEW_ALL = (
-    "view_healthauthority", "view_facility", "view_remotenode", "view_patient", "view_study", "view_series",
-    "view_instance", "view_copy", "view_instanceconflict", "view_auditevent",
+    "view_healthauthority",
+    "view_facility",
+    "view_remotenode",
+    "view_patient",
+    "view_study",
+    "view_series",
+    "view_instance",
+    "view_copy",
+    "view_instanceconflict",
+    "view_auditevent",
 )
 
 
@@ -122,8 +132,17 @@ def _results(response) -> list:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     "model",
     [
-        "healthauthority", "facility", "remotenode", "patient", "patientidentifier", "study", "series", "instance",
-        "copy", "instanceconflict", "auditevent",
+        "healthauthority",
+        "facility",
+        "remotenode",
+        "patient",
+        "patientidentifier",
+        "study",
+        "series",
+        "instance",
+        "copy",
+        "instanceconflict",
+        "auditevent",
     ],
 )
 def test_every_list_page_renders(admin_client: Client, archive: Archive, model: str) -> None:
@@ -299,9 +318,7 @@ def test_instance_page_shows_copies_and_links_the_header(admin_client: Client, a
 
 
 @pytest.mark.parametrize("model", ["study", "series", "instance", "copy", "auditevent"])
-def test_ingested_rows_cannot_be_added_changed_or_deleted(
-    admin_client: Client, archive: Archive, model: str
-) -> None:
+def test_ingested_rows_cannot_be_added_changed_or_deleted(admin_client: Client, archive: Archive, model: str) -> None:
     obj = {
         "study": lambda: archive.study,
         "series": lambda: archive.study.series.first(),
@@ -496,9 +513,7 @@ def test_history_page_is_audited(admin_client: Client, archive: Archive) -> None
     assert event.patient_id == archive.study.patient_id
 
 
-def test_audit_events_are_read_only_newest_first_and_filterable(
-    admin_client: Client, archive: Archive
-) -> None:
+def test_audit_events_are_read_only_newest_first_and_filterable(admin_client: Client, archive: Archive) -> None:
     admin_client.get(_header_url(_first_instance(archive.study)))
     Client().get(_header_url(_first_instance(archive.study)))  # anonymous: redirected, no event
     url = _url("auditevent", "changelist")

@@ -26,11 +26,11 @@ def test_twenty_associations_sending_the_same_new_study(start_listener_process, 
         barrier = threading.Barrier(ASSOCIATIONS)
         reports: list = [None] * ASSOCIATIONS
 
-        def send(i: int) -> None:
+        def send(i: int, barrier: threading.Barrier, reports: list, files: list[Path]) -> None:
             barrier.wait()
             reports[i] = send_files(listener.port, files, calling_ae="MODALITY")
 
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(ASSOCIATIONS)]
+        threads = [threading.Thread(target=send, args=(i, barrier, reports, files)) for i in range(ASSOCIATIONS)]
         for t in threads:
             t.start()
         for t in threads:

@@ -19,7 +19,7 @@ def _body(path: Path) -> bytes:
     from archive.dicom import _body_offset
 
     data = path.read_bytes()
-    return data[_body_offset(data):]
+    return data[_body_offset(data) :]
 
 
 def test_echo(listener: int) -> None:
@@ -135,15 +135,18 @@ def test_failures_get_their_dimse_status_and_leave_nothing(listener: int, tmp_pa
         assert comment, name
     assert not Instance.objects.exists() and not Study.objects.exists()
     assert not any(p.is_file() for p in Path(storage.absolute_path("facility:TS-CAT", ".")).rglob("*"))
-    wait_until(
-        lambda: AuditEvent.objects.filter(action="dicom.store", outcome="failure").count() == 4, what="4 audits"
-    )
+    wait_until(lambda: AuditEvent.objects.filter(action="dicom.store", outcome="failure").count() == 4, what="4 audits")
 
 
 def test_four_concurrent_associations(listener: int, tmp_path: Path) -> None:
     studies = [
-        write_study(tmp_path / str(i), patient=PatientInfo(patient_id=f"P{i}"), source=MR if i % 2 else CT,
-                    series=2, instances_per_series=5)
+        write_study(
+            tmp_path / str(i),
+            patient=PatientInfo(patient_id=f"P{i}"),
+            source=MR if i % 2 else CT,
+            series=2,
+            instances_per_series=5,
+        )
         for i in range(4)
     ]
     reports: list = [None] * 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -96,7 +95,9 @@ def _media(dest: Path, patient: PatientInfo, *, ct: int = 3, mr: int = 1) -> lis
         for i in range(ct)
     ]
     datasets += [
-        fresh_copy(MR, patient=patient, study_uid=study_uid, series_uid=mr_series, series_number=2, instance_number=i + 1)
+        fresh_copy(
+            MR, patient=patient, study_uid=study_uid, series_uid=mr_series, series_number=2, instance_number=i + 1
+        )
         for i in range(mr)
     ]
     fs = FileSet()
@@ -470,7 +471,9 @@ def test_dicom_import_reports_each_file_once(region: Region, tmp_path: Path, pat
 
     assert bulk_import.candidate_count(paths=[root]) == len(seen) == 6
     assert sorted(item.source for item in seen) == sorted(
-        [str(p) for p in files] + [str(root / "notes.txt")] + [f"{root / 'more.zip'}!{n}" for n in zipfile.ZipFile(root / "more.zip").namelist()]
+        [str(p) for p in files]
+        + [str(root / "notes.txt")]
+        + [f"{root / 'more.zip'}!{n}" for n in zipfile.ZipFile(root / "more.zip").namelist()]
     )
     assert (report.imported, report.duplicates, len(report.rejected)) == (5, 0, 1)
     assert len(report.studies) == 2 and not report.ok
@@ -519,7 +522,9 @@ def test_interrupted_import_still_audits_what_was_stored(
 
 
 @pytest.mark.slow
-def test_the_real_command_exit_status(process_env: dict[str, str], region: Region, tmp_path: Path, patient: PatientInfo) -> None:
+def test_the_real_command_exit_status(
+    process_env: dict[str, str], region: Region, tmp_path: Path, patient: PatientInfo
+) -> None:
     root = tmp_path / "in"
     write_study(root, patient=patient, instances_per_series=2)
 
@@ -593,13 +598,13 @@ def test_memory_stays_flat_with_large_files(region: Region, tmp_path: Path, pati
         peak = base
         done = threading.Event()
 
-        def sample() -> None:
+        def sample(done: threading.Event) -> None:
             nonlocal peak
             while not done.is_set():
                 peak = max(peak, rss_anon_kib())
                 time.sleep(0.002)
 
-        sampler = threading.Thread(target=sample)
+        sampler = threading.Thread(target=sample, args=(done,))
         sampler.start()
         try:
             report = bulk_import.dicom_import(paths=[source], facility=region.facility)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -61,7 +60,10 @@ def test_unknown_patient_id_creates_a_provisional_patient(region, ct_study: list
     patient = Patient.objects.get()
     assert patient.provisional and patient.codice_fiscale is None
     assert (patient.family_name, patient.given_name, str(patient.birth_date), patient.sex) == (
-        "Rossi", "Mario", "1970-01-01", "M"
+        "Rossi",
+        "Mario",
+        "1970-01-01",
+        "M",
     )
     mapping = PatientIdentifier.objects.get()
     assert (mapping.facility, mapping.dicom_patient_id, mapping.patient) == (region.facility, "MRN0001", patient)
@@ -143,11 +145,20 @@ def test_duplicate_received_by_another_facility_is_recorded_as_its_copy(region, 
         (lambda data, ds: data[: len(data) // 2], "invalid", "truncated"),
         (lambda data, ds: b"", "invalid", "empty"),
         (lambda data, ds: b"\x00" * 128 + b"DICM" + b"\x02\x00" * 10, "invalid", ""),
-        (lambda data, ds: data.replace(ds.SOPInstanceUID.encode(), b"1.2.3/../../9".ljust(len(ds.SOPInstanceUID), b"9")[: len(ds.SOPInstanceUID)]), "invalid", "not a valid DICOM UID"),
+        (
+            lambda data, ds: data.replace(
+                ds.SOPInstanceUID.encode(),
+                b"1.2.3/../../9".ljust(len(ds.SOPInstanceUID), b"9")[: len(ds.SOPInstanceUID)],
+            ),
+            "invalid",
+            "not a valid DICOM UID",
+        ),
     ],
     ids=["truncated", "empty", "garbage", "uid-with-path"],
 )
-def test_bad_input_is_refused_and_changes_nothing(region, ct_study: list[Path], tmp_path: Path, damage, kind, reason) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_refused_and_changes_nothing(
+    region, ct_study: list[Path], tmp_path: Path, damage, kind, reason
+) -> None:  # type: ignore[no-untyped-def]
     ds = dcmread(ct_study[0])
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(damage(ct_study[0].read_bytes(), ds))

@@ -8,13 +8,11 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from pydicom import dcmread
 
 from archive import storage
 from archive.dicom import read_part10
@@ -145,8 +143,12 @@ def test_full_disk_answers_out_of_resources_and_leaves_no_partial_file(
     assert sorted(Instance.objects.values_list("sop_instance_uid", flat=True)) == sorted(stored)
     from django.test import override_settings
 
-    with override_settings(STORAGES={**settings.STORAGES, "facility": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tier}}}):
+    with override_settings(
+        STORAGES={
+            **settings.STORAGES,
+            "facility": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tier}},
+        }
+    ):
         _assert_index_matches_files(tier)
     # Nothing half-written: no empty or partial file anywhere on the full disk.
     leftovers = [p for p in incoming.rglob("*") if p.is_file()]

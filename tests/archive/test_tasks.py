@@ -18,7 +18,9 @@ from tests.dicom_client import send_files
 
 
 @pytest.mark.slow
-def test_stored_study_is_marked_updated_by_the_worker(start_listener_process, celery_worker, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
+def test_stored_study_is_marked_updated_by_the_worker(
+    start_listener_process, celery_worker, region, ct_study: list[Path]
+) -> None:  # type: ignore[no-untyped-def]
     listener = start_listener_process()
     report = send_files(listener.port, ct_study)
     assert set(report.statuses.values()) == {0}

@@ -43,7 +43,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def _body(path: Path) -> bytes:
     data = path.read_bytes()
-    return data[_body_offset(data):]
+    return data[_body_offset(data) :]
 
 
 @pytest.fixture
@@ -57,7 +57,9 @@ def dcmtk_reference(process_env, tmp_path: Path):  # type: ignore[no-untyped-def
     port = free_port()
     proc = subprocess.Popen(
         ["storescp", "+B", "+xa", "-od", str(out), "-aet", "TSCAT_PACS", str(port)],
-        env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     # storescp prints nothing when ready: echo until it answers.
     wait_until(
@@ -89,7 +91,17 @@ def test_storescu_sends_a_folder(start_listener_process, region, process_env, dc
     ref_port, ref_out = dcmtk_reference
     for port in (listener.port, ref_port):
         done = _run(
-            ["storescu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", "127.0.0.1", str(port), "+sd", str(tmp_path / "study")],
+            [
+                "storescu",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "TSCAT_PACS",
+                "127.0.0.1",
+                str(port),
+                "+sd",
+                str(tmp_path / "study"),
+            ],
             process_env,
         )
         assert done.returncode == 0, done.stderr
@@ -109,14 +121,26 @@ def test_storescu_compressed_transfer_syntaxes(  # type: ignore[no-untyped-def]
     start_listener_process, region, process_env, dcmtk_reference, tmp_path: Path, ts: str
 ) -> None:
     listener = start_listener_process()
-    ds = fresh_copy(COMPRESSED[ts], patient=PatientInfo(patient_id="P1"), study_uid=generate_uid(), series_uid=generate_uid())
+    ds = fresh_copy(
+        COMPRESSED[ts], patient=PatientInfo(patient_id="P1"), study_uid=generate_uid(), series_uid=generate_uid()
+    )
     path = tmp_path / "x.dcm"
     ds.save_as(path, enforce_file_format=True)
     ref_port, ref_out = dcmtk_reference
     for port in (listener.port, ref_port):
         done = _run(
-            ["storescu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", STORESCU_OPTION[ts], "-R",
-             "127.0.0.1", str(port), str(path)],
+            [
+                "storescu",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "TSCAT_PACS",
+                STORESCU_OPTION[ts],
+                "-R",
+                "127.0.0.1",
+                str(port),
+                str(path),
+            ],
             process_env,
         )
         assert done.returncode == 0, done.stderr
@@ -137,8 +161,18 @@ def test_dcmsend_mixed_transfer_syntaxes(start_listener_process, region, process
         ds = fresh_copy(name, patient=PatientInfo(patient_id="P2"), study_uid=study_uid, series_uid=generate_uid())
         ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
     done = _run(
-        ["dcmsend", "-aet", "DCMSEND", "-aec", "TSCAT_PACS", "--decompress-never", "+sd",
-         "127.0.0.1", str(listener.port), str(folder)],
+        [
+            "dcmsend",
+            "-aet",
+            "DCMSEND",
+            "-aec",
+            "TSCAT_PACS",
+            "--decompress-never",
+            "+sd",
+            "127.0.0.1",
+            str(listener.port),
+            str(folder),
+        ],
         process_env,
     )
     assert done.returncode == 0, done.stderr + done.stdout
@@ -159,8 +193,20 @@ def test_four_storescu_processes_at_once(start_listener_process, region, process
         write_study(folder, patient=PatientInfo(patient_id=f"P{i}"), instances_per_series=10)
         procs.append(
             subprocess.Popen(
-                ["storescu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", "127.0.0.1", str(listener.port), "+sd", str(folder)],
-                env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [
+                    "storescu",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "TSCAT_PACS",
+                    "127.0.0.1",
+                    str(listener.port),
+                    "+sd",
+                    str(folder),
+                ],
+                env=process_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         )
     for p in procs:

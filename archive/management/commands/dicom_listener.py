@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.dimse import start_listener, stop_listener
@@ -37,8 +38,8 @@ class Command(BaseCommand):
                 raise CommandError("--ae-title needs --facility (without it each facility answers to its own)")
             try:
                 ae_title_validator(ae_title)
-            except Exception:
-                raise CommandError(f"{ae_title!r} is not a valid AE title (1-16 printable ASCII characters)")
+            except ValidationError:
+                raise CommandError(f"{ae_title!r} is not a valid AE title (1-16 printable ASCII characters)") from None
         port = opts["port"] or (facility.dicom_port if facility else settings.PACS_DICOM_PORT)
         if not 0 <= port <= 65535:
             raise CommandError(f"{port} is not a TCP port")
@@ -51,12 +52,14 @@ class Command(BaseCommand):
                 host=opts["host"], port=port, facility_code=facility.code if facility else None, ae_title=ae_title
             )
         except OSError as exc:
-            raise CommandError(f"cannot listen on {opts['host']}:{port}: {exc}")
+            raise CommandError(f"cannot listen on {opts['host']}:{port}: {exc}") from exc
         host, bound_port = server.server_address[:2]
         if facility:
             served = f"{ae_title or facility.ae_title} ({facility.code})"
         else:
-            served = ", ".join(f"{f.ae_title} ({f.code})" for f in Facility.objects.order_by("code")) or "no facility yet"
+            served = (
+                ", ".join(f"{f.ae_title} ({f.code})" for f in Facility.objects.order_by("code")) or "no facility yet"
+            )
         self.stdout.write(f"DICOM listener ready on {host}:{bound_port}, AE titles: {served}", ending="\n")
         self.stdout.flush()
         while not stop.wait(0.5):

@@ -45,12 +45,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("paths", nargs="+", metavar="PATH", help="file, folder, DICOMDIR or zip archive")
         parser.add_argument(
-            "--facility", metavar="CODE", help="the facility whose tier receives the files (needed if there are several)"
+            "--facility",
+            metavar="CODE",
+            help="the facility whose tier receives the files (needed if there are several)",
         )
         parser.add_argument(
             "--calling-ae", metavar="AET", default="", help="AE title recorded as the sender of the imported instances"
         )
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar (none anyway when stderr is no terminal)")
+        parser.add_argument(
+            "--no-progress", action="store_true", help="no progress bar (none anyway when stderr is no terminal)"
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
         calling_ae = opts["calling_ae"] or ""
@@ -58,12 +62,14 @@ class Command(BaseCommand):
             try:
                 ae_title_validator(calling_ae)
             except ValidationError:
-                raise CommandError(f"{calling_ae!r} is not a valid AE title (1-16 printable ASCII characters)")
+                raise CommandError(
+                    f"{calling_ae!r} is not a valid AE title (1-16 printable ASCII characters)"
+                ) from None
         try:
             facility = import_facility(code=opts["facility"])
             paths = import_paths(paths=opts["paths"])
         except ImportSetupError as exc:
-            raise CommandError(str(exc))
+            raise CommandError(str(exc)) from exc
 
         bar: tqdm | None = None
         if not opts["no_progress"] and self.stderr.isatty():
