@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from django.db import IntegrityError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -584,11 +585,13 @@ def _series_for(header: Header, study: Study) -> tuple[Series, bool]:
         return Series.objects.get(series_instance_uid=uid), False
 
 
-def _enqueue_post_ingest(study_pk: int) -> None:
-    from .tasks import study_post_ingest
+# Queued by name: ingestion sits below the tasks that call it.
+POST_INGEST_TASK = "archive.tasks.study_post_ingest"
 
+
+def _enqueue_post_ingest(study_pk: int) -> None:
     try:
-        study_post_ingest.delay(study_pk)
+        current_app.send_task(POST_INGEST_TASK, args=[study_pk])
     except Exception:
         # The store is committed and acknowledged; the periodic sweep queues
         # the work for any study left pending.

@@ -12,7 +12,9 @@ from . import ingest
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8)
+@shared_task(
+    name=ingest.POST_INGEST_TASK, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8
+)
 def study_post_ingest(study_pk: int) -> bool:
     return ingest.study_post_ingest(study_pk=study_pk)
 
