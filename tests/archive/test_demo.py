@@ -1,0 +1,56 @@
+"""The demo region that `make run` loads."""
+
+from __future__ import annotations
+
+import json
+import stat
+from io import StringIO
+
+from django.contrib.auth import authenticate, get_user_model
+from django.core.management import call_command
+
+from archive import demo
+from archive.models import Facility, HealthAuthority, Instance, Patient, RemoteNode, Study
+
+
+def test_load_demo_builds_the_region_and_is_idempotent(db: None) -> None:
+    out = StringIO()
+    call_command("load_demo", stdout=out)
+    assert set(HealthAuthority.objects.values_list("code", flat=True)) == {"ASUGI", "ASUFC", "ASFO"}
+    assert Facility.objects.count() == len(demo.FACILITIES)
+    assert RemoteNode.objects.filter(ae_title="STORESCU", can_store=True).count() == len(demo.FACILITIES)
+    studies = Study.objects.count()
+    instances = Instance.objects.count()
+    assert studies == len(demo.STUDIES) and instances > 0
+    assert {m for s in Study.objects.all() for m in s.modality_list()} >= {"CT", "MR", "US", "NM"}
+    # Patients named by their codice fiscale, and one provisional to reconcile.
+    assert Patient.objects.filter(provisional=False).count() == 4
+    assert Patient.objects.filter(provisional=True).count() == 1
+
+    creds = json.loads(demo.credentials_path().read_text())
+    assert stat.S_IMODE(demo.credentials_path().stat().st_mode) == 0o600
+    for username, *_ in demo.ACCOUNTS:
+        user = authenticate(username=username, password=creds[username])
+        assert user is not None and user.is_staff, username
+    radiologist = get_user_model().objects.get(username="radiologo")
+    assert radiologist.has_perm("archive.view_study") and not radiologist.has_perm("archive.change_remotenode")
+
+    again = StringIO()
+    call_command("load_demo", stdout=again)
+    assert (Study.objects.count(), Instance.objects.count()) == (studies, instances)
+    assert json.loads(demo.credentials_path().read_text()) == creds  # passwords kept
+    assert f"0 instances stored, {instances} already there" in again.getvalue()
+
+
+def test_demo_info_prints_urls_dicom_port_ae_titles_and_logins(db: None, settings) -> None:  # type: ignore[no-untyped-def]
+    call_command("load_demo", stdout=StringIO())
+    out = StringIO()
+    call_command("demo_info", stdout=out)
+    text = out.getvalue()
+    creds = demo.demo_credentials()
+    assert "http://127.0.0.1:8000/" in text
+    assert f"port {settings.PACS_DICOM_PORT}" in text
+    for _, code, _, ae in demo.FACILITIES:
+        assert ae in text and code in text
+    for username in ("admin", "radiologo", "cup"):
+        assert username in text and creds[username] in text
