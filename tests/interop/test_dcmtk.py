@@ -37,6 +37,13 @@ STORESCU_OPTION = {
 }
 
 
+def _storescu(port: int, *args: str | Path) -> list[str]:
+    """storescu from STORESCU to TSCAT_PACS: string arguments are options, Paths are files."""
+    options = [str(a) for a in args if not isinstance(a, Path)]
+    paths = [str(a) for a in args if isinstance(a, Path)]
+    return ["storescu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", *options, "127.0.0.1", str(port), *paths]
+
+
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -90,20 +97,7 @@ def test_storescu_sends_a_folder(start_listener_process, region, process_env, dc
     files = write_study(tmp_path / "study", patient=PatientInfo(patient_id="P1"), series=2, instances_per_series=5)
     ref_port, ref_out = dcmtk_reference
     for port in (listener.port, ref_port):
-        done = _run(
-            [
-                "storescu",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "TSCAT_PACS",
-                "127.0.0.1",
-                str(port),
-                "+sd",
-                str(tmp_path / "study"),
-            ],
-            process_env,
-        )
+        done = _run(_storescu(port, "+sd", tmp_path / "study"), process_env)
         assert done.returncode == 0, done.stderr
     study = Study.objects.get()
     assert (study.number_of_series, study.number_of_instances) == (2, 10)
@@ -128,21 +122,7 @@ def test_storescu_compressed_transfer_syntaxes(  # type: ignore[no-untyped-def]
     ds.save_as(path, enforce_file_format=True)
     ref_port, ref_out = dcmtk_reference
     for port in (listener.port, ref_port):
-        done = _run(
-            [
-                "storescu",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "TSCAT_PACS",
-                STORESCU_OPTION[ts],
-                "-R",
-                "127.0.0.1",
-                str(port),
-                str(path),
-            ],
-            process_env,
-        )
+        done = _run(_storescu(port, STORESCU_OPTION[ts], "-R", path), process_env)
         assert done.returncode == 0, done.stderr
     instance = Instance.objects.get()
     assert instance.transfer_syntax_uid == ts  # stored in the syntax it was sent in: never transcoded
@@ -193,17 +173,7 @@ def test_four_storescu_processes_at_once(start_listener_process, region, process
         write_study(folder, patient=PatientInfo(patient_id=f"P{i}"), instances_per_series=10)
         procs.append(
             subprocess.Popen(
-                [
-                    "storescu",
-                    "-aet",
-                    "STORESCU",
-                    "-aec",
-                    "TSCAT_PACS",
-                    "127.0.0.1",
-                    str(listener.port),
-                    "+sd",
-                    str(folder),
-                ],
+                _storescu(listener.port, "+sd", folder),
                 env=process_env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
