@@ -122,44 +122,34 @@ def _element(ds: Dataset, tag: BaseTag, depth: int, rows: list[HeaderRow]) -> Da
     """Append the row of one element; return the element when its value was loaded."""
     raw = ds.get_item(tag, keep_deferred=True)
     length = _raw_length(raw)
-    deferred = isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH)
-    if deferred:
-        vr = (raw.VR if isinstance(raw, RawDataElement) else None) or _dictionary_vr(tag)
-        if vr != "SQ":
-            # Over defer_size and not a sequence: a large binary or text
-            # value; its size is what a reader of the header needs.
-            keyword, name = _names(ds, tag, None)
-            rows.append(
-                HeaderRow(
-                    depth=depth,
-                    tag=format_tag(tag),
-                    keyword=keyword,
-                    name=name,
-                    vr=vr,
-                    length=length,
-                    value=f"<{raw.length} bytes>",  # type: ignore[union-attr]
-                    kind="skipped",
-                )
-            )
-            return None
-    try:
-        elem = ds[tag]
-    except Exception as exc:  # a value that does not decode must not hide the rest of the header
-        logger.warning("element %s does not decode: %s: %s", format_tag(tag), type(exc).__name__, exc)
+    raw_vr = (raw.VR if isinstance(raw, RawDataElement) else None) or _dictionary_vr(tag)
+
+    def undecoded(value: str, kind: str) -> None:
         keyword, name = _names(ds, tag, None)
-        vr = (raw.VR if isinstance(raw, RawDataElement) else None) or _dictionary_vr(tag)
         rows.append(
             HeaderRow(
                 depth=depth,
                 tag=format_tag(tag),
                 keyword=keyword,
                 name=name,
-                vr=vr or "",
+                vr=raw_vr or "",
                 length=length,
-                value=f"{type(exc).__name__}: {exc}",
-                kind="error",
+                value=value,
+                kind=kind,
             )
         )
+
+    deferred = isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH)
+    if deferred and raw_vr != "SQ":
+        # Over defer_size and not a sequence: a large binary or text
+        # value; its size is what a reader of the header needs.
+        undecoded(f"<{raw.length} bytes>", "skipped")  # type: ignore[union-attr]
+        return None
+    try:
+        elem = ds[tag]
+    except Exception as exc:  # a value that does not decode must not hide the rest of the header
+        logger.warning("element %s does not decode: %s: %s", format_tag(tag), type(exc).__name__, exc)
+        undecoded(f"{type(exc).__name__}: {exc}", "error")
         return None
     keyword, name = _names(ds, tag, elem)
     if elem.VR == "SQ":
