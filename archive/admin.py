@@ -685,6 +685,8 @@ class DicomHeaderViewMixin(AuditedAdminMixin):
     """A ``<pk>/header/`` page under the model's admin showing a stored file's DICOM header."""
 
     admin_site: Any
+    # The change form with a link to that page, shared by every model that has one.
+    change_form_template = "admin/archive/change_form_with_header.html"
 
     def header_sources(self, obj: Any) -> list[tuple[str, str]]:
         raise NotImplementedError

@@ -679,3 +679,11 @@ def test_audit_event_of_a_deleted_patient_still_displays(admin_client: Client, d
     patient.delete()  # the audit row keeps its id: no database constraint
     assert admin_client.get(_url("auditevent", "changelist")).status_code == 200
     assert admin_client.get(_url("auditevent", "change", event.pk)).status_code == 200
+
+
+def test_change_forms_link_to_the_dicom_header(admin_client: Client, conflict: InstanceConflict) -> None:
+    instance = conflict.instance
+    for model, pk in (("instance", instance.pk), ("instanceconflict", conflict.pk)):
+        page = admin_client.get(_url(model, "change", pk)).content.decode()
+        tools = page.split('class="object-tools"', 1)[1].split("</ul>", 1)[0]
+        assert f'href="{_url(model, "header", pk)}"' in tools, model
