@@ -9,9 +9,9 @@ Around them sit three guards pynetdicom 3.0.4 does not provide:
 * the transport (``archive/dul.py``) cuts a peer that declares a PDU longer
   than ``PACS_DICOM_PDU_READ_LIMIT`` before buffering it, and wakes on events
   instead of polling;
-* received data sets are written to this process's incoming folder as they
-  arrive (memory does not grow with an object's size), then linked into the
-  tier by ingestion.
+* a received data set stays in memory up to ``PACS_DICOM_SPOOL_MEMORY`` and
+  spills to this process's incoming folder beyond, so memory does not grow
+  with an object's size (``_SpoolFile``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from . import dul, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .ingest import CONFLICT, IngestError, instance_ingest
-from .models import AuditEvent, Facility, RemoteNode
+from .models import AuditEvent, Facility, Patient, RemoteNode, Study
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +263,6 @@ def _audit_quietly(**kwargs: Any) -> None:
 
 def _audit_association(peer: Peer) -> None:
     close_old_connections()
-    from .models import Patient, Study
-
     for study_uid, counts in peer.studies.items():
         outcome = AuditEvent.Outcome.WARNING if counts.get(CONFLICT) else AuditEvent.Outcome.SUCCESS
         _audit_quietly(
@@ -366,8 +364,9 @@ class _SpoolFile:
             except OSError as exc:
                 self.error = self.error or exc
 
-    def in_memory(self) -> bytes | None:
-        return bytes(self._memory) if self._memory is not None else None
+    def in_memory(self) -> bytearray | None:
+        """The data set when it stayed in memory (pynetdicom has finished writing: no copy is made)."""
+        return self._memory
 
     @classmethod
     def of(cls, path: object) -> _SpoolFile | None:
@@ -384,10 +383,9 @@ def start_listener(
     ``ae_title`` (default: the facility's); without, it serves every facility,
     each under its own AE title, and the called AE title chooses the facility.
     """
-    # Received data sets go to a file in this process's incoming folder, on
-    # the tiers' filesystem, so that ingestion links them instead of copying.
-    # pynetdicom has no setting for the folder: its NamedTemporaryFile is
-    # pointed there (not tempfile.tempdir, which every other library shares).
+    # pynetdicom's "chunked" receive writes each data set to the file object
+    # NamedTemporaryFile gives it; it has no setting for that object, so the
+    # name is pointed at _SpoolFile (memory, then the incoming folder).
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _SpoolFile
     dul.install()

@@ -74,7 +74,7 @@ def instance_ingest(
     path: Path,
     facility: Facility,
     owned: bool,
-    data: bytes | None = None,
+    data: bytes | bytearray | None = None,
     calling_ae: str = "",
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
@@ -177,7 +177,7 @@ def instance_ingest(
 
 
 def _check_in_memory(
-    data: bytes, path: Path, *, expected_sop_class_uid: str | None, expected_sop_instance_uid: str | None
+    data: bytes | bytearray, path: Path, *, expected_sop_class_uid: str | None, expected_sop_instance_uid: str | None
 ) -> tuple[Header, str, int]:
     header = read_part10(
         data, expected_sop_class_uid=expected_sop_class_uid, expected_sop_instance_uid=expected_sop_instance_uid

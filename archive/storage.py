@@ -138,7 +138,7 @@ def copy_to_incoming(src: BinaryIO) -> Path:
     return path
 
 
-def write_new_file(path: Path, data: bytes) -> None:
+def write_new_file(path: Path, data: bytes | bytearray) -> None:
     """Create ``path`` (which must not exist) holding ``data``, fsynced; nothing stays on failure."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
