@@ -4,6 +4,7 @@ processes), a real Celery worker, and DICOM files made from pydicom's bundle."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -124,17 +125,18 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
     """Start ``manage.py dicom_listener`` as a real process; stopped at teardown."""
     started: list[ListenerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> ListenerProcess:
-        port = port or free_port()
-        log_path = tmp_path / f"listener-{port}-{len(started)}.log"
+    def start(*args: str, env: dict[str, str] | None = None) -> ListenerProcess:
+        # Port 0: the kernel picks a free port at bind time (no race with
+        # another process taking a port chosen beforehand); the log says which.
+        log_path = tmp_path / f"listener-{len(started)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", str(port), *args],
+            [sys.executable, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0", *args],
             cwd=REPO,
             env={**process_env, **(env or {})},
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        listener = ListenerProcess(port=port, proc=proc, log_path=log_path)
+        listener = ListenerProcess(port=0, proc=proc, log_path=log_path)
         started.append(listener)
         # Not a test connection to the port: it would hold an association slot
         # until the ACSE timeout. The listener says when it is bound.
@@ -144,6 +146,9 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
             raise RuntimeError(f"listener did not start:\n{listener.log()}") from None
         if proc.poll() is not None:
             raise RuntimeError(f"listener exited:\n{listener.log()}")
+        ready = re.search(r"listener ready on [^\s]+:(\d+),", listener.log())
+        assert ready, listener.log()
+        listener.port = int(ready.group(1))
         return listener
 
     yield start

@@ -22,7 +22,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--facility", metavar="CODE", help="serve only this facility")
-        parser.add_argument("--port", type=int, help="TCP port (default: the facility's, else PACS_DICOM_PORT)")
+        parser.add_argument(
+            "--port", type=int, help="TCP port (default: the facility's, else PACS_DICOM_PORT; 0: any free port)"
+        )
         parser.add_argument("--ae-title", metavar="AET", help="AE title to answer to (needs --facility)")
         parser.add_argument("--host", default=settings.PACS_DICOM_HOST, help="address to listen on")
 
@@ -40,7 +42,9 @@ class Command(BaseCommand):
                 ae_title_validator(ae_title)
             except ValidationError:
                 raise CommandError(f"{ae_title!r} is not a valid AE title (1-16 printable ASCII characters)") from None
-        port = opts["port"] or (facility.dicom_port if facility else settings.PACS_DICOM_PORT)
+        port = opts["port"]
+        if port is None:
+            port = facility.dicom_port if facility else settings.PACS_DICOM_PORT
         if not 0 <= port <= 65535:
             raise CommandError(f"{port} is not a TCP port")
 
