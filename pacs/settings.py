@@ -105,6 +105,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "corsheaders",
     "archive",
     "booking",
     "portal",
@@ -115,6 +119,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -293,3 +298,33 @@ LOGGING = {
         "pynetdicom": {"level": env_str("PYNETDICOM_LOG_LEVEL", "WARNING")},
     },
 }
+
+# --- query/retrieve ----------------------------------------------------------
+# Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
+# "out of resources" and QIDO-RS with a Warning header (narrow the query).
+PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
+
+# --- REST API and DICOMweb ------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "PACS regionale – API",
+    "DESCRIPTION": "REST API of the regional PACS. DICOMweb (QIDO-RS, WADO-RS, STOW-RS) is served under "
+    "/dicomweb/ as DICOM PS3.18 defines it and is not described here.",
+    "VERSION": "1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+# Origins (scheme://host[:port]) of web viewers (e.g. OHIF) allowed to call the
+# API and DICOMweb from the browser.
+CORS_ALLOWED_ORIGINS = env_list("PACS_CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/(dicomweb|api)/.*$"
+CORS_ALLOW_CREDENTIALS = env_bool("PACS_CORS_ALLOW_CREDENTIALS", False)
+CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Warning", "Content-Location"]
+# Largest STOW-RS request body, in bytes.
+PACS_STOW_MAX_BYTES = env_int("PACS_STOW_MAX_BYTES", 2 * 1024 * 1024 * 1024)

@@ -1,0 +1,69 @@
+"""Reading archived objects back: which copy to read, and opening it.
+
+Every reader (C-MOVE, C-GET, WADO, portal downloads, rendering) goes through
+:func:`instance_open`, which takes the nearest verified copy: the facility
+tiers first (the instance's own facility before the others), then the
+others in the order ``TIER_PREFERENCE`` gives. A copy whose file is missing
+or unreadable is skipped (and logged) and the next verified one is tried,
+so one damaged store does not make an object unreadable while another
+verified copy exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO
+
+from django.db.models import QuerySet
+
+from . import storage
+from .models import Copy, Instance
+
+logger = logging.getLogger(__name__)
+
+# Lower is nearer. Tiers of other kinds (long-term, preservation) come after.
+TIER_PREFERENCE = {storage.FACILITY: 0}
+
+
+class NotAvailable(Exception):
+    """No verified copy of the instance can be read now."""
+
+    def __init__(self, sop_instance_uid: str, reason: str) -> None:
+        super().__init__(f"{sop_instance_uid}: {reason}")
+        self.sop_instance_uid = sop_instance_uid
+        self.reason = reason
+
+
+def _rank(copy: Copy, own_tier: str) -> tuple[int, int, int]:
+    kind = copy.tier.partition(":")[0]
+    return (TIER_PREFERENCE.get(kind, 9), 0 if copy.tier == own_tier else 1, copy.pk)
+
+
+def copies_nearest_first(instance: Instance) -> list[Copy]:
+    """The instance's verified copies, nearest first (from the prefetch cache when
+    the queryset came through :func:`instances_with_copies`)."""
+    own = storage.facility_tier(instance.facility.code) if instance.facility_id else ""
+    return sorted((c for c in instance.copies.all() if c.verified_at is not None), key=lambda c: _rank(c, own))
+
+
+def instance_open(instance: Instance) -> BinaryIO:
+    """Open the nearest readable verified copy of ``instance`` (a binary file, to close)."""
+    candidates = copies_nearest_first(instance)
+    if not candidates:
+        raise NotAvailable(instance.sop_instance_uid, "no verified copy")
+    for copy in candidates:
+        try:
+            fh = storage.open_copy(copy.tier, copy.path)
+        except storage.StorageError as exc:
+            logger.error("copy %s of %s unreadable: %s", copy, instance.sop_instance_uid, exc)
+            continue
+        if fh is None:
+            logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
+            continue
+        return fh
+    raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
+
+
+def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:
+    """``queryset`` made ready for :func:`instance_open`: no query per instance."""
+    return queryset.select_related("facility").prefetch_related("copies")
