@@ -184,7 +184,11 @@ class Study(models.Model):
     class Meta:
         verbose_name = _("studio")
         verbose_name_plural = _("studi")
-        indexes = [models.Index(fields=["patient", "study_date"], name="study_patient_date")]
+        indexes = [
+            models.Index(fields=["patient", "study_date"], name="study_patient_date"),
+            # Queries list studies newest first: a date range with a limit reads this index in order.
+            models.Index(fields=["study_date", "id"], name="study_date_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.study_date or ''} {self.modalities_in_study} {self.study_description or self.study_instance_uid}"

@@ -1,0 +1,481 @@
+"""Finding archived objects: the one matching engine behind C-FIND, C-MOVE/C-GET and QIDO-RS.
+
+A query is a DICOM identifier (C-FIND semantics, PS3.4 C.2.2.2): each
+non-empty element is a matching key, each empty one a return key. The keys
+the index knows are listed in ``ATTRIBUTES`` (keyword, the entity that owns
+it, the model field, how it matches); each is matched in the database, never
+in Python, so a query costs the same whatever the archive's size.
+
+Matching follows PS3.4 C.2.2.2:
+
+* single value: exact (PN case-insensitively, as C.2.2.2.1 allows);
+* ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...);
+* ranges of dates and times: ``A-B``, ``A-`` and ``-B``;
+* lists: several UIDs (``\\``-separated), or several values of a text key (any of them);
+* universal matching: an empty value or ``*`` matches everything;
+* ModalitiesInStudy matches when any of the study's modalities matches.
+
+Keys of a level below the query's (e.g. Modality in a STUDY query) match
+when some series or instance below matches, as QIDO-RS allows; they return
+no value at that level. Keys the index does not hold are returned empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Sum
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from .models import Facility, Instance, Series, Study
+
+PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
+LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
+_DEPTH = {PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3}
+# The levels each information model has (PS3.4 C.6).
+ROOT_LEVELS = {"patient": LEVELS, "study": LEVELS[1:]}
+
+# Unique keys of each level (PS3.4 C.6.1.1, C.6.2.1).
+UNIQUE_KEYS = {
+    PATIENT: "PatientID",
+    STUDY: "StudyInstanceUID",
+    SERIES: "SeriesInstanceUID",
+    IMAGE: "SOPInstanceUID",
+}
+
+
+class QueryError(Exception):
+    """A query or retrieve identifier the archive cannot run; the message says why.
+
+    ``keyword``: the offending attribute, when there is one.
+    """
+
+    def __init__(self, message: str, *, keyword: str = "") -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
+# How a key matches: text (wildcards, lists), pn (text, case-insensitive),
+# uid (lists), date and time (ranges), int (single value), multi (a
+# backslash-joined value in the index, any element matching), count (derived:
+# returned, never matched).
+TEXT, PN, UID, DATE, TIME, INT, MULTI, COUNT = "text", "pn", "uid", "date", "time", "int", "multi", "count"
+
+
+@dataclass(frozen=True)
+class Attr:
+    keyword: str
+    level: str  # the entity that owns it
+    field: str  # on that entity's model (patient attributes live on Study)
+    kind: str
+
+
+ATTRIBUTES = {
+    a.keyword: a
+    for a in [
+        Attr("PatientName", PATIENT, "patient_name", PN),
+        Attr("PatientID", PATIENT, "dicom_patient_id", TEXT),
+        Attr("IssuerOfPatientID", PATIENT, "issuer_of_patient_id", TEXT),
+        Attr("PatientBirthDate", PATIENT, "patient_birth_date", DATE),
+        Attr("PatientSex", PATIENT, "patient_sex", TEXT),
+        Attr("NumberOfPatientRelatedStudies", PATIENT, "n_studies", COUNT),
+        Attr("NumberOfPatientRelatedSeries", PATIENT, "n_series", COUNT),
+        Attr("NumberOfPatientRelatedInstances", PATIENT, "n_instances", COUNT),
+        Attr("StudyInstanceUID", STUDY, "study_instance_uid", UID),
+        Attr("StudyDate", STUDY, "study_date", DATE),
+        Attr("StudyTime", STUDY, "study_time", TIME),
+        Attr("AccessionNumber", STUDY, "accession_number", TEXT),
+        Attr("StudyID", STUDY, "study_id", TEXT),
+        Attr("StudyDescription", STUDY, "study_description", TEXT),
+        Attr("ReferringPhysicianName", STUDY, "referring_physician_name", PN),
+        Attr("ModalitiesInStudy", STUDY, "modalities_in_study", MULTI),
+        Attr("NumberOfStudyRelatedSeries", STUDY, "number_of_series", COUNT),
+        Attr("NumberOfStudyRelatedInstances", STUDY, "number_of_instances", COUNT),
+        Attr("SeriesInstanceUID", SERIES, "series_instance_uid", UID),
+        Attr("Modality", SERIES, "modality", TEXT),
+        Attr("SeriesNumber", SERIES, "series_number", INT),
+        Attr("SeriesDescription", SERIES, "series_description", TEXT),
+        Attr("BodyPartExamined", SERIES, "body_part_examined", TEXT),
+        Attr("NumberOfSeriesRelatedInstances", SERIES, "number_of_instances", COUNT),
+        Attr("SOPInstanceUID", IMAGE, "sop_instance_uid", UID),
+        Attr("SOPClassUID", IMAGE, "sop_class_uid", UID),
+        Attr("InstanceNumber", IMAGE, "instance_number", INT),
+        Attr("Rows", IMAGE, "rows", INT),
+        Attr("Columns", IMAGE, "columns", INT),
+        Attr("NumberOfFrames", IMAGE, "number_of_frames", INT),
+    ]
+}
+
+# Path from each level's model to the model owning each entity's fields.
+_PATHS = {
+    PATIENT: {PATIENT: ""},
+    STUDY: {PATIENT: "", STUDY: ""},
+    SERIES: {PATIENT: "study__", STUDY: "study__", SERIES: ""},
+    IMAGE: {PATIENT: "series__study__", STUDY: "series__study__", SERIES: "series__", IMAGE: ""},
+}
+# Answered without the index: every object the archive lists is on line.
+_CONSTANTS = {"InstanceAvailability": "ONLINE"}
+# Keys that describe the query itself, not an entity: never matched.
+_IGNORED = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "TimezoneOffsetFromUTC"}
+
+# PS3.5 6.2: values of these VRs may carry * and ? wildcards.
+_WILDCARD_KINDS = {TEXT, PN, MULTI}
+
+
+# --- matching ------------------------------------------------------------------
+
+
+def _values(raw: Any) -> list[str]:
+    """The element's value(s) as strings; a backslash separates several."""
+    if raw is None:
+        return []
+    if isinstance(raw, (list, tuple, MultiValue)):
+        items = [str(v) for v in raw]
+    else:
+        items = str(raw).split("\\")
+    return [v.strip() for v in items]
+
+
+def _like_to_regex(pattern: str) -> str:
+    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+
+
+def _text_q(field: str, value: str, *, insensitive: bool, fuzzy: bool) -> Q:
+    if fuzzy:
+        # Fuzzy (QIDO-RS fuzzymatching=true): any part of the value, any case.
+        core = value.replace("*", "").replace("?", "")
+        return Q(**{f"{field}__icontains": core})
+    i = "i" if insensitive else ""
+    if "*" not in value and "?" not in value:
+        return Q(**{f"{field}__{i}exact": value})
+    stem = value.rstrip("*")
+    if "*" not in stem and "?" not in stem:
+        # The common case, "ROSS*": a prefix, which a b-tree index answers.
+        return Q(**{f"{field}__{i}startswith": stem})
+    return Q(**{f"{field}__{i}regex": _like_to_regex(value)})
+
+
+def _multi_q(field: str, value: str) -> Q:
+    """One of the backslash-separated values stored in ``field`` is ``value``."""
+    if "*" in value or "?" in value:
+        core = _like_to_regex(value)[1:-1]
+        return Q(**{f"{field}__regex": rf"(^|\\){core}(\\|$)"})
+    return (
+        Q(**{field: value})
+        | Q(**{f"{field}__startswith": value + "\\"})
+        | Q(**{f"{field}__endswith": "\\" + value})
+        | Q(**{f"{field}__contains": "\\" + value + "\\"})
+    )
+
+
+def _parse_date(text: str, keyword: str) -> dt.date:
+    text = text.strip()
+    if len(text) == 10 and text[4] == "." and text[7] == ".":
+        text = text.replace(".", "")  # ACR-NEMA style, still sent by old equipment
+    try:
+        if len(text) != 8 or not text.isdigit():
+            raise ValueError
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        raise QueryError(f"{keyword}: {text!r} is not a date (YYYYMMDD)", keyword=keyword) from None
+
+
+_TM_RE = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
+
+
+def _parse_time(text: str, keyword: str, *, upper: bool) -> str:
+    """A TM value as comparable text; as an upper bound, the last instant it names
+    ("12" is up to 12:59:59.999999)."""
+    text = text.strip().replace(":", "")
+    if not _TM_RE.match(text):
+        raise QueryError(f"{keyword}: {text!r} is not a time (HHMMSS.FFFFFF)", keyword=keyword)
+    if upper:
+        whole, _, fraction = text.partition(".")
+        text = whole + "595959"[len(whole) :] + "." + fraction.ljust(6, "9")
+    return text
+
+
+def _range(value: str, keyword: str) -> tuple[str, str]:
+    if value.count("-") != 1:
+        raise QueryError(f"{keyword}: {value!r} is not a value or a range (A-B, A-, -B)", keyword=keyword)
+    low, high = (part.strip() for part in value.split("-"))
+    if not low and not high:
+        raise QueryError(f"{keyword}: an empty range", keyword=keyword)
+    return low, high
+
+
+def _date_q(field: str, value: str, keyword: str) -> Q:
+    if "-" not in value:
+        return Q(**{field: _parse_date(value, keyword)})
+    low, high = _range(value, keyword)
+    q = Q()
+    lo = hi = None
+    if low:
+        lo = _parse_date(low, keyword)
+        q &= Q(**{f"{field}__gte": lo})
+    if high:
+        hi = _parse_date(high, keyword)
+        q &= Q(**{f"{field}__lte": hi})
+    if lo and hi and lo > hi:
+        raise QueryError(f"{keyword}: the range {value!r} ends before it starts", keyword=keyword)
+    return q
+
+
+def _time_q(field: str, value: str, keyword: str) -> Q:
+    if "-" not in value:
+        low = _parse_time(value, keyword, upper=False)
+        return Q(**{f"{field}__gte": low, f"{field}__lte": _parse_time(value, keyword, upper=True)})
+    low, high = _range(value, keyword)
+    q = Q()
+    if low:
+        q &= Q(**{f"{field}__gte": _parse_time(low, keyword, upper=False)})
+    if high:
+        q &= Q(**{f"{field}__lte": _parse_time(high, keyword, upper=True)})
+    return q
+
+
+def _attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
+    """The condition for one matching key; None for universal matching."""
+    values = _values(raw)
+    if not any(values) or values == ["*"] and attr.kind in _WILDCARD_KINDS:
+        return None
+    kw = attr.keyword
+    if attr.kind == COUNT:
+        return None  # derived keys are returned, not matched
+    if attr.kind == UID:
+        from .dicom import is_valid_uid
+
+        bad = [v for v in values if not is_valid_uid(v)]
+        if bad:
+            raise QueryError(f"{kw}: {bad[0]!r} is not a UID", keyword=kw)
+        return Q(**{field: values[0]}) if len(values) == 1 else Q(**{f"{field}__in": values})
+    if attr.kind in (DATE, TIME):
+        if len(values) != 1:
+            raise QueryError(f"{kw}: one date or one range, not a list", keyword=kw)
+        make = _date_q if attr.kind == DATE else _time_q
+        return make(field, values[0], kw)
+    if attr.kind == INT:
+        if len(values) != 1 or not re.fullmatch(r"[+-]?\d{1,10}", values[0]):
+            raise QueryError(f"{kw}: {raw!r} is not an integer", keyword=kw)
+        return Q(**{field: int(values[0])})
+    q = Q()
+    for value in values:
+        if value in ("", "*") and attr.kind in _WILDCARD_KINDS:
+            return None  # one universal value in a list matches everything
+        if attr.kind == MULTI:
+            q |= _multi_q(field, value)
+        else:
+            q |= _text_q(field, value, insensitive=attr.kind == PN, fuzzy=fuzzy)
+    return q
+
+
+# --- the query -----------------------------------------------------------------
+
+
+@dataclass
+class Query:
+    level: str
+    matching: dict[str, Any]  # keyword -> raw value, non-empty
+    returned: list[str]  # keywords, in the identifier's order
+
+
+def query_parse(identifier: Dataset, *, level: str, root: str = "study") -> Query:
+    """Split an identifier into matching and return keys, checking the level."""
+    level = (level or "").strip().upper()
+    if root not in ROOT_LEVELS:
+        raise QueryError(f"unknown information model {root!r}")
+    if level not in ROOT_LEVELS[root]:
+        allowed = ", ".join(ROOT_LEVELS[root])
+        raise QueryError(
+            f"QueryRetrieveLevel {level!r} is not one of {allowed} in the {root} root model",
+            keyword="QueryRetrieveLevel",
+        )
+    matching: dict[str, Any] = {}
+    returned: list[str] = []
+    for tag in identifier.keys():
+        try:
+            elem = identifier[tag]
+        except Exception as exc:  # a raw value pydicom cannot convert (an IS that is not a number)
+            keyword = keyword_for_tag(tag) or str(tag)
+            raise QueryError(f"{keyword}: cannot read the value ({exc})", keyword=keyword) from exc
+        keyword = elem.keyword or keyword_for_tag(elem.tag)
+        if not keyword or keyword in _IGNORED or elem.tag.is_private or elem.tag.group == 0x0002:
+            continue
+        returned.append(keyword)
+        if elem.VR == "SQ" or keyword not in ATTRIBUTES:
+            continue  # not in the index: returned empty, never matched
+        if elem.value not in (None, "", b"") and not (isinstance(elem.value, MultiValue) and not len(elem.value)):
+            matching[keyword] = elem.value
+    return Query(level=level, matching=matching, returned=returned)
+
+
+def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None) -> QuerySet:
+    level = query.level
+    base: QuerySet = {
+        PATIENT: Study.objects.all(),
+        STUDY: Study.objects.all(),
+        SERIES: Series.objects.all(),
+        IMAGE: Instance.objects.all(),
+    }[level]
+    paths = _PATHS[level]
+    below: dict[str, Q] = {}
+    conditions = Q()
+    for keyword, raw in query.matching.items():
+        attr = ATTRIBUTES[keyword]
+        if level == PATIENT and attr.level != PATIENT:
+            raise QueryError(f"{keyword} is not a PATIENT level key", keyword=keyword)
+        if attr.level in paths:
+            q = _attr_q(attr, paths[attr.level] + attr.field, raw, fuzzy=fuzzy)
+            if q is not None:
+                conditions &= q
+        else:
+            # A key of a lower level: some series/instance below must match.
+            q = _attr_q(attr, attr.field, raw, fuzzy=fuzzy)
+            if q is not None:
+                below[attr.level] = below.get(attr.level, Q()) & q
+    qs = base.filter(conditions)
+    if facility is not None:
+        qs = qs.filter(**{paths.get(STUDY, "") + "facility": facility})
+    if below:
+        qs = qs.filter(_below_exists(level, below))
+    return qs
+
+
+def _below_exists(level: str, below: dict[str, Q]) -> Q:
+    series_q, image_q = below.get(SERIES), below.get(IMAGE)
+    if level == SERIES:
+        return Q(Exists(Instance.objects.filter(series=OuterRef("pk")).filter(image_q or Q())))
+    # STUDY level: a series (with, if asked, an instance) that matches.
+    series = Series.objects.filter(study=OuterRef("pk"))
+    if series_q is not None:
+        series = series.filter(series_q)
+    if image_q is not None:
+        series = series.filter(Exists(Instance.objects.filter(series=OuterRef("pk")).filter(image_q)))
+    return Q(Exists(series))
+
+
+_ORDER = {
+    STUDY: ["-study_date", "-id"],
+    SERIES: ["study_id", "series_number", "id"],
+    IMAGE: ["series_id", "instance_number", "id"],
+}
+
+# Unique keys of the levels above, returned with each match (PS3.4 C.4.1.2.3.1).
+_PARENT_KEYS = {
+    PATIENT: ["PatientID"],
+    STUDY: ["StudyInstanceUID"],
+    SERIES: ["StudyInstanceUID", "SeriesInstanceUID"],
+    IMAGE: ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+}
+
+
+def query_run(
+    identifier: Dataset,
+    *,
+    level: str,
+    root: str = "study",
+    fuzzy: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+    facility: Facility | None = None,
+) -> Iterator[Dataset]:
+    """Run a C-FIND-style query; yield one identifier per match.
+
+    Each result holds the identifier's keys (filled where the index knows
+    them, empty otherwise) plus the unique keys of the level and the levels
+    above it. Raises :class:`QueryError` (before yielding) on a bad identifier.
+    """
+    query = query_parse(identifier, level=level, root=root)
+    qs = _filtered(query, fuzzy=fuzzy, facility=facility)
+    keywords = list(dict.fromkeys([*_PARENT_KEYS[query.level], *query.returned]))
+    fields: dict[str, str] = {}  # keyword -> values() path
+    for kw in keywords:
+        attr = ATTRIBUTES.get(kw)
+        if attr is None or _DEPTH[attr.level] > _DEPTH[query.level]:
+            continue
+        if query.level == PATIENT:
+            fields[kw] = "p_" + attr.field if attr.kind != COUNT else attr.field
+        elif attr.level == PATIENT and attr.kind == COUNT:
+            continue  # patient counts are answered at the PATIENT level only
+        else:
+            fields[kw] = _PATHS[query.level][attr.level] + attr.field
+    if query.level == PATIENT:
+        qs = (
+            qs.values("dicom_patient_id", "issuer_of_patient_id")
+            .annotate(
+                p_patient_name=Max("patient_name"),
+                p_dicom_patient_id=Max("dicom_patient_id"),
+                p_issuer_of_patient_id=Max("issuer_of_patient_id"),
+                p_patient_birth_date=Max("patient_birth_date"),
+                p_patient_sex=Max("patient_sex"),
+                n_studies=Count("id"),
+                n_series=Sum("number_of_series"),
+                n_instances=Sum("number_of_instances"),
+            )
+            .order_by("dicom_patient_id", "issuer_of_patient_id")
+        )
+    else:
+        qs = qs.order_by(*_ORDER[query.level])
+    paths = list(dict.fromkeys(fields.values()))
+    rows = qs.values_list(*paths)
+    if limit is not None:
+        rows = rows[offset : offset + max(limit, 0)]
+    elif offset:
+        rows = rows[offset:]
+    index = {path: i for i, path in enumerate(paths)}
+    for row in rows.iterator(chunk_size=500):
+        ds = Dataset()
+        for kw in keywords:
+            path = fields.get(kw)
+            value = row[index[path]] if path is not None else _CONSTANTS.get(kw)
+            _set(ds, kw, value)
+        yield ds
+
+
+def _set(ds: Dataset, keyword: str, value: Any) -> None:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return
+    vr = dictionary_VR(tag)
+    if value is None or value == "":
+        ds.add_new(tag, vr, None)
+    elif isinstance(value, dt.date):
+        ds.add_new(tag, vr, value.strftime("%Y%m%d"))
+    elif vr == "IS":
+        ds.add_new(tag, vr, str(value))
+    elif vr == "CS" and isinstance(value, str) and "\\" in value:
+        ds.add_new(tag, vr, value.split("\\"))
+    else:
+        ds.add_new(tag, vr, value)
+
+
+# --- retrieve -------------------------------------------------------------------
+
+
+def retrieve_instances(
+    identifier: Dataset, *, level: str, root: str = "study", facility: Facility | None = None
+) -> QuerySet[Instance]:
+    """The instances a C-MOVE/C-GET identifier designates (PS3.4 C.4.2.2.1, C.4.3.2.1).
+
+    The identifier holds the unique key of its level (one value or a list)
+    and may hold those of the levels above; other keys select nothing.
+    """
+    query = query_parse(identifier, level=level, root=root)
+    unique = UNIQUE_KEYS[query.level]
+    if unique not in query.matching:
+        raise QueryError(f"a {query.level} retrieve needs {unique}", keyword=unique)
+    # Only unique keys select what to send; other keys some SCUs add are ignored.
+    keys = {UNIQUE_KEYS[lv] for lv in LEVELS if _DEPTH[lv] <= _DEPTH[query.level]}
+    matching = {kw: value for kw, value in query.matching.items() if kw in keys}
+    if "PatientID" in matching:
+        value = _values(matching["PatientID"])
+        if len(value) != 1 or "*" in value[0] or "?" in value[0]:
+            raise QueryError("PatientID must be a single value in a retrieve", keyword="PatientID")
+    qs = _filtered(Query(level=IMAGE, matching=matching, returned=[]), fuzzy=False, facility=facility)
+    return qs.order_by("series__study_id", "series_id", "instance_number", "id")

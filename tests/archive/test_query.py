@@ -1,0 +1,252 @@
+"""The matching engine behind C-FIND, C-MOVE/C-GET and QIDO-RS (PS3.4 C.2.2.2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from archive import sample_data
+from archive.ingest import instance_ingest
+from archive.query import QueryError, query_run, retrieve_instances
+from archive.sample_data import PatientInfo, write_study
+
+
+@dataclass
+class Archive:
+    a: str  # ROSSI^MARIO, CT, 2019-05-10 10:15, 2 series x 2
+    b: str  # ROSSI^MARIA, MR, 2020-06-01 16:40, 1 series x 3
+    c: str  # BIANCHI^LUCA, CT + SR, 2021-01-15, Gorizia
+
+
+def _ingest(paths: list[Path], facility) -> None:  # type: ignore[no-untyped-def]
+    for path in paths:
+        instance_ingest(path=path, facility=facility, owned=False)
+
+
+@pytest.fixture
+def archive(region, tmp_path: Path) -> Archive:  # type: ignore[no-untyped-def]
+    mario = PatientInfo(patient_id="MRN0001", name="ROSSI^MARIO", birth_date="19560312", sex="M")
+    maria = PatientInfo(patient_id="MRN0002", name="ROSSI^MARIA", birth_date="19601010", sex="F")
+    luca = PatientInfo(patient_id="MRN0003", name="BIANCHI^LUCA", birth_date="19800101", sex="M")
+    a = write_study(
+        tmp_path / "a",
+        patient=mario,
+        series=2,
+        instances_per_series=2,
+        accession_number="ACC1",
+        study_date=dt.date(2019, 5, 10),
+        extra={"StudyTime": "101500"},
+    )
+    b = write_study(
+        tmp_path / "b",
+        patient=maria,
+        source=sample_data.MR,
+        instances_per_series=3,
+        accession_number="ACC2",
+        study_date=dt.date(2020, 6, 1),
+        extra={"StudyTime": "164000"},
+    )
+    c_uid = "1.2.826.0.1.3680043.8.498.1"
+    c = write_study(
+        tmp_path / "c",
+        patient=luca,
+        study_uid=c_uid,
+        instances_per_series=1,
+        accession_number="ACC3",
+        study_date=dt.date(2021, 1, 15),
+    )
+    c += write_study(
+        tmp_path / "c-sr",
+        patient=luca,
+        source=sample_data.SR,
+        study_uid=c_uid,
+        instances_per_series=1,
+        accession_number="ACC3",
+        study_date=dt.date(2021, 1, 15),
+    )
+    _ingest(a, region.facility)
+    _ingest(b, region.facility)
+    _ingest(c, region.other_facility)
+    return Archive(a=_study_uid(a), b=_study_uid(b), c=c_uid)
+
+
+def _study_uid(paths: list[Path]) -> str:
+    return str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def identifier(**keys: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def find(level: str = "STUDY", **keys: object) -> list[Dataset]:
+    return list(query_run(identifier(**keys), level=level))
+
+
+def uids(results: list[Dataset], keyword: str = "StudyInstanceUID") -> set[str]:
+    return {str(r.get(keyword)) for r in results}
+
+
+def test_single_value_matching_is_exact(archive: Archive) -> None:
+    assert uids(find(PatientID="MRN0001", StudyInstanceUID="")) == {archive.a}
+    assert find(PatientID="MRN000") == []
+
+
+def test_universal_matching_returns_everything(archive: Archive) -> None:
+    assert uids(find(PatientID="")) == {archive.a, archive.b, archive.c}
+    assert uids(find(PatientName="*")) == {archive.a, archive.b, archive.c}
+
+
+def test_wildcards_and_names_ignore_case(archive: Archive) -> None:
+    assert uids(find(PatientName="ROSSI*")) == {archive.a, archive.b}
+    assert uids(find(PatientName="rossi^mari?")) == {archive.a, archive.b}
+    assert uids(find(PatientName="*LUCA")) == {archive.c}
+    assert uids(find(PatientName="ROSSI^MARI?")) == {archive.a, archive.b}
+    # Not a PN: case matters.
+    assert find(AccessionNumber="acc1") == []
+    assert uids(find(AccessionNumber="ACC?")) == {archive.a, archive.b, archive.c}
+
+
+def test_date_ranges_closed_and_open(archive: Archive) -> None:
+    assert uids(find(StudyDate="20190101-20201231")) == {archive.a, archive.b}
+    assert uids(find(StudyDate="20200601-")) == {archive.b, archive.c}
+    assert uids(find(StudyDate="-20190510")) == {archive.a}
+    assert uids(find(StudyDate="20210115")) == {archive.c}
+    assert uids(find(PatientBirthDate="19500101-19591231")) == {archive.a}
+
+
+def test_time_ranges(archive: Archive) -> None:
+    assert uids(find(StudyTime="1000-1100")) == {archive.a}
+    assert uids(find(StudyTime="16")) == {archive.b}
+    assert uids(find(StudyTime="1600-")) == {archive.b}
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"StudyDate": "20201231-20190101"},
+        {"StudyDate": "2019-01-01"},
+        {"StudyDate": "20191301"},
+        {"StudyDate": "-"},
+        {"StudyTime": "2500"},
+        {"StudyInstanceUID": "1.2.abc"},
+        {"SeriesNumber": "one"},
+    ],
+)
+def test_bad_values_are_refused(archive: Archive, keys: dict[str, str]) -> None:
+    # As they arrive over the network: raw, converted only when the engine reads them.
+    ds = Dataset()
+    for keyword, value in keys.items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = RawDataElement(Tag(tag), dictionary_VR(tag), len(value), value.encode(), 0, False, True)
+    with pytest.raises(QueryError) as exc:
+        list(query_run(ds, level="STUDY"))
+    assert next(iter(keys)) in str(exc.value)
+
+
+def test_uid_lists(archive: Archive) -> None:
+    assert uids(find(StudyInstanceUID=[archive.a, archive.c])) == {archive.a, archive.c}
+    assert uids(find(StudyInstanceUID=f"{archive.b}\\{archive.c}")) == {archive.b, archive.c}
+
+
+def test_modalities_in_study_matches_any_modality(archive: Archive) -> None:
+    results = find(ModalitiesInStudy="CT")
+    assert uids(results) == {archive.a, archive.c}
+    assert uids(find(ModalitiesInStudy="SR")) == {archive.c}
+    assert uids(find(ModalitiesInStudy=["MR", "SR"])) == {archive.b, archive.c}
+    # Returned as the list it is.
+    (c,) = find(StudyInstanceUID=archive.c, ModalitiesInStudy="")
+    assert sorted(c.ModalitiesInStudy) == ["CT", "SR"]
+
+
+def test_a_series_key_in_a_study_query_matches_through_the_series(archive: Archive) -> None:
+    assert uids(find(Modality="MR")) == {archive.b}
+
+
+def test_derived_counts_and_unknown_keys(archive: Archive) -> None:
+    (a,) = find(
+        StudyInstanceUID=archive.a,
+        NumberOfStudyRelatedSeries=None,
+        NumberOfStudyRelatedInstances=None,
+        PatientName="",
+        StudyDate="",
+        PatientComments="",
+        InstanceAvailability="",
+    )
+    assert a.NumberOfStudyRelatedSeries == 2
+    assert a.NumberOfStudyRelatedInstances == 4
+    assert str(a.PatientName) == "ROSSI^MARIO"
+    assert a.StudyDate == "20190510"
+    assert "PatientComments" in a and not a.PatientComments
+    assert a.InstanceAvailability == "ONLINE"
+
+
+def test_series_and_image_levels(archive: Archive) -> None:
+    series = list(
+        query_run(
+            identifier(StudyInstanceUID=archive.a, SeriesInstanceUID="", NumberOfSeriesRelatedInstances=None),
+            level="SERIES",
+        )
+    )
+    assert len(series) == 2 and all(s.NumberOfSeriesRelatedInstances == 2 for s in series)
+    assert [s.StudyInstanceUID for s in series] == [archive.a, archive.a]
+    images = list(
+        query_run(
+            identifier(SeriesInstanceUID=series[0].SeriesInstanceUID, SOPInstanceUID="", Rows=None), level="IMAGE"
+        )
+    )
+    assert len(images) == 2 and all(i.Rows == 128 for i in images)
+    assert {i.SeriesInstanceUID for i in images} == {series[0].SeriesInstanceUID}
+
+
+def test_patient_level_in_the_patient_root_model(archive: Archive) -> None:
+    found = list(
+        query_run(
+            identifier(PatientName="ROSSI*", PatientID="", NumberOfPatientRelatedStudies=None),
+            level="PATIENT",
+            root="patient",
+        )
+    )
+    assert {(str(p.PatientID), p.NumberOfPatientRelatedStudies) for p in found} == {("MRN0001", 1), ("MRN0002", 1)}
+    with pytest.raises(QueryError):
+        list(query_run(identifier(PatientID=""), level="PATIENT", root="study"))
+    with pytest.raises(QueryError):
+        list(query_run(identifier(PatientID=""), level="FRAME"))
+
+
+def test_limit_offset_and_facility_scope(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    # Newest first.
+    everything = [str(r.StudyInstanceUID) for r in find(StudyInstanceUID="")]
+    assert everything == [archive.c, archive.b, archive.a]
+    page = [
+        str(r.StudyInstanceUID) for r in query_run(identifier(StudyInstanceUID=""), level="STUDY", limit=1, offset=1)
+    ]
+    assert page == [archive.b]
+    scoped = query_run(identifier(StudyInstanceUID=""), level="STUDY", facility=region.other_facility)
+    assert uids(list(scoped)) == {archive.c}
+
+
+def test_fuzzy_matching_finds_a_name_part(archive: Archive) -> None:
+    assert uids(list(query_run(identifier(PatientName="mari"), level="STUDY", fuzzy=True))) == {archive.a, archive.b}
+
+
+def test_retrieve_selects_by_unique_keys(archive: Archive) -> None:
+    assert retrieve_instances(identifier(StudyInstanceUID=archive.a), level="STUDY").count() == 4
+    assert retrieve_instances(identifier(StudyInstanceUID=[archive.a, archive.b]), level="STUDY").count() == 7
+    # Other keys some SCUs add are ignored.
+    assert retrieve_instances(identifier(StudyInstanceUID=archive.b, PatientName="X"), level="STUDY").count() == 3
+    with pytest.raises(QueryError, match="StudyInstanceUID"):
+        retrieve_instances(identifier(PatientName="ROSSI*"), level="STUDY")
+    assert retrieve_instances(identifier(PatientID="MRN0003"), level="PATIENT", root="patient").count() == 2
+    with pytest.raises(QueryError, match="single value"):
+        retrieve_instances(identifier(PatientID="MRN*"), level="PATIENT", root="patient")
