@@ -23,25 +23,44 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, dimse_messages, evt
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UncompressedTransferSyntaxes
+from pynetdicom import AE, _config, build_context, dimse_messages, evt
+from pynetdicom import association as _pynetdicom_association
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import decode
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from . import dul, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .ingest import CONFLICT, IngestError, instance_ingest
-from .models import AuditEvent, Facility, Patient, RemoteNode, Study
+from .models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
+from .query import QueryError, query_run, retrieve_instances
+from .retrieve import instance_file, instances_with_copies
+
+_pynetdicom_service_class_for = _pynetdicom_association.uid_to_service_class
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +73,22 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124
+
+# Query/retrieve statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_MISMATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+# Information models, by the SOP class of the request.
+QR_MODELS = {
+    PatientRootQueryRetrieveInformationModelFind: "patient",
+    StudyRootQueryRetrieveInformationModelFind: "study",
+    PatientRootQueryRetrieveInformationModelMove: "patient",
+    StudyRootQueryRetrieveInformationModelMove: "study",
+    PatientRootQueryRetrieveInformationModelGet: "patient",
+    StudyRootQueryRetrieveInformationModelGet: "study",
+}
 
 _FAILURE_STATUS = {
     "invalid": CANNOT_UNDERSTAND,
@@ -88,6 +123,7 @@ class Peer:
     node: RemoteNode | None  # None: an unknown AE let in by PACS_DICOM_ACCEPT_UNKNOWN_AE
     calling_ae: str
     address: str
+    called_ae: str = ""
     studies: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
     failures: list[str] = field(default_factory=list)
     failed: int = 0
@@ -123,7 +159,7 @@ def decide_association(
             why = "is not a registered DICOM node" if node is None else "has no rights"
             return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} {why} of {facility.code}"
         node = None
-    return Peer(facility=facility, node=node, calling_ae=calling_ae, address=address), None, ""
+    return Peer(facility=facility, node=node, calling_ae=calling_ae, address=address, called_ae=called_ae), None, ""
 
 
 class PacsACSE(ACSE):
@@ -167,7 +203,33 @@ class PacsACSE(ACSE):
 # --- the association, its handlers and the server ---------------------------------
 
 
-class PacsAssociation(Association):
+class _SendsStoredInstances(Association):
+    """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
+    sent from its archived file, byte for byte, when the peer accepted its
+    transfer syntax; otherwise decoded and sent in one the peer accepted
+    (pynetdicom converts between the uncompressed ones)."""
+
+    def send_c_store(self, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if not isinstance(dataset, StoredInstance):
+            return super().send_c_store(dataset, *args, **kwargs)
+        instance = dataset.instance
+        status: Dataset | None = None
+        try:
+            with instance_file(instance) as path:
+                try:
+                    self._get_valid_context(
+                        instance.sop_class_uid, instance.transfer_syntax_uid, "scu", allow_conversion=False
+                    )
+                    payload: Any = path
+                except ValueError:
+                    payload = dcmread(path)
+                status = super().send_c_store(payload, *args, **kwargs)
+            return status
+        finally:
+            dataset.tally.record(instance, status)
+
+
+class PacsAssociation(_SendsStoredInstances):
     """An acceptor association that writes its audit summary and closes its database
     connection when its thread ends, however it ends."""
 
@@ -254,6 +316,324 @@ def handle_store(event: Any) -> Dataset:
         peer.busy = False
 
 
+# --- query and retrieve -------------------------------------------------------------
+
+
+def _peer_may(peer: Peer, right: str) -> bool:
+    # An unknown AE is let in only by PACS_DICOM_ACCEPT_UNKNOWN_AE (the demo).
+    return peer.node is None or bool(getattr(peer.node, right))
+
+
+def _has_non_ascii(ds: Dataset) -> bool:
+    return any(isinstance(e.value, str) and not e.value.isascii() for e in ds) or any(
+        e.VR == "PN" and e.value is not None and not str(e.value).isascii() for e in ds
+    )
+
+
+def _identifier(event: Any) -> tuple[Dataset | None, str]:
+    try:
+        return event.identifier, ""
+    except Exception as exc:  # a malformed identifier
+        return None, f"cannot decode the identifier: {exc}"[:64]
+
+
+def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """C-FIND SCP, Patient Root and Study Root: matches stream as pending responses."""
+    peer: Peer = event.assoc.pacs_peer
+    close_old_connections()
+    root = QR_MODELS[str(event.request.AffectedSOPClassUID)]
+    audit = {"action": "dicom.query", "ae_title": peer.calling_ae, "source": peer.address}
+    if not _peer_may(peer, "can_query"):
+        _audit_quietly(**audit, outcome=AuditEvent.Outcome.DENIED, detail={"facility": peer.facility.code})
+        yield _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not query here"), None
+        return
+    identifier, error = _identifier(event)
+    level = str(identifier.get("QueryRetrieveLevel", "")) if identifier is not None else ""
+    detail: dict[str, Any] = {"facility": peer.facility.code, "model": root, "level": level}
+    if identifier is not None:
+        detail["keys"] = {e.keyword: str(e.value) for e in identifier if e.keyword and e.value not in (None, "")}
+    limit = settings.PACS_QUERY_MAX_MATCHES
+    matches, studies = 0, []
+    outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
+    try:
+        if identifier is None:
+            raise QueryError(error)
+        results = query_run(identifier, level=level, root=root, limit=limit + 1)
+        for result in results:
+            if event.is_cancelled:
+                outcome, final = AuditEvent.Outcome.WARNING, _status(CANCEL)
+                detail["cancelled"] = True
+                break
+            if matches == limit:
+                outcome = AuditEvent.Outcome.WARNING
+                final = _status(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query")
+                detail["truncated"] = True
+                break
+            matches += 1
+            if "StudyInstanceUID" in result and len(studies) < 20:
+                studies.append(str(result.StudyInstanceUID))
+            result.QueryRetrieveLevel = level.upper()
+            result.RetrieveAETitle = peer.called_ae
+            if _has_non_ascii(result):
+                result.SpecificCharacterSet = "ISO_IR 192"
+            yield PENDING, result
+    except QueryError as exc:
+        logger.warning("C-FIND from %s refused: %s", peer.calling_ae, exc)
+        outcome, final = AuditEvent.Outcome.FAILURE, _status(IDENTIFIER_MISMATCH, str(exc))
+        detail["error"] = str(exc)
+    except Exception as exc:
+        logger.exception("C-FIND from %s failed", peer.calling_ae)
+        outcome, final = AuditEvent.Outcome.FAILURE, _status(UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
+        detail["error"] = type(exc).__name__
+    detail.update(matches=matches, studies=studies)
+    _audit_quietly(**audit, outcome=outcome, detail=detail)
+    yield final, None
+
+
+class StoredInstance(Dataset):
+    """What the C-GET/C-MOVE handlers yield for a sub-operation: the instance's
+    identity only; :class:`_SendsStoredInstances` sends it from its file."""
+
+    def __init__(self, instance: Instance, tally: RetrieveTally) -> None:
+        super().__init__()
+        self.SOPClassUID = instance.sop_class_uid
+        self.SOPInstanceUID = instance.sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid
+        self.__dict__["instance"] = instance
+        self.__dict__["tally"] = tally
+
+
+@dataclass
+class RetrieveTally:
+    """Sub-operation outcomes of one C-MOVE/C-GET, per study, for the audit log."""
+
+    service: str
+    peer: Peer
+    detail: dict[str, Any]
+    studies: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, instance: Instance, status: Dataset | None) -> None:
+        code = getattr(status, "Status", None)
+        if code is None or code & 0xF000 in (0xA000, 0xC000) or code in (0x0110, 0x0122, 0x0124):
+            key = "failed"
+        elif code != SUCCESS:
+            key = "warning"
+        else:
+            key = "completed"
+        study = instance.series.study
+        counts = self.studies.setdefault(
+            study.pk, {"uid": study.study_instance_uid, "patient": study.patient_id, "completed": 0}
+        )
+        counts[key] = counts.get(key, 0) + 1
+
+    def audit(self, *, cancelled: bool = False) -> None:
+        close_old_connections()
+        base = {"action": "dicom.retrieve", "ae_title": self.peer.calling_ae, "source": self.peer.address}
+        for pk, counts in self.studies.items():
+            failed = counts.get("failed", 0)
+            outcome = (
+                AuditEvent.Outcome.FAILURE
+                if failed and not counts["completed"]
+                else (
+                    AuditEvent.Outcome.WARNING
+                    if failed or counts.get("warning") or cancelled
+                    else AuditEvent.Outcome.SUCCESS
+                )
+            )
+            _audit_quietly(
+                **base,
+                outcome=outcome,
+                study=Study(pk=pk),
+                patient=Patient(pk=counts["patient"]) if counts["patient"] else None,
+                study_instance_uid=counts["uid"],
+                detail={
+                    **self.detail,
+                    "service": self.service,
+                    "cancelled": cancelled,
+                    **{k: v for k, v in counts.items() if k not in {"uid", "patient"}},
+                },
+            )
+        if not self.studies:
+            _audit_quietly(
+                **base,
+                outcome=AuditEvent.Outcome.SUCCESS,
+                detail={**self.detail, "service": self.service, "instances": 0},
+            )
+
+
+def _retrieve_selection(
+    peer: Peer, *, sop_class_uid: str, identifier: Dataset | None, error: str, service: str
+) -> tuple[Any, RetrieveTally | None, Dataset | None]:
+    """The instances a C-MOVE/C-GET asks for, or the final status that refuses it
+    (and is audited)."""
+    close_old_connections()
+    root = QR_MODELS[sop_class_uid]
+    level = str(identifier.get("QueryRetrieveLevel", "")) if identifier is not None else ""
+    detail: dict[str, Any] = {"facility": peer.facility.code, "model": root, "level": level}
+    audit = {"action": "dicom.retrieve", "ae_title": peer.calling_ae, "source": peer.address}
+    if not _peer_may(peer, "can_retrieve"):
+        _audit_quietly(**audit, outcome=AuditEvent.Outcome.DENIED, detail={**detail, "service": service})
+        return None, None, _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not retrieve from here")
+    try:
+        if identifier is None:
+            raise QueryError(error)
+        qs = retrieve_instances(identifier, level=level, root=root)
+    except QueryError as exc:
+        logger.warning("%s from %s refused: %s", service, peer.calling_ae, exc)
+        _audit_quietly(
+            **audit, outcome=AuditEvent.Outcome.FAILURE, detail={**detail, "service": service, "error": str(exc)}
+        )
+        return None, None, _status(IDENTIFIER_MISMATCH, str(exc))
+    qs = instances_with_copies(qs.select_related("series__study"))
+    return qs, RetrieveTally(service=service, peer=peer, detail=detail), None
+
+
+def _selection_for(event: Any, service: str) -> tuple[Any, RetrieveTally | None, Dataset | None]:
+    identifier, error = _identifier(event)
+    return _retrieve_selection(
+        event.assoc.pacs_peer,
+        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        identifier=identifier,
+        error=error,
+        service=service,
+    )
+
+
+class PacsQueryRetrieveService(QueryRetrieveServiceClass):
+    """pynetdicom's Q/R service class, except that a C-MOVE or C-GET that is
+    refused (no retrieve right, a bad identifier) is answered with its own
+    status and comment before anything else: pynetdicom's C-MOVE would first
+    ask the handler for a destination and can only say "destination unknown"."""
+
+    def _refusal(self, req: Any, context: Any, service: str) -> Dataset | None:
+        peer = getattr(self.assoc, "pacs_peer", None)
+        if peer is None:
+            return None
+        ts = context.transfer_syntax[0]
+        try:
+            identifier: Dataset | None = decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian)
+            error = ""
+        except Exception as exc:
+            identifier, error = None, f"cannot decode the identifier: {exc}"[:64]
+        return _retrieve_selection(
+            peer, sop_class_uid=str(req.AffectedSOPClassUID), identifier=identifier, error=error, service=service
+        )[2]
+
+    def _refuse(self, rsp: Any, req: Any, context: Any, refusal: Dataset) -> None:
+        rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        rsp.Status = refusal.Status
+        rsp.ErrorComment = refusal.get("ErrorComment")
+        self.dimse.send_msg(rsp, context.context_id)
+
+    def _move_scp(self, req: C_MOVE, context: Any) -> None:
+        refusal = self._refusal(req, context, "C-MOVE")
+        if refusal is not None:
+            return self._refuse(C_MOVE(), req, context, refusal)
+        return super()._move_scp(req, context)
+
+    def _get_scp(self, req: C_GET, context: Any) -> None:
+        refusal = self._refusal(req, context, "C-GET")
+        if refusal is not None:
+            return self._refuse(C_GET(), req, context, refusal)
+        return super()._get_scp(req, context)
+
+
+def _service_class_for(uid: str) -> type:
+    if uid in QR_MODELS:
+        return PacsQueryRetrieveService
+    return _pynetdicom_service_class_for(uid)
+
+
+def _sub_operations(event: Any, qs: Any, tally: RetrieveTally) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    cancelled = False
+    try:
+        for instance in qs.iterator(chunk_size=200):
+            if event.is_cancelled:
+                cancelled = True
+                yield CANCEL, None
+                return
+            yield PENDING, StoredInstance(instance, tally)
+    finally:
+        tally.audit(cancelled=cancelled)
+
+
+def handle_get(event: Any) -> Iterator[Any]:
+    """C-GET SCP: the instances come back over the same association.
+    (Refusals were answered by :class:`PacsQueryRetrieveService`.)"""
+    qs, tally, refusal = _selection_for(event, "C-GET")
+    if refusal is not None:
+        yield 0
+        return
+    yield qs.count()
+    yield from _sub_operations(event, qs, tally)
+
+
+def _move_contexts(qs: Any) -> list[Any]:
+    """Storage contexts for the sub-association: each (SOP class, transfer syntax)
+    as archived, and uncompressed ones to fall back on."""
+    pairs = set(qs.order_by().values_list("sop_class_uid", "transfer_syntax_uid").distinct())
+    contexts = [build_context(sop, ts) for sop, ts in sorted(pairs)]
+    for sop in sorted({sop for sop, _ in pairs}):
+        contexts.append(build_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return contexts[:128]
+
+
+class PacsAE(AE):
+    """The listener's AE: a C-MOVE's sub-association calls out under the AE title
+    of the facility that was called (``calling_as``, per thread), and sends
+    archived files as they are."""
+
+    _local = threading.local()
+
+    @property  # type: ignore[override]
+    def ae_title(self) -> str:
+        return getattr(self._local, "calling_as", None) or self._ae_title
+
+    @ae_title.setter
+    def ae_title(self, value: str) -> None:
+        AE.ae_title.fset(self, value)  # type: ignore[attr-defined]
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:
+        assoc = super().associate(*args, **kwargs)
+        assoc.__class__ = _SendsStoredInstances  # adds one method, no state
+        return assoc
+
+
+def handle_move(event: Any) -> Iterator[Any]:
+    """C-MOVE SCP to a registered retrieve destination of the called facility."""
+    peer: Peer = event.assoc.pacs_peer
+    qs, tally, refusal = _selection_for(event, "C-MOVE")
+    if refusal is not None:  # answered already by PacsQueryRetrieveService
+        yield None, None
+        return
+    destination_ae = str(event.move_destination).strip()
+    tally.detail["destination"] = destination_ae
+    node = RemoteNode.objects.filter(
+        facility=peer.facility, ae_title=destination_ae, is_retrieve_destination=True
+    ).first()
+    if node is None:
+        logger.warning("C-MOVE from %s to unknown destination %r", peer.calling_ae, destination_ae)
+        _audit_quietly(
+            action="dicom.retrieve",
+            outcome=AuditEvent.Outcome.FAILURE,
+            ae_title=peer.calling_ae,
+            source=peer.address,
+            detail={**tally.detail, "service": "C-MOVE", "error": "move destination unknown"},
+        )
+        yield None, None  # pynetdicom answers 0xA801, move destination unknown
+        return
+    # pynetdicom opens the sub-association between the next two yields.
+    PacsAE._local.calling_as = peer.facility.ae_title
+    try:
+        yield node.host, node.port, {"contexts": _move_contexts(qs)}
+        yield qs.count()
+    finally:
+        PacsAE._local.calling_as = None
+    yield from _sub_operations(event, qs, tally)
+
+
 def _audit_quietly(**kwargs: Any) -> None:
     try:
         audit_record(**kwargs)
@@ -289,15 +669,18 @@ def _audit_association(peer: Peer) -> None:
 
 
 def build_ae(ae_title: str) -> AE:
-    ae = AE(ae_title=ae_title)
+    ae = PacsAE(ae_title=ae_title)
     ae.maximum_associations = settings.PACS_DICOM_MAX_ASSOCIATIONS
     ae.maximum_pdu_size = settings.PACS_DICOM_MAX_PDU
     ae.acse_timeout = settings.PACS_DICOM_ACSE_TIMEOUT
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
     ae.add_supported_context(Verification)
+    for uid in QR_MODELS:
+        ae.add_supported_context(uid, UncompressedTransferSyntaxes)
+    # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -388,11 +771,20 @@ def start_listener(
     # name is pointed at _SpoolFile (memory, then the incoming folder).
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _SpoolFile
+    # C-GET/C-MOVE sub-operations send archived files from disk, undecoded.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _pynetdicom_association.uid_to_service_class = _service_class_for
     dul.install()
     storage.incoming_clean_stray()
 
     ae = build_ae(ae_title or "PACS")
-    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store)]
+    handlers = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_C_FIND, handle_find),
+        (evt.EVT_C_GET, handle_get),
+        (evt.EVT_C_MOVE, handle_move),
+    ]
     server: PacsServer = ae.make_server(
         (host, port),
         ae_title=ae_title or "PACS",

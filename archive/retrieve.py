@@ -12,6 +12,10 @@ verified copy exists.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from django.db.models import QuerySet
@@ -67,3 +71,23 @@ def instance_open(instance: Instance) -> BinaryIO:
 def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:
     """``queryset`` made ready for :func:`instance_open`: no query per instance."""
     return queryset.select_related("facility").prefetch_related("copies")
+
+
+@contextmanager
+def instance_file(instance: Instance) -> Iterator[Path]:
+    """A local file name for the nearest readable verified copy, for senders that
+    need a name rather than a stream (pynetdicom sends a file from disk without
+    decoding it). A copy that is not a local file is spooled to the incoming
+    folder and removed afterwards."""
+    fh = instance_open(instance)
+    name = getattr(fh, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        fh.close()
+        yield Path(name)
+        return
+    with fh:
+        path = storage.copy_to_incoming(fh)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

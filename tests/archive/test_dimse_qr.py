@@ -1,0 +1,334 @@
+"""C-FIND, C-MOVE and C-GET over real associations to the in-process listener."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from archive import storage
+from archive.dicom import _body_offset
+from archive.dimse import _SpoolFile
+from archive.ingest import instance_ingest
+from archive.models import AuditEvent, Copy, Instance, Patient, RemoteNode, Study
+from archive.sample_data import PatientInfo, write_study
+from tests.conftest import free_port
+
+FIND = StudyRootQueryRetrieveInformationModelFind
+MOVE = StudyRootQueryRetrieveInformationModelMove
+GET = StudyRootQueryRetrieveInformationModelGet
+
+
+@dataclass
+class Stored:
+    study_uid: str
+    files: dict[str, Path]  # SOPInstanceUID -> the file as sent
+
+
+@pytest.fixture(autouse=True)
+def workstation(region) -> None:  # type: ignore[no-untyped-def]
+    """WS: a reporting workstation of TS-CAT that may query and retrieve."""
+    RemoteNode.objects.create(
+        facility=region.facility, ae_title="WS", host="127.0.0.1", port=104, can_query=True, can_retrieve=True
+    )
+
+
+@pytest.fixture
+def stored(region, tmp_path: Path) -> Stored:  # type: ignore[no-untyped-def]
+    """A CT study (2 series x 3) archived at TS-CAT."""
+    patient = PatientInfo(patient_id="MRN0001", name="ROSSI^MARIO", birth_date="19560312", sex="M")
+    paths = write_study(
+        tmp_path / "ct", patient=patient, series=2, instances_per_series=3, study_date=dt.date(2024, 3, 1)
+    )
+    files = {}
+    for path in paths:
+        instance_ingest(path=path, facility=region.facility, owned=False)
+        files[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = path
+    return Stored(study_uid=str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), files=files)
+
+
+def _body(data: bytes) -> bytes:
+    return data[_body_offset(data) :]
+
+
+def _received(event) -> bytes:  # type: ignore[no-untyped-def]
+    """The data set bytes a C-STORE brought to a test SCP in this process (where the
+    listener has switched pynetdicom to receiving into its spool files)."""
+    spool = _SpoolFile.of(event.dataset_path)
+    data = spool.in_memory() if spool is not None else None
+    return _body(bytes(data) if data is not None else Path(event.dataset_path).read_bytes())
+
+
+def _assoc(port: int, contexts: list, *, calling_ae: str = "WS", **kwargs):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    for cx in contexts:
+        ae.add_requested_context(cx)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TSCAT_PACS", **kwargs)
+    assert assoc.is_established
+    return assoc
+
+
+def c_find(port: int, level: str, model=FIND, calling_ae: str = "WS", **keys: object) -> tuple[list[Dataset], Dataset]:  # type: ignore[no-untyped-def]
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    assoc = _assoc(port, [model], calling_ae=calling_ae)
+    try:
+        results, final = [], None
+        for status, identifier in assoc.send_c_find(ds, model):
+            assert status is not None, "no response"
+            if status.Status in (0xFF00, 0xFF01):
+                results.append(identifier)
+            else:
+                final = status
+        return results, final
+    finally:
+        assoc.release()
+
+
+def test_find_each_level(listener: int, stored: Stored) -> None:
+    studies, final = c_find(listener, "STUDY", PatientName="rossi*", StudyDate="20240101-", StudyInstanceUID="")
+    assert final.Status == 0x0000
+    assert [str(s.StudyInstanceUID) for s in studies] == [stored.study_uid]
+    assert studies[0].QueryRetrieveLevel == "STUDY"
+    assert studies[0].RetrieveAETitle == "TSCAT_PACS"
+
+    series, _ = c_find(
+        listener, "SERIES", StudyInstanceUID=stored.study_uid, SeriesInstanceUID="", NumberOfSeriesRelatedInstances=""
+    )
+    assert len(series) == 2 and {int(s.NumberOfSeriesRelatedInstances) for s in series} == {3}
+
+    images, _ = c_find(listener, "IMAGE", SeriesInstanceUID=series[0].SeriesInstanceUID, SOPInstanceUID="")
+    assert {str(i.SOPInstanceUID) for i in images} <= set(stored.files) and len(images) == 3
+
+    patients, final = c_find(
+        listener,
+        "PATIENT",
+        model=PatientRootQueryRetrieveInformationModelFind,
+        PatientID="MRN0001",
+        PatientName="",
+        NumberOfPatientRelatedInstances="",
+    )
+    assert final.Status == 0x0000
+    assert [(str(p.PatientName), int(p.NumberOfPatientRelatedInstances)) for p in patients] == [("ROSSI^MARIO", 6)]
+
+    event = AuditEvent.objects.filter(action="dicom.query").first()
+    assert event.ae_title == "WS" and event.outcome == AuditEvent.Outcome.SUCCESS
+    assert event.detail["level"] == "PATIENT" and event.detail["matches"] == 1
+
+
+def test_find_with_wildcards_ranges_and_lists(listener: int, stored: Stored) -> None:
+    uid = stored.study_uid
+    assert len(c_find(listener, "STUDY", PatientName="R?SSI^*", StudyInstanceUID="")[0]) == 1
+    assert c_find(listener, "STUDY", StudyDate="-20231231", StudyInstanceUID="")[0] == []
+    assert len(c_find(listener, "STUDY", StudyInstanceUID=[uid, "1.2.3.4"])[0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        ("FRAME", {"StudyInstanceUID": ""}),
+        ("STUDY", {"StudyDate": "20241231-20240101"}),
+        ("PATIENT", {"PatientID": ""}),
+    ],
+)
+def test_find_refuses_a_bad_identifier(listener: int, stored: Stored, level: str, keys: dict) -> None:
+    results, final = c_find(listener, level, **keys)
+    assert results == [] and final.Status == 0xA900
+    assert AuditEvent.objects.filter(action="dicom.query", outcome=AuditEvent.Outcome.FAILURE).exists()
+
+
+def test_find_without_the_query_right_is_refused(listener: int, stored: Stored) -> None:
+    results, final = c_find(listener, "STUDY", calling_ae="STORESCU", StudyInstanceUID="")
+    assert results == [] and final.Status == 0x0124
+    assert AuditEvent.objects.filter(action="dicom.query", outcome=AuditEvent.Outcome.DENIED, ae_title="STORESCU")
+
+
+def _many_studies(region, n: int) -> None:  # type: ignore[no-untyped-def]
+    patient = Patient.objects.create(provisional=True, family_name="MOLTI")
+    Study.objects.bulk_create(
+        Study(
+            study_instance_uid=f"1.2.826.0.1.3680043.8.498.9.{i}",
+            patient=patient,
+            facility=region.facility,
+            patient_name="MOLTI^STUDI",
+            dicom_patient_id="MANY",
+            study_date=dt.date(2020, 1, 1) + dt.timedelta(days=i % 900),
+        )
+        for i in range(n)
+    )
+
+
+def test_find_stops_at_the_maximum_number_of_matches(listener: int, region, settings) -> None:  # type: ignore[no-untyped-def]
+    _many_studies(region, 12)
+    settings.PACS_QUERY_MAX_MATCHES = 10
+    results, final = c_find(listener, "STUDY", PatientID="MANY", StudyInstanceUID="")
+    assert len(results) == 10
+    assert final.Status == 0xA700 and "narrow" in final.ErrorComment
+
+
+def test_c_cancel_stops_a_find(listener: int, region, settings) -> None:  # type: ignore[no-untyped-def]
+    _many_studies(region, 3000)
+    settings.PACS_QUERY_MAX_MATCHES = 10000
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "MANY"
+    ds.StudyInstanceUID = ""
+    assoc = _assoc(listener, [FIND])
+    try:
+        responses = assoc.send_c_find(ds, FIND, msg_id=7)
+        statuses = []
+        for status, _identifier in responses:
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, query_model=FIND)
+        assert statuses[-1] == 0xFE00
+        assert 1 <= len(statuses) - 1 < 3000
+    finally:
+        assoc.release()
+    event = AuditEvent.objects.filter(action="dicom.query").first()
+    assert event.detail.get("cancelled") is True
+
+
+@dataclass
+class StoreSCP:
+    port: int
+    ae_title: str
+    received: dict[str, bytes] = field(default_factory=dict)  # SOPInstanceUID -> data set bytes
+    calling: set[str] = field(default_factory=set)
+
+
+@pytest.fixture
+def destination(region) -> Iterator[StoreSCP]:  # type: ignore[no-untyped-def]
+    """A pynetdicom storage SCP registered as TS-CAT's retrieve destination DEST."""
+    scp = StoreSCP(port=free_port(), ae_title="DEST")
+    lock = threading.Lock()
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        with lock:
+            scp.received[str(event.request.AffectedSOPInstanceUID)] = _received(event)
+            scp.calling.add(event.assoc.requestor.ae_title.strip())
+        return 0x0000
+
+    ae = AE(ae_title="DEST")
+    ae.supported_contexts = StoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", scp.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    RemoteNode.objects.create(
+        facility=region.facility, ae_title="DEST", host="127.0.0.1", port=scp.port, is_retrieve_destination=True
+    )
+    try:
+        yield scp
+    finally:
+        server.shutdown()
+
+
+def c_move(port: int, destination_ae: str, calling_ae: str = "WS", **keys: object) -> list[Dataset]:
+    """The statuses of the responses; the final one carries its identifier as ``.identifier``."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    assoc = _assoc(port, [MOVE], calling_ae=calling_ae)
+    try:
+        responses = list(assoc.send_c_move(ds, destination_ae, MOVE))
+        statuses = [status for status, _ in responses]
+        statuses[-1].identifier = responses[-1][1]
+        return statuses
+    finally:
+        assoc.release()
+
+
+def test_move_sends_the_archived_files_unchanged(listener: int, stored: Stored, destination: StoreSCP) -> None:
+    responses = c_move(listener, "DEST", StudyInstanceUID=stored.study_uid)
+    final = responses[-1]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 6
+    pending = [r for r in responses if r.Status == 0xFF00]
+    assert pending and pending[0].NumberOfRemainingSuboperations in (5, 6)
+    assert set(destination.received) == set(stored.files)
+    for uid, path in stored.files.items():
+        assert destination.received[uid] == _body(path.read_bytes())
+    # The sub-association calls out as the facility that was asked.
+    assert destination.calling == {"TSCAT_PACS"}
+    event = AuditEvent.objects.get(action="dicom.retrieve")
+    assert event.study.study_instance_uid == stored.study_uid and event.patient_id is not None
+    assert event.detail["completed"] == 6 and event.detail["destination"] == "DEST"
+
+
+def test_move_counts_failed_sub_operations(listener: int, stored: Stored, destination: StoreSCP) -> None:
+    lost = Instance.objects.order_by("id").first()
+    copy = Copy.objects.get(instance=lost)
+    storage.absolute_path(copy.tier, copy.path).unlink()
+    final = c_move(listener, "DEST", StudyInstanceUID=stored.study_uid)[-1]
+    assert final.Status == 0xB000
+    assert final.NumberOfFailedSuboperations == 1 and final.NumberOfCompletedSuboperations == 5
+    assert lost.sop_instance_uid in final.identifier.FailedSOPInstanceUIDList
+    assert AuditEvent.objects.get(action="dicom.retrieve").detail["failed"] == 1
+
+
+def test_move_to_an_unknown_destination(listener: int, stored: Stored, destination: StoreSCP) -> None:
+    final = c_move(listener, "NOWHERE", StudyInstanceUID=stored.study_uid)[-1]
+    assert final.Status == 0xA801
+    assert destination.received == {}
+    assert AuditEvent.objects.get(action="dicom.retrieve").outcome == AuditEvent.Outcome.FAILURE
+
+
+def test_move_without_the_retrieve_right_is_refused(listener: int, stored: Stored, destination: StoreSCP) -> None:
+    final = c_move(listener, "DEST", calling_ae="VIEWER", StudyInstanceUID=stored.study_uid)[-1]
+    assert final.Status == 0x0124 and "VIEWER" in final.ErrorComment
+    assert destination.received == {}
+    assert AuditEvent.objects.get(action="dicom.retrieve").outcome == AuditEvent.Outcome.DENIED
+
+
+def test_move_with_a_bad_identifier(listener: int, stored: Stored, destination: StoreSCP) -> None:
+    final = c_move(listener, "DEST", PatientName="ROSSI*")[-1]
+    assert final.Status == 0xA900 and "StudyInstanceUID" in final.ErrorComment
+
+
+def test_get_returns_the_files_on_the_same_association(listener: int, stored: Stored) -> None:
+    received: dict[str, bytes] = {}
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        received[str(event.request.AffectedSOPInstanceUID)] = _received(event)
+        return 0x0000
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    ae = AE(ae_title="WS")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(GET)
+    ae.add_requested_context(ct)
+    assoc = ae.associate(
+        "127.0.0.1",
+        listener,
+        ae_title="TSCAT_PACS",
+        ext_neg=[build_role(ct, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "SERIES"
+        ds.StudyInstanceUID = stored.study_uid
+        ds.SeriesInstanceUID = str(dcmread(next(iter(stored.files.values()))).SeriesInstanceUID)
+        responses = [status for status, _ in assoc.send_c_get(ds, GET)]
+    finally:
+        assoc.release()
+    assert responses[-1].Status == 0x0000 and responses[-1].NumberOfCompletedSuboperations == 3
+    assert len(received) == 3
+    for uid, data in received.items():
+        assert data == _body(stored.files[uid].read_bytes())
+    assert AuditEvent.objects.get(action="dicom.retrieve").detail["service"] == "C-GET"
