@@ -78,6 +78,7 @@ ROLES = {
         "archive.change_instanceconflict",
         "archive.view_auditevent",
         "archive.change_patient",
+        "archive.add_instance",  # STOW-RS
     ],
     "Radiologi": [*_VIEW_ARCHIVE],
     "Operatori CUP": ["archive.view_patient", "archive.add_patient", "archive.view_facility"],

@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "corsheaders",
     "archive",
     "booking",
@@ -319,6 +320,12 @@ SPECTACULAR_SETTINGS = {
     "/dicomweb/ as DICOM PS3.18 defines it and is not described here.",
     "VERSION": "1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The description of the API is public; what it describes is not.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 # Origins (scheme://host[:port]) of web viewers (e.g. OHIF) allowed to call the
 # API and DICOMweb from the browser.
@@ -328,3 +335,6 @@ CORS_ALLOW_CREDENTIALS = env_bool("PACS_CORS_ALLOW_CREDENTIALS", False)
 CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Warning", "Content-Location"]
 # Largest STOW-RS request body, in bytes.
 PACS_STOW_MAX_BYTES = env_int("PACS_STOW_MAX_BYTES", 2 * 1024 * 1024 * 1024)
+# The facility (code) into which STOW-RS at the regional root /dicomweb/studies stores;
+# empty: only the facility roots /dicomweb/<facility>/studies store.
+PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")

@@ -1,0 +1,393 @@
+"""DICOMweb endpoints (PS3.18) under ``/dicomweb/`` and ``/dicomweb/<facility>/``: thin adapters.
+
+Each view authenticates (DRF token or staff session), checks the permission,
+calls one function of :mod:`archive.dicomweb`, and writes one audit event
+for what it served or refused. DRF's content negotiation is switched off
+(it would answer 406 to ``Accept: multipart/related; type="application/dicom"``):
+the service functions negotiate DICOM media types themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.urls import get_script_prefix
+from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from . import dicomweb as dw
+from .audit import audit_record
+from .models import AuditEvent, Facility, Study
+
+logger = logging.getLogger(__name__)
+
+RETRIEVE = "dicomweb.retrieve"
+METADATA = "dicomweb.metadata"
+STORE = "dicomweb.store"
+SEARCH = "dicomweb.search"
+_MAX_WARNINGS = 10
+
+
+class _AnyContent(BaseContentNegotiation):
+    """Errors are JSON whatever the Accept header; the views negotiate the rest."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+class _HasPerm(BasePermission):
+    perm = "archive.view_instance"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_active and user.has_perm(self.perm))
+
+
+class CanRead(_HasPerm):
+    message = "reading images needs the archive.view_instance permission"
+
+
+class CanStore(_HasPerm):
+    perm = "archive.add_instance"
+    message = "storing images needs the archive.add_instance permission"
+
+
+@dataclass
+class AuditNote:
+    """What one request touched, filled in by the handler as it learns it."""
+
+    action: str
+    study: Study | None = None
+    study_instance_uid: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    outcome: str = AuditEvent.Outcome.SUCCESS
+
+
+def _client_address(request: Request) -> str:
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
+class DicomwebView(APIView):
+    """Base: token first (so that an anonymous client gets 401 with ``WWW-Authenticate: Token``)."""
+
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    permission_classes = [CanRead]
+    content_negotiation_class = _AnyContent
+    renderer_classes = [JSONRenderer]
+    schema = None  # DICOMweb is PS3.18's, not described in the OpenAPI schema
+    action = RETRIEVE
+
+    def audit_action(self) -> str:
+        return STORE if self.request.method == "POST" else self.action
+
+    def handle_exception(self, exc: Exception) -> HttpResponse:
+        note: AuditNote | None = getattr(self, "_note", None)
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
+            self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.DENIED, error=str(exc.detail))
+        if isinstance(exc, dw.DicomwebError):
+            self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.FAILURE, error=exc.message)
+            response = HttpResponse(dw.error_body(exc.message), status=exc.status, content_type="application/json")
+            if exc.status == 503:
+                response["Retry-After"] = "60"
+            return response
+        return super().handle_exception(exc)
+
+    def _audit(self, note: AuditNote, outcome: str, *, error: str = "") -> None:
+        request = self.request
+        detail = {
+            "method": request.method,
+            "path": request.path[:500],
+            "accept": request.META.get("HTTP_ACCEPT", "")[:200],
+            **note.detail,
+        }
+        if error:
+            detail["error"] = error[:500]
+        user = getattr(request, "_user", None)
+        try:
+            audit_record(
+                action=note.action,
+                outcome=outcome,
+                user=user,
+                study=note.study,
+                study_instance_uid=note.study_instance_uid,
+                source=_client_address(request),
+                detail=detail,
+            )
+        except Exception:
+            # The answer has been decided; a failing audit write must be visible, not silent.
+            logger.exception("could not write the audit event for %s %s", request.method, request.path)
+            raise
+
+    # --- helpers for the handlers
+
+    def begin(self, **detail: Any) -> AuditNote:
+        self._note = AuditNote(self.audit_action(), detail=dict(detail))
+        return self._note
+
+    def scope(self, facility: str | None) -> dw.Scope:
+        prefix = get_script_prefix()
+        if facility is None:
+            return dw.Scope(None, self.request.build_absolute_uri(f"{prefix}dicomweb"))
+        found = Facility.objects.filter(code=facility).first()
+        if found is None:
+            raise dw.DicomwebError(404, f"there is no facility {facility!r}")
+        return dw.Scope(found, self.request.build_absolute_uri(f"{prefix}dicomweb/{facility}"))
+
+    def accept(self) -> list[dw.MediaRange]:
+        # PS3.18 8.3.3.1: an "accept" query parameter overrides the Accept header.
+        override = self.request.query_params.getlist("accept")
+        return dw.parse_accept(", ".join(override) if override else self.request.META.get("HTTP_ACCEPT"))
+
+    def select(self, note: AuditNote, scope: dw.Scope, **uids: str | None) -> list[Any]:
+        note.study_instance_uid = uids.get("study_uid") or ""
+        study, instances = dw.instances_select(scope, **uids)  # type: ignore[arg-type]
+        note.study = study
+        note.detail["instances"] = len(instances)
+        return instances
+
+    def done(self, note: AuditNote, response: HttpResponse) -> HttpResponse:
+        self._audit(note, note.outcome)
+        return response
+
+
+def _streamed(result: dw.Streamed, status: int = 200) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(result.chunks, content_type=result.content_type, status=status)
+    for name, value in result.headers.items():
+        response[name] = value
+    return response
+
+
+def _warning_header(host: str, texts: list[str]) -> str:
+    """RFC 7234 5.5 Warning values (``299 host "text"``), as PS3.18 recommends for statuses."""
+
+    def quoted(text: str) -> str:
+        clean = text.encode("ascii", "replace").decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{" ".join(clean.split())[:300]}"'
+
+    return ", ".join(f"299 {host} {quoted(t)}" for t in texts[:_MAX_WARNINGS])
+
+
+# --- WADO-RS ----------------------------------------------------------------------------------------
+
+
+class StudyView(DicomwebView):
+    """``studies/{study}``: GET retrieves the study; POST stores instances into it."""
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [CanStore()] if self.request.method == "POST" else [CanRead()]
+
+    def get(self, request: Request, study: str, facility: str | None = None) -> HttpResponse:
+        note = self.begin(resource="study")
+        scope = self.scope(facility)
+        instances = self.select(note, scope, study_uid=study)
+        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+
+    def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponse:
+        return stow_handle(self, facility, study)
+
+
+class SeriesView(DicomwebView):
+    def get(self, request: Request, study: str, series: str, facility: str | None = None) -> HttpResponse:
+        note = self.begin(resource="series", series=series)
+        scope = self.scope(facility)
+        instances = self.select(note, scope, study_uid=study, series_uid=series)
+        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+
+
+class InstanceView(DicomwebView):
+    def get(
+        self, request: Request, study: str, series: str, instance: str, facility: str | None = None
+    ) -> HttpResponse:
+        note = self.begin(resource="instance", series=series, instance=instance)
+        scope = self.scope(facility)
+        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+
+
+class MetadataView(DicomwebView):
+    """``.../metadata`` at study, series or instance level."""
+
+    action = METADATA
+
+    def get(
+        self,
+        request: Request,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        facility: str | None = None,
+    ) -> HttpResponse:
+        level = "instance" if instance else "series" if series else "study"
+        note = self.begin(resource=f"{level}.metadata", series=series or "", instance=instance or "")
+        if not dw.json_acceptable(self.accept()):
+            raise dw.DicomwebError(406, "metadata is served as application/dicom+json only")
+        scope = self.scope(facility)
+        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        return self.done(note, _streamed(dw.metadata_response(scope, instances)))
+
+
+class FramesView(DicomwebView):
+    def get(
+        self, request: Request, study: str, series: str, instance: str, frames: str, facility: str | None = None
+    ) -> HttpResponse:
+        note = self.begin(resource="frames", series=series, instance=instance, frames=frames[:200])
+        numbers = dw.parse_frame_list(frames)
+        scope = self.scope(facility)
+        (obj,) = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        url = dw.instance_url(scope, obj)
+        return self.done(note, _streamed(dw.frames_response(obj, numbers, self.accept(), url=url)))
+
+
+class BulkdataView(DicomwebView):
+    def get(
+        self, request: Request, study: str, series: str, instance: str, tags: str, facility: str | None = None
+    ) -> HttpResponse:
+        note = self.begin(resource="bulkdata", series=series, instance=instance, tags=tags[:200])
+        scope = self.scope(facility)
+        (obj,) = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        url = dw.instance_url(scope, obj)
+        return self.done(note, _streamed(dw.bulkdata_response(obj, tags, self.accept(), url=url)))
+
+
+class RenderedView(DicomwebView):
+    """``.../rendered`` and ``.../thumbnail`` at study, series, instance and frames level."""
+
+    thumbnail = False
+
+    def get(
+        self,
+        request: Request,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        frames: str | None = None,
+        facility: str | None = None,
+    ) -> HttpResponse:
+        level = "frames" if frames else "instance" if instance else "series" if series else "study"
+        kind = "thumbnail" if self.thumbnail else "rendered"
+        note = self.begin(resource=f"{level}.{kind}", series=series or "", instance=instance or "")
+        params = dw.render_params(request.query_params, self.accept(), thumbnail=self.thumbnail)
+        numbers = dw.parse_frame_list(frames) if frames else [1]
+        scope = self.scope(facility)
+        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        if self.thumbnail:
+            data = dw.thumbnail_of(instances, params, frame=numbers[0])
+            return self.done(note, HttpResponse(data, content_type=params.media_type))
+        if instance is None:
+            return self.done(note, _streamed(dw.rendered_many_response(scope, instances, params)))
+        if len(numbers) == 1:
+            data = dw.render_instance(instances[0], numbers[0], params)
+            return self.done(note, HttpResponse(data, content_type=params.media_type))
+        images = [dw.render_instance(instances[0], n, params) for n in numbers]
+        boundary = dw.new_boundary()
+        url = dw.instance_url(scope, instances[0])
+        parts = [
+            dw.Part(params.media_type, lambda data=data: [data], location=f"{url}/frames/{n}/rendered")
+            for n, data in zip(numbers, images, strict=True)
+        ]
+        streamed = dw.Streamed(
+            dw.multipart_content_type(params.media_type, boundary), dw.multipart_stream(parts, boundary)
+        )
+        return self.done(note, _streamed(streamed))
+
+
+class ThumbnailView(RenderedView):
+    thumbnail = True
+
+
+# --- WADO-URI ------------------------------------------------------------------------------------------
+
+
+class WadoUriView(DicomwebView):
+    """``wado?requestType=WADO&studyUID=...&seriesUID=...&objectUID=...`` (PS3.18 chapter 9)."""
+
+    def get(self, request: Request, facility: str | None = None) -> HttpResponse:
+        note = self.begin(resource="wado-uri", query=request.META.get("QUERY_STRING", "")[:500])
+        req = dw.wado_uri_parse(request.query_params)
+        scope = self.scope(facility)
+        (obj,) = self.select(note, scope, study_uid=req.study_uid, series_uid=req.series_uid, sop_uid=req.sop_uid)
+        if dw.wado_uri_wants_dicom(req):
+            return self.done(note, _streamed(dw.wado_uri_file(obj, req.transfer_syntax)))
+        data = dw.render_instance(obj, req.frame, req.params)
+        return self.done(note, HttpResponse(data, content_type=req.params.media_type))
+
+
+# --- STOW-RS -----------------------------------------------------------------------------------------
+
+
+def _body_reader(request: Request) -> tuple[Any, int | None]:
+    """How to read the request body in chunks, and its declared length.
+
+    A chunked body has no Content-Length; servers that decode it (gunicorn)
+    say so with ``wsgi.input_terminated`` and the raw input can be read to
+    its end. Django's own stream would read nothing without a length.
+    """
+    django_request = request._request
+    meta = django_request.META
+    length_text = meta.get("CONTENT_LENGTH") or ""
+    if length_text:
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise dw.DicomwebError(400, "Content-Length is not a number") from None
+        return django_request.read, length
+    if meta.get("wsgi.input_terminated"):
+        return meta["wsgi.input"].read, None
+    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise dw.DicomwebError(411, "this server cannot read a chunked body: send a Content-Length")
+    return django_request.read, 0
+
+
+def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> HttpResponse:
+    note = view.begin(resource="studies" if study is None else "study")
+    note.study_instance_uid = study or ""
+    scope = view.scope(facility)
+    read, length = _body_reader(view.request)
+    result = dw.stow(
+        read,
+        content_type=view.request.META.get("CONTENT_TYPE", ""),
+        content_length=length,
+        scope=scope,
+        study_uid=study,
+    )
+    note.detail.update(
+        stored=result.stored,
+        duplicates=result.duplicates,
+        conflicts=result.conflicts,
+        failed=result.failed,
+        failures=result.failures[:20],
+        status=result.status,
+    )
+    if len(result.study_ids) == 1:
+        note.study = Study.objects.select_related("patient").filter(pk=next(iter(result.study_ids))).first()
+    elif result.study_ids:
+        note.detail["studies"] = sorted(result.study_ids)[:50]
+    if result.status == 409:
+        note.outcome = AuditEvent.Outcome.FAILURE
+    elif result.status == 202:
+        note.outcome = AuditEvent.Outcome.WARNING
+    response = HttpResponse(dw.dumps(result.response), status=result.status, content_type=dw.DICOM_JSON)
+    if result.warnings:
+        response["Warning"] = _warning_header(view.request.get_host(), result.warnings)
+    return view.done(note, response)
+
+
+class StudiesView(DicomwebView):
+    """``studies``: POST stores (STOW-RS); GET searches (QIDO-RS)."""
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [CanStore()] if self.request.method == "POST" else [CanRead()]
+
+    def post(self, request: Request, facility: str | None = None) -> HttpResponse:
+        return stow_handle(self, facility, None)

@@ -1,0 +1,67 @@
+"""URLs of the archive's web services: DICOMweb (``dicomweb_urlpatterns``, mounted at
+``/dicomweb/``) and the REST API (``api_urlpatterns``, mounted at ``/api/``)."""
+
+from __future__ import annotations
+
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from . import api
+from . import dicomweb_views as views
+
+
+class FacilityCodeConverter:
+    """A facility code (``Facility.code``): upper-case letters, digits, ``-`` and ``_``.
+
+    Distinct from every DICOMweb resource name (lower case) and from UIDs (dots).
+    """
+
+    regex = r"[A-Z0-9_-]{1,16}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(FacilityCodeConverter, "facility")
+
+# UIDs are matched loosely ([^/]+) so that a malformed one gets a 400 from the view, not a 404.
+_INSTANCE = "studies/<str:study>/series/<str:series>/instances/<str:instance>"
+_resources = [
+    path("studies", views.StudiesView.as_view()),
+    path("studies/<str:study>", views.StudyView.as_view()),
+    path("studies/<str:study>/metadata", views.MetadataView.as_view()),
+    path("studies/<str:study>/rendered", views.RenderedView.as_view()),
+    path("studies/<str:study>/thumbnail", views.ThumbnailView.as_view()),
+    path("studies/<str:study>/series/<str:series>", views.SeriesView.as_view()),
+    path("studies/<str:study>/series/<str:series>/metadata", views.MetadataView.as_view()),
+    path("studies/<str:study>/series/<str:series>/rendered", views.RenderedView.as_view()),
+    path("studies/<str:study>/series/<str:series>/thumbnail", views.ThumbnailView.as_view()),
+    path(_INSTANCE, views.InstanceView.as_view()),
+    path(f"{_INSTANCE}/metadata", views.MetadataView.as_view()),
+    path(f"{_INSTANCE}/rendered", views.RenderedView.as_view()),
+    path(f"{_INSTANCE}/thumbnail", views.ThumbnailView.as_view()),
+    path(f"{_INSTANCE}/frames/<str:frames>", views.FramesView.as_view()),
+    path(f"{_INSTANCE}/frames/<str:frames>/rendered", views.RenderedView.as_view()),
+    path(f"{_INSTANCE}/frames/<str:frames>/thumbnail", views.ThumbnailView.as_view()),
+    path(f"{_INSTANCE}/bulkdata/<path:tags>", views.BulkdataView.as_view()),
+    path("wado", views.WadoUriView.as_view()),
+]
+
+dicomweb_urlpatterns = [
+    path("", include(_resources), {"facility": None}),
+    path("<facility:facility>/", include(_resources)),
+]
+
+api_urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-swagger"),
+    path("schema/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("token/", api.TokenView.as_view(), name="api-token"),
+    path("facilities/", api.FacilityListView.as_view(), name="api-facility-list"),
+    path("facilities/<facility:code>/", api.FacilityDetailView.as_view(), name="api-facility-detail"),
+    path("studies/", api.StudyListView.as_view(), name="api-study-list"),
+    path("studies/<str:study_instance_uid>/", api.StudyDetailView.as_view(), name="api-study-detail"),
+]

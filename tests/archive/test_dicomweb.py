@@ -1,0 +1,512 @@
+"""DICOMweb through Django's test client: every status the service can answer, and what it changes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.test import RequestFactory, override_settings
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import generate_uid
+
+from archive import storage
+from archive.dicomweb import (
+    FAILURE_CANNOT_UNDERSTAND,
+    FAILURE_SOP_CLASS_NOT_SUPPORTED,
+    FAILURE_STUDY_MISMATCH,
+    WARNING_CONFLICT,
+    multipart_spool,
+    parse_accept,
+)
+from archive.dicomweb_views import StudiesView
+from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Study
+from archive.sample_data import COMPRESSED, MR, SR, US_MULTIFRAME, PatientInfo, bundled_path, fresh_copy, write_study
+from tests import dicomweb_helpers as helpers
+from tests.dicomweb_helpers import incoming_files, ingest_files, multipart_body, parse_multipart, tier_files, uids
+
+# Fixtures (pytest finds them as names of this module).
+reader, archivist, nobody = helpers.reader, helpers.archivist, helpers.nobody
+
+DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
+
+
+@pytest.fixture
+def stored(region, ct_study: list[Path]) -> list[Path]:
+    ingest_files(ct_study, region.facility)
+    return ct_study
+
+
+def _study_url(path: Path, root: str = "/dicomweb") -> str:
+    study, _series, _sop = uids(path)
+    return f"{root}/studies/{study}"
+
+
+def _instance_url(path: Path, root: str = "/dicomweb") -> str:
+    study, series, sop = uids(path)
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _body(response) -> bytes:  # type: ignore[no-untyped-def]
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+# --- WADO-RS ---------------------------------------------------------------------------------------
+
+
+def test_study_retrieve_sends_every_stored_file_byte_for_byte(client, stored, reader) -> None:
+    response = client.get(_study_url(stored[0]), HTTP_ACCEPT=DICOM_ACCEPT, **reader.auth)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith('multipart/related; type="application/dicom"; boundary=')
+    parts = parse_multipart(response["Content-Type"], _body(response))
+    originals = {uids(p)[2]: p.read_bytes() for p in stored}
+    assert len(parts) == len(originals) == 6
+    for headers, data in parts:
+        sop = dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+        assert data == originals[sop]
+        assert headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+        assert headers["content-location"].endswith(f"/instances/{sop}")
+        assert headers["content-location"].startswith("http://testserver/dicomweb/studies/")
+    event = AuditEvent.objects.get(action="dicomweb.retrieve")
+    assert event.outcome == AuditEvent.Outcome.SUCCESS
+    assert event.user == reader.user and event.study == Study.objects.get()
+    assert event.patient == Study.objects.get().patient and event.source == "127.0.0.1"
+    assert event.detail["instances"] == 6 and event.detail["resource"] == "study"
+
+
+def test_series_and_instance_retrieve(client, stored, reader) -> None:
+    study, series, sop = uids(stored[0])
+    response = client.get(f"/dicomweb/studies/{study}/series/{series}", **reader.auth)
+    parts = parse_multipart(response["Content-Type"], _body(response))
+    assert response.status_code == 200 and len(parts) == 3
+    response = client.get(_instance_url(stored[0]), HTTP_ACCEPT=f"{DICOM_ACCEPT}; transfer-syntax=*", **reader.auth)
+    ((_headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert data == stored[0].read_bytes()
+
+
+def test_a_transfer_syntax_the_archive_does_not_hold_is_not_acceptable(client, stored, reader) -> None:
+    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.4.50"
+    response = client.get(_study_url(stored[0]), HTTP_ACCEPT=accept, **reader.auth)
+    assert response.status_code == 406
+    assert "does not transcode" in response.json()["detail"]
+    response = client.get(_study_url(stored[0]), HTTP_ACCEPT="application/json", **reader.auth)
+    assert response.status_code == 406
+    # The stored transfer syntax, asked explicitly, is fine.
+    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.1"
+    assert client.get(_study_url(stored[0]), HTTP_ACCEPT=accept, **reader.auth).status_code == 200
+
+
+def test_unknown_and_malformed_uids(client, stored, reader) -> None:
+    study, series, sop = uids(stored[0])
+    unknown = generate_uid()
+    response = client.get(f"/dicomweb/studies/{unknown}", **reader.auth)
+    assert response.status_code == 404 and unknown in response.json()["detail"]
+    assert client.get(f"/dicomweb/studies/{study}/series/{unknown}", **reader.auth).status_code == 404
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{unknown}"
+    assert client.get(url, **reader.auth).status_code == 404
+    # An instance of another series of the same study is not under this series.
+    other_series_sop = next(uids(p)[2] for p in stored if uids(p)[1] != series)
+    assert (
+        client.get(f"/dicomweb/studies/{study}/series/{series}/instances/{other_series_sop}", **reader.auth).status_code
+        == 404
+    )
+    response = client.get("/dicomweb/studies/1.2.abc", **reader.auth)
+    assert response.status_code == 400 and "not a valid DICOM UID" in response.json()["detail"]
+    assert client.get("/dicomweb/studies/01.2.3", **reader.auth).status_code == 400
+    event = AuditEvent.objects.filter(action="dicomweb.retrieve").order_by("id").first()
+    assert event.outcome == AuditEvent.Outcome.FAILURE and event.detail["error"]
+
+
+def test_facility_root_serves_only_that_facility(client, stored, reader, region) -> None:
+    own = client.get(_study_url(stored[0], "/dicomweb/TS-CAT"), **reader.auth)
+    assert own.status_code == 200
+    headers, _data = parse_multipart(own["Content-Type"], _body(own))[0]
+    assert headers["content-location"].startswith("http://testserver/dicomweb/TS-CAT/studies/")
+    other = client.get(_study_url(stored[0], "/dicomweb/GO-SG"), **reader.auth)
+    assert other.status_code == 404 and "GO-SG" in other.json()["detail"]
+    assert client.get(_study_url(stored[0], "/dicomweb/NOPE"), **reader.auth).status_code == 404
+
+
+def test_anonymous_gets_401_and_is_audited(client, stored) -> None:
+    response = client.get(_study_url(stored[0]))
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    event = AuditEvent.objects.get(action="dicomweb.retrieve")
+    assert event.outcome == AuditEvent.Outcome.DENIED and event.user is None
+    assert client.get(_study_url(stored[0]), HTTP_AUTHORIZATION="Token not-a-token").status_code == 401
+
+
+def test_user_without_permission_gets_403(client, stored, nobody) -> None:
+    response = client.get(_study_url(stored[0]), **nobody.auth)
+    assert response.status_code == 403
+    event = AuditEvent.objects.get(action="dicomweb.retrieve")
+    assert event.outcome == AuditEvent.Outcome.DENIED and event.user == nobody.user
+
+
+def test_staff_session_works(client, stored, reader) -> None:
+    client.force_login(reader.user)
+    assert client.get(_study_url(stored[0])).status_code == 200
+
+
+def test_unreadable_copies(client, stored, reader) -> None:
+    missing = Instance.objects.get(sop_instance_uid=uids(stored[0])[2])
+    copy = missing.copies.get()
+    storage.absolute_path(copy.tier, copy.path).unlink()
+    response = client.get(_instance_url(stored[0]), **reader.auth)
+    assert response.status_code == 503 and "cannot be read" in response.json()["detail"]
+    # In a study retrieve the unreadable instance is skipped, the others are sent.
+    response = client.get(_study_url(stored[0]), **reader.auth)
+    assert response.status_code == 200
+    assert len(parse_multipart(response["Content-Type"], _body(response))) == 5
+
+
+def test_metadata_is_dicom_json_with_bulk_data_uris(client, stored, reader) -> None:
+    response = client.get(_study_url(stored[0]) + "/metadata", **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom+json"
+    items = json.loads(_body(response))
+    assert len(items) == 6
+    by_sop = {item["00080018"]["Value"][0]: item for item in items}
+    study, series, sop = uids(stored[0])
+    item = by_sop[sop]
+    original = dcmread(stored[0])
+    restored = Dataset.from_json({k: v for k, v in item.items() if "BulkDataURI" not in v})
+    for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "Rows", "Columns", "ImagePositionPatient"):
+        assert restored[keyword].value == original[keyword].value, keyword
+    pixel_uri = item["7FE00010"]["BulkDataURI"]
+    assert pixel_uri == f"http://testserver{_instance_url(stored[0])}/bulkdata/7FE00010"
+    assert item["7FE00010"]["vr"] == "OW"
+    assert item["00083002"]["Value"] == ["1.2.840.10008.1.2.1"]
+    response = client.get(pixel_uri.removeprefix("http://testserver"), **reader.auth)
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert data == original.PixelData and headers["content-type"].startswith("application/octet-stream")
+    assert AuditEvent.objects.filter(action="dicomweb.metadata").count() == 1
+    response = client.get(_study_url(stored[0]) + "/metadata", HTTP_ACCEPT="application/dicom", **reader.auth)
+    assert response.status_code == 406
+
+
+def test_big_endian_bulk_data_is_sent_little_endian(client, region, reader, tmp_path) -> None:
+    files = write_study(
+        tmp_path, patient=PatientInfo("BE1"), source=COMPRESSED["1.2.840.10008.1.2.2"], instances_per_series=1
+    )
+    ingest_files(files, region.facility)
+    url = _instance_url(files[0])
+    response = client.get(url + "/bulkdata/7FE00010", **reader.auth)
+    ((_headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    expected = dcmread(files[0]).pixel_array.astype("<u2").tobytes()
+    assert data == expected
+
+
+def test_native_frames(client, stored, reader) -> None:
+    original = dcmread(stored[0])
+    response = client.get(_instance_url(stored[0]) + "/frames/1", **reader.auth)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith('multipart/related; type="application/octet-stream"')
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert data == original.PixelData
+    assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    response = client.get(_instance_url(stored[0]) + "/frames/2", **reader.auth)
+    assert response.status_code == 400 and "1 frame" in response.json()["detail"]
+    assert client.get(_instance_url(stored[0]) + "/frames/x", **reader.auth).status_code == 400
+    assert client.get(_instance_url(stored[0]) + "/frames/0", **reader.auth).status_code == 400
+
+
+def test_compressed_multiframe_frames_are_the_original_bitstream(client, region, reader, tmp_path) -> None:
+    files = write_study(tmp_path, patient=PatientInfo("US1"), source=US_MULTIFRAME, instances_per_series=1)
+    ingest_files(files, region.facility)
+    original = dcmread(files[0])
+    expected = list(generate_frames(original.PixelData, number_of_frames=int(original.NumberOfFrames)))
+    response = client.get(_instance_url(files[0]) + "/frames/1,5,30", **reader.auth)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith('multipart/related; type="image/jpeg"')
+    parts = parse_multipart(response["Content-Type"], _body(response))
+    assert [data for _h, data in parts] == [expected[0], expected[4], expected[29]]
+    assert parts[0][0]["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
+    # Asked for uncompressed frames only: the archive does not decompress.
+    accept = 'multipart/related; type="application/octet-stream"'
+    assert client.get(_instance_url(files[0]) + "/frames/1", HTTP_ACCEPT=accept, **reader.auth).status_code == 406
+    # OHIF's way: octet-stream, any transfer syntax.
+    accept += "; transfer-syntax=*"
+    response = client.get(_instance_url(files[0]) + "/frames/2", HTTP_ACCEPT=accept, **reader.auth)
+    assert parse_multipart(response["Content-Type"], _body(response))[0][1] == expected[1]
+
+
+def test_rendered_and_thumbnail(client, stored, reader) -> None:
+    url = _instance_url(stored[0])
+    response = client.get(url + "/rendered", **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "JPEG" and image.size == (128, 128)
+    response = client.get(url + "/rendered", HTTP_ACCEPT="image/png", **reader.auth)
+    assert response["Content-Type"] == "image/png"
+    png = np.asarray(Image.open(io.BytesIO(response.content)))
+    # A window over the whole range differs from a narrow one (parameters reach the renderer).
+    narrow = client.get(url + "/rendered?window=40,80", HTTP_ACCEPT="image/png", **reader.auth)
+    assert not np.array_equal(png, np.asarray(Image.open(io.BytesIO(narrow.content))))
+    small = client.get(url + "/rendered?viewport=64,64&quality=50", **reader.auth)
+    assert Image.open(io.BytesIO(small.content)).size == (64, 64)
+    assert client.get(url + "/rendered?quality=0", **reader.auth).status_code == 400
+    assert client.get(url + "/rendered?window=1", **reader.auth).status_code == 400
+    assert client.get(url + "/rendered", HTTP_ACCEPT="image/gif", **reader.auth).status_code == 406
+    assert client.get(url + "/frames/1/rendered", **reader.auth).status_code == 200
+    thumb = client.get(url + "/thumbnail", **reader.auth)
+    assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) <= 128
+    series_thumb = client.get(_study_url(stored[0]) + "/thumbnail", **reader.auth)
+    assert series_thumb.status_code == 200 and series_thumb["Content-Type"] == "image/jpeg"
+    study = client.get(_study_url(stored[0]) + "/rendered", **reader.auth)
+    assert study.status_code == 200
+    assert len(parse_multipart(study["Content-Type"], _body(study))) == 6
+
+
+def test_an_object_without_pixels_cannot_be_rendered(client, region, reader, tmp_path) -> None:
+    files = write_study(tmp_path, patient=PatientInfo("SR1"), source=SR, instances_per_series=1)
+    ingest_files(files, region.facility)
+    response = client.get(_instance_url(files[0]) + "/rendered", **reader.auth)
+    assert response.status_code == 406 and "no pixel data" in response.json()["detail"]
+    assert client.get(_instance_url(files[0]) + "/frames/1", **reader.auth).status_code == 404
+
+
+# --- WADO-URI ----------------------------------------------------------------------------------------
+
+
+def test_wado_uri(client, stored, reader) -> None:
+    study, series, sop = uids(stored[0])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    response = client.get(f"/dicomweb/wado?{query}&contentType=application/dicom", **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
+    assert _body(response) == stored[0].read_bytes()
+    response = client.get(f"/dicomweb/wado?{query}", **reader.auth)
+    assert response["Content-Type"] == "image/jpeg"
+    response = client.get(
+        f"/dicomweb/wado?{query}&contentType=image/png&rows=32&columns=32&windowCenter=40&windowWidth=400",
+        **reader.auth,
+    )
+    assert Image.open(io.BytesIO(response.content)).size == (32, 32)
+    assert (
+        client.get(f"/dicomweb/wado?studyUID={study}&seriesUID={series}&objectUID={sop}", **reader.auth).status_code
+        == 400
+    )
+    response = client.get(
+        f"/dicomweb/wado?requestType=WADO-RS&studyUID={study}&seriesUID={series}&objectUID={sop}", **reader.auth
+    )
+    assert response.status_code == 400 and "requestType" in response.json()["detail"]
+    assert (
+        client.get(f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series}", **reader.auth).status_code
+        == 400
+    )
+    assert client.get(f"/dicomweb/wado?{query}&windowCenter=40", **reader.auth).status_code == 400
+    assert client.get(f"/dicomweb/wado?{query.replace(sop, generate_uid())}", **reader.auth).status_code == 404
+    assert client.get(f"/dicomweb/wado?{query}").status_code == 401
+
+
+# --- STOW-RS ----------------------------------------------------------------------------------------
+
+
+def _stow(client, user, url: str, parts: list[bytes], **kwargs):  # type: ignore[no-untyped-def]
+    boundary = "b0undary-7f3c"
+    content_type = kwargs.pop("content_type", f'multipart/related; type="application/dicom"; boundary={boundary}')
+    body = kwargs.pop("body", None) or multipart_body(parts, boundary=boundary)
+    return client.generic(
+        "POST", url, body, content_type=content_type, HTTP_ACCEPT="application/dicom+json", **user.auth, **kwargs
+    )
+
+
+def test_stow_stores_into_the_facility(client, region, archivist, ct_study) -> None:
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [p.read_bytes() for p in ct_study])
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/dicom+json"
+    result = Dataset.from_json(response.json())
+    assert len(result.ReferencedSOPSequence) == 6 and "FailedSOPSequence" not in result
+    study, series, sop = uids(ct_study[0])
+    assert result.RetrieveURL == f"http://testserver/dicomweb/TS-CAT/studies/{study}"
+    item = next(i for i in result.ReferencedSOPSequence if i.ReferencedSOPInstanceUID == sop)
+    assert item.ReferencedSOPClassUID == dcmread(ct_study[0]).SOPClassUID
+    assert item.RetrieveURL.endswith(f"/studies/{study}/series/{series}/instances/{sop}")
+    assert Instance.objects.filter(facility=region.facility, calling_ae="").count() == 6
+    for path in ct_study:
+        copy = Copy.objects.get(instance__sop_instance_uid=uids(path)[2])
+        assert storage.absolute_path(copy.tier, copy.path).read_bytes() == path.read_bytes()
+    assert incoming_files() == []
+    event = AuditEvent.objects.get(action="dicomweb.store")
+    assert event.outcome == AuditEvent.Outcome.SUCCESS and event.study == Study.objects.get()
+    assert event.detail["stored"] == 6 and event.user == archivist.user
+    # The same again: duplicates are a success.
+    again = _stow(client, archivist, f"/dicomweb/TS-CAT/studies/{study}", [p.read_bytes() for p in ct_study])
+    assert again.status_code == 200 and Instance.objects.count() == 6
+
+
+def test_stow_of_a_part_that_is_not_dicom_fails_and_stores_nothing(client, region, archivist) -> None:
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [b"this is not DICOM" * 20])
+    assert response.status_code == 409
+    result = Dataset.from_json(response.json())
+    (failed,) = result.FailedSOPSequence
+    assert failed.FailureReason == FAILURE_CANNOT_UNDERSTAND
+    assert "ReferencedSOPSequence" not in result
+    assert "C000" in response["Warning"] and "DICM" in response["Warning"]
+    assert Instance.objects.count() == 0 and Study.objects.count() == 0
+    assert tier_files("TS-CAT") == [] and incoming_files() == []
+    event = AuditEvent.objects.get(action="dicomweb.store")
+    assert event.outcome == AuditEvent.Outcome.FAILURE and event.detail["failed"] == 1
+
+
+def test_stow_with_some_failures_is_202(client, region, archivist, ct_study, tmp_path) -> None:
+    sr_other_study = write_study(tmp_path / "sr", patient=PatientInfo("X"), source=SR, instances_per_series=1)[0]
+    parts = [ct_study[0].read_bytes(), b"garbage", sr_other_study.read_bytes()]
+    study = uids(ct_study[0])[0]
+    response = _stow(client, archivist, f"/dicomweb/TS-CAT/studies/{study}", parts)
+    assert response.status_code == 202
+    result = Dataset.from_json(response.json())
+    assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [uids(ct_study[0])[2]]
+    reasons = {i.ReferencedSOPInstanceUID: i.FailureReason for i in result.FailedSOPSequence}
+    assert reasons == {"": FAILURE_CANNOT_UNDERSTAND, uids(sr_other_study)[2]: FAILURE_STUDY_MISMATCH}
+    assert list(Instance.objects.values_list("sop_instance_uid", flat=True)) == [uids(ct_study[0])[2]]
+    assert len(tier_files("TS-CAT")) == 1 and incoming_files() == []
+    assert AuditEvent.objects.get(action="dicomweb.store").outcome == AuditEvent.Outcome.WARNING
+
+
+def test_stow_of_a_non_storage_sop_class(client, region, archivist, tmp_path) -> None:
+    ds = fresh_copy(MR, patient=PatientInfo("P1"), study_uid=generate_uid(), series_uid=generate_uid())
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND: not a storage class
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [path.read_bytes()])
+    assert response.status_code == 409
+    (failed,) = Dataset.from_json(response.json()).FailedSOPSequence
+    assert failed.FailureReason == FAILURE_SOP_CLASS_NOT_SUPPORTED
+    assert failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_stow_conflict_is_a_warning(client, region, archivist, ct_study) -> None:
+    ingest_files(ct_study[:1], region.facility)
+    ds = dcmread(ct_study[0])
+    ds.SeriesDescription = "other bytes, same SOP Instance UID"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [buf.getvalue()])
+    assert response.status_code == 202
+    (item,) = Dataset.from_json(response.json()).ReferencedSOPSequence
+    assert item.WarningReason == WARNING_CONFLICT
+    assert InstanceConflict.objects.count() == 1 and Instance.objects.count() == 1
+
+
+@override_settings(PACS_STOW_MAX_BYTES=50_000)
+def test_stow_over_the_size_limit_is_413_and_stores_nothing(client, region, archivist, ct_study) -> None:
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [p.read_bytes() for p in ct_study[:2]])
+    assert response.status_code == 413
+    assert "PACS_STOW_MAX_BYTES" in response.json()["detail"]
+    assert Instance.objects.count() == 0 and tier_files("TS-CAT") == [] and incoming_files() == []
+    assert AuditEvent.objects.get(action="dicomweb.store").outcome == AuditEvent.Outcome.FAILURE
+
+
+def _chunked_post(body: bytes, user, facility: str = "TS-CAT"):  # type: ignore[no-untyped-def]
+    """A request as gunicorn hands over a chunked body: no Content-Length, input read to its end."""
+    request = RequestFactory().generic("POST", f"/dicomweb/{facility}/studies", **user.auth)
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["CONTENT_TYPE"] = 'multipart/related; type="application/dicom"; boundary=b0undary-7f3c'
+    request.META["wsgi.input"] = io.BytesIO(body)
+    request.META["wsgi.input_terminated"] = True
+    return StudiesView.as_view()(request, facility=facility)
+
+
+def test_stow_chunked_body_is_read_to_its_end(region, archivist, ct_study) -> None:
+    response = _chunked_post(multipart_body([p.read_bytes() for p in ct_study]), archivist)
+    assert response.status_code == 200, response.content
+    assert Instance.objects.count() == 6
+
+
+@override_settings(PACS_STOW_MAX_BYTES=50_000)
+def test_stow_chunked_body_over_the_limit_is_cut_while_reading(region, archivist, ct_study) -> None:
+    response = _chunked_post(multipart_body([p.read_bytes() for p in ct_study]), archivist)
+    assert response.status_code == 413
+    assert Instance.objects.count() == 0 and tier_files("TS-CAT") == [] and incoming_files() == []
+
+
+def test_stow_refuses_what_is_not_multipart_related_dicom(client, region, archivist, ct_study) -> None:
+    data = ct_study[0].read_bytes()
+    assert (
+        _stow(client, archivist, "/dicomweb/TS-CAT/studies", [data], content_type="application/dicom").status_code
+        == 415
+    )
+    metadata = 'multipart/related; type="application/dicom+json"; boundary=b0undary-7f3c'
+    assert _stow(client, archivist, "/dicomweb/TS-CAT/studies", [data], content_type=metadata).status_code == 415
+    no_boundary = 'multipart/related; type="application/dicom"'
+    assert _stow(client, archivist, "/dicomweb/TS-CAT/studies", [data], content_type=no_boundary).status_code == 400
+    # Declared multipart, but the body is not: no boundary anywhere.
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [], body=data)
+    assert response.status_code == 400 and "boundary" in response.json()["detail"]
+    # A multipart body with no parts.
+    response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [], body=b"--b0undary-7f3c--\r\n")
+    assert response.status_code == 400 and "no parts" in response.json()["detail"]
+    # A body cut inside a part.
+    cut = multipart_body([data])[:-30]
+    assert _stow(client, archivist, "/dicomweb/TS-CAT/studies", [], body=cut).status_code == 400
+    assert Instance.objects.count() == 0 and incoming_files() == []
+
+
+def test_stow_at_the_regional_root_needs_a_configured_facility(client, region, archivist, ct_study) -> None:
+    response = _stow(client, archivist, "/dicomweb/studies", [ct_study[0].read_bytes()])
+    assert response.status_code == 400
+    assert "/dicomweb/<facility code>/studies" in response.json()["detail"]
+    with override_settings(PACS_DICOMWEB_STOW_FACILITY="GO-SG"):
+        response = _stow(client, archivist, "/dicomweb/studies", [ct_study[0].read_bytes()])
+    assert response.status_code == 200
+    assert Instance.objects.get().facility == region.other_facility
+
+
+def test_stow_needs_the_add_permission(client, region, reader, ct_study) -> None:
+    response = _stow(client, reader, "/dicomweb/TS-CAT/studies", [ct_study[0].read_bytes()])
+    assert response.status_code == 403
+    assert Instance.objects.count() == 0
+    assert AuditEvent.objects.get(action="dicomweb.store").outcome == AuditEvent.Outcome.DENIED
+
+
+def test_multipart_spool_handles_a_boundary_split_across_reads(settings, tmp_path) -> None:
+    parts = [bytes(range(256)) * 50, b"\r\n--b0undary-7f3 not quite", b""]
+    body = b"preamble\r\n" + multipart_body(parts)
+    stream = io.BytesIO(body)
+    spooled = multipart_spool(
+        lambda n: stream.read(7), boundary="b0undary-7f3c", default_type="application/dicom", max_bytes=10**6
+    )
+    try:
+        assert [p.path.read_bytes() for p in spooled] == parts
+    finally:
+        for p in spooled:
+            p.path.unlink()
+
+
+def test_parse_accept_orders_by_quality() -> None:
+    ranges = parse_accept(
+        'image/png;q=0.5, multipart/related; type="application/dicom"; transfer-syntax=*, text/html;q=0'
+    )
+    assert [r.type for r in ranges] == ["multipart/related", "image/png"]
+    assert ranges[0].params == {"type": "application/dicom", "transfer-syntax": "*"}
+
+
+# --- CORS -------------------------------------------------------------------------------------------
+
+
+@override_settings(CORS_ALLOWED_ORIGINS=["https://viewer.example.org"])
+def test_cors_preflight_from_an_allowed_origin_only(client) -> None:
+    def preflight(origin: str):  # type: ignore[no-untyped-def]
+        return client.options(
+            "/dicomweb/studies",
+            HTTP_ORIGIN=origin,
+            HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+            HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
+        )
+
+    allowed = preflight("https://viewer.example.org")
+    assert allowed.status_code == 200
+    assert allowed["Access-Control-Allow-Origin"] == "https://viewer.example.org"
+    assert "authorization" in allowed["Access-Control-Allow-Headers"]
+    other = preflight("https://evil.example.com")
+    assert "Access-Control-Allow-Origin" not in other
+
+
+def test_bundled_file_sanity() -> None:
+    assert bundled_path(US_MULTIFRAME).exists()
