@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UncompressedTransferSyntaxes
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 from pynetdicom import AE, _config, build_context, dimse_messages, evt
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom.acse import ACSE
@@ -222,11 +222,24 @@ class _SendsStoredInstances(Association):
                     )
                     payload: Any = path
                 except ValueError:
-                    payload = dcmread(path)
+                    payload = _for_peer(self, dcmread(path))
                 status = super().send_c_store(payload, *args, **kwargs)
             return status
         finally:
             dataset.tally.record(instance, status)
+
+
+def _for_peer(assoc: Association, ds: Dataset) -> Dataset:
+    """A compressed data set decompressed when the peer accepted its SOP class only
+    uncompressed (pydicom's pixel-data plugins); an uncompressed one as it is
+    (pynetdicom converts between the uncompressed syntaxes)."""
+    ts = ds.file_meta.TransferSyntaxUID
+    if not ts.is_compressed:
+        return ds
+    accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID}
+    if accepted and all(not UID(t).is_compressed for t in accepted):
+        ds.decompress(generate_instance_uid=False)  # the same object in another transfer syntax
+    return ds
 
 
 class PacsAssociation(_SendsStoredInstances):
