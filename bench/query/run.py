@@ -1,0 +1,813 @@
+"""Query/retrieve benchmark: QIDO-RS and C-FIND latency, WADO-RS throughput and memory.
+
+Runs against the archive ``bench/query/generate.py`` filled (100,000 studies,
+~1,000,000 instances in PostgreSQL), through the real servers started here
+as subprocesses: gunicorn (``pacs.wsgi``) and ``manage.py dicom_listener``.
+
+* Latency, p50 and p95 over ``--repeat`` requests per query (after a
+  warm-up), each with another value picked at random from the archive, the
+  query kinds interleaved so that the machine's ups and downs fall on all:
+  QIDO-RS over HTTP (``requests``, one keep-alive session, DRF token) and
+  C-FIND (pynetdicom, Study Root, one association for all):
+  by PatientID; by StudyDate range + ModalitiesInStudy=CT (QIDO limit=100);
+  by PatientName wildcard (``ROSS*``, QIDO limit=100; and ``ROSSI^MA*``);
+  the series of one study. The median number of matches is printed with
+  each, and the issue's goal (p95 < 15 ms for PatientID and series, < 50 ms
+  for range and wildcard).
+* WADO-RS retrieve of a whole study (500 CT_small instances by default,
+  generated from pydicom's bundled file and ingested with ``import_dicom``):
+  MB/s against the floor (reading the same stored files, same bytes, from
+  this process), best of ``--wado-repeat`` interleaved; and the gunicorn
+  worker's peak RSS during the retrieve, for a 50-instance study, the
+  500-instance one and a 500-instance study of 512x512 images (~260 MB),
+  to show whether memory grows with the study.
+* ``--explain``: EXPLAIN (ANALYZE, BUFFERS) of the SQL ``archive.query``
+  runs for one value of each query kind.
+
+Run: ``.venv/bin/python bench/query/generate.py`` once, then
+``.venv/bin/python bench/query/run.py [--repeat N] [--explain] [--skip-wado]``.
+This is a benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+DEFAULT_URL = os.environ.get("BENCH_QUERY_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_query")
+CALLING_AE = "BENCHSCU"
+FACILITY = "TS-CAT"
+WADO_PATIENT_ID = "BENCHWADO"
+DICOM_JSON = "application/dicom+json"
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+
+# Return keys a workstation's study browser asks for (C-FIND; QIDO returns its defaults).
+STUDY_KEYS = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+]
+SERIES_KEYS = [
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "NumberOfSeriesRelatedInstances",
+]
+
+
+# --- servers ----------------------------------------------------------------------
+
+
+def _wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 60) -> re.Match[str]:
+    """Wait until the server's log has a line matching ``pattern`` (its readiness message)."""
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        found = regex.search(text)
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no line matching {pattern!r} in {log} after {timeout} s")
+
+
+@dataclass
+class Servers:
+    web: subprocess.Popen
+    web_port: int
+    dicom: subprocess.Popen
+    dicom_port: int
+    logs: Path
+
+    def stop(self) -> None:
+        for proc in (self.web, self.dicom):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in (self.web, self.dicom):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def web_workers(self) -> list[int]:
+        """The gunicorn master's children: the worker processes."""
+        pid = self.web.pid
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            children = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == pid:
+                    children.append(int(stat.parent.name))
+            return children
+
+
+def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int) -> Servers:
+    logs.mkdir(parents=True, exist_ok=True)
+    web_log, dicom_log = logs / "gunicorn.log", logs / "dicom_listener.log"
+    gunicorn = BIN / "gunicorn"
+    web = subprocess.Popen(
+        [str(gunicorn), "pacs.wsgi", "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads)],
+        cwd=REPO,
+        env=env,
+        stdout=web_log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    dicom = subprocess.Popen(
+        [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=dicom_log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        web_port = int(_wait_for_line(web_log, r"Listening at: http://127\.0\.0\.1:(\d+)", web).group(1))
+        # gunicorn says it listens before its workers have loaded Django.
+        _wait_for_line(web_log, r"Booting worker with pid", web)
+        dicom_port = int(_wait_for_line(dicom_log, r"DICOM listener ready on [\d.]+:(\d+)", dicom).group(1))
+    except BaseException:
+        for proc in (web, dicom):
+            proc.terminate()
+            proc.wait()
+        raise
+    return Servers(web, web_port, dicom, dicom_port, logs)
+
+
+# --- the archive's side -------------------------------------------------------------
+
+
+def bench_accounts() -> tuple[str, str]:
+    """A staff user with a DRF token and a query/retrieve node for the calling AE; (token, called AE)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from rest_framework.authtoken.models import Token
+
+    from archive.models import Facility, RemoteNode
+
+    facility = Facility.objects.get(code=FACILITY)
+    user, _ = get_user_model().objects.get_or_create(username="bench-query", defaults={"is_staff": True})
+    user.is_staff = True
+    user.save()
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="archive",
+            codename__in=[f"view_{m}" for m in ("patient", "study", "series", "instance")],
+        )
+    )
+    token, _ = Token.objects.get_or_create(user=user)
+    RemoteNode.objects.update_or_create(
+        facility=facility,
+        ae_title=CALLING_AE,
+        defaults={
+            "host": "127.0.0.1",
+            "port": 104,
+            "description": "bench/query",
+            "can_query": True,
+            "can_retrieve": True,
+        },
+    )
+    return token.key, facility.ae_title
+
+
+@dataclass
+class Values:
+    """Realistic query values, picked at random from the archive."""
+
+    patient_ids: list[str]
+    date_ranges: list[str]
+    name_prefixes: list[str]  # ROSS*
+    name_given: list[str]  # ROSSI^MA*
+    study_uids: list[str]
+
+
+def values_pick(count: int, rng: random.Random) -> Values:
+    from django.db import connection
+
+    with connection.cursor() as c:
+        # Patients uniformly (not studies: that would favour the long tail's patients).
+        c.execute(
+            "SELECT dicom_patient_id FROM (SELECT DISTINCT dicom_patient_id FROM archive_study "
+            "WHERE dicom_patient_id <> %s) p ORDER BY random() LIMIT %s",
+            [WADO_PATIENT_ID, count],
+        )
+        patient_ids = [r[0] for r in c.fetchall()]
+        c.execute(
+            "SELECT patient_name, study_instance_uid FROM archive_study TABLESAMPLE SYSTEM (5) "
+            "WHERE dicom_patient_id <> %s ORDER BY random() LIMIT %s",
+            [WADO_PATIENT_ID, count],
+        )
+        rows = c.fetchall()
+        c.execute(
+            "SELECT min(study_date), max(study_date) FROM archive_study WHERE dicom_patient_id <> %s", [WADO_PATIENT_ID]
+        )
+        first, last = c.fetchone()
+    names = [r[0] for r in rows]
+    span = (last - first).days
+    ranges = []
+    for _ in range(count):
+        # A reporting list's window: from one day to a month.
+        start = first + dt.timedelta(days=rng.randrange(span))
+        end = start + dt.timedelta(days=rng.randint(0, 30))
+        ranges.append(f"{start:%Y%m%d}-{end:%Y%m%d}")
+    prefixes = []
+    given = []
+    for name in names:
+        family, _, first_name = name.partition("^")
+        prefixes.append(family[: rng.randint(3, 5)].rstrip() + "*")
+        given.append(f"{family}^{first_name[:2]}*")
+    return Values(patient_ids, ranges, prefixes, given, [r[1] for r in rows])
+
+
+# --- latency ------------------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    """Timings and match counts of one query kind."""
+
+    label: str
+    goal_ms: float | None
+    seconds: list[float] = field(default_factory=list)
+    matches: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+class Qido:
+    def __init__(self, port: int, token: str) -> None:
+        import requests
+
+        self.base = f"http://127.0.0.1:{port}/dicomweb"
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": f"Token {token}", "Accept": DICOM_JSON})
+
+    def get(self, path: str, params: dict[str, Any]) -> int:
+        r = self.session.get(self.base + path, params=params, timeout=60)
+        if r.status_code == 204:
+            return 0
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
+        return len(r.json())
+
+
+class Cfind:
+    def __init__(self, port: int, called_ae: str) -> None:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        self.model = StudyRootQueryRetrieveInformationModelFind
+        ae = AE(ae_title=CALLING_AE)
+        ae.add_requested_context(self.model)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        self.ae = ae
+        self.assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+        if not self.assoc.is_established:
+            raise RuntimeError(f"association to {called_ae} on port {port} was not established")
+        # DCMTK's tools turn Nagle's algorithm off (TCP_NODELAY, their default); pynetdicom
+        # does not, and a request written as two PDUs (command, identifier) then waits for
+        # the peer's delayed ACK: 40 ms per query that no workstation pays.
+        self.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def find(self, level: str, matching: dict[str, str], keys: list[str]) -> int:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        for kw in keys:
+            setattr(ds, kw, "")
+        for kw, value in matching.items():
+            setattr(ds, kw, value)
+        n = 0
+        for status, _identifier in self.assoc.send_c_find(ds, self.model):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise RuntimeError("no response (association aborted or timed out)")
+            if code in (0xFF00, 0xFF01):
+                n += 1
+            elif code != 0x0000:
+                comment = getattr(status, "ErrorComment", "")
+                if code == 0xA700 and n:  # more than PACS_QUERY_MAX_MATCHES: the matches sent are counted
+                    return n
+                raise RuntimeError(f"C-FIND status 0x{code:04X} {comment}")
+        return n
+
+    def close(self) -> None:
+        if self.assoc.is_established:
+            self.assoc.release()
+
+
+def latency_run(
+    kinds: list[tuple[Timings, Callable[[int], int]]], *, repeat: int, warmup: int, progress: bool = True
+) -> None:
+    """Call each kind's function with i = 0.. (the i-th value), interleaved; warm-up calls are not kept."""
+    for i in range(warmup + repeat):
+        for result, call in kinds:
+            if len(result.errors) >= 5:
+                continue  # not working: say so once, do not hammer it
+            start = time.perf_counter()
+            try:
+                n = call(i)
+            except Exception as exc:
+                result.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                result.seconds.append(elapsed)
+                result.matches.append(n)
+        if progress and (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{warmup + repeat} rounds", file=sys.stderr, flush=True)
+
+
+def latency_print(title: str, results: list[Timings]) -> None:
+    print(f"\n{title}")
+    print(f"{'query':<44}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'matches':>9}{'goal p95':>10}  verdict")
+    for r in results:
+        if not r.seconds:
+            reason = r.errors[0] if r.errors else "not run"
+            print(f"{r.label:<44}{'not measured: ' + reason[:160]}")
+            continue
+        ms = [s * 1000 for s in r.seconds]
+        p50, p95 = _pct(ms, 50), _pct(ms, 95)
+        goal = f"< {r.goal_ms:.0f} ms" if r.goal_ms else ""
+        verdict = "" if r.goal_ms is None else ("ok" if p95 < r.goal_ms else "MISSED")
+        med = statistics.median(r.matches)
+        print(f"{r.label:<44}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}")
+        if r.errors:
+            print(f"{'':<44}({len(r.errors)} failed: {r.errors[0][:120]})")
+
+
+# --- WADO-RS ------------------------------------------------------------------------
+
+
+@dataclass
+class WadoStudy:
+    label: str
+    uid: str
+    files: list[Path]  # the stored copies, as the server reads them
+    bytes: int
+
+
+def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, int, int]]) -> list[WadoStudy]:
+    """Generate, import (``manage.py import_dicom``) and locate each (label, instances, pixels) study."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    from archive import sample_data, storage
+    from archive.models import Copy
+
+    studies = []
+    patient = sample_data.PatientInfo(patient_id=WADO_PATIENT_ID, name="BENCH^WADO")
+    for label, count, pixels in specs:
+        dest = work / f"wado-{count}-{pixels}"
+        study_uid = generate_uid()
+        template = sample_data.bundled_dataset(sample_data.CT)
+        if pixels != template.Rows:
+            # CT_small is 128x128; a real CT slice is 512x512 (~0.5 MB): same image, scaled up.
+            factor = pixels // template.Rows
+            arr = np.kron(template.pixel_array, np.ones((factor, factor), dtype=template.pixel_array.dtype))
+            template.Rows, template.Columns = arr.shape
+            template.PixelData = arr.tobytes()
+        dest.mkdir(parents=True)
+        per_series = count // 2 if count >= 100 else count
+        for s in range(count // per_series):
+            series_uid = generate_uid()
+            for i in range(per_series):
+                ds = sample_data.fresh_copy(
+                    template,
+                    patient=patient,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    instance_number=i + 1,
+                    series_number=s + 1,
+                    study_description=f"bench/query WADO {label}",
+                )
+                ds.save_as(dest / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        subprocess.run(
+            [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for p in dest.iterdir():
+            p.unlink()
+        dest.rmdir()
+        copies = list(
+            Copy.objects.filter(instance__series__study__study_instance_uid=study_uid).values_list(
+                "tier", "path", "size"
+            )
+        )
+        if len(copies) != count:
+            raise RuntimeError(f"{label}: {len(copies)} instances indexed, {count} expected")
+        files = [storage.absolute_path(tier, path) for tier, path, _ in copies]
+        studies.append(WadoStudy(label, study_uid, files, sum(size for _, _, size in copies)))
+    return studies
+
+
+def wado_studies_delete(uids: list[str]) -> None:
+    """Remove the retrieve studies from the index, so that the archive stays as generated."""
+    from django.db import transaction
+
+    from archive.models import Copy, Instance, Series, Study
+
+    with transaction.atomic():
+        Copy.objects.filter(instance__series__study__study_instance_uid__in=uids).delete()
+        Instance.objects.filter(series__study__study_instance_uid__in=uids).delete()
+        Series.objects.filter(study__study_instance_uid__in=uids).delete()
+        Study.objects.filter(study_instance_uid__in=uids).delete()
+
+
+def floor_read(files: list[Path]) -> tuple[float, int]:
+    """Read every file whole, in 1 MiB chunks, and discard it (cat > /dev/null)."""
+    start = time.perf_counter()
+    total = 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(view):
+                total += n
+    return time.perf_counter() - start, total
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssWatch:
+    """The gunicorn workers' resident memory around one request.
+
+    The kernel's peak (VmHWM) is reset first (``clear_refs`` 5), so the peak
+    read afterwards is the request's; VmRSS is also sampled every 2 ms.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before = {pid: _status_kib(pid, "VmRSS") for pid in pids}
+        self.hwm_reset = True
+        for pid in pids:
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                self.hwm_reset = False
+        self.sampled = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            for pid in self.pids:
+                self.sampled[pid] = max(self.sampled[pid], _status_kib(pid, "VmRSS"))
+
+    def stop(self) -> tuple[int, int]:
+        """(peak KiB, growth KiB over the RSS before) of the worker that grew most."""
+        self._stop.set()
+        self._thread.join()
+        best = (0, -1)
+        for pid in self.pids:
+            peak = max(self.sampled[pid], _status_kib(pid, "VmHWM") if self.hwm_reset else 0)
+            growth = peak - self.before[pid]
+            if growth > best[1]:
+                best = (peak, growth)
+        return best
+
+
+def wado_retrieve(port: int, token: str, uid: str) -> tuple[float, int]:
+    """GET the whole study as multipart/related; (seconds, body bytes). One connection per retrieve."""
+    import requests
+
+    start = time.perf_counter()
+    total = 0
+    with requests.get(
+        f"http://127.0.0.1:{port}/dicomweb/studies/{uid}",
+        headers={"Authorization": f"Token {token}", "Accept": MULTIPART_DICOM},
+        stream=True,
+        timeout=300,
+    ) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
+        for chunk in r.iter_content(chunk_size=1 << 20):
+            total += len(chunk)
+    return time.perf_counter() - start, total
+
+
+def evict(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache (clean pages only; no root needed)."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class WadoFigures:
+    floor: float = float("inf")  # best seconds
+    wado: float = float("inf")
+    peak_kib: int = 0
+    growth_kib: int = 0
+    body: int = 0
+    error: str = ""
+
+
+def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int) -> None:
+    """Per study and cache state, best of ``repeat``: the floor and the retrieve, one after the other."""
+    # One untimed retrieve first: the worker's first one imports and allocates what every later one reuses.
+    wado_retrieve(servers.web_port, token, studies[0].uid)
+    figures: dict[tuple[str, str], WadoFigures] = {}
+    for _ in range(repeat):
+        for study in studies:
+            for cache in ("cold", "warm"):
+                f = figures.setdefault((study.label, cache), WadoFigures())
+                if f.error:
+                    continue
+                if cache == "cold":
+                    evict(study.files)
+                seconds, read = floor_read(study.files)
+                if read != study.bytes:
+                    raise RuntimeError(f"{study.label}: read {read} bytes of {study.bytes}")
+                f.floor = min(f.floor, seconds)
+                if cache == "cold":
+                    evict(study.files)
+                watch = RssWatch(servers.web_workers())
+                try:
+                    seconds, f.body = wado_retrieve(servers.web_port, token, study.uid)
+                except Exception as exc:
+                    f.error = f"{type(exc).__name__}: {exc}"
+                    continue
+                finally:
+                    peak, growth = watch.stop()
+                f.wado = min(f.wado, seconds)
+                f.peak_kib, f.growth_kib = max(f.peak_kib, peak), max(f.growth_kib, growth)
+
+    print(
+        f"\nWADO-RS retrieve of a whole study ({MULTIPART_DICOM}), best of {repeat}; the floor reads the same "
+        "stored files whole from this process (cat > /dev/null); cold: their pages evicted first"
+    )
+    print(
+        f"{'study':<28}{'MB':>7}{'cache':>7}{'floor MB/s':>12}{'WADO MB/s':>11}{'ratio':>7}{'goal':>8}"
+        f"{'worker peak RSS MB':>20}{'growth MB':>11}"
+    )
+    for study in studies:
+        for cache in ("cold", "warm"):
+            f = figures[(study.label, cache)]
+            mb = study.bytes / 1e6
+            head = f"{study.label:<28}{mb:>7.1f}{cache:>7}{mb / f.floor:>12.0f}"
+            if f.error:
+                print(f"{head}  not measured: {f.error[:150]}")
+                continue
+            ratio = f.floor / f.wado
+            verdict = "ok" if ratio >= 0.5 else "MISSED"
+            print(
+                f"{head}{mb / f.wado:>11.0f}{ratio:>7.2f}{'>= 0.5':>8}"
+                f"{f.peak_kib / 1024:>20.0f}{f.growth_kib / 1024:>11.1f}  {verdict}"
+            )
+    bodies = ", ".join(f"{figures[(s.label, 'warm')].body / 1e6:.1f}" for s in studies)
+    print(
+        f"(growth: the serving worker's peak RSS during the retrieve minus its RSS before; response bodies {bodies} MB)"
+    )
+
+
+# --- EXPLAIN --------------------------------------------------------------------------
+
+
+def explain(queries: list[tuple[str, str, dict[str, str], int | None]]) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of every statement ``archive.query.query_run`` sends for each query."""
+    from django.db import connection
+    from pydicom.dataset import Dataset
+
+    from archive.query import query_run
+
+    for label, level, matching, limit in queries:
+        captured: list[tuple[str, Any]] = []
+
+        def capture(
+            execute: Any, sql: str, params: Any, many: bool, context: Any, captured: list[tuple[str, Any]] = captured
+        ) -> Any:
+            captured.append((sql, params))
+            return execute(sql, params, many, context)
+
+        ds = Dataset()
+        for kw in STUDY_KEYS if level == "STUDY" else SERIES_KEYS:
+            setattr(ds, kw, "")
+        for kw, value in matching.items():
+            setattr(ds, kw, value)
+        with connection.execute_wrapper(capture):
+            n = sum(1 for _ in query_run(ds, level=level, limit=limit))
+        print(f"\n--- {label}: {matching} (limit {limit}), {n} matches")
+        for sql, params in captured:
+            with connection.cursor() as c:
+                c.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+                print("\n".join(r[0] for r in c.fetchall()))
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument("--repeat", type=int, default=300, help="timed requests per query kind")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed requests per query kind first")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=2, help="gunicorn threads per worker")
+    parser.add_argument("--wado-repeat", type=int, default=3)
+    parser.add_argument("--skip-wado", action="store_true")
+    parser.add_argument("--skip-large", action="store_true", help="no 512x512 (~260 MB) retrieve study")
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the query behind each kind")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    name = urlparse(args.database_url).path.lstrip("/")
+    if name == "test" or name.startswith("test_"):
+        sys.exit(f"refusing database {name!r}: the test suites own test and test_*")
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-query-") as tmp:
+        work = Path(tmp)
+        env = {
+            **os.environ,
+            "DATABASE_URL": args.database_url,
+            "PACS_VAR_DIR": str(work / "var"),
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+        }
+        env.pop("REDIS_URL", None)
+        os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG")})
+        os.environ.pop("REDIS_URL", None)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from archive.models import Instance, Study
+
+        call_command("migrate", verbosity=0, interactive=False)  # the checkout may have new migrations
+        studies = Study.objects.count()
+        if studies < 1000:
+            sys.exit(f"{name} holds {studies} studies: run bench/query/generate.py first")
+        instances = Instance.objects.count()
+        token, called_ae = bench_accounts()
+        values = values_pick(args.repeat + args.warmup, rng)
+        print(
+            f"archive: {studies:,} studies, {instances:,} instances in {name}; "
+            f"{len(values.patient_ids)} values per query kind",
+            file=sys.stderr,
+        )
+
+        if args.explain:
+            explain(
+                [
+                    ("PatientID", "STUDY", {"PatientID": values.patient_ids[0]}, None),
+                    (
+                        "StudyDate range + CT",
+                        "STUDY",
+                        {"StudyDate": values.date_ranges[0], "ModalitiesInStudy": "CT"},
+                        100,
+                    ),
+                    ("PatientName prefix", "STUDY", {"PatientName": values.name_prefixes[0]}, 100),
+                    ("PatientName family^given*", "STUDY", {"PatientName": values.name_given[0]}, None),
+                    ("series of a study", "SERIES", {"StudyInstanceUID": values.study_uids[0]}, None),
+                ]
+            )
+
+        wado: list[WadoStudy] = []
+        if not args.skip_wado:
+            specs = [("50 x CT_small (39 KB)", 50, 128), ("500 x CT_small (39 KB)", 500, 128)]
+            if not args.skip_large:
+                specs.append(("500 x CT 512x512 (513 KB)", 500, 512))
+            print("generating and importing the retrieve studies", file=sys.stderr, flush=True)
+            wado = wado_studies_make(work, env, specs)
+
+        servers = servers_start(env, work / "logs", workers=args.workers, threads=args.threads)
+        try:
+            print(
+                f"gunicorn on :{servers.web_port} ({args.workers} workers x {args.threads} threads), "
+                f"dicom_listener on :{servers.dicom_port}",
+                file=sys.stderr,
+                flush=True,
+            )
+            qido = Qido(servers.web_port, token)
+            v = values
+            qido_results = [
+                Timings("PatientID", 15),
+                Timings("StudyDate range + ModalitiesInStudy=CT, limit 100", 50),
+                Timings("PatientName=ROSS* (prefix), limit 100", 50),
+                Timings("PatientName=ROSSI^MA* (family^given*)", 50),
+                Timings("series of one study (/studies/{uid}/series)", 15),
+            ]
+            qido_calls: list[Callable[[int], int]] = [
+                lambda i: qido.get("/studies", {"PatientID": v.patient_ids[i]}),
+                lambda i: qido.get(
+                    "/studies", {"StudyDate": v.date_ranges[i], "ModalitiesInStudy": "CT", "limit": 100}
+                ),
+                lambda i: qido.get("/studies", {"PatientName": v.name_prefixes[i], "limit": 100}),
+                lambda i: qido.get("/studies", {"PatientName": v.name_given[i]}),
+                lambda i: qido.get(f"/studies/{v.study_uids[i]}/series", {}),
+            ]
+            find_results = [
+                Timings("PatientID", 15),
+                Timings("StudyDate range + ModalitiesInStudy=CT (all)", 50),
+                Timings("PatientName=ROSS* (all, up to the maximum)", 50),
+                Timings("PatientName=ROSSI^MA* (family^given*)", 50),
+                Timings("SERIES level, StudyInstanceUID=<uid>", 15),
+            ]
+            try:
+                find: Cfind | None = Cfind(servers.dicom_port, called_ae)
+            except Exception as exc:
+                find = None
+                for r in find_results:
+                    r.errors.append(f"{type(exc).__name__}: {exc}")
+
+            def cfind(level: str, matching: dict[str, str]) -> int:
+                if find is None:
+                    raise RuntimeError("no association")
+                return find.find(level, matching, STUDY_KEYS if level == "STUDY" else SERIES_KEYS)
+
+            find_calls: list[Callable[[int], int]] = [
+                lambda i: cfind("STUDY", {"PatientID": v.patient_ids[i]}),
+                lambda i: cfind("STUDY", {"StudyDate": v.date_ranges[i], "ModalitiesInStudy": "CT"}),
+                lambda i: cfind("STUDY", {"PatientName": v.name_prefixes[i]}),
+                lambda i: cfind("STUDY", {"PatientName": v.name_given[i]}),
+                lambda i: cfind("SERIES", {"StudyInstanceUID": v.study_uids[i]}),
+            ]
+            print("measuring QIDO-RS and C-FIND latency", file=sys.stderr, flush=True)
+            latency_run(
+                list(zip(qido_results + find_results, qido_calls + find_calls, strict=True)),
+                repeat=args.repeat,
+                warmup=args.warmup,
+            )
+            if find is not None:
+                find.close()
+            print(
+                f"\nQuery benchmark: {studies:,} studies / {instances:,} instances on PostgreSQL; "
+                f"{args.repeat} requests per query after {args.warmup} of warm-up, each with another value "
+                f"from the archive; matches = median per request"
+            )
+            latency_print(
+                f"QIDO-RS over HTTP (gunicorn, {args.workers}x{args.threads}, keep-alive, token)", qido_results
+            )
+            latency_print("C-FIND (pynetdicom SCU, Study Root, one association)", find_results)
+            if wado:
+                wado_run(servers, token, wado, args.wado_repeat)
+        finally:
+            servers.stop()
+            if wado:
+                wado_studies_delete([s.uid for s in wado])
+
+
+if __name__ == "__main__":
+    main()
