@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.urls import get_script_prefix
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -20,6 +21,14 @@ from rest_framework.response import Response
 
 from .audit import audit_record
 from .models import Facility, Study
+
+
+def _absolute(request: Request | None, path: str) -> str:
+    if request is None:
+        return path
+    from .dicomweb_views import public_url
+
+    return public_url(request, get_script_prefix().rstrip("/") + path)
 
 
 class _ModelPerm(BasePermission):
@@ -48,9 +57,7 @@ class FacilitySerializer(serializers.ModelSerializer):
         fields = ["code", "name", "authority", "authority_name", "ae_title", "dicom_port", "dicomweb_url"]
 
     def get_dicomweb_url(self, obj: Facility) -> str:
-        request = self.context.get("request")
-        path = f"/dicomweb/{obj.code}"
-        return request.build_absolute_uri(path) if request is not None else path
+        return _absolute(self.context.get("request"), f"/dicomweb/{obj.code}")
 
 
 class StudySerializer(serializers.ModelSerializer):
@@ -83,9 +90,7 @@ class StudySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_retrieve_url(self, obj: Study) -> str:
-        request = self.context.get("request")
-        path = f"/dicomweb/studies/{obj.study_instance_uid}"
-        return request.build_absolute_uri(path) if request is not None else path
+        return _absolute(self.context.get("request"), f"/dicomweb/studies/{obj.study_instance_uid}")
 
 
 class FacilityListView(generics.ListAPIView):

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
@@ -72,6 +73,14 @@ class AuditNote:
     study_instance_uid: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     outcome: str = AuditEvent.Outcome.SUCCESS
+
+
+def public_url(request: Any, path: str) -> str:
+    """An absolute URL for ``path``: on PACS_PUBLIC_URL when set (behind a proxy, or for
+    clients that send a Host without the port, as dicomweb-client does), else on the request's Host."""
+    if settings.PACS_PUBLIC_URL:
+        return settings.PACS_PUBLIC_URL + path
+    return str(request.build_absolute_uri(path))
 
 
 def _client_address(request: Request) -> str:
@@ -136,13 +145,14 @@ class DicomwebView(APIView):
         return self._note
 
     def scope(self, facility: str | None) -> dw.Scope:
-        prefix = get_script_prefix()
+        root = f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")
+        base = public_url(self.request, root)
         if facility is None:
-            return dw.Scope(None, self.request.build_absolute_uri(f"{prefix}dicomweb"))
+            return dw.Scope(None, base)
         found = Facility.objects.filter(code=facility).first()
         if found is None:
             raise dw.DicomwebError(404, f"there is no facility {facility!r}")
-        return dw.Scope(found, self.request.build_absolute_uri(f"{prefix}dicomweb/{facility}"))
+        return dw.Scope(found, base)
 
     def accept(self) -> list[dw.MediaRange]:
         # PS3.18 8.3.3.1: an "accept" query parameter overrides the Accept header.

@@ -335,6 +335,9 @@ CORS_ALLOW_CREDENTIALS = env_bool("PACS_CORS_ALLOW_CREDENTIALS", False)
 CORS_EXPOSE_HEADERS = ["Content-Type", "Content-Length", "Warning", "Content-Location"]
 # Largest STOW-RS request body, in bytes.
 PACS_STOW_MAX_BYTES = env_int("PACS_STOW_MAX_BYTES", 2 * 1024 * 1024 * 1024)
+# The public URL of this server (scheme://host[:port], behind a proxy the address clients use),
+# for the absolute URLs in DICOMweb and API answers; empty: taken from each request's Host.
+PACS_PUBLIC_URL = env_str("PACS_PUBLIC_URL", "").rstrip("/")
 # The facility (code) into which STOW-RS at the regional root /dicomweb/studies stores;
 # empty: only the facility roots /dicomweb/<facility>/studies store.
 PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")
