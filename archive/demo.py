@@ -62,6 +62,10 @@ NODES = [
     ("STORESCU", "DCMTK storescu", dict(can_store=True)),
     ("DCMSEND", "DCMTK dcmsend", dict(can_store=True)),
     ("ECHOSCU", "DCMTK echoscu", dict(can_store=True)),
+    ("FINDSCU", "DCMTK findscu", dict(can_query=True)),
+    ("GETSCU", "DCMTK getscu", dict(can_query=True, can_retrieve=True)),
+    # movescu receives its own C-MOVE on port 11120 (movescu +P 11120 -aem MOVESCU).
+    ("MOVESCU", "DCMTK movescu", dict(can_query=True, can_retrieve=True, is_retrieve_destination=True, port=11120)),
 ]
 
 # Roles: (group, permissions as "app.codename")

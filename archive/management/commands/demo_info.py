@@ -33,6 +33,16 @@ class Command(BaseCommand):
                 f"          e.g.  TCP_NODELAY=1 storescu -aec {first.ae_title} {dicom_host} "
                 f"{settings.PACS_DICOM_PORT} image.dcm"
             )
+            w(
+                f"                TCP_NODELAY=1 findscu -S -aec {first.ae_title} -k QueryRetrieveLevel=STUDY "
+                f"-k PatientName=ROSSI* -k StudyInstanceUID {dicom_host} {settings.PACS_DICOM_PORT}"
+            )
+            w(
+                f"                TCP_NODELAY=1 getscu -S -aec {first.ae_title} -od . -k QueryRetrieveLevel=STUDY "
+                f"-k StudyInstanceUID=<uid> {dicom_host} {settings.PACS_DICOM_PORT}"
+            )
+        w(f"  DICOMweb: http://{host}:{port}/dicomweb/  (QIDO-RS, WADO-RS, STOW-RS; staff login or API token)")
+        w(f"  API:      http://{host}:{port}/api/schema/swagger/")
         w(f"  Logins (kept in {demo.credentials_path()}):")
         for username, _first, _last, _group, role in demo.ACCOUNTS:
             if username in creds:
