@@ -393,11 +393,64 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
     return view.done(note, response)
 
 
+# --- QIDO-RS ------------------------------------------------------------------------------------------
+
+
+def qido_handle(
+    view: DicomwebView, facility: str | None, *, level: str, study: str | None = None, series: str | None = None
+) -> HttpResponse:
+    request = view.request
+    note = view.begin(level=level, query=request.META.get("QUERY_STRING", "")[:500])
+    note.study_instance_uid = study or ""
+    if not dw.json_acceptable(view.accept()):
+        raise dw.DicomwebError(406, "search results are served as application/dicom+json only")
+    scope = view.scope(facility)
+    result = dw.qido_search(scope, request.query_params, level=level, study_uid=study, series_uid=series)
+    note.detail["matches"] = len(result.items)
+    if study is not None and result.items:
+        note.study = dw.study_get(scope, study)
+    response = HttpResponse(dw.dumps(result.items), content_type=dw.DICOM_JSON)
+    if result.truncated:
+        note.detail["truncated"] = True
+        # PS3.18 8.3.4.4 (the text the standard gives for this case).
+        response["Warning"] = (
+            f'299 {request.get_host()}: "The number of results exceeded the maximum supported by the server. '
+            'Additional results can be requested."'
+        )
+    return view.done(note, response)
+
+
 class StudiesView(DicomwebView):
-    """``studies``: POST stores (STOW-RS); GET searches (QIDO-RS)."""
+    """``studies``: POST stores (STOW-RS); GET searches for studies (QIDO-RS)."""
+
+    action = SEARCH
 
     def get_permissions(self) -> list[BasePermission]:
         return [CanStore()] if self.request.method == "POST" else [CanRead()]
 
+    def get(self, request: Request, facility: str | None = None) -> HttpResponse:
+        return qido_handle(self, facility, level="STUDY")
+
     def post(self, request: Request, facility: str | None = None) -> HttpResponse:
         return stow_handle(self, facility, None)
+
+
+class SearchView(DicomwebView):
+    """``series``, ``instances``, ``studies/{study}/series``, ``studies/{study}/instances``,
+    ``studies/{study}/series/{series}/instances``: QIDO-RS."""
+
+    action = SEARCH
+    level = "SERIES"
+
+    def get(
+        self, request: Request, study: str | None = None, series: str | None = None, facility: str | None = None
+    ) -> HttpResponse:
+        return qido_handle(self, facility, level=self.level, study=study, series=series)
+
+
+class SeriesSearchView(SearchView):
+    level = "SERIES"
+
+
+class InstancesSearchView(SearchView):
+    level = "IMAGE"

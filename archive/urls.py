@@ -32,6 +32,11 @@ _INSTANCE = "studies/<str:study>/series/<str:series>/instances/<str:instance>"
 _resources = [
     path("studies", views.StudiesView.as_view()),
     path("studies/<str:study>", views.StudyView.as_view()),
+    path("series", views.SeriesSearchView.as_view()),
+    path("instances", views.InstancesSearchView.as_view()),
+    path("studies/<str:study>/series", views.SeriesSearchView.as_view()),
+    path("studies/<str:study>/instances", views.InstancesSearchView.as_view()),
+    path("studies/<str:study>/series/<str:series>/instances", views.InstancesSearchView.as_view()),
     path("studies/<str:study>/metadata", views.MetadataView.as_view()),
     path("studies/<str:study>/rendered", views.RenderedView.as_view()),
     path("studies/<str:study>/thumbnail", views.ThumbnailView.as_view()),

@@ -510,3 +510,142 @@ def test_cors_preflight_from_an_allowed_origin_only(client) -> None:
 
 def test_bundled_file_sanity() -> None:
     assert bundled_path(US_MULTIFRAME).exists()
+
+
+# --- QIDO-RS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_studies(region, tmp_path) -> dict[str, list[Path]]:
+    import datetime as dt
+
+    ct = write_study(
+        tmp_path / "ct",
+        patient=PatientInfo("MRN0001", name="Rossi^Mario"),
+        series=2,
+        instances_per_series=3,
+        accession_number="ACC1",
+        study_date=dt.date(2024, 3, 1),
+        study_description="TC torace",
+    )
+    mr = write_study(
+        tmp_path / "mr",
+        patient=PatientInfo("MRN0002", name="Bianchi^Laura", sex="F"),
+        source=MR,
+        instances_per_series=2,
+        accession_number="ACC2",
+        study_date=dt.date(2025, 6, 1),
+    )
+    ingest_files(ct, region.facility)
+    ingest_files(mr, region.other_facility)
+    return {"ct": ct, "mr": mr}
+
+
+def _search(client, user, url: str, **params):  # type: ignore[no-untyped-def]
+    response = client.get(url, params, HTTP_ACCEPT="application/dicom+json", **user.auth)
+    return response, (response.json() if response.status_code == 200 else None)
+
+
+def test_qido_studies(client, two_studies, reader) -> None:
+    response, results = _search(client, reader, "/dicomweb/studies")
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom+json"
+    assert len(results) == 2
+    by_id = {r["00100020"]["Value"][0]: Dataset.from_json(r) for r in results}
+    ct = by_id["MRN0001"]
+    study_uid = uids(two_studies["ct"][0])[0]
+    assert ct.StudyInstanceUID == study_uid
+    assert ct.RetrieveURL == f"http://testserver/dicomweb/studies/{study_uid}"
+    assert ct.NumberOfStudyRelatedSeries == 2 and ct.NumberOfStudyRelatedInstances == 6
+    assert ct.ModalitiesInStudy == "CT" and ct.AccessionNumber == "ACC1" and str(ct.PatientName) == "Rossi^Mario"
+    assert ct.StudyDate == "20240301" and "StudyDescription" not in ct
+    event = AuditEvent.objects.get(action="dicomweb.search")
+    assert event.detail["matches"] == 2 and event.user == reader.user
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"PatientID": "MRN0001"}, ["MRN0001"]),
+        ({"00100020": "MRN0002"}, ["MRN0002"]),
+        ({"PatientName": "bianchi*"}, ["MRN0002"]),
+        ({"StudyDate": "20250101-"}, ["MRN0002"]),
+        ({"StudyDate": "20240101-20241231"}, ["MRN0001"]),
+        ({"ModalitiesInStudy": "MR"}, ["MRN0002"]),
+        ({"AccessionNumber": "ACC?"}, ["MRN0001", "MRN0002"]),
+        ({"PatientID": "NOBODY"}, []),
+    ],
+)
+def test_qido_study_matching(client, two_studies, reader, params, expected) -> None:
+    response, results = _search(client, reader, "/dicomweb/studies", **params)
+    assert response.status_code == 200
+    assert sorted(r["00100020"]["Value"][0] for r in results) == expected
+
+
+def test_qido_uid_list_includefield_limit_offset(client, two_studies, reader) -> None:
+    ct_uid, mr_uid = uids(two_studies["ct"][0])[0], uids(two_studies["mr"][0])[0]
+    _r, results = _search(client, reader, "/dicomweb/studies", StudyInstanceUID=f"{ct_uid},{mr_uid}")
+    assert len(results) == 2
+    _r, results = _search(client, reader, "/dicomweb/studies", includefield="StudyDescription,00081030")
+    assert {"00081030"} <= set(results[0])
+    _r, results = _search(client, reader, "/dicomweb/studies", includefield="all")
+    assert "00101010" not in results[0] and "00081030" in results[0]
+    _r, first = _search(client, reader, "/dicomweb/studies", limit=1)
+    _r, second = _search(client, reader, "/dicomweb/studies", limit=1, offset=1)
+    assert len(first) == len(second) == 1 and first != second
+    # Newest first: the MR study of 2025.
+    assert first[0]["00100020"]["Value"] == ["MRN0002"]
+
+
+def test_qido_series_and_instances(client, two_studies, reader) -> None:
+    study_uid, series_uid, _sop = uids(two_studies["ct"][0])
+    _r, series = _search(client, reader, f"/dicomweb/studies/{study_uid}/series")
+    assert len(series) == 2 and {s["00080060"]["Value"][0] for s in series} == {"CT"}
+    assert "00100020" not in series[0]  # the study is fixed by the URL: no study attributes
+    item = next(s for s in series if s["0020000E"]["Value"] == [series_uid])
+    assert item["00201209"]["Value"] == [3]
+    assert item["00081190"]["Value"] == [f"http://testserver/dicomweb/studies/{study_uid}/series/{series_uid}"]
+    _r, all_series = _search(client, reader, "/dicomweb/series", Modality="MR")
+    assert len(all_series) == 1 and all_series[0]["00100020"]["Value"] == ["MRN0002"]
+    _r, instances = _search(client, reader, f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances")
+    assert len(instances) == 3
+    assert sorted(i["00200013"]["Value"][0] for i in instances) == [1, 2, 3]
+    assert all(i["00081190"]["Value"][0].endswith(i["00080018"]["Value"][0]) for i in instances)
+    _r, study_instances = _search(client, reader, f"/dicomweb/studies/{study_uid}/instances")
+    assert len(study_instances) == 6 and "0020000E" in study_instances[0]
+    _r, everything = _search(client, reader, "/dicomweb/instances", PatientID="MRN0002")
+    assert len(everything) == 2
+
+
+def test_qido_facility_scope(client, two_studies, reader) -> None:
+    _r, results = _search(client, reader, "/dicomweb/GO-SG/studies")
+    assert [r["00100020"]["Value"][0] for r in results] == ["MRN0002"]
+    assert results[0]["00081190"]["Value"][0].startswith("http://testserver/dicomweb/GO-SG/studies/")
+
+
+def test_qido_bad_queries_are_400(client, two_studies, reader) -> None:
+    for params in (
+        {"StudyDate": "20250101-2024"},
+        {"NotAnAttribute": "x"},
+        {"fuzzymatching": "maybe"},
+        {"limit": "-1"},
+        {"offset": "many"},
+        {"00081110.00081150": "1.2"},
+        {"SeriesNumber": "abc"},
+    ):
+        response, _ = _search(
+            client, reader, "/dicomweb/studies" if "SeriesNumber" not in params else "/dicomweb/series", **params
+        )
+        assert response.status_code == 400, params
+        assert response.json()["detail"]
+    assert client.get("/dicomweb/studies/1.2.x/series", **reader.auth).status_code == 400
+    assert client.get("/dicomweb/studies", HTTP_ACCEPT="application/dicom", **reader.auth).status_code == 406
+    assert client.get("/dicomweb/studies").status_code == 401
+
+
+@override_settings(PACS_QUERY_MAX_MATCHES=1)
+def test_qido_truncated_at_the_maximum_warns(client, two_studies, reader) -> None:
+    response, results = _search(client, reader, "/dicomweb/studies")
+    assert len(results) == 1
+    assert "The number of results exceeded the maximum supported by the server" in response["Warning"]
+    response, results = _search(client, reader, "/dicomweb/studies", PatientID="MRN0001")
+    assert len(results) == 1 and "Warning" not in response

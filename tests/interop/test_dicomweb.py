@@ -225,3 +225,49 @@ def test_wado_uri(live_server, study, reader) -> None:
         timeout=30,
     )
     assert response.status_code == 200 and response.content == study[0].read_bytes()
+
+
+def test_search(live_server, region, reader, tmp_path) -> None:
+    import datetime as dt
+
+    ct = write_study(
+        tmp_path / "ct",
+        patient=PatientInfo("MRN0001", name="Rossi^Mario"),
+        series=2,
+        instances_per_series=3,
+        study_date=dt.date(2024, 3, 1),
+    )
+    us = write_study(
+        tmp_path / "us",
+        patient=PatientInfo("MRN0002", name="Bianchi^Laura"),
+        source=US_MULTIFRAME,
+        instances_per_series=1,
+        study_date=dt.date(2025, 6, 1),
+    )
+    ingest_files(ct + us, region.facility)
+    client = _client(live_server, reader, root="dicomweb")
+    studies = client.search_for_studies()
+    assert len(studies) == 2
+    found = client.search_for_studies(search_filters={"PatientID": "MRN0001"})
+    (study,) = [Dataset.from_json(s) for s in found]
+    ct_study, ct_series, ct_sop = uids(ct[0])
+    assert study.StudyInstanceUID == ct_study and study.NumberOfStudyRelatedInstances == 6
+    assert study.RetrieveURL == f"{live_server.url}/dicomweb/studies/{ct_study}"
+    assert len(client.search_for_studies(search_filters={"PatientName": "ROSSI*"}, fuzzymatching=True)) == 1
+    assert len(client.search_for_studies(search_filters={"StudyDate": "20250101-20251231"})) == 1
+    assert len(client.search_for_studies(search_filters={"ModalitiesInStudy": "US"})) == 1
+    with_fields = client.search_for_studies(fields=["StudyDescription"], limit=1, offset=1)
+    assert len(with_fields) == 1 and "00081030" in with_fields[0]
+    series = client.search_for_series(ct_study)
+    assert len(series) == 2
+    assert len(client.search_for_series(search_filters={"Modality": "US"})) == 1
+    instances = client.search_for_instances(ct_study, ct_series)
+    assert len(instances) == 3 and ct_sop in {i["00080018"]["Value"][0] for i in instances}
+    (frames,) = client.search_for_instances(search_filters={"PatientID": "MRN0002"}, fields=["NumberOfFrames"])
+    assert frames["00280008"]["Value"] == [30]
+    # What a search finds, a retrieve gets.
+    (instance,) = client.retrieve_series(ct_study, ct_series)[:1]
+    assert instance.StudyInstanceUID == ct_study
+    with pytest.raises(requests.HTTPError) as failure:
+        client.search_for_studies(search_filters={"StudyDate": "2025-01-01"})
+    assert failure.value.response.status_code == 400
