@@ -39,6 +39,11 @@ class _ModelPerm(BasePermission):
         return bool(user and user.is_authenticated and user.has_perm(self.perm))
 
 
+class StudyPagination(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
 class CanViewFacilities(_ModelPerm):
     perm = "archive.view_facility"
 
@@ -130,7 +135,7 @@ class StudyListView(generics.ListAPIView):
 
     serializer_class = StudySerializer
     permission_classes = [CanViewStudies]
-    pagination_class = LimitOffsetPagination
+    pagination_class = StudyPagination
 
     def get_queryset(self) -> QuerySet[Study]:
         qs = Study.objects.select_related("facility").order_by("-study_date", "-id")
