@@ -54,7 +54,6 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from . import rendering, storage
@@ -365,7 +364,7 @@ def instances_select(
         check_uid(sop_uid, "SOPInstanceUID")
         qs = qs.filter(sop_instance_uid=sop_uid)
     instances = list(
-        instances_with_copies(qs.select_related("series")).order_by(
+        instances_with_copies(qs.select_related("series__study")).order_by(
             "series__series_number", "series__id", "instance_number", "id"
         )
     )
@@ -1238,7 +1237,7 @@ def _peek(path: Path) -> tuple[str, str, str]:
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
         return tuple(str(ds.get(k, "") or "").strip() for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))  # type: ignore[return-value]
-    except (InvalidDicomError, Exception):
+    except Exception:  # not DICOM at all, or damaged: ingestion says why
         return "", "", ""
 
 
