@@ -268,6 +268,7 @@ class Timings:
 
     label: str
     goal_ms: float | None
+    every: int = 1  # run in one round of this many (the slowest kinds, so that a run stays short)
     seconds: list[float] = field(default_factory=list)
     matches: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -298,8 +299,12 @@ class Qido:
 
 class Cfind:
     def __init__(self, port: int, called_ae: str) -> None:
-        from pynetdicom import AE
+        from pynetdicom import AE, _config
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        # pynetdicom formats every identifier it receives for its debug log, logged or not:
+        # the client's cost, not the archive's.
+        _config.LOG_RESPONSE_IDENTIFIERS = False
 
         self.model = StudyRootQueryRetrieveInformationModelFind
         ae = AE(ae_title=CALLING_AE)
@@ -348,13 +353,15 @@ def latency_run(
     """Call each kind's function with i = 0.. (the i-th value), interleaved; warm-up calls are not kept."""
     for i in range(warmup + repeat):
         for result, call in kinds:
+            if i % result.every:
+                continue
             if len(result.errors) >= 5:
                 continue  # not working: say so once, do not hammer it
             start = time.perf_counter()
             try:
                 n = call(i)
             except Exception as exc:
-                result.errors.append(f"{type(exc).__name__}: {exc}")
+                result.errors.append(" ".join(f"{type(exc).__name__}: {exc}".split()))
                 continue
             elapsed = time.perf_counter() - start
             if i >= warmup:
@@ -366,20 +373,20 @@ def latency_run(
 
 def latency_print(title: str, results: list[Timings]) -> None:
     print(f"\n{title}")
-    print(f"{'query':<44}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'matches':>9}{'goal p95':>10}  verdict")
+    print(f"{'query':<52}{'n':>5}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'matches':>9}{'goal p95':>10}  verdict")
     for r in results:
         if not r.seconds:
             reason = r.errors[0] if r.errors else "not run"
-            print(f"{r.label:<44}{'not measured: ' + reason[:160]}")
+            print(f"{r.label:<52}{'not measured: ' + reason[:160]}")
             continue
         ms = [s * 1000 for s in r.seconds]
         p50, p95 = _pct(ms, 50), _pct(ms, 95)
         goal = f"< {r.goal_ms:.0f} ms" if r.goal_ms else ""
         verdict = "" if r.goal_ms is None else ("ok" if p95 < r.goal_ms else "MISSED")
         med = statistics.median(r.matches)
-        print(f"{r.label:<44}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}")
+        print(f"{r.label:<52}{len(ms):>5}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}")
         if r.errors:
-            print(f"{'':<44}({len(r.errors)} failed: {r.errors[0][:120]})")
+            print(f"{'':<52}({len(r.errors)} failed: {r.errors[0][:120]})")
 
 
 # --- WADO-RS ------------------------------------------------------------------------
@@ -761,7 +768,7 @@ def main() -> None:
             find_results = [
                 Timings("PatientID", 15),
                 Timings("StudyDate range + ModalitiesInStudy=CT (all)", 50),
-                Timings("PatientName=ROSS* (all, up to the maximum)", 50),
+                Timings("PatientName=ROSS* (all, up to the maximum)", 50, every=5),
                 Timings("PatientName=ROSSI^MA* (family^given*)", 50),
                 Timings("SERIES level, StudyInstanceUID=<uid>", 15),
             ]
@@ -794,7 +801,7 @@ def main() -> None:
                 find.close()
             print(
                 f"\nQuery benchmark: {studies:,} studies / {instances:,} instances on PostgreSQL; "
-                f"{args.repeat} requests per query after {args.warmup} of warm-up, each with another value "
+                f"n requests per query after {args.warmup} rounds of warm-up, each with another value "
                 f"from the archive; matches = median per request"
             )
             latency_print(
