@@ -628,14 +628,16 @@ def main() -> None:
     t0 = time.perf_counter()
     database_prepare(args.database_url, reset=args.reset)
     os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("PACS_VAR_DIR", tempfile.mkdtemp(prefix="pacs-bench-query-gen-"))
-    import django
-    from django.core.management import call_command
+    # Settings create their var folder (secret key, cache): a throw-away one, not the checkout's.
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-query-gen-") as var:
+        os.environ.setdefault("PACS_VAR_DIR", var)
+        import django
+        from django.core.management import call_command
 
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
-    print(f"migrated ({time.perf_counter() - t0:.1f} s)", flush=True)
-    generate(studies=args.studies, seed=args.seed)
+        django.setup()
+        call_command("migrate", verbosity=0, interactive=False)
+        print(f"migrated ({time.perf_counter() - t0:.1f} s)", flush=True)
+        generate(studies=args.studies, seed=args.seed)
 
 
 if __name__ == "__main__":
