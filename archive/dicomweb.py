@@ -1491,7 +1491,7 @@ def qido_search(
     """
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-    from .query import ATTRIBUTES, QueryError, query_run
+    from .query import ATTRIBUTES, QueryError, query_json
 
     # The levels above the searched one come along when the URL does not fix them (PS3.18 10.6.3.3.1).
     if level == "STUDY":
@@ -1550,36 +1550,36 @@ def qido_search(
             except Exception as exc:
                 raise DicomwebError(400, f"{keyword}: {exc}") from None
     try:
-        found = list(
-            query_run(
-                identifier,
-                level=level,
-                fuzzy=fuzzy_text == "true",
-                limit=wanted + 1 if capped else wanted,
-                offset=offset,
-                facility=scope.facility,
-            )
+        found = query_json(
+            identifier,
+            level=level,
+            fuzzy=fuzzy_text == "true",
+            limit=wanted + 1 if capped else wanted,
+            offset=offset,
+            facility=scope.facility,
         )
     except QueryError as exc:
         raise DicomwebError(400, str(exc)) from None
     truncated = capped and len(found) > wanted
     items = []
-    for ds in found[:wanted]:
-        data = ds.to_json_dict()
-        url = _qido_retrieve_url(scope, ds, level)
+    for data in found[:wanted]:
+        url = _qido_retrieve_url(scope, data, level)
         if url:
             data["00081190"] = {"vr": "UR", "Value": [url]}
         items.append(dict(sorted(data.items())))
     return QidoResult(items=items, truncated=truncated, level=level)
 
 
-def _qido_retrieve_url(scope: Scope, ds: Dataset, level: str) -> str:
-    study = str(ds.get("StudyInstanceUID") or "")
+def _qido_retrieve_url(scope: Scope, data: dict[str, Any], level: str) -> str:
+    def uid(tag: str) -> str:
+        return str((data.get(tag, {}).get("Value") or [""])[0])
+
+    study = uid("0020000D")
     if not study:
         return ""
     if level == "STUDY":
         return scope.study_url(study)
-    series = str(ds.get("SeriesInstanceUID") or "")
+    series = uid("0020000E")
     if level == "SERIES":
         return scope.series_url(study, series)
-    return scope.instance_url(study, series, str(ds.get("SOPInstanceUID") or ""))
+    return scope.instance_url(study, series, uid("00080018"))

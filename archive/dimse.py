@@ -608,6 +608,11 @@ class PacsAE(AE):
     def ae_title(self, value: str) -> None:
         AE.ae_title.fset(self, value)  # type: ignore[attr-defined]
 
+    def _create_socket(self, *args: Any, **kwargs: Any) -> Any:
+        sock = super()._create_socket(*args, **kwargs)
+        dul.nodelay(sock.socket)
+        return sock
+
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
         assoc.__class__ = _SendsStoredInstances  # adds one method, no state
@@ -786,6 +791,9 @@ def start_listener(
     dimse_messages.NamedTemporaryFile = _SpoolFile
     # C-GET/C-MOVE sub-operations send archived files from disk, undecoded.
     _config.STORE_SEND_CHUNKED_DATASET = True
+    # pynetdicom formats every identifier for its debug log, logged or not.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     _pynetdicom_association.uid_to_service_class = _service_class_for
     dul.install()
     storage.incoming_clean_stray()

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Sum
+from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -375,7 +377,29 @@ _PARENT_KEYS = {
 }
 
 
-def query_run(
+@dataclass(frozen=True)
+class _Key:
+    """How one returned keyword is written: its tag, VR, and where its value comes from."""
+
+    keyword: str
+    tag: int
+    vr: str
+    column: int | None  # index in the row; None: a constant or empty
+
+
+def _value(key: _Key, row: tuple[Any, ...]) -> Any:
+    """The key's value in ``row``, as DICOM text or number; None when empty."""
+    value = row[key.column] if key.column is not None else _CONSTANTS.get(key.keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    if key.vr == "CS" and isinstance(value, str) and "\\" in value:
+        return value.split("\\")
+    return value
+
+
+def query_values(
     identifier: Dataset,
     *,
     level: str,
@@ -384,12 +408,13 @@ def query_run(
     limit: int | None = None,
     offset: int = 0,
     facility: Facility | None = None,
-) -> Iterator[Dataset]:
-    """Run a C-FIND-style query; yield one identifier per match.
+) -> tuple[list[_Key], Iterator[tuple[Any, ...]]]:
+    """Run a C-FIND-style query: the returned keys, and one row per match.
 
-    Each result holds the identifier's keys (filled where the index knows
-    them, empty otherwise) plus the unique keys of the level and the levels
-    above it. Raises :class:`QueryError` (before yielding) on a bad identifier.
+    The keys are the identifier's plus the unique keys of the level and the
+    levels above it; :func:`query_run` and :func:`query_json` write the rows
+    as data sets or DICOM JSON. Raises :class:`QueryError` on a bad identifier
+    (before any row is read).
     """
     query = query_parse(identifier, level=level, root=root)
     qs = _filtered(query, fuzzy=fuzzy, facility=facility)
@@ -429,30 +454,56 @@ def query_run(
     elif offset:
         rows = rows[offset:]
     index = {path: i for i, path in enumerate(paths)}
-    for row in rows.iterator(chunk_size=500):
-        ds = Dataset()
-        for kw in keywords:
+    keys = []
+    for kw in keywords:
+        tag = tag_for_keyword(kw)
+        if tag is not None:
             path = fields.get(kw)
-            value = row[index[path]] if path is not None else _CONSTANTS.get(kw)
-            _set(ds, kw, value)
-        yield ds
+            keys.append(_Key(kw, tag, dictionary_VR(tag), index[path] if path is not None else None))
+    return keys, rows.iterator(chunk_size=500)
 
 
-def _set(ds: Dataset, keyword: str, value: Any) -> None:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return
-    vr = dictionary_VR(tag)
-    if value is None or value == "":
-        ds.add_new(tag, vr, None)
-    elif isinstance(value, dt.date):
-        ds.add_new(tag, vr, value.strftime("%Y%m%d"))
-    elif vr == "IS":
-        ds.add_new(tag, vr, str(value))
-    elif vr == "CS" and isinstance(value, str) and "\\" in value:
-        ds.add_new(tag, vr, value.split("\\"))
-    else:
-        ds.add_new(tag, vr, value)
+def query_run(identifier: Dataset, *, level: str, **options: Any) -> Iterator[Dataset]:
+    """Run a C-FIND-style query; yield one identifier per match (the options of
+    :func:`query_values`). Raises :class:`QueryError` before yielding."""
+    keys, rows = query_values(identifier, level=level, **options)
+
+    def results() -> Iterator[Dataset]:
+        for row in rows:
+            ds = Dataset()
+            for key in keys:
+                value = _value(key, row)
+                if value is not None and key.vr == "IS":
+                    value = str(value)
+                # The index holds checked values: pydicom's validation is skipped.
+                ds[key.tag] = DataElement(key.tag, key.vr, value, validation_mode=config.IGNORE)
+            yield ds
+
+    return results()
+
+
+def query_json(identifier: Dataset, *, level: str, **options: Any) -> list[dict[str, Any]]:
+    """Run a query and answer its matches in the DICOM JSON model (PS3.18 F.2),
+    written straight from the rows (the options of :func:`query_values`)."""
+    keys, rows = query_values(identifier, level=level, **options)
+    heads = [(f"{key.tag:08X}", key.vr) for key in keys]
+    numeric = {"IS", "US", "UL", "SS", "SL", "DS", "FL", "FD", "UV", "SV"}
+    results = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for key, (tag, vr) in zip(keys, heads, strict=True):
+            value = _value(key, row)
+            if value is None:
+                item[tag] = {"vr": vr}
+                continue
+            values = value if isinstance(value, list) else [value]
+            if vr == "PN":
+                values = [{"Alphabetic": str(v)} for v in values]
+            elif vr in numeric:
+                values = [int(v) if vr != "DS" else float(v) for v in values]
+            item[tag] = {"vr": vr, "Value": values}
+        results.append(item)
+    return results
 
 
 # --- retrieve -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pydicom.tag import Tag
 
 from archive import sample_data
 from archive.ingest import instance_ingest
-from archive.query import QueryError, query_run, retrieve_instances
+from archive.query import QueryError, query_json, query_run, retrieve_instances
 from archive.sample_data import PatientInfo, write_study
 
 
@@ -250,3 +250,25 @@ def test_retrieve_selects_by_unique_keys(archive: Archive) -> None:
     assert retrieve_instances(identifier(PatientID="MRN0003"), level="PATIENT", root="patient").count() == 2
     with pytest.raises(QueryError, match="single value"):
         retrieve_instances(identifier(PatientID="MRN*"), level="PATIENT", root="patient")
+
+
+@pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
+def test_json_answers_are_the_data_sets_in_dicom_json(archive: Archive, level: str) -> None:
+    keys = dict(
+        PatientName="",
+        PatientBirthDate="",
+        StudyDate="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedInstances=None,
+        StudyInstanceUID="",
+        PatientComments="",
+        InstanceAvailability="",
+    )
+    if level != "STUDY":
+        keys.update(SeriesInstanceUID="", SeriesNumber=None, Modality="")
+    if level == "IMAGE":
+        keys.update(SOPInstanceUID="", Rows=None, InstanceNumber=None)
+    as_json = query_json(identifier(**keys), level=level)
+    as_datasets = [ds.to_json_dict() for ds in query_run(identifier(**keys), level=level)]
+    assert len(as_json) == len(as_datasets) > 0
+    assert as_json == as_datasets
