@@ -460,7 +460,12 @@ def query_values(
         if tag is not None:
             path = fields.get(kw)
             keys.append(_Key(kw, tag, dictionary_VR(tag), index[path] if path is not None else None))
-    return keys, rows.iterator(chunk_size=500)
+    if limit is None:
+        return keys, rows.iterator(chunk_size=500)
+    # Bounded: fetched at once. (On PostgreSQL .iterator() declares a cursor, for
+    # which the planner prefers a fast-start plan: the date index read backwards,
+    # 50 ms where the name index takes 1 ms.)
+    return keys, iter(list(rows))
 
 
 def query_run(identifier: Dataset, *, level: str, **options: Any) -> Iterator[Dataset]:
