@@ -1,6 +1,6 @@
 """pynetdicom's transport for the listener: bounded, and woken by events instead of polls.
 
-pynetdicom 3.0.4 leaves two things to its user:
+pynetdicom 3.0.4 leaves three things to its user:
 
 * It buffers whatever PDU length a peer declares (up to 4 GiB). Here a PDU
   longer than ``PACS_DICOM_PDU_READ_LIMIT`` cuts the connection before a byte
@@ -11,6 +11,10 @@ pynetdicom 3.0.4 leaves two things to its user:
   pynetdicom SCP). Here the reactor's sleep ends as soon as the DUL hands it a
   message, and the DUL's sleep is a ``select()`` on the peer's socket and on
   a wake-up socket poked whenever a primitive is queued for sending.
+
+* While it has something to send it does not read: a C-CANCEL waits behind
+  every response a C-FIND has queued. Here the peer's socket is read first
+  whenever it has data.
 
 Both sleeps still time out after pynetdicom's own delay, so every timer and
 flag its loops check is checked as often as before. Only the listener's own
@@ -154,6 +158,20 @@ class GuardedDUL(DULServiceProvider):
                     pass
             except OSError:
                 pass
+
+    def _process_recv_primitive(self) -> bool:
+        # pynetdicom reads the socket only when nothing is queued for sending,
+        # so a peer's C-CANCEL (or A-ABORT) would wait behind every response a
+        # C-FIND has queued. Read first when the peer has sent something.
+        peer = getattr(self.socket, "socket", None)
+        if peer is not None:
+            try:
+                readable, _, _ = select.select([peer], [], [], 0)
+            except (OSError, ValueError):
+                readable = []
+            if readable:
+                return False
+        return bool(super()._process_recv_primitive())
 
     def _read_pdu_data(self) -> None:
         sock = self.socket
