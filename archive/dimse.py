@@ -32,7 +32,13 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UncompressedTransferSyntaxes
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UncompressedTransferSyntaxes,
+)
 from pynetdicom import AE, _config, build_context, dimse_messages, evt
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom.acse import ACSE
@@ -337,12 +343,6 @@ def _peer_may(peer: Peer, right: str) -> bool:
     return peer.node is None or bool(getattr(peer.node, right))
 
 
-def _has_non_ascii(ds: Dataset) -> bool:
-    return any(isinstance(e.value, str) and not e.value.isascii() for e in ds) or any(
-        e.VR == "PN" and e.value is not None and not str(e.value).isascii() for e in ds
-    )
-
-
 def _identifier(event: Any) -> tuple[Dataset | None, str]:
     try:
         return event.identifier, ""
@@ -371,7 +371,9 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     try:
         if identifier is None:
             raise QueryError(error)
-        results = query_run(identifier, level=level, root=root, limit=limit + 1)
+        ts = event.context.transfer_syntax
+        encoding = (ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
+        results = query_run(identifier, level=level, root=root, limit=limit + 1, encoding=encoding)
         for result in results:
             if event.is_cancelled:
                 outcome, final = AuditEvent.Outcome.WARNING, _status(CANCEL)
@@ -387,8 +389,6 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
                 studies.append(str(result.StudyInstanceUID))
             result.QueryRetrieveLevel = level.upper()
             result.RetrieveAETitle = peer.called_ae
-            if _has_non_ascii(result):
-                result.SpecificCharacterSet = "ISO_IR 192"
             yield PENDING, result
     except QueryError as exc:
         logger.warning("C-FIND from %s refused: %s", peer.calling_ae, exc)

@@ -35,6 +35,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from .dicom import raw_element
 from .models import Facility, Instance, Series, Study
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -468,23 +469,51 @@ def query_values(
     return keys, iter(list(rows))
 
 
-def query_run(identifier: Dataset, *, level: str, **options: Any) -> Iterator[Dataset]:
+def query_run(
+    identifier: Dataset, *, level: str, encoding: tuple[bool, bool] | None = None, **options: Any
+) -> Iterator[Dataset]:
     """Run a C-FIND-style query; yield one identifier per match (the options of
-    :func:`query_values`). Raises :class:`QueryError` before yielding."""
+    :func:`query_values`). Raises :class:`QueryError` before yielding.
+
+    ``encoding``: (implicit VR, little endian) of the association the answers
+    go out on; in little endian each answer comes already encoded, so that
+    writing it costs a copy (text in UTF-8, SpecificCharacterSet ISO_IR 192
+    when it is not ASCII).
+    """
     keys, rows = query_values(identifier, level=level, **options)
+    raw = encoding is not None and encoding[1]
+    implicit = bool(encoding and encoding[0])
 
     def results() -> Iterator[Dataset]:
         for row in rows:
             ds = Dataset()
+            text = False
             for key in keys:
                 value = _value(key, row)
+                if raw:
+                    text = text or any(isinstance(v, str) and not v.isascii() for v in _as_list(value))
+                    ds[key.tag] = raw_element(key.tag, key.vr, value, implicit=implicit)
+                    continue
                 if value is not None and key.vr == "IS":
                     value = str(value)
                 # The index holds checked values: pydicom's validation is skipped.
                 ds[key.tag] = DataElement(key.tag, key.vr, value, validation_mode=config.IGNORE)
+            if raw:
+                if text:
+                    ds[_CHARSET] = raw_element(_CHARSET, "CS", "ISO_IR 192", implicit=implicit)
+                ds.set_original_encoding(implicit, True, ds._character_set)
+            elif any(isinstance(e.value, str) and not e.value.isascii() for e in ds):
+                ds.SpecificCharacterSet = "ISO_IR 192"
             yield ds
 
     return results()
+
+
+_CHARSET = 0x00080005
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def query_json(identifier: Dataset, *, level: str, **options: Any) -> list[dict[str, Any]]:

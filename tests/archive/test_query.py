@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pynetdicom.dsutils import decode, encode
 
 from archive import sample_data
 from archive.ingest import instance_ingest
+from archive.models import Patient, Study
 from archive.query import QueryError, query_json, query_run, retrieve_instances
 from archive.sample_data import PatientInfo, write_study
 
@@ -272,3 +275,34 @@ def test_json_answers_are_the_data_sets_in_dicom_json(archive: Archive, level: s
     as_datasets = [ds.to_json_dict() for ds in query_run(identifier(**keys), level=level)]
     assert len(as_json) == len(as_datasets) > 0
     assert as_json == as_datasets
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_answers_encoded_in_advance_read_back_as_the_data_sets(archive: Archive, region, implicit: bool) -> None:  # type: ignore[no-untyped-def]
+    Study.objects.create(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.77",
+        patient=Patient.objects.create(provisional=True),
+        facility=region.facility,
+        patient_name="DELL'ÒRSO^NICOLÒ",
+        dicom_patient_id="MRN0077",
+        study_date=dt.date(2022, 2, 2),
+    )
+    keys = dict(PatientName="", StudyDate="", ModalitiesInStudy="", StudyInstanceUID="", PatientComments="")
+    keys.update(NumberOfStudyRelatedInstances=None, InstanceAvailability="")
+    plain = [ds.to_json_dict() for ds in query_run(identifier(**keys), level="STUDY")]
+    encoded = [
+        decode(BytesIO(encode(ds, implicit, True)), implicit, True).to_json_dict()
+        for ds in query_run(identifier(**keys), level="STUDY", encoding=(implicit, True))
+    ]
+    for item in encoded:
+        item.pop("00080005", None)
+    for item in plain:
+        item.pop("00080005", None)
+    assert encoded == plain and len(plain) == 4
+    (nicolo,) = [
+        d
+        for d in query_run(identifier(**keys), level="STUDY", encoding=(implicit, True))
+        if "77" in str(d.StudyInstanceUID)[-2:]
+    ]
+    assert nicolo.SpecificCharacterSet == "ISO_IR 192"
+    assert str(decode(BytesIO(encode(nicolo, implicit, True)), implicit, True).PatientName) == "DELL'ÒRSO^NICOLÒ"
