@@ -26,7 +26,7 @@ from .models import Facility, Study
 def _absolute(request: Request | None, path: str) -> str:
     if request is None:
         return path
-    from .dicomweb_views import public_url
+    from .dicomweb.views import public_url
 
     return public_url(request, get_script_prefix().rstrip("/") + path)
 

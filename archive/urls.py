@@ -7,7 +7,7 @@ from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from . import api
-from . import dicomweb_views as views
+from .dicomweb import views
 
 
 class FacilityCodeConverter:

@@ -16,15 +16,15 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
 from archive import storage
-from archive.dicomweb import (
+from archive.dicomweb.media import parse_accept
+from archive.dicomweb.stow import (
     FAILURE_CANNOT_UNDERSTAND,
     FAILURE_SOP_CLASS_NOT_SUPPORTED,
     FAILURE_STUDY_MISMATCH,
     WARNING_CONFLICT,
     multipart_spool,
-    parse_accept,
 )
-from archive.dicomweb_views import StudiesView
+from archive.dicomweb.views import StudiesView
 from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Study
 from archive.sample_data import COMPRESSED, MR, SR, US_MULTIFRAME, PatientInfo, bundled_path, fresh_copy, write_study
 from tests import dicomweb_helpers as helpers

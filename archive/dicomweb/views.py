@@ -1,7 +1,7 @@
 """DICOMweb endpoints (PS3.18) under ``/dicomweb/`` and ``/dicomweb/<facility>/``: thin adapters.
 
 Each view authenticates (DRF token or staff session), checks the permission,
-calls one function of :mod:`archive.dicomweb`, and writes one audit event
+calls one service function of this package, and writes one audit event
 for what it served or refused. DRF's content negotiation is switched off
 (it would answer 406 to ``Accept: multipart/related; type="application/dicom"``):
 the service functions negotiate DICOM media types themselves.
@@ -24,9 +24,16 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from . import dicomweb as dw
-from .audit import audit_record
-from .models import AuditEvent, Facility, Study
+from ..audit import audit_record
+from ..models import AuditEvent, Facility, Study
+from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
+from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
+from .qido import qido_search
+from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
+from .scope import Scope, instance_url, instances_select, study_get
+from .stow import stow
+from .wado import bulkdata_response, frames_response, instances_response, metadata_response, parse_frame_list
+from .wado_uri import wado_uri_file, wado_uri_parse, wado_uri_wants_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +111,9 @@ class DicomwebView(APIView):
         note: AuditNote | None = getattr(self, "_note", None)
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
             self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.DENIED, error=str(exc.detail))
-        if isinstance(exc, dw.DicomwebError):
+        if isinstance(exc, DicomwebError):
             self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.FAILURE, error=exc.message)
-            response = HttpResponse(dw.error_body(exc.message), status=exc.status, content_type="application/json")
+            response = HttpResponse(error_body(exc.message), status=exc.status, content_type="application/json")
             if exc.status == 503:
                 response["Retry-After"] = "60"
             return response
@@ -144,24 +151,24 @@ class DicomwebView(APIView):
         self._note = AuditNote(self.audit_action(), detail=dict(detail))
         return self._note
 
-    def scope(self, facility: str | None) -> dw.Scope:
+    def scope(self, facility: str | None) -> Scope:
         root = f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")
         base = public_url(self.request, root)
         if facility is None:
-            return dw.Scope(None, base)
+            return Scope(None, base)
         found = Facility.objects.filter(code=facility).first()
         if found is None:
-            raise dw.DicomwebError(404, f"there is no facility {facility!r}")
-        return dw.Scope(found, base)
+            raise DicomwebError(404, f"there is no facility {facility!r}")
+        return Scope(found, base)
 
-    def accept(self) -> list[dw.MediaRange]:
+    def accept(self) -> list[MediaRange]:
         # PS3.18 8.3.3.1: an "accept" query parameter overrides the Accept header.
         override = self.request.query_params.getlist("accept")
-        return dw.parse_accept(", ".join(override) if override else self.request.META.get("HTTP_ACCEPT"))
+        return parse_accept(", ".join(override) if override else self.request.META.get("HTTP_ACCEPT"))
 
-    def select(self, note: AuditNote, scope: dw.Scope, **uids: str | None) -> list[Any]:
+    def select(self, note: AuditNote, scope: Scope, **uids: str | None) -> list[Any]:
         note.study_instance_uid = uids.get("study_uid") or ""
-        study, instances = dw.instances_select(scope, **uids)  # type: ignore[arg-type]
+        study, instances = instances_select(scope, **uids)  # type: ignore[arg-type]
         note.study = study
         note.detail["instances"] = len(instances)
         return instances
@@ -171,7 +178,7 @@ class DicomwebView(APIView):
         return response
 
 
-def _streamed(result: dw.Streamed, status: int = 200) -> StreamingHttpResponse:
+def _streamed(result: Streamed, status: int = 200) -> StreamingHttpResponse:
     response = StreamingHttpResponse(result.chunks, content_type=result.content_type, status=status)
     for name, value in result.headers.items():
         response[name] = value
@@ -201,7 +208,7 @@ class StudyView(DicomwebView):
         note = self.begin(resource="study")
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study)
-        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
 
     def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponse:
         return stow_handle(self, facility, study)
@@ -212,7 +219,7 @@ class SeriesView(DicomwebView):
         note = self.begin(resource="series", series=series)
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series)
-        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
 
 
 class InstanceView(DicomwebView):
@@ -222,7 +229,7 @@ class InstanceView(DicomwebView):
         note = self.begin(resource="instance", series=series, instance=instance)
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        return self.done(note, _streamed(dw.instances_response(scope, instances, self.accept())))
+        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
 
 
 class MetadataView(DicomwebView):
@@ -240,11 +247,11 @@ class MetadataView(DicomwebView):
     ) -> HttpResponse:
         level = "instance" if instance else "series" if series else "study"
         note = self.begin(resource=f"{level}.metadata", series=series or "", instance=instance or "")
-        if not dw.json_acceptable(self.accept()):
-            raise dw.DicomwebError(406, "metadata is served as application/dicom+json only")
+        if not json_acceptable(self.accept()):
+            raise DicomwebError(406, "metadata is served as application/dicom+json only")
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        return self.done(note, _streamed(dw.metadata_response(scope, instances)))
+        return self.done(note, _streamed(metadata_response(scope, instances)))
 
 
 class FramesView(DicomwebView):
@@ -252,11 +259,11 @@ class FramesView(DicomwebView):
         self, request: Request, study: str, series: str, instance: str, frames: str, facility: str | None = None
     ) -> HttpResponse:
         note = self.begin(resource="frames", series=series, instance=instance, frames=frames[:200])
-        numbers = dw.parse_frame_list(frames)
+        numbers = parse_frame_list(frames)
         scope = self.scope(facility)
         (obj,) = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        url = dw.instance_url(scope, obj)
-        return self.done(note, _streamed(dw.frames_response(obj, numbers, self.accept(), url=url)))
+        url = instance_url(scope, obj)
+        return self.done(note, _streamed(frames_response(obj, numbers, self.accept(), url=url)))
 
 
 class BulkdataView(DicomwebView):
@@ -266,8 +273,8 @@ class BulkdataView(DicomwebView):
         note = self.begin(resource="bulkdata", series=series, instance=instance, tags=tags[:200])
         scope = self.scope(facility)
         (obj,) = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        url = dw.instance_url(scope, obj)
-        return self.done(note, _streamed(dw.bulkdata_response(obj, tags, self.accept(), url=url)))
+        url = instance_url(scope, obj)
+        return self.done(note, _streamed(bulkdata_response(obj, tags, self.accept(), url=url)))
 
 
 class RenderedView(DicomwebView):
@@ -287,28 +294,26 @@ class RenderedView(DicomwebView):
         level = "frames" if frames else "instance" if instance else "series" if series else "study"
         kind = "thumbnail" if self.thumbnail else "rendered"
         note = self.begin(resource=f"{level}.{kind}", series=series or "", instance=instance or "")
-        params = dw.render_params(request.query_params, self.accept(), thumbnail=self.thumbnail)
-        numbers = dw.parse_frame_list(frames) if frames else [1]
+        params = render_params(request.query_params, self.accept(), thumbnail=self.thumbnail)
+        numbers = parse_frame_list(frames) if frames else [1]
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
         if self.thumbnail:
-            data = dw.thumbnail_of(instances, params, frame=numbers[0])
+            data = thumbnail_of(instances, params, frame=numbers[0])
             return self.done(note, HttpResponse(data, content_type=params.media_type))
         if instance is None:
-            return self.done(note, _streamed(dw.rendered_many_response(scope, instances, params)))
+            return self.done(note, _streamed(rendered_many_response(scope, instances, params)))
         if len(numbers) == 1:
-            data = dw.render_instance(instances[0], numbers[0], params)
+            data = render_instance(instances[0], numbers[0], params)
             return self.done(note, HttpResponse(data, content_type=params.media_type))
-        images = [dw.render_instance(instances[0], n, params) for n in numbers]
-        boundary = dw.new_boundary()
-        url = dw.instance_url(scope, instances[0])
+        images = [render_instance(instances[0], n, params) for n in numbers]
+        boundary = new_boundary()
+        url = instance_url(scope, instances[0])
         parts = [
-            dw.Part(params.media_type, lambda data=data: [data], location=f"{url}/frames/{n}/rendered")
+            Part(params.media_type, lambda data=data: [data], location=f"{url}/frames/{n}/rendered")
             for n, data in zip(numbers, images, strict=True)
         ]
-        streamed = dw.Streamed(
-            dw.multipart_content_type(params.media_type, boundary), dw.multipart_stream(parts, boundary)
-        )
+        streamed = Streamed(multipart_content_type(params.media_type, boundary), multipart_stream(parts, boundary))
         return self.done(note, _streamed(streamed))
 
 
@@ -324,12 +329,12 @@ class WadoUriView(DicomwebView):
 
     def get(self, request: Request, facility: str | None = None) -> HttpResponse:
         note = self.begin(resource="wado-uri", query=request.META.get("QUERY_STRING", "")[:500])
-        req = dw.wado_uri_parse(request.query_params)
+        req = wado_uri_parse(request.query_params)
         scope = self.scope(facility)
         (obj,) = self.select(note, scope, study_uid=req.study_uid, series_uid=req.series_uid, sop_uid=req.sop_uid)
-        if dw.wado_uri_wants_dicom(req):
-            return self.done(note, _streamed(dw.wado_uri_file(obj, req.transfer_syntax)))
-        data = dw.render_instance(obj, req.frame, req.params)
+        if wado_uri_wants_dicom(req):
+            return self.done(note, _streamed(wado_uri_file(obj, req.transfer_syntax)))
+        data = render_instance(obj, req.frame, req.params)
         return self.done(note, HttpResponse(data, content_type=req.params.media_type))
 
 
@@ -350,12 +355,12 @@ def _body_reader(request: Request) -> tuple[Any, int | None]:
         try:
             length = int(length_text)
         except ValueError:
-            raise dw.DicomwebError(400, "Content-Length is not a number") from None
+            raise DicomwebError(400, "Content-Length is not a number") from None
         return django_request.read, length
     if meta.get("wsgi.input_terminated"):
         return meta["wsgi.input"].read, None
     if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
-        raise dw.DicomwebError(411, "this server cannot read a chunked body: send a Content-Length")
+        raise DicomwebError(411, "this server cannot read a chunked body: send a Content-Length")
     return django_request.read, 0
 
 
@@ -364,7 +369,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
     note.study_instance_uid = study or ""
     scope = view.scope(facility)
     read, length = _body_reader(view.request)
-    result = dw.stow(
+    result = stow(
         read,
         content_type=view.request.META.get("CONTENT_TYPE", ""),
         content_length=length,
@@ -387,7 +392,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         note.outcome = AuditEvent.Outcome.FAILURE
     elif result.status == 202:
         note.outcome = AuditEvent.Outcome.WARNING
-    response = HttpResponse(dw.dumps(result.response), status=result.status, content_type=dw.DICOM_JSON)
+    response = HttpResponse(dumps(result.response), status=result.status, content_type=DICOM_JSON)
     if result.warnings:
         response["Warning"] = _warning_header(view.request.get_host(), result.warnings)
     return view.done(note, response)
@@ -402,14 +407,14 @@ def qido_handle(
     request = view.request
     note = view.begin(level=level, query=request.META.get("QUERY_STRING", "")[:500])
     note.study_instance_uid = study or ""
-    if not dw.json_acceptable(view.accept()):
-        raise dw.DicomwebError(406, "search results are served as application/dicom+json only")
+    if not json_acceptable(view.accept()):
+        raise DicomwebError(406, "search results are served as application/dicom+json only")
     scope = view.scope(facility)
-    result = dw.qido_search(scope, request.query_params, level=level, study_uid=study, series_uid=series)
+    result = qido_search(scope, request.query_params, level=level, study_uid=study, series_uid=series)
     note.detail["matches"] = len(result.items)
     if study is not None and result.items:
-        note.study = dw.study_get(scope, study)
-    response = HttpResponse(dw.dumps(result.items), content_type=dw.DICOM_JSON)
+        note.study = study_get(scope, study)
+    response = HttpResponse(dumps(result.items), content_type=DICOM_JSON)
     if result.truncated:
         note.detail["truncated"] = True
         # PS3.18 8.3.4.4 (the text the standard gives for this case).

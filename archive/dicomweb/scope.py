@@ -1,0 +1,136 @@
+"""What a request may see: a service root (:class:`Scope`), UID checks, the instances a URL names.
+
+Files are opened through :func:`archive.retrieve.instance_open` (the nearest
+verified copy); one that cannot be read now is a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import BinaryIO
+
+from django.db.models import QuerySet
+
+from ..dicom import is_valid_uid
+from ..models import Facility, Instance, Series, Study
+from ..retrieve import NotAvailable, instance_open, instances_with_copies
+from .media import DicomwebError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One DICOMweb service root: the whole region, or one facility's studies.
+
+    ``base_url``: the absolute URL of the service root, without a trailing slash.
+    """
+
+    facility: Facility | None
+    base_url: str
+
+    def studies(self) -> QuerySet[Study]:
+        qs = Study.objects.all()
+        return qs.filter(facility=self.facility) if self.facility is not None else qs
+
+    def study_url(self, study_uid: str) -> str:
+        return f"{self.base_url}/studies/{study_uid}"
+
+    def series_url(self, study_uid: str, series_uid: str) -> str:
+        return f"{self.study_url(study_uid)}/series/{series_uid}"
+
+    def instance_url(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        return f"{self.series_url(study_uid, series_uid)}/instances/{sop_uid}"
+
+
+def check_uid(value: str, what: str) -> str:
+    if not is_valid_uid(value):
+        raise DicomwebError(400, f"{what} {value[:80]!r} is not a valid DICOM UID")
+    return value
+
+
+def study_get(scope: Scope, study_uid: str) -> Study:
+    check_uid(study_uid, "StudyInstanceUID")
+    study = scope.studies().select_related("patient").filter(study_instance_uid=study_uid).first()
+    if study is None:
+        raise DicomwebError(404, f"study {study_uid} is not in this archive{_scope_note(scope)}")
+    return study
+
+
+def _scope_note(scope: Scope) -> str:
+    return f" (facility {scope.facility.code})" if scope.facility is not None else ""
+
+
+def instances_select(
+    scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> tuple[Study, list[Instance]]:
+    """The study and the instances a study/series/instance URL names, in series and instance order.
+
+    Raises 400 for a malformed UID and 404 for one that does not exist in
+    this scope (or belongs to another study or series than the URL says).
+    """
+    study = study_get(scope, study_uid)
+    qs = Instance.objects.filter(series__study=study)
+    if series_uid is not None:
+        check_uid(series_uid, "SeriesInstanceUID")
+        if not Series.objects.filter(study=study, series_instance_uid=series_uid).exists():
+            raise DicomwebError(404, f"series {series_uid} is not in study {study_uid}")
+        qs = qs.filter(series__series_instance_uid=series_uid)
+    if sop_uid is not None:
+        check_uid(sop_uid, "SOPInstanceUID")
+        qs = qs.filter(sop_instance_uid=sop_uid)
+    instances = list(
+        instances_with_copies(qs.select_related("series__study")).order_by(
+            "series__series_number", "series__id", "instance_number", "id"
+        )
+    )
+    if not instances:
+        if sop_uid is not None:
+            raise DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
+        raise DicomwebError(404, "no instance is archived there")
+    return study, instances
+
+
+def instance_url(scope: Scope, instance: Instance) -> str:
+    series = instance.series
+    return scope.instance_url(series.study.study_instance_uid, series.series_instance_uid, instance.sop_instance_uid)
+
+
+def _open_all(instances: list[Instance]) -> Iterator[tuple[Instance, BinaryIO]]:
+    """Each instance with its open file; unreadable ones are skipped and logged.
+
+    The first readable one is opened before this returns, so that a request
+    none of whose instances can be read fails with 503 instead of an empty body.
+    """
+
+    def generate(rest: list[Instance]) -> Iterator[tuple[Instance, BinaryIO]]:
+        for instance in rest:
+            try:
+                fh = instance_open(instance)
+            except NotAvailable as exc:
+                logger.error("DICOMweb: skipping %s: %s", instance.sop_instance_uid, exc.reason)
+                continue
+            yield instance, fh
+
+    for i, instance in enumerate(instances):
+        try:
+            fh = instance_open(instance)
+        except NotAvailable as exc:
+            if len(instances) == 1:
+                raise DicomwebError(
+                    503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}"
+                ) from None
+            logger.error("DICOMweb: skipping %s: %s", instance.sop_instance_uid, exc.reason)
+            continue
+        return chain([(instance, fh)], generate(instances[i + 1 :]))
+    raise DicomwebError(503, "none of the requested instances can be read now")
+
+
+def _open_one(instance: Instance) -> BinaryIO:
+    try:
+        return instance_open(instance)
+    except NotAvailable as exc:
+        raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
