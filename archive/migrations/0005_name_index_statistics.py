@@ -27,6 +27,8 @@ def default_statistics(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 
 class Migration(migrations.Migration):
+    # ANALYZE in the transaction that set the target still samples with the old one.
+    atomic = False
     dependencies = [("archive", "0004_query_indexes")]
 
     operations = [migrations.RunPython(finer_statistics, default_statistics)]
