@@ -394,10 +394,15 @@ def _value(key: _Key, row: tuple[Any, ...]) -> Any:
     if value is None or value == "":
         return None
     if isinstance(value, dt.date):
-        return value.strftime("%Y%m%d")
+        return _da(value)
     if key.vr == "CS" and isinstance(value, str) and "\\" in value:
         return value.split("\\")
     return value
+
+
+def _da(value: dt.date) -> str:
+    # A tenth of strftime's cost, which showed in answers of hundreds of matches.
+    return f"{value.year:04d}{value.month:02d}{value.day:02d}"
 
 
 def query_values(
@@ -516,26 +521,31 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+_JSON_NUMBERS = frozenset({"IS", "US", "UL", "SS", "SL", "UV", "SV"})
+
+
 def query_json(identifier: Dataset, *, level: str, **options: Any) -> list[dict[str, Any]]:
     """Run a query and answer its matches in the DICOM JSON model (PS3.18 F.2),
     written straight from the rows (the options of :func:`query_values`)."""
     keys, rows = query_values(identifier, level=level, **options)
-    heads = [(f"{key.tag:08X}", key.vr) for key in keys]
-    numeric = {"IS", "US", "UL", "SS", "SL", "DS", "FL", "FD", "UV", "SV"}
+    plan = [(f"{k.tag:08X}", k.vr, k.column, _CONSTANTS.get(k.keyword)) for k in keys]
     results = []
     for row in rows:
         item: dict[str, Any] = {}
-        for key, (tag, vr) in zip(keys, heads, strict=True):
-            value = _value(key, row)
-            if value is None:
+        for tag, vr, column, constant in plan:
+            value = row[column] if column is not None else constant
+            if value is None or value == "":
                 item[tag] = {"vr": vr}
-                continue
-            values = value if isinstance(value, list) else [value]
-            if vr == "PN":
-                values = [{"Alphabetic": str(v)} for v in values]
-            elif vr in numeric:
-                values = [int(v) if vr != "DS" else float(v) for v in values]
-            item[tag] = {"vr": vr, "Value": values}
+            elif vr == "PN":
+                item[tag] = {"vr": vr, "Value": [{"Alphabetic": value}]}
+            elif vr == "DA" and isinstance(value, dt.date):
+                item[tag] = {"vr": vr, "Value": [_da(value)]}
+            elif vr in _JSON_NUMBERS:
+                item[tag] = {"vr": vr, "Value": [int(value)]}
+            elif vr == "CS" and "\\" in value:
+                item[tag] = {"vr": vr, "Value": value.split("\\")}
+            else:
+                item[tag] = {"vr": vr, "Value": [value]}
         results.append(item)
     return results
 
