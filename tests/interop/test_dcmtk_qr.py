@@ -82,26 +82,33 @@ def test_findscu_at_study_and_series_level(start_listener_process, archived, pro
     assert AuditEvent.objects.filter(action="dicom.query", ae_title="WS").count() == 2
 
 
-def test_movescu_to_itself_receives_every_file_unchanged(  # type: ignore[no-untyped-def]
-    start_listener_process, archived, process_env, region, tmp_path: Path
-) -> None:
-    study_uid, files = archived
+def _movescu_to_itself(
+    listener_port: int, study_uid: str, region, env: dict[str, str], out: Path, *options: str
+) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """movescu moving a study to itself (registered as TS-CAT's destination MOVESCU,
+    receiving on its own port into ``out``); returns the received files by SOPInstanceUID."""
     port = free_port()
     RemoteNode.objects.create(
         facility=region.facility, ae_title="MOVESCU", host="127.0.0.1", port=port, is_retrieve_destination=True
     )
-    listener = start_listener_process()
-    out = tmp_path / "moved"
     out.mkdir()
+    cmd = ["movescu", "-S", "-aet", "WS", "-aec", "TSCAT_PACS", "-aem", "MOVESCU", "+P", str(port), *options]
+    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+    result = _run([*cmd, "127.0.0.1", str(listener_port)], env, cwd=out)
+    assert result.returncode == 0, result.stderr
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+
+
+def test_movescu_to_itself_receives_every_file_unchanged(  # type: ignore[no-untyped-def]
+    start_listener_process, archived, process_env, region, tmp_path: Path
+) -> None:
+    study_uid, files = archived
+    listener = start_listener_process()
     # +xa: accept every transfer syntax, so that the JPEG comes as archived; +B:
     # write what arrives as it arrives (DCMTK 3.6.7 then writes to the working
     # directory, whatever -od says).
-    cmd = ["movescu", "-S", "-aet", "WS", "-aec", "TSCAT_PACS", "-aem", "MOVESCU", "+P", str(port), "+xa", "+B"]
-    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
-    result = _run([*cmd, "127.0.0.1", str(listener.port)], process_env, cwd=out)
-    assert result.returncode == 0, result.stderr
-    received = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
-    assert set(received) == set(files), result.stderr
+    received = _movescu_to_itself(listener.port, study_uid, region, process_env, tmp_path / "moved", "+xa", "+B")
+    assert set(received) == set(files)
     for uid, path in files.items():
         assert _body(received[uid]) == _body(path), uid
     event = AuditEvent.objects.get(action="dicom.retrieve")
@@ -139,18 +146,8 @@ def test_movescu_that_accepts_only_uncompressed_gets_the_jpeg_decompressed(  # t
     start_listener_process, archived, process_env, region, tmp_path: Path
 ) -> None:
     study_uid, files = archived
-    port = free_port()
-    RemoteNode.objects.create(
-        facility=region.facility, ae_title="MOVESCU", host="127.0.0.1", port=port, is_retrieve_destination=True
-    )
     listener = start_listener_process()
-    out = tmp_path / "moved"
-    out.mkdir()
-    cmd = ["movescu", "-S", "-aet", "WS", "-aec", "TSCAT_PACS", "-aem", "MOVESCU", "+P", str(port)]
-    cmd += ["-od", str(out), "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
-    result = _run([*cmd, "127.0.0.1", str(listener.port)], process_env, cwd=out)
-    assert result.returncode == 0, result.stderr
-    received = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+    received = _movescu_to_itself(listener.port, study_uid, region, process_env, tmp_path / "moved")
     assert set(received) == set(files)
     (jpeg_uid,) = [
         u for u, p in files.items() if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
