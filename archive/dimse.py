@@ -43,8 +43,11 @@ from pynetdicom import AE, _config, build_context, dimse_messages, evt
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dsutils import decode
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.sop_class import (
@@ -248,6 +251,43 @@ def _for_peer(assoc: Association, ds: Dataset) -> Dataset:
     return ds
 
 
+class PacsDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, with a short path for C-FIND pending responses.
+
+    A C-FIND answering hundreds of matches sends hundreds of responses whose
+    command sets are all the same; pynetdicom builds and encodes each one
+    (twice) and sends command and identifier as two P-DATA PDUs. Here the
+    command set is encoded once per request and each response is one P-DATA
+    PDU holding both PDVs (PS3.8 9.3.5 allows several), when it fits the
+    peer's maximum PDU length; anything else takes pynetdicom's path.
+    """
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        if (
+            isinstance(primitive, C_FIND)
+            and primitive.Status in (PENDING, 0xFF01)
+            and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.Identifier is not None
+        ):
+            key = (context_id, primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID, primitive.Status)
+            cache: dict[Any, bytes] = self.__dict__.setdefault("_pacs_find_commands", {})
+            command = cache.get(key)
+            if command is None:
+                message = C_FIND_RSP()
+                message.primitive_to_message(primitive)
+                command = cache[key] = encode(message.command_set, True, True) or b""
+            identifier = primitive.Identifier.getvalue()
+            limit = self.maximum_pdu_size
+            # Each PDV item: 4 bytes of length, the context ID and the control header.
+            if command and (not limit or len(command) + len(identifier) + 12 <= limit):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+                pdata.presentation_data_value_list.append((context_id, b"\x02" + identifier))
+                self.dul.send_pdu(pdata)
+                return
+        super().send_msg(primitive, context_id)
+
+
 class PacsAssociation(_SendsStoredInstances):
     """An acceptor association that writes its audit summary and closes its database
     connection when its thread ends, however it ends."""
@@ -272,6 +312,7 @@ class PacsRequestHandler(RequestHandler):
         # Swapped before the threads start; the subclasses add methods, no state.
         assoc.__class__ = PacsAssociation
         assoc.acse.__class__ = PacsACSE
+        assoc.dimse.__class__ = PacsDIMSE
         dul.prepare(assoc)
         return assoc
 

@@ -132,6 +132,23 @@ def test_find_each_level(listener: int, stored: Stored) -> None:
     assert event.detail["level"] == "PATIENT" and event.detail["matches"] == 1
 
 
+def test_find_answers_a_peer_with_a_small_maximum_pdu(listener: int, stored: Stored) -> None:
+    """Responses that do not fit one PDU take pynetdicom's fragmenting path."""
+    keys = dict(StudyInstanceUID=stored.study_uid, SeriesInstanceUID="", SeriesDescription="", Modality="")
+    normal, _ = c_find(listener, "SERIES", **keys)
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    assoc = _assoc(listener, [FIND], max_pdu=128)
+    try:
+        small = [identifier for status, identifier in assoc.send_c_find(ds, FIND) if status.Status == 0xFF00]
+    finally:
+        assoc.release()
+    assert len(small) == 2
+    assert [d.to_json_dict() for d in small] == [d.to_json_dict() for d in normal]
+
+
 def test_find_with_wildcards_ranges_and_lists(listener: int, stored: Stored) -> None:
     uid = stored.study_uid
     assert len(c_find(listener, "STUDY", PatientName="R?SSI^*", StudyInstanceUID="")[0]) == 1
