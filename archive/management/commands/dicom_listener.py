@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from typing import Any
@@ -64,6 +65,9 @@ class Command(BaseCommand):
             served = (
                 ", ".join(f"{f.ae_title} ({f.code})" for f in Facility.objects.order_by("code")) or "no facility yet"
             )
+        # Start-up's objects live as long as the process: out of the collector's
+        # full passes (as in pacs/wsgi.py), which long C-FIND answers would trigger.
+        gc.freeze()
         self.stdout.write(f"DICOM listener ready on {host}:{bound_port}, AE titles: {served}", ending="\n")
         self.stdout.flush()
         while not stop.wait(0.5):
