@@ -16,21 +16,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from .. import storage
-from ..ingest import CONFLICT, DUPLICATE, IngestError, instance_ingest
+from ..ingest import CONFLICT, DUPLICATE, IngestError, IngestResult, instance_ingest
 from ..models import Facility, Instance
 from .media import DICOM, MULTIPART, DicomwebError, parse_media_type
 from .multipart import _CHUNK
 from .scope import Scope, check_uid
-
-if TYPE_CHECKING:
-    from ..ingest import IngestResult
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,12 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from .. import rendering
 from ..models import Instance
@@ -155,7 +160,7 @@ def _pixel_element(fh: BinaryIO, ds: Dataset, ts: str) -> PixelElement | None:
     if len(header) < 8:
         return None
     little = ts != ExplicitVRBigEndian
-    explicit = ts != "1.2.840.10008.1.2"
+    explicit = ts != ImplicitVRLittleEndian
     group, elem = struct.unpack("<HH" if little else ">HH", header[:4])
     tag = (group << 16) | elem
     if tag not in _PIXEL_TAGS:
