@@ -341,3 +341,12 @@ PACS_PUBLIC_URL = env_str("PACS_PUBLIC_URL", "").rstrip("/")
 # The facility (code) into which STOW-RS at the regional root /dicomweb/studies stores;
 # empty: only the facility roots /dicomweb/<facility>/studies store.
 PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")
+
+# --- rendering ------------------------------------------------------------------
+# Images are decoded in worker processes (archive/render_isolated.py), so that a
+# decoder that crashes, hangs or allocates without end costs one render, not the
+# web worker, the listener or the Celery worker. Seconds a render may take; the
+# address space each worker may use, in bytes; workers per process at most.
+PACS_RENDER_TIMEOUT = env_float("PACS_RENDER_TIMEOUT", 30.0)
+PACS_RENDER_MEMORY_LIMIT = env_int("PACS_RENDER_MEMORY_LIMIT", 2 * 1024 * 1024 * 1024)
+PACS_RENDER_WORKERS = env_int("PACS_RENDER_WORKERS", 4)

@@ -1,4 +1,5 @@
-"""Rendered resources and thumbnails: image/jpeg or image/png through :mod:`archive.rendering`.
+"""Rendered resources and thumbnails: image/jpeg or image/png through :mod:`archive.rendering`,
+run in a worker process by :mod:`archive.render_isolated`.
 
 Rendered study/series: multipart/related with the first frame of each
 renderable instance; rendered instance: its first frame.
@@ -13,10 +14,11 @@ from typing import Any
 
 from .. import rendering
 from ..models import Instance
+from ..render_isolated import render_isolated
+from ..retrieve import NotAvailable, instance_file
 from .media import DicomwebError, MediaRange, _type_matches
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
-from .scope import Scope, _open_one, instance_url
-from .wado import stored_read
+from .scope import Scope, instance_url
 
 logger = logging.getLogger(__name__)
 
@@ -95,29 +97,25 @@ def _viewport(text: str) -> rendering.Viewport:
 
 
 def render_instance(instance: Instance, frame: int, params: RenderParams) -> bytes:
-    """One frame of an instance rendered; 400 for a frame it lacks, 406 for what cannot be rendered."""
-    stored = stored_read(_open_one(instance), defer_size=None)
+    """One frame of an instance rendered (in a worker process: a decoder that crashes or
+    hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be rendered."""
     try:
-        ds = stored.inflated if stored.inflated is not None else stored.ds
-        source = None if stored.inflated is not None else stored.fh
-        if stored.pixel is None:
-            raise DicomwebError(406, f"instance {instance.sop_instance_uid} cannot be rendered: it has no pixel data")
-        return rendering.render_frame(
-            ds=ds,
-            source=source,
-            frame=frame,
-            media_type=params.media_type,
-            quality=params.quality,
-            window=params.window,
-            viewport=params.viewport,
-            max_size=params.max_size,
-        )
+        with instance_file(instance) as path:
+            return render_isolated(
+                path=path,
+                frame=frame,
+                media_type=params.media_type,
+                quality=params.quality,
+                window=params.window,
+                viewport=params.viewport,
+                max_size=params.max_size,
+            )
+    except NotAvailable as exc:
+        raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
     except rendering.NoImage as exc:
         raise DicomwebError(406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}") from None
     except ValueError as exc:
         raise DicomwebError(400, str(exc)) from None
-    finally:
-        stored.close()
 
 
 def rendered_many_response(scope: Scope, instances: list[Instance], params: RenderParams) -> Streamed:
