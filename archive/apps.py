@@ -9,3 +9,7 @@ class ArchiveConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .signals import study_instances_received
+        from .tasks import study_renditions_enqueue
+
+        study_instances_received.connect(study_renditions_enqueue, dispatch_uid="archive.renditions")

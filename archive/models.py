@@ -398,3 +398,58 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
         raise ValidationError("Audit events are append-only.")
+
+
+class Rendition(models.Model):
+    """A derived object: one frame of an instance rendered as a preview or a
+    thumbnail, stored in the instance's facility tier, or the record that it
+    could not be rendered.
+
+    ``params_key`` names everything that produced the bytes (media type,
+    quality, size limit, window, renderer version), so a stored rendition
+    answers a request only when the request would have produced the same
+    image. A failure row (``reason`` set, no file) stops the post-ingest
+    task from trying the same image again until ``renderer_version`` changes.
+    """
+
+    class Kind(models.TextChoices):
+        PREVIEW = "preview", _("anteprima")
+        THUMBNAIL = "thumbnail", _("miniatura")
+
+    # PROTECT, as for copies: whoever removes an instance removes its derived files too.
+    instance = models.ForeignKey(
+        Instance, on_delete=models.PROTECT, related_name="renditions", verbose_name=_("istanza")
+    )
+    frame = models.PositiveIntegerField(_("fotogramma"), default=1)
+    kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
+    params_key = models.CharField(_("parametri"), max_length=64)
+    renderer_version = models.CharField(_("versione del renderer"), max_length=16)
+    media_type = models.CharField(_("tipo di contenuto"), max_length=32, blank=True)
+    tier = models.CharField(_("livello"), max_length=64)
+    path = models.CharField(_("percorso"), max_length=512, blank=True)
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True)
+    size = models.BigIntegerField(_("dimensione (byte)"), default=0)
+    reason = models.TextField(
+        _("motivo del fallimento"), blank=True, help_text=_("Vuoto se l'immagine è stata prodotta.")
+    )
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("immagine derivata")
+        verbose_name_plural = _("immagini derivate")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "frame", "kind", "params_key", "tier"], name="rendition_unique_params"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(reason="") | ~models.Q(path=""), name="rendition_stored_or_failed"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = f"{self.instance_id}#{self.frame} {self.kind} {self.params_key}"
+        return f"{what}: {self.reason}" if self.reason else f"{what} {self.tier}:{self.path}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.reason)

@@ -55,11 +55,42 @@ def instance_relpath(*, study_uid: str, series_uid: str, sop_uid: str, sha256: s
     The UIDs have passed :func:`archive.dicom.is_valid_uid` (digits and dots),
     so nothing taken from the data set can climb out of the tier.
     """
-    for uid in (study_uid, series_uid, sop_uid):
-        if not uid or not all(c.isdigit() or c == "." for c in uid) or uid.startswith("."):
-            raise StorageError(f"refusing to build a path from {uid!r}")
+    _check_uids(study_uid, series_uid, sop_uid)
     bucket = hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:2]
     return f"studies/{bucket}/{study_uid}/{series_uid}/{sop_uid}.{sha256}.dcm"
+
+
+def _check_uids(*uids: str) -> None:
+    for uid in uids:
+        if not uid or not all(c.isdigit() or c == "." for c in uid) or uid.startswith("."):
+            raise StorageError(f"refusing to build a path from {uid!r}")
+
+
+def _check_sha256(sha256: str) -> None:
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise StorageError(f"refusing to build a path from {sha256!r}")
+
+
+DERIVED_KINDS = ("preview", "thumbnail")
+DERIVED_EXTENSIONS = ("jpg", "png")
+
+
+def derived_relpath(
+    *, study_uid: str, series_uid: str, sop_uid: str, frame: int, kind: str, sha256: str, extension: str
+) -> str:
+    """The path of an object derived from an instance (a preview, a thumbnail) inside a tier.
+
+    Built like :func:`instance_relpath` from checked UIDs and the derived
+    content's hash, plus a frame number and a kind and extension from fixed
+    lists, under ``derived/`` so that nothing derived is mistaken for an
+    instance. Identical bytes get the same name, so a file is never replaced.
+    """
+    _check_uids(study_uid, series_uid, sop_uid)
+    _check_sha256(sha256)
+    if kind not in DERIVED_KINDS or extension not in DERIVED_EXTENSIONS or type(frame) is not int or frame < 1:
+        raise StorageError(f"refusing to build a derived path for {kind!r}, {extension!r}, frame {frame!r}")
+    bucket = hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:2]
+    return f"derived/{bucket}/{study_uid}/{series_uid}/{sop_uid}/{frame}.{kind}.{sha256}.{extension}"
 
 
 def absolute_path(tier: str, relpath: str) -> Path:
@@ -212,6 +243,41 @@ def place_file(tmp_path: Path, tier: str, relpath: str) -> bool:
     return created
 
 
+def place_bytes(data: bytes, tier: str, relpath: str) -> bool:
+    """Store ``data`` durably at ``relpath`` in ``tier`` the way instances are
+    stored (temporary file in the incoming folder, fsync, :func:`place_file`).
+
+    Returns True when this call created the file, False when it was there.
+    """
+    fh, tmp_path = new_incoming_file()
+    try:
+        with fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise _storage_error(exc, f"writing {relpath}") from exc
+    return place_file(tmp_path, tier, relpath)
+
+
+def remove_file(tier: str, relpath: str) -> bool:
+    """Remove a stored file that is known to be damaged; False when it was not there.
+
+    Only for derived objects, which can be made again: an instance's copy is
+    released by the lifecycle, never through this.
+    """
+    if not relpath.startswith("derived/"):
+        raise StorageError(f"refusing to remove {relpath!r}: not a derived object")
+    try:
+        absolute_path(tier, relpath).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _storage_error(exc, f"removing {relpath}") from exc
+    return True
+
+
 def _copy_across(src: Path, final: Path) -> bool:
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
     try:
@@ -226,6 +292,16 @@ def _copy_across(src: Path, final: Path) -> bool:
             return False
     finally:
         os.unlink(tmp)
+
+
+def stored_size(tier: str, relpath: str) -> int | None:
+    """The size of a stored file; None when it is not there."""
+    try:
+        return absolute_path(tier, relpath).stat().st_size
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _storage_error(exc, f"reading {relpath}") from exc
 
 
 def open_copy(tier: str, relpath: str) -> BinaryIO | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
-from . import ingest
+from . import ingest, previews, retrieve, storage
 
 logger = logging.getLogger(__name__)
 
@@ -28,3 +29,29 @@ def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
     if pks:
         logger.warning("queued post-ingest work for %d overdue studies", len(pks))
     return len(pks)
+
+
+@shared_task(
+    name="archive.tasks.series_renditions_make",
+    acks_late=True,
+    # Transient only: the database, a tier, a copy that cannot be read now.
+    # An image that cannot be rendered is recorded by the service and never
+    # raised, so it is never retried.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError, retrieve.NotAvailable),
+    retry_backoff=30,
+    retry_backoff_max=900,
+    max_retries=5,
+    # A worker that dies while rendering (a decoder crashing the process)
+    # must not get the same message back for ever: the previews are
+    # derived, on-demand rendering covers, and the next arrival queues it again.
+    reject_on_worker_lost=False,
+)
+def series_renditions_make(series_pk: int) -> dict[str, int]:
+    """Render and store the previews and thumbnails a series lacks."""
+    return vars(previews.series_renditions_make(series_pk=series_pk))
+
+
+def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
+    """``study_instances_received`` receiver: one task per series with new instances."""
+    for series_pk in previews.series_renditions_due(study_pk=study_pk):
+        transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]

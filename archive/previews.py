@@ -1,0 +1,351 @@
+"""Stored previews and thumbnails: derived objects rendered once after ingestion.
+
+For each instance the post-ingest flow has a Celery task render two images of
+the first frame (the frame WADO-RS ``rendered`` and the portal show for an
+instance, and the only one a list of a series needs; a multi-frame clip is
+represented by its first frame too):
+
+- a *preview*: JPEG at :data:`archive.rendering.DEFAULT_QUALITY`, the data
+  set's own window, the longest side capped at :data:`PREVIEW_MAX_SIZE`;
+- a *thumbnail*: the same with the longest side capped at
+  :data:`archive.rendering.THUMBNAIL_SIZE`.
+
+They are stored in the instance's facility tier under ``derived/`` and
+indexed as :class:`~archive.models.Rendition` rows keyed by the parameters
+that produced them (:func:`params_key`), so that on-demand rendering can
+serve them only when it would have produced the same image. An image that
+cannot be rendered leaves one failure row and is not tried again until
+:data:`RENDERER_VERSION` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+
+from . import rendering, retrieve, storage
+from .models import Instance, Rendition
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the renderer's output changes (archive/rendering.py, the
+# decoders it uses): stored renditions of an older version stop matching and
+# images that failed are tried again.
+RENDERER_VERSION = "1"
+PREVIEW_MAX_SIZE = 1024
+FRAME = 1
+_EXTENSIONS = {rendering.JPEG: "jpg", rendering.PNG: "png"}
+
+
+class RenderParamsLike(Protocol):
+    """What a rendering request asks for (``archive.dicomweb.rendered.RenderParams`` is one)."""
+
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def quality(self) -> int: ...
+    @property
+    def window(self) -> rendering.Window | None: ...
+    @property
+    def viewport(self) -> rendering.Viewport | None: ...
+    @property
+    def max_size(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class RenditionParams:
+    media_type: str = rendering.JPEG
+    quality: int = rendering.DEFAULT_QUALITY
+    window: rendering.Window | None = None
+    viewport: rendering.Viewport | None = None
+    max_size: int | None = None
+
+
+PREVIEW = RenditionParams(max_size=PREVIEW_MAX_SIZE)
+THUMBNAIL = RenditionParams(max_size=rendering.THUMBNAIL_SIZE)
+_MADE = ((Rendition.Kind.PREVIEW, PREVIEW), (Rendition.Kind.THUMBNAIL, THUMBNAIL))
+
+
+def params_key(params: RenderParamsLike) -> str:
+    """A short name for everything that shapes a rendered image, renderer version included.
+
+    ``jpg-q90-s128-wdefault-r1`` is a JPEG of quality 90, longest side at most
+    128, the data set's own window. Keys longer than a column holds are hashed.
+    """
+    parts = [_EXTENSIONS.get(params.media_type) or params.media_type.replace("/", "_")]
+    if params.media_type == rendering.JPEG:  # PNG is lossless: quality does not shape it
+        parts.append(f"q{params.quality}")
+    parts.append(f"s{params.max_size}" if params.max_size else "full")
+    w = params.window
+    parts.append("wdefault" if w is None else f"w{w.center:g},{w.width:g},{w.function}")
+    v = params.viewport
+    if v is not None:
+        region = ",".join(str(n) for n in v.region) if v.region else ""
+        parts.append(f"v{v.width or ''}x{v.height or ''}{',' + region if region else ''}")
+    version = f"r{RENDERER_VERSION}"
+    key = "-".join([*parts, version])
+    if len(key) > 64:
+        key = "h" + hashlib.sha256(key.encode()).hexdigest()[:40] + "-" + version
+    return key
+
+
+def _full_size(params: RenditionParams) -> RenditionParams:
+    return RenditionParams(
+        media_type=params.media_type,
+        quality=params.quality,
+        window=params.window,
+        viewport=params.viewport,
+        max_size=None,
+    )
+
+
+def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
+    """One frame of the file at ``path`` rendered: the one call site of the renderer.
+
+    Raises :class:`archive.rendering.NoImage` for anything that cannot be rendered.
+    """
+    # Until archive.render_isolated lands, the renderer runs in this process.
+    from pydicom import dcmread
+
+    with open(path, "rb") as fh:
+        try:
+            ds = dcmread(fh, stop_before_pixels=True)
+        except Exception as exc:  # the file passed ingestion; whatever is wrong now is the image's
+            raise rendering.NoImage(f"the file cannot be read: {type(exc).__name__}: {exc}") from None
+        return rendering.render_frame(
+            ds=ds,
+            source=fh,
+            frame=frame,
+            media_type=params.media_type,
+            quality=params.quality,
+            window=params.window,
+            viewport=params.viewport,
+            max_size=params.max_size,
+        )
+
+
+@dataclass
+class RenditionCounts:
+    """What :func:`series_renditions_make` did, image by image."""
+
+    made: int = 0  # stored for the first time
+    remade: int = 0  # recorded but missing or damaged in the tier, stored again
+    kept: int = 0  # already stored with the current parameters
+    failed: int = 0  # instances found unrenderable now (one failure row each)
+    known_failures: int = 0  # instances skipped: recorded as unrenderable by this renderer version
+    unavailable: int = 0  # instances with no readable copy now (the task retries)
+
+
+def _stored_intact(row: Rendition) -> bool:
+    size = storage.stored_size(row.tier, row.path)
+    if size is None:
+        logger.warning("rendition %s is missing from its tier: rendering it again", row)
+        return False
+    if size != row.size:
+        logger.error("rendition %s has %d bytes, %d recorded: rendering it again", row, size, row.size)
+        storage.remove_file(row.tier, row.path)
+        return False
+    return True
+
+
+def series_renditions_make(*, series_pk: int) -> RenditionCounts:
+    """Render and store the preview and thumbnail of each instance of a series
+    that lacks them; idempotent, so safe to run again or after a crash.
+
+    Skips what is stored with the current parameters and whose file is there
+    (with its recorded size), re-creates what is recorded but missing, and
+    records an image that cannot be rendered once, as a failure row.
+
+    Raises
+    ------
+    archive.storage.StorageError
+        A rendition could not be stored (the others were).
+    archive.retrieve.NotAvailable
+        Some instance had no readable copy (the others were done).
+    """
+    counts = RenditionCounts()
+    instances = retrieve.instances_with_copies(
+        Instance.objects.filter(series_id=series_pk).select_related("series__study").order_by("instance_number", "pk")
+    )
+    rows: dict[int, list[Rendition]] = defaultdict(list)
+    for row in Rendition.objects.filter(
+        instance__series_id=series_pk, frame=FRAME, renderer_version=RENDERER_VERSION
+    ).order_by("pk"):
+        rows[row.instance_id].append(row)
+    preview_keys = {params_key(PREVIEW), params_key(_full_size(PREVIEW))}
+    transient: Exception | None = None
+    for instance in instances:
+        tier = storage.facility_tier(instance.facility.code)
+        mine = [r for r in rows[instance.pk] if r.tier == tier]
+        if any(r.failed for r in mine):
+            counts.known_failures += 1
+            continue
+        todo: list[tuple[str, RenditionParams, Rendition | None]] = []
+        for kind, params in _MADE:
+            keys = preview_keys if kind == Rendition.Kind.PREVIEW else {params_key(params)}
+            row = next((r for r in mine if r.kind == kind and r.params_key in keys), None)
+            if row is not None and _stored_intact(row):
+                counts.kept += 1
+            else:
+                todo.append((kind, params, row))
+        if not todo:
+            continue
+        try:
+            rendered = _render_all(instance, todo)
+        except retrieve.NotAvailable as exc:
+            logger.error("renditions of %s: %s", instance.sop_instance_uid, exc)
+            counts.unavailable += 1
+            transient = exc
+            continue
+        for (kind, params, row), result in zip(todo, rendered, strict=False):  # shorter after a failure
+            if isinstance(result, str):
+                _record_failure(instance, tier=tier, kind=kind, params=params, reason=result)
+                counts.failed += 1
+                break  # one row says the image cannot be rendered
+            _store(instance, tier=tier, kind=kind, params=params, data=result)
+            if row is None:
+                counts.made += 1
+            else:
+                counts.remade += 1
+    logger.info("renditions of series %s: %s", series_pk, counts)
+    if transient is not None:
+        raise transient
+    return counts
+
+
+def _render_all(instance: Instance, todo: list[tuple[str, RenditionParams, Rendition | None]]) -> list[bytes | str]:
+    """Each rendition's bytes, or the reason the image cannot be rendered (then nothing after it)."""
+    results: list[bytes | str] = []
+    with retrieve.instance_file(instance) as path:
+        for _kind, params, _row in todo:
+            try:
+                results.append(_render(path=path, frame=FRAME, params=params))
+            except rendering.NoImage as exc:
+                results.append(exc.reason)
+                break
+            except ValueError as exc:  # the image's attributes out of range for the renderer
+                results.append(f"{type(exc).__name__}: {exc}")
+                break
+            except OSError:
+                raise
+            except Exception as exc:
+                # A renderer bug must not become a task failing on every new
+                # arrival in the series: record it (with the trace in the log).
+                logger.exception("rendering %s failed unexpectedly", instance.sop_instance_uid)
+                results.append(f"unexpected {type(exc).__name__}: {exc}")
+                break
+    return results
+
+
+def _store(instance: Instance, *, tier: str, kind: str, params: RenditionParams, data: bytes) -> None:
+    if kind == Rendition.Kind.PREVIEW and params.max_size and _longest_side(data) < params.max_size:
+        # The cap did not shrink it: the bytes are those of the full-size
+        # image, which is what WADO-RS ``rendered`` asks for by default.
+        params = _full_size(params)
+    sha256 = hashlib.sha256(data).hexdigest()
+    series, study = instance.series, instance.series.study
+    relpath = storage.derived_relpath(
+        study_uid=study.study_instance_uid,
+        series_uid=series.series_instance_uid,
+        sop_uid=instance.sop_instance_uid,
+        frame=FRAME,
+        kind=kind,
+        sha256=sha256,
+        extension=_EXTENSIONS[params.media_type],
+    )
+    # The file first, durable, then its row: a crash leaves at worst an
+    # unindexed file that the next run adopts (same bytes, same name).
+    storage.place_bytes(data, tier, relpath)
+    with transaction.atomic():
+        Rendition.objects.update_or_create(
+            instance=instance,
+            frame=FRAME,
+            kind=kind,
+            params_key=params_key(params),
+            tier=tier,
+            defaults={
+                "renderer_version": RENDERER_VERSION,
+                "media_type": params.media_type,
+                "path": relpath,
+                "sha256": sha256,
+                "size": len(data),
+                "reason": "",
+            },
+        )
+
+
+def _record_failure(instance: Instance, *, tier: str, kind: str, params: RenditionParams, reason: str) -> None:
+    logger.warning("%s cannot be rendered, not trying again: %s", instance.sop_instance_uid, reason)
+    with transaction.atomic():
+        Rendition.objects.update_or_create(
+            instance=instance,
+            frame=FRAME,
+            kind=kind,
+            params_key=params_key(params),
+            tier=tier,
+            defaults={
+                "renderer_version": RENDERER_VERSION,
+                "media_type": params.media_type,
+                "path": "",
+                "sha256": "",
+                "size": 0,
+                "reason": reason[:2000] or "the image cannot be rendered",
+            },
+        )
+
+
+def _longest_side(data: bytes) -> int:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        return max(image.size)
+
+
+def series_renditions_due(*, study_pk: int) -> list[int]:
+    """The series of a study with an instance that has neither its renditions
+    nor a failure row for the current renderer version (new arrivals)."""
+    current = Rendition.objects.filter(instance=OuterRef("pk"), frame=FRAME, renderer_version=RENDERER_VERSION)
+    done = Q(Exists(current.exclude(reason=""))) | (
+        Q(Exists(current.filter(kind=Rendition.Kind.PREVIEW)))
+        & Q(Exists(current.filter(kind=Rendition.Kind.THUMBNAIL)))
+    )
+    due = Instance.objects.filter(series__study_id=study_pk).exclude(done)
+    return sorted(set(due.values_list("series_id", flat=True)))
+
+
+def rendition_get(*, instance: Instance, frame: int, kind: str, params: RenderParamsLike) -> bytes | None:
+    """The stored rendition of ``instance`` made with exactly ``params``; None
+    when there is none, or its file is missing or does not hash as recorded
+    (the caller renders on demand then)."""
+    tier = storage.facility_tier(instance.facility.code)
+    row = (
+        Rendition.objects.filter(
+            instance=instance, frame=frame, kind=kind, params_key=params_key(params), tier=tier, reason=""
+        )
+        .only("tier", "path", "sha256")
+        .first()
+    )
+    if row is None:
+        return None
+    try:
+        fh = storage.open_copy(row.tier, row.path)
+        if fh is None:
+            logger.warning("rendition %s is missing from its tier", row)
+            return None
+        with fh:
+            data = fh.read()
+    except storage.StorageError as exc:
+        logger.error("rendition %s unreadable: %s", row, exc)
+        return None
+    if hashlib.sha256(data).hexdigest() != row.sha256:
+        logger.error("rendition %s does not match its recorded SHA-256", row)
+        return None
+    return data
