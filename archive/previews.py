@@ -33,6 +33,7 @@ from django.db.models import Exists, OuterRef, Q
 
 from . import rendering, retrieve, storage
 from .models import Instance, Rendition
+from .render_isolated import render_isolated
 
 logger = logging.getLogger(__name__)
 
@@ -110,26 +111,23 @@ def _full_size(params: RenditionParams) -> RenditionParams:
 def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
     """One frame of the file at ``path`` rendered: the one call site of the renderer.
 
-    Raises :class:`archive.rendering.NoImage` for anything that cannot be rendered.
+    In a worker process (:mod:`archive.render_isolated`), so that a decoder
+    that crashes or hangs becomes :class:`archive.rendering.NoImage` (a
+    failure row) instead of a Celery worker lost and the message redelivered.
     """
-    # Until archive.render_isolated lands, the renderer runs in this process.
-    from pydicom import dcmread
+    return render_isolated(
+        path=path,
+        frame=frame,
+        media_type=params.media_type,
+        quality=params.quality,
+        window=params.window,
+        viewport=params.viewport,
+        max_size=params.max_size,
+    )
 
-    with open(path, "rb") as fh:
-        try:
-            ds = dcmread(fh, stop_before_pixels=True)
-        except Exception as exc:  # the file passed ingestion; whatever is wrong now is the image's
-            raise rendering.NoImage(f"the file cannot be read: {type(exc).__name__}: {exc}") from None
-        return rendering.render_frame(
-            ds=ds,
-            source=fh,
-            frame=frame,
-            media_type=params.media_type,
-            quality=params.quality,
-            window=params.window,
-            viewport=params.viewport,
-            max_size=params.max_size,
-        )
+
+class RenditionsIncomplete(Exception):
+    """Some renditions could not be made now for a reason that may pass (worth a retry)."""
 
 
 @dataclass
@@ -141,7 +139,7 @@ class RenditionCounts:
     kept: int = 0  # already stored with the current parameters
     failed: int = 0  # instances found unrenderable now (one failure row each)
     known_failures: int = 0  # instances skipped: recorded as unrenderable by this renderer version
-    unavailable: int = 0  # instances with no readable copy now (the task retries)
+    unavailable: int = 0  # instances not rendered now: no readable copy, no render worker (retried)
 
 
 def _stored_intact(row: Rendition) -> bool:
@@ -168,8 +166,9 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
     ------
     archive.storage.StorageError
         A rendition could not be stored (the others were).
-    archive.retrieve.NotAvailable
-        Some instance had no readable copy (the others were done).
+    RenditionsIncomplete
+        Some instance had no readable copy, or no render worker could be
+        started (the others were done).
     """
     counts = RenditionCounts()
     instances = retrieve.instances_with_copies(
@@ -200,8 +199,11 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
             continue
         try:
             rendered = _render_all(instance, todo)
-        except retrieve.NotAvailable as exc:
-            logger.error("renditions of %s: %s", instance.sop_instance_uid, exc)
+        except (retrieve.NotAvailable, RuntimeError) as exc:
+            # No readable copy now, or no render worker could be started
+            # (render_isolated turns everything about the image itself into
+            # NoImage): not the image's fault, so no failure row; retried.
+            logger.error("renditions of %s not made now: %s", instance.sop_instance_uid, exc)
             counts.unavailable += 1
             transient = exc
             continue
@@ -217,7 +219,7 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
                 counts.remade += 1
     logger.info("renditions of series %s: %s", series_pk, counts)
     if transient is not None:
-        raise transient
+        raise RenditionsIncomplete(f"{counts.unavailable} instance(s) left for later: {transient}") from transient
     return counts
 
 
@@ -233,14 +235,6 @@ def _render_all(instance: Instance, todo: list[tuple[str, RenditionParams, Rendi
                 break
             except ValueError as exc:  # the image's attributes out of range for the renderer
                 results.append(f"{type(exc).__name__}: {exc}")
-                break
-            except OSError:
-                raise
-            except Exception as exc:
-                # A renderer bug must not become a task failing on every new
-                # arrival in the series: record it (with the trace in the log).
-                logger.exception("rendering %s failed unexpectedly", instance.sop_instance_uid)
-                results.append(f"unexpected {type(exc).__name__}: {exc}")
                 break
     return results
 

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
-from . import ingest, previews, retrieve, storage
+from . import ingest, previews, storage
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
 @shared_task(
     name="archive.tasks.series_renditions_make",
     acks_late=True,
-    # Transient only: the database, a tier, a copy that cannot be read now.
-    # An image that cannot be rendered is recorded by the service and never
-    # raised, so it is never retried.
-    autoretry_for=(OperationalError, InterfaceError, storage.StorageError, retrieve.NotAvailable),
+    # Transient only: the database, a tier, a copy that cannot be read or a
+    # render worker that cannot be started now. An image that cannot be
+    # rendered (NoImage, a decoder crash) is recorded by the service as a
+    # failure row and never raised, so it is never retried.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError, previews.RenditionsIncomplete),
     retry_backoff=30,
     retry_backoff_max=900,
     max_retries=5,

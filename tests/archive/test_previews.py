@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from archive import previews, rendering, retrieve, storage
+from archive import previews, render_isolated, rendering, retrieve, storage
 from archive.ingest import instance_ingest
 from archive.models import Instance, Rendition, Series
 from archive.previews import PREVIEW, THUMBNAIL, RenditionParams, params_key, rendition_get, series_renditions_make
@@ -145,25 +145,39 @@ def test_an_object_without_image_is_recorded_once_and_not_tried_again(
     assert Rendition.objects.count() == 2
 
 
-def test_a_crashing_renderer_is_recorded_not_raised(db, region, ct_study: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_crashing_decoder_is_recorded_once(db, region, ct_study: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
     _ingest(ct_study[:1], region.facility)
 
-    def crash(**kwargs: object) -> bytes:
-        raise RuntimeError("decoder bug")
+    def crash(**kwargs: object) -> bytes:  # what render_isolated says when its worker process dies
+        raise rendering.NoImage(render_isolated.CRASHED)
 
     monkeypatch.setattr(previews, "_render", crash)
-    counts = series_renditions_make(series_pk=_series_pks()[0])
-    assert counts.failed == 1 and "RuntimeError: decoder bug" in Rendition.objects.get().reason
+    series_pk = _series_pks()[0]
+    assert series_renditions_make(series_pk=series_pk).failed == 1
+    assert Rendition.objects.get().reason == render_isolated.CRASHED
+    assert series_renditions_make(series_pk=series_pk).known_failures == 1
+
+
+def test_no_render_worker_is_transient_not_a_failure(db, region, ct_study: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _ingest(ct_study[:1], region.facility)
+
+    def no_worker(**kwargs: object) -> bytes:
+        raise RuntimeError("a render worker could not be started")
+
+    monkeypatch.setattr(previews, "_render", no_worker)
+    with pytest.raises(previews.RenditionsIncomplete):
+        series_renditions_make(series_pk=_series_pks()[0])
+    assert not Rendition.objects.exists()
+    monkeypatch.undo()
+    assert series_renditions_make(series_pk=_series_pks()[0]).made == 2
 
 
 def test_an_unreadable_instance_is_retried_and_the_others_done(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    from archive.retrieve import NotAvailable
-
     _ingest(ct_study[:3], region.facility)
     lost = Instance.objects.order_by("instance_number").first()
     copy = lost.copies.get()
     storage.absolute_path(copy.tier, copy.path).unlink()
-    with pytest.raises(NotAvailable):
+    with pytest.raises(previews.RenditionsIncomplete):
         series_renditions_make(series_pk=_series_pks()[0])
     assert Rendition.objects.count() == 4 and not Rendition.objects.filter(instance=lost).exists()
 
