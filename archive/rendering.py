@@ -66,6 +66,7 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _NO_PIXELS = "the object has no pixel data (it is not an image)"
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 _RLE = "1.2.840.10008.1.2.5"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _SAMPLE_LIMIT = 1 << 20  # values looked at for the automatic window
 _CHUNK = 1 << 20  # pixels per block when the pipeline is computed per pixel
 _SQUARE_TOLERANCE = 0.01  # aspect ratios closer to 1 than this are square
@@ -270,9 +271,20 @@ def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
     # pydicom's own RLE decoder: pylibjpeg-rle panics (uncatchably) on a corrupt stream.
     options: dict[str, Any] = {"decoding_plugin": "pydicom"} if syntax == _RLE else {}
     try:
-        if source is not None:
+        if source is not None and syntax != _DEFLATED:
             source.seek(0)
-            return pixel_array(source, index=index, **options)
+            try:
+                return pixel_array(source, index=index, **options)
+            except Exception as exc:
+                # pixel_array's own light parser trips over files whose transfer syntax lies
+                # about their VR encoding (pydicom's SC_rgb_jpeg.dcm, image_dfl.dcm): read the
+                # data set properly and try once more, as below.
+                logger.debug("pixel_array from the file failed (%s); reading it whole", exc)
+        if source is not None:  # deflated or mis-declared data sets are read whole
+            from pydicom import dcmread
+
+            source.seek(0)
+            ds = dcmread(source, force=True)
         return pixel_array(ds, index=index, **options)
     except AttributeError as exc:
         if "no 'Pixel Data'" in str(exc):
@@ -568,19 +580,46 @@ def _to_8bit(arr: np.ndarray, top: int) -> np.ndarray:
 
 
 def _palette(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """PS3.3 C.7.6.3.1.5 / C.7.9: indices through the red, green and blue tables."""
-    import numpy as np
-    from pydicom.pixels import apply_color_lut
+    """PS3.3 C.7.6.3.1.5 / C.7.9: indices through the red, green and blue tables.
 
-    rgb = apply_color_lut(arr, ds)[..., :3]  # an alpha table, if any, is not shown
-    bits = 16
-    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
-    if descriptor is not None:
-        bits = int(descriptor[2])
-    top = (1 << bits) - 1
-    if rgb.max(initial=0) > top:  # an 8-bit descriptor over 16-bit entries
-        top = 65535
-    return _to_8bit(rgb.astype(np.uint16) if rgb.dtype.kind != "f" else rgb, top)
+    Plain tables are looked up here: pydicom's ``apply_color_lut`` keeps the
+    clipped indices in the entries' dtype, so an 8-bit table of more than 256
+    entries would wrap them. Segmented tables (C.7.9.2) are left to pydicom.
+    """
+    import numpy as np
+
+    if "RedPaletteColorLookupTableData" not in ds:
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(arr, ds)[..., :3]  # an alpha table, if any, is not shown
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        top = 65535 if bits == 16 or rgb.max(initial=0) > 255 else 255
+        return _to_8bit(rgb, top)
+    little = _little_endian(ds)
+    channels = []
+    for colour in ("Red", "Green", "Blue"):
+        descriptor = [int(v) for v in ds[f"{colour}PaletteColorLookupTableDescriptor"].value]
+        entries = descriptor[0] or 65536
+        first = descriptor[1]
+        if int(ds.get("PixelRepresentation", 0) or 0) == 1 and first >= 0x8000:
+            first -= 0x10000
+        data = ds[f"{colour}PaletteColorLookupTableData"].value
+        if not isinstance(data, bytes | bytearray):
+            table = np.asarray(data, dtype=np.uint16)
+        elif len(data) == entries:  # 8-bit entries packed one per byte
+            table = np.frombuffer(data, dtype=np.uint8)
+        else:  # one 16-bit word per entry, whatever the descriptor's bits
+            table = np.frombuffer(data, dtype="<u2" if little else ">u2")[:entries]
+        if len(table) < entries:
+            raise NoImage(f"the {colour.lower()} palette holds {len(table)} entries, its descriptor says {entries}")
+        # Entries hold ``bits`` bits (8 or 16); an 8-bit descriptor over 16-bit values is read as 16.
+        top = (1 << descriptor[2]) - 1
+        if int(table.max(initial=0)) > top:
+            top = 65535
+        table8 = _to_8bit(table, top)
+        index = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
+        channels.append(table8[index])
+    return np.stack(channels, axis=-1)
 
 
 def _display(arr: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
