@@ -343,3 +343,10 @@ def rendition_get(*, instance: Instance, frame: int, kind: str, params: RenderPa
         logger.error("rendition %s does not match its recorded SHA-256", row)
         return None
     return data
+
+
+def rendition_for_request(*, instance: Instance, frame: int, params: RenderParamsLike) -> bytes | None:
+    """:func:`rendition_get` for an on-demand request: a thumbnail when it asks
+    for the thumbnail size, else a preview (the parameters decide the match)."""
+    kind = Rendition.Kind.THUMBNAIL if params.max_size == rendering.THUMBNAIL_SIZE else Rendition.Kind.PREVIEW
+    return rendition_get(instance=instance, frame=frame, kind=kind, params=params)

@@ -1,5 +1,6 @@
 """Rendered resources and thumbnails: image/jpeg or image/png through :mod:`archive.rendering`,
-run in a worker process by :mod:`archive.render_isolated`.
+run in a worker process by :mod:`archive.render_isolated`, or the preview or thumbnail stored
+after ingestion (:mod:`archive.previews`) when the request's parameters produced it.
 
 Rendered study/series: multipart/related with the first frame of each
 renderable instance; rendered instance: its first frame.
@@ -14,6 +15,7 @@ from typing import Any
 
 from .. import rendering
 from ..models import Instance
+from ..previews import rendition_for_request
 from ..render_isolated import render_isolated
 from ..retrieve import NotAvailable, instance_file
 from .media import DicomwebError, MediaRange, _type_matches
@@ -99,6 +101,9 @@ def _viewport(text: str) -> rendering.Viewport:
 def render_instance(instance: Instance, frame: int, params: RenderParams) -> bytes:
     """One frame of an instance rendered (in a worker process: a decoder that crashes or
     hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be rendered."""
+    stored = rendition_for_request(instance=instance, frame=frame, params=params)
+    if stored is not None:  # rendered after ingestion with exactly these parameters
+        return stored
     try:
         with instance_file(instance) as path:
             return render_isolated(

@@ -22,7 +22,11 @@ from archive.models import Instance, Rendition, Series
 from archive.previews import PREVIEW, THUMBNAIL, RenditionParams, params_key, rendition_get, series_renditions_make
 from archive.sample_data import CT, SR, US_MULTIFRAME, PatientInfo, bundled_dataset, fresh_copy, write_study
 from archive.tasks import series_renditions_make as series_renditions_task
+from tests import dicomweb_helpers as helpers
 from tests.conftest import wait_until
+from tests.dicomweb_helpers import uids
+
+reader = helpers.reader  # a fixture, found by its name in this module
 
 
 def _ingest(paths: list[Path], facility) -> None:  # type: ignore[no-untyped-def]
@@ -266,3 +270,31 @@ def test_derived_paths_are_built_from_checked_values_only() -> None:
         }
         with pytest.raises(storage.StorageError):
             storage.derived_relpath(**{**args, **bad})  # type: ignore[arg-type]
+
+
+def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
+    client, region, ct_study: list[Path], reader, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from archive.dicomweb import rendered
+
+    _ingest(ct_study[:3], region.facility)
+    series_renditions_make(series_pk=_series_pks()[0])
+    study, series, sop = uids(ct_study[0])
+    url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    instance = Instance.objects.get(sop_instance_uid=sop)
+    thumb = _file(Rendition.objects.get(instance=instance, kind="thumbnail")).read_bytes()
+    preview = _file(Rendition.objects.get(instance=instance, kind="preview")).read_bytes()
+
+    def no_rendering(**kwargs: object) -> bytes:
+        raise rendering.NoImage("rendered on demand")
+
+    monkeypatch.setattr(rendered, "render_isolated", no_rendering)
+    response = client.get(url + "/thumbnail", **reader.auth)
+    assert response.status_code == 200 and response.content == thumb
+    response = client.get(url + "/rendered", **reader.auth)
+    assert response.status_code == 200 and response.content == preview
+    assert client.get(f"/dicomweb/studies/{study}/series/{series}/thumbnail", **reader.auth).content == thumb
+    # Other parameters are rendered on demand (here: refused by the stand-in renderer).
+    for other in ("/rendered?quality=50", "/rendered?window=40,400", "/thumbnail?viewport=64,64"):
+        assert client.get(url + other, **reader.auth).status_code == 406, other
+    assert client.get(url + "/rendered", HTTP_ACCEPT="image/png", **reader.auth).status_code == 406
