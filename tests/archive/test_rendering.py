@@ -460,3 +460,24 @@ def test_every_bundled_image_renders_or_fails_for_its_documented_reason(path: Pa
     with open(path, "rb") as fh:
         header = dcmread(fh, force=True, stop_before_pixels=True)
         assert np.array_equal(render_array(ds=header, source=fh, frame=frames[-1]), rendered[-1])
+
+
+def test_float_pixel_data_gets_the_automatic_window() -> None:
+    ds = _gray(np.zeros((1, 4), dtype=np.uint16))
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    del ds.PixelRepresentation
+    ds.FloatPixelData = np.array([[-1.5, 0.0, 1.5, 3.0]], dtype="<f4").tobytes()
+    out = _row(ds)
+    assert out[0] == 0 and out[-1] == 255 and out == sorted(out)
+
+
+@pytest.mark.parametrize("name", [COMPRESSED["1.2.840.10008.1.2.5"], COMPRESSED["1.2.840.10008.1.2.4.50"]])
+def test_a_cut_compressed_stream_is_no_image(name: str) -> None:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = dcmread(bundled_path(name))
+    (frame,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:40]])
+    with pytest.raises(NoImage, match="cannot be decoded"):
+        render_frame(ds=ds)
