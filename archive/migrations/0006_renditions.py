@@ -5,33 +5,66 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('archive', '0005_name_index_statistics'),
+        ("archive", "0005_name_index_statistics"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Rendition',
+            name="Rendition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('frame', models.PositiveIntegerField(default=1, verbose_name='fotogramma')),
-                ('kind', models.CharField(choices=[('preview', 'anteprima'), ('thumbnail', 'miniatura')], max_length=16, verbose_name='tipo')),
-                ('params_key', models.CharField(max_length=64, verbose_name='parametri')),
-                ('renderer_version', models.CharField(max_length=16, verbose_name='versione del renderer')),
-                ('media_type', models.CharField(blank=True, max_length=32, verbose_name='tipo di contenuto')),
-                ('tier', models.CharField(max_length=64, verbose_name='livello')),
-                ('path', models.CharField(blank=True, max_length=512, verbose_name='percorso')),
-                ('sha256', models.CharField(blank=True, max_length=64, verbose_name='SHA-256')),
-                ('size', models.BigIntegerField(default=0, verbose_name='dimensione (byte)')),
-                ('reason', models.TextField(blank=True, help_text="Vuoto se l'immagine è stata prodotta.", verbose_name='motivo del fallimento')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='creato il')),
-                ('instance', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='renditions', to='archive.instance', verbose_name='istanza')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("frame", models.PositiveIntegerField(default=1, verbose_name="fotogramma")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("preview", "anteprima"), ("thumbnail", "miniatura")],
+                        max_length=16,
+                        verbose_name="tipo",
+                    ),
+                ),
+                ("params_key", models.CharField(max_length=64, verbose_name="parametri")),
+                ("renderer_version", models.CharField(max_length=16, verbose_name="versione del renderer")),
+                ("media_type", models.CharField(blank=True, max_length=32, verbose_name="tipo di contenuto")),
+                ("tier", models.CharField(max_length=64, verbose_name="livello")),
+                ("path", models.CharField(blank=True, max_length=512, verbose_name="percorso")),
+                ("sha256", models.CharField(blank=True, max_length=64, verbose_name="SHA-256")),
+                ("size", models.BigIntegerField(default=0, verbose_name="dimensione (byte)")),
+                (
+                    "reason",
+                    models.TextField(
+                        blank=True,
+                        help_text="Vuoto se l'immagine è stata prodotta.",
+                        verbose_name="motivo del fallimento",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="creato il")),
+                (
+                    "instance",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="renditions",
+                        to="archive.instance",
+                        verbose_name="istanza",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'immagine derivata',
-                'verbose_name_plural': 'immagini derivate',
-                'constraints': [models.UniqueConstraint(fields=('instance', 'frame', 'kind', 'params_key', 'tier'), name='rendition_unique_params'), models.CheckConstraint(condition=models.Q(models.Q(('reason', ''), _negated=True), models.Q(('path', ''), _negated=True), _connector='OR'), name='rendition_stored_or_failed')],
+                "verbose_name": "immagine derivata",
+                "verbose_name_plural": "immagini derivate",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("instance", "frame", "kind", "params_key", "tier"), name="rendition_unique_params"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("reason", ""), _negated=True),
+                            models.Q(("path", ""), _negated=True),
+                            _connector="OR",
+                        ),
+                        name="rendition_stored_or_failed",
+                    ),
+                ],
             },
         ),
     ]
