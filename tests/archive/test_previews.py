@@ -82,7 +82,8 @@ def test_ingested_study_gets_previews_and_thumbnails_from_the_worker(
 
     wait_until(lambda: succeeded() >= 3, timeout=30, what="three tasks logged as succeeded")
     log = (tmp_path / "worker.log").read_text()
-    assert succeeded() == 3 and log.count("series_renditions_make[") == 6  # received, succeeded
+    # Each received task succeeded (three: more only if a stale message from an earlier test named this study).
+    assert log.count("series_renditions_make[") == 2 * succeeded()
     assert "retry" not in log.lower() and "ERROR" not in log
 
 
