@@ -597,6 +597,7 @@ def _palette(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         return _to_8bit(rgb, top)
     little = _little_endian(ds)
     channels = []
+    indices: dict[tuple[int, int], np.ndarray] = {}
     for colour in ("Red", "Green", "Blue"):
         descriptor = [int(v) for v in ds[f"{colour}PaletteColorLookupTableDescriptor"].value]
         entries = descriptor[0] or 65536
@@ -617,8 +618,9 @@ def _palette(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         if int(table.max(initial=0)) > top:
             top = 65535
         table8 = _to_8bit(table, top)
-        index = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
-        channels.append(table8[index])
+        if (first, entries) not in indices:  # the three tables nearly always share both
+            indices[first, entries] = np.clip(arr.astype(np.int64) - first, 0, entries - 1)
+        channels.append(table8[indices[first, entries]])
     return np.stack(channels, axis=-1)
 
 
