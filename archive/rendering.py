@@ -474,7 +474,8 @@ def _apply_window(x: np.ndarray, window: Window) -> np.ndarray:
 
     c, w = window.center, window.width
     if window.function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        with np.errstate(over="ignore"):  # exp -> inf far below the centre: y -> 0, as it should
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
     if window.function == "LINEAR_EXACT":
         # x <= c - w/2 -> ymin; x > c + w/2 -> ymax; else ((x - c) / w + 0.5)
         return np.clip((x - c) / w + 0.5, 0.0, 1.0)
@@ -497,8 +498,8 @@ def _voi(ds: Dataset, window: Window | None, sample: Callable[[], np.ndarray]) -
     sequence = ds.get("VOILUTSequence")
     if sequence:
         table, first, bits = _lut(sequence[0], ds)
-        # Output range is 2**bits - 1 (C.11.2.1.1); some writers put 16 and fill 12 bits, or
-        # the other way round: never let entries exceed the range.
+        # Output range is 2**bits - 1 (C.11.2.1.1); entries above it (a writer that declared
+        # fewer bits than it filled) widen the range rather than wrap or saturate.
         top = max(float((1 << bits) - 1), float(table.max(initial=0)), 1.0)
         scaled = table / top
         last = len(table) - 1

@@ -481,3 +481,12 @@ def test_a_cut_compressed_stream_is_no_image(name: str) -> None:
     ds.PixelData = encapsulate([frame[:40]])
     with pytest.raises(NoImage, match="cannot be decoded"):
         render_frame(ds=ds)
+
+
+def test_a_steep_sigmoid_far_from_its_centre_is_black_and_white_without_warnings() -> None:
+    import warnings
+
+    ds = _gray(np.array([[0, 65535]], dtype=np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _row(ds, window=Window(30000, 1, "SIGMOID")) == [0, 255]
