@@ -412,6 +412,25 @@ def _render_path(
         )
 
 
+# How a failed allocation reads once a decoder or render_frame has turned it into text:
+# Python's and numpy's MemoryError, C++'s std::bad_alloc (GDCM, CharLS), C libraries' own words.
+_ALLOCATION_FAILURES = ("MemoryError", "Unable to allocate", "bad_alloc", "out of memory", "Cannot allocate memory")
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """render_frame reports a failed allocation as an undecodable frame (a NoImage from
+    ``except Exception``, its context not always kept): tell it from a corrupt stream."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, MemoryError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    reason = str(exc)
+    return any(words in reason for words in _ALLOCATION_FAILURES)
+
+
 def _serve(inbox: Connection, outbox: Connection) -> None:
     """The worker's loop: one task at a time until its input ends."""
     import faulthandler
@@ -430,6 +449,16 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
     import numpy  # noqa: F401  (imported now, not at the first render's expense)
     import PIL.Image  # noqa: F401
     import pydicom.pixels  # noqa: F401
+
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        # Rendering reads a setting or two (never the database: no django.setup()). The
+        # worker's settings are those of the environment it inherited, like the parent's.
+        from django.conf import settings
+
+        try:
+            settings.INSTALLED_APPS  # noqa: B018  (loads the settings module now)
+        except Exception:
+            logger.exception("the render worker cannot load the Django settings")
 
     memory = int(os.environ.get("PACS_RENDER_WORKER_MEMORY") or 0)
     if memory > 0:
@@ -454,8 +483,7 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
         try:
             outcome = ("ok", fn(*args, **kwargs))
         except rendering.NoImage as exc:
-            # render_frame reports a failed allocation as an undecodable frame: say what it was.
-            kind = "memory" if isinstance(exc.__context__, MemoryError) else "noimage"
+            kind = "memory" if _is_allocation_failure(exc) else "noimage"
             outcome = (kind, exc.reason, "")
         except MemoryError as exc:
             outcome = ("memory", f"{type(exc).__name__}: {exc}", "")
