@@ -170,6 +170,34 @@ def test_renders_from_several_threads_share_the_pool(settings) -> None:
     assert pool is not None and len(pool.idle) <= 2
 
 
+def test_a_hang_and_a_crash_cost_only_their_own_renders(settings) -> None:
+    """Unlike a ProcessPoolExecutor, which a dead worker breaks for every caller, one worker
+    dying or hanging leaves the renders in the other workers alone."""
+    settings.PACS_RENDER_WORKERS = 4
+    outcomes: dict[str, object] = {}
+
+    def attempt(label: str, fn, *args, **kwargs) -> None:
+        try:
+            outcomes[label] = run_isolated(fn, *args, **kwargs)
+        except NoImage as exc:
+            outcomes[label] = exc.reason
+
+    jobs = [
+        threading.Thread(target=attempt, args=("hang", time.sleep, 60), kwargs={"timeout": 4}),
+        threading.Thread(target=attempt, args=("crash", signal.raise_signal, signal.SIGSEGV)),
+        threading.Thread(target=attempt, args=("slow", time.sleep, 0.5)),
+    ]
+    for job in jobs:
+        job.start()
+    started = time.monotonic()
+    renders = [render_isolated(path=bundled_path(MR)) for _ in range(5)]
+    assert time.monotonic() - started < 3  # not waiting for the hung worker
+    for job in jobs:
+        job.join(30)
+    assert outcomes == {"hang": isolation.TOO_LONG, "crash": isolation.CRASHED, "slow": None}
+    assert all(Image.open(io.BytesIO(data)).size == (64, 64) for data in renders)
+
+
 def test_a_forked_process_starts_its_own_pool() -> None:
     parent_worker = run_isolated(os.getpid)
     read, write = os.pipe()
