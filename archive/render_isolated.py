@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MEMORY_LIMIT = 2 * 1024 * 1024 * 1024
-DEFAULT_WORKERS = 4
+DEFAULT_WORKERS = 2
 # Renders a worker serves before it is replaced (decoders that leak a little per call).
 TASKS_PER_WORKER = 200
 # A worker that has not finished its imports by then is broken (a cold disk takes seconds, not minutes).

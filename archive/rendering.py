@@ -264,17 +264,42 @@ def _render_image(
 # -- decoding ---------------------------------------------------------------------------------
 
 
+# The decoder tried first for a transfer syntax. RLE: pydicom's own, only
+# (pylibjpeg-rle panics, uncatchably, on a corrupt stream). JPEG-LS and JPEG
+# 2000: CharLS and OpenJPEG before GDCM, which aborts the process on some
+# damaged streams where they raise an error (found by the fuzz test).
+_PREFERRED_PLUGIN = {
+    _RLE: "pydicom",
+    "1.2.840.10008.1.2.4.80": "pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg",
+}
+
+
 def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    # pydicom's own RLE decoder: pylibjpeg-rle panics (uncatchably) on a corrupt stream.
-    options: dict[str, Any] = {"decoding_plugin": "pydicom"} if syntax == _RLE else {}
+    plugin = _PREFERRED_PLUGIN.get(syntax)
+
+    def pixels(src: Any) -> np.ndarray:
+        if plugin is None:
+            return pixel_array(src, index=index)
+        try:
+            return pixel_array(src, index=index, decoding_plugin=plugin)
+        except Exception:
+            if plugin == "pydicom":
+                raise
+            if hasattr(src, "seek"):
+                src.seek(0)
+            return pixel_array(src, index=index)  # the other installed plugins
+
     try:
         if source is not None and syntax != _DEFLATED:
             source.seek(0)
             try:
-                return pixel_array(source, index=index, **options)
+                return pixels(source)
             except Exception as exc:
                 # pixel_array's own light parser trips over files whose transfer syntax lies
                 # about their VR encoding (pydicom's SC_rgb_jpeg.dcm, image_dfl.dcm): read the
@@ -285,7 +310,7 @@ def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
 
             source.seek(0)
             ds = dcmread(source, force=True)
-        return pixel_array(ds, index=index, **options)
+        return pixels(ds)
     except AttributeError as exc:
         if "no 'Pixel Data'" in str(exc):
             raise NoImage(_NO_PIXELS) from None

@@ -349,4 +349,7 @@ PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")
 # address space each worker may use, in bytes; workers per process at most.
 PACS_RENDER_TIMEOUT = env_float("PACS_RENDER_TIMEOUT", 30.0)
 PACS_RENDER_MEMORY_LIMIT = env_int("PACS_RENDER_MEMORY_LIMIT", 2 * 1024 * 1024 * 1024)
-PACS_RENDER_WORKERS = env_int("PACS_RENDER_WORKERS", 4)
+PACS_RENDER_WORKERS = env_int("PACS_RENDER_WORKERS", 2)
+# The largest rendered image, in pixels: a larger one (a whole mammogram asked
+# for at full size) is scaled down before it is encoded.
+PACS_RENDER_MAX_PIXELS = env_int("PACS_RENDER_MAX_PIXELS", 4096 * 4096)
