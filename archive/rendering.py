@@ -313,6 +313,9 @@ def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
         return pixels(ds)
     except AttributeError as exc:
         if "no 'Pixel Data'" in str(exc):
+            if "Rows" in ds or "PixelData" in ds:
+                # The header describes an image whose pixel data could not be found: damaged.
+                raise NoImage("the pixel data is damaged or truncated and cannot be read") from None
             raise NoImage(_NO_PIXELS) from None
         raise NoImage(f"the pixel data cannot be decoded: {exc}") from None
     except Exception as exc:
