@@ -20,20 +20,20 @@ cannot be rendered leaves one failure row and is not tried again until
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
 from . import rendering, retrieve, storage
 from .models import Instance, Rendition
-from .render_isolated import render_isolated
+from .render_isolated import render_with
 
 logger = logging.getLogger(__name__)
 
@@ -46,28 +46,8 @@ FRAME = 1
 _EXTENSIONS = {rendering.JPEG: "jpg", rendering.PNG: "png"}
 
 
-class RenderParamsLike(Protocol):
-    """What a rendering request asks for (``archive.dicomweb.rendered.RenderParams`` is one)."""
-
-    @property
-    def media_type(self) -> str: ...
-    @property
-    def quality(self) -> int: ...
-    @property
-    def window(self) -> rendering.Window | None: ...
-    @property
-    def viewport(self) -> rendering.Viewport | None: ...
-    @property
-    def max_size(self) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class RenditionParams:
-    media_type: str = rendering.JPEG
-    quality: int = rendering.DEFAULT_QUALITY
-    window: rendering.Window | None = None
-    viewport: rendering.Viewport | None = None
-    max_size: int | None = None
+# What a rendition is made with: the same choices as any rendering request.
+RenditionParams = rendering.RenderParams
 
 
 PREVIEW = RenditionParams(max_size=PREVIEW_MAX_SIZE)
@@ -75,7 +55,7 @@ THUMBNAIL = RenditionParams(max_size=rendering.THUMBNAIL_SIZE)
 _MADE = ((Rendition.Kind.PREVIEW, PREVIEW), (Rendition.Kind.THUMBNAIL, THUMBNAIL))
 
 
-def params_key(params: RenderParamsLike) -> str:
+def params_key(params: rendering.RenderParams) -> str:
     """A short name for everything that shapes a rendered image, renderer version included.
 
     ``jpg-q90-s128-wdefault-r1`` is a JPEG of quality 90, longest side at most
@@ -99,13 +79,7 @@ def params_key(params: RenderParamsLike) -> str:
 
 
 def _full_size(params: RenditionParams) -> RenditionParams:
-    return RenditionParams(
-        media_type=params.media_type,
-        quality=params.quality,
-        window=params.window,
-        viewport=params.viewport,
-        max_size=None,
-    )
+    return dataclasses.replace(params, max_size=None)
 
 
 def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
@@ -115,15 +89,7 @@ def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
     that crashes or hangs becomes :class:`archive.rendering.NoImage` (a
     failure row) instead of a Celery worker lost and the message redelivered.
     """
-    return render_isolated(
-        path=path,
-        frame=frame,
-        media_type=params.media_type,
-        quality=params.quality,
-        window=params.window,
-        viewport=params.viewport,
-        max_size=params.max_size,
-    )
+    return render_with(path=path, frame=frame, params=params)
 
 
 class RenditionsIncomplete(Exception):
@@ -258,26 +224,17 @@ def _store(instance: Instance, *, tier: str, kind: str, params: RenditionParams,
     # The file first, durable, then its row: a crash leaves at worst an
     # unindexed file that the next run adopts (same bytes, same name).
     storage.place_bytes(data, tier, relpath)
-    with transaction.atomic():
-        Rendition.objects.update_or_create(
-            instance=instance,
-            frame=FRAME,
-            kind=kind,
-            params_key=params_key(params),
-            tier=tier,
-            defaults={
-                "renderer_version": RENDERER_VERSION,
-                "media_type": params.media_type,
-                "path": relpath,
-                "sha256": sha256,
-                "size": len(data),
-                "reason": "",
-            },
-        )
+    _row_save(instance, tier=tier, kind=kind, params=params, path=relpath, sha256=sha256, size=len(data), reason="")
 
 
 def _record_failure(instance: Instance, *, tier: str, kind: str, params: RenditionParams, reason: str) -> None:
     logger.warning("%s cannot be rendered, not trying again: %s", instance.sop_instance_uid, reason)
+    reason = reason[:2000] or "the image cannot be rendered"
+    _row_save(instance, tier=tier, kind=kind, params=params, path="", sha256="", size=0, reason=reason)
+
+
+def _row_save(instance: Instance, *, tier: str, kind: str, params: RenditionParams, **fields: object) -> None:
+    """The rendition's row, a stored file or a failure, for the current renderer version."""
     with transaction.atomic():
         Rendition.objects.update_or_create(
             instance=instance,
@@ -285,14 +242,7 @@ def _record_failure(instance: Instance, *, tier: str, kind: str, params: Renditi
             kind=kind,
             params_key=params_key(params),
             tier=tier,
-            defaults={
-                "renderer_version": RENDERER_VERSION,
-                "media_type": params.media_type,
-                "path": "",
-                "sha256": "",
-                "size": 0,
-                "reason": reason[:2000] or "the image cannot be rendered",
-            },
+            defaults={"renderer_version": RENDERER_VERSION, "media_type": params.media_type, **fields},
         )
 
 
@@ -315,7 +265,7 @@ def series_renditions_due(*, study_pk: int) -> list[int]:
     return sorted(set(due.values_list("series_id", flat=True)))
 
 
-def rendition_get(*, instance: Instance, frame: int, kind: str, params: RenderParamsLike) -> bytes | None:
+def rendition_get(*, instance: Instance, frame: int, kind: str, params: rendering.RenderParams) -> bytes | None:
     """The stored rendition of ``instance`` made with exactly ``params``; None
     when there is none, or its file is missing or does not hash as recorded
     (the caller renders on demand then)."""
@@ -345,7 +295,7 @@ def rendition_get(*, instance: Instance, frame: int, kind: str, params: RenderPa
     return data
 
 
-def rendition_for_request(*, instance: Instance, frame: int, params: RenderParamsLike) -> bytes | None:
+def rendition_for_request(*, instance: Instance, frame: int, params: rendering.RenderParams) -> bytes | None:
     """:func:`rendition_get` for an on-demand request: a thumbnail when it asks
     for the thumbnail size, else a preview (the parameters decide the match)."""
     kind = Rendition.Kind.THUMBNAIL if params.max_size == rendering.THUMBNAIL_SIZE else Rendition.Kind.PREVIEW

@@ -117,6 +117,19 @@ def limits() -> Limits:
     )
 
 
+def render_with(*, path: Path, frame: int, params: rendering.RenderParams) -> bytes:
+    """:func:`render_isolated` with the caller's choices in one :class:`~archive.rendering.RenderParams`."""
+    return render_isolated(
+        path=path,
+        frame=frame,
+        media_type=params.media_type,
+        quality=params.quality,
+        window=params.window,
+        viewport=params.viewport,
+        max_size=params.max_size,
+    )
+
+
 def render_isolated(
     *,
     path: Path,

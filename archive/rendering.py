@@ -99,6 +99,17 @@ class Viewport:
     region: tuple[int, int, int, int] | None = None
 
 
+@dataclass(frozen=True)
+class RenderParams:
+    """Everything a caller chooses about a rendered frame (the options of :func:`render_frame`)."""
+
+    media_type: str = JPEG
+    quality: int = DEFAULT_QUALITY
+    window: Window | None = None
+    viewport: Viewport | None = None
+    max_size: int | None = None
+
+
 def number_of_frames(ds: Dataset) -> int:
     try:
         return max(1, int(ds.get("NumberOfFrames") or 1))

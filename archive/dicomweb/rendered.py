@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from .. import rendering
 from ..models import Instance
 from ..previews import rendition_for_request
-from ..render_isolated import render_isolated
+from ..render_isolated import render_with
+from ..rendering import RenderParams
 from ..retrieve import NotAvailable, instance_file
 from .media import DicomwebError, MediaRange, _type_matches
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
 from .scope import Scope, instance_url
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RenderParams:
-    media_type: str = rendering.JPEG
-    quality: int = rendering.DEFAULT_QUALITY
-    window: rendering.Window | None = None
-    viewport: rendering.Viewport | None = None
-    max_size: int | None = None
 
 
 def rendered_media_type(ranges: list[MediaRange]) -> str:
@@ -106,15 +97,7 @@ def render_instance(instance: Instance, frame: int, params: RenderParams) -> byt
         return stored
     try:
         with instance_file(instance) as path:
-            return render_isolated(
-                path=path,
-                frame=frame,
-                media_type=params.media_type,
-                quality=params.quality,
-                window=params.window,
-                viewport=params.viewport,
-                max_size=params.max_size,
-            )
+            return render_with(path=path, frame=frame, params=params)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
     except rendering.NoImage as exc:

@@ -289,7 +289,7 @@ def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
     def no_rendering(**kwargs: object) -> bytes:
         raise rendering.NoImage("rendered on demand")
 
-    monkeypatch.setattr(rendered, "render_isolated", no_rendering)
+    monkeypatch.setattr(rendered, "render_with", no_rendering)
     response = client.get(url + "/thumbnail", **reader.auth)
     assert response.status_code == 200 and response.content == thumb
     response = client.get(url + "/rendered", **reader.auth)
