@@ -384,6 +384,19 @@ def _peer_may(peer: Peer, right: str) -> bool:
     return peer.node is None or bool(getattr(peer.node, right))
 
 
+# Responses a C-FIND may have queued for sending before it waits for the socket:
+# enough to keep the connection busy, few enough that memory does not grow with
+# the number of matches and that a C-CANCEL stops the answer within this many.
+_FIND_QUEUE_AHEAD = 32
+
+
+def _keep_pace(assoc: Association) -> None:
+    """Wait while the association's sending queue is full (or until it ends)."""
+    queue = assoc.dul.to_provider_queue
+    while queue.qsize() >= _FIND_QUEUE_AHEAD and assoc.is_established:
+        time.sleep(0.0005)
+
+
 def _identifier(event: Any) -> tuple[Dataset | None, str]:
     try:
         return event.identifier, ""
@@ -416,6 +429,7 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         encoding = (ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
         results = query_run(identifier, level=level, root=root, limit=limit + 1, encoding=encoding)
         for result in results:
+            _keep_pace(event.assoc)
             if event.is_cancelled:
                 outcome, final = AuditEvent.Outcome.WARNING, _status(CANCEL)
                 detail["cancelled"] = True
