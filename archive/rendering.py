@@ -307,6 +307,11 @@ def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
             return pixel_array(src, index=index)  # the other installed plugins
 
     try:
+        if source is not None and number_of_frames(ds) > 1:
+            single = _frame_alone(source, index, syntax)
+            if single is not None:
+                index = 0  # the frame is the only one now (pixels() reads index when called)
+                return pixels(single)
         if source is not None and syntax != _DEFLATED:
             source.seek(0)
             try:
@@ -339,6 +344,38 @@ def _decode(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
     # A transfer syntax without an installed decoder, a truncated frame...
     reason = " ".join(str(error).split())[:300] or type(error).__name__
     raise NoImage(f"the pixel data cannot be decoded: {reason}") from None
+
+
+def _frame_alone(source: BinaryIO, index: int, syntax: str) -> Dataset | None:
+    """One frame of an encapsulated multi-frame file as a single-frame data set,
+    reading only that frame's fragments: pixel_array would read the whole
+    compressed pixel data (all the frames of a cine clip) to decode one.
+    None when the file is not encapsulated or its fragments cannot be told apart."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, get_frame
+    from pydicom.uid import UID
+
+    if not syntax or not UID(syntax).is_encapsulated or syntax == _DEFLATED:
+        return None
+    try:
+        source.seek(0)
+        header = dcmread(source, defer_size=1024)
+        element = header.get_item(0x7FE00010)
+        # Where the value starts: a deferred element's file_tell (value_tell when still raw).
+        offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+        frames = number_of_frames(header)
+        if offset is None or frames < 2:
+            return None
+        source.seek(offset)
+        data = get_frame(source, index, number_of_frames=frames)
+    except Exception as exc:  # left to the whole-file path, which reports the reason
+        logger.debug("frame %d not read alone: %s", index + 1, exc)
+        return None
+    del header.PixelData
+    header.NumberOfFrames = 1
+    header.PixelData = encapsulate([data])
+    header["PixelData"].VR = "OB"
+    return header
 
 
 def _decode_jpeg_extended(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:

@@ -490,3 +490,25 @@ def test_a_steep_sigmoid_far_from_its_centre_is_black_and_white_without_warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _row(ds, window=Window(30000, 1, "SIGMOID")) == [0, 255]
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"),
+    [("examples_ybr_color.dcm", 17), ("SC_rgb_rle_16bit_2frame.dcm", 2), ("SC_rgb_rle_2frame.dcm", 2)],
+)
+def test_a_frame_read_alone_renders_as_from_the_whole_file(name: str, frame: int) -> None:
+    """A frame of an encapsulated multi-frame file is decoded from its own fragments only;
+    the result is the frame pixel_array gives from the whole pixel data."""
+    from pydicom.data import get_testdata_file
+
+    from archive import rendering
+
+    path = get_testdata_file(name)
+    whole = dcmread(path)
+    header = dcmread(path, stop_before_pixels=True)
+    with open(path, "rb") as fh:
+        alone = rendering.render_array(ds=header, source=fh, frame=frame)
+    expected = rendering.render_array(ds=whole, frame=frame)
+    assert np.array_equal(alone, expected)
+    with open(path, "rb") as fh:
+        assert rendering._frame_alone(fh, frame - 1, str(header.file_meta.TransferSyntaxUID)) is not None
