@@ -359,19 +359,19 @@ def _frame_alone(source: BinaryIO, index: int, syntax: str) -> Dataset | None:
         return None
     try:
         source.seek(0)
-        header = dcmread(source, defer_size=1024)
-        element = header.get_item(0x7FE00010)
-        # Where the value starts: a deferred element's file_tell (value_tell when still raw).
-        offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+        # Stops at the Pixel Data element's tag: encapsulated pixel data has an
+        # undefined length, which pydicom would read whole even when deferring.
+        header = dcmread(source, stop_before_pixels=True)
+        position = source.tell()
+        element = source.read(12)  # tag, VR, 2 reserved bytes, length (explicit VR little endian)
         frames = number_of_frames(header)
-        if offset is None or frames < 2:
+        if element[:4] != b"\xe0\x7f\x10\x00" or element[8:12] != b"\xff\xff\xff\xff" or frames < 2:
             return None
-        source.seek(offset)
+        source.seek(position + 12)
         data = get_frame(source, index, number_of_frames=frames)
     except Exception as exc:  # left to the whole-file path, which reports the reason
         logger.debug("frame %d not read alone: %s", index + 1, exc)
         return None
-    del header.PixelData
     header.NumberOfFrames = 1
     header.PixelData = encapsulate([data])
     header["PixelData"].VR = "OB"
