@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import BinaryIO
 
@@ -249,15 +250,8 @@ def place_bytes(data: bytes, tier: str, relpath: str) -> bool:
 
     Returns True when this call created the file, False when it was there.
     """
-    fh, tmp_path = new_incoming_file()
-    try:
-        with fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        raise _storage_error(exc, f"writing {relpath}") from exc
+    tmp_path = incoming_dir() / f"{uuid.uuid4().hex}.part"
+    write_new_file(tmp_path, data)
     return place_file(tmp_path, tier, relpath)
 
 

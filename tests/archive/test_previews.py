@@ -17,21 +17,15 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from archive import previews, render_isolated, rendering, retrieve, storage
-from archive.ingest import instance_ingest
 from archive.models import Instance, Rendition, Series
 from archive.previews import PREVIEW, THUMBNAIL, RenditionParams, params_key, rendition_get, series_renditions_make
 from archive.sample_data import CT, SR, US_MULTIFRAME, PatientInfo, bundled_dataset, fresh_copy, write_study
 from archive.tasks import series_renditions_make as series_renditions_task
 from tests import dicomweb_helpers as helpers
 from tests.conftest import wait_until
-from tests.dicomweb_helpers import uids
+from tests.dicomweb_helpers import ingest_files, uids
 
 reader = helpers.reader  # a fixture, found by its name in this module
-
-
-def _ingest(paths: list[Path], facility) -> None:  # type: ignore[no-untyped-def]
-    for path in paths:
-        instance_ingest(path=path, facility=facility, owned=False)
 
 
 def _file(row: Rendition) -> Path:
@@ -58,7 +52,7 @@ def test_ingested_study_gets_previews_and_thumbnails_from_the_worker(
     study_uid = dcmread(ct_study[0], stop_before_pixels=True).StudyInstanceUID
     # The same study also holds a structured report: no image, one failure row.
     sr = write_study(tmp_path / "sr", patient=patient, source=SR, instances_per_series=1, study_uid=str(study_uid))
-    _ingest([*ct_study, *sr], region.facility)
+    ingest_files([*ct_study, *sr], region.facility)
 
     def settled() -> bool:
         return Rendition.objects.filter(reason="").count() == 12 and Rendition.objects.exclude(reason="").exists()
@@ -88,7 +82,7 @@ def test_ingested_study_gets_previews_and_thumbnails_from_the_worker(
 
 
 def test_running_again_does_nothing(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study, region.facility)
+    ingest_files(ct_study, region.facility)
     first, second = _series_pks()
     assert previews.series_renditions_due(study_pk=Series.objects.get(pk=first).study_id) == [first, second]
     counts = series_renditions_make(series_pk=first)
@@ -105,7 +99,7 @@ def test_running_again_does_nothing(db, region, ct_study: list[Path]) -> None:  
 
 
 def test_a_missing_or_damaged_file_is_made_again(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study, region.facility)
+    ingest_files(ct_study, region.facility)
     series_pk = _series_pks()[0]
     series_renditions_make(series_pk=series_pk)
     gone, damaged = Rendition.objects.filter(instance__series_id=series_pk).order_by("pk")[:2]
@@ -125,7 +119,7 @@ def test_a_missing_or_damaged_file_is_made_again(db, region, ct_study: list[Path
 def test_an_object_without_image_is_recorded_once_and_not_tried_again(
     db, region, patient: PatientInfo, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    _ingest(write_study(tmp_path, patient=patient, source=SR, instances_per_series=1), region.facility)
+    ingest_files(write_study(tmp_path, patient=patient, source=SR, instances_per_series=1), region.facility)
     series_pk = _series_pks()[0]
     counts = series_renditions_make(series_pk=series_pk)
     assert (counts.failed, counts.made) == (1, 0)
@@ -151,7 +145,7 @@ def test_an_object_without_image_is_recorded_once_and_not_tried_again(
 
 
 def test_a_crashing_decoder_is_recorded_once(db, region, ct_study: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study[:1], region.facility)
+    ingest_files(ct_study[:1], region.facility)
 
     def crash(**kwargs: object) -> bytes:  # what render_isolated says when its worker process dies
         raise rendering.NoImage(render_isolated.CRASHED)
@@ -164,7 +158,7 @@ def test_a_crashing_decoder_is_recorded_once(db, region, ct_study: list[Path], m
 
 
 def test_no_render_worker_is_transient_not_a_failure(db, region, ct_study: list[Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study[:1], region.facility)
+    ingest_files(ct_study[:1], region.facility)
 
     def no_worker(**kwargs: object) -> bytes:
         raise RuntimeError("a render worker could not be started")
@@ -178,7 +172,7 @@ def test_no_render_worker_is_transient_not_a_failure(db, region, ct_study: list[
 
 
 def test_an_unreadable_instance_is_retried_and_the_others_done(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study[:3], region.facility)
+    ingest_files(ct_study[:3], region.facility)
     lost = Instance.objects.order_by("instance_number").first()
     copy = lost.copies.get()
     storage.absolute_path(copy.tier, copy.path).unlink()
@@ -189,7 +183,7 @@ def test_an_unreadable_instance_is_retried_and_the_others_done(db, region, ct_st
 
 def test_multiframe_preview_is_the_first_frame(db, region, patient: PatientInfo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     paths = write_study(tmp_path, patient=patient, source=US_MULTIFRAME, instances_per_series=1)
-    _ingest(paths, region.facility)
+    ingest_files(paths, region.facility)
     assert series_renditions_make(series_pk=_series_pks()[0]).made == 2
     preview = Rendition.objects.get(kind="preview")
     assert preview.frame == 1
@@ -208,7 +202,7 @@ def test_a_large_image_gets_a_capped_preview(db, region, patient: PatientInfo, t
     ds = fresh_copy(ds, patient=patient, study_uid=generate_uid(), series_uid=generate_uid())
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
-    _ingest([path], region.facility)
+    ingest_files([path], region.facility)
     series_renditions_make(series_pk=_series_pks()[0])
     preview = Rendition.objects.get(kind="preview")
     assert preview.params_key == "jpg-q90-s1024-wdefault-r1"
@@ -220,7 +214,7 @@ def test_a_large_image_gets_a_capped_preview(db, region, patient: PatientInfo, t
 
 
 def test_rendition_get_answers_only_for_matching_parameters(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    _ingest(ct_study[:1], region.facility)
+    ingest_files(ct_study[:1], region.facility)
     series_renditions_make(series_pk=_series_pks()[0])
     instance = Instance.objects.get()
     thumb = Rendition.objects.get(kind="thumbnail")
@@ -278,7 +272,7 @@ def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
 ) -> None:  # type: ignore[no-untyped-def]
     from archive.dicomweb import rendered
 
-    _ingest(ct_study[:3], region.facility)
+    ingest_files(ct_study[:3], region.facility)
     series_renditions_make(series_pk=_series_pks()[0])
     study, series, sop = uids(ct_study[0])
     url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"

@@ -16,10 +16,10 @@ from pydicom.tag import Tag
 from pynetdicom.dsutils import decode, encode
 
 from archive import sample_data
-from archive.ingest import instance_ingest
 from archive.models import Patient, Study
 from archive.query import QueryError, query_json, query_run, retrieve_instances
 from archive.sample_data import PatientInfo, write_study
+from tests.dicomweb_helpers import ingest_files
 
 
 @dataclass
@@ -27,11 +27,6 @@ class Archive:
     a: str  # ROSSI^MARIO, CT, 2019-05-10 10:15, 2 series x 2
     b: str  # ROSSI^MARIA, MR, 2020-06-01 16:40, 1 series x 3
     c: str  # BIANCHI^LUCA, CT + SR, 2021-01-15, Gorizia
-
-
-def _ingest(paths: list[Path], facility) -> None:  # type: ignore[no-untyped-def]
-    for path in paths:
-        instance_ingest(path=path, facility=facility, owned=False)
 
 
 @pytest.fixture
@@ -75,9 +70,9 @@ def archive(region, tmp_path: Path) -> Archive:  # type: ignore[no-untyped-def]
         accession_number="ACC3",
         study_date=dt.date(2021, 1, 15),
     )
-    _ingest(a, region.facility)
-    _ingest(b, region.facility)
-    _ingest(c, region.other_facility)
+    ingest_files(a, region.facility)
+    ingest_files(b, region.facility)
+    ingest_files(c, region.other_facility)
     return Archive(a=_study_uid(a), b=_study_uid(b), c=c_uid)
 
 
