@@ -23,7 +23,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,6 +110,20 @@ _FAILURE_STATUS = {
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+
+
+# Modality Worklist C-FIND is answered from the bookings, which the archive does
+# not import (DESIGN.md: booking depends on archive, not the reverse): the
+# booking app registers the function that answers when Django starts.
+# It is called as ``source(identifier, facility=..., calling_ae=...)`` and
+# yields the matching worklist items as data sets.
+WorklistSource = Callable[..., Iterator[Dataset]]
+_worklist_source: WorklistSource | None = None
+
+
+def worklist_source_register(source: WorklistSource | None) -> None:
+    global _worklist_source
+    _worklist_source = source
 
 
 def _status(code: int, comment: str = "") -> Dataset:

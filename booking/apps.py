@@ -1,7 +1,22 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class BookingConfig(AppConfig):
     name = "booking"
+    verbose_name = _("Prenotazioni CUP")
+
+    def ready(self) -> None:
+        # The archive answers Modality Worklist queries and announces new
+        # studies without importing this app (DESIGN.md: dependencies point
+        # down); the hooks are connected here.
+        from archive.dimse import worklist_source_register
+        from archive.signals import study_instances_received
+
+        from .tasks import study_match_enqueue
+        from .worklist import worklist_find
+
+        worklist_source_register(worklist_find)
+        study_instances_received.connect(study_match_enqueue, dispatch_uid="booking.match")

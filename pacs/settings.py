@@ -228,7 +228,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "booking:home"
 
 LANGUAGE_CODE = "it"
 LANGUAGES = [("it", "Italiano"), ("en", "English")]
@@ -240,6 +241,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until collectstatic made it
+STATICFILES_DIRS = [BASE_DIR / "pacs" / "static"]
+# Without collectstatic (tests, a checkout run by hand) WhiteNoise serves from the finders.
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
@@ -304,6 +308,9 @@ LOGGING = {
 # Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
 # "out of resources" and QIDO-RS with a Warning header (narrow the query).
 PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
+# IssuerOfPatientID for a PatientID that is a codice fiscale: HL7 Italia's OID
+# of the codice fiscale namespace. The worklist hands it to the modalities.
+PACS_PATIENT_ID_ISSUER = env_str("PACS_PATIENT_ID_ISSUER", "2.16.840.1.113883.2.9.4.3.2")
 
 # --- REST API and DICOMweb ------------------------------------------------------
 REST_FRAMEWORK = {

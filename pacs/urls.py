@@ -5,11 +5,15 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from archive.urls import api_urlpatterns, dicomweb_urlpatterns
+from booking.api import urlpatterns as booking_api_urlpatterns
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    path("cup/", include("booking.urls")),
     path("dicomweb/", include(dicomweb_urlpatterns)),
     path("api/", include(api_urlpatterns)),
+    path("api/cup/", include(booking_api_urlpatterns)),
 ]

@@ -1,0 +1,9 @@
+"""The CUP's staff pages, under /cup/."""
+
+from __future__ import annotations
+
+from .views import urlpatterns as _cup_pages
+from .views_reconciliation import urlpatterns as _reconciliation_pages
+
+app_name = "booking"
+urlpatterns = [*_cup_pages, *_reconciliation_pages]
