@@ -4,6 +4,8 @@ choice with the consent behind it, and the queue of studies to reconcile."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -71,8 +73,8 @@ class Station(models.Model):
     slot_minutes = models.PositiveSmallIntegerField(
         _("durata dello slot (minuti)"), default=20, validators=[MinValueValidator(5), MaxValueValidator(240)]
     )
-    opens_at = models.TimeField(_("apertura"), default="08:00")
-    closes_at = models.TimeField(_("chiusura"), default="18:00")
+    opens_at = models.TimeField(_("apertura"), default=dt.time(8, 0))
+    closes_at = models.TimeField(_("chiusura"), default=dt.time(18, 0))
     active = models.BooleanField(_("attiva"), default=True)
 
     class Meta:
