@@ -91,9 +91,10 @@ def patient_create(
     if sex not in ("M", "F"):
         raise BookingError(_("Il sesso è M o F, come nel codice fiscale."), field="sex")
     decoded = _cf.decode(code)
-    if decoded["sex"] != sex:
+    if decoded["gender"] != sex:
         raise BookingError(
-            _("Il codice fiscale %(code)s è di una persona di sesso %(sex)s.") % {"code": code, "sex": decoded["sex"]},
+            _("Il codice fiscale %(code)s è di una persona di sesso %(sex)s.")
+            % {"code": code, "sex": decoded["gender"]},
             field="sex",
         )
     if decoded["birthdate"].date() != birth_date:

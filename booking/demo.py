@@ -1,0 +1,155 @@
+"""The CUP's part of the demo region: the procedure catalogue, a modality room
+per demo modality node at every facility, accession number prefixes, the
+information text on online delivery, and a few bookings.
+
+Called by ``manage.py load_demo`` after the archive's demo (archive/demo.py);
+safe to run again: rows are found by their natural keys, and the demo
+bookings by their external identifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from django.db import transaction
+from django.utils import timezone
+
+from archive.models import Facility, Patient, Study
+
+from . import services
+from .models import AccessionSequence, Booking, ConsentText, DistributionChoice, Procedure, Station
+
+logger = logging.getLogger(__name__)
+
+CATALOGUE = Path(__file__).resolve().parent / "data" / "procedures.csv"
+
+# (AE title, room name, modality, slot minutes): the modality nodes archive/demo.py
+# registers at every facility; their AE title is the ScheduledStationAETitle.
+STATIONS = [
+    ("CT01", "TC 1", "CT", 20),
+    ("MR01", "RM 1", "MR", 30),
+    ("US01", "Ecografia 1", "US", 20),
+    ("NM01", "Medicina nucleare 1", "NM", 40),
+]
+
+CONSENT_VERSION = "2026-01"
+CONSENT_TITLE = "Informativa sulla consegna online di referti e immagini (DPCM 8 agosto 2013, art. 3)"
+CONSENT_BODY = """\
+Gentile paziente,
+su sua richiesta il referto firmato digitalmente e le immagini dell'esame possono esserle consegnati \
+online, sul Fascicolo Sanitario Elettronico (FSE), invece che su CD da ritirare presso il presidio.
+
+- La consegna online avviene solo con il suo consenso esplicito, che può revocare in ogni momento \
+prima della pubblicazione del referto, tornando al ritiro del CD.
+- Referto e immagini restano disponibili online per 45 giorni dalla pubblicazione (Garante per la \
+protezione dei dati personali, Linee guida in tema di referti on-line, 2009); dopo tale periodo \
+potrà chiederne copia al presidio.
+- Potrà scaricare le immagini in qualità diagnostica (DICOM) o come JPEG, e vedere chi ha consultato \
+i suoi dati.
+- Il referto resta comunque disponibile in forma cartacea su richiesta.
+"""
+
+
+def _prefix(facility: Facility) -> str:
+    """TS-CAT → TSCA: four letters or digits of the facility's code."""
+    return "".join(c for c in facility.code if c.isalnum())[:4]
+
+
+def demo_load() -> None:
+    loaded = services.procedures_load_csv(CATALOGUE.read_text(encoding="utf-8"))
+    with transaction.atomic():
+        ConsentText.objects.get_or_create(
+            version=CONSENT_VERSION,
+            defaults={
+                "title": CONSENT_TITLE,
+                "body": CONSENT_BODY,
+                "published_at": timezone.make_aware(dt.datetime(2026, 1, 1)),
+            },
+        )
+        for facility in Facility.objects.all():
+            AccessionSequence.objects.get_or_create(facility=facility, defaults={"prefix": _prefix(facility)})
+            for ae, name, modality, minutes in STATIONS:
+                Station.objects.get_or_create(
+                    facility=facility,
+                    ae_title=ae,
+                    defaults={"name": name, "modality": modality, "slot_minutes": minutes},
+                )
+    _demo_bookings()
+    logger.info("CUP demo: %d procedures added, %d updated", loaded.created, loaded.updated)
+
+
+# (patient's codice fiscale in archive/demo.py order, facility, station, procedure, days ahead, hour, delivery)
+_UPCOMING = [
+    (0, "TS-CAT", "CT01", "87.41.1", 1, 9, DistributionChoice.Delivery.ONLINE),
+    (1, "UD-SMM", "MR01", "88.91.1", 2, 10, DistributionChoice.Delivery.CD),
+    (2, "PN-SMA", "US01", "88.72.2", 1, 11, DistributionChoice.Delivery.ONLINE),
+    (3, "GO-SG", "NM01", "92.18.6", 3, 8, DistributionChoice.Delivery.CD),
+]
+
+
+def _demo_bookings() -> None:
+    from archive import demo as archive_demo
+
+    people = [Patient.objects.filter(codice_fiscale=p.codice_fiscale).first() for p in archive_demo.PATIENTS]
+    for n, (pi, facility_code, ae, code, days, hour, delivery) in enumerate(_UPCOMING):
+        external_id = f"demo-{n}"
+        patient = people[pi]
+        if patient is None or Booking.objects.filter(external_id=external_id).exists():
+            continue
+        station = Station.objects.get(facility__code=facility_code, ae_title=ae)
+        day = timezone.localdate() + dt.timedelta(days=days)
+        free = [s for s in services.station_free_slots(station=station, day=day) if s.hour >= hour]
+        if not free:
+            continue
+        services.booking_create(
+            patient=patient,
+            procedure=Procedure.objects.get(code=code),
+            station=station,
+            scheduled_at=free[0],
+            delivery=delivery,
+            consent_given=delivery == DistributionChoice.Delivery.ONLINE,
+            channel=Booking.Channel.AUTHORITY_CUP,
+            user=None,
+            recorded_by_name="demo",
+            external_id=external_id,
+            clinical_question="Controllo (prenotazione dimostrativa)",
+        )
+    _demo_performed_booking()
+
+
+def _demo_performed_booking() -> None:
+    """A booking behind the first demo study, made before the study: the
+    post-ingest matching links the two, so the demo shows a performed exam.
+
+    Past appointments cannot be booked through the services (a date in the
+    past is refused), so this one row is written directly.
+    """
+    study = Study.objects.filter(accession_number="TSCAT240000").select_related("patient", "facility").first()
+    if study is None or study.patient.provisional or Booking.objects.filter(external_id="demo-done").exists():
+        return
+    station = Station.objects.get(facility=study.facility, ae_title="CT01")
+    with transaction.atomic():
+        booking = Booking.objects.create(
+            accession_number=study.accession_number,
+            study_instance_uid=study.study_instance_uid,
+            patient=study.patient,
+            facility=study.facility,
+            procedure=Procedure.objects.get(code="87.41"),
+            station=station,
+            scheduled_at=timezone.make_aware(dt.datetime.combine(study.study_date or timezone.localdate(), dt.time(8))),
+            channel=Booking.Channel.REGIONAL_CUP,
+            external_id="demo-done",
+            clinical_question="Dispnea da sforzo, fumatore: escludere lesioni polmonari.",
+        )
+        services._record_status(booking, Booking.Status.BOOKED, system="demo")
+        services._choice_add(
+            booking,
+            delivery=DistributionChoice.Delivery.ONLINE,
+            consent_text=services.consent_text_current(),
+            consent_given=True,
+            channel=Booking.Channel.REGIONAL_CUP,
+            user=None,
+            recorded_by_name="demo",
+        )
