@@ -41,8 +41,15 @@ class Command(BaseCommand):
                 f"                TCP_NODELAY=1 getscu -S -aec {first.ae_title} -od . -k QueryRetrieveLevel=STUDY "
                 f"-k StudyInstanceUID=<uid> {dicom_host} {settings.PACS_DICOM_PORT}"
             )
+        w(f"  CUP:      http://{host}:{port}/cup/  (booking desk: log in as cup; studies to reconcile: archivista)")
+        if first:
+            w(
+                f"          worklist: TCP_NODELAY=1 findscu -W -aet CT01 -aec {first.ae_title} "
+                f"-k ScheduledProcedureStepSequence[0].Modality=CT -k PatientName -k AccessionNumber "
+                f"{dicom_host} {settings.PACS_DICOM_PORT}"
+            )
         w(f"  DICOMweb: http://{host}:{port}/dicomweb/  (QIDO-RS, WADO-RS, STOW-RS; staff login or API token)")
-        w(f"  API:      http://{host}:{port}/api/schema/swagger/")
+        w(f"  API:      http://{host}:{port}/api/schema/swagger/  (external CUP systems: /api/cup/, token)")
         w(f"  Logins (kept in {demo.credentials_path()}):")
         for username, _first, _last, _group, role in demo.ACCOUNTS:
             if username in creds:

@@ -1,0 +1,41 @@
+"""The CUP's part of the demo region."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from archive.models import Facility, Study
+from booking.models import AccessionSequence, Booking, ConsentText, DistributionChoice, Procedure, Station
+
+
+def test_load_demo_gives_every_facility_a_cup_and_is_idempotent(db: None) -> None:
+    call_command("load_demo", stdout=StringIO())
+    facilities = Facility.objects.count()
+    assert Procedure.objects.count() >= 30
+    assert Station.objects.filter(modality="CT").count() == facilities
+    prefixes = set(AccessionSequence.objects.values_list("prefix", flat=True))
+    assert len(prefixes) == facilities  # regionally unique accession numbers
+    assert ConsentText.objects.filter(version="2026-01").exists()
+    upcoming = Booking.objects.filter(status=Booking.Status.BOOKED, external_id__startswith="demo-").exclude(
+        external_id="demo-done"
+    )
+    assert upcoming.count() == 4
+    deliveries = {b.current_choice().delivery for b in upcoming}  # type: ignore[union-attr]
+    assert deliveries == {DistributionChoice.Delivery.ONLINE, DistributionChoice.Delivery.CD}
+    # The first demo study has its booking, for the matching to link.
+    done = Booking.objects.get(external_id="demo-done")
+    study = Study.objects.get(accession_number=done.accession_number)
+    assert done.patient_id == study.patient_id and done.study_instance_uid == study.study_instance_uid
+
+    bookings = Booking.objects.count()
+    call_command("load_demo", stdout=StringIO())
+    assert Booking.objects.count() == bookings
+
+    users = get_user_model().objects
+    assert users.get(username="cup").has_perm("booking.add_booking")
+    assert users.get(username="cup-regionale").has_perm("booking.change_booking")
+    assert users.get(username="archivista").has_perm("booking.reconcile_study")
+    assert not users.get(username="radiologo").has_perm("booking.add_booking")
