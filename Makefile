@@ -29,6 +29,7 @@ install-test: $(VENV)/.installed-test
 
 system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 run: install
 	$(BIN)/python manage.py migrate --noinput

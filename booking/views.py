@@ -1,13 +1,359 @@
-"""CUP operator pages: placeholder until the pages land."""
+"""CUP operator pages: find or register a patient, book an exam on a free slot
+with the distribution choice and its consent, change the choice, cancel, print
+the receipt.
+
+The views only translate: form input into service calls, ``BookingError`` into
+a message on the form field at fault, and every page that shows a patient's
+data into an ``AuditEvent``.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_http_methods, require_POST
+
+from archive.audit import audit_record
+from archive.models import Facility, Patient
+
+from . import services
+from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
+from .models import Booking, ConsentText, DistributionChoice, Procedure, Station
+from .receipt import booking_receipt_pdf
+
+logger = logging.getLogger(__name__)
+
+VIEW_PERMS = ("booking.view_booking", "archive.view_patient")
 
 
+def _perms(*extra: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Logged in (else the login page), then the permissions (else 403)."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        return login_required(permission_required((*VIEW_PERMS, *extra), raise_exception=True)(view))
+
+    return decorate
+
+
+def _source(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+# The services name their inputs; where a page collects one under another name,
+# this says which form field the message belongs to.
+_FIELD_ALIASES = {"scheduled_at": "slot", "station": "slot"}
+
+
+def _add_service_error(form: forms.Form, err: services.BookingError) -> None:
+    field = _FIELD_ALIASES.get(err.field or "", err.field)
+    form.add_error(field if field in form.fields else None, err.message)
+
+
+def _consent_shown(version: str) -> ConsentText | None:
+    """The information text the page showed the patient, else the one in force."""
+    return ConsentText.objects.filter(version=version).first() if version else services.consent_text_current()
+
+
+def _audit_patient_view(request: HttpRequest, patient: Patient, action: str, **detail: Any) -> None:
+    audit_record(action=action, user=request.user, patient=patient, source=_source(request), detail=detail or None)
+
+
+# --- home and patients ------------------------------------------------------------
+
+
+@_perms()
 def home(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("CUP")
+    day_form = DayForm(request.GET or None, initial={"day": timezone.localdate()})
+    facility: Facility | None = None
+    day = timezone.localdate()
+    if day_form.is_bound and day_form.is_valid():
+        facility = day_form.cleaned_data["facility"]
+        day = day_form.cleaned_data["day"] or day
+    bookings = services.bookings_for_day(facility=facility, day=day) if facility is not None else []
+    for patient in {b.patient_id: b.patient for b in bookings}.values():
+        _audit_patient_view(
+            request, patient, "cup.booking.list", facility=facility.code if facility else "", day=day.isoformat()
+        )
+    return render(
+        request,
+        "booking/home.html",
+        {
+            "search_form": PatientSearchForm(),
+            "day_form": day_form,
+            "facility": facility,
+            "day": day,
+            "bookings": bookings,
+        },
+    )
 
 
-urlpatterns = [path("", home, name="home")]
+@_perms()
+def patient_search(request: HttpRequest) -> HttpResponse:
+    form = PatientSearchForm(request.GET or None)
+    patients: list[Patient] = []
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        found: QuerySet[Patient] = Patient.objects.filter(provisional=False)
+        if data["codice_fiscale"]:
+            found = found.filter(codice_fiscale=data["codice_fiscale"])
+        else:
+            found = found.filter(family_name__istartswith=data["family_name"].strip(), birth_date=data["birth_date"])
+        patients = list(found.order_by("family_name", "given_name")[:50])
+        for patient in patients:
+            _audit_patient_view(request, patient, "cup.patient.search")
+    create_query = urlencode(
+        {k: v for k, v in request.GET.items() if k in ("codice_fiscale", "family_name", "birth_date") and v}
+    )
+    return render(
+        request,
+        "booking/patient_search.html",
+        {"form": form, "patients": patients, "create_url": f"{reverse('booking:patient_create')}?{create_query}"},
+    )
+
+
+@_perms("archive.add_patient")
+@require_http_methods(["GET", "POST"])
+def patient_create(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = PatientCreateForm(request.POST)
+        if form.is_valid():
+            try:
+                patient = services.patient_create(**form.cleaned_data, user=request.user, source=_source(request))
+            except services.BookingError as err:
+                _add_service_error(form, err)
+            else:
+                messages.success(request, _("Paziente %(name)s registrato.") % {"name": patient})
+                return redirect("booking:patient_detail", pk=patient.pk)
+    else:
+        initial = {k: request.GET.get(k, "") for k in ("codice_fiscale", "family_name", "birth_date")}
+        form = PatientCreateForm(initial={k: v for k, v in initial.items() if v})
+    return render(request, "booking/patient_create.html", {"form": form})
+
+
+@_perms()
+def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    patient = get_object_or_404(Patient, pk=pk)
+    bookings = (
+        patient.bookings.select_related("facility", "procedure", "station")
+        .prefetch_related("choices")
+        .order_by("-scheduled_at")
+    )
+    rows = [(b, max(b.choices.all(), key=lambda c: c.version, default=None)) for b in bookings]
+    _audit_patient_view(request, patient, "cup.patient.view")
+    return render(request, "booking/patient_detail.html", {"patient": patient, "rows": rows})
+
+
+# --- booking -----------------------------------------------------------------------
+
+
+def _stations_with_slots(*, procedure: Procedure, facility: Facility, day: dt.date) -> list[tuple[Station, list[Any]]]:
+    stations = Station.objects.filter(facility=facility, modality=procedure.modality, active=True).order_by("name")
+    return [(s, services.station_free_slots(station=s, day=day)) for s in stations]
+
+
+@_perms("booking.add_booking")
+@require_http_methods(["GET", "POST"])
+def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """Step 1 (GET with the search, "Cerca disponibilità") then step 2 (POST, "Prenota")."""
+    patient = get_object_or_404(Patient, pk=pk)
+    params = request.POST if request.method == "POST" else request.GET
+    search = SlotSearchForm(params if "procedure" in params else None, autofocus=request.method == "GET")
+    context: dict[str, Any] = {"patient": patient, "search": search, "consent": services.consent_text_current()}
+    if not (search.is_bound and search.is_valid()):
+        _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
+        return render(request, "booking/booking_new.html", context)
+
+    procedure: Procedure = search.cleaned_data["procedure"]
+    facility: Facility = search.cleaned_data["facility"]
+    day: dt.date = search.cleaned_data["day"]
+    station_slots = _stations_with_slots(procedure=procedure, facility=facility, day=day)
+    stations = [s for s, _slots in station_slots]
+    if request.method == "POST":
+        form = BookingForm(request.POST, stations=stations)
+        if form.is_valid():
+            station, scheduled_at = form.cleaned_data["slot"]
+            data = form.cleaned_data
+            try:
+                booking = services.booking_create(
+                    patient=patient,
+                    procedure=procedure,
+                    station=station,
+                    scheduled_at=scheduled_at,
+                    delivery=data["delivery"],
+                    consent_given=data["consent_given"],
+                    consent_text=_consent_shown(data["consent_version"])
+                    if data["delivery"] == DistributionChoice.Delivery.ONLINE
+                    else None,
+                    channel=data["channel"],
+                    nre=data["nre"],
+                    contact_phone=data["contact_phone"],
+                    contact_email=data["contact_email"],
+                    clinical_question=data["clinical_question"],
+                    referring_physician=data["referring_physician"],
+                    user=request.user,
+                    source=_source(request),
+                )
+            except services.BookingError as err:
+                _add_service_error(form, err)
+                if isinstance(err, services.SlotTaken):
+                    # Someone else got there first: offer what is free now.
+                    station_slots = _stations_with_slots(procedure=procedure, facility=facility, day=day)
+            else:
+                messages.success(
+                    request, _("Prenotazione registrata: accession number %(acc)s.") % {"acc": booking.accession_number}
+                )
+                return redirect("booking:booking_detail", accession=booking.accession_number)
+    else:
+        form = BookingForm(stations=stations, initial={"delivery": ""})
+    _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
+    selected = form.data.get("slot", "") if form.is_bound else ""
+    context.update(
+        {
+            "procedure": procedure,
+            "facility": facility,
+            "day": day,
+            "station_slots": [
+                (s, [(f"{s.pk}|{timezone.localtime(t).isoformat()}", timezone.localtime(t)) for t in slots])
+                for s, slots in station_slots
+            ],
+            "selected_slot": selected,
+            "form": form,
+            "step1_url": f"{request.path}?{urlencode({'procedure': procedure.pk, 'facility': facility.pk, 'day': day.isoformat()})}",
+        }
+    )
+    return render(request, "booking/booking_slots.html", context)
+
+
+def _booking(accession: str) -> Booking:
+    return get_object_or_404(
+        Booking.objects.select_related("patient", "facility", "procedure", "station", "operator"),
+        accession_number=accession,
+    )
+
+
+def _render_booking(
+    request: HttpRequest, booking: Booking, *, choice_form: ChoiceForm | None = None, status: int = 200
+) -> HttpResponse:
+    current = booking.current_choice()
+    if choice_form is None:
+        choice_form = ChoiceForm(
+            initial={"delivery": current.delivery if current else "", "channel": Booking.Channel.AUTHORITY_CUP}
+        )
+    _audit_patient_view(request, booking.patient, "cup.booking.view", accession_number=booking.accession_number)
+    return render(
+        request,
+        "booking/booking_detail.html",
+        {
+            "booking": booking,
+            "patient": booking.patient,
+            "current": current,
+            "choices": booking.choices.select_related("consent_text", "recorded_by").order_by("-version"),
+            "history": booking.status_changes.select_related("user").order_by("at", "id"),
+            "choice_form": choice_form,
+            "consent": services.consent_text_current(),
+            "locked": booking.is_choice_locked(),
+            "can_cancel": booking.status in (Booking.Status.BOOKED, Booking.Status.ARRIVED),
+        },
+        status=status,
+    )
+
+
+@_perms()
+def booking_detail(request: HttpRequest, accession: str) -> HttpResponse:
+    return _render_booking(request, _booking(accession))
+
+
+@_perms("booking.change_booking")
+@require_POST
+def booking_choice(request: HttpRequest, accession: str) -> HttpResponse:
+    booking = _booking(accession)
+    form = ChoiceForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        consent = (
+            _consent_shown(data["consent_version"]) if data["delivery"] == DistributionChoice.Delivery.ONLINE else None
+        )
+        try:
+            choice = services.distribution_choose(
+                booking=booking,
+                delivery=data["delivery"],
+                consent_given=data["consent_given"],
+                consent_text=consent,
+                channel=data["channel"],
+                note=data["note"],
+                user=request.user,
+                source=_source(request),
+            )
+        except services.BookingError as err:
+            _add_service_error(form, err)
+        else:
+            messages.success(
+                request,
+                _("Scelta di consegna registrata (versione %(v)d): %(d)s.")
+                % {"v": choice.version, "d": choice.get_delivery_display()},
+            )
+            return redirect("booking:booking_detail", accession=booking.accession_number)
+    return _render_booking(request, booking, choice_form=form, status=400)
+
+
+@_perms("booking.change_booking")
+@require_http_methods(["GET", "POST"])
+def booking_cancel(request: HttpRequest, accession: str) -> HttpResponse:
+    booking = _booking(accession)
+    form = CancelForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.booking_cancel(
+                booking=booking, user=request.user, reason=form.cleaned_data["reason"], source=_source(request)
+            )
+        except services.BookingError as err:
+            _add_service_error(form, err)
+        else:
+            messages.success(request, _("Prenotazione %(acc)s annullata.") % {"acc": booking.accession_number})
+            return redirect("booking:booking_detail", accession=booking.accession_number)
+    _audit_patient_view(request, booking.patient, "cup.booking.view", accession_number=booking.accession_number)
+    return render(
+        request, "booking/booking_cancel.html", {"booking": booking, "patient": booking.patient, "form": form}
+    )
+
+
+@_perms()
+def booking_receipt(request: HttpRequest, accession: str) -> HttpResponse:
+    booking = _booking(accession)
+    pdf = booking_receipt_pdf(booking)
+    audit_record(
+        action="cup.booking.receipt",
+        user=request.user,
+        patient=booking.patient,
+        source=_source(request),
+        detail={"accession_number": booking.accession_number},
+    )
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="ricevuta-{booking.accession_number}.pdf"'
+    return response
+
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("pazienti/", patient_search, name="patient_search"),
+    path("pazienti/nuovo/", patient_create, name="patient_create"),
+    path("pazienti/<int:pk>/", patient_detail, name="patient_detail"),
+    path("pazienti/<int:pk>/prenota/", booking_new, name="booking_new"),
+    path("prenotazioni/<str:accession>/", booking_detail, name="booking_detail"),
+    path("prenotazioni/<str:accession>/consegna/", booking_choice, name="booking_choice"),
+    path("prenotazioni/<str:accession>/annulla/", booking_cancel, name="booking_cancel"),
+    path("prenotazioni/<str:accession>/ricevuta.pdf", booking_receipt, name="booking_receipt"),
+]
