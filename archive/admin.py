@@ -339,6 +339,7 @@ class RemoteNodeInline(admin.TabularInline):
         "can_query",
         "can_retrieve",
         "is_retrieve_destination",
+        "can_worklist",
     )
 
 
@@ -362,8 +363,9 @@ class RemoteNodeAdmin(admin.ModelAdmin):
         "can_query",
         "can_retrieve",
         "is_retrieve_destination",
+        "can_worklist",
     )
-    list_filter = ("facility", "can_store", "can_query", "can_retrieve", "is_retrieve_destination")
+    list_filter = ("facility", "can_store", "can_query", "can_retrieve", "is_retrieve_destination", "can_worklist")
     search_fields = ("ae_title", "host", "description")
     list_select_related = ("facility",)
 

@@ -54,15 +54,15 @@ FACILITIES = [
 # the AE titles DCMTK's tools use by default, so that a newcomer's first
 # `storescu` works.
 NODES = [
-    ("CT01", "Tomografo computerizzato", dict(can_store=True)),
-    ("MR01", "Risonanza magnetica", dict(can_store=True)),
-    ("US01", "Ecografo", dict(can_store=True)),
-    ("NM01", "Gamma camera", dict(can_store=True)),
+    ("CT01", "Tomografo computerizzato", dict(can_store=True, can_worklist=True)),
+    ("MR01", "Risonanza magnetica", dict(can_store=True, can_worklist=True)),
+    ("US01", "Ecografo", dict(can_store=True, can_worklist=True)),
+    ("NM01", "Gamma camera", dict(can_store=True, can_worklist=True)),
     ("RADWS", "Stazione di refertazione", dict(can_query=True, can_retrieve=True, is_retrieve_destination=True)),
     ("STORESCU", "DCMTK storescu", dict(can_store=True)),
     ("DCMSEND", "DCMTK dcmsend", dict(can_store=True)),
     ("ECHOSCU", "DCMTK echoscu", dict(can_store=True)),
-    ("FINDSCU", "DCMTK findscu", dict(can_query=True)),
+    ("FINDSCU", "DCMTK findscu", dict(can_query=True, can_worklist=True)),
     ("GETSCU", "DCMTK getscu", dict(can_query=True, can_retrieve=True)),
     # movescu receives its own C-MOVE on port 11120 (movescu +P 11120 -aem MOVESCU).
     ("MOVESCU", "DCMTK movescu", dict(can_query=True, can_retrieve=True, is_retrieve_destination=True, port=11120)),

@@ -51,6 +51,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -419,9 +420,13 @@ def _identifier(event: Any) -> tuple[Dataset | None, str]:
 
 
 def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """C-FIND SCP, Patient Root and Study Root: matches stream as pending responses."""
+    """C-FIND SCP, Patient Root and Study Root: matches stream as pending responses.
+    Modality Worklist queries go to :func:`_worklist_find`."""
     peer: Peer = event.assoc.pacs_peer
     close_old_connections()
+    if str(event.request.AffectedSOPClassUID) == ModalityWorklistInformationFind:
+        yield from _worklist_find(event, peer)
+        return
     root = QR_MODELS[str(event.request.AffectedSOPClassUID)]
     audit = {"action": "dicom.query", "ae_title": peer.calling_ae, "source": peer.address}
     if not _peer_may(peer, "can_query"):
@@ -470,6 +475,72 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     detail.update(matches=matches, studies=studies)
     _audit_quietly(**audit, outcome=outcome, detail=detail)
     yield final, None
+
+
+def _worklist_find(event: Any, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Modality Worklist C-FIND (PS3.4 K.4.1.3): the registered source answers
+    from the bookings of the called facility; each item is a pending response."""
+    audit = {"action": "dicom.worklist", "ae_title": peer.calling_ae, "source": peer.address}
+    identifier, error = _identifier(event)
+    detail: dict[str, Any] = {"facility": peer.facility.code, "matches": 0}
+    if identifier is not None:
+        detail["keys"] = _worklist_keys(identifier)
+    if not _peer_may(peer, "can_worklist"):
+        _audit_quietly(**audit, outcome=AuditEvent.Outcome.DENIED, detail=detail)
+        yield _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not read the worklist here"), None
+        return
+    source = _worklist_source
+    if source is None:
+        logger.error("worklist C-FIND from %s: no worklist source is registered", peer.calling_ae)
+        _audit_quietly(**audit, outcome=AuditEvent.Outcome.FAILURE, detail={**detail, "error": "no source"})
+        yield _status(UNABLE_TO_PROCESS, "the worklist is not available"), None
+        return
+    limit = settings.PACS_QUERY_MAX_MATCHES
+    matches = 0
+    outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
+    try:
+        if identifier is None:
+            raise QueryError(error)
+        for item in source(identifier, facility=peer.facility, calling_ae=peer.calling_ae):
+            _keep_pace(event.assoc)
+            if event.is_cancelled:
+                outcome, final = AuditEvent.Outcome.WARNING, _status(CANCEL)
+                detail["cancelled"] = True
+                break
+            if matches == limit:
+                outcome = AuditEvent.Outcome.WARNING
+                final = _status(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query")
+                detail["truncated"] = True
+                break
+            matches += 1
+            yield PENDING, item
+    except QueryError as exc:
+        logger.warning("worklist C-FIND from %s refused: %s", peer.calling_ae, exc)
+        outcome, final = AuditEvent.Outcome.FAILURE, _status(IDENTIFIER_MISMATCH, str(exc))
+        detail["error"] = str(exc)
+    except Exception as exc:
+        logger.exception("worklist C-FIND from %s failed", peer.calling_ae)
+        outcome, final = AuditEvent.Outcome.FAILURE, _status(UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
+        detail["error"] = type(exc).__name__
+    detail["matches"] = matches
+    _audit_quietly(**audit, outcome=outcome, detail=detail)
+    yield final, None
+
+
+def _worklist_keys(identifier: Dataset) -> dict[str, str]:
+    """The matching keys of a worklist identifier, those of its Scheduled
+    Procedure Step item included, for the audit log."""
+    keys: dict[str, str] = {}
+    try:
+        for elem in identifier:
+            if elem.VR == "SQ":
+                for item in elem.value[:1]:
+                    keys.update(_worklist_keys(item))
+            elif elem.keyword and elem.keyword != "SpecificCharacterSet" and elem.value not in (None, ""):
+                keys[elem.keyword] = str(elem.value)[:64]
+    except Exception:  # an element pydicom cannot convert: the source refuses it
+        keys["undecodable"] = "yes"
+    return keys
 
 
 class StoredInstance(Dataset):
@@ -763,7 +834,7 @@ def build_ae(ae_title: str) -> AE:
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
     ae.add_supported_context(Verification)
-    for uid in QR_MODELS:
+    for uid in [*QR_MODELS, ModalityWorklistInformationFind]:
         ae.add_supported_context(uid, UncompressedTransferSyntaxes)
     # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
     for cx in AllStoragePresentationContexts:

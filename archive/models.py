@@ -74,6 +74,7 @@ class RemoteNode(models.Model):
     can_query = models.BooleanField(_("può interrogare (C-FIND)"), default=False)
     can_retrieve = models.BooleanField(_("può recuperare (C-MOVE/C-GET)"), default=False)
     is_retrieve_destination = models.BooleanField(_("destinazione di C-MOVE"), default=False)
+    can_worklist = models.BooleanField(_("può leggere la worklist (MWL)"), default=False)
 
     class Meta:
         verbose_name = _("nodo DICOM remoto")
@@ -85,7 +86,9 @@ class RemoteNode(models.Model):
         return f"{self.ae_title}@{self.host}:{self.port} ({self.facility.code})"
 
     def may_associate(self) -> bool:
-        return self.can_store or self.can_query or self.can_retrieve or self.is_retrieve_destination
+        return (
+            self.can_store or self.can_query or self.can_retrieve or self.is_retrieve_destination or self.can_worklist
+        )
 
 
 class Patient(models.Model):

@@ -243,8 +243,12 @@ def _time_q(field: str, value: str, keyword: str) -> Q:
     return q
 
 
-def _attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
-    """The condition for one matching key; None for universal matching."""
+def attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
+    """The condition for one matching key on ``field``; None for universal matching.
+
+    Public for the Modality Worklist (``booking.worklist``), which matches its
+    keys by the same rules on other models.
+    """
     values = _values(raw)
     if not any(values) or values == ["*"] and attr.kind in _WILDCARD_KINDS:
         return None
@@ -334,12 +338,12 @@ def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None) -> QueryS
         if level == PATIENT and attr.level != PATIENT:
             raise QueryError(f"{keyword} is not a PATIENT level key", keyword=keyword)
         if attr.level in paths:
-            q = _attr_q(attr, paths[attr.level] + attr.field, raw, fuzzy=fuzzy)
+            q = attr_q(attr, paths[attr.level] + attr.field, raw, fuzzy=fuzzy)
             if q is not None:
                 conditions &= q
         else:
             # A key of a lower level: some series/instance below must match.
-            q = _attr_q(attr, attr.field, raw, fuzzy=fuzzy)
+            q = attr_q(attr, attr.field, raw, fuzzy=fuzzy)
             if q is not None:
                 below[attr.level] = below.get(attr.level, Q()) & q
     qs = base.filter(conditions)

@@ -42,7 +42,11 @@ def region(db: None) -> Region:
         code="GO-SG", name="Ospedale di Gorizia", authority=asugi, ae_title="GORIZIA_PACS", dicom_port=11113
     )
     for ae in ("STORESCU", "DCMSEND", "MODALITY", "CT01"):
-        RemoteNode.objects.create(facility=cattinara, ae_title=ae, host="127.0.0.1", port=104, can_store=True)
+        RemoteNode.objects.create(
+            facility=cattinara, ae_title=ae, host="127.0.0.1", port=104, can_store=True, can_worklist=ae == "CT01"
+        )
+    # DCMTK findscu's default AE title, reading the worklist only.
+    RemoteNode.objects.create(facility=cattinara, ae_title="FINDSCU", host="127.0.0.1", port=104, can_worklist=True)
     RemoteNode.objects.create(facility=cattinara, ae_title="VIEWER", host="127.0.0.1", port=104, can_query=True)
     RemoteNode.objects.create(facility=gorizia, ae_title="STORESCU", host="127.0.0.1", port=104, can_store=True)
     return Region(authority=asugi, facility=cattinara, other_facility=gorizia)
