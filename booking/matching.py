@@ -268,6 +268,7 @@ def _linked(
     """The booking holds the study: mark it performed and make the study's patient the booking's."""
     if booking.status != Booking.Status.PERFORMED:
         booking_status_set(booking=booking, status=Booking.Status.PERFORMED, user=user, system=system, note=note)
+        booking.status = Booking.Status.PERFORMED
     if study.patient_id != booking.patient_id:
         study_patient_assign(
             study=study,

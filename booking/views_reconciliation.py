@@ -138,6 +138,8 @@ class CompareRow:
     booking: str
     dicom: str
     differs: bool
+    # False for attributes shown for context only (free-text descriptions).
+    compared: bool = True
 
 
 # The header elements shown side by side with the booking.
@@ -258,10 +260,12 @@ def compare_rows(booking: Booking | None, dicom: dict[str, str]) -> list[Compare
         "sex": "sex" in differ,
         "acc": dicom["AccessionNumber"].strip() != booking.accession_number,
         "date": study_day is not None and study_day != scheduled.date(),
-        "description": False,  # free text on both sides: never equal, never a reason
+        "description": False,  # free text on both sides: shown, not compared
         "modality": bool(dicom["Modality"]) and booking.procedure.modality not in dicom["Modality"].split("\\"),
     }
-    return [CompareRow(labels[k], booking_cells[k], dicom_cells[k], flags[k]) for k in labels]
+    return [
+        CompareRow(labels[k], booking_cells[k], dicom_cells[k], flags[k], compared=k != "description") for k in labels
+    ]
 
 
 def _item(pk: int) -> Reconciliation:
@@ -341,9 +345,13 @@ def _done(request: HttpRequest, message: str) -> HttpResponse:
     return HttpResponseRedirect(reverse("booking:reconciliation_list"))
 
 
-def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.Form, error: str) -> HttpResponse:
-    form.add_error(None, error)
-    messages.error(request, error)
+def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.Form, error: str = "") -> HttpResponse:
+    """The item page again, with the form that failed and why (the action changed nothing)."""
+    if error:
+        form.add_error(None, error)
+        messages.error(request, _("Azione non eseguita: %(error)s") % {"error": error})
+    else:
+        messages.error(request, _("Azione non eseguita: correggere i campi segnalati."))
     return _render_item(request, item, forms_by_name={name: form}, status=400)
 
 
@@ -351,10 +359,11 @@ def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.
 @staff_only
 def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
     item = _item(pk)
-    name = "link" if request.POST.get("accession_number", "").strip() else "proposed"
+    # The two link forms post here: the other-booking one always sends its (maybe empty) field.
+    name = "link" if "accession_number" in request.POST else "proposed"
     form = _form(name, request.POST)
     if not form.is_valid():
-        return _render_item(request, item, forms_by_name={name: form}, status=400)
+        return _refused(request, item, name, form)
     accession = form.cleaned_data["accession_number"].strip().upper()
     if accession:
         booking = (
@@ -393,7 +402,7 @@ def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
     item = _item(pk)
     form = _form("reassign", request.POST)
     if not form.is_valid():
-        return _render_item(request, item, forms_by_name={"reassign": form}, status=400)
+        return _refused(request, item, "reassign", form)
     code = form.cleaned_data["codice_fiscale"]
     patient = Patient.objects.filter(codice_fiscale=code, provisional=False).first()
     if patient is None:
@@ -423,7 +432,7 @@ def reconciliation_reject_view(request: HttpRequest, pk: int) -> HttpResponse:
     item = _item(pk)
     form = _form("reject", request.POST)
     if not form.is_valid():
-        return _render_item(request, item, forms_by_name={"reject": form}, status=400)
+        return _refused(request, item, "reject", form)
     try:
         matching.reconciliation_reject(
             reconciliation=item,

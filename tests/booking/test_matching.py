@@ -65,7 +65,7 @@ def test_exact_match_links_the_booking_and_marks_it_performed(cup: Cup, tmp_path
     assert not Reconciliation.objects.exists()
     (event,) = events("booking.match")
     assert event.outcome == "success" and event.system == "booking.match" and event.study == study
-    assert event.detail["accession_number"] == booking.accession_number
+    assert event.detail["accession_number"] == booking.accession_number and event.detail["status"] == "performed"
 
 
 def test_names_are_compared_without_case_accents_spaces_or_apostrophes(cup: Cup, tmp_path: Path) -> None:
