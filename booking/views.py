@@ -172,7 +172,8 @@ def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
     params = request.POST if request.method == "POST" else request.GET
     search = SlotSearchForm(params if "procedure" in params else None, autofocus=request.method == "GET")
     context: dict[str, Any] = {"patient": patient, "search": search, "consent": services.consent_text_current()}
-    if not (search.is_bound and search.is_valid()):
+    # "Cambia" on step 2 comes back here with the choices made, to edit them.
+    if not (search.is_bound and search.is_valid()) or "modifica" in request.GET:
         _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
         return render(request, "booking/booking_new.html", context)
 
@@ -231,7 +232,9 @@ def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
             ],
             "selected_slot": selected,
             "form": form,
-            "step1_url": f"{request.path}?{urlencode({'procedure': procedure.pk, 'facility': facility.pk, 'day': day.isoformat()})}",
+            "step1_url": request.path
+            + "?"
+            + urlencode({"procedure": procedure.pk, "facility": facility.pk, "day": day.isoformat(), "modifica": 1}),
         }
     )
     return render(request, "booking/booking_slots.html", context)

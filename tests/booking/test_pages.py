@@ -323,6 +323,18 @@ def test_book_online_without_the_checkbox_is_refused_next_to_it(client: Client, 
     assert not Booking.objects.exists()
 
 
+def test_change_link_on_step_two_goes_back_to_step_one_prefilled(client: Client, cup: Cup) -> None:
+    day = (timezone.localdate() + dt.timedelta(days=2)).isoformat()
+    url = reverse("booking:booking_new", args=[cup.mario.pk])
+    step2 = client.get(url, {"procedure": cup.mr.pk, "facility": cup.region.facility.pk, "day": day})
+    back = step2.context["step1_url"]
+    step1 = client.get(back)
+    html = step1.content.decode()
+    assert "Cerca disponibilità" in html and 'name="slot"' not in html
+    assert f'<option value="{cup.mr.pk}" selected>' in html
+    assert f'value="{day}"' in html
+
+
 def test_a_day_in_the_past_is_refused(client: Client, cup: Cup) -> None:
     yesterday = timezone.localdate() - dt.timedelta(days=1)
     response = client.get(
