@@ -83,9 +83,32 @@ ROLES = {
         "archive.view_auditevent",
         "archive.change_patient",
         "archive.add_instance",  # STOW-RS
+        # Studies that arrived without a matching booking: link, re-assign, reject.
+        "booking.view_booking",
+        "booking.view_reconciliation",
+        "booking.reconcile_study",
     ],
     "Radiologi": [*_VIEW_ARCHIVE],
-    "Operatori CUP": ["archive.view_patient", "archive.add_patient", "archive.view_facility"],
+    "Operatori CUP": [
+        "archive.view_patient",
+        "archive.add_patient",
+        "archive.view_facility",
+        "booking.view_booking",
+        "booking.add_booking",
+        "booking.change_booking",
+        "booking.view_procedure",
+        "booking.view_station",
+    ],
+    # An external CUP system that books through the REST API with its token.
+    "Sistemi CUP esterni": [
+        "archive.view_patient",
+        "archive.add_patient",
+        "booking.view_booking",
+        "booking.add_booking",
+        "booking.change_booking",
+        "booking.view_procedure",
+        "booking.view_station",
+    ],
     "Responsabili della conservazione": [*_VIEW_ARCHIVE, "archive.view_auditevent", "archive.view_instanceconflict"],
 }
 # (username, first name, last name, group or None for the superuser, role shown)
@@ -95,6 +118,7 @@ ACCOUNTS = [
     ("radiologo", "Stefano", "Cossutta", "Radiologi", "radiologo"),
     ("radiologa", "Chiara", "Degano", "Radiologi", "radiologa"),
     ("cup", "Luca", "Tomasin", "Operatori CUP", "operatore CUP"),
+    ("cup-regionale", "CUP", "regionale", "Sistemi CUP esterni", "sistema CUP esterno (API /api/cup/, token)"),
     ("conservatore", "Anna", "Zorzut", "Responsabili della conservazione", "responsabile della conservazione"),
 ]
 

@@ -96,7 +96,9 @@ class BookingAdmin(AuditedAdminMixin, IngestedRowAdmin):
 
     @admin.display(description=_("pagina CUP"))
     def cup_page(self, obj: Booking) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("booking:booking_detail", args=[obj.pk]), _("Apri nel CUP"))
+        return format_html(
+            '<a href="{}">{}</a>', reverse("booking:booking_detail", args=[obj.accession_number]), _("Apri nel CUP")
+        )
 
 
 @admin.register(Reconciliation)
