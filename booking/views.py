@@ -333,6 +333,22 @@ def booking_cancel(request: HttpRequest, accession: str) -> HttpResponse:
     )
 
 
+@_perms("booking.change_booking")
+@require_POST
+def booking_arrive(request: HttpRequest, accession: str) -> HttpResponse:
+    """The patient has arrived at the facility's desk (accettazione)."""
+    booking = _booking(accession)
+    try:
+        services.booking_status_set(
+            booking=booking, status=Booking.Status.ARRIVED, user=request.user, source=_source(request)
+        )
+    except services.BookingError as err:
+        messages.error(request, err.message)
+    else:
+        messages.success(request, _("Arrivo del paziente registrato per %(acc)s.") % {"acc": booking.accession_number})
+    return redirect("booking:booking_detail", accession=booking.accession_number)
+
+
 @_perms()
 def booking_receipt(request: HttpRequest, accession: str) -> HttpResponse:
     booking = _booking(accession)
@@ -358,5 +374,6 @@ urlpatterns = [
     path("prenotazioni/<str:accession>/", booking_detail, name="booking_detail"),
     path("prenotazioni/<str:accession>/consegna/", booking_choice, name="booking_choice"),
     path("prenotazioni/<str:accession>/annulla/", booking_cancel, name="booking_cancel"),
+    path("prenotazioni/<str:accession>/arrivo/", booking_arrive, name="booking_arrive"),
     path("prenotazioni/<str:accession>/ricevuta.pdf", booking_receipt, name="booking_receipt"),
 ]

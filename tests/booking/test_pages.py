@@ -462,6 +462,23 @@ def test_cancel_asks_for_confirmation_then_cancels(client: Client, cup: Cup) -> 
     assert "già annullata" in str(again.context["form"].non_field_errors())
 
 
+def test_the_desk_records_the_patients_arrival(client: Client, cup: Cup) -> None:
+    booking = cup.book()
+    page = client.get(reverse("booking:booking_detail", args=[booking.accession_number])).content.decode()
+    assert "Registra l'arrivo del paziente" in page
+    url = reverse("booking:booking_arrive", args=[booking.accession_number])
+    assert client.post(url).status_code == 302
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.ARRIVED
+    assert booking.status_changes.last().user == cup.operator.user  # type: ignore[union-attr]
+    assert AuditEvent.objects.filter(action="cup.booking.status", patient=cup.mario).exists()
+    services.booking_cancel(booking=booking, user=cup.operator.user)
+    response = client.post(url, follow=True)
+    assert "non può passare" in response.content.decode()
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.CANCELLED
+
+
 # --- the receipt ---------------------------------------------------------------------------------
 
 
