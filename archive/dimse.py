@@ -438,15 +438,35 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     detail: dict[str, Any] = {"facility": peer.facility.code, "model": root, "level": level}
     if identifier is not None:
         detail["keys"] = {e.keyword: str(e.value) for e in identifier if e.keyword and e.value not in (None, "")}
-    limit = settings.PACS_QUERY_MAX_MATCHES
-    matches, studies = 0, []
-    outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
-    try:
+    studies: list[str] = []
+
+    def results() -> Iterator[Dataset]:
         if identifier is None:
             raise QueryError(error)
         ts = event.context.transfer_syntax
         encoding = (ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
-        results = query_run(identifier, level=level, root=root, limit=limit + 1, encoding=encoding)
+        limit = settings.PACS_QUERY_MAX_MATCHES
+        for result in query_run(identifier, level=level, root=root, limit=limit + 1, encoding=encoding):
+            if "StudyInstanceUID" in result and len(studies) < 20:
+                studies.append(str(result.StudyInstanceUID))
+            result.QueryRetrieveLevel = level.upper()
+            result.RetrieveAETitle = peer.called_ae
+            yield result
+
+    detail["studies"] = studies
+    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="C-FIND")
+
+
+def _answer_find(
+    event: Any, peer: Peer, results: Iterator[Dataset], *, audit: dict[str, Any], detail: dict[str, Any], what: str
+) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """Send ``results`` as pending responses, keeping pace with the socket; end
+    with the final status (cancelled, too many matches, refused, failed) and
+    write one audit event."""
+    limit = settings.PACS_QUERY_MAX_MATCHES
+    matches = 0
+    outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
+    try:
         for result in results:
             _keep_pace(event.assoc)
             if event.is_cancelled:
@@ -459,20 +479,16 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
                 detail["truncated"] = True
                 break
             matches += 1
-            if "StudyInstanceUID" in result and len(studies) < 20:
-                studies.append(str(result.StudyInstanceUID))
-            result.QueryRetrieveLevel = level.upper()
-            result.RetrieveAETitle = peer.called_ae
             yield PENDING, result
     except QueryError as exc:
-        logger.warning("C-FIND from %s refused: %s", peer.calling_ae, exc)
+        logger.warning("%s from %s refused: %s", what, peer.calling_ae, exc)
         outcome, final = AuditEvent.Outcome.FAILURE, _status(IDENTIFIER_MISMATCH, str(exc))
         detail["error"] = str(exc)
     except Exception as exc:
-        logger.exception("C-FIND from %s failed", peer.calling_ae)
+        logger.exception("%s from %s failed", what, peer.calling_ae)
         outcome, final = AuditEvent.Outcome.FAILURE, _status(UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
         detail["error"] = type(exc).__name__
-    detail.update(matches=matches, studies=studies)
+    detail["matches"] = matches
     _audit_quietly(**audit, outcome=outcome, detail=detail)
     yield final, None
 
@@ -495,36 +511,13 @@ def _worklist_find(event: Any, peer: Peer) -> Iterator[tuple[int | Dataset, Data
         _audit_quietly(**audit, outcome=AuditEvent.Outcome.FAILURE, detail={**detail, "error": "no source"})
         yield _status(UNABLE_TO_PROCESS, "the worklist is not available"), None
         return
-    limit = settings.PACS_QUERY_MAX_MATCHES
-    matches = 0
-    outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
-    try:
+
+    def results() -> Iterator[Dataset]:
         if identifier is None:
             raise QueryError(error)
-        for item in source(identifier, facility=peer.facility, calling_ae=peer.calling_ae):
-            _keep_pace(event.assoc)
-            if event.is_cancelled:
-                outcome, final = AuditEvent.Outcome.WARNING, _status(CANCEL)
-                detail["cancelled"] = True
-                break
-            if matches == limit:
-                outcome = AuditEvent.Outcome.WARNING
-                final = _status(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query")
-                detail["truncated"] = True
-                break
-            matches += 1
-            yield PENDING, item
-    except QueryError as exc:
-        logger.warning("worklist C-FIND from %s refused: %s", peer.calling_ae, exc)
-        outcome, final = AuditEvent.Outcome.FAILURE, _status(IDENTIFIER_MISMATCH, str(exc))
-        detail["error"] = str(exc)
-    except Exception as exc:
-        logger.exception("worklist C-FIND from %s failed", peer.calling_ae)
-        outcome, final = AuditEvent.Outcome.FAILURE, _status(UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
-        detail["error"] = type(exc).__name__
-    detail["matches"] = matches
-    _audit_quietly(**audit, outcome=outcome, detail=detail)
-    yield final, None
+        yield from source(identifier, facility=peer.facility, calling_ae=peer.calling_ae)
+
+    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="worklist C-FIND")
 
 
 def _worklist_keys(identifier: Dataset) -> dict[str, str]:
