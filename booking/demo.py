@@ -74,7 +74,7 @@ def demo_load() -> None:
                 Station.objects.get_or_create(
                     facility=facility,
                     ae_title=ae,
-                    defaults={"name": name, "modality": modality, "slot_minutes": minutes},
+                    defaults={"name": name, "modality": modality, "slot_minutes": minutes, "open_weekdays": "123456"},
                 )
     _demo_bookings()
     logger.info("CUP demo: %d procedures added, %d updated", loaded.created, loaded.updated)
@@ -99,8 +99,12 @@ def _demo_bookings() -> None:
         if patient is None or Booking.objects.filter(external_id=external_id).exists():
             continue
         station = Station.objects.get(facility__code=facility_code, ae_title=ae)
-        day = timezone.localdate() + dt.timedelta(days=days)
-        free = [s for s in services.station_free_slots(station=station, day=day) if s.hour >= hour]
+        free: list[dt.datetime] = []
+        for ahead in range(days, days + 7):  # the room's next open day
+            day = timezone.localdate() + dt.timedelta(days=ahead)
+            free = [s for s in services.station_free_slots(station=station, day=day) if s.hour >= hour]
+            if free:
+                break
         if not free:
             continue
         services.booking_create(

@@ -75,6 +75,15 @@ class Station(models.Model):
     )
     opens_at = models.TimeField(_("apertura"), default=dt.time(8, 0))
     closes_at = models.TimeField(_("chiusura"), default=dt.time(18, 0))
+    open_weekdays = models.CharField(
+        _("giorni di apertura"),
+        max_length=7,
+        default="1234567",
+        validators=[
+            RegexValidator(r"^1?2?3?4?5?6?7?$", _("Cifre dei giorni, da 1 (lunedì) a 7 (domenica), es. 12345."))
+        ],
+        help_text=_("Giorni della settimana con slot: 1 = lunedì … 7 = domenica, es. 123456."),
+    )
     active = models.BooleanField(_("attiva"), default=True)
 
     class Meta:
@@ -85,6 +94,9 @@ class Station(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}, {self.facility.code})"
+
+    def is_open_on(self, day: dt.date) -> bool:
+        return str(day.isoweekday()) in self.open_weekdays
 
     def clean(self) -> None:
         if self.opens_at and self.closes_at and self.opens_at >= self.closes_at:
@@ -201,7 +213,8 @@ class Booking(models.Model):
         indexes = [models.Index(fields=["facility", "status", "scheduled_at"], name="booking_worklist")]
 
     def __str__(self) -> str:
-        return f"{self.accession_number} {self.procedure.description} {self.scheduled_at:%Y-%m-%d %H:%M}"
+        when = timezone.localtime(self.scheduled_at)
+        return f"{self.accession_number} {self.procedure.description} {when:%Y-%m-%d %H:%M}"
 
     def current_choice(self) -> DistributionChoice | None:
         return self.choices.order_by("-version").first()

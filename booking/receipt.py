@@ -8,6 +8,7 @@ import io
 import logging
 
 from django.utils import formats, timezone
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 from reportlab.graphics.barcode.code128 import Code128
 from reportlab.lib.pagesizes import A4
@@ -80,6 +81,12 @@ def _next_steps(booking: Booking, choice: DistributionChoice | None) -> list[str
     ]
 
 
+def _long_date(when: object) -> str:
+    text = formats.date_format(when, "l j F Y")
+    # Django's Italian names are capitalised; Italian writes days and months in lower case.
+    return text.lower() if (get_language() or "").startswith("it") else text
+
+
 def booking_receipt_pdf(booking: Booking) -> bytes:
     """The receipt of ``booking`` as a PDF, its text left uncompressed so
     that it can be searched and read by assistive tools."""
@@ -102,7 +109,7 @@ def booking_receipt_pdf(booking: Booking) -> bytes:
     w.fact(_("Paziente"), f"{patient.family_name} {patient.given_name}".strip())
     w.fact(_("Codice fiscale"), patient.codice_fiscale or "")
     w.fact(_("Esame"), f"{booking.procedure.description} ({booking.procedure.code})")
-    w.fact(_("Data"), formats.date_format(when, "l j F Y"))
+    w.fact(_("Data"), _long_date(when))
     w.fact(_("Ora"), when.strftime("%H:%M"))
     w.fact(_("Presidio"), booking.facility.name)
     w.fact(_("Diagnostica"), booking.station.name)
@@ -111,9 +118,11 @@ def booking_receipt_pdf(booking: Booking) -> bytes:
     w.space(6)
     w.fact(_("Accession number"), booking.accession_number)
     w.space(4)
-    barcode = Code128(booking.accession_number, barHeight=14 * mm, barWidth=0.35 * mm, humanReadable=True)
+    barcode = Code128(booking.accession_number, barHeight=14 * mm, barWidth=0.35 * mm, humanReadable=False)
     w.y -= barcode.height
     barcode.drawOn(pdf, _MARGIN - barcode.lquiet, w.y)
+    # No human-readable line under the bars (reportlab draws it over them):
+    # the number is printed just above.
     w.space(16)
     w.text(_("Che cosa succede dopo l'esame"), size=12, bold=True)
     for line in _next_steps(booking, choice):

@@ -174,6 +174,8 @@ def local(value: dt.datetime) -> dt.datetime:
 
 def station_slots(*, station: Station, day: dt.date) -> list[dt.datetime]:
     """Every slot of the station's day, taken or not, as aware local times."""
+    if not station.is_open_on(day):
+        return []
     tz = timezone.get_current_timezone()
     start = dt.datetime.combine(day, station.opens_at, tzinfo=tz)
     end = dt.datetime.combine(day, station.closes_at, tzinfo=tz)

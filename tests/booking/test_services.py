@@ -66,6 +66,18 @@ def test_free_slots_leave_out_taken_and_past_slots(cup: Cup) -> None:
     assert services.station_free_slots(station=cup.ct_station, day=day, now=at)[0] == slots[7]
 
 
+def test_a_room_has_no_slots_on_the_days_it_is_closed(cup: Cup) -> None:
+    cup.ct_station.open_weekdays = "12345"
+    cup.ct_station.save()
+    monday = timezone.localdate() + dt.timedelta(days=7 - timezone.localdate().weekday())
+    assert services.station_slots(station=cup.ct_station, day=monday)
+    saturday = monday + dt.timedelta(days=5)
+    assert services.station_slots(station=cup.ct_station, day=saturday) == []
+    on_saturday = timezone.make_aware(dt.datetime.combine(saturday, dt.time(8, 0)))
+    with pytest.raises(BookingError, match="non ha uno slot"):
+        cup.book(when=on_saturday)
+
+
 def test_a_taken_slot_cannot_be_booked_again_but_a_cancelled_one_can(cup: Cup) -> None:
     when = cup.next_slot()
     first = cup.book(when=when)
