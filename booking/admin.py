@@ -36,7 +36,17 @@ class ProcedureAdmin(admin.ModelAdmin):
 
 @admin.register(Station)
 class StationAdmin(admin.ModelAdmin):
-    list_display = ("name", "ae_title", "facility", "modality", "slot_minutes", "opens_at", "closes_at", "active")
+    list_display = (
+        "name",
+        "ae_title",
+        "facility",
+        "modality",
+        "slot_minutes",
+        "opens_at",
+        "closes_at",
+        "open_weekdays",
+        "active",
+    )
     list_filter = ("facility", "modality", "active")
     search_fields = ("name", "ae_title")
 
