@@ -218,6 +218,18 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
 
 
 @pytest.fixture(autouse=True)
+def _italian_first() -> Iterator[None]:
+    """Each test starts in the default language: a request in English (the
+    language switch, an Accept-Language header) leaves English active in the
+    thread that served it, here the test's own."""
+    from django.utils import translation
+
+    translation.activate(settings.LANGUAGE_CODE)
+    yield
+    translation.activate(settings.LANGUAGE_CODE)
+
+
+@pytest.fixture(autouse=True)
 def _empty_tiers() -> Iterator[None]:
     """Each test starts with empty tiers and incoming folders, as its database starts empty."""
     import shutil
