@@ -174,6 +174,17 @@ class Study(models.Model):
     accession_number = models.CharField("AccessionNumber", max_length=16, blank=True, db_index=True)
     study_id = models.CharField("StudyID", max_length=16, blank=True)
     study_description = models.CharField("StudyDescription", max_length=64, blank=True)
+    # What the request said: the booking's clinical question and its priority
+    # class (U urgent, B within 10 days, D deferred, P planned: the Italian
+    # prescription's), written when the study is tied to its booking.
+    reason_for_request = models.TextField(_("quesito diagnostico"), blank=True)
+    priority = models.CharField(
+        _("priorità"),
+        max_length=1,
+        blank=True,
+        db_index=True,
+        choices=[("U", _("urgente")), ("B", _("breve")), ("D", _("differita")), ("P", _("programmata"))],
+    )
     referring_physician_name = models.CharField("ReferringPhysicianName", max_length=256, blank=True)
     modalities_in_study = models.CharField("ModalitiesInStudy", max_length=64, blank=True, db_index=True)
     number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
@@ -456,3 +467,130 @@ class Rendition(models.Model):
     @property
     def failed(self) -> bool:
         return bool(self.reason)
+
+
+class StaffProfile(models.Model):
+    """Where a member of staff works: the health authority whose studies they
+    open. Staff of no authority (the region's) see every study."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_profile", verbose_name=_("utente")
+    )
+    authority = models.ForeignKey(
+        HealthAuthority,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="staff",
+        verbose_name=_("azienda sanitaria"),
+        help_text=_("Vuoto: personale regionale, vede gli studi di tutte le aziende."),
+    )
+    cross_authority = models.BooleanField(
+        _("apre studi di altre aziende"),
+        default=False,
+        help_text=_("Per esempio un radiologo che referta in teleradiologia per altre aziende."),
+    )
+    totp_secret = models.CharField(
+        _("segreto TOTP"),
+        max_length=64,
+        blank=True,
+        help_text=_("Secondo fattore per la firma (RFC 6238); vuoto se non configurato."),
+    )
+
+    class Meta:
+        verbose_name = _("profilo del personale")
+        verbose_name_plural = _("profili del personale")
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.authority.code if self.authority else _('regionale')})"
+
+
+class Report(models.Model):
+    """A version of a study's *referto*.
+
+    A draft is edited by its author; signing fixes it for ever: its text, its
+    PDF and its detached CAdES signature never change and are never deleted
+    (refused by the model and by the database). A correction or an addendum
+    is a new version that refers to the one before, which stays readable.
+    At most one draft per study exists at a time: it is also the sign, for the
+    other radiologists, that someone is reporting the study.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", _("bozza")
+        SIGNED = "signed", _("firmato")
+
+    class Kind(models.TextChoices):
+        ORIGINAL = "original", _("referto")
+        CORRECTION = "correction", _("rettifica")
+        ADDENDUM = "addendum", _("integrazione")
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="reports", verbose_name=_("studio"))
+    version = models.PositiveIntegerField(_("versione"))
+    previous = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="next_versions",
+        verbose_name=_("versione precedente"),
+    )
+    kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices, default=Kind.ORIGINAL)
+    status = models.CharField(_("stato"), max_length=8, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reports", verbose_name=_("autore")
+    )
+    clinical_question = models.TextField(_("quesito clinico"), blank=True)
+    technique = models.TextField(_("tecnica"), blank=True)
+    findings = models.TextField(_("descrizione"), blank=True)
+    conclusion = models.TextField(_("conclusioni"), blank=True)
+    # Optimistic concurrency: a save names the revision it was editing.
+    revision = models.PositiveIntegerField(_("revisione"), default=1)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("modificato il"), auto_now=True)
+    signed_at = models.DateTimeField(_("firmato il"), null=True, blank=True)
+    signer_name = models.CharField(_("firmatario"), max_length=256, blank=True)
+    signer_certificate = models.TextField(_("certificato del firmatario (PEM)"), blank=True)
+    tier = models.CharField(_("livello"), max_length=64, blank=True)
+    pdf_path = models.CharField(_("PDF"), max_length=512, blank=True)
+    pdf_sha256 = models.CharField(_("SHA-256 del PDF"), max_length=64, blank=True)
+    pdf_size = models.BigIntegerField(_("dimensione del PDF"), default=0)
+    signature_path = models.CharField(_("firma CAdES (.p7m)"), max_length=512, blank=True)
+    signature_sha256 = models.CharField(_("SHA-256 della firma"), max_length=64, blank=True)
+    encapsulated_sop_instance_uid = models.CharField(_("SOPInstanceUID del PDF incapsulato"), max_length=64, blank=True)
+
+    class Meta:
+        verbose_name = _("referto")
+        verbose_name_plural = _("referti")
+        ordering = ["study", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "version"], name="report_unique_version"),
+            # One draft per study: the claim that someone is reporting it.
+            models.UniqueConstraint(fields=["study"], condition=models.Q(status="draft"), name="report_one_draft"),
+            models.CheckConstraint(
+                condition=models.Q(status="draft")
+                | (~models.Q(pdf_sha256="") & ~models.Q(signature_path="") & models.Q(signed_at__isnull=False)),
+                name="report_signed_has_files",
+            ),
+        ]
+        permissions = [("sign_report", _("Può firmare referti"))]
+
+    def __str__(self) -> str:
+        return f"{self.study} v{self.version} ({self.get_status_display()})"
+
+    @property
+    def is_signed(self) -> bool:
+        return self.status == self.Status.SIGNED
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        # The database refuses it too (migration 0008); this says why earlier.
+        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
+            raise ValidationError(
+                _("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione.")
+            )
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
+            raise ValidationError(_("Un referto firmato non si può cancellare."))
+        return super().delete(*args, **kwargs)  # type: ignore[arg-type]

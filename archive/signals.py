@@ -18,3 +18,15 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 study_instances_received = Signal()
+
+report_signed = Signal()
+"""``report_signed(sender=Report, report_pk=..., study_pk=...)``
+
+Sent once per signed report version, after the transaction that signed it
+commits (``transaction.on_commit``), in the process that signed it. It says:
+this report is final and may be published (the citizen portal, if the
+patient chose online delivery), and the study may be packaged for
+preservation. Receivers must be idempotent and quick: they enqueue work.
+Connected in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
+(the booking becomes "refertato"); the portal and preservation connect theirs.
+"""

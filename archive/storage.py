@@ -94,6 +94,23 @@ def derived_relpath(
     return f"derived/{bucket}/{study_uid}/{series_uid}/{sop_uid}/{frame}.{kind}.{sha256}.{extension}"
 
 
+REPORT_EXTENSIONS = ("pdf", "p7m")
+
+
+def report_relpath(*, study_uid: str, version: int, sha256: str, extension: str) -> str:
+    """The path of a signed report's file (its PDF, its detached signature) inside a tier.
+
+    The content hash is in the name, as for instances: a path is never reused
+    for other bytes, and a report's files are written once.
+    """
+    _check_uids(study_uid)
+    _check_sha256(sha256)
+    if extension not in REPORT_EXTENSIONS or type(version) is not int or version < 1:
+        raise StorageError(f"refusing to build a report path for {extension!r}, version {version!r}")
+    bucket = hashlib.sha256(study_uid.encode("ascii")).hexdigest()[:2]
+    return f"reports/{bucket}/{study_uid}/v{version}.{sha256}.{extension}"
+
+
 def absolute_path(tier: str, relpath: str) -> Path:
     rel = Path(relpath)
     if rel.is_absolute() or ".." in rel.parts:

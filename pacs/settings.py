@@ -360,3 +360,17 @@ PACS_RENDER_WORKERS = env_int("PACS_RENDER_WORKERS", 2)
 # The largest rendered image, in pixels: a larger one (a whole mammogram asked
 # for at full size) is scaled down before it is encoded.
 PACS_RENDER_MAX_PIXELS = env_int("PACS_RENDER_MAX_PIXELS", 4096 * 4096)
+
+# --- Reports and their signatures --------------------------------------------
+# Signing keys and certificates: <dir>/ca.pem (the CA whose certificates the
+# archive trusts), <dir>/users/<username>.key.pem (PKCS#8, encrypted with
+# PACS_SIGNING_KEY_PASSPHRASE) and <dir>/users/<username>.crt.pem. The demo
+# creates its own CA and a certificate per radiologist here; production
+# mounts the keys the qualified certification authority issued.
+PACS_SIGNING_DIR = Path(env_str("PACS_SIGNING_DIR", str(VAR_DIR / "pki"))).resolve()
+PACS_SIGNING_KEY_PASSPHRASE = env_secret("PACS_SIGNING_KEY_PASSPHRASE", "")
+# Also store each signed report in its study as a DICOM Encapsulated PDF instance.
+PACS_REPORT_ENCAPSULATED_PDF = env_bool("PACS_REPORT_ENCAPSULATED_PDF", False)
+# Radiologists open studies of their own health authority only, unless this
+# is on (regional teleradiology) or their staff profile allows it.
+PACS_REPORT_CROSS_AUTHORITY = env_bool("PACS_REPORT_CROSS_AUTHORITY", False)
