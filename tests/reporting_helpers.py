@@ -1,0 +1,79 @@
+"""Fixtures shared by the report tests: a CT study in the archive, radiologists
+of the study's health authority and of another one, and their demo signing
+keys (imported by the test modules that use them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+from archive import signing
+from archive.ingest import instance_ingest
+from archive.models import HealthAuthority, StaffProfile, Study
+from archive.sample_data import PatientInfo, write_study
+from tests.conftest import Region
+
+RADIOLOGIST_PASSWORD = "una-password-da-radiologo-7"
+RADIOLOGIST_PERMS = (
+    "archive.view_patient",
+    "archive.view_study",
+    "archive.view_series",
+    "archive.view_instance",
+    "archive.view_report",
+    "archive.add_report",
+    "archive.change_report",
+    "archive.sign_report",
+)
+# Rossi Mario, born in Trieste on 12 March 1956 (python-codicefiscale's encoding).
+PATIENT_CF = "RSSMRA56C12L424P"
+
+
+@dataclass
+class Reporting:
+    region: Region
+    study: Study
+    radiologist: object  # of the study's authority (ASUGI)
+    colleague: object  # ASUGI too: for conflicting edits
+    foreign: object  # a radiologist of another authority (ASUFC)
+    other_authority: HealthAuthority
+
+
+def make_radiologist(username: str, first: str, last: str, authority: HealthAuthority | None) -> object:
+    user = get_user_model().objects.create_user(
+        username=username, password=RADIOLOGIST_PASSWORD, first_name=first, last_name=last, is_staff=True
+    )
+    for perm in RADIOLOGIST_PERMS:
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    StaffProfile.objects.create(user=user, authority=authority)
+    return get_user_model().objects.get(pk=user.pk)  # fresh permission cache
+
+
+def ingest_study(tmp_path: Path, region: Region, *, accession_number: str = "TSC260000001") -> Study:
+    patient = PatientInfo(patient_id=PATIENT_CF, name="ROSSI^MARIO", birth_date="19560312", sex="M")
+    files = write_study(
+        tmp_path / "study", patient=patient, series=2, instances_per_series=3, accession_number=accession_number
+    )
+    for path in files:
+        instance_ingest(path=path, facility=region.facility, owned=False, calling_ae="CT01")
+    study = Study.objects.get()
+    Study.objects.filter(pk=study.pk).update(
+        reason_for_request="Dispnea da sforzo, fumatore: escludere lesioni polmonari.", priority="B"
+    )
+    study.refresh_from_db()
+    return study
+
+
+@pytest.fixture
+def reporting(region: Region, tmp_path: Path) -> Reporting:
+    asufc = HealthAuthority.objects.create(code="ASUFC", name="Azienda sanitaria universitaria Friuli Centrale")
+    study = ingest_study(tmp_path, region)
+    radiologist = make_radiologist("radiologo", "Stefano", "Cossutta", region.authority)
+    colleague = make_radiologist("radiologa", "Chiara", "Degano", region.authority)
+    foreign = make_radiologist("udinese", "Marco", "Tosolini", asufc)
+    signing.demo_pki_create(users=[radiologist, colleague, foreign])
+    return Reporting(region, study, radiologist, colleague, foreign, asufc)
