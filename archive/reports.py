@@ -1,0 +1,787 @@
+"""Radiology reports: the draft a radiologist claims and edits, its signature,
+its corrections and addenda, and who may open which study.
+
+A study has at most one draft at a time (a database constraint): creating it
+is the claim that tells colleagues someone is reporting the study. A save
+names the revision it edited and moves the row only if nobody saved since
+(optimistic concurrency, one conditional UPDATE checked for one row). Signing
+re-authenticates the radiologist, makes the PDF and its detached CAdES
+signature and stores both in the study's facility tier *outside* any
+transaction (slow work), then flips the row draft -> signed with one
+conditional UPDATE; a signed row never changes again (model and database).
+Files written by a signing that then loses the race stay where they are:
+their names carry their SHA-256, so nothing ever points at wrong bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from . import signals, storage
+from .audit import audit_record
+from .models import AuditEvent, Report, StaffProfile, Study
+
+if TYPE_CHECKING:
+    # Only for hints: signing (and the PDF maker) are imported lazily, when a
+    # report is signed or verified, so that reading reports never loads them.
+    from django.contrib.auth.models import AbstractBaseUser
+    from pydicom.dataset import Dataset
+
+    from .signing import SignatureCheck
+
+logger = logging.getLogger(__name__)
+
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+# The encapsulated report's series: far above the modalities' own numbers.
+ENCAPSULATED_SERIES_BASE = 9000
+
+DENIED = AuditEvent.Outcome.DENIED
+FAILURE = AuditEvent.Outcome.FAILURE
+
+
+class ReportError(Exception):
+    """A report action that was refused or failed; ``message`` is for the user (Italian).
+
+    ``code``: ``reauth`` (wrong password or second factor), ``author`` (not the
+    draft's author), ``state`` (not a draft / not signed / already amended),
+    ``empty`` (nothing to sign), ``signing``, ``storage``, ``damaged``,
+    ``missing``, ``invalid``, ``conflict``.
+    """
+
+    def __init__(self, message: str, *, code: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ReportConflict(ReportError):
+    """Someone else saved, signed or claimed first: reload and look again."""
+
+    def __init__(self, message: str, *, code: str = "conflict") -> None:
+        super().__init__(message, code=code)
+
+
+# --- who may open what -------------------------------------------------------
+
+
+def _person(user: Any) -> str:
+    return (user.get_full_name() or user.get_username()).strip()
+
+
+def _hhmm(moment: dt.datetime | None) -> str:
+    return timezone.localtime(moment).strftime("%H:%M") if moment else ""
+
+
+def _profile(user: Any) -> StaffProfile | None:
+    return StaffProfile.objects.filter(user_id=user.pk).first()
+
+
+def _crosses(profile: StaffProfile | None) -> bool:
+    """Whether the user opens studies of every authority (regional staff or allowed)."""
+    return (
+        profile is None
+        or profile.authority_id is None
+        or profile.cross_authority
+        or bool(settings.PACS_REPORT_CROSS_AUTHORITY)
+    )
+
+
+def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
+    """The studies ``user`` may open: all of them, or only their health authority's.
+
+    Staff with no profile or a profile of no authority are the region's and
+    open every study; a radiologist of an authority opens its facilities'
+    studies only, unless the profile's ``cross_authority`` or the setting
+    ``PACS_REPORT_CROSS_AUTHORITY`` allows all.
+    """
+    if not user.is_authenticated or not user.has_perm("archive.view_study"):
+        return Study.objects.none()
+    profile = _profile(user)
+    if _crosses(profile):
+        return Study.objects.all()
+    assert profile is not None
+    return Study.objects.filter(facility__authority_id=profile.authority_id)
+
+
+def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: str = "") -> None:
+    """Raise :class:`PermissionDenied` (and audit ``study.denied``) when ``user`` may not open ``study``."""
+    reason = ""
+    if not user.is_authenticated or not user.has_perm("archive.view_study"):
+        reason = "permission"
+        message = _("Non ha il permesso di consultare gli studi.")
+    else:
+        profile = _profile(user)
+        if not _crosses(profile):
+            assert profile is not None
+            authority_id = study.facility.authority_id
+            if authority_id != profile.authority_id:
+                reason = "authority"
+                message = _("Lo studio appartiene a un'altra azienda sanitaria: non può aprirlo.")
+    if reason:
+        audit_record(
+            action="study.denied",
+            outcome=DENIED,
+            user=user,
+            study=study,
+            source=source,
+            detail={"reason": reason},
+        )
+        raise PermissionDenied(message)
+
+
+def _permission_check(*, user: Any, perm: str, action: str, study: Study, source: str, detail: dict) -> None:
+    if not user.has_perm(perm):
+        audit_record(
+            action=action,
+            outcome=DENIED,
+            user=user,
+            study=study,
+            source=source,
+            detail={**detail, "reason": "permission", "permission": perm},
+        )
+        raise PermissionDenied(_("Non ha il permesso per questa operazione sui referti."))
+
+
+# --- reading ----------------------------------------------------------------
+
+
+def report_current(*, study: Study) -> Report | None:
+    """The study's latest signed version; None if it was never signed."""
+    return (
+        Report.objects.filter(study=study, status=Report.Status.SIGNED)
+        .select_related("author", "previous")
+        .order_by("-version")
+        .first()
+    )
+
+
+def report_draft(*, study: Study) -> Report | None:
+    """The study's draft (at most one), if anyone is reporting it."""
+    return Report.objects.filter(study=study, status=Report.Status.DRAFT).select_related("author").first()
+
+
+def _detail(report: Report) -> dict[str, Any]:
+    return {"report": report.pk, "version": report.version, "kind": report.kind}
+
+
+def _reload(report: Report) -> Report | None:
+    return Report.objects.select_related("author", "study", "study__facility").filter(pk=report.pk).first()
+
+
+def _claimed_conflict(draft: Report) -> ReportConflict:
+    return ReportConflict(
+        _("%(name)s sta già refertando questo studio (bozza aperta alle %(time)s).")
+        % {"name": _person(draft.author), "time": _hhmm(draft.created_at)},
+        code="claimed",
+    )
+
+
+# --- drafts -----------------------------------------------------------------
+
+
+def _draft_create(*, study: Study, user: Any, values: dict[str, Any]) -> Report:
+    """Create the study's draft (the claim); the database settles two claims at once."""
+    try:
+        with transaction.atomic():
+            last = Report.objects.filter(study=study).aggregate(m=Max("version"))["m"] or 0
+            return Report.objects.create(study=study, author=user, version=last + 1, **values)
+    except IntegrityError:
+        # Another radiologist's draft (report_one_draft) or version
+        # (report_unique_version) was committed between our look and our insert.
+        draft = report_draft(study=study)
+        if draft is not None:
+            if draft.author_id == user.pk:
+                return draft
+            raise _claimed_conflict(draft) from None
+        raise ReportConflict(_("Il referto dello studio è appena cambiato: ricarichi la pagina.")) from None
+
+
+def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: str = "") -> Report:
+    """Claim ``study`` for reporting: create its draft, or return the user's own.
+
+    The clinical question is pre-filled from the booking's
+    (``study.reason_for_request``).
+
+    Raises
+    ------
+    PermissionDenied
+        The user may not open the study or write reports.
+    ReportConflict
+        Another radiologist's draft exists (the message names them).
+    ReportError
+        The study already has a signed report: it is corrected or
+        completed with :func:`report_amend`, not reported again.
+    """
+    study_access_check(user=user, study=study, source=source)
+    _permission_check(
+        user=user, perm="archive.add_report", action="report.start", study=study, source=source, detail={}
+    )
+    draft = report_draft(study=study)
+    if draft is not None:
+        if draft.author_id == user.pk:
+            return draft
+        raise _claimed_conflict(draft)
+    if report_current(study=study) is not None:
+        raise ReportError(
+            _("Lo studio ha già un referto firmato: si può redigere una rettifica o un'integrazione."),
+            code="state",
+        )
+    report = _draft_create(
+        study=study,
+        user=user,
+        values={"kind": Report.Kind.ORIGINAL, "clinical_question": study.reason_for_request or ""},
+    )
+    audit_record(action="report.start", user=user, study=study, source=source, detail=_detail(report))
+    return report
+
+
+def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report:
+    """The current row of ``report``, which must be a draft written by ``user``."""
+    row = _reload(report)
+    if row is None:
+        raise ReportConflict(_("La bozza non esiste più: è stata scartata."), code="missing")
+    if row.status != Report.Status.DRAFT:
+        raise ReportConflict(
+            _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"
+        )
+    if row.author_id != user.pk:
+        audit_record(
+            action=action,
+            outcome=DENIED,
+            user=user,
+            study=row.study,
+            source=source,
+            detail={**_detail(row), "reason": "author"},
+        )
+        raise ReportError(
+            _("La bozza è di %(name)s: solo chi la redige può modificarla o firmarla.") % {"name": _person(row.author)},
+            code="author",
+        )
+    return row
+
+
+def _saved_conflict(row: Report | None) -> ReportConflict:
+    if row is None:
+        return ReportConflict(_("La bozza non esiste più: è stata scartata."), code="missing")
+    if row.status == Report.Status.SIGNED:
+        return ReportConflict(
+            _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"
+        )
+    return ReportConflict(
+        _("La bozza è stata salvata da %(name)s alle %(time)s: ricarichi la bozza.")
+        % {"name": _person(row.author), "time": _hhmm(row.updated_at)}
+    )
+
+
+def report_save(
+    *,
+    report: Report,
+    user: AbstractBaseUser | Any,
+    revision: int,
+    clinical_question: str,
+    technique: str,
+    findings: str,
+    conclusion: str,
+    source: str = "",
+) -> Report:
+    """Save the sections of a draft that was read at ``revision``; returns the saved row.
+
+    Raises
+    ------
+    ReportConflict
+        Somebody saved (or signed, or discarded) the draft since ``revision``:
+        nothing is overwritten.
+    ReportError
+        ``user`` is not the draft's author.
+    """
+    study = report.study
+    study_access_check(user=user, study=study, source=source)
+    _permission_check(
+        user=user,
+        perm="archive.change_report",
+        action="report.save",
+        study=study,
+        source=source,
+        detail=_detail(report),
+    )
+    row = _own_draft(report=report, user=user, action="report.save", source=source)
+    with transaction.atomic():
+        updated = Report.objects.filter(pk=row.pk, status=Report.Status.DRAFT, revision=revision).update(
+            clinical_question=clinical_question,
+            technique=technique,
+            findings=findings,
+            conclusion=conclusion,
+            revision=revision + 1,
+            updated_at=timezone.now(),
+        )
+        if updated != 1:
+            raise _saved_conflict(_reload(row))
+        audit_record(
+            action="report.save",
+            user=user,
+            study=study,
+            source=source,
+            detail={**_detail(row), "revision": revision + 1},
+        )
+    saved = _reload(row)
+    assert saved is not None
+    return saved
+
+
+def report_discard(*, report: Report, user: AbstractBaseUser | Any, source: str = "") -> None:
+    """The author drops an unsigned draft (and with it the claim on the study)."""
+    study = report.study
+    study_access_check(user=user, study=study, source=source)
+    _permission_check(
+        user=user,
+        perm="archive.change_report",
+        action="report.discard",
+        study=study,
+        source=source,
+        detail=_detail(report),
+    )
+    row = _own_draft(report=report, user=user, action="report.discard", source=source)
+    with transaction.atomic():
+        # A queryset delete: no signed row can match the filter.
+        deleted, _counts = Report.objects.filter(pk=row.pk, status=Report.Status.DRAFT, author_id=user.pk).delete()
+        if deleted != 1:
+            raise _saved_conflict(_reload(row))
+        audit_record(action="report.discard", user=user, study=study, source=source, detail=_detail(row))
+
+
+def report_amend(*, report: Report, user: AbstractBaseUser | Any, kind: str, source: str = "") -> Report:
+    """Start a correction or an addendum of the signed ``report``: a new draft version.
+
+    A correction (``kind="correction"``) starts from the signed text; an
+    addendum (``"addendum"``) keeps only the clinical question. The signed
+    version stays as it is and readable; the new one refers to it.
+    """
+    study = report.study
+    study_access_check(user=user, study=study, source=source)
+    _permission_check(
+        user=user,
+        perm="archive.add_report",
+        action="report.amend",
+        study=study,
+        source=source,
+        detail=_detail(report),
+    )
+    if kind not in (Report.Kind.CORRECTION, Report.Kind.ADDENDUM):
+        raise ReportError(_("Tipo di modifica non valido: rettifica o integrazione."), code="invalid")
+    signed = _reload(report)
+    if signed is None or signed.status != Report.Status.SIGNED:
+        raise ReportError(_("Si rettifica o si integra solo un referto firmato."), code="state")
+    draft = report_draft(study=study)
+    if draft is not None:
+        if draft.author_id == user.pk and draft.previous_id == signed.pk and draft.kind == kind:
+            return draft
+        raise _claimed_conflict(draft)
+    latest = report_current(study=study)
+    if latest is not None and latest.pk != signed.pk:
+        raise ReportConflict(
+            _("Esiste una versione più recente (v%(version)s): si rettifica o si integra quella.")
+            % {"version": latest.version},
+            code="superseded",
+        )
+    values: dict[str, Any] = {"kind": kind, "previous": signed, "clinical_question": signed.clinical_question}
+    if kind == Report.Kind.CORRECTION:
+        values.update(technique=signed.technique, findings=signed.findings, conclusion=signed.conclusion)
+    new = _draft_create(study=study, user=user, values=values)
+    if new.previous_id != signed.pk or new.kind != kind:
+        raise _claimed_conflict(new)
+    audit_record(
+        action="report.amend",
+        user=user,
+        study=study,
+        source=source,
+        detail={**_detail(new), "previous": signed.pk, "previous_version": signed.version},
+    )
+    return new
+
+
+# --- signing ----------------------------------------------------------------
+
+
+def _reauthenticate(*, user: Any, password: str, otp: str) -> str:
+    """The reason re-authentication failed ("" when it passed)."""
+    if not password or not user.check_password(password):
+        return "password"
+    profile = _profile(user)
+    secret = profile.totp_secret if profile is not None else ""
+    if secret:
+        import pyotp
+
+        code = (otp or "").strip().replace(" ", "")
+        if not code or not pyotp.TOTP(secret).verify(code, valid_window=1):
+            return "otp"
+    return ""
+
+
+def report_sign(
+    *,
+    report: Report,
+    user: AbstractBaseUser | Any,
+    password: str,
+    otp: str = "",
+    revision: int,
+    source: str = "",
+) -> Report:
+    """Sign the draft ``report`` as read at ``revision``; returns the signed row.
+
+    Re-authenticates the radiologist (password, and the TOTP code when their
+    staff profile has a secret), makes the PDF, signs it (detached CAdES with
+    the radiologist's own key), stores both files in the study's facility
+    tier, then marks the row signed in one conditional UPDATE. After commit,
+    ``signals.report_signed`` is sent and, with
+    ``PACS_REPORT_ENCAPSULATED_PDF``, the PDF is ingested into the study as
+    a DICOM Encapsulated PDF instance.
+
+    Raises
+    ------
+    PermissionDenied
+        The user may not open the study or sign reports.
+    ReportError
+        ``code="reauth"``: wrong password or code (audited as denied);
+        ``author``, ``empty``, ``signing``, ``storage``: nothing was signed.
+    ReportConflict
+        The draft changed since ``revision`` (or was signed or discarded).
+    """
+    study = report.study
+    study_access_check(user=user, study=study, source=source)
+    _permission_check(
+        user=user,
+        perm="archive.sign_report",
+        action="report.sign",
+        study=study,
+        source=source,
+        detail=_detail(report),
+    )
+    row = _own_draft(report=report, user=user, action="report.sign", source=source)
+    failed = _reauthenticate(user=user, password=password, otp=otp)
+    if failed:
+        audit_record(
+            action="report.sign",
+            outcome=DENIED,
+            user=user,
+            study=study,
+            source=source,
+            detail={**_detail(row), "reason": failed},
+        )
+        if failed == "otp":
+            raise ReportError(_("Codice del secondo fattore errato o scaduto: firma non eseguita."), code="reauth")
+        raise ReportError(_("Password errata: firma non eseguita."), code="reauth")
+    if row.revision != revision:
+        raise _saved_conflict(row)
+    if not (row.conclusion.strip() or row.findings.strip()):
+        raise ReportError(
+            _("Il referto è vuoto: scriva la descrizione o le conclusioni prima di firmare."), code="empty"
+        )
+
+    def failure(reason: str, message: str, code: str) -> ReportError:
+        audit_record(
+            action="report.sign",
+            outcome=FAILURE,
+            user=user,
+            study=study,
+            source=source,
+            detail={**_detail(row), "reason": reason},
+        )
+        return ReportError(message, code=code)
+
+    # The slow part, outside any transaction: PDF, signature, files.
+    from . import signing
+    from .report_pdf import report_pdf
+
+    signed_at = timezone.now()
+    try:
+        signer = signing.signer_name(user)
+        certificate = signing.signer_certificate_pem(user)
+        pdf = report_pdf(report=row, signer_name=signer, signed_at=signed_at)
+        p7m = signing.cades_sign_detached(data=pdf, user=user, signing_time=signed_at)
+    except signing.SigningError as exc:
+        logger.exception("signing report %s failed", row.pk)
+        message = getattr(exc, "message", "") or str(exc)
+        raise failure(
+            f"signing: {message}", _("Firma non eseguita: %(reason)s") % {"reason": message}, "signing"
+        ) from exc
+    pdf_sha256 = hashlib.sha256(pdf).hexdigest()
+    p7m_sha256 = hashlib.sha256(p7m).hexdigest()
+    tier = storage.facility_tier(study.facility.code)
+    try:
+        pdf_path = storage.report_relpath(
+            study_uid=study.study_instance_uid, version=row.version, sha256=pdf_sha256, extension="pdf"
+        )
+        p7m_path = storage.report_relpath(
+            study_uid=study.study_instance_uid, version=row.version, sha256=p7m_sha256, extension="p7m"
+        )
+        storage.place_bytes(pdf, tier, pdf_path)
+        storage.place_bytes(p7m, tier, p7m_path)
+    except storage.StorageError as exc:
+        logger.exception("storing report %s failed", row.pk)
+        raise failure(
+            f"storage: {exc}",
+            _("Firma non eseguita: l'archivio non ha potuto salvare il referto (%(reason)s).") % {"reason": exc},
+            "storage",
+        ) from exc
+
+    encapsulate = bool(settings.PACS_REPORT_ENCAPSULATED_PDF)
+    # The instance is ingested after commit (a workstation must never see a
+    # PDF whose signing then lost); its UID is fixed now because a signed
+    # row never changes again. The rest of the data set derives from the row.
+    sop_uid = _new_uid() if encapsulate else ""
+
+    with transaction.atomic():
+        updated = Report.objects.filter(pk=row.pk, status=Report.Status.DRAFT, revision=revision).update(
+            status=Report.Status.SIGNED,
+            signed_at=signed_at,
+            signer_name=signer,
+            signer_certificate=certificate,
+            tier=tier,
+            pdf_path=pdf_path,
+            pdf_sha256=pdf_sha256,
+            pdf_size=len(pdf),
+            signature_path=p7m_path,
+            signature_sha256=p7m_sha256,
+            encapsulated_sop_instance_uid=sop_uid,
+            updated_at=signed_at,
+        )
+        if updated != 1:
+            # The files stay: content-addressed, nothing points at them.
+            raise _saved_conflict(_reload(row))
+        audit_record(
+            action="report.sign",
+            user=user,
+            study=study,
+            source=source,
+            detail={**_detail(row), "pdf_sha256": pdf_sha256, "signature_sha256": p7m_sha256, "signer": signer},
+        )
+        report_pk, study_pk = row.pk, study.pk
+        transaction.on_commit(lambda: _signed_notify(report_pk=report_pk, study_pk=study_pk))
+        if encapsulate:
+            transaction.on_commit(lambda: _encapsulate_after_commit(report_pk=report_pk, user=user, source=source))
+    signed = _reload(row)
+    assert signed is not None
+    return signed
+
+
+def _signed_notify(*, report_pk: int, study_pk: int) -> None:
+    for receiver, result in signals.report_signed.send_robust(sender=Report, report_pk=report_pk, study_pk=study_pk):
+        if isinstance(result, Exception):
+            logger.error("report_signed receiver %r failed for report %s", receiver, report_pk, exc_info=result)
+
+
+def _encapsulate_after_commit(*, report_pk: int, user: Any, source: str) -> None:
+    report = Report.objects.select_related("study", "study__facility").get(pk=report_pk)
+    try:
+        report_encapsulate(report=report)
+    except ReportError as exc:
+        # The report is signed and valid; only its DICOM copy is missing, and
+        # report_encapsulate can make it again (same UIDs, same bytes).
+        logger.error("encapsulated PDF of report %s not stored: %s", report_pk, exc.message)
+        audit_record(
+            action="report.encapsulate",
+            outcome=FAILURE,
+            user=user,
+            study=report.study,
+            source=source,
+            detail={**_detail(report), "reason": exc.message},
+        )
+
+
+# --- the signed files ---------------------------------------------------------
+
+
+def report_file(*, report: Report, which: str) -> bytes:
+    """The signed report's PDF (``"pdf"``) or detached signature (``"p7m"``), checked.
+
+    Raises
+    ------
+    ReportError
+        Not signed, the file is missing, unreadable, or its SHA-256 is not
+        the one recorded at signing (``code="damaged"``).
+    """
+    if which not in ("pdf", "p7m"):
+        raise ReportError(_("File del referto sconosciuto."), code="invalid")
+    if report.status != Report.Status.SIGNED:
+        raise ReportError(_("Il referto non è firmato."), code="state")
+    relpath, expected = (
+        (report.pdf_path, report.pdf_sha256) if which == "pdf" else (report.signature_path, report.signature_sha256)
+    )
+    try:
+        fh = storage.open_copy(report.tier, relpath)
+        if fh is None:
+            logger.error("report %s: %s missing at %s/%s", report.pk, which, report.tier, relpath)
+            raise ReportError(_("Il file del referto non si trova nell'archivio."), code="missing")
+        with fh:
+            data = fh.read()
+    except (storage.StorageError, OSError) as exc:
+        logger.exception("report %s: cannot read %s", report.pk, relpath)
+        raise ReportError(_("Il file del referto non si può leggere."), code="storage") from exc
+    if hashlib.sha256(data).hexdigest() != expected:
+        logger.error("report %s: %s at %s/%s does not match its SHA-256", report.pk, which, report.tier, relpath)
+        raise ReportError(_("Il file del referto è danneggiato: non corrisponde a quello firmato."), code="damaged")
+    return data
+
+
+def _same_certificate(a: str, b: str) -> bool:
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(a.encode()) == x509.load_pem_x509_certificate(b.encode())
+    except ValueError:
+        return a.strip() == b.strip()
+
+
+def report_verify(*, report: Report) -> SignatureCheck:
+    """Check a signed report: its files against the recorded hashes, then the CAdES signature."""
+    from . import signing
+
+    def refused(reason: str) -> SignatureCheck:
+        return signing.SignatureCheck(
+            ok=False,
+            reason=reason,
+            signer_subject="",
+            signer_certificate_pem=report.signer_certificate,
+            signing_time=None,
+        )
+
+    if report.status != Report.Status.SIGNED:
+        return refused(_("Il referto non è firmato."))
+    try:
+        pdf = report_file(report=report, which="pdf")
+        p7m = report_file(report=report, which="p7m")
+    except ReportError as exc:
+        return refused(exc.message)
+    check = signing.cades_verify_detached(data=pdf, signature=p7m)
+    if (
+        check.ok
+        and report.signer_certificate
+        and check.signer_certificate_pem
+        and not _same_certificate(check.signer_certificate_pem, report.signer_certificate)
+    ):
+        return refused(_("La firma è valida ma il certificato non è quello registrato alla firma."))
+    return check
+
+
+# --- the DICOM copy ---------------------------------------------------------
+
+
+def _new_uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
+
+
+def _derived_uid(*parts: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=list(parts)))
+
+
+def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
+    """The signed report as a DICOM Encapsulated PDF instance of its study.
+
+    Everything derives from the signed row, so the same report always gives
+    the same data set (a retry stores nothing new).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    study = report.study
+    sop_uid = report.encapsulated_sop_instance_uid
+    signed_at = timezone.localtime(report.signed_at)
+    date, time = signed_at.strftime("%Y%m%d"), signed_at.strftime("%H%M%S")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    # Patient and study: as the archive indexed them.
+    ds.PatientName = study.patient_name
+    ds.PatientID = study.dicom_patient_id
+    if study.issuer_of_patient_id:
+        ds.IssuerOfPatientID = study.issuer_of_patient_id
+    ds.PatientBirthDate = study.patient_birth_date.strftime("%Y%m%d") if study.patient_birth_date else ""
+    ds.PatientSex = study.patient_sex
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDate = study.study_date.strftime("%Y%m%d") if study.study_date else ""
+    ds.StudyTime = study.study_time
+    ds.AccessionNumber = study.accession_number
+    ds.StudyID = study.study_id
+    ds.StudyDescription = study.study_description
+    ds.ReferringPhysicianName = study.referring_physician_name
+    # Encapsulated Document Series, one per report version.
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = _derived_uid(sop_uid, "series")
+    ds.SeriesNumber = ENCAPSULATED_SERIES_BASE + report.version
+    ds.SeriesDescription = "Referto firmato"
+    # General and SC Equipment.
+    ds.Manufacturer = "PACS regionale"
+    ds.ConversionType = "WSD"
+    # Encapsulated Document.
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.AcquisitionDateTime = signed_at.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES"
+    title = "Referto radiologico" if report.kind == Report.Kind.ORIGINAL else f"Referto radiologico ({report.kind})"
+    ds.DocumentTitle = f"{title} v{report.version} - {report.signer_name}"[:64]
+    concept = Dataset()
+    concept.CodeValue = "18748-4"
+    concept.CodingSchemeDesignator = "LN"
+    concept.CodeMeaning = "Diagnostic imaging study"
+    ds.ConceptNameCodeSequence = [concept]
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.EncapsulatedDocument = pdf + b"\x00" if len(pdf) % 2 else pdf
+    return ds
+
+
+def report_encapsulate(*, report: Report) -> str:
+    """Store the signed PDF in the study as its Encapsulated PDF instance; returns the SOPInstanceUID.
+
+    Idempotent: the data set derives from the signed row, so a second call
+    finds the same bytes already archived.
+    """
+    from pydicom.filewriter import dcmwrite
+
+    from .ingest import CONFLICT, IngestError, instance_ingest
+
+    if report.status != Report.Status.SIGNED or not report.encapsulated_sop_instance_uid:
+        raise ReportError(_("Il referto non prevede una copia DICOM."), code="state")
+    pdf = report_file(report=report, which="pdf")
+    ds = encapsulated_dataset(report=report, pdf=pdf)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    path = storage.incoming_dir() / f"{uuid.uuid4().hex}.dcm"
+    try:
+        result = instance_ingest(
+            path=path, facility=report.study.facility, owned=True, data=buffer.getvalue(), calling_ae=""
+        )
+    except IngestError as exc:
+        logger.exception("encapsulated PDF of report %s refused", report.pk)
+        raise ReportError(
+            _("La copia DICOM del referto non è stata archiviata: %(reason)s") % {"reason": exc.reason},
+            code="storage",
+        ) from exc
+    if result.outcome == CONFLICT:
+        raise ReportError(_("La copia DICOM del referto è in conflitto con un oggetto archiviato."), code="storage")
+    return result.sop_instance_uid
