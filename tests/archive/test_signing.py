@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import datetime as dt
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from archive import signing
+from tests.reporting_helpers import Reporting, reporting  # noqa: F401
+
+PDF = b"%PDF-1.4\n% a report\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
+
+
+def openssl_verify(tmp_path: Path, *, pdf: bytes, p7m: bytes, ca: bytes) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "r.pdf").write_bytes(pdf)
+    (tmp_path / "r.p7m").write_bytes(p7m)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    return subprocess.run(
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "r.p7m", "-content", "r.pdf"]
+        + ["-CAfile", "ca.pem", "-purpose", "any", "-out", "/dev/null"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_signature_verifies_with_our_code_and_with_openssl(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist, signing_time=when)
+
+    check = signing.cades_verify_detached(data=PDF, signature=p7m)
+
+    assert check.ok, check.reason
+    assert check.reason == ""
+    assert check.signer_subject.startswith("CN=Stefano Cossutta, ")
+    assert check.signing_time == when
+    assert check.signer_certificate_pem == signing.signer_certificate_pem(reporting.radiologist)
+    assert signing.signer_name(reporting.radiologist) == "Stefano Cossutta"
+    result = openssl_verify(tmp_path, pdf=PDF, p7m=p7m, ca=signing.ca_certificate_pem())
+    assert result.returncode == 0, result.stderr
+    assert "Verification successful" in result.stderr
+
+
+def test_one_changed_byte_fails_in_openssl_and_our_verifier_says_why(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    damaged = PDF.replace(b"a report", b"a rEport")
+
+    check = signing.cades_verify_detached(data=damaged, signature=p7m)
+
+    assert not check.ok
+    assert "modificato" in check.reason
+    assert check.signer_subject.startswith("CN=Stefano Cossutta")
+    result = openssl_verify(tmp_path, pdf=damaged, p7m=p7m, ca=signing.ca_certificate_pem())
+    assert result.returncode != 0
+    assert "Verification failure" in result.stderr
+
+
+def test_the_signature_is_detached_cades_bes(reporting: Reporting) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+
+    content_info = cms.ContentInfo.load(p7m)
+    signed_data = content_info["content"]
+    assert content_info["content_type"].native == "signed_data"
+    assert signed_data["encap_content_info"]["content"].native is None
+    (signer_info,) = signed_data["signer_infos"]
+    assert signer_info["digest_algorithm"]["algorithm"].native == "sha256"
+    names = {attr["type"].native for attr in signer_info["signed_attrs"]}
+    assert {"content_type", "message_digest", "signing_time", "signing_certificate_v2"} <= names
+
+
+def test_a_signature_from_another_ca_is_refused(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    other_ca = tmp_path / "other"
+    signing.demo_pki_create(users=[], directory=other_ca)
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+
+    check = signing.cades_verify_detached(data=PDF, signature=p7m, ca_pem=(other_ca / "ca.pem").read_bytes())
+
+    assert not check.ok
+    assert "CA" in check.reason
+
+
+def test_a_swapped_certificate_or_a_forged_signature_is_refused(reporting: Reporting) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    content_info = cms.ContentInfo.load(p7m)
+    signature = content_info["content"]["signer_infos"][0]["signature"]
+    forged = bytearray(signature.native)
+    forged[-1] ^= 1
+    content_info["content"]["signer_infos"][0]["signature"] = bytes(forged)
+
+    check = signing.cades_verify_detached(data=PDF, signature=content_info.dump(force=True))
+
+    assert not check.ok
+    assert "non è valida" in check.reason
+
+
+def test_garbage_is_not_a_signature(reporting: Reporting) -> None:  # noqa: F811
+    check = signing.cades_verify_detached(data=PDF, signature=b"not a signature")
+
+    assert not check.ok
+    assert "CMS" in check.reason
+
+
+def test_a_user_without_key_cannot_sign(region: object) -> None:
+    user = get_user_model().objects.create_user(username="senzachiave", first_name="Anna", last_name="Bianchi")
+
+    with pytest.raises(signing.SigningError) as excinfo:
+        signing.cades_sign_detached(data=PDF, user=user)
+
+    assert "senzachiave" in excinfo.value.message
+    assert "chiave" in excinfo.value.message
+    with pytest.raises(signing.SigningError):
+        signing.signer_name(user)
+
+
+def test_demo_pki_create_is_idempotent(region: object, tmp_path: Path) -> None:
+    user = get_user_model().objects.create_user(username="m.rossi", first_name="Maria", last_name="Rossi")
+    directory = tmp_path / "pki"
+
+    signing.demo_pki_create(users=[user], directory=directory)
+    files = sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
+    first = {p: (directory / p).read_bytes() for p in files}
+    signing.demo_pki_create(users=[user], directory=directory)
+
+    assert files == [Path("ca.key.pem"), Path("ca.pem"), Path("users/m.rossi.crt.pem"), Path("users/m.rossi.key.pem")]
+    assert {p: (directory / p).read_bytes() for p in files} == first
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory / "users").stat().st_mode) == 0o700
+    for path in files:
+        assert stat.S_IMODE((directory / path).stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(first[Path("users/m.rossi.crt.pem")])
+    ca = x509.load_pem_x509_certificate(first[Path("ca.pem")])
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "Maria Rossi"
+    assert ca.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == signing.CA_NAME
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.content_commitment and not usage.key_cert_sign
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    cert.verify_directly_issued_by(ca)
+
+
+def test_keys_are_encrypted_with_the_passphrase(region: object, tmp_path: Path, settings: object) -> None:
+    settings.PACS_SIGNING_DIR = tmp_path / "pki"  # type: ignore[attr-defined]
+    settings.PACS_SIGNING_KEY_PASSPHRASE = "una passphrase lunga"  # type: ignore[attr-defined]
+    user = get_user_model().objects.create_user(username="cifrato", first_name="Luca", last_name="Verdi")
+
+    signing.demo_pki_create(users=[user])
+    key_pem = (tmp_path / "pki" / "users" / "cifrato.key.pem").read_bytes()
+    p7m = signing.cades_sign_detached(data=PDF, user=user)
+
+    assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert (tmp_path / "pki" / "ca.key.pem").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    serialization.load_pem_private_key(key_pem, password=b"una passphrase lunga")
+    assert signing.cades_verify_detached(data=PDF, signature=p7m).ok
+
+    settings.PACS_SIGNING_KEY_PASSPHRASE = "sbagliata"  # type: ignore[attr-defined]
+    with pytest.raises(signing.SigningError) as excinfo:
+        signing.cades_sign_detached(data=PDF, user=user)
+    assert "passphrase" in excinfo.value.message
+
+    settings.PACS_SIGNING_KEY_PASSPHRASE = ""  # type: ignore[attr-defined]
+    with pytest.raises(signing.SigningError) as excinfo:
+        signing.cades_sign_detached(data=PDF, user=user)
+    assert "PACS_SIGNING_KEY_PASSPHRASE" in excinfo.value.message
+
+
+def test_the_default_directory_is_the_setting(reporting: Reporting) -> None:  # noqa: F811
+    directory = Path(settings.PACS_SIGNING_DIR)
+    assert (directory / "users" / "radiologo.key.pem").exists()
+    assert signing.ca_certificate_pem() == (directory / "ca.pem").read_bytes()
