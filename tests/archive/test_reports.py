@@ -1,0 +1,454 @@
+"""The report services: the claim, optimistic saves, re-authenticated signing,
+corrections and addenda, authority scoping, the stored files and their
+DICOM copy."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyotp
+import pytest
+from django.core.exceptions import PermissionDenied
+from pydicom import dcmread
+
+from archive import reports, storage
+from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
+from archive.reports import ReportConflict, ReportError
+from archive.signals import report_signed
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def written_draft(r: Reporting, *, user: object | None = None) -> Report:
+    user = user or r.radiologist
+    draft = reports.report_draft_start(study=r.study, user=user)
+    return reports.report_save(
+        report=draft,
+        user=user,
+        revision=draft.revision,
+        clinical_question=draft.clinical_question,
+        technique="TC del torace senza mezzo di contrasto.",
+        findings="Non lesioni focali parenchimali. Non versamento pleurico.",
+        conclusion="Quadro TC nei limiti della norma.",
+    )
+
+
+def sign(report: Report, user: object, **kwargs: object) -> Report:
+    return reports.report_sign(
+        report=report, user=user, password=RADIOLOGIST_PASSWORD, revision=report.revision, **kwargs
+    )
+
+
+def report_files(study: Study) -> list[Path]:
+    root = storage.absolute_path(storage.facility_tier(study.facility.code), "reports")
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def events(action: str, outcome: str | None = None) -> list[AuditEvent]:
+    qs = AuditEvent.objects.filter(action=action)
+    if outcome:
+        qs = qs.filter(outcome=outcome)
+    return list(qs.order_by("id"))
+
+
+# --- the claim and the draft --------------------------------------------------
+
+
+def test_draft_start_prefills_the_clinical_question(reporting: Reporting) -> None:
+    r = reporting
+    draft = reports.report_draft_start(study=r.study, user=r.radiologist, source="10.0.0.7")
+    assert draft.status == Report.Status.DRAFT
+    assert (draft.version, draft.kind, draft.revision) == (1, Report.Kind.ORIGINAL, 1)
+    assert draft.clinical_question == "Dispnea da sforzo, fumatore: escludere lesioni polmonari."
+    assert draft.author_id == r.radiologist.pk
+    assert reports.report_draft(study=r.study) == draft
+    assert reports.report_current(study=r.study) is None
+    (event,) = events("report.start")
+    assert (event.user_id, event.study_id, event.source) == (r.radiologist.pk, r.study.pk, "10.0.0.7")
+    # Opening it again gives the same draft back.
+    assert reports.report_draft_start(study=r.study, user=r.radiologist) == draft
+    assert Report.objects.count() == 1
+
+
+def test_a_colleague_cannot_claim_a_study_someone_is_reporting(reporting: Reporting) -> None:
+    r = reporting
+    reports.report_draft_start(study=r.study, user=r.radiologist)
+    with pytest.raises(ReportConflict) as exc:
+        reports.report_draft_start(study=r.study, user=r.colleague)
+    assert "Stefano Cossutta" in exc.value.message
+    assert exc.value.code == "claimed"
+    assert Report.objects.count() == 1
+
+
+def test_the_database_settles_two_claims_at_once(reporting: Reporting, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = reporting
+    reports.report_draft_start(study=r.study, user=r.radiologist)
+    # The colleague looked before the radiologist's draft was committed.
+    real = reports.report_draft
+    looks: list[int] = []
+
+    def first_look_sees_nothing(*, study: Study) -> Report | None:
+        looks.append(1)
+        return None if len(looks) == 1 else real(study=study)
+
+    monkeypatch.setattr(reports, "report_draft", first_look_sees_nothing)
+    with pytest.raises(ReportConflict) as exc:
+        reports.report_draft_start(study=r.study, user=r.colleague)
+    assert "Stefano Cossutta" in exc.value.message
+    assert Report.objects.count() == 1
+
+
+def test_the_second_of_two_saves_from_one_revision_conflicts(reporting: Reporting) -> None:
+    r = reporting
+    draft = reports.report_draft_start(study=r.study, user=r.radiologist)
+    fields = {"clinical_question": draft.clinical_question, "technique": "TC", "findings": ""}
+    first = reports.report_save(report=draft, user=r.radiologist, revision=1, conclusion="Prima scheda.", **fields)
+    assert first.revision == 2
+    with pytest.raises(ReportConflict) as exc:
+        reports.report_save(report=draft, user=r.radiologist, revision=1, conclusion="Seconda scheda.", **fields)
+    assert "Stefano Cossutta" in exc.value.message
+    assert "ricarichi" in exc.value.message
+    draft.refresh_from_db()
+    assert (draft.conclusion, draft.revision) == ("Prima scheda.", 2)
+    assert len(events("report.save", AuditEvent.Outcome.SUCCESS)) == 1
+
+
+def test_only_the_author_saves_a_draft(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportError) as exc:
+        reports.report_save(
+            report=draft,
+            user=r.colleague,
+            revision=draft.revision,
+            clinical_question="",
+            technique="",
+            findings="",
+            conclusion="Riscritto da altri.",
+        )
+    assert exc.value.code == "author"
+    assert "Stefano Cossutta" in exc.value.message
+    draft.refresh_from_db()
+    assert draft.conclusion == "Quadro TC nei limiti della norma."
+    assert events("report.save", AuditEvent.Outcome.DENIED)[0].user_id == r.colleague.pk
+
+
+def test_the_author_discards_a_draft_and_the_study_is_free_again(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportError):
+        reports.report_discard(report=draft, user=r.colleague)
+    reports.report_discard(report=draft, user=r.radiologist)
+    assert not Report.objects.exists()
+    assert len(events("report.discard", AuditEvent.Outcome.SUCCESS)) == 1
+    assert events("report.discard", AuditEvent.Outcome.DENIED)[0].user_id == r.colleague.pk
+    assert reports.report_draft_start(study=r.study, user=r.colleague).author_id == r.colleague.pk
+
+
+# --- signing ------------------------------------------------------------------
+
+
+def test_signing_with_a_wrong_password_signs_nothing(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportError) as exc:
+        reports.report_sign(report=draft, user=r.radiologist, password="non-la-mia", revision=draft.revision)
+    assert exc.value.code == "reauth"
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT and not draft.pdf_path and draft.signed_at is None
+    assert report_files(r.study) == []
+    (event,) = events("report.sign")
+    assert (event.outcome, event.detail["reason"]) == (AuditEvent.Outcome.DENIED, "password")
+
+
+def test_signing_asks_for_the_second_factor_when_configured(reporting: Reporting) -> None:
+    r = reporting
+    secret = pyotp.random_base32()
+    StaffProfile.objects.filter(user=r.radiologist).update(totp_secret=secret)
+    draft = written_draft(r)
+    for otp in ("", "000000" if pyotp.TOTP(secret).now() != "000000" else "111111"):
+        with pytest.raises(ReportError) as exc:
+            sign(draft, r.radiologist, otp=otp)
+        assert exc.value.code == "reauth"
+    assert [e.detail["reason"] for e in events("report.sign", AuditEvent.Outcome.DENIED)] == ["otp", "otp"]
+    assert report_files(r.study) == []
+    signed = sign(draft, r.radiologist, otp=pyotp.TOTP(secret).now())
+    assert signed.status == Report.Status.SIGNED
+
+
+def test_signing_stores_pdf_and_signature_and_tells_the_other_apps_once(
+    reporting: Reporting, django_capture_on_commit_callbacks
+) -> None:
+    r = reporting
+    received: list[dict] = []
+
+    def receiver(sender: object, **kwargs: object) -> None:
+        received.append({k: v for k, v in kwargs.items() if k != "signal"})
+
+    report_signed.connect(receiver, dispatch_uid="test_reports")
+    try:
+        draft = written_draft(r)
+        with django_capture_on_commit_callbacks(execute=True):
+            signed = sign(draft, r.radiologist, source="10.0.0.7")
+    finally:
+        report_signed.disconnect(dispatch_uid="test_reports")
+    assert received == [{"report_pk": signed.pk, "study_pk": r.study.pk}]
+
+    assert signed.status == Report.Status.SIGNED and signed.is_signed
+    assert signed.signed_at is not None
+    assert signed.signer_name == "Stefano Cossutta"
+    assert "BEGIN CERTIFICATE" in signed.signer_certificate
+    assert signed.tier == "facility:TS-CAT"
+    assert signed.revision == draft.revision
+    pdf = storage.absolute_path(signed.tier, signed.pdf_path).read_bytes()
+    p7m = storage.absolute_path(signed.tier, signed.signature_path).read_bytes()
+    assert pdf.startswith(b"%PDF")
+    assert hashlib.sha256(pdf).hexdigest() == signed.pdf_sha256 and signed.pdf_size == len(pdf)
+    assert hashlib.sha256(p7m).hexdigest() == signed.signature_sha256
+    assert signed.pdf_sha256 in signed.pdf_path and signed.pdf_path.endswith(".pdf")
+    assert signed.signature_path.endswith(".p7m")
+    assert reports.report_file(report=signed, which="pdf") == pdf
+    assert reports.report_file(report=signed, which="p7m") == p7m
+
+    (event,) = events("report.sign")
+    assert event.outcome == AuditEvent.Outcome.SUCCESS
+    assert (event.user_id, event.study_id, event.source) == (r.radiologist.pk, r.study.pk, "10.0.0.7")
+    assert event.detail["pdf_sha256"] == signed.pdf_sha256
+
+    check = reports.report_verify(report=signed)
+    assert check.ok, check.reason
+    assert "Stefano Cossutta" in check.signer_subject
+    assert reports.report_current(study=r.study) == signed
+    assert reports.report_draft(study=r.study) is None
+    assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
+    assert signed.encapsulated_sop_instance_uid == ""
+
+
+def test_signing_an_empty_report_is_refused(reporting: Reporting) -> None:
+    r = reporting
+    draft = reports.report_draft_start(study=r.study, user=r.radiologist)
+    with pytest.raises(ReportError) as exc:
+        sign(draft, r.radiologist)
+    assert exc.value.code == "empty"
+    assert report_files(r.study) == []
+
+
+def test_signing_a_stale_revision_conflicts(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportConflict):
+        reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=1)
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT
+
+
+def test_a_save_that_lands_while_signing_wins_and_the_signing_reports_a_conflict(
+    reporting: Reporting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = reporting
+    draft = written_draft(r)
+    place_bytes = storage.place_bytes
+
+    def place_and_race(data: bytes, tier: str, relpath: str) -> bool:
+        # The other browser tab saves while this one is making the files.
+        Report.objects.filter(pk=draft.pk).update(revision=draft.revision + 1, conclusion="Cambiato.")
+        return place_bytes(data, tier, relpath)
+
+    monkeypatch.setattr(storage, "place_bytes", place_and_race)
+    with pytest.raises(ReportConflict):
+        sign(draft, r.radiologist)
+    draft.refresh_from_db()
+    assert (draft.status, draft.conclusion) == (Report.Status.DRAFT, "Cambiato.")
+    assert not events("report.sign", AuditEvent.Outcome.SUCCESS)
+
+
+def test_only_the_author_signs(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportError) as exc:
+        sign(draft, r.colleague)
+    assert exc.value.code == "author"
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT
+
+
+def test_a_storage_failure_signs_nothing(reporting: Reporting, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = reporting
+    draft = written_draft(r)
+
+    def full(data: bytes, tier: str, relpath: str) -> bool:
+        raise storage.StorageFull("no space left while storing")
+
+    monkeypatch.setattr(storage, "place_bytes", full)
+    with pytest.raises(ReportError) as exc:
+        sign(draft, r.radiologist)
+    assert exc.value.code == "storage"
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT
+    assert events("report.sign")[-1].outcome == AuditEvent.Outcome.FAILURE
+
+
+# --- corrections and addenda ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [Report.Kind.CORRECTION, Report.Kind.ADDENDUM])
+def test_an_amendment_is_a_new_version_and_the_signed_one_stays(reporting: Reporting, kind: str) -> None:
+    r = reporting
+    v1 = sign(written_draft(r), r.radiologist)
+    v1_pdf = reports.report_file(report=v1, which="pdf")
+    v2 = reports.report_amend(report=v1, user=r.colleague, kind=kind)
+    assert (v2.version, v2.kind, v2.previous_id, v2.status) == (2, kind, v1.pk, Report.Status.DRAFT)
+    assert v2.author_id == r.colleague.pk
+    assert v2.clinical_question == v1.clinical_question
+    if kind == Report.Kind.CORRECTION:
+        assert (v2.technique, v2.findings, v2.conclusion) == (v1.technique, v1.findings, v1.conclusion)
+    else:
+        assert (v2.technique, v2.findings, v2.conclusion) == ("", "", "")
+    assert len(events("report.amend")) == 1
+    # The study is claimed again: nobody else starts a third version meanwhile.
+    with pytest.raises(ReportConflict):
+        reports.report_amend(report=v1, user=r.radiologist, kind=kind)
+
+    v2 = reports.report_save(
+        report=v2,
+        user=r.colleague,
+        revision=v2.revision,
+        clinical_question=v2.clinical_question,
+        technique=v2.technique,
+        findings=v2.findings,
+        conclusion="Si aggiunge: piccolo nodulo di 4 mm al lobo superiore destro, da controllare.",
+    )
+    v2 = sign(v2, r.colleague)
+    assert reports.report_current(study=r.study) == v2
+    v1.refresh_from_db()
+    assert v1.status == Report.Status.SIGNED
+    assert reports.report_file(report=v1, which="pdf") == v1_pdf
+    assert reports.report_verify(report=v1).ok
+    assert reports.report_verify(report=v2).ok
+    assert v2.pdf_path != v1.pdf_path
+    # Only the latest version is amended.
+    with pytest.raises(ReportConflict):
+        reports.report_amend(report=v1, user=r.radiologist, kind=kind)
+
+
+def test_only_a_signed_report_is_amended_and_a_signed_study_is_not_reported_again(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    with pytest.raises(ReportError) as exc:
+        reports.report_amend(report=draft, user=r.radiologist, kind=Report.Kind.CORRECTION)
+    assert exc.value.code == "state"
+    signed = sign(draft, r.radiologist)
+    with pytest.raises(ReportError) as exc:
+        reports.report_amend(report=signed, user=r.radiologist, kind="rifatto")
+    assert exc.value.code == "invalid"
+    with pytest.raises(ReportError) as exc:
+        reports.report_draft_start(study=r.study, user=r.colleague)
+    assert exc.value.code == "state"
+
+
+# --- who opens what ---------------------------------------------------------------
+
+
+def test_a_radiologist_of_another_authority_is_denied(reporting: Reporting) -> None:
+    r = reporting
+    with pytest.raises(PermissionDenied):
+        reports.study_access_check(user=r.foreign, study=r.study, source="10.0.0.9")
+    with pytest.raises(PermissionDenied):
+        reports.report_draft_start(study=r.study, user=r.foreign)
+    assert not Report.objects.exists()
+    denied = events("study.denied", AuditEvent.Outcome.DENIED)
+    assert len(denied) == 2
+    assert (denied[0].user_id, denied[0].study_id, denied[0].source) == (r.foreign.pk, r.study.pk, "10.0.0.9")
+    assert denied[0].detail["reason"] == "authority"
+    # The study's own radiologists open it, and nothing is audited as denied.
+    reports.study_access_check(user=r.radiologist, study=r.study)
+    assert len(events("study.denied")) == 2
+
+
+def test_a_foreign_radiologist_reports_when_the_region_allows_it(reporting: Reporting, settings) -> None:
+    r = reporting
+    settings.PACS_REPORT_CROSS_AUTHORITY = True
+    reports.study_access_check(user=r.foreign, study=r.study)
+    assert list(reports.studies_accessible(user=r.foreign)) == [r.study]
+    draft = written_draft(r, user=r.foreign)
+    assert sign(draft, r.foreign).status == Report.Status.SIGNED
+
+
+def test_a_foreign_radiologist_reports_when_the_profile_allows_it(reporting: Reporting) -> None:
+    r = reporting
+    StaffProfile.objects.filter(user=r.foreign).update(cross_authority=True)
+    reports.study_access_check(user=r.foreign, study=r.study)
+    assert reports.report_draft_start(study=r.study, user=r.foreign).author_id == r.foreign.pk
+
+
+def test_studies_accessible_filters_by_authority(reporting: Reporting) -> None:
+    r = reporting
+    assert list(reports.studies_accessible(user=r.radiologist)) == [r.study]
+    assert list(reports.studies_accessible(user=r.foreign)) == []
+    # Regional staff (no authority, or no profile) see everything.
+    StaffProfile.objects.filter(user=r.foreign).update(authority=None)
+    assert list(reports.studies_accessible(user=r.foreign)) == [r.study]
+    StaffProfile.objects.filter(user=r.foreign).delete()
+    assert list(reports.studies_accessible(user=r.foreign)) == [r.study]
+    # No permission to view studies: nothing.
+    r.radiologist.user_permissions.clear()
+    fresh = type(r.radiologist).objects.get(pk=r.radiologist.pk)
+    assert list(reports.studies_accessible(user=fresh)) == []
+    with pytest.raises(PermissionDenied):
+        reports.study_access_check(user=fresh, study=r.study)
+
+
+# --- the stored files ---------------------------------------------------------------
+
+
+def test_the_signed_pdf_is_stored_in_the_study_as_encapsulated_pdf(
+    reporting: Reporting, settings, django_capture_on_commit_callbacks
+) -> None:
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    draft = written_draft(r)
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = sign(draft, r.radiologist)
+    assert signed.encapsulated_sop_instance_uid
+    instance = Instance.objects.select_related("series__study").get(
+        sop_instance_uid=signed.encapsulated_sop_instance_uid
+    )
+    assert instance.sop_class_uid == ENCAPSULATED_PDF
+    assert instance.series.study == r.study
+    assert instance.series.modality == "DOC"
+    assert instance.series.series_description == "Referto firmato"
+    copy = instance.copies.get()
+    ds = dcmread(storage.absolute_path(copy.tier, copy.path))
+    pdf = reports.report_file(report=signed, which="pdf")
+    document = bytes(ds.EncapsulatedDocument)
+    assert document[: len(pdf)] == pdf and len(document) - len(pdf) in (0, 1)
+    assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert ds.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+    assert ds.PatientID == r.study.dicom_patient_id and ds.AccessionNumber == r.study.accession_number
+    assert ds.BurnedInAnnotation == "YES"
+    # Making it again stores nothing new (the data set derives from the signed row).
+    assert reports.report_encapsulate(report=signed) == signed.encapsulated_sop_instance_uid
+    assert Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).count() == 1
+
+
+@pytest.mark.parametrize("which", ["pdf", "p7m"])
+def test_a_damaged_file_is_detected(reporting: Reporting, which: str) -> None:
+    r = reporting
+    signed = sign(written_draft(r), r.radiologist)
+    path = storage.absolute_path(signed.tier, signed.pdf_path if which == "pdf" else signed.signature_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReportError) as exc:
+        reports.report_file(report=signed, which=which)
+    assert exc.value.code == "damaged"
+    check = reports.report_verify(report=signed)
+    assert not check.ok and "danneggiato" in check.reason
+    path.unlink()
+    with pytest.raises(ReportError) as exc:
+        reports.report_file(report=signed, which=which)
+    assert exc.value.code == "missing"
