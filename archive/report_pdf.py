@@ -117,7 +117,9 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> byte
     facility = study.facility
     when = timezone.localtime(signed_at)
     signed_text = _("%(date)s alle %(time)s") % {"date": when.strftime("%d/%m/%Y"), "time": when.strftime("%H:%M")}
-    title = _("Referto radiologico") if report.kind == report.Kind.ORIGINAL else str(report.get_kind_display())
+    title = _("Referto radiologico")
+    if report.kind != report.Kind.ORIGINAL:
+        title = f"{title} – {report.get_kind_display()}"
 
     story: list[Any] = [
         Paragraph(escape(facility.name), _STYLES["facility"]),

@@ -90,8 +90,13 @@ class SignatureCheck:
 # --- files -------------------------------------------------------------------
 
 
+def signing_directory() -> Path:
+    """Where the keys and certificates are (``settings.PACS_SIGNING_DIR``)."""
+    return Path(settings.PACS_SIGNING_DIR)
+
+
 def _directory(directory: Path | None = None) -> Path:
-    return Path(directory if directory is not None else settings.PACS_SIGNING_DIR)
+    return Path(directory) if directory is not None else signing_directory()
 
 
 def _passphrase() -> bytes | None:

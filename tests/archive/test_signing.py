@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
+import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from archive import signing
+from archive import signing, storage
+from archive.models import AuditEvent, Report
+from archive.report_pdf import report_pdf
+from tests.conftest import REPO
 from tests.reporting_helpers import Reporting, reporting  # noqa: F401
 
 PDF = b"%PDF-1.4\n% a report\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
@@ -174,3 +183,108 @@ def test_the_default_directory_is_the_setting(reporting: Reporting) -> None:  # 
     directory = Path(settings.PACS_SIGNING_DIR)
     assert (directory / "users" / "radiologo.key.pem").exists()
     assert signing.ca_certificate_pem() == (directory / "ca.pem").read_bytes()
+
+
+# --- manage.py verify_report -------------------------------------------------------
+
+
+def signed_report(rep: Reporting) -> Report:
+    """A signed report stored the way report_sign stores it."""
+    signed_at = timezone.now()
+    draft = Report(study=rep.study, version=1, author=rep.radiologist, conclusion="Nei limiti della norma.")
+    pdf = report_pdf(report=draft, signer_name=signing.signer_name(rep.radiologist), signed_at=signed_at)
+    p7m = signing.cades_sign_detached(data=pdf, user=rep.radiologist, signing_time=signed_at)
+    tier = storage.facility_tier(rep.study.facility.code)
+    paths = {}
+    for data, ext in ((pdf, "pdf"), (p7m, "p7m")):
+        sha = hashlib.sha256(data).hexdigest()
+        paths[ext] = (
+            storage.report_relpath(study_uid=rep.study.study_instance_uid, version=1, sha256=sha, extension=ext),
+            sha,
+        )
+        storage.place_bytes(data, tier, paths[ext][0])
+    draft.status = Report.Status.SIGNED
+    draft.signed_at = signed_at
+    draft.signer_name = signing.signer_name(rep.radiologist)
+    draft.signer_certificate = signing.signer_certificate_pem(rep.radiologist)
+    draft.tier = tier
+    draft.pdf_path, draft.pdf_sha256 = paths["pdf"]
+    draft.pdf_size = len(pdf)
+    draft.signature_path, draft.signature_sha256 = paths["p7m"]
+    draft.save()
+    return draft
+
+
+def test_verify_report_by_id(reporting: Reporting) -> None:  # noqa: F811
+    report = signed_report(reporting)
+    out = io.StringIO()
+
+    call_command("verify_report", str(report.pk), stdout=out)
+
+    assert "firmatario: CN=Stefano Cossutta" in out.getvalue()
+    assert "OK" in out.getvalue()
+    event = AuditEvent.objects.filter(action="report.verify").get()
+    assert event.outcome == AuditEvent.Outcome.SUCCESS
+    assert event.study == reporting.study
+
+
+def test_verify_report_by_id_fails_when_the_stored_pdf_was_changed(reporting: Reporting) -> None:  # noqa: F811
+    report = signed_report(reporting)
+    path = storage.absolute_path(report.tier, report.pdf_path)
+    path.chmod(0o600)
+    path.write_bytes(path.read_bytes().replace(b"Nei limiti", b"Nei liMiti"))
+
+    with pytest.raises(CommandError) as excinfo:
+        call_command("verify_report", str(report.pk), stdout=io.StringIO())
+
+    assert "danneggiato" in str(excinfo.value)
+    assert AuditEvent.objects.filter(action="report.verify").get().outcome == AuditEvent.Outcome.FAILURE
+
+
+def test_verify_report_on_files(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.colleague)
+    (tmp_path / "r.pdf").write_bytes(PDF)
+    (tmp_path / "r.p7m").write_bytes(p7m)
+    out = io.StringIO()
+
+    call_command("verify_report", "--pdf", str(tmp_path / "r.pdf"), "--p7m", str(tmp_path / "r.p7m"), stdout=out)
+
+    assert "Chiara Degano" in out.getvalue()
+    assert "firmato il:" in out.getvalue()
+    (tmp_path / "r.pdf").write_bytes(PDF + b" ")
+    with pytest.raises(CommandError) as excinfo:
+        call_command("verify_report", "--pdf", str(tmp_path / "r.pdf"), "--p7m", str(tmp_path / "r.p7m"), stdout=out)
+    assert "modificato" in str(excinfo.value)
+
+
+def test_verify_report_exits_1_with_the_reason(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    (tmp_path / "r.pdf").write_bytes(PDF + b"x")
+    (tmp_path / "r.p7m").write_bytes(p7m)
+    env = {**os.environ, "PACS_SIGNING_DIR": str(settings.PACS_SIGNING_DIR)}
+    args = ["--pdf", str(tmp_path / "r.pdf"), "--p7m", str(tmp_path / "r.p7m"), "--ca", str(tmp_path / "ca.pem")]
+    (tmp_path / "ca.pem").write_bytes(signing.ca_certificate_pem())
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "verify_report", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "modificato" in result.stderr
+
+
+def test_demo_pki_command(region: object, tmp_path: Path) -> None:
+    get_user_model().objects.create_user(username="tecnico", first_name="Paolo", last_name="Neri")
+    out = io.StringIO()
+
+    call_command("demo_pki", "tecnico", "--directory", str(tmp_path / "pki"), stdout=out)
+
+    assert (tmp_path / "pki" / "users" / "tecnico.crt.pem").exists()
+    assert "tecnico" in out.getvalue()
+    with pytest.raises(CommandError):
+        call_command("demo_pki", "nessuno", "--directory", str(tmp_path / "pki"), stdout=out)
