@@ -121,7 +121,7 @@ def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: st
     reason = ""
     if not user.is_authenticated or not user.has_perm("archive.view_study"):
         reason = "permission"
-        message = _("Non ha il permesso di consultare gli studi.")
+        message = _("Non hai il permesso di consultare gli studi.")
     else:
         profile = _profile(user)
         if not _crosses(profile):
@@ -129,7 +129,7 @@ def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: st
             authority_id = study.facility.authority_id
             if authority_id != profile.authority_id:
                 reason = "authority"
-                message = _("Lo studio appartiene a un'altra azienda sanitaria: non può aprirlo.")
+                message = _("Lo studio appartiene a un'altra azienda sanitaria: non puoi aprirlo.")
     if reason:
         audit_record(
             action="study.denied",
@@ -152,7 +152,7 @@ def _permission_check(*, user: Any, perm: str, action: str, study: Study, source
             source=source,
             detail={**detail, "reason": "permission", "permission": perm},
         )
-        raise PermissionDenied(_("Non ha il permesso per questa operazione sui referti."))
+        raise PermissionDenied(_("Non hai il permesso per questa operazione sui referti."))
 
 
 # --- reading ----------------------------------------------------------------
@@ -206,7 +206,7 @@ def _draft_create(*, study: Study, user: Any, values: dict[str, Any]) -> Report:
             if draft.author_id == user.pk:
                 return draft
             raise _claimed_conflict(draft) from None
-        raise ReportConflict(_("Il referto dello studio è appena cambiato: ricarichi la pagina.")) from None
+        raise ReportConflict(_("Il referto dello studio è appena cambiato: ricarica la pagina.")) from None
 
 
 def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: str = "") -> Report:
@@ -281,7 +281,7 @@ def _saved_conflict(row: Report | None) -> ReportConflict:
             _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"
         )
     return ReportConflict(
-        _("La bozza è stata salvata da %(name)s alle %(time)s: ricarichi la bozza.")
+        _("La bozza è stata salvata da %(name)s alle %(time)s: ricarica la bozza.")
         % {"name": _person(row.author), "time": _hhmm(row.updated_at)}
     )
 
@@ -487,7 +487,7 @@ def report_sign(
         raise _saved_conflict(row)
     if not (row.conclusion.strip() or row.findings.strip()):
         raise ReportError(
-            _("Il referto è vuoto: scriva la descrizione o le conclusioni prima di firmare."), code="empty"
+            _("Il referto è vuoto: scrivi la descrizione o le conclusioni prima di firmare."), code="empty"
         )
 
     def failure(reason: str, message: str, code: str) -> ReportError:

@@ -110,7 +110,7 @@ def test_the_second_of_two_saves_from_one_revision_conflicts(reporting: Reportin
     with pytest.raises(ReportConflict) as exc:
         reports.report_save(report=draft, user=r.radiologist, revision=1, conclusion="Seconda scheda.", **fields)
     assert "Stefano Cossutta" in exc.value.message
-    assert "ricarichi" in exc.value.message
+    assert "ricarica la bozza" in exc.value.message
     draft.refresh_from_db()
     assert (draft.conclusion, draft.revision) == ("Prima scheda.", 2)
     assert len(events("report.save", AuditEvent.Outcome.SUCCESS)) == 1
