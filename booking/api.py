@@ -254,6 +254,7 @@ class BookingOutput(serializers.ModelSerializer):
             "contact_phone",
             "contact_email",
             "clinical_question",
+            "priority",
             "referring_physician",
             "choice",
             "choices",
@@ -313,6 +314,12 @@ class BookingDetailsInput(serializers.Serializer):
     contact_phone = serializers.CharField(max_length=32, required=False, allow_blank=True)
     contact_email = serializers.CharField(max_length=254, required=False, allow_blank=True)
     clinical_question = serializers.CharField(required=False, allow_blank=True)
+    priority = serializers.ChoiceField(
+        choices=Booking.Priority.choices,
+        required=False,
+        help_text="La classe di priorità della ricetta: U urgente (72 ore), B breve (10 giorni), D differita, "
+        "P programmata (il default alla creazione).",
+    )
     referring_physician = serializers.CharField(max_length=128, required=False, allow_blank=True)
 
 
@@ -557,6 +564,7 @@ class BookingCollectionView(CupApiView):
                     contact_phone=data.get("contact_phone", ""),
                     contact_email=data.get("contact_email", ""),
                     clinical_question=data.get("clinical_question", ""),
+                    priority=data.get("priority", Booking.Priority.PLANNED),
                     referring_physician=data.get("referring_physician", ""),
                     recorded_by_name=consent["collected_by"] if consent else "",
                     external_id=external_id,
@@ -633,6 +641,7 @@ class BookingDetailView(CupApiView):
                 contact_phone=data.get("contact_phone"),
                 contact_email=data.get("contact_email"),
                 clinical_question=data.get("clinical_question"),
+                priority=data.get("priority"),
                 referring_physician=data.get("referring_physician"),
             )
         except BookingError as exc:

@@ -13,10 +13,11 @@ class BookingConfig(AppConfig):
         # studies without importing this app (DESIGN.md: dependencies point
         # down); the hooks are connected here.
         from archive.dimse import worklist_source_register
-        from archive.signals import study_instances_received
+        from archive.signals import report_signed, study_instances_received
 
-        from .tasks import study_match_enqueue
+        from .tasks import report_signed_booking, study_match_enqueue
         from .worklist import worklist_find
 
         worklist_source_register(worklist_find)
         study_instances_received.connect(study_match_enqueue, dispatch_uid="booking.match")
+        report_signed.connect(report_signed_booking, dispatch_uid="booking.reported")

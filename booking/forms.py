@@ -157,6 +157,13 @@ class BookingForm(forms.Form):
     clinical_question = forms.CharField(
         label=_("Quesito diagnostico"), required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 60})
     )
+    priority = forms.ChoiceField(
+        label=_("Priorità della ricetta"),
+        choices=Booking.Priority.choices,
+        required=False,
+        initial=Booking.Priority.PLANNED,
+        help_text=_("La classe di priorità scritta sulla ricetta."),
+    )
     referring_physician = forms.CharField(label=_("Medico prescrittore"), required=False, max_length=128)
     channel = forms.ChoiceField(
         label=_("Canale"), choices=Booking.Channel.choices, initial=Booking.Channel.AUTHORITY_CUP
@@ -184,6 +191,10 @@ class BookingForm(forms.Form):
         if station is None or scheduled_at is None:
             raise forms.ValidationError(_("Scegli un orario libero dall'elenco."), code="invalid")
         return station, scheduled_at
+
+    def clean_priority(self) -> str:
+        # Absent (an older page, a script): the prescription's default class.
+        return self.cleaned_data.get("priority") or Booking.Priority.PLANNED
 
 
 class ChoiceForm(forms.Form):

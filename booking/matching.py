@@ -265,7 +265,11 @@ def _claim(booking: Booking, study: Study) -> bool:
 def _linked(
     study: Study, booking: Booking, *, user: AbstractBaseUser | None, source: str, note: str, system: str = ""
 ) -> None:
-    """The booking holds the study: mark it performed and make the study's patient the booking's."""
+    """The booking holds the study: mark it performed, give the study the request's clinical
+    question and priority (the radiologist's work list and report start from them) and make
+    the study's patient the booking's."""
+    Study.objects.filter(pk=study.pk).update(reason_for_request=booking.clinical_question, priority=booking.priority)
+    study.reason_for_request, study.priority = booking.clinical_question, booking.priority
     if booking.status != Booking.Status.PERFORMED:
         booking_status_set(booking=booking, status=Booking.Status.PERFORMED, user=user, system=system, note=note)
         booking.status = Booking.Status.PERFORMED

@@ -158,6 +158,12 @@ class Booking(models.Model):
         PHONE = "phone", _("telefono")
         ONLINE = "online", _("online")
 
+    class Priority(models.TextChoices):
+        URGENT = "U", _("U – urgente (entro 72 ore)")
+        SHORT = "B", _("B – breve (entro 10 giorni)")
+        DEFERRED = "D", _("D – differita")
+        PLANNED = "P", _("P – programmata")
+
     accession_number = models.CharField("AccessionNumber", max_length=16, unique=True)
     # Given to the modality through the worklist, so that the study it makes
     # carries it; matching does not depend on it (the accession number does).
@@ -175,6 +181,11 @@ class Booking(models.Model):
     scheduled_at = models.DateTimeField(_("data e ora"), db_index=True)
     nre = models.CharField(_("NRE"), max_length=15, blank=True, validators=[nre_validator])
     clinical_question = models.TextField(_("quesito diagnostico"), blank=True)
+    # The prescription's priority class (classe di priorità della ricetta):
+    # U within 72 hours, B within 10 days, D deferred, P planned.
+    priority = models.CharField(
+        _("priorità"), max_length=1, choices=Priority.choices, default=Priority.PLANNED, db_index=True
+    )
     referring_physician = models.CharField(_("medico prescrittore"), max_length=128, blank=True)
     contact_phone = models.CharField(_("telefono"), max_length=32, blank=True)
     contact_email = models.EmailField(_("e-mail"), blank=True)

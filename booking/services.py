@@ -268,6 +268,16 @@ def _check_contacts(*, phone: str, email: str, nre: str) -> None:
             raise BookingError(exc.messages[0], field="nre") from None
 
 
+def _check_priority(priority: str) -> str:
+    priority = (priority or "").strip().upper()
+    if priority not in Booking.Priority.values:
+        raise BookingError(
+            _("La priorità della ricetta è U (urgente), B (breve), D (differita) o P (programmata)."),
+            field="priority",
+        )
+    return priority
+
+
 def _choice_add(
     booking: Booking,
     *,
@@ -326,6 +336,7 @@ def booking_create(
     contact_phone: str = "",
     contact_email: str = "",
     clinical_question: str = "",
+    priority: str = Booking.Priority.PLANNED,
     referring_physician: str = "",
     recorded_by_name: str = "",
     external_id: str | None = None,
@@ -356,6 +367,7 @@ def booking_create(
     nre = nre.strip().upper()
     contact_email = contact_email.strip()
     _check_contacts(phone=contact_phone, email=contact_email, nre=nre)
+    priority = _check_priority(priority)
     scheduled_at = _check_slot(station=station, scheduled_at=scheduled_at)
     if delivery == DistributionChoice.Delivery.ONLINE and consent_text is None:
         consent_text = consent_text_current()
@@ -374,6 +386,7 @@ def booking_create(
                 contact_phone=contact_phone.strip(),
                 contact_email=contact_email,
                 clinical_question=clinical_question.strip(),
+                priority=priority,
                 referring_physician=referring_physician.strip()[:128],
                 channel=channel,
                 operator=user if user is not None and user.is_authenticated else None,
@@ -464,6 +477,7 @@ def booking_update(
     contact_phone: str | None = None,
     contact_email: str | None = None,
     clinical_question: str | None = None,
+    priority: str | None = None,
     referring_physician: str | None = None,
 ) -> Booking:
     """Move a booking to another slot or change its details, before the exam is performed."""
@@ -491,11 +505,14 @@ def booking_update(
             _check_contacts(
                 phone=contact_phone or "", email=(contact_email or "").strip(), nre=(nre or "").strip().upper()
             )
+            if priority is not None:
+                priority = _check_priority(priority)
             for name, value in (
                 ("nre", None if nre is None else nre.strip().upper()),
                 ("contact_phone", None if contact_phone is None else contact_phone.strip()),
                 ("contact_email", None if contact_email is None else contact_email.strip()),
                 ("clinical_question", None if clinical_question is None else clinical_question.strip()),
+                ("priority", priority),
                 ("referring_physician", None if referring_physician is None else referring_physician.strip()[:128]),
             ):
                 if value is not None and value != getattr(booking, name):

@@ -203,6 +203,7 @@ def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
                     contact_phone=data["contact_phone"],
                     contact_email=data["contact_email"],
                     clinical_question=data["clinical_question"],
+                    priority=data["priority"],
                     referring_physician=data["referring_physician"],
                     user=request.user,
                     source=_source(request),

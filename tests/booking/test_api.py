@@ -604,3 +604,34 @@ def test_schema_describes_every_cup_endpoint(client: Client) -> None:
     assert {"400", "401", "403", "409"} <= set(create["responses"])
     choice = schema["components"]["schemas"]["BookingOutput"]["properties"]["choice"]
     assert "ChoiceOutput" in str(choice)
+
+
+# --- priority ----------------------------------------------------------------------------
+
+
+def test_the_prescription_priority_goes_in_and_comes_out(client: Client, cup: Cup) -> None:
+    response = _create(client, cup, priority="B")
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["priority"] == "B"
+    accession = response.json()["accession_number"]
+    assert Booking.objects.get(accession_number=accession).priority == "B"
+
+    response = client.patch(
+        f"/api/cup/bookings/{accession}/", {"priority": "U"}, content_type="application/json", **cup.operator.auth
+    )
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["priority"] == "U"
+    assert Booking.objects.get(accession_number=accession).priority == "U"
+    assert "priority" in AuditEvent.objects.get(action="cup.booking.update").detail["changed"]
+
+
+def test_without_priority_a_booking_is_planned_and_an_unknown_class_is_refused(client: Client, cup: Cup) -> None:
+    response = _create(client, cup)
+    assert response.status_code == 201, response.json()
+    assert response.json()["priority"] == "P"
+
+    response = _create(client, cup, priority="X", external_id="CUP-0002", scheduled_at=_iso(cup.next_slot(days=2)))
+    assert response.status_code == 400
+    assert response.json()["field"] == "priority"

@@ -402,3 +402,22 @@ def test_a_stored_study_is_matched_by_the_worker(  # type: ignore[no-untyped-def
     assert booking.study.accession_number == booking.accession_number
     assert booking.study.patient == cup.mario
     assert AuditEvent.objects.filter(action="booking.match", outcome="success").count() == 1
+
+
+def test_linking_gives_the_study_the_requests_question_and_priority(cup: Cup, tmp_path: Path, staff) -> None:  # type: ignore[no-untyped-def]
+    booking = cup.book(clinical_question="Tosse persistente da 3 mesi.", priority="U")
+    study = arrive(cup, tmp_path, accession=booking.accession_number)
+
+    assert matching.study_match(study_pk=study.pk).result == "linked"
+
+    study.refresh_from_db()
+    assert (study.reason_for_request, study.priority) == ("Tosse persistente da 3 mesi.", "U")
+
+    # By hand, from the reconciliation queue, too.
+    other = cup.book(cup.laura, clinical_question="Controllo", priority="B", when=cup.next_slot(days=2))
+    lost = arrive(cup, tmp_path, accession="", patient=PatientInfo(LAURA_CF, "BIANCHI^LAURA", "19720702", "F"))
+    matching.study_match(study_pk=lost.pk)
+    matching.reconciliation_link(reconciliation=Reconciliation.objects.get(study=lost), booking=other, user=staff)
+
+    lost.refresh_from_db()
+    assert (lost.reason_for_request, lost.priority) == ("Controllo", "B")

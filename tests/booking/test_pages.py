@@ -553,3 +553,25 @@ def test_every_control_has_a_label_and_headings_go_in_order(client: Client, cup:
         assert unlabelled == [], url
         assert parser.headings[0] == 1, url
         assert all(b - a <= 1 for a, b in itertools.pairwise(parser.headings)), (url, parser.headings)
+
+
+def test_step_two_records_the_prescription_priority_and_the_booking_page_shows_it(client: Client, cup: Cup) -> None:
+    url = reverse("booking:booking_new", args=[cup.mario.pk])
+    step2 = client.get(
+        url,
+        {"procedure": cup.ct.pk, "facility": cup.region.facility.pk, "day": timezone.localtime(cup.next_slot()).date()},
+    )
+    assert 'name="priority"' in step2.content.decode()
+
+    response = client.post(url, step2_data(cup, priority="D"))
+
+    assert response.status_code == 302
+    booking = Booking.objects.get(patient=cup.mario)
+    assert booking.priority == "D"
+    assert "D – differita" in client.get(response["Location"]).content.decode()
+
+
+def test_step_two_without_priority_books_a_planned_exam(client: Client, cup: Cup) -> None:
+    response = client.post(reverse("booking:booking_new", args=[cup.mario.pk]), step2_data(cup))
+    assert response.status_code == 302
+    assert Booking.objects.get(patient=cup.mario).priority == Booking.Priority.PLANNED

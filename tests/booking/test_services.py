@@ -393,3 +393,16 @@ def test_mario_fixture_code_is_valid() -> None:
     from archive.codice_fiscale import codice_fiscale_error
 
     assert codice_fiscale_error(MARIO_CF) is None
+
+
+def test_the_prescription_priority_is_checked_and_can_change_before_the_exam(cup: Cup) -> None:
+    assert cup.book().priority == "P"
+    with pytest.raises(BookingError) as err:
+        cup.book(cup.laura, priority="Z")
+    assert err.value.field == "priority"
+
+    booking = cup.book(cup.laura, priority="b", when=cup.next_slot(days=2))
+    assert booking.priority == "B"
+    booking = services.booking_update(booking=booking, user=cup.operator.user, priority="U")
+    booking.refresh_from_db()
+    assert booking.priority == "U"

@@ -1,0 +1,165 @@
+"""What a signed report does to the CUP booking: it becomes *refertato*, and the
+patient's distribution choice is closed."""
+
+from __future__ import annotations
+
+import pytest
+from django.apps import apps
+from django.utils import timezone
+
+from archive import reports
+from archive.models import Report, Study
+from archive.signals import report_signed
+from booking import matching
+from booking.models import Booking, BookingStatusChange, DistributionChoice
+from booking.services import BookingError, booking_status_set, distribution_choose
+from booking.tasks import REPORTED_SYSTEM, booking_reported, report_signed_booking
+from tests.booking.conftest import Cup
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
+
+
+def linked_booking(cup: Cup, study: Study, **kwargs: object) -> Booking:
+    """A booking of the study's patient, tied to the study by the matching."""
+    booking = cup.book(**kwargs)
+    Study.objects.filter(pk=study.pk).update(accession_number=booking.accession_number)
+    assert matching.study_match(study_pk=study.pk).result == "linked"
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PERFORMED
+    return booking
+
+
+def signed_row(rep: Reporting, *, version: int = 1, previous: Report | None = None) -> Report:
+    """A signed version as the database holds it (the files are not needed here)."""
+    return Report.objects.create(
+        study=rep.study,
+        version=version,
+        previous=previous,
+        kind=Report.Kind.ORIGINAL if previous is None else Report.Kind.ADDENDUM,
+        status=Report.Status.SIGNED,
+        author=rep.radiologist,
+        findings="Nessuna lesione focale.",
+        conclusion="Nella norma.",
+        signed_at=timezone.now(),
+        signer_name="Stefano Cossutta",
+        tier="facility:TS-CAT",
+        pdf_path=f"reports/v{version}.pdf",
+        pdf_sha256="a" * 64,
+        pdf_size=1,
+        signature_path=f"reports/v{version}.p7m",
+        signature_sha256="b" * 64,
+    )
+
+
+def changes(booking: Booking) -> list[tuple[str, str]]:
+    return [(c.status, c.system) for c in BookingStatusChange.objects.filter(booking=booking).order_by("at", "id")]
+
+
+def test_the_receiver_is_connected_once() -> None:
+    assert apps.is_installed("booking")
+    receivers = [r for r in report_signed._live_receivers(Report)[0] if r is report_signed_booking]
+    assert len(receivers) == 1
+
+
+def test_a_signed_report_marks_the_booking_reported_and_locks_the_choice(cup: Cup, reporting: Reporting) -> None:
+    booking = linked_booking(cup, reporting.study)
+    report = signed_row(reporting)
+
+    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.REPORTED
+    assert changes(booking)[-1] == ("reported", REPORTED_SYSTEM)
+    assert booking.is_choice_locked()
+    with pytest.raises(BookingError):
+        distribution_choose(
+            booking=booking,
+            delivery=DistributionChoice.Delivery.CD,
+            channel=Booking.Channel.AUTHORITY_CUP,
+            user=cup.operator.user,
+        )
+
+
+def test_the_signal_again_or_a_later_version_changes_nothing(cup: Cup, reporting: Reporting) -> None:
+    booking = linked_booking(cup, reporting.study)
+    first = signed_row(reporting)
+    report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
+    report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
+    addendum = signed_row(reporting, version=2, previous=first)
+
+    assert booking_reported(report_pk=addendum.pk, study_pk=reporting.study.pk) == "already_reported"
+
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.REPORTED
+    assert [c for c in changes(booking) if c[0] == "reported"] == [("reported", REPORTED_SYSTEM)]
+
+
+def test_a_study_without_booking_is_fine(reporting: Reporting) -> None:
+    report = signed_row(reporting)
+
+    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+
+    assert booking_reported(report_pk=report.pk, study_pk=reporting.study.pk) == "no_booking"
+    assert not BookingStatusChange.objects.exists()
+
+
+def test_an_arrived_booking_goes_through_performed(cup: Cup, reporting: Reporting) -> None:
+    booking = cup.book()
+    booking_status_set(booking=booking, status=Booking.Status.ARRIVED, user=cup.operator.user)
+    # Tied to the study but not yet marked performed (as a link made by hand would leave it).
+    Booking.objects.filter(pk=booking.pk).update(study=reporting.study)
+    report = signed_row(reporting)
+
+    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.REPORTED
+    assert changes(booking)[-2:] == [("performed", REPORTED_SYSTEM), ("reported", REPORTED_SYSTEM)]
+
+
+def test_a_draft_does_not_report_the_booking(cup: Cup, reporting: Reporting) -> None:
+    booking = linked_booking(cup, reporting.study)
+    draft = reports.report_draft_start(study=reporting.study, user=reporting.radiologist)
+
+    assert booking_reported(report_pk=draft.pk, study_pk=reporting.study.pk) == "not_signed"
+
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PERFORMED
+
+
+def test_signing_end_to_end_reports_the_booking(
+    cup: Cup,
+    reporting: Reporting,
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+) -> None:
+    booking = linked_booking(cup, reporting.study, clinical_question="Tosse persistente.", priority="U")
+    study = Study.objects.get(pk=reporting.study.pk)
+    # The matching gave the study the request's question and priority; the draft starts from them.
+    assert (study.reason_for_request, study.priority) == ("Tosse persistente.", "U")
+    user = reporting.radiologist
+    draft = reports.report_draft_start(study=study, user=user)
+    assert draft.clinical_question == "Tosse persistente."
+    draft = reports.report_save(
+        report=draft,
+        user=user,
+        revision=draft.revision,
+        clinical_question=draft.clinical_question,
+        technique="TC del torace senza mezzo di contrasto.",
+        findings="Non lesioni focali polmonari.",
+        conclusion="Quadro nella norma.",
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = reports.report_sign(report=draft, user=user, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
+
+    assert signed.is_signed
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.REPORTED
+    assert changes(booking)[-1] == ("reported", REPORTED_SYSTEM)
+    with pytest.raises(BookingError):
+        distribution_choose(
+            booking=booking,
+            delivery=DistributionChoice.Delivery.CD,
+            channel=Booking.Channel.AUTHORITY_CUP,
+            user=cup.operator.user,
+        )
