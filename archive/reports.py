@@ -587,17 +587,18 @@ def _encapsulate_after_commit(*, report_pk: int, user: Any, source: str) -> None
     report = Report.objects.select_related("study", "study__facility").get(pk=report_pk)
     try:
         report_encapsulate(report=report)
-    except ReportError as exc:
+    except Exception as exc:
         # The report is signed and valid; only its DICOM copy is missing, and
-        # report_encapsulate can make it again (same UIDs, same bytes).
-        logger.error("encapsulated PDF of report %s not stored: %s", report_pk, exc.message)
+        # report_encapsulate can make it again (same UIDs, same bytes). The
+        # signing must not look failed to the radiologist for this.
+        logger.exception("encapsulated PDF of report %s not stored", report_pk)
         audit_record(
             action="report.encapsulate",
             outcome=FAILURE,
             user=user,
             study=report.study,
             source=source,
-            detail={**_detail(report), "reason": exc.message},
+            detail={**_detail(report), "reason": getattr(exc, "message", "") or str(exc)},
         )
 
 
@@ -742,7 +743,9 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     ds.ContentDate, ds.ContentTime = date, time
     ds.AcquisitionDateTime = signed_at.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
-    title = "Referto radiologico" if report.kind == Report.Kind.ORIGINAL else f"Referto radiologico ({report.kind})"
+    # Fixed Italian, not the active language: the data set is archived for ever.
+    kind = {Report.Kind.CORRECTION: " (rettifica)", Report.Kind.ADDENDUM: " (integrazione)"}.get(report.kind, "")
+    title = f"Referto radiologico{kind}"
     ds.DocumentTitle = f"{title} v{report.version} - {report.signer_name}"[:64]
     concept = Dataset()
     concept.CodeValue = "18748-4"

@@ -452,3 +452,25 @@ def test_a_damaged_file_is_detected(reporting: Reporting, which: str) -> None:
     with pytest.raises(ReportError) as exc:
         reports.report_file(report=signed, which=which)
     assert exc.value.code == "missing"
+
+
+def test_a_failed_dicom_copy_does_not_undo_the_signature(
+    reporting: Reporting, settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+) -> None:
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+
+    def refused(*, report: Report) -> str:
+        raise ReportError("la copia DICOM non entra", code="storage")
+
+    monkeypatch.setattr(reports, "report_encapsulate", refused)
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = sign(written_draft(r), r.radiologist)
+    assert signed.status == Report.Status.SIGNED
+    assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
+    (event,) = events("report.encapsulate", AuditEvent.Outcome.FAILURE)
+    assert event.detail["reason"] == "la copia DICOM non entra"
+    # It can be made later from the signed row.
+    monkeypatch.undo()
+    assert reports.report_encapsulate(report=signed) == signed.encapsulated_sop_instance_uid
+    assert Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).count() == 1
