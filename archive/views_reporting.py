@@ -1,14 +1,611 @@
-"""The radiologist's pages: placeholder until they land."""
+"""The radiologist's pages: the work list, the study page (images, prior
+studies, the report editor), signing, the signed versions and their files.
+
+The views only translate: form input into :mod:`archive.reports` calls,
+``ReportError`` and ``ReportConflict`` into messages on the page, and every
+page that shows a patient's data or a report into an ``AuditEvent``. Whether
+the user may open a study is :func:`archive.reports.study_access_check`'s
+answer (a 403 when not).
+"""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.urls import path
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
+from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import get_script_prefix, path, reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
+from django.views.decorators.http import require_http_methods, require_POST
+
+from . import rendering, reports, retrieve
+from .audit import audit_record
+from .forms_reporting import (
+    STATUS_IN_PROGRESS,
+    STATUS_TODO,
+    AmendForm,
+    ReportForm,
+    SignForm,
+    WorklistFilterForm,
+)
+from .models import AuditEvent, Facility, Instance, Report, Series, Study
+
+logger = logging.getLogger(__name__)
+
+VIEW_PERMS = ("archive.view_report", "archive.view_study")
+PAGE_SIZE = 50
+
+# The region-wide DICOMweb service root (pacs/urls.py mounts it at /dicomweb/):
+# the viewer's images are its WADO-RS thumbnails and rendered frames.
+_DICOMWEB = "dicomweb"
+
+# Conventional CT windows (centre, width), offered after the data set's own
+# ones: many scanners write one window only, or none.
+CT_PRESETS: tuple[tuple[str, float, float], ...] = (
+    (gettext_noop("Polmone"), -600, 1500),
+    (gettext_noop("Mediastino"), 40, 400),
+    (gettext_noop("Addome"), 50, 350),
+    (gettext_noop("Osso"), 400, 1800),
+    (gettext_noop("Encefalo"), 40, 80),
+)
 
 
+def _perms(*extra: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Logged in (else the login page), then the permissions (else 403)."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        return login_required(permission_required((*VIEW_PERMS, *extra), raise_exception=True)(view))
+
+    return decorate
+
+
+def _source(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+def _name(user: Any) -> str:
+    if user is None:
+        return ""
+    return str(user.get_full_name() or user.get_username())
+
+
+# --- the work list ----------------------------------------------------------------------
+
+
+def _modality_q(modality: str) -> Q:
+    """ModalitiesInStudy holds ``CT\\PR``: match whole values, so that ``CT`` is not found in ``XCT``."""
+    sep = "\\"
+    return (
+        Q(modalities_in_study=modality)
+        | Q(modalities_in_study__startswith=modality + sep)
+        | Q(modalities_in_study__endswith=sep + modality)
+        | Q(modalities_in_study__contains=sep + modality + sep)
+    )
+
+
+def worklist_studies(*, user: Any, filters: dict[str, Any]) -> QuerySet[Study]:
+    """The studies without a signed report that ``user`` may open, filtered, urgent first then oldest."""
+    signed = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.SIGNED)
+    drafts = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.DRAFT)
+    qs = (
+        reports.studies_accessible(user=user)
+        .exclude(Exists(signed))
+        .select_related("patient", "facility")
+        .annotate(
+            has_draft=Exists(drafts),
+            draft_author_first=Subquery(drafts.values("author__first_name")[:1]),
+            draft_author_last=Subquery(drafts.values("author__last_name")[:1]),
+            draft_author_username=Subquery(drafts.values("author__username")[:1]),
+            draft_since=Subquery(drafts.values("created_at")[:1]),
+            urgency=Case(When(priority="U", then=Value(0)), default=Value(1), output_field=IntegerField()),
+        )
+    )
+    if filters.get("facility"):
+        qs = qs.filter(facility=filters["facility"])
+    if filters.get("modality"):
+        qs = qs.filter(_modality_q(filters["modality"]))
+    if filters.get("date_from"):
+        qs = qs.filter(study_date__gte=filters["date_from"])
+    if filters.get("date_to"):
+        qs = qs.filter(study_date__lte=filters["date_to"])
+    if filters.get("priority"):
+        qs = qs.filter(priority=filters["priority"])
+    if filters.get("status") == STATUS_TODO:
+        qs = qs.filter(has_draft=False)
+    elif filters.get("status") == STATUS_IN_PROGRESS:
+        qs = qs.filter(has_draft=True)
+    return qs.order_by("urgency", F("study_date").asc(nulls_last=True), "study_time", "pk")
+
+
+@_perms()
 def worklist(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("refertazione")
+    accessible = reports.studies_accessible(user=request.user)
+    facilities = Facility.objects.filter(pk__in=accessible.values("facility")).order_by("name")
+    combinations = accessible.values_list("modalities_in_study", flat=True).distinct()
+    modalities = sorted({m for value in combinations for m in value.split("\\") if m})
+    form = WorklistFilterForm(request.GET or None, facilities=facilities, modalities=modalities)
+    filters: dict[str, Any] = {}
+    if form.is_bound and form.is_valid():
+        filters = form.cleaned_data
+    studies = worklist_studies(user=request.user, filters=filters) if not form.errors else Study.objects.none()
+    page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
+    for study in page.object_list:
+        study.draft_author_name = (
+            f"{study.draft_author_first} {study.draft_author_last}".strip() or study.draft_author_username or ""
+        )
+        audit_record(
+            action="report.worklist",
+            user=request.user,
+            study=study,
+            source=_source(request),
+            detail={"page": page.number},
+        )
+    kept = urlencode([(k, v) for k, v in request.GET.items() if k != "pagina" and v])
+    return render(
+        request,
+        "archive/reporting/worklist.html",
+        {"form": form, "page": page, "query": kept, "total": page.paginator.count},
+    )
+
+
+# --- the study page ---------------------------------------------------------------------
+
+
+@dataclass
+class Preset:
+    label: str
+    window: str  # the WADO-RS ``window`` parameter, "" for the data set's own
+
+
+@dataclass
+class ViewerSeries:
+    series: Series
+    thumbnail_url: str
+    image_urls: list[str]
+    presets: list[Preset] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return _series_label(self.series)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.series.pk,
+            "label": self.label,
+            "images": self.image_urls,
+            "presets": [{"label": p.label, "window": p.window} for p in self.presets],
+        }
+
+
+def _series_label(series: Series) -> str:
+    number = series.series_number if series.series_number is not None else "–"
+    text = _("Serie %(n)s") % {"n": number}
+    extra = " ".join(x for x in (series.modality, series.series_description) if x)
+    return f"{text} – {extra}" if extra else text
+
+
+def _window_param(center: float, width: float, function: str = "LINEAR") -> str:
+    return f"{center:g},{width:g},{function.lower().replace('_', '-')}"
+
+
+def _series_presets(series: Series, first: Instance) -> list[Preset]:
+    """The data set's windows (read from the first image's header), then the usual ones for CT."""
+    presets = [Preset(_("Predefinita"), "")]
+    try:
+        from pydicom import dcmread
+
+        with retrieve.instance_open(first) as fh:
+            ds = dcmread(fh, stop_before_pixels=True)
+        explanations = [str(x) for x in (ds.get("WindowCenterWidthExplanation") or [])]
+        if isinstance(ds.get("WindowCenterWidthExplanation"), str):
+            explanations = [str(ds.WindowCenterWidthExplanation)]
+        for i, window in enumerate(rendering.window_presets(ds)):
+            name = explanations[i] if i < len(explanations) and explanations[i] else _("Finestra %(n)d") % {"n": i + 1}
+            presets.append(
+                Preset(
+                    f"{name} ({window.center:g}/{window.width:g})",
+                    _window_param(window.center, window.width, window.function),
+                )
+            )
+    except retrieve.NotAvailable as exc:
+        logger.warning("no window presets for series %s: %s", series.series_instance_uid, exc)
+    except Exception:  # a header pydicom cannot read: the viewer still works with the default window
+        logger.exception("could not read the window presets of series %s", series.series_instance_uid)
+    if series.modality == "CT":
+        presets += [Preset(_(label), _window_param(c, w)) for label, c, w in CT_PRESETS]
+    return presets
+
+
+def _viewer(request: HttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
+    root = f"{get_script_prefix()}{_DICOMWEB}/studies/{study.study_instance_uid}"
+    images = Instance.objects.filter(rows__isnull=False).order_by(F("instance_number").asc(nulls_last=True), "pk")
+    series_list = study.series.order_by(F("series_number").asc(nulls_last=True), "pk").prefetch_related(
+        Prefetch("instances", queryset=images, to_attr="images")
+    )
+    out = []
+    for series in series_list:
+        if not series.images:
+            continue
+        base = f"{root}/series/{series.series_instance_uid}"
+        out.append(
+            ViewerSeries(
+                series=series,
+                thumbnail_url=f"{base}/thumbnail",
+                image_urls=[f"{base}/instances/{i.sop_instance_uid}/frames/1/rendered" for i in series.images],
+                presets=_series_presets(series, series.images[0]),
+            )
+        )
+    state: dict[str, Any] = {"series": 0, "image": 0, "preset": 0}
+    wanted = request.GET.get("serie", "")
+    for index, item in enumerate(out):
+        if str(item.series.pk) == wanted:
+            state["series"] = index
+    if out:
+        current = out[state["series"]]
+        state["image"] = _bounded(request.GET.get("immagine"), 1, len(current.image_urls)) - 1
+        state["preset"] = _bounded(request.GET.get("finestra"), 0, len(current.presets) - 1, default=0)
+    return out, state
+
+
+def _bounded(value: str | None, low: int, high: int, *, default: int | None = None) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        return low if default is None else default
+    return max(low, min(high, number))
+
+
+def image_url(url: str, preset: Preset) -> str:
+    return f"{url}?{urlencode({'window': preset.window})}" if preset.window else url
+
+
+def _study_for(request: HttpRequest, pk: int) -> Study:
+    study = get_object_or_404(Study.objects.select_related("patient", "facility", "facility__authority"), pk=pk)
+    reports.study_access_check(user=request.user, study=study, source=_source(request))
+    return study
+
+
+def _report_for(request: HttpRequest, pk: int) -> Report:
+    report = get_object_or_404(
+        Report.objects.select_related("study", "study__patient", "study__facility", "author"), pk=pk
+    )
+    reports.study_access_check(user=request.user, study=report.study, source=_source(request))
+    return report
+
+
+def _render_study(
+    request: HttpRequest,
+    study: Study,
+    *,
+    form: ReportForm | None = None,
+    error: str = "",
+    conflict: Report | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    series, state = _viewer(request, study)
+    draft = reports.report_draft(study=study)
+    signed = list(study.reports.filter(status=Report.Status.SIGNED).select_related("author").order_by("-version"))
+    mine = draft is not None and draft.author_id == request.user.pk
+    if mine and form is None:
+        assert draft is not None
+        form = ReportForm.for_report(draft)
+    signed_reports = Prefetch(
+        "reports",
+        queryset=Report.objects.filter(status=Report.Status.SIGNED).order_by("-version"),
+        to_attr="signed_reports",
+    )
+    priors = list(
+        reports.studies_accessible(user=request.user)
+        .filter(patient=study.patient)
+        .exclude(pk=study.pk)
+        .select_related("facility")
+        .prefetch_related(signed_reports)
+        .order_by(F("study_date").desc(nulls_last=True), "-pk")
+    )
+    audit_record(
+        action="study.view",
+        user=request.user,
+        study=study,
+        source=_source(request),
+        detail={"page": "reporting.study", "priors": [p.study_instance_uid for p in priors]},
+    )
+    current_series = series[state["series"]] if series else None
+    current_preset = current_series.presets[state["preset"]] if current_series else None
+    steps = {}
+    if current_series is not None:
+        for name, index in (("prev_query", state["image"] - 1), ("next_query", state["image"] + 1)):
+            if 0 <= index < len(current_series.image_urls):
+                steps[name] = urlencode(
+                    {"serie": current_series.series.pk, "immagine": index + 1, "finestra": state["preset"]}
+                )
+    context: dict[str, Any] = {
+        "study": study,
+        "patient": study.patient,
+        "series": series,
+        "current_series": current_series,
+        "current_preset": current_preset,
+        "current_image_url": image_url(current_series.image_urls[state["image"]], current_preset)
+        if current_series and current_preset
+        else "",
+        "image_number": state["image"] + 1,
+        "state": state,
+        "viewer_data": {
+            "series": [s.as_json() for s in series],
+            "state": state,
+            "texts": {"image": _("immagine %(n)s di %(total)s")},
+        },
+        "draft": draft,
+        "mine": mine,
+        "draft_author_name": _name(draft.author) if draft is not None else "",
+        "form": form,
+        "error": error,
+        "conflict": conflict,
+        "signed": signed,
+        "latest_signed": signed[0] if signed else None,
+        "priors": priors,
+        **steps,
+    }
+    return render(request, "archive/reporting/study.html", context, status=status)
+
+
+@_perms()
+def study(request: HttpRequest, pk: int) -> HttpResponse:
+    return _render_study(request, _study_for(request, pk))
+
+
+def _study_url(study: Study) -> str:
+    return reverse("reporting:study", args=[study.pk]) + "#referto"
+
+
+@_perms("archive.add_report")
+@require_POST
+def report_start(request: HttpRequest, pk: int) -> HttpResponse:
+    study_obj = _study_for(request, pk)
+    try:
+        reports.report_draft_start(study=study_obj, user=request.user, source=_source(request))
+    except reports.ReportError as err:
+        return _render_study(request, study_obj, error=err.message, status=409)
+    messages.success(request, _("Hai preso in carico lo studio: la bozza del referto è tua."))
+    return redirect(_study_url(study_obj))
+
+
+def _refuse_signed(request: HttpRequest, report: Report, action: str) -> HttpResponse:
+    audit_record(
+        action=action,
+        outcome=AuditEvent.Outcome.DENIED,
+        user=request.user,
+        study=report.study,
+        source=_source(request),
+        detail={"report": report.pk, "version": report.version, "reason": "signed"},
+    )
+    message = _(
+        "Il referto (versione %(v)d) è firmato e non si può modificare: per cambiarlo redigi una rettifica "
+        "o un'integrazione."
+    ) % {"v": report.version}
+    return _render_study(request, report.study, error=message, status=409)
+
+
+@_perms("archive.change_report")
+@require_POST
+def report_save(request: HttpRequest, pk: int) -> HttpResponse:
+    report = _report_for(request, pk)
+    if report.is_signed:
+        return _refuse_signed(request, report, "report.save")
+    form = ReportForm(request.POST)
+    if not form.is_valid():
+        return _render_study(request, report.study, form=form, status=400)
+    try:
+        saved = reports.report_save(
+            report=report,
+            user=request.user,
+            revision=form.cleaned_data["revision"],
+            source=_source(request),
+            **form.sections(),
+        )
+    except reports.ReportConflict as err:
+        current = Report.objects.filter(pk=report.pk).select_related("author").first()
+        if current is None:
+            messages.error(request, _("La bozza non esiste più: è stata abbandonata."))
+            return redirect(_study_url(report.study))
+        if current.is_signed:
+            return _refuse_signed(request, current, "report.save")
+        # The user's text stays in the form; it now names the saved revision, so
+        # saving again, after reading the colleague's version below, is a choice.
+        data = request.POST.copy()
+        data["revision"] = str(current.revision)
+        kept = ReportForm(data)
+        kept.is_valid()
+        return _render_study(request, report.study, form=kept, error=err.message, conflict=current, status=409)
+    except reports.ReportError as err:
+        return _render_study(request, report.study, form=form, error=err.message, status=400)
+    if request.POST.get("azione") == "firma":
+        return redirect("reporting:report_sign", pk=saved.pk)
+    messages.success(
+        request, _("Bozza salvata alle %(t)s.") % {"t": timezone.localtime(saved.updated_at).strftime("%H:%M")}
+    )
+    return redirect(_study_url(report.study))
+
+
+@_perms("archive.change_report")
+@require_POST
+def report_discard(request: HttpRequest, pk: int) -> HttpResponse:
+    report = _report_for(request, pk)
+    if report.is_signed:
+        return _refuse_signed(request, report, "report.discard")
+    try:
+        reports.report_discard(report=report, user=request.user, source=_source(request))
+    except reports.ReportError as err:
+        messages.error(request, err.message)
+    else:
+        messages.success(request, _("Bozza abbandonata: lo studio torna da refertare."))
+    return redirect(_study_url(report.study))
+
+
+@_perms("archive.sign_report")
+@require_http_methods(["GET", "POST"])
+def report_sign(request: HttpRequest, pk: int) -> HttpResponse:
+    report = _report_for(request, pk)
+    if report.is_signed:
+        if request.method == "POST":
+            return _refuse_signed(request, report, "report.sign")
+        messages.info(request, _("Questo referto è già firmato."))
+        return redirect("reporting:report_detail", pk=report.pk)
+    profile = getattr(request.user, "staff_profile", None)
+    needs_otp = bool(profile is not None and profile.totp_secret)
+    status = 200
+    if request.method == "POST":
+        form = SignForm(request.POST, needs_otp=needs_otp)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                signed = reports.report_sign(
+                    report=report,
+                    user=request.user,
+                    password=data["password"],
+                    otp=data.get("otp", ""),
+                    revision=data["revision"],
+                    source=_source(request),
+                )
+            except reports.ReportError as err:
+                form.add_error("password" if err.code == "reauth" else None, err.message)
+            else:
+                messages.success(
+                    request,
+                    _("Referto firmato alle %(t)s da %(who)s.")
+                    % {"t": timezone.localtime(signed.signed_at).strftime("%H:%M"), "who": signed.signer_name},
+                )
+                return redirect("reporting:report_detail", pk=signed.pk)
+        status = 400
+    else:
+        form = SignForm(initial={"revision": report.revision}, needs_otp=needs_otp)
+    _audit_report_view(request, report, page="sign")
+    return render(
+        request,
+        "archive/reporting/sign.html",
+        {"report": report, "study": report.study, "patient": report.study.patient, "form": form},
+        status=status,
+    )
+
+
+def _audit_report_view(request: HttpRequest, report: Report, **detail: Any) -> None:
+    audit_record(
+        action="report.view",
+        user=request.user,
+        study=report.study,
+        source=_source(request),
+        detail={"report": report.pk, "version": report.version, **detail},
+    )
+
+
+@_perms()
+def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    report = _report_for(request, pk)
+    check = None
+    if report.is_signed:
+        try:
+            check = reports.report_verify(report=report)
+        except reports.ReportError as err:
+            logger.error("report %s: %s", report.pk, err.message)
+            messages.error(request, err.message)
+    _audit_report_view(request, report)
+    versions = report.study.reports.filter(status=Report.Status.SIGNED).order_by("-version")
+    return render(
+        request,
+        "archive/reporting/report.html",
+        {
+            "report": report,
+            "study": report.study,
+            "patient": report.study.patient,
+            "check": check,
+            "versions": versions,
+        },
+    )
+
+
+_FILES = {
+    "pdf": ("application/pdf", "inline", "pdf"),
+    "p7m": ("application/pkcs7-signature", "attachment", "p7m"),
+}
+
+
+@_perms()
+def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
+    report = _report_for(request, pk)
+    if which not in _FILES or not report.is_signed:
+        raise Http404(_("Solo i referti firmati hanno un PDF e una firma."))
+    media_type, disposition, extension = _FILES[which]
+    try:
+        data = reports.report_file(report=report, which=which)
+    except reports.ReportError as err:
+        audit_record(
+            action="report.download",
+            outcome=AuditEvent.Outcome.FAILURE,
+            user=request.user,
+            study=report.study,
+            source=_source(request),
+            detail={"report": report.pk, "version": report.version, "file": which, "error": err.message},
+        )
+        return render(
+            request,
+            "archive/reporting/file_error.html",
+            {"report": report, "study": report.study, "message": err.message},
+            status=503,
+        )
+    audit_record(
+        action="report.download",
+        user=request.user,
+        study=report.study,
+        source=_source(request),
+        detail={"report": report.pk, "version": report.version, "file": which},
+    )
+    name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
+    response = HttpResponse(data, content_type=media_type)
+    response["Content-Disposition"] = f'{disposition}; filename="{name}"'
+    return response
+
+
+@_perms("archive.add_report")
+@require_POST
+def report_amend(request: HttpRequest, pk: int) -> HttpResponse:
+    report = _report_for(request, pk)
+    form = AmendForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Scegli una rettifica o un'integrazione."))
+        return redirect(_study_url(report.study))
+    try:
+        draft = reports.report_amend(
+            report=report, user=request.user, kind=form.cleaned_data["kind"], source=_source(request)
+        )
+    except reports.ReportError as err:
+        return _render_study(request, report.study, error=err.message, status=409)
+    messages.success(
+        request,
+        _("Nuova versione %(v)d (%(kind)s) in bozza: scrivila e firmala.")
+        % {"v": draft.version, "kind": draft.get_kind_display()},
+    )
+    return redirect(_study_url(report.study))
 
 
 app_name = "reporting"
-urlpatterns = [path("", worklist, name="worklist")]
+urlpatterns = [
+    path("", worklist, name="worklist"),
+    path("studi/<int:pk>/", study, name="study"),
+    path("studi/<int:pk>/inizia/", report_start, name="report_start"),
+    path("referti/<int:pk>/", report_detail, name="report_detail"),
+    path("referti/<int:pk>/salva/", report_save, name="report_save"),
+    path("referti/<int:pk>/abbandona/", report_discard, name="report_discard"),
+    path("referti/<int:pk>/firma/", report_sign, name="report_sign"),
+    path("referti/<int:pk>/nuova-versione/", report_amend, name="report_amend"),
+    path("referti/<int:pk>/referto.pdf", report_file, {"which": "pdf"}, name="report_pdf"),
+    path("referti/<int:pk>/referto.p7m", report_file, {"which": "p7m"}, name="report_p7m"),
+]
