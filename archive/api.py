@@ -1,26 +1,32 @@
-"""The small REST API beside DICOMweb: facilities, studies and API tokens.
+"""The small REST API beside DICOMweb: facilities, studies, reports and API tokens.
 
 Described by drf-spectacular at ``/api/schema/`` (Swagger UI at
 ``/api/schema/swagger/``, Redoc at ``/api/schema/redoc/``). Reading patient
-data (the studies) is audited like every other access.
+data (the studies, the reports) is audited like every other access.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from django.urls import get_script_prefix
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, serializers
+from django.utils.translation import gettext
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import generics, serializers, status
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from . import reports
 from .audit import audit_record
-from .models import Facility, Study
+from .models import AuditEvent, Facility, Report, Study
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -171,3 +177,392 @@ class StudyDetailView(generics.RetrieveAPIView):
 class TokenView(ObtainAuthToken):
     """Exchange a username and password for the API token (``Authorization: Token <key>``),
     used by DICOMweb clients too."""
+
+
+# --- Reports ----------------------------------------------------------------------
+#
+# Reading, editing a draft and discarding it. Signing is not offered here: it
+# re-authenticates the radiologist interactively (password and second factor)
+# on the report page. A signed version never changes: PATCH and DELETE answer
+# 409 and change nothing. The services in archive.reports decide everything and
+# audit what they do; these views audit the reads and what they refuse.
+
+REPORT_TAGS = ["Referti"]
+
+
+class ReportProblem(serializers.Serializer):
+    detail = serializers.CharField(help_text="Il messaggio per l'utente, in italiano.")
+    code = serializers.CharField(
+        help_text="signed (referto firmato), conflict (bozza salvata da altri: ricaricare), claimed, author, "
+        "state, missing, damaged, invalid, permission_denied, not_found, not_authenticated..."
+    )
+
+
+def _report_errors(*codes: int) -> dict[int, OpenApiResponse]:
+    text = {
+        400: "Richiesta non valida.",
+        401: "Credenziali mancanti o non valide.",
+        403: "Permesso mancante, studio di un'altra azienda sanitaria o bozza di un altro radiologo.",
+        404: "Referto o studio inesistente.",
+        409: "Il referto è firmato, oppure la bozza è cambiata dalla revisione indicata.",
+    }
+    return {code: OpenApiResponse(ReportProblem, description=text[code]) for code in codes}
+
+
+class ReportApiError(Exception):
+    """An answer other than 2xx, with its Italian message and a code."""
+
+    def __init__(self, status_code: int, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail, self.code = status_code, detail, code
+
+
+class HasReportPerms(BasePermission):
+    """The Django model permissions the view lists for the request's method."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if request.method not in SAFE_METHODS and not hasattr(view, request.method.lower()):
+            return True  # DRF answers 405
+        method = "GET" if request.method in SAFE_METHODS else request.method
+        return bool(user.has_perms(view.required_perms.get(method, ("__denied__",))))
+
+
+class ReportApiView(APIView):
+    # Token first: an anonymous request gets 401 with WWW-Authenticate.
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    permission_classes = [HasReportPerms]
+    required_perms: ClassVar[dict[str, tuple[str, ...]]] = {"GET": ("archive.view_report",)}
+    audit_action = "report.view"
+
+    def source(self) -> str:
+        return str(self.request.META.get("REMOTE_ADDR", ""))
+
+    def audit(
+        self, action: str, *, study: Study | None, outcome: str = AuditEvent.Outcome.SUCCESS, **detail: Any
+    ) -> None:
+        audit_record(
+            action=action,
+            outcome=outcome,
+            user=self.request.user,
+            study=study,
+            source=self.source(),
+            detail={"api": self.request.method, "path": self.request.path[:500], **detail},
+        )
+
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> None:
+        if request.user and request.user.is_authenticated:
+            # Refused before any row was read: the audit says who tried what.
+            audit_record(
+                action=self.audit_action,
+                outcome=AuditEvent.Outcome.DENIED,
+                user=request.user,
+                source=self.source(),
+                detail={"api": request.method, "path": request.path[:500], "reason": "permission"},
+            )
+        super().permission_denied(request, message=message, code=code)
+
+    def report_get(self, pk: int) -> Report:
+        """The report ``pk``, if the user may open its study (PermissionDenied otherwise, audited)."""
+        report = (
+            Report.objects.select_related("study__facility", "study__patient", "author", "previous")
+            .filter(pk=pk)
+            .first()
+        )
+        if report is None:
+            raise ReportApiError(404, gettext("Referto inesistente."), "not_found")
+        reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
+        return report
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, ReportApiError):
+            return Response({"detail": exc.detail, "code": exc.code}, status=exc.status_code)
+        if isinstance(exc, reports.ReportError):
+            return Response({"detail": exc.message, "code": exc.code}, status=_report_error_status(exc))
+        response = super().handle_exception(exc)
+        if isinstance(response.data, dict) and "detail" in response.data:
+            response.data = {
+                "detail": str(response.data["detail"]),
+                "code": getattr(response.data["detail"], "code", "error"),
+            }
+        return response
+
+
+def _report_error_status(exc: Exception) -> int:
+    code = getattr(exc, "code", "")
+    if isinstance(exc, reports.ReportConflict) or code in ("state", "signed"):
+        return status.HTTP_409_CONFLICT
+    if code == "author":
+        return status.HTTP_403_FORBIDDEN
+    if code == "missing":
+        return status.HTTP_404_NOT_FOUND
+    if code in ("damaged", "storage"):
+        return status.HTTP_500_INTERNAL_SERVER_ERROR
+    return status.HTTP_400_BAD_REQUEST
+
+
+class ReportPersonSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    name = serializers.CharField()
+
+
+class ReportLinksSerializer(serializers.Serializer):
+    self = serializers.CharField()
+    study = serializers.CharField(help_text="Lo studio nell'API.")
+    previous = serializers.CharField(allow_null=True, help_text="La versione che questa rettifica o integra.")
+    pdf = serializers.CharField(allow_null=True, help_text="Il PDF firmato (solo per un referto firmato).")
+    p7m = serializers.CharField(allow_null=True, help_text="La firma CAdES distaccata del PDF (.p7m).")
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": "^(draft|signed)$", "description": "draft (bozza) o signed (firmato)."}
+)
+class ReportStatusField(serializers.ChoiceField):
+    """The report's status, described without an enum: drf-spectacular names
+    enums by field name, and the booking's ``status`` has other values."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=Report.Status.choices, **kwargs)
+
+
+class ReportSerializer(serializers.ModelSerializer):
+    status = ReportStatusField(read_only=True)
+    study = serializers.CharField(source="study.study_instance_uid", help_text="StudyInstanceUID.")
+    accession_number = serializers.CharField(source="study.accession_number")
+    previous = serializers.IntegerField(source="previous_id", allow_null=True)
+    author = serializers.SerializerMethodField()
+    signer = serializers.CharField(source="signer_name", help_text="Il titolare del certificato di firma.")
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Report
+        fields = [
+            "id",
+            "study",
+            "accession_number",
+            "version",
+            "kind",
+            "status",
+            "previous",
+            "revision",
+            "clinical_question",
+            "technique",
+            "findings",
+            "conclusion",
+            "author",
+            "signer",
+            "signed_at",
+            "pdf_sha256",
+            "pdf_size",
+            "signature_sha256",
+            "created_at",
+            "updated_at",
+            "links",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(ReportPersonSerializer)
+    def get_author(self, obj: Report) -> dict[str, str]:
+        author = obj.author
+        return {"username": author.get_username(), "name": author.get_full_name() or author.get_username()}
+
+    @extend_schema_field(ReportLinksSerializer)
+    def get_links(self, obj: Report) -> dict[str, str | None]:
+        request = self.context.get("request")
+        base = f"/api/reports/{obj.pk}/"
+        signed = obj.status == Report.Status.SIGNED
+        return {
+            "self": _absolute(request, base),
+            "study": _absolute(request, f"/api/studies/{obj.study.study_instance_uid}/"),
+            "previous": _absolute(request, f"/api/reports/{obj.previous_id}/") if obj.previous_id else None,
+            "pdf": _absolute(request, f"{base}pdf") if signed else None,
+            "p7m": _absolute(request, f"{base}p7m") if signed else None,
+        }
+
+
+class ReportPatchInput(serializers.Serializer):
+    revision = serializers.IntegerField(
+        min_value=1, help_text="La revisione della bozza che si è letta e modificata (campo revision del GET)."
+    )
+    clinical_question = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    technique = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    findings = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    conclusion = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+
+
+_SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
+
+
+@extend_schema(
+    tags=REPORT_TAGS,
+    parameters=[OpenApiParameter("study", str, required=True, description="Lo StudyInstanceUID.")],
+    responses={200: ReportSerializer(many=True), **_report_errors(400, 401, 403, 404)},
+)
+class ReportListView(ReportApiView):
+    """Every version of a study's report, the first first (the draft too, if someone is writing one)."""
+
+    def get(self, request: Request) -> Response:
+        uid = request.query_params.get("study", "").strip()
+        if not uid:
+            raise ReportApiError(400, gettext("Indica lo studio: ?study=<StudyInstanceUID>."), "invalid")
+        study = Study.objects.select_related("facility", "patient").filter(study_instance_uid=uid).first()
+        if study is None:
+            raise ReportApiError(404, gettext("Studio inesistente."), "not_found")
+        reports.study_access_check(user=request.user, study=study, source=self.source())
+        rows = list(
+            Report.objects.filter(study=study).select_related("study", "author", "previous").order_by("version")
+        )
+        self.audit("report.view", study=study, reports=[r.pk for r in rows])
+        return Response(ReportSerializer(rows, many=True, context={"request": request}).data)
+
+
+class ReportDetailView(ReportApiView):
+    required_perms: ClassVar[dict[str, tuple[str, ...]]] = {
+        "GET": ("archive.view_report",),
+        "PATCH": ("archive.view_report", "archive.change_report"),
+        "DELETE": ("archive.view_report", "archive.change_report"),
+    }
+
+    @property
+    def audit_action(self) -> str:  # type: ignore[override]
+        return {"PATCH": "report.save", "DELETE": "report.discard"}.get(self.request.method, "report.view")
+
+    @extend_schema(
+        tags=REPORT_TAGS,
+        responses={200: ReportSerializer, **_report_errors(401, 403, 404)},
+        operation_id="reports_retrieve",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        """A version of a report: its sections, status, signer and the links to its signed files."""
+        report = self.report_get(pk)
+        self.audit("report.view", study=report.study, report=report.pk, version=report.version)
+        return Response(ReportSerializer(report, context={"request": request}).data)
+
+    @extend_schema(
+        tags=REPORT_TAGS,
+        request=ReportPatchInput,
+        responses={200: ReportSerializer, **_report_errors(400, 401, 403, 404, 409)},
+        operation_id="reports_partial_update",
+    )
+    def patch(self, request: Request, pk: int) -> Response:
+        """Save the sections of a draft (its author only) read at ``revision``; absent sections stay.
+
+        A signed report is never changed (409, code ``signed``); a draft saved
+        by someone else since ``revision`` is not overwritten (409, code ``conflict``).
+        """
+        report = self.report_get(pk)
+        if report.status == Report.Status.SIGNED:
+            self.audit(
+                "report.save", study=report.study, outcome=AuditEvent.Outcome.DENIED, report=report.pk, reason="signed"
+            )
+            raise ReportApiError(
+                409,
+                gettext("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione."),
+                "signed",
+            )
+        serializer = ReportPatchInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            saved = reports.report_save(
+                report=report,
+                user=request.user,
+                revision=data["revision"],
+                source=self.source(),
+                **{name: data.get(name, getattr(report, name)) for name in _SECTIONS},
+            )
+        except reports.ReportConflict as exc:
+            self.audit(
+                "report.save",
+                study=report.study,
+                outcome=AuditEvent.Outcome.FAILURE,
+                report=report.pk,
+                revision=data["revision"],
+                reason=exc.code,
+            )
+            raise
+        return Response(ReportSerializer(saved, context={"request": request}).data)
+
+    @extend_schema(
+        tags=REPORT_TAGS,
+        responses={204: None, **_report_errors(401, 403, 404, 409)},
+        operation_id="reports_destroy",
+    )
+    def delete(self, request: Request, pk: int) -> Response:
+        """Discard a draft (its author only), which frees the study for colleagues.
+        A signed report is never deleted (409)."""
+        report = self.report_get(pk)
+        if report.status == Report.Status.SIGNED:
+            self.audit(
+                "report.discard",
+                study=report.study,
+                outcome=AuditEvent.Outcome.DENIED,
+                report=report.pk,
+                reason="signed",
+            )
+            raise ReportApiError(409, gettext("Un referto firmato non si può cancellare."), "signed")
+        reports.report_discard(report=report, user=request.user, source=self.source())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+_FILES = {"pdf": ("application/pdf", "pdf"), "p7m": ("application/pkcs7-signature", "pdf.p7m")}
+
+
+class ReportFileView(ReportApiView):
+    which = "pdf"
+    audit_action = "report.download"
+
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        report = self.report_get(pk)
+        if report.status != Report.Status.SIGNED:
+            raise ReportApiError(404, gettext("Il referto non è firmato: non ha ancora un PDF."), "state")
+        try:
+            data = reports.report_file(report=report, which=self.which)
+        except reports.ReportError as exc:
+            self.audit(
+                "report.download",
+                study=report.study,
+                outcome=AuditEvent.Outcome.FAILURE,
+                report=report.pk,
+                file=self.which,
+                reason=exc.code,
+            )
+            raise
+        self.audit("report.download", study=report.study, report=report.pk, version=report.version, file=self.which)
+        media_type, extension = _FILES[self.which]
+        name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
+        response = HttpResponse(data, content_type=media_type)
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Length"] = str(len(data))
+        return response
+
+
+@extend_schema(
+    tags=REPORT_TAGS,
+    responses={
+        (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="Il PDF firmato."),
+        **_report_errors(401, 403, 404),
+    },
+)
+class ReportPdfView(ReportFileView):
+    """The signed PDF of a report version, checked against the SHA-256 recorded at signing."""
+
+    which = "pdf"
+
+
+@extend_schema(
+    tags=REPORT_TAGS,
+    responses={
+        (200, "application/pkcs7-signature"): OpenApiResponse(
+            OpenApiTypes.BINARY, description="La firma CAdES distaccata (DER) del PDF."
+        ),
+        **_report_errors(401, 403, 404),
+    },
+)
+class ReportSignatureView(ReportFileView):
+    """The detached CAdES signature (.p7m) of the signed PDF; ``openssl cms -verify -binary -inform DER
+    -content referto.pdf -CAfile ca.pem`` checks it."""
+
+    which = "p7m"

@@ -1,5 +1,5 @@
 """URLs of the archive's web services: DICOMweb (``dicomweb_urlpatterns``, mounted at
-``/dicomweb/``) and the REST API (``api_urlpatterns``, mounted at ``/api/``)."""
+``/dicomweb/``) and the REST API (``api_urlpatterns``, mounted at ``/api/``: facilities, studies, reports)."""
 
 from __future__ import annotations
 
@@ -69,4 +69,8 @@ api_urlpatterns = [
     path("facilities/<facility:code>/", api.FacilityDetailView.as_view(), name="api-facility-detail"),
     path("studies/", api.StudyListView.as_view(), name="api-study-list"),
     path("studies/<str:study_instance_uid>/", api.StudyDetailView.as_view(), name="api-study-detail"),
+    path("reports/", api.ReportListView.as_view(), name="api-report-list"),
+    path("reports/<int:pk>/", api.ReportDetailView.as_view(), name="api-report-detail"),
+    path("reports/<int:pk>/pdf", api.ReportPdfView.as_view(), name="api-report-pdf"),
+    path("reports/<int:pk>/p7m", api.ReportSignatureView.as_view(), name="api-report-p7m"),
 ]
