@@ -24,6 +24,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -54,7 +55,9 @@ from .models import (
     Patient,
     PatientIdentifier,
     RemoteNode,
+    Report,
     Series,
+    StaffProfile,
     Study,
 )
 
@@ -1097,3 +1100,160 @@ class AuditEventAdmin(IngestedRowAdmin):
     @admin.display(description=_("dettaglio"))
     def detail_pretty(self, obj: AuditEvent) -> str:
         return format_html("<pre>{}</pre>", json.dumps(obj.detail, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+# --- Reports and staff profiles ------------------------------------------------------
+
+
+@admin.register(Report)
+class ReportAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Reports are read here, never written: a radiologist writes and signs on the
+    report pages, and a signed version never changes or goes (the model and the
+    database refuse it too). The only change allowed is removing an abandoned
+    draft, which frees the study it claims; it is audited."""
+
+    list_display = ("study_link", "version", "kind", "status", "author", "signer_name", "signed_at", "updated_at")
+    list_filter = ("status", "kind", "study__facility", "signed_at")
+    date_hierarchy = "created_at"
+    search_fields = ("=study__study_instance_uid", "^study__accession_number", "^author__username", "signer_name")
+    search_help_text = _("StudyInstanceUID, AccessionNumber, nome utente dell'autore o firmatario.")
+    list_select_related = ("study", "study__facility", "author")
+    ordering = ("-created_at", "-id")
+    show_full_result_count = False
+    fieldsets = (
+        (None, {"fields": ("study", "version", "kind", "previous", "status", "author", "revision")}),
+        (_("Testo"), {"fields": ("clinical_question", "technique", "findings", "conclusion")}),
+        (
+            _("Firma"),
+            {
+                "fields": (
+                    "signed_at",
+                    "signer_name",
+                    "signer_certificate",
+                    "tier",
+                    "pdf_path",
+                    "pdf_sha256",
+                    "pdf_size",
+                    "signature_path",
+                    "signature_sha256",
+                    "encapsulated_sop_instance_uid",
+                )
+            },
+        ),
+        (_("Date"), {"fields": ("created_at", "updated_at")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Report]:
+        from .reports import studies_accessible
+
+        qs = super().get_queryset(request).select_related("study", "study__patient", "author", "previous")
+        # A radiologist of one health authority sees that authority's reports here too.
+        return qs.filter(study__in=studies_accessible(user=request.user))
+
+    def audit_subject(self, obj: Report) -> dict[str, Any]:
+        return {"study": obj.study, "patient": obj.study.patient}
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Report | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Report | None = None) -> bool:
+        if obj is not None and obj.status == Report.Status.SIGNED:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description=_("studio"), ordering="study__study_date")
+    def study_link(self, obj: Report) -> str:
+        return _change_link(obj.study)
+
+    def delete_model(self, request: HttpRequest, obj: Report) -> None:
+        with transaction.atomic():
+            deleted, _counts = Report.objects.filter(pk=obj.pk, status=Report.Status.DRAFT).delete()
+            if deleted != 1:
+                raise PermissionDenied(gettext("Un referto firmato non si può cancellare."))
+            self.audit(request, "delete", obj=obj, detail={"object_id": obj.pk, "version": obj.version})
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
+        # The action asked has_delete_permission for each row already; signed ones are kept regardless.
+        for report in queryset.filter(status=Report.Status.DRAFT).select_related("study", "study__patient"):
+            self.delete_model(request, report)
+
+
+class StaffProfileForm(forms.ModelForm):
+    """The TOTP secret is written, never shown: left empty it stays as it is."""
+
+    totp_secret = forms.CharField(
+        label=_("segreto TOTP"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=_(
+            "Base32 (RFC 6238), come lo mostra l'app di autenticazione. Lasciare vuoto per non cambiarlo; "
+            "il segreto salvato non viene mai mostrato."
+        ),
+    )
+    totp_remove = forms.BooleanField(label=_("togli il secondo fattore"), required=False)
+
+    class Meta:
+        model = StaffProfile
+        fields = ("user", "authority", "cross_authority", "totp_secret")
+
+    def clean_totp_secret(self) -> str:
+        secret = "".join(self.cleaned_data.get("totp_secret", "").split()).upper().rstrip("=")
+        if secret and (len(secret) < 16 or any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for c in secret)):
+            raise forms.ValidationError(
+                _("Il segreto TOTP è in base32 (lettere A-Z e cifre 2-7), di almeno 16 caratteri.")
+            )
+        return secret
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("totp_remove"):
+            data["totp_secret"] = ""
+        elif not data.get("totp_secret"):
+            data["totp_secret"] = self.instance.totp_secret if self.instance.pk else ""
+        return data
+
+
+class StaffProfileAdminMixin:
+    @admin.display(description=_("secondo fattore"), boolean=True)
+    def totp_configured(self, obj: StaffProfile | None) -> bool:
+        return bool(obj and obj.totp_secret)
+
+
+@admin.register(StaffProfile)
+class StaffProfileAdmin(StaffProfileAdminMixin, admin.ModelAdmin):
+    form = StaffProfileForm
+    list_display = ("user", "authority", "cross_authority", "totp_configured")
+    list_filter = ("authority", "cross_authority")
+    search_fields = ("^user__username", "user__last_name")
+    list_select_related = ("user", "authority")
+    autocomplete_fields = ("user",)
+    readonly_fields = ("totp_configured",)
+    fields = ("user", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+
+
+class StaffProfileInline(StaffProfileAdminMixin, admin.StackedInline):
+    model = StaffProfile
+    form = StaffProfileForm
+    can_delete = False
+    max_num = 1
+    extra = 0
+    readonly_fields = ("totp_configured",)
+    fields = ("authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+    verbose_name_plural = _("profilo del personale (azienda sanitaria, secondo fattore per la firma)")
+
+
+_user_model = get_user_model()
+_user_admin = admin.site._registry.get(_user_model)
+if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
+    # The user page gets the profile inline: a radiologist is set up in one place.
+    _UserAdminBase = type(_user_admin)
+
+    class UserAdmin(_UserAdminBase):  # type: ignore[valid-type,misc]
+        inlines = (*_UserAdminBase.inlines, StaffProfileInline)
+
+    admin.site.unregister(_user_model)
+    admin.site.register(_user_model, UserAdmin)
