@@ -322,7 +322,7 @@ def query_parse(identifier: Dataset, *, level: str, root: str = "study") -> Quer
     return Query(level=level, matching=matching, returned=returned)
 
 
-def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None) -> QuerySet:
+def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, authority_id: int | None = None) -> QuerySet:
     level = query.level
     base: QuerySet = {
         PATIENT: Study.objects.all(),
@@ -349,6 +349,8 @@ def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None) -> QueryS
     qs = base.filter(conditions)
     if facility is not None:
         qs = qs.filter(**{paths.get(STUDY, "") + "facility": facility})
+    if authority_id is not None:
+        qs = qs.filter(**{paths.get(STUDY, "") + "facility__authority_id": authority_id})
     if below:
         qs = qs.filter(_below_exists(level, below))
     return qs
@@ -418,6 +420,7 @@ def query_values(
     limit: int | None = None,
     offset: int = 0,
     facility: Facility | None = None,
+    authority_id: int | None = None,
 ) -> tuple[list[_Key], Iterator[tuple[Any, ...]]]:
     """Run a C-FIND-style query: the returned keys, and one row per match.
 
@@ -427,7 +430,7 @@ def query_values(
     (before any row is read).
     """
     query = query_parse(identifier, level=level, root=root)
-    qs = _filtered(query, fuzzy=fuzzy, facility=facility)
+    qs = _filtered(query, fuzzy=fuzzy, facility=facility, authority_id=authority_id)
     keywords = list(dict.fromkeys([*_PARENT_KEYS[query.level], *query.returned]))
     fields: dict[str, str] = {}  # keyword -> values() path
     for kw in keywords:

@@ -30,8 +30,9 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import signals, storage
+from .access import authority_restriction, staff_profile
 from .audit import audit_record
-from .models import AuditEvent, Report, StaffProfile, Study
+from .models import AuditEvent, Report, Study
 
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a
@@ -85,20 +86,6 @@ def _hhmm(moment: dt.datetime | None) -> str:
     return timezone.localtime(moment).strftime("%H:%M") if moment else ""
 
 
-def _profile(user: Any) -> StaffProfile | None:
-    return StaffProfile.objects.filter(user_id=user.pk).first()
-
-
-def _crosses(profile: StaffProfile | None) -> bool:
-    """Whether the user opens studies of every authority (regional staff or allowed)."""
-    return (
-        profile is None
-        or profile.authority_id is None
-        or profile.cross_authority
-        or bool(settings.PACS_REPORT_CROSS_AUTHORITY)
-    )
-
-
 def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
     """The studies ``user`` may open: all of them, or only their health authority's.
 
@@ -109,11 +96,10 @@ def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
     """
     if not user.is_authenticated or not user.has_perm("archive.view_study"):
         return Study.objects.none()
-    profile = _profile(user)
-    if _crosses(profile):
+    authority_id = authority_restriction(user)
+    if authority_id is None:
         return Study.objects.all()
-    assert profile is not None
-    return Study.objects.filter(facility__authority_id=profile.authority_id)
+    return Study.objects.filter(facility__authority_id=authority_id)
 
 
 def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: str = "") -> None:
@@ -123,11 +109,9 @@ def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: st
         reason = "permission"
         message = _("Non hai il permesso di consultare gli studi.")
     else:
-        profile = _profile(user)
-        if not _crosses(profile):
-            assert profile is not None
-            authority_id = study.facility.authority_id
-            if authority_id != profile.authority_id:
+        authority_id = authority_restriction(user)
+        if authority_id is not None:
+            if study.facility.authority_id != authority_id:
                 reason = "authority"
                 message = _("Lo studio appartiene a un'altra azienda sanitaria: non puoi aprirlo.")
     if reason:
@@ -419,7 +403,7 @@ def _reauthenticate(*, user: Any, password: str, otp: str) -> str:
     """The reason re-authentication failed ("" when it passed)."""
     if not password or not user.check_password(password):
         return "password"
-    profile = _profile(user)
+    profile = staff_profile(user)
     secret = profile.totp_secret if profile is not None else ""
     if secret:
         import pyotp

@@ -31,10 +31,16 @@ class Scope:
 
     facility: Facility | None
     base_url: str
+    # The only health authority whose studies the user opens (archive.access), None for all.
+    authority_id: int | None = None
 
     def studies(self) -> QuerySet[Study]:
         qs = Study.objects.all()
-        return qs.filter(facility=self.facility) if self.facility is not None else qs
+        if self.facility is not None:
+            qs = qs.filter(facility=self.facility)
+        if self.authority_id is not None:
+            qs = qs.filter(facility__authority_id=self.authority_id)
+        return qs
 
     def study_url(self, study_uid: str) -> str:
         return f"{self.base_url}/studies/{study_uid}"

@@ -24,6 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from ..access import authority_restriction
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
@@ -154,12 +155,13 @@ class DicomwebView(APIView):
     def scope(self, facility: str | None) -> Scope:
         root = f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")
         base = public_url(self.request, root)
+        authority_id = authority_restriction(self.request.user)
         if facility is None:
-            return Scope(None, base)
+            return Scope(None, base, authority_id)
         found = Facility.objects.filter(code=facility).first()
         if found is None:
             raise DicomwebError(404, f"there is no facility {facility!r}")
-        return Scope(found, base)
+        return Scope(found, base, authority_id)
 
     def accept(self) -> list[MediaRange]:
         # PS3.18 8.3.3.1: an "accept" query parameter overrides the Accept header.
