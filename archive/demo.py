@@ -1,5 +1,7 @@
 """The demo region: Friuli Venezia Giulia's three health authorities, some of their
-hospitals, a staff account for every role, and studies made from pydicom's bundle.
+hospitals, a staff account for every role (the radiologists with their health
+authority and a signing key and certificate from the demo's own CA), and studies
+made from pydicom's bundle.
 
 Loading is idempotent: the demo's UIDs are derived from fixed seeds, so a second
 load finds every instance already archived, and the accounts keep the
@@ -28,7 +30,7 @@ from pydicom.uid import generate_uid
 from . import sample_data
 from .audit import audit_record
 from .ingest import IngestError, instance_ingest
-from .models import Facility, HealthAuthority, Instance, RemoteNode
+from .models import Facility, HealthAuthority, Instance, RemoteNode, StaffProfile
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,13 @@ ROLES = {
         "booking.view_reconciliation",
         "booking.reconcile_study",
     ],
-    "Radiologi": [*_VIEW_ARCHIVE],
+    "Radiologi": [
+        *_VIEW_ARCHIVE,
+        "archive.view_report",
+        "archive.add_report",
+        "archive.change_report",
+        "archive.sign_report",
+    ],
     "Operatori CUP": [
         "archive.view_patient",
         "archive.add_patient",
@@ -111,6 +119,9 @@ ROLES = {
     ],
     "Responsabili della conservazione": [*_VIEW_ARCHIVE, "archive.view_auditevent", "archive.view_instanceconflict"],
 }
+# Where the demo's radiologists work: each opens only the studies of their health
+# authority (archive.reports.studies_accessible), so both sides of the rule show.
+STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
 # (username, first name, last name, group or None for the superuser, role shown)
 ACCOUNTS = [
     ("admin", "Amministratore", "di sistema", None, "amministratore (tutti i permessi)"),
@@ -230,7 +241,18 @@ def demo_accounts_load() -> dict[str, str]:
                 user.set_password(creds[username])
             user.is_staff = True
             user.save()
+        authority_names = dict(AUTHORITIES)
+        for username, code in STAFF_AUTHORITIES.items():
+            authority, _ = HealthAuthority.objects.get_or_create(code=code, defaults={"name": authority_names[code]})
+            # Created once: what an administrator changed later (cross-authority, TOTP) stays.
+            StaffProfile.objects.get_or_create(
+                user=User.objects.get(username=username), defaults={"authority": authority}
+            )
     _save_credentials(creds)
+    # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
+    from . import signing
+
+    signing.demo_pki_create(users=list(User.objects.filter(groups__name="Radiologi").order_by("username")))
     return creds
 
 

@@ -54,3 +54,21 @@ def test_demo_info_prints_urls_dicom_port_ae_titles_and_logins(db: None, setting
         assert ae in text and code in text
     for username in ("admin", "radiologo", "cup"):
         assert username in text and creds[username] in text
+
+
+def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> None:
+    from archive import signing
+    from archive.models import StaffProfile
+
+    call_command("load_demo", stdout=StringIO())
+    call_command("load_demo", stdout=StringIO())  # the profiles and keys are kept, not duplicated
+    users = get_user_model().objects
+    for username, authority in (("radiologo", "ASUGI"), ("radiologa", "ASUFC")):
+        user = users.get(username=username)
+        for perm in ("view_report", "add_report", "change_report", "sign_report"):
+            assert user.has_perm(f"archive.{perm}"), (username, perm)
+        assert StaffProfile.objects.get(user=user).authority.code == authority
+        assert signing.signer_name(user) == user.get_full_name()
+        assert "BEGIN CERTIFICATE" in signing.signer_certificate_pem(user)
+    assert StaffProfile.objects.count() == 2
+    assert not users.get(username="cup").has_perm("archive.sign_report")
