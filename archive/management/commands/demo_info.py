@@ -42,6 +42,7 @@ class Command(BaseCommand):
                 f"-k StudyInstanceUID=<uid> {dicom_host} {settings.PACS_DICOM_PORT}"
             )
         w(f"  CUP:      http://{host}:{port}/cup/  (booking desk: log in as cup; studies to reconcile: archivista)")
+        w(f"  Referti:  http://{host}:{port}/refertazione/  (radiologo: ASUGI, radiologa: ASUFC)")
         if first:
             w(
                 f"          worklist: TCP_NODELAY=1 findscu -W -aet CT01 -aec {first.ae_title} "
