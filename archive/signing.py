@@ -37,6 +37,7 @@ from typing import Any
 
 from asn1crypto import cms
 from asn1crypto import keys as asn1_keys
+from asn1crypto import tsp as _asn1_tsp  # noqa: F401  (registers the ESS signing-certificate(-v2) attributes)
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature

@@ -288,3 +288,26 @@ def test_demo_pki_command(region: object, tmp_path: Path) -> None:
     assert "tecnico" in out.getvalue()
     with pytest.raises(CommandError):
         call_command("demo_pki", "nessuno", "--directory", str(tmp_path / "pki"), stdout=out)
+
+
+def test_verify_report_in_a_fresh_process_accepts_a_good_signature(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    """A process that has not signed anything (pyHanko never imported) still
+    reads the ESS signing-certificate-v2 attribute: asn1crypto knows it only
+    once its tsp module is loaded."""
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    (tmp_path / "r.pdf").write_bytes(PDF)
+    (tmp_path / "r.p7m").write_bytes(p7m)
+    (tmp_path / "ca.pem").write_bytes(signing.ca_certificate_pem())
+    args = ["--pdf", str(tmp_path / "r.pdf"), "--p7m", str(tmp_path / "r.p7m"), "--ca", str(tmp_path / "ca.pem")]
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "verify_report", *args],
+        cwd=REPO,
+        env={**os.environ, "PACS_SIGNING_DIR": str(settings.PACS_SIGNING_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "Stefano Cossutta" in result.stdout
