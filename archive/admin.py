@@ -60,6 +60,7 @@ from .models import (
     StaffProfile,
     Study,
 )
+from .web import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +73,6 @@ admin.site.index_title = _("Amministrazione")
 LOOKUP_CACHE_SECONDS = 600
 # GET parameters of a list page that are not filters.
 _NON_FILTER_PARAMS = frozenset({"q", "p", "o", "e", "_popup", "_to_field", "all"})
-
-
-def client_ip(request: HttpRequest) -> str:
-    """The client's address for the audit log.
-
-    REMOTE_ADDR only: X-Forwarded-For is whatever the client wrote unless a
-    proxy we trust replaced it, and no trusted proxy is configured; behind a
-    reverse proxy this records the proxy's address, never a forged one.
-    """
-    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 def _distinct_values(key: str, queryset: QuerySet[Any], field: str, limit: int = 200) -> list[str]:

@@ -19,7 +19,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from . import reports
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
+from .web import HasModelPerms
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -217,23 +218,10 @@ class ReportApiError(Exception):
         self.status_code, self.detail, self.code = status_code, detail, code
 
 
-class HasReportPerms(BasePermission):
-    """The Django model permissions the view lists for the request's method."""
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        if request.method not in SAFE_METHODS and not hasattr(view, request.method.lower()):
-            return True  # DRF answers 405
-        method = "GET" if request.method in SAFE_METHODS else request.method
-        return bool(user.has_perms(view.required_perms.get(method, ("__denied__",))))
-
-
 class ReportApiView(APIView):
     # Token first: an anonymous request gets 401 with WWW-Authenticate.
     authentication_classes = [TokenAuthentication, SessionAuthentication]
-    permission_classes = [HasReportPerms]
+    permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {"GET": ("archive.view_report",)}
     audit_action = "report.view"
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
 from django.http import Http404, HttpRequest, HttpResponse
@@ -39,6 +38,7 @@ from .forms_reporting import (
     WorklistFilterForm,
 )
 from .models import AuditEvent, Facility, Instance, Report, Series, Study
+from .web import client_ip, perms_required
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,10 @@ CT_PRESETS: tuple[tuple[str, float, float], ...] = (
 
 
 def _perms(*extra: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """Logged in (else the login page), then the permissions (else 403)."""
-
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        return login_required(permission_required((*VIEW_PERMS, *extra), raise_exception=True)(view))
-
-    return decorate
+    return perms_required(*VIEW_PERMS, *extra)
 
 
-def _source(request: HttpRequest) -> str:
-    return str(request.META.get("REMOTE_ADDR") or "")
+_source = client_ip
 
 
 def _name(user: Any) -> str:

@@ -27,7 +27,6 @@ from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.exceptions import ValidationError as DRFValidationError
-from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
@@ -35,6 +34,7 @@ from rest_framework.views import APIView, exception_handler
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Patient
+from archive.web import HasModelPerms
 
 from . import services
 from .models import Booking, BookingStatusChange, ConsentText, DistributionChoice, Procedure, Station
@@ -46,21 +46,6 @@ TAGS = ["CUP"]
 
 
 # --- permissions and errors ---------------------------------------------------------
-
-
-class HasModelPerms(BasePermission):
-    """The Django model permissions the view lists for the request's method
-    (``required_perms``; HEAD and OPTIONS need what GET needs)."""
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        if request.method not in SAFE_METHODS and not hasattr(view, request.method.lower()):
-            return True  # DRF answers 405
-        method = "GET" if request.method in SAFE_METHODS else request.method
-        # A method the view forgot to list is refused, not open.
-        return bool(user.has_perms(view.required_perms.get(method, ("__denied__",))))
 
 
 def _problem(detail: str, *, field: str | None, code: str, **extra: Any) -> dict[str, Any]:

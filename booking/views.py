@@ -16,7 +16,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,6 +27,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.audit import audit_record
 from archive.models import Facility, Patient
+from archive.web import client_ip, perms_required
 
 from . import services
 from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
@@ -40,16 +40,10 @@ VIEW_PERMS = ("booking.view_booking", "archive.view_patient")
 
 
 def _perms(*extra: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """Logged in (else the login page), then the permissions (else 403)."""
-
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        return login_required(permission_required((*VIEW_PERMS, *extra), raise_exception=True)(view))
-
-    return decorate
+    return perms_required(*VIEW_PERMS, *extra)
 
 
-def _source(request: HttpRequest) -> str:
-    return str(request.META.get("REMOTE_ADDR") or "")
+_source = client_ip
 
 
 # The services name their inputs; where a page collects one under another name,

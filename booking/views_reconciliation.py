@@ -15,7 +15,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
@@ -32,6 +31,7 @@ from archive.dicom import parse_da
 from archive.dicom_header import Header, read_header
 from archive.models import AuditEvent, Instance, Patient, Study
 from archive.patients import patient_dicom_name
+from archive.web import client_ip, perms_required
 
 from . import matching
 from .models import Booking, Reconciliation
@@ -43,14 +43,8 @@ PERMISSION = "booking.reconcile_study"
 PAGE_SIZE = 50
 
 
-def _source(request: HttpRequest) -> str:
-    # REMOTE_ADDR only, as the admin records it: X-Forwarded-For is whatever the client wrote.
-    return str(request.META.get("REMOTE_ADDR", ""))
-
-
-def staff_only(view: Any) -> Any:
-    """Logged in (else the login page), and allowed to reconcile (else 403)."""
-    return login_required(permission_required(PERMISSION, raise_exception=True)(view))
+_source = client_ip
+staff_only = perms_required(PERMISSION)
 
 
 # --- forms ----------------------------------------------------------------------

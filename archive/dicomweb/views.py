@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from ..access import authority_restriction
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
+from ..web import client_ip
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
 from .qido import qido_search
@@ -91,8 +92,7 @@ def public_url(request: Any, path: str) -> str:
     return str(request.build_absolute_uri(path))
 
 
-def _client_address(request: Request) -> str:
-    return str(request.META.get("REMOTE_ADDR", ""))
+_client_address = client_ip
 
 
 class DicomwebView(APIView):

@@ -1,37 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
-import zlib
 from zoneinfo import ZoneInfo
 
 from archive.models import Report
 from archive.report_pdf import report_pdf
+from tests.pdf_text import pdf_pages
 from tests.reporting_helpers import PATIENT_CF, Reporting, reporting  # noqa: F401
 
 SIGNED_AT = dt.datetime(2026, 3, 14, 9, 5, tzinfo=ZoneInfo("Europe/Rome"))
-
-
-def _unescape(literal: bytes) -> str:
-    """A PDF string literal's text: reportlab escapes parentheses, backslashes and non-ASCII (octal)."""
-    value = re.sub(rb"\\([0-7]{1,3})", lambda m: bytes([int(m.group(1), 8)]), literal)
-    return re.sub(rb"\\([()\\])", rb"\1", value).decode("cp1252")
-
-
-def pdf_pages(data: bytes) -> list[str]:
-    """The strings each page of a reportlab PDF draws (its content streams in order), whitespace folded."""
-    pages = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
-        raw = match.group(1)
-        try:
-            raw = zlib.decompress(raw)
-        except zlib.error:
-            pass
-        if b"BT" not in raw:  # not a page's content (fonts, images)
-            continue
-        parts = [_unescape(s) for s in re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", raw)]
-        pages.append(re.sub(r"\s+", " ", " ".join(parts)))
-    return pages
 
 
 def make_report(rep: Reporting, **fields: object) -> Report:

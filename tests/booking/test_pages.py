@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-import zlib
 from html.parser import HTMLParser
 
 import pytest
@@ -20,6 +19,7 @@ from booking import services
 from booking.models import Booking, DistributionChoice
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 from tests.dicomweb_helpers import make_user
+from tests.pdf_text import pdf_text
 
 pytestmark = pytest.mark.django_db
 
@@ -29,24 +29,6 @@ def client(cup: Cup) -> Client:
     c = Client()
     c.force_login(cup.operator.user)
     return c
-
-
-def pdf_text(data: bytes) -> str:
-    """The strings a PDF draws, joined; enough for reportlab's plain text operators."""
-    streams = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
-        raw = match.group(1)
-        try:
-            raw = zlib.decompress(raw)
-        except zlib.error:
-            pass
-        streams.append(raw)
-    parts = []
-    for stream in streams:
-        for s in re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", stream):
-            s = re.sub(rb"\\([()\\])", rb"\1", s)
-            parts.append(s.decode("cp1252"))
-    return re.sub(r"\s+", " ", " ".join(parts))
 
 
 def errors_of(response, field: str) -> list[str]:  # type: ignore[no-untyped-def]

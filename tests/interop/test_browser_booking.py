@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from django.utils import timezone
 from booking.models import Booking
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.pdf_text import pdf_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -50,18 +50,6 @@ def tab_to(page, predicate, *, limit: int = 60) -> dict[str, str]:  # type: igno
             return current
         page.keyboard.press("Tab")
     raise AssertionError(f"focus never reached the element; last focused: {focused(page)}")
-
-
-def pdf_text(data: bytes) -> str:
-    parts = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
-        raw = match.group(1)
-        try:
-            raw = zlib.decompress(raw)
-        except zlib.error:
-            pass
-        parts += [s.decode("cp1252") for s in re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", raw)]
-    return " ".join(parts)
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from archive.models import Report
-from tests.interop.test_browser_booking import CHROMIUM, pdf_text
+from tests.interop.test_browser_booking import CHROMIUM
+from tests.pdf_text import pdf_text
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 
 # Playwright's sync API runs an asyncio loop in this thread; the ORM calls the
