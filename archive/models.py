@@ -546,6 +546,14 @@ class Report(models.Model):
     conclusion = models.TextField(_("conclusioni"), blank=True)
     # Optimistic concurrency: a save names the revision it was editing.
     revision = models.PositiveIntegerField(_("revisione"), default=1)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("ultima modifica di"),
+    )
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
     updated_at = models.DateTimeField(_("modificato il"), auto_now=True)
     signed_at = models.DateTimeField(_("firmato il"), null=True, blank=True)
