@@ -182,7 +182,9 @@ class TokenView(ObtainAuthToken):
 
 # --- Reports ----------------------------------------------------------------------
 #
-# Reading, editing a draft and discarding it. Signing is not offered here: it
+# Reading, editing a draft (any radiologist who may change reports and open
+# the study, not only its author) and discarding it (its author only). Signing
+# is not offered here: it
 # re-authenticates the radiologist interactively (password and second factor)
 # on the report page. A signed version never changes: PATCH and DELETE answer
 # 409 and change nothing. The services in archive.reports decide everything and
@@ -194,8 +196,9 @@ REPORT_TAGS = ["Referti"]
 class ReportProblem(serializers.Serializer):
     detail = serializers.CharField(help_text="Il messaggio per l'utente, in italiano.")
     code = serializers.CharField(
-        help_text="signed (referto firmato), conflict (bozza salvata da altri: ricaricare), claimed, author, "
-        "state, missing, damaged, invalid, permission_denied, not_found, not_authenticated..."
+        help_text="signed (referto firmato), conflict (bozza salvata da altri: ricaricare), claimed, "
+        "author (solo chi ha aperto la bozza la scarta), state, missing, damaged, invalid, permission_denied, "
+        "not_found, not_authenticated..."
     )
 
 
@@ -203,9 +206,9 @@ def _report_errors(*codes: int) -> dict[int, OpenApiResponse]:
     text = {
         400: "Richiesta non valida.",
         401: "Credenziali mancanti o non valide.",
-        403: "Permesso mancante, studio di un'altra azienda sanitaria o bozza di un altro radiologo.",
+        403: "Permesso mancante, studio di un'altra azienda sanitaria o (per scartarla) bozza di un altro radiologo.",
         404: "Referto o studio inesistente.",
-        409: "Il referto è firmato, oppure la bozza è cambiata dalla revisione indicata.",
+        409: "Il referto è firmato, oppure la bozza è stata salvata da altri dopo la revisione indicata.",
     }
     return {code: OpenApiResponse(ReportProblem, description=text[code]) for code in codes}
 
@@ -255,7 +258,7 @@ class ReportApiView(APIView):
     def report_get(self, pk: int) -> Report:
         """The report ``pk``, if the user may open its study (PermissionDenied otherwise, audited)."""
         report = (
-            Report.objects.select_related("study__facility", "study__patient", "author", "previous")
+            Report.objects.select_related("study__facility", "study__patient", "author", "updated_by", "previous")
             .filter(pk=pk)
             .first()
         )
@@ -296,6 +299,10 @@ class ReportPersonSerializer(serializers.Serializer):
     name = serializers.CharField()
 
 
+def _person(user: Any) -> dict[str, str]:
+    return {"username": user.get_username(), "name": user.get_full_name() or user.get_username()}
+
+
 class ReportLinksSerializer(serializers.Serializer):
     self = serializers.CharField()
     study = serializers.CharField(help_text="Lo studio nell'API.")
@@ -321,6 +328,7 @@ class ReportSerializer(serializers.ModelSerializer):
     accession_number = serializers.CharField(source="study.accession_number")
     previous = serializers.IntegerField(source="previous_id", allow_null=True)
     author = serializers.SerializerMethodField()
+    updated_by = serializers.SerializerMethodField()
     signer = serializers.CharField(source="signer_name", help_text="Il titolare del certificato di firma.")
     links = serializers.SerializerMethodField()
 
@@ -340,6 +348,7 @@ class ReportSerializer(serializers.ModelSerializer):
             "findings",
             "conclusion",
             "author",
+            "updated_by",
             "signer",
             "signed_at",
             "pdf_sha256",
@@ -353,8 +362,12 @@ class ReportSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ReportPersonSerializer)
     def get_author(self, obj: Report) -> dict[str, str]:
-        author = obj.author
-        return {"username": author.get_username(), "name": author.get_full_name() or author.get_username()}
+        return _person(obj.author)
+
+    @extend_schema_field(ReportPersonSerializer(allow_null=True))
+    def get_updated_by(self, obj: Report) -> dict[str, str] | None:
+        """Who saved the draft last (the author, a colleague, or the signer)."""
+        return _person(obj.updated_by) if obj.updated_by_id else None
 
     @extend_schema_field(ReportLinksSerializer)
     def get_links(self, obj: Report) -> dict[str, str | None]:
@@ -400,7 +413,9 @@ class ReportListView(ReportApiView):
             raise ReportApiError(404, gettext("Studio inesistente."), "not_found")
         reports.study_access_check(user=request.user, study=study, source=self.source())
         rows = list(
-            Report.objects.filter(study=study).select_related("study", "author", "previous").order_by("version")
+            Report.objects.filter(study=study)
+            .select_related("study", "author", "updated_by", "previous")
+            .order_by("version")
         )
         self.audit("report.view", study=study, reports=[r.pk for r in rows])
         return Response(ReportSerializer(rows, many=True, context={"request": request}).data)
@@ -435,10 +450,13 @@ class ReportDetailView(ReportApiView):
         operation_id="reports_partial_update",
     )
     def patch(self, request: Request, pk: int) -> Response:
-        """Save the sections of a draft (its author only) read at ``revision``; absent sections stay.
+        """Save the sections of a draft read at ``revision``; absent sections stay.
 
-        A signed report is never changed (409, code ``signed``); a draft saved
-        by someone else since ``revision`` is not overwritten (409, code ``conflict``).
+        Any radiologist who may change reports and open the study saves the
+        draft, not only its author. A signed report is never changed (409,
+        code ``signed``); a draft saved by someone else (or from another
+        window) since ``revision`` is not overwritten (409, code ``conflict``,
+        the message naming who saved last and when).
         """
         report = self.report_get(pk)
         if report.status == Report.Status.SIGNED:
@@ -479,8 +497,8 @@ class ReportDetailView(ReportApiView):
         operation_id="reports_destroy",
     )
     def delete(self, request: Request, pk: int) -> Response:
-        """Discard a draft (its author only), which frees the study for colleagues.
-        A signed report is never deleted (409)."""
+        """Discard a draft (its author only: 403 with code ``author`` for a colleague),
+        which frees the study. A signed report is never deleted (409)."""
         report = self.report_get(pk)
         if report.status == Report.Status.SIGNED:
             self.audit(

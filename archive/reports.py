@@ -2,10 +2,15 @@
 its corrections and addenda, and who may open which study.
 
 A study has at most one draft at a time (a database constraint): creating it
-is the claim that tells colleagues someone is reporting the study. A save
-names the revision it edited and moves the row only if nobody saved since
-(optimistic concurrency, one conditional UPDATE checked for one row). Signing
-re-authenticates the radiologist, makes the PDF and its detached CAdES
+is the claim that tells colleagues someone is reporting the study. The draft
+is not private to whoever claimed it: any radiologist who may open the study
+and change reports edits it (a resident drafts, the attending corrects and
+signs; a colleague takes over), and any who may sign reports signs it; only
+its author discards it. A save names the revision it edited and moves the
+row only if nobody saved since (optimistic concurrency, one conditional
+UPDATE checked for one row), so of two radiologists saving from the same
+revision the second is told who saved first and overwrites nothing. Signing
+re-authenticates the signer, makes the PDF and its detached CAdES
 signature and stores both in the study's facility tier *outside* any
 transaction (slow work), then flips the row draft -> signed with one
 conditional UPDATE; a signed row never changes again (model and database).
@@ -56,8 +61,9 @@ FAILURE = AuditEvent.Outcome.FAILURE
 class ReportError(Exception):
     """A report action that was refused or failed; ``message`` is for the user (Italian).
 
-    ``code``: ``reauth`` (wrong password or second factor), ``author`` (not the
-    draft's author), ``state`` (not a draft / not signed / already amended),
+    ``code``: ``reauth`` (wrong password or second factor), ``author`` (only
+    the draft's author may discard it), ``state`` (not a draft / not signed /
+    already amended),
     ``empty`` (nothing to sign), ``signing``, ``storage``, ``damaged``,
     ``missing``, ``invalid``, ``conflict``.
     """
@@ -154,7 +160,7 @@ def report_current(*, study: Study) -> Report | None:
 
 def report_draft(*, study: Study) -> Report | None:
     """The study's draft (at most one), if anyone is reporting it."""
-    return Report.objects.filter(study=study, status=Report.Status.DRAFT).select_related("author").first()
+    return Report.objects.filter(study=study, status=Report.Status.DRAFT).select_related("author", "updated_by").first()
 
 
 def _detail(report: Report) -> dict[str, Any]:
@@ -162,7 +168,9 @@ def _detail(report: Report) -> dict[str, Any]:
 
 
 def _reload(report: Report) -> Report | None:
-    return Report.objects.select_related("author", "study", "study__facility").filter(pk=report.pk).first()
+    return (
+        Report.objects.select_related("author", "updated_by", "study", "study__facility").filter(pk=report.pk).first()
+    )
 
 
 def _claimed_conflict(draft: Report) -> ReportConflict:
@@ -181,7 +189,7 @@ def _draft_create(*, study: Study, user: Any, values: dict[str, Any]) -> Report:
     try:
         with transaction.atomic():
             last = Report.objects.filter(study=study).aggregate(m=Max("version"))["m"] or 0
-            return Report.objects.create(study=study, author=user, version=last + 1, **values)
+            return Report.objects.create(study=study, author=user, updated_by=user, version=last + 1, **values)
     except IntegrityError:
         # Another radiologist's draft (report_one_draft) or version
         # (report_unique_version) was committed between our look and our insert.
@@ -197,7 +205,9 @@ def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: st
     """Claim ``study`` for reporting: create its draft, or return the user's own.
 
     The clinical question is pre-filled from the booking's
-    (``study.reason_for_request``).
+    (``study.reason_for_request``). A colleague's existing draft is not
+    returned but refused, naming its author (the claim the work list shows);
+    the colleague may still open it and edit it with :func:`report_save`.
 
     Raises
     ------
@@ -232,8 +242,8 @@ def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: st
     return report
 
 
-def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report:
-    """The current row of ``report``, which must be a draft written by ``user``."""
+def _open_draft(*, report: Report) -> Report:
+    """The current row of ``report``, which must still be a draft."""
     row = _reload(report)
     if row is None:
         raise ReportConflict(_("La bozza non esiste più: è stata scartata."), code="missing")
@@ -241,6 +251,12 @@ def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report
         raise ReportConflict(
             _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"
         )
+    return row
+
+
+def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report:
+    """The current row of ``report``, which must be a draft claimed by ``user`` (for discarding it)."""
+    row = _open_draft(report=report)
     if row.author_id != user.pk:
         audit_record(
             action=action,
@@ -251,7 +267,7 @@ def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report
             detail={**_detail(row), "reason": "author"},
         )
         raise ReportError(
-            _("La bozza è di %(name)s: solo chi la redige può modificarla o firmarla.") % {"name": _person(row.author)},
+            _("La bozza è di %(name)s: solo chi l'ha aperta può abbandonarla.") % {"name": _person(row.author)},
             code="author",
         )
     return row
@@ -266,7 +282,7 @@ def _saved_conflict(row: Report | None) -> ReportConflict:
         )
     return ReportConflict(
         _("La bozza è stata salvata da %(name)s alle %(time)s: ricarica la bozza.")
-        % {"name": _person(row.author), "time": _hhmm(row.updated_at)}
+        % {"name": _person(row.updated_by or row.author), "time": _hhmm(row.updated_at)}
     )
 
 
@@ -283,13 +299,17 @@ def report_save(
 ) -> Report:
     """Save the sections of a draft that was read at ``revision``; returns the saved row.
 
+    Any user who may open the study and change reports saves the draft, not
+    only its author (``author`` stays who claimed it; ``updated_by`` becomes
+    ``user``).
+
     Raises
     ------
+    PermissionDenied
+        The user may not open the study or change reports.
     ReportConflict
         Somebody saved (or signed, or discarded) the draft since ``revision``:
-        nothing is overwritten.
-    ReportError
-        ``user`` is not the draft's author.
+        nothing is overwritten, and the message names who saved last and when.
     """
     study = report.study
     study_access_check(user=user, study=study, source=source)
@@ -301,7 +321,7 @@ def report_save(
         source=source,
         detail=_detail(report),
     )
-    row = _own_draft(report=report, user=user, action="report.save", source=source)
+    row = _open_draft(report=report)
     with transaction.atomic():
         updated = Report.objects.filter(pk=row.pk, status=Report.Status.DRAFT, revision=revision).update(
             clinical_question=clinical_question,
@@ -309,6 +329,7 @@ def report_save(
             findings=findings,
             conclusion=conclusion,
             revision=revision + 1,
+            updated_by=user,
             updated_at=timezone.now(),
         )
         if updated != 1:
@@ -326,7 +347,11 @@ def report_save(
 
 
 def report_discard(*, report: Report, user: AbstractBaseUser | Any, source: str = "") -> None:
-    """The author drops an unsigned draft (and with it the claim on the study)."""
+    """The author drops an unsigned draft (and with it the claim on the study).
+
+    Only the author: colleagues edit and sign the draft, but the claim is the author's
+    (``ReportError`` with ``code="author"`` otherwise, audited as denied).
+    """
     study = report.study
     study_access_check(user=user, study=study, source=source)
     _permission_check(
@@ -425,11 +450,14 @@ def report_sign(
 ) -> Report:
     """Sign the draft ``report`` as read at ``revision``; returns the signed row.
 
-    Re-authenticates the radiologist (password, and the TOTP code when their
-    staff profile has a secret), makes the PDF, signs it (detached CAdES with
-    the radiologist's own key), stores both files in the study's facility
-    tier, then marks the row signed in one conditional UPDATE. After commit,
-    ``signals.report_signed`` is sent and, with
+    Any user who may open the study and sign reports signs the draft, not
+    only its author: the signer (``user``) is the one whose key signs and
+    whose name is on the PDF and in ``signer_name``; ``author`` stays who
+    started the draft. Re-authenticates the signer (password, and the TOTP
+    code when their staff profile has a secret), makes the PDF, signs it
+    (detached CAdES with the signer's own key), stores both files in the
+    study's facility tier, then marks the row signed in one conditional
+    UPDATE. After commit, ``signals.report_signed`` is sent and, with
     ``PACS_REPORT_ENCAPSULATED_PDF``, the PDF is ingested into the study as
     a DICOM Encapsulated PDF instance.
 
@@ -439,7 +467,7 @@ def report_sign(
         The user may not open the study or sign reports.
     ReportError
         ``code="reauth"``: wrong password or code (audited as denied);
-        ``author``, ``empty``, ``signing``, ``storage``: nothing was signed.
+        ``empty``, ``signing``, ``storage``: nothing was signed.
     ReportConflict
         The draft changed since ``revision`` (or was signed or discarded).
     """
@@ -453,7 +481,7 @@ def report_sign(
         source=source,
         detail=_detail(report),
     )
-    row = _own_draft(report=report, user=user, action="report.sign", source=source)
+    row = _open_draft(report=report)
     failed = _reauthenticate(user=user, password=password, otp=otp)
     if failed:
         audit_record(
@@ -540,6 +568,7 @@ def report_sign(
             signature_path=p7m_path,
             signature_sha256=p7m_sha256,
             encapsulated_sop_instance_uid=sop_uid,
+            updated_by=user,
             updated_at=signed_at,
         )
         if updated != 1:

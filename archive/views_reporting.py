@@ -6,6 +6,12 @@ The views only translate: form input into :mod:`archive.reports` calls,
 page that shows a patient's data or a report into an ``AuditEvent``. Whether
 the user may open a study is :func:`archive.reports.study_access_check`'s
 answer (a 403 when not).
+
+A study's draft is shown in the editor to every radiologist who may change
+reports, not only to its author (with a notice saying whose draft it is and
+who saved it last); two of them saving from the same revision get, the
+second, a 409 page naming who saved first, with their own text kept in the
+form beside the saved one. Only the author sees "Abbandona la bozza".
 """
 
 from __future__ import annotations
@@ -271,7 +277,7 @@ def _study_for(request: HttpRequest, pk: int) -> Study:
 
 def _report_for(request: HttpRequest, pk: int) -> Report:
     report = get_object_or_404(
-        Report.objects.select_related("study", "study__patient", "study__facility", "author"), pk=pk
+        Report.objects.select_related("study", "study__patient", "study__facility", "author", "updated_by"), pk=pk
     )
     reports.study_access_check(user=request.user, study=report.study, source=_source(request))
     return report
@@ -290,7 +296,10 @@ def _render_study(
     draft = reports.report_draft(study=study)
     signed = list(study.reports.filter(status=Report.Status.SIGNED).select_related("author").order_by("-version"))
     mine = draft is not None and draft.author_id == request.user.pk
-    if mine and form is None:
+    # Colleagues edit the draft too (a resident drafts, the attending signs);
+    # only the author discards it.
+    editable = draft is not None and request.user.has_perm("archive.change_report")
+    if editable and form is None:
         assert draft is not None
         form = ReportForm.for_report(draft)
     signed_reports = Prefetch(
@@ -340,10 +349,13 @@ def _render_study(
         },
         "draft": draft,
         "mine": mine,
+        "editable": editable,
         "draft_author_name": _name(draft.author) if draft is not None else "",
+        "draft_updated_by_name": _name(draft.updated_by or draft.author) if draft is not None else "",
         "form": form,
         "error": error,
         "conflict": conflict,
+        "conflict_name": _name(conflict.updated_by or conflict.author) if conflict is not None else "",
         "signed": signed,
         "latest_signed": signed[0] if signed else None,
         "priors": priors,
@@ -407,14 +419,15 @@ def report_save(request: HttpRequest, pk: int) -> HttpResponse:
             **form.sections(),
         )
     except reports.ReportConflict as err:
-        current = Report.objects.filter(pk=report.pk).select_related("author").first()
+        current = Report.objects.filter(pk=report.pk).select_related("author", "updated_by").first()
         if current is None:
             messages.error(request, _("La bozza non esiste più: è stata abbandonata."))
             return redirect(_study_url(report.study))
         if current.is_signed:
             return _refuse_signed(request, current, "report.save")
         # The user's text stays in the form; it now names the saved revision, so
-        # saving again, after reading the colleague's version below, is a choice.
+        # saving again, after reading the version saved by the colleague (or by
+        # the user's other window) below, is a choice.
         data = request.POST.copy()
         data["revision"] = str(current.revision)
         kept = ReportForm(data)

@@ -156,15 +156,39 @@ def test_a_stale_revision_is_a_conflict_and_overwrites_nothing(client: Client, r
     assert events("report.save", AuditEvent.Outcome.FAILURE)
 
 
-def test_a_colleague_cannot_patch_or_discard_someone_elses_draft(client: Client, reporting: Reporting) -> None:
+def test_a_colleague_patches_the_draft_but_cannot_discard_it(client: Client, reporting: Reporting) -> None:
     r = reporting
     draft = written_draft(r)
 
-    assert patch(client, draft, {"revision": draft.revision, "findings": "x"}, r.colleague).status_code == 403
-    assert client.delete(f"/api/reports/{draft.pk}/", **auth(r.colleague)).status_code == 403
+    response = patch(client, draft, {"revision": draft.revision, "findings": "Rivisto dalla collega."}, r.colleague)
 
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert data["findings"] == "Rivisto dalla collega." and data["revision"] == draft.revision + 1
+    assert data["author"] == {"username": "radiologo", "name": "Stefano Cossutta"}
+    assert data["updated_by"] == {"username": "radiologa", "name": "Chiara Degano"}
+    deleted = client.delete(f"/api/reports/{draft.pk}/", **auth(r.colleague))
+    assert deleted.status_code == 403 and deleted.json()["code"] == "author"
     draft.refresh_from_db()
-    assert draft.findings == "Non lesioni focali parenchimali."
+    assert draft.findings == "Rivisto dalla collega." and draft.updated_by_id == r.colleague.pk
+    assert events("report.save", AuditEvent.Outcome.SUCCESS)[-1].user_id == r.colleague.pk
+
+
+def test_a_stale_revision_from_the_other_radiologist_is_409(client: Client, reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    read_at = draft.revision
+    assert patch(client, draft, {"revision": read_at, "conclusion": "Del radiologo."}, r.radiologist).status_code == 200
+
+    response = patch(client, draft, {"revision": read_at, "conclusion": "Della collega."}, r.colleague)
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "conflict"
+    assert "salvata da Stefano Cossutta alle" in response.json()["detail"]
+    draft.refresh_from_db()
+    assert (draft.conclusion, draft.revision, draft.updated_by_id) == ("Del radiologo.", read_at + 1, r.radiologist.pk)
+    (failure,) = events("report.save", AuditEvent.Outcome.FAILURE)
+    assert failure.user_id == r.colleague.pk and failure.detail["reason"] == "conflict"
 
 
 def test_the_author_discards_a_draft(client: Client, reporting: Reporting) -> None:

@@ -218,6 +218,7 @@ def test_start_and_save_a_draft(reporting: Reporting) -> None:  # noqa: F811
     assert draft.clinical_question.startswith("Dispnea da sforzo")
     page = client.get(reverse("reporting:study", args=[reporting.study.pk])).content.decode()
     assert 'name="findings"' in page and "Salva bozza" in page and "Firma…" in page
+    assert "Abbandona la bozza" in page and "ultima modifica di" not in page  # their own draft
 
     response = save(client, draft, findings="Riga uno\r\nRiga due")
     assert response.status_code == 302
@@ -238,16 +239,49 @@ def test_start_and_save_a_draft(reporting: Reporting) -> None:  # noqa: F811
     ]
 
 
-def test_colleague_cannot_take_a_claimed_study(reporting: Reporting) -> None:  # noqa: F811
+def test_colleague_cannot_take_a_claimed_study_but_edits_its_draft(reporting: Reporting) -> None:  # noqa: F811
     start(client_for(reporting.radiologist), reporting.study)
     client = client_for(reporting.colleague)
     page = client.get(reverse("reporting:study", args=[reporting.study.pk])).content.decode()
-    assert "In refertazione da Stefano Cossutta" in page
+    assert "Bozza di Stefano Cossutta, ultima modifica di Stefano Cossutta alle" in page
     assert "Inizia a refertare" not in page
+    # The editor, and signing, but not discarding: the claim is the author's.
+    assert 'name="findings"' in page and "Salva bozza" in page and "Firma…" in page
+    assert "Abbandona la bozza" not in page
     response = client.post(reverse("reporting:report_start", args=[reporting.study.pk]))
     assert response.status_code == 409
     assert "Stefano Cossutta sta già refertando questo studio" in response.content.decode()
     assert Report.objects.get().author_id == reporting.radiologist.pk
+
+
+def test_colleague_saves_and_signs_the_draft_and_cannot_discard_it(reporting: Reporting) -> None:  # noqa: F811
+    draft = start(client_for(reporting.radiologist), reporting.study)
+    client = client_for(reporting.colleague)
+    response = save(client, draft, findings="Rivisto dalla collega.")
+    assert response.status_code == 302
+    draft.refresh_from_db()
+    assert (draft.findings, draft.author_id, draft.updated_by_id) == (
+        "Rivisto dalla collega.",
+        reporting.radiologist.pk,
+        reporting.colleague.pk,
+    )
+    # The author now sees who changed their draft.
+    page = client_for(reporting.radiologist).get(reverse("reporting:study", args=[reporting.study.pk])).content.decode()
+    assert "Bozza di Stefano Cossutta, ultima modifica di Chiara Degano alle" in page
+    assert "Rivisto dalla collega." in page and "Abbandona la bozza" in page
+
+    response = client.post(reverse("reporting:report_discard", args=[draft.pk]))
+    assert response.status_code == 302
+    assert "solo chi l&#x27;ha aperta può abbandonarla" in client.get(response["Location"]).content.decode()
+    assert Report.objects.filter(pk=draft.pk).exists()
+
+    sign_page = client.get(reverse("reporting:report_sign", args=[draft.pk])).content.decode()
+    assert "Bozza di Stefano Cossutta: il referto sarà firmato a tuo nome" in sign_page
+    response = sign(client, draft)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    draft.refresh_from_db()
+    assert draft.is_signed and draft.signer_name == "Chiara Degano"
+    assert draft.author_id == reporting.radiologist.pk
 
 
 def test_conflicting_save_keeps_the_text_and_says_who_saved_first(reporting: Reporting) -> None:  # noqa: F811
@@ -265,6 +299,45 @@ def test_conflicting_save_keeps_the_text_and_says_who_saved_first(reporting: Rep
     assert 'name="revision" value="2"' in text
     draft.refresh_from_db()
     assert draft.findings == "Prima finestra." and draft.revision == 2
+
+
+def test_two_radiologists_save_the_same_draft_and_the_second_gets_a_conflict(
+    reporting: Reporting,  # noqa: F811
+) -> None:
+    first, second = client_for(reporting.radiologist), client_for(reporting.colleague)
+    draft = start(first, reporting.study)
+    url = reverse("reporting:study", args=[reporting.study.pk])
+    # Both open the draft page at revision 1.
+    for client in (first, second):
+        page = client.get(url).content.decode()
+        assert 'name="revision" value="1"' in page and 'name="findings"' in page
+    assert save(first, draft, revision=1, findings="Testo del radiologo.").status_code == 302
+
+    response = save(second, draft, revision=1, findings="Testo della collega, da non perdere.")
+
+    assert response.status_code == 409
+    text = response.content.decode()
+    assert "La bozza è stata salvata da Stefano Cossutta alle" in text
+    assert "La versione salvata da Stefano Cossutta alle" in text
+    assert "Il tuo testo non è stato salvato" in text
+    assert "Testo della collega, da non perdere." in text  # kept in the form
+    assert "Testo del radiologo." in text  # the saved version beside it
+    assert 'name="revision" value="2"' in text
+    draft.refresh_from_db()
+    assert (draft.findings, draft.revision, draft.updated_by_id) == (
+        "Testo del radiologo.",
+        2,
+        reporting.radiologist.pk,
+    )
+
+    # The other way round: the colleague saves over it on purpose, then the
+    # radiologist's stale page names her.
+    assert save(second, draft, revision=2, findings="Testo della collega, da non perdere.").status_code == 302
+    response = save(first, draft, revision=2, findings="Ancora il radiologo.")
+    assert response.status_code == 409
+    assert "La bozza è stata salvata da Chiara Degano alle" in response.content.decode()
+    draft.refresh_from_db()
+    assert draft.findings == "Testo della collega, da non perdere." and draft.revision == 3
 
 
 # --- signing --------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pyotp
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from pydicom import dcmread
 
@@ -116,31 +118,81 @@ def test_the_second_of_two_saves_from_one_revision_conflicts(reporting: Reportin
     assert len(events("report.save", AuditEvent.Outcome.SUCCESS)) == 1
 
 
-def test_only_the_author_saves_a_draft(reporting: Reporting) -> None:
+def save_as(draft: Report, user: object, *, revision: int, conclusion: str) -> Report:
+    return reports.report_save(
+        report=draft,
+        user=user,
+        revision=revision,
+        clinical_question=draft.clinical_question,
+        technique=draft.technique,
+        findings=draft.findings,
+        conclusion=conclusion,
+    )
+
+
+def test_a_colleague_saves_the_radiologists_draft(reporting: Reporting) -> None:
     r = reporting
     draft = written_draft(r)
-    with pytest.raises(ReportError) as exc:
-        reports.report_save(
-            report=draft,
-            user=r.colleague,
-            revision=draft.revision,
-            clinical_question="",
-            technique="",
-            findings="",
-            conclusion="Riscritto da altri.",
-        )
-    assert exc.value.code == "author"
-    assert "Stefano Cossutta" in exc.value.message
+    assert draft.updated_by_id == r.radiologist.pk
+    saved = save_as(draft, r.colleague, revision=draft.revision, conclusion="Rivisto dalla collega.")
+    assert saved.conclusion == "Rivisto dalla collega."
+    assert saved.revision == draft.revision + 1
+    assert (saved.author_id, saved.updated_by_id) == (r.radiologist.pk, r.colleague.pk)
+    assert saved.status == Report.Status.DRAFT
+    assert events("report.save", AuditEvent.Outcome.SUCCESS)[-1].user_id == r.colleague.pk
+
+
+def test_the_draft_start_records_who_saved_last(reporting: Reporting) -> None:
+    r = reporting
+    draft = reports.report_draft_start(study=r.study, user=r.radiologist)
+    assert draft.updated_by_id == r.radiologist.pk
+
+
+def test_two_radiologists_saving_from_one_revision_the_second_is_told_who_saved_first(
+    reporting: Reporting,
+) -> None:
+    r = reporting
+    draft = written_draft(r)
+    read_at = draft.revision
+    # Both opened the draft at the same revision; the colleague saves first.
+    save_as(draft, r.colleague, revision=read_at, conclusion="Testo della collega.")
+    with pytest.raises(ReportConflict) as exc:
+        save_as(draft, r.radiologist, revision=read_at, conclusion="Testo del radiologo.")
+    assert exc.value.code == "conflict"
+    assert "salvata da Chiara Degano alle" in exc.value.message
+    assert "ricarica la bozza" in exc.value.message
+    draft.refresh_from_db()
+    assert (draft.conclusion, draft.revision, draft.updated_by_id) == (
+        "Testo della collega.",
+        read_at + 1,
+        r.colleague.pk,
+    )
+
+
+def test_a_user_without_change_report_cannot_save(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    r.colleague.user_permissions.remove(
+        Permission.objects.get(content_type__app_label="archive", codename="change_report")
+    )
+    colleague = get_user_model().objects.get(pk=r.colleague.pk)  # fresh permission cache
+    with pytest.raises(PermissionDenied):
+        save_as(draft, colleague, revision=draft.revision, conclusion="Non deve passare.")
     draft.refresh_from_db()
     assert draft.conclusion == "Quadro TC nei limiti della norma."
-    assert events("report.save", AuditEvent.Outcome.DENIED)[0].user_id == r.colleague.pk
+    (denied,) = events("report.save", AuditEvent.Outcome.DENIED)
+    assert (denied.user_id, denied.detail["reason"]) == (colleague.pk, "permission")
 
 
 def test_the_author_discards_a_draft_and_the_study_is_free_again(reporting: Reporting) -> None:
     r = reporting
     draft = written_draft(r)
-    with pytest.raises(ReportError):
+    # The colleague may edit the draft, but the claim is the author's.
+    with pytest.raises(ReportError) as exc:
         reports.report_discard(report=draft, user=r.colleague)
+    assert exc.value.code == "author"
+    assert "Stefano Cossutta" in exc.value.message
+    assert Report.objects.filter(pk=draft.pk).exists()
     reports.report_discard(report=draft, user=r.radiologist)
     assert not Report.objects.exists()
     assert len(events("report.discard", AuditEvent.Outcome.SUCCESS)) == 1
@@ -265,14 +317,50 @@ def test_a_save_that_lands_while_signing_wins_and_the_signing_reports_a_conflict
     assert not events("report.sign", AuditEvent.Outcome.SUCCESS)
 
 
-def test_only_the_author_signs(reporting: Reporting) -> None:
+def test_a_colleague_with_sign_report_signs_the_draft(reporting: Reporting) -> None:
     r = reporting
     draft = written_draft(r)
+    signed = sign(draft, r.colleague)
+    assert signed.status == Report.Status.SIGNED
+    assert signed.signer_name == "Chiara Degano"
+    assert (signed.author_id, signed.updated_by_id) == (r.radiologist.pk, r.colleague.pk)
+    check = reports.report_verify(report=signed)
+    assert check.ok, check.reason
+    assert "Chiara Degano" in check.signer_subject
+    (event,) = events("report.sign")
+    assert (event.outcome, event.user_id, event.detail["signer"]) == (
+        AuditEvent.Outcome.SUCCESS,
+        r.colleague.pk,
+        "Chiara Degano",
+    )
+
+
+def test_a_colleague_signs_with_their_own_password(reporting: Reporting) -> None:
+    r = reporting
+    r.radiologist.set_password("la-password-del-collega-assente")
+    r.radiologist.save()
+    draft = written_draft(r)
     with pytest.raises(ReportError) as exc:
-        sign(draft, r.colleague)
-    assert exc.value.code == "author"
+        reports.report_sign(
+            report=draft, user=r.colleague, password="la-password-del-collega-assente", revision=draft.revision
+        )
+    assert exc.value.code == "reauth"
     draft.refresh_from_db()
     assert draft.status == Report.Status.DRAFT
+
+
+def test_a_user_without_sign_report_cannot_sign(reporting: Reporting) -> None:
+    r = reporting
+    draft = written_draft(r)
+    r.colleague.user_permissions.remove(
+        Permission.objects.get(content_type__app_label="archive", codename="sign_report")
+    )
+    colleague = get_user_model().objects.get(pk=r.colleague.pk)
+    with pytest.raises(PermissionDenied):
+        sign(draft, colleague)
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT
+    assert report_files(r.study) == []
 
 
 def test_a_storage_failure_signs_nothing(reporting: Reporting, monkeypatch: pytest.MonkeyPatch) -> None:
