@@ -508,7 +508,8 @@ class StaffProfile(models.Model):
 class Report(models.Model):
     """A version of a study's *referto*.
 
-    A draft is edited by its author; signing fixes it for ever: its text, its
+    A draft is started by its author, who thereby claims the study, and may be
+    co-edited by colleagues (each save names the revision it edited); signing fixes it for ever: its text, its
     PDF and its detached CAdES signature never change and are never deleted
     (refused by the model and by the database). A correction or an addendum
     is a new version that refers to the one before, which stays readable.
