@@ -1,0 +1,530 @@
+"""A study packaged for the citizen to download (issue 7): the original DICOM
+files laid out as DICOM media, or the images rendered as JPEG.
+
+Both packages are ZIP files written with the standard library, stored (not
+compressed: DICOM pixel data and JPEG hardly shrink) and ZIP64 for every
+member, since a study can exceed 4 GB. Each member is copied in chunks of at
+most :data:`CHUNK` bytes, so memory does not grow with the study. The zip is
+written under a temporary name next to ``path`` and renamed at the end: a
+reader never sees a half-written package at ``path``.
+
+The DICOM package is a PS3.10 file-set as a CD of IHE PDI would hold it::
+
+    DICOMDIR            the Media Storage Directory (PS3.10 8.6), built by pydicom's FileSet
+    README.TXT          for the recipient, in Italian and English
+    DICOM/S0001/I0001   the instances, byte for byte as stored (PS3.10 8.2 file IDs:
+    DICOM/S0001/I0002   upper case, at most 8 characters per component)
+    ...
+
+Only the DICOMDIR goes through :class:`pydicom.fileset.FileSet`: its
+``add`` would re-encode each instance (``save_as``) and its ``write`` names
+the files itself (``PT000000/ST000000/SE000000/IM000000``). So FileSet is
+given header-only copies, writes the DICOMDIR for them in a scratch folder,
+the records are pointed at our file IDs, and ``FileSet.write(use_existing=True)``
+(documented for keeping an existing layout) writes the final DICOMDIR with its
+record offsets recomputed. The instances themselves are copied from
+:func:`archive.retrieve.instance_open` into the zip, and each copy's SHA-256
+is checked against :attr:`archive.models.Instance.sha256`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from archive import previews, rendering, retrieve
+from archive.models import Instance, Rendition, Series
+from archive.render_isolated import render_with
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from archive.models import Study
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # at most 1 MiB in memory per copy
+DICOMDIR = "DICOMDIR"
+README = "README.TXT"
+FILES_ROOT = "DICOM"
+# Full size, the data set's own window, JPEG at the archive's default quality (90).
+JPEG_PARAMS = rendering.RenderParams()
+
+Progress = Callable[[int, int], None]
+
+
+class PackageError(Exception):
+    """The package cannot be made (an instance unreadable or not as recorded, a DICOMDIR not buildable)."""
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    path: Path
+    size: int
+    instance_count: int
+    sha256: str
+
+
+# -- the zip file ------------------------------------------------------------
+
+
+@contextmanager
+def _zip_in_place(path: Path) -> Iterator[zipfile.ZipFile]:
+    """A ZipFile on a temporary file next to ``path``, renamed to ``path`` when
+    the block ends without error, removed otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                yield zf
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _member_info(name: str, when: dt.datetime) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16  # rw-r--r-- when unzipped on Unix
+    return info
+
+
+def _member_write(
+    zf: zipfile.ZipFile, name: str, source: IO[bytes], *, when: dt.datetime, on_chunk: Callable[[int], None]
+) -> str:
+    """Copy ``source`` into the zip as ``name`` in chunks; the SHA-256 of what was copied."""
+    digest = hashlib.sha256()
+    # force_zip64: the size is not known to zipfile beforehand, and a member over
+    # 4 GB written without the ZIP64 local header cannot be fixed up afterwards.
+    with zf.open(_member_info(name, when), "w", force_zip64=True) as out:
+        while chunk := source.read(CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            on_chunk(len(chunk))
+    return digest.hexdigest()
+
+
+def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt.datetime) -> None:
+    with zf.open(_member_info(name, when), "w", force_zip64=True) as out:
+        out.write(data)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _info(path: Path, count: int) -> PackageInfo:
+    # Hashed after writing: zipfile seeks back to complete each local header,
+    # so the bytes cannot be hashed as they go out.
+    return PackageInfo(path=path, size=path.stat().st_size, instance_count=count, sha256=_file_sha256(path))
+
+
+class _Progress:
+    def __init__(self, total: int, callback: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.callback = callback
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+# -- what the study holds ----------------------------------------------------
+
+
+def _study_series(study: Study) -> list[tuple[Series, list[Instance]]]:
+    """The study's series and their instances, in the order people expect them."""
+    instances = retrieve.instances_with_copies(
+        Instance.objects.filter(series__study=study).order_by("instance_number", "pk")
+    )
+    by_series: dict[int, list[Instance]] = {}
+    for instance in instances:
+        by_series.setdefault(instance.series_id, []).append(instance)
+    series = Series.objects.filter(study=study).order_by("series_number", "pk")
+    return [(s, by_series[s.pk]) for s in series if s.pk in by_series]
+
+
+def _file_id(series_index: int, instance_index: int) -> tuple[str, str, str]:
+    # PS3.10 8.2: at most 8 characters of A-Z, 0-9 and _ per component. "S" and
+    # "I" plus up to 7 digits: ten million series or instances before it breaks.
+    components = (FILES_ROOT, f"S{series_index:04d}", f"I{instance_index:04d}")
+    if any(len(c) > 8 for c in components):
+        raise PackageError("too many series or instances for PS3.10 file IDs")
+    return components
+
+
+def _person_name(value: str) -> str:
+    return " ".join(part for part in value.replace("^", " ").split() if part)
+
+
+def _date(value: dt.date | None) -> str:
+    return value.strftime("%d/%m/%Y") if value else "-"
+
+
+def _study_summary(study: Study, *, series: int, instances: int) -> list[str]:
+    facility = study.facility.name if study.facility_id else "-"
+    return [
+        f"Paziente / Patient: {_person_name(study.patient_name) or '-'}"
+        f" (nato il / born {_date(study.patient_birth_date)})",
+        f"Esame / Study: {study.study_description or '-'} ({study.modalities_in_study or '-'})",
+        f"Data / Date: {_date(study.study_date)}",
+        f"Struttura / Facility: {facility}",
+        f"Numero di accettazione / Accession number: {study.accession_number or '-'}",
+        f"Serie / Series: {series}; immagini / images: {instances}",
+    ]
+
+
+def _readme(lines: list[str]) -> bytes:
+    # CRLF and UTF-8: readable in Windows Notepad as on any other system.
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+# -- the DICOM package -------------------------------------------------------
+
+
+def _record_header(instance: Instance, *, series_number: int, instance_number: int) -> Dataset:
+    """The instance's attributes up to its pixel data, for its DICOMDIR records.
+
+    PS3.3 F.5 makes a few attributes Type 1 in the records (Study ID, Study
+    Date and Time, Series Number, Instance Number...); an instance that lacks
+    one gets a stand-in in its record only. The file itself is never touched.
+    """
+    from pydicom import dcmread
+
+    with retrieve.instance_open(instance) as fh:
+        ds = dcmread(fh, stop_before_pixels=True)
+    study = instance.series.study
+    stand_ins = {
+        "PatientID": study.dicom_patient_id or "UNKNOWN",
+        "StudyDate": study.study_date.strftime("%Y%m%d") if study.study_date else "19000101",
+        "StudyTime": study.study_time or "000000",
+        "StudyID": (study.study_id or study.accession_number or "1")[:16],
+        "Modality": instance.series.modality or "OT",
+        "SeriesNumber": series_number,
+        "InstanceNumber": instance_number,
+    }
+    for keyword, value in stand_ins.items():
+        if keyword not in ds or ds[keyword].VM == 0:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def dicomdir_build(*, headers: list[tuple[Dataset, tuple[str, ...]]], scratch: Path) -> bytes:
+    """The DICOMDIR for ``headers`` (data sets without pixel data, each with the
+    file ID it will have), written by :class:`pydicom.fileset.FileSet`.
+
+    Raises
+    ------
+    PackageError
+        FileSet cannot make a directory record for an instance.
+    """
+    from pydicom import dcmread
+    from pydicom.fileset import FileSet
+
+    fs = FileSet()
+    wanted: dict[str, tuple[str, ...]] = {}
+    for ds, file_id in headers:
+        try:
+            fs.add(ds)
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise PackageError(f"{ds.SOPInstanceUID}: no DICOMDIR record: {exc}") from exc
+        wanted[str(ds.SOPInstanceUID)] = file_id
+    fs.write(scratch)  # header-only files in pydicom's own layout, and their DICOMDIR
+    directory = dcmread(scratch / DICOMDIR)
+    for record in directory.DirectoryRecordSequence:
+        if "ReferencedFileID" not in record:
+            continue
+        file_id = wanted[str(record.ReferencedSOPInstanceUIDInFile)]
+        old = scratch.joinpath(*record.ReferencedFileID)
+        new = scratch.joinpath(*file_id)
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, new)
+        record.ReferencedFileID = list(file_id)
+    # Loaded with IDs that are not pydicom's own, the file-set is staged for
+    # moving; use_existing keeps our layout and rewrites only the DICOMDIR,
+    # with every record offset recomputed for the new File ID lengths.
+    FileSet(directory).write(use_existing=True)
+    data = (scratch / DICOMDIR).read_bytes()
+    check = FileSet(scratch / DICOMDIR)
+    if sorted(i.SOPInstanceUID for i in check) != sorted(wanted):
+        raise PackageError("the DICOMDIR does not list every instance")
+    return data
+
+
+def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
+    summary = _study_summary(study, series=series, instances=instances)
+    return _readme(
+        [
+            "IMMAGINI DIAGNOSTICHE IN FORMATO DICOM",
+            "======================================",
+            "",
+            "Questo archivio contiene le immagini originali dell'esame, in qualita' diagnostica,",
+            "organizzate come su un CD DICOM (standard DICOM PS3.10, profilo IHE PDI).",
+            "",
+            *summary,
+            "",
+            "Come aprirle:",
+            "- estrarre l'archivio ZIP in una cartella;",
+            "- aprire il file DICOMDIR con un qualsiasi visualizzatore DICOM (per esempio",
+            "  Weasis, Horos, RadiAnt, MicroDicom, OsiriX): elenca tutte le serie e le immagini;",
+            "- oppure aprire direttamente i file nella cartella DICOM.",
+            "I file sono gli originali archiviati, identici byte per byte a quelli ricevuti",
+            "dalle apparecchiature; si possono consegnare a un altro medico specialista.",
+            "",
+            "",
+            "DIAGNOSTIC IMAGES IN DICOM FORMAT",
+            "=================================",
+            "",
+            "This archive holds the study's original images in diagnostic quality,",
+            "laid out as on a DICOM CD (DICOM PS3.10, IHE PDI profile).",
+            "",
+            "How to open them:",
+            "- extract the ZIP archive into a folder;",
+            "- open the DICOMDIR file with any DICOM viewer (for example Weasis, Horos,",
+            "  RadiAnt, MicroDicom, OsiriX): it lists every series and image;",
+            "- or open the files in the DICOM folder directly.",
+            "The files are the archived originals, byte for byte as the equipment sent them;",
+            "they can be given to another specialist.",
+            "",
+            "Prodotto da / Made by: PACS regionale / Regional PACS",
+        ]
+    )
+
+
+def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None = None) -> PackageInfo:
+    """Write ``study`` to ``path`` as a ZIP laid out as DICOM media (PS3.10, IHE PDI).
+
+    Parameters
+    ----------
+    study : archive.models.Study
+        The study to package; every instance needs a readable verified copy.
+    path : Path
+        Where the zip goes; a temporary file in the same folder is renamed to
+        it at the end, and removed if anything fails.
+    progress : callable, optional
+        Called as ``progress(done_bytes, total_bytes)`` after each chunk;
+        ``total_bytes`` is the instances' size plus the DICOMDIR and README.
+
+    Raises
+    ------
+    PackageError
+        An instance cannot be read, its bytes do not hash as recorded, or
+        FileSet cannot list it in the DICOMDIR.
+    """
+    groups = _study_series(study)
+    entries: list[tuple[Instance, tuple[str, str, str]]] = []
+    for s_index, (_series, instances) in enumerate(groups, start=1):
+        for i_index, instance in enumerate(instances, start=1):
+            entries.append((instance, _file_id(s_index, i_index)))
+    if not entries:
+        raise PackageError(f"study {study.study_instance_uid} has no instances")
+    when = dt.datetime.now()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dicomdir-") as scratch:
+            headers = []
+            for s_index, (series, instances) in enumerate(groups, start=1):
+                for i_index, instance in enumerate(instances, start=1):
+                    ds = _record_header(
+                        instance,
+                        series_number=series.series_number if series.series_number is not None else s_index,
+                        instance_number=instance.instance_number if instance.instance_number is not None else i_index,
+                    )
+                    headers.append((ds, _file_id(s_index, i_index)))
+            dicomdir = dicomdir_build(headers=headers, scratch=Path(scratch))
+    except retrieve.NotAvailable as exc:
+        raise PackageError(str(exc)) from exc
+    readme = _dicom_readme(study, series=len(groups), instances=len(entries))
+    meter = _Progress(sum(i.size for i, _ in entries) + len(dicomdir) + len(readme), progress)
+
+    with _zip_in_place(path) as zf:
+        _member_write_bytes(zf, DICOMDIR, dicomdir, when=when)
+        meter.add(len(dicomdir))
+        _member_write_bytes(zf, README, readme, when=when)
+        meter.add(len(readme))
+        for instance, file_id in entries:
+            try:
+                fh = retrieve.instance_open(instance)
+            except retrieve.NotAvailable as exc:
+                raise PackageError(str(exc)) from exc
+            with fh:
+                sha256 = _member_write(zf, "/".join(file_id), fh, when=when, on_chunk=meter.add)
+            if sha256 != instance.sha256:
+                logger.error("%s read back with SHA-256 %s, %s recorded", instance, sha256, instance.sha256)
+                raise PackageError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
+    logger.info("DICOM package of study %s: %d instances in %s", study.study_instance_uid, len(entries), path)
+    return _info(path, len(entries))
+
+
+# -- the JPEG package --------------------------------------------------------
+
+_MODALITY_NAMES = {
+    "CT": "TC",
+    "MR": "RM",
+    "US": "Ecografia",
+    "CR": "RX",
+    "DX": "RX",
+    "MG": "Mammografia",
+    "NM": "Medicina nucleare",
+    "PT": "PET",
+    "XA": "Angiografia",
+    "RF": "Fluoroscopia",
+    "OT": "Altro",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._()-]+")
+
+
+def safe_name(text: str, *, limit: int = 60) -> str:
+    """``text`` with only characters every file system and unzip accepts:
+    accents dropped (è -> e), anything else but letters, digits, space and
+    ``._()-`` removed, spaces collapsed."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cleaned = " ".join(_UNSAFE.sub(" ", ascii_text).split())
+    return cleaned[:limit].strip(" .") or "serie"
+
+
+def series_folder_name(*, index: int, series: Series) -> str:
+    """``01 - TC torace - serie 1``: position, modality in Italian, description, number."""
+    modality = _MODALITY_NAMES.get(series.modality.upper(), series.modality)
+    label = " ".join(p for p in (modality, series.series_description) if p)
+    parts = [f"{index:02d}"]
+    if label:
+        parts.append(label)
+    parts.append(f"serie {series.series_number if series.series_number is not None else index}")
+    return safe_name(" - ".join(parts), limit=80)
+
+
+@dataclass
+class _Failure:
+    where: str
+    reason: str
+
+
+@dataclass
+class _JpegPlan:
+    folder: str
+    instance: Instance
+    position: int
+    frames: int
+    width: int = field(default=3)
+
+
+def _frame_name(plan: _JpegPlan, frame: int) -> str:
+    base = f"immagine-{plan.position:0{plan.width}d}"
+    if plan.frames > 1:
+        base += f"-fotogramma-{frame:0{max(3, len(str(plan.frames)))}d}"
+    return f"{plan.folder}/{base}.jpg"
+
+
+def _jpeg_frames(instance: Instance, frames: int) -> Iterator[tuple[int, bytes | str]]:
+    """Each frame's JPEG, or the reason it cannot be rendered.
+
+    The stored preview serves when it was made with exactly the default
+    full-size parameters; the rest is rendered in a worker process. No
+    readable copy and no render worker are not the image's fault: they raise.
+    """
+    todo = list(range(1, frames + 1))
+    stored = previews.rendition_get(instance=instance, frame=1, kind=Rendition.Kind.PREVIEW, params=JPEG_PARAMS)
+    if stored is not None:
+        yield 1, stored
+        todo.remove(1)
+    if not todo:
+        return
+    with retrieve.instance_file(instance) as local:
+        for frame in todo:
+            try:
+                yield frame, render_with(path=local, frame=frame, params=JPEG_PARAMS)
+            except rendering.NoImage as exc:
+                yield frame, exc.reason
+            except ValueError as exc:  # attributes out of range for the renderer
+                yield frame, f"{type(exc).__name__}: {exc}"
+
+
+def _jpeg_readme(study: Study, *, series: int, instances: int, failures: list[_Failure]) -> bytes:
+    lines = [
+        "IMMAGINI DELL'ESAME IN FORMATO JPEG / STUDY IMAGES AS JPEG",
+        "==========================================================",
+        "",
+        *_study_summary(study, series=series, instances=instances),
+        "",
+        "Una cartella per serie, un file JPEG per immagine (per ogni fotogramma nelle",
+        "sequenze). Si aprono con qualsiasi programma per le foto. Non sono in qualita'",
+        "diagnostica: per un altro medico scaricare la versione DICOM.",
+        "",
+        "One folder per series, one JPEG file per image (per frame in clips). They open",
+        "with any photo viewer. They are not of diagnostic quality: for another doctor,",
+        "download the DICOM version.",
+    ]
+    if failures:
+        lines += [
+            "",
+            "Immagini che non e' stato possibile convertire / Images that could not be converted:",
+        ]
+        lines += [f"- {f.where}: {f.reason}" for f in failures]
+    return _readme(lines)
+
+
+def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None) -> PackageInfo:
+    """Write ``study`` to ``path`` as a ZIP of JPEGs: one folder per series, one
+    JPEG per frame, rendered full size with the image's own window.
+
+    A frame that cannot be rendered is listed in the README instead.
+    ``progress(done, total)`` counts frames. ``instance_count`` in the result
+    counts the JPEGs written.
+
+    Raises
+    ------
+    PackageError
+        An instance has no readable copy, or no render worker could start
+        (worth trying again later).
+    """
+    plans: list[_JpegPlan] = []
+    groups = _study_series(study)
+    for index, (series, instances) in enumerate(groups, start=1):
+        folder = series_folder_name(index=index, series=series)
+        width = max(3, len(str(len(instances))))
+        for position, instance in enumerate(instances, start=1):
+            plans.append(_JpegPlan(folder, instance, position, max(1, instance.number_of_frames or 1), width))
+    meter = _Progress(sum(p.frames for p in plans), progress)
+    failures: list[_Failure] = []
+    written = 0
+    when = dt.datetime.now()
+    with _zip_in_place(path) as zf:
+        for plan in plans:
+            try:
+                for frame, result in _jpeg_frames(plan.instance, plan.frames):
+                    name = _frame_name(plan, frame)
+                    if isinstance(result, str):
+                        logger.warning("%s frame %d not in the JPEG package: %s", plan.instance, frame, result)
+                        failures.append(_Failure(name, result))
+                    else:
+                        _member_write_bytes(zf, name, result, when=when)
+                        written += 1
+                    meter.add(1)
+            except (retrieve.NotAvailable, RuntimeError) as exc:
+                raise PackageError(f"{plan.instance.sop_instance_uid}: {exc}") from exc
+        readme = _jpeg_readme(study, series=len(groups), instances=len(plans), failures=failures)
+        _member_write_bytes(zf, README, readme, when=when)
+    logger.info("JPEG package of study %s: %d images, %d failed", study.study_instance_uid, written, len(failures))
+    return _info(path, written)

@@ -1,0 +1,224 @@
+"""A study packaged for download: the original DICOM files as DICOM media
+with a DICOMDIR, and the images as JPEG, one folder per series."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.fileset import FileSet
+
+from archive import previews, retrieve, storage
+from archive.models import Instance, Series, Study
+from archive.sample_data import SR, US_MULTIFRAME, PatientInfo, write_study
+from portal import packages
+from portal.packages import PackageError, dicom_media_zip_write, jpeg_zip_write
+from tests.dicomweb_helpers import ingest_files
+
+
+def _study() -> Study:
+    return Study.objects.get()
+
+
+def _zip64_in_local_header(path: Path, info: zipfile.ZipInfo) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        assert header[:4] == b"PK\x03\x04"
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        fh.seek(name_len, 1)
+        extra = fh.read(extra_len)
+    while len(extra) >= 4:
+        tag, size = struct.unpack("<HH", extra[:4])
+        if tag == 0x0001:
+            return True
+        extra = extra[4 + size :]
+    return False
+
+
+def _no_leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def test_dicom_zip_is_dicom_media_with_the_original_bytes(region, ct_study: list[Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    study = _study()
+    out = tmp_path / "out" / "study.zip"
+    seen: list[tuple[int, int]] = []
+
+    info = dicom_media_zip_write(study=study, path=out, progress=lambda done, total: seen.append((done, total)))
+
+    assert info.path == out and info.instance_count == 6
+    assert info.size == out.stat().st_size
+    assert info.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [p.name for p in _no_leftovers(out.parent)] == ["study.zip"]
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+
+    with zipfile.ZipFile(out) as zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        assert names[:2] == ["DICOMDIR", "README.TXT"]
+        assert sorted(names[2:]) == [f"DICOM/S000{s}/I000{i}" for s in (1, 2) for i in (1, 2, 3)]
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        assert all(_zip64_in_local_header(out, i) for i in infos)
+        unzipped = tmp_path / "unzipped"
+        zf.extractall(unzipped)
+
+    fs = FileSet(unzipped / "DICOMDIR")
+    stored = {i.sop_instance_uid: i for i in Instance.objects.all()}
+    assert sorted(i.SOPInstanceUID for i in fs) == sorted(stored)
+    for item in fs:
+        data = Path(item.path).read_bytes()
+        instance = stored[item.SOPInstanceUID]
+        assert hashlib.sha256(data).hexdigest() == instance.sha256
+        with retrieve.instance_open(instance) as fh:
+            assert data == fh.read()
+        assert all(len(c) <= 8 and c == c.upper() for c in item.ReferencedFileID)
+    # The records say what a viewer lists: patient, study, series, images.
+    assert {i.PatientID for i in fs} == {"MRN0001"}
+    assert {i.StudyInstanceUID for i in fs} == {study.study_instance_uid}
+    assert len({i.SeriesInstanceUID for i in fs}) == 2
+
+    dump = subprocess.run(["dcmdump", str(unzipped / "DICOMDIR")], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    assert "DICOM\\S0001\\I0001" in dump.stdout
+    readme = (unzipped / "README.TXT").read_text(encoding="utf-8")
+    assert "DICOMDIR" in readme and "byte per byte" in readme and "byte for byte" in readme
+    assert "Rossi Mario" in readme
+
+
+def test_dicom_zip_failing_half_way_leaves_nothing(region, ct_study: list[Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    last = Instance.objects.order_by("series__series_number", "instance_number").last()
+    assert last is not None
+    real_open = retrieve.instance_open
+    calls: dict[str, int] = {}
+
+    def flaky_open(instance: Instance):  # type: ignore[no-untyped-def]
+        calls[instance.sop_instance_uid] = calls.get(instance.sop_instance_uid, 0) + 1
+        # The first open reads the header for the DICOMDIR; the second copies the file.
+        if instance.sop_instance_uid == last.sop_instance_uid and calls[instance.sop_instance_uid] > 1:
+            raise retrieve.NotAvailable(instance.sop_instance_uid, "disk gone")
+        return real_open(instance)
+
+    monkeypatch.setattr(retrieve, "instance_open", flaky_open)
+    out = tmp_path / "out" / "study.zip"
+    with pytest.raises(PackageError, match="disk gone"):
+        dicom_media_zip_write(study=_study(), path=out)
+    assert _no_leftovers(out.parent) == []
+    assert sum(calls.values()) == 12  # it got as far as the last instance
+
+
+def test_dicom_zip_refuses_a_copy_that_does_not_hash_as_recorded(region, ct_study: list[Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    instance = Instance.objects.order_by("pk").last()
+    assert instance is not None
+    copy = instance.copies.get()
+    stored = storage.absolute_path(copy.tier, copy.path)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the pixel data
+    stored.write_bytes(bytes(data))
+    out = tmp_path / "study.zip"
+    with pytest.raises(PackageError, match="SHA-256"):
+        dicom_media_zip_write(study=_study(), path=out)
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".study.zip")] == []
+
+
+def _jpegs(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if n.endswith(".jpg")}
+
+
+def _check_jpeg(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == "JPEG"
+    return image
+
+
+def test_jpeg_zip_has_one_image_per_instance_in_a_folder_per_series(
+    region, ct_study: list[Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    Series.objects.filter(series_number=1).update(series_description="Torace")
+    out = tmp_path / "jpeg.zip"
+    seen: list[tuple[int, int]] = []
+    info = jpeg_zip_write(study=_study(), path=out, progress=lambda d, t: seen.append((d, t)))
+    jpegs = _jpegs(out)
+    assert sorted(jpegs) == [
+        f"{folder}/immagine-00{i}.jpg"
+        for folder in ("01 - TC Torace - serie 1", "02 - TC - serie 2")
+        for i in (1, 2, 3)
+    ]
+    assert info.instance_count == 6
+    assert seen[-1] == (6, 6)
+    for data in jpegs.values():
+        assert _check_jpeg(data).size == (128, 128)  # full size
+    with zipfile.ZipFile(out) as zf:
+        readme = zf.read("README.TXT").decode()
+        assert all(_zip64_in_local_header(out, i) for i in zf.infolist())
+    assert "Rossi Mario" in readme and "could not be converted" not in readme
+
+
+def test_jpeg_zip_uses_the_stored_full_size_preview(region, ct_study: list[Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    for series in Series.objects.all():
+        previews.series_renditions_make(series_pk=series.pk)
+
+    def no_rendering(**kwargs: object) -> bytes:
+        raise AssertionError("rendered although a stored preview fits")
+
+    monkeypatch.setattr(packages, "render_with", no_rendering)
+    out = tmp_path / "jpeg.zip"
+    jpeg_zip_write(study=_study(), path=out)
+    jpegs = _jpegs(out)
+    assert len(jpegs) == 6
+    first = Instance.objects.order_by("series__series_number", "instance_number").first()
+    assert first is not None
+    stored = previews.rendition_get(instance=first, frame=1, kind="preview", params=packages.JPEG_PARAMS)
+    assert stored is not None and jpegs["01 - TC - serie 1/immagine-001.jpg"] == stored
+
+
+def test_jpeg_zip_has_one_image_per_frame_of_a_clip(region, tmp_path: Path, patient: PatientInfo) -> None:  # type: ignore[no-untyped-def]
+    paths = write_study(tmp_path / "us", patient=patient, source=US_MULTIFRAME, instances_per_series=1)
+    ingest_files(paths, region.facility)
+    frames = dcmread(paths[0], stop_before_pixels=True).NumberOfFrames
+    assert frames > 1
+    out = tmp_path / "jpeg.zip"
+    info = jpeg_zip_write(study=_study(), path=out)
+    jpegs = _jpegs(out)
+    assert sorted(jpegs) == [
+        f"01 - Ecografia - serie 1/immagine-001-fotogramma-{f:03d}.jpg" for f in range(1, frames + 1)
+    ]
+    assert info.instance_count == frames
+    for data in jpegs.values():
+        assert _check_jpeg(data).mode == "RGB"
+
+
+def test_jpeg_zip_lists_what_cannot_be_rendered_in_the_readme(  # type: ignore[no-untyped-def]
+    region, ct_study: list[Path], tmp_path: Path, patient: PatientInfo
+) -> None:
+    study_uid = str(dcmread(ct_study[0], stop_before_pixels=True).StudyInstanceUID)
+    sr = write_study(tmp_path / "sr", patient=patient, source=SR, instances_per_series=1, study_uid=study_uid)
+    ingest_files([*ct_study, *sr], region.facility)
+    out = tmp_path / "jpeg.zip"
+    info = jpeg_zip_write(study=_study(), path=out)
+    assert info.instance_count == 6
+    with zipfile.ZipFile(out) as zf:
+        readme = zf.read("README.TXT").decode()
+    assert "could not be converted" in readme
+    assert "immagine-001.jpg: the object has no pixel data" in readme
+
+
+def test_folder_names_are_safe_for_every_file_system() -> None:
+    series = Series(modality="MR", series_number=3, series_description="Encéfalo T2/FLAIR: <assiale>")
+    assert packages.series_folder_name(index=2, series=series) == "02 - RM Encefalo T2 FLAIR assiale - serie 3"
