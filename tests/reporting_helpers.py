@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
-from archive import signing
+from archive import reports, signing
 from archive.ingest import instance_ingest
-from archive.models import HealthAuthority, StaffProfile, Study
+from archive.models import HealthAuthority, Report, StaffProfile, Study
 from archive.sample_data import PatientInfo, write_study
 from tests.conftest import Region
 
@@ -77,3 +77,24 @@ def reporting(region: Region, tmp_path: Path) -> Reporting:
     foreign = make_radiologist("udinese", "Marco", "Tosolini", asufc)
     signing.demo_pki_create(users=[radiologist, colleague, foreign])
     return Reporting(region, study, radiologist, colleague, foreign, asufc)
+
+
+def written_draft(r: Reporting, user: object | None = None) -> Report:
+    """A draft of the study, claimed by ``user`` (the radiologist by default), with its sections saved."""
+    user = user or r.radiologist
+    draft = reports.report_draft_start(study=r.study, user=user)
+    return reports.report_save(
+        report=draft,
+        user=user,
+        revision=draft.revision,
+        clinical_question=draft.clinical_question,
+        technique="TC del torace senza mezzo di contrasto.",
+        findings="Non lesioni focali parenchimali. Non versamento pleurico.",
+        conclusion="Quadro TC nei limiti della norma.",
+    )
+
+
+def signed_report(r: Reporting) -> Report:
+    """The radiologist's report of the study, written and signed."""
+    draft = written_draft(r)
+    return reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)

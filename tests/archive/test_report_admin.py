@@ -13,9 +13,8 @@ from django.forms.models import model_to_dict
 from django.test import Client
 from django.urls import reverse
 
-from archive import reports
 from archive.models import AuditEvent, Report, StaffProfile
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
@@ -30,24 +29,6 @@ def admin_client(reporting: Reporting) -> Client:
     client = Client()
     client.force_login(admin)
     return client
-
-
-def written_draft(r: Reporting) -> Report:
-    draft = reports.report_draft_start(study=r.study, user=r.radiologist)
-    return reports.report_save(
-        report=draft,
-        user=r.radiologist,
-        revision=draft.revision,
-        clinical_question=draft.clinical_question,
-        technique="TC del torace.",
-        findings="Non lesioni focali.",
-        conclusion="Nella norma.",
-    )
-
-
-def signed_report(r: Reporting) -> Report:
-    draft = written_draft(r)
-    return reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
 
 def snapshot(report: Report) -> dict[str, Any]:
@@ -73,7 +54,7 @@ def test_the_list_and_the_page_of_a_signed_report_are_read_only_and_audited(
 
     assert page.status_code == 200
     html = page.content.decode()
-    assert "Nella norma." in html
+    assert "Quadro TC nei limiti della norma." in html
     assert 'name="conclusion"' not in html and 'name="_save"' not in html
     assert reverse("admin:archive_report_delete", args=[report.pk]) not in html
     assert AuditEvent.objects.filter(action="admin.report.list").exists()

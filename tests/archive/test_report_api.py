@@ -14,32 +14,13 @@ from rest_framework.authtoken.models import Token
 
 from archive import reports
 from archive.models import AuditEvent, Report
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
 def auth(user: Any) -> dict[str, str]:
     token, _ = Token.objects.get_or_create(user=user)
     return {"HTTP_AUTHORIZATION": f"Token {token.key}"}
-
-
-def written_draft(r: Reporting, user: Any = None) -> Report:
-    user = user or r.radiologist
-    draft = reports.report_draft_start(study=r.study, user=user)
-    return reports.report_save(
-        report=draft,
-        user=user,
-        revision=draft.revision,
-        clinical_question=draft.clinical_question,
-        technique="TC del torace senza mezzo di contrasto.",
-        findings="Non lesioni focali parenchimali.",
-        conclusion="Quadro TC nei limiti della norma.",
-    )
-
-
-def signed_report(r: Reporting) -> Report:
-    draft = written_draft(r)
-    return reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
 
 def patch(client: Client, report: Report, body: dict[str, Any], user: Any) -> Any:

@@ -18,24 +18,10 @@ from archive import reports, storage
 from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
 from archive.reports import ReportConflict, ReportError
 from archive.signals import report_signed
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-
-
-def written_draft(r: Reporting, *, user: object | None = None) -> Report:
-    user = user or r.radiologist
-    draft = reports.report_draft_start(study=r.study, user=user)
-    return reports.report_save(
-        report=draft,
-        user=user,
-        revision=draft.revision,
-        clinical_question=draft.clinical_question,
-        technique="TC del torace senza mezzo di contrasto.",
-        findings="Non lesioni focali parenchimali. Non versamento pleurico.",
-        conclusion="Quadro TC nei limiti della norma.",
-    )
 
 
 def sign(report: Report, user: object, **kwargs: object) -> Report:
