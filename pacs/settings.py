@@ -374,3 +374,7 @@ PACS_REPORT_ENCAPSULATED_PDF = env_bool("PACS_REPORT_ENCAPSULATED_PDF", False)
 # Radiologists open studies of their own health authority only, unless this
 # is on (regional teleradiology) or their staff profile allows it.
 PACS_REPORT_CROSS_AUTHORITY = env_bool("PACS_REPORT_CROSS_AUTHORITY", False)
+# How long a published report and its images stay on the citizen's FSE, in
+# days from publication (Garante privacy, guidelines on online reports, 2009:
+# 45 days; regions apply 30-45). Fixed on each publication when it is made.
+PACS_PORTAL_AVAILABILITY_DAYS = env_int("PACS_PORTAL_AVAILABILITY_DAYS", 45)

@@ -1,7 +1,18 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class PortalConfig(AppConfig):
     name = "portal"
+    verbose_name = _("Portale del cittadino (FSE)")
+
+    def ready(self) -> None:
+        # The archive announces signed reports without importing this app
+        # (DESIGN.md: dependencies point down); the publication hooks in here.
+        from archive.signals import report_signed
+
+        from .availability import publish_on_report_signed
+
+        report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
