@@ -13,6 +13,6 @@ class PortalConfig(AppConfig):
         # (DESIGN.md: dependencies point down); the publication hooks in here.
         from archive.signals import report_signed
 
-        from .availability import publish_on_report_signed
+        from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")

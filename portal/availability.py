@@ -30,10 +30,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -126,22 +126,6 @@ def report_publish(*, report_pk: int, study_pk: int, now: dt.datetime | None = N
         )
     logger.info("report %s of booking %s published to the FSE", report_pk, booking.accession_number)
     return "published"
-
-
-def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
-    """``archive.signals.report_signed`` receiver: publish to the citizen if they chose online.
-
-    Done at once (a few rows, after the signing committed); a transient
-    database failure hands it to a worker that retries.
-    """
-    # Imported here: portal.tasks imports this module.
-    from .tasks import report_publish_retry
-
-    try:
-        report_publish(report_pk=report_pk, study_pk=study_pk)
-    except (OperationalError, InterfaceError):
-        logger.exception("report %s not published now: retrying in a worker", report_pk)
-        report_publish_retry.delay(report_pk, study_pk)
 
 
 def publications_withdraw_for_revocation(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
@@ -25,3 +26,16 @@ logger = logging.getLogger(__name__)
 def report_publish_retry(report_pk: int, study_pk: int) -> str:
     """The receiver's work again, for when the database failed it in the signing process."""
     return availability.report_publish(report_pk=report_pk, study_pk=study_pk)
+
+
+def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.report_signed`` receiver: publish to the citizen if they chose online.
+
+    Done at once (a few rows, after the signing committed); a transient
+    database failure hands it to a worker that retries.
+    """
+    try:
+        availability.report_publish(report_pk=report_pk, study_pk=study_pk)
+    except (OperationalError, InterfaceError):
+        logger.exception("report %s not published now: retrying in a worker", report_pk)
+        report_publish_retry.delay(report_pk, study_pk)

@@ -29,11 +29,11 @@ from portal.availability import (
     is_concealed,
     patients_acted_for,
     publications_withdraw_for_revocation,
-    publish_on_report_signed,
     report_publish,
     reveal,
 )
 from portal.models import Concealment, Delegation, EmergencyAccess, Publication
+from portal.tasks import publish_on_report_signed
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup
 from tests.reporting_helpers import Reporting, signed_report
