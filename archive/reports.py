@@ -133,6 +133,8 @@ def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: st
 
 
 def _permission_check(*, user: Any, perm: str, action: str, study: Study, source: str, detail: dict) -> None:
+    """The user may open ``study`` (else :func:`study_access_check` refuses) and holds ``perm``."""
+    study_access_check(user=user, study=study, source=source)
     if not user.has_perm(perm):
         audit_record(
             action=action,
@@ -219,7 +221,6 @@ def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: st
         The study already has a signed report: it is corrected or
         completed with :func:`report_amend`, not reported again.
     """
-    study_access_check(user=user, study=study, source=source)
     _permission_check(
         user=user, perm="archive.add_report", action="report.start", study=study, source=source, detail={}
     )
@@ -312,7 +313,6 @@ def report_save(
         nothing is overwritten, and the message names who saved last and when.
     """
     study = report.study
-    study_access_check(user=user, study=study, source=source)
     _permission_check(
         user=user,
         perm="archive.change_report",
@@ -353,7 +353,6 @@ def report_discard(*, report: Report, user: AbstractBaseUser | Any, source: str 
     (``ReportError`` with ``code="author"`` otherwise, audited as denied).
     """
     study = report.study
-    study_access_check(user=user, study=study, source=source)
     _permission_check(
         user=user,
         perm="archive.change_report",
@@ -379,7 +378,6 @@ def report_amend(*, report: Report, user: AbstractBaseUser | Any, kind: str, sou
     version stays as it is and readable; the new one refers to it.
     """
     study = report.study
-    study_access_check(user=user, study=study, source=source)
     _permission_check(
         user=user,
         perm="archive.add_report",
@@ -472,7 +470,6 @@ def report_sign(
         The draft changed since ``revision`` (or was signed or discarded).
     """
     study = report.study
-    study_access_check(user=user, study=study, source=source)
     _permission_check(
         user=user,
         perm="archive.sign_report",
