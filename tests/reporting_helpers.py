@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
 from archive import reports, signing
 from archive.ingest import instance_ingest
@@ -98,3 +99,27 @@ def signed_report(r: Reporting) -> Report:
     """The radiologist's report of the study, written and signed."""
     draft = written_draft(r)
     return reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
+
+
+def signed_row(
+    rep: Reporting, *, version: int = 1, previous: Report | None = None, kind: str = Report.Kind.ORIGINAL
+) -> Report:
+    """A signed version as the database holds it (the files are not needed here)."""
+    return Report.objects.create(
+        study=rep.study,
+        version=version,
+        previous=previous,
+        kind=kind,
+        status=Report.Status.SIGNED,
+        author=rep.radiologist,
+        findings="Nessuna lesione focale.",
+        conclusion="Nella norma.",
+        signed_at=timezone.now(),
+        signer_name="Stefano Cossutta",
+        tier="facility:TS-CAT",
+        pdf_path=f"reports/v{version}.pdf",
+        pdf_sha256="a" * 64,
+        pdf_size=1,
+        signature_path=f"reports/v{version}.p7m",
+        signature_sha256="b" * 64,
+    )

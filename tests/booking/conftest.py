@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 from django.utils import timezone
 
-from archive.models import Patient
-from booking import services
+from archive.models import Patient, Study
+from booking import matching, services
 from booking.models import AccessionSequence, Booking, ConsentText, DistributionChoice, Procedure, Station
 from tests.conftest import Region
 from tests.dicomweb_helpers import ApiUser, make_user
@@ -99,3 +99,13 @@ def cup(region: Region) -> Cup:
     )
     operator = make_user("operatore", *CUP_PERMS, staff=False)
     return Cup(region, ct, mr, ct_station, mr_station, other, consent, mario, laura, operator)
+
+
+def linked_booking(cup: Cup, study: Study, **kwargs: object) -> Booking:
+    """A booking of the study's patient, tied to the study by the matching (status performed)."""
+    booking = cup.book(**kwargs)
+    Study.objects.filter(pk=study.pk).update(accession_number=booking.accession_number)
+    assert matching.study_match(study_pk=study.pk).result == "linked"
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PERFORMED
+    return booking

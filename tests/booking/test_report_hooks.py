@@ -5,50 +5,16 @@ from __future__ import annotations
 
 import pytest
 from django.apps import apps
-from django.utils import timezone
 
 from archive import reports
 from archive.models import Report, Study
 from archive.signals import report_signed
-from booking import matching
 from booking.models import Booking, BookingStatusChange, DistributionChoice
 from booking.services import BookingError, booking_status_set, distribution_choose
 from booking.tasks import REPORTED_SYSTEM, booking_reported, report_signed_booking
-from tests.booking.conftest import Cup
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.booking.conftest import Cup, linked_booking
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
-
-
-def linked_booking(cup: Cup, study: Study, **kwargs: object) -> Booking:
-    """A booking of the study's patient, tied to the study by the matching."""
-    booking = cup.book(**kwargs)
-    Study.objects.filter(pk=study.pk).update(accession_number=booking.accession_number)
-    assert matching.study_match(study_pk=study.pk).result == "linked"
-    booking.refresh_from_db()
-    assert booking.status == Booking.Status.PERFORMED
-    return booking
-
-
-def signed_row(rep: Reporting, *, version: int = 1, previous: Report | None = None) -> Report:
-    """A signed version as the database holds it (the files are not needed here)."""
-    return Report.objects.create(
-        study=rep.study,
-        version=version,
-        previous=previous,
-        kind=Report.Kind.ORIGINAL if previous is None else Report.Kind.ADDENDUM,
-        status=Report.Status.SIGNED,
-        author=rep.radiologist,
-        findings="Nessuna lesione focale.",
-        conclusion="Nella norma.",
-        signed_at=timezone.now(),
-        signer_name="Stefano Cossutta",
-        tier="facility:TS-CAT",
-        pdf_path=f"reports/v{version}.pdf",
-        pdf_sha256="a" * 64,
-        pdf_size=1,
-        signature_path=f"reports/v{version}.p7m",
-        signature_sha256="b" * 64,
-    )
 
 
 def changes(booking: Booking) -> list[tuple[str, str]]:
@@ -85,7 +51,7 @@ def test_the_signal_again_or_a_later_version_changes_nothing(cup: Cup, reporting
     first = signed_row(reporting)
     report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
     report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
-    addendum = signed_row(reporting, version=2, previous=first)
+    addendum = signed_row(reporting, version=2, previous=first, kind=Report.Kind.ADDENDUM)
 
     assert booking_reported(report_pk=addendum.pk, study_pk=reporting.study.pk) == "already_reported"
 

@@ -11,9 +11,8 @@ from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from archive.models import AuditEvent, Report, Study
+from archive.models import AuditEvent, Report
 from archive.signals import report_signed
-from booking import matching
 from booking.models import Booking, DistributionChoice
 from booking.services import booking_status_set
 from portal import availability
@@ -35,43 +34,11 @@ from portal.availability import (
 from portal.models import Concealment, Delegation, EmergencyAccess, Publication
 from portal.tasks import publish_on_report_signed
 from tests.booking import conftest as booking_fixtures
-from tests.booking.conftest import Cup
-from tests.reporting_helpers import Reporting, signed_report
+from tests.booking.conftest import Cup, linked_booking
+from tests.reporting_helpers import Reporting, signed_report, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 cup = booking_fixtures.cup
-
-
-def linked_booking(cup: Cup, study: Study, **kwargs: object) -> Booking:
-    """A booking of the study's patient, tied to the study by the matching (status performed)."""
-    booking = cup.book(**kwargs)
-    Study.objects.filter(pk=study.pk).update(accession_number=booking.accession_number)
-    assert matching.study_match(study_pk=study.pk).result == "linked"
-    booking.refresh_from_db()
-    assert booking.status == Booking.Status.PERFORMED
-    return booking
-
-
-def signed_row(rep: Reporting, *, version: int = 1, previous: Report | None = None, kind: str = "original") -> Report:
-    """A signed version as the database holds it (the files are not needed here)."""
-    return Report.objects.create(
-        study=rep.study,
-        version=version,
-        previous=previous,
-        kind=kind,
-        status=Report.Status.SIGNED,
-        author=rep.radiologist,
-        findings="Nessuna lesione focale.",
-        conclusion="Nella norma.",
-        signed_at=timezone.now(),
-        signer_name="Stefano Cossutta",
-        tier="facility:TS-CAT",
-        pdf_path=f"reports/v{version}.pdf",
-        pdf_sha256="a" * 64,
-        pdf_size=1,
-        signature_path=f"reports/v{version}.p7m",
-        signature_sha256="b" * 64,
-    )
 
 
 def sign(rep: Reporting, **kwargs: object) -> Report:
