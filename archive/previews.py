@@ -300,3 +300,16 @@ def rendition_for_request(*, instance: Instance, frame: int, params: rendering.R
     for the thumbnail size, else a preview (the parameters decide the match)."""
     kind = Rendition.Kind.THUMBNAIL if params.max_size == rendering.THUMBNAIL_SIZE else Rendition.Kind.PREVIEW
     return rendition_get(instance=instance, frame=frame, kind=kind, params=params)
+
+
+def stored_or_rendered(*, instance: Instance, frame: int, params: rendering.RenderParams) -> bytes:
+    """The stored rendition made with ``params``, else the frame rendered now in a worker process.
+
+    Raises ``retrieve.NotAvailable`` (no readable copy), ``rendering.NoImage``
+    (nothing to render) or ``ValueError`` (a frame or parameter out of range).
+    """
+    stored = rendition_for_request(instance=instance, frame=frame, params=params)
+    if stored is not None:  # rendered after ingestion with exactly these parameters
+        return stored
+    with retrieve.instance_file(instance) as path:
+        return render_with(path=path, frame=frame, params=params)

@@ -677,6 +677,46 @@ def distribution_choose(
     return choice
 
 
+def consent_revoke(
+    *, booking: Booking, channel: str, user: AbstractBaseUser | None, recorded_by_name: str = "", source: str = ""
+) -> DistributionChoice:
+    """The patient revokes consent to online delivery: a new choice "CD" flagged as a revocation.
+
+    Unlike :func:`distribution_choose` this is accepted after the report is
+    published: the consent can be revoked at any time (DPCM 8 August 2013,
+    art. 3); the portal withdraws what it published.
+    """
+    with transaction.atomic():
+        booking = _locked_booking(booking)
+        current = booking.current_choice()
+        if current is None or current.delivery != DistributionChoice.Delivery.ONLINE:
+            raise BookingError(
+                _("La prenotazione %(acc)s non ha un consenso alla consegna online da revocare.")
+                % {"acc": booking.accession_number},
+                field="delivery",
+            )
+        if channel not in Booking.Channel.values:
+            raise BookingError(_("Canale sconosciuto: %(c)s.") % {"c": channel}, field="channel")
+        choice = _choice_add(
+            booking,
+            delivery=DistributionChoice.Delivery.CD,
+            consent_text=None,
+            consent_given=False,
+            channel=channel,
+            user=user,
+            recorded_by_name=recorded_by_name,
+            revokes_consent=True,
+        )
+        audit_record(
+            action="cup.booking.consent_revoke",
+            user=user,
+            patient=booking.patient,
+            source=source,
+            detail=_audit_detail(booking, choice=choice),
+        )
+    return choice
+
+
 def bookings_for_day(*, facility: Facility, day: dt.date) -> list[Booking]:
     tz = timezone.get_current_timezone()
     start = dt.datetime.combine(day, dt.time(0, 0), tzinfo=tz)

@@ -110,6 +110,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    "axes",
+    "mozilla_django_oidc",
     "archive",
     "booking",
     "portal",
@@ -127,6 +129,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.middleware.CitizenSessionMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pacs.urls"
@@ -219,7 +224,22 @@ CELERY_BEAT_SCHEDULE = {
         "task": "archive.tasks.post_ingest_sweep",
         "schedule": env_float("PACS_POST_INGEST_SWEEP_SECONDS", 300.0),
     },
+    "portal-packages-purge": {
+        "task": "portal.tasks.packages_purge",
+        "schedule": env_float("PACS_PORTAL_PURGE_SECONDS", 3600.0),
+    },
 }
+
+# Mail (the portal's "your package is ready"): the console in the demo, SMTP when EMAIL_HOST is set.
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fse-pacs@localhost")
 
 # --- Auth, i18n, static -----------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -228,6 +248,50 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Logins are throttled by django-axes (first backend): after AXES_FAILURE_LIMIT
+# wrong passwords for one username from one address, that pair is locked out
+# for AXES_COOLOFF_MINUTES. Authentication without a request (a test client's
+# login, a management command) is not throttled: see portal.auth.
+AUTHENTICATION_BACKENDS = [
+    "portal.auth.ThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env_float("AXES_COOLOFF_MINUTES", 15.0) / 60.0  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit log
+AXES_LOCKOUT_CALLABLE = "portal.auth.lockout_response"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]  # behind a proxy: set the proxy's header first
+
+# The citizen's login through the region's identity provider (SPID/CIE over
+# OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are
+# configured; the demo uses local accounts (codice fiscale and password).
+PACS_OIDC_ENABLED = env_bool("PACS_OIDC_ENABLED", False)
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_secret("OIDC_RP_CLIENT_SECRET")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid profile")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
+OIDC_OP_LOGOUT_ENDPOINT = env_str("OIDC_OP_LOGOUT_ENDPOINT")
+OIDC_CREATE_USER = True
+# The claim that carries the codice fiscale (SPID: "fiscalNumber", as TINIT-<cf>).
+PACS_OIDC_FISCAL_CODE_CLAIM = env_str("PACS_OIDC_FISCAL_CODE_CLAIM", "fiscal_number")
+LOGIN_REDIRECT_URL_FAILURE = "/fse/accesso/"
+if PACS_OIDC_ENABLED:
+    missing = [
+        name
+        for name in ("OIDC_RP_CLIENT_ID", "OIDC_OP_AUTHORIZATION_ENDPOINT", "OIDC_OP_TOKEN_ENDPOINT", "OIDC_OP_USER_ENDPOINT")
+        if not globals()[name]
+    ]
+    if missing:
+        raise ImproperlyConfigured(f"PACS_OIDC_ENABLED needs {', '.join(missing)}")
+    AUTHENTICATION_BACKENDS.append("portal.auth.CitizenOIDCBackend")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 
@@ -378,3 +442,17 @@ PACS_REPORT_CROSS_AUTHORITY = env_bool("PACS_REPORT_CROSS_AUTHORITY", False)
 # days from publication (Garante privacy, guidelines on online reports, 2009:
 # 45 days; regions apply 30-45). Fixed on each publication when it is made.
 PACS_PORTAL_AVAILABILITY_DAYS = env_int("PACS_PORTAL_AVAILABILITY_DAYS", 45)
+# A citizen's session ends after this long without a request, and in any case
+# after PACS_PORTAL_SESSION_MAX_SECONDS from login.
+PACS_PORTAL_SESSION_IDLE_SECONDS = env_int("PACS_PORTAL_SESSION_IDLE_SECONDS", 15 * 60)
+PACS_PORTAL_SESSION_MAX_SECONDS = env_int("PACS_PORTAL_SESSION_MAX_SECONDS", 4 * 3600)
+# Download links are signed, bound to the user, and expire after this long.
+PACS_PORTAL_LINK_SECONDS = env_int("PACS_PORTAL_LINK_SECONDS", 3600)
+# Zips for the citizen: prepared files, kept this long, in this folder. A study
+# of at most PACS_PORTAL_INLINE_BYTES is zipped while the citizen waits; a
+# larger one by a Celery task, with progress on the page.
+PACS_PORTAL_PACKAGE_DIR = Path(env_str("PACS_PORTAL_PACKAGE_DIR", str(VAR_DIR / "portal-packages"))).resolve()
+PACS_PORTAL_PACKAGE_HOURS = env_int("PACS_PORTAL_PACKAGE_HOURS", 48)
+PACS_PORTAL_INLINE_BYTES = env_int("PACS_PORTAL_INLINE_BYTES", 64 * 1024 * 1024)
+# How long a professional's emergency access to a hidden (oscurato) study lasts.
+PACS_EMERGENCY_ACCESS_MINUTES = env_int("PACS_EMERGENCY_ACCESS_MINUTES", 120)

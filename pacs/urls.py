@@ -14,6 +14,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("cup/", include("booking.urls")),
+    path("fse/", include("portal.urls")),
     path("refertazione/", include("archive.views_reporting")),
     path("dicomweb/", include(dicomweb_urlpatterns)),
     path("api/", include(api_urlpatterns)),

@@ -19,6 +19,8 @@ def home(request: HttpRequest) -> HttpResponse:
     user = request.user
     if not user.is_authenticated:
         return redirect("login")
+    if hasattr(user, "citizen"):
+        return redirect("portal:exams")
     for perm, page in _LANDINGS:
         if user.has_perm(perm):
             return redirect(page)

@@ -262,7 +262,8 @@ def live_publications(*, booking: Booking, now: dt.datetime | None = None) -> li
 # --- Who may act for whom ------------------------------------------------------------
 
 
-def _active_delegations(now: dt.datetime) -> Q:
+def delegations_in_force(now: dt.datetime) -> Q:
+    """The delegations in force at ``now``: started, not ended, not revoked."""
     return Q(revoked_at__isnull=True, valid_from__lte=now) & (Q(valid_until__isnull=True) | Q(valid_until__gt=now))
 
 
@@ -271,7 +272,7 @@ def patients_acted_for(*, patient: Patient, now: dt.datetime | None = None) -> l
     now = now or timezone.now()
     delegators = (
         Patient.objects.filter(
-            pk__in=Delegation.objects.filter(_active_delegations(now), delegate=patient).values("delegator_id")
+            pk__in=Delegation.objects.filter(delegations_in_force(now), delegate=patient).values("delegator_id")
         )
         .exclude(pk=patient.pk)
         .order_by("family_name", "given_name", "pk")

@@ -214,3 +214,131 @@ class EmergencyAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} → {self.study} ({self.at:%Y-%m-%d %H:%M})"
+
+
+class CitizenAccount(models.Model):
+    """A citizen's login to the portal, tied to the person by the codice fiscale.
+
+    The patient index row is looked up by ``codice_fiscale`` when needed: a
+    citizen may log in before any exam of theirs reached the archive. Demo and
+    desk-issued accounts log in with the codice fiscale and a password
+    (``origin=local``); in production the region's identity provider (SPID or
+    CIE over OpenID Connect) creates them on first login (``origin=oidc``).
+    """
+
+    class Origin(models.TextChoices):
+        LOCAL = "local", _("credenziali locali")
+        OIDC = "oidc", _("SPID/CIE (OpenID Connect)")
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="citizen", verbose_name=_("utente")
+    )
+    codice_fiscale = models.CharField(_("codice fiscale"), max_length=16, unique=True)
+    origin = models.CharField(_("origine"), max_length=8, choices=Origin.choices, default=Origin.LOCAL)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("account del cittadino")
+        verbose_name_plural = _("account dei cittadini")
+
+    def __str__(self) -> str:
+        return self.codice_fiscale
+
+
+class DownloadPackage(models.Model):
+    """A study's zip prepared for the citizen (DICOM media or JPEG), reused while its files are unchanged.
+
+    ``fingerprint`` hashes the study's instances (UIDs and SHA-256) at the
+    time of the request: a study that received new images gets a new package.
+    The file lives under ``PACS_PORTAL_PACKAGE_DIR`` until it is purged
+    (``PACS_PORTAL_PACKAGE_HOURS``); the row stays as the record.
+    """
+
+    class Kind(models.TextChoices):
+        DICOM = "dicom", _("qualità diagnostica (DICOM)")
+        JPEG = "jpeg", _("immagini JPEG")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("in coda")
+        RUNNING = "running", _("in preparazione")
+        READY = "ready", _("pronto")
+        FAILED = "failed", _("non riuscito")
+        PURGED = "purged", _("scaduto")
+
+    study = models.ForeignKey(
+        Study, on_delete=models.PROTECT, related_name="download_packages", verbose_name=_("studio")
+    )
+    kind = models.CharField(_("tipo"), max_length=8, choices=Kind.choices)
+    fingerprint = models.CharField(_("impronta del contenuto"), max_length=64)
+    status = models.CharField(_("stato"), max_length=8, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    total_bytes = models.BigIntegerField(_("byte da scrivere"), default=0)
+    done_bytes = models.BigIntegerField(_("byte scritti"), default=0)
+    path = models.CharField(_("file"), max_length=512, blank=True)
+    size = models.BigIntegerField(_("dimensione"), default=0)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
+    instance_count = models.PositiveIntegerField(_("istanze"), default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("richiesto da"),
+    )
+    requested_at = models.DateTimeField(_("richiesto il"), default=timezone.now)
+    started_at = models.DateTimeField(_("iniziato il"), null=True, blank=True)
+    # Renewed with each progress report: a builder whose heartbeat stopped is
+    # dead (a killed worker) and the package may be taken over.
+    heartbeat_at = models.DateTimeField(_("ultimo avanzamento"), null=True, blank=True)
+    ready_at = models.DateTimeField(_("pronto il"), null=True, blank=True)
+    error = models.TextField(_("errore"), blank=True)
+
+    class Meta:
+        verbose_name = _("pacchetto da scaricare")
+        verbose_name_plural = _("pacchetti da scaricare")
+        ordering = ["-requested_at"]
+        constraints = [
+            # One package in the making or ready per content: two clicks share it.
+            models.UniqueConstraint(
+                fields=["study", "kind", "fingerprint"],
+                condition=models.Q(status__in=["queued", "running", "ready"]),
+                name="download_package_one_live",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study} {self.kind} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.READY:
+            return 100
+        if self.total_bytes <= 0:
+            return 0
+        return min(99, int(self.done_bytes * 100 / self.total_bytes))
+
+
+class Notification(models.Model):
+    """A message for a portal user (a package is ready), shown on their pages until read."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="portal_notifications",
+        verbose_name=_("utente"),
+    )
+    booking = models.ForeignKey(
+        Booking, null=True, blank=True, on_delete=models.CASCADE, related_name="+", verbose_name=_("prenotazione")
+    )
+    message = models.CharField(_("messaggio"), max_length=500)
+    created_at = models.DateTimeField(_("creata il"), default=timezone.now)
+    read_at = models.DateTimeField(_("letta il"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("notifica")
+        verbose_name_plural = _("notifiche")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "read_at"], name="notification_unread")]
+
+    def __str__(self) -> str:
+        return self.message

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import availability
+from . import availability, downloads
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +39,41 @@ def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
     except (OperationalError, InterfaceError):
         logger.exception("report %s not published now: retrying in a worker", report_pk)
         report_publish_retry.delay(report_pk, study_pk)
+
+
+@shared_task(
+    name="portal.tasks.package_build",
+    acks_late=True,
+    # A worker killed mid-zip: the task is delivered again and takes the
+    # package over once its heartbeat is stale (portal.downloads.STALE).
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=5,
+    bind=True,
+)
+def package_build(self: Any, package_pk: int, user_pk: int | None = None, booking_pk: int | None = None) -> str:
+    """Build a citizen's zip, then notify who asked.
+
+    When another builder holds the package (its heartbeat is fresh), look
+    again later: it finishes it, or dies and lets this task take over.
+    """
+    from django.contrib.auth import get_user_model
+
+    from booking.models import Booking
+
+    package = downloads.package_build(package_pk=package_pk)
+    if package is None:
+        return "missing"
+    if package.status in (package.Status.QUEUED, package.Status.RUNNING):
+        raise self.retry(countdown=int(downloads.STALE.total_seconds()), max_retries=50)
+    if package.status in (package.Status.READY, package.Status.FAILED) and user_pk and booking_pk:
+        user = get_user_model().objects.filter(pk=user_pk).first()
+        booking = Booking.objects.filter(pk=booking_pk).select_related("procedure").first()
+        if user is not None and booking is not None:
+            downloads.package_notify(package=package, user=user, booking=booking)
+    return package.status
+
+
+@shared_task(name="portal.tasks.packages_purge")
+def packages_purge() -> int:
+    return downloads.packages_purge()

@@ -14,10 +14,9 @@ from typing import Any
 
 from .. import rendering
 from ..models import Instance
-from ..previews import rendition_for_request
-from ..render_isolated import render_with
+from ..previews import stored_or_rendered
 from ..rendering import RenderParams
-from ..retrieve import NotAvailable, instance_file
+from ..retrieve import NotAvailable
 from .media import DicomwebError, MediaRange, _type_matches
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
 from .scope import Scope, instance_url
@@ -92,12 +91,8 @@ def _viewport(text: str) -> rendering.Viewport:
 def render_instance(instance: Instance, frame: int, params: RenderParams) -> bytes:
     """One frame of an instance rendered (in a worker process: a decoder that crashes or
     hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be rendered."""
-    stored = rendition_for_request(instance=instance, frame=frame, params=params)
-    if stored is not None:  # rendered after ingestion with exactly these parameters
-        return stored
     try:
-        with instance_file(instance) as path:
-            return render_with(path=path, frame=frame, params=params)
+        return stored_or_rendered(instance=instance, frame=frame, params=params)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
     except rendering.NoImage as exc:

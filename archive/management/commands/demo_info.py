@@ -55,5 +55,10 @@ class Command(BaseCommand):
         for username, _first, _last, _group, role in demo.ACCOUNTS:
             if username in creds:
                 w(f"          {username:<14} {creds[username]:<20} {role}")
+        citizens = sorted(k for k in creds if len(k) == 16 and k.isalnum() and k.isupper())
+        if citizens:
+            w(f"  FSE (cittadini): http://{host}:{port}/fse/accesso/  codice fiscale and password:")
+            for cf in citizens:
+                w(f"          {cf:<16} {creds[cf]}")
         w("  Ctrl-C stops everything.")
         w("")

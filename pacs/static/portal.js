@@ -1,0 +1,37 @@
+/* The citizen portal: follow a package's preparation; arrow keys in the image viewer. No plugin, no library. */
+(function () {
+  "use strict";
+  var box = document.getElementById("package");
+  if (box && box.dataset.status !== "ready" && box.dataset.status !== "failed") {
+    var bar = document.getElementById("package-progress");
+    var percent = document.getElementById("package-percent");
+    var state = document.getElementById("package-state");
+    var ready = document.getElementById("package-ready");
+    var link = document.getElementById("package-link");
+    var poll = function () {
+      fetch(box.dataset.statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          bar.value = data.percent; percent.textContent = data.percent + "%";
+          if (data.status === "ready" && data.download_url) {
+            link.href = data.download_url; ready.hidden = false;
+            state.textContent = state.dataset.ready;
+            return;
+          }
+          if (data.status === "failed") { state.textContent = state.dataset.failed; return; }
+          setTimeout(poll, 1500);
+        })
+        .catch(function () { setTimeout(poll, 5000); });
+    };
+    setTimeout(poll, 1000);
+  }
+  var viewer = document.getElementById("viewer");
+  if (viewer) {
+    document.addEventListener("keydown", function (e) {
+      if (e.target.closest && e.target.closest("input, select, textarea")) { return; }
+      var target = e.key === "ArrowRight" ? "viewer-next" : e.key === "ArrowLeft" ? "viewer-previous" : "";
+      var a = target && document.getElementById(target);
+      if (a && a.href) { e.preventDefault(); window.location.href = a.href; }
+    });
+  }
+})();

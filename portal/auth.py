@@ -1,0 +1,98 @@
+"""Authentication for the portal: throttling (django-axes) and the region's identity provider (OIDC).
+
+:class:`ThrottleBackend` is django-axes' standalone backend, first in
+``AUTHENTICATION_BACKENDS``: a login form's ``authenticate(request, ...)``
+is refused once its (username, address) pair is locked out. A call without a
+request (the test client's ``login``, a script) has nothing to throttle by and
+goes on to the next backend.
+
+:class:`CitizenOIDCBackend` (mozilla-django-oidc) logs citizens in through
+SPID or CIE: the identity provider's codice fiscale claim (SPID sends
+``fiscalNumber`` as ``TINIT-<cf>``) names the account, created on first login.
+It is enabled by ``PACS_OIDC_ENABLED`` and the ``OIDC_*`` settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from axes.backends import AxesStandaloneBackend
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+from archive.audit import audit_record
+from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from archive.models import AuditEvent
+from archive.web import client_ip
+
+from .accounts import citizen_account_create
+from .models import CitizenAccount
+
+logger = logging.getLogger(__name__)
+
+
+class ThrottleBackend(AxesStandaloneBackend):
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> None:
+        if request is None:
+            return None
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def lockout_response(
+    request: HttpRequest, credentials: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+) -> HttpResponse:
+    """django-axes' answer to a locked-out login: a page that says until when, audited."""
+    username = str(
+        (credentials or {}).get("username") or request.POST.get("username") or request.POST.get("codice_fiscale") or ""
+    )
+    audit_record(
+        action="auth.lockout",
+        outcome=AuditEvent.Outcome.DENIED,
+        source=client_ip(request),
+        detail={"username": username[:64], "path": request.path},
+    )
+    minutes = round(float(settings.AXES_COOLOFF_TIME) * 60)
+    return render(request, "portal/locked_out.html", {"minutes": minutes}, status=429)
+
+
+def fiscal_code_from_claims(claims: dict[str, Any]) -> str:
+    """The codice fiscale in the identity provider's claims ("" when absent or not valid)."""
+    value = str(claims.get(settings.PACS_OIDC_FISCAL_CODE_CLAIM) or "")
+    value = normalize_codice_fiscale(value)
+    if value.startswith("TINIT-"):
+        value = value[len("TINIT-") :]
+    return "" if codice_fiscale_error(value) else value
+
+
+class CitizenOIDCBackend(OIDCAuthenticationBackend):
+    """SPID/CIE over OpenID Connect: the codice fiscale claim is the citizen's identity."""
+
+    def verify_claims(self, claims: dict[str, Any]) -> bool:
+        return bool(fiscal_code_from_claims(claims))
+
+    def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
+        cf = fiscal_code_from_claims(claims)
+        users = get_user_model().objects.filter(citizen__codice_fiscale=cf, is_active=True)
+        return users if cf else users.none()
+
+    def create_user(self, claims: dict[str, Any]) -> Any:
+        return citizen_account_create(
+            codice_fiscale=fiscal_code_from_claims(claims),
+            email=str(claims.get("email") or ""),
+            first_name=str(claims.get("given_name") or claims.get("name") or "")[:150],
+            last_name=str(claims.get("family_name") or "")[:150],
+            origin=CitizenAccount.Origin.OIDC,
+        )
+
+    def update_user(self, user: Any, claims: dict[str, Any]) -> Any:
+        email = str(claims.get("email") or "")
+        if email and email != user.email:
+            user.email = email
+            user.save(update_fields=["email"])
+        return user

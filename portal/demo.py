@@ -1,0 +1,35 @@
+"""The portal's part of the demo: a login for every demo patient with a codice fiscale.
+
+Passwords are generated the first time and kept with the staff's in
+``var/demo-credentials.json`` (under the codice fiscale); ``demo_info`` prints
+them. Safe to run again.
+"""
+
+from __future__ import annotations
+
+from archive import demo as archive_demo
+from archive.models import Patient
+
+from .accounts import citizen_account_create, demo_password
+from .models import CitizenAccount
+
+
+def demo_load() -> None:
+    creds = archive_demo.demo_credentials()
+    changed = False
+    for person in archive_demo.PATIENTS:
+        cf = person.codice_fiscale
+        if not cf or not Patient.objects.filter(codice_fiscale=cf).exists():
+            continue
+        account = CitizenAccount.objects.filter(codice_fiscale=cf).select_related("user").first()
+        password = creds.get(cf) or demo_password()
+        if account is None:
+            citizen_account_create(codice_fiscale=cf, password=password)
+        elif not account.user.check_password(password):
+            account.user.set_password(password)
+            account.user.save(update_fields=["password"])
+        if creds.get(cf) != password:
+            creds[cf] = password
+            changed = True
+    if changed:
+        archive_demo._save_credentials(creds)

@@ -1,0 +1,203 @@
+"""The citizen's zips: requested, built once per content (at once or by a
+Celery task), served while kept, then purged.
+
+:func:`package_request` finds or creates the :class:`~portal.models.DownloadPackage`
+for the study's current content (its :func:`study_fingerprint`): two
+requests share one package. :func:`package_build` writes it with
+:mod:`portal.packages` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
+the row. A builder that died (a killed worker) stops renewing
+``heartbeat_at``; after :data:`STALE` another may take the package over, and
+the zip is written under a temporary name, so nothing half-written is served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from archive.models import Instance, Study
+from booking.models import Booking
+
+from . import packages
+from .models import DownloadPackage, Notification
+
+logger = logging.getLogger(__name__)
+
+STALE = dt.timedelta(minutes=5)
+PROGRESS_EVERY = 1.0  # seconds between progress writes
+LIVE = (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING, DownloadPackage.Status.READY)
+_WRITERS = {
+    DownloadPackage.Kind.DICOM: packages.dicom_media_zip_write,
+    DownloadPackage.Kind.JPEG: packages.jpeg_zip_write,
+}
+
+
+def package_dir() -> Path:
+    path = Path(settings.PACS_PORTAL_PACKAGE_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def study_fingerprint(study: Study) -> tuple[str, int, int]:
+    """(hash of the study's instances and their SHA-256, their bytes, their count)."""
+    rows = (
+        Instance.objects.filter(series__study=study)
+        .order_by("sop_instance_uid")
+        .values_list("sop_instance_uid", "sha256")
+    )
+    digest = hashlib.sha256()
+    count = 0
+    for uid, sha in rows:
+        digest.update(f"{uid}:{sha}\n".encode())
+        count += 1
+    size = Instance.objects.filter(series__study=study).aggregate(s=Sum("size"))["s"] or 0
+    return digest.hexdigest(), int(size), count
+
+
+def _file_present(package: DownloadPackage) -> bool:
+    return bool(package.path) and Path(package.path).is_file() and Path(package.path).stat().st_size == package.size
+
+
+def package_request(*, study: Study, kind: str, user: Any) -> tuple[DownloadPackage, bool]:
+    """The package of ``study``'s current content as ``kind``; (package, created)."""
+    if kind not in _WRITERS:
+        raise ValueError(f"unknown package kind {kind!r}")
+    fingerprint, size, count = study_fingerprint(study)
+    for _attempt in range(3):
+        existing = DownloadPackage.objects.filter(
+            study=study, kind=kind, fingerprint=fingerprint, status__in=LIVE
+        ).first()
+        if existing is not None:
+            if existing.status == DownloadPackage.Status.READY and not _file_present(existing):
+                DownloadPackage.objects.filter(pk=existing.pk).update(status=DownloadPackage.Status.PURGED)
+                continue
+            return existing, False
+        try:
+            with transaction.atomic():
+                package = DownloadPackage.objects.create(
+                    study=study,
+                    kind=kind,
+                    fingerprint=fingerprint,
+                    total_bytes=size,
+                    instance_count=count,
+                    requested_by=user if getattr(user, "is_authenticated", False) else None,
+                )
+            return package, True
+        except IntegrityError:  # requested at the same moment by someone else
+            continue
+    raise RuntimeError(f"no package could be registered for study {study.pk}")
+
+
+def builds_inline(package: DownloadPackage) -> bool:
+    """Whether the request should wait for the zip (a small study) rather than queue it."""
+    return package.total_bytes <= settings.PACS_PORTAL_INLINE_BYTES
+
+
+def _claim(package_pk: int) -> DownloadPackage | None:
+    """Mark the package running for this builder; None when someone else builds it or it is done."""
+    now = timezone.now()
+    with transaction.atomic():
+        package = DownloadPackage.objects.select_for_update().filter(pk=package_pk).first()
+        if package is None:
+            return None
+        if (
+            package.status == DownloadPackage.Status.RUNNING
+            and package.heartbeat_at
+            and package.heartbeat_at > now - STALE
+        ):
+            return None
+        if package.status not in (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING):
+            return None
+        package.status = DownloadPackage.Status.RUNNING
+        package.started_at = package.heartbeat_at = now
+        package.done_bytes = 0
+        package.save(update_fields=["status", "started_at", "heartbeat_at", "done_bytes"])
+    return package
+
+
+def package_build(*, package_pk: int) -> DownloadPackage | None:
+    """Write the package's zip and mark it ready (or failed); None when another builder has it."""
+    package = _claim(package_pk)
+    if package is None:
+        return DownloadPackage.objects.filter(pk=package_pk).first()
+    path = package_dir() / f"{package.pk:08d}-{package.kind}-{package.fingerprint[:12]}.zip"
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            DownloadPackage.objects.filter(pk=package.pk).update(
+                done_bytes=done, total_bytes=total, heartbeat_at=timezone.now()
+            )
+
+    try:
+        info = _WRITERS[package.kind](study=package.study, path=path, progress=progress)
+    except packages.PackageError as exc:
+        logger.error("package %s of study %s failed: %s", package.pk, package.study_id, exc)
+        DownloadPackage.objects.filter(pk=package.pk).update(
+            status=DownloadPackage.Status.FAILED, error=str(exc)[:2000]
+        )
+        package.refresh_from_db()
+        return package
+    DownloadPackage.objects.filter(pk=package.pk).update(
+        status=DownloadPackage.Status.READY,
+        path=str(info.path),
+        size=info.size,
+        sha256=info.sha256,
+        done_bytes=package.total_bytes,
+        ready_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    package.refresh_from_db()
+    return package
+
+
+def package_notify(*, package: DownloadPackage, user: Any, booking: Booking) -> Notification | None:
+    """Tell ``user`` the package is ready (or failed): a portal notification, and an e-mail when they have one."""
+    if user is None:
+        return None
+    what = package.get_kind_display()
+    if package.status == DownloadPackage.Status.READY:
+        message = _("Il pacchetto «%(what)s» dell'esame %(exam)s del %(date)s è pronto da scaricare.")
+    else:
+        message = _("Non è stato possibile preparare il pacchetto «%(what)s» dell'esame %(exam)s del %(date)s.")
+    message = message % {
+        "what": what,
+        "exam": booking.procedure.description,
+        "date": timezone.localtime(booking.scheduled_at).strftime("%d/%m/%Y"),
+    }
+    notification = Notification.objects.create(user=user, booking=booking, message=message)
+    if user.email:
+        try:
+            send_mail(_("Fascicolo Sanitario Elettronico: pacchetto pronto"), message, None, [user.email])
+        except Exception:  # noqa: BLE001 - the portal notification stands; the mail is a courtesy
+            logger.exception("notification mail to user %s not sent", user.pk)
+    return notification
+
+
+def packages_purge(*, now: dt.datetime | None = None) -> int:
+    """Delete the files of packages older than ``PACS_PORTAL_PACKAGE_HOURS`` and leftover temporary files; how many."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(hours=settings.PACS_PORTAL_PACKAGE_HOURS)
+    purged = 0
+    for package in DownloadPackage.objects.filter(status=DownloadPackage.Status.READY, ready_at__lt=cutoff):
+        Path(package.path).unlink(missing_ok=True)
+        DownloadPackage.objects.filter(pk=package.pk).update(status=DownloadPackage.Status.PURGED)
+        purged += 1
+    limit = time.time() - STALE.total_seconds() * 4
+    for leftover in package_dir().glob(".*.part"):
+        if leftover.stat().st_mtime < limit:
+            leftover.unlink(missing_ok=True)
+    return purged

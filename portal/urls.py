@@ -1,0 +1,29 @@
+"""The portal's addresses, under /fse/: the citizen's pages, then the staff desk (``sportello/``)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import include, path
+
+from . import views, views_staff
+
+app_name = "portal"
+
+urlpatterns = [
+    path("accesso/", views.login_view, name="login"),
+    path("", views.exams, name="exams"),
+    path("esami/<int:pk>/", views.exam, name="exam"),
+    path("esami/<int:pk>/pacchetti/<str:kind>/", views.package_request, name="package_request"),
+    path("esami/<int:pk>/immagini/", views.viewer, name="viewer"),
+    path("esami/<int:pk>/immagini/<int:instance_pk>.jpg", views.preview, name="preview"),
+    path("esami/<int:pk>/oscuramento/", views.concealment, name="concealment"),
+    path("esami/<int:pk>/revoca-consenso/", views.consent_revoke, name="consent_revoke"),
+    path("pacchetti/<int:pk>/", views.package, name="package"),
+    path("scarica/<str:token>/", views.download, name="download"),
+    path("accessi/", views.access_log, name="access_log"),
+    path("deleghe/", views.delegations, name="delegations"),
+    path("sportello/", include(views_staff.urlpatterns)),
+]
+
+if settings.PACS_OIDC_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

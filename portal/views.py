@@ -1,0 +1,537 @@
+"""The citizen's pages of the FSE portal: log in, my exams, an exam, its
+downloads, the image viewer, who saw my data, my delegations.
+
+Thin adapters: the rules are in :mod:`portal.availability`, the zips in
+:mod:`portal.downloads`, the links in :mod:`portal.links`. Every page a
+citizen opens and every download writes an :class:`~archive.models.AuditEvent`
+naming the user and, for a delegate, the person they acted for. An exam that
+is not the citizen's (or of someone they act for) answers 404, audited as
+denied, so that a guessed number reveals nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import authenticate, login
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
+
+from archive import previews, rendering, reports, retrieve
+from archive.audit import audit_record
+from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from archive.models import AuditEvent, Instance, Patient, Report, Series
+from archive.web import client_ip
+from booking import services as booking_services
+from booking.models import Booking
+
+from . import availability, downloads, links
+from .access_log import access_log_rows
+from .accounts import citizen_account, citizen_patient
+from .middleware import LOGIN_AT, SEEN_AT
+from .models import Delegation, DownloadPackage, Notification
+from .ranges import file_response_with_ranges
+
+VIEWER_PARAMS = previews.PREVIEW
+
+
+# --- who is asking ----------------------------------------------------------------
+
+
+def citizen_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Only a logged-in citizen: the anonymous go to the portal's login, staff get 403."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect(f"{reverse('portal:login')}?{urlencode({'next': request.get_full_path()})}")
+        account = citizen_account(request.user)
+        if account is None:
+            return render(request, "portal/citizens_only.html", status=403)
+        request.citizen_patient = citizen_patient(request.user)  # type: ignore[attr-defined]
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _audit(
+    request: HttpRequest,
+    action: str,
+    *,
+    booking: Booking | None = None,
+    patient: Patient | None = None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    **detail: Any,
+) -> None:
+    me = getattr(request, "citizen_patient", None)
+    if booking is not None:
+        patient = booking.patient
+        detail.setdefault("accession_number", booking.accession_number)
+    if patient is not None and me is not None and patient.pk != me.pk:
+        detail["acting_for"] = patient.codice_fiscale  # a delegate
+    audit_record(
+        action=action,
+        outcome=outcome,
+        user=request.user,
+        patient=patient,
+        study=booking.study if booking is not None and booking.study_id else None,
+        source=client_ip(request),
+        detail=detail,
+    )
+
+
+def _booking_for(request: HttpRequest, pk: int) -> Booking:
+    """The citizen's (or a delegator's) booking ``pk``; 404, audited, for any other."""
+    booking = Booking.objects.select_related("patient", "facility", "procedure", "study").filter(pk=pk).first()
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    if booking is None or me is None or not availability.citizen_may_see(citizen=me, booking=booking):
+        audit_record(
+            action="portal.exam.denied",
+            outcome=AuditEvent.Outcome.DENIED,
+            user=request.user,
+            source=client_ip(request),
+            detail={"booking": pk, "path": request.path},
+        )
+        raise Http404(_("Esame non trovato."))
+    return booking
+
+
+def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
+    """The exam's status when it is available online; None (and an audited refusal) when not."""
+    status = availability.exam_status(booking=booking)
+    if status.code != "available_online":
+        _audit(request, action, booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=status.code)
+        return None
+    return status
+
+
+def _not_online(request: HttpRequest, booking: Booking) -> HttpResponse:
+    status = availability.exam_status(booking=booking)
+    return render(request, "portal/not_online.html", {"booking": booking, "status": status}, status=403)
+
+
+# --- log in -------------------------------------------------------------------------
+
+
+class LoginForm(forms.Form):
+    codice_fiscale = forms.CharField(
+        label=gettext_lazy("Codice fiscale"),
+        max_length=16,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "username", "autocapitalize": "characters", "spellcheck": "false"}
+        ),
+    )
+    password = forms.CharField(
+        label=gettext_lazy("Password"), widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+    )
+
+    def clean_codice_fiscale(self) -> str:
+        value = normalize_codice_fiscale(self.cleaned_data["codice_fiscale"])
+        error = codice_fiscale_error(value)
+        if error:
+            raise forms.ValidationError(error)
+        return value
+
+
+def login_view(request: HttpRequest) -> HttpResponse:
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = ""
+    form = LoginForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        cf = form.cleaned_data["codice_fiscale"]
+        user = authenticate(request, username=cf, password=form.cleaned_data["password"])
+        if user is not None and citizen_account(user) is not None:
+            login(request, user)
+            return redirect(next_url or "portal:exams")
+        if getattr(request, "axes_locked_out", False):
+            # django-axes' middleware answers with the lockout page.
+            return HttpResponse(status=429)
+        audit_record(
+            action="portal.login",
+            outcome=AuditEvent.Outcome.FAILURE,
+            source=client_ip(request),
+            detail={"codice_fiscale": cf},
+        )
+        error = _("Codice fiscale o password non corretti.")
+    return render(
+        request,
+        "portal/login.html",
+        {"form": form, "error": error, "next": next_url, "oidc": settings.PACS_OIDC_ENABLED},
+        status=401 if error else 200,
+    )
+
+
+def on_citizen_login(sender: Any, request: HttpRequest, user: Any, **kwargs: Any) -> None:
+    """``user_logged_in`` receiver: a citizen's session gets the portal's short lifetime, and is audited."""
+    account = citizen_account(user)
+    if account is None or request is None:
+        return
+    now = timezone.now().timestamp()
+    request.session[LOGIN_AT] = now
+    request.session[SEEN_AT] = now
+    request.session.set_expiry(settings.PACS_PORTAL_SESSION_IDLE_SECONDS)
+    audit_record(
+        action="portal.login",
+        user=user,
+        patient=citizen_patient(user),
+        source=client_ip(request),
+        detail={"origin": account.origin},
+    )
+
+
+# --- my exams -------------------------------------------------------------------------
+
+
+@citizen_required
+def exams(request: HttpRequest) -> HttpResponse:
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    now = timezone.now()
+    rows = []
+    if me is not None:
+        for booking in availability.citizen_exams(patient=me, now=now):
+            rows.append({"booking": booking, "status": availability.exam_status(booking=booking, now=now)})
+    notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
+    if notifications:
+        Notification.objects.filter(pk__in=[n.pk for n in notifications]).update(read_at=now)
+    _audit(request, "portal.exams.view", patient=me, count=len(rows))
+    return render(
+        request,
+        "portal/exams.html",
+        {"rows": rows, "me": me, "notifications": notifications, "days": availability.availability_days()},
+    )
+
+
+def _package_rows(request: HttpRequest, booking: Booking) -> list[dict[str, Any]]:
+    rows = []
+    for kind, label in DownloadPackage.Kind.choices:
+        latest = (
+            DownloadPackage.objects.filter(study_id=booking.study_id, kind=kind)
+            .exclude(status=DownloadPackage.Status.PURGED)
+            .first()
+            if booking.study_id
+            else None
+        )
+        rows.append({"kind": kind, "label": label, "package": latest, "url": _package_link(request, latest)})
+    return rows
+
+
+def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
+    if package is None or package.status != DownloadPackage.Status.READY:
+        return ""
+    token = links.link_token(user=request.user, kind="package", object_id=package.pk)
+    return reverse("portal:download", args=[token])
+
+
+@citizen_required
+def exam(request: HttpRequest, pk: int) -> HttpResponse:
+    booking = _booking_for(request, pk)
+    status = availability.exam_status(booking=booking)
+    publications = availability.live_publications(booking=booking)
+    report_links = [
+        {
+            "publication": p,
+            "pdf": reverse(
+                "portal:download", args=[links.link_token(user=request.user, kind="pdf", object_id=p.report_id)]
+            ),
+            "p7m": reverse(
+                "portal:download", args=[links.link_token(user=request.user, kind="p7m", object_id=p.report_id)]
+            ),
+        }
+        for p in publications
+    ]
+    online = status.code == "available_online"
+    concealed = bool(booking.study_id) and availability.is_concealed(study=booking.study)
+    _audit(request, "portal.exam.view", booking=booking, status=status.code)
+    return render(
+        request,
+        "portal/exam.html",
+        {
+            "booking": booking,
+            "status": status,
+            "online": online,
+            "report_links": report_links,
+            "packages": _package_rows(request, booking) if online else [],
+            "concealed": concealed,
+            "can_revoke": online,
+            "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
+        },
+    )
+
+
+# --- downloads ------------------------------------------------------------------------
+
+
+@citizen_required
+@require_POST
+def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    booking = _booking_for(request, pk)
+    if kind not in DownloadPackage.Kind.values:
+        raise Http404(_("Tipo di pacchetto sconosciuto."))
+    if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study_id is None:
+        return _not_online(request, booking)
+    package, created = downloads.package_request(study=booking.study, kind=kind, user=request.user)
+    _audit(request, "portal.package.request", booking=booking, kind=kind, package=package.pk, created=created)
+    if package.status == DownloadPackage.Status.QUEUED:
+        if downloads.builds_inline(package):
+            downloads.package_build(package_pk=package.pk)
+        else:
+            from .tasks import package_build
+
+            transaction.on_commit(lambda: package_build.delay(package.pk, request.user.pk, booking.pk))
+    return redirect("portal:package", pk=package.pk)
+
+
+def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Booking]:
+    package = get_object_or_404(DownloadPackage.objects.select_related("study"), pk=pk)
+    booking = Booking.objects.filter(study_id=package.study_id).exclude(status=Booking.Status.CANCELLED).first()
+    if booking is None:
+        raise Http404(_("Esame non trovato."))
+    return package, _booking_for(request, booking.pk)
+
+
+@citizen_required
+def package(request: HttpRequest, pk: int) -> HttpResponse:
+    package, booking = _package_for(request, pk)
+    if availability.exam_status(booking=booking).code != "available_online":
+        return _not_online(request, booking)
+    url = _package_link(request, package)
+    if request.GET.get("format") == "json":
+        return JsonResponse(
+            {"status": package.status, "percent": package.percent, "download_url": url, "error": bool(package.error)}
+        )
+    _audit(
+        request, "portal.package.view", booking=booking, kind=package.kind, package=package.pk, status=package.status
+    )
+    return render(request, "portal/package.html", {"package": package, "booking": booking, "download_url": url})
+
+
+_REFUSED = {
+    "forged": gettext_lazy("Il link non è valido: è stato alterato o non è stato emesso da questo portale."),
+    "expired": gettext_lazy("Il link è scaduto. Torna alla pagina dell'esame per ottenerne uno nuovo."),
+    "other_user": gettext_lazy("Il link è stato emesso per un altro utente: accedi con il tuo account."),
+}
+
+
+@citizen_required
+def download(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        link = links.link_read(token, user=request.user)
+    except links.LinkRefused as refused:
+        audit_record(
+            action="portal.download",
+            outcome=AuditEvent.Outcome.DENIED,
+            user=request.user,
+            source=client_ip(request),
+            detail={"reason": refused.reason},
+        )
+        return render(request, "portal/link_refused.html", {"message": _REFUSED[refused.reason]}, status=403)
+    if link.kind == "package":
+        package, booking = _package_for(request, link.object_id)
+        if _online_or_refuse(request, booking, "portal.download") is None:
+            return _not_online(request, booking)
+        if package.status != DownloadPackage.Status.READY or not downloads._file_present(package):
+            raise Http404(_("Il pacchetto non è più disponibile: richiedilo di nuovo dalla pagina dell'esame."))
+        _audit(
+            request,
+            "portal.download",
+            booking=booking,
+            file=package.kind,
+            package=package.pk,
+            range=request.headers.get("Range", ""),
+        )
+        name = f"esame-{booking.accession_number}-{'dicom' if package.kind == 'dicom' else 'jpeg'}.zip"
+        return file_response_with_ranges(
+            request, downloads.Path(package.path), filename=name, content_type="application/zip", sha256=package.sha256
+        )
+    report = get_object_or_404(Report.objects.select_related("study"), pk=link.object_id, status=Report.Status.SIGNED)
+    booking = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
+    if booking is None:
+        raise Http404(_("Esame non trovato."))
+    booking = _booking_for(request, booking.pk)
+    if _online_or_refuse(request, booking, "portal.download") is None:
+        return _not_online(request, booking)
+    if report.pk not in {p.report_id for p in availability.live_publications(booking=booking)}:
+        raise Http404(_("Questa versione del referto non è pubblicata."))
+    try:
+        data = reports.report_file(report=report, which=link.kind)
+    except reports.ReportError as err:
+        _audit(
+            request,
+            "portal.download",
+            booking=booking,
+            outcome=AuditEvent.Outcome.FAILURE,
+            file=link.kind,
+            error=err.message,
+        )
+        return render(request, "portal/link_refused.html", {"message": err.message}, status=503)
+    _audit(request, "portal.download", booking=booking, file=link.kind, report=report.pk, version=report.version)
+    if link.kind == "pdf":
+        response = HttpResponse(data, content_type="application/pdf")
+        name = f"referto-{booking.accession_number}-v{report.version}.pdf"
+    else:
+        response = HttpResponse(data, content_type="application/pkcs7-mime")
+        name = f"referto-{booking.accession_number}-v{report.version}.pdf.p7m"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# --- the image viewer -------------------------------------------------------------------
+
+
+def _viewer_series(booking: Booking) -> list[tuple[Series, list[Instance]]]:
+    series = Series.objects.filter(study_id=booking.study_id).order_by("series_number", "pk")
+    instances = Instance.objects.filter(series__study_id=booking.study_id).order_by("instance_number", "pk")
+    by_series: dict[int, list[Instance]] = {}
+    for instance in instances:
+        by_series.setdefault(instance.series_id, []).append(instance)
+    return [(s, by_series.get(s.pk, [])) for s in series if by_series.get(s.pk)]
+
+
+def _bounded_int(value: str | None, low: int, high: int) -> int:
+    try:
+        return min(max(int(value or low), low), high)
+    except ValueError:
+        return low
+
+
+@citizen_required
+def viewer(request: HttpRequest, pk: int) -> HttpResponse:
+    booking = _booking_for(request, pk)
+    if _online_or_refuse(request, booking, "portal.viewer") is None:
+        return _not_online(request, booking)
+    groups = _viewer_series(booking)
+    if not groups:
+        raise Http404(_("Lo studio non ha immagini."))
+    s_index = _bounded_int(request.GET.get("serie"), 1, len(groups))
+    series, instances = groups[s_index - 1]
+    i_index = _bounded_int(request.GET.get("immagine"), 1, len(instances))
+    instance = instances[i_index - 1]
+    base = reverse("portal:viewer", args=[booking.pk])
+
+    def at(s: int, i: int) -> str:
+        return f"{base}?{urlencode({'serie': s, 'immagine': i})}"
+
+    _audit(request, "portal.viewer", booking=booking, series=series.series_instance_uid, image=i_index)
+    return render(
+        request,
+        "portal/viewer.html",
+        {
+            "booking": booking,
+            "series_list": [
+                {"index": n, "series": s, "count": len(items), "url": at(n, 1), "current": n == s_index}
+                for n, (s, items) in enumerate(groups, start=1)
+            ],
+            "series": series,
+            "s_index": s_index,
+            "i_index": i_index,
+            "count": len(instances),
+            "image_url": reverse("portal:preview", args=[booking.pk, instance.pk]),
+            "previous_url": at(s_index, i_index - 1) if i_index > 1 else "",
+            "next_url": at(s_index, i_index + 1) if i_index < len(instances) else "",
+            "image_urls": [reverse("portal:preview", args=[booking.pk, i.pk]) for i in instances],
+        },
+    )
+
+
+@citizen_required
+def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
+    """One image of the viewer, as JPEG (part of the audited viewer page)."""
+    booking = _booking_for(request, pk)
+    if availability.exam_status(booking=booking).code != "available_online":
+        raise Http404(_("Immagine non disponibile."))
+    instance = get_object_or_404(
+        Instance.objects.select_related("facility"), pk=instance_pk, series__study_id=booking.study_id
+    )
+    try:
+        data = previews.stored_or_rendered(instance=instance, frame=1, params=VIEWER_PARAMS)
+    except retrieve.NotAvailable:
+        return HttpResponse(status=503)
+    except (rendering.NoImage, ValueError):
+        raise Http404(_("Questa immagine non si può mostrare come JPEG.")) from None
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+# --- oscuramento and consent --------------------------------------------------------------
+
+
+@citizen_required
+@require_POST
+def concealment(request: HttpRequest, pk: int) -> HttpResponse:
+    booking = _booking_for(request, pk)
+    if booking.study_id is None:
+        raise Http404(_("L'esame non ha ancora immagini da oscurare."))
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    if request.POST.get("action") == "conceal":
+        availability.conceal(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
+        messages.success(request, _("L'esame è ora oscurato: i professionisti sanitari non possono consultarlo."))
+    elif request.POST.get("action") == "reveal":
+        availability.reveal(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
+        messages.success(request, _("L'esame è di nuovo visibile ai professionisti sanitari."))
+    return redirect("portal:exam", pk=booking.pk)
+
+
+@citizen_required
+@require_POST
+def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    booking = _booking_for(request, pk)
+    if request.POST.get("confirm") != "yes":
+        messages.error(request, _("Conferma la revoca spuntando la casella."))
+        return redirect("portal:exam", pk=booking.pk)
+    try:
+        booking_services.consent_revoke(
+            booking=booking,
+            channel=Booking.Channel.ONLINE,
+            user=request.user,
+            recorded_by_name=str(request.citizen_patient or request.user),  # type: ignore[attr-defined]
+            source=client_ip(request),
+        )
+    except booking_services.BookingError as err:
+        messages.error(request, err.message)
+        return redirect("portal:exam", pk=booking.pk)
+    availability.publications_withdraw_for_revocation(booking=booking, user=request.user, source=client_ip(request))
+    messages.success(request, _("Consenso revocato: referto e immagini non sono più disponibili online."))
+    return redirect("portal:exam", pk=booking.pk)
+
+
+# --- who saw my data, my delegations ----------------------------------------------------------
+
+
+@citizen_required
+def access_log(request: HttpRequest) -> HttpResponse:
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    people = availability.patients_acted_for(patient=me) if me is not None else []
+    page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
+    _audit(request, "portal.access_log.view", patient=me, page=page.number)
+    return render(request, "portal/access_log.html", {"page": page, "people": people})
+
+
+@citizen_required
+def delegations(request: HttpRequest) -> HttpResponse:
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    now = timezone.now()
+    active = Delegation.objects.filter(availability.delegations_in_force(now)).select_related("delegator", "delegate")
+    acting_for = list(active.filter(delegate=me)) if me is not None else []
+    acted_by = list(active.filter(delegator=me)) if me is not None else []
+    _audit(request, "portal.delegations.view", patient=me)
+    return render(request, "portal/delegations.html", {"acting_for": acting_for, "acted_by": acted_by})
