@@ -81,11 +81,13 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             page.get_by_role("button", name="Accedi").click()
             page.wait_for_url(f"{base}/fse/")
 
+            page.screenshot(path=str(tmp_path / "exams.png"), full_page=True)
             row = page.locator("tr", has_text=exam.booking.procedure.description)
             assert "Disponibile online fino al" in row.inner_text()
             row.get_by_role("link").click()
             page.wait_for_url(f"{base}/fse/esami/{exam.booking.pk}/")
 
+            page.screenshot(path=str(tmp_path / "exam.png"), full_page=True)
             pdf = _download(page, page.locator("a.report-pdf"), downloads)
             assert pdf.read_bytes() == reports.report_file(report=exam.report, which="pdf")
             p7m = _download(page, page.locator("a.report-p7m"), downloads)
@@ -121,6 +123,7 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             page.keyboard.press("ArrowRight")
             page.wait_for_url(re.compile(r".*immagine=2"))
             page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
+            page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
             assert "immagine 2 di" in page.locator(".viewer-steps").inner_text()
         finally:
             browser.close()
