@@ -106,6 +106,8 @@ ROLES = {
         "booking.change_booking",
         "booking.view_procedure",
         "booking.view_station",
+        "portal.add_delegation",  # the delegations desk (/fse/sportello/deleghe/)
+        "portal.change_delegation",
     ],
     # An external CUP system that books through the REST API with its token.
     "Sistemi CUP esterni": [

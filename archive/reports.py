@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import signals, storage
-from .access import authority_restriction, staff_profile
+from .access import StudyConcealed, authority_restriction, staff_profile, study_concealed_for
 from .audit import audit_record
 from .models import AuditEvent, Report, Study
 
@@ -108,18 +108,30 @@ def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
     return Study.objects.filter(facility__authority_id=authority_id)
 
 
-def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: str = "") -> None:
-    """Raise :class:`PermissionDenied` (and audit ``study.denied``) when ``user`` may not open ``study``."""
+def study_access_check(
+    *, user: AbstractBaseUser | Any, study: Study, source: str = "", concealment: bool = True
+) -> None:
+    """Raise :class:`PermissionDenied` (and audit ``study.denied``) when ``user`` may not open ``study``.
+
+    A study the patient concealed (*oscuramento*) raises
+    :class:`~archive.access.StudyConcealed`, a ``PermissionDenied``, unless
+    ``user`` holds a live emergency access to it; ``concealment=False`` skips
+    that test (the emergency access page itself).
+    """
     reason = ""
+    concealed = False
     if not user.is_authenticated or not user.has_perm("archive.view_study"):
         reason = "permission"
         message = _("Non hai il permesso di consultare gli studi.")
     else:
         authority_id = authority_restriction(user)
-        if authority_id is not None:
-            if study.facility.authority_id != authority_id:
-                reason = "authority"
-                message = _("Lo studio appartiene a un'altra azienda sanitaria: non puoi aprirlo.")
+        if authority_id is not None and study.facility.authority_id != authority_id:
+            reason = "authority"
+            message = _("Lo studio appartiene a un'altra azienda sanitaria: non puoi aprirlo.")
+        elif concealment and study_concealed_for(user, study):
+            reason = "concealed"
+            concealed = True
+            message = _("Lo studio è stato oscurato dal paziente: si apre solo con un accesso in emergenza motivato.")
     if reason:
         audit_record(
             action="study.denied",
@@ -129,6 +141,8 @@ def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: st
             source=source,
             detail={"reason": reason},
         )
+        if concealed:
+            raise StudyConcealed(message, study=study)
         raise PermissionDenied(message)
 
 

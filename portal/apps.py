@@ -13,6 +13,8 @@ class PortalConfig(AppConfig):
         # (DESIGN.md: dependencies point down); the publication hooks in here.
         from archive.signals import report_signed
 
+        from .concealment import guard_register
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
+        guard_register()  # the oscuramento, asked by archive.access

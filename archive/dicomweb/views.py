@@ -24,7 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from ..access import authority_restriction
+from ..access import authority_restriction, study_concealed_for
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
 from ..web import client_ip
@@ -113,7 +113,11 @@ class DicomwebView(APIView):
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
             self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.DENIED, error=str(exc.detail))
         if isinstance(exc, DicomwebError):
-            self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.FAILURE, error=exc.message)
+            note = note or AuditNote(self.audit_action())
+            outcome = (
+                AuditEvent.Outcome.DENIED if note.outcome == AuditEvent.Outcome.DENIED else AuditEvent.Outcome.FAILURE
+            )
+            self._audit(note, outcome, error=exc.message)
             response = HttpResponse(error_body(exc.message), status=exc.status, content_type="application/json")
             if exc.status == 503:
                 response["Retry-After"] = "60"
@@ -172,6 +176,15 @@ class DicomwebView(APIView):
         note.study_instance_uid = uids.get("study_uid") or ""
         study, instances = instances_select(scope, **uids)  # type: ignore[arg-type]
         note.study = study
+        if study_concealed_for(self.request.user, study):
+            # Oscuramento: the patient hid the study from health professionals.
+            note.detail["reason"] = "concealed"
+            note.outcome = AuditEvent.Outcome.DENIED
+            raise DicomwebError(
+                403,
+                f"study {study.study_instance_uid} is concealed by the patient (oscuramento): it opens only "
+                "after an emergency access with a stated reason, for a limited time",
+            )
         note.detail["instances"] = len(instances)
         return instances
 
