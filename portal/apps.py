@@ -17,4 +17,10 @@ class PortalConfig(AppConfig):
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
+
+        from django.contrib.auth.signals import user_logged_in
+
+        from .views import on_citizen_login
+
+        user_logged_in.connect(on_citizen_login, dispatch_uid="portal.citizen_login")
         guard_register()  # the oscuramento, asked by archive.access

@@ -33,7 +33,7 @@ from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscal
 from archive.models import AuditEvent, Patient, Study
 from archive.web import client_ip, perms_required
 
-from .availability import delegation_register, delegation_revoke, emergency_access, is_concealed
+from .availability import delegation_register, delegation_revoke, delegations_in_force, emergency_access, is_concealed
 from .concealment import emergency_access_live, emergency_access_minutes, emergency_access_until
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
 
@@ -231,17 +231,13 @@ class DelegationSearchForm(forms.Form):
     )
 
 
-def _active(now: dt.datetime) -> Q:
-    return Q(revoked_at__isnull=True, valid_from__lte=now) & (Q(valid_until__isnull=True) | Q(valid_until__gt=now))
-
-
 def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> HttpResponse:
     search = DelegationSearchForm(request.GET or None)
     query = ""
     if search.is_valid():
         query = normalize_codice_fiscale(search.cleaned_data["q"])
     delegations = (
-        Delegation.objects.filter(_active(timezone.now()))
+        Delegation.objects.filter(delegations_in_force(timezone.now()))
         .select_related("delegator", "delegate", "registered_by")
         .order_by("delegator__family_name", "delegator__given_name", "delegator_id", "-valid_from")
     )
