@@ -45,7 +45,7 @@ class ThrottleBackend(AxesStandaloneBackend):
 
 
 def lockout_response(
-    request: HttpRequest, credentials: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict[str, Any] | None = None
 ) -> HttpResponse:
     """django-axes' answer to a locked-out login: a page that says until when, audited."""
     username = str(

@@ -76,9 +76,18 @@ def test_repeated_wrong_passwords_lock_the_account_out_from_that_address(cup: Cu
     assert locked.status_code == 429
     assert "bloccato" in locked.content.decode()
     assert "_auth_user_id" not in client.session
-    assert audit("auth.lockout")
+    assert audit("auth.lockout")[-1].detail["username"] == MARIO_CF
     # Another address is not locked out.
     assert citizen_login(Client(), MARIO_CF, REMOTE_ADDR="10.1.2.3").status_code == 302
+
+
+def test_staff_logins_are_throttled_too(online: CitizenExam) -> None:
+    client = Client()
+    answers = [
+        client.post("/accounts/login/", {"username": "radiologo", "password": "sbagliata"}).status_code for _ in range(5)
+    ]
+    assert answers == [200, 200, 200, 200, 429]
+    assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/"}
 
 
 def test_staff_cannot_use_the_citizen_login_nor_the_citizen_pages(online: CitizenExam) -> None:
