@@ -271,7 +271,7 @@ def test_derived_paths_are_built_from_checked_values_only() -> None:
 def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
     client, region, ct_study: list[Path], reader, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from archive.dicomweb import rendered
+    from archive import previews
 
     ingest_files(ct_study[:3], region.facility)
     series_renditions_make(series_pk=_series_pks()[0])
@@ -284,7 +284,7 @@ def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
     def no_rendering(**kwargs: object) -> bytes:
         raise rendering.NoImage("rendered on demand")
 
-    monkeypatch.setattr(rendered, "render_with", no_rendering)
+    monkeypatch.setattr(previews, "render_with", no_rendering)
     response = client.get(url + "/thumbnail", **reader.auth)
     assert response.status_code == 200 and response.content == thumb
     response = client.get(url + "/rendered", **reader.auth)
