@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
@@ -255,7 +256,14 @@ def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> H
     return render(
         request,
         "portal/staff/delegations.html",
-        {"form": form, "search": search, "page": page, "query": query, "total": page.paginator.count},
+        {
+            "form": form,
+            "search": search,
+            "page": page,
+            "query": query,
+            "page_query": urlencode({"q": query}) if query else "",
+            "total": page.paginator.count,
+        },
         status=status,
     )
 
