@@ -626,7 +626,8 @@ def main() -> None:
         f"zip {zip_size / MB:.0f} MB), best of {args.repeat}; {os.cpu_count()} cores; "
         f"cold = the files' pages evicted first"
     )
-    print(f"{'':<58}{'cache':>6}{'s':>8}{'MB/s':>8}{'ratio':>7}{'peak RSS MB':>13}{'growth MB':>11}")
+    disk = floor["cold"]  # the disk read: the goal's yardstick, cold or warm
+    print(f"{'':<58}{'cache':>6}{'s':>8}{'MB/s':>8}{'÷disk':>7}{'peak RSS MB':>13}{'growth MB':>11}")
     for cache in ("cold", "warm"):
         print(
             f"{'(b) floor: read the stored files (cat > /dev/null)':<58}{cache:>6}{floor[cache]:>8.2f}"
@@ -635,13 +636,13 @@ def main() -> None:
     print(f"{'(b) floor: copy them into one file + fsync':<58}{'cold':>6}{copy_floor:>8.2f}{mb / copy_floor:>8.0f}")
     for cache in ("cold", "warm"):
         z = zips[cache]
-        ratio = floor[cache] / z.seconds
+        ratio = disk / z.seconds
         verdict = "ok" if ratio >= 0.5 and z.growth_kib / 1024 < 150 else "MISSED"
         print(
             f"{'(a) dicom_media_zip_write (child process)':<58}{cache:>6}{z.seconds:>8.2f}{mb / z.seconds:>8.0f}"
             f"{ratio:>7.2f}{z.peak_kib / 1024:>13.0f}{z.growth_kib / 1024:>11.1f}  {verdict}"
         )
-    print("    (ratio: floor read time / zip time, goal >= 0.5; growth: the child's peak RSS over its RSS just")
+    print("    (÷disk: MB/s over the cold read's, goal >= 0.5; growth: the child's peak RSS over its RSS just")
     print(
         "     before the call (Django and pydicom loaded), goal < 150 MB; the zip also re-reads itself for its SHA-256)"
     )
@@ -662,7 +663,8 @@ def main() -> None:
     print(f"    Range: bytes=-100 -> {flow.range_check}")
     zmb = flow.size / MB
     print(f"\n(c) GET download_url through gunicorn (2 workers x 4 threads), {zmb:.0f} MB zip, best of {args.repeat}")
-    print(f"{'cache':<8}{'floor MB/s':>12}{'download MB/s':>15}{'ratio':>7}{'worker peak RSS MB':>20}{'growth MB':>11}")
+    disk_zip = flow.downloads["cold"].floor if "cold" in flow.downloads else float("inf")
+    print(f"{'cache':<8}{'read MB/s':>11}{'download MB/s':>15}{'÷disk':>7}{'worker peak RSS MB':>20}{'growth MB':>11}")
     for cache in ("cold", "warm"):
         d = flow.downloads.get(cache)
         if d is None:
@@ -670,13 +672,16 @@ def main() -> None:
         if d.error:
             print(f"{cache:<8}not measured: {d.error[:200]}")
             continue
-        ratio = d.floor / d.seconds
+        ratio = disk_zip / d.seconds
         verdict = "ok" if ratio >= 0.5 and d.growth_kib / 1024 < 150 else "MISSED"
         print(
-            f"{cache:<8}{zmb / d.floor:>12.0f}{zmb / d.seconds:>15.0f}{ratio:>7.2f}{d.peak_kib / 1024:>20.0f}"
+            f"{cache:<8}{zmb / d.floor:>11.0f}{zmb / d.seconds:>15.0f}{ratio:>7.2f}{d.peak_kib / 1024:>20.0f}"
             f"{d.growth_kib / 1024:>11.1f}  {verdict}"
         )
-    print("    (floor: this process reading the zip file; the client, requests in this process, shares the 2 cores)")
+    print(
+        "    (read: this process reading the zip file; ÷disk: download MB/s over the cold read's, goal >= 0.5;"
+        " the client, requests in this process, shares the 2 cores)"
+    )
 
 
 if __name__ == "__main__":
