@@ -16,21 +16,24 @@ The DICOM package is a PS3.10 file-set as a CD of IHE PDI would hold it::
     DICOM/S0001/I0002   upper case, at most 8 characters per component)
     ...
 
-Only the DICOMDIR goes through :class:`pydicom.fileset.FileSet`: its
-``add`` would re-encode each instance (``save_as``) and its ``write`` names
-the files itself (``PT000000/ST000000/SE000000/IM000000``). So FileSet is
-given header-only copies, writes the DICOMDIR for them in a scratch folder,
-the records are pointed at our file IDs, and ``FileSet.write(use_existing=True)``
-(documented for keeping an existing layout) writes the final DICOMDIR with its
-record offsets recomputed. The instances themselves are copied from
-:func:`archive.retrieve.instance_open` into the zip, and each copy's SHA-256
-is checked against :attr:`archive.models.Instance.sha256`.
+The DICOMDIR's records are made by pydicom's own recorders
+(:data:`pydicom.fileset.DIRECTORY_RECORDERS`): PATIENT, STUDY and SERIES
+from one header per series, an image's record from the index, any other
+object's from its header. They are laid out and linked here
+(:func:`dicomdir_encode`) rather than through :class:`pydicom.fileset.FileSet`,
+whose ``add`` re-reads every instance already added (quadratic in the study's
+size) and whose ``write`` would re-encode the instances and name them itself.
+The instances themselves are copied from :func:`archive.retrieve.instance_open`
+into the zip, and each copy's SHA-256 is checked against
+:attr:`archive.models.Instance.sha256`. Memory holds the records and one
+chunk, whatever the study's size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import logging
 import os
 import re
@@ -43,13 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from pydicom.dataset import Dataset
+
 from archive import previews, rendering, retrieve
 from archive.models import Instance, Rendition, Series
 from archive.render_isolated import render_with
 
 if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
-
     from archive.models import Study
 
 logger = logging.getLogger(__name__)
@@ -162,7 +165,7 @@ def _study_series(study: Study) -> list[tuple[Series, list[Instance]]]:
     by_series: dict[int, list[Instance]] = {}
     for instance in instances:
         by_series.setdefault(instance.series_id, []).append(instance)
-    series = Series.objects.filter(study=study).order_by("series_number", "pk")
+    series = Series.objects.filter(study=study).select_related("study").order_by("series_number", "pk")
     return [(s, by_series[s.pk]) for s in series if s.pk in by_series]
 
 
@@ -204,7 +207,7 @@ def _readme(lines: list[str]) -> bytes:
 # -- the DICOM package -------------------------------------------------------
 
 
-def _record_header(instance: Instance, *, series_number: int, instance_number: int) -> Dataset:
+def _record_header(instance: Instance, *, series: Series, series_number: int, instance_number: int) -> Dataset:
     """The instance's attributes up to its pixel data, for its DICOMDIR records.
 
     PS3.3 F.5 makes a few attributes Type 1 in the records (Study ID, Study
@@ -215,13 +218,13 @@ def _record_header(instance: Instance, *, series_number: int, instance_number: i
 
     with retrieve.instance_open(instance) as fh:
         ds = dcmread(fh, stop_before_pixels=True)
-    study = instance.series.study
+    study = series.study
     stand_ins = {
         "PatientID": study.dicom_patient_id or "UNKNOWN",
         "StudyDate": study.study_date.strftime("%Y%m%d") if study.study_date else "19000101",
         "StudyTime": study.study_time or "000000",
         "StudyID": (study.study_id or study.accession_number or "1")[:16],
-        "Modality": instance.series.modality or "OT",
+        "Modality": series.modality or "OT",
         "SeriesNumber": series_number,
         "InstanceNumber": instance_number,
     }
@@ -231,46 +234,143 @@ def _record_header(instance: Instance, *, series_number: int, instance_number: i
     return ds
 
 
-def dicomdir_build(*, headers: list[tuple[Dataset, tuple[str, ...]]], scratch: Path) -> bytes:
-    """The DICOMDIR for ``headers`` (data sets without pixel data, each with the
-    file ID it will have), written by :class:`pydicom.fileset.FileSet`.
+@dataclass
+class _Record:
+    """A directory record and the records below it (PS3.3 F.3: a tree of linked records)."""
 
-    Raises
-    ------
-    PackageError
-        FileSet cannot make a directory record for an instance.
+    dataset: Dataset
+    children: list[_Record] = field(default_factory=list)
+
+
+def _record(kind: str, header: Dataset) -> _Record:
+    from pydicom.fileset import DIRECTORY_RECORDERS
+
+    try:
+        ds = DIRECTORY_RECORDERS[kind](header)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise PackageError(f"{header.get('SOPInstanceUID', '?')}: no {kind} record for the DICOMDIR: {exc}") from exc
+    if kind in ("PATIENT", "STUDY", "SERIES") and "SpecificCharacterSet" in header:
+        ds.SpecificCharacterSet = header.SpecificCharacterSet  # PS3.3 F.3.2.2: Type 1C in a record
+    return _record_finish(_Record(ds), kind)
+
+
+def _leaf_kind_from_index(instance: Instance, series: Series) -> str | None:
+    """IMAGE when the index alone says so (the record needs only the Instance
+    Number); None when the file must be read to make the record."""
+    from pydicom.fileset import _FOUR_LEVEL_SOP_CLASSES
+
+    if series.modality in ("RTINTENT", "RTSEGANN", "RTRAD", "PLAN"):
+        return None
+    return None if instance.sop_class_uid in _FOUR_LEVEL_SOP_CLASSES else "IMAGE"
+
+
+def dicomdir_records(*, groups: list[tuple[Series, list[tuple[Instance, tuple[str, ...]]]]]) -> list[_Record]:
+    """The PATIENT/STUDY/SERIES/leaf record tree of a study's file-set.
+
+    Made with pydicom's own recorders (:data:`pydicom.fileset.DIRECTORY_RECORDERS`)
+    from one header per series; an image's record comes from the index (its
+    Instance Number, SOP Class and Transfer Syntax), any other object's (a
+    structured report, a presentation state, an encapsulated PDF) from its
+    own header. Only the small records stay in memory, whatever the study's size.
     """
-    from pydicom import dcmread
-    from pydicom.fileset import FileSet
+    from pydicom.fileset import _four_level_record_type
 
-    fs = FileSet()
-    wanted: dict[str, tuple[str, ...]] = {}
-    for ds, file_id in headers:
-        try:
-            fs.add(ds)
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise PackageError(f"{ds.SOPInstanceUID}: no DICOMDIR record: {exc}") from exc
-        wanted[str(ds.SOPInstanceUID)] = file_id
-    fs.write(scratch)  # header-only files in pydicom's own layout, and their DICOMDIR
-    directory = dcmread(scratch / DICOMDIR)
-    for record in directory.DirectoryRecordSequence:
-        if "ReferencedFileID" not in record:
-            continue
-        file_id = wanted[str(record.ReferencedSOPInstanceUIDInFile)]
-        old = scratch.joinpath(*record.ReferencedFileID)
-        new = scratch.joinpath(*file_id)
-        new.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(old, new)
-        record.ReferencedFileID = list(file_id)
-    # Loaded with IDs that are not pydicom's own, the file-set is staged for
-    # moving; use_existing keeps our layout and rewrites only the DICOMDIR,
-    # with every record offset recomputed for the new File ID lengths.
-    FileSet(directory).write(use_existing=True)
-    data = (scratch / DICOMDIR).read_bytes()
-    check = FileSet(scratch / DICOMDIR)
-    if sorted(i.SOPInstanceUID for i in check) != sorted(wanted):
-        raise PackageError("the DICOMDIR does not list every instance")
-    return data
+    roots: list[_Record] = []
+    study_record: _Record | None = None
+    for s_index, (series, entries) in enumerate(groups, start=1):
+        series_number = series.series_number if series.series_number is not None else s_index
+        first = _record_header(entries[0][0], series=series, series_number=series_number, instance_number=1)
+        if study_record is None:
+            patient = _record("PATIENT", first)
+            study_record = _record("STUDY", first)
+            patient.children.append(study_record)
+            roots.append(patient)
+        series_record = _record("SERIES", first)
+        study_record.children.append(series_record)
+        for i_index, (instance, file_id) in enumerate(entries, start=1):
+            number = instance.instance_number if instance.instance_number is not None else i_index
+            kind = _leaf_kind_from_index(instance, series)
+            if kind == "IMAGE":
+                leaf = _Record(Dataset())
+                leaf.dataset.InstanceNumber = number
+                leaf = _record_finish(leaf, "IMAGE")
+            else:
+                header = _record_header(instance, series=series, series_number=series_number, instance_number=number)
+                leaf = _record(_four_level_record_type(header), header)
+            leaf.dataset.ReferencedFileID = list(file_id)
+            leaf.dataset.ReferencedSOPClassUIDInFile = instance.sop_class_uid
+            leaf.dataset.ReferencedSOPInstanceUIDInFile = instance.sop_instance_uid
+            leaf.dataset.ReferencedTransferSyntaxUIDInFile = instance.transfer_syntax_uid
+            series_record.children.append(leaf)
+    return roots
+
+
+def _record_finish(record: _Record, kind: str) -> _Record:
+    ds = record.dataset
+    ds.OffsetOfTheNextDirectoryRecord = 0
+    ds.RecordInUseFlag = 0xFFFF
+    ds.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+    ds.DirectoryRecordType = kind
+    return record
+
+
+def _flatten(records: list[_Record]) -> list[_Record]:
+    out: list[_Record] = []
+    for record in records:
+        out.append(record)
+        out.extend(_flatten(record.children))
+    return out
+
+
+def dicomdir_encode(roots: list[_Record]) -> bytes:
+    """The DICOMDIR file (PS3.10 8.6, Media Storage Directory) of the record tree ``roots``.
+
+    Written twice: the records' byte offsets (PS3.3 F.3.1: each record's next
+    sibling and first child, the root's first and last record) are only known
+    once the records are encoded; they are unsigned longs, so setting them
+    does not move anything, and the second encoding is checked to be as long.
+    """
+    from pydicom import dcmread, dcmwrite
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+
+    flat = _flatten(roots)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.FileSetID = ""
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.FileSetConsistencyFlag = 0
+    ds.DirectoryRecordSequence = Sequence([r.dataset for r in flat])
+
+    def encode() -> bytes:
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+
+    draft = encode()
+    read = dcmread(io.BytesIO(draft))
+    offsets = {id(r): item.seq_item_tell for r, item in zip(flat, read.DirectoryRecordSequence, strict=True)}
+
+    def link(siblings: list[_Record]) -> None:
+        for n, record in enumerate(siblings):
+            if n + 1 < len(siblings):
+                record.dataset.OffsetOfTheNextDirectoryRecord = offsets[id(siblings[n + 1])]
+            if record.children:
+                record.dataset.OffsetOfReferencedLowerLevelDirectoryEntity = offsets[id(record.children[0])]
+                link(record.children)
+
+    link(roots)
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = offsets[id(roots[0])]
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = offsets[id(roots[-1])]
+    final = encode()
+    if len(final) != len(draft):
+        raise PackageError("the DICOMDIR changed length when its offsets were set")
+    return final
 
 
 def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
@@ -342,17 +442,11 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         raise PackageError(f"study {study.study_instance_uid} has no instances")
     when = dt.datetime.now()
     try:
-        with tempfile.TemporaryDirectory(prefix="dicomdir-") as scratch:
-            headers = []
-            for s_index, (series, instances) in enumerate(groups, start=1):
-                for i_index, instance in enumerate(instances, start=1):
-                    ds = _record_header(
-                        instance,
-                        series_number=series.series_number if series.series_number is not None else s_index,
-                        instance_number=instance.instance_number if instance.instance_number is not None else i_index,
-                    )
-                    headers.append((ds, _file_id(s_index, i_index)))
-            dicomdir = dicomdir_build(headers=headers, scratch=Path(scratch))
+        tree = [
+            (series, [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(instances, start=1)])
+            for s_index, (series, instances) in enumerate(groups, start=1)
+        ]
+        dicomdir = dicomdir_encode(dicomdir_records(groups=tree))
     except retrieve.NotAvailable as exc:
         raise PackageError(str(exc)) from exc
     readme = _dicom_readme(study, series=len(groups), instances=len(entries))
