@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Prefetch, Q
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
@@ -251,10 +251,16 @@ def is_available_online(*, booking: Booking, now: dt.datetime | None = None) -> 
     return exam_status(booking=booking, now=now).code == "available_online"
 
 
-def live_publications(*, booking: Booking, now: dt.datetime | None = None) -> list[Publication]:
-    """The report versions the citizen may download now, oldest first (empty unless available online)."""
+def live_publications(
+    *, booking: Booking, now: dt.datetime | None = None, status: ExamStatus | None = None
+) -> list[Publication]:
+    """The report versions the citizen may download now, oldest first (empty unless available online).
+
+    ``status``: the booking's :func:`exam_status` at ``now``, when the caller has it already.
+    """
     now = now or timezone.now()
-    if not is_available_online(booking=booking, now=now):
+    status = status or exam_status(booking=booking, now=now)
+    if status.code != "available_online":
         return []
     return [p for p in booking.publications.select_related("report").order_by("report__version") if p.is_live(now)]
 
@@ -287,7 +293,11 @@ def citizen_exams(*, patient: Patient, now: dt.datetime | None = None) -> list[B
     return list(
         Booking.objects.filter(patient_id__in=ids)
         .select_related("patient", "facility", "procedure", "study")
-        .prefetch_related("choices", "publications")
+        # Ordered on their own columns: the models' default ordering would join the bookings again.
+        .prefetch_related(
+            Prefetch("choices", queryset=DistributionChoice.objects.order_by("version")),
+            Prefetch("publications", queryset=Publication.objects.order_by("published_at", "pk")),
+        )
         .annotate(has_signed_report=Exists(signed))
         .order_by("-scheduled_at", "-pk")
     )

@@ -243,8 +243,9 @@ def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
 @citizen_required
 def exam(request: HttpRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
-    status = availability.exam_status(booking=booking)
-    publications = availability.live_publications(booking=booking)
+    now = timezone.now()
+    status = availability.exam_status(booking=booking, now=now)
+    publications = availability.live_publications(booking=booking, now=now, status=status)
     report_links = [
         {
             "publication": p,
