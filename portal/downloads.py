@@ -155,7 +155,6 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
         status=DownloadPackage.Status.READY,
         path=str(info.path),
         size=info.size,
-        sha256=info.sha256,
         done_bytes=package.total_bytes,
         ready_at=timezone.now(),
         heartbeat_at=timezone.now(),

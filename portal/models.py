@@ -275,7 +275,6 @@ class DownloadPackage(models.Model):
     done_bytes = models.BigIntegerField(_("byte scritti"), default=0)
     path = models.CharField(_("file"), max_length=512, blank=True)
     size = models.BigIntegerField(_("dimensione"), default=0)
-    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
     instance_count = models.PositiveIntegerField(_("istanze"), default=0)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -31,13 +31,16 @@ chunk, whatever the study's size.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import logging
 import os
+import queue
 import re
 import tempfile
+import threading
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
@@ -76,7 +79,6 @@ class PackageInfo:
     path: Path
     size: int
     instance_count: int
-    sha256: str
 
 
 # -- the zip file ------------------------------------------------------------
@@ -108,19 +110,24 @@ def _member_info(name: str, when: dt.datetime) -> zipfile.ZipInfo:
     return info
 
 
-def _member_write(
-    zf: zipfile.ZipFile, name: str, source: IO[bytes], *, when: dt.datetime, on_chunk: Callable[[int], None]
-) -> str:
-    """Copy ``source`` into the zip as ``name`` in chunks; the SHA-256 of what was copied."""
+def _instance_copy(instance: Instance, name: str, writer: _MemberWriter, meter: _Progress) -> None:
+    """Hand ``instance``'s stored bytes to the zip as member ``name``, checking them against its SHA-256."""
+    try:
+        fh = retrieve.instance_open(instance)
+    except retrieve.NotAvailable as exc:
+        raise PackageError(str(exc)) from exc
     digest = hashlib.sha256()
-    # force_zip64: the size is not known to zipfile beforehand, and a member over
-    # 4 GB written without the ZIP64 local header cannot be fixed up afterwards.
-    with zf.open(_member_info(name, when), "w", force_zip64=True) as out:
-        while chunk := source.read(CHUNK):
-            out.write(chunk)
+    with fh:
+        with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        writer.put(name)
+        while chunk := fh.read(CHUNK):
             digest.update(chunk)
-            on_chunk(len(chunk))
-    return digest.hexdigest()
+            writer.put(chunk)
+            meter.add(len(chunk))
+    if digest.hexdigest() != instance.sha256:
+        logger.error("%s read back with SHA-256 %s, %s recorded", instance, digest.hexdigest(), instance.sha256)
+        raise PackageError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
 
 
 def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt.datetime) -> None:
@@ -128,18 +135,61 @@ def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt
         out.write(data)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _info(path: Path, count: int) -> PackageInfo:
-    # Hashed after writing: zipfile seeks back to complete each local header,
-    # so the bytes cannot be hashed as they go out.
-    return PackageInfo(path=path, size=path.stat().st_size, instance_count=count, sha256=_file_sha256(path))
+    return PackageInfo(path=path, size=path.stat().st_size, instance_count=count)
+
+
+class _MemberWriter:
+    """The zip's writing (its CRC-32 and the file writes) in a thread of its own.
+
+    The caller reads and hashes the instances; this thread writes what it is
+    given: a ``str`` starts a member of that name, ``bytes`` go into it. The
+    two halves then use both cores (hashlib, zlib and file I/O release the
+    GIL). The queue holds at most :data:`_QUEUED` chunks, so memory stays
+    bounded. A failure on either side stops both; :meth:`finish` is always called.
+    """
+
+    _QUEUED = 8
+
+    def __init__(self, zf: zipfile.ZipFile, when: dt.datetime) -> None:
+        self.zf = zf
+        self.when = when
+        self.items: queue.Queue[str | bytes | None] = queue.Queue(maxsize=self._QUEUED)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="zip-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        out: IO[bytes] | None = None
+        try:
+            while (item := self.items.get()) is not None:
+                if isinstance(item, str):
+                    if out is not None:
+                        out.close()
+                    # force_zip64: the size is not known to zipfile beforehand, and a member over
+                    # 4 GB written without the ZIP64 local header cannot be fixed up afterwards.
+                    out = self.zf.open(_member_info(item, self.when), "w", force_zip64=True)
+                else:
+                    assert out is not None
+                    out.write(item)
+            if out is not None:
+                out.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by put() and finish()
+            self.error = exc
+            while self.items.get() is not None:  # let the caller's put() go on until it sees the error
+                pass
+
+    def put(self, item: str | bytes) -> None:
+        if self.error is not None:
+            raise PackageError(f"writing the zip failed: {self.error}") from self.error
+        self.items.put(item)
+
+    def finish(self) -> None:
+        """End the writing; raise what went wrong in the writer (after the caller's own error, nothing)."""
+        self.items.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise PackageError(f"writing the zip failed: {self.error}") from self.error
 
 
 class _Progress:
@@ -457,16 +507,15 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         meter.add(len(dicomdir))
         _member_write_bytes(zf, README, readme, when=when)
         meter.add(len(readme))
-        for instance, file_id in entries:
-            try:
-                fh = retrieve.instance_open(instance)
-            except retrieve.NotAvailable as exc:
-                raise PackageError(str(exc)) from exc
-            with fh:
-                sha256 = _member_write(zf, "/".join(file_id), fh, when=when, on_chunk=meter.add)
-            if sha256 != instance.sha256:
-                logger.error("%s read back with SHA-256 %s, %s recorded", instance, sha256, instance.sha256)
-                raise PackageError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
+        writer = _MemberWriter(zf, when)
+        try:
+            for instance, file_id in entries:
+                _instance_copy(instance, "/".join(file_id), writer, meter)
+        except BaseException:
+            with contextlib.suppress(PackageError):
+                writer.finish()
+            raise
+        writer.finish()
     logger.info("DICOM package of study %s: %d instances in %s", study.study_instance_uid, len(entries), path)
     return _info(path, len(entries))
 
