@@ -10,8 +10,8 @@ reader never sees a half-written package at ``path``.
 
 The DICOM package is a PS3.10 file-set as a CD of IHE PDI would hold it::
 
-    DICOMDIR            the Media Storage Directory (PS3.10 8.6), built by pydicom's FileSet
     README.TXT          for the recipient, in Italian and English
+    DICOMDIR            the Media Storage Directory (PS3.10 8.6), written last
     DICOM/S0001/I0001   the instances, byte for byte as stored (PS3.10 8.2 file IDs:
     DICOM/S0001/I0002   upper case, at most 8 characters per component)
     ...
@@ -44,6 +44,7 @@ import threading
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,26 +497,29 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
             (series, [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(instances, start=1)])
             for s_index, (series, instances) in enumerate(groups, start=1)
         ]
-        dicomdir = dicomdir_encode(dicomdir_records(groups=tree))
+        records = dicomdir_records(groups=tree)
     except retrieve.NotAvailable as exc:
         raise PackageError(str(exc)) from exc
     readme = _dicom_readme(study, series=len(groups), instances=len(entries))
-    meter = _Progress(sum(i.size for i, _ in entries) + len(dicomdir) + len(readme), progress)
+    meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
-    with _zip_in_place(path) as zf:
-        _member_write_bytes(zf, DICOMDIR, dicomdir, when=when)
-        meter.add(len(dicomdir))
-        _member_write_bytes(zf, README, readme, when=when)
-        meter.add(len(readme))
-        writer = _MemberWriter(zf, when)
-        try:
-            for instance, file_id in entries:
-                _instance_copy(instance, "/".join(file_id), writer, meter)
-        except BaseException:
-            with contextlib.suppress(PackageError):
-                writer.finish()
-            raise
-        writer.finish()
+    # The DICOMDIR is encoded (pure Python) while the instances are copied
+    # (mostly I/O and hashing outside the GIL), and goes last into the zip.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomdir") as pool:
+        encoding = pool.submit(dicomdir_encode, records)
+        with _zip_in_place(path) as zf:
+            _member_write_bytes(zf, README, readme, when=when)
+            meter.add(len(readme))
+            writer = _MemberWriter(zf, when)
+            try:
+                for instance, file_id in entries:
+                    _instance_copy(instance, "/".join(file_id), writer, meter)
+            except BaseException:
+                with contextlib.suppress(PackageError):
+                    writer.finish()
+                raise
+            writer.finish()
+            _member_write_bytes(zf, DICOMDIR, encoding.result(), when=when)
     logger.info("DICOM package of study %s: %d instances in %s", study.study_instance_uid, len(entries), path)
     return _info(path, len(entries))
 
