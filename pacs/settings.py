@@ -285,7 +285,12 @@ LOGIN_REDIRECT_URL_FAILURE = "/fse/accesso/"
 if PACS_OIDC_ENABLED:
     missing = [
         name
-        for name in ("OIDC_RP_CLIENT_ID", "OIDC_OP_AUTHORIZATION_ENDPOINT", "OIDC_OP_TOKEN_ENDPOINT", "OIDC_OP_USER_ENDPOINT")
+        for name in (
+            "OIDC_RP_CLIENT_ID",
+            "OIDC_OP_AUTHORIZATION_ENDPOINT",
+            "OIDC_OP_TOKEN_ENDPOINT",
+            "OIDC_OP_USER_ENDPOINT",
+        )
         if not globals()[name]
     ]
     if missing:
