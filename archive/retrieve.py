@@ -25,8 +25,8 @@ from .models import Copy, Instance
 
 logger = logging.getLogger(__name__)
 
-# Lower is nearer. Tiers of other kinds (long-term, preservation) come after.
-TIER_PREFERENCE = {storage.FACILITY: 0}
+# Lower is nearer: the facility tiers, then the long-term archive, then preservation.
+TIER_PREFERENCE = {storage.FACILITY: 0, storage.LONGTERM: 1, storage.PRESERVATION: 2}
 
 
 class NotAvailable(Exception):

@@ -235,5 +235,10 @@ def _empty_tiers() -> Iterator[None]:
     import shutil
 
     yield
-    for path in (Path(settings.PACS_FACILITY_TIER_DIR), Path(settings.PACS_INCOMING_DIR)):
+    paths = [Path(settings.PACS_FACILITY_TIER_DIR), Path(settings.PACS_INCOMING_DIR)]
+    for alias in ("longterm", "preservation"):
+        location = settings.STORAGES.get(alias, {}).get("OPTIONS", {}).get("location")
+        if location:
+            paths.append(Path(location))
+    for path in paths:
         shutil.rmtree(path, ignore_errors=True)
