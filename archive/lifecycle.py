@@ -61,13 +61,6 @@ def longterm_tier_for(facility: Facility) -> str:
     return storage.longterm_tier(longterm_scope_for(facility))
 
 
-def _target_tier_expression() -> Any:
-    """The long-term tier of an instance's facility, as an SQL expression over ``facility``."""
-    if settings.PACS_LONG_TERM_SCOPE == "authority":
-        return Concat(Value(f"{storage.LONGTERM}:"), F("facility__authority__code"))
-    return Value(storage.longterm_tier(storage.REGION))
-
-
 # --- policies --------------------------------------------------------------------------
 
 
@@ -248,13 +241,18 @@ def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: s
 
 
 def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = None) -> list[int]:
-    """Instances past their ``migrate_after`` without a verified copy in their long-term tier, oldest first."""
+    """Instances past their ``migrate_after`` without a verified long-term copy, oldest first.
+
+    An instance whose long-term copy lies in the other scope's tier is the
+    scope migration's work (:func:`scope_migration_step`), not this.
+    """
     now = now or timezone.now()
-    target_copy = Copy.objects.filter(instance=OuterRef("pk"), tier=OuterRef("lt_tier"), verified_at__isnull=False)
+    longterm_copy = Copy.objects.filter(
+        instance=OuterRef("pk"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
+    )
     qs = (
         Instance.objects.filter(_due("migrate", now))
-        .annotate(lt_tier=_target_tier_expression())
-        .filter(~Exists(target_copy))
+        .filter(~Exists(longterm_copy))
         .order_by("received_at", "pk")
         .values_list("pk", flat=True)
         .distinct()
@@ -336,8 +334,8 @@ def evict_batch(
 def lifecycle_run(*, now: dt.datetime | None = None, limit: int | None = None) -> RunResult:
     """One lifecycle pass: migrate what is due, evict what is backed, advance the scope migration."""
     result = migrate_batch(now=now, limit=limit)
-    evict_batch(now=now, limit=limit, result=result)
     scope_migration_step(limit=limit, result=result)
+    evict_batch(now=now, limit=limit, result=result)
     return result
 
 

@@ -53,18 +53,32 @@ def copies_nearest_first(instance: Instance) -> list[Copy]:
 def instance_open(instance: Instance) -> BinaryIO:
     """Open the nearest readable verified copy of ``instance`` (a binary file, to close)."""
     candidates = copies_nearest_first(instance)
-    if not candidates:
+    tried: set[int] = set()
+    for attempt in range(2):
+        for copy in candidates:
+            tried.add(copy.pk)
+            try:
+                fh = storage.open_copy(copy.tier, copy.path)
+            except storage.StorageError as exc:
+                logger.error("copy %s of %s unreadable: %s", copy, instance.sop_instance_uid, exc)
+                continue
+            if fh is None:
+                if attempt == 0 and not Copy.objects.filter(pk=copy.pk).exists():
+                    # Released by the lifecycle since the list was read: not an error.
+                    logger.info("copy %s of %s was released meanwhile", copy, instance.sop_instance_uid)
+                else:
+                    logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
+                continue
+            return fh
+        # The copies were listed before the lifecycle moved the instance (a
+        # scope migration, an eviction behind a new copy): look again, once.
+        own = storage.facility_tier(instance.facility.code) if instance.facility_id else ""
+        fresh = Copy.objects.filter(instance_id=instance.pk, verified_at__isnull=False).exclude(pk__in=tried)
+        candidates = sorted(fresh, key=lambda c: _rank(c, own))
+        if not candidates:
+            break
+    if not tried:
         raise NotAvailable(instance.sop_instance_uid, "no verified copy")
-    for copy in candidates:
-        try:
-            fh = storage.open_copy(copy.tier, copy.path)
-        except storage.StorageError as exc:
-            logger.error("copy %s of %s unreadable: %s", copy, instance.sop_instance_uid, exc)
-            continue
-        if fh is None:
-            logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
-            continue
-        return fh
     raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
 
 
