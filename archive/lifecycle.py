@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +147,14 @@ def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None =
         if keep_until is not None and (existing.keep_until is None or existing.keep_until < keep_until):
             Copy.objects.filter(pk=existing.pk).update(keep_until=keep_until)
         return False
+    relpath = _copy_bytes(instance, tier, dirs_to_sync=None)
+    _record(instance, tier, relpath, keep_until=keep_until)
+    return True
+
+
+def _copy_bytes(instance: Instance, tier: str, *, dirs_to_sync: set[Any] | None) -> str:
+    """The input/output of :func:`copy_make`, no database access (the copies are prefetched): returns the path."""
+    existing = next((c for c in instance.copies.all() if c.tier == tier), None)
     relpath = existing.path if existing is not None else _relpath(instance)
     sources = [c for c in retrieve.copies_nearest_first(instance) if c.tier != tier]
     if not sources:
@@ -162,16 +171,22 @@ def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None =
             continue
         try:
             with fh:
-                storage.copy_store(fh, tier, relpath, sha256=instance.sha256)
+                storage.copy_store(fh, tier, relpath, sha256=instance.sha256, dirs_to_sync=dirs_to_sync)
         except storage.SourceMismatch as exc:
             # A damaged source: the fixity audit repairs it; try the next one.
             logger.error("copying %s to %s: %s", instance.sop_instance_uid, tier, exc)
             continue
-        break
-    else:
-        raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy could be read")
-    now = timezone.now()
-    defaults = {"path": relpath, "sha256": instance.sha256, "size": instance.size, "verified_at": now}
+        return relpath
+    raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy could be read")
+
+
+def _record(instance: Instance, tier: str, relpath: str, *, keep_until: dt.datetime | None = None) -> None:
+    defaults: dict[str, Any] = {
+        "path": relpath,
+        "sha256": instance.sha256,
+        "size": instance.size,
+        "verified_at": timezone.now(),
+    }
     if keep_until is not None:
         defaults["keep_until"] = keep_until
     try:
@@ -180,7 +195,55 @@ def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None =
     except IntegrityError:
         # Another run recorded the same copy first.
         logger.info("copy of %s in %s recorded concurrently", instance.sop_instance_uid, tier)
-    return True
+
+
+def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple[int, list[tuple[int, Exception]]]:
+    """:func:`copy_make` into each instance's long-term tier for many instances at once.
+
+    The copies are made by a few threads (the input/output of one object
+    overlaps another's), each new folder entry is fsynced once, and the
+    verified copies are recorded in one transaction, only after all that is
+    durable. Returns how many were copied, and the failures.
+    """
+    threads = threads or settings.PACS_LIFECYCLE_THREADS
+    instances = list(
+        Instance.objects.filter(pk__in=instance_pks)
+        .select_related("facility__authority", "series__study")
+        .prefetch_related("copies")
+        .order_by("pk")
+    )
+    work = []
+    for instance in instances:
+        tier = longterm_tier_for(instance.facility)
+        if not any(c.tier == tier and c.verified_at is not None for c in instance.copies.all()):
+            work.append((instance, tier))
+    dirs: set[Any] = set()
+    done: list[tuple[Instance, str, str]] = []
+    failures: list[tuple[int, Exception]] = []
+
+    def one(item: tuple[Instance, str]) -> tuple[Instance, str, str | Exception]:
+        instance, tier = item
+        try:
+            return instance, tier, _copy_bytes(instance, tier, dirs_to_sync=dirs)
+        except (storage.StorageError, retrieve.NotAvailable) as exc:
+            return instance, tier, exc
+
+    if threads > 1 and len(work) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lifecycle") as pool:
+            outcomes = list(pool.map(one, work))
+    else:
+        outcomes = [one(item) for item in work]
+    for instance, tier, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            failures.append((instance.pk, outcome))
+        else:
+            done.append((instance, tier, outcome))
+    storage.fsync_dirs(dirs)
+    if done:
+        with transaction.atomic():
+            for instance, tier, relpath in done:
+                _record(instance, tier, relpath)
+    return len(done), failures
 
 
 def instance_migrate(*, instance_pk: int) -> bool:
@@ -291,20 +354,20 @@ def migrate_batch(
     *, now: dt.datetime | None = None, limit: int | None = None, result: RunResult | None = None
 ) -> RunResult:
     result = result or RunResult()
-    in_a_row = 0
-    for pk in instances_to_migrate(now=now, limit=limit):
-        try:
-            if instance_migrate(instance_pk=pk):
-                result.migrated += 1
-            in_a_row = 0
-        except (storage.StorageError, retrieve.NotAvailable, Instance.DoesNotExist) as exc:
+    pks = instances_to_migrate(now=now, limit=limit)
+    chunk = max(1, settings.PACS_LIFECYCLE_CHUNK)
+    for i in range(0, len(pks), chunk):
+        copied, failures = copies_make(instance_pks=pks[i : i + chunk])
+        result.migrated += copied
+        for pk, exc in failures:
             logger.warning("instance #%s not migrated: %s", pk, exc)
             result.failed += 1
             result.errors.append(f"#{pk}: {exc}")
-            in_a_row += 1
-            if in_a_row >= _MAX_FAILURES_IN_A_ROW:
-                logger.error("migration stopped after %d failures in a row", in_a_row)
-                break
+        if failures and not copied:
+            # Nothing of a whole chunk went through: the store is down, and
+            # waiting for each timeout would only hold the worker.
+            logger.error("migration stopped: a whole chunk failed (%s)", failures[0][1])
+            break
     return result
 
 

@@ -407,7 +407,7 @@ def copy_sha256(tier: str, relpath: str) -> str | None:
         raise _storage_error(exc, f"reading {relpath}") from exc
 
 
-def copy_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> bool:
+def copy_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str, dirs_to_sync: set[Path] | None = None) -> bool:
     """Store the bytes of ``src`` at ``relpath`` in ``tier``, read them back and check their SHA-256.
 
     Returns True when this call wrote the copy, False when identical content
@@ -422,15 +422,19 @@ def copy_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> bool:
         fixity audit to repair, never overwritten here).
     StorageFull, StorageError
         The tier cannot be written or read now.
+
+    With ``dirs_to_sync``, the folder that received a new file is added to
+    it instead of being fsynced here: the caller fsyncs each folder once
+    (:func:`fsync_dirs`) before it records the copies of a batch.
     """
     _check_sha256(sha256)
-    existing = copy_sha256(tier, relpath)
+    existing = copy_sha256(tier, relpath) if tier_is_local(tier) else _s3_existing_sha256(tier, relpath)
     if existing is not None:
         if existing != sha256:
             raise CopyMismatch(f"{tier}:{relpath} exists with SHA-256 {existing}")
         return False
     if tier_is_local(tier):
-        created = _fs_store(src, tier, relpath, sha256=sha256, replace=False)
+        created = _fs_store(src, tier, relpath, sha256=sha256, replace=False, dirs_to_sync=dirs_to_sync)
     else:
         created = _s3_store(src, tier, relpath, sha256=sha256)
     back = copy_sha256(tier, relpath)
@@ -472,7 +476,18 @@ def copy_remove(tier: str, relpath: str) -> bool:
     return True
 
 
-def _fs_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str, replace: bool) -> bool:
+def fsync_dirs(dirs: set[Path]) -> None:
+    """Make the new entries of these folders durable (see :func:`copy_store`)."""
+    for path in sorted(dirs):
+        try:
+            _fsync_dir(path)
+        except OSError as exc:
+            raise _storage_error(exc, f"syncing {path}") from exc
+
+
+def _fs_store(
+    src: BinaryIO, tier: str, relpath: str, *, sha256: str, replace: bool, dirs_to_sync: set[Path] | None = None
+) -> bool:
     final = absolute_path(tier, relpath)
     tmp: str | None = None
     try:
@@ -499,7 +514,10 @@ def _fs_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str, replace: b
                 created = True
             except FileExistsError:
                 created = False
-        _fsync_dir(final.parent)
+        if dirs_to_sync is None:
+            _fsync_dir(final.parent)
+        else:
+            dirs_to_sync.add(final.parent)
         return created
     except OSError as exc:
         raise _storage_error(exc, f"storing {relpath} in {tier}") from exc
@@ -523,7 +541,9 @@ def _s3_object(tier: str, relpath: str) -> Any:
     if location:
         key = f"{location}/{key}"
     try:
-        return backend.bucket.Object(key)
+        # The connection (a boto3 resource) is per thread in django-storages;
+        # the lifecycle copies from several threads.
+        return backend.connection.Object(backend.bucket_name, key)
     except Exception as exc:
         raise _s3_error(exc, f"opening {tier}") from exc
 
@@ -553,6 +573,14 @@ def _s3_head(tier: str, relpath: str) -> dict[str, Any] | None:
         if _s3_missing(exc):
             return None
         raise _s3_error(exc, f"looking up {relpath}") from exc
+
+
+def _s3_existing_sha256(tier: str, relpath: str) -> str | None:
+    """The SHA-256 of an existing object, None when there is none (a HEAD first: no body to
+    download in the usual case, where the object is new)."""
+    if _s3_head(tier, relpath) is None:
+        return None
+    return _s3_read_sha256(tier, relpath)
 
 
 def _s3_body(tier: str, relpath: str) -> Any:

@@ -396,6 +396,11 @@ if PACS_LONG_TERM_SCOPE not in ("region", "authority"):
 PACS_MIGRATE_AFTER_DAYS = env_float("PACS_MIGRATE_AFTER_DAYS", 7.0)
 PACS_EVICT_AFTER_DAYS = env_float("PACS_EVICT_AFTER_DAYS", 365.0)
 PACS_LIFECYCLE_BATCH = env_int("PACS_LIFECYCLE_BATCH", 500)
+# Copies are made by this many threads and recorded per chunk (one transaction,
+# after one fsync per folder): a worker killed mid-chunk leaves files that
+# the next run adopts.
+PACS_LIFECYCLE_THREADS = env_int("PACS_LIFECYCLE_THREADS", 4)
+PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
 # A recalled (or prefetched) object stays in the facility tier this long.
 PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)
 # Prefetch for a booking: priors of the same modality or body part, this many
