@@ -240,10 +240,40 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
             done.append((instance, tier, outcome))
     storage.fsync_dirs(dirs)
     if done:
-        with transaction.atomic():
-            for instance, tier, relpath in done:
-                _record(instance, tier, relpath)
+        _record_many(done)
     return len(done), failures
+
+
+def _record_many(done: list[tuple[Instance, str, str]]) -> None:
+    """Record verified copies in one transaction: new rows in bulk, leftover unverified rows updated."""
+    now = timezone.now()
+    with transaction.atomic():
+        existing = {
+            (c.instance_id, c.tier): c
+            for c in Copy.objects.select_for_update().filter(
+                instance__in=[i for i, _, _ in done], tier__in={t for _, t, _ in done}
+            )
+        }
+        new = []
+        for instance, tier, relpath in done:
+            row = existing.get((instance.pk, tier))
+            if row is not None:
+                Copy.objects.filter(pk=row.pk).update(
+                    path=relpath, sha256=instance.sha256, size=instance.size, verified_at=now
+                )
+            else:
+                new.append(
+                    Copy(
+                        instance=instance,
+                        tier=tier,
+                        path=relpath,
+                        sha256=instance.sha256,
+                        size=instance.size,
+                        verified_at=now,
+                    )
+                )
+        # A row another run recorded meanwhile is the same copy: skipped.
+        Copy.objects.bulk_create(new, ignore_conflicts=True)
 
 
 def instance_migrate(*, instance_pk: int) -> bool:

@@ -11,6 +11,7 @@ verified copy exists.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections.abc import Iterator
@@ -18,10 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from celery import current_app
+from django.conf import settings
+from django.core.cache import cache
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from . import storage
-from .models import Copy, Instance
+from .models import Copy, Instance, Series
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ def instance_open(instance: Instance) -> BinaryIO:
                 else:
                     logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
                 continue
+            if storage.tier_kind(copy.tier) != storage.FACILITY:
+                _recall_soon(instance)
             return fh
         # The copies were listed before the lifecycle moved the instance (a
         # scope migration, an eviction behind a new copy): look again, once.
@@ -80,6 +87,29 @@ def instance_open(instance: Instance) -> BinaryIO:
     if not tried:
         raise NotAvailable(instance.sop_instance_uid, "no verified copy")
     raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
+
+
+RECALL_TASK = "archive.tasks.studies_recall"
+
+
+def _recall_soon(instance: Instance) -> None:
+    """A read served from the long-term tier: bring the study back into its facility's tier
+    (once per study and hour, by a Celery task: the reader does not wait)."""
+    if not settings.PACS_RECALL_ON_READ or not instance.facility_id:
+        return
+    key = f"recall:{instance.series_id}:{instance.facility_id}"
+    study_id = None
+    try:
+        if not cache.add(key, 1, timeout=3600):
+            return
+        study_id = Series.objects.filter(pk=instance.series_id).values_list("study_id", flat=True).first()
+        if study_id is None:
+            return
+        keep_until = timezone.now() + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
+        current_app.send_task(RECALL_TASK, args=[[study_id], instance.facility_id, keep_until.isoformat()])
+    except Exception:
+        # Recalling is an optimisation: the read itself has succeeded.
+        logger.exception("could not queue the recall of study #%s", study_id)
 
 
 def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:

@@ -403,6 +403,8 @@ PACS_LIFECYCLE_THREADS = env_int("PACS_LIFECYCLE_THREADS", 4)
 PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
 # A recalled (or prefetched) object stays in the facility tier this long.
 PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)
+# A read served from the long-term tier queues the recall of its study into its facility's tier.
+PACS_RECALL_ON_READ = env_bool("PACS_RECALL_ON_READ", True)
 # Prefetch for a booking: priors of the same modality or body part, this many
 # years back, recalled this many days ahead of the appointment.
 PACS_PREFETCH_YEARS = env_int("PACS_PREFETCH_YEARS", 5)

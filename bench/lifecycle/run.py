@@ -56,24 +56,36 @@ def setup(instances: int, frames: int) -> tuple[list[Path], int]:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from pydicom.uid import generate_uid
+
     from archive.ingest import instance_ingest
     from archive.models import Copy, Facility, HealthAuthority
-    from archive.sample_data import CT, PatientInfo, bundled_dataset, write_study
+    from archive.sample_data import CT, PatientInfo, bundled_dataset, fresh_copy
     from archive.storage import absolute_path
 
     authority = HealthAuthority.objects.create(code="ASUGI", name="ASUGI")
     facility = Facility.objects.create(
         code="TS-CAT", name="Cattinara", authority=authority, ae_title="TSCAT", dicom_port=11112
     )
-    source: object = CT
+    template = bundled_dataset(CT)
     if frames > 1:
-        ds = bundled_dataset(CT)
-        ds.NumberOfFrames = frames
-        ds.PixelData = ds.PixelData * frames
-        source = ds
-    files = write_study(
-        WORK / "gen", patient=PatientInfo(patient_id="BENCH"), source=source, instances_per_series=instances
-    )  # type: ignore[arg-type]
+        # A bigger object: the CT's pixels repeated as frames (only the size matters here).
+        template.NumberOfFrames = frames
+        template.PixelData = template.PixelData * frames
+    study_uid, series_uid = generate_uid(), generate_uid()
+    (WORK / "gen").mkdir(parents=True)
+    files = []
+    for i in range(instances):
+        ds = fresh_copy(
+            template,
+            patient=PatientInfo(patient_id="BENCH"),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            instance_number=i + 1,
+        )
+        path = WORK / "gen" / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
     for f in files:
         instance_ingest(path=f, facility=facility, owned=True)
     facility_files = [absolute_path(c.tier, c.path) for c in Copy.objects.order_by("pk")]

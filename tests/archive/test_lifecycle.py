@@ -209,3 +209,28 @@ def test_scope_switch_copies_then_releases_with_progress(old_study, settings, re
     # New instances now go straight to the authority's archive.
     assert lifecycle.longterm_tier_for(region.other_facility) == "longterm:ASUGI"
     assert ScopeMigration.objects.count() == 1
+
+
+def test_a_read_from_the_long_term_tier_queues_a_recall_of_the_study(old_study, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from django.core.cache import cache
+
+    from archive import retrieve, tasks
+
+    settings.PACS_EVICT_AFTER_DAYS = 5
+    lifecycle.lifecycle_run()
+    cache.clear()
+    sent: list[tuple[str, list]] = []
+    monkeypatch.setattr(retrieve.current_app, "send_task", lambda name, args: sent.append((name, args)))
+    for instance in old_study:
+        assert read_sha256(instance) == instance.sha256
+    study_pk = old_study[0].series.study_id
+    series = {i.series_id for i in old_study}
+    assert [name for name, _ in sent] == ["archive.tasks.studies_recall"] * len(series)
+    assert all(args[0] == [study_pk] and args[1] == old_study[0].facility_id for _, args in sent)
+    # The task brings the whole study back, kept until the date it was given.
+    result = tasks.studies_recall(*sent[0][1])
+    assert result["recalled"] == 6
+    assert all("facility:TS-CAT" in tiers_of(i) for i in old_study)
+    sent.clear()
+    read_sha256(old_study[0])
+    assert sent == []  # read from the facility tier again
