@@ -24,6 +24,7 @@ the caller records it as verified.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -530,7 +531,14 @@ def _fs_store(
 # --- object stores (django-storages S3Storage) --------------------------------
 
 
-def _s3_object(tier: str, relpath: str) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _S3Object:
+    client: Any
+    bucket: str
+    key: str
+
+
+def _s3_object(tier: str, relpath: str) -> _S3Object:
     kind, scope = _parse_tier(tier)
     rel = Path(relpath)
     if rel.is_absolute() or ".." in rel.parts:
@@ -541,9 +549,10 @@ def _s3_object(tier: str, relpath: str) -> Any:
     if location:
         key = f"{location}/{key}"
     try:
-        # The connection (a boto3 resource) is per thread in django-storages;
-        # the lifecycle copies from several threads.
-        return backend.connection.Object(backend.bucket_name, key)
+        # The low-level client of django-storages' per-thread connection (the
+        # lifecycle copies from several threads; clients are thread-safe, and
+        # cheaper per object than resources).
+        return _S3Object(client=backend.connection.meta.client, bucket=backend.bucket_name, key=key)
     except Exception as exc:
         raise _s3_error(exc, f"opening {tier}") from exc
 
@@ -568,7 +577,7 @@ def _s3_missing(exc: BaseException) -> bool:
 def _s3_head(tier: str, relpath: str) -> dict[str, Any] | None:
     obj = _s3_object(tier, relpath)
     try:
-        return obj.meta.client.head_object(Bucket=obj.bucket_name, Key=obj.key)  # type: ignore[no-any-return]
+        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)  # type: ignore[no-any-return]
     except Exception as exc:
         if _s3_missing(exc):
             return None
@@ -586,7 +595,7 @@ def _s3_existing_sha256(tier: str, relpath: str) -> str | None:
 def _s3_body(tier: str, relpath: str) -> Any:
     obj = _s3_object(tier, relpath)
     try:
-        return obj.get()["Body"]
+        return obj.client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
     except Exception as exc:
         if _s3_missing(exc):
             return None
@@ -626,32 +635,39 @@ def _s3_read_sha256(tier: str, relpath: str) -> str | None:
     return digest.hexdigest()
 
 
-class _HashingReader:
-    """A read-only stream that hashes what is read through it (the upload's source check)."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self.digest = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._src.read(size)
-        self.digest.update(data)
-        return data
+# Objects up to this size go up in one PUT from memory; bigger ones in parts.
+_S3_SINGLE_PUT = 64 * 1024 * 1024
 
 
 def _s3_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> bool:
     obj = _s3_object(tier, relpath)
-    reader = _HashingReader(src)
-    try:
-        obj.upload_fileobj(reader, ExtraArgs={"ContentType": "application/octet-stream"})
-    except Exception as exc:
-        raise _s3_error(exc, f"storing {relpath}") from exc
-    if reader.digest.hexdigest() != sha256:
-        # The source changed under us: what was uploaded is wrong. The name
-        # carries the expected hash, so the object must not stay.
-        with contextlib.suppress(StorageError):
-            _s3_delete(tier, relpath)
-        raise SourceMismatch(f"the source of {relpath} has SHA-256 {reader.digest.hexdigest()}")
+    # The source is hashed before anything is sent: bytes that are not what
+    # the name says never reach the store.
+    spool = tempfile.SpooledTemporaryFile(max_size=_S3_SINGLE_PUT, dir=incoming_dir())
+    with spool:
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(chunk)
+                spool.write(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            raise _storage_error(exc, f"reading the source of {relpath}") from exc
+        if digest.hexdigest() != sha256:
+            raise SourceMismatch(f"the source of {relpath} has SHA-256 {digest.hexdigest()}")
+        spool.seek(0)
+        try:
+            if size <= _S3_SINGLE_PUT:
+                obj.client.put_object(
+                    Bucket=obj.bucket, Key=obj.key, Body=spool.read(), ContentType="application/octet-stream"
+                )
+            else:
+                obj.client.upload_fileobj(
+                    spool, obj.bucket, obj.key, ExtraArgs={"ContentType": "application/octet-stream"}
+                )
+        except Exception as exc:
+            raise _s3_error(exc, f"storing {relpath}") from exc
     return True
 
 
@@ -660,7 +676,7 @@ def _s3_delete(tier: str, relpath: str) -> bool:
         return False
     obj = _s3_object(tier, relpath)
     try:
-        obj.delete()
+        obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
     except Exception as exc:
         raise _s3_error(exc, f"removing {relpath}") from exc
     return True
