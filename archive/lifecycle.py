@@ -147,12 +147,12 @@ def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None =
         if keep_until is not None and (existing.keep_until is None or existing.keep_until < keep_until):
             Copy.objects.filter(pk=existing.pk).update(keep_until=keep_until)
         return False
-    relpath = _copy_bytes(instance, tier, dirs_to_sync=None)
+    relpath = _copy_bytes(instance, tier, batch=None)
     _record(instance, tier, relpath, keep_until=keep_until)
     return True
 
 
-def _copy_bytes(instance: Instance, tier: str, *, dirs_to_sync: set[Any] | None) -> str:
+def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | None) -> str:
     """The input/output of :func:`copy_make`, no database access (the copies are prefetched): returns the path."""
     existing = next((c for c in instance.copies.all() if c.tier == tier), None)
     relpath = existing.path if existing is not None else _relpath(instance)
@@ -171,7 +171,9 @@ def _copy_bytes(instance: Instance, tier: str, *, dirs_to_sync: set[Any] | None)
             continue
         try:
             with fh:
-                storage.copy_store(fh, tier, relpath, sha256=instance.sha256, dirs_to_sync=dirs_to_sync)
+                # No verified copy is recorded there (else nothing would be
+                # copied): bytes left there by a crash are not a copy.
+                storage.copy_store(fh, tier, relpath, sha256=instance.sha256, batch=batch, replace_damaged=True)
         except storage.SourceMismatch as exc:
             # A damaged source: the fixity audit repairs it; try the next one.
             logger.error("copying %s to %s: %s", instance.sop_instance_uid, tier, exc)
@@ -201,9 +203,8 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
     """:func:`copy_make` into each instance's long-term tier for many instances at once.
 
     The copies are made by a few threads (the input/output of one object
-    overlaps another's), each new folder entry is fsynced once, and the
-    verified copies are recorded in one transaction, only after all that is
-    durable. Returns how many were copied, and the failures.
+    overlaps another's), made durable together (one syncfs per filesystem),
+    and recorded verified in one transaction, only after all that is durable. Returns how many were copied, and the failures.
     """
     threads = threads or settings.PACS_LIFECYCLE_THREADS
     instances = list(
@@ -217,14 +218,14 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
         tier = longterm_tier_for(instance.facility)
         if not any(c.tier == tier and c.verified_at is not None for c in instance.copies.all()):
             work.append((instance, tier))
-    dirs: set[Any] = set()
+    batch = storage.SyncBatch()
     done: list[tuple[Instance, str, str]] = []
     failures: list[tuple[int, Exception]] = []
 
     def one(item: tuple[Instance, str]) -> tuple[Instance, str, str | Exception]:
         instance, tier = item
         try:
-            return instance, tier, _copy_bytes(instance, tier, dirs_to_sync=dirs)
+            return instance, tier, _copy_bytes(instance, tier, batch=batch)
         except (storage.StorageError, retrieve.NotAvailable) as exc:
             return instance, tier, exc
 
@@ -238,7 +239,7 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
             failures.append((instance.pk, outcome))
         else:
             done.append((instance, tier, outcome))
-    storage.fsync_dirs(dirs)
+    batch.sync()
     if done:
         _record_many(done)
     return len(done), failures

@@ -127,15 +127,25 @@ def test_a_copy_written_by_a_run_that_died_is_adopted(old_study) -> None:  # typ
     assert tiers_of(instance) == {"facility:TS-CAT", REGION_TIER}
 
 
-def test_a_damaged_leftover_is_never_recorded(old_study) -> None:  # type: ignore[no-untyped-def]
+def test_a_damaged_leftover_is_replaced_then_verified(old_study) -> None:  # type: ignore[no-untyped-def]
     instance = old_study[0]
     relpath = Copy.objects.get(instance=instance).path
     target = storage.absolute_path(REGION_TIER, relpath)
     target.parent.mkdir(parents=True)
-    target.write_bytes(b"half a file")
-    with pytest.raises(storage.CopyMismatch):
-        lifecycle.instance_migrate(instance_pk=instance.pk)
-    assert tiers_of(instance, verified=False) == {"facility:TS-CAT"}
+    target.write_bytes(b"half a file")  # a crash in the middle of a copy, or a power cut before the sync
+    assert lifecycle.instance_migrate(instance_pk=instance.pk) is True
+    assert storage.copy_sha256(REGION_TIER, relpath) == instance.sha256
+    assert tiers_of(instance) == {"facility:TS-CAT", REGION_TIER}
+
+
+def test_a_verified_copy_is_never_overwritten(old_study) -> None:  # type: ignore[no-untyped-def]
+    instance = old_study[0]
+    relpath = Copy.objects.get(instance=instance).path
+    storage.absolute_path(REGION_TIER, relpath).parent.mkdir(parents=True)
+    storage.absolute_path(REGION_TIER, relpath).write_bytes(b"other bytes")
+    with open(copy_file(Copy.objects.get(instance=instance)), "rb") as fh, pytest.raises(storage.CopyMismatch):
+        storage.copy_store(fh, REGION_TIER, relpath, sha256=instance.sha256)
+    assert storage.absolute_path(REGION_TIER, relpath).read_bytes() == b"other bytes"
 
 
 def test_fixity_finds_and_repairs_a_damaged_copy(old_study) -> None:  # type: ignore[no-untyped-def]

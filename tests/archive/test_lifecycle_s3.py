@@ -68,15 +68,25 @@ def test_migrate_evict_and_read_back_from_the_object_store(s3_longterm: S3Server
     assert tiers_of(instance) == {"facility:TS-CAT", REGION_TIER}
 
 
-def test_an_existing_object_is_verified_not_overwritten(s3_longterm: S3Server, old_study) -> None:  # type: ignore[no-untyped-def]
-    instance = old_study[0]
-    relpath = Copy.objects.get(instance=instance).path
-    _client(s3_longterm).put_object(Bucket=s3_longterm.bucket, Key=f"region/{relpath}", Body=b"not the image")
-    with pytest.raises(storage.CopyMismatch):
-        lifecycle.instance_migrate(instance_pk=instance.pk)
-    assert tiers_of(instance, verified=False) == {"facility:TS-CAT"}
-    body = _client(s3_longterm).get_object(Bucket=s3_longterm.bucket, Key=f"region/{relpath}")["Body"].read()
-    assert body == b"not the image"
+def test_an_existing_object_is_adopted_or_replaced_when_unrecorded(s3_longterm: S3Server, old_study) -> None:  # type: ignore[no-untyped-def]
+    good, bad = old_study[0], old_study[1]
+    client = _client(s3_longterm)
+    good_rel = Copy.objects.get(instance=good).path
+    client.put_object(
+        Bucket=s3_longterm.bucket,
+        Key=f"region/{good_rel}",
+        Body=copy_file(Copy.objects.get(instance=good)).read_bytes(),
+    )
+    before = client.head_object(Bucket=s3_longterm.bucket, Key=f"region/{good_rel}")["ETag"]
+    bad_rel = Copy.objects.get(instance=bad).path
+    client.put_object(Bucket=s3_longterm.bucket, Key=f"region/{bad_rel}", Body=b"not the image")
+    # A verified copy is never overwritten by copy_store.
+    with open(copy_file(Copy.objects.get(instance=bad)), "rb") as fh, pytest.raises(storage.CopyMismatch):
+        storage.copy_store(fh, REGION_TIER, bad_rel, sha256=bad.sha256)
+    # The lifecycle adopts the good leftover and replaces the damaged one (no row records either).
+    assert lifecycle.migrate_batch().migrated == 6
+    assert client.head_object(Bucket=s3_longterm.bucket, Key=f"region/{good_rel}")["ETag"] == before
+    assert storage.copy_sha256(REGION_TIER, bad_rel) == bad.sha256
 
 
 def test_fixity_repairs_a_damaged_object(s3_longterm: S3Server, old_study) -> None:  # type: ignore[no-untyped-def]
