@@ -5,9 +5,11 @@ after eviction, recall, leftovers adopted, fixity repairs, the scope switch."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from archive import lifecycle, storage
@@ -203,6 +205,10 @@ def test_scope_switch_copies_then_releases_with_progress(old_study, settings, re
     assert migration is not None and migration.target_scope == "authority"
     assert (migration.total, migration.copied, migration.released, migration.finished_at) == (6, 2, 2, None)
     assert migration.percent == 33
+    out = io.StringIO()
+    call_command("lifecycle", "status", stdout=out)
+    assert "scope migration to authority: running, 2/6 (33%)" in out.getvalue()
+    assert "long-term scope: authority" in out.getvalue()
     # Half-way, every instance is readable from one tier or the other.
     for instance in old_study:
         assert read_sha256(instance) == instance.sha256
