@@ -36,6 +36,14 @@ def check_storage(app_configs: Any, **kwargs: Any) -> list[Any]:
             )
     except OSError:
         pass
+    for alias in ("longterm", "preservation"):
+        config = settings.STORAGES.get(alias)
+        if config is None:
+            errors.append(Error(f"STORAGES has no {alias!r} tier.", id="archive.E005"))
+            continue
+        location = config.get("OPTIONS", {}).get("location")
+        if config.get("BACKEND", "").endswith("FileSystemStorage") and not _writable_dir(Path(location)):
+            errors.append(Error(f"the {alias} tier folder {location} is not writable.", id="archive.E005"))
     return errors
 
 

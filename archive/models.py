@@ -269,6 +269,9 @@ class Copy(models.Model):
     size = models.BigIntegerField(_("dimensione (byte)"))
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
     verified_at = models.DateTimeField(_("ultima verifica"), null=True, blank=True)
+    # A facility copy recalled or prefetched from the long-term tier is kept
+    # until then, whatever the retention says.
+    keep_until = models.DateTimeField(_("trattenuta fino al"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("copia")
@@ -603,3 +606,130 @@ class Report(models.Model):
         if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
             raise ValidationError(_("Un referto firmato non si può cancellare."))
         return super().delete(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class LifecyclePolicy(models.Model):
+    """When a facility's instances go to the long-term tier and leave the facility's.
+
+    The most specific row wins: facility and modality, then facility, then
+    modality, then ``PACS_MIGRATE_AFTER_DAYS``/``PACS_EVICT_AFTER_DAYS``.
+    """
+
+    facility = models.ForeignKey(
+        Facility,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="lifecycle_policies",
+        verbose_name=_("presidio"),
+        help_text=_("Vuoto: tutti i presidi."),
+    )
+    modality = models.CharField(_("modalità"), max_length=16, blank=True, help_text=_("Vuoto: tutte le modalità."))
+    migrate_after_days = models.FloatField(
+        _("copia nell'archivio a lungo termine dopo (giorni)"), validators=[MinValueValidator(0)]
+    )
+    evict_after_days = models.FloatField(
+        _("rimuovi dal presidio dopo (giorni)"),
+        validators=[MinValueValidator(0)],
+        help_text=_("Solo se esiste una copia verificata a lungo termine."),
+    )
+
+    class Meta:
+        verbose_name = _("politica del ciclo di vita")
+        verbose_name_plural = _("politiche del ciclo di vita")
+        constraints = [
+            models.UniqueConstraint(fields=["facility", "modality"], name="lifecyclepolicy_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.facility.code if self.facility else '*'} {self.modality or '*'}"
+
+
+class ScopeMigration(models.Model):
+    """The background copy of the long-term archive into a new scope (region ↔ authority).
+
+    Started when ``PACS_LONG_TERM_SCOPE`` no longer matches where the long-term
+    copies lie; an old-scope copy is released only after its new-scope copy is
+    verified.
+    """
+
+    target_scope = models.CharField(_("nuovo ambito"), max_length=16)
+    started_at = models.DateTimeField(_("iniziata il"), auto_now_add=True)
+    finished_at = models.DateTimeField(_("terminata il"), null=True, blank=True)
+    total = models.PositiveIntegerField(_("copie da migrare"), default=0)
+    copied = models.PositiveIntegerField(_("copiate e verificate"), default=0)
+    released = models.PositiveIntegerField(_("copie vecchie rilasciate"), default=0)
+    failures = models.PositiveIntegerField(_("errori"), default=0)
+    last_error = models.TextField(_("ultimo errore"), blank=True)
+    updated_at = models.DateTimeField(_("aggiornata il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("migrazione dell'archivio a lungo termine")
+        verbose_name_plural = _("migrazioni dell'archivio a lungo termine")
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"→ {self.target_scope} {self.released}/{self.total}"
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else min(100, int(100 * self.released / self.total))
+
+
+class FixityRun(models.Model):
+    """One night's fixity audit: copies re-read and their SHA-256 compared."""
+
+    started_at = models.DateTimeField(_("iniziato il"), auto_now_add=True)
+    finished_at = models.DateTimeField(_("terminato il"), null=True, blank=True)
+    checked = models.PositiveIntegerField(_("copie rilette"), default=0)
+    ok = models.PositiveIntegerField(_("integre"), default=0)
+    damaged = models.PositiveIntegerField(_("danneggiate o mancanti"), default=0)
+    repaired = models.PositiveIntegerField(_("riparate"), default=0)
+    unreadable = models.PositiveIntegerField(_("illeggibili ora"), default=0)
+
+    class Meta:
+        verbose_name = _("verifica di integrità")
+        verbose_name_plural = _("verifiche di integrità")
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.started_at:%Y-%m-%d %H:%M} {self.ok}/{self.checked}"
+
+
+class StorageAlert(models.Model):
+    """Something about a stored copy that staff must know: shown in the admin until acknowledged."""
+
+    class Kind(models.TextChoices):
+        DAMAGED = "damaged", _("copia danneggiata")
+        MISSING = "missing", _("copia mancante")
+        UNREPAIRABLE = "unrepairable", _("nessuna copia verificata da cui riparare")
+
+    created_at = models.DateTimeField(_("rilevato il"), auto_now_add=True, db_index=True)
+    kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
+    tier = models.CharField(_("livello"), max_length=64)
+    path = models.CharField(_("percorso"), max_length=512)
+    instance = models.ForeignKey(
+        Instance, null=True, on_delete=models.SET_NULL, related_name="storage_alerts", verbose_name=_("istanza")
+    )
+    fixity_run = models.ForeignKey(
+        FixityRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts", verbose_name=_("verifica")
+    )
+    detail = models.TextField(_("dettaglio"), blank=True)
+    repaired = models.BooleanField(_("riparata"), default=False)
+    acknowledged_at = models.DateTimeField(_("presa visione il"), null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("presa visione da"),
+    )
+
+    class Meta:
+        verbose_name = _("allarme di archiviazione")
+        verbose_name_plural = _("allarmi di archiviazione")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.tier}:{self.path}"

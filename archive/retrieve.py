@@ -11,6 +11,7 @@ verified copy exists.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 from collections.abc import Iterator
@@ -18,15 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from celery import current_app
+from django.conf import settings
+from django.core.cache import cache
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from . import storage
-from .models import Copy, Instance
+from .models import Copy, Instance, Series
 
 logger = logging.getLogger(__name__)
 
-# Lower is nearer. Tiers of other kinds (long-term, preservation) come after.
-TIER_PREFERENCE = {storage.FACILITY: 0}
+# Lower is nearer: the facility tiers, then the long-term archive, then preservation.
+TIER_PREFERENCE = {storage.FACILITY: 0, storage.LONGTERM: 1, storage.PRESERVATION: 2}
 
 
 class NotAvailable(Exception):
@@ -53,19 +58,58 @@ def copies_nearest_first(instance: Instance) -> list[Copy]:
 def instance_open(instance: Instance) -> BinaryIO:
     """Open the nearest readable verified copy of ``instance`` (a binary file, to close)."""
     candidates = copies_nearest_first(instance)
-    if not candidates:
+    tried: set[int] = set()
+    for attempt in range(2):
+        for copy in candidates:
+            tried.add(copy.pk)
+            try:
+                fh = storage.open_copy(copy.tier, copy.path)
+            except storage.StorageError as exc:
+                logger.error("copy %s of %s unreadable: %s", copy, instance.sop_instance_uid, exc)
+                continue
+            if fh is None:
+                if attempt == 0 and not Copy.objects.filter(pk=copy.pk).exists():
+                    # Released by the lifecycle since the list was read: not an error.
+                    logger.info("copy %s of %s was released meanwhile", copy, instance.sop_instance_uid)
+                else:
+                    logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
+                continue
+            if storage.tier_kind(copy.tier) != storage.FACILITY:
+                _recall_soon(instance)
+            return fh
+        # The copies were listed before the lifecycle moved the instance (a
+        # scope migration, an eviction behind a new copy): look again, once.
+        own = storage.facility_tier(instance.facility.code) if instance.facility_id else ""
+        fresh = Copy.objects.filter(instance_id=instance.pk, verified_at__isnull=False).exclude(pk__in=tried)
+        candidates = sorted(fresh, key=lambda c: _rank(c, own))
+        if not candidates:
+            break
+    if not tried:
         raise NotAvailable(instance.sop_instance_uid, "no verified copy")
-    for copy in candidates:
-        try:
-            fh = storage.open_copy(copy.tier, copy.path)
-        except storage.StorageError as exc:
-            logger.error("copy %s of %s unreadable: %s", copy, instance.sop_instance_uid, exc)
-            continue
-        if fh is None:
-            logger.error("copy %s of %s is missing from its tier", copy, instance.sop_instance_uid)
-            continue
-        return fh
     raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
+
+
+RECALL_TASK = "archive.tasks.studies_recall"
+
+
+def _recall_soon(instance: Instance) -> None:
+    """A read served from the long-term tier: bring the study back into its facility's tier
+    (once per study and hour, by a Celery task: the reader does not wait)."""
+    if not settings.PACS_RECALL_ON_READ or not instance.facility_id:
+        return
+    key = f"recall:{instance.series_id}:{instance.facility_id}"
+    study_id = None
+    try:
+        if not cache.add(key, 1, timeout=3600):
+            return
+        study_id = Series.objects.filter(pk=instance.series_id).values_list("study_id", flat=True).first()
+        if study_id is None:
+            return
+        keep_until = timezone.now() + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
+        current_app.send_task(RECALL_TASK, args=[[study_id], instance.facility_id, keep_until.isoformat()])
+    except Exception:
+        # Recalling is an optimisation: the read itself has succeeded.
+        logger.exception("could not queue the recall of study #%s", study_id)
 
 
 def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:

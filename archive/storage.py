@@ -1,23 +1,43 @@
 """Where stored objects lie: the one module that touches the tiers' files.
 
-Tiers are named ``"<kind>:<scope>"`` (today ``facility:<CODE>``) and resolved
-through Django's ``STORAGES`` aliases. A file enters a tier only complete and
-durable: it is written to a temporary file in the incoming folder, fsynced,
-then linked under its final name (which carries its SHA-256, so a name is
-never reused for other bytes) and the directory entry is fsynced.
+Tiers are named ``"<kind>:<scope>"`` and resolved through Django's
+``STORAGES`` alias of their kind:
+
+- ``facility:<FACILITY CODE>``: a facility's short-term store, always a local
+  filesystem (``STORAGES["facility"]``), one folder per facility;
+- ``longterm:region`` or ``longterm:<AUTHORITY CODE>``: the long-term archive,
+  regional or one per health authority (``STORAGES["longterm"]``);
+- ``preservation:region`` (``STORAGES["preservation"]``).
+
+Long-term and preservation tiers are a local filesystem by default and an
+S3-compatible object store (django-storages' ``S3Storage``) in production;
+there the tier's scope is a key prefix (``<scope>/<relpath>``).
+
+A file enters a filesystem tier only complete and durable: it is written to a
+temporary file, fsynced, then linked under its final name (which carries its
+SHA-256, so a name is never reused for other bytes) and the directory entry is
+fsynced. An object store is written whole by one PUT. A copy made by the
+lifecycle (:func:`copy_store`) is read back and its SHA-256 checked before
+the caller records it as verified.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import dataclasses
 import errno
 import hashlib
+import io
 import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
@@ -25,6 +45,11 @@ from django.core.files.storage import FileSystemStorage, storages
 logger = logging.getLogger(__name__)
 
 FACILITY = "facility"
+LONGTERM = "longterm"
+PRESERVATION = "preservation"
+TIER_KINDS = (FACILITY, LONGTERM, PRESERVATION)
+REGION = "region"
+_SCOPE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 _CHUNK = 1024 * 1024
 
 
@@ -36,17 +61,54 @@ class StorageFull(StorageError):
     """The tier has no space (or quota) left."""
 
 
+class CopyMismatch(StorageError):
+    """A copy's bytes do not have the SHA-256 they must have."""
+
+
+class SourceMismatch(CopyMismatch):
+    """The bytes to be copied do not have the SHA-256 they must have: nothing was stored."""
+
+
 def facility_tier(facility_code: str) -> str:
     return f"{FACILITY}:{facility_code}"
 
 
-def _tier_root(tier: str) -> Path:
+def longterm_tier(scope: str) -> str:
+    """``longterm:region`` or ``longterm:<AUTHORITY CODE>``."""
+    return f"{LONGTERM}:{scope}"
+
+
+def tier_kind(tier: str) -> str:
+    return tier.partition(":")[0]
+
+
+def _parse_tier(tier: str) -> tuple[str, str]:
     kind, _, scope = tier.partition(":")
-    if kind != FACILITY or not scope or "/" in scope or scope in {".", ".."}:
+    if kind not in TIER_KINDS or not _SCOPE.match(scope):
         raise StorageError(f"unknown tier {tier!r}")
-    storage = storages[FACILITY]
+    return kind, scope
+
+
+def _backend(kind: str) -> Any:
+    try:
+        return storages[kind]
+    except Exception as exc:  # InvalidStorageError, an S3 backend without its settings
+        raise StorageError(f"tier kind {kind!r} is not configured: {exc}") from exc
+
+
+def tier_is_local(tier: str) -> bool:
+    """True when ``tier`` is a folder of the local filesystem (else an object store)."""
+    kind, _ = _parse_tier(tier)
+    return isinstance(_backend(kind), FileSystemStorage)
+
+
+def _tier_root(tier: str) -> Path:
+    kind, scope = _parse_tier(tier)
+    storage = _backend(kind)
     if not isinstance(storage, FileSystemStorage):
-        raise StorageError("the facility tier must be a local filesystem (STORAGES['facility'])")
+        if kind == FACILITY:
+            raise StorageError("the facility tier must be a local filesystem (STORAGES['facility'])")
+        raise StorageError(f"tier {tier!r} is not a local filesystem")
     return Path(storage.location) / scope
 
 
@@ -307,6 +369,9 @@ def _copy_across(src: Path, final: Path) -> bool:
 
 def stored_size(tier: str, relpath: str) -> int | None:
     """The size of a stored file; None when it is not there."""
+    if not tier_is_local(tier):
+        head = _s3_head(tier, relpath)
+        return None if head is None else int(head["ContentLength"])
     try:
         return absolute_path(tier, relpath).stat().st_size
     except FileNotFoundError:
@@ -316,13 +381,431 @@ def stored_size(tier: str, relpath: str) -> int | None:
 
 
 def open_copy(tier: str, relpath: str) -> BinaryIO | None:
-    """Open a stored file for reading; None when it is not there."""
+    """Open a stored file for reading; None when it is not there.
+
+    An object of an object store is downloaded into an anonymous temporary
+    file in the incoming folder (readers seek: pydicom, zip writers), which
+    vanishes when closed.
+    """
+    if not tier_is_local(tier):
+        return _s3_download(tier, relpath)
     try:
         return open(absolute_path(tier, relpath), "rb")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _storage_error(exc, f"reading {relpath}") from exc
+
+
+def copy_sha256(tier: str, relpath: str) -> str | None:
+    """Read a stored copy whole and return its SHA-256; None when it is not there."""
+    if not tier_is_local(tier):
+        return _s3_read_sha256(tier, relpath)
+    fh = open_copy(tier, relpath)
+    if fh is None:
+        return None
+    try:
+        with fh:
+            return file_sha256(fh)
+    except OSError as exc:
+        raise _storage_error(exc, f"reading {relpath}") from exc
+
+
+def copy_store(
+    src: BinaryIO,
+    tier: str,
+    relpath: str,
+    *,
+    sha256: str,
+    batch: SyncBatch | None = None,
+    replace_damaged: bool = False,
+) -> bool:
+    """Store the bytes of ``src`` at ``relpath`` in ``tier``, read them back and check their SHA-256.
+
+    Returns True when this call wrote the copy, False when identical content
+    was already there (a name carries its hash: a copy left by a worker that
+    died before recording it is adopted, not written again).
+
+    An existing file or object with other bytes is replaced only with
+    ``replace_damaged``, which the caller gives when no verified copy is
+    recorded there (a leftover cut short by a crash, a copy the fixity audit
+    took out of service); otherwise it raises :class:`CopyMismatch`.
+
+    With ``batch``, the file and its folder are not fsynced here but noted
+    in it: the caller makes the whole batch durable at once
+    (:meth:`SyncBatch.sync`) before it records the batch's copies.
+
+    Raises
+    ------
+    SourceMismatch
+        The source does not have ``sha256``: nothing was stored.
+    CopyMismatch
+        The copy read back does not have ``sha256``.
+    StorageFull, StorageError
+        The tier cannot be written or read now.
+    """
+    _check_sha256(sha256)
+    local = tier_is_local(tier)
+    existing = copy_sha256(tier, relpath) if local else _s3_existing_sha256(tier, relpath)
+    if existing == sha256:
+        if batch is not None and local:
+            final = absolute_path(tier, relpath)
+            batch.add(final, final.parent)
+        return False
+    if existing is not None and not replace_damaged:
+        raise CopyMismatch(f"{tier}:{relpath} exists with SHA-256 {existing}")
+    if existing is not None:
+        logger.warning("replacing %s:%s, left with SHA-256 %s", tier, relpath, existing)
+    if local:
+        # Read back and checked inside, before the file takes its name.
+        return _fs_store(src, tier, relpath, sha256=sha256, replace=existing is not None, batch=batch)
+    created = _s3_store(src, tier, relpath, sha256=sha256)
+    back = copy_sha256(tier, relpath)
+    if back != sha256:
+        raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {back}, expected {sha256}")
+    return created
+
+
+def copy_replace(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> None:
+    """Replace a copy found damaged (or missing) by the bytes of ``src``, then read it back.
+
+    Only the fixity audit repairs through this: ``src`` is a verified copy
+    and its hash is checked before anything is replaced.
+    """
+    _check_sha256(sha256)
+    if tier_is_local(tier):
+        _fs_store(src, tier, relpath, sha256=sha256, replace=True)
+    else:
+        _s3_store(src, tier, relpath, sha256=sha256)
+    back = copy_sha256(tier, relpath)
+    if back != sha256:
+        raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {back} after repair")
+
+
+def copy_remove(tier: str, relpath: str) -> bool:
+    """Remove a released copy's file; False when it was not there.
+
+    Only the lifecycle calls this, after the copy's row is gone in a
+    transaction that saw another verified copy.
+    """
+    if not tier_is_local(tier):
+        return _s3_delete(tier, relpath)
+    try:
+        absolute_path(tier, relpath).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _storage_error(exc, f"removing {relpath}") from exc
+    return True
+
+
+def _load_syncfs() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+class SyncBatch:
+    """Files and folders written by a batch of copies, made durable together.
+
+    One ``syncfs(2)`` per filesystem flushes every file and directory entry
+    the batch wrote there, instead of two fsyncs per file; where syncfs is
+    missing, each file and each folder is fsynced. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.files: list[Path] = []
+        self.dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def add(self, file: Path, folder: Path) -> None:
+        with self._lock:
+            self.files.append(file)
+            self.dirs.add(folder)
+
+    def sync(self) -> None:
+        try:
+            if _syncfs is not None and self._syncfs():
+                return
+            for file in self.files:
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for folder in sorted(self.dirs):
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise _storage_error(exc, "syncing a batch of copies") from exc
+
+    def _syncfs(self) -> bool:
+        by_device: dict[int, Path] = {}
+        for folder in self.dirs:
+            by_device.setdefault(os.stat(folder).st_dev, folder)
+        for folder in by_device.values():
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if _syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    if err == errno.ENOSYS:
+                        return False
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+        return True
+
+
+def _fs_store(
+    src: BinaryIO, tier: str, relpath: str, *, sha256: str, replace: bool, batch: SyncBatch | None = None
+) -> bool:
+    final = absolute_path(tier, relpath)
+    tmp: str | None = None
+    try:
+        _makedirs_durable(final.parent)
+        # The temporary file sits beside its final name: same filesystem, so
+        # linking it is atomic whatever filesystem the incoming folder is on.
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
+        with os.fdopen(fd, "w+b") as out:
+            _copy_into(src, out)
+            # Read back what the tier holds and check it before it takes its
+            # name; only when it is wrong is the source hashed, to say whose
+            # fault it is (one SHA-256 pass in the usual case).
+            out.seek(0)
+            got = file_sha256(out)
+            if got != sha256:
+                source = _source_sha256(src)
+                if source is not None and source != sha256:
+                    raise SourceMismatch(f"the source of {relpath} has SHA-256 {source}")
+                raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {got}, expected {sha256}")
+            if batch is None:
+                os.fsync(out.fileno())
+        if replace:
+            os.replace(tmp, final)
+            tmp = None
+            created = True
+        elif batch is not None:
+            # In a lifecycle batch no verified copy is recorded at this name
+            # (else nothing would be copied), and these bytes have the hash
+            # the name carries: renaming over a file a concurrent run just
+            # made replaces it with the same bytes. One step less than link
+            # and unlink.
+            created = not final.exists()
+            os.replace(tmp, final)
+            tmp = None
+        else:
+            try:
+                os.link(tmp, final)
+                created = True
+            except FileExistsError:
+                created = False
+        if batch is None:
+            _fsync_dir(final.parent)
+        else:
+            batch.add(final, final.parent)
+        return created
+    except OSError as exc:
+        raise _storage_error(exc, f"storing {relpath} in {tier}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _copy_into(src: BinaryIO, out: BinaryIO) -> None:
+    """Copy ``src`` from its start into ``out``: in the kernel (sendfile) when ``src`` is a file."""
+    try:
+        in_fd = src.fileno()
+        size = os.fstat(in_fd).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        shutil.copyfileobj(src, out, _CHUNK)
+        out.flush()
+        return
+    out.flush()
+    offset = 0
+    try:
+        while offset < size:
+            sent = os.sendfile(out.fileno(), in_fd, offset, size - offset)
+            if sent == 0:
+                break
+            offset += sent
+    except OSError as exc:
+        if offset or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        src.seek(0)
+        shutil.copyfileobj(src, out, _CHUNK)
+        out.flush()
+        return
+    out.seek(0, os.SEEK_END)
+
+
+def _source_sha256(src: BinaryIO) -> str | None:
+    try:
+        src.seek(0)
+        return file_sha256(src)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+# --- object stores (django-storages S3Storage) --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _S3Object:
+    client: Any
+    bucket: str
+    key: str
+
+
+def _s3_object(tier: str, relpath: str) -> _S3Object:
+    kind, scope = _parse_tier(tier)
+    rel = Path(relpath)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise StorageError(f"path {relpath!r} is outside tier {tier!r}")
+    backend = _backend(kind)
+    key = f"{scope}/{relpath}"
+    location = (getattr(backend, "location", "") or "").strip("/")
+    if location:
+        key = f"{location}/{key}"
+    try:
+        # The low-level client of django-storages' per-thread connection (the
+        # lifecycle copies from several threads; clients are thread-safe, and
+        # cheaper per object than resources).
+        return _S3Object(client=backend.connection.meta.client, bucket=backend.bucket_name, key=key)
+    except Exception as exc:
+        raise _s3_error(exc, f"opening {tier}") from exc
+
+
+def _s3_error(exc: BaseException, doing: str) -> StorageError:
+    code = ""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    if code in ("QuotaExceeded", "XMinioStorageFull", "InsufficientStorage"):
+        return StorageFull(f"the object store is full while {doing}")
+    return StorageError(f"{type(exc).__name__}: {exc} while {doing}")
+
+
+def _s3_missing(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    return str(response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound")
+
+
+def _s3_head(tier: str, relpath: str) -> dict[str, Any] | None:
+    obj = _s3_object(tier, relpath)
+    try:
+        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)  # type: ignore[no-any-return]
+    except Exception as exc:
+        if _s3_missing(exc):
+            return None
+        raise _s3_error(exc, f"looking up {relpath}") from exc
+
+
+def _s3_existing_sha256(tier: str, relpath: str) -> str | None:
+    """The SHA-256 of an existing object, None when there is none (a HEAD first: no body to
+    download in the usual case, where the object is new)."""
+    if _s3_head(tier, relpath) is None:
+        return None
+    return _s3_read_sha256(tier, relpath)
+
+
+def _s3_body(tier: str, relpath: str) -> Any:
+    obj = _s3_object(tier, relpath)
+    try:
+        return obj.client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    except Exception as exc:
+        if _s3_missing(exc):
+            return None
+        raise _s3_error(exc, f"reading {relpath}") from exc
+
+
+def _s3_download(tier: str, relpath: str) -> BinaryIO | None:
+    body = _s3_body(tier, relpath)
+    if body is None:
+        return None
+    fh = tempfile.TemporaryFile(dir=incoming_dir())
+    try:
+        for chunk in body.iter_chunks(_CHUNK):
+            fh.write(chunk)
+        fh.seek(0)
+    except OSError as exc:
+        fh.close()
+        raise _storage_error(exc, f"downloading {relpath}") from exc
+    except Exception as exc:
+        fh.close()
+        raise _s3_error(exc, f"downloading {relpath}") from exc
+    return fh  # type: ignore[return-value]
+
+
+def _s3_read_sha256(tier: str, relpath: str) -> str | None:
+    body = _s3_body(tier, relpath)
+    if body is None:
+        return None
+    digest = hashlib.sha256()
+    try:
+        for chunk in body.iter_chunks(_CHUNK):
+            digest.update(chunk)
+    except Exception as exc:
+        raise _s3_error(exc, f"reading {relpath}") from exc
+    finally:
+        body.close()
+    return digest.hexdigest()
+
+
+# Objects up to this size go up in one PUT from memory; bigger ones in parts.
+_S3_SINGLE_PUT = 64 * 1024 * 1024
+
+
+def _s3_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> bool:
+    obj = _s3_object(tier, relpath)
+    # The source is hashed before anything is sent: bytes that are not what
+    # the name says never reach the store.
+    spool = tempfile.SpooledTemporaryFile(max_size=_S3_SINGLE_PUT, dir=incoming_dir())
+    with spool:
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(chunk)
+                spool.write(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            raise _storage_error(exc, f"reading the source of {relpath}") from exc
+        if digest.hexdigest() != sha256:
+            raise SourceMismatch(f"the source of {relpath} has SHA-256 {digest.hexdigest()}")
+        spool.seek(0)
+        try:
+            if size <= _S3_SINGLE_PUT:
+                obj.client.put_object(
+                    Bucket=obj.bucket, Key=obj.key, Body=spool.read(), ContentType="application/octet-stream"
+                )
+            else:
+                obj.client.upload_fileobj(
+                    spool, obj.bucket, obj.key, ExtraArgs={"ContentType": "application/octet-stream"}
+                )
+        except Exception as exc:
+            raise _s3_error(exc, f"storing {relpath}") from exc
+    return True
+
+
+def _s3_delete(tier: str, relpath: str) -> bool:
+    if _s3_head(tier, relpath) is None:
+        return False
+    obj = _s3_object(tier, relpath)
+    try:
+        obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
+    except Exception as exc:
+        raise _s3_error(exc, f"removing {relpath}") from exc
+    return True
 
 
 def file_sha256(fh: BinaryIO) -> str:

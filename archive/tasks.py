@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
-from . import ingest, previews, storage
+from . import ingest, lifecycle, previews, storage
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +56,39 @@ def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
     """``study_instances_received`` receiver: one task per series with new instances."""
     for series_pk in previews.series_renditions_due(study_pk=study_pk):
         transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]
+
+
+@shared_task(name="archive.tasks.lifecycle_run", acks_late=True)
+def lifecycle_run(limit: int | None = None) -> dict[str, int]:
+    """Copy what is due to the long-term tier, evict what a verified copy backs, advance a scope migration.
+
+    Idempotent and resumable: a run killed half-way, or one that met an
+    unreachable store, is finished by the next (beat runs it periodically).
+    """
+    result = lifecycle.lifecycle_run(limit=limit)
+    return {k: v for k, v in vars(result).items() if isinstance(v, int)}
+
+
+@shared_task(name="archive.tasks.fixity_audit", acks_late=True)
+def fixity_audit() -> int:
+    return lifecycle.fixity_audit().pk
+
+
+@shared_task(
+    name="archive.tasks.studies_recall",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    retry_backoff=60,
+    max_retries=5,
+)
+def studies_recall(study_pks: list[int], facility_pk: int, keep_until: str) -> dict[str, int]:
+    """Recall studies into a facility tier (``keep_until`` in ISO 8601)."""
+    import datetime as dt
+
+    from .models import Facility
+
+    facility = Facility.objects.get(pk=facility_pk)
+    result = lifecycle.studies_recall(
+        study_pks=study_pks, facility=facility, keep_until=dt.datetime.fromisoformat(keep_until)
+    )
+    return vars(result)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from codicefiscale import codicefiscale as _cf
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
@@ -419,7 +420,24 @@ def booking_create(
                 code="duplicate",
             ) from None
         raise
+    if booking.scheduled_at - timezone.now() <= dt.timedelta(days=settings.PACS_PREFETCH_DAYS_AHEAD):
+        # Priors are recalled now for a booking in the next days; later ones
+        # by the daily sweep (booking.tasks.bookings_prefetch).
+        transaction.on_commit(lambda: booking_prefetch_enqueue(booking.pk))
     return booking
+
+
+PREFETCH_TASK = "booking.tasks.booking_prefetch"
+
+
+def booking_prefetch_enqueue(booking_pk: int) -> None:
+    from celery import current_app
+
+    try:
+        current_app.send_task(PREFETCH_TASK, args=[booking_pk])
+    except Exception:
+        # The broker is down: the daily sweep queues it again; the booking stands.
+        logger.exception("could not queue the prefetch of booking #%s", booking_pk)
 
 
 def _slot_taken(*, station: Station, scheduled_at: dt.datetime, exclude: Booking | None = None) -> bool:

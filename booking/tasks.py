@@ -3,13 +3,17 @@ thin adapters over the services."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from archive import lifecycle, storage
 from archive.models import Report
 
 from . import matching
@@ -102,3 +106,44 @@ def report_signed_booking(sender: Any, report_pk: int, study_pk: int, **kwargs: 
     except (OperationalError, InterfaceError):
         logger.exception("booking of study %s not marked reported now: retrying in a worker", study_pk)
         booking_reported_retry.delay(report_pk, study_pk)
+
+
+@shared_task(
+    name="booking.tasks.booking_prefetch",
+    acks_late=True,
+    # Transient only: the database or a tier (the long-term store down). The
+    # recall is idempotent: what is already in the facility tier is kept longer.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    retry_backoff=60,
+    retry_backoff_max=3600,
+    max_retries=8,
+)
+def booking_prefetch(booking_pk: int) -> dict[str, int]:
+    """Recall the patient's relevant priors into the booking facility's tier before the appointment."""
+    booking = Booking.objects.select_related("procedure", "facility").filter(pk=booking_pk).first()
+    if booking is None or booking.status == Booking.Status.CANCELLED:
+        return {}
+    result = lifecycle.priors_prefetch(
+        patient_pk=booking.patient_id,
+        facility=booking.facility,
+        modality=booking.procedure.modality,
+        body_part=booking.procedure.body_part,
+        appointment=booking.scheduled_at,
+    )
+    return vars(result)
+
+
+@shared_task(name="booking.tasks.bookings_prefetch")
+def bookings_prefetch() -> int:
+    """Daily: queue the prefetch of every booking due in the next ``PACS_PREFETCH_DAYS_AHEAD`` days."""
+    now = timezone.now()
+    pks = list(
+        Booking.objects.filter(
+            scheduled_at__gte=now - dt.timedelta(hours=12),
+            scheduled_at__lte=now + dt.timedelta(days=settings.PACS_PREFETCH_DAYS_AHEAD),
+            status__in=[Booking.Status.BOOKED, Booking.Status.ARRIVED],
+        ).values_list("pk", flat=True)
+    )
+    for pk in pks:
+        booking_prefetch.delay(pk)
+    return len(pks)

@@ -13,6 +13,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -228,6 +229,19 @@ CELERY_BEAT_SCHEDULE = {
         "task": "portal.tasks.packages_purge",
         "schedule": env_float("PACS_PORTAL_PURGE_SECONDS", 3600.0),
     },
+    # Copy to the long-term tier, verify, evict; then the scope migration, if any.
+    "lifecycle-run": {
+        "task": "archive.tasks.lifecycle_run",
+        "schedule": env_float("PACS_LIFECYCLE_SECONDS", 900.0),
+    },
+    "fixity-audit": {
+        "task": "archive.tasks.fixity_audit",
+        "schedule": crontab(hour=env_int("PACS_FIXITY_HOUR", 2), minute=30),
+    },
+    "bookings-prefetch": {
+        "task": "booking.tasks.bookings_prefetch",
+        "schedule": crontab(hour=env_int("PACS_PREFETCH_HOUR", 5), minute=0),
+    },
 }
 
 # Mail (the portal's "your package is ready"): the console in the demo, SMTP when EMAIL_HOST is set.
@@ -337,6 +351,72 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+
+
+def _archive_storage(kind: str) -> dict:
+    """The long-term or preservation tier: a folder by default, an S3-compatible
+    bucket when ``PACS_<KIND>_S3_BUCKET`` is set (``AWS_S3_ENDPOINT_URL`` for a
+    store other than AWS; keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+    or their ``_FILE`` variants)."""
+    bucket = env_str(f"PACS_{kind.upper()}_S3_BUCKET")
+    if not bucket:
+        folder = Path(env_str(f"PACS_{kind.upper()}_TIER_DIR", str(VAR_DIR / "tiers" / kind))).resolve()
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": folder}}
+    from botocore.config import Config
+
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": env_str("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": env_str("AWS_S3_REGION_NAME", "us-east-1"),
+            "access_key": env_secret("AWS_ACCESS_KEY_ID") or None,
+            "secret_key": env_secret("AWS_SECRET_ACCESS_KEY") or None,
+            "location": env_str(f"PACS_{kind.upper()}_S3_PREFIX"),
+            "file_overwrite": False,
+            # An unreachable store must fail a lifecycle step quickly (the
+            # next run finishes the job), not hang a worker.
+            "client_config": Config(
+                connect_timeout=env_float("AWS_S3_CONNECT_TIMEOUT", 5.0),
+                read_timeout=env_float("AWS_S3_READ_TIMEOUT", 30.0),
+                retries={"max_attempts": env_int("AWS_S3_MAX_ATTEMPTS", 3), "mode": "standard"},
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        },
+    }
+
+
+STORAGES["longterm"] = _archive_storage("longterm")
+STORAGES["preservation"] = _archive_storage("preservation")
+
+# --- Lifecycle ----------------------------------------------------------------
+# The long-term archive: one regional ("region") or one per health authority
+# ("authority"). Changing it starts a background migration (archive.lifecycle).
+PACS_LONG_TERM_SCOPE = env_str("PACS_LONG_TERM_SCOPE", "region")
+if PACS_LONG_TERM_SCOPE not in ("region", "authority"):
+    raise ImproperlyConfigured("PACS_LONG_TERM_SCOPE must be 'region' or 'authority'")
+# Defaults for facilities and modalities without a LifecyclePolicy row.
+PACS_MIGRATE_AFTER_DAYS = env_float("PACS_MIGRATE_AFTER_DAYS", 7.0)
+PACS_EVICT_AFTER_DAYS = env_float("PACS_EVICT_AFTER_DAYS", 365.0)
+PACS_LIFECYCLE_BATCH = env_int("PACS_LIFECYCLE_BATCH", 500)
+# Copies are made by this many threads and recorded per chunk (one transaction,
+# after one fsync per folder): a worker killed mid-chunk leaves files that
+# the next run adopts.
+PACS_LIFECYCLE_THREADS = env_int("PACS_LIFECYCLE_THREADS", 4)
+PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
+# A recalled (or prefetched) object stays in the facility tier this long.
+PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)
+# A read served from the long-term tier queues the recall of its study into its facility's tier.
+PACS_RECALL_ON_READ = env_bool("PACS_RECALL_ON_READ", True)
+# Prefetch for a booking: priors of the same modality or body part, this many
+# years back, recalled this many days ahead of the appointment.
+PACS_PREFETCH_YEARS = env_int("PACS_PREFETCH_YEARS", 5)
+PACS_PREFETCH_DAYS_AHEAD = env_int("PACS_PREFETCH_DAYS_AHEAD", 2)
+# Fixity audit: every copy re-read at least once per cycle, plus a random sample each night.
+PACS_FIXITY_CYCLE_DAYS = env_int("PACS_FIXITY_CYCLE_DAYS", 90)
+PACS_FIXITY_SAMPLE = env_int("PACS_FIXITY_SAMPLE", 100)
 
 # --- DICOM network ------------------------------------------------------------
 PACS_DICOM_HOST = env_str("PACS_DICOM_HOST", "0.0.0.0")

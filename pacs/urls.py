@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from archive.admin_storage import storage_dashboard
 from archive.urls import api_urlpatterns, dicomweb_urlpatterns
 from booking.api import urlpatterns as booking_api_urlpatterns
 
@@ -12,6 +13,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/archive/storage-dashboard/", storage_dashboard, name="storage_dashboard"),
     path("admin/", admin.site.urls),
     path("cup/", include("booking.urls")),
     path("fse/", include("portal.urls")),

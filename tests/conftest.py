@@ -235,5 +235,99 @@ def _empty_tiers() -> Iterator[None]:
     import shutil
 
     yield
-    for path in (Path(settings.PACS_FACILITY_TIER_DIR), Path(settings.PACS_INCOMING_DIR)):
+    paths = [Path(settings.PACS_FACILITY_TIER_DIR), Path(settings.PACS_INCOMING_DIR)]
+    for alias in ("longterm", "preservation"):
+        location = settings.STORAGES.get(alias, {}).get("OPTIONS", {}).get("location")
+        if location:
+            paths.append(Path(location))
+    for path in paths:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server in its own process, on 127.0.0.1 (a real HTTP server, not a boto3 mock)."""
+
+    endpoint: str
+    bucket: str
+    proc: subprocess.Popen
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PACS_LONGTERM_S3_BUCKET": self.bucket,
+            "AWS_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_S3_REGION_NAME": "us-east-1",
+        }
+
+    def storage_settings(self, **client: float) -> dict:
+        from botocore.config import Config
+
+        return {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": self.bucket,
+                "endpoint_url": self.endpoint,
+                "access_key": "testing",
+                "secret_key": "testing",
+                "region_name": "us-east-1",
+                "file_overwrite": False,
+                "client_config": Config(
+                    connect_timeout=client.get("connect_timeout", 2.0),
+                    read_timeout=client.get("read_timeout", 5.0),
+                    retries={"max_attempts": 1, "mode": "standard"},
+                    s3={"addressing_style": "path"},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            },
+        }
+
+    def pause(self) -> None:
+        """The store stops answering (connections hang until the client's timeout)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    pytest.importorskip("moto.server", reason="moto[server] is in requirements-test.txt")
+    import boto3
+
+    port = free_port()
+    log = tmp_path / "moto.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
+
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited:\n{log.read_text()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(accepting, timeout=60, what="moto server")
+        server = S3Server(endpoint=f"http://127.0.0.1:{port}", bucket="pacs-longterm", proc=proc)
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

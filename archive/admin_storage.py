@@ -1,0 +1,93 @@
+"""The admin's storage pages: lifecycle policies, scope migrations, fixity runs,
+storage alerts (acknowledged by staff), and the storage dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import lifecycle
+from .models import FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
+
+
+@admin.register(LifecyclePolicy)
+class LifecyclePolicyAdmin(admin.ModelAdmin):
+    list_display = ("facility", "modality", "migrate_after_days", "evict_after_days")
+    list_filter = ("facility",)
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ScopeMigration)
+class ScopeMigrationAdmin(_ReadOnlyAdmin):
+    list_display = ("started_at", "target_scope", "total", "copied", "released", "percent", "failures", "finished_at")
+
+
+@admin.register(FixityRun)
+class FixityRunAdmin(_ReadOnlyAdmin):
+    list_display = ("started_at", "finished_at", "checked", "ok", "damaged", "repaired", "unreadable")
+
+
+@admin.register(StorageAlert)
+class StorageAlertAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "kind", "tier", "instance", "repaired", "acknowledged_at", "acknowledged_by")
+    list_filter = ("kind", "repaired", ("acknowledged_at", admin.EmptyFieldListFilter))
+    readonly_fields = (
+        "created_at",
+        "kind",
+        "tier",
+        "path",
+        "instance",
+        "fixity_run",
+        "detail",
+        "repaired",
+        "acknowledged_at",
+        "acknowledged_by",
+    )
+    actions = ["acknowledge"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[StorageAlert]) -> None:
+        n = queryset.filter(acknowledged_at__isnull=True).update(
+            acknowledged_at=timezone.now(), acknowledged_by=request.user
+        )
+        self.message_user(
+            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
+        )
+
+
+@staff_member_required
+@permission_required("archive.view_copy", raise_exception=True)
+def storage_dashboard(request: HttpRequest) -> HttpResponse:
+    """Objects and bytes per tier and facility, the lifecycle backlog, the last fixity results and open alerts."""
+    context = {
+        **admin.site.each_context(request),
+        "title": _("Archiviazione: livelli e ciclo di vita"),
+        **lifecycle.storage_summary(),
+    }
+    request.current_app = admin.site.name
+    return TemplateResponse(request, "admin/archive/storage_dashboard.html", context)

@@ -1,0 +1,711 @@
+"""The storage lifecycle: copies to the long-term tier, evictions, recalls, the
+scope migration and the fixity audit.
+
+Every step works on one instance (or one copy) and is idempotent: it looks at
+what exists and does only what is missing, so a batch cut short by a killed
+worker or an unreachable store is finished by the next run, and two runs
+overlapping do the same work twice, never harm. A copy is recorded as
+verified only after it was read back from its tier with the right SHA-256,
+and a copy is released (row, then file) only in a transaction that sees
+another verified copy, so no instance ever loses its last verified copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from . import retrieve, storage
+from .models import (
+    Copy,
+    Facility,
+    FixityRun,
+    Instance,
+    LifecyclePolicy,
+    ScopeMigration,
+    StorageAlert,
+    Study,
+)
+
+logger = logging.getLogger(__name__)
+
+# A run stops early after this many storage failures in a row: the store is
+# down, and waiting for each timeout would only hold the worker.
+_MAX_FAILURES_IN_A_ROW = 5
+
+
+class LifecycleError(Exception):
+    """A lifecycle step could not be done now (the next run tries again)."""
+
+
+# --- where the long-term copies go --------------------------------------------------
+
+
+def longterm_scope_for(facility: Facility) -> str:
+    """``region``, or the facility's health authority code when ``PACS_LONG_TERM_SCOPE`` is ``authority``."""
+    if settings.PACS_LONG_TERM_SCOPE == "authority":
+        return facility.authority.code
+    return storage.REGION
+
+
+def longterm_tier_for(facility: Facility) -> str:
+    return storage.longterm_tier(longterm_scope_for(facility))
+
+
+# --- policies --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    migrate_after: dt.timedelta
+    evict_after: dt.timedelta
+
+
+def policy_for(*, facility_id: int | None, modality: str, policies: list[LifecyclePolicy] | None = None) -> Policy:
+    """The most specific policy: facility and modality, facility, modality, then the settings."""
+    rows = list(LifecyclePolicy.objects.all()) if policies is None else policies
+    for want_facility, want_modality in (
+        (facility_id, modality),
+        (facility_id, ""),
+        (None, modality),
+    ):
+        for row in rows:
+            if row.facility_id == want_facility and row.modality == want_modality:
+                return Policy(dt.timedelta(days=row.migrate_after_days), dt.timedelta(days=row.evict_after_days))
+    return Policy(
+        dt.timedelta(days=settings.PACS_MIGRATE_AFTER_DAYS), dt.timedelta(days=settings.PACS_EVICT_AFTER_DAYS)
+    )
+
+
+def _due(which: str, now: dt.datetime) -> Q:
+    """Instances older than their policy's ``migrate_after`` or ``evict_after``.
+
+    One condition per facility and per modality that has its own policy, and
+    one for the facility's other modalities: a handful of terms, whatever the
+    number of instances.
+    """
+    rows = list(LifecyclePolicy.objects.all())
+    special = {r.modality for r in rows if r.modality}
+    condition = Q(pk__in=[])
+    for facility_id in Facility.objects.values_list("pk", flat=True):
+        for modality in special:
+            policy = policy_for(facility_id=facility_id, modality=modality, policies=rows)
+            age = policy.migrate_after if which == "migrate" else policy.evict_after
+            condition |= Q(facility_id=facility_id, series__modality=modality, received_at__lte=now - age)
+        policy = policy_for(facility_id=facility_id, modality="", policies=rows)
+        age = policy.migrate_after if which == "migrate" else policy.evict_after
+        condition |= Q(facility_id=facility_id, received_at__lte=now - age) & ~Q(series__modality__in=special)
+    return condition
+
+
+# --- copying ---------------------------------------------------------------------------
+
+
+def _instance(instance_pk: int) -> Instance:
+    return (
+        Instance.objects.select_related("facility__authority", "series__study")
+        .prefetch_related("copies")
+        .get(pk=instance_pk)
+    )
+
+
+def _relpath(instance: Instance) -> str:
+    return storage.instance_relpath(
+        study_uid=instance.series.study.study_instance_uid,
+        series_uid=instance.series.series_instance_uid,
+        sop_uid=instance.sop_instance_uid,
+        sha256=instance.sha256,
+    )
+
+
+def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None = None) -> bool:
+    """Copy ``instance`` into ``tier`` from its nearest verified copy, read it back, record it verified.
+
+    Returns False when a verified copy was already there (its ``keep_until``
+    is extended if asked). A copy written by a run that died before recording
+    it is found by its name and adopted after the same check.
+
+    Raises
+    ------
+    storage.StorageError
+        A tier could not be read or written; nothing was recorded.
+    retrieve.NotAvailable
+        No verified copy can be read now.
+    """
+    existing = next((c for c in instance.copies.all() if c.tier == tier), None)
+    if existing is not None and existing.verified_at is not None:
+        if keep_until is not None and (existing.keep_until is None or existing.keep_until < keep_until):
+            Copy.objects.filter(pk=existing.pk).update(keep_until=keep_until)
+        return False
+    relpath = _copy_bytes(instance, tier, batch=None)
+    _record(instance, tier, relpath, keep_until=keep_until)
+    return True
+
+
+def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | None) -> str:
+    """The input/output of :func:`copy_make`, no database access (the copies are prefetched): returns the path."""
+    existing = next((c for c in instance.copies.all() if c.tier == tier), None)
+    relpath = existing.path if existing is not None else _relpath(instance)
+    sources = [c for c in retrieve.copies_nearest_first(instance) if c.tier != tier]
+    if not sources:
+        raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy to copy from")
+    for source in sources:
+        try:
+            fh = storage.open_copy(source.tier, source.path)
+        except storage.StorageError as exc:
+            # This source's store is unreachable: the next verified copy may do.
+            logger.warning("copying %s: source %s unreadable: %s", instance.sop_instance_uid, source, exc)
+            continue
+        if fh is None:
+            logger.error("copy %s of %s is missing from its tier", source, instance.sop_instance_uid)
+            continue
+        try:
+            with fh:
+                # No verified copy is recorded there (else nothing would be
+                # copied): bytes left there by a crash are not a copy.
+                storage.copy_store(fh, tier, relpath, sha256=instance.sha256, batch=batch, replace_damaged=True)
+        except storage.SourceMismatch as exc:
+            # A damaged source: the fixity audit repairs it; try the next one.
+            logger.error("copying %s to %s: %s", instance.sop_instance_uid, tier, exc)
+            continue
+        return relpath
+    raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy could be read")
+
+
+def _record(instance: Instance, tier: str, relpath: str, *, keep_until: dt.datetime | None = None) -> None:
+    defaults: dict[str, Any] = {
+        "path": relpath,
+        "sha256": instance.sha256,
+        "size": instance.size,
+        "verified_at": timezone.now(),
+    }
+    if keep_until is not None:
+        defaults["keep_until"] = keep_until
+    try:
+        with transaction.atomic():
+            Copy.objects.update_or_create(instance=instance, tier=tier, defaults=defaults)
+    except IntegrityError:
+        # Another run recorded the same copy first.
+        logger.info("copy of %s in %s recorded concurrently", instance.sop_instance_uid, tier)
+
+
+def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple[int, list[tuple[int, Exception]]]:
+    """:func:`copy_make` into each instance's long-term tier for many instances at once.
+
+    The copies are made by a few threads (the input/output of one object
+    overlaps another's), made durable together (one syncfs per filesystem),
+    and recorded verified in one transaction, only after all that is durable. Returns how many were copied, and the failures.
+    """
+    threads = threads or settings.PACS_LIFECYCLE_THREADS
+    instances = list(
+        Instance.objects.filter(pk__in=instance_pks)
+        .select_related("facility__authority", "series__study")
+        .prefetch_related("copies")
+        .order_by("pk")
+    )
+    work = []
+    for instance in instances:
+        tier = longterm_tier_for(instance.facility)
+        if not any(c.tier == tier and c.verified_at is not None for c in instance.copies.all()):
+            work.append((instance, tier))
+    batch = storage.SyncBatch()
+    done: list[tuple[Instance, str, str]] = []
+    failures: list[tuple[int, Exception]] = []
+
+    def one(item: tuple[Instance, str]) -> tuple[Instance, str, str | Exception]:
+        instance, tier = item
+        try:
+            return instance, tier, _copy_bytes(instance, tier, batch=batch)
+        except (storage.StorageError, retrieve.NotAvailable) as exc:
+            return instance, tier, exc
+
+    if threads > 1 and len(work) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lifecycle") as pool:
+            outcomes = list(pool.map(one, work))
+    else:
+        outcomes = [one(item) for item in work]
+    for instance, tier, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            failures.append((instance.pk, outcome))
+        else:
+            done.append((instance, tier, outcome))
+    batch.sync()
+    if done:
+        _record_many(done)
+    return len(done), failures
+
+
+def _record_many(done: list[tuple[Instance, str, str]]) -> None:
+    """Record verified copies in one transaction: new rows in bulk, leftover unverified rows updated."""
+    now = timezone.now()
+    with transaction.atomic():
+        existing = {
+            (c.instance_id, c.tier): c
+            for c in Copy.objects.select_for_update().filter(
+                instance__in=[i for i, _, _ in done], tier__in={t for _, t, _ in done}
+            )
+        }
+        new = []
+        for instance, tier, relpath in done:
+            row = existing.get((instance.pk, tier))
+            if row is not None:
+                Copy.objects.filter(pk=row.pk).update(
+                    path=relpath, sha256=instance.sha256, size=instance.size, verified_at=now
+                )
+            else:
+                new.append(
+                    Copy(
+                        instance=instance,
+                        tier=tier,
+                        path=relpath,
+                        sha256=instance.sha256,
+                        size=instance.size,
+                        verified_at=now,
+                    )
+                )
+        # A row another run recorded meanwhile is the same copy: skipped.
+        Copy.objects.bulk_create(new, ignore_conflicts=True)
+
+
+def instance_migrate(*, instance_pk: int) -> bool:
+    """Copy an instance to its long-term tier (for the current scope) and verify it; True when copied now."""
+    instance = _instance(instance_pk)
+    return copy_make(instance=instance, tier=longterm_tier_for(instance.facility))
+
+
+def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: str | None = None) -> bool:
+    """Release (delete) a copy, only while another verified copy exists.
+
+    The other copy must be verified, in ``keeper_tier`` (or a tier of kind
+    ``keeper_kind``), and present in its tier with its size (checked before
+    the transaction: slow input/output stays outside). In the transaction the
+    instance's copy rows are locked and the keeper is looked at again, so a
+    concurrent release cannot take it away; the row is deleted there and the
+    file after the commit (a file left by a crash in between is an orphan,
+    harmless). Returns True when released.
+    """
+    copy = Copy.objects.filter(pk=copy_pk).first()
+    if copy is None:
+        return False
+    candidates = Copy.objects.filter(instance_id=copy.instance_id, verified_at__isnull=False).exclude(pk=copy.pk)
+    if keeper_tier is not None:
+        candidates = candidates.filter(tier=keeper_tier)
+    if keeper_kind is not None:
+        candidates = candidates.filter(tier__startswith=f"{keeper_kind}:")
+    keeper = None
+    for other in candidates:
+        try:
+            if storage.stored_size(other.tier, other.path) == other.size:
+                keeper = other
+                break
+        except storage.StorageError as exc:
+            logger.warning("cannot check copy %s before releasing %s: %s", other, copy, exc)
+    if keeper is None:
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        rows = {r.pk: r for r in Copy.objects.select_for_update().filter(instance_id=copy.instance_id).order_by("pk")}
+        mine = rows.get(copy.pk)
+        if mine is None:
+            return False
+        if mine.keep_until is not None and mine.keep_until > now and storage.tier_kind(mine.tier) == storage.FACILITY:
+            return False
+        locked_keeper = rows.get(keeper.pk)
+        if locked_keeper is None or locked_keeper.verified_at is None:
+            return False
+        mine.delete()
+    try:
+        storage.copy_remove(mine.tier, mine.path)
+    except storage.StorageError as exc:
+        logger.warning("released copy %s but its file stays: %s", mine, exc)
+    return True
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = None) -> list[int]:
+    """Instances past their ``migrate_after`` without a verified long-term copy, oldest first.
+
+    An instance whose long-term copy lies in the other scope's tier is the
+    scope migration's work (:func:`scope_migration_step`), not this.
+    """
+    now = now or timezone.now()
+    longterm_copy = Copy.objects.filter(
+        instance=OuterRef("pk"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
+    )
+    qs = (
+        Instance.objects.filter(_due("migrate", now))
+        .filter(~Exists(longterm_copy))
+        .order_by("received_at", "pk")
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    return list(qs[: limit or settings.PACS_LIFECYCLE_BATCH])
+
+
+def copies_to_evict(*, now: dt.datetime | None = None, limit: int | None = None) -> list[int]:
+    """Facility copies of instances past their ``evict_after`` that a verified long-term copy backs."""
+    now = now or timezone.now()
+    due = Instance.objects.filter(_due("evict", now)).values("pk")
+    backed = Copy.objects.filter(
+        instance=OuterRef("instance"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
+    )
+    qs = (
+        Copy.objects.filter(tier__startswith=f"{storage.FACILITY}:", instance__in=due)
+        .filter(Q(keep_until__isnull=True) | Q(keep_until__lte=now))
+        .filter(Exists(backed))
+        .order_by("instance__received_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    return list(qs[: limit or settings.PACS_LIFECYCLE_BATCH])
+
+
+@dataclass
+class RunResult:
+    migrated: int = 0
+    evicted: int = 0
+    failed: int = 0
+    scope_copied: int = 0
+    scope_released: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def migrate_batch(
+    *, now: dt.datetime | None = None, limit: int | None = None, result: RunResult | None = None
+) -> RunResult:
+    result = result or RunResult()
+    pks = instances_to_migrate(now=now, limit=limit)
+    chunk = max(1, settings.PACS_LIFECYCLE_CHUNK)
+    for i in range(0, len(pks), chunk):
+        copied, failures = copies_make(instance_pks=pks[i : i + chunk])
+        result.migrated += copied
+        for pk, exc in failures:
+            logger.warning("instance #%s not migrated: %s", pk, exc)
+            result.failed += 1
+            result.errors.append(f"#{pk}: {exc}")
+        if failures and not copied:
+            # Nothing of a whole chunk went through: the store is down, and
+            # waiting for each timeout would only hold the worker.
+            logger.error("migration stopped: a whole chunk failed (%s)", failures[0][1])
+            break
+    return result
+
+
+def evict_batch(
+    *, now: dt.datetime | None = None, limit: int | None = None, result: RunResult | None = None
+) -> RunResult:
+    result = result or RunResult()
+    in_a_row = 0
+    for pk in copies_to_evict(now=now, limit=limit):
+        try:
+            released = copy_release(copy_pk=pk, keeper_kind=storage.LONGTERM)
+        except storage.StorageError as exc:
+            released = False
+            logger.warning("copy #%s not evicted: %s", pk, exc)
+        if released:
+            result.evicted += 1
+            in_a_row = 0
+        else:
+            in_a_row += 1
+            if in_a_row >= _MAX_FAILURES_IN_A_ROW * 4:
+                # The long-term store cannot be checked: the copies stay.
+                logger.error("eviction stopped: %d copies in a row could not be released", in_a_row)
+                break
+    return result
+
+
+def lifecycle_run(*, now: dt.datetime | None = None, limit: int | None = None) -> RunResult:
+    """One lifecycle pass: migrate what is due, evict what is backed, advance the scope migration."""
+    result = migrate_batch(now=now, limit=limit)
+    scope_migration_step(limit=limit, result=result)
+    evict_batch(now=now, limit=limit, result=result)
+    return result
+
+
+# --- recall and prefetch ---------------------------------------------------------------
+
+
+def instance_recall(
+    *, instance_pk: int, facility: Facility | None = None, keep_until: dt.datetime | None = None
+) -> bool:
+    """Bring an instance back into a facility tier (its own by default), kept until ``keep_until``."""
+    instance = _instance(instance_pk)
+    target = facility or instance.facility
+    keep_until = keep_until or timezone.now() + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
+    return copy_make(instance=instance, tier=storage.facility_tier(target.code), keep_until=keep_until)
+
+
+@dataclass
+class RecallResult:
+    studies: int = 0
+    instances: int = 0
+    recalled: int = 0
+    failed: int = 0
+
+
+def studies_recall(*, study_pks: list[int], facility: Facility, keep_until: dt.datetime) -> RecallResult:
+    result = RecallResult(studies=len(study_pks))
+    for pk in Instance.objects.filter(series__study__in=study_pks).order_by("pk").values_list("pk", flat=True):
+        result.instances += 1
+        try:
+            if instance_recall(instance_pk=pk, facility=facility, keep_until=keep_until):
+                result.recalled += 1
+        except (storage.StorageError, retrieve.NotAvailable) as exc:
+            logger.warning("instance #%s not recalled to %s: %s", pk, facility.code, exc)
+            result.failed += 1
+    return result
+
+
+def prior_studies(
+    *, patient_pk: int, modality: str, body_part: str, before: dt.date, years: int | None = None
+) -> list[int]:
+    """The patient's studies a radiologist will want beside a new one: same modality or body part, last N years."""
+    years = settings.PACS_PREFETCH_YEARS if years is None else years
+    since = before - dt.timedelta(days=round(365.25 * years))
+    match = Q(pk__in=[])
+    if modality:
+        match |= Q(series__modality__iexact=modality)
+    if body_part:
+        match |= Q(series__body_part_examined__iexact=body_part) | Q(study_description__icontains=body_part)
+    return list(
+        Study.objects.filter(patient_id=patient_pk, study_date__gte=since, study_date__lte=before)
+        .filter(match)
+        .order_by("-study_date", "pk")
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+
+
+def priors_prefetch(
+    *,
+    patient_pk: int,
+    facility: Facility,
+    modality: str,
+    body_part: str,
+    appointment: dt.datetime,
+    years: int | None = None,
+) -> RecallResult:
+    """Recall a patient's relevant prior studies into ``facility``'s tier before an appointment.
+
+    Called by the booking side (on booking and on the day); the archive knows
+    nothing of bookings. The recalled copies are kept until
+    ``PACS_RECALL_KEEP_DAYS`` after the appointment.
+    """
+    studies = prior_studies(
+        patient_pk=patient_pk, modality=modality, body_part=body_part, before=appointment.date(), years=years
+    )
+    keep_until = appointment + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
+    return studies_recall(study_pks=studies, facility=facility, keep_until=keep_until)
+
+
+# --- scope migration -------------------------------------------------------------------
+
+
+def scope_stale_copies() -> Any:
+    """Long-term copies that do not lie in their instance's long-term tier for the current scope."""
+    if settings.PACS_LONG_TERM_SCOPE == "authority":
+        target = Concat(Value(f"{storage.LONGTERM}:"), F("instance__facility__authority__code"))
+    else:
+        target = Value(storage.longterm_tier(storage.REGION))
+    return (
+        Copy.objects.filter(tier__startswith=f"{storage.LONGTERM}:")
+        .annotate(target_tier=target)
+        .exclude(tier=F("target_tier"))
+    )
+
+
+def scope_migration_step(*, limit: int | None = None, result: RunResult | None = None) -> ScopeMigration | None:
+    """Advance the move of the long-term archive to the scope ``PACS_LONG_TERM_SCOPE`` names.
+
+    Each old-scope copy is copied (from the nearest verified copy) into the
+    instance's new long-term tier, verified, recorded, and only then released.
+    Readers keep reading whichever verified copy exists at each moment.
+    """
+    result = result or RunResult()
+    scope = settings.PACS_LONG_TERM_SCOPE
+    current = ScopeMigration.objects.filter(finished_at__isnull=True).first()
+    pending = scope_stale_copies()
+    if not pending.exists():
+        if current is not None:
+            ScopeMigration.objects.filter(pk=current.pk).update(finished_at=timezone.now())
+            current.refresh_from_db()
+        return current
+    if current is not None and current.target_scope != scope:
+        ScopeMigration.objects.filter(pk=current.pk).update(
+            finished_at=timezone.now(), last_error=f"superseded by scope {scope}"
+        )
+        current = None
+    if current is None:
+        current = ScopeMigration.objects.create(target_scope=scope, total=pending.count())
+        logger.warning("long-term scope is now %r: migrating %d copies", scope, current.total)
+    copied = released = failures = 0
+    last_error = ""
+    in_a_row = 0
+    for copy_pk, instance_pk in list(
+        pending.order_by("pk").values_list("pk", "instance_id")[: limit or settings.PACS_LIFECYCLE_BATCH]
+    ):
+        try:
+            instance = _instance(instance_pk)
+            target = longterm_tier_for(instance.facility)
+            if copy_make(instance=instance, tier=target):
+                copied += 1
+            if copy_release(copy_pk=copy_pk, keeper_tier=target):
+                released += 1
+            in_a_row = 0
+        except (storage.StorageError, retrieve.NotAvailable) as exc:
+            logger.warning("scope migration of copy #%s: %s", copy_pk, exc)
+            failures += 1
+            last_error = str(exc)
+            in_a_row += 1
+            if in_a_row >= _MAX_FAILURES_IN_A_ROW:
+                break
+    updates: dict[str, Any] = {
+        "copied": F("copied") + copied,
+        "released": F("released") + released,
+        "failures": F("failures") + failures,
+    }
+    if last_error:
+        updates["last_error"] = last_error[:2000]
+    if not pending.exists():
+        updates["finished_at"] = timezone.now()
+    ScopeMigration.objects.filter(pk=current.pk).update(**updates)
+    current.refresh_from_db()
+    result.scope_copied += copied
+    result.scope_released += released
+    result.failed += failures
+    return current
+
+
+# --- fixity ----------------------------------------------------------------------------
+
+
+def copies_for_fixity(*, sample: int | None = None, cycle_days: int | None = None) -> list[int]:
+    """Tonight's copies: the least recently verified share of the cycle, plus a random sample."""
+    sample = settings.PACS_FIXITY_SAMPLE if sample is None else sample
+    cycle_days = settings.PACS_FIXITY_CYCLE_DAYS if cycle_days is None else cycle_days
+    total = Copy.objects.count()
+    share = math.ceil(total / max(cycle_days, 1))
+    oldest = list(
+        Copy.objects.order_by(F("verified_at").asc(nulls_first=True), "pk").values_list("pk", flat=True)[:share]
+    )
+    extra = list(Copy.objects.exclude(pk__in=oldest).order_by("?").values_list("pk", flat=True)[:sample])
+    return oldest + extra
+
+
+def fixity_audit(*, sample: int | None = None, cycle_days: int | None = None) -> FixityRun:
+    """Re-read copies, compare their SHA-256, repair a damaged one from a verified one, raise alerts."""
+    run = FixityRun.objects.create()
+    for pk in copies_for_fixity(sample=sample, cycle_days=cycle_days):
+        copy_check(copy_pk=pk, run=run)
+    FixityRun.objects.filter(pk=run.pk).update(finished_at=timezone.now())
+    run.refresh_from_db()
+    return run
+
+
+def copy_check(*, copy_pk: int, run: FixityRun | None = None) -> str:
+    """Re-read one copy; repair it when damaged or missing. Returns ``ok``, ``repaired``,
+    ``damaged`` (not repaired) or ``unreadable`` (the tier cannot be read now: no verdict)."""
+    copy = Copy.objects.select_related("instance").filter(pk=copy_pk).first()
+    if copy is None:
+        return "gone"
+    instance = copy.instance
+    counts: dict[str, int] = {"checked": 1}
+    try:
+        actual = storage.copy_sha256(copy.tier, copy.path)
+    except storage.StorageError as exc:
+        logger.warning("fixity: %s unreadable now: %s", copy, exc)
+        counts["unreadable"] = 1
+        _count(run, counts)
+        return "unreadable"
+    if actual == instance.sha256 == copy.sha256:
+        Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now())
+        counts["ok"] = 1
+        _count(run, counts)
+        return "ok"
+    counts["damaged"] = 1
+    kind = StorageAlert.Kind.MISSING if actual is None else StorageAlert.Kind.DAMAGED
+    detail = "file missing" if actual is None else f"SHA-256 {actual}, expected {instance.sha256}"
+    logger.error("fixity: copy %s of %s is damaged: %s", copy, instance.sop_instance_uid, detail)
+    # Readers stop taking it at once; it becomes verified again only once repaired.
+    Copy.objects.filter(pk=copy.pk).update(verified_at=None)
+    repaired_from = _repair(copy, instance)
+    if repaired_from:
+        counts["repaired"] = 1
+        detail += f"; repaired from {repaired_from}"
+    else:
+        others = Copy.objects.filter(instance=instance, verified_at__isnull=False).exclude(pk=copy.pk)
+        if not others.exists():
+            kind = StorageAlert.Kind.UNREPAIRABLE
+        detail += "; not repaired"
+    StorageAlert.objects.create(
+        kind=kind,
+        tier=copy.tier,
+        path=copy.path,
+        instance=instance,
+        fixity_run=run,
+        detail=detail,
+        repaired=bool(repaired_from),
+    )
+    _count(run, counts)
+    return "repaired" if repaired_from else "damaged"
+
+
+def _repair(copy: Copy, instance: Instance) -> str:
+    fresh = _instance(instance.pk)
+    for source in retrieve.copies_nearest_first(fresh):
+        if source.pk == copy.pk:
+            continue
+        try:
+            fh = storage.open_copy(source.tier, source.path)
+            if fh is None:
+                continue
+            with fh:
+                storage.copy_replace(fh, copy.tier, copy.path, sha256=instance.sha256)
+        except storage.StorageError as exc:
+            logger.warning("fixity: repairing %s from %s failed: %s", copy, source, exc)
+            continue
+        Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now(), sha256=instance.sha256)
+        return str(source)
+    return ""
+
+
+def _count(run: FixityRun | None, counts: dict[str, int]) -> None:
+    if run is not None:
+        FixityRun.objects.filter(pk=run.pk).update(**{k: F(k) + v for k, v in counts.items()})
+
+
+# --- the staff view --------------------------------------------------------------------
+
+
+def storage_summary() -> dict[str, Any]:
+    """Objects and bytes per tier and per facility, the backlog, the fixity results and open alerts."""
+    now = timezone.now()
+    tiers = list(Copy.objects.values("tier").annotate(objects=Count("pk"), bytes=Sum("size")).order_by("tier"))
+    per_facility = list(
+        Copy.objects.values("instance__facility__code", "tier")
+        .annotate(objects=Count("pk"), bytes=Sum("size"))
+        .order_by("instance__facility__code", "tier")
+    )
+    return {
+        "scope": settings.PACS_LONG_TERM_SCOPE,
+        "tiers": tiers,
+        "per_facility": per_facility,
+        "to_migrate": len(instances_to_migrate(now=now, limit=100000)),
+        "to_evict": len(copies_to_evict(now=now, limit=100000)),
+        "scope_stale": scope_stale_copies().count(),
+        "migration": ScopeMigration.objects.first(),
+        "fixity_runs": list(FixityRun.objects.all()[:5]),
+        "alerts": list(StorageAlert.objects.filter(acknowledged_at__isnull=True).select_related("instance")[:50]),
+        "unverified": Copy.objects.filter(verified_at__isnull=True).count(),
+    }
