@@ -84,7 +84,8 @@ def test_repeated_wrong_passwords_lock_the_account_out_from_that_address(cup: Cu
 def test_staff_logins_are_throttled_too(online: CitizenExam) -> None:
     client = Client()
     answers = [
-        client.post("/accounts/login/", {"username": "radiologo", "password": "sbagliata"}).status_code for _ in range(5)
+        client.post("/accounts/login/", {"username": "radiologo", "password": "sbagliata"}).status_code
+        for _ in range(5)
     ]
     assert answers == [200, 200, 200, 200, 429]
     assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/"}
