@@ -87,7 +87,10 @@ def studies_recall(study_pks: list[int], facility_pk: int, keep_until: str) -> d
 
     from .models import Facility
 
-    facility = Facility.objects.get(pk=facility_pk)
+    facility = Facility.objects.filter(pk=facility_pk).first()
+    if facility is None:  # removed since the recall was queued: nothing to recall into
+        logger.warning("recall into facility %s skipped: no such facility", facility_pk)
+        return {}
     result = lifecycle.studies_recall(
         study_pks=study_pks, facility=facility, keep_until=dt.datetime.fromisoformat(keep_until)
     )

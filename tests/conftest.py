@@ -176,7 +176,15 @@ def listener(transactional_db: None, region: Region) -> Iterator[int]:
 
 @pytest.fixture
 def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """A real Celery worker process consuming this session's queue."""
+    """A real Celery worker process consuming this session's queue.
+
+    The queue is emptied first: tasks that earlier tests queued (a booking's
+    prefetch, a recall) refer to rows those tests' rollback removed.
+    """
+    from pacs.celery import app as celery_app
+
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
     log_path = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [
