@@ -634,3 +634,28 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
         signer_certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         signing_time=signing_time,
     )
+
+
+# --- for the demo's other certificates (the time-stamp authority's) -----------------
+
+
+def demo_ca_load(directory: Path | None = None) -> tuple[x509.Certificate, Any]:
+    """The demo CA's certificate and key, created if missing (as :func:`demo_pki_create` does)."""
+    root = _directory(directory)
+    _make_dir(root)
+    return _demo_ca(root)
+
+
+def private_key_pem(key: Any) -> bytes:
+    """A private key as PKCS#8 PEM, encrypted with ``PACS_SIGNING_KEY_PASSPHRASE`` when it is set."""
+    return _key_pem(key)
+
+
+def private_key_load(path: Path) -> Any:
+    """Load a key written by :func:`private_key_pem`."""
+    return _load_key(path)
+
+
+def write_once(path: Path, data: bytes) -> bool:
+    """Write ``path`` (mode 0600) only if it does not exist; True when this call wrote it."""
+    return _write_once(path, data)
