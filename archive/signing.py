@@ -561,7 +561,12 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
     if len(signer_infos) != 1:
         return _fail(_("La firma ha %(n)d firmatari: se ne attende uno.") % {"n": len(signer_infos)})
     signer_info = signer_infos[0]
-    cert = _signer_certificate(signed_data, signer_info)
+    try:
+        cert = _signer_certificate(signed_data, signer_info)
+    except (ValueError, TypeError, KeyError) as exc:
+        # A damaged certificate inside the signature: a bad signature, not an error.
+        logger.info("unreadable certificate in a CMS signature: %s", exc)
+        return _fail(_("Il certificato del firmatario nella firma non è leggibile."))
     if cert is None:
         return _fail(_("La firma non contiene il certificato del firmatario."))
 
