@@ -13,6 +13,7 @@ class PreservationConfig(AppConfig):
         # (DESIGN.md: dependencies point down); packaging hooks in here.
         from archive.signals import report_signed
 
+        from . import checks  # noqa: F401  (registers the system checks)
         from .tasks import package_on_report_signed
 
         report_signed.connect(package_on_report_signed, dispatch_uid="preservation.package")

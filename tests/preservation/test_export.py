@@ -130,3 +130,21 @@ def test_a_package_not_yet_in_a_volume_is_not_exported(signed: Preserved, tmp_pa
     packages.package_build(study_pk=signed.rep.study.pk)
     with pytest.raises(export.ExportError, match="volume"):
         export.dip_export(packages=export.packages_for(study=signed.rep.study), label="x", directory=tmp_path)
+
+
+def test_the_officer_exports_a_volume_from_the_admin(preserved: Preserved, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from django.test import Client
+
+    settings.SESSION_COOKIE_SECURE = False
+    settings.PACS_PRESERVATION_EXPORT_DIR = tmp_path / "exports"
+    client = Client()
+    client.force_login(preserved.officer)
+    response = client.post(
+        "/admin/preservation/volume/", {"action": "export_dip", "_selected_action": [preserved.volume.pk]}
+    )
+    assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
+    zipped = tmp_path / "from-admin.zip"
+    zipped.write_bytes(b"".join(response.streaming_content))
+    assert export.package_verify(zipped).ok
+    entry = JournalEntry.objects.get(action="export.dip")
+    assert entry.username == "conservatore" and entry.detail["volumes"] == [preserved.volume.identifier]

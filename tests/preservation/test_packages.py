@@ -174,3 +174,62 @@ def test_a_damaged_report_file_is_rejected_not_archived(signed: Preserved) -> No
     assert package.status == Package.Status.REJECTED and not package.files.exists()
     assert not (tier_root() / "aip" / package.identifier).exists()
     assert JournalEntry.objects.get().action == "package.reject"
+
+
+def test_the_management_command_runs_each_step(signed: Preserved) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("preservation", "package", stdout=out)
+    call_command("preservation", "volume", stdout=out)
+    call_command("preservation", "fixity", stdout=out)
+    call_command("preservation", "propose-discard", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "1 packages archived"
+    assert lines[1].startswith("1 volumes closed VOL-")
+    assert lines[2] == "20 files, 1 volumes, 0 anomalies"
+    assert lines[3] == "nothing to discard"
+
+
+def test_an_http_time_stamp_authority_when_one_is_configured(signed: Preserved, settings) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from preservation import timestamp
+
+    seen: list[str] = []
+
+    class TSA(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append(self.headers["Content-Type"])
+            query = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = timestamp._ask_openssl(query)  # the local TSA behind an RFC 3161 HTTP front
+            self.send_response(200)
+            self.send_header("Content-Type", "application/timestamp-reply")
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), TSA)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings.PACS_TSA_URL = f"http://127.0.0.1:{server.server_address[1]}/tsa"
+        packages.package_build(study_pk=signed.rep.study.pk)
+        volume = volumes.volume_close()
+    finally:
+        server.shutdown()
+    assert seen == ["application/timestamp-query"]
+    assert volume is not None and volume.timestamp_time is not None
+    from archive import signing
+
+    check = timestamp.timestamp_verify(
+        data=(tier_root() / volume.index_path).read_bytes(),
+        tsr=(tier_root() / volume.timestamp_path).read_bytes(),
+        ca_pem=signing.ca_certificate_pem(),
+    )
+    assert check.ok, check.reason
