@@ -36,8 +36,14 @@ def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
     The sweep (:func:`studies_package_sweep`) catches what this misses
     (instances that arrive meanwhile move the moment on).
     """
+    countdown = settings.PACS_PRESERVATION_STABLE_MINUTES * 60 + 5
+    visibility = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}).get("visibility_timeout", 3600)
+    if countdown > visibility:
+        # A task held past the broker's visibility timeout is delivered again
+        # (Redis): leave a long wait to the sweep instead.
+        return
     try:
-        study_package.apply_async(args=[study_pk], countdown=settings.PACS_PRESERVATION_STABLE_MINUTES * 60 + 5)
+        study_package.apply_async(args=[study_pk], countdown=countdown)
     except Exception:
         logger.exception("preservation of study %s not queued: the sweep will", study_pk)
 

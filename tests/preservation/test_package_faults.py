@@ -114,3 +114,26 @@ def test_a_build_killed_after_publishing_is_adopted(signed: Preserved, monkeypat
     # The next run gathers the same files again, finds them published whole, and records them.
     [done] = packages.package_build(study_pk=signed.rep.study.pk, stale_after=dt.timedelta(0))
     _complete(done)
+
+
+def test_a_volume_left_half_closed_is_finished_by_the_next_run(signed: Preserved, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from preservation import timestamp, volumes
+    from preservation.models import Volume
+
+    [package] = packages.package_build(study_pk=signed.rep.study.pk)
+
+    def killed(data: bytes) -> bytes:
+        raise SystemExit("worker killed while asking the TSA")
+
+    monkeypatch.setattr(timestamp, "timestamp_obtain", killed)
+    with pytest.raises(SystemExit):
+        volumes.volume_close()
+    monkeypatch.undo()
+    volume = Volume.objects.get()
+    assert volume.status == Volume.Status.BUILDING
+    assert not (tier_root() / "volumes").exists() or list((tier_root() / "volumes").iterdir()) == []
+    assert volumes.volume_close() is None  # its packages are claimed; its closer may still be alive
+    closed = volumes.volume_close(stale_after=dt.timedelta(0))
+    assert closed is not None and closed.pk == volume.pk and closed.status == Volume.Status.CLOSED
+    package.refresh_from_db()
+    assert package.volume_id == volume.pk

@@ -161,6 +161,11 @@ def test_signing_queues_the_package_task_after_the_stable_time(  # type: ignore[
     with django_capture_on_commit_callbacks(execute=True):
         signed_report(reporting)
     assert queued == [{"args": [reporting.study.pk], "countdown": 30 * 60 + 5}]
+    # A wait longer than the broker's visibility timeout is left to the sweep.
+    settings.PACS_PRESERVATION_STABLE_MINUTES = 24 * 60
+    tasks.package_on_report_signed(sender=None, report_pk=1, study_pk=reporting.study.pk)
+    assert len(queued) == 1
+    assert tasks.studies_package_sweep.__name__  # the beat entry's task exists
 
 
 def test_a_damaged_report_file_is_rejected_not_archived(signed: Preserved) -> None:
