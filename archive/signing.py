@@ -561,7 +561,12 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
     if len(signer_infos) != 1:
         return _fail(_("La firma ha %(n)d firmatari: se ne attende uno.") % {"n": len(signer_infos)})
     signer_info = signer_infos[0]
-    cert = _signer_certificate(signed_data, signer_info)
+    try:
+        cert = _signer_certificate(signed_data, signer_info)
+    except (ValueError, TypeError, KeyError) as exc:
+        # A damaged certificate inside the signature: a bad signature, not an error.
+        logger.info("unreadable certificate in a CMS signature: %s", exc)
+        return _fail(_("Il certificato del firmatario nella firma non è leggibile."))
     if cert is None:
         return _fail(_("La firma non contiene il certificato del firmatario."))
 
@@ -634,3 +639,28 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
         signer_certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         signing_time=signing_time,
     )
+
+
+# --- for the demo's other certificates (the time-stamp authority's) -----------------
+
+
+def demo_ca_load(directory: Path | None = None) -> tuple[x509.Certificate, Any]:
+    """The demo CA's certificate and key, created if missing (as :func:`demo_pki_create` does)."""
+    root = _directory(directory)
+    _make_dir(root)
+    return _demo_ca(root)
+
+
+def private_key_pem(key: Any) -> bytes:
+    """A private key as PKCS#8 PEM, encrypted with ``PACS_SIGNING_KEY_PASSPHRASE`` when it is set."""
+    return _key_pem(key)
+
+
+def private_key_load(path: Path) -> Any:
+    """Load a key written by :func:`private_key_pem`."""
+    return _load_key(path)
+
+
+def write_once(path: Path, data: bytes) -> bool:
+    """Write ``path`` (mode 0600) only if it does not exist; True when this call wrote it."""
+    return _write_once(path, data)

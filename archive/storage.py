@@ -342,6 +342,7 @@ def remove_file(tier: str, relpath: str) -> bool:
     """
     if not relpath.startswith("derived/"):
         raise StorageError(f"refusing to remove {relpath!r}: not a derived object")
+    _refuse_preservation(tier, "remove")
     try:
         absolute_path(tier, relpath).unlink()
     except FileNotFoundError:
@@ -473,6 +474,7 @@ def copy_replace(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> None
     and its hash is checked before anything is replaced.
     """
     _check_sha256(sha256)
+    _refuse_preservation(tier, "replace")
     if tier_is_local(tier):
         _fs_store(src, tier, relpath, sha256=sha256, replace=True)
     else:
@@ -488,6 +490,7 @@ def copy_remove(tier: str, relpath: str) -> bool:
     Only the lifecycle calls this, after the copy's row is gone in a
     transaction that saw another verified copy.
     """
+    _refuse_preservation(tier, "remove")
     if not tier_is_local(tier):
         return _s3_delete(tier, relpath)
     try:
@@ -497,6 +500,54 @@ def copy_remove(tier: str, relpath: str) -> bool:
     except OSError as exc:
         raise _storage_error(exc, f"removing {relpath}") from exc
     return True
+
+
+class WriteOnceViolation(StorageError):
+    """An object of the preservation tier was to be replaced or removed outside the discard procedure."""
+
+
+def _refuse_preservation(tier: str, doing: str) -> None:
+    # The preservation tier is write-once (conservazione a norma): nothing
+    # there is replaced, repaired in place or released by the lifecycle.
+    if tier_kind(tier) == PRESERVATION:
+        raise WriteOnceViolation(f"refusing to {doing} an object of the write-once tier {tier}")
+
+
+def discard_remove(tier: str, relpath: str) -> bool:
+    """Remove an object of the preservation tier; False when it was not there.
+
+    Only the discard procedure calls this (``preservation.vault.discard_file``),
+    after it checked that an officer approved the discard of this very object.
+    """
+    if tier_kind(tier) != PRESERVATION:
+        raise StorageError(f"discard_remove is for the preservation tier, not {tier}")
+    if not tier_is_local(tier):
+        return _s3_delete(tier, relpath)
+    path = absolute_path(tier, relpath)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _storage_error(exc, f"removing {relpath}") from exc
+    _fsync_dir(path.parent)
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's new entries durable."""
+    try:
+        _fsync_dir(path)
+    except OSError as exc:
+        raise _storage_error(exc, f"syncing {path}") from exc
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create a folder and its missing parents, each new entry made durable."""
+    try:
+        _makedirs_durable(path)
+    except OSError as exc:
+        raise _storage_error(exc, f"creating {path}") from exc
 
 
 def _load_syncfs() -> Any:

@@ -541,3 +541,57 @@ PACS_PORTAL_PACKAGE_HOURS = env_int("PACS_PORTAL_PACKAGE_HOURS", 48)
 PACS_PORTAL_INLINE_BYTES = env_int("PACS_PORTAL_INLINE_BYTES", 64 * 1024 * 1024)
 # How long a professional's emergency access to a hidden (oscurato) study lasts.
 PACS_EMERGENCY_ACCESS_MINUTES = env_int("PACS_EMERGENCY_ACCESS_MINUTES", 120)
+
+# --- Preservation (conservazione a norma, issue 9) ----------------------------
+# The preservation tier the archival packages (PdA) and volumes go to.
+PACS_PRESERVATION_TIER = env_str("PACS_PRESERVATION_TIER", "preservation:region")
+# A study is packaged once its report is signed and no instance has arrived for this long.
+PACS_PRESERVATION_STABLE_MINUTES = env_float("PACS_PRESERVATION_STABLE_MINUTES", 24 * 60.0)
+# The preservation officer whose key signs the volumes' indexes (a user with a
+# key and certificate under PACS_SIGNING_DIR/users/; the demo's "conservatore").
+PACS_PRESERVATION_SIGNER = env_str("PACS_PRESERVATION_SIGNER", "conservatore")
+# Who submits (produttore), who holds (conservatore), as the SInCRO index names them.
+PACS_PRESERVATION_SUBMITTER = env_str(
+    "PACS_PRESERVATION_SUBMITTER", "Regione Autonoma Friuli Venezia Giulia – PACS regionale"
+)
+PACS_PRESERVATION_HOLDER = env_str("PACS_PRESERVATION_HOLDER", "Servizio di conservazione regionale")
+# The classification (titolario) index of the documents.
+PACS_PRESERVATION_CLASSIFICATION = env_str("PACS_PRESERVATION_CLASSIFICATION", "VI.3 – Diagnostica per immagini")
+# A volume is closed with at most this many packages.
+PACS_PRESERVATION_VOLUME_MAX_PACKAGES = env_int("PACS_PRESERVATION_VOLUME_MAX_PACKAGES", 500)
+# Every AIP's hashes are read again at least once per cycle.
+PACS_PRESERVATION_FIXITY_CYCLE_DAYS = env_int("PACS_PRESERVATION_FIXITY_CYCLE_DAYS", 365)
+# Dissemination packages (PdD) are written here.
+PACS_PRESERVATION_EXPORT_DIR = Path(
+    env_str("PACS_PRESERVATION_EXPORT_DIR", str(VAR_DIR / "preservation-exports"))
+).resolve()
+# A pause between the files of a package, in seconds: spares a busy archive's I/O.
+PACS_PRESERVATION_THROTTLE_SECONDS = env_float("PACS_PRESERVATION_THROTTLE_SECONDS", 0.0)
+# The RFC 3161 time-stamp authority: an HTTP TSA (the query is POSTed as
+# application/timestamp-query) or, when empty, a local one run by `openssl ts`
+# with the key, certificate and configuration in PACS_TSA_DIR (the demo makes them).
+PACS_TSA_URL = env_str("PACS_TSA_URL")
+PACS_TSA_DIR = Path(env_str("PACS_TSA_DIR", str(PACS_SIGNING_DIR / "tsa"))).resolve()
+PACS_TSA_TIMEOUT = env_float("PACS_TSA_TIMEOUT", 30.0)
+PACS_TSA_USERNAME = env_str("PACS_TSA_USERNAME")
+PACS_TSA_PASSWORD = env_secret("PACS_TSA_PASSWORD")
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "preservation-sweep": {
+            "task": "preservation.tasks.studies_package_sweep",
+            "schedule": env_float("PACS_PRESERVATION_SWEEP_SECONDS", 1800.0),
+        },
+        "preservation-volumes": {
+            "task": "preservation.tasks.volumes_close",
+            "schedule": crontab(hour=env_int("PACS_PRESERVATION_VOLUME_HOUR", 1), minute=0),
+        },
+        "preservation-fixity": {
+            "task": "preservation.tasks.fixity_audit",
+            "schedule": crontab(hour=env_int("PACS_PRESERVATION_FIXITY_HOUR", 3), minute=30),
+        },
+        "preservation-discard-propose": {
+            "task": "preservation.tasks.discard_propose",
+            "schedule": crontab(day_of_week=1, hour=4, minute=0),
+        },
+    }
+)

@@ -1,7 +1,19 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class PreservationConfig(AppConfig):
     name = "preservation"
+    verbose_name = _("Conservazione a norma")
+
+    def ready(self) -> None:
+        # The archive announces signed reports without importing this app
+        # (DESIGN.md: dependencies point down); packaging hooks in here.
+        from archive.signals import report_signed
+
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .tasks import package_on_report_signed
+
+        report_signed.connect(package_on_report_signed, dispatch_uid="preservation.package")

@@ -1,0 +1,217 @@
+"""Admin pages of the preservation: packages, volumes and the giornale (read-only),
+the retention table, legal holds, discards (approved only by holders of
+``preservation.approve_discard``), fixity audits and their alerts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import export, retention
+from .models import (
+    Discard,
+    DiscardItem,
+    FixityAudit,
+    JournalEntry,
+    LegalHold,
+    Package,
+    PackageFile,
+    PreservationAlert,
+    RetentionClass,
+    Volume,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class _ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class PackageFileInline(_ReadOnlyInline):
+    model = PackageFile
+    fields = ("name", "role", "mime_type", "size", "sha256", "retention_class", "keep_until", "discarded_at")
+    readonly_fields = fields
+
+
+def _export_response(request: HttpRequest, packages: list[Package], label: str) -> HttpResponse | None:
+    try:
+        path = export.dip_export(packages=packages, label=label, user=request.user)
+    except export.ExportError as exc:
+        messages.error(request, exc.message)
+        return None
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+
+
+@admin.register(Package)
+class PackageAdmin(_ReadOnlyAdmin):
+    list_display = ("identifier", "study", "status", "volume", "archived_at", "fixity_checked_at")
+    list_filter = ("status",)
+    search_fields = (
+        "identifier",
+        "study__study_instance_uid",
+        "study__accession_number",
+        "study__patient__codice_fiscale",
+    )
+    readonly_fields = [f.name for f in Package._meta.fields]
+    inlines = [PackageFileInline]
+    actions = ["export_dip"]
+
+    @admin.action(description=_("Esporta un pacchetto di distribuzione (PdD)"), permissions=["view"])
+    def export_dip(self, request: HttpRequest, queryset: QuerySet[Package]) -> HttpResponse | None:
+        found = list(queryset.filter(status=Package.Status.ARCHIVED).select_related("volume", "study"))
+        return _export_response(request, found, ", ".join(p.identifier for p in found[:3]))
+
+
+@admin.register(Volume)
+class VolumeAdmin(_ReadOnlyAdmin):
+    list_display = ("identifier", "status", "created_at", "closed_at", "timestamp_time", "signer_name")
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in Volume._meta.fields]
+    actions = ["export_dip"]
+
+    @admin.action(description=_("Esporta il volume come pacchetto di distribuzione (PdD)"), permissions=["view"])
+    def export_dip(self, request: HttpRequest, queryset: QuerySet[Volume]) -> HttpResponse | None:
+        found = [p for v in queryset for p in export.packages_for(volume=v)]
+        return _export_response(request, found, "volume " + ", ".join(v.identifier for v in queryset[:3]))
+
+
+@admin.register(JournalEntry)
+class JournalEntryAdmin(_ReadOnlyAdmin):
+    list_display = ("at", "event", "action", "outcome", "object_id", "username", "system")
+    list_filter = ("event", "outcome")
+    search_fields = ("object_id", "action", "username")
+    readonly_fields = [f.name for f in JournalEntry._meta.fields]
+
+
+@admin.register(RetentionClass)
+class RetentionClassAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "document_type", "modality", "years", "legal_basis")
+
+
+@admin.register(LegalHold)
+class LegalHoldAdmin(admin.ModelAdmin):
+    list_display = ("placed_at", "study", "patient", "reason", "placed_by", "released_at")
+    list_filter = (("released_at", admin.EmptyFieldListFilter),)
+    raw_id_fields = ("study", "patient")
+    readonly_fields = ("placed_at", "placed_by", "released_at", "released_by")
+    actions = ["release"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a hold is released, never deleted: its history stays
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None:
+            return ("study", "patient", "reason", *self.readonly_fields)
+        return self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: LegalHold, form: Any, change: bool) -> None:
+        if change:
+            return
+        hold = retention.hold_place(user=request.user, reason=obj.reason, study=obj.study, patient=obj.patient)
+        obj.pk = hold.pk
+
+    @admin.action(description=_("Revoca i blocchi legali selezionati"), permissions=["change"])
+    def release(self, request: HttpRequest, queryset: QuerySet[LegalHold]) -> None:
+        n = 0
+        for hold in queryset.filter(released_at__isnull=True):
+            retention.hold_release(hold=hold, user=request.user)
+            n += 1
+        self.message_user(request, ngettext("%d blocco revocato.", "%d blocchi revocati.", n) % n, messages.SUCCESS)
+
+
+class DiscardItemInline(_ReadOnlyInline):
+    model = DiscardItem
+    fields = ("path", "size", "sha256", "removed_at")
+    readonly_fields = fields
+
+
+@admin.register(Discard)
+class DiscardAdmin(admin.ModelAdmin):
+    list_display = ("pk", "status", "proposed_at", "approved_by", "approved_at", "executed_at", "record_sha256")
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in Discard._meta.fields]
+    inlines = [DiscardItemInline]
+    actions = ["approve_and_execute", "reject"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # proposed by the task only
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("preservation.approve_discard"))
+
+    @admin.action(description=_("Approva ed esegui gli scarti selezionati"), permissions=["approve"])
+    def approve_and_execute(self, request: HttpRequest, queryset: QuerySet[Discard]) -> None:
+        for discard in queryset:
+            try:
+                if discard.status == Discard.Status.PROPOSED:
+                    retention.discard_approve(discard=discard, user=request.user)
+                retention.discard_execute(discard=discard, user=request.user)
+            except PermissionDenied as exc:
+                messages.error(request, str(exc))
+            except retention.RetentionError as exc:
+                messages.error(request, f"{discard}: {exc.message}")
+            else:
+                messages.success(request, _("%(d)s eseguito: verbale registrato.") % {"d": discard})
+
+    @admin.action(description=_("Respingi gli scarti selezionati"), permissions=["approve"])
+    def reject(self, request: HttpRequest, queryset: QuerySet[Discard]) -> None:
+        for discard in queryset.filter(status=Discard.Status.PROPOSED):
+            retention.discard_reject(discard=discard, user=request.user)
+
+
+@admin.register(FixityAudit)
+class FixityAuditAdmin(_ReadOnlyAdmin):
+    list_display = ("started_at", "finished_at", "packages_checked", "files_checked", "volumes_checked", "failures")
+
+
+@admin.register(PreservationAlert)
+class PreservationAlertAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "kind", "package", "volume", "path", "acknowledged_at", "acknowledged_by")
+    list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
+    readonly_fields = [f.name for f in PreservationAlert._meta.fields]
+    actions = ["acknowledge"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[PreservationAlert]) -> None:
+        n = queryset.filter(acknowledged_at__isnull=True).update(
+            acknowledged_at=timezone.now(), acknowledged_by=request.user
+        )
+        self.message_user(
+            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
+        )

@@ -1,0 +1,75 @@
+"""Celery tasks of the preservation: thin adapters over the services."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from . import fixity, packages, retention, volumes
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_TASK = "preservation.tasks.study_package"
+
+
+@shared_task(
+    name=PACKAGE_TASK,
+    acks_late=True,
+    # Idempotent: a package already archived is skipped, a half-built one is
+    # taken over once its builder's heartbeat is stale.
+    autoretry_for=(OperationalError, InterfaceError, packages.PackageError),
+    retry_backoff=True,
+    retry_backoff_max=3600,
+    max_retries=10,
+)
+def study_package(study_pk: int) -> int:
+    return len(packages.package_build(study_pk=study_pk))
+
+
+def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.report_signed`` receiver: package the study once it has been stable for a while.
+
+    The sweep (:func:`studies_package_sweep`) catches what this misses
+    (instances that arrive meanwhile move the moment on).
+    """
+    countdown = settings.PACS_PRESERVATION_STABLE_MINUTES * 60 + 5
+    visibility = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}).get("visibility_timeout", 3600)
+    if countdown > visibility:
+        # A task held past the broker's visibility timeout is delivered again
+        # (Redis): leave a long wait to the sweep instead.
+        return
+    try:
+        study_package.apply_async(args=[study_pk], countdown=countdown)
+    except Exception:
+        logger.exception("preservation of study %s not queued: the sweep will", study_pk)
+
+
+@shared_task(name="preservation.tasks.studies_package_sweep")
+def studies_package_sweep() -> int:
+    pks = packages.studies_due()
+    for pk in pks:
+        study_package.delay(pk)
+    return len(pks)
+
+
+@shared_task(name="preservation.tasks.volumes_close", acks_late=True)
+def volumes_close() -> int:
+    closed = 0
+    while volumes.volume_close() is not None:
+        closed += 1
+    return closed
+
+
+@shared_task(name="preservation.tasks.fixity_audit", acks_late=True)
+def fixity_audit() -> int:
+    return fixity.fixity_audit().failures
+
+
+@shared_task(name="preservation.tasks.discard_propose")
+def discard_propose() -> int | None:
+    discard = retention.discard_propose()
+    return discard.pk if discard else None

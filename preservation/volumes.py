@@ -1,0 +1,185 @@
+"""Preservation volumes: archived packages grouped under one SInCRO index,
+signed (detached CAdES) with the preservation officer's key and time-stamped
+(RFC 3161).
+
+:func:`volume_close` first finishes a volume a dead worker left half-closed,
+then claims the archived packages without a volume (a conditional update per
+package, so two closers never share one), writes the index, its signature and
+its time stamp, and publishes the three in one step under ``volumes/<ID>/``
+in the write-once tier; the row is marked closed last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from archive import signing, storage
+
+from . import sincro, timestamp, vault
+from .journal import journal_record
+from .models import JournalEntry, Package, PackageFile, Volume
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "preservation.volume_close"
+INDEX, SIGNATURE, TIMESTAMP = "index.xml", "index.xml.p7m", "index.xml.tsr"
+STALE = dt.timedelta(minutes=10)
+
+
+class VolumeError(Exception):
+    """A volume could not be closed now (no signer key, no time-stamp authority)."""
+
+
+def signer_user() -> object:
+    user = get_user_model().objects.filter(username=settings.PACS_PRESERVATION_SIGNER).first()
+    if user is None:
+        raise VolumeError(f"the preservation signer {settings.PACS_PRESERVATION_SIGNER!r} is not a user")
+    return user
+
+
+def volume_close(*, max_packages: int | None = None, stale_after: dt.timedelta = STALE) -> Volume | None:
+    """Close one volume: a half-closed one first, else a new one of the packages without a volume.
+
+    Returns the closed volume, or None when there was nothing to close.
+    """
+    now = timezone.now()
+    leftover = Volume.objects.filter(status=Volume.Status.BUILDING, heartbeat_at__lte=now - stale_after).first()
+    if leftover is not None:
+        if Volume.objects.filter(pk=leftover.pk, heartbeat_at=leftover.heartbeat_at).update(heartbeat_at=now) == 1:
+            return _finish(leftover)
+    limit = max_packages or settings.PACS_PRESERVATION_VOLUME_MAX_PACKAGES
+    candidates = list(
+        Package.objects.filter(status=Package.Status.ARCHIVED, volume__isnull=True)
+        .order_by("archived_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if not candidates:
+        return None
+    previous = Volume.objects.filter(status=Volume.Status.CLOSED).order_by("-closed_at", "-pk").first()
+    with transaction.atomic():
+        volume = Volume.objects.create(
+            identifier=f"VOL-{timezone.localdate():%Y%m%d}-{uuid.uuid4().hex[:12]}",
+            tier=vault.tier(),
+            previous=previous,
+            heartbeat_at=now,
+        )
+        claimed = Package.objects.filter(pk__in=candidates, volume__isnull=True).update(volume=volume)
+    if not claimed:
+        Volume.objects.filter(pk=volume.pk).delete()
+        return None
+    return _finish(volume)
+
+
+def _finish(volume: Volume) -> Volume:
+    prefix = f"volumes/{volume.identifier}"
+    if vault.folder_exists(prefix):
+        # A worker published the folder and died before recording it: the
+        # rename made it whole, so it is recorded as it is.
+        files = {name: vault.read_bytes(f"{prefix}/{name}") for name in (INDEX, SIGNATURE, TIMESTAMP)}
+        if any(v is None for v in files.values()):
+            raise VolumeError(f"{prefix} exists without all its files")
+        return _record(volume, prefix, files)  # type: ignore[arg-type]
+    vault.staging_clean(prefix)
+    signer = signer_user()
+    index = _index(volume, signer_name=signing.signer_name(signer))
+    data = sincro.index_xml(index)
+    try:
+        signature = signing.cades_sign_detached(data=data, user=signer)
+    except signing.SigningError as exc:
+        raise VolumeError(exc.message) from exc
+    try:
+        tsr = timestamp.timestamp_obtain(data)
+    except timestamp.TimestampError as exc:
+        raise VolumeError(str(exc)) from exc
+    files = {INDEX: data, SIGNATURE: signature, TIMESTAMP: tsr}
+    workdir = storage.incoming_dir() / f"vol-{volume.identifier}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        staged = []
+        for name, content in files.items():
+            path = Path(workdir) / name
+            path.write_bytes(content)
+            staged.append(vault.StagedFile(name, path, hashlib.sha256(content).hexdigest()))
+        vault.publish_folder(prefix, staged, last=INDEX)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _record(volume, prefix, files)
+
+
+def _index(volume: Volume, *, signer_name: str) -> sincro.Index:
+    previous = volume.previous
+    index = sincro.Index(
+        id=f"IdC-{volume.identifier}",
+        volume_id=volume.identifier,
+        previous_id=f"IdC-{previous.identifier}" if previous else "",
+        previous_path=previous.index_path if previous else "",
+        previous_sha256=previous.index_sha256 if previous else "",
+        created=timezone.now(),
+        submitter=settings.PACS_PRESERVATION_SUBMITTER,
+        holder=settings.PACS_PRESERVATION_HOLDER,
+        signer=signer_name,
+    )
+    for package in volume.packages.order_by("pk"):
+        files = list(package.files.order_by("name"))
+        manifest = next((f for f in files if f.name == "PdA.xml"), None)
+        index.groups.append(
+            sincro.IndexGroup(
+                label=package.identifier,
+                files=[
+                    sincro.IndexFile(
+                        id=f"{package.identifier}/{f.name}", path=f.path, format=f.mime_type, sha256=f.sha256
+                    )
+                    for f in files
+                ],
+                manifest_path=manifest.path if manifest else "",
+                manifest_sha256=manifest.sha256 if manifest else "",
+            )
+        )
+    return index
+
+
+def _record(volume: Volume, prefix: str, files: dict[str, bytes]) -> Volume:
+    check = timestamp.timestamp_verify(
+        data=files[INDEX], tsr=files[TIMESTAMP], ca_pem=signing.ca_certificate_pem(), tsa_pem=None
+    )
+    sig = signing.cades_verify_detached(data=files[INDEX], signature=files[SIGNATURE])
+    updated = Volume.objects.filter(pk=volume.pk, status=Volume.Status.BUILDING).update(
+        status=Volume.Status.CLOSED,
+        closed_at=timezone.now(),
+        index_path=f"{prefix}/{INDEX}",
+        index_sha256=hashlib.sha256(files[INDEX]).hexdigest(),
+        signature_path=f"{prefix}/{SIGNATURE}",
+        signature_sha256=hashlib.sha256(files[SIGNATURE]).hexdigest(),
+        timestamp_path=f"{prefix}/{TIMESTAMP}",
+        timestamp_sha256=hashlib.sha256(files[TIMESTAMP]).hexdigest(),
+        timestamp_time=check.time,
+        signer_name=sig.signer_subject,
+    )
+    volume.refresh_from_db()
+    if updated:
+        journal_record(
+            event=JournalEntry.Event.VOLUME,
+            action="volume.close",
+            object_id=volume.identifier,
+            system=SYSTEM,
+            detail={
+                "packages": volume.packages.count(),
+                "files": PackageFile.objects.filter(package__volume=volume).count(),
+                "index_sha256": volume.index_sha256,
+                "signature_ok": sig.ok,
+                "timestamp_ok": check.ok,
+                "timestamp": check.time.isoformat() if check.time else "",
+            },
+        )
+    return volume

@@ -1,0 +1,61 @@
+"""Fixtures of the preservation tests: a study with a signed report, the
+preservation officer with a key from the demo CA, and the local TSA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+from archive import signing
+from archive.models import Report
+from preservation import packages, timestamp, volumes
+from preservation.models import Package, Volume
+from tests.reporting_helpers import Reporting, reporting, signed_report  # noqa: F401  (fixture)
+
+OFFICER_PASSWORD = "una-password-da-conservatore-3"
+
+
+@dataclass
+class Preserved:
+    rep: Reporting
+    report: Report
+    officer: object
+    package: Package | None = None
+    volume: Volume | None = None
+
+
+@pytest.fixture
+def officer(db: None) -> object:
+    user = get_user_model().objects.create_user(
+        username="conservatore", password=OFFICER_PASSWORD, first_name="Anna", last_name="Zorzut", is_staff=True
+    )
+    for codename in ("approve_discard", "view_package", "view_volume", "view_discard", "change_discard"):
+        user.user_permissions.add(Permission.objects.get(content_type__app_label="preservation", codename=codename))
+    signing.demo_pki_create(users=[user])
+    timestamp.tsa_demo_create()
+    return get_user_model().objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def signed(reporting: Reporting, officer: object, settings) -> Preserved:  # type: ignore[no-untyped-def]  # noqa: F811
+    settings.PACS_PRESERVATION_STABLE_MINUTES = 0
+    return Preserved(rep=reporting, report=signed_report(reporting), officer=officer)
+
+
+@pytest.fixture
+def preserved(signed: Preserved) -> Preserved:
+    """The study packaged (AIP archived) and its volume closed."""
+    [signed.package] = packages.package_build(study_pk=signed.rep.study.pk)
+    signed.volume = volumes.volume_close()
+    signed.package.refresh_from_db()
+    return signed
+
+
+def tier_root() -> Path:
+    from archive import storage
+
+    return storage.absolute_path("preservation:region", ".")
