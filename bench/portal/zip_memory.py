@@ -644,7 +644,7 @@ def main() -> None:
         )
     print("    (÷disk: MB/s over the cold read's, goal >= 0.5; growth: the child's peak RSS over its RSS just")
     print(
-        "     before the call (Django and pydicom loaded), goal < 150 MB; the zip also re-reads itself for its SHA-256)"
+        "     before the call (Django and pydicom loaded), goal < 150 MB)"
     )
     if flow is None:
         if not args.skip_http:
