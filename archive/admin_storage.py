@@ -36,6 +36,28 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class AlertAdminMixin:
+    """An alert's admin: alerts are raised by the system, never added or deleted
+    here; staff acknowledge them with an action (the preservation alerts too)."""
+
+    actions = ["acknowledge"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        n = queryset.filter(acknowledged_at__isnull=True).update(
+            acknowledged_at=timezone.now(), acknowledged_by=request.user
+        )
+        self.message_user(  # type: ignore[attr-defined]
+            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
+        )
+
+
 @admin.register(ScopeMigration)
 class ScopeMigrationAdmin(_ReadOnlyAdmin):
     list_display = ("started_at", "target_scope", "total", "copied", "released", "percent", "failures", "finished_at")
@@ -47,7 +69,7 @@ class FixityRunAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(StorageAlert)
-class StorageAlertAdmin(admin.ModelAdmin):
+class StorageAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "kind", "tier", "instance", "repaired", "acknowledged_at", "acknowledged_by")
     list_filter = ("kind", "repaired", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = (
@@ -62,22 +84,6 @@ class StorageAlertAdmin(admin.ModelAdmin):
         "acknowledged_at",
         "acknowledged_by",
     )
-    actions = ["acknowledge"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
-    def acknowledge(self, request: HttpRequest, queryset: QuerySet[StorageAlert]) -> None:
-        n = queryset.filter(acknowledged_at__isnull=True).update(
-            acknowledged_at=timezone.now(), acknowledged_by=request.user
-        )
-        self.message_user(
-            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
-        )
 
 
 @staff_member_required

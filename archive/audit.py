@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,15 +112,22 @@ class ChainReport:
         return self.broken_at is None
 
 
-def audit_chain_verify() -> ChainReport:
-    """Recompute every row's hash in order; report the first row that does not fit."""
+def chain_verify(rows: Iterable[Any], row_hash: Callable[[Any], str]) -> ChainReport:
+    """Walk a hash chain in order (``rows`` with ``pk``, ``prev_hash`` and
+    ``hash``); report the first row that does not fit. Also used by the
+    preservation log (``preservation.journal``)."""
     prev = GENESIS_HASH
     checked = 0
-    for event in AuditEvent.objects.order_by("id").iterator(chunk_size=2000):
-        if event.prev_hash != prev:
-            return ChainReport(checked, event.pk, "its prev_hash does not match the previous row (a row removed?)")
-        if _row_hash(event) != event.hash:
-            return ChainReport(checked, event.pk, "its content does not match its hash (a row changed?)")
-        prev = event.hash
+    for row in rows:
+        if row.prev_hash != prev:
+            return ChainReport(checked, row.pk, "its prev_hash does not match the previous row (a row removed?)")
+        if row_hash(row) != row.hash:
+            return ChainReport(checked, row.pk, "its content does not match its hash (a row changed?)")
+        prev = row.hash
         checked += 1
     return ChainReport(checked, None)
+
+
+def audit_chain_verify() -> ChainReport:
+    """Recompute every row's hash in order; report the first row that does not fit."""
+    return chain_verify(AuditEvent.objects.order_by("id").iterator(chunk_size=2000), _row_hash)

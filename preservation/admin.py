@@ -11,9 +11,10 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponse
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+
+from archive.admin_storage import AlertAdminMixin
 
 from . import export, retention
 from .models import (
@@ -195,23 +196,7 @@ class FixityAuditAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(PreservationAlert)
-class PreservationAlertAdmin(admin.ModelAdmin):
+class PreservationAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
     list_display = ("created_at", "kind", "package", "volume", "path", "acknowledged_at", "acknowledged_by")
     list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = [f.name for f in PreservationAlert._meta.fields]
-    actions = ["acknowledge"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
-    def acknowledge(self, request: HttpRequest, queryset: QuerySet[PreservationAlert]) -> None:
-        n = queryset.filter(acknowledged_at__isnull=True).update(
-            acknowledged_at=timezone.now(), acknowledged_by=request.user
-        )
-        self.message_user(
-            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
-        )

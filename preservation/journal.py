@@ -6,17 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
+from archive.audit import GENESIS_HASH, ChainReport, chain_verify
+
 from .models import JournalEntry
 
 logger = logging.getLogger(__name__)
 
-GENESIS_HASH = "0" * 64
 _CHAIN_LOCK_KEY = 0x50524553  # "PRES": PostgreSQL advisory lock serialising the chain's tail
 
 
@@ -68,26 +68,6 @@ def journal_record(
     return entry
 
 
-@dataclass
-class JournalCheck:
-    checked: int
-    broken_at: int | None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.broken_at is None
-
-
-def journal_verify() -> JournalCheck:
+def journal_verify() -> ChainReport:
     """Recompute the chain in order; the first entry that does not fit breaks it."""
-    prev = GENESIS_HASH
-    checked = 0
-    for entry in JournalEntry.objects.order_by("id").iterator(chunk_size=2000):
-        if entry.prev_hash != prev:
-            return JournalCheck(checked, entry.pk, "its prev_hash does not match the previous entry (one removed?)")
-        if _row_hash(entry) != entry.hash:
-            return JournalCheck(checked, entry.pk, "its content does not match its hash (changed?)")
-        prev = entry.hash
-        checked += 1
-    return JournalCheck(checked, None)
+    return chain_verify(JournalEntry.objects.order_by("id").iterator(chunk_size=2000), _row_hash)
