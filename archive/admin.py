@@ -173,10 +173,9 @@ class AuditedAdminMixin:
 # --- Read-only rows ---------------------------------------------------------
 
 
-class IngestedRowAdmin(admin.ModelAdmin):
-    """Rows only ingestion writes: browsable, never added, changed or deleted here."""
-
-    show_full_result_count = False
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the system writes: browsable, never added, changed or deleted here
+    (the storage and preservation records too)."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -186,6 +185,12 @@ class IngestedRowAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class IngestedRowAdmin(ReadOnlyAdmin):
+    """Rows only ingestion writes: browsable, never added, changed or deleted here."""
+
+    show_full_result_count = False
 
 
 class ReadOnlyInline(admin.TabularInline):

@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import lifecycle
+from .admin import ReadOnlyAdmin
 from .models import FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 
 
@@ -23,17 +24,6 @@ from .models import FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 class LifecyclePolicyAdmin(admin.ModelAdmin):
     list_display = ("facility", "modality", "migrate_after_days", "evict_after_days")
     list_filter = ("facility",)
-
-
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class AlertAdminMixin:
@@ -59,12 +49,12 @@ class AlertAdminMixin:
 
 
 @admin.register(ScopeMigration)
-class ScopeMigrationAdmin(_ReadOnlyAdmin):
+class ScopeMigrationAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "target_scope", "total", "copied", "released", "percent", "failures", "finished_at")
 
 
 @admin.register(FixityRun)
-class FixityRunAdmin(_ReadOnlyAdmin):
+class FixityRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "finished_at", "checked", "ok", "damaged", "repaired", "unreadable")
 
 

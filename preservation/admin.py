@@ -14,6 +14,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from archive.admin import ReadOnlyAdmin, ReadOnlyInline
 from archive.admin_storage import AlertAdminMixin
 
 from . import export, retention
@@ -33,29 +34,7 @@ from .models import (
 logger = logging.getLogger(__name__)
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class _ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class PackageFileInline(_ReadOnlyInline):
+class PackageFileInline(ReadOnlyInline):
     model = PackageFile
     fields = ("name", "role", "mime_type", "size", "sha256", "retention_class", "keep_until", "discarded_at")
     readonly_fields = fields
@@ -71,7 +50,7 @@ def _export_response(request: HttpRequest, packages: list[Package], label: str) 
 
 
 @admin.register(Package)
-class PackageAdmin(_ReadOnlyAdmin):
+class PackageAdmin(ReadOnlyAdmin):
     list_display = ("identifier", "study", "status", "volume", "archived_at", "fixity_checked_at")
     list_filter = ("status",)
     search_fields = (
@@ -91,7 +70,7 @@ class PackageAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(Volume)
-class VolumeAdmin(_ReadOnlyAdmin):
+class VolumeAdmin(ReadOnlyAdmin):
     list_display = ("identifier", "status", "created_at", "closed_at", "timestamp_time", "signer_name")
     list_filter = ("status",)
     readonly_fields = [f.name for f in Volume._meta.fields]
@@ -104,7 +83,7 @@ class VolumeAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(JournalEntry)
-class JournalEntryAdmin(_ReadOnlyAdmin):
+class JournalEntryAdmin(ReadOnlyAdmin):
     list_display = ("at", "event", "action", "outcome", "object_id", "username", "system")
     list_filter = ("event", "outcome")
     search_fields = ("object_id", "action", "username")
@@ -147,7 +126,7 @@ class LegalHoldAdmin(admin.ModelAdmin):
         self.message_user(request, ngettext("%d blocco revocato.", "%d blocchi revocati.", n) % n, messages.SUCCESS)
 
 
-class DiscardItemInline(_ReadOnlyInline):
+class DiscardItemInline(ReadOnlyInline):
     model = DiscardItem
     fields = ("path", "size", "sha256", "removed_at")
     readonly_fields = fields
@@ -191,7 +170,7 @@ class DiscardAdmin(admin.ModelAdmin):
 
 
 @admin.register(FixityAudit)
-class FixityAuditAdmin(_ReadOnlyAdmin):
+class FixityAuditAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "finished_at", "packages_checked", "files_checked", "volumes_checked", "failures")
 
 
