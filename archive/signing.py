@@ -271,24 +271,27 @@ def _user_name(user: Any, username: str) -> x509.Name:
     return x509.Name(attributes)
 
 
-def _demo_user(directory: Path, user: Any, ca_cert: x509.Certificate, ca_key: Any) -> None:
-    username = _username(user)
-    key_path, cert_path = _user_paths(directory, username)
-    if key_path.exists() and cert_path.exists():
-        return
-    if not key_path.exists():
-        cert_path.unlink(missing_ok=True)  # a certificate without its key is of no use
-        _write_once(key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
-    key = _load_key(key_path)
+def demo_certificate_issue(
+    *,
+    subject: x509.Name,
+    key: Any,
+    ca_cert: x509.Certificate,
+    ca_key: Any,
+    validity: dt.timedelta,
+    extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
+) -> x509.Certificate:
+    """A signing certificate from the demo CA: not a CA, digital signature and
+    non-repudiation, key identifiers; ``extensions`` (extension, critical) are
+    added (the time-stamp authority's extended key usage)."""
     now = _now()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_user_name(user, username))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(min(now + USER_VALIDITY, ca_cert.not_valid_after_utc))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -304,12 +307,30 @@ def _demo_user(directory: Path, user: Any, ca_cert: x509.Certificate, ca_key: An
             ),
             critical=True,
         )
-        .add_extension(_ski(key), critical=False)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return (
+        builder.add_extension(_ski(key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _demo_user(directory: Path, user: Any, ca_cert: x509.Certificate, ca_key: Any) -> None:
+    username = _username(user)
+    key_path, cert_path = _user_paths(directory, username)
+    if key_path.exists() and cert_path.exists():
+        return
+    if not key_path.exists():
+        cert_path.unlink(missing_ok=True)  # a certificate without its key is of no use
+        _write_once(key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+    key = _load_key(key_path)
+    cert = demo_certificate_issue(
+        subject=_user_name(user, username), key=key, ca_cert=ca_cert, ca_key=ca_key, validity=USER_VALIDITY
     )
     if _write_once(cert_path, cert.public_bytes(serialization.Encoding.PEM)):
         logger.info("demo signing certificate issued for %s", username)

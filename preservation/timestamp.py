@@ -80,46 +80,20 @@ def tsa_demo_create() -> None:
     if not cert_path.exists():
         ca_cert, ca_key = signing.demo_ca_load()
         key = signing.private_key_load(key_path)
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.COUNTRY_NAME, "IT"),
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, signing.ORGANIZATION),
-                        x509.NameAttribute(NameOID.COMMON_NAME, TSA_NAME),
-                    ]
-                )
-            )
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(min(now + dt.timedelta(days=5 * 365), ca_cert.not_valid_after_utc))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=True,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+        cert = signing.demo_certificate_issue(
+            subject=x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COUNTRY_NAME, "IT"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, signing.ORGANIZATION),
+                    x509.NameAttribute(NameOID.COMMON_NAME, TSA_NAME),
+                ]
+            ),
+            key=key,
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            validity=dt.timedelta(days=5 * 365),
             # RFC 3161 2.3: the TSA's certificate has only this extended key usage, critical.
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
+            extensions=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), True)],
         )
         signing.write_once(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     if not cnf_path.exists():
