@@ -279,6 +279,11 @@ def _check_priority(priority: str) -> str:
     return priority
 
 
+def _check_channel(channel: str) -> None:
+    if channel not in Booking.Channel.values:
+        raise BookingError(_("Canale sconosciuto: %(c)s.") % {"c": channel}, field="channel")
+
+
 def _choice_add(
     booking: Booking,
     *,
@@ -656,8 +661,7 @@ def distribution_choose(
                 % {"acc": booking.accession_number, "status": booking.get_status_display()},
                 field="delivery",
             )
-        if channel not in Booking.Channel.values:
-            raise BookingError(_("Canale sconosciuto: %(c)s.") % {"c": channel}, field="channel")
+        _check_channel(channel)
         current = booking.current_choice()
         if delivery == DistributionChoice.Delivery.ONLINE and consent_text is None:
             consent_text = consent_text_current()
@@ -713,8 +717,7 @@ def consent_revoke(
                 % {"acc": booking.accession_number},
                 field="delivery",
             )
-        if channel not in Booking.Channel.values:
-            raise BookingError(_("Canale sconosciuto: %(c)s.") % {"c": channel}, field="channel")
+        _check_channel(channel)
         choice = _choice_add(
             booking,
             delivery=DistributionChoice.Delivery.CD,
