@@ -22,7 +22,6 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -54,18 +53,18 @@ def study_fingerprint(study: Study) -> tuple[str, int, int]:
     rows = (
         Instance.objects.filter(series__study=study)
         .order_by("sop_instance_uid")
-        .values_list("sop_instance_uid", "sha256")
+        .values_list("sop_instance_uid", "sha256", "size")
     )
     digest = hashlib.sha256()
-    count = 0
-    for uid, sha in rows:
+    count = size = 0
+    for uid, sha, nbytes in rows:
         digest.update(f"{uid}:{sha}\n".encode())
         count += 1
-    size = Instance.objects.filter(series__study=study).aggregate(s=Sum("size"))["s"] or 0
-    return digest.hexdigest(), int(size), count
+        size += nbytes
+    return digest.hexdigest(), size, count
 
 
-def _file_present(package: DownloadPackage) -> bool:
+def package_file_present(package: DownloadPackage) -> bool:
     return bool(package.path) and Path(package.path).is_file() and Path(package.path).stat().st_size == package.size
 
 
@@ -79,7 +78,7 @@ def package_request(*, study: Study, kind: str, user: Any) -> tuple[DownloadPack
             study=study, kind=kind, fingerprint=fingerprint, status__in=LIVE
         ).first()
         if existing is not None:
-            if existing.status == DownloadPackage.Status.READY and not _file_present(existing):
+            if existing.status == DownloadPackage.Status.READY and not package_file_present(existing):
                 DownloadPackage.objects.filter(pk=existing.pk).update(status=DownloadPackage.Status.PURGED)
                 continue
             return existing, False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -348,7 +349,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
         package, booking = _package_for(request, link.object_id)
         if _online_or_refuse(request, booking, "portal.download") is None:
             return _not_online(request, booking)
-        if package.status != DownloadPackage.Status.READY or not downloads._file_present(package):
+        if package.status != DownloadPackage.Status.READY or not downloads.package_file_present(package):
             raise Http404(_("Il pacchetto non è più disponibile: richiedilo di nuovo dalla pagina dell'esame."))
         _audit(
             request,
@@ -360,7 +361,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
         )
         name = f"esame-{booking.accession_number}-{'dicom' if package.kind == 'dicom' else 'jpeg'}.zip"
         return file_response_with_ranges(
-            request, downloads.Path(package.path), filename=name, content_type="application/zip"
+            request, Path(package.path), filename=name, content_type="application/zip"
         )
     report = get_object_or_404(Report.objects.select_related("study"), pk=link.object_id, status=Report.Status.SIGNED)
     booking = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
