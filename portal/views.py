@@ -368,9 +368,10 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
     if booking is None:
         raise Http404(_("Esame non trovato."))
     booking = _booking_for(request, booking.pk)
-    if _online_or_refuse(request, booking, "portal.download") is None:
+    status = _online_or_refuse(request, booking, "portal.download")
+    if status is None:
         return _not_online(request, booking)
-    if report.pk not in {p.report_id for p in availability.live_publications(booking=booking)}:
+    if report.pk not in {p.report_id for p in availability.live_publications(booking=booking, status=status)}:
         raise Http404(_("Questa versione del referto non è pubblicata."))
     try:
         data = reports.report_file(report=report, which=link.kind)
