@@ -360,9 +360,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
             range=request.headers.get("Range", ""),
         )
         name = f"esame-{booking.accession_number}-{'dicom' if package.kind == 'dicom' else 'jpeg'}.zip"
-        return file_response_with_ranges(
-            request, Path(package.path), filename=name, content_type="application/zip"
-        )
+        return file_response_with_ranges(request, Path(package.path), filename=name, content_type="application/zip")
     report = get_object_or_404(Report.objects.select_related("study"), pk=link.object_id, status=Report.Status.SIGNED)
     booking = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
     if booking is None:

@@ -643,9 +643,7 @@ def main() -> None:
             f"{ratio:>7.2f}{z.peak_kib / 1024:>13.0f}{z.growth_kib / 1024:>11.1f}  {verdict}"
         )
     print("    (÷disk: MB/s over the cold read's, goal >= 0.5; growth: the child's peak RSS over its RSS just")
-    print(
-        "     before the call (Django and pydicom loaded), goal < 150 MB)"
-    )
+    print("     before the call (Django and pydicom loaded), goal < 150 MB)")
     if flow is None:
         if not args.skip_http:
             print(f"\n(c) the citizen's download: not measured: {flow_error}")
