@@ -1,25 +1,153 @@
-"""Which health authority's studies a member of staff may open.
+"""The access policy: which studies a principal may see, and whether it may open this one.
 
-Staff with no profile, or a profile of no authority, are the region's and
-open every study; a radiologist of an authority opens its facilities'
-studies only, unless the profile's ``cross_authority`` or the setting
-``PACS_REPORT_CROSS_AUTHORITY`` allows all. The radiologist's pages, the
-report services and DICOMweb apply the same rule.
+One module answers for every way in (staff pages, the work list and priors,
+the admin, the REST API, DICOMweb, DIMSE, exports and zips). No path keeps
+its own copy of the rule: each turns who is asking into a :class:`Principal`
+(:func:`principal_for_user`, :func:`principal_for_request`,
+:func:`principal_for_node`, :data:`SYSTEM`) and asks :func:`visible_q` for
+the condition its query needs, or :func:`study_visible` for one study.
 
-A study the patient concealed (*oscuramento*) is refused to staff on top of
-that rule unless they hold a live emergency access; the portal decides which
-(see :func:`concealment_guard_register`).
+The rule, per principal:
+
+* **Staff** (a logged-in user who is not a citizen): nothing without
+  ``archive.view_study``; then the studies of their health authority only
+  (``StaffProfile.authority``) unless the profile's ``cross_authority`` or
+  ``PACS_REPORT_CROSS_AUTHORITY`` opens the region; and never a study the
+  patient concealed (*oscuramento*), unless the user holds a live emergency
+  access for that patient or authored a report of that study ("a hidden
+  document stays visible only to the citizen and its author").
+* **DICOM node** (a ``RemoteNode`` calling the listener): the studies of its
+  scope (its facility, its facility's authority, or the region), never a
+  concealed one. An unknown AE let in by ``PACS_DICOM_ACCEPT_UNKNOWN_AE`` may
+  store and sees nothing.
+* **Citizen**: their own studies and those of the people whose delegation
+  in force they hold; concealment does not apply (they chose it).
+* **System**: a background process (lifecycle, preservation, packaging for a
+  citizen already checked) sees everything.
+* **Nobody**: anonymous; sees nothing.
+
+A concealed or out-of-scope study does not exist for the principal: it is
+absent from lists and counts, and opening it answers as for a study that is
+not in the archive (404, "no such study"), never "hidden".
+
+The concealment and the emergency accesses live in the portal app, which the
+archive may not import (DESIGN.md: dependencies point down). The portal
+registers a :class:`PolicyExtension` at start-up (``portal.apps.ready``);
+with none registered (an archive without the portal) nothing is concealed
+and nobody is a citizen.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import Http404
+from django.utils.translation import gettext_lazy as _
 
-from .models import StaffProfile, Study
+from .models import Facility, Patient, RemoteNode, Report, StaffProfile, Study
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+VIEW_STUDY_PERM = "archive.view_study"
+
+
+class Kind(enum.Enum):
+    STAFF = "staff"
+    NODE = "node"
+    CITIZEN = "citizen"
+    SYSTEM = "system"
+    NOBODY = "nobody"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking, with everything the rule needs precomputed (a few ids, no querysets).
+
+    ``authority_id``: the only health authority whose studies it sees (None: all).
+    ``facility_id``: the only facility whose studies it sees (a node of facility scope).
+    ``patient_ids``: a citizen's own and delegators' patients; for staff, the
+    patients of their live emergency accesses.
+    ``study_ids``: for staff, concealed studies they authored a report of.
+    """
+
+    kind: Kind
+    name: str = ""
+    user_id: int | None = None
+    authority_id: int | None = None
+    facility_id: int | None = None
+    patient_ids: frozenset[int] = field(default_factory=frozenset)
+    study_ids: frozenset[int] = field(default_factory=frozenset)
+    sees_nothing: bool = False
+
+    @property
+    def is_staff(self) -> bool:
+        return self.kind is Kind.STAFF
+
+    @property
+    def is_citizen(self) -> bool:
+        return self.kind is Kind.CITIZEN
+
+    @property
+    def is_node(self) -> bool:
+        return self.kind is Kind.NODE
+
+    @property
+    def concealment_applies(self) -> bool:
+        """Whether concealed studies are hidden from this principal (professionals and their devices)."""
+        return self.kind in (Kind.STAFF, Kind.NODE)
+
+
+NOBODY = Principal(Kind.NOBODY, name="anonymous", sees_nothing=True)
+SYSTEM = Principal(Kind.SYSTEM, name="system")
+
+
+def system(name: str) -> Principal:
+    """A named background process (it sees everything)."""
+    return Principal(Kind.SYSTEM, name=name)
+
+
+# --- the portal's part: concealment, emergency accesses, citizens and delegations -----
+
+
+class PolicyExtension(Protocol):
+    def concealed_exists(self, study_ref: str) -> Exists:
+        """An ``Exists`` that is true when the study at ``OuterRef(study_ref)`` is concealed now."""
+        ...
+
+    def concealed_ids(self, study_ids: Iterable[int]) -> set[int]:
+        """The ids among ``study_ids`` of the studies concealed now."""
+        ...
+
+    def emergency_patient_ids(self, user: Any) -> set[int]:
+        """The patients ``user`` holds a live emergency access for."""
+        ...
+
+    def citizen_patient_ids(self, user: Any) -> set[int] | None:
+        """For a citizen's account: the patients whose studies they may see (self and delegators
+        in force); None when ``user`` is not a citizen."""
+        ...
+
+    def authored_concealed_ids(self, user: Any) -> set[int]:
+        """Concealed studies of which ``user`` authored a report version."""
+        ...
+
+
+_extension: PolicyExtension | None = None
+
+
+def extension_register(extension: PolicyExtension | None) -> None:
+    """Install the portal's part of the policy (None removes it)."""
+    global _extension
+    _extension = extension
+
+
+# --- principals --------------------------------------------------------------------
 
 
 def staff_profile(user: Any) -> StaffProfile | None:
@@ -41,61 +169,185 @@ def authority_restriction(user: Any) -> int | None:
     return profile.authority_id
 
 
-# --- Oscuramento -------------------------------------------------------------------
-#
-# The citizen's right to hide a study from health professionals lives in the
-# portal app, which the archive may not import (DESIGN.md: dependencies point
-# down). The portal registers a guard at start-up (portal.apps.ready); the
-# archive's pages, report services and DICOMweb ask it through the helpers
-# below. With no guard registered (an archive without the portal) nothing is
-# concealed.
+def principal_for_user(user: Any) -> Principal:
+    """The principal of a web request's user: nobody, a citizen or a member of staff."""
+    if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
+        return NOBODY
+    name = str(user.get_username())
+    if _extension is not None:
+        citizen = _extension.citizen_patient_ids(user)
+        if citizen is not None:
+            return Principal(Kind.CITIZEN, name=name, user_id=user.pk, patient_ids=frozenset(citizen))
+    if not user.has_perm(VIEW_STUDY_PERM):
+        return Principal(Kind.STAFF, name=name, user_id=user.pk, sees_nothing=True)
+    emergency: set[int] = set()
+    authored: set[int] = set()
+    if _extension is not None:
+        emergency = _extension.emergency_patient_ids(user)
+        authored = _extension.authored_concealed_ids(user)
+    return Principal(
+        Kind.STAFF,
+        name=name,
+        user_id=user.pk,
+        authority_id=authority_restriction(user),
+        patient_ids=frozenset(emergency),
+        study_ids=frozenset(authored),
+    )
 
 
-class ConcealmentGuard(Protocol):
-    def concealed_ids(self, study_ids: Iterable[int]) -> set[int]:
-        """The ids among ``study_ids`` of the studies concealed now."""
-        ...
-
-    def may_open(self, user: Any, study: Study) -> bool:
-        """True when ``study`` is not concealed, or ``user`` holds a live emergency access to it."""
-        ...
-
-    # Optional: ``emergency_url(study) -> str``, the page where staff ask for an
-    # emergency access (see :func:`concealment_emergency_url`).
+_REQUEST_ATTR = "_pacs_principal"
 
 
-class StudyConcealed(PermissionDenied):
-    """The study is hidden by the patient (*oscuramento*): open only through an emergency access."""
+def principal_for_request(request: HttpRequest | Any) -> Principal:
+    """:func:`principal_for_user` of the request's user, computed once per request."""
+    cached = getattr(request, _REQUEST_ATTR, None)
+    user = getattr(request, "user", None)
+    if cached is not None and cached[0] == getattr(user, "pk", None):
+        return cached[1]
+    principal = principal_for_user(user)
+    try:
+        setattr(request, _REQUEST_ATTR, (getattr(user, "pk", None), principal))
+    except AttributeError:
+        pass
+    return principal
 
-    def __init__(self, message: str = "", *, study: Study | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.study = study
+
+def principal_forget(request: HttpRequest | Any) -> None:
+    """Drop the request's cached principal (after granting an emergency access, say)."""
+    if hasattr(request, _REQUEST_ATTR):
+        delattr(request, _REQUEST_ATTR)
 
 
-_guard: ConcealmentGuard | None = None
+def principal_for_node(node: RemoteNode | None, *, facility: Facility | None = None) -> Principal:
+    """The principal of a DICOM peer: a registered node sees its scope; an unknown AE (None) nothing."""
+    if node is None:
+        return Principal(Kind.NODE, name="unknown AE", sees_nothing=True)
+    facility = facility or node.facility
+    scope = getattr(node, "scope", RemoteNode.Scope.FACILITY)
+    name = f"{node.ae_title}@{facility.code}"
+    if scope == RemoteNode.Scope.REGION:
+        return Principal(Kind.NODE, name=name)
+    if scope == RemoteNode.Scope.AUTHORITY:
+        return Principal(Kind.NODE, name=name, authority_id=facility.authority_id)
+    return Principal(Kind.NODE, name=name, facility_id=facility.pk)
 
 
-def concealment_guard_register(guard: ConcealmentGuard | None) -> None:
-    """Install the guard that decides concealment (None removes it)."""
-    global _guard
-    _guard = guard
+# --- the rule as a query condition and for one study --------------------------------
+
+
+def _ref(path: str) -> str:
+    """``OuterRef`` name of the study for a model that reaches it through ``path``."""
+    return path[:-2] if path else "pk"
+
+
+def visible_q(principal: Principal, path: str = "") -> Q:
+    """The condition on a queryset whose model reaches ``Study`` through ``path``
+    (``""`` for Study, ``"study__"`` for Series or Report, ``"series__study__"``
+    for Instance) that keeps only the studies ``principal`` may see."""
+    if principal.sees_nothing or principal.kind is Kind.NOBODY:
+        return Q(**{f"{path}pk__in": []})
+    if principal.kind is Kind.SYSTEM:
+        return Q()
+    if principal.kind is Kind.CITIZEN:
+        return Q(**{f"{path}patient_id__in": sorted(principal.patient_ids)})
+    q = Q()
+    if principal.facility_id is not None:
+        q &= Q(**{f"{path}facility_id": principal.facility_id})
+    if principal.authority_id is not None:
+        q &= Q(**{f"{path}facility__authority_id": principal.authority_id})
+    if _extension is not None:
+        shown = ~Q(_extension.concealed_exists(_ref(path)))
+        if principal.patient_ids:
+            shown |= Q(**{f"{path}patient_id__in": sorted(principal.patient_ids)})
+        if principal.study_ids:
+            shown |= Q(**{f"{path}pk__in": sorted(principal.study_ids)})
+        q &= shown
+    return q
+
+
+def studies_visible(principal: Principal, base: QuerySet[Study] | None = None) -> QuerySet[Study]:
+    """The studies ``principal`` may see (``base`` narrowed, or every study)."""
+    qs = base if base is not None else Study.objects.all()
+    return qs.filter(visible_q(principal))
+
+
+def filter_visible(qs: QuerySet[Any], principal: Principal, path: str) -> QuerySet[Any]:
+    """``qs`` narrowed to the rows whose study ``principal`` may see (see :func:`visible_q`)."""
+    return qs.filter(visible_q(principal, path))
+
+
+def patients_visible(principal: Principal, base: QuerySet[Patient] | None = None) -> QuerySet[Patient]:
+    """The patients whose data ``principal`` may read: a citizen's own and delegators';
+    for staff and nodes restricted to an authority or facility, those with a visible
+    study there; for regional staff, everyone (the region's registry)."""
+    qs = base if base is not None else Patient.objects.all()
+    if principal.sees_nothing or principal.kind is Kind.NOBODY:
+        return qs.none()
+    if principal.kind is Kind.SYSTEM:
+        return qs
+    if principal.kind is Kind.CITIZEN:
+        return qs.filter(pk__in=sorted(principal.patient_ids))
+    if principal.authority_id is None and principal.facility_id is None:
+        return qs
+    return qs.filter(Exists(studies_visible(principal).filter(patient_id=OuterRef("pk"))))
+
+
+class Verdict(enum.Enum):
+    VISIBLE = "visible"
+    NO_PERMISSION = "permission"  # staff without archive.view_study, anonymous, an unknown AE
+    OUT_OF_SCOPE = "authority"  # another health authority or facility, or another citizen's
+    CONCEALED = "concealed"  # the patient hid it (never said to the principal)
+
+
+def study_verdict(principal: Principal, study: Study) -> Verdict:
+    """Whether ``principal`` may open ``study``, and if not, why (for the audit log only:
+    every refusal answers as for a study that does not exist)."""
+    if principal.kind is Kind.SYSTEM:
+        return Verdict.VISIBLE
+    if principal.sees_nothing or principal.kind is Kind.NOBODY:
+        return Verdict.NO_PERMISSION
+    if principal.kind is Kind.CITIZEN:
+        return Verdict.VISIBLE if study.patient_id in principal.patient_ids else Verdict.OUT_OF_SCOPE
+    if principal.facility_id is not None and study.facility_id != principal.facility_id:
+        return Verdict.OUT_OF_SCOPE
+    if principal.authority_id is not None:
+        authority_id = Facility.objects.filter(pk=study.facility_id).values_list("authority_id", flat=True).first()
+        if authority_id != principal.authority_id:
+            return Verdict.OUT_OF_SCOPE
+    if (
+        _extension is not None
+        and study.patient_id not in principal.patient_ids
+        and study.pk not in principal.study_ids
+        and _extension.concealed_ids([study.pk])
+    ):
+        return Verdict.CONCEALED
+    return Verdict.VISIBLE
+
+
+def study_visible(principal: Principal, study: Study) -> bool:
+    return study_verdict(principal, study) is Verdict.VISIBLE
+
+
+class StudyNotVisible(Http404):
+    """The principal may not open the study: answered exactly as a study that is not in
+    the archive (a page's 404), whatever the reason, which only the audit log keeps."""
+
+    def __init__(self, verdict: Verdict | None = None) -> None:
+        super().__init__(_("Lo studio richiesto non esiste o non è accessibile."))
+        self.verdict = verdict
 
 
 def studies_concealed(study_ids: Iterable[int]) -> set[int]:
-    """The ids among ``study_ids`` of the studies concealed now (empty with no guard)."""
-    if _guard is None:
+    """The ids among ``study_ids`` of the studies concealed now (empty with no extension).
+
+    For processes that must know (preservation metadata, the citizen's own
+    pages); never to be shown to a professional."""
+    if _extension is None:
         return set()
     ids = [int(i) for i in study_ids]
-    return _guard.concealed_ids(ids) if ids else set()
+    return _extension.concealed_ids(ids) if ids else set()
 
 
-def study_concealed_for(user: Any, study: Study) -> bool:
-    """Whether ``study`` is concealed and ``user`` holds no live emergency access to it."""
-    return _guard is not None and not _guard.may_open(user, study)
-
-
-def concealment_emergency_url(study: Study) -> str:
-    """The page where staff open ``study`` with an emergency access; "" when the guard offers none."""
-    emergency_url = getattr(_guard, "emergency_url", None)
-    return str(emergency_url(study)) if emergency_url is not None else ""
+def studies_authored(user: Any) -> QuerySet[Report]:
+    """The study ids of the reports ``user`` authored (for :meth:`PolicyExtension.authored_concealed_ids`)."""
+    return Report.objects.filter(author_id=getattr(user, "pk", None)).values("study_id")

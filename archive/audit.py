@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -58,6 +59,7 @@ def audit_record(
     study_instance_uid: str = "",
     source: str = "",
     detail: dict[str, Any] | None = None,
+    patients: Iterable[int | None] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain and return it.
 
@@ -71,9 +73,14 @@ def audit_record(
         Whose data; the study's patient is taken when only the study is given.
     source : str
         From where: the client's address.
+    patients : iterable of patient ids
+        Every patient a search returned (deduplicated, the first
+        ``PACS_AUDIT_MAX_PATIENTS`` kept, the total counted).
     """
     if study is not None and patient is None:
         patient = study.patient
+    if patients is not None:
+        detail = {**(detail or {}), **patients_detail(patients)}
     with transaction.atomic():
         if connection.vendor == "postgresql":
             # Two writers must not both chain onto the same tail.
@@ -99,6 +106,12 @@ def audit_record(
         event.hash = _row_hash(event)
         event.save()
     return event
+
+
+def patients_detail(patients: Iterable[int | None]) -> dict[str, Any]:
+    """The patients a search returned, bounded: ``{"patients": [ids...], "patients_total": n}``."""
+    seen = list(dict.fromkeys(int(p) for p in patients if p is not None))
+    return {"patients": seen[: settings.PACS_AUDIT_MAX_PATIENTS], "patients_total": len(seen)}
 
 
 @dataclass

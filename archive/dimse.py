@@ -62,7 +62,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import dul, storage
+from . import access, dul, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .ingest import CONFLICT, IngestError, instance_ingest
@@ -152,6 +152,11 @@ class Peer:
     failures: list[str] = field(default_factory=list)
     failed: int = 0
     busy: bool = False
+
+    @property
+    def principal(self) -> access.Principal:
+        """Who the peer is for the access policy: its node's scope; an unknown AE sees nothing."""
+        return access.principal_for_node(self.node, facility=self.facility)
 
 
 def decide_association(
@@ -446,7 +451,9 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         ts = event.context.transfer_syntax
         encoding = (ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
         limit = settings.PACS_QUERY_MAX_MATCHES
-        for result in query_run(identifier, level=level, root=root, limit=limit + 1, encoding=encoding):
+        for result in query_run(
+            identifier, level=level, root=root, limit=limit + 1, encoding=encoding, principal=peer.principal
+        ):
             if "StudyInstanceUID" in result and len(studies) < 20:
                 studies.append(str(result.StudyInstanceUID))
             result.QueryRetrieveLevel = level.upper()
@@ -624,7 +631,7 @@ def _retrieve_selection(
     try:
         if identifier is None:
             raise QueryError(error)
-        qs = retrieve_instances(identifier, level=level, root=root)
+        qs = retrieve_instances(identifier, level=level, root=root, principal=peer.principal)
     except QueryError as exc:
         logger.warning("%s from %s refused: %s", service, peer.calling_ae, exc)
         _audit_quietly(

@@ -61,14 +61,48 @@ class Facility(models.Model):
 
 
 class RemoteNode(models.Model):
-    """A DICOM peer of a facility (modality, workstation, another archive) and what it may do."""
+    """A DICOM peer of a facility (modality, workstation, another archive) and what it may do.
+
+    It is accepted only from its registered addresses (``addresses``, else
+    ``host``), and with DICOM TLS only with its own client certificate
+    (``tls_certificate_sha256``); what it queries and retrieves is limited to
+    its ``scope`` (archive.access).
+    """
+
+    class Scope(models.TextChoices):
+        FACILITY = "facility", _("il proprio presidio")
+        AUTHORITY = "authority", _("l'azienda sanitaria del presidio")
+        REGION = "region", _("tutta la regione")
 
     facility = models.ForeignKey(
         Facility, on_delete=models.CASCADE, related_name="remote_nodes", verbose_name=_("presidio")
     )
     ae_title = models.CharField(_("AE title"), max_length=16, validators=[ae_title_validator])
-    host = models.CharField(_("host"), max_length=255)
+    host = models.CharField(
+        _("host"), max_length=255, help_text=_("Dove il PACS chiama il nodo (C-MOVE, C-STORE verso il nodo).")
+    )
     port = models.PositiveIntegerField(_("porta"), validators=port_validators)
+    addresses = models.TextField(
+        _("indirizzi ammessi"),
+        blank=True,
+        help_text=_(
+            "Da dove il nodo può chiamare: indirizzi IP, reti in notazione CIDR o nomi di host, separati da "
+            "spazi o virgole. Vuoto: solo l'host sopra."
+        ),
+    )
+    scope = models.CharField(
+        _("ambito di interrogazione"),
+        max_length=16,
+        choices=Scope.choices,
+        default=Scope.FACILITY,
+        help_text=_("Quali studi il nodo vede con C-FIND e recupera con C-MOVE/C-GET."),
+    )
+    tls_certificate_sha256 = models.CharField(
+        _("impronta SHA-256 del certificato TLS"),
+        max_length=64,
+        blank=True,
+        help_text=_("Sulla porta DICOM TLS il nodo è accettato solo con questo certificato client."),
+    )
     description = models.CharField(_("descrizione"), max_length=200, blank=True)
     can_store = models.BooleanField(_("può inviare (C-STORE)"), default=False)
     can_query = models.BooleanField(_("può interrogare (C-FIND)"), default=False)

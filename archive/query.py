@@ -35,6 +35,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from . import access
 from .dicom import raw_element
 from .models import Facility, Instance, Series, Study
 
@@ -322,7 +323,7 @@ def query_parse(identifier: Dataset, *, level: str, root: str = "study") -> Quer
     return Query(level=level, matching=matching, returned=returned)
 
 
-def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, authority_id: int | None = None) -> QuerySet:
+def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, principal: access.Principal) -> QuerySet:
     level = query.level
     base: QuerySet = {
         PATIENT: Study.objects.all(),
@@ -349,8 +350,8 @@ def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, authority
     qs = base.filter(conditions)
     if facility is not None:
         qs = qs.filter(**{paths.get(STUDY, "") + "facility": facility})
-    if authority_id is not None:
-        qs = qs.filter(**{paths.get(STUDY, "") + "facility__authority_id": authority_id})
+    # The access policy: a study the principal may not see is not in the archive for it.
+    qs = qs.filter(access.visible_q(principal, paths.get(STUDY, "")))
     if below:
         qs = qs.filter(_below_exists(level, below))
     return qs
@@ -420,9 +421,11 @@ def query_values(
     limit: int | None = None,
     offset: int = 0,
     facility: Facility | None = None,
-    authority_id: int | None = None,
+    principal: access.Principal,
 ) -> tuple[list[_Key], Iterator[tuple[Any, ...]]]:
     """Run a C-FIND-style query: the returned keys, and one row per match.
+
+    ``principal`` is who asks: only the studies it may see match (archive.access).
 
     The keys are the identifier's plus the unique keys of the level and the
     levels above it; :func:`query_run` and :func:`query_json` write the rows
@@ -430,7 +433,7 @@ def query_values(
     (before any row is read).
     """
     query = query_parse(identifier, level=level, root=root)
-    qs = _filtered(query, fuzzy=fuzzy, facility=facility, authority_id=authority_id)
+    qs = _filtered(query, fuzzy=fuzzy, facility=facility, principal=principal)
     keywords = list(dict.fromkeys([*_PARENT_KEYS[query.level], *query.returned]))
     fields: dict[str, str] = {}  # keyword -> values() path
     for kw in keywords:
@@ -561,7 +564,12 @@ def query_json(identifier: Dataset, *, level: str, **options: Any) -> list[dict[
 
 
 def retrieve_instances(
-    identifier: Dataset, *, level: str, root: str = "study", facility: Facility | None = None
+    identifier: Dataset,
+    *,
+    level: str,
+    principal: access.Principal,
+    root: str = "study",
+    facility: Facility | None = None,
 ) -> QuerySet[Instance]:
     """The instances a C-MOVE/C-GET identifier designates (PS3.4 C.4.2.2.1, C.4.3.2.1).
 
@@ -579,5 +587,7 @@ def retrieve_instances(
         value = _values(matching["PatientID"])
         if len(value) != 1 or "*" in value[0] or "?" in value[0]:
             raise QueryError("PatientID must be a single value in a retrieve", keyword="PatientID")
-    qs = _filtered(Query(level=IMAGE, matching=matching, returned=[]), fuzzy=False, facility=facility)
+    qs = _filtered(
+        Query(level=IMAGE, matching=matching, returned=[]), fuzzy=False, facility=facility, principal=principal
+    )
     return qs.order_by("series__study_id", "series_id", "instance_number", "id")

@@ -34,8 +34,8 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import signals, storage
-from .access import StudyConcealed, authority_restriction, staff_profile, study_concealed_for
+from . import access, signals, storage
+from .access import staff_profile
 from .audit import audit_record
 from .models import AuditEvent, Report, Study
 
@@ -93,57 +93,25 @@ def _hhmm(moment: dt.datetime | None) -> str:
 
 
 def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
-    """The studies ``user`` may open: all of them, or only their health authority's.
-
-    Staff with no profile or a profile of no authority are the region's and
-    open every study; a radiologist of an authority opens its facilities'
-    studies only, unless the profile's ``cross_authority`` or the setting
-    ``PACS_REPORT_CROSS_AUTHORITY`` allows all.
-    """
-    if not user.is_authenticated or not user.has_perm("archive.view_study"):
-        return Study.objects.none()
-    authority_id = authority_restriction(user)
-    if authority_id is None:
-        return Study.objects.all()
-    return Study.objects.filter(facility__authority_id=authority_id)
+    """The studies ``user`` may open (:func:`archive.access.studies_visible`)."""
+    return access.studies_visible(access.principal_for_user(user))
 
 
-def study_access_check(
-    *, user: AbstractBaseUser | Any, study: Study, source: str = "", concealment: bool = True
-) -> None:
-    """Raise :class:`PermissionDenied` (and audit ``study.denied``) when ``user`` may not open ``study``.
-
-    A study the patient concealed (*oscuramento*) raises
-    :class:`~archive.access.StudyConcealed`, a ``PermissionDenied``, unless
-    ``user`` holds a live emergency access to it; ``concealment=False`` skips
-    that test (the emergency access page itself).
-    """
-    reason = ""
-    concealed = False
-    if not user.is_authenticated or not user.has_perm("archive.view_study"):
-        reason = "permission"
-        message = _("Non hai il permesso di consultare gli studi.")
-    else:
-        authority_id = authority_restriction(user)
-        if authority_id is not None and study.facility.authority_id != authority_id:
-            reason = "authority"
-            message = _("Lo studio appartiene a un'altra azienda sanitaria: non puoi aprirlo.")
-        elif concealment and study_concealed_for(user, study):
-            reason = "concealed"
-            concealed = True
-            message = _("Lo studio è stato oscurato dal paziente: si apre solo con un accesso in emergenza motivato.")
-    if reason:
-        audit_record(
-            action="study.denied",
-            outcome=DENIED,
-            user=user,
-            study=study,
-            source=source,
-            detail={"reason": reason},
-        )
-        if concealed:
-            raise StudyConcealed(message, study=study)
-        raise PermissionDenied(message)
+def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: str = "") -> None:
+    """Raise :class:`~archive.access.StudyNotVisible` (a 404, and audit ``study.denied`` with
+    the reason) when ``user`` may not open ``study`` (:func:`archive.access.study_verdict`)."""
+    verdict = access.study_verdict(access.principal_for_user(user), study)
+    if verdict is access.Verdict.VISIBLE:
+        return
+    audit_record(
+        action="study.denied",
+        outcome=DENIED,
+        user=user,
+        study=study,
+        source=source,
+        detail={"reason": verdict.value},
+    )
+    raise access.StudyNotVisible(verdict)
 
 
 def _permission_check(*, user: Any, perm: str, action: str, study: Study, source: str, detail: dict) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import wraps
 from typing import Any
 
 from django.contrib import messages
@@ -38,7 +37,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import access, rendering, reports, retrieve
+from . import rendering, reports, retrieve
 from .audit import audit_record
 from .forms_reporting import (
     STATUS_IN_PROGRESS,
@@ -71,43 +70,10 @@ CT_PRESETS: tuple[tuple[str, float, float], ...] = (
 )
 
 
-def _concealed_page(request: HttpRequest, refusal: access.StudyConcealed) -> HttpResponse:
-    """The 403 answer for a concealed study: why, and where to ask for an emergency access.
-
-    :func:`archive.reports.study_access_check` has audited the refusal. Only
-    the study's date, description and facility are shown.
-    """
-    study = refusal.study
-    return render(
-        request,
-        "archive/reporting/concealed.html",
-        {
-            "study": study,
-            "message": refusal.message,
-            "emergency_url": access.concealment_emergency_url(study) if study is not None else "",
-        },
-        status=403,
-    )
-
-
-def _refusing_concealed(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except access.StudyConcealed as refusal:
-            return _concealed_page(request, refusal)
-
-    return wrapped
-
-
 def _perms(*extra: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     gate = perms_required(*VIEW_PERMS, *extra)
 
-    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        return gate(_refusing_concealed(view))
-
-    return decorate
+    return gate
 
 
 _source = client_ip
@@ -120,16 +86,6 @@ def _name(user: Any) -> str:
 
 
 # --- the work list ----------------------------------------------------------------------
-
-
-def _mark_concealed(request: HttpRequest, study: Study, concealed: set[int]) -> None:
-    """Set ``study.concealed``, ``study.locked`` (concealed and no live emergency access of the
-    user) and ``study.open_url``: the study page, or the emergency access page when locked."""
-    study.concealed = study.pk in concealed
-    study.locked = study.concealed and access.study_concealed_for(request.user, study)
-    study.open_url = (
-        access.concealment_emergency_url(study) if study.locked else reverse("reporting:study", args=[study.pk])
-    )
 
 
 def _modality_q(modality: str) -> Q:
@@ -189,15 +145,12 @@ def worklist(request: HttpRequest) -> HttpResponse:
         filters = form.cleaned_data
     studies = worklist_studies(user=request.user, filters=filters) if not form.errors else Study.objects.none()
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
-    concealed = access.studies_concealed(s.pk for s in page.object_list)
     for study in page.object_list:
         study.draft_author_name = (
             f"{study.draft_author_first} {study.draft_author_last}".strip() or study.draft_author_username or ""
         )
-        _mark_concealed(request, study, concealed)
+        study.open_url = reverse("reporting:study", args=[study.pk])
         detail: dict[str, Any] = {"page": page.number}
-        if study.concealed:
-            detail["concealed"] = True
         audit_record(
             action="report.worklist",
             user=request.user,
@@ -370,14 +323,9 @@ def _render_study(
         .prefetch_related(signed_reports)
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
-    concealed = access.studies_concealed([study.pk, *(p.pk for p in priors)])
     for prior in priors:
-        _mark_concealed(request, prior, concealed)
+        prior.open_url = reverse("reporting:study", args=[prior.pk])
     detail: dict[str, Any] = {"page": "reporting.study", "priors": [p.study_instance_uid for p in priors]}
-    # Open although concealed: study_access_check let it through on a live emergency access.
-    emergency = study.pk in concealed
-    if emergency:
-        detail["concealed"] = True
     audit_record(
         action="study.view",
         user=request.user,
@@ -422,7 +370,6 @@ def _render_study(
         "signed": signed,
         "latest_signed": signed[0] if signed else None,
         "priors": priors,
-        "emergency": emergency,
         **steps,
     }
     return render(request, "archive/reporting/study.html", context, status=status)

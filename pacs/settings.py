@@ -457,6 +457,9 @@ LOGGING = {
 # Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
 # "out of resources" and QIDO-RS with a Warning header (narrow the query).
 PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
+# A search that returns patient data records the patients it returned (the first N
+# per answer), so that each citizen's "chi ha visto i miei dati" shows searches too.
+PACS_AUDIT_MAX_PATIENTS = env_int("PACS_AUDIT_MAX_PATIENTS", 50)
 # IssuerOfPatientID for a PatientID that is a codice fiscale: HL7 Italia's OID
 # of the codice fiscale namespace. The worklist hands it to the modalities.
 PACS_PATIENT_ID_ISSUER = env_str("PACS_PATIENT_ID_ISSUER", "2.16.840.1.113883.2.9.4.3.2")

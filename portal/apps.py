@@ -13,7 +13,7 @@ class PortalConfig(AppConfig):
         # (DESIGN.md: dependencies point down); the publication hooks in here.
         from archive.signals import report_signed
 
-        from .concealment import guard_register
+        from .concealment import policy_register
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
@@ -23,4 +23,4 @@ class PortalConfig(AppConfig):
         from .views import on_citizen_login
 
         user_logged_in.connect(on_citizen_login, dispatch_uid="portal.citizen_login")
-        guard_register()  # the oscuramento, asked by archive.access
+        policy_register()  # oscuramento, emergency accesses, citizens: asked by archive.access

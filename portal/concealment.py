@@ -1,10 +1,11 @@
-"""The oscuramento as the archive sees it: which studies are concealed, and
-whether a member of staff may open one now (a live emergency access).
+"""The portal's part of the access policy (``archive.access``): which studies are
+concealed (*oscuramento*), which patients a professional holds a live emergency
+access for, and whose studies a citizen may see (self and delegators).
 
-The archive cannot import the portal (DESIGN.md), so :class:`PortalConcealmentGuard`
-is registered with :func:`archive.access.concealment_guard_register` in
-``PortalConfig.ready``; the archive's pages, report services and DICOMweb ask
-it through ``archive.access``.
+The archive cannot import the portal (DESIGN.md), so :class:`PortalPolicy` is
+registered with :func:`archive.access.extension_register` in
+``PortalConfig.ready``; every way into the archive asks it through
+``archive.access``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.urls import NoReverseMatch, reverse
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from archive.access import concealment_guard_register
-from archive.models import Study
+from archive import access
+from archive.models import Patient
 
-from .availability import is_concealed
-from .models import Concealment, EmergencyAccess
+from .availability import delegations_in_force
+from .models import CitizenAccount, Concealment, Delegation, EmergencyAccess
 
 logger = logging.getLogger(__name__)
 
@@ -31,26 +32,29 @@ def emergency_access_minutes() -> int:
     return int(settings.PACS_EMERGENCY_ACCESS_MINUTES)
 
 
-def emergency_access_live(*, user: Any, study: Study, now: dt.datetime | None = None) -> EmergencyAccess | None:
-    """``user``'s latest emergency access to ``study`` younger than ``PACS_EMERGENCY_ACCESS_MINUTES``, if any."""
+def emergency_access_live(*, user: Any, patient: Patient, now: dt.datetime | None = None) -> EmergencyAccess | None:
+    """``user``'s latest emergency access for ``patient`` younger than ``PACS_EMERGENCY_ACCESS_MINUTES``, if any."""
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     now = now or timezone.now()
     since = now - dt.timedelta(minutes=emergency_access_minutes())
     return (
-        EmergencyAccess.objects.filter(user_id=user.pk, study_id=study.pk, at__gt=since, at__lte=now)
+        EmergencyAccess.objects.filter(user_id=user.pk, patient_id=patient.pk, at__gt=since, at__lte=now)
         .order_by("-at")
         .first()
     )
 
 
-def emergency_access_until(access: EmergencyAccess) -> dt.datetime:
-    """When ``access`` stops opening its study."""
-    return access.at + dt.timedelta(minutes=emergency_access_minutes())
+def emergency_access_until(access_row: EmergencyAccess) -> dt.datetime:
+    """When ``access_row`` stops opening its patient's concealed studies."""
+    return access_row.at + dt.timedelta(minutes=emergency_access_minutes())
 
 
-class PortalConcealmentGuard:
-    """The guard ``archive.access`` asks: the portal's Concealment and EmergencyAccess rows."""
+class PortalPolicy:
+    """The portal's rows as ``archive.access`` asks for them."""
+
+    def concealed_exists(self, study_ref: str) -> Exists:
+        return Exists(Concealment.objects.filter(study_id=OuterRef(study_ref), revealed_at__isnull=True))
 
     def concealed_ids(self, study_ids: Iterable[int]) -> set[int]:
         ids = list(study_ids)
@@ -60,22 +64,38 @@ class PortalConcealmentGuard:
             Concealment.objects.filter(study_id__in=ids, revealed_at__isnull=True).values_list("study_id", flat=True)
         )
 
-    def may_open(self, user: Any, study: Study) -> bool:
-        if not is_concealed(study=study):
-            return True
-        return emergency_access_live(user=user, study=study) is not None
+    def emergency_patient_ids(self, user: Any) -> set[int]:
+        now = timezone.now()
+        since = now - dt.timedelta(minutes=emergency_access_minutes())
+        return set(
+            EmergencyAccess.objects.filter(user_id=user.pk, at__gt=since, at__lte=now).values_list(
+                "patient_id", flat=True
+            )
+        )
 
-    def emergency_url(self, study: Study) -> str:
-        try:
-            return reverse("portal:staff_emergency_access", args=[study.pk])
-        except NoReverseMatch:  # the portal's pages are not mounted (a URL configuration without them)
-            logger.warning("no emergency access page: portal:staff_emergency_access is not in the URLs")
-            return ""
+    def citizen_patient_ids(self, user: Any) -> set[int] | None:
+        cf = CitizenAccount.objects.filter(user_id=user.pk).values_list("codice_fiscale", flat=True).first()
+        if cf is None:
+            return None
+        own = Patient.objects.filter(codice_fiscale=cf).values_list("pk", flat=True).first()
+        if own is None:
+            return set()
+        delegators = Delegation.objects.filter(delegations_in_force(timezone.now()), delegate_id=own).values_list(
+            "delegator_id", flat=True
+        )
+        return {own, *delegators}
+
+    def authored_concealed_ids(self, user: Any) -> set[int]:
+        return set(
+            Concealment.objects.filter(
+                study_id__in=access.studies_authored(user), revealed_at__isnull=True
+            ).values_list("study_id", flat=True)
+        )
 
 
-guard = PortalConcealmentGuard()
+policy = PortalPolicy()
 
 
-def guard_register() -> None:
-    """Make the archive ask the portal about concealed studies (called by ``PortalConfig.ready``)."""
-    concealment_guard_register(guard)
+def policy_register() -> None:
+    """Make the archive's access policy ask the portal (called by ``PortalConfig.ready``)."""
+    access.extension_register(policy)

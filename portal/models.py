@@ -195,13 +195,27 @@ class Concealment(models.Model):
 
 
 class EmergencyAccess(models.Model):
-    """A break-glass opening of a concealed study by a professional, with the stated reason."""
+    """A break-glass access by a professional to a patient's concealed studies, with the stated reason.
+
+    Asked for a patient (a professional cannot tell whether any study is
+    concealed), by holders of ``portal.emergency_access``; it lasts
+    ``PACS_EMERGENCY_ACCESS_MINUTES``, and the citizen reads its reason.
+    ``study`` is set only on the rows recorded before accesses were per patient.
+    """
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("utente")
     )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="emergency_accesses", verbose_name=_("paziente")
+    )
     study = models.ForeignKey(
-        Study, on_delete=models.PROTECT, related_name="emergency_accesses", verbose_name=_("studio")
+        Study,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="emergency_accesses",
+        verbose_name=_("studio"),
     )
     reason = models.TextField(_("motivo"), validators=[MinLengthValidator(EMERGENCY_REASON_MIN_LENGTH)])
     at = models.DateTimeField(_("quando"), default=timezone.now)
@@ -211,9 +225,11 @@ class EmergencyAccess(models.Model):
         verbose_name = _("accesso in emergenza")
         verbose_name_plural = _("accessi in emergenza")
         ordering = ["-at"]
+        indexes = [models.Index(fields=["user", "at"], name="emergency_by_user")]
+        permissions = [("emergency_access", _("Può chiedere un accesso in emergenza (solo personale clinico)"))]
 
     def __str__(self) -> str:
-        return f"{self.user} → {self.study} ({self.at:%Y-%m-%d %H:%M})"
+        return f"{self.user} → {self.patient} ({self.at:%Y-%m-%d %H:%M})"
 
 
 class CitizenAccount(models.Model):

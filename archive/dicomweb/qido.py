@@ -173,7 +173,7 @@ def qido_search(
             limit=wanted + 1 if capped else wanted,
             offset=offset,
             facility=scope.facility,
-            authority_id=scope.authority_id,
+            principal=scope.principal,
         )
     except QueryError as exc:
         raise DicomwebError(400, str(exc)) from None

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from django.db.models import QuerySet
 
+from .. import access
 from ..dicom import is_valid_uid
 from ..models import Facility, Instance, Series, Study
 from ..retrieve import NotAvailable, instance_open, instances_with_copies
@@ -31,15 +32,13 @@ class Scope:
 
     facility: Facility | None
     base_url: str
-    # The only health authority whose studies the user opens (archive.access), None for all.
-    authority_id: int | None = None
+    # Who asks: the studies it may see (archive.access); a study it may not see is not there.
+    principal: access.Principal = access.NOBODY
 
     def studies(self) -> QuerySet[Study]:
-        qs = Study.objects.all()
+        qs = access.studies_visible(self.principal)
         if self.facility is not None:
             qs = qs.filter(facility=self.facility)
-        if self.authority_id is not None:
-            qs = qs.filter(facility__authority_id=self.authority_id)
         return qs
 
     def study_url(self, study_uid: str) -> str:

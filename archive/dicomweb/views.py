@@ -24,7 +24,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from ..access import authority_restriction, study_concealed_for
+from .. import access
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
 from ..web import client_ip
@@ -159,13 +159,13 @@ class DicomwebView(APIView):
     def scope(self, facility: str | None) -> Scope:
         root = f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")
         base = public_url(self.request, root)
-        authority_id = authority_restriction(self.request.user)
+        principal = access.principal_for_request(self.request)
         if facility is None:
-            return Scope(None, base, authority_id)
+            return Scope(None, base, principal)
         found = Facility.objects.filter(code=facility).first()
         if found is None:
             raise DicomwebError(404, f"there is no facility {facility!r}")
-        return Scope(found, base, authority_id)
+        return Scope(found, base, principal)
 
     def accept(self) -> list[MediaRange]:
         # PS3.18 8.3.3.1: an "accept" query parameter overrides the Accept header.
@@ -176,15 +176,6 @@ class DicomwebView(APIView):
         note.study_instance_uid = uids.get("study_uid") or ""
         study, instances = instances_select(scope, **uids)  # type: ignore[arg-type]
         note.study = study
-        if study_concealed_for(self.request.user, study):
-            # Oscuramento: the patient hid the study from health professionals.
-            note.detail["reason"] = "concealed"
-            note.outcome = AuditEvent.Outcome.DENIED
-            raise DicomwebError(
-                403,
-                f"study {study.study_instance_uid} is concealed by the patient (oscuramento): it opens only "
-                "after an emergency access with a stated reason, for a limited time",
-            )
         note.detail["instances"] = len(instances)
         return instances
 

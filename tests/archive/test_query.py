@@ -16,6 +16,7 @@ from pydicom.tag import Tag
 from pynetdicom.dsutils import decode, encode
 
 from archive import sample_data
+from archive.access import SYSTEM
 from archive.models import Patient, Study
 from archive.query import QueryError, query_json, query_run, retrieve_instances
 from archive.sample_data import PatientInfo, write_study
@@ -88,7 +89,7 @@ def identifier(**keys: object) -> Dataset:
 
 
 def find(level: str = "STUDY", **keys: object) -> list[Dataset]:
-    return list(query_run(identifier(**keys), level=level))
+    return list(query_run(identifier(**keys), level=level, principal=SYSTEM))
 
 
 def uids(results: list[Dataset], keyword: str = "StudyInstanceUID") -> set[str]:
@@ -148,7 +149,7 @@ def test_bad_values_are_refused(archive: Archive, keys: dict[str, str]) -> None:
         tag = tag_for_keyword(keyword)
         ds[tag] = RawDataElement(Tag(tag), dictionary_VR(tag), len(value), value.encode(), 0, False, True)
     with pytest.raises(QueryError) as exc:
-        list(query_run(ds, level="STUDY"))
+        list(query_run(ds, level="STUDY", principal=SYSTEM))
     assert next(iter(keys)) in str(exc.value)
 
 
@@ -194,13 +195,16 @@ def test_series_and_image_levels(archive: Archive) -> None:
         query_run(
             identifier(StudyInstanceUID=archive.a, SeriesInstanceUID="", NumberOfSeriesRelatedInstances=None),
             level="SERIES",
+            principal=SYSTEM,
         )
     )
     assert len(series) == 2 and all(s.NumberOfSeriesRelatedInstances == 2 for s in series)
     assert [s.StudyInstanceUID for s in series] == [archive.a, archive.a]
     images = list(
         query_run(
-            identifier(SeriesInstanceUID=series[0].SeriesInstanceUID, SOPInstanceUID="", Rows=None), level="IMAGE"
+            identifier(SeriesInstanceUID=series[0].SeriesInstanceUID, SOPInstanceUID="", Rows=None),
+            level="IMAGE",
+            principal=SYSTEM,
         )
     )
     assert len(images) == 2 and all(i.Rows == 128 for i in images)
@@ -213,13 +217,14 @@ def test_patient_level_in_the_patient_root_model(archive: Archive) -> None:
             identifier(PatientName="ROSSI*", PatientID="", NumberOfPatientRelatedStudies=None),
             level="PATIENT",
             root="patient",
+            principal=SYSTEM,
         )
     )
     assert {(str(p.PatientID), p.NumberOfPatientRelatedStudies) for p in found} == {("MRN0001", 1), ("MRN0002", 1)}
     with pytest.raises(QueryError):
-        list(query_run(identifier(PatientID=""), level="PATIENT", root="study"))
+        list(query_run(identifier(PatientID=""), level="PATIENT", principal=SYSTEM, root="study"))
     with pytest.raises(QueryError):
-        list(query_run(identifier(PatientID=""), level="FRAME"))
+        list(query_run(identifier(PatientID=""), level="FRAME", principal=SYSTEM))
 
 
 def test_limit_offset_and_facility_scope(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
@@ -227,27 +232,42 @@ def test_limit_offset_and_facility_scope(archive: Archive, region) -> None:  # t
     everything = [str(r.StudyInstanceUID) for r in find(StudyInstanceUID="")]
     assert everything == [archive.c, archive.b, archive.a]
     page = [
-        str(r.StudyInstanceUID) for r in query_run(identifier(StudyInstanceUID=""), level="STUDY", limit=1, offset=1)
+        str(r.StudyInstanceUID)
+        for r in query_run(identifier(StudyInstanceUID=""), level="STUDY", principal=SYSTEM, limit=1, offset=1)
     ]
     assert page == [archive.b]
-    scoped = query_run(identifier(StudyInstanceUID=""), level="STUDY", facility=region.other_facility)
+    scoped = query_run(identifier(StudyInstanceUID=""), level="STUDY", principal=SYSTEM, facility=region.other_facility)
     assert uids(list(scoped)) == {archive.c}
 
 
 def test_fuzzy_matching_finds_a_name_part(archive: Archive) -> None:
-    assert uids(list(query_run(identifier(PatientName="mari"), level="STUDY", fuzzy=True))) == {archive.a, archive.b}
+    assert uids(list(query_run(identifier(PatientName="mari"), level="STUDY", principal=SYSTEM, fuzzy=True))) == {
+        archive.a,
+        archive.b,
+    }
 
 
 def test_retrieve_selects_by_unique_keys(archive: Archive) -> None:
-    assert retrieve_instances(identifier(StudyInstanceUID=archive.a), level="STUDY").count() == 4
-    assert retrieve_instances(identifier(StudyInstanceUID=[archive.a, archive.b]), level="STUDY").count() == 7
+    assert retrieve_instances(identifier(StudyInstanceUID=archive.a), level="STUDY", principal=SYSTEM).count() == 4
+    assert (
+        retrieve_instances(identifier(StudyInstanceUID=[archive.a, archive.b]), level="STUDY", principal=SYSTEM).count()
+        == 7
+    )
     # Other keys some SCUs add are ignored.
-    assert retrieve_instances(identifier(StudyInstanceUID=archive.b, PatientName="X"), level="STUDY").count() == 3
+    assert (
+        retrieve_instances(
+            identifier(StudyInstanceUID=archive.b, PatientName="X"), level="STUDY", principal=SYSTEM
+        ).count()
+        == 3
+    )
     with pytest.raises(QueryError, match="StudyInstanceUID"):
-        retrieve_instances(identifier(PatientName="ROSSI*"), level="STUDY")
-    assert retrieve_instances(identifier(PatientID="MRN0003"), level="PATIENT", root="patient").count() == 2
+        retrieve_instances(identifier(PatientName="ROSSI*"), level="STUDY", principal=SYSTEM)
+    assert (
+        retrieve_instances(identifier(PatientID="MRN0003"), level="PATIENT", principal=SYSTEM, root="patient").count()
+        == 2
+    )
     with pytest.raises(QueryError, match="single value"):
-        retrieve_instances(identifier(PatientID="MRN*"), level="PATIENT", root="patient")
+        retrieve_instances(identifier(PatientID="MRN*"), level="PATIENT", principal=SYSTEM, root="patient")
 
 
 @pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
@@ -266,8 +286,8 @@ def test_json_answers_are_the_data_sets_in_dicom_json(archive: Archive, level: s
         keys.update(SeriesInstanceUID="", SeriesNumber=None, Modality="")
     if level == "IMAGE":
         keys.update(SOPInstanceUID="", Rows=None, InstanceNumber=None)
-    as_json = query_json(identifier(**keys), level=level)
-    as_datasets = [ds.to_json_dict() for ds in query_run(identifier(**keys), level=level)]
+    as_json = query_json(identifier(**keys), level=level, principal=SYSTEM)
+    as_datasets = [ds.to_json_dict() for ds in query_run(identifier(**keys), level=level, principal=SYSTEM)]
     assert len(as_json) == len(as_datasets) > 0
     assert as_json == as_datasets
 
@@ -284,10 +304,10 @@ def test_answers_encoded_in_advance_read_back_as_the_data_sets(archive: Archive,
     )
     keys = dict(PatientName="", StudyDate="", ModalitiesInStudy="", StudyInstanceUID="", PatientComments="")
     keys.update(NumberOfStudyRelatedInstances=None, InstanceAvailability="")
-    plain = [ds.to_json_dict() for ds in query_run(identifier(**keys), level="STUDY")]
+    plain = [ds.to_json_dict() for ds in query_run(identifier(**keys), level="STUDY", principal=SYSTEM)]
     encoded = [
         decode(BytesIO(encode(ds, implicit, True)), implicit, True).to_json_dict()
-        for ds in query_run(identifier(**keys), level="STUDY", encoding=(implicit, True))
+        for ds in query_run(identifier(**keys), level="STUDY", principal=SYSTEM, encoding=(implicit, True))
     ]
     for item in encoded:
         item.pop("00080005", None)
@@ -296,7 +316,7 @@ def test_answers_encoded_in_advance_read_back_as_the_data_sets(archive: Archive,
     assert encoded == plain and len(plain) == 4
     (nicolo,) = [
         d
-        for d in query_run(identifier(**keys), level="STUDY", encoding=(implicit, True))
+        for d in query_run(identifier(**keys), level="STUDY", principal=SYSTEM, encoding=(implicit, True))
         if d.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.77"
     ]
     assert nicolo.SpecificCharacterSet == "ISO_IR 192"
