@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 from . import reports
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
-from .web import HasModelPerms
+from .web import HasModelPerms, content_disposition
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -540,7 +540,7 @@ class ReportFileView(ReportApiView):
         media_type, extension = _FILES[self.which]
         name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
         response = HttpResponse(data, content_type=media_type)
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Disposition"] = content_disposition(name)
         response["Content-Length"] = str(len(data))
         return response
 

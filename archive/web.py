@@ -3,11 +3,14 @@ who is asking from where, and the permission gate of a staff page or an API view
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
+from django.utils.http import content_disposition_header
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 
@@ -19,6 +22,37 @@ def client_ip(request: HttpRequest) -> str:
     reverse proxy this records the proxy's address, never a forged one.
     """
     return str(request.META.get("REMOTE_ADDR") or "")
+
+
+# Separators and characters some system refuses in a file name; quotes and
+# semicolons would be harmless once quoted, but a name is safer without them.
+_FILENAME_UNSAFE = re.compile(r'[\\/:*?"<>|;]+')
+# Unicode "other" categories: controls, format characters (a right-to-left
+# override turns "referto-\u202efdp.exe" into "referto-exe.pdf" on screen),
+# surrogates, private use, unassigned; and the line and paragraph separators.
+_FILENAME_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_FILENAME_MAX = 150
+
+
+def download_filename(name: str, *, fallback: str = "file") -> str:
+    """A file name for a download, from parts that may have come from outside
+    (an AccessionNumber a modality sent, a label typed by an operator).
+
+    Path separators, quotes, semicolons and the characters Windows refuses become
+    ``_``; control and format characters are dropped; letters outside ASCII stay
+    (:func:`content_disposition` sends them as RFC 6266 ``filename*``).
+    """
+    name = unicodedata.normalize("NFC", str(name))
+    name = "".join(c for c in name if unicodedata.category(c) not in _FILENAME_DROPPED_CATEGORIES)
+    name = _FILENAME_UNSAFE.sub("_", name).strip(" .")
+    return name[-_FILENAME_MAX:] if len(name) > _FILENAME_MAX else (name or fallback)
+
+
+def content_disposition(filename: str, *, as_attachment: bool = True) -> str:
+    """The ``Content-Disposition`` value for a download named ``filename`` (made safe by
+    :func:`download_filename`), built by Django's ``content_disposition_header``: the
+    name is quoted or RFC 5987-encoded, never pasted into the header."""
+    return str(content_disposition_header(as_attachment, download_filename(filename)))
 
 
 def perms_required(*perms: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:

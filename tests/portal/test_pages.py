@@ -19,6 +19,7 @@ from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims
 from portal.models import Concealment, DownloadPackage, Publication
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, CitizenExam, citizen_exam_make, citizen_login
@@ -131,6 +132,25 @@ def test_the_exam_page_offers_the_report_and_downloads_it_byte_for_byte(online: 
     assert p7m.content == reports.report_file(report=online.report, which="p7m")
     assert [e.detail["file"] for e in audit("portal.download", user=online.user)] == ["pdf", "p7m"]
     assert audit("portal.exam.view", user=online.user)
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(online: CitizenExam) -> None:
+    page = online.client.get(f"/fse/esami/{online.booking.pk}/").content.decode()
+    (pdf_url,) = links_in(page, "report-pdf")
+    (p7m_url,) = links_in(page, "report-p7m")
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=INJECTED_ACCESSION)
+    pdf = online.client.get(pdf_url)
+    assert pdf.status_code == 200
+    assert disposition_filenames(pdf["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.pdf",
+    )
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=NON_ASCII_ACCESSION)
+    p7m = online.client.get(p7m_url)
+    assert p7m["Content-Disposition"] == (
+        "attachment; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf.p7m"
+    )
 
 
 def test_another_citizens_exam_is_not_found_and_audited(online: CitizenExam, cup: Cup) -> None:
