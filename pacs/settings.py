@@ -69,8 +69,34 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_umask(name: str, default: str) -> int:
+    """An octal umask that at least keeps other users out (``007`` set)."""
+    value = os.environ.get(name) or default
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an octal umask such as 077") from None
+    if not 0 <= mask <= 0o777 or mask & 0o007 != 0o007:
+        raise ImproperlyConfigured(f"{name}={value!r} must keep other users out (end in 7, e.g. 077 or 027)")
+    return mask
+
+
+# Every file and folder a process of the archive creates is its service
+# account's alone: 0600 and 0700 under the default 077. The umask is set here,
+# not in manage.py, wsgi.py and celery.py, because every entry point (those,
+# asgi.py, pytest, a Celery worker) loads this module before it writes
+# anything, including the folders and the secret key created just below; and
+# because some files are created where no mode can be passed: the SQLite
+# database and its -wal/-shm files, the file cache, kombu's folder broker,
+# Celery beat's schedule, what openssl writes for the demo PKI. The code that
+# writes patient data sets 0600/0700 explicitly as well (archive.storage), so
+# that a process embedding the archive with a looser umask does not widen them.
+# PACS_UMASK=027 lets a group (a backup agent) read; other users never.
+PACS_UMASK = env_umask("PACS_UMASK", "077")
+os.umask(PACS_UMASK)
+
 VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_key() -> str:
