@@ -22,7 +22,8 @@ from archive import signing, storage
 from archive.models import AuditEvent, Report
 from archive.report_pdf import report_pdf
 from tests.conftest import REPO, assert_private
-from tests.reporting_helpers import Reporting, reporting, signed_report  # noqa: F401
+from tests.reporting_helpers import Reporting, reporting  # noqa: F401
+from tests.reporting_helpers import signed_report as report_signed_for_real
 
 PDF = b"%PDF-1.4\n% a report\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
 
@@ -322,7 +323,7 @@ def test_signed_report_files_and_keys_are_the_service_accounts_only(
     """The report's PDF and signature were written 0644 in folders 0755."""
     settings.PACS_SIGNING_DIR = tmp_path / "pki"  # type: ignore[attr-defined]
     signing.demo_pki_create(users=[reporting.radiologist])
-    report = signed_report(reporting)
+    report = report_signed_for_real(reporting)  # archive.reports.report_sign
 
     assert assert_private(tmp_path / "pki") == 4  # CA key and certificate, the radiologist's
     for relpath in (report.pdf_path, report.signature_path):
