@@ -8,6 +8,7 @@ Production differs only by environment: ``DATABASE_URL`` (PostgreSQL),
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from pathlib import Path
@@ -133,7 +134,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",  # API tokens, hashed and expiring (archive.api_tokens)
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
@@ -492,12 +493,25 @@ PACS_PATIENT_ID_ISSUER = env_str("PACS_PATIENT_ID_ISSUER", "2.16.840.1.113883.2.
 
 # --- REST API and DICOMweb ------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first, as in every API view: a missing or bad token is answered 401
+    # with WWW-Authenticate, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "archive.api_tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# API tokens (POST /api/token/): stored as a SHA-512 digest, for staff and
+# service accounts only, each valid this many hours; at most this many live per account.
+PACS_API_TOKEN_HOURS = env_float("PACS_API_TOKEN_HOURS", 12.0)
+PACS_API_TOKENS_PER_USER = env_int("PACS_API_TOKENS_PER_USER", 10)
+if PACS_API_TOKEN_HOURS <= 0:
+    raise ImproperlyConfigured("PACS_API_TOKEN_HOURS must be more than 0: API tokens always expire")
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(hours=PACS_API_TOKEN_HOURS),
+    "AUTH_HEADER_PREFIX": "Token",  # the contract clients already follow
+    "AUTO_REFRESH": False,  # a token lives its hours from issue, however much it is used
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PACS regionale – API",

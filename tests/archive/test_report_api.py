@@ -10,7 +10,7 @@ import pytest
 import yaml
 from django.forms.models import model_to_dict
 from django.test import Client
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from archive import reports
 from archive.models import AuditEvent, Report
@@ -20,8 +20,8 @@ from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the s
 
 
 def auth(user: Any) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    _token, key = AuthToken.objects.create(user=user)
+    return {"HTTP_AUTHORIZATION": f"Token {key}"}
 
 
 def patch(client: Client, report: Report, body: dict[str, Any], user: Any) -> Any:
