@@ -291,8 +291,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Logins are throttled by django-axes (first backend): after AXES_FAILURE_LIMIT
 # wrong passwords for one username from one address, that pair is locked out
-# for AXES_COOLOFF_MINUTES. Authentication without a request (a test client's
-# login, a management command) is not throttled: see portal.auth.
+# for AXES_COOLOFF_MINUTES; after PACS_LOGIN_ADDRESS_FAILURE_LIMIT wrong
+# passwords from one address, whatever the usernames, the address is (except
+# the addresses or CIDR blocks of PACS_LOGIN_ADDRESS_EXEMPT: a hospital's NAT).
+# Authentication without a request (a test client's login, a management
+# command) is not throttled: see portal.auth.
 AUTHENTICATION_BACKENDS = [
     "portal.auth.ThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -304,7 +307,15 @@ AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit log
 AXES_LOCKOUT_CALLABLE = "portal.auth.lockout_response"
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]  # behind a proxy: set the proxy's header first
+AXES_HANDLER = "portal.auth.TieredLockoutHandler"
+PACS_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("PACS_LOGIN_ADDRESS_FAILURE_LIMIT", 30)
+PACS_LOGIN_ADDRESS_EXEMPT = env_list("PACS_LOGIN_ADDRESS_EXEMPT")
+# The client's address (audit log, lockout): REMOTE_ADDR, or behind reverse
+# proxies listed here (addresses or CIDR blocks) the address they forwarded in
+# X-Forwarded-For. Without it, behind a proxy every client has the proxy's
+# address, and the address tier would lock everyone out at once.
+PACS_TRUSTED_PROXIES = env_list("PACS_TRUSTED_PROXIES")
+AXES_CLIENT_IP_CALLABLE = "archive.web.client_ip"
 
 # The citizen's login through the region's identity provider (SPID/CIE over
 # OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are

@@ -58,3 +58,26 @@ def test_download_filename_removes_what_is_unsafe(raw: str, expected: str) -> No
 def test_a_long_name_keeps_its_extension() -> None:
     name = download_filename("x" * 400 + ".zip")
     assert len(name) == 150 and name.endswith(".zip")
+
+
+def _request(remote: str, forwarded: str | None = None):  # type: ignore[no-untyped-def]
+    from django.test import RequestFactory
+
+    extra = {"REMOTE_ADDR": remote}
+    if forwarded is not None:
+        extra["HTTP_X_FORWARDED_FOR"] = forwarded
+    return RequestFactory().get("/", **extra)
+
+
+def test_client_ip_believes_x_forwarded_for_only_from_a_trusted_proxy(settings) -> None:  # type: ignore[no-untyped-def]
+    from archive.web import client_ip
+
+    settings.PACS_TRUSTED_PROXIES = []
+    assert client_ip(_request("192.0.2.1", "203.0.113.9")) == "192.0.2.1"
+    settings.PACS_TRUSTED_PROXIES = ["192.0.2.0/28", "2001:db8::1"]
+    assert client_ip(_request("198.51.100.7", "203.0.113.9")) == "198.51.100.7"  # not from our proxy
+    assert client_ip(_request("192.0.2.1", "10.0.0.1, 203.0.113.9")) == "203.0.113.9"
+    assert client_ip(_request("192.0.2.1", "203.0.113.9, 192.0.2.2")) == "203.0.113.9"  # two proxies
+    assert client_ip(_request("2001:db8::1", "2001:db8::99")) == "2001:db8::99"
+    assert client_ip(_request("192.0.2.1", "not-an-address")) == "192.0.2.1"
+    assert client_ip(_request("192.0.2.1")) == "192.0.2.1"
