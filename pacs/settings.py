@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -138,6 +140,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    "csp",
     "axes",
     "mozilla_django_oidc",
     "archive",
@@ -148,6 +151,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -371,6 +375,62 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 
+# --- HTTPS and the browser's protections ---------------------------------------
+# Off by default so that a checkout runs over plain http; the production
+# environment in the README turns them on, and `manage.py check --deploy` is
+# clean with it (tests/test_settings.py).
+# Behind a proxy that terminates TLS: the header it sets to "https" on what it
+# received over HTTPS (X-Forwarded-Proto). The proxy must set or remove it on
+# every request, never pass a client's own through.
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", _PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r} is not a header name")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+
+def _origin(url: str) -> str:
+    match = re.match(r"^(https?://[^/?#]+)", url)
+    return match.group(1) if match else ""
+
+
+# Content-Security-Policy (django-csp), on every answer: scripts and styles from
+# this server only, none inline (a template that ever needs one gives it
+# nonce="{{ request.csp_nonce }}"); no plugins, no framing, forms posted here
+# only (and to the identity provider, whose logout takes a form's redirect).
+# The API's documentation pages add inline styles and a blob: worker, which
+# Swagger UI and Redoc need (archive/urls.py). Django's admin has one inline
+# style, in a change list without actions (none here): cosmetic if it ever shows.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [
+            SELF,
+            *sorted(
+                {
+                    _origin(url)
+                    for url in (env_str("OIDC_OP_AUTHORIZATION_ENDPOINT"), env_str("OIDC_OP_LOGOUT_ENDPOINT"))
+                    if _origin(url)
+                }
+            ),
+        ],
+        "frame-ancestors": [NONE],
+    },
+}
+
 # --- Storage tiers ------------------------------------------------------------
 # The facility tier is one folder per facility under this root; it must be a
 # local filesystem (files are written with fsync and an atomic rename).
@@ -511,6 +571,9 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: DRF's browsable pages carry inline styles the Content-Security-Policy
+    # refuses; people read the API at /api/schema/swagger/.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 # API tokens (POST /api/token/): stored as a SHA-512 digest, for staff and
