@@ -438,6 +438,10 @@ PACS_FACILITY_TIER_DIR = Path(env_str("PACS_FACILITY_TIER_DIR", str(VAR_DIR / "t
 # Files being received are written here first, then renamed into their tier;
 # keep it on the same filesystem as the tiers so that the rename is atomic.
 PACS_INCOMING_DIR = Path(env_str("PACS_INCOMING_DIR", str(VAR_DIR / "incoming"))).resolve()
+# Files saved through a Django storage (none hold patient data today; collectstatic's
+# output does) get the archive's modes, not Django's default 0644.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
