@@ -13,7 +13,7 @@ import pytest
 from django.test import override_settings
 
 from archive.checks import check_private_folders
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_private
 
 # The production environment of the README ("Production configuration"), less
 # the database and Redis (SQLite and folders here: check --deploy needs no server).
@@ -53,10 +53,9 @@ def test_a_fresh_installation_writes_for_the_service_account_only(tmp_path: Path
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [var, *var.iterdir()]}
-    assert modes.pop("pacs.sqlite3") == 0o600
-    assert modes.pop("secret_key") == 0o600
-    assert modes == dict.fromkeys(modes, 0o700)  # var/ itself, cache, broker, incoming, tiers...
+    assert (var / "pacs.sqlite3").is_file() and (var / "secret_key").is_file()
+    assert stat.S_IMODE((var / "pacs.sqlite3").stat().st_mode) == 0o600
+    assert_private(var)  # var/ itself, the database, the key, cache, broker, incoming, tiers...
 
 
 def test_a_umask_that_lets_others_read_is_refused(tmp_path: Path) -> None:
