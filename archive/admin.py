@@ -263,6 +263,22 @@ class VisibleRowsMixin:
         )
 
 
+class DependentsUnlistedMixin:
+    """The delete page of a row others depend on (a patient, a facility, an authority, a
+    user) does not list what stops its deletion: Django would name every study,
+    concealment or emergency access that refers to it (or their kinds), hidden or out
+    of scope ones included. The delete is refused all the same; the page says only
+    that linked data exist."""
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, Any]:
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)  # type: ignore[misc]
+        if protected or perms_needed:
+            # Refused either way; neither the rows nor their kinds are named.
+            linked = gettext("dati collegati (esami, prenotazioni, registrazioni)")
+            return [], {}, {linked} if perms_needed else set(), [linked] if protected else []
+        return to_delete, model_count, perms_needed, protected
+
+
 # --- Read-only rows ---------------------------------------------------------
 
 
@@ -421,7 +437,7 @@ class AuditActionFilter(admin.SimpleListFilter):
 
 
 @admin.register(HealthAuthority)
-class HealthAuthorityAdmin(admin.ModelAdmin):
+class HealthAuthorityAdmin(DependentsUnlistedMixin, admin.ModelAdmin):
     list_display = ("code", "name")
     search_fields = ("code", "name")
 
@@ -443,7 +459,7 @@ class RemoteNodeInline(admin.TabularInline):
 
 
 @admin.register(Facility)
-class FacilityAdmin(admin.ModelAdmin):
+class FacilityAdmin(DependentsUnlistedMixin, admin.ModelAdmin):
     list_display = ("code", "name", "authority", "ae_title", "dicom_port")
     list_filter = ("authority",)
     search_fields = ("code", "name", "ae_title")
@@ -517,7 +533,7 @@ def parse_search_date(term: str) -> dt.date | None:
 
 
 @admin.register(Patient)
-class PatientAdmin(AuditedAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
+class PatientAdmin(AuditedAdminMixin, VisibleRowsMixin, DependentsUnlistedMixin, admin.ModelAdmin):
     """The region's patients: a user restricted to a health authority sees those with a
     study there they may see; counts and identifiers are of what the user may see."""
 
@@ -1427,7 +1443,7 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     # The user page gets the profile inline: a radiologist is set up in one place.
     _UserAdminBase = type(_user_admin)
 
-    class UserAdmin(_UserAdminBase):  # type: ignore[valid-type,misc]
+    class UserAdmin(DependentsUnlistedMixin, _UserAdminBase):  # type: ignore[valid-type,misc]
         inlines = (*_UserAdminBase.inlines, StaffProfileInline)
 
     admin.site.unregister(_user_model)

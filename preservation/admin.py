@@ -143,7 +143,9 @@ def hold_visible_q(principal: access.Principal) -> Q:
 class LegalHoldAdmin(VisibleRowsMixin, admin.ModelAdmin):
     list_display = ("placed_at", "study", "patient", "reason", "placed_by", "released_at")
     list_filter = (("released_at", admin.EmptyFieldListFilter),)
-    raw_id_fields = ("study", "patient")
+    # Not raw ids: that widget labels a typed id from the whole table, hidden studies included;
+    # the autocomplete asks the Study and Patient admins, which show only what the user may see.
+    autocomplete_fields = ("study", "patient")
     readonly_fields = ("placed_at", "placed_by", "released_at", "released_by")
     actions = ["release"]
 

@@ -275,6 +275,24 @@ def test_a_conflict_of_a_hidden_study_is_not_there(scene: Scene) -> None:
     assert missing_answer(client, "instanceconflict", by_uid.pk) == missing_answer(client, "instanceconflict", UNKNOWN)
 
 
+def test_a_delete_page_does_not_name_what_protects_the_row(scene: Scene) -> None:
+    signed_report(scene.rep)
+    hide(scene.rossi)
+    emergency(scene.radiologist, scene.bianchi.patient)
+    superuser = User.objects.create_superuser("amministratore", password="x" * 12)
+    client = client_for(superuser)
+    for page in (
+        client.get(url("patient", "delete", scene.rossi.patient_id)),
+        client.get(url("facility", "delete", scene.rossi.facility_id)),
+        client.get(reverse("admin:auth_user_delete", args=[scene.radiologist.pk])),
+    ):
+        assert page.status_code == 200
+        body = page.content.decode()
+        assert "dati collegati" in body
+        for text in (str(scene.rossi), scene.rossi.study_instance_uid, "(attivo)", " v1 (", "BIANCHI"):
+            assert text not in body, text
+
+
 # --- the audit log ----------------------------------------------------------------------------------
 
 

@@ -255,4 +255,5 @@ def test_the_preservation_admin_shows_nothing_of_a_hidden_study(preserved: Prese
     missing = client.post("/admin/preservation/legalhold/add/", {**form, "study": "999999"})
     assert hidden.status_code == missing.status_code == 200
     assert hidden.context["adminform"].form.errors == missing.context["adminform"].form.errors
+    assert str(study) not in hidden.content.decode() and study.study_description not in hidden.content.decode()
     assert LegalHold.objects.count() == 1
