@@ -96,8 +96,12 @@ def _distinct_values(
         values = queryset.order_by(field).values_list(field, flat=True).distinct()[:limit]
         return [v for v in values if v]
 
-    principal = access.principal_for_request(request)
-    cache_key = f"archive.admin.lookups.{key}.{access.visibility_key(principal)}"
+    # One key per request: several filters of one page ask for it.
+    visibility = getattr(request, "_pacs_visibility_key", None)
+    if visibility is None:
+        visibility = access.visibility_key(access.principal_for_request(request))
+        request._pacs_visibility_key = visibility  # type: ignore[attr-defined]
+    cache_key = f"archive.admin.lookups.{key}.{visibility}"
     try:
         return list(cache.get_or_set(cache_key, compute, LOOKUP_CACHE_SECONDS))
     except Exception:

@@ -20,8 +20,18 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from archive.audit import audit_record
-from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Patient, Report, Series, Study
-from portal.models import Concealment, Delegation, EmergencyAccess
+from archive.models import (
+    AuditEvent,
+    Copy,
+    Instance,
+    InstanceConflict,
+    Patient,
+    Report,
+    Series,
+    StorageAlert,
+    Study,
+)
+from portal.models import Concealment, Delegation, DownloadPackage, EmergencyAccess
 from tests.access_helpers import Scene, emergency, hide, reveal
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
 from tests.reporting_helpers import PATIENT_CF, signed_report
@@ -293,6 +303,27 @@ def test_a_delete_page_does_not_name_what_protects_the_row(scene: Scene) -> None
             assert text not in body, text
 
 
+def test_a_storage_alert_naming_a_hidden_studys_instance_is_not_there(scene: Scene) -> None:
+    naming = StorageAlert.objects.create(
+        kind=StorageAlert.Kind.DAMAGED, tier="facility:TS-CAT", path="a/b.dcm", instance=first_instance(scene.rossi)
+    )
+    nameless = StorageAlert.objects.create(kind=StorageAlert.Kind.MISSING, tier="facility:TS-CAT", path="c/d.dcm")
+    client = client_for(scene.rep.colleague, "archive.view_storagealert", "archive.change_storagealert")
+    assert set(rows(client.get(url("storagealert", "changelist")))) == {naming, nameless}
+    assert set(rows(client_for(scene.foreign, "archive.view_storagealert").get(url("storagealert", "changelist")))) == {
+        nameless
+    }
+
+    hide(scene.rossi)
+
+    assert set(rows(client.get(url("storagealert", "changelist")))) == {nameless}
+    assert missing_answer(client, "storagealert", naming.pk) == missing_answer(client, "storagealert", UNKNOWN)
+    # Nor can the acknowledge action reach it.
+    client.post(url("storagealert", "changelist"), {"action": "acknowledge", "_selected_action": [naming.pk]})
+    naming.refresh_from_db()
+    assert naming.acknowledged_at is None
+
+
 # --- the audit log ----------------------------------------------------------------------------------
 
 
@@ -369,7 +400,7 @@ def test_the_patients_of_a_list_are_bounded(scene: Scene, settings) -> None:  # 
 # --- concealments, emergency accesses, delegations ----------------------------------------------------
 
 
-@pytest.mark.parametrize("model", [Concealment, EmergencyAccess, Delegation])
+@pytest.mark.parametrize("model", [Concealment, EmergencyAccess, Delegation, DownloadPackage])
 def test_concealments_emergency_accesses_and_delegations_are_not_in_the_admin(db: None, model: type) -> None:
     # Decided: nobody reads them here. The citizen sees their concealments and who
     # accessed their record (with the emergency reason) in the portal; the desk
