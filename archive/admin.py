@@ -257,7 +257,9 @@ class VisibleRowsMixin:
         subject = self.audit_subject(row)  # type: ignore[attr-defined]
         study = subject.get("study")
         principal = access.principal_for_request(request)
-        reason = access.study_verdict(principal, study).value if study is not None else "not_visible"
+        verdict = access.study_verdict(principal, study) if study is not None else None
+        # The study may be visible while the row is not (an audit event that tells a hiding).
+        reason = verdict.value if verdict not in (None, access.Verdict.VISIBLE) else "not_visible"
         audit(
             request,
             "view" if request.method in {"GET", "HEAD"} else "change",
