@@ -361,17 +361,6 @@ def test_both_sides_of_a_delegation_must_be_in_the_index(cup: Cup) -> None:
     assert "delegate_cf" in response.context["form"].errors
 
 
-def test_the_report_api_refuses_a_concealed_study_too(reporting: Reporting) -> None:
-    study = hidden(reporting)
-    client = client_for(reporting.radiologist)
-    url = reverse("api-report-list") + f"?study={study.study_instance_uid}"
-    response = client.get(url)
-    assert response.status_code == 403
-    assert "oscurato dal paziente" in response.json()["detail"]
-    emergency_access(user=reporting.radiologist, study=study, reason=REASON, source="")
-    assert client.get(url).status_code == 200
-
-
 def test_a_concealed_prior_is_marked_on_the_study_page(reporting: Reporting, tmp_path: Path) -> None:
     prior = another_study(tmp_path / "prior", reporting.region, accession_number="TSC260000002")
     conceal(patient=prior.patient, study=prior)
