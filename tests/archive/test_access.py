@@ -395,3 +395,49 @@ def test_api_reports_of_a_hidden_study_answer_as_missing_ones(scene: Scene) -> N
     # An emergency access for the patient opens it.
     emergency(scene.rep.colleague, scene.rossi.patient)
     assert client.get(base).status_code == 200
+
+
+# --- The helpers this work added to archive.access ----------------------------------------------------
+
+
+def test_any_q_keeps_an_empty_condition_as_everything(scene: Scene) -> None:
+    from django.db.models import Q
+
+    from archive import access
+
+    # Django drops an empty Q from an OR: Q(a) | Q() is Q(a), "no study" alone.
+    assert access.any_q(Q(pk__in=[]), Q()) == Q()
+    assert Study.objects.filter(access.any_q(Q(pk__in=[]), Q())).count() == 3
+    assert Study.objects.filter(access.any_q(Q(pk=scene.rossi.pk), Q(pk=scene.verdi.pk))).count() == 2
+
+
+def test_patient_facility_and_uid_conditions(scene: Scene) -> None:
+    from archive import access
+    from archive.models import Facility, Patient
+
+    foreign = access.principal_for_user(scene.foreign)
+    regional = access.principal_for_user(scene.regional)
+    assert set(Patient.objects.filter(access.patient_visible_q(foreign))) == {scene.verdi.patient}
+    assert Patient.objects.filter(access.patient_visible_q(regional)).count() == 3
+    assert set(Facility.objects.filter(access.facility_visible_q(foreign, ""))) == {scene.udine}
+    # uid_visible_q on Study itself: a row naming a UID the user may not see is dropped.
+    rows = Study.objects.filter(access.uid_visible_q(foreign))
+    assert set(rows) == {scene.verdi}
+    hide(scene.verdi)
+    assert set(Study.objects.filter(access.uid_visible_q(foreign))) == set()
+    assert set(Patient.objects.filter(access.patient_visible_q(foreign))) == set()
+
+
+def test_the_visibility_key_changes_with_what_is_seen(scene: Scene) -> None:
+    from archive import access
+
+    def key(user: object) -> str:
+        return access.visibility_key(access.principal_for_user(user))
+
+    before = key(scene.rep.colleague)
+    assert before == key(scene.rep.colleague) and before != key(scene.foreign)
+    hide(scene.verdi)
+    after_hiding = key(scene.rep.colleague)
+    assert after_hiding != before
+    emergency(scene.rep.colleague, scene.rossi.patient)
+    assert key(scene.rep.colleague) != after_hiding
