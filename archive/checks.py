@@ -9,6 +9,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
+
 
 def _writable_dir(path: Path) -> bool:
     try:
@@ -68,4 +70,43 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
                 id="archive.W002",
             )
         )
+    return errors
+
+
+@register()
+def check_audit_key(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """The audit key: readable and long enough; named explicitly outside the embedded demo."""
+    errors: list[Any] = []
+    path = key_path()
+    embedded = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    if not settings.PACS_AUDIT_KEY_FILE and not settings.DEBUG and not embedded:
+        errors.append(
+            Error(
+                "PACS_AUDIT_KEY_FILE is not set: in production the audit log's key must be a file "
+                "outside the database and outside PACS_VAR_DIR (a mounted secret).",
+                hint=f"openssl rand -hex 32 > /run/secrets/pacs-audit-key (at least {MIN_KEY_BYTES} bytes, mode 0400).",
+                id="archive.E020",
+            )
+        )
+        return errors
+    if not path.exists() and key_may_be_generated(path):
+        return errors  # the embedded key: made on first use
+    try:
+        key_read(path)
+    except AuditKeyError as exc:
+        errors.append(Error(f"{exc}.", id="archive.E021"))
+        return errors
+    if path.stat().st_mode & 0o077:
+        errors.append(
+            Warning(
+                f"the audit key file {path} is readable by others than its owner.",
+                hint="chmod 0400 (or 0600) the key file.",
+                id="archive.W020",
+            )
+        )
+    for name in settings.PACS_AUDIT_PREVIOUS_KEY_FILES:
+        try:
+            key_read(Path(name))
+        except AuditKeyError as exc:
+            errors.append(Error(f"PACS_AUDIT_PREVIOUS_KEY_FILES: {exc}.", id="archive.E021"))
     return errors
