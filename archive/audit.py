@@ -395,8 +395,11 @@ def audit_record(
         return _append(event)
     except IntegrityError:
         # Only a wrong idea of a chain's tail collides on (chain, seq): that
-        # chain ends here and the event goes to a new one.
+        # chain ends here. Outside a transaction the event goes to a new one;
+        # inside, the caller's transaction is spoilt and fails with it.
         _abandon(_lease())
+        if connection.in_atomic_block:
+            raise
         return _append(event)
 
 
@@ -407,7 +410,9 @@ def _append(event: AuditEvent) -> AuditEvent:
     event.pk = None
     event.chain, event.seq, event.key_id, event.prev_hash = chain.id, seq + 1, chain.key.id, prev
     event.hash = row_mac(event, chain.key.secret)
-    with transaction.atomic():
+    # No savepoint inside the caller's transaction: two round trips per event
+    # saved, and a failure here fails the caller's work, as it must.
+    with transaction.atomic(savepoint=False):
         event.save(force_insert=True)
         links = event.detail.get("patients") or []
         if links:
