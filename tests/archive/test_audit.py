@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
+from django.core.management.base import SystemCheckError
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from archive import audit
 from archive.audit import GENESIS_HASH, audit_chains_forget, audit_record, audit_verify
-from archive.checks import check_audit_key
+from archive.checks import check_audit_key, check_audit_key_deploy
 from archive.models import AuditEvent, AuditEventPatient, Patient
 from tests.audit_helpers import audit_guards_lifted
 
@@ -343,15 +344,29 @@ def test_a_named_key_outside_the_var_dir_is_never_invented(db: None, settings, t
     audit_chains_forget()
 
 
-def test_production_must_name_its_key_file(settings) -> None:  # type: ignore[no-untyped-def]
+def test_production_must_name_its_key_file(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings.PACS_AUDIT_KEY_FILE = ""
     settings.DEBUG = False
     default = {**settings.DATABASES["default"], "ENGINE": "django.db.backends.postgresql"}
     with pytest.warns(UserWarning):
         settings.DATABASES = {**settings.DATABASES, "default": default}
-    assert [e.id for e in check_audit_key(None)] == ["archive.E020"]
-    settings.DEBUG = True
-    assert check_audit_key(None) == []
+    assert [e.id for e in check_audit_key(None)] == ["archive.W021"]
+    # check --deploy: the embedded key (unset, or any file under PACS_VAR_DIR) is an error.
+    assert [e.id for e in check_audit_key_deploy(None)] == ["archive.E020"]
+    settings.PACS_AUDIT_KEY_FILE = os.environ["PACS_AUDIT_KEY_FILE"]  # under PACS_VAR_DIR
+    assert [e.id for e in check_audit_key_deploy(None)] == ["archive.E020"]
+    secret = tmp_path / "pacs-audit-key"
+    secret.write_text("k" * 64)
+    secret.chmod(0o400)
+    settings.PACS_AUDIT_KEY_FILE = str(secret)
+    assert check_audit_key(None) == check_audit_key_deploy(None) == []
+
+
+def test_check_deploy_names_the_missing_key(db: None, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PACS_AUDIT_KEY_FILE = ""
+    out = StringIO()
+    with pytest.raises(SystemCheckError, match="archive.E020"):
+        call_command("check", "--deploy", stdout=out, stderr=out)
 
 
 # --- the patients a search returned --------------------------------------------------------------
