@@ -29,6 +29,8 @@ import json
 import logging
 from typing import Any
 
+from django.db import connection
+
 from archive import audit, signing
 
 from . import timestamp
@@ -101,6 +103,30 @@ def audit_seal() -> JournalEntry:
     )
 
 
+# The giornale's triggers (migrations 0002, 0003): the seals are only as safe as they.
+GUARDS = {
+    "postgresql": ["preservation_journalentry_no_update", "preservation_journalentry_no_truncate"],
+    "sqlite": ["preservation_journalentry_no_update", "preservation_journalentry_no_delete"],
+}
+
+
+def _guards_missing() -> list[audit.AuditProblem]:
+    expected = GUARDS.get(connection.vendor, [])
+    if not expected:
+        return []
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        else:
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
+        present = {name for (name,) in cursor.fetchall()}
+    return [
+        audit.AuditProblem(f"the database guard {name} is missing or disabled: the giornale accepts changes")
+        for name in expected
+        if name not in present
+    ]
+
+
 def _ca_pem() -> bytes:
     try:
         return signing.ca_certificate_pem()
@@ -155,6 +181,7 @@ def audit_seals_read() -> audit.SealSet:
                     seal=label, chain=head["chain"], seq=head["seq"], hash=head["hash"], event_id=head["event"]
                 )
             )
+    result.problems.extend(_guards_missing())
     journal = journal_verify()
     if not journal.ok:
         result.problems.append(

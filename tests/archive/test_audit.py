@@ -26,6 +26,7 @@ from archive import audit
 from archive.audit import GENESIS_HASH, audit_chains_forget, audit_record, audit_verify
 from archive.checks import check_audit_key, check_audit_key_deploy
 from archive.models import AuditEvent, AuditEventPatient, Patient
+from preservation import audit_seal
 from tests.audit_helpers import audit_guards_lifted
 
 
@@ -311,7 +312,8 @@ def test_the_guards_are_installed_and_their_absence_is_reported(db: None) -> Non
     assert audit._verify_guards() == []
     with audit_guards_lifted(connection):
         missing = audit_verify().problems
-    assert {p.reason.split()[3] for p in missing} == set(audit.GUARDS[connection.vendor])
+    guards = set(audit.GUARDS[connection.vendor]) | set(audit_seal.GUARDS[connection.vendor])
+    assert {p.reason.split()[3] for p in missing} == guards
 
 
 # --- the key ---------------------------------------------------------------------------------
