@@ -13,7 +13,7 @@ permission: a member of staff, or a *service account*, an account without
 CUP uses. A citizen, or an account with no permission at all, is refused (403).
 
 The plain tokens of DRF's ``authtoken`` app, stored in clear, were dropped
-(migration ``archive.0012``) rather than converted: any copy of the database
+(migration ``archive.0013``) rather than converted: any copy of the database
 held them, so they are to be taken as disclosed. Clients ask for a new token.
 """
 

@@ -86,9 +86,20 @@ def test_a_folder_others_can_enter_is_a_warning(tmp_path: Path) -> None:
 
 
 def _production(tmp_path: Path, **extra: str) -> dict[str, str]:
-    secret = tmp_path / "secret_key"
-    secret.write_text("k" * 10 + os.urandom(32).hex())
-    return _clean_env(PACS_VAR_DIR=str(tmp_path / "var"), SECRET_KEY_FILE=str(secret), **PRODUCTION_ENV, **extra)
+    """The production environment, its secrets mounted as files outside PACS_VAR_DIR."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "pacs-secret-key").write_text(os.urandom(40).hex())
+    (secrets / "pacs-audit-key").write_text(os.urandom(32).hex())
+    for path in secrets.iterdir():
+        path.chmod(0o400)
+    return _clean_env(
+        PACS_VAR_DIR=str(tmp_path / "var"),
+        SECRET_KEY_FILE=str(secrets / "pacs-secret-key"),
+        PACS_AUDIT_KEY_FILE=str(secrets / "pacs-audit-key"),
+        **PRODUCTION_ENV,
+        **extra,
+    )
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

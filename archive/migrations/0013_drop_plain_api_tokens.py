@@ -16,7 +16,7 @@ def forget_authtoken(apps, schema_editor) -> None:  # type: ignore[no-untyped-de
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("archive", "0011_remotenode_trust"),
+        ("archive", "0012_audit_chains"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]
 
