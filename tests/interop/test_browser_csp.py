@@ -27,6 +27,10 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium"),
 ]
 
+# Redoc shows a "by Redocly" logo from its CDN once it has rendered: the policy blocks
+# that request, as it should (no page of the archive fetches from a CDN).
+_EXPECTED = ("img-src https://cdn.redoc.ly/", "'https://cdn.redoc.ly/")
+
 # Every violation the page reports (Playwright's init script is not subject to the page's policy).
 _LISTEN = (
     "window.__csp = [];"
@@ -77,7 +81,14 @@ def test_the_pages_load_without_a_policy_violation(
                 context.add_init_script(_LISTEN)
                 page = context.new_page()
                 page.set_default_timeout(20_000)
-                page.on("console", lambda m: console.append(m.text) if "Content Security Policy" in m.text else None)
+                page.on(
+                    "console",
+                    lambda m: (
+                        console.append(m.text)
+                        if "Content Security Policy" in m.text and not any(e in m.text for e in _EXPECTED)
+                        else None
+                    ),
+                )
                 page.goto(f"{live_server.url}{login}")
                 for label, value in fields.items():
                     page.get_by_label(label, exact=True).fill(value)
@@ -88,7 +99,7 @@ def test_the_pages_load_without_a_policy_violation(
                     response = page.goto(f"{live_server.url}{url}", wait_until="networkidle")
                     assert response is not None and response.status == 200, (who, url)
                     assert response.headers.get("content-security-policy"), url
-                    violations += [f"{url}: {v}" for v in page.evaluate("window.__csp")]
+                    violations += [f"{url}: {v}" for v in page.evaluate("window.__csp") if not v.startswith(_EXPECTED)]
                 context.close()
         finally:
             browser.close()
