@@ -275,7 +275,11 @@ class TokenView(APIView):
             return Response({"detail": exc.message, "code": exc.code}, status=status.HTTP_403_FORBIDDEN)
         return Response({"token": issued.key, "expiry": issued.expiry})
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(
+        description="Revoke the token this request is authenticated with (its client logs out).",
+        request=None,
+        responses={204: None},
+    )
     def delete(self, request: Request) -> Response:
         if isinstance(request.auth, AuthToken):
             api_token_revoke(token=request.auth)

@@ -132,7 +132,7 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         definition = build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Token")
         definition["description"] = (
             "Token from POST /api/token/ (username and password of a staff or service account), "
-            f"sent as 'Authorization: Token <key>'. It expires {settings.PACS_API_TOKEN_HOURS} hours "
+            f"sent as 'Authorization: Token <key>'. It expires {settings.PACS_API_TOKEN_HOURS:g} hours "
             "after it was issued; DELETE /api/token/ revokes it."
         )
         return definition
