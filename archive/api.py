@@ -15,25 +15,27 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.urls import get_script_prefix
 from django.utils.translation import gettext
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from knox.models import AuthToken
 from rest_framework import generics, serializers, status
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import access, reports
+from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
-from .web import HasModelPerms
+from .web import HasModelPerms, content_disposition
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -211,9 +213,77 @@ class StudyDetailView(generics.RetrieveAPIView):
         return Response(self.get_serializer(study).data)
 
 
-class TokenView(ObtainAuthToken):
-    """Exchange a username and password for the API token (``Authorization: Token <key>``),
-    used by DICOMweb clients too."""
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(write_only=True)
+    password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Through the authentication backends, django-axes first: wrong passwords count
+        # towards the lockout as on the login pages.
+        user = authenticate(request=self.context.get("request"), username=attrs["username"], password=attrs["password"])
+        if user is None:
+            raise serializers.ValidationError(gettext("Credenziali non valide."), code="authorization")
+        attrs["user"] = user
+        return attrs
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Da inviare come 'Authorization: Token <token>'.")
+    expiry = serializers.DateTimeField(help_text="Scadenza (PACS_API_TOKEN_HOURS dal rilascio).")
+
+
+class TokenProblem(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField(help_text="citizen, no_permission, inactive, locked_out")
+
+
+class TokenView(APIView):
+    """Exchange a username and password for an API token (``Authorization: Token <key>``),
+    used by DICOMweb clients and external CUP systems too; DELETE revokes the token sent.
+
+    Only staff and service accounts get one (403 for a citizen or an account without
+    permissions); it expires after ``PACS_API_TOKEN_HOURS``. Wrong passwords count
+    towards the login lockout (429 once locked out)."""
+
+    authentication_classes = [ApiTokenAuthentication]
+    serializer_class = TokenRequestSerializer
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [IsAuthenticated()] if self.request.method == "DELETE" else [AllowAny()]
+
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenSerializer,
+            400: OpenApiResponse(description="Credenziali mancanti o errate."),
+            403: OpenApiResponse(TokenProblem, description="Cittadino o account senza permessi: nessun token."),
+            429: OpenApiResponse(TokenProblem, description="Troppi tentativi errati: accesso bloccato."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRequestSerializer(data=request.data, context={"request": request})
+        if not serializer.is_valid():
+            if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
+                return Response(
+                    {"detail": gettext("Troppi tentativi errati: accesso bloccato per ora."), "code": "locked_out"},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                )
+            return Response(serializer.errors, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            issued = api_token_issue(user=serializer.validated_data["user"])
+        except TokenRefused as exc:
+            return Response({"detail": exc.message, "code": exc.code}, status=status.HTTP_403_FORBIDDEN)
+        return Response({"token": issued.key, "expiry": issued.expiry})
+
+    @extend_schema(
+        description="Revoke the token this request is authenticated with (its client logs out).",
+        request=None,
+        responses={204: None},
+    )
+    def delete(self, request: Request) -> Response:
+        if isinstance(request.auth, AuthToken):
+            api_token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- Reports ----------------------------------------------------------------------
@@ -259,7 +329,7 @@ class ReportApiError(Exception):
 
 class ReportApiView(APIView):
     # Token first: an anonymous request gets 401 with WWW-Authenticate.
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {"GET": ("archive.view_report",)}
     audit_action = "report.view"
@@ -583,7 +653,7 @@ class ReportFileView(ReportApiView):
         media_type, extension = _FILES[self.which]
         name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
         response = HttpResponse(data, content_type=media_type)
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Disposition"] = content_disposition(name)
         response["Content-Length"] = str(len(data))
         return response
 

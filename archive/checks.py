@@ -14,7 +14,7 @@ from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path,
 
 def _writable_dir(path: Path) -> bool:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(path, os.W_OK)
@@ -47,6 +47,44 @@ def check_storage(app_configs: Any, **kwargs: Any) -> list[Any]:
         if config.get("BACKEND", "").endswith("FileSystemStorage") and not _writable_dir(Path(location)):
             errors.append(Error(f"the {alias} tier folder {location} is not writable.", id="archive.E005"))
     return errors
+
+
+def _private_folders() -> list[tuple[str, Path]]:
+    folders = [
+        ("PACS_VAR_DIR", Path(settings.VAR_DIR)),
+        ("PACS_FACILITY_TIER_DIR", Path(settings.PACS_FACILITY_TIER_DIR)),
+        ("PACS_INCOMING_DIR", Path(settings.PACS_INCOMING_DIR)),
+        ("PACS_SIGNING_DIR", Path(settings.PACS_SIGNING_DIR)),
+        ("PACS_PORTAL_PACKAGE_DIR", Path(settings.PACS_PORTAL_PACKAGE_DIR)),
+        ("PACS_PRESERVATION_EXPORT_DIR", Path(settings.PACS_PRESERVATION_EXPORT_DIR)),
+    ]
+    for alias in ("longterm", "preservation"):
+        config = settings.STORAGES.get(alias) or {}
+        location = config.get("OPTIONS", {}).get("location")
+        if config.get("BACKEND", "").endswith("FileSystemStorage") and location:
+            folders.append((f"the {alias} tier", Path(location)))
+    return folders
+
+
+@register()
+def check_private_folders(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """Folders of patient data that others can enter: made by an older version, or by hand.
+    What the archive creates itself is 0700 (archive.storage, the umask in settings)."""
+    warnings = []
+    for name, path in _private_folders():
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # not there yet: created 0700 when first needed
+        if mode & settings.PACS_UMASK:
+            warnings.append(
+                Warning(
+                    f"{name}={path} has mode {mode:04o}: other accounts can enter it.",
+                    hint=f"chmod -R go-rwx {path}",
+                    id="archive.W010",
+                )
+            )
+    return warnings
 
 
 @register()

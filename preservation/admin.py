@@ -23,6 +23,7 @@ from django.utils.translation import ngettext
 from archive import access
 from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
 from archive.admin_storage import AlertAdminMixin
+from archive.web import download_filename
 
 from . import export, retention
 from .models import (
@@ -53,7 +54,8 @@ def _export_response(request: HttpRequest, packages: list[Package], label: str) 
     except export.ExportError as exc:
         messages.error(request, exc.message)
         return None
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+    # FileResponse builds the header with content_disposition_header itself.
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=download_filename(path.name))
 
 
 def packages_visible(request: HttpRequest, packages: list[Package]) -> list[Package]:

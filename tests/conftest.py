@@ -261,6 +261,34 @@ def _italian_first() -> Iterator[None]:
     translation.activate(settings.LANGUAGE_CODE)
 
 
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The process umask of a host that lets everyone read (022), for the length of a test:
+    the archive's own files must stay 0600 and its folders 0700 all the same."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def assert_private(root: Path, *, file_mode: int = 0o600) -> int:
+    """Every folder under ``root`` (itself included) is 0700 and every file ``file_mode``;
+    returns how many files were checked."""
+    import stat
+
+    wrong = []
+    files = 0
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        expected = 0o700 if path.is_dir() else file_mode
+        files += not path.is_dir()
+        if mode != expected:
+            wrong.append(f"{path.relative_to(root)}: {oct(mode)}, not {oct(expected)}")
+    assert not wrong, wrong
+    return files
+
+
 @pytest.fixture(autouse=True)
 def _empty_tiers() -> Iterator[None]:
     """Each test starts with empty tiers and incoming folders, as its database starts empty."""

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
@@ -33,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from .. import access
+from ..api_tokens import ApiTokenAuthentication
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
 from ..web import client_ip
@@ -108,7 +109,7 @@ _client_address = client_ip
 class DicomwebView(APIView):
     """Base: token first (so that an anonymous client gets 401 with ``WWW-Authenticate: Token``)."""
 
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [CanRead]
     content_negotiation_class = _AnyContent
     renderer_classes = [JSONRenderer]

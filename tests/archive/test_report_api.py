@@ -10,17 +10,18 @@ import pytest
 import yaml
 from django.forms.models import model_to_dict
 from django.test import Client
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from archive import reports
 from archive.models import AuditEvent, Report
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
 def auth(user: Any) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    _token, key = AuthToken.objects.create(user=user)
+    return {"HTTP_AUTHORIZATION": f"Token {key}"}
 
 
 def patch(client: Client, report: Report, body: dict[str, Any], user: Any) -> Any:
@@ -295,3 +296,22 @@ def test_the_schema_describes_the_report_api(client: Client, reporting: Reportin
     assert "post" not in paths["/api/reports/{id}/"] and "put" not in paths["/api/reports/{id}/"]
     assert paths["/api/reports/"]["get"]["tags"] == ["Referti"]
     assert "409" in paths["/api/reports/{id}/"]["patch"]["responses"]
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(
+    client: Client, reporting: Reporting
+) -> None:
+    from archive.models import Study
+
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=INJECTED_ACCESSION)
+    report = signed_report(reporting)
+    pdf = client.get(f"/api/reports/{report.pk}/pdf", **auth(reporting.colleague))
+    assert pdf.status_code == 200
+    assert disposition_filenames(pdf["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.pdf",
+    )
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=NON_ASCII_ACCESSION)
+    p7m = client.get(f"/api/reports/{report.pk}/p7m", **auth(reporting.colleague))
+    assert p7m["Content-Disposition"] == "attachment; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf.p7m"
