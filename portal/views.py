@@ -316,7 +316,9 @@ def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
         raise Http404(_("Tipo di pacchetto sconosciuto."))
     if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study_id is None:
         return _not_online(request, booking)
-    package, created = downloads.package_request(study=booking.study, kind=kind, user=request.user)
+    package, created = downloads.package_request(
+        study=booking.study, kind=kind, user=request.user, principal=access.principal_for_request(request)
+    )
     _audit(request, "portal.package.request", booking=booking, kind=kind, package=package.pk, created=created)
     if package.status == DownloadPackage.Status.QUEUED:
         if downloads.builds_inline(package):

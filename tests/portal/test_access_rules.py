@@ -615,3 +615,17 @@ def test_the_migration_narrows_old_guardian_rows_and_gives_radiologists_the_emer
     permission = Permission.objects.get(content_type__app_label="portal", codename="emergency_access")
     assert permission in radiologists.permissions.all()
     assert permission not in archivists.permissions.all()
+
+
+def test_a_parent_delegation_without_the_childs_birth_date_is_not_in_force(cup: Cup) -> None:
+    """A row the desk could not check (the birth date removed afterwards) gives nothing; other kinds still hold."""
+    make_minor(cup)
+    parent = delegation_register(
+        delegator=cup.mario, delegate=cup.laura, kind=Delegation.Kind.PARENT, evidence="x", user=cup.operator.user
+    )
+    Delegation.objects.filter(pk=parent.pk).update(valid_until=None)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura, cup.mario]
+    Patient.objects.filter(pk=cup.mario.pk).update(birth_date=None)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura]
+    Delegation.objects.filter(pk=parent.pk).update(kind=Delegation.Kind.OTHER)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura, cup.mario]
