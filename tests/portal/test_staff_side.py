@@ -7,6 +7,7 @@ emergency access is asked for a patient by holders of
 ``portal.emergency_access`` only, with a reason, for a limited time, and the
 page and its links are the same whether or not anything is hidden. The CUP
 desk's delegations, their kinds checked against the delegator's age.
+DICOMweb's and the REST API's answers are tests/archive/test_access.py's.
 """
 
 from __future__ import annotations
@@ -75,21 +76,6 @@ def emergency_post(client: Client, cf: str = MARIO_CF, reason: str = REASON, **e
 def without_tokens(html: str) -> str:
     """The page without what changes at each request (CSRF tokens)."""
     return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", html)
-
-
-def metadata_url(study: Study) -> str:
-    return f"/dicomweb/studies/{study.study_instance_uid}/metadata"
-
-
-def rendered_url(study: Study) -> str:
-    series = study.series.order_by("pk").first()
-    assert series is not None
-    instance = series.instances.order_by("pk").first()
-    assert instance is not None
-    return (
-        f"/dicomweb/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
-        f"/instances/{instance.sop_instance_uid}/frames/1/rendered"
-    )
 
 
 # --- The policy ---------------------------------------------------------------------------
@@ -399,36 +385,6 @@ def test_a_revealed_study_opens_again(reporting: Reporting) -> None:
     reveal(patient=study.patient, study=study)
     assert client.get(study_url(study)).status_code == 200
     assert study_url(study) in client.get(reverse("reporting:worklist")).content.decode()
-
-
-# --- DICOMweb and the report API: the same policy ---------------------------------------------
-
-
-def test_dicomweb_answers_a_hidden_study_as_missing_until_an_emergency_access(reporting: Reporting) -> None:
-    study = reporting.study
-    client = client_for(reporting.radiologist)
-    accept = {"HTTP_ACCEPT": "application/dicom+json"}
-    assert client.get(metadata_url(study), **accept).status_code == 200
-
-    hidden(reporting)
-    for url, headers in ((metadata_url(study), accept), (rendered_url(study), {"HTTP_ACCEPT": "image/jpeg"})):
-        response = client.get(url, **headers)
-        assert response.status_code == 404, url
-        assert not HIDING_WORDS.search(response.content.decode(errors="replace"))
-
-    emergency_access_grant(user=reporting.radiologist, patient=study.patient, reason=REASON)
-    assert client.get(metadata_url(study), **accept).status_code == 200
-
-
-def test_the_report_api_does_not_tell_a_study_is_hidden(reporting: Reporting) -> None:
-    study = hidden(reporting)
-    client = client_for(reporting.radiologist)
-    url = reverse("api-report-list") + f"?study={study.study_instance_uid}"
-    response = client.get(url)
-    assert response.status_code != 200 or not response.json().get("results", response.json())
-    assert not HIDING_WORDS.search(response.content.decode())
-    emergency_access_grant(user=reporting.radiologist, patient=study.patient, reason=REASON)
-    assert client.get(url).status_code == 200
 
 
 # --- The delegations desk -------------------------------------------------------------------
