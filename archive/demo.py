@@ -96,6 +96,9 @@ ROLES = {
         "archive.add_report",
         "archive.change_report",
         "archive.sign_report",
+        # Break-glass to a patient's hidden (oscurati) studies: clinicians only, never
+        # archivists, the CUP or the preservation officer.
+        "portal.emergency_access",
     ],
     "Operatori CUP": [
         "archive.view_patient",

@@ -5,6 +5,12 @@ the receipt.
 The views only translate: form input into service calls, ``BookingError`` into
 a message on the form field at fault, and every page that shows a patient's
 data into an ``AuditEvent``.
+
+These pages show the CUP's own records (the patient registry, bookings,
+distribution choices, their history), never a study's: no description,
+header, report or image of the archive, so nothing of a study the patient
+concealed or of another health authority. What the archive holds is the
+access policy's (:mod:`archive.access`), as on the reconciliation queue.
 """
 
 from __future__ import annotations

@@ -7,10 +7,16 @@ what outcome; and every search whose answer included them (C-FIND, QIDO-RS,
 the API's and the admin's lists record the patients they returned:
 :class:`~archive.models.AuditEventPatient`). The audit log is the only
 source: nothing is hidden from it.
+
+Emergency accesses (*accesso in emergenza*: a professional opening the
+citizen's hidden exams) come first and apart, with who, when, until when and
+the reason the professional gave (DPCM 178/2015: the patient sees them with
+their reason), read from their own rows (:class:`~portal.models.EmergencyAccess`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +24,10 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import AuditEvent, AuditEventPatient, Patient
+from archive.models import AuditEvent, AuditEventPatient, Patient, StaffProfile
+
+from .availability import emergency_access_until
+from .models import EmergencyAccess
 
 # Longest prefix first: what an action means for the citizen.
 ACTIONS: list[tuple[str, Any]] = [
@@ -33,7 +42,8 @@ ACTIONS: list[tuple[str, Any]] = [
     ("portal.delegations", _("ha consultato le deleghe")),
     ("portal.conceal", _("ha oscurato un esame")),
     ("portal.reveal", _("ha reso di nuovo visibile un esame")),
-    ("portal.emergency_access", _("ha aperto un esame oscurato in emergenza")),
+    ("portal.emergency_access", _("ha chiesto un accesso in emergenza ai tuoi esami oscurati")),
+    ("portal.consent_revoke", _("ha chiesto di revocare il consenso alla consegna online")),
     ("portal.publish", _("ha pubblicato il referto sul Fascicolo")),
     ("portal.withdraw", _("ha ritirato il referto dal Fascicolo")),
     ("portal.login", _("ha effettuato l'accesso al Fascicolo")),
@@ -43,6 +53,7 @@ ACTIONS: list[tuple[str, Any]] = [
     ("report.amend", _("ha aperto una nuova versione del referto")),
     ("report", _("ha lavorato al referto")),
     ("study.view", _("ha aperto lo studio e le immagini")),
+    ("reporting.patient", _("ha consultato l'elenco dei tuoi studi")),
     ("study.denied", _("ha tentato di aprire lo studio (rifiutato)")),
     ("dicom.store", _("ha inviato immagini all'archivio")),
     ("dicom.retrieve", _("ha ricevuto immagini dall'archivio")),
@@ -83,6 +94,7 @@ class AccessRow:
     outcome_code: str
     source: str
     about: str  # whose data, when the citizen acts for others
+    emergency: bool = False  # an emergency access granted: shown apart too, with its reason
 
 
 def _who(event: AuditEvent, viewer: Any) -> tuple[str, str]:
@@ -161,8 +173,45 @@ class _Rows:
             outcome_code=event.outcome,
             source=event.source,
             about=about if self.many else "",
+            emergency=event.action == "portal.emergency_access" and event.outcome == AuditEvent.Outcome.SUCCESS,
         )
 
 
 def access_log_rows(*, patients: list[Patient], viewer: Any) -> _Rows:
     return _Rows(access_log_events(patients=patients), viewer, many=len(patients) > 1)
+
+
+@dataclass(frozen=True)
+class EmergencyRow:
+    at: dt.datetime
+    until: dt.datetime
+    who: str
+    where: str  # the professional's health authority, when known
+    reason: str
+    about: str  # whose exams, when the citizen acts for others
+
+
+def emergency_access_rows(*, patients: list[Patient]) -> list[EmergencyRow]:
+    """Every emergency access to ``patients``' exams, newest first, with its reason."""
+    rows = list(
+        EmergencyAccess.objects.filter(patient__in=[p.pk for p in patients])
+        .select_related("user", "patient")
+        .order_by("-at", "-pk")
+    )
+    authorities = dict(
+        StaffProfile.objects.filter(user_id__in={r.user_id for r in rows}, authority__isnull=False).values_list(
+            "user_id", "authority__name"
+        )
+    )
+    many = len(patients) > 1
+    return [
+        EmergencyRow(
+            at=row.at,
+            until=emergency_access_until(row),
+            who=row.user.get_full_name() or row.user.get_username(),
+            where=authorities.get(row.user_id, ""),
+            reason=row.reason,
+            about=str(row.patient) if many else "",
+        )
+        for row in rows
+    ]

@@ -150,8 +150,13 @@ def test_other_authority_radiologist_cannot_open_the_study(reporting: Reporting)
     page = client.get(reverse("reporting:worklist"))
     assert page.status_code == 200
     assert reporting.study.accession_number not in page.content.decode()
-    assert client.get(reverse("reporting:study", args=[reporting.study.pk])).status_code == 403
-    assert client.post(reverse("reporting:report_start", args=[reporting.study.pk])).status_code == 403
+    # Another authority's study answers as one that is not in the archive.
+    missing = client.get(reverse("reporting:study", args=[reporting.study.pk + 1000]))
+    response = client.get(reverse("reporting:study", args=[reporting.study.pk]))
+    assert response.status_code == missing.status_code == 404
+    assert response.content == missing.content
+    assert client.post(reverse("reporting:report_start", args=[reporting.study.pk])).status_code == 404
+    assert client.get(reverse("reporting:patient", args=[reporting.study.patient_id])).status_code == 404
     assert not Report.objects.exists()
     assert ("study.denied", "denied") in actions(reporting.foreign)
 

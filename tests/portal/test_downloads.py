@@ -87,3 +87,21 @@ def test_the_citizens_zips_are_the_service_accounts_only(
         package, _ = downloads.package_request(study=online.booking.study, kind=kind, user=online.user)
         assert downloads.package_build(package_pk=package.pk).status == DownloadPackage.Status.READY
     assert assert_private(tmp_path / "var") == 2
+
+
+def test_a_package_is_only_for_someone_who_sees_the_study(online: CitizenExam, cup: Cup) -> None:
+    from archive.access import StudyNotVisible
+    from portal.accounts import citizen_account_create
+    from tests.booking.conftest import LAURA_CF
+
+    stranger = citizen_account_create(codice_fiscale=LAURA_CF, password="x" * 20)
+    with pytest.raises(StudyNotVisible):
+        downloads.package_request(study=online.booking.study, kind="dicom", user=stranger)
+    with pytest.raises(StudyNotVisible):
+        downloads.package_request(study=online.booking.study, kind="dicom", user=online.rep.foreign)
+    assert not DownloadPackage.objects.exists()
+    # Told nothing about an exam they do not see.
+    package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
+    package = downloads.package_build(package_pk=package.pk)
+    assert downloads.package_notify(package=package, user=stranger, booking=online.booking) is None
+    assert not Notification.objects.filter(user=stranger).exists()

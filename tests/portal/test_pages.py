@@ -18,7 +18,7 @@ from booking.models import Booking, DistributionChoice
 from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims
-from portal.models import Concealment, DownloadPackage, Publication
+from portal.models import Concealment, Delegation, DownloadPackage, Publication
 from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
@@ -399,6 +399,136 @@ def test_the_citizen_conceals_and_reveals_an_exam(online: CitizenExam) -> None:
     online.client.post(url, {"action": "reveal"})
     assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
     assert audit("portal.conceal") and audit("portal.reveal")
+
+
+def delegate_client(online: CitizenExam, kind: str, *, minor: bool = False) -> Client:
+    """Laura logged in as ``kind`` delegate of Mario (made a child of ten when ``minor``)."""
+    from django.utils import timezone
+
+    mario = online.booking.patient
+    if minor:
+        today = timezone.localdate()
+        Patient.objects.filter(pk=mario.pk).update(birth_date=today.replace(year=today.year - 10, day=1))
+        mario.refresh_from_db()
+    laura = Patient.objects.get(codice_fiscale=LAURA_CF)
+    availability.delegation_register(
+        delegator=mario,
+        delegate=laura,
+        kind=kind,
+        evidence="Documento verificato allo sportello",
+        user=online.cup.operator.user,
+    )
+    citizen_account_create(codice_fiscale=LAURA_CF, password=CITIZEN_PASSWORD)
+    client = Client()
+    citizen_login(client, LAURA_CF)
+    return client
+
+
+def test_a_delegate_cannot_lift_a_hiding_the_delegator_set_herself(online: CitizenExam) -> None:
+    """Reproduces: a delegate lifted, from the exam page, a hiding the delegator had set herself."""
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    online.client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    client = delegate_client(online, Delegation.Kind.SUPPORT)
+    page = client.get(exam_url).content.decode().replace("&#x27;", "'")
+    assert "Questo esame è oscurato" in page
+    assert 'value="reveal"' not in page
+    assert "solo l'interessato può renderlo di nuovo visibile" in page
+    response = client.post(f"{exam_url}oscuramento/", {"action": "reveal"}, follow=True)
+    assert "solo l'interessato può renderlo di nuovo visibile" in response.content.decode().replace("&#x27;", "'")
+    assert Concealment.objects.filter(revealed_at__isnull=True).count() == 1
+    (refused,) = audit("portal.reveal", outcome="denied")
+    assert refused.detail["reason"] == "subject_choice" and refused.detail["acting_for"] == MARIO_CF
+    # The patient herself still can.
+    online.client.post(f"{exam_url}oscuramento/", {"action": "reveal"})
+    assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
+
+
+def test_a_delegate_cannot_revoke_the_consent_of_a_person_who_can_act(online: CitizenExam) -> None:
+    """Reproduces: a delegate revoked the delegator's consent to online delivery."""
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    client = delegate_client(online, Delegation.Kind.OTHER)
+    page = client.get(exam_url).content.decode()
+    assert "revoca-consenso" not in page and 'value="conceal"' not in page
+    assert "La tua delega permette di vedere e scaricare" in page
+    client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
+    client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    assert online.booking.current_choice().delivery == "online"
+    assert not Concealment.objects.exists()
+    assert [e.detail["reason"] for e in audit("portal.consent_revoke", outcome="denied")] == ["not_representative"]
+    assert [e.detail["reason"] for e in audit("portal.conceal", outcome="denied")] == ["not_representative"]
+    # Seeing and downloading, every delegate may.
+    (pdf_url,) = links_in(page, "report-pdf")
+    assert client.get(pdf_url).status_code == 200
+
+
+def test_a_parent_manages_a_minors_hiding_and_consent(online: CitizenExam) -> None:
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    client = delegate_client(online, Delegation.Kind.PARENT, minor=True)
+    page = client.get(exam_url).content.decode()
+    assert 'value="conceal"' in page and "revoca-consenso" in page
+    client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    hiding = Concealment.objects.get(revealed_at__isnull=True)
+    assert hiding.requested_by.codice_fiscale == LAURA_CF
+    client.post(f"{exam_url}oscuramento/", {"action": "reveal"})  # the parent's own hiding
+    assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
+    client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
+    assert online.booking.current_choice().revokes_consent
+
+
+def test_a_parents_delegation_ends_at_18_on_every_portal_path(online: CitizenExam) -> None:
+    from django.utils import timezone
+
+    client = delegate_client(online, Delegation.Kind.PARENT, minor=True)
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    page = client.get(exam_url).content.decode()
+    (pdf_url,) = links_in(page, "report-pdf")
+    instance = Instance.objects.order_by("pk").first()
+    assert instance is not None
+    paths = [
+        ("get", exam_url),
+        ("get", f"{exam_url}immagini/"),
+        ("get", f"{exam_url}immagini/{instance.pk}.jpg"),
+        ("post", f"{exam_url}pacchetti/jpeg/"),
+        ("get", pdf_url),
+    ]
+    assert [getattr(client, m)(u).status_code for m, u in paths] == [200, 200, 200, 302, 200]
+    (package,) = DownloadPackage.objects.all()
+    paths.append(("get", f"/fse/pacchetti/{package.pk}/"))
+    # The child comes of age: the parent's delegation no longer holds, anywhere.
+    today = timezone.localdate()
+    Patient.objects.filter(pk=online.booking.patient_id).update(birth_date=today.replace(year=today.year - 18))
+    assert [getattr(client, m)(u).status_code for m, u in paths] == [404] * len(paths)
+    assert online.booking.procedure.description not in client.get("/fse/").content.decode()
+
+
+def test_an_exam_whose_study_is_someone_elses_is_not_found(online: CitizenExam) -> None:
+    """The policy decides on the study too: images re-assigned to another patient are theirs."""
+    laura = Patient.objects.get(codice_fiscale=LAURA_CF)
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    assert online.client.get(exam_url).status_code == 200
+    from archive.models import Study
+
+    Study.objects.filter(pk=online.booking.study_id).update(patient=laura)
+    assert online.client.get(exam_url).status_code == 404
+    assert online.client.get(f"{exam_url}immagini/").status_code == 404
+
+
+def test_the_citizen_reads_each_emergency_access_with_who_when_until_and_why(online: CitizenExam) -> None:
+    from django.utils import timezone
+
+    reason = "Paziente incosciente in pronto soccorso: servono le TC precedenti."
+    row = availability.emergency_access_grant(
+        user=online.rep.colleague, patient=online.booking.patient, reason=reason, source="10.0.0.7"
+    )
+    response = online.client.get("/fse/accessi/")
+    page = response.content.decode().replace("&#x27;", "'")
+    section = page[page.index('id="emergency-title"') : page.index("Tutti gli accessi")]
+    assert "Chiara Degano" in section and "Giuliano Isontina" in section  # who, and of which authority
+    assert reason in section
+    (shown,) = response.context["emergencies"]
+    assert shown.at == row.at and shown.until == availability.emergency_access_until(row)
+    assert timezone.localtime(shown.until).strftime("%H:%M") in section
+    assert 'class="who-staff emergency"' in page  # the audit row stands out too
 
 
 # --- the identity provider ---------------------------------------------------------------------
