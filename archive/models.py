@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from . import peers
 from .codice_fiscale import validate_codice_fiscale
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash
@@ -123,6 +124,25 @@ class RemoteNode(models.Model):
         return (
             self.can_store or self.can_query or self.can_retrieve or self.is_retrieve_destination or self.can_worklist
         )
+
+    def allowed_addresses(self) -> list[str]:
+        """Where the node may call from: its ``addresses``, else its ``host``."""
+        return peers.address_entries(self.addresses) or [self.host.strip()]
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        bad = peers.addresses_errors(self.addresses)
+        if bad:
+            errors["addresses"] = bad
+        else:
+            self.addresses = " ".join(peers.address_entries(self.addresses))
+        fingerprint_error = peers.fingerprint_error(self.tls_certificate_sha256)
+        if fingerprint_error:
+            errors["tls_certificate_sha256"] = [fingerprint_error]
+        else:
+            self.tls_certificate_sha256 = peers.fingerprint_normalize(self.tls_certificate_sha256)
+        if errors:
+            raise ValidationError(errors)
 
 
 class Patient(models.Model):
