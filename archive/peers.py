@@ -65,7 +65,7 @@ def _is_host_name(entry: str) -> bool:
 
 def address_entry_error(entry: str) -> str | None:
     """Why ``entry`` is not an IP address, a CIDR network or a host name; None when it is one."""
-    if "/" in entry:
+    if "/" in entry and peer_ip(entry.split("/", 1)[0]) is not None:
         try:
             ipaddress.ip_network(entry, strict=True)
         except ValueError as exc:
