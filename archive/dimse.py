@@ -432,6 +432,9 @@ class PacsServer(ThreadedAssociationServer):
     tls_server: PacsServer | None = None  # the DICOM TLS port, served beside this one
     # Gate threads end with the process; associations are joined by stop_listener.
     daemon_threads = True
+    # socketserver's listen backlog is 5: a burst of connections beyond it has its
+    # SYNs dropped and retried by the peer a second later, a stall for everyone.
+    request_queue_size = 128
 
     def get_request(self) -> tuple[Any, Any]:
         # pynetdicom does the TLS handshake here, in the accepting thread, where

@@ -75,12 +75,10 @@ def _load_ca(folder: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     return cert, key  # type: ignore[return-value]
 
 
-def _issue(
-    folder: Path, name: str, *, ca: tuple[x509.Certificate, rsa.RSAPrivateKey], server: bool
-) -> Credential:
+def _issue(folder: Path, name: str, *, ca: tuple[x509.Certificate, rsa.RSAPrivateKey], server: bool) -> Credential:
     ca_cert, ca_key = ca
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(name))
@@ -99,9 +97,7 @@ def _issue(
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())
@@ -115,7 +111,7 @@ def make_pki(folder: Path, *, ca_name: str = "PACS test CA") -> Pki:
     """A CA and the listener's certificate (for localhost and 127.0.0.1) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(ca_name))
