@@ -45,6 +45,7 @@ from .audit import audit_record
 from .codice_fiscale import normalize_codice_fiscale
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
+from .forms_nodes import RemoteNodeForm
 from .models import (
     AuditEvent,
     Copy,
@@ -353,6 +354,7 @@ class FacilityAdmin(admin.ModelAdmin):
 
 @admin.register(RemoteNode)
 class RemoteNodeAdmin(admin.ModelAdmin):
+    form = RemoteNodeForm
     list_display = (
         "ae_title",
         "host",

@@ -3,6 +3,8 @@ studies, series, instances, their stored copies, conflicts and the audit log."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -129,18 +131,28 @@ class RemoteNode(models.Model):
         """Where the node may call from: its ``addresses``, else its ``host``."""
         return peers.address_entries(self.addresses) or [self.host.strip()]
 
-    def clean(self) -> None:
-        errors: dict[str, list[str]] = {}
-        bad = peers.addresses_errors(self.addresses)
-        if bad:
-            errors["addresses"] = bad
-        else:
-            self.addresses = " ".join(peers.address_entries(self.addresses))
-        fingerprint_error = peers.fingerprint_error(self.tls_certificate_sha256)
-        if fingerprint_error:
-            errors["tls_certificate_sha256"] = [fingerprint_error]
-        else:
+    def clean_fields(self, exclude: Any = None) -> None:
+        """The addresses and the fingerprint checked entry by entry, and normalised
+        (the fingerprint as ``openssl x509 -fingerprint -sha256`` prints it is
+        accepted) before the field's own length check sees it."""
+        skip = set(exclude or ())
+        if "tls_certificate_sha256" not in skip:
             self.tls_certificate_sha256 = peers.fingerprint_normalize(self.tls_certificate_sha256)
+        errors: dict[str, list[Any]] = {}
+        try:
+            super().clean_fields(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        if "addresses" not in skip and "addresses" not in errors:
+            bad = peers.addresses_errors(self.addresses)
+            if bad:
+                errors["addresses"] = list(bad)
+            else:
+                self.addresses = " ".join(peers.address_entries(self.addresses))
+        if "tls_certificate_sha256" not in skip and "tls_certificate_sha256" not in errors:
+            error = peers.fingerprint_error(self.tls_certificate_sha256)
+            if error:
+                errors["tls_certificate_sha256"] = [error]
         if errors:
             raise ValidationError(errors)
 

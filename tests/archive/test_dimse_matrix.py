@@ -242,9 +242,7 @@ def _associate(world: World, caller: Caller, *contexts: str, **kwargs: Any):  # 
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for cx in contexts:
         ae.add_requested_context(cx)
-    return ae.associate(
-        "127.0.0.1", world.port, ae_title=caller.called_ae, bind_address=(caller.source, 0), **kwargs
-    )
+    return ae.associate("127.0.0.1", world.port, ae_title=caller.called_ae, bind_address=(caller.source, 0), **kwargs)
 
 
 def _final(responses: list[tuple[Dataset, Any]]) -> int:
@@ -427,11 +425,7 @@ DECISIONS: dict[str, Decision] = {
     "C-ECHO": Decision(call_echo, _associated("success")),
     # The demo flag lets an unknown AE store; a spoofed AE title does not associate.
     "C-STORE": Decision(call_store, _associated("stored")),
-    **{
-        f"C-FIND {root} {level}": _find(uid, level)
-        for uid, root in FIND_MODELS.items()
-        for level in ROOT_LEVELS[root]
-    },
+    **{f"C-FIND {root} {level}": _find(uid, level) for uid, root in FIND_MODELS.items() for level in ROOT_LEVELS[root]},
     **{f"C-MOVE {root}": Decision(lambda w, c, m=uid: call_move(w, c, m), _sees) for uid, root in MOVE_MODELS.items()},
     **{f"C-GET {root}": Decision(lambda w, c, m=uid: call_get(w, c, m), _sees) for uid, root in GET_MODELS.items()},
     "MWL": Decision(call_worklist, _worklist, needs_bookings=True),

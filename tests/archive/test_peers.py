@@ -84,6 +84,9 @@ def test_model_validation(region: Region) -> None:
     assert node.allowed_addresses() == ["10.0.0.1", "10.0.0.0/8"]
     node.addresses = ""
     assert node.allowed_addresses() == ["ct02.example"]
+    node.tls_certificate_sha256 = ":".join(FINGERPRINT[i : i + 2].upper() for i in range(0, 64, 2))
+    node.full_clean()
+    assert node.tls_certificate_sha256 == FINGERPRINT
     node.addresses = "10.0.0.1 10.0.0.999"
     node.tls_certificate_sha256 = "zz"
     with pytest.raises(ValidationError) as caught:
@@ -108,7 +111,13 @@ def test_the_admin_form_shows_a_bad_address(admin_client: Client, region: Region
     assert "10.0.0/24" in response.context["adminform"].form.errors["addresses"][0]
     assert not RemoteNode.objects.filter(ae_title="CT02").exists()
     form["addresses"] = "10.0.0.5, 10.0.0.0/24"
-    form["tls_certificate_sha256"] = FINGERPRINT.upper()
+    form["tls_certificate_sha256"] = "xyz"
+    response = admin_client.post(url, form)
+    assert "SHA-256" in response.context["adminform"].form.errors["tls_certificate_sha256"][0]
+    # Pasted as openssl prints it.
+    form["tls_certificate_sha256"] = "sha256 Fingerprint=" + ":".join(
+        FINGERPRINT[i : i + 2].upper() for i in range(0, 64, 2)
+    )
     assert admin_client.post(url, form).status_code == 302
     node = RemoteNode.objects.get(ae_title="CT02")
     assert node.addresses == "10.0.0.5 10.0.0.0/24" and node.tls_certificate_sha256 == FINGERPRINT
