@@ -54,6 +54,8 @@ from archive.query import ROOT_LEVELS
 from archive.sample_data import PatientInfo, write_study
 from tests.conftest import Region, free_port
 
+pytestmark = pytest.mark.slow  # about a hundred associations
+
 STUDIES = ("visible", "hidden", "other_facility", "other_authority")
 # The patient of each study: "visible" and "hidden" are the same person's.
 PATIENT_OF = {"visible": "PA", "hidden": "PA", "other_facility": "PB", "other_authority": "PC"}

@@ -121,3 +121,13 @@ def test_the_admin_form_shows_a_bad_address(admin_client: Client, region: Region
     assert admin_client.post(url, form).status_code == 302
     node = RemoteNode.objects.get(ae_title="CT02")
     assert node.addresses == "10.0.0.5 10.0.0.0/24" and node.tls_certificate_sha256 == FINGERPRINT
+
+
+def test_the_demo_flag_on_a_network_address_is_flagged(settings) -> None:  # type: ignore[no-untyped-def]
+    from archive.checks import check_dicom
+
+    settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
+    settings.PACS_DICOM_HOST = "127.0.0.1"
+    assert "archive.W010" not in {e.id for e in check_dicom(None)}
+    settings.PACS_DICOM_HOST = "0.0.0.0"
+    assert "archive.W010" in {e.id for e in check_dicom(None)}
