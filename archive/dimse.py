@@ -24,6 +24,7 @@ Around them sit guards pynetdicom 3.0.4 does not provide:
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import ssl
@@ -619,12 +620,14 @@ def _answer_find(
     audit: dict[str, Any],
     detail: dict[str, Any],
     what: str,
-    patients: list[int] | None = None,
+    patients: list[Any] | None = None,
+    resolve: Callable[[list[Any]], list[int]] | None = None,
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Send ``results`` as pending responses, keeping pace with the socket; end
     with the final status (cancelled, too many matches, refused, failed) and
     write one audit event, with the patients of the matches sent (``patients``:
-    one per result, in order, filled as the results are produced)."""
+    one per result, in order, filled as the results are produced; primary keys,
+    or what ``resolve`` turns into primary keys)."""
     limit = settings.PACS_QUERY_MAX_MATCHES
     matches = 0
     outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
@@ -652,7 +655,13 @@ def _answer_find(
         detail["error"] = type(exc).__name__
     detail["matches"] = matches
     # Results produced but not sent (the one past the limit, a cancelled one) are not counted.
-    returned = {"patients": patients[:matches]} if patients is not None else {}
+    returned: dict[str, Any] = {}
+    if patients is not None:
+        try:
+            sent = patients[:matches]
+            returned["patients"] = resolve(sent) if resolve is not None else sent
+        except Exception:
+            logger.exception("%s from %s: the patients answered could not be listed", what, peer.calling_ae)
     _audit_quietly(**audit, outcome=outcome, detail=detail, **returned)
     yield final, None
 
@@ -676,12 +685,41 @@ def _worklist_find(event: Any, peer: Peer) -> Iterator[tuple[int | Dataset, Data
         yield _status(UNABLE_TO_PROCESS, "the worklist is not available"), None
         return
 
+    codici: list[str] = []  # each item's PatientID (the codice fiscale), for the audit log
+
     def results() -> Iterator[Dataset]:
         if identifier is None:
             raise QueryError(error)
-        yield from source(identifier, facility=peer.facility, calling_ae=peer.calling_ae)
+        # Whose item each answer is: PatientID asked for as a return key when the
+        # modality did not, and left out of its answer.
+        asked = "PatientID" in identifier
+        query = identifier
+        if not asked:
+            query = copy.deepcopy(identifier)
+            query.PatientID = ""
+        for item in source(query, facility=peer.facility, calling_ae=peer.calling_ae):
+            codici.append(str(item.get("PatientID", "") or ""))
+            if not asked and "PatientID" in item:
+                del item.PatientID
+            yield item
 
-    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="worklist C-FIND")
+    yield from _answer_find(
+        event,
+        peer,
+        results(),
+        audit=audit,
+        detail=detail,
+        what="worklist C-FIND",
+        patients=codici,
+        resolve=_patients_by_codice_fiscale,
+    )
+
+
+def _patients_by_codice_fiscale(codici: list[str]) -> list[int]:
+    known = dict(
+        Patient.objects.filter(codice_fiscale__in={c for c in codici if c}).values_list("codice_fiscale", "pk")
+    )
+    return [known[c] for c in codici if c in known]
 
 
 def _worklist_keys(identifier: Dataset) -> dict[str, str]:

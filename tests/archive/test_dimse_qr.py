@@ -513,3 +513,34 @@ def test_find_audits_the_patients_it_returned(  # type: ignore[no-untyped-def]
     event = AuditEvent.objects.filter(action="dicom.query").latest("id")
     assert set(event.detail["patients"]) == expected
     assert event.detail["patients_total"] == 2
+
+
+@pytest.mark.parametrize("asks_patient_id", [True, False])
+def test_worklist_audits_the_patients_it_returned(listener: int, cup, asks_patient_id: bool) -> None:  # type: ignore[no-untyped-def]
+    """The worklist answers demographics: its audit lists whose; a modality that did not
+    ask for PatientID still gets no PatientID."""
+    from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
+
+    cup.book(cup.mario)
+    cup.book(cup.laura)
+    cup.book(cup.laura, station=cup.other_ct_station)  # Gorizia's: not answered, not audited
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.AccessionNumber = ""
+    if asks_patient_id:
+        ds.PatientID = ""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(MWL)
+    assoc = ae.associate("127.0.0.1", listener, ae_title="TSCAT_PACS")
+    assert assoc.is_established
+    try:
+        answers = [i for s, i in assoc.send_c_find(ds, MWL) if s.Status == 0xFF00]
+    finally:
+        assoc.release()
+    assert len(answers) == 2
+    assert all(("PatientID" in a) == asks_patient_id for a in answers)
+    event = AuditEvent.objects.get(action="dicom.worklist")
+    assert sorted(event.detail["patients"]) == sorted([cup.mario.pk, cup.laura.pk])
+
+
+from tests.booking.conftest import cup as cup  # noqa: E402,F401  (the worklist test's bookings)
