@@ -236,6 +236,10 @@ def _node_refusal(node: RemoteNode, *, peer_ip: str, certificate_sha256: str | N
     return ""
 
 
+def _is_tls(assoc: Association) -> bool:
+    return isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket)
+
+
 def _peer_certificate(assoc: Association) -> str | None:
     """The SHA-256 of the peer's client certificate on the TLS port; None on the plain port."""
     sock = getattr(assoc.dul.socket, "socket", None)
@@ -276,7 +280,7 @@ class PacsACSE(ACSE):
                 outcome=AuditEvent.Outcome.DENIED,
                 ae_title=str(rq.calling_ae_title).strip()[:16],
                 source=address,
-                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why},
+                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why, "tls": _is_tls(assoc)},
             )
             self.send_reject(*reject)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -447,11 +451,7 @@ class PacsServer(ThreadedAssociationServer):
         address = str(client_address[0])
         if self.draining or not self.slots.acquire(address):
             if not self.draining:
-                logger.warning(
-                    "connection from %s closed: it holds %d connections already (PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)",
-                    address,
-                    self.slots.held(address),
-                )
+                self._log_refused(address)
             self.shutdown_request(request)
             return
         try:
@@ -459,6 +459,22 @@ class PacsServer(ThreadedAssociationServer):
         except Exception:
             self.slots.release(address)
             raise
+
+    def _log_refused(self, address: str) -> None:
+        # A flood is logged once per address every few seconds, with its count, not once a connection.
+        now = time.monotonic()
+        refused = self.__dict__.setdefault("_refused", {})
+        since, count = refused.get(address, (0.0, 0))
+        if now - since < 10.0:
+            refused[address] = (since, count + 1)
+            return
+        refused[address] = (now, 0)
+        logger.warning(
+            "connection from %s closed: it holds %d connections already (PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)%s",
+            address,
+            self.slots.held(address),
+            f"; {count} more closed since the last message" if count else "",
+        )
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         address = str(client_address[0])
@@ -473,13 +489,15 @@ class PacsServer(ThreadedAssociationServer):
             )
             handler = PacsRequestHandler(sock, client_address, self, first_pdu=first_pdu)
         except dul.NotAdmitted as exc:
-            logger.warning("connection from %s:%s not admitted: %s", address, client_address[1], exc)
+            level = logging.INFO if exc.quiet else logging.WARNING
+            logger.log(level, "connection from %s:%s not admitted: %s", address, client_address[1], exc)
+            sock = exc.sock or sock
         except Exception:
             self.handle_error(request, client_address)
         finally:
             if handler is None or not handler.started:
                 self.slots.release(address)
-                self.shutdown_request(sock)
+                dul.close(sock)
 
 
 def handle_echo(event: Any) -> int:

@@ -313,7 +313,15 @@ class AddressSlots:
 
 
 class NotAdmitted(Exception):
-    """The connection did not send a usable A-ASSOCIATE-RQ in time; the message says why."""
+    """The connection did not send a usable A-ASSOCIATE-RQ in time; the message says why.
+
+    ``quiet``: the peer just closed (a port probe, a load balancer's health
+    check), not worth a warning."""
+
+    def __init__(self, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
+        self.sock: socket.socket | None = None  # the connection, for the caller to close (after logging)
 
 
 def _remaining(deadline: float) -> float:
@@ -351,7 +359,7 @@ def _recv_by(sock: socket.socket, n: int, deadline: float) -> bytes:
         except TimeoutError:
             raise NotAdmitted("no A-ASSOCIATE-RQ within the request timeout") from None
         if not chunk:
-            raise NotAdmitted("connection closed before its A-ASSOCIATE-RQ")
+            raise NotAdmitted("connection closed before its A-ASSOCIATE-RQ", quiet=not data)
         data += chunk
     return bytes(data)
 
@@ -363,9 +371,10 @@ def admit(
     certificate verified) and the whole A-ASSOCIATE-RQ PDU.
 
     Returns the socket to go on with (the TLS one, with TLS) in blocking mode,
-    and the PDU. Raises :class:`NotAdmitted`, the socket closed: too slow, not
-    an association request, longer than ``read_limit``, or a TLS handshake
-    that failed.
+    and the PDU. Raises :class:`NotAdmitted` (too slow, not an association
+    request, longer than ``read_limit``, or a TLS handshake that failed) with
+    the socket to close as its ``sock``: with TLS, ``sock`` no longer owns
+    the connection.
     """
     deadline = time.monotonic() + timeout
     try:
@@ -386,14 +395,15 @@ def admit(
             raise NotAdmitted(f"TLS handshake failed: {exc.reason or exc}") from None
         except (OSError, ValueError) as exc:
             raise NotAdmitted(f"connection failed before its A-ASSOCIATE-RQ: {exc}") from None
-    except NotAdmitted:
-        _close(sock)
+    except NotAdmitted as exc:
+        exc.sock = sock
         raise
     sock.settimeout(None)
     return sock, head + body
 
 
-def _close(sock: socket.socket) -> None:
+def close(sock: socket.socket) -> None:
+    """Shut the connection down both ways and close it."""
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
