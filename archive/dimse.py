@@ -190,9 +190,10 @@ def decide_association(
     (``peer_ip``, default the host part of ``address``); on the TLS port
     (``certificate_sha256`` is the fingerprint of the client's certificate,
     None on the plain port) only with its own certificate; a node that has a
-    certificate only on the TLS port. A registered AE title that fails any of
-    these is refused even when ``accept_unknown`` lets unknown AEs in: it is
-    someone else using the node's name. Every refusal answers "calling AE
+    certificate only on the TLS port; a node without any right not at all. A
+    registered AE title that fails any of these is refused even when
+    ``accept_unknown`` lets unknown AEs in: it is someone else using the
+    node's name, or a node switched off. Every refusal answers "calling AE
     title not recognised"; the reason goes to the log and the audit only.
     """
     calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
@@ -208,21 +209,24 @@ def decide_association(
         return None, REJECT_CALLED_AE, f"called AE title {called_ae!r} is not served here"
     node = RemoteNode.objects.filter(facility=facility, ae_title=calling_ae).first()
     tls = certificate_sha256 is not None
-    if node is not None and node.may_associate():
+    if node is not None:
         refused = _node_refusal(node, peer_ip=peer_ip, certificate_sha256=certificate_sha256)
         if refused:
             return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} of {facility.code} {refused}"
     elif not accept_unknown:
-        why = "is not a registered DICOM node" if node is None else "has no rights"
-        return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} {why} of {facility.code}"
-    else:
-        node = None
+        return (
+            None,
+            REJECT_CALLING_AE,
+            f"calling AE title {calling_ae!r} is not a registered DICOM node of {facility.code}",
+        )
     peer = Peer(facility=facility, node=node, calling_ae=calling_ae, address=address, called_ae=called_ae, tls=tls)
     return peer, None, ""
 
 
 def _node_refusal(node: RemoteNode, *, peer_ip: str, certificate_sha256: str | None) -> str:
     """Why a registered node's association is refused (empty: it is not)."""
+    if not node.may_associate():
+        return "has no rights (a node switched off in the admin)"
     if not peers.address_allowed(peer_ip, node.allowed_addresses()):
         return f"called from {peer_ip}, which is not among its registered addresses"
     expected = peers.fingerprint_normalize(node.tls_certificate_sha256)

@@ -245,6 +245,11 @@ def test_same_ae_title_from_another_address_is_refused_even_with_the_demo_flag( 
         port = server.server_address[1]
         assert _echo_from(port, "127.0.0.2") is None
         assert _echo_from(port, "127.0.0.2", calling_ae="NEWDEVICE") == 0x0000
+        # A node switched off in the admin (no right left) is not an unknown AE either.
+        from archive.models import RemoteNode
+
+        RemoteNode.objects.filter(ae_title="STORESCU").update(can_store=False)
+        assert _echo_from(port, "127.0.0.1") is None
     finally:
         stop_listener(server, grace=0)
 
