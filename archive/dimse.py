@@ -468,6 +468,8 @@ class PacsServer(ThreadedAssociationServer):
         # A flood is logged once per address every few seconds, with its count, not once a connection.
         now = time.monotonic()
         refused = self.__dict__.setdefault("_refused", {})
+        if len(refused) > 4096:  # a flood from many addresses: forget, do not grow
+            refused.clear()
         since, count = refused.get(address, (0.0, 0))
         if now - since < 10.0:
             refused[address] = (since, count + 1)
@@ -1187,7 +1189,7 @@ def start_listener(
     ]
     slots = dul.AddressSlots(per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)
     context = tls_context()  # before binding: a bad certificate stops start-up
-    addresses = [((host, port), None)]
+    addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
     if context is not None:
         addresses.append(((host, settings.PACS_DICOM_TLS_PORT if tls_port is None else tls_port), context))
     servers: list[PacsServer] = []
