@@ -2,7 +2,13 @@
 
 Described by drf-spectacular at ``/api/schema/`` (Swagger UI at
 ``/api/schema/swagger/``, Redoc at ``/api/schema/redoc/``). Reading patient
-data (the studies, the reports) is audited like every other access.
+data (the studies, the reports) is audited like every other access; a list
+names the patients it returned.
+
+Studies and reports go through the access policy (``archive.access``): a study
+the patient hid (*oscuramento*), or one of another health authority, is absent
+from lists and answers 404 with the body of a study or report that does not
+exist, never 403.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import reports
+from . import access, reports
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
 from .web import HasModelPerms
@@ -120,13 +126,23 @@ class FacilityDetailView(generics.RetrieveAPIView):
     lookup_field = "code"
 
 
-def _audit(request: Request, action: str, *, study: Study | None = None, detail: dict[str, Any]) -> None:
+def _audit(
+    request: Request,
+    action: str,
+    *,
+    study: Study | None = None,
+    detail: dict[str, Any],
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    patients: list[int] | None = None,
+) -> None:
     audit_record(
         action=action,
+        outcome=outcome,
         user=request.user,
         study=study,
         source=str(request.META.get("REMOTE_ADDR", "")),
         detail={"path": request.path[:500], **detail},
+        patients=patients,
     )
 
 
@@ -145,7 +161,8 @@ class StudyListView(generics.ListAPIView):
     pagination_class = StudyPagination
 
     def get_queryset(self) -> QuerySet[Study]:
-        qs = Study.objects.select_related("facility").order_by("-study_date", "-id")
+        principal = access.principal_for_request(self.request)
+        qs = access.studies_visible(principal, Study.objects.select_related("facility")).order_by("-study_date", "-id")
         params = self.request.query_params
         if params.get("facility"):
             qs = qs.filter(facility__code=params["facility"])
@@ -156,21 +173,40 @@ class StudyListView(generics.ListAPIView):
         return qs
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().list(request, *args, **kwargs)
-        results = response.data.get("results", []) if isinstance(response.data, dict) else response.data
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        rows = list(page if page is not None else queryset)
+        data = self.get_serializer(rows, many=True).data
+        response = self.get_paginated_response(data) if page is not None else Response(data)
         filters = {k: v for k, v in request.query_params.items() if k in ("facility", "patient_id", "accession_number")}
-        _audit(request, "api.studies", detail={"filters": filters, "returned": len(results)})
+        _audit(
+            request,
+            "api.studies",
+            detail={"filters": filters, "returned": len(rows)},
+            patients=[s.patient_id for s in rows],
+        )
         return response
 
 
 class StudyDetailView(generics.RetrieveAPIView):
+    """One study; 404 for one that is not archived or that the user may not see (the same answer)."""
+
     serializer_class = StudySerializer
     permission_classes = [CanViewStudies]
     lookup_field = "study_instance_uid"
     queryset = Study.objects.select_related("facility", "patient")
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        study = self.get_object()
+        study = self.get_queryset().filter(study_instance_uid=kwargs["study_instance_uid"]).first()
+        if study is None:
+            raise access.StudyNotVisible()
+        verdict = access.study_verdict(access.principal_for_request(request), study)
+        if verdict is not access.Verdict.VISIBLE:
+            # Audited with the reason; answered exactly as a study that is not there.
+            _audit(
+                request, "api.study", study=study, outcome=AuditEvent.Outcome.DENIED, detail={"reason": verdict.value}
+            )
+            raise access.StudyNotVisible(verdict)
         _audit(request, "api.study", study=study, detail={})
         return Response(self.get_serializer(study).data)
 
@@ -206,8 +242,8 @@ def _report_errors(*codes: int) -> dict[int, OpenApiResponse]:
     text = {
         400: "Richiesta non valida.",
         401: "Credenziali mancanti o non valide.",
-        403: "Permesso mancante, studio di un'altra azienda sanitaria o (per scartarla) bozza di un altro radiologo.",
-        404: "Referto o studio inesistente.",
+        403: "Permesso mancante o (per scartarla) bozza di un altro radiologo.",
+        404: "Referto o studio inesistente, oppure che l'utente non può vedere (la stessa risposta).",
         409: "Il referto è firmato, oppure la bozza è stata salvata da altri dopo la revisione indicata.",
     }
     return {code: OpenApiResponse(ReportProblem, description=text[code]) for code in codes}
@@ -256,7 +292,8 @@ class ReportApiView(APIView):
         super().permission_denied(request, message=message, code=code)
 
     def report_get(self, pk: int) -> Report:
-        """The report ``pk``, if the user may open its study (PermissionDenied otherwise, audited)."""
+        """The report ``pk``, if the user may open its study; otherwise the 404 of a report
+        that does not exist (the refusal is audited with its reason, never said)."""
         report = (
             Report.objects.select_related("study__facility", "study__patient", "author", "updated_by", "previous")
             .filter(pk=pk)
@@ -264,7 +301,10 @@ class ReportApiView(APIView):
         )
         if report is None:
             raise ReportApiError(404, gettext("Referto inesistente."), "not_found")
-        reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
+        try:
+            reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
+        except access.StudyNotVisible:
+            raise ReportApiError(404, gettext("Referto inesistente."), "not_found") from None
         return report
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -411,7 +451,10 @@ class ReportListView(ReportApiView):
         study = Study.objects.select_related("facility", "patient").filter(study_instance_uid=uid).first()
         if study is None:
             raise ReportApiError(404, gettext("Studio inesistente."), "not_found")
-        reports.study_access_check(user=request.user, study=study, source=self.source())
+        try:
+            reports.study_access_check(user=request.user, study=study, source=self.source())
+        except access.StudyNotVisible:
+            raise ReportApiError(404, gettext("Studio inesistente."), "not_found") from None
         rows = list(
             Report.objects.filter(study=study)
             .select_related("study", "author", "updated_by", "previous")

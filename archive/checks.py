@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
 from .peers import is_loopback, tls_server_context
 
 
@@ -132,3 +133,57 @@ def _check_dicom_tls() -> list[Any]:
             )
         )
     return errors
+
+
+@register()
+def check_audit_key(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """The audit key: readable, long enough, private; named explicitly outside the embedded demo."""
+    errors: list[Any] = []
+    path = key_path()
+    embedded = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    if not settings.PACS_AUDIT_KEY_FILE and not settings.DEBUG and not embedded:
+        # A warning, not an error: benchmarks and test runs use PostgreSQL too.
+        # Production runs `check --deploy`, where it is an error (archive.E020).
+        errors.append(
+            Warning(
+                "PACS_AUDIT_KEY_FILE is not set: the audit key is generated next to the embedded data "
+                "(PACS_VAR_DIR), which is for the demo and the tests only.",
+                id="archive.W021",
+            )
+        )
+    if not path.exists() and key_may_be_generated(path):
+        return errors  # the embedded key: made on first use
+    try:
+        key_read(path)
+    except AuditKeyError as exc:
+        errors.append(Error(f"{exc}.", id="archive.E021"))
+        return errors
+    if path.stat().st_mode & 0o077:
+        errors.append(
+            Warning(
+                f"the audit key file {path} is readable by others than its owner.",
+                hint="chmod 0400 (or 0600) the key file.",
+                id="archive.W020",
+            )
+        )
+    for name in settings.PACS_AUDIT_PREVIOUS_KEY_FILES:
+        try:
+            key_read(Path(name))
+        except AuditKeyError as exc:
+            errors.append(Error(f"PACS_AUDIT_PREVIOUS_KEY_FILES: {exc}.", id="archive.E021"))
+    return errors
+
+
+@register(deploy=True)
+def check_audit_key_deploy(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """In production the audit key is a file of its own, not the embedded one under PACS_VAR_DIR."""
+    if settings.PACS_AUDIT_KEY_FILE and not key_may_be_generated(key_path()):
+        return []
+    return [
+        Error(
+            "PACS_AUDIT_KEY_FILE must name a file outside PACS_VAR_DIR: the audit log's key must not lie "
+            "with the data it protects (a mounted secret the database's administrators cannot read).",
+            hint=f"openssl rand -hex 32 > /run/secrets/pacs-audit-key (at least {MIN_KEY_BYTES} bytes, mode 0400).",
+            id="archive.E020",
+        )
+    ]

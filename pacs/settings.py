@@ -479,6 +479,17 @@ PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
 # A search that returns patient data records the patients it returned (the first N
 # per answer), so that each citizen's "chi ha visto i miei dati" shows searches too.
 PACS_AUDIT_MAX_PATIENTS = env_int("PACS_AUDIT_MAX_PATIENTS", 50)
+# The audit log's HMAC key: a file outside the database (at least 32 bytes; in
+# production a mounted secret the database's administrators cannot read).
+# Unset: PACS_VAR_DIR/audit.key, generated (0600) when absent, for the demo and
+# the tests; a file named here is generated when absent only if it lies under
+# PACS_VAR_DIR. Keys of earlier rotations stay readable to the verifier.
+PACS_AUDIT_KEY_FILE = env_str("PACS_AUDIT_KEY_FILE")
+PACS_AUDIT_PREVIOUS_KEY_FILES = env_list("PACS_AUDIT_PREVIOUS_KEY_FILES")
+# How often the head of every audit chain is sealed into the preservation
+# giornale with an RFC 3161 time stamp: a tail cut from a chain within one
+# period of the last seal is the most a holder of the database can hide.
+PACS_AUDIT_SEAL_SECONDS = env_float("PACS_AUDIT_SEAL_SECONDS", 3600.0)
 # IssuerOfPatientID for a PatientID that is a codice fiscale: HL7 Italia's OID
 # of the codice fiscale namespace. The worklist hands it to the modalities.
 PACS_PATIENT_ID_ISSUER = env_str("PACS_PATIENT_ID_ISSUER", "2.16.840.1.113883.2.9.4.3.2")
@@ -610,6 +621,10 @@ CELERY_BEAT_SCHEDULE.update(
         "preservation-fixity": {
             "task": "preservation.tasks.fixity_audit",
             "schedule": crontab(hour=env_int("PACS_PRESERVATION_FIXITY_HOUR", 3), minute=30),
+        },
+        "preservation-audit-seal": {
+            "task": "preservation.tasks.audit_seal",
+            "schedule": PACS_AUDIT_SEAL_SECONDS,
         },
         "preservation-discard-propose": {
             "task": "preservation.tasks.discard_propose",

@@ -40,14 +40,16 @@ def make_user(username: str, *perms: str, staff: bool = True) -> ApiUser:
     return ApiUser(user=user, token=token.key)
 
 
+# The access policy (archive.access) shows studies only to holders of archive.view_study;
+# DICOMweb then asks archive.view_instance to read and archive.add_instance to store.
 @pytest.fixture
 def reader(db: None) -> ApiUser:
-    return make_user("lettore", "archive.view_instance")
+    return make_user("lettore", "archive.view_study", "archive.view_instance")
 
 
 @pytest.fixture
 def archivist(db: None) -> ApiUser:
-    return make_user("archivista", "archive.view_instance", "archive.add_instance")
+    return make_user("archivista", "archive.view_study", "archive.view_instance", "archive.add_instance")
 
 
 @pytest.fixture

@@ -584,7 +584,8 @@ def test_conflict_resolved_from_the_change_form(admin_client: Client, conflict: 
 
 
 def test_conflict_resolved_by_the_admin_action(client: Client, conflict: InstanceConflict) -> None:
-    user = _staff("revisore", "view_instanceconflict", "change_instanceconflict")
+    # The conflict names a study: only who may see studies (archive.access) sees it.
+    user = _staff("revisore", "view_study", "view_instanceconflict", "change_instanceconflict")
     client.force_login(user)
     url = _url("instanceconflict", "changelist")
     data = {"action": "mark_resolved", "_selected_action": [conflict.pk]}

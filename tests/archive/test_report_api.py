@@ -237,16 +237,23 @@ def test_signing_is_not_offered(client: Client, reporting: Reporting) -> None:
 # --- who may call ------------------------------------------------------------------------------
 
 
-def test_a_radiologist_of_another_authority_is_refused(client: Client, reporting: Reporting) -> None:
+def test_another_authoritys_report_answers_as_a_missing_one(client: Client, reporting: Reporting) -> None:
+    # Not 403: a refusal would say the report is there (archive.access).
     r = reporting
     report = signed_report(r)
     foreign = auth(r.foreign)
 
     for url in (f"/api/reports/{report.pk}/", f"/api/reports/{report.pk}/pdf", f"/api/reports/{report.pk}/p7m"):
-        assert client.get(url, **foreign).status_code == 403, url
-    assert client.get("/api/reports/", {"study": r.study.study_instance_uid}, **foreign).status_code == 403
-    assert patch(client, report, {"revision": 1, "conclusion": "x"}, r.foreign).status_code == 403
-    assert len(events("study.denied", AuditEvent.Outcome.DENIED)) == 5
+        response = client.get(url, **foreign)
+        missing = client.get(url.replace(f"/{report.pk}/", "/999999/"), **foreign)
+        assert response.status_code == missing.status_code == 404, url
+        assert response.json() == missing.json(), url
+    listed = client.get("/api/reports/", {"study": r.study.study_instance_uid}, **foreign)
+    assert listed.status_code == 404
+    assert listed.json() == client.get("/api/reports/", {"study": "1.2.3.4"}, **foreign).json()
+    assert patch(client, report, {"revision": 1, "conclusion": "x"}, r.foreign).status_code == 404
+    denied = events("study.denied", AuditEvent.Outcome.DENIED)
+    assert len(denied) == 5 and {e.detail["reason"] for e in denied} == {"authority"}
     assert not [e for e in events("report.view") if e.user_id == r.foreign.pk]
 
 
