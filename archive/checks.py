@@ -115,7 +115,7 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
             Warning(
                 f"PACS_DICOM_ACCEPT_UNKNOWN_AE is on and the listener binds {settings.PACS_DICOM_HOST}: "
                 "any device on the network may store images. The demo binds 127.0.0.1.",
-                id="archive.W010",
+                id="archive.W012",
             )
         )
     if settings.PACS_DICOM_REQUEST_TIMEOUT <= 0:

@@ -128,6 +128,6 @@ def test_the_demo_flag_on_a_network_address_is_flagged(settings) -> None:  # typ
 
     settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
     settings.PACS_DICOM_HOST = "127.0.0.1"
-    assert "archive.W010" not in {e.id for e in check_dicom(None)}
+    assert "archive.W012" not in {e.id for e in check_dicom(None)}
     settings.PACS_DICOM_HOST = "0.0.0.0"
-    assert "archive.W010" in {e.id for e in check_dicom(None)}
+    assert "archive.W012" in {e.id for e in check_dicom(None)}
