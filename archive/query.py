@@ -9,11 +9,17 @@ in Python, so a query costs the same whatever the archive's size.
 Matching follows PS3.4 C.2.2.2:
 
 * single value: exact (PN case-insensitively, as C.2.2.2.1 allows);
-* ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...);
+* ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...), matched by
+  the database's LIKE (GLOB for case-sensitive keys on SQLite) with every other
+  character literal: :class:`DicomMatch`. Repeated ``*`` are one; a value longer
+  than its VR allows (PS3.5 6.2) or with more than PACS_QUERY_MAX_WILDCARDS
+  wildcards is refused (:class:`QueryError`): a wildcard costs at most one
+  pass over the rows it filters, never a backtracking regular expression's;
 * ranges of dates and times: ``A-B``, ``A-`` and ``-B``;
 * lists: several UIDs (``\\``-separated), or several values of a text key (any of them);
 * universal matching: an empty value or ``*`` matches everything;
-* ModalitiesInStudy matches when any of the study's modalities matches.
+* ModalitiesInStudy matches when any of the study's modalities matches (with
+  wildcards, one of its series' modalities).
 
 Keys of a level below the query's (e.g. Modality in a STUDY query) match
 when some series or instance below matches, as QIDO-RS allows; they return
