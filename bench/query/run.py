@@ -650,42 +650,81 @@ def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int
 # --- EXPLAIN --------------------------------------------------------------------------
 
 
-def explain(queries: list[tuple[str, str, dict[str, str], int | None]]) -> None:
-    """EXPLAIN (ANALYZE, BUFFERS) of every statement ``archive.query.query_run`` sends for each query."""
+def _engine_options() -> dict[str, Any]:
+    """What the engine needs besides the identifier: since the access policy
+    (archive.access) it asks who is querying, the bench's staff user here."""
+    from archive.query import query_values
+
+    if "principal" not in inspect.signature(query_values).parameters:
+        return {}
+    from django.contrib.auth import get_user_model
+
+    from archive import access
+
+    return {"principal": access.principal_for_user(get_user_model().objects.get(username="bench-query"))}
+
+
+def _engine_statements(
+    level: str, matching: dict[str, str], limit: int | None, options: dict[str, Any]
+) -> tuple[int, list[tuple[str, Any]]]:
+    """Run one query through ``archive.query.query_run``: (matches, the statements it sent)."""
     from django.db import connection
     from pydicom.dataset import Dataset
 
-    from archive.query import query_run, query_values
+    from archive.query import query_run
 
-    options: dict[str, Any] = {}
-    if "principal" in inspect.signature(query_values).parameters:
-        # Since the access policy (archive.access) the engine asks who is querying.
-        from django.contrib.auth import get_user_model
+    captured: list[tuple[str, Any]] = []
 
-        from archive import access
+    def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        captured.append((sql, params))
+        return execute(sql, params, many, context)
 
-        options["principal"] = access.principal_for_user(get_user_model().objects.get(username="bench-query"))
+    ds = Dataset()
+    for kw in STUDY_KEYS if level == "STUDY" else SERIES_KEYS:
+        setattr(ds, kw, "")
+    for kw, value in matching.items():
+        setattr(ds, kw, value)
+    with connection.execute_wrapper(capture):
+        n = sum(1 for _ in query_run(ds, level=level, limit=limit, **options))
+    return n, captured
+
+
+def explain(queries: list[tuple[str, str, dict[str, str], int | None]]) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of every statement ``archive.query.query_run`` sends for each query."""
+    from django.db import connection
+
+    options = _engine_options()
     for label, level, matching, limit in queries:
-        captured: list[tuple[str, Any]] = []
-
-        def capture(
-            execute: Any, sql: str, params: Any, many: bool, context: Any, captured: list[tuple[str, Any]] = captured
-        ) -> Any:
-            captured.append((sql, params))
-            return execute(sql, params, many, context)
-
-        ds = Dataset()
-        for kw in STUDY_KEYS if level == "STUDY" else SERIES_KEYS:
-            setattr(ds, kw, "")
-        for kw, value in matching.items():
-            setattr(ds, kw, value)
-        with connection.execute_wrapper(capture):
-            n = sum(1 for _ in query_run(ds, level=level, limit=limit, **options))
+        n, captured = _engine_statements(level, matching, limit, options)
         print(f"\n--- {label}: {matching} (limit {limit}), {n} matches")
         for sql, params in captured:
             with connection.cursor() as c:
                 c.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
                 print("\n".join(r[0] for r in c.fetchall()))
+
+
+def sql_run(kinds: list[tuple[Timings, Callable[[int], tuple[str, dict[str, str], int | None]]]], count: int) -> None:
+    """The database's own time for each query kind: planning + execution of the statements
+    the engine sends (EXPLAIN ANALYZE, timing per node off), for ``count`` values each.
+
+    Apart from the clients, the servers' Python and the machine's other load, this
+    is what the matching and the access policy's condition cost in the database."""
+    from django.db import connection
+
+    options = _engine_options()
+    for i in range(count):
+        for result, make in kinds:
+            level, matching, limit = make(i)
+            n, captured = _engine_statements(level, matching, limit, options)
+            total = 0.0
+            for sql, params in captured:
+                with connection.cursor() as c:
+                    c.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+                    plan = c.fetchone()[0]
+                    plan = plan[0] if isinstance(plan, list) else plan
+                    total += plan["Planning Time"] + plan["Execution Time"]
+            result.seconds.append(total / 1000)
+            result.matches.append(n)
 
 
 # --- main ---------------------------------------------------------------------------
@@ -700,6 +739,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="gunicorn threads per worker")
     parser.add_argument("--wado-repeat", type=int, default=3)
     parser.add_argument("--skip-wado", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true", help="no servers, no QIDO-RS/C-FIND latency")
     parser.add_argument("--skip-large", action="store_true", help="no 512x512 (~260 MB) retrieve study")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the query behind each kind")
     parser.add_argument("--seed", type=int, default=1)
@@ -707,6 +747,13 @@ def main() -> None:
         "--min-studies", type=int, default=1000, help="refuse a smaller archive (the test suite's smoke run: 100)"
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a query kind failed (the test suite)")
+    parser.add_argument(
+        "--sql",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the database's time (EXPLAIN ANALYZE) for N values per kind",
+    )
     args = parser.parse_args()
 
     name = urlparse(args.database_url).path.lstrip("/")
@@ -762,6 +809,34 @@ def main() -> None:
                 ]
             )
 
+        if args.sql:
+            v = values
+            sql_results = [
+                Timings("PatientID", None),
+                Timings("StudyDate range + ModalitiesInStudy=CT, limit 100", None),
+                Timings("PatientName=ROSS* (prefix), limit 100", None),
+                Timings("PatientName=ROSSI^MA* (family^given*), up to 1001", None),
+                Timings("PatientName=*OSS*^MA* (inner wildcards), limit 100", None),
+                Timings("SERIES level, StudyInstanceUID=<uid>", None),
+            ]
+            sql_kinds: list[Callable[[int], tuple[str, dict[str, str], int | None]]] = [
+                lambda i: ("STUDY", {"PatientID": v.patient_ids[i]}, 1001),
+                lambda i: ("STUDY", {"StudyDate": v.date_ranges[i], "ModalitiesInStudy": "CT"}, 100),
+                lambda i: ("STUDY", {"PatientName": v.name_prefixes[i]}, 100),
+                lambda i: ("STUDY", {"PatientName": v.name_given[i]}, 1001),
+                lambda i: ("STUDY", {"PatientName": v.name_inner[i]}, 100),
+                lambda i: ("SERIES", {"StudyInstanceUID": v.study_uids[i]}, 1001),
+            ]
+            print("measuring the database's time of each query", file=sys.stderr, flush=True)
+            sql_run(list(zip(sql_results, sql_kinds, strict=True)), min(args.sql, len(v.patient_ids)))
+            latency_print(
+                "In the database: planning + execution of the engine's statements (EXPLAIN ANALYZE), "
+                "as QIDO-RS sends them",
+                sql_results,
+            )
+
+        if args.skip_latency:
+            return
         wado: list[WadoStudy] = []
         if not args.skip_wado:
             specs = [("50 x CT_small (39 KB)", 50, 128), ("500 x CT_small (39 KB)", 500, 128)]
