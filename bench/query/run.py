@@ -238,6 +238,8 @@ def values_pick(count: int, rng: random.Random) -> Values:
     from django.db import connection
 
     with connection.cursor() as c:
+        # The same values from the same archive, run after run (before and after a change).
+        c.execute("SELECT setseed(%s)", [rng.random() * 2 - 1])
         # Patients uniformly (not studies: that would favour the long tail's patients).
         c.execute(
             "SELECT dicom_patient_id FROM (SELECT DISTINCT dicom_patient_id FROM archive_study "
@@ -249,9 +251,9 @@ def values_pick(count: int, rng: random.Random) -> Values:
         # A sample of the rows (5 %, more in a small archive, where 5 % is too few).
         percent = min(100.0, max(5.0, 400.0 * count / max(1, c.fetchone()[0])))
         c.execute(
-            "SELECT patient_name, study_instance_uid FROM archive_study TABLESAMPLE BERNOULLI (%s) "
+            "SELECT patient_name, study_instance_uid FROM archive_study TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) "
             "WHERE dicom_patient_id <> %s ORDER BY random() LIMIT %s",
-            [percent, WADO_PATIENT_ID, count],
+            [percent, rng.randrange(1 << 30), WADO_PATIENT_ID, count],
         )
         rows = _cycle(c.fetchall(), count)
         c.execute(
