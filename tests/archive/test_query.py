@@ -409,6 +409,8 @@ def test_modalities_in_study_with_wildcards_match_one_modality(archive: Archive)
     # From the series level too: the series of the studies that hold an SR.
     series = list(query_run(identifier(ModalitiesInStudy="S?", SeriesInstanceUID=""), level="SERIES", principal=SYSTEM))
     assert {str(s.StudyInstanceUID) for s in series} == {archive.c} and len(series) == 2
+    images = list(query_run(identifier(ModalitiesInStudy="?R", SOPInstanceUID=""), level="IMAGE", principal=SYSTEM))
+    assert {str(i.StudyInstanceUID) for i in images} == {archive.b, archive.c} and len(images) == 5
 
 
 def test_accented_names_keep_matching_with_wildcards(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
