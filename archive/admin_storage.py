@@ -8,15 +8,15 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import lifecycle
-from .admin import ReadOnlyAdmin
+from . import access, lifecycle
+from .admin import ReadOnlyAdmin, VisibleRowsMixin
 from .models import FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 
 
@@ -59,7 +59,9 @@ class FixityRunAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StorageAlert)
-class StorageAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
+class StorageAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
+    """An alert naming an instance is shown only to who may see its study (archive.access)."""
+
     list_display = ("created_at", "kind", "tier", "instance", "repaired", "acknowledged_at", "acknowledged_by")
     list_filter = ("kind", "repaired", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = (
@@ -74,6 +76,9 @@ class StorageAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
         "acknowledged_at",
         "acknowledged_by",
     )
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
 
 
 @staff_member_required

@@ -48,7 +48,7 @@ from .forms_reporting import (
     WorklistFilterForm,
 )
 from .models import AuditEvent, Facility, Instance, Report, Series, Study
-from .web import client_ip, perms_required
+from .web import client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 
@@ -588,7 +588,7 @@ def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
     )
     name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
     response = HttpResponse(data, content_type=media_type)
-    response["Content-Disposition"] = f'{disposition}; filename="{name}"'
+    response["Content-Disposition"] = content_disposition(name, as_attachment=disposition == "attachment")
     return response
 
 

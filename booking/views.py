@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.audit import audit_record
 from archive.models import Facility, Patient
-from archive.web import client_ip, perms_required
+from archive.web import client_ip, content_disposition, perms_required
 
 from . import services
 from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
@@ -356,7 +356,7 @@ def booking_receipt(request: HttpRequest, accession: str) -> HttpResponse:
         detail={"accession_number": booking.accession_number},
     )
     response = HttpResponse(pdf, content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="ricevuta-{booking.accession_number}.pdf"'
+    response["Content-Disposition"] = content_disposition(f"ricevuta-{booking.accession_number}.pdf")
     return response
 
 

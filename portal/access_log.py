@@ -3,7 +3,10 @@
 Every :class:`~archive.models.AuditEvent` about the citizen (and the people
 they act for) is shown: who (a professional, a DICOM device, a background
 process, the citizen or their delegate), when, from where, what, and with
-what outcome. The audit log is the only source: nothing is hidden from it.
+what outcome; and every search whose answer included them (C-FIND, QIDO-RS,
+the API's and the admin's lists record the patients they returned:
+:class:`~archive.models.AuditEventPatient`). The audit log is the only
+source: nothing is hidden from it.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import AuditEvent, Patient
+from archive.models import AuditEvent, AuditEventPatient, Patient
 
 # Longest prefix first: what an action means for the citizen.
 ACTIONS: list[tuple[str, Any]] = [
@@ -44,6 +47,11 @@ ACTIONS: list[tuple[str, Any]] = [
     ("dicom.store", _("ha inviato immagini all'archivio")),
     ("dicom.retrieve", _("ha ricevuto immagini dall'archivio")),
     ("dicom.find", _("ha cercato gli studi nell'archivio")),
+    ("dicom.query", _("ha cercato gli studi nell'archivio da un'apparecchiatura DICOM")),
+    ("dicom.worklist", _("ha consultato la lista di lavoro di un'apparecchiatura")),
+    ("dicomweb.search", _("ha cercato gli studi nell'archivio via DICOMweb")),
+    ("api.studies", _("ha cercato gli studi nell'archivio tramite l'API")),
+    ("api.study", _("ha consultato lo studio tramite l'API")),
     ("dicom", _("ha scambiato dati DICOM con l'archivio")),
     ("dicomweb", _("ha consultato le immagini via DICOMweb")),
     ("cup.booking.consent_revoke", _("ha registrato la revoca del consenso alla consegna online")),
@@ -95,9 +103,18 @@ def _who(event: AuditEvent, viewer: Any) -> tuple[str, str]:
 
 
 def access_log_events(*, patients: Iterable[Patient]) -> QuerySet[AuditEvent]:
+    """Events about ``patients``, and searches whose answer included one of them, newest first."""
+    ids = [p.pk for p in patients]
+    returned = AuditEventPatient.objects.filter(patient__in=ids)
+    # A UNION of the two indexed look-ups: an OR over the subquery would make
+    # the database filter every audit event (346 ms against 9 ms at 400,000).
+    about = AuditEvent.objects.filter(patient__in=ids).order_by().values("pk")
     return (
-        AuditEvent.objects.filter(patient__in=[p.pk for p in patients])
+        AuditEvent.objects.filter(pk__in=about.union(returned.order_by().values("event")))
         .select_related("user", "user__citizen", "study", "patient")
+        .prefetch_related(
+            Prefetch("patient_links", queryset=returned.select_related("patient"), to_attr="returned_links")
+        )
         .order_by("-at", "-pk")
     )
 
@@ -126,16 +143,24 @@ class _Rows:
             exam = f"{event.study.study_description or _('Studio')} {event.study.study_date or ''}".strip()
         elif event.detail.get("accession_number"):
             exam = str(event.detail["accession_number"])
+        what = action_label(event.action)
+        about = str(event.patient) if event.patient is not None else ""
+        links = getattr(event, "returned_links", [])
+        if links and not any(link.patient_id == event.patient_id for link in links):
+            # Found through the search's answer, not as its subject.
+            found = _("tra i risultati") if self.many else _("i tuoi dati erano tra i risultati")
+            what = f"{what}: {found}"
+            about = ", ".join(str(link.patient) for link in links)
         return AccessRow(
             at=event.at,
             who=who,
             kind=kind,
-            what=action_label(event.action),
+            what=what,
             exam=exam,
             outcome=event.get_outcome_display(),
             outcome_code=event.outcome,
             source=event.source,
-            about=str(event.patient) if self.many and event.patient is not None else "",
+            about=about if self.many else "",
         )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Exists, Max, OuterRef
 from django.utils import timezone
 
 from archive import access
@@ -84,6 +84,12 @@ class PortalPolicy:
             "delegator_id", flat=True
         )
         return {own, *delegators}
+
+    def state_version(self) -> str:
+        """Changes whenever a study is concealed or revealed (revealing sets
+        ``revealed_at``; concealing again adds a row)."""
+        state = Concealment.objects.aggregate(last=Max("pk"), rows=Count("pk"), revealed=Count("revealed_at"))
+        return f"{state['last'] or 0}:{state['rows']}:{state['revealed']}"
 
     def authored_concealed_ids(self, user: Any) -> set[int]:
         return set(

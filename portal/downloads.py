@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from archive import storage
 from archive.models import Instance, Study
 from booking.models import Booking
 
@@ -44,7 +45,7 @@ _WRITERS = {
 
 def package_dir() -> Path:
     path = Path(settings.PACS_PORTAL_PACKAGE_DIR)
-    path.mkdir(parents=True, exist_ok=True)
+    storage.makedirs_durable(path)  # 0700: the zips are patient data
     return path
 
 

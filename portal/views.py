@@ -36,7 +36,7 @@ from archive import previews, rendering, reports, retrieve
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import AuditEvent, Instance, Patient, Report, Series
-from archive.web import client_ip
+from archive.web import client_ip, content_disposition
 from booking import services as booking_services
 from booking.models import Booking
 
@@ -390,7 +390,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
     else:
         response = HttpResponse(data, content_type="application/pkcs7-mime")
         name = f"referto-{booking.accession_number}-v{report.version}.pdf.p7m"
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Content-Disposition"] = content_disposition(name)
     response["Cache-Control"] = "private, no-store"
     return response
 

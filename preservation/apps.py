@@ -17,3 +17,11 @@ class PreservationConfig(AppConfig):
         from .tasks import package_on_report_signed
 
         report_signed.connect(package_on_report_signed, dispatch_uid="preservation.package")
+
+        # The seals of the audit chains are kept in the giornale; the archive's
+        # verifier reads them back through this (it does not import preservation).
+        from archive.audit import seal_source_register
+
+        from .audit_seal import audit_seals_read
+
+        seal_source_register(audit_seals_read)

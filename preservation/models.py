@@ -176,6 +176,7 @@ class JournalEntry(models.Model):
         AUDIT = "audit", _("verifica di integrità")
         DISCARD = "discard", _("scarto")
         HOLD = "hold", _("blocco legale")
+        SEAL = "seal", _("sigillo del registro degli accessi")
 
     at = models.DateTimeField(_("quando"), db_index=True)
     event = models.CharField(_("evento"), max_length=16, choices=Event.choices)

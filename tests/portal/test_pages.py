@@ -19,10 +19,11 @@ from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims
 from portal.models import Concealment, DownloadPackage, Publication
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, CitizenExam, citizen_exam_make, citizen_login
-from tests.reporting_helpers import Reporting
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 cup = booking_fixtures.cup
@@ -88,7 +89,76 @@ def test_staff_logins_are_throttled_too(online: CitizenExam) -> None:
         for _ in range(5)
     ]
     assert answers == [200, 200, 200, 200, 429]
-    assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/"}
+    assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/", "tier": "user"}
+
+
+def _fiscal_codes(n: int) -> list[str]:
+    from codicefiscale import codicefiscale
+
+    return [
+        str(codicefiscale.encode("Verdi", name, "M", f"1980-01-{day:02d}", "Trieste"))
+        for day, name in zip(
+            range(1, n + 1), ["Aldo", "Bruno", "Carlo", "Dario", "Enzo", "Fabio", "Gino"], strict=False
+        )
+    ]
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=6)
+def test_many_citizens_tried_from_one_address_lock_that_address_out(cup: Cup) -> None:
+    """The lockout was per (username, address) only: one host could try a password on every account."""
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    answers = [citizen_login(attacker, cf, "password-provata-1").status_code for cf in _fiscal_codes(6)]
+    assert answers == [401] * 5 + [429]  # each username tried once: the address tier locks
+    assert audit("auth.lockout")[-1].detail["tier"] == "address"
+    locked = citizen_login(attacker, MARIO_CF)  # another account, the right password
+    assert locked.status_code == 429 and "_auth_user_id" not in attacker.session
+    assert citizen_login(Client(REMOTE_ADDR="198.51.100.7"), MARIO_CF).status_code == 302
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=6)
+def test_many_staff_usernames_from_one_address_lock_that_address_out(online: CitizenExam) -> None:
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    names = ["admin", "root", "radiologa", "archivista", "cup", "operatore"]
+    answers = [
+        attacker.post("/accounts/login/", {"username": name, "password": "Estate2026!"}).status_code for name in names
+    ]
+    assert answers == [200] * 5 + [429]
+    credentials = {"username": "radiologo", "password": RADIOLOGIST_PASSWORD}
+    assert attacker.post("/accounts/login/", credentials).status_code == 429  # the right password too
+    assert Client(REMOTE_ADDR="198.51.100.7").post("/accounts/login/", credentials).status_code == 302
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=4)
+def test_logging_in_with_ones_own_account_does_not_reset_the_address_tier(cup: Cup) -> None:
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    codes = _fiscal_codes(4)
+    assert [citizen_login(attacker, cf, "password-provata-1").status_code for cf in codes[:3]] == [401] * 3
+    assert citizen_login(attacker, MARIO_CF).status_code == 302  # the attacker's own account
+    assert citizen_login(Client(REMOTE_ADDR="203.0.113.9"), codes[3], "password-provata-1").status_code == 429
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=3, PACS_LOGIN_ADDRESS_EXEMPT=["10.0.0.0/8"])
+def test_an_exempt_address_keeps_only_the_per_user_tier(cup: Cup) -> None:
+    hospital = Client(REMOTE_ADDR="10.20.30.40")
+    answers = [citizen_login(hospital, cf, "password-provata-1").status_code for cf in _fiscal_codes(5)]
+    assert answers == [401] * 5
+    per_user = [citizen_login(hospital, MARIO_CF, "sbagliata-sbagliata").status_code for _ in range(5)]
+    assert per_user == [401] * 4 + [429]
+
+
+@override_settings(PACS_TRUSTED_PROXIES=["192.0.2.1"], PACS_LOGIN_ADDRESS_FAILURE_LIMIT=3)
+def test_behind_a_trusted_proxy_the_forwarded_address_is_locked_out(cup: Cup) -> None:
+    """Behind a reverse proxy every client had the proxy's address: the address tier would lock everyone."""
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    proxy = {"REMOTE_ADDR": "192.0.2.1"}
+    attacker = Client(**proxy, HTTP_X_FORWARDED_FOR="10.9.9.9, 203.0.113.9")  # the first is the client's lie
+    answers = [citizen_login(attacker, cf, "password-provata-1").status_code for cf in _fiscal_codes(3)]
+    assert answers == [401, 401, 429]
+    assert audit("auth.lockout")[-1].source == "203.0.113.9"
+    neighbour = Client(**proxy, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert citizen_login(neighbour, MARIO_CF).status_code == 302
 
 
 def test_staff_cannot_use_the_citizen_login_nor_the_citizen_pages(online: CitizenExam) -> None:
@@ -131,6 +201,25 @@ def test_the_exam_page_offers_the_report_and_downloads_it_byte_for_byte(online: 
     assert p7m.content == reports.report_file(report=online.report, which="p7m")
     assert [e.detail["file"] for e in audit("portal.download", user=online.user)] == ["pdf", "p7m"]
     assert audit("portal.exam.view", user=online.user)
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(online: CitizenExam) -> None:
+    page = online.client.get(f"/fse/esami/{online.booking.pk}/").content.decode()
+    (pdf_url,) = links_in(page, "report-pdf")
+    (p7m_url,) = links_in(page, "report-p7m")
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=INJECTED_ACCESSION)
+    pdf = online.client.get(pdf_url)
+    assert pdf.status_code == 200
+    assert disposition_filenames(pdf["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.pdf",
+    )
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=NON_ASCII_ACCESSION)
+    p7m = online.client.get(p7m_url)
+    assert p7m["Content-Disposition"] == (
+        "attachment; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf.p7m"
+    )
 
 
 def test_another_citizens_exam_is_not_found_and_audited(online: CitizenExam, cup: Cup) -> None:

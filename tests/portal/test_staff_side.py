@@ -1,6 +1,6 @@
 """The staff side of the oscuramento and of delegations, through the pages:
-a concealed study marked on the work list and refused on its pages and by
-DICOMweb, the emergency access (a reason, a time limit, the audit trail),
+a concealed study marked on the work list and refused on its pages (DICOMweb's
+answers are tests/archive/test_access.py's), the emergency access (a reason, a time limit, the audit trail),
 the revealed study opening again, and the CUP desk's delegations with their
 errors and permissions."""
 
@@ -52,21 +52,6 @@ def study_url(study: Study) -> str:
 
 def emergency_url(study: Study) -> str:
     return reverse("portal:staff_emergency_access", args=[study.pk])
-
-
-def metadata_url(study: Study) -> str:
-    return f"/dicomweb/studies/{study.study_instance_uid}/metadata"
-
-
-def rendered_url(study: Study) -> str:
-    series = study.series.order_by("pk").first()
-    assert series is not None
-    instance = series.instances.order_by("pk").first()
-    assert instance is not None
-    return (
-        f"/dicomweb/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
-        f"/instances/{instance.sop_instance_uid}/frames/1/rendered"
-    )
 
 
 # --- The guard ---------------------------------------------------------------------------
@@ -241,27 +226,6 @@ def test_the_emergency_page_keeps_the_authority_rule_and_needs_a_login(reporting
     assert client_for(no_perm).get(emergency_url(study)).status_code == 403
 
 
-# --- DICOMweb ------------------------------------------------------------------------------
-
-
-def test_dicomweb_refuses_a_concealed_study_without_an_emergency_access(reporting: Reporting) -> None:
-    study = reporting.study
-    client = client_for(reporting.radiologist)
-    accept = {"HTTP_ACCEPT": "application/dicom+json"}
-    assert client.get(metadata_url(study), **accept).status_code == 200
-
-    hidden(reporting)
-    for url, headers in ((metadata_url(study), accept), (rendered_url(study), {"HTTP_ACCEPT": "image/jpeg"})):
-        response = client.get(url, **headers)
-        assert response.status_code == 403, url
-        assert "concealed by the patient" in response.content.decode()
-    refusals = AuditEvent.objects.filter(study=study, outcome=AuditEvent.Outcome.DENIED, detail__reason="concealed")
-    assert {e.action for e in refusals} == {"dicomweb.metadata", "dicomweb.retrieve"}
-
-    emergency_access(user=reporting.radiologist, study=study, reason=REASON, source="")
-    assert client.get(metadata_url(study), **accept).status_code == 200
-
-
 # --- The delegations desk -------------------------------------------------------------------
 
 
@@ -395,17 +359,6 @@ def test_both_sides_of_a_delegation_must_be_in_the_index(cup: Cup) -> None:
     response = client_for(desk_operator(*DESK_PERMS)).post(reverse("portal:staff_delegations"), register_data())
     assert response.status_code == 400
     assert "delegate_cf" in response.context["form"].errors
-
-
-def test_the_report_api_refuses_a_concealed_study_too(reporting: Reporting) -> None:
-    study = hidden(reporting)
-    client = client_for(reporting.radiologist)
-    url = reverse("api-report-list") + f"?study={study.study_instance_uid}"
-    response = client.get(url)
-    assert response.status_code == 403
-    assert "oscurato dal paziente" in response.json()["detail"]
-    emergency_access(user=reporting.radiologist, study=study, reason=REASON, source="")
-    assert client.get(url).status_code == 200
 
 
 def test_a_concealed_prior_is_marked_on_the_study_page(reporting: Reporting, tmp_path: Path) -> None:
