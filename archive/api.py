@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
@@ -25,6 +26,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from knox.models import AuthToken
 from rest_framework import generics, serializers, status
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.request import Request
@@ -55,8 +57,37 @@ class _ModelPerm(BasePermission):
 
 
 class StudyPagination(LimitOffsetPagination):
+    """Pages of studies: ``limit`` from 1 to ``max_limit``, ``offset`` from 0 to
+    PACS_QUERY_MAX_OFFSET. Anything else answers 400 (DRF's own class falls back to
+    its default for a bad value, and an offset past the database's integer answered 500)."""
+
     default_limit = 100
     max_limit = 1000
+
+    def get_limit(self, request: Request) -> int:
+        value = _page_param(request, self.limit_query_param, low=1, high=self.max_limit or self.default_limit)
+        return self.default_limit if value is None else value
+
+    def get_offset(self, request: Request) -> int:
+        value = _page_param(request, self.offset_query_param, low=0, high=int(settings.PACS_QUERY_MAX_OFFSET))
+        return 0 if value is None else value
+
+
+def _page_param(request: Request, name: str, *, low: int, high: int) -> int | None:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return None
+    sign = -1 if text.startswith("-") else 1
+    digits = text[1:] if sign < 0 else text
+    # Digits only: int() would take "+5" and "5_000", and refuse thousands of digits.
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValidationError({name: [gettext("%(name)s deve essere un numero intero.") % {"name": name}]})
+    digits = digits.lstrip("0") or "0"
+    value = sign * (int(digits) if len(digits) <= 18 else high + 1)
+    if not low <= value <= high:
+        message = gettext("%(name)s deve essere tra %(low)d e %(high)d.") % {"name": name, "low": low, "high": high}
+        raise ValidationError({name: [message]})
+    return value
 
 
 class CanViewFacilities(_ModelPerm):

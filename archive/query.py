@@ -9,11 +9,17 @@ in Python, so a query costs the same whatever the archive's size.
 Matching follows PS3.4 C.2.2.2:
 
 * single value: exact (PN case-insensitively, as C.2.2.2.1 allows);
-* ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...);
+* ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...), matched by
+  the database's LIKE (GLOB for case-sensitive keys on SQLite) with every other
+  character literal: :class:`DicomMatch`. Repeated ``*`` are one; a value longer
+  than its VR allows (PS3.5 6.2) or with more than PACS_QUERY_MAX_WILDCARDS
+  wildcards is refused (:class:`QueryError`): a wildcard costs at most one
+  pass over the rows it filters, never a backtracking regular expression's;
 * ranges of dates and times: ``A-B``, ``A-`` and ``-B``;
 * lists: several UIDs (``\\``-separated), or several values of a text key (any of them);
 * universal matching: an empty value or ``*`` matches everything;
-* ModalitiesInStudy matches when any of the study's modalities matches.
+* ModalitiesInStudy matches when any of the study's modalities matches (with
+  wildcards, one of its series' modalities).
 
 Keys of a level below the query's (e.g. Modality in a STUDY query) match
 when some series or instance below matches, as QIDO-RS allows; they return
@@ -23,12 +29,14 @@ no value at that level. Keys the index does not hold are returned empty.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet, Sum
+from django.conf import settings
+from django.db.models import CharField, Count, Exists, Lookup, Max, OuterRef, Q, QuerySet, Sum, TextField
 from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -146,8 +154,141 @@ def _values(raw: Any) -> list[str]:
     return [v.strip() for v in items]
 
 
-def _like_to_regex(pattern: str) -> str:
-    return "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+# --- wildcard matching: LIKE (GLOB) with every other character literal ------------------
+#
+# A wildcard value is matched by the database's LIKE (on SQLite, case-sensitive
+# values by GLOB), never by a regular expression: a regex engine that backtracks
+# took seconds for a dozen stars and never ended for twenty (issue 15). The value
+# travels as a bound parameter, translated to the pattern syntax with every
+# character but * and ? escaped, so "_", "%", "\\" and "[" match themselves.
+
+
+def _like_pattern(value: str) -> str:
+    """A DICOM wildcard value as a LIKE pattern with ``\\`` as the escape character."""
+    out = []
+    for c in value:
+        if c == "*":
+            out.append("%")
+        elif c == "?":
+            out.append("_")
+        elif c in "%_\\":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _glob_pattern(value: str) -> str:
+    """A DICOM wildcard value as an SQLite GLOB pattern (``*`` and ``?`` are GLOB's own;
+    ``[`` opens a character class there, so a literal one is written ``[[]``)."""
+    return value.replace("[", "[[]")
+
+
+def _sqlite_upper(connection: Any) -> str:
+    """Register on this connection and name a Unicode-aware UPPER for SQLite, whose own
+    UPPER and LIKE fold ASCII letters only. (Registering again is a few microseconds; the
+    connection object keeps no attribute nor weak reference to remember it by.)"""
+    connection.ensure_connection()
+    connection.connection.create_function("pacs_upper", 1, _upper_or_none, deterministic=True)
+    return "pacs_upper"
+
+
+def _upper_or_none(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class DicomMatch(Lookup):
+    """``field__dicom_match=value``: PS3.4 C.2.2.2.4 wildcard matching, case-sensitive.
+
+    ``*`` matches any run of characters (none too), ``?`` exactly one, every other
+    character itself. The value is the DICOM one; it is translated to the
+    database's pattern syntax and sent as a parameter. A leading literal stem
+    (``ROSS*``) keeps the index usable: on PostgreSQL by the ``varchar_pattern_ops``
+    index Django adds to an indexed CharField, on SQLite by GLOB's own prefix rule.
+    """
+
+    lookup_name = "dicom_match"
+    prepare_rhs = False
+    insensitive = False
+
+    def get_db_prep_lookup(self, value: Any, connection: Any) -> tuple[str, list[str]]:
+        value = str(value)
+        if connection.vendor == "sqlite" and not self.insensitive:
+            return "%s", [_glob_pattern(value)]
+        return "%s", [_like_pattern(value)]
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        params = [*lhs_params, *rhs_params]
+        escape = "ESCAPE '\\'"
+        if connection.vendor == "sqlite":
+            if not self.insensitive:
+                return f"{lhs} GLOB {rhs}", params
+            if not all(str(p).isascii() for p in rhs_params):
+                # SQLite's LIKE ignores the case of ASCII letters only; a non-ASCII
+                # pattern (ÒRSO) is compared in upper case on both sides, as the
+                # regular expression did before (issue 19 brings Unicode matching).
+                upper = _sqlite_upper(connection)
+                return f"{upper}({lhs}) LIKE {upper}({rhs}) {escape}", params
+            return f"{lhs} LIKE {rhs} {escape}", params
+        if self.insensitive:
+            # The expression of the name indexes (migration 0004): UPPER(col::text),
+            # which answers a prefix pattern without a scan.
+            return f"UPPER(({lhs})::text) LIKE UPPER({rhs}) {escape}", params
+        return f"({lhs})::text LIKE {rhs} {escape}", params
+
+
+class DicomIMatch(DicomMatch):
+    """``field__dicom_imatch=value``: :class:`DicomMatch` ignoring case (person names,
+    PS3.4 C.2.2.2.1 allows it): SQLite folds ASCII letters, PostgreSQL every letter."""
+
+    lookup_name = "dicom_imatch"
+    insensitive = True
+
+
+CharField.register_lookup(DicomMatch)
+CharField.register_lookup(DicomIMatch)
+TextField.register_lookup(DicomMatch)
+TextField.register_lookup(DicomIMatch)
+
+# PS3.5 6.2: the longest value of each VR a wildcard key can have (PN: per
+# component group, the groups separated by "=").
+_VR_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16, "ST": 1024}
+
+
+@functools.lru_cache(maxsize=256)
+def _vr_of(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return dictionary_VR(tag) if tag is not None else ""
+
+
+def _wildcard_values(attr: Attr, values: list[str]) -> list[str]:
+    """The values of a wildcard key, repeated ``*`` collapsed into one, after checking
+    each value's length against its VR's and the wildcards against
+    ``PACS_QUERY_MAX_WILDCARDS``. Raises :class:`QueryError`."""
+    kw = attr.keyword
+    vr = _vr_of(kw)
+    longest = _VR_MAX_LENGTH.get(vr)
+    if longest is not None:
+        for value in values:
+            parts = value.split("=") if vr == "PN" else [value]
+            if any(len(part) > longest for part in parts):
+                per = " per component group" if vr == "PN" else ""
+                raise QueryError(f"{kw}: more than {longest} characters{per} ({vr})", keyword=kw)
+    collapsed = [_STARS.sub("*", value) for value in values]
+    wildcards = sum(value.count("*") + value.count("?") for value in collapsed)
+    allowed = int(settings.PACS_QUERY_MAX_WILDCARDS)
+    if wildcards > allowed:
+        raise QueryError(f"{kw}: {wildcards} wildcards, at most {allowed}", keyword=kw)
+    return collapsed
+
+
+_STARS = re.compile(r"\*{2,}")
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
 
 
 def _text_q(field: str, value: str, *, insensitive: bool, fuzzy: bool) -> Q:
@@ -156,20 +297,21 @@ def _text_q(field: str, value: str, *, insensitive: bool, fuzzy: bool) -> Q:
         core = value.replace("*", "").replace("?", "")
         return Q(**{f"{field}__icontains": core})
     i = "i" if insensitive else ""
-    if "*" not in value and "?" not in value:
+    if not _has_wildcard(value):
         return Q(**{f"{field}__{i}exact": value})
-    stem = value.rstrip("*")
-    if "*" not in stem and "?" not in stem:
-        # The common case, "ROSS*": a prefix, which a b-tree index answers.
-        return Q(**{f"{field}__{i}startswith": stem})
-    return Q(**{f"{field}__{i}regex": _like_to_regex(value)})
+    return Q(**{f"{field}__dicom_{i}match": value})
 
 
-def _multi_q(field: str, value: str) -> Q:
-    """One of the backslash-separated values stored in ``field`` is ``value``."""
-    if "*" in value or "?" in value:
-        core = _like_to_regex(value)[1:-1]
-        return Q(**{f"{field}__regex": rf"(^|\\){core}(\\|$)"})
+def _multi_q(field: str, value: str, *, study: str) -> Q:
+    """One of the backslash-separated values stored in ``field`` is ``value``.
+
+    A wildcard value is matched against the study's series (``study``: the path to
+    the study, "" from the study itself): ModalitiesInStudy is the set of their
+    modalities (PS3.4 C.6.2.1.2), and a pattern over the joined text would let
+    ``C*R`` match ``CT\\SR``."""
+    if _has_wildcard(value):
+        ref = study[:-2] if study else "pk"
+        return Q(Exists(Series.objects.filter(study=OuterRef(ref), modality__dicom_match=value)))
     return (
         Q(**{field: value})
         | Q(**{f"{field}__startswith": value + "\\"})
@@ -251,6 +393,8 @@ def attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
     keys by the same rules on other models.
     """
     values = _values(raw)
+    if attr.kind in _WILDCARD_KINDS:
+        values = _wildcard_values(attr, values)
     if not any(values) or values == ["*"] and attr.kind in _WILDCARD_KINDS:
         return None
     kw = attr.keyword
@@ -277,7 +421,7 @@ def attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
         if value in ("", "*") and attr.kind in _WILDCARD_KINDS:
             return None  # one universal value in a list matches everything
         if attr.kind == MULTI:
-            q |= _multi_q(field, value)
+            q |= _multi_q(field, value, study=field[: len(field) - len(attr.field)])
         else:
             q |= _text_q(field, value, insensitive=attr.kind == PN, fuzzy=fuzzy)
     return q

@@ -5,7 +5,9 @@ Modality Worklist C-FIND; ``booking/apps.py`` registers it. Matching follows
 PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 ``archive.query`` applies to the archive's own queries:
 
-* single value (person names case-insensitively), ``*`` and ``?`` wildcards,
+* single value (person names case-insensitively), ``*`` and ``?`` wildcards
+  (matched by LIKE, bounded in number and length: a value over its VR's length
+  or with more than PACS_QUERY_MAX_WILDCARDS wildcards is refused with 0xA900),
   lists of values, universal matching with an empty value or ``*``;
 * date ranges ``A-B``, ``A-`` and ``-B`` on ScheduledProcedureStepStartDate,
   time ranges on ScheduledProcedureStepStartTime, both in local time (the

@@ -578,6 +578,12 @@ LOGGING = {
 # Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
 # "out of resources" and QIDO-RS with a Warning header (narrow the query).
 PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
+# Wildcards (* and ?) one matching key may carry, repeated * counting as one: a
+# name search needs two or three; dozens are an attack on the database's matcher.
+PACS_QUERY_MAX_WILDCARDS = env_int("PACS_QUERY_MAX_WILDCARDS", 10)
+# Deepest page (offset) QIDO-RS and the REST API serve: the database walks every
+# match before it, so a deeper page is refused with 400 (narrow the query instead).
+PACS_QUERY_MAX_OFFSET = env_int("PACS_QUERY_MAX_OFFSET", 1_000_000)
 # A search that returns patient data records the patients it returned (the first N
 # per answer), so that each citizen's "chi ha visto i miei dati" shows searches too.
 PACS_AUDIT_MAX_PATIENTS = env_int("PACS_AUDIT_MAX_PATIENTS", 50)

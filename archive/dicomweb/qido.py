@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -77,16 +78,25 @@ def _keyword_of(name: str) -> str:
     return name
 
 
-def _qido_int(query: Any, name: str) -> int | None:
+def _qido_int(query: Any, name: str, *, maximum: int | None = None) -> int | None:
+    """A paging parameter: a whole number from 0, at most ``maximum`` when one is given.
+
+    Beyond it 400, never a database error (an offset past the database's integer
+    answered 500). A limit has no maximum here: past PACS_QUERY_MAX_MATCHES it is
+    served as that maximum with a Warning (PS3.18 8.3.4.4)."""
     text = query.get(name)
     if text is None or text == "":
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise DicomwebError(400, f"{name} must be a whole number") from None
-    if value < 0:
+    text = text.strip()
+    if text.startswith("-") and text[1:].isdigit():
         raise DicomwebError(400, f"{name} cannot be negative")
+    # Digits only: int() would take "+5" and "5_000", and refuse thousands of digits.
+    if not (text.isascii() and text.isdigit()):
+        raise DicomwebError(400, f"{name} must be a whole number")
+    digits = text.lstrip("0") or "0"
+    value = int(digits) if len(digits) <= 18 else sys.maxsize
+    if maximum is not None and value > maximum:
+        raise DicomwebError(400, f"{name} must be at most {maximum}: narrow the query instead")
     return value
 
 
@@ -148,7 +158,7 @@ def qido_search(
     if fuzzy_text not in ("true", "false"):
         raise DicomwebError(400, "fuzzymatching is true or false")
     limit = _qido_int(query, "limit")
-    offset = _qido_int(query, "offset") or 0
+    offset = _qido_int(query, "offset", maximum=settings.PACS_QUERY_MAX_OFFSET) or 0
     maximum = settings.PACS_QUERY_MAX_MATCHES
     capped = limit is None or limit > maximum
     wanted = maximum if capped else limit

@@ -84,6 +84,9 @@ FACILITY_WEIGHTS = {
     "SP-SP": 3,
 }
 
+# Studies the patient hid (oscuramento); a fifth of them shown again later.
+CONCEALED_SHARE = 0.01
+
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -253,16 +256,43 @@ def database_prepare(url: str, *, reset: bool) -> None:
             print(f"created database {name}")
 
 
+def _column_default(field: Any, now: dt.datetime) -> Any:
+    """What ``field`` holds when a row does not say: its default, NULL, or the empty text.
+
+    The benchmark writes rows with COPY, past the ORM: a column added to a model
+    later gets its model default here instead of breaking the COPY (a NOT NULL
+    column without a default stops the run with its name)."""
+    from django.db import models
+
+    if field.has_default():
+        return field.get_default()
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return now
+    if field.null:
+        return None
+    if isinstance(field, (models.CharField, models.TextField)) and field.blank:
+        return ""
+    raise SystemExit(
+        f"generate.py writes no value for {field.model.__name__}.{field.name} (NOT NULL, no default): add it"
+    )
+
+
 def _copy(cursor: Any, model: Any, fields: list[str], rows: Iterator[tuple[Any, ...]]) -> int:
-    """COPY ``rows`` into ``model``'s table (columns from the model's metadata); return the count."""
+    """COPY ``rows`` into ``model``'s table (columns from the model's metadata); return the count.
+
+    The model's other columns get their defaults (:func:`_column_default`)."""
     from django.db import connection
 
     q = connection.ops.quote_name
-    columns = ", ".join(q(model._meta.get_field(f).column) for f in fields)
+    given = [model._meta.get_field(f) for f in fields]
+    now = dt.datetime.now(UTC)
+    rest = [f for f in model._meta.concrete_fields if f not in given and not f.primary_key]
+    filler = tuple(_column_default(f, now) for f in rest)
+    columns = ", ".join(q(f.column) for f in [*given, *rest])
     n = 0
     with cursor.copy(f"COPY {q(model._meta.db_table)} ({columns}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(row)
+            copy.write_row(row + filler)
             n += 1
     return n
 
@@ -340,6 +370,7 @@ def generate(*, studies: int, seed: int) -> None:
     from archive import storage
     from archive.demo import demo_region_load
     from archive.models import Copy, Facility, Instance, Patient, PatientIdentifier, Series, Study
+    from portal.models import Concealment
 
     if Study.objects.exists():
         sys.exit(f"the database already holds {Study.objects.count():,} studies; use --reset to generate it anew")
@@ -441,6 +472,15 @@ def generate(*, studies: int, seed: int) -> None:
             )
         )
     instances = instance_pk - 1
+    # Oscuramento: a citizen hid about one study in a hundred, and showed some again
+    # (drawn apart, so that the rest of the archive is the same with or without them).
+    hide = random.Random(seed + 1)
+    concealment_rows = []
+    for study in study_rows:
+        if hide.random() < CONCEALED_SHARE:
+            hidden = dt.datetime.combine(study[9], dt.time(12), UTC) + dt.timedelta(days=hide.randint(1, 400))
+            revealed = hidden + dt.timedelta(days=30) if hide.random() < 0.2 else None
+            concealment_rows.append((len(concealment_rows) + 1, study[2], study[0], hidden, revealed))
     t_gen = time.perf_counter()
     print(
         f"generated {len(patients):,} patients, {len(study_rows):,} studies, {len(series_rows):,} series, "
@@ -525,6 +565,13 @@ def generate(*, studies: int, seed: int) -> None:
             ),
         )
 
+        timed(
+            "concealments",
+            Concealment,
+            ["id", "patient", "study", "hidden_at", "revealed_at"],
+            iter(concealment_rows),
+        )
+
         def instance_rows() -> Iterator[tuple[Any, ...]]:
             for s in series_rows:
                 k = s.kind
@@ -597,7 +644,7 @@ def generate(*, studies: int, seed: int) -> None:
             copy_rows(),
         )
         # Identity columns continue after the rows written with explicit keys.
-        for model in (Patient, PatientIdentifier, Study, Series, Instance, Copy):
+        for model in (Patient, PatientIdentifier, Study, Series, Instance, Copy, Concealment):
             table = model._meta.db_table
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
     t_copy = time.perf_counter()

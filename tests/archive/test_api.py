@@ -213,3 +213,37 @@ def test_the_admin_lists_and_revokes_tokens_but_cannot_make_one(client, db) -> N
     digest = AuthToken.objects.get().digest
     response = client.post(reverse("admin:knox_authtoken_delete", args=[quote(digest)]), {"post": "yes"})
     assert response.status_code == 302 and not AuthToken.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        ({"offset": "99999999999999999999999"}, "offset", "offset deve essere tra 0 e 1000000."),
+        ({"offset": str(2**63)}, "offset", "tra 0 e 1000000"),
+        ({"offset": "1000001"}, "offset", "tra 0 e 1000000"),
+        ({"offset": "-1"}, "offset", "tra 0 e 1000000"),
+        ({"offset": "molti"}, "offset", "offset deve essere un numero intero."),
+        ({"offset": "1_0"}, "offset", "numero intero"),
+        ({"limit": "0"}, "limit", "limit deve essere tra 1 e 1000."),
+        ({"limit": "-3"}, "limit", "tra 1 e 1000"),
+        ({"limit": "1001"}, "limit", "tra 1 e 1000"),
+        ({"limit": "9" * 5000}, "limit", "tra 1 e 1000"),
+        ({"limit": "dieci"}, "limit", "numero intero"),
+    ],
+)
+def test_studies_page_out_of_range_is_400(client, region, staff, params, field, message) -> None:  # type: ignore[no-untyped-def]
+    # A huge offset answered 500; a negative one or a bad limit silently became the default.
+    response = client.get("/api/studies/", params, HTTP_AUTHORIZATION=f"Token {staff.token}")
+    assert response.status_code == 400
+    assert message in response.json()[field][0]
+
+
+def test_studies_pages_within_range(client, region, staff, ct_study: list[Path], settings) -> None:  # type: ignore[no-untyped-def]
+    ingest_files(ct_study, region.facility)
+    auth = {"HTTP_AUTHORIZATION": f"Token {staff.token}"}
+    body = client.get("/api/studies/", {"limit": "1000", "offset": "0"}, **auth).json()
+    assert body["count"] == 1 and len(body["results"]) == 1
+    body = client.get("/api/studies/", {"limit": "1", "offset": "1000000"}, **auth).json()
+    assert body["count"] == 1 and body["results"] == []
+    settings.PACS_QUERY_MAX_OFFSET = 10
+    assert client.get("/api/studies/", {"offset": "11"}, **auth).status_code == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -640,6 +641,62 @@ def test_qido_bad_queries_are_400(client, two_studies, reader) -> None:
     assert client.get("/dicomweb/studies/1.2.x/series", **reader.auth).status_code == 400
     assert client.get("/dicomweb/studies", HTTP_ACCEPT="application/dicom", **reader.auth).status_code == 406
     assert client.get("/dicomweb/studies").status_code == 401
+
+
+@pytest.fixture
+def searcher(db: None) -> helpers.ApiUser:
+    """A reader who may see studies (the access policy asks for archive.view_study)."""
+    return helpers.make_user("ricerca", "archive.view_instance", "archive.view_study")
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"offset": "99999999999999999999999"}, "offset must be at most 1000000"),
+        ({"offset": str(2**63)}, "offset must be at most 1000000"),
+        ({"offset": "1000001"}, "offset must be at most 1000000"),
+        ({"offset": "-5"}, "offset cannot be negative"),
+        ({"offset": "1_000"}, "offset must be a whole number"),
+        ({"offset": "+3"}, "offset must be a whole number"),
+        ({"offset": "9" * 5000}, "offset must be at most"),
+        ({"limit": "-1"}, "limit cannot be negative"),
+        ({"limit": "1e3"}, "limit must be a whole number"),
+    ],
+)
+def test_qido_offset_or_limit_out_of_range_is_400(client, two_studies, searcher, params, detail) -> None:
+    # An offset past the database's integer used to answer 500.
+    response, _ = _search(client, searcher, "/dicomweb/studies", **params)
+    assert response.status_code == 400
+    assert detail in response.json()["detail"]
+
+
+def test_qido_paging_at_the_edges(client, two_studies, searcher) -> None:
+    response, results = _search(client, searcher, "/dicomweb/studies", offset="1000000")
+    assert response.status_code in (200, 204) and not results
+    # A limit past the maximum is served as the maximum (PS3.18 8.3.4.4), however large.
+    response, results = _search(client, searcher, "/dicomweb/studies", limit="9" * 40)
+    assert response.status_code == 200 and len(results) == 2
+    response, results = _search(client, searcher, "/dicomweb/studies", limit="1", offset="0001")
+    assert len(results) == 1 and results[0]["00100020"]["Value"] == ["MRN0001"]
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [("*" * 50, ""), ("*A" * 25, "25 wildcards, at most 10"), ("*a" * 50, "more than 64 characters")],
+)
+def test_qido_with_fifty_stars_answers_or_is_refused_at_once(client, two_studies, searcher, value, refused) -> None:
+    _search(client, searcher, "/dicomweb/studies", PatientID="MRN0001")  # the first request's imports
+    elapsed = []
+    for _ in range(3):  # the best of three: a busy machine's pause is not the query's cost
+        start = time.monotonic()
+        response, results = _search(client, searcher, "/dicomweb/studies", PatientName=value)
+        elapsed.append(time.monotonic() - start)
+    assert min(elapsed) < 0.1, elapsed
+    if refused:
+        assert response.status_code == 400 and refused in response.json()["detail"]
+        assert response.json()["detail"].startswith("PatientName")
+    else:
+        assert response.status_code == 200 and len(results) == 2
 
 
 @override_settings(PACS_QUERY_MAX_MATCHES=1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -83,8 +85,11 @@ def _study_uid(paths: list[Path]) -> str:
 
 def identifier(**keys: object) -> Dataset:
     ds = Dataset()
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
+    with warnings.catch_warnings():
+        # Wildcards and ranges are not valid values of their VRs: the engine checks them.
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
     return ds
 
 
@@ -321,3 +326,192 @@ def test_answers_encoded_in_advance_read_back_as_the_data_sets(archive: Archive,
     ]
     assert nicolo.SpecificCharacterSet == "ISO_IR 192"
     assert str(decode(BytesIO(encode(nicolo, implicit, True)), implicit, True).PatientName) == "DELL'ÒRSO^NICOLÒ"
+
+
+# --- wildcards: LIKE/GLOB with literals escaped, bounded (issue 15) ------------------------
+
+
+def _study(region, uid: str, **fields: object) -> Study:  # type: ignore[no-untyped-def]
+    return Study.objects.create(
+        study_instance_uid=f"1.2.826.0.1.3680043.8.498.9{uid}",
+        patient=Patient.objects.create(provisional=True),
+        facility=region.facility,
+        study_date=dt.date(2023, 3, 3),
+        **fields,
+    )
+
+
+def test_repeated_stars_are_one(archive: Archive) -> None:
+    assert uids(find(PatientName="ROSSI****")) == {archive.a, archive.b}
+    assert uids(find(PatientName="**R*****A")) == {archive.b}
+    # Fifty stars are one: universal matching.
+    assert uids(find(PatientName="*" * 50)) == {archive.a, archive.b, archive.c}
+
+
+def test_question_mark_matches_exactly_one_character(archive: Archive) -> None:
+    assert uids(find(PatientName="ROSSI^MARI?")) == {archive.a, archive.b}
+    assert find(PatientName="ROSSI^MAR?") == []
+    assert find(PatientName="ROSSI^MARIO?") == []
+    assert uids(find(PatientName="?OSSI^MARI?")) == {archive.a, archive.b}
+    assert uids(find(AccessionNumber="ACC?")) == {archive.a, archive.b, archive.c}
+    assert find(AccessionNumber="ACC??") == []
+    assert uids(find(PatientName="R?SS*O")) == {archive.a}
+
+
+def test_wildcards_inside_a_value(archive: Archive) -> None:
+    assert uids(find(PatientName="*SSI^*IA")) == {archive.b}
+    assert uids(find(PatientName="R*^M*O")) == {archive.a}
+    assert uids(find(StudyDescription="*")) == {archive.a, archive.b, archive.c}
+
+
+def test_only_person_names_ignore_case_with_wildcards(archive: Archive) -> None:
+    assert uids(find(PatientName="rossi^m*")) == {archive.a, archive.b}
+    assert uids(find(PatientName="*i^mari?")) == {archive.a, archive.b}
+    assert find(AccessionNumber="acc*") == []
+    assert find(AccessionNumber="*cc1") == []
+    assert uids(find(AccessionNumber="*C1")) == {archive.a}
+
+
+def test_percent_underscore_backslash_and_bracket_are_literals(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    percent = _study(region, "1", patient_name="D%ANGELO^X", accession_number="50%OFF")
+    other = _study(region, "2", patient_name="DXANGELO^X", accession_number="50XOFF")
+    under = _study(region, "3", patient_name="DE_LUCA^Y", accession_number="A_B")
+    _study(region, "4", patient_name="DEXLUCA^Y", accession_number="AXB")
+    bracket = _study(region, "5", accession_number="A[1]")
+    _study(region, "9", accession_number="A1X")  # what GLOB's class [1] would match
+    assert uids(find(PatientName="d%a*")) == {percent.study_instance_uid}
+    assert uids(find(AccessionNumber="50%*")) == {percent.study_instance_uid}
+    assert uids(find(AccessionNumber="*0%O?F")) == {percent.study_instance_uid}
+    assert uids(find(AccessionNumber="50?OFF")) == {percent.study_instance_uid, other.study_instance_uid}
+    assert uids(find(PatientName="de_*")) == {under.study_instance_uid}
+    assert uids(find(AccessionNumber="A_*")) == {under.study_instance_uid}
+    assert uids(find(AccessionNumber="A[1]*")) == {bracket.study_instance_uid}
+    assert uids(find(AccessionNumber="A?1]")) == {bracket.study_instance_uid}
+    assert uids(find(AccessionNumber="A[1*")) == {bracket.study_instance_uid}
+    # A backslash separates values in DICOM, so it reaches the lookup only from code:
+    # there too it is a literal, not LIKE's escape character.
+    slash = _study(region, "6", study_description="X\\YZ%")
+    assert list(Study.objects.filter(study_description__dicom_match="X\\Y*")) == [slash]
+    assert list(Study.objects.filter(study_description__dicom_imatch="x\\y?%")) == [slash]
+    assert not Study.objects.filter(study_description__dicom_match="X\\Y_*").exists()
+
+
+def test_modalities_in_study_with_wildcards_match_one_modality(archive: Archive) -> None:
+    assert uids(find(ModalitiesInStudy="C*")) == {archive.a, archive.c}
+    assert uids(find(ModalitiesInStudy="*R")) == {archive.b, archive.c}
+    assert uids(find(ModalitiesInStudy="?R")) == {archive.b, archive.c}
+    assert uids(find(ModalitiesInStudy="S?")) == {archive.c}
+    # Not across two modalities: CT\SR holds no modality C*R.
+    assert find(ModalitiesInStudy="C*R") == []
+    assert find(ModalitiesInStudy="?") == []
+    assert uids(find(ModalitiesInStudy=["M?", "S*"])) == {archive.b, archive.c}
+    assert uids(find(ModalitiesInStudy=["MR", "S*"])) == {archive.b, archive.c}
+    # From the series level too: the series of the studies that hold an SR.
+    series = list(query_run(identifier(ModalitiesInStudy="S?", SeriesInstanceUID=""), level="SERIES", principal=SYSTEM))
+    assert {str(s.StudyInstanceUID) for s in series} == {archive.c} and len(series) == 2
+    images = list(query_run(identifier(ModalitiesInStudy="?R", SOPInstanceUID=""), level="IMAGE", principal=SYSTEM))
+    assert {str(i.StudyInstanceUID) for i in images} == {archive.b, archive.c} and len(images) == 5
+
+
+def test_accented_names_keep_matching_with_wildcards(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    # The regular expression ignored the case of any letter: so does LIKE here (issue 19
+    # brings the rest of Unicode matching: accents, exact values).
+    orso = _study(region, "7", patient_name="DELL'ÒRSO^NICOLÒ")
+    assert uids(find(PatientName="*òrso*")) == {orso.study_instance_uid}
+    assert uids(find(PatientName="dell'òrso^nic*")) == {orso.study_instance_uid}
+    assert uids(find(PatientName="*ÒRSO^NICOL?")) == {orso.study_instance_uid}
+    assert uids(find(PatientName="*ORSO*")) == set()
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ({"PatientName": "*A" * 11}, "11 wildcards, at most 10"),
+        ({"PatientName": "R?SS?^M?R??*" * 2}, "wildcards"),
+        ({"PatientName": ["A*B*C*D*E*", "F*G*H*I*J*K*"]}, "11 wildcards"),
+        ({"PatientName": "A" * 65}, "more than 64 characters per component group"),
+        ({"PatientName": "A" * 64 + "=" + "B" * 65}, "per component group"),
+        ({"AccessionNumber": "A" * 17}, "more than 16 characters (SH)"),
+        ({"PatientID": "*" * 65}, "more than 64 characters (LO)"),
+        ({"ModalitiesInStudy": "CT\\" + "M" * 17}, "more than 16 characters (CS)"),
+        ({"Modality": "*?" * 6}, "wildcards"),
+    ],
+)
+def test_too_many_wildcards_or_too_long_a_value_is_refused(archive: Archive, keys: dict, reason: str) -> None:
+    with pytest.raises(QueryError) as exc:
+        find(**keys)
+    assert reason in str(exc.value)
+    assert str(exc.value).startswith(next(iter(keys)))
+    assert len(str(exc.value)) <= 64  # it travels as the C-FIND's ErrorComment (LO)
+
+
+def test_values_at_the_limits_are_answered(archive: Archive, settings) -> None:  # type: ignore[no-untyped-def]
+    assert find(PatientName="A" * 64 + "=" + "B" * 64) == []
+    assert find(PatientName="A*" * 10) == []
+    assert find(AccessionNumber="A" * 16) == []
+    settings.PACS_QUERY_MAX_WILDCARDS = 2
+    assert uids(find(PatientName="R*^*")) == {archive.a, archive.b}
+    with pytest.raises(QueryError, match="3 wildcards, at most 2"):
+        find(PatientName="R*^M*O*")
+
+
+def test_a_pattern_that_defeats_backtracking_is_answered_at_once(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    # With one ".*" per star, this pattern against a long run of A's never ended.
+    _study(region, "8", patient_name="A" * 64, study_description="A" * 64)
+    pattern = "*A" * 9 + "*B"
+    for keys in ({"PatientName": pattern}, {"StudyDescription": pattern}):
+        start = time.monotonic()
+        assert find(**keys) == []
+        assert time.monotonic() - start < 0.5, keys
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("*" * 50, ""),
+        ("*A" * 25, "25 wildcards, at most 10"),
+        ("*A" * 50, "more than 64 characters"),
+        ("*A" * 9 + "*B", ""),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:The PN component length")
+def test_a_c_find_with_fifty_stars_answers_or_is_refused_at_once(
+    listener: int, archive: Archive, region, value, refused
+) -> None:  # type: ignore[no-untyped-def]
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    _study(region, "8", patient_name="A" * 64)
+    ae = AE(ae_title="VIEWER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", listener, ae_title="TSCAT_PACS")
+    assert assoc.is_established
+
+    def c_find(name: str) -> tuple[int, list[Dataset], Dataset]:
+        ds = identifier(QueryRetrieveLevel="STUDY", PatientName=name, StudyInstanceUID="")
+        found, final = [], None
+        for status, answer in assoc.send_c_find(ds, FIND):
+            assert status is not None, "no response"
+            if status.Status in (0xFF00, 0xFF01):
+                found.append(answer)
+            else:
+                final = status
+        return final.Status, found, final
+
+    try:
+        c_find("ROSSI*")  # the first request's imports
+        elapsed = []
+        for _ in range(3):  # the best of three: a busy machine's pause is not the query's cost
+            start = time.monotonic()
+            status, found, final = c_find(value)
+            elapsed.append(time.monotonic() - start)
+    finally:
+        assoc.release()
+    assert min(elapsed) < 0.1, elapsed
+    if refused:
+        assert status == 0xA900 and refused in final.ErrorComment
+    else:
+        assert status == 0x0000
+        expected = {archive.a, archive.b} | {s.study_instance_uid for s in Study.objects.filter(patient_name="A" * 64)}
+        assert uids(found) == (expected if value.startswith("**") else set())

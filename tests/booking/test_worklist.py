@@ -380,3 +380,70 @@ def test_c_cancel_stops_the_answer(listener: int, cup: Cup, settings) -> None:
         assoc.release()
     event = AuditEvent.objects.get(action="dicom.worklist")
     assert event.detail.get("cancelled") is True and event.outcome == AuditEvent.Outcome.WARNING
+
+
+# --- wildcards: LIKE with literals, bounded (issue 15) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "sps", "expected"),
+    [
+        ({"PatientName": "ROSSI^MARI?"}, {}, ["ct1", "mr2", "ct4"]),
+        ({"PatientName": "ROSSI^MAR?"}, {}, []),
+        ({"PatientName": "**ROSSI****"}, {}, ["ct1", "mr2", "ct4"]),
+        ({"PatientName": "*SS*^*RIO"}, {}, ["ct1", "mr2", "ct4"]),
+        ({"PatientName": "*" * 50}, {}, ["ct1", "ct1_late", "ct2", "mr2", "ct4"]),
+        ({"PatientID": "RSSMRA**"}, {}, ["ct1", "mr2", "ct4"]),
+        ({"PatientID": "?SSMRA*"}, {}, ["ct1", "mr2", "ct4"]),
+        # Only person names ignore case: a lower-case AE title or PatientID matches nothing.
+        ({"PatientID": "rssmra*"}, {}, []),
+        ({}, {"ScheduledStationAETitle": "ct0*"}, []),
+        ({}, {"ScheduledStationAETitle": "?T0?"}, ["ct1", "ct1_late", "ct2", "ct4"]),
+        ({}, {"Modality": "?R"}, ["mr2"]),
+    ],
+)
+def test_wildcards_on_the_worklist(listener: int, scheduled, keys, sps, expected) -> None:  # type: ignore[no-untyped-def]
+    results, final = mwl_find(listener, identifier(sps, **keys))
+    assert final.Status == 0x0000
+    assert accessions(results) == _expect(scheduled, *expected)
+
+
+def test_underscore_and_percent_in_a_name_are_literals(listener: int, cup: Cup) -> None:
+    names = ("DE_LUCA", "DEXLUCA", "50%SCONTO", "50XSCONTO")
+    codes = ("BNCNNA80A41L424C", "BNCNNA80A42L424H", "BNCNNA80A43L424J", "BNCNNA80A44L424L")
+    people = {
+        name: Patient.objects.create(codice_fiscale=code, family_name=name, given_name="ANNA", sex="F")
+        for name, code in zip(names, codes, strict=True)
+    }
+    booked = {name: cup.book(patient).accession_number for name, patient in people.items()}
+    assert accessions(mwl_find(listener, identifier(PatientName="de_l*"))[0]) == [booked["DE_LUCA"]]
+    assert accessions(mwl_find(listener, identifier(PatientName="*%S*"))[0]) == [booked["50%SCONTO"]]
+    assert sorted(accessions(mwl_find(listener, identifier(PatientName="DE?LUCA^*"))[0])) == sorted(
+        [booked["DE_LUCA"], booked["DEXLUCA"]]
+    )
+
+
+def test_an_accented_name_matches_in_lower_case_with_a_wildcard(listener: int, cup: Cup) -> None:
+    patient = Patient.objects.create(
+        codice_fiscale="DLLNCL80A01L424X", family_name="DELL'ORTÒ", given_name="NICOLÈ", sex="M"
+    )
+    booking = cup.book(patient)
+    ds = identifier(PatientName="dell'ortò^*")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    assert accessions(mwl_find(listener, ds)[0]) == [booking.accession_number]
+
+
+@pytest.mark.parametrize(
+    ("keys", "sps", "comment"),
+    [
+        ({"PatientName": "*A" * 11}, {}, "PatientName: 11 wildcards, at most 10"),
+        ({"PatientName": "*A" * 40}, {}, "PatientName: more than 64 characters"),
+        ({"PatientID": "R" * 65}, {}, "PatientID: more than 64 characters (LO)"),
+        ({}, {"ScheduledStationAETitle": "C" * 17}, "ScheduledStationAETitle: more than 16 characters (AE)"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:The PN component length", "ignore:The value length")
+def test_too_many_wildcards_or_too_long_a_value_is_refused(listener: int, scheduled, keys, sps, comment) -> None:  # type: ignore[no-untyped-def]
+    results, final = mwl_find(listener, identifier(sps, **keys))
+    assert results == [] and final.Status == 0xA900
+    assert final.ErrorComment.startswith(comment)
