@@ -35,7 +35,7 @@ def officer(db: None) -> object:
     )
     for codename in ("approve_discard", "view_package", "view_volume", "view_discard", "change_discard"):
         user.user_permissions.add(Permission.objects.get(content_type__app_label="preservation", codename=codename))
-    signing.demo_pki_create(users=[user])
+    signing.demo_pki_create(users=[], preservation_officers=[user])
     timestamp.tsa_demo_create()
     return get_user_model().objects.get(pk=user.pk)
 
