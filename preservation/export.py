@@ -80,7 +80,7 @@ def _read_checked(relpath: str, sha256: str) -> bytes:
     return data
 
 
-def _officer_checks(role_oids: list[str], ekus: list[str], p7m: str, content: str, out: str) -> list[str]:
+def _officer_checks(role_oids: list[str], p7m: str, content: str, out: str) -> list[str]:
     """The openssl commands that verify one preservation signature and its signer's role."""
     policy = "".join(f" -policy {oid}" for oid in role_oids) + (" -explicit_policy" if role_oids else "")
     lines = [
@@ -95,11 +95,11 @@ def _readme(label: str, volumes: list[Volume], *, role_oids: list[str], role_eku
     vols = "\n".join(f"  volumes/{v.identifier}/" for v in volumes)
     indent = "\n       "
     signatures = [
-        *_officer_checks(role_oids, role_ekus, MANIFEST_SIGNATURE, MANIFEST, "firmatario-manifesto.pem"),
+        *_officer_checks(role_oids, MANIFEST_SIGNATURE, MANIFEST, "firmatario-manifesto.pem"),
     ]
     for v in volumes:
         base = f"volumes/{v.identifier}/index.xml"
-        signatures += _officer_checks(role_oids, role_ekus, f"{base}.p7m", base, f"firmatario-{v.identifier}.pem")
+        signatures += _officer_checks(role_oids, f"{base}.p7m", base, f"firmatario-{v.identifier}.pem")
     stamps = []
     for v in volumes:
         base = f"volumes/{v.identifier}/index.xml"
@@ -114,11 +114,17 @@ def _readme(label: str, volumes: list[Volume], *, role_oids: list[str], role_eku
             + "\n     (-policy ... -explicit_policy fa fallire la verifica se manca). Una firma valida di un altro "
             "titolare della stessa CA\n     (per esempio un radiologo) NON vale per la conservazione."
         )
-    else:
+    elif role_ekus:
         role = (
             "Il firmatario deve avere il ruolo di responsabile della conservazione: l'uso esteso della chiave "
             + " o ".join(role_ekus)
-            + "\n     (controllare la riga extendedKeyUsage stampata da openssl x509)."
+            + "\n     (la riga extendedKeyUsage stampata da openssl x509 deve riportarlo)."
+        )
+    else:
+        role = (
+            "Il firmatario deve essere un responsabile della conservazione ammesso: "
+            + "; ".join(signer.officer_subjects())
+            + "\n     (la riga subject stampata da openssl x509 deve riportarlo)."
         )
     return f"""PACCHETTO DI DISTRIBUZIONE (PdD) – {label}
 Conservazione a norma del PACS regionale. Creato il {timezone.localtime():%d/%m/%Y %H:%M}.
@@ -130,7 +136,7 @@ Contenuto
       index.xml.p7m          la firma CAdES dell'indice (responsabile della conservazione)
       index.xml.tsr          la marca temporale RFC 3161 dell'indice
   {DESCRIPTOR}                  che cosa è stato esportato
-  {CA}         il certificato della CA; {TSA}: quello della TSA
+  {CA}         il certificato della CA; {TSA}: quelli delle TSA accettate
   {MANIFEST}            l'impronta SHA-256 di ogni altro file; {MANIFEST_SIGNATURE} la sua firma
 
 Come verificarlo (dopo aver estratto lo zip, nella sua cartella)
