@@ -59,3 +59,39 @@ def tier_root() -> Path:
     from archive import storage
 
     return storage.absolute_path("preservation:region", ".")
+
+
+def addendum_volume(preserved: Preserved) -> Volume:
+    """An addendum to the preserved report, packaged and closed in a second volume (which follows the first)."""
+    from archive import reports
+    from tests.reporting_helpers import RADIOLOGIST_PASSWORD
+
+    radiologist = preserved.rep.radiologist
+    amended = reports.report_amend(report=preserved.report, user=radiologist, kind=Report.Kind.ADDENDUM)
+    amended = reports.report_save(
+        report=amended,
+        user=radiologist,
+        revision=amended.revision,
+        clinical_question=amended.clinical_question,
+        technique=amended.technique,
+        findings=amended.findings,
+        conclusion="Integrazione: confermato.",
+    )
+    reports.report_sign(report=amended, user=radiologist, password=RADIOLOGIST_PASSWORD, revision=amended.revision)
+    packages.package_build(study_pk=preserved.rep.study.pk)
+    volume = volumes.volume_close()
+    assert volume is not None and volume.previous_id == preserved.volume.pk
+    return volume
+
+
+def guard_off(*tables: str) -> None:
+    """What the database's owner can do: take the triggers off (until the test's transaction rolls back)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in tables:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            else:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_delete")
+                cursor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_update")
