@@ -406,6 +406,12 @@ PACS_LIFECYCLE_BATCH = env_int("PACS_LIFECYCLE_BATCH", 500)
 # the next run adopts.
 PACS_LIFECYCLE_THREADS = env_int("PACS_LIFECYCLE_THREADS", 4)
 PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
+# An instance whose copy fails because its sources are damaged or missing is
+# tried again after this many seconds, doubling at each failure up to the
+# maximum, and skipped in the queue meanwhile (a store that does not answer
+# stops the run instead, and its objects keep their place).
+PACS_LIFECYCLE_RETRY_SECONDS = env_int("PACS_LIFECYCLE_RETRY_SECONDS", 900)
+PACS_LIFECYCLE_RETRY_MAX_SECONDS = env_int("PACS_LIFECYCLE_RETRY_MAX_SECONDS", 86400)
 # A recalled (or prefetched) object stays in the facility tier this long.
 PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)
 # A read served from the long-term tier queues the recall of its study into its facility's tier.

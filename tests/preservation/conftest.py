@@ -89,6 +89,9 @@ def guard_off(*tables: str) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # ALTER TABLE waits for no deferred check: run them now, and from here on at each statement.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for table in tables:
             if connection.vendor == "postgresql":
                 cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
