@@ -28,7 +28,7 @@ from archive import signing
 from preservation import export, packages, signer, timestamp, volumes
 from preservation.models import PackageFile, Volume
 
-from .conftest import Preserved
+from .conftest import Preserved, tier_root
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -213,3 +213,44 @@ def test_a_time_stamp_from_another_tsa_is_refused(preserved: Preserved, tmp_path
     assert x509.load_pem_x509_certificates(timestamp.trusted_tsa_pem())[0] != x509.load_pem_x509_certificate(
         (tmp_path / "other-tsa" / "tsa.crt.pem").read_bytes()
     )
+
+
+def test_the_role_must_be_configured(settings) -> None:  # type: ignore[no-untyped-def]
+    from preservation.checks import check_preservation
+
+    assert not [e for e in check_preservation(None) if e.id.startswith("preservation.E")]
+    settings.PACS_PRESERVATION_SIGNER_POLICIES = []
+    settings.PACS_PRESERVATION_SIGNER_SUBJECTS = []
+    assert "preservation.E003" in {e.id for e in check_preservation(None)}
+    settings.PACS_PRESERVATION_SIGNER_POLICIES = ["not-an-oid"]
+    assert "preservation.E004" in {e.id for e in check_preservation(None)}
+
+
+def test_a_damaged_time_stamp_token_fails_as_in_openssl(preserved: Preserved, tmp_path: Path) -> None:
+    from asn1crypto import tsp
+
+    index = (tier_root() / preserved.volume.index_path).read_bytes()
+    tsr = (tier_root() / preserved.volume.timestamp_path).read_bytes()
+    ca = signing.ca_certificate_pem()
+    trusted = timestamp.trusted_tsa_pem()
+    token = tsp.TimeStampResp.load(tsr)["time_stamp_token"]["content"]
+    ca_in_token = next(c.chosen.dump() for c in token["certificates"] if c.chosen.ca)
+    at = tsr.find(ca_in_token)
+    damaged = bytearray(tsr)
+    damaged[at + ca_in_token.find(b"\x17\x0d")] ^= 0x01  # a validity time's tag in the CA certificate the token carries
+    (tmp_path / "index.xml").write_bytes(index)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    (tmp_path / "tsa.pem").write_bytes(trusted)
+    # OpenSSL refuses the damaged certificate and ignores trailing bytes; the project refuses both.
+    for name, data, openssl_accepts in (("damaged", bytes(damaged), False), ("trailing", tsr + b"\x00", True)):
+        (tmp_path / f"{name}.tsr").write_bytes(data)
+        ours = timestamp.timestamp_verify(data=index, tsr=data, ca_pem=ca, trusted_tsa_pem=trusted)
+        assert not ours.ok, name
+        theirs = subprocess.run(
+            ["openssl", "ts", "-verify", "-data", "index.xml", "-in", f"{name}.tsr", "-CAfile", "ca.pem"]
+            + ["-untrusted", "tsa.pem"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert (theirs.returncode == 0) is openssl_accepts, (name, theirs.stdout, theirs.stderr)

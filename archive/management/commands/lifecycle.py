@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from archive import lifecycle
 
@@ -63,7 +64,7 @@ class Command(BaseCommand):
             why = "sources damaged" if row.damaged else "store unreachable"
             self.stdout.write(
                 f"  {row.instance.sop_instance_uid} -> {row.tier or '?'} ({row.step}, {why}): "
-                f"{row.attempts} attempts, next try {row.next_try_at:%Y-%m-%d %H:%M}, {row.last_error}"
+                f"{row.attempts} attempts, next try {timezone.localtime(row.next_try_at):%Y-%m-%d %H:%M}, {row.last_error}"
             )
 
     def _status(self) -> None:
