@@ -415,3 +415,26 @@ def test_where_the_project_is_stricter_than_openssl(reporting: Reporting, tmp_pa
     for name, damaged in cases.items():
         assert not signing.cades_verify_detached(data=PDF, signature=damaged, ca_pem=ca).ok, name
         assert openssl_verify(tmp_path, pdf=PDF, p7m=damaged, ca=ca).returncode == 0, name
+
+
+def test_an_officer_certificate_without_the_role_is_issued_again_with_it(region: object, tmp_path: Path) -> None:
+    officer = get_user_model().objects.create_user(username="conservatore", first_name="Anna", last_name="Zorzut")
+    radiologist = get_user_model().objects.create_user(username="m.rossi", first_name="Maria", last_name="Rossi")
+    directory = tmp_path / "pki"
+    signing.demo_pki_create(users=[officer, radiologist], directory=directory)  # before the role existed
+    cert_path = directory / "users" / "conservatore.crt.pem"
+    key_before = (directory / "users" / "conservatore.key.pem").read_bytes()
+    assert signing.certificate_roles(cert_path.read_bytes()).policies == ()
+
+    out = io.StringIO()
+    call_command("demo_pki", "m.rossi", "--officer", "conservatore", "--directory", str(directory), stdout=out)
+
+    roles = signing.certificate_roles(cert_path.read_bytes())
+    assert roles.policies == (signing.PRESERVATION_OFFICER_POLICY,)
+    assert (directory / "users" / "conservatore.key.pem").read_bytes() == key_before  # the same key
+    assert signing.certificate_roles((directory / "users" / "m.rossi.crt.pem").read_bytes()).policies == ()
+    assert "conservatore:" in out.getvalue()
+    # Run again: nothing changes.
+    issued = cert_path.read_bytes()
+    signing.demo_pki_create(users=[], directory=directory, preservation_officers=[officer])
+    assert cert_path.read_bytes() == issued

@@ -254,3 +254,34 @@ def test_a_damaged_time_stamp_token_fails_as_in_openssl(preserved: Preserved, tm
             text=True,
         )
         assert (theirs.returncode == 0) is openssl_accepts, (name, theirs.stdout, theirs.stderr)
+
+
+def test_the_fixity_audit_names_a_volume_signer_without_the_role(preserved: Preserved) -> None:
+    from django.utils import timezone as tz
+
+    from preservation import fixity
+    from preservation.models import PreservationAlert
+
+    from .conftest import guard_off
+
+    volume = preserved.volume
+    index = (tier_root() / volume.index_path).read_bytes()
+    forged = signing.cades_sign_detached(data=index, user=preserved.rep.radiologist)
+    target = tier_root() / volume.signature_path
+    target.chmod(0o644)
+    target.write_bytes(forged)
+    guard_off("preservation_volume")  # the registry made to agree: only the role gives it away
+    Volume.objects.filter(pk=volume.pk).update(signature_sha256=hashlib.sha256(forged).hexdigest())
+
+    audit = fixity.fixity_audit()
+
+    alert = PreservationAlert.objects.get()
+    assert (alert.kind, alert.path, alert.volume_id) == (
+        PreservationAlert.Kind.SIGNATURE,
+        volume.signature_path,
+        volume.pk,
+    )
+    assert (
+        "firmato da CN=Stefano Cossutta" in alert.detail and "ruolo di responsabile della conservazione" in alert.detail
+    )
+    assert audit.failures == 1 and alert.last_seen_at <= tz.now()
