@@ -40,6 +40,7 @@ and nobody is a citizen.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -136,6 +137,9 @@ class PolicyExtension(Protocol):
     def authored_concealed_ids(self, user: Any) -> set[int]:
         """Concealed studies of which ``user`` authored a report version."""
         ...
+
+    # Optional: ``state_version() -> str``, a value that changes whenever a study is
+    # concealed or revealed (:func:`visibility_key` uses it when present).
 
 
 _extension: PolicyExtension | None = None
@@ -290,6 +294,78 @@ def patients_visible(principal: Principal, base: QuerySet[Patient] | None = None
     if principal.authority_id is None and principal.facility_id is None:
         return qs
     return qs.filter(Exists(studies_visible(principal).filter(patient_id=OuterRef("pk"))))
+
+
+def any_q(*conditions: Q) -> Q:
+    """The OR of ``conditions``, where an empty ``Q()`` (what these functions answer for
+    "everything") stays "everything": Django drops an empty Q from an OR, which
+    would turn ``Q(study__isnull=True) | visible_q(...)`` into "no study" alone."""
+    if any(not c for c in conditions):
+        return Q()
+    result = Q()
+    for c in conditions:
+        result = c if not result else result | c
+    return result
+
+
+def facility_visible_q(principal: Principal, path: str = "facility__") -> Q:
+    """The condition on rows tied to a facility but to no study (a booking not yet
+    performed, a conflict whose study is not indexed): the facility is within
+    ``principal``'s scope. ``path`` reaches ``Facility`` (``"facility__"``)."""
+    if principal.sees_nothing or principal.kind in (Kind.NOBODY, Kind.CITIZEN):
+        return Q(pk__in=[])
+    if principal.kind is Kind.SYSTEM:
+        return Q()
+    q = Q()
+    if principal.facility_id is not None:
+        q &= Q(**{f"{path}pk": principal.facility_id})
+    if principal.authority_id is not None:
+        q &= Q(**{f"{path}authority_id": principal.authority_id})
+    return q
+
+
+def patient_visible_q(principal: Principal, path: str = "") -> Q:
+    """The condition on a queryset whose model reaches ``Patient`` through ``path``
+    (``""`` for Patient, ``"patient__"`` for an audit event) that keeps the patients
+    of :func:`patients_visible`."""
+    if principal.sees_nothing or principal.kind is Kind.NOBODY:
+        return Q(**{f"{path}pk__in": []})
+    if principal.kind is Kind.SYSTEM:
+        return Q()
+    if principal.kind is Kind.CITIZEN:
+        return Q(**{f"{path}pk__in": sorted(principal.patient_ids)})
+    if principal.authority_id is None and principal.facility_id is None:
+        return Q()
+    return Q(**{f"{path}pk__in": studies_visible(principal).values("patient_id")})
+
+
+def uid_visible_q(principal: Principal, field: str = "study_instance_uid") -> Q:
+    """The condition on rows that name a study only by its StudyInstanceUID (``field``):
+    true unless a study with that UID is archived and ``principal`` may not see it.
+    A UID the archive does not hold names nothing, so it hides nothing."""
+    if principal.kind is Kind.SYSTEM:
+        return Q()
+    hidden = Study.objects.filter(study_instance_uid=OuterRef(field)).exclude(visible_q(principal))
+    return ~Q(Exists(hidden))
+
+
+def visibility_key(principal: Principal) -> str:
+    """A short key that changes whenever what ``principal`` sees may have changed: its
+    kind, scope, emergency accesses and authored studies, and the state of the
+    concealments. For caches of values computed over the visible rows (an admin
+    filter's choices): a value of a study hidden since must not linger."""
+    parts = [
+        principal.kind.value,
+        str(principal.sees_nothing),
+        str(principal.authority_id),
+        str(principal.facility_id),
+        ",".join(map(str, sorted(principal.patient_ids))),
+        ",".join(map(str, sorted(principal.study_ids))),
+    ]
+    version = getattr(_extension, "state_version", None)
+    if principal.concealment_applies and version is not None:
+        parts.append(str(version()))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 class Verdict(enum.Enum):

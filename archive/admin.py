@@ -6,9 +6,17 @@ ingestion changes it. Staff edit the region (authorities, facilities, DICOM
 peers), reconcile patients and resolve storage conflicts.
 
 Every page that shows patient data writes one audit event (``admin.<model>.list``,
-``admin.<model>.view``, ``admin.<model>.history``, ``admin.instance.header``),
-before the page is sent: when the audit log cannot be written the page fails
-rather than showing data nobody would know was seen.
+with the patients the page listed, ``admin.<model>.view``, ``admin.<model>.history``,
+``admin.instance.header``), before the page is sent: when the audit log cannot be
+written the page fails rather than showing data nobody would know was seen.
+
+Every admin of rows about a study or a patient goes through the access policy
+(:mod:`archive.access`, :class:`VisibleRowsMixin`): a study the patient hid
+(*oscuramento*) or one of another health authority, and everything below it,
+does not exist here for the user: no row, no count, no filter choice, no search
+hit, and its pages answer as for an object that is not there. The
+concealments, emergency accesses and delegations themselves are not in the
+admin at all (the citizen reads them in the portal, the audit trail keeps them).
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Model, Q, QuerySet
+from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -40,7 +49,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
-from . import storage
+from . import access, storage
 from .audit import audit_record
 from .codice_fiscale import normalize_codice_fiscale
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
@@ -75,13 +84,26 @@ LOOKUP_CACHE_SECONDS = 600
 _NON_FILTER_PARAMS = frozenset({"q", "p", "o", "e", "_popup", "_to_field", "all"})
 
 
-def _distinct_values(key: str, queryset: QuerySet[Any], field: str, limit: int = 200) -> list[str]:
+def _distinct_values(
+    request: HttpRequest, key: str, queryset: QuerySet[Any], field: str, limit: int = 200
+) -> list[str]:
+    """The distinct values of ``field`` among ``queryset`` (rows the user may see),
+    cached per :func:`archive.access.visibility_key`: a value found only in a study
+    the user may not see is never offered, and one of a study hidden since the
+    cache was filled does not linger."""
+
     def compute() -> list[str]:
         values = queryset.order_by(field).values_list(field, flat=True).distinct()[:limit]
         return [v for v in values if v]
 
+    # One key per request: several filters of one page ask for it.
+    visibility = getattr(request, "_pacs_visibility_key", None)
+    if visibility is None:
+        visibility = access.visibility_key(access.principal_for_request(request))
+        request._pacs_visibility_key = visibility  # type: ignore[attr-defined]
+    cache_key = f"archive.admin.lookups.{key}.{visibility}"
     try:
-        return list(cache.get_or_set(f"archive.admin.lookups.{key}", compute, LOOKUP_CACHE_SECONDS))
+        return list(cache.get_or_set(cache_key, compute, LOOKUP_CACHE_SECONDS))
     except Exception:
         # A cache outage must not take the admin down with it.
         logger.warning("cache unavailable for admin lookups %s", key, exc_info=True)
@@ -97,9 +119,13 @@ def _uid_label(uid: str) -> str:
 
 
 class AuditedAdminMixin:
-    """One audit event per page that shows this model's patient data."""
+    """One audit event per page that shows this model's patient data; a list's
+    event names the patients of the rows it showed (bounded, ``PACS_AUDIT_MAX_PATIENTS``)."""
 
     opts: Any
+    model: Any
+    # How a row names its patient ("patient_id", "study__patient_id"), for the list's event.
+    patient_path: str | None = None
 
     def audit_subject(self, obj: Any) -> dict[str, Any]:
         """The ``patient``/``study`` arguments of :func:`audit_record` for ``obj``."""
@@ -113,6 +139,7 @@ class AuditedAdminMixin:
         obj: Any = None,
         outcome: str = AuditEvent.Outcome.SUCCESS,
         detail: dict[str, Any] | None = None,
+        patients: list[int] | None = None,
     ) -> AuditEvent:
         return audit_record(
             action=f"admin.{self.opts.model_name}.{verb}",
@@ -120,8 +147,17 @@ class AuditedAdminMixin:
             user=request.user,
             source=client_ip(request),
             detail=detail or {},
+            patients=patients,
             **(self.audit_subject(obj) if obj is not None else {}),
         )
+
+    def listed_patients(self, rows: Any) -> list[int] | None:
+        """The patients of ``rows`` (a list page), in page order; None when the model names none."""
+        if not self.patient_path:
+            return None
+        pks = [row.pk for row in rows]
+        owner = dict(self.model._default_manager.filter(pk__in=pks).values_list("pk", self.patient_path).order_by())
+        return [owner[pk] for pk in pks if owner.get(pk) is not None]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponseBase:
         response = super().changelist_view(request, extra_context)  # type: ignore[misc]
@@ -130,7 +166,12 @@ class AuditedAdminMixin:
             cl = (getattr(response, "context_data", None) or {}).get("cl")
             if cl is not None:
                 filters = {k: v for k, v in request.GET.items() if k not in _NON_FILTER_PARAMS}
-                self.audit(request, "list", detail={"q": cl.query, "filters": filters, "results": cl.result_count})
+                self.audit(
+                    request,
+                    "list",
+                    detail={"q": cl.query, "filters": filters, "results": cl.result_count},
+                    patients=self.listed_patients(cl.result_list),
+                )
         return response
 
     def render_change_form(
@@ -168,6 +209,80 @@ class AuditedAdminMixin:
             if obj is not None:
                 self.audit(request, "history", obj=obj, detail={"object_id": obj.pk})
         return response
+
+
+# --- The access policy -----------------------------------------------------------
+
+
+class VisibleRowsMixin:
+    """Only the rows whose study (or patient) the user may see (:mod:`archive.access`).
+
+    ``study_path`` says how the model reaches ``Study`` (``""``, ``"study__"``,
+    ``"series__study__"``...); models that need more override :meth:`visible_q`.
+    Everything the admin derives from :meth:`get_queryset` follows: the list, its
+    count, date drill-down, search and actions, the change, history, delete and
+    header pages (a hidden row answers as a missing one), autocomplete.
+    """
+
+    model: Any
+    study_path: str | None = None
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        if self.study_path is None:
+            raise NotImplementedError(f"{type(self).__name__} says neither study_path nor visible_q")
+        return access.visible_q(principal, self.study_path)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        qs = super().get_queryset(request)  # type: ignore[misc]
+        return qs.filter(self.visible_q(access.principal_for_request(request)))
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        obj = super().get_object(request, object_id, from_field)  # type: ignore[misc]
+        if obj is None:
+            self._audit_not_visible(request, object_id, from_field)
+        return obj
+
+    def _audit_not_visible(self, request: HttpRequest, object_id: str, from_field: str | None) -> None:
+        """Record an attempt at a row that exists but is not visible (the page says "not there")."""
+        audit = getattr(self, "audit", None)
+        if audit is None:
+            return
+        field = self.model._meta.pk if from_field is None else self.model._meta.get_field(from_field)
+        try:
+            row = self.model._default_manager.filter(**{field.attname: field.to_python(object_id)}).first()
+        except (ValidationError, ValueError, TypeError):
+            return
+        if row is None:
+            return
+        subject = self.audit_subject(row)  # type: ignore[attr-defined]
+        study = subject.get("study")
+        principal = access.principal_for_request(request)
+        verdict = access.study_verdict(principal, study) if study is not None else None
+        # The study may be visible while the row is not (an audit event that tells a hiding).
+        reason = verdict.value if verdict not in (None, access.Verdict.VISIBLE) else "not_visible"
+        audit(
+            request,
+            "view" if request.method in {"GET", "HEAD"} else "change",
+            obj=row,
+            outcome=AuditEvent.Outcome.DENIED,
+            detail={"object_id": str(object_id)[:64], "path": request.path[:300], "reason": reason},
+        )
+
+
+class DependentsUnlistedMixin:
+    """The delete page of a row others depend on (a patient, a facility, an authority, a
+    user) does not list what stops its deletion: Django would name every study,
+    concealment or emergency access that refers to it (or their kinds), hidden or out
+    of scope ones included. The delete is refused all the same; the page says only
+    that linked data exist."""
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, Any]:
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)  # type: ignore[misc]
+        if protected or perms_needed:
+            # Refused either way; neither the rows nor their kinds are named.
+            linked = gettext("dati collegati (esami, prenotazioni, registrazioni)")
+            return [], {}, {linked} if perms_needed else set(), [linked] if protected else []
+        return to_delete, model_count, perms_needed, protected
 
 
 # --- Read-only rows ---------------------------------------------------------
@@ -224,12 +339,16 @@ def _change_link(obj: Model | None, label: str | None = None) -> str:
 # --- List filters -----------------------------------------------------------
 
 
+def _visible_series(request: HttpRequest) -> QuerySet[Series]:
+    return Series.objects.filter(access.visible_q(access.principal_for_request(request), "study__"))
+
+
 class StudyModalityFilter(admin.SimpleListFilter):
     title = _("modalità")
     parameter_name = "modality"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(m, m) for m in _distinct_values("series.modality", Series.objects.all(), "modality")]
+        return [(m, m) for m in _distinct_values(request, "series.modality", _visible_series(request), "modality")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Study]) -> QuerySet[Study]:
         m = self.value()
@@ -250,7 +369,7 @@ class InstanceModalityFilter(admin.SimpleListFilter):
     parameter_name = "modality"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(m, m) for m in _distinct_values("series.modality", Series.objects.all(), "modality")]
+        return [(m, m) for m in _distinct_values(request, "series.modality", _visible_series(request), "modality")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         m = self.value()
@@ -268,7 +387,8 @@ class SopClassFilter(admin.SimpleListFilter):
     parameter_name = "sop_class"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        uids = _distinct_values("instance.sop_class_uid", Instance.objects.all(), "sop_class_uid")
+        visible = Instance.objects.filter(access.visible_q(access.principal_for_request(request), "series__study__"))
+        uids = _distinct_values(request, "instance.sop_class_uid", visible, "sop_class_uid")
         return sorted(((u, _uid_label(u)) for u in uids), key=lambda pair: pair[1])
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Instance]) -> QuerySet[Instance]:
@@ -310,7 +430,9 @@ class AuditActionFilter(admin.SimpleListFilter):
     parameter_name = "action"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(a, a) for a in _distinct_values("auditevent.action", AuditEvent.objects.all(), "action")]
+        return [
+            (a, a) for a in _distinct_values(request, "auditevent.action", model_admin.get_queryset(request), "action")
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
         value = self.value()
@@ -321,7 +443,7 @@ class AuditActionFilter(admin.SimpleListFilter):
 
 
 @admin.register(HealthAuthority)
-class HealthAuthorityAdmin(admin.ModelAdmin):
+class HealthAuthorityAdmin(DependentsUnlistedMixin, admin.ModelAdmin):
     list_display = ("code", "name")
     search_fields = ("code", "name")
 
@@ -343,7 +465,7 @@ class RemoteNodeInline(admin.TabularInline):
 
 
 @admin.register(Facility)
-class FacilityAdmin(admin.ModelAdmin):
+class FacilityAdmin(DependentsUnlistedMixin, admin.ModelAdmin):
     list_display = ("code", "name", "authority", "ae_title", "dicom_port")
     list_filter = ("authority",)
     search_fields = ("code", "name", "ae_title")
@@ -372,12 +494,25 @@ class RemoteNodeAdmin(admin.ModelAdmin):
 # --- Patients ---------------------------------------------------------------
 
 
+def identifiers_visible(principal: access.Principal, qs: QuerySet[PatientIdentifier]) -> QuerySet[PatientIdentifier]:
+    """The PatientIDs a user may read: at facilities of their scope, and not where the
+    patient's only studies are ones they may not see (the PatientID would say where
+    the patient was examined)."""
+    here = Study.objects.filter(patient_id=OuterRef("patient_id"), facility_id=OuterRef("facility_id"))
+    return qs.filter(access.facility_visible_q(principal, "facility__")).filter(
+        Q(Exists(here.filter(access.visible_q(principal)))) | ~Q(Exists(here))
+    )
+
+
 class PatientIdentifierInline(ReadOnlyInline):
     # Written by ingestion: a changed mapping would silently re-attribute
     # the studies that arrive later under that PatientID.
     model = PatientIdentifier
     fields = readonly_fields = ("facility", "dicom_patient_id", "issuer")
     show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PatientIdentifier]:
+        return identifiers_visible(access.principal_for_request(request), super().get_queryset(request))
 
 
 class PatientForm(forms.ModelForm):
@@ -404,8 +539,12 @@ def parse_search_date(term: str) -> dt.date | None:
 
 
 @admin.register(Patient)
-class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class PatientAdmin(AuditedAdminMixin, VisibleRowsMixin, DependentsUnlistedMixin, admin.ModelAdmin):
+    """The region's patients: a user restricted to a health authority sees those with a
+    study there they may see; counts and identifiers are of what the user may see."""
+
     form = PatientForm
+    patient_path = "pk"
     list_display = ("family_name", "given_name", "codice_fiscale", "birth_date", "sex", "provisional", "studies_link")
     list_display_links = ("family_name", "given_name")
     list_filter = ("provisional", "sex")
@@ -420,12 +559,29 @@ class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
         (_("Riconciliazione"), {"fields": ("provisional", "created_at", "studies_link")}),
     )
 
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.patient_visible_q(principal)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Patient]:
-        return super().get_queryset(request).annotate(study_count=Count("studies"))
+        # Counted among the studies the user may see: a hidden study is not "one more".
+        visible = (
+            access.studies_visible(access.principal_for_request(request))
+            .filter(patient_id=OuterRef("pk"))
+            .order_by()
+            .values("patient_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(study_count=Coalesce(Subquery(visible, output_field=IntegerField()), 0))
+        )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Patient], search_term: str
     ) -> tuple[QuerySet[Patient], bool]:
+        identifiers = identifiers_visible(access.principal_for_request(request), PatientIdentifier.objects.all())
         terms = []
         for bit in smart_split(search_term):
             if bit[:1] in {'"', "'"} and bit[-1:] == bit[0]:
@@ -440,7 +596,7 @@ class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
                 Q(codice_fiscale__istartswith=normalize_codice_fiscale(term))
                 | Q(family_name__icontains=term)
                 | Q(given_name__icontains=term)
-                | Q(identifiers__dicom_patient_id=term)
+                | Q(pk__in=identifiers.filter(dicom_patient_id=term).values("patient_id"))
             )
             day = parse_search_date(term)
             if day is not None:
@@ -453,9 +609,10 @@ class PatientAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("studi"), ordering="study_count")
     def studies_link(self, obj: Patient) -> str:
+        # Annotated by get_queryset: the studies this user may see, never all of them.
         count = getattr(obj, "study_count", None)
         if count is None:
-            count = obj.studies.count()
+            return "-"
         if not count:
             return "0"
         return _changelist_link(Study, str(count), patient__id__exact=obj.pk)
@@ -503,7 +660,9 @@ class SeriesInline(ReadOnlyInline):
 
 
 @admin.register(Study)
-class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
+class StudyAdmin(AuditedAdminMixin, VisibleRowsMixin, IngestedRowAdmin):
+    study_path = ""
+    patient_path = "patient_id"
     list_display = (
         "study_date",
         "patient_display",
@@ -597,7 +756,9 @@ class StudyAdmin(AuditedAdminMixin, IngestedRowAdmin):
 
 
 @admin.register(Series)
-class SeriesAdmin(AuditedAdminMixin, IngestedRowAdmin):
+class SeriesAdmin(AuditedAdminMixin, VisibleRowsMixin, IngestedRowAdmin):
+    study_path = "study__"
+    patient_path = "study__patient_id"
     list_display = (
         "series_instance_uid",
         "study_link",
@@ -768,7 +929,9 @@ class DicomHeaderViewMixin(AuditedAdminMixin):
 
 
 @admin.register(Instance)
-class InstanceAdmin(DicomHeaderViewMixin, IngestedRowAdmin):
+class InstanceAdmin(DicomHeaderViewMixin, VisibleRowsMixin, IngestedRowAdmin):
+    study_path = "series__study__"
+    patient_path = "series__study__patient_id"
     list_display = (
         "sop_instance_uid",
         "instance_number",
@@ -870,7 +1033,8 @@ class InstanceAdmin(DicomHeaderViewMixin, IngestedRowAdmin):
 
 
 @admin.register(Copy)
-class CopyAdmin(IngestedRowAdmin):
+class CopyAdmin(VisibleRowsMixin, IngestedRowAdmin):
+    study_path = "instance__series__study__"
     list_display = ("instance", "tier", "path", "size", "created_at", "verified_at")
     list_filter = ("tier", "verified_at")
     search_fields = ("=instance__sop_instance_uid", "path")
@@ -909,8 +1073,9 @@ class ResolveForm(forms.Form):
 
 
 @admin.register(InstanceConflict)
-class InstanceConflictAdmin(DicomHeaderViewMixin, admin.ModelAdmin):
+class InstanceConflictAdmin(DicomHeaderViewMixin, VisibleRowsMixin, admin.ModelAdmin):
     form = ConflictForm
+    patient_path = "study__patient_id"
     list_display = (
         "received_at",
         "reason",
@@ -948,6 +1113,15 @@ class InstanceConflictAdmin(DicomHeaderViewMixin, admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [*self.header_urls(), *super().get_urls()]
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        # The study it was received for (or, not indexed, the receiving facility and
+        # the UID it names), and the archived instance it clashes with, which may be
+        # another study's.
+        study = (Q(study__isnull=False) & access.visible_q(principal, "study__")) | (
+            Q(study__isnull=True) & access.facility_visible_q(principal) & access.uid_visible_q(principal)
+        )
+        return study & access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[InstanceConflict]:
         return super().get_queryset(request).select_related("study__patient", "facility", "resolved_by")
@@ -1061,8 +1235,18 @@ class InstanceConflictAdmin(DicomHeaderViewMixin, admin.ModelAdmin):
 # --- Audit log --------------------------------------------------------------------
 
 
+# Events that say a study is or was hidden: not shown to anyone here (the
+# citizen reads them in the portal; the chain keeps them for verification).
+CONCEALMENT_ACTIONS = ("portal.conceal", "portal.reveal")
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(IngestedRowAdmin):
+class AuditEventAdmin(AuditedAdminMixin, VisibleRowsMixin, IngestedRowAdmin):
+    """The audit log, as far as the user may see: events about a study or a patient the
+    user may not see are absent, and so is every event that would tell that a study
+    is or was hidden (a concealment, a refusal because of one)."""
+
+    patient_path = "patient_id"
     list_display = ("at", "who", "action", "outcome", "patient", "study_instance_uid", "source")
     list_filter = (AuditActionFilter, "outcome", "at")
     search_fields = ("^username", "^ae_title", "=study_instance_uid")
@@ -1089,6 +1273,24 @@ class AuditEventAdmin(IngestedRowAdmin):
         "hash",
     )
 
+    def visible_q(self, principal: access.Principal) -> Q:
+        q = access.any_q(Q(study__isnull=True), access.visible_q(principal, "study__")) & access.uid_visible_q(
+            principal
+        )
+        q &= access.any_q(Q(patient__isnull=True), access.patient_visible_q(principal, "patient__"))
+        # has_key first: a missing key is NULL, and NOT NULL would drop the row.
+        return q & ~(
+            Q(action__in=CONCEALMENT_ACTIONS)
+            | (Q(detail__has_key="reason") & Q(detail__reason=access.Verdict.CONCEALED.value))
+            | (Q(detail__has_key="concealed") & Q(detail__concealed=True))
+        )
+
+    def audit_subject(self, obj: AuditEvent) -> dict[str, Any]:
+        # The ids are not constrained (an event outlives its rows): look them up.
+        study = Study.objects.filter(pk=obj.study_id).first() if obj.study_id else None
+        patient = Patient.objects.filter(pk=obj.patient_id).first() if obj.patient_id else None
+        return {"study": study, "patient": patient or (study.patient if study is not None else None)}
+
     @admin.display(description=_("chi"))
     def who(self, obj: AuditEvent) -> str:
         return obj.username or obj.ae_title or obj.system or "-"
@@ -1102,7 +1304,7 @@ class AuditEventAdmin(IngestedRowAdmin):
 
 
 @admin.register(Report)
-class ReportAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class ReportAdmin(AuditedAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
     """Reports are read here, never written: a radiologist writes and signs on the
     report pages, and a signed version never changes or goes (the model and the
     database refuse it too). The only change allowed is removing an abandoned
@@ -1139,12 +1341,11 @@ class ReportAdmin(AuditedAdminMixin, admin.ModelAdmin):
         (_("Date"), {"fields": ("created_at", "updated_at")}),
     )
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Report]:
-        from .reports import studies_accessible
+    study_path = "study__"
+    patient_path = "study__patient_id"
 
-        qs = super().get_queryset(request).select_related("study", "study__patient", "author", "previous")
-        # A radiologist of one health authority sees that authority's reports here too.
-        return qs.filter(study__in=studies_accessible(user=request.user))
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Report]:
+        return super().get_queryset(request).select_related("study", "study__patient", "author", "previous")
 
     def audit_subject(self, obj: Report) -> dict[str, Any]:
         return {"study": obj.study, "patient": obj.study.patient}
@@ -1248,10 +1449,11 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     # The user page gets the profile inline: a radiologist is set up in one place.
     _UserAdminBase = type(_user_admin)
 
-    class UserAdmin(_UserAdminBase):  # type: ignore[valid-type,misc]
+    class UserAdmin(DependentsUnlistedMixin, _UserAdminBase):  # type: ignore[valid-type,misc]
         inlines = (*_UserAdminBase.inlines, StaffProfileInline)
 
     admin.site.unregister(_user_model)
     admin.site.register(_user_model, UserAdmin)
 
-from . import admin_storage  # noqa: E402,F401  (the storage pages register themselves)
+from . import admin_storage  # noqa: E402,F401,I001  (the storage pages register themselves)
+from . import admin_tokens  # noqa: E402,F401,I001  (API tokens: list and revoke only)

@@ -9,15 +9,15 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import lifecycle
-from .admin import ReadOnlyAdmin
+from . import access, lifecycle
+from .admin import ReadOnlyAdmin, VisibleRowsMixin
 from .models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 
 
@@ -60,8 +60,11 @@ class FixityRunAdmin(ReadOnlyAdmin):
 
 
 @admin.register(CopyFailure)
-class CopyFailureAdmin(ReadOnlyAdmin):
-    """Copies the lifecycle could not make: why, how many times, and when it tries again."""
+class CopyFailureAdmin(VisibleRowsMixin, ReadOnlyAdmin):
+    """Copies the lifecycle could not make: why, how many times, and when it tries again
+    (shown to who may see the instance's study, as the storage alerts)."""
+
+    study_path = "instance__series__study__"
 
     list_display = ("instance", "step", "tier", "damaged", "attempts", "last_failed_at", "next_try_at", "last_error")
     list_filter = ("step", "damaged", "tier")
@@ -70,7 +73,9 @@ class CopyFailureAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StorageAlert)
-class StorageAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
+class StorageAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
+    """An alert naming an instance is shown only to who may see its study (archive.access)."""
+
     list_display = (
         "created_at",
         "last_seen_at",
@@ -97,6 +102,9 @@ class StorageAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
         "acknowledged_at",
         "acknowledged_by",
     )
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
 
 
 @staff_member_required

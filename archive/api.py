@@ -2,32 +2,40 @@
 
 Described by drf-spectacular at ``/api/schema/`` (Swagger UI at
 ``/api/schema/swagger/``, Redoc at ``/api/schema/redoc/``). Reading patient
-data (the studies, the reports) is audited like every other access.
+data (the studies, the reports) is audited like every other access; a list
+names the patients it returned.
+
+Studies and reports go through the access policy (``archive.access``): a study
+the patient hid (*oscuramento*), or one of another health authority, is absent
+from lists and answers 404 with the body of a study or report that does not
+exist, never 403.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.contrib.auth import authenticate
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.urls import get_script_prefix
 from django.utils.translation import gettext
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from knox.models import AuthToken
 from rest_framework import generics, serializers, status
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import reports
+from . import access, reports
+from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
-from .web import HasModelPerms
+from .web import HasModelPerms, content_disposition
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -120,13 +128,23 @@ class FacilityDetailView(generics.RetrieveAPIView):
     lookup_field = "code"
 
 
-def _audit(request: Request, action: str, *, study: Study | None = None, detail: dict[str, Any]) -> None:
+def _audit(
+    request: Request,
+    action: str,
+    *,
+    study: Study | None = None,
+    detail: dict[str, Any],
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    patients: list[int] | None = None,
+) -> None:
     audit_record(
         action=action,
+        outcome=outcome,
         user=request.user,
         study=study,
         source=str(request.META.get("REMOTE_ADDR", "")),
         detail={"path": request.path[:500], **detail},
+        patients=patients,
     )
 
 
@@ -145,7 +163,8 @@ class StudyListView(generics.ListAPIView):
     pagination_class = StudyPagination
 
     def get_queryset(self) -> QuerySet[Study]:
-        qs = Study.objects.select_related("facility").order_by("-study_date", "-id")
+        principal = access.principal_for_request(self.request)
+        qs = access.studies_visible(principal, Study.objects.select_related("facility")).order_by("-study_date", "-id")
         params = self.request.query_params
         if params.get("facility"):
             qs = qs.filter(facility__code=params["facility"])
@@ -156,28 +175,115 @@ class StudyListView(generics.ListAPIView):
         return qs
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().list(request, *args, **kwargs)
-        results = response.data.get("results", []) if isinstance(response.data, dict) else response.data
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        rows = list(page if page is not None else queryset)
+        data = self.get_serializer(rows, many=True).data
+        response = self.get_paginated_response(data) if page is not None else Response(data)
         filters = {k: v for k, v in request.query_params.items() if k in ("facility", "patient_id", "accession_number")}
-        _audit(request, "api.studies", detail={"filters": filters, "returned": len(results)})
+        _audit(
+            request,
+            "api.studies",
+            detail={"filters": filters, "returned": len(rows)},
+            patients=[s.patient_id for s in rows],
+        )
         return response
 
 
 class StudyDetailView(generics.RetrieveAPIView):
+    """One study; 404 for one that is not archived or that the user may not see (the same answer)."""
+
     serializer_class = StudySerializer
     permission_classes = [CanViewStudies]
     lookup_field = "study_instance_uid"
     queryset = Study.objects.select_related("facility", "patient")
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        study = self.get_object()
+        study = self.get_queryset().filter(study_instance_uid=kwargs["study_instance_uid"]).first()
+        if study is None:
+            raise access.StudyNotVisible()
+        verdict = access.study_verdict(access.principal_for_request(request), study)
+        if verdict is not access.Verdict.VISIBLE:
+            # Audited with the reason; answered exactly as a study that is not there.
+            _audit(
+                request, "api.study", study=study, outcome=AuditEvent.Outcome.DENIED, detail={"reason": verdict.value}
+            )
+            raise access.StudyNotVisible(verdict)
         _audit(request, "api.study", study=study, detail={})
         return Response(self.get_serializer(study).data)
 
 
-class TokenView(ObtainAuthToken):
-    """Exchange a username and password for the API token (``Authorization: Token <key>``),
-    used by DICOMweb clients too."""
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(write_only=True)
+    password = serializers.CharField(write_only=True, trim_whitespace=False, style={"input_type": "password"})
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Through the authentication backends, django-axes first: wrong passwords count
+        # towards the lockout as on the login pages.
+        user = authenticate(request=self.context.get("request"), username=attrs["username"], password=attrs["password"])
+        if user is None:
+            raise serializers.ValidationError(gettext("Credenziali non valide."), code="authorization")
+        attrs["user"] = user
+        return attrs
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Da inviare come 'Authorization: Token <token>'.")
+    expiry = serializers.DateTimeField(help_text="Scadenza (PACS_API_TOKEN_HOURS dal rilascio).")
+
+
+class TokenProblem(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField(help_text="citizen, no_permission, inactive, locked_out")
+
+
+class TokenView(APIView):
+    """Exchange a username and password for an API token (``Authorization: Token <key>``),
+    used by DICOMweb clients and external CUP systems too; DELETE revokes the token sent.
+
+    Only staff and service accounts get one (403 for a citizen or an account without
+    permissions); it expires after ``PACS_API_TOKEN_HOURS``. Wrong passwords count
+    towards the login lockout (429 once locked out)."""
+
+    authentication_classes = [ApiTokenAuthentication]
+    serializer_class = TokenRequestSerializer
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [IsAuthenticated()] if self.request.method == "DELETE" else [AllowAny()]
+
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenSerializer,
+            400: OpenApiResponse(description="Credenziali mancanti o errate."),
+            403: OpenApiResponse(TokenProblem, description="Cittadino o account senza permessi: nessun token."),
+            429: OpenApiResponse(TokenProblem, description="Troppi tentativi errati: accesso bloccato."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRequestSerializer(data=request.data, context={"request": request})
+        if not serializer.is_valid():
+            if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
+                return Response(
+                    {"detail": gettext("Troppi tentativi errati: accesso bloccato per ora."), "code": "locked_out"},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                )
+            return Response(serializer.errors, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            issued = api_token_issue(user=serializer.validated_data["user"])
+        except TokenRefused as exc:
+            return Response({"detail": exc.message, "code": exc.code}, status=status.HTTP_403_FORBIDDEN)
+        return Response({"token": issued.key, "expiry": issued.expiry})
+
+    @extend_schema(
+        description="Revoke the token this request is authenticated with (its client logs out).",
+        request=None,
+        responses={204: None},
+    )
+    def delete(self, request: Request) -> Response:
+        if isinstance(request.auth, AuthToken):
+            api_token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 # --- Reports ----------------------------------------------------------------------
@@ -206,8 +312,8 @@ def _report_errors(*codes: int) -> dict[int, OpenApiResponse]:
     text = {
         400: "Richiesta non valida.",
         401: "Credenziali mancanti o non valide.",
-        403: "Permesso mancante, studio di un'altra azienda sanitaria o (per scartarla) bozza di un altro radiologo.",
-        404: "Referto o studio inesistente.",
+        403: "Permesso mancante o (per scartarla) bozza di un altro radiologo.",
+        404: "Referto o studio inesistente, oppure che l'utente non può vedere (la stessa risposta).",
         409: "Il referto è firmato, oppure la bozza è stata salvata da altri dopo la revisione indicata.",
     }
     return {code: OpenApiResponse(ReportProblem, description=text[code]) for code in codes}
@@ -223,7 +329,7 @@ class ReportApiError(Exception):
 
 class ReportApiView(APIView):
     # Token first: an anonymous request gets 401 with WWW-Authenticate.
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {"GET": ("archive.view_report",)}
     audit_action = "report.view"
@@ -256,7 +362,8 @@ class ReportApiView(APIView):
         super().permission_denied(request, message=message, code=code)
 
     def report_get(self, pk: int) -> Report:
-        """The report ``pk``, if the user may open its study (PermissionDenied otherwise, audited)."""
+        """The report ``pk``, if the user may open its study; otherwise the 404 of a report
+        that does not exist (the refusal is audited with its reason, never said)."""
         report = (
             Report.objects.select_related("study__facility", "study__patient", "author", "updated_by", "previous")
             .filter(pk=pk)
@@ -264,7 +371,10 @@ class ReportApiView(APIView):
         )
         if report is None:
             raise ReportApiError(404, gettext("Referto inesistente."), "not_found")
-        reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
+        try:
+            reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
+        except access.StudyNotVisible:
+            raise ReportApiError(404, gettext("Referto inesistente."), "not_found") from None
         return report
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -411,7 +521,10 @@ class ReportListView(ReportApiView):
         study = Study.objects.select_related("facility", "patient").filter(study_instance_uid=uid).first()
         if study is None:
             raise ReportApiError(404, gettext("Studio inesistente."), "not_found")
-        reports.study_access_check(user=request.user, study=study, source=self.source())
+        try:
+            reports.study_access_check(user=request.user, study=study, source=self.source())
+        except access.StudyNotVisible:
+            raise ReportApiError(404, gettext("Studio inesistente."), "not_found") from None
         rows = list(
             Report.objects.filter(study=study)
             .select_related("study", "author", "updated_by", "previous")
@@ -540,7 +653,7 @@ class ReportFileView(ReportApiView):
         media_type, extension = _FILES[self.which]
         name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
         response = HttpResponse(data, content_type=media_type)
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Content-Disposition"] = content_disposition(name)
         response["Content-Length"] = str(len(data))
         return response
 

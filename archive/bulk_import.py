@@ -8,6 +8,12 @@ of each; ``manage.py import_dicom`` parses arguments and prints.
 Memory stays flat whatever the size of a folder or archive: folders are
 walked lazily, zip members are streamed into temporary files in the incoming
 folder, and files are never read whole (ingestion maps them).
+
+The import stays inside what it was given: in a folder (or on a DICOMDIR's
+media) a symbolic link whose target lies outside is skipped and reported,
+linked folders are not walked, and a zip member whose name is absolute or
+climbs out with ``..`` is rejected (members are never written under their
+names, but such a name is an attack on whatever unpacks the archive).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import getpass
 import io
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -129,6 +136,9 @@ class _Run:
     calling_ae: str
     report: ImportReport
     progress: Callable[[FileOutcome], None] | None
+    # The folder the import must stay inside (resolved): the folder given, or the
+    # media of a DICOMDIR given by name; None for a file named by the operator.
+    root: Path | None = None
 
     def record(self, item: FileOutcome) -> None:
         report = self.report
@@ -210,8 +220,11 @@ def candidate_count(*, paths: Sequence[Path]) -> int:
     total = 0
     for path in paths:
         if path.is_dir():
+            root = path.resolve()
             for dirpath, _dirnames, filenames in os.walk(path):
                 for name in filenames:
+                    if _outside(Path(dirpath) / name, root):
+                        continue
                     total += _file_estimate(Path(dirpath) / name, top=False)
         else:
             total += _file_estimate(path, top=True)
@@ -262,8 +275,10 @@ def dicom_import(
     try:
         for path in checked:
             if path.is_dir():
+                run.root = path.resolve()
                 _import_folder(run, path)
             else:
+                run.root = None
                 _import_local(run, source=str(path), path=path, owned=False, top=True)
     except _Stop as exc:
         report.stopped = f"the import stopped early: {exc}"
@@ -274,18 +289,33 @@ def dicom_import(
     return report
 
 
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path``, its symbolic links followed, lies outside the folder ``root`` (resolved)."""
+    try:
+        return not path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a loop of links
+        return True
+
+
 def _import_folder(run: _Run, root: Path) -> None:
     # Folders of DICOMDIR media found so far on the way down, with the files
     # their DICOMDIR referenced (already imported when the walk reaches them).
     media: list[tuple[Path, set[Path]]] = []
+    real_root = root.resolve()
 
     def unreadable(exc: OSError) -> None:
         run.reject(str(exc.filename or root), f"cannot read the folder: {exc.strerror or exc}")
 
+    # os.walk does not descend into linked folders (followlinks=False); they are
+    # said, not silently passed over.
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         filenames.sort()
         here = Path(dirpath)
+        for name in dirnames:
+            if (here / name).is_symlink():
+                where = "outside the folder given" if _outside(here / name, real_root) else "inside the folder given"
+                run.skip(str(here / name), f"a symbolic link to a folder {where}: not followed")
         media = [(top, claimed) for top, claimed in media if top == here or top in here.parents]
         for name in filenames:
             if name.upper() == "DICOMDIR":
@@ -320,6 +350,11 @@ def _import_local(
     named, not one found in a folder.
     """
     try:
+        if not owned and run.root is not None and _outside(path, run.root):
+            # A link (or a DICOMDIR reference through one) must not make the
+            # import read what the folder it was given does not hold.
+            run.skip(source, f"a symbolic link to a file outside {run.root}: not followed")
+            return
         if not owned:
             try:
                 st = path.stat()
@@ -342,6 +377,7 @@ def _import_local(
         if head[128:132] == b"DICM":
             if _is_dicomdir(path):
                 if top:
+                    run.root = path.parent.resolve()
                     _import_media(run, path)
                 else:
                     run.skip(source, "a media directory (DICOMDIR), not an instance")
@@ -511,6 +547,11 @@ def _import_zip(run: _Run, path: Path) -> None:
             if name.upper() == "DICOMDIR":
                 run.skip(source, "the media's directory (DICOMDIR): its files are imported as members, not itself")
                 continue
+            if _zip_name_escapes(info.filename):
+                # Members are never written under their names, but an archive
+                # that names one so was made to attack whatever unpacks it.
+                run.reject(source, "the zip member's name is an absolute path or climbs out of the archive (..)")
+                continue
             if info.flag_bits & 0x1:
                 run.reject(source, "the zip member is encrypted")
                 continue
@@ -531,6 +572,14 @@ def _import_zip(run: _Run, path: Path) -> None:
                 run.reject(source, f"cannot extract from the zip: {exc}")
                 continue
             _import_local(run, source=source, path=tmp, owned=True, on_media=on_media, in_zip=True)
+
+
+def _zip_name_escapes(name: str) -> bool:
+    """An absolute name (``/x``, ``\\x``, ``C:x``) or one with a ``..`` component, with
+    either slash (archives made on Windows use backslashes)."""
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return True
+    return ".." in re.split(r"[/\\]", name)
 
 
 # --- raw data sets (no Part 10 header) ---------------------------------------

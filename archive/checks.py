@@ -9,10 +9,12 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
+
 
 def _writable_dir(path: Path) -> bool:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return False
     return os.access(path, os.W_OK)
@@ -47,6 +49,44 @@ def check_storage(app_configs: Any, **kwargs: Any) -> list[Any]:
     return errors
 
 
+def _private_folders() -> list[tuple[str, Path]]:
+    folders = [
+        ("PACS_VAR_DIR", Path(settings.VAR_DIR)),
+        ("PACS_FACILITY_TIER_DIR", Path(settings.PACS_FACILITY_TIER_DIR)),
+        ("PACS_INCOMING_DIR", Path(settings.PACS_INCOMING_DIR)),
+        ("PACS_SIGNING_DIR", Path(settings.PACS_SIGNING_DIR)),
+        ("PACS_PORTAL_PACKAGE_DIR", Path(settings.PACS_PORTAL_PACKAGE_DIR)),
+        ("PACS_PRESERVATION_EXPORT_DIR", Path(settings.PACS_PRESERVATION_EXPORT_DIR)),
+    ]
+    for alias in ("longterm", "preservation"):
+        config = settings.STORAGES.get(alias) or {}
+        location = config.get("OPTIONS", {}).get("location")
+        if config.get("BACKEND", "").endswith("FileSystemStorage") and location:
+            folders.append((f"the {alias} tier", Path(location)))
+    return folders
+
+
+@register()
+def check_private_folders(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """Folders of patient data that others can enter: made by an older version, or by hand.
+    What the archive creates itself is 0700 (archive.storage, the umask in settings)."""
+    warnings = []
+    for name, path in _private_folders():
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # not there yet: created 0700 when first needed
+        if mode & settings.PACS_UMASK:
+            warnings.append(
+                Warning(
+                    f"{name}={path} has mode {mode:04o}: other accounts can enter it.",
+                    hint=f"chmod -R go-rwx {path}",
+                    id="archive.W010",
+                )
+            )
+    return warnings
+
+
 @register()
 def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
     errors = []
@@ -69,3 +109,57 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+@register()
+def check_audit_key(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """The audit key: readable, long enough, private; named explicitly outside the embedded demo."""
+    errors: list[Any] = []
+    path = key_path()
+    embedded = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    if not settings.PACS_AUDIT_KEY_FILE and not settings.DEBUG and not embedded:
+        # A warning, not an error: benchmarks and test runs use PostgreSQL too.
+        # Production runs `check --deploy`, where it is an error (archive.E020).
+        errors.append(
+            Warning(
+                "PACS_AUDIT_KEY_FILE is not set: the audit key is generated next to the embedded data "
+                "(PACS_VAR_DIR), which is for the demo and the tests only.",
+                id="archive.W021",
+            )
+        )
+    if not path.exists() and key_may_be_generated(path):
+        return errors  # the embedded key: made on first use
+    try:
+        key_read(path)
+    except AuditKeyError as exc:
+        errors.append(Error(f"{exc}.", id="archive.E021"))
+        return errors
+    if path.stat().st_mode & 0o077:
+        errors.append(
+            Warning(
+                f"the audit key file {path} is readable by others than its owner.",
+                hint="chmod 0400 (or 0600) the key file.",
+                id="archive.W020",
+            )
+        )
+    for name in settings.PACS_AUDIT_PREVIOUS_KEY_FILES:
+        try:
+            key_read(Path(name))
+        except AuditKeyError as exc:
+            errors.append(Error(f"PACS_AUDIT_PREVIOUS_KEY_FILES: {exc}.", id="archive.E021"))
+    return errors
+
+
+@register(deploy=True)
+def check_audit_key_deploy(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """In production the audit key is a file of its own, not the embedded one under PACS_VAR_DIR."""
+    if settings.PACS_AUDIT_KEY_FILE and not key_may_be_generated(key_path()):
+        return []
+    return [
+        Error(
+            "PACS_AUDIT_KEY_FILE must name a file outside PACS_VAR_DIR: the audit log's key must not lie "
+            "with the data it protects (a mounted secret the database's administrators cannot read).",
+            hint=f"openssl rand -hex 32 > /run/secrets/pacs-audit-key (at least {MIN_KEY_BYTES} bytes, mode 0400).",
+            id="archive.E020",
+        )
+    ]

@@ -96,6 +96,9 @@ ROLES = {
         "archive.add_report",
         "archive.change_report",
         "archive.sign_report",
+        # Break-glass to a patient's hidden (oscurati) studies: clinicians only, never
+        # archivists, the CUP or the preservation officer.
+        "portal.emergency_access",
     ],
     "Operatori CUP": [
         "archive.view_patient",
@@ -134,6 +137,10 @@ ACCOUNTS = [
     ("cup-regionale", "CUP", "regionale", "Sistemi CUP esterni", "sistema CUP esterno (API /api/cup/, token)"),
     ("conservatore", "Anna", "Zorzut", "Responsabili della conservazione", "responsabile della conservazione"),
 ]
+# Service accounts: used by another system through the API with a token, never by a
+# person. Not staff: their password, kept in that system's configuration, must not
+# open the admin site.
+SERVICE_ACCOUNTS = frozenset({"cup-regionale"})
 
 
 @dataclass(frozen=True)
@@ -231,8 +238,9 @@ def demo_accounts_load() -> dict[str, str]:
                 wanted.append(Permission.objects.get(content_type__app_label=app, codename=codename))
             group.permissions.set(wanted)
         for username, first, last, group_name, _role in ACCOUNTS:
+            staff = username not in SERVICE_ACCOUNTS
             user, created = User.objects.get_or_create(
-                username=username, defaults={"first_name": first, "last_name": last, "is_staff": True}
+                username=username, defaults={"first_name": first, "last_name": last, "is_staff": staff}
             )
             if group_name is None:
                 user.is_superuser = True
@@ -241,7 +249,7 @@ def demo_accounts_load() -> dict[str, str]:
             if created or username not in creds:
                 creds[username] = secrets.token_urlsafe(12)
                 user.set_password(creds[username])
-            user.is_staff = True
+            user.is_staff = staff
             user.save()
         authority_names = dict(AUTHORITIES)
         for username, code in STAFF_AUTHORITIES.items():

@@ -48,9 +48,10 @@ class HeaderRow:
     kind: str = "element"  # "element", "sequence", "item", "skipped" (not loaded) or "error"
 
     @property
-    def indent(self) -> str:
-        # A string: templates would localise a float ("1,8em" in Italian).
-        return f"{0.3 + 1.5 * self.depth:.1f}em"
+    def indent_level(self) -> int:
+        """The indentation class of the row (``dicom-depth-N`` in dicom-header.css): a class,
+        not a style attribute, which the Content-Security-Policy refuses."""
+        return min(self.depth, 15)
 
 
 @dataclass(frozen=True)

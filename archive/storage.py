@@ -19,6 +19,11 @@ SHA-256, so a name is never reused for other bytes) and the directory entry is
 fsynced. An object store is written whole by one PUT. A copy made by the
 lifecycle (:func:`copy_store`) is read back and its SHA-256 checked before
 the caller records it as verified.
+
+Files in a filesystem tier, in the incoming folder and in every folder this
+module creates are the service account's alone: files 0600 (``FILE_MODE``),
+folders 0700 (``DIR_MODE``), whatever the process umask (which
+``pacs.settings`` sets to 077 as well).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ TIER_KINDS = (FACILITY, LONGTERM, PRESERVATION)
 REGION = "region"
 _SCOPE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 _CHUNK = 1024 * 1024
+# Patient data: readable and writable by the service account only.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class StorageError(Exception):
@@ -188,7 +196,7 @@ def incoming_dir() -> Path:
     """
     path = Path(settings.PACS_INCOMING_DIR) / str(os.getpid())
     if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
+        _makedirs_durable(path)
     return path
 
 
@@ -252,7 +260,7 @@ def copy_to_incoming(src: BinaryIO) -> Path:
 def write_new_file(path: Path, data: bytes | bytearray) -> None:
     """Create ``path`` (which must not exist) holding ``data``, fsynced; nothing stays on failure."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except OSError as exc:
         raise _storage_error(exc, f"creating {path.name}") from exc
     try:
@@ -280,7 +288,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _makedirs_durable(path: Path) -> None:
-    """Create ``path`` and its missing parents, fsyncing each new entry's parent."""
+    """Create ``path`` and its missing parents (mode 0700), fsyncing each new entry's parent."""
     missing: list[Path] = []
     p = path
     while not p.exists():
@@ -288,7 +296,7 @@ def _makedirs_durable(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir()
+            d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue
         _fsync_dir(d.parent)
@@ -304,6 +312,9 @@ def place_file(tmp_path: Path, tier: str, relpath: str) -> bool:
     final = absolute_path(tier, relpath)
     try:
         _makedirs_durable(final.parent)
+        # Whoever created the temporary file (the DIMSE spool opens its own),
+        # the stored file is the service account's only.
+        os.chmod(tmp_path, FILE_MODE)
         try:
             os.link(tmp_path, final)
             created = True
@@ -534,6 +545,25 @@ def discard_remove(tier: str, relpath: str) -> bool:
     return True
 
 
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``path`` (created 0600, or truncated) with ``data``: for files a package or an
+    export is assembled from, which are not stored in a tier but hold patient data."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise _storage_error(exc, f"writing {path.name}") from exc
+
+
+def open_private_file(path: Path) -> BinaryIO:
+    """``open(path, "wb")`` with mode 0600 for a new file."""
+    try:
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb")
+    except OSError as exc:
+        raise _storage_error(exc, f"creating {path.name}") from exc
+
+
 def fsync_dir(path: Path) -> None:
     """Make a folder's new entries durable."""
     try:
@@ -543,7 +573,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def makedirs_durable(path: Path) -> None:
-    """Create a folder and its missing parents, each new entry made durable."""
+    """Create a folder and its missing parents (mode 0700), each new entry made durable."""
     try:
         _makedirs_durable(path)
     except OSError as exc:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from csp.constants import SELF, UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.urls import include, path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from . import api
 from .dicomweb import views
@@ -26,6 +28,11 @@ class FacilityCodeConverter:
 
 
 register_converter(FacilityCodeConverter, "facility")
+
+# Swagger UI and Redoc style their pages with inline styles (Redoc inserts <style>
+# elements as it renders) and Redoc searches in a worker made from a blob: URL:
+# allowed on these two pages only. Their scripts stay files from this server.
+_docs_csp = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": [SELF, "blob:"]})
 
 # UIDs are matched loosely ([^/]+) so that a malformed one gets a 400 from the view, not a 404.
 _INSTANCE = "studies/<str:study>/series/<str:series>/instances/<str:instance>"
@@ -62,8 +69,9 @@ dicomweb_urlpatterns = [
 
 api_urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("schema/swagger/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-swagger"),
-    path("schema/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    # The split view serves Swagger UI's start-up script as a file, not inline.
+    path("schema/swagger/", _docs_csp(SpectacularSwaggerSplitView.as_view(url_name="api-schema")), name="api-swagger"),
+    path("schema/redoc/", _docs_csp(SpectacularRedocView.as_view(url_name="api-schema")), name="api-redoc"),
     path("token/", api.TokenView.as_view(), name="api-token"),
     path("facilities/", api.FacilityListView.as_view(), name="api-facility-list"),
     path("facilities/<facility:code>/", api.FacilityDetailView.as_view(), name="api-facility-detail"),

@@ -3,13 +3,18 @@ studies, the report editor), signing, the signed versions and their files.
 
 The views only translate: form input into :mod:`archive.reports` calls,
 ``ReportError`` and ``ReportConflict`` into messages on the page, and every
-page that shows a patient's data or a report into an ``AuditEvent``. Whether
-the user may open a study is :func:`archive.reports.study_access_check`'s
-answer (a 403 when not). A study the patient concealed (*oscuramento*) is
-marked "Oscurato dal paziente" on the work list and among the priors, and
-its pages answer 403 with a page that explains why and leads to the
-emergency access (*accesso in emergenza*, the portal's staff page), unless
-the user holds a live one.
+page that shows a patient's data or a report into an ``AuditEvent``.
+
+What the user sees is the access policy's (:mod:`archive.access`): the work
+list, its facility and modality choices, the priors and the patient's studies
+are :func:`archive.access.studies_visible` for the request's principal, and
+opening a study is :func:`archive.reports.study_access_check`'s answer. A
+study the patient concealed (*oscuramento*) does not exist for a professional
+without a live emergency access (DPCM 178/2015, art. 8): no row, no label, no
+count, and its pages answer 404 like a study that is not in the archive. The
+emergency access (the portal's staff page) is asked for a patient; the study
+page and the patient's page offer it for their patient whether or not
+anything is hidden, so that the link says nothing.
 
 A study's draft is shown in the editor to every radiologist who may change
 reports, not only to its author (with a notice saying whose draft it is and
@@ -37,7 +42,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import rendering, reports, retrieve
+from . import access, rendering, reports, retrieve
 from .audit import audit_record
 from .forms_reporting import (
     STATUS_IN_PROGRESS,
@@ -47,12 +52,14 @@ from .forms_reporting import (
     SignForm,
     WorklistFilterForm,
 )
-from .models import AuditEvent, Facility, Instance, Report, Series, Study
-from .web import client_ip, perms_required
+from .models import AuditEvent, Facility, Instance, Patient, Report, Series, Study
+from .web import client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 
 VIEW_PERMS = ("archive.view_report", "archive.view_study")
+# The portal's permission to ask for an emergency access (clinicians only).
+EMERGENCY_PERMISSION = "portal.emergency_access"
 PAGE_SIZE = 50
 
 # The region-wide DICOMweb service root (pacs/urls.py mounts it at /dicomweb/):
@@ -99,12 +106,12 @@ def _modality_q(modality: str) -> Q:
     )
 
 
-def worklist_studies(*, user: Any, filters: dict[str, Any]) -> QuerySet[Study]:
-    """The studies without a signed report that ``user`` may open, filtered, urgent first then oldest."""
+def worklist_studies(*, principal: access.Principal, filters: dict[str, Any]) -> QuerySet[Study]:
+    """The studies without a signed report that ``principal`` may see, filtered, urgent first then oldest."""
     signed = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.SIGNED)
     drafts = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.DRAFT)
     qs = (
-        reports.studies_accessible(user=user)
+        access.studies_visible(principal)
         .exclude(Exists(signed))
         .select_related("patient", "facility")
         .annotate(
@@ -135,7 +142,8 @@ def worklist_studies(*, user: Any, filters: dict[str, Any]) -> QuerySet[Study]:
 
 @_perms()
 def worklist(request: HttpRequest) -> HttpResponse:
-    accessible = reports.studies_accessible(user=request.user)
+    principal = access.principal_for_request(request)
+    accessible = access.studies_visible(principal)
     facilities = Facility.objects.filter(pk__in=accessible.values("facility")).order_by("name")
     combinations = accessible.values_list("modalities_in_study", flat=True).distinct()
     modalities = sorted({m for value in combinations for m in value.split("\\") if m})
@@ -143,7 +151,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     filters: dict[str, Any] = {}
     if form.is_bound and form.is_valid():
         filters = form.cleaned_data
-    studies = worklist_studies(user=request.user, filters=filters) if not form.errors else Study.objects.none()
+    studies = worklist_studies(principal=principal, filters=filters) if not form.errors else Study.objects.none()
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
     for study in page.object_list:
         study.draft_author_name = (
@@ -310,17 +318,13 @@ def _render_study(
     if editable and form is None:
         assert draft is not None
         form = ReportForm.for_report(draft)
-    signed_reports = Prefetch(
-        "reports",
-        queryset=Report.objects.filter(status=Report.Status.SIGNED).order_by("-version"),
-        to_attr="signed_reports",
-    )
+    principal = access.principal_for_request(request)
     priors = list(
-        reports.studies_accessible(user=request.user)
+        access.studies_visible(principal)
         .filter(patient=study.patient)
         .exclude(pk=study.pk)
         .select_related("facility")
-        .prefetch_related(signed_reports)
+        .prefetch_related(_signed_reports())
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
     for prior in priors:
@@ -370,14 +374,78 @@ def _render_study(
         "signed": signed,
         "latest_signed": signed[0] if signed else None,
         "priors": priors,
+        **_emergency_context(request, study.patient, back=reverse("reporting:study", args=[study.pk])),
         **steps,
     }
     return render(request, "archive/reporting/study.html", context, status=status)
 
 
+def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> dict[str, Any]:
+    """The emergency access link for ``patient``, offered to every holder of the permission whether
+    or not the patient hid anything (its presence tells nothing), and whether the user holds a live one."""
+    if not request.user.has_perm(EMERGENCY_PERMISSION):
+        return {"emergency_url": "", "emergency_live": False}
+    # The portal's page, named by URL: the archive does not import the portal (DESIGN.md).
+    url = f"{reverse('portal:staff_emergency_access')}?{urlencode({'paziente': patient.pk, 'next': back})}"
+    return {
+        "emergency_url": url,
+        "emergency_live": patient.pk in access.principal_for_request(request).patient_ids,
+    }
+
+
 @_perms()
 def study(request: HttpRequest, pk: int) -> HttpResponse:
     return _render_study(request, _study_for(request, pk))
+
+
+def _signed_reports() -> Prefetch:
+    return Prefetch(
+        "reports",
+        queryset=Report.objects.filter(status=Report.Status.SIGNED).order_by("-version"),
+        to_attr="signed_reports",
+    )
+
+
+@_perms()
+def patient(request: HttpRequest, pk: int) -> HttpResponse:
+    """Every study of the patient the user may see, newest first (404 for a patient the user may not see).
+
+    Where an emergency access leads: it is the only page that lists a
+    patient's studies whatever their report's state.
+    """
+    principal = access.principal_for_request(request)
+    person = (
+        Patient.objects.filter(pk=pk)
+        .filter(Q(pk__in=access.patients_visible(principal).values("pk")) | Q(pk__in=sorted(principal.patient_ids)))
+        .first()
+    )
+    if person is None:
+        raise Http404(_("Il paziente richiesto non esiste o non è accessibile."))
+    studies = list(
+        access.studies_visible(principal)
+        .filter(patient=person)
+        .select_related("facility")
+        .prefetch_related(_signed_reports())
+        .order_by(F("study_date").desc(nulls_last=True), "-pk")
+    )
+    for item in studies:
+        item.open_url = reverse("reporting:study", args=[item.pk])
+    audit_record(
+        action="reporting.patient.view",
+        user=request.user,
+        patient=person,
+        source=_source(request),
+        detail={"studies": [item.study_instance_uid for item in studies]},
+    )
+    return render(
+        request,
+        "archive/reporting/patient.html",
+        {
+            "patient": person,
+            "studies": studies,
+            **_emergency_context(request, person, back=reverse("reporting:patient", args=[person.pk])),
+        },
+    )
 
 
 def _study_url(study: Study) -> str:
@@ -588,7 +656,7 @@ def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
     )
     name = f"referto-{report.study.accession_number or report.study.pk}-v{report.version}.{extension}"
     response = HttpResponse(data, content_type=media_type)
-    response["Content-Disposition"] = f'{disposition}; filename="{name}"'
+    response["Content-Disposition"] = content_disposition(name, as_attachment=disposition == "attachment")
     return response
 
 
@@ -618,6 +686,7 @@ app_name = "reporting"
 urlpatterns = [
     path("", worklist, name="worklist"),
     path("studi/<int:pk>/", study, name="study"),
+    path("pazienti/<int:pk>/", patient, name="patient"),
     path("studi/<int:pk>/inizia/", report_start, name="report_start"),
     path("referti/<int:pk>/", report_detail, name="report_detail"),
     path("referti/<int:pk>/salva/", report_save, name="report_save"),

@@ -1,19 +1,25 @@
 """The CUP's Django admin: the catalogue, the rooms, the numbering and the
 information texts are edited here; bookings, their history, the consent
 versions and the reconciliation queue are read here and changed only through
-the CUP pages and the API, whose services keep the rules and the audit log."""
+the CUP pages and the API, whose services keep the rules and the audit log.
+
+Bookings and reconciliations go through the access policy (``archive.access``):
+one whose study the user may not see (hidden by the patient, another health
+authority's) is not there."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from archive.admin import AuditedAdminMixin, IngestedRowAdmin, ReadOnlyInline
+from archive import access
+from archive.admin import AuditedAdminMixin, IngestedRowAdmin, ReadOnlyInline, VisibleRowsMixin
 
 from .models import (
     AccessionSequence,
@@ -92,7 +98,8 @@ class ChoiceInline(ReadOnlyInline):
 
 
 @admin.register(Booking)
-class BookingAdmin(AuditedAdminMixin, IngestedRowAdmin):
+class BookingAdmin(AuditedAdminMixin, VisibleRowsMixin, IngestedRowAdmin):
+    patient_path = "patient_id"
     list_display = ("accession_number", "scheduled_at", "patient", "procedure", "facility", "station", "status")
     list_filter = ("status", "facility", "channel", "procedure__modality")
     search_fields = ("=accession_number", "=patient__codice_fiscale", "patient__family_name", "=nre", "=external_id")
@@ -100,6 +107,12 @@ class BookingAdmin(AuditedAdminMixin, IngestedRowAdmin):
     list_select_related = ("patient", "procedure", "facility", "station")
     inlines = [ChoiceInline, StatusChangeInline]
     readonly_fields = ("cup_page",)
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        # Not yet performed: the booking's facility decides; performed: its study.
+        return (Q(study__isnull=True) & access.facility_visible_q(principal)) | (
+            Q(study__isnull=False) & access.visible_q(principal, "study__")
+        )
 
     def audit_subject(self, obj: Any) -> dict[str, Any]:
         return {"patient": obj.patient, "study": obj.study}
@@ -112,7 +125,9 @@ class BookingAdmin(AuditedAdminMixin, IngestedRowAdmin):
 
 
 @admin.register(Reconciliation)
-class ReconciliationAdmin(AuditedAdminMixin, IngestedRowAdmin):
+class ReconciliationAdmin(AuditedAdminMixin, VisibleRowsMixin, IngestedRowAdmin):
+    study_path = "study__"
+    patient_path = "study__patient_id"
     list_display = ("created_at", "study", "reason", "state", "booking", "resolved_by", "resolved_at")
     list_filter = ("state", "reason")
     list_select_related = ("study", "booking", "resolved_by")

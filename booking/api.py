@@ -24,13 +24,14 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
+from archive.api_tokens import ApiTokenAuthentication
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Patient
@@ -99,7 +100,7 @@ def _invalid(message: str, field: str) -> ApiError:
 class CupApiView(APIView):
     # Token first: an anonymous request is answered 401 with WWW-Authenticate,
     # as the CUP's client expects, rather than session authentication's 403.
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {}
 

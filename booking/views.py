@@ -5,6 +5,12 @@ the receipt.
 The views only translate: form input into service calls, ``BookingError`` into
 a message on the form field at fault, and every page that shows a patient's
 data into an ``AuditEvent``.
+
+These pages show the CUP's own records (the patient registry, bookings,
+distribution choices, their history), never a study's: no description,
+header, report or image of the archive, so nothing of a study the patient
+concealed or of another health authority. What the archive holds is the
+access policy's (:mod:`archive.access`), as on the reconciliation queue.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.audit import audit_record
 from archive.models import Facility, Patient
-from archive.web import client_ip, perms_required
+from archive.web import client_ip, content_disposition, perms_required
 
 from . import services
 from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
@@ -356,7 +362,7 @@ def booking_receipt(request: HttpRequest, accession: str) -> HttpResponse:
         detail={"accession_number": booking.accession_number},
     )
     response = HttpResponse(pdf, content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="ricevuta-{booking.accession_number}.pdf"'
+    response["Content-Disposition"] = content_disposition(f"ricevuta-{booking.accession_number}.pdf")
     return response
 
 

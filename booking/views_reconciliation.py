@@ -4,6 +4,11 @@ Staff compare the booking with the header of the study's first stored
 instance, side by side, and link the study (to the proposed booking or to
 another by accession number), re-assign it to a patient, or reject the item.
 The pages translate; ``booking.matching`` decides and records.
+
+The queue shows study data (the index and the DICOM header), so it is the
+access policy's (:mod:`archive.access`): only the items whose study the user
+may see are listed, and any other answers 404 as a missing item. A study the
+patient concealed, or of another health authority, is not there.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
-from archive import retrieve, storage
+from archive import access, retrieve, storage
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.dicom import parse_da
@@ -112,7 +117,11 @@ def _form(name: str, data: Any = None, **kwargs: Any) -> forms.Form:
 def reconciliation_list(request: HttpRequest) -> HttpResponse:
     form = StateFilterForm(request.GET or {"state": Reconciliation.State.PENDING})
     state = form.cleaned_data["state"] if form.is_valid() else Reconciliation.State.PENDING
-    items = Reconciliation.objects.select_related("study", "booking").order_by("-created_at", "-pk")
+    items = access.filter_visible(
+        Reconciliation.objects.select_related("study", "booking").order_by("-created_at", "-pk"),
+        access.principal_for_request(request),
+        "study__",
+    )
     if state:
         items = items.filter(state=state)
     page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -262,8 +271,9 @@ def compare_rows(booking: Booking | None, dicom: dict[str, str]) -> list[Compare
     ]
 
 
-def _item(pk: int) -> Reconciliation:
-    return get_object_or_404(
+def _item(request: HttpRequest, pk: int) -> Reconciliation:
+    """The queue's item ``pk`` if the user may see its study; else 404, as for no item (audited)."""
+    item = get_object_or_404(
         Reconciliation.objects.select_related(
             "study__patient",
             "study__facility",
@@ -275,6 +285,18 @@ def _item(pk: int) -> Reconciliation:
         ),
         pk=pk,
     )
+    verdict = access.study_verdict(access.principal_for_request(request), item.study)
+    if verdict is not access.Verdict.VISIBLE:
+        audit_record(
+            action="booking.reconciliation.denied",
+            outcome=AuditEvent.Outcome.DENIED,
+            user=request.user,  # type: ignore[arg-type]
+            study=item.study,
+            source=_source(request),
+            detail={"reconciliation": item.pk, "reason": verdict.value},
+        )
+        raise access.StudyNotVisible(verdict)
+    return item
 
 
 def _render_item(
@@ -331,7 +353,7 @@ def _render_item(
 @require_GET
 @staff_only
 def reconciliation_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    return _render_item(request, _item(pk))
+    return _render_item(request, _item(request, pk))
 
 
 def _done(request: HttpRequest, message: str) -> HttpResponse:
@@ -352,7 +374,7 @@ def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.
 @require_POST
 @staff_only
 def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
-    item = _item(pk)
+    item = _item(request, pk)
     # The two link forms post here: the other-booking one always sends its (maybe empty) field.
     name = "link" if "accession_number" in request.POST else "proposed"
     form = _form(name, request.POST)
@@ -393,7 +415,7 @@ def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @staff_only
 def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
-    item = _item(pk)
+    item = _item(request, pk)
     form = _form("reassign", request.POST)
     if not form.is_valid():
         return _refused(request, item, "reassign", form)
@@ -423,7 +445,7 @@ def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @staff_only
 def reconciliation_reject_view(request: HttpRequest, pk: int) -> HttpResponse:
-    item = _item(pk)
+    item = _item(request, pk)
     form = _form("reject", request.POST)
     if not form.is_valid():
         return _refused(request, item, "reject", form)

@@ -8,12 +8,15 @@ Production differs only by environment: ``DATABASE_URL`` (PostgreSQL),
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -69,8 +72,34 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_umask(name: str, default: str) -> int:
+    """An octal umask that at least keeps other users out (``007`` set)."""
+    value = os.environ.get(name) or default
+    try:
+        mask = int(value, 8)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an octal umask such as 077") from None
+    if not 0 <= mask <= 0o777 or mask & 0o007 != 0o007:
+        raise ImproperlyConfigured(f"{name}={value!r} must keep other users out (end in 7, e.g. 077 or 027)")
+    return mask
+
+
+# Every file and folder a process of the archive creates is its service
+# account's alone: 0600 and 0700 under the default 077. The umask is set here,
+# not in manage.py, wsgi.py and celery.py, because every entry point (those,
+# asgi.py, pytest, a Celery worker) loads this module before it writes
+# anything, including the folders and the secret key created just below; and
+# because some files are created where no mode can be passed: the SQLite
+# database and its -wal/-shm files, the file cache, kombu's folder broker,
+# Celery beat's schedule, what openssl writes for the demo PKI. The code that
+# writes patient data sets 0600/0700 explicitly as well (archive.storage), so
+# that a process embedding the archive with a looser umask does not widen them.
+# PACS_UMASK=027 lets a group (a backup agent) read; other users never.
+PACS_UMASK = env_umask("PACS_UMASK", "077")
+os.umask(PACS_UMASK)
+
 VAR_DIR = Path(env_str("PACS_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_key() -> str:
@@ -107,10 +136,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",  # API tokens, hashed and expiring (archive.api_tokens)
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    "csp",
     "axes",
     "mozilla_django_oidc",
     "archive",
@@ -121,6 +151,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -264,8 +295,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Logins are throttled by django-axes (first backend): after AXES_FAILURE_LIMIT
 # wrong passwords for one username from one address, that pair is locked out
-# for AXES_COOLOFF_MINUTES. Authentication without a request (a test client's
-# login, a management command) is not throttled: see portal.auth.
+# for AXES_COOLOFF_MINUTES; after PACS_LOGIN_ADDRESS_FAILURE_LIMIT wrong
+# passwords from one address, whatever the usernames, the address is (except
+# the addresses or CIDR blocks of PACS_LOGIN_ADDRESS_EXEMPT: a hospital's NAT).
+# Authentication without a request (a test client's login, a management
+# command) is not throttled: see portal.auth.
 AUTHENTICATION_BACKENDS = [
     "portal.auth.ThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -277,7 +311,15 @@ AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit log
 AXES_LOCKOUT_CALLABLE = "portal.auth.lockout_response"
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]  # behind a proxy: set the proxy's header first
+AXES_HANDLER = "portal.auth.TieredLockoutHandler"
+PACS_LOGIN_ADDRESS_FAILURE_LIMIT = env_int("PACS_LOGIN_ADDRESS_FAILURE_LIMIT", 30)
+PACS_LOGIN_ADDRESS_EXEMPT = env_list("PACS_LOGIN_ADDRESS_EXEMPT")
+# The client's address (audit log, lockout): REMOTE_ADDR, or behind reverse
+# proxies listed here (addresses or CIDR blocks) the address they forwarded in
+# X-Forwarded-For. Without it, behind a proxy every client has the proxy's
+# address, and the address tier would lock everyone out at once.
+PACS_TRUSTED_PROXIES = env_list("PACS_TRUSTED_PROXIES")
+AXES_CLIENT_IP_CALLABLE = "archive.web.client_ip"
 
 # The citizen's login through the region's identity provider (SPID/CIE over
 # OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are
@@ -333,6 +375,62 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 
+# --- HTTPS and the browser's protections ---------------------------------------
+# Off by default so that a checkout runs over plain http; the production
+# environment in the README turns them on, and `manage.py check --deploy` is
+# clean with it (tests/test_settings.py).
+# Behind a proxy that terminates TLS: the header it sets to "https" on what it
+# received over HTTPS (X-Forwarded-Proto). The proxy must set or remove it on
+# every request, never pass a client's own through.
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", _PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r} is not a header name")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+
+def _origin(url: str) -> str:
+    match = re.match(r"^(https?://[^/?#]+)", url)
+    return match.group(1) if match else ""
+
+
+# Content-Security-Policy (django-csp), on every answer: scripts and styles from
+# this server only, none inline (a template that ever needs one gives it
+# nonce="{{ request.csp_nonce }}"); no plugins, no framing, forms posted here
+# only (and to the identity provider, whose logout takes a form's redirect).
+# The API's documentation pages add inline styles and a blob: worker, which
+# Swagger UI and Redoc need (archive/urls.py). Django's admin has one inline
+# style, in a change list without actions (none here): cosmetic if it ever shows.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [
+            SELF,
+            *sorted(
+                {
+                    _origin(url)
+                    for url in (env_str("OIDC_OP_AUTHORIZATION_ENDPOINT"), env_str("OIDC_OP_LOGOUT_ENDPOINT"))
+                    if _origin(url)
+                }
+            ),
+        ],
+        "frame-ancestors": [NONE],
+    },
+}
+
 # --- Storage tiers ------------------------------------------------------------
 # The facility tier is one folder per facility under this root; it must be a
 # local filesystem (files are written with fsync and an atomic rename).
@@ -340,6 +438,10 @@ PACS_FACILITY_TIER_DIR = Path(env_str("PACS_FACILITY_TIER_DIR", str(VAR_DIR / "t
 # Files being received are written here first, then renamed into their tier;
 # keep it on the same filesystem as the tiers so that the rename is atomic.
 PACS_INCOMING_DIR = Path(env_str("PACS_INCOMING_DIR", str(VAR_DIR / "incoming"))).resolve()
+# Files saved through a Django storage (none hold patient data today; collectstatic's
+# output does) get the archive's modes, not Django's default 0644.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -466,18 +568,45 @@ PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
 # A search that returns patient data records the patients it returned (the first N
 # per answer), so that each citizen's "chi ha visto i miei dati" shows searches too.
 PACS_AUDIT_MAX_PATIENTS = env_int("PACS_AUDIT_MAX_PATIENTS", 50)
+# The audit log's HMAC key: a file outside the database (at least 32 bytes; in
+# production a mounted secret the database's administrators cannot read).
+# Unset: PACS_VAR_DIR/audit.key, generated (0600) when absent, for the demo and
+# the tests; a file named here is generated when absent only if it lies under
+# PACS_VAR_DIR. Keys of earlier rotations stay readable to the verifier.
+PACS_AUDIT_KEY_FILE = env_str("PACS_AUDIT_KEY_FILE")
+PACS_AUDIT_PREVIOUS_KEY_FILES = env_list("PACS_AUDIT_PREVIOUS_KEY_FILES")
+# How often the head of every audit chain is sealed into the preservation
+# giornale with an RFC 3161 time stamp: a tail cut from a chain within one
+# period of the last seal is the most a holder of the database can hide.
+PACS_AUDIT_SEAL_SECONDS = env_float("PACS_AUDIT_SEAL_SECONDS", 3600.0)
 # IssuerOfPatientID for a PatientID that is a codice fiscale: HL7 Italia's OID
 # of the codice fiscale namespace. The worklist hands it to the modalities.
 PACS_PATIENT_ID_ISSUER = env_str("PACS_PATIENT_ID_ISSUER", "2.16.840.1.113883.2.9.4.3.2")
 
 # --- REST API and DICOMweb ------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first, as in every API view: a missing or bad token is answered 401
+    # with WWW-Authenticate, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "archive.api_tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: DRF's browsable pages carry inline styles the Content-Security-Policy
+    # refuses; people read the API at /api/schema/swagger/.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# API tokens (POST /api/token/): stored as a SHA-512 digest, for staff and
+# service accounts only, each valid this many hours; at most this many live per account.
+PACS_API_TOKEN_HOURS = env_float("PACS_API_TOKEN_HOURS", 12.0)
+PACS_API_TOKENS_PER_USER = env_int("PACS_API_TOKENS_PER_USER", 10)
+if PACS_API_TOKEN_HOURS <= 0:
+    raise ImproperlyConfigured("PACS_API_TOKEN_HOURS must be more than 0: API tokens always expire")
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(hours=PACS_API_TOKEN_HOURS),
+    "AUTH_HEADER_PREFIX": "Token",  # the contract clients already follow
+    "AUTO_REFRESH": False,  # a token lives its hours from issue, however much it is used
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PACS regionale – API",
@@ -612,6 +741,10 @@ CELERY_BEAT_SCHEDULE.update(
         "preservation-fixity": {
             "task": "preservation.tasks.fixity_audit",
             "schedule": crontab(hour=env_int("PACS_PRESERVATION_FIXITY_HOUR", 3), minute=30),
+        },
+        "preservation-audit-seal": {
+            "task": "preservation.tasks.audit_seal",
+            "schedule": PACS_AUDIT_SEAL_SECONDS,
         },
         "preservation-discard-propose": {
             "task": "preservation.tasks.discard_propose",

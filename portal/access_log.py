@@ -3,19 +3,31 @@
 Every :class:`~archive.models.AuditEvent` about the citizen (and the people
 they act for) is shown: who (a professional, a DICOM device, a background
 process, the citizen or their delegate), when, from where, what, and with
-what outcome. The audit log is the only source: nothing is hidden from it.
+what outcome; and every search whose answer included them (C-FIND, QIDO-RS,
+the API's and the admin's lists record the patients they returned:
+:class:`~archive.models.AuditEventPatient`). The audit log is the only
+source: nothing is hidden from it.
+
+Emergency accesses (*accesso in emergenza*: a professional opening the
+citizen's hidden exams) come first and apart, with who, when, until when and
+the reason the professional gave (DPCM 178/2015: the patient sees them with
+their reason), read from their own rows (:class:`~portal.models.EmergencyAccess`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import AuditEvent, Patient
+from archive.models import AuditEvent, AuditEventPatient, Patient, StaffProfile
+
+from .availability import emergency_access_until
+from .models import EmergencyAccess
 
 # Longest prefix first: what an action means for the citizen.
 ACTIONS: list[tuple[str, Any]] = [
@@ -30,7 +42,8 @@ ACTIONS: list[tuple[str, Any]] = [
     ("portal.delegations", _("ha consultato le deleghe")),
     ("portal.conceal", _("ha oscurato un esame")),
     ("portal.reveal", _("ha reso di nuovo visibile un esame")),
-    ("portal.emergency_access", _("ha aperto un esame oscurato in emergenza")),
+    ("portal.emergency_access", _("ha chiesto un accesso in emergenza ai tuoi esami oscurati")),
+    ("portal.consent_revoke", _("ha chiesto di revocare il consenso alla consegna online")),
     ("portal.publish", _("ha pubblicato il referto sul Fascicolo")),
     ("portal.withdraw", _("ha ritirato il referto dal Fascicolo")),
     ("portal.login", _("ha effettuato l'accesso al Fascicolo")),
@@ -40,10 +53,16 @@ ACTIONS: list[tuple[str, Any]] = [
     ("report.amend", _("ha aperto una nuova versione del referto")),
     ("report", _("ha lavorato al referto")),
     ("study.view", _("ha aperto lo studio e le immagini")),
+    ("reporting.patient", _("ha consultato l'elenco dei tuoi studi")),
     ("study.denied", _("ha tentato di aprire lo studio (rifiutato)")),
     ("dicom.store", _("ha inviato immagini all'archivio")),
     ("dicom.retrieve", _("ha ricevuto immagini dall'archivio")),
     ("dicom.find", _("ha cercato gli studi nell'archivio")),
+    ("dicom.query", _("ha cercato gli studi nell'archivio da un'apparecchiatura DICOM")),
+    ("dicom.worklist", _("ha consultato la lista di lavoro di un'apparecchiatura")),
+    ("dicomweb.search", _("ha cercato gli studi nell'archivio via DICOMweb")),
+    ("api.studies", _("ha cercato gli studi nell'archivio tramite l'API")),
+    ("api.study", _("ha consultato lo studio tramite l'API")),
     ("dicom", _("ha scambiato dati DICOM con l'archivio")),
     ("dicomweb", _("ha consultato le immagini via DICOMweb")),
     ("cup.booking.consent_revoke", _("ha registrato la revoca del consenso alla consegna online")),
@@ -75,6 +94,7 @@ class AccessRow:
     outcome_code: str
     source: str
     about: str  # whose data, when the citizen acts for others
+    emergency: bool = False  # an emergency access granted: shown apart too, with its reason
 
 
 def _who(event: AuditEvent, viewer: Any) -> tuple[str, str]:
@@ -95,9 +115,18 @@ def _who(event: AuditEvent, viewer: Any) -> tuple[str, str]:
 
 
 def access_log_events(*, patients: Iterable[Patient]) -> QuerySet[AuditEvent]:
+    """Events about ``patients``, and searches whose answer included one of them, newest first."""
+    ids = [p.pk for p in patients]
+    returned = AuditEventPatient.objects.filter(patient__in=ids)
+    # A UNION of the two indexed look-ups: an OR over the subquery would make
+    # the database filter every audit event (346 ms against 9 ms at 400,000).
+    about = AuditEvent.objects.filter(patient__in=ids).order_by().values("pk")
     return (
-        AuditEvent.objects.filter(patient__in=[p.pk for p in patients])
+        AuditEvent.objects.filter(pk__in=about.union(returned.order_by().values("event")))
         .select_related("user", "user__citizen", "study", "patient")
+        .prefetch_related(
+            Prefetch("patient_links", queryset=returned.select_related("patient"), to_attr="returned_links")
+        )
         .order_by("-at", "-pk")
     )
 
@@ -126,18 +155,63 @@ class _Rows:
             exam = f"{event.study.study_description or _('Studio')} {event.study.study_date or ''}".strip()
         elif event.detail.get("accession_number"):
             exam = str(event.detail["accession_number"])
+        what = action_label(event.action)
+        about = str(event.patient) if event.patient is not None else ""
+        links = getattr(event, "returned_links", [])
+        if links and not any(link.patient_id == event.patient_id for link in links):
+            # Found through the search's answer, not as its subject.
+            found = _("tra i risultati") if self.many else _("i tuoi dati erano tra i risultati")
+            what = f"{what}: {found}"
+            about = ", ".join(str(link.patient) for link in links)
         return AccessRow(
             at=event.at,
             who=who,
             kind=kind,
-            what=action_label(event.action),
+            what=what,
             exam=exam,
             outcome=event.get_outcome_display(),
             outcome_code=event.outcome,
             source=event.source,
-            about=str(event.patient) if self.many and event.patient is not None else "",
+            about=about if self.many else "",
+            emergency=event.action == "portal.emergency_access" and event.outcome == AuditEvent.Outcome.SUCCESS,
         )
 
 
 def access_log_rows(*, patients: list[Patient], viewer: Any) -> _Rows:
     return _Rows(access_log_events(patients=patients), viewer, many=len(patients) > 1)
+
+
+@dataclass(frozen=True)
+class EmergencyRow:
+    at: dt.datetime
+    until: dt.datetime
+    who: str
+    where: str  # the professional's health authority, when known
+    reason: str
+    about: str  # whose exams, when the citizen acts for others
+
+
+def emergency_access_rows(*, patients: list[Patient]) -> list[EmergencyRow]:
+    """Every emergency access to ``patients``' exams, newest first, with its reason."""
+    rows = list(
+        EmergencyAccess.objects.filter(patient__in=[p.pk for p in patients])
+        .select_related("user", "patient")
+        .order_by("-at", "-pk")
+    )
+    authorities = dict(
+        StaffProfile.objects.filter(user_id__in={r.user_id for r in rows}, authority__isnull=False).values_list(
+            "user_id", "authority__name"
+        )
+    )
+    many = len(patients) > 1
+    return [
+        EmergencyRow(
+            at=row.at,
+            until=emergency_access_until(row),
+            who=row.user.get_full_name() or row.user.get_username(),
+            where=authorities.get(row.user_id, ""),
+            reason=row.reason,
+            about=str(row.patient) if many else "",
+        )
+        for row in rows
+    ]

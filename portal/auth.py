@@ -2,9 +2,14 @@
 
 :class:`ThrottleBackend` is django-axes' standalone backend, first in
 ``AUTHENTICATION_BACKENDS``: a login form's ``authenticate(request, ...)``
-is refused once its (username, address) pair is locked out. A call without a
-request (the test client's ``login``, a script) has nothing to throttle by and
-goes on to the next backend.
+is refused once it is locked out. A call without a request (the test client's
+``login``, a script) has nothing to throttle by and goes on to the next backend.
+
+Two tiers lock out (:class:`TieredLockoutHandler`): a (username, address) pair
+after ``AXES_FAILURE_LIMIT`` failures, and an address after
+``PACS_LOGIN_ADDRESS_FAILURE_LIMIT`` failures whatever the usernames (one host
+trying a password on many accounts), both for ``AXES_COOLOFF_MINUTES``. Every
+login goes through them: the staff login, the citizen login, ``/api/token/``.
 
 :class:`CitizenOIDCBackend` (mozilla-django-oidc) logs citizens in through
 SPID or CIE: the identity provider's codice fiscale claim (SPID sends
@@ -17,9 +22,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from axes.attempts import get_cool_off_threshold
 from axes.backends import AxesStandaloneBackend
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_failure_limit
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
@@ -27,7 +37,7 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import AuditEvent
-from archive.web import client_ip
+from archive.web import address_in, client_ip
 
 from .accounts import citizen_account_create
 from .models import CitizenAccount
@@ -44,6 +54,33 @@ class ThrottleBackend(AxesStandaloneBackend):
         return super().authenticate(request, username=username, password=password, **kwargs)
 
 
+class TieredLockoutHandler(AxesDatabaseHandler):
+    """django-axes' database handler with an address tier beside the (username, address) one.
+
+    The attempts are recorded per (username, address) as before
+    (``AXES_LOCKOUT_PARAMETERS``); the address tier adds up the failures of every
+    username from the request's address. A success resets its own pair only, so
+    an attacker logging in with an account of their own does not wipe the count
+    of the accounts they tried. Addresses in ``PACS_LOGIN_ADDRESS_EXEMPT`` (a
+    hospital's NAT, whose staff share one address) have only the per-user tier.
+    """
+
+    def get_failures(self, request: Any, credentials: dict[str, Any] | None = None) -> int:
+        failures = int(super().get_failures(request, credentials))
+        address = getattr(request, "axes_ip_address", None)
+        if not address or address_in(address, settings.PACS_LOGIN_ADDRESS_EXEMPT):
+            return failures
+        attempts = AccessAttempt.objects.filter(ip_address=address)
+        if settings.AXES_COOLOFF_TIME is not None:
+            attempts = attempts.filter(attempt_time__gte=get_cool_off_threshold(request))
+        from_address = attempts.aggregate(n=Sum("failures_since_start"))["n"] or 0
+        if from_address >= settings.PACS_LOGIN_ADDRESS_FAILURE_LIMIT:
+            # Said in the failure count axes compares with its (per-user) limit.
+            request.pacs_lockout_tier = "address"
+            return max(failures, int(get_failure_limit(request, credentials)))
+        return failures
+
+
 def lockout_response(
     request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict[str, Any] | None = None
 ) -> HttpResponse:
@@ -55,7 +92,11 @@ def lockout_response(
         action="auth.lockout",
         outcome=AuditEvent.Outcome.DENIED,
         source=client_ip(request),
-        detail={"username": username[:64], "path": request.path},
+        detail={
+            "username": username[:64],
+            "path": request.path,
+            "tier": getattr(request, "pacs_lockout_tier", "user"),
+        },
     )
     minutes = round(float(settings.AXES_COOLOFF_TIME) * 60)
     return render(request, "portal/locked_out.html", {"minutes": minutes}, status=429)

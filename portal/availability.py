@@ -22,15 +22,31 @@ Consent revoked
     service that accepts the revocation to call. Today
     ``booking.services.distribution_choose`` refuses any change once the
     booking is reported, so a revocation after publication only arrives as a
-    choice row written by another path (an external CUP, a future page).
+    choice row written by another path (an external CUP, a future page), or
+    from the citizen's exam page (:func:`consent_revoke_online`).
+
+Who may act for whom
+    A citizen sees her own exams and those of the people whose delegation in
+    force she holds: that set is the access policy's citizen principal
+    (``archive.access.principal_for_request(...).patient_ids``, built on
+    :func:`delegator_ids`), which every portal page asks. What a delegate may
+    *do* besides seeing and downloading follows from the delegation's kind
+    (:func:`citizen_rights`): only a legal representative manages the
+    oscuramento, only the representative of someone who cannot act revokes
+    the consent, and no delegate lifts a hiding the data subject set herself.
+
+Emergency access
+    :func:`emergency_access_grant`: a clinician's break-glass access to one
+    patient's concealed studies, with a reason, for a limited time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -41,9 +57,18 @@ from django.utils.translation import gettext as _
 
 from archive.audit import audit_record
 from archive.models import Patient, Report, Study
+from booking import services as booking_services
 from booking.models import Booking, DistributionChoice
 
-from .models import EMERGENCY_REASON_MIN_LENGTH, Concealment, Delegation, EmergencyAccess, Publication
+from .models import (
+    EMERGENCY_REASON_MIN_LENGTH,
+    KIND_RIGHTS,
+    MAJORITY_AGE,
+    Concealment,
+    Delegation,
+    EmergencyAccess,
+    Publication,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -265,33 +290,112 @@ def live_publications(
     return [p for p in booking.publications.select_related("report").order_by("report__version") if p.is_live(now)]
 
 
+# --- Errors ---------------------------------------------------------------------------
+
+
+class PortalError(ValueError):
+    """A request the portal refuses; ``message`` is for the user (Italian), ``field`` names
+    the input at fault, ``code`` says why (``permission``, ``too_short``, ``age``,
+    ``not_representative``, ``subject_choice``, ``invalid``)."""
+
+    def __init__(self, message: str, *, code: str = "invalid", field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.field = field
+
+
 # --- Who may act for whom ------------------------------------------------------------
 
 
+def majority_cutoff(now: dt.datetime) -> dt.date:
+    """The latest birth date of someone who is of age on ``now``'s local day.
+
+    Born on 29 February, one comes of age on 1 March of a common year.
+    """
+    today = timezone.localdate(now)
+    year = today.year - MAJORITY_AGE
+    try:
+        return today.replace(year=year)
+    except ValueError:  # today is 29 February, 18 years ago was a common year
+        return dt.date(year, 2, 28)
+
+
+def coming_of_age(birth_date: dt.date) -> dt.datetime:
+    """The moment (local midnight) ``birth_date``'s person turns 18."""
+    year = birth_date.year + MAJORITY_AGE
+    try:
+        day = birth_date.replace(year=year)
+    except ValueError:  # born on 29 February
+        day = dt.date(year, 3, 1)
+    return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
+
+
+def is_minor(patient: Patient, *, now: dt.datetime | None = None) -> bool | None:
+    """Whether ``patient`` is under 18 at ``now``; None when the birth date is not known."""
+    if patient.birth_date is None:
+        return None
+    return patient.birth_date > majority_cutoff(now or timezone.now())
+
+
 def delegations_in_force(now: dt.datetime) -> Q:
-    """The delegations in force at ``now``: started, not ended, not revoked."""
-    return Q(revoked_at__isnull=True, valid_from__lte=now) & (Q(valid_until__isnull=True) | Q(valid_until__gt=now))
+    """The delegations in force at ``now``: started, not ended, not revoked, and, for a
+    parent's, the child still a minor (a birth date not known counts as of age)."""
+    period = Q(revoked_at__isnull=True, valid_from__lte=now) & (Q(valid_until__isnull=True) | Q(valid_until__gt=now))
+    parent_of_adult = Q(kind=Delegation.Kind.PARENT) & (
+        Q(delegator__birth_date__isnull=True) | Q(delegator__birth_date__lte=majority_cutoff(now))
+    )
+    return period & ~parent_of_adult
+
+
+def delegator_ids(*, delegate_id: int, now: dt.datetime | None = None) -> set[int]:
+    """The patients who delegated ``delegate_id`` with a delegation in force at ``now``.
+
+    The one place the delegation rule is read: the access policy's citizen
+    principal (:mod:`portal.concealment`) is built on it.
+    """
+    now = now or timezone.now()
+    return set(
+        Delegation.objects.filter(delegations_in_force(now), delegate_id=delegate_id)
+        .exclude(delegator_id=delegate_id)
+        .values_list("delegator_id", flat=True)
+    )
 
 
 def patients_acted_for(*, patient: Patient, now: dt.datetime | None = None) -> list[Patient]:
     """The citizen themselves, then everyone who delegated them and whose delegation is in force."""
+    return people_ordered(me=patient, patient_ids={patient.pk, *delegator_ids(delegate_id=patient.pk, now=now)})
+
+
+def people_ordered(*, me: Patient | None, patient_ids: Iterable[int]) -> list[Patient]:
+    """``me`` first, then the other patients of ``patient_ids`` by name (a citizen's principal's people)."""
+    others = Patient.objects.filter(pk__in=sorted(set(patient_ids))).order_by("family_name", "given_name", "pk")
+    if me is None:
+        return list(others)
+    return [me, *others.exclude(pk=me.pk)]
+
+
+def citizen_rights(*, citizen: Patient, patient: Patient, now: dt.datetime | None = None) -> frozenset[str]:
+    """What ``citizen`` may do with ``patient``'s exams: everything for herself; for
+    someone else, what her delegations in force allow (:data:`portal.models.KIND_RIGHTS`)."""
+    if citizen.pk == patient.pk:
+        return frozenset(Delegation.Right.values)
     now = now or timezone.now()
-    delegators = (
-        Patient.objects.filter(
-            pk__in=Delegation.objects.filter(delegations_in_force(now), delegate=patient).values("delegator_id")
-        )
-        .exclude(pk=patient.pk)
-        .order_by("family_name", "given_name", "pk")
+    kinds = Delegation.objects.filter(delegations_in_force(now), delegate=citizen, delegator=patient).values_list(
+        "kind", flat=True
     )
-    return [patient, *delegators]
+    rights: set[str] = set()
+    for kind in kinds:
+        rights |= KIND_RIGHTS.get(kind, frozenset())
+    return frozenset(rights)
 
 
-def citizen_exams(*, patient: Patient, now: dt.datetime | None = None) -> list[Booking]:
-    """The bookings of everyone the citizen may act for, newest first, ready for :func:`exam_status`."""
-    ids = [p.pk for p in patients_acted_for(patient=patient, now=now)]
+def citizen_exams(*, patient_ids: Iterable[int]) -> list[Booking]:
+    """The bookings of the patients ``patient_ids`` (a citizen's principal's), newest first,
+    ready for :func:`exam_status`."""
     signed = Report.objects.filter(study_id=OuterRef("study_id"), status=Report.Status.SIGNED)
     return list(
-        Booking.objects.filter(patient_id__in=ids)
+        Booking.objects.filter(patient_id__in=sorted(set(patient_ids)))
         .select_related("patient", "facility", "procedure", "study")
         # Ordered on their own columns: the models' default ordering would join the bookings again.
         .prefetch_related(
@@ -303,9 +407,37 @@ def citizen_exams(*, patient: Patient, now: dt.datetime | None = None) -> list[B
     )
 
 
-def citizen_may_see(*, citizen: Patient, booking: Booking, now: dt.datetime | None = None) -> bool:
-    """Whether the booking is the citizen's own or of someone they act for now."""
-    return booking.patient_id in {p.pk for p in patients_acted_for(patient=citizen, now=now)}
+def _kind_age_check(*, kind: str, delegator: Patient, now: dt.datetime) -> None:
+    """Refuse a kind that does not fit the delegator's age (a parent's delegation for an adult...)."""
+    minor = is_minor(delegator, now=now)
+    if kind == Delegation.Kind.PARENT:
+        if minor is None:
+            raise PortalError(
+                _(
+                    "La data di nascita del delegante non è registrata: senza di essa non si può verificare "
+                    "che sia minorenne. Aggiornare l'anagrafe."
+                ),
+                code="age",
+                field="kind",
+            )
+        if not minor:
+            raise PortalError(
+                _(
+                    "Il delegante è maggiorenne: la delega del genitore vale solo per un figlio minorenne. "
+                    "Per un adulto scegliere tutore, amministratore di sostegno o altro delegato."
+                ),
+                code="age",
+                field="kind",
+            )
+    elif kind in (Delegation.Kind.SUPPORT, Delegation.Kind.OTHER) and minor:
+        raise PortalError(
+            _(
+                "Il delegante è minorenne: per un minore agiscono i genitori (delega del genitore) "
+                "o il tutore nominato dal giudice."
+            ),
+            code="age",
+            field="kind",
+        )
 
 
 def delegation_register(
@@ -319,16 +451,30 @@ def delegation_register(
     valid_until: dt.datetime | None = None,
     source: str = "",
 ) -> Delegation:
-    """Record a *delega* that staff checked on ``evidence``; audited ``portal.delegation.register``."""
+    """Record a *delega* that staff checked on ``evidence``; audited ``portal.delegation.register``.
+
+    The kind must fit the delegator's age: a parent's delegation only for a
+    minor (and it ends on the 18th birthday: ``valid_until`` is brought back
+    to it), an administrator of support or another delegate only for an adult.
+
+    Raises
+    ------
+    PortalError
+        With ``field`` set to the input at fault (``kind`` for the age).
+    """
     if delegator.pk == delegate.pk:
-        raise ValueError(_("Un cittadino non può delegare sé stesso."))
+        raise PortalError(_("Un cittadino non può delegare sé stesso."), field="delegate_cf")
     if kind not in Delegation.Kind.values:
-        raise ValueError(_("Tipo di delega sconosciuto: %(kind)s.") % {"kind": kind})
+        raise PortalError(_("Tipo di delega sconosciuto: %(kind)s.") % {"kind": kind}, field="kind")
     if not evidence.strip():
-        raise ValueError(_("Indicare il documento che giustifica la delega."))
+        raise PortalError(_("Indicare il documento che giustifica la delega."), field="evidence")
     valid_from = valid_from or timezone.now()
+    _kind_age_check(kind=kind, delegator=delegator, now=valid_from)
+    if kind == Delegation.Kind.PARENT and delegator.birth_date is not None:
+        adult = coming_of_age(delegator.birth_date)
+        valid_until = adult if valid_until is None else min(valid_until, adult)
     if valid_until is not None and valid_until <= valid_from:
-        raise ValueError(_("La fine della validità viene dopo il suo inizio."))
+        raise PortalError(_("La fine della validità viene dopo il suo inizio."), field="valid_until")
     with transaction.atomic():
         delegation = Delegation.objects.create(
             delegator=delegator,
@@ -365,11 +511,38 @@ def delegation_revoke(*, delegation: Delegation, user: AbstractBaseUser, source:
     return delegation
 
 
-# --- Oscuramento and break-glass -----------------------------------------------------
+# --- Oscuramento and consent: the data subject keeps control ----------------------------------
 
 
 def is_concealed(*, study: Study) -> bool:
+    """Whether ``study`` is hidden now: for the citizen's own pages, never for a professional's."""
     return Concealment.objects.filter(study=study, revealed_at__isnull=True).exists()
+
+
+def _right_check(*, requested_by: Patient | None, patient: Patient, right: str, now: dt.datetime) -> None:
+    if requested_by is None or requested_by.pk == patient.pk:
+        return
+    if right not in citizen_rights(citizen=requested_by, patient=patient, now=now):
+        if right == Delegation.Right.CONSENT:
+            message = _(
+                "Solo l'interessato può revocare il proprio consenso, oppure chi ne ha la rappresentanza legale "
+                "perché non può farlo da sé (il genitore di un minore, il tutore)."
+            )
+        else:
+            message = _(
+                "La tua delega permette di vedere e scaricare gli esami, non di oscurarli: lo può fare "
+                "l'interessato o chi ne ha la rappresentanza legale (genitore, tutore, amministratore di sostegno)."
+            )
+        raise PortalError(message, code="not_representative")
+
+
+def concealment_revealable_by(*, concealment: Concealment, requested_by: Patient | None) -> bool:
+    """Whether ``requested_by`` may lift ``concealment``: the patient always; a delegate only a hiding
+    the patient did not set herself (one set by a representative). None: an operator for the patient."""
+    if requested_by is None or requested_by.pk == concealment.patient_id:
+        return True
+    # Rows without requested_by predate it: taken as the patient's own choice.
+    return concealment.requested_by_id not in (None, concealment.patient_id)
 
 
 def conceal(
@@ -384,10 +557,20 @@ def conceal(
 
     ``patient`` is the study's patient. ``by_user`` is the operator who
     recorded the request at a desk; without one the citizen did it on the
-    portal. ``requested_by`` is the citizen who asked, when a delegate.
+    portal. ``requested_by`` is the citizen who asked, when a delegate: only a
+    legal representative may (:data:`portal.models.KIND_RIGHTS`).
+
+    Raises
+    ------
+    PortalError
+        ``not_representative``: the delegate's delegation does not allow it.
+    ValueError
+        The study is not the patient's.
     """
     if study.patient_id != patient.pk:
         raise ValueError(_("Lo studio non appartiene a questo paziente."))
+    now = timezone.now()
+    _right_check(requested_by=requested_by, patient=patient, right=Delegation.Right.CONCEALMENT, now=now)
     with transaction.atomic():
         active = Concealment.objects.select_for_update().filter(study=study, revealed_at__isnull=True).first()
         if active is not None:
@@ -418,14 +601,35 @@ def reveal(
     requested_by: Patient | None = None,
     source: str = "",
 ) -> Concealment | None:
-    """Make ``study`` visible to health professionals again; the closed concealment, or None if none was active."""
+    """Make ``study`` visible to health professionals again; the closed concealment, or None if none was active.
+
+    A delegate (``requested_by``, a legal representative) never lifts a hiding
+    the patient set herself (:func:`concealment_revealable_by`).
+
+    Raises
+    ------
+    PortalError
+        ``not_representative`` or ``subject_choice``.
+    ValueError
+        The study is not the patient's.
+    """
     if study.patient_id != patient.pk:
         raise ValueError(_("Lo studio non appartiene a questo paziente."))
+    now = timezone.now()
+    _right_check(requested_by=requested_by, patient=patient, right=Delegation.Right.CONCEALMENT, now=now)
     with transaction.atomic():
         active = Concealment.objects.select_for_update().filter(study=study, revealed_at__isnull=True).first()
         if active is None:
             return None
-        active.revealed_at = timezone.now()
+        if not concealment_revealable_by(concealment=active, requested_by=requested_by):
+            raise PortalError(
+                _(
+                    "L'esame è stato oscurato dall'interessato: solo l'interessato può renderlo di nuovo "
+                    "visibile ai professionisti."
+                ),
+                code="subject_choice",
+            )
+        active.revealed_at = now
         active.revealed_by = by_user
         active.save(update_fields=["revealed_at", "revealed_by"])
         audit_record(
@@ -439,25 +643,102 @@ def reveal(
     return active
 
 
-def emergency_access(*, user: AbstractBaseUser, study: Study, reason: str, source: str) -> EmergencyAccess:
-    """Record a professional's break-glass opening of a concealed study, with the stated reason.
+def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: AbstractBaseUser, source: str = "") -> int:
+    """The citizen ``requested_by`` revokes, on the portal, the consent to online delivery of
+    ``booking``; the publications withdrawn.
 
-    Raises ``ValueError`` when the reason is shorter than
-    :data:`~portal.models.EMERGENCY_REASON_MIN_LENGTH` characters.
+    Her own consent, or, as a delegate, only the consent of someone she
+    represents because they cannot act (a minor, a person under guardianship).
+
+    Raises
+    ------
+    PortalError
+        ``not_representative``.
+    booking.services.BookingError
+        There is no online consent to revoke.
     """
+    _right_check(requested_by=requested_by, patient=booking.patient, right=Delegation.Right.CONSENT, now=timezone.now())
+    booking_services.consent_revoke(
+        booking=booking,
+        channel=Booking.Channel.ONLINE,
+        user=user,
+        recorded_by_name=str(requested_by),
+        source=source,
+    )
+    return publications_withdraw_for_revocation(booking=booking, user=user, source=source)
+
+
+# --- Emergency access (break-glass) ------------------------------------------------------
+
+EMERGENCY_PERMISSION = "portal.emergency_access"
+
+
+def emergency_access_minutes() -> int:
+    return int(settings.PACS_EMERGENCY_ACCESS_MINUTES)
+
+
+def emergency_access_until(access_row: EmergencyAccess) -> dt.datetime:
+    """When ``access_row`` stops opening its patient's concealed studies."""
+    return access_row.at + dt.timedelta(minutes=emergency_access_minutes())
+
+
+def emergency_access_allowed(user: Any) -> bool:
+    """Whether ``user`` may ask for an emergency access: a clinician who consults studies."""
+    return bool(
+        user is not None
+        and getattr(user, "is_authenticated", False)
+        and user.has_perm(EMERGENCY_PERMISSION)
+        and user.has_perm("archive.view_study")
+    )
+
+
+def emergency_reason_clean(reason: str) -> str:
+    """``reason`` with its white space folded; :class:`PortalError` when too short to say why."""
     reason = " ".join(reason.split())
     if len(reason) < EMERGENCY_REASON_MIN_LENGTH:
-        raise ValueError(
+        raise PortalError(
             _("Indicare il motivo dell'accesso in emergenza (almeno %(n)d caratteri).")
-            % {"n": EMERGENCY_REASON_MIN_LENGTH}
+            % {"n": EMERGENCY_REASON_MIN_LENGTH},
+            code="too_short",
+            field="reason",
         )
+    return reason
+
+
+def emergency_access_grant(
+    *, user: AbstractBaseUser, patient: Patient, reason: str, source: str = "", now: dt.datetime | None = None
+) -> EmergencyAccess:
+    """Record a professional's break-glass access to ``patient``'s concealed studies, with the stated reason.
+
+    Asked for a patient, never for a study: the professional cannot tell
+    whether anything is concealed. For ``PACS_EMERGENCY_ACCESS_MINUTES`` the
+    access policy shows ``user`` the patient's concealed studies (within the
+    user's health authority, which still applies). Audited
+    ``portal.emergency_access`` with the patient and the reason, which the
+    citizen reads on "Chi ha visto i miei dati".
+
+    Raises
+    ------
+    PortalError
+        ``permission``: the user does not hold ``portal.emergency_access`` (and
+        ``archive.view_study``); ``too_short``: the reason is shorter than
+        :data:`~portal.models.EMERGENCY_REASON_MIN_LENGTH` characters.
+    """
+    if not emergency_access_allowed(user):
+        raise PortalError(_("Non hai il permesso di chiedere un accesso in emergenza."), code="permission")
+    reason = emergency_reason_clean(reason)
+    now = now or timezone.now()
     with transaction.atomic():
-        access = EmergencyAccess.objects.create(user=user, study=study, reason=reason, source=source[:255])
+        row = EmergencyAccess.objects.create(user=user, patient=patient, reason=reason, at=now, source=source[:255])
         audit_record(
             action="portal.emergency_access",
             user=user,
-            study=study,
+            patient=patient,
             source=source,
-            detail={"emergency_access": access.pk, "reason": reason, "concealed": is_concealed(study=study)},
+            detail={
+                "emergency_access": row.pk,
+                "reason": reason,
+                "until": emergency_access_until(row).isoformat(),
+            },
         )
-    return access
+    return row

@@ -15,21 +15,25 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Exists, Max, OuterRef
 from django.utils import timezone
 
 from archive import access
 from archive.models import Patient
 
-from .availability import delegations_in_force
-from .models import CitizenAccount, Concealment, Delegation, EmergencyAccess
+from .availability import delegator_ids, emergency_access_minutes, emergency_access_until
+from .models import CitizenAccount, Concealment, EmergencyAccess
 
 logger = logging.getLogger(__name__)
 
-
-def emergency_access_minutes() -> int:
-    return int(settings.PACS_EMERGENCY_ACCESS_MINUTES)
+__all__ = [
+    "PortalPolicy",
+    "emergency_access_live",
+    "emergency_access_minutes",
+    "emergency_access_until",
+    "policy",
+    "policy_register",
+]
 
 
 def emergency_access_live(*, user: Any, patient: Patient, now: dt.datetime | None = None) -> EmergencyAccess | None:
@@ -43,11 +47,6 @@ def emergency_access_live(*, user: Any, patient: Patient, now: dt.datetime | Non
         .order_by("-at")
         .first()
     )
-
-
-def emergency_access_until(access_row: EmergencyAccess) -> dt.datetime:
-    """When ``access_row`` stops opening its patient's concealed studies."""
-    return access_row.at + dt.timedelta(minutes=emergency_access_minutes())
 
 
 class PortalPolicy:
@@ -80,10 +79,13 @@ class PortalPolicy:
         own = Patient.objects.filter(codice_fiscale=cf).values_list("pk", flat=True).first()
         if own is None:
             return set()
-        delegators = Delegation.objects.filter(delegations_in_force(timezone.now()), delegate_id=own).values_list(
-            "delegator_id", flat=True
-        )
-        return {own, *delegators}
+        return {own, *delegator_ids(delegate_id=own)}
+
+    def state_version(self) -> str:
+        """Changes whenever a study is concealed or revealed (revealing sets
+        ``revealed_at``; concealing again adds a row)."""
+        state = Concealment.objects.aggregate(last=Max("pk"), rows=Count("pk"), revealed=Count("revealed_at"))
+        return f"{state['last'] or 0}:{state['rows']}:{state['revealed']}"
 
     def authored_concealed_ids(self, user: Any) -> set[int]:
         return set(

@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from archive import access, storage
 from archive.models import Instance, Study
 from booking.models import Booking
 
@@ -44,7 +45,7 @@ _WRITERS = {
 
 def package_dir() -> Path:
     path = Path(settings.PACS_PORTAL_PACKAGE_DIR)
-    path.mkdir(parents=True, exist_ok=True)
+    storage.makedirs_durable(path)  # 0700: the zips are patient data
     return path
 
 
@@ -68,10 +69,26 @@ def package_file_present(package: DownloadPackage) -> bool:
     return bool(package.path) and Path(package.path).is_file() and Path(package.path).stat().st_size == package.size
 
 
-def package_request(*, study: Study, kind: str, user: Any) -> tuple[DownloadPackage, bool]:
-    """The package of ``study``'s current content as ``kind``; (package, created)."""
+def package_request(
+    *, study: Study, kind: str, user: Any, principal: access.Principal | None = None
+) -> tuple[DownloadPackage, bool]:
+    """The package of ``study``'s current content as ``kind``; (package, created).
+
+    ``principal``: the requester's, as the access policy sees them (computed
+    from ``user`` when not given).
+
+    Raises
+    ------
+    archive.access.StudyNotVisible
+        The requester may not see the study (the pages check first; this is
+        the service's own guard).
+    """
     if kind not in _WRITERS:
         raise ValueError(f"unknown package kind {kind!r}")
+    principal = principal or access.principal_for_user(user)
+    verdict = access.study_verdict(principal, study)
+    if verdict is not access.Verdict.VISIBLE:
+        raise access.StudyNotVisible(verdict)
     fingerprint, size, count = study_fingerprint(study)
     for _attempt in range(3):
         existing = DownloadPackage.objects.filter(
@@ -163,8 +180,15 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
 
 
 def package_notify(*, package: DownloadPackage, user: Any, booking: Booking) -> Notification | None:
-    """Tell ``user`` the package is ready (or failed): a portal notification, and an e-mail when they have one."""
+    """Tell ``user`` the package is ready (or failed): a portal notification, and an e-mail when they have one.
+
+    Nobody is told about an exam they no longer see (a delegation that ended
+    while the zip was being made): None.
+    """
     if user is None:
+        return None
+    if booking.patient_id not in access.principal_for_user(user).patient_ids:
+        logger.info("package %s ready, but user %s no longer sees booking %s", package.pk, user.pk, booking.pk)
         return None
     what = package.get_kind_display()
     if package.status == DownloadPackage.Status.READY:

@@ -80,13 +80,29 @@ class Delegation(models.Model):
 
     Registered by staff on evidence (a parent for a minor, a guardian's
     appointment); valid from ``valid_from`` until ``valid_until`` (open when
-    empty) unless revoked.
+    empty) unless revoked. A parent's delegation also ends when the child
+    turns 18 (:func:`portal.availability.delegations_in_force`).
+
+    What it allows follows from its kind (:data:`KIND_RIGHTS`): every delegate
+    sees the delegator's exams and downloads them; only a legal representative
+    (a parent of a minor, a guardian, an administrator of support) manages the
+    oscuramento; only the representative of someone who cannot act (a minor,
+    a person under guardianship) revokes the consent to online delivery, which
+    otherwise stays the data subject's. No delegate lifts a hiding the
+    delegator set herself.
     """
 
     class Kind(models.TextChoices):
         PARENT = "genitore", _("genitore di un minore")
-        GUARDIAN = "tutore", _("tutore o amministratore di sostegno")
-        OTHER = "altro", _("altro delegato")
+        GUARDIAN = "tutore", _("tutore (minore senza genitori o persona interdetta)")
+        SUPPORT = "sostegno", _("amministratore di sostegno")
+        OTHER = "altro", _("altro delegato (consultazione e download)")
+
+    class Right(models.TextChoices):
+        VIEW = "view", _("vedere gli esami e chi li ha consultati")
+        DOWNLOAD = "download", _("scaricare referti e immagini")
+        CONCEALMENT = "concealment", _("oscurare gli esami e renderli di nuovo visibili")
+        CONSENT = "consent", _("revocare il consenso alla consegna online")
 
     delegator = models.ForeignKey(
         Patient, on_delete=models.PROTECT, related_name="delegations_given", verbose_name=_("delegante")
@@ -131,10 +147,35 @@ class Delegation(models.Model):
         return f"{self.delegate} → {self.delegator} ({self.get_kind_display()})"
 
     def is_active(self, now: dt.datetime | None = None) -> bool:
+        """Started, not ended, not revoked (the age of a parent's child is
+        :func:`portal.availability.delegations_in_force`'s to check)."""
         now = now or timezone.now()
         return (
             self.revoked_at is None and self.valid_from <= now and (self.valid_until is None or self.valid_until > now)
         )
+
+    @property
+    def rights(self) -> frozenset[str]:
+        return KIND_RIGHTS.get(self.kind, frozenset())
+
+    def rights_display(self) -> list[str]:
+        """What the delegation allows, in words, in :class:`Right`'s order."""
+        return [str(label) for value, label in self.Right.choices if value in self.rights]
+
+
+_SEE = frozenset({Delegation.Right.VIEW.value, Delegation.Right.DOWNLOAD.value})
+# What each kind allows. Only the representative of someone who cannot act for
+# herself (a minor, a person under guardianship) revokes the consent in her name:
+# the beneficiary of an amministrazione di sostegno keeps her legal capacity, so
+# her consent is hers to revoke, and the administrator manages the oscuramento only.
+KIND_RIGHTS: dict[str, frozenset[str]] = {
+    Delegation.Kind.PARENT: _SEE | {Delegation.Right.CONCEALMENT.value, Delegation.Right.CONSENT.value},
+    Delegation.Kind.GUARDIAN: _SEE | {Delegation.Right.CONCEALMENT.value, Delegation.Right.CONSENT.value},
+    Delegation.Kind.SUPPORT: _SEE | {Delegation.Right.CONCEALMENT.value},
+    Delegation.Kind.OTHER: _SEE,
+}
+# The age of majority (codice civile, art. 2): a parent's delegation ends on the 18th birthday.
+MAJORITY_AGE = 18
 
 
 class Concealment(models.Model):

@@ -53,7 +53,7 @@ from typing import IO, TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from archive import previews, rendering, retrieve
+from archive import previews, rendering, retrieve, storage
 from archive.models import Instance, Rendition, Series
 from archive.render_isolated import render_with
 
@@ -90,7 +90,7 @@ class PackageInfo:
 def _zip_in_place(path: Path) -> Iterator[zipfile.ZipFile]:
     """A ZipFile on a temporary file next to ``path``, renamed to ``path`` when
     the block ends without error, removed otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.makedirs_durable(path.parent)  # 0700; mkstemp makes the zip 0600
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     tmp = Path(name)
     try:

@@ -12,7 +12,9 @@ from typing import BinaryIO
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.utils.http import content_disposition_header, http_date, parse_http_date_safe
+from django.utils.http import http_date, parse_http_date_safe
+
+from archive.web import content_disposition
 
 logger = logging.getLogger(__name__)
 
@@ -143,5 +145,5 @@ def file_response_with_ranges(
     response["Accept-Ranges"] = "bytes"
     response["ETag"] = etag
     response["Last-Modified"] = http_date(st.st_mtime)
-    response["Content-Disposition"] = content_disposition_header(True, filename)
+    response["Content-Disposition"] = content_disposition(filename)
     return response

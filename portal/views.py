@@ -2,7 +2,12 @@
 downloads, the image viewer, who saw my data, my delegations.
 
 Thin adapters: the rules are in :mod:`portal.availability`, the zips in
-:mod:`portal.downloads`, the links in :mod:`portal.links`. Every page a
+:mod:`portal.downloads`, the links in :mod:`portal.links`. Whose exam it is
+comes from the access policy's citizen principal
+(:func:`archive.access.principal_for_request`: the citizen and the people
+whose delegation in force she holds), on top of the portal's publication
+rules; what a delegate may do besides seeing and downloading (oscuramento,
+consent) from :func:`portal.availability.citizen_rights`. Every page a
 citizen opens and every download writes an :class:`~archive.models.AuditEvent`
 naming the user and, for a delegate, the person they acted for. An exam that
 is not the citizen's (or of someone they act for) answers 404, audited as
@@ -32,19 +37,19 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from archive import previews, rendering, reports, retrieve
+from archive import access, previews, rendering, reports, retrieve
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import AuditEvent, Instance, Patient, Report, Series
-from archive.web import client_ip
+from archive.web import client_ip, content_disposition
 from booking import services as booking_services
 from booking.models import Booking
 
 from . import availability, downloads, links
-from .access_log import access_log_rows
+from .access_log import access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
 from .middleware import LOGIN_AT, SEEN_AT
-from .models import Delegation, DownloadPackage, Notification
+from .models import Concealment, Delegation, DownloadPackage, Notification
 from .ranges import file_response_with_ranges
 
 VIEWER_PARAMS = previews.PREVIEW
@@ -96,10 +101,19 @@ def _audit(
 
 
 def _booking_for(request: HttpRequest, pk: int) -> Booking:
-    """The citizen's (or a delegator's) booking ``pk``; 404, audited, for any other."""
+    """The citizen's (or a delegator's) booking ``pk``; 404, audited, for any other.
+
+    The policy decides: the booking's patient must be among the principal's,
+    and so must its study's (a study re-assigned to someone else is theirs).
+    """
     booking = Booking.objects.select_related("patient", "facility", "procedure", "study").filter(pk=pk).first()
-    me = request.citizen_patient  # type: ignore[attr-defined]
-    if booking is None or me is None or not availability.citizen_may_see(citizen=me, booking=booking):
+    principal = access.principal_for_request(request)
+    if (
+        booking is None
+        or not principal.is_citizen
+        or booking.patient_id not in principal.patient_ids
+        or (booking.study is not None and not access.study_visible(principal, booking.study))
+    ):
         audit_record(
             action="portal.exam.denied",
             outcome=AuditEvent.Outcome.DENIED,
@@ -205,10 +219,11 @@ def on_citizen_login(sender: Any, request: HttpRequest, user: Any, **kwargs: Any
 def exams(request: HttpRequest) -> HttpResponse:
     me = request.citizen_patient  # type: ignore[attr-defined]
     now = timezone.now()
-    rows = []
-    if me is not None:
-        for booking in availability.citizen_exams(patient=me, now=now):
-            rows.append({"booking": booking, "status": availability.exam_status(booking=booking, now=now)})
+    principal = access.principal_for_request(request)
+    rows = [
+        {"booking": booking, "status": availability.exam_status(booking=booking, now=now)}
+        for booking in availability.citizen_exams(patient_ids=principal.patient_ids)
+    ]
     notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
     if notifications:
         Notification.objects.filter(pk__in=[n.pk for n in notifications]).update(read_at=now)
@@ -260,7 +275,14 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
         for p in publications
     ]
     online = status.code == "available_online"
-    concealed = bool(booking.study_id) and availability.is_concealed(study=booking.study)
+    me = request.citizen_patient  # type: ignore[attr-defined]
+    rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
+    concealment = (
+        Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
+        if booking.study_id
+        else None
+    )
+    may_conceal = Delegation.Right.CONCEALMENT in rights
     _audit(request, "portal.exam.view", booking=booking, status=status.code)
     return render(
         request,
@@ -271,8 +293,13 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
             "online": online,
             "report_links": report_links,
             "packages": _package_rows(request, booking) if online else [],
-            "concealed": concealed,
-            "can_revoke": online,
+            "concealed": concealment is not None,
+            "may_conceal": may_conceal,
+            "may_reveal": may_conceal
+            and concealment is not None
+            and availability.concealment_revealable_by(concealment=concealment, requested_by=me),
+            "can_revoke": online and Delegation.Right.CONSENT in rights,
+            "delegate": me is not None and booking.patient_id != me.pk,
             "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
         },
     )
@@ -289,7 +316,9 @@ def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
         raise Http404(_("Tipo di pacchetto sconosciuto."))
     if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study_id is None:
         return _not_online(request, booking)
-    package, created = downloads.package_request(study=booking.study, kind=kind, user=request.user)
+    package, created = downloads.package_request(
+        study=booking.study, kind=kind, user=request.user, principal=access.principal_for_request(request)
+    )
     _audit(request, "portal.package.request", booking=booking, kind=kind, package=package.pk, created=created)
     if package.status == DownloadPackage.Status.QUEUED:
         if downloads.builds_inline(package):
@@ -390,7 +419,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
     else:
         response = HttpResponse(data, content_type="application/pkcs7-mime")
         name = f"referto-{booking.accession_number}-v{report.version}.pdf.p7m"
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Content-Disposition"] = content_disposition(name)
     response["Cache-Control"] = "private, no-store"
     return response
 
@@ -483,12 +512,20 @@ def concealment(request: HttpRequest, pk: int) -> HttpResponse:
     if booking.study_id is None:
         raise Http404(_("L'esame non ha ancora immagini da oscurare."))
     me = request.citizen_patient  # type: ignore[attr-defined]
-    if request.POST.get("action") == "conceal":
-        availability.conceal(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
-        messages.success(request, _("L'esame è ora oscurato: i professionisti sanitari non possono consultarlo."))
-    elif request.POST.get("action") == "reveal":
-        availability.reveal(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
-        messages.success(request, _("L'esame è di nuovo visibile ai professionisti sanitari."))
+    action = request.POST.get("action")
+    if action not in ("conceal", "reveal"):
+        return redirect("portal:exam", pk=booking.pk)
+    service = availability.conceal if action == "conceal" else availability.reveal
+    try:
+        service(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
+    except availability.PortalError as err:
+        _audit(request, f"portal.{action}", booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=err.code)
+        messages.error(request, err.message)
+    else:
+        if action == "conceal":
+            messages.success(request, _("L'esame è ora oscurato: i professionisti sanitari non possono consultarlo."))
+        else:
+            messages.success(request, _("L'esame è di nuovo visibile ai professionisti sanitari."))
     return redirect("portal:exam", pk=booking.pk)
 
 
@@ -500,17 +537,25 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, _("Conferma la revoca spuntando la casella."))
         return redirect("portal:exam", pk=booking.pk)
     try:
-        booking_services.consent_revoke(
+        availability.consent_revoke_online(
             booking=booking,
-            channel=Booking.Channel.ONLINE,
+            requested_by=request.citizen_patient,  # type: ignore[attr-defined]
             user=request.user,
-            recorded_by_name=str(request.citizen_patient or request.user),  # type: ignore[attr-defined]
             source=client_ip(request),
         )
+    except availability.PortalError as err:
+        _audit(
+            request,
+            "portal.consent_revoke",
+            booking=booking,
+            outcome=AuditEvent.Outcome.DENIED,
+            reason=err.code,
+        )
+        messages.error(request, err.message)
+        return redirect("portal:exam", pk=booking.pk)
     except booking_services.BookingError as err:
         messages.error(request, err.message)
         return redirect("portal:exam", pk=booking.pk)
-    availability.publications_withdraw_for_revocation(booking=booking, user=request.user, source=client_ip(request))
     messages.success(request, _("Consenso revocato: referto e immagini non sono più disponibili online."))
     return redirect("portal:exam", pk=booking.pk)
 
@@ -521,10 +566,14 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @citizen_required
 def access_log(request: HttpRequest) -> HttpResponse:
     me = request.citizen_patient  # type: ignore[attr-defined]
-    people = availability.patients_acted_for(patient=me) if me is not None else []
+    people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
     page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
-    return render(request, "portal/access_log.html", {"page": page, "people": people})
+    return render(
+        request,
+        "portal/access_log.html",
+        {"page": page, "people": people, "emergencies": emergency_access_rows(patients=people)},
+    )
 
 
 @citizen_required

@@ -1,12 +1,15 @@
 """The portal's staff desk (``/fse/sportello/``): the emergency access to a
-study the patient concealed, and the delegations desk where CUP operators
+patient's concealed studies, and the delegations desk where CUP operators
 register and revoke a *delega* on the documents the citizen shows.
 
 The views only translate: form input into :mod:`portal.availability` calls,
-its ``ValueError`` into a message beside the field, and what each page shows
-or does into an ``AuditEvent``. Who may open a study is
-:func:`archive.reports.study_access_check`'s answer (authority rule), asked
-here without the concealment test, which is what this page lifts.
+its ``PortalError`` into a message beside the field, and what each page shows
+or does into an ``AuditEvent``.
+
+The emergency access is asked for a patient, found by codice fiscale (or
+named by the radiologist's study page), never for a study: to a professional
+a concealed study does not exist, so nothing on the page says whether the
+patient has hidden anything. The page and its answers are the same either way.
 """
 
 from __future__ import annotations
@@ -22,20 +25,31 @@ from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
-from archive import reports
+from archive import access
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
-from archive.models import AuditEvent, Patient, Study
+from archive.models import AuditEvent, Patient
 from archive.web import client_ip, perms_required
 
-from .availability import delegation_register, delegation_revoke, delegations_in_force, emergency_access, is_concealed
-from .concealment import emergency_access_live, emergency_access_minutes, emergency_access_until
+from .availability import (
+    EMERGENCY_PERMISSION,
+    PortalError,
+    delegation_register,
+    delegation_revoke,
+    delegations_in_force,
+    emergency_access_grant,
+    emergency_access_minutes,
+    emergency_access_until,
+    emergency_reason_clean,
+)
+from .concealment import emergency_access_live
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
 
 logger = logging.getLogger(__name__)
@@ -46,7 +60,18 @@ PAGE_SIZE = 50
 # --- Emergency access (break-glass) -----------------------------------------------------
 
 
+def _cf_field(label: str) -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        max_length=32,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "characters", "size": 20}
+        ),
+    )
+
+
 class EmergencyAccessForm(forms.Form):
+    codice_fiscale = _cf_field(gettext_lazy("Codice fiscale del paziente"))
     reason = forms.CharField(
         label=gettext_lazy("Motivo dell'accesso in emergenza"),
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
@@ -56,85 +81,115 @@ class EmergencyAccessForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["reason"].help_text = _(
-            "Perché devi consultare ora lo studio oscurato (almeno %(n)d caratteri). Il motivo viene registrato."
+            "Perché devi consultare ora tutti gli esami del paziente (almeno %(n)d caratteri). "
+            "Il motivo viene registrato e il paziente lo legge nel suo Fascicolo."
         ) % {"n": EMERGENCY_REASON_MIN_LENGTH}
 
-    def clean_reason(self) -> str:
-        reason = " ".join(self.cleaned_data["reason"].split())
-        if len(reason) < EMERGENCY_REASON_MIN_LENGTH:
+    def clean_codice_fiscale(self) -> Patient:
+        code = normalize_codice_fiscale(self.cleaned_data["codice_fiscale"])
+        error = codice_fiscale_error(code)
+        if error:
+            raise forms.ValidationError(error, code="invalid_codice_fiscale")
+        patient = Patient.objects.filter(codice_fiscale=code, provisional=False).first()
+        if patient is None:
             raise forms.ValidationError(
-                _("Indicare il motivo dell'accesso in emergenza (almeno %(n)d caratteri).")
-                % {"n": EMERGENCY_REASON_MIN_LENGTH},
-                code="too_short",
+                _("Nessun paziente con codice fiscale %(code)s nell'anagrafe.") % {"code": code},
+                code="unknown_patient",
             )
-        return reason
+        return patient
+
+    def clean_reason(self) -> str:
+        try:
+            return emergency_reason_clean(self.cleaned_data["reason"])
+        except PortalError as err:
+            raise forms.ValidationError(err.message, code=err.code) from None
 
 
 def _hhmm(moment: dt.datetime) -> str:
     return timezone.localtime(moment).strftime("%H:%M")
 
 
-@perms_required("archive.view_study")
+def _named_patient(request: HttpRequest) -> Patient | None:
+    """The patient of ``?paziente=<pk>`` (the study page's link), if the user may see that patient now.
+
+    Any other number is ignored, so that the page tells nothing about it.
+    """
+    try:
+        pk = int(request.GET.get("paziente", ""))
+    except ValueError:
+        return None
+    principal = access.principal_for_request(request)
+    return access.patients_visible(principal).filter(pk=pk, codice_fiscale__isnull=False).first()
+
+
+def _after_grant(request: HttpRequest, patient: Patient) -> str:
+    """Where to go once the access is recorded: the patient's studies, all of them now; else back."""
+    if request.user.has_perms(("archive.view_report", "archive.view_study")):
+        return reverse("reporting:patient", args=[patient.pk])
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        return back
+    return reverse("portal:staff_emergency_access")
+
+
+@perms_required(EMERGENCY_PERMISSION, access.VIEW_STUDY_PERM)
 @require_http_methods(["GET", "POST"])
-def emergency(request: HttpRequest, study_pk: int) -> HttpResponse:
-    study = get_object_or_404(Study.objects.select_related("patient", "facility", "facility__authority"), pk=study_pk)
+def emergency(request: HttpRequest) -> HttpResponse:
     source = client_ip(request)
-    # The authority rule (403, audited); the concealment is what this page lifts.
-    reports.study_access_check(user=request.user, study=study, source=source, concealment=False)
-    concealed = is_concealed(study=study)
-    live = emergency_access_live(user=request.user, study=study)
     status = 200
-    form = EmergencyAccessForm(request.POST or None)
     if request.method == "POST":
-        if not concealed:
-            messages.info(request, _("Lo studio non è oscurato: puoi aprirlo senza accesso in emergenza."))
-            audit_record(
-                action="portal.emergency_access",
-                outcome=AuditEvent.Outcome.FAILURE,
-                user=request.user,
-                study=study,
-                source=source,
-                detail={"reason": "not_concealed"},
-            )
-            return redirect("reporting:study", pk=study.pk)
+        form = EmergencyAccessForm(request.POST)
         if form.is_valid():
+            patient = form.cleaned_data["codice_fiscale"]
             try:
-                access = emergency_access(
-                    user=request.user, study=study, reason=form.cleaned_data["reason"], source=source
+                row = emergency_access_grant(
+                    user=request.user, patient=patient, reason=form.cleaned_data["reason"], source=source
                 )
-            except ValueError as err:
-                form.add_error("reason", str(err))
+            except PortalError as err:
+                form.add_error(err.field if err.field in form.fields else None, err.message)
             else:
+                # The request's principal was computed without this access.
+                access.principal_forget(request)
                 messages.warning(
                     request,
-                    _("Accesso in emergenza registrato: lo studio resta aperto per te fino alle %(t)s.")
-                    % {"t": _hhmm(emergency_access_until(access))},
+                    _(
+                        "Accesso in emergenza registrato per %(patient)s: fino alle %(t)s vedi tutti i suoi esami. "
+                        "Il paziente vedrà il tuo nome e il motivo."
+                    )
+                    % {"patient": _person(patient), "t": _hhmm(emergency_access_until(row))},
                 )
-                return redirect("reporting:study", pk=study.pk)
+                return redirect(_after_grant(request, patient))
         status = 400
+        # Recorded against the patient when the code named one: the citizen reads the attempt too.
+        asked_for = form.cleaned_data.get("codice_fiscale")
         audit_record(
             action="portal.emergency_access",
             outcome=AuditEvent.Outcome.DENIED,
             user=request.user,
-            study=study,
+            patient=asked_for if isinstance(asked_for, Patient) else None,
             source=source,
-            detail={"reason": "no_reason_given", "length": len(" ".join(request.POST.get("reason", "").split()))},
+            detail={
+                "errors": sorted(form.errors),
+                "length": len(" ".join(request.POST.get("reason", "").split())),
+            },
         )
+        # The page does not name the patient of a code typed in: it is no look-up by codice fiscale.
+        named = None
+        back = request.POST.get("next", "")
     else:
-        audit_record(
-            action="portal.emergency_access.page",
-            user=request.user,
-            study=study,
-            source=source,
-            detail={"concealed": concealed, "live_access": live.pk if live is not None else None},
-        )
+        named = _named_patient(request)
+        back = request.GET.get("next", "")
+        form = EmergencyAccessForm(initial={"codice_fiscale": named.codice_fiscale} if named is not None else None)
+    if back and not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = ""
+    live = emergency_access_live(user=request.user, patient=named) if named is not None else None
     return render(
         request,
         "portal/staff/emergency_access.html",
         {
-            "study": study,
             "form": form,
-            "concealed": concealed,
+            "patient": named,
+            "next": back,
             "live_until": emergency_access_until(live) if live is not None else None,
             "minutes": emergency_access_minutes(),
         },
@@ -153,20 +208,19 @@ class DateInput(forms.DateInput):
         super().__init__(attrs=attrs, format="%Y-%m-%d")
 
 
-def _cf_field(label: str) -> forms.CharField:
-    return forms.CharField(
-        label=label,
-        max_length=32,
-        widget=forms.TextInput(
-            attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "characters", "size": 20}
-        ),
-    )
-
-
 class DelegationForm(forms.Form):
     delegator_cf = _cf_field(gettext_lazy("Codice fiscale del delegante (l'interessato)"))
     delegate_cf = _cf_field(gettext_lazy("Codice fiscale del delegato"))
-    kind = forms.ChoiceField(label=gettext_lazy("Tipo di delega"), choices=[("", "—"), *Delegation.Kind.choices])
+    kind = forms.ChoiceField(
+        label=gettext_lazy("Tipo di delega"),
+        choices=[("", "—"), *Delegation.Kind.choices],
+        help_text=gettext_lazy(
+            "Ogni delega permette di vedere e scaricare gli esami. Genitore (solo per un figlio minorenne: "
+            "termina ai 18 anni) e tutore gestiscono anche l'oscuramento e il consenso alla consegna online; "
+            "l'amministratore di sostegno l'oscuramento soltanto. Nessun delegato rende visibile un esame "
+            "che l'interessato ha oscurato da sé."
+        ),
+    )
     evidence = forms.CharField(
         label=gettext_lazy("Documentazione presentata"),
         help_text=gettext_lazy(
@@ -286,8 +340,8 @@ def delegations(request: HttpRequest) -> HttpResponse:
                 valid_until=form.valid_until_moment(),
                 source=client_ip(request),
             )
-        except ValueError as err:
-            form.add_error(None, str(err))
+        except PortalError as err:
+            form.add_error(err.field if err.field in form.fields else None, err.message)
         else:
             messages.success(
                 request,
@@ -335,7 +389,7 @@ def delegation_revoke_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 urlpatterns = [
-    path("emergenza/<int:study_pk>/", emergency, name="staff_emergency_access"),
+    path("emergenza/", emergency, name="staff_emergency_access"),
     path("deleghe/", delegations, name="staff_delegations"),
     path("deleghe/<int:pk>/revoca/", delegation_revoke_view, name="staff_delegation_revoke"),
 ]

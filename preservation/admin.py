@@ -1,6 +1,12 @@
 """Admin pages of the preservation: packages, volumes and the giornale (read-only),
 the retention table, legal holds, discards (approved only by holders of
-``preservation.approve_discard``), fixity audits and their alerts."""
+``preservation.approve_discard``), fixity audits and their alerts.
+
+Rows naming a study or a patient go through the access policy (``archive.access``):
+a package, alert, hold or log entry of a study the user may not see is not there,
+and a DIP exported here never holds such a study's packages (they are absent, as
+everywhere else). ``manage.py preservation export`` remains the way for whoever
+must export whole volumes (it runs as the system)."""
 
 from __future__ import annotations
 
@@ -9,13 +15,15 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from archive.admin import ReadOnlyAdmin, ReadOnlyInline
+from archive import access
+from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
 from archive.admin_storage import AlertAdminMixin
+from archive.web import download_filename
 
 from . import export, retention
 from .models import (
@@ -46,11 +54,25 @@ def _export_response(request: HttpRequest, packages: list[Package], label: str) 
     except export.ExportError as exc:
         messages.error(request, exc.message)
         return None
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+    # FileResponse builds the header with content_disposition_header itself.
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=download_filename(path.name))
+
+
+def packages_visible(request: HttpRequest, packages: list[Package]) -> list[Package]:
+    """``packages`` less those of studies the user may not see (order kept)."""
+    principal = access.principal_for_request(request)
+    ids = set(
+        Package.objects.filter(pk__in=[p.pk for p in packages])
+        .filter(access.visible_q(principal, "study__"))
+        .values_list("pk", flat=True)
+    )
+    return [p for p in packages if p.pk in ids]
 
 
 @admin.register(Package)
-class PackageAdmin(ReadOnlyAdmin):
+class PackageAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    study_path = "study__"
+    patient_path = "study__patient_id"
     list_display = ("identifier", "study", "status", "volume", "archived_at", "fixity_checked_at")
     list_filter = ("status",)
     search_fields = (
@@ -63,9 +85,15 @@ class PackageAdmin(ReadOnlyAdmin):
     inlines = [PackageFileInline]
     actions = ["export_dip"]
 
+    def audit_subject(self, obj: Package) -> dict[str, Any]:
+        return {"study": obj.study}
+
     @admin.action(description=_("Esporta un pacchetto di distribuzione (PdD)"), permissions=["view"])
     def export_dip(self, request: HttpRequest, queryset: QuerySet[Package]) -> HttpResponse | None:
-        found = list(queryset.filter(status=Package.Status.ARCHIVED).select_related("volume", "study"))
+        # The queryset is the list's, so already the user's; asked again, as the volume's is.
+        found = packages_visible(
+            request, list(queryset.filter(status=Package.Status.ARCHIVED).select_related("volume", "study"))
+        )
         return _export_response(request, found, ", ".join(p.identifier for p in found[:3]))
 
 
@@ -78,16 +106,28 @@ class VolumeAdmin(ReadOnlyAdmin):
 
     @admin.action(description=_("Esporta il volume come pacchetto di distribuzione (PdD)"), permissions=["view"])
     def export_dip(self, request: HttpRequest, queryset: QuerySet[Volume]) -> HttpResponse | None:
-        found = [p for v in queryset for p in export.packages_for(volume=v)]
+        # A volume holds many studies: those the user may not see are absent from its DIP.
+        found = packages_visible(request, [p for v in queryset for p in export.packages_for(volume=v)])
         return _export_response(request, found, "volume " + ", ".join(v.identifier for v in queryset[:3]))
 
 
 @admin.register(JournalEntry)
-class JournalEntryAdmin(ReadOnlyAdmin):
+class JournalEntryAdmin(VisibleRowsMixin, ReadOnlyAdmin):
     list_display = ("at", "event", "action", "outcome", "object_id", "username", "system")
     list_filter = ("event", "outcome")
     search_fields = ("object_id", "action", "username")
     readonly_fields = [f.name for f in JournalEntry._meta.fields]
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        # A package's and a hold's entries name their study: absent with it.
+        if principal.kind is access.Kind.SYSTEM:
+            return Q()
+        packages = Package.objects.exclude(access.visible_q(principal, "study__")).values("identifier")
+        holds = [str(pk) for pk in LegalHold.objects.exclude(hold_visible_q(principal)).values_list("pk", flat=True)]
+        return ~(
+            Q(event=JournalEntry.Event.PACKAGE, object_id__in=packages)
+            | Q(event=JournalEntry.Event.HOLD, object_id__in=holds)
+        )
 
 
 @admin.register(RetentionClass)
@@ -95,16 +135,37 @@ class RetentionClassAdmin(admin.ModelAdmin):
     list_display = ("code", "name", "document_type", "modality", "years", "legal_basis")
 
 
+def hold_visible_q(principal: access.Principal) -> Q:
+    return access.any_q(Q(study__isnull=True), access.visible_q(principal, "study__")) & access.any_q(
+        Q(patient__isnull=True), access.patient_visible_q(principal, "patient__")
+    )
+
+
 @admin.register(LegalHold)
-class LegalHoldAdmin(admin.ModelAdmin):
+class LegalHoldAdmin(VisibleRowsMixin, admin.ModelAdmin):
     list_display = ("placed_at", "study", "patient", "reason", "placed_by", "released_at")
     list_filter = (("released_at", admin.EmptyFieldListFilter),)
-    raw_id_fields = ("study", "patient")
+    # Not raw ids: that widget labels a typed id from the whole table, hidden studies included;
+    # the autocomplete asks the Study and Patient admins, which show only what the user may see.
+    autocomplete_fields = ("study", "patient")
     readonly_fields = ("placed_at", "placed_by", "released_at", "released_by")
     actions = ["release"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a hold is released, never deleted: its history stays
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return hold_visible_q(principal)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        # A typed id of a study or patient the user may not see is "not a valid choice",
+        # as for one that does not exist.
+        principal = access.principal_for_request(request)
+        if db_field.name == "study":
+            kwargs["queryset"] = access.studies_visible(principal)
+        elif db_field.name == "patient":
+            kwargs["queryset"] = access.patients_visible(principal)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is not None:
@@ -130,6 +191,10 @@ class DiscardItemInline(ReadOnlyInline):
     model = DiscardItem
     fields = ("path", "size", "sha256", "removed_at")
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DiscardItem]:
+        principal = access.principal_for_request(request)
+        return super().get_queryset(request).filter(access.visible_q(principal, "package_file__package__study__"))
 
 
 @admin.register(Discard)
@@ -175,7 +240,7 @@ class FixityAuditAdmin(ReadOnlyAdmin):
 
 
 @admin.register(PreservationAlert)
-class PreservationAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
+class PreservationAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
     list_display = (
         "created_at",
         "last_seen_at",
@@ -189,3 +254,6 @@ class PreservationAlertAdmin(AlertAdminMixin, admin.ModelAdmin):
     )
     list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = [f.name for f in PreservationAlert._meta.fields]
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.any_q(Q(package__isnull=True), access.visible_q(principal, "package__study__"))

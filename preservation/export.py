@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from django.conf import settings
 from django.utils import timezone
 
-from archive import signing
+from archive import signing, storage
 from archive.models import Patient, Study
 
 from . import signer, sincro, timestamp, vault
@@ -222,7 +222,7 @@ def dip_export(
         raise ExportError(exc.message) from exc
 
     out_dir = Path(directory or settings.PACS_PRESERVATION_EXPORT_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs_durable(out_dir)  # 0700; mkstemp makes the zip 0600
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label)[:80]
     final = out_dir / f"PdD-{safe}-{timezone.localtime():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}.zip"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".part")

@@ -13,7 +13,8 @@ Each night, for every closed volume:
   (a deleted row is named; a discarded file is covered by its discard), and
   every row of its packages must be in the index.
 
-Then the volumes the giornale says were closed and the packages it says were
+The registry's database guards (:mod:`preservation.guard`) must be in place
+and enabled. Then the volumes the giornale says were closed and the packages it says were
 archived must be in the registry, and every volume folder on disk must be a
 registered volume: a whole volume removed is found from either side. Last,
 tonight's share of the packages (each at least once per
@@ -41,7 +42,7 @@ from django.utils import timezone
 
 from archive import signing, storage
 
-from . import signer, sincro, timestamp, vault
+from . import guard, signer, sincro, timestamp, vault
 from .journal import journal_record
 from .models import FixityAudit, JournalEntry, Package, PackageFile, PreservationAlert, Volume
 
@@ -100,6 +101,13 @@ def fixity_audit(*, cycle_days: int | None = None) -> FixityAudit:
     except timestamp.TimestampError as exc:
         tsas = b""  # no TSA accepted: every time stamp fails, and says why
         logger.error("preservation fixity: %s", exc)
+    for name in guard.guards_missing():
+        _alert(
+            audit,
+            PreservationAlert.Kind.GUARD,
+            path=name,
+            detail="il trigger che protegge il registro manca o è disattivato: il database accetta modifiche",
+        )
     truth = _Truth()
     closed = list(Volume.objects.filter(status=Volume.Status.CLOSED).select_related("previous").order_by("pk"))
     for volume in closed:

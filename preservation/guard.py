@@ -1,70 +1,62 @@
 """The preservation's tables refuse UPDATE and DELETE in the database itself.
 
-Migration 0004 puts a trigger on each table (PostgreSQL and SQLite): what is
-evidence never changes, and only what must change by design may -- a package
-or a volume while it is being built, the bookkeeping of the audits
-(``fixity_checked_at``), a package joining its volume once, a discard
-moving along proposed -> approved/rejected -> executed, an alert being
-acknowledged or seen again, a legal hold being released. No row is ever
-deleted.
+Migration 0005 puts a trigger on each table (PostgreSQL and SQLite; on
+PostgreSQL TRUNCATE too): what is evidence never changes, and only what must
+change by design may -- a package or a volume while it is being built, the
+bookkeeping of the audits (``fixity_checked_at``), a package joining its
+volume once, a discard moving along proposed -> approved/rejected ->
+executed, an alert being acknowledged or seen again, a legal hold being
+released. No row is ever deleted.
 
 The approved discard is the only way out, and it needs no bypass: it removes
 files, never rows, and the database lets a file's row be marked discarded
 (``discarded_at``, from empty, nothing else) only while an *approved* discard
-lists that file, so the discard's record (its items, hashes, approver) must
-exist first and stays.
+lists that file, so the discard's record (its items, hashes, approver) exists
+first and stays.
 
-One exception, on SQLite only: ``manage.py flush`` (a test's teardown, a
-developer's reset) empties every table with DELETE, where PostgreSQL uses
-TRUNCATE, which row triggers do not see. The SQLite DELETE triggers ask
-:func:`flush_allowed`, a function this app registers on each of its
-connections, true only inside the flush command
-(:func:`whole_database_flush`). Any other client (``sqlite3``, ``dbshell``)
-lacks the function, so its DELETE fails too.
+As for the giornale (migrations 0002, 0003), the triggers stop the
+application, not the tables' owner, who can disable or drop them (README,
+"The database role"): the fixity audit reports each guard that is missing or
+disabled (:func:`guards_missing`), and finds what was changed meanwhile from
+the signed volume indexes.
 """
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
+
+from django.db import connection as default_connection
 
 logger = logging.getLogger(__name__)
 
-SQLITE_FUNCTION = "preservation_flush_allowed"
-_MIGRATION = "preservation.migrations.0004_preservation_tables_refuse_changes"
-
-_flushing: contextvars.ContextVar[bool] = contextvars.ContextVar("preservation_flushing", default=False)
+_MIGRATION = "preservation.migrations.0005_preservation_tables_refuse_changes"
 
 
-@contextmanager
-def whole_database_flush() -> Iterator[None]:
-    """While the whole database is emptied (``manage.py flush``), SQLite's DELETE triggers let it through."""
-    token = _flushing.set(True)
-    try:
-        yield
-    finally:
-        _flushing.reset(token)
+def _migration() -> Any:
+    return importlib.import_module(_MIGRATION)
 
 
-def flush_allowed() -> int:
-    return 1 if _flushing.get() else 0
-
-
-def sqlite_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """``connection_created`` receiver: give SQLite connections the function the triggers ask."""
-    if connection.vendor == "sqlite":
-        connection.connection.create_function(SQLITE_FUNCTION, 0, flush_allowed)
+def guards_missing(connection: Any = default_connection) -> list[str]:
+    """The names of the registry's triggers that are missing or disabled (none on other databases)."""
+    expected = _migration().guard_names(connection.vendor)
+    if not expected:
+        return []
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        else:
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
+        present = {name for (name,) in cursor.fetchall()}
+    return [name for name in expected if name not in present]
 
 
 def sqlite_triggers_ensure(sender: Any, using: str = "default", **kwargs: Any) -> None:
     """``post_migrate`` receiver: put back SQLite triggers a table rebuild dropped.
 
     SQLite alters a column by rebuilding the table, which drops its triggers;
-    PostgreSQL keeps them. Nothing to do before migration 0004 has run.
+    PostgreSQL keeps them. Nothing to do before migration 0005 has run.
     """
     from django.db import connections
     from django.db.migrations.recorder import MigrationRecorder
@@ -78,7 +70,7 @@ def sqlite_triggers_ensure(sender: Any, using: str = "default", **kwargs: Any) -
         .exists()
     ):
         return
-    statements = importlib.import_module(_MIGRATION).sqlite_statements()
+    statements = _migration().sqlite_statements()
     with connection.cursor() as cursor:
         cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         present = {row[0] for row in cursor.fetchall()}

@@ -176,6 +176,7 @@ class JournalEntry(models.Model):
         AUDIT = "audit", _("verifica di integrità")
         DISCARD = "discard", _("scarto")
         HOLD = "hold", _("blocco legale")
+        SEAL = "seal", _("sigillo del registro degli accessi")
 
     at = models.DateTimeField(_("quando"), db_index=True)
     event = models.CharField(_("evento"), max_length=16, choices=Event.choices)
@@ -345,6 +346,7 @@ class PreservationAlert(models.Model):
         UNREADABLE = "unreadable", _("file illeggibile")
         REGISTRY = "registry", _("registro diverso dall'indice firmato")
         CHAIN = "chain", _("catena dei volumi interrotta")
+        GUARD = "guard", _("protezione del registro disattivata")
 
     created_at = models.DateTimeField(_("rilevato il"), auto_now_add=True, db_index=True)
     # The same mismatch found by a later audit updates its open alert.

@@ -166,8 +166,8 @@ def _heartbeat(package: Package) -> None:
 
 def _write(workdir: Path, name: str, data: bytes) -> Path:
     path = workdir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    storage.makedirs_durable(path.parent)
+    storage.write_private_file(path, data)
     return path
 
 
@@ -180,7 +180,7 @@ def _build(*, package: Package, study: Study, report: Report) -> Package:
     vault.staging_clean(prefix)
     workdir = storage.incoming_dir() / f"sip-{package.identifier}"
     shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(mode=storage.DIR_MODE)
     try:
         docs, records = _gather(package=package, study=study, report=report, workdir=workdir)
         checks = _check(report=report, docs=docs, records=records)
@@ -364,9 +364,9 @@ def _gather(*, package: Package, study: Study, report: Report, workdir: Path) ->
             continue
         name = f"dicom/{instance.series.series_instance_uid}/{instance.sop_instance_uid}.dcm"
         target = workdir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        storage.makedirs_durable(target.parent)
         try:
-            with retrieve.instance_open(instance) as src, open(target, "wb") as out:
+            with retrieve.instance_open(instance) as src, storage.open_private_file(target) as out:
                 digest = hashlib.sha256()
                 for chunk in iter(lambda: src.read(1024 * 1024), b""):
                     digest.update(chunk)

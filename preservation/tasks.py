@@ -9,6 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from . import audit_seal as seals
 from . import fixity, packages, retention, volumes
 
 logger = logging.getLogger(__name__)
@@ -73,3 +74,9 @@ def fixity_audit() -> int:
 def discard_propose() -> int | None:
     discard = retention.discard_propose()
     return discard.pk if discard else None
+
+
+@shared_task(name="preservation.tasks.audit_seal")
+def audit_seal() -> int:
+    # Not retried: the next period's seal covers every chain this one would have.
+    return seals.audit_seal().pk

@@ -105,10 +105,13 @@ def _publish_local(prefix: str, files: list[StagedFile]) -> bool:
         for f in files:
             target = staging / f.name
             if target.parent not in dirs:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                storage.makedirs_durable(target.parent)
                 dirs.add(target.parent)
             digest = hashlib.sha256()
-            with open(f.source, "rb") as src, open(target, "xb") as out:
+            with (
+                open(f.source, "rb") as src,
+                os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out,
+            ):
                 for chunk in iter(lambda: src.read(1024 * 1024), b""):
                     digest.update(chunk)
                     out.write(chunk)
@@ -116,7 +119,7 @@ def _publish_local(prefix: str, files: list[StagedFile]) -> bool:
                 os.fsync(out.fileno())
             if digest.hexdigest() != f.sha256:
                 raise VaultError(f"{f.name}: the staged copy has SHA-256 {digest.hexdigest()}, expected {f.sha256}")
-            os.chmod(target, 0o444)
+            os.chmod(target, 0o400)  # write-once: not even the owner writes it
         for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
             storage.fsync_dir(d)
         storage.makedirs_durable(final.parent)
@@ -195,7 +198,7 @@ def discard_file(*, item: DiscardItem) -> bool:
         raise WriteOnceError(f"discard item {fresh.pk} does not name its file")
     path = storage.absolute_path(tier(), fresh.path) if storage.tier_is_local(tier()) else None
     if path is not None and path.exists():
-        os.chmod(path, 0o644)
+        os.chmod(path, storage.FILE_MODE)
     return storage.discard_remove(tier(), fresh.path)
 
 

@@ -115,12 +115,12 @@ def _finish(volume: Volume) -> Volume:
     files = {INDEX: data, SIGNATURE: signature, TIMESTAMP: tsr}
     workdir = storage.incoming_dir() / f"vol-{volume.identifier}"
     shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(mode=storage.DIR_MODE)
     try:
         staged = []
         for name, content in files.items():
             path = Path(workdir) / name
-            path.write_bytes(content)
+            storage.write_private_file(path, content)
             staged.append(vault.StagedFile(name, path, hashlib.sha256(content).hexdigest()))
         vault.publish_folder(prefix, staged, last=INDEX)
     finally:

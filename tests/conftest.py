@@ -225,6 +225,30 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
             proc.wait()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_flush_allowed() -> Iterator[None]:
+    """The database refuses to empty the audit tables; the flush between
+    transactional tests lifts the guards as their owner would, and this
+    process's chains start again with the emptied database."""
+    from django.db.backends.base.operations import BaseDatabaseOperations
+
+    from archive.audit import audit_chains_forget
+    from tests.audit_helpers import audit_guards_lifted
+
+    original = BaseDatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: BaseDatabaseOperations, sql_list: list[str]) -> None:
+        from django.db import transaction
+
+        with transaction.atomic(using=self.connection.alias), audit_guards_lifted(self.connection):
+            original(self, sql_list)
+        audit_chains_forget()
+
+    BaseDatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+    yield
+    BaseDatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
 def _italian_first() -> Iterator[None]:
     """Each test starts in the default language: a request in English (the
@@ -235,6 +259,34 @@ def _italian_first() -> Iterator[None]:
     translation.activate(settings.LANGUAGE_CODE)
     yield
     translation.activate(settings.LANGUAGE_CODE)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The process umask of a host that lets everyone read (022), for the length of a test:
+    the archive's own files must stay 0600 and its folders 0700 all the same."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def assert_private(root: Path, *, file_mode: int = 0o600) -> int:
+    """Every folder under ``root`` (itself included) is 0700 and every file ``file_mode``;
+    returns how many files were checked."""
+    import stat
+
+    wrong = []
+    files = 0
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        expected = 0o700 if path.is_dir() else file_mode
+        files += not path.is_dir()
+        if mode != expected:
+            wrong.append(f"{path.relative_to(root)}: {oct(mode)}, not {oct(expected)}")
+    assert not wrong, wrong
+    return files
 
 
 @pytest.fixture(autouse=True)

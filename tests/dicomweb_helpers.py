@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from knox.models import AuthToken
 from pydicom import dcmread
-from rest_framework.authtoken.models import Token
 
 from archive import storage
 from archive.ingest import instance_ingest
@@ -36,18 +36,22 @@ def make_user(username: str, *perms: str, staff: bool = True) -> ApiUser:
     for perm in perms:
         app, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
-    token = Token.objects.create(user=user)
-    return ApiUser(user=user, token=token.key)
+    # Made directly, as any account may be given one in a test: who may ask for
+    # one at /api/token/ is tested in tests/archive/test_api.py.
+    _token, key = AuthToken.objects.create(user=user)
+    return ApiUser(user=user, token=key)
 
 
+# The access policy (archive.access) shows studies only to holders of archive.view_study;
+# DICOMweb then asks archive.view_instance to read and archive.add_instance to store.
 @pytest.fixture
 def reader(db: None) -> ApiUser:
-    return make_user("lettore", "archive.view_instance")
+    return make_user("lettore", "archive.view_study", "archive.view_instance")
 
 
 @pytest.fixture
 def archivist(db: None) -> ApiUser:
-    return make_user("archivista", "archive.view_instance", "archive.add_instance")
+    return make_user("archivista", "archive.view_study", "archive.view_instance", "archive.add_instance")
 
 
 @pytest.fixture

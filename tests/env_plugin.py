@@ -9,6 +9,9 @@ import tempfile
 if "PACS_TEST_VAR_DIR" not in os.environ:
     os.environ["PACS_TEST_VAR_DIR"] = tempfile.mkdtemp(prefix="pacs-test-")
 os.environ["PACS_VAR_DIR"] = os.environ["PACS_TEST_VAR_DIR"]
+# The session's audit key, named as production names it (generated there, 0600,
+# on first use: it lies under PACS_VAR_DIR); the processes tests start share it.
+os.environ.setdefault("PACS_AUDIT_KEY_FILE", os.path.join(os.environ["PACS_TEST_VAR_DIR"], "audit.key"))
 # Tests run their own Celery queue, so that nothing a previous run left in a
 # shared broker is consumed by this run's worker.
 os.environ.setdefault("CELERY_QUEUE", f"pacs-test-{os.getpid()}")

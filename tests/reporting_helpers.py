@@ -28,6 +28,7 @@ RADIOLOGIST_PERMS = (
     "archive.add_report",
     "archive.change_report",
     "archive.sign_report",
+    "portal.emergency_access",  # as the demo's "Radiologi"
 )
 # Rossi Mario, born in Trieste on 12 March 1956 (python-codicefiscale's encoding).
 PATIENT_CF = "RSSMRA56C12L424P"

@@ -187,6 +187,21 @@ def qido_search(
     return QidoResult(items=items, truncated=truncated, level=level)
 
 
+def qido_patients(scope: Scope, items: list[dict[str, Any]], *, study_uid: str | None = None) -> list[int]:
+    """The patients of a search's results, in result order, for the audit event.
+
+    Each result names its study (StudyInstanceUID, or the URL's for a search
+    under a study); the patients are looked up among the studies of ``scope``,
+    which are the only ones a search can return.
+    """
+    uids = [str((item.get("0020000D", {}).get("Value") or [study_uid or ""])[0]) for item in items]
+    wanted = {u for u in uids if u}
+    if not wanted:
+        return []
+    owner = dict(scope.studies().filter(study_instance_uid__in=wanted).values_list("study_instance_uid", "patient_id"))
+    return [owner[u] for u in uids if u in owner]
+
+
 def _qido_retrieve_url(scope: Scope, data: dict[str, Any], level: str) -> str:
     def uid(tag: str) -> str:
         return str((data.get(tag, {}).get("Value") or [""])[0])

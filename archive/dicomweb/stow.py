@@ -8,6 +8,19 @@ Instances whose Study Instance UID differs from the URL's fail with 0xC409
 (the value dcm4chee uses for this case, within the standard's Cxxx "cannot
 understand" range); a conflict with an archived object is stored for review
 and reported with WarningReason 0xB000, as the DIMSE service does.
+
+Storing and the access policy (``archive.access``): an instance is stored
+into its study whatever the study is to the sender, hidden by the patient
+(*oscuramento*) or of another health authority included, because a
+modality's later images of a study the patient hid must not be lost and the
+hiding covers them too. So that the answer never tells such a study exists,
+it is the same as for any study: the same statuses, a RetrieveURL built
+from the UIDs the sender gave (it answers 404 to whoever may not see the
+study, as for one not archived), and a conflict's warning says only that
+the object was kept for review, never what it clashed with (another
+patient's PatientID, another study): that stays in the conflict's row and
+the audit log. What a sender holding a study's UID can still learn is that
+a study it then cannot retrieve exists; never whether it is hidden.
 """
 
 from __future__ import annotations
@@ -39,6 +52,8 @@ FAILURE_STUDY_MISMATCH = 0xC409
 FAILURE_PROCESSING = 0x0110
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 WARNING_CONFLICT = 0xB000
+# The same words as the DIMSE service's ErrorComment for a conflict.
+CONFLICT_WARNING = "conflict kept for review; the archived object is unchanged"
 _INGEST_FAILURE = {
     "invalid": FAILURE_CANNOT_UNDERSTAND,
     "sop_class_mismatch": FAILURE_SOP_CLASS_MISMATCH,
@@ -184,6 +199,8 @@ class StowOutcome:
     failed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     study_ids: set[int] = field(default_factory=set)
+    # For the audit log only, never in the answer.
+    conflict_details: list[dict[str, Any]] = field(default_factory=list)
 
 
 def stow_facility(scope: Scope) -> Facility:
@@ -293,7 +310,11 @@ class _StowReport:
         if result.outcome == CONFLICT:
             item.WarningReason = WARNING_CONFLICT
             self.result.conflicts += 1
-            self.result.warnings.append(f"B000: part {n}: {result.detail}")
+            # Not result.detail: it may name what is archived (another patient, another study).
+            self.result.warnings.append(f"B000: part {n}: {CONFLICT_WARNING}")
+            self.result.conflict_details.append(
+                {"part": n, "sop_instance_uid": result.sop_instance_uid, "detail": result.detail}
+            )
         elif result.outcome == DUPLICATE:
             self.result.duplicates += 1
         else:

@@ -2,7 +2,15 @@
 
 Each view authenticates (DRF token or staff session), checks the permission,
 calls one service function of this package, and writes one audit event
-for what it served or refused. DRF's content negotiation is switched off
+for what it served or refused (a search's names the patients it returned).
+
+What a request sees is decided by the access policy (``archive.access``),
+carried by the :class:`~archive.dicomweb.scope.Scope`: a study the patient hid
+(*oscuramento*) or one outside the user's health authority is simply absent
+from QIDO-RS at every level and answers 404 to every retrieval, exactly as a
+study that is not archived. STOW-RS stores into any study (a modality's later
+images of a hidden study must not be lost) and answers the same whether the
+study was there, hidden or new (see :mod:`archive.dicomweb.stow`). DRF's content negotiation is switched off
 (it would answer 406 to ``Accept: multipart/related; type="application/dicom"``):
 the service functions negotiate DICOM media types themselves.
 """
@@ -17,7 +25,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
@@ -25,12 +33,13 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from .. import access
+from ..api_tokens import ApiTokenAuthentication
 from ..audit import audit_record
 from ..models import AuditEvent, Facility, Study
 from ..web import client_ip
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
-from .qido import qido_search
+from .qido import qido_patients, qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_url, instances_select, study_get
 from .stow import stow
@@ -82,6 +91,8 @@ class AuditNote:
     study_instance_uid: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     outcome: str = AuditEvent.Outcome.SUCCESS
+    # A search's: the patients it returned (archive.audit bounds them).
+    patients: list[int] | None = None
 
 
 def public_url(request: Any, path: str) -> str:
@@ -98,7 +109,7 @@ _client_address = client_ip
 class DicomwebView(APIView):
     """Base: token first (so that an anonymous client gets 401 with ``WWW-Authenticate: Token``)."""
 
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [CanRead]
     content_negotiation_class = _AnyContent
     renderer_classes = [JSONRenderer]
@@ -144,6 +155,7 @@ class DicomwebView(APIView):
                 study_instance_uid=note.study_instance_uid,
                 source=_client_address(request),
                 detail=detail,
+                patients=note.patients,
             )
         except Exception:
             # The answer has been decided; a failing audit write must be visible, not silent.
@@ -390,6 +402,8 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         failures=result.failures[:20],
         status=result.status,
     )
+    if result.conflict_details:
+        note.detail["conflict_details"] = result.conflict_details[:20]
     if len(result.study_ids) == 1:
         note.study = Study.objects.select_related("patient").filter(pk=next(iter(result.study_ids))).first()
     elif result.study_ids:
@@ -418,6 +432,7 @@ def qido_handle(
     scope = view.scope(facility)
     result = qido_search(scope, request.query_params, level=level, study_uid=study, series_uid=series)
     note.detail["matches"] = len(result.items)
+    note.patients = qido_patients(scope, result.items, study_uid=study)
     if study is not None and result.items:
         note.study = study_get(scope, study)
     response = HttpResponse(dumps(result.items), content_type=DICOM_JSON)

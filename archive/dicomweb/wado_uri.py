@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import rendering
 from ..models import Instance
+from ..web import content_disposition
 from .media import DICOM, DicomwebError, MediaRange, _type_matches, parse_accept
 from .multipart import Streamed, file_chunks
 from .rendered import RenderParams, render_params
@@ -101,6 +102,6 @@ def wado_uri_file(instance: Instance, transfer_syntax: str | None) -> Streamed:
         file_chunks(fh),
         headers={
             "Content-Length": str(instance.size),
-            "Content-Disposition": f'attachment; filename="{instance.sop_instance_uid}.dcm"',
+            "Content-Disposition": content_disposition(f"{instance.sop_instance_uid}.dcm"),
         },
     )

@@ -7,7 +7,7 @@ as subprocesses: gunicorn (``pacs.wsgi``) and ``manage.py dicom_listener``.
 * Latency, p50 and p95 over ``--repeat`` requests per query (after a
   warm-up), each with another value picked at random from the archive, the
   query kinds interleaved so that the machine's ups and downs fall on all:
-  QIDO-RS over HTTP (``requests``, one keep-alive session, DRF token) and
+  QIDO-RS over HTTP (``requests``, one keep-alive session, API token) and
   C-FIND (pynetdicom, Study Root, one association for all):
   by PatientID; by StudyDate range + ModalitiesInStudy=CT (QIDO limit=100);
   by PatientName wildcard (``ROSS*``, QIDO limit=100; and ``ROSSI^MA*``);
@@ -178,11 +178,11 @@ def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int
 
 
 def bench_accounts() -> tuple[str, str]:
-    """A staff user with a DRF token and a query/retrieve node for the calling AE; (token, called AE)."""
+    """A staff user with an API token and a query/retrieve node for the calling AE; (token, called AE)."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
-    from rest_framework.authtoken.models import Token
 
+    from archive.api_tokens import api_token_issue
     from archive.models import Facility, RemoteNode
 
     facility = Facility.objects.get(code=FACILITY)
@@ -195,7 +195,7 @@ def bench_accounts() -> tuple[str, str]:
             codename__in=[f"view_{m}" for m in ("patient", "study", "series", "instance")],
         )
     )
-    token, _ = Token.objects.get_or_create(user=user)
+    token = api_token_issue(user=user)
     RemoteNode.objects.update_or_create(
         facility=facility,
         ae_title=CALLING_AE,

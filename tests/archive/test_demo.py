@@ -31,7 +31,10 @@ def test_load_demo_builds_the_region_and_is_idempotent(db: None) -> None:
     assert stat.S_IMODE(demo.credentials_path().stat().st_mode) == 0o600
     for username, *_ in demo.ACCOUNTS:
         user = authenticate(username=username, password=creds[username])
-        assert user is not None and user.is_staff, username
+        assert user is not None, username
+        # A service account (the external CUP) never has the admin site.
+        assert user.is_staff == (username not in demo.SERVICE_ACCOUNTS), username
+    assert not get_user_model().objects.get(username="cup-regionale").is_staff
     radiologist = get_user_model().objects.get(username="radiologo")
     assert radiologist.has_perm("archive.view_study") and not radiologist.has_perm("archive.change_remotenode")
 

@@ -652,10 +652,11 @@ def test_qido_truncated_at_the_maximum_warns(client, two_studies, reader) -> Non
 
 
 def test_retrieve_queries_do_not_grow_with_the_study(client, stored, reader, django_assert_max_num_queries) -> None:
-    # Token, facility scope, study, oscuramento, instances with their copies, audit: not one query per instance.
-    with django_assert_max_num_queries(13):
+    # Token, the principal (permissions, profile, emergency accesses, authored studies), facility
+    # scope, study, instances with their copies, audit: not one query per instance.
+    with django_assert_max_num_queries(15):
         response = client.get(_study_url(stored[0]), **reader.auth)
         assert len(parse_multipart(response["Content-Type"], _body(response))) == 6
-    with django_assert_max_num_queries(13):
+    with django_assert_max_num_queries(15):
         response = client.get(_study_url(stored[0]) + "/metadata", **reader.auth)
         assert len(json.loads(_body(response))) == 6

@@ -615,3 +615,76 @@ def test_memory_stays_flat_with_large_files(region: Region, tmp_path: Path, pati
         # Ingestion maps files (page cache, not counted here); nothing may hold a file in memory.
         assert (peak - base) < 32 * 1024, f"{source.name}: anonymous memory grew by {(peak - base) // 1024} MiB"
     _assert_rows_match_files()
+
+
+# --- staying inside what was given ---------------------------------------------------
+
+
+def test_links_out_of_the_folder_given_are_skipped_and_said(
+    region: Region, tmp_path: Path, patient: PatientInfo
+) -> None:
+    """A symbolic link in the folder once made the import read (and archive) any file the
+    process could read: a link to a file elsewhere, or a linked folder."""
+    inside = write_study(tmp_path / "src", patient=patient, series=1, instances_per_series=2)
+    elsewhere = write_study(tmp_path / "elsewhere", patient=patient, series=1, instances_per_series=2)
+    src = tmp_path / "src"
+    (src / "leak.dcm").symlink_to(elsewhere[0])
+    (src / "more").symlink_to(elsewhere[0].parent, target_is_directory=True)
+    (src / "again").symlink_to(inside[0].parent, target_is_directory=True)
+    (src / "same.dcm").symlink_to(inside[0])  # a link that stays inside is followed
+
+    report = bulk_import.dicom_import(paths=[src], facility=region.facility)
+
+    assert (report.imported, report.duplicates, report.rejected) == (2, 1, [])
+    skipped = {Path(item.source).name: item.reason for item in report.skipped}
+    assert skipped == {
+        "leak.dcm": f"a symbolic link to a file outside {src.resolve()}: not followed",
+        "more": "a symbolic link to a folder outside the folder given: not followed",
+        "again": "a symbolic link to a folder inside the folder given: not followed",
+    }
+    stored = set(Instance.objects.values_list("sop_instance_uid", flat=True))
+    assert stored == {str(dcmread(p).SOPInstanceUID) for p in inside}
+    assert bulk_import.candidate_count(paths=[src]) == 3  # the two files and the link inside
+    _assert_rows_match_files()
+
+
+def test_a_dicomdir_cannot_reference_a_file_through_a_link_off_the_media(
+    region: Region, tmp_path: Path, patient: PatientInfo
+) -> None:
+    media = tmp_path / "cd"
+    datasets = _media(media, patient, ct=2, mr=0)
+    secret = write_study(tmp_path / "elsewhere", patient=patient, series=1, instances_per_series=1)[0]
+    listed = _media_files(media)
+    listed[0].unlink()
+    listed[0].symlink_to(secret)
+
+    report = bulk_import.dicom_import(paths=[media / "DICOMDIR"], facility=region.facility)
+
+    assert report.imported == len(datasets) - 1 and report.rejected == []
+    assert [(Path(i.source).name, i.reason) for i in report.skipped] == [
+        (listed[0].name, f"a symbolic link to a file outside {media.resolve()}: not followed")
+    ]
+    assert not Instance.objects.filter(sop_instance_uid=dcmread(secret).SOPInstanceUID).exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["/etc/IM0001", "../IM0001", "export/../../IM0001", "..\\IM0001", "C:/IM0001", "\\\\server\\IM0001"]
+)
+def test_zip_members_named_absolute_or_climbing_out_are_refused(
+    region: Region, tmp_path: Path, patient: PatientInfo, name: str
+) -> None:
+    good, bad = write_study(tmp_path / "src", patient=patient, series=1, instances_per_series=2)
+    archive = tmp_path / "crafted.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(good, "export/IM0000")
+        # ZipInfo keeps the name as given (ZipFile.write would strip a leading slash).
+        zf.writestr(zipfile.ZipInfo(name), bad.read_bytes())
+
+    report = bulk_import.dicom_import(paths=[archive], facility=region.facility)
+
+    assert report.imported == 1
+    assert [(r.source, r.reason) for r in report.rejected] == [
+        (f"{archive}!{name}", "the zip member's name is an absolute path or climbs out of the archive (..)")
+    ]
+    assert not Instance.objects.filter(sop_instance_uid=dcmread(bad).SOPInstanceUID).exists()
+    assert _incoming_files() == []

@@ -11,6 +11,7 @@ from archive import storage
 from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Copy, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from archive.sample_data import CT, PatientInfo, fresh_copy, write_study
+from tests.conftest import assert_private
 
 
 def _ingest(path: Path, facility, **kwargs):  # type: ignore[no-untyped-def]
@@ -220,3 +221,23 @@ def test_stray_incoming_files_of_dead_processes_are_removed(settings, tmp_path: 
     assert (live_dir / "busy.part").exists()
     (live_dir / "busy.part").unlink()
     live_dir.rmdir()
+
+
+def test_stored_files_and_their_folders_are_the_service_accounts_only(
+    loose_umask: None, region, ct_study: list[Path], settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Files were 0644 and folders 0755: every local user read every image."""
+    first, second, third, *rest = ct_study
+    assert _ingest(first, region.facility).outcome == STORED  # copied into the incoming folder
+    # Held in memory by the listener, then written by ingestion.
+    data = second.read_bytes()
+    path = storage.incoming_dir() / "held-in-memory.dcm"
+    assert instance_ingest(path=path, facility=region.facility, owned=True, data=data).outcome == STORED
+    # Spooled to disk by the listener, which opens its own file (0644 under this umask).
+    spooled = storage.incoming_dir() / "spooled.dcm"
+    spooled.write_bytes(third.read_bytes())
+    assert oct(spooled.stat().st_mode & 0o777) == oct(0o644)
+    assert instance_ingest(path=spooled, facility=region.facility, owned=True).outcome == STORED
+
+    assert assert_private(Path(settings.PACS_FACILITY_TIER_DIR)) == 3
+    assert_private(Path(settings.PACS_INCOMING_DIR))

@@ -139,7 +139,9 @@ def test_the_dashboard_and_the_admin_show_stuck_copies(  # type: ignore[no-untyp
     settings.PACS_LONG_TERM_SCOPE = "authority"
     lifecycle.scope_migration_step(limit=5)
     client = Client()
-    client.force_login(make_user("archivista", "archive.view_copy", "archive.view_copyfailure").user)
+    client.force_login(
+        make_user("archivista", "archive.view_study", "archive.view_copy", "archive.view_copyfailure").user
+    )
 
     page = client.get("/admin/archive/storage-dashboard/")
 

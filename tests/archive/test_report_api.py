@@ -10,17 +10,18 @@ import pytest
 import yaml
 from django.forms.models import model_to_dict
 from django.test import Client
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from archive import reports
 from archive.models import AuditEvent, Report
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
 def auth(user: Any) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    _token, key = AuthToken.objects.create(user=user)
+    return {"HTTP_AUTHORIZATION": f"Token {key}"}
 
 
 def patch(client: Client, report: Report, body: dict[str, Any], user: Any) -> Any:
@@ -237,16 +238,23 @@ def test_signing_is_not_offered(client: Client, reporting: Reporting) -> None:
 # --- who may call ------------------------------------------------------------------------------
 
 
-def test_a_radiologist_of_another_authority_is_refused(client: Client, reporting: Reporting) -> None:
+def test_another_authoritys_report_answers_as_a_missing_one(client: Client, reporting: Reporting) -> None:
+    # Not 403: a refusal would say the report is there (archive.access).
     r = reporting
     report = signed_report(r)
     foreign = auth(r.foreign)
 
     for url in (f"/api/reports/{report.pk}/", f"/api/reports/{report.pk}/pdf", f"/api/reports/{report.pk}/p7m"):
-        assert client.get(url, **foreign).status_code == 403, url
-    assert client.get("/api/reports/", {"study": r.study.study_instance_uid}, **foreign).status_code == 403
-    assert patch(client, report, {"revision": 1, "conclusion": "x"}, r.foreign).status_code == 403
-    assert len(events("study.denied", AuditEvent.Outcome.DENIED)) == 5
+        response = client.get(url, **foreign)
+        missing = client.get(url.replace(f"/{report.pk}/", "/999999/"), **foreign)
+        assert response.status_code == missing.status_code == 404, url
+        assert response.json() == missing.json(), url
+    listed = client.get("/api/reports/", {"study": r.study.study_instance_uid}, **foreign)
+    assert listed.status_code == 404
+    assert listed.json() == client.get("/api/reports/", {"study": "1.2.3.4"}, **foreign).json()
+    assert patch(client, report, {"revision": 1, "conclusion": "x"}, r.foreign).status_code == 404
+    denied = events("study.denied", AuditEvent.Outcome.DENIED)
+    assert len(denied) == 5 and {e.detail["reason"] for e in denied} == {"authority"}
     assert not [e for e in events("report.view") if e.user_id == r.foreign.pk]
 
 
@@ -288,3 +296,22 @@ def test_the_schema_describes_the_report_api(client: Client, reporting: Reportin
     assert "post" not in paths["/api/reports/{id}/"] and "put" not in paths["/api/reports/{id}/"]
     assert paths["/api/reports/"]["get"]["tags"] == ["Referti"]
     assert "409" in paths["/api/reports/{id}/"]["patch"]["responses"]
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(
+    client: Client, reporting: Reporting
+) -> None:
+    from archive.models import Study
+
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=INJECTED_ACCESSION)
+    report = signed_report(reporting)
+    pdf = client.get(f"/api/reports/{report.pk}/pdf", **auth(reporting.colleague))
+    assert pdf.status_code == 200
+    assert disposition_filenames(pdf["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.pdf",
+    )
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=NON_ASCII_ACCESSION)
+    p7m = client.get(f"/api/reports/{report.pk}/p7m", **auth(reporting.colleague))
+    assert p7m["Content-Disposition"] == "attachment; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf.p7m"

@@ -16,6 +16,7 @@ from archive import reports
 from archive.ingest import instance_ingest
 from archive.models import AuditEvent, Report, Study
 from archive.sample_data import PatientInfo, write_study
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.conftest import Region
 from tests.reporting_helpers import PATIENT_CF, RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 
@@ -149,8 +150,13 @@ def test_other_authority_radiologist_cannot_open_the_study(reporting: Reporting)
     page = client.get(reverse("reporting:worklist"))
     assert page.status_code == 200
     assert reporting.study.accession_number not in page.content.decode()
-    assert client.get(reverse("reporting:study", args=[reporting.study.pk])).status_code == 403
-    assert client.post(reverse("reporting:report_start", args=[reporting.study.pk])).status_code == 403
+    # Another authority's study answers as one that is not in the archive.
+    missing = client.get(reverse("reporting:study", args=[reporting.study.pk + 1000]))
+    response = client.get(reverse("reporting:study", args=[reporting.study.pk]))
+    assert response.status_code == missing.status_code == 404
+    assert response.content == missing.content
+    assert client.post(reverse("reporting:report_start", args=[reporting.study.pk])).status_code == 404
+    assert client.get(reverse("reporting:patient", args=[reporting.study.patient_id])).status_code == 404
     assert not Report.objects.exists()
     assert ("study.denied", "denied") in actions(reporting.foreign)
 
@@ -479,3 +485,21 @@ def test_every_view_and_action_is_audited(reporting: Reporting) -> None:  # noqa
     } <= logged
     events = AuditEvent.objects.filter(user=reporting.radiologist, action="study.view")
     assert all(e.study_id == reporting.study.pk and e.patient_id == reporting.study.patient_id for e in events)
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(reporting: Reporting) -> None:  # noqa: F811
+    """The AccessionNumber comes from the modality: it once went into the header as it was,
+    so that ``"; filename=e.sh`` added a second file name."""
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=INJECTED_ACCESSION)
+    report = signed_report(reporting)
+    client = client_for(reporting.radiologist)
+    p7m = client.get(reverse("reporting:report_p7m", args=[report.pk]))
+    assert p7m.status_code == 200
+    assert disposition_filenames(p7m["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.p7m",
+    )
+    Study.objects.filter(pk=reporting.study.pk).update(accession_number=NON_ASCII_ACCESSION)
+    pdf = client.get(reverse("reporting:report_pdf", args=[report.pk]))
+    assert pdf["Content-Disposition"] == "inline; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf"

@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from pydicom import dcmread
 
 from archive import reports, storage
+from archive.access import StudyNotVisible
 from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
 from archive.reports import ReportConflict, ReportError
 from archive.signals import report_signed
@@ -428,9 +429,9 @@ def test_only_a_signed_report_is_amended_and_a_signed_study_is_not_reported_agai
 
 def test_a_radiologist_of_another_authority_is_denied(reporting: Reporting) -> None:
     r = reporting
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(StudyNotVisible):
         reports.study_access_check(user=r.foreign, study=r.study, source="10.0.0.9")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(StudyNotVisible):
         reports.report_draft_start(study=r.study, user=r.foreign)
     assert not Report.objects.exists()
     denied = events("study.denied", AuditEvent.Outcome.DENIED)
@@ -471,7 +472,7 @@ def test_studies_accessible_filters_by_authority(reporting: Reporting) -> None:
     r.radiologist.user_permissions.clear()
     fresh = type(r.radiologist).objects.get(pk=r.radiologist.pk)
     assert list(reports.studies_accessible(user=fresh)) == []
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(StudyNotVisible):
         reports.study_access_check(user=fresh, study=r.study)
 
 

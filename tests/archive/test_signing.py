@@ -21,8 +21,9 @@ from django.utils import timezone
 from archive import signing, storage
 from archive.models import AuditEvent, Report
 from archive.report_pdf import report_pdf
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_private
 from tests.reporting_helpers import Reporting, reporting  # noqa: F401
+from tests.reporting_helpers import signed_report as report_signed_for_real
 
 PDF = b"%PDF-1.4\n% a report\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n"
 
@@ -438,3 +439,20 @@ def test_an_officer_certificate_without_the_role_is_issued_again_with_it(region:
     issued = cert_path.read_bytes()
     signing.demo_pki_create(users=[], directory=directory, preservation_officers=[officer])
     assert cert_path.read_bytes() == issued
+
+
+def test_signed_report_files_and_keys_are_the_service_accounts_only(
+    loose_umask: None,
+    reporting: Reporting,  # noqa: F811
+    tmp_path: Path,
+    settings: object,
+) -> None:
+    """The report's PDF and signature were written 0644 in folders 0755."""
+    settings.PACS_SIGNING_DIR = tmp_path / "pki"  # type: ignore[attr-defined]
+    signing.demo_pki_create(users=[reporting.radiologist])
+    report = report_signed_for_real(reporting)  # archive.reports.report_sign
+
+    assert assert_private(tmp_path / "pki") == 4  # CA key and certificate, the radiologist's
+    for relpath in (report.pdf_path, report.signature_path):
+        assert stat.S_IMODE(storage.absolute_path(report.tier, relpath).stat().st_mode) == 0o600
+    assert_private(Path(settings.PACS_FACILITY_TIER_DIR))  # type: ignore[attr-defined]

@@ -19,7 +19,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def officer(db: None) -> Client:
-    user = make_user("archivista", "archive.view_copy", "archive.view_storagealert", "archive.change_storagealert")
+    # An alert naming an instance is shown to who may see its study (archive.access).
+    user = make_user(
+        "archivista",
+        "archive.view_study",
+        "archive.view_copy",
+        "archive.view_storagealert",
+        "archive.change_storagealert",
+    )
     client = Client()
     client.force_login(user.user)
     return client

@@ -39,3 +39,19 @@ def test_load_demo_gives_every_facility_a_cup_and_is_idempotent(db: None) -> Non
     assert users.get(username="cup-regionale").has_perm("booking.change_booking")
     assert users.get(username="archivista").has_perm("booking.reconcile_study")
     assert not users.get(username="radiologo").has_perm("booking.add_booking")
+
+
+def test_the_demo_cup_system_books_with_a_token_and_has_no_admin(db: None, client) -> None:  # type: ignore[no-untyped-def]
+    """The CUP system account was ``is_staff``: its password, kept in another system, opened the admin."""
+    from archive import demo
+
+    call_command("load_demo", stdout=StringIO())
+    password = demo.demo_credentials()["cup-regionale"]
+    token = client.post("/api/token/", {"username": "cup-regionale", "password": password})
+    assert token.status_code == 200, token.content
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.json()['token']}"}
+    assert client.get("/api/cup/procedures/", **auth).status_code == 200
+    # Its password does not open the admin site.
+    assert client.login(username="cup-regionale", password=password)
+    admin = client.get("/admin/")
+    assert admin.status_code == 302 and admin.url.startswith("/admin/login/")

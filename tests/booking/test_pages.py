@@ -557,3 +557,43 @@ def test_step_two_without_priority_books_a_planned_exam(client: Client, cup: Cup
     response = client.post(reverse("booking:booking_new", args=[cup.mario.pk]), step2_data(cup))
     assert response.status_code == 302
     assert Booking.objects.get(patient=cup.mario).priority == Booking.Priority.PLANNED
+
+
+# --- nothing of a study: the CUP's pages show its own records only ---------------------------
+
+
+def test_the_cup_pages_show_nothing_of_a_hidden_or_other_authoritys_study(cup: Cup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from archive.models import Study
+    from archive.sample_data import PatientInfo, write_study
+    from booking import matching
+    from portal.availability import conceal
+    from tests.dicomweb_helpers import ingest_files
+
+    booking = cup.book(cup.mario)
+    files = write_study(
+        tmp_path / "s",
+        patient=PatientInfo(patient_id=MARIO_CF, name="ROSSI^MARIO", birth_date="19560312", sex="M"),
+        instances_per_series=1,
+        accession_number=booking.accession_number,
+        study_description="DESCRIZIONE DELLO STUDIO IN ARCHIVIO",
+    )
+    ingest_files(files, cup.region.facility)
+    study = Study.objects.get()
+    assert matching.study_match(study_pk=study.pk).result == "linked"
+    conceal(patient=study.patient, study=study)
+    client = Client()
+    client.force_login(cup.operator.user)
+    pages = [
+        reverse("booking:patient_detail", args=[cup.mario.pk]),
+        reverse("booking:booking_detail", args=[booking.accession_number]),
+        reverse("booking:patient_search") + f"?codice_fiscale={MARIO_CF}",
+        reverse("booking:home")
+        + f"?facility={cup.region.facility.pk}&day={timezone.localtime(booking.scheduled_at).date()}",
+    ]
+    for url in pages:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        html = response.content.decode()
+        assert booking.accession_number in html or MARIO_CF in html, url
+        for leak in (study.study_instance_uid, "DESCRIZIONE DELLO STUDIO", "oscurat", "Oscurat"):
+            assert leak not in html, (url, leak)

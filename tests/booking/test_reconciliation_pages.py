@@ -36,7 +36,9 @@ def queued(cup: Cup, tmp_path: Path, *, accession: str, patient: PatientInfo = L
 @pytest.fixture
 def staff_client(cup: Cup) -> Client:
     client = Client()
-    client.force_login(make_user("riconciliatore", "booking.reconcile_study", staff=False).user)  # type: ignore[arg-type]
+    # As the demo's archivists: the queue shows study data, so it needs archive.view_study too.
+    user = make_user("riconciliatore", "booking.reconcile_study", "archive.view_study", staff=False).user
+    client.force_login(user)  # type: ignore[arg-type]
     return client
 
 
@@ -200,3 +202,50 @@ def test_item_page_of_a_study_without_a_booking(cup: Cup, tmp_path: Path, staff_
     html = page.content.decode()
     assert "studio senza accession number" in html
     assert '<tr class="diff">' not in html and "Collega alla prenotazione proposta" not in html
+
+
+# --- the access policy: a hidden study, another authority's study ------------------------------
+
+
+def test_a_hidden_study_is_not_in_the_queue(cup: Cup, tmp_path: Path, staff_client: Client) -> None:
+    from portal.availability import conceal
+
+    shown = queued(cup, tmp_path, accession="NOPE1")
+    hidden = queued(cup, tmp_path, accession="NOPE2")
+    conceal(patient=hidden.study.patient, study=hidden.study)
+
+    page = staff_client.get(reverse("booking:reconciliation_list"), {"state": ""})
+    html = page.content.decode()
+    assert page.context["page"].paginator.count == 1
+    assert reverse("booking:reconciliation_detail", args=[shown.pk]) in html
+    assert reverse("booking:reconciliation_detail", args=[hidden.pk]) not in html
+    assert "oscurat" not in html.lower()
+    missing = staff_client.get(reverse("booking:reconciliation_detail", args=[hidden.pk + 1000]))
+    response = staff_client.get(reverse("booking:reconciliation_detail", args=[hidden.pk]))
+    assert response.status_code == missing.status_code == 404
+    assert hidden.study.study_instance_uid not in response.content.decode()
+    for action in ("reconciliation_link", "reconciliation_reassign", "reconciliation_reject"):
+        assert staff_client.post(reverse(f"booking:{action}", args=[hidden.pk]), {"note": "x"}).status_code == 404
+    hidden.refresh_from_db()
+    assert hidden.state == "pending"
+    assert not AuditEvent.objects.filter(action="booking.reconciliation.view", study=hidden.study).exists()
+    denied = AuditEvent.objects.filter(action="booking.reconciliation.denied", study=hidden.study)
+    assert {e.detail["reason"] for e in denied} == {"concealed"}
+
+
+def test_another_authoritys_study_is_not_in_the_queue(cup: Cup, tmp_path: Path) -> None:
+    from archive.models import HealthAuthority, StaffProfile
+
+    item = queued(cup, tmp_path, accession="NOPE1")
+    udine = HealthAuthority.objects.create(code="ASUFC", name="Azienda sanitaria universitaria Friuli Centrale")
+    user = make_user("riconciliatore-ud", "booking.reconcile_study", "archive.view_study", staff=False).user
+    StaffProfile.objects.create(user=user, authority=udine)
+    client = Client()
+    client.force_login(user)  # type: ignore[arg-type]
+    assert client.get(reverse("booking:reconciliation_list")).context["page"].paginator.count == 0
+    assert client.get(reverse("booking:reconciliation_detail", args=[item.pk])).status_code == 404
+    # Without archive.view_study, nothing of the archive either.
+    blind = Client()
+    blind.force_login(make_user("solo-cup", "booking.reconcile_study", staff=False).user)  # type: ignore[arg-type]
+    assert blind.get(reverse("booking:reconciliation_list")).context["page"].paginator.count == 0
+    assert blind.get(reverse("booking:reconciliation_detail", args=[item.pk])).status_code == 404

@@ -18,6 +18,7 @@ from pydicom.fileset import FileSet
 
 from archive import reports
 from archive.models import Instance
+from portal.availability import emergency_access_grant
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
@@ -125,6 +126,15 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
             page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
             assert "immagine 2 di" in page.locator(".viewer-steps").inner_text()
+
+            # An emergency access by a radiologist: the citizen reads who, when, until when and why.
+            reason = "Paziente incosciente in pronto soccorso: servono le TC precedenti."
+            emergency_access_grant(user=exam.rep.colleague, patient=exam.booking.patient, reason=reason)
+            page.goto(f"{base}/fse/accessi/")
+            emergencies = page.locator("section.emergencies")
+            assert reason in emergencies.inner_text() and "Chiara Degano" in emergencies.inner_text()
+            page.screenshot(path=str(tmp_path / "access_log.png"), full_page=True)
+            emergencies.screenshot(path=str(tmp_path / "access_log_emergencies.png"))
         finally:
             browser.close()
 

@@ -136,3 +136,53 @@ def test_report_a_study_in_the_browser(
             assert target.read_bytes()[:1] == b"\x30"  # a DER SEQUENCE: the CMS SignedData
         finally:
             browser.close()
+
+
+EMERGENCY_REASON = "Paziente in pronto soccorso, politrauma: servono tutti gli esami precedenti."
+
+
+def test_an_emergency_access_from_the_study_page_in_the_browser(
+    transactional_db: None,
+    live_server,  # type: ignore[no-untyped-def]
+    reporting: Reporting,  # noqa: F811
+    browser_settings,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A hidden prior is not on the study page; the link asks for the patient, and then it is there."""
+    from playwright.sync_api import sync_playwright
+
+    from portal.availability import conceal
+    from tests.archive.test_reporting_pages import another_study
+
+    study = reporting.study
+    prior = another_study(tmp_path / "prior", reporting.region, accession_number="TSC260000002")
+    conceal(patient=prior.patient, study=prior)
+    base = live_server.url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(locale="it-IT").new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{base}/refertazione/studi/{study.pk}/")
+            page.fill("input[name=username]", "radiologo")
+            page.fill("input[name=password]", RADIOLOGIST_PASSWORD)
+            page.click("button[type=submit]:has-text('Accedi')")
+            page.wait_for_url(f"{base}/refertazione/studi/{study.pk}/")
+            priors = page.locator("section[aria-labelledby=priors-title]")
+            assert "Nessun altro esame di questo paziente" in priors.inner_text()
+            assert "scurat" not in page.inner_text("main")
+            priors.screenshot(path=str(tmp_path / "study-priors.png"))
+
+            page.get_by_role("link", name="Accesso in emergenza per questo paziente").click()
+            page.wait_for_url(re.compile(r"/fse/sportello/emergenza/\?paziente="))
+            assert page.get_by_label("Codice fiscale del paziente").input_value() == study.patient.codice_fiscale
+            page.get_by_label("Motivo dell'accesso in emergenza").fill(EMERGENCY_REASON)
+            page.screenshot(path=str(tmp_path / "emergency.png"), full_page=True)
+            page.get_by_role("button", name="Registra l'accesso in emergenza").click()
+            page.wait_for_url(f"{base}/refertazione/pazienti/{study.patient_id}/")
+            main = page.inner_text("main")
+            assert "Accesso in emergenza registrato" in main
+            assert prior.accession_number in main and study.accession_number in main
+            page.screenshot(path=str(tmp_path / "patient.png"), full_page=True)
+        finally:
+            browser.close()

@@ -1,6 +1,8 @@
 """The portal's rules without pages: publication on signing, the exam's status
-for the citizen, availability and its expiry, revoked consent, delegations,
-oscuramento and the audited emergency access."""
+for the citizen, availability and its expiry, revoked consent, delegations
+(what each kind allows, checked against the delegator's age, the data
+subject keeping control of hiding and consent), oscuramento and the audited
+emergency access per patient."""
 
 from __future__ import annotations
 
@@ -11,21 +13,26 @@ from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from archive.models import AuditEvent, Report
+from archive import access
+from archive.models import AuditEvent, Patient, Report
 from archive.signals import report_signed
 from booking.models import Booking, DistributionChoice
 from booking.services import booking_status_set
 from portal import availability
+from portal.accounts import citizen_account_create
 from portal.availability import (
+    PortalError,
     citizen_exams,
-    citizen_may_see,
+    citizen_rights,
     conceal,
+    consent_revoke_online,
     delegation_register,
     delegation_revoke,
-    emergency_access,
+    emergency_access_grant,
     exam_status,
     is_available_online,
     is_concealed,
+    majority_cutoff,
     patients_acted_for,
     publications_withdraw_for_revocation,
     report_publish,
@@ -34,7 +41,7 @@ from portal.availability import (
 from portal.models import Concealment, Delegation, EmergencyAccess, Publication
 from portal.tasks import publish_on_report_signed
 from tests.booking import conftest as booking_fixtures
-from tests.booking.conftest import Cup, linked_booking
+from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.reporting_helpers import Reporting, signed_report, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -240,13 +247,27 @@ def test_signed_but_not_yet_published_is_not_available(cup: Cup, reporting: Repo
 # --- Who may see what ----------------------------------------------------------------
 
 
+def citizen_principal(cf: str) -> access.Principal:
+    """The access policy's principal of the citizen ``cf`` (an account made when missing)."""
+    from portal.models import CitizenAccount
+
+    account = CitizenAccount.objects.filter(codice_fiscale=cf).select_related("user").first()
+    user = account.user if account is not None else citizen_account_create(codice_fiscale=cf, password="x" * 20)
+    return access.principal_for_user(user)
+
+
+def sees(cf: str, booking: Booking) -> bool:
+    """Whether the citizen ``cf`` sees ``booking``: as the portal's pages decide, through the policy."""
+    return booking.patient_id in citizen_principal(cf).patient_ids
+
+
 def test_another_citizen_may_not_see(cup: Cup) -> None:
     marios = cup.book(cup.mario)
     lauras = cup.book(cup.laura)
 
-    assert citizen_may_see(citizen=cup.mario, booking=marios)
-    assert not citizen_may_see(citizen=cup.laura, booking=marios)
-    assert [b.pk for b in citizen_exams(patient=cup.laura)] == [lauras.pk]
+    assert sees(MARIO_CF, marios)
+    assert not sees(LAURA_CF, marios)
+    assert [b.pk for b in citizen_exams(patient_ids=citizen_principal(LAURA_CF).patient_ids)] == [lauras.pk]
 
 
 def test_a_delegate_acts_for_the_delegator_while_the_delegation_holds(cup: Cup) -> None:
@@ -264,49 +285,243 @@ def test_a_delegate_acts_for_the_delegator_while_the_delegation_holds(cup: Cup) 
     )
 
     assert patients_acted_for(patient=cup.laura) == [cup.laura, cup.mario]
-    assert citizen_may_see(citizen=cup.laura, booking=marios)
+    assert citizen_principal(LAURA_CF).patient_ids == {cup.laura.pk, cup.mario.pk}
+    assert sees(LAURA_CF, marios)
     # Newest first, with the statuses ready.
-    exams = citizen_exams(patient=cup.laura)
+    exams = citizen_exams(patient_ids=citizen_principal(LAURA_CF).patient_ids)
     assert [b.pk for b in exams] == [lauras.pk, marios.pk]
     assert [exam_status(booking=b).code for b in exams] == ["booked", "booked"]
     # Not the other way round.
-    assert not citizen_may_see(citizen=cup.mario, booking=lauras)
+    assert not sees(MARIO_CF, lauras)
     # Expired: no longer.
     later = now + dt.timedelta(days=11)
     assert patients_acted_for(patient=cup.laura, now=later) == [cup.laura]
-    assert not citizen_may_see(citizen=cup.laura, booking=marios, now=later)
     # Revoked: no longer.
     delegation_revoke(delegation=delegation, user=cup.operator.user)
-    assert not citizen_may_see(citizen=cup.laura, booking=marios)
+    assert not sees(LAURA_CF, marios)
     assert [e.action for e in AuditEvent.objects.filter(action__startswith="portal.delegation").order_by("id")] == [
         "portal.delegation.register",
         "portal.delegation.revoke",
     ]
 
 
+def make_minor(cup: Cup, *, years: int = 10, days: int = 0) -> Patient:
+    """Mario made a child: born ``years`` years (less ``days``) ago."""
+    today = timezone.localdate()
+    birth = today.replace(year=today.year - years, day=min(today.day, 28)) + dt.timedelta(days=days)
+    Patient.objects.filter(pk=cup.mario.pk).update(birth_date=birth)
+    cup.mario.refresh_from_db()
+    return cup.mario
+
+
 def test_a_delegation_not_yet_in_force_gives_nothing(cup: Cup) -> None:
     marios = cup.book(cup.mario)
     delegation_register(
-        delegator=cup.mario,
+        delegator=make_minor(cup),
         delegate=cup.laura,
         kind=Delegation.Kind.PARENT,
         evidence="Certificato di nascita",
         user=cup.operator.user,
         valid_from=timezone.now() + dt.timedelta(days=1),
     )
-    assert not citizen_may_see(citizen=cup.laura, booking=marios)
+    assert not sees(LAURA_CF, marios)
 
 
 def test_a_delegation_needs_evidence_and_two_people(cup: Cup) -> None:
     with pytest.raises(ValueError):
         delegation_register(
-            delegator=cup.mario, delegate=cup.laura, kind="genitore", evidence="  ", user=cup.operator.user
+            delegator=cup.mario, delegate=cup.laura, kind="altro", evidence="  ", user=cup.operator.user
         )
     with pytest.raises(ValueError):
-        delegation_register(
-            delegator=cup.mario, delegate=cup.mario, kind="genitore", evidence="x", user=cup.operator.user
-        )
+        delegation_register(delegator=cup.mario, delegate=cup.mario, kind="altro", evidence="x", user=cup.operator.user)
     assert not Delegation.objects.exists()
+
+
+# --- Delegations: the kind fits the age; the data subject keeps control -------------------
+
+
+def test_a_parent_delegation_is_refused_for_an_adult(cup: Cup) -> None:
+    """Reproduces: a "genitore di un minore" delegation was accepted for a 54-year-old."""
+    Patient.objects.filter(pk=cup.mario.pk).update(
+        birth_date=timezone.localdate().replace(year=timezone.localdate().year - 54, day=1)
+    )
+    cup.mario.refresh_from_db()
+    with pytest.raises(PortalError) as refused:
+        delegation_register(
+            delegator=cup.mario,
+            delegate=cup.laura,
+            kind=Delegation.Kind.PARENT,
+            evidence="Certificato di nascita",
+            user=cup.operator.user,
+        )
+    assert refused.value.field == "kind" and refused.value.code == "age"
+    assert "maggiorenne" in refused.value.message
+    assert not Delegation.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "minor", "accepted"),
+    [
+        (Delegation.Kind.PARENT, True, True),
+        (Delegation.Kind.PARENT, False, False),
+        (Delegation.Kind.GUARDIAN, True, True),
+        (Delegation.Kind.GUARDIAN, False, True),
+        (Delegation.Kind.SUPPORT, True, False),
+        (Delegation.Kind.SUPPORT, False, True),
+        (Delegation.Kind.OTHER, True, False),
+        (Delegation.Kind.OTHER, False, True),
+    ],
+)
+def test_each_kind_is_checked_against_the_delegators_age(cup: Cup, kind: str, minor: bool, accepted: bool) -> None:
+    make_minor(cup, years=10 if minor else 30)
+    register = {
+        "delegator": cup.mario,
+        "delegate": cup.laura,
+        "kind": kind,
+        "evidence": "Documento verificato",
+        "user": cup.operator.user,
+    }
+    if accepted:
+        assert delegation_register(**register).kind == kind  # type: ignore[arg-type]
+    else:
+        with pytest.raises(PortalError, match="(maggiorenne|minorenne)"):
+            delegation_register(**register)  # type: ignore[arg-type]
+
+
+def test_a_parent_delegation_needs_a_known_birth_date(cup: Cup) -> None:
+    Patient.objects.filter(pk=cup.mario.pk).update(birth_date=None)
+    cup.mario.refresh_from_db()
+    with pytest.raises(PortalError, match="data di nascita"):
+        delegation_register(
+            delegator=cup.mario, delegate=cup.laura, kind=Delegation.Kind.PARENT, evidence="x", user=cup.operator.user
+        )
+
+
+def test_a_parent_delegation_stops_when_the_child_turns_18(cup: Cup) -> None:
+    child = make_minor(cup, years=18, days=3)  # 18 in three days
+    marios = cup.book(child)
+    delegation = delegation_register(
+        delegator=child,
+        delegate=cup.laura,
+        kind=Delegation.Kind.PARENT,
+        evidence="Atto di nascita",
+        user=cup.operator.user,
+    )
+    birthday = timezone.make_aware(
+        dt.datetime.combine(child.birth_date.replace(year=child.birth_date.year + 18), dt.time.min)
+    )
+    assert delegation.valid_until == birthday
+    assert sees(LAURA_CF, marios)
+    assert patients_acted_for(patient=cup.laura, now=birthday - dt.timedelta(seconds=1)) == [cup.laura, child]
+    assert patients_acted_for(patient=cup.laura, now=birthday) == [cup.laura]
+    # A row without an end (registered before the rule, or edited) stops too: the policy reads the age.
+    Delegation.objects.filter(pk=delegation.pk).update(valid_until=None)
+    assert patients_acted_for(patient=cup.laura, now=birthday + dt.timedelta(days=1)) == [cup.laura]
+    Patient.objects.filter(pk=child.pk).update(birth_date=child.birth_date.replace(year=child.birth_date.year - 1))
+    assert not sees(LAURA_CF, marios)
+
+
+def test_the_age_of_majority_on_the_29th_of_february() -> None:
+    leap_day = timezone.make_aware(dt.datetime(2028, 2, 29, 12, 0))
+    assert majority_cutoff(leap_day) == dt.date(2010, 2, 28)
+    march_first = timezone.make_aware(dt.datetime(2026, 3, 1, 12, 0))
+    assert majority_cutoff(march_first) == dt.date(2008, 3, 1)  # born 29/2/2008: of age on 1/3/2026
+
+
+@pytest.mark.parametrize(
+    ("kind", "rights"),
+    [
+        (Delegation.Kind.PARENT, {"view", "download", "concealment", "consent"}),
+        (Delegation.Kind.GUARDIAN, {"view", "download", "concealment", "consent"}),
+        (Delegation.Kind.SUPPORT, {"view", "download", "concealment"}),
+        (Delegation.Kind.OTHER, {"view", "download"}),
+    ],
+)
+def test_a_delegation_says_what_it_allows(cup: Cup, kind: str, rights: set[str]) -> None:
+    make_minor(cup, years=10 if kind == Delegation.Kind.PARENT else 40)
+    delegation = delegation_register(
+        delegator=cup.mario, delegate=cup.laura, kind=kind, evidence="Documento", user=cup.operator.user
+    )
+    assert delegation.rights == rights
+    assert citizen_rights(citizen=cup.laura, patient=cup.mario) == rights
+    assert citizen_rights(citizen=cup.mario, patient=cup.mario) == set(Delegation.Right.values)
+    assert citizen_rights(citizen=cup.mario, patient=cup.laura) == frozenset()
+
+
+def test_a_delegate_never_lifts_a_hiding_the_delegator_set_herself(cup: Cup, reporting: Reporting) -> None:
+    """Reproduces: a delegate lifted a hiding the delegator had set herself."""
+    delegation_register(
+        delegator=cup.mario,
+        delegate=cup.laura,
+        kind=Delegation.Kind.SUPPORT,
+        evidence="Decreto di nomina dell'amministratore di sostegno",
+        user=cup.operator.user,
+    )
+    study = reporting.study
+    conceal(patient=cup.mario, study=study, requested_by=cup.mario)
+    with pytest.raises(PortalError) as refused:
+        reveal(patient=cup.mario, study=study, requested_by=cup.laura)
+    assert refused.value.code == "subject_choice"
+    assert is_concealed(study=study)
+    assert not AuditEvent.objects.filter(action="portal.reveal").exists()
+    # The patient herself lifts it.
+    assert reveal(patient=cup.mario, study=study, requested_by=cup.mario) is not None
+    # A hiding the representative set, the representative lifts.
+    conceal(patient=cup.mario, study=study, requested_by=cup.laura)
+    assert reveal(patient=cup.mario, study=study, requested_by=cup.laura) is not None
+    assert not is_concealed(study=study)
+
+
+def test_a_delegate_who_is_no_legal_representative_does_not_hide(cup: Cup, reporting: Reporting) -> None:
+    delegation_register(
+        delegator=cup.mario,
+        delegate=cup.laura,
+        kind=Delegation.Kind.OTHER,
+        evidence="Delega firmata",
+        user=cup.operator.user,
+    )
+    with pytest.raises(PortalError) as refused:
+        conceal(patient=cup.mario, study=reporting.study, requested_by=cup.laura)
+    assert refused.value.code == "not_representative"
+    assert not is_concealed(study=reporting.study)
+
+
+def test_a_delegate_does_not_revoke_the_consent_of_someone_who_can_act(cup: Cup, reporting: Reporting) -> None:
+    """Reproduces: a delegate revoked the delegator's consent to online delivery."""
+    booking = linked_booking(cup, reporting.study)
+    sign(reporting)
+    delegation_register(
+        delegator=cup.mario,
+        delegate=cup.laura,
+        kind=Delegation.Kind.SUPPORT,
+        evidence="Decreto di nomina dell'amministratore di sostegno",
+        user=cup.operator.user,
+    )
+    laura_user = citizen_account_create(codice_fiscale=LAURA_CF, password="x" * 20)
+    with pytest.raises(PortalError) as refused:
+        consent_revoke_online(booking=booking, requested_by=cup.laura, user=laura_user)
+    assert refused.value.code == "not_representative"
+    assert is_available_online(booking=fresh(booking))
+    assert fresh(booking).current_choice().delivery == DistributionChoice.Delivery.ONLINE  # type: ignore[union-attr]
+
+
+def test_a_parent_revokes_a_minors_consent(cup: Cup, reporting: Reporting) -> None:
+    booking = linked_booking(cup, reporting.study)
+    sign(reporting)
+    make_minor(cup)  # after the matching, which compares the birth date with the images'
+
+    delegation_register(
+        delegator=cup.mario,
+        delegate=cup.laura,
+        kind=Delegation.Kind.PARENT,
+        evidence="Atto di nascita",
+        user=cup.operator.user,
+    )
+    laura_user = citizen_account_create(codice_fiscale=LAURA_CF, password="x" * 20)
+    assert consent_revoke_online(booking=booking, requested_by=cup.laura, user=laura_user) == 1
+    assert exam_status(booking=fresh(booking)).code == "withdrawn"
+    choice = fresh(booking).current_choice()
+    assert choice is not None and choice.revokes_consent and choice.channel == Booking.Channel.ONLINE
 
 
 # --- Oscuramento and emergency access -----------------------------------------------------
@@ -346,25 +561,71 @@ def test_only_the_studys_patient_conceals_it(cup: Cup, reporting: Reporting) -> 
     assert not is_concealed(study=reporting.study)
 
 
-def test_emergency_access_needs_a_reason_and_is_audited(reporting: Reporting) -> None:
+def test_emergency_access_is_per_patient_needs_a_reason_and_is_audited(reporting: Reporting) -> None:
     study = reporting.study
     conceal(patient=study.patient, study=study)
+    colleague = reporting.colleague
 
     for reason in ("", "urgente", "   breve   "):
-        with pytest.raises(ValueError, match="motivo"):
-            emergency_access(user=reporting.radiologist, study=study, reason=reason, source="10.0.0.1")
+        with pytest.raises(PortalError, match="motivo"):
+            emergency_access_grant(user=colleague, patient=study.patient, reason=reason, source="10.0.0.1")
     assert not EmergencyAccess.objects.exists()
     assert not AuditEvent.objects.filter(action="portal.emergency_access").exists()
+    assert not access.study_visible(access.principal_for_user(colleague), study)
 
-    access = emergency_access(
-        user=reporting.radiologist,
-        study=study,
+    row = emergency_access_grant(
+        user=colleague,
+        patient=study.patient,
         reason="Paziente in pronto soccorso, politrauma: confronto con la TC precedente.",
         source="10.0.0.1",
     )
 
-    assert access.user == reporting.radiologist
+    assert (row.user, row.patient, row.study) == (colleague, study.patient, None)
     event = AuditEvent.objects.get(action="portal.emergency_access")
-    assert (event.user, event.study_id, event.source) == (reporting.radiologist, study.pk, "10.0.0.1")
+    assert (event.user, event.patient_id, event.study_id, event.source) == (
+        colleague,
+        study.patient_id,
+        None,
+        "10.0.0.1",
+    )
     assert event.detail["reason"].startswith("Paziente in pronto soccorso")
-    assert event.detail["concealed"] is True
+    assert "concealed" not in event.detail  # nothing says whether anything was hidden
+    assert access.study_visible(access.principal_for_user(colleague), study)
+
+
+# --- The data migration -------------------------------------------------------------------
+
+
+def test_the_migration_narrows_old_guardian_rows_and_gives_radiologists_the_emergency_permission(cup: Cup) -> None:
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group, Permission
+
+    migration = importlib.import_module("portal.migrations.0005_delegation_kinds_emergency_permission")
+    old = Delegation.objects.create(
+        delegator=cup.mario, delegate=cup.laura, kind="tutore", evidence="x", registered_by=cup.operator.user
+    )
+    radiologists, archivists = Group.objects.create(name="Radiologi"), Group.objects.create(name="Archivisti")
+    migration._guardian_to_support(apps, None)
+    migration._grant_emergency_access(apps, None)
+    old.refresh_from_db()
+    # "tutore o amministratore di sostegno": the kind with fewer powers (no consent in her name).
+    assert old.kind == Delegation.Kind.SUPPORT
+    permission = Permission.objects.get(content_type__app_label="portal", codename="emergency_access")
+    assert permission in radiologists.permissions.all()
+    assert permission not in archivists.permissions.all()
+
+
+def test_a_parent_delegation_without_the_childs_birth_date_is_not_in_force(cup: Cup) -> None:
+    """A row the desk could not check (the birth date removed afterwards) gives nothing; other kinds still hold."""
+    make_minor(cup)
+    parent = delegation_register(
+        delegator=cup.mario, delegate=cup.laura, kind=Delegation.Kind.PARENT, evidence="x", user=cup.operator.user
+    )
+    Delegation.objects.filter(pk=parent.pk).update(valid_until=None)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura, cup.mario]
+    Patient.objects.filter(pk=cup.mario.pk).update(birth_date=None)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura]
+    Delegation.objects.filter(pk=parent.pk).update(kind=Delegation.Kind.OTHER)
+    assert patients_acted_for(patient=cup.laura) == [cup.laura, cup.mario]

@@ -14,6 +14,7 @@ from portal import downloads
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup
+from tests.conftest import assert_private
 from tests.portal.portal_helpers import CitizenExam, citizen_exam_make
 from tests.reporting_helpers import Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -75,3 +76,32 @@ def test_purge_removes_old_files_and_leftovers(online: CitizenExam) -> None:
         assert downloads.packages_purge(now=timezone.now() + dt.timedelta(seconds=1)) == 1
     assert not Path(package.path).exists() and not leftover.exists()
     assert DownloadPackage.objects.get(pk=package.pk).status == "purged"
+
+
+def test_the_citizens_zips_are_the_service_accounts_only(
+    loose_umask: None, online: CitizenExam, tmp_path: Path, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """A prepared zip is a whole study: it was readable by every local user."""
+    settings.PACS_PORTAL_PACKAGE_DIR = tmp_path / "var" / "portal-packages"
+    for kind in ("dicom", "jpeg"):
+        package, _ = downloads.package_request(study=online.booking.study, kind=kind, user=online.user)
+        assert downloads.package_build(package_pk=package.pk).status == DownloadPackage.Status.READY
+    assert assert_private(tmp_path / "var") == 2
+
+
+def test_a_package_is_only_for_someone_who_sees_the_study(online: CitizenExam, cup: Cup) -> None:
+    from archive.access import StudyNotVisible
+    from portal.accounts import citizen_account_create
+    from tests.booking.conftest import LAURA_CF
+
+    stranger = citizen_account_create(codice_fiscale=LAURA_CF, password="x" * 20)
+    with pytest.raises(StudyNotVisible):
+        downloads.package_request(study=online.booking.study, kind="dicom", user=stranger)
+    with pytest.raises(StudyNotVisible):
+        downloads.package_request(study=online.booking.study, kind="dicom", user=online.rep.foreign)
+    assert not DownloadPackage.objects.exists()
+    # Told nothing about an exam they do not see.
+    package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
+    package = downloads.package_build(package_pk=package.pk)
+    assert downloads.package_notify(package=package, user=stranger, booking=online.booking) is None
+    assert not Notification.objects.filter(user=stranger).exists()

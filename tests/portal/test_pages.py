@@ -18,11 +18,12 @@ from booking.models import Booking, DistributionChoice
 from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims
-from portal.models import Concealment, DownloadPackage, Publication
+from portal.models import Concealment, Delegation, DownloadPackage, Publication
+from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, CitizenExam, citizen_exam_make, citizen_login
-from tests.reporting_helpers import Reporting
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 cup = booking_fixtures.cup
@@ -88,7 +89,76 @@ def test_staff_logins_are_throttled_too(online: CitizenExam) -> None:
         for _ in range(5)
     ]
     assert answers == [200, 200, 200, 200, 429]
-    assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/"}
+    assert audit("auth.lockout")[-1].detail == {"username": "radiologo", "path": "/accounts/login/", "tier": "user"}
+
+
+def _fiscal_codes(n: int) -> list[str]:
+    from codicefiscale import codicefiscale
+
+    return [
+        str(codicefiscale.encode("Verdi", name, "M", f"1980-01-{day:02d}", "Trieste"))
+        for day, name in zip(
+            range(1, n + 1), ["Aldo", "Bruno", "Carlo", "Dario", "Enzo", "Fabio", "Gino"], strict=False
+        )
+    ]
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=6)
+def test_many_citizens_tried_from_one_address_lock_that_address_out(cup: Cup) -> None:
+    """The lockout was per (username, address) only: one host could try a password on every account."""
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    answers = [citizen_login(attacker, cf, "password-provata-1").status_code for cf in _fiscal_codes(6)]
+    assert answers == [401] * 5 + [429]  # each username tried once: the address tier locks
+    assert audit("auth.lockout")[-1].detail["tier"] == "address"
+    locked = citizen_login(attacker, MARIO_CF)  # another account, the right password
+    assert locked.status_code == 429 and "_auth_user_id" not in attacker.session
+    assert citizen_login(Client(REMOTE_ADDR="198.51.100.7"), MARIO_CF).status_code == 302
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=6)
+def test_many_staff_usernames_from_one_address_lock_that_address_out(online: CitizenExam) -> None:
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    names = ["admin", "root", "radiologa", "archivista", "cup", "operatore"]
+    answers = [
+        attacker.post("/accounts/login/", {"username": name, "password": "Estate2026!"}).status_code for name in names
+    ]
+    assert answers == [200] * 5 + [429]
+    credentials = {"username": "radiologo", "password": RADIOLOGIST_PASSWORD}
+    assert attacker.post("/accounts/login/", credentials).status_code == 429  # the right password too
+    assert Client(REMOTE_ADDR="198.51.100.7").post("/accounts/login/", credentials).status_code == 302
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=4)
+def test_logging_in_with_ones_own_account_does_not_reset_the_address_tier(cup: Cup) -> None:
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    attacker = Client(REMOTE_ADDR="203.0.113.9")
+    codes = _fiscal_codes(4)
+    assert [citizen_login(attacker, cf, "password-provata-1").status_code for cf in codes[:3]] == [401] * 3
+    assert citizen_login(attacker, MARIO_CF).status_code == 302  # the attacker's own account
+    assert citizen_login(Client(REMOTE_ADDR="203.0.113.9"), codes[3], "password-provata-1").status_code == 429
+
+
+@override_settings(PACS_LOGIN_ADDRESS_FAILURE_LIMIT=3, PACS_LOGIN_ADDRESS_EXEMPT=["10.0.0.0/8"])
+def test_an_exempt_address_keeps_only_the_per_user_tier(cup: Cup) -> None:
+    hospital = Client(REMOTE_ADDR="10.20.30.40")
+    answers = [citizen_login(hospital, cf, "password-provata-1").status_code for cf in _fiscal_codes(5)]
+    assert answers == [401] * 5
+    per_user = [citizen_login(hospital, MARIO_CF, "sbagliata-sbagliata").status_code for _ in range(5)]
+    assert per_user == [401] * 4 + [429]
+
+
+@override_settings(PACS_TRUSTED_PROXIES=["192.0.2.1"], PACS_LOGIN_ADDRESS_FAILURE_LIMIT=3)
+def test_behind_a_trusted_proxy_the_forwarded_address_is_locked_out(cup: Cup) -> None:
+    """Behind a reverse proxy every client had the proxy's address: the address tier would lock everyone."""
+    citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD)
+    proxy = {"REMOTE_ADDR": "192.0.2.1"}
+    attacker = Client(**proxy, HTTP_X_FORWARDED_FOR="10.9.9.9, 203.0.113.9")  # the first is the client's lie
+    answers = [citizen_login(attacker, cf, "password-provata-1").status_code for cf in _fiscal_codes(3)]
+    assert answers == [401, 401, 429]
+    assert audit("auth.lockout")[-1].source == "203.0.113.9"
+    neighbour = Client(**proxy, HTTP_X_FORWARDED_FOR="198.51.100.7")
+    assert citizen_login(neighbour, MARIO_CF).status_code == 302
 
 
 def test_staff_cannot_use_the_citizen_login_nor_the_citizen_pages(online: CitizenExam) -> None:
@@ -131,6 +201,25 @@ def test_the_exam_page_offers_the_report_and_downloads_it_byte_for_byte(online: 
     assert p7m.content == reports.report_file(report=online.report, which="p7m")
     assert [e.detail["file"] for e in audit("portal.download", user=online.user)] == ["pdf", "p7m"]
     assert audit("portal.exam.view", user=online.user)
+
+
+def test_the_file_name_of_a_download_cannot_be_injected_by_the_accession_number(online: CitizenExam) -> None:
+    page = online.client.get(f"/fse/esami/{online.booking.pk}/").content.decode()
+    (pdf_url,) = links_in(page, "report-pdf")
+    (p7m_url,) = links_in(page, "report-p7m")
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=INJECTED_ACCESSION)
+    pdf = online.client.get(pdf_url)
+    assert pdf.status_code == 200
+    assert disposition_filenames(pdf["Content-Disposition"]) == (
+        "attachment",
+        ["filename"],
+        "referto-_ filename=e.sh-v1.pdf",
+    )
+    Booking.objects.filter(pk=online.booking.pk).update(accession_number=NON_ASCII_ACCESSION)
+    p7m = online.client.get(p7m_url)
+    assert p7m["Content-Disposition"] == (
+        "attachment; filename*=utf-8''referto-ACC-Perch%C3%A9-%C3%80%C3%89-v1.pdf.p7m"
+    )
 
 
 def test_another_citizens_exam_is_not_found_and_audited(online: CitizenExam, cup: Cup) -> None:
@@ -310,6 +399,136 @@ def test_the_citizen_conceals_and_reveals_an_exam(online: CitizenExam) -> None:
     online.client.post(url, {"action": "reveal"})
     assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
     assert audit("portal.conceal") and audit("portal.reveal")
+
+
+def delegate_client(online: CitizenExam, kind: str, *, minor: bool = False) -> Client:
+    """Laura logged in as ``kind`` delegate of Mario (made a child of ten when ``minor``)."""
+    from django.utils import timezone
+
+    mario = online.booking.patient
+    if minor:
+        today = timezone.localdate()
+        Patient.objects.filter(pk=mario.pk).update(birth_date=today.replace(year=today.year - 10, day=1))
+        mario.refresh_from_db()
+    laura = Patient.objects.get(codice_fiscale=LAURA_CF)
+    availability.delegation_register(
+        delegator=mario,
+        delegate=laura,
+        kind=kind,
+        evidence="Documento verificato allo sportello",
+        user=online.cup.operator.user,
+    )
+    citizen_account_create(codice_fiscale=LAURA_CF, password=CITIZEN_PASSWORD)
+    client = Client()
+    citizen_login(client, LAURA_CF)
+    return client
+
+
+def test_a_delegate_cannot_lift_a_hiding_the_delegator_set_herself(online: CitizenExam) -> None:
+    """Reproduces: a delegate lifted, from the exam page, a hiding the delegator had set herself."""
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    online.client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    client = delegate_client(online, Delegation.Kind.SUPPORT)
+    page = client.get(exam_url).content.decode().replace("&#x27;", "'")
+    assert "Questo esame è oscurato" in page
+    assert 'value="reveal"' not in page
+    assert "solo l'interessato può renderlo di nuovo visibile" in page
+    response = client.post(f"{exam_url}oscuramento/", {"action": "reveal"}, follow=True)
+    assert "solo l'interessato può renderlo di nuovo visibile" in response.content.decode().replace("&#x27;", "'")
+    assert Concealment.objects.filter(revealed_at__isnull=True).count() == 1
+    (refused,) = audit("portal.reveal", outcome="denied")
+    assert refused.detail["reason"] == "subject_choice" and refused.detail["acting_for"] == MARIO_CF
+    # The patient herself still can.
+    online.client.post(f"{exam_url}oscuramento/", {"action": "reveal"})
+    assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
+
+
+def test_a_delegate_cannot_revoke_the_consent_of_a_person_who_can_act(online: CitizenExam) -> None:
+    """Reproduces: a delegate revoked the delegator's consent to online delivery."""
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    client = delegate_client(online, Delegation.Kind.OTHER)
+    page = client.get(exam_url).content.decode()
+    assert "revoca-consenso" not in page and 'value="conceal"' not in page
+    assert "La tua delega permette di vedere e scaricare" in page
+    client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
+    client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    assert online.booking.current_choice().delivery == "online"
+    assert not Concealment.objects.exists()
+    assert [e.detail["reason"] for e in audit("portal.consent_revoke", outcome="denied")] == ["not_representative"]
+    assert [e.detail["reason"] for e in audit("portal.conceal", outcome="denied")] == ["not_representative"]
+    # Seeing and downloading, every delegate may.
+    (pdf_url,) = links_in(page, "report-pdf")
+    assert client.get(pdf_url).status_code == 200
+
+
+def test_a_parent_manages_a_minors_hiding_and_consent(online: CitizenExam) -> None:
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    client = delegate_client(online, Delegation.Kind.PARENT, minor=True)
+    page = client.get(exam_url).content.decode()
+    assert 'value="conceal"' in page and "revoca-consenso" in page
+    client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
+    hiding = Concealment.objects.get(revealed_at__isnull=True)
+    assert hiding.requested_by.codice_fiscale == LAURA_CF
+    client.post(f"{exam_url}oscuramento/", {"action": "reveal"})  # the parent's own hiding
+    assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
+    client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
+    assert online.booking.current_choice().revokes_consent
+
+
+def test_a_parents_delegation_ends_at_18_on_every_portal_path(online: CitizenExam) -> None:
+    from django.utils import timezone
+
+    client = delegate_client(online, Delegation.Kind.PARENT, minor=True)
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    page = client.get(exam_url).content.decode()
+    (pdf_url,) = links_in(page, "report-pdf")
+    instance = Instance.objects.order_by("pk").first()
+    assert instance is not None
+    paths = [
+        ("get", exam_url),
+        ("get", f"{exam_url}immagini/"),
+        ("get", f"{exam_url}immagini/{instance.pk}.jpg"),
+        ("post", f"{exam_url}pacchetti/jpeg/"),
+        ("get", pdf_url),
+    ]
+    assert [getattr(client, m)(u).status_code for m, u in paths] == [200, 200, 200, 302, 200]
+    (package,) = DownloadPackage.objects.all()
+    paths.append(("get", f"/fse/pacchetti/{package.pk}/"))
+    # The child comes of age: the parent's delegation no longer holds, anywhere.
+    today = timezone.localdate()
+    Patient.objects.filter(pk=online.booking.patient_id).update(birth_date=today.replace(year=today.year - 18))
+    assert [getattr(client, m)(u).status_code for m, u in paths] == [404] * len(paths)
+    assert online.booking.procedure.description not in client.get("/fse/").content.decode()
+
+
+def test_an_exam_whose_study_is_someone_elses_is_not_found(online: CitizenExam) -> None:
+    """The policy decides on the study too: images re-assigned to another patient are theirs."""
+    laura = Patient.objects.get(codice_fiscale=LAURA_CF)
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    assert online.client.get(exam_url).status_code == 200
+    from archive.models import Study
+
+    Study.objects.filter(pk=online.booking.study_id).update(patient=laura)
+    assert online.client.get(exam_url).status_code == 404
+    assert online.client.get(f"{exam_url}immagini/").status_code == 404
+
+
+def test_the_citizen_reads_each_emergency_access_with_who_when_until_and_why(online: CitizenExam) -> None:
+    from django.utils import timezone
+
+    reason = "Paziente incosciente in pronto soccorso: servono le TC precedenti."
+    row = availability.emergency_access_grant(
+        user=online.rep.colleague, patient=online.booking.patient, reason=reason, source="10.0.0.7"
+    )
+    response = online.client.get("/fse/accessi/")
+    page = response.content.decode().replace("&#x27;", "'")
+    section = page[page.index('id="emergency-title"') : page.index("Tutti gli accessi")]
+    assert "Chiara Degano" in section and "Giuliano Isontina" in section  # who, and of which authority
+    assert reason in section
+    (shown,) = response.context["emergencies"]
+    assert shown.at == row.at and shown.until == availability.emergency_access_until(row)
+    assert timezone.localtime(shown.until).strftime("%H:%M") in section
+    assert 'class="who-staff emergency"' in page  # the audit row stands out too
 
 
 # --- the identity provider ---------------------------------------------------------------------

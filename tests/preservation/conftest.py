@@ -3,6 +3,8 @@ preservation officer with a key from the demo CA, and the local TSA."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,17 +86,12 @@ def addendum_volume(preserved: Preserved) -> Volume:
     return volume
 
 
-def guard_off(*tables: str) -> None:
-    """What the database's owner can do: take the triggers off (until the test's transaction rolls back)."""
+@contextmanager
+def as_owner() -> Iterator[None]:
+    """What the database's owner can do: lift the registry's triggers, change rows, and put them back."""
     from django.db import connection
 
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # ALTER TABLE waits for no deferred check: run them now, and from here on at each statement.
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        for table in tables:
-            if connection.vendor == "postgresql":
-                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-            else:
-                cursor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_delete")
-                cursor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_update")
+    from tests.audit_helpers import audit_guards_lifted
+
+    with audit_guards_lifted(connection):
+        yield

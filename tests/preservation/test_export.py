@@ -1,6 +1,8 @@
 """Dissemination packages (DIP): exported for a study, a patient or a volume,
 verified offline by manage.py verify_package and by sha256sum and openssl;
-one changed byte anywhere fails and names the file."""
+one changed byte anywhere fails and names the file. From the admin, a study the
+user may not see (hidden by the patient, another authority's) is absent from a
+DIP and from the preservation pages (archive.access)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
+from django.test import Client
+from django.utils import timezone
 
-from preservation import export
-from preservation.models import JournalEntry, PackageFile
+from archive.models import StaffProfile
+from portal.models import Concealment, EmergencyAccess
+from preservation import export, retention
+from preservation.models import JournalEntry, LegalHold, PackageFile, PreservationAlert
 
 from .conftest import Preserved
 
@@ -133,10 +141,9 @@ def test_a_package_not_yet_in_a_volume_is_not_exported(signed: Preserved, tmp_pa
 
 
 def test_the_officer_exports_a_volume_from_the_admin(preserved: Preserved, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from django.test import Client
-
     settings.SESSION_COOKIE_SECURE = False
     settings.PACS_PRESERVATION_EXPORT_DIR = tmp_path / "exports"
+    _may_see_studies(preserved.officer)
     client = Client()
     client.force_login(preserved.officer)
     response = client.post(
@@ -148,3 +155,105 @@ def test_the_officer_exports_a_volume_from_the_admin(preserved: Preserved, setti
     assert export.package_verify(zipped).ok
     entry = JournalEntry.objects.get(action="export.dip")
     assert entry.username == "conservatore" and entry.detail["volumes"] == [preserved.volume.identifier]
+
+
+# --- The admin through the access policy (archive.access) --------------------------------------------
+
+
+def _may_see_studies(user: object, *perms: str) -> None:
+    """The officer reads the region's studies (``archive.view_study``, no authority) and ``perms``."""
+    for perm in ("archive.view_study", *perms):
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))  # type: ignore[attr-defined]
+
+
+def _officer_client(preserved: Preserved, *perms: str) -> Client:
+    _may_see_studies(preserved.officer, *perms)
+    client = Client()
+    client.force_login(get_user_model().objects.get(pk=preserved.officer.pk))  # type: ignore[attr-defined]
+    return client
+
+
+def _export(client: Client, model: str, pk: int) -> object:
+    return client.post(f"/admin/preservation/{model}/", {"action": "export_dip", "_selected_action": [pk]}, follow=True)
+
+
+@pytest.mark.parametrize("model", ["volume", "package"])
+def test_the_admin_exports_no_dip_of_a_hidden_study(preserved: Preserved, settings, tmp_path: Path, model: str) -> None:  # type: ignore[no-untyped-def]
+    settings.SESSION_COOKIE_SECURE = False
+    settings.PACS_PRESERVATION_EXPORT_DIR = tmp_path / "exports"
+    client = _officer_client(preserved)
+    study = preserved.rep.study
+    pk = preserved.volume.pk if model == "volume" else preserved.package.pk
+    Concealment.objects.create(patient=study.patient, study=study)
+
+    response = _export(client, model, pk)
+
+    # Absent, as for a volume with nothing archived (or a package that is not there).
+    assert response.status_code == 200 and "Content-Disposition" not in response
+    assert "Nessun pacchetto archiviato da esportare." in response.content.decode()
+    assert not JournalEntry.objects.filter(action="export.dip").exists()
+    assert not list((tmp_path / "exports").glob("*.zip"))
+    assert client.get("/admin/preservation/package/").context["cl"].result_count == 0
+
+    # An emergency access for the patient opens it again, for this officer only.
+    EmergencyAccess.objects.create(
+        user=preserved.officer,
+        patient=study.patient,
+        reason="Richiesta urgente dell'autorità giudiziaria.",
+        at=timezone.now(),
+    )
+    opened = _export(client, model, pk)
+    assert opened.status_code == 200 and "attachment" in opened["Content-Disposition"]
+
+
+def test_the_admin_exports_no_dip_of_another_authoritys_study(preserved: Preserved, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings.SESSION_COOKIE_SECURE = False
+    settings.PACS_PRESERVATION_EXPORT_DIR = tmp_path / "exports"
+    client = _officer_client(preserved)
+    StaffProfile.objects.create(user=preserved.officer, authority=preserved.rep.other_authority)
+    response = _export(client, "volume", preserved.volume.pk)
+    assert "Content-Disposition" not in response
+    assert "Nessun pacchetto archiviato da esportare." in response.content.decode()
+    assert client.get("/admin/preservation/package/").context["cl"].result_count == 0
+    assert client.get(f"/admin/preservation/package/{preserved.package.pk}/change/").status_code == 302
+
+
+def test_the_preservation_admin_shows_nothing_of_a_hidden_study(preserved: Preserved) -> None:
+    study = preserved.rep.study
+    client = _officer_client(
+        preserved,
+        "preservation.view_journalentry",
+        "preservation.view_legalhold",
+        "preservation.add_legalhold",
+        "preservation.view_preservationalert",
+    )
+    hold = retention.hold_place(user=preserved.officer, reason="Contenzioso in corso.", study=study)
+    alert = PreservationAlert.objects.create(kind=PreservationAlert.Kind.DAMAGED, package=preserved.package, path="x")
+    package_entries = set(JournalEntry.objects.filter(object_id=preserved.package.identifier))
+    hold_entries = set(JournalEntry.objects.filter(event=JournalEntry.Event.HOLD))
+    assert package_entries and hold_entries
+
+    def listed(model: str) -> set:  # type: ignore[type-arg]
+        response = client.get(f"/admin/preservation/{model}/")
+        assert response.status_code == 200
+        return set(response.context["cl"].result_list)
+
+    assert package_entries | hold_entries <= listed("journalentry")
+    assert hold in listed("legalhold") and alert in listed("preservationalert")
+
+    Concealment.objects.create(patient=study.patient, study=study)
+
+    assert not listed("journalentry") & (package_entries | hold_entries)
+    assert hold not in listed("legalhold") and alert not in listed("preservationalert")
+    assert (
+        client.get("/admin/preservation/package/", {"q": study.patient.codice_fiscale}).context["cl"].result_count == 0
+    )
+    # A hidden study's id typed into a new hold is "not a valid choice", as a missing one.
+    form = {"reason": "Nuovo blocco.", "study": str(study.pk), "patient": ""}
+    hidden = client.post("/admin/preservation/legalhold/add/", form)
+    missing = client.post("/admin/preservation/legalhold/add/", {**form, "study": "999999"})
+    assert hidden.status_code == missing.status_code == 200
+    assert hidden.context["adminform"].form.errors == missing.context["adminform"].form.errors
+    assert str(study) not in hidden.content.decode() and study.study_description not in hidden.content.decode()
+    assert LegalHold.objects.count() == 1

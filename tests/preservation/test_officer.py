@@ -262,7 +262,7 @@ def test_the_fixity_audit_names_a_volume_signer_without_the_role(preserved: Pres
     from preservation import fixity
     from preservation.models import PreservationAlert
 
-    from .conftest import guard_off
+    from .conftest import as_owner
 
     volume = preserved.volume
     index = (tier_root() / volume.index_path).read_bytes()
@@ -270,8 +270,8 @@ def test_the_fixity_audit_names_a_volume_signer_without_the_role(preserved: Pres
     target = tier_root() / volume.signature_path
     target.chmod(0o644)
     target.write_bytes(forged)
-    guard_off("preservation_volume")  # the registry made to agree: only the role gives it away
-    Volume.objects.filter(pk=volume.pk).update(signature_sha256=hashlib.sha256(forged).hexdigest())
+    with as_owner():  # the registry made to agree: only the role gives it away
+        Volume.objects.filter(pk=volume.pk).update(signature_sha256=hashlib.sha256(forged).hexdigest())
 
     audit = fixity.fixity_audit()
 

@@ -16,6 +16,7 @@ from archive import storage
 from archive.models import Instance, Study
 from preservation import journal, metadata, packages, sincro, tasks, volumes
 from preservation.models import JournalEntry, Package, PackageFile, Volume
+from tests.conftest import assert_private
 
 from .conftest import Preserved, tier_root
 
@@ -238,3 +239,17 @@ def test_an_http_time_stamp_authority_when_one_is_configured(signed: Preserved, 
         ca_pem=signing.ca_certificate_pem(),
     )
     assert check.ok, check.reason
+
+
+def test_archived_packages_and_exports_are_the_service_accounts_only(
+    loose_umask: None, preserved: Preserved, tmp_path: Path, settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Archived files were 0444 in folders 0755, exports 0644: readable by every local user."""
+    from preservation import export
+
+    # Write-once: not even the owner may write an archived file.
+    assert assert_private(tier_root().resolve(), file_mode=0o400) > 0
+    settings.PACS_PRESERVATION_EXPORT_DIR = tmp_path / "exports"
+    path = export.dip_export(packages=[preserved.package], label="studio", user=preserved.officer)
+    assert path.parent == tmp_path / "exports"
+    assert assert_private(tmp_path / "exports") == 1

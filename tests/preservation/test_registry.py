@@ -16,7 +16,6 @@ import hashlib
 import shutil
 
 import pytest
-from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -33,7 +32,7 @@ from preservation.models import (
     Volume,
 )
 
-from .conftest import Preserved, addendum_volume, guard_off, tier_root
+from .conftest import Preserved, addendum_volume, as_owner, tier_root
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 FAR = dt.date(2100, 1, 1)
@@ -109,14 +108,32 @@ def test_the_approved_discard_is_the_only_way_out_and_its_record_stays(preserved
     assert fixity.fixity_audit().failures == 0
 
 
-def test_a_whole_database_flush_still_works(preserved: Preserved) -> None:
-    # A test's teardown and a developer's reset: manage.py flush empties every table at once
-    # (a DELETE per table on SQLite, which the triggers let through only there; TRUNCATE on PostgreSQL).
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # inside the test's transaction, as after a commit
-    call_command("flush", interactive=False, verbosity=0)
-    assert not Package.objects.exists() and not JournalEntry.objects.exists()
+def test_a_whole_table_emptied_is_refused(preserved: Preserved) -> None:
+    # A DELETE of every row (SQLite's flush), and on PostgreSQL a TRUNCATE: refused as any DELETE.
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # else TRUNCATE fails on the pending checks instead
+            refused(lambda: cursor.execute("TRUNCATE preservation_packagefile CASCADE"))
+        refused(lambda: cursor.execute("DELETE FROM preservation_packagefile"))
+    assert PackageFile.objects.filter(package=preserved.package).count() == 17
+
+
+def test_the_fixity_audit_reports_a_guard_taken_off(preserved: Preserved) -> None:
+    from preservation import guard
+
+    assert guard.guards_missing() == []
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("ALTER TABLE preservation_packagefile DISABLE TRIGGER preservation_packagefile_guard")
+            missing = "preservation_packagefile_guard"
+        else:
+            cursor.execute("DROP TRIGGER preservation_packagefile_guard_delete")
+            missing = "preservation_packagefile_guard_delete"
+    assert guard.guards_missing() == [missing]
+    fixity.fixity_audit()
+    alert = PreservationAlert.objects.get()
+    assert (alert.kind, alert.path) == (PreservationAlert.Kind.GUARD, missing)
 
 
 # --- the fixity audit finds and names what got past --------------------------------------
@@ -125,8 +142,8 @@ def test_a_whole_database_flush_still_works(preserved: Preserved) -> None:
 def test_a_deleted_registry_row_is_found(preserved: Preserved) -> None:
     dicom = PackageFile.objects.filter(package=preserved.package, role=PackageFile.Role.DICOM).first()
     assert fixity.fixity_audit().failures == 0
-    guard_off("preservation_packagefile")
-    PackageFile.objects.filter(pk=dicom.pk).delete()
+    with as_owner():
+        PackageFile.objects.filter(pk=dicom.pk).delete()
 
     audit = fixity.fixity_audit()
 
@@ -150,8 +167,8 @@ def test_a_replaced_aip_file_is_found_even_with_its_row_changed(preserved: Prese
 
     # The registry row changed to match the new file (the database's owner, triggers off): the signed index still says.
     PreservationAlert.objects.update(acknowledged_at=timezone.now())
-    guard_off("preservation_packagefile")
-    PackageFile.objects.filter(pk=dicom.pk).update(sha256=new_sha)
+    with as_owner():
+        PackageFile.objects.filter(pk=dicom.pk).update(sha256=new_sha)
     fixity.fixity_audit()
     open_alerts = {(a.kind, a.path): a for a in PreservationAlert.objects.filter(acknowledged_at__isnull=True)}
     assert set(open_alerts) == {
@@ -181,10 +198,10 @@ def test_the_last_volume_removed_whole_is_found(preserved: Preserved) -> None:
         for p in folder.rglob("*"):
             _writable(p)
         shutil.rmtree(folder)
-    guard_off("preservation_volume", "preservation_package", "preservation_packagefile")
-    PackageFile.objects.filter(package=second_package).delete()
-    Package.objects.filter(pk=second_package.pk).delete()
-    Volume.objects.filter(pk=second.pk).delete()
+    with as_owner():
+        PackageFile.objects.filter(package=second_package).delete()
+        Package.objects.filter(pk=second_package.pk).delete()
+        Volume.objects.filter(pk=second.pk).delete()
 
     audit = fixity.fixity_audit()
 
@@ -197,10 +214,10 @@ def test_the_last_volume_removed_whole_is_found(preserved: Preserved) -> None:
 def test_a_volume_removed_from_the_registry_is_found_by_the_next_index_and_on_disk(preserved: Preserved) -> None:
     first = preserved.volume
     second = addendum_volume(preserved)
-    guard_off("preservation_volume", "preservation_package")
-    Package.objects.filter(volume=first).update(volume=second)  # its packages hidden in the next volume
-    Volume.objects.filter(pk=second.pk).update(previous=None)
-    Volume.objects.filter(pk=first.pk).delete()
+    with as_owner():
+        Package.objects.filter(volume=first).update(volume=second)  # its packages hidden in the next volume
+        Volume.objects.filter(pk=second.pk).update(previous=None)
+        Volume.objects.filter(pk=first.pk).delete()
 
     fixity.fixity_audit()
 
@@ -221,8 +238,8 @@ def test_a_broken_link_between_indexes_is_found(preserved: Preserved) -> None:
     index = tier_root() / first.index_path
     _writable(index)
     index.write_bytes(index.read_bytes().replace(b"</PIndex>", b"<!-- -->\n</PIndex>"))
-    guard_off("preservation_volume")
-    Volume.objects.filter(pk=first.pk).update(index_sha256=hashlib.sha256(index.read_bytes()).hexdigest())
+    with as_owner():
+        Volume.objects.filter(pk=first.pk).update(index_sha256=hashlib.sha256(index.read_bytes()).hexdigest())
 
     fixity.fixity_audit()
 

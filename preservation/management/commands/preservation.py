@@ -1,4 +1,4 @@
-"""The preservation by hand: ``manage.py preservation package|volume|export|fixity|propose-discard``."""
+"""The preservation by hand: ``manage.py preservation package|volume|export|fixity|propose-discard|seal-audit``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class Command(BaseCommand):
         exp.add_argument("--output", type=Path)
         sub.add_parser("fixity", help="Run the fixity audit now.")
         sub.add_parser("propose-discard", help="Propose the discard of what is past its retention.")
+        sub.add_parser("seal-audit", help="Seal the audit chains' heads into the giornale now, time-stamped.")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         action = opts["action"]
@@ -66,6 +67,13 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{audit.files_checked} files, {audit.volumes_checked} volumes, {audit.failures} anomalies"
             )
+        elif action == "seal-audit":
+            from preservation.audit_seal import audit_seal
+
+            entry = audit_seal()
+            chains = len(entry.detail["seal"]["chains"])
+            stamped = entry.detail["timestamp"] or f"not time-stamped: {entry.detail['timestamp_error']}"
+            self.stdout.write(f"seal #{entry.pk}: {chains} chains, {stamped}")
         elif action == "propose-discard":
             discard = retention.discard_propose()
             self.stdout.write(f"discard #{discard.pk} proposed" if discard else "nothing to discard")

@@ -1,9 +1,12 @@
 """The preservation tables refuse UPDATE and DELETE in the database (issue 22).
 
 One rule per table says which UPDATE is allowed by design (see
-:mod:`preservation.guard`); every other UPDATE, and every DELETE, is refused
-on PostgreSQL and SQLite. The giornale keeps its triggers from 0002 and gains
-SQLite's DELETE trigger.
+:mod:`preservation.guard`); every other UPDATE, every DELETE, and on
+PostgreSQL every TRUNCATE, is refused, on PostgreSQL and SQLite, as the
+giornale already is (0002, 0003). As there, the triggers stop the
+application, not the tables' owner (README, "The database role"); the test
+suite's flush lifts them as the owner would (``tests/audit_helpers.py``), and
+the fixity audit reports a guard that is missing or disabled.
 
 Not guarded: the retention table (RetentionClass), configuration the officer
 edits in the admin by design -- a package file keeps the ``keep_until``
@@ -78,7 +81,6 @@ RULES: dict[str, str] = {
         AND (OLD.released_at IS NULL OR (SAME(released_at) AND SAME(released_by_id)))
     """,
 }
-FLUSH_FUNCTION = "preservation_flush_allowed"  # preservation.guard.SQLITE_FUNCTION
 
 
 def _condition(rule: str, vendor: str) -> str:
@@ -90,8 +92,8 @@ def _pg_forward(table: str, rule: str) -> str:
     return f"""
 CREATE OR REPLACE FUNCTION {table}_guard() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        RAISE EXCEPTION '{table}: DELETE refused (preservation evidence is never removed; a discard marks files)';
+    IF TG_OP <> 'UPDATE' THEN
+        RAISE EXCEPTION '{table}: % refused (preservation evidence is never removed; a discard marks files)', TG_OP;
     END IF;
     IF NOT ({_condition(rule, "postgresql")}) THEN
         RAISE EXCEPTION '{table}: UPDATE refused (preservation evidence is not changed)';
@@ -101,34 +103,39 @@ END;
 $$ LANGUAGE plpgsql;
 CREATE TRIGGER {table}_guard BEFORE UPDATE OR DELETE ON {table}
     FOR EACH ROW EXECUTE FUNCTION {table}_guard();
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {table}_guard();
 """
 
 
 def _pg_backward(table: str) -> str:
-    return f"DROP TRIGGER IF EXISTS {table}_guard ON {table}; DROP FUNCTION IF EXISTS {table}_guard();"
+    return (
+        f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}; "
+        f"DROP TRIGGER IF EXISTS {table}_guard ON {table}; DROP FUNCTION IF EXISTS {table}_guard();"
+    )
 
 
-def _sqlite_forward(table: str, rule: str | None) -> list[str]:
-    statements = [
+def _sqlite_forward(table: str, rule: str) -> list[str]:
+    return [
         f"""CREATE TRIGGER IF NOT EXISTS {table}_guard_delete BEFORE DELETE ON {table}
-WHEN NOT {FLUSH_FUNCTION}()
 BEGIN
     SELECT RAISE(ABORT, '{table}: DELETE refused (preservation evidence is never removed)');
-END;"""
-    ]
-    if rule is not None:
-        statements.append(
-            f"""CREATE TRIGGER IF NOT EXISTS {table}_guard_update BEFORE UPDATE ON {table}
+END""",
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_guard_update BEFORE UPDATE ON {table}
 WHEN NOT ({_condition(rule, "sqlite")})
 BEGIN
     SELECT RAISE(ABORT, '{table}: UPDATE refused (preservation evidence is not changed)');
-END;"""
-        )
-    return statements
+END""",
+    ]
 
 
-def _sqlite_backward(table: str) -> list[str]:
-    return [f"DROP TRIGGER IF EXISTS {table}_guard_delete;", f"DROP TRIGGER IF EXISTS {table}_guard_update;"]
+def guard_names(vendor: str) -> list[str]:
+    """The triggers this migration creates on ``vendor`` (the fixity audit checks they are there and enabled)."""
+    if vendor == "postgresql":
+        return [name for table in RULES for name in (f"{table}_guard", f"{table}_no_truncate")]
+    if vendor == "sqlite":
+        return [name for table in RULES for name in (f"{table}_guard_delete", f"{table}_guard_update")]
+    return []
 
 
 def sqlite_statements() -> dict[str, list[str]]:
@@ -138,10 +145,7 @@ def sqlite_statements() -> dict[str, list[str]]:
     (how it alters a column): :func:`preservation.guard.sqlite_triggers_ensure`
     runs these again after every migrate.
     """
-    statements = {table: _sqlite_forward(table, rule) for table, rule in RULES.items()}
-    # The giornale: UPDATE already refused by 0002; now DELETE too.
-    statements["preservation_journalentry"] = _sqlite_forward("preservation_journalentry", None)
-    return statements
+    return {table: _sqlite_forward(table, rule) for table, rule in RULES.items()}
 
 
 def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
@@ -161,12 +165,10 @@ def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
         if vendor == "postgresql":
             schema_editor.execute(_pg_backward(table), params=None)
         elif vendor == "sqlite":
-            for statement in _sqlite_backward(table):
-                schema_editor.execute(statement)
-    if vendor == "sqlite":
-        schema_editor.execute("DROP TRIGGER IF EXISTS preservation_journalentry_guard_delete;")
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_delete")
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS {table}_guard_update")
 
 
 class Migration(migrations.Migration):
-    dependencies = [("preservation", "0003_alert_count_registry_chain")]
+    dependencies = [("preservation", "0004_alert_count_registry_chain")]
     operations = [migrations.RunPython(forward, backward)]

@@ -1,0 +1,138 @@
+"""API tokens: stored hashed, expiring, for staff and service accounts only.
+
+A client exchanges a username and password for a token at ``POST /api/token/``
+and sends it as ``Authorization: Token <key>`` (DICOMweb viewers and scripts,
+the external CUP systems). The tokens are django-rest-knox's: the database
+keeps a SHA-512 digest and the first characters of the key (to find it), never
+the key, and each token expires ``PACS_API_TOKEN_HOURS`` after it was issued.
+
+Who may have one: an active account that is not a citizen's (citizens use the
+portal, with its own login and session limits) and holds at least one
+permission: a member of staff, or a *service account*, an account without
+``is_staff`` (so without the admin site) that a system such as an external
+CUP uses. A citizen, or an account with no permission at all, is refused (403).
+
+The plain tokens of DRF's ``authtoken`` app, stored in clear, were dropped
+(migration ``archive.0013``) rather than converted: any copy of the database
+held them, so they are to be taken as disclosed. Clients ask for a new token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.plumbing import build_bearer_security_scheme_object
+from knox.auth import TokenAuthentication
+from knox.models import AuthToken
+from rest_framework import exceptions
+
+from . import access
+
+logger = logging.getLogger(__name__)
+
+
+class TokenRefused(Exception):
+    """The account may not have an API token."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    key: str  # shown once, to the client that asked; the database has only its digest
+    expiry: dt.datetime
+    token: AuthToken
+
+
+def api_token_refusal(user: Any) -> TokenRefused | None:
+    """Why ``user`` may not have an API token; None when it may."""
+    if user is None or not getattr(user, "is_active", False):
+        return TokenRefused(_("Account non attivo."), code="inactive")
+    if access.principal_for_user(user).is_citizen:
+        return TokenRefused(
+            _("I cittadini accedono dal Fascicolo sanitario elettronico, non con un token API."), code="citizen"
+        )
+    if not (user.is_superuser or user.get_all_permissions()):
+        return TokenRefused(_("L'account non ha alcun permesso sull'archivio: nessun token."), code="no_permission")
+    return None
+
+
+def api_token_issue(*, user: Any) -> IssuedToken:
+    """A new token for ``user``, valid ``PACS_API_TOKEN_HOURS``.
+
+    The user's expired tokens are removed, and past ``PACS_API_TOKENS_PER_USER``
+    live tokens the oldest go, so that a client asking for a token per call
+    does not fill the table.
+
+    Raises
+    ------
+    TokenRefused
+        The account may not have a token (a citizen, no permission, inactive).
+    """
+    refusal = api_token_refusal(user)
+    if refusal is not None:
+        raise refusal
+    now = timezone.now()
+    AuthToken.objects.filter(user=user, expiry__lt=now).delete()
+    keep = max(settings.PACS_API_TOKENS_PER_USER - 1, 0)
+    stale = list(AuthToken.objects.filter(user=user).order_by("-created").values_list("digest", flat=True)[keep:])
+    if stale:
+        AuthToken.objects.filter(digest__in=stale).delete()
+        logger.info("revoked %d older API tokens of %s (over PACS_API_TOKENS_PER_USER)", len(stale), user)
+    token, key = AuthToken.objects.create(user=user, expiry=dt.timedelta(hours=settings.PACS_API_TOKEN_HOURS))
+    assert token.expiry is not None
+    return IssuedToken(key=key, expiry=token.expiry, token=token)
+
+
+def api_token_revoke(*, token: AuthToken) -> None:
+    """Revoke one token (its client logs out)."""
+    AuthToken.objects.filter(digest=token.digest).delete()
+
+
+class ApiTokenAuthentication(TokenAuthentication):
+    """``Authorization: Token <key>`` against the hashed, expiring tokens.
+
+    Unlike knox's own class, a request looks at its token only (knox also
+    sweeps the user's other expired tokens on every request: one query more
+    per call; they are swept when the user next gets a token), and a key that
+    is not UTF-8 is an invalid token (401), not a server error.
+    """
+
+    def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
+        try:
+            token.decode("utf-8")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed(_("Token non valido.")) from None
+        return super().authenticate_credentials(token)  # type: ignore[no-any-return]
+
+    def _cleanup_token(self, auth_token: AuthToken) -> bool:
+        if auth_token.expiry is not None and auth_token.expiry < timezone.now():
+            auth_token.delete()
+            return True
+        return False
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """The token in the OpenAPI description: ``Authorization: Token <key>``."""
+
+    target_class = "archive.api_tokens.ApiTokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> Any:
+        definition = build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Token")
+        definition["description"] = (
+            "Token from POST /api/token/ (username and password of a staff or service account), "
+            f"sent as 'Authorization: Token <key>'. It expires {settings.PACS_API_TOKEN_HOURS:g} hours "
+            "after it was issued; DELETE /api/token/ revokes it."
+        )
+        return definition
