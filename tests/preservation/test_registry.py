@@ -264,3 +264,16 @@ def test_the_same_damage_is_one_alert_updated_each_night(preserved: Preserved) -
     PreservationAlert.objects.update(acknowledged_at=timezone.now())
     fixity.fixity_audit(cycle_days=1)
     assert PreservationAlert.objects.count() == 2
+
+
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="SQLite drops a table's triggers when a migration rebuilds it"
+)
+def test_a_trigger_a_migration_dropped_is_put_back(db: None) -> None:
+    from preservation import guard
+
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER preservation_volume_guard_update")
+    assert guard.guards_missing() == ["preservation_volume_guard_update"]
+    guard.sqlite_triggers_ensure(sender=None)  # post_migrate
+    assert guard.guards_missing() == []
