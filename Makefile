@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The embedded demo: SQLite and files under var/, a broker that is a folder.
-# Cookies over plain http on localhost; any DICOM peer may store (demo only).
-RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1
+# Cookies over plain http on localhost; any DICOM AE title may echo and store
+# (demo only), so the listener binds loopback whatever the environment says.
+RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1 PACS_DICOM_HOST=127.0.0.1
 
 .PHONY: run test install install-test system-test-deps clean
 

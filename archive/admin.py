@@ -54,6 +54,7 @@ from .audit import audit_record
 from .codice_fiscale import normalize_codice_fiscale
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
+from .forms_nodes import RemoteNodeForm
 from .models import (
     AuditEvent,
     Copy,
@@ -475,6 +476,7 @@ class FacilityAdmin(DependentsUnlistedMixin, admin.ModelAdmin):
 
 @admin.register(RemoteNode)
 class RemoteNodeAdmin(admin.ModelAdmin):
+    form = RemoteNodeForm
     list_display = (
         "ae_title",
         "host",

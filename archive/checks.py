@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
+from .peers import is_loopback, tls_server_context
 
 
 def _writable_dir(path: Path) -> bool:
@@ -106,6 +108,66 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
             Warning(
                 "PACS_DICOM_ACCEPT_UNKNOWN_AE is on: any DICOM peer may store images. Use it only for the demo.",
                 id="archive.W002",
+            )
+        )
+    if settings.PACS_DICOM_ACCEPT_UNKNOWN_AE and not is_loopback(settings.PACS_DICOM_HOST):
+        errors.append(
+            Warning(
+                f"PACS_DICOM_ACCEPT_UNKNOWN_AE is on and the listener binds {settings.PACS_DICOM_HOST}: "
+                "any device on the network may store images. The demo binds 127.0.0.1.",
+                id="archive.W012",
+            )
+        )
+    if settings.PACS_DICOM_REQUEST_TIMEOUT <= 0:
+        errors.append(Error("PACS_DICOM_REQUEST_TIMEOUT must be a positive number of seconds.", id="archive.E010"))
+    if settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS < 1:
+        errors.append(Error("PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS must be at least 1.", id="archive.E015"))
+    elif settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS >= settings.PACS_DICOM_MAX_ASSOCIATIONS:
+        errors.append(
+            Warning(
+                "PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS is not below PACS_DICOM_MAX_ASSOCIATIONS: "
+                "one host can take every association slot.",
+                id="archive.W011",
+            )
+        )
+    errors.extend(_check_dicom_tls())
+    return errors
+
+
+def _check_dicom_tls() -> list[Any]:
+    """DICOM TLS: all three files or none, each readable, and a context that loads."""
+    names = ("PACS_DICOM_TLS_CERT", "PACS_DICOM_TLS_KEY", "PACS_DICOM_TLS_CA")
+    given = {name: getattr(settings, name) for name in names if getattr(settings, name)}
+    if not given:
+        return []
+    errors: list[Any] = []
+    for name in names:
+        if name not in given:
+            errors.append(Error(f"DICOM TLS needs {', '.join(names)}; {name} is not set.", id="archive.E011"))
+        elif not os.access(given[name], os.R_OK) or not Path(given[name]).is_file():
+            errors.append(Error(f"{name}={given[name]} is not a readable file.", id="archive.E012"))
+    if not 1 <= settings.PACS_DICOM_TLS_PORT <= 65535 or settings.PACS_DICOM_TLS_PORT == settings.PACS_DICOM_PORT:
+        errors.append(
+            Error(
+                f"PACS_DICOM_TLS_PORT={settings.PACS_DICOM_TLS_PORT} is not a TCP port other than PACS_DICOM_PORT.",
+                id="archive.E013",
+            )
+        )
+    if errors:
+        return errors
+    try:
+        tls_server_context(
+            cert=given["PACS_DICOM_TLS_CERT"],
+            key=given["PACS_DICOM_TLS_KEY"],
+            ca=given["PACS_DICOM_TLS_CA"],
+            key_passphrase=settings.PACS_DICOM_TLS_KEY_PASSPHRASE,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        errors.append(
+            Error(
+                f"the DICOM TLS certificate, key or CA cannot be loaded: {exc}",
+                hint="PEM files; the key must match the certificate (PACS_DICOM_TLS_KEY_PASSPHRASE if it is encrypted).",
+                id="archive.E014",
             )
         )
     return errors

@@ -54,13 +54,20 @@ FACILITIES = [
 ]
 # Peers every demo facility knows: its modalities, a reporting workstation, and
 # the AE titles DCMTK's tools use by default, so that a newcomer's first
-# `storescu` works.
+# `storescu` works. All call from 127.0.0.1 (their host, no other address).
+# Scopes: a node sees its own facility's studies (the default), except the
+# reporting workstation, which reports for the whole health authority (its
+# radiologists read the studies of every facility of the authority).
 NODES = [
     ("CT01", "Tomografo computerizzato", dict(can_store=True, can_worklist=True)),
     ("MR01", "Risonanza magnetica", dict(can_store=True, can_worklist=True)),
     ("US01", "Ecografo", dict(can_store=True, can_worklist=True)),
     ("NM01", "Gamma camera", dict(can_store=True, can_worklist=True)),
-    ("RADWS", "Stazione di refertazione", dict(can_query=True, can_retrieve=True, is_retrieve_destination=True)),
+    (
+        "RADWS",
+        "Stazione di refertazione",
+        dict(can_query=True, can_retrieve=True, is_retrieve_destination=True, scope=RemoteNode.Scope.AUTHORITY),
+    ),
     ("STORESCU", "DCMTK storescu", dict(can_store=True)),
     ("DCMSEND", "DCMTK dcmsend", dict(can_store=True)),
     ("ECHOSCU", "DCMTK echoscu", dict(can_store=True)),

@@ -2,13 +2,21 @@
 
 Handlers only translate: a C-STORE's received file goes to
 :func:`archive.ingest.instance_ingest`, its outcome becomes a DIMSE status.
-Around them sit three guards pynetdicom 3.0.4 does not provide:
+Around them sit guards pynetdicom 3.0.4 does not provide:
 
 * who may associate is decided per facility, from ``RemoteNode`` rows read
-  at association time (so a node added in the admin works at once);
-* the transport (``archive/dul.py``) cuts a peer that declares a PDU longer
-  than ``PACS_DICOM_PDU_READ_LIMIT`` before buffering it, and wakes on events
-  instead of polling;
+  at association time (so a node added in the admin works at once): a node
+  only from its registered addresses, on the TLS port only with its own
+  client certificate, and a node that has a certificate only on the TLS port
+  (:func:`decide_association`, ``archive/peers.py``);
+* what a node queries and retrieves is limited by the access policy to its
+  scope, never a concealed study (``Peer.principal``); an unknown AE let in
+  by ``PACS_DICOM_ACCEPT_UNKNOWN_AE`` may echo and store, nothing else;
+* the transport (``archive/dul.py``) admits a connection only once it has
+  sent its A-ASSOCIATE-RQ within ``PACS_DICOM_REQUEST_TIMEOUT`` (TLS
+  handshake included), caps the connections of each peer address, cuts a
+  peer that declares a PDU longer than ``PACS_DICOM_PDU_READ_LIMIT`` before
+  buffering it, and wakes on events instead of polling;
 * a received data set stays in memory up to ``PACS_DICOM_SPOOL_MEMORY`` and
   spills to this process's incoming folder beyond, so memory does not grow
   with an object's size (``_SpoolFile``).
@@ -16,8 +24,10 @@ Around them sit three guards pynetdicom 3.0.4 does not provide:
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -62,7 +72,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import access, dul, storage
+from . import access, dul, peers, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .ingest import CONFLICT, IngestError, instance_ingest
@@ -146,8 +156,9 @@ class Peer:
     facility: Facility
     node: RemoteNode | None  # None: an unknown AE let in by PACS_DICOM_ACCEPT_UNKNOWN_AE
     calling_ae: str
-    address: str
+    address: str  # "ip:port", for the audit log
     called_ae: str = ""
+    tls: bool = False
     studies: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
     failures: list[str] = field(default_factory=list)
     failed: int = 0
@@ -167,13 +178,27 @@ def decide_association(
     facility_code: str | None,
     listener_ae: str | None,
     accept_unknown: bool,
+    peer_ip: str | None = None,
+    certificate_sha256: str | None = None,
 ) -> tuple[Peer | None, tuple[int, int, int] | None, str]:
     """Accept (a Peer) or reject (an A-ASSOCIATE-RJ reason) an association request.
 
     A listener bound to one facility answers to ``listener_ae`` (default: the
     facility's AE title); an unbound one serves every facility under its own.
+
+    A registered node is accepted only from its registered addresses
+    (``peer_ip``, default the host part of ``address``); on the TLS port
+    (``certificate_sha256`` is the fingerprint of the client's certificate,
+    None on the plain port) only with its own certificate; a node that has a
+    certificate only on the TLS port; a node without any right not at all. A
+    registered AE title that fails any of these is refused even when
+    ``accept_unknown`` lets unknown AEs in: it is someone else using the
+    node's name, or a node switched off. Every refusal answers "calling AE
+    title not recognised"; the reason goes to the log and the audit only.
     """
     calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
+    if peer_ip is None:
+        peer_ip = address.rsplit(":", 1)[0]
     if facility_code:
         facility = Facility.objects.filter(code=facility_code).first()
         if facility is not None and called_ae != (listener_ae or facility.ae_title):
@@ -183,12 +208,50 @@ def decide_association(
     if facility is None:
         return None, REJECT_CALLED_AE, f"called AE title {called_ae!r} is not served here"
     node = RemoteNode.objects.filter(facility=facility, ae_title=calling_ae).first()
-    if node is None or not node.may_associate():
-        if not accept_unknown:
-            why = "is not a registered DICOM node" if node is None else "has no rights"
-            return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} {why} of {facility.code}"
-        node = None
-    return Peer(facility=facility, node=node, calling_ae=calling_ae, address=address, called_ae=called_ae), None, ""
+    tls = certificate_sha256 is not None
+    if node is not None:
+        refused = _node_refusal(node, peer_ip=peer_ip, certificate_sha256=certificate_sha256)
+        if refused:
+            return None, REJECT_CALLING_AE, f"calling AE title {calling_ae!r} of {facility.code} {refused}"
+    elif not accept_unknown:
+        return (
+            None,
+            REJECT_CALLING_AE,
+            f"calling AE title {calling_ae!r} is not a registered DICOM node of {facility.code}",
+        )
+    peer = Peer(facility=facility, node=node, calling_ae=calling_ae, address=address, called_ae=called_ae, tls=tls)
+    return peer, None, ""
+
+
+def _node_refusal(node: RemoteNode, *, peer_ip: str, certificate_sha256: str | None) -> str:
+    """Why a registered node's association is refused (empty: it is not)."""
+    if not node.may_associate():
+        return "has no rights (a node switched off in the admin)"
+    if not peers.address_allowed(peer_ip, node.allowed_addresses()):
+        return f"called from {peer_ip}, which is not among its registered addresses"
+    expected = peers.fingerprint_normalize(node.tls_certificate_sha256)
+    if certificate_sha256 is None:
+        if expected:
+            return "has a TLS certificate registered and must call the DICOM TLS port"
+    elif not expected:
+        return "has no TLS certificate registered (RemoteNode.tls_certificate_sha256)"
+    elif certificate_sha256 != expected:
+        return f"presented another TLS certificate (SHA-256 {certificate_sha256})"
+    return ""
+
+
+def _is_tls(assoc: Association) -> bool:
+    return isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket)
+
+
+def _peer_certificate(assoc: Association) -> str | None:
+    """The SHA-256 of the peer's client certificate on the TLS port; None on the plain port."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    # CERT_REQUIRED: the handshake fails without one; "" would match no node.
+    return peers.certificate_sha256(der) if der else ""
 
 
 class PacsACSE(ACSE):
@@ -203,6 +266,8 @@ class PacsACSE(ACSE):
                 calling_ae=str(rq.calling_ae_title),
                 called_ae=str(rq.called_ae_title),
                 address=address,
+                peer_ip=str(assoc.requestor.address),
+                certificate_sha256=_peer_certificate(assoc),
                 facility_code=server.facility_code,
                 listener_ae=server.listener_ae,
                 accept_unknown=server.accept_unknown,
@@ -219,7 +284,7 @@ class PacsACSE(ACSE):
                 outcome=AuditEvent.Outcome.DENIED,
                 ae_title=str(rq.calling_ae_title).strip()[:16],
                 source=address,
-                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why},
+                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why, "tls": _is_tls(assoc)},
             )
             self.send_reject(*reject)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -313,6 +378,7 @@ class PacsAssociation(_SendsStoredInstances):
     connection when its thread ends, however it ends."""
 
     pacs_peer: Peer | None = None
+    pacs_release: Callable[[], None] | None = None  # gives the peer address's slot back
 
     def run(self) -> None:
         dul.reactor_waits_on_events(self)
@@ -323,25 +389,121 @@ class PacsAssociation(_SendsStoredInstances):
                 if self.pacs_peer is not None:
                     _audit_association(self.pacs_peer)
             finally:
-                connections.close_all()
+                try:
+                    connections.close_all()
+                finally:
+                    if self.pacs_release is not None:
+                        self.pacs_release()
 
 
 class PacsRequestHandler(RequestHandler):
+    """Creates the association for a connection the gate admitted, with the
+    A-ASSOCIATE-RQ the gate read (``first_pdu``)."""
+
+    server: PacsServer
+
+    def __init__(self, request: Any, client_address: Any, server: Any, *, first_pdu: bytes = b"") -> None:
+        self.first_pdu = first_pdu
+        self.started = False
+        super().__init__(request, client_address, server)
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        address = str(self.client_address[0])
+        slots = self.server.slots
+        assoc.pacs_release = lambda: slots.release(address)  # type: ignore[attr-defined]
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        self.started = True
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         # Swapped before the threads start; the subclasses add methods, no state.
         assoc.__class__ = PacsAssociation
         assoc.acse.__class__ = PacsACSE
         assoc.dimse.__class__ = PacsDIMSE
-        dul.prepare(assoc)
+        dul.prepare(assoc, first_pdu=self.first_pdu)
         return assoc
 
 
 class PacsServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the gate of ``archive/dul.py`` in front:
+    each connection's thread first waits (``PACS_DICOM_REQUEST_TIMEOUT``) for
+    the TLS handshake and the A-ASSOCIATE-RQ, and only then becomes an
+    association. ``slots`` caps the connections of each peer address; the
+    plain and the TLS server share it."""
+
     facility_code: str | None = None
     listener_ae: str | None = None
     accept_unknown: bool = False
     draining: bool = False
+    slots: dul.AddressSlots
+    tls_server: PacsServer | None = None  # the DICOM TLS port, served beside this one
+    # Gate threads end with the process; associations are joined by stop_listener.
+    daemon_threads = True
+    # socketserver's listen backlog is 5: a burst of connections beyond it has its
+    # SYNs dropped and retried by the peer a second later, a stall for everyone.
+    request_queue_size = 128
+
+    def get_request(self) -> tuple[Any, Any]:
+        # pynetdicom does the TLS handshake here, in the accepting thread, where
+        # one silent peer stops the port: the gate does it in the connection's own.
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address = str(client_address[0])
+        if self.draining or not self.slots.acquire(address):
+            if not self.draining:
+                self._log_refused(address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release(address)
+            raise
+
+    def _log_refused(self, address: str) -> None:
+        # A flood is logged once per address every few seconds, with its count, not once a connection.
+        now = time.monotonic()
+        refused = self.__dict__.setdefault("_refused", {})
+        if len(refused) > 4096:  # a flood from many addresses: forget, do not grow
+            refused.clear()
+        since, count = refused.get(address, (0.0, 0))
+        if now - since < 10.0:
+            refused[address] = (since, count + 1)
+            return
+        refused[address] = (now, 0)
+        logger.warning(
+            "connection from %s closed: it holds %d connections already (PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)%s",
+            address,
+            self.slots.held(address),
+            f"; {count} more closed since the last message" if count else "",
+        )
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        address = str(client_address[0])
+        handler: PacsRequestHandler | None = None
+        sock = request
+        try:
+            sock, first_pdu = dul.admit(
+                request,
+                timeout=settings.PACS_DICOM_REQUEST_TIMEOUT,
+                ssl_context=self.ssl_context,
+                read_limit=settings.PACS_DICOM_PDU_READ_LIMIT,
+            )
+            handler = PacsRequestHandler(sock, client_address, self, first_pdu=first_pdu)
+        except dul.NotAdmitted as exc:
+            level = logging.INFO if exc.quiet else logging.WARNING
+            logger.log(level, "connection from %s:%s not admitted: %s", address, client_address[1], exc)
+            sock = exc.sock or sock
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            if handler is None or not handler.started:
+                self.slots.release(address)
+                dul.close(sock)
 
 
 def handle_echo(event: Any) -> int:
@@ -400,8 +562,11 @@ def handle_store(event: Any) -> Dataset:
 
 
 def _peer_may(peer: Peer, right: str) -> bool:
-    # An unknown AE is let in only by PACS_DICOM_ACCEPT_UNKNOWN_AE (the demo).
-    return peer.node is None or bool(getattr(peer.node, right))
+    # An unknown AE is let in only by PACS_DICOM_ACCEPT_UNKNOWN_AE (the demo), to
+    # echo and store: it never reads (C-FIND, C-MOVE, C-GET, the worklist).
+    if peer.node is None:
+        return right == "can_store"
+    return bool(getattr(peer.node, right))
 
 
 # Responses a C-FIND may have queued for sending before it waits for the socket:
@@ -444,6 +609,7 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     if identifier is not None:
         detail["keys"] = {e.keyword: str(e.value) for e in identifier if e.keyword and e.value not in (None, "")}
     studies: list[str] = []
+    patients: list[int] = []  # of each match, in the order answered
 
     def results() -> Iterator[Dataset]:
         if identifier is None:
@@ -452,7 +618,13 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         encoding = (ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
         limit = settings.PACS_QUERY_MAX_MATCHES
         for result in query_run(
-            identifier, level=level, root=root, limit=limit + 1, encoding=encoding, principal=peer.principal
+            identifier,
+            level=level,
+            root=root,
+            limit=limit + 1,
+            encoding=encoding,
+            principal=peer.principal,
+            patients=patients,
         ):
             if "StudyInstanceUID" in result and len(studies) < 20:
                 studies.append(str(result.StudyInstanceUID))
@@ -461,15 +633,25 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
             yield result
 
     detail["studies"] = studies
-    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="C-FIND")
+    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="C-FIND", patients=patients)
 
 
 def _answer_find(
-    event: Any, peer: Peer, results: Iterator[Dataset], *, audit: dict[str, Any], detail: dict[str, Any], what: str
+    event: Any,
+    peer: Peer,
+    results: Iterator[Dataset],
+    *,
+    audit: dict[str, Any],
+    detail: dict[str, Any],
+    what: str,
+    patients: list[Any] | None = None,
+    resolve: Callable[[list[Any]], list[int]] | None = None,
 ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Send ``results`` as pending responses, keeping pace with the socket; end
     with the final status (cancelled, too many matches, refused, failed) and
-    write one audit event."""
+    write one audit event, with the patients of the matches sent (``patients``:
+    one per result, in order, filled as the results are produced; primary keys,
+    or what ``resolve`` turns into primary keys)."""
     limit = settings.PACS_QUERY_MAX_MATCHES
     matches = 0
     outcome, final = AuditEvent.Outcome.SUCCESS, _status(SUCCESS)
@@ -496,7 +678,15 @@ def _answer_find(
         outcome, final = AuditEvent.Outcome.FAILURE, _status(UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
         detail["error"] = type(exc).__name__
     detail["matches"] = matches
-    _audit_quietly(**audit, outcome=outcome, detail=detail)
+    # Results produced but not sent (the one past the limit, a cancelled one) are not counted.
+    returned: dict[str, Any] = {}
+    if patients is not None:
+        try:
+            sent = patients[:matches]
+            returned["patients"] = resolve(sent) if resolve is not None else sent
+        except Exception:
+            logger.exception("%s from %s: the patients answered could not be listed", what, peer.calling_ae)
+    _audit_quietly(**audit, outcome=outcome, detail=detail, **returned)
     yield final, None
 
 
@@ -519,12 +709,41 @@ def _worklist_find(event: Any, peer: Peer) -> Iterator[tuple[int | Dataset, Data
         yield _status(UNABLE_TO_PROCESS, "the worklist is not available"), None
         return
 
+    codici: list[str] = []  # each item's PatientID (the codice fiscale), for the audit log
+
     def results() -> Iterator[Dataset]:
         if identifier is None:
             raise QueryError(error)
-        yield from source(identifier, facility=peer.facility, calling_ae=peer.calling_ae)
+        # Whose item each answer is: PatientID asked for as a return key when the
+        # modality did not, and left out of its answer.
+        asked = "PatientID" in identifier
+        query = identifier
+        if not asked:
+            query = copy.deepcopy(identifier)
+            query.PatientID = ""
+        for item in source(query, facility=peer.facility, calling_ae=peer.calling_ae):
+            codici.append(str(item.get("PatientID", "") or ""))
+            if not asked and "PatientID" in item:
+                del item.PatientID
+            yield item
 
-    yield from _answer_find(event, peer, results(), audit=audit, detail=detail, what="worklist C-FIND")
+    yield from _answer_find(
+        event,
+        peer,
+        results(),
+        audit=audit,
+        detail=detail,
+        what="worklist C-FIND",
+        patients=codici,
+        resolve=_patients_by_codice_fiscale,
+    )
+
+
+def _patients_by_codice_fiscale(codici: list[str]) -> list[int]:
+    known = dict(
+        Patient.objects.filter(codice_fiscale__in={c for c in codici if c}).values_list("codice_fiscale", "pk")
+    )
+    return [known[c] for c in codici if c in known]
 
 
 def _worklist_keys(identifier: Dataset) -> dict[str, str]:
@@ -915,14 +1134,36 @@ class _SpoolFile:
             return cls._live.get(str(path))
 
 
+def tls_context() -> ssl.SSLContext | None:
+    """The DICOM TLS context from the settings; None when no certificate is configured."""
+    if not settings.PACS_DICOM_TLS_CERT:
+        return None
+    return peers.tls_server_context(
+        cert=settings.PACS_DICOM_TLS_CERT,
+        key=settings.PACS_DICOM_TLS_KEY,
+        ca=settings.PACS_DICOM_TLS_CA,
+        key_passphrase=settings.PACS_DICOM_TLS_KEY_PASSPHRASE,
+    )
+
+
 def start_listener(
-    *, host: str, port: int, facility_code: str | None = None, ae_title: str | None = None
+    *,
+    host: str,
+    port: int,
+    facility_code: str | None = None,
+    ae_title: str | None = None,
+    tls_port: int | None = None,
 ) -> PacsServer:
     """Start serving in background threads; return the server (``.server_address`` has the port).
 
     With ``facility_code`` the listener serves that facility only, under
     ``ae_title`` (default: the facility's); without, it serves every facility,
     each under its own AE title, and the called AE title chooses the facility.
+
+    When DICOM TLS is configured (``PACS_DICOM_TLS_CERT``...), the same
+    associations are served with TLS on ``tls_port`` (default
+    ``PACS_DICOM_TLS_PORT``; 0: any free port): the returned server's
+    ``tls_server``. Both share the association limits.
     """
     # pynetdicom's "chunked" receive writes each data set to the file object
     # NamedTemporaryFile gives it; it has no setting for that object, so the
@@ -946,44 +1187,63 @@ def start_listener(
         (evt.EVT_C_GET, handle_get),
         (evt.EVT_C_MOVE, handle_move),
     ]
-    server: PacsServer = ae.make_server(
-        (host, port),
-        ae_title=ae_title or "PACS",
-        evt_handlers=handlers,
-        server_class=PacsServer,
-        request_handler=PacsRequestHandler,
-    )
-    server.facility_code = facility_code
-    server.listener_ae = ae_title
-    server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"dicom-listener:{port}", daemon=True
-    )
-    thread.start()
-    ae._servers.append(server)
-    return server
+    slots = dul.AddressSlots(per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)
+    context = tls_context()  # before binding: a bad certificate stops start-up
+    addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
+    if context is not None:
+        addresses.append(((host, settings.PACS_DICOM_TLS_PORT if tls_port is None else tls_port), context))
+    servers: list[PacsServer] = []
+    try:
+        for address, ssl_context in addresses:
+            server: PacsServer = ae.make_server(
+                address,
+                ae_title=ae_title or "PACS",
+                ssl_context=ssl_context,
+                evt_handlers=handlers,
+                server_class=PacsServer,
+                request_handler=PacsRequestHandler,
+            )
+            servers.append(server)
+    except OSError:
+        for server in servers:
+            server.server_close()
+        raise
+    for server in servers:
+        server.facility_code = facility_code
+        server.listener_ae = ae_title
+        server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
+        server.slots = slots
+        name = f"dicom-listener{'-tls' if server.ssl_context else ''}:{server.server_address[1]}"
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True)
+        thread.start()
+        ae._servers.append(server)
+    plain = servers[0]
+    plain.tls_server = servers[1] if len(servers) > 1 else None
+    return plain
 
 
 def stop_listener(server: PacsServer, *, grace: float) -> None:
     """Stop accepting, let associations finish for ``grace`` seconds, then abort
     each one between two stores (never in the middle of one)."""
-    server.draining = True
-    server.shutdown()
+    servers = [server] if server.tls_server is None else [server, server.tls_server]
+    for each in servers:
+        each.draining = True
+        each.shutdown()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _working(server):
+    while time.monotonic() < deadline and _working(servers):
         time.sleep(0.05)
     hard_deadline = time.monotonic() + max(grace, 30.0)
-    while _working(server) and time.monotonic() < hard_deadline:
-        for assoc in _working(server):
+    while _working(servers) and time.monotonic() < hard_deadline:
+        for assoc in _working(servers):
             peer = getattr(assoc, "pacs_peer", None)
             if peer is None or not peer.busy:
                 assoc.abort()
         time.sleep(0.02)
-    for assoc in _working(server):
+    for assoc in _working(servers):
         assoc.join(timeout=5)
     # Connections that never completed an association request hold no data:
     # their threads are daemons and end with the process.
 
 
-def _working(server: PacsServer) -> list[Association]:
-    return [a for a in server.active_associations if a.is_alive() and a.is_established]
+def _working(servers: list[PacsServer]) -> list[Association]:
+    return [a for server in servers for a in server.active_associations if a.is_alive() and a.is_established]

@@ -3,12 +3,15 @@ studies, series, instances, their stored copies, conflicts and the audit log."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from . import peers
 from .codice_fiscale import validate_codice_fiscale
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash
@@ -123,6 +126,35 @@ class RemoteNode(models.Model):
         return (
             self.can_store or self.can_query or self.can_retrieve or self.is_retrieve_destination or self.can_worklist
         )
+
+    def allowed_addresses(self) -> list[str]:
+        """Where the node may call from: its ``addresses``, else its ``host``."""
+        return peers.address_entries(self.addresses) or [self.host.strip()]
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        """The addresses and the fingerprint checked entry by entry, and normalised
+        (the fingerprint as ``openssl x509 -fingerprint -sha256`` prints it is
+        accepted) before the field's own length check sees it."""
+        skip = set(exclude or ())
+        if "tls_certificate_sha256" not in skip:
+            self.tls_certificate_sha256 = peers.fingerprint_normalize(self.tls_certificate_sha256)
+        errors: dict[str, list[Any]] = {}
+        try:
+            super().clean_fields(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        if "addresses" not in skip and "addresses" not in errors:
+            bad = peers.addresses_errors(self.addresses)
+            if bad:
+                errors["addresses"] = list(bad)
+            else:
+                self.addresses = " ".join(peers.address_entries(self.addresses))
+        if "tls_certificate_sha256" not in skip and "tls_certificate_sha256" not in errors:
+            error = peers.fingerprint_error(self.tls_certificate_sha256)
+            if error:
+                errors["tls_certificate_sha256"] = [error]
+        if errors:
+            raise ValidationError(errors)
 
 
 class Patient(models.Model):

@@ -376,6 +376,14 @@ _ORDER = {
     IMAGE: ["series_id", "instance_number", "id"],
 }
 
+# The patient's primary key, from each level's rows (query_values(with_patient=True)).
+_PATIENT_PK = {
+    PATIENT: "p_patient_pk",
+    STUDY: "patient_id",
+    SERIES: "study__patient_id",
+    IMAGE: "series__study__patient_id",
+}
+
 # Unique keys of the levels above, returned with each match (PS3.4 C.4.1.2.3.1).
 _PARENT_KEYS = {
     PATIENT: ["PatientID"],
@@ -422,10 +430,14 @@ def query_values(
     offset: int = 0,
     facility: Facility | None = None,
     principal: access.Principal,
+    with_patient: bool = False,
 ) -> tuple[list[_Key], Iterator[tuple[Any, ...]]]:
     """Run a C-FIND-style query: the returned keys, and one row per match.
 
     ``principal`` is who asks: only the studies it may see match (archive.access).
+    ``with_patient``: each row ends with one more column, the primary key of
+    the match's patient (for the audit log; at the PATIENT level, one of the
+    patients the match groups), which no key refers to.
 
     The keys are the identifier's plus the unique keys of the level and the
     levels above it; :func:`query_run` and :func:`query_json` write the rows
@@ -461,10 +473,13 @@ def query_values(
             )
             .order_by("dicom_patient_id", "issuer_of_patient_id")
         )
+        if with_patient:
+            qs = qs.annotate(p_patient_pk=Max("patient_id"))
     else:
         qs = qs.order_by(*_ORDER[query.level])
     paths = list(dict.fromkeys(fields.values()))
-    rows = qs.values_list(*paths)
+    columns = [*paths, _PATIENT_PK[query.level]] if with_patient else paths
+    rows = qs.values_list(*columns)
     if limit is not None:
         rows = rows[offset : offset + max(limit, 0)]
     elif offset:
@@ -485,7 +500,12 @@ def query_values(
 
 
 def query_run(
-    identifier: Dataset, *, level: str, encoding: tuple[bool, bool] | None = None, **options: Any
+    identifier: Dataset,
+    *,
+    level: str,
+    encoding: tuple[bool, bool] | None = None,
+    patients: list[int] | None = None,
+    **options: Any,
 ) -> Iterator[Dataset]:
     """Run a C-FIND-style query; yield one identifier per match (the options of
     :func:`query_values`). Raises :class:`QueryError` before yielding.
@@ -494,8 +514,11 @@ def query_run(
     go out on; in little endian each answer comes already encoded, so that
     writing it costs a copy (text in UTF-8, SpecificCharacterSet ISO_IR 192
     when it is not ASCII).
+
+    ``patients``: a list to which the primary key of each yielded match's
+    patient is appended, as it is yielded (for the audit log).
     """
-    keys, rows = query_values(identifier, level=level, **options)
+    keys, rows = query_values(identifier, level=level, with_patient=patients is not None, **options)
     raw = encoding is not None and encoding[1]
     implicit = bool(encoding and encoding[0])
 
@@ -519,6 +542,8 @@ def query_run(
                 ds.set_original_encoding(implicit, True, ds._character_set)
             elif any(isinstance(e.value, str) and not e.value.isascii() for e in ds):
                 ds.SpecificCharacterSet = "ISO_IR 192"
+            if patients is not None:
+                patients.append(row[-1])
             yield ds
 
     return results()

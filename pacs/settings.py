@@ -527,12 +527,31 @@ PACS_FIXITY_CYCLE_DAYS = env_int("PACS_FIXITY_CYCLE_DAYS", 90)
 PACS_FIXITY_SAMPLE = env_int("PACS_FIXITY_SAMPLE", 100)
 
 # --- DICOM network ------------------------------------------------------------
-PACS_DICOM_HOST = env_str("PACS_DICOM_HOST", "0.0.0.0")
+# Loopback by default, as the web server: a fresh checkout (and `make run`,
+# which accepts unknown AEs) is not reachable from the network. Production
+# sets the hospital network's interface, or 0.0.0.0.
+PACS_DICOM_HOST = env_str("PACS_DICOM_HOST", "127.0.0.1")
 PACS_DICOM_PORT = env_int("PACS_DICOM_PORT", 11112)
 # Accept associations from calling AE titles that are not registered remote
-# nodes. Only for the demo: production must leave it off.
+# nodes: they may C-ECHO and C-STORE, nothing else. Only for the demo:
+# production must leave it off.
 PACS_DICOM_ACCEPT_UNKNOWN_AE = env_bool("PACS_DICOM_ACCEPT_UNKNOWN_AE", False)
+# Established associations, all peers together (both ports).
 PACS_DICOM_MAX_ASSOCIATIONS = env_int("PACS_DICOM_MAX_ASSOCIATIONS", 32)
+# Connections one peer address may hold at once, associated or not yet: one
+# host cannot take every slot. Beyond it a new connection is closed at once.
+PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS = env_int("PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS", 8)
+# Seconds a new connection has to complete its TLS handshake and send its
+# A-ASSOCIATE-RQ; then it is closed. Until then it holds no association slot.
+PACS_DICOM_REQUEST_TIMEOUT = env_float("PACS_DICOM_REQUEST_TIMEOUT", 5.0)
+# DICOM TLS (PS3.15 B.9, BCP 195) on its own port, served beside the plain one
+# when a certificate is configured: the listener's certificate and key (PEM),
+# and the CA that signs the nodes' client certificates (required, verified).
+PACS_DICOM_TLS_PORT = env_int("PACS_DICOM_TLS_PORT", 2762)
+PACS_DICOM_TLS_CERT = env_str("PACS_DICOM_TLS_CERT", "")
+PACS_DICOM_TLS_KEY = env_str("PACS_DICOM_TLS_KEY", "")
+PACS_DICOM_TLS_CA = env_str("PACS_DICOM_TLS_CA", "")
+PACS_DICOM_TLS_KEY_PASSPHRASE = env_secret("PACS_DICOM_TLS_KEY_PASSPHRASE", "")
 # The largest PDU we tell peers we accept (PS3.8 maximum length received).
 PACS_DICOM_MAX_PDU = env_int("PACS_DICOM_MAX_PDU", 262144)
 # The largest PDU we will read at all: some equipment ignores our maximum, but a

@@ -19,6 +19,12 @@ def test_load_demo_builds_the_region_and_is_idempotent(db: None) -> None:
     assert set(HealthAuthority.objects.values_list("code", flat=True)) == {"ASUGI", "ASUFC", "ASFO"}
     assert Facility.objects.count() == len(demo.FACILITIES)
     assert RemoteNode.objects.filter(ae_title="STORESCU", can_store=True).count() == len(demo.FACILITIES)
+    # Every demo node calls from this machine; the reporting workstation reads its whole
+    # health authority, every other node its own facility (issue 15).
+    assert set(RemoteNode.objects.values_list("host", "addresses")) == {("127.0.0.1", "")}
+    scopes = set(RemoteNode.objects.values_list("ae_title", "scope"))
+    assert {scope for ae, scope in scopes if ae == "RADWS"} == {"authority"}
+    assert {scope for ae, scope in scopes if ae != "RADWS"} == {"facility"}
     studies = Study.objects.count()
     instances = Instance.objects.count()
     assert studies == len(demo.STUDIES) and instances > 0

@@ -198,3 +198,135 @@ def test_non_storage_sop_class_gets_no_presentation_context(listener: int) -> No
         assert ModalityPerformedProcedureStep in rejected and CTImageStorage in accepted
     finally:
         assoc.release()
+
+
+# --- node trust: registered addresses, unknown AEs ------------------------------------
+
+
+def _echo_from(port: int, source: str, *, calling_ae: str = "STORESCU", called_ae: str = "TSCAT_PACS") -> int | None:
+    """C-ECHO from a given loopback address (every 127.x.y.z is this machine)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0))
+    if not assoc.is_established:
+        return None
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+def test_registered_node_is_accepted_from_its_address(listener: int) -> None:
+    # STORESCU is registered with host 127.0.0.1 and no addresses: the host is its address.
+    assert _echo_from(listener, "127.0.0.1") == 0x0000
+
+
+def test_same_ae_title_from_another_address_is_refused_and_audited(listener: int, ct_study: list[Path]) -> None:
+    assert _echo_from(listener, "127.0.0.2") is None
+    denied = wait_until(lambda: AuditEvent.objects.filter(action="dicom.association").first(), what="audit")
+    assert denied.outcome == "denied" and denied.ae_title == "STORESCU"
+    assert denied.source.startswith("127.0.0.2:")
+    assert "127.0.0.2, which is not among its registered addresses" in denied.detail["reason"]
+
+
+def test_same_ae_title_from_another_address_is_refused_even_with_the_demo_flag(  # type: ignore[no-untyped-def]
+    transactional_db, region, settings
+) -> None:
+    """The demo flag lets unknown AE titles in; a registered one from elsewhere is
+    someone using the node's name, not an unknown device."""
+    from archive.dimse import start_listener, stop_listener
+
+    settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
+    server = start_listener(host="127.0.0.1", port=0)
+    try:
+        port = server.server_address[1]
+        assert _echo_from(port, "127.0.0.2") is None
+        assert _echo_from(port, "127.0.0.2", calling_ae="NEWDEVICE") == 0x0000
+        # A node switched off in the admin (no right left) is not an unknown AE either.
+        from archive.models import RemoteNode
+
+        RemoteNode.objects.filter(ae_title="STORESCU").update(can_store=False)
+        assert _echo_from(port, "127.0.0.1") is None
+    finally:
+        stop_listener(server, grace=0)
+
+
+@pytest.mark.parametrize(
+    ("addresses", "accepted", "refused"),
+    [
+        ("127.0.0.2", ["127.0.0.2"], ["127.0.0.1", "127.0.0.3"]),
+        ("127.0.0.0/30, 10.1.2.3", ["127.0.0.1", "127.0.0.2", "127.0.0.3"], ["127.0.0.4"]),
+        ("localhost", ["127.0.0.1"], ["127.0.0.2"]),
+    ],
+)
+def test_registered_addresses_are_ips_networks_and_host_names(  # type: ignore[no-untyped-def]
+    listener: int, region, addresses: str, accepted: list[str], refused: list[str]
+) -> None:
+    from archive.models import RemoteNode
+
+    RemoteNode.objects.filter(facility=region.facility, ae_title="STORESCU").update(addresses=addresses)
+    for source in accepted:
+        assert _echo_from(listener, source) == 0x0000, source
+    for source in refused:
+        assert _echo_from(listener, source) is None, source
+
+
+def test_unknown_ae_with_the_demo_flag_may_echo_and_store_only(  # type: ignore[no-untyped-def]
+    transactional_db, region, settings, ct_study
+) -> None:
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (
+        ModalityWorklistInformationFind,
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
+    )
+
+    from archive.dimse import start_listener, stop_listener
+
+    settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
+    server = start_listener(host="127.0.0.1", port=0)
+    try:
+        port = server.server_address[1]
+        assert echo(port, calling_ae="ANY_DEVICE") == 0x0000
+        report = send_files(port, ct_study, calling_ae="ANY_DEVICE")
+        assert set(report.statuses.values()) == {0x0000}
+        study_uid = Study.objects.get().study_instance_uid
+
+        ae = AE(ae_title="ANY_DEVICE")
+        for cx in (
+            StudyRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelGet,
+            StudyRootQueryRetrieveInformationModelMove,
+            ModalityWorklistInformationFind,
+        ):
+            ae.add_requested_context(cx)
+        assoc = ae.associate("127.0.0.1", port, ae_title="TSCAT_PACS")
+        assert assoc.is_established
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = study_uid
+            finds = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+            gets = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+            moves = list(assoc.send_c_move(query, "ANY_DEVICE", StudyRootQueryRetrieveInformationModelMove))
+            worklist = Dataset()
+            worklist.PatientName = ""
+            mwl = list(assoc.send_c_find(worklist, ModalityWorklistInformationFind))
+        finally:
+            assoc.release()
+    finally:
+        stop_listener(server, grace=0)
+    for name, responses in {"C-FIND": finds, "C-GET": gets, "C-MOVE": moves, "MWL": mwl}.items():
+        assert [int(status.Status) for status, _ in responses] == [0x0124], name
+    denied = AuditEvent.objects.filter(ae_title="ANY_DEVICE", outcome="denied")
+    assert sorted(denied.values_list("action", flat=True)) == [
+        "dicom.query",
+        "dicom.retrieve",
+        "dicom.retrieve",
+        "dicom.worklist",
+    ]

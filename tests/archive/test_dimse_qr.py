@@ -352,3 +352,195 @@ def test_get_returns_the_files_on_the_same_association(listener: int, stored: St
     for uid, data in received.items():
         assert data == _body(stored.files[uid].read_bytes())
     assert AuditEvent.objects.get(action="dicom.retrieve").detail["service"] == "C-GET"
+
+
+# --- the access policy: concealment and the node's scope ----------------------------
+
+
+def _archive_study(tmp_path: Path, facility, patient_id: str, name: str = "ROSSI^MARIO") -> Stored:  # type: ignore[no-untyped-def]
+    paths = write_study(
+        tmp_path / f"{facility.code}-{patient_id}",
+        patient=PatientInfo(patient_id=patient_id, name=name, birth_date="19560312", sex="M"),
+        series=1,
+        instances_per_series=2,
+        study_date=dt.date(2024, 5, 1),
+    )
+    files = {}
+    for path in paths:
+        instance_ingest(path=path, facility=facility, owned=False)
+        files[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = path
+    return Stored(study_uid=str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID), files=files)
+
+
+def _conceal(study_uid: str) -> None:
+    from portal.availability import conceal
+
+    study = Study.objects.get(study_instance_uid=study_uid)
+    conceal(patient=study.patient, study=study)
+
+
+PATIENT_FIND = PatientRootQueryRetrieveInformationModelFind
+
+
+def _found(port: int, calling_ae: str = "WS") -> dict[str, set[str]]:
+    """The study UIDs each C-FIND level answers (both roots), and at the patient level
+    each patient's NumberOfPatientRelatedStudies."""
+    found: dict[str, set[str]] = {}
+    for model, root in ((FIND, "study"), (PATIENT_FIND, "patient")):
+        for level in ("STUDY", "SERIES", "IMAGE"):
+            keys = {"StudyInstanceUID": "", "SeriesInstanceUID": "", "SOPInstanceUID": ""}
+            keys = dict(list(keys.items())[: ("STUDY", "SERIES", "IMAGE").index(level) + 1])
+            results, final = c_find(port, level, model=model, calling_ae=calling_ae, **keys)
+            assert final.Status == 0x0000
+            found[f"{root}/{level}"] = {str(r.StudyInstanceUID) for r in results}
+    patients, final = c_find(
+        port, "PATIENT", model=PATIENT_FIND, calling_ae=calling_ae, PatientID="", NumberOfPatientRelatedStudies=""
+    )
+    assert final.Status == 0x0000
+    found["patient/PATIENT"] = {f"{p.PatientID}:{p.NumberOfPatientRelatedStudies}" for p in patients}
+    return found
+
+
+def test_a_hidden_study_is_absent_from_every_find_level_and_every_count(  # type: ignore[no-untyped-def]
+    listener: int, region, stored: Stored, tmp_path: Path
+) -> None:
+    hidden = _archive_study(tmp_path, region.facility, "MRN0001")  # the same patient's second study
+    before = _found(listener)
+    assert all(hidden.study_uid in uids for key, uids in before.items() if key != "patient/PATIENT")
+    assert before["patient/PATIENT"] == {"MRN0001:2"}
+    _conceal(hidden.study_uid)
+    after = _found(listener)
+    for key, uids in after.items():
+        if key != "patient/PATIENT":
+            assert uids == {stored.study_uid}, key
+    assert after["patient/PATIENT"] == {"MRN0001:1"}
+
+
+def test_a_hidden_study_is_not_retrieved(  # type: ignore[no-untyped-def]
+    listener: int, region, stored: Stored, destination: StoreSCP, tmp_path: Path
+) -> None:
+    hidden = _archive_study(tmp_path, region.facility, "MRN0001")
+    _conceal(hidden.study_uid)
+    final = c_move(listener, "DEST", StudyInstanceUID=hidden.study_uid)[-1]
+    assert final.Status == 0x0000 and final.get("NumberOfCompletedSuboperations", 0) == 0
+    # Asked together with a visible study, only the visible one comes.
+    final = c_move(listener, "DEST", StudyInstanceUID=[hidden.study_uid, stored.study_uid])[-1]
+    assert final.NumberOfCompletedSuboperations == 6
+    assert set(destination.received) == set(stored.files)
+    got = _c_get(listener, hidden.study_uid)
+    assert got == ({}, 0x0000)
+
+
+def _c_get(port: int, study_uid: str, calling_ae: str = "WS") -> tuple[dict[str, bytes], int]:
+    received: dict[str, bytes] = {}
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        received[str(event.request.AffectedSOPInstanceUID)] = _received(event)
+        return 0x0000
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(GET)
+    ae.add_requested_context(ct)
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="TSCAT_PACS",
+        ext_neg=[build_role(ct, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    try:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = study_uid
+        final = [status for status, _ in assoc.send_c_get(ds, GET)][-1]
+    finally:
+        assoc.release()
+    return received, int(final.Status)
+
+
+def test_a_node_sees_its_scope_only(listener: int, region, stored: Stored, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from archive.models import Facility, HealthAuthority
+
+    asufc = HealthAuthority.objects.create(code="ASUFC", name="Azienda sanitaria universitaria Friuli Centrale")
+    udine = Facility.objects.create(
+        code="UD-SMM", name="Ospedale di Udine", authority=asufc, ae_title="UDINE_PACS", dicom_port=11114
+    )
+    gorizia = _archive_study(tmp_path, region.other_facility, "GO0001", "BIANCHI^LAURA")
+    ud = _archive_study(tmp_path, udine, "UD0001", "VERDI^ANNA")
+    study_level = "study/STUDY"
+    # WS: facility scope (the default).
+    assert _found(listener)[study_level] == {stored.study_uid}
+    RemoteNode.objects.filter(ae_title="WS").update(scope=RemoteNode.Scope.AUTHORITY)
+    assert _found(listener)[study_level] == {stored.study_uid, gorizia.study_uid}
+    RemoteNode.objects.filter(ae_title="WS").update(scope=RemoteNode.Scope.REGION)
+    assert _found(listener)[study_level] == {stored.study_uid, gorizia.study_uid, ud.study_uid}
+    # A node of another authority, even of region scope for its own, sees only its own there.
+    RemoteNode.objects.create(facility=udine, ae_title="WS", host="127.0.0.1", port=104, can_query=True)
+    results, _ = c_find_at(listener, "UDINE_PACS", "WS", "STUDY", StudyInstanceUID="")
+    assert {str(r.StudyInstanceUID) for r in results} == {ud.study_uid}
+
+
+def c_find_at(port: int, called_ae: str, calling_ae: str, level: str, **keys: object):  # type: ignore[no-untyped-def]
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_find(ds, FIND))
+    finally:
+        assoc.release()
+    return [i for s, i in responses if s.Status == 0xFF00], responses[-1][0]
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+def test_find_audits_the_patients_it_returned(  # type: ignore[no-untyped-def]
+    listener: int, region, stored: Stored, tmp_path: Path, level: str
+) -> None:
+    other = _archive_study(tmp_path, region.facility, "MRN0002", "BIANCHI^LAURA")
+    keys = {"PATIENT": {"PatientID": ""}, "STUDY": {"StudyInstanceUID": ""}}.get(level, {"StudyInstanceUID": ""})
+    results, final = c_find(listener, level, model=PATIENT_FIND, **keys)
+    assert final.Status == 0x0000 and results
+    expected = {
+        Study.objects.get(study_instance_uid=stored.study_uid).patient_id,
+        Study.objects.get(study_instance_uid=other.study_uid).patient_id,
+    }
+    event = AuditEvent.objects.filter(action="dicom.query").latest("id")
+    assert set(event.detail["patients"]) == expected
+    assert event.detail["patients_total"] == 2
+
+
+@pytest.mark.parametrize("asks_patient_id", [True, False])
+def test_worklist_audits_the_patients_it_returned(listener: int, cup, asks_patient_id: bool) -> None:  # type: ignore[no-untyped-def]
+    """The worklist answers demographics: its audit lists whose; a modality that did not
+    ask for PatientID still gets no PatientID."""
+    from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
+
+    cup.book(cup.mario)
+    cup.book(cup.laura)
+    cup.book(cup.laura, station=cup.other_ct_station)  # Gorizia's: not answered, not audited
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.AccessionNumber = ""
+    if asks_patient_id:
+        ds.PatientID = ""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(MWL)
+    assoc = ae.associate("127.0.0.1", listener, ae_title="TSCAT_PACS")
+    assert assoc.is_established
+    try:
+        answers = [i for s, i in assoc.send_c_find(ds, MWL) if s.Status == 0xFF00]
+    finally:
+        assoc.release()
+    assert len(answers) == 2
+    assert all(("PatientID" in a) == asks_patient_id for a in answers)
+    event = AuditEvent.objects.get(action="dicom.worklist")
+    assert sorted(event.detail["patients"]) == sorted([cup.mario.pk, cup.laura.pk])
+
+
+from tests.booking.conftest import cup as cup  # noqa: E402,F401  (the worklist test's bookings)

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from archive import storage
 from archive.dicom import read_part10
-from archive.models import Copy, Instance, Study
+from archive.models import Copy, Instance, RemoteNode, Study
 from archive.sample_data import PatientInfo, write_study
 from tests.conftest import wait_until
 from tests.dicom_client import echo, send_files
@@ -237,11 +237,120 @@ def test_concurrent_association_limit(start_listener_process, region) -> None:  
     assert wait_until(lambda: echo(listener.port) == 0, timeout=10, what="free slot")
 
 
-def test_idle_peer_is_dropped_after_the_network_timeout(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
-    listener = start_listener_process(env={"PACS_DICOM_ACSE_TIMEOUT": "1", "PACS_DICOM_NETWORK_TIMEOUT": "1"})
+def test_idle_peer_is_dropped_after_the_request_timeout(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
+    listener = start_listener_process(env={"PACS_DICOM_REQUEST_TIMEOUT": "1"})
     sock = _raw_connect(listener.port)  # connects, then says nothing
     start = time.monotonic()
     sock.settimeout(15)
     assert sock.recv(100) == b""  # the listener closed it
-    assert time.monotonic() - start < 10
+    assert 0.9 < time.monotonic() - start < 5
     sock.close()
+
+
+def _idle_sockets(port: int, source: str, count: int) -> list[socket.socket]:
+    """``count`` connections from ``source`` that never send an A-ASSOCIATE-RQ."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sockets.append(sock)
+    return sockets
+
+
+def _closed_after(sockets: list[socket.socket], start: float, *, timeout: float = 30) -> list[float]:
+    """Seconds from ``start`` until the listener closed each socket (read to EOF)."""
+    import select
+
+    open_ = {sock.fileno(): sock for sock in sockets}
+    times = []
+    deadline = time.monotonic() + timeout
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(open_.values()), [], [], 0.5)
+        for sock in readable:
+            try:
+                assert sock.recv(100) == b"", "the listener sent something"
+            except ConnectionResetError:
+                pass
+            times.append(time.monotonic() - start)
+            del open_[sock.fileno()]
+            sock.close()
+    assert not open_, f"{len(open_)} idle sockets still open after {timeout} s"
+    return times
+
+
+def _echoscu(port: int, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    result = subprocess.run(
+        ["echoscu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", "127.0.0.1", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result, time.monotonic() - start
+
+
+def test_idle_socket_flood_from_one_address_does_not_lock_others_out(  # type: ignore[no-untyped-def]
+    start_listener_process, region, process_env
+) -> None:
+    """Issue 15: 32 idle connections filled every association slot for 30 s. Now 100
+    idle sockets from 127.0.0.2 hold at most that address's slots, none of the
+    association slots, and are closed after the request timeout."""
+    listener = start_listener_process(env={"PACS_DICOM_REQUEST_TIMEOUT": "3"})
+    start = time.monotonic()
+    flood = _idle_sockets(listener.port, "127.0.0.2", 100)
+    result, took = _echoscu(listener.port, process_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert took < 2, f"echoscu took {took:.1f} s"
+    closed = _closed_after(flood, start)
+    # Beyond PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS (8) closed at once; the rest at the timeout.
+    assert sum(t < 2 for t in closed) == 92, sorted(closed)
+    assert all(2.5 < t < 8 for t in sorted(closed)[92:]), sorted(closed)[92:]
+    assert "PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS" in listener.log()
+    assert "no A-ASSOCIATE-RQ within the request timeout" in listener.log()
+
+
+def test_idle_connections_do_not_take_association_slots(  # type: ignore[no-untyped-def]
+    start_listener_process, region, process_env
+) -> None:
+    """Even with no per-address cap to speak of, connections that have not sent their
+    A-ASSOCIATE-RQ do not count against PACS_DICOM_MAX_ASSOCIATIONS."""
+    listener = start_listener_process(
+        env={
+            "PACS_DICOM_MAX_ASSOCIATIONS": "4",
+            "PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS": "1000",
+            "PACS_DICOM_REQUEST_TIMEOUT": "3",
+        }
+    )
+    flood = _idle_sockets(listener.port, "127.0.0.2", 100)
+    try:
+        result, took = _echoscu(listener.port, process_env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert took < 2
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+def test_one_address_holds_at_most_its_slots_of_associations(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    listener = start_listener_process(env={"PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS": "2"})
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        assert not ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS").is_established
+        # Another address of the same node still gets in.
+        RemoteNode.objects.filter(ae_title="STORESCU").update(addresses="127.0.0.0/8")
+        other = ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS", bind_address=("127.0.0.3", 0))
+        assert other.is_established
+        other.release()
+    finally:
+        for a in held:
+            a.release()
+    assert wait_until(lambda: echo(listener.port) == 0, timeout=10, what="slots given back")

@@ -41,6 +41,10 @@ class Command(BaseCommand):
                 f"                TCP_NODELAY=1 getscu -S -aec {first.ae_title} -od . -k QueryRetrieveLevel=STUDY "
                 f"-k StudyInstanceUID=<uid> {dicom_host} {settings.PACS_DICOM_PORT}"
             )
+        w(
+            "          Unregistered AE titles may echo and store only; query and retrieve as FINDSCU, GETSCU or "
+            "MOVESCU (that facility's studies) or RADWS (its health authority's)."
+        )
         w(f"  CUP:      http://{host}:{port}/cup/  (booking desk: log in as cup; studies to reconcile: archivista)")
         w(f"  Referti:  http://{host}:{port}/refertazione/  (radiologo: ASUGI, radiologa: ASUFC)")
         if first:

@@ -1,9 +1,11 @@
-"""Run the DICOM listener (C-ECHO, C-STORE) until SIGTERM or Ctrl-C."""
+"""Run the DICOM listener (C-ECHO, C-STORE, query/retrieve, worklist) until SIGTERM or Ctrl-C,
+on the plain port and, when DICOM TLS is configured, on the TLS port."""
 
 from __future__ import annotations
 
 import gc
 import signal
+import ssl
 import threading
 from typing import Any
 
@@ -13,12 +15,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.dimse import start_listener, stop_listener
 from archive.models import Facility, ae_title_validator
+from archive.peers import is_loopback
 
 
 class Command(BaseCommand):
     help = (
-        "Serve DICOM C-ECHO and C-STORE. With --facility, for that facility only (its AE title "
-        "and port by default); without, for every facility on one port, each under its own AE title."
+        "Serve DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, worklist). With --facility, for that facility "
+        "only (its AE title and port by default); without, for every facility on one port, each under its "
+        "own AE title. With PACS_DICOM_TLS_CERT/KEY/CA set, DICOM TLS on --tls-port as well."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,6 +31,12 @@ class Command(BaseCommand):
             "--port", type=int, help="TCP port (default: the facility's, else PACS_DICOM_PORT; 0: any free port)"
         )
         parser.add_argument("--ae-title", metavar="AET", help="AE title to answer to (needs --facility)")
+        parser.add_argument(
+            "--tls-port",
+            type=int,
+            default=settings.PACS_DICOM_TLS_PORT,
+            help="DICOM TLS port, when TLS is configured (default PACS_DICOM_TLS_PORT; 0: any free port)",
+        )
         parser.add_argument("--host", default=settings.PACS_DICOM_HOST, help="address to listen on")
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -48,16 +58,25 @@ class Command(BaseCommand):
             port = facility.dicom_port if facility else settings.PACS_DICOM_PORT
         if not 0 <= port <= 65535:
             raise CommandError(f"{port} is not a TCP port")
+        tls_port = opts["tls_port"]
+        if not 0 <= tls_port <= 65535 or (tls_port == port and port != 0):
+            raise CommandError(f"--tls-port {tls_port} is not a TCP port other than the plain one")
 
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         try:
             server = start_listener(
-                host=opts["host"], port=port, facility_code=facility.code if facility else None, ae_title=ae_title
+                host=opts["host"],
+                port=port,
+                facility_code=facility.code if facility else None,
+                ae_title=ae_title,
+                tls_port=tls_port,
             )
+        except ssl.SSLError as exc:
+            raise CommandError(f"cannot load the DICOM TLS certificate, key or CA: {exc}") from exc
         except OSError as exc:
-            raise CommandError(f"cannot listen on {opts['host']}:{port}: {exc}") from exc
+            raise CommandError(f"cannot listen on {opts['host']}: {exc}") from exc
         host, bound_port = server.server_address[:2]
         if facility:
             served = f"{ae_title or facility.ae_title} ({facility.code})"
@@ -68,6 +87,15 @@ class Command(BaseCommand):
         # Start-up's objects live as long as the process: out of the collector's
         # full passes (as in pacs/wsgi.py), which long C-FIND answers would trigger.
         gc.freeze()
+        if settings.PACS_DICOM_ACCEPT_UNKNOWN_AE:
+            self.stdout.write(
+                "PACS_DICOM_ACCEPT_UNKNOWN_AE: unknown AE titles may echo and store (demo only)"
+                + ("" if is_loopback(host) else f"; WARNING: reachable from the network on {host}")
+            )
+        if server.tls_server is not None:
+            tls_host, tls_bound = server.tls_server.server_address[:2]
+            # Written before the "ready" line, which tests and scripts wait for.
+            self.stdout.write(f"DICOM TLS on {tls_host}:{tls_bound} (client certificate required)")
         self.stdout.write(f"DICOM listener ready on {host}:{bound_port}, AE titles: {served}", ending="\n")
         self.stdout.flush()
         while not stop.wait(0.5):
