@@ -1,5 +1,6 @@
 """The admin's storage pages: lifecycle policies, scope migrations, fixity runs,
-storage alerts (acknowledged by staff), and the storage dashboard."""
+storage alerts (acknowledged by staff), copies the lifecycle could not make
+(stuck, with their next try), and the storage dashboard."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from django.utils.translation import ngettext
 
 from . import access, lifecycle
 from .admin import ReadOnlyAdmin, VisibleRowsMixin
-from .models import FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
+from .models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 
 
 @admin.register(LifecyclePolicy)
@@ -58,11 +59,34 @@ class FixityRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "finished_at", "checked", "ok", "damaged", "repaired", "unreadable")
 
 
+@admin.register(CopyFailure)
+class CopyFailureAdmin(VisibleRowsMixin, ReadOnlyAdmin):
+    """Copies the lifecycle could not make: why, how many times, and when it tries again
+    (shown to who may see the instance's study, as the storage alerts)."""
+
+    study_path = "instance__series__study__"
+
+    list_display = ("instance", "step", "tier", "damaged", "attempts", "last_failed_at", "next_try_at", "last_error")
+    list_filter = ("step", "damaged", "tier")
+    search_fields = ("instance__sop_instance_uid",)
+    list_select_related = ("instance",)
+
+
 @admin.register(StorageAlert)
 class StorageAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
     """An alert naming an instance is shown only to who may see its study (archive.access)."""
 
-    list_display = ("created_at", "kind", "tier", "instance", "repaired", "acknowledged_at", "acknowledged_by")
+    list_display = (
+        "created_at",
+        "last_seen_at",
+        "count",
+        "kind",
+        "tier",
+        "instance",
+        "repaired",
+        "acknowledged_at",
+        "acknowledged_by",
+    )
     list_filter = ("kind", "repaired", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = (
         "created_at",
@@ -73,6 +97,8 @@ class StorageAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
         "fixity_run",
         "detail",
         "repaired",
+        "last_seen_at",
+        "count",
         "acknowledged_at",
         "acknowledged_by",
     )

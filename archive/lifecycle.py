@@ -28,6 +28,7 @@ from django.utils import timezone
 from . import retrieve, storage
 from .models import (
     Copy,
+    CopyFailure,
     Facility,
     FixityRun,
     Instance,
@@ -46,6 +47,66 @@ _MAX_FAILURES_IN_A_ROW = 5
 
 class LifecycleError(Exception):
     """A lifecycle step could not be done now (the next run tries again)."""
+
+
+class SourceDamaged(retrieve.NotAvailable):
+    """Every verified copy of the instance was read and is damaged or missing: the object's
+    trouble, not a store's. Retried with backoff; it does not stop the run."""
+
+
+# --- copies that fail ------------------------------------------------------------------
+
+
+def _retry_delay(attempts: int) -> dt.timedelta:
+    base = max(1, settings.PACS_LIFECYCLE_RETRY_SECONDS)
+    seconds = min(base * 2 ** min(max(attempts - 1, 0), 30), max(base, settings.PACS_LIFECYCLE_RETRY_MAX_SECONDS))
+    return dt.timedelta(seconds=seconds)
+
+
+def copy_failure_record(*, instance_pk: int, step: str, tier: str, error: Exception) -> CopyFailure:
+    """Record one failed attempt: attempts, last error, and when to try again.
+
+    A damaged source (:class:`SourceDamaged`) is tried again after an
+    exponential backoff and skipped in the queue until then; any other
+    failure (a store that does not answer) keeps the object's place, since
+    the run stops and the next one tries again.
+    """
+    now = timezone.now()
+    damaged = isinstance(error, SourceDamaged)
+    for _attempt in range(2):
+        try:
+            with transaction.atomic():
+                row, _created = CopyFailure.objects.select_for_update().get_or_create(
+                    instance_id=instance_pk,
+                    step=step,
+                    defaults={"tier": tier, "first_failed_at": now, "last_failed_at": now, "next_try_at": now},
+                )
+                row.attempts += 1
+                row.tier = tier
+                row.last_failed_at = now
+                row.last_error = str(error)[:2000]
+                row.damaged = damaged
+                row.next_try_at = now + _retry_delay(row.attempts) if damaged else now
+                row.save()
+                return row
+        except IntegrityError:
+            continue  # another run created it at the same moment: update it
+    raise LifecycleError(f"copy failure of instance {instance_pk} not recorded")
+
+
+def _failures_clear(*, instance_pks: list[int], step: str) -> None:
+    if instance_pks:
+        CopyFailure.objects.filter(instance_id__in=instance_pks, step=step).delete()
+
+
+def _waiting(step: str, now: dt.datetime, field: str = "pk") -> Exists:
+    """Instances (through ``field``) with a failure of ``step`` not due for another try yet."""
+    return Exists(CopyFailure.objects.filter(instance=OuterRef(field), step=step, next_try_at__gt=now))
+
+
+def copies_stuck(*, limit: int = 100) -> list[CopyFailure]:
+    """The failures on record, damaged sources first, with their instance."""
+    return list(CopyFailure.objects.select_related("instance").order_by("-damaged", "next_try_at", "pk")[:limit])
 
 
 # --- where the long-term copies go --------------------------------------------------
@@ -158,16 +219,21 @@ def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | Non
     relpath = existing.path if existing is not None else _relpath(instance)
     sources = [c for c in retrieve.copies_nearest_first(instance) if c.tier != tier]
     if not sources:
-        raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy to copy from")
+        raise SourceDamaged(instance.sop_instance_uid, "no verified copy to copy from")
+    problems: list[str] = []
+    unreachable = False
     for source in sources:
         try:
             fh = storage.open_copy(source.tier, source.path)
         except storage.StorageError as exc:
             # This source's store is unreachable: the next verified copy may do.
             logger.warning("copying %s: source %s unreadable: %s", instance.sop_instance_uid, source, exc)
+            unreachable = True
+            problems.append(f"{source.tier}: unreachable")
             continue
         if fh is None:
             logger.error("copy %s of %s is missing from its tier", source, instance.sop_instance_uid)
+            problems.append(f"{source.tier}: missing")
             continue
         try:
             with fh:
@@ -177,9 +243,13 @@ def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | Non
         except storage.SourceMismatch as exc:
             # A damaged source: the fixity audit repairs it; try the next one.
             logger.error("copying %s to %s: %s", instance.sop_instance_uid, tier, exc)
+            problems.append(f"{source.tier}: damaged (SHA-256 differs)")
             continue
         return relpath
-    raise retrieve.NotAvailable(instance.sop_instance_uid, "no verified copy could be read")
+    reason = "no verified copy could be read (" + "; ".join(problems) + ")"
+    if unreachable:
+        raise retrieve.NotAvailable(instance.sop_instance_uid, reason)
+    raise SourceDamaged(instance.sop_instance_uid, reason)
 
 
 def _record(instance: Instance, tier: str, relpath: str, *, keep_until: dt.datetime | None = None) -> None:
@@ -347,6 +417,7 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
     qs = (
         Instance.objects.filter(_due("migrate", now))
         .filter(~Exists(longterm_copy))
+        .filter(~_waiting(CopyFailure.Step.MIGRATE, now))
         .order_by("received_at", "pk")
         .values_list("pk", flat=True)
         .distinct()
@@ -379,6 +450,8 @@ class RunResult:
     scope_copied: int = 0
     scope_released: int = 0
     errors: list[str] = field(default_factory=list)
+    # (instance pk, step) of each failure: a run that only fails what failed before moves nothing.
+    failed_objects: set[tuple[int, str]] = field(default_factory=set)
 
 
 def migrate_batch(
@@ -388,18 +461,31 @@ def migrate_batch(
     pks = instances_to_migrate(now=now, limit=limit)
     chunk = max(1, settings.PACS_LIFECYCLE_CHUNK)
     for i in range(0, len(pks), chunk):
-        copied, failures = copies_make(instance_pks=pks[i : i + chunk])
+        part = pks[i : i + chunk]
+        copied, failures = copies_make(instance_pks=part)
         result.migrated += copied
+        failed = {pk for pk, _exc in failures}
+        _failures_clear(instance_pks=[pk for pk in part if pk not in failed], step=CopyFailure.Step.MIGRATE)
         for pk, exc in failures:
             logger.warning("instance #%s not migrated: %s", pk, exc)
+            copy_failure_record(instance_pk=pk, step=CopyFailure.Step.MIGRATE, tier=_target_tier(pk), error=exc)
             result.failed += 1
             result.errors.append(f"#{pk}: {exc}")
-        if failures and not copied:
-            # Nothing of a whole chunk went through: the store is down, and
-            # waiting for each timeout would only hold the worker.
-            logger.error("migration stopped: a whole chunk failed (%s)", failures[0][1])
+            result.failed_objects.add((pk, CopyFailure.Step.MIGRATE))
+        store_failures = [exc for _pk, exc in failures if not isinstance(exc, SourceDamaged)]
+        if store_failures and not copied:
+            # Nothing of a whole chunk went through and a store did not answer:
+            # it is down, and waiting for each timeout would only hold the
+            # worker. (Damaged objects alone never stop the run: they wait
+            # for their next try and the rest moves on.)
+            logger.error("migration stopped: a whole chunk failed (%s)", store_failures[0])
             break
     return result
+
+
+def _target_tier(instance_pk: int) -> str:
+    instance = Instance.objects.select_related("facility__authority").filter(pk=instance_pk).first()
+    return longterm_tier_for(instance.facility) if instance is not None else ""
 
 
 def evict_batch(
@@ -552,9 +638,11 @@ def scope_migration_step(*, limit: int | None = None, result: RunResult | None =
     copied = released = failures = 0
     last_error = ""
     in_a_row = 0
+    movable = pending.exclude(_waiting(CopyFailure.Step.SCOPE, timezone.now(), "instance"))
     for copy_pk, instance_pk in list(
-        pending.order_by("pk").values_list("pk", "instance_id")[: limit or settings.PACS_LIFECYCLE_BATCH]
+        movable.order_by("pk").values_list("pk", "instance_id")[: limit or settings.PACS_LIFECYCLE_BATCH]
     ):
+        target = ""
         try:
             instance = _instance(instance_pk)
             target = longterm_tier_for(instance.facility)
@@ -562,11 +650,16 @@ def scope_migration_step(*, limit: int | None = None, result: RunResult | None =
                 copied += 1
             if copy_release(copy_pk=copy_pk, keeper_tier=target):
                 released += 1
+            _failures_clear(instance_pks=[instance_pk], step=CopyFailure.Step.SCOPE)
             in_a_row = 0
         except (storage.StorageError, retrieve.NotAvailable) as exc:
             logger.warning("scope migration of copy #%s: %s", copy_pk, exc)
+            copy_failure_record(instance_pk=instance_pk, step=CopyFailure.Step.SCOPE, tier=target, error=exc)
+            result.failed_objects.add((instance_pk, CopyFailure.Step.SCOPE))
             failures += 1
             last_error = str(exc)
+            if isinstance(exc, SourceDamaged):
+                continue  # this object's trouble: it waits for its next try, the rest moves on
             in_a_row += 1
             if in_a_row >= _MAX_FAILURES_IN_A_ROW:
                 break
@@ -648,17 +741,34 @@ def copy_check(*, copy_pk: int, run: FixityRun | None = None) -> str:
         if not others.exists():
             kind = StorageAlert.Kind.UNREPAIRABLE
         detail += "; not repaired"
-    StorageAlert.objects.create(
+    _alert(copy, instance, run=run, kind=kind, detail=detail, repaired=bool(repaired_from))
+    _count(run, counts)
+    return "repaired" if repaired_from else "damaged"
+
+
+def _alert(copy: Copy, instance: Instance, *, run: FixityRun | None, kind: str, detail: str, repaired: bool) -> None:
+    """One open alert per copy: found again, it is updated (count, last seen), not repeated."""
+    now = timezone.now()
+    updated = StorageAlert.objects.filter(tier=copy.tier, path=copy.path, acknowledged_at__isnull=True).update(
         kind=kind,
-        tier=copy.tier,
-        path=copy.path,
         instance=instance,
         fixity_run=run,
         detail=detail,
-        repaired=bool(repaired_from),
+        repaired=repaired,
+        last_seen_at=now,
+        count=F("count") + 1,
     )
-    _count(run, counts)
-    return "repaired" if repaired_from else "damaged"
+    if not updated:
+        StorageAlert.objects.create(
+            kind=kind,
+            tier=copy.tier,
+            path=copy.path,
+            instance=instance,
+            fixity_run=run,
+            detail=detail,
+            repaired=repaired,
+            last_seen_at=now,
+        )
 
 
 def _repair(copy: Copy, instance: Instance) -> str:
@@ -708,4 +818,6 @@ def storage_summary() -> dict[str, Any]:
         "fixity_runs": list(FixityRun.objects.all()[:5]),
         "alerts": list(StorageAlert.objects.filter(acknowledged_at__isnull=True).select_related("instance")[:50]),
         "unverified": Copy.objects.filter(verified_at__isnull=True).count(),
+        "stuck": copies_stuck(limit=50),
+        "stuck_count": CopyFailure.objects.count(),
     }

@@ -824,6 +824,9 @@ class StorageAlert(models.Model):
     )
     detail = models.TextField(_("dettaglio"), blank=True)
     repaired = models.BooleanField(_("riparata"), default=False)
+    # One open alert per copy: a later audit that finds it again updates it.
+    last_seen_at = models.DateTimeField(_("ultima rilevazione"), null=True, blank=True)
+    count = models.PositiveIntegerField(_("rilevazioni"), default=1)
     acknowledged_at = models.DateTimeField(_("presa visione il"), null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -841,3 +844,39 @@ class StorageAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.tier}:{self.path}"
+
+
+class CopyFailure(models.Model):
+    """An instance the lifecycle could not copy into its long-term tier (or its new scope's).
+
+    Recorded per instance and step; an instance whose sources are damaged or
+    missing is retried with exponential backoff and skipped in the queue
+    meanwhile, so the rest moves on. The row goes when the copy succeeds.
+    """
+
+    class Step(models.TextChoices):
+        MIGRATE = "migrate", _("copia nell'archivio a lungo termine")
+        SCOPE = "scope", _("migrazione dell'ambito")
+
+    instance = models.ForeignKey(
+        Instance, on_delete=models.CASCADE, related_name="copy_failures", verbose_name=_("istanza")
+    )
+    step = models.CharField(_("fase"), max_length=16, choices=Step.choices)
+    tier = models.CharField(_("livello di destinazione"), max_length=64)
+    attempts = models.PositiveIntegerField(_("tentativi"), default=0)
+    first_failed_at = models.DateTimeField(_("primo errore il"))
+    last_failed_at = models.DateTimeField(_("ultimo errore il"))
+    next_try_at = models.DateTimeField(_("prossimo tentativo"), db_index=True)
+    last_error = models.TextField(_("ultimo errore"), blank=True)
+    damaged = models.BooleanField(
+        _("copie di origine danneggiate"), default=False, help_text=_("No: il livello non rispondeva.")
+    )
+
+    class Meta:
+        verbose_name = _("copia bloccata")
+        verbose_name_plural = _("copie bloccate")
+        ordering = ["next_try_at"]
+        constraints = [models.UniqueConstraint(fields=["instance", "step"], name="copyfailure_one_per_step")]
+
+    def __str__(self) -> str:
+        return f"{self.get_step_display()}: #{self.instance_id} → {self.tier} ({self.attempts})"

@@ -54,6 +54,11 @@ ORGANIZATION = "PACS regionale FVG"
 CA_VALIDITY = dt.timedelta(days=10 * 365)
 USER_VALIDITY = dt.timedelta(days=3 * 365)
 DIGEST_ALGORITHM = "sha256"
+# The certificate policy the demo CA issues for the preservation-officer role
+# (responsabile della conservazione), under the private-enterprise arc kept
+# for examples (RFC 5612). Radiologists' certificates never carry it; a
+# production CA's own role OID goes in PACS_PRESERVATION_SIGNER_POLICIES.
+PRESERVATION_OFFICER_POLICY = "1.3.6.1.4.1.32473.1.9.2"
 
 # Usernames become file names: Django's default validator allows these characters.
 _USERNAME_RE = re.compile(r"^[\w.@+-]{1,150}$")
@@ -86,6 +91,42 @@ class SignatureCheck:
     signer_subject: str  # e.g. "CN=Stefano Cossutta, O=PACS regionale FVG, C=IT"
     signer_certificate_pem: str
     signing_time: dt.datetime | None
+
+    @property
+    def signer_roles(self) -> CertificateRoles:
+        """The certificate policies and extended key usages of the signer's certificate."""
+        return certificate_roles(self.signer_certificate_pem)
+
+
+@dataclass(frozen=True)
+class CertificateRoles:
+    """What a certificate says its holder may do: certificate policies and extended key usages (dotted OIDs)."""
+
+    policies: tuple[str, ...] = ()
+    extended_key_usages: tuple[str, ...] = ()
+
+    def holds(self, oid: str) -> bool:
+        return oid in self.policies or oid in self.extended_key_usages
+
+
+def certificate_roles(certificate_pem: str | bytes) -> CertificateRoles:
+    """The policies and extended key usages of a PEM certificate (none when it has none or is empty)."""
+    if not certificate_pem:
+        return CertificateRoles()
+    pem = certificate_pem.encode("ascii") if isinstance(certificate_pem, str) else certificate_pem
+    cert = x509.load_pem_x509_certificate(pem)
+    policies: tuple[str, ...] = ()
+    ekus: tuple[str, ...] = ()
+    try:
+        value = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+        policies = tuple(p.policy_identifier.dotted_string for p in value)
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ekus = tuple(o.dotted_string for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        pass
+    return CertificateRoles(policies=policies, extended_key_usages=ekus)
 
 
 # --- files -------------------------------------------------------------------
@@ -189,6 +230,11 @@ def _cn(name: x509.Name) -> str:
 def _subject_text(name: x509.Name) -> str:
     """The name with its most specific part first ("CN=…, O=…, C=IT"), as people read it."""
     return ", ".join(rdn.rfc4514_string(_ATTRIBUTE_NAMES) for rdn in reversed(list(name.rdns)))
+
+
+def subject_text(name: x509.Name) -> str:
+    """A certificate's name as people read it: ``CN=…, O=…, C=IT``."""
+    return _subject_text(name)
 
 
 # --- the demo PKI ----------------------------------------------------------------
@@ -320,28 +366,49 @@ def demo_certificate_issue(
     )
 
 
-def _demo_user(directory: Path, user: Any, ca_cert: x509.Certificate, ca_key: Any) -> None:
+def _officer_extensions() -> list[tuple[x509.ExtensionType, bool]]:
+    policy = x509.PolicyInformation(
+        x509.ObjectIdentifier(PRESERVATION_OFFICER_POLICY),
+        [x509.UserNotice(notice_reference=None, explicit_text="Responsabile della conservazione (dimostrazione)")],
+    )
+    return [(x509.CertificatePolicies([policy]), False)]
+
+
+def _demo_user(directory: Path, user: Any, ca_cert: x509.Certificate, ca_key: Any, *, officer: bool = False) -> None:
     username = _username(user)
     key_path, cert_path = _user_paths(directory, username)
     if key_path.exists() and cert_path.exists():
-        return
+        if not officer or certificate_roles(cert_path.read_bytes()).holds(PRESERVATION_OFFICER_POLICY):
+            return
+        # An officer's certificate from before the role existed: issued again
+        # for the same key, with the role (the old one stays aside).
+        cert_path.replace(cert_path.with_name(f"{cert_path.name}.{uuid.uuid4().hex[:8]}.senza-ruolo"))
+        logger.warning("demo signing certificate of %s issued again with the preservation-officer role", username)
     if not key_path.exists():
         cert_path.unlink(missing_ok=True)  # a certificate without its key is of no use
         _write_once(key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
     key = _load_key(key_path)
     cert = demo_certificate_issue(
-        subject=_user_name(user, username), key=key, ca_cert=ca_cert, ca_key=ca_key, validity=USER_VALIDITY
+        subject=_user_name(user, username),
+        key=key,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        validity=USER_VALIDITY,
+        extensions=_officer_extensions() if officer else (),
     )
     if _write_once(cert_path, cert.public_bytes(serialization.Encoding.PEM)):
         logger.info("demo signing certificate issued for %s", username)
 
 
-def demo_pki_create(*, users: Iterable[Any], directory: Path | None = None) -> None:
+def demo_pki_create(
+    *, users: Iterable[Any], directory: Path | None = None, preservation_officers: Iterable[Any] = ()
+) -> None:
     """Create the demo CA (if missing) and a key and certificate for each of ``users`` (if missing).
 
-    Existing files are kept: running it again changes nothing. Keys are
-    encrypted with ``PACS_SIGNING_KEY_PASSPHRASE`` when it is set; files are
-    written with mode 0600 in directories with mode 0700.
+    Existing files are kept: running it again changes nothing, except that
+    an officer's certificate without the role is issued again with it.
+    Keys are encrypted with ``PACS_SIGNING_KEY_PASSPHRASE`` when it is set;
+    files are written with mode 0600 in directories with mode 0700.
 
     Parameters
     ----------
@@ -350,13 +417,22 @@ def demo_pki_create(*, users: Iterable[Any], directory: Path | None = None) -> N
         there is none).
     directory : Path, optional
         Default ``settings.PACS_SIGNING_DIR``.
+    preservation_officers : iterable of users
+        Their certificates carry the preservation-officer role
+        (certificate policy :data:`PRESERVATION_OFFICER_POLICY`), which the
+        preservation asks of whoever signs a volume index or a DIP manifest.
     """
     root = _directory(directory)
     _make_dir(root)
     _make_dir(root / "users")
     ca_cert, ca_key = _demo_ca(root)
-    for user in users:
-        _demo_user(root, user, ca_cert, ca_key)
+    everyone = {_username(u): u for u in users}
+    officer_names = set()
+    for officer in preservation_officers:
+        everyone.setdefault(_username(officer), officer)
+        officer_names.add(_username(officer))
+    for username, user in everyone.items():
+        _demo_user(root, user, ca_cert, ca_key, officer=username in officer_names)
 
 
 # --- who signs -------------------------------------------------------------------
@@ -514,9 +590,9 @@ def _signer_certificate(signed_data: cms.SignedData, signer_info: cms.SignerInfo
                 candidate.issuer == sid.chosen["issuer"]
                 and candidate.serial_number == sid.chosen["serial_number"].native
             ):
-                return x509.load_der_x509_certificate(candidate.dump())
+                return _certificate_strict(candidate.dump())
         elif sid.name == "subject_key_identifier" and candidate.key_identifier == sid.chosen.native:
-            return x509.load_der_x509_certificate(candidate.dump())
+            return _certificate_strict(candidate.dump())
     return None
 
 
@@ -555,6 +631,38 @@ def _chain_check(cert: x509.Certificate, ca_pem: bytes, when: dt.datetime) -> st
     return ""
 
 
+def _certificate_strict(der: bytes) -> x509.Certificate:
+    """Parse a certificate as OpenSSL does before trusting anything in it (ValueError if it does not parse).
+
+    cryptography reads DER strictly but some parts only when asked: every
+    part OpenSSL decodes up front is asked for here.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    if cert.public_bytes(serialization.Encoding.DER) != der:
+        raise ValueError("the certificate is not in DER")
+    cert.signature_algorithm_oid  # noqa: B018  (parsed on access)
+    cert.issuer, cert.subject  # noqa: B018
+    cert.not_valid_before_utc, cert.not_valid_after_utc  # noqa: B018
+    cert.extensions  # noqa: B018  (a malformed or repeated extension raises)
+    cert.public_key()
+    return cert
+
+
+def _cms_strict(signature: bytes) -> cms.ContentInfo:
+    """The CMS structure, read whole and strictly.
+
+    Raises ValueError (or TypeError, KeyError) when anything does not parse
+    cleanly: bytes after the structure, any field (of the embedded
+    certificates too) that does not decode. asn1crypto parses lazily and
+    forgives, so a damaged part that nobody reads would otherwise pass where
+    ``openssl cms -verify`` refuses the file. (The whole need not be DER:
+    OpenSSL, for one, does not sort the SET OF certificates it writes.)
+    """
+    content_info = cms.ContentInfo.load(signature, strict=True)  # strict: no trailing bytes
+    content_info.native  # noqa: B018  (decodes every field)
+    return content_info
+
+
 def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None = None) -> SignatureCheck:
     """Verify a detached CAdES-BES ``signature`` (DER) of ``data``.
 
@@ -567,7 +675,7 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
     bad signature: the answer says why in ``reason``.
     """
     try:
-        content_info = cms.ContentInfo.load(signature, strict=True)
+        content_info = _cms_strict(signature)
         if content_info["content_type"].native != "signed_data":
             return _fail(_("Il file di firma non contiene una firma CMS (SignedData)."))
         signed_data = content_info["content"]
@@ -584,7 +692,7 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
     signer_info = signer_infos[0]
     try:
         cert = _signer_certificate(signed_data, signer_info)
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # cryptography has several error types for a certificate that does not parse
         # A damaged certificate inside the signature: a bad signature, not an error.
         logger.info("unreadable certificate in a CMS signature: %s", exc)
         return _fail(_("Il certificato del firmatario nella firma non è leggibile."))
@@ -595,11 +703,30 @@ def cades_verify_detached(*, data: bytes, signature: bytes, ca_pem: bytes | None
     if not signed_attrs:
         return _fail(_("La firma non ha attributi firmati: non è una firma CAdES."), cert)
     signed_attrs = signed_attrs.untag()
+    try:
+        # What is signed is the DER of the attributes (RFC 5652 5.4): other bytes are another message.
+        as_received = signed_attrs.dump()
+        if signed_attrs.dump(force=True) != as_received:
+            return _fail(_("Gli attributi firmati non sono in DER."), cert)
+    except (ValueError, TypeError) as exc:
+        logger.info("signed attributes not re-encoded: %s", exc)
+        return _fail(_("Gli attributi firmati non sono leggibili."), cert)
     times = _attribute(signed_attrs, "signing_time")
     signing_time: dt.datetime | None = times[0].native if times else None
     digest = signer_info["digest_algorithm"]["algorithm"].native
     if digest not in _HASHES:
         return _fail(_("Algoritmo di hash non ammesso: %(algo)s.") % {"algo": digest}, cert, signing_time)
+    # OpenSSL digests the content with every algorithm listed in SignedData: an
+    # unknown one, or a list without the signer's, makes the file unverifiable.
+    listed = [algo["algorithm"].native for algo in signed_data["digest_algorithms"]]
+    unknown = [algo for algo in listed if algo not in _HASHES]
+    if unknown or digest not in listed:
+        return _fail(
+            _("Gli algoritmi di hash della firma (%(algos)s) non sono ammessi o non comprendono quello del firmatario.")
+            % {"algos": ", ".join(listed) or "—"},
+            cert,
+            signing_time,
+        )
 
     content_types = _attribute(signed_attrs, "content_type")
     if not content_types or content_types[0].native != encap["content_type"].native:

@@ -508,6 +508,12 @@ PACS_LIFECYCLE_BATCH = env_int("PACS_LIFECYCLE_BATCH", 500)
 # the next run adopts.
 PACS_LIFECYCLE_THREADS = env_int("PACS_LIFECYCLE_THREADS", 4)
 PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
+# An instance whose copy fails because its sources are damaged or missing is
+# tried again after this many seconds, doubling at each failure up to the
+# maximum, and skipped in the queue meanwhile (a store that does not answer
+# stops the run instead, and its objects keep their place).
+PACS_LIFECYCLE_RETRY_SECONDS = env_int("PACS_LIFECYCLE_RETRY_SECONDS", 900)
+PACS_LIFECYCLE_RETRY_MAX_SECONDS = env_int("PACS_LIFECYCLE_RETRY_MAX_SECONDS", 86400)
 # A recalled (or prefetched) object stays in the facility tier this long.
 PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)
 # A read served from the long-term tier queues the recall of its study into its facility's tier.
@@ -707,6 +713,15 @@ PACS_PRESERVATION_STABLE_MINUTES = env_float("PACS_PRESERVATION_STABLE_MINUTES",
 # The preservation officer whose key signs the volumes' indexes (a user with a
 # key and certificate under PACS_SIGNING_DIR/users/; the demo's "conservatore").
 PACS_PRESERVATION_SIGNER = env_str("PACS_PRESERVATION_SIGNER", "conservatore")
+# The preservation-officer role: a volume index, a DIP manifest, every
+# preservation signature is accepted only from a certificate that carries one
+# of these certificate policies or extended key usages (dotted OIDs the CA
+# issues for the role; the demo CA's by default) and, when subjects are
+# listed, whose subject has one of these attribute=value pairs
+# (e.g. serialNumber=TINIT-ZRZNNA80A41L424X, for a qualified CA whose policy
+# every holder carries). Checked when signing, by verify_package and by the fixity audit.
+PACS_PRESERVATION_SIGNER_POLICIES = env_list("PACS_PRESERVATION_SIGNER_POLICIES", "1.3.6.1.4.1.32473.1.9.2")
+PACS_PRESERVATION_SIGNER_SUBJECTS = env_list("PACS_PRESERVATION_SIGNER_SUBJECTS")
 # Who submits (produttore), who holds (conservatore), as the SInCRO index names them.
 PACS_PRESERVATION_SUBMITTER = env_str(
     "PACS_PRESERVATION_SUBMITTER", "Regione Autonoma Friuli Venezia Giulia – PACS regionale"
@@ -732,6 +747,12 @@ PACS_TSA_DIR = Path(env_str("PACS_TSA_DIR", str(PACS_SIGNING_DIR / "tsa"))).reso
 PACS_TSA_TIMEOUT = env_float("PACS_TSA_TIMEOUT", 30.0)
 PACS_TSA_USERNAME = env_str("PACS_TSA_USERNAME")
 PACS_TSA_PASSWORD = env_secret("PACS_TSA_PASSWORD")
+# The certificates (PEM files, comma-separated) of the time-stamp authorities
+# whose time stamps are accepted; any other TSA's token is refused, even when
+# its certificate comes from a trusted CA. Default: the local TSA of PACS_TSA_DIR.
+PACS_TSA_CERTIFICATES = [
+    Path(p).resolve() for p in env_list("PACS_TSA_CERTIFICATES", str(PACS_TSA_DIR / "tsa.crt.pem"))
+]
 CELERY_BEAT_SCHEDULE.update(
     {
         "preservation-sweep": {

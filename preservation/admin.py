@@ -241,7 +241,17 @@ class FixityAuditAdmin(ReadOnlyAdmin):
 
 @admin.register(PreservationAlert)
 class PreservationAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
-    list_display = ("created_at", "kind", "package", "volume", "path", "acknowledged_at", "acknowledged_by")
+    list_display = (
+        "created_at",
+        "last_seen_at",
+        "count",
+        "kind",
+        "package",
+        "volume",
+        "path",
+        "acknowledged_at",
+        "acknowledged_by",
+    )
     list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
     readonly_fields = [f.name for f in PreservationAlert._meta.fields]
 

@@ -11,12 +11,17 @@ class PreservationConfig(AppConfig):
     def ready(self) -> None:
         # The archive announces signed reports without importing this app
         # (DESIGN.md: dependencies point down); packaging hooks in here.
+        from django.db.models.signals import post_migrate
+
         from archive.signals import report_signed
 
         from . import checks  # noqa: F401  (registers the system checks)
+        from .guard import sqlite_triggers_ensure
         from .tasks import package_on_report_signed
 
         report_signed.connect(package_on_report_signed, dispatch_uid="preservation.package")
+        # SQLite drops a table's triggers when a migration rebuilds it: put the registry's back.
+        post_migrate.connect(sqlite_triggers_ensure, sender=self, dispatch_uid="preservation.guard.triggers")
 
         # The seals of the audit chains are kept in the giornale; the archive's
         # verifier reads them back through this (it does not import preservation).

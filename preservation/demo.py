@@ -32,5 +32,6 @@ def demo_load() -> None:
     group.permissions.add(*Permission.objects.filter(content_type__app_label="preservation", codename__in=PERMISSIONS))
     retention.retention_table_ensure()
     officers = list(get_user_model().objects.filter(groups=group).order_by("username"))
-    signing.demo_pki_create(users=officers)
+    # The officers' certificates carry the preservation-officer role the volumes and DIPs are signed with.
+    signing.demo_pki_create(users=[], preservation_officers=officers)
     timestamp.tsa_demo_create()

@@ -27,19 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from asn1crypto import tsp
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes
 from django.conf import settings
 from django.utils import timezone
 
 from archive import signing, storage
 from archive.models import Patient, Study
 
-from . import sincro, timestamp, vault
+from . import signer, sincro, timestamp, vault
 from .journal import journal_record
 from .models import JournalEntry, Package, Volume
-from .volumes import signer_user
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +80,52 @@ def _read_checked(relpath: str, sha256: str) -> bytes:
     return data
 
 
-def _tsa_certificates(tsr: bytes) -> bytes:
-    token = tsp.TimeStampResp.load(tsr)["time_stamp_token"]["content"]
-    pems = []
-    for choice in token["certificates"] or []:
-        cert = x509.load_der_x509_certificate(choice.chosen.dump())
-        pems.append(cert.public_bytes(serialization.Encoding.PEM))
-    return b"".join(pems)
+def _officer_checks(role_oids: list[str], p7m: str, content: str, out: str) -> list[str]:
+    """The openssl commands that verify one preservation signature and its signer's role."""
+    policy = "".join(f" -policy {oid}" for oid in role_oids) + (" -explicit_policy" if role_oids else "")
+    lines = [
+        f"openssl cms -verify -binary -inform DER -in {p7m} -content {content} -CAfile {CA} -purpose any"
+        f"{policy} -signer {out} -out /dev/null",
+        f"openssl x509 -in {out} -noout -subject -ext certificatePolicies,extendedKeyUsage",
+    ]
+    return lines
 
 
-def _readme(label: str, volumes: list[Volume]) -> str:
+def _readme(label: str, volumes: list[Volume], *, role_oids: list[str], role_ekus: list[str]) -> str:
     vols = "\n".join(f"  volumes/{v.identifier}/" for v in volumes)
+    indent = "\n       "
+    signatures = [
+        *_officer_checks(role_oids, MANIFEST_SIGNATURE, MANIFEST, "firmatario-manifesto.pem"),
+    ]
+    for v in volumes:
+        base = f"volumes/{v.identifier}/index.xml"
+        signatures += _officer_checks(role_oids, f"{base}.p7m", base, f"firmatario-{v.identifier}.pem")
+    stamps = []
+    for v in volumes:
+        base = f"volumes/{v.identifier}/index.xml"
+        stamps += [
+            f"openssl ts -verify -data {base} -in {base}.tsr -CAfile {CA} -untrusted {TSA}",
+            f"openssl ts -verify -data {base} -in {base}.tsr -CAfile {TSA} -partial_chain",
+        ]
+    if role_oids:
+        role = (
+            "Il firmatario deve avere il ruolo di responsabile della conservazione: la politica di certificato "
+            + " o ".join(role_oids)
+            + "\n     (-policy ... -explicit_policy fa fallire la verifica se manca). Una firma valida di un altro "
+            "titolare della stessa CA\n     (per esempio un radiologo) NON vale per la conservazione."
+        )
+    elif role_ekus:
+        role = (
+            "Il firmatario deve avere il ruolo di responsabile della conservazione: l'uso esteso della chiave "
+            + " o ".join(role_ekus)
+            + "\n     (la riga extendedKeyUsage stampata da openssl x509 deve riportarlo)."
+        )
+    else:
+        role = (
+            "Il firmatario deve essere un responsabile della conservazione ammesso: "
+            + "; ".join(signer.officer_subjects())
+            + "\n     (la riga subject stampata da openssl x509 deve riportarlo)."
+        )
     return f"""PACCHETTO DI DISTRIBUZIONE (PdD) – {label}
 Conservazione a norma del PACS regionale. Creato il {timezone.localtime():%d/%m/%Y %H:%M}.
 
@@ -103,22 +136,24 @@ Contenuto
       index.xml.p7m          la firma CAdES dell'indice (responsabile della conservazione)
       index.xml.tsr          la marca temporale RFC 3161 dell'indice
   {DESCRIPTOR}                  che cosa è stato esportato
-  {CA}         il certificato della CA; {TSA}: quello della TSA
+  {CA}         il certificato della CA; {TSA}: quelli delle TSA accettate
   {MANIFEST}            l'impronta SHA-256 di ogni altro file; {MANIFEST_SIGNATURE} la sua firma
 
 Come verificarlo (dopo aver estratto lo zip, nella sua cartella)
   1. Le impronte di tutti i file:
        sha256sum -c {MANIFEST}
-  2. La firma del manifesto e quella di ogni indice:
-       openssl cms -verify -binary -inform DER -in {MANIFEST_SIGNATURE} -content {MANIFEST} -CAfile {CA} -purpose any -out /dev/null
-       openssl cms -verify -binary -inform DER -in volumes/<volume>/index.xml.p7m -content volumes/<volume>/index.xml -CAfile {CA} -purpose any -out /dev/null
-  3. La marca temporale di ogni indice:
-       openssl ts -verify -data volumes/<volume>/index.xml -in volumes/<volume>/index.xml.tsr -CAfile {CA} -untrusted {TSA}
+  2. La firma del manifesto e quella dell'indice di ogni volume, con chi ha firmato e il suo ruolo.
+     {role}
+       {indent.join(signatures)}
+  3. La marca temporale di ogni indice, della TSA accettata ({TSA}; la seconda riga
+     fallisce se la marca è di un'altra TSA, anche se emessa dalla stessa CA):
+       {indent.join(stamps)}
   4. Ogni file dei pacchetti è elencato con la sua impronta (base64 di SHA-256) nell'indice del suo volume.
   Oppure, tutto insieme, con il PACS:
-       python manage.py verify_package <questo file>.zip [--ca <CA di cui si fida>]
-  Il certificato della CA nel pacchetto serve alla verifica fuori linea; chi riceve il
-  pacchetto confronti la sua impronta con quella pubblicata dal conservatore.
+       python manage.py verify_package <questo file>.zip [--ca <CA di cui si fida>] [--tsa <TSA accettate>]
+  I certificati della CA e della TSA nel pacchetto servono alla verifica fuori linea; chi riceve il
+  pacchetto confronti le loro impronte con quelle pubblicate dal conservatore:
+       openssl x509 -in {CA} -noout -fingerprint -sha256
 """
 
 
@@ -144,7 +179,10 @@ def dip_export(
         members[f"{base}/index.xml"] = _read_checked(volume.index_path, volume.index_sha256)
         members[f"{base}/index.xml.p7m"] = _read_checked(volume.signature_path, volume.signature_sha256)
         members[f"{base}/index.xml.tsr"] = _read_checked(volume.timestamp_path, volume.timestamp_sha256)
-    tsa_pems = b"".join(_tsa_certificates(members[f"volumes/{v.identifier}/index.xml.tsr"]) for v in volumes)
+    try:
+        tsa_pems = timestamp.trusted_tsa_pem()
+    except timestamp.TimestampError as exc:
+        raise ExportError(str(exc)) from exc
     descriptor = ET.Element("PacchettoDiDistribuzione", {"xmlns": "urn:pacs-fvg:conservazione:pacchetto:1"})
     descriptor.set("identificativo", f"PdD-{uuid.uuid4()}")
     descriptor.set("oggetto", label)
@@ -165,10 +203,23 @@ def dip_export(
     members[DESCRIPTOR] = ET.tostring(descriptor, encoding="utf-8", xml_declaration=True)
     members[CA] = signing.ca_certificate_pem()
     members[TSA] = tsa_pems
-    members[README] = _readme(label, volumes).encode("utf-8")
+    try:
+        roles = signing.certificate_roles(signing.signer_certificate_pem(signer.officer_user()))
+    except (signer.SignerError, signing.SigningError) as exc:
+        raise ExportError(getattr(exc, "message", str(exc))) from exc
+    wanted = signer.officer_policies()
+    members[README] = _readme(
+        label,
+        volumes,
+        role_oids=[oid for oid in wanted if oid in roles.policies],
+        role_ekus=[oid for oid in wanted if oid in roles.extended_key_usages],
+    ).encode("utf-8")
     manifest = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(members.items()))
     members[MANIFEST] = manifest.encode("utf-8")
-    members[MANIFEST_SIGNATURE] = signing.cades_sign_detached(data=members[MANIFEST], user=signer_user())
+    try:
+        members[MANIFEST_SIGNATURE] = signer.officer_sign(members[MANIFEST])
+    except signer.SignerError as exc:
+        raise ExportError(exc.message) from exc
 
     out_dir = Path(directory or settings.PACS_PRESERVATION_EXPORT_DIR)
     storage.makedirs_durable(out_dir)  # 0700; mkstemp makes the zip 0600
@@ -205,26 +256,30 @@ def dip_export(
 # --- verification -----------------------------------------------------------------
 
 
-def _cades_check(*, data: bytes, signature: bytes, ca: bytes) -> tuple[bool, str]:
+def _timestamp_check(*, data: bytes, tsr: bytes, ca: bytes, tsa: bytes | None) -> timestamp.TimestampCheck:
     try:
-        check = signing.cades_verify_detached(data=data, signature=signature, ca_pem=ca)
-    except Exception as exc:  # a damaged signature must be reported, whatever breaks on it
-        return False, f"la firma non è leggibile ({type(exc).__name__})"
-    return check.ok, check.reason
+        return timestamp.timestamp_verify(data=data, tsr=tsr, ca_pem=ca, tsa_pem=tsa, trusted_tsa_pem=tsa or b"")
+    except Exception as exc:  # a damaged token must be reported, whatever breaks on it
+        return timestamp.TimestampCheck(False, f"la marca temporale non è leggibile ({type(exc).__name__})")
 
 
-def _timestamp_check(*, data: bytes, tsr: bytes, ca: bytes, tsa: bytes | None) -> tuple[bool, str]:
-    try:
-        check = timestamp.timestamp_verify(data=data, tsr=tsr, ca_pem=ca, tsa_pem=tsa)
-    except Exception as exc:
-        return False, f"la marca temporale non è leggibile ({type(exc).__name__})"
-    return check.ok, check.reason
+@dataclass(frozen=True)
+class SignatureSeen:
+    """Who signed one file of the package, and with which role."""
+
+    name: str
+    ok: bool
+    signer: str
+    role: str
 
 
 @dataclass
 class Verification:
     checked: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
+    signatures: list[SignatureSeen] = field(default_factory=list)
+    timestamps: list[tuple[str, str, str]] = field(default_factory=list)  # (file, TSA, time)
+    ca_fingerprint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -234,9 +289,48 @@ class Verification:
         self.problems.append((name, reason))
 
 
-def package_verify(path: Path | str | io.BytesIO, *, ca_pem: bytes | None = None) -> Verification:
+def _signature(
+    result: Verification,
+    *,
+    data: bytes,
+    signature: bytes,
+    ca: bytes,
+    policies: list[str] | None,
+    signed_name: str,
+    signature_name: str,
+) -> None:
+    check = signer.officer_verify(data=data, signature=signature, ca_pem=ca, policies=policies)
+    result.signatures.append(SignatureSeen(signature_name, check.ok, check.signer, check.role))
+    if not check.ok:
+        changed = "modificato" in check.reason
+        result.fail(signed_name if changed else signature_name, f"firma non valida: {check.reason}")
+
+
+def _fingerprint(pem: bytes) -> str:
+    try:
+        cert = x509.load_pem_x509_certificates(pem)[0]
+    except (ValueError, IndexError):
+        return "?"
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def package_verify(
+    path: Path | str | io.BytesIO,
+    *,
+    ca_pem: bytes | None = None,
+    tsa_pem: bytes | None = None,
+    policies: list[str] | None = None,
+) -> Verification:
     """Verify a DIP offline: the manifest and its signature, every file's hash, each volume
-    index's signature and time stamp, and every exported file against its index."""
+    index's signature and time stamp, and every exported file against its index.
+
+    Every signature must come from a preservation officer (:mod:`preservation.signer`:
+    ``policies``, default ``PACS_PRESERVATION_SIGNER_POLICIES``); every time stamp
+    from one of the accepted TSAs (``tsa_pem``, default the package's
+    ``certificati/tsa.pem``); every certificate chain from ``ca_pem`` (default
+    the package's ``certificati/ca.pem``). The answer says who signed each
+    file with which role, which TSA stamped each index, and the CA's fingerprint.
+    """
     result = Verification()
     try:
         zf = zipfile.ZipFile(path)
@@ -259,6 +353,8 @@ def package_verify(path: Path | str | io.BytesIO, *, ca_pem: bytes | None = None
     if not ca:
         result.fail(CA, "manca il certificato della CA")
         return result
+    result.ca_fingerprint = _fingerprint(ca)
+    tsa = tsa_pem or data.get(TSA)
 
     # 1. The manifest, its signature, and every file it lists.
     manifest = data.get(MANIFEST)
@@ -269,10 +365,15 @@ def package_verify(path: Path | str | io.BytesIO, *, ca_pem: bytes | None = None
     if sig is None:
         result.fail(MANIFEST_SIGNATURE, "manca la firma del manifesto")
     else:
-        ok, reason = _cades_check(data=manifest, signature=sig, ca=ca)
-        if not ok:
-            changed = "modificato" in reason
-            result.fail(MANIFEST if changed else MANIFEST_SIGNATURE, f"firma non valida: {reason}")
+        _signature(
+            result,
+            data=manifest,
+            signature=sig,
+            ca=ca,
+            policies=policies,
+            signed_name=MANIFEST,
+            signature_name=MANIFEST_SIGNATURE,
+        )
     listed: dict[str, str] = {}
     for line in manifest.decode("utf-8", errors="replace").splitlines():
         m = _MANIFEST_LINE.match(line)
@@ -302,17 +403,27 @@ def package_verify(path: Path | str | io.BytesIO, *, ca_pem: bytes | None = None
         if p7m is None:
             result.fail(index_name + ".p7m", "manca la firma dell'indice")
         else:
-            ok, reason = _cades_check(data=index_data, signature=p7m, ca=ca)
-            if not ok:
-                changed = "modificato" in reason
-                result.fail(index_name if changed else index_name + ".p7m", f"firma non valida: {reason}")
+            _signature(
+                result,
+                data=index_data,
+                signature=p7m,
+                ca=ca,
+                policies=policies,
+                signed_name=index_name,
+                signature_name=index_name + ".p7m",
+            )
         if tsr is None:
             result.fail(index_name + ".tsr", "manca la marca temporale dell'indice")
         else:
-            ok, reason = _timestamp_check(data=index_data, tsr=tsr, ca=ca, tsa=data.get(TSA))
-            if not ok:
-                changed = "impronta" in reason
-                result.fail(index_name if changed else index_name + ".tsr", f"marca temporale non valida: {reason}")
+            stamp = _timestamp_check(data=index_data, tsr=tsr, ca=ca, tsa=tsa)
+            result.timestamps.append(
+                (index_name + ".tsr", stamp.tsa_subject, stamp.time.isoformat() if stamp.time else "")
+            )
+            if not stamp.ok:
+                changed = "impronta" in stamp.reason
+                result.fail(
+                    index_name if changed else index_name + ".tsr", f"marca temporale non valida: {stamp.reason}"
+                )
         try:
             index = sincro.index_parse(index_data)
         except ValueError as exc:

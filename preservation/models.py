@@ -344,8 +344,14 @@ class PreservationAlert(models.Model):
         SIGNATURE = "signature", _("firma dell'indice non valida")
         TIMESTAMP = "timestamp", _("marca temporale non valida")
         UNREADABLE = "unreadable", _("file illeggibile")
+        REGISTRY = "registry", _("registro diverso dall'indice firmato")
+        CHAIN = "chain", _("catena dei volumi interrotta")
+        GUARD = "guard", _("protezione del registro disattivata")
 
     created_at = models.DateTimeField(_("rilevato il"), auto_now_add=True, db_index=True)
+    # The same mismatch found by a later audit updates its open alert.
+    last_seen_at = models.DateTimeField(_("ultima rilevazione"), null=True, blank=True)
+    count = models.PositiveIntegerField(_("rilevazioni"), default=1)
     kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
     audit = models.ForeignKey(
         FixityAudit, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts", verbose_name=_("verifica")

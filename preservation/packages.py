@@ -215,8 +215,9 @@ def _build(*, package: Package, study: Study, report: Report) -> Package:
         )
         _heartbeat(package)
         vault.publish_folder(prefix, [vault.StagedFile(d.name, d.path, d.sha256) for d in docs], last=MANIFEST)
+        # The rows are written in the transaction that marks the package
+        # archived, so a builder that died left none (and none is ever deleted).
         with transaction.atomic():
-            PackageFile.objects.filter(package=package).delete()
             PackageFile.objects.bulk_create(
                 [
                     PackageFile(

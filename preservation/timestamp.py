@@ -69,6 +69,23 @@ def tsa_certificate_pem() -> bytes:
     return tsa_paths()[1].read_bytes()
 
 
+def trusted_tsa_pem() -> bytes:
+    """The certificates of the TSAs whose time stamps are accepted (``PACS_TSA_CERTIFICATES``), as PEM.
+
+    Raises TimestampError when one of the files cannot be read: with no
+    list, no time stamp would be accepted.
+    """
+    pems = []
+    for path in settings.PACS_TSA_CERTIFICATES:
+        try:
+            pems.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise TimestampError(f"the TSA certificate {path} (PACS_TSA_CERTIFICATES) cannot be read: {exc}") from exc
+    if not pems:
+        raise TimestampError("PACS_TSA_CERTIFICATES lists no TSA certificate")
+    return b"".join(pems)
+
+
 def tsa_demo_create() -> None:
     """Create the local TSA (key, certificate from the demo CA, openssl configuration) if missing."""
     key_path, cert_path, cnf_path = tsa_paths()
@@ -215,10 +232,19 @@ def _verify_signature(cert: x509.Certificate, signer_info: cms.SignerInfo, data:
         raise ValueError(f"unsupported signature mechanism {mechanism}")
 
 
-def timestamp_verify(*, data: bytes, tsr: bytes, ca_pem: bytes, tsa_pem: bytes | None = None) -> TimestampCheck:
-    """Check an RFC 3161 response over ``data``: granted, the imprint, the TSA's signature, its certificate."""
+def timestamp_verify(
+    *, data: bytes, tsr: bytes, ca_pem: bytes, tsa_pem: bytes | None = None, trusted_tsa_pem: bytes | None = None
+) -> TimestampCheck:
+    """Check an RFC 3161 response over ``data``: granted, the imprint, the TSA's signature, its certificate.
+
+    ``tsa_pem`` adds certificates to look the TSA's up among (a token may
+    not carry it). ``trusted_tsa_pem``: the TSA certificates accepted; a
+    token signed by any other is refused, whoever issued it. The response
+    must parse whole (every field, nothing after it), as a CMS signature.
+    """
     try:
         resp = tsp.TimeStampResp.load(tsr, strict=True)
+        resp.native  # noqa: B018  (decodes every field: a damaged one is a bad token)
         if resp["status"]["status"].native not in ("granted", "granted_with_mods"):
             return TimestampCheck(False, "la risposta della TSA non concede la marca")
         token = resp["time_stamp_token"]
@@ -238,9 +264,12 @@ def timestamp_verify(*, data: bytes, tsr: bytes, ca_pem: bytes, tsa_pem: bytes |
         return TimestampCheck(False, f"algoritmo di hash non ammesso: {algo}")
     if bytes(imprint["hashed_message"].native) != hashlib.new(algo, data).digest():
         return TimestampCheck(False, "l'impronta marcata non corrisponde al file", when)
-    certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed_data["certificates"] or []]
-    if tsa_pem:
-        certs += x509.load_pem_x509_certificates(tsa_pem)
+    try:
+        certs = [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed_data["certificates"] or []]
+        if tsa_pem:
+            certs += x509.load_pem_x509_certificates(tsa_pem)
+    except ValueError as exc:
+        return TimestampCheck(False, f"un certificato nella marca temporale non è leggibile ({exc})", when)
     sid = signer_info["sid"]
     cert = None
     for c in certs:
@@ -257,6 +286,18 @@ def timestamp_verify(*, data: bytes, tsr: bytes, ca_pem: bytes, tsa_pem: bytes |
                 break
     if cert is None:
         return TimestampCheck(False, "manca il certificato della TSA", when)
+    if trusted_tsa_pem is not None:
+        try:
+            trusted = x509.load_pem_x509_certificates(trusted_tsa_pem)
+        except ValueError:
+            return TimestampCheck(False, "i certificati delle TSA accettate non si leggono", when)
+        if cert not in trusted:
+            return TimestampCheck(
+                False,
+                f"la marca è di una TSA non accettata ({signing.subject_text(cert.subject)})",
+                when,
+                signing.subject_text(cert.subject),
+            )
     digest = signer_info["digest_algorithm"]["algorithm"].native
     attrs = signer_info["signed_attrs"]
     if digest not in _HASHES or not attrs:
@@ -288,4 +329,4 @@ def timestamp_verify(*, data: bytes, tsr: bytes, ca_pem: bytes, tsa_pem: bytes |
         return TimestampCheck(False, "il certificato della TSA non è emesso dalla CA attendibile", when)
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
         return TimestampCheck(False, "il certificato della TSA non era valido alla data della marca", when)
-    return TimestampCheck(True, "", when, cert.subject.rfc4514_string())
+    return TimestampCheck(True, "", when, signing.subject_text(cert.subject))

@@ -19,13 +19,12 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from archive import signing, storage
 
-from . import sincro, timestamp, vault
+from . import signer, sincro, timestamp, vault
 from .journal import journal_record
 from .models import JournalEntry, Package, PackageFile, Volume
 
@@ -40,11 +39,15 @@ class VolumeError(Exception):
     """A volume could not be closed now (no signer key, no time-stamp authority)."""
 
 
+class _NothingClaimed(Exception):
+    pass
+
+
 def signer_user() -> object:
-    user = get_user_model().objects.filter(username=settings.PACS_PRESERVATION_SIGNER).first()
-    if user is None:
-        raise VolumeError(f"the preservation signer {settings.PACS_PRESERVATION_SIGNER!r} is not a user")
-    return user
+    try:
+        return signer.officer_user()
+    except signer.SignerError as exc:
+        raise VolumeError(exc.message) from exc
 
 
 def volume_close(*, max_packages: int | None = None, stale_after: dt.timedelta = STALE) -> Volume | None:
@@ -66,16 +69,19 @@ def volume_close(*, max_packages: int | None = None, stale_after: dt.timedelta =
     if not candidates:
         return None
     previous = Volume.objects.filter(status=Volume.Status.CLOSED).order_by("-closed_at", "-pk").first()
-    with transaction.atomic():
-        volume = Volume.objects.create(
-            identifier=f"VOL-{timezone.localdate():%Y%m%d}-{uuid.uuid4().hex[:12]}",
-            tier=vault.tier(),
-            previous=previous,
-            heartbeat_at=now,
-        )
-        claimed = Package.objects.filter(pk__in=candidates, volume__isnull=True).update(volume=volume)
-    if not claimed:
-        Volume.objects.filter(pk=volume.pk).delete()
+    try:
+        with transaction.atomic():
+            volume = Volume.objects.create(
+                identifier=f"VOL-{timezone.localdate():%Y%m%d}-{uuid.uuid4().hex[:12]}",
+                tier=vault.tier(),
+                previous=previous,
+                heartbeat_at=now,
+            )
+            if not Package.objects.filter(pk__in=candidates, volume__isnull=True).update(volume=volume):
+                # Another closer took them all: the empty volume row goes with
+                # the rollback (the database refuses a DELETE on volumes).
+                raise _NothingClaimed
+    except _NothingClaimed:
         return None
     return _finish(volume)
 
@@ -90,17 +96,22 @@ def _finish(volume: Volume) -> Volume:
             raise VolumeError(f"{prefix} exists without all its files")
         return _record(volume, prefix, files)  # type: ignore[arg-type]
     vault.staging_clean(prefix)
-    signer = signer_user()
-    index = _index(volume, signer_name=signing.signer_name(signer))
-    data = sincro.index_xml(index)
     try:
-        signature = signing.cades_sign_detached(data=data, user=signer)
-    except signing.SigningError as exc:
+        index = _index(volume, signer_name=signer.officer_name())
+        data = sincro.index_xml(index)
+        signature = signer.officer_sign(data)
+    except signer.SignerError as exc:
         raise VolumeError(exc.message) from exc
     try:
         tsr = timestamp.timestamp_obtain(data)
-    except timestamp.TimestampError as exc:
+        stamp = timestamp.timestamp_verify(
+            data=data, tsr=tsr, ca_pem=signing.ca_certificate_pem(), trusted_tsa_pem=timestamp.trusted_tsa_pem()
+        )
+    except (timestamp.TimestampError, signing.SigningError) as exc:
         raise VolumeError(str(exc)) from exc
+    if not stamp.ok:
+        # Published, it could never be verified: the volume stays open for the next run.
+        raise VolumeError(f"the time stamp of {volume.identifier} is not accepted: {stamp.reason}")
     files = {INDEX: data, SIGNATURE: signature, TIMESTAMP: tsr}
     workdir = storage.incoming_dir() / f"vol-{volume.identifier}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -151,9 +162,12 @@ def _index(volume: Volume, *, signer_name: str) -> sincro.Index:
 
 def _record(volume: Volume, prefix: str, files: dict[str, bytes]) -> Volume:
     check = timestamp.timestamp_verify(
-        data=files[INDEX], tsr=files[TIMESTAMP], ca_pem=signing.ca_certificate_pem(), tsa_pem=None
+        data=files[INDEX],
+        tsr=files[TIMESTAMP],
+        ca_pem=signing.ca_certificate_pem(),
+        trusted_tsa_pem=timestamp.trusted_tsa_pem(),
     )
-    sig = signing.cades_verify_detached(data=files[INDEX], signature=files[SIGNATURE])
+    sig = signer.officer_verify(data=files[INDEX], signature=files[SIGNATURE])
     updated = Volume.objects.filter(pk=volume.pk, status=Volume.Status.BUILDING).update(
         status=Volume.Status.CLOSED,
         closed_at=timezone.now(),
@@ -164,7 +178,7 @@ def _record(volume: Volume, prefix: str, files: dict[str, bytes]) -> Volume:
         timestamp_path=f"{prefix}/{TIMESTAMP}",
         timestamp_sha256=hashlib.sha256(files[TIMESTAMP]).hexdigest(),
         timestamp_time=check.time,
-        signer_name=sig.signer_subject,
+        signer_name=sig.signer,
     )
     volume.refresh_from_db()
     if updated:
@@ -178,6 +192,8 @@ def _record(volume: Volume, prefix: str, files: dict[str, bytes]) -> Volume:
                 "files": PackageFile.objects.filter(package__volume=volume).count(),
                 "index_sha256": volume.index_sha256,
                 "signature_ok": sig.ok,
+                "signer": sig.signer,
+                "signer_role": sig.role,
                 "timestamp_ok": check.ok,
                 "timestamp": check.time.isoformat() if check.time else "",
             },

@@ -8,7 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-AUDIT_TABLES = ("archive_auditevent", "archive_auditeventpatient", "preservation_journalentry")
+# The preservation's registry is guarded as the giornale is (preservation migration 0005).
+PRESERVATION_TABLES = (
+    "preservation_package",
+    "preservation_packagefile",
+    "preservation_volume",
+    "preservation_discard",
+    "preservation_discarditem",
+    "preservation_fixityaudit",
+    "preservation_preservationalert",
+    "preservation_legalhold",
+)
+AUDIT_TABLES = ("archive_auditevent", "archive_auditeventpatient", "preservation_journalentry", *PRESERVATION_TABLES)
 
 
 @contextmanager

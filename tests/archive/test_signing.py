@@ -314,6 +314,133 @@ def test_verify_report_in_a_fresh_process_accepts_a_good_signature(reporting: Re
     assert "OK" in result.stdout and "Stefano Cossutta" in result.stdout
 
 
+# --- as strict as OpenSSL (issue 22, finding 3) -------------------------------------
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    changed = bytearray(data)
+    changed[at] ^= 0x01
+    return bytes(changed)
+
+
+def _inside(haystack: bytes, needle: bytes, start: int = 0, end: int | None = None) -> int:
+    """Where ``needle`` is in ``haystack[start:end]`` (exactly once there), as an offset in ``haystack``."""
+    window = haystack[start:end]
+    at = window.find(needle)
+    assert at >= 0 and window.find(needle, at + 1) < 0, needle
+    return start + at
+
+
+def _damaged_set(p7m: bytes, data: bytes) -> dict[str, bytes]:
+    """One byte changed in each part of the CMS structure, and trailing garbage."""
+    content_info = cms.ContentInfo.load(p7m)
+    signed_data = content_info["content"]
+    signer_info = signed_data["signer_infos"][0]
+    certificates = [c.chosen for c in signed_data["certificates"]]
+    signer_cert = next(c for c in certificates if c.serial_number == signer_info["sid"].chosen["serial_number"].native)
+    ca_cert = next(c for c in certificates if c is not signer_cert)
+
+    def span(element: object) -> tuple[int, int]:
+        der = element.dump()  # type: ignore[attr-defined]
+        start = _inside(p7m, der)
+        return start, start + len(der)
+
+    content_type = span(content_info["content_type"])
+    digest_algorithms = span(signed_data["digest_algorithms"])
+    encap = span(signed_data["encap_content_info"])
+    ca = span(ca_cert)
+    signer = span(signer_cert)
+    signer_tbs = span(signer_cert["tbs_certificate"])
+    attrs = span(signer_info["signed_attrs"])
+    sha256_oid = bytes.fromhex("0609608648016503040201")
+    validity = _inside(p7m, ca_cert["tbs_certificate"]["validity"].dump(), *ca)
+    signing_time = _inside(p7m, signer_info["signed_attrs"][1].dump(), *attrs)  # content type, signing time, ...
+    return {
+        "content type (the signedData OID)": _flip(p7m, content_type[1] - 1),
+        "digest algorithms (the OID)": _flip(p7m, _inside(p7m, sha256_oid, *digest_algorithms) + len(sha256_oid) - 1),
+        "encapsulated content info (its tag)": _flip(p7m, encap[0]),
+        "embedded CA certificate (a validity time's tag)": _flip(p7m, validity + 2),
+        "signer certificate tbs (version)": _flip(p7m, signer_tbs[0] + 8),
+        "signer certificate tbs (subject)": _flip(p7m, _inside(p7m, b"Stefano Cossutta", *signer_tbs)),
+        "signer certificate signature": _flip(p7m, signer[1] - 1),
+        "signed attributes (message digest)": _flip(p7m, _inside(p7m, hashlib.sha256(data).digest(), *attrs)),
+        "signed attributes (signing time)": _flip(p7m, signing_time + 20),
+        "signed attributes (their tag)": _flip(p7m, attrs[0]),
+        "signature value": _flip(p7m, len(p7m) - 1),
+        "trailing garbage": p7m + b"\x00\x01",
+    }
+
+
+def test_damaged_signatures_get_the_verdict_openssl_gives(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    ca = signing.ca_certificate_pem()
+    assert signing.cades_verify_detached(data=PDF, signature=p7m).ok
+    assert openssl_verify(tmp_path, pdf=PDF, p7m=p7m, ca=ca).returncode == 0
+
+    verdicts = {}
+    for part, damaged in _damaged_set(p7m, PDF).items():
+        assert damaged != p7m
+        ours = signing.cades_verify_detached(data=PDF, signature=damaged, ca_pem=ca)  # never raises
+        theirs = openssl_verify(tmp_path, pdf=PDF, p7m=damaged, ca=ca).returncode == 0
+        verdicts[part] = (ours.ok, theirs, ours.reason)
+    differing = {part: v for part, v in verdicts.items() if v[0] != v[1]}
+    # Trailing bytes: OpenSSL 3.0 reads the first DER object and ignores the
+    # rest; the issue asks that anything after the signature fail it, so here
+    # the project is the stricter of the two, by design.
+    assert set(differing) == {"trailing garbage"}, verdicts
+    assert differing["trailing garbage"][:2] == (False, True)
+    assert not any(ok for ok, _theirs, _reason in verdicts.values()), verdicts
+    # The case of the issue: a certificate in the file that does not parse (a
+    # time's tag changed) was accepted because nothing read it.
+    assert "non è una firma CMS leggibile" in verdicts["embedded CA certificate (a validity time's tag)"][2]
+
+
+def test_where_the_project_is_stricter_than_openssl(reporting: Reporting, tmp_path: Path) -> None:  # noqa: F811
+    """Two changes OpenSSL 3.0 lets through and RFC 5652 does not: the project refuses them."""
+    p7m = signing.cades_sign_detached(data=PDF, user=reporting.radiologist)
+    ca = signing.ca_certificate_pem()
+    content_info = cms.ContentInfo.load(p7m)
+    encap_oid = content_info["content"]["encap_content_info"]["content_type"].dump()  # id-data
+    signer_info = content_info["content"]["signer_infos"][0].dump()
+    signature_algorithm = content_info["content"]["signer_infos"][0]["signature_algorithm"].dump()
+    signer_info_at = _inside(p7m, signer_info)
+    cases = {
+        # eContentType no longer the content-type attribute's value (RFC 5652 11.1).
+        "eContentType": _flip(p7m, _inside(p7m, encap_oid, 0, 60) + len(encap_oid) - 1),
+        # ecdsa-with-SHA256 (1.2.840.10045.4.3.2) becomes an unknown 1.2.840.10045.5.3.2: OpenSSL
+        # goes by the key's type and the digest algorithm and never looks.
+        "signatureAlgorithm": _flip(
+            p7m, _inside(p7m, signature_algorithm, signer_info_at) + len(signature_algorithm) - 3
+        ),
+    }
+    for name, damaged in cases.items():
+        assert not signing.cades_verify_detached(data=PDF, signature=damaged, ca_pem=ca).ok, name
+        assert openssl_verify(tmp_path, pdf=PDF, p7m=damaged, ca=ca).returncode == 0, name
+
+
+def test_an_officer_certificate_without_the_role_is_issued_again_with_it(region: object, tmp_path: Path) -> None:
+    officer = get_user_model().objects.create_user(username="conservatore", first_name="Anna", last_name="Zorzut")
+    radiologist = get_user_model().objects.create_user(username="m.rossi", first_name="Maria", last_name="Rossi")
+    directory = tmp_path / "pki"
+    signing.demo_pki_create(users=[officer, radiologist], directory=directory)  # before the role existed
+    cert_path = directory / "users" / "conservatore.crt.pem"
+    key_before = (directory / "users" / "conservatore.key.pem").read_bytes()
+    assert signing.certificate_roles(cert_path.read_bytes()).policies == ()
+
+    out = io.StringIO()
+    call_command("demo_pki", "m.rossi", "--officer", "conservatore", "--directory", str(directory), stdout=out)
+
+    roles = signing.certificate_roles(cert_path.read_bytes())
+    assert roles.policies == (signing.PRESERVATION_OFFICER_POLICY,)
+    assert (directory / "users" / "conservatore.key.pem").read_bytes() == key_before  # the same key
+    assert signing.certificate_roles((directory / "users" / "m.rossi.crt.pem").read_bytes()).policies == ()
+    assert "conservatore:" in out.getvalue()
+    # Run again: nothing changes.
+    issued = cert_path.read_bytes()
+    signing.demo_pki_create(users=[], directory=directory, preservation_officers=[officer])
+    assert cert_path.read_bytes() == issued
+
+
 def test_signed_report_files_and_keys_are_the_service_accounts_only(
     loose_umask: None,
     reporting: Reporting,  # noqa: F811

@@ -3,6 +3,8 @@ preservation officer with a key from the demo CA, and the local TSA."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def officer(db: None) -> object:
     )
     for codename in ("approve_discard", "view_package", "view_volume", "view_discard", "change_discard"):
         user.user_permissions.add(Permission.objects.get(content_type__app_label="preservation", codename=codename))
-    signing.demo_pki_create(users=[user])
+    signing.demo_pki_create(users=[], preservation_officers=[user])
     timestamp.tsa_demo_create()
     return get_user_model().objects.get(pk=user.pk)
 
@@ -59,3 +61,37 @@ def tier_root() -> Path:
     from archive import storage
 
     return storage.absolute_path("preservation:region", ".")
+
+
+def addendum_volume(preserved: Preserved) -> Volume:
+    """An addendum to the preserved report, packaged and closed in a second volume (which follows the first)."""
+    from archive import reports
+    from tests.reporting_helpers import RADIOLOGIST_PASSWORD
+
+    radiologist = preserved.rep.radiologist
+    amended = reports.report_amend(report=preserved.report, user=radiologist, kind=Report.Kind.ADDENDUM)
+    amended = reports.report_save(
+        report=amended,
+        user=radiologist,
+        revision=amended.revision,
+        clinical_question=amended.clinical_question,
+        technique=amended.technique,
+        findings=amended.findings,
+        conclusion="Integrazione: confermato.",
+    )
+    reports.report_sign(report=amended, user=radiologist, password=RADIOLOGIST_PASSWORD, revision=amended.revision)
+    packages.package_build(study_pk=preserved.rep.study.pk)
+    volume = volumes.volume_close()
+    assert volume is not None and volume.previous_id == preserved.volume.pk
+    return volume
+
+
+@contextmanager
+def as_owner() -> Iterator[None]:
+    """What the database's owner can do: lift the registry's triggers, change rows, and put them back."""
+    from django.db import connection
+
+    from tests.audit_helpers import audit_guards_lifted
+
+    with audit_guards_lifted(connection):
+        yield

@@ -59,6 +59,8 @@ def test_damage_raises_alerts_shown_in_the_admin(preserved: Preserved, settings)
     officer = preserved.officer
     for codename in ("view_preservationalert", "change_preservationalert"):
         officer.user_permissions.add(Permission.objects.get(codename=codename))
+    # An alert naming a package is shown to who may see its study (archive.access, issue 15).
+    officer.user_permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_study"))
     client = Client()
     client.force_login(officer)
     index = client.get("/admin/")

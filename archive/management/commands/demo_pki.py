@@ -3,6 +3,7 @@ named user (files that exist are kept).
 
     manage.py demo_pki radiologo radiologa
     manage.py demo_pki --signers      # every user allowed to sign reports
+    manage.py demo_pki --officer conservatore   # with the preservation-officer role
 """
 
 from __future__ import annotations
@@ -32,12 +33,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--signers", action="store_true", help="tutti gli utenti attivi con il permesso archive.sign_report"
         )
+        parser.add_argument(
+            "--officer",
+            action="append",
+            default=[],
+            help="utente a cui dare un certificato con il ruolo di responsabile della conservazione (ripetibile)",
+        )
         parser.add_argument("--directory", type=Path, help="predefinita PACS_SIGNING_DIR")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         User = get_user_model()
         users = list(User.objects.filter(**{f"{User.USERNAME_FIELD}__in": opts["usernames"]}))
-        missing = set(opts["usernames"]) - {u.get_username() for u in users}
+        officers = list(User.objects.filter(**{f"{User.USERNAME_FIELD}__in": opts["officer"]}))
+        missing = (set(opts["usernames"]) - {u.get_username() for u in users}) | (
+            set(opts["officer"]) - {u.get_username() for u in officers}
+        )
         if missing:
             raise CommandError(f"utenti inesistenti: {', '.join(sorted(missing))}")
         if opts["signers"]:
@@ -47,15 +57,19 @@ class Command(BaseCommand):
             )
             users += [u for u in signers.distinct() if u not in users]
         try:
-            signing.demo_pki_create(users=users, directory=opts["directory"])
+            signing.demo_pki_create(users=users, directory=opts["directory"], preservation_officers=officers)
         except signing.SigningError as exc:
             raise CommandError(exc.message) from exc
         directory = opts["directory"] or signing.signing_directory()
         audit_record(
             action="pki.demo",
             system=AUDIT_SYSTEM,
-            detail={"directory": str(directory), "users": [u.get_username() for u in users]},
+            detail={
+                "directory": str(directory),
+                "users": [u.get_username() for u in users],
+                "preservation_officers": [u.get_username() for u in officers],
+            },
         )
         self.stdout.write(f"CA: {directory / 'ca.pem'}")
-        for user in users:
+        for user in [*users, *(o for o in officers if o not in users)]:
             self.stdout.write(f"{user.get_username()}: {directory / 'users' / (user.get_username() + '.crt.pem')}")

@@ -1,10 +1,14 @@
 """Run the storage lifecycle by hand, or see where it stands.
 
 ``manage.py lifecycle run``: one pass (copy what is due to the long-term tier,
-evict, advance a scope migration); ``--until-done`` repeats passes until a
-pass has nothing left to do. ``manage.py lifecycle status``: the backlog, the
-scope migration's progress, the last fixity audit and open alerts.
-``manage.py lifecycle fixity``: tonight's fixity audit now.
+evict, advance a scope migration); ``--until-done`` repeats passes until
+nothing that can move is left -- a pass that moved nothing and met no new
+failure -- then prints what is stuck and why (copies whose sources are
+damaged wait for their next try, skipped meanwhile; see
+:func:`archive.lifecycle.copy_failure_record`). ``manage.py lifecycle
+status``: the backlog, the scope migration's progress, stuck copies, the last
+fixity audit and open alerts. ``manage.py lifecycle fixity``: tonight's
+fixity audit now.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from archive import lifecycle
 
@@ -35,6 +40,7 @@ class Command(BaseCommand):
                 f"{run.repaired} repaired, {run.unreadable} unreadable"
             )
             return
+        seen: set[tuple[int, str]] = set()
         while True:
             result = lifecycle.lifecycle_run(limit=opts["limit"])
             self.stdout.write(
@@ -43,8 +49,23 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
             busy = result.migrated + result.evicted + result.scope_copied + result.scope_released
-            if not opts["until_done"] or not busy or result.failed:
+            new_failures = result.failed_objects - seen
+            seen |= result.failed_objects
+            # A failure moves the queue on too: the object waits and the next pass takes others.
+            if not opts["until_done"] or (not busy and not new_failures):
                 break
+        if opts["until_done"]:
+            self._stuck()
+
+    def _stuck(self) -> None:
+        stuck = lifecycle.copies_stuck(limit=1000)
+        self.stdout.write(f"stuck: {len(stuck)}")
+        for row in stuck:
+            why = "sources damaged" if row.damaged else "store unreachable"
+            self.stdout.write(
+                f"  {row.instance.sop_instance_uid} -> {row.tier or '?'} ({row.step}, {why}): "
+                f"{row.attempts} attempts, next try {timezone.localtime(row.next_try_at):%Y-%m-%d %H:%M}, {row.last_error}"
+            )
 
     def _status(self) -> None:
         summary = lifecycle.storage_summary()
@@ -60,6 +81,7 @@ class Command(BaseCommand):
                 f"scope migration to {migration.target_scope}: {state}, {migration.released}/{migration.total} "
                 f"({migration.percent}%), failures {migration.failures}"
             )
+        w(f"stuck copies: {summary['stuck_count']}")
         for run in summary["fixity_runs"][:1]:
             w(f"last fixity audit {run.started_at:%Y-%m-%d %H:%M}: {run.ok}/{run.checked} ok, {run.repaired} repaired")
         w(f"open alerts: {len(summary['alerts'])}")
