@@ -114,7 +114,7 @@ def storage_dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         **admin.site.each_context(request),
         "title": _("Archiviazione: livelli e ciclo di vita"),
-        **lifecycle.storage_summary(),
+        **lifecycle.storage_summary(principal=access.principal_for_request(request)),
     }
     request.current_app = admin.site.name
     return TemplateResponse(request, "admin/archive/storage_dashboard.html", context)

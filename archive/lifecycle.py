@@ -25,7 +25,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from . import retrieve, storage
+from . import access, retrieve, storage
 from .models import (
     Copy,
     CopyFailure,
@@ -798,9 +798,16 @@ def _count(run: FixityRun | None, counts: dict[str, int]) -> None:
 # --- the staff view --------------------------------------------------------------------
 
 
-def storage_summary() -> dict[str, Any]:
-    """Objects and bytes per tier and per facility, the backlog, the fixity results and open alerts."""
+def storage_summary(*, principal: access.Principal = access.SYSTEM) -> dict[str, Any]:
+    """Objects and bytes per tier and per facility, the backlog, the fixity results and open alerts.
+
+    The alerts and the stuck copies name their instances: only those of studies ``principal``
+    may see are listed and counted (archive.access); the totals are sums of bytes and objects.
+    """
     now = timezone.now()
+    instance_seen = access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
+    alerts = StorageAlert.objects.filter(instance_seen, acknowledged_at__isnull=True)
+    failures = CopyFailure.objects.filter(access.visible_q(principal, "instance__series__study__"))
     tiers = list(Copy.objects.values("tier").annotate(objects=Count("pk"), bytes=Sum("size")).order_by("tier"))
     per_facility = list(
         Copy.objects.values("instance__facility__code", "tier")
@@ -816,8 +823,8 @@ def storage_summary() -> dict[str, Any]:
         "scope_stale": scope_stale_copies().count(),
         "migration": ScopeMigration.objects.first(),
         "fixity_runs": list(FixityRun.objects.all()[:5]),
-        "alerts": list(StorageAlert.objects.filter(acknowledged_at__isnull=True).select_related("instance")[:50]),
+        "alerts": list(alerts.select_related("instance")[:50]),
         "unverified": Copy.objects.filter(verified_at__isnull=True).count(),
-        "stuck": copies_stuck(limit=50),
-        "stuck_count": CopyFailure.objects.count(),
+        "stuck": list(failures.select_related("instance").order_by("-damaged", "next_try_at", "pk")[:50]),
+        "stuck_count": failures.count(),
     }
