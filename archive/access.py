@@ -138,6 +138,8 @@ class PolicyExtension(Protocol):
         """Concealed studies of which ``user`` authored a report version."""
         ...
 
+    # Optional: ``staff_exceptions(user) -> (emergency patient ids, authored concealed study ids)``,
+    # both in one query.
     # Optional: ``state_version() -> str``, a value that changes whenever a study is
     # concealed or revealed (:func:`visibility_key` uses it when present).
 
@@ -187,8 +189,12 @@ def principal_for_user(user: Any) -> Principal:
     emergency: set[int] = set()
     authored: set[int] = set()
     if _extension is not None:
-        emergency = _extension.emergency_patient_ids(user)
-        authored = _extension.authored_concealed_ids(user)
+        both = getattr(_extension, "staff_exceptions", None)
+        if both is not None:
+            emergency, authored = both(user)
+        else:
+            emergency = _extension.emergency_patient_ids(user)
+            authored = _extension.authored_concealed_ids(user)
     return Principal(
         Kind.STAFF,
         name=name,

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Exists, Max, OuterRef
+from django.db.models import Count, Exists, Max, OuterRef, Value
 from django.utils import timezone
 
 from archive import access
@@ -86,6 +86,27 @@ class PortalPolicy:
         ``revealed_at``; concealing again adds a row)."""
         state = Concealment.objects.aggregate(last=Max("pk"), rows=Count("pk"), revealed=Count("revealed_at"))
         return f"{state['last'] or 0}:{state['rows']}:{state['revealed']}"
+
+    def staff_exceptions(self, user: Any) -> tuple[set[int], set[int]]:
+        """:meth:`emergency_patient_ids` and :meth:`authored_concealed_ids` in one round trip
+        (every staff request builds its principal: one query instead of two)."""
+        now = timezone.now()
+        since = now - dt.timedelta(minutes=emergency_access_minutes())
+        emergency = (
+            EmergencyAccess.objects.filter(user_id=user.pk, at__gt=since, at__lte=now)
+            .order_by()
+            .values_list(Value("p"), "patient_id")
+        )
+        authored = (
+            Concealment.objects.filter(study_id__in=access.studies_authored(user), revealed_at__isnull=True)
+            .order_by()
+            .values_list(Value("s"), "study_id")
+        )
+        patients: set[int] = set()
+        studies: set[int] = set()
+        for kind, pk in emergency.union(authored, all=True):
+            (patients if kind == "p" else studies).add(pk)
+        return patients, studies
 
     def authored_concealed_ids(self, user: Any) -> set[int]:
         return set(
