@@ -35,6 +35,8 @@ PRODUCTION_ENV = {
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "DATABASE_URL", "REDIS_URL"))}
     env.pop("SECRET_KEY", None)
+    # Set at import time by the browser tests (Playwright's event loop), never in production.
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     env.update(extra)
     return env
 

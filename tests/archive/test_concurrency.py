@@ -19,7 +19,8 @@ ROUNDS = 5
 
 
 def test_twenty_associations_sending_the_same_new_study(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    listener = start_listener_process()
+    # Twenty senders from one address: more than one address's slots (PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS).
+    listener = start_listener_process(env={"PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS": str(ASSOCIATIONS)})
     patient = PatientInfo(patient_id="MRN-CONC")
     for round_ in range(ROUNDS):
         files = write_study(tmp_path / f"round{round_}", patient=patient, series=2, instances_per_series=3)
