@@ -734,20 +734,27 @@ def _verify_claims(report: AuditReport, claims: list[SealClaim], heads: dict[str
             report.unsealed += max(0, seq - sealed.get(chain, 0))
 
 
-def _verify_guards() -> list[AuditProblem]:
-    expected = GUARDS.get(connection.vendor)
+def triggers_missing(expected: Iterable[str], *, using: Any = None) -> list[str]:
+    """Which of the ``expected`` database triggers are missing or disabled on ``using``
+    (a connection; the default one when None). The guards of the audit tables, the
+    giornale and the preservation registry are all checked this way."""
+    conn = using if using is not None else connection
+    expected = list(expected)
     if not expected:
         return []
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
+    with conn.cursor() as cursor:
+        if conn.vendor == "sqlite":
             cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
         else:
             cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
         present = {name for (name,) in cursor.fetchall()}
+    return [name for name in expected if name not in present]
+
+
+def _verify_guards() -> list[AuditProblem]:
     return [
         AuditProblem(f"the database guard {name} is missing or disabled: the audit tables accept changes")
-        for name in expected
-        if name not in present
+        for name in triggers_missing(GUARDS.get(connection.vendor) or [])
     ]
 
 

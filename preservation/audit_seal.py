@@ -111,19 +111,9 @@ GUARDS = {
 
 
 def _guards_missing() -> list[audit.AuditProblem]:
-    expected = GUARDS.get(connection.vendor, [])
-    if not expected:
-        return []
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        else:
-            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
-        present = {name for (name,) in cursor.fetchall()}
     return [
         audit.AuditProblem(f"the database guard {name} is missing or disabled: the giornale accepts changes")
-        for name in expected
-        if name not in present
+        for name in audit.triggers_missing(GUARDS.get(connection.vendor, []))
     ]
 
 

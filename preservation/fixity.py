@@ -280,27 +280,25 @@ def _registry_check(audit: FixityAudit, volume: Volume, index: sincro.Index, tru
 def _ends_check(audit: FixityAudit, closed: list[Volume]) -> None:
     """Volumes and packages the giornale recorded, and volume folders on disk, that the registry lacks."""
     registered = {v.identifier for v in Volume.objects.all()}
-    journal_volumes = set(
-        JournalEntry.objects.filter(action="volume.close", outcome="success").values_list("object_id", flat=True)
-    )
-    for identifier in sorted(journal_volumes - registered):
-        _alert(
-            audit,
+    for action, known, kind, path, detail in (
+        (
+            "volume.close",
+            registered,
             PreservationAlert.Kind.CHAIN,
-            path=f"volumes/{identifier}/",
-            detail="il giornale ne registra la chiusura, ma il volume manca dal registro",
-        )
-    packages = set(Package.objects.values_list("identifier", flat=True))
-    journal_packages = set(
-        JournalEntry.objects.filter(action="package.archive", outcome="success").values_list("object_id", flat=True)
-    )
-    for identifier in sorted(journal_packages - packages):
-        _alert(
-            audit,
+            "volumes/{}/",
+            "il giornale ne registra la chiusura, ma il volume manca dal registro",
+        ),
+        (
+            "package.archive",
+            set(Package.objects.values_list("identifier", flat=True)),
             PreservationAlert.Kind.REGISTRY,
-            path=f"aip/{identifier}/",
-            detail="il giornale ne registra l'archiviazione, ma il pacchetto manca dal registro",
-        )
+            "aip/{}/",
+            "il giornale ne registra l'archiviazione, ma il pacchetto manca dal registro",
+        ),
+    ):
+        journal = JournalEntry.objects.filter(action=action, outcome="success").values_list("object_id", flat=True)
+        for identifier in sorted(set(journal) - known):
+            _alert(audit, kind, path=path.format(identifier), detail=detail)
     if storage.tier_is_local(vault.tier()):
         root = storage.absolute_path(vault.tier(), "volumes")
         if root.is_dir():

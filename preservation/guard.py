@@ -29,6 +29,8 @@ from typing import Any
 
 from django.db import connection as default_connection
 
+from archive.audit import triggers_missing
+
 logger = logging.getLogger(__name__)
 
 _MIGRATION = "preservation.migrations.0005_preservation_tables_refuse_changes"
@@ -40,16 +42,7 @@ def _migration() -> Any:
 
 def guards_missing(connection: Any = default_connection) -> list[str]:
     """The names of the registry's triggers that are missing or disabled (none on other databases)."""
-    expected = _migration().guard_names(connection.vendor)
-    if not expected:
-        return []
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        else:
-            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'")
-        present = {name for (name,) in cursor.fetchall()}
-    return [name for name in expected if name not in present]
+    return triggers_missing(_migration().guard_names(connection.vendor) or [], using=connection)
 
 
 def sqlite_triggers_ensure(sender: Any, using: str = "default", **kwargs: Any) -> None:
