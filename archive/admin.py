@@ -1457,5 +1457,5 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     admin.site.unregister(_user_model)
     admin.site.register(_user_model, UserAdmin)
 
-from . import admin_storage  # noqa: E402,F401,I001  (the storage pages register themselves)
-from . import admin_tokens  # noqa: E402,F401,I001  (API tokens: list and revoke only)
+# The storage pages (archive.admin_storage) and the API tokens' page (archive.admin_tokens)
+# register themselves; ArchiveConfig.ready imports them, after this module.

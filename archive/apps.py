@@ -9,6 +9,8 @@ class ArchiveConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        # The admin's pages beyond archive.admin: they import it, it imports neither.
+        from . import admin_storage, admin_tokens  # noqa: F401
         from .signals import study_instances_received
         from .tasks import study_renditions_enqueue
 
