@@ -309,7 +309,7 @@ class _SendsStoredInstances(Association):
         instance = dataset.instance
         status: Dataset | None = None
         try:
-            with instance_file(instance) as path:
+            with instance_file(instance, held=True) as path:
                 try:
                     self._get_valid_context(
                         instance.sop_class_uid, instance.transfer_syntax_uid, "scu", allow_conversion=False

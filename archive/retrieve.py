@@ -118,14 +118,26 @@ def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:
 
 
 @contextmanager
-def instance_file(instance: Instance) -> Iterator[Path]:
+def instance_file(instance: Instance, *, held: bool = False) -> Iterator[Path]:
     """A local file name for the nearest readable verified copy, for senders that
     need a name rather than a stream (pynetdicom sends a file from disk without
     decoding it). A copy that is not a local file is spooled to the incoming
-    folder and removed afterwards."""
+    folder and removed afterwards.
+
+    ``held``: the name is read in this process only, while the context lasts
+    (a DIMSE sub-operation). The lifecycle may release the copy (unlink its
+    file) between the choice and the read; the file is then kept open and
+    named by its descriptor (Linux's ``/proc/self/fd``), whose inode outlives
+    the unlink, so a released copy is still read whole.
+    """
     fh = instance_open(instance)
     name = getattr(fh, "name", None)
     if isinstance(name, str) and os.path.isfile(name):
+        if held:
+            with fh:
+                by_descriptor = Path(f"/proc/self/fd/{fh.fileno()}")
+                yield by_descriptor if by_descriptor.exists() else Path(name)
+            return
         fh.close()
         yield Path(name)
         return

@@ -250,3 +250,21 @@ def test_a_read_from_the_long_term_tier_queues_a_recall_of_the_study(old_study, 
     sent.clear()
     read_sha256(old_study[0])
     assert sent == []  # read from the facility tier again
+
+
+def test_a_copy_released_while_it_is_being_sent_is_sent_whole(region: Region, ct_study: list[Path]) -> None:
+    """C-GET and C-MOVE send a copy by its file name; a scope migration released (unlinked)
+    one between the choice and the send, and the sub-operation failed (0xB000 in the
+    scope-switch test under load)."""
+    from archive import retrieve
+    from archive.models import Instance
+
+    ingest_files(ct_study[:1], region.facility)
+    instance = Instance.objects.get()
+    copy = Copy.objects.get(instance=instance)
+    on_disk = storage.absolute_path(copy.tier, copy.path)
+    expected = on_disk.read_bytes()
+    with retrieve.instance_file(instance, held=True) as path:
+        on_disk.unlink()  # the lifecycle releases the copy meanwhile
+        assert path.read_bytes() == expected
+        assert path.stat().st_size == len(expected)
