@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
@@ -74,7 +75,8 @@ class Principal:
     ``facility_id``: the only facility whose studies it sees (a node of facility scope).
     ``patient_ids``: a citizen's own and delegators' patients; for staff, the
     patients of their live emergency accesses.
-    ``study_ids``: for staff, concealed studies they authored a report of.
+    For staff, ``user_id`` is also the author whose reports' studies stay
+    visible when concealed (the condition is in the query, not a list here).
     """
 
     kind: Kind
@@ -83,7 +85,6 @@ class Principal:
     authority_id: int | None = None
     facility_id: int | None = None
     patient_ids: frozenset[int] = field(default_factory=frozenset)
-    study_ids: frozenset[int] = field(default_factory=frozenset)
     sees_nothing: bool = False
 
     @property
@@ -117,8 +118,10 @@ def system(name: str) -> Principal:
 
 
 class PolicyExtension(Protocol):
-    def concealed_exists(self, study_ref: str) -> Exists:
-        """An ``Exists`` that is true when the study at ``OuterRef(study_ref)`` is concealed now."""
+    def concealed_exists(self, study_ref: str, *, author_id: int | None = None) -> Exists:
+        """An ``Exists`` that is true when the study at ``OuterRef(study_ref)`` is concealed now
+        (and, with ``author_id``, that user wrote none of its reports: "a hidden document
+        stays visible to its author")."""
         ...
 
     def concealed_ids(self, study_ids: Iterable[int]) -> set[int]:
@@ -134,12 +137,9 @@ class PolicyExtension(Protocol):
         in force); None when ``user`` is not a citizen."""
         ...
 
-    def authored_concealed_ids(self, user: Any) -> set[int]:
-        """Concealed studies of which ``user`` authored a report version."""
-        ...
-
-    # Optional: ``staff_exceptions(user) -> (emergency patient ids, authored concealed study ids)``,
-    # both in one query.
+    # Optional: ``citizen_exists(user_ref) -> Exists``, true when the user at ``OuterRef(user_ref)``
+    # has a citizen's account (so that a member of staff is told apart in the query that reads
+    # their profile).
     # Optional: ``state_version() -> str``, a value that changes whenever a study is
     # concealed or revealed (:func:`visibility_key` uses it when present).
 
@@ -176,32 +176,39 @@ def authority_restriction(user: Any) -> int | None:
 
 
 def principal_for_user(user: Any) -> Principal:
-    """The principal of a web request's user: nobody, a citizen or a member of staff."""
+    """The principal of a web request's user: nobody, a citizen or a member of staff.
+
+    Every request builds one, so a member of staff costs two queries: who they are
+    (a citizen's account? their staff profile) in one, their exceptions to the
+    concealment in the other.
+    """
     if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
         return NOBODY
     name = str(user.get_username())
-    if _extension is not None:
+    citizen_exists = getattr(_extension, "citizen_exists", None)
+    who = (
+        get_user_model()
+        ._default_manager.filter(pk=user.pk)
+        .annotate(is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False))
+        .values("is_citizen", "staff_profile__authority_id", "staff_profile__cross_authority")
+        .first()
+    ) or {}
+    if _extension is not None and (who.get("is_citizen") or citizen_exists is None):
         citizen = _extension.citizen_patient_ids(user)
         if citizen is not None:
             return Principal(Kind.CITIZEN, name=name, user_id=user.pk, patient_ids=frozenset(citizen))
     if not user.has_perm(VIEW_STUDY_PERM):
         return Principal(Kind.STAFF, name=name, user_id=user.pk, sees_nothing=True)
-    emergency: set[int] = set()
-    authored: set[int] = set()
-    if _extension is not None:
-        both = getattr(_extension, "staff_exceptions", None)
-        if both is not None:
-            emergency, authored = both(user)
-        else:
-            emergency = _extension.emergency_patient_ids(user)
-            authored = _extension.authored_concealed_ids(user)
+    emergency = _extension.emergency_patient_ids(user) if _extension is not None else set()
+    authority_id = who.get("staff_profile__authority_id")
+    if who.get("staff_profile__cross_authority") or bool(settings.PACS_REPORT_CROSS_AUTHORITY):
+        authority_id = None
     return Principal(
         Kind.STAFF,
         name=name,
         user_id=user.pk,
-        authority_id=authority_restriction(user),
+        authority_id=authority_id,
         patient_ids=frozenset(emergency),
-        study_ids=frozenset(authored),
     )
 
 
@@ -266,11 +273,10 @@ def visible_q(principal: Principal, path: str = "") -> Q:
     if principal.authority_id is not None:
         q &= Q(**{f"{path}facility__authority_id": principal.authority_id})
     if _extension is not None:
-        shown = ~Q(_extension.concealed_exists(_ref(path)))
+        author = principal.user_id if principal.kind is Kind.STAFF else None
+        shown = ~Q(_extension.concealed_exists(_ref(path), author_id=author))
         if principal.patient_ids:
             shown |= Q(**{f"{path}patient_id__in": sorted(principal.patient_ids)})
-        if principal.study_ids:
-            shown |= Q(**{f"{path}pk__in": sorted(principal.study_ids)})
         q &= shown
     return q
 
@@ -366,7 +372,7 @@ def visibility_key(principal: Principal) -> str:
         str(principal.authority_id),
         str(principal.facility_id),
         ",".join(map(str, sorted(principal.patient_ids))),
-        ",".join(map(str, sorted(principal.study_ids))),
+        str(principal.user_id if principal.kind is Kind.STAFF else ""),
     ]
     version = getattr(_extension, "state_version", None)
     if principal.concealment_applies and version is not None:
@@ -399,8 +405,11 @@ def study_verdict(principal: Principal, study: Study) -> Verdict:
     if (
         _extension is not None
         and study.patient_id not in principal.patient_ids
-        and study.pk not in principal.study_ids
         and _extension.concealed_ids([study.pk])
+        and not (
+            principal.kind is Kind.STAFF
+            and Report.objects.filter(study_id=study.pk, author_id=principal.user_id).exists()
+        )
     ):
         return Verdict.CONCEALED
     return Verdict.VISIBLE
@@ -428,8 +437,3 @@ def studies_concealed(study_ids: Iterable[int]) -> set[int]:
         return set()
     ids = [int(i) for i in study_ids]
     return _extension.concealed_ids(ids) if ids else set()
-
-
-def studies_authored(user: Any) -> QuerySet[Report]:
-    """The study ids of the reports ``user`` authored (for :meth:`PolicyExtension.authored_concealed_ids`)."""
-    return Report.objects.filter(author_id=getattr(user, "pk", None)).values("study_id")

@@ -703,13 +703,20 @@ def _as_list(value: Any) -> list[Any]:
 _JSON_NUMBERS = frozenset({"IS", "US", "UL", "SS", "SL", "UV", "SV"})
 
 
-def query_json(identifier: Dataset, *, level: str, **options: Any) -> list[dict[str, Any]]:
+def query_json(
+    identifier: Dataset, *, level: str, patients: list[int] | None = None, **options: Any
+) -> list[dict[str, Any]]:
     """Run a query and answer its matches in the DICOM JSON model (PS3.18 F.2),
-    written straight from the rows (the options of :func:`query_values`)."""
-    keys, rows = query_values(identifier, level=level, **options)
+    written straight from the rows (the options of :func:`query_values`).
+
+    ``patients``: a list to which each match's patient primary key is appended,
+    read by the same statement (for the audit event of the search)."""
+    keys, rows = query_values(identifier, level=level, with_patient=patients is not None, **options)
     plan = [(f"{k.tag:08X}", k.vr, k.column, _CONSTANTS.get(k.keyword)) for k in keys]
     results = []
     for row in rows:
+        if patients is not None:
+            patients.append(row[-1])
         item: dict[str, Any] = {}
         for tag, vr, column, constant in plan:
             value = row[column] if column is not None else constant

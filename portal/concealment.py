@@ -15,11 +15,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Exists, Max, OuterRef, Value
+from django.db.models import Count, Exists, Max, OuterRef
 from django.utils import timezone
 
 from archive import access
-from archive.models import Patient
+from archive.models import Patient, Report
 
 from .availability import delegator_ids, emergency_access_minutes, emergency_access_until
 from .models import CitizenAccount, Concealment, EmergencyAccess
@@ -52,8 +52,13 @@ def emergency_access_live(*, user: Any, patient: Patient, now: dt.datetime | Non
 class PortalPolicy:
     """The portal's rows as ``archive.access`` asks for them."""
 
-    def concealed_exists(self, study_ref: str) -> Exists:
-        return Exists(Concealment.objects.filter(study_id=OuterRef(study_ref), revealed_at__isnull=True))
+    def concealed_exists(self, study_ref: str, *, author_id: int | None = None) -> Exists:
+        concealed = Concealment.objects.filter(study_id=OuterRef(study_ref), revealed_at__isnull=True)
+        if author_id is not None:
+            concealed = concealed.exclude(
+                Exists(Report.objects.filter(study_id=OuterRef("study_id"), author_id=author_id))
+            )
+        return Exists(concealed)
 
     def concealed_ids(self, study_ids: Iterable[int]) -> set[int]:
         ids = list(study_ids)
@@ -72,6 +77,9 @@ class PortalPolicy:
             )
         )
 
+    def citizen_exists(self, user_ref: str) -> Exists:
+        return Exists(CitizenAccount.objects.filter(user_id=OuterRef(user_ref)))
+
     def citizen_patient_ids(self, user: Any) -> set[int] | None:
         cf = CitizenAccount.objects.filter(user_id=user.pk).values_list("codice_fiscale", flat=True).first()
         if cf is None:
@@ -86,34 +94,6 @@ class PortalPolicy:
         ``revealed_at``; concealing again adds a row)."""
         state = Concealment.objects.aggregate(last=Max("pk"), rows=Count("pk"), revealed=Count("revealed_at"))
         return f"{state['last'] or 0}:{state['rows']}:{state['revealed']}"
-
-    def staff_exceptions(self, user: Any) -> tuple[set[int], set[int]]:
-        """:meth:`emergency_patient_ids` and :meth:`authored_concealed_ids` in one round trip
-        (every staff request builds its principal: one query instead of two)."""
-        now = timezone.now()
-        since = now - dt.timedelta(minutes=emergency_access_minutes())
-        emergency = (
-            EmergencyAccess.objects.filter(user_id=user.pk, at__gt=since, at__lte=now)
-            .order_by()
-            .values_list(Value("p"), "patient_id")
-        )
-        authored = (
-            Concealment.objects.filter(study_id__in=access.studies_authored(user), revealed_at__isnull=True)
-            .order_by()
-            .values_list(Value("s"), "study_id")
-        )
-        patients: set[int] = set()
-        studies: set[int] = set()
-        for kind, pk in emergency.union(authored, all=True):
-            (patients if kind == "p" else studies).add(pk)
-        return patients, studies
-
-    def authored_concealed_ids(self, user: Any) -> set[int]:
-        return set(
-            Concealment.objects.filter(
-                study_id__in=access.studies_authored(user), revealed_at__isnull=True
-            ).values_list("study_id", flat=True)
-        )
 
 
 policy = PortalPolicy()

@@ -61,6 +61,7 @@ class QidoResult:
     items: list[dict[str, Any]]
     truncated: bool
     level: str
+    patients: list[int]  # the patient of each item, in order (for the audit event)
 
 
 def _keyword_of(name: str) -> str:
@@ -175,6 +176,7 @@ def qido_search(
                 identifier.add_new(tag, dictionary_VR(tag), matching.get(keyword))
             except Exception as exc:
                 raise DicomwebError(400, f"{keyword}: {exc}") from None
+    patients: list[int] = []
     try:
         found = query_json(
             identifier,
@@ -184,6 +186,7 @@ def qido_search(
             offset=offset,
             facility=scope.facility,
             principal=scope.principal,
+            patients=patients,
         )
     except QueryError as exc:
         raise DicomwebError(400, str(exc)) from None
@@ -194,22 +197,7 @@ def qido_search(
         if url:
             data["00081190"] = {"vr": "UR", "Value": [url]}
         items.append(dict(sorted(data.items())))
-    return QidoResult(items=items, truncated=truncated, level=level)
-
-
-def qido_patients(scope: Scope, items: list[dict[str, Any]], *, study_uid: str | None = None) -> list[int]:
-    """The patients of a search's results, in result order, for the audit event.
-
-    Each result names its study (StudyInstanceUID, or the URL's for a search
-    under a study); the patients are looked up among the studies of ``scope``,
-    which are the only ones a search can return.
-    """
-    uids = [str((item.get("0020000D", {}).get("Value") or [study_uid or ""])[0]) for item in items]
-    wanted = {u for u in uids if u}
-    if not wanted:
-        return []
-    owner = dict(scope.studies().filter(study_instance_uid__in=wanted).values_list("study_instance_uid", "patient_id"))
-    return [owner[u] for u in uids if u in owner]
+    return QidoResult(items=items, truncated=truncated, level=level, patients=patients[:wanted])
 
 
 def _qido_retrieve_url(scope: Scope, data: dict[str, Any], level: str) -> str:

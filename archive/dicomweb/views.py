@@ -39,7 +39,7 @@ from ..models import AuditEvent, Facility, Study
 from ..web import client_ip
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
-from .qido import qido_patients, qido_search
+from .qido import qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_url, instances_select, study_get
 from .stow import stow
@@ -432,7 +432,7 @@ def qido_handle(
     scope = view.scope(facility)
     result = qido_search(scope, request.query_params, level=level, study_uid=study, series_uid=series)
     note.detail["matches"] = len(result.items)
-    note.patients = qido_patients(scope, result.items, study_uid=study)
+    note.patients = result.patients
     if study is not None and result.items:
         note.study = study_get(scope, study)
     response = HttpResponse(dumps(result.items), content_type=DICOM_JSON)
