@@ -49,12 +49,14 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
-from . import access, storage
+from archive.dicomnet.forms import RemoteNodeForm
+from archive.storage import tiers as storage
+
+from . import access
 from .audit import audit_record
 from .codice_fiscale import normalize_codice_fiscale
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
-from .forms_nodes import RemoteNodeForm
 from .models import (
     AuditEvent,
     Copy,
@@ -1457,5 +1459,5 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     admin.site.unregister(_user_model)
     admin.site.register(_user_model, UserAdmin)
 
-# The storage pages (archive.admin_storage) and the API tokens' page (archive.admin_tokens)
+# The storage pages (archive.storage.admin) and the API tokens' page (archive.admin_tokens)
 # register themselves; ArchiveConfig.ready imports them, after this module.

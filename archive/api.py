@@ -33,7 +33,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import access, reports
+from archive.reporting import services as reports
+
+from . import access
 from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
 from .audit import audit_record
 from .models import AuditEvent, Facility, Report, Study
@@ -324,7 +326,7 @@ class TokenView(APIView):
 # is not offered here: it
 # re-authenticates the radiologist interactively (password and second factor)
 # on the report page. A signed version never changes: PATCH and DELETE answer
-# 409 and change nothing. The services in archive.reports decide everything and
+# 409 and change nothing. The services in archive.reporting.services decide everything and
 # audit what they do; these views audit the reads and what they refuse.
 
 REPORT_TAGS = ["Referti"]

@@ -46,7 +46,8 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from . import storage
+from archive.storage import tiers as storage
+
 from .audit import audit_record
 from .dicom import is_valid_uid
 from .ingest import CONFLICT, DUPLICATE, STORED, IngestError, IngestResult, instance_ingest
@@ -501,7 +502,7 @@ def _media_file(root: Path, parts: list[str]) -> Path | None:
 
 
 class _ZipMemberStream(io.RawIOBase):
-    """A zip member for :func:`archive.storage.copy_to_incoming`, its errors as OSError.
+    """A zip member for :func:`archive.storage.tiers.copy_to_incoming`, its errors as OSError.
 
     ``copy_to_incoming`` removes its temporary file only on OSError; a bad
     CRC (raised by zipfile on the last read) would otherwise leave it behind.

@@ -132,7 +132,7 @@ ROLES = {
     "Responsabili della conservazione": [*_VIEW_ARCHIVE, "archive.view_auditevent", "archive.view_instanceconflict"],
 }
 # Where the demo's radiologists work: each opens only the studies of their health
-# authority (archive.reports.studies_accessible), so both sides of the rule show.
+# authority (archive.reporting.services.studies_accessible), so both sides of the rule show.
 STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
 # (username, first name, last name, group or None for the superuser, role shown)
 ACCOUNTS = [
@@ -267,7 +267,7 @@ def demo_accounts_load() -> dict[str, str]:
             )
     _save_credentials(creds)
     # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
-    from . import signing
+    from archive.reporting import signing
 
     signing.demo_pki_create(users=list(User.objects.filter(groups__name="Radiologi").order_by("username")))
     return creds

@@ -11,7 +11,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from . import peers
+from archive.dicomnet import peers
+
 from .codice_fiscale import validate_codice_fiscale
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash

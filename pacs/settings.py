@@ -92,7 +92,7 @@ def env_umask(name: str, default: str) -> int:
 # because some files are created where no mode can be passed: the SQLite
 # database and its -wal/-shm files, the file cache, kombu's folder broker,
 # Celery beat's schedule, what openssl writes for the demo PKI. The code that
-# writes patient data sets 0600/0700 explicitly as well (archive.storage), so
+# writes patient data sets 0600/0700 explicitly as well (archive.storage.tiers), so
 # that a process embedding the archive with a looser umask does not widen them.
 # PACS_UMASK=027 lets a group (a backup agent) read; other users never.
 PACS_UMASK = env_umask("PACS_UMASK", "077")
@@ -495,7 +495,7 @@ STORAGES["preservation"] = _archive_storage("preservation")
 
 # --- Lifecycle ----------------------------------------------------------------
 # The long-term archive: one regional ("region") or one per health authority
-# ("authority"). Changing it starts a background migration (archive.lifecycle).
+# ("authority"). Changing it starts a background migration (archive.storage.lifecycle).
 PACS_LONG_TERM_SCOPE = env_str("PACS_LONG_TERM_SCOPE", "region")
 if PACS_LONG_TERM_SCOPE not in ("region", "authority"):
     raise ImproperlyConfigured("PACS_LONG_TERM_SCOPE must be 'region' or 'authority'")
@@ -662,7 +662,7 @@ PACS_PUBLIC_URL = env_str("PACS_PUBLIC_URL", "").rstrip("/")
 PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")
 
 # --- rendering ------------------------------------------------------------------
-# Images are decoded in worker processes (archive/render_isolated.py), so that a
+# Images are decoded in worker processes (archive/rendering/isolated.py), so that a
 # decoder that crashes, hangs or allocates without end costs one render, not the
 # web worker, the listener or the Celery worker. Seconds a render may take; the
 # address space each worker may use, in bytes; workers per process at most.

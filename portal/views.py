@@ -37,10 +37,14 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from archive import access, previews, rendering, reports, retrieve
+from archive import access
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import AuditEvent, Instance, Patient, Report, Series
+from archive.rendering import pipeline as rendering
+from archive.rendering import previews
+from archive.reporting import services as reports
+from archive.storage import retrieve
 from archive.web import client_ip, content_disposition
 from booking import services as booking_services
 from booking.models import Booking

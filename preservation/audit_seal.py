@@ -31,7 +31,8 @@ from typing import Any
 
 from django.db import connection
 
-from archive import audit, signing
+from archive import audit
+from archive.reporting import signing
 
 from . import timestamp
 from .journal import journal_record, journal_verify

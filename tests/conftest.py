@@ -165,7 +165,7 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
 @pytest.fixture
 def listener(transactional_db: None, region: Region) -> Iterator[int]:
     """An in-process listener serving every facility; yields its port."""
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     server = start_listener(host="127.0.0.1", port=0)
     try:

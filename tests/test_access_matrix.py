@@ -47,9 +47,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from archive import reports
 from archive.audit import audit_record
 from archive.models import Copy, Instance, Patient, Report, Series, StaffProfile, StorageAlert, Study
+from archive.reporting import services as reports
 from booking.models import Booking
 from portal import availability, links
 from portal.accounts import citizen_account_create

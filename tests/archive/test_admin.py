@@ -16,12 +16,12 @@ from django.test import Client
 from django.urls import NoReverseMatch, reverse
 from pydicom import dcmread
 
-from archive import storage
 from archive.audit import audit_record
 from archive.dicom_header import dataset_rows, format_value, read_header
 from archive.ingest import CONFLICT, instance_ingest
 from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Study
 from archive.sample_data import MR, PatientInfo, write_study
+from archive.storage import tiers as storage
 
 CF = "RSSMRA85T10A562S"
 

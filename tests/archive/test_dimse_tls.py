@@ -39,7 +39,7 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def tls_listener(transactional_db: None, region: Region, settings, pki: Pki) -> Iterator[TlsListener]:  # type: ignore[no-untyped-def]
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     for name, value in pki.settings().items():
         setattr(settings, name, value)

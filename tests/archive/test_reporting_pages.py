@@ -12,9 +12,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from archive import reports
 from archive.ingest import instance_ingest
 from archive.models import AuditEvent, Report, Study
+from archive.reporting import services as reports
 from archive.sample_data import PatientInfo, write_study
 from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.conftest import Region

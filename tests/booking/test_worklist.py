@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from archive.dimse import worklist_source_register
+from archive.dicomnet.listener import worklist_source_register
 from archive.models import AuditEvent, Patient
 from booking import services
 from booking.models import Booking

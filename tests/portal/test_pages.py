@@ -12,8 +12,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
-from archive import reports
 from archive.models import AuditEvent, Instance, Patient
+from archive.reporting import services as reports
 from booking.models import Booking, DistributionChoice
 from portal import availability, links
 from portal.accounts import citizen_account_create

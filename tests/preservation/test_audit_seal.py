@@ -17,9 +17,10 @@ from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from archive import audit, signing
+from archive import audit
 from archive.audit import audit_chains_forget, audit_record, audit_verify
 from archive.models import AuditEvent
+from archive.reporting import signing
 from pacs.celery import app as celery_app
 from preservation import audit_seal, journal, tasks, timestamp
 from preservation.models import JournalEntry

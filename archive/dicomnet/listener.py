@@ -72,13 +72,16 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import access, dul, peers, storage
-from .audit import audit_record
-from .dicom import ACCEPTED_TRANSFER_SYNTAXES
-from .ingest import CONFLICT, IngestError, instance_ingest
-from .models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
-from .query import QueryError, query_run, retrieve_instances
-from .retrieve import instance_file, instances_with_copies
+from archive import access
+from archive.audit import audit_record
+from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
+from archive.dicomnet import peers
+from archive.dicomnet import transport as dul
+from archive.ingest import CONFLICT, IngestError, instance_ingest
+from archive.models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
+from archive.query import QueryError, query_run, retrieve_instances
+from archive.storage import tiers as storage
+from archive.storage.retrieve import instance_file, instances_with_copies
 
 _pynetdicom_service_class_for = _pynetdicom_association.uid_to_service_class
 

@@ -31,9 +31,11 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
-from . import rendering, retrieve, storage
-from .models import Instance, Rendition
-from .render_isolated import render_with
+from archive.models import Instance, Rendition
+from archive.rendering import pipeline as rendering
+from archive.rendering.isolated import render_with
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 logger = logging.getLogger(__name__)
 

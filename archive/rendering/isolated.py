@@ -70,7 +70,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from . import rendering
+from archive.rendering import pipeline as rendering
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ _BOOT = (
     "from multiprocessing.connection import Connection\n"
     "inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)\n"
     "sys.path[:] = inbox.recv()\n"
-    "from archive.render_isolated import _serve\n"
+    "from archive.rendering.isolated import _serve\n"
     "_serve(inbox, outbox)\n"
 )
 

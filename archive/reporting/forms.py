@@ -9,7 +9,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from .models import Facility, Report, Study
+from archive.models import Facility, Report, Study
 
 logger = logging.getLogger(__name__)
 
