@@ -51,14 +51,15 @@ from pydicom.uid import UID
 
 from archive.dicomnet.forms import RemoteNodeForm
 from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.codice_fiscale import normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import client_ip
 
 from . import access
-from .audit import audit_record
-from .codice_fiscale import normalize_codice_fiscale
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
 from .models import (
-    AuditEvent,
     Copy,
     Facility,
     HealthAuthority,
@@ -72,7 +73,6 @@ from .models import (
     StaffProfile,
     Study,
 )
-from .web import client_ip
 
 logger = logging.getLogger(__name__)
 

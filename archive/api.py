@@ -34,12 +34,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from archive.reporting import services as reports
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+from kernel.web import HasModelPerms, content_disposition
 
 from . import access
 from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
-from .audit import audit_record
-from .models import AuditEvent, Facility, Report, Study
-from .web import HasModelPerms, content_disposition
+from .models import Facility, Report, Study
 
 
 def _absolute(request: Request | None, path: str) -> str:

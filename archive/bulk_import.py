@@ -47,11 +47,12 @@ from pydicom.uid import (
 )
 
 from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
-from .audit import audit_record
 from .dicom import is_valid_uid
 from .ingest import CONFLICT, DUPLICATE, STORED, IngestError, IngestResult, instance_ingest
-from .models import AuditEvent, Facility, Study
+from .models import Facility, Study
 
 logger = logging.getLogger(__name__)
 

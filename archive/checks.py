@@ -11,8 +11,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from archive.dicomnet.peers import is_loopback, tls_server_context
-
-from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
+from kernel.audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
 
 
 def _writable_dir(path: Path) -> bool:

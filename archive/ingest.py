@@ -30,8 +30,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from archive.storage import tiers as storage
+from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 
-from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from .dicom import DicomRejected, Header, read_part10
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from .signals import study_instances_received

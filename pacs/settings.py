@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "csp",
     "axes",
     "mozilla_django_oidc",
+    "kernel",  # the audit log, codice fiscale, web helpers: imports none of the apps below
     "archive",
     "booking",
     "portal",
@@ -319,7 +320,7 @@ PACS_LOGIN_ADDRESS_EXEMPT = env_list("PACS_LOGIN_ADDRESS_EXEMPT")
 # X-Forwarded-For. Without it, behind a proxy every client has the proxy's
 # address, and the address tier would lock everyone out at once.
 PACS_TRUSTED_PROXIES = env_list("PACS_TRUSTED_PROXIES")
-AXES_CLIENT_IP_CALLABLE = "archive.web.client_ip"
+AXES_CLIENT_IP_CALLABLE = "kernel.web.client_ip"
 
 # The citizen's login through the region's identity provider (SPID/CIE over
 # OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are

@@ -23,7 +23,7 @@ from django.utils.translation import ngettext
 from archive import access
 from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
 from archive.storage.admin import AlertAdminMixin
-from archive.web import download_filename
+from kernel.web import download_filename
 
 from . import export, retention
 from .models import (

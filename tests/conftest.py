@@ -232,7 +232,7 @@ def _audit_flush_allowed() -> Iterator[None]:
     process's chains start again with the emptied database."""
     from django.db.backends.base.operations import BaseDatabaseOperations
 
-    from archive.audit import audit_chains_forget
+    from kernel.audit import audit_chains_forget
     from tests.audit_helpers import audit_guards_lifted
 
     original = BaseDatabaseOperations.execute_sql_flush

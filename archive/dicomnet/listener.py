@@ -73,15 +73,16 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from archive import access
-from archive.audit import audit_record
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
 from archive.dicomnet import peers
 from archive.dicomnet import transport as dul
 from archive.ingest import CONFLICT, IngestError, instance_ingest
-from archive.models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
+from archive.models import Facility, Instance, Patient, RemoteNode, Study
 from archive.query import QueryError, query_run, retrieve_instances
 from archive.storage import tiers as storage
 from archive.storage.retrieve import instance_file, instances_with_copies
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 _pynetdicom_service_class_for = _pynetdicom_association.uid_to_service_class
 

@@ -36,9 +36,10 @@ from django.utils.translation import gettext as _
 
 from archive import access, signals
 from archive.access import staff_profile
-from archive.audit import audit_record
-from archive.models import AuditEvent, Report, Study
+from archive.models import Report, Study
 from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a

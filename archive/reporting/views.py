@@ -43,13 +43,14 @@ from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
-from archive.audit import audit_record
-from archive.models import AuditEvent, Facility, Instance, Patient, Report, Series, Study
+from archive.models import Facility, Instance, Patient, Report, Series, Study
 from archive.rendering import pipeline as rendering
 from archive.reporting import services as reports
 from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
 from archive.storage import retrieve
-from archive.web import client_ip, content_disposition, perms_required
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+from kernel.web import client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from archive.models import AuditEvent, Instance, Study
+from archive.models import Instance, Study
 from archive.sample_data import COMPRESSED, CT, MR, PatientInfo, fresh_copy, write_study
 from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import wait_until
 from tests.dicom_client import echo, send_files
 

@@ -17,7 +17,8 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from archive.models import AuditEvent, Instance, RemoteNode
+from archive.models import Instance, RemoteNode
+from kernel.models import AuditEvent
 from tests.conftest import Region, wait_until
 from tests.dicom_client import echo
 from tests.tls_helpers import Credential, Pki, make_pki

@@ -18,10 +18,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from archive.models import AuditEvent, Report
+from archive.models import Report
 from archive.reporting import signing
 from archive.reporting.pdf import report_pdf
 from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import REPO, assert_private
 from tests.reporting_helpers import Reporting, reporting  # noqa: F401
 from tests.reporting_helpers import signed_report as report_signed_for_real

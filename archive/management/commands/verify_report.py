@@ -15,9 +15,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from archive.audit import audit_record
-from archive.models import AuditEvent, Report
+from archive.models import Report
 from archive.reporting import signing
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 AUDIT_SYSTEM = "verify_report"
 
