@@ -376,7 +376,7 @@ def audit_record(
     patients : iterable of patient ids
         Every patient a search returned (deduplicated, the first
         ``PACS_AUDIT_MAX_PATIENTS`` kept in ``detail["patients"]`` and in
-        :class:`~archive.models.AuditEventPatient`, the total counted), so that
+        :class:`~kernel.models.AuditEventPatient`, the total counted), so that
         each of them finds the search in their access log.
 
     Raises

@@ -8,11 +8,11 @@ Around them sit guards pynetdicom 3.0.4 does not provide:
   at association time (so a node added in the admin works at once): a node
   only from its registered addresses, on the TLS port only with its own
   client certificate, and a node that has a certificate only on the TLS port
-  (:func:`decide_association`, ``archive/peers.py``);
+  (:func:`decide_association`, ``archive/dicomnet/peers.py``);
 * what a node queries and retrieves is limited by the access policy to its
   scope, never a concealed study (``Peer.principal``); an unknown AE let in
   by ``PACS_DICOM_ACCEPT_UNKNOWN_AE`` may echo and store, nothing else;
-* the transport (``archive/dul.py``) admits a connection only once it has
+* the transport (``archive/dicomnet/transport.py``) admits a connection only once it has
   sent its A-ASSOCIATE-RQ within ``PACS_DICOM_REQUEST_TIMEOUT`` (TLS
   handshake included), caps the connections of each peer address, cuts a
   peer that declares a PDU longer than ``PACS_DICOM_PDU_READ_LIMIT`` before
@@ -431,7 +431,7 @@ class PacsRequestHandler(RequestHandler):
 
 
 class PacsServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the gate of ``archive/dul.py`` in front:
+    """pynetdicom's threaded server with the gate of ``archive/dicomnet/transport.py`` in front:
     each connection's thread first waits (``PACS_DICOM_REQUEST_TIMEOUT``) for
     the TLS handshake and the A-ASSOCIATE-RQ, and only then becomes an
     association. ``slots`` caps the connections of each peer address; the

@@ -1,4 +1,4 @@
-"""The radiologist's pages' forms: they read and shape input; the rules are archive.reports'."""
+"""The radiologist's pages' forms: they read and shape input; the rules are archive.reporting.services'."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """The radiologist's pages: the work list, the study page (images, prior
 studies, the report editor), signing, the signed versions and their files.
 
-The views only translate: form input into :mod:`archive.reports` calls,
+The views only translate: form input into :mod:`archive.reporting.services` calls,
 ``ReportError`` and ``ReportConflict`` into messages on the page, and every
 page that shows a patient's data or a report into an ``AuditEvent``.
 
 What the user sees is the access policy's (:mod:`archive.access`): the work
 list, its facility and modality choices, the priors and the patient's studies
 are :func:`archive.access.studies_visible` for the request's principal, and
-opening a study is :func:`archive.reports.study_access_check`'s answer. A
+opening a study is :func:`archive.reporting.services.study_access_check`'s answer. A
 study the patient concealed (*oscuramento*) does not exist for a professional
 without a live emergency access (DPCM 178/2015, art. 8): no row, no label, no
 count, and its pages answer 404 like a study that is not in the archive. The
