@@ -49,14 +49,17 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
-from . import access, storage
-from .audit import audit_record
-from .codice_fiscale import normalize_codice_fiscale
+from archive.dicomnet.forms import RemoteNodeForm
+from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.codice_fiscale import normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import client_ip
+
+from . import access
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
-from .forms_nodes import RemoteNodeForm
 from .models import (
-    AuditEvent,
     Copy,
     Facility,
     HealthAuthority,
@@ -70,7 +73,6 @@ from .models import (
     StaffProfile,
     Study,
 )
-from .web import client_ip
 
 logger = logging.getLogger(__name__)
 
@@ -1457,5 +1459,5 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     admin.site.unregister(_user_model)
     admin.site.register(_user_model, UserAdmin)
 
-# The storage pages (archive.admin_storage) and the API tokens' page (archive.admin_tokens)
+# The storage pages (archive.storage.admin) and the API tokens' page (archive.admin_tokens)
 # register themselves; ArchiveConfig.ready imports them, after this module.

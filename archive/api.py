@@ -33,11 +33,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import access, reports
+from archive.reporting import services as reports
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+from kernel.web import HasModelPerms, content_disposition
+
+from . import access
 from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
-from .audit import audit_record
-from .models import AuditEvent, Facility, Report, Study
-from .web import HasModelPerms, content_disposition
+from .models import Facility, Report, Study
 
 
 def _absolute(request: Request | None, path: str) -> str:
@@ -324,7 +327,7 @@ class TokenView(APIView):
 # is not offered here: it
 # re-authenticates the radiologist interactively (password and second factor)
 # on the report page. A signed version never changes: PATCH and DELETE answer
-# 409 and change nothing. The services in archive.reports decide everything and
+# 409 and change nothing. The services in archive.reporting.services decide everything and
 # audit what they do; these views audit the reads and what they refuse.
 
 REPORT_TAGS = ["Referti"]

@@ -8,9 +8,11 @@ class ArchiveConfig(AppConfig):
     verbose_name = "Archivio immagini"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        # The admin's pages beyond archive.admin: they import it, it imports neither.
-        from . import admin_storage, admin_tokens  # noqa: F401
+        # The system checks register themselves on import; so do the admin's pages
+        # beyond archive.admin (they import it, it imports neither).
+        from archive import admin_tokens, checks  # noqa: F401
+        from archive.storage import admin as storage_admin  # noqa: F401
+
         from .signals import study_instances_received
         from .tasks import study_renditions_enqueue
 

@@ -46,11 +46,13 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from . import storage
-from .audit import audit_record
+from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+
 from .dicom import is_valid_uid
 from .ingest import CONFLICT, DUPLICATE, STORED, IngestError, IngestResult, instance_ingest
-from .models import AuditEvent, Facility, Study
+from .models import Facility, Study
 
 logger = logging.getLogger(__name__)
 
@@ -501,7 +503,7 @@ def _media_file(root: Path, parts: list[str]) -> Path | None:
 
 
 class _ZipMemberStream(io.RawIOBase):
-    """A zip member for :func:`archive.storage.copy_to_incoming`, its errors as OSError.
+    """A zip member for :func:`archive.storage.tiers.copy_to_incoming`, its errors as OSError.
 
     ``copy_to_incoming`` removes its temporary file only on OSError; a bad
     CRC (raised by zipfile on the last read) would otherwise leave it behind.

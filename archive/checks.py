@@ -10,8 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
-from .audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
-from .peers import is_loopback, tls_server_context
+from archive.dicomnet.peers import is_loopback, tls_server_context
+from kernel.audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
 
 
 def _writable_dir(path: Path) -> bool:
@@ -71,7 +71,7 @@ def _private_folders() -> list[tuple[str, Path]]:
 @register()
 def check_private_folders(app_configs: Any, **kwargs: Any) -> list[Any]:
     """Folders of patient data that others can enter: made by an older version, or by hand.
-    What the archive creates itself is 0700 (archive.storage, the umask in settings)."""
+    What the archive creates itself is 0700 (archive.storage.tiers, the umask in settings)."""
     warnings = []
     for name, path in _private_folders():
         try:

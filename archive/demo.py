@@ -27,8 +27,9 @@ from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from pydicom.uid import generate_uid
 
+from kernel.audit import audit_record
+
 from . import sample_data
-from .audit import audit_record
 from .ingest import IngestError, instance_ingest
 from .models import Facility, HealthAuthority, Instance, RemoteNode, StaffProfile
 
@@ -89,7 +90,7 @@ ROLES = {
         "archive.change_remotenode",
         "archive.view_instanceconflict",
         "archive.change_instanceconflict",
-        "archive.view_auditevent",
+        "kernel.view_auditevent",
         "archive.change_patient",
         "archive.add_instance",  # STOW-RS
         # Studies that arrived without a matching booking: link, re-assign, reject.
@@ -129,10 +130,10 @@ ROLES = {
         "booking.view_procedure",
         "booking.view_station",
     ],
-    "Responsabili della conservazione": [*_VIEW_ARCHIVE, "archive.view_auditevent", "archive.view_instanceconflict"],
+    "Responsabili della conservazione": [*_VIEW_ARCHIVE, "kernel.view_auditevent", "archive.view_instanceconflict"],
 }
 # Where the demo's radiologists work: each opens only the studies of their health
-# authority (archive.reports.studies_accessible), so both sides of the rule show.
+# authority (archive.reporting.services.studies_accessible), so both sides of the rule show.
 STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
 # (username, first name, last name, group or None for the superuser, role shown)
 ACCOUNTS = [
@@ -267,7 +268,7 @@ def demo_accounts_load() -> dict[str, str]:
             )
     _save_credentials(creds)
     # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
-    from . import signing
+    from archive.reporting import signing
 
     signing.demo_pki_create(users=list(User.objects.filter(groups__name="Radiologi").order_by("username")))
     return creds

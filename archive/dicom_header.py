@@ -67,7 +67,7 @@ def read_header(fh: BinaryIO, *, max_rows: int | None = None) -> Header:
 
     Read with :func:`archive.dicom.read_dataset` (no pixel data, large values
     deferred) from an open file, so that the caller decides where the bytes
-    come from (``archive.storage.open_copy``).
+    come from (``archive.storage.tiers.open_copy``).
     Deferred values are never loaded except sequences, so the file must stay
     open while this runs; it does not need to afterwards.
 

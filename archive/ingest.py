@@ -29,8 +29,9 @@ from django.db import IntegrityError, OperationalError, close_old_connections, c
 from django.db.models import F
 from django.utils import timezone
 
-from . import storage
-from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
+from archive.storage import tiers as storage
+from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
+
 from .dicom import DicomRejected, Header, read_part10
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from .signals import study_instances_received

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import transaction
 
-from .audit import audit_record
+from kernel.audit import audit_record
+
 from .models import Patient, PatientIdentifier, Study
 
 if TYPE_CHECKING:

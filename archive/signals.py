@@ -9,7 +9,7 @@
     ``booking.tasks.study_match_enqueue`` (tie the study to its CUP booking).
 
 The Modality Worklist is the other hook the archive offers the apps above it:
-``archive.dimse.worklist_source_register`` (the booking app registers the
+``archive.dicomnet.listener.worklist_source_register`` (the booking app registers the
 function that answers worklist C-FIND from its bookings).
 """
 

@@ -8,7 +8,11 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
-from . import ingest, lifecycle, previews, storage
+from archive.rendering import previews
+from archive.storage import lifecycle
+from archive.storage import tiers as storage
+
+from . import ingest
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
 from archive.api_tokens import ApiTokenAuthentication
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Patient
-from archive.web import HasModelPerms
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.web import HasModelPerms
 
 from . import services
 from .models import Booking, BookingStatusChange, ConsentText, DistributionChoice, Procedure, Station

@@ -12,7 +12,7 @@ class BookingConfig(AppConfig):
         # The archive answers Modality Worklist queries and announces new
         # studies without importing this app (DESIGN.md: dependencies point
         # down); the hooks are connected here.
-        from archive.dimse import worklist_source_register
+        from archive.dicomnet.listener import worklist_source_register
         from archive.signals import report_signed, study_instances_received
 
         from .tasks import report_signed_booking, study_match_enqueue

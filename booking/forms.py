@@ -12,8 +12,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Facility
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 
 from .models import Booking, DistributionChoice, Procedure, Station
 

@@ -43,10 +43,11 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from archive.audit import audit_record
-from archive.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
-from archive.models import AuditEvent, Patient, Study
+from archive.models import Patient, Study
 from archive.patients import patient_dicom_name, study_patient_assign
+from kernel.audit import audit_record
+from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
+from kernel.models import AuditEvent
 
 from .models import Booking, Reconciliation
 from .services import BookingError, _audit_detail, booking_status_set

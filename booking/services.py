@@ -26,9 +26,9 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from pydicom.uid import generate_uid
 
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Facility, Patient
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 
 from .models import (
     AccessionSequence,

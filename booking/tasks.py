@@ -13,8 +13,9 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from archive import lifecycle, storage
 from archive.models import Report
+from archive.storage import lifecycle
+from archive.storage import tiers as storage
 
 from . import matching
 from .models import Booking

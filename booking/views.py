@@ -31,9 +31,9 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
-from archive.audit import audit_record
 from archive.models import Facility, Patient
-from archive.web import client_ip, content_disposition, perms_required
+from kernel.audit import audit_record
+from kernel.web import client_ip, content_disposition, perms_required
 
 from . import services
 from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm

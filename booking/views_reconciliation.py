@@ -29,14 +29,17 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
-from archive import access, retrieve, storage
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from archive import access
 from archive.dicom import parse_da
 from archive.dicom_header import Header, read_header
-from archive.models import AuditEvent, Instance, Patient, Study
+from archive.models import Instance, Patient, Study
 from archive.patients import patient_dicom_name
-from archive.web import client_ip, perms_required
+from archive.storage import retrieve
+from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import client_ip, perms_required
 
 from . import matching
 from .models import Booking, Reconciliation

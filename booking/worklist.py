@@ -1,6 +1,6 @@
 """Modality Worklist (PS3.4 K): the CUP's bookings, as the modalities ask for them.
 
-The listener (``archive.dimse``) calls :func:`worklist_find` for each
+The listener (``archive.dicomnet.listener``) calls :func:`worklist_find` for each
 Modality Worklist C-FIND; ``booking/apps.py`` registers it. Matching follows
 PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 ``archive.query`` applies to the archive's own queries:

@@ -92,7 +92,7 @@ def env_umask(name: str, default: str) -> int:
 # because some files are created where no mode can be passed: the SQLite
 # database and its -wal/-shm files, the file cache, kombu's folder broker,
 # Celery beat's schedule, what openssl writes for the demo PKI. The code that
-# writes patient data sets 0600/0700 explicitly as well (archive.storage), so
+# writes patient data sets 0600/0700 explicitly as well (archive.storage.tiers), so
 # that a process embedding the archive with a looser umask does not widen them.
 # PACS_UMASK=027 lets a group (a backup agent) read; other users never.
 PACS_UMASK = env_umask("PACS_UMASK", "077")
@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "csp",
     "axes",
     "mozilla_django_oidc",
+    "kernel",  # the audit log, codice fiscale, web helpers: imports none of the apps below
     "archive",
     "booking",
     "portal",
@@ -319,7 +320,7 @@ PACS_LOGIN_ADDRESS_EXEMPT = env_list("PACS_LOGIN_ADDRESS_EXEMPT")
 # X-Forwarded-For. Without it, behind a proxy every client has the proxy's
 # address, and the address tier would lock everyone out at once.
 PACS_TRUSTED_PROXIES = env_list("PACS_TRUSTED_PROXIES")
-AXES_CLIENT_IP_CALLABLE = "archive.web.client_ip"
+AXES_CLIENT_IP_CALLABLE = "kernel.web.client_ip"
 
 # The citizen's login through the region's identity provider (SPID/CIE over
 # OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are
@@ -495,7 +496,7 @@ STORAGES["preservation"] = _archive_storage("preservation")
 
 # --- Lifecycle ----------------------------------------------------------------
 # The long-term archive: one regional ("region") or one per health authority
-# ("authority"). Changing it starts a background migration (archive.lifecycle).
+# ("authority"). Changing it starts a background migration (archive.storage.lifecycle).
 PACS_LONG_TERM_SCOPE = env_str("PACS_LONG_TERM_SCOPE", "region")
 if PACS_LONG_TERM_SCOPE not in ("region", "authority"):
     raise ImproperlyConfigured("PACS_LONG_TERM_SCOPE must be 'region' or 'authority'")
@@ -662,7 +663,7 @@ PACS_PUBLIC_URL = env_str("PACS_PUBLIC_URL", "").rstrip("/")
 PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")
 
 # --- rendering ------------------------------------------------------------------
-# Images are decoded in worker processes (archive/render_isolated.py), so that a
+# Images are decoded in worker processes (archive/rendering/isolated.py), so that a
 # decoder that crashes, hangs or allocates without end costs one render, not the
 # web worker, the listener or the Celery worker. Seconds a render may take; the
 # address space each worker may use, in bytes; workers per process at most.

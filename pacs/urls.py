@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from archive.admin_storage import storage_dashboard
+from archive.storage.admin import storage_dashboard
 from archive.urls import api_urlpatterns, dicomweb_urlpatterns
 from booking.api import urlpatterns as booking_api_urlpatterns
 
@@ -17,7 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("cup/", include("booking.urls")),
     path("fse/", include("portal.urls")),
-    path("refertazione/", include("archive.views_reporting")),
+    path("refertazione/", include("archive.reporting.views")),
     path("dicomweb/", include(dicomweb_urlpatterns)),
     path("api/", include(api_urlpatterns)),
     path("api/cup/", include(booking_api_urlpatterns)),

@@ -1,11 +1,11 @@
 """«Chi ha visto i miei dati»: the audit log of a citizen's data, in words.
 
-Every :class:`~archive.models.AuditEvent` about the citizen (and the people
+Every :class:`~kernel.models.AuditEvent` about the citizen (and the people
 they act for) is shown: who (a professional, a DICOM device, a background
 process, the citizen or their delegate), when, from where, what, and with
 what outcome; and every search whose answer included them (C-FIND, QIDO-RS,
 the API's and the admin's lists record the patients they returned:
-:class:`~archive.models.AuditEventPatient`). The audit log is the only
+:class:`~kernel.models.AuditEventPatient`). The audit log is the only
 source: nothing is hidden from it.
 
 Emergency accesses (*accesso in emergenza*: a professional opening the
@@ -24,7 +24,8 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import AuditEvent, AuditEventPatient, Patient, StaffProfile
+from archive.models import Patient, StaffProfile
+from kernel.models import AuditEvent, AuditEventPatient
 
 from .availability import emergency_access_until
 from .models import EmergencyAccess

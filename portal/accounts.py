@@ -9,8 +9,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils.translation import gettext as _
 
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Patient
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 
 from .models import CitizenAccount
 

@@ -34,10 +34,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
-from archive.models import AuditEvent
-from archive.web import address_in, client_ip
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import address_in, client_ip
 
 from .accounts import citizen_account_create
 from .models import CitizenAccount

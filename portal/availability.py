@@ -55,10 +55,10 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 
-from archive.audit import audit_record
 from archive.models import Patient, Report, Study
 from booking import services as booking_services
 from booking.models import Booking, DistributionChoice
+from kernel.audit import audit_record
 
 from .models import (
     EMERGENCY_REASON_MIN_LENGTH,

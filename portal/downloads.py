@@ -25,8 +25,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from archive import access, storage
+from archive import access
 from archive.models import Instance, Study
+from archive.storage import tiers as storage
 from booking.models import Booking
 
 from . import packages

@@ -23,7 +23,7 @@ object's from its header. They are laid out and linked here
 (:func:`dicomdir_encode`) rather than through :class:`pydicom.fileset.FileSet`,
 whose ``add`` re-reads every instance already added (quadratic in the study's
 size) and whose ``write`` would re-encode the instances and name them itself.
-The instances themselves are copied from :func:`archive.retrieve.instance_open`
+The instances themselves are copied from :func:`archive.storage.retrieve.instance_open`
 into the zip, and each copy's SHA-256 is checked against
 :attr:`archive.models.Instance.sha256`. Memory holds the records and one
 chunk, whatever the study's size.
@@ -53,9 +53,12 @@ from typing import IO, TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from archive import previews, rendering, retrieve, storage
 from archive.models import Instance, Rendition, Series
-from archive.render_isolated import render_with
+from archive.rendering import pipeline as rendering
+from archive.rendering import previews
+from archive.rendering.isolated import render_with
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 if TYPE_CHECKING:
     from archive.models import Study

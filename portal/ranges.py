@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.http import http_date, parse_http_date_safe
 
-from archive.web import content_disposition
+from kernel.web import content_disposition
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ comes from the access policy's citizen principal
 whose delegation in force she holds), on top of the portal's publication
 rules; what a delegate may do besides seeing and downloading (oscuramento,
 consent) from :func:`portal.availability.citizen_rights`. Every page a
-citizen opens and every download writes an :class:`~archive.models.AuditEvent`
+citizen opens and every download writes an :class:`~kernel.models.AuditEvent`
 naming the user and, for a delegate, the person they acted for. An exam that
 is not the citizen's (or of someone they act for) answers 404, audited as
 denied, so that a guessed number reveals nothing.
@@ -37,13 +37,18 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from archive import access, previews, rendering, reports, retrieve
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
-from archive.models import AuditEvent, Instance, Patient, Report, Series
-from archive.web import client_ip, content_disposition
+from archive import access
+from archive.models import Instance, Patient, Report, Series
+from archive.rendering import pipeline as rendering
+from archive.rendering import previews
+from archive.reporting import services as reports
+from archive.storage import retrieve
 from booking import services as booking_services
 from booking.models import Booking
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import client_ip, content_disposition
 
 from . import availability, downloads, links
 from .access_log import access_log_rows, emergency_access_rows

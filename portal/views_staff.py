@@ -33,10 +33,11 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
-from archive.audit import audit_record
-from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
-from archive.models import AuditEvent, Patient
-from archive.web import client_ip, perms_required
+from archive.models import Patient
+from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.models import AuditEvent
+from kernel.web import client_ip, perms_required
 
 from .availability import (
     EMERGENCY_PERMISSION,

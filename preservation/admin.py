@@ -22,8 +22,8 @@ from django.utils.translation import ngettext
 
 from archive import access
 from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
-from archive.admin_storage import AlertAdminMixin
-from archive.web import download_filename
+from archive.storage.admin import AlertAdminMixin
+from kernel.web import download_filename
 
 from . import export, retention
 from .models import (

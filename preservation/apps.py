@@ -25,7 +25,7 @@ class PreservationConfig(AppConfig):
 
         # The seals of the audit chains are kept in the giornale; the archive's
         # verifier reads them back through this (it does not import preservation).
-        from archive.audit import seal_source_register
+        from kernel.audit import seal_source_register
 
         from .audit_seal import audit_seals_read
 

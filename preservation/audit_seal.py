@@ -1,7 +1,7 @@
 """Seals of the audit log: the head of every audit chain, in the giornale, time-stamped.
 
 Every ``PACS_AUDIT_SEAL_SECONDS`` (Celery beat, :func:`audit_seal`) the heads
-of the audit chains (``archive.audit.audit_chain_heads``: each chain's last
+of the audit chains (``kernel.audit.audit_chain_heads``: each chain's last
 ``seq`` and HMAC) are written into a seal document, time-stamped by the
 project's RFC 3161 authority (``preservation.timestamp``) and recorded in the
 giornale (event ``seal``). A seal names the digest of the seal before it, so
@@ -9,7 +9,7 @@ removing one from the middle shows; its time stamp, bound to its date, cannot
 be made again later for an earlier date. Whoever holds the database, even
 with the audit key, therefore cannot rewrite or cut what a seal covers:
 ``manage.py verify_audit_chain`` checks every seal against the chains
-(:func:`audit_seals_read`, registered with ``archive.audit`` at start-up).
+(:func:`audit_seals_read`, registered with ``kernel.audit`` at start-up).
 
 A seal covers every chain the first time, then the chains with an event since
 ``LOOKBACK`` before the previous seal (an event committed late, by a
@@ -31,7 +31,8 @@ from typing import Any
 
 from django.db import connection
 
-from archive import audit, signing
+from archive.reporting import signing
+from kernel import audit
 
 from . import timestamp
 from .journal import journal_record, journal_verify
@@ -126,7 +127,7 @@ def _ca_pem() -> bytes:
 
 def audit_seals_read() -> audit.SealSet:
     """Every seal in the giornale, each checked on its own (digest, order, time stamp),
-    with what it claims of the chains for ``archive.audit.audit_verify`` to compare."""
+    with what it claims of the chains for ``kernel.audit.audit_verify`` to compare."""
     result = audit.SealSet()
     ca_pem = _ca_pem()
     digests: set[str] = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 
-from archive import signing
+from archive.reporting import signing
 
 from . import retention, timestamp
 

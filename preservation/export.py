@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives import hashes
 from django.conf import settings
 from django.utils import timezone
 
-from archive import signing, storage
 from archive.models import Patient, Study
+from archive.reporting import signing
+from archive.storage import tiers as storage
 
 from . import signer, sincro, timestamp, vault
 from .journal import journal_record

@@ -40,7 +40,8 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from archive import signing, storage
+from archive.reporting import signing
+from archive.storage import tiers as storage
 
 from . import guard, signer, sincro, timestamp, vault
 from .journal import journal_record

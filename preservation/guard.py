@@ -29,7 +29,7 @@ from typing import Any
 
 from django.db import connection as default_connection
 
-from archive.audit import triggers_missing
+from kernel.audit import triggers_missing
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from archive.audit import GENESIS_HASH, ChainReport, chain_verify
+from kernel.audit import GENESIS_HASH, ChainReport, chain_verify
 
 from .models import JournalEntry
 

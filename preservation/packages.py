@@ -29,8 +29,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from archive import reports, retrieve, storage
 from archive.models import Instance, Report, Study
+from archive.reporting import services as reports
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 from . import metadata, retention, vault
 from .journal import journal_record

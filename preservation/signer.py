@@ -5,7 +5,7 @@ signature -- is accepted only from a certificate that holds the
 preservation-officer role (responsabile della conservazione): one of the
 certificate policies or extended key usages of
 ``PACS_PRESERVATION_SIGNER_POLICIES`` (the OID the CA issues for the role;
-the demo CA's :data:`archive.signing.PRESERVATION_OFFICER_POLICY`) and, when
+the demo CA's :data:`archive.reporting.signing.PRESERVATION_OFFICER_POLICY`) and, when
 ``PACS_PRESERVATION_SIGNER_SUBJECTS`` lists any, a subject with one of those
 attributes. Any other certificate of the same CA -- a radiologist's -- signs
 reports, never preservation evidence: a DIP re-signed with it does not verify.
@@ -13,7 +13,7 @@ reports, never preservation evidence: a DIP re-signed with it does not verify.
 The rule is checked three times: before signing (:func:`officer_sign` refuses
 a key whose certificate lacks the role), by ``verify_package``, and by the
 fixity audit. Report signatures keep their own rule (a radiologist with
-``archive.sign_report``, :mod:`archive.reports`).
+``archive.sign_report``, :mod:`archive.reporting.services`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from archive import signing
+from archive.reporting import signing
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def officer_verify(
     policies: list[str] | None = None,
     subjects: list[str] | None = None,
 ) -> OfficerSignature:
-    """Verify a preservation signature: the CAdES check of :mod:`archive.signing`, then the signer's role.
+    """Verify a preservation signature: the CAdES check of :mod:`archive.reporting.signing`, then the signer's role.
 
     Never raises for a bad signature; the answer names the signer and the
     role their certificate holds, whichever check failed.

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-from archive import storage
+from archive.storage import tiers as storage
 
 from .models import Discard, DiscardItem
 

@@ -22,7 +22,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from archive import signing, storage
+from archive.reporting import signing
+from archive.storage import tiers as storage
 
 from . import signer, sincro, timestamp, vault
 from .journal import journal_record

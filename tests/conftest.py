@@ -165,7 +165,7 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
 @pytest.fixture
 def listener(transactional_db: None, region: Region) -> Iterator[int]:
     """An in-process listener serving every facility; yields its port."""
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     server = start_listener(host="127.0.0.1", port=0)
     try:
@@ -232,7 +232,7 @@ def _audit_flush_allowed() -> Iterator[None]:
     process's chains start again with the emptied database."""
     from django.db.backends.base.operations import BaseDatabaseOperations
 
-    from archive.audit import audit_chains_forget
+    from kernel.audit import audit_chains_forget
     from tests.audit_helpers import audit_guards_lifted
 
     original = BaseDatabaseOperations.execute_sql_flush

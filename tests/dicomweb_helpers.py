@@ -12,9 +12,9 @@ from django.contrib.auth.models import Permission
 from knox.models import AuthToken
 from pydicom import dcmread
 
-from archive import storage
 from archive.ingest import instance_ingest
 from archive.models import Facility
+from archive.storage import tiers as storage
 
 
 @dataclass

@@ -12,9 +12,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from archive import reports, signing
 from archive.ingest import instance_ingest
 from archive.models import HealthAuthority, Report, StaffProfile, Study
+from archive.reporting import services as reports
+from archive.reporting import signing
 from archive.sample_data import PatientInfo, write_study
 from tests.conftest import Region
 

@@ -47,10 +47,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from archive import reports
-from archive.audit import audit_record
 from archive.models import Copy, Instance, Patient, Report, Series, StaffProfile, StorageAlert, Study
+from archive.reporting import services as reports
 from booking.models import Booking
+from kernel.audit import audit_record
 from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.models import Delegation, DownloadPackage
@@ -467,7 +467,7 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.Instance": ("series__study__", lambda w, t: t.instance),
     "archive.Copy": ("instance__series__study__", lambda w, t: Copy.objects.filter(instance=t.instance).first()),
     "archive.InstanceConflict": ("study__", None),
-    "archive.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
+    "kernel.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
     "archive.Report": ("study__", lambda w, t: t.report),
     "archive.StorageAlert": ("instance__series__study__", lambda w, t: StorageAlert.objects.get(instance=t.instance)),
     "archive.CopyFailure": ("instance__series__study__", None),
@@ -489,7 +489,7 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
 
 
 def _event(t: Target) -> Any:
-    from archive.models import AuditEvent
+    from kernel.models import AuditEvent
 
     return AuditEvent.objects.filter(action="test.matrix", study=t.study).get()
 

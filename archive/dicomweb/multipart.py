@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .. import storage
+from archive.storage import tiers as storage
+
 from .media import MULTIPART
 
 _CHUNK = 1024 * 1024

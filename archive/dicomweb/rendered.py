@@ -1,6 +1,6 @@
-"""Rendered resources and thumbnails: image/jpeg or image/png through :mod:`archive.rendering`,
-run in a worker process by :mod:`archive.render_isolated`, or the preview or thumbnail stored
-after ingestion (:mod:`archive.previews`) when the request's parameters produced it.
+"""Rendered resources and thumbnails: image/jpeg or image/png through :mod:`archive.rendering.pipeline`,
+run in a worker process by :mod:`archive.rendering.isolated`, or the preview or thumbnail stored
+after ingestion (:mod:`archive.rendering.previews`) when the request's parameters produced it.
 
 Rendered study/series: multipart/related with the first frame of each
 renderable instance; rendered instance: its first frame.
@@ -12,11 +12,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .. import rendering
+from archive.rendering import pipeline as rendering
+from archive.rendering.pipeline import RenderParams
+from archive.rendering.previews import stored_or_rendered
+from archive.storage.retrieve import NotAvailable
+
 from ..models import Instance
-from ..previews import stored_or_rendered
-from ..rendering import RenderParams
-from ..retrieve import NotAvailable
 from .media import DicomwebError, MediaRange, _type_matches
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
 from .scope import Scope, instance_url

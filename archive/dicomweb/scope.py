@@ -1,6 +1,6 @@
 """What a request may see: a service root (:class:`Scope`), UID checks, the instances a URL names.
 
-Files are opened through :func:`archive.retrieve.instance_open` (the nearest
+Files are opened through :func:`archive.storage.retrieve.instance_open` (the nearest
 verified copy); one that cannot be read now is a 503.
 """
 
@@ -14,10 +14,11 @@ from typing import BinaryIO
 
 from django.db.models import QuerySet
 
+from archive.storage.retrieve import NotAvailable, instance_open, instances_with_copies
+
 from .. import access
 from ..dicom import is_valid_uid
 from ..models import Facility, Instance, Series, Study
-from ..retrieve import NotAvailable, instance_open, instances_with_copies
 from .media import DicomwebError
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from django.conf import settings
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .. import storage
+from archive.storage import tiers as storage
+
 from ..ingest import CONFLICT, DUPLICATE, IngestError, IngestResult, instance_ingest
 from ..models import Facility, Instance
 from .media import DICOM, MULTIPART, DicomwebError, parse_media_type

@@ -32,11 +32,13 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+from kernel.web import client_ip
+
 from .. import access
 from ..api_tokens import ApiTokenAuthentication
-from ..audit import audit_record
-from ..models import AuditEvent, Facility, Study
-from ..web import client_ip
+from ..models import Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
 from .qido import qido_search
@@ -91,7 +93,7 @@ class AuditNote:
     study_instance_uid: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     outcome: str = AuditEvent.Outcome.SUCCESS
-    # A search's: the patients it returned (archive.audit bounds them).
+    # A search's: the patients it returned (kernel.audit bounds them).
     patients: list[int] | None = None
 
 

@@ -42,7 +42,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from .. import rendering
+from archive.rendering import pipeline as rendering
+
 from ..models import Instance
 from .media import DICOM, DICOM_JSON, OCTET_STREAM, DicomwebError, MediaRange, multipart_acceptable
 from .multipart import Part, Streamed, _swap, file_chunks, multipart_content_type, multipart_stream, new_boundary

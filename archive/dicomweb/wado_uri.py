@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import rendering
+from archive.rendering import pipeline as rendering
+from kernel.web import content_disposition
+
 from ..models import Instance
-from ..web import content_disposition
 from .media import DICOM, DicomwebError, MediaRange, _type_matches, parse_accept
 from .multipart import Streamed, file_chunks
 from .rendered import RenderParams, render_params

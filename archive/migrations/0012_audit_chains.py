@@ -1,7 +1,7 @@
 """Keyed, per-writer audit chains; the patients a search returned; the database refuses changes.
 
 Rows already written keep ``chain=""``: the unkeyed SHA-256 chain in id order,
-verified as before (``archive.audit``). No row is rewritten.
+verified as before (``kernel.audit``). No row is rewritten.
 
 The database guards (triggers), after this migration:
 

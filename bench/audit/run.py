@@ -6,7 +6,7 @@ events, each in a transaction of its own that stays open ``--hold-ms`` after
 the event (a request whose work goes on after the audit row: the old global
 lock was held until that commit). Two designs:
 
-* ``chains``: ``archive.audit.audit_record`` as it is (a chain per writer, no lock);
+* ``chains``: ``kernel.audit.audit_record`` as it is (a chain per writer, no lock);
 * ``global-lock``: the same behind one PostgreSQL advisory lock taken in the
   transaction, as every audited request did before (the ceiling this removes).
 
@@ -62,7 +62,7 @@ def worker(events: int, hold_ms: float, design: str) -> None:
     django.setup()
     from django.db import connection, transaction
 
-    from archive.audit import audit_record
+    from kernel.audit import audit_record
 
     def one(i: int) -> None:
         with transaction.atomic():
@@ -202,7 +202,7 @@ def main() -> None:
         import django
 
         django.setup()
-        from archive.audit import audit_verify
+        from kernel.audit import audit_verify
 
         report = audit_verify()
         print(f"verification: {report.events} events in {report.chains} chains, {len(report.problems)} problems")

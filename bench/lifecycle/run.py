@@ -8,7 +8,7 @@ installation (SQLite in a temporary folder), then, best of ``--repeat`` interlea
 
 * filesystem floor: ``shutil.copyfile`` of each facility file into a fresh
   folder tree (no fsync, no hash), and the same with an fsync per file;
-* filesystem migration: ``archive.lifecycle.migrate_batch`` (copy, fsync,
+* filesystem migration: ``archive.storage.lifecycle.migrate_batch`` (copy, fsync,
   link, read back, SHA-256, record the verified copy in the database);
 * S3 floor: one ``upload_file`` per facility file to a moto server started
   here on 127.0.0.1 (``python -m moto.server``);
@@ -61,7 +61,7 @@ def setup(instances: int, frames: int) -> tuple[list[Path], int]:
     from archive.ingest import instance_ingest
     from archive.models import Copy, Facility, HealthAuthority
     from archive.sample_data import CT, PatientInfo, bundled_dataset, fresh_copy
-    from archive.storage import absolute_path
+    from archive.storage.tiers import absolute_path
 
     authority = HealthAuthority.objects.create(code="ASUGI", name="ASUGI")
     facility = Facility.objects.create(
@@ -111,8 +111,8 @@ def floor_fs(files: list[Path], dest: Path, *, fsync: bool) -> float:
 
 
 def migrate_once() -> float:
-    from archive import lifecycle
     from archive.models import Copy
+    from archive.storage import lifecycle
 
     Copy.objects.filter(tier__startswith="longterm:").delete()
     lt = Path(os.environ["PACS_VAR_DIR"]) / "tiers" / "longterm"
@@ -173,7 +173,7 @@ def migrate_s3_once(endpoint: str, bucket: str) -> float:
 
 
 def migrate_once_in_place() -> float:
-    from archive import lifecycle
+    from archive.storage import lifecycle
 
     start = time.perf_counter()
     result = lifecycle.migrate_batch(limit=10**9)

@@ -219,8 +219,8 @@ def citizen_ensure() -> tuple[Any, str]:
 
 
 def study_files(study: Any) -> tuple[list[Path], int]:
-    from archive import storage
     from archive.models import Copy
+    from archive.storage import tiers as storage
 
     rows = list(
         Copy.objects.filter(instance__series__study=study, verified_at__isnull=False)

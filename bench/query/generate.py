@@ -367,9 +367,9 @@ def _instance_values(s: SeriesRow, i: int) -> tuple[str, str, int, dt.datetime]:
 def generate(*, studies: int, seed: int) -> None:
     from django.db import connection, transaction
 
-    from archive import storage
     from archive.demo import demo_region_load
     from archive.models import Copy, Facility, Instance, Patient, PatientIdentifier, Series, Study
+    from archive.storage import tiers as storage
     from portal.models import Concealment
 
     if Study.objects.exists():

@@ -425,8 +425,9 @@ def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, in
     import numpy as np
     from pydicom.uid import generate_uid
 
-    from archive import sample_data, storage
+    from archive import sample_data
     from archive.models import Copy
+    from archive.storage import tiers as storage
 
     studies = []
     patient = sample_data.PatientInfo(patient_id=WADO_PATIENT_ID, name="BENCH^WADO")

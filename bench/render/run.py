@@ -1,4 +1,4 @@
-"""Rendering benchmark: archive.rendering against DCMTK dcmj2pnm and a naive pydicom + Pillow conversion.
+"""Rendering benchmark: archive.rendering.pipeline against DCMTK dcmj2pnm and a naive pydicom + Pillow conversion.
 
 Cases (each rendered as JPEG, quality 90, every frame):
 
@@ -9,7 +9,7 @@ Cases (each rendered as JPEG, quality 90, every frame):
 * each transfer syntax in ``archive.sample_data.COMPRESSED`` (the bundled files).
 
 For each: ms per image (and images/s) of ``render_frame`` in this process (header read, then
-each frame rendered from the file), of ``render_isolated`` when ``archive/render_isolated.py``
+each frame rendered from the file), of ``render_isolated`` when ``archive/rendering/isolated.py``
 exists, of the naive conversion (``pixel_array``, min/max scaled to 0..255, Pillow), and of
 ``dcmj2pnm +oj`` run once per file as its users run it (``+Wi 1`` when the file has a window,
 else ``+Wm``; ``+Fa`` for a multi-frame file); the best of ``--repeat``. Then the peak memory of
@@ -62,14 +62,14 @@ class Case:
 
 
 def has_isolated() -> bool:
-    """``archive/render_isolated.py`` is committed (another engineer's work in progress)."""
+    """``archive/rendering/isolated.py`` is committed (another engineer's work in progress)."""
     done = subprocess.run(
-        ["git", "log", "--oneline", "-1", "--", "archive/render_isolated.py"],
+        ["git", "log", "--oneline", "-1", "--", "archive/rendering/isolated.py"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    return bool(done.stdout.strip()) and importlib.util.find_spec("archive.render_isolated") is not None
+    return bool(done.stdout.strip()) and importlib.util.find_spec("archive.rendering.isolated") is not None
 
 
 # --- the synthetic files ---------------------------------------------------------------------
@@ -246,7 +246,7 @@ def render_ours(path: Path, frames: range | None = None) -> int:
     """Every frame (or those asked) through ``render_frame``, as the WADO-RS view calls it."""
     from pydicom import dcmread
 
-    from archive.rendering import JPEG, render_frame
+    from archive.rendering.pipeline import JPEG, render_frame
 
     with open(path, "rb") as fh:
         ds = dcmread(fh, stop_before_pixels=True)
@@ -269,8 +269,8 @@ def _django_setup() -> None:
 def render_isolated_all(path: Path) -> int:
     from pydicom import dcmread
 
-    from archive.render_isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
-    from archive.rendering import JPEG
+    from archive.rendering.isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
+    from archive.rendering.pipeline import JPEG
 
     ds = dcmread(path, stop_before_pixels=True)
     total = 0
@@ -434,8 +434,8 @@ def count_child(kind: str, paths: list[str]) -> None:
             if kind == "ours":
                 render_ours(path, range(1, 2))
             elif kind == "isolated":
-                from archive.render_isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
-                from archive.rendering import JPEG
+                from archive.rendering.isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
+                from archive.rendering.pipeline import JPEG
 
                 render_isolated(
                     path=path, frame=1, media_type=JPEG, quality=QUALITY, window=None, viewport=None, max_size=None

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from archive import retrieve, storage
 from archive.ingest import instance_ingest
 from archive.models import Copy, Facility, Instance
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 
 def ingest_files(paths: list[Path], facility: Facility, *, age_days: float = 0.0) -> list[Instance]:

@@ -14,8 +14,9 @@ from django.test import Client
 from pydicom.dataset import Dataset
 
 from archive.access import authority_restriction
-from archive.models import AuditEvent, Instance, InstanceConflict, StaffProfile, Study
+from archive.models import Instance, InstanceConflict, StaffProfile, Study
 from archive.sample_data import PatientInfo, write_study
+from kernel.models import AuditEvent
 from tests.access_helpers import BIANCHI_CF, Scene, emergency, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
 from tests.dicomweb_helpers import make_user, multipart_body, uids

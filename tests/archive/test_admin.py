@@ -16,12 +16,13 @@ from django.test import Client
 from django.urls import NoReverseMatch, reverse
 from pydicom import dcmread
 
-from archive import storage
-from archive.audit import audit_record
 from archive.dicom_header import dataset_rows, format_value, read_header
 from archive.ingest import CONFLICT, instance_ingest
-from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Study
+from archive.models import Copy, Instance, InstanceConflict, Study
 from archive.sample_data import MR, PatientInfo, write_study
+from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 CF = "RSSMRA85T10A562S"
 
@@ -81,7 +82,9 @@ def archive(region, tmp_path: Path) -> Archive:  # type: ignore[no-untyped-def]
 
 def _staff(username: str, *codenames: str) -> User:
     user = User.objects.create_user(username, password="x" * 12, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="archive", codename__in=codenames))
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label__in=("archive", "kernel"), codename__in=codenames)
+    )
     return user
 
 
@@ -106,8 +109,13 @@ def viewer_client(db: None) -> Client:
     return client
 
 
+# The audit log's rows are the kernel's models; the rest are the archive's.
+KERNEL_MODELS = {"auditevent"}
+
+
 def _url(model: str, view: str, *args: object) -> str:
-    return reverse(f"admin:archive_{model}_{view}", args=args)
+    app = "kernel" if model in KERNEL_MODELS else "archive"
+    return reverse(f"admin:{app}_{model}_{view}", args=args)
 
 
 def _header_url(instance: Instance) -> str:

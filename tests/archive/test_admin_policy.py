@@ -19,18 +19,9 @@ from django.test import Client
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from archive.audit import audit_record
-from archive.models import (
-    AuditEvent,
-    Copy,
-    Instance,
-    InstanceConflict,
-    Patient,
-    Report,
-    Series,
-    StorageAlert,
-    Study,
-)
+from archive.models import Copy, Instance, InstanceConflict, Patient, Report, Series, StorageAlert, Study
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 from portal.models import Concealment, Delegation, DownloadPackage, EmergencyAccess
 from tests.access_helpers import Scene, emergency, hide, reveal
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
@@ -52,7 +43,9 @@ def client_for(user: object, *extra: str) -> Client:
     return client
 
 
-def url(model: str, view: str, *args: object, app: str = "archive") -> str:
+def url(model: str, view: str, *args: object, app: str = "") -> str:
+    # The audit log's rows are the kernel's models; the rest, unless named, the archive's.
+    app = app or ("kernel" if model == "auditevent" else "archive")
     return reverse(f"admin:{app}_{model}_{view}", args=args)
 
 
@@ -329,7 +322,7 @@ def test_a_storage_alert_naming_a_hidden_studys_instance_is_not_there(scene: Sce
 
 def test_the_audit_log_never_tells_that_a_study_is_hidden(scene: Scene) -> None:
     colleague = scene.rep.colleague
-    viewer = client_for(scene.regional, "archive.view_auditevent")
+    viewer = client_for(scene.regional, "kernel.view_auditevent")
     # Before: someone opened the study; then the patient hid it, revealed it, and a refusal was recorded.
     opened = audit_record(action="study.view", user=colleague, study=scene.rossi)
     assert opened in rows(viewer.get(url("auditevent", "changelist")))
@@ -359,11 +352,11 @@ def test_the_audit_log_never_tells_that_a_study_is_hidden(scene: Scene) -> None:
 def test_the_audit_log_of_another_authoritys_patients_is_not_shown(scene: Scene) -> None:
     event = audit_record(action="study.view", user=scene.radiologist, study=scene.rossi)
     patient_only = audit_record(action="cup.patient.create", patient=scene.bianchi.patient)
-    viewer = client_for(scene.foreign, "archive.view_auditevent")
+    viewer = client_for(scene.foreign, "kernel.view_auditevent")
     listed = set(rows(viewer.get(url("auditevent", "changelist"))))
     assert not listed & {event, patient_only}
     assert event in set(
-        rows(client_for(scene.radiologist, "archive.view_auditevent").get(url("auditevent", "changelist")))
+        rows(client_for(scene.radiologist, "kernel.view_auditevent").get(url("auditevent", "changelist")))
     )
 
 

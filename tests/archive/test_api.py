@@ -14,7 +14,8 @@ from django.db import connection
 from django.utils import timezone
 from knox.models import AuthToken
 
-from archive.models import AuditEvent, Study
+from archive.models import Study
+from kernel.models import AuditEvent
 from tests.dicomweb_helpers import ingest_files, make_user
 
 

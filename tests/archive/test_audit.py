@@ -22,10 +22,11 @@ from django.core.management.base import SystemCheckError
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from archive import audit
-from archive.audit import GENESIS_HASH, audit_chains_forget, audit_record, audit_verify
 from archive.checks import check_audit_key, check_audit_key_deploy
-from archive.models import AuditEvent, AuditEventPatient, Patient
+from archive.models import Patient
+from kernel import audit
+from kernel.audit import GENESIS_HASH, audit_chains_forget, audit_record, audit_verify
+from kernel.models import AuditEvent, AuditEventPatient
 from preservation import audit_seal
 from tests.audit_helpers import audit_guards_lifted
 

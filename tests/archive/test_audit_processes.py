@@ -12,9 +12,9 @@ import sys
 import pytest
 from django.db import connection
 
-from archive.audit import audit_verify
-from archive.models import AuditEvent, AuditEventPatient
 from bench.audit.run import bench, table
+from kernel.audit import audit_verify
+from kernel.models import AuditEvent, AuditEventPatient
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_concurrent_processes_write_chains_that_all_verify_and_scale(process_env
 CRASH = """
 import os, signal
 from django.db import transaction
-from archive.audit import audit_record
+from kernel.audit import audit_record
 for i in range(3):
     audit_record(action="test.crash.committed", system="pytest")
 with transaction.atomic():
@@ -63,7 +63,7 @@ def test_a_crashed_process_leaves_a_chain_that_verifies_and_the_next_starts_anot
     crashed = subprocess.run(cmd, cwd=REPO, env=process_env, capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert not AuditEvent.objects.filter(action="test.crash.lost").exists()
-    after_crash = "from archive.audit import audit_record; audit_record(action='test.after', system='pytest')"
+    after_crash = "from kernel.audit import audit_record; audit_record(action='test.after', system='pytest')"
     again = subprocess.run(
         [*cmd[:-1], after_crash], cwd=REPO, env=process_env, capture_output=True, text=True, timeout=120
     )

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from archive.models import AuditEvent
+from kernel.models import AuditEvent
 from tests.conftest import REPO, database_url
 
 pytestmark = [
@@ -61,7 +61,7 @@ def test_the_application_role_writes_audit_events_and_cannot_change_them(
             "manage.py",
             "shell",
             "-c",
-            "from archive.audit import audit_record; audit_record(action='test.role', system='pytest', patients=[1])",
+            "from kernel.audit import audit_record; audit_record(action='test.role', system='pytest', patients=[1])",
         ],
         cwd=REPO,
         env=env,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from archive.codice_fiscale import codice_fiscale_error, is_valid_codice_fiscale, validate_codice_fiscale
 from archive.models import Patient
+from kernel.codice_fiscale import codice_fiscale_error, is_valid_codice_fiscale, validate_codice_fiscale
 
 
 @pytest.mark.parametrize(

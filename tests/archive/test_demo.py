@@ -66,8 +66,8 @@ def test_demo_info_prints_urls_dicom_port_ae_titles_and_logins(db: None, setting
 
 
 def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> None:
-    from archive import signing
     from archive.models import StaffProfile
+    from archive.reporting import signing
 
     call_command("load_demo", stdout=StringIO())
     call_command("load_demo", stdout=StringIO())  # the profiles and keys are kept, not duplicated

@@ -16,7 +16,6 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
-from archive import storage
 from archive.dicomweb.media import parse_accept
 from archive.dicomweb.stow import (
     FAILURE_CANNOT_UNDERSTAND,
@@ -26,8 +25,10 @@ from archive.dicomweb.stow import (
     multipart_spool,
 )
 from archive.dicomweb.views import StudiesView
-from archive.models import AuditEvent, Copy, Instance, InstanceConflict, Study
+from archive.models import Copy, Instance, InstanceConflict, Study
 from archive.sample_data import COMPRESSED, MR, SR, US_MULTIFRAME, PatientInfo, bundled_path, fresh_copy, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests import dicomweb_helpers as helpers
 from tests.dicomweb_helpers import incoming_files, ingest_files, multipart_body, parse_multipart, tier_files, uids
 

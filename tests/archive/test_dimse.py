@@ -7,9 +7,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from archive import storage
-from archive.models import AuditEvent, Instance, Study
+from archive.models import Instance, Study
 from archive.sample_data import COMPRESSED, CT, MR, PatientInfo, fresh_copy, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import wait_until
 from tests.dicom_client import echo, send_files
 
@@ -74,7 +75,7 @@ def test_node_without_store_right_is_refused(listener: int, ct_study: list[Path]
 
 
 def test_accept_unknown_ae_setting_opens_the_listener(transactional_db, region, settings, ct_study) -> None:  # type: ignore[no-untyped-def]
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
     server = start_listener(host="127.0.0.1", port=0)
@@ -168,7 +169,7 @@ def test_four_concurrent_associations(listener: int, tmp_path: Path) -> None:
 def test_data_sets_above_the_memory_limit_spill_to_disk_as_they_arrive(  # type: ignore[no-untyped-def]
     transactional_db, region, settings, ct_study
 ) -> None:
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     settings.PACS_DICOM_SPOOL_MEMORY = 4096  # a CT image is 39 KB
     server = start_listener(host="127.0.0.1", port=0)
@@ -237,7 +238,7 @@ def test_same_ae_title_from_another_address_is_refused_even_with_the_demo_flag( 
 ) -> None:
     """The demo flag lets unknown AE titles in; a registered one from elsewhere is
     someone using the node's name, not an unknown device."""
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
     server = start_listener(host="127.0.0.1", port=0)
@@ -286,7 +287,7 @@ def test_unknown_ae_with_the_demo_flag_may_echo_and_store_only(  # type: ignore[
         StudyRootQueryRetrieveInformationModelMove,
     )
 
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     settings.PACS_DICOM_ACCEPT_UNKNOWN_AE = True
     server = start_listener(host="127.0.0.1", port=0)

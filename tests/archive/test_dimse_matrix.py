@@ -47,7 +47,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from archive.dimse import build_ae, start_listener, stop_listener
+from archive.dicomnet.listener import build_ae, start_listener, stop_listener
 from archive.ingest import instance_ingest
 from archive.models import Facility, HealthAuthority, RemoteNode, Study
 from archive.query import ROOT_LEVELS

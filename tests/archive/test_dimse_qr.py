@@ -19,12 +19,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from archive import storage
 from archive.dicom import _body_offset
-from archive.dimse import _SpoolFile
+from archive.dicomnet.listener import _SpoolFile
 from archive.ingest import instance_ingest
-from archive.models import AuditEvent, Copy, Instance, Patient, RemoteNode, Study
+from archive.models import Copy, Instance, Patient, RemoteNode, Study
 from archive.sample_data import PatientInfo, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import free_port
 
 FIND = StudyRootQueryRetrieveInformationModelFind

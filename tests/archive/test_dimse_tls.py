@@ -17,7 +17,8 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from archive.models import AuditEvent, Instance, RemoteNode
+from archive.models import Instance, RemoteNode
+from kernel.models import AuditEvent
 from tests.conftest import Region, wait_until
 from tests.dicom_client import echo
 from tests.tls_helpers import Credential, Pki, make_pki
@@ -39,7 +40,7 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def tls_listener(transactional_db: None, region: Region, settings, pki: Pki) -> Iterator[TlsListener]:  # type: ignore[no-untyped-def]
-    from archive.dimse import start_listener, stop_listener
+    from archive.dicomnet.listener import start_listener, stop_listener
 
     for name, value in pki.settings().items():
         setattr(settings, name, value)

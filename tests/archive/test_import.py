@@ -18,10 +18,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
-from archive import bulk_import, storage
+from archive import bulk_import
 from archive.ingest import IngestError
-from archive.models import AuditEvent, Copy, Facility, Instance, InstanceConflict, Study
+from archive.models import Copy, Facility, Instance, InstanceConflict, Study
 from archive.sample_data import CT, MR, PatientInfo, bundled_path, fresh_copy, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import REPO, Region
 
 

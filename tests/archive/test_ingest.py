@@ -7,10 +7,10 @@ from django.db import OperationalError
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from archive import storage
 from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Copy, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from archive.sample_data import CT, PatientInfo, fresh_copy, write_study
+from archive.storage import tiers as storage
 from tests.conftest import assert_private
 
 

@@ -12,8 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from archive import lifecycle, storage
 from archive.models import Copy, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
+from archive.storage import lifecycle
+from archive.storage import tiers as storage
 from tests.conftest import Region
 
 from .lifecycle_helpers import copy_file, ingest_files, read_sha256, tiers_of
@@ -230,7 +231,8 @@ def test_scope_switch_copies_then_releases_with_progress(old_study, settings, re
 def test_a_read_from_the_long_term_tier_queues_a_recall_of_the_study(old_study, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from django.core.cache import cache
 
-    from archive import retrieve, tasks
+    from archive import tasks
+    from archive.storage import retrieve
 
     settings.PACS_EVICT_AFTER_DAYS = 5
     lifecycle.lifecycle_run()
@@ -256,8 +258,8 @@ def test_a_copy_released_while_it_is_being_sent_is_sent_whole(region: Region, ct
     """C-GET and C-MOVE send a copy by its file name; a scope migration released (unlinked)
     one between the choice and the send, and the sub-operation failed (0xB000 in the
     scope-switch test under load)."""
-    from archive import retrieve
     from archive.models import Instance
+    from archive.storage import retrieve
 
     ingest_files(ct_study[:1], region.facility)
     instance = Instance.objects.get()

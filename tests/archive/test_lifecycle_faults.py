@@ -24,10 +24,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from archive import lifecycle, retrieve
-from archive.dimse import _SpoolFile
+from archive.dicomnet.listener import _SpoolFile
 from archive.models import Copy, Instance, RemoteNode, ScopeMigration
 from archive.sample_data import PatientInfo, write_study
+from archive.storage import lifecycle, retrieve
 from tests.conftest import REPO, Region, wait_until
 from tests.dicom_client import send_files
 
@@ -43,7 +43,7 @@ def _c_get_study(port: int, study_uid: str) -> tuple[int, dict[str, bytes]]:
 
     def on_store(event):  # type: ignore[no-untyped-def]
         # After an in-process listener ran in this test session, pynetdicom receives into
-        # the archive's spool (archive.dimse._SpoolFile): a small data set stays in memory.
+        # the archive's spool (archive.dicomnet.listener._SpoolFile): a small data set stays in memory.
         # pynetdicom 3.0.4 answers None (not AttributeError) when it received in memory.
         path = getattr(event.request, "_dataset_path", None)
         if path is None:  # pynetdicom's defaults: the data set is decoded from memory

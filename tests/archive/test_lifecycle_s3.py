@@ -9,8 +9,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from archive import lifecycle, retrieve, storage
 from archive.models import Copy, StorageAlert
+from archive.storage import lifecycle, retrieve
+from archive.storage import tiers as storage
 from tests.conftest import Region, S3Server
 
 from .lifecycle_helpers import copy_file, ingest_files, read_sha256, tiers_of

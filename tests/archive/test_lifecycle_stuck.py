@@ -19,9 +19,9 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from archive import lifecycle
 from archive.models import Copy, CopyFailure, Instance, StorageAlert
 from archive.sample_data import PatientInfo, write_study
+from archive.storage import lifecycle
 from tests.conftest import Region
 from tests.dicomweb_helpers import make_user
 

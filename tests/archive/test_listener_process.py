@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from archive import storage
 from archive.dicom import read_part10
 from archive.models import Copy, Instance, RemoteNode, Study
 from archive.sample_data import PatientInfo, write_study
+from archive.storage import tiers as storage
 from tests.conftest import wait_until
 from tests.dicom_client import echo, send_files
 

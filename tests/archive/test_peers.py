@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
 
-from archive import peers
+from archive.dicomnet import peers
 from archive.models import RemoteNode
 from tests.conftest import Region
 

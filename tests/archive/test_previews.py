@@ -16,10 +16,21 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from archive import previews, render_isolated, rendering, retrieve, storage
 from archive.models import Instance, Rendition, Series
-from archive.previews import PREVIEW, THUMBNAIL, RenditionParams, params_key, rendition_get, series_renditions_make
+from archive.rendering import isolated as render_isolated
+from archive.rendering import pipeline as rendering
+from archive.rendering import previews
+from archive.rendering.previews import (
+    PREVIEW,
+    THUMBNAIL,
+    RenditionParams,
+    params_key,
+    rendition_get,
+    series_renditions_make,
+)
 from archive.sample_data import CT, SR, US_MULTIFRAME, PatientInfo, bundled_dataset, fresh_copy, write_study
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 from archive.tasks import series_renditions_make as series_renditions_task
 from tests import dicomweb_helpers as helpers
 from tests.conftest import wait_until
@@ -271,7 +282,7 @@ def test_derived_paths_are_built_from_checked_values_only() -> None:
 def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
     client, region, ct_study: list[Path], reader, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from archive import previews
+    from archive.rendering import previews
 
     ingest_files(ct_study[:3], region.facility)
     series_renditions_make(series_pk=_series_pks()[0])

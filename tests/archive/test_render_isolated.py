@@ -22,9 +22,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from archive import render_isolated as isolation
-from archive.render_isolated import render_isolated, run_isolated
-from archive.rendering import PNG, NoImage, Window
+from archive.rendering import isolated as isolation
+from archive.rendering.isolated import render_isolated, run_isolated
+from archive.rendering.pipeline import PNG, NoImage, Window
 from archive.sample_data import COMPRESSED, CT, MR, SR, bundled_path
 
 

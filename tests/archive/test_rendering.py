@@ -1,4 +1,4 @@
-"""archive.rendering: the pixel pipeline, checked on values, not only on "an image came out"."""
+"""archive.rendering.pipeline: the pixel pipeline, checked on values, not only on "an image came out"."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from archive.rendering import (
+from archive.rendering.pipeline import (
     JPEG,
     PNG,
     NoImage,
@@ -401,7 +401,7 @@ def test_a_bad_window_from_the_caller_is_a_value_error() -> None:
 
 
 def test_twelve_bit_jpeg_extended_is_decoded() -> None:
-    # pydicom declines 12-bit JPEG Extended with GDCM; archive.rendering asks GDCM itself.
+    # pydicom declines 12-bit JPEG Extended with GDCM; archive.rendering.pipeline asks GDCM itself.
     ds = dcmread(bundled_path(COMPRESSED["1.2.840.10008.1.2.4.51"]))
     out = render_array(ds=ds, window=Window(132.5, 266))
     assert out.shape == (ds.Rows, ds.Columns) and out.max() == 255
@@ -501,7 +501,7 @@ def test_a_frame_read_alone_renders_as_from_the_whole_file(name: str, frame: int
     the result is the frame pixel_array gives from the whole pixel data."""
     from pydicom.data import get_testdata_file
 
-    from archive import rendering
+    from archive.rendering import pipeline as rendering
 
     path = get_testdata_file(name)
     whole = dcmread(path)

@@ -13,7 +13,8 @@ from django.forms.models import model_to_dict
 from django.test import Client
 from django.urls import reverse
 
-from archive.models import AuditEvent, Report, StaffProfile
+from archive.models import Report, StaffProfile
+from kernel.models import AuditEvent
 from tests.reporting_helpers import Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 

@@ -12,8 +12,9 @@ from django.forms.models import model_to_dict
 from django.test import Client
 from knox.models import AuthToken
 
-from archive import reports
-from archive.models import AuditEvent, Report
+from archive.models import Report
+from archive.reporting import services as reports
+from kernel.models import AuditEvent
 from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_report, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)

@@ -8,8 +8,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
 
-from archive import reports
 from archive.models import Report
+from archive.reporting import services as reports
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 

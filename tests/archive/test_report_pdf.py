@@ -4,7 +4,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from archive.models import Report
-from archive.report_pdf import report_pdf
+from archive.reporting.pdf import report_pdf
 from tests.pdf_text import pdf_pages
 from tests.reporting_helpers import PATIENT_CF, Reporting, reporting  # noqa: F401
 

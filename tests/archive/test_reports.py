@@ -14,11 +14,13 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from pydicom import dcmread
 
-from archive import reports, storage
 from archive.access import StudyNotVisible
-from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
-from archive.reports import ReportConflict, ReportError
+from archive.models import Instance, Report, StaffProfile, Study
+from archive.reporting import services as reports
+from archive.reporting.services import ReportConflict, ReportError
 from archive.signals import report_signed
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 

@@ -18,9 +18,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from archive import signing, storage
-from archive.models import AuditEvent, Report
-from archive.report_pdf import report_pdf
+from archive.models import Report
+from archive.reporting import signing
+from archive.reporting.pdf import report_pdf
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import REPO, assert_private
 from tests.reporting_helpers import Reporting, reporting  # noqa: F401
 from tests.reporting_helpers import signed_report as report_signed_for_real
@@ -450,7 +452,7 @@ def test_signed_report_files_and_keys_are_the_service_accounts_only(
     """The report's PDF and signature were written 0644 in folders 0755."""
     settings.PACS_SIGNING_DIR = tmp_path / "pki"  # type: ignore[attr-defined]
     signing.demo_pki_create(users=[reporting.radiologist])
-    report = report_signed_for_real(reporting)  # archive.reports.report_sign
+    report = report_signed_for_real(reporting)  # archive.reporting.services.report_sign
 
     assert assert_private(tmp_path / "pki") == 4  # CA key and certificate, the radiologist's
     for relpath in (report.pdf_path, report.signature_path):

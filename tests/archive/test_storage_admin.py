@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from archive import lifecycle
 from archive.models import Copy, StorageAlert
+from archive.storage import lifecycle
 from tests.conftest import Region
 from tests.dicomweb_helpers import make_user
 

@@ -6,7 +6,7 @@ import email.message
 
 import pytest
 
-from archive.web import content_disposition, download_filename
+from kernel.web import content_disposition, download_filename
 
 # A sender's AccessionNumber that tries to add a second file name to the header
 # (SH, 16 characters: what the database column holds).
@@ -70,7 +70,7 @@ def _request(remote: str, forwarded: str | None = None):  # type: ignore[no-unty
 
 
 def test_client_ip_believes_x_forwarded_for_only_from_a_trusted_proxy(settings) -> None:  # type: ignore[no-untyped-def]
-    from archive.web import client_ip
+    from kernel.web import client_ip
 
     settings.PACS_TRUSTED_PROXIES = []
     assert client_ip(_request("192.0.2.1", "203.0.113.9")) == "192.0.2.1"

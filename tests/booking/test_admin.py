@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.models import AuditEvent
 from booking.models import Booking, Reconciliation
+from kernel.models import AuditEvent
 from portal.models import Concealment, EmergencyAccess
 from tests.booking.conftest import Cup, linked_booking
 from tests.reporting_helpers import Reporting

@@ -10,8 +10,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from archive.models import AuditEvent, Patient
+from archive.models import Patient
 from booking.models import Booking, DistributionChoice
+from kernel.models import AuditEvent
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 from tests.dicomweb_helpers import ApiUser, make_user
 

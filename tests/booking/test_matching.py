@@ -11,12 +11,13 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from archive.models import AuditEvent, Patient, PatientIdentifier, Study
+from archive.models import Patient, PatientIdentifier, Study
 from archive.sample_data import PatientInfo, write_study
 from booking import matching
 from booking.models import Booking, BookingStatusChange, Reconciliation
 from booking.services import BookingError, booking_cancel
 from booking.tasks import study_match_enqueue
+from kernel.models import AuditEvent
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 from tests.conftest import wait_until
 from tests.dicom_client import send_files

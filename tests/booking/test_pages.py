@@ -14,9 +14,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from archive.models import AuditEvent, Patient
+from archive.models import Patient
 from booking import services
 from booking.models import Booking, DistributionChoice
+from kernel.models import AuditEvent
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 from tests.dicomweb_helpers import make_user
 from tests.pdf_text import pdf_text

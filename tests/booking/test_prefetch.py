@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from archive import lifecycle
 from archive.models import Copy, Instance, Study
 from archive.sample_data import MR, PatientInfo, write_study
+from archive.storage import lifecycle
 from booking import services, tasks
 from booking.models import Booking
 from tests.archive.lifecycle_helpers import ingest_files, read_sha256, tiers_of

@@ -8,10 +8,11 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from archive.models import AuditEvent, Study
+from archive.models import Study
 from archive.sample_data import PatientInfo, write_study
 from booking import matching
 from booking.models import Booking, Reconciliation
+from kernel.models import AuditEvent
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 from tests.dicomweb_helpers import ingest_files, make_user
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.apps import apps
 
-from archive import reports
 from archive.models import Report, Study
+from archive.reporting import services as reports
 from archive.signals import report_signed
 from booking.models import Booking, BookingStatusChange, DistributionChoice
 from booking.services import BookingError, booking_status_set, distribution_choose

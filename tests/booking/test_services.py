@@ -14,10 +14,11 @@ from django.core.management import call_command
 from django.db import DatabaseError, close_old_connections, connections, transaction
 from django.utils import timezone
 
-from archive.models import AuditEvent, Patient
+from archive.models import Patient
 from booking import services
 from booking.models import AccessionSequence, Booking, BookingStatusChange, DistributionChoice, Procedure
 from booking.services import BookingError, SlotTaken
+from kernel.models import AuditEvent
 from tests.booking.conftest import MARIO_CF, Cup
 
 ONLINE, CD = DistributionChoice.Delivery.ONLINE, DistributionChoice.Delivery.CD
@@ -390,7 +391,7 @@ def test_the_demo_catalogue_loads_with_the_command(db: None, capsys: pytest.Capt
 
 
 def test_mario_fixture_code_is_valid() -> None:
-    from archive.codice_fiscale import codice_fiscale_error
+    from kernel.codice_fiscale import codice_fiscale_error
 
     assert codice_fiscale_error(MARIO_CF) is None
 

@@ -13,11 +13,12 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from archive.dimse import worklist_source_register
-from archive.models import AuditEvent, Patient
+from archive.dicomnet.listener import worklist_source_register
+from archive.models import Patient
 from booking import services
 from booking.models import Booking
 from booking.worklist import CODING_SCHEME_DESIGNATOR, worklist_find
+from kernel.models import AuditEvent
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
 
 MWL = ModalityWorklistInformationFind

@@ -16,8 +16,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 
-from archive import reports
 from archive.models import Instance
+from archive.reporting import services as reports
 from portal.availability import emergency_access_grant
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures

@@ -1,8 +1,8 @@
-"""archive.rendering against an independent reference: DCMTK's dcmj2pnm, rendered losslessly.
+"""archive.rendering.pipeline against an independent reference: DCMTK's dcmj2pnm, rendered losslessly.
 
 Grey-scale images are rendered by both with the same explicit window (``+Ww``)
 and compared as PNG, overlays off (dcmj2pnm burns overlay planes in by default;
-archive.rendering does not show them); colour images without window options. Where dcmj2pnm
+archive.rendering.pipeline does not show them); colour images without window options. Where dcmj2pnm
 cannot decode a file (JPEG 2000 and JPEG-LS in Debian's DCMTK 3.6.7), the
 reference is pydicom's decoded array put through the LINEAR window written out
 here, independently of the code under test. Agreement means a PSNR of at least
@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 
-from archive.rendering import Window, render_array, window_presets
+from archive.rendering.pipeline import Window, render_array, window_presets
 from archive.sample_data import COMPRESSED, bundled_path
 
 if shutil.which("dcmj2pnm") is None:  # `make test` installs DCMTK; never skip silently in CI

@@ -10,10 +10,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from archive import storage
 from archive.dicom import _body_offset
-from archive.models import AuditEvent, Instance, Study
+from archive.models import Instance, Study
 from archive.sample_data import COMPRESSED, PatientInfo, fresh_copy, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow

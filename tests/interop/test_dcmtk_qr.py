@@ -12,8 +12,9 @@ from pydicom import dcmread
 
 from archive.dicom import _body_offset
 from archive.ingest import instance_ingest
-from archive.models import AuditEvent, RemoteNode
+from archive.models import RemoteNode
 from archive.sample_data import COMPRESSED, PatientInfo, write_study
+from kernel.models import AuditEvent
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from archive.models import AuditEvent, Instance, RemoteNode
+from archive.models import Instance, RemoteNode
+from kernel.models import AuditEvent
 from tests.conftest import wait_until
 from tests.tls_helpers import Credential, make_pki
 

@@ -14,9 +14,10 @@ from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from archive.models import AuditEvent, Patient
+from archive.models import Patient
 from booking import services
 from booking.models import Booking, Station
+from kernel.models import AuditEvent
 from tests.booking.conftest import MARIO_CF, Cup
 from tests.booking.conftest import cup as cup  # noqa: F401  (the fixture, shared with tests/booking)
 

@@ -19,9 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 
-from archive import storage
-from archive.models import AuditEvent, Copy, Instance, Study
+from archive.models import Copy, Instance, Study
 from archive.sample_data import COMPRESSED, US_MULTIFRAME, PatientInfo, write_study
+from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests import dicomweb_helpers as helpers
 from tests.dicomweb_helpers import incoming_files, ingest_files, multipart_body, parse_multipart, tier_files, uids
 

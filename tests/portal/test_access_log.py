@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from archive.audit import audit_record
-from archive.models import AuditEvent, Patient
+from archive.models import Patient
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 from portal.access_log import access_log_events, access_log_rows
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup

@@ -14,10 +14,11 @@ from django.test import override_settings
 from django.utils import timezone
 
 from archive import access
-from archive.models import AuditEvent, Patient, Report
+from archive.models import Patient, Report
 from archive.signals import report_signed
 from booking.models import Booking, DistributionChoice
 from booking.services import booking_status_set
+from kernel.models import AuditEvent
 from portal import availability
 from portal.accounts import citizen_account_create
 from portal.availability import (

@@ -15,9 +15,11 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 
-from archive import previews, retrieve, storage
 from archive.models import Instance, Series, Study
+from archive.rendering import previews
 from archive.sample_data import SR, US_MULTIFRAME, PatientInfo, write_study
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 from portal import packages
 from portal.packages import PackageError, dicom_media_zip_write, jpeg_zip_write
 from tests.dicomweb_helpers import ingest_files

@@ -12,9 +12,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
-from archive import reports
-from archive.models import AuditEvent, Instance, Patient
+from archive.models import Instance, Patient
+from archive.reporting import services as reports
 from booking.models import Booking, DistributionChoice
+from kernel.models import AuditEvent
 from portal import availability, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims

@@ -26,7 +26,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from archive import access
-from archive.models import AuditEvent, Patient, Study
+from archive.models import Patient, Study
+from kernel.models import AuditEvent
 from portal import views_staff
 from portal.availability import PortalError, conceal, delegation_register, emergency_access_grant, reveal
 from portal.models import Delegation, EmergencyAccess
@@ -354,7 +355,7 @@ def test_only_clinicians_ask_for_an_emergency_access(cup: Cup, reporting: Report
     hidden(reporting)
     # An archivist and the preservation officer read studies; the CUP books. None is a clinician.
     archivist = make_user("archivista", "archive.view_study", "archive.view_patient", "archive.view_report").user
-    officer = make_user("conservatore", "archive.view_study", "archive.view_auditevent").user
+    officer = make_user("conservatore", "archive.view_study", "kernel.view_auditevent").user
     for user in (archivist, officer, cup.operator.user):
         client = client_for(user)
         assert client.get(EMERGENCY_URL).status_code == 403

@@ -12,8 +12,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
-from archive import signing
 from archive.models import Report
+from archive.reporting import signing
 from preservation import packages, timestamp, volumes
 from preservation.models import Package, Volume
 from tests.reporting_helpers import Reporting, reporting, signed_report  # noqa: F401  (fixture)
@@ -58,14 +58,14 @@ def preserved(signed: Preserved) -> Preserved:
 
 
 def tier_root() -> Path:
-    from archive import storage
+    from archive.storage import tiers as storage
 
     return storage.absolute_path("preservation:region", ".")
 
 
 def addendum_volume(preserved: Preserved) -> Volume:
     """An addendum to the preserved report, packaged and closed in a second volume (which follows the first)."""
-    from archive import reports
+    from archive.reporting import services as reports
     from tests.reporting_helpers import RADIOLOGIST_PASSWORD
 
     radiologist = preserved.rep.radiologist

@@ -17,9 +17,10 @@ from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from archive import audit, signing
-from archive.audit import audit_chains_forget, audit_record, audit_verify
-from archive.models import AuditEvent
+from archive.reporting import signing
+from kernel import audit
+from kernel.audit import audit_chains_forget, audit_record, audit_verify
+from kernel.models import AuditEvent
 from pacs.celery import app as celery_app
 from preservation import audit_seal, journal, tasks, timestamp
 from preservation.models import JournalEntry

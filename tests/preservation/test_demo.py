@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 
-from archive import demo, signing
+from archive import demo
+from archive.reporting import signing
 from preservation import demo as preservation_demo
 from preservation import timestamp
 

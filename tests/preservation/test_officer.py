@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from django.core.management import CommandError, call_command
 
-from archive import signing
+from archive.reporting import signing
 from preservation import export, packages, signer, timestamp, volumes
 from preservation.models import PackageFile, Volume
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from archive import storage
 from archive.models import Instance, Study
+from archive.storage import tiers as storage
 from preservation import journal, metadata, packages, sincro, tasks, volumes
 from preservation.models import JournalEntry, Package, PackageFile, Volume
 from tests.conftest import assert_private
@@ -77,7 +77,7 @@ def test_the_volume_index_lists_every_file_with_its_hash(preserved: Preserved) -
 
 
 def test_the_index_signature_and_time_stamp_verify_with_openssl(preserved: Preserved, tmp_path: Path) -> None:
-    from archive import signing
+    from archive.reporting import signing
     from preservation import timestamp
 
     volume = preserved.volume
@@ -109,8 +109,8 @@ def test_the_index_signature_and_time_stamp_verify_with_openssl(preserved: Prese
 
 
 def test_a_second_volume_follows_the_first(preserved: Preserved, tmp_path: Path) -> None:
-    from archive import reports
     from archive.models import Report
+    from archive.reporting import services as reports
     from tests.reporting_helpers import RADIOLOGIST_PASSWORD
 
     first = preserved.volume
@@ -231,7 +231,7 @@ def test_an_http_time_stamp_authority_when_one_is_configured(signed: Preserved, 
         server.shutdown()
     assert seen == ["application/timestamp-query"]
     assert volume is not None and volume.timestamp_time is not None
-    from archive import signing
+    from archive.reporting import signing
 
     check = timestamp.timestamp_verify(
         data=(tier_root() / volume.index_path).read_bytes(),

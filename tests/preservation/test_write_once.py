@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
 
-from archive import storage
+from archive.storage import tiers as storage
 from preservation import journal, retention, vault
 from preservation.models import Discard, DiscardItem, JournalEntry, PackageFile
 from tests.audit_helpers import audit_guards_lifted

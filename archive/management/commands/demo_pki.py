@@ -16,8 +16,8 @@ from django.contrib.auth.models import Permission
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Q
 
-from archive import signing
-from archive.audit import audit_record
+from archive.reporting import signing
+from kernel.audit import audit_record
 
 AUDIT_SYSTEM = "demo_pki"
 

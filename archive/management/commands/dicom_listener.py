@@ -13,9 +13,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.dimse import start_listener, stop_listener
+from archive.dicomnet.listener import start_listener, stop_listener
+from archive.dicomnet.peers import is_loopback
 from archive.models import Facility, ae_title_validator
-from archive.peers import is_loopback
 
 
 class Command(BaseCommand):

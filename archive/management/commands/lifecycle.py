@@ -5,7 +5,7 @@ evict, advance a scope migration); ``--until-done`` repeats passes until
 nothing that can move is left -- a pass that moved nothing and met no new
 failure -- then prints what is stuck and why (copies whose sources are
 damaged wait for their next try, skipped meanwhile; see
-:func:`archive.lifecycle.copy_failure_record`). ``manage.py lifecycle
+:func:`archive.storage.lifecycle.copy_failure_record`). ``manage.py lifecycle
 status``: the backlog, the scope migration's progress, stuck copies, the last
 fixity audit and open alerts. ``manage.py lifecycle fixity``: tonight's
 fixity audit now.
@@ -18,7 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from archive import lifecycle
+from archive.storage import lifecycle
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.audit import AuditKeyError, audit_verify
+from kernel.audit import AuditKeyError, audit_verify
 
 
 class Command(BaseCommand):

@@ -15,9 +15,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from archive import signing
-from archive.audit import audit_record
-from archive.models import AuditEvent, Report
+from archive.models import Report
+from archive.reporting import signing
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 AUDIT_SYSTEM = "verify_report"
 
@@ -66,7 +67,7 @@ class Command(BaseCommand):
         return signing.cades_verify_detached(data=_read(pdf, "il PDF"), signature=_read(p7m, "la firma"), ca_pem=ca_pem)
 
     def _stored(self, report_id: int) -> signing.SignatureCheck:
-        from archive.reports import report_verify
+        from archive.reporting.services import report_verify
 
         report = Report.objects.select_related("study").filter(pk=report_id).first()
         if report is None:

@@ -5,10 +5,10 @@ the first frame (the frame WADO-RS ``rendered`` and the portal show for an
 instance, and the only one a list of a series needs; a multi-frame clip is
 represented by its first frame too):
 
-- a *preview*: JPEG at :data:`archive.rendering.DEFAULT_QUALITY`, the data
+- a *preview*: JPEG at :data:`archive.rendering.pipeline.DEFAULT_QUALITY`, the data
   set's own window, the longest side capped at :data:`PREVIEW_MAX_SIZE`;
 - a *thumbnail*: the same with the longest side capped at
-  :data:`archive.rendering.THUMBNAIL_SIZE`.
+  :data:`archive.rendering.pipeline.THUMBNAIL_SIZE`.
 
 They are stored in the instance's facility tier under ``derived/`` and
 indexed as :class:`~archive.models.Rendition` rows keyed by the parameters
@@ -31,13 +31,15 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
-from . import rendering, retrieve, storage
-from .models import Instance, Rendition
-from .render_isolated import render_with
+from archive.models import Instance, Rendition
+from archive.rendering import pipeline as rendering
+from archive.rendering.isolated import render_with
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 logger = logging.getLogger(__name__)
 
-# Bump whenever the renderer's output changes (archive/rendering.py, the
+# Bump whenever the renderer's output changes (archive/rendering/pipeline.py, the
 # decoders it uses): stored renditions of an older version stop matching and
 # images that failed are tried again.
 RENDERER_VERSION = "1"
@@ -85,8 +87,8 @@ def _full_size(params: RenditionParams) -> RenditionParams:
 def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
     """One frame of the file at ``path`` rendered: the one call site of the renderer.
 
-    In a worker process (:mod:`archive.render_isolated`), so that a decoder
-    that crashes or hangs becomes :class:`archive.rendering.NoImage` (a
+    In a worker process (:mod:`archive.rendering.isolated`), so that a decoder
+    that crashes or hangs becomes :class:`archive.rendering.pipeline.NoImage` (a
     failure row) instead of a Celery worker lost and the message redelivered.
     """
     return render_with(path=path, frame=frame, params=params)
@@ -130,7 +132,7 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
 
     Raises
     ------
-    archive.storage.StorageError
+    archive.storage.tiers.StorageError
         A rendition could not be stored (the others were).
     RenditionsIncomplete
         Some instance had no readable copy, or no render worker could be

@@ -8,11 +8,11 @@ Around them sit guards pynetdicom 3.0.4 does not provide:
   at association time (so a node added in the admin works at once): a node
   only from its registered addresses, on the TLS port only with its own
   client certificate, and a node that has a certificate only on the TLS port
-  (:func:`decide_association`, ``archive/peers.py``);
+  (:func:`decide_association`, ``archive/dicomnet/peers.py``);
 * what a node queries and retrieves is limited by the access policy to its
   scope, never a concealed study (``Peer.principal``); an unknown AE let in
   by ``PACS_DICOM_ACCEPT_UNKNOWN_AE`` may echo and store, nothing else;
-* the transport (``archive/dul.py``) admits a connection only once it has
+* the transport (``archive/dicomnet/transport.py``) admits a connection only once it has
   sent its A-ASSOCIATE-RQ within ``PACS_DICOM_REQUEST_TIMEOUT`` (TLS
   handshake included), caps the connections of each peer address, cuts a
   peer that declares a PDU longer than ``PACS_DICOM_PDU_READ_LIMIT`` before
@@ -72,13 +72,17 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from . import access, dul, peers, storage
-from .audit import audit_record
-from .dicom import ACCEPTED_TRANSFER_SYNTAXES
-from .ingest import CONFLICT, IngestError, instance_ingest
-from .models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
-from .query import QueryError, query_run, retrieve_instances
-from .retrieve import instance_file, instances_with_copies
+from archive import access
+from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
+from archive.dicomnet import peers
+from archive.dicomnet import transport as dul
+from archive.ingest import CONFLICT, IngestError, instance_ingest
+from archive.models import Facility, Instance, Patient, RemoteNode, Study
+from archive.query import QueryError, query_run, retrieve_instances
+from archive.storage import tiers as storage
+from archive.storage.retrieve import instance_file, instances_with_copies
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 _pynetdicom_service_class_for = _pynetdicom_association.uid_to_service_class
 
@@ -427,7 +431,7 @@ class PacsRequestHandler(RequestHandler):
 
 
 class PacsServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the gate of ``archive/dul.py`` in front:
+    """pynetdicom's threaded server with the gate of ``archive/dicomnet/transport.py`` in front:
     each connection's thread first waits (``PACS_DICOM_REQUEST_TIMEOUT``) for
     the TLS handshake and the A-ASSOCIATE-RQ, and only then becomes an
     association. ``slots`` caps the connections of each peer address; the

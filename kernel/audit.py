@@ -43,21 +43,32 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .models import AuditEvent, AuditEventPatient
+from kernel.models import AuditEvent, AuditEventPatient
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from .models import Patient, Study
-
 logger = logging.getLogger(__name__)
+
+
+# What the audit reads of an archive's patient and study, so that the kernel
+# names no app's model (the rows' foreign keys name them by reference).
+class Patient(Protocol):
+    pk: Any
+
+
+class Study(Protocol):
+    pk: Any
+    patient: Any
+    study_instance_uid: str
+
 
 GENESIS_HASH = "0" * 64
 LEGACY_CHAIN = ""
@@ -365,7 +376,7 @@ def audit_record(
     patients : iterable of patient ids
         Every patient a search returned (deduplicated, the first
         ``PACS_AUDIT_MAX_PATIENTS`` kept in ``detail["patients"]`` and in
-        :class:`~archive.models.AuditEventPatient`, the total counted), so that
+        :class:`~kernel.models.AuditEventPatient`, the total counted), so that
         each of them finds the search in their access log.
 
     Raises

@@ -1,4 +1,4 @@
-"""The radiologist's pages' forms: they read and shape input; the rules are archive.reports'."""
+"""The radiologist's pages' forms: they read and shape input; the rules are archive.reporting.services'."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 
-from .models import Facility, Report, Study
+from archive.models import Facility, Report, Study
 
 logger = logging.getLogger(__name__)
 

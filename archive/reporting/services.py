@@ -34,10 +34,12 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from . import access, signals, storage
-from .access import staff_profile
-from .audit import audit_record
-from .models import AuditEvent, Report, Study
+from archive import access, signals
+from archive.access import staff_profile
+from archive.models import Report, Study
+from archive.storage import tiers as storage
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
 
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
     from pydicom.dataset import Dataset
 
-    from .signing import SignatureCheck
+    from archive.reporting.signing import SignatureCheck
 
 logger = logging.getLogger(__name__)
 
@@ -493,8 +495,8 @@ def report_sign(
         return ReportError(message, code=code)
 
     # The slow part, outside any transaction: PDF, signature, files.
-    from . import signing
-    from .report_pdf import report_pdf
+    from archive.reporting import signing
+    from archive.reporting.pdf import report_pdf
 
     signed_at = timezone.now()
     try:
@@ -640,7 +642,7 @@ def _same_certificate(a: str, b: str) -> bool:
 
 def report_verify(*, report: Report) -> SignatureCheck:
     """Check a signed report: its files against the recorded hashes, then the CAdES signature."""
-    from . import signing
+    from archive.reporting import signing
 
     def refused(reason: str) -> SignatureCheck:
         return signing.SignatureCheck(
@@ -758,7 +760,7 @@ def report_encapsulate(*, report: Report) -> str:
     """
     from pydicom.filewriter import dcmwrite
 
-    from .ingest import CONFLICT, IngestError, instance_ingest
+    from archive.ingest import CONFLICT, IngestError, instance_ingest
 
     if report.status != Report.Status.SIGNED or not report.encapsulated_sop_instance_uid:
         raise ReportError(_("Il referto non prevede una copia DICOM."), code="state")

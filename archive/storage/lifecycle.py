@@ -25,8 +25,8 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from . import access, retrieve, storage
-from .models import (
+from archive import access
+from archive.models import (
     Copy,
     CopyFailure,
     Facility,
@@ -37,6 +37,8 @@ from .models import (
     StorageAlert,
     Study,
 )
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 
 logger = logging.getLogger(__name__)
 

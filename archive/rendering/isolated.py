@@ -4,7 +4,7 @@ Some pixel-data decoders fail in ways ``except Exception`` does not catch: a
 Rust panic (pylibjpeg-rle 2.2.0 on a corrupt RLE stream), a segmentation
 fault or an abort in a C library, an endless loop, an allocation that eats
 the machine. :func:`render_isolated` therefore decodes in a worker process
-and turns each of those into :class:`~archive.rendering.NoImage`, so a web
+and turns each of those into :class:`~archive.rendering.pipeline.NoImage`, so a web
 request answers 406, a Celery task gives up on the image, and the web
 worker, the listener or the Celery worker lives on.
 
@@ -70,7 +70,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from . import rendering
+from archive.rendering import pipeline as rendering
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ _BOOT = (
     "from multiprocessing.connection import Connection\n"
     "inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)\n"
     "sys.path[:] = inbox.recv()\n"
-    "from archive.render_isolated import _serve\n"
+    "from archive.rendering.isolated import _serve\n"
     "_serve(inbox, outbox)\n"
 )
 
@@ -118,7 +118,7 @@ def limits() -> Limits:
 
 
 def render_with(*, path: Path, frame: int, params: rendering.RenderParams) -> bytes:
-    """:func:`render_isolated` with the caller's choices in one :class:`~archive.rendering.RenderParams`."""
+    """:func:`render_isolated` with the caller's choices in one :class:`~archive.rendering.pipeline.RenderParams`."""
     return render_isolated(
         path=path,
         frame=frame,
@@ -142,14 +142,14 @@ def render_isolated(
     timeout: float | None = None,
 ) -> bytes:
     """One frame of the DICOM file at ``path``, rendered by
-    :func:`archive.rendering.render_frame` in a worker process.
+    :func:`archive.rendering.pipeline.render_frame` in a worker process.
 
     Parameters
     ----------
     path : Path
-        A local file (:func:`archive.retrieve.instance_file` gives one).
+        A local file (:func:`archive.storage.retrieve.instance_file` gives one).
     frame, media_type, quality, window, viewport, max_size
-        As for :func:`archive.rendering.render_frame`.
+        As for :func:`archive.rendering.pipeline.render_frame`.
     timeout : float, optional
         Seconds the render may take; ``PACS_RENDER_TIMEOUT`` by default.
 

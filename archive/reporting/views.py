@@ -1,14 +1,14 @@
 """The radiologist's pages: the work list, the study page (images, prior
 studies, the report editor), signing, the signed versions and their files.
 
-The views only translate: form input into :mod:`archive.reports` calls,
+The views only translate: form input into :mod:`archive.reporting.services` calls,
 ``ReportError`` and ``ReportConflict`` into messages on the page, and every
 page that shows a patient's data or a report into an ``AuditEvent``.
 
 What the user sees is the access policy's (:mod:`archive.access`): the work
 list, its facility and modality choices, the priors and the patient's studies
 are :func:`archive.access.studies_visible` for the request's principal, and
-opening a study is :func:`archive.reports.study_access_check`'s answer. A
+opening a study is :func:`archive.reporting.services.study_access_check`'s answer. A
 study the patient concealed (*oscuramento*) does not exist for a professional
 without a live emergency access (DPCM 178/2015, art. 8): no row, no label, no
 count, and its pages answer 404 like a study that is not in the archive. The
@@ -42,18 +42,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import access, rendering, reports, retrieve
-from .audit import audit_record
-from .forms_reporting import (
-    STATUS_IN_PROGRESS,
-    STATUS_TODO,
-    AmendForm,
-    ReportForm,
-    SignForm,
-    WorklistFilterForm,
-)
-from .models import AuditEvent, Facility, Instance, Patient, Report, Series, Study
-from .web import client_ip, content_disposition, perms_required
+from archive import access
+from archive.models import Facility, Instance, Patient, Report, Series, Study
+from archive.rendering import pipeline as rendering
+from archive.reporting import services as reports
+from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
+from archive.storage import retrieve
+from kernel.audit import audit_record
+from kernel.models import AuditEvent
+from kernel.web import client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import access, lifecycle
-from .admin import ReadOnlyAdmin, VisibleRowsMixin
-from .models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
+from archive import access
+from archive.admin import ReadOnlyAdmin, VisibleRowsMixin
+from archive.models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
+from archive.storage import lifecycle
 
 
 @admin.register(LifecyclePolicy)

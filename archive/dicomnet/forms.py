@@ -7,8 +7,8 @@ from typing import Any
 from django import forms
 from django.utils.text import capfirst
 
-from . import peers
-from .models import RemoteNode
+from archive.dicomnet import peers
+from archive.models import RemoteNode
 
 _FINGERPRINT = RemoteNode._meta.get_field("tls_certificate_sha256")
 

@@ -25,8 +25,8 @@ from django.core.cache import cache
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import storage
-from .models import Copy, Instance, Series
+from archive.models import Copy, Instance, Series
+from archive.storage import tiers as storage
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ before encoding. The ``max_pixels`` argument overrides it per call.
 Anything that cannot be rendered (no pixel data, a codec without a plugin, a
 corrupt frame, nonsensical attributes) raises :class:`NoImage` with the reason,
 never another exception; a decoder that crashes the interpreter is the
-isolation helper's business (:mod:`archive.render_isolated`).
+isolation helper's business (:mod:`archive.rendering.isolated`).
 """
 
 from __future__ import annotations

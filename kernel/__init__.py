@@ -1,0 +1,8 @@
+"""The kernel: what every app uses and is not about images. The audit log
+(``audit``, its rows in ``models``), the codice fiscale (``codice_fiscale``), the
+small pieces of every web edge (``web``).
+
+It imports Django, DRF and libraries only, never archive, booking, portal or
+preservation: what it needs to know of them is given to it (a model named by
+reference, a seal source registered at start-up).
+"""
