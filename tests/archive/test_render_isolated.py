@@ -183,7 +183,7 @@ def test_a_hang_and_a_crash_cost_only_their_own_renders(settings) -> None:
             outcomes[label] = exc.reason
 
     jobs = [
-        threading.Thread(target=attempt, args=("hang", time.sleep, 60), kwargs={"timeout": 4}),
+        threading.Thread(target=attempt, args=("hang", time.sleep, 60), kwargs={"timeout": 12}),
         threading.Thread(target=attempt, args=("crash", signal.raise_signal, signal.SIGSEGV)),
         threading.Thread(target=attempt, args=("slow", time.sleep, 0.5)),
     ]
@@ -191,9 +191,11 @@ def test_a_hang_and_a_crash_cost_only_their_own_renders(settings) -> None:
         job.start()
     started = time.monotonic()
     renders = [render_isolated(path=bundled_path(MR)) for _ in range(5)]
-    assert time.monotonic() - started < 3  # not waiting for the hung worker
+    # Not waiting for the hung worker (killed after 12 s); five renders take well under a
+    # second on a quiet machine, a few on a loaded one.
+    assert time.monotonic() - started < 10
     for job in jobs:
-        job.join(30)
+        job.join(40)
     assert outcomes == {"hang": isolation.TOO_LONG, "crash": isolation.CRASHED, "slow": None}
     assert all(Image.open(io.BytesIO(data)).size == (64, 64) for data in renders)
 
