@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,17 +64,24 @@ def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = N
         if k not in ("DATABASE_URL", "REDIS_URL", "PACS_AUDIT_KEY_FILE", "PACS_TEST_VAR_DIR", "CELERY_QUEUE")
     }
     clean["PACS_VAR_DIR"] = str(tmp_path / "var")  # for those that do not choose one
-    proc = subprocess.run(
+    # A session of its own: on a timeout the benchmark's servers go with it, not only the script.
+    proc = subprocess.Popen(
         [sys.executable, script, *args],
         cwd=REPO,
         env={**clean, **(env or {})},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
-        check=False,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{script} took more than 240 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout
 
 
 def _has_lines(out: str, *patterns: str) -> None:
