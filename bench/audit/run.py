@@ -17,13 +17,16 @@ created, migrated and dropped here; ``--database-url`` uses an existing,
 migrated one (the test suite runs a small size on its own database).
 
 Run: ``.venv/bin/python bench/audit/run.py [--events N] [--processes 1,2,4] [--hold-ms 0,5]``.
-This is a benchmark: it asserts nothing (its test does).
+This is a benchmark: it asserts nothing. ``--smoke`` (5 events, 1 and 2 processes, hold 5 ms, both
+designs) runs in seconds: the test suite runs it (``tests/bench/test_benchmarks.py``, with
+``BENCH_PG_URL`` naming a throw-away database) so that the benchmark cannot rot.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,10 +170,15 @@ def main() -> None:
     parser.add_argument("--hold-ms", default="0,5", help="milliseconds each transaction stays open after its event")
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--database-url", help="an existing, migrated database (not dropped)")
+    parser.add_argument("--smoke", action="store_true", help="every size at its smallest, in seconds (the test suite)")
     args = parser.parse_args()
     if args.worker:
         worker(args.events, float(args.hold_ms), args.design)
         return
+    if args.smoke:
+        # A few events; one process and two (the ratio's base and a contended run); a hold,
+        # so that the transaction stays open as at full size; both designs.
+        args.events, args.processes, args.hold_ms, args.designs = 5, "1,2", "5", ",".join(DESIGNS)
 
     var = tempfile.mkdtemp(prefix="pacs-bench-audit-")
     url = args.database_url or os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_audit")
@@ -212,6 +220,7 @@ def main() -> None:
 
             connections.close_all()
             _psql(url, f'DROP DATABASE IF EXISTS "{urlparse(url).path.lstrip("/")}"')
+        shutil.rmtree(var, ignore_errors=True)  # the generated audit key; run after run (the test suite's)
 
 
 if __name__ == "__main__":

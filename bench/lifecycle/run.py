@@ -17,7 +17,9 @@ installation (SQLite in a temporary folder), then, best of ``--repeat`` interlea
 
 Prints MB/s and objects/s for each and the migration's ratio to its floor.
 Run: ``.venv/bin/python bench/lifecycle/run.py [--instances N] [--repeat R] [--frames F] [--skip-s3]``.
-A benchmark, not a test: it asserts nothing.
+A benchmark, not a test: it asserts nothing. ``--smoke`` (3 instances of 2 frames, one run, the
+filesystem and S3) runs in seconds: the test suite runs it (``tests/bench/test_benchmarks.py``)
+so that the benchmark cannot rot.
 """
 
 from __future__ import annotations
@@ -196,7 +198,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--frames", type=int, default=1, help="frames per instance (1: 39 KB objects)")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="every size at its smallest, in seconds (the test suite)")
     args = parser.parse_args()
+    if args.smoke:
+        # A few objects of two frames (the multi-frame template too), one run, both tiers.
+        args.instances, args.repeat, args.frames, args.skip_s3 = 3, 1, 2, False
     try:
         files, total = setup(args.instances, args.frames)
         n = len(files)

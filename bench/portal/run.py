@@ -21,6 +21,12 @@ Requests made while the users are still logging in, or in the first
 Run: ``.venv/bin/python bench/portal/run.py [--users 20] [--duration 60] [--think 1-3 0]``.
 This is a benchmark, not a test: it asserts nothing. The machine should be
 otherwise idle: the CPU table says how much went to other processes.
+``--smoke`` seeds 12 citizens and 40 exams (give it a database of its own with
+``--database-url``), runs 2 users for 4 s per think time (``0.1-0.2`` and none)
+against one worker and the statement report for 2 citizens, keeps its citizens'
+sample and logs in its temporary folder, and exits 1 when a page failed or was
+never requested: the test suite runs it (``tests/bench/test_benchmarks.py``) so
+that the benchmark cannot rot.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -61,7 +67,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def locust_bin() -> Path:
-    """locust from its own venv, made from requirements.txt when missing."""
+    """locust beside this Python (requirements-test.txt pins it, for the smoke run), else from
+    its own venv, made from requirements.txt when missing."""
+    beside = BIN / "locust"
+    if beside.exists():
+        return beside
     exe = LOCUST_VENV / "bin" / "locust"
     if not exe.exists():
         print(f"installing locust into {LOCUST_VENV}", file=sys.stderr, flush=True)
@@ -72,7 +82,7 @@ def locust_bin() -> Path:
     return exe
 
 
-def database_ready(url: str, *, citizens: int, exams: int) -> None:
+def database_ready(url: str, *, citizens: int, exams: int, citizens_file: Path = CITIZENS_FILE) -> None:
     """Create, migrate and seed the database when it holds no bookings; write citizens.json when missing."""
     from django.core.management import call_command
 
@@ -88,9 +98,9 @@ def database_ready(url: str, *, citizens: int, exams: int) -> None:
 
     if not Booking.objects.exists():
         print("seeding (about a minute)", file=sys.stderr, flush=True)
-        seed_module.seed(citizens=citizens, exams=exams, seed_value=20261129)
-    elif not CITIZENS_FILE.exists():
-        seed_module.citizens_write()
+        seed_module.seed(citizens=citizens, exams=exams, seed_value=20261129, citizens_file=citizens_file)
+    elif not citizens_file.exists():
+        seed_module.citizens_write(path=citizens_file)
 
 
 # --- gunicorn ------------------------------------------------------------------------
@@ -256,6 +266,7 @@ class Phase:
     login_ms: float
     cpu: dict[str, float]
     error: str = ""
+    requested: dict[str, int] = field(default_factory=dict)  # per page, the warm-up's and the logins' time too
 
 
 def locust_phase(web: Web, work: Path, *, users: int, duration: int, warmup: int, think: str, citizens: Path) -> Phase:
@@ -313,7 +324,10 @@ def locust_phase(web: Web, work: Path, *, users: int, duration: int, warmup: int
     failed = [t for t in timings if not t[3]]
     if failed:
         error = f"{len(failed)} failed requests (see {log})"
-    return Phase(think, rows, window, login_ms, cpu, error)
+    elif proc.returncode != 0:  # an exception in a user's task is no failed request
+        error = f"locust exited {proc.returncode} (see {log})"
+    requested = {page: sum(1 for t in timings if t[1] == page) for page in PAGES}
+    return Phase(think, rows, window, login_ms, cpu, error, requested)
 
 
 def phases_print(phases: list[Phase], *, users: int, workers: int, threads: int, bookings: int, citizens: int) -> None:
@@ -348,8 +362,10 @@ def phases_print(phases: list[Phase], *, users: int, workers: int, threads: int,
 # --- what each page asks the database ------------------------------------------------------
 
 
-def queries_report(citizens: list[dict[str, Any]], *, sample: int) -> None:
-    """Open both pages in this process for ``sample`` citizens; per page the statements and their time."""
+def queries_report(citizens: list[dict[str, Any]], *, sample: int) -> list[str]:
+    """Open both pages in this process for ``sample`` citizens; per page the statements and their time.
+
+    Returns the pages that did not answer 200."""
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
@@ -365,6 +381,7 @@ def queries_report(citizens: list[dict[str, Any]], *, sample: int) -> None:
     stats: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     page_seconds: dict[str, list[float]] = collections.defaultdict(list)
     current = [""]
+    failed: list[str] = []
 
     def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         t = time.perf_counter()
@@ -382,6 +399,7 @@ def queries_report(citizens: list[dict[str, Any]], *, sample: int) -> None:
                 page_seconds[page].append(time.perf_counter() - t)
                 if response.status_code != 200:
                     print(f"{url}: HTTP {response.status_code}", file=sys.stderr)
+                    failed.append(f"{url}: HTTP {response.status_code}")
     print(
         f"\nWhat each page asks PostgreSQL (Django test client in this process, {len(clients)} citizens, "
         "one request each; commits not counted)"
@@ -395,6 +413,7 @@ def queries_report(citizens: list[dict[str, Any]], *, sample: int) -> None:
         print(f"\n{page}: {count:.1f} statements per request, {db_ms:.1f} ms in them; page p50 {wall:.1f} ms")
         for sql, v in sorted(rows, key=lambda r: -sum(r[1])):
             print(f"  {len(v) / n:5.1f} x {sum(v) / len(v) * 1000:6.2f} ms  {sql}")
+    return failed
 
 
 def _statement_key(sql: str) -> str:
@@ -430,15 +449,30 @@ def main() -> None:
     parser.add_argument("--exams", type=int, default=50_000, help="when seeding")
     parser.add_argument("--skip-queries", action="store_true", help="no per-page statement report")
     parser.add_argument("--query-sample", type=int, default=40, help="citizens for the statement report")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every part at its smallest, in seconds; exit 1 when a page fails (the test suite)",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        # A few citizens with a long enough tail that some have two exams (the locust users
+        # need them), two users, a short run of each kind of think time (a range, none) with
+        # no warm-up, one worker, the statement report for two citizens.
+        args.citizens, args.exams, args.users, args.duration, args.warmup = 12, 40, 2, 4, 0
+        args.think, args.workers, args.skip_queries, args.query_sample = ["0.1-0.2", "0"], 1, False, 2
 
     name = urlparse(args.database_url).path.lstrip("/")
     if name == "test" or name.startswith("test_"):
         sys.exit(f"refusing database {name!r}: the test suites own test and test_*")
     locust_bin()
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    if not args.smoke:
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pacs-bench-portal-") as tmp:
         work = Path(tmp)
+        # The smoke run's sample and logs stay in its temporary folder: var/bench/portal's
+        # citizens.json belongs to the full-size database and must not be overwritten.
+        citizens_file = work / "citizens.json" if args.smoke else CITIZENS_FILE
         env = {
             **os.environ,
             "DATABASE_URL": args.database_url,
@@ -454,12 +488,12 @@ def main() -> None:
         os.environ["SECRET_KEY"] = env["SECRET_KEY"]
         os.environ["ALLOWED_HOSTS"] = "testserver,localhost,127.0.0.1"  # this process's test client only
         os.environ.pop("REDIS_URL", None)
-        database_ready(args.database_url, citizens=args.citizens, exams=args.exams)
+        database_ready(args.database_url, citizens=args.citizens, exams=args.exams, citizens_file=citizens_file)
         from booking.models import Booking
         from portal.models import CitizenAccount
 
         bookings, citizens = Booking.objects.count(), CitizenAccount.objects.count()
-        data = json.loads(CITIZENS_FILE.read_text())
+        data = json.loads(citizens_file.read_text())
         from django.db import connection
 
         connection.close()  # no idle connection of ours during the run
@@ -483,20 +517,34 @@ def main() -> None:
                         duration=args.duration,
                         warmup=args.warmup,
                         think=think,
-                        citizens=CITIZENS_FILE,
+                        citizens=citizens_file,
                     )
                 )
         finally:
             web.stop()
             keep = WORK_DIR / "last-run"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(work, keep, ignore=shutil.ignore_patterns("var"), dirs_exist_ok=True)
+            if not args.smoke:
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(work, keep, ignore=shutil.ignore_patterns("var"), dirs_exist_ok=True)
         phases_print(
             phases, users=args.users, workers=args.workers, threads=args.threads, bookings=bookings, citizens=citizens
         )
-        print(f"(locust logs, timings and gunicorn's access log kept in {WORK_DIR / 'last-run'})")
+        if args.smoke:
+            # What a failing page would print as a figure is the smoke run's failure.
+            failed = [f"think {ph.think}: {ph.error}" for ph in phases if ph.error]
+            # A page requested in no run at all is a locustfile that no longer reaches it. (Per
+            # run it may not be: on a busy machine the logins, a PBKDF2 each, can take all of a
+            # short run.)
+            failed += [f"{page} never requested" for page in PAGES if not any(ph.requested.get(page) for ph in phases)]
+        else:
+            failed = []
+            print(f"(locust logs, timings and gunicorn's access log kept in {keep})")
         if not args.skip_queries:
-            queries_report(data["citizens"], sample=args.query_sample)
+            failed += queries_report(data["citizens"], sample=args.query_sample)
+        if failed and args.smoke:
+            for log in sorted([*work.glob("*.log"), *(work / "logs").glob("*.log")]):
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            sys.exit("smoke run: failed " + "; ".join(failed))
 
 
 if __name__ == "__main__":

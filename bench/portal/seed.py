@@ -77,7 +77,7 @@ def _sha(*parts: object) -> str:
     return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
 
 
-def seed(*, citizens: int, exams: int, seed_value: int) -> None:
+def seed(*, citizens: int, exams: int, seed_value: int, citizens_file: Path = CITIZENS_FILE) -> None:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
     from django.db import connection, transaction
@@ -345,7 +345,7 @@ def seed(*, citizens: int, exams: int, seed_value: int) -> None:
     with connection.cursor() as c:
         c.execute("VACUUM (ANALYZE)")
     print(f"VACUUM ANALYZE ({time.perf_counter() - t_exams:.1f} s)", flush=True)
-    citizens_write(rng)
+    citizens_write(rng, citizens_file)
     print(f"seeded in {time.perf_counter() - t0:.0f} s", flush=True)
 
 

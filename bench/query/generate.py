@@ -18,6 +18,7 @@ Run: ``.venv/bin/python bench/query/generate.py [--studies N] [--database-url UR
 The database (default ``pacs_bench_query`` on 127.0.0.1, not ``pacs_bench``,
 which ``bench/ingest`` drops) is created and migrated when missing; ``--reset``
 drops it first. A database that already holds studies is left alone.
+``--smoke`` writes 200 studies, for ``run.py --smoke`` (the test suite's run).
 """
 
 from __future__ import annotations
@@ -668,7 +669,11 @@ def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--reset", action="store_true", help="drop and recreate the database first")
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--smoke", action="store_true", help="200 studies: run.py --smoke's archive (the test suite)")
     args = parser.parse_args()
+    if args.smoke:
+        # Small, yet with a couple of concealed studies and patients of several studies.
+        args.studies = 200
     if not urlparse(args.database_url).scheme.startswith("postgres"):
         sys.exit("this benchmark needs PostgreSQL (a postgres:// URL)")
 

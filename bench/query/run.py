@@ -28,7 +28,11 @@ as subprocesses: gunicorn (``pacs.wsgi``) and ``manage.py dicom_listener``.
 Run: ``.venv/bin/python bench/query/generate.py`` once, then
 ``.venv/bin/python bench/query/run.py [--repeat N] [--explain] [--skip-wado]``.
 This is a benchmark, not a test: it asserts nothing (``--strict`` only exits 1
-when a query kind failed: the test suite's smoke run, ``--min-studies 100``).
+when a query kind failed). ``--smoke`` runs every part once at its smallest, in
+seconds, on the archive ``generate.py --smoke`` writes (200 studies): one round of
+each query kind, no warm-up, one gunicorn worker, the retrieve of a 4-instance
+study of each image size, ``--sql 1``, ``--explain``, ``--strict``; the test suite
+runs it (``tests/bench/test_benchmarks.py``) so that the benchmark cannot rot.
 """
 
 from __future__ import annotations
@@ -592,8 +596,10 @@ class WadoFigures:
     error: str = ""
 
 
-def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int) -> None:
-    """Per study and cache state, best of ``repeat``: the floor and the retrieve, one after the other."""
+def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int) -> list[str]:
+    """Per study and cache state, best of ``repeat``: the floor and the retrieve, one after the other.
+
+    Returns the retrieves that failed."""
     # One untimed retrieve first: the worker's first one imports and allocates what every later one reuses.
     wado_retrieve(servers.web_port, token, studies[0].uid)
     figures: dict[tuple[str, str], WadoFigures] = {}
@@ -648,6 +654,7 @@ def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int
     print(
         f"(growth: the serving worker's peak RSS during the retrieve minus its RSS before; response bodies {bodies} MB)"
     )
+    return [f"WADO-RS {label} ({cache})" for (label, cache), f in figures.items() if f.error]
 
 
 # --- EXPLAIN --------------------------------------------------------------------------
@@ -749,7 +756,10 @@ def main() -> None:
     parser.add_argument(
         "--min-studies", type=int, default=1000, help="refuse a smaller archive (the test suite's smoke run: 100)"
     )
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a query kind failed (the test suite)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a query kind failed")
+    parser.add_argument(
+        "--smoke", action="store_true", help="every part once at its smallest, in seconds, --strict (the test suite)"
+    )
     parser.add_argument(
         "--sql",
         type=int,
@@ -758,6 +768,17 @@ def main() -> None:
         help="also the database's time (EXPLAIN ANALYZE) for N values per kind",
     )
     args = parser.parse_args()
+    wado_specs = [("50 x CT_small (39 KB)", 50, 128), ("500 x CT_small (39 KB)", 500, 128)]
+    if not args.skip_large:
+        wado_specs.append(("500 x CT 512x512 (513 KB)", 500, 512))
+    if args.smoke:
+        # Each query kind once (the kinds run one round in `every` run in round 0 too), one
+        # worker, one small retrieve study of each image size, the database's time and its
+        # plans for one value: every part of the benchmark, on generate.py --smoke's archive.
+        args.repeat, args.warmup, args.workers, args.wado_repeat = 1, 0, 1, 1
+        args.skip_wado = args.skip_latency = False
+        args.sql, args.explain, args.strict, args.min_studies = 1, True, True, 100
+        wado_specs = [("4 x CT_small (39 KB)", 4, 128), ("4 x CT 512x512 (513 KB)", 4, 512)]
 
     name = urlparse(args.database_url).path.lstrip("/")
     if name == "test" or name.startswith("test_"):
@@ -842,11 +863,8 @@ def main() -> None:
             return
         wado: list[WadoStudy] = []
         if not args.skip_wado:
-            specs = [("50 x CT_small (39 KB)", 50, 128), ("500 x CT_small (39 KB)", 500, 128)]
-            if not args.skip_large:
-                specs.append(("500 x CT 512x512 (513 KB)", 500, 512))
             print("generating and importing the retrieve studies", file=sys.stderr, flush=True)
-            wado = wado_studies_make(work, env, specs)
+            wado = wado_studies_make(work, env, wado_specs)
 
         servers = servers_start(env, work / "logs", workers=args.workers, threads=args.threads)
         try:
@@ -921,9 +939,9 @@ def main() -> None:
                 f"QIDO-RS over HTTP (gunicorn, {args.workers}x{args.threads}, keep-alive, token)", qido_results
             )
             latency_print("C-FIND (pynetdicom SCU, Study Root, one association)", find_results)
-            if wado:
-                wado_run(servers, token, wado, args.wado_repeat)
             failed = [r.label for r in qido_results + find_results if r.errors]
+            if wado:
+                failed += wado_run(servers, token, wado, args.wado_repeat)
         finally:
             servers.stop()
             if wado:

@@ -1,4 +1,4 @@
-"""Rendering benchmark: archive.rendering.pipeline against DCMTK dcmj2pnm and a naive pydicom + Pillow conversion.
+"""Rendering benchmark: archive.rendering against DCMTK dcmj2pnm and a naive pydicom + Pillow conversion.
 
 Cases (each rendered as JPEG, quality 90, every frame):
 
@@ -9,24 +9,26 @@ Cases (each rendered as JPEG, quality 90, every frame):
 * each transfer syntax in ``archive.sample_data.COMPRESSED`` (the bundled files).
 
 For each: ms per image (and images/s) of ``render_frame`` in this process (header read, then
-each frame rendered from the file), of ``render_isolated`` when ``archive/rendering/isolated.py``
-exists, of the naive conversion (``pixel_array``, min/max scaled to 0..255, Pillow), and of
-``dcmj2pnm +oj`` run once per file as its users run it (``+Wi 1`` when the file has a window,
-else ``+Wm``; ``+Fa`` for a multi-frame file); the best of ``--repeat``. Then the peak memory of
-``render_frame`` per case, measured in a fresh subprocess, against one decoded frame's size. Last,
-how many of pydicom's bundled image files each renders.
+each frame rendered from the file), of ``render_isolated`` (the same in its worker pool), of the
+naive conversion (``pixel_array``, min/max scaled to 0..255, Pillow), and of ``dcmj2pnm +oj`` run
+once per file as its users run it (``+Wi 1`` when the file has a window, else ``+Wm``; ``+Fa`` for
+a multi-frame file); the best of ``--repeat``. Then the peak memory of ``render_frame`` per case,
+measured in a fresh subprocess, against one decoded frame's size. Last, how many of pydicom's
+bundled image files each renders.
 
 Goals (issue 4): faster than dcmj2pnm per image on every row, peak memory no more than 3x the
 decoded image, every bundled image rendered where it can be.
 Run: ``.venv/bin/python bench/render/run.py [--repeat R] [--skip-bundled]``.
-This is a benchmark, not a test: it asserts nothing.
+This is a benchmark, not a test: it asserts nothing. ``--smoke`` runs every part at its smallest
+(one timed run, a 1024x832 mammogram, a 2-frame clip, three transfer syntaxes, four bundled
+files) in seconds and exits 1 when ours or isolated fails a case: the test suite runs it
+(``tests/bench/test_benchmarks.py``) so that the benchmark cannot rot.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import io
 import json
 import os
@@ -59,17 +61,6 @@ class Case:
     frames: int
     decoded: int  # bytes of one decoded frame
     windowed: bool  # the file carries a VOI window
-
-
-def has_isolated() -> bool:
-    """``archive/rendering/isolated.py`` is committed (another engineer's work in progress)."""
-    done = subprocess.run(
-        ["git", "log", "--oneline", "-1", "--", "archive/rendering/isolated.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    return bool(done.stdout.strip()) and importlib.util.find_spec("archive.rendering.isolated") is not None
 
 
 # --- the synthetic files ---------------------------------------------------------------------
@@ -125,11 +116,10 @@ def make_ct(dest: Path) -> Path:
     return path
 
 
-def make_mammogram(dest: Path) -> Path:
+def make_mammogram(dest: Path, rows: int = 4096, cols: int = 3328) -> Path:
     import numpy as np
     from pydicom.uid import ExplicitVRLittleEndian
 
-    rows, cols = 4096, 3328
     rng = np.random.default_rng(4)
     y, x = np.ogrid[0:rows, 0:cols]
     # A breast against the chest wall (left edge): dense in the middle, fatty at the skin line.
@@ -150,7 +140,7 @@ def make_mammogram(dest: Path) -> Path:
     ds.WindowCenter, ds.WindowWidth = 2200, 1800
     ds.VOILUTFunction = "LINEAR"
     ds.add_new("PixelData", "OW", pixels.tobytes())
-    path = dest / "mammogram-4096x3328.dcm"
+    path = dest / f"mammogram-{rows}x{cols}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -191,7 +181,7 @@ def make_us_clip(dest: Path, frames: int = 100) -> Path:
     ds.LossyImageCompression = "01"
     ds.add_new("PixelData", "OB", encapsulate(encoded, has_bot=True))
     ds["PixelData"].is_undefined_length = True
-    path = dest / "us-clip-100x640x480.dcm"
+    path = dest / f"us-clip-{frames}x640x480.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -206,13 +196,17 @@ def describe(name: str, path: Path) -> Case:
     return Case(name, path, frames, decoded, "WindowCenter" in ds and "VOILUTSequence" not in ds)
 
 
-def build_cases(dest: Path) -> list[Case]:
+def build_cases(
+    dest: Path, *, mammogram: tuple[int, int], clip_frames: int, syntaxes: list[str] | None = None
+) -> list[Case]:
+    """The three synthesised cases, then the bundled file of each transfer syntax (or of ``syntaxes``)."""
     from archive.sample_data import COMPRESSED, bundled_path
 
+    rows, cols = mammogram
     cases = [
         describe("CT 512x512 16-bit", make_ct(dest)),
-        describe("MG 4096x3328 MONOCHROME1", make_mammogram(dest)),
-        describe("US clip 100x640x480 JPEG", make_us_clip(dest)),
+        describe(f"MG {rows}x{cols} MONOCHROME1", make_mammogram(dest, rows, cols)),
+        describe(f"US clip {clip_frames}x640x480 JPEG", make_us_clip(dest, clip_frames)),
     ]
     names = {
         "1.2.840.10008.1.2.4.50": "JPEG baseline",
@@ -228,6 +222,8 @@ def build_cases(dest: Path) -> list[Case]:
         "1.2.840.10008.1.2": "Implicit VR little endian",
     }
     for uid, filename in COMPRESSED.items():
+        if syntaxes is not None and uid not in syntaxes:
+            continue
         cases.append(describe(names.get(uid, uid), bundled_path(filename)))
     return cases
 
@@ -269,7 +265,7 @@ def _django_setup() -> None:
 def render_isolated_all(path: Path) -> int:
     from pydicom import dcmread
 
-    from archive.rendering.isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
+    from archive.rendering.isolated import render_isolated
     from archive.rendering.pipeline import JPEG
 
     ds = dcmread(path, stop_before_pixels=True)
@@ -434,7 +430,7 @@ def count_child(kind: str, paths: list[str]) -> None:
             if kind == "ours":
                 render_ours(path, range(1, 2))
             elif kind == "isolated":
-                from archive.rendering.isolated import render_isolated  # type: ignore[import-not-found,unused-ignore]
+                from archive.rendering.isolated import render_isolated
                 from archive.rendering.pipeline import JPEG
 
                 render_isolated(
@@ -496,6 +492,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per renderer and case; the best is kept")
     parser.add_argument("--skip-bundled", action="store_true", help="leave out the count of bundled files")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every part at its smallest, in seconds; exit 1 when ours or isolated fails (the test suite)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--count-child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -510,9 +511,15 @@ def main() -> None:
     import logging
     import warnings
 
-    isolated = has_isolated()
-    if isolated:
-        _django_setup()
+    mammogram, clip_frames, syntaxes, bundled_limit = (4096, 3328), 100, None, None
+    if args.smoke:
+        # One timed run, the two synthesised giants shrunk, three transfer syntaxes (an
+        # encapsulated one, one dcmj2pnm cannot decode, the deflated one that render_ours
+        # inflates first), four bundled files: every renderer, every branch of the report.
+        args.repeat, args.skip_bundled = 1, False
+        mammogram, clip_frames, bundled_limit = (1024, 832), 2, 4
+        syntaxes = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.80", DEFLATED]
+    _django_setup()
     warnings.simplefilter("ignore")  # pydicom's complaints about odd bundled files
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # each plugin's refusal of 12-bit JPEG, logged
     started = time.perf_counter()
@@ -520,11 +527,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pacs-bench-render-") as tmp:
         root = Path(tmp)
         (root / "dcmj2pnm").mkdir()
-        cases = build_cases(root)
+        cases = build_cases(root, mammogram=mammogram, clip_frames=clip_frames, syntaxes=syntaxes)
         for case in cases:
             print(f"timing {case.name}", file=sys.stderr, flush=True)
             ours = best_of(args.repeat, lambda c=case: render_ours(c.path))
-            iso = best_of(args.repeat, lambda c=case: render_isolated_all(c.path)) if isolated else None
+            iso = best_of(args.repeat, lambda c=case: render_isolated_all(c.path))
             naive = best_of(args.repeat, lambda c=case: render_naive(c.path))
             dcmtk = best_of(args.repeat, lambda c=case: render_dcmj2pnm(c, root / "dcmj2pnm"))
             memory = measure_memory(case)
@@ -532,10 +539,9 @@ def main() -> None:
         bundled: dict[str, dict[str, str | None]] = {}
         if not args.skip_bundled:
             print("counting bundled files", file=sys.stderr, flush=True)
-            paths = bundled_images()
+            paths = bundled_images()[:bundled_limit]
             bundled["ours"] = count_python("ours", paths)
-            if isolated:
-                bundled["isolated"] = count_python("isolated", paths)
+            bundled["isolated"] = count_python("isolated", paths)
             bundled["naive"] = count_python("naive", paths)
             bundled["dcmj2pnm"] = count_dcmj2pnm(paths, root / "dcmj2pnm")
 
@@ -544,15 +550,15 @@ def main() -> None:
         f"(best of {args.repeat} after a warm-up)"
     )
     header = f"{'case':<27}{'frames':>6}{'MB/img':>8}{'ours img/s':>11}{'ours':>8}"
-    header += f"{'isolated':>9}" if isolated else ""
+    header += f"{'isolated':>9}"
     header += f"{'naive':>8}{'dcmj2pnm':>9}{'ours/dcmtk':>11}{'peak/img':>9}  verdict"
     print(header)
     failures = []
+    broken = []  # what the archive's own renderers failed: the smoke run's exit status
     for case, ours, iso, naive, dcmtk, memory in rows:
         rate = "-" if isinstance(ours, str) else f"{case.frames / ours:.1f}"
         line = f"{case.name:<27}{case.frames:>6}{case.decoded / 1e6:>8.2f}{rate:>11}{fmt_ms(ours, case.frames):>8}"
-        if isolated:
-            line += f"{fmt_ms(iso if iso is not None else 'x', case.frames):>9}"
+        line += f"{fmt_ms(iso, case.frames):>9}"
         ratio = "-" if isinstance(ours, str) or isinstance(dcmtk, str) else f"{ours / dcmtk:.2f}"
         peak = memory["rss"] / case.decoded if isinstance(memory, dict) else None
         line += f"{fmt_ms(naive, case.frames):>8}{fmt_ms(dcmtk, case.frames):>9}{ratio:>11}"
@@ -573,6 +579,10 @@ def main() -> None:
         for who, result in (("ours", ours), ("isolated", iso), ("naive", naive), ("dcmj2pnm", dcmtk)):
             if isinstance(result, str):
                 failures.append(f"  {case.name}, {who}: {result[:150]}")
+                if who in ("ours", "isolated"):
+                    broken.append(f"{case.name}, {who}")
+        if isinstance(memory, str):
+            broken.append(f"{case.name}, memory: {memory[:150]}")
     compared = [(o, d) for _, o, _, _, d, _ in rows if not isinstance(o, str) and not isinstance(d, str)]
     faster = sum(1 for o, d in compared if o < d)  # type: ignore[operator]
     within = sum(1 for c, *_, m in rows if isinstance(m, dict) and m["rss"] <= 3 * c.decoded)
@@ -606,6 +616,13 @@ def main() -> None:
                 if reason is not None:
                     print(f"  {who} fails {name}: {reason[:140]}")
     print(f"\n({time.perf_counter() - started:.0f} s)")
+    for who in ("ours", "isolated"):
+        if bundled and not any(reason is None for reason in bundled[who].values()):
+            broken.append(f"bundled files, {who}: none rendered")
+    if args.smoke and broken:
+        # Every case above renders today: a failure of ours here is a benchmark (or a renderer)
+        # that no longer runs, which the full-size run would only print as "fails".
+        sys.exit(f"smoke run: failed {'; '.join(broken)}")
 
 
 if __name__ == "__main__":

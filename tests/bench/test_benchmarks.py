@@ -1,0 +1,191 @@
+"""Every benchmark at its smoke size, so that none can rot.
+
+Each ``bench/<x>/run.py --smoke`` runs as a subprocess of the project's
+Python, every part of it at its smallest (each measured kind once), and must
+exit 0 and print its tables: their titles and header lines and a row for each
+kind, never their figures (a benchmark asserts nothing about speed). A
+benchmark that no longer runs (a moved import, a column it does not write, a
+page that fails) fails its test here. Those that need PostgreSQL get a
+throw-away database of their own (never ``test_*``, which the suite owns),
+dropped afterwards, and are skipped when PostgreSQL is not reachable on
+127.0.0.1:5432; ingest and render need DCMTK, which ``make test`` installs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+HOST, PORT = "127.0.0.1", 5432
+PAGES = ("/fse/ (my exams)", "/fse/esami/<pk>/ (exam)")  # bench/portal/run.py's
+
+
+def _admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(host=HOST, port=PORT, user="postgres", dbname="postgres", autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it)."""
+    try:
+        _admin().close()
+    except Exception as exc:
+        pytest.skip(f"this benchmark needs PostgreSQL on {HOST}:{PORT}: {exc}")
+    bench = request.node.name.removeprefix("test_").split("_")[0]
+    name = f"smoke_{bench}_{os.getpid()}"
+    try:
+        yield f"postgres://postgres@{HOST}:{PORT}/{name}"
+    finally:
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None) -> str:
+    """Run ``script`` with the project's Python; its standard output, or a failure with both outputs' ends."""
+    # Not the test session's database, broker or audit key (a file this session may not have
+    # made yet): each benchmark names its own, and generates its key in its own var folder.
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "PACS_AUDIT_KEY_FILE", "PACS_TEST_VAR_DIR", "CELERY_QUEUE")
+    }
+    clean["PACS_VAR_DIR"] = str(tmp_path / "var")  # for those that do not choose one
+    # A session of its own: on a timeout the benchmark's servers go with it, not only the script.
+    proc = subprocess.Popen(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{script} took more than 240 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout
+
+
+def _has_lines(out: str, *patterns: str) -> None:
+    """Each pattern matches the start of a line of ``out`` (a title, a header, a row's label)."""
+    missing = [p for p in patterns if not re.search(p, out, re.MULTILINE)]
+    assert not missing, f"no line matching {missing} in:\n{out[-3000:]}"
+
+
+def test_audit_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/audit/run.py", "--smoke", tmp_path=tmp_path, env={"BENCH_PG_URL": database_url})
+    _has_lines(
+        out,
+        r"^design\s+hold\s+procs\s+events/s\s+vs 1 proc$",
+        r"^chains\s+5ms\s+1\s",
+        r"^chains\s+5ms\s+2\s",
+        r"^global-lock\s+5ms\s+1\s",
+        r"^global-lock\s+5ms\s+2\s",
+        r"^2 processes, hold 5ms: chains / global lock = ",
+        r"^verification: \d+ events in \d+ chains, 0 problems$",
+    )
+
+
+def test_ingest_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/ingest/run.py", "--smoke", tmp_path=tmp_path, env={"BENCH_PG_URL": database_url})
+    _has_lines(
+        out,
+        r"^Ingest benchmark: 4 CT instances",
+        r"^target\s+mode\s+seconds\s+inst/s\s+MB/s\s+vs floor$",
+        *(
+            rf"^{target}\s+{mode}\s+\d"
+            for target in ("floor", "sqlite", "postgresql")
+            for mode in ("1 association", "4 associations")
+        ),
+    )
+
+
+def test_lifecycle_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
+    out = _run("bench/lifecycle/run.py", "--smoke", tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^3 objects, ",
+        r"^filesystem$",
+        r"^  floor: plain copy\s+\d",
+        r"^  floor: plain copy \+ fsync\s+\d",
+        r"^  migration \(verified, recorded\)\s+.*ratio to floor",
+        r"^\s+ratio to the fsync floor ",
+        r"^S3 \(moto server on 127.0.0.1\)$",
+        r"^  floor: upload_file\s+\d",
+    )
+    assert out.count("migration (verified, recorded)") == 2, out
+
+
+def test_portal_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/portal/run.py", "--smoke", "--database-url", database_url, tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^Portal pages, 2 citizens at once",
+        r"^think time\s+page\s+n\s+p50 ms\s+p95 ms\s+p99 ms\s+req/s\s+fails\s+goal p95\s+verdict$",
+        *(rf"^{think}\s+{re.escape(page)}\s" for think in (r"0\.1-0\.2 s", "none") for page in PAGES),
+        r"^\s+CPU \(cores busy of \d+\): gunicorn ",
+        r"^What each page asks PostgreSQL",
+        *(rf"^{re.escape(page)}: [\d.]+ statements per request" for page in PAGES),
+    )
+
+
+def test_query_benchmark_generates_and_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/query/generate.py", "--smoke", "--database-url", database_url, "--reset", tmp_path=tmp_path)
+    _has_lines(out, r"^200 studies, 600 series, [\d,]+ instances")
+    out = _run("bench/query/run.py", "--smoke", "--database-url", database_url, tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^--- PatientID: ",  # --explain
+        r"^In the database: planning \+ execution",  # --sql
+        r"^QIDO-RS over HTTP",
+        r"^C-FIND \(pynetdicom SCU",
+        r"^query\s+n\s+p50 ms\s+p95 ms\s+max ms\s+matches\s+goal p95\s+verdict$",
+        r"^PatientName=\*OSS\*\^MA\* \(inner wildcards",
+        r"^series of one study",
+        r"^SERIES level, StudyInstanceUID=",
+        r"^WADO-RS retrieve of a whole study",
+        r"^4 x CT_small \(39 KB\)\s+[\d.]+\s+cold\s+\d",
+        r"^4 x CT 512x512 \(513 KB\)\s+[\d.]+\s+warm\s+\d",
+    )
+    assert "not measured" not in out, out
+
+
+def test_render_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
+    out = _run("bench/render/run.py", "--smoke", tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^Rendering benchmark: JPEG quality 90",
+        r"^case\s+frames\s+MB/img\s+ours img/s\s+ours\s+isolated\s+naive\s+dcmj2pnm\s+ours/dcmtk\s+peak/img\s+verdict$",
+        *(
+            rf"^{case}\s+\d"
+            for case in (
+                "CT 512x512 16-bit",
+                "MG 1024x832 MONOCHROME1",
+                "US clip 2x640x480 JPEG",
+                "JPEG baseline",
+                "JPEG-LS lossless",
+                "Deflated",
+            )
+        ),
+        r"^goals: faster than dcmj2pnm on \d+ of the \d+ rows",
+        r"^pydicom's bundled image files rendered \(frame 1\), of 4 with pixel data:$",
+        *(rf"^  {who}\s+\d+ of 4$" for who in ("ours", "isolated", "naive", "dcmj2pnm")),
+    )
