@@ -2,7 +2,8 @@
 (``audit``, its rows in ``models``), the hash chain it and the preservation's
 giornale are built on (``hashchain``), the abstract alert of the storage and
 the preservation checks (``alerts``, its acknowledge action in ``admin``), the
-codice fiscale (``codice_fiscale``), the small pieces of every web edge (``web``).
+heartbeat lease of a row a worker builds (``leases``), the codice fiscale
+(``codice_fiscale``), the small pieces of every web edge (``web``).
 
 It imports Django, DRF and libraries only, never archive, booking, portal or
 preservation: what it needs to know of them is given to it (a model named by
