@@ -13,6 +13,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from archive.dicomnet import peers
+from kernel.alerts import Alert
 from kernel.codice_fiscale import validate_codice_fiscale
 
 # PS3.5 6.2: AE is up to 16 characters of the default repertoire, no backslash
@@ -691,15 +692,17 @@ class FixityRun(models.Model):
         return f"{self.started_at:%Y-%m-%d %H:%M} {self.ok}/{self.checked}"
 
 
-class StorageAlert(models.Model):
-    """Something about a stored copy that staff must know: shown in the admin until acknowledged."""
+class StorageAlert(Alert):
+    """Something about a stored copy that staff must know: shown in the admin until acknowledged.
+
+    One open alert per copy (its tier and path): a later audit that finds it again updates it.
+    """
 
     class Kind(models.TextChoices):
         DAMAGED = "damaged", _("copia danneggiata")
         MISSING = "missing", _("copia mancante")
         UNREPAIRABLE = "unrepairable", _("nessuna copia verificata da cui riparare")
 
-    created_at = models.DateTimeField(_("rilevato il"), auto_now_add=True, db_index=True)
     kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
     tier = models.CharField(_("livello"), max_length=64)
     path = models.CharField(_("percorso"), max_length=512)
@@ -709,25 +712,11 @@ class StorageAlert(models.Model):
     fixity_run = models.ForeignKey(
         FixityRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts", verbose_name=_("verifica")
     )
-    detail = models.TextField(_("dettaglio"), blank=True)
     repaired = models.BooleanField(_("riparata"), default=False)
-    # One open alert per copy: a later audit that finds it again updates it.
-    last_seen_at = models.DateTimeField(_("ultima rilevazione"), null=True, blank=True)
-    count = models.PositiveIntegerField(_("rilevazioni"), default=1)
-    acknowledged_at = models.DateTimeField(_("presa visione il"), null=True, blank=True)
-    acknowledged_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("presa visione da"),
-    )
 
-    class Meta:
+    class Meta(Alert.Meta):
         verbose_name = _("allarme di archiviazione")
         verbose_name_plural = _("allarmi di archiviazione")
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.tier}:{self.path}"

@@ -1,6 +1,9 @@
 """The kernel: what every app uses and is not about images. The audit log
-(``audit``, its rows in ``models``), the codice fiscale (``codice_fiscale``), the
-small pieces of every web edge (``web``).
+(``audit``, its rows in ``models``), the hash chain it and the preservation's
+giornale are built on (``hashchain``), the abstract alert of the storage and
+the preservation checks (``alerts``, its acknowledge action in ``admin``), the
+heartbeat lease of a row a worker builds (``leases``), the codice fiscale
+(``codice_fiscale``), the small pieces of every web edge (``web``).
 
 It imports Django, DRF and libraries only, never archive, booking, portal or
 preservation: what it needs to know of them is given to it (a model named by

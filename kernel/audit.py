@@ -50,6 +50,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from kernel import hashchain
 from kernel.models import AuditEvent, AuditEventPatient
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Study(Protocol):
     study_instance_uid: str
 
 
-GENESIS_HASH = "0" * 64
+GENESIS_HASH = hashchain.GENESIS_HASH
 LEGACY_CHAIN = ""
 MIN_KEY_BYTES = 32
 
@@ -196,7 +197,7 @@ def audit_keys() -> dict[str, AuditKey]:
 # --- the rows' HMAC -------------------------------------------------------------------
 
 
-def _payload(event: AuditEvent) -> dict[str, Any]:
+def _content(event: AuditEvent) -> dict[str, Any]:
     return {
         "at": event.at.isoformat(),
         "user_id": event.user_id,
@@ -210,23 +211,18 @@ def _payload(event: AuditEvent) -> dict[str, Any]:
         "study_instance_uid": event.study_instance_uid,
         "source": event.source,
         "detail": event.detail,
-        "prev_hash": event.prev_hash,
     }
-
-
-def _canonical(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def row_mac(event: AuditEvent, secret: bytes) -> str:
     """HMAC-SHA256 of a keyed row: its content, its place (chain, seq, key) and the previous HMAC."""
-    payload = {**_payload(event), "chain": event.chain, "seq": event.seq, "key_id": event.key_id}
-    return hmac.new(secret, _canonical(payload), hashlib.sha256).hexdigest()
+    place = {"chain": event.chain, "seq": event.seq, "key_id": event.key_id}
+    return hashchain.link_hash({**_content(event), **place}, prev_hash=event.prev_hash, key=secret)
 
 
 def legacy_row_hash(event: AuditEvent) -> str:
     """SHA-256 of a row written before keying (``chain=""``), as it was computed then."""
-    return hashlib.sha256(_canonical(_payload(event))).hexdigest()
+    return hashchain.link_hash(_content(event), prev_hash=event.prev_hash)
 
 
 # --- the chains of this process ----------------------------------------------------------
@@ -619,22 +615,23 @@ def _check_links(report: AuditReport, row: AuditEvent, links: dict[int, set[int]
 
 def _verify_legacy(report: AuditReport, heads: dict[str, tuple[int, str, int]]) -> tuple[int, int | None]:
     rows = AuditEvent.objects.filter(chain=LEGACY_CHAIN).order_by("id").iterator(chunk_size=2000)
-    prev, count, last = GENESIS_HASH, 0, None
-    for batch in _batches(rows):
-        for row in batch:
-            count += 1
-            if row.prev_hash != prev:
-                report.problems.append(
-                    AuditProblem(
-                        "its prev_hash is not the previous row's hash (a row removed?)", LEGACY_CHAIN, None, row.pk
-                    )
+    walk = hashchain.ChainWalk(legacy_row_hash)
+    count, last = 0, None
+    for row in rows:
+        link = walk.step(row)
+        count += 1
+        if not link.prev_ok:
+            report.problems.append(
+                AuditProblem(
+                    "its prev_hash is not the previous row's hash (a row removed?)", LEGACY_CHAIN, None, row.pk
                 )
-            if legacy_row_hash(row) != row.hash:
-                report.problems.append(
-                    AuditProblem("its content does not match its hash (a row changed?)", LEGACY_CHAIN, None, row.pk)
-                )
-            # No links to compare: legacy rows were written before the link table.
-            prev, last = row.hash, row
+            )
+        if not link.hash_ok:
+            report.problems.append(
+                AuditProblem("its content does not match its hash (a row changed?)", LEGACY_CHAIN, None, row.pk)
+            )
+        # No links to compare: legacy rows were written before the link table.
+        last = row
     if last is not None:
         heads[LEGACY_CHAIN] = (count, last.hash, last.pk)
         report.chains += 1
@@ -644,34 +641,38 @@ def _verify_legacy(report: AuditReport, heads: dict[str, tuple[int, str, int]]) 
 
 
 def _verify_keyed(report: AuditReport, keys: dict[str, AuditKey], heads: dict[str, tuple[int, str, int]]) -> None:
+    def row_hash(row: AuditEvent) -> str | None:
+        key = keys.get(row.key_id)
+        return row_mac(row, key.secret) if key is not None else None
+
     rows = AuditEvent.objects.exclude(chain=LEGACY_CHAIN).order_by("chain", "seq").iterator(chunk_size=2000)
-    chain, last_seq, last_hash, last_pk = None, 0, GENESIS_HASH, 0
+    walk = hashchain.ChainWalk(row_hash, chain_of=lambda row: row.chain, seq_of=lambda row: int(row.seq or 0))
     for batch in _batches(rows):
         links = _links(batch)
         for row in batch:
+            link = walk.step(row)
             seq = int(row.seq or 0)
 
             def problem(reason: str, row: AuditEvent = row, seq: int = seq) -> None:
                 report.problems.append(AuditProblem(reason, row.chain, seq, row.pk))
 
             report.events += 1
-            if row.chain != chain:
-                chain, last_seq, last_hash, last_pk = row.chain, 0, GENESIS_HASH, 0
+            if link.starts_chain:
                 report.chains += 1
-            if seq != last_seq + 1:
-                missing = f"seq {last_seq + 1}" if seq == last_seq + 2 else f"seq {last_seq + 1} to {seq - 1}"
+            last_seq, last_pk = (int(link.previous.seq or 0), link.previous.pk) if link.previous else (0, 0)
+            if link.missing is not None:
+                first, end = link.missing
+                missing = f"seq {first}" if first == end else f"seq {first} to {end}"
                 after = f"between event #{last_pk} (seq {last_seq}) and this one" if last_pk else "before this row"
                 problem(f"{missing} missing {after} (rows removed?)")
-            elif row.prev_hash != last_hash:
+            elif not link.prev_ok:
                 before = f"the HMAC of seq {last_seq} (event #{last_pk})" if last_pk else "the genesis hash"
                 problem(f"its prev_hash is not {before}: rows re-linked?")
-            key = keys.get(row.key_id)
-            if key is None:
+            if link.hash_ok is None:
                 problem(f"written with key {row.key_id!r}, which this verifier does not hold")
-            elif not hmac.compare_digest(row_mac(row, key.secret), row.hash):
+            elif not link.hash_ok:
                 problem("its content does not match its HMAC (changed, or re-hashed without the key)")
             _check_links(report, row, links)
-            last_seq, last_hash, last_pk = seq, row.hash, row.pk
             heads[row.chain] = (seq, row.hash, row.pk)
 
 
@@ -767,33 +768,3 @@ def _verify_guards() -> list[AuditProblem]:
         AuditProblem(f"the database guard {name} is missing or disabled: the audit tables accept changes")
         for name in triggers_missing(GUARDS.get(connection.vendor) or [])
     ]
-
-
-# --- the hash chain walk the giornale shares ------------------------------------------------------
-
-
-@dataclass
-class ChainReport:
-    checked: int
-    broken_at: int | None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.broken_at is None
-
-
-def chain_verify(rows: Iterable[Any], row_hash: Callable[[Any], str]) -> ChainReport:
-    """Walk an unkeyed hash chain in order (``rows`` with ``pk``, ``prev_hash`` and
-    ``hash``); report the first row that does not fit. Used by the preservation
-    log (``preservation.journal``)."""
-    prev = GENESIS_HASH
-    checked = 0
-    for row in rows:
-        if row.prev_hash != prev:
-            return ChainReport(checked, row.pk, "its prev_hash does not match the previous row (a row removed?)")
-        if row_hash(row) != row.hash:
-            return ChainReport(checked, row.pk, "its content does not match its hash (a row changed?)")
-        prev = row.hash
-        checked += 1
-    return ChainReport(checked, None)

@@ -6,8 +6,9 @@ for the study's current content (its :func:`study_fingerprint`): two
 requests share one package. :func:`package_build` writes it with
 :mod:`portal.packages` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
 the row. A builder that died (a killed worker) stops renewing
-``heartbeat_at``; after :data:`STALE` another may take the package over, and
-the zip is written under a temporary name, so nothing half-written is served.
+``heartbeat_at``; after :data:`STALE` another may take the package over
+(:mod:`kernel.leases`), and the zip is written under a temporary name, so
+nothing half-written is served.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -29,6 +31,7 @@ from archive import access
 from archive.models import Instance, Study
 from archive.storage import tiers as storage
 from booking.models import Booking
+from kernel import leases
 
 from . import packages
 from .models import DownloadPackage, Notification
@@ -124,23 +127,18 @@ def builds_inline(package: DownloadPackage) -> bool:
 def _claim(package_pk: int) -> DownloadPackage | None:
     """Mark the package running for this builder; None when someone else builds it or it is done."""
     now = timezone.now()
-    with transaction.atomic():
-        package = DownloadPackage.objects.select_for_update().filter(pk=package_pk).first()
-        if package is None:
-            return None
-        if (
-            package.status == DownloadPackage.Status.RUNNING
-            and package.heartbeat_at
-            and package.heartbeat_at > now - STALE
-        ):
-            return None
-        if package.status not in (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING):
-            return None
-        package.status = DownloadPackage.Status.RUNNING
-        package.started_at = package.heartbeat_at = now
-        package.done_bytes = 0
-        package.save(update_fields=["status", "started_at", "heartbeat_at", "done_bytes"])
-    return package
+    claimed = leases.lease_claim(
+        DownloadPackage.objects.filter(
+            pk=package_pk, status__in=(DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING)
+        ),
+        stale_after=STALE,
+        free=Q(status=DownloadPackage.Status.QUEUED),  # a running one only once its builder is stale
+        now=now,
+        status=DownloadPackage.Status.RUNNING,
+        started_at=now,
+        done_bytes=0,
+    )
+    return DownloadPackage.objects.filter(pk=package_pk).first() if claimed else None
 
 
 def package_build(*, package_pk: int) -> DownloadPackage | None:
@@ -155,9 +153,7 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY:
             last[0] = now
-            DownloadPackage.objects.filter(pk=package.pk).update(
-                done_bytes=done, total_bytes=total, heartbeat_at=timezone.now()
-            )
+            leases.lease_renew(DownloadPackage.objects.filter(pk=package.pk), done_bytes=done, total_bytes=total)
 
     try:
         info = _WRITERS[package.kind](study=package.study, path=path, progress=progress)

@@ -22,7 +22,7 @@ from django.utils.translation import ngettext
 
 from archive import access
 from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
-from archive.storage.admin import AlertAdminMixin
+from kernel.admin import AlertAdminMixin
 from kernel.web import download_filename
 
 from . import export, retention
@@ -253,7 +253,21 @@ class PreservationAlertAdmin(AlertAdminMixin, VisibleRowsMixin, admin.ModelAdmin
         "acknowledged_by",
     )
     list_filter = ("kind", ("acknowledged_at", admin.EmptyFieldListFilter))
-    readonly_fields = [f.name for f in PreservationAlert._meta.fields]
+    # Every field, in the order they had before the common ones moved to kernel.alerts.Alert (which puts them first).
+    readonly_fields = (
+        "id",
+        "created_at",
+        "last_seen_at",
+        "count",
+        "kind",
+        "audit",
+        "package",
+        "volume",
+        "path",
+        "detail",
+        "acknowledged_at",
+        "acknowledged_by",
+    )
 
     def visible_q(self, principal: access.Principal) -> Q:
         return access.any_q(Q(package__isnull=True), access.visible_q(principal, "package__study__"))

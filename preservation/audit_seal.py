@@ -25,14 +25,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 import logging
 from typing import Any
 
 from django.db import connection
 
 from archive.reporting import signing
-from kernel import audit
+from kernel import audit, hashchain
 
 from . import timestamp
 from .journal import journal_record, journal_verify
@@ -50,8 +49,9 @@ TIMESTAMP_TOLERANCE = dt.timedelta(minutes=10)
 
 
 def seal_bytes(document: dict[str, Any]) -> bytes:
-    """The bytes a seal's digest and time stamp are computed over."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a seal's digest and time stamp are computed over: the canonical JSON of
+    the chains' rows (a seal holds only strings and numbers, which it writes alike)."""
+    return hashchain.canonical(document)
 
 
 def _seals() -> Any:

@@ -56,15 +56,10 @@ def _alert(  # type: ignore[no-untyped-def]
     audit: FixityAudit, kind: str, *, path: str, detail: str, package=None, volume=None
 ) -> None:
     """Raise an alert, or update the open one for the same object and kind (count, last seen)."""
-    now = timezone.now()
     detail = detail[:2000]
-    updated = PreservationAlert.objects.filter(
-        kind=kind, path=path, package=package, volume=volume, acknowledged_at__isnull=True
-    ).update(count=F("count") + 1, last_seen_at=now, detail=detail, audit=audit)
-    if not updated:
-        PreservationAlert.objects.create(
-            audit=audit, kind=kind, path=path, detail=detail, package=package, volume=volume, last_seen_at=now
-        )
+    PreservationAlert.raise_or_update(
+        damage={"kind": kind, "path": path, "package": package, "volume": volume}, detail=detail, audit=audit
+    )
     audit.failures += 1
     logger.error("preservation fixity: %s %s: %s", kind, path, detail)
 

@@ -1,9 +1,12 @@
 """The preservation log (giornale della conservazione): one append-only,
-hash-chained row per package, volume, export, audit, hold and discard."""
+hash-chained row per package, volume, export, audit, hold, discard and seal.
+
+One chain in id order, in plain SHA-256 (:mod:`kernel.hashchain`, as the
+audit log's rows from before keying were).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from kernel.audit import GENESIS_HASH, ChainReport, chain_verify
+from kernel.hashchain import GENESIS_HASH, ChainReport, chain_verify, link_hash
 
 from .models import JournalEntry
 
@@ -21,7 +24,7 @@ _CHAIN_LOCK_KEY = 0x50524553  # "PRES": PostgreSQL advisory lock serialising the
 
 
 def _row_hash(entry: JournalEntry) -> str:
-    payload = {
+    content = {
         "at": entry.at.isoformat(),
         "event": entry.event,
         "action": entry.action,
@@ -30,10 +33,8 @@ def _row_hash(entry: JournalEntry) -> str:
         "username": entry.username,
         "system": entry.system,
         "detail": entry.detail,
-        "prev_hash": entry.prev_hash,
     }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return link_hash(content, prev_hash=entry.prev_hash)
 
 
 def journal_record(

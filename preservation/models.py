@@ -17,6 +17,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from archive.models import Patient, Report, Study
+from kernel.alerts import Alert
 
 
 class RetentionClass(models.Model):
@@ -335,8 +336,12 @@ class FixityAudit(models.Model):
         return f"{self.started_at:%Y-%m-%d %H:%M} {self.failures}"
 
 
-class PreservationAlert(models.Model):
-    """A mismatch the fixity audit found: shown in the admin until acknowledged."""
+class PreservationAlert(Alert):
+    """A mismatch the fixity audit found: shown in the admin until acknowledged.
+
+    One open alert per object (package, volume, path) and kind: the same mismatch
+    found by a later audit updates it.
+    """
 
     class Kind(models.TextChoices):
         MISSING = "missing", _("file mancante")
@@ -348,10 +353,6 @@ class PreservationAlert(models.Model):
         CHAIN = "chain", _("catena dei volumi interrotta")
         GUARD = "guard", _("protezione del registro disattivata")
 
-    created_at = models.DateTimeField(_("rilevato il"), auto_now_add=True, db_index=True)
-    # The same mismatch found by a later audit updates its open alert.
-    last_seen_at = models.DateTimeField(_("ultima rilevazione"), null=True, blank=True)
-    count = models.PositiveIntegerField(_("rilevazioni"), default=1)
     kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
     audit = models.ForeignKey(
         FixityAudit, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts", verbose_name=_("verifica")
@@ -363,21 +364,10 @@ class PreservationAlert(models.Model):
         Volume, null=True, blank=True, on_delete=models.PROTECT, related_name="alerts", verbose_name=_("volume")
     )
     path = models.CharField(_("percorso"), max_length=512, blank=True)
-    detail = models.TextField(_("dettaglio"), blank=True)
-    acknowledged_at = models.DateTimeField(_("presa visione il"), null=True, blank=True)
-    acknowledged_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=_("presa visione da"),
-    )
 
-    class Meta:
+    class Meta(Alert.Meta):
         verbose_name = _("allarme della conservazione")
         verbose_name_plural = _("allarmi della conservazione")
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.path}"

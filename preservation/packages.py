@@ -1,8 +1,8 @@
 """From a signed, stable study to an archival package (PdV -> PdA, SIP -> AIP).
 
 :func:`package_build` claims the package row of each signed report version
-not yet preserved (a conditional update, taken over when the builder's
-heartbeat is stale), gathers the submission package in this process's
+not yet preserved (a heartbeat lease, :mod:`kernel.leases`: taken over when
+the builder's heartbeat is stale), gathers the submission package in this process's
 incoming folder -- the study's DICOM instances not in an earlier package of
 the study, the signed report's PDF and ``.p7m``, a metadata record per
 document (:mod:`preservation.metadata`) and the PdV index -- checks it (every
@@ -33,6 +33,7 @@ from archive.models import Instance, Report, Study
 from archive.reporting import services as reports
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel import leases
 
 from . import metadata, retention, vault
 from .journal import journal_record
@@ -149,10 +150,8 @@ def _claim(*, study: Study, report: Report, stale_after: dt.timedelta) -> Packag
         return package
     if package.status != Package.Status.BUILDING:
         return None
-    taken = Package.objects.filter(pk=package.pk, status=Package.Status.BUILDING).filter(
-        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lte=now - stale_after)
-    )
-    if taken.update(heartbeat_at=now) != 1:
+    building = Package.objects.filter(pk=package.pk, status=Package.Status.BUILDING)
+    if not leases.lease_claim(building, stale_after=stale_after, now=now):
         return None  # a live builder holds it
     logger.warning("package %s taken over from a builder that stopped", package.identifier)
     package.refresh_from_db()
@@ -160,7 +159,7 @@ def _claim(*, study: Study, report: Report, stale_after: dt.timedelta) -> Packag
 
 
 def _heartbeat(package: Package) -> None:
-    Package.objects.filter(pk=package.pk).update(heartbeat_at=timezone.now())
+    leases.lease_renew(Package.objects.filter(pk=package.pk))
     pause = settings.PACS_PRESERVATION_THROTTLE_SECONDS
     if pause > 0:
         time.sleep(pause)

@@ -2,11 +2,12 @@
 signed (detached CAdES) with the preservation officer's key and time-stamped
 (RFC 3161).
 
-:func:`volume_close` first finishes a volume a dead worker left half-closed,
-then claims the archived packages without a volume (a conditional update per
-package, so two closers never share one), writes the index, its signature and
-its time stamp, and publishes the three in one step under ``volumes/<ID>/``
-in the write-once tier; the row is marked closed last.
+:func:`volume_close` first finishes a volume a dead worker left half-closed
+(its heartbeat lease stale, :mod:`kernel.leases`), else claims the archived
+packages without a volume (a conditional update per package, so two closers
+never share one). It writes the index, its signature and its time stamp, and
+publishes the three in one step under ``volumes/<ID>/`` in the write-once
+tier; the row is marked closed last.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from archive.reporting import signing
 from archive.storage import tiers as storage
+from kernel import leases
 
 from . import signer, sincro, timestamp, vault
 from .journal import journal_record
@@ -57,10 +59,10 @@ def volume_close(*, max_packages: int | None = None, stale_after: dt.timedelta =
     Returns the closed volume, or None when there was nothing to close.
     """
     now = timezone.now()
-    leftover = Volume.objects.filter(status=Volume.Status.BUILDING, heartbeat_at__lte=now - stale_after).first()
-    if leftover is not None:
-        if Volume.objects.filter(pk=leftover.pk, heartbeat_at=leftover.heartbeat_at).update(heartbeat_at=now) == 1:
-            return _finish(leftover)
+    building = Volume.objects.filter(status=Volume.Status.BUILDING)
+    leftover = leases.leases_stale(building, stale_after=stale_after, now=now).first()
+    if leftover is not None and leases.lease_claim(building.filter(pk=leftover.pk), stale_after=stale_after, now=now):
+        return _finish(leftover)
     limit = max_packages or settings.PACS_PRESERVATION_VOLUME_MAX_PACKAGES
     candidates = list(
         Package.objects.filter(status=Package.Status.ARCHIVED, volume__isnull=True)
@@ -114,6 +116,8 @@ def _finish(volume: Volume) -> Volume:
         # Published, it could never be verified: the volume stays open for the next run.
         raise VolumeError(f"the time stamp of {volume.identifier} is not accepted: {stamp.reason}")
     files = {INDEX: data, SIGNATURE: signature, TIMESTAMP: tsr}
+    # Signing and the TSA may have been slow: still alive, before publishing.
+    leases.lease_renew(Volume.objects.filter(pk=volume.pk, status=Volume.Status.BUILDING))
     workdir = storage.incoming_dir() / f"vol-{volume.identifier}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(mode=storage.DIR_MODE)

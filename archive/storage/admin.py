@@ -4,50 +4,25 @@ storage alerts (acknowledged by staff), copies the lifecycle could not make
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from archive import access
 from archive.admin import ReadOnlyAdmin, VisibleRowsMixin
 from archive.models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 from archive.storage import lifecycle
+from kernel.admin import AlertAdminMixin
 
 
 @admin.register(LifecyclePolicy)
 class LifecyclePolicyAdmin(admin.ModelAdmin):
     list_display = ("facility", "modality", "migrate_after_days", "evict_after_days")
     list_filter = ("facility",)
-
-
-class AlertAdminMixin:
-    """An alert's admin: alerts are raised by the system, never added or deleted
-    here; staff acknowledge them with an action (the preservation alerts too)."""
-
-    actions = ["acknowledge"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
-    def acknowledge(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        n = queryset.filter(acknowledged_at__isnull=True).update(
-            acknowledged_at=timezone.now(), acknowledged_by=request.user
-        )
-        self.message_user(  # type: ignore[attr-defined]
-            request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
-        )
 
 
 @admin.register(ScopeMigration)

@@ -750,27 +750,14 @@ def copy_check(*, copy_pk: int, run: FixityRun | None = None) -> str:
 
 def _alert(copy: Copy, instance: Instance, *, run: FixityRun | None, kind: str, detail: str, repaired: bool) -> None:
     """One open alert per copy: found again, it is updated (count, last seen), not repeated."""
-    now = timezone.now()
-    updated = StorageAlert.objects.filter(tier=copy.tier, path=copy.path, acknowledged_at__isnull=True).update(
+    StorageAlert.raise_or_update(
+        damage={"tier": copy.tier, "path": copy.path},
         kind=kind,
         instance=instance,
         fixity_run=run,
         detail=detail,
         repaired=repaired,
-        last_seen_at=now,
-        count=F("count") + 1,
     )
-    if not updated:
-        StorageAlert.objects.create(
-            kind=kind,
-            tier=copy.tier,
-            path=copy.path,
-            instance=instance,
-            fixity_run=run,
-            detail=detail,
-            repaired=repaired,
-            last_seen_at=now,
-        )
 
 
 def _repair(copy: Copy, instance: Instance) -> str:
@@ -808,7 +795,7 @@ def storage_summary(*, principal: access.Principal = access.SYSTEM) -> dict[str,
     """
     now = timezone.now()
     instance_seen = access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
-    alerts = StorageAlert.objects.filter(instance_seen, acknowledged_at__isnull=True)
+    alerts = StorageAlert.objects.filter(instance_seen).unacknowledged()
     failures = CopyFailure.objects.filter(access.visible_q(principal, "instance__series__study__"))
     tiers = list(Copy.objects.values("tier").annotate(objects=Count("pk"), bytes=Sum("size")).order_by("tier"))
     per_facility = list(

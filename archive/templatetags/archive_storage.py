@@ -11,4 +11,4 @@ register = template.Library()
 
 @register.simple_tag
 def storage_alerts_open() -> int:
-    return StorageAlert.objects.filter(acknowledged_at__isnull=True).count()
+    return StorageAlert.objects.unacknowledged().count()

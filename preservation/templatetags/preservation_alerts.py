@@ -11,4 +11,4 @@ register = template.Library()
 
 @register.simple_tag
 def preservation_alerts_open() -> int:
-    return PreservationAlert.objects.filter(acknowledged_at__isnull=True).count()
+    return PreservationAlert.objects.unacknowledged().count()
