@@ -566,6 +566,13 @@ PACS_DICOM_NETWORK_TIMEOUT = env_float("PACS_DICOM_NETWORK_TIMEOUT", 60.0)
 # On SIGTERM: how long associations may go on before they are aborted (each
 # between two stores, never in the middle of one).
 PACS_DICOM_SHUTDOWN_GRACE = env_float("PACS_DICOM_SHUTDOWN_GRACE", 10.0)
+# The listener's fast paths around pynetdicom (archive/dicomnet/fence.py, rows
+# marked F): loops that wake on events instead of polling every millisecond,
+# C-FIND responses encoded once, TCP_NODELAY, large reads. Off: pynetdicom's own
+# behaviour for each of them (slower, for comparison or a suspected fast-path
+# fault); the PDU length ceiling, the request gate and the per-address slots
+# stay on either way.
+PACS_DICOM_FAST_PATHS = env_bool("PACS_DICOM_FAST_PATHS", True)
 
 # --- Logging ------------------------------------------------------------------
 LOGGING = {

@@ -21,7 +21,6 @@ from pynetdicom.sop_class import (
 
 from archive import storage
 from archive.dicom import _body_offset
-from archive.dimse import _SpoolFile
 from archive.ingest import instance_ingest
 from archive.models import AuditEvent, Copy, Instance, Patient, RemoteNode, Study
 from archive.sample_data import PatientInfo, write_study
@@ -65,11 +64,9 @@ def _body(data: bytes) -> bytes:
 
 
 def _received(event) -> bytes:  # type: ignore[no-untyped-def]
-    """The data set bytes a C-STORE brought to a test SCP in this process (where the
-    listener has switched pynetdicom to receiving into its spool files)."""
-    spool = _SpoolFile.of(event.dataset_path)
-    data = spool.in_memory() if spool is not None else None
-    return _body(bytes(data) if data is not None else Path(event.dataset_path).read_bytes())
+    """The data set bytes a C-STORE brought to a test SCP in this process: pynetdicom's
+    own, whether or not a listener ran here before (the listener changes nothing of it)."""
+    return bytes(event.encoded_dataset(include_meta=False))
 
 
 def _assoc(port: int, contexts: list, *, calling_ae: str = "WS", **kwargs):  # type: ignore[no-untyped-def]
