@@ -16,106 +16,129 @@ switch, where pynetdicom makes the object (row 12), and pynetdicom's
 identifier logging, switched off by ``manage.py dicom_listener`` in its own
 process only (row 15).
 
-F: a fast path. ``PACS_DICOM_FAST_PATHS`` (default on) chooses, per server;
-off, that part is pynetdicom's own. The other rows stay on in both modes:
-they bound what a peer can make the listener hold, carry the access policy,
-or send the archived files as archived.
+DUL is ``pynetdicom.dul.DULServiceProvider``, DIMSE
+``pynetdicom.dimse.DIMSEServiceProvider``. F: a fast path.
+``PACS_DICOM_FAST_PATHS`` (default on) chooses, per server; off, that part
+is pynetdicom's own. The other rows are on in both modes: they bound what a
+peer can make the listener hold, carry the access policy, or send the
+archived files as archived.
 
-====  ===========================================  ==========================================  ===============================
-Row   pynetdicom name                              Why                                         What upstream would need
-====  ===========================================  ==========================================  ===============================
-1     ``DULServiceProvider._read_pdu_data``         pynetdicom buffers whatever PDU length a    A maximum PDU length to
-      (overridden)                                 peer declares (up to 4 GiB); here a PDU     receive, checked on the
-                                                   longer than ``PACS_DICOM_PDU_READ_LIMIT``   header before the body is read.
-                                                   cuts the connection before its body is
-                                                   read. F: the body is read into one buffer,
-                                                   1 MiB a call (pynetdicom: 4 KiB).
-2     ``DULServiceProvider._is_transport_event``    The gate (``archive/dul.py``) reads the     An acceptor that takes an
-      (overridden)                                 TLS handshake and the A-ASSOCIATE-RQ in     already-read first PDU, or a
-                                                   the connection's own thread, under a        request timeout and the TLS
-                                                   deadline, before an association exists;     handshake outside the
-                                                   its PDU is handed to the DUL first, as if   accepting thread.
-                                                   read from the socket.
-3     ``DULServiceProvider._decode_pdu``,           To queue a PDU read by rows 1 and 2 as      Comes with rows 1 and 2.
-      ``._recv_pdu`` (used)                        pynetdicom's reader does.
-4 F   ``DULServiceProvider.run_reactor`` (copied;   The DUL thread sleeps 1 ms whenever a loop  An event-driven DUL (its own
-      uses ``_idle_timer``, ``_kill_thread``,      found nothing to do. The copy waits on the  TODO in ``dul.py``), or a hook
-      ``_run_loop_delay``, ``Association._dul_      peer's socket and on a wake-up socket       for the wait.
-      ready``, ``Association._kill``)              poked when a primitive is queued for
-                                                   sending (``to_provider_queue``), timing
-                                                   out after pynetdicom's own delay, so every
-                                                   timer is checked as often as before.
-5 F   ``DULServiceProvider._process_recv_           While it has something to send it does not  Incoming PDUs read before
-      primitive`` (overridden)                     read: a C-CANCEL or A-ABORT waits behind    queued ones are sent.
-                                                   every queued C-FIND response. Here the
-                                                   peer's socket is read first when it has
-                                                   data.
-6 F   ``Association._run_reactor`` (copied; uses    The association's loop sleeps 1 ms a turn.  As row 4.
-      ``_kill``, ``_is_paused``,                   The copy waits on an event set whenever the
-      ``_reactor_checkpoint``, ``_serve_request``)  DUL or the DIMSE provider queues something
-                                                   for it (``to_user_queue``, ``msg_queue``).
-7     ``Association.__init__`` (its ``dul`` and     It makes its DUL and DIMSE providers with   Provider classes as class
-      ``dimse``, replaced)                         no way to choose their class; the subclass  attributes of Association.
-                                                   replaces both before any thread starts and
-                                                   hands the ACSE and network timeouts to the
-                                                   new DUL's timers (through their setters).
-8     ``RequestHandler._create_association``        pynetdicom makes a plain Association for    An association class (or
-      (copied; sets ``Association._server``)       each connection; the copy makes the         factory) on ``make_server``.
-                                                   listener's, set up the same way (the
-                                                   server's handlers bound through its public
-                                                   ``get_events``/``get_handlers``).
-9     ``Association._serve_request`` (wrapped)      A C-MOVE or C-GET the access policy         A C-MOVE handler that may
-                                                   refuses is answered with its own status     answer with a final status
-                                                   before pynetdicom's service class runs: its before naming a destination.
-                                                   C-MOVE asks the handler for a destination
-                                                   first and can then only say "destination
-                                                   unknown". (Was: ``association.uid_to_
-                                                   service_class`` patched for the process,
-                                                   ``_move_scp``/``_get_scp`` overridden.)
-10    ``Association.send_c_store``'s file branch    C-GET and C-MOVE sub-operations send the    A per-call (or per-association)
-      (copied: ``_get_valid_context``,             archived file byte for byte, read from      choice of ``send_c_store``'s
-      ``_reactor_checkpoint``, ``_is_paused``,     disk as it is sent; pynetdicom does so      file mode.
-      ``_handle_no_response``,                     only with ``_config.STORE_SEND_CHUNKED_
-      ``_check_received_status``,                  DATASET`` on for the whole process.
+====  ======================================  ============================================  ============================
+Row   pynetdicom name                         Why                                           What upstream would need
+====  ======================================  ============================================  ============================
+1     ``DUL._read_pdu_data`` (overridden)     pynetdicom buffers whatever PDU length a      A maximum PDU length to
+                                              peer declares (up to 4 GiB). Here a PDU       receive, checked on the
+                                              longer than ``PACS_DICOM_PDU_READ_LIMIT``     header.
+                                              cuts the connection before its body is read.
+                                              F: the body is read into one buffer, 1 MiB a
+                                              call (pynetdicom: 4 KiB).
+
+2     ``DUL._is_transport_event``             The gate (``archive/dul.py``) reads the TLS   An acceptor taking an
+      (overridden)                            handshake and the A-ASSOCIATE-RQ in the       already-read first PDU; or a
+                                              connection's own thread, under a deadline,    request timeout and the TLS
+                                              before an association exists; its PDU goes    handshake outside the
+                                              to the DUL first, as if read from the         accepting thread.
+                                              socket.
+
+3     ``DUL._decode_pdu``, ``DUL._recv_pdu``  To queue a PDU read by rows 1 and 2 as        Comes with rows 1 and 2.
+      (used)                                  pynetdicom's own reader does.
+
+4 F   ``DUL.run_reactor`` (copied; uses       The DUL thread sleeps 1 ms whenever a loop    An event-driven DUL (its own
+      ``_idle_timer``, ``_kill_thread``,      found nothing to do. The copy waits on the    TODO in ``dul.py``), or a
+      ``_run_loop_delay``,                    peer's socket and on a wake-up socket poked   hook for the wait.
+      ``Association._dul_ready``,             when a primitive is queued for sending
+      ``Association._kill``)                  (``to_provider_queue``), up to pynetdicom's
+                                              own delay, so every timer is checked as
+                                              often as before.
+
+5 F   ``DUL._process_recv_primitive``         While it has something to send it does not    Incoming PDUs read before
+      (overridden)                            read: a C-CANCEL or A-ABORT waits behind      queued ones are sent.
+                                              every queued C-FIND response. Here the
+                                              peer's socket is read first when it has
+                                              data.
+
+6 F   ``Association._run_reactor`` (copied;   The association's loop sleeps 1 ms a turn.    As row 4.
+      uses ``_kill``, ``_is_paused``,         The copy waits on an event set whenever the
+      ``_reactor_checkpoint``)                DUL or the DIMSE provider queues something
+                                              for it (``to_user_queue``, ``msg_queue``).
+
+7     ``Association.__init__`` (its ``dul``   It makes its DUL and DIMSE providers with no  Provider classes as class
+      and ``dimse`` replaced)                 way to choose their class: the subclass       attributes of Association.
+                                              replaces both before any thread starts, and
+                                              hands the ACSE and network timeouts to the
+                                              new DUL's timers (through the timeouts'
+                                              setters).
+
+8     ``RequestHandler._create_association``  pynetdicom makes a plain Association for      An association class (or
+      (copied; sets ``Association._server``)  each connection; the copy makes the           factory) for
+                                              listener's, set up the same way (the          ``make_server``.
+                                              server's handlers bound through its public
+                                              ``get_events`` and ``get_handlers``).
+
+9     ``Association._serve_request``          A C-MOVE or C-GET the access policy refuses   A C-MOVE handler that may
+      (wrapped)                               is answered with its own status before        answer with a final status
+                                              pynetdicom's service class runs: its C-MOVE   before naming a destination.
+                                              asks the handler for a destination first,
+                                              and then can only say "destination unknown".
+                                              (Was: ``association.uid_to_service_class``
+                                              patched for the whole process, ``_move_scp``
+                                              and ``_get_scp`` overridden.)
+
+10    ``Association.send_c_store``'s file     C-GET and C-MOVE sub-operations send the      A per-call (or
+      branch (copied:                         archived file byte for byte, read from disk   per-association) choice of
+      ``_get_valid_context``,                 as it is sent; pynetdicom does so only with   ``send_c_store``'s file
+      ``_reactor_checkpoint``,                ``_config.STORE_SEND_CHUNKED_DATASET`` on     mode.
+      ``_is_paused``,                         for the whole process.
+      ``_handle_no_response``,
+      ``_check_received_status``,
       ``C_STORE._dataset_path``)
-11    ``DIMSEServiceProvider.message``,             Each received message is decoded into a     A per-association factory for
-      ``DIMSEMessage.data_set`` (set)              buffer the listener gives                   the received data set's file.
-                                                   (``archive.dimse._SpoolFile``: memory up
-                                                   to ``PACS_DICOM_SPOOL_MEMORY``, then the
-                                                   incoming folder). pynetdicom spools to a
-                                                   file only with ``_config.STORE_RECV_
-                                                   CHUNKED_DATASET`` on for the process, into
-                                                   ``tempfile.NamedTemporaryFile``. (Was:
-                                                   ``dimse_messages.NamedTemporaryFile``
-                                                   patched for the process.)
-12    ``Association.__class__`` of a C-MOVE         ``AE.associate`` makes a plain Association; As row 8, for requestors.
-      sub-association (switched)                   the listener's sends archived files (row
-                                                   10). The class adds methods, no state.
-13 F  ``DIMSEServiceProvider.send_msg``             A C-FIND's pending responses share one      An encoded-command cache, or
-      (overridden; ``C_FIND_RSP.primitive_to_      command set: it is encoded once per         the PDVs of one message in one
-      message``, ``command_set``)                  request and sent with each identifier in    P-DATA PDU.
-                                                   one P-DATA PDU (pynetdicom: encoded twice
-                                                   per response, two PDUs).
-14    ``AE.ae_title`` (property overridden)         A C-MOVE sub-association calls out under    A calling AE title argument to
-                                                   the called facility's AE title, per         ``AE.associate``.
-                                                   thread; pynetdicom reads ``ae_title`` when
-                                                   it builds the request.
-15 F  ``_config.LOG_REQUEST_IDENTIFIERS``,          pynetdicom formats every identifier for     Formatting only when the log
-      ``_config.LOG_RESPONSE_IDENTIFIERS`` (set)   its log, logged or not. Set by              level logs it.
-                                                   ``manage.py dicom_listener`` in its own
-                                                   process (:func:`listener_process_
-                                                   configure`), never by ``start_listener``.
-====  ===========================================  ==========================================  ===============================
+
+11    ``DIMSE.message``,                      Each received message is decoded into a       A per-association factory
+      ``DIMSEMessage.data_set`` (set; relies  buffer the listener gives                     for the received data set's
+      on ``DIMSEMessage.decode_msg``)         (``archive.dimse._SpoolFile``: memory up to   file.
+                                              ``PACS_DICOM_SPOOL_MEMORY``, then the
+                                              incoming folder). pynetdicom spools to a
+                                              file only with
+                                              ``_config.STORE_RECV_CHUNKED_DATASET`` on
+                                              for the whole process, into
+                                              ``tempfile.NamedTemporaryFile``. (Was:
+                                              ``dimse_messages.NamedTemporaryFile``
+                                              patched for the process.)
+
+12    ``Association.__class__`` of a C-MOVE   ``AE.associate`` makes a plain Association;   As row 8, for requestors.
+      sub-association (switched)              the listener's sends archived files (row
+                                              10). The class adds methods, no state
+                                              (checked when switched).
+
+13 F  ``DIMSE.send_msg`` (overridden;         A C-FIND's pending responses share one        An encoded-command cache, or
+      ``C_FIND_RSP.primitive_to_message``)    command set: it is encoded once per request   the PDVs of a message in one
+                                              and sent with each identifier in one P-DATA   PDU.
+                                              PDU (pynetdicom: encoded twice a response,
+                                              two PDUs).
+
+14    ``AE.ae_title`` (property overridden)   A C-MOVE sub-association calls out under the  A calling AE title argument
+                                              called facility's AE title, per thread;       to ``AE.associate``.
+                                              pynetdicom reads ``ae_title`` when it builds
+                                              the request.
+
+15 F  ``_config.LOG_REQUEST_IDENTIFIERS``,    pynetdicom formats every identifier for its   Formatting only when the log
+      ``_config.LOG_RESPONSE_IDENTIFIERS``    log, logged or not. Set by ``manage.py        level logs it.
+      (set to False)                          dicom_listener`` in its own process
+                                              (:func:`listener_process_configure`), never
+                                              by ``start_listener``.
+====  ======================================  ============================================  ============================
 
 Public hooks used instead of internals: ``EVT_REQUESTED`` decides who may
 associate (was an override of ``ACSE._negotiate_as_acceptor``);
-``EVT_RELEASED`` and ``EVT_ABORTED`` write the association's store audit;
-``EVT_CONN_CLOSE`` gives the peer address's slot back; ``EVT_CONN_OPEN``
-sets TCP_NODELAY (F; was an override of ``AE._create_socket``);
-``make_server(server_class=, request_handler=)`` takes the gate. The
-association thread's end (``Thread.run``) closes its database connection and
-does what no event did: an exception in a state-machine action (a malformed
-command set) stops the DUL and pynetdicom reports nothing.
+``EVT_RELEASED`` and ``EVT_ABORTED`` write the association's store audit
+(in the association's own thread); ``EVT_CONN_CLOSE`` gives the peer
+address's slot back; ``EVT_CONN_OPEN`` sets TCP_NODELAY (F; was an override
+of ``AE._create_socket``); ``make_server(server_class=, request_handler=)``
+takes the gate. The association thread's end (``Thread.run`` of the
+listener's subclass) closes its database connection and does what no event
+did: an exception in a state-machine action (a malformed command set) stops
+the DUL, and pynetdicom reports nothing; an abort from another thread
+(``stop_listener``) leaves the audit to the association's thread.
 ``require_calling_aet``/``require_called_aet`` do not fit: who may associate
 is read from ``RemoteNode`` rows at each request, per facility, with its
 addresses and certificate, an unbound listener answers to every facility's
