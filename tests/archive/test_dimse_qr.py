@@ -98,6 +98,7 @@ def c_find(port: int, level: str, model=FIND, calling_ae: str = "WS", **keys: ob
         assoc.release()
 
 
+@pytest.mark.plain_too
 def test_find_each_level(listener: int, stored: Stored) -> None:
     studies, final = c_find(listener, "STUDY", PatientName="rossi*", StudyDate="20240101-", StudyInstanceUID="")
     assert final.Status == 0x0000
@@ -270,6 +271,7 @@ def c_move(port: int, destination_ae: str, calling_ae: str = "WS", **keys: objec
         assoc.release()
 
 
+@pytest.mark.plain_too
 def test_move_sends_the_archived_files_unchanged(listener: int, stored: Stored, destination: StoreSCP) -> None:
     responses = c_move(listener, "DEST", StudyInstanceUID=stored.study_uid)
     final = responses[-1]
@@ -304,6 +306,7 @@ def test_move_to_an_unknown_destination(listener: int, stored: Stored, destinati
     assert AuditEvent.objects.get(action="dicom.retrieve").outcome == AuditEvent.Outcome.FAILURE
 
 
+@pytest.mark.plain_too
 def test_move_without_the_retrieve_right_is_refused(listener: int, stored: Stored, destination: StoreSCP) -> None:
     final = c_move(listener, "DEST", calling_ae="VIEWER", StudyInstanceUID=stored.study_uid)[-1]
     assert final.Status == 0x0124 and "VIEWER" in final.ErrorComment
@@ -316,6 +319,7 @@ def test_move_with_a_bad_identifier(listener: int, stored: Stored, destination: 
     assert final.Status == 0xA900 and "StudyInstanceUID" in final.ErrorComment
 
 
+@pytest.mark.plain_too
 def test_get_returns_the_files_on_the_same_association(listener: int, stored: Stored) -> None:
     received: dict[str, bytes] = {}
 
@@ -512,6 +516,7 @@ def test_find_audits_the_patients_it_returned(  # type: ignore[no-untyped-def]
     assert event.detail["patients_total"] == 2
 
 
+@pytest.mark.plain_too
 @pytest.mark.parametrize("asks_patient_id", [True, False])
 def test_worklist_audits_the_patients_it_returned(listener: int, cup, asks_patient_id: bool) -> None:  # type: ignore[no-untyped-def]
     """The worklist answers demographics: its audit lists whose; a modality that did not
