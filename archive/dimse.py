@@ -76,10 +76,11 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from archive.dicomnet import fence
+
 from . import access, dul, peers, storage
 from .audit import audit_record
 from .dicom import ACCEPTED_TRANSFER_SYNTAXES
-from .dicomnet import fence
 from .ingest import CONFLICT, IngestError, instance_ingest
 from .models import AuditEvent, Facility, Instance, Patient, RemoteNode, Study
 from .query import QueryError, query_run, retrieve_instances
