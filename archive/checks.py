@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
+from archive.dicomnet import fence
 from archive.dicomnet.peers import is_loopback, tls_server_context
 from kernel.audit import MIN_KEY_BYTES, AuditKeyError, key_may_be_generated, key_path, key_read
 
@@ -132,6 +133,22 @@ def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
         )
     errors.extend(_check_dicom_tls())
     return errors
+
+
+@register()
+def check_pynetdicom_fence(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """pynetdicom is the version archive/dicomnet/fence.py adapts, with every name it
+    relies on: otherwise the listener does not start (``manage.py dicom_listener``
+    runs the checks first; ``start_listener`` runs the fence's own again)."""
+    return [
+        Error(
+            problem,
+            hint=f"install pynetdicom=={fence.PYNETDICOM_VERSION} (requirements.txt), or review the fence "
+            "against the new version and update its table, names and pin together.",
+            id="archive.E030",
+        )
+        for problem in fence.problems()
+    ]
 
 
 def _check_dicom_tls() -> list[Any]:

@@ -93,10 +93,30 @@ def database_url() -> str:
     return f"postgres://{auth}@{host}:{port}/{s['NAME']}"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``plain_too`` runs twice: with the listener's fast paths
+    (``PACS_DICOM_FAST_PATHS``, the default) and with pynetdicom's own behaviour."""
+    if metafunc.definition.get_closest_marker("plain_too") is None:
+        return
+    if "dicom_fast_paths" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: plain_too needs the dicom_fast_paths fixture")
+    metafunc.parametrize("dicom_fast_paths", [True, False], ids=["fast", "plain"], indirect=True)
+
+
 @pytest.fixture
-def process_env(transactional_db: None) -> dict[str, str]:
+def dicom_fast_paths(request: pytest.FixtureRequest, settings) -> bool:  # type: ignore[no-untyped-def]
+    """PACS_DICOM_FAST_PATHS for the listeners the test starts, in-process or as
+    processes: on, and off as well for a test marked ``plain_too``."""
+    fast = bool(getattr(request, "param", True))
+    settings.PACS_DICOM_FAST_PATHS = fast
+    return fast
+
+
+@pytest.fixture
+def process_env(transactional_db: None, dicom_fast_paths: bool) -> dict[str, str]:
     """Environment for the listener and worker processes: same settings, the test database."""
     env = dict(os.environ)
+    env["PACS_DICOM_FAST_PATHS"] = "1" if dicom_fast_paths else "0"
     env["DATABASE_URL"] = database_url()
     env["PACS_VAR_DIR"] = str(settings.VAR_DIR)
     env["SECRET_KEY"] = settings.SECRET_KEY
@@ -163,7 +183,7 @@ def start_listener_process(process_env: dict[str, str], tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def listener(transactional_db: None, region: Region) -> Iterator[int]:
+def listener(transactional_db: None, region: Region, dicom_fast_paths: bool) -> Iterator[int]:
     """An in-process listener serving every facility; yields its port."""
     from archive.dicomnet.listener import start_listener, stop_listener
 

@@ -12,26 +12,33 @@ Around them sit guards pynetdicom 3.0.4 does not provide:
 * what a node queries and retrieves is limited by the access policy to its
   scope, never a concealed study (``Peer.principal``); an unknown AE let in
   by ``PACS_DICOM_ACCEPT_UNKNOWN_AE`` may echo and store, nothing else;
-* the transport (``archive/dicomnet/transport.py``) admits a connection only once it has
+* the gate (``archive/dicomnet/transport.py``) admits a connection only once it has
   sent its A-ASSOCIATE-RQ within ``PACS_DICOM_REQUEST_TIMEOUT`` (TLS
-  handshake included), caps the connections of each peer address, cuts a
-  peer that declares a PDU longer than ``PACS_DICOM_PDU_READ_LIMIT`` before
-  buffering it, and wakes on events instead of polling;
+  handshake included) and caps the connections of each peer address;
+* pynetdicom's DUL cuts a peer that declares a PDU longer than
+  ``PACS_DICOM_PDU_READ_LIMIT`` before buffering it, and (fast paths) wakes
+  on events instead of polling;
 * a received data set stays in memory up to ``PACS_DICOM_SPOOL_MEMORY`` and
   spills to this process's incoming folder beyond, so memory does not grow
   with an object's size (``_SpoolFile``).
+
+Every use of pynetdicom's internals is in ``archive/dicomnet/fence.py``,
+with its table; this module uses pynetdicom through the fence's classes and
+its public API (event handlers, ``make_server``). ``PACS_DICOM_FAST_PATHS``
+(off: pynetdicom's own behaviour where the fence has a fast path) is read
+when the listener starts.
 """
 
 from __future__ import annotations
 
 import copy
 import errno
+import io
 import logging
 import ssl
 import threading
 import time
 import uuid
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +49,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -49,17 +57,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     UncompressedTransferSyntaxes,
 )
-from pynetdicom import AE, _config, build_context, dimse_messages, evt
-from pynetdicom import association as _pynetdicom_association
-from pynetdicom.acse import ACSE
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE
-from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import create_file_meta, decode
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
@@ -70,11 +74,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
-from archive.dicomnet import peers
+from archive.dicomnet import fence, peers
 from archive.dicomnet import transport as dul
 from archive.ingest import CONFLICT, IngestError, instance_ingest
 from archive.models import Facility, Instance, Patient, RemoteNode, Study
@@ -83,8 +87,6 @@ from archive.storage import tiers as storage
 from archive.storage.retrieve import instance_file, instances_with_copies
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
-
-_pynetdicom_service_class_for = _pynetdicom_association.uid_to_service_class
 
 logger = logging.getLogger(__name__)
 
@@ -258,70 +260,84 @@ def _peer_certificate(assoc: Association) -> str | None:
     return peers.certificate_sha256(der) if der else ""
 
 
-class PacsACSE(ACSE):
-    def _negotiate_as_acceptor(self) -> None:
-        assoc = self.assoc
-        rq = self.requestor.primitive
-        server: PacsServer = assoc._server  # type: ignore[assignment]
-        address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+def handle_requested(event: Event) -> None:
+    """EVT_REQUESTED: accept the association (its :class:`Peer` on the association)
+    or reject it, audited, before pynetdicom negotiates. Anything unexpected rejects."""
+    assoc: PacsAssociation = event.assoc  # type: ignore[assignment]
+    rq = assoc.requestor.primitive
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    reject: tuple[int, int, int] | None = (0x02, 0x01, 0x01)
+    why = "internal error"
+    try:
+        server = assoc.pacs_server
         close_old_connections()
-        try:
-            peer, reject, why = decide_association(
-                calling_ae=str(rq.calling_ae_title),
-                called_ae=str(rq.called_ae_title),
-                address=address,
-                peer_ip=str(assoc.requestor.address),
-                certificate_sha256=_peer_certificate(assoc),
-                facility_code=server.facility_code,
-                listener_ae=server.listener_ae,
-                accept_unknown=server.accept_unknown,
-            )
-        except Exception:
-            logger.exception("association policy failed; rejecting")
-            peer, reject, why = None, (0x02, 0x01, 0x01), "internal error"
+        peer, reject, why = decide_association(
+            calling_ae=str(rq.calling_ae_title),
+            called_ae=str(rq.called_ae_title),
+            address=address,
+            peer_ip=str(assoc.requestor.address),
+            certificate_sha256=_peer_certificate(assoc),
+            facility_code=server.facility_code,
+            listener_ae=server.listener_ae,
+            accept_unknown=server.accept_unknown,
+        )
         if reject is None and server.draining:
             peer, reject, why = None, (0x02, 0x03, 0x02), "the listener is shutting down"
-        if reject is not None:
-            logger.warning("rejecting association from %s: %s", address, why)
-            _audit_quietly(
-                action="dicom.association",
-                outcome=AuditEvent.Outcome.DENIED,
-                ae_title=str(rq.calling_ae_title).strip()[:16],
-                source=address,
-                detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why, "tls": _is_tls(assoc)},
-            )
-            self.send_reject(*reject)
-            evt.trigger(assoc, evt.EVT_REJECTED, {})
-            assoc.kill()
+        if reject is None:
+            assoc.pacs_peer = peer
             return
-        assoc.pacs_peer = peer  # type: ignore[attr-defined]
-        super()._negotiate_as_acceptor()
+    except Exception:
+        logger.exception("association policy failed; rejecting")
+    logger.warning("rejecting association from %s: %s", address, why)
+    _audit_quietly(
+        action="dicom.association",
+        outcome=AuditEvent.Outcome.DENIED,
+        ae_title=str(rq.calling_ae_title).strip()[:16],
+        source=address,
+        detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why, "tls": _is_tls(assoc)},
+    )
+    # As pynetdicom's own rejection does: pynetdicom then skips its negotiation.
+    assoc.acse.send_reject(*reject)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
 
 
 # --- the association, its handlers and the server ---------------------------------
 
 
-class _SendsStoredInstances(Association):
+class SendsStoredInstances(Association):
     """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
     sent from its archived file, byte for byte, when the peer accepted its
-    transfer syntax; otherwise decoded and sent in one the peer accepted
-    (pynetdicom converts between the uncompressed ones)."""
+    transfer syntax (``fence.send_file``); otherwise decoded and sent in one
+    the peer accepted (pynetdicom converts between the uncompressed ones).
+    Methods only: a C-MOVE's sub-association is switched to this class
+    (fence row 12)."""
 
-    def send_c_store(self, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+    def send_c_store(
+        self,
+        dataset: Any,
+        msg_id: int = 1,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Dataset:
+        options = {
+            "msg_id": msg_id,
+            "priority": priority,
+            "originator_aet": originator_aet,
+            "originator_id": originator_id,
+        }
         if not isinstance(dataset, StoredInstance):
-            return super().send_c_store(dataset, *args, **kwargs)
+            return super().send_c_store(dataset, **options)
         instance = dataset.instance
         status: Dataset | None = None
         try:
             with instance_file(instance, held=True) as path:
-                try:
-                    self._get_valid_context(
-                        instance.sop_class_uid, instance.transfer_syntax_uid, "scu", allow_conversion=False
-                    )
-                    payload: Any = path
-                except ValueError:
-                    payload = _for_peer(self, dcmread(path))
-                status = super().send_c_store(payload, *args, **kwargs)
+                context = fence.exact_context(self, instance.sop_class_uid, instance.transfer_syntax_uid)
+                if context is not None:
+                    status = fence.send_file(self, Path(path), context, **options)
+                else:
+                    status = super().send_c_store(_for_peer(self, dcmread(path)), **options)
             return status
         finally:
             dataset.tally.record(instance, status)
@@ -340,67 +356,109 @@ def _for_peer(assoc: Association, ds: Dataset) -> Dataset:
     return ds
 
 
-class PacsDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, with a short path for C-FIND pending responses.
+class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
+    """An acceptor association of the listener: its :class:`Peer`, the refusals
+    the access policy answers before pynetdicom's service classes, its store
+    audit and its peer address's slot.
 
-    A C-FIND answering hundreds of matches sends hundreds of responses whose
-    command sets are all the same; pynetdicom builds and encodes each one
-    (twice) and sends command and identifier as two P-DATA PDUs. Here the
-    command set is encoded once per request and each response is one P-DATA
-    PDU holding both PDVs (PS3.8 9.3.5 allows several), when it fits the
-    peer's maximum PDU length; anything else takes pynetdicom's path.
+    The audit is written when pynetdicom reports the end (EVT_RELEASED,
+    EVT_ABORTED: :func:`handle_ended`) and the slot given back when the
+    connection closes (EVT_CONN_CLOSE: :func:`handle_conn_closed`). The
+    thread's end closes its database connection and does what no event did:
+    an exception in a state-machine action (a malformed command set) stops
+    pynetdicom's DUL without one.
     """
 
-    def send_msg(self, primitive: Any, context_id: int) -> None:
-        if (
-            isinstance(primitive, C_FIND)
-            and primitive.Status in (PENDING, 0xFF01)
-            and primitive.MessageIDBeingRespondedTo is not None
-            and primitive.Identifier is not None
-        ):
-            key = (context_id, primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID, primitive.Status)
-            cache: dict[Any, bytes] = self.__dict__.setdefault("_pacs_find_commands", {})
-            command = cache.get(key)
-            if command is None:
-                message = C_FIND_RSP()
-                message.primitive_to_message(primitive)
-                command = cache[key] = encode(message.command_set, True, True) or b""
-            identifier = primitive.Identifier.getvalue()
-            limit = self.maximum_pdu_size
-            # Each PDV item: 4 bytes of length, the context ID and the control header.
-            if command and (not limit or len(command) + len(identifier) + 12 <= limit):
-                pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
-                pdata.presentation_data_value_list.append((context_id, b"\x02" + identifier))
-                self.dul.send_pdu(pdata)
+    def __init__(self, ae: AE, *, server: PacsServer, address: str, first_pdu: bytes) -> None:
+        super().__init__(
+            ae,
+            "acceptor",
+            fast=server.fast_paths,
+            first_pdu=first_pdu,
+            read_limit=settings.PACS_DICOM_PDU_READ_LIMIT,
+            data_set_buffer=_SpoolFile,
+        )
+        self.pacs_server = server
+        self.pacs_peer: Peer | None = None
+        self._pacs_address = address  # the peer's, whose slot this association holds
+        self._pacs_lock = threading.Lock()
+        self._pacs_audited = False
+        self._pacs_slot_held = True
+
+    def audit_once(self) -> None:
+        """Write the association's store audit (once, whoever asks first)."""
+        with self._pacs_lock:
+            if self._pacs_audited:
                 return
-        super().send_msg(primitive, context_id)
+            self._pacs_audited = True
+        if self.pacs_peer is not None:
+            _audit_association(self.pacs_peer)
 
-
-class PacsAssociation(_SendsStoredInstances):
-    """An acceptor association that writes its audit summary and closes its database
-    connection when its thread ends, however it ends."""
-
-    pacs_peer: Peer | None = None
-    pacs_release: Callable[[], None] | None = None  # gives the peer address's slot back
+    def slot_release(self) -> None:
+        """Give the peer address's slot back (once)."""
+        with self._pacs_lock:
+            if not self._pacs_slot_held:
+                return
+            self._pacs_slot_held = False
+        self.pacs_server.slots.release(self._pacs_address)
 
     def run(self) -> None:
-        dul.reactor_waits_on_events(self)
         try:
             super().run()
         finally:
             try:
-                if self.pacs_peer is not None:
-                    _audit_association(self.pacs_peer)
+                self.audit_once()
             finally:
                 try:
                     connections.close_all()
                 finally:
-                    if self.pacs_release is not None:
-                        self.pacs_release()
+                    self.slot_release()
+
+    def service_answered(self, msg: Any, context_id: int) -> bool:
+        """A C-MOVE or C-GET the access policy refuses (no retrieve right, a bad
+        identifier) is answered here with its own status and comment (fence row 9):
+        pynetdicom's C-MOVE would first ask the handler for a destination and could
+        only say "destination unknown"."""
+        peer = self.pacs_peer
+        if peer is None or not isinstance(msg, C_MOVE | C_GET) or str(msg.AffectedSOPClassUID) not in QR_MODELS:
+            return False
+        context = next((cx for cx in self.accepted_contexts if cx.context_id == context_id), None)
+        if context is None:
+            return False  # pynetdicom aborts the association
+        service = "C-MOVE" if isinstance(msg, C_MOVE) else "C-GET"
+        refusal = _retrieve_refusal(peer, msg, context, service)
+        if refusal is None:
+            return False
+        rsp = C_MOVE() if service == "C-MOVE" else C_GET()
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        rsp.Status = refusal.Status
+        rsp.ErrorComment = refusal.get("ErrorComment")
+        self.dimse.send_msg(rsp, context_id)
+        return True
 
 
-class PacsRequestHandler(RequestHandler):
+def handle_ended(event: Event) -> None:
+    """EVT_RELEASED, EVT_ABORTED: the association's store audit, written in the
+    association's own thread, with its database connection. The thread's end
+    writes it instead when the event comes from another thread (``stop_listener``
+    aborting) or in the middle of a request (an abort from inside a C-GET, on a
+    sub-operation's timeout, while the C-GET still reads the database)."""
+    assoc = event.assoc
+    if not isinstance(assoc, PacsAssociation):
+        return
+    if threading.current_thread() is not assoc or assoc.pacs_serving:
+        return
+    assoc.audit_once()
+
+
+def handle_conn_closed(event: Event) -> None:
+    """EVT_CONN_CLOSE: the peer address's slot is free again."""
+    if isinstance(event.assoc, PacsAssociation):
+        event.assoc.slot_release()
+
+
+class PacsRequestHandler(fence.FencedRequestHandler):
     """Creates the association for a connection the gate admitted, with the
     A-ASSOCIATE-RQ the gate read (``first_pdu``)."""
 
@@ -411,23 +469,15 @@ class PacsRequestHandler(RequestHandler):
         self.started = False
         super().__init__(request, client_address, server)
 
-    def handle(self) -> None:
-        assoc = self._create_association()
-        address = str(self.client_address[0])
-        slots = self.server.slots
-        assoc.pacs_release = lambda: slots.release(address)  # type: ignore[attr-defined]
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        self.started = True
+    def make_association(self) -> PacsAssociation:
+        return PacsAssociation(
+            self.ae, server=self.server, address=str(self.client_address[0]), first_pdu=self.first_pdu
+        )
 
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        # Swapped before the threads start; the subclasses add methods, no state.
-        assoc.__class__ = PacsAssociation
-        assoc.acse.__class__ = PacsACSE
-        assoc.dimse.__class__ = PacsDIMSE
-        dul.prepare(assoc, first_pdu=self.first_pdu)
-        return assoc
+    def handle(self) -> None:
+        super().handle()
+        # Started: the association gives the slot back when its connection closes.
+        self.started = True
 
 
 class PacsServer(ThreadedAssociationServer):
@@ -443,6 +493,7 @@ class PacsServer(ThreadedAssociationServer):
     draining: bool = False
     slots: dul.AddressSlots
     tls_server: PacsServer | None = None  # the DICOM TLS port, served beside this one
+    fast_paths: bool = True  # PACS_DICOM_FAST_PATHS when the listener started (fence.py)
     # Gate threads end with the process; associations are joined by stop_listener.
     daemon_threads = True
     # socketserver's listen backlog is 5: a burst of connections beyond it has its
@@ -510,33 +561,43 @@ class PacsServer(ThreadedAssociationServer):
                 dul.close(sock)
 
 
-def handle_echo(event: Any) -> int:
+def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: Any) -> Dataset:
+def handle_store(event: Event) -> Dataset:
     assoc = event.assoc
     peer: Peer = assoc.pacs_peer
     peer.busy = True
+    req = event.request
+    spool = req.DataSet if isinstance(req.DataSet, _SpoolFile) and req.DataSet.name is not None else None
     try:
         close_old_connections()
         if peer.node is not None and not peer.node.can_store:
             peer.failed += 1
             return _status(NOT_AUTHORIZED, f"{peer.calling_ae} may not store here")
-        req = event.request
-        spool = _SpoolFile.of(event.dataset_path)
-        if spool is not None and spool.error is not None:
-            peer.failed += 1
-            Path(event.dataset_path).unlink(missing_ok=True)
-            full = spool.error.errno in (errno.ENOSPC, errno.EDQUOT)
-            logger.error("receiving a data set from %s failed: %s", peer.calling_ae, spool.error)
-            return _status(OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool.error.strerror}")
+        if spool is None:
+            # pynetdicom spooled the data set itself, to a file it removes after this
+            # handler (_config.STORE_RECV_CHUNKED_DATASET, switched on by someone
+            # else in this process): ingestion copies it.
+            path, data, owned = event.dataset_path, None, False
+        else:
+            spool.finish()
+            if spool.error is not None:
+                peer.failed += 1
+                spool.discard()
+                full = spool.error.errno in (errno.ENOSPC, errno.EDQUOT)
+                logger.error("receiving a data set from %s failed: %s", peer.calling_ae, spool.error)
+                return _status(
+                    OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool.error.strerror}"
+                )
+            path, data, owned = spool.name, spool.in_memory(), True
         try:
             result = instance_ingest(
-                path=event.dataset_path,
-                data=spool.in_memory() if spool is not None else None,
+                path=path,
+                data=data,
                 facility=peer.facility,
-                owned=True,
+                owned=owned,
                 calling_ae=peer.calling_ae,
                 expected_sop_class_uid=str(req.AffectedSOPClassUID),
                 expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
@@ -559,6 +620,8 @@ def handle_store(event: Any) -> Dataset:
             return _status(WARNING_CONFLICT, "conflict kept for review; archived object unchanged")
         return _status(SUCCESS)
     finally:
+        if spool is not None:
+            spool.discard()  # what ingestion did not take (as pynetdicom removes its own file)
         peer.busy = False
 
 
@@ -586,14 +649,14 @@ def _keep_pace(assoc: Association) -> None:
         time.sleep(0.0005)
 
 
-def _identifier(event: Any) -> tuple[Dataset | None, str]:
+def _identifier(event: Event) -> tuple[Dataset | None, str]:
     try:
         return event.identifier, ""
     except Exception as exc:  # a malformed identifier
         return None, f"cannot decode the identifier: {exc}"[:64]
 
 
-def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND SCP, Patient Root and Study Root: matches stream as pending responses.
     Modality Worklist queries go to :func:`_worklist_find`."""
     peer: Peer = event.assoc.pacs_peer
@@ -641,7 +704,7 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
 
 
 def _answer_find(
-    event: Any,
+    event: Event,
     peer: Peer,
     results: Iterator[Dataset],
     *,
@@ -694,7 +757,7 @@ def _answer_find(
     yield final, None
 
 
-def _worklist_find(event: Any, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def _worklist_find(event: Event, peer: Peer) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Modality Worklist C-FIND (PS3.4 K.4.1.3): the registered source answers
     from the bookings of the called facility; each item is a pending response."""
     audit = {"action": "dicom.worklist", "ae_title": peer.calling_ae, "source": peer.address}
@@ -865,7 +928,7 @@ def _retrieve_selection(
     return qs, RetrieveTally(service=service, peer=peer, detail=detail), None
 
 
-def _selection_for(event: Any, service: str) -> tuple[Any, RetrieveTally | None, Dataset | None]:
+def _selection_for(event: Event, service: str) -> tuple[Any, RetrieveTally | None, Dataset | None]:
     identifier, error = _identifier(event)
     return _retrieve_selection(
         event.assoc.pacs_peer,
@@ -876,53 +939,20 @@ def _selection_for(event: Any, service: str) -> tuple[Any, RetrieveTally | None,
     )
 
 
-class PacsQueryRetrieveService(QueryRetrieveServiceClass):
-    """pynetdicom's Q/R service class, except that a C-MOVE or C-GET that is
-    refused (no retrieve right, a bad identifier) is answered with its own
-    status and comment before anything else: pynetdicom's C-MOVE would first
-    ask the handler for a destination and can only say "destination unknown"."""
-
-    def _refusal(self, req: Any, context: Any, service: str) -> Dataset | None:
-        peer = getattr(self.assoc, "pacs_peer", None)
-        if peer is None:
-            return None
-        ts = context.transfer_syntax[0]
-        try:
-            identifier: Dataset | None = decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian)
-            error = ""
-        except Exception as exc:
-            identifier, error = None, f"cannot decode the identifier: {exc}"[:64]
-        return _retrieve_selection(
-            peer, sop_class_uid=str(req.AffectedSOPClassUID), identifier=identifier, error=error, service=service
-        )[2]
-
-    def _refuse(self, rsp: Any, req: Any, context: Any, refusal: Dataset) -> None:
-        rsp.MessageIDBeingRespondedTo = req.MessageID
-        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-        rsp.Status = refusal.Status
-        rsp.ErrorComment = refusal.get("ErrorComment")
-        self.dimse.send_msg(rsp, context.context_id)
-
-    def _move_scp(self, req: C_MOVE, context: Any) -> None:
-        refusal = self._refusal(req, context, "C-MOVE")
-        if refusal is not None:
-            return self._refuse(C_MOVE(), req, context, refusal)
-        return super()._move_scp(req, context)
-
-    def _get_scp(self, req: C_GET, context: Any) -> None:
-        refusal = self._refusal(req, context, "C-GET")
-        if refusal is not None:
-            return self._refuse(C_GET(), req, context, refusal)
-        return super()._get_scp(req, context)
+def _retrieve_refusal(peer: Peer, req: C_MOVE | C_GET, context: PresentationContext, service: str) -> Dataset | None:
+    """The final status that refuses a C-MOVE/C-GET (audited), or None when it may go on."""
+    ts = context.transfer_syntax[0]
+    try:
+        identifier: Dataset | None = decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian)
+        error = ""
+    except Exception as exc:
+        identifier, error = None, f"cannot decode the identifier: {exc}"[:64]
+    return _retrieve_selection(
+        peer, sop_class_uid=str(req.AffectedSOPClassUID), identifier=identifier, error=error, service=service
+    )[2]
 
 
-def _service_class_for(uid: str) -> type:
-    if uid in QR_MODELS:
-        return PacsQueryRetrieveService
-    return _pynetdicom_service_class_for(uid)
-
-
-def _sub_operations(event: Any, qs: Any, tally: RetrieveTally) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def _sub_operations(event: Event, qs: Any, tally: RetrieveTally) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     cancelled = False
     try:
         for instance in qs.iterator(chunk_size=200):
@@ -935,9 +965,9 @@ def _sub_operations(event: Any, qs: Any, tally: RetrieveTally) -> Iterator[tuple
         tally.audit(cancelled=cancelled)
 
 
-def handle_get(event: Any) -> Iterator[Any]:
+def handle_get(event: Event) -> Iterator[Any]:
     """C-GET SCP: the instances come back over the same association.
-    (Refusals were answered by :class:`PacsQueryRetrieveService`.)"""
+    (Refusals were answered by :meth:`PacsAssociation.service_answered`.)"""
     qs, tally, refusal = _selection_for(event, "C-GET")
     if refusal is not None:
         yield 0
@@ -958,35 +988,30 @@ def _move_contexts(qs: Any) -> list[Any]:
 
 class PacsAE(AE):
     """The listener's AE: a C-MOVE's sub-association calls out under the AE title
-    of the facility that was called (``calling_as``, per thread), and sends
-    archived files as they are."""
+    of the facility that was called (``calling_as``, per thread; fence row 14),
+    and sends archived files as they are (fence row 12)."""
 
     _local = threading.local()
 
     @property  # type: ignore[override]
     def ae_title(self) -> str:
-        return getattr(self._local, "calling_as", None) or self._ae_title
+        return getattr(self._local, "calling_as", None) or AE.ae_title.fget(self)  # type: ignore[attr-defined]
 
     @ae_title.setter
     def ae_title(self, value: str) -> None:
         AE.ae_title.fset(self, value)  # type: ignore[attr-defined]
 
-    def _create_socket(self, *args: Any, **kwargs: Any) -> Any:
-        sock = super()._create_socket(*args, **kwargs)
-        dul.nodelay(sock.socket)
-        return sock
-
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
-        assoc.__class__ = _SendsStoredInstances  # adds one method, no state
+        fence.requestor_becomes(assoc, SendsStoredInstances)
         return assoc
 
 
-def handle_move(event: Any) -> Iterator[Any]:
+def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE SCP to a registered retrieve destination of the called facility."""
     peer: Peer = event.assoc.pacs_peer
     qs, tally, refusal = _selection_for(event, "C-MOVE")
-    if refusal is not None:  # answered already by PacsQueryRetrieveService
+    if refusal is not None:  # answered already by PacsAssociation.service_answered
         yield None, None
         return
     destination_ae = str(event.move_destination).strip()
@@ -1005,10 +1030,13 @@ def handle_move(event: Any) -> Iterator[Any]:
         )
         yield None, None  # pynetdicom answers 0xA801, move destination unknown
         return
+    options: dict[str, Any] = {"contexts": _move_contexts(qs)}
+    if event.assoc.pacs_fast:
+        options["evt_handlers"] = [(evt.EVT_CONN_OPEN, fence.handle_conn_open_nodelay)]
     # pynetdicom opens the sub-association between the next two yields.
     PacsAE._local.calling_as = peer.facility.ae_title
     try:
-        yield node.host, node.port, {"contexts": _move_contexts(qs)}
+        yield node.host, node.port, options
         yield qs.count()
     finally:
         PacsAE._local.calling_as = None
@@ -1065,13 +1093,16 @@ def build_ae(ae_title: str) -> AE:
     return ae
 
 
-class _SpoolFile:
-    """pynetdicom's temporary file for a data set being received.
+class _SpoolFile(io.BytesIO):
+    """The buffer pynetdicom decodes a received message's data set into (fence row 11).
 
-    A data set up to ``PACS_DICOM_SPOOL_MEMORY`` bytes (every CT or MR image)
-    stays in memory and ingestion writes it once, durably; a larger one
-    spills to a file in the incoming folder as it arrives, so memory does not
-    grow with an object's size or a hostile peer's stream.
+    A C-STORE's data set follows the Part 10 header pynetdicom would write to
+    its own temporary file (preamble, file meta). Up to ``PACS_DICOM_SPOOL_MEMORY``
+    bytes (every CT or MR image) it stays in memory and ingestion writes it once,
+    durably, at ``name`` in this process's incoming folder; a larger one spills
+    to ``name`` as it arrives, so memory does not grow with an object's size or
+    a hostile peer's stream. Any other message's data set (an identifier) is
+    kept in memory, as pynetdicom keeps it.
 
     pynetdicom writes while it decodes P-DATA, where an exception would abort
     the association; a write error (a full disk) is kept instead, the rest
@@ -1079,63 +1110,74 @@ class _SpoolFile:
     resources" for that store.
     """
 
-    # Looked up by name from the handler; weak, so a data set whose association
-    # died before its handler ran leaves nothing behind in memory.
-    _live: weakref.WeakValueDictionary[str, _SpoolFile] = weakref.WeakValueDictionary()
-    _lock = threading.Lock()
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.name = str(storage.incoming_dir() / f"{uuid.uuid4().hex}.dcm")
+    def __init__(self, message: DIMSEMessage, assoc: Association) -> None:
+        super().__init__()
+        self._message: DIMSEMessage | None = message
+        self._assoc = assoc
+        self.name: Path | None = None  # a C-STORE's, from its first write
         self.error: OSError | None = None
         self._limit = settings.PACS_DICOM_SPOOL_MEMORY
-        self._memory: bytearray | None = bytearray()
         self._file: BinaryIO | None = None
-        with self._lock:
-            self._live[self.name] = self
 
-    @property
-    def file(self) -> _SpoolFile:
-        return self
-
-    def write(self, data: bytes) -> int:
+    def write(self, data: Any) -> int:
+        if self._message is not None:
+            # The first write of the data set: the command set before it is decoded.
+            message, self._message = self._message, None
+            if isinstance(message, C_STORE_RQ):
+                self.name = storage.incoming_dir() / f"{uuid.uuid4().hex}.dcm"
+                super().write(self._part10_header(message))
+        if self.name is None:
+            return super().write(data)
+        size = len(data)
         if self.error is not None:
-            return len(data)
+            return size
         try:
-            if self._memory is not None:
-                if len(self._memory) + len(data) <= self._limit:
-                    self._memory += data
-                    return len(data)
+            if self._file is None:
+                if self.tell() + size <= self._limit:
+                    return super().write(data)
                 self._file = open(self.name, "xb")
-                self._file.write(self._memory)
-                self._memory = None
-            assert self._file is not None
+                with self.getbuffer() as held:
+                    self._file.write(held)
+                self.seek(0)
+                self.truncate()
             self._file.write(data)
         except OSError as exc:
             self.error = exc
-        return len(data)
+        return size
 
-    def flush(self) -> None:
-        if self._file is not None and self.error is None:
-            try:
-                self._file.flush()
-            except OSError as exc:
-                self.error = exc
+    def _part10_header(self, message: DIMSEMessage) -> bytes:
+        context = next(cx for cx in self._assoc.accepted_contexts if cx.context_id == message.context_id)
+        command = message.command_set
+        header = io.BytesIO()
+        header.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(
+            header,  # type: ignore[arg-type]
+            create_file_meta(
+                sop_class_uid=command.AffectedSOPClassUID,
+                sop_instance_uid=command.AffectedSOPInstanceUID,
+                transfer_syntax=context.transfer_syntax[0],
+            ),
+        )
+        return header.getvalue()
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """pynetdicom has written the whole data set: close what spilled to disk."""
         if self._file is not None:
             try:
                 self._file.close()
             except OSError as exc:
                 self.error = self.error or exc
 
-    def in_memory(self) -> bytearray | None:
-        """The data set when it stayed in memory (pynetdicom has finished writing: no copy is made)."""
-        return self._memory
+    def in_memory(self) -> bytes | None:
+        """The whole file when it stayed in memory (``getvalue`` of a buffer that is
+        not written again: no copy is made)."""
+        return None if self._file is not None else self.getvalue()
 
-    @classmethod
-    def of(cls, path: object) -> _SpoolFile | None:
-        with cls._lock:
-            return cls._live.get(str(path))
+    def discard(self) -> None:
+        """Remove what is left at ``name`` (ingestion moves the file it keeps)."""
+        self.finish()
+        if self.name is not None:
+            self.name.unlink(missing_ok=True)
 
 
 def tls_context() -> ssl.SSLContext | None:
@@ -1169,28 +1211,26 @@ def start_listener(
     ``PACS_DICOM_TLS_PORT``; 0: any free port): the returned server's
     ``tls_server``. Both share the association limits.
     """
-    # pynetdicom's "chunked" receive writes each data set to the file object
-    # NamedTemporaryFile gives it; it has no setting for that object, so the
-    # name is pointed at _SpoolFile (memory, then the incoming folder).
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _SpoolFile
-    # C-GET/C-MOVE sub-operations send archived files from disk, undecoded.
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    # pynetdicom formats every identifier for its debug log, logged or not.
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _pynetdicom_association.uid_to_service_class = _service_class_for
-    dul.install()
+    # Nothing of pynetdicom is changed for the process: the adaptations are the
+    # fence's classes, made for this server's associations only.
+    fence.verify()
     storage.incoming_clean_stray()
 
+    fast_paths = bool(settings.PACS_DICOM_FAST_PATHS)
     ae = build_ae(ae_title or "PACS")
-    handlers = [
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_C_FIND, handle_find),
         (evt.EVT_C_GET, handle_get),
         (evt.EVT_C_MOVE, handle_move),
+        (evt.EVT_RELEASED, handle_ended),
+        (evt.EVT_ABORTED, handle_ended),
+        (evt.EVT_CONN_CLOSE, handle_conn_closed),
     ]
+    if fast_paths:
+        handlers.append((evt.EVT_CONN_OPEN, fence.handle_conn_open_nodelay))
     slots = dul.AddressSlots(per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)
     context = tls_context()  # before binding: a bad certificate stops start-up
     addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
@@ -1217,6 +1257,7 @@ def start_listener(
         server.listener_ae = ae_title
         server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
         server.slots = slots
+        server.fast_paths = fast_paths
         name = f"dicom-listener{'-tls' if server.ssl_context else ''}:{server.server_address[1]}"
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True)
         thread.start()

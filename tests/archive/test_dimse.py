@@ -23,10 +23,12 @@ def _body(path: Path) -> bytes:
     return data[_body_offset(data) :]
 
 
+@pytest.mark.plain_too
 def test_echo(listener: int) -> None:
     assert echo(listener) == 0x0000
 
 
+@pytest.mark.plain_too
 def test_store_a_study(listener: int, ct_study: list[Path]) -> None:
     report = send_files(listener, ct_study)
     assert set(report.statuses.values()) == {0x0000}
@@ -48,6 +50,7 @@ def test_called_ae_chooses_the_facility(listener: int, ct_study: list[Path]) -> 
     assert Instance.objects.get().facility.code == "GO-SG"
 
 
+@pytest.mark.plain_too
 def test_unknown_calling_ae_is_rejected_at_association(listener: int, ct_study: list[Path]) -> None:
     report = send_files(listener, ct_study, calling_ae="INTRUDER")
     assert report.rejected and not report.established
@@ -166,8 +169,9 @@ def test_four_concurrent_associations(listener: int, tmp_path: Path) -> None:
     assert Instance.objects.count() == 40
 
 
+@pytest.mark.plain_too
 def test_data_sets_above_the_memory_limit_spill_to_disk_as_they_arrive(  # type: ignore[no-untyped-def]
-    transactional_db, region, settings, ct_study
+    transactional_db, region, settings, ct_study, dicom_fast_paths
 ) -> None:
     from archive.dicomnet.listener import start_listener, stop_listener
 

@@ -39,7 +39,9 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def tls_listener(transactional_db: None, region: Region, settings, pki: Pki) -> Iterator[TlsListener]:  # type: ignore[no-untyped-def]
+def tls_listener(
+    transactional_db: None, region: Region, settings, pki: Pki, dicom_fast_paths: bool
+) -> Iterator[TlsListener]:  # type: ignore[no-untyped-def]
     from archive.dicomnet.listener import start_listener, stop_listener
 
     for name, value in pki.settings().items():
@@ -103,6 +105,7 @@ def _denied(reason: str) -> AuditEvent:
     return wait_until(find, what=f"audit {reason!r}")
 
 
+@pytest.mark.plain_too
 def test_node_with_its_own_certificate_stores_over_tls(tls_listener: TlsListener, ct_study: list[Path]) -> None:
     context = tls_listener.pki.client_context(tls_listener.secure)
     assert tls_echo(tls_listener.tls_port, "SECURE", context) == 0x0000

@@ -6,7 +6,6 @@ while a modality is sending."""
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -24,7 +23,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from archive.dicomnet.listener import _SpoolFile
 from archive.models import Copy, Instance, RemoteNode, ScopeMigration
 from archive.sample_data import PatientInfo, write_study
 from archive.storage import lifecycle, retrieve
@@ -42,17 +40,8 @@ def _c_get_study(port: int, study_uid: str) -> tuple[int, dict[str, bytes]]:
     received: dict[str, bytes] = {}
 
     def on_store(event):  # type: ignore[no-untyped-def]
-        # After an in-process listener ran in this test session, pynetdicom receives into
-        # the archive's spool (archive.dicomnet.listener._SpoolFile): a small data set stays in memory.
-        # pynetdicom 3.0.4 answers None (not AttributeError) when it received in memory.
-        path = getattr(event.request, "_dataset_path", None)
-        if path is None:  # pynetdicom's defaults: the data set is decoded from memory
-            ds = event.dataset
-        else:
-            spool = _SpoolFile.of(event.dataset_path)
-            data = spool.in_memory() if spool is not None else None
-            ds = dcmread(io.BytesIO(bytes(data)) if data is not None else event.dataset_path, force=True)
-        received[str(event.request.AffectedSOPInstanceUID)] = ds.SOPInstanceUID.encode()
+        # pynetdicom's own receiving, whether or not an in-process listener ran before.
+        received[str(event.request.AffectedSOPInstanceUID)] = event.dataset.SOPInstanceUID.encode()
         return 0x0000
 
     ae = AE(ae_title="WS")

@@ -175,6 +175,7 @@ def _stream_until_cut(sock: socket.socket, total: int) -> int:
     return sent
 
 
+@pytest.mark.plain_too
 @pytest.mark.parametrize("where", ["association-request", "established"])
 def test_a_declared_4gib_pdu_is_cut_without_buffering(start_listener_process, region, where: str) -> None:  # type: ignore[no-untyped-def]
     listener = start_listener_process()

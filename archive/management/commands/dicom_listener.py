@@ -1,5 +1,11 @@
-"""Run the DICOM listener (C-ECHO, C-STORE, query/retrieve, worklist) until SIGTERM or Ctrl-C,
-on the plain port and, when DICOM TLS is configured, on the TLS port."""
+"""Run the DICOM listener until SIGTERM or Ctrl-C: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET
+(Patient Root and Study Root) and Modality Worklist C-FIND, on the plain port and, when DICOM
+TLS is configured, on the TLS port.
+
+Django's system checks run first (``requires_system_checks``): among them
+``archive.E030``, and ``start_listener`` checks it again (``--skip-checks``
+does not skip it): the listener does not start on a pynetdicom other than
+the one ``archive/dicomnet/fence.py`` adapts."""
 
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from archive.dicomnet import fence
 from archive.dicomnet.listener import start_listener, stop_listener
 from archive.dicomnet.peers import is_loopback
 from archive.models import Facility, ae_title_validator
 
 
 class Command(BaseCommand):
+    requires_system_checks = "__all__"  # archive.E030 among them: see the module's docstring
     help = (
         "Serve DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, worklist). With --facility, for that facility "
         "only (its AE title and port by default); without, for every facility on one port, each under its "
@@ -65,6 +73,9 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        # This process serves DICOM only: pynetdicom's process-wide options are set here
+        # (fence row 15), never by start_listener.
+        fence.listener_process_configure(fast_paths=settings.PACS_DICOM_FAST_PATHS)
         try:
             server = start_listener(
                 host=opts["host"],
@@ -73,6 +84,8 @@ class Command(BaseCommand):
                 ae_title=ae_title,
                 tls_port=tls_port,
             )
+        except fence.FenceBroken as exc:
+            raise CommandError(f"pynetdicom is not what the listener was written for: {exc}") from exc
         except ssl.SSLError as exc:
             raise CommandError(f"cannot load the DICOM TLS certificate, key or CA: {exc}") from exc
         except OSError as exc:
