@@ -8,9 +8,9 @@ class ArchiveConfig(AppConfig):
     verbose_name = "Archivio immagini"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        # The admin's pages beyond archive.admin: they import it, it imports neither.
-        from . import admin_storage, admin_tokens  # noqa: F401
+        # The system checks register themselves; the admin's pages beyond
+        # archive.admin import it (it imports neither).
+        from . import admin_storage, admin_tokens, checks  # noqa: F401
         from .signals import study_instances_received
         from .tasks import study_renditions_enqueue
 

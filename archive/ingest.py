@@ -29,6 +29,8 @@ from django.db import IntegrityError, OperationalError, close_old_connections, c
 from django.db.models import F
 from django.utils import timezone
 
+from pacs import tasknames
+
 from . import storage
 from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from .dicom import DicomRejected, Header, read_part10
@@ -585,13 +587,10 @@ def _series_for(header: Header, study: Study) -> tuple[Series, bool]:
         return Series.objects.get(series_instance_uid=uid), False
 
 
-# Queued by name: ingestion sits below the tasks that call it.
-POST_INGEST_TASK = "archive.tasks.study_post_ingest"
-
-
 def _enqueue_post_ingest(study_pk: int) -> None:
     try:
-        current_app.send_task(POST_INGEST_TASK, args=[study_pk])
+        # By name: ingestion sits below the tasks that call it.
+        current_app.send_task(tasknames.STUDY_POST_INGEST, args=[study_pk])
     except Exception:
         # The store is committed and acknowledged; the periodic sweep queues
         # the work for any study left pending.

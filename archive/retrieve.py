@@ -25,6 +25,8 @@ from django.core.cache import cache
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from pacs import tasknames
+
 from . import storage
 from .models import Copy, Instance, Series
 
@@ -89,9 +91,6 @@ def instance_open(instance: Instance) -> BinaryIO:
     raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
 
 
-RECALL_TASK = "archive.tasks.studies_recall"
-
-
 def _recall_soon(instance: Instance) -> None:
     """A read served from the long-term tier: bring the study back into its facility's tier
     (once per study and hour, by a Celery task: the reader does not wait)."""
@@ -106,7 +105,7 @@ def _recall_soon(instance: Instance) -> None:
         if study_id is None:
             return
         keep_until = timezone.now() + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
-        current_app.send_task(RECALL_TASK, args=[[study_id], instance.facility_id, keep_until.isoformat()])
+        current_app.send_task(tasknames.STUDIES_RECALL, args=[[study_id], instance.facility_id, keep_until.isoformat()])
     except Exception:
         # Recalling is an optimisation: the read itself has succeeded.
         logger.exception("could not queue the recall of study #%s", study_id)

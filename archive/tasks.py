@@ -8,19 +8,25 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
+from pacs import tasknames
+
 from . import ingest, lifecycle, previews, storage
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(
-    name=ingest.POST_INGEST_TASK, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8
+    name=tasknames.STUDY_POST_INGEST,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=8,
 )
 def study_post_ingest(study_pk: int) -> bool:
     return ingest.study_post_ingest(study_pk=study_pk)
 
 
-@shared_task
+@shared_task(name=tasknames.POST_INGEST_SWEEP)
 def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
     """Queue the post-ingest work of studies whose task was never queued."""
     pks = ingest.studies_post_ingest_overdue(older_than_seconds=older_than_seconds)
@@ -32,7 +38,7 @@ def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
 
 
 @shared_task(
-    name="archive.tasks.series_renditions_make",
+    name=tasknames.SERIES_RENDITIONS_MAKE,
     acks_late=True,
     # Transient only: the database, a tier, a copy that cannot be read or a
     # render worker that cannot be started now. An image that cannot be
@@ -58,7 +64,7 @@ def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
         transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]
 
 
-@shared_task(name="archive.tasks.lifecycle_run", acks_late=True)
+@shared_task(name=tasknames.LIFECYCLE_RUN, acks_late=True)
 def lifecycle_run(limit: int | None = None) -> dict[str, int]:
     """Copy what is due to the long-term tier, evict what a verified copy backs, advance a scope migration.
 
@@ -69,13 +75,13 @@ def lifecycle_run(limit: int | None = None) -> dict[str, int]:
     return {k: v for k, v in vars(result).items() if isinstance(v, int)}
 
 
-@shared_task(name="archive.tasks.fixity_audit", acks_late=True)
+@shared_task(name=tasknames.STORAGE_FIXITY_AUDIT, acks_late=True)
 def fixity_audit() -> int:
     return lifecycle.fixity_audit().pk
 
 
 @shared_task(
-    name="archive.tasks.studies_recall",
+    name=tasknames.STUDIES_RECALL,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
     retry_backoff=60,

@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 from archive.audit import audit_record
 from archive.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from archive.models import Facility, Patient
+from pacs import tasknames
 
 from .models import (
     AccessionSequence,
@@ -432,14 +433,11 @@ def booking_create(
     return booking
 
 
-PREFETCH_TASK = "booking.tasks.booking_prefetch"
-
-
 def booking_prefetch_enqueue(booking_pk: int) -> None:
     from celery import current_app
 
     try:
-        current_app.send_task(PREFETCH_TASK, args=[booking_pk])
+        current_app.send_task(tasknames.BOOKING_PREFETCH, args=[booking_pk])
     except Exception:
         # The broker is down: the daily sweep queues it again; the booking stands.
         logger.exception("could not queue the prefetch of booking #%s", booking_pk)

@@ -15,6 +15,7 @@ from django.utils.translation import gettext as _
 
 from archive import lifecycle, storage
 from archive.models import Report
+from pacs import tasknames
 
 from . import matching
 from .models import Booking
@@ -26,7 +27,7 @@ REPORTED_SYSTEM = "archive.report_signed"
 
 
 @shared_task(
-    name="booking.tasks.study_match",
+    name=tasknames.STUDY_MATCH,
     acks_late=True,
     # Transient only: the database busy or gone. A study that does not match
     # is not an error, it is a reconciliation row; the service is idempotent,
@@ -82,7 +83,7 @@ def booking_reported(*, report_pk: int, study_pk: int) -> str:
 
 
 @shared_task(
-    name="booking.tasks.booking_reported_retry",
+    name=tasknames.BOOKING_REPORTED,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=True,
@@ -109,7 +110,7 @@ def report_signed_booking(sender: Any, report_pk: int, study_pk: int, **kwargs: 
 
 
 @shared_task(
-    name="booking.tasks.booking_prefetch",
+    name=tasknames.BOOKING_PREFETCH,
     acks_late=True,
     # Transient only: the database or a tier (the long-term store down). The
     # recall is idempotent: what is already in the facility tier is kept longer.
@@ -133,7 +134,7 @@ def booking_prefetch(booking_pk: int) -> dict[str, int]:
     return vars(result)
 
 
-@shared_task(name="booking.tasks.bookings_prefetch")
+@shared_task(name=tasknames.BOOKINGS_PREFETCH)
 def bookings_prefetch() -> int:
     """Daily: queue the prefetch of every booking due in the next ``PACS_PREFETCH_DAYS_AHEAD`` days."""
     now = timezone.now()

@@ -8,13 +8,15 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
+from pacs import tasknames
+
 from . import availability, downloads
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(
-    name="portal.tasks.report_publish_retry",
+    name=tasknames.REPORT_PUBLISH,
     acks_late=True,
     # Transient only; the publication is idempotent (get_or_create on booking
     # and report), so a redelivery after a lost worker does no harm.
@@ -42,7 +44,7 @@ def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
 
 
 @shared_task(
-    name="portal.tasks.package_build",
+    name=tasknames.DOWNLOAD_PACKAGE_BUILD,
     acks_late=True,
     # A worker killed mid-zip: the task is delivered again and takes the
     # package over once its heartbeat is stale (portal.downloads.STALE).
@@ -74,6 +76,6 @@ def package_build(self: Any, package_pk: int, user_pk: int | None = None, bookin
     return package.status
 
 
-@shared_task(name="portal.tasks.packages_purge")
+@shared_task(name=tasknames.DOWNLOAD_PACKAGES_PURGE)
 def packages_purge() -> int:
     return downloads.packages_purge()
