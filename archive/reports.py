@@ -29,15 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from pacs import tasknames
+
 from . import access, signals, storage
 from .access import staff_profile
 from .audit import audit_record
-from .models import AuditEvent, Report, Study
+from .models import AuditEvent, Instance, Report, Study
 
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a
@@ -438,8 +440,10 @@ def report_sign(
     (detached CAdES with the signer's own key), stores both files in the
     study's facility tier, then marks the row signed in one conditional
     UPDATE. After commit, ``signals.report_signed`` is sent and, with
-    ``PACS_REPORT_ENCAPSULATED_PDF``, the PDF is ingested into the study as
-    a DICOM Encapsulated PDF instance.
+    ``PACS_REPORT_ENCAPSULATED_PDF``, a task is queued that ingests the PDF
+    into the study as a DICOM Encapsulated PDF instance
+    (:func:`report_encapsulated_store`): the request answers once the report
+    is durable (its PDF and signature), without writing DICOM.
 
     Raises
     ------
@@ -563,7 +567,7 @@ def report_sign(
         report_pk, study_pk = row.pk, study.pk
         transaction.on_commit(lambda: _signed_notify(report_pk=report_pk, study_pk=study_pk))
         if encapsulate:
-            transaction.on_commit(lambda: _encapsulate_after_commit(report_pk=report_pk, user=user, source=source))
+            transaction.on_commit(lambda: _encapsulate_enqueue(report_pk=report_pk, user=user, source=source))
     signed = _reload(row)
     assert signed is not None
     return signed
@@ -575,23 +579,30 @@ def _signed_notify(*, report_pk: int, study_pk: int) -> None:
             logger.error("report_signed receiver %r failed for report %s", receiver, report_pk, exc_info=result)
 
 
-def _encapsulate_after_commit(*, report_pk: int, user: Any, source: str) -> None:
-    report = Report.objects.select_related("study", "study__facility").get(pk=report_pk)
+def _encapsulate_failed(*, report: Report, user: Any, source: str, reason: str) -> None:
+    # The report is signed and valid; only its DICOM copy is missing, and
+    # report_encapsulate can make it again (same UIDs, same bytes).
+    audit_record(
+        action="report.encapsulate",
+        outcome=FAILURE,
+        user=user,
+        study=report.study,
+        source=source,
+        detail={**_detail(report), "reason": reason},
+    )
+
+
+def _encapsulate_enqueue(*, report_pk: int, user: Any, source: str) -> None:
+    """Queue the DICOM copy; by name, since the archive's tasks import this module."""
+    from celery import current_app
+
     try:
-        report_encapsulate(report=report)
+        current_app.send_task(tasknames.REPORT_ENCAPSULATE, args=[report_pk])
     except Exception as exc:
-        # The report is signed and valid; only its DICOM copy is missing, and
-        # report_encapsulate can make it again (same UIDs, same bytes). The
-        # signing must not look failed to the radiologist for this.
-        logger.exception("encapsulated PDF of report %s not stored", report_pk)
-        audit_record(
-            action="report.encapsulate",
-            outcome=FAILURE,
-            user=user,
-            study=report.study,
-            source=source,
-            detail={**_detail(report), "reason": getattr(exc, "message", "") or str(exc)},
-        )
+        # The signing must not look failed to the radiologist for this.
+        logger.exception("encapsulated PDF of report %s not queued", report_pk)
+        report = Report.objects.select_related("study").get(pk=report_pk)
+        _encapsulate_failed(report=report, user=user, source=source, reason=f"not queued: {exc}")
 
 
 # --- the signed files ---------------------------------------------------------
@@ -748,6 +759,38 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     ds.EncapsulatedDocumentLength = len(pdf)
     ds.EncapsulatedDocument = pdf + b"\x00" if len(pdf) % 2 else pdf
     return ds
+
+
+def report_encapsulated_store(*, report_pk: int) -> str:
+    """The work of the task queued by :func:`report_sign`: the report's Encapsulated PDF
+    instance, stored unless the archive holds it already; its SOPInstanceUID ("" when
+    the report has none, or its copy was refused: audited as ``report.encapsulate``).
+
+    A redelivered task (its worker died after storing, before acknowledging)
+    finds the instance and stores nothing again.
+
+    Raises
+    ------
+    django.db.OperationalError, django.db.InterfaceError, storage.StorageError
+        Transient: the task tries again.
+    """
+    report = Report.objects.select_related("study", "study__facility", "updated_by").filter(pk=report_pk).first()
+    if report is None or report.status != Report.Status.SIGNED or not report.encapsulated_sop_instance_uid:
+        return ""
+    uid = report.encapsulated_sop_instance_uid
+    if Instance.objects.filter(sop_instance_uid=uid).exists():
+        return uid
+    try:
+        return report_encapsulate(report=report)
+    except (OperationalError, InterfaceError, storage.StorageError):
+        raise
+    except Exception as exc:
+        logger.exception("encapsulated PDF of report %s not stored", report_pk)
+        # Recorded as the signer's (the row's last writer is who signed it).
+        _encapsulate_failed(
+            report=report, user=report.updated_by, source="", reason=getattr(exc, "message", "") or str(exc)
+        )
+        return ""
 
 
 def report_encapsulate(*, report: Report) -> str:

@@ -10,7 +10,7 @@ from django.db import InterfaceError, OperationalError, transaction
 
 from pacs import tasknames
 
-from . import ingest, lifecycle, previews, storage
+from . import ingest, lifecycle, previews, reports, storage
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,26 @@ def series_renditions_make(series_pk: int) -> dict[str, int]:
     return vars(previews.series_renditions_make(series_pk=series_pk))
 
 
+@shared_task(
+    name=tasknames.STUDY_RENDITIONS_QUEUE,
+    acks_late=True,
+    # Transient only; it computes what is due each time, so a redelivery queues
+    # at most a series task that finds nothing to do.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def study_renditions_queue(study_pk: int) -> int:
+    """One :func:`series_renditions_make` per series of the study with new instances; how many."""
+    pks = previews.series_renditions_due(study_pk=study_pk)
+    for series_pk in pks:
+        series_renditions_make.delay(series_pk)
+    return len(pks)
+
+
 def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
-    """``study_instances_received`` receiver: one task per series with new instances."""
-    for series_pk in previews.series_renditions_due(study_pk=study_pk):
-        transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]
+    """``study_instances_received`` receiver: queue :func:`study_renditions_queue` once committed."""
+    transaction.on_commit(lambda: study_renditions_queue.delay(study_pk))
 
 
 @shared_task(name=tasknames.LIFECYCLE_RUN, acks_late=True)
@@ -101,3 +117,19 @@ def studies_recall(study_pks: list[int], facility_pk: int, keep_until: str) -> d
         study_pks=study_pks, facility=facility, keep_until=dt.datetime.fromisoformat(keep_until)
     )
     return vars(result)
+
+
+@shared_task(
+    name=tasknames.REPORT_ENCAPSULATE,
+    acks_late=True,
+    # Transient only: the database or a tier. The service looks for the
+    # instance first, so a redelivery after a worker died between storing and
+    # acknowledging stores nothing twice; a copy refused for good is audited, not raised.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def report_encapsulate(report_pk: int) -> str:
+    """Store the signed report's PDF in its study as a DICOM Encapsulated PDF instance."""
+    return reports.report_encapsulated_store(report_pk=report_pk)

@@ -15,10 +15,12 @@ This module imports nothing: the settings and every app import it.
 # --- archive ---------------------------------------------------------------------
 STUDY_POST_INGEST = "archive.tasks.study_post_ingest"
 POST_INGEST_SWEEP = "archive.tasks.post_ingest_sweep"
+STUDY_RENDITIONS_QUEUE = "archive.tasks.study_renditions_queue"
 SERIES_RENDITIONS_MAKE = "archive.tasks.series_renditions_make"
 LIFECYCLE_RUN = "archive.tasks.lifecycle_run"
 STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
 STUDIES_RECALL = "archive.tasks.studies_recall"
+REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"

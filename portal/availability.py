@@ -6,8 +6,8 @@ Pages call these functions; they hold no rule of their own.
 Publication
     A signed report version is published when its study's booking has an
     online choice (consent not revoked): one :class:`~portal.models.Publication`
-    per (booking, report), created by :func:`publish_on_report_signed` on
-    ``archive.signals.report_signed``. An addendum (*integrazione*) is
+    per (booking, report), created by :func:`report_publish` in the task
+    queued on ``archive.signals.report_signed``. An addendum (*integrazione*) is
     published next to the versions before it, which stay valid. A correction
     (*rettifica*) replaces them: every earlier publication of the booking is
     withdrawn with reason ``superseded``, whatever order the signals arrive
@@ -21,7 +21,7 @@ Consent revoked
     records the withdrawal on the rows (who, when, why) and is for the page or
     service that accepts the revocation to call. Today
     ``booking.services.distribution_choose`` refuses any change once the
-    booking is reported, so a revocation after publication only arrives as a
+    report is signed, so a revocation after publication only arrives as a
     choice row written by another path (an external CUP, a future page), or
     from the citizen's exam page (:func:`consent_revoke_online`).
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
 from pacs import tasknames
 
@@ -25,22 +25,22 @@ logger = logging.getLogger(__name__)
     retry_backoff_max=600,
     max_retries=8,
 )
-def report_publish_retry(report_pk: int, study_pk: int) -> str:
-    """The receiver's work again, for when the database failed it in the signing process."""
+def report_publish(report_pk: int, study_pk: int) -> str:
+    """Publish the signed report to the citizen if they chose online delivery."""
     return availability.report_publish(report_pk=report_pk, study_pk=study_pk)
 
 
 def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
-    """``archive.signals.report_signed`` receiver: publish to the citizen if they chose online.
+    """``archive.signals.report_signed`` receiver: queue :func:`report_publish` once the signing commits."""
+    transaction.on_commit(lambda: _report_publish_enqueue(report_pk, study_pk))
 
-    Done at once (a few rows, after the signing committed); a transient
-    database failure hands it to a worker that retries.
-    """
+
+def _report_publish_enqueue(report_pk: int, study_pk: int) -> None:
     try:
-        availability.report_publish(report_pk=report_pk, study_pk=study_pk)
-    except (OperationalError, InterfaceError):
-        logger.exception("report %s not published now: retrying in a worker", report_pk)
-        report_publish_retry.delay(report_pk, study_pk)
+        report_publish.delay(report_pk, study_pk)
+    except Exception:
+        # The report is signed and stays so; nothing queues this again (no sweep): logged for the operators.
+        logger.exception("publication of report %s of study %s not queued", report_pk, study_pk)
 
 
 @shared_task(

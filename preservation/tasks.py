@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
 from pacs import tasknames
 
@@ -43,6 +43,10 @@ def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
         # A task held past the broker's visibility timeout is delivered again
         # (Redis): leave a long wait to the sweep instead.
         return
+    transaction.on_commit(lambda: _package_enqueue(study_pk, countdown))
+
+
+def _package_enqueue(study_pk: int, countdown: int) -> None:
     try:
         study_package.apply_async(args=[study_pk], countdown=countdown)
     except Exception:

@@ -17,10 +17,12 @@ PROJECT_APPS = {"archive", "booking", "portal", "preservation", "pacs"}
 WIRE_NAMES = {
     "archive.tasks.study_post_ingest",
     "archive.tasks.post_ingest_sweep",
+    "archive.tasks.study_renditions_queue",
     "archive.tasks.series_renditions_make",
     "archive.tasks.lifecycle_run",
     "archive.tasks.fixity_audit",
     "archive.tasks.studies_recall",
+    "archive.tasks.report_encapsulate",
     "booking.tasks.study_match",
     "booking.tasks.booking_reported_retry",
     "booking.tasks.booking_prefetch",

@@ -19,6 +19,8 @@ from archive.access import StudyNotVisible
 from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
 from archive.reports import ReportConflict, ReportError
 from archive.signals import report_signed
+from pacs import tasknames
+from tests.conftest import Enqueued
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -480,7 +482,7 @@ def test_studies_accessible_filters_by_authority(reporting: Reporting) -> None:
 
 
 def test_the_signed_pdf_is_stored_in_the_study_as_encapsulated_pdf(
-    reporting: Reporting, settings, django_capture_on_commit_callbacks
+    reporting: Reporting, settings, enqueued: Enqueued, django_capture_on_commit_callbacks
 ) -> None:
     r = reporting
     settings.PACS_REPORT_ENCAPSULATED_PDF = True
@@ -488,6 +490,10 @@ def test_the_signed_pdf_is_stored_in_the_study_as_encapsulated_pdf(
     with django_capture_on_commit_callbacks(execute=True):
         signed = sign(draft, r.radiologist)
     assert signed.encapsulated_sop_instance_uid
+    # Signing only queued it: the worker's task stores the instance.
+    assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
+    assert (tasknames.REPORT_ENCAPSULATE, (signed.pk,), {}) in enqueued.messages
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [signed.encapsulated_sop_instance_uid]
     instance = Instance.objects.select_related("series__study").get(
         sop_instance_uid=signed.encapsulated_sop_instance_uid
     )
@@ -530,7 +536,11 @@ def test_a_damaged_file_is_detected(reporting: Reporting, which: str) -> None:
 
 
 def test_a_failed_dicom_copy_does_not_undo_the_signature(
-    reporting: Reporting, settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+    reporting: Reporting,
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
 ) -> None:
     r = reporting
     settings.PACS_REPORT_ENCAPSULATED_PDF = True
@@ -541,11 +551,56 @@ def test_a_failed_dicom_copy_does_not_undo_the_signature(
     monkeypatch.setattr(reports, "report_encapsulate", refused)
     with django_capture_on_commit_callbacks(execute=True):
         signed = sign(written_draft(r), r.radiologist)
+    # Refused for good: recorded, not raised (the task is not retried for it).
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [""]
+    signed.refresh_from_db()
     assert signed.status == Report.Status.SIGNED
     assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
     (event,) = events("report.encapsulate", AuditEvent.Outcome.FAILURE)
     assert event.detail["reason"] == "la copia DICOM non entra"
+    assert event.user_id == r.radiologist.pk
     # It can be made later from the signed row.
     monkeypatch.undo()
     assert reports.report_encapsulate(report=signed) == signed.encapsulated_sop_instance_uid
     assert Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).count() == 1
+
+
+class WorkerKilled(BaseException):
+    """The worker process dying: not an exception Celery's retry policy sees."""
+
+
+def test_a_redelivered_task_after_a_crash_stores_the_copy_once(
+    reporting: Reporting,
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
+) -> None:
+    from archive import ingest
+
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = sign(written_draft(r), r.radiologist)
+    (message,) = [m for m in enqueued.messages if m[0] == tasknames.REPORT_ENCAPSULATE]
+    real_ingest = ingest.instance_ingest
+    calls: list[str] = []
+
+    def ingest_then_die(**kwargs: object) -> object:
+        calls.append("ingest")
+        real_ingest(**kwargs)  # type: ignore[arg-type]
+        raise WorkerKilled  # stored and committed, the message not yet acknowledged
+
+    monkeypatch.setattr(ingest, "instance_ingest", ingest_then_die)
+    with pytest.raises(WorkerKilled):
+        enqueued.run(tasknames.REPORT_ENCAPSULATE)
+    assert Instance.objects.filter(sop_instance_uid=signed.encapsulated_sop_instance_uid).count() == 1
+    files = sorted(p for p in storage.absolute_path(signed.tier, "").rglob("*") if p.is_file())
+
+    # The broker delivers the message again (acks_late): nothing is ingested twice.
+    enqueued.messages.append(message)
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [signed.encapsulated_sop_instance_uid]
+    assert calls == ["ingest"]
+    instance = Instance.objects.get(sop_class_uid=ENCAPSULATED_PDF)
+    assert instance.copies.count() == 1
+    assert sorted(p for p in storage.absolute_path(signed.tier, "").rglob("*") if p.is_file()) == files
