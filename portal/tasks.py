@@ -59,20 +59,11 @@ def package_build(self: Any, package_pk: int, user_pk: int | None = None, bookin
     When another builder holds the package (its heartbeat is fresh), look
     again later: it finishes it, or dies and lets this task take over.
     """
-    from django.contrib.auth import get_user_model
-
-    from booking.models import Booking
-
-    package = downloads.package_build(package_pk=package_pk)
+    package = downloads.package_build_notify(package_pk=package_pk, user_pk=user_pk, booking_pk=booking_pk)
     if package is None:
         return "missing"
     if package.status in (package.Status.QUEUED, package.Status.RUNNING):
         raise self.retry(countdown=int(downloads.STALE.total_seconds()), max_retries=50)
-    if package.status in (package.Status.READY, package.Status.FAILED) and user_pk and booking_pk:
-        user = get_user_model().objects.filter(pk=user_pk).first()
-        booking = Booking.objects.filter(pk=booking_pk).select_related("procedure").first()
-        if user is not None and booking is not None:
-            downloads.package_notify(package=package, user=user, booking=booking)
     return package.status
 
 
