@@ -649,6 +649,8 @@ def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: Abst
 
     Her own consent, or, as a delegate, only the consent of someone she
     represents because they cannot act (a minor, a person under guardianship).
+    The revoking choice and the withdrawal are one transaction: a revocation
+    is never recorded without its publications withdrawn.
 
     Raises
     ------
@@ -658,14 +660,15 @@ def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: Abst
         There is no online consent to revoke.
     """
     _right_check(requested_by=requested_by, patient=booking.patient, right=Delegation.Right.CONSENT, now=timezone.now())
-    booking_services.consent_revoke(
-        booking=booking,
-        channel=Booking.Channel.ONLINE,
-        user=user,
-        recorded_by_name=str(requested_by),
-        source=source,
-    )
-    return publications_withdraw_for_revocation(booking=booking, user=user, source=source)
+    with transaction.atomic():
+        booking_services.consent_revoke(
+            booking=booking,
+            channel=Booking.Channel.ONLINE,
+            user=user,
+            recorded_by_name=str(requested_by),
+            source=source,
+        )
+        return publications_withdraw_for_revocation(booking=booking, user=user, source=source)
 
 
 # --- Emergency access (break-glass) ------------------------------------------------------

@@ -534,6 +534,31 @@ def test_a_parent_revokes_a_minors_consent(cup: Cup, reporting: Reporting) -> No
     assert choice is not None and choice.revokes_consent and choice.channel == Booking.Channel.ONLINE
 
 
+def test_a_revocation_whose_withdrawal_fails_is_not_recorded(
+    cup: Cup, reporting: Reporting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booking = linked_booking(cup, reporting.study)
+    sign(reporting)
+    choices = list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True))
+    user = citizen_account_create(codice_fiscale=MARIO_CF, password="x" * 20)
+
+    def withdrawal_fails(**kwargs: object) -> int:
+        raise RuntimeError("the database went away between the two writes")
+
+    monkeypatch.setattr(availability, "publications_withdraw_for_revocation", withdrawal_fails)
+    with pytest.raises(RuntimeError):
+        consent_revoke_online(booking=booking, requested_by=cup.mario, user=user)
+
+    # The revoking choice went with the failed withdrawal: nothing half-done.
+    assert list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True)) == choices
+    assert fresh(booking).current_choice().delivery == DistributionChoice.Delivery.ONLINE  # type: ignore[union-attr]
+    assert not AuditEvent.objects.filter(action="cup.booking.consent_revoke").exists()
+    assert is_available_online(booking=fresh(booking))
+    monkeypatch.undo()
+    assert consent_revoke_online(booking=booking, requested_by=cup.mario, user=user) == 1
+    assert exam_status(booking=fresh(booking)).code == "withdrawn"
+
+
 # --- Oscuramento and emergency access -----------------------------------------------------
 
 
