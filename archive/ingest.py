@@ -32,6 +32,7 @@ from django.utils import timezone
 from pacs import tasknames
 
 from . import storage
+from .audit import audit_record
 from .codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from .dicom import DicomRejected, Header, read_part10
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
@@ -482,6 +483,36 @@ def _conflict(
         instance.pk if instance else None,
         detail=f"kept for review, the archived object is unchanged: {detail}",
     )
+
+
+def conflict_resolve(*, conflict_pk: int, user: Any, note: str, source: str = "") -> InstanceConflict | None:
+    """Mark the conflict resolved by ``user`` with ``note`` (audited); None when
+    someone else resolved it first (their note and name stay).
+
+    The bytes it kept stay in the tier: the row is their only record.
+    """
+    with transaction.atomic():
+        # Conditional, so that two people resolving at once do not overwrite
+        # each other's note and name.
+        done = InstanceConflict.objects.filter(pk=conflict_pk, resolved_at__isnull=True).update(
+            resolved_at=timezone.now(), resolved_by=user, resolution_note=note
+        )
+        if not done:
+            return None
+        conflict = InstanceConflict.objects.select_related("study__patient").get(pk=conflict_pk)
+        subject: dict[str, Any] = (
+            {"study": conflict.study, "patient": conflict.study.patient}
+            if conflict.study is not None
+            else {"study_instance_uid": conflict.study_instance_uid}
+        )
+        audit_record(
+            action="admin.instanceconflict.resolve",
+            user=user,
+            source=source,
+            detail={"object_id": conflict_pk, "note": note},
+            **subject,
+        )
+    return conflict
 
 
 def _split_name(name: str) -> tuple[str, str]:
