@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Case, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -39,7 +39,7 @@ from pacs import tasknames
 from . import access, signals, storage
 from .access import staff_profile
 from .audit import audit_record
-from .models import AuditEvent, Instance, Report, Study
+from .models import AuditEvent, Facility, Instance, Report, Study
 
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
     from pydicom.dataset import Dataset
 
+    from .rendering import Window
     from .signing import SignatureCheck
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,97 @@ def _claimed_conflict(draft: Report) -> ReportConflict:
         % {"name": _person(draft.author), "time": _hhmm(draft.created_at)},
         code="claimed",
     )
+
+
+# --- the work list and the viewer ------------------------------------------------
+
+
+def _modality_q(modality: str) -> Q:
+    """ModalitiesInStudy holds ``CT\\PR``: match whole values, so that ``CT`` is not found in ``XCT``."""
+    sep = "\\"
+    return (
+        Q(modalities_in_study=modality)
+        | Q(modalities_in_study__startswith=modality + sep)
+        | Q(modalities_in_study__endswith=sep + modality)
+        | Q(modalities_in_study__contains=sep + modality + sep)
+    )
+
+
+def worklist_studies(
+    *,
+    principal: access.Principal,
+    facility: Facility | None = None,
+    modality: str = "",
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    priority: str = "",
+    claimed: bool | None = None,
+) -> QuerySet[Study]:
+    """The studies without a signed report that ``principal`` may see, filtered, urgent first then oldest.
+
+    ``claimed``: only those with a draft (True) or without one (False). Each
+    study carries ``has_draft``, ``draft_author_first``, ``draft_author_last``,
+    ``draft_author_username`` and ``draft_since`` (who is reporting it, since when).
+    """
+    signed = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.SIGNED)
+    drafts = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.DRAFT)
+    qs = (
+        access.studies_visible(principal)
+        .exclude(Exists(signed))
+        .select_related("patient", "facility")
+        .annotate(
+            has_draft=Exists(drafts),
+            draft_author_first=Subquery(drafts.values("author__first_name")[:1]),
+            draft_author_last=Subquery(drafts.values("author__last_name")[:1]),
+            draft_author_username=Subquery(drafts.values("author__username")[:1]),
+            draft_since=Subquery(drafts.values("created_at")[:1]),
+            urgency=Case(When(priority="U", then=Value(0)), default=Value(1), output_field=IntegerField()),
+        )
+    )
+    if facility:
+        qs = qs.filter(facility=facility)
+    if modality:
+        qs = qs.filter(_modality_q(modality))
+    if date_from:
+        qs = qs.filter(study_date__gte=date_from)
+    if date_to:
+        qs = qs.filter(study_date__lte=date_to)
+    if priority:
+        qs = qs.filter(priority=priority)
+    if claimed is not None:
+        qs = qs.filter(has_draft=claimed)
+    return qs.order_by("urgency", F("study_date").asc(nulls_last=True), "study_time", "pk")
+
+
+def worklist_choices(*, principal: access.Principal) -> tuple[QuerySet[Facility], list[str]]:
+    """The facilities and the modalities of the studies ``principal`` may see (the work list's filters)."""
+    visible = access.studies_visible(principal)
+    facilities = Facility.objects.filter(pk__in=visible.values("facility")).order_by("name")
+    combinations = visible.values_list("modalities_in_study", flat=True).distinct()
+    return facilities, sorted({m for value in combinations for m in value.split("\\") if m})
+
+
+def instance_windows(*, instance: Instance) -> list[tuple[str, Window]]:
+    """The VOI windows the instance's header names, each with its explanation ("" when none);
+    empty when the header cannot be read (the viewer then offers its default window only)."""
+    from pydicom import dcmread
+
+    from . import rendering, retrieve
+
+    try:
+        with retrieve.instance_open(instance) as fh:
+            ds = dcmread(fh, stop_before_pixels=True)
+        explanations = [str(x) for x in (ds.get("WindowCenterWidthExplanation") or [])]
+        if isinstance(ds.get("WindowCenterWidthExplanation"), str):
+            explanations = [str(ds.WindowCenterWidthExplanation)]
+        windows = rendering.window_presets(ds)
+    except retrieve.NotAvailable as exc:
+        logger.warning("no window presets for instance %s: %s", instance.sop_instance_uid, exc)
+        return []
+    except Exception:  # a header pydicom cannot read: the viewer still works with the default window
+        logger.exception("could not read the window presets of instance %s", instance.sop_instance_uid)
+        return []
+    return [(explanations[i] if i < len(explanations) else "", window) for i, window in enumerate(windows)]
 
 
 # --- drafts -----------------------------------------------------------------

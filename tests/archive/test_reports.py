@@ -14,7 +14,7 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from pydicom import dcmread
 
-from archive import reports, storage
+from archive import access, reports, storage
 from archive.access import StudyNotVisible
 from archive.models import AuditEvent, Instance, Report, StaffProfile, Study
 from archive.reports import ReportConflict, ReportError
@@ -476,6 +476,44 @@ def test_studies_accessible_filters_by_authority(reporting: Reporting) -> None:
     assert list(reports.studies_accessible(user=fresh)) == []
     with pytest.raises(StudyNotVisible):
         reports.study_access_check(user=fresh, study=r.study)
+
+
+# --- the work list and the viewer -------------------------------------------------------
+
+
+def test_the_work_list_selects_by_claim_and_offers_the_visible_choices(reporting: Reporting) -> None:
+    r = reporting
+    principal = access.principal_for_user(r.radiologist)
+    assert list(reports.worklist_studies(principal=principal)) == [r.study]
+    assert list(reports.worklist_studies(principal=principal, claimed=True)) == []
+    reports.report_draft_start(study=r.study, user=r.radiologist)
+    (study,) = reports.worklist_studies(principal=principal, claimed=True)
+    assert study.has_draft and study.draft_author_username == "radiologo"
+    assert list(reports.worklist_studies(principal=principal, claimed=False)) == []
+    assert list(reports.worklist_studies(principal=principal, modality="C")) == []  # whole values only
+    assert list(reports.worklist_studies(principal=principal, modality="CT")) == [r.study]
+    facilities, modalities = reports.worklist_choices(principal=principal)
+    assert (list(facilities), modalities) == ([r.study.facility], ["CT"])
+    assert list(reports.worklist_studies(principal=access.principal_for_user(r.foreign))) == []
+
+
+def test_the_viewer_windows_come_from_the_header(reporting: Reporting, tmp_path: Path) -> None:
+    from archive.ingest import instance_ingest
+    from archive.rendering import Window
+
+    instance = Instance.objects.filter(series__study=reporting.study).first()
+    copy = instance.copies.get()
+    ds = dcmread(storage.absolute_path(copy.tier, copy.path))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.WindowCenter, ds.WindowWidth = [40, 400], [350, 2000]
+    ds.WindowCenterWidthExplanation = ["MEDIASTINO", ""]
+    ds.save_as(tmp_path / "windows.dcm", enforce_file_format=True)
+    instance_ingest(path=tmp_path / "windows.dcm", facility=reporting.region.facility, owned=False)
+    windowed = Instance.objects.get(sop_instance_uid="1.2.826.0.1.3680043.8.498.1")
+    assert reports.instance_windows(instance=windowed) == [("MEDIASTINO", Window(40, 350)), ("", Window(400, 2000))]
+    # A copy that cannot be read: no window of its own, and no error for the page.
+    storage.absolute_path(windowed.copies.get().tier, windowed.copies.get().path).unlink()
+    assert reports.instance_windows(instance=windowed) == []
 
 
 # --- the stored files ---------------------------------------------------------------
