@@ -20,6 +20,7 @@ from django.db import DatabaseError, connection, transaction
 from archive import audit, signing
 from archive.audit import audit_chains_forget, audit_record, audit_verify
 from archive.models import AuditEvent
+from pacs import tasknames
 from pacs.celery import app as celery_app
 from preservation import audit_seal, journal, tasks, timestamp
 from preservation.models import JournalEntry
@@ -209,7 +210,7 @@ def test_without_a_time_stamp_authority_the_seal_is_kept_and_noted(db: None, set
 
 def test_celery_beat_seals_every_period(db: None, officer: object) -> None:
     entry = django_settings.CELERY_BEAT_SCHEDULE["preservation-audit-seal"]
-    assert entry["task"] == "preservation.tasks.audit_seal" in celery_app.tasks
+    assert entry["task"] == tasknames.AUDIT_SEAL in celery_app.tasks
     assert entry["schedule"] == django_settings.PACS_AUDIT_SEAL_SECONDS
     write(1)
     pk = tasks.audit_seal.apply().get()
