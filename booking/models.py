@@ -239,9 +239,9 @@ class Booking(models.Model):
         """
         if self.status in (self.Status.REPORTED, self.Status.CANCELLED):
             return True
-        return self.study_id is not None and self.study_reported()
+        return self.study_id is not None and self.study_has_signed_report()
 
-    def study_reported(self) -> bool:
+    def study_has_signed_report(self) -> bool:
         """Whether the booking's study has a signed report (its status may not say so yet)."""
         return Report.objects.filter(study_id=self.study_id, status=Report.Status.SIGNED).exists()
 
