@@ -41,7 +41,6 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
@@ -49,6 +48,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
+from archive import ingest
 from archive.dicomnet.forms import RemoteNodeForm
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
@@ -1180,16 +1180,8 @@ class InstanceConflictAdmin(DicomHeaderViewMixin, VisibleRowsMixin, admin.ModelA
 
     def resolve(self, request: HttpRequest, pk: int, note: str) -> bool:
         """Mark one conflict resolved by this user; False when someone else already had."""
-        with transaction.atomic():
-            # Conditional, so that two people resolving at once do not overwrite
-            # each other's note and name.
-            done = InstanceConflict.objects.filter(pk=pk, resolved_at__isnull=True).update(
-                resolved_at=timezone.now(), resolved_by=request.user, resolution_note=note
-            )
-            if done:
-                conflict = self.get_queryset(request).get(pk=pk)
-                self.audit(request, "resolve", obj=conflict, detail={"object_id": pk, "note": note})
-        return bool(done)
+        resolved = ingest.conflict_resolve(conflict_pk=pk, user=request.user, note=note, source=client_ip(request))
+        return resolved is not None
 
     def save_model(self, request: HttpRequest, obj: InstanceConflict, form: forms.ModelForm, change: bool) -> None:
         note = form.cleaned_data.get("resolution_note", "")

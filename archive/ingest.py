@@ -30,6 +30,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from archive.storage import tiers as storage
+from kernel import tasknames
+from kernel.audit import audit_record
 from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 
 from .dicom import DicomRejected, Header, read_part10
@@ -483,6 +485,36 @@ def _conflict(
     )
 
 
+def conflict_resolve(*, conflict_pk: int, user: Any, note: str, source: str = "") -> InstanceConflict | None:
+    """Mark the conflict resolved by ``user`` with ``note`` (audited); None when
+    someone else resolved it first (their note and name stay).
+
+    The bytes it kept stay in the tier: the row is their only record.
+    """
+    with transaction.atomic():
+        # Conditional, so that two people resolving at once do not overwrite
+        # each other's note and name.
+        done = InstanceConflict.objects.filter(pk=conflict_pk, resolved_at__isnull=True).update(
+            resolved_at=timezone.now(), resolved_by=user, resolution_note=note
+        )
+        if not done:
+            return None
+        conflict = InstanceConflict.objects.select_related("study__patient").get(pk=conflict_pk)
+        subject: dict[str, Any] = (
+            {"study": conflict.study, "patient": conflict.study.patient}
+            if conflict.study is not None
+            else {"study_instance_uid": conflict.study_instance_uid}
+        )
+        audit_record(
+            action="admin.instanceconflict.resolve",
+            user=user,
+            source=source,
+            detail={"object_id": conflict_pk, "note": note},
+            **subject,
+        )
+    return conflict
+
+
 def _split_name(name: str) -> tuple[str, str]:
     parts = name.split("=")[0].split("^")
     return parts[0].strip()[:128], (parts[1].strip() if len(parts) > 1 else "")[:128]
@@ -586,13 +618,10 @@ def _series_for(header: Header, study: Study) -> tuple[Series, bool]:
         return Series.objects.get(series_instance_uid=uid), False
 
 
-# Queued by name: ingestion sits below the tasks that call it.
-POST_INGEST_TASK = "archive.tasks.study_post_ingest"
-
-
 def _enqueue_post_ingest(study_pk: int) -> None:
     try:
-        current_app.send_task(POST_INGEST_TASK, args=[study_pk])
+        # By name: ingestion sits below the tasks that call it.
+        current_app.send_task(tasknames.STUDY_POST_INGEST, args=[study_pk])
     except Exception:
         # The store is committed and acknowledged; the periodic sweep queues
         # the work for any study left pending.

@@ -1,12 +1,17 @@
 """Signals the archive sends, named in one place, for other apps to hook into.
 
+Every receiver only queues a Celery task, with ``transaction.on_commit``, and
+the task does the work (idempotent, retried on transient failures): a signal
+is sent inside a request or a worker's task that must not wait for another
+app's work nor fail because of it. Task names: :mod:`kernel.tasknames`.
+
 ``study_instances_received(sender=Study, study_pk=...)``
     Sent by the post-ingest task in a Celery worker, after new instances of a
-    study were committed. Receivers (booking match, JPEG rendering) must be
-    idempotent: they may be called again for the same instances.
+    study were committed. It may be sent again for the same instances.
     Connected in ``ArchiveConfig.ready``: ``archive.tasks.study_renditions_enqueue``
-    (one preview task per series with new instances); in ``BookingConfig.ready``:
-    ``booking.tasks.study_match_enqueue`` (tie the study to its CUP booking).
+    (queues ``study_renditions_queue``: one preview task per series with new
+    instances); in ``BookingConfig.ready``: ``booking.tasks.study_match_enqueue``
+    (queues ``study_match``: tie the study to its CUP booking).
 
 The Modality Worklist is the other hook the archive offers the apps above it:
 ``archive.dicomnet.listener.worklist_source_register`` (the booking app registers the
@@ -26,7 +31,11 @@ Sent once per signed report version, after the transaction that signed it
 commits (``transaction.on_commit``), in the process that signed it. It says:
 this report is final and may be published (the citizen portal, if the
 patient chose online delivery), and the study may be packaged for
-preservation. Receivers must be idempotent and quick: they enqueue work.
+preservation. The signing request sends it: receivers only enqueue.
 Connected in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
-(the booking becomes "refertato"); the portal and preservation connect theirs.
+(queues ``booking_reported``: the booking becomes "refertato"); in
+``PortalConfig.ready``: ``portal.tasks.publish_on_report_signed`` (queues
+``report_publish``); in ``PreservationConfig.ready``:
+``preservation.tasks.package_on_report_signed`` (queues ``study_package``
+once the study has been stable for a while).
 """

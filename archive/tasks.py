@@ -9,8 +9,10 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
 from archive.rendering import previews
+from archive.reporting import services as reports
 from archive.storage import lifecycle
 from archive.storage import tiers as storage
+from kernel import tasknames
 
 from . import ingest
 
@@ -18,13 +20,17 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(
-    name=ingest.POST_INGEST_TASK, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8
+    name=tasknames.STUDY_POST_INGEST,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=8,
 )
 def study_post_ingest(study_pk: int) -> bool:
     return ingest.study_post_ingest(study_pk=study_pk)
 
 
-@shared_task
+@shared_task(name=tasknames.POST_INGEST_SWEEP)
 def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
     """Queue the post-ingest work of studies whose task was never queued."""
     pks = ingest.studies_post_ingest_overdue(older_than_seconds=older_than_seconds)
@@ -36,7 +42,7 @@ def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
 
 
 @shared_task(
-    name="archive.tasks.series_renditions_make",
+    name=tasknames.SERIES_RENDITIONS_MAKE,
     acks_late=True,
     # Transient only: the database, a tier, a copy that cannot be read or a
     # render worker that cannot be started now. An image that cannot be
@@ -56,13 +62,29 @@ def series_renditions_make(series_pk: int) -> dict[str, int]:
     return vars(previews.series_renditions_make(series_pk=series_pk))
 
 
+@shared_task(
+    name=tasknames.STUDY_RENDITIONS_QUEUE,
+    acks_late=True,
+    # Transient only; it computes what is due each time, so a redelivery queues
+    # at most a series task that finds nothing to do.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def study_renditions_queue(study_pk: int) -> int:
+    """One :func:`series_renditions_make` per series of the study with new instances; how many."""
+    pks = previews.series_renditions_due(study_pk=study_pk)
+    for series_pk in pks:
+        series_renditions_make.delay(series_pk)
+    return len(pks)
+
+
 def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
-    """``study_instances_received`` receiver: one task per series with new instances."""
-    for series_pk in previews.series_renditions_due(study_pk=study_pk):
-        transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]
+    """``study_instances_received`` receiver: queue :func:`study_renditions_queue` once committed."""
+    transaction.on_commit(lambda: study_renditions_queue.delay(study_pk))
 
 
-@shared_task(name="archive.tasks.lifecycle_run", acks_late=True)
+@shared_task(name=tasknames.LIFECYCLE_RUN, acks_late=True)
 def lifecycle_run(limit: int | None = None) -> dict[str, int]:
     """Copy what is due to the long-term tier, evict what a verified copy backs, advance a scope migration.
 
@@ -73,13 +95,13 @@ def lifecycle_run(limit: int | None = None) -> dict[str, int]:
     return {k: v for k, v in vars(result).items() if isinstance(v, int)}
 
 
-@shared_task(name="archive.tasks.fixity_audit", acks_late=True)
+@shared_task(name=tasknames.STORAGE_FIXITY_AUDIT, acks_late=True)
 def fixity_audit() -> int:
     return lifecycle.fixity_audit().pk
 
 
 @shared_task(
-    name="archive.tasks.studies_recall",
+    name=tasknames.STUDIES_RECALL,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
     retry_backoff=60,
@@ -99,3 +121,19 @@ def studies_recall(study_pks: list[int], facility_pk: int, keep_until: str) -> d
         study_pks=study_pks, facility=facility, keep_until=dt.datetime.fromisoformat(keep_until)
     )
     return vars(result)
+
+
+@shared_task(
+    name=tasknames.REPORT_ENCAPSULATE,
+    acks_late=True,
+    # Transient only: the database or a tier. The service looks for the
+    # instance first, so a redelivery after a worker died between storing and
+    # acknowledging stores nothing twice; a copy refused for good is audited, not raised.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def report_encapsulate(report_pk: int) -> str:
+    """Store the signed report's PDF in its study as a DICOM Encapsulated PDF instance."""
+    return reports.report_encapsulated_store(report_pk=report_pk)

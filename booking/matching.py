@@ -43,8 +43,12 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from archive.models import Patient, Study
+from archive.dicom import parse_da
+from archive.dicom_header import Header, read_header
+from archive.models import Instance, Patient, Study
 from archive.patients import patient_dicom_name, study_patient_assign
+from archive.storage import retrieve
+from archive.storage import tiers as storage
 from kernel.audit import audit_record
 from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from kernel.models import AuditEvent
@@ -141,6 +145,175 @@ def _identity_agrees(study: Study, booking: Booking, diffs: list[dict[str, str]]
         return True
     # A local PatientID that made a provisional patient: name (checked above) and birth date must both be there.
     return bool(study.patient.provisional and not is_valid_codice_fiscale(cf) and study.patient_birth_date is not None)
+
+
+# --- the reconciliation page's comparison -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    label: str
+    booking: str
+    dicom: str
+    differs: bool
+    # False for attributes shown for context only (free-text descriptions).
+    compared: bool = True
+
+
+# The header elements shown side by side with the booking.
+_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "Modality",
+)
+
+
+def _first_instance(study: Study) -> Instance | None:
+    return (
+        retrieve.instances_with_copies(Instance.objects.filter(series__study=study))
+        .order_by("series__series_number", "series__pk", "instance_number", "pk")
+        .first()
+    )
+
+
+def _study_header(study: Study) -> tuple[Header | None, Instance | None, str]:
+    """The header of the study's first instance, or why it cannot be read."""
+    instance = _first_instance(study)
+    if instance is None:
+        return None, None, _("Lo studio non ha istanze archiviate.")
+    try:
+        with retrieve.instance_open(instance) as fh:
+            return read_header(fh), instance, ""
+    except (retrieve.NotAvailable, storage.StorageError, OSError) as exc:
+        logger.error("header of %s not readable for reconciliation: %s", instance.sop_instance_uid, exc)
+        return None, instance, _("Il file archiviato non è leggibile.")
+    except Exception:  # pydicom raises many types on a damaged file
+        logger.exception("header of %s not readable for reconciliation", instance.sop_instance_uid)
+        return None, instance, _("Il file archiviato non è leggibile come DICOM.")
+
+
+def _header_values(header: Header | None, study: Study) -> dict[str, str]:
+    """The header's values by keyword; the index's values when the file cannot be read."""
+    if header is not None:
+        values = {row.keyword: row.value for row in header.rows if row.depth == 0 and row.keyword in _KEYWORDS}
+        return {kw: values.get(kw, "") for kw in _KEYWORDS}
+    return {
+        "PatientName": study.patient_name,
+        "PatientID": study.dicom_patient_id,
+        "IssuerOfPatientID": study.issuer_of_patient_id,
+        "PatientBirthDate": study.patient_birth_date.strftime("%Y%m%d") if study.patient_birth_date else "",
+        "PatientSex": study.patient_sex,
+        "AccessionNumber": study.accession_number,
+        "StudyDate": study.study_date.strftime("%Y%m%d") if study.study_date else "",
+        "StudyTime": study.study_time,
+        "StudyDescription": study.study_description,
+        "Modality": study.modalities_in_study,
+    }
+
+
+def _day(value: dt.date | None) -> str:
+    return value.strftime("%d/%m/%Y") if value else ""
+
+
+def _time(value: str) -> str:
+    digits = value.strip()
+    return f"{digits[:2]}:{digits[2:4]}" if len(digits) >= 4 and digits[:4].isdigit() else digits
+
+
+def compare_rows(booking: Booking | None, dicom: dict[str, str]) -> list[CompareRow]:
+    """The booking and the header, one attribute a row, with the rows that differ flagged."""
+    birth = parse_da(dicom["PatientBirthDate"])
+    study_day = parse_da(dicom["StudyDate"])
+    dicom_cells = {
+        "name": dicom["PatientName"],
+        "id": dicom["PatientID"] + (f" ({dicom['IssuerOfPatientID']})" if dicom["IssuerOfPatientID"] else ""),
+        "birth": _day(birth) or dicom["PatientBirthDate"],
+        "sex": dicom["PatientSex"],
+        "acc": dicom["AccessionNumber"],
+        "date": " ".join(filter(None, [_day(study_day) or dicom["StudyDate"], _time(dicom["StudyTime"])])),
+        "description": dicom["StudyDescription"],
+        "modality": dicom["Modality"],
+    }
+    labels = {
+        "name": _("Cognome^Nome"),
+        "id": _("Identificativo del paziente"),
+        "birth": _("Data di nascita"),
+        "sex": _("Sesso"),
+        "acc": _("Accession number"),
+        "date": _("Data dell'esame"),
+        "description": _("Esame"),
+        "modality": _("Modalità"),
+    }
+    if booking is None:
+        return [CompareRow(labels[k], "", v, False) for k, v in dicom_cells.items()]
+    patient = booking.patient
+    identity = DicomIdentity(
+        patient_name=dicom["PatientName"], patient_id=dicom["PatientID"], birth_date=birth, sex=dicom["PatientSex"]
+    )
+    differ = {d["field"] for d in identity_differences(patient=patient, dicom=identity)}
+    scheduled = timezone.localtime(booking.scheduled_at)
+    booking_cells = {
+        "name": patient_dicom_name(patient),
+        "id": patient.codice_fiscale or _("(provvisorio)"),
+        "birth": _day(patient.birth_date),
+        "sex": patient.sex,
+        "acc": booking.accession_number,
+        "date": scheduled.strftime("%d/%m/%Y %H:%M"),
+        "description": f"{booking.procedure.code} – {booking.procedure.description}",
+        "modality": f"{booking.procedure.modality} ({booking.station.ae_title})",
+    }
+    flags = {
+        "name": "patient_name" in differ,
+        # Shown as different whenever it is not the codice fiscale: a local ID is
+        # legitimate but is not the booking's identifier, and staff should see that.
+        "id": normalize_codice_fiscale(dicom["PatientID"]) != (patient.codice_fiscale or ""),
+        "birth": "birth_date" in differ,
+        "sex": "sex" in differ,
+        "acc": dicom["AccessionNumber"].strip() != booking.accession_number,
+        "date": study_day is not None and study_day != scheduled.date(),
+        "description": False,  # free text on both sides: shown, not compared
+        "modality": bool(dicom["Modality"]) and booking.procedure.modality not in dicom["Modality"].split("\\"),
+    }
+    return [
+        CompareRow(labels[k], booking_cells[k], dicom_cells[k], flags[k], compared=k != "description") for k in labels
+    ]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The reconciliation page's side-by-side: the booking against the header of the
+    study's first stored instance (or, when that cannot be read, the index and why)."""
+
+    rows: list[CompareRow]
+    header: Header | None
+    instance: Instance | None
+    header_error: str
+
+    @property
+    def differences(self) -> int:
+        return sum(1 for r in self.rows if r.differs)
+
+
+def reconciliation_compare(*, reconciliation: Reconciliation) -> Comparison:
+    """The item's study read and set beside its proposed booking (the first instance's header is read from its tier)."""
+    study = reconciliation.study
+    header, instance, header_error = _study_header(study)
+    rows = compare_rows(reconciliation.booking, _header_values(header, study))
+    return Comparison(rows=rows, header=header, instance=instance, header_error=header_error)
+
+
+def booking_linkable(booking: Booking | None) -> bool:
+    """Whether the study may be linked to ``booking``: active, without a study, not yet reported."""
+    return bool(
+        booking is not None and booking.is_active() and booking.study_id is None and booking.status in _LINKABLE
+    )
 
 
 # --- matching -------------------------------------------------------------------

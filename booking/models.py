@@ -13,7 +13,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import Facility, Patient, Study, ae_title_validator
+from archive.models import Facility, Patient, Report, Study, ae_title_validator
 
 # The NRE (numero di ricetta elettronica) of a dematerialised prescription:
 # 15 characters, the region's 5-character code then 10 digits (DM 2 November 2011).
@@ -231,8 +231,19 @@ class Booking(models.Model):
         return self.choices.order_by("-version").first()
 
     def is_choice_locked(self) -> bool:
-        """The choice can change until the report is published (or the booking cancelled)."""
-        return self.status in (self.Status.REPORTED, self.Status.CANCELLED)
+        """The choice can change until the study's report is signed (or the booking cancelled).
+
+        The signed report closes it, not the booking's status: a worker marks
+        the booking reported and publishes after the signing, and a choice
+        changed in between would be one nobody acts on.
+        """
+        if self.status in (self.Status.REPORTED, self.Status.CANCELLED):
+            return True
+        return self.study_id is not None and self.study_has_signed_report()
+
+    def study_has_signed_report(self) -> bool:
+        """Whether the booking's study has a signed report (its status may not say so yet)."""
+        return Report.objects.filter(study_id=self.study_id, status=Report.Status.SIGNED).exists()
 
     def is_active(self) -> bool:
         return self.status != self.Status.CANCELLED

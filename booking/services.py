@@ -26,7 +26,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from pydicom.uid import generate_uid
 
-from archive.models import Facility, Patient
+from archive.models import Facility, Patient, Report
+from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 
@@ -432,14 +433,11 @@ def booking_create(
     return booking
 
 
-PREFETCH_TASK = "booking.tasks.booking_prefetch"
-
-
 def booking_prefetch_enqueue(booking_pk: int) -> None:
     from celery import current_app
 
     try:
-        current_app.send_task(PREFETCH_TASK, args=[booking_pk])
+        current_app.send_task(tasknames.BOOKING_PREFETCH, args=[booking_pk])
     except Exception:
         # The broker is down: the daily sweep queues it again; the booking stands.
         logger.exception("could not queue the prefetch of booking #%s", booking_pk)
@@ -636,6 +634,45 @@ def booking_status_set(
     return booking
 
 
+REPORTED_SYSTEM = "archive.report_signed"
+
+
+def booking_reported(*, report_pk: int, study_pk: int) -> str:
+    """Mark the study's booking reported because ``report_pk`` was signed; what happened.
+
+    Idempotent: a booking already reported (a correction or an addendum
+    signed later) is left alone, and so is a study with no booking (an
+    emergency exam, one reassigned by reconciliation). A booking the images
+    did not yet mark performed goes through ``performed`` first, so that its
+    history tells the whole story. Returns ``reported``, ``already_reported``,
+    ``not_signed``, ``no_booking`` or ``cancelled``.
+    """
+    report = Report.objects.filter(pk=report_pk, study_id=study_pk, status=Report.Status.SIGNED).first()
+    if report is None:
+        logger.warning(
+            "report_signed for report %s of study %s, which is not a signed report of it", report_pk, study_pk
+        )
+        return "not_signed"
+    with transaction.atomic():
+        # Locked: two versions signed at once must not both walk the booking.
+        booking = Booking.objects.select_for_update(of=("self",)).filter(study_id=study_pk).first()
+        if booking is None:
+            return "no_booking"
+        if booking.status == Booking.Status.REPORTED:
+            return "already_reported"
+        if booking.status == Booking.Status.CANCELLED:
+            logger.warning("booking %s is cancelled but its study %s was reported", booking.accession_number, study_pk)
+            return "cancelled"
+        note = _("referto v%(version)s firmato") % {"version": report.version}
+        if booking.status != Booking.Status.PERFORMED:
+            booking = booking_status_set(
+                booking=booking, status=Booking.Status.PERFORMED, system=REPORTED_SYSTEM, note=note
+            )
+        booking_status_set(booking=booking, status=Booking.Status.REPORTED, system=REPORTED_SYSTEM, note=note)
+    logger.info("booking %s reported (report %s)", booking.accession_number, report_pk)
+    return "reported"
+
+
 def distribution_choose(
     *,
     booking: Booking,
@@ -651,14 +688,16 @@ def distribution_choose(
     """Record a new version of the patient's choice; online needs consent.
 
     Moving from online to CD is a revocation of the consent, recorded as such.
-    The choice is closed once the report is published or the booking cancelled.
+    The choice is closed once the report is signed or the booking cancelled.
     """
     with transaction.atomic():
         booking = _locked_booking(booking)
         if booking.is_choice_locked():
+            # Reported: by its status, or by a signed report the worker has not yet recorded.
+            status = Booking.Status.CANCELLED if booking.status == Booking.Status.CANCELLED else Booking.Status.REPORTED
             raise BookingError(
                 _("La prenotazione %(acc)s è %(status)s: la scelta di consegna non si può più cambiare.")
-                % {"acc": booking.accession_number, "status": booking.get_status_display()},
+                % {"acc": booking.accession_number, "status": Booking.Status(status).label},
                 field="delivery",
             )
         _check_channel(channel)

@@ -13,9 +13,7 @@ patient concealed, or of another health authority, is not there.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -24,18 +22,13 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
 from archive import access
-from archive.dicom import parse_da
-from archive.dicom_header import Header, read_header
-from archive.models import Instance, Patient, Study
+from archive.models import Patient
 from archive.patients import patient_dicom_name
-from archive.storage import retrieve
-from archive.storage import tiers as storage
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
@@ -138,142 +131,6 @@ def reconciliation_list(request: HttpRequest) -> HttpResponse:
 # --- one item -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CompareRow:
-    label: str
-    booking: str
-    dicom: str
-    differs: bool
-    # False for attributes shown for context only (free-text descriptions).
-    compared: bool = True
-
-
-# The header elements shown side by side with the booking.
-_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "Modality",
-)
-
-
-def _first_instance(study: Study) -> Instance | None:
-    return (
-        retrieve.instances_with_copies(Instance.objects.filter(series__study=study))
-        .order_by("series__series_number", "series__pk", "instance_number", "pk")
-        .first()
-    )
-
-
-def _study_header(study: Study) -> tuple[Header | None, Instance | None, str]:
-    """The header of the study's first instance, or why it cannot be read."""
-    instance = _first_instance(study)
-    if instance is None:
-        return None, None, _("Lo studio non ha istanze archiviate.")
-    try:
-        with retrieve.instance_open(instance) as fh:
-            return read_header(fh), instance, ""
-    except (retrieve.NotAvailable, storage.StorageError, OSError) as exc:
-        logger.error("header of %s not readable for reconciliation: %s", instance.sop_instance_uid, exc)
-        return None, instance, _("Il file archiviato non è leggibile.")
-    except Exception:  # pydicom raises many types on a damaged file
-        logger.exception("header of %s not readable for reconciliation", instance.sop_instance_uid)
-        return None, instance, _("Il file archiviato non è leggibile come DICOM.")
-
-
-def _header_values(header: Header | None, study: Study) -> dict[str, str]:
-    """The header's values by keyword; the index's values when the file cannot be read."""
-    if header is not None:
-        values = {row.keyword: row.value for row in header.rows if row.depth == 0 and row.keyword in _KEYWORDS}
-        return {kw: values.get(kw, "") for kw in _KEYWORDS}
-    return {
-        "PatientName": study.patient_name,
-        "PatientID": study.dicom_patient_id,
-        "IssuerOfPatientID": study.issuer_of_patient_id,
-        "PatientBirthDate": study.patient_birth_date.strftime("%Y%m%d") if study.patient_birth_date else "",
-        "PatientSex": study.patient_sex,
-        "AccessionNumber": study.accession_number,
-        "StudyDate": study.study_date.strftime("%Y%m%d") if study.study_date else "",
-        "StudyTime": study.study_time,
-        "StudyDescription": study.study_description,
-        "Modality": study.modalities_in_study,
-    }
-
-
-def _day(value: dt.date | None) -> str:
-    return value.strftime("%d/%m/%Y") if value else ""
-
-
-def _time(value: str) -> str:
-    digits = value.strip()
-    return f"{digits[:2]}:{digits[2:4]}" if len(digits) >= 4 and digits[:4].isdigit() else digits
-
-
-def compare_rows(booking: Booking | None, dicom: dict[str, str]) -> list[CompareRow]:
-    """The booking and the header, one attribute a row, with the rows that differ flagged."""
-    birth = parse_da(dicom["PatientBirthDate"])
-    study_day = parse_da(dicom["StudyDate"])
-    dicom_cells = {
-        "name": dicom["PatientName"],
-        "id": dicom["PatientID"] + (f" ({dicom['IssuerOfPatientID']})" if dicom["IssuerOfPatientID"] else ""),
-        "birth": _day(birth) or dicom["PatientBirthDate"],
-        "sex": dicom["PatientSex"],
-        "acc": dicom["AccessionNumber"],
-        "date": " ".join(filter(None, [_day(study_day) or dicom["StudyDate"], _time(dicom["StudyTime"])])),
-        "description": dicom["StudyDescription"],
-        "modality": dicom["Modality"],
-    }
-    labels = {
-        "name": _("Cognome^Nome"),
-        "id": _("Identificativo del paziente"),
-        "birth": _("Data di nascita"),
-        "sex": _("Sesso"),
-        "acc": _("Accession number"),
-        "date": _("Data dell'esame"),
-        "description": _("Esame"),
-        "modality": _("Modalità"),
-    }
-    if booking is None:
-        return [CompareRow(labels[k], "", v, False) for k, v in dicom_cells.items()]
-    patient = booking.patient
-    identity = matching.DicomIdentity(
-        patient_name=dicom["PatientName"], patient_id=dicom["PatientID"], birth_date=birth, sex=dicom["PatientSex"]
-    )
-    differ = {d["field"] for d in matching.identity_differences(patient=patient, dicom=identity)}
-    scheduled = timezone.localtime(booking.scheduled_at)
-    booking_cells = {
-        "name": patient_dicom_name(patient),
-        "id": patient.codice_fiscale or _("(provvisorio)"),
-        "birth": _day(patient.birth_date),
-        "sex": patient.sex,
-        "acc": booking.accession_number,
-        "date": scheduled.strftime("%d/%m/%Y %H:%M"),
-        "description": f"{booking.procedure.code} – {booking.procedure.description}",
-        "modality": f"{booking.procedure.modality} ({booking.station.ae_title})",
-    }
-    flags = {
-        "name": "patient_name" in differ,
-        # Shown as different whenever it is not the codice fiscale: a local ID is
-        # legitimate but is not the booking's identifier, and staff should see that.
-        "id": normalize_codice_fiscale(dicom["PatientID"]) != (patient.codice_fiscale or ""),
-        "birth": "birth_date" in differ,
-        "sex": "sex" in differ,
-        "acc": dicom["AccessionNumber"].strip() != booking.accession_number,
-        "date": study_day is not None and study_day != scheduled.date(),
-        "description": False,  # free text on both sides: shown, not compared
-        "modality": bool(dicom["Modality"]) and booking.procedure.modality not in dicom["Modality"].split("\\"),
-    }
-    return [
-        CompareRow(labels[k], booking_cells[k], dicom_cells[k], flags[k], compared=k != "description") for k in labels
-    ]
-
-
 def _item(request: HttpRequest, pk: int) -> Reconciliation:
     """The queue's item ``pk`` if the user may see its study; else 404, as for no item (audited)."""
     item = get_object_or_404(
@@ -310,8 +167,8 @@ def _render_item(
     status: int = 200,
 ) -> HttpResponse:
     study = item.study
-    header, instance, header_error = _study_header(study)
-    rows = compare_rows(item.booking, _header_values(header, study))
+    comparison = matching.reconciliation_compare(reconciliation=item)
+    header, instance, header_error = comparison.header, comparison.instance, comparison.header_error
     audit_record(
         action="booking.reconciliation.view",
         outcome=AuditEvent.Outcome.SUCCESS if header is not None else AuditEvent.Outcome.WARNING,
@@ -332,18 +189,13 @@ def _render_item(
         "item": item,
         "study": study,
         "booking": proposed,
-        "rows": rows,
-        "differences": sum(1 for r in rows if r.differs),
+        "rows": comparison.rows,
+        "differences": comparison.differences,
         "header": header,
         "header_error": header_error,
         "instance": instance,
         "pending": item.state == Reconciliation.State.PENDING,
-        "can_link_proposed": bool(
-            proposed is not None
-            and proposed.is_active()
-            and proposed.study_id is None
-            and proposed.status in (Booking.Status.BOOKED, Booking.Status.ARRIVED, Booking.Status.PERFORMED)
-        ),
+        "can_link_proposed": matching.booking_linkable(proposed),
         "proposed_form": given.get("proposed")
         or _form("proposed", initial={"booking": proposed.pk if proposed else None}),
         "link_form": given.get("link") or _form("link"),

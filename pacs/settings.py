@@ -19,6 +19,8 @@ from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from kernel import tasknames
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -254,24 +256,24 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "Europe/Rome"
 CELERY_BEAT_SCHEDULE = {
     "post-ingest-sweep": {
-        "task": "archive.tasks.post_ingest_sweep",
+        "task": tasknames.POST_INGEST_SWEEP,
         "schedule": env_float("PACS_POST_INGEST_SWEEP_SECONDS", 300.0),
     },
     "portal-packages-purge": {
-        "task": "portal.tasks.packages_purge",
+        "task": tasknames.DOWNLOAD_PACKAGES_PURGE,
         "schedule": env_float("PACS_PORTAL_PURGE_SECONDS", 3600.0),
     },
     # Copy to the long-term tier, verify, evict; then the scope migration, if any.
     "lifecycle-run": {
-        "task": "archive.tasks.lifecycle_run",
+        "task": tasknames.LIFECYCLE_RUN,
         "schedule": env_float("PACS_LIFECYCLE_SECONDS", 900.0),
     },
     "fixity-audit": {
-        "task": "archive.tasks.fixity_audit",
+        "task": tasknames.STORAGE_FIXITY_AUDIT,
         "schedule": crontab(hour=env_int("PACS_FIXITY_HOUR", 2), minute=30),
     },
     "bookings-prefetch": {
-        "task": "booking.tasks.bookings_prefetch",
+        "task": tasknames.BOOKINGS_PREFETCH,
         "schedule": crontab(hour=env_int("PACS_PREFETCH_HOUR", 5), minute=0),
     },
 }
@@ -765,23 +767,23 @@ PACS_TSA_CERTIFICATES = [
 CELERY_BEAT_SCHEDULE.update(
     {
         "preservation-sweep": {
-            "task": "preservation.tasks.studies_package_sweep",
+            "task": tasknames.STUDIES_PACKAGE_SWEEP,
             "schedule": env_float("PACS_PRESERVATION_SWEEP_SECONDS", 1800.0),
         },
         "preservation-volumes": {
-            "task": "preservation.tasks.volumes_close",
+            "task": tasknames.VOLUMES_CLOSE,
             "schedule": crontab(hour=env_int("PACS_PRESERVATION_VOLUME_HOUR", 1), minute=0),
         },
         "preservation-fixity": {
-            "task": "preservation.tasks.fixity_audit",
+            "task": tasknames.PRESERVATION_FIXITY_AUDIT,
             "schedule": crontab(hour=env_int("PACS_PRESERVATION_FIXITY_HOUR", 3), minute=30),
         },
         "preservation-audit-seal": {
-            "task": "preservation.tasks.audit_seal",
+            "task": tasknames.AUDIT_SEAL,
             "schedule": PACS_AUDIT_SEAL_SECONDS,
         },
         "preservation-discard-propose": {
-            "task": "preservation.tasks.discard_propose",
+            "task": tasknames.DISCARD_PROPOSE,
             "schedule": crontab(day_of_week=1, hour=4, minute=0),
         },
     }

@@ -6,8 +6,8 @@ Pages call these functions; they hold no rule of their own.
 Publication
     A signed report version is published when its study's booking has an
     online choice (consent not revoked): one :class:`~portal.models.Publication`
-    per (booking, report), created by :func:`publish_on_report_signed` on
-    ``archive.signals.report_signed``. An addendum (*integrazione*) is
+    per (booking, report), created by :func:`report_publish` in the task
+    queued on ``archive.signals.report_signed``. An addendum (*integrazione*) is
     published next to the versions before it, which stay valid. A correction
     (*rettifica*) replaces them: every earlier publication of the booking is
     withdrawn with reason ``superseded``, whatever order the signals arrive
@@ -21,7 +21,7 @@ Consent revoked
     records the withdrawal on the rows (who, when, why) and is for the page or
     service that accepts the revocation to call. Today
     ``booking.services.distribution_choose`` refuses any change once the
-    booking is reported, so a revocation after publication only arrives as a
+    report is signed, so a revocation after publication only arrives as a
     choice row written by another path (an external CUP, a future page), or
     from the citizen's exam page (:func:`consent_revoke_online`).
 
@@ -649,6 +649,8 @@ def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: Abst
 
     Her own consent, or, as a delegate, only the consent of someone she
     represents because they cannot act (a minor, a person under guardianship).
+    The revoking choice and the withdrawal are one transaction: a revocation
+    is never recorded without its publications withdrawn.
 
     Raises
     ------
@@ -658,14 +660,15 @@ def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: Abst
         There is no online consent to revoke.
     """
     _right_check(requested_by=requested_by, patient=booking.patient, right=Delegation.Right.CONSENT, now=timezone.now())
-    booking_services.consent_revoke(
-        booking=booking,
-        channel=Booking.Channel.ONLINE,
-        user=user,
-        recorded_by_name=str(requested_by),
-        source=source,
-    )
-    return publications_withdraw_for_revocation(booking=booking, user=user, source=source)
+    with transaction.atomic():
+        booking_services.consent_revoke(
+            booking=booking,
+            channel=Booking.Channel.ONLINE,
+            user=user,
+            recorded_by_name=str(requested_by),
+            source=source,
+        )
+        return publications_withdraw_for_revocation(booking=booking, user=user, source=source)
 
 
 # --- Emergency access (break-glass) ------------------------------------------------------

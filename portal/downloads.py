@@ -206,6 +206,28 @@ def package_notify(*, package: DownloadPackage, user: Any, booking: Booking) -> 
     return notification
 
 
+def package_build_notify(
+    *, package_pk: int, user_pk: int | None = None, booking_pk: int | None = None
+) -> DownloadPackage | None:
+    """Build the package (:func:`package_build`), then, once it is finished (ready or
+    failed), tell the user who asked for it from that booking (:func:`package_notify`).
+
+    None when there is no such package. A package another builder holds comes
+    back queued or running and nobody is told: the caller looks again later.
+    """
+    from django.contrib.auth import get_user_model
+
+    package = package_build(package_pk=package_pk)
+    finished = (DownloadPackage.Status.READY, DownloadPackage.Status.FAILED)
+    if package is None or package.status not in finished or not (user_pk and booking_pk):
+        return package
+    user = get_user_model().objects.filter(pk=user_pk).first()
+    booking = Booking.objects.filter(pk=booking_pk).select_related("procedure").first()
+    if user is not None and booking is not None:
+        package_notify(package=package, user=user, booking=booking)
+    return package
+
+
 def packages_purge(*, now: dt.datetime | None = None) -> int:
     """Delete the files of packages older than ``PACS_PORTAL_PACKAGE_HOURS`` and leftover temporary files; how many."""
     now = now or timezone.now()

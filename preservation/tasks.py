@@ -7,18 +7,18 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
+
+from kernel import tasknames
 
 from . import audit_seal as seals
 from . import fixity, packages, retention, volumes
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_TASK = "preservation.tasks.study_package"
-
 
 @shared_task(
-    name=PACKAGE_TASK,
+    name=tasknames.STUDY_PACKAGE,
     acks_late=True,
     # Idempotent: a package already archived is skipped, a half-built one is
     # taken over once its builder's heartbeat is stale.
@@ -43,13 +43,17 @@ def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
         # A task held past the broker's visibility timeout is delivered again
         # (Redis): leave a long wait to the sweep instead.
         return
+    transaction.on_commit(lambda: _package_enqueue(study_pk, countdown))
+
+
+def _package_enqueue(study_pk: int, countdown: int) -> None:
     try:
         study_package.apply_async(args=[study_pk], countdown=countdown)
     except Exception:
         logger.exception("preservation of study %s not queued: the sweep will", study_pk)
 
 
-@shared_task(name="preservation.tasks.studies_package_sweep")
+@shared_task(name=tasknames.STUDIES_PACKAGE_SWEEP)
 def studies_package_sweep() -> int:
     pks = packages.studies_due()
     for pk in pks:
@@ -57,7 +61,7 @@ def studies_package_sweep() -> int:
     return len(pks)
 
 
-@shared_task(name="preservation.tasks.volumes_close", acks_late=True)
+@shared_task(name=tasknames.VOLUMES_CLOSE, acks_late=True)
 def volumes_close() -> int:
     closed = 0
     while volumes.volume_close() is not None:
@@ -65,18 +69,18 @@ def volumes_close() -> int:
     return closed
 
 
-@shared_task(name="preservation.tasks.fixity_audit", acks_late=True)
+@shared_task(name=tasknames.PRESERVATION_FIXITY_AUDIT, acks_late=True)
 def fixity_audit() -> int:
     return fixity.fixity_audit().failures
 
 
-@shared_task(name="preservation.tasks.discard_propose")
+@shared_task(name=tasknames.DISCARD_PROPOSE)
 def discard_propose() -> int | None:
     discard = retention.discard_propose()
     return discard.pk if discard else None
 
 
-@shared_task(name="preservation.tasks.audit_seal")
+@shared_task(name=tasknames.AUDIT_SEAL)
 def audit_seal() -> int:
     # Not retried: the next period's seal covers every chain this one would have.
     return seals.audit_seal().pk

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import pytest
@@ -243,6 +245,58 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class Enqueued:
+    """The Celery messages a test sent, kept instead of sent; :meth:`run` runs them here, as a worker would."""
+
+    messages: list[tuple[str, tuple, dict]] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [name for name, _args, _kwargs in self.messages]
+
+    def run(self, *names: str) -> list[object]:
+        """Run, in order, the kept tasks named (every one when none is named) and those they queue; their results.
+
+        Each is taken off the list first, so a task that raises is not run again
+        by the next call unless the test queues it again (a redelivery).
+        """
+        from pacs.celery import app
+
+        results: list[object] = []
+        while True:
+            due = [m for m in self.messages if not names or m[0] in names]
+            if not due:
+                return results
+            name, args, kwargs = due[0]
+            self.messages.remove(due[0])
+            results.append(app.tasks[name].apply(args=args, kwargs=kwargs, throw=True).get())
+
+
+@contextmanager
+def tasks_kept() -> Iterator[Enqueued]:
+    """Keep every message sent to the broker (``delay``, ``apply_async``, ``send_task``) for the caller to run."""
+    from celery import Celery
+    from celery.result import AsyncResult
+
+    kept = Enqueued()
+
+    def send_task(
+        self: Celery, name: str, args: tuple | list | None = None, kwargs: dict | None = None, **options: object
+    ) -> AsyncResult:
+        kept.messages.append((name, tuple(args or ()), dict(kwargs or {})))
+        return AsyncResult(f"kept-{len(kept.messages)}", app=self)
+
+    with mock.patch.object(Celery, "send_task", send_task):
+        yield kept
+
+
+@pytest.fixture
+def enqueued() -> Iterator[Enqueued]:
+    """The test's broker messages, kept (:func:`tasks_kept`)."""
+    with tasks_kept() as kept:
+        yield kept
 
 
 @pytest.fixture(scope="session", autouse=True)

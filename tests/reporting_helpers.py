@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.test import TestCase
 from django.utils import timezone
 
 from archive.ingest import instance_ingest
@@ -17,7 +18,9 @@ from archive.models import HealthAuthority, Report, StaffProfile, Study
 from archive.reporting import services as reports
 from archive.reporting import signing
 from archive.sample_data import PatientInfo, write_study
-from tests.conftest import Region
+from archive.signals import report_signed
+from kernel import tasknames
+from tests.conftest import Region, tasks_kept
 
 RADIOLOGIST_PASSWORD = "una-password-da-radiologo-7"
 RADIOLOGIST_PERMS = (
@@ -125,3 +128,13 @@ def signed_row(
         signature_path=f"reports/v{version}.p7m",
         signature_sha256="b" * 64,
     )
+
+
+def report_signed_send(report: Report, *names: str) -> list[object]:
+    """``report_signed`` for ``report`` as its signing sends it (after commit), then the
+    tasks its receivers queued, those named (by default the booking's and the portal's),
+    run here as a worker runs them; their results."""
+    with tasks_kept() as kept:
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            report_signed.send(sender=Report, report_pk=report.pk, study_pk=report.study_id)
+        return kept.run(*(names or (tasknames.BOOKING_REPORTED, tasknames.REPORT_PUBLISH)))

@@ -29,15 +29,16 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError, transaction
-from django.db.models import Max, QuerySet
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import Case, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from archive import access, signals
 from archive.access import staff_profile
-from archive.models import Report, Study
+from archive.models import Facility, Instance, Report, Study
 from archive.storage import tiers as storage
+from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
     from pydicom.dataset import Dataset
 
+    from archive.rendering.pipeline import Window
     from archive.reporting.signing import SignatureCheck
 
 logger = logging.getLogger(__name__)
@@ -165,6 +167,98 @@ def _claimed_conflict(draft: Report) -> ReportConflict:
         % {"name": _person(draft.author), "time": _hhmm(draft.created_at)},
         code="claimed",
     )
+
+
+# --- the work list and the viewer ------------------------------------------------
+
+
+def _modality_q(modality: str) -> Q:
+    """ModalitiesInStudy holds ``CT\\PR``: match whole values, so that ``CT`` is not found in ``XCT``."""
+    sep = "\\"
+    return (
+        Q(modalities_in_study=modality)
+        | Q(modalities_in_study__startswith=modality + sep)
+        | Q(modalities_in_study__endswith=sep + modality)
+        | Q(modalities_in_study__contains=sep + modality + sep)
+    )
+
+
+def worklist_studies(
+    *,
+    principal: access.Principal,
+    facility: Facility | None = None,
+    modality: str = "",
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    priority: str = "",
+    claimed: bool | None = None,
+) -> QuerySet[Study]:
+    """The studies without a signed report that ``principal`` may see, filtered, urgent first then oldest.
+
+    ``claimed``: only those with a draft (True) or without one (False). Each
+    study carries ``has_draft``, ``draft_author_first``, ``draft_author_last``,
+    ``draft_author_username`` and ``draft_since`` (who is reporting it, since when).
+    """
+    signed = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.SIGNED)
+    drafts = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.DRAFT)
+    qs = (
+        access.studies_visible(principal)
+        .exclude(Exists(signed))
+        .select_related("patient", "facility")
+        .annotate(
+            has_draft=Exists(drafts),
+            draft_author_first=Subquery(drafts.values("author__first_name")[:1]),
+            draft_author_last=Subquery(drafts.values("author__last_name")[:1]),
+            draft_author_username=Subquery(drafts.values("author__username")[:1]),
+            draft_since=Subquery(drafts.values("created_at")[:1]),
+            urgency=Case(When(priority="U", then=Value(0)), default=Value(1), output_field=IntegerField()),
+        )
+    )
+    if facility:
+        qs = qs.filter(facility=facility)
+    if modality:
+        qs = qs.filter(_modality_q(modality))
+    if date_from:
+        qs = qs.filter(study_date__gte=date_from)
+    if date_to:
+        qs = qs.filter(study_date__lte=date_to)
+    if priority:
+        qs = qs.filter(priority=priority)
+    if claimed is not None:
+        qs = qs.filter(has_draft=claimed)
+    return qs.order_by("urgency", F("study_date").asc(nulls_last=True), "study_time", "pk")
+
+
+def worklist_choices(*, principal: access.Principal) -> tuple[QuerySet[Facility], list[str]]:
+    """The facilities and the modalities of the studies ``principal`` may see (the work list's filters)."""
+    visible = access.studies_visible(principal)
+    facilities = Facility.objects.filter(pk__in=visible.values("facility")).order_by("name")
+    combinations = visible.values_list("modalities_in_study", flat=True).distinct()
+    return facilities, sorted({m for value in combinations for m in value.split("\\") if m})
+
+
+def instance_windows(*, instance: Instance) -> list[tuple[str, Window]]:
+    """The VOI windows the instance's header names, each with its explanation ("" when none);
+    empty when the header cannot be read (the viewer then offers its default window only)."""
+    from pydicom import dcmread
+
+    from archive.rendering import pipeline as rendering
+    from archive.storage import retrieve
+
+    try:
+        with retrieve.instance_open(instance) as fh:
+            ds = dcmread(fh, stop_before_pixels=True)
+        explanations = [str(x) for x in (ds.get("WindowCenterWidthExplanation") or [])]
+        if isinstance(ds.get("WindowCenterWidthExplanation"), str):
+            explanations = [str(ds.WindowCenterWidthExplanation)]
+        windows = rendering.window_presets(ds)
+    except retrieve.NotAvailable as exc:
+        logger.warning("no window presets for instance %s: %s", instance.sop_instance_uid, exc)
+        return []
+    except Exception:  # a header pydicom cannot read: the viewer still works with the default window
+        logger.exception("could not read the window presets of instance %s", instance.sop_instance_uid)
+        return []
+    return [(explanations[i] if i < len(explanations) else "", window) for i, window in enumerate(windows)]
 
 
 # --- drafts -----------------------------------------------------------------
@@ -440,8 +534,10 @@ def report_sign(
     (detached CAdES with the signer's own key), stores both files in the
     study's facility tier, then marks the row signed in one conditional
     UPDATE. After commit, ``signals.report_signed`` is sent and, with
-    ``PACS_REPORT_ENCAPSULATED_PDF``, the PDF is ingested into the study as
-    a DICOM Encapsulated PDF instance.
+    ``PACS_REPORT_ENCAPSULATED_PDF``, a task is queued that ingests the PDF
+    into the study as a DICOM Encapsulated PDF instance
+    (:func:`report_encapsulated_store`): the request answers once the report
+    is durable (its PDF and signature), without writing DICOM.
 
     Raises
     ------
@@ -565,7 +661,7 @@ def report_sign(
         report_pk, study_pk = row.pk, study.pk
         transaction.on_commit(lambda: _signed_notify(report_pk=report_pk, study_pk=study_pk))
         if encapsulate:
-            transaction.on_commit(lambda: _encapsulate_after_commit(report_pk=report_pk, user=user, source=source))
+            transaction.on_commit(lambda: _encapsulate_enqueue(report_pk=report_pk, user=user, source=source))
     signed = _reload(row)
     assert signed is not None
     return signed
@@ -577,23 +673,30 @@ def _signed_notify(*, report_pk: int, study_pk: int) -> None:
             logger.error("report_signed receiver %r failed for report %s", receiver, report_pk, exc_info=result)
 
 
-def _encapsulate_after_commit(*, report_pk: int, user: Any, source: str) -> None:
-    report = Report.objects.select_related("study", "study__facility").get(pk=report_pk)
+def _encapsulate_failed(*, report: Report, user: Any, source: str, reason: str) -> None:
+    # The report is signed and valid; only its DICOM copy is missing, and
+    # report_encapsulate can make it again (same UIDs, same bytes).
+    audit_record(
+        action="report.encapsulate",
+        outcome=FAILURE,
+        user=user,
+        study=report.study,
+        source=source,
+        detail={**_detail(report), "reason": reason},
+    )
+
+
+def _encapsulate_enqueue(*, report_pk: int, user: Any, source: str) -> None:
+    """Queue the DICOM copy; by name, since the archive's tasks import this module."""
+    from celery import current_app
+
     try:
-        report_encapsulate(report=report)
+        current_app.send_task(tasknames.REPORT_ENCAPSULATE, args=[report_pk])
     except Exception as exc:
-        # The report is signed and valid; only its DICOM copy is missing, and
-        # report_encapsulate can make it again (same UIDs, same bytes). The
-        # signing must not look failed to the radiologist for this.
-        logger.exception("encapsulated PDF of report %s not stored", report_pk)
-        audit_record(
-            action="report.encapsulate",
-            outcome=FAILURE,
-            user=user,
-            study=report.study,
-            source=source,
-            detail={**_detail(report), "reason": getattr(exc, "message", "") or str(exc)},
-        )
+        # The signing must not look failed to the radiologist for this.
+        logger.exception("encapsulated PDF of report %s not queued", report_pk)
+        report = Report.objects.select_related("study").get(pk=report_pk)
+        _encapsulate_failed(report=report, user=user, source=source, reason=f"not queued: {exc}")
 
 
 # --- the signed files ---------------------------------------------------------
@@ -750,6 +853,38 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     ds.EncapsulatedDocumentLength = len(pdf)
     ds.EncapsulatedDocument = pdf + b"\x00" if len(pdf) % 2 else pdf
     return ds
+
+
+def report_encapsulated_store(*, report_pk: int) -> str:
+    """The work of the task queued by :func:`report_sign`: the report's Encapsulated PDF
+    instance, stored unless the archive holds it already; its SOPInstanceUID ("" when
+    the report has none, or its copy was refused: audited as ``report.encapsulate``).
+
+    A redelivered task (its worker died after storing, before acknowledging)
+    finds the instance and stores nothing again.
+
+    Raises
+    ------
+    django.db.OperationalError, django.db.InterfaceError, storage.StorageError
+        Transient: the task tries again.
+    """
+    report = Report.objects.select_related("study", "study__facility", "updated_by").filter(pk=report_pk).first()
+    if report is None or report.status != Report.Status.SIGNED or not report.encapsulated_sop_instance_uid:
+        return ""
+    uid = report.encapsulated_sop_instance_uid
+    if Instance.objects.filter(sop_instance_uid=uid).exists():
+        return uid
+    try:
+        return report_encapsulate(report=report)
+    except (OperationalError, InterfaceError, storage.StorageError):
+        raise
+    except Exception as exc:
+        logger.exception("encapsulated PDF of report %s not stored", report_pk)
+        # Recorded as the signer's (the row's last writer is who signed it).
+        _encapsulate_failed(
+            report=report, user=report.updated_by, source="", reason=getattr(exc, "message", "") or str(exc)
+        )
+        return ""
 
 
 def report_encapsulate(*, report: Report) -> str:

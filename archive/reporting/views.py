@@ -32,7 +32,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
+from django.db.models import F, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import get_script_prefix, path, reverse
@@ -43,11 +43,9 @@ from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
-from archive.models import Facility, Instance, Patient, Report, Series, Study
-from archive.rendering import pipeline as rendering
+from archive.models import Instance, Patient, Report, Series, Study
 from archive.reporting import services as reports
 from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
-from archive.storage import retrieve
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.web import client_ip, content_disposition, perms_required
@@ -92,63 +90,28 @@ def _name(user: Any) -> str:
 # --- the work list ----------------------------------------------------------------------
 
 
-def _modality_q(modality: str) -> Q:
-    """ModalitiesInStudy holds ``CT\\PR``: match whole values, so that ``CT`` is not found in ``XCT``."""
-    sep = "\\"
-    return (
-        Q(modalities_in_study=modality)
-        | Q(modalities_in_study__startswith=modality + sep)
-        | Q(modalities_in_study__endswith=sep + modality)
-        | Q(modalities_in_study__contains=sep + modality + sep)
-    )
-
-
-def worklist_studies(*, principal: access.Principal, filters: dict[str, Any]) -> QuerySet[Study]:
-    """The studies without a signed report that ``principal`` may see, filtered, urgent first then oldest."""
-    signed = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.SIGNED)
-    drafts = Report.objects.filter(study=OuterRef("pk"), status=Report.Status.DRAFT)
-    qs = (
-        access.studies_visible(principal)
-        .exclude(Exists(signed))
-        .select_related("patient", "facility")
-        .annotate(
-            has_draft=Exists(drafts),
-            draft_author_first=Subquery(drafts.values("author__first_name")[:1]),
-            draft_author_last=Subquery(drafts.values("author__last_name")[:1]),
-            draft_author_username=Subquery(drafts.values("author__username")[:1]),
-            draft_since=Subquery(drafts.values("created_at")[:1]),
-            urgency=Case(When(priority="U", then=Value(0)), default=Value(1), output_field=IntegerField()),
-        )
-    )
-    if filters.get("facility"):
-        qs = qs.filter(facility=filters["facility"])
-    if filters.get("modality"):
-        qs = qs.filter(_modality_q(filters["modality"]))
-    if filters.get("date_from"):
-        qs = qs.filter(study_date__gte=filters["date_from"])
-    if filters.get("date_to"):
-        qs = qs.filter(study_date__lte=filters["date_to"])
-    if filters.get("priority"):
-        qs = qs.filter(priority=filters["priority"])
-    if filters.get("status") == STATUS_TODO:
-        qs = qs.filter(has_draft=False)
-    elif filters.get("status") == STATUS_IN_PROGRESS:
-        qs = qs.filter(has_draft=True)
-    return qs.order_by("urgency", F("study_date").asc(nulls_last=True), "study_time", "pk")
-
-
 @_perms()
 def worklist(request: HttpRequest) -> HttpResponse:
     principal = access.principal_for_request(request)
-    accessible = access.studies_visible(principal)
-    facilities = Facility.objects.filter(pk__in=accessible.values("facility")).order_by("name")
-    combinations = accessible.values_list("modalities_in_study", flat=True).distinct()
-    modalities = sorted({m for value in combinations for m in value.split("\\") if m})
+    facilities, modalities = reports.worklist_choices(principal=principal)
     form = WorklistFilterForm(request.GET or None, facilities=facilities, modalities=modalities)
     filters: dict[str, Any] = {}
     if form.is_bound and form.is_valid():
         filters = form.cleaned_data
-    studies = worklist_studies(principal=principal, filters=filters) if not form.errors else Study.objects.none()
+    claimed = {STATUS_TODO: False, STATUS_IN_PROGRESS: True}.get(filters.get("status") or "")
+    studies = (
+        reports.worklist_studies(
+            principal=principal,
+            facility=filters.get("facility"),
+            modality=filters.get("modality") or "",
+            date_from=filters.get("date_from"),
+            date_to=filters.get("date_to"),
+            priority=filters.get("priority") or "",
+            claimed=claimed,
+        )
+        if not form.errors
+        else Study.objects.none()
+    )
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
     for study in page.object_list:
         study.draft_author_name = (
@@ -214,26 +177,14 @@ def _window_param(center: float, width: float, function: str = "LINEAR") -> str:
 def _series_presets(series: Series, first: Instance) -> list[Preset]:
     """The data set's windows (read from the first image's header), then the usual ones for CT."""
     presets = [Preset(_("Predefinita"), "")]
-    try:
-        from pydicom import dcmread
-
-        with retrieve.instance_open(first) as fh:
-            ds = dcmread(fh, stop_before_pixels=True)
-        explanations = [str(x) for x in (ds.get("WindowCenterWidthExplanation") or [])]
-        if isinstance(ds.get("WindowCenterWidthExplanation"), str):
-            explanations = [str(ds.WindowCenterWidthExplanation)]
-        for i, window in enumerate(rendering.window_presets(ds)):
-            name = explanations[i] if i < len(explanations) and explanations[i] else _("Finestra %(n)d") % {"n": i + 1}
-            presets.append(
-                Preset(
-                    f"{name} ({window.center:g}/{window.width:g})",
-                    _window_param(window.center, window.width, window.function),
-                )
+    for i, (explanation, window) in enumerate(reports.instance_windows(instance=first)):
+        name = explanation or _("Finestra %(n)d") % {"n": i + 1}
+        presets.append(
+            Preset(
+                f"{name} ({window.center:g}/{window.width:g})",
+                _window_param(window.center, window.width, window.function),
             )
-    except retrieve.NotAvailable as exc:
-        logger.warning("no window presets for series %s: %s", series.series_instance_uid, exc)
-    except Exception:  # a header pydicom cannot read: the viewer still works with the default window
-        logger.exception("could not read the window presets of series %s", series.series_instance_uid)
+        )
     if series.modality == "CT":
         presets += [Preset(_(label), _window_param(c, w)) for label, c, w in CT_PRESETS]
     return presets

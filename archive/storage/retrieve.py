@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from archive.models import Copy, Instance, Series
 from archive.storage import tiers as storage
+from kernel import tasknames
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,6 @@ def instance_open(instance: Instance) -> BinaryIO:
     raise NotAvailable(instance.sop_instance_uid, "no verified copy can be read")
 
 
-RECALL_TASK = "archive.tasks.studies_recall"
-
-
 def _recall_soon(instance: Instance) -> None:
     """A read served from the long-term tier: bring the study back into its facility's tier
     (once per study and hour, by a Celery task: the reader does not wait)."""
@@ -106,7 +104,7 @@ def _recall_soon(instance: Instance) -> None:
         if study_id is None:
             return
         keep_until = timezone.now() + dt.timedelta(days=settings.PACS_RECALL_KEEP_DAYS)
-        current_app.send_task(RECALL_TASK, args=[[study_id], instance.facility_id, keep_until.isoformat()])
+        current_app.send_task(tasknames.STUDIES_RECALL, args=[[study_id], instance.facility_id, keep_until.isoformat()])
     except Exception:
         # Recalling is an optimisation: the read itself has succeeded.
         logger.exception("could not queue the recall of study #%s", study_id)

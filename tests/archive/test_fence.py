@@ -28,7 +28,7 @@ from pynetdicom.transport import RequestHandler
 from archive.checks import check_pynetdicom_fence
 from archive.dicomnet import fence
 from archive.dicomnet.listener import start_listener, stop_listener
-from archive.models import AuditEvent
+from kernel.models import AuditEvent
 from tests.conftest import REPO, free_port, wait_until
 
 

@@ -7,10 +7,11 @@ from django.db import OperationalError
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
+from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, conflict_resolve, instance_ingest
 from archive.models import Copy, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from archive.sample_data import CT, PatientInfo, fresh_copy, write_study
 from archive.storage import tiers as storage
+from kernel.models import AuditEvent
 from tests.conftest import assert_private
 
 
@@ -119,6 +120,36 @@ def test_same_instance_other_bytes_is_kept_as_conflict(region, ct_study: list[Pa
     assert _ingest(other, region.facility).outcome == CONFLICT
     assert InstanceConflict.objects.count() == 1
     assert Study.objects.get().number_of_instances == 1
+
+
+def test_a_conflict_is_resolved_once_by_whoever_is_first(  # type: ignore[no-untyped-def]
+    region, ct_study: list[Path], tmp_path: Path, django_user_model
+) -> None:
+    _ingest(ct_study[0], region.facility)
+    ds = dcmread(ct_study[0])
+    ds.StudyDescription = "changed by the modality"
+    ds.save_as(tmp_path / "other.dcm", enforce_file_format=True)
+    _ingest(tmp_path / "other.dcm", region.facility)
+    conflict = InstanceConflict.objects.get()
+    first = django_user_model.objects.create_user("revisore")
+    second = django_user_model.objects.create_user("collega")
+
+    resolved = conflict_resolve(conflict_pk=conflict.pk, user=first, note="Reinvio: scartato.", source="10.0.0.7")
+    assert resolved is not None and resolved.resolved_at is not None
+    assert conflict_resolve(conflict_pk=conflict.pk, user=second, note="Anche io.") is None
+
+    conflict.refresh_from_db()
+    assert (conflict.resolved_by, conflict.resolution_note) == (first, "Reinvio: scartato.")
+    (event,) = AuditEvent.objects.filter(action="admin.instanceconflict.resolve")
+    assert (event.user_id, event.study_id, event.patient_id, event.source) == (
+        first.pk,
+        conflict.study_id,
+        conflict.study.patient_id,
+        "10.0.0.7",
+    )
+    assert event.detail == {"object_id": conflict.pk, "note": "Reinvio: scartato."}
+    # Resolved, not removed: the bytes it kept stay in the tier.
+    assert storage.absolute_path(conflict.tier, conflict.path).exists()
 
 
 def test_study_of_another_patient_is_a_conflict(region, ct_study: list[Path], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from archive.models import Copy, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 from archive.storage import lifecycle
 from archive.storage import tiers as storage
+from kernel import tasknames
 from tests.conftest import Region
 
 from .lifecycle_helpers import copy_file, ingest_files, read_sha256, tiers_of
@@ -243,7 +244,7 @@ def test_a_read_from_the_long_term_tier_queues_a_recall_of_the_study(old_study, 
         assert read_sha256(instance) == instance.sha256
     study_pk = old_study[0].series.study_id
     series = {i.series_id for i in old_study}
-    assert [name for name, _ in sent] == ["archive.tasks.studies_recall"] * len(series)
+    assert [name for name, _ in sent] == [tasknames.STUDIES_RECALL] * len(series)
     assert all(args[0] == [study_pk] and args[1] == old_study[0].facility_id for _, args in sent)
     # The task brings the whole study back, kept until the date it was given.
     result = tasks.studies_recall(*sent[0][1])

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from archive.models import Copy, Instance, RemoteNode, ScopeMigration
 from archive.sample_data import PatientInfo, write_study
 from archive.storage import lifecycle, retrieve
+from kernel import tasknames
 from tests.conftest import REPO, Region, wait_until
 from tests.dicom_client import send_files
 
@@ -125,7 +126,7 @@ def test_a_worker_killed_mid_batch_leaves_everything_readable(  # type: ignore[n
     files = write_study(tmp_path / "many", patient=patient, series=4, instances_per_series=50)
     instances = ingest_files(files, region.facility, age_days=400)
     total = len(instances)
-    current_app.send_task("archive.tasks.lifecycle_run", queue=os.environ["CELERY_QUEUE"])
+    current_app.send_task(tasknames.LIFECYCLE_RUN, queue=os.environ["CELERY_QUEUE"])
 
     def started() -> bool:
         return Copy.objects.filter(tier="longterm:region").count() >= 10

@@ -16,7 +16,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from archive.models import Instance, Rendition, Series
+from archive.models import Instance, Rendition, Series, Study
 from archive.rendering import isolated as render_isolated
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
@@ -32,8 +32,10 @@ from archive.sample_data import CT, SR, US_MULTIFRAME, PatientInfo, bundled_data
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from archive.tasks import series_renditions_make as series_renditions_task
+from archive.tasks import study_renditions_enqueue
+from kernel import tasknames
 from tests import dicomweb_helpers as helpers
-from tests.conftest import wait_until
+from tests.conftest import Enqueued, wait_until
 from tests.dicomweb_helpers import ingest_files, uids
 
 reader = helpers.reader  # a fixture, found by its name in this module
@@ -91,6 +93,23 @@ def test_ingested_study_gets_previews_and_thumbnails_from_the_worker(
     assert log.count("series_renditions_make[") == 2 * succeeded()
     # A retried task logs "Task ...[id] retry: Retry in Ns" (task names in the banner may say retry).
     assert "Retry in" not in log and "ERROR" not in log
+
+
+def test_the_receiver_queues_one_study_task_which_queues_each_series_due(  # type: ignore[no-untyped-def]
+    db, region, ct_study: list[Path], enqueued: Enqueued, django_capture_on_commit_callbacks
+) -> None:
+    ingest_files(ct_study, region.facility)
+    first, second = _series_pks()
+    study_pk = Series.objects.get(pk=first).study_id
+    series_renditions_make(series_pk=first)
+    enqueued.messages.clear()  # what the ingestion queued
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        study_renditions_enqueue(sender=Study, study_pk=study_pk)
+    assert enqueued.messages == [] and len(callbacks) == 1  # the receiver reads nothing, and waits for the commit
+    callbacks[0]()
+    assert enqueued.messages == [(tasknames.STUDY_RENDITIONS_QUEUE, (study_pk,), {})]
+    assert enqueued.run(tasknames.STUDY_RENDITIONS_QUEUE) == [1]
+    assert enqueued.messages == [(tasknames.SERIES_RENDITIONS_MAKE, (second,), {})]
 
 
 def test_running_again_does_nothing(db, region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]

@@ -13,12 +13,13 @@ from django.test import Client
 from django.urls import reverse
 
 from archive.ingest import instance_ingest
-from archive.models import Report, Study
+from archive.models import Instance, Report, Study
 from archive.reporting import services as reports
 from archive.sample_data import PatientInfo, write_study
+from kernel import tasknames
 from kernel.models import AuditEvent
 from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
-from tests.conftest import Region
+from tests.conftest import Enqueued, Region
 from tests.reporting_helpers import PATIENT_CF, RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 
 FINDINGS = "Nodulo di 8 mm al lobo superiore destro, margini regolari."
@@ -390,6 +391,44 @@ def test_sign_page_asks_for_the_code_when_a_second_factor_is_set(reporting: Repo
     assert response.status_code == 302
     draft.refresh_from_db()
     assert draft.is_signed
+
+
+def test_the_signing_request_answers_before_the_dicom_copy_is_stored(  # type: ignore[no-untyped-def]
+    reporting: Reporting,  # noqa: F811
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
+) -> None:
+    from archive import ingest
+
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    ingested: list[object] = []
+    real_ingest = ingest.instance_ingest
+
+    def counted(**kwargs: object) -> object:
+        ingested.append(kwargs.get("facility"))
+        return real_ingest(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest, "instance_ingest", counted)
+    client = client_for(reporting.radiologist)
+    draft = start(client, reporting.study)
+    assert save(client, draft).status_code == 302
+    # The whole request, its on-commit work included (the signal's receivers, the queueing).
+    with django_capture_on_commit_callbacks(execute=True):
+        response = sign(client, draft)
+    assert response.status_code == 302
+    report = Report.objects.get(pk=draft.pk)
+    # Durable when the page answers: signed, its PDF and signature stored and checked.
+    assert report.is_signed and reports.report_verify(report=report).ok
+    # The DICOM copy is not: nothing was ingested, its task is queued beside the other apps'.
+    assert ingested == [] and not Instance.objects.filter(sop_instance_uid=report.encapsulated_sop_instance_uid)
+    assert {tasknames.REPORT_ENCAPSULATE, tasknames.BOOKING_REPORTED, tasknames.REPORT_PUBLISH} <= set(enqueued.names())
+
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [report.encapsulated_sop_instance_uid]
+    assert len(ingested) == 1
+    instance = Instance.objects.get(sop_instance_uid=report.encapsulated_sop_instance_uid)
+    assert instance.series.study_id == reporting.study.pk and instance.series.modality == "DOC"
 
 
 def test_sign_then_download_the_pdf_and_the_signature(reporting: Reporting) -> None:  # noqa: F811

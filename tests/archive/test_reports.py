@@ -14,13 +14,16 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from pydicom import dcmread
 
+from archive import access
 from archive.access import StudyNotVisible
 from archive.models import Instance, Report, StaffProfile, Study
 from archive.reporting import services as reports
 from archive.reporting.services import ReportConflict, ReportError
 from archive.signals import report_signed
 from archive.storage import tiers as storage
+from kernel import tasknames
 from kernel.models import AuditEvent
+from tests.conftest import Enqueued
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -478,11 +481,49 @@ def test_studies_accessible_filters_by_authority(reporting: Reporting) -> None:
         reports.study_access_check(user=fresh, study=r.study)
 
 
+# --- the work list and the viewer -------------------------------------------------------
+
+
+def test_the_work_list_selects_by_claim_and_offers_the_visible_choices(reporting: Reporting) -> None:
+    r = reporting
+    principal = access.principal_for_user(r.radiologist)
+    assert list(reports.worklist_studies(principal=principal)) == [r.study]
+    assert list(reports.worklist_studies(principal=principal, claimed=True)) == []
+    reports.report_draft_start(study=r.study, user=r.radiologist)
+    (study,) = reports.worklist_studies(principal=principal, claimed=True)
+    assert study.has_draft and study.draft_author_username == "radiologo"
+    assert list(reports.worklist_studies(principal=principal, claimed=False)) == []
+    assert list(reports.worklist_studies(principal=principal, modality="C")) == []  # whole values only
+    assert list(reports.worklist_studies(principal=principal, modality="CT")) == [r.study]
+    facilities, modalities = reports.worklist_choices(principal=principal)
+    assert (list(facilities), modalities) == ([r.study.facility], ["CT"])
+    assert list(reports.worklist_studies(principal=access.principal_for_user(r.foreign))) == []
+
+
+def test_the_viewer_windows_come_from_the_header(reporting: Reporting, tmp_path: Path) -> None:
+    from archive.ingest import instance_ingest
+    from archive.rendering.pipeline import Window
+
+    instance = Instance.objects.filter(series__study=reporting.study).first()
+    copy = instance.copies.get()
+    ds = dcmread(storage.absolute_path(copy.tier, copy.path))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.WindowCenter, ds.WindowWidth = [40, 400], [350, 2000]
+    ds.WindowCenterWidthExplanation = ["MEDIASTINO", ""]
+    ds.save_as(tmp_path / "windows.dcm", enforce_file_format=True)
+    instance_ingest(path=tmp_path / "windows.dcm", facility=reporting.region.facility, owned=False)
+    windowed = Instance.objects.get(sop_instance_uid="1.2.826.0.1.3680043.8.498.1")
+    assert reports.instance_windows(instance=windowed) == [("MEDIASTINO", Window(40, 350)), ("", Window(400, 2000))]
+    # A copy that cannot be read: no window of its own, and no error for the page.
+    storage.absolute_path(windowed.copies.get().tier, windowed.copies.get().path).unlink()
+    assert reports.instance_windows(instance=windowed) == []
+
+
 # --- the stored files ---------------------------------------------------------------
 
 
 def test_the_signed_pdf_is_stored_in_the_study_as_encapsulated_pdf(
-    reporting: Reporting, settings, django_capture_on_commit_callbacks
+    reporting: Reporting, settings, enqueued: Enqueued, django_capture_on_commit_callbacks
 ) -> None:
     r = reporting
     settings.PACS_REPORT_ENCAPSULATED_PDF = True
@@ -490,6 +531,10 @@ def test_the_signed_pdf_is_stored_in_the_study_as_encapsulated_pdf(
     with django_capture_on_commit_callbacks(execute=True):
         signed = sign(draft, r.radiologist)
     assert signed.encapsulated_sop_instance_uid
+    # Signing only queued it: the worker's task stores the instance.
+    assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
+    assert (tasknames.REPORT_ENCAPSULATE, (signed.pk,), {}) in enqueued.messages
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [signed.encapsulated_sop_instance_uid]
     instance = Instance.objects.select_related("series__study").get(
         sop_instance_uid=signed.encapsulated_sop_instance_uid
     )
@@ -532,7 +577,11 @@ def test_a_damaged_file_is_detected(reporting: Reporting, which: str) -> None:
 
 
 def test_a_failed_dicom_copy_does_not_undo_the_signature(
-    reporting: Reporting, settings, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks
+    reporting: Reporting,
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
 ) -> None:
     r = reporting
     settings.PACS_REPORT_ENCAPSULATED_PDF = True
@@ -543,11 +592,56 @@ def test_a_failed_dicom_copy_does_not_undo_the_signature(
     monkeypatch.setattr(reports, "report_encapsulate", refused)
     with django_capture_on_commit_callbacks(execute=True):
         signed = sign(written_draft(r), r.radiologist)
+    # Refused for good: recorded, not raised (the task is not retried for it).
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [""]
+    signed.refresh_from_db()
     assert signed.status == Report.Status.SIGNED
     assert not Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).exists()
     (event,) = events("report.encapsulate", AuditEvent.Outcome.FAILURE)
     assert event.detail["reason"] == "la copia DICOM non entra"
+    assert event.user_id == r.radiologist.pk
     # It can be made later from the signed row.
     monkeypatch.undo()
     assert reports.report_encapsulate(report=signed) == signed.encapsulated_sop_instance_uid
     assert Instance.objects.filter(sop_class_uid=ENCAPSULATED_PDF).count() == 1
+
+
+class WorkerKilled(BaseException):
+    """The worker process dying: not an exception Celery's retry policy sees."""
+
+
+def test_a_redelivered_task_after_a_crash_stores_the_copy_once(
+    reporting: Reporting,
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
+) -> None:
+    from archive import ingest
+
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = sign(written_draft(r), r.radiologist)
+    (message,) = [m for m in enqueued.messages if m[0] == tasknames.REPORT_ENCAPSULATE]
+    real_ingest = ingest.instance_ingest
+    calls: list[str] = []
+
+    def ingest_then_die(**kwargs: object) -> object:
+        calls.append("ingest")
+        real_ingest(**kwargs)  # type: ignore[arg-type]
+        raise WorkerKilled  # stored and committed, the message not yet acknowledged
+
+    monkeypatch.setattr(ingest, "instance_ingest", ingest_then_die)
+    with pytest.raises(WorkerKilled):
+        enqueued.run(tasknames.REPORT_ENCAPSULATE)
+    assert Instance.objects.filter(sop_instance_uid=signed.encapsulated_sop_instance_uid).count() == 1
+    files = sorted(p for p in storage.absolute_path(signed.tier, "").rglob("*") if p.is_file())
+
+    # The broker delivers the message again (acks_late): nothing is ingested twice.
+    enqueued.messages.append(message)
+    assert enqueued.run(tasknames.REPORT_ENCAPSULATE) == [signed.encapsulated_sop_instance_uid]
+    assert calls == ["ingest"]
+    instance = Instance.objects.get(sop_class_uid=ENCAPSULATED_PDF)
+    assert instance.copies.count() == 1
+    assert sorted(p for p in storage.absolute_path(signed.tier, "").rglob("*") if p.is_file()) == files

@@ -368,6 +368,38 @@ def test_reject_needs_a_note_and_changes_nothing_else(cup: Cup, tmp_path: Path, 
         matching.reconciliation_link(reconciliation=item, booking=booking, user=staff)
 
 
+# --- the reconciliation page's comparison -------------------------------------
+
+
+def test_the_comparison_reads_the_first_header_and_falls_back_to_the_index(cup: Cup, tmp_path: Path) -> None:
+    from archive.storage import tiers as storage
+
+    booking = cup.book(cup.mario)
+    laura = PatientInfo(patient_id=LAURA_CF, name="BIANCHI^LAURA", birth_date="19720702", sex="F")
+    study = arrive(cup, tmp_path, accession=booking.accession_number, patient=laura)
+    assert matching.study_match(study_pk=study.pk).result == "queued"
+    item = Reconciliation.objects.select_related("booking__patient", "booking__procedure").get(study=study)
+
+    comparison = matching.reconciliation_compare(reconciliation=item)
+    assert comparison.header is not None and comparison.header_error == ""
+    rows = {row.label: row for row in comparison.rows}
+    assert (rows["Cognome^Nome"].booking, rows["Cognome^Nome"].dicom) == ("ROSSI^MARIO", "BIANCHI^LAURA")
+    assert rows["Cognome^Nome"].differs and not rows["Accession number"].differs
+    assert comparison.differences == sum(1 for row in comparison.rows if row.differs) >= 4
+    assert matching.booking_linkable(item.booking)
+
+    # The file cannot be read: the index's values, and why.
+    assert comparison.instance is not None
+    for copy in comparison.instance.copies.all():
+        storage.absolute_path(copy.tier, copy.path).unlink()
+    again = matching.reconciliation_compare(reconciliation=item)
+    assert again.header is None and again.header_error == "Il file archiviato non è leggibile."
+    assert {row.label: row.dicom for row in again.rows}["Cognome^Nome"] == "BIANCHI^LAURA"
+
+    matching.reconciliation_link(reconciliation=item, booking=item.booking, user=None)
+    assert not matching.booking_linkable(Booking.objects.get(pk=booking.pk))
+
+
 # --- the signal, the task, the worker -------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""What a signed report does to the CUP booking: it becomes *refertato*, and the
-patient's distribution choice is closed."""
+"""What a signed report does to the CUP booking: it becomes *refertato* (in the
+task the signal's receiver queues), and the patient's distribution choice is
+closed from the signing on."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from archive.models import Report, Study
 from archive.reporting import services as reports
 from archive.signals import report_signed
 from booking.models import Booking, BookingStatusChange, DistributionChoice
-from booking.services import BookingError, booking_status_set, distribution_choose
-from booking.tasks import REPORTED_SYSTEM, booking_reported, report_signed_booking
+from booking.services import REPORTED_SYSTEM, BookingError, booking_reported, booking_status_set, distribution_choose
+from booking.tasks import report_signed_booking
+from kernel import tasknames
 from tests.booking.conftest import Cup, linked_booking
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, signed_row
+from tests.conftest import Enqueued
+from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, report_signed_send, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
@@ -27,11 +30,30 @@ def test_the_receiver_is_connected_once() -> None:
     assert len(receivers) == 1
 
 
+def test_the_receiver_only_queues_the_task_after_commit(
+    cup: Cup,
+    reporting: Reporting,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
+) -> None:
+    booking = linked_booking(cup, reporting.study)
+    report = signed_row(reporting)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        report_signed_booking(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+    assert enqueued.messages == [] and len(callbacks) == 1
+    callbacks[0]()
+    assert (tasknames.BOOKING_REPORTED, (report.pk, reporting.study.pk), {}) in enqueued.messages
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.PERFORMED  # nothing done yet
+
+    assert enqueued.run(tasknames.BOOKING_REPORTED) == ["reported"]
+    assert Booking.objects.get(pk=booking.pk).status == Booking.Status.REPORTED
+
+
 def test_a_signed_report_marks_the_booking_reported_and_locks_the_choice(cup: Cup, reporting: Reporting) -> None:
     booking = linked_booking(cup, reporting.study)
     report = signed_row(reporting)
 
-    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+    report_signed_send(report, tasknames.BOOKING_REPORTED)
 
     booking.refresh_from_db()
     assert booking.status == Booking.Status.REPORTED
@@ -46,11 +68,14 @@ def test_a_signed_report_marks_the_booking_reported_and_locks_the_choice(cup: Cu
         )
 
 
-def test_the_signal_again_or_a_later_version_changes_nothing(cup: Cup, reporting: Reporting) -> None:
+def test_the_signal_again_or_a_later_version_changes_nothing(
+    cup: Cup,
+    reporting: Reporting,
+) -> None:
     booking = linked_booking(cup, reporting.study)
     first = signed_row(reporting)
-    report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
-    report_signed.send(sender=Report, report_pk=first.pk, study_pk=reporting.study.pk)
+    assert report_signed_send(first, tasknames.BOOKING_REPORTED) == ["reported"]
+    assert report_signed_send(first, tasknames.BOOKING_REPORTED) == ["already_reported"]
     addendum = signed_row(reporting, version=2, previous=first, kind=Report.Kind.ADDENDUM)
 
     assert booking_reported(report_pk=addendum.pk, study_pk=reporting.study.pk) == "already_reported"
@@ -63,8 +88,7 @@ def test_the_signal_again_or_a_later_version_changes_nothing(cup: Cup, reporting
 def test_a_study_without_booking_is_fine(reporting: Reporting) -> None:
     report = signed_row(reporting)
 
-    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
-
+    assert report_signed_send(report, tasknames.BOOKING_REPORTED) == ["no_booking"]
     assert booking_reported(report_pk=report.pk, study_pk=reporting.study.pk) == "no_booking"
     assert not BookingStatusChange.objects.exists()
 
@@ -76,7 +100,7 @@ def test_an_arrived_booking_goes_through_performed(cup: Cup, reporting: Reportin
     Booking.objects.filter(pk=booking.pk).update(study=reporting.study)
     report = signed_row(reporting)
 
-    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+    report_signed_send(report, tasknames.BOOKING_REPORTED)
 
     booking.refresh_from_db()
     assert booking.status == Booking.Status.REPORTED
@@ -96,6 +120,7 @@ def test_a_draft_does_not_report_the_booking(cup: Cup, reporting: Reporting) -> 
 def test_signing_end_to_end_reports_the_booking(
     cup: Cup,
     reporting: Reporting,
+    enqueued: Enqueued,
     django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
 ) -> None:
     booking = linked_booking(cup, reporting.study, clinical_question="Tosse persistente.", priority="U")
@@ -119,6 +144,17 @@ def test_signing_end_to_end_reports_the_booking(
         signed = reports.report_sign(report=draft, user=user, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
     assert signed.is_signed
+    # The signing did not touch the booking, and yet the choice is closed as it answers.
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PERFORMED and booking.is_choice_locked()
+    with pytest.raises(BookingError, match="refertato"):
+        distribution_choose(
+            booking=booking,
+            delivery=DistributionChoice.Delivery.CD,
+            channel=Booking.Channel.AUTHORITY_CUP,
+            user=cup.operator.user,
+        )
+    enqueued.run(tasknames.BOOKING_REPORTED)
     booking.refresh_from_db()
     assert booking.status == Booking.Status.REPORTED
     assert changes(booking)[-1] == ("reported", REPORTED_SYSTEM)

@@ -18,6 +18,7 @@ from archive.models import Patient, Report
 from archive.signals import report_signed
 from booking.models import Booking, DistributionChoice
 from booking.services import booking_status_set
+from kernel import tasknames
 from kernel.models import AuditEvent
 from portal import availability
 from portal.accounts import citizen_account_create
@@ -43,15 +44,17 @@ from portal.models import Concealment, Delegation, EmergencyAccess, Publication
 from portal.tasks import publish_on_report_signed
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
-from tests.reporting_helpers import Reporting, signed_report, signed_row
+from tests.conftest import Enqueued
+from tests.reporting_helpers import Reporting, report_signed_send, signed_report, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 cup = booking_fixtures.cup
 
 
 def sign(rep: Reporting, **kwargs: object) -> Report:
+    """A signed version, and what its signing queues for the booking and the portal, run."""
     report = signed_row(rep, **kwargs)  # type: ignore[arg-type]
-    report_signed.send(sender=Report, report_pk=report.pk, study_pk=rep.study.pk)
+    report_signed_send(report)
     return report
 
 
@@ -83,6 +86,7 @@ def test_the_receiver_is_connected_once() -> None:
 def test_signing_end_to_end_publishes_an_online_exam(
     cup: Cup,
     reporting: Reporting,
+    enqueued: Enqueued,
     django_capture_on_commit_callbacks,  # type: ignore[no-untyped-def]
 ) -> None:
     booking = linked_booking(cup, reporting.study)
@@ -90,6 +94,12 @@ def test_signing_end_to_end_publishes_an_online_exam(
 
     with django_capture_on_commit_callbacks(execute=True):
         report = signed_report(reporting)
+
+    # The signing queued the publication and did not wait for it.
+    assert not Publication.objects.exists()
+    status = exam_status(booking=fresh(booking))
+    assert (status.code, status.label) == ("awaiting_report", "Refertato, in corso di pubblicazione")
+    assert enqueued.run(tasknames.REPORT_PUBLISH) == ["published"]
 
     publication = Publication.objects.get()
     assert (publication.booking, publication.report) == (booking, report)
@@ -123,7 +133,7 @@ def test_a_cd_choice_is_not_published_and_says_where_to_collect(cup: Cup, report
 def test_the_signal_twice_publishes_once(cup: Cup, reporting: Reporting) -> None:
     booking = linked_booking(cup, reporting.study)
     report = sign(reporting)
-    report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+    assert report_signed_send(report, tasknames.REPORT_PUBLISH) == ["already_published"]
 
     assert Publication.objects.filter(booking=booking).count() == 1
     assert report_publish(report_pk=report.pk, study_pk=reporting.study.pk) == "already_published"
@@ -156,7 +166,7 @@ def test_a_correction_supersedes_the_versions_before_it(cup: Cup, reporting: Rep
     correction = signed_row(reporting, version=2, previous=first, kind=Report.Kind.CORRECTION)
     # The signals may arrive out of order (two processes): the outcome is the same.
     for report in (first, correction) if in_order else (correction, first):
-        report_signed.send(sender=Report, report_pk=report.pk, study_pk=reporting.study.pk)
+        report_signed_send(report)
 
     old = Publication.objects.get(booking=booking, report=first)
     new = Publication.objects.get(booking=booking, report=correction)
@@ -523,6 +533,31 @@ def test_a_parent_revokes_a_minors_consent(cup: Cup, reporting: Reporting) -> No
     assert exam_status(booking=fresh(booking)).code == "withdrawn"
     choice = fresh(booking).current_choice()
     assert choice is not None and choice.revokes_consent and choice.channel == Booking.Channel.ONLINE
+
+
+def test_a_revocation_whose_withdrawal_fails_is_not_recorded(
+    cup: Cup, reporting: Reporting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booking = linked_booking(cup, reporting.study)
+    sign(reporting)
+    choices = list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True))
+    user = citizen_account_create(codice_fiscale=MARIO_CF, password="x" * 20)
+
+    def withdrawal_fails(**kwargs: object) -> int:
+        raise RuntimeError("the database went away between the two writes")
+
+    monkeypatch.setattr(availability, "publications_withdraw_for_revocation", withdrawal_fails)
+    with pytest.raises(RuntimeError):
+        consent_revoke_online(booking=booking, requested_by=cup.mario, user=user)
+
+    # The revoking choice went with the failed withdrawal: nothing half-done.
+    assert list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True)) == choices
+    assert fresh(booking).current_choice().delivery == DistributionChoice.Delivery.ONLINE  # type: ignore[union-attr]
+    assert not AuditEvent.objects.filter(action="cup.booking.consent_revoke").exists()
+    assert is_available_online(booking=fresh(booking))
+    monkeypatch.undo()
+    assert consent_revoke_online(booking=booking, requested_by=cup.mario, user=user) == 1
+    assert exam_status(booking=fresh(booking)).code == "withdrawn"
 
 
 # --- Oscuramento and emergency access -----------------------------------------------------

@@ -50,6 +50,21 @@ def test_a_running_package_is_left_alone_until_its_builder_is_stale(online: Citi
     assert not list(Path(built.path).parent.glob(".*.part"))
 
 
+def test_the_build_tells_who_asked_only_once_the_package_is_finished(online: CitizenExam) -> None:
+    from portal import tasks
+
+    package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
+    asked = {"package_pk": package.pk, "user_pk": online.user.pk, "booking_pk": online.booking.pk}
+    DownloadPackage.objects.filter(pk=package.pk).update(status="running", heartbeat_at=timezone.now())
+    assert downloads.package_build_notify(**asked).status == "running"  # another builder: look again later
+    assert not Notification.objects.exists()
+    DownloadPackage.objects.filter(pk=package.pk).update(heartbeat_at=timezone.now() - downloads.STALE * 2)
+    assert downloads.package_build_notify(**asked).status == "ready"
+    (notification,) = Notification.objects.filter(user=online.user, booking=online.booking)
+    assert "è pronto da scaricare" in notification.message
+    assert tasks.package_build.apply(args=[package.pk + 1000]).get() == "missing"
+
+
 def test_the_notification_names_the_exam(online: CitizenExam) -> None:
     package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
     package = downloads.package_build(package_pk=package.pk)

@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from archive.reporting import signing
-from kernel import audit
+from kernel import audit, tasknames
 from kernel.audit import audit_chains_forget, audit_record, audit_verify
 from kernel.models import AuditEvent
 from pacs.celery import app as celery_app
@@ -210,7 +210,7 @@ def test_without_a_time_stamp_authority_the_seal_is_kept_and_noted(db: None, set
 
 def test_celery_beat_seals_every_period(db: None, officer: object) -> None:
     entry = django_settings.CELERY_BEAT_SCHEDULE["preservation-audit-seal"]
-    assert entry["task"] == "preservation.tasks.audit_seal" in celery_app.tasks
+    assert entry["task"] == tasknames.AUDIT_SEAL in celery_app.tasks
     assert entry["schedule"] == django_settings.PACS_AUDIT_SEAL_SECONDS
     write(1)
     pk = tasks.audit_seal.apply().get()

@@ -76,9 +76,9 @@ def test_a_worker_killed_mid_package_leaves_nothing_and_the_next_run_completes( 
 
 
 def packages_task() -> str:
-    from preservation.tasks import PACKAGE_TASK
+    from kernel.tasknames import STUDY_PACKAGE
 
-    return PACKAGE_TASK
+    return STUDY_PACKAGE
 
 
 def test_a_build_killed_while_publishing_leaves_only_staging_which_the_next_run_clears(  # type: ignore[no-untyped-def]

@@ -1,0 +1,42 @@
+"""The wire name of every Celery task of the project, in one place.
+
+A task's name is what a queued message carries: ``@shared_task(name=...)``,
+``send_task(...)`` (a module that sits below the task it queues), and the beat
+schedule in :mod:`pacs.settings` all use these constants, so that renaming a
+module or a function never strands the messages a running system has queued.
+The strings therefore never change; a task that does new work gets a new name.
+A few name a job they outgrew (``..._retry``: the tasks that once only retried
+what a receiver of ``report_signed`` did at once, and now do it all).
+
+This module imports nothing: the settings and every app import it.
+``tests/test_tasknames.py`` checks that it names exactly the registered tasks.
+"""
+
+# --- archive ---------------------------------------------------------------------
+STUDY_POST_INGEST = "archive.tasks.study_post_ingest"
+POST_INGEST_SWEEP = "archive.tasks.post_ingest_sweep"
+STUDY_RENDITIONS_QUEUE = "archive.tasks.study_renditions_queue"
+SERIES_RENDITIONS_MAKE = "archive.tasks.series_renditions_make"
+LIFECYCLE_RUN = "archive.tasks.lifecycle_run"
+STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
+STUDIES_RECALL = "archive.tasks.studies_recall"
+REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
+
+# --- booking ---------------------------------------------------------------------
+STUDY_MATCH = "booking.tasks.study_match"
+BOOKING_REPORTED = "booking.tasks.booking_reported_retry"
+BOOKING_PREFETCH = "booking.tasks.booking_prefetch"
+BOOKINGS_PREFETCH = "booking.tasks.bookings_prefetch"
+
+# --- portal ----------------------------------------------------------------------
+REPORT_PUBLISH = "portal.tasks.report_publish_retry"
+DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
+DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
+
+# --- preservation ----------------------------------------------------------------
+STUDY_PACKAGE = "preservation.tasks.study_package"
+STUDIES_PACKAGE_SWEEP = "preservation.tasks.studies_package_sweep"
+VOLUMES_CLOSE = "preservation.tasks.volumes_close"
+PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
+DISCARD_PROPOSE = "preservation.tasks.discard_propose"
+AUDIT_SEAL = "preservation.tasks.audit_seal"

@@ -1,0 +1,65 @@
+"""Every Celery task's wire name lives in kernel.tasknames, and no name ever changes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from django.conf import settings
+
+from kernel import tasknames
+from pacs.celery import app
+
+PROJECT_APPS = {"archive", "booking", "portal", "preservation", "pacs"}
+
+# The names messages already queued in a running system carry: a test, not the
+# module, so that changing a string there fails here.
+WIRE_NAMES = {
+    "archive.tasks.study_post_ingest",
+    "archive.tasks.post_ingest_sweep",
+    "archive.tasks.study_renditions_queue",
+    "archive.tasks.series_renditions_make",
+    "archive.tasks.lifecycle_run",
+    "archive.tasks.fixity_audit",
+    "archive.tasks.studies_recall",
+    "archive.tasks.report_encapsulate",
+    "booking.tasks.study_match",
+    "booking.tasks.booking_reported_retry",
+    "booking.tasks.booking_prefetch",
+    "booking.tasks.bookings_prefetch",
+    "portal.tasks.report_publish_retry",
+    "portal.tasks.package_build",
+    "portal.tasks.packages_purge",
+    "preservation.tasks.study_package",
+    "preservation.tasks.studies_package_sweep",
+    "preservation.tasks.volumes_close",
+    "preservation.tasks.fixity_audit",
+    "preservation.tasks.discard_propose",
+    "preservation.tasks.audit_seal",
+}
+
+
+def named() -> dict[str, str]:
+    return {k: v for k, v in vars(tasknames).items() if k.isupper() and isinstance(v, str)}
+
+
+def test_the_module_names_exactly_the_registered_tasks() -> None:
+    app.loader.import_default_modules()  # autodiscovery: every app's tasks module
+    registered = {name for name, task in app.tasks.items() if task.__module__.split(".")[0] in PROJECT_APPS}
+    assert registered == set(named().values())
+
+
+def test_no_name_changed_and_none_is_given_twice() -> None:
+    assert set(named().values()) == WIRE_NAMES
+    assert len(named()) == len(WIRE_NAMES)
+
+
+def test_the_beat_schedule_names_registered_tasks() -> None:
+    app.loader.import_default_modules()
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert entry["task"] in named().values() and entry["task"] in app.tasks
+
+
+def test_the_module_imports_nothing() -> None:
+    tree = ast.parse(Path(tasknames.__file__).read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
