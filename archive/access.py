@@ -31,7 +31,7 @@ absent from lists and counts, and opening it answers as for a study that is
 not in the archive (404, "no such study"), never "hidden".
 
 The concealment and the emergency accesses live in the portal app, which the
-archive may not import (DESIGN.md: dependencies point down). The portal
+archive may not import (docs/ARCHITECTURE.md: dependencies point down). The portal
 registers a :class:`PolicyExtension` at start-up (``portal.apps.ready``);
 with none registered (an archive without the portal) nothing is concealed
 and nobody is a citizen.

@@ -10,7 +10,7 @@ class BookingConfig(AppConfig):
 
     def ready(self) -> None:
         # The archive answers Modality Worklist queries and announces new
-        # studies without importing this app (DESIGN.md: dependencies point
+        # studies without importing this app (docs/ARCHITECTURE.md: dependencies point
         # down); the hooks are connected here.
         from archive.dicomnet.listener import worklist_source_register
         from archive.signals import report_signed, study_instances_received

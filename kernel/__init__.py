@@ -3,7 +3,8 @@
 giornale are built on (``hashchain``), the abstract alert of the storage and
 the preservation checks (``alerts``, its acknowledge action in ``admin``), the
 heartbeat lease of a row a worker builds (``leases``), the codice fiscale
-(``codice_fiscale``), the small pieces of every web edge (``web``).
+(``codice_fiscale``), the small pieces of every web edge (``web``), the wire
+name of every Celery task (``tasknames``).
 
 It imports Django, DRF and libraries only, never archive, booking, portal or
 preservation: what it needs to know of them is given to it (a model named by

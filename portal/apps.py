@@ -10,7 +10,7 @@ class PortalConfig(AppConfig):
 
     def ready(self) -> None:
         # The archive announces signed reports without importing this app
-        # (DESIGN.md: dependencies point down); the publication hooks in here.
+        # (docs/ARCHITECTURE.md: dependencies point down); the publication hooks in here.
         from archive.signals import report_signed
 
         from .concealment import policy_register

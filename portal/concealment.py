@@ -2,7 +2,7 @@
 concealed (*oscuramento*), which patients a professional holds a live emergency
 access for, and whose studies a citizen may see (self and delegators).
 
-The archive cannot import the portal (DESIGN.md), so :class:`PortalPolicy` is
+The archive cannot import the portal (docs/ARCHITECTURE.md), so :class:`PortalPolicy` is
 registered with :func:`archive.access.extension_register` in
 ``PortalConfig.ready``; every way into the archive asks it through
 ``archive.access``.

@@ -10,7 +10,7 @@ class PreservationConfig(AppConfig):
 
     def ready(self) -> None:
         # The archive announces signed reports without importing this app
-        # (DESIGN.md: dependencies point down); packaging hooks in here.
+        # (docs/ARCHITECTURE.md: dependencies point down); packaging hooks in here.
         from django.db.models.signals import post_migrate
 
         from archive.signals import report_signed

@@ -130,7 +130,7 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 
 
 # Modality Worklist C-FIND is answered from the bookings, which the archive does
-# not import (DESIGN.md: booking depends on archive, not the reverse): the
+# not import (docs/ARCHITECTURE.md: booking depends on archive, not the reverse): the
 # booking app registers the function that answers when Django starts.
 # It is called as ``source(identifier, facility=..., calling_ae=...)`` and
 # yields the matching worklist items as data sets.

@@ -333,7 +333,7 @@ def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> 
     or not the patient hid anything (its presence tells nothing), and whether the user holds a live one."""
     if not request.user.has_perm(EMERGENCY_PERMISSION):
         return {"emergency_url": "", "emergency_live": False}
-    # The portal's page, named by URL: the archive does not import the portal (DESIGN.md).
+    # The portal's page, named by URL: the archive does not import the portal (docs/ARCHITECTURE.md).
     url = f"{reverse('portal:staff_emergency_access')}?{urlencode({'paziente': patient.pk, 'next': back})}"
     return {
         "emergency_url": url,
