@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import signal
 import ssl
-import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -70,9 +70,13 @@ class Command(BaseCommand):
         if not 0 <= tls_port <= 65535 or (tls_port == port and port != 0):
             raise CommandError(f"--tls-port {tls_port} is not a TCP port other than the plain one")
 
-        stop = threading.Event()
+        # The handler only notes the signal: it runs in the main thread between two
+        # bytecodes, and setting a threading.Event there deadlocks when the signal lands
+        # while the main thread holds that Event's lock inside wait() (seen: SIGTERM
+        # ignored, the port held for good). A plain sleep is safe to interrupt.
+        signals_received: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda signum, _frame: signals_received.append(signum))
         # This process serves DICOM only: pynetdicom's process-wide options are set here
         # (fence row 15), never by start_listener.
         fence.listener_process_configure(fast_paths=settings.PACS_DICOM_FAST_PATHS)
@@ -111,8 +115,8 @@ class Command(BaseCommand):
             self.stdout.write(f"DICOM TLS on {tls_host}:{tls_bound} (client certificate required)")
         self.stdout.write(f"DICOM listener ready on {host}:{bound_port}, AE titles: {served}", ending="\n")
         self.stdout.flush()
-        while not stop.wait(0.5):
-            pass
+        while not signals_received:
+            time.sleep(0.2)
         self.stdout.write("stopping: no new associations; finishing the stores in flight")
         self.stdout.flush()
         stop_listener(server, grace=settings.PACS_DICOM_SHUTDOWN_GRACE)
