@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Case, CharField, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -738,9 +740,13 @@ def reports_encapsulation_overdue(*, now: dt.datetime | None = None, limit: int 
     if not settings.PACS_REPORT_ENCAPSULATED_PDF:
         return []
     stored = Instance.objects.filter(sop_instance_uid=OuterRef("encapsulated_sop_instance_uid"))
-    refused = AuditEvent.objects.filter(
-        study_id=OuterRef("study_id"), action="report.encapsulate", outcome=FAILURE, detail__report=OuterRef("pk")
-    ).exclude(detail__reason__startswith=NOT_QUEUED)
+    # Compared as text: PostgreSQL has no jsonb = bigint, SQLite no JSON type to cast to.
+    refused = (
+        AuditEvent.objects.filter(study_id=OuterRef("study_id"), action="report.encapsulate", outcome=FAILURE)
+        .annotate(report_ref=Cast(KeyTextTransform("report", "detail"), CharField()))
+        .filter(report_ref=Cast(OuterRef("pk"), CharField()))
+        .exclude(detail__reason__startswith=NOT_QUEUED)
+    )
     return list(
         reports_signed_overdue(now=now)
         .exclude(encapsulated_sop_instance_uid="")
