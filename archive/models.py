@@ -581,6 +581,10 @@ class Report(models.Model):
                 name="report_signed_has_files",
             ),
         ]
+        indexes = [
+            # The follow-up sweeps: signed versions by when they were signed (drafts have no such time).
+            models.Index(fields=["signed_at"], condition=models.Q(status="signed"), name="report_signed_at"),
+        ]
         permissions = [("sign_report", _("Può firmare referti"))]
 
     def __str__(self) -> str:

@@ -137,3 +137,14 @@ def studies_recall(study_pks: list[int], facility_pk: int, keep_until: str) -> d
 def report_encapsulate(report_pk: int) -> str:
     """Store the signed report's PDF in its study as a DICOM Encapsulated PDF instance."""
     return reports.report_encapsulated_store(report_pk=report_pk)
+
+
+@shared_task(name=tasknames.REPORT_ENCAPSULATE_SWEEP)
+def report_encapsulate_sweep() -> int:
+    """Queue again the Encapsulated PDF of signed reports whose task was lost (a broker outage)."""
+    pks = reports.reports_encapsulation_overdue()
+    for pk in pks:
+        report_encapsulate.delay(pk)
+    if pks:
+        logger.warning("queued the encapsulated PDF of %d overdue signed reports", len(pks))
+    return len(pks)

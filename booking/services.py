@@ -21,12 +21,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from pydicom.uid import generate_uid
 
 from archive.models import Facility, Patient, Report
+from archive.reporting import services as reports
 from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
@@ -671,6 +672,24 @@ def booking_reported(*, report_pk: int, study_pk: int) -> str:
         booking_status_set(booking=booking, status=Booking.Status.REPORTED, system=REPORTED_SYSTEM, note=note)
     logger.info("booking %s reported (report %s)", booking.accession_number, report_pk)
     return "reported"
+
+
+def bookings_reported_overdue(
+    *, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT
+) -> list[tuple[int, int]]:
+    """``(report, study)`` for each booking that a version signed past the grace period has not made *refertato*.
+
+    The arguments of :func:`booking_reported`, one pair per study (its first
+    such version). A cancelled booking is not one: that task leaves it alone.
+    """
+    pending = Booking.objects.filter(study_id=OuterRef("study_id")).exclude(
+        status__in=[Booking.Status.REPORTED, Booking.Status.CANCELLED]
+    )
+    rows = reports.reports_signed_overdue(now=now).filter(Exists(pending)).values_list("pk", "study_id")[:limit]
+    first: dict[int, int] = {}
+    for report_pk, study_pk in rows:
+        first.setdefault(study_pk, report_pk)
+    return [(report_pk, study_pk) for study_pk, report_pk in first.items()]
 
 
 def distribution_choose(

@@ -72,8 +72,19 @@ def _booking_reported_enqueue(report_pk: int, study_pk: int) -> None:
     try:
         booking_reported.delay(report_pk, study_pk)
     except Exception:
-        # The report is signed and stays so; nothing queues this again (no sweep): logged for the operators.
+        # The report is signed and stays so; booking_reported_sweep queues this again.
         logger.exception("booking of study %s not queued to become reported (report %s)", study_pk, report_pk)
+
+
+@shared_task(name=tasknames.BOOKING_REPORTED_SWEEP)
+def booking_reported_sweep() -> int:
+    """Queue again :func:`booking_reported` for the bookings a lost task left unreported (a broker outage)."""
+    due = services.bookings_reported_overdue()
+    for report_pk, study_pk in due:
+        booking_reported.delay(report_pk, study_pk)
+    if due:
+        logger.warning("queued %d overdue bookings to become reported", len(due))
+    return len(due)
 
 
 @shared_task(

@@ -21,15 +21,18 @@ LIFECYCLE_RUN = "archive.tasks.lifecycle_run"
 STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
 STUDIES_RECALL = "archive.tasks.studies_recall"
 REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
+REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"
 BOOKING_REPORTED = "booking.tasks.booking_reported_retry"
+BOOKING_REPORTED_SWEEP = "booking.tasks.booking_reported_sweep"
 BOOKING_PREFETCH = "booking.tasks.booking_prefetch"
 BOOKINGS_PREFETCH = "booking.tasks.bookings_prefetch"
 
 # --- portal ----------------------------------------------------------------------
 REPORT_PUBLISH = "portal.tasks.report_publish_retry"
+REPORT_PUBLISH_SWEEP = "portal.tasks.report_publish_sweep"
 DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
 DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
 

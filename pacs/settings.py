@@ -259,6 +259,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.POST_INGEST_SWEEP,
         "schedule": env_float("PACS_POST_INGEST_SWEEP_SECONDS", 300.0),
     },
+    # What a signing queued on commit and the broker lost: one sweep per
+    # follow-up, each in the app that does the work (PACS_REPORT_FOLLOWUP_*).
+    "report-encapsulate-sweep": {
+        "task": tasknames.REPORT_ENCAPSULATE_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
+    "booking-reported-sweep": {
+        "task": tasknames.BOOKING_REPORTED_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
+    "report-publish-sweep": {
+        "task": tasknames.REPORT_PUBLISH_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "portal-packages-purge": {
         "task": tasknames.DOWNLOAD_PACKAGES_PURGE,
         "schedule": env_float("PACS_PORTAL_PURGE_SECONDS", 3600.0),
@@ -694,6 +708,13 @@ PACS_SIGNING_DIR = Path(env_str("PACS_SIGNING_DIR", str(VAR_DIR / "pki"))).resol
 PACS_SIGNING_KEY_PASSPHRASE = env_secret("PACS_SIGNING_KEY_PASSPHRASE", "")
 # Also store each signed report in its study as a DICOM Encapsulated PDF instance.
 PACS_REPORT_ENCAPSULATED_PDF = env_bool("PACS_REPORT_ENCAPSULATED_PDF", False)
+# A signing queues its follow-ups (the Encapsulated PDF, the booking
+# *refertato*, the portal's publication) on commit; a sweep queues again those
+# not done this many seconds after the signing (a broker down, a process that
+# died before queuing), looking back this many days (the index keeps each run
+# short: raise it, for one run, after a longer outage).
+PACS_REPORT_FOLLOWUP_GRACE_SECONDS = env_float("PACS_REPORT_FOLLOWUP_GRACE_SECONDS", 120.0)
+PACS_REPORT_FOLLOWUP_HORIZON_DAYS = env_float("PACS_REPORT_FOLLOWUP_HORIZON_DAYS", 7.0)
 # Radiologists open studies of their own health authority only, unless this
 # is on (regional teleradiology) or their staff profile allows it.
 PACS_REPORT_CROSS_AUTHORITY = env_bool("PACS_REPORT_CROSS_AUTHORITY", False)

@@ -7,7 +7,8 @@ Publication
     A signed report version is published when its study's booking has an
     online choice (consent not revoked): one :class:`~portal.models.Publication`
     per (booking, report), created by :func:`report_publish` in the task
-    queued on ``archive.signals.report_signed``. An addendum (*integrazione*) is
+    queued on ``archive.signals.report_signed`` (queued again by a sweep when
+    the broker lost it: :func:`reports_unpublished_overdue`). An addendum (*integrazione*) is
     published next to the versions before it, which stay valid. A correction
     (*rettifica*) replaces them: every earlier publication of the booking is
     withdrawn with reason ``superseded``, whatever order the signals arrive
@@ -50,12 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Prefetch, Q
+from django.db.models import Exists, OuterRef, Prefetch, Q, Subquery
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 
 from archive.models import Patient, Report, Study
+from archive.reporting import services as reports
 from booking import services as booking_services
 from booking.models import Booking, DistributionChoice
 from kernel.audit import audit_record
@@ -151,6 +153,33 @@ def report_publish(*, report_pk: int, study_pk: int, now: dt.datetime | None = N
         )
     logger.info("report %s of booking %s published to the FSE", report_pk, booking.accession_number)
     return "published"
+
+
+def reports_unpublished_overdue(
+    *, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT
+) -> list[tuple[int, int]]:
+    """``(report, study)`` of the versions signed past the grace period that :func:`report_publish`
+    would publish and has not: the arguments of its task, which a broker outage lost.
+
+    Its rule, read in SQL: the study's booking is not cancelled, its current
+    choice (the highest version) is online, and the version has no
+    publication for it. A correction that already superseded this version
+    does not matter: publishing it withdraws it at once, as the task would.
+    """
+    current = DistributionChoice.objects.filter(booking_id=OuterRef("pk")).order_by("-version").values("delivery")[:1]
+    online = (
+        Booking.objects.filter(study_id=OuterRef("study_id"))
+        .exclude(status=Booking.Status.CANCELLED)
+        .annotate(delivery=Subquery(current))
+        .filter(delivery=DistributionChoice.Delivery.ONLINE)
+    )
+    published = Publication.objects.filter(report_id=OuterRef("pk"), booking__study_id=OuterRef("study_id"))
+    return list(
+        reports.reports_signed_overdue(now=now)
+        .filter(Exists(online))
+        .exclude(Exists(published))
+        .values_list("pk", "study_id")[:limit]
+    )
 
 
 def publications_withdraw_for_revocation(

@@ -39,8 +39,19 @@ def _report_publish_enqueue(report_pk: int, study_pk: int) -> None:
     try:
         report_publish.delay(report_pk, study_pk)
     except Exception:
-        # The report is signed and stays so; nothing queues this again (no sweep): logged for the operators.
+        # The report is signed and stays so; report_publish_sweep queues this again.
         logger.exception("publication of report %s of study %s not queued", report_pk, study_pk)
+
+
+@shared_task(name=tasknames.REPORT_PUBLISH_SWEEP)
+def report_publish_sweep() -> int:
+    """Queue again :func:`report_publish` for the signed reports a lost task left unpublished (a broker outage)."""
+    due = availability.reports_unpublished_overdue()
+    for report_pk, study_pk in due:
+        report_publish.delay(report_pk, study_pk)
+    if due:
+        logger.warning("queued the publication of %d overdue signed reports", len(due))
+    return len(due)
 
 
 @shared_task(

@@ -292,6 +292,22 @@ def tasks_kept() -> Iterator[Enqueued]:
         yield kept
 
 
+@contextmanager
+def broker_down() -> Iterator[list[str]]:
+    """The broker refuses every message, as when it is down; yields the names of the tasks lost."""
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    lost: list[str] = []
+
+    def send_task(self: Celery, name: str, *args: object, **kwargs: object) -> None:
+        lost.append(name)
+        raise OperationalError("[Errno 111] Connection refused")
+
+    with mock.patch.object(Celery, "send_task", send_task):
+        yield lost
+
+
 @pytest.fixture
 def enqueued() -> Iterator[Enqueued]:
     """The test's broker messages, kept (:func:`tasks_kept`)."""

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
-from django.db.models import Case, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Case, CharField, Exists, F, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -693,10 +695,65 @@ def _encapsulate_enqueue(*, report_pk: int, user: Any, source: str) -> None:
     try:
         current_app.send_task(tasknames.REPORT_ENCAPSULATE, args=[report_pk])
     except Exception as exc:
-        # The signing must not look failed to the radiologist for this.
+        # The signing must not look failed to the radiologist for this; the
+        # sweep (reports_encapsulation_overdue) queues it again.
         logger.exception("encapsulated PDF of report %s not queued", report_pk)
         report = Report.objects.select_related("study").get(pk=report_pk)
-        _encapsulate_failed(report=report, user=user, source=source, reason=f"not queued: {exc}")
+        _encapsulate_failed(report=report, user=user, source=source, reason=f"{NOT_QUEUED}: {exc}")
+
+
+# --- the follow-ups a broker outage lost --------------------------------------
+
+# At most this many follow-ups queued again by one run of a sweep: the next run takes the rest.
+FOLLOWUP_SWEEP_LIMIT = 500
+# The start of the audited reason when the copy was not queued (the sweep's
+# business), as against a copy the archive refused (audited, not tried again).
+NOT_QUEUED = "not queued"
+
+
+def reports_signed_overdue(*, now: dt.datetime | None = None) -> QuerySet[Report]:
+    """The signed versions whose follow-ups should have run by ``now``, oldest first.
+
+    Signed more than ``PACS_REPORT_FOLLOWUP_GRACE_SECONDS`` ago (the tasks
+    queued on commit have had their time) and at most
+    ``PACS_REPORT_FOLLOWUP_HORIZON_DAYS`` ago: the partial index on
+    ``signed_at`` reads only that window, so a run stays short however many
+    reports the archive holds. Each app's sweep narrows it to the versions
+    whose follow-up it does not find done.
+    """
+    now = now or timezone.now()
+    return Report.objects.filter(
+        status=Report.Status.SIGNED,
+        signed_at__lt=now - dt.timedelta(seconds=settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS),
+        signed_at__gte=now - dt.timedelta(days=settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS),
+    ).order_by("signed_at", "pk")
+
+
+def reports_encapsulation_overdue(*, now: dt.datetime | None = None, limit: int = FOLLOWUP_SWEEP_LIMIT) -> list[int]:
+    """Signed versions past the grace period whose Encapsulated PDF instance the archive lacks.
+
+    Nothing with ``PACS_REPORT_ENCAPSULATED_PDF`` off. A version signed
+    without it has no SOPInstanceUID and is never one; a copy the archive
+    refused (audited ``report.encapsulate`` with the refusal's reason) is left
+    to the operators, since queuing it again would only refuse it again.
+    """
+    if not settings.PACS_REPORT_ENCAPSULATED_PDF:
+        return []
+    stored = Instance.objects.filter(sop_instance_uid=OuterRef("encapsulated_sop_instance_uid"))
+    # Compared as text: PostgreSQL has no jsonb = bigint, SQLite no JSON type to cast to.
+    refused = (
+        AuditEvent.objects.filter(study_id=OuterRef("study_id"), action="report.encapsulate", outcome=FAILURE)
+        .annotate(report_ref=Cast(KeyTextTransform("report", "detail"), CharField()))
+        .filter(report_ref=Cast(OuterRef("pk"), CharField()))
+        .exclude(detail__reason__startswith=NOT_QUEUED)
+    )
+    return list(
+        reports_signed_overdue(now=now)
+        .exclude(encapsulated_sop_instance_uid="")
+        .exclude(Exists(stored))
+        .exclude(Exists(refused))
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 # --- the signed files ---------------------------------------------------------

@@ -23,7 +23,7 @@ from archive.signals import report_signed
 from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.models import AuditEvent
-from tests.conftest import Enqueued
+from tests.conftest import Enqueued, broker_down, tasks_kept
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, written_draft
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -645,3 +645,71 @@ def test_a_redelivered_task_after_a_crash_stores_the_copy_once(
     instance = Instance.objects.get(sop_class_uid=ENCAPSULATED_PDF)
     assert instance.copies.count() == 1
     assert sorted(p for p in storage.absolute_path(signed.tier, "").rglob("*") if p.is_file()) == files
+
+
+# --- the sweep of copies a broker outage lost ---------------------------------------
+
+
+def test_a_copy_lost_with_the_broker_is_queued_again_by_the_sweep(
+    reporting: Reporting, settings, django_capture_on_commit_callbacks
+) -> None:
+    from archive.tasks import report_encapsulate_sweep
+
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 3600
+    with broker_down() as lost, django_capture_on_commit_callbacks(execute=True):
+        signed = sign(written_draft(r), r.radiologist)
+    # Signed all the same; every follow-up was lost (audited for the copy).
+    assert tasknames.REPORT_ENCAPSULATE in lost
+    assert signed.status == Report.Status.SIGNED
+    (event,) = events("report.encapsulate", AuditEvent.Outcome.FAILURE)
+    assert event.detail["reason"].startswith("not queued")
+
+    with tasks_kept() as kept:
+        # Within the grace period the task may still be on its way: left alone.
+        assert report_encapsulate_sweep() == 0
+        settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+        assert report_encapsulate_sweep() == 1
+        assert kept.messages == [(tasknames.REPORT_ENCAPSULATE, (signed.pk,), {})]
+        assert kept.run() == [signed.encapsulated_sop_instance_uid]
+        assert Instance.objects.filter(sop_instance_uid=signed.encapsulated_sop_instance_uid).count() == 1
+        # Done: never queued again.
+        assert report_encapsulate_sweep() == 0
+        assert kept.messages == []
+
+
+def test_the_sweep_leaves_a_refused_copy_an_old_report_and_the_setting_off_alone(
+    reporting: Reporting,
+    settings,
+    monkeypatch: pytest.MonkeyPatch,
+    enqueued: Enqueued,
+    django_capture_on_commit_callbacks,
+) -> None:
+    from archive.tasks import report_encapsulate_sweep
+
+    r = reporting
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    with django_capture_on_commit_callbacks(execute=True):
+        signed = sign(written_draft(r), r.radiologist)
+    enqueued.messages.clear()  # the task lost in the broker, say
+    assert reports.reports_encapsulation_overdue() == [signed.pk]
+
+    # Beyond the horizon: no longer looked for.
+    settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 0
+    assert reports.reports_encapsulation_overdue() == []
+    settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 7
+    # The setting off: no copy is owed.
+    settings.PACS_REPORT_ENCAPSULATED_PDF = False
+    assert report_encapsulate_sweep() == 0
+    settings.PACS_REPORT_ENCAPSULATED_PDF = True
+
+    # Refused by the archive (audited): queuing it again would only refuse it again.
+    def refused(*, report: Report) -> str:
+        raise ReportError("la copia DICOM non entra", code="storage")
+
+    monkeypatch.setattr(reports, "report_encapsulate", refused)
+    assert reports.report_encapsulated_store(report_pk=signed.pk) == ""
+    assert report_encapsulate_sweep() == 0
+    assert enqueued.messages == []

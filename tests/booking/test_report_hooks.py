@@ -11,8 +11,15 @@ from archive.models import Report, Study
 from archive.reporting import services as reports
 from archive.signals import report_signed
 from booking.models import Booking, BookingStatusChange, DistributionChoice
-from booking.services import REPORTED_SYSTEM, BookingError, booking_reported, booking_status_set, distribution_choose
-from booking.tasks import report_signed_booking
+from booking.services import (
+    REPORTED_SYSTEM,
+    BookingError,
+    booking_reported,
+    booking_status_set,
+    bookings_reported_overdue,
+    distribution_choose,
+)
+from booking.tasks import booking_reported_sweep, report_signed_booking
 from kernel import tasknames
 from tests.booking.conftest import Cup, linked_booking
 from tests.conftest import Enqueued
@@ -165,3 +172,48 @@ def test_signing_end_to_end_reports_the_booking(
             channel=Booking.Channel.AUTHORITY_CUP,
             user=cup.operator.user,
         )
+
+
+# --- the sweep of tasks a broker outage lost -------------------------------------------
+
+
+def test_the_sweep_reports_a_booking_whose_task_was_lost(
+    cup: Cup,
+    reporting: Reporting,
+    settings,  # type: ignore[no-untyped-def]
+    enqueued: Enqueued,
+) -> None:
+    booking = linked_booking(cup, reporting.study)
+    report = signed_row(reporting)  # signed, and the signal's task never queued (the broker was down)
+
+    # Within the grace period the task may still be on its way: left alone.
+    assert booking_reported_sweep() == 0
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    assert booking_reported_sweep() == 1
+    assert enqueued.messages == [(tasknames.BOOKING_REPORTED, (report.pk, reporting.study.pk), {})]
+    assert enqueued.run() == ["reported"]
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.REPORTED
+    assert changes(booking)[-1] == ("reported", REPORTED_SYSTEM)
+    # Done: never queued again, nor for a later version.
+    signed_row(reporting, version=2, previous=report, kind=Report.Kind.ADDENDUM)
+    assert booking_reported_sweep() == 0
+    assert enqueued.messages == []
+
+
+def test_the_sweep_leaves_cancelled_unbooked_and_old_studies_alone(
+    cup: Cup,
+    reporting: Reporting,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    report = signed_row(reporting)
+    assert bookings_reported_overdue() == []  # no booking: nothing to report
+
+    booking = linked_booking(cup, reporting.study)
+    assert bookings_reported_overdue() == [(report.pk, reporting.study.pk)]
+    settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 0  # signed before the horizon: no longer looked for
+    assert bookings_reported_overdue() == []
+    settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 7
+    Booking.objects.filter(pk=booking.pk).update(status=Booking.Status.CANCELLED)
+    assert bookings_reported_overdue() == []  # the task leaves a cancelled booking alone

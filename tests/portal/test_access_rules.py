@@ -41,7 +41,7 @@ from portal.availability import (
     reveal,
 )
 from portal.models import Concealment, Delegation, EmergencyAccess, Publication
-from portal.tasks import publish_on_report_signed
+from portal.tasks import publish_on_report_signed, report_publish_sweep
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.conftest import Enqueued
@@ -253,6 +253,60 @@ def test_signed_but_not_yet_published_is_not_available(cup: Cup, reporting: Repo
     status = exam_status(booking=fresh(booking))
     assert status.code == "awaiting_report"
     assert not is_available_online(booking=fresh(booking))
+
+
+def test_the_sweep_publishes_a_report_whose_task_was_lost(
+    cup: Cup,
+    reporting: Reporting,
+    settings,  # type: ignore[no-untyped-def]
+    enqueued: Enqueued,
+) -> None:
+    booking = linked_booking(cup, reporting.study)
+    report = signed_row(reporting)  # signed, and the signal's task never queued (the broker was down)
+
+    # Within the grace period the task may still be on its way: left alone.
+    assert report_publish_sweep() == 0
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    assert report_publish_sweep() == 1
+    assert enqueued.messages == [(tasknames.REPORT_PUBLISH, (report.pk, reporting.study.pk), {})]
+    assert enqueued.run() == ["published"]
+    assert Publication.objects.get().report == report
+    assert is_available_online(booking=fresh(booking))
+    # Done: never queued again.
+    assert report_publish_sweep() == 0
+    assert enqueued.messages == []
+
+
+@pytest.mark.parametrize("case", ["online", "cd", "revoked", "cancelled", "no_booking", "published", "old"])
+def test_the_sweep_finds_what_the_task_would_publish(
+    cup: Cup,
+    reporting: Reporting,
+    settings,  # type: ignore[no-untyped-def]
+    case: str,
+) -> None:
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    if case != "no_booking":
+        booking = linked_booking(
+            cup,
+            reporting.study,
+            delivery=DistributionChoice.Delivery.CD if case == "cd" else DistributionChoice.Delivery.ONLINE,
+        )
+    report = signed_row(reporting)
+    if case == "revoked":
+        revoke(booking)
+    elif case == "cancelled":
+        Booking.objects.filter(pk=booking.pk).update(status=Booking.Status.CANCELLED)
+    elif case == "published":
+        report_signed_send(report, tasknames.REPORT_PUBLISH)
+    elif case == "old":
+        settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 0  # signed before the horizon: no longer looked for
+
+    due = availability.reports_unpublished_overdue()
+    # The sweep and the task agree: what it queues, the task publishes; the rest, it would not.
+    assert due == ([(report.pk, reporting.study.pk)] if case == "online" else [])
+    if case != "old":
+        outcome = report_publish(report_pk=report.pk, study_pk=reporting.study.pk)
+        assert (outcome == "published") == bool(due)
 
 
 # --- Who may see what ----------------------------------------------------------------
