@@ -53,7 +53,7 @@ from django.utils import timezone
 from kernel.models import AuditEvent, AuditEventPatient
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser, User
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def audit_record(
     *,
     action: str,
     outcome: str = AuditEvent.Outcome.SUCCESS,
-    user: AbstractBaseUser | None = None,
+    user: User | AnonymousUser | None = None,
     ae_title: str = "",
     system: str = "",
     patient: Patient | None = None,

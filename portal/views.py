@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -48,7 +48,7 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
-from kernel.web import client_ip, content_disposition
+from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition
 
 from . import availability, downloads, links
 from .access_log import access_log_rows, emergency_access_rows
@@ -63,6 +63,12 @@ VIEWER_PARAMS = previews.PREVIEW
 # --- who is asking ----------------------------------------------------------------
 
 
+class CitizenRequest(AuthenticatedHttpRequest):
+    """A request past :func:`citizen_required`. Only an annotation."""
+
+    citizen_patient: Patient | None  # the citizen's own patient row, None until an exam of theirs is known
+
+
 def citizen_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Only a logged-in citizen: the anonymous go to the portal's login, staff get 403."""
 
@@ -73,14 +79,15 @@ def citizen_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRes
         account = citizen_account(request.user)
         if account is None:
             return render(request, "portal/citizens_only.html", status=403)
-        request.citizen_patient = citizen_patient(request.user)  # type: ignore[attr-defined]
-        return view(request, *args, **kwargs)
+        citizen = cast(CitizenRequest, request)  # what this gate has just established
+        citizen.citizen_patient = citizen_patient(request.user)
+        return view(citizen, *args, **kwargs)
 
     return wrapper
 
 
 def _audit(
-    request: HttpRequest,
+    request: CitizenRequest,
     action: str,
     *,
     booking: Booking | None = None,
@@ -105,7 +112,7 @@ def _audit(
     )
 
 
-def _booking_for(request: HttpRequest, pk: int) -> Booking:
+def _booking_for(request: CitizenRequest, pk: int) -> Booking:
     """The citizen's (or a delegator's) booking ``pk``; 404, audited, for any other.
 
     The policy decides: the booking's patient must be among the principal's,
@@ -130,7 +137,7 @@ def _booking_for(request: HttpRequest, pk: int) -> Booking:
     return booking
 
 
-def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
+def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
     """The exam's status when it is available online; None (and an audited refusal) when not."""
     status = availability.exam_status(booking=booking)
     if status.code != "available_online":
@@ -139,7 +146,7 @@ def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> av
     return status
 
 
-def _not_online(request: HttpRequest, booking: Booking) -> HttpResponse:
+def _not_online(request: CitizenRequest, booking: Booking) -> HttpResponse:
     status = availability.exam_status(booking=booking)
     return render(request, "portal/not_online.html", {"booking": booking, "status": status}, status=403)
 
@@ -221,8 +228,8 @@ def on_citizen_login(sender: Any, request: HttpRequest, user: Any, **kwargs: Any
 
 
 @citizen_required
-def exams(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def exams(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
@@ -240,7 +247,7 @@ def exams(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _package_rows(request: HttpRequest, booking: Booking) -> list[dict[str, Any]]:
+def _package_rows(request: CitizenRequest, booking: Booking) -> list[dict[str, Any]]:
     rows = []
     for kind, label in DownloadPackage.Kind.choices:
         latest = (
@@ -254,7 +261,7 @@ def _package_rows(request: HttpRequest, booking: Booking) -> list[dict[str, Any]
     return rows
 
 
-def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
+def _package_link(request: CitizenRequest, package: DownloadPackage | None) -> str:
     if package is None or package.status != DownloadPackage.Status.READY:
         return ""
     token = links.link_token(user=request.user, kind="package", object_id=package.pk)
@@ -262,7 +269,7 @@ def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
 
 
 @citizen_required
-def exam(request: HttpRequest, pk: int) -> HttpResponse:
+def exam(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     now = timezone.now()
     status = availability.exam_status(booking=booking, now=now)
@@ -280,7 +287,7 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
         for p in publications
     ]
     online = status.code == "available_online"
-    me = request.citizen_patient  # type: ignore[attr-defined]
+    me = request.citizen_patient
     rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
     concealment = (
         Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
@@ -315,7 +322,7 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+def package_request(request: CitizenRequest, pk: int, kind: str) -> HttpResponse:
     booking = _booking_for(request, pk)
     if kind not in DownloadPackage.Kind.values:
         raise Http404(_("Tipo di pacchetto sconosciuto."))
@@ -335,7 +342,7 @@ def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     return redirect("portal:package", pk=package.pk)
 
 
-def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Booking]:
+def _package_for(request: CitizenRequest, pk: int) -> tuple[DownloadPackage, Booking]:
     package = get_object_or_404(DownloadPackage.objects.select_related("study"), pk=pk)
     booking = Booking.objects.filter(study_id=package.study_id).exclude(status=Booking.Status.CANCELLED).first()
     if booking is None:
@@ -344,7 +351,7 @@ def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Bookin
 
 
 @citizen_required
-def package(request: HttpRequest, pk: int) -> HttpResponse:
+def package(request: CitizenRequest, pk: int) -> HttpResponse:
     package, booking = _package_for(request, pk)
     if availability.exam_status(booking=booking).code != "available_online":
         return _not_online(request, booking)
@@ -367,7 +374,7 @@ _REFUSED = {
 
 
 @citizen_required
-def download(request: HttpRequest, token: str) -> HttpResponse:
+def download(request: CitizenRequest, token: str) -> HttpResponse:
     try:
         link = links.link_read(token, user=request.user)
     except links.LinkRefused as refused:
@@ -449,7 +456,7 @@ def _bounded_int(value: str | None, low: int, high: int) -> int:
 
 
 @citizen_required
-def viewer(request: HttpRequest, pk: int) -> HttpResponse:
+def viewer(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if _online_or_refuse(request, booking, "portal.viewer") is None:
         return _not_online(request, booking)
@@ -488,7 +495,7 @@ def viewer(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @citizen_required
-def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
+def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
     """One image of the viewer, as JPEG (part of the audited viewer page)."""
     booking = _booking_for(request, pk)
     if availability.exam_status(booking=booking).code != "available_online":
@@ -512,11 +519,11 @@ def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def concealment(request: HttpRequest, pk: int) -> HttpResponse:
+def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if booking.study_id is None:
         raise Http404(_("L'esame non ha ancora immagini da oscurare."))
-    me = request.citizen_patient  # type: ignore[attr-defined]
+    me = request.citizen_patient
     action = request.POST.get("action")
     if action not in ("conceal", "reveal"):
         return redirect("portal:exam", pk=booking.pk)
@@ -536,7 +543,7 @@ def concealment(request: HttpRequest, pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if request.POST.get("confirm") != "yes":
         messages.error(request, _("Conferma la revoca spuntando la casella."))
@@ -544,7 +551,7 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         availability.consent_revoke_online(
             booking=booking,
-            requested_by=request.citizen_patient,  # type: ignore[attr-defined]
+            requested_by=request.citizen_patient,
             user=request.user,
             source=client_ip(request),
         )
@@ -569,8 +576,8 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @citizen_required
-def access_log(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def access_log(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
     page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
@@ -582,8 +589,8 @@ def access_log(request: HttpRequest) -> HttpResponse:
 
 
 @citizen_required
-def delegations(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def delegations(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     now = timezone.now()
     active = Delegation.objects.filter(availability.delegations_in_force(now)).select_related("delegator", "delegate")
     acting_for = list(active.filter(delegate=me)) if me is not None else []

@@ -23,7 +23,7 @@ from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -37,7 +37,7 @@ from archive.models import Patient
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
-from kernel.web import client_ip, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, perms_required
 
 from .availability import (
     EMERGENCY_PERMISSION,
@@ -110,7 +110,7 @@ def _hhmm(moment: dt.datetime) -> str:
     return timezone.localtime(moment).strftime("%H:%M")
 
 
-def _named_patient(request: HttpRequest) -> Patient | None:
+def _named_patient(request: AuthenticatedHttpRequest) -> Patient | None:
     """The patient of ``?paziente=<pk>`` (the study page's link), if the user may see that patient now.
 
     Any other number is ignored, so that the page tells nothing about it.
@@ -123,7 +123,7 @@ def _named_patient(request: HttpRequest) -> Patient | None:
     return access.patients_visible(principal).filter(pk=pk, codice_fiscale__isnull=False).first()
 
 
-def _after_grant(request: HttpRequest, patient: Patient) -> str:
+def _after_grant(request: AuthenticatedHttpRequest, patient: Patient) -> str:
     """Where to go once the access is recorded: the patient's studies, all of them now; else back."""
     if request.user.has_perms(("archive.view_report", "archive.view_study")):
         return reverse("reporting:patient", args=[patient.pk])
@@ -135,7 +135,7 @@ def _after_grant(request: HttpRequest, patient: Patient) -> str:
 
 @perms_required(EMERGENCY_PERMISSION, access.VIEW_STUDY_PERM)
 @require_http_methods(["GET", "POST"])
-def emergency(request: HttpRequest) -> HttpResponse:
+def emergency(request: AuthenticatedHttpRequest) -> HttpResponse:
     source = client_ip(request)
     status = 200
     if request.method == "POST":
@@ -287,7 +287,7 @@ class DelegationSearchForm(forms.Form):
     )
 
 
-def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> HttpResponse:
+def _desk(request: AuthenticatedHttpRequest, form: DelegationForm, *, status: int = 200) -> HttpResponse:
     search = DelegationSearchForm(request.GET or None)
     query = ""
     if search.is_valid():
@@ -325,7 +325,7 @@ def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> H
 
 @perms_required("portal.add_delegation")
 @require_http_methods(["GET", "POST"])
-def delegations(request: HttpRequest) -> HttpResponse:
+def delegations(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _desk(request, DelegationForm())
     form = DelegationForm(request.POST)
@@ -367,7 +367,7 @@ def _person(patient: Patient) -> str:
 
 @perms_required("portal.change_delegation")
 @require_POST
-def delegation_revoke_view(request: HttpRequest, pk: int) -> HttpResponse:
+def delegation_revoke_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     delegation = get_object_or_404(Delegation.objects.select_related("delegator", "delegate"), pk=pk)
     if delegation.revoked_at is not None:
         audit_record(

@@ -33,7 +33,7 @@ from typing import Any
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import get_script_prefix, path, reverse
 from django.utils import timezone
@@ -50,7 +50,7 @@ from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, 
 from archive.storage import retrieve
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
-from kernel.web import client_ip, content_disposition, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def worklist_studies(*, principal: access.Principal, filters: dict[str, Any]) ->
 
 
 @_perms()
-def worklist(request: HttpRequest) -> HttpResponse:
+def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
     principal = access.principal_for_request(request)
     accessible = access.studies_visible(principal)
     facilities = Facility.objects.filter(pk__in=accessible.values("facility")).order_by("name")
@@ -239,7 +239,7 @@ def _series_presets(series: Series, first: Instance) -> list[Preset]:
     return presets
 
 
-def _viewer(request: HttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
+def _viewer(request: AuthenticatedHttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
     root = f"{get_script_prefix()}{_DICOMWEB}/studies/{study.study_instance_uid}"
     images = Instance.objects.filter(rows__isnull=False).order_by(F("instance_number").asc(nulls_last=True), "pk")
     series_list = study.series.order_by(F("series_number").asc(nulls_last=True), "pk").prefetch_related(
@@ -282,13 +282,13 @@ def image_url(url: str, preset: Preset) -> str:
     return f"{url}?{urlencode({'window': preset.window})}" if preset.window else url
 
 
-def _study_for(request: HttpRequest, pk: int) -> Study:
+def _study_for(request: AuthenticatedHttpRequest, pk: int) -> Study:
     study = get_object_or_404(Study.objects.select_related("patient", "facility", "facility__authority"), pk=pk)
     reports.study_access_check(user=request.user, study=study, source=_source(request))
     return study
 
 
-def _report_for(request: HttpRequest, pk: int) -> Report:
+def _report_for(request: AuthenticatedHttpRequest, pk: int) -> Report:
     report = get_object_or_404(
         Report.objects.select_related("study", "study__patient", "study__facility", "author", "updated_by"), pk=pk
     )
@@ -297,7 +297,7 @@ def _report_for(request: HttpRequest, pk: int) -> Report:
 
 
 def _render_study(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     study: Study,
     *,
     form: ReportForm | None = None,
@@ -377,7 +377,7 @@ def _render_study(
     return render(request, "archive/reporting/study.html", context, status=status)
 
 
-def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> dict[str, Any]:
+def _emergency_context(request: AuthenticatedHttpRequest, patient: Patient, *, back: str) -> dict[str, Any]:
     """The emergency access link for ``patient``, offered to every holder of the permission whether
     or not the patient hid anything (its presence tells nothing), and whether the user holds a live one."""
     if not request.user.has_perm(EMERGENCY_PERMISSION):
@@ -391,7 +391,7 @@ def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> 
 
 
 @_perms()
-def study(request: HttpRequest, pk: int) -> HttpResponse:
+def study(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _render_study(request, _study_for(request, pk))
 
 
@@ -404,7 +404,7 @@ def _signed_reports() -> Prefetch:
 
 
 @_perms()
-def patient(request: HttpRequest, pk: int) -> HttpResponse:
+def patient(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Every study of the patient the user may see, newest first (404 for a patient the user may not see).
 
     Where an emergency access leads: it is the only page that lists a
@@ -451,7 +451,7 @@ def _study_url(study: Study) -> str:
 
 @_perms("archive.add_report")
 @require_POST
-def report_start(request: HttpRequest, pk: int) -> HttpResponse:
+def report_start(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     study_obj = _study_for(request, pk)
     try:
         reports.report_draft_start(study=study_obj, user=request.user, source=_source(request))
@@ -461,7 +461,7 @@ def report_start(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_study_url(study_obj))
 
 
-def _refuse_signed(request: HttpRequest, report: Report, action: str) -> HttpResponse:
+def _refuse_signed(request: AuthenticatedHttpRequest, report: Report, action: str) -> HttpResponse:
     audit_record(
         action=action,
         outcome=AuditEvent.Outcome.DENIED,
@@ -479,7 +479,7 @@ def _refuse_signed(request: HttpRequest, report: Report, action: str) -> HttpRes
 
 @_perms("archive.change_report")
 @require_POST
-def report_save(request: HttpRequest, pk: int) -> HttpResponse:
+def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         return _refuse_signed(request, report, "report.save")
@@ -521,7 +521,7 @@ def report_save(request: HttpRequest, pk: int) -> HttpResponse:
 
 @_perms("archive.change_report")
 @require_POST
-def report_discard(request: HttpRequest, pk: int) -> HttpResponse:
+def report_discard(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         return _refuse_signed(request, report, "report.discard")
@@ -536,7 +536,7 @@ def report_discard(request: HttpRequest, pk: int) -> HttpResponse:
 
 @_perms("archive.sign_report")
 @require_http_methods(["GET", "POST"])
-def report_sign(request: HttpRequest, pk: int) -> HttpResponse:
+def report_sign(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         if request.method == "POST":
@@ -580,7 +580,7 @@ def report_sign(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _audit_report_view(request: HttpRequest, report: Report, **detail: Any) -> None:
+def _audit_report_view(request: AuthenticatedHttpRequest, report: Report, **detail: Any) -> None:
     audit_record(
         action="report.view",
         user=request.user,
@@ -591,7 +591,7 @@ def _audit_report_view(request: HttpRequest, report: Report, **detail: Any) -> N
 
 
 @_perms()
-def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def report_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     check = None
     if report.is_signed:
@@ -622,7 +622,7 @@ _FILES = {
 
 
 @_perms()
-def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
+def report_file(request: AuthenticatedHttpRequest, pk: int, which: str) -> HttpResponse:
     report = _report_for(request, pk)
     if which not in _FILES or not report.is_signed:
         raise Http404(_("Solo i referti firmati hanno un PDF e una firma."))
@@ -659,7 +659,7 @@ def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
 
 @_perms("archive.add_report")
 @require_POST
-def report_amend(request: HttpRequest, pk: int) -> HttpResponse:
+def report_amend(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     form = AmendForm(request.POST)
     if not form.is_valid():
