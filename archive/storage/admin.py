@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from archive import access
-from archive.admin import ReadOnlyAdmin, VisibleRowsMixin
+from archive.admin import AdminMixinBase, ReadOnlyAdmin, VisibleRowsMixin
 from archive.models import CopyFailure, FixityRun, LifecyclePolicy, ScopeMigration, StorageAlert
 from archive.storage import lifecycle
 
@@ -28,7 +28,7 @@ class LifecyclePolicyAdmin(admin.ModelAdmin):
     list_filter = ("facility",)
 
 
-class AlertAdminMixin:
+class AlertAdminMixin(AdminMixinBase):
     """An alert's admin: alerts are raised by the system, never added or deleted
     here; staff acknowledge them with an action (the preservation alerts too)."""
 
@@ -45,7 +45,7 @@ class AlertAdminMixin:
         n = queryset.filter(acknowledged_at__isnull=True).update(
             acknowledged_at=timezone.now(), acknowledged_by=request.user
         )
-        self.message_user(  # type: ignore[attr-defined]
+        self.message_user(
             request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
         )
 
