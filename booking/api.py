@@ -253,7 +253,7 @@ class BookingOutput(serializers.ModelSerializer):
     def get_choice(self, obj: Booking) -> dict[str, Any] | None:
         # The prefetched versions, in order: the last is the one in force.
         choices = list(obj.choices.all())
-        return ChoiceOutput(choices[-1]).data if choices else None  # type: ignore[return-value]
+        return ChoiceOutput(choices[-1]).data if choices else None
 
 
 class ConsentInput(serializers.Serializer):
@@ -346,7 +346,7 @@ def _booking_get(accession_number: str) -> Booking:
 
 def _booking_data(booking: Booking) -> dict[str, Any]:
     # Read again so that the answer shows what the services wrote.
-    return BookingOutput(_booking_queryset().get(pk=booking.pk)).data  # type: ignore[return-value]
+    return BookingOutput(_booking_queryset().get(pk=booking.pk)).data
 
 
 def _station_resolve(data: dict[str, Any], *, default_facility: str | None = None) -> Station | None:

@@ -82,7 +82,7 @@ def _viewport(text: str) -> rendering.Viewport:
     if len(numbers) == 6:
         if any(n is None for n in numbers[2:]):
             raise DicomwebError(400, "the viewport's source region needs sx,sy,sw,sh")
-        sx, sy, sw, sh = numbers[2:]  # type: ignore[misc]
+        sx, sy, sw, sh = numbers[2:]
         if sw <= 0 or sh <= 0 or sx < 0 or sy < 0:  # type: ignore[operator]
             raise DicomwebError(400, "the viewport's source region must have positive width and height")
         region = (sx, sy, sw, sh)

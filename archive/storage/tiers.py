@@ -784,7 +784,7 @@ def _s3_missing(exc: BaseException) -> bool:
 def _s3_head(tier: str, relpath: str) -> dict[str, Any] | None:
     obj = _s3_object(tier, relpath)
     try:
-        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)  # type: ignore[no-any-return]
+        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)
     except Exception as exc:
         if _s3_missing(exc):
             return None
@@ -824,7 +824,7 @@ def _s3_download(tier: str, relpath: str) -> BinaryIO | None:
     except Exception as exc:
         fh.close()
         raise _s3_error(exc, f"downloading {relpath}") from exc
-    return fh  # type: ignore[return-value]
+    return fh
 
 
 def _s3_read_sha256(tier: str, relpath: str) -> str | None:
