@@ -141,10 +141,10 @@ def _element(ds: Dataset, tag: BaseTag, depth: int, rows: list[HeaderRow]) -> Da
         )
 
     deferred = isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH)
-    if deferred and raw_vr != "SQ":
+    if deferred and raw_vr != "SQ" and isinstance(raw, RawDataElement):  # the last test says so to mypy
         # Over defer_size and not a sequence: a large binary or text
         # value; its size is what a reader of the header needs.
-        undecoded(f"<{raw.length} bytes>", "skipped")  # type: ignore[union-attr]
+        undecoded(f"<{raw.length} bytes>", "skipped")
         return None
     try:
         elem = ds[tag]
