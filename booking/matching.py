@@ -193,6 +193,7 @@ def study_match(*, study_pk: int) -> MatchOutcome:
                 .first()
             )
         diffs = identity_differences(patient=booking.patient, dicom=DicomIdentity.of_study(study)) if booking else []
+        reason: str  # a Reconciliation.Reason, or "" when the booking is linked
         if not accession:
             reason = Reconciliation.Reason.NO_ACCESSION
         elif booking is None:

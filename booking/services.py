@@ -583,7 +583,7 @@ def booking_cancel(*, booking: Booking, user: User | None, reason: str = "", sou
 
 # Who may move a booking where: the CUP accepts the patient (arrived), the
 # matching of images marks it performed, the signed report marks it reported.
-_TRANSITIONS = {
+_TRANSITIONS: dict[str, set[str]] = {
     Booking.Status.BOOKED: {Booking.Status.ARRIVED, Booking.Status.PERFORMED, Booking.Status.CANCELLED},
     Booking.Status.ARRIVED: {Booking.Status.PERFORMED, Booking.Status.CANCELLED},
     Booking.Status.PERFORMED: {Booking.Status.REPORTED},

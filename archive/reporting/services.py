@@ -693,6 +693,7 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     the same data set (a retry stores nothing new).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID
 
     study = report.study
     sop_uid = report.encapsulated_sop_instance_uid
@@ -700,9 +701,9 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     date, time = signed_at.strftime("%Y%m%d"), signed_at.strftime("%H%M%S")
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+    meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
 
     ds = Dataset()
     ds.file_meta = meta
@@ -738,7 +739,8 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     ds.AcquisitionDateTime = signed_at.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
     # Fixed Italian, not the active language: the data set is archived for ever.
-    kind = {Report.Kind.CORRECTION: " (rettifica)", Report.Kind.ADDENDUM: " (integrazione)"}.get(report.kind, "")
+    suffixes: dict[str, str] = {Report.Kind.CORRECTION: " (rettifica)", Report.Kind.ADDENDUM: " (integrazione)"}
+    kind = suffixes.get(report.kind, "")
     title = f"Referto radiologico{kind}"
     ds.DocumentTitle = f"{title} v{report.version} - {report.signer_name}"[:64]
     concept = Dataset()
