@@ -22,6 +22,7 @@ Choices the standard leaves open (the conformance statement, in short):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -46,7 +47,16 @@ from archive.rendering import pipeline as rendering
 
 from ..models import Instance
 from .media import DICOM, DICOM_JSON, OCTET_STREAM, DicomwebError, MediaRange, multipart_acceptable
-from .multipart import Part, Streamed, _swap, file_chunks, multipart_content_type, multipart_stream, new_boundary
+from .multipart import (
+    Part,
+    Streamed,
+    _swap,
+    body_of,
+    file_chunks,
+    multipart_content_type,
+    multipart_stream,
+    new_boundary,
+)
 from .scope import Scope, _open_all, _open_one, instance_url
 
 logger = logging.getLogger(__name__)
@@ -100,7 +110,7 @@ def instances_response(scope: Scope, instances: list[Instance], ranges: list[Med
             yield Part(
                 content_type=f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
                 location=instance_url(scope, instance),
-                body=lambda fh=fh: file_chunks(fh),  # type: ignore[misc]
+                body=functools.partial(file_chunks, fh),
             )
 
     return Streamed(multipart_content_type(DICOM, boundary), multipart_stream(parts(), boundary))
@@ -366,7 +376,7 @@ def frames_response(instance: Instance, numbers: list[int], ranges: list[MediaRa
                 yield Part(
                     content_type=f"{media_type}; transfer-syntax={ts}",
                     location=f"{url}/frames/{n}",
-                    body=lambda data=data: [data],  # type: ignore[misc]
+                    body=body_of(data),
                 )
         finally:
             stored.close()
