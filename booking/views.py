@@ -115,7 +115,7 @@ def patient_search(request: AuthenticatedHttpRequest) -> HttpResponse:
         for patient in patients:
             _audit_patient_view(request, patient, "cup.patient.search")
     create_query = urlencode(
-        {k: v for k, v in request.GET.items() if k in ("codice_fiscale", "family_name", "birth_date") and v}
+        {k: str(v) for k, v in request.GET.items() if k in ("codice_fiscale", "family_name", "birth_date") and v}
     )
     return render(
         request,
@@ -222,6 +222,12 @@ def booking_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         form = BookingForm(stations=stations, initial={"delivery": ""})
     _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
     selected = form.data.get("slot", "") if form.is_bound else ""
+    step1: dict[str, int | str] = {
+        "procedure": procedure.pk,
+        "facility": facility.pk,
+        "day": day.isoformat(),
+        "modifica": 1,
+    }
     context.update(
         {
             "procedure": procedure,
@@ -233,9 +239,7 @@ def booking_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             ],
             "selected_slot": selected,
             "form": form,
-            "step1_url": request.path
-            + "?"
-            + urlencode({"procedure": procedure.pk, "facility": facility.pk, "day": day.isoformat(), "modifica": 1}),
+            "step1_url": request.path + "?" + urlencode(step1),
         }
     )
     return render(request, "booking/booking_slots.html", context)

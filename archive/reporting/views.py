@@ -163,7 +163,7 @@ def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
             source=_source(request),
             detail=detail,
         )
-    kept = urlencode([(k, v) for k, v in request.GET.items() if k != "pagina" and v])
+    kept = urlencode([(k, str(v)) for k, v in request.GET.items() if k != "pagina" and v])
     return render(
         request,
         "archive/reporting/worklist.html",
@@ -325,7 +325,7 @@ def _render_study(
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
     for prior in priors:
-        prior.open_url = reverse("reporting:study", args=[prior.pk])
+        prior.open_url = reverse("reporting:study", args=[prior.pk])  # type: ignore[attr-defined]  # for the template
     detail: dict[str, Any] = {"page": "reporting.study", "priors": [p.study_instance_uid for p in priors]}
     audit_record(
         action="study.view",
@@ -383,7 +383,8 @@ def _emergency_context(request: AuthenticatedHttpRequest, patient: Patient, *, b
     if not request.user.has_perm(EMERGENCY_PERMISSION):
         return {"emergency_url": "", "emergency_live": False}
     # The portal's page, named by URL: the archive does not import the portal (DESIGN.md).
-    url = f"{reverse('portal:staff_emergency_access')}?{urlencode({'paziente': patient.pk, 'next': back})}"
+    query: dict[str, int | str] = {"paziente": patient.pk, "next": back}
+    url = f"{reverse('portal:staff_emergency_access')}?{urlencode(query)}"
     return {
         "emergency_url": url,
         "emergency_live": patient.pk in access.principal_for_request(request).patient_ids,
@@ -426,7 +427,7 @@ def patient(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
     for item in studies:
-        item.open_url = reverse("reporting:study", args=[item.pk])
+        item.open_url = reverse("reporting:study", args=[item.pk])  # type: ignore[attr-defined]  # for the template
     audit_record(
         action="reporting.patient.view",
         user=request.user,
