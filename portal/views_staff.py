@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django import forms
@@ -53,6 +53,9 @@ from .availability import (
 from .concealment import emergency_access_live
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
@@ -61,7 +64,7 @@ PAGE_SIZE = 50
 # --- Emergency access (break-glass) -----------------------------------------------------
 
 
-def _cf_field(label: str) -> forms.CharField:
+def _cf_field(label: StrOrPromise) -> forms.CharField:
     return forms.CharField(
         label=label,
         max_length=32,
@@ -264,7 +267,8 @@ class DelegationForm(forms.Form):
         return day
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         delegator, delegate = data.get("delegator_cf"), data.get("delegate_cf")
         if delegator is not None and delegate is not None and delegator.pk == delegate.pk:
             self.add_error("delegate_cf", _("Un cittadino non può delegare sé stesso."))
@@ -362,7 +366,7 @@ def delegations(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 def _person(patient: Patient) -> str:
     name = f"{patient.family_name} {patient.given_name}".strip()
-    return f"{name} ({patient.codice_fiscale})" if name else patient.codice_fiscale
+    return f"{name} ({patient.codice_fiscale})" if name else patient.codice_fiscale or ""
 
 
 @perms_required("portal.change_delegation")
