@@ -26,9 +26,9 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -51,7 +51,7 @@ from kernel.models import AuditEvent
 from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition
 
 from . import availability, downloads, links
-from .access_log import access_log_rows, emergency_access_rows
+from .access_log import AccessRow, access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
@@ -69,11 +69,11 @@ class CitizenRequest(AuthenticatedHttpRequest):
     citizen_patient: Patient | None  # the citizen's own patient row, None until an exam of theirs is known
 
 
-def citizen_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def citizen_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Only a logged-in citizen: the anonymous go to the portal's login, staff get 403."""
 
     @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not request.user.is_authenticated:
             return redirect(f"{reverse('portal:login')}?{urlencode({'next': request.get_full_path()})}")
         account = citizen_account(request.user)
@@ -135,6 +135,15 @@ def _booking_for(request: CitizenRequest, pk: int) -> Booking:
         )
         raise Http404(_("Esame non trovato."))
     return booking
+
+
+def _me(request: CitizenRequest) -> Patient:
+    """The citizen's own patient row, once :func:`_booking_for` let an exam through: a
+    citizen without one has no exam, neither hers nor a delegator's (a delegation joins
+    two patient rows), so the 404 below is never reached."""
+    if request.citizen_patient is None:
+        raise Http404(_("Esame non trovato."))
+    return request.citizen_patient
 
 
 def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
@@ -287,7 +296,7 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
         for p in publications
     ]
     online = status.code == "available_online"
-    me = request.citizen_patient
+    me = _me(request)
     rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
     concealment = (
         Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
@@ -326,7 +335,7 @@ def package_request(request: CitizenRequest, pk: int, kind: str) -> HttpResponse
     booking = _booking_for(request, pk)
     if kind not in DownloadPackage.Kind.values:
         raise Http404(_("Tipo di pacchetto sconosciuto."))
-    if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study_id is None:
+    if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study is None:
         return _not_online(request, booking)
     package, created = downloads.package_request(
         study=booking.study, kind=kind, user=request.user, principal=access.principal_for_request(request)
@@ -374,7 +383,7 @@ _REFUSED = {
 
 
 @citizen_required
-def download(request: CitizenRequest, token: str) -> HttpResponse:
+def download(request: CitizenRequest, token: str) -> HttpResponseBase:
     try:
         link = links.link_read(token, user=request.user)
     except links.LinkRefused as refused:
@@ -403,10 +412,10 @@ def download(request: CitizenRequest, token: str) -> HttpResponse:
         name = f"esame-{booking.accession_number}-{'dicom' if package.kind == 'dicom' else 'jpeg'}.zip"
         return file_response_with_ranges(request, Path(package.path), filename=name, content_type="application/zip")
     report = get_object_or_404(Report.objects.select_related("study"), pk=link.object_id, status=Report.Status.SIGNED)
-    booking = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
-    if booking is None:
+    found = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
+    if found is None:
         raise Http404(_("Esame non trovato."))
-    booking = _booking_for(request, booking.pk)
+    booking = _booking_for(request, found.pk)
     status = _online_or_refuse(request, booking, "portal.download")
     if status is None:
         return _not_online(request, booking)
@@ -440,6 +449,8 @@ def download(request: CitizenRequest, token: str) -> HttpResponse:
 
 
 def _viewer_series(booking: Booking) -> list[tuple[Series, list[Instance]]]:
+    if booking.study_id is None:  # an exam online has its study: not reached
+        return []
     series = Series.objects.filter(study_id=booking.study_id).order_by("series_number", "pk")
     instances = Instance.objects.filter(series__study_id=booking.study_id).order_by("instance_number", "pk")
     by_series: dict[int, list[Instance]] = {}
@@ -521,7 +532,7 @@ def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
 @require_POST
 def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
-    if booking.study_id is None:
+    if booking.study is None:
         raise Http404(_("L'esame non ha ancora immagini da oscurare."))
     me = request.citizen_patient
     action = request.POST.get("action")
@@ -551,7 +562,7 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     try:
         availability.consent_revoke_online(
             booking=booking,
-            requested_by=request.citizen_patient,
+            requested_by=_me(request),
             user=request.user,
             source=client_ip(request),
         )
@@ -579,7 +590,9 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
 def access_log(request: CitizenRequest) -> HttpResponse:
     me = request.citizen_patient
     people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
-    page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
+    rows = access_log_rows(patients=people, viewer=request.user)
+    # _Rows counts and slices in the database: not the Sequence the stub wants.
+    page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
     return render(
         request,
