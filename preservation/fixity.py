@@ -52,8 +52,14 @@ logger = logging.getLogger(__name__)
 SYSTEM = "preservation.fixity_audit"
 
 
-def _alert(  # type: ignore[no-untyped-def]
-    audit: FixityAudit, kind: str, *, path: str, detail: str, package=None, volume=None
+def _alert(
+    audit: FixityAudit,
+    kind: str,
+    *,
+    path: str,
+    detail: str,
+    package: Package | None = None,
+    volume: Volume | None = None,
 ) -> None:
     """Raise an alert, or update the open one for the same object and kind (count, last seen)."""
     now = timezone.now()
