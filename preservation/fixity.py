@@ -35,6 +35,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from django.conf import settings
 from django.db.models import F, Q
@@ -147,7 +148,14 @@ def fixity_audit(*, cycle_days: int | None = None) -> FixityAudit:
     return audit
 
 
-def _read(audit: FixityAudit, path: str, **target: object) -> bytes | None:
+class _Target(TypedDict, total=False):
+    """What a read file belongs to, for its alert."""
+
+    package: Package
+    volume: Volume
+
+
+def _read(audit: FixityAudit, path: str, **target: Unpack[_Target]) -> bytes | None:
     audit.files_checked += 1
     try:
         data = vault.read_bytes(path)
