@@ -388,7 +388,7 @@ def audit_record(
         patient = study.patient
     if patients is not None:
         detail = {**(detail or {}), **patients_detail(patients)}
-    event = AuditEvent(
+    event = AuditEvent(  # type: ignore[misc]  # patient, study: archive's rows, seen here through Protocols
         at=timezone.now(),
         user=user if user is not None and user.is_authenticated else None,
         username=(user.get_username() if user is not None and user.is_authenticated else ""),
@@ -679,6 +679,7 @@ def _verify_claims(report: AuditReport, claims: list[SealClaim], heads: dict[str
     sealed: dict[str, int] = {}
     keyed = [c for c in claims if c.chain != LEGACY_CHAIN]
     found: dict[tuple[str, int], AuditEvent] = {}
+    row: AuditEvent | None
     wanted = sorted({(c.chain, c.seq) for c in keyed})
     for i in range(0, len(wanted), 200):
         batch = wanted[i : i + 200]
