@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -59,7 +60,7 @@ def series_renditions_make(series_pk: int) -> dict[str, int]:
 def study_renditions_enqueue(sender: Any, study_pk: int, **kwargs: Any) -> None:
     """``study_instances_received`` receiver: one task per series with new instances."""
     for series_pk in previews.series_renditions_due(study_pk=study_pk):
-        transaction.on_commit(lambda pk=series_pk: series_renditions_make.delay(pk))  # type: ignore[misc]
+        transaction.on_commit(functools.partial(series_renditions_make.delay, series_pk))
 
 
 @shared_task(name="archive.tasks.lifecycle_run", acks_late=True)
