@@ -591,8 +591,7 @@ def access_log(request: CitizenRequest) -> HttpResponse:
     me = request.citizen_patient
     people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
     rows = access_log_rows(patients=people, viewer=request.user)
-    # _Rows counts and slices in the database: not the Sequence the stub wants.
-    page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]
+    page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]  # rows slice in SQL, no Sequence
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
     return render(
         request,
