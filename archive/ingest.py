@@ -340,7 +340,7 @@ class _HotSql:
         )
         # get_field is typed for relations and generic keys too; these are all columns.
         self.instance_fields = [
-            cast(Field[Any, Any], Instance._meta.get_field(name))
+            cast("Field[Any, Any]", Instance._meta.get_field(name))
             for name in (
                 "sop_instance_uid",
                 "sop_class_uid",
@@ -362,7 +362,7 @@ class _HotSql:
             f"VALUES ({', '.join(['%s'] * len(self.instance_fields))}) RETURNING {col(Instance, 'id')}"
         )
         self.copy_fields = [
-            cast(Field[Any, Any], Copy._meta.get_field(name))
+            cast("Field[Any, Any]", Copy._meta.get_field(name))
             for name in ("instance", "tier", "path", "sha256", "size", "created_at", "verified_at")
         ]
         self.insert_copy = (
