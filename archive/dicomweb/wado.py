@@ -29,7 +29,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
@@ -214,7 +214,8 @@ def dataset_json(ds: Dataset, *, bulk_url: str, path: str = "") -> dict[str, Any
         if tag_int == 0x00080005:
             continue  # DICOM JSON is always UTF-8 (PS3.18 F.2.1)
         key = f"{tag_int:08X}"
-        raw = ds.get_item(tag)
+        # A raw element too (a deferred read), which pydicom's overload omits.
+        raw = cast("DataElement | RawDataElement | None", ds.get_item(tag))
         if raw is None:
             continue
         vr = _element_vr(raw, tag_int)
@@ -422,7 +423,7 @@ def bulkdata_response(instance: Instance, tag_path: str, ranges: list[MediaRange
             return _pixel_bulk(stored, ranges, url=f"{url}/bulkdata/{tag_path}")
         ds = stored.ds
         for tag, index in steps:
-            raw = ds.get_item(tag)
+            raw = cast("DataElement | RawDataElement | None", ds.get_item(tag))  # raw when deferred
             if raw is None:
                 raise DicomwebError(404, f"no element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at {tag_path}")
             if index is None:
@@ -431,6 +432,7 @@ def bulkdata_response(instance: Instance, tag_path: str, ranges: list[MediaRange
             if elem.VR != "SQ" or index >= len(elem.value):
                 raise DicomwebError(404, f"no item {index} in ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             ds = elem.value[index]
+        assert raw is not None  # steps is never empty, and a missing element raised
         tag = steps[-1][0]
         vr = _element_vr(raw, tag)
         if not multipart_acceptable(ranges, OCTET_STREAM, None):
