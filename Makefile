@@ -1,4 +1,4 @@
-# The two commands of the README: `make run` and `make test`.
+# The commands of the README: `make run`, `make test` and `make check`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # (demo only), so the listener binds loopback whatever the environment says.
 RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1 PACS_DICOM_HOST=127.0.0.1
 
-.PHONY: run test install install-test system-test-deps clean
+.PHONY: run test check install install-test system-test-deps clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(SUDO) apt-get install -y python3-venv
@@ -42,5 +42,12 @@ run: install
 test: install-test system-test-deps
 	$(BIN)/python -m pytest
 
+# Lint, format and types (mypy reads its configuration, and which code it
+# checks, from pyproject.toml).
+check: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 clean:
-	rm -rf var/ .pytest_cache
+	rm -rf var/ .pytest_cache .mypy_cache

@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -38,7 +38,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
@@ -103,14 +103,24 @@ def _distinct_values(
     visibility = getattr(request, "_pacs_visibility_key", None)
     if visibility is None:
         visibility = access.visibility_key(access.principal_for_request(request))
-        request._pacs_visibility_key = visibility  # type: ignore[attr-defined]
+        request._pacs_visibility_key = visibility  # type: ignore[attr-defined]  # a memo that lives as long as the request
     cache_key = f"archive.admin.lookups.{key}.{visibility}"
     try:
-        return list(cache.get_or_set(cache_key, compute, LOOKUP_CACHE_SECONDS))
+        # get_or_set answers what compute() returned or cached: never None.
+        return list(cast(list[str], cache.get_or_set(cache_key, compute, LOOKUP_CACHE_SECONDS)))
     except Exception:
         # A cache outage must not take the admin down with it.
         logger.warning("cache unavailable for admin lookups %s", key, exc_info=True)
         return compute()
+
+
+if TYPE_CHECKING:
+    # The mixins below go before a ModelAdmin in an admin's bases: to the type
+    # checker they are ModelAdmins, so that their super() calls and overrides are
+    # checked against Django's; at run time they stay plain mixins.
+    AdminMixinBase = admin.ModelAdmin[Any]
+else:
+    AdminMixinBase = object
 
 
 def _uid_label(uid: str) -> str:
@@ -121,12 +131,10 @@ def _uid_label(uid: str) -> str:
 # --- Audit ------------------------------------------------------------------
 
 
-class AuditedAdminMixin:
+class AuditedAdminMixin(AdminMixinBase):
     """One audit event per page that shows this model's patient data; a list's
     event names the patients of the rows it showed (bounded, ``PACS_AUDIT_MAX_PATIENTS``)."""
 
-    opts: Any
-    model: Any
     # How a row names its patient ("patient_id", "study__patient_id"), for the list's event.
     patient_path: str | None = None
 
@@ -162,8 +170,8 @@ class AuditedAdminMixin:
         owner = dict(self.model._default_manager.filter(pk__in=pks).values_list("pk", self.patient_path).order_by())
         return [owner[pk] for pk in pks if owner.get(pk) is not None]
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponseBase:
-        response = super().changelist_view(request, extra_context)  # type: ignore[misc]
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
         # POSTs are actions (they answer with a redirect or their own page).
         if request.method == "GET" and response.status_code == 200:
             cl = (getattr(response, "context_data", None) or {}).get("cl")
@@ -190,23 +198,23 @@ class AuditedAdminMixin:
         # about to be shown (GET, or a POST whose form came back with errors).
         if obj is not None and not add:
             self.audit(request, "view", obj=obj, detail={"object_id": obj.pk, "method": request.method})
-        return super().render_change_form(request, context, add, change, form_url, obj)  # type: ignore[misc]
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
-    ) -> HttpResponseBase:
+    ) -> HttpResponse:
         try:
-            return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+            return super().change_view(request, object_id, form_url, extra_context)
         except PermissionDenied:
-            obj = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
+            obj = self.get_object(request, unquote(object_id))
             verb = "view" if request.method in {"GET", "HEAD"} else "change"
             self.audit(request, verb, obj=obj, outcome=AuditEvent.Outcome.DENIED, detail={"object_id": object_id})
             raise
 
     def history_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponseBase:
-        response = super().history_view(request, object_id, extra_context)  # type: ignore[misc]
+    ) -> HttpResponse:
+        response = super().history_view(request, object_id, extra_context)
         if response.status_code == 200:
             obj = (getattr(response, "context_data", None) or {}).get("object")
             if obj is not None:
@@ -217,7 +225,7 @@ class AuditedAdminMixin:
 # --- The access policy -----------------------------------------------------------
 
 
-class VisibleRowsMixin:
+class VisibleRowsMixin(AdminMixinBase):
     """Only the rows whose study (or patient) the user may see (:mod:`archive.access`).
 
     ``study_path`` says how the model reaches ``Study`` (``""``, ``"study__"``,
@@ -227,7 +235,6 @@ class VisibleRowsMixin:
     header pages (a hidden row answers as a missing one), autocomplete.
     """
 
-    model: Any
     study_path: str | None = None
 
     def visible_q(self, principal: access.Principal) -> Q:
@@ -236,11 +243,11 @@ class VisibleRowsMixin:
         return access.visible_q(principal, self.study_path)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        qs = super().get_queryset(request)  # type: ignore[misc]
+        qs = super().get_queryset(request)
         return qs.filter(self.visible_q(access.principal_for_request(request)))
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
-        obj = super().get_object(request, object_id, from_field)  # type: ignore[misc]
+        obj = super().get_object(request, object_id, from_field)
         if obj is None:
             self._audit_not_visible(request, object_id, from_field)
         return obj
@@ -257,12 +264,12 @@ class VisibleRowsMixin:
             return
         if row is None:
             return
-        subject = self.audit_subject(row)  # type: ignore[attr-defined]
+        subject = self.audit_subject(row)  # type: ignore[attr-defined]  # AuditedAdminMixin's, present since audit is
         study = subject.get("study")
         principal = access.principal_for_request(request)
         verdict = access.study_verdict(principal, study) if study is not None else None
         # The study may be visible while the row is not (an audit event that tells a hiding).
-        reason = verdict.value if verdict not in (None, access.Verdict.VISIBLE) else "not_visible"
+        reason = verdict.value if verdict is not None and verdict is not access.Verdict.VISIBLE else "not_visible"
         audit(
             request,
             "view" if request.method in {"GET", "HEAD"} else "change",
@@ -272,7 +279,7 @@ class VisibleRowsMixin:
         )
 
 
-class DependentsUnlistedMixin:
+class DependentsUnlistedMixin(AdminMixinBase):
     """The delete page of a row others depend on (a patient, a facility, an authority, a
     user) does not list what stops its deletion: Django would name every study,
     concealment or emergency access that refers to it (or their kinds), hidden or out
@@ -280,7 +287,7 @@ class DependentsUnlistedMixin:
     that linked data exist."""
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, Any, Any, Any]:
-        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)  # type: ignore[misc]
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
         if protected or perms_needed:
             # Refused either way; neither the rows nor their kinds are named.
             linked = gettext("dati collegati (esami, prenotazioni, registrazioni)")
@@ -871,7 +878,7 @@ class DicomHeaderViewMixin(AuditedAdminMixin):
 
     def header_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         codename = f"{self.opts.app_label}.view_{self.opts.model_name}"
-        obj = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
+        obj = self.get_object(request, unquote(object_id))
         if not request.user.has_perm(codename):
             self.audit(request, "header", obj=obj, outcome=AuditEvent.Outcome.DENIED, detail={"object_id": object_id})
             raise PermissionDenied
@@ -885,7 +892,7 @@ class DicomHeaderViewMixin(AuditedAdminMixin):
         request.current_app = self.admin_site.name
         if obj is None:
             context["message"] = gettext("%(name)s con ID «%(key)s» non esiste.") % {
-                "name": self.opts.verbose_name.capitalize(),
+                "name": str(self.opts.verbose_name).capitalize(),
                 "key": object_id,
             }
             return TemplateResponse(request, "admin/archive/dicom_header_error.html", context, status=404)
@@ -1062,7 +1069,8 @@ class ConflictForm(forms.ModelForm):
         fields = ("resolution_note",)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("resolve") and not (data.get("resolution_note") or "").strip():
             self.add_error("resolution_note", _("Scrivere come è stato risolto il conflitto."))
         return data
@@ -1402,7 +1410,8 @@ class StaffProfileForm(forms.ModelForm):
         return secret
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("totp_remove"):
             data["totp_secret"] = ""
         elif not data.get("totp_secret"):
@@ -1445,7 +1454,7 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     # The user page gets the profile inline: a radiologist is set up in one place.
     _UserAdminBase = type(_user_admin)
 
-    class UserAdmin(DependentsUnlistedMixin, _UserAdminBase):  # type: ignore[valid-type,misc]
+    class UserAdmin(DependentsUnlistedMixin, _UserAdminBase):  # type: ignore[valid-type,misc]  # a base known at run time
         inlines = (*_UserAdminBase.inlines, StaffProfileInline)
 
     admin.site.unregister(_user_model)

@@ -13,7 +13,7 @@ exist, never 403.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from django.conf import settings
 from django.contrib.auth import authenticate
@@ -36,7 +36,7 @@ from rest_framework.views import APIView
 from archive.reporting import services as reports
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
-from kernel.web import HasModelPerms, content_disposition
+from kernel.web import AuthenticatedRequest, HasModelPerms, content_disposition
 
 from . import access
 from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
@@ -367,6 +367,7 @@ class ReportApiView(APIView):
     permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {"GET": ("archive.view_report",)}
     audit_action = "report.view"
+    request: AuthenticatedRequest  # in the handlers, past HasModelPerms
 
     def source(self) -> str:
         return str(self.request.META.get("REMOTE_ADDR", ""))
@@ -383,7 +384,7 @@ class ReportApiView(APIView):
             detail={"api": self.request.method, "path": self.request.path[:500], **detail},
         )
 
-    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> None:
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> NoReturn:
         if request.user and request.user.is_authenticated:
             # Refused before any row was read: the audit says who tried what.
             audit_record(
@@ -548,7 +549,7 @@ _SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
 class ReportListView(ReportApiView):
     """Every version of a study's report, the first first (the draft too, if someone is writing one)."""
 
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         uid = request.query_params.get("study", "").strip()
         if not uid:
             raise ReportApiError(400, gettext("Indica lo studio: ?study=<StudyInstanceUID>."), "invalid")
@@ -576,15 +577,15 @@ class ReportDetailView(ReportApiView):
     }
 
     @property
-    def audit_action(self) -> str:  # type: ignore[override]
-        return {"PATCH": "report.save", "DELETE": "report.discard"}.get(self.request.method, "report.view")
+    def audit_action(self) -> str:  # type: ignore[override]  # a property where the base has a constant
+        return {"PATCH": "report.save", "DELETE": "report.discard"}.get(self.request.method or "", "report.view")
 
     @extend_schema(
         tags=REPORT_TAGS,
         responses={200: ReportSerializer, **_report_errors(401, 403, 404)},
         operation_id="reports_retrieve",
     )
-    def get(self, request: Request, pk: int) -> Response:
+    def get(self, request: AuthenticatedRequest, pk: int) -> Response:
         """A version of a report: its sections, status, signer and the links to its signed files."""
         report = self.report_get(pk)
         self.audit("report.view", study=report.study, report=report.pk, version=report.version)
@@ -596,7 +597,7 @@ class ReportDetailView(ReportApiView):
         responses={200: ReportSerializer, **_report_errors(400, 401, 403, 404, 409)},
         operation_id="reports_partial_update",
     )
-    def patch(self, request: Request, pk: int) -> Response:
+    def patch(self, request: AuthenticatedRequest, pk: int) -> Response:
         """Save the sections of a draft read at ``revision``; absent sections stay.
 
         Any radiologist who may change reports and open the study saves the
@@ -643,7 +644,7 @@ class ReportDetailView(ReportApiView):
         responses={204: None, **_report_errors(401, 403, 404, 409)},
         operation_id="reports_destroy",
     )
-    def delete(self, request: Request, pk: int) -> Response:
+    def delete(self, request: AuthenticatedRequest, pk: int) -> Response:
         """Discard a draft (its author only: 403 with code ``author`` for a colleague),
         which frees the study. A signed report is never deleted (409)."""
         report = self.report_get(pk)
@@ -667,7 +668,7 @@ class ReportFileView(ReportApiView):
     which = "pdf"
     audit_action = "report.download"
 
-    def get(self, request: Request, pk: int) -> HttpResponse:
+    def get(self, request: AuthenticatedRequest, pk: int) -> HttpResponse:
         report = self.report_get(pk)
         if report.status != Report.Status.SIGNED:
             raise ReportApiError(404, gettext("Il referto non è firmato: non ha ancora un PDF."), "state")

@@ -113,7 +113,7 @@ class ApiTokenAuthentication(TokenAuthentication):
             token.decode("utf-8")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed(_("Token non valido.")) from None
-        return super().authenticate_credentials(token)  # type: ignore[no-any-return]
+        return super().authenticate_credentials(token)
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
         if auth_token.expiry is not None and auth_token.expiry < timezone.now():

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
@@ -40,6 +40,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -509,7 +510,7 @@ class _ZipMemberStream(io.RawIOBase):
     CRC (raised by zipfile on the last read) would otherwise leave it behind.
     """
 
-    def __init__(self, member: BinaryIO) -> None:
+    def __init__(self, member: IO[bytes]) -> None:
         super().__init__()
         self._member = member
         self.error: Exception | None = None
@@ -659,9 +660,9 @@ def _part10_from_raw(path: Path) -> Path:
         )
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     buf = DicomBytesIO()
     write_file_meta_info(buf, meta, enforce_standard=True)
     with open(path, "rb") as fh:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from archive.dicomnet import fence
 from archive.dicomnet.peers import is_loopback, tls_server_context
@@ -25,7 +25,7 @@ def _writable_dir(path: Path) -> bool:
 
 @register()
 def check_storage(app_configs: Any, **kwargs: Any) -> list[Any]:
-    errors = []
+    errors: list[CheckMessage] = []
     for name in ("PACS_FACILITY_TIER_DIR", "PACS_INCOMING_DIR"):
         path = Path(getattr(settings, name))
         if not _writable_dir(path):
@@ -92,7 +92,7 @@ def check_private_folders(app_configs: Any, **kwargs: Any) -> list[Any]:
 
 @register()
 def check_dicom(app_configs: Any, **kwargs: Any) -> list[Any]:
-    errors = []
+    errors: list[CheckMessage] = []
     if not 1 <= settings.PACS_DICOM_PORT <= 65535:
         errors.append(Error(f"PACS_DICOM_PORT={settings.PACS_DICOM_PORT} is not a TCP port.", id="archive.E002"))
     if settings.PACS_DICOM_MAX_PDU < 4096:

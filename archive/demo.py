@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any, Literal
 
 from codicefiscale import codicefiscale
 from django.conf import settings
@@ -59,7 +60,7 @@ FACILITIES = [
 # Scopes: a node sees its own facility's studies (the default), except the
 # reporting workstation, which reports for the whole health authority (its
 # radiologists read the studies of every facility of the authority).
-NODES = [
+NODES: list[tuple[str, str, dict[str, Any]]] = [
     ("CT01", "Tomografo computerizzato", dict(can_store=True, can_worklist=True)),
     ("MR01", "Risonanza magnetica", dict(can_store=True, can_worklist=True)),
     ("US01", "Ecografo", dict(can_store=True, can_worklist=True)),
@@ -155,7 +156,7 @@ SERVICE_ACCOUNTS = frozenset({"cup-regionale"})
 class DemoPatient:
     family: str
     given: str
-    sex: str
+    sex: Literal["M", "F"]
     birth: dt.date
     birthplace: str
     dicom_id: str | None = None  # None: the codice fiscale is the DICOM PatientID
@@ -237,6 +238,7 @@ def demo_region_load() -> None:
 def demo_accounts_load() -> dict[str, str]:
     User = get_user_model()
     creds = demo_credentials()
+    group_name: str | None  # a role's group; None for the superuser's account
     with transaction.atomic():
         for group_name, perms in ROLES.items():
             group, _ = Group.objects.get_or_create(name=group_name)

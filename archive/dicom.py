@@ -23,9 +23,9 @@ from typing import Any, BinaryIO, Union
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -196,13 +196,14 @@ def _decode(raw: dict[int, RawDataElement]) -> dict[str, Any]:
     Decoding a handful of elements directly is several times faster than
     building a pydicom Dataset for them, and the listener does it per image.
     """
+    # Every element collected here was built from the file's bytes (never a deferred None).
     charset = raw.get(_CHARSET_TAG)
-    terms = charset.value.decode("ascii", "replace").strip(" \x00").split("\\") if charset else []
+    terms = (charset.value or b"").decode("ascii", "replace").strip(" \x00").split("\\") if charset else []
     encodings = convert_encodings([t.strip() for t in terms] or None)
     values: dict[str, Any] = {}
     for tag, el in raw.items():
         vr = el.VR or dictionary_VR(tag)
-        data = el.value
+        data = el.value or b""
         if vr in _BINARY_INTS:
             fmt = ("<" if el.is_little_endian else ">") + _BINARY_INTS[vr]
             value: Any = struct.unpack_from(fmt, data)[0] if len(data) >= struct.calcsize(fmt) else None
@@ -231,10 +232,9 @@ _WANTED_KEYWORDS = [
     *(kw for _, kw, _ in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS),
     *(kw for _, kw in INSTANCE_INT_FIELDS),
 ]
-_WANTED = frozenset(int(tag_for_keyword(kw)) for kw in _WANTED_KEYWORDS)  # type: ignore[arg-type]
+_WANTED = frozenset(int(Tag(kw)) for kw in _WANTED_KEYWORDS)
 _META_WANTED = frozenset(
-    int(tag_for_keyword(kw))  # type: ignore[arg-type]
-    for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    int(Tag(kw)) for kw in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 )
 
 
@@ -309,11 +309,11 @@ def read_part10(
         raise DicomRejected(f"SOP class {sop_class} ({name}) is not a storage SOP class", kind="not_storage")
 
     try:
-        patient = {name: _text(ds, kw, n) for name, kw, n in PATIENT_FIELDS}
+        patient: dict[str, Any] = {name: _text(ds, kw, n) for name, kw, n in PATIENT_FIELDS}
         patient["patient_birth_date"] = parse_da(ds.get("PatientBirthDate"))
-        study = {name: _text(ds, kw, n) for name, kw, n in STUDY_FIELDS}
+        study: dict[str, Any] = {name: _text(ds, kw, n) for name, kw, n in STUDY_FIELDS}
         study["study_date"] = parse_da(ds.get("StudyDate"))
-        series = {name: _text(ds, kw, n) for name, kw, n in SERIES_FIELDS}
+        series: dict[str, Any] = {name: _text(ds, kw, n) for name, kw, n in SERIES_FIELDS}
         series["series_number"] = _int(ds, "SeriesNumber")
         instance = {name: _int(ds, kw) for name, kw in INSTANCE_INT_FIELDS}
     except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -121,7 +121,8 @@ def _walk(ds: Dataset, depth: int, rows: list[HeaderRow], max_rows: int) -> bool
 
 def _element(ds: Dataset, tag: BaseTag, depth: int, rows: list[HeaderRow]) -> DataElement | None:
     """Append the row of one element; return the element when its value was loaded."""
-    raw = ds.get_item(tag, keep_deferred=True)
+    # A raw element too (deferred, or never accessed): pydicom's overload says DataElement.
+    raw = cast("DataElement | RawDataElement", ds.get_item(tag, keep_deferred=True))
     length = _raw_length(raw)
     raw_vr = (raw.VR if isinstance(raw, RawDataElement) else None) or _dictionary_vr(tag)
 
@@ -141,10 +142,10 @@ def _element(ds: Dataset, tag: BaseTag, depth: int, rows: list[HeaderRow]) -> Da
         )
 
     deferred = isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH)
-    if deferred and raw_vr != "SQ":
+    if deferred and raw_vr != "SQ" and isinstance(raw, RawDataElement):  # isinstance again for mypy
         # Over defer_size and not a sequence: a large binary or text
         # value; its size is what a reader of the header needs.
-        undecoded(f"<{raw.length} bytes>", "skipped")  # type: ignore[union-attr]
+        undecoded(f"<{raw.length} bytes>", "skipped")
         return None
     try:
         elem = ds[tag]

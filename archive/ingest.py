@@ -22,11 +22,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from celery import current_app
 from django.db import IntegrityError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import F
+from django.db.models import F, Field
 from django.utils import timezone
 
 from archive.storage import tiers as storage
@@ -340,8 +340,9 @@ class _HotSql:
             f"SELECT {col(Series, 'id')}, {col(Series, 'study')} FROM {table(Series)} "
             f"WHERE {col(Series, 'series_instance_uid')} = %s"
         )
+        # get_field is typed for relations and generic keys too; these are all columns.
         self.instance_fields = [
-            Instance._meta.get_field(name)
+            cast("Field[Any, Any]", Instance._meta.get_field(name))
             for name in (
                 "sop_instance_uid",
                 "sop_class_uid",
@@ -363,7 +364,7 @@ class _HotSql:
             f"VALUES ({', '.join(['%s'] * len(self.instance_fields))}) RETURNING {col(Instance, 'id')}"
         )
         self.copy_fields = [
-            Copy._meta.get_field(name)
+            cast("Field[Any, Any]", Copy._meta.get_field(name))
             for name in ("instance", "tier", "path", "sha256", "size", "created_at", "verified_at")
         ]
         self.insert_copy = (

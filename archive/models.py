@@ -594,18 +594,18 @@ class Report(models.Model):
     def is_signed(self) -> bool:
         return self.status == self.Status.SIGNED
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         # The database refuses it too (migration 0008); this says why earlier.
         if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
             raise ValidationError(
                 _("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione.")
             )
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        super().save(*args, **kwargs)
 
-    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
             raise ValidationError(_("Un referto firmato non si può cancellare."))
-        return super().delete(*args, **kwargs)  # type: ignore[arg-type]
+        return super().delete(*args, **kwargs)
 
 
 class LifecyclePolicy(models.Model):

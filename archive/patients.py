@@ -19,7 +19,7 @@ from kernel.audit import audit_record
 from .models import Patient, PatientIdentifier, Study
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def study_patient_assign(
     *,
     study: Study,
     patient: Patient,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
     reason: str = "",
     detail: dict[str, Any] | None = None,

@@ -211,7 +211,7 @@ class DicomMatch(Lookup):
     prepare_rhs = False
     insensitive = False
 
-    def get_db_prep_lookup(self, value: Any, connection: Any) -> tuple[str, list[str]]:
+    def get_db_prep_lookup(self, value: Any, connection: Any) -> tuple[str, list[str | int]]:
         value = str(value)
         if connection.vendor == "sqlite" and not self.insensitive:
             return "%s", [_glob_pattern(value)]

@@ -15,7 +15,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 # Bundled files, by what they are good for.
 CT = "CT_small.dcm"  # CT, explicit VR little endian, 128x128x16 bit
@@ -79,7 +79,7 @@ def fresh_copy(
     ds = bundled_dataset(source) if isinstance(source, str) else source.copy()
     sop_uid = sop_uid or generate_uid()
     ds.SOPInstanceUID = sop_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid

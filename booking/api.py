@@ -27,7 +27,6 @@ from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.exceptions import ValidationError as DRFValidationError
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
@@ -35,7 +34,7 @@ from archive.api_tokens import ApiTokenAuthentication
 from archive.models import Patient
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
-from kernel.web import HasModelPerms
+from kernel.web import AuthenticatedRequest, HasModelPerms
 
 from . import services
 from .models import Booking, BookingStatusChange, ConsentText, DistributionChoice, Procedure, Station
@@ -103,6 +102,7 @@ class CupApiView(APIView):
     authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [HasModelPerms]
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {}
+    request: AuthenticatedRequest  # in the handlers, past HasModelPerms
 
     def get_exception_handler(self) -> Any:
         return _cup_exception_handler
@@ -253,7 +253,7 @@ class BookingOutput(serializers.ModelSerializer):
     def get_choice(self, obj: Booking) -> dict[str, Any] | None:
         # The prefetched versions, in order: the last is the one in force.
         choices = list(obj.choices.all())
-        return ChoiceOutput(choices[-1]).data if choices else None  # type: ignore[return-value]
+        return ChoiceOutput(choices[-1]).data if choices else None
 
 
 class ConsentInput(serializers.Serializer):
@@ -346,7 +346,7 @@ def _booking_get(accession_number: str) -> Booking:
 
 def _booking_data(booking: Booking) -> dict[str, Any]:
     # Read again so that the answer shows what the services wrote.
-    return BookingOutput(_booking_queryset().get(pk=booking.pk)).data  # type: ignore[return-value]
+    return BookingOutput(_booking_queryset().get(pk=booking.pk)).data
 
 
 def _station_resolve(data: dict[str, Any], *, default_facility: str | None = None) -> Station | None:
@@ -384,7 +384,7 @@ def _consent_text(consent: dict[str, Any] | None, *, field: str) -> ConsentText 
     return text
 
 
-def _patient_resolve(request: Request, data: dict[str, Any], *, source: str) -> Patient:
+def _patient_resolve(request: AuthenticatedRequest, data: dict[str, Any], *, source: str) -> Patient:
     code = normalize_codice_fiscale(data["codice_fiscale"])
     error = codice_fiscale_error(code)
     if error:
@@ -427,7 +427,7 @@ class ProcedureListView(CupApiView):
     @extend_schema(
         tags=TAGS, operation_id="cup_procedures_list", responses={200: ProcedureOutput(many=True), **_errors(401, 403)}
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         """The bookable catalogue."""
         procedures = Procedure.objects.filter(active=True).order_by("modality", "description")
         return Response(ProcedureOutput(procedures, many=True).data)
@@ -445,7 +445,7 @@ class StationListView(CupApiView):
         ],
         responses={200: StationOutput(many=True), **_errors(401, 403)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         """The active stations, by facility and modality."""
         stations = Station.objects.filter(active=True).select_related("facility")
         if request.query_params.get("facility"):
@@ -472,7 +472,7 @@ class SlotListView(CupApiView):
         ],
         responses={200: SlotsOutput, **_errors(400, 401, 403)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         """The free slots of a station's day that are still to come."""
         query = SlotQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -496,7 +496,7 @@ class BookingCollectionView(CupApiView):
         parameters=[OpenApiParameter("external_id", str, required=True, description="L'id nel CUP esterno.")],
         responses={200: BookingOutput, **_errors(400, 401, 403, 404)},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         """The booking with the CUP's own id."""
         external_id = request.query_params.get("external_id", "").strip()
         if not external_id:
@@ -513,7 +513,7 @@ class BookingCollectionView(CupApiView):
         request=BookingCreateInput,
         responses={201: BookingOutput, **_errors(400, 401, 403, 409)},
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         """Book an exam; an unknown codice fiscale registers the patient when
         the personal data are given (needs ``archive.add_patient``)."""
         serializer = BookingCreateInput(data=request.data)
@@ -580,7 +580,7 @@ def _duplicate_check(external_id: str) -> None:
         )
 
 
-def _audit_read(request: Request, booking: Booking, *, source: str) -> None:
+def _audit_read(request: AuthenticatedRequest, booking: Booking, *, source: str) -> None:
     audit_record(
         action="cup.api.booking.read",
         user=request.user,
@@ -596,7 +596,7 @@ class BookingDetailView(CupApiView):
     @extend_schema(
         tags=TAGS, operation_id="cup_bookings_retrieve", responses={200: BookingOutput, **_errors(401, 403, 404)}
     )
-    def get(self, request: Request, accession_number: str) -> Response:
+    def get(self, request: AuthenticatedRequest, accession_number: str) -> Response:
         """A booking with its current choice and its history."""
         booking = _booking_get(accession_number)
         _audit_read(request, booking, source=self.source())
@@ -608,7 +608,7 @@ class BookingDetailView(CupApiView):
         request=BookingUpdateInput,
         responses={200: BookingOutput, **_errors(400, 401, 403, 404, 409)},
     )
-    def patch(self, request: Request, accession_number: str) -> Response:
+    def patch(self, request: AuthenticatedRequest, accession_number: str) -> Response:
         """Move the booking (station, scheduled_at) or change its contacts,
         clinical question, NRE or referring physician; absent fields stay."""
         booking = _booking_get(accession_number)
@@ -644,7 +644,7 @@ class BookingCancelView(CupApiView):
         request=BookingCancelInput,
         responses={200: BookingOutput, **_errors(400, 401, 403, 404)},
     )
-    def post(self, request: Request, accession_number: str) -> Response:
+    def post(self, request: AuthenticatedRequest, accession_number: str) -> Response:
         """Cancel the booking; its slot is free again."""
         booking = _booking_get(accession_number)
         serializer = BookingCancelInput(data=request.data)
@@ -671,7 +671,7 @@ class BookingChoiceView(CupApiView):
             **_errors(400, 401, 403, 404),
         },
     )
-    def post(self, request: Request, accession_number: str) -> Response:
+    def post(self, request: AuthenticatedRequest, accession_number: str) -> Response:
         """A new version of the distribution choice; CD after online revokes the consent."""
         booking = _booking_get(accession_number)
         serializer = ChoiceChangeInput(data=request.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.utils import timezone
@@ -55,7 +55,8 @@ class PatientSearchForm(forms.Form):
         return code
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         if not data.get("codice_fiscale") and not (data.get("family_name", "").strip() and data.get("birth_date")):
@@ -109,10 +110,13 @@ class SlotSearchForm(forms.Form):
 
     def __init__(self, *args: Any, autofocus: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["facility"].queryset = Facility.objects.filter(stations__active=True).distinct().order_by("name")
+        # The bound copies of the fields declared above (self.fields maps names to Field).
+        cast(FacilityField, self.fields["facility"]).queryset = (
+            Facility.objects.filter(stations__active=True).distinct().order_by("name")
+        )
         procedures = list(Procedure.objects.filter(active=True).order_by("modality", "description"))
         # Grouped by modality: a native <select> with <optgroup>s, searchable by typing.
-        field = self.fields["procedure"]
+        field = cast(ProcedureField, self.fields["procedure"])
         field.choices = [
             ("", _("— scegli la prestazione —")),
             *(
@@ -229,4 +233,4 @@ class DayForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["facility"].queryset = Facility.objects.order_by("name")
+        cast(FacilityField, self.fields["facility"]).queryset = Facility.objects.order_by("name")

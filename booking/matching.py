@@ -57,7 +57,7 @@ from .models import Booking, Reconciliation
 from .services import BookingError, _audit_detail, booking_status_set
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +366,7 @@ def study_match(*, study_pk: int) -> MatchOutcome:
                 .first()
             )
         diffs = identity_differences(patient=booking.patient, dicom=DicomIdentity.of_study(study)) if booking else []
+        reason: str  # a Reconciliation.Reason, or "" when the booking is linked
         if not accession:
             reason = Reconciliation.Reason.NO_ACCESSION
         elif booking is None:
@@ -436,9 +437,7 @@ def _claim(booking: Booking, study: Study) -> bool:
     return True
 
 
-def _linked(
-    study: Study, booking: Booking, *, user: AbstractBaseUser | None, source: str, note: str, system: str = ""
-) -> None:
+def _linked(study: Study, booking: Booking, *, user: User | None, source: str, note: str, system: str = "") -> None:
     """The booking holds the study: mark it performed, give the study the request's clinical
     question and priority (the radiologist's work list and report start from them) and make
     the study's patient the booking's."""
@@ -480,9 +479,7 @@ def _queue(
     return item, changed
 
 
-def _resolve(
-    item: Reconciliation, *, state: str, booking: Booking | None, user: AbstractBaseUser | None, note: str
-) -> None:
+def _resolve(item: Reconciliation, *, state: str, booking: Booking | None, user: User | None, note: str) -> None:
     item.state = state
     item.booking = booking
     item.resolved_at = timezone.now()
@@ -518,7 +515,7 @@ def reconciliation_link(
     *,
     reconciliation: Reconciliation,
     booking: Booking,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
     note: str = "",
 ) -> Reconciliation:
@@ -584,7 +581,7 @@ def reconciliation_reassign(
     *,
     reconciliation: Reconciliation,
     patient: Patient,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
     note: str = "",
 ) -> Reconciliation:
@@ -627,7 +624,7 @@ def reconciliation_reassign(
 def reconciliation_reject(
     *,
     reconciliation: Reconciliation,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
     note: str,
 ) -> Reconciliation:

@@ -4,6 +4,7 @@ desk can scan) and what happens after the exam."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 
@@ -81,7 +82,7 @@ def _next_steps(booking: Booking, choice: DistributionChoice | None) -> list[str
     ]
 
 
-def _long_date(when: object) -> str:
+def _long_date(when: dt.date | dt.datetime) -> str:
     text = formats.date_format(when, "l j F Y")
     # Django's Italian names are capitalised; Italian writes days and months in lower case.
     return text.lower() if (get_language() or "").startswith("it") else text

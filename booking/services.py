@@ -44,7 +44,7 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def patient_create(
     given_name: str,
     birth_date: dt.date,
     sex: str,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
 ) -> Patient:
     """Register a patient under a checked codice fiscale.
@@ -339,7 +339,7 @@ def booking_create(
     consent_given: bool = False,
     consent_text: ConsentText | None = None,
     channel: str,
-    user: AbstractBaseUser | None,
+    user: User | None,
     nre: str = "",
     contact_phone: str = "",
     contact_email: str = "",
@@ -491,7 +491,7 @@ def _locked_booking(booking: Booking) -> Booking:
 def booking_update(
     *,
     booking: Booking,
-    user: AbstractBaseUser | None,
+    user: User | None,
     source: str = "",
     station: Station | None = None,
     scheduled_at: dt.datetime | None = None,
@@ -556,7 +556,7 @@ def booking_update(
     return booking
 
 
-def booking_cancel(*, booking: Booking, user: AbstractBaseUser | None, reason: str = "", source: str = "") -> Booking:
+def booking_cancel(*, booking: Booking, user: User | None, reason: str = "", source: str = "") -> Booking:
     """Cancel a booking not yet performed; its slot becomes free again."""
     with transaction.atomic():
         booking = _locked_booking(booking)
@@ -582,7 +582,7 @@ def booking_cancel(*, booking: Booking, user: AbstractBaseUser | None, reason: s
 
 # Who may move a booking where: the CUP accepts the patient (arrived), the
 # matching of images marks it performed, the signed report marks it reported.
-_TRANSITIONS = {
+_TRANSITIONS: dict[str, set[str]] = {
     Booking.Status.BOOKED: {Booking.Status.ARRIVED, Booking.Status.PERFORMED, Booking.Status.CANCELLED},
     Booking.Status.ARRIVED: {Booking.Status.PERFORMED, Booking.Status.CANCELLED},
     Booking.Status.PERFORMED: {Booking.Status.REPORTED},
@@ -599,7 +599,7 @@ def booking_status_set(
     *,
     booking: Booking,
     status: str,
-    user: AbstractBaseUser | None = None,
+    user: User | None = None,
     system: str = "",
     note: str = "",
     source: str = "",
@@ -699,7 +699,7 @@ def distribution_choose(
     consent_given: bool = False,
     consent_text: ConsentText | None = None,
     channel: str,
-    user: AbstractBaseUser | None,
+    user: User | None,
     recorded_by_name: str = "",
     note: str = "",
     source: str = "",
@@ -758,7 +758,7 @@ def distribution_choose(
 
 
 def consent_revoke(
-    *, booking: Booking, channel: str, user: AbstractBaseUser | None, recorded_by_name: str = "", source: str = ""
+    *, booking: Booking, channel: str, user: User | None, recorded_by_name: str = "", source: str = ""
 ) -> DistributionChoice:
     """The patient revokes consent to online delivery: a new choice "CD" flagged as a revocation.
 

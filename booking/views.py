@@ -23,7 +23,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -33,7 +33,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.models import Facility, Patient
 from kernel.audit import audit_record
-from kernel.web import client_ip, content_disposition, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition, perms_required
 
 from . import services
 from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
@@ -67,7 +67,7 @@ def _consent_shown(version: str) -> ConsentText | None:
     return ConsentText.objects.filter(version=version).first() if version else services.consent_text_current()
 
 
-def _audit_patient_view(request: HttpRequest, patient: Patient, action: str, **detail: Any) -> None:
+def _audit_patient_view(request: AuthenticatedHttpRequest, patient: Patient, action: str, **detail: Any) -> None:
     audit_record(action=action, user=request.user, patient=patient, source=_source(request), detail=detail or None)
 
 
@@ -75,7 +75,7 @@ def _audit_patient_view(request: HttpRequest, patient: Patient, action: str, **d
 
 
 @_perms()
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     day_form = DayForm(request.GET or None, initial={"day": timezone.localdate()})
     facility: Facility | None = None
     day = timezone.localdate()
@@ -101,7 +101,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @_perms()
-def patient_search(request: HttpRequest) -> HttpResponse:
+def patient_search(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = PatientSearchForm(request.GET or None)
     patients: list[Patient] = []
     if form.is_bound and form.is_valid():
@@ -115,7 +115,7 @@ def patient_search(request: HttpRequest) -> HttpResponse:
         for patient in patients:
             _audit_patient_view(request, patient, "cup.patient.search")
     create_query = urlencode(
-        {k: v for k, v in request.GET.items() if k in ("codice_fiscale", "family_name", "birth_date") and v}
+        {k: str(v) for k, v in request.GET.items() if k in ("codice_fiscale", "family_name", "birth_date") and v}
     )
     return render(
         request,
@@ -126,7 +126,7 @@ def patient_search(request: HttpRequest) -> HttpResponse:
 
 @_perms("archive.add_patient")
 @require_http_methods(["GET", "POST"])
-def patient_create(request: HttpRequest) -> HttpResponse:
+def patient_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = PatientCreateForm(request.POST)
         if form.is_valid():
@@ -144,7 +144,7 @@ def patient_create(request: HttpRequest) -> HttpResponse:
 
 
 @_perms()
-def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def patient_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     patient = get_object_or_404(Patient, pk=pk)
     bookings = (
         patient.bookings.select_related("facility", "procedure", "station")
@@ -166,7 +166,7 @@ def _stations_with_slots(*, procedure: Procedure, facility: Facility, day: dt.da
 
 @_perms("booking.add_booking")
 @require_http_methods(["GET", "POST"])
-def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
+def booking_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Step 1 (GET with the search, "Cerca disponibilità") then step 2 (POST, "Prenota")."""
     patient = get_object_or_404(Patient, pk=pk)
     params = request.POST if request.method == "POST" else request.GET
@@ -222,6 +222,12 @@ def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
         form = BookingForm(stations=stations, initial={"delivery": ""})
     _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
     selected = form.data.get("slot", "") if form.is_bound else ""
+    step1: dict[str, int | str] = {
+        "procedure": procedure.pk,
+        "facility": facility.pk,
+        "day": day.isoformat(),
+        "modifica": 1,
+    }
     context.update(
         {
             "procedure": procedure,
@@ -233,9 +239,7 @@ def booking_new(request: HttpRequest, pk: int) -> HttpResponse:
             ],
             "selected_slot": selected,
             "form": form,
-            "step1_url": request.path
-            + "?"
-            + urlencode({"procedure": procedure.pk, "facility": facility.pk, "day": day.isoformat(), "modifica": 1}),
+            "step1_url": request.path + "?" + urlencode(step1),
         }
     )
     return render(request, "booking/booking_slots.html", context)
@@ -249,7 +253,7 @@ def _booking(accession: str) -> Booking:
 
 
 def _render_booking(
-    request: HttpRequest, booking: Booking, *, choice_form: ChoiceForm | None = None, status: int = 200
+    request: AuthenticatedHttpRequest, booking: Booking, *, choice_form: ChoiceForm | None = None, status: int = 200
 ) -> HttpResponse:
     current = booking.current_choice()
     if choice_form is None:
@@ -276,13 +280,13 @@ def _render_booking(
 
 
 @_perms()
-def booking_detail(request: HttpRequest, accession: str) -> HttpResponse:
+def booking_detail(request: AuthenticatedHttpRequest, accession: str) -> HttpResponse:
     return _render_booking(request, _booking(accession))
 
 
 @_perms("booking.change_booking")
 @require_POST
-def booking_choice(request: HttpRequest, accession: str) -> HttpResponse:
+def booking_choice(request: AuthenticatedHttpRequest, accession: str) -> HttpResponse:
     booking = _booking(accession)
     form = ChoiceForm(request.POST)
     if form.is_valid():
@@ -315,7 +319,7 @@ def booking_choice(request: HttpRequest, accession: str) -> HttpResponse:
 
 @_perms("booking.change_booking")
 @require_http_methods(["GET", "POST"])
-def booking_cancel(request: HttpRequest, accession: str) -> HttpResponse:
+def booking_cancel(request: AuthenticatedHttpRequest, accession: str) -> HttpResponse:
     booking = _booking(accession)
     form = CancelForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -336,7 +340,7 @@ def booking_cancel(request: HttpRequest, accession: str) -> HttpResponse:
 
 @_perms("booking.change_booking")
 @require_POST
-def booking_arrive(request: HttpRequest, accession: str) -> HttpResponse:
+def booking_arrive(request: AuthenticatedHttpRequest, accession: str) -> HttpResponse:
     """The patient has arrived at the facility's desk (accettazione)."""
     booking = _booking(accession)
     try:
@@ -351,7 +355,7 @@ def booking_arrive(request: HttpRequest, accession: str) -> HttpResponse:
 
 
 @_perms()
-def booking_receipt(request: HttpRequest, accession: str) -> HttpResponse:
+def booking_receipt(request: AuthenticatedHttpRequest, accession: str) -> HttpResponse:
     booking = _booking(accession)
     pdf = booking_receipt_pdf(booking)
     audit_record(

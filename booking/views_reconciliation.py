@@ -32,7 +32,7 @@ from archive.patients import patient_dicom_name
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
-from kernel.web import client_ip, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, perms_required
 
 from . import matching
 from .models import Booking, Reconciliation
@@ -110,7 +110,7 @@ def _form(name: str, data: Any = None, **kwargs: Any) -> forms.Form:
 
 @require_GET
 @staff_only
-def reconciliation_list(request: HttpRequest) -> HttpResponse:
+def reconciliation_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = StateFilterForm(request.GET or {"state": Reconciliation.State.PENDING})
     state = form.cleaned_data["state"] if form.is_valid() else Reconciliation.State.PENDING
     items = access.filter_visible(
@@ -150,7 +150,7 @@ def _item(request: HttpRequest, pk: int) -> Reconciliation:
         audit_record(
             action="booking.reconciliation.denied",
             outcome=AuditEvent.Outcome.DENIED,
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             study=item.study,
             source=_source(request),
             detail={"reconciliation": item.pk, "reason": verdict.value},
@@ -172,7 +172,7 @@ def _render_item(
     audit_record(
         action="booking.reconciliation.view",
         outcome=AuditEvent.Outcome.SUCCESS if header is not None else AuditEvent.Outcome.WARNING,
-        user=request.user,  # type: ignore[arg-type]
+        user=request.user,
         study=study,
         source=_source(request),
         detail={
@@ -207,16 +207,18 @@ def _render_item(
 
 @require_GET
 @staff_only
-def reconciliation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def reconciliation_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _render_item(request, _item(request, pk))
 
 
-def _done(request: HttpRequest, message: str) -> HttpResponse:
+def _done(request: AuthenticatedHttpRequest, message: str) -> HttpResponse:
     messages.success(request, message)
     return HttpResponseRedirect(reverse("booking:reconciliation_list"))
 
 
-def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.Form, error: str = "") -> HttpResponse:
+def _refused(
+    request: AuthenticatedHttpRequest, item: Reconciliation, name: str, form: forms.Form, error: str = ""
+) -> HttpResponse:
     """The item page again, with the form that failed and why (the action changed nothing)."""
     if error:
         form.add_error(None, error)
@@ -228,7 +230,7 @@ def _refused(request: HttpRequest, item: Reconciliation, name: str, form: forms.
 
 @require_POST
 @staff_only
-def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
+def reconciliation_link_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     item = _item(request, pk)
     # The two link forms post here: the other-booking one always sends its (maybe empty) field.
     name = "link" if "accession_number" in request.POST else "proposed"
@@ -254,7 +256,7 @@ def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
         matching.reconciliation_link(
             reconciliation=item,
             booking=booking,
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             source=_source(request),
             note=form.cleaned_data["note"],
         )
@@ -269,7 +271,7 @@ def reconciliation_link_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_only
-def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
+def reconciliation_reassign_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     item = _item(request, pk)
     form = _form("reassign", request.POST)
     if not form.is_valid():
@@ -284,7 +286,7 @@ def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
         matching.reconciliation_reassign(
             reconciliation=item,
             patient=patient,
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             source=_source(request),
             note=form.cleaned_data["note"],
         )
@@ -299,7 +301,7 @@ def reconciliation_reassign_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_only
-def reconciliation_reject_view(request: HttpRequest, pk: int) -> HttpResponse:
+def reconciliation_reject_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     item = _item(request, pk)
     form = _form("reject", request.POST)
     if not form.is_valid():
@@ -307,7 +309,7 @@ def reconciliation_reject_view(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         matching.reconciliation_reject(
             reconciliation=item,
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             source=_source(request),
             note=form.cleaned_data["note"],
         )

@@ -53,7 +53,7 @@ CODING_SCHEME_DESIGNATOR = "99FVG-CUP"
 WORKLIST_STATUSES = (Booking.Status.BOOKED, Booking.Status.ARRIVED)
 
 # ScheduledProcedureStepStatus (PS3.3 C.4.10) of each booking status answered.
-_SPS_STATUS = {Booking.Status.BOOKED: "SCHEDULED", Booking.Status.ARRIVED: "ARRIVED"}
+_SPS_STATUS: dict[str, str] = {Booking.Status.BOOKED: "SCHEDULED", Booking.Status.ARRIVED: "ARRIVED"}
 
 _SPS = "ScheduledProcedureStepSequence"
 

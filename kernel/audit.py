@@ -54,7 +54,7 @@ from kernel import hashchain
 from kernel.models import AuditEvent, AuditEventPatient
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser, User
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ def audit_record(
     *,
     action: str,
     outcome: str = AuditEvent.Outcome.SUCCESS,
-    user: AbstractBaseUser | None = None,
+    user: User | AnonymousUser | None = None,
     ae_title: str = "",
     system: str = "",
     patient: Patient | None = None,
@@ -384,7 +384,7 @@ def audit_record(
         patient = study.patient
     if patients is not None:
         detail = {**(detail or {}), **patients_detail(patients)}
-    event = AuditEvent(
+    event = AuditEvent(  # type: ignore[misc]  # patient, study: archive's rows, seen here through Protocols
         at=timezone.now(),
         user=user if user is not None and user.is_authenticated else None,
         username=(user.get_username() if user is not None and user.is_authenticated else ""),
@@ -680,6 +680,7 @@ def _verify_claims(report: AuditReport, claims: list[SealClaim], heads: dict[str
     sealed: dict[str, int] = {}
     keyed = [c for c in claims if c.chain != LEGACY_CHAIN]
     found: dict[tuple[str, int], AuditEvent] = {}
+    row: AuditEvent | None
     wanted = sorted({(c.chain, c.seq) for c in keyed})
     for i in range(0, len(wanted), 200):
         batch = wanted[i : i + 200]

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from celery.schedules import crontab
@@ -202,8 +203,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_PATH,
-            "TEST": {"NAME": VAR_DIR / "test-pacs.sqlite3"},
+            "NAME": str(SQLITE_PATH),
+            "TEST": {"NAME": str(VAR_DIR / "test-pacs.sqlite3")},
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -219,7 +220,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests run the listener and the worker in other processes: they must see
     # the test database, so it lives in a file, not in memory.
-    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", VAR_DIR / "test-pacs.sqlite3")
+    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test-pacs.sqlite3"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -233,7 +234,7 @@ else:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": VAR_DIR / "cache",
+            "LOCATION": str(VAR_DIR / "cache"),
         }
     }
     # kombu's filesystem transport: a broker that is only a folder, shared by
@@ -459,7 +460,7 @@ PACS_INCOMING_DIR = Path(env_str("PACS_INCOMING_DIR", str(VAR_DIR / "incoming"))
 # output does) get the archive's modes, not Django's default 0644.
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": VAR_DIR / "media"},
@@ -472,7 +473,7 @@ STORAGES = {
 }
 
 
-def _archive_storage(kind: str) -> dict:
+def _archive_storage(kind: str) -> dict[str, Any]:
     """The long-term or preservation tier: a folder by default, an S3-compatible
     bucket when ``PACS_<KIND>_S3_BUCKET`` is set (``AWS_S3_ENDPOINT_URL`` for a
     store other than AWS; keys from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``

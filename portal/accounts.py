@@ -15,7 +15,7 @@ from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from .models import CitizenAccount
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
 class AccountError(ValueError):
@@ -30,7 +30,7 @@ def citizen_account_create(
     first_name: str = "",
     last_name: str = "",
     origin: str = CitizenAccount.Origin.LOCAL,
-) -> AbstractBaseUser:
+) -> User:
     """Create the portal login of the citizen ``codice_fiscale``; the user.
 
     The username is the codice fiscale. Without ``password`` the account has

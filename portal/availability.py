@@ -73,7 +73,7 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def reports_unpublished_overdue(
 
 
 def publications_withdraw_for_revocation(
-    *, booking: Booking, user: AbstractBaseUser | None, source: str = "", now: dt.datetime | None = None
+    *, booking: Booking, user: User | None, source: str = "", now: dt.datetime | None = None
 ) -> int:
     """Record that the booking's live publications are withdrawn because consent was revoked; how many.
 
@@ -475,7 +475,7 @@ def delegation_register(
     delegate: Patient,
     kind: str,
     evidence: str,
-    user: AbstractBaseUser,
+    user: User,
     valid_from: dt.datetime | None = None,
     valid_until: dt.datetime | None = None,
     source: str = "",
@@ -524,7 +524,7 @@ def delegation_register(
     return delegation
 
 
-def delegation_revoke(*, delegation: Delegation, user: AbstractBaseUser, source: str = "") -> Delegation:
+def delegation_revoke(*, delegation: Delegation, user: User, source: str = "") -> Delegation:
     """End a *delega* now (idempotent); audited ``portal.delegation.revoke``."""
     with transaction.atomic():
         now = timezone.now()
@@ -578,7 +578,7 @@ def conceal(
     *,
     patient: Patient,
     study: Study,
-    by_user: AbstractBaseUser | None = None,
+    by_user: User | None = None,
     requested_by: Patient | None = None,
     source: str = "",
 ) -> Concealment:
@@ -626,7 +626,7 @@ def reveal(
     *,
     patient: Patient,
     study: Study,
-    by_user: AbstractBaseUser | None = None,
+    by_user: User | None = None,
     requested_by: Patient | None = None,
     source: str = "",
 ) -> Concealment | None:
@@ -672,7 +672,7 @@ def reveal(
     return active
 
 
-def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: AbstractBaseUser, source: str = "") -> int:
+def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: User, source: str = "") -> int:
     """The citizen ``requested_by`` revokes, on the portal, the consent to online delivery of
     ``booking``; the publications withdrawn.
 
@@ -738,7 +738,7 @@ def emergency_reason_clean(reason: str) -> str:
 
 
 def emergency_access_grant(
-    *, user: AbstractBaseUser, patient: Patient, reason: str, source: str = "", now: dt.datetime | None = None
+    *, user: User, patient: Patient, reason: str, source: str = "", now: dt.datetime | None = None
 ) -> EmergencyAccess:
     """Record a professional's break-glass access to ``patient``'s concealed studies, with the stated reason.
 

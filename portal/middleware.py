@@ -37,7 +37,7 @@ class CitizenSessionMiddleware:
                 logout(request)
                 messages.info(request, _("La sessione è scaduta: accedi di nuovo."))
                 return redirect("portal:login")
-            if now - float(session.get(SEEN_AT, 0)) > RENEW_EVERY:
+            if session is not None and now - float(session.get(SEEN_AT, 0)) > RENEW_EVERY:
                 session[SEEN_AT] = now
                 session.set_expiry(settings.PACS_PORTAL_SESSION_IDLE_SECONDS)
         return self.get_response(request)

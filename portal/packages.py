@@ -44,7 +44,7 @@ import threading
 import unicodedata
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,7 +119,7 @@ READ_AHEAD = 8  # files opened, and their first READ_AHEAD_BYTES asked of the di
 READ_AHEAD_BYTES = 8 << 20
 
 
-def _opened_ahead(entries: list[tuple[Instance, tuple[str, ...]]]) -> Iterator[tuple[Instance, str, IO[bytes]]]:
+def _opened_ahead(entries: Sequence[tuple[Instance, tuple[str, ...]]]) -> Iterator[tuple[Instance, str, IO[bytes]]]:
     """Each entry with its stored copy open (to be closed by the caller).
 
     The next :data:`READ_AHEAD` files are opened early with
@@ -127,6 +127,7 @@ def _opened_ahead(entries: list[tuple[Instance, tuple[str, ...]]]) -> Iterator[t
     one is hashed and written; handles not handed out are closed on exit.
     """
     pending: deque[tuple[Instance, str, IO[bytes]]] = deque()
+    fh: IO[bytes]
     rest = iter(entries)
     try:
         while True:
@@ -346,7 +347,7 @@ def _leaf_kind_from_index(instance: Instance, series: Series) -> str | None:
     return None if instance.sop_class_uid in _FOUR_LEVEL_SOP_CLASSES else "IMAGE"
 
 
-def dicomdir_records(*, groups: list[tuple[Series, list[tuple[Instance, tuple[str, ...]]]]]) -> list[_Record]:
+def dicomdir_records(*, groups: Sequence[tuple[Series, Sequence[tuple[Instance, tuple[str, ...]]]]]) -> list[_Record]:
     """The PATIENT/STUDY/SERIES/leaf record tree of a study's file-set.
 
     Made with pydicom's own recorders (:data:`pydicom.fileset.DIRECTORY_RECORDERS`)

@@ -19,16 +19,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -48,10 +48,10 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
-from kernel.web import client_ip, content_disposition
+from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition
 
 from . import availability, downloads, links
-from .access_log import access_log_rows, emergency_access_rows
+from .access_log import AccessRow, access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
@@ -63,24 +63,31 @@ VIEWER_PARAMS = previews.PREVIEW
 # --- who is asking ----------------------------------------------------------------
 
 
-def citizen_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+class CitizenRequest(AuthenticatedHttpRequest):
+    """A request past :func:`citizen_required`. Only an annotation."""
+
+    citizen_patient: Patient | None  # the citizen's own patient row, None until an exam of theirs is known
+
+
+def citizen_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """Only a logged-in citizen: the anonymous go to the portal's login, staff get 403."""
 
     @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not request.user.is_authenticated:
             return redirect(f"{reverse('portal:login')}?{urlencode({'next': request.get_full_path()})}")
         account = citizen_account(request.user)
         if account is None:
             return render(request, "portal/citizens_only.html", status=403)
-        request.citizen_patient = citizen_patient(request.user)  # type: ignore[attr-defined]
-        return view(request, *args, **kwargs)
+        citizen = cast(CitizenRequest, request)  # what this gate has just established
+        citizen.citizen_patient = citizen_patient(request.user)
+        return view(citizen, *args, **kwargs)
 
     return wrapper
 
 
 def _audit(
-    request: HttpRequest,
+    request: CitizenRequest,
     action: str,
     *,
     booking: Booking | None = None,
@@ -105,7 +112,7 @@ def _audit(
     )
 
 
-def _booking_for(request: HttpRequest, pk: int) -> Booking:
+def _booking_for(request: CitizenRequest, pk: int) -> Booking:
     """The citizen's (or a delegator's) booking ``pk``; 404, audited, for any other.
 
     The policy decides: the booking's patient must be among the principal's,
@@ -130,7 +137,16 @@ def _booking_for(request: HttpRequest, pk: int) -> Booking:
     return booking
 
 
-def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
+def _me(request: CitizenRequest) -> Patient:
+    """The citizen's own patient row, once :func:`_booking_for` let an exam through: a
+    citizen without one has no exam, neither hers nor a delegator's (a delegation joins
+    two patient rows), so the 404 below is never reached."""
+    if request.citizen_patient is None:
+        raise Http404(_("Esame non trovato."))
+    return request.citizen_patient
+
+
+def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
     """The exam's status when it is available online; None (and an audited refusal) when not."""
     status = availability.exam_status(booking=booking)
     if status.code != "available_online":
@@ -139,7 +155,7 @@ def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> av
     return status
 
 
-def _not_online(request: HttpRequest, booking: Booking) -> HttpResponse:
+def _not_online(request: CitizenRequest, booking: Booking) -> HttpResponse:
     status = availability.exam_status(booking=booking)
     return render(request, "portal/not_online.html", {"booking": booking, "status": status}, status=403)
 
@@ -221,8 +237,8 @@ def on_citizen_login(sender: Any, request: HttpRequest, user: Any, **kwargs: Any
 
 
 @citizen_required
-def exams(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def exams(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
@@ -240,7 +256,7 @@ def exams(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _package_rows(request: HttpRequest, booking: Booking) -> list[dict[str, Any]]:
+def _package_rows(request: CitizenRequest, booking: Booking) -> list[dict[str, Any]]:
     rows = []
     for kind, label in DownloadPackage.Kind.choices:
         latest = (
@@ -254,7 +270,7 @@ def _package_rows(request: HttpRequest, booking: Booking) -> list[dict[str, Any]
     return rows
 
 
-def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
+def _package_link(request: CitizenRequest, package: DownloadPackage | None) -> str:
     if package is None or package.status != DownloadPackage.Status.READY:
         return ""
     token = links.link_token(user=request.user, kind="package", object_id=package.pk)
@@ -262,7 +278,7 @@ def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
 
 
 @citizen_required
-def exam(request: HttpRequest, pk: int) -> HttpResponse:
+def exam(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     now = timezone.now()
     status = availability.exam_status(booking=booking, now=now)
@@ -280,7 +296,7 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
         for p in publications
     ]
     online = status.code == "available_online"
-    me = request.citizen_patient  # type: ignore[attr-defined]
+    me = _me(request)
     rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
     concealment = (
         Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
@@ -315,11 +331,11 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+def package_request(request: CitizenRequest, pk: int, kind: str) -> HttpResponse:
     booking = _booking_for(request, pk)
     if kind not in DownloadPackage.Kind.values:
         raise Http404(_("Tipo di pacchetto sconosciuto."))
-    if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study_id is None:
+    if _online_or_refuse(request, booking, "portal.package.request") is None or booking.study is None:
         return _not_online(request, booking)
     package, created = downloads.package_request(
         study=booking.study, kind=kind, user=request.user, principal=access.principal_for_request(request)
@@ -335,7 +351,7 @@ def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     return redirect("portal:package", pk=package.pk)
 
 
-def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Booking]:
+def _package_for(request: CitizenRequest, pk: int) -> tuple[DownloadPackage, Booking]:
     package = get_object_or_404(DownloadPackage.objects.select_related("study"), pk=pk)
     booking = Booking.objects.filter(study_id=package.study_id).exclude(status=Booking.Status.CANCELLED).first()
     if booking is None:
@@ -344,7 +360,7 @@ def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Bookin
 
 
 @citizen_required
-def package(request: HttpRequest, pk: int) -> HttpResponse:
+def package(request: CitizenRequest, pk: int) -> HttpResponse:
     package, booking = _package_for(request, pk)
     if availability.exam_status(booking=booking).code != "available_online":
         return _not_online(request, booking)
@@ -367,7 +383,7 @@ _REFUSED = {
 
 
 @citizen_required
-def download(request: HttpRequest, token: str) -> HttpResponse:
+def download(request: CitizenRequest, token: str) -> HttpResponseBase:
     try:
         link = links.link_read(token, user=request.user)
     except links.LinkRefused as refused:
@@ -396,10 +412,10 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
         name = f"esame-{booking.accession_number}-{'dicom' if package.kind == 'dicom' else 'jpeg'}.zip"
         return file_response_with_ranges(request, Path(package.path), filename=name, content_type="application/zip")
     report = get_object_or_404(Report.objects.select_related("study"), pk=link.object_id, status=Report.Status.SIGNED)
-    booking = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
-    if booking is None:
+    found = Booking.objects.filter(study_id=report.study_id).exclude(status=Booking.Status.CANCELLED).first()
+    if found is None:
         raise Http404(_("Esame non trovato."))
-    booking = _booking_for(request, booking.pk)
+    booking = _booking_for(request, found.pk)
     status = _online_or_refuse(request, booking, "portal.download")
     if status is None:
         return _not_online(request, booking)
@@ -433,6 +449,8 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
 
 
 def _viewer_series(booking: Booking) -> list[tuple[Series, list[Instance]]]:
+    if booking.study_id is None:  # an exam online has its study: not reached
+        return []
     series = Series.objects.filter(study_id=booking.study_id).order_by("series_number", "pk")
     instances = Instance.objects.filter(series__study_id=booking.study_id).order_by("instance_number", "pk")
     by_series: dict[int, list[Instance]] = {}
@@ -449,7 +467,7 @@ def _bounded_int(value: str | None, low: int, high: int) -> int:
 
 
 @citizen_required
-def viewer(request: HttpRequest, pk: int) -> HttpResponse:
+def viewer(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if _online_or_refuse(request, booking, "portal.viewer") is None:
         return _not_online(request, booking)
@@ -488,7 +506,7 @@ def viewer(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @citizen_required
-def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
+def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
     """One image of the viewer, as JPEG (part of the audited viewer page)."""
     booking = _booking_for(request, pk)
     if availability.exam_status(booking=booking).code != "available_online":
@@ -512,11 +530,11 @@ def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def concealment(request: HttpRequest, pk: int) -> HttpResponse:
+def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
-    if booking.study_id is None:
+    if booking.study is None:
         raise Http404(_("L'esame non ha ancora immagini da oscurare."))
-    me = request.citizen_patient  # type: ignore[attr-defined]
+    me = request.citizen_patient
     action = request.POST.get("action")
     if action not in ("conceal", "reveal"):
         return redirect("portal:exam", pk=booking.pk)
@@ -536,7 +554,7 @@ def concealment(request: HttpRequest, pk: int) -> HttpResponse:
 
 @citizen_required
 @require_POST
-def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if request.POST.get("confirm") != "yes":
         messages.error(request, _("Conferma la revoca spuntando la casella."))
@@ -544,7 +562,7 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         availability.consent_revoke_online(
             booking=booking,
-            requested_by=request.citizen_patient,  # type: ignore[attr-defined]
+            requested_by=_me(request),
             user=request.user,
             source=client_ip(request),
         )
@@ -569,10 +587,11 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @citizen_required
-def access_log(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def access_log(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
-    page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
+    rows = access_log_rows(patients=people, viewer=request.user)
+    page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]  # rows slice in SQL, no Sequence
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
     return render(
         request,
@@ -582,8 +601,8 @@ def access_log(request: HttpRequest) -> HttpResponse:
 
 
 @citizen_required
-def delegations(request: HttpRequest) -> HttpResponse:
-    me = request.citizen_patient  # type: ignore[attr-defined]
+def delegations(request: CitizenRequest) -> HttpResponse:
+    me = request.citizen_patient
     now = timezone.now()
     active = Delegation.objects.filter(availability.delegations_in_force(now)).select_related("delegator", "delegate")
     acting_for = list(active.filter(delegate=me)) if me is not None else []

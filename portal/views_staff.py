@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -37,7 +37,7 @@ from archive.models import Patient
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
-from kernel.web import client_ip, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, perms_required
 
 from .availability import (
     EMERGENCY_PERMISSION,
@@ -53,6 +53,9 @@ from .availability import (
 from .concealment import emergency_access_live
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
 
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
+
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
@@ -61,7 +64,7 @@ PAGE_SIZE = 50
 # --- Emergency access (break-glass) -----------------------------------------------------
 
 
-def _cf_field(label: str) -> forms.CharField:
+def _cf_field(label: StrOrPromise) -> forms.CharField:
     return forms.CharField(
         label=label,
         max_length=32,
@@ -110,7 +113,7 @@ def _hhmm(moment: dt.datetime) -> str:
     return timezone.localtime(moment).strftime("%H:%M")
 
 
-def _named_patient(request: HttpRequest) -> Patient | None:
+def _named_patient(request: AuthenticatedHttpRequest) -> Patient | None:
     """The patient of ``?paziente=<pk>`` (the study page's link), if the user may see that patient now.
 
     Any other number is ignored, so that the page tells nothing about it.
@@ -123,7 +126,7 @@ def _named_patient(request: HttpRequest) -> Patient | None:
     return access.patients_visible(principal).filter(pk=pk, codice_fiscale__isnull=False).first()
 
 
-def _after_grant(request: HttpRequest, patient: Patient) -> str:
+def _after_grant(request: AuthenticatedHttpRequest, patient: Patient) -> str:
     """Where to go once the access is recorded: the patient's studies, all of them now; else back."""
     if request.user.has_perms(("archive.view_report", "archive.view_study")):
         return reverse("reporting:patient", args=[patient.pk])
@@ -135,7 +138,7 @@ def _after_grant(request: HttpRequest, patient: Patient) -> str:
 
 @perms_required(EMERGENCY_PERMISSION, access.VIEW_STUDY_PERM)
 @require_http_methods(["GET", "POST"])
-def emergency(request: HttpRequest) -> HttpResponse:
+def emergency(request: AuthenticatedHttpRequest) -> HttpResponse:
     source = client_ip(request)
     status = 200
     if request.method == "POST":
@@ -264,7 +267,8 @@ class DelegationForm(forms.Form):
         return day
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         delegator, delegate = data.get("delegator_cf"), data.get("delegate_cf")
         if delegator is not None and delegate is not None and delegator.pk == delegate.pk:
             self.add_error("delegate_cf", _("Un cittadino non può delegare sé stesso."))
@@ -287,7 +291,7 @@ class DelegationSearchForm(forms.Form):
     )
 
 
-def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> HttpResponse:
+def _desk(request: AuthenticatedHttpRequest, form: DelegationForm, *, status: int = 200) -> HttpResponse:
     search = DelegationSearchForm(request.GET or None)
     query = ""
     if search.is_valid():
@@ -325,7 +329,7 @@ def _desk(request: HttpRequest, form: DelegationForm, *, status: int = 200) -> H
 
 @perms_required("portal.add_delegation")
 @require_http_methods(["GET", "POST"])
-def delegations(request: HttpRequest) -> HttpResponse:
+def delegations(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _desk(request, DelegationForm())
     form = DelegationForm(request.POST)
@@ -362,12 +366,12 @@ def delegations(request: HttpRequest) -> HttpResponse:
 
 def _person(patient: Patient) -> str:
     name = f"{patient.family_name} {patient.given_name}".strip()
-    return f"{name} ({patient.codice_fiscale})" if name else patient.codice_fiscale
+    return f"{name} ({patient.codice_fiscale})" if name else patient.codice_fiscale or ""
 
 
 @perms_required("portal.change_delegation")
 @require_POST
-def delegation_revoke_view(request: HttpRequest, pk: int) -> HttpResponse:
+def delegation_revoke_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     delegation = get_object_or_404(Delegation.objects.select_related("delegator", "delegate"), pk=pk)
     if delegation.revoked_at is not None:
         audit_record(

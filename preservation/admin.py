@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponseBase
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -48,7 +48,7 @@ class PackageFileInline(ReadOnlyInline):
     readonly_fields = fields
 
 
-def _export_response(request: HttpRequest, packages: list[Package], label: str) -> HttpResponse | None:
+def _export_response(request: HttpRequest, packages: list[Package], label: str) -> HttpResponseBase | None:
     try:
         path = export.dip_export(packages=packages, label=label, user=request.user)
     except export.ExportError as exc:
@@ -89,7 +89,7 @@ class PackageAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
         return {"study": obj.study}
 
     @admin.action(description=_("Esporta un pacchetto di distribuzione (PdD)"), permissions=["view"])
-    def export_dip(self, request: HttpRequest, queryset: QuerySet[Package]) -> HttpResponse | None:
+    def export_dip(self, request: HttpRequest, queryset: QuerySet[Package]) -> HttpResponseBase | None:
         # The queryset is the list's, so already the user's; asked again, as the volume's is.
         found = packages_visible(
             request, list(queryset.filter(status=Package.Status.ARCHIVED).select_related("volume", "study"))
@@ -105,7 +105,7 @@ class VolumeAdmin(ReadOnlyAdmin):
     actions = ["export_dip"]
 
     @admin.action(description=_("Esporta il volume come pacchetto di distribuzione (PdD)"), permissions=["view"])
-    def export_dip(self, request: HttpRequest, queryset: QuerySet[Volume]) -> HttpResponse | None:
+    def export_dip(self, request: HttpRequest, queryset: QuerySet[Volume]) -> HttpResponseBase | None:
         # A volume holds many studies: those the user may not see are absent from its DIP.
         found = packages_visible(request, [p for v in queryset for p in export.packages_for(volume=v)])
         return _export_response(request, found, "volume " + ", ".join(v.identifier for v in queryset[:3]))

@@ -192,7 +192,7 @@ def dip_export(
         pe = ET.SubElement(
             descriptor,
             "PacchettoDiArchiviazione",
-            {"identificativo": package.identifier, "volume": package.volume.identifier},  # type: ignore[union-attr]
+            {"identificativo": package.identifier, "volume": package.volume.identifier},  # type: ignore[union-attr]  # refused above without one
         )
         for f in package.files.order_by("name"):
             if f.discarded_at is not None:

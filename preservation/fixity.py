@@ -35,6 +35,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from django.conf import settings
 from django.db.models import F, Q
@@ -52,8 +53,14 @@ logger = logging.getLogger(__name__)
 SYSTEM = "preservation.fixity_audit"
 
 
-def _alert(  # type: ignore[no-untyped-def]
-    audit: FixityAudit, kind: str, *, path: str, detail: str, package=None, volume=None
+def _alert(
+    audit: FixityAudit,
+    kind: str,
+    *,
+    path: str,
+    detail: str,
+    package: Package | None = None,
+    volume: Volume | None = None,
 ) -> None:
     """Raise an alert, or update the open one for the same object and kind (count, last seen)."""
     detail = detail[:2000]
@@ -136,7 +143,14 @@ def fixity_audit(*, cycle_days: int | None = None) -> FixityAudit:
     return audit
 
 
-def _read(audit: FixityAudit, path: str, **target: object) -> bytes | None:
+class _Target(TypedDict, total=False):
+    """What a read file belongs to, for its alert."""
+
+    package: Package
+    volume: Volume
+
+
+def _read(audit: FixityAudit, path: str, **target: Unpack[_Target]) -> bytes | None:
     audit.files_checked += 1
     try:
         data = vault.read_bytes(path)

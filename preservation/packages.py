@@ -266,7 +266,7 @@ def _build(*, package: Package, study: Study, report: Report) -> Package:
 
 def _sha(path: Path) -> str:
     with open(path, "rb") as fh:
-        return storage.file_sha256(fh)  # type: ignore[arg-type]
+        return storage.file_sha256(fh)
 
 
 def _gather(*, package: Package, study: Study, report: Report, workdir: Path) -> tuple[list[_Doc], dict[str, bytes]]:

@@ -48,7 +48,7 @@ def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
 
 def _package_enqueue(study_pk: int, countdown: int) -> None:
     try:
-        study_package.apply_async(args=[study_pk], countdown=countdown)
+        study_package.apply_async(args=[study_pk], countdown=countdown)  # type: ignore[arg-type]  # celery takes a list; its stub, a tuple
     except Exception:
         logger.exception("preservation of study %s not queued: the sweep will", study_pk)
 

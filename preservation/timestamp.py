@@ -22,8 +22,10 @@ import shutil
 import subprocess
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import algos, cms, tsp
 from cryptography import x509
@@ -40,7 +42,11 @@ logger = logging.getLogger(__name__)
 TSA_NAME = "PACS regionale FVG – TSA dimostrativa"
 # A policy OID for the demo's time stamps (under the private-enterprise arc used for examples).
 DEMO_POLICY = "1.3.6.1.4.1.32473.1.9.1"
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
 
 
 class TimestampError(Exception):
@@ -213,7 +219,7 @@ def _ask_openssl(query: bytes) -> bytes:
         return r.read_bytes()
 
 
-def _signed_attr(attrs: cms.CMSAttributes, name: str) -> object | None:
+def _signed_attr(attrs: cms.CMSAttributes, name: str) -> Any:  # an asn1crypto value (untyped), or None
     for attr in attrs:
         if attr["type"].native == name:
             return attr["values"][0]
@@ -303,7 +309,7 @@ def timestamp_verify(
     if digest not in _HASHES or not attrs:
         return TimestampCheck(False, "firma della TSA senza attributi firmati o con hash non ammesso", when)
     md = _signed_attr(attrs, "message_digest")
-    if md is None or bytes(md.native) != hashlib.new(digest, tst_bytes).digest():  # type: ignore[attr-defined]
+    if md is None or bytes(md.native) != hashlib.new(digest, tst_bytes).digest():
         return TimestampCheck(False, "la firma della TSA non copre questo TSTInfo", when)
     try:
         _verify_signature(cert, signer_info, attrs.untag().dump(), digest)

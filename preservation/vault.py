@@ -145,7 +145,7 @@ def _adopt(final: Path, files: list[StagedFile]) -> None:
         raise WriteOnceError(f"{final.name} already exists with other files")
     for f in files:
         with open(final / f.name, "rb") as fh:
-            if storage.file_sha256(fh) != f.sha256:  # type: ignore[arg-type]
+            if storage.file_sha256(fh) != f.sha256:
                 raise WriteOnceError(f"{final.name}/{f.name} already exists with other content")
 
 

@@ -94,10 +94,11 @@ def _finish(volume: Volume) -> Volume:
     if vault.folder_exists(prefix):
         # A worker published the folder and died before recording it: the
         # rename made it whole, so it is recorded as it is.
-        files = {name: vault.read_bytes(f"{prefix}/{name}") for name in (INDEX, SIGNATURE, TIMESTAMP)}
-        if any(v is None for v in files.values()):
+        found = {name: vault.read_bytes(f"{prefix}/{name}") for name in (INDEX, SIGNATURE, TIMESTAMP)}
+        files = {name: content for name, content in found.items() if content is not None}
+        if len(files) < len(found):
             raise VolumeError(f"{prefix} exists without all its files")
-        return _record(volume, prefix, files)  # type: ignore[arg-type]
+        return _record(volume, prefix, files)
     vault.staging_clean(prefix)
     try:
         index = _index(volume, signer_name=signer.officer_name())

@@ -36,6 +36,11 @@ class Part:
     location: str = ""
 
 
+def body_of(data: bytes) -> Callable[[], Iterable[bytes]]:
+    """A part's body that is ``data`` already in memory (bound now, not when the part is sent)."""
+    return lambda: [data]
+
+
 def new_boundary() -> str:
     return uuid.uuid4().hex
 

@@ -162,7 +162,7 @@ def qido_search(
     offset = _qido_int(query, "offset", maximum=settings.PACS_QUERY_MAX_OFFSET) or 0
     maximum = settings.PACS_QUERY_MAX_MATCHES
     capped = limit is None or limit > maximum
-    wanted = maximum if capped else limit
+    wanted = maximum if capped or limit is None else limit
 
     identifier = Dataset()
     with warnings.catch_warnings():

@@ -19,7 +19,7 @@ from archive.storage.retrieve import NotAvailable
 
 from ..models import Instance
 from .media import DicomwebError, MediaRange, _type_matches
-from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
+from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
 from .scope import Scope, instance_url
 
 logger = logging.getLogger(__name__)
@@ -80,13 +80,14 @@ def _viewport(text: str) -> rendering.Viewport:
         raise DicomwebError(400, "viewport is vw,vh[,sx,sy,sw,sh] with positive vw and vh")
     region = None
     if len(numbers) == 6:
-        if any(n is None for n in numbers[2:]):
+        given = [n for n in numbers[2:] if n is not None]
+        if len(given) < 4:
             raise DicomwebError(400, "the viewport's source region needs sx,sy,sw,sh")
-        sx, sy, sw, sh = numbers[2:]  # type: ignore[misc]
-        if sw <= 0 or sh <= 0 or sx < 0 or sy < 0:  # type: ignore[operator]
+        sx, sy, sw, sh = given
+        if sw <= 0 or sh <= 0 or sx < 0 or sy < 0:
             raise DicomwebError(400, "the viewport's source region must have positive width and height")
         region = (sx, sy, sw, sh)
-    return rendering.Viewport(width=numbers[0], height=numbers[1], region=region)  # type: ignore[arg-type]
+    return rendering.Viewport(width=numbers[0], height=numbers[1], region=region)
 
 
 def render_instance(instance: Instance, frame: int, params: RenderParams) -> bytes:
@@ -127,9 +128,7 @@ def rendered_many_response(scope: Scope, instances: list[Instance], params: Rend
             except DicomwebError as exc:
                 logger.info("rendered: skipping %s: %s", instance.sop_instance_uid, exc.message)
                 continue
-            yield Part(
-                params.media_type, lambda data=data: [data], location=instance_url(scope, instance) + "/rendered"
-            )
+            yield Part(params.media_type, body_of(data), location=instance_url(scope, instance) + "/rendered")
 
     return Streamed(multipart_content_type(params.media_type, boundary), multipart_stream(parts(), boundary))
 

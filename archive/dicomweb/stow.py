@@ -242,7 +242,10 @@ def _peek(path: Path) -> tuple[str, str, str]:
     """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) of a spooled part, '' for what cannot be read."""
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
-        return tuple(str(ds.get(k, "") or "").strip() for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))  # type: ignore[return-value]
+        sop_class, sop_instance, study = (
+            str(ds.get(k, "") or "").strip() for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+        )
+        return sop_class, sop_instance, study
     except Exception:  # not DICOM at all, or damaged: ingestion says why
         return "", "", ""
 

@@ -18,17 +18,19 @@ the service functions negotiate DICOM media types themselves.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
 from rest_framework.permissions import BasePermission
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -40,7 +42,7 @@ from .. import access
 from ..api_tokens import ApiTokenAuthentication
 from ..models import Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
-from .multipart import Part, Streamed, multipart_content_type, multipart_stream, new_boundary
+from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
 from .qido import qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_url, instances_select, study_get
@@ -60,11 +62,14 @@ _MAX_WARNINGS = 10
 class _AnyContent(BaseContentNegotiation):
     """Errors are JSON whatever the Accept header; the views negotiate the rest."""
 
-    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
-        return parsers[0] if parsers else None
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
 
-    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
-        return renderers[0], renderers[0].media_type
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
 
 
 class _HasPerm(BasePermission):
@@ -121,7 +126,7 @@ class DicomwebView(APIView):
     def audit_action(self) -> str:
         return STORE if self.request.method == "POST" else self.action
 
-    def handle_exception(self, exc: Exception) -> HttpResponse:
+    def handle_exception(self, exc: Exception) -> HttpResponse:  # type: ignore[override]  # DRF sends any HttpResponseBase; its stub says Response
         note: AuditNote | None = getattr(self, "_note", None)
         if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed | exceptions.PermissionDenied):
             self._audit(note or AuditNote(self.audit_action()), AuditEvent.Outcome.DENIED, error=str(exc.detail))
@@ -186,14 +191,22 @@ class DicomwebView(APIView):
         override = self.request.query_params.getlist("accept")
         return parse_accept(", ".join(override) if override else self.request.META.get("HTTP_ACCEPT"))
 
-    def select(self, note: AuditNote, scope: Scope, **uids: str | None) -> list[Any]:
-        note.study_instance_uid = uids.get("study_uid") or ""
-        study, instances = instances_select(scope, **uids)  # type: ignore[arg-type]
+    def select(
+        self,
+        note: AuditNote,
+        scope: Scope,
+        *,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> list[Any]:
+        note.study_instance_uid = study_uid or ""
+        study, instances = instances_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
         note.study = study
         note.detail["instances"] = len(instances)
         return instances
 
-    def done(self, note: AuditNote, response: HttpResponse) -> HttpResponse:
+    def done(self, note: AuditNote, response: HttpResponseBase) -> HttpResponseBase:
         self._audit(note, note.outcome)
         return response
 
@@ -224,18 +237,18 @@ class StudyView(DicomwebView):
     def get_permissions(self) -> list[BasePermission]:
         return [CanStore()] if self.request.method == "POST" else [CanRead()]
 
-    def get(self, request: Request, study: str, facility: str | None = None) -> HttpResponse:
+    def get(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="study")
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study)
         return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
 
-    def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponse:
+    def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         return stow_handle(self, facility, study)
 
 
 class SeriesView(DicomwebView):
-    def get(self, request: Request, study: str, series: str, facility: str | None = None) -> HttpResponse:
+    def get(self, request: Request, study: str, series: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="series", series=series)
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series)
@@ -245,7 +258,7 @@ class SeriesView(DicomwebView):
 class InstanceView(DicomwebView):
     def get(
         self, request: Request, study: str, series: str, instance: str, facility: str | None = None
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         note = self.begin(resource="instance", series=series, instance=instance)
         scope = self.scope(facility)
         instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
@@ -264,7 +277,7 @@ class MetadataView(DicomwebView):
         series: str | None = None,
         instance: str | None = None,
         facility: str | None = None,
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         level = "instance" if instance else "series" if series else "study"
         note = self.begin(resource=f"{level}.metadata", series=series or "", instance=instance or "")
         if not json_acceptable(self.accept()):
@@ -277,7 +290,7 @@ class MetadataView(DicomwebView):
 class FramesView(DicomwebView):
     def get(
         self, request: Request, study: str, series: str, instance: str, frames: str, facility: str | None = None
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         note = self.begin(resource="frames", series=series, instance=instance, frames=frames[:200])
         numbers = parse_frame_list(frames)
         scope = self.scope(facility)
@@ -289,7 +302,7 @@ class FramesView(DicomwebView):
 class BulkdataView(DicomwebView):
     def get(
         self, request: Request, study: str, series: str, instance: str, tags: str, facility: str | None = None
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         note = self.begin(resource="bulkdata", series=series, instance=instance, tags=tags[:200])
         scope = self.scope(facility)
         (obj,) = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
@@ -310,7 +323,7 @@ class RenderedView(DicomwebView):
         instance: str | None = None,
         frames: str | None = None,
         facility: str | None = None,
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         level = "frames" if frames else "instance" if instance else "series" if series else "study"
         kind = "thumbnail" if self.thumbnail else "rendered"
         note = self.begin(resource=f"{level}.{kind}", series=series or "", instance=instance or "")
@@ -330,7 +343,7 @@ class RenderedView(DicomwebView):
         boundary = new_boundary()
         url = instance_url(scope, instances[0])
         parts = [
-            Part(params.media_type, lambda data=data: [data], location=f"{url}/frames/{n}/rendered")
+            Part(params.media_type, body_of(data), location=f"{url}/frames/{n}/rendered")
             for n, data in zip(numbers, images, strict=True)
         ]
         streamed = Streamed(multipart_content_type(params.media_type, boundary), multipart_stream(parts, boundary))
@@ -347,7 +360,7 @@ class ThumbnailView(RenderedView):
 class WadoUriView(DicomwebView):
     """``wado?requestType=WADO&studyUID=...&seriesUID=...&objectUID=...`` (PS3.18 chapter 9)."""
 
-    def get(self, request: Request, facility: str | None = None) -> HttpResponse:
+    def get(self, request: Request, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="wado-uri", query=request.META.get("QUERY_STRING", "")[:500])
         req = wado_uri_parse(request.query_params)
         scope = self.scope(facility)
@@ -384,7 +397,7 @@ def _body_reader(request: Request) -> tuple[Any, int | None]:
     return django_request.read, 0
 
 
-def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> HttpResponse:
+def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> HttpResponseBase:
     note = view.begin(resource="studies" if study is None else "study")
     note.study_instance_uid = study or ""
     scope = view.scope(facility)
@@ -425,7 +438,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
 
 def qido_handle(
     view: DicomwebView, facility: str | None, *, level: str, study: str | None = None, series: str | None = None
-) -> HttpResponse:
+) -> HttpResponseBase:
     request = view.request
     note = view.begin(level=level, query=request.META.get("QUERY_STRING", "")[:500])
     note.study_instance_uid = study or ""
@@ -456,10 +469,10 @@ class StudiesView(DicomwebView):
     def get_permissions(self) -> list[BasePermission]:
         return [CanStore()] if self.request.method == "POST" else [CanRead()]
 
-    def get(self, request: Request, facility: str | None = None) -> HttpResponse:
+    def get(self, request: Request, facility: str | None = None) -> HttpResponseBase:
         return qido_handle(self, facility, level="STUDY")
 
-    def post(self, request: Request, facility: str | None = None) -> HttpResponse:
+    def post(self, request: Request, facility: str | None = None) -> HttpResponseBase:
         return stow_handle(self, facility, None)
 
 
@@ -472,7 +485,7 @@ class SearchView(DicomwebView):
 
     def get(
         self, request: Request, study: str | None = None, series: str | None = None, facility: str | None = None
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         return qido_handle(self, facility, level=self.level, study=study, series=series)
 
 

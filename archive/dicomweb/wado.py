@@ -22,13 +22,14 @@ Choices the standard leaves open (the conformance statement, in short):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
@@ -46,7 +47,16 @@ from archive.rendering import pipeline as rendering
 
 from ..models import Instance
 from .media import DICOM, DICOM_JSON, OCTET_STREAM, DicomwebError, MediaRange, multipart_acceptable
-from .multipart import Part, Streamed, _swap, file_chunks, multipart_content_type, multipart_stream, new_boundary
+from .multipart import (
+    Part,
+    Streamed,
+    _swap,
+    body_of,
+    file_chunks,
+    multipart_content_type,
+    multipart_stream,
+    new_boundary,
+)
 from .scope import Scope, _open_all, _open_one, instance_url
 
 logger = logging.getLogger(__name__)
@@ -100,7 +110,7 @@ def instances_response(scope: Scope, instances: list[Instance], ranges: list[Med
             yield Part(
                 content_type=f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
                 location=instance_url(scope, instance),
-                body=lambda fh=fh: file_chunks(fh),  # type: ignore[misc]
+                body=functools.partial(file_chunks, fh),
             )
 
     return Streamed(multipart_content_type(DICOM, boundary), multipart_stream(parts(), boundary))
@@ -204,7 +214,8 @@ def dataset_json(ds: Dataset, *, bulk_url: str, path: str = "") -> dict[str, Any
         if tag_int == 0x00080005:
             continue  # DICOM JSON is always UTF-8 (PS3.18 F.2.1)
         key = f"{tag_int:08X}"
-        raw = ds.get_item(tag)
+        # A raw element too (a deferred read), which pydicom's overload omits.
+        raw = cast("DataElement | RawDataElement | None", ds.get_item(tag))
         if raw is None:
             continue
         vr = _element_vr(raw, tag_int)
@@ -366,7 +377,7 @@ def frames_response(instance: Instance, numbers: list[int], ranges: list[MediaRa
                 yield Part(
                     content_type=f"{media_type}; transfer-syntax={ts}",
                     location=f"{url}/frames/{n}",
-                    body=lambda data=data: [data],  # type: ignore[misc]
+                    body=body_of(data),
                 )
         finally:
             stored.close()
@@ -412,7 +423,7 @@ def bulkdata_response(instance: Instance, tag_path: str, ranges: list[MediaRange
             return _pixel_bulk(stored, ranges, url=f"{url}/bulkdata/{tag_path}")
         ds = stored.ds
         for tag, index in steps:
-            raw = ds.get_item(tag)
+            raw = cast("DataElement | RawDataElement | None", ds.get_item(tag))  # raw when deferred
             if raw is None:
                 raise DicomwebError(404, f"no element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at {tag_path}")
             if index is None:
@@ -421,6 +432,7 @@ def bulkdata_response(instance: Instance, tag_path: str, ranges: list[MediaRange
             if elem.VR != "SQ" or index >= len(elem.value):
                 raise DicomwebError(404, f"no item {index} in ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             ds = elem.value[index]
+        assert raw is not None  # steps is never empty, and a missing element raised
         tag = steps[-1][0]
         vr = _element_vr(raw, tag)
         if not multipart_acceptable(ranges, OCTET_STREAM, None):

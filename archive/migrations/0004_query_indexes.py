@@ -12,7 +12,7 @@ _PG_NAME_INDEXES = [
 ]
 
 
-def create_pg_indexes(apps, schema_editor):  # type: ignore[no-untyped-def]
+def create_pg_indexes(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for name, table, column in _PG_NAME_INDEXES:
@@ -21,7 +21,7 @@ def create_pg_indexes(apps, schema_editor):  # type: ignore[no-untyped-def]
         )
 
 
-def drop_pg_indexes(apps, schema_editor):  # type: ignore[no-untyped-def]
+def drop_pg_indexes(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for name, _table, _column in _PG_NAME_INDEXES:

@@ -11,7 +11,7 @@ expression puts the estimates within a few rows.
 from django.db import migrations
 
 
-def finer_statistics(apps, schema_editor):  # type: ignore[no-untyped-def]
+def finer_statistics(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for index in ("study_patient_name_upper", "study_referring_upper"):
@@ -19,7 +19,7 @@ def finer_statistics(apps, schema_editor):  # type: ignore[no-untyped-def]
     schema_editor.execute("ANALYZE archive_study")
 
 
-def default_statistics(apps, schema_editor):  # type: ignore[no-untyped-def]
+def default_statistics(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     for index in ("study_patient_name_upper", "study_referring_upper"):

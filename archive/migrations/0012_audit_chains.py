@@ -72,7 +72,7 @@ SQLITE_BACKWARD = [
 ]
 
 
-def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def forward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         schema_editor.execute(PG_FORWARD, params=None)
@@ -81,7 +81,7 @@ def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
             schema_editor.execute(sql)
 
 
-def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def backward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         schema_editor.execute(PG_BACKWARD, params=None)
@@ -90,7 +90,7 @@ def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
             schema_editor.execute(sql)
 
 
-def backward_last(apps, schema_editor):  # type: ignore[no-untyped-def]
+def backward_last(apps, schema_editor):
     """Reversed last: SQLite's table rebuilds dropped 0002's trigger; put it back."""
     if schema_editor.connection.vendor == "sqlite":
         schema_editor.execute(SQLITE_FORWARD[0])

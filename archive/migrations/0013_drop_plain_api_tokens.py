@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.db import migrations
 
 
-def forget_authtoken(apps, schema_editor) -> None:  # type: ignore[no-untyped-def]
+def forget_authtoken(apps, schema_editor) -> None:
     ContentType = apps.get_model("contenttypes", "ContentType")
     # Their permissions go with them (cascade): no group can be given "add token" any more.
     ContentType.objects.filter(app_label="authtoken").delete()

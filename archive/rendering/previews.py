@@ -143,6 +143,8 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
         Instance.objects.filter(series_id=series_pk).select_related("series__study").order_by("instance_number", "pk")
     )
     rows: dict[int, list[Rendition]] = defaultdict(list)
+    row: Rendition | None  # a stored rendition, then the one (if any) a new one replaces
+    kind: str
     for row in Rendition.objects.filter(
         instance__series_id=series_pk, frame=FRAME, renderer_version=RENDERER_VERSION
     ).order_by("pk"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.db.models import QuerySet
@@ -39,7 +39,7 @@ class WorklistFilterForm(forms.Form):
     priority = forms.ChoiceField(
         label=_("Priorità"),
         required=False,
-        choices=[("", _("Tutte")), *Study._meta.get_field("priority").choices],  # type: ignore[misc]
+        choices=[("", _("Tutte")), *Study._meta.get_field("priority").choices],  # type: ignore[misc]  # get_field is typed for any field; this one has choices
     )
     status = forms.ChoiceField(
         label=_("Stato"),
@@ -53,8 +53,9 @@ class WorklistFilterForm(forms.Form):
 
     def __init__(self, *args: Any, facilities: QuerySet[Facility], modalities: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["facility"].queryset = facilities  # type: ignore[attr-defined]
-        self.fields["modality"].choices = [("", _("Tutte")), *((m, m) for m in modalities)]  # type: ignore[attr-defined]
+        # The bound copies of the fields declared above (self.fields maps names to Field).
+        cast(forms.ModelChoiceField, self.fields["facility"]).queryset = facilities
+        cast(forms.ChoiceField, self.fields["modality"]).choices = [("", _("Tutte")), *((m, m) for m in modalities)]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -47,7 +47,7 @@ from kernel.models import AuditEvent
 if TYPE_CHECKING:
     # Only for hints: signing (and the PDF maker) are imported lazily, when a
     # report is signed or verified, so that reading reports never loads them.
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
     from pydicom.dataset import Dataset
 
     from archive.rendering.pipeline import Window
@@ -98,12 +98,12 @@ def _hhmm(moment: dt.datetime | None) -> str:
     return timezone.localtime(moment).strftime("%H:%M") if moment else ""
 
 
-def studies_accessible(*, user: AbstractBaseUser | Any) -> QuerySet[Study]:
+def studies_accessible(*, user: User) -> QuerySet[Study]:
     """The studies ``user`` may open (:func:`archive.access.studies_visible`)."""
     return access.studies_visible(access.principal_for_user(user))
 
 
-def study_access_check(*, user: AbstractBaseUser | Any, study: Study, source: str = "") -> None:
+def study_access_check(*, user: User, study: Study, source: str = "") -> None:
     """Raise :class:`~archive.access.StudyNotVisible` (a 404, and audit ``study.denied`` with
     the reason) when ``user`` may not open ``study`` (:func:`archive.access.study_verdict`)."""
     verdict = access.study_verdict(access.principal_for_user(user), study)
@@ -283,7 +283,7 @@ def _draft_create(*, study: Study, user: Any, values: dict[str, Any]) -> Report:
         raise ReportConflict(_("Il referto dello studio è appena cambiato: ricarica la pagina.")) from None
 
 
-def report_draft_start(*, study: Study, user: AbstractBaseUser | Any, source: str = "") -> Report:
+def report_draft_start(*, study: Study, user: User, source: str = "") -> Report:
     """Claim ``study`` for reporting: create its draft, or return the user's own.
 
     The clinical question is pre-filled from the booking's
@@ -370,7 +370,7 @@ def _saved_conflict(row: Report | None) -> ReportConflict:
 def report_save(
     *,
     report: Report,
-    user: AbstractBaseUser | Any,
+    user: User,
     revision: int,
     clinical_question: str,
     technique: str,
@@ -426,7 +426,7 @@ def report_save(
     return saved
 
 
-def report_discard(*, report: Report, user: AbstractBaseUser | Any, source: str = "") -> None:
+def report_discard(*, report: Report, user: User, source: str = "") -> None:
     """The author drops an unsigned draft (and with it the claim on the study).
 
     Only the author: colleagues edit and sign the draft, but the claim is the author's
@@ -450,7 +450,7 @@ def report_discard(*, report: Report, user: AbstractBaseUser | Any, source: str 
         audit_record(action="report.discard", user=user, study=study, source=source, detail=_detail(row))
 
 
-def report_amend(*, report: Report, user: AbstractBaseUser | Any, kind: str, source: str = "") -> Report:
+def report_amend(*, report: Report, user: User, kind: str, source: str = "") -> Report:
     """Start a correction or an addendum of the signed ``report``: a new draft version.
 
     A correction (``kind="correction"``) starts from the signed text; an
@@ -520,7 +520,7 @@ def _reauthenticate(*, user: Any, password: str, otp: str) -> str:
 def report_sign(
     *,
     report: Report,
-    user: AbstractBaseUser | Any,
+    user: User,
     password: str,
     otp: str = "",
     revision: int,
@@ -853,6 +853,7 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     the same data set (a retry stores nothing new).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID
 
     study = report.study
     sop_uid = report.encapsulated_sop_instance_uid
@@ -860,9 +861,9 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     date, time = signed_at.strftime("%Y%m%d"), signed_at.strftime("%H%M%S")
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+    meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
 
     ds = Dataset()
     ds.file_meta = meta
@@ -898,7 +899,8 @@ def encapsulated_dataset(*, report: Report, pdf: bytes) -> Dataset:
     ds.AcquisitionDateTime = signed_at.strftime("%Y%m%d%H%M%S")
     ds.BurnedInAnnotation = "YES"
     # Fixed Italian, not the active language: the data set is archived for ever.
-    kind = {Report.Kind.CORRECTION: " (rettifica)", Report.Kind.ADDENDUM: " (integrazione)"}.get(report.kind, "")
+    suffixes: dict[str, str] = {Report.Kind.CORRECTION: " (rettifica)", Report.Kind.ADDENDUM: " (integrazione)"}
+    kind = suffixes.get(report.kind, "")
     title = f"Referto radiologico{kind}"
     ds.DocumentTitle = f"{title} v{report.version} - {report.signer_name}"[:64]
     concept = Dataset()

@@ -359,7 +359,7 @@ def demo_certificate_issue(
     return (
         builder.add_extension(_ski(key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]  # our CA's key, a kind that signs
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())

@@ -33,7 +33,7 @@ from typing import Any
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import F, Prefetch, Q
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import get_script_prefix, path, reverse
 from django.utils import timezone
@@ -48,7 +48,7 @@ from archive.reporting import services as reports
 from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
-from kernel.web import client_ip, content_disposition, perms_required
+from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _name(user: Any) -> str:
 
 
 @_perms()
-def worklist(request: HttpRequest) -> HttpResponse:
+def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
     principal = access.principal_for_request(request)
     facilities, modalities = reports.worklist_choices(principal=principal)
     form = WorklistFilterForm(request.GET or None, facilities=facilities, modalities=modalities)
@@ -126,7 +126,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
             source=_source(request),
             detail=detail,
         )
-    kept = urlencode([(k, v) for k, v in request.GET.items() if k != "pagina" and v])
+    kept = urlencode([(k, str(v)) for k, v in request.GET.items() if k != "pagina" and v])
     return render(
         request,
         "archive/reporting/worklist.html",
@@ -190,7 +190,7 @@ def _series_presets(series: Series, first: Instance) -> list[Preset]:
     return presets
 
 
-def _viewer(request: HttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
+def _viewer(request: AuthenticatedHttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
     root = f"{get_script_prefix()}{_DICOMWEB}/studies/{study.study_instance_uid}"
     images = Instance.objects.filter(rows__isnull=False).order_by(F("instance_number").asc(nulls_last=True), "pk")
     series_list = study.series.order_by(F("series_number").asc(nulls_last=True), "pk").prefetch_related(
@@ -233,13 +233,13 @@ def image_url(url: str, preset: Preset) -> str:
     return f"{url}?{urlencode({'window': preset.window})}" if preset.window else url
 
 
-def _study_for(request: HttpRequest, pk: int) -> Study:
+def _study_for(request: AuthenticatedHttpRequest, pk: int) -> Study:
     study = get_object_or_404(Study.objects.select_related("patient", "facility", "facility__authority"), pk=pk)
     reports.study_access_check(user=request.user, study=study, source=_source(request))
     return study
 
 
-def _report_for(request: HttpRequest, pk: int) -> Report:
+def _report_for(request: AuthenticatedHttpRequest, pk: int) -> Report:
     report = get_object_or_404(
         Report.objects.select_related("study", "study__patient", "study__facility", "author", "updated_by"), pk=pk
     )
@@ -248,7 +248,7 @@ def _report_for(request: HttpRequest, pk: int) -> Report:
 
 
 def _render_study(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     study: Study,
     *,
     form: ReportForm | None = None,
@@ -276,7 +276,7 @@ def _render_study(
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
     for prior in priors:
-        prior.open_url = reverse("reporting:study", args=[prior.pk])
+        prior.open_url = reverse("reporting:study", args=[prior.pk])  # type: ignore[attr-defined]  # for the template
     detail: dict[str, Any] = {"page": "reporting.study", "priors": [p.study_instance_uid for p in priors]}
     audit_record(
         action="study.view",
@@ -328,13 +328,14 @@ def _render_study(
     return render(request, "archive/reporting/study.html", context, status=status)
 
 
-def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> dict[str, Any]:
+def _emergency_context(request: AuthenticatedHttpRequest, patient: Patient, *, back: str) -> dict[str, Any]:
     """The emergency access link for ``patient``, offered to every holder of the permission whether
     or not the patient hid anything (its presence tells nothing), and whether the user holds a live one."""
     if not request.user.has_perm(EMERGENCY_PERMISSION):
         return {"emergency_url": "", "emergency_live": False}
     # The portal's page, named by URL: the archive does not import the portal (docs/ARCHITECTURE.md).
-    url = f"{reverse('portal:staff_emergency_access')}?{urlencode({'paziente': patient.pk, 'next': back})}"
+    query: dict[str, int | str] = {"paziente": patient.pk, "next": back}
+    url = f"{reverse('portal:staff_emergency_access')}?{urlencode(query)}"
     return {
         "emergency_url": url,
         "emergency_live": patient.pk in access.principal_for_request(request).patient_ids,
@@ -342,7 +343,7 @@ def _emergency_context(request: HttpRequest, patient: Patient, *, back: str) -> 
 
 
 @_perms()
-def study(request: HttpRequest, pk: int) -> HttpResponse:
+def study(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _render_study(request, _study_for(request, pk))
 
 
@@ -355,7 +356,7 @@ def _signed_reports() -> Prefetch:
 
 
 @_perms()
-def patient(request: HttpRequest, pk: int) -> HttpResponse:
+def patient(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Every study of the patient the user may see, newest first (404 for a patient the user may not see).
 
     Where an emergency access leads: it is the only page that lists a
@@ -377,7 +378,7 @@ def patient(request: HttpRequest, pk: int) -> HttpResponse:
         .order_by(F("study_date").desc(nulls_last=True), "-pk")
     )
     for item in studies:
-        item.open_url = reverse("reporting:study", args=[item.pk])
+        item.open_url = reverse("reporting:study", args=[item.pk])  # type: ignore[attr-defined]  # for the template
     audit_record(
         action="reporting.patient.view",
         user=request.user,
@@ -402,7 +403,7 @@ def _study_url(study: Study) -> str:
 
 @_perms("archive.add_report")
 @require_POST
-def report_start(request: HttpRequest, pk: int) -> HttpResponse:
+def report_start(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     study_obj = _study_for(request, pk)
     try:
         reports.report_draft_start(study=study_obj, user=request.user, source=_source(request))
@@ -412,7 +413,7 @@ def report_start(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(_study_url(study_obj))
 
 
-def _refuse_signed(request: HttpRequest, report: Report, action: str) -> HttpResponse:
+def _refuse_signed(request: AuthenticatedHttpRequest, report: Report, action: str) -> HttpResponse:
     audit_record(
         action=action,
         outcome=AuditEvent.Outcome.DENIED,
@@ -430,7 +431,7 @@ def _refuse_signed(request: HttpRequest, report: Report, action: str) -> HttpRes
 
 @_perms("archive.change_report")
 @require_POST
-def report_save(request: HttpRequest, pk: int) -> HttpResponse:
+def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         return _refuse_signed(request, report, "report.save")
@@ -472,7 +473,7 @@ def report_save(request: HttpRequest, pk: int) -> HttpResponse:
 
 @_perms("archive.change_report")
 @require_POST
-def report_discard(request: HttpRequest, pk: int) -> HttpResponse:
+def report_discard(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         return _refuse_signed(request, report, "report.discard")
@@ -487,7 +488,7 @@ def report_discard(request: HttpRequest, pk: int) -> HttpResponse:
 
 @_perms("archive.sign_report")
 @require_http_methods(["GET", "POST"])
-def report_sign(request: HttpRequest, pk: int) -> HttpResponse:
+def report_sign(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     if report.is_signed:
         if request.method == "POST":
@@ -531,7 +532,7 @@ def report_sign(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _audit_report_view(request: HttpRequest, report: Report, **detail: Any) -> None:
+def _audit_report_view(request: AuthenticatedHttpRequest, report: Report, **detail: Any) -> None:
     audit_record(
         action="report.view",
         user=request.user,
@@ -542,7 +543,7 @@ def _audit_report_view(request: HttpRequest, report: Report, **detail: Any) -> N
 
 
 @_perms()
-def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def report_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     check = None
     if report.is_signed:
@@ -573,7 +574,7 @@ _FILES = {
 
 
 @_perms()
-def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
+def report_file(request: AuthenticatedHttpRequest, pk: int, which: str) -> HttpResponse:
     report = _report_for(request, pk)
     if which not in _FILES or not report.is_signed:
         raise Http404(_("Solo i referti firmati hanno un PDF e una firma."))
@@ -610,7 +611,7 @@ def report_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
 
 @_perms("archive.add_report")
 @require_POST
-def report_amend(request: HttpRequest, pk: int) -> HttpResponse:
+def report_amend(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     report = _report_for(request, pk)
     form = AmendForm(request.POST)
     if not form.is_valid():

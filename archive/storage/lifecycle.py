@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum, Value
+from django.db.models import Count, Exists, Expression, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -602,6 +602,7 @@ def priors_prefetch(
 
 def scope_stale_copies() -> Any:
     """Long-term copies that do not lie in their instance's long-term tier for the current scope."""
+    target: Expression
     if settings.PACS_LONG_TERM_SCOPE == "authority":
         target = Concat(Value(f"{storage.LONGTERM}:"), F("instance__facility__authority__code"))
     else:
@@ -797,10 +798,14 @@ def storage_summary(*, principal: access.Principal = access.SYSTEM) -> dict[str,
     instance_seen = access.any_q(Q(instance__isnull=True), access.visible_q(principal, "instance__series__study__"))
     alerts = StorageAlert.objects.filter(instance_seen).unacknowledged()
     failures = CopyFailure.objects.filter(access.visible_q(principal, "instance__series__study__"))
-    tiers = list(Copy.objects.values("tier").annotate(objects=Count("pk"), bytes=Sum("size")).order_by("tier"))
+    tiers = list(
+        Copy.objects.values("tier")
+        .annotate(objects=Count("pk"), bytes=Sum("size"))  # type: ignore[no-redef]  # a row's key, not the manager
+        .order_by("tier")
+    )
     per_facility = list(
         Copy.objects.values("instance__facility__code", "tier")
-        .annotate(objects=Count("pk"), bytes=Sum("size"))
+        .annotate(objects=Count("pk"), bytes=Sum("size"))  # type: ignore[no-redef]  # a row's key, not the manager
         .order_by("instance__facility__code", "tier")
     )
     return {

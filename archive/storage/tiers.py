@@ -42,10 +42,13 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +244,7 @@ def new_incoming_file() -> tuple[BinaryIO, Path]:
     return os.fdopen(fd, "w+b"), Path(name)
 
 
-def copy_to_incoming(src: BinaryIO) -> Path:
+def copy_to_incoming(src: SupportsRead[bytes]) -> Path:
     """Copy a stream into a new incoming file (flushed, not yet fsynced); return its path."""
     fh, path = new_incoming_file()
     try:
@@ -784,7 +787,7 @@ def _s3_missing(exc: BaseException) -> bool:
 def _s3_head(tier: str, relpath: str) -> dict[str, Any] | None:
     obj = _s3_object(tier, relpath)
     try:
-        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)  # type: ignore[no-any-return]
+        return obj.client.head_object(Bucket=obj.bucket, Key=obj.key)
     except Exception as exc:
         if _s3_missing(exc):
             return None
@@ -824,7 +827,7 @@ def _s3_download(tier: str, relpath: str) -> BinaryIO | None:
     except Exception as exc:
         fh.close()
         raise _s3_error(exc, f"downloading {relpath}") from exc
-    return fh  # type: ignore[return-value]
+    return fh
 
 
 def _s3_read_sha256(tier: str, relpath: str) -> str | None:
@@ -850,7 +853,7 @@ def _s3_store(src: BinaryIO, tier: str, relpath: str, *, sha256: str) -> bool:
     obj = _s3_object(tier, relpath)
     # The source is hashed before anything is sent: bytes that are not what
     # the name says never reach the store.
-    spool = tempfile.SpooledTemporaryFile(max_size=_S3_SINGLE_PUT, dir=incoming_dir())
+    spool = tempfile.SpooledTemporaryFile(max_size=_S3_SINGLE_PUT, dir=str(incoming_dir()))
     with spool:
         digest = hashlib.sha256()
         size = 0

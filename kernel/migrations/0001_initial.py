@@ -16,7 +16,7 @@ MODELS = ("auditevent", "auditeventpatient")
 
 
 def content_types_move(source, target):
-    def move(apps, schema_editor):  # type: ignore[no-untyped-def]
+    def move(apps, schema_editor):
         ContentType = apps.get_model("contenttypes", "ContentType")
         db = schema_editor.connection.alias
         types = ContentType.objects.using(db)

@@ -21,7 +21,7 @@ BEGIN SELECT RAISE(ABORT, 'preservation_journalentry is append-only (DELETE refu
 SQLITE_BACKWARD = "DROP TRIGGER IF EXISTS preservation_journalentry_no_delete"
 
 
-def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def forward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         schema_editor.execute(PG_FORWARD, params=None)
@@ -29,7 +29,7 @@ def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
         schema_editor.execute(SQLITE_FORWARD)
 
 
-def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def backward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         schema_editor.execute(PG_BACKWARD, params=None)

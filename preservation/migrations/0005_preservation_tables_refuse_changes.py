@@ -148,7 +148,7 @@ def sqlite_statements() -> dict[str, list[str]]:
     return {table: _sqlite_forward(table, rule) for table, rule in RULES.items()}
 
 
-def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def forward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
         for table, rule in RULES.items():
@@ -159,7 +159,7 @@ def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
                 schema_editor.execute(statement)
 
 
-def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
+def backward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     for table in RULES:
         if vendor == "postgresql":
