@@ -4,7 +4,7 @@ Celery task), served while kept, then purged.
 :func:`package_request` finds or creates the :class:`~portal.models.DownloadPackage`
 for the study's current content (its :func:`study_fingerprint`): two
 requests share one package. :func:`package_build` writes it with
-:mod:`portal.packages` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
+:mod:`portal.media` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
 the row. A builder that died (a killed worker) stops renewing
 ``heartbeat_at``; after :data:`STALE` another may take the package over, and
 the zip is written under a temporary name, so nothing half-written is served.
@@ -30,7 +30,7 @@ from archive.models import Instance, Study
 from archive.storage import tiers as storage
 from booking.models import Booking
 
-from . import packages
+from . import media
 from .models import DownloadPackage, Notification
 
 logger = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ STALE = dt.timedelta(minutes=5)
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 LIVE = (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING, DownloadPackage.Status.READY)
 _WRITERS = {
-    DownloadPackage.Kind.DICOM: packages.dicom_media_zip_write,
-    DownloadPackage.Kind.JPEG: packages.jpeg_zip_write,
+    DownloadPackage.Kind.DICOM: media.dicom_media_zip_write,
+    DownloadPackage.Kind.JPEG: media.jpeg_zip_write,
 }
 
 
@@ -161,7 +161,7 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
 
     try:
         info = _WRITERS[package.kind](study=package.study, path=path, progress=progress)
-    except packages.PackageError as exc:
+    except media.PackageError as exc:
         logger.error("package %s of study %s failed: %s", package.pk, package.study_id, exc)
         DownloadPackage.objects.filter(pk=package.pk).update(
             status=DownloadPackage.Status.FAILED, error=str(exc)[:2000]

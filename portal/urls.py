@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.urls import include, path
 
-from . import views, views_staff
+from . import desk_views, views
 
 app_name = "portal"
 
@@ -22,7 +22,7 @@ urlpatterns = [
     path("scarica/<str:token>/", views.download, name="download"),
     path("accessi/", views.access_log, name="access_log"),
     path("deleghe/", views.delegations, name="delegations"),
-    path("sportello/", include(views_staff.urlpatterns)),
+    path("sportello/", include(desk_views.urlpatterns)),
 ]
 
 if settings.PACS_OIDC_ENABLED:

@@ -11,7 +11,7 @@ Measured, each with the files' pages evicted from the page cache first
 (``posix_fadvise DONTNEED``, cold) and in the cache (warm), in alternating
 order, best of ``--repeat``:
 
-(a) ``portal.packages.dicom_media_zip_write(study=..., path=..., progress=None)``
+(a) ``portal.media.dicom_media_zip_write(study=..., path=..., progress=None)``
     in a child process: wall time, MB/s of instance bytes, and the child's
     peak RSS (``wait4``'s ``ru_maxrss``, and VmRSS sampled every 5 ms),
     against its RSS just before the call (Django loaded, the study fetched).
@@ -94,13 +94,13 @@ def child_main(what: str, arg: str, out: str) -> None:
 
     django.setup()
     from archive.models import Study
-    from portal import downloads, packages
+    from portal import downloads, media
 
     if what == "zip":
         study = Study.objects.get(pk=int(arg))
         rss = _status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
-        info = packages.dicom_media_zip_write(study=study, path=Path(out), progress=None)
+        info = media.dicom_media_zip_write(study=study, path=Path(out), progress=None)
         seconds = time.perf_counter() - t
         result = {"seconds": seconds, "rss_before_kib": rss, "size": info.size, "count": info.instance_count}
     else:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from archive import access
 from archive.models import Patient, Study
 from kernel.models import AuditEvent
-from portal import views_staff
+from portal import desk_views
 from portal.availability import PortalError, conceal, delegation_register, emergency_access_grant, reveal
 from portal.models import Delegation, EmergencyAccess
 from tests.archive.test_reporting_pages import another_study
@@ -311,7 +311,7 @@ def test_granting_drops_the_requests_cached_principal(reporting: Reporting) -> N
     request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
     before = access.principal_for_request(request)
     assert before.patient_ids == frozenset()
-    response = views_staff.emergency(request)
+    response = desk_views.emergency(request)
     assert response.status_code == 302
     after = access.principal_for_request(request)
     assert after is not before and after.patient_ids == {reporting.study.patient_id}
