@@ -2,9 +2,9 @@
 patient's concealed studies, and the delegations desk where CUP operators
 register and revoke a *delega* on the documents the citizen shows.
 
-The views only translate: form input into :mod:`portal.availability` calls,
-its ``PortalError`` into a message beside the field, and what each page shows
-or does into an ``AuditEvent``.
+The views only translate: form input into :mod:`portal.delegations` and
+:mod:`portal.emergency` calls, their ``PortalError`` into a message beside the
+field, and what each page shows or does into an ``AuditEvent``.
 
 The emergency access is asked for a patient, found by codice fiscale (or
 named by the radiologist's study page), never for a study: to a professional
@@ -39,18 +39,16 @@ from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
 from kernel.web import client_ip, perms_required
 
-from .availability import (
+from .concealment import emergency_access_live
+from .delegations import delegation_register, delegation_revoke, delegations_in_force
+from .emergency import (
     EMERGENCY_PERMISSION,
-    PortalError,
-    delegation_register,
-    delegation_revoke,
-    delegations_in_force,
     emergency_access_grant,
     emergency_access_minutes,
     emergency_access_until,
     emergency_reason_clean,
 )
-from .concealment import emergency_access_live
+from .errors import PortalError
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
 
 logger = logging.getLogger(__name__)

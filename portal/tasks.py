@@ -1,4 +1,4 @@
-"""Celery tasks of the portal: thin adapters over :mod:`portal.availability`."""
+"""Celery tasks of the portal: thin adapters over :mod:`portal.publication` and :mod:`portal.downloads`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import availability, downloads
+from . import downloads, publication
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 )
 def report_publish_retry(report_pk: int, study_pk: int) -> str:
     """The receiver's work again, for when the database failed it in the signing process."""
-    return availability.report_publish(report_pk=report_pk, study_pk=study_pk)
+    return publication.report_publish(report_pk=report_pk, study_pk=study_pk)
 
 
 def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
@@ -35,7 +35,7 @@ def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
     database failure hands it to a worker that retries.
     """
     try:
-        availability.report_publish(report_pk=report_pk, study_pk=study_pk)
+        publication.report_publish(report_pk=report_pk, study_pk=study_pk)
     except (OperationalError, InterfaceError):
         logger.exception("report %s not published now: retrying in a worker", report_pk)
         report_publish_retry.delay(report_pk, study_pk)

@@ -1,13 +1,14 @@
 """The citizen's pages of the FSE portal: log in, my exams, an exam, its
 downloads, the image viewer, who saw my data, my delegations.
 
-Thin adapters: the rules are in :mod:`portal.availability`, the zips in
+Thin adapters: the rules are in :mod:`portal.exams`, :mod:`portal.publication`,
+:mod:`portal.delegations` and :mod:`portal.oscuramento`, the zips in
 :mod:`portal.downloads`, the links in :mod:`portal.links`. Whose exam it is
 comes from the access policy's citizen principal
 (:func:`archive.access.principal_for_request`: the citizen and the people
 whose delegation in force she holds), on top of the portal's publication
 rules; what a delegate may do besides seeing and downloading (oscuramento,
-consent) from :func:`portal.availability.citizen_rights`. Every page a
+consent) from :func:`portal.citizen_rights`. Every page a
 citizen opens and every download writes an :class:`~kernel.models.AuditEvent`
 naming the user and, for a delegate, the person they acted for. An exam that
 is not the citizen's (or of someone they act for) answers 404, audited as
@@ -50,9 +51,12 @@ from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
 from kernel.web import client_ip, content_disposition
 
-from . import availability, downloads, links
+from . import downloads, links, oscuramento, publication
 from .access_log import access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
+from .delegations import citizen_rights, delegations_in_force, people_ordered
+from .errors import PortalError
+from .exams import ExamStatus, citizen_exams, exam_status, live_publications
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
 from .ranges import file_response_with_ranges
@@ -130,9 +134,9 @@ def _booking_for(request: HttpRequest, pk: int) -> Booking:
     return booking
 
 
-def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
+def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> ExamStatus | None:
     """The exam's status when it is available online; None (and an audited refusal) when not."""
-    status = availability.exam_status(booking=booking)
+    status = exam_status(booking=booking)
     if status.code != "available_online":
         _audit(request, action, booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=status.code)
         return None
@@ -140,7 +144,7 @@ def _online_or_refuse(request: HttpRequest, booking: Booking, action: str) -> av
 
 
 def _not_online(request: HttpRequest, booking: Booking) -> HttpResponse:
-    status = availability.exam_status(booking=booking)
+    status = exam_status(booking=booking)
     return render(request, "portal/not_online.html", {"booking": booking, "status": status}, status=403)
 
 
@@ -226,8 +230,8 @@ def exams(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
-        {"booking": booking, "status": availability.exam_status(booking=booking, now=now)}
-        for booking in availability.citizen_exams(patient_ids=principal.patient_ids)
+        {"booking": booking, "status": exam_status(booking=booking, now=now)}
+        for booking in citizen_exams(patient_ids=principal.patient_ids)
     ]
     notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
     if notifications:
@@ -236,7 +240,7 @@ def exams(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "portal/exams.html",
-        {"rows": rows, "me": me, "notifications": notifications, "days": availability.availability_days()},
+        {"rows": rows, "me": me, "notifications": notifications, "days": publication.availability_days()},
     )
 
 
@@ -265,8 +269,8 @@ def _package_link(request: HttpRequest, package: DownloadPackage | None) -> str:
 def exam(request: HttpRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     now = timezone.now()
-    status = availability.exam_status(booking=booking, now=now)
-    publications = availability.live_publications(booking=booking, now=now, status=status)
+    status = exam_status(booking=booking, now=now)
+    publications = live_publications(booking=booking, now=now, status=status)
     report_links = [
         {
             "publication": p,
@@ -281,7 +285,7 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
     ]
     online = status.code == "available_online"
     me = request.citizen_patient  # type: ignore[attr-defined]
-    rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
+    rights = citizen_rights(citizen=me, patient=booking.patient, now=now)
     concealment = (
         Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
         if booking.study_id
@@ -302,7 +306,7 @@ def exam(request: HttpRequest, pk: int) -> HttpResponse:
             "may_conceal": may_conceal,
             "may_reveal": may_conceal
             and concealment is not None
-            and availability.concealment_revealable_by(concealment=concealment, requested_by=me),
+            and oscuramento.concealment_revealable_by(concealment=concealment, requested_by=me),
             "can_revoke": online and Delegation.Right.CONSENT in rights,
             "delegate": me is not None and booking.patient_id != me.pk,
             "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
@@ -346,7 +350,7 @@ def _package_for(request: HttpRequest, pk: int) -> tuple[DownloadPackage, Bookin
 @citizen_required
 def package(request: HttpRequest, pk: int) -> HttpResponse:
     package, booking = _package_for(request, pk)
-    if availability.exam_status(booking=booking).code != "available_online":
+    if exam_status(booking=booking).code != "available_online":
         return _not_online(request, booking)
     url = _package_link(request, package)
     if request.GET.get("format") == "json":
@@ -403,7 +407,7 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
     status = _online_or_refuse(request, booking, "portal.download")
     if status is None:
         return _not_online(request, booking)
-    if report.pk not in {p.report_id for p in availability.live_publications(booking=booking, status=status)}:
+    if report.pk not in {p.report_id for p in live_publications(booking=booking, status=status)}:
         raise Http404(_("Questa versione del referto non è pubblicata."))
     try:
         data = reports.report_file(report=report, which=link.kind)
@@ -491,7 +495,7 @@ def viewer(request: HttpRequest, pk: int) -> HttpResponse:
 def preview(request: HttpRequest, pk: int, instance_pk: int) -> HttpResponse:
     """One image of the viewer, as JPEG (part of the audited viewer page)."""
     booking = _booking_for(request, pk)
-    if availability.exam_status(booking=booking).code != "available_online":
+    if exam_status(booking=booking).code != "available_online":
         raise Http404(_("Immagine non disponibile."))
     instance = get_object_or_404(
         Instance.objects.select_related("facility"), pk=instance_pk, series__study_id=booking.study_id
@@ -520,10 +524,10 @@ def concealment(request: HttpRequest, pk: int) -> HttpResponse:
     action = request.POST.get("action")
     if action not in ("conceal", "reveal"):
         return redirect("portal:exam", pk=booking.pk)
-    service = availability.conceal if action == "conceal" else availability.reveal
+    service = oscuramento.conceal if action == "conceal" else oscuramento.reveal
     try:
         service(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
-    except availability.PortalError as err:
+    except PortalError as err:
         _audit(request, f"portal.{action}", booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=err.code)
         messages.error(request, err.message)
     else:
@@ -542,13 +546,13 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, _("Conferma la revoca spuntando la casella."))
         return redirect("portal:exam", pk=booking.pk)
     try:
-        availability.consent_revoke_online(
+        publication.consent_revoke_online(
             booking=booking,
             requested_by=request.citizen_patient,  # type: ignore[attr-defined]
             user=request.user,
             source=client_ip(request),
         )
-    except availability.PortalError as err:
+    except PortalError as err:
         _audit(
             request,
             "portal.consent_revoke",
@@ -571,7 +575,7 @@ def consent_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @citizen_required
 def access_log(request: HttpRequest) -> HttpResponse:
     me = request.citizen_patient  # type: ignore[attr-defined]
-    people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
+    people = people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
     page = Paginator(access_log_rows(patients=people, viewer=request.user), 50).get_page(request.GET.get("pagina"))
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
     return render(
@@ -585,7 +589,7 @@ def access_log(request: HttpRequest) -> HttpResponse:
 def delegations(request: HttpRequest) -> HttpResponse:
     me = request.citizen_patient  # type: ignore[attr-defined]
     now = timezone.now()
-    active = Delegation.objects.filter(availability.delegations_in_force(now)).select_related("delegator", "delegate")
+    active = Delegation.objects.filter(delegations_in_force(now)).select_related("delegator", "delegate")
     acting_for = list(active.filter(delegate=me)) if me is not None else []
     acted_by = list(active.filter(delegator=me)) if me is not None else []
     _audit(request, "portal.delegations.view", patient=me)

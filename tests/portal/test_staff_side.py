@@ -29,8 +29,11 @@ from archive import access
 from archive.models import Patient, Study
 from kernel.models import AuditEvent
 from portal import desk_views
-from portal.availability import PortalError, conceal, delegation_register, emergency_access_grant, reveal
+from portal.delegations import delegation_register
+from portal.emergency import emergency_access_grant
+from portal.errors import PortalError
 from portal.models import Delegation, EmergencyAccess
+from portal.oscuramento import conceal, reveal
 from tests.archive.test_reporting_pages import another_study
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
