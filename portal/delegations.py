@@ -76,7 +76,7 @@ def delegator_ids(*, delegate_id: int, now: dt.datetime | None = None) -> set[in
     """The patients who delegated ``delegate_id`` with a delegation in force at ``now``.
 
     The one place the delegation rule is read: the access policy's citizen
-    principal (:mod:`portal.concealment`) is built on it.
+    principal (:mod:`portal.policy`) is built on it.
     """
     now = now or timezone.now()
     return set(

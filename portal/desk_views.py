@@ -39,7 +39,6 @@ from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
 from kernel.web import client_ip, perms_required
 
-from .concealment import emergency_access_live
 from .delegations import delegation_register, delegation_revoke, delegations_in_force
 from .emergency import (
     EMERGENCY_PERMISSION,
@@ -50,6 +49,7 @@ from .emergency import (
 )
 from .errors import PortalError
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
+from .policy import emergency_access_live
 
 logger = logging.getLogger(__name__)
 

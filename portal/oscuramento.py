@@ -1,7 +1,7 @@
 """The oscuramento: the data subject hides a study from health professionals, and
 makes it visible again.
 
-Hidden studies are left out by the access policy (:mod:`portal.concealment`);
+Hidden studies are left out by the access policy (:mod:`portal.policy`);
 the citizen still sees them, and so does the report's author. A delegate may
 hide only as a legal representative (:func:`portal.delegations.right_check`),
 and never lifts a hiding the patient set herself.
