@@ -3,7 +3,7 @@ Celery task), served while kept, then purged.
 
 :func:`package_request` finds or creates the :class:`~portal.models.DownloadPackage`
 for the study's current content (its :func:`study_fingerprint`): two
-requests share one package. :func:`package_build` writes it with
+requests share one package. :func:`media_build` writes it with
 :mod:`portal.media` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
 the row. A builder that died (a killed worker) stops renewing
 ``heartbeat_at``; after :data:`STALE` another may take the package over, and
@@ -143,7 +143,7 @@ def _claim(package_pk: int) -> DownloadPackage | None:
     return package
 
 
-def package_build(*, package_pk: int) -> DownloadPackage | None:
+def media_build(*, package_pk: int) -> DownloadPackage | None:
     """Write the package's zip and mark it ready (or failed); None when another builder has it."""
     package = _claim(package_pk)
     if package is None:
@@ -161,7 +161,7 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
 
     try:
         info = _WRITERS[package.kind](study=package.study, path=path, progress=progress)
-    except media.PackageError as exc:
+    except media.MediaError as exc:
         logger.error("package %s of study %s failed: %s", package.pk, package.study_id, exc)
         DownloadPackage.objects.filter(pk=package.pk).update(
             status=DownloadPackage.Status.FAILED, error=str(exc)[:2000]

@@ -61,7 +61,7 @@ def package_build(self: Any, package_pk: int, user_pk: int | None = None, bookin
 
     from booking.models import Booking
 
-    package = downloads.package_build(package_pk=package_pk)
+    package = downloads.media_build(package_pk=package_pk)
     if package is None:
         return "missing"
     if package.status in (package.Status.QUEUED, package.Status.RUNNING):

@@ -331,7 +331,7 @@ def package_request(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     _audit(request, "portal.package.request", booking=booking, kind=kind, package=package.pk, created=created)
     if package.status == DownloadPackage.Status.QUEUED:
         if downloads.builds_inline(package):
-            downloads.package_build(package_pk=package.pk)
+            downloads.media_build(package_pk=package.pk)
         else:
             from .tasks import package_build
 

@@ -20,7 +20,7 @@ order, best of ``--repeat``:
     the same bytes with an fsync at the end (a copy, which the zip also is).
 (c) The citizen's download through gunicorn (Procfile: 2 workers x 4
     threads): log in, POST /fse/esami/<pk>/pacchetti/dicom/, the package's
-    build (``portal.downloads.package_build``, the Celery task's work, run
+    build (``portal.downloads.media_build``, the Celery task's work, run
     here in a child process in place of a worker so that its memory is
     measured like (a)) while polling /fse/pacchetti/<id>/?format=json, then
     GET download_url streamed and discarded: MB/s against reading the zip
@@ -109,7 +109,7 @@ def child_main(what: str, arg: str, out: str) -> None:
         DownloadPackage.objects.filter(pk=int(arg)).first()  # the ORM warmed up, as in a worker
         rss = _status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
-        package = downloads.package_build(package_pk=int(arg))
+        package = downloads.media_build(package_pk=int(arg))
         seconds = time.perf_counter() - t
         result = {
             "seconds": seconds,
@@ -652,7 +652,7 @@ def main() -> None:
         b = flow.build
         peak = max(b.peak_kib, b.sampled_kib)
         print(
-            f"\n(c) package built by portal.downloads.package_build in a child (the Celery task's work): "
+            f"\n(c) package built by portal.downloads.media_build in a child (the Celery task's work): "
             f"{b.seconds:.1f} s, {mb / b.seconds:.0f} MB/s, peak RSS {peak / 1024:.0f} MB "
             f"(growth {(peak - b.before_kib) / 1024:.1f} MB), status {b.result.get('status')}"
         )

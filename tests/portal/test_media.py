@@ -21,7 +21,7 @@ from archive.sample_data import SR, US_MULTIFRAME, PatientInfo, write_study
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from portal import media
-from portal.media import PackageError, dicom_media_zip_write, jpeg_zip_write
+from portal.media import MediaError, dicom_media_zip_write, jpeg_zip_write
 from tests.dicomweb_helpers import ingest_files
 
 
@@ -113,7 +113,7 @@ def test_dicom_zip_failing_half_way_leaves_nothing(region, ct_study: list[Path],
 
     monkeypatch.setattr(retrieve, "instance_open", flaky_open)
     out = tmp_path / "out" / "study.zip"
-    with pytest.raises(PackageError, match="disk gone"):
+    with pytest.raises(MediaError, match="disk gone"):
         dicom_media_zip_write(study=_study(), path=out)
     assert _no_leftovers(out.parent) == []
     assert sum(calls.values()) == 2 + 6  # two series' headers, then every copy up to the last instance
@@ -129,7 +129,7 @@ def test_dicom_zip_refuses_a_copy_that_does_not_hash_as_recorded(region, ct_stud
     data[-1] ^= 0xFF  # a flipped bit in the pixel data
     stored.write_bytes(bytes(data))
     out = tmp_path / "study.zip"
-    with pytest.raises(PackageError, match="SHA-256"):
+    with pytest.raises(MediaError, match="SHA-256"):
         dicom_media_zip_write(study=_study(), path=out)
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".study.zip")] == []
