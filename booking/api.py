@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
-from django.urls import path
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
@@ -696,14 +695,3 @@ class BookingChoiceView(CupApiView):
             raise ApiError(exc, fields=_CHOICE_FIELDS) from None
         created = before is None or choice.pk != before.pk
         return Response(_booking_data(booking), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
-
-
-urlpatterns = [
-    path("procedures/", ProcedureListView.as_view(), name="cup-api-procedures"),
-    path("stations/", StationListView.as_view(), name="cup-api-stations"),
-    path("slots/", SlotListView.as_view(), name="cup-api-slots"),
-    path("bookings/", BookingCollectionView.as_view(), name="cup-api-bookings"),
-    path("bookings/<str:accession_number>/", BookingDetailView.as_view(), name="cup-api-booking"),
-    path("bookings/<str:accession_number>/cancel/", BookingCancelView.as_view(), name="cup-api-booking-cancel"),
-    path("bookings/<str:accession_number>/choice/", BookingChoiceView.as_view(), name="cup-api-booking-choice"),
-]

@@ -25,7 +25,7 @@ from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -385,10 +385,3 @@ def delegation_revoke_view(request: HttpRequest, pk: int) -> HttpResponse:
         % {"delegate": _person(delegation.delegate), "delegator": _person(delegation.delegator)},
     )
     return redirect("portal:staff_delegations")
-
-
-urlpatterns = [
-    path("emergenza/", emergency, name="staff_emergency_access"),
-    path("deleghe/", delegations, name="staff_delegations"),
-    path("deleghe/<int:pk>/revoca/", delegation_revoke_view, name="staff_delegation_revoke"),
-]

@@ -7,6 +7,13 @@ from django.urls import include, path
 
 from . import desk_views, views
 
+# The staff desk (portal.desk_views), under sportello/.
+_desk = [
+    path("emergenza/", desk_views.emergency, name="staff_emergency_access"),
+    path("deleghe/", desk_views.delegations, name="staff_delegations"),
+    path("deleghe/<int:pk>/revoca/", desk_views.delegation_revoke_view, name="staff_delegation_revoke"),
+]
+
 app_name = "portal"
 
 urlpatterns = [
@@ -22,7 +29,7 @@ urlpatterns = [
     path("scarica/<str:token>/", views.download, name="download"),
     path("accessi/", views.access_log, name="access_log"),
     path("deleghe/", views.delegations, name="delegations"),
-    path("sportello/", include(desk_views.urlpatterns)),
+    path("sportello/", include(_desk)),
 ]
 
 if settings.PACS_OIDC_ENABLED:

@@ -35,7 +35,7 @@ from django.core.paginator import Paginator
 from django.db.models import Case, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import get_script_prefix, path, reverse
+from django.urls import get_script_prefix, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
@@ -677,19 +677,3 @@ def report_amend(request: HttpRequest, pk: int) -> HttpResponse:
         % {"v": draft.version, "kind": draft.get_kind_display()},
     )
     return redirect(_study_url(report.study))
-
-
-app_name = "reporting"
-urlpatterns = [
-    path("", worklist, name="worklist"),
-    path("studi/<int:pk>/", study, name="study"),
-    path("pazienti/<int:pk>/", patient, name="patient"),
-    path("studi/<int:pk>/inizia/", report_start, name="report_start"),
-    path("referti/<int:pk>/", report_detail, name="report_detail"),
-    path("referti/<int:pk>/salva/", report_save, name="report_save"),
-    path("referti/<int:pk>/abbandona/", report_discard, name="report_discard"),
-    path("referti/<int:pk>/firma/", report_sign, name="report_sign"),
-    path("referti/<int:pk>/nuova-versione/", report_amend, name="report_amend"),
-    path("referti/<int:pk>/referto.pdf", report_file, {"which": "pdf"}, name="report_pdf"),
-    path("referti/<int:pk>/referto.p7m", report_file, {"which": "p7m"}, name="report_p7m"),
-]
