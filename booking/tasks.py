@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 
 from archive.models import Report
 from archive.storage import lifecycle
-from archive.storage import tiers as storage
+from kernel.errors import Unavailable
 
 from . import matching
 from .models import Booking
@@ -112,9 +112,9 @@ def report_signed_booking(sender: Any, report_pk: int, study_pk: int, **kwargs: 
 @shared_task(
     name="booking.tasks.booking_prefetch",
     acks_late=True,
-    # Transient only: the database or a tier (the long-term store down). The
-    # recall is idempotent: what is already in the facility tier is kept longer.
-    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    # Transient only: the database or a tier (the long-term store down: a StorageError,
+    # Unavailable). The recall is idempotent: what is already in the facility tier is kept longer.
+    autoretry_for=(OperationalError, InterfaceError, Unavailable),
     retry_backoff=60,
     retry_backoff_max=3600,
     max_retries=8,

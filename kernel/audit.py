@@ -52,6 +52,8 @@ from django.utils import timezone
 
 from kernel.models import AuditEvent, AuditEventPatient
 
+from .errors import PacsError
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
@@ -97,8 +99,10 @@ GUARDS = {
 # --- the key ------------------------------------------------------------------------
 
 
-class AuditKeyError(Exception):
+class AuditKeyError(PacsError):
     """The audit key cannot be read (or made): nothing can be audited, so nothing is served."""
+
+    code = "audit_key"
 
 
 @dataclass(frozen=True)

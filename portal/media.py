@@ -59,6 +59,7 @@ from archive.rendering import previews
 from archive.rendering.isolated import render_with
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel.errors import PacsError
 
 if TYPE_CHECKING:
     from archive.models import Study
@@ -75,8 +76,10 @@ JPEG_PARAMS = rendering.RenderParams()
 Progress = Callable[[int, int], None]
 
 
-class MediaError(Exception):
+class MediaError(PacsError):
     """The zip cannot be made (an instance unreadable or not as recorded, a DICOMDIR not buildable)."""
+
+    code = "media"
 
 
 @dataclass(frozen=True)

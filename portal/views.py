@@ -380,9 +380,9 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
             outcome=AuditEvent.Outcome.DENIED,
             user=request.user,
             source=client_ip(request),
-            detail={"reason": refused.reason},
+            detail={"reason": refused.code},
         )
-        return render(request, "portal/link_refused.html", {"message": _REFUSED[refused.reason]}, status=403)
+        return render(request, "portal/link_refused.html", {"message": _REFUSED[refused.code]}, status=403)
     if link.kind == "package":
         package, booking = _package_for(request, link.object_id)
         if _online_or_refuse(request, booking, "portal.download") is None:

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
 from archive.reporting import signing
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ DEMO_POLICY = "1.3.6.1.4.1.32473.1.9.1"
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
-class TimestampError(Exception):
+class TimestampError(Unavailable):
     """No time stamp could be obtained."""
+
+    code = "timestamp"
 
 
 @dataclass(frozen=True)
