@@ -1,6 +1,7 @@
 """The kernel: what every app uses and is not about images. The audit log
 (``audit``, its rows in ``models``), the codice fiscale (``codice_fiscale``), the
-small pieces of every web edge (``web``).
+small pieces of every web edge (``web``), the one error base (``errors``) and its
+HTTP edge, RFC 9457 problems for every REST API (``problems``).
 
 It imports Django, DRF and libraries only, never archive, booking, portal or
 preservation: what it needs to know of them is given to it (a model named by

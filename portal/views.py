@@ -49,6 +49,7 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
+from kernel.problems import http_status
 from kernel.web import client_ip, content_disposition
 
 from . import downloads, links, oscuramento, publication
@@ -382,7 +383,9 @@ def download(request: HttpRequest, token: str) -> HttpResponse:
             source=client_ip(request),
             detail={"reason": refused.code},
         )
-        return render(request, "portal/link_refused.html", {"message": _REFUSED[refused.code]}, status=403)
+        return render(
+            request, "portal/link_refused.html", {"message": _REFUSED[refused.code]}, status=http_status(refused)
+        )
     if link.kind == "package":
         package, booking = _package_for(request, link.object_id)
         if _online_or_refuse(request, booking, "portal.download") is None:

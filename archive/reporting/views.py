@@ -50,6 +50,7 @@ from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, 
 from archive.storage import retrieve
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
+from kernel.problems import http_status
 from kernel.web import client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
@@ -456,7 +457,7 @@ def report_start(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         reports.report_draft_start(study=study_obj, user=request.user, source=_source(request))
     except reports.ReportError as err:
-        return _render_study(request, study_obj, error=err.message, status=409)
+        return _render_study(request, study_obj, error=err.message, status=http_status(err))
     messages.success(request, _("Hai preso in carico lo studio: la bozza del referto è tua."))
     return redirect(_study_url(study_obj))
 
@@ -510,7 +511,7 @@ def report_save(request: HttpRequest, pk: int) -> HttpResponse:
         kept.is_valid()
         return _render_study(request, report.study, form=kept, error=err.message, conflict=current, status=409)
     except reports.ReportError as err:
-        return _render_study(request, report.study, form=form, error=err.message, status=400)
+        return _render_study(request, report.study, form=form, error=err.message, status=http_status(err))
     if request.POST.get("azione") == "firma":
         return redirect("reporting:report_sign", pk=saved.pk)
     messages.success(
@@ -670,7 +671,7 @@ def report_amend(request: HttpRequest, pk: int) -> HttpResponse:
             report=report, user=request.user, kind=form.cleaned_data["kind"], source=_source(request)
         )
     except reports.ReportError as err:
-        return _render_study(request, report.study, error=err.message, status=409)
+        return _render_study(request, report.study, error=err.message, status=http_status(err))
     messages.success(
         request,
         _("Nuova versione %(v)d (%(kind)s) in bozza: scrivila e firmala.")
