@@ -30,7 +30,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
-from rest_framework.views import exception_handler, set_rollback
+from rest_framework.views import exception_handler
 
 from .errors import PacsError, kind_of
 
@@ -109,7 +109,8 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: a problem for a PacsError and for DRF's own
     answers; None (a 500 from Django, logged) for anything else, as DRF's handler does."""
     if isinstance(exc, PacsError):
-        set_rollback()
+        # No set_rollback(), unlike DRF's own: a refusal's audit row, written before the
+        # error was raised, stays (a service that must undo its writes uses atomic()).
         return problem_response(exc)
     response = exception_handler(exc, context)
     if response is None:
