@@ -506,6 +506,9 @@ _SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
 class ReportListView(ReportApiView):
     """Every version of a study's report, the first first (the draft too, if someone is writing one)."""
 
+    # Named: drf-spectacular tells a list from the responses' lowest key, here a
+    # (status, media type) pair of the problems, and would call it a retrieve.
+    @extend_schema(operation_id="reports_list")
     def get(self, request: Request) -> Response:
         uid = request.query_params.get("study", "").strip()
         if not uid:
