@@ -51,6 +51,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet, Value
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
+from kernel.errors import NotFound
+
 from .models import Facility, Patient, RemoteNode, Report, StaffProfile, Study
 
 if TYPE_CHECKING:
@@ -419,9 +421,10 @@ def study_visible(principal: Principal, study: Study) -> bool:
     return study_verdict(principal, study) is Verdict.VISIBLE
 
 
-class StudyNotVisible(Http404):
+class StudyNotVisible(Http404, NotFound):
     """The principal may not open the study: answered exactly as a study that is not in
-    the archive (a page's 404), whatever the reason, which only the audit log keeps."""
+    the archive (a page's 404, an API's ``not_found``), whatever the reason, which only
+    the audit log keeps."""
 
     def __init__(self, verdict: Verdict | None = None) -> None:
         super().__init__(_("Lo studio richiesto non esiste o non è accessibile."))

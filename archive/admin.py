@@ -1460,5 +1460,5 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
     admin.site.unregister(_user_model)
     admin.site.register(_user_model, UserAdmin)
 
-# The storage pages (archive.storage.admin) and the API tokens' page (archive.admin_tokens)
+# The storage pages (archive.storage.admin) and the API tokens' page (archive.tokens_admin)
 # register themselves; ArchiveConfig.ready imports them, after this module.

@@ -9,6 +9,9 @@ Studies and reports go through the access policy (``archive.access``): a study
 the patient hid (*oscuramento*), or one of another health authority, is absent
 from lists and answers 404 with the body of a study or report that does not
 exist, never 403.
+
+Errors are RFC 9457 problems by code (:mod:`kernel.problems`), as in every API of
+the project.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from rest_framework.views import APIView
 
 from archive.reporting import services as reports
 from kernel.audit import audit_record
+from kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from kernel.models import AuditEvent
+from kernel.problems import problem_responses
 from kernel.web import AuthenticatedRequest, HasModelPerms, content_disposition
 
 from . import access
-from .api_tokens import ApiTokenAuthentication, TokenRefused, api_token_issue, api_token_revoke
+from .api_tokens import ApiTokenAuthentication, api_token_issue, api_token_revoke
 from .models import Facility, Report, Study
 
 
@@ -266,11 +271,6 @@ class TokenSerializer(serializers.Serializer):
     expiry = serializers.DateTimeField(help_text="Scadenza (PACS_API_TOKEN_HOURS dal rilascio).")
 
 
-class TokenProblem(serializers.Serializer):
-    detail = serializers.CharField()
-    code = serializers.CharField(help_text="citizen, no_permission, inactive, locked_out")
-
-
 class TokenView(APIView):
     """Exchange a username and password for an API token (``Authorization: Token <key>``),
     used by DICOMweb clients and external CUP systems too; DELETE revokes the token sent.
@@ -289,24 +289,23 @@ class TokenView(APIView):
         request=TokenRequestSerializer,
         responses={
             200: TokenSerializer,
-            400: OpenApiResponse(description="Credenziali mancanti o errate."),
-            403: OpenApiResponse(TokenProblem, description="Cittadino o account senza permessi: nessun token."),
-            429: OpenApiResponse(TokenProblem, description="Troppi tentativi errati: accesso bloccato."),
+            **problem_responses(
+                {
+                    400: "Credenziali mancanti o errate.",
+                    403: "Cittadino o account senza permessi (code citizen, no_permission, inactive): nessun token.",
+                    429: "Troppi tentativi errati (code locked_out): accesso bloccato.",
+                }
+            ),
         },
     )
     def post(self, request: Request) -> Response:
         serializer = TokenRequestSerializer(data=request.data, context={"request": request})
         if not serializer.is_valid():
             if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
-                return Response(
-                    {"detail": gettext("Troppi tentativi errati: accesso bloccato per ora."), "code": "locked_out"},
-                    status=status.HTTP_429_TOO_MANY_REQUESTS,
-                )
-            return Response(serializer.errors, status=status.HTTP_400_BAD_REQUEST)
-        try:
-            issued = api_token_issue(user=serializer.validated_data["user"])
-        except TokenRefused as exc:
-            return Response({"detail": exc.message, "code": exc.code}, status=status.HTTP_403_FORBIDDEN)
+                raise Forbidden(gettext("Troppi tentativi errati: accesso bloccato per ora."), code="locked_out")
+            raise ValidationError(serializer.errors)
+        # An account that may not have one: TokenRefused, a 403 problem.
+        issued = api_token_issue(user=serializer.validated_data["user"])
         return Response({"token": issued.key, "expiry": issued.expiry})
 
     @extend_schema(
@@ -333,32 +332,17 @@ class TokenView(APIView):
 REPORT_TAGS = ["Referti"]
 
 
-class ReportProblem(serializers.Serializer):
-    detail = serializers.CharField(help_text="Il messaggio per l'utente, in italiano.")
-    code = serializers.CharField(
-        help_text="signed (referto firmato), conflict (bozza salvata da altri: ricaricare), claimed, "
-        "author (solo chi ha aperto la bozza la scarta), state, missing, damaged, invalid, permission_denied, "
-        "not_found, not_authenticated..."
-    )
-
-
-def _report_errors(*codes: int) -> dict[int, OpenApiResponse]:
+def _report_errors(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
     text = {
         400: "Richiesta non valida.",
         401: "Credenziali mancanti o non valide.",
-        403: "Permesso mancante o (per scartarla) bozza di un altro radiologo.",
-        404: "Referto o studio inesistente, oppure che l'utente non può vedere (la stessa risposta).",
-        409: "Il referto è firmato, oppure la bozza è stata salvata da altri dopo la revisione indicata.",
+        403: "Permesso mancante o (per scartarla, code author) bozza di un altro radiologo.",
+        404: "Referto o studio inesistente, oppure che l'utente non può vedere (la stessa risposta, code not_found); "
+        "code not_signed: il referto non ha ancora un PDF.",
+        409: "Il referto è firmato (code signed), oppure la bozza è stata salvata (conflict), presa in carico "
+        "(claimed) o scartata (discarded) da altri dopo la revisione indicata.",
     }
-    return {code: OpenApiResponse(ReportProblem, description=text[code]) for code in codes}
-
-
-class ReportApiError(Exception):
-    """An answer other than 2xx, with its Italian message and a code."""
-
-    def __init__(self, status_code: int, detail: str, code: str) -> None:
-        super().__init__(detail)
-        self.status_code, self.detail, self.code = status_code, detail, code
+    return problem_responses({code: text[code] for code in codes})
 
 
 class ReportApiView(APIView):
@@ -405,38 +389,12 @@ class ReportApiView(APIView):
             .first()
         )
         if report is None:
-            raise ReportApiError(404, gettext("Referto inesistente."), "not_found")
+            raise NotFound(gettext("Referto inesistente."))
         try:
             reports.study_access_check(user=self.request.user, study=report.study, source=self.source())
         except access.StudyNotVisible:
-            raise ReportApiError(404, gettext("Referto inesistente."), "not_found") from None
+            raise NotFound(gettext("Referto inesistente.")) from None
         return report
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, ReportApiError):
-            return Response({"detail": exc.detail, "code": exc.code}, status=exc.status_code)
-        if isinstance(exc, reports.ReportError):
-            return Response({"detail": exc.message, "code": exc.code}, status=_report_error_status(exc))
-        response = super().handle_exception(exc)
-        if isinstance(response.data, dict) and "detail" in response.data:
-            response.data = {
-                "detail": str(response.data["detail"]),
-                "code": getattr(response.data["detail"], "code", "error"),
-            }
-        return response
-
-
-def _report_error_status(exc: Exception) -> int:
-    code = getattr(exc, "code", "")
-    if isinstance(exc, reports.ReportConflict) or code in ("state", "signed"):
-        return status.HTTP_409_CONFLICT
-    if code == "author":
-        return status.HTTP_403_FORBIDDEN
-    if code == "missing":
-        return status.HTTP_404_NOT_FOUND
-    if code in ("damaged", "storage"):
-        return status.HTTP_500_INTERNAL_SERVER_ERROR
-    return status.HTTP_400_BAD_REQUEST
 
 
 class ReportPersonSerializer(serializers.Serializer):
@@ -549,17 +507,20 @@ _SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
 class ReportListView(ReportApiView):
     """Every version of a study's report, the first first (the draft too, if someone is writing one)."""
 
+    # Named: drf-spectacular tells a list from the responses' lowest key, here a
+    # (status, media type) pair of the problems, and would call it a retrieve.
+    @extend_schema(operation_id="reports_list")
     def get(self, request: AuthenticatedRequest) -> Response:
         uid = request.query_params.get("study", "").strip()
         if not uid:
-            raise ReportApiError(400, gettext("Indica lo studio: ?study=<StudyInstanceUID>."), "invalid")
+            raise Invalid(gettext("Indica lo studio: ?study=<StudyInstanceUID>."))
         study = Study.objects.select_related("facility", "patient").filter(study_instance_uid=uid).first()
         if study is None:
-            raise ReportApiError(404, gettext("Studio inesistente."), "not_found")
+            raise NotFound(gettext("Studio inesistente."))
         try:
             reports.study_access_check(user=request.user, study=study, source=self.source())
         except access.StudyNotVisible:
-            raise ReportApiError(404, gettext("Studio inesistente."), "not_found") from None
+            raise NotFound(gettext("Studio inesistente.")) from None
         rows = list(
             Report.objects.filter(study=study)
             .select_related("study", "author", "updated_by", "previous")
@@ -611,10 +572,9 @@ class ReportDetailView(ReportApiView):
             self.audit(
                 "report.save", study=report.study, outcome=AuditEvent.Outcome.DENIED, report=report.pk, reason="signed"
             )
-            raise ReportApiError(
-                409,
+            raise Conflict(
                 gettext("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione."),
-                "signed",
+                code="signed",
             )
         serializer = ReportPatchInput(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -656,7 +616,7 @@ class ReportDetailView(ReportApiView):
                 report=report.pk,
                 reason="signed",
             )
-            raise ReportApiError(409, gettext("Un referto firmato non si può cancellare."), "signed")
+            raise Conflict(gettext("Un referto firmato non si può cancellare."), code="signed")
         reports.report_discard(report=report, user=request.user, source=self.source())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -671,7 +631,7 @@ class ReportFileView(ReportApiView):
     def get(self, request: AuthenticatedRequest, pk: int) -> HttpResponse:
         report = self.report_get(pk)
         if report.status != Report.Status.SIGNED:
-            raise ReportApiError(404, gettext("Il referto non è firmato: non ha ancora un PDF."), "state")
+            raise NotFound(gettext("Il referto non è firmato: non ha ancora un PDF."), code="not_signed")
         try:
             data = reports.report_file(report=report, which=self.which)
         except reports.ReportError as exc:

@@ -33,18 +33,15 @@ from knox.auth import TokenAuthentication
 from knox.models import AuthToken
 from rest_framework import exceptions
 
+from kernel.errors import Forbidden
+
 from . import access
 
 logger = logging.getLogger(__name__)
 
 
-class TokenRefused(Exception):
-    """The account may not have an API token."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+class TokenRefused(Forbidden):
+    """The account may not have an API token; ``code``: ``inactive``, ``citizen``, ``no_permission``."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ class ArchiveConfig(AppConfig):
     def ready(self) -> None:
         # The system checks register themselves on import; so do the admin's pages
         # beyond archive.admin (they import it, it imports neither).
-        from archive import admin_tokens, checks  # noqa: F401
+        from archive import checks, tokens_admin  # noqa: F401
         from archive.storage import admin as storage_admin  # noqa: F401
 
         from .signals import study_instances_received

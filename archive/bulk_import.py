@@ -49,6 +49,7 @@ from pydicom.uid import (
 
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
+from kernel.errors import Invalid, Unavailable
 from kernel.models import AuditEvent
 
 from .dicom import is_valid_uid
@@ -75,8 +76,10 @@ _RAW_FIRST_GROUPS = frozenset({0x0000, 0x0002, 0x0004, 0x0008})
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
-class ImportSetupError(Exception):
+class ImportSetupError(Invalid):
     """The import cannot start: an unknown facility, a path that is not there."""
+
+    code = "import_setup"
 
 
 @dataclass(frozen=True)
@@ -120,17 +123,17 @@ class ImportReport:
         return not self.rejected and not self.stopped and not self.audit_errors
 
 
-class _Stop(Exception):
+class _Stop(Unavailable):
     """Going on is pointless: the tier or the database is out of resources."""
 
+    code = "out_of_resources"
 
-class _NotImportable(Exception):
-    """A file that is not a DICOM object the archive could take, with the reason."""
 
-    def __init__(self, reason: str, *, not_dicom: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.not_dicom = not_dicom
+class _NotImportable(Invalid):
+    """A file that is not a DICOM object the archive could take; ``message`` says why,
+    ``code`` is ``not_dicom`` for a file that is no DICOM at all."""
+
+    code = "not_importable"
 
 
 @dataclass
@@ -396,12 +399,12 @@ def _import_local(
         try:
             part10 = _part10_from_raw(path)
         except _NotImportable as exc:
-            if exc.not_dicom and on_media:
-                run.skip(source, f"{exc.reason} (on DICOMDIR media, not referenced by its DICOMDIR)")
-            elif exc.not_dicom and in_zip and head[:4] == b"PK\x03\x04":
+            if exc.code == "not_dicom" and on_media:
+                run.skip(source, f"{exc.message} (on DICOMDIR media, not referenced by its DICOMDIR)")
+            elif exc.code == "not_dicom" and in_zip and head[:4] == b"PK\x03\x04":
                 run.reject(source, "not a DICOM file: a zip archive inside a zip archive is not opened")
             else:
-                run.reject(source, exc.reason)
+                run.reject(source, exc.message)
             return
         except storage.StorageFull as exc:
             run.reject(source, str(exc))
@@ -419,10 +422,10 @@ def _ingest(run: _Run, *, source: str, path: Path, owned: bool) -> None:
     try:
         result = instance_ingest(path=path, facility=run.facility, owned=owned, calling_ae=run.calling_ae)
     except IngestError as exc:
-        run.reject(source, exc.reason)
-        if exc.kind == "out_of_resources":
+        run.reject(source, exc.message)
+        if exc.code == "out_of_resources":
             # A full tier or an unreachable database: every next file would fail the same way.
-            raise _Stop(exc.reason) from exc
+            raise _Stop(exc.message) from exc
         return
     except Exception as exc:
         logger.exception("importing %s failed", source)
@@ -621,7 +624,7 @@ def _part10_from_raw(path: Path) -> Path:
     if len(first) < 8 or not (
         struct.unpack("<H", first[:2])[0] in _RAW_FIRST_GROUPS or struct.unpack(">H", first[:2])[0] in _RAW_FIRST_GROUPS
     ):
-        raise _NotImportable("not a DICOM file", not_dicom=True)
+        raise _NotImportable("not a DICOM file", code="not_dicom")
     try:
         with warnings.catch_warnings():
             # Forcing a read of what may be anything makes pydicom warn about
@@ -632,11 +635,11 @@ def _part10_from_raw(path: Path) -> Path:
         sop_class = str(ds.get("SOPClassUID") or "").strip().rstrip("\x00")
         sop_instance = str(ds.get("SOPInstanceUID") or "").strip().rstrip("\x00")
     except Exception as exc:
-        raise _NotImportable(f"not a DICOM file: {type(exc).__name__}: {exc}", not_dicom=True) from None
+        raise _NotImportable(f"not a DICOM file: {type(exc).__name__}: {exc}", code="not_dicom") from None
     if not sop_class or not sop_instance:
         raise _NotImportable(
             "not a DICOM file: no 'DICM' Part 10 header, and no SOPClassUID/SOPInstanceUID in a raw data set",
-            not_dicom=True,
+            code="not_dicom",
         )
     for keyword, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_instance)):
         if not is_valid_uid(value):

@@ -323,7 +323,7 @@ def demo_studies_load() -> tuple[int, int]:
                     try:
                         result = instance_ingest(path=path, facility=facility, owned=True, calling_ae=calling_ae)
                     except IngestError as exc:
-                        logger.error("demo instance refused: %s", exc.reason)
+                        logger.error("demo instance refused: %s", exc.message)
                         continue
                     if result.outcome == "stored":
                         stored += 1

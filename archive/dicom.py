@@ -43,6 +43,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from kernel.errors import Invalid
+
 Buffer = Union[bytes, bytearray, memoryview, "mmap.mmap"]
 
 logger = logging.getLogger(__name__)
@@ -76,18 +78,23 @@ _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 
 
-class DicomRejected(Exception):
-    """A file or dataset the archive refuses to store, with the reason.
+class DicomRejected(Invalid):
+    """A file or dataset the archive refuses to store; ``message`` says why.
 
-    ``kind`` says which DIMSE failure fits: ``"invalid"`` (cannot understand),
+    ``code`` says which DIMSE failure fits: ``"invalid"`` (cannot understand),
     ``"sop_class_mismatch"`` (data set does not match SOP class),
     ``"not_storage"`` (SOP class not supported).
     """
 
-    def __init__(self, reason: str, *, kind: str = "invalid") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind
+    @property
+    def reason(self) -> str:
+        """The older name of ``message``, kept for its callers."""
+        return self.message
+
+    @property
+    def kind(self) -> str:
+        """The older name of ``code``, kept for its callers."""
+        return self.code
 
 
 def is_valid_uid(value: object) -> bool:
@@ -289,7 +296,7 @@ def read_part10(
     if meta_class and meta_class != sop_class:
         raise DicomRejected(
             f"SOPClassUID {sop_class} differs from the file meta's MediaStorageSOPClassUID {meta_class}",
-            kind="sop_class_mismatch",
+            code="sop_class_mismatch",
         )
     if meta_instance and meta_instance != sop_instance:
         raise DicomRejected(
@@ -298,7 +305,7 @@ def read_part10(
     if expected_sop_class_uid is not None and expected_sop_class_uid != sop_class:
         raise DicomRejected(
             f"the data set's SOPClassUID {sop_class} differs from the request's {expected_sop_class_uid}",
-            kind="sop_class_mismatch",
+            code="sop_class_mismatch",
         )
     if expected_sop_instance_uid is not None and expected_sop_instance_uid != sop_instance:
         raise DicomRejected(
@@ -306,7 +313,7 @@ def read_part10(
         )
     if not is_storage_sop_class(sop_class):
         name = UID(sop_class).name
-        raise DicomRejected(f"SOP class {sop_class} ({name}) is not a storage SOP class", kind="not_storage")
+        raise DicomRejected(f"SOP class {sop_class} ({name}) is not a storage SOP class", code="not_storage")
 
     try:
         patient: dict[str, Any] = {name: _text(ds, kw, n) for name, kw, n in PATIENT_FIELDS}

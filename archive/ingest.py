@@ -33,6 +33,7 @@ from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
+from kernel.errors import PacsError
 
 from .dicom import DicomRejected, Header, read_part10
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
@@ -48,17 +49,26 @@ CONFLICT = "conflict"
 _DB_ATTEMPTS = 4
 
 
-class IngestError(Exception):
-    """An object that was not stored, with the reason and the kind of failure.
+class IngestError(PacsError):
+    """An object that was not stored; ``message`` says why, ``code`` the kind of failure.
 
-    ``kind``: ``invalid``, ``sop_class_mismatch``, ``not_storage`` (the object),
-    ``out_of_resources`` (the tier is full), ``processing`` (anything else).
+    ``code``: ``invalid``, ``sop_class_mismatch``, ``not_storage`` (the object),
+    ``out_of_resources`` (the tier is full, the index database unavailable),
+    ``processing`` (anything else). The DIMSE edge answers each with its status
+    (``archive.dicomnet.listener.DIMSE_STATUS``), STOW-RS with its failure reason.
     """
 
-    def __init__(self, reason: str, *, kind: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind
+    code = "processing"
+
+    @property
+    def reason(self) -> str:
+        """The older name of ``message``, kept for its callers."""
+        return self.message
+
+    @property
+    def kind(self) -> str:
+        """The older name of ``code``, kept for its callers."""
+        return self.code
 
 
 @dataclass(frozen=True)
@@ -111,9 +121,9 @@ def instance_ingest(
             with open(path, "rb") as src:
                 path = storage.copy_to_incoming(src)
         except storage.StorageFull as exc:
-            raise IngestError(str(exc), kind="out_of_resources") from exc
+            raise IngestError(str(exc), code="out_of_resources") from exc
         except (storage.StorageError, OSError) as exc:
-            raise IngestError(f"cannot read {path}: {exc}", kind="processing") from exc
+            raise IngestError(f"cannot read {path}: {exc}", code="processing") from exc
     try:
         if data is not None:
             header, sha256, size = _check_in_memory(
@@ -138,13 +148,13 @@ def instance_ingest(
         storage.place_file(path, tier, relpath)
     except DicomRejected as exc:
         path.unlink(missing_ok=True)
-        raise IngestError(exc.reason, kind=exc.kind) from exc
+        raise IngestError(exc.message, code=exc.code) from exc
     except storage.StorageFull as exc:
         path.unlink(missing_ok=True)
-        raise IngestError(str(exc), kind="out_of_resources") from exc
+        raise IngestError(str(exc), code="out_of_resources") from exc
     except (storage.StorageError, OSError) as exc:
         path.unlink(missing_ok=True)
-        raise IngestError(str(exc), kind="processing") from exc
+        raise IngestError(str(exc), code="processing") from exc
 
     # The file is durable. A failure from here on leaves it in place without an
     # index row: harmless, and a resend of the same bytes finds and adopts it.
@@ -166,7 +176,7 @@ def instance_ingest(
             # instance is already archived): the transaction rolled back
             # whole; the next attempt looks before it inserts.
             if attempt == _DB_ATTEMPTS:
-                raise IngestError(f"could not index the object: {exc}", kind="processing") from exc
+                raise IngestError(f"could not index the object: {exc}", code="processing") from exc
         except OperationalError as exc:
             # Lock timeouts, deadlocks, serialisation failures, a dropped
             # connection: the transaction rolled back whole, so try again.
@@ -174,7 +184,7 @@ def instance_ingest(
             if not transaction.get_connection().in_atomic_block:
                 close_old_connections()
             if attempt == _DB_ATTEMPTS:
-                raise IngestError(f"the index database is unavailable: {exc}", kind="out_of_resources") from exc
+                raise IngestError(f"the index database is unavailable: {exc}", code="out_of_resources") from exc
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
 

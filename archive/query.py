@@ -43,6 +43,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from kernel.errors import Invalid
+
 from . import access
 from .dicom import raw_element
 from .models import Facility, Instance, Series, Study
@@ -62,11 +64,13 @@ UNIQUE_KEYS = {
 }
 
 
-class QueryError(Exception):
+class QueryError(Invalid):
     """A query or retrieve identifier the archive cannot run; the message says why.
 
     ``keyword``: the offending attribute, when there is one.
     """
+
+    code = "identifier"
 
     def __init__(self, message: str, *, keyword: str = "") -> None:
         super().__init__(message)

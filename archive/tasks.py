@@ -13,6 +13,7 @@ from archive.reporting import services as reports
 from archive.storage import lifecycle
 from archive.storage import tiers as storage
 from kernel import tasknames
+from kernel.errors import Unavailable
 
 from . import ingest
 
@@ -44,11 +45,12 @@ def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
 @shared_task(
     name=tasknames.SERIES_RENDITIONS_MAKE,
     acks_late=True,
-    # Transient only: the database, a tier, a copy that cannot be read or a
-    # render worker that cannot be started now. An image that cannot be
-    # rendered (NoImage, a decoder crash) is recorded by the service as a
-    # failure row and never raised, so it is never retried.
-    autoretry_for=(OperationalError, InterfaceError, storage.StorageError, previews.RenditionsIncomplete),
+    # Transient only: the database, and what the service raises as Unavailable: a tier
+    # (StorageError), a copy that cannot be read or a render worker that cannot be
+    # started now (RenditionsIncomplete). An image that cannot be rendered (NoImage,
+    # a decoder crash) is recorded by the service as a failure row and never raised,
+    # so it is never retried.
+    autoretry_for=(OperationalError, InterfaceError, Unavailable),
     retry_backoff=30,
     retry_backoff_max=900,
     max_retries=5,
@@ -103,7 +105,9 @@ def fixity_audit() -> int:
 @shared_task(
     name=tasknames.STUDIES_RECALL,
     acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    # Transient only: the database or a tier (StorageError, Unavailable); an instance
+    # without a readable copy is counted as failed by the service, not raised.
+    autoretry_for=(OperationalError, InterfaceError, Unavailable),
     retry_backoff=60,
     max_retries=5,
 )

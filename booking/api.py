@@ -2,10 +2,12 @@
 stations and their free slots, and bookings created, read, moved, cancelled
 and given a new distribution choice.
 
-The views only translate: they resolve codes to rows, call ``booking.services``
-(which check every rule and write the ``AuditEvent``) and turn ``BookingError``
-into ``{"detail", "field", "code"}`` answers, 400 or 409 for a taken slot or a
-duplicate ``external_id``. A booking read through the API is audited here.
+The views only translate: they resolve codes to rows and call ``booking.services``
+(which check every rule and write the ``AuditEvent``); a ``BookingError`` is
+answered as every API error of the project is, an RFC 9457 problem
+(:mod:`kernel.problems`): 400, or 409 for a taken slot or a duplicate
+``external_id``, with ``field`` named as the request names it. A booking read
+through the API is audited here.
 Authentication is by token (``Authorization: Token <key>``, from ``/api/token/``);
 permissions are Django model permissions.
 """
@@ -18,7 +20,6 @@ from typing import Any, ClassVar
 
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
-from django.urls import path
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
@@ -26,14 +27,14 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound, PermissionDenied
-from rest_framework.exceptions import ValidationError as DRFValidationError
 from rest_framework.response import Response
-from rest_framework.views import APIView, exception_handler
+from rest_framework.views import APIView
 
 from archive.api_tokens import ApiTokenAuthentication
 from archive.models import Patient
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.problems import problem_responses
 from kernel.web import AuthenticatedRequest, HasModelPerms
 
 from . import services
@@ -48,52 +49,22 @@ TAGS = ["CUP"]
 # --- permissions and errors ---------------------------------------------------------
 
 
-def _problem(detail: str, *, field: str | None, code: str, **extra: Any) -> dict[str, Any]:
-    return {"detail": detail, "field": field, "code": code, **extra}
+def _invalid(message: str, field: str) -> BookingError:
+    return BookingError(message, field=field)
 
 
-def _first_error(errors: Any, prefix: str = "") -> tuple[str | None, str, str]:
-    """The first (field path, message, code) of a serializer's nested errors."""
-    if isinstance(errors, dict):
-        for name, value in errors.items():
-            field = None if name == "non_field_errors" else f"{prefix}{name}"
-            inner_field, message, code = _first_error(value, f"{field}." if field else prefix)
-            return (inner_field or field), message, code
-    if isinstance(errors, list) and errors:
-        return _first_error(errors[0], prefix)
-    return None, str(errors), getattr(errors, "code", "invalid")
+def _as_requested(error: BookingError, fields: dict[str, str]) -> BookingError:
+    """``error`` with its field named as the request names it (``choice.delivery``, not ``delivery``)."""
+    error.field = fields.get(error.field or "", error.field)
+    return error
 
 
-def _cup_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, DRFValidationError):
-        field, message, code = _first_error(exc.detail)
-        return Response(_problem(message, field=field, code=code, errors=exc.detail), status=400)
-    response = exception_handler(exc, context)
-    if response is not None and isinstance(response.data, dict) and "detail" in response.data:
-        response.data = _problem(
-            str(response.data["detail"]), field=None, code=getattr(response.data["detail"], "code", "error")
-        )
-    return response
+class _Duplicate(BookingError):
+    """The ``external_id`` is booked already: the problem names that booking (``accession_number``)."""
 
-
-class ApiError(Exception):
-    """A ``BookingError`` on its way to the client, with the field named as the request names it."""
-
-    def __init__(self, error: BookingError, *, fields: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.field = (fields or {}).get(error.field or "", error.field)
-        self.extra = extra
-
-    @property
-    def status_code(self) -> int:
-        if isinstance(self.error, services.SlotTaken) or self.error.code == "duplicate":
-            return status.HTTP_409_CONFLICT
-        return status.HTTP_400_BAD_REQUEST
-
-
-def _invalid(message: str, field: str) -> ApiError:
-    return ApiError(BookingError(message, field=field))
+    def __init__(self, message: str, *, accession_number: str) -> None:
+        super().__init__(message, field="external_id", code="duplicate")
+        self.extensions = {"accession_number": accession_number}
 
 
 class CupApiView(APIView):
@@ -104,17 +75,6 @@ class CupApiView(APIView):
     required_perms: ClassVar[dict[str, tuple[str, ...]]] = {}
     request: AuthenticatedRequest  # in the handlers, past HasModelPerms
 
-    def get_exception_handler(self) -> Any:
-        return _cup_exception_handler
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, ApiError):
-            return Response(
-                _problem(exc.error.message, field=exc.field, code=exc.error.code, **exc.extra),
-                status=exc.status_code,
-            )
-        return super().handle_exception(exc)
-
     def source(self) -> str:
         return str(self.request.META.get("REMOTE_ADDR", ""))
 
@@ -123,26 +83,16 @@ READ = ("booking.view_booking",)
 CHANGE = ("booking.change_booking",)
 
 
-class ProblemSerializer(serializers.Serializer):
-    detail = serializers.CharField(help_text="Il messaggio per l'operatore, in italiano.")
-    field = serializers.CharField(
-        allow_null=True, help_text="Il campo della richiesta in errore (a.b per i campi annidati)."
-    )
-    code = serializers.CharField(help_text="invalid, invalid_codice_fiscale, slot_taken, duplicate, not_found...")
-    accession_number = serializers.CharField(
-        required=False, help_text="Solo per duplicate: la prenotazione già registrata con lo stesso external_id."
-    )
-
-
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+def _errors(*codes: int) -> dict[tuple[int, str], OpenApiResponse]:
     text = {
-        400: "Richiesta non valida.",
+        400: "Richiesta non valida (code invalid, invalid_codice_fiscale, past...; field: il campo in errore).",
         401: "Token mancante o non valido.",
         403: "Permesso mancante.",
         404: "Prenotazione inesistente.",
-        409: "Slot già occupato o external_id già usato.",
+        409: "Slot già occupato (code slot_taken) o external_id già usato (code duplicate, con accession_number: "
+        "la prenotazione già registrata).",
     }
-    return {code: OpenApiResponse(ProblemSerializer, description=text[code]) for code in codes}
+    return problem_responses({code: text[code] for code in codes})
 
 
 # --- serializers --------------------------------------------------------------------------
@@ -388,7 +338,7 @@ def _patient_resolve(request: AuthenticatedRequest, data: dict[str, Any], *, sou
     code = normalize_codice_fiscale(data["codice_fiscale"])
     error = codice_fiscale_error(code)
     if error:
-        raise ApiError(BookingError(error, field="codice_fiscale", code="invalid_codice_fiscale"))
+        raise BookingError(error, field="codice_fiscale", code="invalid_codice_fiscale")
     patient = Patient.objects.filter(codice_fiscale=code).first()
     if patient is not None:
         return patient
@@ -404,18 +354,15 @@ def _patient_resolve(request: AuthenticatedRequest, data: dict[str, Any], *, sou
         )
     if not request.user.has_perm("archive.add_patient"):
         raise PermissionDenied(_("Non hai il permesso di registrare nuovi pazienti."))
-    try:
-        return services.patient_create(
-            codice_fiscale=code,
-            family_name=data["family_name"],
-            given_name=data["given_name"],
-            birth_date=data["birth_date"],
-            sex=data["sex"],
-            user=request.user,
-            source=source,
-        )
-    except BookingError as exc:
-        raise ApiError(exc) from None
+    return services.patient_create(
+        codice_fiscale=code,
+        family_name=data["family_name"],
+        given_name=data["given_name"],
+        birth_date=data["birth_date"],
+        sex=data["sex"],
+        user=request.user,
+        source=source,
+    )
 
 
 # --- views ----------------------------------------------------------------------------------
@@ -559,7 +506,7 @@ class BookingCollectionView(CupApiView):
             except BookingError as exc:
                 if exc.code == "duplicate" and external_id:
                     _duplicate_check(external_id)
-                raise ApiError(exc, fields=_CHOICE_FIELDS_NESTED) from None
+                raise _as_requested(exc, _CHOICE_FIELDS_NESTED) from None
         return Response(_booking_data(booking), status=status.HTTP_201_CREATED)
 
 
@@ -570,12 +517,8 @@ _CHOICE_FIELDS = {"consent_given": "consent.given"}
 def _duplicate_check(external_id: str) -> None:
     existing = Booking.objects.filter(external_id=external_id).values_list("accession_number", flat=True).first()
     if existing is not None:
-        raise ApiError(
-            BookingError(
-                _("La prenotazione con external_id %(id)s esiste già: %(acc)s.") % {"id": external_id, "acc": existing},
-                field="external_id",
-                code="duplicate",
-            ),
+        raise _Duplicate(
+            _("La prenotazione con external_id %(id)s esiste già: %(acc)s.") % {"id": external_id, "acc": existing},
             accession_number=existing,
         )
 
@@ -616,22 +559,19 @@ class BookingDetailView(CupApiView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         station = _station_resolve(data, default_facility=booking.facility.code)
-        try:
-            booking = services.booking_update(
-                booking=booking,
-                user=request.user,
-                source=self.source(),
-                station=station,
-                scheduled_at=data.get("scheduled_at"),
-                nre=data.get("nre"),
-                contact_phone=data.get("contact_phone"),
-                contact_email=data.get("contact_email"),
-                clinical_question=data.get("clinical_question"),
-                priority=data.get("priority"),
-                referring_physician=data.get("referring_physician"),
-            )
-        except BookingError as exc:
-            raise ApiError(exc) from None
+        booking = services.booking_update(
+            booking=booking,
+            user=request.user,
+            source=self.source(),
+            station=station,
+            scheduled_at=data.get("scheduled_at"),
+            nre=data.get("nre"),
+            contact_phone=data.get("contact_phone"),
+            contact_email=data.get("contact_email"),
+            clinical_question=data.get("clinical_question"),
+            priority=data.get("priority"),
+            referring_physician=data.get("referring_physician"),
+        )
         return Response(_booking_data(booking))
 
 
@@ -649,12 +589,9 @@ class BookingCancelView(CupApiView):
         booking = _booking_get(accession_number)
         serializer = BookingCancelInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            booking = services.booking_cancel(
-                booking=booking, user=request.user, reason=serializer.validated_data["reason"], source=self.source()
-            )
-        except BookingError as exc:
-            raise ApiError(exc) from None
+        booking = services.booking_cancel(
+            booking=booking, user=request.user, reason=serializer.validated_data["reason"], source=self.source()
+        )
         return Response(_booking_data(booking))
 
 
@@ -693,17 +630,6 @@ class BookingChoiceView(CupApiView):
                 source=self.source(),
             )
         except BookingError as exc:
-            raise ApiError(exc, fields=_CHOICE_FIELDS) from None
+            raise _as_requested(exc, _CHOICE_FIELDS) from None
         created = before is None or choice.pk != before.pk
         return Response(_booking_data(booking), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
-
-
-urlpatterns = [
-    path("procedures/", ProcedureListView.as_view(), name="cup-api-procedures"),
-    path("stations/", StationListView.as_view(), name="cup-api-stations"),
-    path("slots/", SlotListView.as_view(), name="cup-api-slots"),
-    path("bookings/", BookingCollectionView.as_view(), name="cup-api-bookings"),
-    path("bookings/<str:accession_number>/", BookingDetailView.as_view(), name="cup-api-booking"),
-    path("bookings/<str:accession_number>/cancel/", BookingCancelView.as_view(), name="cup-api-booking-cancel"),
-    path("bookings/<str:accession_number>/choice/", BookingChoiceView.as_view(), name="cup-api-booking-choice"),
-]

@@ -31,6 +31,7 @@ from archive.reporting import services as reports
 from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.errors import Invalid
 
 from .models import (
     AccessionSequence,
@@ -49,14 +50,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class BookingError(Exception):
-    """A request the CUP cannot carry out; ``field`` names the input at fault."""
+class BookingError(Invalid):
+    """A request the CUP cannot carry out; ``field`` names the input at fault.
+
+    ``code``: ``invalid``, ``invalid_codice_fiscale``, ``past``, ``duplicate`` (an
+    ``external_id`` already booked), ``slot_taken``...
+    """
 
     def __init__(self, message: str, *, field: str | None = None, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, code=code)
         self.field = field
-        self.code = code
 
 
 class SlotTaken(BookingError):

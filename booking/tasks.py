@@ -13,8 +13,8 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from archive.storage import lifecycle
-from archive.storage import tiers as storage
 from kernel import tasknames
+from kernel.errors import Unavailable
 
 from . import matching, services
 from .models import Booking
@@ -90,9 +90,9 @@ def booking_reported_sweep() -> int:
 @shared_task(
     name=tasknames.BOOKING_PREFETCH,
     acks_late=True,
-    # Transient only: the database or a tier (the long-term store down). The
-    # recall is idempotent: what is already in the facility tier is kept longer.
-    autoretry_for=(OperationalError, InterfaceError, storage.StorageError),
+    # Transient only: the database or a tier (the long-term store down: a StorageError,
+    # Unavailable). The recall is idempotent: what is already in the facility tier is kept longer.
+    autoretry_for=(OperationalError, InterfaceError, Unavailable),
     retry_backoff=60,
     retry_backoff_max=3600,
     max_retries=8,

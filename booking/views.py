@@ -25,7 +25,7 @@ from django.contrib import messages
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
@@ -368,17 +368,3 @@ def booking_receipt(request: AuthenticatedHttpRequest, accession: str) -> HttpRe
     response = HttpResponse(pdf, content_type="application/pdf")
     response["Content-Disposition"] = content_disposition(f"ricevuta-{booking.accession_number}.pdf")
     return response
-
-
-urlpatterns = [
-    path("", home, name="home"),
-    path("pazienti/", patient_search, name="patient_search"),
-    path("pazienti/nuovo/", patient_create, name="patient_create"),
-    path("pazienti/<int:pk>/", patient_detail, name="patient_detail"),
-    path("pazienti/<int:pk>/prenota/", booking_new, name="booking_new"),
-    path("prenotazioni/<str:accession>/", booking_detail, name="booking_detail"),
-    path("prenotazioni/<str:accession>/consegna/", booking_choice, name="booking_choice"),
-    path("prenotazioni/<str:accession>/annulla/", booking_cancel, name="booking_cancel"),
-    path("prenotazioni/<str:accession>/arrivo/", booking_arrive, name="booking_arrive"),
-    path("prenotazioni/<str:accession>/ricevuta.pdf", booking_receipt, name="booking_receipt"),
-]

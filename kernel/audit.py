@@ -53,6 +53,8 @@ from django.utils import timezone
 from kernel import hashchain
 from kernel.models import AuditEvent, AuditEventPatient
 
+from .errors import PacsError
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
@@ -98,8 +100,10 @@ GUARDS = {
 # --- the key ------------------------------------------------------------------------
 
 
-class AuditKeyError(Exception):
+class AuditKeyError(PacsError):
     """The audit key cannot be read (or made): nothing can be audited, so nothing is served."""
+
+    code = "audit_key"
 
 
 @dataclass(frozen=True)

@@ -647,6 +647,9 @@ REST_FRAMEWORK = {
     # refuses; people read the API at /api/schema/swagger/.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Every error of the REST APIs as an RFC 9457 problem, by its code (DICOMweb keeps
+    # PS3.18's bodies: its views use DRF's own handler).
+    "EXCEPTION_HANDLER": "kernel.problems.problem_exception_handler",
 }
 # API tokens (POST /api/token/): stored as a SHA-512 digest, for staff and
 # service accounts only, each valid this many hours; at most this many live per account.

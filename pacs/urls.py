@@ -1,11 +1,11 @@
+"""The site's addresses: the front door, then each app's pages (``urls``) and APIs
+(``api_urls``, DICOMweb), included where they are mounted. Patterns are built in the
+apps; this module only includes them."""
+
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-
-from archive.storage.admin import storage_dashboard
-from archive.urls import api_urlpatterns, dicomweb_urlpatterns
-from booking.api import urlpatterns as booking_api_urlpatterns
 
 from . import views
 
@@ -13,12 +13,12 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("admin/archive/storage-dashboard/", storage_dashboard, name="storage_dashboard"),
+    # Before admin/: the archive's storage dashboard lives under admin/archive/.
+    path("", include("archive.urls")),
     path("admin/", admin.site.urls),
     path("cup/", include("booking.urls")),
     path("fse/", include("portal.urls")),
-    path("refertazione/", include("archive.reporting.views")),
-    path("dicomweb/", include(dicomweb_urlpatterns)),
-    path("api/", include(api_urlpatterns)),
-    path("api/cup/", include(booking_api_urlpatterns)),
+    path("dicomweb/", include("archive.dicomweb.urls")),
+    path("api/", include("archive.api_urls")),
+    path("api/cup/", include("booking.api_urls")),
 ]

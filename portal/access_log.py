@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy as _
 from archive.models import Patient, StaffProfile
 from kernel.models import AuditEvent, AuditEventPatient
 
-from .availability import emergency_access_until
+from .emergency import emergency_access_until
 from .models import EmergencyAccess
 
 # Longest prefix first: what an action means for the citizen.

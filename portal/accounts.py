@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from archive.models import Patient
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from kernel.errors import Invalid
 
 from .models import CitizenAccount
 
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 
-class AccountError(ValueError):
+class AccountError(Invalid, ValueError):
     """The account cannot be created as asked (a wrong codice fiscale, one that already has an account)."""
+
+    code = "account"
 
 
 def citizen_account_create(

@@ -13,7 +13,7 @@ class PortalConfig(AppConfig):
         # (docs/ARCHITECTURE.md: dependencies point down); the publication hooks in here.
         from archive.signals import report_signed
 
-        from .concealment import policy_register
+        from .policy import policy_register
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")

@@ -3,8 +3,8 @@ Celery task), served while kept, then purged.
 
 :func:`package_request` finds or creates the :class:`~portal.models.DownloadPackage`
 for the study's current content (its :func:`study_fingerprint`): two
-requests share one package. :func:`package_build` writes it with
-:mod:`portal.packages` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
+requests share one package. :func:`media_build` writes it with
+:mod:`portal.media` under ``PACS_PORTAL_PACKAGE_DIR``, reporting progress on
 the row. A builder that died (a killed worker) stops renewing
 ``heartbeat_at``; after :data:`STALE` another may take the package over
 (:mod:`kernel.leases`), and the zip is written under a temporary name, so
@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from archive.storage import tiers as storage
 from booking.models import Booking
 from kernel import leases
 
-from . import packages
+from . import media
 from .models import DownloadPackage, Notification
 
 logger = logging.getLogger(__name__)
@@ -42,9 +41,9 @@ logger = logging.getLogger(__name__)
 STALE = dt.timedelta(minutes=5)
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 LIVE = (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING, DownloadPackage.Status.READY)
-_WRITERS: dict[str, Callable[..., packages.PackageInfo]] = {
-    DownloadPackage.Kind.DICOM: packages.dicom_media_zip_write,
-    DownloadPackage.Kind.JPEG: packages.jpeg_zip_write,
+_WRITERS = {
+    DownloadPackage.Kind.DICOM: media.dicom_media_zip_write,
+    DownloadPackage.Kind.JPEG: media.jpeg_zip_write,
 }
 
 
@@ -142,7 +141,7 @@ def _claim(package_pk: int) -> DownloadPackage | None:
     return DownloadPackage.objects.filter(pk=package_pk).first() if claimed else None
 
 
-def package_build(*, package_pk: int) -> DownloadPackage | None:
+def media_build(*, package_pk: int) -> DownloadPackage | None:
     """Write the package's zip and mark it ready (or failed); None when another builder has it."""
     package = _claim(package_pk)
     if package is None:
@@ -158,7 +157,7 @@ def package_build(*, package_pk: int) -> DownloadPackage | None:
 
     try:
         info = _WRITERS[package.kind](study=package.study, path=path, progress=progress)
-    except packages.PackageError as exc:
+    except media.MediaError as exc:
         logger.error("package %s of study %s failed: %s", package.pk, package.study_id, exc)
         DownloadPackage.objects.filter(pk=package.pk).update(
             status=DownloadPackage.Status.FAILED, error=str(exc)[:2000]
@@ -210,7 +209,7 @@ def package_notify(*, package: DownloadPackage, user: Any, booking: Booking) -> 
 def package_build_notify(
     *, package_pk: int, user_pk: int | None = None, booking_pk: int | None = None
 ) -> DownloadPackage | None:
-    """Build the package (:func:`package_build`), then, once it is finished (ready or
+    """Build the package (:func:`media_build`), then, once it is finished (ready or
     failed), tell the user who asked for it from that booking (:func:`package_notify`).
 
     None when there is no such package. A package another builder holds comes
@@ -218,7 +217,7 @@ def package_build_notify(
     """
     from django.contrib.auth import get_user_model
 
-    package = package_build(package_pk=package_pk)
+    package = media_build(package_pk=package_pk)
     finished = (DownloadPackage.Status.READY, DownloadPackage.Status.FAILED)
     if package is None or package.status not in finished or not (user_pk and booking_pk):
         return package

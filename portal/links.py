@@ -15,16 +15,18 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 
+from kernel.errors import Forbidden
+
 SALT = "portal.download.v1"
 KINDS = ("pdf", "p7m", "package")
 
 
-class LinkRefused(Exception):
-    """The link is not valid for this request: ``reason`` is forged, expired or other_user."""
+class LinkRefused(Forbidden):
+    """The link is not valid for this request: ``code`` is ``forged``, ``expired`` or ``other_user``
+    (the page says it in words to the citizen)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, code: str) -> None:
+        super().__init__(f"download link refused: {code}", code=code)
 
 
 @dataclass(frozen=True)

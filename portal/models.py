@@ -1,7 +1,8 @@
 """The citizen's FSE portal (issue 7): what was published to the citizen and
 until when, who may act for whom (deleghe), the documents a citizen hid from
 health professionals (oscuramento) and the audited break-glass accesses to
-them. The rules over these rows live in :mod:`portal.availability`."""
+them. The rules over these rows live in :mod:`portal.publication`, :mod:`portal.exams`,
+:mod:`portal.delegations`, :mod:`portal.oscuramento` and :mod:`portal.emergency`."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class Delegation(models.Model):
     Registered by staff on evidence (a parent for a minor, a guardian's
     appointment); valid from ``valid_from`` until ``valid_until`` (open when
     empty) unless revoked. A parent's delegation also ends when the child
-    turns 18 (:func:`portal.availability.delegations_in_force`).
+    turns 18 (:func:`portal.delegations.delegations_in_force`).
 
     What it allows follows from its kind (:data:`KIND_RIGHTS`): every delegate
     sees the delegator's exams and downloads them; only a legal representative
@@ -148,7 +149,7 @@ class Delegation(models.Model):
 
     def is_active(self, now: dt.datetime | None = None) -> bool:
         """Started, not ended, not revoked (the age of a parent's child is
-        :func:`portal.availability.delegations_in_force`'s to check)."""
+        :func:`portal.delegations.delegations_in_force`'s to check)."""
         now = now or timezone.now()
         return (
             self.revoked_at is None and self.valid_from <= now and (self.valid_until is None or self.valid_until > now)

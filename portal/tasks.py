@@ -1,4 +1,4 @@
-"""Celery tasks of the portal: thin adapters over :mod:`portal.availability`."""
+"""Celery tasks of the portal: thin adapters over :mod:`portal.publication` and :mod:`portal.downloads`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.db import InterfaceError, OperationalError, transaction
 
 from kernel import tasknames
 
-from . import availability, downloads
+from . import downloads, publication
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 )
 def report_publish(report_pk: int, study_pk: int) -> str:
     """Publish the signed report to the citizen if they chose online delivery."""
-    return availability.report_publish(report_pk=report_pk, study_pk=study_pk)
+    return publication.report_publish(report_pk=report_pk, study_pk=study_pk)
 
 
 def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
@@ -46,7 +46,7 @@ def _report_publish_enqueue(report_pk: int, study_pk: int) -> None:
 @shared_task(name=tasknames.REPORT_PUBLISH_SWEEP)
 def report_publish_sweep() -> int:
     """Queue again :func:`report_publish` for the signed reports a lost task left unpublished (a broker outage)."""
-    due = availability.reports_unpublished_overdue()
+    due = publication.reports_unpublished_overdue()
     for report_pk, study_pk in due:
         report_publish.delay(report_pk, study_pk)
     if due:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.urls import include, path
 
-from . import views, views_staff
+from . import desk_views, views
+
+# The staff desk (portal.desk_views), under sportello/.
+_desk = [
+    path("emergenza/", desk_views.emergency, name="staff_emergency_access"),
+    path("deleghe/", desk_views.delegations, name="staff_delegations"),
+    path("deleghe/<int:pk>/revoca/", desk_views.delegation_revoke_view, name="staff_delegation_revoke"),
+]
 
 app_name = "portal"
 
@@ -22,7 +29,7 @@ urlpatterns = [
     path("scarica/<str:token>/", views.download, name="download"),
     path("accessi/", views.access_log, name="access_log"),
     path("deleghe/", views.delegations, name="delegations"),
-    path("sportello/", include(views_staff.urlpatterns)),
+    path("sportello/", include(_desk)),
 ]
 
 if settings.PACS_OIDC_ENABLED:

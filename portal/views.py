@@ -1,13 +1,14 @@
 """The citizen's pages of the FSE portal: log in, my exams, an exam, its
 downloads, the image viewer, who saw my data, my delegations.
 
-Thin adapters: the rules are in :mod:`portal.availability`, the zips in
+Thin adapters: the rules are in :mod:`portal.exams`, :mod:`portal.publication`,
+:mod:`portal.delegations` and :mod:`portal.oscuramento`, the zips in
 :mod:`portal.downloads`, the links in :mod:`portal.links`. Whose exam it is
 comes from the access policy's citizen principal
 (:func:`archive.access.principal_for_request`: the citizen and the people
 whose delegation in force she holds), on top of the portal's publication
 rules; what a delegate may do besides seeing and downloading (oscuramento,
-consent) from :func:`portal.availability.citizen_rights`. Every page a
+consent) from :func:`portal.citizen_rights`. Every page a
 citizen opens and every download writes an :class:`~kernel.models.AuditEvent`
 naming the user and, for a delegate, the person they acted for. An exam that
 is not the citizen's (or of someone they act for) answers 404, audited as
@@ -48,11 +49,15 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
+from kernel.problems import http_status
 from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition
 
-from . import availability, downloads, links
+from . import downloads, links, oscuramento, publication
 from .access_log import AccessRow, access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
+from .delegations import citizen_rights, delegations_in_force, people_ordered
+from .errors import PortalError
+from .exams import ExamStatus, citizen_exams, exam_status, live_publications
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
 from .ranges import file_response_with_ranges
@@ -146,9 +151,9 @@ def _me(request: CitizenRequest) -> Patient:
     return request.citizen_patient
 
 
-def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) -> availability.ExamStatus | None:
+def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) -> ExamStatus | None:
     """The exam's status when it is available online; None (and an audited refusal) when not."""
-    status = availability.exam_status(booking=booking)
+    status = exam_status(booking=booking)
     if status.code != "available_online":
         _audit(request, action, booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=status.code)
         return None
@@ -156,7 +161,7 @@ def _online_or_refuse(request: CitizenRequest, booking: Booking, action: str) ->
 
 
 def _not_online(request: CitizenRequest, booking: Booking) -> HttpResponse:
-    status = availability.exam_status(booking=booking)
+    status = exam_status(booking=booking)
     return render(request, "portal/not_online.html", {"booking": booking, "status": status}, status=403)
 
 
@@ -242,8 +247,8 @@ def exams(request: CitizenRequest) -> HttpResponse:
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
-        {"booking": booking, "status": availability.exam_status(booking=booking, now=now)}
-        for booking in availability.citizen_exams(patient_ids=principal.patient_ids)
+        {"booking": booking, "status": exam_status(booking=booking, now=now)}
+        for booking in citizen_exams(patient_ids=principal.patient_ids)
     ]
     notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
     if notifications:
@@ -252,7 +257,7 @@ def exams(request: CitizenRequest) -> HttpResponse:
     return render(
         request,
         "portal/exams.html",
-        {"rows": rows, "me": me, "notifications": notifications, "days": availability.availability_days()},
+        {"rows": rows, "me": me, "notifications": notifications, "days": publication.availability_days()},
     )
 
 
@@ -281,8 +286,8 @@ def _package_link(request: CitizenRequest, package: DownloadPackage | None) -> s
 def exam(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     now = timezone.now()
-    status = availability.exam_status(booking=booking, now=now)
-    publications = availability.live_publications(booking=booking, now=now, status=status)
+    status = exam_status(booking=booking, now=now)
+    publications = live_publications(booking=booking, now=now, status=status)
     report_links = [
         {
             "publication": p,
@@ -297,7 +302,7 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
     ]
     online = status.code == "available_online"
     me = _me(request)
-    rights = availability.citizen_rights(citizen=me, patient=booking.patient, now=now)
+    rights = citizen_rights(citizen=me, patient=booking.patient, now=now)
     concealment = (
         Concealment.objects.filter(study_id=booking.study_id, revealed_at__isnull=True).first()
         if booking.study_id
@@ -318,7 +323,7 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
             "may_conceal": may_conceal,
             "may_reveal": may_conceal
             and concealment is not None
-            and availability.concealment_revealable_by(concealment=concealment, requested_by=me),
+            and oscuramento.concealment_revealable_by(concealment=concealment, requested_by=me),
             "can_revoke": online and Delegation.Right.CONSENT in rights,
             "delegate": me is not None and booking.patient_id != me.pk,
             "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
@@ -343,7 +348,7 @@ def package_request(request: CitizenRequest, pk: int, kind: str) -> HttpResponse
     _audit(request, "portal.package.request", booking=booking, kind=kind, package=package.pk, created=created)
     if package.status == DownloadPackage.Status.QUEUED:
         if downloads.builds_inline(package):
-            downloads.package_build(package_pk=package.pk)
+            downloads.media_build(package_pk=package.pk)
         else:
             from .tasks import package_build
 
@@ -362,7 +367,7 @@ def _package_for(request: CitizenRequest, pk: int) -> tuple[DownloadPackage, Boo
 @citizen_required
 def package(request: CitizenRequest, pk: int) -> HttpResponse:
     package, booking = _package_for(request, pk)
-    if availability.exam_status(booking=booking).code != "available_online":
+    if exam_status(booking=booking).code != "available_online":
         return _not_online(request, booking)
     url = _package_link(request, package)
     if request.GET.get("format") == "json":
@@ -392,9 +397,11 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
             outcome=AuditEvent.Outcome.DENIED,
             user=request.user,
             source=client_ip(request),
-            detail={"reason": refused.reason},
+            detail={"reason": refused.code},
         )
-        return render(request, "portal/link_refused.html", {"message": _REFUSED[refused.reason]}, status=403)
+        return render(
+            request, "portal/link_refused.html", {"message": _REFUSED[refused.code]}, status=http_status(refused)
+        )
     if link.kind == "package":
         package, booking = _package_for(request, link.object_id)
         if _online_or_refuse(request, booking, "portal.download") is None:
@@ -419,7 +426,7 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
     status = _online_or_refuse(request, booking, "portal.download")
     if status is None:
         return _not_online(request, booking)
-    if report.pk not in {p.report_id for p in availability.live_publications(booking=booking, status=status)}:
+    if report.pk not in {p.report_id for p in live_publications(booking=booking, status=status)}:
         raise Http404(_("Questa versione del referto non è pubblicata."))
     try:
         data = reports.report_file(report=report, which=link.kind)
@@ -509,7 +516,7 @@ def viewer(request: CitizenRequest, pk: int) -> HttpResponse:
 def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
     """One image of the viewer, as JPEG (part of the audited viewer page)."""
     booking = _booking_for(request, pk)
-    if availability.exam_status(booking=booking).code != "available_online":
+    if exam_status(booking=booking).code != "available_online":
         raise Http404(_("Immagine non disponibile."))
     instance = get_object_or_404(
         Instance.objects.select_related("facility"), pk=instance_pk, series__study_id=booking.study_id
@@ -538,10 +545,10 @@ def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
     action = request.POST.get("action")
     if action not in ("conceal", "reveal"):
         return redirect("portal:exam", pk=booking.pk)
-    service = availability.conceal if action == "conceal" else availability.reveal
+    service = oscuramento.conceal if action == "conceal" else oscuramento.reveal
     try:
         service(patient=booking.patient, study=booking.study, requested_by=me, source=client_ip(request))
-    except availability.PortalError as err:
+    except PortalError as err:
         _audit(request, f"portal.{action}", booking=booking, outcome=AuditEvent.Outcome.DENIED, reason=err.code)
         messages.error(request, err.message)
     else:
@@ -560,13 +567,13 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
         messages.error(request, _("Conferma la revoca spuntando la casella."))
         return redirect("portal:exam", pk=booking.pk)
     try:
-        availability.consent_revoke_online(
+        publication.consent_revoke_online(
             booking=booking,
             requested_by=_me(request),
             user=request.user,
             source=client_ip(request),
         )
-    except availability.PortalError as err:
+    except PortalError as err:
         _audit(
             request,
             "portal.consent_revoke",
@@ -589,7 +596,7 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
 @citizen_required
 def access_log(request: CitizenRequest) -> HttpResponse:
     me = request.citizen_patient
-    people = availability.people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
+    people = people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
     rows = access_log_rows(patients=people, viewer=request.user)
     page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]  # rows slice in SQL, no Sequence
     _audit(request, "portal.access_log.view", patient=me, page=page.number)
@@ -604,7 +611,7 @@ def access_log(request: CitizenRequest) -> HttpResponse:
 def delegations(request: CitizenRequest) -> HttpResponse:
     me = request.citizen_patient
     now = timezone.now()
-    active = Delegation.objects.filter(availability.delegations_in_force(now)).select_related("delegator", "delegate")
+    active = Delegation.objects.filter(delegations_in_force(now)).select_related("delegator", "delegate")
     acting_for = list(active.filter(delegate=me)) if me is not None else []
     acted_by = list(active.filter(delegator=me)) if me is not None else []
     _audit(request, "portal.delegations.view", patient=me)

@@ -35,6 +35,7 @@ from django.utils import timezone
 from archive.models import Patient, Study
 from archive.reporting import signing
 from archive.storage import tiers as storage
+from kernel.errors import PacsError
 
 from . import signer, sincro, timestamp, vault
 from .journal import journal_record
@@ -51,12 +52,10 @@ TSA = "certificati/tsa.pem"
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
-class ExportError(Exception):
+class ExportError(PacsError):
     """A dissemination package cannot be made; ``message`` in Italian."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "export"
 
 
 def packages_for(

@@ -34,6 +34,7 @@ from archive.reporting import services as reports
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel import leases
+from kernel.errors import PacsError
 
 from . import metadata, retention, vault
 from .journal import journal_record
@@ -48,12 +49,12 @@ SIP_INDEX = "PdV.xml"
 SOFTWARE = "PACS regionale FVG"
 
 
-class PackageError(Exception):
-    """The submission package was refused (a permanent reason) or could not be built now."""
+class PackageError(PacsError):
+    """The submission package was refused (``permanent``, code ``rejected``: recorded, never
+    retried) or could not be built now (code ``not_built``: the task retries it)."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, code="rejected" if permanent else "not_built")
         self.permanent = permanent
 
 

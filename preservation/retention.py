@@ -24,6 +24,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from kernel.errors import Invalid
+
 from . import vault
 from .journal import journal_record
 from .models import Discard, DiscardItem, JournalEntry, LegalHold, Package, PackageFile, RetentionClass
@@ -31,12 +33,10 @@ from .models import Discard, DiscardItem, JournalEntry, LegalHold, Package, Pack
 logger = logging.getLogger(__name__)
 
 
-class RetentionError(Exception):
+class RetentionError(Invalid):
     """A retention or discard action that was refused; ``message`` in Italian."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "retention"
 
 
 # The statutory classes (also made by migration 0002): made again if a table flush removed them.

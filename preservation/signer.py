@@ -29,6 +29,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from archive.reporting import signing
+from kernel.errors import PacsError
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,10 @@ logger = logging.getLogger(__name__)
 _ATTRIBUTES = {"serialNumber": NameOID.SERIAL_NUMBER, "GN": NameOID.GIVEN_NAME, "SN": NameOID.SURNAME}
 
 
-class SignerError(Exception):
+class SignerError(PacsError):
     """The preservation cannot sign now (no officer, no key, a certificate without the role); Italian ``message``."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "signer"
 
 
 @dataclass(frozen=True)

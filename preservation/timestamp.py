@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
 from archive.reporting import signing
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
 }
 
 
-class TimestampError(Exception):
+class TimestampError(Unavailable):
     """No time stamp could be obtained."""
+
+    code = "timestamp"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from archive.storage import tiers as storage
+from kernel.errors import PacsError
 
 from .models import Discard, DiscardItem
 
@@ -35,12 +36,16 @@ logger = logging.getLogger(__name__)
 STAGING = ".staging"
 
 
-class VaultError(Exception):
+class VaultError(PacsError):
     """The preservation tier refused or failed an operation."""
+
+    code = "vault"
 
 
 class WriteOnceError(VaultError):
     """An object exists with other content, or a removal was not authorised by an approved discard."""
+
+    code = "write_once"
 
 
 @dataclass(frozen=True)

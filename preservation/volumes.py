@@ -26,6 +26,7 @@ from django.utils import timezone
 from archive.reporting import signing
 from archive.storage import tiers as storage
 from kernel import leases
+from kernel.errors import PacsError, Unavailable
 
 from . import signer, sincro, timestamp, vault
 from .journal import journal_record
@@ -38,12 +39,14 @@ INDEX, SIGNATURE, TIMESTAMP = "index.xml", "index.xml.p7m", "index.xml.tsr"
 STALE = dt.timedelta(minutes=10)
 
 
-class VolumeError(Exception):
+class VolumeError(Unavailable):
     """A volume could not be closed now (no signer key, no time-stamp authority)."""
 
+    code = "volume"
 
-class _NothingClaimed(Exception):
-    pass
+
+class _NothingClaimed(PacsError):
+    code = "nothing_claimed"
 
 
 def signer_user() -> object:

@@ -51,7 +51,7 @@ from archive.models import Copy, Instance, Patient, Report, Series, StaffProfile
 from archive.reporting import services as reports
 from booking.models import Booking
 from kernel.audit import audit_record
-from portal import availability, links
+from portal import links, publication
 from portal.accounts import citizen_account_create
 from portal.models import Delegation, DownloadPackage
 from tests.access_helpers import Scene, emergency, hide
@@ -178,7 +178,7 @@ def world(cup: Cup, scene: Scene) -> World:  # noqa: F811  (cup first: it regist
         "verdi": _sign(s.verdi, rep.foreign),
     }
     for name, study in (("rossi", s.rossi), ("bianchi", s.bianchi), ("verdi", s.verdi)):
-        availability.report_publish(report_pk=reports_[name].pk, study_pk=study.pk)
+        publication.report_publish(report_pk=reports_[name].pk, study_pk=study.pk)
     # Bianchi hides her study from health professionals.
     hide(s.bianchi)
     targets = {

@@ -116,12 +116,15 @@ QR_MODELS = {
     StudyRootQueryRetrieveInformationModelGet: "study",
 }
 
-_FAILURE_STATUS = {
+# The DIMSE edge of the error base (kernel.errors): a refused C-STORE (IngestError) or
+# query/retrieve identifier (QueryError) answers the status of its code.
+DIMSE_STATUS = {
     "invalid": CANNOT_UNDERSTAND,
     "sop_class_mismatch": SOP_CLASS_MISMATCH,
     "not_storage": SOP_CLASS_NOT_SUPPORTED,
     "out_of_resources": OUT_OF_RESOURCES,
     "processing": PROCESSING_FAILURE,
+    "identifier": IDENTIFIER_MISMATCH,
 }
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
@@ -605,9 +608,9 @@ def handle_store(event: Event) -> Dataset:
         except IngestError as exc:
             peer.failed += 1
             if len(peer.failures) < 20:
-                peer.failures.append(f"{req.AffectedSOPInstanceUID}: {exc.reason}")
-            logger.warning("C-STORE from %s refused: %s", peer.calling_ae, exc.reason)
-            return _status(_FAILURE_STATUS[exc.kind], exc.reason)
+                peer.failures.append(f"{req.AffectedSOPInstanceUID}: {exc.message}")
+            logger.warning("C-STORE from %s refused: %s", peer.calling_ae, exc.message)
+            return _status(DIMSE_STATUS[exc.code], exc.message)
         except Exception as exc:
             peer.failed += 1
             logger.exception("C-STORE from %s failed", peer.calling_ae)
@@ -738,7 +741,7 @@ def _answer_find(
             yield PENDING, result
     except QueryError as exc:
         logger.warning("%s from %s refused: %s", what, peer.calling_ae, exc)
-        outcome, final = AuditEvent.Outcome.FAILURE, _status(IDENTIFIER_MISMATCH, str(exc))
+        outcome, final = AuditEvent.Outcome.FAILURE, _status(DIMSE_STATUS[exc.code], exc.message)
         detail["error"] = str(exc)
     except Exception as exc:
         logger.exception("%s from %s failed", what, peer.calling_ae)
@@ -923,7 +926,7 @@ def _retrieve_selection(
         _audit_quietly(
             **audit, outcome=AuditEvent.Outcome.FAILURE, detail={**detail, "service": service, "error": str(exc)}
         )
-        return None, None, _status(IDENTIFIER_MISMATCH, str(exc))
+        return None, None, _status(DIMSE_STATUS[exc.code], exc.message)
     qs = instances_with_copies(qs.select_related("series__study"))
     return qs, RetrieveTally(service=service, peer=peer, detail=detail), None
 

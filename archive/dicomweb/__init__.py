@@ -1,7 +1,8 @@
 """DICOMweb (DICOM PS3.18): QIDO-RS, WADO-RS, WADO-URI and STOW-RS under ``/dicomweb/``.
 
 ``views`` holds the DRF views, thin adapters that translate HTTP to the
-service functions of the other modules and back; those have no views:
+service functions of the other modules and back, and ``urls`` their addresses;
+the other modules have no views:
 
 * ``media``: media types, Accept parsing, ``DicomwebError``, JSON bodies;
 * ``multipart``: the multipart/related writer, file chunks, ``Streamed`` bodies;

@@ -11,19 +11,37 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 
+from kernel.errors import PacsError
+
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 OCTET_STREAM = "application/octet-stream"
 MULTIPART = "multipart/related"
 
 
-class DicomwebError(Exception):
-    """A request the service refuses, with the HTTP status and a message for the client."""
+# DICOMweb's errors are HTTP's own: PS3.18 says which status each refusal gets, so the
+# service names the status and the code follows from it.
+_CODES = {
+    400: "invalid",
+    404: "not_found",
+    406: "not_acceptable",
+    409: "conflict",
+    411: "length_required",
+    413: "too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+
+
+class DicomwebError(PacsError):
+    """A request the service refuses, with the HTTP status and a message for the client.
+
+    The views answer ``status`` with the message in DICOMweb's own body
+    (``{"detail": ...}``), not a problem document: see :mod:`kernel.problems`."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=_CODES.get(status, "error"))
         self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

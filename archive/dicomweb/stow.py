@@ -370,7 +370,7 @@ def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Faci
     try:
         result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="")
     except IngestError as exc:
-        report.fail(n, sop_class, sop_instance, _INGEST_FAILURE.get(exc.kind, FAILURE_PROCESSING), exc.reason)
+        report.fail(n, sop_class, sop_instance, _INGEST_FAILURE.get(exc.code, FAILURE_PROCESSING), exc.message)
         return
     except Exception as exc:
         logger.exception("STOW-RS: storing part %d failed", n)

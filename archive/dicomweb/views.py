@@ -32,7 +32,7 @@ from rest_framework.parsers import BaseParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
-from rest_framework.views import APIView
+from rest_framework.views import APIView, exception_handler
 
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
@@ -125,6 +125,11 @@ class DicomwebView(APIView):
 
     def audit_action(self) -> str:
         return STORE if self.request.method == "POST" else self.action
+
+    def get_exception_handler(self) -> Any:
+        # DRF's own: DICOMweb answers {"detail": ...} as PS3.18 clients expect, not the
+        # REST APIs' problem documents (kernel.problems).
+        return exception_handler
 
     def handle_exception(self, exc: Exception) -> HttpResponse:  # type: ignore[override]  # DRF sends any HttpResponseBase; its stub says Response
         note: AuditNote | None = getattr(self, "_note", None)

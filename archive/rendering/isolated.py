@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.rendering import pipeline as rendering
+from kernel.errors import PacsError
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +190,8 @@ def run_isolated(fn: Callable[..., Any], /, *args: Any, timeout: float | None = 
 # --- the parent's side ---------------------------------------------------------------------------
 
 
-class _WorkerDied(Exception):
-    pass
+class _WorkerDied(PacsError):
+    code = "worker_died"
 
 
 class _Worker:
@@ -505,7 +506,7 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
             outcome = ("ok", fn(*args, **kwargs))
         except rendering.NoImage as exc:
             kind = "memory" if _is_allocation_failure(exc) else "noimage"
-            outcome = (kind, exc.reason, "")
+            outcome = (kind, exc.message, "")
         except MemoryError as exc:
             outcome = ("memory", f"{type(exc).__name__}: {exc}", "")
         except ValueError as exc:

@@ -50,6 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from kernel.errors import Invalid
+
 if TYPE_CHECKING:  # numpy and Pillow load on first use, not when Django starts
     import numpy as np
     from pydicom.dataset import Dataset
@@ -72,12 +74,15 @@ _CHUNK = 1 << 20  # pixels per block when the pipeline is computed per pixel
 _SQUARE_TOLERANCE = 0.01  # aspect ratios closer to 1 than this are square
 
 
-class NoImage(Exception):
-    """The object has no frame that can be rendered; ``reason`` says why."""
+class NoImage(Invalid):
+    """The object has no frame that can be rendered; ``message`` says why."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    code = "no_image"
+
+    @property
+    def reason(self) -> str:
+        """The older name of ``message``, kept for its callers."""
+        return self.message
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from archive.rendering import pipeline as rendering
 from archive.rendering.isolated import render_with
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ def _render(*, path: Path, frame: int, params: RenditionParams) -> bytes:
     return render_with(path=path, frame=frame, params=params)
 
 
-class RenditionsIncomplete(Exception):
+class RenditionsIncomplete(Unavailable):
     """Some renditions could not be made now for a reason that may pass (worth a retry)."""
+
+    code = "renditions_incomplete"
 
 
 @dataclass
@@ -201,7 +204,7 @@ def _render_all(instance: Instance, todo: list[tuple[str, RenditionParams, Rendi
             try:
                 results.append(_render(path=path, frame=FRAME, params=params))
             except rendering.NoImage as exc:
-                results.append(exc.reason)
+                results.append(exc.message)
                 break
             except ValueError as exc:  # the image's attributes out of range for the renderer
                 results.append(f"{type(exc).__name__}: {exc}")

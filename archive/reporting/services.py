@@ -42,6 +42,7 @@ from archive.models import Facility, Instance, Report, Study
 from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.audit import audit_record
+from kernel.errors import Conflict, Invalid
 from kernel.models import AuditEvent
 
 if TYPE_CHECKING:
@@ -64,27 +65,22 @@ DENIED = AuditEvent.Outcome.DENIED
 FAILURE = AuditEvent.Outcome.FAILURE
 
 
-class ReportError(Exception):
+class ReportError(Invalid):
     """A report action that was refused or failed; ``message`` is for the user (Italian).
 
     ``code``: ``reauth`` (wrong password or second factor), ``author`` (only
     the draft's author may discard it), ``state`` (not a draft / not signed /
     already amended),
     ``empty`` (nothing to sign), ``signing``, ``storage``, ``damaged``,
-    ``missing``, ``invalid``, ``conflict``.
+    ``missing`` (a file not in the archive), ``invalid``.
     """
 
-    def __init__(self, message: str, *, code: str = "error") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
+class ReportConflict(Conflict, ReportError):
+    """Someone else saved, signed, claimed or discarded first: reload and look again.
 
-class ReportConflict(ReportError):
-    """Someone else saved, signed or claimed first: reload and look again."""
-
-    def __init__(self, message: str, *, code: str = "conflict") -> None:
-        super().__init__(message, code=code)
+    ``code``: ``conflict``, ``claimed``, ``signed``, ``superseded``, ``discarded``.
+    """
 
 
 # --- who may open what -------------------------------------------------------
@@ -327,7 +323,7 @@ def _open_draft(*, report: Report) -> Report:
     """The current row of ``report``, which must still be a draft."""
     row = _reload(report)
     if row is None:
-        raise ReportConflict(_("La bozza non esiste più: è stata scartata."), code="missing")
+        raise ReportConflict(_("La bozza non esiste più: è stata scartata."), code="discarded")
     if row.status != Report.Status.DRAFT:
         raise ReportConflict(
             _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"
@@ -356,7 +352,7 @@ def _own_draft(*, report: Report, user: Any, action: str, source: str) -> Report
 
 def _saved_conflict(row: Report | None) -> ReportConflict:
     if row is None:
-        return ReportConflict(_("La bozza non esiste più: è stata scartata."), code="missing")
+        return ReportConflict(_("La bozza non esiste più: è stata scartata."), code="discarded")
     if row.status == Report.Status.SIGNED:
         return ReportConflict(
             _("Il referto è già stato firmato alle %(time)s.") % {"time": _hhmm(row.signed_at)}, code="signed"

@@ -47,6 +47,8 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.utils.translation import gettext as _
 
+from kernel.errors import PacsError
+
 logger = logging.getLogger(__name__)
 
 CA_NAME = "PACS regionale FVG – CA dimostrativa"
@@ -74,12 +76,10 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 _ATTRIBUTE_NAMES = {NameOID.SERIAL_NUMBER: "serialNumber", NameOID.GIVEN_NAME: "GN", NameOID.SURNAME: "SN"}
 
 
-class SigningError(Exception):
+class SigningError(PacsError):
     """Signing is not possible (no key, no certificate, an unreadable key); ``message`` in Italian."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "signing"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from django.core.paginator import Paginator
 from django.db.models import F, Prefetch, Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import get_script_prefix, path, reverse
+from django.urls import get_script_prefix, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
@@ -48,6 +48,7 @@ from archive.reporting import services as reports
 from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
+from kernel.problems import http_status
 from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition, perms_required
 
 logger = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ def report_start(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     try:
         reports.report_draft_start(study=study_obj, user=request.user, source=_source(request))
     except reports.ReportError as err:
-        return _render_study(request, study_obj, error=err.message, status=409)
+        return _render_study(request, study_obj, error=err.message, status=http_status(err))
     messages.success(request, _("Hai preso in carico lo studio: la bozza del referto è tua."))
     return redirect(_study_url(study_obj))
 
@@ -462,7 +463,7 @@ def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         kept.is_valid()
         return _render_study(request, report.study, form=kept, error=err.message, conflict=current, status=409)
     except reports.ReportError as err:
-        return _render_study(request, report.study, form=form, error=err.message, status=400)
+        return _render_study(request, report.study, form=form, error=err.message, status=http_status(err))
     if request.POST.get("azione") == "firma":
         return redirect("reporting:report_sign", pk=saved.pk)
     messages.success(
@@ -622,26 +623,10 @@ def report_amend(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             report=report, user=request.user, kind=form.cleaned_data["kind"], source=_source(request)
         )
     except reports.ReportError as err:
-        return _render_study(request, report.study, error=err.message, status=409)
+        return _render_study(request, report.study, error=err.message, status=http_status(err))
     messages.success(
         request,
         _("Nuova versione %(v)d (%(kind)s) in bozza: scrivila e firmala.")
         % {"v": draft.version, "kind": draft.get_kind_display()},
     )
     return redirect(_study_url(report.study))
-
-
-app_name = "reporting"
-urlpatterns = [
-    path("", worklist, name="worklist"),
-    path("studi/<int:pk>/", study, name="study"),
-    path("pazienti/<int:pk>/", patient, name="patient"),
-    path("studi/<int:pk>/inizia/", report_start, name="report_start"),
-    path("referti/<int:pk>/", report_detail, name="report_detail"),
-    path("referti/<int:pk>/salva/", report_save, name="report_save"),
-    path("referti/<int:pk>/abbandona/", report_discard, name="report_discard"),
-    path("referti/<int:pk>/firma/", report_sign, name="report_sign"),
-    path("referti/<int:pk>/nuova-versione/", report_amend, name="report_amend"),
-    path("referti/<int:pk>/referto.pdf", report_file, {"which": "pdf"}, name="report_pdf"),
-    path("referti/<int:pk>/referto.p7m", report_file, {"which": "p7m"}, name="report_p7m"),
-]

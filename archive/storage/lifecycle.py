@@ -39,6 +39,7 @@ from archive.models import (
 )
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,17 @@ logger = logging.getLogger(__name__)
 _MAX_FAILURES_IN_A_ROW = 5
 
 
-class LifecycleError(Exception):
+class LifecycleError(Unavailable):
     """A lifecycle step could not be done now (the next run tries again)."""
+
+    code = "lifecycle"
 
 
 class SourceDamaged(retrieve.NotAvailable):
     """Every verified copy of the instance was read and is damaged or missing: the object's
     trouble, not a store's. Retried with backoff; it does not stop the run."""
+
+    code = "source_damaged"
 
 
 # --- copies that fail ------------------------------------------------------------------

@@ -28,6 +28,7 @@ from django.utils import timezone
 from archive.models import Copy, Instance, Series
 from archive.storage import tiers as storage
 from kernel import tasknames
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ logger = logging.getLogger(__name__)
 TIER_PREFERENCE = {storage.FACILITY: 0, storage.LONGTERM: 1, storage.PRESERVATION: 2}
 
 
-class NotAvailable(Exception):
-    """No verified copy of the instance can be read now."""
+class NotAvailable(Unavailable):
+    """No verified copy of the instance can be read now; ``reason`` says why, without the UID."""
+
+    code = "not_available"
 
     def __init__(self, sop_instance_uid: str, reason: str) -> None:
         super().__init__(f"{sop_instance_uid}: {reason}")

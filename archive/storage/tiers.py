@@ -49,6 +49,7 @@ from django.core.files.storage import FileSystemStorage, storages
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
+from kernel.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +65,31 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-class StorageError(Exception):
-    """A tier could not be read or written."""
+class StorageError(Unavailable):
+    """A tier could not be read or written.
+
+    Unavailable (a store that is down or full now), so the tasks that meet it retry,
+    as they did before the error base: the subclasses too, whatever their cause."""
+
+    code = "storage"
 
 
 class StorageFull(StorageError):
     """The tier has no space (or quota) left."""
 
+    code = "storage_full"
+
 
 class CopyMismatch(StorageError):
     """A copy's bytes do not have the SHA-256 they must have."""
 
+    code = "copy_mismatch"
+
 
 class SourceMismatch(CopyMismatch):
     """The bytes to be copied do not have the SHA-256 they must have: nothing was stored."""
+
+    code = "source_mismatch"
 
 
 def facility_tier(facility_code: str) -> str:
@@ -518,6 +530,8 @@ def copy_remove(tier: str, relpath: str) -> bool:
 
 class WriteOnceViolation(StorageError):
     """An object of the preservation tier was to be replaced or removed outside the discard procedure."""
+
+    code = "write_once"
 
 
 def _refuse_preservation(tier: str, doing: str) -> None:

@@ -20,7 +20,7 @@ one. Every row is one the services could have written:
   addendum or correction as version 2), the booking's distribution choice
   (70% online with the information text, the rest CD; append-only, so
   inserted only), and a ``Publication`` per signed version of an online
-  booking, as ``portal.availability.report_publish`` makes them (a
+  booking, as ``portal.publication.report_publish`` makes them (a
   correction withdraws the version before it).
 
 It writes ``var/bench/portal/citizens.json``: a sample of citizens (the

@@ -11,7 +11,7 @@ Measured, each with the files' pages evicted from the page cache first
 (``posix_fadvise DONTNEED``, cold) and in the cache (warm), in alternating
 order, best of ``--repeat``:
 
-(a) ``portal.packages.dicom_media_zip_write(study=..., path=..., progress=None)``
+(a) ``portal.media.dicom_media_zip_write(study=..., path=..., progress=None)``
     in a child process: wall time, MB/s of instance bytes, and the child's
     peak RSS (``wait4``'s ``ru_maxrss``, and VmRSS sampled every 5 ms),
     against its RSS just before the call (Django loaded, the study fetched).
@@ -20,7 +20,7 @@ order, best of ``--repeat``:
     the same bytes with an fsync at the end (a copy, which the zip also is).
 (c) The citizen's download through gunicorn (Procfile: 2 workers x 4
     threads): log in, POST /fse/esami/<pk>/pacchetti/dicom/, the package's
-    build (``portal.downloads.package_build``, the Celery task's work, run
+    build (``portal.downloads.media_build``, the Celery task's work, run
     here in a child process in place of a worker so that its memory is
     measured like (a)) while polling /fse/pacchetti/<id>/?format=json, then
     GET download_url streamed and discarded: MB/s against reading the zip
@@ -94,13 +94,13 @@ def child_main(what: str, arg: str, out: str) -> None:
 
     django.setup()
     from archive.models import Study
-    from portal import downloads, packages
+    from portal import downloads, media
 
     if what == "zip":
         study = Study.objects.get(pk=int(arg))
         rss = _status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
-        info = packages.dicom_media_zip_write(study=study, path=Path(out), progress=None)
+        info = media.dicom_media_zip_write(study=study, path=Path(out), progress=None)
         seconds = time.perf_counter() - t
         result = {"seconds": seconds, "rss_before_kib": rss, "size": info.size, "count": info.instance_count}
     else:
@@ -109,7 +109,7 @@ def child_main(what: str, arg: str, out: str) -> None:
         DownloadPackage.objects.filter(pk=int(arg)).first()  # the ORM warmed up, as in a worker
         rss = _status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
-        package = downloads.package_build(package_pk=int(arg))
+        package = downloads.media_build(package_pk=int(arg))
         seconds = time.perf_counter() - t
         result = {
             "seconds": seconds,
@@ -652,7 +652,7 @@ def main() -> None:
         b = flow.build
         peak = max(b.peak_kib, b.sampled_kib)
         print(
-            f"\n(c) package built by portal.downloads.package_build in a child (the Celery task's work): "
+            f"\n(c) package built by portal.downloads.media_build in a child (the Celery task's work): "
             f"{b.seconds:.1f} s, {mb / b.seconds:.0f} MB/s, peak RSS {peak / 1024:.0f} MB "
             f"(growth {(peak - b.before_kib) / 1024:.1f} MB), status {b.result.get('status')}"
         )

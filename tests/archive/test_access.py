@@ -384,7 +384,18 @@ def test_api_reports_of_a_hidden_study_answer_as_missing_ones(scene: Scene) -> N
     for url in (base, f"{base}pdf", f"{base}p7m"):
         hidden, missing = client.get(url), client.get(url.replace(str(report.pk), "999999"))
         assert hidden.status_code == missing.status_code == 404, url
-        assert hidden.json() == missing.json() == {"detail": "Referto inesistente.", "code": "not_found"}
+        assert (
+            hidden.json()
+            == missing.json()
+            == {
+                "type": "about:blank",
+                "title": "Not Found",
+                "status": 404,
+                "detail": "Referto inesistente.",
+                "code": "not_found",
+                "field": None,
+            }
+        )
     listed = client.get("/api/reports/", {"study": scene.rossi.study_instance_uid})
     assert listed.status_code == 404
     assert listed.json() == client.get("/api/reports/", {"study": UNKNOWN_UID}).json()

@@ -212,7 +212,7 @@ def world(  # type: ignore[no-untyped-def]
         instance_ingest(path=path, facility=where[label], owned=False)
         ds = dcmread(path, stop_before_pixels=True)
         study_uids[label], sop_label[str(ds.SOPInstanceUID)], files[label] = str(ds.StudyInstanceUID), label, path
-    from portal.availability import conceal
+    from portal.oscuramento import conceal
 
     hidden = Study.objects.get(study_instance_uid=study_uids["hidden"])
     conceal(patient=hidden.patient, study=hidden)

@@ -375,7 +375,7 @@ def _archive_study(tmp_path: Path, facility, patient_id: str, name: str = "ROSSI
 
 
 def _conceal(study_uid: str) -> None:
-    from portal.availability import conceal
+    from portal.oscuramento import conceal
 
     study = Study.objects.get(study_instance_uid=study_uid)
     conceal(patient=study.patient, study=study)

@@ -489,7 +489,7 @@ def test_out_of_resources_stops_the_import(
 
     def full(**kwargs: object) -> None:
         calls.append(kwargs)
-        raise IngestError("no space left while storing", kind="out_of_resources")
+        raise IngestError("no space left while storing", code="out_of_resources")
 
     monkeypatch.setattr(bulk_import, "instance_ingest", full)
     out, _err, error = _run(str(tmp_path / "in"), "--facility", "TS-CAT")

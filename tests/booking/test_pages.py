@@ -567,7 +567,7 @@ def test_the_cup_pages_show_nothing_of_a_hidden_or_other_authoritys_study(cup: C
     from archive.models import Study
     from archive.sample_data import PatientInfo, write_study
     from booking import matching
-    from portal.availability import conceal
+    from portal.oscuramento import conceal
     from tests.dicomweb_helpers import ingest_files
 
     booking = cup.book(cup.mario)

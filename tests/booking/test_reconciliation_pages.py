@@ -209,7 +209,7 @@ def test_item_page_of_a_study_without_a_booking(cup: Cup, tmp_path: Path, staff_
 
 
 def test_a_hidden_study_is_not_in_the_queue(cup: Cup, tmp_path: Path, staff_client: Client) -> None:
-    from portal.availability import conceal
+    from portal.oscuramento import conceal
 
     shown = queued(cup, tmp_path, accession="NOPE1")
     hidden = queued(cup, tmp_path, accession="NOPE2")

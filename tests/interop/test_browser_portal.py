@@ -18,7 +18,7 @@ from pydicom.fileset import FileSet
 
 from archive.models import Instance
 from archive.reporting import services as reports
-from portal.availability import emergency_access_grant
+from portal.emergency import emergency_access_grant
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup

@@ -151,7 +151,7 @@ def test_an_emergency_access_from_the_study_page_in_the_browser(
     """A hidden prior is not on the study page; the link asks for the patient, and then it is there."""
     from playwright.sync_api import sync_playwright
 
-    from portal.availability import conceal
+    from portal.oscuramento import conceal
     from tests.archive.test_reporting_pages import another_study
 
     study = reporting.study

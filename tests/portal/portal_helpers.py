@@ -8,7 +8,7 @@ from django.test import Client
 
 from archive.models import Report
 from booking.models import Booking
-from portal import availability
+from portal import publication
 from portal.accounts import citizen_account_create
 from tests.booking.conftest import MARIO_CF, Cup, linked_booking
 from tests.reporting_helpers import Reporting, signed_report
@@ -34,7 +34,7 @@ def citizen_exam_make(cup: Cup, rep: Reporting, *, delivery: str | None = None) 
     kwargs = {"delivery": delivery} if delivery else {}
     booking = linked_booking(cup, rep.study, **kwargs)
     report = signed_report(rep)
-    availability.report_publish(report_pk=report.pk, study_pk=rep.study.pk)
+    publication.report_publish(report_pk=report.pk, study_pk=rep.study.pk)
     booking.refresh_from_db()
     user = citizen_account_create(codice_fiscale=MARIO_CF, password=CITIZEN_PASSWORD, email="mario@example.org")
     client = Client()

@@ -20,27 +20,21 @@ from booking.models import Booking, DistributionChoice
 from booking.services import booking_status_set
 from kernel import tasknames
 from kernel.models import AuditEvent
-from portal import availability
+from portal import exams, publication
 from portal.accounts import citizen_account_create
-from portal.availability import (
-    PortalError,
-    citizen_exams,
+from portal.delegations import (
     citizen_rights,
-    conceal,
-    consent_revoke_online,
     delegation_register,
     delegation_revoke,
-    emergency_access_grant,
-    exam_status,
-    is_available_online,
-    is_concealed,
     majority_cutoff,
     patients_acted_for,
-    publications_withdraw_for_revocation,
-    report_publish,
-    reveal,
 )
+from portal.emergency import emergency_access_grant
+from portal.errors import PortalError
+from portal.exams import citizen_exams, exam_status, is_available_online
 from portal.models import Concealment, Delegation, EmergencyAccess, Publication
+from portal.oscuramento import conceal, is_concealed, reveal
+from portal.publication import consent_revoke_online, publications_withdraw_for_revocation, report_publish
 from portal.tasks import publish_on_report_signed, report_publish_sweep
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
@@ -156,7 +150,7 @@ def test_an_addendum_is_published_next_to_the_original(cup: Cup, reporting: Repo
     publications = list(Publication.objects.filter(booking=booking).order_by("report__version"))
     assert [p.report.version for p in publications] == [1, 2]
     assert all(p.withdrawn_at is None for p in publications)
-    assert [p.report.version for p in availability.live_publications(booking=fresh(booking))] == [1, 2]
+    assert [p.report.version for p in exams.live_publications(booking=fresh(booking))] == [1, 2]
 
 
 @pytest.mark.parametrize("in_order", [True, False])
@@ -174,7 +168,7 @@ def test_a_correction_supersedes_the_versions_before_it(cup: Cup, reporting: Rep
     assert old.withdrawn_reason == Publication.WithdrawnReason.SUPERSEDED
     assert new.withdrawn_at is None
     assert exam_status(booking=fresh(booking)).code == "available_online"
-    assert availability.live_publications(booking=fresh(booking)) == [new]
+    assert exams.live_publications(booking=fresh(booking)) == [new]
 
 
 # --- Status codes --------------------------------------------------------------------
@@ -214,7 +208,7 @@ def test_availability_expires_after_the_configured_days(cup: Cup, reporting: Rep
     assert status.code == "expired"
     assert "Ospedale di Cattinara" in status.hint
     assert not is_available_online(booking=fresh(booking), now=day_31)
-    assert availability.live_publications(booking=fresh(booking), now=day_31) == []
+    assert exams.live_publications(booking=fresh(booking), now=day_31) == []
 
 
 def test_a_revoked_consent_withdraws_the_exam(cup: Cup, reporting: Reporting) -> None:
@@ -301,7 +295,7 @@ def test_the_sweep_finds_what_the_task_would_publish(
     elif case == "old":
         settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS = 0  # signed before the horizon: no longer looked for
 
-    due = availability.reports_unpublished_overdue()
+    due = publication.reports_unpublished_overdue()
     # The sweep and the task agree: what it queues, the task publishes; the rest, it would not.
     assert due == ([(report.pk, reporting.study.pk)] if case == "online" else [])
     if case != "old":
@@ -600,7 +594,7 @@ def test_a_revocation_whose_withdrawal_fails_is_not_recorded(
     def withdrawal_fails(**kwargs: object) -> int:
         raise RuntimeError("the database went away between the two writes")
 
-    monkeypatch.setattr(availability, "publications_withdraw_for_revocation", withdrawal_fails)
+    monkeypatch.setattr(publication, "publications_withdraw_for_revocation", withdrawal_fails)
     with pytest.raises(RuntimeError):
         consent_revoke_online(booking=booking, requested_by=cup.mario, user=user)
 

@@ -42,10 +42,10 @@ def test_one_package_per_content_and_a_new_one_when_the_study_changes(online: Ci
 def test_a_running_package_is_left_alone_until_its_builder_is_stale(online: CitizenExam) -> None:
     package, _ = downloads.package_request(study=online.booking.study, kind="dicom", user=online.user)
     DownloadPackage.objects.filter(pk=package.pk).update(status="running", heartbeat_at=timezone.now())
-    assert downloads.package_build(package_pk=package.pk).status == "running"  # someone is at it
+    assert downloads.media_build(package_pk=package.pk).status == "running"  # someone is at it
     stale = timezone.now() - downloads.STALE - dt.timedelta(seconds=1)
     DownloadPackage.objects.filter(pk=package.pk).update(heartbeat_at=stale)  # ... who died
-    built = downloads.package_build(package_pk=package.pk)
+    built = downloads.media_build(package_pk=package.pk)
     assert built.status == "ready" and Path(built.path).stat().st_size == built.size
     assert not list(Path(built.path).parent.glob(".*.part"))
 
@@ -67,7 +67,7 @@ def test_the_build_tells_who_asked_only_once_the_package_is_finished(online: Cit
 
 def test_the_notification_names_the_exam(online: CitizenExam) -> None:
     package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
-    package = downloads.package_build(package_pk=package.pk)
+    package = downloads.media_build(package_pk=package.pk)
     notification = downloads.package_notify(package=package, user=online.user, booking=online.booking)
     assert "è pronto da scaricare" in notification.message
     assert online.booking.procedure.description in notification.message
@@ -79,7 +79,7 @@ def test_the_notification_names_the_exam(online: CitizenExam) -> None:
 
 def test_purge_removes_old_files_and_leftovers(online: CitizenExam) -> None:
     package, _ = downloads.package_request(study=online.booking.study, kind="dicom", user=online.user)
-    package = downloads.package_build(package_pk=package.pk)
+    package = downloads.media_build(package_pk=package.pk)
     leftover = downloads.package_dir() / ".00000099-dicom.zip.abc.part"
     leftover.write_bytes(b"half")
     old = timezone.now().timestamp() - 3600
@@ -100,7 +100,7 @@ def test_the_citizens_zips_are_the_service_accounts_only(
     settings.PACS_PORTAL_PACKAGE_DIR = tmp_path / "var" / "portal-packages"
     for kind in ("dicom", "jpeg"):
         package, _ = downloads.package_request(study=online.booking.study, kind=kind, user=online.user)
-        assert downloads.package_build(package_pk=package.pk).status == DownloadPackage.Status.READY
+        assert downloads.media_build(package_pk=package.pk).status == DownloadPackage.Status.READY
     assert assert_private(tmp_path / "var") == 2
 
 
@@ -117,6 +117,6 @@ def test_a_package_is_only_for_someone_who_sees_the_study(online: CitizenExam, c
     assert not DownloadPackage.objects.exists()
     # Told nothing about an exam they do not see.
     package, _ = downloads.package_request(study=online.booking.study, kind="jpeg", user=online.user)
-    package = downloads.package_build(package_pk=package.pk)
+    package = downloads.media_build(package_pk=package.pk)
     assert downloads.package_notify(package=package, user=stranger, booking=online.booking) is None
     assert not Notification.objects.filter(user=stranger).exists()

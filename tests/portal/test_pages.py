@@ -16,7 +16,7 @@ from archive.models import Instance, Patient
 from archive.reporting import services as reports
 from booking.models import Booking, DistributionChoice
 from kernel.models import AuditEvent
-from portal import availability, links
+from portal import delegations, emergency, links
 from portal.accounts import citizen_account_create
 from portal.auth import CitizenOIDCBackend, fiscal_code_from_claims
 from portal.models import Concealment, Delegation, DownloadPackage, Publication
@@ -370,7 +370,7 @@ def test_a_delegate_sees_the_delegators_exam_and_the_log_says_who_acted(online: 
     if laura is None:
         laura = Patient.objects.create(codice_fiscale=LAURA_CF, family_name="BIANCHI", given_name="LAURA")
     mario = online.booking.patient
-    availability.delegation_register(
+    delegations.delegation_register(
         delegator=mario,
         delegate=laura,
         kind="tutore",
@@ -412,7 +412,7 @@ def delegate_client(online: CitizenExam, kind: str, *, minor: bool = False) -> C
         Patient.objects.filter(pk=mario.pk).update(birth_date=today.replace(year=today.year - 10, day=1))
         mario.refresh_from_db()
     laura = Patient.objects.get(codice_fiscale=LAURA_CF)
-    availability.delegation_register(
+    delegations.delegation_register(
         delegator=mario,
         delegate=laura,
         kind=kind,
@@ -518,7 +518,7 @@ def test_the_citizen_reads_each_emergency_access_with_who_when_until_and_why(onl
     from django.utils import timezone
 
     reason = "Paziente incosciente in pronto soccorso: servono le TC precedenti."
-    row = availability.emergency_access_grant(
+    row = emergency.emergency_access_grant(
         user=online.rep.colleague, patient=online.booking.patient, reason=reason, source="10.0.0.7"
     )
     response = online.client.get("/fse/accessi/")
@@ -527,7 +527,7 @@ def test_the_citizen_reads_each_emergency_access_with_who_when_until_and_why(onl
     assert "Chiara Degano" in section and "Giuliano Isontina" in section  # who, and of which authority
     assert reason in section
     (shown,) = response.context["emergencies"]
-    assert shown.at == row.at and shown.until == availability.emergency_access_until(row)
+    assert shown.at == row.at and shown.until == emergency.emergency_access_until(row)
     assert timezone.localtime(shown.until).strftime("%H:%M") in section
     assert 'class="who-staff emergency"' in page  # the audit row stands out too
 

@@ -28,9 +28,12 @@ from django.utils import timezone
 from archive import access
 from archive.models import Patient, Study
 from kernel.models import AuditEvent
-from portal import views_staff
-from portal.availability import PortalError, conceal, delegation_register, emergency_access_grant, reveal
+from portal import desk_views
+from portal.delegations import delegation_register
+from portal.emergency import emergency_access_grant
+from portal.errors import PortalError
 from portal.models import Delegation, EmergencyAccess
+from portal.oscuramento import conceal, reveal
 from tests.archive.test_reporting_pages import another_study
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup
@@ -311,7 +314,7 @@ def test_granting_drops_the_requests_cached_principal(reporting: Reporting) -> N
     request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
     before = access.principal_for_request(request)
     assert before.patient_ids == frozenset()
-    response = views_staff.emergency(request)
+    response = desk_views.emergency(request)
     assert response.status_code == 302
     after = access.principal_for_request(request)
     assert after is not before and after.patient_ids == {reporting.study.patient_id}

@@ -2,9 +2,9 @@
 patient's concealed studies, and the delegations desk where CUP operators
 register and revoke a *delega* on the documents the citizen shows.
 
-The views only translate: form input into :mod:`portal.availability` calls,
-its ``PortalError`` into a message beside the field, and what each page shows
-or does into an ``AuditEvent``.
+The views only translate: form input into :mod:`portal.delegations` and
+:mod:`portal.emergency` calls, their ``PortalError`` into a message beside the
+field, and what each page shows or does into an ``AuditEvent``.
 
 The emergency access is asked for a patient, found by codice fiscale (or
 named by the radiologist's study page), never for a study: to a professional
@@ -25,7 +25,7 @@ from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -39,19 +39,17 @@ from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
 from kernel.web import AuthenticatedHttpRequest, client_ip, perms_required
 
-from .availability import (
+from .delegations import delegation_register, delegation_revoke, delegations_in_force
+from .emergency import (
     EMERGENCY_PERMISSION,
-    PortalError,
-    delegation_register,
-    delegation_revoke,
-    delegations_in_force,
     emergency_access_grant,
     emergency_access_minutes,
     emergency_access_until,
     emergency_reason_clean,
 )
-from .concealment import emergency_access_live
+from .errors import PortalError
 from .models import EMERGENCY_REASON_MIN_LENGTH, Delegation
+from .policy import emergency_access_live
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
@@ -391,10 +389,3 @@ def delegation_revoke_view(request: AuthenticatedHttpRequest, pk: int) -> HttpRe
         % {"delegate": _person(delegation.delegate), "delegator": _person(delegation.delegator)},
     )
     return redirect("portal:staff_delegations")
-
-
-urlpatterns = [
-    path("emergenza/", emergency, name="staff_emergency_access"),
-    path("deleghe/", delegations, name="staff_delegations"),
-    path("deleghe/<int:pk>/revoca/", delegation_revoke_view, name="staff_delegation_revoke"),
-]

@@ -20,8 +20,8 @@ from archive.rendering import previews
 from archive.sample_data import SR, US_MULTIFRAME, PatientInfo, write_study
 from archive.storage import retrieve
 from archive.storage import tiers as storage
-from portal import packages
-from portal.packages import PackageError, dicom_media_zip_write, jpeg_zip_write
+from portal import media
+from portal.media import MediaError, dicom_media_zip_write, jpeg_zip_write
 from tests.dicomweb_helpers import ingest_files
 
 
@@ -113,7 +113,7 @@ def test_dicom_zip_failing_half_way_leaves_nothing(region, ct_study: list[Path],
 
     monkeypatch.setattr(retrieve, "instance_open", flaky_open)
     out = tmp_path / "out" / "study.zip"
-    with pytest.raises(PackageError, match="disk gone"):
+    with pytest.raises(MediaError, match="disk gone"):
         dicom_media_zip_write(study=_study(), path=out)
     assert _no_leftovers(out.parent) == []
     assert sum(calls.values()) == 2 + 6  # two series' headers, then every copy up to the last instance
@@ -129,7 +129,7 @@ def test_dicom_zip_refuses_a_copy_that_does_not_hash_as_recorded(region, ct_stud
     data[-1] ^= 0xFF  # a flipped bit in the pixel data
     stored.write_bytes(bytes(data))
     out = tmp_path / "study.zip"
-    with pytest.raises(PackageError, match="SHA-256"):
+    with pytest.raises(MediaError, match="SHA-256"):
         dicom_media_zip_write(study=_study(), path=out)
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".study.zip")] == []
@@ -179,14 +179,14 @@ def test_jpeg_zip_uses_the_stored_full_size_preview(region, ct_study: list[Path]
     def no_rendering(**kwargs: object) -> bytes:
         raise AssertionError("rendered although a stored preview fits")
 
-    monkeypatch.setattr(packages, "render_with", no_rendering)
+    monkeypatch.setattr(media, "render_with", no_rendering)
     out = tmp_path / "jpeg.zip"
     jpeg_zip_write(study=_study(), path=out)
     jpegs = _jpegs(out)
     assert len(jpegs) == 6
     first = Instance.objects.order_by("series__series_number", "instance_number").first()
     assert first is not None
-    stored = previews.rendition_get(instance=first, frame=1, kind="preview", params=packages.JPEG_PARAMS)
+    stored = previews.rendition_get(instance=first, frame=1, kind="preview", params=media.JPEG_PARAMS)
     assert stored is not None and jpegs["01 - TC - serie 1/immagine-001.jpg"] == stored
 
 
@@ -223,4 +223,4 @@ def test_jpeg_zip_lists_what_cannot_be_rendered_in_the_readme(  # type: ignore[n
 
 def test_folder_names_are_safe_for_every_file_system() -> None:
     series = Series(modality="MR", series_number=3, series_description="Encéfalo T2/FLAIR: <assiale>")
-    assert packages.series_folder_name(index=2, series=series) == "02 - RM Encefalo T2 FLAIR assiale - serie 3"
+    assert media.series_folder_name(index=2, series=series) == "02 - RM Encefalo T2 FLAIR assiale - serie 3"

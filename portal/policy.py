@@ -21,7 +21,8 @@ from django.utils import timezone
 from archive import access
 from archive.models import Patient, Report
 
-from .availability import delegator_ids, emergency_access_minutes, emergency_access_until
+from .delegations import delegator_ids
+from .emergency import emergency_access_minutes, emergency_access_until
 from .models import CitizenAccount, Concealment, EmergencyAccess
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
-from django.urls import path, reverse
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
@@ -316,12 +316,3 @@ def reconciliation_reject_view(request: AuthenticatedHttpRequest, pk: int) -> Ht
     except BookingError as exc:
         return _refused(request, item, "reject", form, exc.message)
     return _done(request, _("Studio respinto: resta fuori dalla coda."))
-
-
-urlpatterns = [
-    path("riconciliazione/", reconciliation_list, name="reconciliation_list"),
-    path("riconciliazione/<int:pk>/", reconciliation_detail, name="reconciliation_detail"),
-    path("riconciliazione/<int:pk>/collega/", reconciliation_link_view, name="reconciliation_link"),
-    path("riconciliazione/<int:pk>/riassegna/", reconciliation_reassign_view, name="reconciliation_reassign"),
-    path("riconciliazione/<int:pk>/respingi/", reconciliation_reject_view, name="reconciliation_reject"),
-]

@@ -59,6 +59,7 @@ from archive.rendering import previews
 from archive.rendering.isolated import render_with
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel.errors import PacsError
 
 if TYPE_CHECKING:
     from archive.models import Study
@@ -75,8 +76,10 @@ JPEG_PARAMS = rendering.RenderParams()
 Progress = Callable[[int, int], None]
 
 
-class PackageError(Exception):
-    """The package cannot be made (an instance unreadable or not as recorded, a DICOMDIR not buildable)."""
+class MediaError(PacsError):
+    """The zip cannot be made (an instance unreadable or not as recorded, a DICOMDIR not buildable)."""
+
+    code = "media"
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def _opened_ahead(entries: Sequence[tuple[Instance, tuple[str, ...]]]) -> Iterat
                 try:
                     fh = retrieve.instance_open(instance)
                 except retrieve.NotAvailable as exc:
-                    raise PackageError(str(exc)) from exc
+                    raise MediaError(str(exc)) from exc
                 with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
                     os.posix_fadvise(fh.fileno(), 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
                 pending.append((instance, "/".join(file_id), fh))
@@ -160,7 +163,7 @@ def _instance_copy(instance: Instance, name: str, fh: IO[bytes], writer: _Member
             meter.add(len(chunk))
     if digest.hexdigest() != instance.sha256:
         logger.error("%s read back with SHA-256 %s, %s recorded", instance, digest.hexdigest(), instance.sha256)
-        raise PackageError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
+        raise MediaError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
 
 
 def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt.datetime) -> None:
@@ -214,7 +217,7 @@ class _MemberWriter:
 
     def put(self, item: str | bytes) -> None:
         if self.error is not None:
-            raise PackageError(f"writing the zip failed: {self.error}") from self.error
+            raise MediaError(f"writing the zip failed: {self.error}") from self.error
         self.items.put(item)
 
     def finish(self) -> None:
@@ -222,7 +225,7 @@ class _MemberWriter:
         self.items.put(None)
         self.thread.join()
         if self.error is not None:
-            raise PackageError(f"writing the zip failed: {self.error}") from self.error
+            raise MediaError(f"writing the zip failed: {self.error}") from self.error
 
 
 class _Progress:
@@ -257,7 +260,7 @@ def _file_id(series_index: int, instance_index: int) -> tuple[str, str, str]:
     # "I" plus up to 7 digits: ten million series or instances before it breaks.
     components = (FILES_ROOT, f"S{series_index:04d}", f"I{instance_index:04d}")
     if any(len(c) > 8 for c in components):
-        raise PackageError("too many series or instances for PS3.10 file IDs")
+        raise MediaError("too many series or instances for PS3.10 file IDs")
     return components
 
 
@@ -331,7 +334,7 @@ def _record(kind: str, header: Dataset) -> _Record:
     try:
         ds = DIRECTORY_RECORDERS[kind](header)
     except (ValueError, KeyError, AttributeError) as exc:
-        raise PackageError(f"{header.get('SOPInstanceUID', '?')}: no {kind} record for the DICOMDIR: {exc}") from exc
+        raise MediaError(f"{header.get('SOPInstanceUID', '?')}: no {kind} record for the DICOMDIR: {exc}") from exc
     if kind in ("PATIENT", "STUDY", "SERIES") and "SpecificCharacterSet" in header:
         ds.SpecificCharacterSet = header.SpecificCharacterSet  # PS3.3 F.3.2.2: Type 1C in a record
     return _record_finish(_Record(ds), kind)
@@ -452,7 +455,7 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
     ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = offsets[id(roots[-1])]
     final = encode()
     if len(final) != len(draft):
-        raise PackageError("the DICOMDIR changed length when its offsets were set")
+        raise MediaError("the DICOMDIR changed length when its offsets were set")
     return final
 
 
@@ -512,7 +515,7 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
 
     Raises
     ------
-    PackageError
+    MediaError
         An instance cannot be read, its bytes do not hash as recorded, or
         FileSet cannot list it in the DICOMDIR.
     """
@@ -522,7 +525,7 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         for i_index, instance in enumerate(instances, start=1):
             entries.append((instance, _file_id(s_index, i_index)))
     if not entries:
-        raise PackageError(f"study {study.study_instance_uid} has no instances")
+        raise MediaError(f"study {study.study_instance_uid} has no instances")
     when = dt.datetime.now()
     try:
         tree = [
@@ -531,7 +534,7 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         ]
         records = dicomdir_records(groups=tree)
     except retrieve.NotAvailable as exc:
-        raise PackageError(str(exc)) from exc
+        raise MediaError(str(exc)) from exc
     readme = _dicom_readme(study, series=len(groups), instances=len(entries))
     meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
@@ -547,7 +550,7 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
                 for instance, name, fh in _opened_ahead(entries):
                     _instance_copy(instance, name, fh, writer, meter)
             except BaseException:
-                with contextlib.suppress(PackageError):
+                with contextlib.suppress(MediaError):
                     writer.finish()
                 raise
             writer.finish()
@@ -674,7 +677,7 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
 
     Raises
     ------
-    PackageError
+    MediaError
         An instance has no readable copy, or no render worker could start
         (worth trying again later).
     """
@@ -702,7 +705,7 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
                         written += 1
                     meter.add(1)
             except (retrieve.NotAvailable, RuntimeError) as exc:
-                raise PackageError(f"{plan.instance.sop_instance_uid}: {exc}") from exc
+                raise MediaError(f"{plan.instance.sop_instance_uid}: {exc}") from exc
         readme = _jpeg_readme(study, series=len(groups), instances=len(plans), failures=failures)
         _member_write_bytes(zf, README, readme, when=when)
     logger.info("JPEG package of study %s: %d images, %d failed", study.study_instance_uid, written, len(failures))
