@@ -181,6 +181,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
+from kernel.errors import PacsError
+
 logger = logging.getLogger(__name__)
 # The copied loops log as pynetdicom's own did.
 _association_log = logging.getLogger("pynetdicom.association")
@@ -382,8 +384,10 @@ def problems() -> list[str]:
     return found
 
 
-class FenceBroken(RuntimeError):
+class FenceBroken(PacsError):
     """pynetdicom is not what the fence was written for; the message lists why."""
+
+    code = "fence_broken"
 
 
 def verify() -> None:

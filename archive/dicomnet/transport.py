@@ -32,6 +32,8 @@ import struct
 import threading
 import time
 
+from kernel.errors import PacsError
+
 # --- the gate: from accepted connection to association request ------------------
 
 # Connections held at once, all addresses together: a flood from many
@@ -76,11 +78,13 @@ class AddressSlots:
             return self._total if address is None else self._held.get(address, 0)
 
 
-class NotAdmitted(Exception):
+class NotAdmitted(PacsError):
     """The connection did not send a usable A-ASSOCIATE-RQ in time; the message says why.
 
     ``quiet``: the peer just closed (a port probe, a load balancer's health
     check), not worth a warning."""
+
+    code = "not_admitted"
 
     def __init__(self, message: str, *, quiet: bool = False) -> None:
         super().__init__(message)
