@@ -244,6 +244,8 @@ class Booking(models.Model):
 
     def study_has_signed_report(self) -> bool:
         """Whether the booking's study has a signed report (its status may not say so yet)."""
+        if self.study_id is None:
+            return False  # a report always has its study
         return Report.objects.filter(study_id=self.study_id, status=Report.Status.SIGNED).exists()
 
     def is_active(self) -> bool:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.http import HttpRequest
@@ -12,12 +13,15 @@ from django.utils.translation import ngettext
 
 from kernel.alerts import AlertQuerySet
 
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _ActionCallable
+
 
 class AlertAdminMixin:
     """The admin of a :class:`kernel.alerts.Alert`: alerts are raised by the system,
     never added or deleted here; staff acknowledge them with an action."""
 
-    actions = ["acknowledge"]
+    actions: Sequence[_ActionCallable[Any, Any] | str] | None = ["acknowledge"]  # as ModelAdmin declares it
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -28,6 +32,6 @@ class AlertAdminMixin:
     @admin.action(description=_("Prendi visione degli allarmi selezionati"), permissions=["change"])
     def acknowledge(self, request: HttpRequest, queryset: AlertQuerySet) -> None:
         n = queryset.acknowledge(user=request.user)
-        self.message_user(  # type: ignore[attr-defined]
+        self.message_user(  # type: ignore[attr-defined]  # ModelAdmin's, the class this mixes into
             request, ngettext("%d allarme preso in visione.", "%d allarmi presi in visione.", n) % n, messages.SUCCESS
         )

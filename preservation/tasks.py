@@ -46,7 +46,7 @@ def package_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
     transaction.on_commit(lambda: _package_enqueue(study_pk, countdown))
 
 
-def _package_enqueue(study_pk: int, countdown: int) -> None:
+def _package_enqueue(study_pk: int, countdown: float) -> None:
     try:
         study_package.apply_async(args=[study_pk], countdown=countdown)  # type: ignore[arg-type]  # celery takes a list; its stub, a tuple
     except Exception:

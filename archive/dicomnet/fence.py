@@ -445,7 +445,7 @@ def _recv_plain(assoc_sock: AssociationSocket, n: int) -> bytearray:
     return assoc_sock.recv(n)
 
 
-class _NotifyingQueue(queue.Queue):  # type: ignore[type-arg]
+class _NotifyingQueue(queue.Queue):
     def __init__(self, notify: Callable[[], None]) -> None:
         super().__init__()
         self._notify = notify
@@ -938,7 +938,8 @@ class FencedRequestHandler(RequestHandler):
                 if handlers and handlers[0] is not None:
                     assoc.bind(event, *handlers)
             else:
-                for handler, args in handlers:
+                # A notification event's handlers: a list of (handler, args).
+                for handler, args in cast(list[tuple[Callable[..., Any], list[Any] | None]], handlers):
                     assoc.bind(event, handler, args)
 
         return assoc

@@ -43,7 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -60,11 +60,11 @@ from pydicom.uid import (
 from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import create_file_meta, decode
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at run time
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -266,8 +266,9 @@ def _peer_certificate(assoc: Association) -> str | None:
 def handle_requested(event: Event) -> None:
     """EVT_REQUESTED: accept the association (its :class:`Peer` on the association)
     or reject it, audited, before pynetdicom negotiates. Anything unexpected rejects."""
-    assoc: PacsAssociation = event.assoc  # type: ignore[assignment]
+    assoc = cast(PacsAssociation, event.assoc)  # the server's associations are PacsAssociations
     rq = assoc.requestor.primitive
+    assert rq is not None  # pynetdicom triggers EVT_REQUESTED with the A-ASSOCIATE-RQ it received
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     reject: tuple[int, int, int] | None = (0x02, 0x01, 0x01)
     why = "internal error"
@@ -300,6 +301,7 @@ def handle_requested(event: Event) -> None:
         detail={"called_ae": str(rq.called_ae_title).strip(), "reason": why, "tls": _is_tls(assoc)},
     )
     # As pynetdicom's own rejection does: pynetdicom then skips its negotiation.
+    assert reject is not None  # only a return follows decide_association's None
     assoc.acse.send_reject(*reject)
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()
@@ -324,7 +326,7 @@ class SendsStoredInstances(Association):
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
-        options = {
+        options: dict[str, Any] = {
             "msg_id": msg_id,
             "priority": priority,
             "originator_aet": originator_aet,
@@ -564,15 +566,22 @@ class PacsServer(ThreadedAssociationServer):
                 dul.close(sock)
 
 
+def _peer(event: Event) -> Peer:
+    """The :class:`Peer` of a request's association: handle_requested set it on
+    accepting the association."""
+    peer = cast(PacsAssociation, event.assoc).pacs_peer
+    assert peer is not None
+    return peer
+
+
 def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
 def handle_store(event: Event) -> Dataset:
-    assoc = event.assoc
-    peer: Peer = assoc.pacs_peer
+    peer = _peer(event)
     peer.busy = True
-    req = event.request
+    req = cast(C_STORE, event.request)
     spool = req.DataSet if isinstance(req.DataSet, _SpoolFile) and req.DataSet.name is not None else None
     try:
         close_old_connections()
@@ -594,6 +603,7 @@ def handle_store(event: Event) -> Dataset:
                 return _status(
                     OUT_OF_RESOURCES if full else PROCESSING_FAILURE, f"cannot write: {spool.error.strerror}"
                 )
+            assert spool.name is not None  # checked above; finish() does not clear it
             path, data, owned = spool.name, spool.in_memory(), True
         try:
             result = instance_ingest(
@@ -662,7 +672,7 @@ def _identifier(event: Event) -> tuple[Dataset | None, str]:
 def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND SCP, Patient Root and Study Root: matches stream as pending responses.
     Modality Worklist queries go to :func:`_worklist_find`."""
-    peer: Peer = event.assoc.pacs_peer
+    peer = _peer(event)
     close_old_connections()
     if str(event.request.AffectedSOPClassUID) == ModalityWorklistInformationFind:
         yield from _worklist_find(event, peer)
@@ -841,7 +851,7 @@ class StoredInstance(Dataset):
         self.SOPClassUID = instance.sop_class_uid
         self.SOPInstanceUID = instance.sop_instance_uid
         self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid
+        self.file_meta.TransferSyntaxUID = UID(instance.transfer_syntax_uid)
         self.__dict__["instance"] = instance
         self.__dict__["tally"] = tally
 
@@ -934,7 +944,7 @@ def _retrieve_selection(
 def _selection_for(event: Event, service: str) -> tuple[Any, RetrieveTally | None, Dataset | None]:
     identifier, error = _identifier(event)
     return _retrieve_selection(
-        event.assoc.pacs_peer,
+        _peer(event),
         sop_class_uid=str(event.request.AffectedSOPClassUID),
         identifier=identifier,
         error=error,
@@ -945,6 +955,7 @@ def _selection_for(event: Event, service: str) -> tuple[Any, RetrieveTally | Non
 def _retrieve_refusal(peer: Peer, req: C_MOVE | C_GET, context: PresentationContext, service: str) -> Dataset | None:
     """The final status that refuses a C-MOVE/C-GET (audited), or None when it may go on."""
     ts = context.transfer_syntax[0]
+    assert req.Identifier is not None  # a valid request has one (service_answered sees only those)
     try:
         identifier: Dataset | None = decode(req.Identifier, ts.is_implicit_VR, ts.is_little_endian)
         error = ""
@@ -975,6 +986,7 @@ def handle_get(event: Event) -> Iterator[Any]:
     if refusal is not None:
         yield 0
         return
+    assert tally is not None  # a selection without a refusal has its tally
     yield qs.count()
     yield from _sub_operations(event, qs, tally)
 
@@ -996,13 +1008,13 @@ class PacsAE(AE):
 
     _local = threading.local()
 
-    @property  # type: ignore[override]
+    @property
     def ae_title(self) -> str:
-        return getattr(self._local, "calling_as", None) or AE.ae_title.fget(self)  # type: ignore[attr-defined]
+        return getattr(self._local, "calling_as", None) or AE.ae_title.fget(self)  # type: ignore[attr-defined]  # mypy reads a property on the class as its value
 
     @ae_title.setter
     def ae_title(self, value: str) -> None:
-        AE.ae_title.fset(self, value)  # type: ignore[attr-defined]
+        AE.ae_title.fset(self, value)  # type: ignore[attr-defined]  # mypy reads a property on the class as its value
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
@@ -1012,11 +1024,12 @@ class PacsAE(AE):
 
 def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE SCP to a registered retrieve destination of the called facility."""
-    peer: Peer = event.assoc.pacs_peer
+    peer = _peer(event)
     qs, tally, refusal = _selection_for(event, "C-MOVE")
     if refusal is not None:  # answered already by PacsAssociation.service_answered
         yield None, None
         return
+    assert tally is not None  # a selection without a refusal has its tally
     destination_ae = str(event.move_destination).strip()
     tally.detail["destination"] = destination_ae
     node = RemoteNode.objects.filter(
@@ -1034,7 +1047,7 @@ def handle_move(event: Event) -> Iterator[Any]:
         yield None, None  # pynetdicom answers 0xA801, move destination unknown
         return
     options: dict[str, Any] = {"contexts": _move_contexts(qs)}
-    if event.assoc.pacs_fast:
+    if cast(PacsAssociation, event.assoc).pacs_fast:
         options["evt_handlers"] = [(evt.EVT_CONN_OPEN, fence.handle_conn_open_nodelay)]
     # pynetdicom opens the sub-association between the next two yields.
     PacsAE._local.calling_as = peer.facility.ae_title
@@ -1092,6 +1105,7 @@ def build_ae(ae_title: str) -> AE:
         ae.add_supported_context(uid, UncompressedTransferSyntaxes)
     # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom builds each with its SOP class
         ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
@@ -1154,7 +1168,7 @@ class _SpoolFile(io.BytesIO):
         header = io.BytesIO()
         header.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(
-            header,  # type: ignore[arg-type]
+            header,  # type: ignore[arg-type]  # pydicom annotates its DicomFileLike; it writes to any binary file
             create_file_meta(
                 sop_class_uid=command.AffectedSOPClassUID,
                 sop_instance_uid=command.AffectedSOPInstanceUID,
@@ -1242,14 +1256,17 @@ def start_listener(
     servers: list[PacsServer] = []
     try:
         for address, ssl_context in addresses:
-            server: PacsServer = ae.make_server(
-                address,
-                ae_title=ae_title or "PACS",
-                ssl_context=ssl_context,
-                evt_handlers=handlers,
-                server_class=PacsServer,
-                request_handler=PacsRequestHandler,
-            )
+            server = cast(
+                PacsServer,
+                ae.make_server(
+                    address,
+                    ae_title=ae_title or "PACS",
+                    ssl_context=ssl_context,
+                    evt_handlers=handlers,
+                    server_class=PacsServer,
+                    request_handler=PacsRequestHandler,
+                ),
+            )  # a PacsServer: pynetdicom's annotation names its default class
             servers.append(server)
     except OSError:
         for server in servers:

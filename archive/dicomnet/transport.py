@@ -151,7 +151,7 @@ def admit(
                 # wrap_socket() takes the descriptor over: from here on only the
                 # TLS socket can close the connection.
                 sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                _handshake(sock, deadline)  # type: ignore[arg-type]
+                _handshake(sock, deadline)
             head = _recv_by(sock, 6, deadline)
             pdu_type, _, length = struct.unpack(">BBL", head)
             if pdu_type != A_ASSOCIATE_RQ:
