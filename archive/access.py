@@ -427,7 +427,7 @@ class StudyNotVisible(Http404, NotFound):
     the audit log keeps."""
 
     def __init__(self, verdict: Verdict | None = None) -> None:
-        super().__init__(_("Lo studio richiesto non esiste o non è accessibile."))
+        super().__init__(str(_("Lo studio richiesto non esiste o non è accessibile.")))
         self.verdict = verdict
 
 

@@ -78,5 +78,5 @@ def kind_of(error: PacsError) -> str:
     """The code of the kind ``error`` derives from (the first in its MRO); ``error`` for none."""
     for cls in type(error).__mro__:
         if cls in KINDS:
-            return cls.code
+            return cls.__dict__["code"]
     return PacsError.code

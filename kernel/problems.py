@@ -120,7 +120,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         response.data = problem(response.status_code, detail=message, code=code, field=field, errors=exc.detail)
     else:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
-        code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
+        code = str(getattr(detail, "code", None) or getattr(exc, "default_code", "error"))
         response.data = problem(response.status_code, detail=str(detail), code=code)
     response.content_type = PROBLEM_JSON
     return response
@@ -140,7 +140,7 @@ class ProblemSerializer(serializers.Serializer):
     field = serializers.CharField(
         allow_null=True, help_text="Il campo della richiesta in errore (a.b per i campi annidati), o null."
     )
-    errors = serializers.DictField(
+    errors = serializers.DictField(  # type: ignore[assignment]  # the problem's member "errors"; this serializer only describes the schema and never validates, so Serializer.errors is never read
         required=False, help_text="Solo per una richiesta non valida: gli errori di ogni campo."
     )
 

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 STALE = dt.timedelta(minutes=5)
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 LIVE = (DownloadPackage.Status.QUEUED, DownloadPackage.Status.RUNNING, DownloadPackage.Status.READY)
-_WRITERS = {
+_WRITERS: dict[str, Callable[..., media.PackageInfo]] = {
     DownloadPackage.Kind.DICOM: media.dicom_media_zip_write,
     DownloadPackage.Kind.JPEG: media.jpeg_zip_write,
 }
