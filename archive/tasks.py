@@ -12,7 +12,7 @@ from archive.rendering import previews
 from archive.reporting import services as reports
 from archive.storage import lifecycle
 from archive.storage import tiers as storage
-from kernel import tasknames
+from kernel import sweeps, tasknames
 from kernel.errors import Unavailable
 
 from . import ingest
@@ -35,11 +35,12 @@ def study_post_ingest(study_pk: int) -> bool:
 def post_ingest_sweep(older_than_seconds: float = 120.0) -> int:
     """Queue the post-ingest work of studies whose task was never queued."""
     pks = ingest.studies_post_ingest_overdue(older_than_seconds=older_than_seconds)
-    for pk in pks:
-        study_post_ingest.delay(pk)
-    if pks:
-        logger.warning("queued post-ingest work for %d overdue studies", len(pks))
-    return len(pks)
+    return sweeps.requeue(
+        study_post_ingest,
+        [(pk,) for pk in pks],
+        logger=logger,
+        message="queued post-ingest work for %d overdue studies",
+    )
 
 
 @shared_task(
@@ -147,8 +148,9 @@ def report_encapsulate(report_pk: int) -> str:
 def report_encapsulate_sweep() -> int:
     """Queue again the Encapsulated PDF of signed reports whose task was lost (a broker outage)."""
     pks = reports.reports_encapsulation_overdue()
-    for pk in pks:
-        report_encapsulate.delay(pk)
-    if pks:
-        logger.warning("queued the encapsulated PDF of %d overdue signed reports", len(pks))
-    return len(pks)
+    return sweeps.requeue(
+        report_encapsulate,
+        [(pk,) for pk in pks],
+        logger=logger,
+        message="queued the encapsulated PDF of %d overdue signed reports",
+    )

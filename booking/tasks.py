@@ -13,7 +13,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from archive.storage import lifecycle
-from kernel import tasknames
+from kernel import sweeps, tasknames
 from kernel.errors import Unavailable
 
 from . import matching, services
@@ -80,11 +80,7 @@ def _booking_reported_enqueue(report_pk: int, study_pk: int) -> None:
 def booking_reported_sweep() -> int:
     """Queue again :func:`booking_reported` for the bookings a lost task left unreported (a broker outage)."""
     due = services.bookings_reported_overdue()
-    for report_pk, study_pk in due:
-        booking_reported.delay(report_pk, study_pk)
-    if due:
-        logger.warning("queued %d overdue bookings to become reported", len(due))
-    return len(due)
+    return sweeps.requeue(booking_reported, due, logger=logger, message="queued %d overdue bookings to become reported")
 
 
 @shared_task(

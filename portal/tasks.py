@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
-from kernel import tasknames
+from kernel import sweeps, tasknames
 
 from . import downloads, publication
 
@@ -47,11 +47,9 @@ def _report_publish_enqueue(report_pk: int, study_pk: int) -> None:
 def report_publish_sweep() -> int:
     """Queue again :func:`report_publish` for the signed reports a lost task left unpublished (a broker outage)."""
     due = publication.reports_unpublished_overdue()
-    for report_pk, study_pk in due:
-        report_publish.delay(report_pk, study_pk)
-    if due:
-        logger.warning("queued the publication of %d overdue signed reports", len(due))
-    return len(due)
+    return sweeps.requeue(
+        report_publish, due, logger=logger, message="queued the publication of %d overdue signed reports"
+    )
 
 
 @shared_task(

@@ -9,7 +9,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 
-from kernel import tasknames
+from kernel import sweeps, tasknames
 
 from . import audit_seal as seals
 from . import fixity, packages, retention, volumes
@@ -55,10 +55,7 @@ def _package_enqueue(study_pk: int, countdown: float) -> None:
 
 @shared_task(name=tasknames.STUDIES_PACKAGE_SWEEP)
 def studies_package_sweep() -> int:
-    pks = packages.studies_due()
-    for pk in pks:
-        study_package.delay(pk)
-    return len(pks)
+    return sweeps.requeue(study_package, [(pk,) for pk in packages.studies_due()], logger=logger)
 
 
 @shared_task(name=tasknames.VOLUMES_CLOSE, acks_late=True)
