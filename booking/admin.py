@@ -27,6 +27,7 @@ from .models import (
     BookingStatusChange,
     ConsentText,
     DistributionChoice,
+    FacilityContact,
     Procedure,
     Reconciliation,
     Station,
@@ -54,7 +55,13 @@ class StationAdmin(admin.ModelAdmin):
         "active",
     )
     list_filter = ("facility", "modality", "active")
-    search_fields = ("name", "ae_title")
+    search_fields = ("name", "ae_title", "location")
+
+
+@admin.register(FacilityContact)
+class FacilityContactAdmin(admin.ModelAdmin):
+    list_display = ("facility", "address", "cup_phone", "cup_hours")
+    search_fields = ("facility__code", "facility__name", "address")
 
 
 @admin.register(AccessionSequence)

@@ -19,20 +19,49 @@ from django.utils import timezone
 from archive.models import Facility, Patient, Study
 
 from . import services
-from .models import AccessionSequence, Booking, ConsentText, DistributionChoice, Procedure, Station
+from .models import (
+    AccessionSequence,
+    Booking,
+    ConsentText,
+    DistributionChoice,
+    FacilityContact,
+    Procedure,
+    Station,
+)
 
 logger = logging.getLogger(__name__)
 
 CATALOGUE = Path(__file__).resolve().parent / "data" / "procedures.csv"
 
-# (AE title, room name, modality, slot minutes): the modality nodes archive/demo.py
-# registers at every facility; their AE title is the ScheduledStationAETitle.
+# (AE title, room name, modality, slot minutes, where it is): the modality nodes
+# archive/demo.py registers at every facility; their AE title is the ScheduledStationAETitle.
 STATIONS = [
-    ("CT01", "TC 1", "CT", 20),
-    ("MR01", "RM 1", "MR", 30),
-    ("US01", "Ecografia 1", "US", 20),
-    ("NM01", "Medicina nucleare 1", "NM", 40),
+    ("CT01", "TC 1", "CT", 20, "Radiologia, piano terra, sala TC 1"),
+    ("MR01", "RM 1", "MR", 30, "Radiologia, piano terra, sala RM (segua le indicazioni «Risonanza magnetica»)"),
+    ("US01", "Ecografia 1", "US", 20, "Ambulatori di ecografia, primo piano"),
+    ("NM01", "Medicina nucleare 1", "NM", 40, "Medicina nucleare, piano -1"),
 ]
+
+# The demo's CUP numbers are made up (no Italian number has 000 after the area
+# code): nobody calls a real desk from a printed demo receipt.
+_CUP = {
+    "ASUGI": ("040 000 4040", "dal lunedì al venerdì, 8:00–17:00"),
+    "ASUFC": ("0432 000 432", "dal lunedì al venerdì, 7:30–18:00; sabato 8:00–12:00"),
+    "ASFO": ("0434 000 434", "dal lunedì al venerdì, 8:00–16:00"),
+}
+# Where the demo hospitals are.
+ADDRESSES = {
+    "TS-CAT": "Strada di Fiume 447, 34149 Trieste",
+    "TS-MAG": "Piazza dell'Ospitale 1, 34125 Trieste",
+    "GO-SG": "Via Vittorio Veneto 171, 34170 Gorizia",
+    "MO-SP": "Via Galvani 1, 34074 Monfalcone",
+    "UD-SMM": "Piazzale Santa Maria della Misericordia 15, 33100 Udine",
+    "SD-SA": "Viale Trento e Trieste 33, 33038 San Daniele del Friuli",
+    "TO-SA": "Via Morgagni 18, 33028 Tolmezzo",
+    "PN-SMA": "Via Montereale 24, 33170 Pordenone",
+    "SV-SV": "Via Savorgnano 2, 33078 San Vito al Tagliamento",
+    "SP-SP": "Via Raffaello 1, 33097 Spilimbergo",
+}
 
 CONSENT_VERSION = "2026-01"
 CONSENT_TITLE = "Informativa sulla consegna online di referti e immagini (DPCM 8 agosto 2013, art. 3)"
@@ -68,14 +97,31 @@ def demo_load() -> None:
                 "published_at": timezone.make_aware(dt.datetime(2026, 1, 1)),
             },
         )
-        for facility in Facility.objects.all():
+        for facility in Facility.objects.select_related("authority"):
             AccessionSequence.objects.get_or_create(facility=facility, defaults={"prefix": _prefix(facility)})
-            for ae, name, modality, minutes in STATIONS:
-                Station.objects.get_or_create(
+            for ae, name, modality, minutes, location in STATIONS:
+                station, _created = Station.objects.get_or_create(
                     facility=facility,
                     ae_title=ae,
-                    defaults={"name": name, "modality": modality, "slot_minutes": minutes, "open_weekdays": "123456"},
+                    defaults={
+                        "name": name,
+                        "modality": modality,
+                        "slot_minutes": minutes,
+                        "open_weekdays": "123456",
+                        "location": location,
+                    },
                 )
+                if not station.location:  # a demo loaded before rooms had a place
+                    Station.objects.filter(pk=station.pk).update(location=location)
+            phone, hours = _CUP.get(facility.authority.code, ("040 000 4040", ""))
+            FacilityContact.objects.get_or_create(
+                facility=facility,
+                defaults={
+                    "address": ADDRESSES.get(facility.code, facility.name),
+                    "cup_phone": phone,
+                    "cup_hours": hours,
+                },
+            )
     _demo_bookings()
     logger.info("CUP demo: %d procedures added, %d updated", loaded.created, loaded.updated)
 

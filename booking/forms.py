@@ -12,10 +12,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import Facility
-from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
+from archive.models import Facility, HealthAuthority
+from kernel.codice_fiscale import codice_fiscale_error, codice_fiscale_facts, normalize_codice_fiscale
 
 from .models import Booking, DistributionChoice, Procedure, Station
+from .services import FIRST_AVAILABLE_DEFAULT_DAYS, FIRST_AVAILABLE_MAX_DAYS, delivery_consent_error
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,30 @@ class PatientSearchForm(forms.Form):
 
 
 class PatientCreateForm(forms.Form):
+    """A new patient: birth date, sex and place of birth come from the codice
+    fiscale when left empty, and must agree with it when typed."""
+
     codice_fiscale = forms.CharField(
         label=_("Codice fiscale"),
         max_length=32,
         widget=forms.TextInput(
             attrs={"autofocus": True, "autocomplete": "off", "spellcheck": "false", "autocapitalize": "characters"}
         ),
+        help_text=_("Data di nascita, sesso e luogo di nascita si ricavano dal codice fiscale."),
     )
     family_name = forms.CharField(label=_("Cognome"), max_length=128)
     given_name = forms.CharField(label=_("Nome"), max_length=128)
-    birth_date = forms.DateField(label=_("Data di nascita"), widget=DateInput())
-    sex = forms.ChoiceField(label=_("Sesso"), choices=[("", "—"), ("F", _("F (femmina)")), ("M", _("M (maschio)"))])
+    birth_date = forms.DateField(label=_("Data di nascita"), widget=DateInput(), required=False)
+    sex = forms.ChoiceField(
+        label=_("Sesso"), choices=[("", "—"), ("F", _("F (femmina)")), ("M", _("M (maschio)"))], required=False
+    )
+    birth_place = forms.CharField(
+        label=_("Luogo di nascita"),
+        max_length=128,
+        required=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+        help_text=_("Il comune, o lo Stato estero."),
+    )
 
     def clean_codice_fiscale(self) -> str:
         # The same check patient_create makes, early, so that a mistyped code is
@@ -88,6 +102,86 @@ class PatientCreateForm(forms.Form):
             raise forms.ValidationError(error, code="invalid_codice_fiscale")
         return code
 
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        code = data.get("codice_fiscale")
+        if not code:
+            # No valid code to read them from: the operator types them.
+            for name in ("birth_date", "sex"):
+                if name not in self.errors and not data.get(name):
+                    self.add_error(
+                        name,
+                        forms.ValidationError(
+                            _("Campo obbligatorio: scrivilo, oppure correggi il codice fiscale da cui si ricava."),
+                            code="required",
+                        ),
+                    )
+            return data
+        facts = codice_fiscale_facts(code)
+        filled: dict[str, str] = {}
+        birth_date = data.get("birth_date")
+        if "birth_date" in self.errors:
+            pass  # a date that is not a date: its own message says so
+        elif birth_date is None:
+            data["birth_date"] = facts.birth_date
+            filled["birth_date"] = facts.birth_date.isoformat()
+        elif birth_date != facts.birth_date:
+            self.add_error(
+                "birth_date",
+                forms.ValidationError(
+                    _(
+                        "Il codice fiscale %(code)s indica la data di nascita %(cf)s, non %(typed)s: "
+                        "correggi la data o il codice fiscale."
+                    )
+                    % {
+                        "code": code,
+                        "cf": facts.birth_date.strftime("%d/%m/%Y"),
+                        "typed": birth_date.strftime("%d/%m/%Y"),
+                    },
+                    code="codice_fiscale_mismatch",
+                ),
+            )
+        sex = data.get("sex")
+        if not sex:
+            data["sex"] = filled["sex"] = facts.sex
+        elif sex != facts.sex:
+            self.add_error(
+                "sex",
+                forms.ValidationError(
+                    _(
+                        "Il codice fiscale %(code)s è di una persona di sesso %(cf)s, non %(typed)s: "
+                        "correggi il sesso o il codice fiscale."
+                    )
+                    % {"code": code, "cf": facts.sex, "typed": sex},
+                    code="codice_fiscale_mismatch",
+                ),
+            )
+        place = (data.get("birth_place") or "").strip()
+        if not place:
+            data["birth_place"] = filled["birth_place"] = facts.place_label
+        elif not facts.place_matches(place):
+            self.add_error(
+                "birth_place",
+                forms.ValidationError(
+                    _(
+                        "Il codice fiscale %(code)s indica come luogo di nascita %(cf)s, non %(typed)s: "
+                        "correggi il luogo o il codice fiscale."
+                    )
+                    % {"code": code, "cf": facts.place_label, "typed": place},
+                    code="codice_fiscale_mismatch",
+                ),
+            )
+        else:
+            data["birth_place"] = facts.place_label
+        if filled and self.errors:
+            # The page comes back with errors elsewhere: show what the code gave.
+            shown = self.data.copy()
+            for name, value in filled.items():
+                shown[name] = value
+            self.data = shown
+        return data
+
 
 class ProcedureField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Procedure) -> str:
@@ -97,6 +191,20 @@ class ProcedureField(forms.ModelChoiceField):
 class FacilityField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Facility) -> str:
         return f"{obj.name} ({obj.code})"
+
+
+def _procedure_choices(field: ProcedureField, *, autofocus: bool) -> None:
+    procedures = list(Procedure.objects.filter(active=True).order_by("modality", "description"))
+    # Grouped by modality: a native <select> with <optgroup>s, searchable by typing.
+    field.choices = [
+        ("", _("— scegli la prestazione —")),
+        *(
+            (modality, [(p.pk, field.label_from_instance(p)) for p in group])
+            for modality, group in groupby(procedures, key=lambda p: p.modality)
+        ),
+    ]
+    if autofocus:
+        field.widget.attrs["autofocus"] = True
 
 
 class SlotSearchForm(forms.Form):
@@ -114,18 +222,7 @@ class SlotSearchForm(forms.Form):
         cast(FacilityField, self.fields["facility"]).queryset = (
             Facility.objects.filter(stations__active=True).distinct().order_by("name")
         )
-        procedures = list(Procedure.objects.filter(active=True).order_by("modality", "description"))
-        # Grouped by modality: a native <select> with <optgroup>s, searchable by typing.
-        field = cast(ProcedureField, self.fields["procedure"])
-        field.choices = [
-            ("", _("— scegli la prestazione —")),
-            *(
-                (modality, [(p.pk, field.label_from_instance(p)) for p in group])
-                for modality, group in groupby(procedures, key=lambda p: p.modality)
-            ),
-        ]
-        if autofocus:
-            field.widget.attrs["autofocus"] = True
+        _procedure_choices(cast(ProcedureField, self.fields["procedure"]), autofocus=autofocus)
 
     def clean_day(self) -> dt.date:
         day: dt.date = self.cleaned_data["day"]
@@ -136,6 +233,75 @@ class SlotSearchForm(forms.Form):
                 code="past",
             )
         return day
+
+
+class FirstAvailableForm(forms.Form):
+    """The first free slots for a procedure across the facilities of a health
+    authority, or of the whole region ("prima disponibilità")."""
+
+    procedure = ProcedureField(
+        label=_("Prestazione"), queryset=Procedure.objects.filter(active=True), widget=forms.Select()
+    )
+    authority = forms.ModelChoiceField(
+        label=_("Dove cercare"),
+        queryset=HealthAuthority.objects.none(),
+        required=False,
+        empty_label=_("In tutta la regione"),
+        help_text=_("I presidi di un'azienda sanitaria, oppure tutti quelli della regione."),
+    )
+    start = forms.DateField(label=_("A partire dal giorno"), widget=DateInput(), initial=timezone.localdate)
+    days = forms.IntegerField(
+        label=_("Entro quanti giorni"),
+        initial=FIRST_AVAILABLE_DEFAULT_DAYS,
+        min_value=1,
+        max_value=FIRST_AVAILABLE_MAX_DAYS,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+    )
+
+    # How far ahead the search may start: the agendas are not open beyond it.
+    MAX_START_AHEAD_DAYS = 365
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ModelChoiceField, self.fields["authority"]).queryset = (
+            HealthAuthority.objects.filter(facilities__stations__active=True).distinct().order_by("name")
+        )
+        _procedure_choices(cast(ProcedureField, self.fields["procedure"]), autofocus=True)
+        # Written here, not on the field: the numbers go into the message of the request's language.
+        days = self.fields["days"]
+        limits = {"max": FIRST_AVAILABLE_MAX_DAYS}
+        days.help_text = _("Da 1 a %(max)d giorni.") % limits
+        days.error_messages.update(
+            {
+                "invalid": _("Scrivi un numero di giorni, da 1 a %(max)d.") % limits,
+                "min_value": _("Cerca in almeno 1 giorno."),
+                "max_value": _("Si cerca al massimo in %(max)d giorni.") % limits,
+            }
+        )
+
+    def clean_start(self) -> dt.date:
+        start: dt.date = self.cleaned_data["start"]
+        today = timezone.localdate()
+        if start < today:
+            raise forms.ValidationError(
+                _("Il giorno %(day)s è già passato: parti da oggi o da un giorno futuro.")
+                % {"day": start.strftime("%d/%m/%Y")},
+                code="past",
+            )
+        if start > today + dt.timedelta(days=self.MAX_START_AHEAD_DAYS):
+            raise forms.ValidationError(
+                _("Parti al più tardi da un giorno entro un anno da oggi."),
+                code="too_far",
+            )
+        return start
+
+
+def _delivery_consent_clean(form: forms.Form) -> None:
+    """The consent ticked with a delivery that is not online: reported with the other fields."""
+    data = form.cleaned_data
+    error = delivery_consent_error(delivery=data.get("delivery") or "", consent_given=bool(data.get("consent_given")))
+    if error:
+        form.add_error("consent_given", forms.ValidationError(error, code="consent_without_online"))
 
 
 class BookingForm(forms.Form):
@@ -178,10 +344,12 @@ class BookingForm(forms.Form):
         widget=forms.RadioSelect,
         error_messages={"required": _("Scegli come consegnare referto e immagini: CD oppure online.")},
     )
-    consent_given = forms.BooleanField(required=False)
+    consent_given = forms.BooleanField(label=_("Consenso alla consegna online"), required=False)
     # The version of the information text the patient was shown, so that the
     # one recorded is the one read even if a new one came into force meanwhile.
-    consent_version = forms.CharField(required=False, max_length=32, widget=forms.HiddenInput)
+    consent_version = forms.CharField(
+        label=_("Versione dell'informativa"), required=False, max_length=32, widget=forms.HiddenInput
+    )
 
     def __init__(self, *args: Any, stations: list[Station], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -200,6 +368,11 @@ class BookingForm(forms.Form):
         # Absent (an older page, a script): the prescription's default class.
         return self.cleaned_data.get("priority") or Booking.Priority.PLANNED
 
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        _delivery_consent_clean(self)
+        return self.cleaned_data
+
 
 class ChoiceForm(forms.Form):
     """A new version of the distribution choice."""
@@ -209,12 +382,19 @@ class ChoiceForm(forms.Form):
         choices=DistributionChoice.Delivery.choices,
         widget=forms.RadioSelect,
     )
-    consent_given = forms.BooleanField(required=False)
-    consent_version = forms.CharField(required=False, max_length=32, widget=forms.HiddenInput)
+    consent_given = forms.BooleanField(label=_("Consenso alla consegna online"), required=False)
+    consent_version = forms.CharField(
+        label=_("Versione dell'informativa"), required=False, max_length=32, widget=forms.HiddenInput
+    )
     channel = forms.ChoiceField(
         label=_("Canale"), choices=Booking.Channel.choices, initial=Booking.Channel.AUTHORITY_CUP
     )
     note = forms.CharField(label=_("Nota"), required=False, max_length=500)
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        _delivery_consent_clean(self)
+        return self.cleaned_data
 
 
 class CancelForm(forms.Form):

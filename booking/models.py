@@ -16,6 +16,11 @@ from django.utils.translation import gettext_lazy as _
 
 from archive.models import Facility, Patient, Report, Study, ae_title_validator
 
+# A telephone number as people write it: digits, spaces and + . / - ( ).
+phone_validator = RegexValidator(
+    r"^\+?[0-9][0-9 ./()-]{4,30}$", _("Un numero di telefono: cifre, spazi e + . / - ( ), es. 040 399 1111.")
+)
+
 # The NRE (numero di ricetta elettronica) of a dematerialised prescription:
 # 15 characters, the region's 5-character code then 10 digits (DM 2 November 2011).
 nre_validator = RegexValidator(
@@ -50,6 +55,14 @@ class Procedure(models.Model):
         validators=[RegexValidator(r"^[A-Z0-9]{2,16}$", _("Una modalità DICOM: CT, MR, US, NM, MG..."))],
     )
     body_part = models.CharField(_("distretto"), max_length=64, blank=True)
+    preparation = models.TextField(
+        _("preparazione"),
+        blank=True,
+        help_text=_(
+            "Che cosa fa il paziente prima dell'esame (digiuno, oggetti metallici, esami da portare): "
+            "è stampato sulla ricevuta. Si rivolge al paziente con il Lei."
+        ),
+    )
     active = models.BooleanField(_("prenotabile"), default=True)
 
     class Meta:
@@ -85,6 +98,15 @@ class Station(models.Model):
         ],
         help_text=_("Giorni della settimana con slot: 1 = lunedì … 7 = domenica, es. 123456."),
     )
+    location = models.CharField(
+        _("dove si trova"),
+        max_length=200,
+        blank=True,
+        help_text=_(
+            "Reparto, edificio e piano dove si presenta il paziente, "
+            "es. «Radiologia, piano terra, torre medica»: è stampato sulla ricevuta."
+        ),
+    )
     active = models.BooleanField(_("attiva"), default=True)
 
     class Meta:
@@ -102,6 +124,34 @@ class Station(models.Model):
     def clean(self) -> None:
         if self.opens_at and self.closes_at and self.opens_at >= self.closes_at:
             raise ValidationError({"closes_at": _("La chiusura viene dopo l'apertura.")})
+
+
+class FacilityContact(models.Model):
+    """Where a facility is and which CUP its patients call to move or cancel a
+    booking: printed on the receipt. The CUP is usually the health authority's,
+    so several facilities give the same number."""
+
+    facility = models.OneToOneField(
+        Facility, on_delete=models.CASCADE, related_name="cup_contact", verbose_name=_("presidio")
+    )
+    address = models.CharField(_("indirizzo"), max_length=200, help_text=_("Via, numero civico, CAP e comune."))
+    cup_phone = models.CharField(
+        _("telefono del CUP"),
+        max_length=32,
+        validators=[phone_validator],
+        help_text=_("Il numero che il paziente chiama per spostare o disdire l'appuntamento."),
+    )
+    cup_hours = models.CharField(
+        _("orari del CUP"), max_length=100, blank=True, help_text=_("es. «dal lunedì al venerdì, 8:00–17:00»")
+    )
+
+    class Meta:
+        verbose_name = _("recapiti del presidio")
+        verbose_name_plural = _("recapiti dei presidi")
+        ordering = ["facility__code"]
+
+    def __str__(self) -> str:
+        return f"{self.facility.code}: {self.address}, CUP {self.cup_phone}"
 
 
 class AccessionSequence(models.Model):

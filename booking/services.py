@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from pydicom.uid import generate_uid
@@ -140,25 +140,35 @@ class CatalogueLoad:
 
 
 CATALOGUE_COLUMNS = ("code", "description", "modality", "body_part")
+# Columns a catalogue may leave out: a missing one leaves the field as it is.
+CATALOGUE_OPTIONAL_COLUMNS = ("preparation",)
 
 
 def procedures_load_csv(text: str | Iterable[str]) -> CatalogueLoad:
     """Load or update the procedure catalogue from CSV with the header
-    ``code,description,modality,body_part[,active]``; all rows or none."""
+    ``code,description,modality,body_part[,preparation][,active]``; all rows or none.
+
+    ``preparation`` is what the patient does before the exam, printed on the
+    receipt; a catalogue without the column keeps the preparations already recorded.
+    """
     lines = io.StringIO(text) if isinstance(text, str) else text
     reader = csv.DictReader(lines)
     missing = [c for c in CATALOGUE_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise BookingError(_("Colonne mancanti nel catalogo: %(cols)s.") % {"cols": ", ".join(missing)})
+    optional = [c for c in CATALOGUE_OPTIONAL_COLUMNS if c in (reader.fieldnames or [])]
     result = CatalogueLoad()
     with transaction.atomic():
         for line, row in enumerate(reader, start=2):
-            values = {k: (row.get(k) or "").strip() for k in CATALOGUE_COLUMNS}
+            values = {k: (row.get(k) or "").strip() for k in (*CATALOGUE_COLUMNS, *optional)}
             active = (row.get("active") or "1").strip().lower() not in ("0", "no", "false", "n")
             procedure = Procedure(**values, active=active)
             existing = Procedure.objects.filter(code=values["code"]).first()
             if existing is not None:
                 procedure.pk = existing.pk
+                for name in CATALOGUE_OPTIONAL_COLUMNS:
+                    if name not in optional:
+                        setattr(procedure, name, getattr(existing, name))
             try:
                 procedure.full_clean(validate_unique=False)
             except ValidationError as exc:
@@ -205,6 +215,90 @@ def station_free_slots(*, station: Station, day: dt.date, now: dt.datetime | Non
         .values_list("scheduled_at", flat=True)
     )
     return [s for s in slots if s > now and s not in taken]
+
+
+# The first-available search looks this far ahead at most: the CUP's agendas
+# open a few months ahead, and a longer window only costs time.
+FIRST_AVAILABLE_MAX_DAYS = 90
+FIRST_AVAILABLE_DEFAULT_DAYS = 30
+
+
+@dataclass(frozen=True)
+class FreeDay:
+    """A day on which a station has free slots, and those slots (aware, local, in order)."""
+
+    station: Station
+    day: dt.date
+    slots: list[dt.datetime]
+
+    @property
+    def facility(self) -> Facility:
+        return self.station.facility
+
+
+def first_available(
+    *,
+    procedure: Procedure,
+    facilities: Iterable[Facility] | QuerySet[Facility],
+    start: dt.date,
+    days: int = FIRST_AVAILABLE_DEFAULT_DAYS,
+    days_per_station: int = 2,
+    now: dt.datetime | None = None,
+) -> list[FreeDay]:
+    """The first days with free slots for ``procedure`` at ``facilities``, nearest first.
+
+    Every active station of the procedure's modality is searched from
+    ``start`` for ``days`` days; each gives its first ``days_per_station``
+    days with a free slot still to come. The result is ordered by day, then
+    facility and station name, so that the nearest availability across the
+    facilities comes first.
+
+    Two queries whatever the window: the stations, then every booking that
+    holds one of their slots in the window; the schedule is computed here.
+
+    Raises
+    ------
+    BookingError
+        ``days`` outside 1..FIRST_AVAILABLE_MAX_DAYS (field ``days``), the
+        procedure not bookable (field ``procedure``).
+    """
+    if not 1 <= days <= FIRST_AVAILABLE_MAX_DAYS:
+        raise BookingError(
+            _("Cerca in un periodo da 1 a %(max)d giorni.") % {"max": FIRST_AVAILABLE_MAX_DAYS}, field="days"
+        )
+    if not procedure.active:
+        raise BookingError(
+            _("La prestazione %(code)s non è prenotabile.") % {"code": procedure.code}, field="procedure"
+        )
+    now = now or timezone.now()
+    stations = list(
+        Station.objects.filter(facility__in=facilities, modality=procedure.modality, active=True).select_related(
+            "facility__authority"
+        )
+    )
+    if not stations:
+        return []
+    tz = timezone.get_current_timezone()
+    window_start = dt.datetime.combine(start, dt.time(0, 0), tzinfo=tz)
+    window_end = dt.datetime.combine(start + dt.timedelta(days=days), dt.time(0, 0), tzinfo=tz)
+    taken = set(
+        Booking.objects.filter(station__in=stations, scheduled_at__gte=window_start, scheduled_at__lt=window_end)
+        .exclude(status=Booking.Status.CANCELLED)
+        .values_list("station_id", "scheduled_at")
+    )
+    found: list[FreeDay] = []
+    for station in stations:
+        station_days = 0
+        for offset in range(days):
+            day = start + dt.timedelta(days=offset)
+            free = [s for s in station_slots(station=station, day=day) if s > now and (station.pk, s) not in taken]
+            if free:
+                found.append(FreeDay(station=station, day=day, slots=free))
+                station_days += 1
+                if station_days >= days_per_station:
+                    break
+    found.sort(key=lambda f: (f.day, f.station.facility.name, f.station.name, f.station.pk))
+    return found
 
 
 def _check_slot(*, station: Station, scheduled_at: dt.datetime) -> dt.datetime:
@@ -289,6 +383,33 @@ def _check_channel(channel: str) -> None:
         raise BookingError(_("Canale sconosciuto: %(c)s.") % {"c": channel}, field="channel")
 
 
+def delivery_consent_error(*, delivery: str, consent_given: bool) -> str | None:
+    """Why the consent box and the delivery chosen contradict each other, or None.
+
+    The consent is to *online* delivery: ticked with the CD it is either a
+    slip or an online delivery meant and not chosen, and nobody would act on it.
+    """
+    if (
+        consent_given
+        and delivery in DistributionChoice.Delivery.values
+        and delivery != DistributionChoice.Delivery.ONLINE
+    ):
+        return str(
+            _(
+                "Il consenso alla consegna online è spuntato, ma hai scelto «%(delivery)s»: "
+                "scegli la consegna online oppure togli la spunta dal consenso."
+            )
+            % {"delivery": DistributionChoice.Delivery(delivery).label}
+        )
+    return None
+
+
+def _check_delivery_consent(*, delivery: str, consent_given: bool) -> None:
+    error = delivery_consent_error(delivery=delivery, consent_given=consent_given)
+    if error:
+        raise BookingError(error, field="consent_given", code="consent_without_online")
+
+
 def _choice_add(
     booking: Booking,
     *,
@@ -303,6 +424,7 @@ def _choice_add(
 ) -> DistributionChoice:
     if delivery not in DistributionChoice.Delivery.values:
         raise BookingError(_("Scegli come consegnare referto e immagini: CD oppure online."), field="delivery")
+    _check_delivery_consent(delivery=delivery, consent_given=consent_given)
     if delivery == DistributionChoice.Delivery.ONLINE:
         if not consent_given:
             raise BookingError(
@@ -380,6 +502,7 @@ def booking_create(
     _check_contacts(phone=contact_phone, email=contact_email, nre=nre)
     priority = _check_priority(priority)
     scheduled_at = _check_slot(station=station, scheduled_at=scheduled_at)
+    _check_delivery_consent(delivery=delivery, consent_given=consent_given)
     if delivery == DistributionChoice.Delivery.ONLINE and consent_text is None:
         consent_text = consent_text_current()
     facility = station.facility
@@ -723,6 +846,7 @@ def distribution_choose(
                 field="delivery",
             )
         _check_channel(channel)
+        _check_delivery_consent(delivery=delivery, consent_given=consent_given)
         current = booking.current_choice()
         if delivery == DistributionChoice.Delivery.ONLINE and consent_text is None:
             consent_text = consent_text_current()

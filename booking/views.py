@@ -23,7 +23,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.db.models import QuerySet
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -31,14 +31,24 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
-from archive.models import Facility, Patient
+from archive.models import Facility, HealthAuthority, Patient
 from kernel.audit import audit_record
+from kernel.codice_fiscale import codice_fiscale_facts, normalize_codice_fiscale
 from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition, perms_required
 
 from . import services
-from .forms import BookingForm, CancelForm, ChoiceForm, DayForm, PatientCreateForm, PatientSearchForm, SlotSearchForm
+from .forms import (
+    BookingForm,
+    CancelForm,
+    ChoiceForm,
+    DayForm,
+    FirstAvailableForm,
+    PatientCreateForm,
+    PatientSearchForm,
+    SlotSearchForm,
+)
 from .models import Booking, ConsentText, DistributionChoice, Procedure, Station
-from .receipt import booking_receipt_pdf
+from .receipt import booking_receipt_pdf, cup_phone_line, facility_contact, where_to_go
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +141,16 @@ def patient_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         form = PatientCreateForm(request.POST)
         if form.is_valid():
             try:
-                patient = services.patient_create(**form.cleaned_data, user=request.user, source=_source(request))
+                data = form.cleaned_data
+                patient = services.patient_create(
+                    codice_fiscale=data["codice_fiscale"],
+                    family_name=data["family_name"],
+                    given_name=data["given_name"],
+                    birth_date=data["birth_date"],
+                    sex=data["sex"],
+                    user=request.user,
+                    source=_source(request),
+                )
             except services.BookingError as err:
                 _add_service_error(form, err)
             else:
@@ -141,6 +160,47 @@ def patient_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         initial = {k: request.GET.get(k, "") for k in ("codice_fiscale", "family_name", "birth_date")}
         form = PatientCreateForm(initial={k: v for k, v in initial.items() if v})
     return render(request, "booking/patient_create.html", {"form": form})
+
+
+@_perms("archive.add_patient")
+@require_POST
+def codice_fiscale_decode(request: AuthenticatedHttpRequest) -> JsonResponse:
+    """Birth date, sex and place of birth a codice fiscale carries, for the
+    patient form's script to fill in; the form checks them again on submit.
+
+    Reads no record: the answer is the code's own arithmetic, so nothing is
+    audited. POST, so that the code stays out of URLs and access logs.
+    """
+    code = normalize_codice_fiscale(request.POST.get("codice_fiscale", ""))
+    try:
+        facts = codice_fiscale_facts(code)
+    except ValueError as exc:
+        return JsonResponse({"valid": False, "error": str(exc)}, status=400)
+    return JsonResponse(
+        {
+            "valid": True,
+            "codice_fiscale": facts.code,
+            "birth_date": facts.birth_date.isoformat(),
+            "sex": facts.sex,
+            "birth_place": facts.place_label,
+            "summary": _("Dal codice fiscale: %(sex)s, nato/a il %(date)s a %(place)s.")
+            % {
+                "sex": _("femmina") if facts.sex == "F" else _("maschio"),
+                "date": facts.birth_date.strftime("%d/%m/%Y"),
+                "place": facts.place_label,
+            },
+        }
+    )
+
+
+def _birth_place(patient: Patient) -> str:
+    """The place of birth the patient's codice fiscale carries (it is not stored apart)."""
+    if not patient.codice_fiscale:
+        return ""
+    try:
+        return codice_fiscale_facts(patient.codice_fiscale).place_label
+    except ValueError:
+        return ""
 
 
 @_perms()
@@ -153,7 +213,11 @@ def patient_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     )
     rows = [(b, max(b.choices.all(), key=lambda c: c.version, default=None)) for b in bookings]
     _audit_patient_view(request, patient, "cup.patient.view")
-    return render(request, "booking/patient_detail.html", {"patient": patient, "rows": rows})
+    return render(
+        request,
+        "booking/patient_detail.html",
+        {"patient": patient, "rows": rows, "birth_place": _birth_place(patient)},
+    )
 
 
 # --- booking -----------------------------------------------------------------------
@@ -215,13 +279,16 @@ def booking_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
                     station_slots = _stations_with_slots(procedure=procedure, facility=facility, day=day)
             else:
                 messages.success(
-                    request, _("Prenotazione registrata: accession number %(acc)s.") % {"acc": booking.accession_number}
+                    request,
+                    _("Prenotazione registrata: numero di prenotazione %(acc)s.") % {"acc": booking.accession_number},
                 )
                 return redirect("booking:booking_detail", accession=booking.accession_number)
     else:
         form = BookingForm(stations=stations, initial={"delivery": ""})
     _audit_patient_view(request, patient, "cup.patient.view", page="booking_new")
-    selected = form.data.get("slot", "") if form.is_bound else ""
+    # A time picked in the first-available list arrives chosen.
+    selected = form.data.get("slot", "") if form.is_bound else request.GET.get("slot", "")
+    offered = {_slot_value(s, t) for s, slots in station_slots for t in slots}
     step1: dict[str, int | str] = {
         "procedure": procedure.pk,
         "facility": facility.pk,
@@ -234,15 +301,66 @@ def booking_new(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             "facility": facility,
             "day": day,
             "station_slots": [
-                (s, [(f"{s.pk}|{timezone.localtime(t).isoformat()}", timezone.localtime(t)) for t in slots])
-                for s, slots in station_slots
+                (s, [(_slot_value(s, t), timezone.localtime(t)) for t in slots]) for s, slots in station_slots
             ],
-            "selected_slot": selected,
+            "selected_slot": selected if selected in offered else "",
+            "selected_gone": bool(selected) and selected not in offered and not form.is_bound,
             "form": form,
             "step1_url": request.path + "?" + urlencode(step1),
         }
     )
     return render(request, "booking/booking_slots.html", context)
+
+
+# How many times of a day the first-available list offers; the day's page has them all.
+FIRST_AVAILABLE_TIMES_SHOWN = 8
+
+
+def _slot_value(station: Station, when: dt.datetime) -> str:
+    """A slot as the booking form's radio buttons carry it."""
+    return f"{station.pk}|{timezone.localtime(when).isoformat()}"
+
+
+@_perms("booking.add_booking")
+@require_http_methods(["GET"])
+def booking_first(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The first free slots for a procedure across facilities ("prima
+    disponibilità"), nearest first; a time leads to step 2 of the booking
+    with that slot chosen."""
+    patient = get_object_or_404(Patient, pk=pk)
+    form = FirstAvailableForm(request.GET if "procedure" in request.GET else None)
+    results: list[dict[str, Any]] | None = None
+    detail: dict[str, Any] = {"page": "booking_first"}
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        procedure: Procedure = data["procedure"]
+        authority: HealthAuthority | None = data["authority"]
+        facilities = Facility.objects.filter(authority=authority) if authority else Facility.objects.all()
+        detail.update(procedure=procedure.code, authority=authority.code if authority else "")
+        try:
+            found = services.first_available(
+                procedure=procedure, facilities=facilities, start=data["start"], days=data["days"]
+            )
+        except services.BookingError as err:
+            _add_service_error(form, err)
+        else:
+            booking_url = reverse("booking:booking_new", args=[patient.pk])
+            results = []
+            for free in found:
+                step2 = {"procedure": procedure.pk, "facility": free.facility.pk, "day": free.day.isoformat()}
+                results.append(
+                    {
+                        "free": free,
+                        "times": [
+                            (when, f"{booking_url}?{urlencode({**step2, 'slot': _slot_value(free.station, when)})}")
+                            for when in free.slots[:FIRST_AVAILABLE_TIMES_SHOWN]
+                        ],
+                        "more": max(0, len(free.slots) - FIRST_AVAILABLE_TIMES_SHOWN),
+                        "day_url": f"{booking_url}?{urlencode(step2)}",
+                    }
+                )
+    _audit_patient_view(request, patient, "cup.patient.view", **detail)
+    return render(request, "booking/booking_first.html", {"patient": patient, "form": form, "results": results})
 
 
 def _booking(accession: str) -> Booking:
@@ -256,6 +374,7 @@ def _render_booking(
     request: AuthenticatedHttpRequest, booking: Booking, *, choice_form: ChoiceForm | None = None, status: int = 200
 ) -> HttpResponse:
     current = booking.current_choice()
+    contact = facility_contact(booking)
     if choice_form is None:
         choice_form = ChoiceForm(
             initial={"delivery": current.delivery if current else "", "channel": Booking.Channel.AUTHORITY_CUP}
@@ -274,6 +393,8 @@ def _render_booking(
             "consent": services.consent_text_current(),
             "locked": booking.is_choice_locked(),
             "can_cancel": booking.status in (Booking.Status.BOOKED, Booking.Status.ARRIVED),
+            "where_to_go": where_to_go(booking, contact),
+            "cup_phone_line": cup_phone_line(contact),
         },
         status=status,
     )

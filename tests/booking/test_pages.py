@@ -226,7 +226,10 @@ def test_create_patient_whose_code_disagrees_with_the_birth_date(client: Client,
             "sex": "F",
         },
     )
-    assert errors_of(response, "birth_date") == [f"Il codice fiscale {LAURA_CF} indica la data di nascita 02/07/1972."]
+    assert errors_of(response, "birth_date") == [
+        f"Il codice fiscale {LAURA_CF} indica la data di nascita 02/07/1972, non 03/07/1972: "
+        "correggi la data o il codice fiscale."
+    ]
     assert not Patient.objects.filter(codice_fiscale=LAURA_CF).exists()
 
 
