@@ -5,11 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from itertools import groupby
+from pathlib import Path
 from typing import Any, cast
 
 from django import forms
+from django import forms as django_forms
+from django.conf import settings
+from django.forms.renderers import DjangoTemplates
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
 from archive.models import Facility, HealthAuthority
@@ -19,6 +24,52 @@ from .models import Booking, DistributionChoice, Procedure, Station
 from .services import FIRST_AVAILABLE_DEFAULT_DAYS, FIRST_AVAILABLE_MAX_DAYS, delivery_consent_error
 
 logger = logging.getLogger(__name__)
+
+
+class CupFormRenderer(DjangoTemplates):
+    """The CUP pages' fields in Bootstrap Italia's markup (``booking/forms/field.html``).
+
+    Django's own renderer, which finds the widgets' templates without
+    ``django.forms`` among the apps, also looking in the project's templates.
+    """
+
+    field_template_name = "booking/forms/field.html"
+
+    @cached_property
+    def engine(self) -> Any:
+        return self.backend(
+            {
+                "APP_DIRS": True,
+                "DIRS": [
+                    Path(django_forms.__file__).parent / self.backend.app_dirname,
+                    settings.BASE_DIR / "templates",
+                ],
+                "NAME": "cupforms",
+                "OPTIONS": {},
+            }
+        )
+
+
+# The classes Bootstrap Italia styles each kind of control by; checkboxes,
+# radios and selects are styled by their wrapper (field.html).
+_CONTROL_CLASSES = {
+    forms.TextInput: "form-control",
+    forms.NumberInput: "form-control",
+    forms.EmailInput: "form-control",
+    forms.DateInput: "form-control",
+    forms.Textarea: "form-control",
+}
+
+
+class CupForm(forms.Form):
+    default_renderer = CupFormRenderer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            css = next((c for kind, c in _CONTROL_CLASSES.items() if isinstance(field.widget, kind)), None)
+            if css and css not in field.widget.attrs.get("class", ""):
+                field.widget.attrs["class"] = f"{field.widget.attrs.get('class', '')} {css}".strip()
 
 
 class DateInput(forms.DateInput):
@@ -33,7 +84,7 @@ def tomorrow() -> dt.date:
     return timezone.localdate() + dt.timedelta(days=1)
 
 
-class PatientSearchForm(forms.Form):
+class PatientSearchForm(CupForm):
     codice_fiscale = forms.CharField(
         label=_("Codice fiscale"),
         required=False,
@@ -67,7 +118,7 @@ class PatientSearchForm(forms.Form):
         return data
 
 
-class PatientCreateForm(forms.Form):
+class PatientCreateForm(CupForm):
     """A new patient: birth date, sex and place of birth come from the codice
     fiscale when left empty, and must agree with it when typed."""
 
@@ -207,7 +258,7 @@ def _procedure_choices(field: ProcedureField, *, autofocus: bool) -> None:
         field.widget.attrs["autofocus"] = True
 
 
-class SlotSearchForm(forms.Form):
+class SlotSearchForm(CupForm):
     """Step 1 of a booking: what, where, which day."""
 
     procedure = ProcedureField(
@@ -235,7 +286,7 @@ class SlotSearchForm(forms.Form):
         return day
 
 
-class FirstAvailableForm(forms.Form):
+class FirstAvailableForm(CupForm):
     """The first free slots for a procedure across the facilities of a health
     authority, or of the whole region ("prima disponibilità")."""
 
@@ -304,7 +355,7 @@ def _delivery_consent_clean(form: forms.Form) -> None:
         form.add_error("consent_given", forms.ValidationError(error, code="consent_without_online"))
 
 
-class BookingForm(forms.Form):
+class BookingForm(CupForm):
     """Step 2 of a booking: the slot, the prescription and contacts, the distribution choice."""
 
     slot = forms.CharField(
@@ -374,7 +425,7 @@ class BookingForm(forms.Form):
         return self.cleaned_data
 
 
-class ChoiceForm(forms.Form):
+class ChoiceForm(CupForm):
     """A new version of the distribution choice."""
 
     delivery = forms.ChoiceField(
@@ -397,7 +448,7 @@ class ChoiceForm(forms.Form):
         return self.cleaned_data
 
 
-class CancelForm(forms.Form):
+class CancelForm(CupForm):
     reason = forms.CharField(
         label=_("Motivo dell'annullamento"),
         max_length=500,
@@ -405,7 +456,7 @@ class CancelForm(forms.Form):
     )
 
 
-class DayForm(forms.Form):
+class DayForm(CupForm):
     """The home page's list of the day's bookings at a facility."""
 
     facility = FacilityField(label=_("Presidio"), queryset=Facility.objects.none(), empty_label=None)

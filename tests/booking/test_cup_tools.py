@@ -159,7 +159,7 @@ def test_without_a_valid_code_birth_date_and_sex_must_be_typed(client: Client, c
 def test_the_form_page_loads_its_script_and_names_the_decoder(client: Client, cup: Cup) -> None:
     html = client.get(reverse("booking:patient_create")).content.decode()
     assert f'data-cf-decode="{reverse("booking:codice_fiscale_decode")}"' in html
-    assert re.search(r'<script src="/static/cup\.js" defer>', html)
+    assert re.search(r'<script src="/static/cup\.js">', html)
     assert 'id="cf-status" class="help" role="status" aria-live="polite"' in html
 
 
@@ -224,7 +224,7 @@ def test_cd_with_the_consent_ticked_is_refused_on_booking(client: Client, cup: C
     html = response.content.decode()
     assert response.status_code == 200
     assert response.context["form"].errors == {"consent_given": [CONSENT_WITH_CD]}
-    assert "Consenso alla consegna online: Il consenso" in html
+    assert '<a href="#id_consent_given">Consenso alla consegna online</a>: Il consenso' in html
     assert "Consent given" not in html
     assert not Booking.objects.filter(patient=cup.mario).exists()
 
@@ -246,7 +246,7 @@ def test_cd_with_the_consent_ticked_is_refused_on_a_new_choice(client: Client, c
     )
     assert response.status_code == 400
     assert response.context["choice_form"].errors == {"consent_given": [CONSENT_WITH_CD]}
-    assert "Consenso alla consegna online: Il consenso" in response.content.decode()
+    assert '<a href="#id_consent_given">Consenso alla consegna online</a>: Il consenso' in response.content.decode()
     assert booking.choices.count() == 1
 
 
@@ -297,7 +297,7 @@ def test_the_consent_box_is_marked_for_the_script(client: Client, cup: Cup) -> N
         {"procedure": cup.ct.pk, "facility": cup.region.facility.pk, "day": day},
     ).content.decode()
     assert re.search(r'<input type="checkbox" name="consent_given"[^>]*data-online-only', html)
-    assert re.search(r'<script src="/static/cup\.js" defer>', html)
+    assert re.search(r'<script src="/static/cup\.js">', html)
 
 
 # --- the receipt and the booking page ------------------------------------------------------------------
@@ -428,7 +428,7 @@ def test_operator_is_named_by_full_name_else_user_name(client: Client, cup: Cup)
     booking = cup.book()
     html = client.get(reverse("booking:booking_detail", args=[booking.accession_number])).content.decode()
     assert "<dt>Operatore</dt><dd>Luca Tomasin</dd>" in html
-    assert re.search(r"<td>Luca Tomasin</td>", html)  # status history and choice versions
+    assert re.search(r"<td[^>]*>Luca Tomasin</td>", html)  # status history and choice versions
     assert person_name(user) == "Luca Tomasin"
     user.first_name = user.last_name = ""
     user.save()
