@@ -71,6 +71,15 @@ class CupForm(forms.Form):
             if css and css not in field.widget.attrs.get("class", ""):
                 field.widget.attrs["class"] = f"{field.widget.attrs.get('class', '')} {css}".strip()
 
+    def full_clean(self) -> None:
+        super().full_clean()
+        # The page comes back with errors: the first field at fault has the focus.
+        first = next((name for name in self.fields if name in self.errors and not self[name].is_hidden), None)
+        if first is not None:
+            for field in self.fields.values():
+                field.widget.attrs.pop("autofocus", None)
+            self.fields[first].widget.attrs["autofocus"] = True
+
 
 class DateInput(forms.DateInput):
     input_type = "date"

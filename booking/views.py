@@ -345,6 +345,8 @@ def booking_first(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             _add_service_error(form, err)
         else:
             booking_url = reverse("booking:booking_new", args=[patient.pk])
+            # The nearest time has the focus, not the form: Enter books it.
+            form.fields["procedure"].widget.attrs.pop("autofocus", None)
             results = []
             for free in found:
                 step2 = {"procedure": procedure.pk, "facility": free.facility.pk, "day": free.day.isoformat()}

@@ -195,6 +195,9 @@ def test_results_nearest_first_and_each_time_leads_to_step_two(
     slot = f"{cup.other_ct_station.pk}|{timezone.localtime(when).isoformat()}"
     assert query["slot"] == [slot]
     assert len(first["times"]) == 8 and first["more"] == len(first["free"].slots) - 8
+    # The nearest time has the focus; the form gives it up.
+    assert re.search(rf'<a[^>]*href="{re.escape(url.replace("&", "&amp;"))}" autofocus', html)
+    assert len(re.findall(r"\bautofocus\b", html)) == 1
 
     step2 = client.get(url)
     assert step2.context["selected_slot"] == slot
@@ -263,6 +266,9 @@ def test_bad_input_is_reported_in_italian_and_searches_nothing(
     label = str(form.fields[field].label)
     assert f'<a href="#id_{field}">{label}</a>: ' in html  # the summary names the field in Italian, and leads to it
     assert "La ricerca non è stata fatta" in html
+    # The first field at fault has the focus.
+    assert re.search(rf'<(input|select)[^>]*name="{field}"[^>]*autofocus', html)
+    assert len(re.findall(r"\bautofocus\b", html)) == 1
 
 
 def test_start_too_far_ahead_is_refused(client: Client, cup: Cup) -> None:
