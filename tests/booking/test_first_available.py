@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from archive.models import Facility, HealthAuthority
 from booking import services
@@ -298,3 +298,12 @@ def test_patient_page_and_step_one_lead_to_the_search(client: Client, cup: Cup) 
         reverse("booking:booking_new", args=[cup.mario.pk]),
     ):
         assert f'href="{_url(cup)}"' in client.get(url).content.decode()
+
+
+def test_the_page_in_english(client: Client, staggered: Cup, tomorrow: dt.date) -> None:
+    client.post(reverse("set_language"), {"language": "en", "next": "/"})
+    html = client.get(_url(staggered), {"procedure": staggered.ct.pk, "start": tomorrow, "days": 3}).content.decode()
+    assert "First available slot" in html and "Free times, nearest first" in html
+    with translation.override("en"):
+        assert long_date(tomorrow) in html  # "Sunday 6 December 2026": English capitalises
+    assert "Prima disponibilità" not in html
