@@ -34,7 +34,7 @@ def long_date_time(value: dt.datetime | None) -> str:
     """``lunedì 7 dicembre 2026, 08:40``, in local time; empty for None."""
     if value is None:
         return ""
-    when = _local(value)
+    when = timezone.localtime(value) if timezone.is_aware(value) else value
     return f"{long_date(when)}, {formats.time_format(when, 'H:i')}"
 
 

@@ -41,7 +41,7 @@ class CupFormRenderer(DjangoTemplates):
             {
                 "APP_DIRS": True,
                 "DIRS": [
-                    Path(django_forms.__file__).parent / self.backend.app_dirname,
+                    Path(django_forms.__file__).parent / "templates",
                     settings.BASE_DIR / "templates",
                 ],
                 "NAME": "cupforms",
@@ -236,7 +236,7 @@ class PatientCreateForm(CupForm):
             data["birth_place"] = facts.place_label
         if filled and self.errors:
             # The page comes back with errors elsewhere: show what the code gave.
-            shown = self.data.copy()
+            shown = self.data.copy()  # type: ignore[attr-defined]  # a QueryDict or a dict, both copy
             for name, value in filled.items():
                 shown[name] = value
             self.data = shown

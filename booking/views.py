@@ -349,7 +349,11 @@ def booking_first(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             form.fields["procedure"].widget.attrs.pop("autofocus", None)
             results = []
             for free in found:
-                step2 = {"procedure": procedure.pk, "facility": free.facility.pk, "day": free.day.isoformat()}
+                step2: dict[str, str | int] = {
+                    "procedure": procedure.pk,
+                    "facility": free.facility.pk,
+                    "day": free.day.isoformat(),
+                }
                 results.append(
                     {
                         "free": free,
