@@ -82,7 +82,7 @@ def idp_running(*, redirect_uris: list[str], log_path: Path) -> Iterator[Idp]:
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(
-        [str(gunicorn), "idp.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"],
+        [str(gunicorn), "idp.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2", "--no-control-socket"],
         cwd=REPO,
         env=env,
         stdout=log_path.open("wb"),
@@ -94,9 +94,9 @@ def idp_running(*, redirect_uris: list[str], log_path: Path) -> Iterator[Idp]:
         if proc.poll() is not None:
             raise RuntimeError(f"the IdP di prova exited:\n{idp.log()}")
         try:
-            return requests.get(idp.endpoint("discovery"), timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
+            return requests.get(idp.endpoint("discovery"), timeout=10).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not listening yet, or its workers still starting
 
     try:
         wait_until(answers, timeout=60, what="the IdP di prova answering")
