@@ -44,7 +44,9 @@ class Identity:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Identity:
-        return cls(**{key: str(data.get(key) or "") for key in ("codice_fiscale", "given_name", "family_name", "email")})
+        return cls(
+            **{key: str(data.get(key) or "") for key in ("codice_fiscale", "given_name", "family_name", "email")}
+        )
 
 
 class UnknownIdentity(LookupError):

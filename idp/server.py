@@ -78,12 +78,34 @@ class Client(ClientMixin):
         return grant_type == "authorization_code"
 
 
+@dataclass(frozen=True)
+class Config:
+    """The IdP's settings (``idp.settings``; the type checker reads the project's)."""
+
+    issuer: str
+    client_id: str
+    redirect_uris: tuple[str, ...]
+    code_seconds: int
+    access_token_seconds: int
+
+
+@functools.cache
+def config() -> Config:
+    return Config(
+        issuer=str(getattr(settings, "IDP_ISSUER")),  # noqa: B009
+        client_id=str(getattr(settings, "IDP_CLIENT_ID")),  # noqa: B009
+        redirect_uris=tuple(getattr(settings, "IDP_REDIRECT_URIS")),  # noqa: B009
+        code_seconds=int(getattr(settings, "IDP_CODE_SECONDS")),  # noqa: B009
+        access_token_seconds=int(getattr(settings, "IDP_ACCESS_TOKEN_SECONDS")),  # noqa: B009
+    )
+
+
 @functools.cache
 def portal_client() -> Client:
     return Client(
-        client_id=settings.IDP_CLIENT_ID,
+        client_id=config().client_id,
         client_secret=keys.client_secret(settings.VAR_DIR),
-        redirect_uris=tuple(settings.IDP_REDIRECT_URIS),
+        redirect_uris=config().redirect_uris,
     )
 
 
@@ -197,7 +219,7 @@ class CodeGrant(AuthorizationCodeGrant):
             "acr": ACR[provider],
             "amr": [provider],
         }
-        cache.set(CODE + code, data, settings.IDP_CODE_SECONDS)
+        cache.set(CODE + code, data, config().code_seconds)
         if data["nonce"]:
             cache.set(f"{NONCE}{data['client_id']}:{data['nonce']}", 1, 24 * 3600)
 
@@ -245,7 +267,7 @@ class IdTokens(OpenIDCode):
         return {"alg": "RS256", "kid": str(signing_key().kid)}
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
-        return {"iss": settings.IDP_ISSUER, "aud": [client.get_client_id()]}
+        return {"iss": config().issuer, "aud": [client.get_client_id()]}
 
     def generate_user_info(self, user: Identity, scope: str) -> dict[str, Any]:
         return user_claims(user, scope)
@@ -257,7 +279,7 @@ class IdTokens(OpenIDCode):
 class Server(AuthorizationServer):
     def __init__(self) -> None:
         super().__init__(client_model=None, token_model=None)
-        self.load_config({"token_expires_in": {CodeGrant.GRANT_TYPE: settings.IDP_ACCESS_TOKEN_SECONDS}})
+        self.load_config({"token_expires_in": {CodeGrant.GRANT_TYPE: config().access_token_seconds}})
         self.register_grant(CodeGrant, [RequiredPKCE(required=True), IdTokens(require_nonce=True)])
 
     def query_client(self, client_id: str) -> Client | None:
@@ -288,7 +310,7 @@ require_oauth.register_token_validator(CachedBearer())
 
 def discovery() -> dict[str, Any]:
     """The OpenID Provider's metadata (``/.well-known/openid-configuration``)."""
-    issuer = settings.IDP_ISSUER
+    issuer = config().issuer
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize/",

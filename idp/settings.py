@@ -41,16 +41,15 @@ CACHES = {
     }
 }
 
-IDP_ISSUER = env_str(
-    "IDP_ISSUER", f"http://{env_str('IDP_HOST', '127.0.0.1')}:{env_str('IDP_PORT', '8001')}"
-).rstrip("/")
+IDP_ISSUER = env_str("IDP_ISSUER", f"http://{env_str('IDP_HOST', '127.0.0.1')}:{env_str('IDP_PORT', '8001')}").rstrip(
+    "/"
+)
 IDP_CLIENT_ID = env_str("IDP_CLIENT_ID", "fse-pacs-demo")
 _web = f"{env_str('WEB_HOST', '127.0.0.1')}:{env_str('WEB_PORT', '8000')}"
 IDP_REDIRECT_URIS = env_list(
     "IDP_REDIRECT_URIS",
     ",".join(
-        f"http://{host}/fse/oidc/callback/"
-        for host in dict.fromkeys([_web, _web.replace("127.0.0.1", "localhost")])
+        f"http://{host}/fse/oidc/callback/" for host in dict.fromkeys([_web, _web.replace("127.0.0.1", "localhost")])
     ),
 )
 # An authorization code is good for one minute, an access token for five:

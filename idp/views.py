@@ -41,22 +41,20 @@ def jwks_view(request: HttpRequest) -> JsonResponse:
 @csrf_exempt  # called by the portal's server, authenticated by the client secret
 @require_POST
 def token(request: HttpRequest) -> HttpResponse:
-    return server.create_token_response(request)  # type: ignore[no-any-return]
+    return server.create_token_response(request)
 
 
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 @require_oauth("openid")
 def userinfo(request: HttpRequest) -> JsonResponse:
-    access = request.oauth_token  # type: ignore[attr-defined]  (set by require_oauth)
+    access = request.oauth_token  # type: ignore[attr-defined]  # set by require_oauth
     return JsonResponse(user_claims(access.get_user(), access.get_scope()))
 
 
 def _error_page(request: HttpRequest, error: OAuth2Error) -> HttpResponse:
     logger.warning("authorization request refused: %s %s", error.error, error.description)
-    return render(
-        request, "idp/error.html", {"error": error.error, "description": error.description or ""}, status=400
-    )
+    return render(request, "idp/error.html", {"error": error.error, "description": error.description or ""}, status=400)
 
 
 def _attributes(identity: Identity, scope: str) -> list[tuple[str, str]]:
@@ -76,7 +74,7 @@ def authorize(request: HttpRequest) -> HttpResponseBase:
         grant = server.get_consent_grant(request)
     except OAuth2Error as error:
         if error.redirect_uri:
-            return server.handle_error_response(request, error)  # type: ignore[no-any-return]
+            return server.handle_error_response(request, error)
         return _error_page(request, error)
 
     provider = request.GET.get("idp_hint") if request.GET.get("idp_hint") in PROVIDERS else "spid"
@@ -89,7 +87,7 @@ def authorize(request: HttpRequest) -> HttpResponseBase:
     step = request.POST.get("step") if request.method == "POST" else ""
 
     if step == "deny":
-        return server.create_authorization_response(request, grant_user=None, grant=grant)  # type: ignore[no-any-return]
+        return server.create_authorization_response(request, grant_user=None, grant=grant)
 
     if step in ("identity", "consent"):
         try:
@@ -98,7 +96,7 @@ def authorize(request: HttpRequest) -> HttpResponseBase:
             context.update(error=str(exc), codice_fiscale=request.POST.get("codice_fiscale", "")[:32])
             return render(request, "idp/login.html", context, status=400)
         if step == "consent":
-            return server.create_authorization_response(request, grant_user=identity, grant=grant)  # type: ignore[no-any-return]
+            return server.create_authorization_response(request, grant_user=identity, grant=grant)
         context.update(identity=identity, attributes=_attributes(identity, grant.request.scope or ""))
         return render(request, "idp/consent.html", context)
 

@@ -160,7 +160,7 @@ class CitizenOIDCLoginView(OIDCAuthenticationRequestView):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         _oidc_enabled()
-        return super().get(request)  # type: ignore[no-any-return]
+        return super().get(request)
 
     def get_extra_params(self, request: HttpRequest) -> dict[str, str]:
         params = dict(super().get_extra_params(request))
@@ -177,7 +177,7 @@ class CitizenOIDCCallbackView(OIDCAuthenticationCallbackView):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         _oidc_enabled()
-        return super().get(request)  # type: ignore[no-any-return]
+        return super().get(request)
 
     def login_failure(self) -> HttpResponse:
         error = self.request.GET.get("error", "")
@@ -192,6 +192,8 @@ class CitizenOIDCCallbackView(OIDCAuthenticationCallbackView):
         else:
             messages.error(
                 self.request,
-                _("Accesso con SPID o CIE non riuscito. Riprova; se il problema continua, rivolgiti allo sportello CUP."),
+                _(
+                    "Accesso con SPID o CIE non riuscito. Riprova; se il problema continua, rivolgiti allo sportello CUP."
+                ),
             )
-        return super().login_failure()  # type: ignore[no-any-return]
+        return super().login_failure()

@@ -82,7 +82,17 @@ def idp_running(*, redirect_uris: list[str], log_path: Path) -> Iterator[Idp]:
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
     proc = subprocess.Popen(
-        [str(gunicorn), "idp.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2", "--no-control-socket"],
+        [
+            str(gunicorn),
+            "idp.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "2",
+            "--no-control-socket",
+        ],
         cwd=REPO,
         env=env,
         stdout=log_path.open("wb"),

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         if settings.PACS_OIDC_ENABLED:
             idp = re.match(r"^https?://[^/]+", settings.OIDC_OP_AUTHORIZATION_ENDPOINT)
             w(
-                f"          \"Entra con SPID\" or \"Entra con CIE\": the IdP di prova ({idp.group(0) if idp else '?'}) "
+                f'          "Entra con SPID" or "Entra con CIE": the IdP di prova ({idp.group(0) if idp else "?"}) '
                 "knows the demo citizens and every patient registered at the CUP, by codice fiscale."
             )
         if citizens:

@@ -17,4 +17,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         keys.client_secret(settings.VAR_DIR)
         key = keys.signing_key(settings.VAR_DIR)
-        self.stdout.write(f"IdP di prova: client secret and signing key (kid {key.kid}) in {keys.idp_dir(settings.VAR_DIR)}")
+        self.stdout.write(
+            f"IdP di prova: client secret and signing key (kid {key.kid}) in {keys.idp_dir(settings.VAR_DIR)}"
+        )
