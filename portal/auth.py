@@ -188,12 +188,12 @@ class CitizenOIDCCallbackView(OIDCAuthenticationCallbackView):
             detail={"via": "oidc", "error": error[:64] or "not_authenticated"},
         )
         if error == "access_denied":
-            messages.info(self.request, _("Accesso annullato: non hai autorizzato l'invio dei tuoi dati."))
+            messages.info(self.request, _("Accesso annullato: non ha autorizzato l'invio dei suoi dati."))
         else:
             messages.error(
                 self.request,
                 _(
-                    "Accesso con SPID o CIE non riuscito. Riprova; se il problema continua, rivolgiti allo sportello CUP."
+                    "Accesso con SPID o CIE non riuscito. Riprovi; se il problema continua, si rivolga allo sportello CUP."
                 ),
             )
         return super().login_failure()

@@ -25,6 +25,7 @@ from booking.models import Booking
 from kernel.models import AuditEvent
 from portal import publication
 from portal.models import CitizenAccount
+from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup
 from tests.idp_helpers import Idp, idp_running
@@ -105,6 +106,7 @@ def test_a_patient_booked_at_the_cup_logs_in_with_spid_and_downloads_the_report(
                     page.set_default_timeout(20_000)
                     _log_in_and_download(page, base, idp, door, booking, report, shots)
                     context.close()
+                _idp_refusals(browser, base, idp, tmp_path)
             finally:
                 browser.close()
 
@@ -125,15 +127,23 @@ def _log_in_and_download(page, base: str, idp: Idp, door: str, booking: Booking,
     # The front door: an anonymous visitor chooses the citizen's way in.
     page.goto(f"{base}/")
     page.screenshot(path=str(shots / "home.png"), full_page=True)
+    assert_accessible(page, f"the front door ({shots.name})")
     page.get_by_role("link", name="Vai al Fascicolo").click()
     page.wait_for_url(f"{base}/fse/accesso/")
     page.screenshot(path=str(shots / "login.png"), full_page=True)
+    assert_accessible(page, f"the portal's login ({shots.name})")
+    # The password form of the desk's accounts, folded under the doors.
+    page.get_by_text("Ha ricevuto allo sportello un codice fiscale e una password di prova?").click()
+    page.get_by_label("Password").wait_for()
+    page.screenshot(path=str(shots / "login_password.png"), full_page=True)
+    assert_accessible(page, f"the portal's login, password form open ({shots.name})")
 
     page.get_by_role("link", name=f"Entra con {door}").click()
     page.wait_for_url(f"{idp.url}/authorize/?**")
     assert page.get_by_role("heading", level=1).inner_text() == f"Entra con {door}"
     assert f"idp_hint={door.lower()}" in page.url
     page.screenshot(path=str(shots / "idp_login.png"), full_page=True)
+    assert_accessible(page, f"the IdP's identity page ({shots.name})")
 
     # Not a demo citizen: typed in, as registered at the CUP.
     page.get_by_label("Codice fiscale").fill(ANNA_CF.lower())
@@ -143,6 +153,7 @@ def _log_in_and_download(page, base: str, idp: Idp, door: str, booking: Booking,
     for value in (ANNA_CF, "Anna", "Verdi", "anna.verdi@example.org"):
         assert value in attributes
     page.screenshot(path=str(shots / "idp_consent.png"), full_page=True)
+    assert_accessible(page, f"the IdP's consent page ({shots.name})")
     page.get_by_role("button", name="Autorizza", exact=True).click()
 
     # Back at the portal, logged in: the exam booked at the CUP is there.
@@ -158,3 +169,71 @@ def _log_in_and_download(page, base: str, idp: Idp, door: str, booking: Booking,
     pdf = shots / info.value.suggested_filename
     info.value.save_as(pdf)
     assert pdf.read_bytes() == reports.report_file(report=report, which="pdf")
+
+
+def _idp_refusals(browser, base: str, idp: Idp, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    """The IdP's pages that say no: a codice fiscale nobody registered, a request from a stranger;
+    and "Non autorizzare", which brings the citizen back to the portal's login, told why."""
+    page = browser.new_context(locale="it-IT", viewport=VIEWPORTS["phone"]).new_page()
+    page.goto(f"{base}/fse/accesso/")
+    page.get_by_role("link", name="Entra con SPID").click()
+    page.wait_for_url(f"{idp.url}/authorize/?**")
+    page.get_by_label("Codice fiscale").fill("NREPLA79P03L483G")  # Neri Paolo: never registered
+    page.get_by_role("button", name="Prosegui").click()
+    alert = page.get_by_role("alert")
+    assert "Nessuna identità di prova con il codice fiscale NREPLA79P03L483G" in alert.inner_text()
+    assert page.get_by_label("Codice fiscale").get_attribute("aria-invalid") == "true"
+    page.screenshot(path=str(shots / "idp_unknown.png"), full_page=True)
+    assert_accessible(page, "the IdP's identity page with an error")
+
+    page.get_by_role("button", name="Mario Rossi").click()
+    page.get_by_role("button", name="Non autorizzare").click()
+    page.wait_for_url(f"{base}/fse/accesso/")
+    assert "Accesso annullato" in page.get_by_role("status").first.inner_text()
+    page.screenshot(path=str(shots / "login_cancelled.png"), full_page=True)
+    assert_accessible(page, "the portal's login after a cancelled SPID login")
+
+    page.goto(f"{idp.url}/authorize/?response_type=code&client_id=someone-else&scope=openid")
+    assert "Richiesta di accesso non valida" in page.get_by_role("heading", level=1).inner_text()
+    page.screenshot(path=str(shots / "idp_error.png"), full_page=True)
+    assert_accessible(page, "the IdP's error page")
+
+
+def test_the_pages_around_the_login_are_accessible(
+    transactional_db: None, live_server, cup: Cup, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A member of staff on a citizen's page, and a password login locked out after too many failures."""
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    base = live_server.url
+    staff = Client()
+    staff.force_login(cup.operator.user)  # type: ignore[arg-type]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            for size, viewport in VIEWPORTS.items():
+                context = browser.new_context(locale="it-IT", viewport=viewport)
+                context.add_cookies([{"name": "sessionid", "value": staff.cookies["sessionid"].value, "url": base}])
+                page = context.new_page()
+                answer = page.goto(f"{base}/fse/")
+                assert answer is not None and answer.status == 403
+                assert page.get_by_role("heading", level=1).inner_text() == "Pagina riservata ai cittadini"
+                page.screenshot(path=str(tmp_path / f"citizens_only-{size}.png"), full_page=True)
+                assert_accessible(page, f"citizens_only ({size})")
+                context.close()
+
+            page = browser.new_context(locale="it-IT", viewport=VIEWPORTS["phone"]).new_page()
+            page.goto(f"{base}/fse/accesso/")
+            for _attempt in range(settings.AXES_FAILURE_LIMIT):
+                page.get_by_label("Codice fiscale").fill(cup.mario.codice_fiscale)
+                page.get_by_label("Password").fill("non-è-la-password")
+                page.get_by_role("button", name="Accedi").click()
+                page.wait_for_load_state()
+            assert page.get_by_role("heading", level=1).inner_text() == "Accesso temporaneamente bloccato"
+            page.screenshot(path=str(tmp_path / "locked_out.png"), full_page=True)
+            assert_accessible(page, "locked_out")
+        finally:
+            browser.close()

@@ -76,7 +76,7 @@ def test_a_login_cancelled_at_the_provider_is_told_and_audited(db: None, oidc: N
     answer = client.get(f"/fse/oidc/callback/?error=access_denied&state={state}")
     assert answer.status_code == 302 and answer["Location"] == "/fse/accesso/"
     page = client.get("/fse/accesso/").content.decode().replace("&#x27;", "'")
-    assert "Accesso annullato: non hai autorizzato l'invio dei tuoi dati." in page
+    assert "Accesso annullato: non ha autorizzato l'invio dei suoi dati." in page
     assert state not in client.session.get("oidc_states", {})  # no replay of that state
     event = AuditEvent.objects.get(action="portal.login")
     assert event.outcome == AuditEvent.Outcome.FAILURE and event.detail["error"] == "access_denied"
