@@ -98,6 +98,9 @@ ROLES = {
         "booking.view_booking",
         "booking.view_reconciliation",
         "booking.reconcile_study",
+        # The portal's rows in the admin, to answer a citizen who cannot log in or download.
+        "portal.view_citizenaccount",
+        "portal.view_downloadpackage",
     ],
     "Radiologi": [
         *_VIEW_ARCHIVE,
