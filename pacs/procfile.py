@@ -44,7 +44,7 @@ from honcho.printer import Printer
 CLEAN_ENDINGS = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT})
 
 
-class _ToTheProcess(ProcessManager):  # type: ignore[misc]  # honcho has no type hints
+class _ToTheProcess(ProcessManager):  # honcho has no type hints: Any to mypy
     """SIGTERM to the process alone (honcho signals the group); SIGKILL to the group."""
 
     def terminate(self, pid: int) -> None:
@@ -54,7 +54,7 @@ class _ToTheProcess(ProcessManager):  # type: ignore[misc]  # honcho has no type
             pass
 
 
-class CleanStopManager(Manager):  # type: ignore[misc]  # honcho has no type hints
+class CleanStopManager(Manager):  # honcho has no type hints: Any to mypy
     def __init__(self, printer: Printer, *, grace: float) -> None:
         super().__init__(printer)
         self._procmgr = _ToTheProcess()
