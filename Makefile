@@ -53,13 +53,15 @@ system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
+# The Procfile runs under honcho through pacs/procfile.py: Ctrl-C stops every
+# process cleanly (SIGTERM to each process, not its group) and exits 0.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py load_demo
 	DJANGO_SETTINGS_MODULE=idp.settings $(BIN)/python manage.py idp_keys
 	$(RUN_ENV) $(BIN)/python manage.py demo_info
-	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
+	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pacs.procfile --procfile Procfile
 
 test: install-test system-test-deps
 	$(BIN)/python -m pytest

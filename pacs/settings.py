@@ -139,12 +139,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "knox",  # API tokens, hashed and expiring (archive.api_tokens)
+    "pacs.apps.KnoxConfig",  # knox: API tokens, hashed and expiring (archive.api_tokens); Italian names
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
     "csp",
-    "axes",
+    "pacs.apps.AxesConfig",  # axes: login throttling (portal.auth); Italian names in the admin
     "mozilla_django_oidc",
     "kernel",  # the audit log, codice fiscale, web helpers: imports none of the apps below
     "archive",
