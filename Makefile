@@ -5,10 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# Citizens log in with SPID or CIE through OpenID Connect, as in production;
+# the provider is the "IdP di prova" (idp/, the Procfile's idp line), whose
+# client secret and signing key `manage.py idp_keys` makes under var/idp/.
+IDP_HOST ?= 127.0.0.1
+IDP_PORT ?= 8001
+IDP_URL := http://$(IDP_HOST):$(IDP_PORT)
+OIDC_ENV := PACS_OIDC_ENABLED=1 OIDC_RP_CLIENT_ID=fse-pacs-demo \
+	OIDC_RP_CLIENT_SECRET_FILE="$${PACS_VAR_DIR:-$(CURDIR)/var}/idp/client_secret" \
+	OIDC_OP_AUTHORIZATION_ENDPOINT=$(IDP_URL)/authorize/ OIDC_OP_TOKEN_ENDPOINT=$(IDP_URL)/token/ \
+	OIDC_OP_USER_ENDPOINT=$(IDP_URL)/userinfo/ OIDC_OP_JWKS_ENDPOINT=$(IDP_URL)/jwks.json \
+	IDP_HOST=$(IDP_HOST) IDP_PORT=$(IDP_PORT)
+
 # The embedded demo: SQLite and files under var/, a broker that is a folder.
 # Cookies over plain http on localhost; any DICOM AE title may echo and store
 # (demo only), so the listener binds loopback whatever the environment says.
-RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1 PACS_DICOM_HOST=127.0.0.1
+RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1 PACS_DICOM_HOST=127.0.0.1 $(OIDC_ENV)
 
 .PHONY: run test check install install-test system-test-deps clean
 
@@ -41,12 +53,15 @@ system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
+# The Procfile runs under honcho through pacs/procfile.py: Ctrl-C stops every
+# process cleanly (SIGTERM to each process, not its group) and exits 0.
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py load_demo
-	$(BIN)/python manage.py demo_info
-	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
+	DJANGO_SETTINGS_MODULE=idp.settings $(BIN)/python manage.py idp_keys
+	$(RUN_ENV) $(BIN)/python manage.py demo_info
+	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pacs.procfile --procfile Procfile
 
 test: install-test system-test-deps
 	$(BIN)/python -m pytest

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class ArchiveConfig(AppConfig):
     name = "archive"
-    verbose_name = "Archivio immagini"
+    verbose_name = _("Archivio immagini")
 
     def ready(self) -> None:
         # The system checks register themselves on import; so do the admin's pages

@@ -98,6 +98,9 @@ ROLES = {
         "booking.view_booking",
         "booking.view_reconciliation",
         "booking.reconcile_study",
+        # The portal's rows in the admin, to answer a citizen who cannot log in or download.
+        "portal.view_citizenaccount",
+        "portal.view_downloadpackage",
     ],
     "Radiologi": [
         *_VIEW_ARCHIVE,
@@ -171,7 +174,8 @@ PATIENTS = [
     DemoPatient("Bianchi", "Laura", "F", dt.date(1972, 7, 2), "Udine"),
     DemoPatient("Zanetti", "Giulia", "F", dt.date(1990, 11, 23), "Pordenone"),
     DemoPatient("Furlan", "Marco", "M", dt.date(1948, 1, 30), "Gorizia"),
-    # A local hospital number only: arrives as a provisional patient to reconcile.
+    # A local hospital number only: arrives as a provisional patient to reconcile
+    # (her study is the demo's one deliberate reconciliation item: booking/demo.py).
     DemoPatient("Coren", "Elena", "F", dt.date(2015, 5, 5), "Monfalcone", dicom_id="MO-0042117"),
 ]
 
@@ -280,6 +284,12 @@ def demo_accounts_load() -> dict[str, str]:
 DEMO_DATE = dt.date(2026, 11, 2)
 
 
+def demo_accession_number(n: int) -> str:
+    """The accession number of the ``n``-th demo study (``STUDIES`` order): TSCAT240000..."""
+    facility_code = STUDIES[n][1]
+    return f"{facility_code.replace('-', '')}{240000 + n:06d}"[:16]
+
+
 def demo_studies_load() -> tuple[int, int]:
     """Ingest the demo studies; returns (stored, already there)."""
     stored = existing = 0
@@ -311,7 +321,7 @@ def demo_studies_load() -> tuple[int, int]:
                         sop_uid=sop_uid,
                         instance_number=i,
                         series_number=s,
-                        accession_number=f"{facility_code.replace('-', '')}{240000 + n:06d}"[:16],
+                        accession_number=demo_accession_number(n),
                         study_date=DEMO_DATE.replace(year=DEMO_DATE.year - years),
                         study_description=description,
                         series_description=f"{description}, serie {s}",

@@ -22,16 +22,30 @@ if admin.site.is_registered(AuthToken):
 
 @admin.register(AuthToken)
 class AuthTokenAdmin(admin.ModelAdmin):
-    list_display = ("key_start", "user", "created", "expiry")
+    # knox's fields have no verbose names ("Created", "Expiry" in any language): shown
+    # through these, named in Italian like the rest of the admin.
+    list_display = ("key_start", "owner", "created_at", "expires_at")
     list_select_related = ("user",)
     search_fields = ("token_key", "user__username")
     ordering = ("-created",)
-    fields = ("key_start", "user", "created", "expiry")
+    fields = ("key_start", "owner", "created_at", "expires_at")
     readonly_fields = fields
 
     @admin.display(description=_("inizio del token"))
     def key_start(self, obj: AuthToken) -> str:
         return f"{obj.token_key[:8]}…"
+
+    @admin.display(description=_("utente"), ordering="user__username")
+    def owner(self, obj: AuthToken) -> str:
+        return str(obj.user)
+
+    @admin.display(description=_("creato il"), ordering="created")
+    def created_at(self, obj: AuthToken) -> Any:
+        return obj.created
+
+    @admin.display(description=_("scade il"), ordering="expiry")
+    def expires_at(self, obj: AuthToken) -> Any:
+        return obj.expiry or _("mai")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -166,40 +166,71 @@ def _demo_bookings() -> None:
             external_id=external_id,
             clinical_question="Controllo (prenotazione dimostrativa)",
         )
-    _demo_performed_booking()
+    _demo_performed_bookings()
 
 
-def _demo_performed_booking() -> None:
-    """A booking behind the first demo study, made before the study: the
-    post-ingest matching links the two, so the demo shows a performed exam.
+# The bookings behind the demo's studies (archive/demo.py STUDIES, by index):
+# (procedure, station, delivery, clinical question). The first keeps its external
+# identifier "demo-done", by which earlier demos and the tests know it.
+_PERFORMED = {
+    0: (
+        "87.41",
+        "CT01",
+        DistributionChoice.Delivery.ONLINE,
+        "Dispnea da sforzo, fumatore: escludere lesioni polmonari.",
+    ),
+    1: ("87.41", "CT01", DistributionChoice.Delivery.ONLINE, "Controllo di nodulo polmonare noto."),
+    2: ("88.91.1", "MR01", DistributionChoice.Delivery.ONLINE, "Cefalea persistente da tre mesi."),
+    3: ("88.72.1", "US01", DistributionChoice.Delivery.ONLINE, "Soffio cardiaco di nuovo riscontro."),
+    4: ("88.76.1", "US01", DistributionChoice.Delivery.ONLINE, "Dolore addominale ricorrente."),
+    5: ("92.18.6", "NM01", DistributionChoice.Delivery.CD, "Dolore osseo diffuso: ricerca di localizzazioni."),
+}
+# Study 6 (Coren Elena, a child examined at Monfalcone under the hospital's local
+# number, with no CUP booking: an emergency exam) has none on purpose. It is the
+# reconciliation queue's one demo item: what an archivist does with a study that
+# matches no booking (re-assign it to the patient once the CUP has registered her,
+# or reject it). Every other demo study is tied to its booking by the matching.
+
+
+def _demo_performed_bookings() -> None:
+    """The bookings behind the demo studies, made before their studies are matched:
+    the post-ingest matching links each to its study, so the demo shows performed
+    exams and the reconciliation queue holds only its one deliberate item.
 
     Past appointments cannot be booked through the services (a date in the
-    past is refused), so this one row is written directly.
+    past is refused), so these rows are written directly.
     """
-    study = Study.objects.filter(accession_number="TSCAT240000").select_related("patient", "facility").first()
-    if study is None or study.patient.provisional or Booking.objects.filter(external_id="demo-done").exists():
-        return
-    station = Station.objects.get(facility=study.facility, ae_title="CT01")
-    with transaction.atomic():
-        booking = Booking.objects.create(
-            accession_number=study.accession_number,
-            study_instance_uid=study.study_instance_uid,
-            patient=study.patient,
-            facility=study.facility,
-            procedure=Procedure.objects.get(code="87.41"),
-            station=station,
-            scheduled_at=timezone.make_aware(dt.datetime.combine(study.study_date or timezone.localdate(), dt.time(8))),
-            channel=Booking.Channel.REGIONAL_CUP,
-            external_id="demo-done",
-            clinical_question="Dispnea da sforzo, fumatore: escludere lesioni polmonari.",
-        )
-        services._record_status(booking, Booking.Status.BOOKED, system="demo")
-        services._choice_add(
-            booking,
-            delivery=DistributionChoice.Delivery.ONLINE,
-            consent_text=services.consent_text_current(),
-            consent_given=True,
-            channel=Booking.Channel.REGIONAL_CUP,
-            user=None,
-            recorded_by_name="demo",
-        )
+    from archive import demo as archive_demo
+
+    for n, (code, ae, delivery, question) in _PERFORMED.items():
+        external_id = "demo-done" if n == 0 else f"demo-done-{n}"
+        accession = archive_demo.demo_accession_number(n)
+        study = Study.objects.filter(accession_number=accession).select_related("patient", "facility").first()
+        if study is None or study.patient.provisional or Booking.objects.filter(external_id=external_id).exists():
+            continue
+        station = Station.objects.get(facility=study.facility, ae_title=ae)
+        day = study.study_date or timezone.localdate()
+        with transaction.atomic():
+            booking = Booking.objects.create(
+                accession_number=study.accession_number,
+                study_instance_uid=study.study_instance_uid,
+                patient=study.patient,
+                facility=study.facility,
+                procedure=Procedure.objects.get(code=code),
+                station=station,
+                scheduled_at=timezone.make_aware(dt.datetime.combine(day, dt.time(8 + n))),
+                channel=Booking.Channel.REGIONAL_CUP,
+                external_id=external_id,
+                clinical_question=question,
+            )
+            services._record_status(booking, Booking.Status.BOOKED, system="demo")
+            online = delivery == DistributionChoice.Delivery.ONLINE
+            services._choice_add(
+                booking,
+                delivery=delivery,
+                consent_text=services.consent_text_current() if online else None,
+                consent_given=online,
+                channel=Booking.Channel.REGIONAL_CUP,
+                user=None,
+                recorded_by_name="demo",
+            )

@@ -74,7 +74,7 @@ def _next_steps(booking: Booking, choice: DistributionChoice | None) -> list[str
                 "dalla pubblicazione del referto."
             )
             % {"days": ONLINE_AVAILABILITY_DAYS},
-            _("Potrà scaricarli dal Fascicolo con le sue credenziali (SPID, CIE o CNS)."),
+            _("Potrà scaricarli dal Fascicolo Sanitario Elettronico entrando con SPID o con la CIE."),
         ]
         if choice.consent_text is not None:
             lines.append(

@@ -139,12 +139,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "knox",  # API tokens, hashed and expiring (archive.api_tokens)
+    "pacs.apps.KnoxConfig",  # knox: API tokens, hashed and expiring (archive.api_tokens); Italian names
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
     "csp",
-    "axes",
+    "pacs.apps.AxesConfig",  # axes: login throttling (portal.auth); Italian names in the admin
     "mozilla_django_oidc",
     "kernel",  # the audit log, codice fiscale, web helpers: imports none of the apps below
     "archive",
@@ -340,30 +340,44 @@ PACS_TRUSTED_PROXIES = env_list("PACS_TRUSTED_PROXIES")
 AXES_CLIENT_IP_CALLABLE = "kernel.web.client_ip"
 
 # The citizen's login through the region's identity provider (SPID/CIE over
-# OpenID Connect, mozilla-django-oidc). Off until the provider's endpoints are
-# configured; the demo uses local accounts (codice fiscale and password).
+# OpenID Connect, mozilla-django-oidc): the authorization code with PKCE and a
+# nonce, the ID token checked against the provider's JWKS, the claims read
+# from its userinfo endpoint. Off until the provider's endpoints are given;
+# `make run` points them at the demo's "IdP di prova" (idp/, its own process).
+# Without it the portal has only the local accounts (codice fiscale and password).
 PACS_OIDC_ENABLED = env_bool("PACS_OIDC_ENABLED", False)
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
 OIDC_RP_CLIENT_SECRET = env_secret("OIDC_RP_CLIENT_SECRET")
 OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
-OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid profile")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid profile email")
 OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
 OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
 OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
 OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
 OIDC_OP_LOGOUT_ENDPOINT = env_str("OIDC_OP_LOGOUT_ENDPOINT")
 OIDC_CREATE_USER = True
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+# A provider that does not answer must not hold a portal worker for long.
+OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 10.0)
+# The views live under the portal's namespace (portal/urls.py).
+OIDC_AUTHENTICATION_CALLBACK_URL = "portal:oidc_authentication_callback"
 # The claim that carries the codice fiscale (SPID: "fiscalNumber", as TINIT-<cf>).
 PACS_OIDC_FISCAL_CODE_CLAIM = env_str("PACS_OIDC_FISCAL_CODE_CLAIM", "fiscal_number")
+# The request parameter that tells the broker which door the citizen chose
+# ("spid" or "cie"); empty sends none (a broker with one door per client).
+PACS_OIDC_PROVIDER_PARAM = env_str("PACS_OIDC_PROVIDER_PARAM", "idp_hint")
 LOGIN_REDIRECT_URL_FAILURE = "/fse/accesso/"
 if PACS_OIDC_ENABLED:
     missing = [
         name
         for name in (
             "OIDC_RP_CLIENT_ID",
+            "OIDC_RP_CLIENT_SECRET",
             "OIDC_OP_AUTHORIZATION_ENDPOINT",
             "OIDC_OP_TOKEN_ENDPOINT",
             "OIDC_OP_USER_ENDPOINT",
+            *(["OIDC_OP_JWKS_ENDPOINT"] if OIDC_RP_SIGN_ALGO.startswith(("RS", "ES", "PS")) else []),
         )
         if not globals()[name]
     ]

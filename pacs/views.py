@@ -1,9 +1,11 @@
-"""The site's front door: each member of staff lands on their own work."""
+"""The site's front door: a citizen lands on their exams, each member of staff
+on their own work, and a visitor not logged in chooses a door (the citizen's
+FSE login or the staff login)."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 
 # (permission, page): the first the user has wins.
 _LANDINGS = [
@@ -18,7 +20,7 @@ _LANDINGS = [
 def home(request: HttpRequest) -> HttpResponse:
     user = request.user
     if not user.is_authenticated:
-        return redirect("login")
+        return render(request, "home.html")
     if hasattr(user, "citizen"):
         return redirect("portal:exams")
     for perm, page in _LANDINGS:

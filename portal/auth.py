@@ -14,7 +14,11 @@ login goes through them: the staff login, the citizen login, ``/api/token/``.
 :class:`CitizenOIDCBackend` (mozilla-django-oidc) logs citizens in through
 SPID or CIE: the identity provider's codice fiscale claim (SPID sends
 ``fiscalNumber`` as ``TINIT-<cf>``) names the account, created on first login.
-It is enabled by ``PACS_OIDC_ENABLED`` and the ``OIDC_*`` settings.
+It is enabled by ``PACS_OIDC_ENABLED`` and the ``OIDC_*`` settings; its two
+views (:class:`CitizenOIDCLoginView`, :class:`CitizenOIDCCallbackView`) are
+mozilla-django-oidc's, which say which door the citizen chose (SPID or CIE)
+and tell a failed login in words. In the demo the provider is the IdP di
+prova (``idp/``, its own process).
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from axes.handlers.database import AxesDatabaseHandler
 from axes.helpers import get_failure_limit
 from axes.models import AccessAttempt
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
@@ -137,3 +144,56 @@ class CitizenOIDCBackend(OIDCAuthenticationBackend):
             user.email = email
             user.save(update_fields=["email"])
         return user
+
+
+# The doors of the login page: "Entra con SPID", "Entra con CIE".
+PROVIDERS = ("spid", "cie")
+
+
+def _oidc_enabled() -> None:
+    if not settings.PACS_OIDC_ENABLED:
+        raise Http404(_("L'accesso con SPID o CIE non è attivo."))
+
+
+class CitizenOIDCLoginView(OIDCAuthenticationRequestView):
+    """The start of a SPID or CIE login (``?via=spid|cie``): a redirect to the provider."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        _oidc_enabled()
+        return super().get(request)
+
+    def get_extra_params(self, request: HttpRequest) -> dict[str, str]:
+        params = dict(super().get_extra_params(request))
+        via = request.GET.get("via", "")
+        if settings.PACS_OIDC_PROVIDER_PARAM and via in PROVIDERS:
+            params[settings.PACS_OIDC_PROVIDER_PARAM] = via
+        return params
+
+
+class CitizenOIDCCallbackView(OIDCAuthenticationCallbackView):
+    """The provider's answer. A login that did not happen (cancelled at the
+    provider, refused, no usable codice fiscale) goes back to the login page
+    saying so, audited."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        _oidc_enabled()
+        return super().get(request)
+
+    def login_failure(self) -> HttpResponse:
+        error = self.request.GET.get("error", "")
+        audit_record(
+            action="portal.login",
+            outcome=AuditEvent.Outcome.FAILURE,
+            source=client_ip(self.request),
+            detail={"via": "oidc", "error": error[:64] or "not_authenticated"},
+        )
+        if error == "access_denied":
+            messages.info(self.request, _("Accesso annullato: non ha autorizzato l'invio dei suoi dati."))
+        else:
+            messages.error(
+                self.request,
+                _(
+                    "Accesso con SPID o CIE non riuscito. Riprovi; se il problema continua, si rivolga allo sportello CUP."
+                ),
+            )
+        return super().login_failure()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.urls import include, path
 
-from . import desk_views, views
+from . import auth, desk_views, views
 
 # The staff desk (portal.desk_views), under sportello/.
 _desk = [
@@ -18,6 +17,9 @@ app_name = "portal"
 
 urlpatterns = [
     path("accesso/", views.login_view, name="login"),
+    # SPID/CIE over OpenID Connect (mozilla-django-oidc): 404 unless PACS_OIDC_ENABLED.
+    path("oidc/authenticate/", auth.CitizenOIDCLoginView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", auth.CitizenOIDCCallbackView.as_view(), name="oidc_authentication_callback"),
     path("", views.exams, name="exams"),
     path("esami/<int:pk>/", views.exam, name="exam"),
     path("esami/<int:pk>/pacchetti/<str:kind>/", views.package_request, name="package_request"),
@@ -31,6 +33,3 @@ urlpatterns = [
     path("deleghe/", views.delegations, name="delegations"),
     path("sportello/", include(_desk)),
 ]
-
-if settings.PACS_OIDC_ENABLED:
-    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

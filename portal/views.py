@@ -173,11 +173,17 @@ class LoginForm(forms.Form):
         label=gettext_lazy("Codice fiscale"),
         max_length=16,
         widget=forms.TextInput(
-            attrs={"autocomplete": "username", "autocapitalize": "characters", "spellcheck": "false"}
+            attrs={
+                "autocomplete": "username",
+                "autocapitalize": "characters",
+                "spellcheck": "false",
+                "class": "form-control",
+            }
         ),
     )
     password = forms.CharField(
-        label=gettext_lazy("Password"), widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+        label=gettext_lazy("Password"),
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "class": "form-control"}),
     )
 
     def clean_codice_fiscale(self) -> str:

@@ -80,7 +80,7 @@ from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
 from archive.dicomnet import fence, peers
 from archive.dicomnet import transport as dul
-from archive.ingest import CONFLICT, IngestError, instance_ingest
+from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Facility, Instance, Patient, RemoteNode, Study
 from archive.query import QueryError, query_run, retrieve_instances
 from archive.storage import tiers as storage
@@ -172,6 +172,18 @@ class Peer:
     failures: list[str] = field(default_factory=list)
     failed: int = 0
     busy: bool = False
+    # Requests other than C-STORE, by service ("echo", "find", "worklist", "move",
+    # "get"), for the association's log line: counted as they arrive, no query.
+    requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def store_counts(self) -> dict[str, int]:
+        """The association's C-STOREs by outcome: stored, duplicate, conflict (from
+        ``studies``) and failed."""
+        totals = {STORED: 0, DUPLICATE: 0, CONFLICT: 0}
+        for counts in self.studies.values():
+            for outcome in totals:
+                totals[outcome] += counts.get(outcome, 0)
+        return {**totals, "failed": self.failed}
 
     @property
     def principal(self) -> access.Principal:
@@ -292,7 +304,13 @@ def handle_requested(event: Event) -> None:
             return
     except Exception:
         logger.exception("association policy failed; rejecting")
-    logger.warning("rejecting association from %s: %s", address, why)
+    logger.warning(
+        "rejecting association from %s, calling AE %r to %r: %s",
+        address,
+        str(rq.calling_ae_title).strip(),
+        str(rq.called_ae_title).strip(),
+        why,
+    )
     _audit_quietly(
         action="dicom.association",
         outcome=AuditEvent.Outcome.DENIED,
@@ -389,15 +407,27 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
         self._pacs_lock = threading.Lock()
         self._pacs_audited = False
         self._pacs_slot_held = True
+        self._pacs_started = time.monotonic()
 
     def audit_once(self) -> None:
-        """Write the association's store audit (once, whoever asks first)."""
+        """Write the association's store audit and its log line (once, whoever asks first)."""
         with self._pacs_lock:
             if self._pacs_audited:
                 return
             self._pacs_audited = True
         if self.pacs_peer is not None:
-            _audit_association(self.pacs_peer)
+            try:
+                _audit_association(self.pacs_peer)
+            finally:
+                logger.info("%s", association_summary(self.pacs_peer, self._pacs_ending(), self._pacs_seconds()))
+
+    def _pacs_ending(self) -> str:
+        if self.is_released:
+            return "released"
+        return "aborted" if self.is_aborted else "closed"
+
+    def _pacs_seconds(self) -> float:
+        return time.monotonic() - self._pacs_started
 
     def slot_release(self) -> None:
         """Give the peer address's slot back (once)."""
@@ -425,6 +455,8 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
         pynetdicom's C-MOVE would first ask the handler for a destination and could
         only say "destination unknown"."""
         peer = self.pacs_peer
+        if peer is not None:
+            _count_request(peer, msg)
         if peer is None or not isinstance(msg, C_MOVE | C_GET) or str(msg.AffectedSOPClassUID) not in QR_MODELS:
             return False
         context = next((cx for cx in self.accepted_contexts if cx.context_id == context_id), None)
@@ -441,6 +473,43 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
         rsp.ErrorComment = refusal.get("ErrorComment")
         self.dimse.send_msg(rsp, context_id)
         return True
+
+
+def _count_request(peer: Peer, msg: Any) -> None:
+    """Count a request other than a C-STORE (those are counted by outcome, in ``studies``)."""
+    if isinstance(msg, C_STORE):
+        return
+    service = type(msg).__name__.removeprefix("C_").removeprefix("N_").lower()  # C_FIND -> "find"
+    if service == "find" and str(getattr(msg, "AffectedSOPClassUID", "")) == ModalityWorklistInformationFind:
+        service = "worklist"
+    peer.requests[service] += 1
+
+
+def association_summary(peer: Peer, ending: str, seconds: float) -> str:
+    """The association's log line: who called whom, what was stored and asked, how long it lasted.
+
+    Made from what the association counted as it went (no query): the node's
+    description is the one read when the association was accepted."""
+    who = peer.calling_ae
+    if peer.node is not None and peer.node.description:
+        who += f" ({peer.node.description})"
+    elif peer.node is None:
+        who += " (unregistered)"
+    stores = peer.store_counts()
+    received = stores[STORED] + stores[DUPLICATE] + stores[CONFLICT]
+    stored = f"{received} instance{'s' if received != 1 else ''} stored"
+    notes = [
+        f"{stores[k]} {label}" for k, label in ((DUPLICATE, "already archived"), (CONFLICT, "in conflict")) if stores[k]
+    ]
+    if notes:
+        stored += f" ({', '.join(notes)})"
+    stored += f", {stores['failed']} failed"
+    services = ", ".join(f"{name} {count}" for name, count in sorted(peer.requests.items()) if count)
+    return (
+        f"association from {peer.address} {who} to {peer.called_ae} ({peer.facility.code})"
+        f"{' over TLS' if peer.tls else ''} {ending} after {seconds:.1f} s: {stored}"
+        f"{'; ' + services if services else ''}"
+    )
 
 
 def handle_ended(event: Event) -> None:

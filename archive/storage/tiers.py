@@ -135,6 +135,41 @@ def _tier_root(tier: str) -> Path:
     return Path(storage.location) / scope
 
 
+@dataclasses.dataclass(frozen=True)
+class TierSpace:
+    """The filesystem a local tier lies on, in bytes (shared with whatever else is on it)."""
+
+    total: int
+    used: int
+    free: int
+
+    @property
+    def free_percent(self) -> int:
+        return int(self.free * 100 / self.total) if self.total else 0
+
+
+def tier_space(tier: str) -> TierSpace | None:
+    """Size and free space of the filesystem holding ``tier``; None for an object
+    store, whose free space cannot be measured from here.
+
+    A tier folder not made yet (no copy so far) is measured where it will be made:
+    its nearest existing parent. Raises :class:`StorageError` for a tier that is
+    not configured or a filesystem that cannot be read.
+    """
+    kind, scope = _parse_tier(tier)
+    storage = _backend(kind)
+    if not isinstance(storage, FileSystemStorage):
+        return None
+    path = Path(storage.location) / scope
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        raise _storage_error(exc, f"measuring {tier}") from exc
+    return TierSpace(total=usage.total, used=usage.used, free=usage.free)
+
+
 def instance_relpath(*, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
     """The path of an instance inside a tier, from checked UIDs and the content hash only.
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from archive.models import Copy, Instance, InstanceConflict, Patient, Report, Series, StorageAlert, Study
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
-from portal.models import Concealment, Delegation, DownloadPackage, EmergencyAccess
+from portal.models import Concealment, Delegation, EmergencyAccess
 from tests.access_helpers import Scene, emergency, hide, reveal
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
 from tests.reporting_helpers import PATIENT_CF, signed_report
@@ -393,7 +393,7 @@ def test_the_patients_of_a_list_are_bounded(scene: Scene, settings) -> None:  # 
 # --- concealments, emergency accesses, delegations ----------------------------------------------------
 
 
-@pytest.mark.parametrize("model", [Concealment, EmergencyAccess, Delegation, DownloadPackage])
+@pytest.mark.parametrize("model", [Concealment, EmergencyAccess, Delegation])
 def test_concealments_emergency_accesses_and_delegations_are_not_in_the_admin(db: None, model: type) -> None:
     # Decided: nobody reads them here. The citizen sees their concealments and who
     # accessed their record (with the emergency reason) in the portal; the desk

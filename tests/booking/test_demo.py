@@ -20,7 +20,7 @@ def test_load_demo_gives_every_facility_a_cup_and_is_idempotent(db: None) -> Non
     assert len(prefixes) == facilities  # regionally unique accession numbers
     assert ConsentText.objects.filter(version="2026-01").exists()
     upcoming = Booking.objects.filter(status=Booking.Status.BOOKED, external_id__startswith="demo-").exclude(
-        external_id="demo-done"
+        external_id__startswith="demo-done"
     )
     assert upcoming.count() == 4
     deliveries = {b.current_choice().delivery for b in upcoming}  # type: ignore[union-attr]
@@ -55,3 +55,41 @@ def test_the_demo_cup_system_books_with_a_token_and_has_no_admin(db: None, clien
     assert client.login(username="cup-regionale", password=password)
     admin = client.get("/admin/")
     assert admin.status_code == 302 and admin.url.startswith("/admin/login/")
+
+
+def test_after_load_demo_the_reconciliation_queue_holds_only_its_one_explained_item(
+    db: None, enqueued, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: the demo started with six unmatched studies. Every demo study now has
+    its booking, and the matching (run as the worker runs it after ``make run``'s
+    load) links them all but one: the child's emergency exam sent under a local
+    hospital number, kept on purpose to show the archivist's queue."""
+    from archive import demo
+    from booking.models import Reconciliation
+    from kernel import tasknames
+
+    def load_and_match() -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            call_command("load_demo", stdout=StringIO())
+        with django_capture_on_commit_callbacks(execute=True):
+            enqueued.run(tasknames.STUDY_POST_INGEST)
+        enqueued.run(tasknames.STUDY_MATCH)
+
+    load_and_match()
+
+    pending = Reconciliation.objects.filter(state=Reconciliation.State.PENDING)
+    (item,) = pending
+    coren = demo.PATIENTS[4]
+    assert item.study.dicom_patient_id == coren.dicom_id and item.study.patient.provisional
+    assert item.reason == Reconciliation.Reason.NO_BOOKING
+    assert not Reconciliation.objects.exclude(pk=item.pk).exists()
+    linked = Study.objects.exclude(pk=item.study_id)
+    assert linked.count() == len(demo.STUDIES) - 1
+    for study in linked:
+        booking = Booking.objects.get(study=study)
+        assert booking.status == Booking.Status.PERFORMED
+        assert booking.patient_id == study.patient_id and booking.external_id.startswith("demo-done")
+
+    # Loaded again (make run does, each time): nothing new to reconcile.
+    load_and_match()
+    assert list(Reconciliation.objects.values_list("pk", flat=True)) == [item.pk]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from django.conf import settings
@@ -60,8 +61,15 @@ class Command(BaseCommand):
             if username in creds:
                 w(f"          {username:<14} {creds[username]:<20} {role}")
         citizens = sorted(k for k in creds if len(k) == 16 and k.isalnum() and k.isupper())
+        w(f"  FSE (cittadini): http://{host}:{port}/fse/accesso/")
+        if settings.PACS_OIDC_ENABLED:
+            idp = re.match(r"^https?://[^/]+", settings.OIDC_OP_AUTHORIZATION_ENDPOINT)
+            w(
+                f'          "Entra con SPID" or "Entra con CIE": the IdP di prova ({idp.group(0) if idp else "?"}) '
+                "knows the demo citizens and every patient registered at the CUP, by codice fiscale."
+            )
         if citizens:
-            w(f"  FSE (cittadini): http://{host}:{port}/fse/accesso/  codice fiscale and password:")
+            w("          or the demo citizens' codice fiscale and password:")
             for cf in citizens:
                 w(f"          {cf:<16} {creds[cf]}")
         w("  Ctrl-C stops everything.")
