@@ -388,7 +388,7 @@ class _Actors:
         kind, value = key
         if kind == "user":
             if self.viewer is not None and value == self.viewer.pk:
-                return Actor("you", _("Tu"))
+                return Actor("you", _("Lei"))
             user = self.users.get(value)
             if user is None:
                 return Actor("staff", username or _("Utente non più registrato"))
@@ -559,8 +559,7 @@ class AccessGroup:
         """The acts in words, in the order they first happened: "ha visto le immagini e il referto"."""
         if self.lane == "system":
             return self.category
-        you = self.actor is not None and self.actor.kind == "you"
-        aux = pgettext("access log: you have", "hai") if you else pgettext("access log: has", "ha")
+        aux = pgettext("access log: someone has (done something)", "ha")
         verbs: dict[str, list[str]] = {}
         for key, seen in sorted(self.acts.items(), key=lambda item: item[1].first):
             obj = seen.act.obj
@@ -572,7 +571,8 @@ class AccessGroup:
                 obj = f"{obj} ({_('non riuscito')})"
             verbs.setdefault(seen.act.verb, []).append(obj)
         clauses = [f"{aux} {verb} {_join(objs)}" for verb, objs in verbs.items()]
-        text = _join(clauses)
+        # "ha visto le immagini e il referto, ha firmato il referto": no second "e" when a clause has one.
+        text = ", ".join(clauses) if any(len(objs) > 1 for objs in verbs.values()) else _join(clauses)
         if self.search:
             text = _("%(what)s: i dati erano tra i risultati") % {"what": text}
         return text
@@ -1004,9 +1004,9 @@ def access_log_page(
         # Past either end (the log changed, or a hand-made cursor): nothing here; the newest page is offered.
         page.first = False
     if page.first:
-        page.emergencies = _emergency_rows(
-            emergencies[:EMERGENCY_LIMIT], people=people, events=events, viewer=viewer
-        )
+        # What each professional saw during the access, whichever exam the page is filtered by.
+        during = events if exam is None else access_log_events(patients=patients, since=since, until=until)
+        page.emergencies = _emergency_rows(emergencies[:EMERGENCY_LIMIT], people=people, events=during, viewer=viewer)
     return page
 
 

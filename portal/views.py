@@ -17,6 +17,7 @@ denied, so that a guessed number reveals nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -596,14 +597,14 @@ class AccessLogFilter(forms.Form):
     """The log's filters (an exam, a period) and where the page starts; every field optional."""
 
     DATE_FORMATS = ["%Y-%m-%d", "%d/%m/%Y"]  # what a date input sends, and what a person types
-    BAD_DATE = gettext_lazy("Scrivi la data come giorno/mese/anno, per esempio 04/12/2026.")
+    BAD_DATE = gettext_lazy("Scriva la data come giorno/mese/anno, per esempio 04/12/2026.")
 
     esame = forms.TypedChoiceField(
         label=gettext_lazy("Esame"),
         required=False,
         coerce=int,
         empty_value=None,
-        error_messages={"invalid_choice": gettext_lazy("Scegli uno degli esami dell'elenco.")},
+        error_messages={"invalid_choice": gettext_lazy("Scelga uno degli esami dell'elenco.")},
     )
     dal = forms.DateField(
         label=gettext_lazy("Dal giorno"),
@@ -624,9 +625,22 @@ class AccessLogFilter(forms.Form):
 
     def __init__(self, *args: Any, exams: list[tuple[Booking, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.data = self.data.copy()  # a typed date is shown back as the date input reads it (clean_dal)
         self.bookings = {b.pk: b for b, _label in exams}
         field = cast(forms.TypedChoiceField, self.fields["esame"])
         field.choices = [("", _("Tutti gli esami")), *((b.pk, label) for b, label in exams)]
+
+    def _day(self, name: str) -> dt.date | None:
+        day: dt.date | None = self.cleaned_data.get(name)
+        if day is not None:
+            self.data[name] = day.isoformat()
+        return day
+
+    def clean_dal(self) -> dt.date | None:
+        return self._day("dal")
+
+    def clean_al(self) -> dt.date | None:
+        return self._day("al")
 
     def _cursor(self, name: str, *, older: bool) -> Cursor | None:
         token = self.cleaned_data.get(name) or ""
@@ -636,7 +650,7 @@ class AccessLogFilter(forms.Form):
             return Cursor.parse(token, older=older)
         except ValueError:
             raise forms.ValidationError(
-                _("Questa pagina del registro non esiste: riparti dagli accessi più recenti.")
+                _("Questa pagina del registro non esiste: riparta dagli accessi più recenti.")
             ) from None
 
     def clean(self) -> dict[str, Any]:
@@ -645,7 +659,7 @@ class AccessLogFilter(forms.Form):
         if since is not None and until is not None and since > until:
             self.add_error(
                 "al",
-                _("Il giorno finale (%(until)s) viene prima di quello iniziale (%(since)s): invertili o correggili.")
+                _("Il giorno finale (%(until)s) viene prima di quello iniziale (%(since)s): li inverta o li corregga.")
                 % {
                     "until": until.strftime("%d/%m/%Y"),
                     "since": since.strftime("%d/%m/%Y"),

@@ -1,8 +1,10 @@
-"""«Chi ha visto i miei dati» in a real Chromium, on a phone and on a desktop: a
-radiologist's emergency access comes first in an alert with who, until when,
-the reason she wrote and what she saw; her dozen requests are one line; the
-system's work is folded away; the filters refuse a reversed period with a
-clear error and narrow the log to one exam."""
+"""«Chi ha visto i miei dati» and «Deleghe» in a real Chromium, on a phone and on a
+desktop, on Bootstrap Italia and with no serious or critical axe-core violation: a
+radiologist's emergency access comes first in an alert with who, until when, the
+reason she wrote and what she saw; her dozen requests are one line; the system's
+work is folded in an accordion; the filters refuse a reversed period with a clear
+error and narrow the log to one exam; the delegations page says who may act for
+whom in plain words."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from django.utils import timezone
 
 from archive.models import StaffProfile
 from kernel.audit import audit_record
+from portal.delegations import delegation_register
 from portal.emergency import emergency_access_grant
+from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_exam_make
@@ -52,6 +56,9 @@ def test_the_citizen_reads_the_grouped_log_with_the_emergency_access_first(
         audit_record(action="dicomweb.retrieve", user=colleague, study=exam.rep.study, source="10.0.0.7")
     audit_record(action="report.view", user=colleague, study=exam.rep.study, source="10.0.0.7")
     other = cup.book()  # a second exam, booked: the filter tells them apart
+    delegation_register(
+        delegator=exam.booking.patient, delegate=cup.laura, kind="altro", evidence="Delega firmata", user=cup.operator.user
+    )
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
@@ -66,8 +73,7 @@ def test_the_citizen_reads_the_grouped_log_with_the_emergency_access_first(
                 page.get_by_label("Password").fill(CITIZEN_PASSWORD)
                 page.get_by_role("button", name="Accedi").click()
                 page.wait_for_url(f"{base}/fse/")
-                page.get_by_role("link", name="Chi ha visto i miei dati").first.click()
-                page.wait_for_url(f"{base}/fse/accessi/")
+                page.goto(f"{base}/fse/accessi/")  # on a phone the menu is behind its button
 
                 alert = page.locator("section.emergencies")
                 expect(alert).to_be_visible()
@@ -82,32 +88,44 @@ def test_the_citizen_reads_the_grouped_log_with_the_emergency_access_first(
                 assert "13 accessi" in line.inner_text()
                 page.screenshot(path=str(tmp_path / f"access_log_{name}.png"), full_page=True)
                 alert.screenshot(path=str(tmp_path / f"access_log_emergency_{name}.png"))
+                assert_accessible(page, f"access log at {viewport['width']} px")
 
                 # The system's work is folded away until asked for.
-                background = page.locator("section.background details")
+                background = page.locator("section.background")
                 expect(background.locator("li").first).to_be_hidden()
-                background.locator("summary").click()
+                background.locator("button.accordion-button").click()
                 expect(background.get_by_text("ha pubblicato il referto sul Fascicolo")).to_be_visible()
+                assert background.locator("button.accordion-button").get_attribute("aria-expanded") == "true"
+                assert_accessible(page, f"access log, automatic operations open, at {viewport['width']} px")
 
                 # A reversed period: a clear error, tied to the field.
                 today = timezone.localdate()
                 page.get_by_label("Dal giorno", exact=True).fill(today.isoformat())
                 page.get_by_label("Al giorno", exact=True).fill((today - dt.timedelta(days=3)).isoformat())
-                page.get_by_role("button", name="Mostra").click()
+                page.get_by_role("button", name="Mostra gli accessi").click()
                 errors = page.locator("[role=alert]")
                 expect(errors).to_contain_text("viene prima di quello iniziale")
+                expect(page.locator("#id_al")).to_have_attribute("aria-invalid", "true")
                 page.screenshot(path=str(tmp_path / f"access_log_error_{name}.png"), full_page=True)
+                assert_accessible(page, f"access log with a wrong period at {viewport['width']} px")
 
                 # One exam: the booked one has only the CUP's work.
                 page.get_by_label("Al giorno", exact=True).fill(today.isoformat())
                 page.get_by_label("Dal giorno", exact=True).fill("")
                 page.get_by_label("Esame").select_option(str(other.pk))
-                page.get_by_role("button", name="Mostra").click()
+                page.get_by_role("button", name="Mostra gli accessi").click()
                 page.wait_for_url(f"**/fse/accessi/?esame={other.pk}*")
                 lines = page.locator("li.access-group")
                 expect(lines.filter(has_text="Ha prenotato l'esame")).to_have_count(1)
                 assert "Degano" not in page.locator("section[aria-labelledby=accesses-title]").inner_text()
                 page.screenshot(path=str(tmp_path / f"access_log_filtered_{name}.png"), full_page=True)
+
+                page.goto(f"{base}/fse/deleghe/")
+                acted_by = page.locator("section[aria-labelledby=acted-by-title]")
+                expect(acted_by).to_contain_text("Laura Bianchi")
+                expect(acted_by).to_contain_text("vedere gli esami e chi li ha visti")
+                page.screenshot(path=str(tmp_path / f"delegations_{name}.png"), full_page=True)
+                assert_accessible(page, f"delegations at {viewport['width']} px")
                 context.close()
         finally:
             browser.close()

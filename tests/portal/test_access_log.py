@@ -278,15 +278,15 @@ def test_filters_by_exam_and_by_period(online: CitizenExam, cup: Cup) -> None:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ({"dal": "31/02/2026"}, "Scrivi la data come giorno/mese/anno, per esempio 04/12/2026."),
-        ({"al": "domani"}, "Scrivi la data come giorno/mese/anno, per esempio 04/12/2026."),
+        ({"dal": "31/02/2026"}, "Scriva la data come giorno/mese/anno, per esempio 04/12/2026."),
+        ({"al": "domani"}, "Scriva la data come giorno/mese/anno, per esempio 04/12/2026."),
         (
             {"dal": "2026-12-05", "al": "2026-12-04"},
-            "Il giorno finale (04/12/2026) viene prima di quello iniziale (05/12/2026): invertili o correggili.",
+            "Il giorno finale (04/12/2026) viene prima di quello iniziale (05/12/2026): li inverta o li corregga.",
         ),
-        ({"esame": "999999"}, "Scegli uno degli esami dell'elenco."),
-        ({"esame": "x"}, "Scegli uno degli esami dell'elenco."),
-        ({"dopo": "1e9-12"}, "Questa pagina del registro non esiste: riparti dagli accessi più recenti."),
+        ({"esame": "999999"}, "Scelga uno degli esami dell'elenco."),
+        ({"esame": "x"}, "Scelga uno degli esami dell'elenco."),
+        ({"dopo": "1e9-12"}, "Questa pagina del registro non esiste: riparta dagli accessi più recenti."),
     ],
 )
 def test_bad_filters_get_a_clear_error_and_show_nothing(online: CitizenExam, query: dict[str, str], message: str) -> None:
@@ -335,17 +335,17 @@ def test_pages_follow_each_other_back_and_forth_without_splitting_a_line(
     assert len(forward) >= 4
     lines = [line for page in forward for line in page]
     expected = [(g.actor.name, g.count, g.oldest) for g in whole.groups + whole.background if g.actor]
-    viewing = {line for line in lines if line[0] == "Tu"}  # reading the log is in the log, as it is read
-    assert sorted(set(lines) - viewing) == sorted(set(expected) - {e for e in expected if e[0] == "Tu"})
+    viewing = {line for line in lines if line[0] == "Lei"}  # reading the log is in the log, as it is read
+    assert sorted(set(lines) - viewing) == sorted(set(expected) - {e for e in expected if e[0] == "Lei"})
     assert len(lines) == len(set(lines))  # no line on two pages
     # Back from the oldest page, through the newer links, to the newest.
     last = online.client.get("/fse/accessi/", {"dopo": Cursor(True, at(DAY, 0, 0), 1).token()})
     assert last.status_code == 200
     back = _follow(online.client, "/fse/accessi/?dopo=" + Cursor(True, at(DAY, 1, 30), 0).token(), "prev")
     assert len(back) >= 4
-    looks = [line for page in back for line in page if line[0] != "Tu"]
+    looks = [line for page in back for line in page if line[0] != "Lei"]
     assert len(looks) == len(set(looks))
-    assert set(looks) == {line for line in lines if line[0] != "Tu"}
+    assert set(looks) == {line for line in lines if line[0] != "Lei"}
 
 
 def test_one_endless_session_is_cut_at_the_scan_limit(online: CitizenExam, monkeypatch: pytest.MonkeyPatch) -> None:

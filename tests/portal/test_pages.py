@@ -357,7 +357,7 @@ def test_who_saw_my_data_lists_the_radiologist_and_the_citizen(online: CitizenEx
     online.client.get(f"/fse/esami/{online.booking.pk}/")
     page = online.client.get("/fse/accessi/").content.decode()
     assert "Stefano Cossutta" in page and "ha firmato il referto" in page
-    assert "<strong>Tu</strong>" in page and "Hai aperto la pagina dell&#x27;esame" in page
+    assert ">Lei<" in page and "Ha aperto la pagina dell&#x27;esame" in page
     assert audit("portal.access_log.view", user=online.user)
 
 
