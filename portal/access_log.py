@@ -47,7 +47,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext
+from django.utils.translation import gettext_lazy
 
 from archive.models import Patient, RemoteNode, StaffProfile, Study
 from booking.models import Booking
@@ -122,8 +122,13 @@ _BOOKING_FIELDS = {
 }
 
 
+def _sub(detail: dict[str, Any], name: str) -> dict[str, Any]:
+    value = detail.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _booking_update(detail: dict[str, Any]) -> Act:
-    changed = detail.get("changed") if isinstance(detail.get("changed"), dict) else {}
+    changed = _sub(detail, "changed")
     details = []
     for name, label in _BOOKING_FIELDS.items():
         if name not in changed:
@@ -131,7 +136,8 @@ def _booking_update(detail: dict[str, Any]) -> Act:
         if name == "scheduled_at" and isinstance(changed[name], list) and len(changed[name]) == 2:
             before, after = changed[name]
             details.append(
-                _("%(what)s: dal %(before)s al %(after)s") % {"what": label, "before": _local(before), "after": _local(after)}
+                _("%(what)s: dal %(before)s al %(after)s")
+                % {"what": label, "before": _local(before), "after": _local(after)}
             )
         elif name == "station" and "scheduled_at" in changed:
             continue  # moved with the slot: the date says it
@@ -154,7 +160,7 @@ def _booking_status(detail: dict[str, Any]) -> Act:
 
 
 def _booking_choice(detail: dict[str, Any]) -> Act:
-    choice = detail.get("choice") if isinstance(detail.get("choice"), dict) else {}
+    choice = _sub(detail, "choice")
     if choice.get("revokes_consent"):
         return Act(_("registrato"), _("la revoca del consenso alla consegna online"))
     if choice.get("delivery") == "online":
@@ -239,11 +245,20 @@ ACTS: list[tuple[str, Callable[[dict[str, Any]], Act]]] = [
     ("cup.booking.view", _act(gettext_lazy("consultato"), gettext_lazy("la prenotazione"))),
     ("cup.api.booking", _act(gettext_lazy("consultato"), gettext_lazy("la prenotazione"))),
     ("cup", _act(gettext_lazy("consultato"), gettext_lazy("la prenotazione"))),
-    ("booking.reconciliation.reassign", _act(gettext_lazy("corretto"), gettext_lazy("la persona a cui appartengono le immagini"))),
-    ("booking.reconciliation.view", _act(gettext_lazy("consultato"), gettext_lazy("le immagini da associare a una prenotazione"))),
+    (
+        "booking.reconciliation.reassign",
+        _act(gettext_lazy("corretto"), gettext_lazy("la persona a cui appartengono le immagini")),
+    ),
+    (
+        "booking.reconciliation.view",
+        _act(gettext_lazy("consultato"), gettext_lazy("le immagini da associare a una prenotazione")),
+    ),
     ("booking.reconciliation", _act(gettext_lazy("associato"), gettext_lazy("le immagini alla prenotazione"))),
     ("booking.match", _act(gettext_lazy("associato"), gettext_lazy("le immagini alla prenotazione"))),
-    ("archive.study.patient_assign", _act(gettext_lazy("corretto"), gettext_lazy("la persona a cui appartiene l'esame"))),
+    (
+        "archive.study.patient_assign",
+        _act(gettext_lazy("corretto"), gettext_lazy("la persona a cui appartiene l'esame")),
+    ),
     ("export.dip", _act(gettext_lazy("chiesto"), gettext_lazy("una copia dall'archivio di conservazione"))),
     ("hold", _act(gettext_lazy("bloccato o sbloccato"), gettext_lazy("la cancellazione delle immagini"))),
     ("discard", _act(gettext_lazy("esaminato"), gettext_lazy("la cancellazione delle immagini scadute"))),
@@ -438,9 +453,7 @@ def exam_ref(booking: Booking | None, study: Study | None = None) -> ExamRef:
         study = study or booking.study
         if study is not None and study.study_date is not None:
             return ExamRef(booking.procedure.description, study.study_date, True, booking.pk)
-        return ExamRef(
-            booking.procedure.description, timezone.localdate(booking.scheduled_at), False, booking.pk
-        )
+        return ExamRef(booking.procedure.description, timezone.localdate(booking.scheduled_at), False, booking.pk)
     if study is not None:
         return ExamRef(study.study_description or _("Esame"), study.study_date, True)
     return ExamRef(_("Esame"), None, True)
@@ -457,13 +470,12 @@ class _Exams:
     def load(self, events: list[dict[str, Any]]) -> None:
         studies = {e["study_id"] for e in events if e["study_id"] is not None} - set(self.by_study)
         accessions = {
-            str(acc)
-            for e in events
-            if e["study_id"] is None and (acc := _detail(e).get("accession_number"))
+            str(acc) for e in events if e["study_id"] is None and (acc := _detail(e).get("accession_number"))
         } - set(self.by_accession)
         if not studies and not accessions:
             return
         bookings = Booking.objects.filter(Q(study_id__in=studies) | Q(accession_number__in=accessions))
+        key: tuple[str, Any]
         for booking in bookings.select_related("procedure", "study"):
             key = ("booking", booking.pk)
             self.refs[key] = exam_ref(booking)
@@ -559,7 +571,6 @@ class AccessGroup:
         """The acts in words, in the order they first happened: "ha visto le immagini e il referto"."""
         if self.lane == "system":
             return self.category
-        aux = pgettext("access log: someone has (done something)", "ha")
         verbs: dict[str, list[str]] = {}
         for key, seen in sorted(self.acts.items(), key=lambda item: item[1].first):
             obj = seen.act.obj
@@ -570,7 +581,7 @@ class AccessGroup:
             elif key[2] == AuditEvent.Outcome.FAILURE:
                 obj = f"{obj} ({_('non riuscito')})"
             verbs.setdefault(seen.act.verb, []).append(obj)
-        clauses = [f"{aux} {verb} {_join(objs)}" for verb, objs in verbs.items()]
+        clauses = [_("ha %(done)s") % {"done": f"{verb} {_join(objs)}"} for verb, objs in verbs.items()]
         # "ha visto le immagini e il referto, ha firmato il referto": no second "e" when a clause has one.
         text = ", ".join(clauses) if any(len(objs) > 1 for objs in verbs.values()) else _join(clauses)
         if self.search:

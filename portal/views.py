@@ -29,7 +29,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -623,9 +623,9 @@ class AccessLogFilter(forms.Form):
     dopo = forms.CharField(required=False, widget=forms.HiddenInput)
     prima = forms.CharField(required=False, widget=forms.HiddenInput)
 
-    def __init__(self, *args: Any, exams: list[tuple[Booking, str]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.data = self.data.copy()  # a typed date is shown back as the date input reads it (clean_dal)
+    def __init__(self, data: QueryDict | None, *, exams: list[tuple[Booking, str]]) -> None:
+        # A copy: a typed date is shown back as the date input reads it (_day).
+        super().__init__(data.copy() if data is not None else None)
         self.bookings = {b.pk: b for b, _label in exams}
         field = cast(forms.TypedChoiceField, self.fields["esame"])
         field.choices = [("", _("Tutti gli esami")), *((b.pk, label) for b, label in exams)]
@@ -633,7 +633,7 @@ class AccessLogFilter(forms.Form):
     def _day(self, name: str) -> dt.date | None:
         day: dt.date | None = self.cleaned_data.get(name)
         if day is not None:
-            self.data[name] = day.isoformat()
+            cast(QueryDict, self.data)[name] = day.isoformat()
         return day
 
     def clean_dal(self) -> dt.date | None:
@@ -689,7 +689,7 @@ def access_log(request: CitizenRequest) -> HttpResponse:
     page = access_log_page(
         patients=people, viewer=request.user, exam=booking, since=since, until=until, cursor=data.get("cursor")
     )
-    filters = {
+    filters: dict[str, Any] = {
         k: v
         for k, v in (
             ("esame", booking.pk if booking else None),

@@ -4,20 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('archive', '0016_report_signed_at_index'),
+        ("archive", "0016_report_signed_at_index"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='staffprofile',
-            name='role',
-            field=models.CharField(blank=True, help_text='Come il cittadino legge il ruolo nel registro degli accessi, per esempio «radiologa», «tecnico di radiologia», «operatrice CUP». Vuota: dedotta dal gruppo, in forma neutra.', max_length=64, verbose_name='qualifica'),
+            model_name="staffprofile",
+            name="role",
+            field=models.CharField(
+                blank=True,
+                help_text="Come il cittadino legge il ruolo nel registro degli accessi, per esempio «radiologa», «tecnico di radiologia», «operatrice CUP». Vuota: dedotta dal gruppo, in forma neutra.",
+                max_length=64,
+                verbose_name="qualifica",
+            ),
         ),
         migrations.AddField(
-            model_name='staffprofile',
-            name='title',
-            field=models.CharField(blank=True, help_text='Per esempio «Dott.» o «Dott.ssa»: precede il nome nel registro degli accessi del cittadino.', max_length=16, verbose_name='titolo'),
+            model_name="staffprofile",
+            name="title",
+            field=models.CharField(
+                blank=True,
+                help_text="Per esempio «Dott.» o «Dott.ssa»: precede il nome nel registro degli accessi del cittadino.",
+                max_length=16,
+                verbose_name="titolo",
+            ),
         ),
     ]

@@ -57,7 +57,11 @@ def test_the_citizen_reads_the_grouped_log_with_the_emergency_access_first(
     audit_record(action="report.view", user=colleague, study=exam.rep.study, source="10.0.0.7")
     other = cup.book()  # a second exam, booked: the filter tells them apart
     delegation_register(
-        delegator=exam.booking.patient, delegate=cup.laura, kind="altro", evidence="Delega firmata", user=cup.operator.user
+        delegator=exam.booking.patient,
+        delegate=cup.laura,
+        kind="altro",
+        evidence="Delega firmata",
+        user=cup.operator.user,
     )
 
     with sync_playwright() as p:

@@ -168,7 +168,9 @@ def test_booking_work_says_what_was_booked_and_what_changed(online: CitizenExam,
     booking = cup.book()
     first = timezone.localtime(booking.scheduled_at)
     later = cup.next_slot(days=3)
-    booking_services.booking_update(booking=booking, user=cup.operator.user, scheduled_at=later, contact_phone="040 123456")
+    booking_services.booking_update(
+        booking=booking, user=cup.operator.user, scheduled_at=later, contact_phone="040 123456"
+    )
     booking_services.booking_status_set(booking=booking, status=Booking.Status.ARRIVED, user=cup.operator.user)
     [line] = [g for g in people_groups(online) if g.exam and g.exam.booking_id == booking.pk]
     moved = f"dal {first:%d/%m/%Y %H:%M} al {timezone.localtime(later):%d/%m/%Y %H:%M}"
@@ -266,7 +268,9 @@ def test_filters_by_exam_and_by_period(online: CitizenExam, cup: Cup) -> None:
     assert people_groups(online, since=DAY + dt.timedelta(days=1), until=DAY + dt.timedelta(days=1)) == []
 
     later = DAY + dt.timedelta(days=2)
-    response = online.client.get("/fse/accessi/", {"esame": other.pk, "dal": later.isoformat(), "al": f"{later:%d/%m/%Y}"})
+    response = online.client.get(
+        "/fse/accessi/", {"esame": other.pk, "dal": later.isoformat(), "al": f"{later:%d/%m/%Y}"}
+    )
     assert response.status_code == 200
     assert [g.what for g in response.context["page"].groups] == ["ha consultato la prenotazione"]
     html = response.content.decode()
@@ -289,7 +293,9 @@ def test_filters_by_exam_and_by_period(online: CitizenExam, cup: Cup) -> None:
         ({"dopo": "1e9-12"}, "Questa pagina del registro non esiste: riparta dagli accessi più recenti."),
     ],
 )
-def test_bad_filters_get_a_clear_error_and_show_nothing(online: CitizenExam, query: dict[str, str], message: str) -> None:
+def test_bad_filters_get_a_clear_error_and_show_nothing(
+    online: CitizenExam, query: dict[str, str], message: str
+) -> None:
     views_before = AuditEvent.objects.filter(action="portal.access_log.view").count()
     response = online.client.get("/fse/accessi/", query)
     assert response.status_code == 400
