@@ -1399,7 +1399,7 @@ class StaffProfileForm(forms.ModelForm):
 
     class Meta:
         model = StaffProfile
-        fields = ("user", "authority", "cross_authority", "totp_secret")
+        fields = ("user", "title", "role", "authority", "cross_authority", "totp_secret")
 
     def clean_totp_secret(self) -> str:
         secret = "".join(self.cleaned_data.get("totp_secret", "").split()).upper().rstrip("=")
@@ -1428,13 +1428,13 @@ class StaffProfileAdminMixin:
 @admin.register(StaffProfile)
 class StaffProfileAdmin(StaffProfileAdminMixin, admin.ModelAdmin):
     form = StaffProfileForm
-    list_display = ("user", "authority", "cross_authority", "totp_configured")
+    list_display = ("user", "title", "role", "authority", "cross_authority", "totp_configured")
     list_filter = ("authority", "cross_authority")
     search_fields = ("^user__username", "user__last_name")
     list_select_related = ("user", "authority")
     autocomplete_fields = ("user",)
     readonly_fields = ("totp_configured",)
-    fields = ("user", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+    fields = ("user", "title", "role", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
 
 
 class StaffProfileInline(StaffProfileAdminMixin, admin.StackedInline):
@@ -1444,7 +1444,7 @@ class StaffProfileInline(StaffProfileAdminMixin, admin.StackedInline):
     max_num = 1
     extra = 0
     readonly_fields = ("totp_configured",)
-    fields = ("authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+    fields = ("title", "role", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
     verbose_name_plural = _("profilo del personale (azienda sanitaria, secondo fattore per la firma)")
 
 

@@ -139,6 +139,14 @@ ROLES = {
 # Where the demo's radiologists work: each opens only the studies of their health
 # authority (archive.reporting.services.studies_accessible), so both sides of the rule show.
 STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
+# How citizens read each demo person in their access log (StaffProfile.title, .role).
+STAFF_TITLES = {
+    "radiologo": ("Dott.", "radiologo"),
+    "radiologa": ("Dott.ssa", "radiologa"),
+    "cup": ("", "operatore CUP"),
+    "archivista": ("", "archivista"),
+    "conservatore": ("", "responsabile della conservazione"),
+}
 # (username, first name, last name, group or None for the superuser, role shown)
 ACCOUNTS = [
     ("admin", "Amministratore", "di sistema", None, "amministratore (tutti i permessi)"),
@@ -272,6 +280,13 @@ def demo_accounts_load() -> dict[str, str]:
             StaffProfile.objects.get_or_create(
                 user=User.objects.get(username=username), defaults={"authority": authority}
             )
+        for username, (title, role) in STAFF_TITLES.items():
+            # Without an authority a profile restricts nothing (as no profile); a title set
+            # by an administrator stays.
+            profile, _ = StaffProfile.objects.get_or_create(user=User.objects.get(username=username))
+            if not profile.title and not profile.role:
+                profile.title, profile.role = title, role
+                profile.save(update_fields=["title", "role"])
     _save_credentials(creds)
     # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
     from archive.reporting import signing

@@ -489,6 +489,24 @@ class StaffProfile(models.Model):
         default=False,
         help_text=_("Per esempio un radiologo che referta in teleradiologia per altre aziende."),
     )
+    # How the citizen reads this person in "Chi ha visto i miei dati" (portal.access_log):
+    # "Dott.ssa Chiara Degano, radiologa". Empty: no title, and the role in a neutral
+    # form taken from the user's groups.
+    title = models.CharField(
+        _("titolo"),
+        max_length=16,
+        blank=True,
+        help_text=_("Per esempio «Dott.» o «Dott.ssa»: precede il nome nel registro degli accessi del cittadino."),
+    )
+    role = models.CharField(
+        _("qualifica"),
+        max_length=64,
+        blank=True,
+        help_text=_(
+            "Come il cittadino legge il ruolo nel registro degli accessi, per esempio «radiologa», "
+            "«tecnico di radiologia», «operatrice CUP». Vuota: dedotta dal gruppo, in forma neutra."
+        ),
+    )
     totp_secret = models.CharField(
         _("segreto TOTP"),
         max_length=64,

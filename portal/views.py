@@ -17,6 +17,7 @@ denied, so that a guessed number reveals nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login
-from django.core.paginator import Page, Paginator
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -53,7 +53,7 @@ from kernel.problems import http_status
 from kernel.web import AuthenticatedHttpRequest, client_ip, content_disposition
 
 from . import downloads, links, oscuramento, publication
-from .access_log import AccessRow, access_log_rows, emergency_access_rows
+from .access_log import Cursor, access_log_page, exam_choices
 from .accounts import citizen_account, citizen_patient
 from .delegations import citizen_rights, delegations_in_force, people_ordered
 from .errors import PortalError
@@ -599,17 +599,120 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
 # --- who saw my data, my delegations ----------------------------------------------------------
 
 
+class AccessLogFilter(forms.Form):
+    """The log's filters (an exam, a period) and where the page starts; every field optional."""
+
+    DATE_FORMATS = ["%Y-%m-%d", "%d/%m/%Y"]  # what a date input sends, and what a person types
+    BAD_DATE = gettext_lazy("Scriva la data come giorno/mese/anno, per esempio 04/12/2026.")
+
+    esame = forms.TypedChoiceField(
+        label=gettext_lazy("Esame"),
+        required=False,
+        coerce=int,
+        empty_value=None,
+        error_messages={"invalid_choice": gettext_lazy("Scelga uno degli esami dell'elenco.")},
+    )
+    dal = forms.DateField(
+        label=gettext_lazy("Dal giorno"),
+        required=False,
+        input_formats=DATE_FORMATS,
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": BAD_DATE},
+    )
+    al = forms.DateField(
+        label=gettext_lazy("Al giorno"),
+        required=False,
+        input_formats=DATE_FORMATS,
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        error_messages={"invalid": BAD_DATE},
+    )
+    dopo = forms.CharField(required=False, widget=forms.HiddenInput)
+    prima = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, data: QueryDict | None, *, exams: list[tuple[Booking, str]]) -> None:
+        # A copy: a typed date is shown back as the date input reads it (_day).
+        super().__init__(data.copy() if data is not None else None)
+        self.bookings = {b.pk: b for b, _label in exams}
+        field = cast(forms.TypedChoiceField, self.fields["esame"])
+        field.choices = [("", _("Tutti gli esami")), *((b.pk, label) for b, label in exams)]
+
+    def _day(self, name: str) -> dt.date | None:
+        day: dt.date | None = self.cleaned_data.get(name)
+        if day is not None:
+            cast(QueryDict, self.data)[name] = day.isoformat()
+        return day
+
+    def clean_dal(self) -> dt.date | None:
+        return self._day("dal")
+
+    def clean_al(self) -> dt.date | None:
+        return self._day("al")
+
+    def _cursor(self, name: str, *, older: bool) -> Cursor | None:
+        token = self.cleaned_data.get(name) or ""
+        if not token:
+            return None
+        try:
+            return Cursor.parse(token, older=older)
+        except ValueError:
+            raise forms.ValidationError(
+                _("Questa pagina del registro non esiste: riparta dagli accessi più recenti.")
+            ) from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("dal"), data.get("al")
+        if since is not None and until is not None and since > until:
+            self.add_error(
+                "al",
+                _("Il giorno finale (%(until)s) viene prima di quello iniziale (%(since)s): li inverta o li corregga.")
+                % {
+                    "until": until.strftime("%d/%m/%Y"),
+                    "since": since.strftime("%d/%m/%Y"),
+                },
+            )
+        data["cursor"] = self._cursor("dopo", older=True) or self._cursor("prima", older=False)
+        data["booking"] = self.bookings.get(data["esame"]) if data.get("esame") is not None else None
+        return data
+
+
 @citizen_required
 def access_log(request: CitizenRequest) -> HttpResponse:
+    """Who saw my data: grouped, emergency accesses first, filtered by exam and period.
+
+    The people are the principal's (the citizen and whoever delegated them,
+    :mod:`portal.delegations`); each person whose log is shown gets the
+    reading in their own log (a delegate's, as acting for them).
+    """
     me = request.citizen_patient
     people = people_ordered(me=me, patient_ids=access.principal_for_request(request).patient_ids)
-    rows = access_log_rows(patients=people, viewer=request.user)
-    page: Page[AccessRow] = Paginator(rows, 50).get_page(request.GET.get("pagina"))  # type: ignore[arg-type]  # rows slice in SQL, no Sequence
-    _audit(request, "portal.access_log.view", patient=me, page=page.number)
+    form = AccessLogFilter(request.GET or None, exams=exam_choices(patient_ids=[p.pk for p in people], me=me))
+    if request.GET and not form.is_valid():
+        return render(request, "portal/access_log.html", {"form": form, "people": people, "page": None}, status=400)
+    data = form.cleaned_data if request.GET else {}
+    booking: Booking | None = data.get("booking")
+    since, until = data.get("dal"), data.get("al")
+    page = access_log_page(
+        patients=people, viewer=request.user, exam=booking, since=since, until=until, cursor=data.get("cursor")
+    )
+    filters: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("esame", booking.pk if booking else None),
+            ("dal", since.isoformat() if since else None),
+            ("al", until.isoformat() if until else None),
+        )
+        if v
+    }
+    if booking is not None:
+        _audit(request, "portal.access_log.view", booking=booking, **filters)
+    else:
+        for person in people:
+            _audit(request, "portal.access_log.view", patient=person, **filters)
     return render(
         request,
         "portal/access_log.html",
-        {"page": page, "people": people, "emergencies": emergency_access_rows(patients=people)},
+        {"form": form, "page": page, "people": people, "query": urlencode(filters), "filtered": bool(filters)},
     )
 
 

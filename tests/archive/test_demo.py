@@ -79,5 +79,9 @@ def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> 
         assert StaffProfile.objects.get(user=user).authority.code == authority
         assert signing.signer_name(user) == user.get_full_name()
         assert "BEGIN CERTIFICATE" in signing.signer_certificate_pem(user)
-    assert StaffProfile.objects.count() == 2
+    # Only the radiologists are bound to an authority; the others' profiles give their title and role.
+    assert StaffProfile.objects.filter(authority__isnull=False).count() == 2
+    titles = dict(StaffProfile.objects.values_list("user__username", "role"))
+    assert titles["radiologa"] == "radiologa" and titles["cup"] == "operatore CUP"
+    assert StaffProfile.objects.get(user__username="radiologa").title == "Dott.ssa"
     assert not users.get(username="cup").has_perm("archive.sign_report")

@@ -18,7 +18,6 @@ from pydicom.fileset import FileSet
 
 from archive.models import Instance
 from archive.reporting import services as reports
-from portal.emergency import emergency_access_grant
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
@@ -126,15 +125,7 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
             page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
             assert "immagine 2 di" in page.locator(".viewer-steps").inner_text()
-
-            # An emergency access by a radiologist: the citizen reads who, when, until when and why.
-            reason = "Paziente incosciente in pronto soccorso: servono le TC precedenti."
-            emergency_access_grant(user=exam.rep.colleague, patient=exam.booking.patient, reason=reason)
-            page.goto(f"{base}/fse/accessi/")
-            emergencies = page.locator("section.emergencies")
-            assert reason in emergencies.inner_text() and "Chiara Degano" in emergencies.inner_text()
-            page.screenshot(path=str(tmp_path / "access_log.png"), full_page=True)
-            emergencies.screenshot(path=str(tmp_path / "access_log_emergencies.png"))
+            # The access log, with an emergency access: tests/interop/test_browser_access_log.py.
         finally:
             browser.close()
 
