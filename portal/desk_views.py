@@ -34,6 +34,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
 from archive.models import Patient
+from booking.forms import CupForm
 from kernel.audit import audit_record
 from kernel.codice_fiscale import codice_fiscale_error, normalize_codice_fiscale
 from kernel.models import AuditEvent
@@ -210,7 +211,7 @@ class DateInput(forms.DateInput):
         super().__init__(attrs=attrs, format="%Y-%m-%d")
 
 
-class DelegationForm(forms.Form):
+class DelegationForm(CupForm):
     delegator_cf = _cf_field(gettext_lazy("Codice fiscale del delegante (l'interessato)"))
     delegate_cf = _cf_field(gettext_lazy("Codice fiscale del delegato"))
     kind = forms.ChoiceField(
@@ -280,7 +281,7 @@ class DelegationForm(forms.Form):
         return timezone.make_aware(dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min))
 
 
-class DelegationSearchForm(forms.Form):
+class DelegationSearchForm(CupForm):
     q = forms.CharField(
         label=gettext_lazy("Cerca per codice fiscale (delegante o delegato)"),
         required=False,
