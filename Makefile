@@ -12,6 +12,10 @@ RUN_ENV := SECURE_COOKIES=0 PACS_DICOM_ACCEPT_UNKNOWN_AE=1 PACS_DICOM_HOST=127.0
 
 .PHONY: run test check install install-test system-test-deps clean
 
+# Front-end packages (package.json, its lock file): Node and npm from Debian when
+# missing; served as static files from node_modules (pacs/settings.py).
+NODE_PACKAGES := node_modules/.installed
+
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(SUDO) apt-get install -y python3-venv
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +29,13 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+$(NODE_PACKAGES): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(NODE_PACKAGES)
+install-test: $(VENV)/.installed-test $(NODE_PACKAGES)
 
 system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
@@ -50,4 +59,4 @@ check: install-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf var/ .pytest_cache .mypy_cache
+	rm -rf var/ .pytest_cache .mypy_cache node_modules

@@ -384,7 +384,18 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until collectstatic made it
-STATICFILES_DIRS = [BASE_DIR / "pacs" / "static"]
+# Front-end packages from npm (package.json, installed by `make run` and `make
+# test` with `npm ci`), served from this server under static/vendor/: no CDN.
+NODE_MODULES_DIR = BASE_DIR / "node_modules"
+BOOTSTRAP_ITALIA_DIR = NODE_MODULES_DIR / "bootstrap-italia" / "dist"
+STATICFILES_DIRS: list[Any] = [
+    BASE_DIR / "pacs" / "static",
+    *(
+        (f"vendor/bootstrap-italia/{part}", BOOTSTRAP_ITALIA_DIR / part)
+        for part in ("css", "js", "fonts", "svg")
+        if (BOOTSTRAP_ITALIA_DIR / part).is_dir()
+    ),
+]
 # Without collectstatic (tests, a checkout run by hand) WhiteNoise serves from the finders.
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
@@ -431,7 +442,7 @@ CONTENT_SECURITY_POLICY = {
         "script-src": [SELF, NONCE],
         "style-src": [SELF, NONCE],
         "img-src": [SELF, "data:"],
-        "font-src": [SELF],
+        "font-src": [SELF, "data:"],  # Bootstrap Italia embeds one icon font as data:
         "connect-src": [SELF],
         "object-src": [NONE],
         "base-uri": [SELF],

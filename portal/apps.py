@@ -23,4 +23,6 @@ class PortalConfig(AppConfig):
         from .views import on_citizen_login
 
         user_logged_in.connect(on_citizen_login, dispatch_uid="portal.citizen_login")
+        from . import checks  # noqa: F401  (registers the portal's system checks)
+
         policy_register()  # oscuramento, emergency accesses, citizens: asked by archive.access
