@@ -148,6 +148,13 @@ def consent_revocable(*, booking: Booking) -> bool:
     return not booking.is_choice_locked()
 
 
+def person_name(patient: object) -> str:
+    """``Mario Rossi``: a patient's name as a page addresses a person (the registry keeps it in capitals)."""
+    given = str(getattr(patient, "given_name", "") or "").title()
+    family = str(getattr(patient, "family_name", "") or "").title()
+    return f"{given} {family}".strip()
+
+
 def _current_choice(booking: Booking) -> DistributionChoice | None:
     # Uses the prefetched choices of citizen_exams when they are there.
     if "choices" in getattr(booking, "_prefetched_objects_cache", {}):

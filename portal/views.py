@@ -58,7 +58,15 @@ from .access_log import AccessRow, access_log_rows, emergency_access_rows
 from .accounts import citizen_account, citizen_patient
 from .delegations import citizen_rights, delegations_in_force, people_ordered
 from .errors import PortalError
-from .exams import ExamStatus, citizen_exams, consent_revocable, exam_date, exam_status, live_publications
+from .exams import (
+    ExamStatus,
+    citizen_exams,
+    consent_revocable,
+    exam_date,
+    exam_status,
+    live_publications,
+    person_name,
+)
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
 from .ranges import file_response_with_ranges
@@ -251,7 +259,13 @@ def exams(request: CitizenRequest) -> HttpResponse:
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
-        {"booking": booking, "status": exam_status(booking=booking, now=now), "date": exam_date(booking=booking)}
+        {
+            "booking": booking,
+            "status": exam_status(booking=booking, now=now),
+            "date": exam_date(booking=booking),
+            "person": person_name(booking.patient),
+            "mine": me is not None and booking.patient_id == me.pk,
+        }
         for booking in citizen_exams(patient_ids=principal.patient_ids)
     ]
     notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
@@ -335,6 +349,7 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
             "revocable": revocable,
             "delegate": me is not None and booking.patient_id != me.pk,
             "date": exam_date(booking=booking),
+            "person": person_name(booking.patient),
             "consent_choice": booking.current_choice(),
             "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
         },
@@ -392,8 +407,8 @@ def package(request: CitizenRequest, pk: int) -> HttpResponse:
 
 _REFUSED = {
     "forged": gettext_lazy("Il link non è valido: è stato alterato o non è stato emesso da questo portale."),
-    "expired": gettext_lazy("Il link è scaduto. Torna alla pagina dell'esame per ottenerne uno nuovo."),
-    "other_user": gettext_lazy("Il link è stato emesso per un altro utente: accedi con il tuo account."),
+    "expired": gettext_lazy("Il link è scaduto. Torni alla pagina dell'esame per ottenerne uno nuovo."),
+    "other_user": gettext_lazy("Il link è stato emesso per un altro utente: acceda con il suo account."),
 }
 
 
@@ -417,7 +432,7 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
         if _online_or_refuse(request, booking, "portal.download") is None:
             return _not_online(request, booking)
         if package.status != DownloadPackage.Status.READY or not downloads.package_file_present(package):
-            raise Http404(_("Il pacchetto non è più disponibile: richiedilo di nuovo dalla pagina dell'esame."))
+            raise Http404(_("Il file non è più disponibile: lo richieda di nuovo dalla pagina dell'esame."))
         _audit(
             request,
             "portal.download",
@@ -498,7 +513,7 @@ def viewer(request: CitizenRequest, pk: int) -> HttpResponse:
         return _not_online(request, booking)
     groups = _viewer_series(booking)
     if not groups:
-        raise Http404(_("Lo studio non ha immagini."))
+        raise Http404(_("L'esame non ha immagini da mostrare."))
     wanted = request.GET.get("serie", "")
     s_pos = next((n for n, g in enumerate(groups) if str(g.number) == wanted), 0)
     current = groups[s_pos]
@@ -602,7 +617,7 @@ def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
 def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if request.POST.get("confirm") != "yes":
-        messages.error(request, _("Conferma la revoca spuntando la casella."))
+        messages.error(request, _("Confermi la revoca spuntando la casella."))
         return redirect("portal:exam", pk=booking.pk)
     try:
         publication.consent_revoke_online(
@@ -624,7 +639,7 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     except booking_services.BookingError as err:
         messages.error(request, err.message)
         return redirect("portal:exam", pk=booking.pk)
-    messages.success(request, _("Consenso revocato: referto e immagini non sono più disponibili online."))
+    messages.success(request, _("Consenso revocato: riceverà referto e immagini su CD."))
     return redirect("portal:exam", pk=booking.pk)
 
 
