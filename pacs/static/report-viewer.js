@@ -15,6 +15,8 @@
  * Without JavaScript, or if anything fails, the download buttons remain.
  */
 
+const MAX_WIDTH = 860;
+
 function format(text, values) {
   return text.replace(/%\((\w+)\)s/g, (_m, key) => String(values[key]));
 }
@@ -35,7 +37,8 @@ async function show(box, pdfjs) {
   let drawing = Promise.resolve();
 
   async function draw() {
-    const width = Math.floor(pages.clientWidth || box.clientWidth);
+    // At most an A4 page's width on a desktop: larger only makes the text too big to read.
+    const width = Math.min(MAX_WIDTH, Math.floor(pages.clientWidth || box.clientWidth));
     if (!width || Math.abs(width - drawnWidth) < 8) {
       return;
     }
@@ -49,7 +52,7 @@ async function show(box, pdfjs) {
       const viewport = page.getViewport({ scale });
       const holder = document.createElement("div");
       holder.className = "report-page";
-      holder.setAttribute("role", "region");
+      holder.setAttribute("role", "group");
       holder.setAttribute("aria-label", format(box.dataset.pageLabel, { n, total: pdf.numPages }));
       holder.style.width = `${Math.floor(viewport.width)}px`;
       holder.style.height = `${Math.floor(viewport.height)}px`;
