@@ -106,9 +106,9 @@ def exam_date(*, booking: Booking) -> ExamDate:
 
 
 def _first_signed_at(booking: Booking) -> dt.datetime | None:
-    annotated = getattr(booking, "first_signed_at", False)
-    if annotated is not False:
-        return annotated  # type: ignore[no-any-return]  # the annotation of citizen_exams
+    if hasattr(booking, "first_signed_at"):  # the annotation of citizen_exams
+        annotated: dt.datetime | None = booking.first_signed_at
+        return annotated
     if booking.study_id is None:
         return None
     return (

@@ -466,14 +466,9 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
         )
         return render(request, "portal/link_refused.html", {"message": err.message}, status=503)
     inline = link.kind == "pdf" and request.GET.get(INLINE) == "1"
+    shown: dict[str, Any] = {"inline": True} if inline else {}  # shown in the page (PDF.js), not saved
     _audit(
-        request,
-        "portal.download",
-        booking=booking,
-        file=link.kind,
-        report=report.pk,
-        version=report.version,
-        **({"inline": True} if inline else {}),
+        request, "portal.download", booking=booking, file=link.kind, report=report.pk, version=report.version, **shown
     )
     if link.kind == "pdf":
         response = HttpResponse(data, content_type="application/pdf")

@@ -222,6 +222,24 @@
       preload(state.image - 1);
     }
 
+    // The current series' thumbnail in sight, scrolling the strip of thumbnails only (never the page).
+    function thumbInSight() {
+      thumbs.forEach(function (link) {
+        if (Number(link.getAttribute("data-series")) !== state.series) {
+          return;
+        }
+        var strip = link.closest("ul");
+        if (!strip || strip.scrollWidth <= strip.clientWidth) {
+          return;
+        }
+        var inner = link.getBoundingClientRect();
+        var outer = strip.getBoundingClientRect();
+        if (inner.left < outer.left || inner.right > outer.right) {
+          strip.scrollLeft += inner.left - outer.left - (outer.width - inner.width) / 2;
+        }
+      });
+    }
+
     function go(index) {
       var last = current().images.length - 1;
       var next = clamp(index, 0, last);
@@ -251,7 +269,8 @@
         state.scale = 1;
         renderPresets();
         show();
-        viewport.focus();
+        thumbInSight();
+        viewport.focus({ preventScroll: true });
       });
     });
 
@@ -285,7 +304,9 @@
       });
     }
 
-    viewer.addEventListener("keydown", function (event) {
+    // The citizen's page is the viewer alone: its keys work anywhere on it (data-keys="page").
+    var keyScope = viewer.getAttribute("data-keys") === "page" ? document : viewer;
+    keyScope.addEventListener("keydown", function (event) {
       var target = event.target;
       if (event.altKey || event.ctrlKey || event.metaKey || target === slider) {
         return; // the slider moves itself with the arrow keys
@@ -493,6 +514,7 @@
       layout();
     }
     show();
+    thumbInSight();
   }
 
   if (document.readyState === "loading") {

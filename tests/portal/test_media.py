@@ -157,9 +157,7 @@ def test_jpeg_zip_has_one_image_per_instance_in_a_folder_per_series(
     info = jpeg_zip_write(study=_study(), path=out, progress=lambda d, t: seen.append((d, t)))
     jpegs = _jpegs(out)
     assert sorted(jpegs) == [
-        f"{folder}/immagine-00{i}.jpg"
-        for folder in ("Serie 01 - TC Torace", "Serie 02 - TC")
-        for i in (1, 2, 3)
+        f"{folder}/immagine-00{i}.jpg" for folder in ("Serie 01 - TC Torace", "Serie 02 - TC") for i in (1, 2, 3)
     ]
     assert info.instance_count == 6
     assert seen[-1] == (6, 6)
@@ -198,9 +196,7 @@ def test_jpeg_zip_has_one_image_per_frame_of_a_clip(region, tmp_path: Path, pati
     out = tmp_path / "jpeg.zip"
     info = jpeg_zip_write(study=_study(), path=out)
     jpegs = _jpegs(out)
-    assert sorted(jpegs) == [
-        f"Serie 01 - Ecografia/immagine-001-fotogramma-{f:03d}.jpg" for f in range(1, frames + 1)
-    ]
+    assert sorted(jpegs) == [f"Serie 01 - Ecografia/immagine-001-fotogramma-{f:03d}.jpg" for f in range(1, frames + 1)]
     assert info.instance_count == frames
     for data in jpegs.values():
         assert _check_jpeg(data).mode == "RGB"
