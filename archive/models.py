@@ -4,12 +4,14 @@ rows are the kernel's: ``kernel.models``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from archive.dicomnet import peers
@@ -277,6 +279,11 @@ class Study(models.Model):
 
     def modality_list(self) -> list[str]:
         return [m for m in self.modalities_in_study.split("\\") if m]
+
+    def performed_on(self) -> dt.date:
+        """The day the exam was performed, as every page, report and zip shows it: the
+        modality's StudyDate, or the day the first image arrived when it sent none."""
+        return self.study_date or timezone.localdate(self.created_at)
 
 
 class Series(models.Model):

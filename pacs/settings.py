@@ -402,12 +402,20 @@ STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until coll
 # test` with `npm ci`), served from this server under static/vendor/: no CDN.
 NODE_MODULES_DIR = BASE_DIR / "node_modules"
 BOOTSTRAP_ITALIA_DIR = NODE_MODULES_DIR / "bootstrap-italia" / "dist"
+# PDF.js shows the signed report in the citizen's exam page: its legacy build (older
+# phones' browsers too) and the standard fonts a PDF may use without embedding them.
+PDFJS_DIR = NODE_MODULES_DIR / "pdfjs-dist"
 STATICFILES_DIRS: list[Any] = [
     BASE_DIR / "pacs" / "static",
     *(
         (f"vendor/bootstrap-italia/{part}", BOOTSTRAP_ITALIA_DIR / part)
         for part in ("css", "js", "fonts", "svg")
         if (BOOTSTRAP_ITALIA_DIR / part).is_dir()
+    ),
+    *(
+        (f"vendor/pdfjs/{part}", PDFJS_DIR / source)
+        for part, source in (("build", "legacy/build"), ("standard_fonts", "standard_fonts"))
+        if (PDFJS_DIR / source).is_dir()
     ),
 ]
 # Without collectstatic (tests, a checkout run by hand) WhiteNoise serves from the finders.
@@ -458,6 +466,8 @@ CONTENT_SECURITY_POLICY = {
         "img-src": [SELF, "data:"],
         "font-src": [SELF, "data:"],  # Bootstrap Italia embeds one icon font as data:
         "connect-src": [SELF],
+        # PDF.js renders the report in a worker of its own (pacs/static/report-viewer.js).
+        "worker-src": [SELF],
         "object-src": [NONE],
         "base-uri": [SELF],
         "form-action": [

@@ -10,14 +10,24 @@ from django.core.checks import CheckMessage, Error, register
 
 @register()
 def check_front_end(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
-    """Bootstrap Italia is served from node_modules (settings.STATICFILES_DIRS), installed by ``npm ci``."""
+    """Bootstrap Italia and PDF.js are served from node_modules (settings.STATICFILES_DIRS), installed by ``npm ci``."""
+    errors: list[CheckMessage] = []
     css = settings.BOOTSTRAP_ITALIA_DIR / "css" / "bootstrap-italia.min.css"
-    if css.is_file():
-        return []
-    return [
-        Error(
-            f"Bootstrap Italia is not installed: {css} is missing.",
-            hint="Run `npm ci` in the project folder (make run and make test do it).",
-            id="portal.E001",
+    if not css.is_file():
+        errors.append(
+            Error(
+                f"Bootstrap Italia is not installed: {css} is missing.",
+                hint="Run `npm ci` in the project folder (make run and make test do it).",
+                id="portal.E001",
+            )
         )
-    ]
+    pdfjs = settings.PDFJS_DIR / "legacy" / "build" / "pdf.min.mjs"
+    if not pdfjs.is_file():
+        errors.append(
+            Error(
+                f"PDF.js is not installed: {pdfjs} is missing (the exam page shows the report with it).",
+                hint="Run `npm ci` in the project folder (make run and make test do it).",
+                id="portal.E002",
+            )
+        )
+    return errors

@@ -8,13 +8,31 @@ them. Safe to run again.
 from __future__ import annotations
 
 from archive import demo as archive_demo
-from archive.models import Patient
+from archive.models import Facility, Patient
 
 from .accounts import citizen_account_create, demo_password
-from .models import CitizenAccount
+from .models import CdPickup, CitizenAccount
+
+# Where each demo facility hands over the CD of an exam delivered on CD (portal.exams.cd_pickup).
+CD_PICKUP = {
+    "TS-CAT": ("Sportello ritiro referti, piano terra, ingresso principale", "dal lunedì al venerdì, 8–13", 1),
+    "UD-SMM": ("Sportello referti della Radiologia, padiglione 1, piano terra", "dal lunedì al venerdì, 8–15", 1),
+    "GO-SG": ("Sportello unico referti, atrio principale", "dal lunedì al venerdì, 8–13", 1),
+    "PN-SMA": ("Ufficio cartelle cliniche e referti, piano terra", "dal lunedì al sabato, 8–12", 2),
+}
+
+
+def cd_pickup_demo_load() -> None:
+    for code, (place, hours, days) in CD_PICKUP.items():
+        facility = Facility.objects.filter(code=code).first()
+        if facility is not None:
+            CdPickup.objects.get_or_create(
+                facility=facility, defaults={"place": place, "hours": hours, "days_after_signing": days}
+            )
 
 
 def demo_load() -> None:
+    cd_pickup_demo_load()
     creds = archive_demo.demo_credentials()
     changed = False
     for person in archive_demo.PATIENTS:

@@ -57,6 +57,7 @@ from archive.models import Instance, Rendition, Series
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
 from archive.rendering.isolated import render_with
+from archive.series_numbers import MODALITY_NAMES, NumberedSeries, study_series_numbered
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import PacsError
@@ -243,16 +244,9 @@ class _Progress:
 # -- what the study holds ----------------------------------------------------
 
 
-def _study_series(study: Study) -> list[tuple[Series, list[Instance]]]:
-    """The study's series and their instances, in the order people expect them."""
-    instances = retrieve.instances_with_copies(
-        Instance.objects.filter(series__study=study).order_by("instance_number", "pk")
-    )
-    by_series: dict[int, list[Instance]] = {}
-    for instance in instances:
-        by_series.setdefault(instance.series_id, []).append(instance)
-    series = Series.objects.filter(study=study).select_related("study").order_by("series_number", "pk")
-    return [(s, by_series[s.pk]) for s in series if s.pk in by_series]
+def _study_series(study: Study) -> list[NumberedSeries]:
+    """The study's series, numbered and ordered as the viewers show them, with their instances."""
+    return study_series_numbered(study_id=study.pk, instances=retrieve.instances_with_copies(Instance.objects.all()))
 
 
 def _file_id(series_index: int, instance_index: int) -> tuple[str, str, str]:
@@ -278,16 +272,17 @@ def _study_summary(study: Study, *, series: int, instances: int) -> list[str]:
         f"Paziente / Patient: {_person_name(study.patient_name) or '-'}"
         f" (nato il / born {_date(study.patient_birth_date)})",
         f"Esame / Study: {study.study_description or '-'} ({study.modalities_in_study or '-'})",
-        f"Data / Date: {_date(study.study_date)}",
+        f"Data dell'esame / Date of the study: {_date(study.performed_on())}",
         f"Struttura / Facility: {facility}",
-        f"Numero di accettazione / Accession number: {study.accession_number or '-'}",
+        f"Numero di prenotazione / Booking (accession) number: {study.accession_number or '-'}",
         f"Serie / Series: {series}; immagini / images: {instances}",
     ]
 
 
 def _readme(lines: list[str]) -> bytes:
-    # CRLF and UTF-8: readable in Windows Notepad as on any other system.
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+    # CRLF and UTF-8 with its byte order mark: the accents read right in any Windows
+    # Notepad (older ones guess a legacy code page without it) as on any other system.
+    return ("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
 # -- the DICOM package -------------------------------------------------------
@@ -350,7 +345,9 @@ def _leaf_kind_from_index(instance: Instance, series: Series) -> str | None:
     return None if instance.sop_class_uid in _FOUR_LEVEL_SOP_CLASSES else "IMAGE"
 
 
-def dicomdir_records(*, groups: Sequence[tuple[Series, Sequence[tuple[Instance, tuple[str, ...]]]]]) -> list[_Record]:
+def dicomdir_records(
+    *, groups: Sequence[tuple[Series, Sequence[tuple[Instance, tuple[str, ...]]]]], numbers: Sequence[int] = ()
+) -> list[_Record]:
     """The PATIENT/STUDY/SERIES/leaf record tree of a study's file-set.
 
     Made with pydicom's own recorders (:data:`pydicom.fileset.DIRECTORY_RECORDERS`)
@@ -358,13 +355,18 @@ def dicomdir_records(*, groups: Sequence[tuple[Series, Sequence[tuple[Instance, 
     Instance Number, SOP Class and Transfer Syntax), any other object's (a
     structured report, a presentation state, an encapsulated PDF) from its
     own header. Only the small records stay in memory, whatever the study's size.
+    ``numbers``: each group's series number (:mod:`archive.series_numbers`), the
+    stand-in for a header without one; by default the series' own or its position.
     """
     from pydicom.fileset import _four_level_record_type
 
     roots: list[_Record] = []
     study_record: _Record | None = None
     for s_index, (series, entries) in enumerate(groups, start=1):
-        series_number = series.series_number if series.series_number is not None else s_index
+        if len(numbers) >= s_index:
+            series_number = numbers[s_index - 1]
+        else:
+            series_number = series.series_number if series.series_number is not None else s_index
         first = _record_header(entries[0][0], series=series, series_number=series_number, instance_number=1)
         if study_record is None:
             patient = _record("PATIENT", first)
@@ -466,7 +468,7 @@ def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
             "IMMAGINI DIAGNOSTICHE IN FORMATO DICOM",
             "======================================",
             "",
-            "Questo archivio contiene le immagini originali dell'esame, in qualita' diagnostica,",
+            "Questo archivio contiene le immagini originali dell'esame, in qualità diagnostica,",
             "organizzate come su un CD DICOM (standard DICOM PS3.10, profilo IHE PDI).",
             "",
             *summary,
@@ -521,18 +523,21 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
     """
     groups = _study_series(study)
     entries: list[tuple[Instance, tuple[str, str, str]]] = []
-    for s_index, (_series, instances) in enumerate(groups, start=1):
-        for i_index, instance in enumerate(instances, start=1):
+    for s_index, numbered in enumerate(groups, start=1):
+        for i_index, instance in enumerate(numbered.instances, start=1):
             entries.append((instance, _file_id(s_index, i_index)))
     if not entries:
         raise MediaError(f"study {study.study_instance_uid} has no instances")
     when = dt.datetime.now()
     try:
         tree = [
-            (series, [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(instances, start=1)])
-            for s_index, (series, instances) in enumerate(groups, start=1)
+            (
+                n.series,
+                [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(n.instances, start=1)],
+            )
+            for s_index, n in enumerate(groups, start=1)
         ]
-        records = dicomdir_records(groups=tree)
+        records = dicomdir_records(groups=tree, numbers=[n.number for n in groups])
     except retrieve.NotAvailable as exc:
         raise MediaError(str(exc)) from exc
     readme = _dicom_readme(study, series=len(groups), instances=len(entries))
@@ -561,19 +566,6 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
 
 # -- the JPEG package --------------------------------------------------------
 
-_MODALITY_NAMES = {
-    "CT": "TC",
-    "MR": "RM",
-    "US": "Ecografia",
-    "CR": "RX",
-    "DX": "RX",
-    "MG": "Mammografia",
-    "NM": "Medicina nucleare",
-    "PT": "PET",
-    "XA": "Angiografia",
-    "RF": "Fluoroscopia",
-    "OT": "Altro",
-}
 _UNSAFE = re.compile(r"[^A-Za-z0-9 ._()-]+")
 
 
@@ -586,14 +578,15 @@ def safe_name(text: str, *, limit: int = 60) -> str:
     return cleaned[:limit].strip(" .") or "serie"
 
 
-def series_folder_name(*, index: int, series: Series) -> str:
-    """``01 - TC torace - serie 1``: position, modality in Italian, description, number."""
-    modality = _MODALITY_NAMES.get(series.modality.upper(), series.modality)
+def series_folder_name(*, number: int, series: Series, width: int = 2) -> str:
+    """``Serie 03 - TC Torace``: the series' number (:mod:`archive.series_numbers`, as the
+    viewers show it, padded to ``width`` digits so that the folders sort), the modality
+    in Italian, the description."""
+    modality = MODALITY_NAMES.get(series.modality.upper(), series.modality)
     label = " ".join(p for p in (modality, series.series_description) if p)
-    parts = [f"{index:02d}"]
+    parts = [f"Serie {number:0{width}d}"]
     if label:
         parts.append(label)
-    parts.append(f"serie {series.series_number if series.series_number is not None else index}")
     return safe_name(" - ".join(parts), limit=80)
 
 
@@ -650,18 +643,19 @@ def _jpeg_readme(study: Study, *, series: int, instances: int, failures: list[_F
         "",
         *_study_summary(study, series=series, instances=instances),
         "",
-        "Una cartella per serie, un file JPEG per immagine (per ogni fotogramma nelle",
-        "sequenze). Si aprono con qualsiasi programma per le foto. Non sono in qualita'",
+        "Una cartella per serie, con il numero di serie che mostrano il visualizzatore",
+        "online e il referto; un file JPEG per immagine (per ogni fotogramma nelle",
+        "sequenze). Si aprono con qualsiasi programma per le foto. Non sono in qualità",
         "diagnostica: per un altro medico scaricare la versione DICOM.",
         "",
-        "One folder per series, one JPEG file per image (per frame in clips). They open",
-        "with any photo viewer. They are not of diagnostic quality: for another doctor,",
-        "download the DICOM version.",
+        "One folder per series, numbered as in the online viewer and the report; one",
+        "JPEG file per image (per frame in clips). They open with any photo viewer.",
+        "They are not of diagnostic quality: for another doctor, download the DICOM version.",
     ]
     if failures:
         lines += [
             "",
-            "Immagini che non e' stato possibile convertire / Images that could not be converted:",
+            "Immagini che non è stato possibile convertire / Images that could not be converted:",
         ]
         lines += [f"- {f.where}: {f.reason}" for f in failures]
     return _readme(lines)
@@ -683,8 +677,10 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
     """
     plans: list[_JpegPlan] = []
     groups = _study_series(study)
-    for index, (series, instances) in enumerate(groups, start=1):
-        folder = series_folder_name(index=index, series=series)
+    number_width = max(2, *(len(str(n.number)) for n in groups)) if groups else 2
+    for numbered in groups:
+        instances = numbered.instances
+        folder = series_folder_name(number=numbered.number, series=numbered.series, width=number_width)
         width = max(3, len(str(len(instances))))
         for position, instance in enumerate(instances, start=1):
             plans.append(_JpegPlan(folder, instance, position, max(1, instance.number_of_frames or 1), width))

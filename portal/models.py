@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.core.validators import MinLengthValidator
+from django.core.validators import MaxValueValidator, MinLengthValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from archive.models import Patient, Report, Study
+from archive.models import Facility, Patient, Report, Study
 from booking.models import Booking
 
 # An emergency access must say why in words, not "x" or "urgente".
@@ -399,3 +399,36 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return self.message
+
+
+class CdPickup(models.Model):
+    """Where and from when a facility hands over the CD of an exam delivered on CD.
+
+    The CD is burned once the report is signed: it can be collected from
+    ``days_after_signing`` days after the signature (1: the day after), at
+    ``place`` during ``hours``. A facility without a row tells the citizen
+    the facility's name and "dal giorno dopo la firma del referto".
+    """
+
+    facility = models.OneToOneField(
+        Facility, on_delete=models.CASCADE, related_name="cd_pickup", verbose_name=_("presidio")
+    )
+    place = models.CharField(
+        _("dove si ritira"),
+        max_length=200,
+        help_text=_("Come lo legge il cittadino, es. «Sportello ritiro referti, piano terra, ingresso principale»."),
+    )
+    hours = models.CharField(_("orari"), max_length=200, blank=True, help_text=_("Es. «dal lunedì al venerdì, 8–13»."))
+    days_after_signing = models.PositiveSmallIntegerField(
+        _("giorni dopo la firma"),
+        default=1,
+        validators=[MaxValueValidator(60)],
+        help_text=_("Da quanti giorni dopo la firma del referto il CD è pronto (1 = il giorno dopo)."),
+    )
+
+    class Meta:
+        verbose_name = _("ritiro del CD")
+        verbose_name_plural = _("ritiro dei CD")
+
+    def __str__(self) -> str:
+        return f"{self.facility.code}: {self.place}"

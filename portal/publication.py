@@ -18,9 +18,10 @@ Consent revoked
     :func:`publications_withdraw_for_revocation` records the withdrawal on the
     rows (who, when, why) and is for the page or service that accepts the
     revocation to call. Today ``booking.services.distribution_choose`` refuses
-    any change once the booking is reported, so a revocation after publication
-    only arrives as a choice row written by another path (an external CUP, a
-    future page), or from the citizen's exam page (:func:`consent_revoke_online`).
+    any change once the report is signed, and so does the citizen's exam page
+    (:func:`consent_revoke_online`), as the information text says; a revocation
+    after publication only arrives as a choice row written by another path
+    (the CUP desk's ``booking.services.consent_revoke``, an external CUP).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from archive.models import Patient, Report
 from archive.reporting import services as reports
@@ -41,6 +43,7 @@ from booking.models import Booking, DistributionChoice
 from kernel.audit import audit_record
 
 from .delegations import right_check
+from .errors import PortalError
 from .models import Delegation, Publication
 
 if TYPE_CHECKING:
@@ -182,18 +185,31 @@ def consent_revoke_online(*, booking: Booking, requested_by: Patient, user: User
     ``booking``; the publications withdrawn.
 
     Her own consent, or, as a delegate, only the consent of someone she
-    represents because they cannot act (a minor, a person under guardianship).
-    The revoking choice and the withdrawal are one transaction: a revocation
-    is never recorded without its publications withdrawn.
+    represents because they cannot act (a minor, a person under guardianship);
+    and only before the report is signed, as the information text she
+    accepted says ("prima della pubblicazione del referto"): the exam page
+    offers it only then (:func:`portal.exams.consent_revocable`). The revoking
+    choice and the withdrawal are one transaction: a revocation is never
+    recorded without its publications withdrawn (none, today: kept for a
+    revocation that reaches the booking by another path).
 
     Raises
     ------
     PortalError
-        ``not_representative``.
+        ``not_representative``; ``published``: the report is signed (or published).
     booking.services.BookingError
         There is no online consent to revoke.
     """
     right_check(requested_by=requested_by, patient=booking.patient, right=Delegation.Right.CONSENT, now=timezone.now())
+    if booking.is_choice_locked() or Publication.objects.filter(booking=booking).exists():
+        raise PortalError(
+            _(
+                "Il referto è già stato firmato: come indicato nell'informativa, il consenso alla consegna "
+                "online si può revocare solo prima della pubblicazione del referto. Referto e immagini restano "
+                "consultabili online fino alla scadenza indicata."
+            ),
+            code="published",
+        )
     with transaction.atomic():
         booking_services.consent_revoke(
             booking=booking,

@@ -39,10 +39,11 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from archive import access
-from archive.models import Instance, Patient, Report, Series
+from archive.models import Instance, Patient, Report
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
 from archive.reporting import services as reports
+from archive.series_numbers import NumberedSeries, series_label, study_series_numbered
 from archive.storage import retrieve
 from booking import services as booking_services
 from booking.models import Booking
@@ -57,12 +58,23 @@ from .access_log import Cursor, access_log_page, exam_choices
 from .accounts import citizen_account, citizen_patient
 from .delegations import citizen_rights, delegations_in_force, people_ordered
 from .errors import PortalError
-from .exams import ExamStatus, citizen_exams, exam_status, live_publications
+from .exams import (
+    ExamStatus,
+    citizen_exams,
+    consent_revocable,
+    exam_date,
+    exam_status,
+    live_publications,
+    person_name,
+)
 from .middleware import LOGIN_AT, SEEN_AT
 from .models import Concealment, Delegation, DownloadPackage, Notification
 from .ranges import file_response_with_ranges
 
 VIEWER_PARAMS = previews.PREVIEW
+THUMBNAIL_PARAMS = previews.THUMBNAIL
+# The query parameter of a report's link that shows the PDF in the page (PDF.js) instead of saving it.
+INLINE = "mostra"
 
 
 # --- who is asking ----------------------------------------------------------------
@@ -253,7 +265,13 @@ def exams(request: CitizenRequest) -> HttpResponse:
     now = timezone.now()
     principal = access.principal_for_request(request)
     rows = [
-        {"booking": booking, "status": exam_status(booking=booking, now=now)}
+        {
+            "booking": booking,
+            "status": exam_status(booking=booking, now=now),
+            "date": exam_date(booking=booking),
+            "person": person_name(booking.patient),
+            "mine": me is not None and booking.patient_id == me.pk,
+        }
         for booking in citizen_exams(patient_ids=principal.patient_ids)
     ]
     notifications = list(Notification.objects.filter(user=request.user, read_at__isnull=True)[:10])
@@ -306,6 +324,8 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
         }
         for p in publications
     ]
+    for row in report_links:
+        row["inline"] = f"{row['pdf']}?{urlencode({INLINE: 1})}"  # the same link, shown in the page
     online = status.code == "available_online"
     me = _me(request)
     rights = citizen_rights(citizen=me, patient=booking.patient, now=now)
@@ -315,6 +335,7 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
         else None
     )
     may_conceal = Delegation.Right.CONCEALMENT in rights
+    revocable = consent_revocable(booking=booking)
     _audit(request, "portal.exam.view", booking=booking, status=status.code)
     return render(
         request,
@@ -330,8 +351,12 @@ def exam(request: CitizenRequest, pk: int) -> HttpResponse:
             "may_reveal": may_conceal
             and concealment is not None
             and oscuramento.concealment_revealable_by(concealment=concealment, requested_by=me),
-            "can_revoke": online and Delegation.Right.CONSENT in rights,
+            "can_revoke": revocable and Delegation.Right.CONSENT in rights,
+            "revocable": revocable,
             "delegate": me is not None and booking.patient_id != me.pk,
+            "date": exam_date(booking=booking),
+            "person": person_name(booking.patient),
+            "consent_choice": booking.current_choice(),
             "notifications": Notification.objects.filter(user=request.user, booking=booking, read_at__isnull=True),
         },
     )
@@ -388,8 +413,8 @@ def package(request: CitizenRequest, pk: int) -> HttpResponse:
 
 _REFUSED = {
     "forged": gettext_lazy("Il link non è valido: è stato alterato o non è stato emesso da questo portale."),
-    "expired": gettext_lazy("Il link è scaduto. Torna alla pagina dell'esame per ottenerne uno nuovo."),
-    "other_user": gettext_lazy("Il link è stato emesso per un altro utente: accedi con il tuo account."),
+    "expired": gettext_lazy("Il link è scaduto. Torni alla pagina dell'esame per ottenerne uno nuovo."),
+    "other_user": gettext_lazy("Il link è stato emesso per un altro utente: acceda con il suo account."),
 }
 
 
@@ -413,7 +438,7 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
         if _online_or_refuse(request, booking, "portal.download") is None:
             return _not_online(request, booking)
         if package.status != DownloadPackage.Status.READY or not downloads.package_file_present(package):
-            raise Http404(_("Il pacchetto non è più disponibile: richiedilo di nuovo dalla pagina dell'esame."))
+            raise Http404(_("Il file non è più disponibile: lo richieda di nuovo dalla pagina dell'esame."))
         _audit(
             request,
             "portal.download",
@@ -446,14 +471,18 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
             error=err.message,
         )
         return render(request, "portal/link_refused.html", {"message": err.message}, status=503)
-    _audit(request, "portal.download", booking=booking, file=link.kind, report=report.pk, version=report.version)
+    inline = link.kind == "pdf" and request.GET.get(INLINE) == "1"
+    shown: dict[str, Any] = {"inline": True} if inline else {}  # shown in the page (PDF.js), not saved
+    _audit(
+        request, "portal.download", booking=booking, file=link.kind, report=report.pk, version=report.version, **shown
+    )
     if link.kind == "pdf":
         response = HttpResponse(data, content_type="application/pdf")
         name = f"referto-{booking.accession_number}-v{report.version}.pdf"
     else:
         response = HttpResponse(data, content_type="application/pkcs7-mime")
         name = f"referto-{booking.accession_number}-v{report.version}.pdf.p7m"
-    response["Content-Disposition"] = content_disposition(name)
+    response["Content-Disposition"] = content_disposition(name, as_attachment=not inline)
     response["Cache-Control"] = "private, no-store"
     return response
 
@@ -461,15 +490,11 @@ def download(request: CitizenRequest, token: str) -> HttpResponseBase:
 # --- the image viewer -------------------------------------------------------------------
 
 
-def _viewer_series(booking: Booking) -> list[tuple[Series, list[Instance]]]:
+def _viewer_series(booking: Booking) -> list[NumberedSeries]:
+    """The exam's series with images, numbered as the staff viewer and the JPEG zip number them."""
     if booking.study_id is None:  # an exam online has its study: not reached
         return []
-    series = Series.objects.filter(study_id=booking.study_id).order_by("series_number", "pk")
-    instances = Instance.objects.filter(series__study_id=booking.study_id).order_by("instance_number", "pk")
-    by_series: dict[int, list[Instance]] = {}
-    for instance in instances:
-        by_series.setdefault(instance.series_id, []).append(instance)
-    return [(s, by_series.get(s.pk, [])) for s in series if by_series.get(s.pk)]
+    return study_series_numbered(study_id=booking.study_id, instances=Instance.objects.filter(rows__isnull=False))
 
 
 def _bounded_int(value: str | None, low: int, high: int) -> int:
@@ -481,54 +506,77 @@ def _bounded_int(value: str | None, low: int, high: int) -> int:
 
 @citizen_required
 def viewer(request: CitizenRequest, pk: int) -> HttpResponse:
+    """The exam's images, one at a time: ``?serie=5&immagine=12`` is series 5 (its number,
+    as in the report and the zip) and the 12th image in it. Works without JavaScript
+    (links and a form); ``viewer.js`` adds swipe, the slider, pinch to zoom."""
     booking = _booking_for(request, pk)
     if _online_or_refuse(request, booking, "portal.viewer") is None:
         return _not_online(request, booking)
     groups = _viewer_series(booking)
     if not groups:
-        raise Http404(_("Lo studio non ha immagini."))
-    s_index = _bounded_int(request.GET.get("serie"), 1, len(groups))
-    series, instances = groups[s_index - 1]
-    i_index = _bounded_int(request.GET.get("immagine"), 1, len(instances))
-    instance = instances[i_index - 1]
+        raise Http404(_("L'esame non ha immagini da mostrare."))
+    wanted = request.GET.get("serie", "")
+    s_pos = next((n for n, g in enumerate(groups) if str(g.number) == wanted), 0)
+    current = groups[s_pos]
+    i_index = _bounded_int(request.GET.get("immagine"), 1, len(current.instances))
     base = reverse("portal:viewer", args=[booking.pk])
 
-    def at(s: int, i: int) -> str:
-        return f"{base}?{urlencode({'serie': s, 'immagine': i})}"
+    def at(number: int, i: int) -> str:
+        return f"{base}?{urlencode({'serie': number, 'immagine': i})}"
 
-    _audit(request, "portal.viewer", booking=booking, series=series.series_instance_uid, image=i_index)
+    def image(instance: Instance) -> str:
+        return reverse("portal:preview", args=[booking.pk, instance.pk])
+
+    series_list = [
+        {
+            "number": g.number,
+            "label": series_label(g.number, g.series, plain=True),
+            "count": len(g.instances),
+            "url": at(g.number, 1),
+            "thumbnail": f"{image(g.instances[len(g.instances) // 2])}?{urlencode({'formato': 'miniatura'})}",
+            "current": n == s_pos,
+            "position": n,
+        }
+        for n, g in enumerate(groups)
+    ]
+    _audit(request, "portal.viewer", booking=booking, series=current.series.series_instance_uid, image=i_index)
     return render(
         request,
         "portal/viewer.html",
         {
             "booking": booking,
-            "series_list": [
-                {"index": n, "series": s, "count": len(items), "url": at(n, 1), "current": n == s_index}
-                for n, (s, items) in enumerate(groups, start=1)
-            ],
-            "series": series,
-            "s_index": s_index,
+            "series_list": series_list,
+            "current": series_list[s_pos],
             "i_index": i_index,
-            "count": len(instances),
-            "image_url": reverse("portal:preview", args=[booking.pk, instance.pk]),
-            "previous_url": at(s_index, i_index - 1) if i_index > 1 else "",
-            "next_url": at(s_index, i_index + 1) if i_index < len(instances) else "",
-            "image_urls": [reverse("portal:preview", args=[booking.pk, i.pk]) for i in instances],
+            "count": len(current.instances),
+            "image_url": image(current.instances[i_index - 1]),
+            "previous_url": at(current.number, i_index - 1) if i_index > 1 else "",
+            "next_url": at(current.number, i_index + 1) if i_index < len(current.instances) else "",
+            "viewer_data": {
+                "series": [
+                    {"id": g.number, "label": row["label"], "images": [image(i) for i in g.instances], "presets": []}
+                    for g, row in zip(groups, series_list, strict=True)
+                ],
+                "state": {"series": s_pos, "image": i_index - 1, "preset": 0},
+                "texts": {"image": _("immagine %(n)s di %(total)s")},
+            },
         },
     )
 
 
 @citizen_required
 def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
-    """One image of the viewer, as JPEG (part of the audited viewer page)."""
+    """One image of the viewer, as JPEG (part of the audited viewer page);
+    ``?formato=miniatura``: its thumbnail, for the list of series."""
     booking = _booking_for(request, pk)
     if exam_status(booking=booking).code != "available_online":
         raise Http404(_("Immagine non disponibile."))
     instance = get_object_or_404(
         Instance.objects.select_related("facility"), pk=instance_pk, series__study_id=booking.study_id
     )
+    params = THUMBNAIL_PARAMS if request.GET.get("formato") == "miniatura" else VIEWER_PARAMS
     try:
-        data = previews.stored_or_rendered(instance=instance, frame=1, params=VIEWER_PARAMS)
+        data = previews.stored_or_rendered(instance=instance, frame=1, params=params)
     except retrieve.NotAvailable:
         return HttpResponse(status=503)
     except (rendering.NoImage, ValueError):
@@ -570,7 +618,7 @@ def concealment(request: CitizenRequest, pk: int) -> HttpResponse:
 def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     booking = _booking_for(request, pk)
     if request.POST.get("confirm") != "yes":
-        messages.error(request, _("Conferma la revoca spuntando la casella."))
+        messages.error(request, _("Confermi la revoca spuntando la casella."))
         return redirect("portal:exam", pk=booking.pk)
     try:
         publication.consent_revoke_online(
@@ -592,7 +640,7 @@ def consent_revoke(request: CitizenRequest, pk: int) -> HttpResponse:
     except booking_services.BookingError as err:
         messages.error(request, err.message)
         return redirect("portal:exam", pk=booking.pk)
-    messages.success(request, _("Consenso revocato: referto e immagini non sono più disponibili online."))
+    messages.success(request, _("Consenso revocato: riceverà referto e immagini su CD."))
     return redirect("portal:exam", pk=booking.pk)
 
 

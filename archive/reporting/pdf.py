@@ -95,8 +95,9 @@ def _exam_rows(study: Any, report: Any) -> list[tuple[str, str]]:
     return [
         (_("Esame"), study.study_description),
         (_("Modalità"), ", ".join(study.modality_list())),
-        (_("Data dell'esame"), _date(study.study_date)),
-        (_("Accession number"), study.accession_number),
+        # The same date and the same name of the number as the citizen's pages and zips.
+        (_("Data dell'esame"), _date(study.performed_on())),
+        (_("Numero di prenotazione"), study.accession_number),
         (_("Versione"), f"{report.version} – {report.get_kind_display()}"),
     ]
 

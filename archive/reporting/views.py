@@ -46,6 +46,7 @@ from archive import access
 from archive.models import Instance, Patient, Report, Series, Study
 from archive.reporting import services as reports
 from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
+from archive.series_numbers import series_label, study_series_numbered
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.problems import http_status
@@ -151,9 +152,11 @@ class ViewerSeries:
     image_urls: list[str]
     presets: list[Preset] = field(default_factory=list)
 
+    number: int = 0  # archive.series_numbers: the number the citizen's viewer and zip show too
+
     @property
     def label(self) -> str:
-        return _series_label(self.series)
+        return _series_label(self.series, self.number)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -164,11 +167,8 @@ class ViewerSeries:
         }
 
 
-def _series_label(series: Series) -> str:
-    number = series.series_number if series.series_number is not None else "–"
-    text = _("Serie %(n)s") % {"n": number}
-    extra = " ".join(x for x in (series.modality, series.series_description) if x)
-    return f"{text} – {extra}" if extra else text
+def _series_label(series: Series, number: int) -> str:
+    return series_label(number, series)
 
 
 def _window_param(center: float, width: float, function: str = "LINEAR") -> str:
@@ -193,21 +193,17 @@ def _series_presets(series: Series, first: Instance) -> list[Preset]:
 
 def _viewer(request: AuthenticatedHttpRequest, study: Study) -> tuple[list[ViewerSeries], dict[str, Any]]:
     root = f"{get_script_prefix()}{_DICOMWEB}/studies/{study.study_instance_uid}"
-    images = Instance.objects.filter(rows__isnull=False).order_by(F("instance_number").asc(nulls_last=True), "pk")
-    series_list = study.series.order_by(F("series_number").asc(nulls_last=True), "pk").prefetch_related(
-        Prefetch("instances", queryset=images, to_attr="images")
-    )
     out = []
-    for series in series_list:
-        if not series.images:
-            continue
+    for numbered in study_series_numbered(study_id=study.pk, instances=Instance.objects.filter(rows__isnull=False)):
+        series, images = numbered.series, numbered.instances
         base = f"{root}/series/{series.series_instance_uid}"
         out.append(
             ViewerSeries(
                 series=series,
                 thumbnail_url=f"{base}/thumbnail",
-                image_urls=[f"{base}/instances/{i.sop_instance_uid}/frames/1/rendered" for i in series.images],
-                presets=_series_presets(series, series.images[0]),
+                image_urls=[f"{base}/instances/{i.sop_instance_uid}/frames/1/rendered" for i in images],
+                presets=_series_presets(series, images[0]),
+                number=numbered.number,
             )
         )
     state: dict[str, Any] = {"series": 0, "image": 0, "preset": 0}

@@ -1,4 +1,4 @@
-/* The citizen portal: follow a package's preparation; arrow keys in the image viewer. No plugin, no library. */
+/* The citizen portal: follow a package's preparation (the image viewer is viewer.js, the report report-viewer.js). No library. */
 (function () {
   "use strict";
   var box = document.getElementById("package");
@@ -24,14 +24,5 @@
         .catch(function () { setTimeout(poll, 5000); });
     };
     setTimeout(poll, 1000);
-  }
-  var viewer = document.getElementById("viewer");
-  if (viewer) {
-    document.addEventListener("keydown", function (e) {
-      if (e.target.closest && e.target.closest("input, select, textarea")) { return; }
-      var target = e.key === "ArrowRight" ? "viewer-next" : e.key === "ArrowLeft" ? "viewer-previous" : "";
-      var a = target && document.getElementById(target);
-      if (a && a.href) { e.preventDefault(); window.location.href = a.href; }
-    });
   }
 })();

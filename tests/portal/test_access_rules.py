@@ -565,8 +565,8 @@ def test_a_delegate_does_not_revoke_the_consent_of_someone_who_can_act(cup: Cup,
 
 
 def test_a_parent_revokes_a_minors_consent(cup: Cup, reporting: Reporting) -> None:
+    """Before the report, as the information text says; after it, refused (``published``)."""
     booking = linked_booking(cup, reporting.study)
-    sign(reporting)
     make_minor(cup)  # after the matching, which compares the birth date with the images'
 
     delegation_register(
@@ -577,17 +577,27 @@ def test_a_parent_revokes_a_minors_consent(cup: Cup, reporting: Reporting) -> No
         user=cup.operator.user,
     )
     laura_user = citizen_account_create(codice_fiscale=LAURA_CF, password="x" * 20)
-    assert consent_revoke_online(booking=booking, requested_by=cup.laura, user=laura_user) == 1
-    assert exam_status(booking=fresh(booking)).code == "withdrawn"
+    assert consent_revoke_online(booking=booking, requested_by=cup.laura, user=laura_user) == 0  # none published
     choice = fresh(booking).current_choice()
     assert choice is not None and choice.revokes_consent and choice.channel == Booking.Channel.ONLINE
+    sign(reporting)
+    assert exam_status(booking=fresh(booking)).code == "on_cd"
+
+
+def test_consent_is_not_revoked_once_the_report_is_signed(cup: Cup, reporting: Reporting) -> None:
+    booking = linked_booking(cup, reporting.study)
+    sign(reporting)
+    user = citizen_account_create(codice_fiscale=MARIO_CF, password="x" * 20)
+    with pytest.raises(PortalError) as refused:
+        consent_revoke_online(booking=fresh(booking), requested_by=cup.mario, user=user)
+    assert refused.value.code == "published" and "prima della pubblicazione" in refused.value.message
+    assert fresh(booking).current_choice().delivery == DistributionChoice.Delivery.ONLINE  # type: ignore[union-attr]
 
 
 def test_a_revocation_whose_withdrawal_fails_is_not_recorded(
     cup: Cup, reporting: Reporting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     booking = linked_booking(cup, reporting.study)
-    sign(reporting)
     choices = list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True))
     user = citizen_account_create(codice_fiscale=MARIO_CF, password="x" * 20)
 
@@ -602,10 +612,9 @@ def test_a_revocation_whose_withdrawal_fails_is_not_recorded(
     assert list(DistributionChoice.objects.filter(booking=booking).values_list("pk", flat=True)) == choices
     assert fresh(booking).current_choice().delivery == DistributionChoice.Delivery.ONLINE  # type: ignore[union-attr]
     assert not AuditEvent.objects.filter(action="cup.booking.consent_revoke").exists()
-    assert is_available_online(booking=fresh(booking))
     monkeypatch.undo()
-    assert consent_revoke_online(booking=booking, requested_by=cup.mario, user=user) == 1
-    assert exam_status(booking=fresh(booking)).code == "withdrawn"
+    assert consent_revoke_online(booking=booking, requested_by=cup.mario, user=user) == 0
+    assert fresh(booking).current_choice().revokes_consent  # type: ignore[union-attr]
 
 
 # --- Oscuramento and emergency access -----------------------------------------------------

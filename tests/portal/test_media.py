@@ -157,9 +157,7 @@ def test_jpeg_zip_has_one_image_per_instance_in_a_folder_per_series(
     info = jpeg_zip_write(study=_study(), path=out, progress=lambda d, t: seen.append((d, t)))
     jpegs = _jpegs(out)
     assert sorted(jpegs) == [
-        f"{folder}/immagine-00{i}.jpg"
-        for folder in ("01 - TC Torace - serie 1", "02 - TC - serie 2")
-        for i in (1, 2, 3)
+        f"{folder}/immagine-00{i}.jpg" for folder in ("Serie 01 - TC Torace", "Serie 02 - TC") for i in (1, 2, 3)
     ]
     assert info.instance_count == 6
     assert seen[-1] == (6, 6)
@@ -187,7 +185,7 @@ def test_jpeg_zip_uses_the_stored_full_size_preview(region, ct_study: list[Path]
     first = Instance.objects.order_by("series__series_number", "instance_number").first()
     assert first is not None
     stored = previews.rendition_get(instance=first, frame=1, kind="preview", params=media.JPEG_PARAMS)
-    assert stored is not None and jpegs["01 - TC - serie 1/immagine-001.jpg"] == stored
+    assert stored is not None and jpegs["Serie 01 - TC/immagine-001.jpg"] == stored
 
 
 def test_jpeg_zip_has_one_image_per_frame_of_a_clip(region, tmp_path: Path, patient: PatientInfo) -> None:  # type: ignore[no-untyped-def]
@@ -198,9 +196,7 @@ def test_jpeg_zip_has_one_image_per_frame_of_a_clip(region, tmp_path: Path, pati
     out = tmp_path / "jpeg.zip"
     info = jpeg_zip_write(study=_study(), path=out)
     jpegs = _jpegs(out)
-    assert sorted(jpegs) == [
-        f"01 - Ecografia - serie 1/immagine-001-fotogramma-{f:03d}.jpg" for f in range(1, frames + 1)
-    ]
+    assert sorted(jpegs) == [f"Serie 01 - Ecografia/immagine-001-fotogramma-{f:03d}.jpg" for f in range(1, frames + 1)]
     assert info.instance_count == frames
     for data in jpegs.values():
         assert _check_jpeg(data).mode == "RGB"
@@ -223,4 +219,5 @@ def test_jpeg_zip_lists_what_cannot_be_rendered_in_the_readme(  # type: ignore[n
 
 def test_folder_names_are_safe_for_every_file_system() -> None:
     series = Series(modality="MR", series_number=3, series_description="Encéfalo T2/FLAIR: <assiale>")
-    assert media.series_folder_name(index=2, series=series) == "02 - RM Encefalo T2 FLAIR assiale - serie 3"
+    assert media.series_folder_name(number=3, series=series) == "Serie 03 - RM Encefalo T2 FLAIR assiale"
+    assert media.series_folder_name(number=3, series=series, width=4) == "Serie 0003 - RM Encefalo T2 FLAIR assiale"

@@ -38,7 +38,7 @@ def online(cup: Cup, reporting: Reporting) -> CitizenExam:
 
 
 def links_in(html: str, cls: str) -> list[str]:
-    return re.findall(rf'<a href="([^"]+)" class="{cls}"', html)
+    return re.findall(rf'<a href="([^"]+)" class="(?:[^"]* )?{cls}(?: [^"]*)?"', html)
 
 
 def audit(action: str, **filters: object) -> list[AuditEvent]:
@@ -253,7 +253,7 @@ def test_a_forged_link_and_an_expired_link_answer_403(online: CitizenExam) -> No
 def test_an_exam_on_cd_has_no_downloads(cup: Cup, reporting: Reporting) -> None:
     exam = citizen_exam_make(cup, reporting, delivery=DistributionChoice.Delivery.CD)
     page = exam.client.get(f"/fse/esami/{exam.booking.pk}/").content.decode()
-    assert "Su CD, da ritirare presso" in page and not links_in(page, "report-pdf")
+    assert "Su CD, da ritirare dal" in page and not links_in(page, "report-pdf")
     assert exam.client.post(f"/fse/esami/{exam.booking.pk}/pacchetti/dicom/").status_code == 403
     assert exam.client.get(f"/fse/esami/{exam.booking.pk}/immagini/").status_code == 403
     token = links.link_token(user=exam.user, kind="pdf", object_id=exam.report.pk)
@@ -271,19 +271,21 @@ def test_an_exam_without_a_signed_report_is_awaiting_it(cup: Cup, reporting: Rep
     assert client.post(f"/fse/esami/{booking.pk}/pacchetti/jpeg/").status_code == 403
 
 
-def test_revoking_consent_takes_the_exam_off_line_and_old_links_die(online: CitizenExam) -> None:
+def test_consent_is_not_revoked_after_publication_as_the_information_text_says(online: CitizenExam) -> None:
+    """The text the citizen accepted says "prima della pubblicazione del referto": the page
+    offered the revocation after it, and the view accepted it."""
     token = links.link_token(user=online.user, kind="pdf", object_id=online.report.pk)
-    url = f"/fse/esami/{online.booking.pk}/revoca-consenso/"
-    online.client.post(url, {})  # not confirmed: nothing happens
+    exam_url = f"/fse/esami/{online.booking.pk}/"
+    page = online.client.get(exam_url).content.decode().replace("&#x27;", "'")
+    assert "revoca-consenso" not in page
+    assert "si poteva revocare solo prima della pubblicazione del referto" in page
+    response = online.client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"}, follow=True)
+    shown = response.content.decode().replace("&#x27;", "'")
+    assert "si può revocare solo prima della pubblicazione del referto" in shown
     assert online.booking.current_choice().delivery == "online"
-    online.client.post(url, {"confirm": "yes"})
-    choice = online.booking.current_choice()
-    assert choice.delivery == "cd" and choice.revokes_consent and choice.channel == "online"
-    assert Publication.objects.get().withdrawn_reason == "consent_revoked"
-    page = online.client.get(f"/fse/esami/{online.booking.pk}/").content.decode()
-    assert "consenso alla consegna online revocato" in page and "rivolgersi al presidio" in page
-    assert online.client.get(f"/fse/scarica/{token}/").status_code == 403
-    assert audit("cup.booking.consent_revoke", user=online.user)
+    assert Publication.objects.get().withdrawn_at is None
+    assert online.client.get(f"/fse/scarica/{token}/").status_code == 200
+    assert [e.detail["reason"] for e in audit("portal.consent_revoke", outcome="denied")] == ["published"]
 
 
 def test_after_the_availability_period_the_page_says_how_to_get_a_copy(online: CitizenExam) -> None:
@@ -450,7 +452,7 @@ def test_a_delegate_cannot_revoke_the_consent_of_a_person_who_can_act(online: Ci
     client = delegate_client(online, Delegation.Kind.OTHER)
     page = client.get(exam_url).content.decode()
     assert "revoca-consenso" not in page and 'value="conceal"' not in page
-    assert "La tua delega permette di vedere e scaricare" in page
+    assert "La sua delega permette di vedere e scaricare" in page
     client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
     client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
     assert online.booking.current_choice().delivery == "online"
@@ -466,14 +468,17 @@ def test_a_parent_manages_a_minors_hiding_and_consent(online: CitizenExam) -> No
     exam_url = f"/fse/esami/{online.booking.pk}/"
     client = delegate_client(online, Delegation.Kind.PARENT, minor=True)
     page = client.get(exam_url).content.decode()
-    assert 'value="conceal"' in page and "revoca-consenso" in page
+    assert 'value="conceal"' in page
     client.post(f"{exam_url}oscuramento/", {"action": "conceal"})
     hiding = Concealment.objects.get(revealed_at__isnull=True)
     assert hiding.requested_by.codice_fiscale == LAURA_CF
     client.post(f"{exam_url}oscuramento/", {"action": "reveal"})  # the parent's own hiding
     assert not Concealment.objects.filter(revealed_at__isnull=True).exists()
+    # The consent, the parent may revoke too, but before publication only (tests/portal/test_exam_pages.py).
+    assert "revoca-consenso" not in page
     client.post(f"{exam_url}revoca-consenso/", {"confirm": "yes"})
-    assert online.booking.current_choice().revokes_consent
+    assert not online.booking.current_choice().revokes_consent
+    assert [e.detail["reason"] for e in audit("portal.consent_revoke", outcome="denied")] == ["published"]
 
 
 def test_a_parents_delegation_ends_at_18_on_every_portal_path(online: CitizenExam) -> None:
