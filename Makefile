@@ -43,7 +43,7 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 
 $(NODE_PACKAGES): package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q nodejs npm; }
-	npm ci --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error --omit=optional
 	touch $@
 
 install: $(VENV)/.installed $(NODE_PACKAGES)

@@ -53,7 +53,7 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from portal import links, publication
 from portal.accounts import citizen_account_create
-from portal.models import Delegation, DownloadPackage
+from portal.models import CitizenAccount, Delegation, DownloadPackage
 from tests.access_helpers import Scene, emergency, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (the shared fixture)
 from tests.booking import conftest as booking_fixtures
@@ -330,6 +330,11 @@ DECISIONS: dict[str, Decision] = {
     "cup/pazienti/": Decision(REGISTRY, fill=_q("cup/pazienti/", q=lambda w, t: t.patient.codice_fiscale)),
     "cup/pazienti/nuovo/": Decision(PUBLIC),
     "cup/pazienti/<int:pk>/": Decision(REGISTRY, fill=_t("cup/pazienti/<int:pk>/", pk=lambda w, t: t.patient.pk)),
+    # Decodes a typed codice fiscale (birth date, sex, place): reads no record.
+    "cup/pazienti/codice-fiscale/": Decision(PUBLIC),
+    "cup/pazienti/<int:pk>/prima-disponibilita/": Decision(
+        REGISTRY, fill=_t("cup/pazienti/<int:pk>/prima-disponibilita/", pk=lambda w, t: t.patient.pk)
+    ),
     "cup/pazienti/<int:pk>/prenota/": Decision(
         REGISTRY, fill=_t("cup/pazienti/<int:pk>/prenota/", pk=lambda w, t: t.patient.pk)
     ),
@@ -378,6 +383,9 @@ DECISIONS: dict[str, Decision] = {
     "fse/scarica/<str:token>/": Decision(ONE, "citizen", _t("fse/scarica/<str:token>/", token=lambda w, t: "TOKEN")),
     "fse/accessi/": Decision(SEARCH, "citizen"),
     "fse/deleghe/": Decision(PUBLIC),
+    # SPID/CIE over OpenID Connect: off to the identity provider, and back with a code.
+    "fse/oidc/authenticate/": Decision(PUBLIC),
+    "fse/oidc/callback/": Decision(PUBLIC),
     # The portal's desk: the emergency access is asked for a codice fiscale (a form), delegations are registry data.
     "fse/sportello/emergenza/": Decision(PUBLIC),
     "fse/sportello/deleghe/": Decision(PUBLIC),
@@ -477,6 +485,13 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "booking.ConsentText": (None, None),
     "booking.Booking": ("study__", lambda w, t: t.booking),
     "booking.Reconciliation": ("study__", None),
+    "booking.FacilityContact": (None, None),
+    # A citizen's account names a patient (by codice fiscale); a package, one study.
+    "portal.CitizenAccount": (
+        "patient",
+        lambda w, t: CitizenAccount.objects.filter(codice_fiscale=t.patient.codice_fiscale).first(),
+    ),
+    "portal.DownloadPackage": ("study__", lambda w, t: t.package),
     "preservation.Package": ("study__", None),
     "preservation.Volume": (None, None),
     "preservation.JournalEntry": (None, None),
@@ -714,7 +729,7 @@ def _check_admin(w: World, route: str, report: Report_) -> None:
             if path is None:
                 continue
             sees = t.name in SEES[principal] and principal in STAFF
-            if label == "archive.Patient" and principal in REGISTRY_STAFF:
+            if label in ("archive.Patient", "portal.CitizenAccount") and principal in REGISTRY_STAFF:
                 sees = True  # the region's registry: the patient, never a study the principal may not see
             if not sees and not _refused(answer, admin_page=True):
                 report.add(f"{where}: a row of a study it may not see answered as if there")
