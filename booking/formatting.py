@@ -1,7 +1,7 @@
 """How the CUP writes dates and people, the same on every page and on the receipt.
 
-Italian writes weekdays and months in lower case ("lunedì 7 dicembre 2026");
-Django's Italian names are capitalised, as English writes them.
+Italian writes weekdays and months in lower case ("lunedì 7 dicembre 2026"):
+the project's Italian catalogue (locale/it) gives Django's names so, for every page.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import datetime as dt
 from typing import Any
 
 from django.utils import formats, timezone
-from django.utils.translation import get_language
 
 
 def _local(value: dt.date | dt.datetime) -> dt.date | dt.datetime:
@@ -19,15 +18,11 @@ def _local(value: dt.date | dt.datetime) -> dt.date | dt.datetime:
     return value
 
 
-def _lower_for_italian(text: str) -> str:
-    return text.lower() if (get_language() or "it").startswith("it") else text
-
-
 def long_date(value: dt.date | dt.datetime | None) -> str:
     """``lunedì 7 dicembre 2026`` (``Monday 7 December 2026`` in English); empty for None."""
     if value is None:
         return ""
-    return _lower_for_italian(formats.date_format(_local(value), "l j F Y"))
+    return formats.date_format(_local(value), "l j F Y")
 
 
 def long_date_time(value: dt.datetime | None) -> str:

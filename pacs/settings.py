@@ -391,6 +391,8 @@ LOGIN_REDIRECT_URL = "home"
 LANGUAGE_CODE = "it"
 LANGUAGES = [("it", "Italiano"), ("en", "English")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+# Italian dates as prose writes them ("5 dicembre 2026"): pacs/formats/it.
+FORMAT_MODULE_PATH = ["pacs.formats"]
 TIME_ZONE = "Europe/Rome"
 USE_I18N = True
 USE_TZ = True

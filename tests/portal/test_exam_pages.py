@@ -92,7 +92,7 @@ def test_once_performed_the_date_is_the_studys_on_the_list_the_page_the_report_a
     exam = citizen_exam_make(cup, reporting)
     from django.utils.formats import date_format
 
-    shown = date_format(performed, "DATE_FORMAT")  # 27 Febbraio 2026
+    shown = date_format(performed, "DATE_FORMAT")  # 27 febbraio 2026
     exams = visible_text(main_of(exam.client.get("/fse/").content.decode()))
     page = visible_text(main_of(exam.client.get(f"/fse/esami/{exam.booking.pk}/").content.decode()))
     for text in (exams, page):

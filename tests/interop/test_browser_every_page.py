@@ -1,0 +1,199 @@
+"""Every page of the citizen's portal and of the CUP desk, in a real Chromium on a
+phone and on a desktop: axe-core finds no serious or critical WCAG 2.1 AA
+violation, the Content-Security-Policy refuses nothing, and nothing the page
+loads fails. A census keeps the list whole: every route of the portal and of the
+CUP is either visited here or named below with the reason it is not a page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, resolve
+
+from booking.models import DistributionChoice
+from tests.a11y import assert_accessible
+from tests.booking import conftest as booking_fixtures
+from tests.booking.conftest import MARIO_CF, Cup
+from tests.portal.portal_helpers import citizen_exam_make
+from tests.reporting_helpers import Reporting
+from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
+
+CHROMIUM = Path("/usr/bin/chromium")
+cup = booking_fixtures.cup
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium"),
+]
+
+# Routes of the two apps that are not pages a person reads, and why.
+NOT_PAGES = {
+    "portal:oidc_authentication_init": "redirects to the identity provider",
+    "portal:oidc_authentication_callback": "redirects back from the identity provider",
+    "portal:package_request": "POST: prepares a package, then redirects to its page",
+    "portal:preview": "a JPEG image",
+    "portal:concealment": "POST from the exam page",
+    "portal:consent_revoke": "POST from the exam page",
+    "portal:download": "a file (the page that fails is link_refused, visited)",
+    "portal:staff_delegation_revoke": "POST from the desk's delegations page",
+    "portal:staff_emergency_access": "the radiologist's page (staff skeleton, tests/interop/test_browser_reporting.py)",
+    "booking:codice_fiscale_decode": "POST answered in JSON for cup.js",
+    "booking:booking_choice": "POST from the booking page",
+    "booking:booking_arrive": "POST from the booking page",
+    "booking:booking_receipt": "a PDF",
+    "booking:reconciliation_list": "the archivist's page (staff skeleton)",
+    "booking:reconciliation_detail": "the archivist's page (staff skeleton)",
+    "booking:reconciliation_link": "POST from the archivist's page",
+    "booking:reconciliation_reassign": "POST from the archivist's page",
+    "booking:reconciliation_reject": "POST from the archivist's page",
+}
+
+
+def route_names(namespace: str) -> set[str]:
+    def walk(patterns: list[object], ns: str | None) -> set[str]:
+        names: set[str] = set()
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                names |= walk(p.url_patterns, p.namespace or ns)
+            elif isinstance(p, URLPattern) and p.name and ns == namespace:
+                names.add(f"{ns}:{p.name}")
+        return names
+
+    return walk(get_resolver().url_patterns, None)
+
+
+def session_cookie(user: object, base: str) -> dict[str, str]:
+    client = Client()
+    client.force_login(user)  # type: ignore[arg-type]
+    return {"name": "sessionid", "value": client.cookies["sessionid"].value, "url": base}
+
+
+def test_every_citizen_and_cup_page_is_accessible(
+    transactional_db: None, live_server, cup: Cup, reporting: Reporting, settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    exam = citizen_exam_make(cup, reporting)
+    on_cd = cup.book(delivery=DistributionChoice.Delivery.CD)
+    base = live_server.url
+    visited: dict[str, str] = {}
+    refused: list[str] = []
+    failed: list[str] = []
+    package_url: str | None = None
+
+    def check(page, what: str, width: int) -> None:  # type: ignore[no-untyped-def]
+        page.wait_for_load_state("networkidle")
+        name = resolve(page.url.removeprefix(base).split("?")[0]).view_name
+        visited.setdefault(name, what)
+        page.screenshot(path=str(tmp_path / f"{what}-{width}.png"), full_page=True)
+        assert_accessible(page, f"{what} ({page.url}) at {width} px")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            for viewport in ({"width": 390, "height": 844}, {"width": 1280, "height": 900}):
+                width = viewport["width"]
+
+                def new_page(user: object | None, viewport: dict[str, int] = viewport):  # type: ignore[no-untyped-def]
+                    phone = viewport["width"] < 500
+                    context = browser.new_context(locale="it-IT", viewport=viewport, has_touch=phone)
+                    if user is not None:
+                        context.add_cookies([session_cookie(user, base)])
+                    page = context.new_page()
+                    page.set_default_timeout(20_000)
+                    page.on(
+                        "console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None
+                    )
+                    # (PDF.js aborts its first request of the report once it knows it can ask for ranges.)
+                    page.on(
+                        "requestfailed",
+                        lambda r: (
+                            failed.append(f"{r.url} {r.failure}") if "ERR_ABORTED" not in str(r.failure) else None
+                        ),
+                    )
+                    page.on("response", lambda r: failed.append(f"{r.url} {r.status}") if r.status >= 500 else None)
+                    return page
+
+                # Anyone: the front door and the citizen's login.
+                page = new_page(None)
+                page.goto(f"{base}/")
+                check(page, "home", width)
+                page.goto(f"{base}/fse/accesso/")
+                check(page, "login", width)
+                page.goto(f"{base}/fse/scarica/not-a-real-link/")
+                check(page, "link-refused", width)
+                page.context.close()
+
+                # The citizen.
+                page = new_page(exam.user)
+                page.goto(f"{base}/fse/")
+                check(page, "exams", width)
+                page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+                check(page, "exam", width)
+                page.goto(f"{base}/fse/esami/{exam.booking.pk}/immagini/")
+                check(page, "viewer", width)
+                page.goto(f"{base}/fse/esami/{on_cd.pk}/")
+                check(page, "exam-on-cd", width)
+                page.goto(f"{base}/fse/esami/{on_cd.pk}/immagini/")
+                check(page, "not-online", width)
+                page.goto(f"{base}/fse/accessi/")
+                check(page, "access-log", width)
+                page.goto(f"{base}/fse/deleghe/")
+                check(page, "delegations", width)
+                if package_url is None:  # asked once; the exam page then shows the package prepared
+                    page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+                    page.locator('button.package-request[data-kind="jpeg"]').click()
+                    page.wait_for_url("**/fse/pacchetti/*/")
+                    package_url = page.url
+                else:
+                    page.goto(package_url)
+                check(page, "package", width)
+                page.context.close()
+
+                # A member of staff on the citizen's side.
+                page = new_page(cup.operator.user)
+                page.goto(f"{base}/fse/")
+                check(page, "citizens-only", width)
+
+                # The CUP desk.
+                page.goto(f"{base}/cup/")
+                check(page, "cup-home", width)
+                page.goto(f"{base}/cup/pazienti/?codice_fiscale={MARIO_CF}")
+                check(page, "cup-patient-search", width)
+                page.goto(f"{base}/cup/pazienti/nuovo/")
+                check(page, "cup-patient-create", width)
+                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/")
+                check(page, "cup-patient", width)
+                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/prenota/")
+                check(page, "cup-booking-new", width)
+                page.get_by_role("button", name="Cerca disponibilità").click()
+                page.wait_for_url("**/prenota/?*")
+                check(page, "cup-booking-slots", width)
+                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/prima-disponibilita/")
+                check(page, "cup-first-available", width)
+                page.get_by_role("button", name="Cerca la prima disponibilità").click()
+                page.wait_for_url("**/prima-disponibilita/?*")
+                check(page, "cup-first-available-results", width)
+                page.goto(f"{base}/cup/prenotazioni/{on_cd.accession_number}/")
+                check(page, "cup-booking", width)
+                page.goto(f"{base}/cup/prenotazioni/{on_cd.accession_number}/annulla/")
+                check(page, "cup-booking-cancel", width)
+                page.goto(f"{base}/fse/sportello/deleghe/")
+                check(page, "cup-delegations", width)
+                page.context.close()
+        finally:
+            browser.close()
+
+    assert not refused, "\n".join(r[:300] for r in refused)
+    assert not failed, failed
+    routes = route_names("portal") | route_names("booking")
+    unlisted = routes - set(visited) - set(NOT_PAGES)
+    assert not unlisted, f"routes neither visited nor named in NOT_PAGES: {sorted(unlisted)}"
+    stale = set(NOT_PAGES) - routes
+    assert not stale, f"NOT_PAGES names routes that no longer exist: {sorted(stale)}"
