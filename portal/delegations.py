@@ -231,7 +231,7 @@ def right_check(*, requested_by: Patient | None, patient: Patient, right: str, n
             )
         else:
             message = _(
-                "La tua delega permette di vedere e scaricare gli esami, non di oscurarli: lo può fare "
+                "La Sua delega permette di vedere e scaricare gli esami, non di oscurarli: lo può fare "
                 "l'interessato o chi ne ha la rappresentanza legale (genitore, tutore, amministratore di sostegno)."
             )
         raise PortalError(message, code="not_representative")

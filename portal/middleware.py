@@ -35,7 +35,7 @@ class CitizenSessionMiddleware:
             now = time.time()
             if now - float(login_at) > settings.PACS_PORTAL_SESSION_MAX_SECONDS:
                 logout(request)
-                messages.info(request, _("La sessione è scaduta: accedi di nuovo."))
+                messages.info(request, _("La sessione è scaduta: entri di nuovo."))
                 return redirect("portal:login")
             if session is not None and now - float(session.get(SEEN_AT, 0)) > RENEW_EVERY:
                 session[SEEN_AT] = now
