@@ -889,9 +889,10 @@ def consent_revoke(
 ) -> DistributionChoice:
     """The patient revokes consent to online delivery: a new choice "CD" flagged as a revocation.
 
-    Unlike :func:`distribution_choose` this is accepted after the report is
-    published: the consent can be revoked at any time (DPCM 8 August 2013,
-    art. 3); the portal withdraws what it published.
+    The one caller, the citizen's portal (:func:`portal.publication.consent_revoke_online`),
+    offers and accepts it only before the report is signed, as the information
+    text says ("prima della pubblicazione del referto"), and withdraws in the
+    same transaction whatever was published.
     """
     with transaction.atomic():
         booking = _locked_booking(booking)
