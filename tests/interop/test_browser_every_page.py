@@ -177,6 +177,7 @@ def test_every_citizen_and_cup_page_is_accessible(
                 check(page, "cup-booking-slots", width)
                 page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/prima-disponibilita/")
                 check(page, "cup-first-available", width)
+                page.select_option("select[name=procedure]", str(cup.ct.pk))
                 page.get_by_role("button", name="Cerca la prima disponibilità").click()
                 page.wait_for_url("**/prima-disponibilita/?*")
                 check(page, "cup-first-available-results", width)
