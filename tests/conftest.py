@@ -82,6 +82,16 @@ def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.1, what:
         time.sleep(interval)
 
 
+def process_stop(proc: subprocess.Popen, *, timeout: float = 30.0) -> None:  # type: ignore[type-arg]
+    """SIGTERM, then SIGKILL if the process is still there after ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def database_url() -> str:
     """The test database, as a URL for processes the tests start."""
     s = connection.settings_dict
@@ -239,12 +249,7 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
             raise RuntimeError(f"worker exited:\n{log_path.read_text()}")
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        process_stop(proc)
 
 
 @dataclass
@@ -475,9 +480,4 @@ def s3_server(tmp_path: Path) -> Iterator[S3Server]:
         yield server
     finally:
         proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        process_stop(proc, timeout=10)

@@ -21,7 +21,7 @@ import requests
 from django.conf import settings
 
 from idp import keys
-from tests.conftest import REPO, database_url, free_port, wait_until
+from tests.conftest import REPO, database_url, free_port, process_stop, wait_until
 
 CLIENT_ID = "fse-pacs-test"
 
@@ -112,12 +112,7 @@ def idp_running(*, redirect_uris: list[str], log_path: Path) -> Iterator[Idp]:
         wait_until(answers, timeout=60, what="the IdP di prova answering")
         yield idp
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        process_stop(proc)
 
 
 def pkce_pair() -> tuple[str, str]:

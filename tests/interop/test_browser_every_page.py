@@ -87,7 +87,8 @@ def test_every_citizen_and_cup_page_is_accessible(
     failed: list[str] = []
     package_url: str | None = None
 
-    def check(page, what: str, width: int) -> None:  # type: ignore[no-untyped-def]
+    def check(page, what: str) -> None:  # type: ignore[no-untyped-def]
+        width = page.viewport_size["width"]
         page.wait_for_load_state("networkidle")
         name = resolve(page.url.removeprefix(base).split("?")[0]).view_name
         visited.setdefault(name, what)
@@ -98,7 +99,6 @@ def test_every_citizen_and_cup_page_is_accessible(
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:
             for viewport in ({"width": 390, "height": 844}, {"width": 1280, "height": 900}):
-                width = viewport["width"]
 
                 def new_page(user: object | None, viewport: dict[str, int] = viewport):  # type: ignore[no-untyped-def]
                     phone = viewport["width"] < 500
@@ -120,73 +120,66 @@ def test_every_citizen_and_cup_page_is_accessible(
                     page.on("response", lambda r: failed.append(f"{r.url} {r.status}") if r.status >= 500 else None)
                     return page
 
+                def visit(page, pages: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+                    for what, path in pages:
+                        page.goto(f"{base}{path}")
+                        check(page, what)
+
                 # Anyone: the front door and the citizen's login.
                 page = new_page(None)
-                page.goto(f"{base}/")
-                check(page, "home", width)
-                page.goto(f"{base}/fse/accesso/")
-                check(page, "login", width)
-                page.goto(f"{base}/fse/scarica/not-a-real-link/")
-                check(page, "link-refused", width)
+                visit(page, [("home", "/"), ("login", "/fse/accesso/"), ("link-refused", "/fse/scarica/not-a-link/")])
                 page.context.close()
 
                 # The citizen.
                 page = new_page(exam.user)
-                page.goto(f"{base}/fse/")
-                check(page, "exams", width)
-                page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
-                check(page, "exam", width)
-                page.goto(f"{base}/fse/esami/{exam.booking.pk}/immagini/")
-                check(page, "viewer", width)
-                page.goto(f"{base}/fse/esami/{on_cd.pk}/")
-                check(page, "exam-on-cd", width)
-                page.goto(f"{base}/fse/esami/{on_cd.pk}/immagini/")
-                check(page, "not-online", width)
-                page.goto(f"{base}/fse/accessi/")
-                check(page, "access-log", width)
-                page.goto(f"{base}/fse/deleghe/")
-                check(page, "delegations", width)
+                mine = f"/fse/esami/{exam.booking.pk}/"
+                visit(
+                    page,
+                    [
+                        ("exams", "/fse/"),
+                        ("exam", mine),
+                        ("viewer", f"{mine}immagini/"),
+                        ("exam-on-cd", f"/fse/esami/{on_cd.pk}/"),
+                        ("not-online", f"/fse/esami/{on_cd.pk}/immagini/"),
+                        ("access-log", "/fse/accessi/"),
+                        ("delegations", "/fse/deleghe/"),
+                    ],
+                )
                 if package_url is None:  # asked once; the exam page then shows the package prepared
-                    page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+                    page.goto(f"{base}{mine}")
                     page.locator('button.package-request[data-kind="jpeg"]').click()
                     page.wait_for_url("**/fse/pacchetti/*/")
                     package_url = page.url
                 else:
                     page.goto(package_url)
-                check(page, "package", width)
+                check(page, "package")
                 page.context.close()
 
-                # A member of staff on the citizen's side.
+                # A member of staff on the citizen's side, then at the CUP desk.
                 page = new_page(cup.operator.user)
-                page.goto(f"{base}/fse/")
-                check(page, "citizens-only", width)
-
-                # The CUP desk.
-                page.goto(f"{base}/cup/")
-                check(page, "cup-home", width)
-                page.goto(f"{base}/cup/pazienti/?codice_fiscale={MARIO_CF}")
-                check(page, "cup-patient-search", width)
-                page.goto(f"{base}/cup/pazienti/nuovo/")
-                check(page, "cup-patient-create", width)
-                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/")
-                check(page, "cup-patient", width)
-                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/prenota/")
-                check(page, "cup-booking-new", width)
+                patient = f"/cup/pazienti/{cup.mario.pk}/"
+                visit(
+                    page,
+                    [
+                        ("citizens-only", "/fse/"),
+                        ("cup-home", "/cup/"),
+                        ("cup-patient-search", f"/cup/pazienti/?codice_fiscale={MARIO_CF}"),
+                        ("cup-patient-create", "/cup/pazienti/nuovo/"),
+                        ("cup-patient", patient),
+                        ("cup-booking", f"/cup/prenotazioni/{on_cd.accession_number}/"),
+                        ("cup-booking-cancel", f"/cup/prenotazioni/{on_cd.accession_number}/annulla/"),
+                        ("cup-delegations", "/fse/sportello/deleghe/"),
+                        ("cup-booking-new", f"{patient}prenota/"),
+                    ],
+                )
                 page.get_by_role("button", name="Cerca disponibilità").click()
                 page.wait_for_url("**/prenota/?*")
-                check(page, "cup-booking-slots", width)
-                page.goto(f"{base}/cup/pazienti/{cup.mario.pk}/prima-disponibilita/")
-                check(page, "cup-first-available", width)
+                check(page, "cup-booking-slots")
+                visit(page, [("cup-first-available", f"{patient}prima-disponibilita/")])
                 page.select_option("select[name=procedure]", str(cup.ct.pk))
                 page.get_by_role("button", name="Cerca la prima disponibilità").click()
                 page.wait_for_url("**/prima-disponibilita/?*")
-                check(page, "cup-first-available-results", width)
-                page.goto(f"{base}/cup/prenotazioni/{on_cd.accession_number}/")
-                check(page, "cup-booking", width)
-                page.goto(f"{base}/cup/prenotazioni/{on_cd.accession_number}/annulla/")
-                check(page, "cup-booking-cancel", width)
-                page.goto(f"{base}/fse/sportello/deleghe/")
-                check(page, "cup-delegations", width)
+                check(page, "cup-first-available-results")
                 page.context.close()
         finally:
             browser.close()
