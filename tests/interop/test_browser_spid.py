@@ -159,7 +159,7 @@ def _log_in_and_download(page, base: str, idp: Idp, door: str, booking: Booking,
     # Back at the portal, logged in: the exam booked at the CUP is there.
     page.wait_for_url(f"{base}/fse/")
     page.screenshot(path=str(shots / "exams.png"), full_page=True)
-    row = page.locator("tr", has_text=booking.procedure.description)
+    row = page.locator("li.exam-item", has_text=booking.procedure.description)
     assert "Disponibile online fino al" in row.inner_text()
     row.get_by_role("link").click()
     page.wait_for_url(f"{base}/fse/esami/{booking.pk}/")
