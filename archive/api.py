@@ -267,7 +267,9 @@ class TokenRequestSerializer(serializers.Serializer):
 
 
 class TokenSerializer(serializers.Serializer):
-    token = serializers.CharField(help_text="Da inviare come 'Authorization: Token <token>' o 'Authorization: Bearer <token>'.")
+    token = serializers.CharField(
+        help_text="Da inviare come 'Authorization: Token <token>' o 'Authorization: Bearer <token>'."
+    )
     expiry = serializers.DateTimeField(help_text="Scadenza (PACS_API_TOKEN_HOURS dal rilascio).")
 
 

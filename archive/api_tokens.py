@@ -23,8 +23,8 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import logging
-from hmac import compare_digest
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any
 
 from django.conf import settings
@@ -170,7 +170,7 @@ class ApiTokenAuthentication(TokenAuthentication):
                 raise exceptions.AuthenticationFailed(
                     _("Token scaduto: chiederne uno nuovo a /api/token/."), code="token_expired"
                 )
-            return self.validate_user(auth_token)  # type: ignore[no-any-return]
+            return self.validate_user(auth_token)
         raise invalid
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:

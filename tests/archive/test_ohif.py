@@ -33,7 +33,11 @@ Where each request comes from (OHIF/Viewers and cornerstonejs/cornerstone3D, as 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +46,14 @@ import pytest
 from django.test import Client, override_settings
 from knox.models import AuthToken
 from pydicom import dcmread
+from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from archive.ingest import instance_ingest
 from archive.models import Instance, Study
-from archive.sample_data import CT, bundled_path
+from archive.sample_data import COMPRESSED, CT, PatientInfo, bundled_path, write_study
 from kernel.models import AuditEvent
-from tests.access_helpers import Scene, hide
+from tests.access_helpers import BIANCHI_CF, Scene, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (the shared fixture)
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the scene's)
 
@@ -64,9 +69,13 @@ FRAME_ACCEPTS = (
     "multipart/related; type=application/octet-stream; transfer-syntax=*",
     'multipart/related; type="application/octet-stream"; transfer-syntax="*"',
     'multipart/related; type="application/octet-stream"',
+    # docs/ohif/app-config.js's acceptHeader
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*',
 )
 # PS3.18 F.2: the value representations a DICOM JSON attribute may carry.
-_VRS = set("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split())
+_VRS = set(
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 
 
 @dataclass
@@ -116,7 +125,9 @@ def _check_json_model(item: dict[str, Any]) -> None:
         if "Value" in attr:
             assert isinstance(attr["Value"], list) and attr["Value"], (tag, attr)
             if attr["vr"] == "PN":
-                assert all(isinstance(v, dict) and set(v) <= {"Alphabetic", "Ideographic", "Phonetic"} for v in attr["Value"])
+                assert all(
+                    isinstance(v, dict) and set(v) <= {"Alphabetic", "Ideographic", "Phonetic"} for v in attr["Value"]
+                )
             if attr["vr"] == "SQ":
                 for sub in attr["Value"]:
                     _check_json_model(sub)
@@ -371,7 +382,10 @@ def test_cors_answers_only_the_configured_origin_and_only_on_dicomweb_and_the_ap
     # The staff and citizen pages are not for other origins.
     for url in ("/", "/refertazione/", "/admin/login/"):
         page = client.options(
-            url, HTTP_ORIGIN=OHIF_ORIGIN, HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET", HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization"
+            url,
+            HTTP_ORIGIN=OHIF_ORIGIN,
+            HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+            HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
         )
         assert "Access-Control-Allow-Origin" not in page, url
 
@@ -384,3 +398,89 @@ def test_no_origin_is_allowed_unless_configured(client: Client, db: None) -> Non
         HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
     )
     assert "Access-Control-Allow-Origin" not in response
+
+
+@override_settings(CORS_ALLOWED_ORIGINS=[OHIF_ORIGIN])
+@pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"])
+def test_ohif_gets_compressed_frames_named_for_its_decoder(scene: Scene, tmp_path: Path, transfer_syntax: str) -> None:
+    """A compressed study: each frame comes as stored (the archive does not transcode), its part
+    naming the transfer syntax, from which Cornerstone's loadImage.ts picks the decoder.
+
+    Asked as application/octet-stream with transfer-syntax=*, the part is the compressed
+    bitstream's own media type (image/jls, image/jp2, image/dicom-rle): issue 19 asks for
+    application/octet-stream parts instead; Cornerstone reads either."""
+    source = COMPRESSED.get(transfer_syntax)
+    if source is None:
+        pytest.skip(f"no bundled file in {transfer_syntax}")
+    files = write_study(
+        tmp_path / "c", patient=PatientInfo(BIANCHI_CF, name="BIANCHI^LAURA"), source=source, instances_per_series=1
+    )
+    for path in files:
+        instance_ingest(path=path, facility=scene.rep.region.facility, owned=False, calling_ae="CT01")
+    stored = dcmread(files[0])
+    viewer = _viewer(scene.radiologist)
+    study_uid, series_uid, sop = str(stored.StudyInstanceUID), str(stored.SeriesInstanceUID), str(stored.SOPInstanceUID)
+    [item] = _dicom_json(viewer.get(f"/dicomweb/studies/{study_uid}/series/{series_uid}/metadata", DICOM_JSON))
+    assert _value(item, "00083002") == transfer_syntax
+    first = next(generate_frames(stored.PixelData, number_of_frames=int(stored.get("NumberOfFrames", 1) or 1)))
+    url = f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop}/frames/1"
+    for accept in (*FRAME_ACCEPTS[:2], FRAME_ACCEPTS[3]):
+        response = viewer.get(url, accept)
+        assert response.status_code == 200, (accept, _body(response)[:300])
+        content_type, data = _extract_multipart(_body(response))
+        assert _part_param(content_type, "transfer-syntax") == transfer_syntax, content_type
+        assert data == first
+
+
+@override_settings(CORS_ALLOWED_ORIGINS=[OHIF_ORIGIN])
+def test_ohif_wado_uri_with_a_bearer_token(scene: Scene) -> None:
+    """imageRendering other than wadors: OHIF's getImageId makes a WADO-URI image id on wadoUriRoot."""
+    viewer = _viewer(scene.radiologist)
+    instance = Instance.objects.filter(series__study=scene.rossi).select_related("series").first()
+    assert instance is not None
+    response = viewer.get(
+        "/dicomweb/wado",
+        "*/*",
+        requestType="WADO",
+        studyUID=scene.rossi.study_instance_uid,
+        seriesUID=instance.series.series_instance_uid,
+        objectUID=instance.sop_instance_uid,
+        contentType="application/dicom",
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
+    assert dcmread(BytesIO(_body(response))).SOPInstanceUID == instance.sop_instance_uid
+    hide(scene.rossi)
+    assert (
+        viewer.get(
+            "/dicomweb/wado",
+            "*/*",
+            requestType="WADO",
+            studyUID=scene.rossi.study_instance_uid,
+            seriesUID=instance.series.series_instance_uid,
+            objectUID=instance.sop_instance_uid,
+            contentType="application/dicom",
+        ).status_code
+        == 404
+    )
+
+
+def test_the_documented_ohif_configuration_is_the_one_replayed() -> None:
+    """docs/ohif/app-config.js asks what the replay above checks, and is valid JavaScript."""
+    path = Path(__file__).resolve().parents[2] / "docs" / "ohif" / "app-config.js"
+    text = path.read_text()
+
+    def setting(name: str) -> str:
+        found = re.search(rf"^\s*{name}: (.+?),(\s*//.*)?$", text, re.MULTILINE)
+        assert found, name
+        return found.group(1)
+
+    assert setting("qidoRoot").rstrip("'").endswith("/dicomweb")
+    assert setting("wadoRoot").rstrip("'").endswith("/dicomweb")
+    assert setting("wadoUriRoot").rstrip("'").endswith("/dicomweb/wado")
+    assert setting("imageRendering") == "'wadors'"
+    assert setting("qidoSupportsIncludeField") == "true"
+    assert setting("acceptHeader") == f"[{FRAME_ACCEPTS[3]!r}]"
+    assert "?token=" in text and "PACS_CORS_ALLOWED_ORIGINS" in text
+    node = shutil.which("node")
+    if node:
+        subprocess.run([node, "--check", str(path)], check=True, capture_output=True)
