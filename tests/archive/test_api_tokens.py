@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import yaml
 from django.test import Client
 from django.utils import timezone
 from knox.models import AuthToken
@@ -50,6 +51,9 @@ def test_bearer_is_the_same_token_as_token(client: Client, radiologist: ApiUser,
         assert response.status_code == 200, (url, response.content)
     event = AuditEvent.objects.filter(action="dicomweb.search").latest("id")
     assert event.user == radiologist.user and event.outcome == AuditEvent.Outcome.SUCCESS
+    # The CUP's API names the class itself (booking.api): authenticated, then its own permissions.
+    assert _get(client, "/api/cup/procedures/", f"{scheme} {radiologist.token}").status_code in (200, 403)
+    assert _get(client, "/api/cup/procedures/", f"{scheme} nope").status_code == 401
 
 
 def test_an_expired_bearer_token_is_refused_and_removed(client: Client, radiologist: ApiUser) -> None:
@@ -129,3 +133,9 @@ def test_delete_revokes_the_bearer_token_sent(client: Client, radiologist: ApiUs
     assert client.delete("/api/token/", **auth).status_code == 204
     assert not AuthToken.objects.filter(user=radiologist.user).exists()
     _api_problem(_get(client, API, f"Bearer {radiologist.token}"), "token_invalid")
+
+
+def test_the_openapi_description_names_both_schemes(client: Client, db: None) -> None:
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    description = schema["components"]["securitySchemes"]["tokenAuth"]["description"]
+    assert "Authorization: Token <key>" in description and "Authorization: Bearer <key>" in description
