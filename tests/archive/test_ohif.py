@@ -380,7 +380,7 @@ def test_cors_answers_only_the_configured_origin_and_only_on_dicomweb_and_the_ap
     refused = client.get("/dicomweb/studies", HTTP_ORIGIN=OHIF_ORIGIN, HTTP_AUTHORIZATION="Bearer nope")
     assert refused.status_code == 401 and refused["Access-Control-Allow-Origin"] == OHIF_ORIGIN
     # The staff and citizen pages are not for other origins.
-    for url in ("/", "/refertazione/", "/admin/login/"):
+    for url in ("/", "/refertazione/", "/fse/", "/admin/login/"):
         page = client.options(
             url,
             HTTP_ORIGIN=OHIF_ORIGIN,
