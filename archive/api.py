@@ -267,12 +267,14 @@ class TokenRequestSerializer(serializers.Serializer):
 
 
 class TokenSerializer(serializers.Serializer):
-    token = serializers.CharField(help_text="Da inviare come 'Authorization: Token <token>'.")
+    token = serializers.CharField(
+        help_text="Da inviare come 'Authorization: Token <token>' o 'Authorization: Bearer <token>'."
+    )
     expiry = serializers.DateTimeField(help_text="Scadenza (PACS_API_TOKEN_HOURS dal rilascio).")
 
 
 class TokenView(APIView):
-    """Exchange a username and password for an API token (``Authorization: Token <key>``),
+    """Exchange a username and password for an API token (``Authorization: Token <key>`` or ``Bearer <key>``),
     used by DICOMweb clients and external CUP systems too; DELETE revokes the token sent.
 
     Only staff and service accounts get one (403 for a citizen or an account without

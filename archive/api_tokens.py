@@ -2,7 +2,8 @@
 
 A client exchanges a username and password for a token at ``POST /api/token/``
 and sends it as ``Authorization: Token <key>`` (DICOMweb viewers and scripts,
-the external CUP systems). The tokens are django-rest-knox's: the database
+the external CUP systems) or, the same token, as ``Authorization: Bearer <key>``
+(RFC 6750's scheme, the one OHIF and most DICOMweb viewers send). The tokens are django-rest-knox's: the database
 keeps a SHA-512 digest and the first characters of the key (to find it), never
 the key, and each token expires ``PACS_API_TOKEN_HOURS`` after it was issued.
 
@@ -19,9 +20,11 @@ held them, so they are to be taken as disclosed. Clients ask for a new token.
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any
 
 from django.conf import settings
@@ -30,8 +33,11 @@ from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from knox.auth import TokenAuthentication
+from knox.crypto import hash_token
 from knox.models import AuthToken
+from knox.settings import CONSTANTS
 from rest_framework import exceptions
+from rest_framework.authentication import get_authorization_header
 
 from kernel.errors import Forbidden
 
@@ -96,21 +102,76 @@ def api_token_revoke(*, token: AuthToken) -> None:
     AuthToken.objects.filter(digest=token.digest).delete()
 
 
+# The schemes of the Authorization header that carry an API token (RFC 7235: case-insensitive).
+TOKEN_SCHEMES = (b"token", b"bearer")
+
+
+# Why a Bearer credential was refused, kept on the request: DRF asks the challenge
+# of a new instance of the authenticator, not of the one that refused.
+_BEARER_ERROR = "_pacs_bearer_error"
+
+
+def _bearer_error_set(request: Any, error: str) -> None:
+    setattr(getattr(request, "_request", request), _BEARER_ERROR, error)
+
+
 class ApiTokenAuthentication(TokenAuthentication):
-    """``Authorization: Token <key>`` against the hashed, expiring tokens.
+    """``Authorization: Token <key>`` or ``Authorization: Bearer <key>`` against the
+    hashed, expiring tokens.
+
+    The two schemes are one credential: the same token, expiry, access policy and
+    audit; Bearer is what OHIF and other DICOMweb viewers send (RFC 6750 2.1).
+    A 401 challenges with both (``WWW-Authenticate: Token, Bearer``); when a
+    Bearer token was refused, the Bearer challenge says why as RFC 6750 3.1
+    asks (``error="invalid_token"``, or ``"invalid_request"`` for a header
+    without one token).
 
     Unlike knox's own class, a request looks at its token only (knox also
     sweeps the user's other expired tokens on every request: one query more
-    per call; they are swept when the user next gets a token), and a key that
-    is not UTF-8 is an invalid token (401), not a server error.
+    per call; they are swept when the user next gets a token), an expired
+    token is told apart from an unknown one only to whoever holds its key,
+    and a key that is not UTF-8 is an invalid token (401), not a server error.
     """
 
-    def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
+    def authenticate(self, request: Any) -> tuple[Any, AuthToken] | None:
+        auth = get_authorization_header(request).split()
+        if not auth or auth[0].lower() not in TOKEN_SCHEMES:
+            return None  # no header, or another scheme: the next authenticator's
+        bearer = auth[0].lower() == b"bearer"
+        if len(auth) != 2:
+            if bearer:
+                _bearer_error_set(request, "invalid_request")
+            if len(auth) == 1:
+                detail = _("Intestazione Authorization senza token: si scrive 'Bearer <token>' o 'Token <token>'.")
+                raise exceptions.AuthenticationFailed(detail, code="token_missing")
+            raise exceptions.AuthenticationFailed(_("Il token non può contenere spazi."), code="token_malformed")
         try:
-            token.decode("utf-8")
-        except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed(_("Token non valido.")) from None
-        return super().authenticate_credentials(token)
+            return self.authenticate_credentials(auth[1])
+        except exceptions.AuthenticationFailed:
+            if bearer:
+                _bearer_error_set(request, "invalid_token")
+            raise
+
+    def authenticate_header(self, request: Any) -> str:
+        error = getattr(getattr(request, "_request", request), _BEARER_ERROR, "")
+        return f'Token, Bearer error="{error}"' if error else "Token, Bearer"
+
+    def authenticate_credentials(self, token: bytes) -> tuple[Any, AuthToken]:
+        invalid = exceptions.AuthenticationFailed(_("Token non valido."), code="token_invalid")
+        try:
+            key = token.decode("utf-8")
+            digest = hash_token(key)
+        except (UnicodeDecodeError, TypeError, binascii.Error):
+            raise invalid from None
+        for auth_token in AuthToken.objects.filter(token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH]).select_related("user"):
+            if not compare_digest(digest, auth_token.digest):
+                continue
+            if self._cleanup_token(auth_token):
+                raise exceptions.AuthenticationFailed(
+                    _("Token scaduto: chiederne uno nuovo a /api/token/."), code="token_expired"
+                )
+            return self.validate_user(auth_token)
+        raise invalid
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
         if auth_token.expiry is not None and auth_token.expiry < timezone.now():
@@ -120,7 +181,7 @@ class ApiTokenAuthentication(TokenAuthentication):
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
-    """The token in the OpenAPI description: ``Authorization: Token <key>``."""
+    """The token in the OpenAPI description: ``Authorization: Token <key>`` (or ``Bearer <key>``)."""
 
     target_class = "archive.api_tokens.ApiTokenAuthentication"
     name = "tokenAuth"
@@ -129,7 +190,8 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         definition = build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Token")
         definition["description"] = (
             "Token from POST /api/token/ (username and password of a staff or service account), "
-            f"sent as 'Authorization: Token <key>'. It expires {settings.PACS_API_TOKEN_HOURS:g} hours "
+            "sent as 'Authorization: Token <key>' or, the same token, 'Authorization: Bearer <key>'. "
+            f"It expires {settings.PACS_API_TOKEN_HOURS:g} hours "
             "after it was issued; DELETE /api/token/ revokes it."
         )
         return definition

@@ -138,6 +138,15 @@ def qido_search(
                 returned += [kw for kw, attr in ATTRIBUTES.items() if attr.level in allowed]
             else:
                 returned.append(_keyword_of(name))
+    # An attribute of a level below the searched one has no one value here (a study's
+    # series each have their Modality): it is left out, not sent empty. OHIF asks for
+    # Modality in every study search (qido.js mapParams), and its DICOMWeb.getModalities
+    # failed on an empty one ({"vr": "CS"} has no Value list) until it added a guard
+    # for "the DICOM server we are using"; clients read ModalitiesInStudy.
+    depth = ["PATIENT", "STUDY", "SERIES", "IMAGE"]
+    returned = [
+        kw for kw in returned if kw not in ATTRIBUTES or depth.index(ATTRIBUTES[kw].level) <= depth.index(level)
+    ]
     matching: dict[str, str] = {}
     for name in query.keys():
         if name.lower() in _QIDO_CONTROL:

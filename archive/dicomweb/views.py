@@ -114,7 +114,7 @@ _client_address = client_ip
 
 
 class DicomwebView(APIView):
-    """Base: token first (so that an anonymous client gets 401 with ``WWW-Authenticate: Token``)."""
+    """Base: token first (so that an anonymous client gets 401 with ``WWW-Authenticate: Token, Bearer``)."""
 
     authentication_classes = [ApiTokenAuthentication, SessionAuthentication]
     permission_classes = [CanRead]

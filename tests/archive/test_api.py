@@ -110,7 +110,7 @@ def test_a_token_expires(client, db, settings) -> None:  # type: ignore[no-untyp
     assert client.get("/api/facilities/", **auth).status_code == 200
     AuthToken.objects.update(expiry=timezone.now() - dt.timedelta(seconds=1))
     response = client.get("/api/facilities/", **auth)
-    assert response.status_code == 401 and response["WWW-Authenticate"] == "Token"
+    assert response.status_code == 401 and response["WWW-Authenticate"] == "Token, Bearer"
     assert not AuthToken.objects.exists()  # an expired token is removed when it is presented
 
 

@@ -137,7 +137,7 @@ def test_facility_root_serves_only_that_facility(client, stored, reader, region)
 def test_anonymous_gets_401_and_is_audited(client, stored) -> None:
     response = client.get(_study_url(stored[0]))
     assert response.status_code == 401
-    assert response["WWW-Authenticate"] == "Token"
+    assert response["WWW-Authenticate"] == "Token, Bearer"
     event = AuditEvent.objects.get(action="dicomweb.retrieve")
     assert event.outcome == AuditEvent.Outcome.DENIED and event.user is None
     assert client.get(_study_url(stored[0]), HTTP_AUTHORIZATION="Token not-a-token").status_code == 401

@@ -338,7 +338,7 @@ def test_without_token_is_401(client: Client, cup: Cup, method: str, url: str) -
     response = getattr(client, method)(url, {}, content_type="application/json")
 
     assert response.status_code == 401
-    assert response["WWW-Authenticate"] == "Token"
+    assert response["WWW-Authenticate"] == "Token, Bearer"
 
 
 def test_bad_token_is_401(client: Client, cup: Cup) -> None:

@@ -69,7 +69,7 @@ def test_authentication_is_a_problem_with_its_challenge(client: Client, db: None
     for url in ("/api/cup/procedures/", "/api/studies/"):
         response = client.get(url)
         body = _problem(response, 401)
-        assert body["code"] == "not_authenticated" and response["WWW-Authenticate"] == "Token", url
+        assert body["code"] == "not_authenticated" and response["WWW-Authenticate"] == "Token, Bearer", url
 
 
 def test_dicomweb_keeps_its_own_body(client: Client, db: None) -> None:

@@ -1,0 +1,141 @@
+"""API tokens as ``Authorization: Bearer <key>`` beside ``Token <key>`` (archive.api_tokens).
+
+OHIF and most DICOMweb viewers send RFC 6750's Bearer scheme. It must be the
+same credential as ``Token``: the same expiry, the same access policy, the same
+audit; and every refusal a 401 that says why, with a challenge naming both
+schemes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import yaml
+from django.test import Client
+from django.utils import timezone
+from knox.models import AuthToken
+
+from kernel.models import AuditEvent
+from kernel.problems import PROBLEM_JSON
+from tests.dicomweb_helpers import ApiUser, make_user
+
+DICOMWEB = "/dicomweb/studies"
+API = "/api/studies/"
+
+
+@pytest.fixture
+def radiologist(db: None) -> ApiUser:
+    return make_user(
+        "radiologa", "archive.view_study", "archive.view_instance", "archive.view_facility", "archive.view_report"
+    )
+
+
+def _get(client: Client, url: str, authorization: str | None):  # type: ignore[no-untyped-def]
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization is not None else {}
+    return client.get(url, HTTP_ACCEPT="application/dicom+json, application/json", **headers)
+
+
+def _api_problem(response, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == 401, response.content
+    assert response["Content-Type"] == PROBLEM_JSON
+    body = response.json()
+    assert (body["status"], body["code"]) == (401, code), body
+    return body
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "Token"])
+def test_bearer_is_the_same_token_as_token(client: Client, radiologist: ApiUser, scheme: str) -> None:
+    for url in (DICOMWEB, API):
+        response = _get(client, url, f"{scheme} {radiologist.token}")
+        assert response.status_code == 200, (url, response.content)
+    event = AuditEvent.objects.filter(action="dicomweb.search").latest("id")
+    assert event.user == radiologist.user and event.outcome == AuditEvent.Outcome.SUCCESS
+    # The CUP's API names the class itself (booking.api): authenticated, then its own permissions.
+    assert _get(client, "/api/cup/procedures/", f"{scheme} {radiologist.token}").status_code in (200, 403)
+    assert _get(client, "/api/cup/procedures/", f"{scheme} nope").status_code == 401
+
+
+def test_an_expired_bearer_token_is_refused_and_removed(client: Client, radiologist: ApiUser) -> None:
+    AuthToken.objects.update(expiry=timezone.now() - dt.timedelta(seconds=1))
+    response = _get(client, DICOMWEB, f"Bearer {radiologist.token}")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Token, Bearer error="invalid_token"'
+    assert response["Content-Type"] == "application/json"  # DICOMweb keeps PS3.18's {"detail": ...}
+    assert "scaduto" in response.json()["detail"]
+    assert not AuthToken.objects.exists()  # removed when presented, as with Token
+    event = AuditEvent.objects.get(action="dicomweb.search")
+    assert event.outcome == AuditEvent.Outcome.DENIED and "scaduto" in event.detail["error"]
+
+
+def test_an_expired_token_on_the_rest_api_is_a_problem(client: Client, radiologist: ApiUser) -> None:
+    AuthToken.objects.update(expiry=timezone.now() - dt.timedelta(seconds=1))
+    response = _get(client, API, f"Bearer {radiologist.token}")
+    body = _api_problem(response, "token_expired")
+    assert "/api/token/" in body["detail"]
+    assert response["WWW-Authenticate"] == 'Token, Bearer error="invalid_token"'
+
+
+def test_an_unknown_token_is_refused_alike_in_both_schemes(client: Client, radiologist: ApiUser) -> None:
+    unknown = radiologist.token[:-4] + ("0000" if not radiologist.token.endswith("0000") else "1111")
+    bearer = _get(client, API, f"Bearer {unknown}")
+    _api_problem(bearer, "token_invalid")
+    assert bearer["WWW-Authenticate"] == 'Token, Bearer error="invalid_token"'
+    token = _get(client, API, f"Token {unknown}")
+    _api_problem(token, "token_invalid")
+    assert token["WWW-Authenticate"] == "Token, Bearer"
+    # An unknown key does not learn whether a token with its prefix expired.
+    AuthToken.objects.update(expiry=timezone.now() - dt.timedelta(seconds=1))
+    _api_problem(_get(client, API, f"Bearer {unknown}"), "token_invalid")
+    assert AuthToken.objects.exists()  # and does not remove the other's token
+
+
+@pytest.mark.parametrize(
+    ("authorization", "code", "error"),
+    [
+        ("Bearer", "token_missing", "invalid_request"),
+        ("Bearer   ", "token_missing", "invalid_request"),
+        ("Bearer one two", "token_malformed", "invalid_request"),
+        ("Bearer \xff\xfe", "token_invalid", "invalid_token"),  # not UTF-8 once read as the header's Latin-1
+        ("Bearer not-a-token", "token_invalid", "invalid_token"),
+    ],
+)
+def test_malformed_bearer_headers_are_401_with_the_reason(
+    client: Client, radiologist: ApiUser, authorization: str, code: str, error: str
+) -> None:
+    response = _get(client, API, authorization)
+    body = _api_problem(response, code)
+    assert body["detail"] and body["detail"] != "Internal Server Error"
+    assert response["WWW-Authenticate"] == f'Token, Bearer error="{error}"'
+    dicomweb = _get(client, DICOMWEB, authorization)
+    assert dicomweb.status_code == 401 and dicomweb["WWW-Authenticate"] == response["WWW-Authenticate"]
+    assert dicomweb.json()["detail"] == body["detail"]
+
+
+def test_no_credentials_or_another_scheme_is_challenged_with_both(client: Client, db: None) -> None:
+    for authorization in (None, "Basic dXNlcjpwYXNz", ""):
+        response = _get(client, API, authorization)
+        _api_problem(response, "not_authenticated")
+        assert response["WWW-Authenticate"] == "Token, Bearer", authorization
+        assert _get(client, DICOMWEB, authorization)["WWW-Authenticate"] == "Token, Bearer"
+
+
+def test_a_bearer_token_has_its_accounts_permissions_only(client: Client, db: None) -> None:
+    nobody = make_user("nessuno-bearer")
+    response = _get(client, DICOMWEB, f"Bearer {nobody.token}")
+    assert response.status_code == 403
+    event = AuditEvent.objects.get(action="dicomweb.search")
+    assert event.outcome == AuditEvent.Outcome.DENIED and event.user == nobody.user
+
+
+def test_delete_revokes_the_bearer_token_sent(client: Client, radiologist: ApiUser) -> None:
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {radiologist.token}"}
+    assert client.delete("/api/token/", **auth).status_code == 204
+    assert not AuthToken.objects.filter(user=radiologist.user).exists()
+    _api_problem(_get(client, API, f"Bearer {radiologist.token}"), "token_invalid")
+
+
+def test_the_openapi_description_names_both_schemes(client: Client, db: None) -> None:
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    description = schema["components"]["securitySchemes"]["tokenAuth"]["description"]
+    assert "Authorization: Token <key>" in description and "Authorization: Bearer <key>" in description
