@@ -615,6 +615,23 @@ class Report(models.Model):
     def __str__(self) -> str:
         return f"{self.study} v{self.version} ({self.get_status_display()})"
 
+    @property
+    def is_signed(self) -> bool:
+        return self.status == self.Status.SIGNED
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The database refuses it too (migration 0008); this says why earlier.
+        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
+            raise ValidationError(
+                _("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione.")
+            )
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
+            raise ValidationError(_("Un referto firmato non si può cancellare."))
+        return super().delete(*args, **kwargs)
+
 
 # The sections a template fills and a phrase may go into: the report's four texts.
 REPORT_SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
@@ -683,23 +700,6 @@ class ReportPhrase(models.Model):
 
     def __str__(self) -> str:
         return self.title
-
-    @property
-    def is_signed(self) -> bool:
-        return self.status == self.Status.SIGNED
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        # The database refuses it too (migration 0008); this says why earlier.
-        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
-            raise ValidationError(
-                _("Un referto firmato non si può modificare: si redige una rettifica o un'integrazione.")
-            )
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        if self.pk is not None and Report.objects.filter(pk=self.pk, status=self.Status.SIGNED).exists():
-            raise ValidationError(_("Un referto firmato non si può cancellare."))
-        return super().delete(*args, **kwargs)
 
 
 class LifecyclePolicy(models.Model):
