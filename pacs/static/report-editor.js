@@ -42,7 +42,7 @@
 
     function labelOf(field) {
       var label = field.labels && field.labels[0];
-      return label ? label.textContent.trim() : field.name;
+      return label ? label.textContent.trim().replace(/\s*:$/, "") : field.name;
     }
 
     var templateButton = document.getElementById("template-insert");
