@@ -1390,7 +1390,9 @@ def _own_authority_id(request: HttpRequest) -> int | None:
     only their own authority's templates."""
     if request.user.is_superuser:
         return None
-    return StaffProfile.objects.filter(user_id=request.user.pk).values_list("authority_id", flat=True).first()
+    return (
+        StaffProfile.objects.filter(user_id=cast(int, request.user.pk)).values_list("authority_id", flat=True).first()
+    )
 
 
 @admin.register(ReportTemplate)
