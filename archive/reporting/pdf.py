@@ -31,7 +31,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import HRFlowable, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from archive.reporting.booked import BookedExam
+from archive.reporting.booked import BookedExam, Contacts
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,14 @@ def _exam_rows(study: Any, report: Any, booked: BookedExam | None) -> list[tuple
     ]
 
 
-def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime, booked: BookedExam | None = None) -> bytes:
+def report_pdf(
+    *,
+    report: Any,
+    signer_name: str,
+    signed_at: dt.datetime,
+    booked: BookedExam | None = None,
+    contacts: Contacts | None = None,
+) -> bytes:
     """The PDF of ``report`` signed by ``signer_name`` at ``signed_at``.
 
     Parameters
@@ -141,8 +148,10 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime, booked:
         Printed in local time; the signature's signing-time attribute should say the same.
     booked : BookedExam, optional
         The study's booking (``archive.reporting.booked``): the exam's name and
-        code, department, referring physician, the facility's address and
-        telephone. Without it the DICOM header names the exam.
+        code, department, referring physician. Without it the DICOM header
+        names the exam.
+    contacts : Contacts, optional
+        The facility's address and telephone, under its name.
     """
     study = report.study
     facility = study.facility
@@ -156,13 +165,13 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime, booked:
         Paragraph(escape(facility.name), _STYLES["facility"]),
         Paragraph(escape(facility.authority.name), _STYLES["authority"]),
     ]
-    contacts = []
-    if booked is not None and booked.facility_address:
-        contacts.append(booked.facility_address)
-    if booked is not None and booked.facility_phone:
-        contacts.append(_("Tel. %(phone)s") % {"phone": booked.facility_phone})
-    if contacts:
-        story.append(Paragraph(escape(" – ".join(contacts)), _STYLES["authority"]))
+    where = []
+    if contacts is not None and contacts.address:
+        where.append(contacts.address)
+    if contacts is not None and contacts.phone:
+        where.append(_("Tel. %(phone)s") % {"phone": contacts.phone})
+    if where:
+        story.append(Paragraph(escape(" – ".join(where)), _STYLES["authority"]))
     story += [
         Spacer(0, 4 * mm),
         HRFlowable(width="100%", thickness=0.6, color=colors.grey),

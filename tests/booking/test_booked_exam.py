@@ -16,7 +16,7 @@ from django.test import Client
 
 from archive.models import Report, ReportPhrase, ReportTemplate
 from archive.reporting import services as reports
-from archive.reporting.booked import booked_exam
+from archive.reporting.booked import Contacts, booked_exam, facility_contacts
 from archive.storage import tiers as storage
 from booking.models import FacilityContact
 from tests.booking.conftest import MARIO_CF, Cup, linked_booking
@@ -52,7 +52,7 @@ def test_the_hook_answers_from_the_booking(booked: Reporting) -> None:
     assert exam is not None
     assert exam.label == "TC torace senza mdc (87.41)"
     assert (exam.department, exam.referring_physician) == (LOCATION, REFERRING)
-    assert (exam.facility_address, exam.facility_phone) == (ADDRESS, PHONE)
+    assert facility_contacts(booked.study.facility_id) == Contacts(address=ADDRESS, phone=PHONE)
 
 
 def test_a_study_without_booking_has_no_booked_exam(reporting: Reporting) -> None:  # noqa: F811
@@ -175,3 +175,20 @@ def test_a_template_of_another_authority_is_refused_and_nothing_is_saved(booked:
     assert "Il modello scelto non esiste per questo esame." in response.content.decode()
     saved = Report.objects.get(pk=draft.pk)
     assert saved.findings == "" and saved.revision == draft.revision
+
+
+def test_an_exam_without_booking_keeps_the_dicom_description_and_the_facility_contacts(
+    cup: Cup,
+    reporting: Reporting,  # noqa: F811
+) -> None:
+    FacilityContact.objects.create(facility=cup.region.facility, address=ADDRESS, cup_phone=PHONE)
+    row = login(reporting.radiologist).get("/refertazione/").content.decode().split("<tbody>")[1]
+    assert "87.41" not in row and f">{reporting.study.study_description}</a>" in row
+    draft = written_draft(reporting)
+    signed = reports.report_sign(
+        report=draft, user=reporting.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision
+    )
+    (text,) = pdf_pages(reports.report_file(report=signed, which="pdf"))
+    assert f"Esame {reporting.study.study_description}" in text
+    assert "87.41" not in text and "Descrizione DICOM" not in text and "Reparto" not in text
+    assert f"{ADDRESS} – Tel. {PHONE}" in text
