@@ -1401,6 +1401,7 @@ class ReportTemplateAdmin(admin.ModelAdmin):
     staff of a health authority see and edit only their authority's."""
 
     list_display = ("procedure_code", "name", "authority", "updated_at")
+    list_display_links = ("procedure_code", "name")
     list_filter = ("authority",)
     list_select_related = ("authority",)
     search_fields = ("procedure_code", "name")
@@ -1410,6 +1411,10 @@ class ReportTemplateAdmin(admin.ModelAdmin):
         qs = super().get_queryset(request)
         own = _own_authority_id(request)
         return qs if own is None else qs.filter(authority_id=own)
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # Staff of one authority have nothing to filter by.
+        return self.list_filter if _own_authority_id(request) is None else ()
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "authority":

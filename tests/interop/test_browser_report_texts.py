@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 
 from archive.models import Report, ReportPhrase, ReportTemplate
 from tests.a11y import assert_accessible
@@ -145,6 +146,24 @@ def test_a_template_and_a_phrase_in_the_editor(
             assert PHRASE in page.inner_text("main")
             assert_accessible(page, "the phrases page")
             page.screenshot(path=str(tmp_path / "phrases.png"), full_page=True)
+
+            # Made head of the department: the templates in the admin, only their authority's.
+            ReportTemplate.objects.create(
+                authority=reporting.other_authority, procedure_code="87.41", name="Di Udine", findings="Altro."
+            )
+            for action in ("view", "add", "change"):
+                reporting.radiologist.user_permissions.add(  # type: ignore[attr-defined]
+                    Permission.objects.get(content_type__app_label="archive", codename=f"{action}_reporttemplate")
+                )
+            page.goto(f"{base}/admin/archive/reporttemplate/", wait_until="domcontentloaded")
+            listing = page.inner_text("#result_list")
+            assert "TC torace standard" in listing and "Di Udine" not in listing
+            page.screenshot(path=str(tmp_path / "admin-templates.png"), full_page=True)
+            page.get_by_role("link", name="TC torace standard").click()
+            page.wait_for_selector("textarea[name=findings]")
+            options = page.locator("select[name=authority] option").all_inner_texts()
+            assert [o for o in options if "Friuli Centrale" in o] == []
+            page.screenshot(path=str(tmp_path / "admin-template.png"), full_page=True)
             assert not [m for m in console if "Content Security Policy" in m], console
         finally:
             browser.close()
