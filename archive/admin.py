@@ -69,6 +69,7 @@ from .models import (
     PatientIdentifier,
     RemoteNode,
     Report,
+    ReportTemplate,
     Series,
     StaffProfile,
     Study,
@@ -1380,6 +1381,55 @@ class ReportAdmin(AuditedAdminMixin, VisibleRowsMixin, admin.ModelAdmin):
         # The action asked has_delete_permission for each row already; signed ones are kept regardless.
         for report in queryset.filter(status=Report.Status.DRAFT).select_related("study", "study__patient"):
             self.delete_model(request, report)
+
+
+def _own_authority_id(request: HttpRequest) -> int | None:
+    """The health authority whose rows ``request.user`` keeps (None: the region's staff, all of them).
+
+    A cross-authority radiologist reads other authorities' studies but keeps
+    only their own authority's templates."""
+    if request.user.is_superuser:
+        return None
+    return (
+        StaffProfile.objects.filter(user_id=cast(int, request.user.pk)).values_list("authority_id", flat=True).first()
+    )
+
+
+@admin.register(ReportTemplate)
+class ReportTemplateAdmin(admin.ModelAdmin):
+    """The report templates, kept by a department's head (``archive.change_reporttemplate``):
+    staff of a health authority see and edit only their authority's."""
+
+    list_display = ("procedure_code", "name", "authority", "updated_at")
+    list_display_links = ("procedure_code", "name")
+    list_filter = ("authority",)
+    list_select_related = ("authority",)
+    search_fields = ("procedure_code", "name")
+    fields = ("authority", "procedure_code", "name", "clinical_question", "technique", "findings", "conclusion")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReportTemplate]:
+        qs = super().get_queryset(request)
+        own = _own_authority_id(request)
+        return qs if own is None else qs.filter(authority_id=own)
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # Staff of one authority have nothing to filter by.
+        return self.list_filter if _own_authority_id(request) is None else ()
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "authority":
+            own = _own_authority_id(request)
+            if own is not None:
+                kwargs["queryset"] = HealthAuthority.objects.filter(pk=own)
+                kwargs["initial"] = own
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: ReportTemplate, form: Any, change: bool) -> None:
+        own = _own_authority_id(request)
+        # The form offers only the user's authority; a forged POST is refused here too.
+        if own is not None and obj.authority_id != own:
+            raise PermissionDenied(gettext("Puoi modificare solo i modelli della tua azienda sanitaria."))
+        super().save_model(request, obj, form, change)
 
 
 class StaffProfileForm(forms.ModelForm):

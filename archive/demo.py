@@ -32,7 +32,7 @@ from kernel.audit import audit_record
 
 from . import sample_data
 from .ingest import IngestError, instance_ingest
-from .models import Facility, HealthAuthority, Instance, RemoteNode, StaffProfile
+from .models import Facility, HealthAuthority, Instance, RemoteNode, ReportPhrase, ReportTemplate, StaffProfile
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,16 @@ ROLES = {
         "booking.view_station",
     ],
     "Responsabili della conservazione": [*_VIEW_ARCHIVE, "kernel.view_auditevent", "archive.view_instanceconflict"],
+    # A department's head keeps the report templates of their health authority (the admin).
+    "Primari": [
+        "archive.view_reporttemplate",
+        "archive.add_reporttemplate",
+        "archive.change_reporttemplate",
+        "archive.delete_reporttemplate",
+    ],
 }
+# Who also heads the department (a second group beside their role's).
+DEPARTMENT_HEADS = {"radiologo": "Primari"}
 # Where the demo's radiologists work: each opens only the studies of their health
 # authority (archive.reporting.services.studies_accessible), so both sides of the rule show.
 STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
@@ -267,7 +276,8 @@ def demo_accounts_load() -> dict[str, str]:
             if group_name is None:
                 user.is_superuser = True
             else:
-                user.groups.set([Group.objects.get(name=group_name)])
+                groups = [group_name, *([DEPARTMENT_HEADS[username]] if username in DEPARTMENT_HEADS else [])]
+                user.groups.set(Group.objects.filter(name__in=groups))
             if created or username not in creds:
                 creds[username] = secrets.token_urlsafe(12)
                 user.set_password(creds[username])
@@ -291,8 +301,83 @@ def demo_accounts_load() -> dict[str, str]:
     # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
     from archive.reporting import signing
 
-    signing.demo_pki_create(users=list(User.objects.filter(groups__name="Radiologi").order_by("username")))
+    signing.demo_pki_create(users=list(User.objects.filter(groups__name="Radiologi").distinct().order_by("username")))
+    demo_report_texts_load()
     return creds
+
+
+# The demo's report templates, by authority and catalogue code (booking/data/procedures.csv).
+REPORT_TEMPLATES = [
+    (
+        "ASUGI",
+        "87.41",
+        "TC torace standard",
+        {
+            "technique": "Esame TC del torace eseguito senza mezzo di contrasto, con ricostruzioni a strato sottile "
+            "con filtro per parenchima e per mediastino.",
+            "findings": "Non addensamenti parenchimali in atto. Non noduli polmonari sospetti.\n\n"
+            "Non versamento pleurico né pericardico. Non linfoadenomegalie mediastiniche o ilari.",
+            "conclusion": "Quadro TC del torace nei limiti della norma.",
+        },
+    ),
+    (
+        "ASUGI",
+        "87.41",
+        "TC torace controllo nodulo",
+        {
+            "technique": "Esame TC del torace a bassa dose senza mezzo di contrasto, confrontato con il precedente.",
+            "findings": "Il nodulo noto è invariato per dimensioni e morfologia rispetto al controllo precedente.",
+            "conclusion": "Nodulo polmonare stabile.",
+        },
+    ),
+    (
+        "ASUGI",
+        "88.91.1",
+        "RM encefalo standard",
+        {
+            "technique": "Esame RM dell'encefalo con sequenze T1, T2, FLAIR e diffusione, senza mezzo di contrasto.",
+            "findings": "Sistema ventricolare in asse, di dimensioni nella norma. Non alterazioni di segnale "
+            "del parenchima cerebrale. Non restrizioni della diffusione.",
+            "conclusion": "Non alterazioni RM dell'encefalo.",
+        },
+    ),
+    (
+        "ASUFC",
+        "87.41",
+        "TC torace standard",
+        {
+            "technique": "TC del torace senza mezzo di contrasto.",
+            "findings": "Parenchima polmonare normoespanso, senza addensamenti.",
+            "conclusion": "Nei limiti della norma.",
+        },
+    ),
+]
+# The demo radiologists' own standard phrases.
+REPORT_PHRASES = {
+    "radiologo": [
+        ("Confronto precedente", "Rispetto al precedente esame non si apprezzano variazioni significative."),
+        ("Non versamento", "Non versamento pleurico."),
+        ("Follow-up", "Si consiglia controllo a 12 mesi."),
+    ],
+    "radiologa": [("Non versamento", "Non versamento pleurico.")],
+}
+
+
+def demo_report_texts_load() -> None:
+    """The demo's report templates and phrases; a text someone changed is kept."""
+    User = get_user_model()
+    with transaction.atomic():
+        for code, procedure, name, sections in REPORT_TEMPLATES:
+            authority = HealthAuthority.objects.filter(code=code).first()
+            if authority is not None:
+                ReportTemplate.objects.get_or_create(
+                    authority=authority, procedure_code=procedure, name=name, defaults=sections
+                )
+        for username, phrases in REPORT_PHRASES.items():
+            owner = User.objects.filter(username=username).first()
+            for title, text in phrases:
+                if owner is not None:
+                    ReportPhrase.objects.get_or_create(owner=owner, title=title, defaults={"text": text})
 
 
 # Fixed dates: the demo's bytes never change, so a reload finds the same objects.

@@ -633,6 +633,75 @@ class Report(models.Model):
         return super().delete(*args, **kwargs)
 
 
+# The sections a template fills and a phrase may go into: the report's four texts.
+REPORT_SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
+
+
+class ReportTemplate(models.Model):
+    """A department's standard text for a catalogue procedure (*modello di referto*).
+
+    Proposed in the editor for the studies booked with ``procedure_code`` at the
+    authority's facilities; its sections go into the report's empty ones. The
+    procedure is named by its catalogue code: the catalogue is the CUP's
+    (booking.Procedure), which the archive does not import. Kept by a
+    department's head (``archive.change_reporttemplate``), each for their own
+    health authority.
+    """
+
+    authority = models.ForeignKey(
+        HealthAuthority,
+        on_delete=models.PROTECT,
+        related_name="report_templates",
+        verbose_name=_("azienda sanitaria"),
+    )
+    procedure_code = models.CharField(
+        _("codice della prestazione"),
+        max_length=16,
+        help_text=_("Il codice del catalogo CUP, per esempio 87.41 (TC del torace)."),
+    )
+    name = models.CharField(_("nome"), max_length=100, help_text=_("Per esempio «TC torace standard»."))
+    clinical_question = models.TextField(_("quesito clinico"), blank=True)
+    technique = models.TextField(_("tecnica"), blank=True)
+    findings = models.TextField(_("descrizione"), blank=True)
+    conclusion = models.TextField(_("conclusioni"), blank=True)
+    updated_at = models.DateTimeField(_("modificato il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("modello di referto")
+        verbose_name_plural = _("modelli di referto")
+        ordering = ["authority__code", "procedure_code", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["authority", "procedure_code", "name"], name="reporttemplate_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.procedure_code} – {self.name}"
+
+    def clean(self) -> None:
+        if not any(getattr(self, name).strip() for name in REPORT_SECTIONS):
+            raise ValidationError(_("Scrivi il testo di almeno una sezione."))
+
+
+class ReportPhrase(models.Model):
+    """A radiologist's own standard phrase (*frase standard*), inserted at the cursor in the editor."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="report_phrases", verbose_name=_("radiologo")
+    )
+    title = models.CharField(_("titolo"), max_length=80, help_text=_("Come la frase appare nell'elenco."))
+    text = models.TextField(_("testo"))
+    updated_at = models.DateTimeField(_("modificata il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("frase standard")
+        verbose_name_plural = _("frasi standard")
+        ordering = ["owner", "title"]
+        constraints = [models.UniqueConstraint(fields=["owner", "title"], name="reportphrase_unique_title")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
 class LifecyclePolicy(models.Model):
     """When a facility's instances go to the long-term tier and leave the facility's.
 

@@ -418,6 +418,9 @@ DECISIONS: dict[str, Decision] = {
         )
         for tail in ("referto.pdf", "referto.p7m")
     },
+    # A radiologist's own standard phrases: no study's data.
+    "refertazione/frasi/": Decision(PUBLIC),
+    "refertazione/frasi/<int:pk>/elimina/": Decision(PUBLIC, fill=lambda w, t: "/refertazione/frasi/0/elimina/"),
     # The REST API.
     "api/schema/": Decision(PUBLIC),
     "api/schema/swagger/": Decision(PUBLIC),
@@ -466,6 +469,7 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.Facility": (None, None),
     "archive.RemoteNode": (None, None),
     "archive.StaffProfile": (None, None),
+    "archive.ReportTemplate": (None, None),
     "archive.LifecyclePolicy": (None, None),
     "archive.ScopeMigration": (None, None),
     "archive.FixityRun": (None, None),

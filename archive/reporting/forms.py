@@ -65,6 +65,13 @@ class WorklistFilterForm(forms.Form):
         return data
 
 
+class PhraseForm(forms.Form):
+    """A standard phrase: its title in the editor's list and its text."""
+
+    title = forms.CharField(label=_("Titolo"), max_length=80, help_text=_("Come la frase appare nell'elenco."))
+    text = forms.CharField(label=_("Testo"), widget=forms.Textarea(attrs={"rows": 4}))
+
+
 class ReportForm(forms.Form):
     """A draft's four sections and the revision the radiologist is editing."""
 

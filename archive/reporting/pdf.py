@@ -1,8 +1,12 @@
 """The PDF of a signed report: what the patient receives and what the
 radiologist's CAdES signature covers.
 
-A4, the facility and its health authority at the top, the patient and the
-exam, the four sections of the report, then who signed and when. Long texts
+A4, the facility, its health authority, address and telephone at the top,
+the patient (one identifier: the codice fiscale, or the DICOM PatientID when
+there is none), the exam as it was booked (the catalogue procedure and its
+code, with the DICOM description as a detail, the department, the referring
+physician), the four sections of the report, then who signed and when. Every
+label is Italian, as on the citizen's pages ("Numero di prenotazione"). Long texts
 wrap and flow onto further pages; every page's footer says the document is
 signed digitally (the signature is the detached ``.p7m`` stored next to it)
 and gives the page number. The text is left uncompressed so that it can be
@@ -26,6 +30,8 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import HRFlowable, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from archive.reporting.booked import BookedExam, Contacts
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +88,38 @@ def _patient_rows(study: Any) -> list[tuple[str, str]]:
     patient = study.patient
     name = f"{patient.family_name} {patient.given_name}".strip() or study.patient_name.replace("^", " ").strip()
     birth_date = patient.birth_date or study.patient_birth_date
+    # One identifier: the codice fiscale, which is also the DICOM PatientID of
+    # a patient the CUP registered; the hospital's own number only without one.
+    identifier = (
+        (_("Codice fiscale"), patient.codice_fiscale)
+        if patient.codice_fiscale
+        else (_("Codice paziente"), study.dicom_patient_id)
+    )
     return [
         (_("Paziente"), name),
-        (_("Codice fiscale"), patient.codice_fiscale or ""),
-        (_("ID paziente"), study.dicom_patient_id),
+        identifier,
         (_("Data di nascita"), _date(birth_date)),
         (_("Sesso"), patient.sex or study.patient_sex),
     ]
 
 
-def _exam_rows(study: Any, report: Any) -> list[tuple[str, str]]:
+def exam_name(study: Any, booked: BookedExam | None) -> str:
+    """The exam's name: the booked procedure with its code, else the DICOM description."""
+    return booked.label if booked is not None else study.study_description
+
+
+def _exam_rows(study: Any, report: Any, booked: BookedExam | None) -> list[tuple[str, str]]:
+    rows = [(_("Esame"), exam_name(study, booked))]
+    if booked is not None and study.study_description:
+        rows.append((_("Descrizione DICOM"), study.study_description))
+    if booked is not None and booked.department:
+        rows.append((_("Reparto"), booked.department))
+    referring = (booked.referring_physician if booked is not None else "") or study.referring_physician_name.replace(
+        "^", " "
+    ).strip()
     return [
-        (_("Esame"), study.study_description),
+        *rows,
+        (_("Medico prescrittore"), referring),
         (_("Modalità"), ", ".join(study.modality_list())),
         # The same date and the same name of the number as the citizen's pages and zips.
         (_("Data dell'esame"), _date(study.performed_on())),
@@ -102,7 +128,14 @@ def _exam_rows(study: Any, report: Any) -> list[tuple[str, str]]:
     ]
 
 
-def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> bytes:
+def report_pdf(
+    *,
+    report: Any,
+    signer_name: str,
+    signed_at: dt.datetime,
+    booked: BookedExam | None = None,
+    contacts: Contacts | None = None,
+) -> bytes:
     """The PDF of ``report`` signed by ``signer_name`` at ``signed_at``.
 
     Parameters
@@ -113,6 +146,12 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> byte
         The name on the signer's certificate (``signing.signer_name``).
     signed_at : datetime
         Printed in local time; the signature's signing-time attribute should say the same.
+    booked : BookedExam, optional
+        The study's booking (``archive.reporting.booked``): the exam's name and
+        code, department, referring physician. Without it the DICOM header
+        names the exam.
+    contacts : Contacts, optional
+        The facility's address and telephone, under its name.
     """
     study = report.study
     facility = study.facility
@@ -125,6 +164,15 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> byte
     story: list[Any] = [
         Paragraph(escape(facility.name), _STYLES["facility"]),
         Paragraph(escape(facility.authority.name), _STYLES["authority"]),
+    ]
+    where = []
+    if contacts is not None and contacts.address:
+        where.append(contacts.address)
+    if contacts is not None and contacts.phone:
+        where.append(_("Tel. %(phone)s") % {"phone": contacts.phone})
+    if where:
+        story.append(Paragraph(escape(" – ".join(where)), _STYLES["authority"]))
+    story += [
         Spacer(0, 4 * mm),
         HRFlowable(width="100%", thickness=0.6, color=colors.grey),
         Spacer(0, 3 * mm),
@@ -155,7 +203,7 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> byte
         Spacer(0, 3 * mm),
         _facts(_patient_rows(study)),
         Spacer(0, 2 * mm),
-        _facts(_exam_rows(study, report)),
+        _facts(_exam_rows(study, report, booked)),
         Spacer(0, 2 * mm),
     ]
     sections = [
@@ -216,7 +264,7 @@ def report_pdf(*, report: Any, signer_name: str, signed_at: dt.datetime) -> byte
         bottomMargin=_MARGIN + 6 * mm,
         title=_("Referto %(acc)s v%(v)s") % {"acc": study.accession_number, "v": report.version},
         author=signer_name,
-        subject=study.study_description,
+        subject=exam_name(study, booked),
         creator="PACS regionale FVG",
         pageCompression=0,
     )

@@ -590,13 +590,16 @@ def report_sign(
 
     # The slow part, outside any transaction: PDF, signature, files.
     from archive.reporting import signing
+    from archive.reporting.booked import booked_exam, facility_contacts
     from archive.reporting.pdf import report_pdf
 
+    booked = booked_exam(study.pk)
+    contacts = facility_contacts(study.facility_id)
     signed_at = timezone.now()
     try:
         signer = signing.signer_name(user)
         certificate = signing.signer_certificate_pem(user)
-        pdf = report_pdf(report=row, signer_name=signer, signed_at=signed_at)
+        pdf = report_pdf(report=row, signer_name=signer, signed_at=signed_at, booked=booked, contacts=contacts)
         p7m = signing.cades_sign_detached(data=pdf, user=user, signing_time=signed_at)
     except signing.SigningError as exc:
         logger.exception("signing report %s failed", row.pk)

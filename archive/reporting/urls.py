@@ -17,6 +17,8 @@ urlpatterns = [
     path("referti/<int:pk>/abbandona/", views.report_discard, name="report_discard"),
     path("referti/<int:pk>/firma/", views.report_sign, name="report_sign"),
     path("referti/<int:pk>/nuova-versione/", views.report_amend, name="report_amend"),
+    path("frasi/", views.phrases, name="phrases"),
+    path("frasi/<int:pk>/elimina/", views.phrase_delete, name="phrase_delete"),
     path("referti/<int:pk>/referto.pdf", views.report_file, {"which": "pdf"}, name="report_pdf"),
     path("referti/<int:pk>/referto.p7m", views.report_file, {"which": "p7m"}, name="report_p7m"),
 ]

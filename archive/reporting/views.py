@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import F, Prefetch, Q
 from django.http import Http404, HttpResponse
@@ -43,9 +44,19 @@ from django.utils.translation import gettext_noop
 from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
-from archive.models import Instance, Patient, Report, Series, Study
+from archive.models import Instance, Patient, Report, ReportPhrase, ReportTemplate, Series, Study
 from archive.reporting import services as reports
-from archive.reporting.forms import STATUS_IN_PROGRESS, STATUS_TODO, AmendForm, ReportForm, SignForm, WorklistFilterForm
+from archive.reporting import texts
+from archive.reporting.booked import booked_exam, booked_exams
+from archive.reporting.forms import (
+    STATUS_IN_PROGRESS,
+    STATUS_TODO,
+    AmendForm,
+    PhraseForm,
+    ReportForm,
+    SignForm,
+    WorklistFilterForm,
+)
 from archive.series_numbers import series_label, study_series_numbered
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
@@ -115,7 +126,9 @@ def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
         else Study.objects.none()
     )
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
+    booked = booked_exams(study.pk for study in page.object_list)
     for study in page.object_list:
+        study.booked = booked.get(study.pk)
         study.draft_author_name = (
             f"{study.draft_author_first} {study.draft_author_last}".strip() or study.draft_author_username or ""
         )
@@ -263,6 +276,9 @@ def _render_study(
     if editable and form is None:
         assert draft is not None
         form = ReportForm.for_report(draft)
+    booked = booked_exam(study.pk)
+    templates = list(texts.templates_for_study(study=study, booked=booked)) if editable else []
+    phrases = list(texts.phrases_of(user=request.user)) if editable else []
     principal = access.principal_for_request(request)
     priors = list(
         access.studies_visible(principal)
@@ -306,6 +322,21 @@ def _render_study(
             "series": [s.as_json() for s in series],
             "state": state,
             "texts": {"image": _("immagine %(n)s di %(total)s")},
+        },
+        "booked": booked,
+        "report_templates": templates,
+        "phrases": phrases,
+        "editor_data": {
+            "templates": [texts.template_json(t) for t in templates],
+            "phrases": {str(p.pk): p.text for p in phrases},
+            "texts": {
+                "replace": _(
+                    "Queste sezioni hanno già del testo: «%(sections)s». Le sostituisco con quelle del modello?"
+                ),
+                "inserted": _("Modello «%(name)s» inserito nelle sezioni vuote."),
+                "nothing": _("Tutte le sezioni hanno già del testo: il modello non è stato inserito."),
+                "phrase": _("Frase inserita in «%(section)s»."),
+            },
         },
         "draft": draft,
         "mine": mine,
@@ -435,13 +466,26 @@ def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     form = ReportForm(request.POST)
     if not form.is_valid():
         return _render_study(request, report.study, form=form, status=400)
+    sections = form.sections()
+    template: ReportTemplate | None = None
+    if request.POST.get("azione") == "modello":
+        # Without JavaScript the template's button saves the draft with the
+        # template in the sections still empty (the script does it in the page).
+        offered = texts.templates_for_study(study=report.study, booked=booked_exam(report.study_id))
+        modello = request.POST.get("modello") or ""
+        template = offered.filter(pk=int(modello)).first() if modello.isdigit() else None
+        if template is None:
+            return _render_study(
+                request, report.study, form=form, error=_("Il modello scelto non esiste per questo esame."), status=400
+            )
+        sections = texts.template_fill(sections=sections, template=template)
     try:
         saved = reports.report_save(
             report=report,
             user=request.user,
             revision=form.cleaned_data["revision"],
             source=_source(request),
-            **form.sections(),
+            **sections,
         )
     except reports.ReportConflict as err:
         current = Report.objects.filter(pk=report.pk).select_related("author", "updated_by").first()
@@ -462,6 +506,11 @@ def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         return _render_study(request, report.study, form=form, error=err.message, status=http_status(err))
     if request.POST.get("azione") == "firma":
         return redirect("reporting:report_sign", pk=saved.pk)
+    if template is not None:
+        messages.success(
+            request, _("Modello «%(name)s» inserito nelle sezioni vuote e bozza salvata.") % {"name": template.name}
+        )
+        return redirect(_study_url(report.study))
     messages.success(
         request, _("Bozza salvata alle %(t)s.") % {"t": timezone.localtime(saved.updated_at).strftime("%H:%M")}
     )
@@ -524,7 +573,13 @@ def report_sign(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "archive/reporting/sign.html",
-        {"report": report, "study": report.study, "patient": report.study.patient, "form": form},
+        {
+            "report": report,
+            "study": report.study,
+            "patient": report.study.patient,
+            "booked": booked_exam(report.study_id),
+            "form": form,
+        },
         status=status,
     )
 
@@ -558,6 +613,7 @@ def report_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             "report": report,
             "study": report.study,
             "patient": report.study.patient,
+            "booked": booked_exam(report.study_id),
             "check": check,
             "versions": versions,
         },
@@ -626,3 +682,53 @@ def report_amend(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
         % {"v": draft.version, "kind": draft.get_kind_display()},
     )
     return redirect(_study_url(report.study))
+
+
+# --- the radiologist's own phrases ----------------------------------------------------------
+
+
+@_perms("archive.change_report")
+@require_http_methods(["GET", "POST"])
+def phrases(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The user's standard phrases: the list, a form to add one, and to change one (``?frase=pk``)."""
+    own = texts.phrases_of(user=request.user)
+    editing = None
+    wanted = request.POST.get("frase") or request.GET.get("frase")
+    if wanted:
+        editing = own.filter(pk=wanted if str(wanted).isdigit() else 0).first()
+        if editing is None:
+            raise Http404
+    status = 200
+    if request.method == "POST":
+        form = PhraseForm(request.POST)
+        if form.is_valid():
+            try:
+                texts.phrase_save(
+                    user=request.user,
+                    title=form.cleaned_data["title"],
+                    text=form.cleaned_data["text"],
+                    phrase=editing,
+                )
+            except ValidationError as err:
+                form.add_error(None, err)
+            else:
+                messages.success(request, _("Frase «%(title)s» salvata.") % {"title": form.cleaned_data["title"]})
+                return redirect("reporting:phrases")
+        status = 400
+    else:
+        form = PhraseForm(initial={"title": editing.title, "text": editing.text} if editing else None)
+    return render(
+        request,
+        "archive/reporting/phrases.html",
+        {"phrases": own, "form": form, "editing": editing},
+        status=status,
+    )
+
+
+@_perms("archive.change_report")
+@require_POST
+def phrase_delete(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    phrase = get_object_or_404(ReportPhrase, pk=pk, owner=request.user)
+    texts.phrase_delete(user=request.user, phrase=phrase)
+    messages.success(request, _("Frase «%(title)s» eliminata.") % {"title": phrase.title})
+    return redirect("reporting:phrases")

@@ -85,3 +85,23 @@ def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> 
     assert titles["radiologa"] == "radiologa" and titles["cup"] == "operatore CUP"
     assert StaffProfile.objects.get(user__username="radiologa").title == "Dott.ssa"
     assert not users.get(username="cup").has_perm("archive.sign_report")
+
+
+def test_demo_has_report_templates_a_head_and_phrases(db: None) -> None:
+    from archive.models import ReportPhrase, ReportTemplate
+
+    call_command("load_demo", stdout=StringIO())
+    call_command("load_demo", stdout=StringIO())  # found again, not duplicated
+    users = get_user_model().objects
+    head = users.get(username="radiologo")
+    assert head.has_perm("archive.change_reporttemplate") and head.has_perm("archive.sign_report")
+    assert not users.get(username="radiologa").has_perm("archive.change_reporttemplate")
+    names = set(ReportTemplate.objects.filter(authority__code="ASUGI").values_list("procedure_code", "name"))
+    assert ("87.41", "TC torace standard") in names and ("88.91.1", "RM encefalo standard") in names
+    assert ReportTemplate.objects.count() == 4
+    assert ReportPhrase.objects.filter(owner=head).count() == 3
+    # Every demo template's procedure is in the demo catalogue.
+    from booking.models import Procedure
+
+    codes = set(ReportTemplate.objects.values_list("procedure_code", flat=True))
+    assert codes <= set(Procedure.objects.values_list("code", flat=True))

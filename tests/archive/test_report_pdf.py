@@ -58,6 +58,21 @@ def test_report_pdf_has_header_patient_exam_sections_and_signature(reporting: Re
         "Pagina 1",
     ):
         assert expected in text, expected
+    # Without a booking the DICOM description names the exam; the codice fiscale is the one identifier.
+    assert f"Esame {reporting.study.study_description}" in text
+    assert text.count(PATIENT_CF) == 1 and "ID paziente" not in text and "Accession" not in text
+
+
+def test_a_patient_without_codice_fiscale_has_the_hospital_code_as_the_one_identifier(
+    reporting: Reporting,  # noqa: F811
+) -> None:
+    patient = reporting.study.patient
+    patient.codice_fiscale, patient.provisional = None, True  # a hospital's number only
+    patient.save()
+    reporting.study.refresh_from_db()
+    text = " ".join(pdf_pages(report_pdf(report=make_report(reporting), signer_name="S C", signed_at=SIGNED_AT)))
+    assert f"Codice paziente {reporting.study.dicom_patient_id}" in text
+    assert "Codice fiscale" not in text
 
 
 def test_a_correction_names_the_version_it_corrects(reporting: Reporting) -> None:  # noqa: F811
