@@ -538,6 +538,7 @@ function fail(error) {
 
 function onKey(event) {
   if (event.target.closest && event.target.closest("select, input, textarea")) return;
+  if (event.key === " " && event.target.closest && event.target.closest("button, a")) return; // their own click
   const index = state.active;
   const viewport = csViewport(index);
   if (!viewport) return;
