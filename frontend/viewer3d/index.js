@@ -12,6 +12,7 @@ import {
   eventTarget,
   imageLoader,
   imageLoadPoolManager,
+  cache,
 } from "@cornerstonejs/core";
 import {
   init as toolsInit,
@@ -653,6 +654,24 @@ window.pacsViewer = {
       tool: a.metadata.toolName,
       stats: Object.values(a.data.cachedStats || {})[0] || null,
     }));
+  },
+  // How many images of a viewport's series are decoded in memory (the prefetch's progress).
+  cached(index = 0) {
+    const vp = state.viewports[index];
+    return vp && vp.imageIds ? vp.imageIds.filter((id) => cache.getImage(id)).length : 0;
+  },
+  // Milliseconds to show n images one after the other (each drawn before the next): the benchmark's.
+  async timeScroll(index, n) {
+    const vp = state.viewports[index];
+    const viewport = csViewport(index);
+    const start = performance.now();
+    for (let k = 1; k <= n; k++) {
+      const target = k % vp.imageIds.length;
+      const drawn = new Promise((resolve) => vp.element.addEventListener(Enums.Events.IMAGE_RENDERED, resolve, { once: true }));
+      viewport.setImageIdIndex(target);
+      await drawn;
+    }
+    return performance.now() - start;
   },
   scrollTo,
   setWindow,
