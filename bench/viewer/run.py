@@ -90,7 +90,7 @@ def web_start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
     raise TimeoutError("gunicorn did not start")
 
 
-def measure(base: str, *, repeat: int, scroll: int) -> tuple[list[float], float, int]:
+def measure(base: str, *, repeat: int, scroll: int, rendering: str) -> tuple[list[float], float, int, bool]:
     """Times to first image (s) of each opening, then ms to scroll ``scroll`` loaded slices, and the series' size."""
     from playwright.sync_api import sync_playwright
 
@@ -109,7 +109,10 @@ def measure(base: str, *, repeat: int, scroll: int) -> tuple[list[float], float,
                 page.wait_for_url(f"{base}/refertazione/")
                 link = page.locator("tr", has_text="TC BENCH").get_by_role("link", name="Visualizzatore")
                 start = time.perf_counter()
-                link.click()
+                if rendering:
+                    page.goto(f"{base}{link.get_attribute('href')}?rendering={rendering}")
+                else:
+                    link.click()
                 page.wait_for_function(
                     "() => { const v = window.pacsViewer && window.pacsViewer.viewport(0); return v && v.rendered; }",
                     polling="raf",
@@ -121,10 +124,11 @@ def measure(base: str, *, repeat: int, scroll: int) -> tuple[list[float], float,
                 count = page.evaluate("() => window.pacsViewer.viewport(0).count")
                 page.wait_for_function(f"() => window.pacsViewer.cached(0) === {count}")
                 scroll_ms = page.evaluate(f"() => window.pacsViewer.timeScroll(0, {scroll})")
+                cpu = page.evaluate("() => window.pacsViewer.cpuRendering")
                 context.close()
         finally:
             browser.close()
-    return firsts, scroll_ms, count
+    return firsts, scroll_ms, count, cpu
 
 
 def main() -> None:
@@ -133,6 +137,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=5, help="openings of the study, each in a fresh context")
     parser.add_argument("--scroll", type=int, default=200, help="slices shown one after the other once loaded")
+    parser.add_argument(
+        "--rendering", choices=("cpu", "gpu"), default="", help="force the viewer's rendering (?rendering=)"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 slices of 128x128, one opening (the test suite's)")
     args = parser.parse_args()
     if args.smoke:
@@ -160,7 +167,9 @@ def main() -> None:
     seeded = time.perf_counter() - started
     proc, port = web_start(env, work / "gunicorn.log")
     try:
-        firsts, scroll_ms, count = measure(f"http://127.0.0.1:{port}", repeat=args.repeat, scroll=args.scroll)
+        firsts, scroll_ms, count, cpu = measure(
+            f"http://127.0.0.1:{port}", repeat=args.repeat, scroll=args.scroll, rendering=args.rendering
+        )
     finally:
         proc.terminate()
         try:
@@ -170,7 +179,8 @@ def main() -> None:
     per_slice = scroll_ms / args.scroll
     print(
         f"\nDiagnostic viewer, a CT of {count} slices {args.size}x{args.size} (16 bit, uncompressed), "
-        f"headless Chromium 1600x1000, gunicorn 2x4 (archive seeded in {seeded:.1f} s):"
+        f"headless Chromium 1600x1000 ({'CPU' if cpu else 'WebGL'} rendering), gunicorn 2x4 "
+        f"(archive seeded in {seeded:.1f} s):"
     )
     print(f"{'measure':<36}{'best':>10}{'median':>10}{'goal':>12}")
     print(

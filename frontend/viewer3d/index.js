@@ -13,6 +13,8 @@ import {
   imageLoader,
   imageLoadPoolManager,
   cache,
+  setUseCPURendering,
+  getShouldUseCPURendering,
 } from "@cornerstonejs/core";
 import {
   init as toolsInit,
@@ -560,8 +562,26 @@ function onKey(event) {
   event.preventDefault();
 }
 
+function softwareWebGL() {
+  try {
+    const gl = document.createElement("canvas").getContext("webgl2");
+    if (!gl) return true;
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const renderer = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : "";
+    gl.getExtension("WEBGL_lose_context")?.loseContext();
+    return /swiftshader|llvmpipe|softpipe|software/i.test(renderer);
+  } catch {
+    return true;
+  }
+}
+
 async function main() {
   const base = new URL(".", scriptUrl).href;
+  // WebGL when the browser has a GPU; Cornerstone's CPU path when its WebGL is software (SwiftShader,
+  // llvmpipe: a machine without a GPU, a headless browser), where the CPU path draws a slice
+  // several times faster (bench/viewer). ?rendering=cpu or ?rendering=gpu chooses.
+  const asked = new URLSearchParams(window.location.search).get("rendering");
+  if (asked === "cpu" || (asked !== "gpu" && softwareWebGL())) setUseCPURendering(true);
   await coreInit();
   loaderInit({ maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)), wasmBasePath: `${base}wasm/` });
   toolsInit();
@@ -615,6 +635,9 @@ window.pacsViewer = {
   },
   get active() {
     return state.active;
+  },
+  get cpuRendering() {
+    return getShouldUseCPURendering();
   },
   get tool() {
     return state.tool;
