@@ -94,7 +94,7 @@ async function loadSeries(series) {
     series.instances.forEach((uid, i) => {
       const meta = byUid.get(uid);
       if (!meta) return;
-      const imageId = `wadors:${new URL(series.frames[i], window.location.href).href}`;
+      const imageId = frameImageId(series, i);
       wadors.metaDataManager.add(imageId, meta);
       imageIds.push(imageId);
       metas.push(meta);
@@ -238,20 +238,44 @@ function updateOverlay(index) {
   vp.element.setAttribute("aria-label", `${vp.series.label}, ${texts.slice} ${i + 1}/${vp.imageIds.length}`);
 }
 
+function frameImageId(series, i) {
+  return `wadors:${new URL(series.frames[i], window.location.href).href}`;
+}
+
+async function loadFirst(series) {
+  // The first image's header alone (WADO-RS instance metadata): a few ms, where the whole
+  // series' metadata takes longer (hundreds of instances), so the first image shows at once.
+  const url = series.frames[0].replace(/\/frames\/1$/, "/metadata");
+  const answer = await fetch(url, { headers: { Accept: "application/dicom+json" }, credentials: "same-origin" });
+  if (!answer.ok) throw new Error(`${url}: ${answer.status}`);
+  const [meta] = await answer.json();
+  const imageId = frameImageId(series, 0);
+  wadors.metaDataManager.add(imageId, meta);
+  return { imageIds: [imageId], metas: [meta] };
+}
+
 async function showSeries(index, study, series) {
   const vp = state.viewports[index];
+  const viewport = engine.getViewport(vp.id);
   say(texts.loading);
-  const { imageIds, metas } = await loadSeries(series);
+  state.linked.delete(index);
+  const known = seriesCache.has(series.uid);
+  const full = loadSeries(series);
+  if (!known && series.instances.length > 1) {
+    const first = await loadFirst(series);
+    Object.assign(vp, { study, series, ...first });
+    await viewport.setStack(first.imageIds, 0);
+    viewport.render();
+    updateOverlay(index);
+  }
+  const { imageIds, metas } = await full;
   if (!imageIds.length) {
     say(texts.noImages);
     return;
   }
   Object.assign(vp, { study, series, imageIds, metas });
-  const viewport = engine.getViewport(vp.id);
-  const middle = 0;
-  await viewport.setStack(imageIds, middle);
+  await viewport.setStack(imageIds, 0);
   viewport.render();
-  state.linked.delete(index);
   updateOverlay(index);
   say("");
   prefetch(imageIds);
@@ -281,6 +305,7 @@ function buildLayout(layout) {
     }
   });
   state.viewports = previous.slice(0, count);
+  if (state.linked.size < 2) state.linked.clear(); // a link needs two viewports
   state.layout = layout;
   grid.className = `v3d-grid layout-${layout}`;
   for (let i = 0; i < count; i++) {

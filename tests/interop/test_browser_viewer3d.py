@@ -15,6 +15,7 @@ import pytest
 
 from archive.sample_data import PatientInfo
 from kernel.models import AuditEvent
+from tests.a11y import assert_accessible
 from tests.interop.test_browser_booking import CHROMIUM
 from tests.reporting_helpers import PATIENT_CF, RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 from tests.viewer3d_helpers import bundled_study, ct_series, ingest
@@ -157,6 +158,7 @@ def test_diagnostic_viewer_in_the_browser(
                 action="study.view", study=ct, detail__page="reporting.viewer", user=reporting.radiologist
             ).exists()
             page.screenshot(path=str(shots / "ct-first.png"))
+            assert_accessible(page, "the diagnostic viewer")
 
             # One slice per wheel notch, both ways.
             box = page.locator(".v3d-element").first.bounding_box()
@@ -195,6 +197,9 @@ def test_diagnostic_viewer_in_the_browser(
             page.get_by_role("button", name="TC TORACE PRECEDENTE").click()
             page.wait_for_function("() => window.pacsViewer.layout === '1x2'")
             _wait_rendered(page, 1)
+            page.wait_for_function(
+                "() => { const v = window.pacsViewer.viewport(1); return v.linked && v.count === 60; }"
+            )
             right = _state(page, 1)
             assert right["studyUid"] == prior.study_instance_uid and right["linked"]
             left = _state(page, 0)
@@ -211,6 +216,7 @@ def test_diagnostic_viewer_in_the_browser(
             for layout in ("2x2", "1x1"):
                 page.click(f"[data-layout='{layout}']")
                 page.wait_for_function(f"() => window.pacsViewer.layout === '{layout}'")
+            assert not _state(page)["linked"]  # alone again: nothing to scroll with
             page.screenshot(path=str(shots / "layout.png"))
 
             # A length on the phantom: two dots 100 px apart at 0.5 mm → 50.0 mm.
