@@ -121,6 +121,7 @@ def measure(base: str, *, repeat: int, scroll: int, rendering: str) -> tuple[lis
                 errors = page.evaluate("() => window.pacsViewer.errors")
                 if errors:
                     raise RuntimeError(f"the viewer failed: {errors}")
+                page.wait_for_function("() => window.pacsViewer.ready")  # the whole series' metadata too
                 count = page.evaluate("() => window.pacsViewer.viewport(0).count")
                 page.wait_for_function(f"() => window.pacsViewer.cached(0) === {count}")
                 scroll_ms = page.evaluate(f"() => window.pacsViewer.timeScroll(0, {scroll})")
