@@ -316,10 +316,7 @@ function buildLayout(layout) {
     toolGroup.addViewport(id, ENGINE);
     const vp = { id, cell, element, overlay, imageIds: null, metas: [] };
     state.viewports[i] = vp;
-    element.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => {
-      updateOverlay(i);
-      syncFrom(i);
-    });
+    element.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => updateOverlay(i));
     element.addEventListener(Enums.Events.VOI_MODIFIED, () => updateOverlay(i));
     element.addEventListener(Enums.Events.CAMERA_MODIFIED, () => updateOverlay(i));
     element.addEventListener("wheel", (event) => onWheel(event, i), { passive: false });
@@ -350,20 +347,21 @@ function onWheel(event, index) {
   if (steps) scrollBy(index, steps);
 }
 
-function scrollTo(index, target) {
+function scrollTo(index, target, follow = true) {
+  // The user's scrolling (wheel, keys, cine) moves the linked viewports too, from here and not
+  // from the image events: a follower's own move, rounded to its slices, never leads back.
   const viewport = csViewport(index);
   if (!viewport) return;
   const n = state.viewports[index].imageIds.length;
   const clamped = Math.max(0, Math.min(n - 1, target));
   if (clamped !== viewport.getCurrentImageIdIndex()) viewport.setImageIdIndex(clamped);
+  if (follow) syncFrom(index, clamped);
 }
 
 function scrollBy(index, steps) {
   const viewport = csViewport(index);
   if (viewport) scrollTo(index, viewport.getCurrentImageIdIndex() + steps);
 }
-
-let syncing = false;
 
 function nearestIndex(vp, position) {
   let best = -1;
@@ -380,26 +378,17 @@ function nearestIndex(vp, position) {
   return best;
 }
 
-function syncFrom(source) {
+function syncFrom(source, sourceIndex) {
   // Linked viewports follow the source by slice position: the same point in space when the frames
   // of reference are the same, or the same offset from where they were linked when parallel.
-  if (syncing) return;
-  const group = [...state.linked.keys()];
-  if (!state.linked.has(source) || group.length < 2) return;
-  const src = state.viewports[source];
-  const srcPosition = slicePosition(src, csViewport(source).getCurrentImageIdIndex());
+  if (!state.linked.has(source) || state.linked.size < 2) return;
+  const srcPosition = slicePosition(state.viewports[source], sourceIndex);
   if (srcPosition === null) return;
-  syncing = true;
-  try {
-    for (const other of group) {
-      if (other === source) continue;
-      const target = state.viewports[other];
-      const wanted = srcPosition - state.linked.get(source).offset + state.linked.get(other).offset;
-      const index = nearestIndex(target, wanted);
-      if (index >= 0) scrollTo(other, index);
-    }
-  } finally {
-    syncing = false;
+  for (const [other, link] of state.linked) {
+    if (other === source) continue;
+    const wanted = srcPosition - state.linked.get(source).offset + link.offset;
+    const index = nearestIndex(state.viewports[other], wanted);
+    if (index >= 0) scrollTo(other, index, false);
   }
 }
 
@@ -683,6 +672,8 @@ window.pacsViewer = {
       seriesUid: vp.series.uid,
       position: slicePosition(vp, image),
       linked: state.linked.has(index),
+      zoom: viewport.getZoom ? viewport.getZoom() : null,
+      cine: Boolean(state.cine),
       warning: vp.warning || "",
       rendered: Boolean(viewport.getImageData && viewport.getImageData()),
     };

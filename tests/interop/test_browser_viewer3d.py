@@ -118,18 +118,21 @@ def test_diagnostic_viewer_in_the_browser(
         ),
         facility,
     )
-    j2k = ingest(
-        bundled_study(
-            tmp_path / "j2k", patient=PATIENT, name="MR_small_jp2klossless.dcm", study_date=today, description="J2K"
-        ),
-        facility,
-    )
-    jls = ingest(
-        bundled_study(
-            tmp_path / "jls", patient=PATIENT, name="MR_small_jpeg_ls_lossless.dcm", study_date=today, description="JLS"
-        ),
-        facility,
-    )
+    # The transfer syntaxes the archive holds, as pydicom bundles them (archive.sample_data.COMPRESSED).
+    compressed = {
+        name: ingest(
+            bundled_study(tmp_path / name, patient=PATIENT, name=filename, study_date=today, description=name),
+            facility,
+        )
+        for name, filename in (
+            ("jpeg2000-lossless", "MR_small_jp2klossless.dcm"),
+            ("jpeg2000", "JPEG2000.dcm"),
+            ("jpeg-ls", "MR_small_jpeg_ls_lossless.dcm"),
+            ("jpeg-baseline", "SC_rgb_jpeg_dcmtk.dcm"),
+            ("jpeg-lossless", "SC_rgb_jpeg_gdcm.dcm"),
+            ("rle", "MR_small_RLE.dcm"),
+        )
+    }
     shots = tmp_path / "shots"
     shots.mkdir()
     base = live_server.url
@@ -190,8 +193,26 @@ def test_diagnostic_viewer_in_the_browser(
             # A preset, then reset to the data set's window.
             page.select_option("#v3d-preset", "-600,1500")
             assert _state(page)["window"] == {"center": -600, "width": 1500}
+            # Zoom with the right button, then reset: the data set's window and the fitted image.
+            fitted = _state(page)["zoom"]
+            page.mouse.move(cx, cy)
+            page.mouse.down(button="right")
+            page.mouse.move(cx, cy - 120, steps=8)
+            page.mouse.up(button="right")
+            assert _state(page)["zoom"] != fitted
             page.click("#v3d-reset")
             assert _state(page)["window"] == {"center": 40, "width": 400}
+            assert abs(_state(page)["zoom"] - fitted) < 1e-6
+            # Cine plays and stops.
+            start = _state(page)["index"]
+            page.click("#v3d-cine")
+            page.wait_for_function(f"() => window.pacsViewer.viewport(0).index >= {start + 3}")
+            page.click("#v3d-cine")
+            assert not _state(page)["cine"]
+            page.keyboard.press("Home")
+            page.wait_for_function("() => window.pacsViewer.viewport(0).index === 0")
+            page.keyboard.press("PageDown")
+            page.wait_for_function("() => window.pacsViewer.viewport(0).index === 10")
 
             # The prior beside the current study, linked: it scrolls with it by slice position.
             page.get_by_role("button", name="TC TORACE PRECEDENTE").click()
@@ -241,10 +262,11 @@ def test_diagnostic_viewer_in_the_browser(
             assert "non sono calibrate" in _state(page)["warning"]
             assert page.locator(".v3d-ov-warn").first.is_visible()
 
-            # JPEG 2000 and JPEG-LS decode in the browser (WebAssembly codecs in workers).
-            for study, name in ((j2k, "jpeg2000"), (jls, "jpeg-ls")):
+            # JPEG 2000, JPEG-LS, JPEG baseline and lossless, RLE decode in the browser (WebAssembly
+            # codecs in workers).
+            for name, study in compressed.items():
                 _open(page, base, study.pk, shots, name)
-                assert _state(page)["count"] == 1
+                assert _state(page)["count"] == 1, name
 
             violations = page.evaluate("() => window.__csp")
             assert violations == [], violations
