@@ -205,7 +205,10 @@ function updateOverlay(index) {
     data.patient.id || first(meta, "00100020") || "",
   ].join("\n");
   ovPart(vp, "tr").textContent = [vp.study.date, vp.study.description, vp.series.label].join("\n");
-  const position = slicePosition(vp, i);
+  // Position and orientation only from the data set's own (a secondary capture, a planar
+  // NM image have none: Cornerstone's defaults are not the patient's).
+  const oriented = Boolean(value(meta, "00200037") && value(meta, "00200032"));
+  const position = oriented ? slicePosition(vp, i) : null;
   const loc = first(meta, "00201041");
   const where = loc !== undefined ? Number(loc) : position;
   ovPart(vp, "bl").textContent = [
@@ -217,7 +220,8 @@ function updateOverlay(index) {
     .join("\n");
   const w = windowOf(index);
   ovPart(vp, "br").textContent = w ? `W ${Math.round(w.width)} L ${Math.round(w.center)}` : "";
-  if (p.rowCosines && p.columnCosines) {
+  for (const side of ["left", "right", "top", "bottom"]) ovPart(vp, side).textContent = "";
+  if (oriented && p.rowCosines && p.columnCosines) {
     const r = p.rowCosines;
     const c = p.columnCosines;
     const { flipHorizontal, flipVertical } = viewport.getCamera();
