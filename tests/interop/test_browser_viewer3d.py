@@ -256,6 +256,21 @@ def test_diagnostic_viewer_in_the_browser(
             measured = page.evaluate("() => window.pacsViewer.lastMeasurement")
             assert measured["unit"] == "mm" and abs(measured["value"] - 50.0) <= 0.5, measured
             page.screenshot(path=str(shots / "phantom-length.png"))
+            # An angle: from the left dot to the right one, then up 50 px: 90°.
+            page.click("[data-tool='Angle']")
+            c = page.evaluate("() => window.pacsViewer.pagePoint(0, 178, 78)")
+            page.mouse.move(a["x"], a["y"] + 30)
+            page.mouse.down()
+            page.mouse.move(b["x"], b["y"] + 30, steps=8)
+            page.mouse.up()
+            page.mouse.move(c["x"], c["y"] + 30, steps=8)
+            page.mouse.down()
+            page.mouse.up()
+            page.wait_for_function("() => (window.pacsViewer.lastMeasurement || {}).tool === 'Angle'")
+            page.wait_for_timeout(300)
+            angle = page.evaluate("() => window.pacsViewer.lastMeasurement")
+            assert angle["unit"] == "°" and abs(angle["value"] - 90) <= 1, angle
+            page.screenshot(path=str(shots / "phantom-angle.png"))
 
             # Only Imager Pixel Spacing: a visible warning.
             _open(page, base, uncalibrated.pk, shots, "uncalibrated")
