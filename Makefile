@@ -46,8 +46,14 @@ $(NODE_PACKAGES): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error --omit=optional
 	touch $@
 
-install: $(VENV)/.installed $(NODE_PACKAGES)
-install-test: $(VENV)/.installed-test $(NODE_PACKAGES)
+# The radiologist's diagnostic viewer (Cornerstone3D), bundled by esbuild into
+# frontend/dist/viewer3d/ (served under static/viewer3d/, pacs/settings.py).
+VIEWER3D := frontend/dist/viewer3d/viewer3d.js
+$(VIEWER3D): $(NODE_PACKAGES) frontend/build.mjs $(wildcard frontend/viewer3d/*)
+	npm run --silent build
+
+install: $(VENV)/.installed $(NODE_PACKAGES) $(VIEWER3D)
+install-test: $(VENV)/.installed-test $(NODE_PACKAGES) $(VIEWER3D)
 
 system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
@@ -74,4 +80,4 @@ check: install-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf var/ .pytest_cache .mypy_cache node_modules
+	rm -rf var/ .pytest_cache .mypy_cache node_modules frontend/dist

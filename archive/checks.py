@@ -242,3 +242,18 @@ def check_audit_key_deploy(app_configs: Any, **kwargs: Any) -> list[Any]:
             id="archive.E020",
         )
     ]
+
+
+@register()
+def check_viewer_bundle(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """The radiologist's diagnostic viewer is a bundle built from frontend/viewer3d (frontend/build.mjs)."""
+    bundle = Path(settings.VIEWER3D_DIST_DIR) / "viewer3d" / "viewer3d.js"
+    if bundle.is_file():
+        return []
+    return [
+        Error(
+            f"The diagnostic viewer is not built: {bundle} is missing (the radiologist's viewer page needs it).",
+            hint="Run `npm ci --omit=optional && npm run build` in the project folder (make run and make test do it).",
+            id="archive.E040",
+        )
+    ]

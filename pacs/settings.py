@@ -407,8 +407,13 @@ BOOTSTRAP_ITALIA_DIR = NODE_MODULES_DIR / "bootstrap-italia" / "dist"
 # PDF.js shows the signed report in the citizen's exam page: its legacy build (older
 # phones' browsers too) and the standard fonts a PDF may use without embedding them.
 PDFJS_DIR = NODE_MODULES_DIR / "pdfjs-dist"
+# The radiologist's diagnostic viewer (Cornerstone3D), bundled from frontend/viewer3d by
+# `npm run build` (frontend/build.mjs; the Makefile runs it after `npm ci`) into
+# frontend/dist/viewer3d/, served under static/viewer3d/.
+VIEWER3D_DIST_DIR = BASE_DIR / "frontend" / "dist"
 STATICFILES_DIRS: list[Any] = [
     BASE_DIR / "pacs" / "static",
+    *([VIEWER3D_DIST_DIR] if VIEWER3D_DIST_DIR.is_dir() else []),
     *(
         (f"vendor/bootstrap-italia/{part}", BOOTSTRAP_ITALIA_DIR / part)
         for part in ("css", "js", "fonts", "svg")
@@ -458,7 +463,9 @@ def _origin(url: str) -> str:
 # nonce="{{ request.csp_nonce }}"); no plugins, no framing, forms posted here
 # only (and to the identity provider, whose logout takes a form's redirect).
 # The API's documentation pages add inline styles and a blob: worker, which
-# Swagger UI and Redoc need (archive/urls.py). Django's admin has one inline
+# Swagger UI and Redoc need (archive/urls.py). The diagnostic viewer's page alone
+# (archive.reporting.views.viewer, VIEWER3D_CSP) compiles its codecs' WebAssembly
+# and sets style attributes on its SVG measurements. Django's admin has one inline
 # style, in a change list without actions (none here): cosmetic if it ever shows.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {

@@ -10,6 +10,7 @@ app_name = "reporting"
 urlpatterns = [
     path("", views.worklist, name="worklist"),
     path("studi/<int:pk>/", views.study, name="study"),
+    path("studi/<int:pk>/viewer/", views.viewer, name="viewer"),
     path("pazienti/<int:pk>/", views.patient, name="patient"),
     path("studi/<int:pk>/inizia/", views.report_start, name="report_start"),
     path("referti/<int:pk>/", views.report_detail, name="report_detail"),

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from csp.constants import UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -133,6 +135,7 @@ def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
             f"{study.draft_author_first} {study.draft_author_last}".strip() or study.draft_author_username or ""
         )
         study.open_url = reverse("reporting:study", args=[study.pk])
+        study.viewer_url = reverse("reporting:viewer", args=[study.pk])
         detail: dict[str, Any] = {"page": page.number}
         audit_record(
             action="report.worklist",
@@ -257,6 +260,22 @@ def _report_for(request: AuthenticatedHttpRequest, pk: int) -> Report:
     return report
 
 
+def _priors(request: AuthenticatedHttpRequest, study: Study) -> list[Study]:
+    """The patient's other studies the user may see (the access policy), newest first."""
+    principal = access.principal_for_request(request)
+    priors = list(
+        access.studies_visible(principal)
+        .filter(patient=study.patient)
+        .exclude(pk=study.pk)
+        .select_related("facility")
+        .prefetch_related(_signed_reports())
+        .order_by(F("study_date").desc(nulls_last=True), "-pk")
+    )
+    for prior in priors:
+        prior.open_url = reverse("reporting:study", args=[prior.pk])  # type: ignore[attr-defined]  # for the template
+    return priors
+
+
 def _render_study(
     request: AuthenticatedHttpRequest,
     study: Study,
@@ -279,17 +298,7 @@ def _render_study(
     booked = booked_exam(study.pk)
     templates = list(texts.templates_for_study(study=study, booked=booked)) if editable else []
     phrases = list(texts.phrases_of(user=request.user)) if editable else []
-    principal = access.principal_for_request(request)
-    priors = list(
-        access.studies_visible(principal)
-        .filter(patient=study.patient)
-        .exclude(pk=study.pk)
-        .select_related("facility")
-        .prefetch_related(_signed_reports())
-        .order_by(F("study_date").desc(nulls_last=True), "-pk")
-    )
-    for prior in priors:
-        prior.open_url = reverse("reporting:study", args=[prior.pk])  # type: ignore[attr-defined]  # for the template
+    priors = _priors(request, study)
     detail: dict[str, Any] = {"page": "reporting.study", "priors": [p.study_instance_uid for p in priors]}
     audit_record(
         action="study.view",
@@ -350,6 +359,7 @@ def _render_study(
         "signed": signed,
         "latest_signed": signed[0] if signed else None,
         "priors": priors,
+        "viewer3d_url": reverse("reporting:viewer", args=[study.pk]),
         **_emergency_context(request, study.patient, back=reverse("reporting:study", args=[study.pk])),
         **steps,
     }
@@ -373,6 +383,86 @@ def _emergency_context(request: AuthenticatedHttpRequest, patient: Patient, *, b
 @_perms()
 def study(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _render_study(request, _study_for(request, pk))
+
+
+def _viewer3d_study(study: Study) -> dict[str, Any]:
+    """What the diagnostic viewer (frontend/viewer3d) needs of one study: its facts for the
+    overlays and, per series (numbered as archive.series_numbers numbers them everywhere),
+    the WADO-RS frame URLs of its images in order. The pixels and headers come from DICOMweb."""
+    root = f"{get_script_prefix()}{_DICOMWEB}/studies/{study.study_instance_uid}"
+    series = []
+    for numbered in study_series_numbered(study_id=study.pk, instances=Instance.objects.filter(rows__isnull=False)):
+        item, images = numbered.series, numbered.instances
+        base = f"{root}/series/{item.series_instance_uid}"
+        series.append(
+            {
+                "uid": item.series_instance_uid,
+                "label": _series_label(item, numbered.number),
+                "modality": item.modality,
+                "metadata": f"{base}/metadata",
+                "instances": [i.sop_instance_uid for i in images],
+                "frames": [f"{base}/instances/{i.sop_instance_uid}/frames/1" for i in images],
+            }
+        )
+    return {
+        "pk": study.pk,
+        "uid": study.study_instance_uid,
+        "date": study.study_date.strftime("%d/%m/%Y") if study.study_date else "",
+        "description": study.study_description,
+        "series": series,
+    }
+
+
+# The diagnostic viewer's page alone widens the CSP (pacs/settings.py), for what Cornerstone3D
+# needs and nothing else: its image codecs (JPEG, JPEG-LS, JPEG 2000, HTJ2K) are WebAssembly,
+# which a browser compiles only under 'wasm-unsafe-eval' (it allows WebAssembly compilation,
+# not JavaScript's eval); the measurement tools draw their labels as SVG text with a style
+# attribute (user-select, shadow), which style-src-attr 'unsafe-inline' allows (an attribute
+# style runs no script; <style> elements stay nonce-only); the tools' mouse cursors are SVG
+# images the page's own script makes into blob: URLs (img-src blob:, which only this
+# page's script can mint). Scripts and workers stay 'self'.
+VIEWER3D_CSP = {"script-src": ["'wasm-unsafe-eval'"], "style-src-attr": [UNSAFE_INLINE], "img-src": ["blob:"]}
+
+
+@csp_update(VIEWER3D_CSP)
+@_perms()
+def viewer(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The diagnostic viewer (Cornerstone3D, frontend/viewer3d) of a study, full window, with the
+    patient's previous studies to put beside it. The same checks as the study page; the images
+    are read from DICOMweb, whose own access policy and audit apply to each of them."""
+    study = _study_for(request, pk)
+    priors = _priors(request, study)
+    audit_record(
+        action="study.view",
+        user=request.user,
+        study=study,
+        source=_source(request),
+        detail={"page": "reporting.viewer", "priors": [p.study_instance_uid for p in priors]},
+    )
+    data = {
+        "study": _viewer3d_study(study),
+        "patient": {
+            "name": f"{study.patient.family_name} {study.patient.given_name}".strip() or study.patient_name,
+            "id": study.patient.codice_fiscale or study.dicom_patient_id,
+        },
+        "priors": [_viewer3d_study(p) for p in priors],
+        "texts": {
+            "uncalibrated": _(
+                "Attenzione: le misure non sono calibrate (manca Pixel Spacing o c'è solo Imager Pixel Spacing)."
+            ),
+            "noSpacing": _("Attenzione: manca Pixel Spacing, le misure sono in pixel."),
+            "slice": _("Imm."),
+            "linked": _("Scorrimento sincronizzato"),
+            "loading": _("Caricamento…"),
+            "error": _("Non è stato possibile mostrare le immagini."),
+            "noImages": _("Lo studio non ha immagini da mostrare."),
+        },
+    }
+    return render(
+        request,
+        "archive/reporting/viewer.html",
+        {"study": study, "patient": study.patient, "priors": priors, "viewer3d_data": data},
+    )
 
 
 def _signed_reports() -> Prefetch:

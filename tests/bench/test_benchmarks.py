@@ -189,3 +189,16 @@ def test_render_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
         r"^pydicom's bundled image files rendered \(frame 1\), of 4 with pixel data:$",
         *(rf"^  {who}\s+\d+ of 4$" for who in ("ours", "isolated", "naive", "dcmj2pnm")),
     )
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium is not installed at /usr/bin/chromium")
+def test_viewer_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
+    out = _run("bench/viewer/run.py", "--smoke", tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^Diagnostic viewer, a CT of 20 slices 128x128 ",
+        r"^measure\s+best\s+median\s+goal$",
+        r"^time to first image \(work list\)\s+\d+ms\s+\d+ms\s+< 1000 ms$",
+        r"^scroll 20 loaded slices\s+\d+ms",
+        r"^  per slice\s+[\d.]+ms\s+<= 16\.7 ms\s+\(\d+ slices/s\)$",
+    )
