@@ -397,6 +397,9 @@ DECISIONS: dict[str, Decision] = {
     "refertazione/studi/<int:pk>/": Decision(
         ONE, "staff", _t("refertazione/studi/<int:pk>/", pk=lambda w, t: t.study.pk)
     ),
+    "refertazione/studi/<int:pk>/viewer/": Decision(
+        ONE, "staff", _t("refertazione/studi/<int:pk>/viewer/", pk=lambda w, t: t.study.pk)
+    ),
     "refertazione/pazienti/<int:pk>/": Decision(
         ONE, "staff", _t("refertazione/pazienti/<int:pk>/", pk=lambda w, t: t.patient.pk), patient=True
     ),
