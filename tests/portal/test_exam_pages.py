@@ -103,8 +103,8 @@ def test_once_performed_the_date_is_the_studys_on_the_list_the_page_the_report_a
 
     report_text = pdf_text(reports.report_file(report=exam.report, which="pdf"))
     assert "27/02/2026" in report_text and "Numero di prenotazione" in report_text
-    exam.client.post(f"/fse/esami/{exam.booking.pk}/pacchetti/jpeg/")
-    url = exam.client.get("/fse/pacchetti/1/?format=json").json()["download_url"]
+    asked = exam.client.post(f"/fse/esami/{exam.booking.pk}/pacchetti/jpeg/")
+    url = exam.client.get(f"{asked['Location']}?format=json").json()["download_url"]
     body = b"".join(exam.client.get(url).streaming_content)
     with zipfile.ZipFile(io.BytesIO(body)) as zf:
         raw = zf.read("README.TXT")
@@ -125,8 +125,8 @@ def test_citizen_pages_say_numero_di_prenotazione_in_plain_words_and_lei(online:
         "exam": online.client.get(exam_url).content.decode(),
         "viewer": online.client.get(f"{exam_url}immagini/").content.decode(),
     }
-    online.client.post(f"{exam_url}pacchetti/dicom/")
-    pages["package"] = online.client.get("/fse/pacchetti/1/").content.decode()
+    asked = online.client.post(f"{exam_url}pacchetti/dicom/")
+    pages["package"] = online.client.get(asked["Location"]).content.decode()
     pages["link_refused"] = online.client.get("/fse/scarica/not-a-token/").content.decode()
     for name in ("exams", "exam"):
         text = visible_text(main_of(pages[name]))
@@ -293,8 +293,8 @@ def test_the_staff_viewer_the_citizens_viewer_and_the_jpeg_zip_number_series_ali
     staff_labels = re.findall(r"<span>(Serie \d+) –", staff_page)
     viewer_page = online.client.get(f"/fse/esami/{online.booking.pk}/immagini/?serie=8&immagine=2").content.decode()
     citizen_labels = re.findall(r"<span>(Serie \d+) –", viewer_page)
-    online.client.post(f"/fse/esami/{online.booking.pk}/pacchetti/jpeg/")
-    url = online.client.get("/fse/pacchetti/1/?format=json").json()["download_url"]
+    asked = online.client.post(f"/fse/esami/{online.booking.pk}/pacchetti/jpeg/")
+    url = online.client.get(f"{asked['Location']}?format=json").json()["download_url"]
     with zipfile.ZipFile(io.BytesIO(b"".join(online.client.get(url).streaming_content))) as zf:
         folders = sorted({n.split("/")[0] for n in zf.namelist() if n.endswith(".jpg")})
     assert staff_labels == expected and citizen_labels == expected
