@@ -52,14 +52,6 @@ def tab_to(page, predicate, *, limit: int = 60) -> dict[str, str]:  # type: igno
     raise AssertionError(f"focus never reached the element; last focused: {focused(page)}")
 
 
-@pytest.fixture
-def browser_settings(settings):  # type: ignore[no-untyped-def]
-    # The live server speaks plain http.
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    return settings
-
-
 def test_book_an_exam_with_the_keyboard_only(
     transactional_db: None, live_server, cup: Cup, browser_settings, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

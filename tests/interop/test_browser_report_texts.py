@@ -32,13 +32,6 @@ PHRASE = "Si consiglia controllo a 12 mesi."
 TYPED = "Nodulo di 6 mm al lobo inferiore sinistro."
 
 
-@pytest.fixture
-def browser_settings(settings):  # type: ignore[no-untyped-def]
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    return settings
-
-
 def test_a_template_and_a_phrase_in_the_editor(
     transactional_db: None,
     live_server,  # type: ignore[no-untyped-def]

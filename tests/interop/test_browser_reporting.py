@@ -32,14 +32,6 @@ IMAGE_LOADED = """() => { const i = document.getElementById('viewer-image');
     return i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : null; }"""
 
 
-@pytest.fixture
-def browser_settings(settings):  # type: ignore[no-untyped-def]
-    # The live server speaks plain http.
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    return settings
-
-
 def test_report_a_study_in_the_browser(
     transactional_db: None,
     live_server,  # type: ignore[no-untyped-def]

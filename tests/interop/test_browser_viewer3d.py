@@ -33,13 +33,6 @@ CSP_LISTENER = """window.__csp = []; document.addEventListener('securitypolicyvi
     (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"""
 
 
-@pytest.fixture
-def browser_settings(settings):  # type: ignore[no-untyped-def]
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
-    return settings
-
-
 def _state(page: Any, index: int = 0) -> dict[str, Any]:
     return page.evaluate(f"() => window.pacsViewer.viewport({index})")
 
