@@ -28,13 +28,20 @@ def ct_series(
     imager_pixel_spacing: float | None = None,
     dots: tuple[tuple[int, int], ...] = (),
     accession_number: str = "",
+    study_uid: str | None = None,
+    frame_uid: str | None = None,
+    series_number: int = 1,
+    series_description: str = "Assiale",
+    coronal: bool = False,
 ) -> list[Path]:
-    """One axial CT study of ``slices`` images ``size``×``size`` along z from ``z0`` every ``spacing`` mm,
-    one frame of reference; each slice's pixels differ (a ring whose radius grows with the slice) and
-    ``dots`` (row, column) are bright 3×3 squares on a black background when given."""
+    """One axial CT series of ``slices`` images ``size``×``size`` along z from ``z0`` every ``spacing`` mm
+    (along y when ``coronal``), one frame of reference (new, or ``frame_uid``) in a new study (or
+    ``study_uid``'s); each slice's pixels differ (a ring whose radius grows with the slice) and ``dots``
+    (row, column) are bright 3×3 squares on a black background when given."""
     dest.mkdir(parents=True, exist_ok=True)
     template = bundled_dataset("CT_small.dcm")
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid, series_uid = study_uid or generate_uid(), generate_uid()
+    frame_uid = frame_uid or generate_uid()
     yy, xx = np.mgrid[0:size, 0:size]
     radius = np.hypot(yy - size / 2, xx - size / 2)
     paths = []
@@ -45,9 +52,10 @@ def ct_series(
             study_uid=study_uid,
             series_uid=series_uid,
             instance_number=i + 1,
+            series_number=series_number,
             study_date=study_date,
             study_description=description,
-            series_description="Assiale",
+            series_description=series_description,
             accession_number=accession_number,
             modality="CT",
         )
@@ -68,8 +76,12 @@ def ct_series(
         ds.PixelData = pixels.tobytes()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.FrameOfReferenceUID = frame_uid
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-size / 2, -size / 2, z0 + i * spacing]
+        if coronal:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+            ds.ImagePositionPatient = [-size / 2, z0 + i * spacing, size / 2]
+        else:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+            ds.ImagePositionPatient = [-size / 2, -size / 2, z0 + i * spacing]
         ds.SliceLocation = z0 + i * spacing
         ds.SliceThickness = spacing
         ds.WindowCenter, ds.WindowWidth = 40, 400

@@ -453,6 +453,7 @@ def viewer(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             "noSpacing": _("Attenzione: manca Pixel Spacing, le misure sono in pixel."),
             "slice": _("Imm."),
             "linked": _("Scorrimento sincronizzato"),
+            "cannotLink": _("Per sincronizzare servono almeno due riquadri con immagini su piani paralleli."),
             "loading": _("Caricamento…"),
             "error": _("Non è stato possibile mostrare le immagini."),
             "noImages": _("Lo studio non ha immagini da mostrare."),

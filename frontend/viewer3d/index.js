@@ -263,6 +263,8 @@ async function showSeries(index, study, series) {
   const viewport = engine.getViewport(vp.id);
   say(texts.loading);
   state.linked.delete(index);
+  if (state.linked.size < 2) state.linked.clear();
+  showLinked();
   const known = seriesCache.has(series.uid);
   const full = loadSeries(series);
   if (!known && series.instances.length > 1) {
@@ -310,6 +312,7 @@ function buildLayout(layout) {
   });
   state.viewports = previous.slice(0, count);
   if (state.linked.size < 2) state.linked.clear(); // a link needs two viewports
+  showLinked();
   state.layout = layout;
   grid.className = `v3d-grid layout-${layout}`;
   for (let i = 0; i < count; i++) {
@@ -396,6 +399,35 @@ function syncFrom(source, sourceIndex) {
   }
 }
 
+function linkAll() {
+  // The "Sincronizza" button: every viewport with images on a plane parallel to the active one's
+  // scrolls with it (link() decides: the same point in space in a shared frame of reference,
+  // otherwise the offset between the slices shown now).
+  state.linked.clear();
+  const source = state.active;
+  if (!state.viewports[source] || !state.viewports[source].imageIds) return false;
+  state.viewports.forEach((vp, i) => {
+    if (i !== source && vp && vp.imageIds) link(source, i);
+  });
+  if (state.linked.size < 2) {
+    state.linked.clear();
+    return false;
+  }
+  syncFrom(source, csViewport(source).getCurrentImageIdIndex()); // a shared frame: the same point at once
+  return true;
+}
+
+function unlinkAll() {
+  state.linked.clear();
+  state.viewports.forEach((vp, i) => vp && vp.imageIds && updateOverlay(i));
+  showLinked();
+}
+
+function showLinked() {
+  const button = document.getElementById("v3d-link");
+  if (button) button.setAttribute("aria-pressed", String(state.linked.size >= 2));
+}
+
 function frameOfReference(vp) {
   return first(vp.metas[0], "00200052");
 }
@@ -418,6 +450,7 @@ function link(a, b) {
   });
   updateOverlay(a);
   updateOverlay(b);
+  showLinked();
   return true;
 }
 
@@ -546,7 +579,7 @@ async function openPrior(priorIndex) {
     prior.series.find((s) => current.series && s.modality === current.series.modality) ||
     prior.series[0];
   await showSeries(target, prior, like);
-  if (current.imageIds) link(0, target);
+  if (current.imageIds && link(0, target)) syncFrom(0, csViewport(0).getCurrentImageIdIndex());
   setActive(0);
 }
 
@@ -628,6 +661,11 @@ async function main() {
   });
   document.getElementById("v3d-cine").addEventListener("click", () => cine(!state.cine));
   document.getElementById("v3d-reset").addEventListener("click", () => reset(state.active));
+  document.getElementById("v3d-link").addEventListener("click", () => {
+    if (state.linked.size >= 2) unlinkAll();
+    else if (!linkAll()) say(texts.cannotLink);
+    else say("");
+  });
   document.addEventListener("keydown", onKey);
   window.addEventListener("resize", () => engine.resize(true, true));
 
@@ -720,6 +758,7 @@ window.pacsViewer = {
   setWindow,
   setTool,
   openPrior: (i) => openPrior(i),
+  setActive,
   layout_: buildLayout,
 };
 

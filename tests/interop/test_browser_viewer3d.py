@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from archive.sample_data import PatientInfo
@@ -74,6 +75,28 @@ def test_diagnostic_viewer_in_the_browser(
         ct_series(tmp_path / "ct", patient=PATIENT, slices=100, study_date=today, description="TC TORACE 100"),
         facility,
     )
+    # Three more series of the same study: a 5 mm axial and a 1 mm axial in the same frame of
+    # reference (they scroll with the first by the same point in space) and a coronal one (not parallel).
+    frame_uid = pydicom.dcmread(next((tmp_path / "ct").iterdir()), stop_before_pixels=True).FrameOfReferenceUID
+    for number, (name, slices, spacing, coronal) in enumerate(
+        (("Assiale 5 mm", 50, 5.0, False), ("Coronale", 40, 3.0, True), ("Assiale 1 mm", 30, 1.0, False)), start=2
+    ):
+        ingest(
+            ct_series(
+                tmp_path / f"ct{number}",
+                patient=PATIENT,
+                slices=slices,
+                spacing=spacing,
+                coronal=coronal,
+                study_date=today,
+                description="TC TORACE 100",
+                study_uid=ct.study_instance_uid,
+                frame_uid=frame_uid,
+                series_number=number,
+                series_description=name,
+            ),
+            facility,
+        )
     prior = ingest(
         ct_series(
             tmp_path / "prior",
@@ -232,6 +255,50 @@ def test_diagnostic_viewer_in_the_browser(
                 page.wait_for_function(f"() => window.pacsViewer.layout === '{layout}'")
             assert not _state(page)["linked"]  # alone again: nothing to scroll with
             page.screenshot(path=str(shots / "layout.png"))
+
+            # 2×2 with the study's four series, one per viewport (the active one takes the series).
+            page.click("[data-layout='2x2']")
+            page.wait_for_function("() => window.pacsViewer.layout === '2x2'")
+            for i, count in enumerate((100, 50, 40, 30)):
+                page.evaluate(f"() => window.pacsViewer.setActive({i})")
+                page.locator("#v3d-series button").nth(i).click()
+                _wait_rendered(page, i)  # the first image shows before the series' metadata is in
+                page.wait_for_function(f"() => window.pacsViewer.viewport({i}).count === {count}")
+            states = [_state(page, i) for i in range(4)]
+            assert [s["count"] for s in states] == [100, 50, 40, 30], states
+            assert len({s["seriesUid"] for s in states}) == 4
+            assert all(s["studyUid"] == ct.study_instance_uid for s in states)
+            # Synchronised in the shared frame of reference: the same point in space at once, and
+            # while scrolling; the coronal series is not parallel and stays where it is.
+            page.evaluate("() => window.pacsViewer.setActive(0)")
+            page.evaluate("() => window.pacsViewer.scrollTo(0, 8)")  # z = 20 mm
+            page.click("#v3d-link")
+            assert page.get_attribute("#v3d-link", "aria-pressed") == "true"
+            states = [_state(page, i) for i in range(4)]
+            assert [s["linked"] for s in states] == [True, True, False, True], states
+            assert states[1]["position"] == 20.0 and states[3]["position"] == 20.0, states
+            coronal_index = states[2]["index"]
+            quarter = page.locator(".v3d-element").first.bounding_box()
+            assert quarter is not None and quarter["width"] < box["width"] * 0.6
+            page.mouse.move(quarter["x"] + quarter["width"] / 2, quarter["y"] + quarter["height"] / 2)
+            for notch in range(1, 5):
+                page.mouse.wheel(0, 100)
+                page.wait_for_function(f"() => window.pacsViewer.viewport(0).index === {8 + notch}")
+            page.wait_for_function("() => window.pacsViewer.viewport(3).position === 29")
+            states = [_state(page, i) for i in range(4)]
+            assert states[0]["position"] == 30.0 and abs(states[1]["position"] - 30.0) <= 2.5, states
+            assert states[3]["position"] == 29.0  # the 1 mm series ends at 29 mm: its nearest slice
+            assert states[2]["index"] == coronal_index
+            # Drawn, not only moved: the overlay follows the image shown (STACK_NEW_IMAGE).
+            page.wait_for_function(
+                "() => document.querySelectorAll('.v3d-element')[3].getAttribute('aria-label').endsWith('30/30')"
+            )
+            page.screenshot(path=str(shots / "four-series-linked.png"))
+            page.click("#v3d-link")
+            assert page.get_attribute("#v3d-link", "aria-pressed") == "false"
+            assert not any(_state(page, i)["linked"] for i in range(4))
+            page.click("[data-layout='1x1']")
+            page.wait_for_function("() => window.pacsViewer.layout === '1x1'")
 
             # A length on the phantom: two dots 100 px apart at 0.5 mm → 50.0 mm.
             _open(page, base, phantom.pk, shots, "phantom")
