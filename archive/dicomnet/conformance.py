@@ -63,7 +63,7 @@ MATCHING: dict[str, str] = {
 }
 
 # The listener's name for each kind of request, as the statuses table names the services.
-_SERVICE_OF_SUFFIX = {"Find": statuses.FIND, "Move": statuses.MOVE, "Get": statuses.GET}
+_SERVICE_OF_SUFFIX = {"FIND": statuses.FIND, "MOVE": statuses.MOVE, "GET": statuses.GET}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Context:
         if self.service_class == "BasicWorklistManagementServiceClass":
             return statuses.WORKLIST
         if self.service_class == "QueryRetrieveServiceClass":
-            suffix = self.name.rsplit(" ", 1)[-1]
+            suffix = self.name.rsplit(" ", 1)[-1].upper()
             return _SERVICE_OF_SUFFIX[suffix]
         return SERVICE_CLASSES[self.service_class][2][0] if SERVICE_CLASSES[self.service_class][2] else ""
 
