@@ -254,17 +254,18 @@ def statement() -> str:
         "AE title not recognised). Presentation contexts:",
         "",
     ]
-    rows = []
+    # Transfer syntaxes in sets (as PS3.2's examples do): a storage SOP class takes many.
+    # (The order within a set does not matter: the requestor's proposal orders them.)
+    sets: dict[frozenset[str], str] = {}
     for cx in contexts:
-        rows.append(
-            [
-                cx.name,
-                f"`{cx.abstract_syntax}`",
-                ", ".join(f"{_ts_name(ts)} `{ts}`" for ts in cx.transfer_syntaxes),
-                cx.role,
-                "None",
-            ]
-        )
+        key = frozenset(cx.transfer_syntaxes)
+        if key not in sets:
+            sets[key] = f"TS-{len(sets) + 1}"
+            out += [f"Transfer syntax set {sets[key]}:", ""]
+            out += _table(["Transfer Syntax", "UID"], [[_ts_name(ts), f"`{ts}`"] for ts in cx.transfer_syntaxes])
+    rows = [
+        [cx.name, f"`{cx.abstract_syntax}`", sets[frozenset(cx.transfer_syntaxes)], cx.role, "None"] for cx in contexts
+    ]
     out += _table(["Abstract Syntax", "UID", "Transfer Syntaxes", "Role", "Extended Negotiation"], rows)
 
     # SOP-specific conformance

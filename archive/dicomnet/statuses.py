@@ -184,5 +184,6 @@ STATUSES: tuple[StatusUse, ...] = (
 
 
 def statuses_for(service: str) -> list[StatusUse]:
-    """The statuses one service answers, in the order of the table."""
-    return [s for s in STATUSES if service in s.services]
+    """The statuses one service answers: success, pending, cancel, warning, failure."""
+    order = ("Success", "Pending", "Cancel", "Warning", "Failure")
+    return sorted((s for s in STATUSES if service in s.services), key=lambda s: order.index(s.kind))
