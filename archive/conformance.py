@@ -22,9 +22,33 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+
+
+@dataclass(frozen=True)
+class MediaProfile:
+    """What the citizen's DICOM download holds, as the portal makes it (``portal.media``)."""
+
+    file_id: str  # the first instance's file ID, e.g. DICOM/S0001/I0001
+    files: tuple[str, ...]  # beside the instances: DICOMDIR, README
+    dicomdir_transfer_syntax: str
+    record_types: tuple[str, ...]
+
+
+MediaProfileSource = Callable[[], MediaProfile]
+_media_profile: MediaProfileSource | None = None
+
+
+def media_profile_source_register(source: MediaProfileSource | None) -> None:
+    """The portal (``PortalConfig.ready``) registers what its DICOM media hold (the
+    archive does not import the portal)."""
+    global _media_profile
+    _media_profile = source
+
 
 TITLE = "DICOM Conformance Statement"
 PRODUCT = "PACS regionale (archivio di immagini, Friuli Venezia Giulia)"
@@ -270,7 +294,7 @@ def statement() -> str:
 
     # SOP-specific conformance
     out += ["#### 4.2.5 SOP Specific Conformance", ""]
-    services = list(dict.fromkeys(cx.service for cx in contexts if cx.service))
+    services = list(dict.fromkeys(service for cx in contexts for service in cx.services))
     for service in services:
         uses = net.status_table(service)
         out += [f"##### {service}", ""]
@@ -341,18 +365,25 @@ def statement() -> str:
     out += _table(["Setting", "Default", "Meaning"], [[f"`{n}`", d, c] for n, (d, c) in dicom_settings.items()])
 
     # --- 5 media
-    out += [
-        "## 5 Media Interchange",
-        "",
-        "The citizen's download of a study (portal) is a ZIP of a PS3.10 file-set as a CD of IHE PDI "
-        "holds it: `DICOMDIR` (Media Storage Directory, Explicit VR Little Endian), the instances under "
-        "`DICOM/Snnnn/Innnn` byte for byte as archived (in their stored transfer syntax), and a README. "
-        "Role: File-set Creator (FSC); the archive does not read media (FSR) nor update them (FSU). "
-        "The DICOMDIR records are PATIENT, STUDY, SERIES and one per instance as pydicom's recorders "
-        "build them. With compressed instances the file-set follows the general-purpose profiles' "
-        "structure without restricting the transfer syntaxes.",
-        "",
-    ]
+    out += ["## 5 Media Interchange", ""]
+    media = _media_profile() if _media_profile is not None else None
+    if media is None:
+        out += ["No media are written (the portal, which makes the citizen's download, is not installed).", ""]
+    else:
+        out += [
+            "The citizen's download of a study (the portal) is a ZIP of a PS3.10 file-set as a CD of IHE PDI "
+            f"holds it: {', '.join(f'`{f}`' for f in media.files)} and the instances under file IDs such as "
+            f"`{media.file_id}`, byte for byte as archived (in their stored transfer syntax). The DICOMDIR is "
+            f"written in {_ts_name(media.dicomdir_transfer_syntax)}.",
+            "",
+            "Role: File-set Creator (FSC); the archive does not read media (FSR) nor update them (FSU). The "
+            "file-set follows the structure of the general-purpose interchange profiles (PS3.11) without "
+            "restricting the transfer syntaxes: a compressed image stays compressed.",
+            "",
+            "Directory records: PATIENT, STUDY, SERIES, and for each instance the record pydicom's recorders "
+            "make for its SOP class: " + ", ".join(media.record_types) + ".",
+            "",
+        ]
 
     # --- 6 character sets
     terms = sorted(python_encoding)

@@ -81,20 +81,21 @@ class Context:
     def role(self) -> str:
         """The archive's role, as the presentation context table says it."""
         if self.scu_role and self.scp_role:
-            return "SCP; SCU with SCP/SCU role selection (C-GET)"
+            if SERVICE_CLASSES[self.service_class][2] == ("C-STORE",):
+                return "SCP; SCU with SCP/SCU role selection (C-GET)"
+            return "SCP; SCU with SCP/SCU role selection"
         if self.scu_role:
             return "SCU (role selection)"
         return "SCP"
 
     @property
-    def service(self) -> str:
-        """The DIMSE service the statuses table names for this SOP class."""
+    def services(self) -> tuple[str, ...]:
+        """The DIMSE services the statuses table names for this SOP class."""
         if self.service_class == "BasicWorklistManagementServiceClass":
-            return statuses.WORKLIST
+            return (statuses.WORKLIST,)
         if self.service_class == "QueryRetrieveServiceClass":
-            suffix = self.name.rsplit(" ", 1)[-1].upper()
-            return _SERVICE_OF_SUFFIX[suffix]
-        return SERVICE_CLASSES[self.service_class][2][0] if SERVICE_CLASSES[self.service_class][2] else ""
+            return (_SERVICE_OF_SUFFIX[self.name.rsplit(" ", 1)[-1].upper()],)
+        return SERVICE_CLASSES[self.service_class][2]
 
 
 def presentation_contexts() -> list[Context]:
