@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -223,3 +226,42 @@ def test_options_on_a_resource_lists_its_methods_and_json_is_available() -> None
     # The rest of the service still needs a token or a session.
     assert client.get("/dicomweb/studies").status_code == 401
     assert client.get("/dicomweb/").status_code in (401, 403)
+
+
+@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK is not installed")
+def test_dcmtk_findscu_gets_a_context_of_the_statement(listener: int) -> None:
+    """DCMTK as the peer: findscu's Study Root FIND is accepted with a transfer syntax the statement lists."""
+    study_root_find = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    command = ["findscu", "-d", "-S", "-aet", "VIEWER", "-aec", CALLED, "-k", "QueryRetrieveLevel=STUDY"]
+    done = subprocess.run([*command, "127.0.0.1", str(listener)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    accepted = re.findall(
+        r"Context ID:\s+\d+ \(Accepted\).*?Abstract Syntax: =(\S+).*?Accepted Transfer Syntax: =(\S+)", output, re.S
+    )
+    assert accepted, output
+    (cx,) = [c for c in net.presentation_contexts() if c.abstract_syntax == study_root_find]
+    dcmtk_names = {
+        "LittleEndianExplicit": ExplicitVRLittleEndian,
+        "LittleEndianImplicit": ImplicitVRLittleEndian,
+        "BigEndianExplicit": "1.2.840.10008.1.2.2",
+    }
+    for _abstract, ts in accepted:
+        assert dcmtk_names[ts] in cx.transfer_syntaxes
+
+
+def test_options_is_the_same_for_a_study_that_exists_or_not(region, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    """The capabilities name no data: OPTIONS cannot tell whether a study exists."""
+    from tests.dicomweb_helpers import ingest_files, uids
+
+    ingest_files(ct_study[:1], region.facility)
+    study, series, _ = uids(ct_study[0])
+    client = Client()
+    for template in ("/dicomweb/studies/{}", "/dicomweb/studies/{}/series", "/dicomweb/TS-CAT/studies/{}/metadata"):
+        known = client.options(template.format(study))
+        unknown = client.options(template.format("1.2.826.0.1.3680043.10.999.9"))
+        assert known.status_code == unknown.status_code == 200
+        assert known.content == unknown.content and study.encode() not in known.content
+    assert not AuditEvent.objects.filter(action__startswith="dicomweb").exists()
