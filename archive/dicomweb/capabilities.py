@@ -183,8 +183,8 @@ def _method(view: type, name: str, route: str) -> Method:
             accepts=(f'{MULTIPART}; type="{DICOM}"',),
             produces=(DICOM_JSON,),
         )
-    if view is views.StudiesView or (isinstance(view, type) and issubclass(view, views.SearchView)):
-        level = "STUDY" if view is views.StudiesView else view.level
+    level = "STUDY" if view is views.StudiesView else view.level if issubclass(view, views.SearchView) else None
+    if level is not None:
         return Method(
             "GET",
             {"STUDY": "QIDO-RS Search for Studies", "SERIES": "QIDO-RS Search for Series"}.get(

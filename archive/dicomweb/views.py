@@ -136,9 +136,10 @@ class DicomwebView(APIView):
         if request.method != "OPTIONS":
             super().check_permissions(request)
 
-    def options(self, request: Request, *args: Any, facility: str | None = None, **kwargs: Any) -> HttpResponseBase:
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]  # DRF sends any HttpResponseBase; its stub says Response
         from .capabilities import capabilities_response, resource_route
 
+        facility = kwargs.get("facility")
         base = public_url(request, f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")) + "/"
         route = resource_route(request.resolver_match.route if request.resolver_match else "")
         return capabilities_response(base=base, accept=request.META.get("HTTP_ACCEPT"), route=route)
