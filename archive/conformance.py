@@ -210,7 +210,7 @@ def statement() -> str:
         "The events the listener answers (`start_listener`):",
         "",
     ]
-    out += _table(["Event", "Handler"], [[f"`{e}`", f"`{h}`"] for e, h in net.handled_events()])
+    out += _table(["Event", "Handler", "What it does"], [[f"`{e}`", f"`{h}`", d] for e, h, d in net.handled_events()])
     out += [
         "#### 4.1.3 Sequencing of Real-World Activities",
         "",
@@ -275,9 +275,11 @@ def statement() -> str:
         "An association is accepted when the called AE title is a facility's and the calling AE title is a "
         "RemoteNode of that facility, calling from one of its addresses, on the TLS port with its own "
         "certificate when it has one (otherwise A-ASSOCIATE-RJ: calling AE title not recognised, or called "
-        "AE title not recognised). Presentation contexts:",
+        "AE title not recognised). The rejections:",
         "",
     ]
+    out += _table(["Result", "Source", "Reason", "When"], [list(r) for r in net.rejections()])
+    out += ["Presentation contexts:", ""]
     # Transfer syntaxes in sets (as PS3.2's examples do): a storage SOP class takes many.
     # (The order within a set does not matter: the requestor's proposal orders them.)
     sets: dict[frozenset[str], str] = {}

@@ -141,12 +141,57 @@ def implementation() -> Implementation:
     )
 
 
-def handled_events() -> list[tuple[str, str]]:
-    """(event, handler) the listener binds, as ``start_listener`` lists them."""
+def handled_events() -> list[tuple[str, str, str]]:
+    """(event, handler, the first line of its docstring) the listener binds, as
+    ``start_listener`` lists them."""
     from archive.dicomnet import listener
 
     source = inspect.getsource(listener.start_listener)
-    return re.findall(r"\(evt\.(EVT_\w+),\s*([\w.]+)\)", source)
+    found = []
+    for event, name in re.findall(r"\(evt\.(EVT_\w+),\s*([\w.]+)\)", source):
+        handler: object = listener
+        for part in name.split("."):
+            handler = getattr(handler, part, None)
+        doc = " ".join((inspect.getdoc(handler) or "").split("\n\n")[0].split()) if handler is not None else ""
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")
+        doc = re.sub(r"^(EVT_\w+,?\s*)+:\s*", "", doc)  # the events, which the table names already
+        found.append((event, name, re.split(r"(?<=\.)\s", doc, maxsplit=1)[0]))
+    return found
+
+
+# PS3.8 9.3.4: the A-ASSOCIATE-RJ fields' meanings, for the rejections the listener sends.
+_RJ_RESULT = {1: "rejected-permanent", 2: "rejected-transient"}
+_RJ_SOURCE = {
+    1: "DICOM UL service-user",
+    2: "DICOM UL service-provider (ACSE)",
+    3: "DICOM UL service-provider (presentation)",
+}
+_RJ_REASON = {
+    (1, 1): "no-reason-given",
+    (1, 2): "application-context-name-not-supported",
+    (1, 3): "calling-AE-title-not-recognized",
+    (1, 7): "called-AE-title-not-recognized",
+    (3, 1): "temporary-congestion",
+    (3, 2): "local-limit-exceeded",
+}
+
+
+def rejections() -> list[tuple[str, str, str, str]]:
+    """(result, source, reason, when) of each A-ASSOCIATE-RJ the listener's policy sends."""
+    from archive.dicomnet import listener
+
+    rows = [
+        (listener.REJECT_CALLED_AE, "the called AE title is no facility's"),
+        (
+            listener.REJECT_CALLING_AE,
+            "the calling AE title is not a RemoteNode of the called facility, calls from another address, "
+            "without its TLS certificate, or has no rights",
+        ),
+    ]
+    return [
+        (_RJ_RESULT[result], _RJ_SOURCE[source], _RJ_REASON[(source, reason)], when)
+        for (result, source, reason), when in rows
+    ]
 
 
 def status_table(service: str) -> list[StatusUse]:
