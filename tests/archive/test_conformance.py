@@ -143,7 +143,7 @@ def test_the_listener_accepts_exactly_the_statements_contexts(listener: int) -> 
     refused = [(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for uid in sorted(others)]
     refused.append(("1.2.826.0.1.3680043.10.999.1.2.3", [ExplicitVRLittleEndian]))
     for cx in contexts:
-        unlisted = [ts for ts in known_ts if ts not in cx.transfer_syntaxes][:30]
+        unlisted = [ts for ts in known_ts if ts not in cx.transfer_syntaxes]
         refused.append((cx.abstract_syntax, [*unlisted, "1.2.826.0.1.3680043.10.999.2"]))
     assert len(others) > 50
     leaked = _negotiate(listener, refused, set())
