@@ -39,8 +39,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from archive.dicomnet.conformance import WorklistKey
 from archive.models import Facility
-from archive.query import DATE, PN, TEXT, UID, Attr, QueryError, attr_q
+from archive.query import DATE, PN, TEXT, TIME, UID, Attr, QueryError, attr_q
 
 from .models import Booking
 
@@ -350,3 +351,14 @@ def worklist_find(identifier: Dataset, *, facility: Facility, calling_ae: str) -
             yield worklist_item(booking, identifier)
 
     return items()
+
+
+def worklist_keys() -> list[WorklistKey]:
+    """The keys this worklist matches and returns, for the conformance statement
+    (``BookingConfig.ready`` registers it with :func:`archive.dicomnet.conformance.worklist_keys_register`)."""
+    keys = [WorklistKey(keyword, "", attr.kind) for keyword, attr in _TOP_KEYS.items()]
+    keys += [WorklistKey(keyword, "", None) for keyword in _TOP_VALUES if keyword not in _TOP_KEYS]
+    keys += [WorklistKey(keyword, _SPS, attr.kind) for keyword, attr in _SPS_KEYS.items()]
+    keys.append(WorklistKey(_SPS_TIME, _SPS, TIME))
+    keys += [WorklistKey(k, _SPS, None) for k in _SPS_VALUES if k not in _SPS_KEYS and k != _SPS_TIME]
+    return keys

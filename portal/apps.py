@@ -26,3 +26,9 @@ class PortalConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the portal's system checks)
 
         policy_register()  # oscuramento, emergency accesses, citizens: asked by archive.access
+
+        from archive.conformance import media_profile_source_register
+
+        from .media import media_profile
+
+        media_profile_source_register(media_profile)  # the conformance statement's media section

@@ -53,6 +53,7 @@ from typing import IO, TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
+from archive.conformance import MediaProfile
 from archive.models import Instance, Rendition, Series
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
@@ -706,3 +707,19 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
         _member_write_bytes(zf, README, readme, when=when)
     logger.info("JPEG package of study %s: %d images, %d failed", study.study_instance_uid, written, len(failures))
     return _info(path, written)
+
+
+def media_profile() -> MediaProfile:
+    """What :func:`dicom_media_zip_write` writes, for the conformance statement
+    (``PortalConfig.ready`` registers it with :func:`archive.conformance.media_profile_source_register`)."""
+    from pydicom.fileset import _FOUR_LEVEL_SOP_CLASSES
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    # The instance records dicomdir_records makes: IMAGE, or _four_level_record_type's.
+    leaves = sorted({"IMAGE", *_FOUR_LEVEL_SOP_CLASSES.values()})
+    return MediaProfile(
+        file_id="/".join(_file_id(1, 1)),
+        files=(DICOMDIR, README),
+        dicomdir_transfer_syntax=ExplicitVRLittleEndian,  # as dicomdir_encode writes it
+        record_types=tuple(leaves),
+    )

@@ -315,6 +315,9 @@ def _dicomweb_decision(route: str) -> Decision:
 
 DECISIONS: dict[str, Decision] = {
     "": Decision(PUBLIC),
+    # DICOMweb's service root answers OPTIONS only (the capabilities, no data): a GET is refused.
+    "dicomweb/": Decision(PUBLIC),
+    "dicomweb/<facility:facility>/": Decision(PUBLIC, fill=_t("dicomweb/<facility:facility>/", facility=FACILITY)),
     "i18n/setlang/": Decision(PUBLIC),
     "accounts/login/": Decision(PUBLIC),
     # Asked with GET (405): a POST would log the principal out for the rest of the matrix.

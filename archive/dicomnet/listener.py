@@ -80,6 +80,20 @@ from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
 from archive.dicomnet import fence, peers
 from archive.dicomnet import transport as dul
+from archive.dicomnet.statuses import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    IDENTIFIER_MISMATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PROCESSING_FAILURE,
+    SOP_CLASS_MISMATCH,
+    SOP_CLASS_NOT_SUPPORTED,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    WARNING_CONFLICT,
+)
 from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Facility, Instance, Patient, RemoteNode, Study
 from archive.query import QueryError, query_run, retrieve_instances
@@ -90,21 +104,8 @@ from kernel.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2).
-SUCCESS = 0x0000
-WARNING_CONFLICT = 0xB000
-OUT_OF_RESOURCES = 0xA700
-SOP_CLASS_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-NOT_AUTHORIZED = 0x0124
-
-# Query/retrieve statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
-PENDING = 0xFF00
-CANCEL = 0xFE00
-IDENTIFIER_MISMATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
+# The statuses answered are imported from archive/dicomnet/statuses.py: one table,
+# which the conformance statement prints; a new status goes there first.
 
 # Information models, by the SOP class of the request.
 QR_MODELS = {

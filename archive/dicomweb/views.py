@@ -126,6 +126,24 @@ class DicomwebView(APIView):
     def audit_action(self) -> str:
         return STORE if self.request.method == "POST" else self.action
 
+    # OPTIONS answers the capabilities (PS3.18 8.9): a description of the service,
+    # no data, so no authentication, no permission and no audit (capabilities.py).
+    def perform_authentication(self, request: Request) -> None:
+        if request.method != "OPTIONS":
+            super().perform_authentication(request)
+
+    def check_permissions(self, request: Request) -> None:
+        if request.method != "OPTIONS":
+            super().check_permissions(request)
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]  # DRF sends any HttpResponseBase; its stub says Response
+        from .capabilities import capabilities_response, resource_route
+
+        facility = kwargs.get("facility")
+        base = public_url(request, f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")) + "/"
+        route = resource_route(request.resolver_match.route if request.resolver_match else "")
+        return capabilities_response(base=base, accept=request.META.get("HTTP_ACCEPT"), route=route)
+
     def get_exception_handler(self) -> Any:
         # DRF's own: DICOMweb answers {"detail": ...} as PS3.18 clients expect, not the
         # REST APIs' problem documents (kernel.problems).
@@ -231,6 +249,10 @@ def _warning_header(host: str, texts: list[str]) -> str:
         return f'"{" ".join(clean.split())[:300]}"'
 
     return ", ".join(f"299 {host} {quoted(t)}" for t in texts[:_MAX_WARNINGS])
+
+
+class ServiceRootView(DicomwebView):
+    """The service root (``/dicomweb/``, ``/dicomweb/<facility>/``): OPTIONS only, the capabilities."""
 
 
 # --- WADO-RS ----------------------------------------------------------------------------------------
