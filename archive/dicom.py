@@ -382,8 +382,9 @@ def check_store_context(*, abstract_syntax: str, affected_sop_class_uid: str) ->
     """
     if str(abstract_syntax) != str(affected_sop_class_uid):
         raise DicomRejected(
-            f"SOP Class mismatch: {_uid_name(str(affected_sop_class_uid))} sent on the presentation "
-            f"context of {_uid_name(str(abstract_syntax))} ({affected_sop_class_uid}, {abstract_syntax})",
+            # The names first: a DIMSE Error Comment keeps 64 characters.
+            f"{_uid_name(str(affected_sop_class_uid))} sent on the {_uid_name(str(abstract_syntax))} "
+            f"context ({affected_sop_class_uid} on a presentation context for {abstract_syntax})",
             code="sop_class_mismatch",
         )
 

@@ -42,7 +42,9 @@ _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-
 
 
 def _q(name: str) -> str:
-    return f"{{{NATIVE_DICOM_NS}}}{name}"
+    # Unqualified: the root declares the default namespace (ElementTree's default_namespace
+    # option refuses unqualified attribute names, which every DicomAttribute has).
+    return name
 
 
 def _text(value: Any) -> str:
@@ -52,9 +54,10 @@ def _text(value: Any) -> str:
 def dataset_to_native_xml(ds: Dataset) -> bytes:
     """``ds`` as a Native DICOM Model document, UTF-8 with its XML declaration."""
     root = ET.Element(_q("NativeDicomModel"))
+    root.set("xmlns", NATIVE_DICOM_NS)
     root.set(_XML_SPACE, "preserve")
     _attributes(root, ds)
-    return ET.tostring(root, encoding="UTF-8", xml_declaration=True, default_namespace=NATIVE_DICOM_NS)
+    return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
 def _attributes(parent: ET.Element, ds: Dataset) -> None:
