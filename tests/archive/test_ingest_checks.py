@@ -7,6 +7,7 @@ import io
 import os
 import re
 import subprocess
+import time
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -140,8 +141,15 @@ def test_pynetdicom_store_on_another_sop_class_context_is_a900(listener: int) ->
         req.AffectedSOPInstanceUID = ds.SOPInstanceUID
         req.Priority = 2
         req.DataSet = io.BytesIO(_dataset_bytes(ds))
-        assoc.dimse.send_msg(req, mr_context.context_id)
-        _cx, rsp = assoc.dimse.get_msg(True)
+        # As send_c_store does: pause the reactor, or it may take the response for itself.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        try:
+            assoc.dimse.send_msg(req, mr_context.context_id)
+            _cx, rsp = assoc.dimse.get_msg(True)
+        finally:
+            assoc._reactor_checkpoint.set()
     finally:
         assoc.release()
     assert rsp.Status == 0xA900
