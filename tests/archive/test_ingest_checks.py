@@ -146,14 +146,15 @@ def test_pynetdicom_store_on_another_sop_class_context_is_a900(listener: int) ->
         while not assoc._is_paused:
             time.sleep(0.0001)
         try:
+            assert mr_context.context_id is not None
             assoc.dimse.send_msg(req, mr_context.context_id)
             _cx, rsp = assoc.dimse.get_msg(True)
         finally:
             assoc._reactor_checkpoint.set()
     finally:
         assoc.release()
-    assert rsp.Status == 0xA900
-    assert rsp.ErrorComment.startswith("CT Image Storage sent on the MR Image Storage context")
+    assert isinstance(rsp, C_STORE) and rsp.Status == 0xA900
+    assert str(rsp.ErrorComment).startswith("CT Image Storage sent on the MR Image Storage context")
     _nothing_stored()
 
 
@@ -283,8 +284,8 @@ def test_stow_answers_native_dicom_xml_when_asked(client, region, archivist, tmp
     ns = {"n": NATIVE_DICOM_NS}
     assert root.tag == f"{{{NATIVE_DICOM_NS}}}NativeDicomModel"
     assert root.get("{http://www.w3.org/XML/1998/namespace}space") == "preserve"
-    tags = [a.get("tag") for a in root.findall("n:DicomAttribute", ns)]
-    assert tags == sorted(tags) and all(len(t or "") == 8 for t in tags)
+    tags = [a.get("tag") or "" for a in root.findall("n:DicomAttribute", ns)]
+    assert tags == sorted(tags) and all(len(t) == 8 for t in tags)
     failed = root.find("n:DicomAttribute[@keyword='FailedSOPSequence']", ns)
     assert failed is not None and failed.get("vr") == "SQ" and failed.get("tag") == "00081198"
     (item,) = failed.findall("n:Item", ns)
