@@ -304,3 +304,46 @@ def test_stow_with_an_answer_it_cannot_give_is_406_and_stores_nothing(client, re
     _nothing_stored()
     # JSON stays the default.
     assert _stow(client, archivist, [_bytes(_ct())], accept="*/*")["Content-Type"] == "application/dicom+json"
+
+
+def test_native_xml_writes_every_kind_of_value() -> None:
+    from pydicom.sequence import Sequence
+
+    from archive.dicomweb.native_xml import dataset_to_native_xml
+
+    ds = Dataset()
+    ds.PatientName = "Rossi^Mario^^Dott.=ロッシ^マリオ"
+    ds.ImageType = ["ORIGINAL", "", "AXIAL"]
+    ds.Rows = 512
+    ds.FrameIncrementPointer = 0x00181063
+    ds.StudyDescription = "TC\x01torace & <addome>"
+    ds.add_new(0x00091010, "OB", b"\x00\xff")
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.ReferencedImageSequence = Sequence([Dataset()])
+    ds.AccessionNumber = ""
+    root = ET.fromstring(dataset_to_native_xml(ds))
+    ns = {"n": NATIVE_DICOM_NS}
+
+    def attribute(tag: str) -> ET.Element:
+        found = root.find(f"n:DicomAttribute[@tag='{tag}']", ns)
+        assert found is not None, tag
+        return found
+
+    name = attribute("00100010").find("n:PersonName[@number='1']", ns)
+    assert name is not None
+    assert [e.text for e in name.findall("n:Alphabetic/*", ns)] == ["Rossi", "Mario", "Dott."]
+    assert name.find("n:Alphabetic/n:NamePrefix", ns) is not None
+    assert name.find("n:Ideographic/n:FamilyName", ns).text == "ロッシ"  # type: ignore[union-attr]
+    assert [(v.get("number"), v.text) for v in attribute("00080008").findall("n:Value", ns)] == [
+        ("1", "ORIGINAL"),
+        ("2", None),
+        ("3", "AXIAL"),
+    ]
+    assert attribute("00280010").find("n:Value", ns).text == "512"  # type: ignore[union-attr]
+    assert attribute("00280009").find("n:Value", ns).text == "00181063"  # type: ignore[union-attr]
+    assert attribute("00081030").find("n:Value", ns).text == "TC\ufffdtorace & <addome>"  # type: ignore[union-attr]
+    private = attribute("00091010")
+    assert private.get("privateCreator") == "ACME 1.0" and private.get("keyword") is None
+    assert private.find("n:InlineBinary", ns).text == "AP8="  # type: ignore[union-attr]
+    assert [i.get("number") for i in attribute("00081140").findall("n:Item", ns)] == ["1"]
+    assert list(attribute("00080050")) == []  # empty: no Value

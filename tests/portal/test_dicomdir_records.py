@@ -291,3 +291,27 @@ def test_the_rules_catch_the_whole_content_tree_pydicom_copies() -> None:
     assert any("CONTAINS, not HAS CONCEPT MOD" in p for p in copied)
     assert "SR DOCUMENT: Verification DateTime must be there exactly when VERIFIED" in copied
     assert record_problems(_as_leaf(directory_record("SR DOCUMENT", document), "SR DOCUMENT")) == []
+
+
+def test_key_object_record_keeps_the_title_and_its_modifiers_only() -> None:
+    from portal.dicomdir import directory_record
+
+    kos = Dataset()
+    kos.SpecificCharacterSet = "ISO_IR 192"
+    kos.InstanceNumber = 1
+    kos.ContentDate, kos.ContentTime = "20260101", "120000"
+    kos.ConceptNameCodeSequence = Sequence([_code("113000", "DCM", "Of Interest")])
+    modifier = Dataset()
+    modifier.RelationshipType = "HAS CONCEPT MOD"
+    modifier.ValueType = "TEXT"
+    modifier.ConceptNameCodeSequence = Sequence([_code("113011", "DCM", "Document Title Modifier")])
+    modifier.TextValue = "Sinistra"
+    reference = Dataset()
+    reference.RelationshipType = "CONTAINS"
+    reference.ValueType = "IMAGE"
+    reference.ReferencedSOPSequence = Sequence([Dataset()])
+    kos.ContentSequence = Sequence([reference, modifier])
+    record = _as_leaf(directory_record("KEY OBJECT DOC", kos), "KEY OBJECT DOC")
+    assert record_problems(record) == []
+    (item,) = record.ContentSequence
+    assert item.TextValue == "Sinistra" and record.SpecificCharacterSet == "ISO_IR 192"
