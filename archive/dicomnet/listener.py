@@ -77,7 +77,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import access
-from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
+from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
 from archive.dicomnet import fence, peers
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
@@ -676,6 +676,9 @@ def handle_store(event: Event) -> Dataset:
             assert spool.name is not None  # checked above; finish() does not clear it
             path, data, owned = spool.name, spool.in_memory(), True
         try:
+            check_store_context(
+                abstract_syntax=event.context.abstract_syntax, affected_sop_class_uid=str(req.AffectedSOPClassUID)
+            )
             result = instance_ingest(
                 path=path,
                 data=data,
@@ -685,7 +688,7 @@ def handle_store(event: Event) -> Dataset:
                 expected_sop_class_uid=str(req.AffectedSOPClassUID),
                 expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
             )
-        except IngestError as exc:
+        except (IngestError, DicomRejected) as exc:
             peer.failed += 1
             if len(peer.failures) < 20:
                 peer.failures.append(f"{req.AffectedSOPInstanceUID}: {exc.message}")

@@ -43,10 +43,11 @@ from ..api_tokens import ApiTokenAuthentication
 from ..models import Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
+from .native_xml import dataset_to_native_xml
 from .qido import qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_url, instances_select, study_get
-from .stow import stow
+from .stow import DICOM_XML, stow, stow_answer_type
 from .wado import bulkdata_response, frames_response, instances_response, metadata_response, parse_frame_list
 from .wado_uri import wado_uri_file, wado_uri_parse, wado_uri_wants_dicom
 
@@ -428,6 +429,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
     note = view.begin(resource="studies" if study is None else "study")
     note.study_instance_uid = study or ""
     scope = view.scope(facility)
+    answer_type = stow_answer_type(view.accept())  # a 406 before anything is read or stored
     read, length = _body_reader(view.request)
     result = stow(
         read,
@@ -454,7 +456,10 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         note.outcome = AuditEvent.Outcome.FAILURE
     elif result.status == 202:
         note.outcome = AuditEvent.Outcome.WARNING
-    response = HttpResponse(dumps(result.response), status=result.status, content_type=DICOM_JSON)
+    if answer_type == DICOM_XML:
+        response = HttpResponse(dataset_to_native_xml(result.dataset), status=result.status, content_type=DICOM_XML)
+    else:
+        response = HttpResponse(dumps(result.response), status=result.status, content_type=DICOM_JSON)
     if result.warnings:
         response["Warning"] = _warning_header(view.request.get_host(), result.warnings)
     return view.done(note, response)

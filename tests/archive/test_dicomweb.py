@@ -19,9 +19,9 @@ from pydicom.uid import generate_uid
 from archive.dicomweb.media import parse_accept
 from archive.dicomweb.stow import (
     FAILURE_CANNOT_UNDERSTAND,
+    FAILURE_CONFLICT,
     FAILURE_SOP_CLASS_NOT_SUPPORTED,
     FAILURE_STUDY_MISMATCH,
-    WARNING_CONFLICT,
     multipart_spool,
 )
 from archive.dicomweb.views import StudiesView
@@ -383,16 +383,18 @@ def test_stow_of_a_non_storage_sop_class(client, region, archivist, tmp_path) ->
     assert failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_stow_conflict_is_a_warning(client, region, archivist, ct_study) -> None:
+def test_stow_conflict_is_a_failure_not_a_stored_instance(client, region, archivist, ct_study) -> None:
     ingest_files(ct_study[:1], region.facility)
     ds = dcmread(ct_study[0])
     ds.SeriesDescription = "other bytes, same SOP Instance UID"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [buf.getvalue()])
-    assert response.status_code == 202
-    (item,) = Dataset.from_json(response.json()).ReferencedSOPSequence
-    assert item.WarningReason == WARNING_CONFLICT
+    assert response.status_code == 409
+    result = Dataset.from_json(response.json())
+    (item,) = result.FailedSOPSequence
+    assert item.FailureReason == FAILURE_CONFLICT and item.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert "ReferencedSOPSequence" not in result
     assert InstanceConflict.objects.count() == 1 and Instance.objects.count() == 1
 
 
