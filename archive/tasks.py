@@ -174,7 +174,7 @@ def storage_commitment_answer(commitment_pk: int) -> str:
     queue itself again for when it may be (waiting for the long-term copy, or a retry)."""
     step = commitment.commitment_answer(commitment_pk=commitment_pk)
     if step.again_in is not None:
-        storage_commitment_answer.apply_async(args=[commitment_pk], countdown=step.again_in)
+        storage_commitment_answer.apply_async(args=(commitment_pk,), countdown=step.again_in)
     return step.state
 
 

@@ -63,7 +63,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from celery import current_app
 from django.conf import settings
@@ -74,7 +74,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_EVENT_REPORT_RSP
-from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
@@ -202,11 +202,13 @@ def commitment_request(
     CommitmentRefused
         The request is not taken on; it is audited as denied or failed, nothing is recorded.
     """
-    base = {"action": "dicom.commitment.request", "ae_title": calling_ae, "source": source}
+    base: dict[str, Any] = {"action": "dicom.commitment.request", "ae_title": calling_ae, "source": source}
     detail: dict[str, Any] = {"facility": facility.code}
     try:
         if node is None or not node.can_store:
-            raise CommitmentRefused(f"{calling_ae} may not ask for storage commitment here", code="commitment_forbidden")
+            raise CommitmentRefused(
+                f"{calling_ae} may not ask for storage commitment here", code="commitment_forbidden"
+            )
         if action_type != ACTION_REQUEST:
             raise CommitmentRefused(f"no such action type {action_type}", code="commitment_no_such_action")
         if requested_instance != WELL_KNOWN_INSTANCE:
@@ -302,9 +304,15 @@ def _found(references: list[tuple[str, str]], *, node: RemoteNode | None, facili
         for row in (
             Instance.objects.filter(sop_instance_uid__in=chunk)
             .filter(visible)
-            .values("pk", "sop_instance_uid", "sop_class_uid", "series__study__patient_id", "series__study__study_instance_uid")
+            .values(
+                "pk",
+                "sop_instance_uid",
+                "sop_class_uid",
+                "series__study__patient_id",
+                "series__study__study_instance_uid",
+            )
         ):
-            rows[row["sop_instance_uid"]] = row
+            rows[row["sop_instance_uid"]] = dict(row)
     return _Found(rows=rows, patients={r["series__study__patient_id"] for r in rows.values()})
 
 
@@ -477,7 +485,7 @@ def handle_n_action(event: Event) -> tuple[int, Dataset | None]:
     if peer is None:  # pragma: no cover - the listener sets it on every association it accepts
         return N_ACTION_STATUS["processing"], None
     close_old_connections()
-    req = event.request
+    req = cast(N_ACTION, event.request)
     if str(req.RequestedSOPClassUID) != SOP_CLASS:
         return N_ACTION_STATUS["commitment_no_such_class"], None
     try:
@@ -595,7 +603,7 @@ def _send_on_association(assoc: Any, ds: Dataset, event_type: int, context_id: i
     status: list[int] = []
 
     def response(event: Event) -> None:
-        message = event.message  # type: ignore[attr-defined]  # EVT_DIMSE_RECV carries it
+        message = event.message  # EVT_DIMSE_RECV carries it
         command = getattr(message, "command_set", None)
         if isinstance(message, N_EVENT_REPORT_RSP) and command is not None:
             if command.get("MessageIDBeingRespondedTo") == msg_id:
@@ -718,9 +726,7 @@ def _send_new_association(commitment: StorageCommitment, ds: Dataset, event_type
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
     ae.add_requested_context(SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(
-        node.host, node.port, ae_title=node.ae_title, ext_neg=[build_role(SOP_CLASS, scp_role=True)]
-    )
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[build_role(SOP_CLASS, scp_role=True)])
     if not assoc.is_established:
         return None
     try:

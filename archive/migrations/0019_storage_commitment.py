@@ -5,42 +5,79 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('archive', '0018_report_templates_and_phrases'),
+        ("archive", "0018_report_templates_and_phrases"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='StorageCommitment',
+            name="StorageCommitment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('transaction_uid', models.CharField(max_length=64, verbose_name='TransactionUID')),
-                ('calling_ae', models.CharField(max_length=16, verbose_name='AE title richiedente')),
-                ('called_ae', models.CharField(max_length=16, verbose_name='AE title chiamato')),
-                ('source', models.CharField(blank=True, max_length=255, verbose_name='indirizzo del richiedente')),
-                ('references', models.JSONField(verbose_name='istanze richieste')),
-                ('require_long_term', models.BooleanField(default=False, verbose_name='attende la copia a lungo termine')),
-                ('state', models.CharField(choices=[('pending', 'in attesa di risposta'), ('answered', 'risposta inviata'), ('undelivered', 'risposta non consegnata')], default='pending', max_length=16, verbose_name='stato')),
-                ('received_at', models.DateTimeField(verbose_name='ricevuta il')),
-                ('answer_by', models.DateTimeField(verbose_name='risposta entro il')),
-                ('next_attempt_at', models.DateTimeField(verbose_name='prossimo tentativo')),
-                ('claimed_at', models.DateTimeField(blank=True, null=True, verbose_name='in lavorazione dal')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='tentativi di consegna')),
-                ('last_error', models.TextField(blank=True, verbose_name='ultimo errore')),
-                ('answered_at', models.DateTimeField(blank=True, null=True, verbose_name='risposta inviata il')),
-                ('answered_via', models.CharField(blank=True, max_length=16, verbose_name='inviata su')),
-                ('event_type', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='tipo di evento')),
-                ('result', models.JSONField(blank=True, default=dict, verbose_name='esito')),
-                ('facility', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='storage_commitments', to='archive.facility', verbose_name='presidio')),
-                ('node', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='storage_commitments', to='archive.remotenode', verbose_name='nodo richiedente')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("transaction_uid", models.CharField(max_length=64, verbose_name="TransactionUID")),
+                ("calling_ae", models.CharField(max_length=16, verbose_name="AE title richiedente")),
+                ("called_ae", models.CharField(max_length=16, verbose_name="AE title chiamato")),
+                ("source", models.CharField(blank=True, max_length=255, verbose_name="indirizzo del richiedente")),
+                ("references", models.JSONField(verbose_name="istanze richieste")),
+                (
+                    "require_long_term",
+                    models.BooleanField(default=False, verbose_name="attende la copia a lungo termine"),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "in attesa di risposta"),
+                            ("answered", "risposta inviata"),
+                            ("undelivered", "risposta non consegnata"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="stato",
+                    ),
+                ),
+                ("received_at", models.DateTimeField(verbose_name="ricevuta il")),
+                ("answer_by", models.DateTimeField(verbose_name="risposta entro il")),
+                ("next_attempt_at", models.DateTimeField(verbose_name="prossimo tentativo")),
+                ("claimed_at", models.DateTimeField(blank=True, null=True, verbose_name="in lavorazione dal")),
+                ("attempts", models.PositiveIntegerField(default=0, verbose_name="tentativi di consegna")),
+                ("last_error", models.TextField(blank=True, verbose_name="ultimo errore")),
+                ("answered_at", models.DateTimeField(blank=True, null=True, verbose_name="risposta inviata il")),
+                ("answered_via", models.CharField(blank=True, max_length=16, verbose_name="inviata su")),
+                ("event_type", models.PositiveSmallIntegerField(blank=True, null=True, verbose_name="tipo di evento")),
+                ("result", models.JSONField(blank=True, default=dict, verbose_name="esito")),
+                (
+                    "facility",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="storage_commitments",
+                        to="archive.facility",
+                        verbose_name="presidio",
+                    ),
+                ),
+                (
+                    "node",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="storage_commitments",
+                        to="archive.remotenode",
+                        verbose_name="nodo richiedente",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'richiesta di storage commitment',
-                'verbose_name_plural': 'richieste di storage commitment',
-                'ordering': ['-received_at'],
-                'indexes': [models.Index(fields=['state', 'next_attempt_at'], name='storagecommitment_due')],
-                'constraints': [models.UniqueConstraint(fields=('facility', 'calling_ae', 'transaction_uid'), name='storagecommitment_unique_transaction')],
+                "verbose_name": "richiesta di storage commitment",
+                "verbose_name_plural": "richieste di storage commitment",
+                "ordering": ["-received_at"],
+                "indexes": [models.Index(fields=["state", "next_attempt_at"], name="storagecommitment_due")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("facility", "calling_ae", "transaction_uid"),
+                        name="storagecommitment_unique_transaction",
+                    )
+                ],
             },
         ),
     ]

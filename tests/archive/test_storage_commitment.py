@@ -24,7 +24,7 @@ from archive.models import Copy, Instance, RemoteNode, StorageCommitment, Study
 from archive.sample_data import PatientInfo, write_study
 from kernel import tasknames
 from kernel.models import AuditEvent
-from tests.conftest import Enqueued, Region, wait_until
+from tests.conftest import Enqueued, wait_until
 from tests.dicom_client import send_files
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
@@ -134,7 +134,9 @@ def modality() -> Iterator[Modality]:
 
 
 def _references(paths: list[Path]) -> list[tuple[str, str]]:
-    return [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in (dcmread(p, stop_before_pixels=True) for p in paths)]
+    return [
+        (str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in (dcmread(p, stop_before_pixels=True) for p in paths)
+    ]
 
 
 def _node_listens_on(port: int, ae_title: str = "STORESCU") -> None:
@@ -232,8 +234,10 @@ def test_a_node_that_releases_at_once_is_answered_once(  # type: ignore[no-untyp
     modality.request(listener, refs)  # released as soon as the N-ACTION is acknowledged
     # Either the report made it onto the association before the release, or the task takes over.
     wait_until(
-        lambda: StorageCommitment.objects.get().state == "answered"
-        or tasknames.STORAGE_COMMITMENT_ANSWER in enqueued.names(),
+        lambda: (
+            StorageCommitment.objects.get().state == "answered"
+            or tasknames.STORAGE_COMMITMENT_ANSWER in enqueued.names()
+        ),
         what="answered or left to the task",
     )
     enqueued.run(tasknames.STORAGE_COMMITMENT_ANSWER)
@@ -278,7 +282,9 @@ def test_failure_reasons(listener: int, tmp_path: Path, ct_study: list[Path], mo
     }
     # The audit names only the patients the node may see.
     answer = AuditEvent.objects.get(action="dicom.commitment.answer")
-    assert answer.detail["patients"] == [Study.objects.get(study_instance_uid=dcmread(ct_study[0]).StudyInstanceUID).patient_id]
+    assert answer.detail["patients"] == [
+        Study.objects.get(study_instance_uid=dcmread(ct_study[0]).StudyInstanceUID).patient_id
+    ]
 
 
 def test_an_evicted_instance_stays_committed(  # type: ignore[no-untyped-def]
