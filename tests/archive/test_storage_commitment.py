@@ -164,7 +164,10 @@ def _stored(listener: int, paths: list[Path]) -> list[tuple[str, str]]:
     return _references(paths)
 
 
-def test_answer_on_the_same_association(listener: int, ct_study: list[Path], modality: Modality) -> None:
+@pytest.mark.plain_too
+def test_answer_on_the_same_association(
+    listener: int, ct_study: list[Path], modality: Modality, dicom_fast_paths: bool
+) -> None:
     refs = _stored(listener, ct_study)
     unknown = (CT_IMAGE, generate_uid())
     status, transaction_uid = modality.request(listener, [*refs, unknown], wait_report=True)
@@ -225,8 +228,9 @@ def test_answer_on_a_new_association_to_the_node(  # type: ignore[no-untyped-def
     assert (row.state, row.answered_via) == ("answered", "new")
 
 
-def test_a_node_that_releases_at_once_is_answered_once(  # type: ignore[no-untyped-def]
-    listener: int, ct_study: list[Path], modality: Modality, enqueued: Enqueued
+@pytest.mark.plain_too
+def test_a_node_that_releases_at_once_is_answered_once(
+    listener: int, ct_study: list[Path], modality: Modality, enqueued: Enqueued, dicom_fast_paths: bool
 ) -> None:
     refs = _stored(listener, ct_study[:2])
     enqueued.messages.clear()
