@@ -179,8 +179,9 @@ def test_answer_on_the_same_association(
     assert report.information.RetrieveAETitle == "TSCAT_PACS"
     assert sorted(report.committed()) == sorted(uid for _c, uid in refs)
     assert report.failed() == {unknown[1]: 0x0112}
-    row = StorageCommitment.objects.get()
-    assert (row.state, row.answered_via, row.event_type) == ("answered", "association", 2)
+    # Recorded once the node's N-EVENT-REPORT response is back (the listener's thread).
+    row = wait_until(lambda: StorageCommitment.objects.filter(state="answered").first(), what="the answer recorded")
+    assert (row.answered_via, row.event_type) == ("association", 2)
     assert row.result == {"committed": 6, "failed": {unknown[1]: 0x0112}}
     patient_pk = Study.objects.get().patient_id
     request = AuditEvent.objects.get(action="dicom.commitment.request")
@@ -200,7 +201,8 @@ def test_all_committed_is_event_type_1(listener: int, ct_study: list[Path], moda
     report = modality.report()
     assert report.event_type == 1 and "FailedSOPSequence" not in report.information
     assert sorted(report.committed()) == sorted(uid for _c, uid in refs)
-    assert AuditEvent.objects.get(action="dicom.commitment.answer").outcome == "success"
+    answer = wait_until(lambda: AuditEvent.objects.filter(action="dicom.commitment.answer").first(), what="audit")
+    assert answer.outcome == "success"
 
 
 def test_answer_on_a_new_association_to_the_node(  # type: ignore[no-untyped-def]
@@ -285,7 +287,7 @@ def test_failure_reasons(listener: int, tmp_path: Path, ct_study: list[Path], mo
         hidden_ref[1]: 0x0112,
     }
     # The audit names only the patients the node may see.
-    answer = AuditEvent.objects.get(action="dicom.commitment.answer")
+    answer = wait_until(lambda: AuditEvent.objects.filter(action="dicom.commitment.answer").first(), what="audit")
     assert answer.detail["patients"] == [
         Study.objects.get(study_instance_uid=dcmread(ct_study[0]).StudyInstanceUID).patient_id
     ]
