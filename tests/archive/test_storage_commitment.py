@@ -465,3 +465,20 @@ def test_instance_model_untouched(listener: int, ct_study: list[Path], modality:
     before = list(Instance.objects.order_by("pk").values())
     modality.request(listener, refs, wait_report=True)
     assert list(Instance.objects.order_by("pk").values()) == before
+
+
+def test_an_object_held_aside_as_a_conflict_is_not_committed(
+    listener: int, tmp_path: Path, ct_study: list[Path], modality: Modality
+) -> None:
+    """The node sent other bytes under an archived SOP Instance UID: the archive keeps
+    what it had, so it does not commit to what the node holds (which it might delete)."""
+    refs = _stored(listener, ct_study[:2])
+    other = dcmread(ct_study[0])
+    other.StudyDescription = "altri byte"
+    changed = tmp_path / "changed.dcm"
+    other.save_as(changed, enforce_file_format=True)
+    assert list(send_files(listener, [changed]).statuses.values()) == [0xB000]
+    modality.request(listener, refs, wait_report=True)
+    report = modality.report()
+    assert report.event_type == 2
+    assert report.committed() == [refs[1][1]] and report.failed() == {refs[0][1]: 0x0110}
