@@ -254,7 +254,7 @@ def test_a_node_that_releases_at_once_is_answered_once(
     assert AuditEvent.objects.filter(action="dicom.commitment.answer").count() == 1
 
 
-def test_failure_reasons(listener: int, tmp_path: Path, ct_study: list[Path], modality: Modality) -> None:  # type: ignore[no-untyped-def]
+def test_failure_reasons(listener: int, tmp_path: Path, ct_study: list[Path], modality: Modality) -> None:
     from portal.oscuramento import conceal
 
     refs = _stored(listener, ct_study)
