@@ -902,7 +902,10 @@ def send_request(assoc: Association, primitive: Any, context_id: int, *, timeout
     deadline = time.monotonic() + timeout
     assoc._reactor_checkpoint.clear()
     try:
-        while not assoc._is_paused:
+        # pynetdicom also marks the reactor paused while a service class runs (so that a
+        # handler may send); a request of the peer being served must finish first, or
+        # its response's PDUs could fall between this message's.
+        while not assoc._is_paused or getattr(assoc, "pacs_serving", False):
             if not assoc.is_established or time.monotonic() > deadline:
                 return False
             time.sleep(0.0001)
