@@ -482,3 +482,24 @@ def test_an_object_held_aside_as_a_conflict_is_not_committed(
     report = modality.report()
     assert report.event_type == 2
     assert report.committed() == [refs[1][1]] and report.failed() == {refs[0][1]: 0x0110}
+
+
+@pytest.mark.slow
+def test_processes_the_listener_records_and_a_worker_answers_after_the_listener_is_gone(  # type: ignore[no-untyped-def]
+    start_listener_process, celery_worker, region, ct_study: list[Path], modality: Modality
+) -> None:
+    """``manage.py dicom_listener`` and a real Celery worker: the request acknowledged by
+    the listener is answered by the worker on a new association, the listener killed."""
+    import signal
+
+    listener = start_listener_process(env={"PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION": "0"})
+    refs = _stored(listener.port, ct_study[:2])
+    _node_listens_on(modality.listen())
+    status, transaction_uid = modality.request(listener.port, refs)
+    assert status == 0x0000
+    listener.stop(signal.SIGKILL)
+    report = modality.report(timeout=60)
+    assert report.information.TransactionUID == transaction_uid and report.event_type == 1
+    assert not report.on_request_association and report.calling_ae == "TSCAT_PACS"
+    row = wait_until(lambda: StorageCommitment.objects.filter(state="answered").first(), what="answered")
+    assert row.answered_via == "new"
