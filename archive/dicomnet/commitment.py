@@ -33,11 +33,13 @@ wait is over fails with ``0x0110``.
 Where the answer goes (PS3.4 J.3.3.1.2: an SCP must be able to answer on
 another association and may try the same one):
 
-* when the answer is ready at once (always, unless the request waits for the
-  long-term tier) and ``PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION`` is on, the
-  listener sends it on the N-ACTION's association right after the N-ACTION
-  response, if the node is still connected; the association keeps being
-  served meanwhile, so a node that releases at once is released at once;
+* when ``PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION`` is on and the answer is
+  decided at once (always, unless ``PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM``
+  is on: then the task answers, when the copies exist or the wait is over),
+  the listener sends it on the N-ACTION's association right after the
+  N-ACTION response, if the node is still connected; the association keeps
+  being served meanwhile (``fence.send_request``), so a node that releases at
+  once is released at once and answered by the task;
 * otherwise, or when that fails (the node released, aborted, answered with an
   error or not at all), a Celery task opens a new association from the called
   facility's AE title to the node's registered host and port
