@@ -854,3 +854,63 @@ class CopyFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_step_display()}: #{self.instance_id} → {self.tier} ({self.attempts})"
+
+
+class StorageCommitment(models.Model):
+    """A Storage Commitment request (PS3.4 J, Push Model) a node made, until it is answered.
+
+    Written when the N-ACTION arrives, before it is acknowledged, so that a
+    request survives a restart of the listener or of the workers; answered
+    once (the claim is a conditional UPDATE on ``claimed_at``, the answer is
+    recorded by the one who sent it). Archive.dicomnet.commitment holds the rules.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("in attesa di risposta")
+        ANSWERED = "answered", _("risposta inviata")
+        UNDELIVERED = "undelivered", _("risposta non consegnata")
+
+    transaction_uid = models.CharField("TransactionUID", max_length=64)
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="storage_commitments", verbose_name=_("presidio")
+    )
+    node = models.ForeignKey(
+        RemoteNode,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="storage_commitments",
+        verbose_name=_("nodo richiedente"),
+    )
+    calling_ae = models.CharField(_("AE title richiedente"), max_length=16)
+    called_ae = models.CharField(_("AE title chiamato"), max_length=16)
+    source = models.CharField(_("indirizzo del richiedente"), max_length=255, blank=True)
+    # [[SOP Class UID, SOP Instance UID], ...] in the order of the request's Referenced SOP Sequence.
+    references = models.JSONField(_("istanze richieste"))
+    require_long_term = models.BooleanField(_("attende la copia a lungo termine"), default=False)
+    state = models.CharField(_("stato"), max_length=16, choices=State.choices, default=State.PENDING)
+    received_at = models.DateTimeField(_("ricevuta il"))
+    answer_by = models.DateTimeField(_("risposta entro il"))
+    next_attempt_at = models.DateTimeField(_("prossimo tentativo"))
+    claimed_at = models.DateTimeField(_("in lavorazione dal"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("tentativi di consegna"), default=0)
+    last_error = models.TextField(_("ultimo errore"), blank=True)
+    answered_at = models.DateTimeField(_("risposta inviata il"), null=True, blank=True)
+    answered_via = models.CharField(_("inviata su"), max_length=16, blank=True)
+    event_type = models.PositiveSmallIntegerField(_("tipo di evento"), null=True, blank=True)
+    # {"committed": n, "failed": {SOP Instance UID: Failure Reason}} as answered.
+    result = models.JSONField(_("esito"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("richiesta di storage commitment")
+        verbose_name_plural = _("richieste di storage commitment")
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["facility", "calling_ae", "transaction_uid"], name="storagecommitment_unique_transaction"
+            )
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="storagecommitment_due")]
+
+    def __str__(self) -> str:
+        return f"{self.calling_ae} {self.transaction_uid} ({self.get_state_display()})"

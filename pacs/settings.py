@@ -857,3 +857,24 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+
+# --- Storage Commitment (PS3.4 J; archive.dicomnet.commitment) -------------------
+# Answer on the N-ACTION's association when the node is still connected and the
+# answer is ready at once; otherwise (or off) on a new association to the node.
+PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION = env_bool("PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION", True)
+# Commit an instance only once a verified copy is in the long-term tier (two
+# copies first), waiting for the lifecycle up to the maximum wait; what is still
+# missing then fails (0x0110). Re-checked every RECHECK seconds.
+PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM = env_bool("PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM", False)
+PACS_STORAGE_COMMITMENT_MAX_WAIT_SECONDS = env_float("PACS_STORAGE_COMMITMENT_MAX_WAIT_SECONDS", 86400.0)
+PACS_STORAGE_COMMITMENT_RECHECK_SECONDS = env_float("PACS_STORAGE_COMMITMENT_RECHECK_SECONDS", 300.0)
+# An answer the node does not take is sent again after RETRY seconds, doubling
+# (at most an hour), this many times in all; then the request is undelivered.
+PACS_STORAGE_COMMITMENT_RETRY_SECONDS = env_float("PACS_STORAGE_COMMITMENT_RETRY_SECONDS", 60.0)
+PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS = env_int("PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS", 10)
+if PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS < 1:
+    raise ImproperlyConfigured("PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS must be at least 1")
+CELERY_BEAT_SCHEDULE["storage-commitment-sweep"] = {
+    "task": tasknames.STORAGE_COMMITMENT_SWEEP,
+    "schedule": env_float("PACS_STORAGE_COMMITMENT_SWEEP_SECONDS", 300.0),
+}

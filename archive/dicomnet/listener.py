@@ -78,7 +78,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
-from archive.dicomnet import fence, peers
+from archive.dicomnet import commitment, fence, peers
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
     CANCEL,
@@ -1176,6 +1176,7 @@ def build_ae(ae_title: str) -> AE:
     ae.add_supported_context(Verification)
     for uid in [*QR_MODELS, ModalityWorklistInformationFind]:
         ae.add_supported_context(uid, UncompressedTransferSyntaxes)
+    commitment.contexts_add(ae)
     # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None  # pynetdicom builds each with its SOP class
@@ -1315,6 +1316,7 @@ def start_listener(
         (evt.EVT_C_FIND, handle_find),
         (evt.EVT_C_GET, handle_get),
         (evt.EVT_C_MOVE, handle_move),
+        (evt.EVT_N_ACTION, commitment.handle_n_action),
         (evt.EVT_RELEASED, handle_ended),
         (evt.EVT_ABORTED, handle_ended),
         (evt.EVT_CONN_CLOSE, handle_conn_closed),
