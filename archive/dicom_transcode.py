@@ -273,11 +273,12 @@ def _decode(ds: Dataset, source: UID) -> None:
         try:
             ds.decompress(generate_instance_uid=False)
         except Exception as exc:
-            if source != JPEGExtended12Bit:
-                raise TranscodeError(f"cannot decode the {source.name} pixel data: {_first_line(exc)}") from exc
-            # pydicom's GDCM plugin refuses 12-bit JPEG Extended (and pylibjpeg-libjpeg,
-            # which decodes it, is GPLv3 and not installed): GDCM itself decodes it.
-            _gdcm_decode(ds, exc)
+            if source == JPEGExtended12Bit:
+                # pydicom's GDCM plugin refuses 12-bit JPEG Extended (and pylibjpeg-libjpeg,
+                # which decodes it, is GPLv3 and not installed): GDCM itself decodes it.
+                _gdcm_decode(ds, exc)
+            else:
+                _decode_through_array(ds, source, exc)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return
     if source == ExplicitVRBigEndian:
@@ -302,6 +303,23 @@ def _swap_binary(ds: Dataset) -> None:
         if size is None or not isinstance(elem.value, bytes | bytearray) or len(elem.value) % size:
             continue
         elem.value = np.frombuffer(elem.value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
+
+
+def _decode_through_array(ds: Dataset, source: UID, cause: Exception) -> None:
+    """``Dataset.decompress`` failed where ``pixel_array`` may not: pydicom 3.0's
+    frame iterator writes its sign correction into a read-only buffer (a JPEG 2000
+    stream whose signedness differs from Pixel Representation)."""
+    try:
+        arr = ds.pixel_array
+    except Exception:
+        raise TranscodeError(f"cannot decode the {source.name} pixel data: {_first_line(cause)}") from cause
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3 and photometric.startswith("YBR"):
+        photometric = "RGB"  # pixel_array gives colour as RGB
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.set_pixel_data(arr, photometric, int(ds.BitsStored), generate_instance_uid=False)
 
 
 def _first_line(exc: Exception) -> str:
