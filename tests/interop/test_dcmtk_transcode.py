@@ -115,3 +115,48 @@ def _accepts(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_getscu_with_a_corrupted_stream_gets_one_failed_sub_operation(  # type: ignore[no-untyped-def]
+    start_listener_process, region, process_env, tmp_path: Path
+) -> None:
+    """A stored stream that cannot be decoded (GDCM aborts on this one, in a render worker)
+    is one failed sub-operation; the others are sent, the listener lives on.
+
+    DCMTK 3.6.7's getscu then reports "Association Release Failed: DUL P-Data PDU arrived":
+    it does not read the Identifier of the final C-GET response, which carries the Failed
+    SOP Instance UID List PS3.4 C.4.3.1.3.2 requires with a Warning or Failure status. A
+    plain pynetdicom C-GET SCP with one failed sub-operation gets the same from getscu; a
+    pynetdicom SCU reads it and releases normally
+    (tests/archive/test_transcode.py::test_c_get_with_a_corrupted_stream_is_a_failed_sub_operation).
+    The issue's 12-bit JPEG no longer fails at all (the first test here)."""
+    from pydicom.uid import generate_uid
+
+    from tests.archive.test_transcode import corrupt_jpeg2000
+
+    RemoteNode.objects.create(
+        facility=region.facility, ae_title="WS", host="127.0.0.1", port=104, can_query=True, can_retrieve=True
+    )
+    patient = PatientInfo(patient_id="MRN0079")
+    study_uid = generate_uid()
+    good = write_study(
+        tmp_path / "good", patient=patient, source="MR_small_RLE.dcm", study_uid=study_uid, instances_per_series=2
+    )
+    bad = corrupt_jpeg2000(tmp_path / "bad", patient, study_uid)
+    for path in [*good, bad]:
+        instance_ingest(path=path, facility=region.facility, owned=False)
+    listener = start_listener_process()
+    out = tmp_path / "got"
+    out.mkdir()
+    cmd = ["getscu", "-v", "-S", "-aet", "WS", "-aec", "TSCAT_PACS", "+xe", "-od", str(out)]
+    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+    result = _run([*cmd, "127.0.0.1", str(listener.port)], process_env, cwd=out)
+    assert "Warning: SubOperationsCompleteOneOrMoreFailures" in result.stderr, result.stderr
+    assert "Number of Failed Suboperations    : 1" in result.stderr, result.stderr
+    assert "Number of Completed Suboperations : 2" in result.stderr, result.stderr
+    assert len(list(out.iterdir())) == 2
+    event = AuditEvent.objects.get(action="dicom.retrieve")
+    assert event.detail["failed"] == 1 and event.detail["completed"] == 2
+    # The listener lives on: another retrieve on a new association works.
+    again = _run([*cmd, "127.0.0.1", str(listener.port)], process_env, cwd=out)
+    assert "Number of Completed Suboperations : 2" in again.stderr, again.stderr
