@@ -180,7 +180,7 @@ def frame_plan(ranges: list[MediaRange], stored: str, *, encapsulated: bool) -> 
         if inner in MEDIA_DEFAULT_SYNTAX:
             if encapsulated and stored_media == inner and ts in (None, "*", stored):
                 return FramePlan(inner, stored, "stored")
-            target = MEDIA_DEFAULT_SYNTAX[inner] if ts in (None, "*") else ts
+            target = MEDIA_DEFAULT_SYNTAX[inner] if ts is None or ts == "*" else ts
             if FRAME_MEDIA_TYPES.get(target) == inner and target in producible(stored, lossy=True):
                 return FramePlan(inner, target, "transcode")
     return None
