@@ -331,8 +331,9 @@ def handle_requested(event: Event) -> None:
 class SendsStoredInstances(Association):
     """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
     sent from its archived file, byte for byte, when the peer accepted its
-    transfer syntax (``fence.send_file``); otherwise decoded and sent in one
-    the peer accepted (pynetdicom converts between the uncompressed ones).
+    transfer syntax (``fence.send_file``); otherwise transcoded to one the peer
+    accepted (``retrieve_transcode``, compressed data in a render worker); one
+    that cannot be converted is a failed sub-operation, and the retrieve goes on.
     Methods only: a C-MOVE's sub-association is switched to this class
     (fence row 12)."""
 
