@@ -235,8 +235,10 @@ def _sop_classes(files: dict[str, tuple[str, Path]]) -> list[str]:
     return sorted({str(dcmread(p, stop_before_pixels=True).SOPClassUID) for _n, p in files.values()})
 
 
-def c_get_explicit_only(port: int, study_uid: str, sop_classes: list[str]) -> tuple[list[Dataset], dict, bool]:
-    """A C-GET whose storage contexts offer Explicit VR Little Endian only."""
+def c_get_explicit_only(
+    port: int, study_uid: str, sop_classes: list[str], syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)
+) -> tuple[list[Dataset], dict, bool]:
+    """A C-GET whose storage contexts offer ``syntaxes`` only (one context per SOP class)."""
     received: dict[str, Dataset] = {}
 
     def on_store(event):  # type: ignore[no-untyped-def]
@@ -249,7 +251,7 @@ def c_get_explicit_only(port: int, study_uid: str, sop_classes: list[str]) -> tu
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(GET)
     for sop in sop_classes:
-        ae.add_requested_context(sop, [ExplicitVRLittleEndian])
+        ae.add_requested_context(sop, list(syntaxes))
     assoc = ae.associate(
         "127.0.0.1",
         port,
@@ -362,3 +364,51 @@ def test_c_move_of_every_compressed_file_to_an_explicit_little_endian_only_scp( 
     for uid, (name, path) in files.items():
         assert received[uid].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
         _assert_pixels(received[uid], path, name)
+
+
+def test_c_get_storage_contexts_are_accepted_in_a_syntax_anything_can_be_sent_in(
+    listener: int, region, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The C-GET SCU's storage contexts: of the syntaxes it proposes in one context, the
+    listener accepts Explicit VR Little Endian when it is among them (every object can be
+    sent in it), whatever the SCU's order; offered only JPEG 2000 lossless, the objects are
+    encoded in it, losslessly (an archived JPEG 2000 one goes byte for byte)."""
+    RemoteNode.objects.create(
+        facility=region.facility, ae_title="WS", host="127.0.0.1", port=104, can_query=True, can_retrieve=True
+    )
+    patient = PatientInfo(patient_id="MRN0080")
+    study_uid = generate_uid()
+    paths = [
+        *write_study(
+            tmp_path / "a", patient=patient, source="MR_small.dcm", study_uid=study_uid, instances_per_series=1
+        ),
+        *write_study(
+            tmp_path / "b",
+            patient=patient,
+            source="MR_small_jp2klossless.dcm",
+            study_uid=study_uid,
+            instances_per_series=1,
+        ),
+        *write_study(
+            tmp_path / "c", patient=patient, source="MR_small_RLE.dcm", study_uid=study_uid, instances_per_series=1
+        ),
+    ]
+    for path in paths:
+        instance_ingest(path=path, facility=region.facility, owned=False)
+    by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
+    mr = ["1.2.840.10008.5.1.4.1.1.4"]
+
+    statuses, received, released = c_get_explicit_only(
+        listener, study_uid, mr, ("1.2.840.10008.1.2.4.70", JPEG2000Lossless, ExplicitVRLittleEndian)
+    )
+    assert released and statuses[-1].Status == 0x0000 and len(received) == 3
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in received.values()} == {ExplicitVRLittleEndian}
+
+    statuses, received, released = c_get_explicit_only(listener, study_uid, mr, (JPEG2000Lossless,))
+    assert released and statuses[-1].Status == 0x0000 and len(received) == 3
+    for uid, ds in received.items():
+        assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless
+        original = dcmread(by_uid[uid])
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+        if original.file_meta.TransferSyntaxUID == JPEG2000Lossless:
+            assert ds.PixelData == original.PixelData  # sent as archived
