@@ -395,6 +395,24 @@ def test_wado_uri(client, stored, reader) -> None:
     assert client.get(f"/dicomweb/wado?{query}").status_code == 401
 
 
+def test_wado_uri_in_the_transfer_syntax_asked(client, region, reader, tmp_path) -> None:
+    files = write_study(
+        tmp_path, patient=PatientInfo("TX2"), source=COMPRESSED["1.2.840.10008.1.2.4.90"], instances_per_series=1
+    )
+    ingest_files(files, region.facility)
+    study, series, sop = uids(files[0])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application/dicom"
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=1.2.840.10008.1.2.1", **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
+    got = dcmread(io.BytesIO(_body(response)))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(got.pixel_array, dcmread(files[0]).pixel_array)
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=*", **reader.auth)
+    assert _body(response) == files[0].read_bytes()
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=1.2.840.10008.1.2.4.70", **reader.auth)
+    assert response.status_code == 406
+
+
 # --- STOW-RS ----------------------------------------------------------------------------------------
 
 
