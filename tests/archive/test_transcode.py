@@ -30,7 +30,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at run time
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -328,11 +328,11 @@ def explicit_only_destination(region) -> Iterator[dict[str, Dataset]]:  # type: 
         return 0x0000
 
     ae = AE(ae_title="DEST")
-    from pynetdicom import AllStoragePresentationContexts
-
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom builds each with its SOP class
         ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian])
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None  # block=False returns the server
     RemoteNode.objects.create(
         facility=region.facility, ae_title="DEST", host="127.0.0.1", port=port, is_retrieve_destination=True
     )
@@ -366,9 +366,9 @@ def test_c_move_of_every_compressed_file_to_an_explicit_little_endian_only_scp( 
         _assert_pixels(received[uid], path, name)
 
 
-def test_c_get_storage_contexts_are_accepted_in_a_syntax_anything_can_be_sent_in(
+def test_c_get_storage_contexts_are_accepted_in_a_syntax_anything_can_be_sent_in(  # type: ignore[no-untyped-def]
     listener: int, region, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The C-GET SCU's storage contexts: of the syntaxes it proposes in one context, the
     listener accepts Explicit VR Little Endian when it is among them (every object can be
     sent in it), whatever the SCU's order; offered only JPEG 2000 lossless, the objects are
