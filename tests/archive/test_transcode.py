@@ -272,6 +272,7 @@ def c_get_explicit_only(
     return [status for status, _ in responses], received, assoc.is_released
 
 
+@pytest.mark.plain_too
 def test_c_get_of_every_compressed_file_to_an_explicit_little_endian_only_scu(listener: int, compressed) -> None:  # type: ignore[no-untyped-def]
     study_uid, files = compressed
     hashes = _stored_hashes()
@@ -289,6 +290,7 @@ def test_c_get_of_every_compressed_file_to_an_explicit_little_endian_only_scu(li
     assert AuditEvent.objects.get(action="dicom.retrieve").detail["completed"] == len(files)
 
 
+@pytest.mark.plain_too
 def test_c_get_with_a_corrupted_stream_is_a_failed_sub_operation(listener: int, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     RemoteNode.objects.create(
         facility=region.facility, ae_title="WS", host="127.0.0.1", port=104, can_query=True, can_retrieve=True
@@ -342,6 +344,7 @@ def explicit_only_destination(region) -> Iterator[dict[str, Dataset]]:  # type: 
         server.shutdown()
 
 
+@pytest.mark.plain_too
 def test_c_move_of_every_compressed_file_to_an_explicit_little_endian_only_scp(  # type: ignore[no-untyped-def]
     listener: int, compressed, explicit_only_destination
 ) -> None:
