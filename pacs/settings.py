@@ -878,3 +878,10 @@ CELERY_BEAT_SCHEDULE["storage-commitment-sweep"] = {
     "task": tasknames.STORAGE_COMMITMENT_SWEEP,
     "schedule": env_float("PACS_STORAGE_COMMITMENT_SWEEP_SECONDS", 300.0),
 }
+
+# --- Transcoding on the way out (issue 19, point 4) ---
+# Seconds a transcoding (C-GET/C-MOVE to a peer that did not accept the stored
+# transfer syntax, WADO-RS asking another one) may take in its render worker
+# (archive.rendering.transcoding): a large multi-frame object takes longer than
+# one rendered frame. Memory is PACS_RENDER_MEMORY_LIMIT's.
+PACS_TRANSCODE_TIMEOUT = env_float("PACS_TRANSCODE_TIMEOUT", 120.0)

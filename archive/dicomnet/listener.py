@@ -47,7 +47,6 @@ from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
@@ -78,7 +77,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
-from archive.dicomnet import commitment, fence, peers
+from archive.dicom_transcode import TranscodeError
+from archive.dicomnet import commitment, fence, peers, retrieve_transcode
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
     CANCEL,
@@ -332,8 +332,9 @@ def handle_requested(event: Event) -> None:
 class SendsStoredInstances(Association):
     """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
     sent from its archived file, byte for byte, when the peer accepted its
-    transfer syntax (``fence.send_file``); otherwise decoded and sent in one
-    the peer accepted (pynetdicom converts between the uncompressed ones).
+    transfer syntax (``fence.send_file``); otherwise transcoded to one the peer
+    accepted (``retrieve_transcode``, compressed data in a render worker); one
+    that cannot be converted is a failed sub-operation, and the retrieve goes on.
     Methods only: a C-MOVE's sub-association is switched to this class
     (fence row 12)."""
 
@@ -357,27 +358,21 @@ class SendsStoredInstances(Association):
         status: Dataset | None = None
         try:
             with instance_file(instance, held=True) as path:
-                context = fence.exact_context(self, instance.sop_class_uid, instance.transfer_syntax_uid)
+                context = retrieve_transcode.stored_context(self, instance)
                 if context is not None:
                     status = fence.send_file(self, Path(path), context, **options)
                 else:
-                    status = super().send_c_store(_for_peer(self, dcmread(path)), **options)
+                    try:
+                        ds = retrieve_transcode.for_peer(self, Path(path), instance)
+                    except TranscodeError as exc:
+                        # A failed sub-operation (PS3.4 C.4.2.3.1): nothing was sent for it.
+                        logger.warning("C-STORE sub-operation of %s not sent: %s", instance.sop_instance_uid, exc)
+                        status = _status(PROCESSING_FAILURE, exc.message)
+                        return status
+                    status = super().send_c_store(ds, **options)
             return status
         finally:
             dataset.tally.record(instance, status)
-
-
-def _for_peer(assoc: Association, ds: Dataset) -> Dataset:
-    """A compressed data set decompressed when the peer accepted its SOP class only
-    uncompressed (pydicom's pixel-data plugins); an uncompressed one as it is
-    (pynetdicom converts between the uncompressed syntaxes)."""
-    ts = ds.file_meta.TransferSyntaxUID
-    if not ts.is_compressed:
-        return ds
-    accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID}
-    if accepted and all(not UID(t).is_compressed for t in accepted):
-        ds.decompress(generate_instance_uid=False)  # the same object in another transfer syntax
-    return ds
 
 
 class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
