@@ -197,8 +197,8 @@ def test_viewer_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
     _has_lines(
         out,
         r"^Diagnostic viewer, a CT of 20 slices 128x128 ",
-        r"^measure\s+best\s+median\s+goal$",
-        r"^time to first image \(work list\)\s+\d+ms\s+\d+ms\s+< 1000 ms$",
+        r"^measure\s+best\s+median\s+floor\s+ratio\s+goal$",
+        r"^time to first image \(work list\)\s+\d+ms\s+\d+ms\s+\d+ms\s+[\d.]+\s+< 1000 ms$",
         r"^scroll 20 loaded slices\s+\d+ms",
-        r"^  per slice\s+[\d.]+ms\s+<= 16\.7 ms\s+\(\d+ slices/s\)$",
+        r"^  per slice\s+[\d.]+ms\s+[\d.]+ms\s+[\d.]+\s+ratio <= 1\s+\(\d+ slices/s\)$",
     )
