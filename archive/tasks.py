@@ -154,3 +154,14 @@ def report_encapsulate_sweep() -> int:
         logger=logger,
         message="queued the encapsulated PDF of %d overdue signed reports",
     )
+
+
+@shared_task(name=tasknames.REJECTIONS_PURGE, acks_late=True)
+def rejections_purge() -> int:
+    """Purge the instances rejection notes withdrew once their retention has passed (IOCM).
+
+    Idempotent: each purge locks its row and checks it again; beat runs it periodically.
+    """
+    from . import rejection
+
+    return rejection.rejections_purge()

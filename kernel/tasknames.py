@@ -22,6 +22,7 @@ STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
 STUDIES_RECALL = "archive.tasks.studies_recall"
 REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
 REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
+REJECTIONS_PURGE = "archive.tasks.rejections_purge"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"
@@ -35,6 +36,7 @@ REPORT_PUBLISH = "portal.tasks.report_publish_retry"
 REPORT_PUBLISH_SWEEP = "portal.tasks.report_publish_sweep"
 DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
 DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
+REJECTION_PORTAL = "portal.tasks.rejection_portal"
 
 # --- preservation ----------------------------------------------------------------
 STUDY_PACKAGE = "preservation.tasks.study_package"
@@ -43,3 +45,4 @@ VOLUMES_CLOSE = "preservation.tasks.volumes_close"
 PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
 DISCARD_PROPOSE = "preservation.tasks.discard_propose"
 AUDIT_SEAL = "preservation.tasks.audit_seal"
+REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"

@@ -39,6 +39,9 @@ WIRE_NAMES = {
     "preservation.tasks.fixity_audit",
     "preservation.tasks.discard_propose",
     "preservation.tasks.audit_seal",
+    "archive.tasks.rejections_purge",
+    "portal.tasks.rejection_portal",
+    "preservation.tasks.rejection_preservation",
 }
 
 

@@ -52,6 +52,7 @@ FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_STUDY_MISMATCH = 0xC409
 FAILURE_PROCESSING = 0x0110
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
+FAILURE_NOT_AUTHORIZED = 0x0124
 WARNING_CONFLICT = 0xB000
 # The same words as the DIMSE service's ErrorComment for a conflict.
 CONFLICT_WARNING = "conflict kept for review; the archived object is unchanged"
@@ -61,6 +62,7 @@ _INGEST_FAILURE = {
     "not_storage": FAILURE_SOP_CLASS_NOT_SUPPORTED,
     "out_of_resources": FAILURE_OUT_OF_RESOURCES,
     "processing": FAILURE_PROCESSING,
+    "not_authorized": FAILURE_NOT_AUTHORIZED,  # a rejection note from a user who may not (archive.rejection)
 }
 
 
@@ -257,6 +259,7 @@ def stow(
     content_length: int | None,
     scope: Scope,
     study_uid: str | None,
+    user: Any = None,
 ) -> StowOutcome:
     """Store the instances of a STOW-RS request body through :func:`archive.ingest.instance_ingest`.
 
@@ -276,7 +279,7 @@ def stow(
     try:
         for n, part in enumerate(parts, start=1):
             done = n
-            _stow_part(report, n, part, facility=facility, study_uid=study_uid)
+            _stow_part(report, n, part, facility=facility, study_uid=study_uid, user=user)
     finally:
         # Ingestion consumed the files it was given; the rest (an exception half-way) go now.
         for part in parts[done:]:
@@ -349,7 +352,9 @@ class _StowReport:
         return self.result
 
 
-def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None) -> None:
+def _stow_part(
+    report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None, user: Any = None
+) -> None:
     """Ingest one spooled part (consuming its file) and record what became of it."""
     sop_class, sop_instance, part_study = _peek(part.path)
     media, _params = parse_media_type(part.content_type)
@@ -368,7 +373,7 @@ def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Faci
         )
         return
     try:
-        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="")
+        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="", user=user)
     except IngestError as exc:
         report.fail(n, sop_class, sop_instance, _INGEST_FAILURE.get(exc.code, FAILURE_PROCESSING), exc.message)
         return
