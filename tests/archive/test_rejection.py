@@ -7,7 +7,9 @@ are purged after the retention of their reason."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ from archive.storage import tiers as storage
 from kernel.models import AuditEvent
 from tests.archive.test_dimse_qr import GET, Stored, StoreSCP, c_find, c_move, destination, stored  # noqa: F401
 from tests.archive.test_dimse_qr import workstation as workstation  # noqa: F401  (autouse: WS may query)
+from tests.booking import conftest as booking_fixtures
+from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
+
+cup = booking_fixtures.cup
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 
@@ -394,3 +400,79 @@ def test_the_purge_waits_for_the_retention_then_removes_files_and_rows(
     )
     assert rejection.rejections_purge() == 1
     assert not Instance.all_objects.filter(sop_instance_uid=uid2).exists()
+
+
+# --- the radiologist's and the citizen's pages and zips ----------------------------------
+
+
+@pytest.fixture
+def online(cup: Any, reporting: Any) -> Any:
+    from tests.portal.portal_helpers import citizen_exam_make
+
+    return citizen_exam_make(cup, reporting)
+
+
+def _reject_through_ingest(study: Study, tmp_path: Path, *, index: int = -1) -> tuple[Instance, str]:
+    instance = list(Instance.objects.filter(series__study=study).order_by("pk"))[index]
+    copy = Copy.objects.get(instance=instance)
+    note = rejection_note([dcmread(storage.absolute_path(copy.tier, copy.path), stop_before_pixels=True)])
+    instance_ingest(path=_note_file(tmp_path, note), facility=study.facility, owned=False, calling_ae="CT01")
+    return instance, str(note.SOPInstanceUID)
+
+
+def _zip_of(client: Client, booking_pk: int, kind: str) -> bytes:
+    asked = client.post(f"/fse/esami/{booking_pk}/pacchetti/{kind}/")
+    url = client.get(f"{asked['Location']}?format=json").json()["download_url"]
+    return b"".join(client.get(url).streaming_content)
+
+
+def test_the_radiologists_pages_the_citizens_pages_and_zips_lose_the_rejected_image(
+    online: Any, tmp_path: Path
+) -> None:
+    from portal import downloads
+    from portal import rejections as portal_rejections
+    from portal.models import DownloadPackage
+
+    study = online.booking.study
+    before, _created = downloads.package_request(study=study, kind="dicom", user=online.user)
+    before = downloads.media_build(package_pk=before.pk)
+    assert before.status == "ready" and before.instance_count == 6
+
+    rejected, note_uid = _reject_through_ingest(study, tmp_path)
+    kept = list(Instance.objects.filter(series__study=study).values_list("sop_instance_uid", flat=True))
+    assert len(kept) == 5
+
+    # The radiologist's study page and diagnostic viewer.
+    staff = Client()
+    staff.force_login(online.rep.radiologist)
+    for url in (f"/refertazione/studi/{study.pk}/", f"/refertazione/studi/{study.pk}/viewer/"):
+        page = staff.get(url)
+        assert page.status_code == 200
+        assert rejected.sop_instance_uid not in page.content.decode() and note_uid not in page.content.decode()
+    viewer = staff.get(f"/refertazione/studi/{study.pk}/viewer/").content.decode()
+    assert all(uid in viewer for uid in kept)
+
+    # The citizen's exam page, image viewer, the rejected image's own URL and a new zip.
+    exam = online.client.get(f"/fse/esami/{online.booking.pk}/")
+    assert exam.status_code == 200
+    images = online.client.get(f"/fse/esami/{online.booking.pk}/immagini/").content.decode()
+    assert f"/immagini/{rejected.pk}.jpg" not in images
+    assert online.client.get(f"/fse/esami/{online.booking.pk}/immagini/{rejected.pk}.jpg").status_code == 404
+    data = _zip_of(online.client, online.booking.pk, "dicom")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        uids = set()
+        for name in names:
+            if "DICOMDIR" in name or not name.upper().startswith("DICOM/"):
+                continue
+            uids.add(str(dcmread(io.BytesIO(zf.read(name)), stop_before_pixels=True).SOPInstanceUID))
+    assert uids == set(kept)
+    assert rejected.sop_instance_uid.encode() not in data and note_uid.encode() not in data
+
+    # The zip made before is withdrawn; the published report leaves a notice for the CUP.
+    note = RejectionNote.objects.get(sop_instance_uid=note_uid)
+    assert portal_rejections.rejection_portal(note_pk=note.pk, study_pk=study.pk).endswith("notice")
+    before.refresh_from_db()
+    assert before.status == DownloadPackage.Status.PURGED and not Path(before.path).exists()
+    notice = RejectionNotice.objects.get(kind=RejectionNotice.Kind.PUBLISHED)
+    assert notice.state == "open" and online.booking.accession_number in notice.detail
