@@ -26,6 +26,9 @@ The rule, per principal:
   citizen already checked) sees everything.
 * **Nobody**: anonymous; sees nothing.
 
+A study whose every instance a rejection note withdrew (IOCM,
+:mod:`archive.rejection`) does not exist for any principal but the system.
+
 A concealed or out-of-scope study does not exist for the principal: it is
 absent from lists and counts, and opening it answers as for a study that is
 not in the archive (404, "no such study"), never "hidden".

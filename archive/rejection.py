@@ -285,7 +285,7 @@ def _note_apply(
     for uid, ref in by_uid.items():
         if uid in already:
             continue  # an earlier note withdrew it (or waits for it): its reason stands
-        instance = held.get(uid)
+        target = held.get(uid)
         rows.append(
             Rejection(
                 note=record,
@@ -293,13 +293,13 @@ def _note_apply(
                 sop_class_uid=ref.sop_class_uid[:64],
                 series_instance_uid=ref.series_uid,
                 study_instance_uid=ref.study_uid,
-                instance=instance,
+                instance=target,
                 study_id=study_id,
                 code=note.code,
-                rejected_at=now if instance is not None else None,
+                rejected_at=now if target is not None else None,
             )
         )
-        (withdrawn if instance is not None else pending).append(uid)
+        (withdrawn if target is not None else pending).append(uid)
     Rejection.objects.bulk_create(rows)
     if withdrawn:
         Instance.all_objects.filter(sop_instance_uid__in=withdrawn, withdrawn_at__isnull=True).update(withdrawn_at=now)
@@ -474,7 +474,7 @@ def rejections_due(*, now: dt.datetime | None = None, limit: int = 500) -> list[
         .values_list("pk", "code", "rejected_at")
     )
     for pk, code, rejected_at in rows.iterator():
-        if rejected_at + retention_for(code) <= now:
+        if rejected_at is not None and rejected_at + retention_for(code) <= now:
             due.append(pk)
             if len(due) >= limit:
                 break
