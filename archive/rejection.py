@@ -15,7 +15,8 @@ C-STORE and STOW-RS alike):
 2. in the transaction that indexes the note (:func:`indexed`): refuses a note
    whose references name another study than its own, or instances archived in
    another study or series (another patient's: the note's study is checked
-   against its patient by ingestion itself), with 0xC000 and the reason;
+   against its patient by ingestion itself), with 0xC000 and the reason, and
+   one naming instances another facility received with 0x0124;
    then stores the note, withdraws every referenced instance it holds
    (``Instance.withdrawn_at``: ``Instance.objects`` leaves it out, so queries,
    retrievals, pages, zips and previews lose it at once) and the note itself
@@ -259,6 +260,12 @@ def _note_apply(
     for uid, instance in held.items():
         if instance.series.study_id != study_id or instance.series.series_instance_uid != by_uid[uid].series_uid:
             raise NoteRefused(f"rejection note names {uid}, archived in another study or series")
+        if instance.facility_id != facility.pk:
+            # A facility's modalities withdraw what that facility received, not a neighbour's.
+            raise NoteRefused(
+                f"rejection note names {uid}, received by another facility than {facility.code}",
+                code="not_authorized",
+            )
     if RejectionNote.objects.filter(instance_id__in=[i.pk for i in held.values()]).exists():
         raise NoteRefused("rejection note names another rejection note (revoking a rejection is not supported)")
     now = received_at

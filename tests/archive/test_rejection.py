@@ -249,6 +249,18 @@ def test_a_note_naming_an_instance_of_another_study_is_refused(
     assert not Instance.all_objects.filter(sop_instance_uid=note.SOPInstanceUID).exists()
 
 
+def test_a_note_received_by_another_facility_is_refused(stored: Stored, region: Any, tmp_path: Path) -> None:  # noqa: F811
+    """Gorizia's modality cannot withdraw what Cattinara received (STORESCU is a node of both)."""
+    uid, path = next(iter(sorted(stored.files.items())))
+    note = rejection_note([_header(path)])
+    with pytest.raises(IngestError) as refused:
+        instance_ingest(
+            path=_note_file(tmp_path, note), facility=region.other_facility, owned=False, calling_ae="STORESCU"
+        )
+    assert refused.value.code == "not_authorized" and "another facility" in refused.value.message
+    assert Instance.objects.filter(sop_instance_uid=uid).exists() and not RejectionNote.objects.exists()
+
+
 def test_an_instance_named_before_it_arrives_is_withdrawn_on_arrival(region: Any, tmp_path: Path) -> None:
     patient = PatientInfo(patient_id="MRN0002", name="VERDI^ANNA", sex="F")
     paths = write_study(tmp_path / "late", patient=patient, instances_per_series=3)
