@@ -488,3 +488,26 @@ def test_the_radiologists_pages_the_citizens_pages_and_zips_lose_the_rejected_im
     assert before.status == DownloadPackage.Status.PURGED and not Path(before.path).exists()
     notice = RejectionNotice.objects.get(kind=RejectionNotice.Kind.PUBLISHED)
     assert notice.state == "open" and online.booking.accession_number in notice.detail
+
+
+def test_dcmtk_storescu_sends_a_rejection_note(listener: int, stored: Stored, tmp_path: Path) -> None:  # noqa: F811
+    """DCMTK as the modality: its storescu proposes the Key Object Selection class and the note acts."""
+    import os
+    import shutil
+    import subprocess
+
+    assert shutil.which("storescu"), "DCMTK's storescu is needed (make test installs it)"
+    uid, path = next(iter(sorted(stored.files.items())))
+    note_path = _note_file(tmp_path, rejection_note([_header(path)], code="113038"))
+    done = subprocess.run(
+        ["storescu", "-aet", "STORESCU", "-aec", "TSCAT_PACS", "127.0.0.1", str(listener), str(note_path)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not Instance.objects.filter(sop_instance_uid=uid).exists()
+    assert RejectionNote.objects.get().calling_ae == "STORESCU"
+    images, _final = c_find(listener, "IMAGE", StudyInstanceUID=stored.study_uid, SOPInstanceUID="")
+    assert uid not in {str(i.SOPInstanceUID) for i in images} and len(images) == 5
