@@ -383,14 +383,26 @@ def _arrival(*, sop_instance_uid: str, study_instance_uid: str, instance_id: int
 
 
 def _announce_on_commit(note_pk: int, study_pk: int) -> None:
-    def send() -> None:
-        try:
-            instances_rejected.send(sender=RejectionNote, note_pk=note_pk, study_pk=study_pk)
-        except Exception:
-            # The withdrawal is committed; the receivers' tasks may be run again for the note (idempotent).
-            logger.exception("instances_rejected for note %s not announced", note_pk)
+    transaction.on_commit(lambda: _announce(note_pk, study_pk))
 
-    transaction.on_commit(send)
+
+def _announce(note_pk: int, study_pk: int) -> None:
+    try:
+        instances_rejected.send(sender=RejectionNote, note_pk=note_pk, study_pk=study_pk)
+    except Exception:
+        # The withdrawal is committed; notes_announce_again (beat) announces it again.
+        logger.exception("instances_rejected for note %s not announced", note_pk)
+
+
+def notes_announce_again(*, within: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Announce again the notes received ``within`` the last while: what their receivers
+    queue is idempotent (one notice per note and kind), so a message the broker lost
+    is made good by the next run (beat). Returns how many were announced."""
+    since = timezone.now() - within
+    notes = list(RejectionNote.objects.filter(received_at__gte=since).values_list("pk", "study_id"))
+    for note_pk, study_pk in notes:
+        _announce(note_pk, study_pk)
+    return len(notes)
 
 
 def study_recount(*, study_id: int) -> Study:

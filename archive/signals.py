@@ -51,5 +51,7 @@ use; what was made of them above the archive may need a person. Connected in
 ``rejection_portal``: live zips of the study withdrawn, a notice when the
 report was published); in ``PreservationConfig.ready``:
 ``preservation.tasks.rejection_enqueue`` (queues ``rejection_preservation``: a
-notice when the study was preserved; the package is never touched).
+notice when the study was preserved; the package is never touched). Sent
+again for the day's notes by the beat task ``archive.tasks.rejections_announce_sweep``
+(what the receivers queue is idempotent).
 """

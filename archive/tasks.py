@@ -165,3 +165,11 @@ def rejections_purge() -> int:
     from . import rejection
 
     return rejection.rejections_purge()
+
+
+@shared_task(name=tasknames.REJECTIONS_ANNOUNCE_SWEEP)
+def rejections_announce_sweep() -> int:
+    """Announce again the day's rejection notes (IOCM): a notice the broker lost is opened now."""
+    from . import rejection
+
+    return rejection.notes_announce_again()

@@ -23,6 +23,7 @@ STUDIES_RECALL = "archive.tasks.studies_recall"
 REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
 REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
 REJECTIONS_PURGE = "archive.tasks.rejections_purge"
+REJECTIONS_ANNOUNCE_SWEEP = "archive.tasks.rejections_announce_sweep"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"

@@ -883,3 +883,8 @@ CELERY_BEAT_SCHEDULE["rejections-purge"] = {
     "task": tasknames.REJECTIONS_PURGE,
     "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
 }
+# The notices a lost message left unopened (preservation, portal): the day's notes, announced again.
+CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
+    "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
+    "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
+}

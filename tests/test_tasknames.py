@@ -40,6 +40,7 @@ WIRE_NAMES = {
     "preservation.tasks.discard_propose",
     "preservation.tasks.audit_seal",
     "archive.tasks.rejections_purge",
+    "archive.tasks.rejections_announce_sweep",
     "portal.tasks.rejection_portal",
     "preservation.tasks.rejection_preservation",
 }

@@ -511,3 +511,30 @@ def test_dcmtk_storescu_sends_a_rejection_note(listener: int, stored: Stored, tm
     assert RejectionNote.objects.get().calling_ae == "STORESCU"
     images, _final = c_find(listener, "IMAGE", StudyInstanceUID=stored.study_uid, SOPInstanceUID="")
     assert uid not in {str(i.SOPInstanceUID) for i in images} and len(images) == 5
+
+
+def test_the_sweep_announces_the_days_notes_again(stored: Stored, region: Any, tmp_path: Path) -> None:  # noqa: F811
+    """A notice the broker lost: the beat task sends instances_rejected again for the day's notes."""
+    from archive.signals import instances_rejected
+
+    uid, path = next(iter(sorted(stored.files.items())))
+    instance_ingest(
+        path=_note_file(tmp_path, rejection_note([_header(path)])),
+        facility=region.facility,
+        owned=False,
+        calling_ae="MODALITY",
+    )
+    heard: list[tuple[int, int]] = []
+
+    def receiver(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
+        heard.append((note_pk, study_pk))
+
+    instances_rejected.connect(receiver, dispatch_uid="test.rejection.sweep")
+    try:
+        assert rejection.notes_announce_again() == 1
+        RejectionNote.objects.update(received_at=timezone.now() - dt.timedelta(days=2))
+        assert rejection.notes_announce_again() == 0
+    finally:
+        instances_rejected.disconnect(dispatch_uid="test.rejection.sweep")
+    note = RejectionNote.objects.get()
+    assert heard == [(note.pk, note.study_id)]
