@@ -286,6 +286,21 @@ class Study(models.Model):
         return self.study_date or timezone.localdate(self.created_at)
 
 
+class _InstancesInRegularUse(models.Manager["Instance"]):
+    """IOCM (archive.rejection): the instances no rejection note withdrew (nor the notes themselves)."""
+
+    def get_queryset(self) -> models.QuerySet[Instance]:
+        return super().get_queryset().filter(withdrawn_at__isnull=True)
+
+
+class _SeriesInRegularUse(models.Manager["Series"]):
+    """IOCM (archive.rejection): a series a rejection note emptied is gone with its instances."""
+
+    def get_queryset(self) -> models.QuerySet[Series]:
+        withdrawn = Instance.all_objects.filter(series=models.OuterRef("pk"), withdrawn_at__isnull=False)
+        return super().get_queryset().exclude(models.Q(number_of_instances=0) & models.Q(models.Exists(withdrawn)))
+
+
 class Series(models.Model):
     series_instance_uid = models.CharField("SeriesInstanceUID", max_length=64, unique=True)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="series", verbose_name=_("studio"))
@@ -295,6 +310,9 @@ class Series(models.Model):
     body_part_examined = models.CharField("BodyPartExamined", max_length=16, blank=True)
     number_of_instances = models.PositiveIntegerField("NumberOfSeriesRelatedInstances", default=0)
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+
+    objects = _SeriesInRegularUse()
+    all_objects = models.Manager()
 
     class Meta:
         verbose_name = _("serie")
@@ -324,10 +342,21 @@ class Instance(models.Model):
     )
     calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
     received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
+    # IOCM (archive.rejection): withdrawn from regular use by a rejection note (what it
+    # rejects, and the note itself); ``objects`` leaves it out, ``all_objects`` keeps it.
+    withdrawn_at = models.DateTimeField(_("ritirata il"), null=True, blank=True)
+
+    objects = _InstancesInRegularUse()
+    all_objects = models.Manager()
 
     class Meta:
         verbose_name = _("istanza")
         verbose_name_plural = _("istanze")
+        indexes = [
+            models.Index(
+                fields=["withdrawn_at"], condition=models.Q(withdrawn_at__isnull=False), name="instance_withdrawn"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.sop_instance_uid
@@ -914,3 +943,130 @@ class StorageCommitment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.calling_ae} {self.transaction_uid} ({self.get_state_display()})"
+
+
+# --- IOCM: rejection notes (archive.rejection) ------------------------------------------
+
+
+class RejectionNote(models.Model):
+    """A Key Object Selection document titled with a rejection code (IHE IOCM), as received.
+
+    The note itself is stored and kept for ever (it is the evidence of the
+    withdrawal) but, like what it rejects, is not in regular use: it is read
+    here and in the admin, not in queries, pages or zips.
+    """
+
+    instance = models.OneToOneField(
+        Instance, on_delete=models.PROTECT, related_name="rejection_note", verbose_name=_("nota (istanza KOS)")
+    )
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="rejection_notes", verbose_name=_("studio"))
+    code = models.CharField(_("codice del motivo"), max_length=16)
+    meaning = models.CharField(_("motivo"), max_length=64)
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+", verbose_name=_("presidio"))
+    calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("inviata da (STOW-RS)"),
+    )
+    received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
+    referenced = models.PositiveIntegerField(_("istanze indicate"), default=0)
+    withdrawn = models.PositiveIntegerField(_("istanze ritirate"), default=0)
+    pending = models.PositiveIntegerField(_("istanze non ancora arrivate"), default=0)
+
+    class Meta:
+        verbose_name = _("nota di rifiuto (IOCM)")
+        verbose_name_plural = _("note di rifiuto (IOCM)")
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.meaning} ({self.code}) – {self.sop_instance_uid}"
+
+
+class Rejection(models.Model):
+    """One instance a rejection note names: withdrawn (``instance`` set), still to arrive
+    (``instance`` empty, ``purged_at`` empty: withdrawn on arrival), or purged after its
+    retention (``purged_at``). The first note that names an instance decides its reason."""
+
+    note = models.ForeignKey(
+        RejectionNote, on_delete=models.PROTECT, related_name="rejections", verbose_name=_("nota di rifiuto")
+    )
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    sop_class_uid = models.CharField("SOPClassUID", max_length=64, blank=True)
+    series_instance_uid = models.CharField("SeriesInstanceUID", max_length=64)
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64)
+    instance = models.OneToOneField(
+        Instance,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="rejection",
+        verbose_name=_("istanza ritirata"),
+    )
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("studio")
+    )
+    code = models.CharField(_("codice del motivo"), max_length=16)
+    rejected_at = models.DateTimeField(_("ritirata il"), null=True, blank=True, db_index=True)
+    purged_at = models.DateTimeField(_("eliminata il"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("istanza rifiutata")
+        verbose_name_plural = _("istanze rifiutate")
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.sop_instance_uid} ({self.code})"
+
+    @property
+    def state(self) -> str:
+        if self.purged_at is not None:
+            return str(_("eliminata"))
+        if self.instance_id is not None:
+            return str(_("ritirata"))
+        return str(_("in attesa dell'arrivo"))
+
+
+class RejectionNotice(models.Model):
+    """Something a rejection note cannot undo by itself and the CUP or the archivist must
+    handle: the study was already preserved (the package is write-once) or published to
+    the citizen's FSE. Opened by preservation and the portal (signal ``instances_rejected``)."""
+
+    class Kind(models.TextChoices):
+        PRESERVED = "preserved", _("studio già in conservazione")
+        PUBLISHED = "published", _("referto già pubblicato sul FSE")
+
+    class State(models.TextChoices):
+        OPEN = "open", _("da gestire")
+        HANDLED = "handled", _("gestito")
+
+    note = models.ForeignKey(
+        RejectionNote, on_delete=models.PROTECT, related_name="notices", verbose_name=_("nota di rifiuto")
+    )
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="+", verbose_name=_("studio"))
+    kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
+    detail = models.TextField(_("dettaglio"), blank=True)
+    state = models.CharField(_("stato"), max_length=8, choices=State.choices, default=State.OPEN, db_index=True)
+    created_at = models.DateTimeField(_("aperto il"), auto_now_add=True)
+    handled_at = models.DateTimeField(_("gestito il"), null=True, blank=True)
+    handled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("gestito da"),
+    )
+
+    class Meta:
+        verbose_name = _("avviso di rifiuto da gestire")
+        verbose_name_plural = _("avvisi di rifiuto da gestire")
+        ordering = ["state", "-created_at"]
+        constraints = [models.UniqueConstraint(fields=["note", "kind"], name="rejectionnotice_one_per_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.note.sop_instance_uid} ({self.get_state_display()})"

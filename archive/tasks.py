@@ -187,3 +187,22 @@ def storage_commitment_sweep(grace_seconds: float = 120.0) -> int:
         logger=logger,
         message="queued the answer of %d overdue storage commitment requests",
     )
+
+
+@shared_task(name=tasknames.REJECTIONS_PURGE, acks_late=True)
+def rejections_purge() -> int:
+    """Purge the instances rejection notes withdrew once their retention has passed (IOCM).
+
+    Idempotent: each purge locks its row and checks it again; beat runs it periodically.
+    """
+    from . import rejection
+
+    return rejection.rejections_purge()
+
+
+@shared_task(name=tasknames.REJECTIONS_ANNOUNCE_SWEEP)
+def rejections_announce_sweep() -> int:
+    """Announce again the day's rejection notes (IOCM): a notice the broker lost is opened now."""
+    from . import rejection
+
+    return rejection.notes_announce_again()

@@ -25,6 +25,9 @@ REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
 # Storage Commitment (archive.dicomnet.commitment): the answer on a new association, and its sweep.
 STORAGE_COMMITMENT_ANSWER = "archive.tasks.storage_commitment_answer"
 STORAGE_COMMITMENT_SWEEP = "archive.tasks.storage_commitment_sweep"
+# IOCM rejection notes (archive.rejection): the purge after retention, and the re-announce sweep.
+REJECTIONS_PURGE = "archive.tasks.rejections_purge"
+REJECTIONS_ANNOUNCE_SWEEP = "archive.tasks.rejections_announce_sweep"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"
@@ -38,6 +41,7 @@ REPORT_PUBLISH = "portal.tasks.report_publish_retry"
 REPORT_PUBLISH_SWEEP = "portal.tasks.report_publish_sweep"
 DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
 DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
+REJECTION_PORTAL = "portal.tasks.rejection_portal"
 
 # --- preservation ----------------------------------------------------------------
 STUDY_PACKAGE = "preservation.tasks.study_package"
@@ -46,3 +50,4 @@ VOLUMES_CLOSE = "preservation.tasks.volumes_close"
 PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
 DISCARD_PROPOSE = "preservation.tasks.discard_propose"
 AUDIT_SEAL = "preservation.tasks.audit_seal"
+REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"

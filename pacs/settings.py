@@ -885,3 +885,34 @@ CELERY_BEAT_SCHEDULE["storage-commitment-sweep"] = {
 # (archive.rendering.transcoding): a large multi-frame object takes longer than
 # one rendered frame. Memory is PACS_RENDER_MEMORY_LIMIT's.
 PACS_TRANSCODE_TIMEOUT = env_float("PACS_TRANSCODE_TIMEOUT", 120.0)
+
+# --- IOCM rejection notes (archive.rejection) -------------------------------------------
+# Days a rejected instance stays (withdrawn, invisible) before its purge, per rejection
+# title (PS3.16 CID 7010 code), "default" for the others: PACS_REJECTION_RETENTION_DAYS
+# as "113001=30,113039=0,default=30" overrides any of them. Preserved packages are never purged.
+PACS_REJECTION_RETENTION_DAYS: dict[str, float] = {
+    "113001": 30.0,  # Rejected for Quality Reasons
+    "113037": 30.0,  # Rejected for Patient Safety Reasons
+    "113038": 30.0,  # Incorrect Modality Worklist Entry
+    "113039": 0.0,  # Data Retention Policy Expired: nothing left to keep
+    "default": 30.0,
+}
+for _entry in env_list("PACS_REJECTION_RETENTION_DAYS"):
+    _code, _sep, _days = _entry.partition("=")
+    try:
+        PACS_REJECTION_RETENTION_DAYS[_code.strip()] = float(_days)
+        if not _sep or float(_days) < 0:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PACS_REJECTION_RETENTION_DAYS: {_entry!r} is not code=days (days a number, 0 or more)"
+        ) from None
+CELERY_BEAT_SCHEDULE["rejections-purge"] = {
+    "task": tasknames.REJECTIONS_PURGE,
+    "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
+}
+# The notices a lost message left unopened (preservation, portal): the day's notes, announced again.
+CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
+    "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
+    "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
+}

@@ -41,6 +41,10 @@ WIRE_NAMES = {
     "preservation.tasks.fixity_audit",
     "preservation.tasks.discard_propose",
     "preservation.tasks.audit_seal",
+    "archive.tasks.rejections_purge",
+    "archive.tasks.rejections_announce_sweep",
+    "portal.tasks.rejection_portal",
+    "preservation.tasks.rejection_preservation",
 }
 
 

@@ -126,6 +126,7 @@ DIMSE_STATUS = {
     "out_of_resources": OUT_OF_RESOURCES,
     "processing": PROCESSING_FAILURE,
     "identifier": IDENTIFIER_MISMATCH,
+    "not_authorized": NOT_AUTHORIZED,  # a rejection note from a sender who may not (archive.rejection)
 }
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.

@@ -69,12 +69,14 @@ FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 FAILURE_CONFLICT = 0xA7C0
 CONFLICT_FAILURE = "held aside for review as a conflict with an archived object; not stored as this instance"
 DICOM_XML = "application/dicom+xml"
+FAILURE_NOT_AUTHORIZED = 0x0124
 _INGEST_FAILURE = {
     "invalid": FAILURE_CANNOT_UNDERSTAND,
     "sop_class_mismatch": FAILURE_SOP_CLASS_MISMATCH,
     "not_storage": FAILURE_SOP_CLASS_NOT_SUPPORTED,
     "out_of_resources": FAILURE_OUT_OF_RESOURCES,
     "processing": FAILURE_PROCESSING,
+    "not_authorized": FAILURE_NOT_AUTHORIZED,  # a rejection note from a user who may not (archive.rejection)
 }
 
 
@@ -287,6 +289,7 @@ def stow(
     content_length: int | None,
     scope: Scope,
     study_uid: str | None,
+    user: Any = None,
 ) -> StowOutcome:
     """Store the instances of a STOW-RS request body through :func:`archive.ingest.instance_ingest`.
 
@@ -306,7 +309,7 @@ def stow(
     try:
         for n, part in enumerate(parts, start=1):
             done = n
-            _stow_part(report, n, part, facility=facility, study_uid=study_uid)
+            _stow_part(report, n, part, facility=facility, study_uid=study_uid, user=user)
     finally:
         # Ingestion consumed the files it was given; the rest (an exception half-way) go now.
         for part in parts[done:]:
@@ -382,7 +385,9 @@ class _StowReport:
         return self.result
 
 
-def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None) -> None:
+def _stow_part(
+    report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None, user: Any = None
+) -> None:
     """Ingest one spooled part (consuming its file) and record what became of it."""
     sop_class, sop_instance, part_study = _peek(part.path)
     media, _params = parse_media_type(part.content_type)
@@ -401,7 +406,7 @@ def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Faci
         )
         return
     try:
-        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="")
+        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="", user=user)
     except IngestError as exc:
         report.fail(n, sop_class, sop_instance, _INGEST_FAILURE.get(exc.code, FAILURE_PROCESSING), exc.message)
         return

@@ -437,6 +437,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         content_length=length,
         scope=scope,
         study_uid=study,
+        user=view.request.user,
     )
     note.detail.update(
         stored=result.stored,
