@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('archive', '0018_report_templates_and_phrases'),
+        ('archive', '0019_storage_commitment'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
