@@ -39,3 +39,13 @@ Connected in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
 ``preservation.tasks.package_on_report_signed`` (queues ``study_package``
 once the study has been stable for a while).
 """
+
+procedure_step_changed = Signal()
+"""``procedure_step_changed(sender=PerformedProcedureStep, step_pk=...)``
+
+Sent after the transaction that created or set a Modality Performed Procedure
+Step commits (``archive.procedure_steps``), in the listener's process. It says:
+this step is now IN PROGRESS, COMPLETED or DISCONTINUED, read it. Connected in
+``BookingConfig.ready``: ``booking.tasks.procedure_step_booking_enqueue``
+(queues ``booking_procedure_step``: the booked exam shows the step's state).
+"""
