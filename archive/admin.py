@@ -67,6 +67,7 @@ from .models import (
     InstanceConflict,
     Patient,
     PatientIdentifier,
+    PerformedProcedureStep,
     RemoteNode,
     Report,
     ReportTemplate,
@@ -1512,3 +1513,52 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
 
 # The storage pages (archive.storage.admin) and the API tokens' page (archive.tokens_admin)
 # register themselves; ArchiveConfig.ready imports them, after this module.
+
+
+# --- Modality Performed Procedure Steps ----------------------------------------------
+
+
+@admin.register(PerformedProcedureStep)
+class PerformedProcedureStepAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    """The steps the modalities reported (MPPS): only the listener writes them. A step
+    is seen by who may see its facility, unless its study is one the user may not see."""
+
+    patient_path = "patient_id"
+    list_display = ("accession_number", "status", "station_ae_title", "started_at", "ended_at", "facility", "patient")
+    list_filter = ("status", "facility")
+    search_fields = ("=accession_number", "=sop_instance_uid", "=study_instance_uid", "=dicom_patient_id")
+    list_select_related = ("facility", "patient")
+    ordering = ("-created_at", "-id")
+    fields = (
+        "sop_instance_uid",
+        "status",
+        "facility",
+        "calling_ae",
+        "patient",
+        "patient_name",
+        "dicom_patient_id",
+        "accession_number",
+        "scheduled_step_id",
+        "scheduled_steps",
+        "study_instance_uid",
+        "step_id",
+        "station_ae_title",
+        "station_name",
+        "modality",
+        "description",
+        "started_at",
+        "ended_at",
+        "discontinuation_reason",
+        "comments",
+        "performed_series",
+        "dose",
+        "attributes",
+        "created_at",
+        "updated_at",
+    )
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.facility_visible_q(principal) & access.uid_visible_q(principal)
+
+    def audit_subject(self, obj: Any) -> dict[str, Any]:
+        return {"patient": obj.patient, "study_instance_uid": obj.study_instance_uid}

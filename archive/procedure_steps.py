@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -35,7 +37,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from archive.dicom import is_valid_uid
-from archive.models import Facility, Patient, PatientIdentifier, PerformedProcedureStep
+from archive.models import Facility, Patient, PatientIdentifier, PerformedProcedureStep, Study
 from archive.signals import procedure_step_changed
 from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from kernel.errors import PacsError
@@ -488,3 +490,26 @@ def step_set(*, facility: Facility, sop_instance_uid: str, modifications: Datase
         _on_commit(step)
     logger.info("MPPS %s set %s (was %s)", sop_instance_uid, step.status, previous)
     return StepChange(step=step, previous_status=previous)
+
+
+# --- selectors ----------------------------------------------------------------------------
+
+
+def steps_for_studies(studies: Iterable[Study]) -> dict[int, list[PerformedProcedureStep]]:
+    """{study pk: its steps, newest first} for the studies that have some: a step
+    names its study by the Study Instance UID the worklist gave, or (a modality
+    that made its own) by the accession number at the study's facility."""
+    studies = list(studies)
+    if not studies:
+        return {}
+    by_uid = {s.study_instance_uid: s.pk for s in studies}
+    by_accession = {(s.facility_id, s.accession_number): s.pk for s in studies if s.accession_number}
+    condition = Q(study_instance_uid__in=list(by_uid))
+    if by_accession:
+        condition |= Q(accession_number__in=[acc for _f, acc in by_accession])
+    answer: dict[int, list[PerformedProcedureStep]] = {}
+    for step in PerformedProcedureStep.objects.filter(condition).order_by("-created_at", "-id"):
+        pk = by_uid.get(step.study_instance_uid) or by_accession.get((step.facility_id, step.accession_number))
+        if pk is not None:
+            answer.setdefault(pk, []).append(step)
+    return answer

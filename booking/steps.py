@@ -125,3 +125,19 @@ def booking_procedure_step(*, step_pk: int) -> list[str]:
         results.append(_apply(booking, step))
     logger.info("MPPS %s (%s): bookings %s", step.sop_instance_uid, step.status, results)
     return results
+
+
+def latest_steps_for(bookings: list[Booking]) -> dict[int, PerformedProcedureStep]:
+    """{booking pk: the latest step reported for it} for the bookings that have one (one query)."""
+    if not bookings:
+        return {}
+    keys = {(b.facility_id, b.accession_number): b.pk for b in bookings}
+    answer: dict[int, PerformedProcedureStep] = {}
+    rows = PerformedProcedureStep.objects.filter(accession_number__in=[acc for _f, acc in keys]).order_by(
+        "-created_at", "-id"
+    )
+    for step in rows:
+        pk = keys.get((step.facility_id, step.accession_number))
+        if pk is not None:
+            answer.setdefault(pk, step)
+    return answer
