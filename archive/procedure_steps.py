@@ -174,9 +174,7 @@ def _read(ds: Dataset, keyword: str) -> DataElement | None:
 def _check_required(ds: Dataset, required: dict[str, int], *, where: str = "") -> None:
     missing = [k for k in required if k not in ds]
     if missing:
-        raise StepError(
-            f"missing {where}{', '.join(missing)}", code="mpps_missing_attribute", keywords=tuple(missing)
-        )
+        raise StepError(f"missing {where}{', '.join(missing)}", code="mpps_missing_attribute", keywords=tuple(missing))
     empty = [k for k, kind in required.items() if kind == 1 and _empty(_read(ds, k))]  # type: ignore[arg-type]
     if empty:
         raise StepError(f"no value for {where}{', '.join(empty)}", code="mpps_missing_value", keywords=tuple(empty))
@@ -475,9 +473,7 @@ def step_set(*, facility: Facility, sop_instance_uid: str, modifications: Datase
         if step is None:
             raise StepError(f"no step {sop_instance_uid[:64]} here", code="mpps_unknown")
         if step.is_final():
-            raise StepError(
-                f"the step is {step.status}: it may no longer be updated", code="mpps_final", keywords=()
-            )
+            raise StepError(f"the step is {step.status}: it may no longer be updated", code="mpps_final", keywords=())
         merged = Dataset.from_json(step.attributes)
         for elem in modifications:
             if elem.tag.group > 0x0002 and elem.tag != Tag("SpecificCharacterSet"):

@@ -62,8 +62,10 @@ def _apply(booking: Booking, step: PerformedProcedureStep) -> str:
     """Move one booking to where its step is; what happened."""
     note = _step_note(step)
     with transaction.atomic():
-        booking = Booking.objects.select_for_update(of=("self",)).select_related("facility", "procedure", "station", "patient").get(
-            pk=booking.pk
+        booking = (
+            Booking.objects.select_for_update(of=("self",))
+            .select_related("facility", "procedure", "station", "patient")
+            .get(pk=booking.pk)
         )
         status = step.status
         if booking.status == Booking.Status.CANCELLED:
@@ -86,7 +88,9 @@ def _apply(booking: Booking, step: PerformedProcedureStep) -> str:
             booking_status_set(booking=booking, status=Booking.Status.ARRIVED, system=MPPS_SYSTEM, note=note)
         else:
             # Accepted still, or performed by images that arrived: the status stays, the reason is told.
-            BookingStatusChange.objects.create(booking=booking, status=booking.status, system=MPPS_SYSTEM, note=note[:500])
+            BookingStatusChange.objects.create(
+                booking=booking, status=booking.status, system=MPPS_SYSTEM, note=note[:500]
+            )
             audit_record(
                 action="cup.booking.status",
                 system=MPPS_SYSTEM,

@@ -18,8 +18,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from archive.models import PerformedProcedureStep
@@ -173,14 +173,18 @@ def handle_n_create(event: Event) -> tuple[Dataset, Dataset | None]:
         ), None
     existing = PerformedProcedureStep.objects.filter(sop_instance_uid=uid).first()
     try:
-        step = step_create(facility=peer.facility, calling_ae=peer.calling_ae, sop_instance_uid=uid, attributes=attributes)
+        step = step_create(
+            facility=peer.facility, calling_ae=peer.calling_ae, sop_instance_uid=uid, attributes=attributes
+        )
     except StepError as exc:
         # A duplicate is audited with the step that exists, if the peer's facility holds it.
         shown = existing if existing is not None and existing.facility_id == peer.facility.pk else None
         return _answer_error(peer, exc, service="N-CREATE", sop_instance_uid=uid, step=shown), None
     except Exception as exc:
         logger.exception("MPPS N-CREATE from %s failed", peer.calling_ae)
-        _audit(peer, service="N-CREATE", outcome=AuditEvent.Outcome.FAILURE, sop_instance_uid=uid, error=type(exc).__name__)
+        _audit(
+            peer, service="N-CREATE", outcome=AuditEvent.Outcome.FAILURE, sop_instance_uid=uid, error=type(exc).__name__
+        )
         return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"), None
     _audit(peer, service="N-CREATE", outcome=AuditEvent.Outcome.SUCCESS, sop_instance_uid=uid, step=step)
     return _status(SUCCESS), answer
@@ -200,7 +204,11 @@ def handle_n_set(event: Event) -> tuple[Dataset, Dataset | None]:
     modifications = _attributes(event, "modification_list")
     if isinstance(modifications, str):
         return _answer_error(
-            peer, StepError(modifications, code="mpps_invalid_value"), service="N-SET", sop_instance_uid=uid, step=current
+            peer,
+            StepError(modifications, code="mpps_invalid_value"),
+            service="N-SET",
+            sop_instance_uid=uid,
+            step=current,
         ), None
     try:
         change = step_set(facility=peer.facility, sop_instance_uid=uid, modifications=modifications)
@@ -209,7 +217,11 @@ def handle_n_set(event: Event) -> tuple[Dataset, Dataset | None]:
     except Exception as exc:
         logger.exception("MPPS N-SET from %s failed", peer.calling_ae)
         _audit(
-            peer, service="N-SET", outcome=AuditEvent.Outcome.FAILURE, sop_instance_uid=uid, step=current,
+            peer,
+            service="N-SET",
+            outcome=AuditEvent.Outcome.FAILURE,
+            sop_instance_uid=uid,
+            step=current,
             error=type(exc).__name__,
         )
         return _status(PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"), None
@@ -220,6 +232,8 @@ def handle_n_set(event: Event) -> tuple[Dataset, Dataset | None]:
         sop_instance_uid=uid,
         step=change.step,
         previous_status=change.previous_status,
-        **({"discontinuation_reason": change.step.discontinuation_reason} if change.step.discontinuation_reason else {}),
+        **(
+            {"discontinuation_reason": change.step.discontinuation_reason} if change.step.discontinuation_reason else {}
+        ),
     )
     return _status(SUCCESS), None

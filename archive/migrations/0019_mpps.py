@@ -5,46 +5,101 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('archive', '0018_report_templates_and_phrases'),
+        ("archive", "0018_report_templates_and_phrases"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PerformedProcedureStep',
+            name="PerformedProcedureStep",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sop_instance_uid', models.CharField(max_length=64, unique=True, verbose_name='SOPInstanceUID')),
-                ('calling_ae', models.CharField(max_length=16, verbose_name='AE title del mittente')),
-                ('patient_name', models.CharField(blank=True, max_length=256, verbose_name='PatientName')),
-                ('dicom_patient_id', models.CharField(blank=True, max_length=64, verbose_name='PatientID')),
-                ('accession_number', models.CharField(blank=True, db_index=True, max_length=16, verbose_name='AccessionNumber')),
-                ('scheduled_step_id', models.CharField(blank=True, max_length=16, verbose_name='ScheduledProcedureStepID')),
-                ('scheduled_steps', models.JSONField(blank=True, default=list, verbose_name='procedure prenotate eseguite')),
-                ('study_instance_uid', models.CharField(blank=True, db_index=True, max_length=64, verbose_name='StudyInstanceUID')),
-                ('step_id', models.CharField(blank=True, max_length=16, verbose_name='PerformedProcedureStepID')),
-                ('station_ae_title', models.CharField(blank=True, max_length=16, verbose_name='PerformedStationAETitle')),
-                ('station_name', models.CharField(blank=True, max_length=16, verbose_name='PerformedStationName')),
-                ('modality', models.CharField(blank=True, max_length=16, verbose_name='Modality')),
-                ('description', models.CharField(blank=True, max_length=64, verbose_name='PerformedProcedureStepDescription')),
-                ('status', models.CharField(choices=[('IN PROGRESS', 'in corso'), ('COMPLETED', 'completato'), ('DISCONTINUED', 'interrotto')], db_index=True, max_length=16, verbose_name='stato')),
-                ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='iniziato il')),
-                ('ended_at', models.DateTimeField(blank=True, null=True, verbose_name='terminato il')),
-                ('discontinuation_reason', models.CharField(blank=True, help_text='Dalla Performed Procedure Step Discontinuation Reason Code Sequence: significato (codice).', max_length=200, verbose_name="motivo dell'interruzione")),
-                ('comments', models.TextField(blank=True, verbose_name='commenti')),
-                ('performed_series', models.JSONField(blank=True, default=list, verbose_name='serie eseguite')),
-                ('dose', models.JSONField(blank=True, default=dict, verbose_name='dose')),
-                ('attributes', models.JSONField(default=dict, verbose_name='attributi DICOM')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='creato il')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='modificato il')),
-                ('facility', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='procedure_steps', to='archive.facility', verbose_name='presidio')),
-                ('patient', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='procedure_steps', to='archive.patient', verbose_name='paziente')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("sop_instance_uid", models.CharField(max_length=64, unique=True, verbose_name="SOPInstanceUID")),
+                ("calling_ae", models.CharField(max_length=16, verbose_name="AE title del mittente")),
+                ("patient_name", models.CharField(blank=True, max_length=256, verbose_name="PatientName")),
+                ("dicom_patient_id", models.CharField(blank=True, max_length=64, verbose_name="PatientID")),
+                (
+                    "accession_number",
+                    models.CharField(blank=True, db_index=True, max_length=16, verbose_name="AccessionNumber"),
+                ),
+                (
+                    "scheduled_step_id",
+                    models.CharField(blank=True, max_length=16, verbose_name="ScheduledProcedureStepID"),
+                ),
+                (
+                    "scheduled_steps",
+                    models.JSONField(blank=True, default=list, verbose_name="procedure prenotate eseguite"),
+                ),
+                (
+                    "study_instance_uid",
+                    models.CharField(blank=True, db_index=True, max_length=64, verbose_name="StudyInstanceUID"),
+                ),
+                ("step_id", models.CharField(blank=True, max_length=16, verbose_name="PerformedProcedureStepID")),
+                (
+                    "station_ae_title",
+                    models.CharField(blank=True, max_length=16, verbose_name="PerformedStationAETitle"),
+                ),
+                ("station_name", models.CharField(blank=True, max_length=16, verbose_name="PerformedStationName")),
+                ("modality", models.CharField(blank=True, max_length=16, verbose_name="Modality")),
+                (
+                    "description",
+                    models.CharField(blank=True, max_length=64, verbose_name="PerformedProcedureStepDescription"),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("IN PROGRESS", "in corso"),
+                            ("COMPLETED", "completato"),
+                            ("DISCONTINUED", "interrotto"),
+                        ],
+                        db_index=True,
+                        max_length=16,
+                        verbose_name="stato",
+                    ),
+                ),
+                ("started_at", models.DateTimeField(blank=True, null=True, verbose_name="iniziato il")),
+                ("ended_at", models.DateTimeField(blank=True, null=True, verbose_name="terminato il")),
+                (
+                    "discontinuation_reason",
+                    models.CharField(
+                        blank=True,
+                        help_text="Dalla Performed Procedure Step Discontinuation Reason Code Sequence: significato (codice).",
+                        max_length=200,
+                        verbose_name="motivo dell'interruzione",
+                    ),
+                ),
+                ("comments", models.TextField(blank=True, verbose_name="commenti")),
+                ("performed_series", models.JSONField(blank=True, default=list, verbose_name="serie eseguite")),
+                ("dose", models.JSONField(blank=True, default=dict, verbose_name="dose")),
+                ("attributes", models.JSONField(default=dict, verbose_name="attributi DICOM")),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="creato il")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="modificato il")),
+                (
+                    "facility",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="procedure_steps",
+                        to="archive.facility",
+                        verbose_name="presidio",
+                    ),
+                ),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="procedure_steps",
+                        to="archive.patient",
+                        verbose_name="paziente",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'procedura eseguita (MPPS)',
-                'verbose_name_plural': 'procedure eseguite (MPPS)',
-                'ordering': ['-created_at'],
+                "verbose_name": "procedura eseguita (MPPS)",
+                "verbose_name_plural": "procedure eseguite (MPPS)",
+                "ordering": ["-created_at"],
             },
         ),
     ]

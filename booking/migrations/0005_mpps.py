@@ -4,20 +4,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('booking', '0004_cup_preparation_location_contact'),
+        ("booking", "0004_cup_preparation_location_contact"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='booking',
-            name='status',
-            field=models.CharField(choices=[('booked', 'prenotato'), ('arrived', 'accettato'), ('in_progress', 'in esecuzione'), ('performed', 'eseguito'), ('reported', 'refertato'), ('cancelled', 'annullato')], default='booked', max_length=16, verbose_name='stato'),
+            model_name="booking",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("booked", "prenotato"),
+                    ("arrived", "accettato"),
+                    ("in_progress", "in esecuzione"),
+                    ("performed", "eseguito"),
+                    ("reported", "refertato"),
+                    ("cancelled", "annullato"),
+                ],
+                default="booked",
+                max_length=16,
+                verbose_name="stato",
+            ),
         ),
         migrations.AlterField(
-            model_name='bookingstatuschange',
-            name='status',
-            field=models.CharField(choices=[('booked', 'prenotato'), ('arrived', 'accettato'), ('in_progress', 'in esecuzione'), ('performed', 'eseguito'), ('reported', 'refertato'), ('cancelled', 'annullato')], max_length=16, verbose_name='stato'),
+            model_name="bookingstatuschange",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("booked", "prenotato"),
+                    ("arrived", "accettato"),
+                    ("in_progress", "in esecuzione"),
+                    ("performed", "eseguito"),
+                    ("reported", "refertato"),
+                    ("cancelled", "annullato"),
+                ],
+                max_length=16,
+                verbose_name="stato",
+            ),
         ),
     ]

@@ -103,9 +103,17 @@ def _nothing_created() -> None:
         (lambda ds: delattr(ds, "PatientBirthDate"), 0x0120, "PatientBirthDate"),  # Type 2 missing
         (lambda ds: setattr(ds, "Modality", ""), 0x0121, "Modality"),  # Type 1 empty
         (lambda ds: setattr(ds, "PerformedProcedureStepStatus", "COMPLETED"), 0x0106, "PerformedProcedureStepStatus"),
-        (lambda ds: setattr(ds, "PerformedProcedureStepStartDate", "20261345"), 0x0106, "PerformedProcedureStepStartDate"),
+        (
+            lambda ds: setattr(ds, "PerformedProcedureStepStartDate", "20261345"),
+            0x0106,
+            "PerformedProcedureStepStartDate",
+        ),
         (lambda ds: delattr(ds.ScheduledStepAttributesSequence[0], "StudyInstanceUID"), 0x0120, "StudyInstanceUID"),
-        (lambda ds: setattr(ds.ScheduledStepAttributesSequence[0], "StudyInstanceUID", "1.2.x"), 0x0106, "StudyInstanceUID"),
+        (
+            lambda ds: setattr(ds.ScheduledStepAttributesSequence[0], "StudyInstanceUID", "1.2.x"),
+            0x0106,
+            "StudyInstanceUID",
+        ),
     ],
 )
 def test_create_breaking_the_attribute_rules_is_refused(listener: int, mario: Patient, change, status, keyword) -> None:  # type: ignore[no-untyped-def]
@@ -138,7 +146,9 @@ def test_set_after_completed_is_refused_and_changes_nothing(listener: int, mario
         answer = n_set(assoc, discontinued_attributes(), uid)
     assert answer.Status == 0x0110 and answer.ErrorID == 0xA710
     after = PerformedProcedureStep.objects.get(sop_instance_uid=uid)
-    assert after.status == "COMPLETED" and after.attributes == before.attributes and after.updated_at == before.updated_at
+    assert (
+        after.status == "COMPLETED" and after.attributes == before.attributes and after.updated_at == before.updated_at
+    )
     assert audits()[-1].outcome == "failure" and audits()[-1].patient_id == mario.pk
 
 
@@ -155,7 +165,9 @@ def test_set_after_completed_is_refused_and_changes_nothing(listener: int, mario
         ({"PerformedProcedureStepStatus": "ABORTED"}, 0x0106),
     ],
 )
-def test_a_set_breaking_the_rules_is_refused_and_changes_nothing(listener: int, mario: Patient, modifications, status) -> None:  # type: ignore[no-untyped-def]
+def test_a_set_breaking_the_rules_is_refused_and_changes_nothing(
+    listener: int, mario: Patient, modifications, status
+) -> None:  # type: ignore[no-untyped-def]
     with mpps_association(listener) as assoc:
         _status, uid = n_create(assoc, create_attributes())
         before = PerformedProcedureStep.objects.get(sop_instance_uid=uid)

@@ -129,7 +129,12 @@ def test_discontinued_with_a_reason_reaches_the_booking_and_the_cup(
     item = worklist_item(listener, booking)
     with mpps_association(listener) as assoc:
         _status, uid = n_create(assoc, step_from(item))
-        assert n_set(assoc, discontinued_attributes(meaning="Patient refused to continue procedure", code="110500"), uid).Status == 0
+        assert (
+            n_set(
+                assoc, discontinued_attributes(meaning="Patient refused to continue procedure", code="110500"), uid
+            ).Status
+            == 0
+        )
     # Both tasks read the step as it is when they run: the first finds it discontinued already.
     assert enqueued.run(tasknames.BOOKING_PROCEDURE_STEP) == [["discontinued"], ["unchanged"]]
     booking.refresh_from_db()
@@ -181,7 +186,10 @@ def test_a_step_of_another_scheduled_step_or_facility_leaves_the_booking(
 
 
 def test_the_radiologists_work_list_shows_the_step(
-    listener: int, cup: Cup, reporting: Reporting, enqueued: Enqueued  # noqa: F811
+    listener: int,
+    cup: Cup,
+    reporting: Reporting,
+    enqueued: Enqueued,  # noqa: F811
 ) -> None:
     study = reporting.study
     with mpps_association(listener) as assoc:
