@@ -15,12 +15,13 @@ not, is audited (``dicom.mpps``) with the step's patient when it is known.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import close_old_connections
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 
 from archive.models import PerformedProcedureStep
 from archive.procedure_steps import StepError, step_create, step_set
@@ -146,7 +147,7 @@ def _attributes(event: Event, keyword: str) -> Dataset | str:
         # Decoded on first access: read every element now, inside the try.
         for _elem in ds:
             pass
-        return ds  # type: ignore[no-any-return]  # pynetdicom's events are not annotated
+        return cast(Dataset, ds)
     except Exception as exc:
         return f"cannot decode the attribute list: {exc}"
 
@@ -155,7 +156,7 @@ def handle_n_create(event: Event) -> tuple[Dataset, Dataset | None]:
     """EVT_N_CREATE: a new step IN PROGRESS."""
     peer = _peer(event)
     close_old_connections()
-    uid = str(event.request.AffectedSOPInstanceUID or "")
+    uid = str(cast(N_CREATE, event.request).AffectedSOPInstanceUID or "")
     refusal = _refusal(peer, event, "N-CREATE")
     if refusal is not None:
         _audit(peer, service="N-CREATE", outcome=AuditEvent.Outcome.DENIED, sop_instance_uid=uid)
@@ -194,7 +195,7 @@ def handle_n_set(event: Event) -> tuple[Dataset, Dataset | None]:
     """EVT_N_SET: a step IN PROGRESS changed, completed or discontinued."""
     peer = _peer(event)
     close_old_connections()
-    uid = str(event.request.RequestedSOPInstanceUID or "")
+    uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID or "")
     refusal = _refusal(peer, event, "N-SET")
     if refusal is not None:
         _audit(peer, service="N-SET", outcome=AuditEvent.Outcome.DENIED, sop_instance_uid=uid)
