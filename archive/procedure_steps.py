@@ -353,7 +353,7 @@ def _discontinuation_reason(ds: Dataset) -> str:
     return "; ".join(r for r in reasons if r)[:200]
 
 
-def _patient_for(facility: Facility, ds: Dataset) -> Patient | None:
+def patient_for(facility: Facility, ds: Dataset) -> Patient | None:
     """The patient the step names: a facility's known PatientID, or a codice fiscale
     (what the worklist hands out); None when neither is known. Nothing is created."""
     pid = _text(ds, "PatientID", 64)
@@ -434,7 +434,7 @@ def step_create(
     check_create(attributes)
     step = PerformedProcedureStep(sop_instance_uid=sop_instance_uid, facility=facility, calling_ae=calling_ae[:16])
     _columns(step, attributes)
-    step.patient = _patient_for(facility, attributes)
+    step.patient = patient_for(facility, attributes)
     duplicate = StepError(f"a step {sop_instance_uid} exists already", code="mpps_duplicate")
     if PerformedProcedureStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
         raise duplicate

@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
 
-from archive.models import PerformedProcedureStep
-from archive.procedure_steps import StepError, step_create, step_set
+from archive.models import Patient, PerformedProcedureStep
+from archive.procedure_steps import StepError, patient_for, step_create, step_set
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 
@@ -96,6 +96,7 @@ def _audit(
     outcome: str,
     sop_instance_uid: str,
     step: PerformedProcedureStep | None = None,
+    patient: Patient | None = None,
     **detail: Any,
 ) -> None:
     try:
@@ -104,7 +105,7 @@ def _audit(
             outcome=outcome,
             ae_title=peer.calling_ae,
             source=peer.address,
-            patient=step.patient if step is not None else None,
+            patient=step.patient if step is not None else patient,
             study_instance_uid=step.study_instance_uid if step is not None else "",
             detail={
                 "facility": peer.facility.code,
@@ -122,7 +123,20 @@ def _audit(
         logger.exception("could not write the audit event of an MPPS %s", service)
 
 
-def _answer_error(peer: Peer, exc: StepError, *, service: str, sop_instance_uid: str, step: Any) -> Dataset:
+def _named_patient(peer: Peer, attributes: Dataset | str) -> Patient | None:
+    """The patient a refused N-CREATE names (for its audit event), when the archive knows them."""
+    if isinstance(attributes, str):
+        return None
+    try:
+        return patient_for(peer.facility, attributes)
+    except Exception:
+        logger.exception("MPPS N-CREATE from %s: the patient named could not be looked up", peer.calling_ae)
+        return None
+
+
+def _answer_error(
+    peer: Peer, exc: StepError, *, service: str, sop_instance_uid: str, step: Any, patient: Patient | None = None
+) -> Dataset:
     logger.warning("MPPS %s %s from %s refused: %s", service, sop_instance_uid, peer.calling_ae, exc.message)
     _audit(
         peer,
@@ -130,6 +144,7 @@ def _answer_error(peer: Peer, exc: StepError, *, service: str, sop_instance_uid:
         outcome=AuditEvent.Outcome.FAILURE,
         sop_instance_uid=sop_instance_uid,
         step=step,
+        patient=patient,
         error=exc.message,
         code=exc.code,
     )
@@ -159,7 +174,8 @@ def handle_n_create(event: Event) -> tuple[Dataset, Dataset | None]:
     uid = str(cast(N_CREATE, event.request).AffectedSOPInstanceUID or "")
     refusal = _refusal(peer, event, "N-CREATE")
     if refusal is not None:
-        _audit(peer, service="N-CREATE", outcome=AuditEvent.Outcome.DENIED, sop_instance_uid=uid)
+        named = _named_patient(peer, _attributes(event, "attribute_list"))
+        _audit(peer, service="N-CREATE", outcome=AuditEvent.Outcome.DENIED, sop_instance_uid=uid, patient=named)
         return refusal, None
     answer: Dataset | None = None
     if not uid:
@@ -180,7 +196,8 @@ def handle_n_create(event: Event) -> tuple[Dataset, Dataset | None]:
     except StepError as exc:
         # A duplicate is audited with the step that exists, if the peer's facility holds it.
         shown = existing if existing is not None and existing.facility_id == peer.facility.pk else None
-        return _answer_error(peer, exc, service="N-CREATE", sop_instance_uid=uid, step=shown), None
+        named = None if shown is not None else _named_patient(peer, attributes)
+        return _answer_error(peer, exc, service="N-CREATE", sop_instance_uid=uid, step=shown, patient=named), None
     except Exception as exc:
         logger.exception("MPPS N-CREATE from %s failed", peer.calling_ae)
         _audit(
@@ -233,8 +250,6 @@ def handle_n_set(event: Event) -> tuple[Dataset, Dataset | None]:
         sop_instance_uid=uid,
         step=change.step,
         previous_status=change.previous_status,
-        **(
-            {"discontinuation_reason": change.step.discontinuation_reason} if change.step.discontinuation_reason else {}
-        ),
+        discontinuation_reason=change.step.discontinuation_reason,
     )
     return _status(SUCCESS), None

@@ -126,6 +126,7 @@ def test_create_breaking_the_attribute_rules_is_refused(listener: int, mario: Pa
     _nothing_created()
     (event,) = audits()
     assert event.outcome == "failure" and event.detail["service"] == "N-CREATE"
+    assert event.patient_id == mario.pk  # the patient the refused step named
 
 
 def test_a_repeated_create_is_a_duplicate(listener: int, mario: Patient) -> None:
@@ -198,7 +199,8 @@ def test_a_node_that_may_not_read_the_worklist_may_not_report(listener: int, mar
         assert answer.Status == 0x0124
         assert n_set(assoc, completed_attributes(), uid).Status == 0x0124
     _nothing_created()
-    assert [e.outcome for e in audits()] == ["denied", "denied"]
+    assert [(e.outcome, e.detail["service"]) for e in audits()] == [("denied", "N-CREATE"), ("denied", "N-SET")]
+    assert audits()[0].patient_id == mario.pk
 
 
 def test_a_step_of_another_facility_is_not_found(listener: int, mario: Patient, region: Region) -> None:
