@@ -18,10 +18,13 @@ the task of a later change, and the booking ends where the step is.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from archive.models import PerformedProcedureStep
@@ -145,3 +148,39 @@ def latest_steps_for(bookings: list[Booking]) -> dict[int, PerformedProcedureSte
         if pk is not None:
             answer.setdefault(pk, step)
     return answer
+
+
+def procedure_steps_overdue(*, now: dt.datetime | None = None, limit: int = 500) -> list[int]:
+    """The steps whose booking is still behind them past the grace period: the
+    latest step of its booking, changed between ``PACS_REPORT_FOLLOWUP_GRACE_SECONDS``
+    and ``PACS_REPORT_FOLLOWUP_HORIZON_DAYS`` ago (the follow-ups' window), whose
+    booking is not where :func:`booking_procedure_step` would have put it."""
+    now = now or timezone.now()
+    bookings = Booking.objects.filter(
+        facility_id=OuterRef("facility_id"), accession_number=OuterRef("accession_number")
+    )
+    later = PerformedProcedureStep.objects.filter(
+        facility_id=OuterRef("facility_id"), accession_number=OuterRef("accession_number"), pk__gt=OuterRef("pk")
+    )
+    behind = (
+        Q(status=PerformedProcedureStep.Status.IN_PROGRESS, lag=True)
+        | Q(status=PerformedProcedureStep.Status.COMPLETED, lag_performed=True)
+        | Q(status=PerformedProcedureStep.Status.DISCONTINUED, lag_discontinued=True)
+    )
+    rows = (
+        PerformedProcedureStep.objects.exclude(accession_number="")
+        .filter(
+            updated_at__lt=now - dt.timedelta(seconds=settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS),
+            updated_at__gte=now - dt.timedelta(days=settings.PACS_REPORT_FOLLOWUP_HORIZON_DAYS),
+        )
+        .annotate(
+            lag=Exists(bookings.filter(status__in=_STARTABLE)),
+            lag_performed=Exists(bookings.filter(status__in=_PERFORMABLE)),
+            lag_discontinued=Exists(bookings.filter(status__in=(Booking.Status.IN_PROGRESS, Booking.Status.BOOKED))),
+            superseded=Exists(later),
+        )
+        .filter(behind, superseded=False)
+        .order_by("updated_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return list(rows)

@@ -111,6 +111,15 @@ def _procedure_step_enqueue(step_pk: int) -> None:
         logger.exception("booking of procedure step %s not queued", step_pk)
 
 
+@shared_task(name=tasknames.BOOKING_PROCEDURE_STEP_SWEEP)
+def booking_procedure_step_sweep() -> int:
+    """Queue again :func:`booking_procedure_step` for the bookings a lost task left behind their step."""
+    due = [(pk,) for pk in steps.procedure_steps_overdue()]
+    return sweeps.requeue(
+        booking_procedure_step, due, logger=logger, message="queued %d bookings behind their procedure step"
+    )
+
+
 @shared_task(
     name=tasknames.BOOKING_PREFETCH,
     acks_late=True,

@@ -30,6 +30,7 @@ BOOKING_REPORTED_SWEEP = "booking.tasks.booking_reported_sweep"
 BOOKING_PREFETCH = "booking.tasks.booking_prefetch"
 BOOKINGS_PREFETCH = "booking.tasks.bookings_prefetch"
 BOOKING_PROCEDURE_STEP = "booking.tasks.booking_procedure_step"
+BOOKING_PROCEDURE_STEP_SWEEP = "booking.tasks.booking_procedure_step_sweep"
 
 # --- portal ----------------------------------------------------------------------
 REPORT_PUBLISH = "portal.tasks.report_publish_retry"

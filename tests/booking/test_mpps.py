@@ -19,7 +19,7 @@ from archive.models import PerformedProcedureStep, Study
 from archive.signals import procedure_step_changed
 from booking import steps
 from booking.models import Booking, BookingStatusChange
-from booking.tasks import procedure_step_booking_enqueue
+from booking.tasks import booking_procedure_step_sweep, procedure_step_booking_enqueue
 from kernel import tasknames
 from kernel.models import AuditEvent
 from tests.booking.conftest import Cup
@@ -202,6 +202,27 @@ def test_the_radiologists_work_list_shows_the_step(
     html = client.get(reverse("reporting:worklist")).content.decode()
     assert "interrotto" in html and "Equipment failure (110501)" in html
     assert Study.objects.count() == 1
+
+
+def test_the_sweep_catches_up_a_booking_whose_task_was_lost(
+    listener: int,
+    cup: Cup,
+    enqueued: Enqueued,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    booking = cup.book()
+    item = worklist_item(listener, booking)
+    with mpps_association(listener) as assoc:
+        _status, uid = n_create(assoc, step_from(item))
+        assert n_set(assoc, completed_attributes(), uid).Status == 0
+    enqueued.messages.clear()  # lost with the broker
+    assert booking_procedure_step_sweep() == 0  # within the grace period the tasks may still come
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
+    assert booking_procedure_step_sweep() == 1
+    assert enqueued.run(tasknames.BOOKING_PROCEDURE_STEP) == [["performed"]]
+    booking.refresh_from_db()
+    assert booking.status == Booking.Status.PERFORMED
+    assert booking_procedure_step_sweep() == 0
 
 
 # --- the worklist's priority ----------------------------------------------------------------
