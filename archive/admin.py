@@ -67,6 +67,7 @@ from .models import (
     InstanceConflict,
     Patient,
     PatientIdentifier,
+    PerformedProcedureStep,
     Rejection,
     RejectionNote,
     RejectionNotice,
@@ -1581,3 +1582,52 @@ class RejectionNoticeAdmin(AuditedAdminMixin, _WithdrawnStudiesToo, ReadOnlyAdmi
             if rejection.notice_handle(notice_pk=pk, user=request.user, source=client_ip(request))
         )
         self.message_user(request, ngettext("%(n)d avviso gestito.", "%(n)d avvisi gestiti.", done) % {"n": done})
+
+
+# --- Modality Performed Procedure Steps ----------------------------------------------
+
+
+@admin.register(PerformedProcedureStep)
+class PerformedProcedureStepAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    """The steps the modalities reported (MPPS): only the listener writes them. A step
+    is seen by who may see its facility, unless its study is one the user may not see."""
+
+    patient_path = "patient_id"
+    list_display = ("accession_number", "status", "station_ae_title", "started_at", "ended_at", "facility", "patient")
+    list_filter = ("status", "facility")
+    search_fields = ("=accession_number", "=sop_instance_uid", "=study_instance_uid", "=dicom_patient_id")
+    list_select_related = ("facility", "patient")
+    ordering = ("-created_at", "-id")
+    fields = (
+        "sop_instance_uid",
+        "status",
+        "facility",
+        "calling_ae",
+        "patient",
+        "patient_name",
+        "dicom_patient_id",
+        "accession_number",
+        "scheduled_step_id",
+        "scheduled_steps",
+        "study_instance_uid",
+        "step_id",
+        "station_ae_title",
+        "station_name",
+        "modality",
+        "description",
+        "started_at",
+        "ended_at",
+        "discontinuation_reason",
+        "comments",
+        "performed_series",
+        "dose",
+        "attributes",
+        "created_at",
+        "updated_at",
+    )
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.facility_visible_q(principal) & access.uid_visible_q(principal)
+
+    def audit_subject(self, obj: Any) -> dict[str, Any]:
+        return {"patient": obj.patient, "study_instance_uid": obj.study_instance_uid}

@@ -1070,3 +1070,78 @@ class RejectionNotice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}: {self.note.sop_instance_uid} ({self.get_state_display()})"
+
+
+class PerformedProcedureStep(models.Model):
+    """A Modality Performed Procedure Step (PS3.4 F) a modality reported by N-CREATE
+    and N-SET: what was performed for which scheduled step, when, with which series
+    and dose, and how it ended.
+
+    ``attributes`` keeps the step's whole data set (DICOM JSON) as the modality
+    sent and then modified it; the other columns are read from it on every
+    change, for pages and queries. The booking it belongs to is found by
+    accession number and Scheduled Procedure Step ID (the worklist gave both):
+    the booking app reacts to ``archive.signals.procedure_step_changed``.
+    """
+
+    class Status(models.TextChoices):
+        # The DICOM defined terms (PS3.3 C.4.14) are the stored values.
+        IN_PROGRESS = "IN PROGRESS", _("in corso")
+        COMPLETED = "COMPLETED", _("completato")
+        DISCONTINUED = "DISCONTINUED", _("interrotto")
+
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="procedure_steps", verbose_name=_("presidio")
+    )
+    calling_ae = models.CharField(_("AE title del mittente"), max_length=16)
+    patient = models.ForeignKey(
+        Patient,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="procedure_steps",
+        verbose_name=_("paziente"),
+    )
+    patient_name = models.CharField("PatientName", max_length=256, blank=True)
+    dicom_patient_id = models.CharField("PatientID", max_length=64, blank=True)
+    accession_number = models.CharField("AccessionNumber", max_length=16, blank=True, db_index=True)
+    scheduled_step_id = models.CharField("ScheduledProcedureStepID", max_length=16, blank=True)
+    # Every (accession, scheduled step, study) of the Scheduled Step Attributes
+    # Sequence: one step may perform several scheduled ones (PS3.4 F.7.1, IHE "group case").
+    scheduled_steps = models.JSONField(_("procedure prenotate eseguite"), default=list, blank=True)
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, blank=True, db_index=True)
+    step_id = models.CharField("PerformedProcedureStepID", max_length=16, blank=True)
+    station_ae_title = models.CharField("PerformedStationAETitle", max_length=16, blank=True)
+    station_name = models.CharField("PerformedStationName", max_length=16, blank=True)
+    modality = models.CharField("Modality", max_length=16, blank=True)
+    description = models.CharField("PerformedProcedureStepDescription", max_length=64, blank=True)
+    status = models.CharField(_("stato"), max_length=16, choices=Status.choices, db_index=True)
+    started_at = models.DateTimeField(_("iniziato il"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("terminato il"), null=True, blank=True)
+    discontinuation_reason = models.CharField(
+        _("motivo dell'interruzione"),
+        max_length=200,
+        blank=True,
+        help_text=_("Dalla Performed Procedure Step Discontinuation Reason Code Sequence: significato (codice)."),
+    )
+    comments = models.TextField(_("commenti"), blank=True)
+    # [{"series_instance_uid", "series_description", "protocol_name", "images": n, "instances": [[class, uid], ...]}]
+    performed_series = models.JSONField(_("serie eseguite"), default=list, blank=True)
+    # The Radiation Dose module's attributes present (PS3.3 C.4.16): keyword -> value.
+    dose = models.JSONField(_("dose"), default=dict, blank=True)
+    attributes = models.JSONField(_("attributi DICOM"), default=dict)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("modificato il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("procedura eseguita (MPPS)")
+        verbose_name_plural = _("procedure eseguite (MPPS)")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.accession_number or self.sop_instance_uid} {self.get_status_display()}"
+
+    def is_final(self) -> bool:
+        """A completed or discontinued step may no longer be changed (PS3.4 F.7.2.2)."""
+        return self.status != self.Status.IN_PROGRESS

@@ -55,3 +55,13 @@ notice when the study was preserved; the package is never touched). Sent
 again for the day's notes by the beat task ``archive.tasks.rejections_announce_sweep``
 (what the receivers queue is idempotent).
 """
+
+procedure_step_changed = Signal()
+"""``procedure_step_changed(sender=PerformedProcedureStep, step_pk=...)``
+
+Sent after the transaction that created or set a Modality Performed Procedure
+Step commits (``archive.procedure_steps``), in the listener's process. It says:
+this step is now IN PROGRESS, COMPLETED or DISCONTINUED, read it. Connected in
+``BookingConfig.ready``: ``booking.tasks.procedure_step_booking_enqueue``
+(queues ``booking_procedure_step``: the booked exam shows the step's state).
+"""

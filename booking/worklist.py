@@ -17,8 +17,9 @@ PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 The matching keys are the Scheduled Procedure Step's ScheduledStationAETitle,
 Modality, start date and time, and the top-level PatientID, PatientName,
 AccessionNumber and StudyInstanceUID; other keys are only returned. Only
-bookings of the called facility that are still to be performed (booked or
-arrived) are answered, in scheduled order.
+bookings of the called facility that are still to be performed (booked,
+arrived, or in progress: STARTED) are answered, in scheduled order; each
+carries its priority class as RequestedProcedurePriority.
 """
 
 from __future__ import annotations
@@ -51,10 +52,28 @@ logger = logging.getLogger(__name__)
 # with "99" is private to the issuer (PS3.3 8.2, PS3.16 8).
 CODING_SCHEME_DESIGNATOR = "99FVG-CUP"
 
-WORKLIST_STATUSES = (Booking.Status.BOOKED, Booking.Status.ARRIVED)
+# A booking whose step a modality reported IN PROGRESS stays, STARTED: another
+# modality sees it taken; a discontinued step puts it back to ARRIVED.
+WORKLIST_STATUSES = (Booking.Status.BOOKED, Booking.Status.ARRIVED, Booking.Status.IN_PROGRESS)
 
 # ScheduledProcedureStepStatus (PS3.3 C.4.10) of each booking status answered.
-_SPS_STATUS: dict[str, str] = {Booking.Status.BOOKED: "SCHEDULED", Booking.Status.ARRIVED: "ARRIVED"}
+_SPS_STATUS: dict[str, str] = {
+    Booking.Status.BOOKED: "SCHEDULED",
+    Booking.Status.ARRIVED: "ARRIVED",
+    Booking.Status.IN_PROGRESS: "STARTED",
+}
+
+# RequestedProcedurePriority (0040,1003; PS3.3 C.4.11, enumerated STAT, HIGH,
+# ROUTINE, MEDIUM, LOW) of the prescription's priority class: U (within 72
+# hours) is the modality's STAT, B (within 10 days) HIGH, D (deferred, within
+# 30/60 days) MEDIUM and P (planned) ROUTINE, the ordinary work. LOW is not used:
+# no class of the Italian prescription is below the planned one.
+REQUESTED_PROCEDURE_PRIORITY: dict[str, str] = {
+    Booking.Priority.URGENT: "STAT",
+    Booking.Priority.SHORT: "HIGH",
+    Booking.Priority.DEFERRED: "MEDIUM",
+    Booking.Priority.PLANNED: "ROUTINE",
+}
 
 _SPS = "ScheduledProcedureStepSequence"
 
@@ -232,6 +251,7 @@ _TOP_VALUES: dict[str, Callable[[Booking], Any]] = {
     "RequestedProcedureCodeSequence": lambda b: [_code_item(b)],
     "ReferringPhysicianName": lambda b: b.referring_physician,
     "ReasonForTheRequestedProcedure": lambda b: b.clinical_question,
+    "RequestedProcedurePriority": lambda b: REQUESTED_PROCEDURE_PRIORITY.get(b.priority, ""),
 }
 _SPS_VALUES: dict[str, Callable[[Booking], Any]] = {
     "ScheduledStationAETitle": lambda b: b.station.ae_title,

@@ -35,6 +35,8 @@ BOOKING_REPORTED = "booking.tasks.booking_reported_retry"
 BOOKING_REPORTED_SWEEP = "booking.tasks.booking_reported_sweep"
 BOOKING_PREFETCH = "booking.tasks.booking_prefetch"
 BOOKINGS_PREFETCH = "booking.tasks.bookings_prefetch"
+BOOKING_PROCEDURE_STEP = "booking.tasks.booking_procedure_step"
+BOOKING_PROCEDURE_STEP_SWEEP = "booking.tasks.booking_procedure_step_sweep"
 
 # --- portal ----------------------------------------------------------------------
 REPORT_PUBLISH = "portal.tasks.report_publish_retry"

@@ -270,6 +270,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.BOOKING_REPORTED_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
     },
+    # MPPS: a booking left behind its modality's procedure step (a task lost with the broker).
+    "booking-procedure-step-sweep": {
+        "task": tasknames.BOOKING_PROCEDURE_STEP_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "report-publish-sweep": {
         "task": tasknames.REPORT_PUBLISH_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),

@@ -521,6 +521,8 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.Instance": ("series__study__", lambda w, t: t.instance),
     "archive.Copy": ("instance__series__study__", lambda w, t: Copy.objects.filter(instance=t.instance).first()),
     "archive.InstanceConflict": ("study__", None),
+    # A modality's procedure step names its study by UID (hidden with it) and its patient.
+    "archive.PerformedProcedureStep": ("study__", None),
     "kernel.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
     "archive.Report": ("study__", lambda w, t: t.report),
     "archive.StorageAlert": ("instance__series__study__", lambda w, t: StorageAlert.objects.get(instance=t.instance)),

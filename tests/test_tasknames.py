@@ -31,6 +31,8 @@ WIRE_NAMES = {
     "booking.tasks.booking_reported_sweep",
     "booking.tasks.booking_prefetch",
     "booking.tasks.bookings_prefetch",
+    "booking.tasks.booking_procedure_step",
+    "booking.tasks.booking_procedure_step_sweep",
     "portal.tasks.report_publish_retry",
     "portal.tasks.report_publish_sweep",
     "portal.tasks.package_build",

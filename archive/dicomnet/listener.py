@@ -78,7 +78,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
 from archive.dicom_transcode import TranscodeError
-from archive.dicomnet import commitment, fence, peers, retrieve_transcode
+from archive.dicomnet import commitment, fence, mpps, peers, retrieve_transcode
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
     CANCEL,
@@ -1170,7 +1170,7 @@ def build_ae(ae_title: str) -> AE:
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
     ae.add_supported_context(Verification)
-    for uid in [*QR_MODELS, ModalityWorklistInformationFind]:
+    for uid in [*QR_MODELS, ModalityWorklistInformationFind, mpps.MODALITY_PERFORMED_PROCEDURE_STEP]:
         ae.add_supported_context(uid, UncompressedTransferSyntaxes)
     commitment.contexts_add(ae)
     # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
@@ -1313,6 +1313,8 @@ def start_listener(
         (evt.EVT_C_GET, handle_get),
         (evt.EVT_C_MOVE, handle_move),
         (evt.EVT_N_ACTION, commitment.handle_n_action),
+        (evt.EVT_N_CREATE, mpps.handle_n_create),
+        (evt.EVT_N_SET, mpps.handle_n_set),
         (evt.EVT_RELEASED, handle_ended),
         (evt.EVT_ABORTED, handle_ended),
         (evt.EVT_CONN_CLOSE, handle_conn_closed),

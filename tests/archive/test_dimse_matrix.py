@@ -87,6 +87,7 @@ GET_MODELS = {
     StudyRootQueryRetrieveInformationModelGet: "study",
 }
 STORAGE = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
+MPPS = "1.2.840.10008.3.1.2.3.3"
 
 
 def listener_services() -> list[str]:
@@ -106,6 +107,8 @@ def listener_services() -> list[str]:
             services.add(f"C-GET {GET_MODELS[uid]}")
         elif uid == ModalityWorklistInformationFind:
             services.add("MWL")
+        elif uid == MPPS:
+            services.add("MPPS")
         else:
             services.add(f"undecided {uid}")
     return sorted(services)
@@ -378,6 +381,27 @@ def call_worklist(world: World, caller: Caller) -> Any:
     return Counter(str(identifier.AccessionNumber)[:3] for status, identifier in responses if status.Status == 0xFF00)
 
 
+def call_mpps(world: World, caller: Caller) -> Any:
+    """An N-CREATE of a procedure step and its N-SET COMPLETED; "performed" when both succeed."""
+    from archive.models import PerformedProcedureStep
+    from tests.mpps_helpers import completed_attributes, create_attributes
+
+    assoc = _associate(world, caller, MPPS)
+    if not assoc.is_established:
+        return REJECTED_OUTCOME
+    uid = generate_uid()
+    try:
+        created, _ = assoc.send_n_create(create_attributes(station=caller.calling_ae), MPPS, uid)
+        completed, _ = assoc.send_n_set(completed_attributes(), MPPS, uid)
+    finally:
+        assoc.release()
+    if created.Status == 0x0124 and completed.Status == 0x0124:
+        assert not PerformedProcedureStep.objects.filter(sop_instance_uid=uid).exists()
+        return REFUSED_OUTCOME
+    assert (created.Status, completed.Status) == (0x0000, 0x0000), (hex(created.Status), hex(completed.Status))
+    return PerformedProcedureStep.objects.get(sop_instance_uid=uid).status
+
+
 # --- the decisions --------------------------------------------------------------------
 
 
@@ -431,6 +455,10 @@ DECISIONS: dict[str, Decision] = {
     **{f"C-MOVE {root}": Decision(lambda w, c, m=uid: call_move(w, c, m), _sees) for uid, root in MOVE_MODELS.items()},
     **{f"C-GET {root}": Decision(lambda w, c, m=uid: call_get(w, c, m), _sees) for uid, root in GET_MODELS.items()},
     "MWL": Decision(call_worklist, _worklist, needs_bookings=True),
+    # A registered node that may read the worklist reports its steps; an unknown AE may not.
+    "MPPS": Decision(
+        call_mpps, lambda p: REJECTED_OUTCOME if p in REJECTED else REFUSED_OUTCOME if p in REFUSED else "COMPLETED"
+    ),
 }
 
 
