@@ -267,8 +267,12 @@ def statement() -> str:
         "the called facility's AE title. It proposes each (SOP class, transfer syntax) pair of the instances "
         "to send as archived, and Explicit and Implicit VR Little Endian for each SOP class (at most 128 "
         "contexts). C-GET sends its C-STORE sub-operations on the requesting association, in the roles the "
-        "SCU proposed. An instance whose stored transfer syntax the peer did not accept is decompressed "
-        "when the peer accepted only uncompressed syntaxes.",
+        "SCU proposed. An instance whose stored transfer syntax the peer did not accept is converted to one "
+        "it accepted, in this order: Explicit VR Little Endian, Implicit VR Little Endian, Deflated, then "
+        "RLE, JPEG-LS lossless and JPEG 2000 lossless (never lossy on a retrieve); the archived bytes are "
+        "not changed. A conversion that fails is one failed sub-operation (0x0110). The archive also "
+        "initiates an association to answer a Storage Commitment request on a new association (section "
+        "4.2.5), calling with the facility's AE title and proposing the SCP role of Storage Commitment.",
         "",
         "#### 4.2.4 Association Acceptance Policy",
         "",
@@ -444,7 +448,13 @@ def statement() -> str:
     out += _table(["Resource", "Method", "Transaction", "Query parameters", "Accepts", "Produces"], rows)
     out += [
         "QIDO-RS matching keys are those of the C-FIND table (section 4.2.5), by keyword or tag; "
-        "WADO-RS sends instances in their stored transfer syntax (`transfer-syntax=*` or the stored one).",
+        "WADO-RS sends instances in their stored transfer syntax (no `transfer-syntax`, `*` or the stored "
+        "one) or converted to the one asked (Explicit VR Little Endian and the lossless syntaxes above; "
+        "lossy ones only when named); frames as `application/octet-stream` are uncompressed unless "
+        "`transfer-syntax=*`; metadata carries Transfer Syntax UID (0002,0010) and Instance Availability "
+        "(0008,0056: ONLINE, or NEARLINE when only the long-term tier holds the object). STOW-RS answers "
+        "in JSON or, on `Accept: application/dicom+xml`, in the Native DICOM Model; an object held aside as "
+        "a conflict is in the Failed SOP Sequence with Failure Reason 0xA7C0.",
         "",
     ]
     return "\n".join(out).rstrip() + "\n"

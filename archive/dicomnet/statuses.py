@@ -41,6 +41,10 @@ FIND = "C-FIND"
 MOVE = "C-MOVE"
 GET = "C-GET"
 WORKLIST = "C-FIND (Modality Worklist)"
+N_CREATE = "N-CREATE"  # Modality Performed Procedure Step (archive.dicomnet.mpps)
+N_SET = "N-SET"
+N_ACTION = "N-ACTION"  # Storage Commitment Push Model (archive.dicomnet.commitment)
+N_EVENT_REPORT = "N-EVENT-REPORT"
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,9 @@ STATUSES: tuple[StatusUse, ...] = (
         "Failure",
         "Error: Cannot understand",
         (STORE,),
-        "a truncated data set, an identifying UID missing or not a valid UID",
+        "a truncated data set, an identifying UID missing or not a valid UID, native pixel data shorter than "
+        "its geometry or encapsulated pixel data with fewer fragments than frames; a rejection note (IOCM) "
+        "naming another patient's or study's instances",
     ),
     StatusUse(
         SOP_CLASS_NOT_SUPPORTED, "Failure", "Refused: SOP Class not supported", (STORE,), "not a storage SOP class"
@@ -113,7 +119,8 @@ STATUSES: tuple[StatusUse, ...] = (
         "Refused: Not authorized",
         (STORE, FIND, MOVE, GET, WORKLIST),
         "the calling node lacks the right (RemoteNode: can_store, can_query, can_retrieve, can_worklist); "
-        "an unregistered AE admitted by PACS_DICOM_ACCEPT_UNKNOWN_AE may only echo and store",
+        "an unregistered AE admitted by PACS_DICOM_ACCEPT_UNKNOWN_AE may only echo and store; a rejection "
+        "note (IOCM) from such an AE or naming another facility's instances",
     ),
     StatusUse(PENDING, "Pending", "Matches are continuing", (FIND, WORKLIST), "one response per match"),
     StatusUse(SUCCESS, "Success", "Matching is complete", (FIND, WORKLIST), "after the last match"),
@@ -179,6 +186,84 @@ STATUSES: tuple[StatusUse, ...] = (
         (MOVE,),
         "the destination is not a RemoteNode of the called facility marked as retrieve destination",
         "pynetdicom",
+    ),
+    StatusUse(
+        PROCESSING_FAILURE,
+        "Failure",
+        "Processing failure",
+        (MOVE, GET),
+        "one sub-operation: the object could not be converted to a transfer syntax the peer accepted "
+        "(listed in Failed SOP Instance UID List)",
+    ),
+    # Modality Performed Procedure Step (PS3.4 F.7; archive.dicomnet.mpps, archive.procedure_steps).
+    StatusUse(SUCCESS, "Success", "Success", (N_CREATE, N_SET), "the step is recorded and the booking follows it"),
+    StatusUse(
+        0x0120,
+        "Failure",
+        "Missing attribute",
+        (N_CREATE, N_SET),
+        "a Type 1 or 2 attribute of PS3.4 Table F.7.2-1 is absent (Attribute Identifier List names it)",
+    ),
+    StatusUse(0x0121, "Failure", "Missing attribute value", (N_CREATE, N_SET), "a Type 1 attribute is empty"),
+    StatusUse(
+        0x0106,
+        "Failure",
+        "Invalid attribute value",
+        (N_CREATE, N_SET),
+        "a malformed date, time or UID, a status other than IN PROGRESS at creation, a final state without "
+        "its end date and time (or, COMPLETED, without a performed series), an attribute N-SET may not change",
+    ),
+    StatusUse(0x0117, "Failure", "Invalid object instance", (N_CREATE,), "the SOP Instance UID is not a valid UID"),
+    StatusUse(0x0111, "Failure", "Duplicate SOP instance", (N_CREATE,), "a step with this SOP Instance UID exists"),
+    StatusUse(0x0112, "Failure", "No such SOP instance", (N_SET,), "an unknown step, or another facility's"),
+    StatusUse(
+        PROCESSING_FAILURE,
+        "Failure",
+        "Processing failure (Error ID 0xA710)",
+        (N_SET,),
+        "the step is COMPLETED or DISCONTINUED and may no longer be updated",
+    ),
+    StatusUse(
+        NOT_AUTHORIZED,
+        "Failure",
+        "Refused: Not authorized",
+        (N_CREATE, N_SET),
+        "the calling node is not a RemoteNode of the called facility with can_worklist",
+    ),
+    # Storage Commitment Push Model (PS3.4 J; archive.dicomnet.commitment).
+    StatusUse(
+        SUCCESS,
+        "Success",
+        "Success",
+        (N_ACTION,),
+        "the request is recorded; the N-EVENT-REPORT follows on this association or on a new one",
+    ),
+    StatusUse(NOT_AUTHORIZED, "Failure", "Refused: Not authorized", (N_ACTION,), "the node may not store"),
+    StatusUse(0x0115, "Failure", "Invalid argument value", (N_ACTION,), "a malformed Transaction UID or reference"),
+    StatusUse(0x0123, "Failure", "No such action", (N_ACTION,), "an Action Type ID other than 1"),
+    StatusUse(
+        0x0112, "Failure", "No such SOP instance", (N_ACTION,), "not the well-known instance 1.2.840.10008.1.20.1.1"
+    ),
+    StatusUse(0x0118, "Failure", "No such SOP Class", (N_ACTION,), "not the Storage Commitment Push Model SOP Class"),
+    StatusUse(
+        0x0210,
+        "Failure",
+        "Duplicate invocation",
+        (N_ACTION,),
+        "a Transaction UID already answered, or repeated with other references",
+    ),
+    StatusUse(0x0213, "Failure", "Resource limitation", (N_ACTION,), "more references than one request may hold"),
+    StatusUse(PROCESSING_FAILURE, "Failure", "Processing failure", (N_ACTION,), "an internal error"),
+    StatusUse(
+        SUCCESS,
+        "Success",
+        "Event Type 1: all committed; Event Type 2: some failed",
+        (N_EVENT_REPORT,),
+        "sent by the archive; committed means archived with a verified copy (and, with "
+        "PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM, a long-term copy) and visible to the node; Failure "
+        "Reason 0x0112 no such instance (or not visible), 0x0119 another SOP class, 0x0122 not a storage "
+        "class, 0x0110 no verified copy, a conflict held aside, or the long-term wait ran out",
+        "archive (as SCU)",
     ),
 )
 
