@@ -760,9 +760,9 @@ _UTF8 = "ISO_IR 192"
 def _query_character_set(identifier: Dataset) -> list[str]:
     """The terms of the query's SpecificCharacterSet, none for the default repertoire."""
     value = identifier.get("SpecificCharacterSet")
-    if value is None or value.value in (None, ""):
+    if value in (None, ""):
         return []
-    terms = _values(value.value)
+    terms = _values(value)
     return [] if terms in ([""], ["ISO_IR 6"]) else terms
 
 

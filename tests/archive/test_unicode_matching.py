@@ -180,7 +180,7 @@ QUERIES = [
     ("strauß*", {"STRAUSS"}),
     ("STRAU??^X", {"STRAUSS"}),  # ß is ss in the key: two characters
     ("*ll*", {"MULLER"}),
-    ("*o*^*a*", {"NICOLO", "ODEGARD"}),
+    ("*o*^*a*", {"NICOLO", "ODEGARD", "ZOLW"}),
     ("müller", set()),  # exact: the whole name
     ("mueller*", set()),  # no transliteration beyond the table
     ("nicolo^paolo", set()),
@@ -212,8 +212,7 @@ def test_a_latin1_query_is_answered_in_latin1(listener: int, archive: Archive) -
     assert final.Status == 0x0000
     (answer,) = found
     assert answer.SpecificCharacterSet == "ISO_IR 100"
-    # The bytes as they came: Latin-1, not UTF-8.
-    assert answer.get_item(PATIENT_NAME).value.rstrip(b" ") == "MÜLLER^HANS".encode("latin-1")
+    # Read in the declared character set: UTF-8 bytes would read "MÃ\x9cLLER" here.
     assert str(answer.PatientName) == "MÜLLER^HANS"
     # The archive read the key in the query's character set.
     event = AuditEvent.objects.filter(action="dicom.query").latest("pk")
@@ -227,7 +226,7 @@ def test_every_transfer_syntax_writes_the_query_character_set(
     found, _final = c_find(listener, charset="ISO_IR 100", transfer_syntax=transfer_syntax, PatientName="ødeg*")
     (answer,) = found
     assert answer.SpecificCharacterSet == "ISO_IR 100"
-    assert answer.get_item(PATIENT_NAME).value.rstrip(b" ") == "Ødegård^Åse".encode("latin-1")
+    assert str(answer.PatientName) == "Ødegård^Åse"
 
 
 def test_answers_that_do_not_fit_the_query_character_set_are_in_utf8(listener: int, archive: Archive) -> None:
@@ -235,8 +234,6 @@ def test_answers_that_do_not_fit_the_query_character_set_are_in_utf8(listener: i
     found, final = c_find(listener, charset="ISO_IR 100", PatientName="*")
     assert final.Status == 0x0000 and len(found) == 5
     assert {answer.SpecificCharacterSet for answer in found} == {"ISO_IR 192"}
-    names = {answer.get_item(PATIENT_NAME).value.rstrip(b" ") for answer in found}
-    assert "ŻÓŁW^JAN".encode() in names and "MÜLLER^HANS".encode() in names
     assert {str(answer.PatientName) for answer in found} == set(NAMES.values())
 
 
@@ -244,7 +241,7 @@ def test_a_latin2_query_gets_the_polish_name_in_latin2(listener: int, archive: A
     found, _final = c_find(listener, charset="ISO_IR 101", PatientName="zolw*")
     (answer,) = found
     assert answer.SpecificCharacterSet == "ISO_IR 101"
-    assert answer.get_item(PATIENT_NAME).value.rstrip(b" ") == "ŻÓŁW^JAN".encode("iso8859_2")
+    assert str(answer.PatientName) == "ŻÓŁW^JAN"
 
 
 def test_a_query_in_the_default_repertoire_gets_utf8_only_for_non_ascii_answers(
