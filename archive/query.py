@@ -8,7 +8,13 @@ in Python, so a query costs the same whatever the archive's size.
 
 Matching follows PS3.4 C.2.2.2:
 
-* single value: exact (PN case-insensitively, as C.2.2.2.1 allows);
+* single value: exact; Person Name (PN) keys ignore case and accents, as
+  C.2.2.2.1 allows (the archive's documented behaviour, ``docs/matching.md``):
+  ``nicolò^pàola``, ``NICOLO^PAOLA`` and ``Nicolò^Pàola`` find ``NICOLÒ^PÀOLA``.
+  The stored name's search key (``archive.person_names``: NFKD, accents dropped,
+  case-folded, ł/ø/æ/ß/đ/ı... by a table, ``^`` and ``=`` kept), written in an
+  indexed column beside the name, is compared with the value's key, the same on
+  SQLite and PostgreSQL; ``?`` is one character of the key (``ß`` is two);
 * ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...), matched by
   the database's LIKE (GLOB for case-sensitive keys on SQLite) with every other
   character literal: :class:`DicomMatch`. Repeated ``*`` are one; a value longer
@@ -20,6 +26,9 @@ Matching follows PS3.4 C.2.2.2:
 * universal matching: an empty value or ``*`` matches everything;
 * ModalitiesInStudy matches when any of the study's modalities matches (with
   wildcards, one of its series' modalities).
+
+C-FIND answers are written in the query's Specific Character Set when every
+answer fits in it (:data:`ANSWER_CHARACTER_SETS`), otherwise in UTF-8.
 
 Keys of a level below the query's (e.g. Modality in a STUDY query) match
 when some series or instance below matches, as QIDO-RS allows; they return
