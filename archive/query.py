@@ -744,10 +744,10 @@ def query_run(
 
 _CHARSET = 0x00080005
 
-# The character sets a C-FIND answer may be written in besides UTF-8 (ISO_IR 192)
-# and the default repertoire: those of one term without code extensions, and
-# Python's codec for each (pydicom's own table). A query in any other (ISO 2022
-# code extensions, several terms) is answered in UTF-8.
+# The character sets a C-FIND answer may be written in besides the default
+# repertoire, and Python's codec for each (pydicom's own table): UTF-8 and those
+# of one term without code extensions. A query in any other (ISO 2022 code
+# extensions, several terms) is answered in UTF-8.
 ANSWER_CHARACTER_SETS: dict[str, str] = {
     "ISO_IR 100": "latin_1",  # Latin alphabet No. 1
     "ISO_IR 101": "iso8859_2",  # Latin alphabet No. 2
