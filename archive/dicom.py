@@ -691,8 +691,9 @@ def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool
 _RAW_NUMBERS = {"US": "<H", "UL": "<L", "SS": "<h", "SL": "<l"}
 
 
-def raw_element(tag: int, vr: str, value: Any, *, implicit: bool) -> RawDataElement:
-    """An element already encoded in little endian, text in UTF-8 (ISO_IR 192).
+def raw_element(tag: int, vr: str, value: Any, *, implicit: bool, encoding: str = "utf-8") -> RawDataElement:
+    """An element already encoded in little endian, text in UTF-8 (ISO_IR 192) or
+    in ``encoding`` (a Python codec: the data set's SpecificCharacterSet's).
 
     For answers written a thousand times a second (C-FIND): pydicom writes a
     raw element's bytes as they are when the data set's original encoding
@@ -706,7 +707,7 @@ def raw_element(tag: int, vr: str, value: Any, *, implicit: bool) -> RawDataElem
         if fmt is not None:
             data = b"".join(struct.pack(fmt, int(v)) for v in values)
         else:
-            data = "\\".join(str(v) for v in values).encode("utf-8")
+            data = "\\".join(str(v) for v in values).encode(encoding)
             if len(data) % 2:
                 data += b"\0" if vr == "UI" else b" "
     return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, True)

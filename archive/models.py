@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from archive.dicomnet import peers
+from archive.person_names import SEARCH_KEY_MAX_LENGTH, pn_search_key
 from kernel.alerts import Alert
 from kernel.codice_fiscale import validate_codice_fiscale
 
@@ -179,6 +180,8 @@ class Patient(models.Model):
         _("provvisorio"), default=False, db_index=True, help_text=_("Da riconciliare con l'anagrafe regionale.")
     )
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+    # FAMILY^GIVEN as the worklist matches it (archive.person_names): written by save().
+    name_search = models.CharField(max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True)
 
     class Meta:
         verbose_name = _("paziente")
@@ -197,6 +200,28 @@ class Patient(models.Model):
     def clean(self) -> None:
         if not self.provisional and not self.codice_fiscale:
             raise ValidationError({"codice_fiscale": _("Un paziente non provvisorio ha un codice fiscale.")})
+
+    def search_names_fill(self) -> None:
+        """Write the name's search key (archive.person_names) from the name."""
+        self.name_search = pn_search_key(f"{self.family_name}^{self.given_name}")
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A derived column must never lag its source: every writer of the name (ingest,
+        # the CUP's forms, the admin, reconciliation, the demo) saves through here.
+        # bulk_create and update() do not: their callers call search_names_fill.
+        self.search_names_fill()
+        _with_search_fields(kwargs, {"family_name": "name_search", "given_name": "name_search"})
+        super().save(*args, **kwargs)
+
+
+def _with_search_fields(kwargs: dict[str, Any], derived: dict[str, str]) -> None:
+    """Add to a save()'s update_fields the search columns of the name fields it names."""
+    fields = kwargs.get("update_fields")
+    if fields is None:
+        return
+    fields = list(fields)
+    fields += [derived[f] for f in list(fields) if f in derived and derived[f] not in fields]
+    kwargs["update_fields"] = list(dict.fromkeys(fields))
 
 
 class PatientIdentifier(models.Model):
@@ -256,6 +281,12 @@ class Study(models.Model):
         choices=[("U", _("urgente")), ("B", _("breve")), ("D", _("differita")), ("P", _("programmata"))],
     )
     referring_physician_name = models.CharField("ReferringPhysicianName", max_length=256, blank=True)
+    # The names' search keys (archive.person_names: no case, no accents), which PN
+    # keys of C-FIND and QIDO-RS match: written by save() from the names.
+    patient_name_search = models.CharField(max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True)
+    referring_physician_name_search = models.CharField(
+        max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True
+    )
     modalities_in_study = models.CharField("ModalitiesInStudy", max_length=64, blank=True, db_index=True)
     number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
     number_of_instances = models.PositiveIntegerField("NumberOfStudyRelatedInstances", default=0)
@@ -279,6 +310,23 @@ class Study(models.Model):
 
     def modality_list(self) -> list[str]:
         return [m for m in self.modalities_in_study.split("\\") if m]
+
+    def search_names_fill(self) -> None:
+        """Write the names' search keys (archive.person_names) from the names."""
+        self.patient_name_search = pn_search_key(self.patient_name)
+        self.referring_physician_name_search = pn_search_key(self.referring_physician_name)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # As Patient.save: the search keys follow the names on every save.
+        self.search_names_fill()
+        _with_search_fields(
+            kwargs,
+            {
+                "patient_name": "patient_name_search",
+                "referring_physician_name": "referring_physician_name_search",
+            },
+        )
+        super().save(*args, **kwargs)
 
     def performed_on(self) -> dt.date:
         """The day the exam was performed, as every page, report and zip shows it: the

@@ -5,7 +5,8 @@ Modality Worklist C-FIND; ``booking/apps.py`` registers it. Matching follows
 PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 ``archive.query`` applies to the archive's own queries:
 
-* single value (person names case-insensitively), ``*`` and ``?`` wildcards
+* single value (person names without case nor accents, as ``archive.person_names``
+  folds them: ``rossi^mario`` and ``NICOLO^PAOLA`` find ``NICOLÒ^PÀOLA``), ``*`` and ``?`` wildcards
   (matched by LIKE, bounded in number and length: a value over its VR's length
   or with more than PACS_QUERY_MAX_WILDCARDS wildcards is refused with 0xA900),
   lists of values, universal matching with an empty value or ``*``;
@@ -31,8 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, F, Q, QuerySet, Value, When
-from django.db.models.functions import Concat
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -80,7 +80,8 @@ _SPS = "ScheduledProcedureStepSequence"
 # Matching keys: keyword -> (how it matches, the Booking field or annotation).
 _TOP_KEYS = {
     "PatientID": Attr("PatientID", "", "patient__codice_fiscale", TEXT),
-    "PatientName": Attr("PatientName", "", "wl_patient_name", PN),
+    # Matched on the patient's FAMILY^GIVEN search key (archive.person_names).
+    "PatientName": Attr("PatientName", "", "patient__name_search", PN, search="patient__name_search"),
     "AccessionNumber": Attr("AccessionNumber", "", "accession_number", TEXT),
     "StudyInstanceUID": Attr("StudyInstanceUID", "", "study_instance_uid", UID),
 }
@@ -104,16 +105,8 @@ _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT
 def worklist_bookings(*, facility: Facility, conditions: Q | None = None) -> QuerySet[Booking]:
     """The bookings the facility's worklist holds (still to be performed), in
     scheduled order, narrowed by ``conditions`` on :data:`_TOP_KEYS`/:data:`_SPS_KEYS` fields."""
-    qs = (
-        Booking.objects.filter(facility=facility, status__in=WORKLIST_STATUSES)
-        .annotate(
-            # The patient's name as DICOM writes it, so that a PN key matches it whole.
-            wl_patient_name=Case(
-                When(patient__given_name="", then=F("patient__family_name")),
-                default=Concat(F("patient__family_name"), Value("^"), F("patient__given_name")),
-            )
-        )
-        .select_related("patient", "procedure", "station")
+    qs = Booking.objects.filter(facility=facility, status__in=WORKLIST_STATUSES).select_related(
+        "patient", "procedure", "station"
     )
     if conditions is not None:
         qs = qs.filter(conditions)
