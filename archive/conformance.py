@@ -109,6 +109,7 @@ def statement() -> str:
     """The whole statement, as Markdown."""
     from pydicom.charset import python_encoding
 
+    from archive import query
     from archive.dicomnet import conformance as net
     from archive.dicomnet import statuses as st
     from archive.dicomweb import capabilities as web
@@ -399,8 +400,17 @@ def statement() -> str:
         "Received objects keep their Specific Character Set; the index decodes these terms (single values "
         "and ISO 2022 code extensions): " + ", ".join(f"`{t}`" for t in terms if t) + ".",
         "",
-        "C-FIND and QIDO-RS answers are encoded in UTF-8 (`ISO_IR 192`); Modality Worklist answers add "
-        "`ISO_IR 192` when a value is not ASCII.",
+        "A C-FIND answer is written in the character set the query declared when it is one of "
+        + ", ".join(f"`{t}`" for t in query.ANSWER_CHARACTER_SETS)
+        + " and every answer's text can be encoded in it; otherwise in UTF-8 (`ISO_IR 192`) when a value is "
+        "not ASCII. QIDO-RS answers are UTF-8 JSON. Modality Worklist answers add `ISO_IR 192` when a value "
+        "is not ASCII.",
+        "",
+        "Person names (PN: Patient's Name, Referring Physician's Name, and the worklist's Patient's Name) "
+        "match without regard to case or accents, as PS3.4 C.2.2.2.1 allows: the query key and the "
+        "archived name are compared through the same search key (Unicode NFKD without combining marks, "
+        "case-folded, with a table for letters that do not decompose: ł, ø, æ, œ, đ, ð, þ, ı...), with the "
+        "wildcards `*` and `?`; see `docs/matching.md`.",
         "",
     ]
 
