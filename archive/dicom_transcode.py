@@ -327,41 +327,50 @@ def _first_line(exc: Exception) -> str:
     return " ".join(text.split("\n")[:3])[:300]
 
 
-def _gdcm_decode(ds: Dataset, cause: Exception) -> None:
-    try:
-        import gdcm
-    except ImportError:
-        raise TranscodeError(f"cannot decode the JPEG Extended pixel data: {_first_line(cause)}") from cause
+def jpeg_extended_frame_decode(ds: Dataset, frame: bytes) -> bytes:
+    """One frame of JPEG Extended (12-bit) decoded by GDCM itself, as raw little-endian
+    samples: pydicom's GDCM plugin declines it, yet GDCM decodes it (checked against DCMTK's
+    dcmdjpeg, identical values). ImportError without GDCM; ValueError when the frame does
+    not decode to its geometry. The rendering pipeline reads its frames through this too."""
+    import gdcm
+
     rows, columns = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     bits_allocated = int(ds.BitsAllocated)
     bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
     signed = int(ds.get("PixelRepresentation", 0) or 0)
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(frame)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((columns, rows, 1))
+    image.SetDataElement(element)
+    pi = gdcm.PhotometricInterpretation.GetPIType(str(ds.get("PhotometricInterpretation", "MONOCHROME2")))
+    image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(pi))
+    if samples > 1:
+        image.SetPlanarConfiguration(int(ds.get("PlanarConfiguration", 0) or 0))
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
+    image.SetPixelFormat(gdcm.PixelFormat(samples, bits_allocated, bits_stored, bits_stored - 1, signed))
+    data = image.GetBuffer().encode("utf-8", "surrogateescape")  # GDCM returns char* as str
     expected = rows * columns * samples * (bits_allocated // 8)
-    decoded = []
-    for frame in encapsulated_frames(ds):
-        fragment = gdcm.Fragment()
-        fragment.SetByteStringValue(frame)
-        fragments = gdcm.SequenceOfFragments.New()
-        fragments.AddFragment(fragment)
-        element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-        element.SetValue(fragments.__ref__())
-        image = gdcm.Image()
-        image.SetNumberOfDimensions(2)
-        image.SetDimensions((columns, rows, 1))
-        image.SetDataElement(element)
-        pi = gdcm.PhotometricInterpretation.GetPIType(str(ds.get("PhotometricInterpretation", "MONOCHROME2")))
-        image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(pi))
-        if samples > 1:
-            image.SetPlanarConfiguration(int(ds.get("PlanarConfiguration", 0) or 0))
-        image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
-        image.SetPixelFormat(gdcm.PixelFormat(samples, bits_allocated, bits_stored, bits_stored - 1, signed))
-        data = image.GetBuffer().encode("utf-8", "surrogateescape")
-        if len(data) != expected:
-            raise TranscodeError(
-                f"cannot decode the JPEG Extended pixel data: a frame decodes to {len(data)} bytes, not {expected}"
-            )
-        decoded.append(data)
+    if len(data) != expected:
+        raise ValueError(f"a frame decodes to {len(data)} bytes, not {expected}")
+    return data
+
+
+def _gdcm_decode(ds: Dataset, cause: Exception) -> None:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits_allocated = int(ds.BitsAllocated)
+    try:
+        decoded = [jpeg_extended_frame_decode(ds, frame) for frame in encapsulated_frames(ds)]
+    except ImportError:
+        raise TranscodeError(f"cannot decode the JPEG Extended pixel data: {_first_line(cause)}") from cause
+    except ValueError as exc:
+        raise TranscodeError(f"cannot decode the JPEG Extended pixel data: {exc}") from exc
     pixel_data = b"".join(decoded)
     ds.PixelData = pixel_data + (b"\x00" if len(pixel_data) % 2 else b"")
     ds["PixelData"].VR = "OW" if bits_allocated > 8 else "OB"
