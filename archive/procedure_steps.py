@@ -344,11 +344,45 @@ def _performed_series(ds: Dataset) -> list[dict[str, Any]]:
     return answer
 
 
+# PS3.16 CID 9300 "Procedure Discontinuation Reasons" (DCM), in the words of the CUP desk:
+# the reason is kept as the desk reads it, with its code; a code not listed keeps the
+# modality's own Code Meaning.
+DISCONTINUATION_REASONS_IT = {
+    "110500": "annullato dal medico",
+    "110501": "guasto dell'apparecchiatura",
+    "110502": "prestazione richiesta errata",
+    "110503": "allergia al mezzo di contrasto",
+    "110504": "decesso del paziente",
+    "110505": "il paziente ha rifiutato di proseguire",
+    "110506": "paziente trasferito per terapia o intervento",
+    "110507": "il paziente non si è presentato",
+    "110508": "paziente in gravidanza",
+    "110509": "cambio di prestazione per la corretta tariffazione",
+    "110510": "richiesta duplicata",
+    "110511": "annullato dal reparto",
+    "110512": "lato richiesto errato",
+    "110513": "interrotto per motivo non specificato",
+    "110514": "voce della worklist scelta per errore",
+    "110515": "le condizioni del paziente non hanno permesso di proseguire",
+    "110516": "cambio di apparecchiatura",
+    "110521": "oggetti formattati in modo errato",
+    "110522": "tipi di oggetto non supportati",
+    "110523": "insieme di oggetti incompleto",
+    "110524": "guasto del supporto",
+    "110526": "risorsa assegnata ad altro",
+    "110527": "risorsa inadeguata",
+    "110528": "passo interrotto e riprogrammato",
+    "110529": "passo interrotto, riprogrammazione consigliata",
+}
+
+
 def _discontinuation_reason(ds: Dataset) -> str:
     items = ds.get("PerformedProcedureStepDiscontinuationReasonCodeSequence") or []
     reasons = []
     for item in items:
         meaning, code = _text(item, "CodeMeaning", 64), _text(item, "CodeValue", 16)
+        if code and _text(item, "CodingSchemeDesignator", 16) == "DCM":
+            meaning = DISCONTINUATION_REASONS_IT.get(code, meaning)
         reasons.append(f"{meaning} ({code})" if meaning and code else meaning or code)
     return "; ".join(r for r in reasons if r)[:200]
 

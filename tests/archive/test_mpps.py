@@ -74,7 +74,7 @@ def test_discontinued_keeps_its_reason(listener: int, mario: Patient) -> None:
         assert n_set(assoc, discontinued_attributes(), uid).Status == 0x0000
     step = PerformedProcedureStep.objects.get(sop_instance_uid=uid)
     assert step.status == "DISCONTINUED" and step.performed_series == []
-    assert step.discontinuation_reason == "Incorrect worklist entry selected (110514)"
+    assert step.discontinuation_reason == "voce della worklist scelta per errore (110514)"  # CID 9300, in Italian
     assert audits()[-1].detail["discontinuation_reason"] == step.discontinuation_reason
 
 

@@ -131,7 +131,7 @@ def test_discontinued_with_a_reason_reaches_the_booking_and_the_cup(
         _status, uid = n_create(assoc, step_from(item))
         assert (
             n_set(
-                assoc, discontinued_attributes(meaning="Patient refused to continue procedure", code="110500"), uid
+                assoc, discontinued_attributes(meaning="Patient refused to continue procedure", code="110505"), uid
             ).Status
             == 0
         )
@@ -142,15 +142,15 @@ def test_discontinued_with_a_reason_reaches_the_booking_and_the_cup(
     assert booking.status == Booking.Status.ARRIVED
     last = BookingStatusChange.objects.filter(booking=booking).order_by("-at", "-id").first()
     assert last is not None and last.system == steps.MPPS_SYSTEM
-    assert "Patient refused to continue procedure (110500)" in last.note
+    assert "il paziente ha rifiutato di proseguire (110505)" in last.note
     client = cup_client(cup)
     html = client.get(reverse("booking:booking_detail", args=[booking.accession_number])).content.decode()
-    assert "interrotto sulla diagnostica CT01" in html and "Patient refused to continue procedure (110500)" in html
+    assert "interrotto sulla diagnostica CT01" in html and "il paziente ha rifiutato di proseguire (110505)" in html
     home = client.get(
         reverse("booking:home"),
         {"facility": cup.region.facility.pk, "day": booking.scheduled_at.astimezone().date().isoformat()},
     ).content.decode()
-    assert booking.accession_number in home and "Patient refused to continue procedure" in home
+    assert booking.accession_number in home and "il paziente ha rifiutato di proseguire" in home
     # The worklist offers it again, as accepted.
     assert worklist_item(listener, booking).ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == (
         "ARRIVED"
@@ -200,7 +200,7 @@ def test_the_radiologists_work_list_shows_the_step(
     client = Client()
     client.force_login(reporting.radiologist)  # type: ignore[arg-type]
     html = client.get(reverse("reporting:worklist")).content.decode()
-    assert "interrotto" in html and "Equipment failure (110501)" in html
+    assert "interrotto" in html and "guasto dell&#x27;apparecchiatura (110501)" in html  # escaped by the template
     assert Study.objects.count() == 1
 
 
