@@ -26,6 +26,9 @@ The rule, per principal:
   citizen already checked) sees everything.
 * **Nobody**: anonymous; sees nothing.
 
+A study whose every instance a rejection note withdrew (IOCM,
+:mod:`archive.rejection`) does not exist for any principal but the system.
+
 A concealed or out-of-scope study does not exist for the principal: it is
 absent from lists and counts, and opening it answers as for a study that is
 not in the archive (404, "no such study"), never "hidden".
@@ -53,7 +56,7 @@ from django.utils.translation import gettext_lazy as _
 
 from kernel.errors import NotFound
 
-from .models import Facility, Patient, RemoteNode, Report, StaffProfile, Study
+from .models import Facility, Instance, Patient, RemoteNode, Report, StaffProfile, Study
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -259,17 +262,29 @@ def _ref(path: str) -> str:
     return path[:-2] if path else "pk"
 
 
-def visible_q(principal: Principal, path: str = "") -> Q:
+def withdrawn_q(path: str = "") -> Q:
+    """True for a study whose every instance a rejection note withdrew (IOCM,
+    archive.rejection): it disappears with its images, for every principal but the
+    system. A study with no instance yet (none withdrawn) is not one."""
+    withdrawn = Instance.all_objects.filter(series__study=OuterRef(_ref(path)), withdrawn_at__isnull=False)
+    return Q(**{f"{path}number_of_instances": 0}) & Q(Exists(withdrawn))
+
+
+def visible_q(principal: Principal, path: str = "", *, include_withdrawn: bool = False) -> Q:
     """The condition on a queryset whose model reaches ``Study`` through ``path``
     (``""`` for Study, ``"study__"`` for Series or Report, ``"series__study__"``
-    for Instance) that keeps only the studies ``principal`` may see."""
+    for Instance) that keeps only the studies ``principal`` may see.
+
+    ``include_withdrawn``: keep the studies rejection notes emptied (the notes'
+    own admin pages, which show what was withdrawn)."""
     if principal.sees_nothing or principal.kind is Kind.NOBODY:
         return Q(**{f"{path}pk__in": []})
     if principal.kind is Kind.SYSTEM:
         return Q()
     if principal.kind is Kind.CITIZEN:
-        return Q(**{f"{path}patient_id__in": sorted(principal.patient_ids)})
-    q = Q()
+        q = Q(**{f"{path}patient_id__in": sorted(principal.patient_ids)})
+        return q if include_withdrawn else q & ~withdrawn_q(path)
+    q = Q() if include_withdrawn else ~withdrawn_q(path)
     if principal.facility_id is not None:
         q &= Q(**{f"{path}facility_id": principal.facility_id})
     if principal.authority_id is not None:
@@ -387,6 +402,7 @@ class Verdict(enum.Enum):
     NO_PERMISSION = "permission"  # staff without archive.view_study, anonymous, an unknown AE
     OUT_OF_SCOPE = "authority"  # another health authority or facility, or another citizen's
     CONCEALED = "concealed"  # the patient hid it (never said to the principal)
+    WITHDRAWN = "withdrawn"  # every instance withdrawn by a rejection note (archive.rejection)
 
 
 def study_verdict(principal: Principal, study: Study) -> Verdict:
@@ -396,6 +412,8 @@ def study_verdict(principal: Principal, study: Study) -> Verdict:
         return Verdict.VISIBLE
     if principal.sees_nothing or principal.kind is Kind.NOBODY:
         return Verdict.NO_PERMISSION
+    if study.number_of_instances == 0 and Study.objects.filter(withdrawn_q(), pk=study.pk).exists():
+        return Verdict.WITHDRAWN
     if principal.kind is Kind.CITIZEN:
         return Verdict.VISIBLE if study.patient_id in principal.patient_ids else Verdict.OUT_OF_SCOPE
     if principal.facility_id is not None and study.facility_id != principal.facility_id:

@@ -48,7 +48,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from pydicom.uid import UID
 
-from archive import ingest
+from archive import ingest, rejection
 from archive.dicomnet.forms import RemoteNodeForm
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
@@ -67,6 +67,10 @@ from .models import (
     InstanceConflict,
     Patient,
     PatientIdentifier,
+    PerformedProcedureStep,
+    Rejection,
+    RejectionNote,
+    RejectionNotice,
     RemoteNode,
     Report,
     ReportTemplate,
@@ -1512,3 +1516,118 @@ if _user_admin is not None and StaffProfileInline not in _user_admin.inlines:
 
 # The storage pages (archive.storage.admin) and the API tokens' page (archive.tokens_admin)
 # register themselves; ArchiveConfig.ready imports them, after this module.
+
+
+# --- IOCM: rejection notes and what they leave to do (archive.rejection) ---------------
+
+
+class RejectionInline(ReadOnlyInline):
+    model = Rejection
+    fields = ("sop_instance_uid", "series_instance_uid", "state_label", "rejected_at", "purged_at")
+    readonly_fields = fields
+    show_change_link = False
+
+    @admin.display(description=_("stato"))
+    def state_label(self, obj: Rejection) -> str:
+        return obj.state
+
+
+class _WithdrawnStudiesToo(VisibleRowsMixin):
+    """The notes' pages show studies a rejection emptied (hidden everywhere else), still
+    only within the user's scope and never a concealed one."""
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.visible_q(principal, "study__", include_withdrawn=True)
+
+
+@admin.register(RejectionNote)
+class RejectionNoteAdmin(AuditedAdminMixin, _WithdrawnStudiesToo, ReadOnlyAdmin):
+    """The rejection notes received (IOCM): reason, sender, what they withdrew and what waits to arrive."""
+
+    patient_path = "study__patient_id"
+    list_display = ("received_at", "meaning", "code", "facility", "calling_ae", "withdrawn", "pending", "study")
+    list_filter = ("code", "facility", "received_at")
+    search_fields = ("=sop_instance_uid", "=study__study_instance_uid", "=rejections__sop_instance_uid")
+    search_help_text = _("SOPInstanceUID della nota o di un'istanza rifiutata, o StudyInstanceUID.")
+    list_select_related = ("facility", "study")
+    inlines = [RejectionInline]
+
+    def audit_subject(self, obj: RejectionNote) -> dict[str, Any]:
+        return {"study": obj.study, "patient": obj.study.patient}
+
+
+@admin.register(RejectionNotice)
+class RejectionNoticeAdmin(AuditedAdminMixin, _WithdrawnStudiesToo, ReadOnlyAdmin):
+    """What a rejection note leaves to the CUP and the archivist: a study already
+    preserved or published. "Da gestire" until someone marks it handled."""
+
+    patient_path = "study__patient_id"
+    list_display = ("created_at", "state", "kind", "study", "note", "detail", "handled_by", "handled_at")
+    list_filter = ("state", "kind")
+    list_select_related = ("study", "note", "handled_by")
+    actions = ["mark_handled"]
+
+    def audit_subject(self, obj: RejectionNotice) -> dict[str, Any]:
+        return {"study": obj.study, "patient": obj.study.patient}
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Only through the action (audited); the row's page stays read-only.
+        return obj is None and request.user.has_perm("archive.change_rejectionnotice")
+
+    @admin.action(description=_("Segna come gestiti"))
+    def mark_handled(self, request: HttpRequest, queryset: QuerySet[RejectionNotice]) -> None:
+        done = sum(
+            1
+            for pk in queryset.values_list("pk", flat=True)
+            if rejection.notice_handle(notice_pk=pk, user=request.user, source=client_ip(request))
+        )
+        self.message_user(request, ngettext("%(n)d avviso gestito.", "%(n)d avvisi gestiti.", done) % {"n": done})
+
+
+# --- Modality Performed Procedure Steps ----------------------------------------------
+
+
+@admin.register(PerformedProcedureStep)
+class PerformedProcedureStepAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    """The steps the modalities reported (MPPS): only the listener writes them. A step
+    is seen by who may see its facility, unless its study is one the user may not see."""
+
+    patient_path = "patient_id"
+    list_display = ("accession_number", "status", "station_ae_title", "started_at", "ended_at", "facility", "patient")
+    list_filter = ("status", "facility")
+    search_fields = ("=accession_number", "=sop_instance_uid", "=study_instance_uid", "=dicom_patient_id")
+    list_select_related = ("facility", "patient")
+    ordering = ("-created_at", "-id")
+    fields = (
+        "sop_instance_uid",
+        "status",
+        "facility",
+        "calling_ae",
+        "patient",
+        "patient_name",
+        "dicom_patient_id",
+        "accession_number",
+        "scheduled_step_id",
+        "scheduled_steps",
+        "study_instance_uid",
+        "step_id",
+        "station_ae_title",
+        "station_name",
+        "modality",
+        "description",
+        "started_at",
+        "ended_at",
+        "discontinuation_reason",
+        "comments",
+        "performed_series",
+        "dose",
+        "attributes",
+        "created_at",
+        "updated_at",
+    )
+
+    def visible_q(self, principal: access.Principal) -> Q:
+        return access.facility_visible_q(principal) & access.uid_visible_q(principal)
+
+    def audit_subject(self, obj: Any) -> dict[str, Any]:
+        return {"patient": obj.patient, "study_instance_uid": obj.study_instance_uid}

@@ -5,7 +5,9 @@ which refuses what the archive must not store: a file whose elements run past
 its end (truncated), one without the identifying UIDs, a UID that is not a UID
 (a ``../`` in it would otherwise reach a path), a SOP class that is not a
 storage class, a dataset whose SOP class or instance disagrees with its file
-meta (or with the C-STORE request that carried it).
+meta (or with the C-STORE request that carried it), pixel data too short for
+the image's geometry (native) or with fewer fragments than frames
+(encapsulated).
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 # PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
+# Float Pixel Data, Double Float Pixel Data, Pixel Data (PS3.3 C.7.6.3), with the
+# bits per sample the first two always have.
+_PIXEL_TAGS = {
+    0x7FE00008: ("Float Pixel Data", 32),
+    0x7FE00009: ("Double Float Pixel Data", 64),
+    0x7FE00010: ("Pixel Data", 0),
+}
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
@@ -238,6 +247,10 @@ _WANTED_KEYWORDS = [
     "SeriesNumber",
     *(kw for _, kw, _ in PATIENT_FIELDS + STUDY_FIELDS + SERIES_FIELDS),
     *(kw for _, kw in INSTANCE_INT_FIELDS),
+    # The pixel data's geometry (check_pixel_data).
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "PhotometricInterpretation",
 ]
 _WANTED = frozenset(int(Tag(kw)) for kw in _WANTED_KEYWORDS)
 _META_WANTED = frozenset(
@@ -277,7 +290,8 @@ def read_part10(
     meta = _decode(meta_raw)
     ts = _uid(meta, "TransferSyntaxUID", where="file meta information")
     collected: dict[int, RawDataElement] = {}
-    check_complete(buf, body_offset, ts, collect=collected)
+    pixels: dict[int, PixelElement] = {}
+    check_complete(buf, body_offset, ts, collect=collected, pixels=pixels)
     if not collected and _is_empty_body(buf, body_offset, ts):
         raise DicomRejected("the data set is empty")
     try:
@@ -293,6 +307,21 @@ def read_part10(
 
     meta_class = str(meta.get("MediaStorageSOPClassUID") or "")
     meta_instance = str(meta.get("MediaStorageSOPInstanceUID") or "")
+    # The C-STORE request's UIDs first: over DIMSE the file meta is written from them.
+    # A data set that is not the instance the request announced does not match it
+    # (0xA900, as DCMTK's storescp answers for either UID).
+    if expected_sop_class_uid is not None and expected_sop_class_uid != sop_class:
+        raise DicomRejected(
+            f"SOP Class mismatch: the data set is {_uid_name(sop_class)}, the request "
+            f"{_uid_name(expected_sop_class_uid)} ({sop_class}, {expected_sop_class_uid})",
+            code="sop_class_mismatch",
+        )
+    if expected_sop_instance_uid is not None and expected_sop_instance_uid != sop_instance:
+        raise DicomRejected(
+            f"SOP Instance mismatch: the data set's SOPInstanceUID {sop_instance} differs from "
+            f"the request's {expected_sop_instance_uid}",
+            code="sop_class_mismatch",
+        )
     if meta_class and meta_class != sop_class:
         raise DicomRejected(
             f"SOPClassUID {sop_class} differs from the file meta's MediaStorageSOPClassUID {meta_class}",
@@ -300,20 +329,13 @@ def read_part10(
         )
     if meta_instance and meta_instance != sop_instance:
         raise DicomRejected(
-            f"SOPInstanceUID {sop_instance} differs from the file meta's MediaStorageSOPInstanceUID {meta_instance}"
-        )
-    if expected_sop_class_uid is not None and expected_sop_class_uid != sop_class:
-        raise DicomRejected(
-            f"the data set's SOPClassUID {sop_class} differs from the request's {expected_sop_class_uid}",
+            f"SOPInstanceUID {sop_instance} differs from the file meta's MediaStorageSOPInstanceUID {meta_instance}",
             code="sop_class_mismatch",
-        )
-    if expected_sop_instance_uid is not None and expected_sop_instance_uid != sop_instance:
-        raise DicomRejected(
-            f"the data set's SOPInstanceUID {sop_instance} differs from the request's {expected_sop_instance_uid}"
         )
     if not is_storage_sop_class(sop_class):
         name = UID(sop_class).name
         raise DicomRejected(f"SOP class {sop_class} ({name}) is not a storage SOP class", code="not_storage")
+    check_pixel_data(ds, pixels, ts)
 
     try:
         patient: dict[str, Any] = {name: _text(ds, kw, n) for name, kw, n in PATIENT_FIELDS}
@@ -336,6 +358,134 @@ def read_part10(
         series=series,
         instance=instance,
     )
+
+
+def _uid_name(uid: str) -> str:
+    """A UID's name when pydicom knows it (``CT Image Storage``), else the UID."""
+    name = UID(uid).name
+    return name if name and name != uid else uid
+
+
+def check_store_context(*, abstract_syntax: str, affected_sop_class_uid: str) -> None:
+    """Refuse a C-STORE whose Affected SOP Class is not its presentation context's.
+
+    PS3.7 9.3.1.1 / PS3.8 7.1.1.13: a request is sent on a presentation context
+    negotiated for its SOP class; pynetdicom picks the service from the
+    command alone, so a CT data set sent on the MR context would otherwise be
+    stored. The data set's own SOP Class UID is checked against the request
+    by :func:`read_part10`.
+
+    Raises
+    ------
+    DicomRejected
+        ``sop_class_mismatch`` (0xA900, Data Set does not match SOP Class).
+    """
+    if str(abstract_syntax) != str(affected_sop_class_uid):
+        raise DicomRejected(
+            # The names first: a DIMSE Error Comment keeps 64 characters.
+            f"{_uid_name(str(affected_sop_class_uid))} sent on the {_uid_name(str(abstract_syntax))} "
+            f"context ({affected_sop_class_uid} on a presentation context for {abstract_syntax})",
+            code="sop_class_mismatch",
+        )
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """A top-level pixel data element as the walk found it: the value's length
+    (native), or each item's length (encapsulated: the Basic Offset Table first)
+    and the offset table's bytes."""
+
+    length: int | None = None
+    items: tuple[int, ...] | None = None
+    offset_table: bytes = b""
+
+
+def _frames(values: dict[str, Any]) -> int:
+    frames = _int(values, "NumberOfFrames")
+    return frames if frames is not None and frames > 0 else 1  # absent (or 0, as some writers put): one
+
+
+def check_pixel_data(values: dict[str, Any], pixels: dict[int, PixelElement], transfer_syntax: str) -> None:
+    """Refuse pixel data that cannot hold the image it describes.
+
+    Native (PS3.5 8.1.1, 8.2): at least Rows x Columns x Samples per Pixel x
+    Number of Frames samples of Bits Allocated bits (bit-packed for 1 bit,
+    two samples per pixel for YBR_FULL_422, PS3.3 C.7.6.3.1.2); a longer value
+    is accepted (padding). Encapsulated (PS3.5 A.4): at least one fragment
+    per frame after the Basic Offset Table, and that table, when not empty,
+    one offset per frame, the first 0, each at the start of a fragment.
+    Float and Double Float Pixel Data have 32 and 64 bits per sample.
+
+    Raises
+    ------
+    DicomRejected
+        ``invalid`` (0xC000, cannot understand), saying what is missing.
+    """
+    if not pixels:
+        return
+    encapsulated = UID(transfer_syntax).is_encapsulated
+    for tag, element in pixels.items():
+        name, fixed_bits = _PIXEL_TAGS[tag]
+        rows, columns = _int(values, "Rows"), _int(values, "Columns")
+        bits = fixed_bits or _int(values, "BitsAllocated")
+        if not rows or not columns or not bits:
+            raise DicomRejected(f"{name} without Rows, Columns or Bits Allocated: its geometry is unknown")
+        frames = _frames(values)
+        if element.items is not None:
+            if not encapsulated or tag != 0x7FE00010:
+                raise DicomRejected(f"{name} of undefined length in the native transfer syntax {transfer_syntax}")
+            _check_fragments(element, frames)
+            continue
+        if encapsulated and tag == 0x7FE00010:
+            raise DicomRejected(f"Pixel Data of defined length in the encapsulated transfer syntax {transfer_syntax}")
+        samples = _int(values, "SamplesPerPixel") or 1
+        photometric = str(values.get("PhotometricInterpretation") or "").strip()
+        count = rows * columns * frames * samples
+        if photometric == "YBR_FULL_422" and samples == 3:
+            count = count // 3 * 2
+        needed = (count + 7) // 8 if bits == 1 else count * ((bits + 7) // 8)
+        assert element.length is not None
+        if element.length < needed:
+            plural = "s" if frames > 1 else ""
+            raise DicomRejected(
+                f"{name} too short: {element.length} of {needed} bytes "
+                f"({rows}x{columns}x{samples}, {bits}-bit, {frames} frame{plural})"
+            )
+
+
+def _check_fragments(element: PixelElement, frames: int) -> None:
+    assert element.items is not None
+    if not element.items:
+        raise DicomRejected("encapsulated Pixel Data without its Basic Offset Table item")
+    fragments = element.items[1:]  # the first item is the Basic Offset Table (PS3.5 A.4), empty or not
+    if len(fragments) < frames:
+        raise DicomRejected(
+            f"encapsulated Pixel Data has {len(fragments)} fragment(s) for {frames} frame(s): "
+            "each frame needs at least one"
+        )
+    table = element.offset_table
+    if not table:
+        return
+    if len(table) != 4 * frames:
+        raise DicomRejected(
+            f"the Basic Offset Table of the Pixel Data has {len(table) // 4} offset(s) for {frames} frame(s)"
+        )
+    offsets = struct.unpack(f"<{frames}L", table)  # encapsulated data is always little endian
+    starts = set()
+    at = 0
+    for length in fragments:
+        starts.add(at)
+        at += 8 + length
+    previous = -1
+    for offset in offsets:
+        if offset <= previous or offset not in starts:
+            raise DicomRejected(
+                f"the Basic Offset Table of the Pixel Data is wrong: offset {offset} is not the start of a "
+                "fragment after the previous frame's"
+            )
+        previous = offset
+    if offsets[0] != 0:
+        raise DicomRejected("the Basic Offset Table of the Pixel Data is wrong: the first offset is not 0")
 
 
 def _is_empty_body(buf: Buffer, offset: int, transfer_syntax: str) -> bool:
@@ -378,14 +528,20 @@ def _body_offset(buf: Buffer, collect: dict[int, RawDataElement] | None = None) 
 
 
 def check_complete(
-    buf: Buffer, offset: int, transfer_syntax: str, *, collect: dict[int, RawDataElement] | None = None
+    buf: Buffer,
+    offset: int,
+    transfer_syntax: str,
+    *,
+    collect: dict[int, RawDataElement] | None = None,
+    pixels: dict[int, PixelElement] | None = None,
 ) -> None:
     """Walk every element of the data set and fail unless the last one ends at the end of the file.
 
     pydicom reads lazily and forgives a file cut short inside its pixel data;
     the archive must not acknowledge such a file, so the structure is walked
     here without reading any value. Top-level elements the index needs are
-    kept in ``collect``, undecoded.
+    kept in ``collect``, undecoded; the top-level pixel data's lengths in
+    ``pixels`` (never its value).
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -396,11 +552,11 @@ def check_complete(
                 raise DicomRejected(f"the deflated data set is corrupt: {exc}") from None
         if not inflater.eof:
             raise DicomRejected("the deflated data set is truncated")
-        _walk(body, 0, len(body), explicit=True, little=True, top=True, collect=collect)
+        _walk(body, 0, len(body), explicit=True, little=True, top=True, collect=collect, pixels=pixels)
         return
     explicit = transfer_syntax != ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
-    _walk(buf, offset, len(buf), explicit=explicit, little=little, top=True, collect=collect)
+    _walk(buf, offset, len(buf), explicit=explicit, little=little, top=True, collect=collect, pixels=pixels)
 
 
 def _walk(
@@ -412,6 +568,7 @@ def _walk(
     little: bool,
     top: bool = False,
     collect: dict[int, RawDataElement] | None = None,
+    pixels: dict[int, PixelElement] | None = None,
 ) -> int:
     """Walk elements from ``pos``; return where the walk stopped (``end``, or after an item delimiter).
 
@@ -446,7 +603,9 @@ def _walk(
         else:
             (length,) = u32.unpack_from(buf, pos + 4)
             pos += 8
-        if length == _UNDEFINED:
+        if length == _UNDEFINED and top and pixels is not None and tag in _PIXEL_TAGS and vr != b"UN":
+            pos, pixels[tag] = _walk_fragments(buf, pos, end, little=little)
+        elif length == _UNDEFINED:
             # SQ, encapsulated pixel data, or UN of undefined length (whose
             # content is implicit VR little endian, PS3.5 6.2.2).
             nested_explicit = explicit and vr != b"UN"
@@ -460,6 +619,8 @@ def _walk(
                     f"the data set is truncated: element ({group:04X},{elem:04X}) needs "
                     f"{pos - end} more bytes than the file holds"
                 )
+            if pixels is not None and top and tag in _PIXEL_TAGS:
+                pixels[tag] = PixelElement(length=length)
             if collect is not None and top and tag in _WANTED:
                 collect[tag] = RawDataElement(
                     BaseTag(tag),
@@ -473,6 +634,34 @@ def _walk(
     if not top:
         raise DicomRejected("the data set is truncated inside a sequence item")
     return pos
+
+
+def _walk_fragments(buf: Buffer, pos: int, end: int, *, little: bool) -> tuple[int, PixelElement]:
+    """Walk the items of encapsulated pixel data (PS3.5 A.4): each of defined length,
+    then the sequence delimiter. Keeps their lengths and the first item (the offset table)."""
+    u32 = struct.Struct(("<" if little else ">") + "L")
+    tag_fmt = struct.Struct(("<" if little else ">") + "HH")
+    lengths: list[int] = []
+    table = b""
+    while True:
+        if pos + 8 > end:
+            raise DicomRejected("the data set is truncated inside the encapsulated Pixel Data")
+        group, elem = tag_fmt.unpack_from(buf, pos)
+        item_tag = (group << 16) | elem
+        (length,) = u32.unpack_from(buf, pos + 4)
+        pos += 8
+        if item_tag == _SEQ_END:
+            return pos, PixelElement(items=tuple(lengths), offset_table=table)
+        if item_tag != _ITEM:
+            raise DicomRejected(f"unexpected tag ({group:04X},{elem:04X}) inside the Pixel Data at offset {pos - 8}")
+        if length == _UNDEFINED:
+            raise DicomRejected(f"a Pixel Data fragment of undefined length at offset {pos - 8}")
+        if pos + length > end:
+            raise DicomRejected("the data set is truncated inside the encapsulated Pixel Data")
+        if not lengths:
+            table = bytes(buf[pos : pos + length])
+        lengths.append(length)
+        pos += length
 
 
 def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool, tag: int) -> int:
@@ -502,8 +691,9 @@ def _walk_items(buf: Buffer, pos: int, end: int, *, explicit: bool, little: bool
 _RAW_NUMBERS = {"US": "<H", "UL": "<L", "SS": "<h", "SL": "<l"}
 
 
-def raw_element(tag: int, vr: str, value: Any, *, implicit: bool) -> RawDataElement:
-    """An element already encoded in little endian, text in UTF-8 (ISO_IR 192).
+def raw_element(tag: int, vr: str, value: Any, *, implicit: bool, encoding: str = "utf-8") -> RawDataElement:
+    """An element already encoded in little endian, text in UTF-8 (ISO_IR 192) or
+    in ``encoding`` (a Python codec: the data set's SpecificCharacterSet's).
 
     For answers written a thousand times a second (C-FIND): pydicom writes a
     raw element's bytes as they are when the data set's original encoding
@@ -517,7 +707,7 @@ def raw_element(tag: int, vr: str, value: Any, *, implicit: bool) -> RawDataElem
         if fmt is not None:
             data = b"".join(struct.pack(fmt, int(v)) for v in values)
         else:
-            data = "\\".join(str(v) for v in values).encode("utf-8")
+            data = "\\".join(str(v) for v in values).encode(encoding)
             if len(data) % 2:
                 data += b"\0" if vr == "UI" else b" "
     return RawDataElement(BaseTag(tag), vr, len(data), data, 0, implicit, True)

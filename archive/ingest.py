@@ -35,6 +35,7 @@ from kernel.audit import audit_record
 from kernel.codice_fiscale import is_valid_codice_fiscale, normalize_codice_fiscale
 from kernel.errors import PacsError
 
+from . import rejection
 from .dicom import DicomRejected, Header, read_part10
 from .models import Copy, Facility, Instance, InstanceConflict, Patient, PatientIdentifier, Series, Study
 from .signals import study_instances_received
@@ -91,6 +92,7 @@ def instance_ingest(
     calling_ae: str = "",
     expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
+    user: Any = None,
 ) -> IngestResult:
     """Store one DICOM Part 10 file in ``facility``'s tier and index it.
 
@@ -110,6 +112,8 @@ def instance_ingest(
         The sender's AE title, kept with the instance.
     expected_sop_class_uid, expected_sop_instance_uid : str, optional
         The C-STORE request's Affected SOP Class/Instance UID.
+    user : User, optional
+        Who sent it over STOW-RS (a rejection note needs their permission).
 
     Raises
     ------
@@ -138,6 +142,10 @@ def instance_ingest(
                 expected_sop_class_uid=expected_sop_class_uid,
                 expected_sop_instance_uid=expected_sop_instance_uid,
             )
+        # IOCM: a rejection note is read, and its sender checked, before it is stored.
+        note = rejection.note_read(sop_class_uid=header.sop_class_uid, data=data, path=path)
+        if note is not None:
+            rejection.sender_check(facility=facility, calling_ae=calling_ae, user=user)
         tier = storage.facility_tier(facility.code)
         relpath = storage.instance_relpath(
             study_uid=header.study_instance_uid,
@@ -146,7 +154,7 @@ def instance_ingest(
             sha256=sha256,
         )
         storage.place_file(path, tier, relpath)
-    except DicomRejected as exc:
+    except (DicomRejected, rejection.NoteRefused) as exc:
         path.unlink(missing_ok=True)
         raise IngestError(exc.message, code=exc.code) from exc
     except storage.StorageFull as exc:
@@ -167,6 +175,8 @@ def instance_ingest(
         tier=tier,
         relpath=relpath,
         received_at=timezone.now(),
+        note=note,
+        user=user,
     )
     for attempt in range(1, _DB_ATTEMPTS + 1):
         try:
@@ -230,6 +240,8 @@ class _Received:
     tier: str
     relpath: str
     received_at: Any
+    note: rejection.NoteContent | None = None
+    user: Any = None
 
     def result(
         self, outcome: str, study_id: int | None, patient_id: int | None, instance_id: int | None, detail: str = ""
@@ -268,14 +280,37 @@ class _Received:
 
 
 def _index(received: _Received, *, optimistic: bool) -> IngestResult:
-    """Index one stored object in one transaction.
+    """Index one stored object in one transaction, with its IOCM part (archive.rejection)."""
+    with transaction.atomic():
+        result = _index_rows(received, optimistic=optimistic)
+        try:
+            rejection.indexed(
+                outcome=result.outcome,
+                sop_instance_uid=result.sop_instance_uid,
+                study_instance_uid=result.study_instance_uid,
+                study_id=result.study_id,
+                instance_id=result.instance_id,
+                detail=result.detail,
+                note=received.note,
+                facility=received.facility,
+                calling_ae=received.calling_ae,
+                user=received.user,
+                received_at=received.received_at,
+            )
+        except rejection.NoteRefused as exc:
+            raise IngestError(exc.message, code=exc.code) from exc
+    return result
+
+
+def _index_rows(received: _Received, *, optimistic: bool) -> IngestResult:
+    """Index one stored object (in :func:`_index`'s transaction).
 
     ``optimistic``: insert the instance without first looking for it (the
     common case: a new image); a unique-constraint violation then rolls the
     whole transaction back and the caller retries with ``optimistic=False``.
     """
     header, facility = received.header, received.facility
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         if optimistic:
             done = _index_into_known_series(received)
             if done is not None:
@@ -297,7 +332,7 @@ def _index(received: _Received, *, optimistic: bool) -> IngestResult:
                 f"series {series.series_instance_uid} is archived in study #{series.study_id}",
                 study=study,
             )
-        existing = None if optimistic else Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
+        existing = None if optimistic else Instance.all_objects.filter(sop_instance_uid=header.sop_instance_uid).first()
         if existing is not None:
             return _existing(received, existing, study=study)
         instance = Instance.objects.create(series=series, **received.instance_values())
@@ -467,7 +502,7 @@ def _conflict(
 ) -> IngestResult:
     header = received.header
     if instance is None:
-        instance = Instance.objects.filter(sop_instance_uid=header.sop_instance_uid).first()
+        instance = Instance.all_objects.filter(sop_instance_uid=header.sop_instance_uid).first()
     with transaction.atomic():
         InstanceConflict.objects.get_or_create(
             sop_instance_uid=header.sop_instance_uid,
@@ -619,14 +654,14 @@ def _same_patient(header: Header, study: Study, facility: Facility) -> bool:
 
 def _series_for(header: Header, study: Study) -> tuple[Series, bool]:
     uid = header.series_instance_uid
-    series = Series.objects.filter(series_instance_uid=uid).first()
+    series = Series.all_objects.filter(series_instance_uid=uid).first()
     if series is not None:
         return series, False
     try:
         with transaction.atomic():
             return Series.objects.create(series_instance_uid=uid, study=study, **header.series), True
     except IntegrityError:
-        return Series.objects.get(series_instance_uid=uid), False
+        return Series.all_objects.get(series_instance_uid=uid), False
 
 
 def _enqueue_post_ingest(study_pk: int) -> None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from archive.dicomnet import peers
+from archive.person_names import SEARCH_KEY_MAX_LENGTH, pn_search_key
 from kernel.alerts import Alert
 from kernel.codice_fiscale import validate_codice_fiscale
 
@@ -179,6 +180,8 @@ class Patient(models.Model):
         _("provvisorio"), default=False, db_index=True, help_text=_("Da riconciliare con l'anagrafe regionale.")
     )
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+    # FAMILY^GIVEN as the worklist matches it (archive.person_names): written by save().
+    name_search = models.CharField(max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True)
 
     class Meta:
         verbose_name = _("paziente")
@@ -197,6 +200,28 @@ class Patient(models.Model):
     def clean(self) -> None:
         if not self.provisional and not self.codice_fiscale:
             raise ValidationError({"codice_fiscale": _("Un paziente non provvisorio ha un codice fiscale.")})
+
+    def search_names_fill(self) -> None:
+        """Write the name's search key (archive.person_names) from the name."""
+        self.name_search = pn_search_key(f"{self.family_name}^{self.given_name}")
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A derived column must never lag its source: every writer of the name (ingest,
+        # the CUP's forms, the admin, reconciliation, the demo) saves through here.
+        # bulk_create and update() do not: their callers call search_names_fill.
+        self.search_names_fill()
+        _with_search_fields(kwargs, {"family_name": "name_search", "given_name": "name_search"})
+        super().save(*args, **kwargs)
+
+
+def _with_search_fields(kwargs: dict[str, Any], derived: dict[str, str]) -> None:
+    """Add to a save()'s update_fields the search columns of the name fields it names."""
+    fields = kwargs.get("update_fields")
+    if fields is None:
+        return
+    fields = list(fields)
+    fields += [derived[f] for f in list(fields) if f in derived and derived[f] not in fields]
+    kwargs["update_fields"] = list(dict.fromkeys(fields))
 
 
 class PatientIdentifier(models.Model):
@@ -256,6 +281,12 @@ class Study(models.Model):
         choices=[("U", _("urgente")), ("B", _("breve")), ("D", _("differita")), ("P", _("programmata"))],
     )
     referring_physician_name = models.CharField("ReferringPhysicianName", max_length=256, blank=True)
+    # The names' search keys (archive.person_names: no case, no accents), which PN
+    # keys of C-FIND and QIDO-RS match: written by save() from the names.
+    patient_name_search = models.CharField(max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True)
+    referring_physician_name_search = models.CharField(
+        max_length=SEARCH_KEY_MAX_LENGTH, blank=True, editable=False, db_index=True
+    )
     modalities_in_study = models.CharField("ModalitiesInStudy", max_length=64, blank=True, db_index=True)
     number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
     number_of_instances = models.PositiveIntegerField("NumberOfStudyRelatedInstances", default=0)
@@ -280,10 +311,42 @@ class Study(models.Model):
     def modality_list(self) -> list[str]:
         return [m for m in self.modalities_in_study.split("\\") if m]
 
+    def search_names_fill(self) -> None:
+        """Write the names' search keys (archive.person_names) from the names."""
+        self.patient_name_search = pn_search_key(self.patient_name)
+        self.referring_physician_name_search = pn_search_key(self.referring_physician_name)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # As Patient.save: the search keys follow the names on every save.
+        self.search_names_fill()
+        _with_search_fields(
+            kwargs,
+            {
+                "patient_name": "patient_name_search",
+                "referring_physician_name": "referring_physician_name_search",
+            },
+        )
+        super().save(*args, **kwargs)
+
     def performed_on(self) -> dt.date:
         """The day the exam was performed, as every page, report and zip shows it: the
         modality's StudyDate, or the day the first image arrived when it sent none."""
         return self.study_date or timezone.localdate(self.created_at)
+
+
+class _InstancesInRegularUse(models.Manager["Instance"]):
+    """IOCM (archive.rejection): the instances no rejection note withdrew (nor the notes themselves)."""
+
+    def get_queryset(self) -> models.QuerySet[Instance]:
+        return super().get_queryset().filter(withdrawn_at__isnull=True)
+
+
+class _SeriesInRegularUse(models.Manager["Series"]):
+    """IOCM (archive.rejection): a series a rejection note emptied is gone with its instances."""
+
+    def get_queryset(self) -> models.QuerySet[Series]:
+        withdrawn = Instance.all_objects.filter(series=models.OuterRef("pk"), withdrawn_at__isnull=False)
+        return super().get_queryset().exclude(models.Q(number_of_instances=0) & models.Q(models.Exists(withdrawn)))
 
 
 class Series(models.Model):
@@ -295,6 +358,9 @@ class Series(models.Model):
     body_part_examined = models.CharField("BodyPartExamined", max_length=16, blank=True)
     number_of_instances = models.PositiveIntegerField("NumberOfSeriesRelatedInstances", default=0)
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+
+    objects = _SeriesInRegularUse()
+    all_objects = models.Manager()
 
     class Meta:
         verbose_name = _("serie")
@@ -324,10 +390,21 @@ class Instance(models.Model):
     )
     calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
     received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
+    # IOCM (archive.rejection): withdrawn from regular use by a rejection note (what it
+    # rejects, and the note itself); ``objects`` leaves it out, ``all_objects`` keeps it.
+    withdrawn_at = models.DateTimeField(_("ritirata il"), null=True, blank=True)
+
+    objects = _InstancesInRegularUse()
+    all_objects = models.Manager()
 
     class Meta:
         verbose_name = _("istanza")
         verbose_name_plural = _("istanze")
+        indexes = [
+            models.Index(
+                fields=["withdrawn_at"], condition=models.Q(withdrawn_at__isnull=False), name="instance_withdrawn"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.sop_instance_uid
@@ -854,3 +931,265 @@ class CopyFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_step_display()}: #{self.instance_id} → {self.tier} ({self.attempts})"
+
+
+class StorageCommitment(models.Model):
+    """A Storage Commitment request (PS3.4 J, Push Model) a node made, until it is answered.
+
+    Written when the N-ACTION arrives, before it is acknowledged, so that a
+    request survives a restart of the listener or of the workers; answered
+    once (the claim is a conditional UPDATE on ``claimed_at``, the answer is
+    recorded by the one who sent it). Archive.dicomnet.commitment holds the rules.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("in attesa di risposta")
+        ANSWERED = "answered", _("risposta inviata")
+        UNDELIVERED = "undelivered", _("risposta non consegnata")
+
+    transaction_uid = models.CharField("TransactionUID", max_length=64)
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="storage_commitments", verbose_name=_("presidio")
+    )
+    node = models.ForeignKey(
+        RemoteNode,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="storage_commitments",
+        verbose_name=_("nodo richiedente"),
+    )
+    calling_ae = models.CharField(_("AE title richiedente"), max_length=16)
+    called_ae = models.CharField(_("AE title chiamato"), max_length=16)
+    source = models.CharField(_("indirizzo del richiedente"), max_length=255, blank=True)
+    # [[SOP Class UID, SOP Instance UID], ...] in the order of the request's Referenced SOP Sequence.
+    references = models.JSONField(_("istanze richieste"))
+    require_long_term = models.BooleanField(_("attende la copia a lungo termine"), default=False)
+    state = models.CharField(_("stato"), max_length=16, choices=State.choices, default=State.PENDING)
+    received_at = models.DateTimeField(_("ricevuta il"))
+    answer_by = models.DateTimeField(_("risposta entro il"))
+    next_attempt_at = models.DateTimeField(_("prossimo tentativo"))
+    claimed_at = models.DateTimeField(_("in lavorazione dal"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("tentativi di consegna"), default=0)
+    last_error = models.TextField(_("ultimo errore"), blank=True)
+    answered_at = models.DateTimeField(_("risposta inviata il"), null=True, blank=True)
+    answered_via = models.CharField(_("inviata su"), max_length=16, blank=True)
+    event_type = models.PositiveSmallIntegerField(_("tipo di evento"), null=True, blank=True)
+    # {"committed": n, "failed": {SOP Instance UID: Failure Reason}} as answered.
+    result = models.JSONField(_("esito"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("richiesta di storage commitment")
+        verbose_name_plural = _("richieste di storage commitment")
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["facility", "calling_ae", "transaction_uid"], name="storagecommitment_unique_transaction"
+            )
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="storagecommitment_due")]
+
+    def __str__(self) -> str:
+        return f"{self.calling_ae} {self.transaction_uid} ({self.get_state_display()})"
+
+
+# --- IOCM: rejection notes (archive.rejection) ------------------------------------------
+
+
+class RejectionNote(models.Model):
+    """A Key Object Selection document titled with a rejection code (IHE IOCM), as received.
+
+    The note itself is stored and kept for ever (it is the evidence of the
+    withdrawal) but, like what it rejects, is not in regular use: it is read
+    here and in the admin, not in queries, pages or zips.
+    """
+
+    instance = models.OneToOneField(
+        Instance, on_delete=models.PROTECT, related_name="rejection_note", verbose_name=_("nota (istanza KOS)")
+    )
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="rejection_notes", verbose_name=_("studio"))
+    code = models.CharField(_("codice del motivo"), max_length=16)
+    meaning = models.CharField(_("motivo"), max_length=64)
+    facility = models.ForeignKey(Facility, on_delete=models.PROTECT, related_name="+", verbose_name=_("presidio"))
+    calling_ae = models.CharField(_("AE title mittente"), max_length=16, blank=True)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("inviata da (STOW-RS)"),
+    )
+    received_at = models.DateTimeField(_("ricevuta il"), db_index=True)
+    referenced = models.PositiveIntegerField(_("istanze indicate"), default=0)
+    withdrawn = models.PositiveIntegerField(_("istanze ritirate"), default=0)
+    pending = models.PositiveIntegerField(_("istanze non ancora arrivate"), default=0)
+
+    class Meta:
+        verbose_name = _("nota di rifiuto (IOCM)")
+        verbose_name_plural = _("note di rifiuto (IOCM)")
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.meaning} ({self.code}) – {self.sop_instance_uid}"
+
+
+class Rejection(models.Model):
+    """One instance a rejection note names: withdrawn (``instance`` set), still to arrive
+    (``instance`` empty, ``purged_at`` empty: withdrawn on arrival), or purged after its
+    retention (``purged_at``). The first note that names an instance decides its reason."""
+
+    note = models.ForeignKey(
+        RejectionNote, on_delete=models.PROTECT, related_name="rejections", verbose_name=_("nota di rifiuto")
+    )
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    sop_class_uid = models.CharField("SOPClassUID", max_length=64, blank=True)
+    series_instance_uid = models.CharField("SeriesInstanceUID", max_length=64)
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64)
+    instance = models.OneToOneField(
+        Instance,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="rejection",
+        verbose_name=_("istanza ritirata"),
+    )
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("studio")
+    )
+    code = models.CharField(_("codice del motivo"), max_length=16)
+    rejected_at = models.DateTimeField(_("ritirata il"), null=True, blank=True, db_index=True)
+    purged_at = models.DateTimeField(_("eliminata il"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("istanza rifiutata")
+        verbose_name_plural = _("istanze rifiutate")
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.sop_instance_uid} ({self.code})"
+
+    @property
+    def state(self) -> str:
+        if self.purged_at is not None:
+            return str(_("eliminata"))
+        if self.instance_id is not None:
+            return str(_("ritirata"))
+        return str(_("in attesa dell'arrivo"))
+
+
+class RejectionNotice(models.Model):
+    """Something a rejection note cannot undo by itself and the CUP or the archivist must
+    handle: the study was already preserved (the package is write-once) or published to
+    the citizen's FSE. Opened by preservation and the portal (signal ``instances_rejected``)."""
+
+    class Kind(models.TextChoices):
+        PRESERVED = "preserved", _("studio già in conservazione")
+        PUBLISHED = "published", _("referto già pubblicato sul FSE")
+
+    class State(models.TextChoices):
+        OPEN = "open", _("da gestire")
+        HANDLED = "handled", _("gestito")
+
+    note = models.ForeignKey(
+        RejectionNote, on_delete=models.PROTECT, related_name="notices", verbose_name=_("nota di rifiuto")
+    )
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="+", verbose_name=_("studio"))
+    kind = models.CharField(_("tipo"), max_length=16, choices=Kind.choices)
+    detail = models.TextField(_("dettaglio"), blank=True)
+    state = models.CharField(_("stato"), max_length=8, choices=State.choices, default=State.OPEN, db_index=True)
+    created_at = models.DateTimeField(_("aperto il"), auto_now_add=True)
+    handled_at = models.DateTimeField(_("gestito il"), null=True, blank=True)
+    handled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("gestito da"),
+    )
+
+    class Meta:
+        verbose_name = _("avviso di rifiuto da gestire")
+        verbose_name_plural = _("avvisi di rifiuto da gestire")
+        ordering = ["state", "-created_at"]
+        constraints = [models.UniqueConstraint(fields=["note", "kind"], name="rejectionnotice_one_per_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.note.sop_instance_uid} ({self.get_state_display()})"
+
+
+class PerformedProcedureStep(models.Model):
+    """A Modality Performed Procedure Step (PS3.4 F) a modality reported by N-CREATE
+    and N-SET: what was performed for which scheduled step, when, with which series
+    and dose, and how it ended.
+
+    ``attributes`` keeps the step's whole data set (DICOM JSON) as the modality
+    sent and then modified it; the other columns are read from it on every
+    change, for pages and queries. The booking it belongs to is found by
+    accession number and Scheduled Procedure Step ID (the worklist gave both):
+    the booking app reacts to ``archive.signals.procedure_step_changed``.
+    """
+
+    class Status(models.TextChoices):
+        # The DICOM defined terms (PS3.3 C.4.14) are the stored values.
+        IN_PROGRESS = "IN PROGRESS", _("in corso")
+        COMPLETED = "COMPLETED", _("completato")
+        DISCONTINUED = "DISCONTINUED", _("interrotto")
+
+    sop_instance_uid = models.CharField("SOPInstanceUID", max_length=64, unique=True)
+    facility = models.ForeignKey(
+        Facility, on_delete=models.PROTECT, related_name="procedure_steps", verbose_name=_("presidio")
+    )
+    calling_ae = models.CharField(_("AE title del mittente"), max_length=16)
+    patient = models.ForeignKey(
+        Patient,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="procedure_steps",
+        verbose_name=_("paziente"),
+    )
+    patient_name = models.CharField("PatientName", max_length=256, blank=True)
+    dicom_patient_id = models.CharField("PatientID", max_length=64, blank=True)
+    accession_number = models.CharField("AccessionNumber", max_length=16, blank=True, db_index=True)
+    scheduled_step_id = models.CharField("ScheduledProcedureStepID", max_length=16, blank=True)
+    # Every (accession, scheduled step, study) of the Scheduled Step Attributes
+    # Sequence: one step may perform several scheduled ones (PS3.4 F.7.1, IHE "group case").
+    scheduled_steps = models.JSONField(_("procedure prenotate eseguite"), default=list, blank=True)
+    study_instance_uid = models.CharField("StudyInstanceUID", max_length=64, blank=True, db_index=True)
+    step_id = models.CharField("PerformedProcedureStepID", max_length=16, blank=True)
+    station_ae_title = models.CharField("PerformedStationAETitle", max_length=16, blank=True)
+    station_name = models.CharField("PerformedStationName", max_length=16, blank=True)
+    modality = models.CharField("Modality", max_length=16, blank=True)
+    description = models.CharField("PerformedProcedureStepDescription", max_length=64, blank=True)
+    status = models.CharField(_("stato"), max_length=16, choices=Status.choices, db_index=True)
+    started_at = models.DateTimeField(_("iniziato il"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("terminato il"), null=True, blank=True)
+    discontinuation_reason = models.CharField(
+        _("motivo dell'interruzione"),
+        max_length=200,
+        blank=True,
+        help_text=_("Dalla Performed Procedure Step Discontinuation Reason Code Sequence: significato (codice)."),
+    )
+    comments = models.TextField(_("commenti"), blank=True)
+    # [{"series_instance_uid", "series_description", "protocol_name", "images": n, "instances": [[class, uid], ...]}]
+    performed_series = models.JSONField(_("serie eseguite"), default=list, blank=True)
+    # The Radiation Dose module's attributes present (PS3.3 C.4.16): keyword -> value.
+    dose = models.JSONField(_("dose"), default=dict, blank=True)
+    attributes = models.JSONField(_("attributi DICOM"), default=dict)
+    created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("modificato il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("procedura eseguita (MPPS)")
+        verbose_name_plural = _("procedure eseguite (MPPS)")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.accession_number or self.sop_instance_uid} {self.get_status_display()}"
+
+    def is_final(self) -> bool:
+        """A completed or discontinued step may no longer be changed (PS3.4 F.7.2.2)."""
+        return self.status != self.Status.IN_PROGRESS

@@ -8,7 +8,13 @@ in Python, so a query costs the same whatever the archive's size.
 
 Matching follows PS3.4 C.2.2.2:
 
-* single value: exact (PN case-insensitively, as C.2.2.2.1 allows);
+* single value: exact; Person Name (PN) keys ignore case and accents, as
+  C.2.2.2.1 allows (the archive's documented behaviour, ``docs/matching.md``):
+  ``nicolò^pàola``, ``NICOLO^PAOLA`` and ``Nicolò^Pàola`` find ``NICOLÒ^PÀOLA``.
+  The stored name's search key (``archive.person_names``: NFKD, accents dropped,
+  case-folded, ł/ø/æ/ß/đ/ı... by a table, ``^`` and ``=`` kept), written in an
+  indexed column beside the name, is compared with the value's key, the same on
+  SQLite and PostgreSQL; ``?`` is one character of the key (``ß`` is two);
 * ``*`` and ``?`` wildcards in text values (AE, CS, LO, PN, SH, ...), matched by
   the database's LIKE (GLOB for case-sensitive keys on SQLite) with every other
   character literal: :class:`DicomMatch`. Repeated ``*`` are one; a value longer
@@ -20,6 +26,9 @@ Matching follows PS3.4 C.2.2.2:
 * universal matching: an empty value or ``*`` matches everything;
 * ModalitiesInStudy matches when any of the study's modalities matches (with
   wildcards, one of its series' modalities).
+
+C-FIND answers are written in the query's Specific Character Set when every
+answer fits in it (:data:`ANSWER_CHARACTER_SETS`), otherwise in UTF-8.
 
 Keys of a level below the query's (e.g. Modality in a STUDY query) match
 when some series or instance below matches, as QIDO-RS allows; they return
@@ -48,6 +57,7 @@ from kernel.errors import Invalid
 from . import access
 from .dicom import raw_element
 from .models import Facility, Instance, Series, Study
+from .person_names import pn_search_key, text_search_key
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -90,12 +100,15 @@ class Attr:
     level: str  # the entity that owns it
     field: str  # on that entity's model (patient attributes live on Study)
     kind: str
+    # PN: the field holding the name's search key (archive.person_names), beside
+    # ``field`` on the same model; PN keys match it, ``field`` is what is returned.
+    search: str = ""
 
 
 ATTRIBUTES = {
     a.keyword: a
     for a in [
-        Attr("PatientName", PATIENT, "patient_name", PN),
+        Attr("PatientName", PATIENT, "patient_name", PN, search="patient_name_search"),
         Attr("PatientID", PATIENT, "dicom_patient_id", TEXT),
         Attr("IssuerOfPatientID", PATIENT, "issuer_of_patient_id", TEXT),
         Attr("PatientBirthDate", PATIENT, "patient_birth_date", DATE),
@@ -109,7 +122,7 @@ ATTRIBUTES = {
         Attr("AccessionNumber", STUDY, "accession_number", TEXT),
         Attr("StudyID", STUDY, "study_id", TEXT),
         Attr("StudyDescription", STUDY, "study_description", TEXT),
-        Attr("ReferringPhysicianName", STUDY, "referring_physician_name", PN),
+        Attr("ReferringPhysicianName", STUDY, "referring_physician_name", PN, search="referring_physician_name_search"),
         Attr("ModalitiesInStudy", STUDY, "modalities_in_study", MULTI),
         Attr("NumberOfStudyRelatedSeries", STUDY, "number_of_series", COUNT),
         Attr("NumberOfStudyRelatedInstances", STUDY, "number_of_instances", COUNT),
@@ -295,6 +308,20 @@ def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
+def _pn_q(field: str, value: str, *, fuzzy: bool) -> Q:
+    """A PN key on the name's search-key ``field``: the value folded as the stored
+    names were (archive.person_names), then compared exactly, case-sensitively: the
+    same on every database, an index for an exact value or a literal stem."""
+    if fuzzy:
+        # Fuzzy (QIDO-RS fuzzymatching=true): any part of the name.
+        core = text_search_key(value.replace("*", "").replace("?", ""))
+        return Q(**{f"{field}__contains": core})
+    key = pn_search_key(value)
+    if not _has_wildcard(key):
+        return Q(**{field: key})
+    return Q(**{f"{field}__dicom_match": key})
+
+
 def _text_q(field: str, value: str, *, insensitive: bool, fuzzy: bool) -> Q:
     if fuzzy:
         # Fuzzy (QIDO-RS fuzzymatching=true): any part of the value, any case.
@@ -426,6 +453,8 @@ def attr_q(attr: Attr, field: str, raw: Any, *, fuzzy: bool) -> Q | None:
             return None  # one universal value in a list matches everything
         if attr.kind == MULTI:
             q |= _multi_q(field, value, study=field[: len(field) - len(attr.field)])
+        elif attr.kind == PN and attr.search:
+            q |= _pn_q(field[: len(field) - len(attr.field)] + attr.search, value, fuzzy=fuzzy)
         else:
             q |= _text_q(field, value, insensitive=attr.kind == PN, fuzzy=fuzzy)
     return q
@@ -660,8 +689,13 @@ def query_run(
 
     ``encoding``: (implicit VR, little endian) of the association the answers
     go out on; in little endian each answer comes already encoded, so that
-    writing it costs a copy (text in UTF-8, SpecificCharacterSet ISO_IR 192
-    when it is not ASCII).
+    writing it costs a copy.
+
+    The answers' character set (:func:`answer_character_set`): the query's
+    SpecificCharacterSet when it is one of :data:`ANSWER_CHARACTER_SETS` and
+    every answer's text can be written in it; otherwise, when the query named a
+    character set or an answer is not ASCII, ISO_IR 192 (UTF-8); otherwise none
+    (the default repertoire).
 
     ``patients``: a list to which the primary key of each yielded match's
     patient is appended, as it is yielded (for the audit log).
@@ -669,6 +703,14 @@ def query_run(
     keys, rows = query_values(identifier, level=level, with_patient=patients is not None, **options)
     raw = encoding is not None and encoding[1]
     implicit = bool(encoding and encoding[0])
+    asked = _query_character_set(identifier)
+    charset, codec = "", "utf-8"
+    if asked:
+        # The answer is in one character set throughout: every row is read before
+        # the first is sent (C-FIND asks with a limit: they are in memory already).
+        fetched = list(rows)
+        charset, codec = answer_character_set(asked, keys, fetched)
+        rows = iter(fetched)
 
     def results() -> Iterator[Dataset]:
         for row in rows:
@@ -678,18 +720,21 @@ def query_run(
                 value = _value(key, row)
                 if raw:
                     text = text or any(isinstance(v, str) and not v.isascii() for v in _as_list(value))
-                    ds[key.tag] = raw_element(key.tag, key.vr, value, implicit=implicit)
+                    ds[key.tag] = raw_element(key.tag, key.vr, value, implicit=implicit, encoding=codec)
                     continue
                 if value is not None and key.vr == "IS":
                     value = str(value)
                 # The index holds checked values: pydicom's validation is skipped.
                 ds[key.tag] = DataElement(key.tag, key.vr, value, validation_mode=config.IGNORE)
+            if not raw:
+                text = any(isinstance(e.value, str) and not e.value.isascii() for e in ds)
+            answer = charset or ("ISO_IR 192" if text else "")
             if raw:
-                if text:
-                    ds[_CHARSET] = raw_element(_CHARSET, "CS", "ISO_IR 192", implicit=implicit)
+                if answer:
+                    ds[_CHARSET] = raw_element(_CHARSET, "CS", answer, implicit=implicit)
                 ds.set_original_encoding(implicit, True, ds._character_set)
-            elif any(isinstance(e.value, str) and not e.value.isascii() for e in ds):
-                ds.SpecificCharacterSet = "ISO_IR 192"
+            elif answer:
+                ds.SpecificCharacterSet = answer
             if patients is not None:
                 patients.append(row[-1])
             yield ds
@@ -698,6 +743,57 @@ def query_run(
 
 
 _CHARSET = 0x00080005
+
+# The character sets a C-FIND answer may be written in besides the default
+# repertoire, and Python's codec for each (pydicom's own table): UTF-8 and those
+# of one term without code extensions. A query in any other (ISO 2022 code
+# extensions, several terms) is answered in UTF-8.
+ANSWER_CHARACTER_SETS: dict[str, str] = {
+    "ISO_IR 100": "latin_1",  # Latin alphabet No. 1
+    "ISO_IR 101": "iso8859_2",  # Latin alphabet No. 2
+    "ISO_IR 109": "iso8859_3",  # Latin alphabet No. 3
+    "ISO_IR 110": "iso8859_4",  # Latin alphabet No. 4
+    "ISO_IR 144": "iso_ir_144",  # Cyrillic
+    "ISO_IR 127": "iso_ir_127",  # Arabic
+    "ISO_IR 126": "iso_ir_126",  # Greek
+    "ISO_IR 138": "iso_ir_138",  # Hebrew
+    "ISO_IR 148": "iso_ir_148",  # Latin alphabet No. 5
+    "ISO_IR 166": "iso_ir_166",  # Thai
+    "GB18030": "GB18030",
+    "GBK": "GBK",
+    "ISO_IR 192": "utf-8",
+}
+_UTF8 = "ISO_IR 192"
+
+
+def _query_character_set(identifier: Dataset) -> list[str]:
+    """The terms of the query's SpecificCharacterSet, none for the default repertoire."""
+    value = identifier.get("SpecificCharacterSet")
+    if value in (None, ""):
+        return []
+    terms = _values(value)
+    return [] if terms in ([""], ["ISO_IR 6"]) else terms
+
+
+def answer_character_set(asked: list[str], keys: list[_Key], rows: list[tuple[Any, ...]]) -> tuple[str, str]:
+    """The character set of a query's answers and its Python codec: the query's
+    (``asked``, its SpecificCharacterSet's terms) when it is one of
+    :data:`ANSWER_CHARACTER_SETS` and every text of every answer can be written
+    in it, otherwise ISO_IR 192 (UTF-8)."""
+    term = asked[0] if len(asked) == 1 else ""
+    codec = ANSWER_CHARACTER_SETS.get(term)
+    if codec is None or term == _UTF8:
+        return _UTF8, "utf-8"
+    columns = [k.column for k in keys if k.column is not None]
+    try:
+        for row in rows:
+            for column in columns:
+                value = row[column]
+                if isinstance(value, str) and not value.isascii():
+                    value.encode(codec)
+    except UnicodeEncodeError:
+        return _UTF8, "utf-8"
+    return term, codec
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -137,3 +137,98 @@ def write_study(
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
+
+
+# The rejection titles of IHE IOCM (PS3.16 CID 7010): archive.rejection.TITLES.
+REJECTION_MEANINGS = {
+    "113001": "Rejected for Quality Reasons",
+    "113037": "Rejected for Patient Safety Reasons",
+    "113038": "Incorrect Modality Worklist Entry",
+    "113039": "Data Retention Policy Expired",
+}
+
+
+def rejection_note(
+    referenced: list[Dataset],
+    *,
+    code: str = "113001",
+    study_uid: str | None = None,
+    patient: PatientInfo | None = None,
+    sop_uid: str | None = None,
+) -> Dataset:
+    """A Key Object Selection Document titled with a rejection code (IHE IOCM) that names
+    ``referenced`` (headers of archived or yet-to-arrive instances), with fresh UIDs.
+
+    It belongs to the study (and patient) of the first referenced instance unless
+    ``study_uid``/``patient`` say otherwise (to build a note the archive must refuse).
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    first = referenced[0]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = UID("1.2.840.10008.5.1.4.1.1.88.59")
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.StudyInstanceUID = study_uid or first.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "KO"
+    ds.SeriesNumber = 999
+    ds.InstanceNumber = 1
+    if patient is not None:
+        ds.PatientID, ds.PatientName = patient.patient_id, patient.name
+        ds.PatientBirthDate, ds.PatientSex = patient.birth_date, patient.sex
+    else:
+        for keyword in ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex"):
+            if keyword in first:
+                setattr(ds, keyword, first.get(keyword))
+    for keyword in ("StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        setattr(ds, keyword, first.get(keyword, ""))
+    now = dt.datetime.now()
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.Manufacturer = "PACS regionale (test)"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = code, "DCM"
+    title.CodeMeaning = REJECTION_MEANINGS.get(code, "Of Interest")
+    ds.ConceptNameCodeSequence = Sequence([title])
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    template = Dataset()
+    template.MappingResource, template.TemplateIdentifier = "DCMR", "2010"
+    ds.ContentTemplateSequence = Sequence([template])
+    ds.ReferencedPerformedProcedureStepSequence = Sequence()
+    content = []
+    by_study: dict[str, dict[str, list[Dataset]]] = {}
+    for ref in referenced:
+        by_study.setdefault(str(ref.StudyInstanceUID), {}).setdefault(str(ref.SeriesInstanceUID), []).append(ref)
+        item = Dataset()
+        item.RelationshipType, item.ValueType = "CONTAINS", "IMAGE"
+        sop = Dataset()
+        sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref.SOPClassUID, ref.SOPInstanceUID
+        item.ReferencedSOPSequence = Sequence([sop])
+        content.append(item)
+    ds.ContentSequence = Sequence(content)
+    evidence = []
+    for study, series_map in by_study.items():
+        study_item = Dataset()
+        study_item.StudyInstanceUID = study
+        series_items = []
+        for series, refs in series_map.items():
+            series_item = Dataset()
+            series_item.SeriesInstanceUID = series
+            sops = []
+            for ref in refs:
+                sop = Dataset()
+                sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = ref.SOPClassUID, ref.SOPInstanceUID
+                sops.append(sop)
+            series_item.ReferencedSOPSequence = Sequence(sops)
+            series_items.append(series_item)
+        study_item.ReferencedSeriesSequence = Sequence(series_items)
+        evidence.append(study_item)
+    ds.CurrentRequestedProcedureEvidenceSequence = Sequence(evidence)
+    return ds

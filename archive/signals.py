@@ -39,3 +39,29 @@ Connected in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
 ``preservation.tasks.package_on_report_signed`` (queues ``study_package``
 once the study has been stable for a while).
 """
+
+instances_rejected = Signal()
+"""``instances_rejected(sender=RejectionNote, note_pk=..., study_pk=...)``
+
+Sent after the transaction that withdrew instances of a study commits (a
+rejection note, or a rejected instance arriving after its note), by
+:mod:`archive.rejection`. It says: these instances are no longer in regular
+use; what was made of them above the archive may need a person. Connected in
+``PortalConfig.ready``: ``portal.tasks.rejection_enqueue`` (queues
+``rejection_portal``: live zips of the study withdrawn, a notice when the
+report was published); in ``PreservationConfig.ready``:
+``preservation.tasks.rejection_enqueue`` (queues ``rejection_preservation``: a
+notice when the study was preserved; the package is never touched). Sent
+again for the day's notes by the beat task ``archive.tasks.rejections_announce_sweep``
+(what the receivers queue is idempotent).
+"""
+
+procedure_step_changed = Signal()
+"""``procedure_step_changed(sender=PerformedProcedureStep, step_pk=...)``
+
+Sent after the transaction that created or set a Modality Performed Procedure
+Step commits (``archive.procedure_steps``), in the listener's process. It says:
+this step is now IN PROGRESS, COMPLETED or DISCONTINUED, read it. Connected in
+``BookingConfig.ready``: ``booking.tasks.procedure_step_booking_enqueue``
+(queues ``booking_procedure_step``: the booked exam shows the step's state).
+"""

@@ -8,6 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
+from archive.dicomnet import commitment
 from archive.rendering import previews
 from archive.reporting import services as reports
 from archive.storage import lifecycle
@@ -154,3 +155,54 @@ def report_encapsulate_sweep() -> int:
         logger=logger,
         message="queued the encapsulated PDF of %d overdue signed reports",
     )
+
+
+# --- Storage Commitment (archive.dicomnet.commitment) ----------------------------------
+
+
+@shared_task(
+    name=tasknames.STORAGE_COMMITMENT_ANSWER,
+    acks_late=True,
+    # Transient only: the database. A node that cannot be reached is the service's
+    # to count and to schedule again (Step.again_in), not a retry of this message.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def storage_commitment_answer(commitment_pk: int) -> str:
+    """Answer a Storage Commitment request on a new association when its answer is ready;
+    queue itself again for when it may be (waiting for the long-term copy, or a retry)."""
+    step = commitment.commitment_answer(commitment_pk=commitment_pk)
+    if step.again_in is not None:
+        storage_commitment_answer.apply_async(args=(commitment_pk,), countdown=step.again_in)
+    return step.state
+
+
+@shared_task(name=tasknames.STORAGE_COMMITMENT_SWEEP)
+def storage_commitment_sweep(grace_seconds: float = 120.0) -> int:
+    """Queue again the answers of Storage Commitment requests whose task was lost (a restart, the broker)."""
+    return sweeps.requeue(
+        storage_commitment_answer,
+        [(pk,) for pk in commitment.commitments_overdue(grace_seconds=grace_seconds)],
+        logger=logger,
+        message="queued the answer of %d overdue storage commitment requests",
+    )
+
+
+@shared_task(name=tasknames.REJECTIONS_PURGE, acks_late=True)
+def rejections_purge() -> int:
+    """Purge the instances rejection notes withdrew once their retention has passed (IOCM).
+
+    Idempotent: each purge locks its row and checks it again; beat runs it periodically.
+    """
+    from . import rejection
+
+    return rejection.rejections_purge()
+
+
+@shared_task(name=tasknames.REJECTIONS_ANNOUNCE_SWEEP)
+def rejections_announce_sweep() -> int:
+    """Announce again the day's rejection notes (IOCM): a notice the broker lost is opened now."""
+    from . import rejection
+
+    return rejection.notes_announce_again()

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 SYSTEM = "booking.match"
 
 # Bookings that can still receive their images; a reported booking always has its study.
-_LINKABLE = (Booking.Status.BOOKED, Booking.Status.ARRIVED, Booking.Status.PERFORMED)
+_LINKABLE = (Booking.Status.BOOKED, Booking.Status.ARRIVED, Booking.Status.IN_PROGRESS, Booking.Status.PERFORMED)
 
 
 # --- comparing ------------------------------------------------------------------

@@ -199,6 +199,8 @@ class Booking(models.Model):
     class Status(models.TextChoices):
         BOOKED = "booked", _("prenotato")
         ARRIVED = "arrived", _("accettato")
+        # The modality reported the exam started (an MPPS IN PROGRESS, archive.procedure_steps).
+        IN_PROGRESS = "in_progress", _("in esecuzione")
         PERFORMED = "performed", _("eseguito")
         REPORTED = "reported", _("refertato")
         CANCELLED = "cancelled", _("annullato")

@@ -707,10 +707,19 @@ def booking_cancel(*, booking: Booking, user: User | None, reason: str = "", sou
 
 
 # Who may move a booking where: the CUP accepts the patient (arrived), the
-# matching of images marks it performed, the signed report marks it reported.
+# modality's procedure step marks it in progress and performed (or back to
+# arrived when discontinued), the matching of images marks it performed, the
+# signed report marks it reported.
 _TRANSITIONS: dict[str, set[str]] = {
-    Booking.Status.BOOKED: {Booking.Status.ARRIVED, Booking.Status.PERFORMED, Booking.Status.CANCELLED},
-    Booking.Status.ARRIVED: {Booking.Status.PERFORMED, Booking.Status.CANCELLED},
+    Booking.Status.BOOKED: {
+        Booking.Status.ARRIVED,
+        Booking.Status.IN_PROGRESS,
+        Booking.Status.PERFORMED,
+        Booking.Status.CANCELLED,
+    },
+    Booking.Status.ARRIVED: {Booking.Status.IN_PROGRESS, Booking.Status.PERFORMED, Booking.Status.CANCELLED},
+    # The modality's MPPS: completed (performed) or discontinued (back to accepted, the reason noted).
+    Booking.Status.IN_PROGRESS: {Booking.Status.PERFORMED, Booking.Status.ARRIVED},
     Booking.Status.PERFORMED: {Booking.Status.REPORTED},
     Booking.Status.REPORTED: set(),
     Booking.Status.CANCELLED: set(),

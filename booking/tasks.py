@@ -16,7 +16,7 @@ from archive.storage import lifecycle
 from kernel import sweeps, tasknames
 from kernel.errors import Unavailable
 
-from . import matching, services
+from . import matching, services, steps
 from .models import Booking
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,43 @@ def booking_reported_sweep() -> int:
     """Queue again :func:`booking_reported` for the bookings a lost task left unreported (a broker outage)."""
     due = services.bookings_reported_overdue()
     return sweeps.requeue(booking_reported, due, logger=logger, message="queued %d overdue bookings to become reported")
+
+
+@shared_task(
+    name=tasknames.BOOKING_PROCEDURE_STEP,
+    acks_late=True,
+    # Transient only; the service reads the step as it is now and moves the
+    # booking there, so a redelivery, or a task run after a later change's, does no harm.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def booking_procedure_step(step_pk: int) -> list[str]:
+    """The bookings a modality's procedure step (MPPS) performs show its state."""
+    return steps.booking_procedure_step(step_pk=step_pk)
+
+
+def procedure_step_booking_enqueue(sender: Any, step_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.procedure_step_changed`` receiver (sent on commit already)."""
+    transaction.on_commit(lambda: _procedure_step_enqueue(step_pk))
+
+
+def _procedure_step_enqueue(step_pk: int) -> None:
+    try:
+        booking_procedure_step.delay(step_pk)
+    except Exception:
+        # The step is recorded and answered; the booking catches up with the step's next change.
+        logger.exception("booking of procedure step %s not queued", step_pk)
+
+
+@shared_task(name=tasknames.BOOKING_PROCEDURE_STEP_SWEEP)
+def booking_procedure_step_sweep() -> int:
+    """Queue again :func:`booking_procedure_step` for the bookings a lost task left behind their step."""
+    due = [(pk,) for pk in steps.procedure_steps_overdue()]
+    return sweeps.requeue(
+        booking_procedure_step, due, logger=logger, message="queued %d bookings behind their procedure step"
+    )
 
 
 @shared_task(

@@ -49,6 +49,7 @@ from .forms import (
 )
 from .models import Booking, ConsentText, DistributionChoice, Procedure, Station
 from .receipt import booking_receipt_pdf, cup_phone_line, facility_contact, where_to_go
+from .steps import latest_steps_for, procedure_steps_for
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
         facility = day_form.cleaned_data["facility"]
         day = day_form.cleaned_data["day"] or day
     bookings = services.bookings_for_day(facility=facility, day=day) if facility is not None else []
+    latest = latest_steps_for(bookings)
+    for b in bookings:
+        b.procedure_step = latest.get(b.pk)  # type: ignore[attr-defined]  # for the template
     for patient in {b.patient_id: b.patient for b in bookings}.values():
         _audit_patient_view(
             request, patient, "cup.booking.list", facility=facility.code if facility else "", day=day.isoformat()
@@ -395,6 +399,7 @@ def _render_booking(
             "current": current,
             "choices": booking.choices.select_related("consent_text", "recorded_by").order_by("-version"),
             "history": booking.status_changes.select_related("user").order_by("at", "id"),
+            "procedure_steps": list(procedure_steps_for(booking)),
             "choice_form": choice_form,
             "consent": services.consent_text_current(),
             "locked": booking.is_choice_locked(),

@@ -5,7 +5,8 @@ Modality Worklist C-FIND; ``booking/apps.py`` registers it. Matching follows
 PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 ``archive.query`` applies to the archive's own queries:
 
-* single value (person names case-insensitively), ``*`` and ``?`` wildcards
+* single value (person names without case nor accents, as ``archive.person_names``
+  folds them: ``rossi^mario`` and ``NICOLO^PAOLA`` find ``NICOLÒ^PÀOLA``), ``*`` and ``?`` wildcards
   (matched by LIKE, bounded in number and length: a value over its VR's length
   or with more than PACS_QUERY_MAX_WILDCARDS wildcards is refused with 0xA900),
   lists of values, universal matching with an empty value or ``*``;
@@ -17,8 +18,9 @@ PS3.4 K.6.1.2 and C.2.2.2 and runs in the database, through the rules
 The matching keys are the Scheduled Procedure Step's ScheduledStationAETitle,
 Modality, start date and time, and the top-level PatientID, PatientName,
 AccessionNumber and StudyInstanceUID; other keys are only returned. Only
-bookings of the called facility that are still to be performed (booked or
-arrived) are answered, in scheduled order.
+bookings of the called facility that are still to be performed (booked,
+arrived, or in progress: STARTED) are answered, in scheduled order; each
+carries its priority class as RequestedProcedurePriority.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Case, F, Q, QuerySet, Value, When
-from django.db.models.functions import Concat
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -39,8 +40,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from archive.dicomnet.conformance import WorklistKey
 from archive.models import Facility
-from archive.query import DATE, PN, TEXT, UID, Attr, QueryError, attr_q
+from archive.query import DATE, PN, TEXT, TIME, UID, Attr, QueryError, attr_q
 
 from .models import Booking
 
@@ -50,17 +52,36 @@ logger = logging.getLogger(__name__)
 # with "99" is private to the issuer (PS3.3 8.2, PS3.16 8).
 CODING_SCHEME_DESIGNATOR = "99FVG-CUP"
 
-WORKLIST_STATUSES = (Booking.Status.BOOKED, Booking.Status.ARRIVED)
+# A booking whose step a modality reported IN PROGRESS stays, STARTED: another
+# modality sees it taken; a discontinued step puts it back to ARRIVED.
+WORKLIST_STATUSES = (Booking.Status.BOOKED, Booking.Status.ARRIVED, Booking.Status.IN_PROGRESS)
 
 # ScheduledProcedureStepStatus (PS3.3 C.4.10) of each booking status answered.
-_SPS_STATUS: dict[str, str] = {Booking.Status.BOOKED: "SCHEDULED", Booking.Status.ARRIVED: "ARRIVED"}
+_SPS_STATUS: dict[str, str] = {
+    Booking.Status.BOOKED: "SCHEDULED",
+    Booking.Status.ARRIVED: "ARRIVED",
+    Booking.Status.IN_PROGRESS: "STARTED",
+}
+
+# RequestedProcedurePriority (0040,1003; PS3.3 C.4.11, enumerated STAT, HIGH,
+# ROUTINE, MEDIUM, LOW) of the prescription's priority class: U (within 72
+# hours) is the modality's STAT, B (within 10 days) HIGH, D (deferred, within
+# 30/60 days) MEDIUM and P (planned) ROUTINE, the ordinary work. LOW is not used:
+# no class of the Italian prescription is below the planned one.
+REQUESTED_PROCEDURE_PRIORITY: dict[str, str] = {
+    Booking.Priority.URGENT: "STAT",
+    Booking.Priority.SHORT: "HIGH",
+    Booking.Priority.DEFERRED: "MEDIUM",
+    Booking.Priority.PLANNED: "ROUTINE",
+}
 
 _SPS = "ScheduledProcedureStepSequence"
 
 # Matching keys: keyword -> (how it matches, the Booking field or annotation).
 _TOP_KEYS = {
     "PatientID": Attr("PatientID", "", "patient__codice_fiscale", TEXT),
-    "PatientName": Attr("PatientName", "", "wl_patient_name", PN),
+    # Matched on the patient's FAMILY^GIVEN search key (archive.person_names).
+    "PatientName": Attr("PatientName", "", "patient__name_search", PN, search="patient__name_search"),
     "AccessionNumber": Attr("AccessionNumber", "", "accession_number", TEXT),
     "StudyInstanceUID": Attr("StudyInstanceUID", "", "study_instance_uid", UID),
 }
@@ -84,16 +105,8 @@ _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT
 def worklist_bookings(*, facility: Facility, conditions: Q | None = None) -> QuerySet[Booking]:
     """The bookings the facility's worklist holds (still to be performed), in
     scheduled order, narrowed by ``conditions`` on :data:`_TOP_KEYS`/:data:`_SPS_KEYS` fields."""
-    qs = (
-        Booking.objects.filter(facility=facility, status__in=WORKLIST_STATUSES)
-        .annotate(
-            # The patient's name as DICOM writes it, so that a PN key matches it whole.
-            wl_patient_name=Case(
-                When(patient__given_name="", then=F("patient__family_name")),
-                default=Concat(F("patient__family_name"), Value("^"), F("patient__given_name")),
-            )
-        )
-        .select_related("patient", "procedure", "station")
+    qs = Booking.objects.filter(facility=facility, status__in=WORKLIST_STATUSES).select_related(
+        "patient", "procedure", "station"
     )
     if conditions is not None:
         qs = qs.filter(conditions)
@@ -231,6 +244,7 @@ _TOP_VALUES: dict[str, Callable[[Booking], Any]] = {
     "RequestedProcedureCodeSequence": lambda b: [_code_item(b)],
     "ReferringPhysicianName": lambda b: b.referring_physician,
     "ReasonForTheRequestedProcedure": lambda b: b.clinical_question,
+    "RequestedProcedurePriority": lambda b: REQUESTED_PROCEDURE_PRIORITY.get(b.priority, ""),
 }
 _SPS_VALUES: dict[str, Callable[[Booking], Any]] = {
     "ScheduledStationAETitle": lambda b: b.station.ae_title,
@@ -350,3 +364,14 @@ def worklist_find(identifier: Dataset, *, facility: Facility, calling_ae: str) -
             yield worklist_item(booking, identifier)
 
     return items()
+
+
+def worklist_keys() -> list[WorklistKey]:
+    """The keys this worklist matches and returns, for the conformance statement
+    (``BookingConfig.ready`` registers it with :func:`archive.dicomnet.conformance.worklist_keys_register`)."""
+    keys = [WorklistKey(keyword, "", attr.kind) for keyword, attr in _TOP_KEYS.items()]
+    keys += [WorklistKey(keyword, "", None) for keyword in _TOP_VALUES if keyword not in _TOP_KEYS]
+    keys += [WorklistKey(keyword, _SPS, attr.kind) for keyword, attr in _SPS_KEYS.items()]
+    keys.append(WorklistKey(_SPS_TIME, _SPS, TIME))
+    keys += [WorklistKey(k, _SPS, None) for k in _SPS_VALUES if k not in _SPS_KEYS and k != _SPS_TIME]
+    return keys

@@ -22,6 +22,12 @@ STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
 STUDIES_RECALL = "archive.tasks.studies_recall"
 REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
 REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
+# Storage Commitment (archive.dicomnet.commitment): the answer on a new association, and its sweep.
+STORAGE_COMMITMENT_ANSWER = "archive.tasks.storage_commitment_answer"
+STORAGE_COMMITMENT_SWEEP = "archive.tasks.storage_commitment_sweep"
+# IOCM rejection notes (archive.rejection): the purge after retention, and the re-announce sweep.
+REJECTIONS_PURGE = "archive.tasks.rejections_purge"
+REJECTIONS_ANNOUNCE_SWEEP = "archive.tasks.rejections_announce_sweep"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"
@@ -29,12 +35,15 @@ BOOKING_REPORTED = "booking.tasks.booking_reported_retry"
 BOOKING_REPORTED_SWEEP = "booking.tasks.booking_reported_sweep"
 BOOKING_PREFETCH = "booking.tasks.booking_prefetch"
 BOOKINGS_PREFETCH = "booking.tasks.bookings_prefetch"
+BOOKING_PROCEDURE_STEP = "booking.tasks.booking_procedure_step"
+BOOKING_PROCEDURE_STEP_SWEEP = "booking.tasks.booking_procedure_step_sweep"
 
 # --- portal ----------------------------------------------------------------------
 REPORT_PUBLISH = "portal.tasks.report_publish_retry"
 REPORT_PUBLISH_SWEEP = "portal.tasks.report_publish_sweep"
 DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
 DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
+REJECTION_PORTAL = "portal.tasks.rejection_portal"
 
 # --- preservation ----------------------------------------------------------------
 STUDY_PACKAGE = "preservation.tasks.study_package"
@@ -43,3 +52,4 @@ VOLUMES_CLOSE = "preservation.tasks.volumes_close"
 PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
 DISCARD_PROPOSE = "preservation.tasks.discard_propose"
 AUDIT_SEAL = "preservation.tasks.audit_seal"
+REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"

@@ -270,6 +270,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.BOOKING_REPORTED_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
     },
+    # MPPS: a booking left behind its modality's procedure step (a task lost with the broker).
+    "booking-procedure-step-sweep": {
+        "task": tasknames.BOOKING_PROCEDURE_STEP_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "report-publish-sweep": {
         "task": tasknames.REPORT_PUBLISH_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
@@ -857,3 +862,62 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+
+# --- Storage Commitment (PS3.4 J; archive.dicomnet.commitment) -------------------
+# Answer on the N-ACTION's association when the node is still connected and the
+# answer is ready at once; otherwise (or off) on a new association to the node.
+PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION = env_bool("PACS_STORAGE_COMMITMENT_SAME_ASSOCIATION", True)
+# Commit an instance only once a verified copy is in the long-term tier (two
+# copies first), waiting for the lifecycle up to the maximum wait; what is still
+# missing then fails (0x0110). Re-checked every RECHECK seconds.
+PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM = env_bool("PACS_STORAGE_COMMITMENT_REQUIRE_LONG_TERM", False)
+PACS_STORAGE_COMMITMENT_MAX_WAIT_SECONDS = env_float("PACS_STORAGE_COMMITMENT_MAX_WAIT_SECONDS", 86400.0)
+PACS_STORAGE_COMMITMENT_RECHECK_SECONDS = env_float("PACS_STORAGE_COMMITMENT_RECHECK_SECONDS", 300.0)
+# An answer the node does not take is sent again after RETRY seconds, doubling
+# (at most an hour), this many times in all; then the request is undelivered.
+PACS_STORAGE_COMMITMENT_RETRY_SECONDS = env_float("PACS_STORAGE_COMMITMENT_RETRY_SECONDS", 60.0)
+PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS = env_int("PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS", 10)
+if PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS < 1:
+    raise ImproperlyConfigured("PACS_STORAGE_COMMITMENT_DELIVERY_ATTEMPTS must be at least 1")
+CELERY_BEAT_SCHEDULE["storage-commitment-sweep"] = {
+    "task": tasknames.STORAGE_COMMITMENT_SWEEP,
+    "schedule": env_float("PACS_STORAGE_COMMITMENT_SWEEP_SECONDS", 300.0),
+}
+
+# --- Transcoding on the way out (issue 19, point 4) ---
+# Seconds a transcoding (C-GET/C-MOVE to a peer that did not accept the stored
+# transfer syntax, WADO-RS asking another one) may take in its render worker
+# (archive.rendering.transcoding): a large multi-frame object takes longer than
+# one rendered frame. Memory is PACS_RENDER_MEMORY_LIMIT's.
+PACS_TRANSCODE_TIMEOUT = env_float("PACS_TRANSCODE_TIMEOUT", 120.0)
+
+# --- IOCM rejection notes (archive.rejection) -------------------------------------------
+# Days a rejected instance stays (withdrawn, invisible) before its purge, per rejection
+# title (PS3.16 CID 7010 code), "default" for the others: PACS_REJECTION_RETENTION_DAYS
+# as "113001=30,113039=0,default=30" overrides any of them. Preserved packages are never purged.
+PACS_REJECTION_RETENTION_DAYS: dict[str, float] = {
+    "113001": 30.0,  # Rejected for Quality Reasons
+    "113037": 30.0,  # Rejected for Patient Safety Reasons
+    "113038": 30.0,  # Incorrect Modality Worklist Entry
+    "113039": 0.0,  # Data Retention Policy Expired: nothing left to keep
+    "default": 30.0,
+}
+for _entry in env_list("PACS_REJECTION_RETENTION_DAYS"):
+    _code, _sep, _days = _entry.partition("=")
+    try:
+        PACS_REJECTION_RETENTION_DAYS[_code.strip()] = float(_days)
+        if not _sep or float(_days) < 0:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PACS_REJECTION_RETENTION_DAYS: {_entry!r} is not code=days (days a number, 0 or more)"
+        ) from None
+CELERY_BEAT_SCHEDULE["rejections-purge"] = {
+    "task": tasknames.REJECTIONS_PURGE,
+    "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
+}
+# The notices a lost message left unopened (preservation, portal): the day's notes, announced again.
+CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
+    "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
+    "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
+}

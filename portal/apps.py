@@ -17,6 +17,12 @@ class PortalConfig(AppConfig):
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
+        # IOCM: withdrawn images take the study's zips with them; a published report needs the CUP.
+        from archive.signals import instances_rejected
+
+        from .tasks import rejection_enqueue
+
+        instances_rejected.connect(rejection_enqueue, dispatch_uid="portal.rejection")
 
         from django.contrib.auth.signals import user_logged_in
 
@@ -26,3 +32,9 @@ class PortalConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the portal's system checks)
 
         policy_register()  # oscuramento, emergency accesses, citizens: asked by archive.access
+
+        from archive.conformance import media_profile_source_register
+
+        from .media import media_profile
+
+        media_profile_source_register(media_profile)  # the conformance statement's media section

@@ -17,7 +17,9 @@ The DICOM package is a PS3.10 file-set as a CD of IHE PDI would hold it::
     ...
 
 The DICOMDIR's records are made by pydicom's own recorders
-(:data:`pydicom.fileset.DIRECTORY_RECORDERS`): PATIENT, STUDY and SERIES
+(:data:`pydicom.fileset.DIRECTORY_RECORDERS`), except where PS3.3 F.5 allows
+less than they copy (SR and key object documents, presentation states:
+:mod:`portal.dicomdir`): PATIENT, STUDY and SERIES
 from one header per series, an image's record from the index, any other
 object's from its header. They are laid out and linked here
 (:func:`dicomdir_encode`) rather than through :class:`pydicom.fileset.FileSet`,
@@ -53,6 +55,7 @@ from typing import IO, TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
+from archive.conformance import MediaProfile
 from archive.models import Instance, Rendition, Series
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
@@ -61,6 +64,7 @@ from archive.series_numbers import MODALITY_NAMES, NumberedSeries, study_series_
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import PacsError
+from portal.dicomdir import directory_record
 
 if TYPE_CHECKING:
     from archive.models import Study
@@ -324,14 +328,10 @@ class _Record:
 
 
 def _record(kind: str, header: Dataset) -> _Record:
-    from pydicom.fileset import DIRECTORY_RECORDERS
-
     try:
-        ds = DIRECTORY_RECORDERS[kind](header)
+        ds = directory_record(kind, header)  # PS3.3 F.5, with Specific Character Set (F.3.2.2)
     except (ValueError, KeyError, AttributeError) as exc:
         raise MediaError(f"{header.get('SOPInstanceUID', '?')}: no {kind} record for the DICOMDIR: {exc}") from exc
-    if kind in ("PATIENT", "STUDY", "SERIES") and "SpecificCharacterSet" in header:
-        ds.SpecificCharacterSet = header.SpecificCharacterSet  # PS3.3 F.3.2.2: Type 1C in a record
     return _record_finish(_Record(ds), kind)
 
 
@@ -341,6 +341,10 @@ def _leaf_kind_from_index(instance: Instance, series: Series) -> str | None:
     from pydicom.fileset import _FOUR_LEVEL_SOP_CLASSES
 
     if series.modality in ("RTINTENT", "RTSEGANN", "RTRAD", "PLAN"):
+        return None
+    if instance.rows is None:
+        # Not an image: an RT plan, an encapsulated PDF or CDA, which pydicom tells by
+        # their attributes (RT Plan Label, Encapsulated Document), not by the SOP class.
         return None
     return None if instance.sop_class_uid in _FOUR_LEVEL_SOP_CLASSES else "IMAGE"
 
@@ -706,3 +710,19 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
         _member_write_bytes(zf, README, readme, when=when)
     logger.info("JPEG package of study %s: %d images, %d failed", study.study_instance_uid, written, len(failures))
     return _info(path, written)
+
+
+def media_profile() -> MediaProfile:
+    """What :func:`dicom_media_zip_write` writes, for the conformance statement
+    (``PortalConfig.ready`` registers it with :func:`archive.conformance.media_profile_source_register`)."""
+    from pydicom.fileset import _FOUR_LEVEL_SOP_CLASSES
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    # The instance records dicomdir_records makes: IMAGE, or _four_level_record_type's.
+    leaves = sorted({"IMAGE", *_FOUR_LEVEL_SOP_CLASSES.values()})
+    return MediaProfile(
+        file_id="/".join(_file_id(1, 1)),
+        files=(DICOMDIR, README),
+        dicomdir_transfer_syntax=ExplicitVRLittleEndian,  # as dicomdir_encode writes it
+        record_types=tuple(leaves),
+    )

@@ -79,3 +79,25 @@ def package_build(self: Any, package_pk: int, user_pk: int | None = None, bookin
 @shared_task(name=tasknames.DOWNLOAD_PACKAGES_PURGE)
 def packages_purge() -> int:
     return downloads.packages_purge()
+
+
+@shared_task(
+    name=tasknames.REJECTION_PORTAL,
+    acks_late=True,
+    # Idempotent: stale zips are found again by fingerprint, the notice is one per note.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def rejection_portal(note_pk: int, study_pk: int) -> str:
+    from . import rejections
+
+    return rejections.rejection_portal(note_pk=note_pk, study_pk=study_pk)
+
+
+def rejection_enqueue(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.instances_rejected`` receiver (sent on commit): queue :func:`rejection_portal`."""
+    try:
+        rejection_portal.delay(note_pk, study_pk)
+    except Exception:
+        logger.exception("the portal's part of rejection note %s not queued", note_pk)

@@ -20,6 +20,12 @@ class PreservationConfig(AppConfig):
         from .tasks import package_on_report_signed
 
         report_signed.connect(package_on_report_signed, dispatch_uid="preservation.package")
+        # IOCM: a rejection note on a preserved study needs the archivist (packages are write-once).
+        from archive.signals import instances_rejected
+
+        from .tasks import rejection_enqueue
+
+        instances_rejected.connect(rejection_enqueue, dispatch_uid="preservation.rejection")
         # SQLite drops a table's triggers when a migration rebuilds it: put the registry's back.
         post_migrate.connect(sqlite_triggers_ensure, sender=self, dispatch_uid="preservation.guard.triggers")
 

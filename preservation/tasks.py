@@ -81,3 +81,25 @@ def discard_propose() -> int | None:
 def audit_seal() -> int:
     # Not retried: the next period's seal covers every chain this one would have.
     return seals.audit_seal().pk
+
+
+@shared_task(
+    name=tasknames.REJECTION_PRESERVATION,
+    acks_late=True,
+    # Idempotent: one notice per note and kind.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=8,
+)
+def rejection_preservation(note_pk: int, study_pk: int) -> str:
+    from . import rejections
+
+    return rejections.rejection_preservation(note_pk=note_pk, study_pk=study_pk)
+
+
+def rejection_enqueue(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.instances_rejected`` receiver (sent on commit): queue :func:`rejection_preservation`."""
+    try:
+        rejection_preservation.delay(note_pk, study_pk)
+    except Exception:
+        logger.exception("preservation's part of rejection note %s not queued", note_pk)

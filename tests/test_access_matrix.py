@@ -30,6 +30,10 @@ mario              citizen Rossi: his own exam
 laura              citizen Bianchi: her own exam, which she hid
 delegate           a citizen with Rossi's delegation: Rossi's exam
 =================  ============================================================
+
+One instance of Rossi's study was withdrawn by a rejection note (IOCM,
+archive.rejection): nobody finds it or the note on any route but the admin's
+pages of rejection notes and storage, not even who sees Rossi's study.
 """
 
 from __future__ import annotations
@@ -47,8 +51,20 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from archive.models import Copy, Instance, Patient, Report, Series, StaffProfile, StorageAlert, Study
+from archive.ingest import instance_ingest
+from archive.models import (
+    Copy,
+    Instance,
+    Patient,
+    RejectionNote,
+    Report,
+    Series,
+    StaffProfile,
+    StorageAlert,
+    Study,
+)
 from archive.reporting import services as reports
+from archive.sample_data import rejection_note
 from booking.models import Booking
 from kernel.audit import audit_record
 from portal import links, publication
@@ -111,6 +127,25 @@ class World:
     targets: dict[str, Target]
     users: dict[str, Any]
     clients: dict[str, Client]
+    withdrawn: list[str] = field(default_factory=list)  # a rejected instance and its note: shown to nobody
+
+
+def _reject_one(study: Study, tmp_path: Any) -> list[str]:
+    """A rejection note from Rossi's CT withdraws the last instance of his study; the UIDs
+    of the instance and of the note (both out of regular use)."""
+    from pydicom import dcmread
+
+    from archive.storage import tiers as storage
+
+    instance = Instance.objects.filter(series__study=study).order_by("-pk").first()
+    copy = Copy.objects.get(instance=instance)
+    header = dcmread(storage.absolute_path(copy.tier, copy.path), stop_before_pixels=True)
+    note = rejection_note([header], code="113001")
+    path = tmp_path / "rejection-note.dcm"
+    note.save_as(path, enforce_file_format=True)
+    instance_ingest(path=path, facility=study.facility, owned=False, calling_ae="CT01")
+    assert RejectionNote.objects.filter(sop_instance_uid=note.SOPInstanceUID).exists()
+    return [str(instance.sop_instance_uid), str(note.SOPInstanceUID)]
 
 
 def _superuser(username: str, authority: Any) -> Any:
@@ -161,8 +196,9 @@ def _target(name: str, study: Study, report: Report, booking: Booking, cf: str) 
 
 
 @pytest.fixture
-def world(cup: Cup, scene: Scene) -> World:  # noqa: F811  (cup first: it registers the patients)
+def world(cup: Cup, scene: Scene, tmp_path: Any) -> World:  # noqa: F811  (cup first: it registers the patients)
     s = scene
+    withdrawn = _reject_one(s.rossi, tmp_path)
     rep = s.rep
     # Each study booked online, reported by a radiologist of its authority, published to its patient.
     b_rossi = linked_booking(cup, s.rossi)
@@ -220,7 +256,7 @@ def world(cup: Cup, scene: Scene) -> World:  # noqa: F811  (cup first: it regist
     for name, cf in (("mario", MARIO_CF), ("laura", LAURA_CF), ("delegate", DELEGATE_CF)):
         clients[name] = Client()
         assert citizen_login(clients[name], cf).status_code == 302
-    return World(scene=s, cup=cup, targets=targets, users=users, clients=clients)
+    return World(scene=s, cup=cup, targets=targets, users=users, clients=clients, withdrawn=withdrawn)
 
 
 # --- decisions ---------------------------------------------------------------------
@@ -315,6 +351,9 @@ def _dicomweb_decision(route: str) -> Decision:
 
 DECISIONS: dict[str, Decision] = {
     "": Decision(PUBLIC),
+    # DICOMweb's service root answers OPTIONS only (the capabilities, no data): a GET is refused.
+    "dicomweb/": Decision(PUBLIC),
+    "dicomweb/<facility:facility>/": Decision(PUBLIC, fill=_t("dicomweb/<facility:facility>/", facility=FACILITY)),
     "i18n/setlang/": Decision(PUBLIC),
     "accounts/login/": Decision(PUBLIC),
     # Asked with GET (405): a POST would log the principal out for the rest of the matrix.
@@ -482,10 +521,18 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.Instance": ("series__study__", lambda w, t: t.instance),
     "archive.Copy": ("instance__series__study__", lambda w, t: Copy.objects.filter(instance=t.instance).first()),
     "archive.InstanceConflict": ("study__", None),
+    # A modality's procedure step names its study by UID (hidden with it) and its patient.
+    "archive.PerformedProcedureStep": ("study__", None),
     "kernel.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
     "archive.Report": ("study__", lambda w, t: t.report),
     "archive.StorageAlert": ("instance__series__study__", lambda w, t: StorageAlert.objects.get(instance=t.instance)),
     "archive.CopyFailure": ("instance__series__study__", None),
+    # The rejection notes' own pages: they name what they withdrew (to who sees the study).
+    "archive.RejectionNote": (
+        "study__",
+        lambda w, t: RejectionNote.objects.filter(study=t.study).first(),
+    ),
+    "archive.RejectionNotice": ("study__", None),
     "booking.Procedure": (None, None),
     "booking.Station": (None, None),
     "booking.AccessionSequence": (None, None),
@@ -675,6 +722,7 @@ def _check_route(w: World, route: str, decision: Decision, report: Report_) -> N
             leaked = _leaks(
                 answer, principal, w, registry=decision.kind in (REGISTRY, PUBLIC) or decision.patient, url=url
             )
+            leaked += [f"withdrawn:{uid}" for uid in w.withdrawn if uid in answer.body and uid not in url]
             if leaked:
                 report.add(f"{where}: shows {leaked[:3]}")
             if t is None or decision.kind not in (ONE, ACTION, SEARCH):
@@ -763,6 +811,24 @@ def _check_autocomplete(w: World, report: Report_) -> None:
                         report.add(f"{where}: shows {leaked[:3]}")
 
 
+def _check_withdrawn(w: World, report: Report_) -> None:
+    """The withdrawn instance, named by its own URLs, is not there for who sees its study."""
+    instance = Instance.all_objects.select_related("series__study").get(sop_instance_uid=w.withdrawn[0])
+    t = w.targets["rossi"]
+    study, series = instance.series.study.study_instance_uid, instance.series.series_instance_uid
+    base = f"/dicomweb/studies/{study}/series/{series}/instances/{instance.sop_instance_uid}"
+    asks = {
+        "admin_asugi": [base, f"{base}/metadata", f"{base}/rendered", f"{base}/thumbnail", f"{base}/frames/1"],
+        "mario": [f"/fse/esami/{t.booking.pk}/immagini/{instance.pk}.jpg"],
+    }
+    for principal, urls in asks.items():
+        for url in urls:
+            answer = _ask(w.clients[principal], url)
+            report.asked += 1
+            if not _refused(answer):
+                report.add(f"{principal} GET {url} -> {answer.status}: a withdrawn instance answered as if there")
+
+
 def test_the_web_access_matrix(world: World) -> None:
     report = Report_()
     for route, _pattern in _routes():
@@ -777,6 +843,7 @@ def test_the_web_access_matrix(world: World) -> None:
             if decision.fill is None and ("<" in route or "(" in route):
                 continue  # a pattern with parameters and no row to name: nothing to ask
             _check_route(world, route, decision, report)
+    _check_withdrawn(world, report)
     assert report.asked > 1000
     assert not report.problems, f"{len(report.problems)} of {report.asked} answers break the policy:\n" + "\n".join(
         report.problems[: int(os.environ.get("PACS_MATRIX_SHOW", "80"))]

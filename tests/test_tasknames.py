@@ -24,11 +24,15 @@ WIRE_NAMES = {
     "archive.tasks.studies_recall",
     "archive.tasks.report_encapsulate",
     "archive.tasks.report_encapsulate_sweep",
+    "archive.tasks.storage_commitment_answer",
+    "archive.tasks.storage_commitment_sweep",
     "booking.tasks.study_match",
     "booking.tasks.booking_reported_retry",
     "booking.tasks.booking_reported_sweep",
     "booking.tasks.booking_prefetch",
     "booking.tasks.bookings_prefetch",
+    "booking.tasks.booking_procedure_step",
+    "booking.tasks.booking_procedure_step_sweep",
     "portal.tasks.report_publish_retry",
     "portal.tasks.report_publish_sweep",
     "portal.tasks.package_build",
@@ -39,6 +43,10 @@ WIRE_NAMES = {
     "preservation.tasks.fixity_audit",
     "preservation.tasks.discard_propose",
     "preservation.tasks.audit_seal",
+    "archive.tasks.rejections_purge",
+    "archive.tasks.rejections_announce_sweep",
+    "portal.tasks.rejection_portal",
+    "preservation.tasks.rejection_preservation",
 }
 
 

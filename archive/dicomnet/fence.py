@@ -126,6 +126,17 @@ Row   pynetdicom name                         Why                               
       (set to False)                          dicom_listener`` in its own process
                                               (:func:`listener_process_configure`), never
                                               by ``start_listener``.
+
+16    ``Association._reactor_checkpoint``,    The Storage Commitment N-EVENT-REPORT on the  A send that does not wait
+      ``_is_paused`` (used, as row 10)        N-ACTION's association is sent from another   for its response, or a
+                                              thread between two turns of the reactor       response handler.
+                                              (:func:`send_request`), which goes on
+                                              serving: a release crossing it is answered.
+                                              pynetdicom's ``send_n_event_report`` holds
+                                              the reactor until the response, so a peer
+                                              releasing meanwhile waits for the DIMSE
+                                              timeout. The response is read through the
+                                              public ``EVT_DIMSE_RECV``.
 ====  ======================================  ============================================  ============================
 
 Public hooks used instead of internals: ``EVT_REQUESTED`` decides who may
@@ -299,6 +310,8 @@ TOUCHED: tuple[Touched, ...] = (
     Touched("14", "ApplicationEntity", "ae_title", "property"),
     Touched("15", "_config", "LOG_REQUEST_IDENTIFIERS", "config"),
     Touched("15", "_config", "LOG_RESPONSE_IDENTIFIERS", "config"),
+    Touched("16", "Association", "_reactor_checkpoint", "attribute"),
+    Touched("16", "Association", "_is_paused", "attribute"),
 )
 
 
@@ -878,6 +891,30 @@ def send_file(
         assoc._handle_no_response()
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+def send_request(assoc: Association, primitive: Any, context_id: int, *, timeout: float = 5.0) -> bool:
+    """Send a request ``primitive`` on an acceptor's association from a thread other than its
+    reactor, between two of the reactor's turns, and return at once (row 16): the reactor
+    goes on serving, and takes the peer's response off the queue (pynetdicom logs it as
+    unexpected); the caller reads it through ``EVT_DIMSE_RECV``. False when the association
+    ended, or the reactor did not pause within ``timeout`` seconds, before anything was sent."""
+    deadline = time.monotonic() + timeout
+    assoc._reactor_checkpoint.clear()
+    try:
+        # pynetdicom also marks the reactor paused while a service class runs (so that a
+        # handler may send); a request of the peer being served must finish first, or
+        # its response's PDUs could fall between this message's.
+        while not assoc._is_paused or getattr(assoc, "pacs_serving", False):
+            if not assoc.is_established or time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001)
+        if not assoc.is_established:
+            return False
+        assoc.dimse.send_msg(primitive, context_id)
+        return True
+    finally:
+        assoc._reactor_checkpoint.set()
 
 
 def exact_context(assoc: Association, sop_class_uid: str, transfer_syntax_uid: str) -> PresentationContext | None:

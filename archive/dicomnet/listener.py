@@ -47,7 +47,6 @@ from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
@@ -77,9 +76,24 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom m
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive import access
-from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES
-from archive.dicomnet import fence, peers
+from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
+from archive.dicom_transcode import TranscodeError
+from archive.dicomnet import commitment, fence, mpps, peers, retrieve_transcode
 from archive.dicomnet import transport as dul
+from archive.dicomnet.statuses import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    IDENTIFIER_MISMATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PROCESSING_FAILURE,
+    SOP_CLASS_MISMATCH,
+    SOP_CLASS_NOT_SUPPORTED,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    WARNING_CONFLICT,
+)
 from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Facility, Instance, Patient, RemoteNode, Study
 from archive.query import QueryError, query_run, retrieve_instances
@@ -90,21 +104,8 @@ from kernel.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2).
-SUCCESS = 0x0000
-WARNING_CONFLICT = 0xB000
-OUT_OF_RESOURCES = 0xA700
-SOP_CLASS_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-NOT_AUTHORIZED = 0x0124
-
-# Query/retrieve statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
-PENDING = 0xFF00
-CANCEL = 0xFE00
-IDENTIFIER_MISMATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
+# The statuses answered are imported from archive/dicomnet/statuses.py: one table,
+# which the conformance statement prints; a new status goes there first.
 
 # Information models, by the SOP class of the request.
 QR_MODELS = {
@@ -125,6 +126,7 @@ DIMSE_STATUS = {
     "out_of_resources": OUT_OF_RESOURCES,
     "processing": PROCESSING_FAILURE,
     "identifier": IDENTIFIER_MISMATCH,
+    "not_authorized": NOT_AUTHORIZED,  # a rejection note from a sender who may not (archive.rejection)
 }
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
@@ -331,8 +333,9 @@ def handle_requested(event: Event) -> None:
 class SendsStoredInstances(Association):
     """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
     sent from its archived file, byte for byte, when the peer accepted its
-    transfer syntax (``fence.send_file``); otherwise decoded and sent in one
-    the peer accepted (pynetdicom converts between the uncompressed ones).
+    transfer syntax (``fence.send_file``); otherwise transcoded to one the peer
+    accepted (``retrieve_transcode``, compressed data in a render worker); one
+    that cannot be converted is a failed sub-operation, and the retrieve goes on.
     Methods only: a C-MOVE's sub-association is switched to this class
     (fence row 12)."""
 
@@ -356,27 +359,21 @@ class SendsStoredInstances(Association):
         status: Dataset | None = None
         try:
             with instance_file(instance, held=True) as path:
-                context = fence.exact_context(self, instance.sop_class_uid, instance.transfer_syntax_uid)
+                context = retrieve_transcode.stored_context(self, instance)
                 if context is not None:
                     status = fence.send_file(self, Path(path), context, **options)
                 else:
-                    status = super().send_c_store(_for_peer(self, dcmread(path)), **options)
+                    try:
+                        ds = retrieve_transcode.for_peer(self, Path(path), instance)
+                    except TranscodeError as exc:
+                        # A failed sub-operation (PS3.4 C.4.2.3.1): nothing was sent for it.
+                        logger.warning("C-STORE sub-operation of %s not sent: %s", instance.sop_instance_uid, exc)
+                        status = _status(PROCESSING_FAILURE, exc.message)
+                        return status
+                    status = super().send_c_store(ds, **options)
             return status
         finally:
             dataset.tally.record(instance, status)
-
-
-def _for_peer(assoc: Association, ds: Dataset) -> Dataset:
-    """A compressed data set decompressed when the peer accepted its SOP class only
-    uncompressed (pydicom's pixel-data plugins); an uncompressed one as it is
-    (pynetdicom converts between the uncompressed syntaxes)."""
-    ts = ds.file_meta.TransferSyntaxUID
-    if not ts.is_compressed:
-        return ds
-    accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID}
-    if accepted and all(not UID(t).is_compressed for t in accepted):
-        ds.decompress(generate_instance_uid=False)  # the same object in another transfer syntax
-    return ds
 
 
 class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
@@ -675,6 +672,9 @@ def handle_store(event: Event) -> Dataset:
             assert spool.name is not None  # checked above; finish() does not clear it
             path, data, owned = spool.name, spool.in_memory(), True
         try:
+            check_store_context(
+                abstract_syntax=event.context.abstract_syntax, affected_sop_class_uid=str(req.AffectedSOPClassUID)
+            )
             result = instance_ingest(
                 path=path,
                 data=data,
@@ -684,7 +684,7 @@ def handle_store(event: Event) -> Dataset:
                 expected_sop_class_uid=str(req.AffectedSOPClassUID),
                 expected_sop_instance_uid=str(req.AffectedSOPInstanceUID),
             )
-        except IngestError as exc:
+        except (IngestError, DicomRejected) as exc:
             peer.failed += 1
             if len(peer.failures) < 20:
                 peer.failures.append(f"{req.AffectedSOPInstanceUID}: {exc.message}")
@@ -1170,8 +1170,9 @@ def build_ae(ae_title: str) -> AE:
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT
     ae.add_supported_context(Verification)
-    for uid in [*QR_MODELS, ModalityWorklistInformationFind]:
+    for uid in [*QR_MODELS, ModalityWorklistInformationFind, mpps.MODALITY_PERFORMED_PROCEDURE_STEP]:
         ae.add_supported_context(uid, UncompressedTransferSyntaxes)
+    commitment.contexts_add(ae)
     # Roles as proposed: a C-GET SCU asks to act as Storage SCP on these contexts.
     for cx in AllStoragePresentationContexts:
         assert cx.abstract_syntax is not None  # pynetdicom builds each with its SOP class
@@ -1311,6 +1312,9 @@ def start_listener(
         (evt.EVT_C_FIND, handle_find),
         (evt.EVT_C_GET, handle_get),
         (evt.EVT_C_MOVE, handle_move),
+        (evt.EVT_N_ACTION, commitment.handle_n_action),
+        (evt.EVT_N_CREATE, mpps.handle_n_create),
+        (evt.EVT_N_SET, mpps.handle_n_set),
         (evt.EVT_RELEASED, handle_ended),
         (evt.EVT_ABORTED, handle_ended),
         (evt.EVT_CONN_CLOSE, handle_conn_closed),

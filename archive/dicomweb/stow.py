@@ -6,8 +6,19 @@ is enforced while reading, and every spooled file is removed on any error.
 
 Instances whose Study Instance UID differs from the URL's fail with 0xC409
 (the value dcm4chee uses for this case, within the standard's Cxxx "cannot
-understand" range); a conflict with an archived object is stored for review
-and reported with WarningReason 0xB000, as the DIMSE service does.
+understand" range). A conflict with an archived object (the same SOP Instance
+UID with other bytes, in another study, or a study of another patient) is held
+aside for review (``archive.ingest``): it is not the archived instance and a
+retrieval of its UID answers the archived object or 404, so it is listed in
+the FailedSOPSequence with :data:`FAILURE_CONFLICT`, in the A7xx "refused"
+range PS3.18 Table I.2-2 takes from C-STORE (dcm4chee also refuses
+conflicting objects in A7xx), never in the ReferencedSOPSequence. The HTTP
+status follows PS3.18 10.5.3.1: 200 all stored, 202 some stored and some
+failed or warned, 409 none stored.
+
+The answer is DICOM JSON, or the Native DICOM Model (PS3.19) for
+``Accept: application/dicom+xml`` (:mod:`archive.dicomweb.native_xml`); any
+other Accept is 406 before the body is read.
 
 Storing and the access policy (``archive.access``): an instance is stored
 into its study whatever the study is to the sender, hidden by the patient
@@ -39,7 +50,7 @@ from archive.storage import tiers as storage
 
 from ..ingest import CONFLICT, DUPLICATE, IngestError, IngestResult, instance_ingest
 from ..models import Facility, Instance
-from .media import DICOM, MULTIPART, DicomwebError, parse_media_type
+from .media import DICOM, DICOM_JSON, MULTIPART, DicomwebError, MediaRange, parse_media_type
 from .multipart import _CHUNK
 from .scope import Scope, check_uid
 
@@ -52,15 +63,20 @@ FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_STUDY_MISMATCH = 0xC409
 FAILURE_PROCESSING = 0x0110
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
-WARNING_CONFLICT = 0xB000
-# The same words as the DIMSE service's ErrorComment for a conflict.
-CONFLICT_WARNING = "conflict kept for review; the archived object is unchanged"
+# Refused: held aside as a conflict with an archived object (implementation specific, in the
+# A7xx range; the conformance statement names it). One code for every kind of conflict: which
+# one it was (another patient, another study) is not the sender's to learn.
+FAILURE_CONFLICT = 0xA7C0
+CONFLICT_FAILURE = "held aside for review as a conflict with an archived object; not stored as this instance"
+DICOM_XML = "application/dicom+xml"
+FAILURE_NOT_AUTHORIZED = 0x0124
 _INGEST_FAILURE = {
     "invalid": FAILURE_CANNOT_UNDERSTAND,
     "sop_class_mismatch": FAILURE_SOP_CLASS_MISMATCH,
     "not_storage": FAILURE_SOP_CLASS_NOT_SUPPORTED,
     "out_of_resources": FAILURE_OUT_OF_RESOURCES,
     "processing": FAILURE_PROCESSING,
+    "not_authorized": FAILURE_NOT_AUTHORIZED,  # a rejection note from a user who may not (archive.rejection)
 }
 
 
@@ -202,6 +218,8 @@ class StowOutcome:
     study_ids: set[int] = field(default_factory=set)
     # For the audit log only, never in the answer.
     conflict_details: list[dict[str, Any]] = field(default_factory=list)
+    # The Store Instances Response Module whose DICOM JSON is ``response``.
+    dataset: Dataset = field(default_factory=Dataset)
 
 
 def stow_facility(scope: Scope) -> Facility:
@@ -238,6 +256,20 @@ def stow_content_type(content_type: str) -> tuple[str, str]:
     return boundary, part_type
 
 
+def stow_answer_type(ranges: list[MediaRange]) -> str:
+    """The media type of the STOW-RS answer for the Accept header's ``ranges`` (best first):
+    DICOM JSON (also for ``*/*`` and ``application/*``), or the Native DICOM Model XML.
+
+    Raises DicomwebError 406 when the client accepts neither.
+    """
+    for r in ranges:
+        if r.type in (DICOM_JSON, "application/json", "*/*", "*", "application/*"):
+            return DICOM_JSON
+        if r.type == DICOM_XML:
+            return DICOM_XML
+    raise DicomwebError(406, f"the STOW-RS answer is {DICOM_JSON} or {DICOM_XML}")
+
+
 def _peek(path: Path) -> tuple[str, str, str]:
     """(SOPClassUID, SOPInstanceUID, StudyInstanceUID) of a spooled part, '' for what cannot be read."""
     try:
@@ -257,6 +289,7 @@ def stow(
     content_length: int | None,
     scope: Scope,
     study_uid: str | None,
+    user: Any = None,
 ) -> StowOutcome:
     """Store the instances of a STOW-RS request body through :func:`archive.ingest.instance_ingest`.
 
@@ -276,7 +309,7 @@ def stow(
     try:
         for n, part in enumerate(parts, start=1):
             done = n
-            _stow_part(report, n, part, facility=facility, study_uid=study_uid)
+            _stow_part(report, n, part, facility=facility, study_uid=study_uid, user=user)
     finally:
         # Ingestion consumed the files it was given; the rest (an exception half-way) go now.
         for part in parts[done:]:
@@ -307,25 +340,27 @@ class _StowReport:
         self.result.warnings.append(f"{reason:04X}: part {n}: {message}")
 
     def stored(self, n: int, sop_class: str, result: IngestResult) -> None:
+        if result.study_id is not None:
+            self.result.study_ids.add(result.study_id)
+        if result.outcome == CONFLICT:
+            self.result.conflicts += 1
+            # Not result.detail: it may name what is archived (another patient, another study).
+            self.fail(
+                n, sop_class or _sop_class_of(result), result.sop_instance_uid, FAILURE_CONFLICT, CONFLICT_FAILURE
+            )
+            self.result.conflict_details.append(
+                {"part": n, "sop_instance_uid": result.sop_instance_uid, "detail": result.detail}
+            )
+            return
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class or _sop_class_of(result)
         item.ReferencedSOPInstanceUID = result.sop_instance_uid
         item.RetrieveURL = _retrieve_url(self.scope, result)
-        if result.outcome == CONFLICT:
-            item.WarningReason = WARNING_CONFLICT
-            self.result.conflicts += 1
-            # Not result.detail: it may name what is archived (another patient, another study).
-            self.result.warnings.append(f"B000: part {n}: {CONFLICT_WARNING}")
-            self.result.conflict_details.append(
-                {"part": n, "sop_instance_uid": result.sop_instance_uid, "detail": result.detail}
-            )
-        elif result.outcome == DUPLICATE:
+        if result.outcome == DUPLICATE:
             self.result.duplicates += 1
         else:
             self.result.stored += 1
         self.referenced.append(item)
-        if result.study_id is not None:
-            self.result.study_ids.add(result.study_id)
         self.study_urls.add(self.scope.study_url(result.study_instance_uid))
 
     def outcome(self, study_uid: str | None) -> StowOutcome:
@@ -346,10 +381,13 @@ class _StowReport:
         elif self.failed or self.result.warnings:
             self.result.status = 202
         self.result.response = ds.to_json_dict()
+        self.result.dataset = ds
         return self.result
 
 
-def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None) -> None:
+def _stow_part(
+    report: _StowReport, n: int, part: SpooledPart, *, facility: Facility, study_uid: str | None, user: Any = None
+) -> None:
     """Ingest one spooled part (consuming its file) and record what became of it."""
     sop_class, sop_instance, part_study = _peek(part.path)
     media, _params = parse_media_type(part.content_type)
@@ -368,7 +406,7 @@ def _stow_part(report: _StowReport, n: int, part: SpooledPart, *, facility: Faci
         )
         return
     try:
-        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="")
+        result = instance_ingest(path=part.path, facility=facility, owned=True, calling_ae="", user=user)
     except IngestError as exc:
         report.fail(n, sop_class, sop_instance, _INGEST_FAILURE.get(exc.code, FAILURE_PROCESSING), exc.message)
         return

@@ -13,6 +13,7 @@ from . import views
 # UIDs are matched loosely ([^/]+) so that a malformed one gets a 400 from the view, not a 404.
 _INSTANCE = "studies/<str:study>/series/<str:series>/instances/<str:instance>"
 _resources = [
+    path("", views.ServiceRootView.as_view()),  # OPTIONS: the capabilities (PS3.18 8.9)
     path("studies", views.StudiesView.as_view()),
     path("studies/<str:study>", views.StudyView.as_view()),
     path("series", views.SeriesSearchView.as_view()),

@@ -43,10 +43,11 @@ from ..api_tokens import ApiTokenAuthentication
 from ..models import Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
+from .native_xml import dataset_to_native_xml
 from .qido import qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_url, instances_select, study_get
-from .stow import stow
+from .stow import DICOM_XML, stow, stow_answer_type
 from .wado import bulkdata_response, frames_response, instances_response, metadata_response, parse_frame_list
 from .wado_uri import wado_uri_file, wado_uri_parse, wado_uri_wants_dicom
 
@@ -125,6 +126,24 @@ class DicomwebView(APIView):
 
     def audit_action(self) -> str:
         return STORE if self.request.method == "POST" else self.action
+
+    # OPTIONS answers the capabilities (PS3.18 8.9): a description of the service,
+    # no data, so no authentication, no permission and no audit (capabilities.py).
+    def perform_authentication(self, request: Request) -> None:
+        if request.method != "OPTIONS":
+            super().perform_authentication(request)
+
+    def check_permissions(self, request: Request) -> None:
+        if request.method != "OPTIONS":
+            super().check_permissions(request)
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:  # type: ignore[override]  # DRF sends any HttpResponseBase; its stub says Response
+        from .capabilities import capabilities_response, resource_route
+
+        facility = kwargs.get("facility")
+        base = public_url(request, f"{get_script_prefix()}dicomweb" + (f"/{facility}" if facility else "")) + "/"
+        route = resource_route(request.resolver_match.route if request.resolver_match else "")
+        return capabilities_response(base=base, accept=request.META.get("HTTP_ACCEPT"), route=route)
 
     def get_exception_handler(self) -> Any:
         # DRF's own: DICOMweb answers {"detail": ...} as PS3.18 clients expect, not the
@@ -231,6 +250,10 @@ def _warning_header(host: str, texts: list[str]) -> str:
         return f'"{" ".join(clean.split())[:300]}"'
 
     return ", ".join(f"299 {host} {quoted(t)}" for t in texts[:_MAX_WARNINGS])
+
+
+class ServiceRootView(DicomwebView):
+    """The service root (``/dicomweb/``, ``/dicomweb/<facility>/``): OPTIONS only, the capabilities."""
 
 
 # --- WADO-RS ----------------------------------------------------------------------------------------
@@ -406,6 +429,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
     note = view.begin(resource="studies" if study is None else "study")
     note.study_instance_uid = study or ""
     scope = view.scope(facility)
+    answer_type = stow_answer_type(view.accept())  # a 406 before anything is read or stored
     read, length = _body_reader(view.request)
     result = stow(
         read,
@@ -413,6 +437,7 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         content_length=length,
         scope=scope,
         study_uid=study,
+        user=view.request.user,
     )
     note.detail.update(
         stored=result.stored,
@@ -432,7 +457,10 @@ def stow_handle(view: DicomwebView, facility: str | None, study: str | None) -> 
         note.outcome = AuditEvent.Outcome.FAILURE
     elif result.status == 202:
         note.outcome = AuditEvent.Outcome.WARNING
-    response = HttpResponse(dumps(result.response), status=result.status, content_type=DICOM_JSON)
+    if answer_type == DICOM_XML:
+        response = HttpResponse(dataset_to_native_xml(result.dataset), status=result.status, content_type=DICOM_XML)
+    else:
+        response = HttpResponse(dumps(result.response), status=result.status, content_type=DICOM_JSON)
     if result.warnings:
         response["Warning"] = _warning_header(view.request.get_host(), result.warnings)
     return view.done(note, response)

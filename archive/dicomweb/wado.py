@@ -8,16 +8,21 @@ binary values become BulkDataURIs served by :func:`bulkdata_response`.
 Choices the standard leaves open (the conformance statement, in short):
 
 * WADO-RS returns each instance in the transfer syntax it was stored in,
-  byte for byte: when no ``transfer-syntax`` is asked, or ``*``, or the
-  stored one. A request naming only transfer syntaxes the archive does not
-  hold the instances in gets 406 (the archive never transcodes).
+  byte for byte, when no ``transfer-syntax`` is asked, or ``*``, or the
+  stored one; another one asked is made by transcoding (lossy ones too, since
+  the client named them), and one the archive cannot make is a 406
+  (:mod:`archive.dicomweb.transcoding`).
 * An instance whose every copy is unreadable makes a single-instance request
   answer 503; in a study or series retrieve it is skipped (logged as an
   error) unless no instance at all can be read, which is a 503.
-* Frames: native pixel data as ``application/octet-stream`` (little endian),
-  encapsulated pixel data as the original compressed bitstream with its
-  media type (``image/jpeg``, ``image/jls``, ``image/jp2``, ...).
-  A frame number outside the instance is a 400.
+* Frames: in the media type asked (PS3.18 8.7.3): ``application/octet-stream``
+  stays octet-stream, uncompressed (decoded) without ``transfer-syntax`` or
+  with Explicit VR Little Endian, as stored with ``transfer-syntax=*``; a
+  compressed media type (``image/jpeg``, ``image/jls``, ``image/jp2``, ...)
+  only when named. A frame number outside the instance is a 400.
+* Metadata carries the stored transfer syntax (0002,0010 and 0008,3002) and
+  Instance Availability (0008,0056): ONLINE, or NEARLINE when the only
+  copies are in the long-term tier.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pydicom.uid import (
 from archive.rendering import pipeline as rendering
 
 from ..models import Instance
+from . import transcoding
 from .media import DICOM, DICOM_JSON, OCTET_STREAM, DicomwebError, MediaRange, multipart_acceptable
 from .multipart import (
     Part,
@@ -61,23 +67,8 @@ from .scope import Scope, _open_all, _open_one, instance_url
 
 logger = logging.getLogger(__name__)
 
-# PS3.18 Table 8.7.3-5 (and -4): the media type of an encapsulated frame by transfer syntax.
-FRAME_MEDIA_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
+# PS3.18 Table 8.7.3-5: the media type of an encapsulated frame by transfer syntax.
+FRAME_MEDIA_TYPES = transcoding.FRAME_MEDIA_TYPES
 # Metadata: values of these VRs above the threshold become BulkDataURIs
 # (PS3.18 10.4.1.1.2 allows it for these and a few numeric VRs).
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -92,26 +83,43 @@ _SWAP_SIZE |= {"SV": 8, "UV": 8}
 
 
 def instances_response(scope: Scope, instances: list[Instance], ranges: list[MediaRange]) -> Streamed:
-    """The instances as multipart/related application/dicom, each part the stored file."""
-    refused = sorted(
-        {i.transfer_syntax_uid for i in instances if not multipart_acceptable(ranges, DICOM, i.transfer_syntax_uid)}
-    )
+    """The instances as multipart/related application/dicom: each part the stored file, or the
+    object transcoded when the client asked for another transfer syntax (:mod:`.transcoding`)."""
+    wanted = transcoding.instance_wanted(ranges)
+    if wanted is None:
+        raise DicomwebError(406, 'instances are served as multipart/related; type="application/dicom"')
+    targets = {i.pk: transcoding.instance_targets(wanted, i.transfer_syntax_uid) for i in instances}
+    refused = [i.transfer_syntax_uid for i in instances if not targets[i.pk]]
     if refused:
-        raise DicomwebError(
-            406,
-            "the archive holds these instances in transfer syntax "
-            f"{', '.join(refused)} only and does not transcode; ask with transfer-syntax=*",
-        )
+        raise transcoding.not_producible(refused)
     opened = _open_all(instances)
     boundary = new_boundary()
 
+    def part(instance: Instance, fh: BinaryIO) -> Part:
+        url = instance_url(scope, instance)
+        stored, wanted_ts = instance.transfer_syntax_uid, targets[instance.pk]
+        if wanted_ts[0] == stored:
+            return Part(f"{DICOM}; transfer-syntax={stored}", functools.partial(file_chunks, fh), url)
+        result = transcoding.instance_transcode(fh, wanted_ts, stored=stored)
+        return Part(f"{DICOM}; transfer-syntax={result.transfer_syntax}", body_of(result.data), url)
+
+    # The first part is made now: a request whose (first) object cannot be converted is a 406,
+    # not an empty body; a later one that fails is left out and logged.
+    first_instance, first_fh = next(opened)
+    try:
+        first = part(first_instance, first_fh)
+    except transcoding.TranscodeError as exc:
+        for _instance, fh in opened:
+            fh.close()
+        raise transcoding.conversion_refused(exc) from None
+
     def parts() -> Iterator[Part]:
+        yield first
         for instance, fh in opened:
-            yield Part(
-                content_type=f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
-                location=instance_url(scope, instance),
-                body=functools.partial(file_chunks, fh),
-            )
+            try:
+                yield part(instance, fh)
+            except transcoding.TranscodeError as exc:
+                logger.error("DICOMweb: skipping %s: %s", instance.sop_instance_uid, exc.message)
 
     return Streamed(multipart_content_type(DICOM, boundary), multipart_stream(parts(), boundary))
 
@@ -242,15 +250,29 @@ def dataset_json(ds: Dataset, *, bulk_url: str, path: str = "") -> dict[str, Any
     return out
 
 
-def instance_metadata(stored: StoredFile, *, url: str) -> dict[str, Any]:
+def instance_metadata(stored: StoredFile, *, url: str, availability: str = "ONLINE") -> dict[str, Any]:
     data = dataset_json(stored.ds, bulk_url=f"{url}/bulkdata")
+    # The stored transfer syntax, where viewers look for it (Cornerstone's metaDataProvider
+    # reads 00020010, then "the recommended way" 00083002), and the availability (PS3.18
+    # 10.4.1.2 allows both in the metadata; PS3.4 C.4.23: ONLINE or NEARLINE).
+    data["00020010"] = {"vr": "UI", "Value": [stored.transfer_syntax]}  # TransferSyntaxUID
     data["00083002"] = {"vr": "UI", "Value": [stored.transfer_syntax]}  # AvailableTransferSyntaxUID
+    data["00080056"] = {"vr": "CS", "Value": [availability]}  # InstanceAvailability
     if stored.pixel is not None:
         data[f"{stored.pixel.tag:08X}"] = {
             "vr": stored.pixel.vr,
             "BulkDataURI": f"{url}/bulkdata/{stored.pixel.tag:08X}",
         }
     return dict(sorted(data.items()))
+
+
+def instance_availability(instance: Instance) -> str:
+    """ONLINE with a copy in a facility tier, NEARLINE with copies in the long-term tier only
+    (a read recalls it), from the copies prefetched with the instance (no query)."""
+    tiers = [copy.tier for copy in instance.copies.all()]
+    if not tiers or any(t.startswith("facility:") for t in tiers):
+        return "ONLINE"
+    return "NEARLINE"
 
 
 def metadata_response(scope: Scope, instances: list[Instance]) -> Streamed:
@@ -264,7 +286,9 @@ def metadata_response(scope: Scope, instances: list[Instance]) -> Streamed:
             try:
                 stored = stored_read(fh)
                 try:
-                    item = instance_metadata(stored, url=instance_url(scope, instance))
+                    item = instance_metadata(
+                        stored, url=instance_url(scope, instance), availability=instance_availability(instance)
+                    )
                 finally:
                     stored.close()
             except DicomwebError as exc:
@@ -342,7 +366,7 @@ def _encapsulated_frame(stored: StoredFile, index: int) -> bytes:
 
 
 def frames_response(instance: Instance, numbers: list[int], ranges: list[MediaRange], *, url: str) -> Streamed:
-    """Frames of one instance: native ones as octet-stream, compressed ones as stored."""
+    """Frames of one instance in the media type asked (:func:`.transcoding.frame_plan`)."""
     stored = stored_read(_open_one(instance))
     try:
         if stored.pixel is None:
@@ -351,20 +375,25 @@ def frames_response(instance: Instance, numbers: list[int], ranges: list[MediaRa
         beyond = [n for n in numbers if n > nframes]
         if beyond:
             raise DicomwebError(400, f"frame {beyond[0]} does not exist: the instance has {nframes} frame(s)")
-        if stored.pixel.length is None:
-            media_type = FRAME_MEDIA_TYPES.get(stored.transfer_syntax)
-            if media_type is None:
-                raise DicomwebError(406, f"frames in transfer syntax {stored.transfer_syntax} cannot be served")
-            ts = stored.transfer_syntax
-            extract = _encapsulated_frame
-        else:
-            media_type, ts, extract = OCTET_STREAM, ExplicitVRLittleEndian, _native_frame
-        if not multipart_acceptable(ranges, media_type, ts):
+        encapsulated = stored.pixel.length is None
+        plan = transcoding.frame_plan(ranges, stored.transfer_syntax, encapsulated=encapsulated)
+        if plan is None:
+            media = transcoding.FRAME_MEDIA_TYPES.get(stored.transfer_syntax) if encapsulated else OCTET_STREAM
             raise DicomwebError(
                 406,
-                f"the frames are {media_type} in transfer syntax {ts} (the archive does not transcode); "
-                'accept multipart/related; type="application/octet-stream"; transfer-syntax=* or that media type',
+                f"the frames are stored as {media} in transfer syntax {stored.transfer_syntax} and cannot be "
+                'given as asked; accept multipart/related; type="application/octet-stream" '
+                "(uncompressed) or with transfer-syntax=* (as stored)",
             )
+        converted: list[bytes] | None = None
+        if plan.mode != "stored":
+            try:
+                converted = transcoding.frames_converted(stored.fh, plan, stored=stored.transfer_syntax)
+            except transcoding.TranscodeError as exc:
+                raise transcoding.conversion_refused(exc) from None
+            if len(converted) < max(numbers):
+                raise DicomwebError(500, f"the converted object has {len(converted)} frame(s), not {nframes}")
+        extract = _encapsulated_frame if encapsulated else _native_frame
     except BaseException:
         stored.close()
         raise
@@ -373,16 +402,16 @@ def frames_response(instance: Instance, numbers: list[int], ranges: list[MediaRa
     def parts() -> Iterator[Part]:
         try:
             for n in numbers:
-                data = extract(stored, n - 1)
+                data = converted[n - 1] if converted is not None else extract(stored, n - 1)
                 yield Part(
-                    content_type=f"{media_type}; transfer-syntax={ts}",
+                    content_type=f"{plan.media_type}; transfer-syntax={plan.transfer_syntax}",
                     location=f"{url}/frames/{n}",
                     body=body_of(data),
                 )
         finally:
             stored.close()
 
-    return Streamed(multipart_content_type(media_type, boundary), multipart_stream(parts(), boundary))
+    return Streamed(multipart_content_type(plan.media_type, boundary), multipart_stream(parts(), boundary))
 
 
 def _parse_tag_path(text: str) -> list[tuple[int, int | None]]:

@@ -9,6 +9,7 @@ from archive.rendering import pipeline as rendering
 from kernel.web import content_disposition
 
 from ..models import Instance
+from . import transcoding
 from .media import DICOM, DicomwebError, MediaRange, _type_matches, parse_accept
 from .multipart import Streamed, file_chunks
 from .rendered import RenderParams, render_params
@@ -93,9 +94,24 @@ def wado_uri_wants_dicom(req: WadoUriRequest) -> bool:
 
 
 def wado_uri_file(instance: Instance, transfer_syntax: str | None) -> Streamed:
-    if transfer_syntax and transfer_syntax not in ("*", instance.transfer_syntax_uid):
-        raise DicomwebError(
-            406, f"the object is stored in transfer syntax {instance.transfer_syntax_uid} and is not transcoded"
+    """The stored file; in ``transfer_syntax`` (PS3.18 9.1.2.1.4 transferSyntax) when another is
+    asked: transcoded (:mod:`.transcoding`), or 406 when it cannot be made."""
+    stored = instance.transfer_syntax_uid
+    if transfer_syntax and transfer_syntax not in ("*", stored):
+        targets = transcoding.instance_targets([transfer_syntax], stored)
+        if not targets:
+            raise transcoding.not_producible([stored])
+        try:
+            result = transcoding.instance_transcode(_open_one(instance), targets, stored=stored)
+        except transcoding.TranscodeError as exc:
+            raise transcoding.conversion_refused(exc) from None
+        return Streamed(
+            DICOM,
+            [result.data],
+            headers={
+                "Content-Length": str(len(result.data)),
+                "Content-Disposition": content_disposition(f"{instance.sop_instance_uid}.dcm"),
+            },
         )
     fh = _open_one(instance)
     return Streamed(

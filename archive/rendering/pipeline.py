@@ -386,10 +386,11 @@ def _frame_alone(source: BinaryIO, index: int, syntax: str) -> Dataset | None:
 def _decode_jpeg_extended(ds: Dataset, source: BinaryIO | None, index: int) -> np.ndarray:
     """12-bit JPEG Extended through GDCM itself: pydicom's GDCM plugin declines it,
     yet GDCM decodes it (checked against DCMTK's dcmdjpeg, identical values)."""
-    import gdcm
     import numpy as np
     from pydicom import dcmread
     from pydicom.encaps import get_frame
+
+    from archive.dicom_transcode import jpeg_extended_frame_decode
 
     if source is not None:
         source.seek(0)
@@ -401,25 +402,7 @@ def _decode_jpeg_extended(ds: Dataset, source: BinaryIO | None, index: int) -> n
     if samples != 1 or int(ds.BitsAllocated) != 16:
         raise NotImplementedError("only grey-scale 12-bit JPEG Extended is decoded through GDCM")
     data = get_frame(ds.PixelData, index, number_of_frames=number_of_frames(ds))
-    fragment = gdcm.Fragment()
-    fragment.SetByteStringValue(data)
-    fragments = gdcm.SequenceOfFragments.New()
-    fragments.AddFragment(fragment)
-    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
-    element.SetValue(fragments.__ref__())
-    image = gdcm.Image()
-    image.SetNumberOfDimensions(2)
-    image.SetDimensions((columns, rows, 1))
-    image.SetDataElement(element)
-    photometric = str(ds.PhotometricInterpretation)
-    image.SetPhotometricInterpretation(
-        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.GetPIType(photometric))
-    )
-    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(_JPEG_EXTENDED)))
-    image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits_stored, bits_stored - 1, signed))
-    buffer = image.GetBuffer().encode("utf-8", "surrogateescape")  # GDCM returns char* as str
-    if len(buffer) != rows * columns * 2:
-        raise ValueError(f"GDCM returned {len(buffer)} bytes for a {columns}x{rows} frame")
+    buffer = jpeg_extended_frame_decode(ds, data)
     values = np.frombuffer(buffer, dtype="<u2").reshape(rows, columns) & ((1 << bits_stored) - 1)
     if signed:
         shift = 16 - bits_stored

@@ -47,6 +47,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive import access
 from archive.models import Instance, Patient, Report, ReportPhrase, ReportTemplate, Series, Study
+from archive.procedure_steps import steps_for_studies
 from archive.reporting import services as reports
 from archive.reporting import texts
 from archive.reporting.booked import booked_exam, booked_exams
@@ -129,8 +130,10 @@ def worklist(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("pagina"))
     booked = booked_exams(study.pk for study in page.object_list)
+    steps = steps_for_studies(page.object_list)
     for study in page.object_list:
         study.booked = booked.get(study.pk)
+        study.procedure_step = steps.get(study.pk, [None])[0]  # the modality's latest MPPS
         study.draft_author_name = (
             f"{study.draft_author_first} {study.draft_author_last}".strip() or study.draft_author_username or ""
         )

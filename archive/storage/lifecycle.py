@@ -180,8 +180,10 @@ def _due(which: str, now: dt.datetime) -> Q:
 
 
 def _instance(instance_pk: int) -> Instance:
+    # all_objects: an instance a rejection note withdrew (IOCM), and the note itself
+    # (kept for ever), move between tiers like any other until their purge.
     return (
-        Instance.objects.select_related("facility__authority", "series__study")
+        Instance.all_objects.select_related("facility__authority", "series__study")
         .prefetch_related("copies")
         .get(pk=instance_pk)
     )
@@ -285,7 +287,7 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
     """
     threads = threads or settings.PACS_LIFECYCLE_THREADS
     instances = list(
-        Instance.objects.filter(pk__in=instance_pks)
+        Instance.all_objects.filter(pk__in=instance_pks)
         .select_related("facility__authority", "series__study")
         .prefetch_related("copies")
         .order_by("pk")
@@ -422,7 +424,7 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
         instance=OuterRef("pk"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
     )
     qs = (
-        Instance.objects.filter(_due("migrate", now))
+        Instance.all_objects.filter(_due("migrate", now))
         .filter(~Exists(longterm_copy))
         .filter(~_waiting(CopyFailure.Step.MIGRATE, now))
         .order_by("received_at", "pk")
@@ -435,7 +437,7 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
 def copies_to_evict(*, now: dt.datetime | None = None, limit: int | None = None) -> list[int]:
     """Facility copies of instances past their ``evict_after`` that a verified long-term copy backs."""
     now = now or timezone.now()
-    due = Instance.objects.filter(_due("evict", now)).values("pk")
+    due = Instance.all_objects.filter(_due("evict", now)).values("pk")
     backed = Copy.objects.filter(
         instance=OuterRef("instance"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
     )
@@ -491,7 +493,7 @@ def migrate_batch(
 
 
 def _target_tier(instance_pk: int) -> str:
-    instance = Instance.objects.select_related("facility__authority").filter(pk=instance_pk).first()
+    instance = Instance.all_objects.select_related("facility__authority").filter(pk=instance_pk).first()
     return longterm_tier_for(instance.facility) if instance is not None else ""
 
 

@@ -125,13 +125,13 @@ def seed(*, citizens: int, exams: int, seed_value: int, citizens_file: Path = CI
             people.append((cf, family, given, sex, birth))
 
     with transaction.atomic():
-        patients = Patient.objects.bulk_create(
-            [
-                Patient(codice_fiscale=cf, family_name=family, given_name=given, sex=sex, birth_date=birth)
-                for cf, family, given, sex, birth in people
-            ],
-            batch_size=BATCH,
-        )
+        new_patients = [
+            Patient(codice_fiscale=cf, family_name=family, given_name=given, sex=sex, birth_date=birth)
+            for cf, family, given, sex, birth in people
+        ]
+        for patient in new_patients:
+            patient.search_names_fill()  # bulk_create does not call save()
+        patients = Patient.objects.bulk_create(new_patients, batch_size=BATCH)
         users = User.objects.bulk_create(
             [
                 User(username=cf, password=hashed, first_name=given.title(), last_name=family.title())
@@ -247,6 +247,8 @@ def seed(*, citizens: int, exams: int, seed_value: int, citizens_file: Path = CI
                 )
             )
             studied.append((b, plan))
+        for study in studies:
+            study.search_names_fill()  # bulk_create does not call save()
         Study.objects.bulk_create(studies, batch_size=BATCH)
         Series.objects.bulk_create(
             [

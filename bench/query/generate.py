@@ -370,6 +370,7 @@ def generate(*, studies: int, seed: int) -> None:
 
     from archive.demo import demo_region_load
     from archive.models import Copy, Facility, Instance, Patient, PatientIdentifier, Series, Study
+    from archive.person_names import pn_search_key
     from archive.storage import tiers as storage
     from portal.models import Concealment
 
@@ -505,9 +506,29 @@ def generate(*, studies: int, seed: int) -> None:
         timed(
             "patients",
             Patient,
-            ["id", "codice_fiscale", "family_name", "given_name", "birth_date", "sex", "provisional", "created_at"],
+            [
+                "id",
+                "codice_fiscale",
+                "family_name",
+                "given_name",
+                "birth_date",
+                "sex",
+                "provisional",
+                "created_at",
+                "name_search",
+            ],
             (
-                (p.pk, p.codice_fiscale, p.family, p.given, p.birth, p.sex, p.codice_fiscale is None, now)
+                (
+                    p.pk,
+                    p.codice_fiscale,
+                    p.family,
+                    p.given,
+                    p.birth,
+                    p.sex,
+                    p.codice_fiscale is None,
+                    now,
+                    pn_search_key(f"{p.family}^{p.given}"),
+                )
                 for p in patients
             ),
         )
@@ -543,8 +564,11 @@ def generate(*, studies: int, seed: int) -> None:
                 "last_received_at",
                 "post_ingest_pending",
                 "post_ingest_at",
+                "patient_name_search",
+                "referring_physician_name_search",
             ],
-            iter(study_rows),
+            # The names' search keys, as Study.save() writes them.
+            (row + (pn_search_key(row[4]), pn_search_key(row[14])) for row in study_rows),
         )
         timed(
             "series",

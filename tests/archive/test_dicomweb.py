@@ -19,9 +19,9 @@ from pydicom.uid import generate_uid
 from archive.dicomweb.media import parse_accept
 from archive.dicomweb.stow import (
     FAILURE_CANNOT_UNDERSTAND,
+    FAILURE_CONFLICT,
     FAILURE_SOP_CLASS_NOT_SUPPORTED,
     FAILURE_STUDY_MISMATCH,
-    WARNING_CONFLICT,
     multipart_spool,
 )
 from archive.dicomweb.views import StudiesView
@@ -91,16 +91,60 @@ def test_series_and_instance_retrieve(client, stored, reader) -> None:
     assert data == stored[0].read_bytes()
 
 
-def test_a_transfer_syntax_the_archive_does_not_hold_is_not_acceptable(client, stored, reader) -> None:
-    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.4.50"
+def test_a_transfer_syntax_the_archive_cannot_make_is_not_acceptable(client, stored, reader) -> None:
+    # JPEG Lossless: the archive has no encoder for it.
+    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.4.70"
     response = client.get(_study_url(stored[0]), HTTP_ACCEPT=accept, **reader.auth)
     assert response.status_code == 406
-    assert "does not transcode" in response.json()["detail"]
+    assert "transfer-syntax=*" in response.json()["detail"]
+    # JPEG Baseline is made for 8-bit images only: the 16-bit CT cannot be converted.
+    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.4.50"
+    response = client.get(_instance_url(stored[0]), HTTP_ACCEPT=accept, **reader.auth)
+    assert response.status_code == 406 and "8-bit" in response.json()["detail"]
     response = client.get(_study_url(stored[0]), HTTP_ACCEPT="application/json", **reader.auth)
     assert response.status_code == 406
     # The stored transfer syntax, asked explicitly, is fine.
     accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.1"
     assert client.get(_study_url(stored[0]), HTTP_ACCEPT=accept, **reader.auth).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "source", ["MR_small_jp2klossless.dcm", "JPEG-lossy.dcm", US_MULTIFRAME, "MR_small_RLE.dcm", MR]
+)
+def test_instances_in_the_transfer_syntax_asked(client, region, reader, tmp_path, source: str) -> None:
+    """Issue 19: another transfer syntax asked is made by transcoding (not a 406); ``*`` and no
+    parameter give the stored bytes; the archived file is unchanged."""
+    from tests.archive.test_transcode import reference_pixels
+
+    files = write_study(tmp_path, patient=PatientInfo("TX1"), source=source, instances_per_series=1)
+    ingest_files(files, region.facility)
+    stored_bytes = files[0].read_bytes()
+    stored_ts = str(dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    archived = [p for p in tier_files(region.facility.code) if p.read_bytes() == stored_bytes]
+    assert archived
+    url = _instance_url(files[0])
+    for target in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"):
+        response = client.get(url, HTTP_ACCEPT=f"{DICOM_ACCEPT}; transfer-syntax={target}", **reader.auth)
+        assert response.status_code == 200, (target, response.content[:300])
+        ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={target}"
+        got = dcmread(io.BytesIO(data))
+        assert got.file_meta.TransferSyntaxUID == target
+        expected = reference_pixels(files[0])
+        if stored_ts in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"):
+            assert np.abs(got.pixel_array.astype(float) - expected).max() <= 1
+        else:
+            assert np.array_equal(got.pixel_array, expected), target
+    # Two choices, in order of preference: the first the archive can make.
+    accept = f"{DICOM_ACCEPT}; transfer-syntax=1.2.840.10008.1.2.4.70, {DICOM_ACCEPT}; transfer-syntax=*;q=0.5"
+    response = client.get(url, HTTP_ACCEPT=accept, **reader.auth)
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    if stored_ts != "1.2.840.10008.1.2.4.70":
+        assert data == stored_bytes and headers["content-type"].endswith(stored_ts)
+    for accept in (f"{DICOM_ACCEPT}; transfer-syntax=*", DICOM_ACCEPT):
+        response = client.get(url, HTTP_ACCEPT=accept, **reader.auth)
+        assert parse_multipart(response["Content-Type"], _body(response))[0][1] == stored_bytes
+    assert all(p.read_bytes() == stored_bytes for p in archived)
 
 
 def test_unknown_and_malformed_uids(client, stored, reader) -> None:
@@ -183,6 +227,8 @@ def test_metadata_is_dicom_json_with_bulk_data_uris(client, stored, reader) -> N
     assert pixel_uri == f"http://testserver{_instance_url(stored[0])}/bulkdata/7FE00010"
     assert item["7FE00010"]["vr"] == "OW"
     assert item["00083002"]["Value"] == ["1.2.840.10008.1.2.1"]
+    assert item["00020010"]["Value"] == ["1.2.840.10008.1.2.1"]  # issue 19
+    assert item["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
     response = client.get(pixel_uri.removeprefix("http://testserver"), **reader.auth)
     ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
     assert data == original.PixelData and headers["content-type"].startswith("application/octet-stream")
@@ -228,13 +274,57 @@ def test_compressed_multiframe_frames_are_the_original_bitstream(client, region,
     parts = parse_multipart(response["Content-Type"], _body(response))
     assert [data for _h, data in parts] == [expected[0], expected[4], expected[29]]
     assert parts[0][0]["content-type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
-    # Asked for uncompressed frames only: the archive does not decompress.
-    accept = 'multipart/related; type="application/octet-stream"'
-    assert client.get(_instance_url(files[0]) + "/frames/1", HTTP_ACCEPT=accept, **reader.auth).status_code == 406
-    # OHIF's way: octet-stream, any transfer syntax.
-    accept += "; transfer-syntax=*"
-    response = client.get(_instance_url(files[0]) + "/frames/2", HTTP_ACCEPT=accept, **reader.auth)
-    assert parse_multipart(response["Content-Type"], _body(response))[0][1] == expected[1]
+    url = _instance_url(files[0])
+    # Asked as octet-stream (PS3.18 8.7.3): the frames decoded, uncompressed, little endian.
+    decoded = original.pixel_array
+    for accept in (
+        'multipart/related; type="application/octet-stream"',
+        'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1',
+    ):
+        response = client.get(url + "/frames/1,30", HTTP_ACCEPT=accept, **reader.auth)
+        assert response.status_code == 200 and 'type="application/octet-stream"' in response["Content-Type"]
+        parts = parse_multipart(response["Content-Type"], _body(response))
+        assert [h["content-type"] for h, _d in parts] == [
+            "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        ] * 2
+        assert [d for _h, d in parts] == [decoded[0].tobytes(), decoded[29].tobytes()]
+    # OHIF's and Cornerstone's way: octet-stream, any transfer syntax: the stored bitstream, still
+    # an octet-stream part, naming its transfer syntax (issue 19: it came as image/jpeg).
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    response = client.get(url + "/frames/2", HTTP_ACCEPT=accept, **reader.auth)
+    assert response["Content-Type"].startswith('multipart/related; type="application/octet-stream"')
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert data == expected[1]
+    assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"
+    # A compressed media type named by the client: JPEG 2000 (its default, lossless) made from the decode.
+    response = client.get(url + "/frames/3", HTTP_ACCEPT='multipart/related; type="image/jp2"', **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"].startswith('multipart/related; type="image/jp2"')
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    from pydicom.pixels import decompress as _unused  # noqa: F401  (the decoders are installed)
+
+    from archive.dicom_transcode import file_transcode
+
+    j2k = dcmread(io.BytesIO(file_transcode(files[0], ["1.2.840.10008.1.2.4.90"]).data))
+    assert data == list(generate_frames(j2k.PixelData, number_of_frames=30))[2]
+    # A media type the archive cannot make from it.
+    response = client.get(url + "/frames/1", HTTP_ACCEPT='multipart/related; type="image/jpx"', **reader.auth)
+    assert response.status_code == 406
+
+
+def test_native_frames_asked_with_any_transfer_syntax(client, stored, reader) -> None:
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    response = client.get(_instance_url(stored[0]) + "/frames/1", HTTP_ACCEPT=accept, **reader.auth)
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert headers["content-type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert data == dcmread(stored[0]).PixelData
+    # A native image asked as JPEG 2000 by name: encoded for the client (lossless).
+    response = client.get(
+        _instance_url(stored[0]) + "/frames/1", HTTP_ACCEPT='multipart/related; type="image/jp2"', **reader.auth
+    )
+    ((headers, data),) = parse_multipart(response["Content-Type"], _body(response))
+    assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert data[:4] in (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0c")
 
 
 def test_rendered_and_thumbnail(client, stored, reader) -> None:
@@ -303,6 +393,24 @@ def test_wado_uri(client, stored, reader) -> None:
     assert client.get(f"/dicomweb/wado?{query}&windowCenter=40", **reader.auth).status_code == 400
     assert client.get(f"/dicomweb/wado?{query.replace(sop, generate_uid())}", **reader.auth).status_code == 404
     assert client.get(f"/dicomweb/wado?{query}").status_code == 401
+
+
+def test_wado_uri_in_the_transfer_syntax_asked(client, region, reader, tmp_path) -> None:
+    files = write_study(
+        tmp_path, patient=PatientInfo("TX2"), source=COMPRESSED["1.2.840.10008.1.2.4.90"], instances_per_series=1
+    )
+    ingest_files(files, region.facility)
+    study, series, sop = uids(files[0])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application/dicom"
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=1.2.840.10008.1.2.1", **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
+    got = dcmread(io.BytesIO(_body(response)))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(got.pixel_array, dcmread(files[0]).pixel_array)
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=*", **reader.auth)
+    assert _body(response) == files[0].read_bytes()
+    response = client.get(f"/dicomweb/wado?{query}&transferSyntax=1.2.840.10008.1.2.4.70", **reader.auth)
+    assert response.status_code == 406
 
 
 # --- STOW-RS ----------------------------------------------------------------------------------------
@@ -383,16 +491,18 @@ def test_stow_of_a_non_storage_sop_class(client, region, archivist, tmp_path) ->
     assert failed.ReferencedSOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_stow_conflict_is_a_warning(client, region, archivist, ct_study) -> None:
+def test_stow_conflict_is_a_failure_not_a_stored_instance(client, region, archivist, ct_study) -> None:
     ingest_files(ct_study[:1], region.facility)
     ds = dcmread(ct_study[0])
     ds.SeriesDescription = "other bytes, same SOP Instance UID"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     response = _stow(client, archivist, "/dicomweb/TS-CAT/studies", [buf.getvalue()])
-    assert response.status_code == 202
-    (item,) = Dataset.from_json(response.json()).ReferencedSOPSequence
-    assert item.WarningReason == WARNING_CONFLICT
+    assert response.status_code == 409
+    result = Dataset.from_json(response.json())
+    (item,) = result.FailedSOPSequence
+    assert item.FailureReason == FAILURE_CONFLICT and item.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert "ReferencedSOPSequence" not in result
     assert InstanceConflict.objects.count() == 1 and Instance.objects.count() == 1
 
 
@@ -718,3 +828,19 @@ def test_retrieve_queries_do_not_grow_with_the_study(client, stored, reader, dja
     with django_assert_max_num_queries(15):
         response = client.get(_study_url(stored[0]) + "/metadata", **reader.auth)
         assert len(json.loads(_body(response))) == 6
+
+
+def test_metadata_says_nearline_when_only_the_long_term_tier_holds_the_instance(client, stored, reader) -> None:
+    instance = Instance.objects.get(sop_instance_uid=uids(stored[0])[2])
+    copy = Copy.objects.get(instance=instance)
+    source = storage.absolute_path(copy.tier, copy.path)
+    target = storage.absolute_path("longterm:region", copy.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+    Copy.objects.filter(pk=copy.pk).update(tier="longterm:region")
+    response = client.get(_instance_url(stored[0]) + "/metadata", **reader.auth)
+    assert response.status_code == 200
+    (item,) = json.loads(_body(response))
+    assert item["00080056"]["Value"] == ["NEARLINE"]
+    items = json.loads(_body(client.get(_study_url(stored[0]) + "/metadata", **reader.auth)))
+    assert sorted(i["00080056"]["Value"][0] for i in items) == ["NEARLINE"] + ["ONLINE"] * 5

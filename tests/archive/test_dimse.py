@@ -190,17 +190,19 @@ def test_data_sets_above_the_memory_limit_spill_to_disk_as_they_arrive(  # type:
 
 def test_non_storage_sop_class_gets_no_presentation_context(listener: int) -> None:
     from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage, ModalityPerformedProcedureStep
+
+    # MPPS Retrieve (N-GET of a step): a non-storage class the listener does not serve.
+    from pynetdicom.sop_class import CTImageStorage, ModalityPerformedProcedureStepRetrieve
 
     ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(ModalityPerformedProcedureStep)
+    ae.add_requested_context(ModalityPerformedProcedureStepRetrieve)
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", listener, ae_title="TSCAT_PACS")
     try:
         assert assoc.is_established
         rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
-        assert ModalityPerformedProcedureStep in rejected and CTImageStorage in accepted
+        assert ModalityPerformedProcedureStepRetrieve in rejected and CTImageStorage in accepted
     finally:
         assoc.release()
 

@@ -87,6 +87,9 @@ GET_MODELS = {
     StudyRootQueryRetrieveInformationModelGet: "study",
 }
 STORAGE = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
+MPPS = "1.2.840.10008.3.1.2.3.3"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 
 
 def listener_services() -> list[str]:
@@ -106,6 +109,10 @@ def listener_services() -> list[str]:
             services.add(f"C-GET {GET_MODELS[uid]}")
         elif uid == ModalityWorklistInformationFind:
             services.add("MWL")
+        elif uid == MPPS:
+            services.add("MPPS")
+        elif uid == STORAGE_COMMITMENT:
+            services.add("Storage Commitment")
         else:
             services.add(f"undecided {uid}")
     return sorted(services)
@@ -378,6 +385,72 @@ def call_worklist(world: World, caller: Caller) -> Any:
     return Counter(str(identifier.AccessionNumber)[:3] for status, identifier in responses if status.Status == 0xFF00)
 
 
+def call_mpps(world: World, caller: Caller) -> Any:
+    """An N-CREATE of a procedure step and its N-SET COMPLETED; "performed" when both succeed."""
+    from archive.models import PerformedProcedureStep
+    from tests.mpps_helpers import completed_attributes, create_attributes
+
+    assoc = _associate(world, caller, MPPS)
+    if not assoc.is_established:
+        return REJECTED_OUTCOME
+    uid = generate_uid()
+    try:
+        created, _ = assoc.send_n_create(create_attributes(station=caller.calling_ae), MPPS, uid)
+        completed, _ = assoc.send_n_set(completed_attributes(), MPPS, uid)
+    finally:
+        assoc.release()
+    if created.Status == 0x0124 and completed.Status == 0x0124:
+        assert not PerformedProcedureStep.objects.filter(sop_instance_uid=uid).exists()
+        return REFUSED_OUTCOME
+    assert (created.Status, completed.Status) == (0x0000, 0x0000), (hex(created.Status), hex(completed.Status))
+    return PerformedProcedureStep.objects.get(sop_instance_uid=uid).status
+
+
+def call_commitment(world: World, caller: Caller) -> Any:
+    """An N-ACTION asking commitment of every study's instance; the studies whose instance the
+    N-EVENT-REPORT (on the same association) commits. The others fail as no such instance."""
+    reports: list[Dataset] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append(event.event_information)
+        return 0x0000, None
+
+    assoc = _associate(world, caller, STORAGE_COMMITMENT, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    if not assoc.is_established:
+        return REJECTED_OUTCOME
+    information = Dataset()
+    information.TransactionUID = generate_uid()
+    items = []
+    for label in STUDIES:
+        ds = dcmread(world.files[label], stop_before_pixels=True)
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        items.append(item)
+    information.ReferencedSOPSequence = items
+    try:
+        status, _ = assoc.send_n_action(information, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+        if status.Status == 0x0124:
+            return REFUSED_OUTCOME
+        assert status.Status == 0x0000, hex(status.Status)
+        answered = threading.Event()
+        for _ in range(400):
+            if reports:
+                break
+            answered.wait(0.05)
+    finally:
+        assoc.release()
+    assert reports, "no N-EVENT-REPORT on the association"
+    committed = {world.sop_label[str(i.ReferencedSOPInstanceUID)] for i in reports[0].get("ReferencedSOPSequence", [])}
+    failed = {
+        world.sop_label[str(i.ReferencedSOPInstanceUID)]: int(i.FailureReason)
+        for i in reports[0].get("FailedSOPSequence", [])
+    }
+    assert committed | set(failed) == set(STUDIES) and not committed & set(failed)
+    assert set(failed.values()) <= {0x0112}, failed  # not archived for this node: never why
+    return committed
+
+
 # --- the decisions --------------------------------------------------------------------
 
 
@@ -431,6 +504,13 @@ DECISIONS: dict[str, Decision] = {
     **{f"C-MOVE {root}": Decision(lambda w, c, m=uid: call_move(w, c, m), _sees) for uid, root in MOVE_MODELS.items()},
     **{f"C-GET {root}": Decision(lambda w, c, m=uid: call_get(w, c, m), _sees) for uid, root in GET_MODELS.items()},
     "MWL": Decision(call_worklist, _worklist, needs_bookings=True),
+    # A registered node that may read the worklist reports its steps; an unknown AE may not.
+    "MPPS": Decision(
+        call_mpps, lambda p: REJECTED_OUTCOME if p in REJECTED else REFUSED_OUTCOME if p in REFUSED else "COMPLETED"
+    ),
+    # A node commits only what it may see: the concealed study and those out of its scope are
+    # "no such instance"; an unknown AE may store (the demo flag) but not ask for commitment.
+    "Storage Commitment": Decision(call_commitment, _sees),
 }
 
 

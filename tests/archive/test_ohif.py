@@ -211,8 +211,9 @@ def ohif_open_study(viewer: Viewer, study_uid: str, *, root: str = "/dicomweb") 
             pixel = item["7FE00010"]
             assert pixel["vr"] in ("OB", "OW") and "Value" not in pixel and "InlineBinary" not in pixel
             assert pixel["BulkDataURI"].startswith("http://testserver/dicomweb/studies/")  # absolute: used as is
-            # The transfer syntax for Cornerstone's decoder: 00083002 (00020010, file meta, is not in DICOMweb).
+            # The transfer syntax for Cornerstone's decoder: 00020010 first, then 00083002 (issue 19).
             assert _value(item, "00083002"), "AvailableTransferSyntaxUID"
+            assert _value(item, "00020010") == _value(item, "00083002"), "TransferSyntaxUID"
             frames = int(_value(item, "00280008") or 1)
             image_url = f"{root}/studies/{study_uid}/series/{series_uid}/instances/{_value(item, '00080018')}"
             for accept in FRAME_ACCEPTS:
@@ -403,12 +404,12 @@ def test_no_origin_is_allowed_unless_configured(client: Client, db: None) -> Non
 @override_settings(CORS_ALLOWED_ORIGINS=[OHIF_ORIGIN])
 @pytest.mark.parametrize("transfer_syntax", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"])
 def test_ohif_gets_compressed_frames_named_for_its_decoder(scene: Scene, tmp_path: Path, transfer_syntax: str) -> None:
-    """A compressed study: each frame comes as stored (the archive does not transcode), its part
-    naming the transfer syntax, from which Cornerstone's loadImage.ts picks the decoder.
+    """A compressed study: each frame comes as stored, its part naming the transfer syntax,
+    from which Cornerstone's loadImage.ts picks the decoder.
 
-    Asked as application/octet-stream with transfer-syntax=*, the part is the compressed
-    bitstream's own media type (image/jls, image/jp2, image/dicom-rle): issue 19 asks for
-    application/octet-stream parts instead; Cornerstone reads either."""
+    Asked as application/octet-stream with transfer-syntax=*, the part stays an
+    application/octet-stream part (issue 19; PS3.18 8.7.3), with the stored bitstream; the
+    metadata names the stored syntax in 00020010 as well as 00083002."""
     source = COMPRESSED.get(transfer_syntax)
     if source is None:
         pytest.skip(f"no bundled file in {transfer_syntax}")
@@ -422,6 +423,7 @@ def test_ohif_gets_compressed_frames_named_for_its_decoder(scene: Scene, tmp_pat
     study_uid, series_uid, sop = str(stored.StudyInstanceUID), str(stored.SeriesInstanceUID), str(stored.SOPInstanceUID)
     [item] = _dicom_json(viewer.get(f"/dicomweb/studies/{study_uid}/series/{series_uid}/metadata", DICOM_JSON))
     assert _value(item, "00083002") == transfer_syntax
+    assert _value(item, "00020010") == transfer_syntax
     first = next(generate_frames(stored.PixelData, number_of_frames=int(stored.get("NumberOfFrames", 1) or 1)))
     url = f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop}/frames/1"
     for accept in (*FRAME_ACCEPTS[:2], FRAME_ACCEPTS[3]):
@@ -429,6 +431,7 @@ def test_ohif_gets_compressed_frames_named_for_its_decoder(scene: Scene, tmp_pat
         assert response.status_code == 200, (accept, _body(response)[:300])
         content_type, data = _extract_multipart(_body(response))
         assert _part_param(content_type, "transfer-syntax") == transfer_syntax, content_type
+        assert content_type.split(";")[0].strip() == "application/octet-stream", content_type
         assert data == first
 
 

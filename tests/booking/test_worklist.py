@@ -429,8 +429,15 @@ def test_an_accented_name_matches_in_lower_case_with_a_wildcard(listener: int, c
         codice_fiscale="DLLNCL80A01L424X", family_name="DELL'ORTÒ", given_name="NICOLÈ", sex="M"
     )
     booking = cup.book(patient)
-    ds = identifier(PatientName="dell'ortò^*")
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    # Without case nor accents (archive.person_names), exact values too.
+    for key in ("dell'ortò^*", "dell'orto^nicole", "DELL'ORTO*", "*^nicolè"):
+        ds = identifier(PatientName=key)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        assert accessions(mwl_find(listener, ds)[0]) == [booking.accession_number], key
+    # A name corrected at the desk is matched by its new spelling.
+    patient.given_name = "NICOLÒ"
+    patient.save()
+    ds = identifier(PatientName="dell'orto^nicolo")
     assert accessions(mwl_find(listener, ds)[0]) == [booking.accession_number]
 
 

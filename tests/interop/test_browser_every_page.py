@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
+from pydicom.uid import generate_uid
 
+from archive import procedure_steps
 from booking.models import DistributionChoice
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.mpps_helpers import create_attributes, discontinued_attributes
 from tests.portal.portal_helpers import citizen_exam_make
 from tests.reporting_helpers import Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -81,6 +84,19 @@ def test_every_citizen_and_cup_page_is_accessible(
     settings.CSRF_COOKIE_SECURE = False
     exam = citizen_exam_make(cup, reporting)
     on_cd = cup.book(delivery=DistributionChoice.Delivery.CD)
+    # The booking's modality started it and stopped (MPPS): its page shows the step and the reason.
+    step_uid = generate_uid()
+    procedure_steps.step_create(
+        facility=on_cd.facility,
+        calling_ae="CT01",
+        sop_instance_uid=step_uid,
+        attributes=create_attributes(accession=on_cd.accession_number, patient_id=MARIO_CF),
+    )
+    procedure_steps.step_set(
+        facility=on_cd.facility,
+        sop_instance_uid=step_uid,
+        modifications=discontinued_attributes(code="110505", meaning="Patient refused to continue procedure"),
+    )
     base = live_server.url
     visited: dict[str, str] = {}
     refused: list[str] = []
