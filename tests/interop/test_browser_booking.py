@@ -95,6 +95,8 @@ def test_book_an_exam_with_the_keyboard_only(
             page.wait_for_url(f"{base}/cup/pazienti/{cup.mario.pk}/prenota/")
 
             # Step 1: procedure (typed to search the native select), facility, day (tomorrow by default).
+            # The page puts the focus there once it has loaded: wait for it (slow under load).
+            page.wait_for_function("() => document.activeElement && document.activeElement.name === 'procedure'")
             assert focused(page)["name"] == "procedure"
             page.keyboard.type("TC torace")
             assert page.eval_on_selector("select[name=procedure]", "e => e.value") == str(cup.ct.pk)
