@@ -646,6 +646,12 @@ class Report(models.Model):
     technique = models.TextField(_("tecnica"), blank=True)
     findings = models.TextField(_("descrizione"), blank=True)
     conclusion = models.TextField(_("conclusioni"), blank=True)
+    # The patient's exposure (D.Lgs 101/2020, art. 161, c. 5) for a procedure with
+    # ionising radiation: the text the radiologist confirmed, printed on the PDF and
+    # carried in the CDA, and the figures it was proposed from (archive.reporting.dose:
+    # the modality's Radiation Dose SR, or the images' dose attributes).
+    exposure = models.TextField(_("informazioni sull'esposizione"), blank=True)
+    exposure_data = models.JSONField(_("dati dell'esposizione"), default=dict, blank=True)
     # Optimistic concurrency: a save names the revision it was editing.
     revision = models.PositiveIntegerField(_("revisione"), default=1)
     updated_by = models.ForeignKey(
