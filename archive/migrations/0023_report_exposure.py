@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+from archive.migrations._report_trigger import sqlite_trigger_restore
+
 
 class Migration(migrations.Migration):
 
@@ -20,4 +22,6 @@ class Migration(migrations.Migration):
             name='exposure_data',
             field=models.JSONField(blank=True, default=dict, verbose_name="dati dell'esposizione"),
         ),
+        # SQLite rebuilt archive_report: put back its trigger (_report_trigger).
+        migrations.RunPython(sqlite_trigger_restore, migrations.RunPython.noop),
     ]
