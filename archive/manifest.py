@@ -48,6 +48,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -58,7 +59,7 @@ from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import PacsError, Unavailable
 
-from .models import Instance, Study
+from .models import Instance, Report, Study
 
 logger = logging.getLogger(__name__)
 
@@ -309,3 +310,38 @@ def study_manifest(*, study: Study) -> Instance:
         raise ManifestError(f"manifest {sop_uid} conflicts with an archived object", code="storage")
     logger.info("manifest %s of study %s: %d instances", sop_uid, study.study_instance_uid, len(current))
     return Instance.objects.get(sop_instance_uid=sop_uid)
+
+
+def study_manifest_refresh(*, study: Study) -> Instance | None:
+    """After a rejection: a new manifest when the study has one already (it may name a
+    withdrawn instance), None when it has none (nothing was published to correct)."""
+    if not _manifests_query(study).exists():
+        return None
+    try:
+        return study_manifest(study=study)
+    except ManifestError as exc:
+        if exc.code != "empty":
+            raise
+        # Every instance withdrawn: no manifest can name nothing; the last one stays as the record.
+        logger.warning("study %s has nothing left to reference: no new manifest", study.study_instance_uid)
+        return None
+
+
+def _manifests_query(study: Study | OuterRef) -> QuerySet[Instance]:
+    """The archive's manifests of a study as the index can tell them without reading a file
+    (their series' number and SOP class): what the sweep asks."""
+    return Instance.objects.filter(
+        series__study=study, series__series_number=MANIFEST_SERIES_NUMBER, sop_class_uid=KEY_OBJECT_SELECTION
+    )
+
+
+def reports_manifest_overdue(*, signed: QuerySet[Report], limit: int) -> list[tuple[int, int]]:
+    """(study, report) of the signed versions in ``signed`` whose study has no manifest made
+    since its last arrival (the report's own Encapsulated PDF included): the task queued at
+    signing was lost. A study whose manifest is current is never one, so a run finds only
+    what is owed."""
+    current = _manifests_query(OuterRef("study_id")).filter(received_at__gte=OuterRef("study__last_received_at"))
+    return [
+        (study_pk, report_pk)
+        for report_pk, study_pk in signed.exclude(Exists(current)).values_list("pk", "study_id")[:limit]
+    ]

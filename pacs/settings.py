@@ -266,6 +266,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.REPORT_ENCAPSULATE_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
     },
+    "study-manifest-sweep": {
+        "task": tasknames.STUDY_MANIFEST_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "booking-reported-sweep": {
         "task": tasknames.BOOKING_REPORTED_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
