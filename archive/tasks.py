@@ -203,9 +203,7 @@ def manifest_on_instances_rejected(sender: Any, note_pk: int, study_pk: int, **k
 @shared_task(name=tasknames.STUDY_MANIFEST_SWEEP)
 def study_manifest_sweep() -> int:
     """Queue again the manifests of signed reports whose task was lost (a broker outage)."""
-    due = manifest.reports_manifest_overdue(
-        signed=reports.reports_signed_overdue(), limit=reports.FOLLOWUP_SWEEP_LIMIT
-    )
+    due = manifest.reports_manifest_overdue(signed=reports.reports_signed_overdue(), limit=reports.FOLLOWUP_SWEEP_LIMIT)
     return sweeps.requeue(
         study_manifest, due, logger=logger, message="queued the manifest of %d studies with an overdue signed report"
     )
