@@ -54,7 +54,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM
 
 from archive.storage import retrieve
 from archive.storage import tiers as storage
@@ -248,6 +248,9 @@ def manifest_dataset(
     )
     document.InstanceCreationDate = DA(created.date())
     document.InstanceCreationTime = TM(created.time().replace(microsecond=0))
+    for equipment in document.get("ContributingEquipmentSequence") or []:
+        # highdicom records itself as contributing equipment, at the clock's time.
+        equipment.ContributionDateTime = DT(created.replace(microsecond=0))
     if study.issuer_of_patient_id:
         document.IssuerOfPatientID = study.issuer_of_patient_id
     # Where to fetch each series (IHE RAD TF-3 4.68.4.1.2.3: XDS-I.b, RAD-69 and RAD-107).

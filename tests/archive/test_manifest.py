@@ -379,3 +379,48 @@ def test_the_access_policy_still_decides_who_retrieves_what_the_manifest_lists(
     hide(study)
     for url in urls:
         assert requests.get(url, headers={**own, **accept}, timeout=30).status_code == 404
+
+
+# --- the same inputs, the same bytes; the setting ---------------------------------------
+
+
+def test_two_workers_making_it_at_once_store_one_manifest(region: Any, tmp_path: Path) -> None:
+    """The document derives from the index alone: a second worker that did not see the
+    first one's manifest makes the same bytes, which ingestion takes as a duplicate."""
+    import io
+
+    from pydicom.filewriter import dcmwrite
+
+    study = ingest_study(tmp_path, region)
+    instances = list(Instance.objects.filter(series__study=study).select_related("series"))
+
+    def encoded() -> bytes:
+        buffer = io.BytesIO()
+        document = manifest.manifest_dataset(
+            study=study, instances=instances, sop_instance_uid="1.2.3.4", instance_number=1
+        )
+        dcmwrite(buffer, document, enforce_file_format=True)
+        return buffer.getvalue()
+
+    assert encoded() == encoded()
+    made = study_manifest(study=study)
+    # The second worker: the same document, ingested again.
+    again = _path(made).read_bytes()
+    copy = tmp_path / "again.dcm"
+    copy.write_bytes(again)
+    assert instance_ingest(path=copy, facility=region.facility, owned=False).outcome == "duplicate"
+    assert Instance.objects.filter(sop_class_uid=KEY_OBJECT_SELECTION).count() == 1
+
+
+def test_an_imaging_source_uid_that_is_not_a_uid_is_refused_at_start_up() -> None:
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    env["PACS_IMAGING_SOURCE_UID"] = "urn:oid:2.16.840.1"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and "PACS_IMAGING_SOURCE_UID must be a DICOM UID" in done.stderr
