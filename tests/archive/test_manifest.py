@@ -278,15 +278,18 @@ def test_signing_queues_the_manifest_which_lists_the_signed_pdf(reporting: Repor
     assert Instance.objects.count() == count
 
 
-def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting) -> None:  # noqa: F811
-    import datetime as dt
-
+def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting, settings: Any) -> None:  # noqa: F811
     from archive import tasks
+
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 3600
 
     with tasks_kept():
         with TestCase.captureOnCommitCallbacks(execute=True):
             report = signed_report(reporting)  # its tasks are lost
-    Report.objects.filter(pk=report.pk).update(signed_at=report.signed_at - dt.timedelta(hours=1))
+    with tasks_kept() as kept:
+        assert tasks.study_manifest_sweep() == 0  # within the grace period: its task may still run
+    # Past the grace period (a signed report's row cannot be changed to age it).
+    settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 0
     with tasks_kept() as kept:
         assert tasks.study_manifest_sweep() == 1
         assert kept.messages == [(tasknames.STUDY_MANIFEST, (reporting.study.pk, report.pk), {})]
