@@ -31,7 +31,7 @@ from kernel import tasknames
 from kernel.models import AuditEvent
 from tests.access_helpers import Scene, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
-from tests.conftest import tasks_kept
+from tests.conftest import broker_down, tasks_kept
 from tests.dicomweb_helpers import parse_multipart
 from tests.reporting_helpers import PATIENT_CF, Reporting, ingest_study, signed_report
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -283,9 +283,10 @@ def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting, setti
 
     settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 3600
 
-    with tasks_kept():
-        with TestCase.captureOnCommitCallbacks(execute=True):
-            report = signed_report(reporting)  # its tasks are lost
+    with broker_down() as lost, TestCase.captureOnCommitCallbacks(execute=True):
+        report = signed_report(reporting)  # signed all the same; its tasks are lost
+    assert tasknames.STUDY_MANIFEST in lost
+    assert report.status == Report.Status.SIGNED
     with tasks_kept() as kept:
         assert tasks.study_manifest_sweep() == 0  # within the grace period: its task may still run
     # Past the grace period (a signed report's row cannot be changed to age it).
