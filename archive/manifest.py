@@ -184,6 +184,15 @@ def _reference(instance: Instance) -> Reference:
     )
 
 
+def _valid_time(value: str) -> TM | None:
+    """The study's time as a TM, None when empty or not a time (a modality's odd value
+    must not stop the manifest: Study Time is type 2)."""
+    try:
+        return TM(value) if value else None
+    except ValueError:
+        return None
+
+
 def manifest_dataset(
     *, study: Study, instances: list[Instance], sop_instance_uid: str, instance_number: int
 ) -> Dataset:
@@ -213,7 +222,7 @@ def manifest_dataset(
     first.AccessionNumber = study.accession_number
     first.StudyID = study.study_id
     first.StudyDate = study.study_date.strftime("%Y%m%d") if study.study_date else None
-    first.StudyTime = study.study_time or None
+    first.StudyTime = _valid_time(study.study_time)
     first.ReferringPhysicianName = study.referring_physician_name
     first.SpecificCharacterSet = "ISO_IR 192"
 

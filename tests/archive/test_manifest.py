@@ -428,3 +428,11 @@ def test_an_imaging_source_uid_that_is_not_a_uid_is_refused_at_start_up() -> Non
         [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0 and "PACS_IMAGING_SOURCE_UID must be a DICOM UID" in done.stderr
+
+
+def test_an_odd_study_time_from_the_modality_does_not_stop_the_manifest(region: Any, tmp_path: Path) -> None:
+    study = ingest_study(tmp_path, region)
+    Study.objects.filter(pk=study.pk).update(study_time="10:10")
+    ds = _dataset(study_manifest(study=study))
+    assert ds.StudyTime == ""  # type 2: present, empty
+    assert len(manifest.manifest_references(ds)) == 6
