@@ -436,3 +436,12 @@ def test_an_odd_study_time_from_the_modality_does_not_stop_the_manifest(region: 
     ds = _dataset(study_manifest(study=study))
     assert ds.StudyTime == ""  # type 2: present, empty
     assert len(manifest.manifest_references(ds)) == 6
+
+
+def test_check_deploy_warns_when_the_manifests_would_carry_no_url(settings: Any) -> None:
+    from archive.checks import check_manifest_public_url
+
+    assert check_manifest_public_url(None) == []
+    settings.PACS_PUBLIC_URL = ""
+    (warning,) = check_manifest_public_url(None)
+    assert warning.id == "archive.W050"
