@@ -302,17 +302,23 @@ def study_manifest(*, study: Study) -> Instance:
         return last
     if not current:
         raise ManifestError(f"study {study.study_instance_uid} has no instance to reference", code="empty")
+    # Every manifest the series ever held counts, a withdrawn one too (a rejection note may
+    # name a manifest): the next one never takes an earlier one's UID or number.
+    made_before = Instance.all_objects.filter(
+        series__series_instance_uid=manifest_series_uid(study.study_instance_uid)
+    ).count()
     sop_uid = str(
         generate_uid(
             entropy_srcs=[
                 study.study_instance_uid,
                 "XDS-I.b manifest",
+                str(made_before),
                 last.sop_instance_uid if last else "",
                 *sorted(r.sop_uid for r in current),
             ]
         )
     )
-    number = (last.instance_number or len(manifests)) + 1 if last else 1
+    number = made_before + 1
     document = manifest_dataset(study=study, instances=instances, sop_instance_uid=sop_uid, instance_number=number)
     buffer = io.BytesIO()
     dcmwrite(buffer, document, enforce_file_format=True)
