@@ -35,8 +35,9 @@ immutable evidence of what was published, and the document registry (the FSE
 gateway's replacement of the earlier version) is what supersedes it for
 consumers; the latest is the highest InstanceNumber.
 
-The document is derived from the index alone (its UID from the previous
-manifest's and the references, its dates from the references' arrival), so
+The document is derived from the index alone (its UID and number from the
+manifests made before and the references, its dates from the references'
+arrival), so
 two workers that make it at once make the same bytes, and ingestion keeps one.
 """
 
