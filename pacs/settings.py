@@ -151,6 +151,7 @@ INSTALLED_APPS = [
     "booking",
     "portal",
     "preservation",
+    "research",  # anonymised exports for teaching and research: imports the archive only
 ]
 
 MIDDLEWARE = [
@@ -822,6 +823,8 @@ PACS_PRESERVATION_FIXITY_CYCLE_DAYS = env_int("PACS_PRESERVATION_FIXITY_CYCLE_DA
 PACS_PRESERVATION_EXPORT_DIR = Path(
     env_str("PACS_PRESERVATION_EXPORT_DIR", str(VAR_DIR / "preservation-exports"))
 ).resolve()
+# Anonymised exports for teaching and research (research.services) are written here.
+PACS_RESEARCH_EXPORT_DIR = Path(env_str("PACS_RESEARCH_EXPORT_DIR", str(VAR_DIR / "research-exports"))).resolve()
 # A pause between the files of a package, in seconds: spares a busy archive's I/O.
 PACS_PRESERVATION_THROTTLE_SECONDS = env_float("PACS_PRESERVATION_THROTTLE_SECONDS", 0.0)
 # The RFC 3161 time-stamp authority: an HTTP TSA (the query is POSTed as
