@@ -9,6 +9,7 @@ that does not exist. The key table is the data-protection role's
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -48,10 +49,13 @@ def projects(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
-@perms_required(VIEW_PROJECT, ADD_EXPORT)
+@perms_required(VIEW_PROJECT)
 @require_http_methods(["GET", "POST"])
 def project(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(ExportProject, pk=pk)
+    may_export = request.user.has_perm(ADD_EXPORT)
+    if request.method == "POST" and not may_export:
+        raise PermissionDenied
     form = ExportForm(request.POST or None)
     status = 200
     if request.method == "POST" and form.is_valid():
@@ -79,6 +83,7 @@ def project(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             "form": form,
             "exports": exports,
             "options": services.project_options(project),
+            "may_export": may_export,
             "may_see_keys": request.user.has_perm(KEY_PERM),
         },
         status=status,
