@@ -18,7 +18,7 @@ from kernel.web import client_ip
 from .models import KEY_PERM, Export, ExportProject, ProjectSecret, PseudonymKey
 
 
-class _ReadOnly(admin.ModelAdmin):  # type: ignore[type-arg]
+class _ReadOnly(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -64,7 +64,7 @@ class PseudonymKeyAdmin(_KeyRoleOnly):
         if rows is not None:
             audit_record(
                 action="research.keys.view",
-                user=request.user,  # type: ignore[arg-type]
+                user=request.user,
                 source=client_ip(request),
                 detail={"admin": True, "query": request.GET.get("q", "")},
                 patients=[r.patient_id for r in rows.result_list],

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from .models import ExportProject
 
 
-class ProjectForm(forms.ModelForm):  # type: ignore[type-arg]
+class ProjectForm(forms.ModelForm):
     class Meta:
         model = ExportProject
         fields = [
@@ -35,12 +35,8 @@ class ExportForm(forms.Form):
     """One study by its UID, or a query: patient, date range, modality, facility."""
 
     study_uid = forms.CharField(label=_("UID dello studio"), max_length=64, required=False)
-    patient = forms.CharField(
-        label=_("Paziente (codice fiscale o PatientID)"), max_length=64, required=False
-    )
-    date_from = forms.DateField(
-        label=_("Dal giorno"), required=False, widget=forms.DateInput(attrs={"type": "date"})
-    )
+    patient = forms.CharField(label=_("Paziente (codice fiscale o PatientID)"), max_length=64, required=False)
+    date_from = forms.DateField(label=_("Dal giorno"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(label=_("Al giorno"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
     modality = forms.CharField(label=_("Modalità (es. CT)"), max_length=16, required=False)
     facility = forms.CharField(label=_("Presidio (codice)"), max_length=16, required=False)

@@ -45,9 +45,7 @@ class ExportProject(models.Model):
         default=False,
         help_text=_("Nome della stazione, numero di serie, identificativi del detettore."),
     )
-    retain_patient_characteristics = models.BooleanField(
-        _("conserva sesso, età, peso e altezza"), default=False
-    )
+    retain_patient_characteristics = models.BooleanField(_("conserva sesso, età, peso e altezza"), default=False)
     clean_descriptors = models.BooleanField(
         _("conserva le descrizioni ripulite"),
         default=False,

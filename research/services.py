@@ -183,9 +183,7 @@ def studies_select(*, principal: access.Principal, criteria: dict[str, Any]) -> 
     return access.studies_visible(principal, base).order_by("study_date", "pk")
 
 
-def export_request(
-    *, project: ExportProject, user: Any, criteria: dict[str, Any], source: str = ""
-) -> Export:
+def export_request(*, project: ExportProject, user: Any, criteria: dict[str, Any], source: str = "") -> Export:
     """Record an export of the studies ``criteria`` name that ``user`` may see, and queue its build.
 
     Raises
@@ -405,8 +403,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
         "Esportazione anonimizzata per didattica e ricerca",
         "",
         f"Progetto: {summary['project']}",
-        "Profilo: DICOM PS3.15 Basic Application Level Confidentiality Profile "
-        f"(tabella E.1-1, {summary['table']})",
+        f"Profilo: DICOM PS3.15 Basic Application Level Confidentiality Profile (tabella E.1-1, {summary['table']})",
         "Opzioni: " + (", ".join(summary["options"]) or "nessuna"),
         f"Studi: {summary['studies']}; pazienti: {summary['patients']}; istanze: {summary['instances']}",
     ]
@@ -438,4 +435,3 @@ def export_for_download(*, export_pk: int, user: Any, source: str = "") -> Expor
         patients=export.studies.values_list("patient_id", flat=True),
     )
     return export
-

@@ -6,89 +6,195 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('archive', '0023_report_exposure'),
+        ("archive", "0023_report_exposure"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ExportProject',
+            name="ExportProject",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.SlugField(help_text='Breve, senza spazi: prefisso degli pseudonimi (es. RIC-TORACE).', max_length=16, unique=True, verbose_name='codice')),
-                ('title', models.CharField(max_length=200, verbose_name='titolo')),
-                ('purpose', models.TextField(help_text='Didattica o ricerca: per che cosa servono i dati.', verbose_name='finalità')),
-                ('retain_dates_modified', models.BooleanField(default=True, help_text='Ogni data del paziente è spostata dello stesso numero di giorni: gli intervalli restano veri.', verbose_name='date spostate (conserva gli intervalli)')),
-                ('retain_device_identity', models.BooleanField(default=False, help_text='Nome della stazione, numero di serie, identificativi del detettore.', verbose_name="conserva l'identità dell'apparecchio")),
-                ('retain_patient_characteristics', models.BooleanField(default=False, verbose_name='conserva sesso, età, peso e altezza')),
-                ('clean_descriptors', models.BooleanField(default=False, help_text='Descrizioni di studio e serie senza nomi, codici e date del paziente.', verbose_name='conserva le descrizioni ripulite')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='creato il')),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='creato da')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "code",
+                    models.SlugField(
+                        help_text="Breve, senza spazi: prefisso degli pseudonimi (es. RIC-TORACE).",
+                        max_length=16,
+                        unique=True,
+                        verbose_name="codice",
+                    ),
+                ),
+                ("title", models.CharField(max_length=200, verbose_name="titolo")),
+                (
+                    "purpose",
+                    models.TextField(
+                        help_text="Didattica o ricerca: per che cosa servono i dati.", verbose_name="finalità"
+                    ),
+                ),
+                (
+                    "retain_dates_modified",
+                    models.BooleanField(
+                        default=True,
+                        help_text="Ogni data del paziente è spostata dello stesso numero di giorni: gli intervalli restano veri.",
+                        verbose_name="date spostate (conserva gli intervalli)",
+                    ),
+                ),
+                (
+                    "retain_device_identity",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Nome della stazione, numero di serie, identificativi del detettore.",
+                        verbose_name="conserva l'identità dell'apparecchio",
+                    ),
+                ),
+                (
+                    "retain_patient_characteristics",
+                    models.BooleanField(default=False, verbose_name="conserva sesso, età, peso e altezza"),
+                ),
+                (
+                    "clean_descriptors",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Descrizioni di studio e serie senza nomi, codici e date del paziente.",
+                        verbose_name="conserva le descrizioni ripulite",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="creato il")),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="creato da",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'progetto di esportazione',
-                'verbose_name_plural': 'progetti di esportazione',
-                'ordering': ['-created_at'],
+                "verbose_name": "progetto di esportazione",
+                "verbose_name_plural": "progetti di esportazione",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Export',
+            name="Export",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('requested_at', models.DateTimeField(auto_now_add=True, verbose_name='richiesta il')),
-                ('criteria', models.JSONField(blank=True, default=dict, verbose_name='criteri')),
-                ('status', models.CharField(choices=[('queued', 'in coda'), ('running', 'in preparazione'), ('ready', 'pronta'), ('failed', 'non riuscita')], default='queued', max_length=16, verbose_name='stato')),
-                ('done', models.PositiveIntegerField(default=0, verbose_name='istanze elaborate')),
-                ('total', models.PositiveIntegerField(default=0, verbose_name='istanze da elaborare')),
-                ('path', models.CharField(blank=True, max_length=512, verbose_name='file')),
-                ('size', models.BigIntegerField(default=0, verbose_name='dimensione (byte)')),
-                ('sha256', models.CharField(blank=True, max_length=64, verbose_name='SHA-256')),
-                ('summary', models.JSONField(blank=True, default=dict, verbose_name='riepilogo')),
-                ('error', models.TextField(blank=True, verbose_name='errore')),
-                ('finished_at', models.DateTimeField(blank=True, null=True, verbose_name='terminata il')),
-                ('requested_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='richiesta da')),
-                ('studies', models.ManyToManyField(related_name='+', to='archive.study', verbose_name='studi')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='exports', to='research.exportproject', verbose_name='progetto')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("requested_at", models.DateTimeField(auto_now_add=True, verbose_name="richiesta il")),
+                ("criteria", models.JSONField(blank=True, default=dict, verbose_name="criteri")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "in coda"),
+                            ("running", "in preparazione"),
+                            ("ready", "pronta"),
+                            ("failed", "non riuscita"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                        verbose_name="stato",
+                    ),
+                ),
+                ("done", models.PositiveIntegerField(default=0, verbose_name="istanze elaborate")),
+                ("total", models.PositiveIntegerField(default=0, verbose_name="istanze da elaborare")),
+                ("path", models.CharField(blank=True, max_length=512, verbose_name="file")),
+                ("size", models.BigIntegerField(default=0, verbose_name="dimensione (byte)")),
+                ("sha256", models.CharField(blank=True, max_length=64, verbose_name="SHA-256")),
+                ("summary", models.JSONField(blank=True, default=dict, verbose_name="riepilogo")),
+                ("error", models.TextField(blank=True, verbose_name="errore")),
+                ("finished_at", models.DateTimeField(blank=True, null=True, verbose_name="terminata il")),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="richiesta da",
+                    ),
+                ),
+                ("studies", models.ManyToManyField(related_name="+", to="archive.study", verbose_name="studi")),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="exports",
+                        to="research.exportproject",
+                        verbose_name="progetto",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'esportazione anonimizzata',
-                'verbose_name_plural': 'esportazioni anonimizzate',
-                'ordering': ['-requested_at'],
+                "verbose_name": "esportazione anonimizzata",
+                "verbose_name_plural": "esportazioni anonimizzate",
+                "ordering": ["-requested_at"],
             },
         ),
         migrations.CreateModel(
-            name='ProjectSecret',
+            name="ProjectSecret",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('secret', models.CharField(editable=False, max_length=128, verbose_name='segreto')),
-                ('project', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='secret', to='research.exportproject', verbose_name='progetto')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("secret", models.CharField(editable=False, max_length=128, verbose_name="segreto")),
+                (
+                    "project",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="secret",
+                        to="research.exportproject",
+                        verbose_name="progetto",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'segreto del progetto',
-                'verbose_name_plural': 'segreti dei progetti',
+                "verbose_name": "segreto del progetto",
+                "verbose_name_plural": "segreti dei progetti",
             },
         ),
         migrations.CreateModel(
-            name='PseudonymKey',
+            name="PseudonymKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pseudonym', models.CharField(max_length=64, verbose_name='pseudonimo')),
-                ('codice_fiscale', models.CharField(blank=True, max_length=16, verbose_name='codice fiscale')),
-                ('original_patient_id', models.CharField(blank=True, max_length=64, verbose_name='PatientID originale')),
-                ('original_issuer', models.CharField(blank=True, max_length=64, verbose_name='IssuerOfPatientID originale')),
-                ('date_shift_days', models.IntegerField(verbose_name='spostamento delle date (giorni)')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='creato il')),
-                ('patient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='archive.patient', verbose_name='paziente')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='keys', to='research.exportproject', verbose_name='progetto')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("pseudonym", models.CharField(max_length=64, verbose_name="pseudonimo")),
+                ("codice_fiscale", models.CharField(blank=True, max_length=16, verbose_name="codice fiscale")),
+                (
+                    "original_patient_id",
+                    models.CharField(blank=True, max_length=64, verbose_name="PatientID originale"),
+                ),
+                (
+                    "original_issuer",
+                    models.CharField(blank=True, max_length=64, verbose_name="IssuerOfPatientID originale"),
+                ),
+                ("date_shift_days", models.IntegerField(verbose_name="spostamento delle date (giorni)")),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="creato il")),
+                (
+                    "patient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="archive.patient",
+                        verbose_name="paziente",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="keys",
+                        to="research.exportproject",
+                        verbose_name="progetto",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'chiave di pseudonimizzazione',
-                'verbose_name_plural': 'tabella delle chiavi',
-                'constraints': [models.UniqueConstraint(fields=('project', 'patient'), name='pseudonymkey_patient_once'), models.UniqueConstraint(fields=('project', 'pseudonym'), name='pseudonymkey_pseudonym_once')],
+                "verbose_name": "chiave di pseudonimizzazione",
+                "verbose_name_plural": "tabella delle chiavi",
+                "constraints": [
+                    models.UniqueConstraint(fields=("project", "patient"), name="pseudonymkey_patient_once"),
+                    models.UniqueConstraint(fields=("project", "pseudonym"), name="pseudonymkey_pseudonym_once"),
+                ],
             },
         ),
     ]

@@ -9,6 +9,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -156,13 +157,11 @@ def zip_text(export: Export, name: str) -> str:
 
 
 @pytest.fixture
-def scene(region: Region, tmp_path: Path, settings) -> Scene:  # type: ignore[no-untyped-def]
+def scene(region: Region, tmp_path: Path, settings: Any) -> Scene:
     settings.PACS_RESEARCH_EXPORT_DIR = tmp_path / "exports"
     files = write_scene_files(tmp_path / "bianchi")
     study = ingest(files, region.facility)
-    other = ingest(
-        write_scene_files(tmp_path / "verdi", patient_id=VERDI_CF, name="VERDI^GIUSEPPE"), region.facility
-    )
+    other = ingest(write_scene_files(tmp_path / "verdi", patient_id=VERDI_CF, name="VERDI^GIUSEPPE"), region.facility)
     researcher = make_user("ricercatrice", groups=("Didattica e ricerca",), perms=("archive.view_study",))
     dpo = make_user("dpo", groups=("Responsabile protezione dati",), perms=("archive.view_study",))
     colleague = make_user("collega", groups=("Didattica e ricerca",), perms=("archive.view_study",))

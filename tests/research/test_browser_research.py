@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ pytestmark = [
 
 
 def test_a_researcher_exports_a_study_and_follows_the_progress(
-    transactional_db: None, live_server, scene: Scene, settings, enqueued  # type: ignore[no-untyped-def]
+    transactional_db: None, live_server: Any, scene: Scene, settings: Any, enqueued: Any
 ) -> None:
     from playwright.sync_api import sync_playwright
 

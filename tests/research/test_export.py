@@ -80,7 +80,7 @@ def _export(scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any
 
 
 def test_an_export_leaves_no_identifying_attribute_of_the_profiles_table_in_any_file(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any
 ) -> None:
     originals = [dcmread(p) for p in scene.files]
     original_uids = set().union(*(_uids(ds) for ds in originals)) - {
@@ -98,7 +98,7 @@ def test_an_export_leaves_no_identifying_attribute_of_the_profiles_table_in_any_
     checked = 0
     for name, ds in outputs.items():
         assert name.startswith(f"{key.pseudonym}/")
-        for holder, elem in [*_elements(ds.file_meta), *_elements(ds)]:
+        for _holder, elem in [*_elements(ds.file_meta), *_elements(ds)]:
             checked += 1
             assert not elem.tag.is_private, f"{name}: private {elem.tag} kept"
             values = _strings(elem.value) if elem.VR not in ("SQ", "OB", "OW", "UN") else []
@@ -144,7 +144,7 @@ def test_an_export_leaves_no_identifying_attribute_of_the_profiles_table_in_any_
 
 
 def test_the_same_patient_gets_the_same_pseudonym_in_a_project_and_another_in_another_project(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any
 ) -> None:
     first = _export(scene, django_capture_on_commit_callbacks, enqueued)
     # The second export reaches the same study by a query: the patient's codice fiscale.
@@ -177,7 +177,7 @@ def test_the_same_patient_gets_the_same_pseudonym_in_a_project_and_another_in_an
 
 
 def test_a_query_exports_every_visible_study_it_matches(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any
 ) -> None:
     export = _export(
         scene,
@@ -204,7 +204,7 @@ def test_a_query_exports_every_visible_study_it_matches(
 
 @pytest.mark.parametrize("option", ["device", "dates", "characteristics", "descriptors"])
 def test_the_options_change_what_is_kept(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued, option: str  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, option: str
 ) -> None:
     flag = {
         "device": "retain_device_identity",
@@ -232,7 +232,10 @@ def test_the_options_change_what_is_kept(
         assert removed.get("StationName", "") in ("", "ANONYMIZED")
         assert removed.get("DeviceSerialNumber", "") in ("", "ANONYMIZED")
     elif option == "dates":
-        assert kept.StudyDate not in ("20260312", "00010101", "") and kept.LongitudinalTemporalInformationModified == "MODIFIED"
+        assert (
+            kept.StudyDate not in ("20260312", "00010101", "")
+            and kept.LongitudinalTemporalInformationModified == "MODIFIED"
+        )
         assert removed.StudyDate in ("", "00010101")
         assert removed.get("AcquisitionDateTime", "") in ("", "00010101010101.000000+0000")
     elif option == "characteristics":
@@ -245,7 +248,7 @@ def test_the_options_change_what_is_kept(
 
 
 def test_a_hidden_study_is_refused_as_one_that_does_not_exist(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued, settings  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, settings: Any
 ) -> None:
     settings.SESSION_COOKIE_SECURE = False
     Concealment.objects.create(patient=scene.study.patient, study=scene.study)
@@ -280,9 +283,7 @@ def test_a_hidden_study_is_refused_as_one_that_does_not_exist(
     # Concealed between the request and the build: left out of the zip, counted without a name.
     Concealment.objects.all().delete()
     with django_capture_on_commit_callbacks(execute=True):
-        export = services.export_request(
-            project=scene.project, user=scene.researcher, criteria={"facility": "TS-CAT"}
-        )
+        export = services.export_request(project=scene.project, user=scene.researcher, criteria={"facility": "TS-CAT"})
     Concealment.objects.create(patient=scene.study.patient, study=scene.study)
     enqueued.run()
     export.refresh_from_db()
@@ -293,7 +294,7 @@ def test_a_hidden_study_is_refused_as_one_that_does_not_exist(
 
 
 def test_the_key_table_is_read_only_by_the_data_protection_role(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued, settings  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, settings: Any
 ) -> None:
     settings.SESSION_COOKIE_SECURE = False
     _export(scene, django_capture_on_commit_callbacks, enqueued)
@@ -324,7 +325,9 @@ def test_the_key_table_is_read_only_by_the_data_protection_role(
     for user in (scene.dpo, superuser):
         client = client_for(user)
         keys = client.get(pages[0])
-        assert keys.status_code == 200 and BIANCHI_CF in keys.content.decode() and key.pseudonym in keys.content.decode()
+        assert (
+            keys.status_code == 200 and BIANCHI_CF in keys.content.decode() and key.pseudonym in keys.content.decode()
+        )
         assert BIANCHI_CF in client.get(pages[1]).content.decode()
         assert pages[0] in client.get(f"/ricerca/progetti/{scene.project.pk}/").content.decode()
         assert client.get(pages[3]).status_code == 200
@@ -335,7 +338,7 @@ def test_the_key_table_is_read_only_by_the_data_protection_role(
 
 
 def test_the_export_is_audited_and_downloaded_by_its_requester_only(
-    scene: Scene, django_capture_on_commit_callbacks, enqueued, settings  # type: ignore[no-untyped-def]
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, settings: Any
 ) -> None:
     settings.SESSION_COOKIE_SECURE = False
     client = Client()
@@ -378,7 +381,7 @@ def test_the_export_is_audited_and_downloaded_by_its_requester_only(
     assert Instance.objects.count() == 8
 
 
-def test_nobody_without_the_permissions_reaches_the_pages(scene: Scene, settings) -> None:  # type: ignore[no-untyped-def]
+def test_nobody_without_the_permissions_reaches_the_pages(scene: Scene, settings: Any) -> None:
     settings.SESSION_COOKIE_SECURE = False
     client = Client()
     client.force_login(make_user("segreteria", perms=("archive.view_study",)))  # type: ignore[arg-type]
