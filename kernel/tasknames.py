@@ -57,3 +57,4 @@ REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"
 # --- research ---------------------------------------------------------------------
 # The anonymised export for teaching and research (research.services.export_build).
 RESEARCH_EXPORT_BUILD = "research.tasks.export_build"
+RESEARCH_EXPORT_BUILD_SWEEP = "research.tasks.export_build_sweep"

@@ -823,8 +823,6 @@ PACS_PRESERVATION_FIXITY_CYCLE_DAYS = env_int("PACS_PRESERVATION_FIXITY_CYCLE_DA
 PACS_PRESERVATION_EXPORT_DIR = Path(
     env_str("PACS_PRESERVATION_EXPORT_DIR", str(VAR_DIR / "preservation-exports"))
 ).resolve()
-# Anonymised exports for teaching and research (research.services) are written here.
-PACS_RESEARCH_EXPORT_DIR = Path(env_str("PACS_RESEARCH_EXPORT_DIR", str(VAR_DIR / "research-exports"))).resolve()
 # A pause between the files of a package, in seconds: spares a busy archive's I/O.
 PACS_PRESERVATION_THROTTLE_SECONDS = env_float("PACS_PRESERVATION_THROTTLE_SECONDS", 0.0)
 # The RFC 3161 time-stamp authority: an HTTP TSA (the query is POSTed as
@@ -924,3 +922,16 @@ CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
     "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
     "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
 }
+
+# --- research: anonymised exports for teaching and research -------------------------
+# Anonymised exports for teaching and research (research.services) are written here.
+PACS_RESEARCH_EXPORT_DIR = Path(env_str("PACS_RESEARCH_EXPORT_DIR", str(VAR_DIR / "research-exports"))).resolve()
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # An export whose message the broker lost, or whose worker died mid-zip.
+        "research-export-sweep": {
+            "task": tasknames.RESEARCH_EXPORT_BUILD_SWEEP,
+            "schedule": env_float("PACS_RESEARCH_EXPORT_SWEEP_SECONDS", 300.0),
+        },
+    }
+)

@@ -134,6 +134,8 @@ class Export(models.Model):
     summary = models.JSONField(_("riepilogo"), default=dict, blank=True)
     error = models.TextField(_("errore"), blank=True)
     finished_at = models.DateTimeField(_("terminata il"), null=True, blank=True)
+    # Renewed while the build writes; a build that stopped renewing it died (research.services.STALE).
+    heartbeat_at = models.DateTimeField(_("ultimo segno di vita"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("esportazione anonimizzata")

@@ -58,6 +58,8 @@ from .models import Export, ExportProject, ProjectSecret, PseudonymKey
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 1.0  # seconds between progress writes
+# A queued export no worker took, or a build that stopped renewing its heartbeat, after this long.
+STALE = dt.timedelta(minutes=10)
 # A patient's dates move back by 30 days to about two years; never by zero.
 SHIFT_MIN_DAYS, SHIFT_MAX_DAYS = 30, 730
 SUMMARY = "LEGGIMI.txt"
@@ -225,8 +227,7 @@ def _build_enqueue(export_pk: int) -> None:
     try:
         task.delay(export_pk)
     except Exception:
-        # The row stays queued; the page offers nothing until a worker takes it, and
-        # the sweep in research.tasks queues it again.
+        # The row stays queued; exports_overdue finds it and the sweep queues it again.
         logger.exception("build of research export %s not queued", export_pk)
 
 
@@ -234,7 +235,9 @@ def _build_enqueue(export_pk: int) -> None:
 
 
 def _claim(export_pk: int) -> Export | None:
-    claimed = Export.objects.filter(pk=export_pk, status=Export.Status.QUEUED).update(status=Export.Status.RUNNING)
+    claimed = Export.objects.filter(pk=export_pk, status=Export.Status.QUEUED).update(
+        status=Export.Status.RUNNING, heartbeat_at=timezone.now()
+    )
     if claimed != 1:
         return None  # another worker got there first, or it is finished
     return Export.objects.select_related("project", "project__secret", "requested_by").get(pk=export_pk)
@@ -319,7 +322,7 @@ def _build(export: Export) -> None:
                         zf.writestr(member[0], member[1])
                         written += 1
                     if time.monotonic() - last >= PROGRESS_EVERY:
-                        Export.objects.filter(pk=export.pk).update(done=done)
+                        Export.objects.filter(pk=export.pk).update(done=done, heartbeat_at=timezone.now())
                         last = time.monotonic()
                 summary = {
                     "project": project.code,
@@ -414,6 +417,29 @@ def _summary_text(summary: dict[str, Any]) -> str:
         lines += [f"- {e['pseudonym']} {e['modality']} {e['uid']}: {e['reason']}" for e in summary["excluded"]]
     lines += ["", "Dettaglio (JSON):", json.dumps(summary, ensure_ascii=False, indent=2), ""]
     return "\n".join(lines)
+
+
+def exports_overdue(*, now: dt.datetime | None = None) -> list[tuple[int]]:
+    """The exports to queue again: queued for longer than :data:`STALE` (a message the broker
+    lost), or running with a heartbeat older than that (a worker killed mid-zip: put back in
+    the queue here with a conditional update, so that a build still alive is never taken).
+
+    The killed build's temporary file (``.<name>.part``) is removed: the new build writes its own.
+    """
+    cutoff = (now or timezone.now()) - STALE
+    taken_over: list[int] = []
+    for export in Export.objects.filter(status=Export.Status.RUNNING, heartbeat_at__lt=cutoff):
+        taken = Export.objects.filter(
+            pk=export.pk, status=Export.Status.RUNNING, heartbeat_at=export.heartbeat_at
+        ).update(status=Export.Status.QUEUED, done=0)
+        if taken == 1:
+            taken_over.append(export.pk)
+            logger.warning("research export %s: its build stopped at %s, queued again", export.pk, export.heartbeat_at)
+            folder = Path(settings.PACS_RESEARCH_EXPORT_DIR)
+            for part in folder.glob(f".export-{export.project.code}-{export.pk}.zip.*.part"):
+                part.unlink(missing_ok=True)
+    due = Export.objects.filter(status=Export.Status.QUEUED, requested_at__lt=cutoff).exclude(pk__in=taken_over)
+    return [(pk,) for pk in [*taken_over, *due.values_list("pk", flat=True)]]
 
 
 def export_for_download(*, export_pk: int, user: Any, source: str = "") -> Export:

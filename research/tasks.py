@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from kernel import tasknames
+from kernel import sweeps, tasknames
 
 from . import services
 
@@ -27,3 +27,14 @@ def export_build(export_pk: int) -> str:
     """Build the zip of one anonymised export."""
     export = services.export_build(export_pk=export_pk)
     return export.status if export is not None else "skipped"
+
+
+@shared_task(name=tasknames.RESEARCH_EXPORT_BUILD_SWEEP)
+def export_build_sweep() -> int:
+    """Queue again the exports a lost message or a killed worker left unbuilt."""
+    return sweeps.requeue(
+        export_build,
+        services.exports_overdue(),
+        logger=logger,
+        message="queued again the build of %d anonymised exports",
+    )

@@ -48,6 +48,7 @@ WIRE_NAMES = {
     "portal.tasks.rejection_portal",
     "preservation.tasks.rejection_preservation",
     "research.tasks.export_build",
+    "research.tasks.export_build_sweep",
 }
 
 

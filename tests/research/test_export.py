@@ -389,3 +389,40 @@ def test_nobody_without_the_permissions_reaches_the_pages(scene: Scene, settings
     assert client.post(f"/ricerca/progetti/{scene.project.pk}/", {"modality": "CT"}).status_code == 403
     assert Client().get("/ricerca/").status_code == 302  # to the login page
     assert not Export.objects.exists()
+
+
+def test_an_export_lost_with_the_broker_or_a_killed_worker_is_built_by_the_sweep(
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, settings: Any
+) -> None:
+    from django.utils import timezone
+
+    from research.tasks import export_build_sweep
+    from tests.conftest import broker_down
+
+    with broker_down() as lost, django_capture_on_commit_callbacks(execute=True):
+        export = services.export_request(
+            project=scene.project, user=scene.researcher, criteria={"study_uid": scene.study.study_instance_uid}
+        )
+    assert lost == ["research.tasks.export_build"]
+    assert export_build_sweep() == 0  # not overdue yet
+    Export.objects.filter(pk=export.pk).update(requested_at=timezone.now() - services.STALE * 2)
+    assert export_build_sweep() == 1
+    enqueued.run()
+    export.refresh_from_db()
+    assert export.status == Export.Status.READY
+
+    # A build whose worker died mid-zip: its heartbeat stops, its temporary file stays behind.
+    with django_capture_on_commit_callbacks(execute=True):
+        second = services.export_request(project=scene.project, user=scene.researcher, criteria={"modality": "US"})
+    enqueued.messages.clear()
+    dead_at = timezone.now() - services.STALE * 2
+    Export.objects.filter(pk=second.pk).update(status=Export.Status.RUNNING, heartbeat_at=dead_at, done=1)
+    part = settings.PACS_RESEARCH_EXPORT_DIR / f".export-{scene.project.code}-{second.pk}.zip.abc.part"
+    part.write_bytes(b"PK half")
+    alive = Export.objects.create(project=scene.project, requested_by=scene.researcher, status="running")
+    Export.objects.filter(pk=alive.pk).update(heartbeat_at=timezone.now())
+    assert export_build_sweep() == 1 and not part.exists()
+    enqueued.run()
+    second.refresh_from_db()
+    alive.refresh_from_db()
+    assert second.status == Export.Status.READY and alive.status == Export.Status.RUNNING
