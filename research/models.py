@@ -51,6 +51,13 @@ class ExportProject(models.Model):
         default=False,
         help_text=_("Descrizioni di studio e serie senza nomi, codici e date del paziente."),
     )
+    # Clean Pixel Data: [{"modality": "US", "columns": 800, "rows": 600, "boxes": [[x, y, w, h], ...]}, ...]
+    pixel_regions = models.JSONField(
+        _("zone da oscurare"),
+        default=list,
+        blank=True,
+        help_text=_("Dove le immagini di una modalità e di una dimensione portano il testo impresso."),
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("creato da")
     )

@@ -171,6 +171,7 @@ METHOD_CODES = {
     "retain_device_identity": ("113109", "Retain Device Identity Option"),
     "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "clean_pixel_data": ("113101", "Clean Pixel Data Option"),
 }
 
 
@@ -185,6 +186,7 @@ class Choices:
     retain_device_identity: bool = False
     retain_patient_characteristics: bool = False
     clean_descriptors: bool = False
+    clean_pixel_data: bool = False  # this instance's pixels were cleaned (pixels_clean)
     # What identifies the patient, removed from descriptors the Clean Descriptors option keeps.
     identifying_words: tuple[str, ...] = ()
 
@@ -295,6 +297,8 @@ def dataset_deidentify(ds: Dataset, choices: Choices) -> Dataset:
     if "LongitudinalTemporalInformationModified" in ds or choices.retain_dates_modified:
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if choices.retain_dates_modified else "REMOVED"
     applied = [METHOD_BASIC] + [METHOD_CODES[name] for name in choices.applied()]
+    if choices.clean_pixel_data:
+        ds.BurnedInAnnotation = "NO"
     ds.DeidentificationMethod = "; ".join(meaning for _code, meaning in applied)[:64]
     codes = []
     for value, meaning in applied:
@@ -347,3 +351,65 @@ def burned_in_reason(ds: Dataset) -> str | None:
     if modality in ("XA", "RF") and ({"SECONDARY", "DERIVED", "SCREEN SAVE"} & set(image_type)):
         return "screen_capture"
     return None
+
+
+# --- Clean Pixel Data (PS3.15 E.3.1): blanking the regions a project configured -----
+
+
+@dataclass(frozen=True)
+class PixelRegion:
+    """Where a kind of image carries its text: the boxes (x, y, width, height) to blank in every
+    frame of the images of ``modality`` with exactly ``columns`` x ``rows`` pixels (a vendor's
+    screen layout is fixed per size, as CTP's pixel anonymizer scripts assume)."""
+
+    modality: str
+    columns: int
+    rows: int
+    boxes: tuple[tuple[int, int, int, int], ...]
+
+    def matches(self, ds: Dataset) -> bool:
+        return (
+            str(ds.get("Modality", "")).upper() == self.modality.upper()
+            and int(ds.get("Rows", 0)) == self.rows
+            and int(ds.get("Columns", 0)) == self.columns
+        )
+
+
+CLEANABLE = frozenset({"stated", "secondary_capture", "ultrasound", "screen_capture"})
+
+
+class PixelCleanError(Exception):
+    """The pixels cannot be cleaned here (no decoder, a layout pydicom cannot rewrite)."""
+
+
+def pixels_clean(ds: Dataset, region: PixelRegion) -> None:
+    """Blank ``region``'s boxes in every frame of ``ds`` and say so (Burned In Annotation NO).
+
+    Compressed pixel data is decoded first (pydicom's decoders; the result is
+    written uncompressed, colour as RGB): blanking compressed data in place is
+    not possible. Big-endian data is refused rather than rewritten.
+
+    Raises
+    ------
+    PixelCleanError
+        The pixel data cannot be decoded or written back.
+    """
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_little_endian:
+        raise PixelCleanError(f"transfer syntax {syntax} not supported for cleaning")
+    try:
+        if syntax.is_compressed:
+            ds.decompress()
+        pixels = ds.pixel_array.copy()
+    except Exception as exc:  # pydicom raises several kinds for a missing or failing decoder
+        raise PixelCleanError(f"pixel data cannot be decoded: {exc}") from exc
+    blank = pixels.max() if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" else 0
+    frames = int(ds.get("NumberOfFrames", 1) or 1) > 1
+    for x, y, width, height in region.boxes:
+        if frames:
+            pixels[:, y : y + height, x : x + width] = blank
+        else:
+            pixels[y : y + height, x : x + width] = blank
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+    ds.BurnedInAnnotation = "NO"

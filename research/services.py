@@ -96,6 +96,7 @@ def project_create(
     retain_device_identity: bool = False,
     retain_patient_characteristics: bool = False,
     clean_descriptors: bool = False,
+    pixel_regions: list[dict[str, Any]] | None = None,
 ) -> ExportProject:
     """A new project with its own secret (the key of its UIDs); audited."""
     with transaction.atomic():
@@ -107,6 +108,7 @@ def project_create(
             retain_device_identity=retain_device_identity,
             retain_patient_characteristics=retain_patient_characteristics,
             clean_descriptors=clean_descriptors,
+            pixel_regions=pixel_regions or [],
             created_by=user,
         )
         ProjectSecret.objects.create(project=project, secret=secrets.token_hex(32))
@@ -119,7 +121,20 @@ def project_create(
 
 
 def project_options(project: ExportProject) -> list[str]:
-    return [name for name in profile.METHOD_CODES if getattr(project, name)]
+    chosen = [name for name in profile.METHOD_CODES if getattr(project, name, False)]
+    return chosen + (["clean_pixel_data"] if project.pixel_regions else [])
+
+
+def project_regions(project: ExportProject) -> list[profile.PixelRegion]:
+    return [
+        profile.PixelRegion(
+            modality=str(r["modality"]),
+            columns=int(r["columns"]),
+            rows=int(r["rows"]),
+            boxes=tuple((int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in r["boxes"]),
+        )
+        for r in project.pixel_regions
+    ]
 
 
 def key_for(*, project: ExportProject, patient: Patient, study: Study) -> PseudonymKey:
@@ -380,8 +395,17 @@ def _instance_member(
         except InvalidDicomError as exc:
             raise ExportError(f"{instance.sop_instance_uid}: {exc}") from exc
     reason = profile.burned_in_reason(ds)
+    cleaned = False
     if reason is not None:
-        return BURNED_IN_REASONS[reason]
+        region = next((r for r in project_regions(project) if r.matches(ds)), None)
+        if reason not in profile.CLEANABLE or region is None:
+            return BURNED_IN_REASONS[reason]
+        try:
+            profile.pixels_clean(ds, region)
+        except profile.PixelCleanError as exc:
+            logger.warning("instance %s not cleaned: %s", instance.sop_instance_uid, exc)
+            return f"{BURNED_IN_REASONS[reason]}; zone non oscurabili ({exc})"
+        cleaned = True
     choices = profile.Choices(
         secret=secret,
         pseudonym=key.pseudonym,
@@ -390,6 +414,7 @@ def _instance_member(
         retain_device_identity=project.retain_device_identity,
         retain_patient_characteristics=project.retain_patient_characteristics,
         clean_descriptors=project.clean_descriptors,
+        clean_pixel_data=cleaned,
         identifying_words=_identifying_words(study, patient),
     )
     profile.dataset_deidentify(ds, choices)

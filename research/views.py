@@ -39,7 +39,9 @@ def projects(request: AuthenticatedHttpRequest) -> HttpResponse:
         if form is None:
             return HttpResponse(status=403)
         if form.is_valid():
-            project = services.project_create(user=request.user, **form.cleaned_data)
+            data = dict(form.cleaned_data)
+            data["pixel_regions"] = data.pop("regions")
+            project = services.project_create(user=request.user, **data)
             messages.success(request, _("Progetto creato."))
             return redirect("research:project", project.pk)
     return render(

@@ -214,7 +214,7 @@ def test_the_options_change_what_is_kept(
     }[option]
     results = {}
     for on in (True, False):
-        options = {name: False for name in profile.METHOD_CODES} | {flag: on}
+        options = {name: False for name in profile.METHOD_CODES if name != "clean_pixel_data"} | {flag: on}
         project = project_make(scene.researcher, code=f"OPT-{option[:4]}-{int(on)}", **options)
         export = export_run(
             project,
@@ -426,3 +426,49 @@ def test_an_export_lost_with_the_broker_or_a_killed_worker_is_built_by_the_sweep
     second.refresh_from_db()
     alive.refresh_from_db()
     assert second.status == Export.Status.READY and alive.status == Export.Status.RUNNING
+
+
+def test_clean_pixel_data_blanks_the_configured_boxes_and_keeps_the_image(
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any
+) -> None:
+    from research.forms import regions_parse
+
+    original = next(dcmread(p) for p in scene.files if dcmread(p, stop_before_pixels=True).Modality == "US")
+    assert (original.Columns, original.Rows) == (800, 350)
+    assert original.pixel_array[:40].any()  # there is something to blank
+    regions = regions_parse("us 800x350: 0,0,800,40; 700,300,100,50")
+    project = project_make(scene.researcher, code="RIC-ECO", pixel_regions=regions)
+    export = export_run(
+        project,
+        scene.researcher,
+        {"study_uid": scene.study.study_instance_uid},
+        capture=django_capture_on_commit_callbacks,
+        enqueued=enqueued,
+    )
+    outputs = zip_datasets(export)
+    us = next(d for d in outputs.values() if d.Modality == "US")
+    pixels = us.pixel_array
+    assert not pixels[:40].any() and not pixels[300:350, 700:800].any()
+    assert (pixels[40:300] == original.pixel_array[40:300]).all()  # the rest is the image as it was
+    assert us.BurnedInAnnotation == "NO"
+    assert "113101" in [item.CodeValue for item in us.DeidentificationMethodCodeSequence]
+    # The CT that says YES has no configured region for its size: still left out.
+    assert [row["reason"] for row in export.summary["excluded"]] == [services.BURNED_IN_REASONS["stated"]]
+    assert "clean_pixel_data" in export.summary["options"]
+
+
+def test_a_project_with_a_bad_region_is_refused_and_not_created(scene: Scene, settings: Any) -> None:
+    settings.SESSION_COOKIE_SECURE = False
+    client = Client()
+    client.force_login(scene.researcher)  # type: ignore[arg-type]
+    form = {"code": "ric-nuovo", "title": "Nuovo", "purpose": "Didattica.", "retain_dates_modified": "on"}
+    for bad in ("US 800x350 0,0,10,10", "US 800x350: 0,0,900,10", "US 800x350: a,b,c,d"):
+        response = client.post("/ricerca/", {**form, "regions": bad})
+        assert response.status_code == 200 and "Riga 1" in response.content.decode()
+    assert not scene.project.__class__.objects.filter(code="RIC-NUOVO").exists()
+    created = client.post("/ricerca/", {**form, "regions": "US 800x350: 0,0,800,40"})
+    project = scene.project.__class__.objects.get(code="RIC-NUOVO")
+    assert created["Location"] == f"/ricerca/progetti/{project.pk}/"
+    assert project.pixel_regions == [{"modality": "US", "columns": 800, "rows": 350, "boxes": [[0, 0, 800, 40]]}]
+    assert project.retain_dates_modified and not project.retain_device_identity
+    assert AuditEvent.objects.filter(action="research.project.create").count() == 2
