@@ -10,7 +10,6 @@ from django.utils.translation import gettext_lazy as _
 
 from .models import ExportProject
 
-
 _REGION = re.compile(r"^\s*([A-Za-z]{2})\s+(\d+)\s*[xX]\s*(\d+)\s*:\s*(.+)$")
 
 
