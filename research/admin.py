@@ -41,6 +41,12 @@ class ExportAdmin(_ReadOnly):
     list_filter = ["status"]
     exclude = ["studies", "path"]  # the studies' list would name patients; the path is the server's
 
+    def get_exclude(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # The criteria may name a patient (a codice fiscale typed in the form): with the
+        # export's pseudonyms that is the key table's link, the DPO's alone.
+        hidden = list(self.exclude or [])
+        return hidden if request.user.has_perm(KEY_PERM) else [*hidden, "criteria"]
+
 
 class _KeyRoleOnly(_ReadOnly):
     """Visible only to the data-protection role: the model's own view permission is not enough."""

@@ -276,7 +276,10 @@ def _walk(ds: Dataset, choices: Choices) -> None:
         elif category == "X_Z_U_STAR_TAGS" and elem.VR == "SQ":
             pass  # the references are kept; the UIDs inside are replaced by the walk below
         else:
-            ACTIONS[category](ds, tag)
+            try:
+                ACTIONS[category](ds, tag)
+            except NotImplementedError:
+                del ds[tag]  # a VR the library has no dummy for (AT, OF, SV...): removing it is always safe
         if tag in ds and ds[tag].VR == "SQ" and ds[tag].value:
             for item in ds[tag].value:
                 _walk(item, choices)

@@ -273,12 +273,22 @@ def test_a_hidden_study_is_refused_as_one_that_does_not_exist(
 
     assert page_text(hidden_page, scene.study.study_instance_uid) == page_text(missing_page, "1.2.3.4.5")
     assert "Nessuno studio corrisponde" in hidden_page.content.decode()
+    # Another health authority's radiologist: the same answer for a study that is not concealed.
+    from archive.models import HealthAuthority, StaffProfile
+
+    Concealment.objects.filter(study=scene.other).delete()
+    friuli = HealthAuthority.objects.create(code="ASUFC", name="Azienda sanitaria universitaria Friuli Centrale")
+    StaffProfile.objects.create(user=scene.colleague, authority=friuli)
+    with pytest.raises(NotFound):
+        services.export_request(
+            project=scene.project, user=scene.colleague, criteria={"study_uid": scene.other.study_instance_uid}
+        )
     # A query over the patient's studies leaves it out as well.
     with pytest.raises(NotFound):
         services.export_request(project=scene.project, user=scene.researcher, criteria={"patient": BIANCHI_CF})
     assert not Export.objects.exists() and not PseudonymKey.objects.exists()
     denied = AuditEvent.objects.filter(action="research.export.request", outcome="denied")
-    assert denied.count() == 5
+    assert denied.count() == 6
 
     # Concealed between the request and the build: left out of the zip, counted without a name.
     Concealment.objects.all().delete()
@@ -331,6 +341,12 @@ def test_the_key_table_is_read_only_by_the_data_protection_role(
         assert BIANCHI_CF in client.get(pages[1]).content.decode()
         assert pages[0] in client.get(f"/ricerca/progetti/{scene.project.pk}/").content.decode()
         assert client.get(pages[3]).status_code == 200
+    # The export's criteria (here the study's UID; a codice fiscale when typed) are the DPO's too.
+    export = Export.objects.get()
+    for user, shown in ((scene.researcher, False), (scene.dpo, True)):
+        response = client_for(user).get(f"/admin/research/export/{export.pk}/change/")
+        assert response.status_code == 200
+        assert (scene.study.study_instance_uid in response.content.decode()) is shown
     # Every reading and every refusal is in the audit log, the readings with the patient.
     readings = AuditEvent.objects.filter(action="research.keys.view", outcome="success")
     assert readings.count() == 4 and all(scene.study.patient_id in e.detail["patients"] for e in readings)
