@@ -51,6 +51,7 @@ from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
 from kernel.errors import Invalid, NotFound
+from kernel.models import AuditEvent
 
 from . import profile
 from .models import Export, ExportProject, ProjectSecret, PseudonymKey
@@ -216,7 +217,7 @@ def export_request(*, project: ExportProject, user: Any, criteria: dict[str, Any
     if not studies:
         audit_record(
             action="research.export.request",
-            outcome="denied",
+            outcome=AuditEvent.Outcome.DENIED,
             user=user,
             source=source,
             detail={"project": project.code, "criteria": criteria, "reason": "no_study"},

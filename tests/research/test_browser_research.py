@@ -45,6 +45,7 @@ def test_a_researcher_exports_a_study_and_follows_the_progress(
             page.keyboard.press("Enter")
             page.wait_for_url(f"{live_server.url}/ricerca/")
             assert_accessible(page, "the research projects page")
+            page.screenshot(path=str(SHOTS / "research-projects.png"), full_page=True)
             page.get_by_role("link", name="Didattica e ricerca").click()  # the staff menu leads here
             page.get_by_role("link", name=scene.project.code).click()
             page.get_by_label("Paziente (codice fiscale o PatientID)").fill(scene.study.patient.codice_fiscale)
