@@ -39,13 +39,9 @@ class ExportProjectAdmin(_ReadOnly):
 class ExportAdmin(_ReadOnly):
     list_display = ["pk", "project", "requested_by", "requested_at", "status", "done", "total"]
     list_filter = ["status"]
-    exclude = ["studies", "path"]  # the studies' list would name patients; the path is the server's
-
-    def get_exclude(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        # The criteria may name a patient (a codice fiscale typed in the form): with the
-        # export's pseudonyms that is the key table's link, the DPO's alone.
-        hidden = list(self.exclude or [])
-        return hidden if request.user.has_perm(KEY_PERM) else [*hidden, "criteria"]
+    # The studies name patients; the criteria may too (a codice fiscale typed in the form, a study's
+    # UID since concealed): with the export's pseudonyms that would be the key table's link.
+    exclude = ["studies", "criteria", "path"]
 
 
 class _KeyRoleOnly(_ReadOnly):
