@@ -1,5 +1,13 @@
 """The PS3.15 Basic Application Level Confidentiality Profile, applied to one dataset.
 
+Why dicom-anonymizer: of the kept libraries it is the one that carries the
+standard's table itself, as data, per edition (2023, 2024b, 2026c), with its
+action codes (D, Z, X, U, Z/D, X/Z, X/D, X/Z/D, X/Z/U*). ``dicognito``
+anonymises by its own choice of elements (names, IDs, dates, UIDs, addresses)
+and does not encode Table E.1-1; ``deid`` applies recipes (its default
+``deid.dicom`` is its authors' list, not the table's actions) and brings
+matplotlib with it. None of the three encodes the options' columns.
+
 No ORM here: :func:`dataset_deidentify` takes a pydicom dataset and the
 project's choices (:class:`Choices`) and changes the dataset in place.
 
