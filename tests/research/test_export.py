@@ -488,3 +488,28 @@ def test_a_project_with_a_bad_region_is_refused_and_not_created(scene: Scene, se
     assert project.pixel_regions == [{"modality": "US", "columns": 800, "rows": 350, "boxes": [[0, 0, 800, 40]]}]
     assert project.retain_dates_modified and not project.retain_device_identity
     assert AuditEvent.objects.filter(action="research.project.create").count() == 2
+
+
+def test_an_export_that_cannot_read_an_instance_fails_and_leaves_no_file(
+    scene: Scene, django_capture_on_commit_callbacks: Any, enqueued: Any, settings: Any
+) -> None:
+    from archive.models import Copy
+    from archive.storage import tiers
+
+    copy = Copy.objects.filter(instance__series__study=scene.study).order_by("instance__instance_number").last()
+    assert copy is not None
+    tiers.absolute_path(copy.tier, copy.path).unlink()
+    with django_capture_on_commit_callbacks(execute=True):
+        export = services.export_request(
+            project=scene.project, user=scene.researcher, criteria={"study_uid": scene.study.study_instance_uid}
+        )
+    with pytest.raises(Exception, match=copy.instance.sop_instance_uid):
+        enqueued.run()
+    export.refresh_from_db()
+    assert export.status == Export.Status.FAILED and copy.instance.sop_instance_uid in export.error
+    assert not export.path and not list(settings.PACS_RESEARCH_EXPORT_DIR.iterdir())
+    assert not AuditEvent.objects.filter(action="research.export").exists()
+    client = Client()
+    client.force_login(scene.researcher)  # type: ignore[arg-type]
+    settings.SESSION_COOKIE_SECURE = False
+    assert "non è riuscita" in client.get(f"/ricerca/esportazioni/{export.pk}/").content.decode()
