@@ -56,3 +56,8 @@ PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
 DISCARD_PROPOSE = "preservation.tasks.discard_propose"
 AUDIT_SEAL = "preservation.tasks.audit_seal"
 REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"
+
+# --- research ---------------------------------------------------------------------
+# The anonymised export for teaching and research (research.services.export_build).
+RESEARCH_EXPORT_BUILD = "research.tasks.export_build"
+RESEARCH_EXPORT_BUILD_SWEEP = "research.tasks.export_build_sweep"

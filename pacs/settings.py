@@ -151,6 +151,7 @@ INSTALLED_APPS = [
     "booking",
     "portal",
     "preservation",
+    "research",  # anonymised exports for teaching and research: imports the archive only
 ]
 
 MIDDLEWARE = [
@@ -933,3 +934,16 @@ CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
     "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
     "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
 }
+
+# --- research: anonymised exports for teaching and research -------------------------
+# Anonymised exports for teaching and research (research.services) are written here.
+PACS_RESEARCH_EXPORT_DIR = Path(env_str("PACS_RESEARCH_EXPORT_DIR", str(VAR_DIR / "research-exports"))).resolve()
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # An export whose message the broker lost, or whose worker died mid-zip.
+        "research-export-sweep": {
+            "task": tasknames.RESEARCH_EXPORT_BUILD_SWEEP,
+            "schedule": env_float("PACS_RESEARCH_EXPORT_SWEEP_SECONDS", 300.0),
+        },
+    }
+)

@@ -18,6 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("cup/", include("booking.urls")),
     path("fse/", include("portal.urls")),
+    path("ricerca/", include("research.urls")),
     path("dicomweb/", include("archive.dicomweb.urls")),
     path("api/", include("archive.api_urls")),
     path("api/cup/", include("booking.api_urls")),

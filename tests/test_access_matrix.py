@@ -351,6 +351,13 @@ def _dicomweb_decision(route: str) -> Decision:
 
 DECISIONS: dict[str, Decision] = {
     "": Decision(PUBLIC),
+    # The research exports' pages show projects and pseudonymised summaries, no study's data; the
+    # study an export names (in the POST's body) is refused as missing when hidden (tests/research).
+    "ricerca/": Decision(PUBLIC),
+    "ricerca/progetti/<int:pk>/": Decision(PUBLIC),
+    "ricerca/progetti/<int:pk>/chiavi/": Decision(PUBLIC),
+    "ricerca/esportazioni/<int:pk>/": Decision(PUBLIC),
+    "ricerca/esportazioni/<int:pk>/scarica/": Decision(PUBLIC),
     # DICOMweb's service root answers OPTIONS only (the capabilities, no data): a GET is refused.
     "dicomweb/": Decision(PUBLIC),
     "dicomweb/<facility:facility>/": Decision(PUBLIC, fill=_t("dicomweb/<facility:facility>/", facility=FACILITY)),
@@ -554,6 +561,12 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "preservation.Discard": (None, None),
     "preservation.FixityAudit": (None, None),
     "preservation.PreservationAlert": (None, None),
+    # The research exports: no study's data (the exports' studies and criteria are not shown);
+    # the key table names patients to the data-protection role only (tests/research).
+    "research.ExportProject": (None, None),
+    "research.Export": (None, None),
+    "research.PseudonymKey": (None, None),
+    "research.ProjectSecret": (None, None),
 }
 
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from kernel import tasknames
 from pacs.celery import app
 
-PROJECT_APPS = {"archive", "booking", "portal", "preservation", "pacs"}
+PROJECT_APPS = {"archive", "booking", "portal", "preservation", "research", "pacs"}
 
 # The names messages already queued in a running system carry: a test, not the
 # module, so that changing a string there fails here.
@@ -49,6 +49,8 @@ WIRE_NAMES = {
     "archive.tasks.rejections_announce_sweep",
     "portal.tasks.rejection_portal",
     "preservation.tasks.rejection_preservation",
+    "research.tasks.export_build",
+    "research.tasks.export_build_sweep",
 }
 
 
