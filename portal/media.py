@@ -622,6 +622,8 @@ class _InstanceReader:
     ``size`` bytes are read, checking them against :attr:`Instance.sha256`.
     """
 
+    mode = "rb"  # what pycdlib looks at to accept a file object
+
     def __init__(self, instance: Instance, on_read: Callable[[int], None]) -> None:
         self.instance = instance
         self.on_read = on_read
