@@ -44,6 +44,12 @@ ISOINFO = shutil.which("isoinfo")
 CD_PERMS = (*CUP_PERMS, "portal.view_cdmedium", "portal.deliver_cdmedium")
 
 
+@pytest.fixture(autouse=True)
+def _media_dir(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    settings.PACS_CD_MEDIA_DIR = tmp_path / "cd-media"
+    return settings.PACS_CD_MEDIA_DIR
+
+
 def cd_operator(username: str, authority: HealthAuthority | None) -> object:
     user = make_user(username, *CD_PERMS, staff=False).user
     StaffProfile.objects.create(user=user, authority=authority)
