@@ -103,7 +103,9 @@ def _facility_lines(booking: Booking) -> list[str]:
     if contact is not None:
         lines.append(contact.address)
         if contact.cup_phone:
-            lines.append(f"Telefono del CUP: {contact.cup_phone}" + (f" ({contact.cup_hours})" if contact.cup_hours else ""))
+            lines.append(
+                f"Telefono del CUP: {contact.cup_phone}" + (f" ({contact.cup_hours})" if contact.cup_hours else "")
+            )
     pickup = CdPickup.objects.filter(facility=booking.facility).first()
     if pickup is not None:
         lines.append(f"Ritiro dei CD: {pickup.place}" + (f", {pickup.hours}" if pickup.hours else ""))
@@ -169,7 +171,9 @@ def readme_text(booking: Booking, study: Study, versions: list[Report], *, serie
 def index_html(booking: Booking, study: Study, versions: list[Report], *, series: int, instances: int) -> bytes:
     """INDEX.HTM: the README as a page, with links to the report's files."""
     e = html.escape
-    rows = "".join(f"<tr><th scope=\"row\">{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _summary(booking, study, versions))
+    rows = "".join(
+        f'<tr><th scope="row">{e(k)}</th><td>{e(v)}</td></tr>' for k, v in _summary(booking, study, versions)
+    )
     links = "".join(
         f'<li><a href="{REPORT_FOLDER}/{pdf}">Referto, versione {v.version} (PDF)</a> – '
         f'<a href="{REPORT_FOLDER}/{p7m}">firma digitale (P7M)</a></li>'
@@ -231,11 +235,7 @@ def medium_make(*, report_pk: int, study_pk: int) -> str:
         return "outdated"
     study = Study.objects.get(pk=study_pk)
     with transaction.atomic():
-        medium = (
-            CdMedium.objects.select_for_update()
-            .filter(booking=booking, report=report, status__in=LIVE)
-            .first()
-        )
+        medium = CdMedium.objects.select_for_update().filter(booking=booking, report=report, status__in=LIVE).first()
         if medium is not None and medium.status in (CdMedium.Status.READY, CdMedium.Status.DELIVERED):
             return "already"
         if medium is None:
@@ -355,7 +355,9 @@ def media_stale_on_rejection(*, study_pk: int) -> list[tuple[int, int]]:
     return sorted({(m.report_id, study_pk) for m in stale})
 
 
-def media_overdue(*, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT) -> list[tuple[int, int]]:
+def media_overdue(
+    *, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT
+) -> list[tuple[int, int]]:
     """``(report, study)`` of the latest signed versions past the grace period whose booking's
     choice is CD and that have no live medium: what a lost task (or a stale medium) left undone."""
     current = DistributionChoice.objects.filter(booking_id=OuterRef("pk")).order_by("-version").values("delivery")[:1]

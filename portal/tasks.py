@@ -139,6 +139,4 @@ def _cd_medium_enqueue(report_pk: int, study_pk: int) -> None:
 def cd_media_sweep() -> int:
     """Queue again :func:`cd_medium_make` for the signed reports on CD left without a medium
     (a lost task, a medium made stale by a rejection note, one that failed)."""
-    return sweeps.requeue(
-        cd_medium_make, cdmedia.media_overdue(), logger=logger, message="queued %d overdue CD images"
-    )
+    return sweeps.requeue(cd_medium_make, cdmedia.media_overdue(), logger=logger, message="queued %d overdue CD images")

@@ -7,42 +7,106 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('archive', '0023_report_exposure'),
-        ('booking', '0005_mpps'),
-        ('portal', '0006_cd_pickup'),
+        ("archive", "0023_report_exposure"),
+        ("booking", "0005_mpps"),
+        ("portal", "0006_cd_pickup"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CdMedium',
+            name="CdMedium",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('preparing', 'in preparazione'), ('ready', 'pronto da masterizzare'), ('failed', 'non riuscito'), ('delivered', 'consegnato'), ('superseded', 'sostituito da una nuova versione del referto'), ('stale', 'da rifare: immagini ritirate')], default='preparing', max_length=16, verbose_name='stato')),
-                ('fingerprint', models.CharField(blank=True, max_length=64, verbose_name='impronta del contenuto')),
-                ('path', models.CharField(blank=True, max_length=500, verbose_name='file')),
-                ('size', models.BigIntegerField(default=0, verbose_name='dimensione (byte)')),
-                ('sha256', models.CharField(blank=True, max_length=64, verbose_name='SHA-256')),
-                ('instance_count', models.PositiveIntegerField(default=0, verbose_name='immagini')),
-                ('progress_done', models.BigIntegerField(default=0)),
-                ('progress_total', models.BigIntegerField(default=0)),
-                ('error', models.TextField(blank=True, verbose_name='errore')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='creato il')),
-                ('ready_at', models.DateTimeField(blank=True, null=True, verbose_name='pronto il')),
-                ('delivered_at', models.DateTimeField(blank=True, null=True, verbose_name='consegnato il')),
-                ('booking', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cd_media', to='booking.booking', verbose_name='prenotazione')),
-                ('delivered_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='consegnato da')),
-                ('report', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cd_media', to='archive.report', verbose_name='referto')),
-                ('superseded_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='portal.cdmedium', verbose_name='sostituito da')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("preparing", "in preparazione"),
+                            ("ready", "pronto da masterizzare"),
+                            ("failed", "non riuscito"),
+                            ("delivered", "consegnato"),
+                            ("superseded", "sostituito da una nuova versione del referto"),
+                            ("stale", "da rifare: immagini ritirate"),
+                        ],
+                        default="preparing",
+                        max_length=16,
+                        verbose_name="stato",
+                    ),
+                ),
+                ("fingerprint", models.CharField(blank=True, max_length=64, verbose_name="impronta del contenuto")),
+                ("path", models.CharField(blank=True, max_length=500, verbose_name="file")),
+                ("size", models.BigIntegerField(default=0, verbose_name="dimensione (byte)")),
+                ("sha256", models.CharField(blank=True, max_length=64, verbose_name="SHA-256")),
+                ("instance_count", models.PositiveIntegerField(default=0, verbose_name="immagini")),
+                ("progress_done", models.BigIntegerField(default=0)),
+                ("progress_total", models.BigIntegerField(default=0)),
+                ("error", models.TextField(blank=True, verbose_name="errore")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, verbose_name="creato il")),
+                ("ready_at", models.DateTimeField(blank=True, null=True, verbose_name="pronto il")),
+                ("delivered_at", models.DateTimeField(blank=True, null=True, verbose_name="consegnato il")),
+                (
+                    "booking",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="cd_media",
+                        to="booking.booking",
+                        verbose_name="prenotazione",
+                    ),
+                ),
+                (
+                    "delivered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="consegnato da",
+                    ),
+                ),
+                (
+                    "report",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="cd_media",
+                        to="archive.report",
+                        verbose_name="referto",
+                    ),
+                ),
+                (
+                    "superseded_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="portal.cdmedium",
+                        verbose_name="sostituito da",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': "CD dell'esame",
-                'verbose_name_plural': 'CD degli esami',
-                'ordering': ['-created_at', '-id'],
-                'permissions': [('deliver_cdmedium', 'Può scaricare e consegnare i CD degli esami')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status__in', ['preparing', 'ready', 'failed', 'delivered'])), fields=('booking', 'report'), name='cd_medium_one_live_per_report'), models.CheckConstraint(condition=models.Q(models.Q(('status', 'delivered'), _negated=True), ('delivered_at__isnull', False), _connector='OR'), name='cd_medium_delivered_has_when')],
+                "verbose_name": "CD dell'esame",
+                "verbose_name_plural": "CD degli esami",
+                "ordering": ["-created_at", "-id"],
+                "permissions": [("deliver_cdmedium", "Può scaricare e consegnare i CD degli esami")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status__in", ["preparing", "ready", "failed", "delivered"])),
+                        fields=("booking", "report"),
+                        name="cd_medium_one_live_per_report",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("status", "delivered"), _negated=True),
+                            ("delivered_at__isnull", False),
+                            _connector="OR",
+                        ),
+                        name="cd_medium_delivered_has_when",
+                    ),
+                ],
             },
         ),
     ]

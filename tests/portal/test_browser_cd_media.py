@@ -20,8 +20,8 @@ from portal.models import CdMedium
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup, linked_booking
-from tests.portal.test_cd_media import CD_PERMS
 from tests.dicomweb_helpers import make_user
+from tests.portal.test_cd_media import CD_PERMS
 from tests.reporting_helpers import Reporting, signed_report
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -43,7 +43,9 @@ def session_cookie(user: object, base: str) -> dict[str, str]:
     return {"name": "sessionid", "value": client.cookies["sessionid"].value, "url": base}
 
 
-@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 390, "height": 844}], ids=["desktop", "phone"])
+@pytest.mark.parametrize(
+    "viewport", [{"width": 1280, "height": 900}, {"width": 390, "height": 844}], ids=["desktop", "phone"]
+)
 def test_the_cup_burns_and_hands_over_a_cd(
     transactional_db: None, live_server, cup: Cup, reporting: Reporting, settings, tmp_path: Path, viewport
 ) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +95,9 @@ def test_the_cup_burns_and_hands_over_a_cd(
             assert_accessible(page, f"CD list ({size})")
 
             with page.expect_download() as info:
-                page.get_by_role("link", name=f"Scarica l'immagine del CD dell'esame {booking.accession_number}").click()
+                page.get_by_role(
+                    "link", name=f"Scarica l'immagine del CD dell'esame {booking.accession_number}"
+                ).click()
             download = info.value
             saved = tmp_path / "cd.iso"
             download.save_as(saved)

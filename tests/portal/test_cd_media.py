@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pycdlib
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from pydicom import dcmread
 from pydicom.fileset import FileSet
@@ -107,8 +106,21 @@ def check_dicom_files(root: Path, study: Study) -> None:
 def verify_cms(pdf: Path, p7m: Path, tmp_path: Path) -> None:
     """The detached CAdES verifies over the PDF (the demo PKI: the signature's own certificate)."""
     run = subprocess.run(
-        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(p7m), "-content", str(pdf),
-         "-noverify", "-out", str(tmp_path / "verified")],
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(p7m),
+            "-content",
+            str(pdf),
+            "-noverify",
+            "-out",
+            str(tmp_path / "verified"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -154,9 +166,7 @@ def test_a_signed_cd_booking_gets_an_ihe_pdi_iso(cup: Cup, reporting: Reporting,
     index = (root / "INDEX.HTM").read_text(encoding="utf-8")
     assert '<html lang="it">' in index and 'href="REFERTO/V001.PDF"' in index and 'href="README.TXT"' in index
     # Nothing but DICOM files under DICOM/ (IHE PDI: other content elsewhere).
-    assert all(
-        re.fullmatch(r"/DICOM/S\d{4}/I\d{4}\.;1", p) for p in files if p.startswith("/DICOM/")
-    ), sorted(files)
+    assert all(re.fullmatch(r"/DICOM/S\d{4}/I\d{4}\.;1", p) for p in files if p.startswith("/DICOM/")), sorted(files)
     assert AuditEvent.objects.filter(action="portal.cd.make", patient=booking.patient).count() == 1
 
     # Idempotent: the task again keeps the medium.
@@ -257,9 +267,11 @@ def test_another_authoritys_cup_and_a_citizen_are_refused(cup: Cup, reporting: R
     assert client.post(f"/cup/cd/{medium.pk}/consegnato/").status_code == 404
     medium.refresh_from_db()
     assert medium.status == CdMedium.Status.READY
-    assert not AuditEvent.objects.filter(action__startswith="portal.cd.", user=foreign).exclude(
-        action="portal.cd.list"
-    ).exists()
+    assert (
+        not AuditEvent.objects.filter(action__startswith="portal.cd.", user=foreign)
+        .exclude(action="portal.cd.list")
+        .exists()
+    )
 
     # A CUP operator without the CD permissions, and a citizen: 403.
     plain = Client()
@@ -315,9 +327,9 @@ def test_rejected_images_make_the_ready_medium_stale_and_remade(cup: Cup, report
     note = rejection_note([dcmread(storage.absolute_path(copy.tier, copy.path), stop_before_pixels=True)])
     note_path = tmp_path / "note.dcm"
     note.save_as(note_path, enforce_file_format=True)
-    from tests.conftest import tasks_kept
-
     from django.test import TestCase
+
+    from tests.conftest import tasks_kept
 
     with tasks_kept() as kept:
         with TestCase.captureOnCommitCallbacks(execute=True):
