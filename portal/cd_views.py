@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 
 from django.contrib import messages
-from django.http import FileResponse, Http404, HttpResponse
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
@@ -66,9 +67,11 @@ def cd_media(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
-@perms_required(VIEW_PERMISSION, DELIVER_PERMISSION)
+# perms_required as it is, spelled out: it is typed for views that answer an HttpResponse.
+@login_required
+@permission_required((VIEW_PERMISSION, DELIVER_PERMISSION), raise_exception=True)
 @require_GET
-def cd_medium_download(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+def cd_medium_download(request: AuthenticatedHttpRequest, pk: int) -> HttpResponseBase:
     """The ISO image, streamed from disk (FileResponse reads it in blocks)."""
     medium = _medium(request, pk)
     if medium.status not in (CdMedium.Status.READY, CdMedium.Status.DELIVERED) or not cdmedia.medium_file_ok(medium):

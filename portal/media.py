@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
 from pydicom.dataset import Dataset
 
@@ -775,10 +775,10 @@ def dicom_media_iso_write(
         for instance, file_id in layout.entries:
             reader = _InstanceReader(instance, meter.add)
             readers.append(reader)
-            iso.add_fp(reader, instance.size, iso_name(file_id))
+            iso.add_fp(cast(BinaryIO, reader), instance.size, iso_name(file_id))
         small = len(dicomdir) + sum(len(data) for _name, data in files)
         with _file_in_place(path) as out:
-            iso.write_fp(out, blocksize=ISO_BLOCK)
+            iso.write_fp(cast(BinaryIO, out), blocksize=ISO_BLOCK)
             meter.add(small)
     except PyCdlibException as exc:
         raise MediaError(f"the ISO image cannot be written: {exc}") from exc

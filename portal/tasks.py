@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -96,7 +97,7 @@ def rejection_portal(note_pk: int, study_pk: int) -> str:
     # The CDs not yet handed over that hold withdrawn images are made again.
     remake = cdmedia.media_stale_on_rejection(study_pk=study_pk)
     for args in remake:
-        transaction.on_commit(lambda args=args: _cd_medium_enqueue(*args))
+        transaction.on_commit(functools.partial(_cd_medium_enqueue, *args))
     return f"{result}, CDs remade: {len(remake)}" if remake else result
 
 
