@@ -348,3 +348,40 @@ def test_rejected_images_make_the_ready_medium_stale_and_remade(cup: Cup, report
     assert rejected.sop_instance_uid not in {i.SOPInstanceUID for i in fs}
     assert len(fs) == after.instance_count
     _ = io  # noqa: B018
+
+
+def test_memory_does_not_grow_with_the_study(region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """24 MB of instances go into the image with a few hundred KB of Python memory at most:
+    each file is read in pycdlib's blocks, never whole."""
+    import tracemalloc
+
+    from archive.sample_data import PatientInfo, write_study
+    from portal.media import dicom_media_iso_write
+    from tests.dicomweb_helpers import ingest_files
+
+    patient = PatientInfo(patient_id="MRN0001", name="ROSSI^MARIO", birth_date="19560312", sex="M")
+    paths = write_study(tmp_path / "big", patient=patient, series=2, instances_per_series=6)
+    for path in paths:  # 2 MB each: 1024 x 1024 pixels of 16 bits
+        ds = dcmread(path)
+        ds.Rows = ds.Columns = 1024
+        ds.PixelData = bytes(2 << 20)
+        ds.save_as(path, enforce_file_format=True)
+    ingest_files(paths, region.facility)
+    study = Study.objects.get()
+    total = sum(i.size for i in Instance.objects.all())
+    assert total > 24 << 20
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        info = dicom_media_iso_write(
+            study=study, path=tmp_path / "out" / "big.iso", volume_id="PDI_BIG", files=[(("README.TXT",), b"x")]
+        )
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.instance_count == 12 and info.size > total
+    print(f"CD image: peak {peak} bytes of Python memory for {total} bytes of instances")
+    assert peak < 2 << 20, f"peak {peak} bytes for {total} bytes of instances"
+    fs_root = tmp_path / "read"
+    iso_files(info.path, fs_root)
+    check_dicom_files(fs_root, study)
