@@ -4,6 +4,7 @@ corrections, rejection notes, the CUP's page, who may use it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 from django.test import Client
+from django.utils import timezone
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 
@@ -307,12 +309,13 @@ def test_a_failure_leaves_no_half_written_image(cup: Cup, reporting: Reporting, 
     # The sweep tries it again (once the grace period is over); repaired, it is made.
     data[-1] ^= 0xFF
     stored.write_bytes(bytes(data))
-    Report.objects.filter(pk=report.pk).update(signed_at=report.signed_at - __import__("datetime").timedelta(hours=1))
-    assert cdmedia.media_overdue() == [(report.pk, reporting.study.pk)]
+    later = timezone.now() + dt.timedelta(hours=1)  # past the grace period
+    assert cdmedia.media_overdue() == []
+    assert cdmedia.media_overdue(now=later) == [(report.pk, reporting.study.pk)]
     assert cdmedia.medium_make(report_pk=report.pk, study_pk=reporting.study.pk) == "ready"
     medium.refresh_from_db()
     assert medium.status == CdMedium.Status.READY and medium.error == ""
-    assert cdmedia.media_overdue() == []
+    assert cdmedia.media_overdue(now=later) == []
     assert portal_tasks.cd_media_sweep() == 0
 
 
