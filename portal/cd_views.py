@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseBase
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
@@ -46,6 +46,9 @@ def _medium(request: AuthenticatedHttpRequest, pk: int) -> CdMedium:
 @require_GET
 def cd_media(request: AuthenticatedHttpRequest) -> HttpResponse:
     to_burn = list(cdmedia.media_to_burn(user=request.user))
+    if request.GET.get("format") == "json":
+        # What the page's script follows: ids, states and progress, no patient data (not audited).
+        return JsonResponse({"media": [{"id": m.pk, "status": m.status, "percent": m.percent} for m in to_burn]})
     delivered = cdmedia.media_delivered(user=request.user)
     for patient in {m.booking.patient_id: m.booking.patient for m in [*to_burn, *delivered]}.values():
         audit_record(

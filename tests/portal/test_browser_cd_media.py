@@ -62,7 +62,7 @@ def test_the_cup_burns_and_hands_over_a_cd(
     ready = CdMedium.objects.get(status=CdMedium.Status.READY)
     # Another patient's CD halfway through (as a worker leaves the row while it writes).
     other = cup.book(cup.laura, delivery=DistributionChoice.Delivery.CD)
-    CdMedium.objects.create(booking=other, report=report, progress_done=40, progress_total=100)
+    halfway = CdMedium.objects.create(booking=other, report=report, progress_done=40, progress_total=100)
     operator = make_user("cupcd", *CD_PERMS, staff=False).user
     operator.first_name, operator.last_name = "Luca", "Tomasin"
     operator.save()
@@ -89,10 +89,14 @@ def test_the_cup_burns_and_hands_over_a_cd(
             assert rows.count() == 2
             text = page.locator("table").inner_text()
             assert "ROSSI MARIO" in text and "BIANCHI LAURA" in text
-            assert "pronto da masterizzare" in text and "in preparazione" in text and "Preparato al 40%" in text
+            assert "pronto da masterizzare" in text and "in preparazione" in text and "Avanzamento: 40%" in text
             assert page.locator("progress").get_attribute("value") == "40"
             page.screenshot(path=str(tmp_path / f"{size}-1-list.png"), full_page=True)
             assert_accessible(page, f"CD list ({size})")
+            # The worker goes on: the page follows without reloading.
+            CdMedium.objects.filter(pk=halfway.pk).update(progress_done=75)
+            page.get_by_text("Avanzamento: 75%").wait_for()
+            assert page.locator("progress").evaluate("p => p.value") == 75
 
             with page.expect_download() as info:
                 page.get_by_role(
