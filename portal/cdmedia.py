@@ -61,6 +61,10 @@ SYSTEM = "portal.cdmedia"
 LIVE = (CdMedium.Status.PREPARING, CdMedium.Status.READY, CdMedium.Status.FAILED, CdMedium.Status.DELIVERED)
 REPLACEABLE = (CdMedium.Status.PREPARING, CdMedium.Status.READY, CdMedium.Status.FAILED)
 PROGRESS_EVERY = 1.0  # seconds between two writes of the progress to the database
+# A medium "preparing" without news for this long lost its worker: the sweep queues it again.
+STALE = dt.timedelta(minutes=10)
+# A temporary file older than this is what a killed worker left: the sweep removes it.
+LEFTOVER = dt.timedelta(days=1)
 REPORT_FOLDER = "REFERTO"
 
 
@@ -242,7 +246,12 @@ def medium_make(*, report_pk: int, study_pk: int) -> str:
             medium = CdMedium.objects.create(booking=booking, report=report)
         fingerprint, size, _count = study_fingerprint(study)
         CdMedium.objects.filter(pk=medium.pk).update(
-            status=CdMedium.Status.PREPARING, fingerprint=fingerprint, error="", progress_done=0, progress_total=size
+            status=CdMedium.Status.PREPARING,
+            fingerprint=fingerprint,
+            error="",
+            progress_done=0,
+            progress_total=size,
+            heartbeat_at=timezone.now(),
         )
     return _medium_write(medium_pk=medium.pk, booking=booking, study=study, report=report, fingerprint=fingerprint)
 
@@ -256,7 +265,9 @@ def _medium_write(*, medium_pk: int, booking: Booking, study: Study, report: Rep
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY or done >= total:
             last[0] = now
-            CdMedium.objects.filter(pk=medium_pk).update(progress_done=done, progress_total=total)
+            CdMedium.objects.filter(pk=medium_pk).update(
+                progress_done=done, progress_total=total, heartbeat_at=timezone.now()
+            )
 
     try:
         files: list[tuple[tuple[str, ...], bytes]] = []
@@ -370,7 +381,12 @@ def media_overdue(
     newer = Report.objects.filter(
         study_id=OuterRef("study_id"), status=Report.Status.SIGNED, version__gt=OuterRef("version")
     )
-    made = CdMedium.objects.filter(report_id=OuterRef("pk"), status__in=LIVE).exclude(status=CdMedium.Status.FAILED)
+    now = now or timezone.now()
+    # Made, or being made by a worker that still gives news; a failed one is tried again.
+    made = CdMedium.objects.filter(report_id=OuterRef("pk")).filter(
+        Q(status__in=(CdMedium.Status.READY, CdMedium.Status.DELIVERED))
+        | Q(status=CdMedium.Status.PREPARING, heartbeat_at__gte=now - STALE)
+    )
     return list(
         reports.reports_signed_overdue(now=now)
         .filter(Exists(on_cd))
@@ -378,6 +394,25 @@ def media_overdue(
         .exclude(Exists(made))
         .values_list("pk", "study_id")[:limit]
     )
+
+
+def leftovers_remove(*, now: dt.datetime | None = None) -> int:
+    """Remove the temporary images (``.name.iso.*.part``) a killed worker left; how many."""
+    folder = Path(settings.PACS_CD_MEDIA_DIR)
+    if not folder.is_dir():
+        return 0
+    limit = (now or timezone.now()).timestamp() - LEFTOVER.total_seconds()
+    removed = 0
+    for part in folder.glob(".*.part"):
+        try:
+            if part.stat().st_mtime < limit:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        logger.warning("removed %d half-written CD images left by killed workers", removed)
+    return removed
 
 
 # -- the CUP's side ----------------------------------------------------------------

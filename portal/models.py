@@ -467,6 +467,8 @@ class CdMedium(models.Model):
     instance_count = models.PositiveIntegerField(_("immagini"), default=0)
     progress_done = models.BigIntegerField(default=0)
     progress_total = models.BigIntegerField(default=0)
+    # Written with the progress: a medium "preparing" whose heartbeat stopped lost its worker.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(_("errore"), blank=True)
     created_at = models.DateTimeField(_("creato il"), default=timezone.now)
     ready_at = models.DateTimeField(_("pronto il"), null=True, blank=True)

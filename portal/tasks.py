@@ -139,5 +139,7 @@ def _cd_medium_enqueue(report_pk: int, study_pk: int) -> None:
 @shared_task(name=tasknames.CD_MEDIA_SWEEP)
 def cd_media_sweep() -> int:
     """Queue again :func:`cd_medium_make` for the signed reports on CD left without a medium
-    (a lost task, a medium made stale by a rejection note, one that failed)."""
+    (a lost task, a medium made stale by a rejection note, one that failed, a worker killed
+    mid-image), and remove the temporary files killed workers left."""
+    cdmedia.leftovers_remove()
     return sweeps.requeue(cd_medium_make, cdmedia.media_overdue(), logger=logger, message="queued %d overdue CD images")

@@ -388,3 +388,35 @@ def test_memory_does_not_grow_with_the_study(region, tmp_path: Path) -> None:  #
     fs_root = tmp_path / "read"
     iso_files(info.path, fs_root)
     check_dicom_files(fs_root, study)
+
+
+def test_a_worker_killed_mid_image_is_taken_over(cup: Cup, reporting: Reporting) -> None:
+    """A medium left "preparing" without news, and the temporary file of its dead worker:
+    the sweep queues the medium again and removes the file once it is old."""
+    import os
+    import time
+
+    booking = linked_booking(cup, reporting.study, delivery=DistributionChoice.Delivery.CD)
+    report = signed_report(reporting)
+    now = timezone.now()
+    later = now + dt.timedelta(hours=1)  # past the sweep's grace period
+    stuck = CdMedium.objects.create(booking=booking, report=report, heartbeat_at=later - dt.timedelta(minutes=1))
+    folder = cdmedia.media_dir()
+    part = folder / f".{booking.accession_number}-v1-{stuck.pk}.iso.abc.part"
+    part.write_bytes(b"half")
+    fresh = folder / ".other.iso.def.part"
+    fresh.write_bytes(b"being written")
+    old = time.time() - 2 * 86400
+    os.utime(part, (old, old))
+
+    # News a minute old: its worker is alive.
+    assert cdmedia.media_overdue(now=later) == []
+    # Ten minutes without news: queued again, and the task takes it over.
+    CdMedium.objects.filter(pk=stuck.pk).update(heartbeat_at=later - cdmedia.STALE - dt.timedelta(seconds=1))
+    assert cdmedia.media_overdue(now=later) == [(report.pk, reporting.study.pk)]
+    assert cdmedia.leftovers_remove() == 1
+    assert not part.exists() and fresh.exists()
+    assert cdmedia.medium_make(report_pk=report.pk, study_pk=reporting.study.pk) == "ready"
+    stuck.refresh_from_db()
+    assert stuck.status == CdMedium.Status.READY and CdMedium.objects.count() == 1
+    assert cdmedia.media_overdue(now=later) == []
