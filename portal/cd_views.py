@@ -8,6 +8,11 @@ medium of another authority answers 404, as one that does not exist). Every
 page and download is audited with the patients it shows. Mounted by
 ``pacs/urls.py`` under the CUP's ``/cup/`` area; the page extends the CUP
 desk's skeleton (``booking/_base.html``).
+
+The CUP hands the patient her own disc, which she chose at booking: the page
+shows the CUP's records (the booking, the patient, the procedure), and the
+oscuramento, which hides a study from the professionals who consult it, does
+not take the disc away from the patient it was made for.
 """
 
 from __future__ import annotations
