@@ -9,10 +9,11 @@ page and download is audited with the patients it shows. Mounted by
 ``pacs/urls.py`` under the CUP's ``/cup/`` area; the page extends the CUP
 desk's skeleton (``booking/_base.html``).
 
-The CUP hands the patient her own disc, which she chose at booking: the page
-shows the CUP's records (the booking, the patient, the procedure), and the
-oscuramento, which hides a study from the professionals who consult it, does
-not take the disc away from the patient it was made for.
+Who sees which disc is the access policy's staff rule
+(:func:`portal.cdmedia.media_principal`): the CD permission stands in for
+``archive.view_study``, so a CUP operator sees the discs of their health
+authority and never one of a study the patient hid (oscuramento), which does
+not exist for professionals; the patient who wants it reveals the exam first.
 """
 
 from __future__ import annotations

@@ -418,11 +418,30 @@ def leftovers_remove(*, now: dt.datetime | None = None) -> int:
 # -- the CUP's side ----------------------------------------------------------------
 
 
+def media_principal(user: User) -> access.Principal:
+    """Who asks, for the CD page: the staff rule of :mod:`archive.access`, where the CD
+    permission stands in for ``archive.view_study`` (a CUP operator holds the one, not the
+    other): the studies of their health authority, never one the patient hid, unless
+    they hold a live emergency access for the patient. Anyone else sees nothing."""
+    from .policy import policy
+
+    principal = access.principal_for_user(user)
+    if principal.kind is not access.Kind.STAFF:
+        return access.NOBODY
+    if principal.sees_nothing:
+        principal = access.Principal(
+            access.Kind.STAFF,
+            name=principal.name,
+            user_id=user.pk,
+            authority_id=access.authority_restriction(user),
+            patient_ids=frozenset(policy.emergency_patient_ids(user)),
+        )
+    return principal
+
+
 def media_visible_q(user: User) -> Q:
-    """The media a member of the CUP may see: those of their health authority's
-    facilities (all for regional staff, :func:`archive.access.authority_restriction`)."""
-    restriction = access.authority_restriction(user)
-    return Q() if restriction is None else Q(booking__facility__authority_id=restriction)
+    """The media a member of the CUP may see (:func:`media_principal`)."""
+    return access.visible_q(media_principal(user), "booking__study__")
 
 
 def media_to_burn(*, user: User) -> QuerySet[CdMedium]:

@@ -420,3 +420,21 @@ def test_a_worker_killed_mid_image_is_taken_over(cup: Cup, reporting: Reporting)
     stuck.refresh_from_db()
     assert stuck.status == CdMedium.Status.READY and CdMedium.objects.count() == 1
     assert cdmedia.media_overdue(now=later) == []
+
+
+def test_a_hidden_studys_disc_does_not_exist_for_the_cup(cup: Cup, reporting: Reporting) -> None:
+    """The oscuramento: the disc is made, but to the CUP it does not exist until the patient reveals the exam."""
+    from tests.access_helpers import hide, reveal
+
+    _booking, _report, _result = signed_on_cd(cup, reporting)
+    medium = CdMedium.objects.get()
+    operator = cd_operator("cupts", reporting.region.authority)
+    client = Client()
+    client.force_login(operator)
+    hide(reporting.study)
+    assert medium.booking.accession_number not in client.get("/cup/cd/").content.decode()
+    assert client.get(f"/cup/cd/{medium.pk}/immagine.iso").status_code == 404
+    assert client.post(f"/cup/cd/{medium.pk}/consegnato/").status_code == 404
+    assert client.get("/cup/cd/?format=json").json() == {"media": []}
+    reveal(reporting.study)
+    assert medium.booking.accession_number in client.get("/cup/cd/").content.decode()
