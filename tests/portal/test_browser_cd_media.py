@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from archive.models import StaffProfile
+from archive.models import StaffProfile, Study
+from archive.sample_data import PatientInfo, write_study
 from booking.models import DistributionChoice
 from kernel.models import AuditEvent
 from portal import cdmedia
 from portal.models import CdMedium
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
-from tests.booking.conftest import Cup, linked_booking
-from tests.dicomweb_helpers import make_user
+from tests.booking.conftest import LAURA_CF, Cup, linked_booking
+from tests.dicomweb_helpers import ingest_files, make_user
 from tests.portal.test_cd_media import CD_PERMS
 from tests.reporting_helpers import Reporting, signed_report
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -61,7 +62,15 @@ def test_the_cup_burns_and_hands_over_a_cd(
         assert cdmedia.medium_make(report_pk=report.pk, study_pk=reporting.study.pk) == "ready"
     ready = CdMedium.objects.get(status=CdMedium.Status.READY)
     # Another patient's CD halfway through (as a worker leaves the row while it writes).
-    other = cup.book(cup.laura, delivery=DistributionChoice.Delivery.CD)
+    laura_files = write_study(
+        tmp_path / "laura",
+        patient=PatientInfo(patient_id=LAURA_CF, name="BIANCHI^LAURA", birth_date="19720702", sex="F"),
+        series=1,
+        instances_per_series=2,
+    )
+    ingest_files(laura_files, reporting.region.facility)
+    laura_study = Study.objects.exclude(pk=reporting.study.pk).get()
+    other = linked_booking(cup, laura_study, patient=cup.laura, delivery=DistributionChoice.Delivery.CD)
     halfway = CdMedium.objects.create(booking=other, report=report, progress_done=40, progress_total=100)
     operator = make_user("cupcd", *CD_PERMS, staff=False).user
     operator.first_name, operator.last_name = "Luca", "Tomasin"
