@@ -58,6 +58,7 @@ install-test: $(VENV)/.installed-test $(NODE_PACKAGES) $(VIEWER3D)
 system-test-deps:
 	@command -v storescu >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dcmtk; }
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	@command -v isoinfo >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q genisoimage; }
 
 # The Procfile runs under honcho through pacs/procfile.py: Ctrl-C stops every
 # process cleanly (SIGTERM to each process, not its group) and exits 0.

@@ -123,6 +123,8 @@ ROLES = {
         "booking.view_station",
         "portal.add_delegation",  # the delegations desk (/fse/sportello/deleghe/)
         "portal.change_delegation",
+        "portal.view_cdmedium",  # the CDs to burn (/cup/cd/): download and "consegnato"
+        "portal.deliver_cdmedium",
     ],
     # An external CUP system that books through the REST API with its token.
     "Sistemi CUP esterni": [

@@ -47,6 +47,9 @@ REPORT_PUBLISH_SWEEP = "portal.tasks.report_publish_sweep"
 DOWNLOAD_PACKAGE_BUILD = "portal.tasks.package_build"
 DOWNLOAD_PACKAGES_PURGE = "portal.tasks.packages_purge"
 REJECTION_PORTAL = "portal.tasks.rejection_portal"
+# The CD (IHE PDI ISO image) of a signed report whose booking chose CD, and its sweep.
+CD_MEDIUM_MAKE = "portal.tasks.cd_medium_make"
+CD_MEDIA_SWEEP = "portal.tasks.cd_media_sweep"
 
 # --- preservation ----------------------------------------------------------------
 STUDY_PACKAGE = "preservation.tasks.study_package"

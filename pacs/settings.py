@@ -284,6 +284,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.REPORT_PUBLISH_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
     },
+    "cd-media-sweep": {
+        "task": tasknames.CD_MEDIA_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "portal-packages-purge": {
         "task": tasknames.DOWNLOAD_PACKAGES_PURGE,
         "schedule": env_float("PACS_PORTAL_PURGE_SECONDS", 3600.0),
@@ -798,6 +802,8 @@ PACS_PORTAL_LINK_SECONDS = env_int("PACS_PORTAL_LINK_SECONDS", 3600)
 # of at most PACS_PORTAL_INLINE_BYTES is zipped while the citizen waits; a
 # larger one by a Celery task, with progress on the page.
 PACS_PORTAL_PACKAGE_DIR = Path(env_str("PACS_PORTAL_PACKAGE_DIR", str(VAR_DIR / "portal-packages"))).resolve()
+# The ISO images of the CDs to burn for patients who chose CD (portal.cdmedia).
+PACS_CD_MEDIA_DIR = Path(env_str("PACS_CD_MEDIA_DIR", str(VAR_DIR / "cd-media"))).resolve()
 PACS_PORTAL_PACKAGE_HOURS = env_int("PACS_PORTAL_PACKAGE_HOURS", 48)
 PACS_PORTAL_INLINE_BYTES = env_int("PACS_PORTAL_INLINE_BYTES", 64 * 1024 * 1024)
 # How long a professional's emergency access to a hidden (oscurato) study lasts.

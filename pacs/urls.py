@@ -16,6 +16,8 @@ urlpatterns = [
     # Before admin/: the archive's storage dashboard lives under admin/archive/.
     path("", include("archive.urls")),
     path("admin/", admin.site.urls),
+    # The CDs to burn for patients who chose CD: the portal's, in the CUP's area.
+    path("cup/cd/", include("portal.cd_urls")),
     path("cup/", include("booking.urls")),
     path("fse/", include("portal.urls")),
     path("ricerca/", include("research.urls")),

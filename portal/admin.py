@@ -27,7 +27,7 @@ from archive import access
 from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, VisibleRowsMixin
 from archive.models import Patient
 
-from .models import CitizenAccount, DownloadPackage
+from .models import CdMedium, CitizenAccount, DownloadPackage
 
 
 def _patient_of(codice_fiscale: str) -> Patient | None:
@@ -165,3 +165,22 @@ class DownloadPackageAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
     @admin.display(description=_("avanzamento"))
     def percent_display(self, obj: DownloadPackage) -> str:
         return f"{obj.percent}%"
+
+
+@admin.register(CdMedium)
+class CdMediumAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    """The CDs made for patients who chose CD: for which booking and report version,
+    how far, why one failed, who handed it over. The image is served on the CUP's page."""
+
+    study_path = "booking__study__"
+    patient_path = "booking__patient_id"
+    list_display = ("created_at", "booking", "report", "status", "instance_count", "size", "delivered_at")
+    list_filter = ("status",)
+    search_fields = ("=booking__accession_number", "=booking__patient__codice_fiscale")
+    search_help_text = _("Numero di prenotazione o codice fiscale (interi).")
+    list_select_related = ("booking", "report")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in CdMedium._meta.fields]
+
+    def audit_subject(self, obj: CdMedium) -> dict[str, Any]:
+        return {"study": obj.booking.study, "patient": obj.booking.patient}

@@ -17,6 +17,10 @@ class PortalConfig(AppConfig):
         from .tasks import publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="portal.publish")
+        # Patients who chose CD: the IHE PDI image for the CUP to burn (portal.cdmedia).
+        from .tasks import cd_medium_on_report_signed
+
+        report_signed.connect(cd_medium_on_report_signed, dispatch_uid="portal.cd_medium")
         # IOCM: withdrawn images take the study's zips with them; a published report needs the CUP.
         from archive.signals import instances_rejected
 

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
 from pydicom.dataset import Dataset
 
@@ -465,6 +465,61 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
     return final
 
 
+@dataclass(frozen=True)
+class DicomLayout:
+    """Where each instance of a study goes on DICOM media, and the DICOMDIR's records.
+
+    One layout for every medium the archive writes (the citizen's zip, the CD's
+    ISO image: :mod:`portal.cdmedia`), so that both hold the same file-set.
+    """
+
+    entries: list[tuple[Instance, tuple[str, ...]]]  # each instance and its PS3.10 file ID
+    records: list[_Record]  # the PATIENT/STUDY/SERIES/leaf tree for dicomdir_encode
+    series_count: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(instance.size for instance, _file_id in self.entries)
+
+    def directories(self) -> list[tuple[str, ...]]:
+        """Every folder the file IDs need, parents first (``DICOM``, ``DICOM/S0001``...)."""
+        seen: dict[tuple[str, ...], None] = {}
+        for _instance, file_id in self.entries:
+            for depth in range(1, len(file_id)):
+                seen.setdefault(file_id[:depth], None)
+        return list(seen)
+
+
+def dicom_media_layout(*, study: Study) -> DicomLayout:
+    """The study's instances numbered into PS3.10 file IDs (``DICOM/S0001/I0001``),
+    series as the viewers order them, with the DICOMDIR's record tree.
+
+    Reads one header per series (and the header of any non-image object), never
+    the pixel data; memory holds the records only.
+
+    Raises
+    ------
+    MediaError
+        No instances, too many for the file IDs, or a header unreadable.
+    """
+    groups = _study_series(study)
+    tree = [
+        (
+            n.series,
+            [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(n.instances, start=1)],
+        )
+        for s_index, n in enumerate(groups, start=1)
+    ]
+    entries: list[tuple[Instance, tuple[str, ...]]] = [entry for _series, group in tree for entry in group]
+    if not entries:
+        raise MediaError(f"study {study.study_instance_uid} has no instances")
+    try:
+        records = dicomdir_records(groups=tree, numbers=[n.number for n in groups])
+    except retrieve.NotAvailable as exc:
+        raise MediaError(str(exc)) from exc
+    return DicomLayout(entries=entries, records=records, series_count=len(groups))
+
+
 def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
     summary = _study_summary(study, series=series, instances=instances)
     return _readme(
@@ -525,26 +580,10 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         An instance cannot be read, its bytes do not hash as recorded, or
         FileSet cannot list it in the DICOMDIR.
     """
-    groups = _study_series(study)
-    entries: list[tuple[Instance, tuple[str, str, str]]] = []
-    for s_index, numbered in enumerate(groups, start=1):
-        for i_index, instance in enumerate(numbered.instances, start=1):
-            entries.append((instance, _file_id(s_index, i_index)))
-    if not entries:
-        raise MediaError(f"study {study.study_instance_uid} has no instances")
+    layout = dicom_media_layout(study=study)
+    entries, records = layout.entries, layout.records
     when = dt.datetime.now()
-    try:
-        tree = [
-            (
-                n.series,
-                [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(n.instances, start=1)],
-            )
-            for s_index, n in enumerate(groups, start=1)
-        ]
-        records = dicomdir_records(groups=tree, numbers=[n.number for n in groups])
-    except retrieve.NotAvailable as exc:
-        raise MediaError(str(exc)) from exc
-    readme = _dicom_readme(study, series=len(groups), instances=len(entries))
+    readme = _dicom_readme(study, series=layout.series_count, instances=len(entries))
     meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
     # The DICOMDIR is encoded (pure Python) while the instances are copied
@@ -566,6 +605,190 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
             _member_write_bytes(zf, DICOMDIR, encoding.result(), when=when)
     logger.info("DICOM package of study %s: %d instances in %s", study.study_instance_uid, len(entries), path)
     return _info(path, len(entries))
+
+
+# -- the ISO 9660 image of a CD ----------------------------------------------
+
+ISO_BLOCK = 32768  # what pycdlib copies at a time: memory per file, whatever its size
+
+
+class _InstanceReader:
+    """A stored instance as the read-only file pycdlib copies into the image.
+
+    pycdlib keeps a file object per file until the image is written; an open
+    file per instance would run out of descriptors on a large study. This one
+    opens the stored copy (:func:`archive.storage.retrieve.instance_open`) when
+    pycdlib seeks to its start, hashes what is read, and closes it once its
+    ``size`` bytes are read, checking them against :attr:`Instance.sha256`.
+    """
+
+    mode = "rb"  # what pycdlib looks at to accept a file object
+
+    def __init__(self, instance: Instance, on_read: Callable[[int], None]) -> None:
+        self.instance = instance
+        self.on_read = on_read
+        self.fh: IO[bytes] | None = None
+        self.digest = hashlib.sha256()
+        self.done = 0
+
+    def _open(self) -> IO[bytes]:
+        if self.fh is None:
+            try:
+                self.fh = retrieve.instance_open(self.instance)
+            except retrieve.NotAvailable as exc:
+                raise MediaError(str(exc)) from exc
+            self.digest = hashlib.sha256()
+            self.done = 0
+        return self.fh
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0:
+            raise io.UnsupportedOperation("an instance is read from its start only")
+        self.close()
+        self._open()
+        return 0
+
+    def tell(self) -> int:
+        return self.done
+
+    def read(self, size: int = -1) -> bytes:
+        fh = self._open()
+        data = fh.read(size)
+        self.digest.update(data)
+        self.done += len(data)
+        self.on_read(len(data))
+        if self.done >= self.instance.size:
+            self.close()
+            if self.digest.hexdigest() != self.instance.sha256:
+                logger.error(
+                    "%s read back with SHA-256 %s, %s recorded",
+                    self.instance,
+                    self.digest.hexdigest(),
+                    self.instance.sha256,
+                )
+                raise MediaError(f"{self.instance.sop_instance_uid}: the stored copy does not match its SHA-256")
+        return data
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def iso_name(components: Sequence[str], *, directory: bool = False) -> str:
+    """The ISO 9660 path of a file ID (``DICOM/S0001/I0001`` -> ``/DICOM/S0001/I0001.;1``).
+
+    ISO 9660 level 1 (PS3.12 Annex F, STD-GEN-CD): d-characters only (A-Z, 0-9,
+    _), at most 8 before the dot and 3 after it; a file's name ends with its
+    version ``;1``. A DICOM file ID has no extension, so the dot stands alone.
+    """
+    for component in components:
+        stem, _dot, ext = component.partition(".")
+        if not re.fullmatch(r"[A-Z0-9_]{1,8}", stem) or not re.fullmatch(r"[A-Z0-9_]{0,3}", ext):
+            raise MediaError(f"{component!r} is not an ISO 9660 level 1 name")
+        if directory and ext:
+            raise MediaError(f"{component!r}: a directory has no extension")
+    path = "/" + "/".join(components)
+    if directory:
+        return path
+    return path + ("" if "." in components[-1] else ".") + ";1"
+
+
+def _volume_id(text: str) -> str:
+    # d-characters, at most 32 (ECMA-119 8.4.11).
+    cleaned = re.sub(
+        r"[^A-Z0-9_]+", "_", unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().upper()
+    )
+    return cleaned.strip("_")[:32] or "DICOM"
+
+
+@contextmanager
+def _file_in_place(path: Path) -> Iterator[IO[bytes]]:
+    """A file open on a temporary name next to ``path``, renamed to ``path`` when the
+    block ends without error (after an fsync), removed otherwise."""
+    storage.makedirs_durable(path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def dicom_media_iso_write(
+    *,
+    study: Study,
+    path: Path,
+    volume_id: str,
+    files: Sequence[tuple[tuple[str, ...], bytes]],
+    progress: Progress | None = None,
+) -> PackageInfo:
+    """Write ``study`` to ``path`` as the ISO 9660 image of a CD of IHE PDI (RAD TF-3 4.47).
+
+    The same file-set as the citizen's zip (:func:`dicom_media_layout`): the
+    DICOMDIR in the root, the instances under ``DICOM/``, byte for byte as
+    stored; ``files`` are the other files of the medium (README.TXT, INDEX.HTM,
+    the signed report), each as its path components (ISO 9660 level 1 names)
+    and its bytes. Plain ISO 9660 level 1, no Joliet or Rock Ridge: the
+    STD-GEN-CD application profile (PS3.12 Annex F) asks nothing more, and
+    every system reads it.
+
+    The instances are read from the archive while the image is written, one
+    at a time (:class:`_InstanceReader`), never held in memory; the image is
+    written under a temporary name and renamed at the end.
+
+    Raises
+    ------
+    MediaError
+        An instance cannot be read or does not hash as recorded, a name is not
+        ISO 9660 level 1, the DICOMDIR cannot be made.
+    """
+    import pycdlib
+    from pycdlib.pycdlibexception import PyCdlibException
+
+    layout = dicom_media_layout(study=study)
+    dicomdir = dicomdir_encode(layout.records)
+    meter = _Progress(layout.total_bytes + len(dicomdir) + sum(len(data) for _name, data in files), progress)
+    iso = pycdlib.PyCdlib()
+    readers: list[_InstanceReader] = []
+    try:
+        iso.new(interchange_level=1, vol_ident=_volume_id(volume_id), app_ident_str="PACS REGIONALE IHE PDI")
+        made: set[tuple[str, ...]] = set()
+
+        def directory(components: tuple[str, ...]) -> None:
+            for depth in range(1, len(components) + 1):
+                if components[:depth] not in made:
+                    iso.add_directory(iso_name(components[:depth], directory=True))
+                    made.add(components[:depth])
+
+        iso.add_fp(io.BytesIO(dicomdir), len(dicomdir), iso_name((DICOMDIR,)))
+        for components, data in files:
+            directory(tuple(components[:-1]))
+            iso.add_fp(io.BytesIO(data), len(data), iso_name(components))
+        for folder in layout.directories():
+            directory(folder)
+        for instance, file_id in layout.entries:
+            reader = _InstanceReader(instance, meter.add)
+            readers.append(reader)
+            iso.add_fp(cast(BinaryIO, reader), instance.size, iso_name(file_id))
+        small = len(dicomdir) + sum(len(data) for _name, data in files)
+        with _file_in_place(path) as out:
+            iso.write_fp(cast(BinaryIO, out), blocksize=ISO_BLOCK)
+            meter.add(small)
+    except PyCdlibException as exc:
+        raise MediaError(f"the ISO image cannot be written: {exc}") from exc
+    finally:
+        for reader in readers:
+            reader.close()
+        with contextlib.suppress(PyCdlibException):
+            iso.close()
+    logger.info("CD image of study %s: %d instances in %s", study.study_instance_uid, len(layout.entries), path)
+    return _info(path, len(layout.entries))
 
 
 # -- the JPEG package --------------------------------------------------------

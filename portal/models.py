@@ -432,3 +432,82 @@ class CdPickup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.facility.code}: {self.place}"
+
+
+class CdMedium(models.Model):
+    """The CD (IHE PDI) of a booking whose patient chose CD delivery: one per
+    signed report version, its ISO 9660 image made by :mod:`portal.cdmedia`.
+
+    The image is written on the server and burned by the CUP, who marks it
+    handed over (*consegnato*). A newer signed version (a correction, an
+    addendum) makes a new medium and supersedes those not yet handed over; a
+    rejection note (IOCM) that withdraws images makes ready media stale and a
+    new one is made. Never deleted: the rows say what was given to whom.
+    """
+
+    class Status(models.TextChoices):
+        PREPARING = "preparing", _("in preparazione")
+        READY = "ready", _("pronto da masterizzare")
+        FAILED = "failed", _("non riuscito")
+        DELIVERED = "delivered", _("consegnato")
+        SUPERSEDED = "superseded", _("sostituito da una nuova versione del referto")
+        STALE = "stale", _("da rifare: immagini ritirate")
+
+    booking = models.ForeignKey(
+        Booking, on_delete=models.PROTECT, related_name="cd_media", verbose_name=_("prenotazione")
+    )
+    report = models.ForeignKey(Report, on_delete=models.PROTECT, related_name="cd_media", verbose_name=_("referto"))
+    status = models.CharField(_("stato"), max_length=16, choices=Status.choices, default=Status.PREPARING)
+    # The study's content the image holds (portal.downloads.study_fingerprint): a
+    # rejection note changes it, and a ready image of other content is stale.
+    fingerprint = models.CharField(_("impronta del contenuto"), max_length=64, blank=True)
+    path = models.CharField(_("file"), max_length=500, blank=True)
+    size = models.BigIntegerField(_("dimensione (byte)"), default=0)
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True)
+    instance_count = models.PositiveIntegerField(_("immagini"), default=0)
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(default=0)
+    # Written with the progress: a medium "preparing" whose heartbeat stopped lost its worker.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(_("errore"), blank=True)
+    created_at = models.DateTimeField(_("creato il"), default=timezone.now)
+    ready_at = models.DateTimeField(_("pronto il"), null=True, blank=True)
+    delivered_at = models.DateTimeField(_("consegnato il"), null=True, blank=True)
+    delivered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        verbose_name=_("consegnato da"),
+    )
+    superseded_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+", verbose_name=_("sostituito da")
+    )
+
+    class Meta:
+        verbose_name = _("CD dell'esame")
+        verbose_name_plural = _("CD degli esami")
+        ordering = ["-created_at", "-id"]
+        permissions = [("deliver_cdmedium", _("Può scaricare e consegnare i CD degli esami"))]
+        constraints = [
+            # One live medium per version: the task is idempotent, a redelivery finds it.
+            models.UniqueConstraint(
+                fields=["booking", "report"],
+                condition=models.Q(status__in=["preparing", "ready", "failed", "delivered"]),
+                name="cd_medium_one_live_per_report",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="delivered") | models.Q(delivered_at__isnull=False),
+                name="cd_medium_delivered_has_when",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"CD {self.booking.accession_number} v{self.report.version} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        if self.status != self.Status.PREPARING or not self.progress_total:
+            return 0
+        return min(100, int(100 * self.progress_done / self.progress_total))

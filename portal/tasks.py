@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.db import InterfaceError, OperationalError, transaction
 
 from kernel import sweeps, tasknames
 
-from . import downloads, publication
+from . import cdmedia, downloads, publication
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,12 @@ def packages_purge() -> int:
 def rejection_portal(note_pk: int, study_pk: int) -> str:
     from . import rejections
 
-    return rejections.rejection_portal(note_pk=note_pk, study_pk=study_pk)
+    result = rejections.rejection_portal(note_pk=note_pk, study_pk=study_pk)
+    # The CDs not yet handed over that hold withdrawn images are made again.
+    remake = cdmedia.media_stale_on_rejection(study_pk=study_pk)
+    for args in remake:
+        transaction.on_commit(functools.partial(_cd_medium_enqueue, *args))
+    return f"{result}, CDs remade: {len(remake)}" if remake else result
 
 
 def rejection_enqueue(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
@@ -101,3 +107,39 @@ def rejection_enqueue(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -
         rejection_portal.delay(note_pk, study_pk)
     except Exception:
         logger.exception("the portal's part of rejection note %s not queued", note_pk)
+
+
+@shared_task(
+    name=tasknames.CD_MEDIUM_MAKE,
+    acks_late=True,
+    # Idempotent: a medium ready for the version is kept, a half-made one made again.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def cd_medium_make(report_pk: int, study_pk: int) -> str:
+    """Make the CD image of the signed report if its booking chose CD."""
+    return cdmedia.medium_make(report_pk=report_pk, study_pk=study_pk)
+
+
+def cd_medium_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.report_signed`` receiver: queue :func:`cd_medium_make` once the signing commits."""
+    transaction.on_commit(lambda: _cd_medium_enqueue(report_pk, study_pk))
+
+
+def _cd_medium_enqueue(report_pk: int, study_pk: int) -> None:
+    try:
+        cd_medium_make.delay(report_pk, study_pk)
+    except Exception:
+        # cd_media_sweep queues it again.
+        logger.exception("CD of report %s of study %s not queued", report_pk, study_pk)
+
+
+@shared_task(name=tasknames.CD_MEDIA_SWEEP)
+def cd_media_sweep() -> int:
+    """Queue again :func:`cd_medium_make` for the signed reports on CD left without a medium
+    (a lost task, a medium made stale by a rejection note, one that failed, a worker killed
+    mid-image), and remove the temporary files killed workers left."""
+    cdmedia.leftovers_remove()
+    return sweeps.requeue(cd_medium_make, cdmedia.media_overdue(), logger=logger, message="queued %d overdue CD images")

@@ -69,7 +69,7 @@ from booking.models import Booking
 from kernel.audit import audit_record
 from portal import links, publication
 from portal.accounts import citizen_account_create
-from portal.models import CitizenAccount, Delegation, DownloadPackage
+from portal.models import CdMedium, CitizenAccount, Delegation, DownloadPackage
 from tests.access_helpers import Scene, emergency, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (the shared fixture)
 from tests.booking import conftest as booking_fixtures
@@ -128,6 +128,7 @@ class World:
     users: dict[str, Any]
     clients: dict[str, Client]
     withdrawn: list[str] = field(default_factory=list)  # a rejected instance and its note: shown to nobody
+    cd_media: dict[str, int] = field(default_factory=dict)  # a ready CD per study (portal.cdmedia)
 
 
 def _reject_one(study: Study, tmp_path: Any) -> list[str]:
@@ -232,6 +233,19 @@ def world(cup: Cup, scene: Scene, tmp_path: Any) -> World:  # noqa: F811  (cup f
             instance=t.instance,
             detail="matrice",
         )
+    # A CD ready to burn for each study (its image a stand-in file: the matrix asks who gets it).
+    cd_media = {}
+    for name, t in targets.items():
+        image = tmp_path / f"cd-{name}.iso"
+        image.write_bytes(b"ISO 9660 " + name.encode())
+        cd_media[name] = CdMedium.objects.create(
+            booking=t.booking,
+            report=t.report,
+            status=CdMedium.Status.READY,
+            path=str(image),
+            size=image.stat().st_size,
+            sha256="0" * 64,
+        ).pk
     users: dict[str, Any] = {
         "admin_asugi": _superuser("admin-asugi", rep.region.authority),
         "admin_emergency": _superuser("admin-emergenza", rep.region.authority),
@@ -256,7 +270,9 @@ def world(cup: Cup, scene: Scene, tmp_path: Any) -> World:  # noqa: F811  (cup f
     for name, cf in (("mario", MARIO_CF), ("laura", LAURA_CF), ("delegate", DELEGATE_CF)):
         clients[name] = Client()
         assert citizen_login(clients[name], cf).status_code == 302
-    return World(scene=s, cup=cup, targets=targets, users=users, clients=clients, withdrawn=withdrawn)
+    return World(
+        scene=s, cup=cup, targets=targets, users=users, clients=clients, withdrawn=withdrawn, cd_media=cd_media
+    )
 
 
 # --- decisions ---------------------------------------------------------------------
@@ -397,6 +413,14 @@ DECISIONS: dict[str, Decision] = {
     "cup/riconciliazione/<int:pk>/collega/": Decision(ACTION, "staff"),
     "cup/riconciliazione/<int:pk>/riassegna/": Decision(ACTION, "staff"),
     "cup/riconciliazione/<int:pk>/respingi/": Decision(ACTION, "staff"),
+    # The CDs to burn (portal.cd_views): the staff rule, the CD permission standing in for view_study.
+    "cup/cd/": Decision(SEARCH, "staff"),
+    "cup/cd/<int:pk>/immagine.iso": Decision(
+        ONE, "staff", fill=lambda w, t: f"/cup/cd/{w.cd_media[t.name]}/immagine.iso"
+    ),
+    "cup/cd/<int:pk>/consegnato/": Decision(
+        ACTION, "staff", fill=lambda w, t: f"/cup/cd/{w.cd_media[t.name]}/consegnato/"
+    ),
     # The citizen's portal.
     "fse/accesso/": Decision(PUBLIC),
     "fse/": Decision(SEARCH, "citizen"),
@@ -553,6 +577,7 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
         lambda w, t: CitizenAccount.objects.filter(codice_fiscale=t.patient.codice_fiscale).first(),
     ),
     "portal.DownloadPackage": ("study__", lambda w, t: t.package),
+    "portal.CdMedium": ("booking__study__", lambda w, t: CdMedium.objects.get(pk=w.cd_media[t.name])),
     "preservation.Package": ("study__", None),
     "preservation.Volume": (None, None),
     "preservation.JournalEntry": (None, None),

@@ -48,6 +48,8 @@ WIRE_NAMES = {
     "archive.tasks.rejections_purge",
     "archive.tasks.rejections_announce_sweep",
     "portal.tasks.rejection_portal",
+    "portal.tasks.cd_medium_make",
+    "portal.tasks.cd_media_sweep",
     "preservation.tasks.rejection_preservation",
     "research.tasks.export_build",
     "research.tasks.export_build_sweep",
