@@ -295,6 +295,7 @@ def report_pdf(
         subject=exam_name(study, booked),
         creator="PACS regionale FVG",
         pageCompression=0,
+        initialFontName=_FONT,  # else every page names a Helvetica that is not embedded
     )
     doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
     return buffer.getvalue()

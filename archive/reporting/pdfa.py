@@ -22,6 +22,7 @@ from functools import cache
 
 import pikepdf
 from pikepdf import Array, Dictionary, Name, Pdf, Stream
+from pikepdf.models.metadata import encode_pdf_date
 
 CDA_FILENAME = "cda.xml"
 CDA_MIME = "text/xml"
@@ -56,7 +57,7 @@ def pdfa3_attach(
     with Pdf.open(io.BytesIO(pdf)) as doc:
         if doc.is_encrypted:
             raise ValueError("a PDF/A cannot be encrypted")
-        stamp = when or dt.datetime.now(dt.UTC)
+        stamp = encode_pdf_date(when or dt.datetime.now(dt.UTC))
         spec = pikepdf.AttachedFileSpec(
             doc,
             xml,
