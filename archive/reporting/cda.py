@@ -164,7 +164,7 @@ def _fiscal_id(parent: etree._Element, code: str) -> None:
     if code:
         _el(parent, "id", root=OID_CODICE_FISCALE, extension=code, assigningAuthorityName="MEF")
     else:
-        _el(parent, "id", nullFlavor="UNK", root=OID_CODICE_FISCALE)
+        _el(parent, "id", nullFlavor="UNK")
 
 
 def document_ids(report: Any) -> dict[str, str]:

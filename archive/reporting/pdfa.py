@@ -87,6 +87,8 @@ def pdfa3_attach(
                 )
             ]
         )
+        if "/Trapped" in doc.docinfo:  # reportlab's; XMP has no equivalent to keep them alike
+            del doc.docinfo["/Trapped"]
         with doc.open_metadata(set_pikepdf_as_editor=False) as meta:
             meta.load_from_docinfo(doc.docinfo)
             meta["pdfaid:part"] = "3"
