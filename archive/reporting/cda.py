@@ -462,8 +462,8 @@ def report_cda(
             displayName=booked.procedure_description[:200],
         )
     else:
-        code = _el(act, "code", nullFlavor="OTH")
-        _el(code, "originalText", study.study_description or "Esame radiologico")
+        uncoded = _el(act, "code", nullFlavor="OTH")
+        _el(uncoded, "originalText", study.study_description or "Esame radiologico")
     _el(act, "statusCode", code="completed")
     if study.study_date:
         _el(act, "effectiveTime", value=study.study_date.strftime("%Y%m%d"))

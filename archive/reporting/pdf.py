@@ -55,8 +55,9 @@ def _register_fonts() -> tuple[str, str, str]:
     for name, file in faces.items():
         if name not in pdfmetrics.getRegisteredFontNames():
             pdfmetrics.registerFont(TTFont(name, str(folder / file)))
-    for bold, italic, name in ((0, 0, "PacsSans"), (1, 0, "PacsSans-Bold"), (0, 1, "PacsSans-Oblique")):
-        addMapping("PacsSans", bold, italic, name)
+    addMapping("PacsSans", 0, 0, "PacsSans")
+    addMapping("PacsSans", 1, 0, "PacsSans-Bold")
+    addMapping("PacsSans", 0, 1, "PacsSans-Oblique")
     addMapping("PacsSans", 1, 1, "PacsSans-BoldOblique")
     return "PacsSans", "PacsSans-Bold", "PacsSans-Oblique"
 

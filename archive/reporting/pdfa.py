@@ -66,8 +66,8 @@ def pdfa3_attach(
             mime_type=CDA_MIME,
             creation_date=stamp,
             mod_date=stamp,
-            relationship=Name("/" + relationship),
         )
+        spec.obj.AFRelationship = Name("/" + relationship)
         doc.attachments[filename] = spec
         doc.Root.AF = Array([spec.obj])
         for key in ("/OpenAction", "/AA", "/JavaScript"):
