@@ -68,6 +68,12 @@ def pdfa_problems(data: bytes) -> list[str]:
                 )
                 if not embedded:
                     problems.append(f"page {number}: font {font_name} ({font.get('/BaseFont')}) not embedded")
+            # The output intent is RGB: a CMYK colour would need a CMYK one (ISO 19005-3, 6.2.4.3).
+            operators = {str(op) for _operands, op in pikepdf.parse_content_stream(page)}
+            if operators & {"k", "K"}:
+                problems.append(f"page {number}: DeviceCMYK colour with an RGB output intent")
+            if "/Annots" in page:
+                problems.append(f"page {number}: annotations")
         af = pdf.Root.get("/AF", [])
         if len(af) != 1:
             problems.append(f"{len(af)} associated files")
