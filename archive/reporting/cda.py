@@ -54,6 +54,7 @@ OID_CONFIDENTIALITY = "2.16.840.1.113883.5.25"
 OID_GENDER = "2.16.840.1.113883.5.1"
 OID_PRIORITY = "2.16.840.1.113883.5.7"
 OID_SOP_CLASS = "1.2.840.10008.2.6.1"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "cda" / "POCD_MT000040_subset.xsd"
 
 _SECTION = {
@@ -448,7 +449,13 @@ def report_cda(
     if instances is None:
         from archive.models import Instance
 
-        instances = Instance.objects.filter(series__study=study).select_related("series")
+        # The study's images and documents; its manifests and rejection notes (Key Object
+        # Selection) are about the instances, not among them (published beside the report).
+        instances = (
+            Instance.objects.filter(series__study=study)
+            .exclude(sop_class_uid=KEY_OBJECT_SELECTION)
+            .select_related("series")
+        )
     _catalog(body, study, instances)
     if report.clinical_question.strip():
         _section(body, "question", report.clinical_question)

@@ -459,3 +459,15 @@ def test_a_provisional_patient_without_codice_fiscale_is_not_publishable(reporti
     reporting.study.refresh_from_db()
     rules = {p.rule for p in cda_problems(build(make_version(reporting), reporting))}
     assert rules == {"ERRORE-10a"}
+
+
+def test_the_catalog_leaves_out_key_object_selections(reporting: Reporting) -> None:  # noqa: F811
+    from archive.models import Instance
+    from archive.reporting.cda import KEY_OBJECT_SELECTION
+
+    one = Instance.objects.filter(series__study=reporting.study).order_by("pk").first()
+    assert one is not None
+    Instance.objects.filter(pk=one.pk).update(sop_class_uid=KEY_OBJECT_SELECTION)
+    xml = build(make_version(reporting), reporting)
+    listed = xp(xml, "//hl7:section[hl7:code/@code='121181']//hl7:observation/hl7:id/@root")
+    assert len(listed) == 5 and one.sop_instance_uid not in listed
