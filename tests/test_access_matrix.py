@@ -75,7 +75,7 @@ from tests.access_helpers import scene as scene  # noqa: F401  (the shared fixtu
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_login
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD
+from tests.reporting_helpers import EXPOSURE_TEXT, RADIOLOGIST_PASSWORD
 from tests.reporting_helpers import reporting as reporting  # noqa: F401
 
 cup = booking_fixtures.cup
@@ -164,6 +164,8 @@ def _sign(study: Study, user: Any) -> Report:
         technique="TC senza mezzo di contrasto.",
         findings="Reperto di prova.",
         conclusion="Nella norma.",
+        exposure=EXPOSURE_TEXT,
+        exposure_confirmed=True,
     )
     return reports.report_sign(report=draft, user=user, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
