@@ -18,3 +18,9 @@ class ArchiveConfig(AppConfig):
         from .tasks import study_renditions_enqueue
 
         study_instances_received.connect(study_renditions_enqueue, dispatch_uid="archive.renditions")
+
+        # The patient's dose register follows each signed report (archive.reporting.dose).
+        from .reporting.dose import dose_register_on_signed
+        from .signals import report_signed
+
+        report_signed.connect(dose_register_on_signed, dispatch_uid="archive.dose_register")

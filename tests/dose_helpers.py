@@ -159,14 +159,22 @@ def ct_rdsr(
 ) -> Dataset:
     """An X-Ray Radiation Dose SR of a CT with ``events`` (TID 10011)."""
     content = [
-        coded(code("121058", "DCM", "Procedure reported"), code("77477000", "SCT", "Computed Tomography X-Ray"), "HAS CONCEPT MOD"),
+        coded(
+            code("121058", "DCM", "Procedure reported"),
+            code("77477000", "SCT", "Computed Tomography X-Ray"),
+            "HAS CONCEPT MOD",
+        ),
     ]
     if dlp_total is not None:
         content.append(
             container(
                 code("113811", "DCM", "CT Accumulated Dose Data"),
                 [
-                    num(code("113812", "DCM", "Total Number of Irradiation Events"), len(events), code("{events}", "UCUM", "events")),
+                    num(
+                        code("113812", "DCM", "Total Number of Irradiation Events"),
+                        len(events),
+                        code("{events}", "UCUM", "events"),
+                    ),
                     num(code("113813", "DCM", "CT Dose Length Product Total"), dlp_total, MGYCM),
                 ],
             )

@@ -374,9 +374,7 @@ def _rdsr_instances(study: Study) -> list[Instance]:
     from archive.models import Instance
 
     return list(
-        Instance.objects.filter(series__study=study, sop_class_uid__in=RDSR_SOP_CLASSES).order_by(
-            "-received_at", "-pk"
-        )
+        Instance.objects.filter(series__study=study, sop_class_uid__in=RDSR_SOP_CLASSES).order_by("-received_at", "-pk")
     )
 
 
@@ -443,3 +441,71 @@ def study_exposure_proposal(*, study: Study) -> dict[str, Any]:
 def exposure_confirmed(report: Report) -> bool:
     """Whether the radiologist confirmed the exposure text of ``report`` (a draft or a signed version)."""
     return bool(report.exposure.strip()) and bool((report.exposure_data or {}).get("confirmed"))
+
+
+# --- the patient's dose register -------------------------------------------------------
+
+# exposure_data's figures -> (DoseRecord quantity, unit).
+REGISTER_FIGURES = (
+    ("ct", "ctdivol_max_mgy", "ctdivol_max", "mGy"),
+    ("ct", "dlp_total_mgycm", "dlp_total", "mGy·cm"),
+    ("projection", "dap_total_gycm2", "dap_total", "Gy·cm²"),
+    ("projection", "entrance_dose_mgy", "entrance_dose", "mGy"),
+    ("nm", "activity_mbq", "activity", "MBq"),
+)
+
+
+def register_rows(data: dict[str, Any]) -> list[tuple[str, float, str, str]]:
+    """The register's (quantity, value, unit, detail) of one report's ``exposure_data``."""
+    rows = []
+    for group, key, quantity, unit in REGISTER_FIGURES:
+        value = _float((data.get(group) or {}).get(key))
+        if value is not None:
+            detail = str((data.get("nm") or {}).get("radiopharmaceutical") or "") if group == "nm" else ""
+            rows.append((quantity, value, unit, _agent(detail)[:256]))
+    return rows
+
+
+def dose_register_write(*, study_pk: int) -> int:
+    """Write the study's rows of the dose register from its latest signed report; their number.
+
+    Idempotent: run again (a signal delivered twice, a correction signed
+    since) it leaves one row per quantity with the latest version's figures,
+    and removes those the latest version no longer has.
+    """
+    from django.db import transaction
+
+    from archive.models import DoseRecord, Report, Study
+    from archive.reporting.booked import booked_exam
+
+    study = Study.objects.filter(pk=study_pk).first()
+    if study is None:
+        return 0
+    report = Report.objects.filter(study=study, status=Report.Status.SIGNED).order_by("-version").first()
+    if report is None:
+        return 0
+    data = report.exposure_data or {}
+    rows = register_rows(data) if report.exposure.strip() else []
+    booked = booked_exam(study.pk)
+    common = {
+        "patient_id": study.patient_id,
+        "report": report,
+        "performed_on": study.performed_on(),
+        "modality": str(data.get("modality") or ionising_modality(study.modality_list()) or "")[:16],
+        "procedure_code": booked.procedure_code[:32] if booked else "",
+        "procedure": (booked.procedure_description if booked else study.study_description)[:256],
+        "source": str(data.get("source") or "")[:16],
+    }
+    with transaction.atomic():
+        DoseRecord.objects.filter(study=study).exclude(quantity__in=[q for q, *_ in rows]).delete()
+        for quantity, value, unit, detail in rows:
+            DoseRecord.objects.update_or_create(
+                study=study, quantity=quantity, defaults={**common, "value": value, "unit": unit, "detail": detail}
+            )
+    return len(rows)
+
+
+def dose_register_on_signed(sender: Any, *, study_pk: int, **kwargs: Any) -> None:
+    """``archive.signals.report_signed`` (sent on commit): the register follows the signed report.
+    A few rows of the database, so here rather than in a task."""
+    dose_register_write(study_pk=study_pk)
