@@ -48,8 +48,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from archive import access
 from archive.models import Instance, Patient, Report, ReportPhrase, ReportTemplate, Series, Study
 from archive.procedure_steps import steps_for_studies
-from archive.reporting import services as reports
 from archive.reporting import dose, texts
+from archive.reporting import services as reports
 from archive.reporting.booked import booked_exam, booked_exams
 from archive.reporting.forms import (
     STATUS_IN_PROGRESS,
