@@ -594,8 +594,7 @@ def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
             user=request.user,
             revision=form.cleaned_data["revision"],
             source=_source(request),
-            **sections,
-            **exposure,
+            **{**sections, **exposure},
         )
     except reports.ReportConflict as err:
         current = Report.objects.filter(pk=report.pk).select_related("author", "updated_by").first()

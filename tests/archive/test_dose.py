@@ -121,8 +121,8 @@ def test_a_ct_with_its_rdsr_gives_ctdivol_and_dlp_in_the_proposal_the_report_the
 
     register = {r.quantity: r for r in DoseRecord.objects.filter(study=study)}
     assert set(register) == {"ctdivol_max", "dlp_total"}
-    assert (register["dlp_total"].value, register["dlp_total"].unit) == (pytest.approx(412.5), "mGy·cm")
-    assert (register["ctdivol_max"].value, register["ctdivol_max"].unit) == (pytest.approx(8.2), "mGy")
+    assert register["dlp_total"].value == pytest.approx(412.5) and register["dlp_total"].unit == "mGy·cm"
+    assert register["ctdivol_max"].value == pytest.approx(8.2) and register["ctdivol_max"].unit == "mGy"
     row = register["dlp_total"]
     assert (row.patient_id, row.report_id, row.modality, row.source) == (study.patient_id, signed.pk, "CT", "rdsr")
     assert row.performed_on == study.performed_on()
