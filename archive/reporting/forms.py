@@ -84,9 +84,9 @@ class ReportForm(forms.Form):
     conclusion = forms.CharField(label=_("Conclusioni"), required=False, widget=forms.Textarea(attrs={"rows": 4}))
     # D.Lgs 101/2020, art. 161, c. 5: shown (and required to sign) for procedures with ionising radiation.
     exposure = forms.CharField(
-        label=_("Informazioni sull'esposizione"),
+        label=_("Testo da riportare nel referto"),
         required=False,
-        widget=forms.Textarea(attrs={"rows": 4}),
+        widget=forms.Textarea(attrs={"rows": 7}),
         help_text=_("Proposte dai dati di dose della modalità: controllale o scrivile, poi conferma."),
     )
     exposure_confirmed = forms.BooleanField(
