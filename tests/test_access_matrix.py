@@ -527,6 +527,8 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.PerformedProcedureStep": ("study__", None),
     "kernel.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
     "archive.Report": ("study__", lambda w, t: t.report),
+    # The dose register: one row per study and quantity (hidden with its study).
+    "archive.DoseRecord": ("study__", None),
     "archive.StorageAlert": ("instance__series__study__", lambda w, t: StorageAlert.objects.get(instance=t.instance)),
     "archive.CopyFailure": ("instance__series__study__", None),
     # The rejection notes' own pages: they name what they withdrew (to who sees the study).
