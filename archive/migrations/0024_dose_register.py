@@ -3,6 +3,23 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+# SQLite rebuilds a table to add a column with a default (0023_report_exposure did, to
+# archive_report), and a rebuilt table loses its triggers: put back 0009's refusal of an
+# UPDATE of a signed report. PostgreSQL adds columns in place and keeps it.
+SQLITE_TRIGGER = """
+CREATE TRIGGER archive_report_signed_immutable BEFORE UPDATE ON archive_report
+WHEN OLD.status = 'signed'
+BEGIN
+    SELECT RAISE(ABORT, 'archive_report: a signed report cannot be changed (UPDATE refused)');
+END;
+"""
+
+
+def sqlite_trigger_restore(apps, schema_editor):
+    if schema_editor.connection.vendor == "sqlite":
+        schema_editor.execute("DROP TRIGGER IF EXISTS archive_report_signed_immutable;")
+        schema_editor.execute(SQLITE_TRIGGER)
+
 
 class Migration(migrations.Migration):
 
@@ -11,6 +28,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(sqlite_trigger_restore, migrations.RunPython.noop),
         migrations.CreateModel(
             name='DoseRecord',
             fields=[
