@@ -277,7 +277,7 @@ def test_the_editor_proposes_the_exposure_and_signing_without_the_check_is_refus
     assert draft is not None
 
     page = client.get(reverse("reporting:study", args=[ct_rdsr_study.pk])).content.decode()
-    assert "Informazioni sull&#x27;esposizione" in page
+    assert "<legend>Informazioni sull'esposizione</legend>" in page
     assert "DLP totale 412,5 mGy·cm" in page
     assert 'name="exposure_confirmed"' in page
 
@@ -361,3 +361,34 @@ def test_the_register_in_the_admin_is_read_only_audited_and_limited_to_the_autho
     html = foreign.get(url).content.decode()
     assert PATIENT_CF not in html and "Totali per paziente" not in html
     assert foreign.get(reverse("admin:archive_doserecord_change", args=[row.pk])).status_code in (302, 404)
+
+
+def test_an_rdsr_that_arrives_after_the_draft_is_proposed_again_on_request(
+    region: Region, tmp_path: Path, radiologist: Any
+) -> None:
+    study = ingest(dose_helpers.write_study(tmp_path / "ct", patient=PATIENT, series=1, instances_per_series=1), region)
+    client = _client(radiologist)
+    client.post(reverse("reporting:report_start", args=[study.pk]))
+    draft = reports.report_draft(study=study)
+    assert draft is not None and draft.exposure_data["source"] == "manual"
+    # The modality sends its RDSR late.
+    rdsr = dose_helpers.ct_rdsr(patient=PATIENT, study_uid=study.study_instance_uid)
+    ingest([dose_helpers.save(rdsr, tmp_path / "late")], region)
+
+    form = {
+        "revision": draft.revision,
+        "clinical_question": "",
+        "technique": "",
+        "findings": "Nulla.",
+        "conclusion": "",
+        "exposure": "scritto a mano",
+        "exposure_confirmed": "on",
+        "azione": "dose",
+    }
+    assert client.post(reverse("reporting:report_save", args=[draft.pk]), form).status_code == 302
+
+    draft.refresh_from_db()
+    assert draft.exposure_data["source"] == "rdsr"
+    assert draft.exposure_data["rdsr_sop_instance_uid"] == rdsr.SOPInstanceUID
+    assert draft.exposure_data["confirmed"] is False  # a new proposal is confirmed again
+    assert "DLP totale 412,5 mGy·cm" in draft.exposure and draft.findings == "Nulla."
