@@ -36,7 +36,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -61,6 +61,7 @@ from .dicom import ACCEPTED_TRANSFER_SYNTAXES
 from .dicom_header import MAX_VALUE_CHARS, Header, read_header
 from .models import (
     Copy,
+    DoseRecord,
     Facility,
     HealthAuthority,
     Instance,
@@ -1650,3 +1651,63 @@ class PerformedProcedureStepAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyA
 
     def audit_subject(self, obj: Any) -> dict[str, Any]:
         return {"patient": obj.patient, "study_instance_uid": obj.study_instance_uid}
+
+
+# --- The patients' dose register ----------------------------------------------------------
+
+# Totals per patient under a register's list: at most this many patients (the filtered rows').
+DOSE_TOTALS_MAX_PATIENTS = 50
+
+
+@admin.register(DoseRecord)
+class DoseRecordAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
+    """The patients' dose register (D.Lgs 101/2020: the dose-reference-level audits): one row
+    per study and quantity, written from the signed reports' exposure; read-only. Under the
+    list, the totals per patient and quantity of the rows filtered (by modality, procedure,
+    date, or a patient searched)."""
+
+    change_list_template = "admin/archive/doserecord/change_list.html"
+    list_display = ("performed_on", "patient", "modality", "procedure_code", "quantity", "value", "unit", "source")
+    list_filter = ("modality", "procedure_code", "quantity", "source", "performed_on")
+    date_hierarchy = "performed_on"
+    search_fields = ("=patient__codice_fiscale", "patient__family_name", "=study__accession_number")
+    search_help_text = _("Codice fiscale o cognome del paziente, o numero di prenotazione.")
+    list_select_related = ("patient", "study")
+    ordering = ("-performed_on", "patient_id", "quantity")
+    show_full_result_count = False
+
+    study_path = "study__"
+    patient_path = "patient_id"
+
+    def audit_subject(self, obj: DoseRecord) -> dict[str, Any]:
+        return {"study": obj.study, "patient": obj.patient}
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        cl = (context or {}).get("cl")
+        if cl is not None and context is not None:
+            patients = list(
+                cl.queryset.order_by("patient_id")
+                .values_list("patient_id", flat=True)
+                .distinct()[: DOSE_TOTALS_MAX_PATIENTS + 1]
+            )
+            totals = (
+                cl.queryset.filter(patient_id__in=patients[:DOSE_TOTALS_MAX_PATIENTS])
+                .values(
+                    "patient_id",
+                    "patient__family_name",
+                    "patient__given_name",
+                    "patient__codice_fiscale",
+                    "quantity",
+                    "unit",
+                )
+                .annotate(total=Sum("value"), studies=Count("study", distinct=True))
+                .order_by("patient__family_name", "patient_id", "quantity")
+            )
+            labels = dict(DoseRecord.Quantity.choices)
+            context["dose_totals"] = [
+                {**row, "quantity_label": labels.get(row["quantity"], row["quantity"])} for row in totals
+            ]
+            context["dose_totals_cut"] = len(patients) > DOSE_TOTALS_MAX_PATIENTS
+        return response

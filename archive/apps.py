@@ -21,3 +21,7 @@ class ArchiveConfig(AppConfig):
         # IHE XDS-I.b: the study's manifest after a signing, and again after a rejection.
         report_signed.connect(manifest_on_report_signed, dispatch_uid="archive.manifest")
         instances_rejected.connect(manifest_on_instances_rejected, dispatch_uid="archive.manifest")
+        # The patient's dose register follows each signed report (archive.reporting.dose).
+        from .reporting.dose import dose_register_on_signed
+
+        report_signed.connect(dose_register_on_signed, dispatch_uid="archive.dose_register")

@@ -729,6 +729,50 @@ class Report(models.Model):
         return super().delete(*args, **kwargs)
 
 
+class DoseRecord(models.Model):
+    """One dose figure of one study in the patient's dose register (D.Lgs 101/2020: the
+    dose-reference-level audits), from the exposure of its latest signed report.
+
+    Written by :func:`archive.reporting.dose.dose_register_write` when a report is
+    signed, one row per study and quantity; a correction's figures replace the
+    earlier ones (the row names the version they came from). Read-only in the admin.
+    """
+
+    class Quantity(models.TextChoices):
+        CTDIVOL_MAX = "ctdivol_max", _("CTDIvol massimo")
+        DLP_TOTAL = "dlp_total", _("DLP totale")
+        DAP_TOTAL = "dap_total", _("prodotto dose-area (DAP)")
+        ENTRANCE_DOSE = "entrance_dose", _("dose in ingresso")
+        ACTIVITY = "activity", _("attività somministrata")
+
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="dose_records", verbose_name=_("paziente")
+    )
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="dose_records", verbose_name=_("studio"))
+    report = models.ForeignKey(
+        Report, on_delete=models.PROTECT, related_name="dose_records", verbose_name=_("referto (versione)")
+    )
+    performed_on = models.DateField(_("data dell'esame"), db_index=True)
+    modality = models.CharField(_("modalità"), max_length=16, db_index=True)
+    procedure_code = models.CharField(_("codice della prestazione"), max_length=32, blank=True, db_index=True)
+    procedure = models.CharField(_("prestazione"), max_length=256, blank=True)
+    quantity = models.CharField(_("grandezza"), max_length=16, choices=Quantity.choices)
+    value = models.FloatField(_("valore"))
+    unit = models.CharField(_("unità"), max_length=16)
+    detail = models.CharField(_("dettaglio"), max_length=256, blank=True, help_text=_("Es. il radiofarmaco."))
+    source = models.CharField(_("fonte"), max_length=16)
+    recorded_at = models.DateTimeField(_("registrato il"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("dose registrata")
+        verbose_name_plural = _("registro delle dosi")
+        constraints = [models.UniqueConstraint(fields=["study", "quantity"], name="dose_record_study_quantity")]
+        indexes = [models.Index(fields=["patient", "performed_on"], name="dose_record_patient_date")]
+
+    def __str__(self) -> str:
+        return f"{self.performed_on} {self.modality} {self.get_quantity_display()} {self.value:g} {self.unit}"
+
+
 # The sections a template fills and a phrase may go into: the report's four texts.
 REPORT_SECTIONS = ("clinical_question", "technique", "findings", "conclusion")
 

@@ -36,6 +36,8 @@ RADIOLOGIST_PERMS = (
 )
 # Rossi Mario, born in Trieste on 12 March 1956 (python-codicefiscale's encoding).
 PATIENT_CF = "RSSMRA56C12L424P"
+# The exposure a radiologist confirms for the CT study (D.Lgs 101/2020, art. 161, c. 5: required to sign).
+EXPOSURE_TEXT = "TC: CTDIvol 8,2 mGy; DLP totale 412,5 mGy·cm (2 acquisizioni). Fonte: inserita dal medico."
 
 
 @dataclass
@@ -97,6 +99,8 @@ def written_draft(r: Reporting, user: object | None = None) -> Report:
         technique="TC del torace senza mezzo di contrasto.",
         findings="Non lesioni focali parenchimali. Non versamento pleurico.",
         conclusion="Quadro TC nei limiti della norma.",
+        exposure=EXPOSURE_TEXT,
+        exposure_confirmed=True,
     )
 
 

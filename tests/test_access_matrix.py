@@ -75,7 +75,7 @@ from tests.access_helpers import scene as scene  # noqa: F401  (the shared fixtu
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import LAURA_CF, MARIO_CF, Cup, linked_booking
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_login
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD
+from tests.reporting_helpers import EXPOSURE_TEXT, RADIOLOGIST_PASSWORD
 from tests.reporting_helpers import reporting as reporting  # noqa: F401
 
 cup = booking_fixtures.cup
@@ -165,6 +165,8 @@ def _sign(study: Study, user: Any) -> Report:
         technique="TC senza mezzo di contrasto.",
         findings="Reperto di prova.",
         conclusion="Nella norma.",
+        exposure=EXPOSURE_TEXT,
+        exposure_confirmed=True,
     )
     return reports.report_sign(report=draft, user=user, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
@@ -556,6 +558,8 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "archive.PerformedProcedureStep": ("study__", None),
     "kernel.AuditEvent": ("study__", lambda w, t: t.study and _event(t)),
     "archive.Report": ("study__", lambda w, t: t.report),
+    # The dose register: one row per study and quantity (hidden with its study).
+    "archive.DoseRecord": ("study__", None),
     "archive.StorageAlert": ("instance__series__study__", lambda w, t: StorageAlert.objects.get(instance=t.instance)),
     "archive.CopyFailure": ("instance__series__study__", None),
     # The rejection notes' own pages: they name what they withdrew (to who sees the study).

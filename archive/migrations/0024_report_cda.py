@@ -3,23 +3,7 @@
 from django.db import migrations, models
 
 import kernel.codice_fiscale
-
-# Adding columns makes SQLite rebuild archive_report, which drops its triggers:
-# the signed-report guard of migration 0009 is put back (a no-op on PostgreSQL,
-# whose ALTER TABLE keeps it).
-SQLITE_GUARD = """
-CREATE TRIGGER IF NOT EXISTS archive_report_signed_immutable BEFORE UPDATE ON archive_report
-WHEN OLD.status = 'signed'
-BEGIN
-    SELECT RAISE(ABORT, 'archive_report: a signed report cannot be changed (UPDATE refused)');
-END;
-"""
-
-
-def guard_again(apps, schema_editor):
-    if schema_editor.connection.vendor == "sqlite":
-        schema_editor.execute(SQLITE_GUARD)
-
+from archive.migrations._report_trigger import sqlite_trigger_restore
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -48,5 +32,5 @@ class Migration(migrations.Migration):
                 verbose_name="codice fiscale",
             ),
         ),
-        migrations.RunPython(guard_again, migrations.RunPython.noop),
+        migrations.RunPython(sqlite_trigger_restore, migrations.RunPython.noop),
     ]

@@ -82,6 +82,16 @@ class ReportForm(forms.Form):
     technique = forms.CharField(label=_("Tecnica"), required=False, widget=forms.Textarea(attrs={"rows": 3}))
     findings = forms.CharField(label=_("Descrizione"), required=False, widget=forms.Textarea(attrs={"rows": 10}))
     conclusion = forms.CharField(label=_("Conclusioni"), required=False, widget=forms.Textarea(attrs={"rows": 4}))
+    # D.Lgs 101/2020, art. 161, c. 5: shown (and required to sign) for procedures with ionising radiation.
+    exposure = forms.CharField(
+        label=_("Testo da riportare nel referto"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 7}),
+        help_text=_("Proposte dai dati di dose della modalità: controllale o scrivile, poi conferma."),
+    )
+    exposure_confirmed = forms.BooleanField(
+        label=_("Confermo le informazioni sull'esposizione del paziente"), required=False
+    )
 
     # A textarea's newlines arrive as CRLF; the report keeps what was written, trimmed only at the ends.
     def _text(self, name: str) -> str:
@@ -99,6 +109,8 @@ class ReportForm(forms.Form):
                 "technique": report.technique,
                 "findings": report.findings,
                 "conclusion": report.conclusion,
+                "exposure": report.exposure,
+                "exposure_confirmed": bool((report.exposure_data or {}).get("confirmed")),
             }
         )
 

@@ -242,6 +242,9 @@ def report_pdf(
         (_("Descrizione"), report.findings),
         (_("Conclusioni"), report.conclusion),
     ]
+    # D.Lgs 101/2020, art. 161, c. 5: the exposure the radiologist confirmed (procedures with ionising radiation).
+    if (getattr(report, "exposure", "") or "").strip():
+        sections.append((_("Informazioni sull'esposizione"), report.exposure))
     for heading, text in sections:
         body = _paragraphs(text, "body") or [Paragraph(escape(_("Non indicato.")), _STYLES["empty"])]
         # A heading never ends a page alone.

@@ -71,7 +71,9 @@ class ReportError(Invalid):
     ``code``: ``reauth`` (wrong password or second factor), ``author`` (only
     the draft's author may discard it), ``state`` (not a draft / not signed /
     already amended),
-    ``empty`` (nothing to sign), ``signing``, ``storage``, ``damaged``,
+    ``empty`` (nothing to sign), ``exposure`` (a procedure with ionising
+    radiation whose exposure the radiologist has not confirmed), ``signing``,
+    ``storage``, ``damaged``,
     ``missing`` (a file not in the archive), ``invalid``.
     """
 
@@ -310,13 +312,64 @@ def report_draft_start(*, study: Study, user: User, source: str = "") -> Report:
             _("Lo studio ha già un referto firmato: si può redigere una rettifica o un'integrazione."),
             code="state",
         )
-    report = _draft_create(
-        study=study,
-        user=user,
-        values={"kind": Report.Kind.ORIGINAL, "clinical_question": study.reason_for_request or ""},
-    )
+    values: dict[str, Any] = {"kind": Report.Kind.ORIGINAL, "clinical_question": study.reason_for_request or ""}
+    values.update(_exposure_proposed(study=study))
+    report = _draft_create(study=study, user=user, values=values)
     audit_record(action="report.start", user=user, study=study, source=source, detail=_detail(report))
     return report
+
+
+def _exposure_proposed(*, study: Study) -> dict[str, Any]:
+    """The exposure fields of a new draft of ``study`` (:mod:`archive.reporting.dose`): the proposed
+    text and its figures, not yet confirmed; nothing for a procedure without ionising radiation.
+
+    Reads the study's RDSR or image headers (a few files) before the draft's
+    transaction; a study whose files cannot be read gets a draft all the same,
+    with the exposure to write by hand.
+    """
+    from archive.reporting import dose
+
+    try:
+        data = dose.study_exposure_proposal(study=study)
+    except Exception:  # reading the files must not stop the radiologist from reporting
+        logger.exception("dose: no exposure proposal for study %s", study.pk)
+        modality = dose.ionising_modality(study.modality_list())
+        data = {"source": dose.SOURCE_MANUAL, "modality": modality} if modality else {}
+    if not data:
+        return {}
+    return {"exposure": dose.exposure_text(data), "exposure_data": {**data, "confirmed": False}}
+
+
+def report_exposure_propose(*, study: Study) -> tuple[str, dict[str, Any]]:
+    """The exposure text and figures proposed now for ``study`` (the editor's "propose again",
+    for an RDSR that arrived after the draft was started); ("", {}) without ionising radiation."""
+    values = _exposure_proposed(study=study)
+    return values.get("exposure", ""), values.get("exposure_data", {})
+
+
+def _exposure_values(
+    *, row: Report, exposure: str | None, confirmed: bool | None, data: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The exposure fields a save writes (none when the form did not carry the section).
+
+    The text is the radiologist's; the figures stay those it was proposed
+    from (or ``data``, proposed again). A text written with no proposal behind
+    it is ``manual``; a confirmation needs a text.
+    """
+    if exposure is None and confirmed is None and data is None:
+        return {}
+    from archive.reporting import dose
+
+    figures = dict(data if data is not None else (row.exposure_data or {}))
+    text = (exposure if exposure is not None else row.exposure).replace("\r\n", "\n").strip()
+    if text and not figures.get("source"):
+        figures["source"] = dose.SOURCE_MANUAL
+        figures.setdefault("modality", dose.ionising_modality(row.study.modality_list()))
+    if confirmed is not None:
+        figures["confirmed"] = bool(confirmed and text)
+    elif not text:
+        figures["confirmed"] = False
+    return {"exposure": text, "exposure_data": figures}
 
 
 def _open_draft(*, report: Report) -> Report:
@@ -373,8 +426,15 @@ def report_save(
     findings: str,
     conclusion: str,
     source: str = "",
+    exposure: str | None = None,
+    exposure_confirmed: bool | None = None,
+    exposure_data: dict[str, Any] | None = None,
 ) -> Report:
     """Save the sections of a draft that was read at ``revision``; returns the saved row.
+
+    ``exposure`` (the text), ``exposure_confirmed`` (the radiologist's check)
+    and ``exposure_data`` (figures proposed again) are left as they are when
+    None (a save without the exposure section).
 
     Any user who may open the study and change reports saves the draft, not
     only its author (``author`` stays who claimed it; ``updated_by`` becomes
@@ -407,6 +467,7 @@ def report_save(
             revision=revision + 1,
             updated_by=user,
             updated_at=timezone.now(),
+            **_exposure_values(row=row, exposure=exposure, confirmed=exposure_confirmed, data=exposure_data),
         )
         if updated != 1:
             raise _saved_conflict(_reload(row))
@@ -480,6 +541,8 @@ def report_amend(*, report: Report, user: User, kind: str, source: str = "") -> 
             code="superseded",
         )
     values: dict[str, Any] = {"kind": kind, "previous": signed, "clinical_question": signed.clinical_question}
+    # The exposure is the procedure's: both a correction and an addendum carry it on.
+    values.update(exposure=signed.exposure, exposure_data=dict(signed.exposure_data or {}))
     if kind == Report.Kind.CORRECTION:
         values.update(technique=signed.technique, findings=signed.findings, conclusion=signed.conclusion)
     new = _draft_create(study=study, user=user, values=values)
@@ -575,6 +638,17 @@ def report_sign(
     if not (row.conclusion.strip() or row.findings.strip()):
         raise ReportError(
             _("Il referto è vuoto: scrivi la descrizione o le conclusioni prima di firmare."), code="empty"
+        )
+    from archive.reporting import dose
+
+    if dose.study_is_ionising(study=study) and not dose.exposure_confirmed(row):
+        # D.Lgs 101/2020, art. 161, c. 5: the report of an ionising procedure says the exposure.
+        raise ReportError(
+            _(
+                "Manca la conferma delle informazioni sull'esposizione: l'esame usa radiazioni ionizzanti. "
+                "Controlla il testo proposto (o scrivilo), spunta la conferma e salva prima di firmare."
+            ),
+            code="exposure",
         )
 
     def failure(reason: str, message: str, code: str) -> ReportError:

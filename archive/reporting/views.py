@@ -48,8 +48,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from archive import access
 from archive.models import Instance, Patient, Report, ReportPhrase, ReportTemplate, Series, Study
 from archive.procedure_steps import steps_for_studies
+from archive.reporting import dose, texts
 from archive.reporting import services as reports
-from archive.reporting import texts
 from archive.reporting.booked import booked_exam, booked_exams
 from archive.reporting.forms import (
     STATUS_IN_PROGRESS,
@@ -299,6 +299,7 @@ def _render_study(
         assert draft is not None
         form = ReportForm.for_report(draft)
     booked = booked_exam(study.pk)
+    exposure_needed = editable and dose.study_is_ionising(study=study)
     templates = list(texts.templates_for_study(study=study, booked=booked)) if editable else []
     phrases = list(texts.phrases_of(user=request.user)) if editable else []
     priors = _priors(request, study)
@@ -351,6 +352,10 @@ def _render_study(
             },
         },
         "draft": draft,
+        "exposure_needed": exposure_needed,
+        "exposure_source": dose.SOURCE_TEXTS.get(str((draft.exposure_data or {}).get("source")), "")
+        if draft is not None
+        else "",
         "mine": mine,
         "editable": editable,
         "draft_author_name": _name(draft.author) if draft is not None else "",
@@ -573,13 +578,23 @@ def report_save(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
                 request, report.study, form=form, error=_("Il modello scelto non esiste per questo esame."), status=400
             )
         sections = texts.template_fill(sections=sections, template=template)
+    exposure: dict[str, Any] = {}
+    if "exposure" in request.POST:
+        # The section is on the page (an ionising procedure): its text and the check.
+        exposure = {
+            "exposure": form.cleaned_data["exposure"],
+            "exposure_confirmed": bool(form.cleaned_data["exposure_confirmed"]),
+        }
+        if request.POST.get("azione") == "dose":
+            text, data = reports.report_exposure_propose(study=report.study)
+            exposure = {"exposure": text, "exposure_confirmed": False, "exposure_data": data}
     try:
         saved = reports.report_save(
             report=report,
             user=request.user,
             revision=form.cleaned_data["revision"],
             source=_source(request),
-            **sections,
+            **{**sections, **exposure},
         )
     except reports.ReportConflict as err:
         current = Report.objects.filter(pk=report.pk).select_related("author", "updated_by").first()

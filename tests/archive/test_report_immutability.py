@@ -10,7 +10,7 @@ from django.db import DatabaseError, connection, transaction
 
 from archive.models import Report
 from archive.reporting import services as reports
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting
+from tests.reporting_helpers import EXPOSURE_TEXT, RADIOLOGIST_PASSWORD, Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 SIGNED_CONCLUSION = "Quadro TC nei limiti della norma."
@@ -28,6 +28,8 @@ def signed(reporting: Reporting) -> Report:
         technique="TC del torace.",
         findings="Non lesioni focali.",
         conclusion=SIGNED_CONCLUSION,
+        exposure=EXPOSURE_TEXT,
+        exposure_confirmed=True,
     )
     return reports.report_sign(report=draft, user=r.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 

@@ -20,7 +20,7 @@ from kernel import tasknames
 from kernel.models import AuditEvent
 from tests.archive.test_web import INJECTED_ACCESSION, NON_ASCII_ACCESSION, disposition_filenames
 from tests.conftest import Enqueued, Region
-from tests.reporting_helpers import PATIENT_CF, RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
+from tests.reporting_helpers import EXPOSURE_TEXT, PATIENT_CF, RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 
 FINDINGS = "Nodulo di 8 mm al lobo superiore destro, margini regolari."
 CONCLUSION = "Nodulo polmonare solitario: controllo TC a 6 mesi."
@@ -47,6 +47,9 @@ def sections(**overrides: str) -> dict[str, str]:
         "technique": "TC del torace senza mezzo di contrasto.",
         "findings": FINDINGS,
         "conclusion": CONCLUSION,
+        # The CT study needs its exposure confirmed to be signed (D.Lgs 101/2020, art. 161, c. 5).
+        "exposure": EXPOSURE_TEXT,
+        "exposure_confirmed": "on",
     }
     values.update(overrides)
     return values

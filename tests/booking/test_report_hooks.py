@@ -23,7 +23,7 @@ from booking.tasks import booking_reported_sweep, report_signed_booking
 from kernel import tasknames
 from tests.booking.conftest import Cup, linked_booking
 from tests.conftest import Enqueued
-from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, report_signed_send, signed_row
+from tests.reporting_helpers import EXPOSURE_TEXT, RADIOLOGIST_PASSWORD, Reporting, report_signed_send, signed_row
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
 
@@ -145,6 +145,8 @@ def test_signing_end_to_end_reports_the_booking(
         technique="TC del torace senza mezzo di contrasto.",
         findings="Non lesioni focali polmonari.",
         conclusion="Quadro nella norma.",
+        exposure=EXPOSURE_TEXT,
+        exposure_confirmed=True,
     )
 
     with django_capture_on_commit_callbacks(execute=True):

@@ -96,6 +96,9 @@ def test_report_a_study_in_the_browser(
             assert "Dispnea da sforzo" in page.input_value("textarea[name=clinical_question]")
             page.fill("textarea[name=findings]", FINDINGS)
             page.fill("textarea[name=conclusion]", CONCLUSION)
+            # A CT: the exposure is confirmed before signing (D.Lgs 101/2020, art. 161, c. 5).
+            page.fill("textarea[name=exposure]", "TC: DLP totale 412,5 mGy·cm. Fonte: inserita dal medico.")
+            page.check("input[name=exposure_confirmed]")
             page.click("button:has-text('Salva bozza')")
             page.wait_for_selector("text=Bozza salvata")
             assert page.input_value("textarea[name=findings]") == FINDINGS
