@@ -16,12 +16,15 @@ from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.test import Client, TestCase
 from django.urls import reverse
+from lxml import etree
 from pydicom.uid import generate_uid
 
 from archive.ingest import instance_ingest
 from archive.models import DoseRecord, HealthAuthority, Report, StaffProfile, Study
 from archive.reporting import dose, signing
 from archive.reporting import services as reports
+from archive.reporting.cda import cda_problems
+from archive.reporting.pdfa import pdf_attachment
 from archive.sample_data import PatientInfo
 from archive.signals import report_signed
 from kernel.models import AuditEvent
@@ -30,6 +33,7 @@ from tests.conftest import Region
 from tests.pdf_text import pdf_text
 from tests.reporting_helpers import PATIENT_CF, RADIOLOGIST_PASSWORD, make_radiologist
 
+SIGNER_CF = "CSSSFN70A01L424X"  # the radiologist's codice fiscale, as in test_report_cda
 PATIENT = PatientInfo(patient_id=PATIENT_CF, name="ROSSI^MARIO", birth_date="19560312", sex="M")
 
 
@@ -43,6 +47,8 @@ def ingest(paths: list[Path], region: Region) -> Study:
 @pytest.fixture
 def radiologist(region: Region) -> Any:
     user = make_radiologist("radiologo", "Stefano", "Cossutta", region.authority)
+    # The signer's codice fiscale: the CDA names the legal authenticator by it (ERRORE-31).
+    StaffProfile.objects.filter(user=user).update(codice_fiscale=SIGNER_CF)
     signing.demo_pki_create(users=[user])
     return user
 
@@ -118,6 +124,26 @@ def test_a_ct_with_its_rdsr_gives_ctdivol_and_dlp_in_the_proposal_the_report_the
     printed = pdf_text(reports.report_file(report=signed, which="pdf"))
     assert "Informazioni sull'esposizione" in printed
     assert "DLP totale 412,5 mGy·cm" in printed and "Nessuna ripetizione." in printed
+
+    # The CDA (stored, and attached to the PDF/A-3 the signature covers) carries the same
+    # totals as coded observations in the exposure section, and passes every encoded rule.
+    cda_xml = reports.report_file(report=signed, which="cda")
+    assert pdf_attachment(reports.report_file(report=signed, which="pdf")) == cda_xml
+    assert cda_problems(cda_xml) == []
+    exposure = etree.fromstring(cda_xml).xpath(
+        "//v3:section[v3:code/@code='73569-6']", namespaces={"v3": "urn:hl7-org:v3"}
+    )
+    assert len(exposure) == 1
+    coded = {
+        obs.xpath("string(v3:code/@code)", namespaces={"v3": "urn:hl7-org:v3"}): (
+            float(obs.xpath("string(v3:value/@value)", namespaces={"v3": "urn:hl7-org:v3"})),
+            obs.xpath("string(v3:value/@unit)", namespaces={"v3": "urn:hl7-org:v3"}),
+        )
+        for obs in exposure[0].xpath(".//v3:observation", namespaces={"v3": "urn:hl7-org:v3"})
+    }
+    assert coded["113830"] == (pytest.approx(8.2), "mGy")
+    assert coded["113813"] == (pytest.approx(412.5), "mGy.cm")
+    assert "DLP totale 412,5 mGy·cm" in "".join(exposure[0].itertext())
 
     register = {r.quantity: r for r in DoseRecord.objects.filter(study=study)}
     assert set(register) == {"ctdivol_max", "dlp_total"}
