@@ -150,6 +150,9 @@ DEPARTMENT_HEADS = {"radiologo": "Primari"}
 # Where the demo's radiologists work: each opens only the studies of their health
 # authority (archive.reporting.services.studies_accessible), so both sides of the rule show.
 STAFF_AUTHORITIES = {"radiologo": "ASUGI", "radiologa": "ASUFC"}
+# The radiologists' codici fiscali (made up, valid): the CDA of a signed report names its
+# author and signer by them (ERRORE-19/31), or the FSE does not take it.
+STAFF_FISCAL_CODES = {"radiologo": "CSSSFN70A01L424Y", "radiologa": "DGNCHR78H55L483I"}
 # How citizens read each demo person in their access log (StaffProfile.title, .role).
 STAFF_TITLES = {
     "radiologo": ("Dott.", "radiologo"),
@@ -299,6 +302,9 @@ def demo_accounts_load() -> dict[str, str]:
             if not profile.title and not profile.role:
                 profile.title, profile.role = title, role
                 profile.save(update_fields=["title", "role"])
+            if username in STAFF_FISCAL_CODES and not profile.codice_fiscale:
+                profile.codice_fiscale = STAFF_FISCAL_CODES[username]
+                profile.save(update_fields=["codice_fiscale"])
     _save_credentials(creds)
     # Their signing keys and certificates, under the demo's own CA; existing ones are kept.
     from archive.reporting import signing

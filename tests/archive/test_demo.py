@@ -68,6 +68,7 @@ def test_demo_info_prints_urls_dicom_port_ae_titles_and_logins(db: None, setting
 def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> None:
     from archive.models import StaffProfile
     from archive.reporting import signing
+    from kernel.codice_fiscale import validate_codice_fiscale
 
     call_command("load_demo", stdout=StringIO())
     call_command("load_demo", stdout=StringIO())  # the profiles and keys are kept, not duplicated
@@ -77,6 +78,9 @@ def test_demo_radiologists_report_for_their_authority_and_can_sign(db: None) -> 
         for perm in ("view_report", "add_report", "change_report", "sign_report"):
             assert user.has_perm(f"archive.{perm}"), (username, perm)
         assert StaffProfile.objects.get(user=user).authority.code == authority
+        # The CDA names its author and signer by codice fiscale: a valid one each.
+        fiscal_code = StaffProfile.objects.get(user=user).codice_fiscale
+        validate_codice_fiscale(fiscal_code)
         assert signing.signer_name(user) == user.get_full_name()
         assert "BEGIN CERTIFICATE" in signing.signer_certificate_pem(user)
     # Only the radiologists are bound to an authority; the others' profiles give their title and role.
