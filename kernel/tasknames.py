@@ -53,3 +53,10 @@ PRESERVATION_FIXITY_AUDIT = "preservation.tasks.fixity_audit"
 DISCARD_PROPOSE = "preservation.tasks.discard_propose"
 AUDIT_SEAL = "preservation.tasks.audit_seal"
 REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"
+
+# --- fse_gateway -----------------------------------------------------------------
+FSE_REPORT_PLAN = "fse_gateway.tasks.report_plan"
+FSE_OPERATION_SEND = "fse_gateway.tasks.operation_send"
+FSE_CONSENT_CHECK = "fse_gateway.tasks.consent_check"
+FSE_CONCEALMENT_CHECK = "fse_gateway.tasks.concealment_check"
+FSE_OUTBOX_SWEEP = "fse_gateway.tasks.outbox_sweep"
