@@ -16,7 +16,7 @@ from archive.storage import tiers as storage
 from kernel import sweeps, tasknames
 from kernel.errors import Unavailable
 
-from . import ingest
+from . import ingest, manifest
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,60 @@ def report_encapsulate_sweep() -> int:
         [(pk,) for pk in pks],
         logger=logger,
         message="queued the encapsulated PDF of %d overdue signed reports",
+    )
+
+
+# --- The XDS-I.b manifest (archive.manifest) ------------------------------------------
+
+
+@shared_task(
+    name=tasknames.STUDY_MANIFEST,
+    acks_late=True,
+    # Transient only: the database, a tier, a copy that cannot be read now. The
+    # service makes a manifest only when the study's instances changed, so a
+    # redelivery stores nothing twice; a manifest refused for good is logged, not retried.
+    autoretry_for=(OperationalError, InterfaceError, storage.StorageError, Unavailable),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def study_manifest(study_pk: int, report_pk: int | None = None, refresh: bool = False) -> str:
+    """The study's manifest after a report was signed (``report_pk``: its Encapsulated PDF is
+    stored first, so that the manifest lists it whichever task runs first), or after a
+    rejection (``refresh``: only when the study has a manifest already); its SOPInstanceUID."""
+    from .models import Study
+
+    if report_pk is not None:
+        reports.report_encapsulated_store(report_pk=report_pk)
+    study = Study.objects.filter(pk=study_pk).first()
+    if study is None:
+        return ""
+    try:
+        made = manifest.study_manifest_refresh(study=study) if refresh else manifest.study_manifest(study=study)
+    except manifest.ManifestError:
+        logger.exception("no manifest for study %s", study_pk)
+        return ""
+    return made.sop_instance_uid if made is not None else ""
+
+
+def manifest_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``report_signed`` receiver: queue :func:`study_manifest` once committed."""
+    transaction.on_commit(lambda: study_manifest.delay(study_pk, report_pk))
+
+
+def manifest_on_instances_rejected(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
+    """``instances_rejected`` receiver: queue a new manifest (if the study has one) once committed."""
+    transaction.on_commit(lambda: study_manifest.delay(study_pk, None, True))
+
+
+@shared_task(name=tasknames.STUDY_MANIFEST_SWEEP)
+def study_manifest_sweep() -> int:
+    """Queue again the manifests of signed reports whose task was lost (a broker outage)."""
+    due = manifest.reports_manifest_overdue(
+        signed=reports.reports_signed_overdue(), limit=reports.FOLLOWUP_SWEEP_LIMIT
+    )
+    return sweeps.requeue(
+        study_manifest, due, logger=logger, message="queued the manifest of %d studies with an overdue signed report"
     )
 
 

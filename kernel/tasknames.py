@@ -22,6 +22,9 @@ STORAGE_FIXITY_AUDIT = "archive.tasks.fixity_audit"
 STUDIES_RECALL = "archive.tasks.studies_recall"
 REPORT_ENCAPSULATE = "archive.tasks.report_encapsulate"
 REPORT_ENCAPSULATE_SWEEP = "archive.tasks.report_encapsulate_sweep"
+# The study's IHE XDS-I.b manifest (archive.manifest), after a signing or a rejection, and its sweep.
+STUDY_MANIFEST = "archive.tasks.study_manifest"
+STUDY_MANIFEST_SWEEP = "archive.tasks.study_manifest_sweep"
 # Storage Commitment (archive.dicomnet.commitment): the answer on a new association, and its sweep.
 STORAGE_COMMITMENT_ANSWER = "archive.tasks.storage_commitment_answer"
 STORAGE_COMMITMENT_SWEEP = "archive.tasks.storage_commitment_sweep"

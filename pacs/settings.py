@@ -267,6 +267,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": tasknames.REPORT_ENCAPSULATE_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
     },
+    "study-manifest-sweep": {
+        "task": tasknames.STUDY_MANIFEST_SWEEP,
+        "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
+    },
     "booking-reported-sweep": {
         "task": tasknames.BOOKING_REPORTED_SWEEP,
         "schedule": env_float("PACS_REPORT_FOLLOWUP_SWEEP_SECONDS", 300.0),
@@ -736,6 +740,14 @@ PACS_STOW_MAX_BYTES = env_int("PACS_STOW_MAX_BYTES", 2 * 1024 * 1024 * 1024)
 # The public URL of this server (scheme://host[:port], behind a proxy the address clients use),
 # for the absolute URLs in DICOMweb and API answers; empty: taken from each request's Host.
 PACS_PUBLIC_URL = env_str("PACS_PUBLIC_URL", "").rstrip("/")
+# IHE XDS-I.b (archive.manifest): the Imaging Document Source's unique id, the Retrieve
+# Location UID of every manifest (the repositoryUniqueId a consumer's RAD-69 names);
+# empty: a UID derived from PACS_PUBLIC_URL. The region's OID in production.
+PACS_IMAGING_SOURCE_UID = env_str("PACS_IMAGING_SOURCE_UID", "")
+if PACS_IMAGING_SOURCE_UID and not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", PACS_IMAGING_SOURCE_UID):
+    raise ImproperlyConfigured("PACS_IMAGING_SOURCE_UID must be a DICOM UID (digits and dots)")
+if len(PACS_IMAGING_SOURCE_UID) > 64:
+    raise ImproperlyConfigured("PACS_IMAGING_SOURCE_UID must be at most 64 characters")
 # The facility (code) into which STOW-RS at the regional root /dicomweb/studies stores;
 # empty: only the facility roots /dicomweb/<facility>/studies store.
 PACS_DICOMWEB_STOW_FACILITY = env_str("PACS_DICOMWEB_STOW_FACILITY", "")

@@ -24,6 +24,8 @@ WIRE_NAMES = {
     "archive.tasks.studies_recall",
     "archive.tasks.report_encapsulate",
     "archive.tasks.report_encapsulate_sweep",
+    "archive.tasks.study_manifest",
+    "archive.tasks.study_manifest_sweep",
     "archive.tasks.storage_commitment_answer",
     "archive.tasks.storage_commitment_sweep",
     "booking.tasks.study_match",
