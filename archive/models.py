@@ -591,6 +591,15 @@ class StaffProfile(models.Model):
             "«tecnico di radiologia», «operatrice CUP». Vuota: dedotta dal gruppo, in forma neutra."
         ),
     )
+    # The CDA of a report names its author and its signer by codice fiscale
+    # (archive.reporting.cda.user_fiscal_code; a qualified certificate's TINIT- serial also says it).
+    codice_fiscale = models.CharField(
+        _("codice fiscale"),
+        max_length=16,
+        blank=True,
+        validators=[validate_codice_fiscale],
+        help_text=_("Identifica chi firma nel referto strutturato (CDA) inviato al Fascicolo Sanitario Elettronico."),
+    )
     totp_secret = models.CharField(
         _("segreto TOTP"),
         max_length=64,
@@ -674,6 +683,10 @@ class Report(models.Model):
     signature_path = models.CharField(_("firma CAdES (.p7m)"), max_length=512, blank=True)
     signature_sha256 = models.CharField(_("SHA-256 della firma"), max_length=64, blank=True)
     encapsulated_sop_instance_uid = models.CharField(_("SOPInstanceUID del PDF incapsulato"), max_length=64, blank=True)
+    # The HL7 CDA R2 of the signed version (archive.reporting.cda), stored beside the PDF
+    # that carries it as its PDF/A-3 attachment; empty for reports signed before it existed.
+    cda_path = models.CharField(_("CDA"), max_length=512, blank=True)
+    cda_sha256 = models.CharField(_("SHA-256 del CDA"), max_length=64, blank=True)
 
     class Meta:
         verbose_name = _("referto")

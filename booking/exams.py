@@ -25,6 +25,7 @@ def booked_exams_for(study_ids: list[int]) -> dict[int, BookedExam]:
             procedure_description=booking.procedure.description,
             department=booking.station.location,
             referring_physician=booking.referring_physician,
+            nre=booking.nre,
         )
     return answer
 

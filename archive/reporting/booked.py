@@ -33,6 +33,7 @@ class BookedExam:
     procedure_description: str
     department: str = ""  # where the exam was performed: the room's department, building, floor
     referring_physician: str = ""
+    nre: str = ""  # the electronic prescription's number (numero di ricetta elettronica), for the CDA's order
 
     @property
     def label(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -35,19 +36,46 @@ from archive.reporting.booked import BookedExam, Contacts
 
 logger = logging.getLogger(__name__)
 
+
+def _register_fonts() -> tuple[str, str, str]:
+    """Bitstream Vera, the TrueType family shipped inside reportlab, embedded in every PDF.
+
+    A PDF/A (archive.reporting.pdfa) embeds every font it uses: the standard
+    Helvetica of PDF readers is not, so the report is drawn with fonts that
+    travel with reportlab itself and need nothing installed on the machine.
+    """
+    import reportlab
+    from reportlab.lib.fonts import addMapping
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    folder = Path(reportlab.__file__).resolve().parent / "fonts"
+    faces = {"PacsSans": "Vera.ttf", "PacsSans-Bold": "VeraBd.ttf", "PacsSans-Oblique": "VeraIt.ttf"}
+    faces["PacsSans-BoldOblique"] = "VeraBI.ttf"
+    for name, file in faces.items():
+        if name not in pdfmetrics.getRegisteredFontNames():
+            pdfmetrics.registerFont(TTFont(name, str(folder / file)))
+    for bold, italic, name in ((0, 0, "PacsSans"), (1, 0, "PacsSans-Bold"), (0, 1, "PacsSans-Oblique")):
+        addMapping("PacsSans", bold, italic, name)
+    addMapping("PacsSans", 1, 1, "PacsSans-BoldOblique")
+    return "PacsSans", "PacsSans-Bold", "PacsSans-Oblique"
+
+
+_FONT, _FONT_BOLD, _FONT_ITALIC = _register_fonts()
+
 _MARGIN = 20 * mm
 _FOOTER = 12 * mm
 
-_BASE = ParagraphStyle("base", fontName="Helvetica", fontSize=10.5, leading=14, alignment=TA_LEFT)
+_BASE = ParagraphStyle("base", fontName=_FONT, fontSize=10.5, leading=14, alignment=TA_LEFT)
 _STYLES = {
-    "facility": ParagraphStyle("facility", parent=_BASE, fontName="Helvetica-Bold", fontSize=15, leading=19),
+    "facility": ParagraphStyle("facility", parent=_BASE, fontName=_FONT_BOLD, fontSize=15, leading=19),
     "authority": ParagraphStyle("authority", parent=_BASE, fontSize=10, leading=13, textColor=colors.dimgrey),
-    "title": ParagraphStyle("title", parent=_BASE, fontName="Helvetica-Bold", fontSize=13, leading=17),
-    "note": ParagraphStyle("note", parent=_BASE, fontName="Helvetica-Oblique", fontSize=10, leading=13),
-    "label": ParagraphStyle("label", parent=_BASE, fontName="Helvetica-Bold", fontSize=10, leading=13),
+    "title": ParagraphStyle("title", parent=_BASE, fontName=_FONT_BOLD, fontSize=13, leading=17),
+    "note": ParagraphStyle("note", parent=_BASE, fontName=_FONT_ITALIC, fontSize=10, leading=13),
+    "label": ParagraphStyle("label", parent=_BASE, fontName=_FONT_BOLD, fontSize=10, leading=13),
     "value": ParagraphStyle("value", parent=_BASE, fontSize=10, leading=13),
     "heading": ParagraphStyle(
-        "heading", parent=_BASE, fontName="Helvetica-Bold", fontSize=11.5, leading=15, spaceBefore=8, spaceAfter=3
+        "heading", parent=_BASE, fontName=_FONT_BOLD, fontSize=11.5, leading=15, spaceBefore=8, spaceAfter=3
     ),
     "body": ParagraphStyle("body", parent=_BASE, spaceAfter=4),
     "empty": ParagraphStyle("empty", parent=_BASE, textColor=colors.grey),
@@ -246,7 +274,7 @@ def report_pdf(
 
     def on_page(canvas: Canvas, doc: SimpleDocTemplate) -> None:
         canvas.saveState()
-        canvas.setFont("Helvetica", 8)
+        canvas.setFont(_FONT, 8)
         canvas.setFillColor(colors.dimgrey)
         canvas.drawString(_MARGIN, _FOOTER, footer)
         canvas.drawRightString(A4[0] - _MARGIN, _FOOTER, _("Pagina %(n)d") % {"n": doc.page})

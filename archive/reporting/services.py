@@ -591,7 +591,9 @@ def report_sign(
     # The slow part, outside any transaction: PDF, signature, files.
     from archive.reporting import signing
     from archive.reporting.booked import booked_exam, facility_contacts
+    from archive.reporting.cda import report_cda, user_fiscal_code
     from archive.reporting.pdf import report_pdf
+    from archive.reporting.pdfa import pdfa3_attach
 
     booked = booked_exam(study.pk)
     contacts = facility_contacts(study.facility_id)
@@ -599,7 +601,18 @@ def report_sign(
     try:
         signer = signing.signer_name(user)
         certificate = signing.signer_certificate_pem(user)
-        pdf = report_pdf(report=row, signer_name=signer, signed_at=signed_at, booked=booked, contacts=contacts)
+        drawn = report_pdf(report=row, signer_name=signer, signed_at=signed_at, booked=booked, contacts=contacts)
+        # The structured report (CDA R2) rides inside the PDF/A-3 the signature covers.
+        cda = report_cda(
+            report=row,
+            signer_name=signer,
+            signed_at=signed_at,
+            booked=booked,
+            contacts=contacts,
+            signer=user,
+            signer_fiscal_code=user_fiscal_code(user, certificate),
+        )
+        pdf = pdfa3_attach(drawn, xml=cda, when=signed_at)
         p7m = signing.cades_sign_detached(data=pdf, user=user, signing_time=signed_at)
     except signing.SigningError as exc:
         logger.exception("signing report %s failed", row.pk)
@@ -609,6 +622,7 @@ def report_sign(
         ) from exc
     pdf_sha256 = hashlib.sha256(pdf).hexdigest()
     p7m_sha256 = hashlib.sha256(p7m).hexdigest()
+    cda_sha256 = hashlib.sha256(cda).hexdigest()
     tier = storage.facility_tier(study.facility.code)
     try:
         pdf_path = storage.report_relpath(
@@ -617,8 +631,12 @@ def report_sign(
         p7m_path = storage.report_relpath(
             study_uid=study.study_instance_uid, version=row.version, sha256=p7m_sha256, extension="p7m"
         )
+        cda_path = storage.report_relpath(
+            study_uid=study.study_instance_uid, version=row.version, sha256=cda_sha256, extension="xml"
+        )
         storage.place_bytes(pdf, tier, pdf_path)
         storage.place_bytes(p7m, tier, p7m_path)
+        storage.place_bytes(cda, tier, cda_path)
     except storage.StorageError as exc:
         logger.exception("storing report %s failed", row.pk)
         raise failure(
@@ -645,6 +663,8 @@ def report_sign(
             pdf_size=len(pdf),
             signature_path=p7m_path,
             signature_sha256=p7m_sha256,
+            cda_path=cda_path,
+            cda_sha256=cda_sha256,
             encapsulated_sop_instance_uid=sop_uid,
             updated_by=user,
             updated_at=signed_at,
@@ -759,7 +779,10 @@ def reports_encapsulation_overdue(*, now: dt.datetime | None = None, limit: int 
 
 
 def report_file(*, report: Report, which: str) -> bytes:
-    """The signed report's PDF (``"pdf"``) or detached signature (``"p7m"``), checked.
+    """The signed report's PDF (``"pdf"``), detached signature (``"p7m"``) or CDA (``"cda"``), checked.
+
+    The PDF is the PDF/A-3 that carries the CDA; the CDA is also kept on its
+    own beside it (``"cda"``: missing for reports signed before the CDA existed).
 
     Raises
     ------
@@ -767,13 +790,17 @@ def report_file(*, report: Report, which: str) -> bytes:
         Not signed, the file is missing, unreadable, or its SHA-256 is not
         the one recorded at signing (``code="damaged"``).
     """
-    if which not in ("pdf", "p7m"):
+    if which not in ("pdf", "p7m", "cda"):
         raise ReportError(_("File del referto sconosciuto."), code="invalid")
     if report.status != Report.Status.SIGNED:
         raise ReportError(_("Il referto non è firmato."), code="state")
-    relpath, expected = (
-        (report.pdf_path, report.pdf_sha256) if which == "pdf" else (report.signature_path, report.signature_sha256)
-    )
+    relpath, expected = {
+        "pdf": (report.pdf_path, report.pdf_sha256),
+        "p7m": (report.signature_path, report.signature_sha256),
+        "cda": (report.cda_path, report.cda_sha256),
+    }[which]
+    if not relpath:
+        raise ReportError(_("Il file del referto non si trova nell'archivio."), code="missing")
     try:
         fh = storage.open_copy(report.tier, relpath)
         if fh is None:

@@ -214,7 +214,7 @@ def derived_relpath(
     return f"derived/{bucket}/{study_uid}/{series_uid}/{sop_uid}/{frame}.{kind}.{sha256}.{extension}"
 
 
-REPORT_EXTENSIONS = ("pdf", "p7m")
+REPORT_EXTENSIONS = ("pdf", "p7m", "xml")  # the PDF/A-3, its CAdES signature, its CDA
 
 
 def report_relpath(*, study_uid: str, version: int, sha256: str, extension: str) -> str:
