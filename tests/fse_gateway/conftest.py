@@ -21,7 +21,7 @@ from tests.reporting_helpers import reporting as reporting  # noqa: F401  (fixtu
 
 from .standin import Gateway
 
-SUBJECT = "CSSSTF70A01L424X^^^&2.16.840.1.113883.2.9.4.3.2&ISO"
+SUBJECT = "CSSSFN70A01L424Y^^^&2.16.840.1.113883.2.9.4.3.2&ISO"
 
 
 @dataclass(frozen=True)
