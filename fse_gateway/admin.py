@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from archive.admin import ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
+from archive.admin import AuditedAdminMixin, ReadOnlyAdmin, ReadOnlyInline, VisibleRowsMixin
 
 from . import outbox
 from .models import Attempt, Operation
@@ -29,8 +29,9 @@ class AttemptInline(ReadOnlyInline):
 
 
 @admin.register(Operation)
-class OperationAdmin(VisibleRowsMixin, ReadOnlyAdmin):
+class OperationAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
     study_path = "study__"
+    patient_path = "study__patient_id"
     list_display = (
         "pk",
         "kind",
@@ -50,6 +51,9 @@ class OperationAdmin(VisibleRowsMixin, ReadOnlyAdmin):
     readonly_fields = [f.name for f in Operation._meta.fields]
     inlines = [AttemptInline]
     actions = ["retry"]
+
+    def audit_subject(self, obj: Operation) -> dict[str, Any]:
+        return {"patient": obj.study.patient, "study": obj.study}
 
     @admin.display(description=_("accettazione"), ordering="booking__accession_number")
     def accession_number(self, obj: Operation) -> str:
@@ -89,11 +93,15 @@ class OperationAdmin(VisibleRowsMixin, ReadOnlyAdmin):
 
 
 @admin.register(Attempt)
-class AttemptAdmin(VisibleRowsMixin, ReadOnlyAdmin):
+class AttemptAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
     study_path = "operation__study__"
+    patient_path = "operation__study__patient_id"
     list_display = ("pk", "operation", "step", "method", "status_code", "trace_id", "at", "duration_ms")
     list_filter = ("step", "status_code")
     search_fields = ("trace_id", "error", "response_body")
     date_hierarchy = "at"
     readonly_fields = [f.name for f in Attempt._meta.fields]
     list_select_related = ("operation",)
+
+    def audit_subject(self, obj: Attempt) -> dict[str, Any]:
+        return {"patient": obj.operation.study.patient, "study": obj.operation.study}

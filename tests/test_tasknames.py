@@ -10,7 +10,7 @@ from django.conf import settings
 from kernel import tasknames
 from pacs.celery import app
 
-PROJECT_APPS = {"archive", "booking", "portal", "preservation", "pacs"}
+PROJECT_APPS = {"archive", "booking", "portal", "preservation", "pacs", "fse_gateway"}
 
 # The names messages already queued in a running system carry: a test, not the
 # module, so that changing a string there fails here.
@@ -49,6 +49,11 @@ WIRE_NAMES = {
     "archive.tasks.rejections_announce_sweep",
     "portal.tasks.rejection_portal",
     "preservation.tasks.rejection_preservation",
+    "fse_gateway.tasks.report_plan",
+    "fse_gateway.tasks.operation_send",
+    "fse_gateway.tasks.consent_check",
+    "fse_gateway.tasks.concealment_check",
+    "fse_gateway.tasks.outbox_sweep",
 }
 
 
