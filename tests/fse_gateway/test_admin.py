@@ -56,3 +56,25 @@ def test_the_admin_shows_the_outbox_and_the_gateway_s_errors(fse: Gateway, cup: 
     failed.refresh_from_db()
     assert failed.status in (Operation.Status.PENDING, Operation.Status.DONE)
     assert AuditEvent.objects.filter(action="fse.retry").exists()
+
+
+def test_the_demo_credentials_are_made_once_and_sign_what_the_stand_in_accepts(tmp_path: object) -> None:
+    import io
+    from pathlib import Path
+
+    import jwt
+    from cryptography import x509
+    from django.core.management import CommandError, call_command
+
+    directory = Path(str(tmp_path)) / "fse"
+    out = io.StringIO()
+    call_command("fse_demo_credentials", "--dir", str(directory), stdout=out)
+    key_file, cert_file = directory / "jwt-key.pem", directory / "jwt-cert.pem"
+    assert f"PACS_FSE_JWT_KEY_FILE={key_file}" in out.getvalue()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    token = jwt.encode({"sub": "x"}, key_file.read_bytes(), "RS256")
+    assert jwt.decode(token, cert.public_key(), algorithms=["RS256"]) == {"sub": "x"}  # type: ignore[arg-type]
+    with pytest.raises(CommandError):
+        call_command("fse_demo_credentials", "--dir", str(directory), stdout=out)
+    assert not list(directory.glob(".*.tmp"))
