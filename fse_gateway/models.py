@@ -94,7 +94,7 @@ class Attempt(models.Model):
     step = models.CharField(_("passo"), max_length=32)
     method = models.CharField(_("metodo"), max_length=8)
     url = models.CharField(_("indirizzo"), max_length=500)
-    at = models.DateTimeField(_("il"), default=timezone.now)
+    at = models.DateTimeField(_("data e ora"), default=timezone.now)
     duration_ms = models.PositiveIntegerField(_("durata (ms)"), default=0)
     status_code = models.PositiveIntegerField(_("stato HTTP"), null=True, blank=True)
     response_body = models.TextField(_("risposta"), blank=True)
