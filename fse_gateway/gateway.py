@@ -163,7 +163,9 @@ def credentials() -> Credentials:
     key_file = settings.PACS_FSE_JWT_KEY_FILE
     cert_file = settings.PACS_FSE_JWT_CERT_FILE
     if not key_file or not cert_file:
-        raise ImproperlyConfigured("PACS_FSE_JWT_KEY_FILE and PACS_FSE_JWT_CERT_FILE must name the signing key and its certificate")
+        raise ImproperlyConfigured(
+            "PACS_FSE_JWT_KEY_FILE and PACS_FSE_JWT_CERT_FILE must name the signing key and its certificate"
+        )
     return _credentials_read(key_file, cert_file, settings.PACS_FSE_JWT_KEY_PASSWORD)
 
 
@@ -171,7 +173,9 @@ def base_url() -> str:
     return str(settings.PACS_FSE_GATEWAY_URL).rstrip("/")
 
 
-def tokens(*, patient_cf: str, action: str, purpose: str, attachment: bytes | None, hl7_type: str | None) -> dict[str, str]:
+def tokens(
+    *, patient_cf: str, action: str, purpose: str, attachment: bytes | None, hl7_type: str | None
+) -> dict[str, str]:
     """The two JWT headers of one call (``Authorization`` and ``FSE-JWT-Signature``)."""
     if action not in ACTIONS or purpose not in PURPOSES:
         raise ValueError(f"action {action!r} / purpose {purpose!r} not in the gateway's tables")
@@ -257,12 +261,18 @@ def _document_files(body: dict[str, Any], pdf: bytes) -> dict[str, Any]:
 
 def validate(*, pdf: bytes, patient_cf: str) -> Exchange:
     body = {"healthDataFormat": HEALTH_DATA_FORMAT, "mode": INJECTION_MODE, "activity": "VALIDATION"}
-    headers = tokens(patient_cf=patient_cf, action="CREATE", purpose="TREATMENT", attachment=pdf, hl7_type=REPORT_HL7_TYPE)
-    return _call("validation", "POST", f"{base_url()}/documents/validation", headers=headers, files=_document_files(body, pdf))
+    headers = tokens(
+        patient_cf=patient_cf, action="CREATE", purpose="TREATMENT", attachment=pdf, hl7_type=REPORT_HL7_TYPE
+    )
+    return _call(
+        "validation", "POST", f"{base_url()}/documents/validation", headers=headers, files=_document_files(body, pdf)
+    )
 
 
 def publish(*, pdf: bytes, body: dict[str, Any], patient_cf: str) -> Exchange:
-    headers = tokens(patient_cf=patient_cf, action="CREATE", purpose="TREATMENT", attachment=pdf, hl7_type=REPORT_HL7_TYPE)
+    headers = tokens(
+        patient_cf=patient_cf, action="CREATE", purpose="TREATMENT", attachment=pdf, hl7_type=REPORT_HL7_TYPE
+    )
     return _call("publication", "POST", f"{base_url()}/documents", headers=headers, files=_document_files(body, pdf))
 
 
@@ -273,13 +283,17 @@ def replace(*, target: str, pdf: bytes, body: dict[str, Any], patient_cf: str) -
 
 
 def delete(*, target: str, patient_cf: str) -> Exchange:
-    headers = tokens(patient_cf=patient_cf, action="DELETE", purpose="UPDATE", attachment=None, hl7_type=REPORT_HL7_TYPE)
+    headers = tokens(
+        patient_cf=patient_cf, action="DELETE", purpose="UPDATE", attachment=None, hl7_type=REPORT_HL7_TYPE
+    )
     url = f"{base_url()}/documents/{requests.utils.quote(target, safe='')}"
     return _call("delete", "DELETE", url, headers=headers)
 
 
 def metadata_update(*, target: str, body: dict[str, Any], patient_cf: str) -> Exchange:
-    headers = tokens(patient_cf=patient_cf, action="UPDATE", purpose="UPDATE", attachment=None, hl7_type=REPORT_HL7_TYPE)
+    headers = tokens(
+        patient_cf=patient_cf, action="UPDATE", purpose="UPDATE", attachment=None, hl7_type=REPORT_HL7_TYPE
+    )
     url = f"{base_url()}/documents/{requests.utils.quote(target, safe='')}/metadata"
     return _call("metadata", "PUT", url, headers=headers, json_body=body)
 

@@ -139,8 +139,8 @@ def manifest_entry(
         "eventCodeList": access_rules(study) + sorted(set(study.modality_list())),
         "serviceStartTime": start,
         "serviceStopTime": end,
-        "patientId": gateway.person_id(booking.patient.codice_fiscale),
-        "sourcePatientId": gateway.person_id(booking.patient.codice_fiscale),
+        "patientId": gateway.person_id(booking.patient.codice_fiscale or ""),
+        "sourcePatientId": gateway.person_id(booking.patient.codice_fiscale or ""),
         "referenceIdList": [
             f"{study.study_instance_uid}^^^^urn:ihe:iti:xds:2016:studyInstanceUID",
             f"{booking.accession_number}^^^&{settings.PACS_FSE_ACCESSION_OID}&ISO^urn:ihe:iti:xds:2013:accession",

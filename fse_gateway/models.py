@@ -52,9 +52,7 @@ class Operation(models.Model):
     document_id = models.CharField(_("identificativo del documento"), max_length=256)
     # What a replace replaces, what a delete or a metadata update targets.
     target_document_id = models.CharField(_("documento sostituito o eliminato"), max_length=256, blank=True)
-    status = models.CharField(
-        _("stato"), max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True
-    )
+    status = models.CharField(_("stato"), max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     attempts = models.PositiveIntegerField(_("tentativi"), default=0)
     next_attempt_at = models.DateTimeField(_("prossimo tentativo"), default=timezone.now)
     # The request's metadata as last sent (the JSON requestBody), for whoever reads the outbox.

@@ -148,7 +148,7 @@ def report_plan(*, report_pk: int, study_pk: int, now: dt.datetime | None = None
 
     Idempotent: a second call finds the rows the first one wrote. One of
     ``planned``, ``already_planned``, ``disabled``, ``not_signed``,
-    ``no_booking``, ``no_consent``.
+    ``no_booking``, ``no_consent``, ``no_codice_fiscale`` (a provisional patient).
     """
     if not enabled():
         return "disabled", []
@@ -161,6 +161,9 @@ def report_plan(*, report_pk: int, study_pk: int, now: dt.datetime | None = None
         return "no_booking", []
     if not consent_online(booking):
         return "no_consent", []
+    if not booking.patient.codice_fiscale:
+        # A provisional patient: the FSE is reached by codice fiscale; published once the registry knows it.
+        return "no_codice_fiscale", []
     now = now or timezone.now()
     document_id = report_document_id(report)
     manifest = study_manifest_instance(report) if settings.PACS_FSE_MANIFEST_URL else None
@@ -370,7 +373,7 @@ def _outcome(op: Operation, exchange: gateway.Exchange, *, now: dt.datetime, acc
 
 def _send_document(op: Operation, *, now: dt.datetime) -> str:
     report, booking = op.report, op.booking
-    cf = booking.patient.codice_fiscale
+    cf = booking.patient.codice_fiscale or ""
     try:
         pdf = report_pdf(report)
     except reports.ReportError as exc:
@@ -419,7 +422,7 @@ def _send_manifest(op: Operation, *, now: dt.datetime) -> str:
         report_document_id=report_doc,
     )
     op.metadata = entry
-    exchange = gateway.manifest_publish(kos=kos, entry=entry, patient_cf=op.booking.patient.codice_fiscale)
+    exchange = gateway.manifest_publish(kos=kos, entry=entry, patient_cf=op.booking.patient.codice_fiscale or "")
     _log(op, exchange)
     return _outcome(op, exchange, now=now, accept={409})
 
@@ -440,7 +443,7 @@ def operation_send(*, op_pk: int, now: dt.datetime | None = None) -> str:
         _finish(op, status=Operation.Status.CANCELLED, now=now, note="consenso revocato prima dell'invio")
         consent_check(booking_pk=booking.pk, now=now)
         return Operation.Status.CANCELLED
-    cf = booking.patient.codice_fiscale
+    cf = booking.patient.codice_fiscale or ""
     try:
         if op.kind in DOCUMENT_KINDS:
             status = _send_document(op, now=now)
@@ -511,7 +514,9 @@ def operations_due(*, now: dt.datetime | None = None, limit: int = 500) -> list[
     return due
 
 
-def reports_unplanned(*, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT) -> list[tuple[int, int]]:
+def reports_unplanned(
+    *, now: dt.datetime | None = None, limit: int = reports.FOLLOWUP_SWEEP_LIMIT
+) -> list[tuple[int, int]]:
     """Signed versions past the grace period with online consent and no operation: a lost task's work."""
     if not enabled():
         return []
@@ -536,9 +541,14 @@ def bookings_revoked_published(*, limit: int = 500) -> list[int]:
     )
     for booking in Booking.objects.filter(pk__in=ids):
         if not consent_online(booking) and live_documents(booking, done_only=True):
-            if not Operation.objects.filter(
-                booking=booking, kind__in=[Operation.Kind.DELETE, Operation.Kind.MANIFEST_DELETE]
-            ).exclude(status=Operation.Status.CANCELLED).filter(status__in=OPEN).exists():
+            if (
+                not Operation.objects.filter(
+                    booking=booking, kind__in=[Operation.Kind.DELETE, Operation.Kind.MANIFEST_DELETE]
+                )
+                .exclude(status=Operation.Status.CANCELLED)
+                .filter(status__in=OPEN)
+                .exists()
+            ):
                 out.append(booking.pk)
         if len(out) >= limit:
             break

@@ -21,7 +21,8 @@ from .models import Operation
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": True, "max_retries": 8}
+# Transient database errors only: every task is idempotent (the outbox rows are claimed).
+_RETRY_ON = (OperationalError, InterfaceError)
 
 
 def _enqueue(task: Any, *args: Any, **options: Any) -> None:
@@ -37,7 +38,7 @@ def _send_first(pks: list[int]) -> None:
         _enqueue(operation_send, pk)
 
 
-@shared_task(name=tasknames.FSE_REPORT_PLAN, acks_late=True, **_TRANSIENT)
+@shared_task(name=tasknames.FSE_REPORT_PLAN, acks_late=True, autoretry_for=_RETRY_ON, retry_backoff=True, max_retries=8)
 def report_plan(report_pk: int, study_pk: int) -> str:
     """Write the outbox rows of a signed version (if the consent allows) and send the first."""
     result, pks = outbox.report_plan(report_pk=report_pk, study_pk=study_pk)
@@ -52,7 +53,9 @@ def publish_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwarg
         transaction.on_commit(lambda: _enqueue(report_plan, report_pk, study_pk))
 
 
-@shared_task(name=tasknames.FSE_OPERATION_SEND, acks_late=True, **_TRANSIENT)
+@shared_task(
+    name=tasknames.FSE_OPERATION_SEND, acks_late=True, autoretry_for=_RETRY_ON, retry_backoff=True, max_retries=8
+)
 def operation_send(op_pk: int) -> str:
     """Send one outbox operation; then the next of its booking, or this one again after the backoff."""
     status = outbox.operation_send(op_pk=op_pk)
@@ -74,7 +77,9 @@ def operation_send(op_pk: int) -> str:
     return status
 
 
-@shared_task(name=tasknames.FSE_CONSENT_CHECK, acks_late=True, **_TRANSIENT)
+@shared_task(
+    name=tasknames.FSE_CONSENT_CHECK, acks_late=True, autoretry_for=_RETRY_ON, retry_backoff=True, max_retries=8
+)
 def consent_check(booking_pk: int) -> int:
     """After a choice that is not online: cancel what was not sent, delete what is published."""
     pks = outbox.consent_check(booking_pk=booking_pk)
@@ -91,7 +96,9 @@ def distribution_choice_saved(sender: Any, instance: Any, created: bool, **kwarg
         transaction.on_commit(lambda: _enqueue(consent_check, booking_pk))
 
 
-@shared_task(name=tasknames.FSE_CONCEALMENT_CHECK, acks_late=True, **_TRANSIENT)
+@shared_task(
+    name=tasknames.FSE_CONCEALMENT_CHECK, acks_late=True, autoretry_for=_RETRY_ON, retry_backoff=True, max_retries=8
+)
 def concealment_check(study_pk: int) -> int:
     """The oscuramento changed: update the published documents' metadata."""
     pks = outbox.concealment_check(study_pk=study_pk)

@@ -6,71 +6,145 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('archive', '0024_report_cda'),
-        ('booking', '0005_mpps'),
+        ("archive", "0024_report_cda"),
+        ("booking", "0005_mpps"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Operation',
+            name="Operation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('publish', 'pubblicazione'), ('replace', 'sostituzione'), ('delete', 'eliminazione'), ('metadata', 'aggiornamento metadati'), ('manifest', 'manifest KOS (XDS-I.b)'), ('manifest_delete', 'eliminazione del manifest KOS')], max_length=16, verbose_name='operazione')),
-                ('document_id', models.CharField(max_length=256, verbose_name='identificativo del documento')),
-                ('target_document_id', models.CharField(blank=True, max_length=256, verbose_name='documento sostituito o eliminato')),
-                ('status', models.CharField(choices=[('pending', 'da inviare'), ('sending', 'in invio'), ('done', 'accettata dal gateway'), ('failed', 'rifiutata: serve un operatore'), ('cancelled', 'annullata')], db_index=True, default='pending', max_length=12, verbose_name='stato')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='tentativi')),
-                ('next_attempt_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='prossimo tentativo')),
-                ('metadata', models.JSONField(blank=True, default=dict, verbose_name='metadati inviati')),
-                ('last_error', models.TextField(blank=True, verbose_name='ultimo errore')),
-                ('last_status_code', models.PositiveIntegerField(blank=True, null=True, verbose_name='ultimo stato HTTP')),
-                ('trace_id', models.CharField(blank=True, max_length=100, verbose_name='traceID del gateway')),
-                ('workflow_instance_id', models.CharField(blank=True, max_length=256, verbose_name='workflowInstanceId')),
-                ('note', models.CharField(blank=True, max_length=300, verbose_name='nota')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='creata il')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='aggiornata il')),
-                ('done_at', models.DateTimeField(blank=True, null=True, verbose_name='conclusa il')),
-                ('booking', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fse_operations', to='booking.booking', verbose_name='prenotazione')),
-                ('report', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fse_operations', to='archive.report', verbose_name='versione del referto')),
-                ('study', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='fse_operations', to='archive.study', verbose_name='studio')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("publish", "pubblicazione"),
+                            ("replace", "sostituzione"),
+                            ("delete", "eliminazione"),
+                            ("metadata", "aggiornamento metadati"),
+                            ("manifest", "manifest KOS (XDS-I.b)"),
+                            ("manifest_delete", "eliminazione del manifest KOS"),
+                        ],
+                        max_length=16,
+                        verbose_name="operazione",
+                    ),
+                ),
+                ("document_id", models.CharField(max_length=256, verbose_name="identificativo del documento")),
+                (
+                    "target_document_id",
+                    models.CharField(blank=True, max_length=256, verbose_name="documento sostituito o eliminato"),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "da inviare"),
+                            ("sending", "in invio"),
+                            ("done", "accettata dal gateway"),
+                            ("failed", "rifiutata: serve un operatore"),
+                            ("cancelled", "annullata"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=12,
+                        verbose_name="stato",
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0, verbose_name="tentativi")),
+                (
+                    "next_attempt_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="prossimo tentativo"),
+                ),
+                ("metadata", models.JSONField(blank=True, default=dict, verbose_name="metadati inviati")),
+                ("last_error", models.TextField(blank=True, verbose_name="ultimo errore")),
+                (
+                    "last_status_code",
+                    models.PositiveIntegerField(blank=True, null=True, verbose_name="ultimo stato HTTP"),
+                ),
+                ("trace_id", models.CharField(blank=True, max_length=100, verbose_name="traceID del gateway")),
+                (
+                    "workflow_instance_id",
+                    models.CharField(blank=True, max_length=256, verbose_name="workflowInstanceId"),
+                ),
+                ("note", models.CharField(blank=True, max_length=300, verbose_name="nota")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, verbose_name="creata il")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="aggiornata il")),
+                ("done_at", models.DateTimeField(blank=True, null=True, verbose_name="conclusa il")),
+                (
+                    "booking",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="fse_operations",
+                        to="booking.booking",
+                        verbose_name="prenotazione",
+                    ),
+                ),
+                (
+                    "report",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="fse_operations",
+                        to="archive.report",
+                        verbose_name="versione del referto",
+                    ),
+                ),
+                (
+                    "study",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="fse_operations",
+                        to="archive.study",
+                        verbose_name="studio",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'operazione verso il gateway FSE',
-                'verbose_name_plural': 'operazioni verso il gateway FSE',
-                'ordering': ['-pk'],
+                "verbose_name": "operazione verso il gateway FSE",
+                "verbose_name_plural": "operazioni verso il gateway FSE",
+                "ordering": ["-pk"],
             },
         ),
         migrations.CreateModel(
-            name='Attempt',
+            name="Attempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('step', models.CharField(max_length=32, verbose_name='passo')),
-                ('method', models.CharField(max_length=8, verbose_name='metodo')),
-                ('url', models.CharField(max_length=500, verbose_name='indirizzo')),
-                ('at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='data e ora')),
-                ('duration_ms', models.PositiveIntegerField(default=0, verbose_name='durata (ms)')),
-                ('status_code', models.PositiveIntegerField(blank=True, null=True, verbose_name='stato HTTP')),
-                ('response_body', models.TextField(blank=True, verbose_name='risposta')),
-                ('error', models.TextField(blank=True, verbose_name='errore')),
-                ('trace_id', models.CharField(blank=True, max_length=100, verbose_name='traceID')),
-                ('operation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='attempt_log', to='fse_gateway.operation', verbose_name='operazione')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("step", models.CharField(max_length=32, verbose_name="passo")),
+                ("method", models.CharField(max_length=8, verbose_name="metodo")),
+                ("url", models.CharField(max_length=500, verbose_name="indirizzo")),
+                ("at", models.DateTimeField(default=django.utils.timezone.now, verbose_name="data e ora")),
+                ("duration_ms", models.PositiveIntegerField(default=0, verbose_name="durata (ms)")),
+                ("status_code", models.PositiveIntegerField(blank=True, null=True, verbose_name="stato HTTP")),
+                ("response_body", models.TextField(blank=True, verbose_name="risposta")),
+                ("error", models.TextField(blank=True, verbose_name="errore")),
+                ("trace_id", models.CharField(blank=True, max_length=100, verbose_name="traceID")),
+                (
+                    "operation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="attempt_log",
+                        to="fse_gateway.operation",
+                        verbose_name="operazione",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'tentativo verso il gateway FSE',
-                'verbose_name_plural': 'tentativi verso il gateway FSE',
-                'ordering': ['pk'],
+                "verbose_name": "tentativo verso il gateway FSE",
+                "verbose_name_plural": "tentativi verso il gateway FSE",
+                "ordering": ["pk"],
             },
         ),
         migrations.AddIndex(
-            model_name='operation',
-            index=models.Index(fields=['status', 'next_attempt_at'], name='fse_operation_due'),
+            model_name="operation",
+            index=models.Index(fields=["status", "next_attempt_at"], name="fse_operation_due"),
         ),
         migrations.AddConstraint(
-            model_name='operation',
-            constraint=models.UniqueConstraint(fields=('booking', 'kind', 'document_id', 'target_document_id'), name='fse_operation_unique'),
+            model_name="operation",
+            constraint=models.UniqueConstraint(
+                fields=("booking", "kind", "document_id", "target_document_id"), name="fse_operation_unique"
+            ),
         ),
     ]

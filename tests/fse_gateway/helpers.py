@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from django.contrib.auth.models import User
 
 from archive.models import Report, StaffProfile
 from archive.reporting import services as reports
@@ -26,24 +28,27 @@ RADIOLOGIST_CF = "CSSSFN70A01L424Y"  # Stefano Cossutta, born in Trieste on 1 Ja
 def booked_and_signed(cup: Cup, rep: Reporting, **booking: Any) -> tuple[Booking, Report]:
     """A booking of the study (online with consent unless told), and the radiologist's signed report."""
     # The CDA names its author and signer by codice fiscale (the staff profile's).
-    StaffProfile.objects.filter(user=rep.radiologist).update(codice_fiscale=RADIOLOGIST_CF)
+    StaffProfile.objects.filter(user=cast(User, rep.radiologist)).update(codice_fiscale=RADIOLOGIST_CF)
     linked = linked_booking(cup, rep.study, **booking)
     return linked, signed_report(rep)
 
 
 def amended(rep: Reporting, report: Report, kind: str) -> Report:
     """A correction or an addendum of ``report``, written and signed."""
-    draft = reports.report_amend(report=report, user=rep.radiologist, kind=kind)
+    radiologist = cast(User, rep.radiologist)
+    draft = reports.report_amend(report=report, user=radiologist, kind=kind)
     draft = reports.report_save(
         report=draft,
-        user=rep.radiologist,
+        user=radiologist,
         revision=draft.revision,
         clinical_question=draft.clinical_question,
         technique="TC del torace senza mezzo di contrasto.",
         findings="Micronodulo di 4 mm al lobo superiore destro, non presente nel referto precedente.",
         conclusion="Micronodulo polmonare: controllo TC a 12 mesi.",
     )
-    return reports.report_sign(report=draft, user=rep.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
+    return reports.report_sign(
+        report=draft, user=radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision
+    )
 
 
 def ops(**filters: Any) -> list[Operation]:

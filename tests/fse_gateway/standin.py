@@ -132,16 +132,19 @@ class Gateway:
             self.server = None
 
     def answered(self, path_prefix: str = "", method: str = "") -> list[Received]:
-        return [
-            r for r in self.received if r.path.startswith(path_prefix) and (not method or r.method == method)
-        ]
+        return [r for r in self.received if r.path.startswith(path_prefix) and (not method or r.method == method)]
 
     # --- the checks ---
     def check_tokens(self, headers: Any, *, action: str, purpose: str, file: bytes | None, hl7_type: bool) -> dict:
         auth = headers.get("Authorization", "")
         signature = headers.get("FSE-JWT-Signature", "")
         if not auth.startswith("Bearer ") or not signature:
-            raise Refused(403, "Token jwt mancante o non valido", "Authorization Bearer e FSE-JWT-Signature richiesti", "/msg/jwt-missing")
+            raise Refused(
+                403,
+                "Token jwt mancante o non valido",
+                "Authorization Bearer e FSE-JWT-Signature richiesti",
+                "/msg/jwt-missing",
+            )
         claims = {}
         for token, prefix in ((auth[7:], "auth:"), (signature, "integrity:")):
             try:
@@ -163,15 +166,28 @@ class Gateway:
                 raise Refused(403, "Token jwt non valido", "sub: codice fiscale in formato CX atteso", "/msg/jwt-sub")
             claims = data
         required = (
-            "subject_organization_id", "subject_organization", "locality", "subject_role", "person_id",
-            "patient_consent", "purpose_of_use", "action_id", "subject_application_id",
-            "subject_application_vendor", "subject_application_version",
+            "subject_organization_id",
+            "subject_organization",
+            "locality",
+            "subject_role",
+            "person_id",
+            "patient_consent",
+            "purpose_of_use",
+            "action_id",
+            "subject_application_id",
+            "subject_application_vendor",
+            "subject_application_version",
         )
         missing = [name for name in required if name not in claims]
         if missing:
             raise Refused(403, "Token jwt non valido", f"claim mancanti: {missing}", "/msg/jwt-claims")
         if claims["action_id"] != action or claims["purpose_of_use"] != purpose:
-            raise Refused(403, "Token jwt non valido", f"action_id/purpose_of_use {claims['action_id']}/{claims['purpose_of_use']}, attesi {action}/{purpose}", "/msg/jwt-action")
+            raise Refused(
+                403,
+                "Token jwt non valido",
+                f"action_id/purpose_of_use {claims['action_id']}/{claims['purpose_of_use']}, attesi {action}/{purpose}",
+                "/msg/jwt-action",
+            )
         if not CF_PERSON.match(str(claims["person_id"])):
             raise Refused(403, "Token jwt non valido", "person_id non in formato CX", "/msg/jwt-person")
         if not XON.match(str(claims["locality"])):
@@ -179,7 +195,9 @@ class Gateway:
         if claims["patient_consent"] is not True:
             raise Refused(403, "Token jwt non valido", "patient_consent deve essere true", "/msg/jwt-consent")
         if hl7_type and claims.get("resource_hl7_type") != spec.REPORT_HL7_TYPE:
-            raise Refused(403, "Token jwt non valido", "resource_hl7_type del referto di radiologia atteso", "/msg/jwt-type")
+            raise Refused(
+                403, "Token jwt non valido", "resource_hl7_type del referto di radiologia atteso", "/msg/jwt-type"
+            )
         if file is not None and claims.get("attachment_hash") != hashlib.sha256(file).hexdigest():
             raise Refused(403, "Token jwt non valido", "attachment_hash non corrisponde al file", "/msg/jwt-hash")
         return claims
@@ -203,10 +221,14 @@ class Gateway:
             pdf_attachment, cda_problems = checker
             cda = pdf_attachment(pdf)
             if cda is None:
-                raise Refused(400, "Errore di validazione", "Il PDF non contiene il CDA allegato (cda.xml)", "/msg/cda-missing")
+                raise Refused(
+                    400, "Errore di validazione", "Il PDF non contiene il CDA allegato (cda.xml)", "/msg/cda-missing"
+                )
             problems = cda_problems(cda)
             if problems:
-                raise Refused(400, "Errore di validazione", "; ".join(str(p) for p in problems)[:2000], "/msg/cda-schematron")
+                raise Refused(
+                    400, "Errore di validazione", "; ".join(str(p) for p in problems)[:2000], "/msg/cda-schematron"
+                )
         return body, pdf, cda
 
     def check_publication_body(self, body: dict[str, Any], pdf: bytes, cda: bytes | None) -> None:
@@ -229,7 +251,9 @@ class Gateway:
         if wrong:
             raise Refused(400, "Bad Request", f"valori non ammessi: {wrong}", "/msg/enum")
         if self.workflows.get(body["workflowInstanceId"]) != hashlib.sha256(pdf).hexdigest():
-            raise Refused(400, "Bad Request", "workflowInstanceId: nessuna validazione di questo documento", "/msg/workflow")
+            raise Refused(
+                400, "Bad Request", "workflowInstanceId: nessuna validazione di questo documento", "/msg/workflow"
+            )
         if cda is not None:
             from fse_gateway.metadata import cda_document_id
 
@@ -266,7 +290,8 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str, bytes]]:
     parts: dict[str, tuple[str, bytes]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        parts[str(name)] = (part.get_content_type(), part.get_payload(decode=True) or b"")
+        payload = part.get_payload(decode=True)
+        parts[str(name)] = (part.get_content_type(), payload if isinstance(payload, bytes) else b"")
     return parts
 
 
@@ -322,8 +347,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(
                 exc.status,
                 {
-                    "traceID": trace, "spanID": trace, "type": exc.kind, "title": exc.title,
-                    "detail": exc.detail, "status": exc.status, "instance": path,
+                    "traceID": trace,
+                    "spanID": trace,
+                    "type": exc.kind,
+                    "title": exc.title,
+                    "detail": exc.detail,
+                    "status": exc.status,
+                    "instance": path,
                 },
                 received,
             )
@@ -352,7 +382,9 @@ class _Handler(BaseHTTPRequestHandler):
             rec.body, rec.file, rec.cda = body, pdf, cda
             with gw.lock:
                 if body["identificativoDoc"] in gw.documents:
-                    raise Refused(409, "Conflict", "Documento già presente: identificativoDoc duplicato", "/msg/duplicate")
+                    raise Refused(
+                        409, "Conflict", "Documento già presente: identificativoDoc duplicato", "/msg/duplicate"
+                    )
                 gw.documents[body["identificativoDoc"]] = {"status": "current", "body": body, "cda": cda}
             return {"workflowInstanceId": body["workflowInstanceId"]}, 201
         match = re.fullmatch(r"/v1/documents/([^/]+)(/metadata)?", path)
@@ -368,7 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
                     if gw.documents.get(doc, {}).get("status") != "current":
                         raise Refused(404, "Not found", f"Documento {doc} non trovato", "/msg/not-found")
                     gw.documents[doc]["status"] = "replaced"
-                    gw.documents[body["identificativoDoc"]] = {"status": "current", "body": body, "cda": cda, "replaces": doc}
+                    gw.documents[body["identificativoDoc"]] = {
+                        "status": "current",
+                        "body": body,
+                        "cda": cda,
+                        "replaces": doc,
+                    }
                 return {"workflowInstanceId": body["workflowInstanceId"]}, 200
             if method == "PUT":
                 rec.claims = gw.check_tokens(self.headers, action="UPDATE", purpose="UPDATE", file=None, hl7_type=True)

@@ -61,7 +61,12 @@ def test_a_gateway_error_is_kept_with_its_text_and_retried_with_backoff(
     assert outbox.operation_send(op_pk=publish.pk, now=later(publish)) == Operation.Status.DONE
     publish.refresh_from_db()
     assert publish.last_error == "" and publish.attempts == 3
-    assert [a.status_code for a in Attempt.objects.filter(operation=publish)] == [503, 502, 201, 201]  # validation 503; validation 502; validation, publication
+    assert [a.status_code for a in Attempt.objects.filter(operation=publish)] == [
+        503,
+        502,
+        201,
+        201,
+    ]  # validation 503; validation 502; validation, publication
 
 
 def test_a_refusal_stops_for_an_operator_and_is_sent_again_on_request(
@@ -208,7 +213,9 @@ def test_a_revocation_deletes_what_was_published(fse: Gateway, cup: Cup, reporti
     with tasks_kept() as kept:
         with TestCase.captureOnCommitCallbacks(execute=True):
             booking_services.consent_revoke(
-                booking=booking, channel=Booking.Channel.AUTHORITY_CUP, user=cup.operator.user
+                booking=booking,
+                channel=Booking.Channel.AUTHORITY_CUP,
+                user=cup.operator.user,  # type: ignore[arg-type]
             )
         kept.run(tasknames.FSE_CONSENT_CHECK, tasknames.FSE_OPERATION_SEND)
     deletes = ops(kind__in=[Operation.Kind.DELETE, Operation.Kind.MANIFEST_DELETE])
@@ -231,7 +238,11 @@ def test_a_revocation_before_sending_cancels_what_waits(fse: Gateway, cup: Cup, 
     signed_and_sent(report)
     publish = Operation.objects.get(kind=Operation.Kind.PUBLISH)
     assert publish.status == Operation.Status.PENDING
-    booking_services.consent_revoke(booking=booking, channel=Booking.Channel.AUTHORITY_CUP, user=cup.operator.user)
+    booking_services.consent_revoke(
+        booking=booking,
+        channel=Booking.Channel.AUTHORITY_CUP,
+        user=cup.operator.user,  # type: ignore[arg-type]
+    )
     fse.start()
     assert outbox.operation_send(op_pk=publish.pk, now=later(publish)) == Operation.Status.CANCELLED
     assert not fse.documents

@@ -21,7 +21,9 @@ from .standin import Gateway, cda_checker
 pytestmark = pytest.mark.django_db(transaction=False)
 
 
-def test_a_signed_report_is_validated_then_published_with_its_metadata(fse: Gateway, cup: Cup, reporting: Reporting) -> None:
+def test_a_signed_report_is_validated_then_published_with_its_metadata(
+    fse: Gateway, cup: Cup, reporting: Reporting
+) -> None:
     booking, report = booked_and_signed(cup, reporting)
     signed_and_sent(report)
 
@@ -39,7 +41,8 @@ def test_a_signed_report_is_validated_then_published_with_its_metadata(fse: Gate
     assert body["assettoOrganizzativo"] == "AD_PSC103" and body["tipologiaStruttura"] == "Ospedale"
     assert body["attiCliniciRegoleAccesso"] == []
     assert body["identificativoDoc"] == publish.document_id
-    assert body["dataInizioPrestazione"].startswith(reporting.study.study_date.strftime("%Y%m%d"))
+    study_date = reporting.study.study_date
+    assert study_date is not None and body["dataInizioPrestazione"].startswith(study_date.strftime("%Y%m%d"))
     # The JWTs: the one who publishes, for this patient, this file.
     claims = publication.claims
     assert claims["person_id"] == f"{MARIO_CF}^^^&2.16.840.1.113883.2.9.4.3.2&ISO"
@@ -102,7 +105,7 @@ def test_a_correction_replaces_the_document_and_an_addendum_is_a_new_one(
     replace = Operation.objects.get(report=correction, kind=Operation.Kind.REPLACE)
     assert replace.status == Operation.Status.DONE, replace.last_error
     assert replace.target_document_id == first.document_id != replace.document_id
-    put = fse.answered(f"/v1/documents/", "PUT")[-1]
+    put = fse.answered("/v1/documents/", "PUT")[-1]
     assert put.claims["action_id"] == "UPDATE" and put.claims["purpose_of_use"] == "UPDATE"
     assert fse.documents[first.document_id]["status"] == "replaced"
     assert fse.documents[replace.document_id]["status"] == "current"
