@@ -972,7 +972,10 @@ PACS_FSE_TIMEOUT_SECONDS = env_float("PACS_FSE_TIMEOUT_SECONDS", 30.0)
 PACS_FSE_RETRY_BASE_SECONDS = env_float("PACS_FSE_RETRY_BASE_SECONDS", 60.0)
 PACS_FSE_RETRY_MAX_SECONDS = env_float("PACS_FSE_RETRY_MAX_SECONDS", 3600.0)
 PACS_FSE_SENDING_STALE_SECONDS = env_float("PACS_FSE_SENDING_STALE_SECONDS", 600.0)
-for _fse_name, _fse_value in (("PACS_FSE_GATEWAY_URL", PACS_FSE_GATEWAY_URL), ("PACS_FSE_MANIFEST_URL", PACS_FSE_MANIFEST_URL)):
+for _fse_name, _fse_value in (
+    ("PACS_FSE_GATEWAY_URL", PACS_FSE_GATEWAY_URL),
+    ("PACS_FSE_MANIFEST_URL", PACS_FSE_MANIFEST_URL),
+):
     if _fse_value and not _fse_value.startswith(("https://", "http://")):
         raise ImproperlyConfigured(f"{_fse_name}: {_fse_value!r} is not an http(s) URL")
 if PACS_FSE_GATEWAY_URL and not (PACS_FSE_JWT_KEY_FILE and PACS_FSE_JWT_CERT_FILE and PACS_FSE_JWT_SUBJECT):

@@ -46,9 +46,7 @@ def amended(rep: Reporting, report: Report, kind: str) -> Report:
         findings="Micronodulo di 4 mm al lobo superiore destro, non presente nel referto precedente.",
         conclusion="Micronodulo polmonare: controllo TC a 12 mesi.",
     )
-    return reports.report_sign(
-        report=draft, user=radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision
-    )
+    return reports.report_sign(report=draft, user=radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision)
 
 
 def ops(**filters: Any) -> list[Operation]:
