@@ -63,8 +63,8 @@ def pdfa3_attach(
             description=description,
             filename=filename,
             mime_type=CDA_MIME,
-            creation_date=stamp.strftime("D:%Y%m%d%H%M%SZ"),  # LOCAL-FSEGW
-            mod_date=stamp.strftime("D:%Y%m%d%H%M%SZ"),  # LOCAL-FSEGW
+            creation_date=stamp,
+            mod_date=stamp,
             relationship=Name("/" + relationship),
         )
         doc.attachments[filename] = spec
