@@ -1453,7 +1453,7 @@ class StaffProfileForm(forms.ModelForm):
 
     class Meta:
         model = StaffProfile
-        fields = ("user", "title", "role", "authority", "cross_authority", "totp_secret")
+        fields = ("user", "title", "role", "codice_fiscale", "authority", "cross_authority", "totp_secret")
 
     def clean_totp_secret(self) -> str:
         secret = "".join(self.cleaned_data.get("totp_secret", "").split()).upper().rstrip("=")
@@ -1488,7 +1488,17 @@ class StaffProfileAdmin(StaffProfileAdminMixin, admin.ModelAdmin):
     list_select_related = ("user", "authority")
     autocomplete_fields = ("user",)
     readonly_fields = ("totp_configured",)
-    fields = ("user", "title", "role", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+    fields = (
+        "user",
+        "title",
+        "role",
+        "codice_fiscale",
+        "authority",
+        "cross_authority",
+        "totp_configured",
+        "totp_secret",
+        "totp_remove",
+    )
 
 
 class StaffProfileInline(StaffProfileAdminMixin, admin.StackedInline):
@@ -1498,7 +1508,16 @@ class StaffProfileInline(StaffProfileAdminMixin, admin.StackedInline):
     max_num = 1
     extra = 0
     readonly_fields = ("totp_configured",)
-    fields = ("title", "role", "authority", "cross_authority", "totp_configured", "totp_secret", "totp_remove")
+    fields = (
+        "title",
+        "role",
+        "codice_fiscale",
+        "authority",
+        "cross_authority",
+        "totp_configured",
+        "totp_secret",
+        "totp_remove",
+    )
     verbose_name_plural = _("profilo del personale (azienda sanitaria, secondo fattore per la firma)")
 
 

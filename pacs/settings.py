@@ -774,6 +774,13 @@ PACS_SIGNING_DIR = Path(env_str("PACS_SIGNING_DIR", str(VAR_DIR / "pki"))).resol
 PACS_SIGNING_KEY_PASSPHRASE = env_secret("PACS_SIGNING_KEY_PASSPHRASE", "")
 # Also store each signed report in its study as a DICOM Encapsulated PDF instance.
 PACS_REPORT_ENCAPSULATED_PDF = env_bool("PACS_REPORT_ENCAPSULATED_PDF", False)
+# The OID under which the archive names its CDA documents (id/setId: <root>.4.4), its
+# patients (<root>.4.1), orders (<root>.4.5), encounters (<root>.4.6) and facilities
+# (<root>.4.7): the region's branch of the HL7 Italia tree (2.16.840.1.113883.2.9.2.<region>)
+# or the health authority's own. The default, region "999", is for tests and the demo only.
+PACS_CDA_OID_ROOT = env_str("PACS_CDA_OID_ROOT", "2.16.840.1.113883.2.9.2.999")
+if not re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))+", PACS_CDA_OID_ROOT):
+    raise ImproperlyConfigured(f"PACS_CDA_OID_ROOT must be an OID (digits and dots), not {PACS_CDA_OID_ROOT!r}")
 # A signing queues its follow-ups (the Encapsulated PDF, the booking
 # *refertato*, the portal's publication) on commit; a sweep queues again those
 # not done this many seconds after the signing (a broker down, a process that

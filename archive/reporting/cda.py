@@ -164,7 +164,7 @@ def _fiscal_id(parent: etree._Element, code: str) -> None:
     if code:
         _el(parent, "id", root=OID_CODICE_FISCALE, extension=code, assigningAuthorityName="MEF")
     else:
-        _el(parent, "id", nullFlavor="UNK", root=OID_CODICE_FISCALE)
+        _el(parent, "id", nullFlavor="UNK")
 
 
 def document_ids(report: Any) -> dict[str, str]:
@@ -462,8 +462,8 @@ def report_cda(
             displayName=booked.procedure_description[:200],
         )
     else:
-        code = _el(act, "code", nullFlavor="OTH")
-        _el(code, "originalText", study.study_description or "Esame radiologico")
+        uncoded = _el(act, "code", nullFlavor="OTH")
+        _el(uncoded, "originalText", study.study_description or "Esame radiologico")
     _el(act, "statusCode", code="completed")
     if study.study_date:
         _el(act, "effectiveTime", value=study.study_date.strftime("%Y%m%d"))

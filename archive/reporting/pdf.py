@@ -55,8 +55,9 @@ def _register_fonts() -> tuple[str, str, str]:
     for name, file in faces.items():
         if name not in pdfmetrics.getRegisteredFontNames():
             pdfmetrics.registerFont(TTFont(name, str(folder / file)))
-    for bold, italic, name in ((0, 0, "PacsSans"), (1, 0, "PacsSans-Bold"), (0, 1, "PacsSans-Oblique")):
-        addMapping("PacsSans", bold, italic, name)
+    addMapping("PacsSans", 0, 0, "PacsSans")
+    addMapping("PacsSans", 1, 0, "PacsSans-Bold")
+    addMapping("PacsSans", 0, 1, "PacsSans-Oblique")
     addMapping("PacsSans", 1, 1, "PacsSans-BoldOblique")
     return "PacsSans", "PacsSans-Bold", "PacsSans-Oblique"
 
@@ -103,6 +104,7 @@ def _facts(rows: list[tuple[str, str]]) -> Table:
         TableStyle(
             [
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("FONTNAME", (0, 0), (-1, -1), _FONT),  # the cells' default: embedded, as PDF/A wants
                 ("LEFTPADDING", (0, 0), (-1, -1), 0),
                 ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
                 ("TOPPADDING", (0, 0), (-1, -1), 1.5),
@@ -295,6 +297,7 @@ def report_pdf(
         subject=exam_name(study, booked),
         creator="PACS regionale FVG",
         pageCompression=0,
+        initialFontName=_FONT,  # else every page names a Helvetica that is not embedded
     )
     doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
     return buffer.getvalue()

@@ -22,6 +22,7 @@ from functools import cache
 
 import pikepdf
 from pikepdf import Array, Dictionary, Name, Pdf, Stream
+from pikepdf.models.metadata import encode_pdf_date
 
 CDA_FILENAME = "cda.xml"
 CDA_MIME = "text/xml"
@@ -56,7 +57,7 @@ def pdfa3_attach(
     with Pdf.open(io.BytesIO(pdf)) as doc:
         if doc.is_encrypted:
             raise ValueError("a PDF/A cannot be encrypted")
-        stamp = when or dt.datetime.now(dt.UTC)
+        stamp = encode_pdf_date(when or dt.datetime.now(dt.UTC))
         spec = pikepdf.AttachedFileSpec(
             doc,
             xml,
@@ -65,8 +66,8 @@ def pdfa3_attach(
             mime_type=CDA_MIME,
             creation_date=stamp,
             mod_date=stamp,
-            relationship=Name("/" + relationship),
         )
+        spec.obj.AFRelationship = Name("/" + relationship)
         doc.attachments[filename] = spec
         doc.Root.AF = Array([spec.obj])
         for key in ("/OpenAction", "/AA", "/JavaScript"):
@@ -86,6 +87,8 @@ def pdfa3_attach(
                 )
             ]
         )
+        if "/Trapped" in doc.docinfo:  # reportlab's; XMP has no equivalent to keep them alike
+            del doc.docinfo["/Trapped"]
         with doc.open_metadata(set_pikepdf_as_editor=False) as meta:
             meta.load_from_docinfo(doc.docinfo)
             meta["pdfaid:part"] = "3"
