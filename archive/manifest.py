@@ -54,6 +54,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, DT, TM
 
 from archive.storage import retrieve
 from archive.storage import tiers as storage
@@ -114,10 +115,14 @@ def is_manifest(dataset: Dataset) -> bool:
     if str(dataset.get("SOPClassUID", "")) != KEY_OBJECT_SELECTION:
         return False
     title = dataset.get("ConceptNameCodeSequence") or []
-    return bool(title) and (
-        str(title[0].get("CodeValue", "")).strip(),
-        str(title[0].get("CodingSchemeDesignator", "")).strip(),
-    ) == MANIFEST_CODE[:2]
+    return (
+        bool(title)
+        and (
+            str(title[0].get("CodeValue", "")).strip(),
+            str(title[0].get("CodingSchemeDesignator", "")).strip(),
+        )
+        == MANIFEST_CODE[:2]
+    )
 
 
 def _header(instance: Instance) -> Dataset:
@@ -241,8 +246,11 @@ def manifest_dataset(
         content_date=created.date(),
         content_time=created.time().replace(microsecond=0),
     )
-    document.InstanceCreationDate = created.strftime("%Y%m%d")
-    document.InstanceCreationTime = created.strftime("%H%M%S")
+    document.InstanceCreationDate = DA(created.date())
+    document.InstanceCreationTime = TM(created.time().replace(microsecond=0))
+    for equipment in document.get("ContributingEquipmentSequence") or []:
+        # highdicom records itself as contributing equipment, at the clock's time.
+        equipment.ContributionDateTime = DT(created.replace(microsecond=0))
     if study.issuer_of_patient_id:
         document.IssuerOfPatientID = study.issuer_of_patient_id
     # Where to fetch each series (IHE RAD TF-3 4.68.4.1.2.3: XDS-I.b, RAD-69 and RAD-107).
@@ -305,7 +313,9 @@ def study_manifest(*, study: Study) -> Instance:
     except IngestError as exc:
         if exc.code == "out_of_resources":
             raise Unavailable(exc.message) from exc
-        raise ManifestError(f"manifest of {study.study_instance_uid} not stored: {exc.message}", code="storage") from exc
+        raise ManifestError(
+            f"manifest of {study.study_instance_uid} not stored: {exc.message}", code="storage"
+        ) from exc
     if result.outcome == CONFLICT:
         raise ManifestError(f"manifest {sop_uid} conflicts with an archived object", code="storage")
     logger.info("manifest %s of study %s: %d instances", sop_uid, study.study_instance_uid, len(current))
@@ -330,9 +340,12 @@ def study_manifest_refresh(*, study: Study) -> Instance | None:
 def _manifests_query(study: Study | OuterRef) -> QuerySet[Instance]:
     """The archive's manifests of a study as the index can tell them without reading a file
     (their series' number and SOP class): what the sweep asks."""
-    return Instance.objects.filter(
-        series__study=study, series__series_number=MANIFEST_SERIES_NUMBER, sop_class_uid=KEY_OBJECT_SELECTION
+    manifests = Instance.objects.filter(
+        series__series_number=MANIFEST_SERIES_NUMBER, sop_class_uid=KEY_OBJECT_SELECTION
     )
+    if isinstance(study, Study):
+        return manifests.filter(series__study=study)
+    return manifests.filter(series__study_id=study)
 
 
 def reports_manifest_overdue(*, signed: QuerySet[Report], limit: int) -> list[tuple[int, int]]:

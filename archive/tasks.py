@@ -192,20 +192,27 @@ def study_manifest(study_pk: int, report_pk: int | None = None, refresh: bool = 
 
 def manifest_on_report_signed(sender: Any, report_pk: int, study_pk: int, **kwargs: Any) -> None:
     """``report_signed`` receiver: queue :func:`study_manifest` once committed."""
-    transaction.on_commit(lambda: study_manifest.delay(study_pk, report_pk))
+    transaction.on_commit(lambda: _manifest_enqueue(study_pk, report_pk, False))
 
 
 def manifest_on_instances_rejected(sender: Any, note_pk: int, study_pk: int, **kwargs: Any) -> None:
     """``instances_rejected`` receiver: queue a new manifest (if the study has one) once committed."""
-    transaction.on_commit(lambda: study_manifest.delay(study_pk, None, True))
+    transaction.on_commit(lambda: _manifest_enqueue(study_pk, None, True))
+
+
+def _manifest_enqueue(study_pk: int, report_pk: int | None, refresh: bool) -> None:
+    try:
+        study_manifest.delay(study_pk, report_pk, refresh)
+    except Exception:
+        # The signing or the rejection stands; study_manifest_sweep queues a signing's
+        # manifest again, rejections_announce_sweep announces the day's notes again.
+        logger.exception("manifest of study %s not queued", study_pk)
 
 
 @shared_task(name=tasknames.STUDY_MANIFEST_SWEEP)
 def study_manifest_sweep() -> int:
     """Queue again the manifests of signed reports whose task was lost (a broker outage)."""
-    due = manifest.reports_manifest_overdue(
-        signed=reports.reports_signed_overdue(), limit=reports.FOLLOWUP_SWEEP_LIMIT
-    )
+    due = manifest.reports_manifest_overdue(signed=reports.reports_signed_overdue(), limit=reports.FOLLOWUP_SWEEP_LIMIT)
     return sweeps.requeue(
         study_manifest, due, logger=logger, message="queued the manifest of %d studies with an overdue signed report"
     )
