@@ -39,10 +39,8 @@ class OperationAdmin(AuditedAdminMixin, VisibleRowsMixin, ReadOnlyAdmin):
         "accession_number",
         "report_version",
         "attempts",
-        "next_attempt_at",
         "last_status_code",
         "short_error",
-        "updated_at",
     )
     list_filter = ("status", "kind", "last_status_code")
     search_fields = ("booking__accession_number", "document_id", "target_document_id", "trace_id", "last_error")
