@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -29,11 +30,11 @@ pytestmark = [
 
 def test_the_outbox_pages_in_a_browser(
     transactional_db: None,
-    live_server,  # type: ignore[no-untyped-def]
+    live_server: Any,
     fse: Gateway,
     cup: Cup,
     reporting: Reporting,
-    settings,  # type: ignore[no-untyped-def]
+    settings: Any,
     tmp_path: Path,
 ) -> None:
     from playwright.sync_api import sync_playwright
