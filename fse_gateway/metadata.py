@@ -106,7 +106,7 @@ def document_body(*, report: Report, booking: Booking, document_id: str, operati
     }
 
 
-def metadata_body(*, report: Report, booking: Booking) -> dict[str, Any]:
+def metadata_body(*, report: Report, booking: Booking, operation_pk: int) -> dict[str, Any]:
     """A metadata update (``PUT /documents/{id}/metadata``): the same classification, today's access rules."""
     start, end = service_period(report.study, booking)
     return {
@@ -117,7 +117,7 @@ def metadata_body(*, report: Report, booking: Booking) -> dict[str, Any]:
         "dataInizioPrestazione": start,
         "dataFinePrestazione": end,
         "tipoAttivitaClinica": "ERP",
-        "identificativoSottomissione": submission_id(0),
+        "identificativoSottomissione": submission_id(operation_pk),
     }
 
 

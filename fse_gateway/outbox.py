@@ -458,7 +458,7 @@ def operation_send(*, op_pk: int, now: dt.datetime | None = None) -> str:
             _log(op, exchange)
             status = _outcome(op, exchange, now=now, accept={404})
         else:
-            body = metadata.metadata_body(report=op.report, booking=booking)
+            body = metadata.metadata_body(report=op.report, booking=booking, operation_pk=op.pk)
             op.metadata = body
             exchange = gateway.metadata_update(target=op.target_document_id, body=body, patient_cf=cf)
             _log(op, exchange)

@@ -200,6 +200,7 @@ def test_a_concealed_report_carries_the_oscuramento_and_a_reveal_updates_it(
     assert update.status == Operation.Status.DONE, update.last_error
     [put] = [r for r in fse.received if r.path.endswith("/metadata")]
     assert put.body["attiCliniciRegoleAccesso"] == []
+    assert put.body["identificativoSottomissione"].endswith(f".{update.pk}")
     assert put.claims["action_id"] == "UPDATE"
     doc = Operation.objects.get(kind=Operation.Kind.PUBLISH).document_id
     assert fse.documents[doc]["body"]["attiCliniciRegoleAccesso"] == []
