@@ -98,10 +98,15 @@ def report_document_id(report: Report, pdf: bytes | None = None) -> str:
 def study_manifest_instance(report: Report) -> Any:
     """The study's KOS manifest (made or found by ``archive.manifest.study_manifest``); ``None`` without it."""
     try:
-        from archive.manifest import study_manifest
+        from archive.manifest import ManifestError, study_manifest
     except ImportError:  # the KOS manifest is not built on this branch
         return None
-    return study_manifest(study=report.study)
+    try:
+        return study_manifest(study=report.study)
+    except ManifestError as exc:
+        # The report goes out all the same; the images stay reachable through the archive.
+        logger.error("FSE: no KOS manifest for study %s: %s", report.study.study_instance_uid, exc)
+        return None
 
 
 def instance_bytes(instance: Any) -> bytes:
