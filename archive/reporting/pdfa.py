@@ -21,13 +21,14 @@ import io
 from functools import cache
 
 import pikepdf
-from pikepdf import Array, Dictionary, Name, Pdf, Stream
+from pikepdf import Array, Dictionary, Name, Pdf, PdfError, Stream
 from pikepdf.models.metadata import encode_pdf_date
 
 CDA_FILENAME = "cda.xml"
 CDA_MIME = "text/xml"
 # The CDA is the structured source the readable PDF renders (ISO 32000-2, 7.11.3).
 AF_RELATIONSHIP = "Source"
+__all__ = ["PdfError", "pdf_attachment", "pdfa3_attach", "srgb_icc"]
 SRGB_IDENTIFIER = "sRGB IEC61966-2.1"
 
 
@@ -94,7 +95,7 @@ def pdfa3_attach(
             meta["pdfaid:part"] = "3"
             meta["pdfaid:conformance"] = "B"
         out = io.BytesIO()
-        doc.save(out, fix_metadata_version=True)
+        doc.save(out, fix_metadata_version=True, min_version="1.7")  # PDF/A-3 rests on ISO 32000-1 (PDF 1.7)
         return out.getvalue()
 
 

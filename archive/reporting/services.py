@@ -593,7 +593,7 @@ def report_sign(
     from archive.reporting.booked import booked_exam, facility_contacts
     from archive.reporting.cda import report_cda, user_fiscal_code
     from archive.reporting.pdf import report_pdf
-    from archive.reporting.pdfa import pdfa3_attach
+    from archive.reporting.pdfa import PdfError, pdfa3_attach
 
     booked = booked_exam(study.pk)
     contacts = facility_contacts(study.facility_id)
@@ -614,6 +614,14 @@ def report_sign(
         )
         pdf = pdfa3_attach(drawn, xml=cda, when=signed_at)
         p7m = signing.cades_sign_detached(data=pdf, user=user, signing_time=signed_at)
+    except (ValueError, PdfError) as exc:
+        # The PDF/A or its CDA could not be made: nothing is signed, nothing stored.
+        logger.exception("the PDF/A-3 of report %s failed", row.pk)
+        raise failure(
+            f"pdfa: {exc}",
+            _("Firma non eseguita: il PDF/A del referto non si è potuto comporre (%(reason)s).") % {"reason": exc},
+            "signing",
+        ) from exc
     except signing.SigningError as exc:
         logger.exception("signing report %s failed", row.pk)
         message = getattr(exc, "message", "") or str(exc)

@@ -68,6 +68,12 @@ def pdfa_problems(data: bytes) -> list[str]:
                 )
                 if not embedded:
                     problems.append(f"page {number}: font {font_name} ({font.get('/BaseFont')}) not embedded")
+            # The output intent is RGB: a CMYK colour would need a CMYK one (ISO 19005-3, 6.2.4.3).
+            operators = {str(op) for _operands, op in pikepdf.parse_content_stream(page)}
+            if operators & {"k", "K"}:
+                problems.append(f"page {number}: DeviceCMYK colour with an RGB output intent")
+            if "/Annots" in page:
+                problems.append(f"page {number}: annotations")
         af = pdf.Root.get("/AF", [])
         if len(af) != 1:
             problems.append(f"{len(af)} associated files")
@@ -190,3 +196,38 @@ def test_report_file_refuses_a_damaged_cda_and_an_unknown_file(reporting: Report
     with pytest.raises(reports.ReportError) as unknown:
         stored(signed, "docx")
     assert unknown.value.code == "invalid"
+
+
+def test_a_pdfa_that_cannot_be_made_signs_and_stores_nothing(
+    reporting: Reporting,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from archive.reporting import pdfa
+
+    draft = written_draft(reporting)
+
+    def broken(pdf: bytes, **kwargs: object) -> bytes:
+        raise ValueError("a PDF/A cannot be encrypted")
+
+    monkeypatch.setattr(pdfa, "pdfa3_attach", broken)
+    with pytest.raises(reports.ReportError) as refused:
+        reports.report_sign(
+            report=draft, user=reporting.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision
+        )
+    assert refused.value.code == "signing" and "PDF/A" in str(refused.value)
+    draft.refresh_from_db()
+    assert draft.status == Report.Status.DRAFT and draft.cda_path == "" and draft.pdf_path == ""
+
+
+def test_bad_input_to_the_pdfa_helpers() -> None:
+    from archive.reporting.pdfa import PdfError, pdfa3_attach
+
+    with pytest.raises(PdfError):
+        pdfa3_attach(b"not a pdf", xml=b"<x/>")
+    assert pdf_attachment(b"not a pdf") is None
+
+
+def test_the_pdfa_declares_pdf_1_7(reporting: Reporting) -> None:  # noqa: F811
+    pdf = stored(signed_report(reporting), "pdf")
+    assert pdf.startswith(b"%PDF-1.7\n%")
+    assert all(b > 127 for b in pdf.split(b"\n")[1][1:5])  # the binary comment PDF/A asks for

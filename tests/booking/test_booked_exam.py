@@ -192,3 +192,31 @@ def test_an_exam_without_booking_keeps_the_dicom_description_and_the_facility_co
     assert f"Esame {reporting.study.study_description}" in text
     assert "87.41" not in text and "Descrizione DICOM" not in text and "Reparto" not in text
     assert f"{ADDRESS} – Tel. {PHONE}" in text
+
+
+def test_the_signed_cda_carries_the_prescription_and_the_booked_procedure(cup: Cup, reporting: Reporting) -> None:  # noqa: F811
+    from lxml import etree
+
+    from archive.reporting.cda import cda_problems
+    from archive.reporting.cda_rules import NSMAP
+
+    nre = "0100A4001234567"
+    linked_booking(cup, reporting.study, referring_physician=REFERRING, nre=nre)
+    assert booked_exam(reporting.study.pk).nre == nre  # type: ignore[union-attr]
+    from archive.models import StaffProfile
+
+    StaffProfile.objects.filter(user=reporting.radiologist).update(codice_fiscale="CSSSFN70A01L424X")
+    draft = written_draft(reporting)
+    signed = reports.report_sign(
+        report=draft, user=reporting.radiologist, password=RADIOLOGIST_PASSWORD, revision=draft.revision
+    )
+    cda = reports.report_file(report=signed, which="cda")
+    assert cda_problems(cda) == []
+    doc = etree.fromstring(cda)
+    order = "/hl7:ClinicalDocument/hl7:inFulfillmentOf/hl7:order"
+    assert doc.xpath(f"string({order}/hl7:id[@root='2.16.840.1.113883.2.9.4.3.9']/@extension)", namespaces=NSMAP) == nre
+    assert doc.xpath("string(//hl7:serviceEvent/hl7:code/@code)", namespaces=NSMAP) == "RAD_PROG"
+    assert (
+        doc.xpath("string(//hl7:section[hl7:code/@code='55111-9']//hl7:act/hl7:code/@code)", namespaces=NSMAP)
+        == "87.41"
+    )
