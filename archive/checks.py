@@ -257,3 +257,18 @@ def check_viewer_bundle(app_configs: Any, **kwargs: Any) -> list[Any]:
             id="archive.E040",
         )
     ]
+
+
+@register(deploy=True)
+def check_manifest_public_url(app_configs: Any, **kwargs: Any) -> list[Any]:
+    """The study manifests (archive.manifest) tell the FSE where to fetch the images: an absolute URL."""
+    if settings.PACS_PUBLIC_URL:
+        return []
+    return [
+        Warning(
+            "PACS_PUBLIC_URL is not set: the studies' XDS-I.b manifests carry no Retrieve URL (WADO-RS), "
+            "only the facility's AE title.",
+            hint="PACS_PUBLIC_URL=https://pacs.example.org (the address the FSE and other clients use).",
+            id="archive.W050",
+        )
+    ]

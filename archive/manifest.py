@@ -48,7 +48,7 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -184,6 +184,15 @@ def _reference(instance: Instance) -> Reference:
     )
 
 
+def _valid_time(value: str) -> TM | None:
+    """The study's time as a TM, None when empty or not a time (a modality's odd value
+    must not stop the manifest: Study Time is type 2)."""
+    try:
+        return TM(value) if value else None
+    except ValueError:
+        return None
+
+
 def manifest_dataset(
     *, study: Study, instances: list[Instance], sop_instance_uid: str, instance_number: int
 ) -> Dataset:
@@ -213,7 +222,7 @@ def manifest_dataset(
     first.AccessionNumber = study.accession_number
     first.StudyID = study.study_id
     first.StudyDate = study.study_date.strftime("%Y%m%d") if study.study_date else None
-    first.StudyTime = study.study_time or None
+    first.StudyTime = _valid_time(study.study_time)
     first.ReferringPhysicianName = study.referring_physician_name
     first.SpecificCharacterSet = "ISO_IR 192"
 
@@ -349,12 +358,21 @@ def _manifests_query(study: Study | OuterRef) -> QuerySet[Instance]:
 
 
 def reports_manifest_overdue(*, signed: QuerySet[Report], limit: int) -> list[tuple[int, int]]:
-    """(study, report) of the signed versions in ``signed`` whose study has no manifest made
-    since its last arrival (the report's own Encapsulated PDF included): the task queued at
-    signing was lost. A study whose manifest is current is never one, so a run finds only
-    what is owed."""
-    current = _manifests_query(OuterRef("study_id")).filter(received_at__gte=OuterRef("study__last_received_at"))
-    return [
-        (study_pk, report_pk)
-        for report_pk, study_pk in signed.exclude(Exists(current)).values_list("pk", "study_id")[:limit]
-    ]
+    """(study, report) of the signed versions in ``signed`` whose study has an instance in
+    regular use newer than its last manifest (the report's own Encapsulated PDF included),
+    or instances and no manifest: the task queued at signing was lost. Withdrawn objects
+    (rejected instances, rejection notes) are not arrivals, so a study whose manifest is
+    current is never one and a run finds only what is owed."""
+    manifests = _manifests_query(OuterRef("study_id")).order_by("-received_at").values("received_at")[:1]
+    arrivals = (
+        Instance.objects.filter(series__study_id=OuterRef("study_id"))
+        .exclude(series__series_number=MANIFEST_SERIES_NUMBER, sop_class_uid=KEY_OBJECT_SELECTION)
+        .order_by("-received_at")
+        .values("received_at")[:1]
+    )
+    due = (
+        signed.annotate(last_manifest=Subquery(manifests), last_arrival=Subquery(arrivals))
+        .filter(last_arrival__isnull=False)
+        .filter(Q(last_manifest__isnull=True) | Q(last_arrival__gt=F("last_manifest")))
+    )
+    return [(study_pk, report_pk) for report_pk, study_pk in due.values_list("pk", "study_id")[:limit]]

@@ -184,8 +184,11 @@ def study_manifest(study_pk: int, report_pk: int | None = None, refresh: bool = 
         return ""
     try:
         made = manifest.study_manifest_refresh(study=study) if refresh else manifest.study_manifest(study=study)
-    except manifest.ManifestError:
-        logger.exception("no manifest for study %s", study_pk)
+    except manifest.ManifestError as exc:
+        if exc.code == "empty":  # every instance withdrawn: nothing to name, nothing to retry
+            logger.warning("no manifest for study %s: %s", study_pk, exc.message)
+        else:
+            logger.exception("no manifest for study %s", study_pk)
         return ""
     return made.sop_instance_uid if made is not None else ""
 

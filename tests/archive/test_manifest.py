@@ -278,7 +278,7 @@ def test_signing_queues_the_manifest_which_lists_the_signed_pdf(reporting: Repor
     assert Instance.objects.count() == count
 
 
-def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting, settings: Any) -> None:  # noqa: F811
+def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting, settings: Any, tmp_path: Path) -> None:  # noqa: F811
     from archive import tasks
 
     settings.PACS_REPORT_FOLLOWUP_GRACE_SECONDS = 3600
@@ -299,6 +299,20 @@ def test_the_sweep_queues_a_manifest_the_broker_lost(reporting: Reporting, setti
     with tasks_kept() as kept:
         assert tasks.study_manifest_sweep() == 0
         assert kept.messages == []
+    # A rejection note is no arrival (withdrawn, as what it rejects): its own reaction makes the manifest.
+    victim = Instance.objects.filter(series__study=reporting.study).first()
+    assert victim is not None
+    note = rejection_note([dcmread(_path(victim), stop_before_pixels=True)])
+    note.save_as(tmp_path / "note.dcm", enforce_file_format=True)
+    instance_ingest(path=tmp_path / "note.dcm", facility=reporting.region.facility, owned=False, calling_ae="CT01")
+    with tasks_kept() as kept:
+        assert tasks.study_manifest_sweep() == 0
+    # An image that arrives after the manifest: owed a new one.
+    _more_instances(reporting.study, tmp_path, reporting.region, "late", count=1)
+    with tasks_kept() as kept:
+        assert tasks.study_manifest_sweep() == 1
+        kept.run(tasknames.STUDY_MANIFEST)
+        assert tasks.study_manifest_sweep() == 0
 
 
 # --- RAD-69: the archive answers what the manifest lists --------------------------------
@@ -428,3 +442,20 @@ def test_an_imaging_source_uid_that_is_not_a_uid_is_refused_at_start_up() -> Non
         [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0 and "PACS_IMAGING_SOURCE_UID must be a DICOM UID" in done.stderr
+
+
+def test_an_odd_study_time_from_the_modality_does_not_stop_the_manifest(region: Any, tmp_path: Path) -> None:
+    study = ingest_study(tmp_path, region)
+    Study.objects.filter(pk=study.pk).update(study_time="10:10")
+    ds = _dataset(study_manifest(study=study))
+    assert ds.StudyTime == ""  # type 2: present, empty
+    assert len(manifest.manifest_references(ds)) == 6
+
+
+def test_check_deploy_warns_when_the_manifests_would_carry_no_url(settings: Any) -> None:
+    from archive.checks import check_manifest_public_url
+
+    assert check_manifest_public_url(None) == []
+    settings.PACS_PUBLIC_URL = ""
+    (warning,) = check_manifest_public_url(None)
+    assert warning.id == "archive.W050"
