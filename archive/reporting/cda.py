@@ -54,6 +54,7 @@ OID_CONFIDENTIALITY = "2.16.840.1.113883.5.25"
 OID_GENDER = "2.16.840.1.113883.5.1"
 OID_PRIORITY = "2.16.840.1.113883.5.7"
 OID_SOP_CLASS = "1.2.840.10008.2.6.1"
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "cda" / "POCD_MT000040_subset.xsd"
 
 _SECTION = {
@@ -223,26 +224,30 @@ def _exposure(procedure: etree._Element, report: Any) -> None:
     """The exposure sub-section of "Esame eseguito": the confirmed text, and coded doses."""
     text = (getattr(report, "exposure", "") or "").strip()
     data = getattr(report, "exposure_data", None) or {}
-    if not text and not data:
+    ct = data.get("ct") or {}
+    projection = data.get("projection") or {}
+    nm = data.get("nm") or {}
+    # (DICOM code, its meaning, the figure, its UCUM unit): the figures the report has.
+    doses = [
+        (code, meaning, value, unit)
+        for code, meaning, value, unit in (
+            ("113830", "Mean CTDIvol", ct.get("ctdivol_max_mgy"), "mGy"),
+            ("113813", "CT Dose Length Product Total", ct.get("dlp_total_mgycm"), "mGy.cm"),
+            ("113722", "Dose Area Product Total", projection.get("dap_total_gycm2"), "Gy.cm2"),
+            ("111636", "Entrance Exposure at RP", projection.get("entrance_dose_mgy"), "mGy"),
+            ("113507", "Administered activity", nm.get("activity_mbq"), "MBq"),
+        )
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    if not text and not doses:
         return
     sub = _el(_el(procedure, "component"), "section", ID="sec-exposure")
     code, system, system_name, title = _SECTION["exposure"]
     _el(sub, "code", code=code, codeSystem=system, codeSystemName=system_name, displayName=title)
     _el(sub, "title", title)
     _text(sub, text or "-")
-    ct = data.get("ct") or {}
-    if ct.get("ctdivol_max_mgy") is not None:
-        _pq_observation(sub, "113830", "Mean CTDIvol", ct["ctdivol_max_mgy"], "mGy")
-    if ct.get("dlp_total_mgycm") is not None:
-        _pq_observation(sub, "113813", "CT Dose Length Product Total", ct["dlp_total_mgycm"], "mGy.cm")
-    projection = data.get("projection") or {}
-    if projection.get("dap_total_gycm2") is not None:
-        _pq_observation(sub, "113722", "Dose Area Product Total", projection["dap_total_gycm2"], "Gy.cm2")
-    if projection.get("entrance_dose_mgy") is not None:
-        _pq_observation(sub, "111636", "Entrance Exposure at RP", projection["entrance_dose_mgy"], "mGy")
-    nm = data.get("nm") or {}
-    if nm.get("activity_mbq") is not None:
-        _pq_observation(sub, "113507", "Administered activity", nm["activity_mbq"], "MBq")
+    for dose_code, meaning, value, unit in doses:
+        _pq_observation(sub, dose_code, meaning, value, unit)
 
 
 def _catalog(body: etree._Element, study: Any, instances: Iterable[Any]) -> None:
@@ -444,7 +449,13 @@ def report_cda(
     if instances is None:
         from archive.models import Instance
 
-        instances = Instance.objects.filter(series__study=study).select_related("series")
+        # The study's images and documents; its manifests and rejection notes (Key Object
+        # Selection) are about the instances, not among them (published beside the report).
+        instances = (
+            Instance.objects.filter(series__study=study)
+            .exclude(sop_class_uid=KEY_OBJECT_SELECTION)
+            .select_related("series")
+        )
     _catalog(body, study, instances)
     if report.clinical_question.strip():
         _section(body, "question", report.clinical_question)

@@ -436,3 +436,38 @@ def test_the_schema_refuses_what_cda_r2_refuses(exposed_cda: bytes) -> None:
     problems = cda_problems(etree.tostring(doc))
     assert [p.rule for p in problems] == ["XSD"] and "title" in str(problems[0])
     assert [p.rule for p in cda_problems(b"<ClinicalDocument")] == ["XML"]
+
+
+def test_no_exposure_figures_no_exposure_section_and_a_bad_figure_is_left_out(reporting: Reporting) -> None:  # noqa: F811
+    only_source = build(make_version(reporting, exposure_data={"source": "manual"}), reporting)
+    assert xp(only_source, "count(//hl7:section[hl7:code/@code='73569-6'])") == 0
+    odd = make_version(
+        reporting,
+        version=2,
+        exposure="Esposizione non registrata dalla modalità.",
+        exposure_data={"source": "manual", "ct": {"ctdivol_max_mgy": "8,2", "dlp_total_mgycm": 100.0}},
+    )
+    xml = build(odd, reporting)
+    assert cda_problems(xml) == []
+    assert xp(xml, "//hl7:section[hl7:code/@code='73569-6']//hl7:observation/hl7:code/@code") == ["113813"]
+
+
+def test_a_provisional_patient_without_codice_fiscale_is_not_publishable(reporting: Reporting) -> None:  # noqa: F811
+    patient = reporting.study.patient
+    patient.codice_fiscale, patient.provisional = None, True
+    patient.save()
+    reporting.study.refresh_from_db()
+    rules = {p.rule for p in cda_problems(build(make_version(reporting), reporting))}
+    assert rules == {"ERRORE-10a"}
+
+
+def test_the_catalog_leaves_out_key_object_selections(reporting: Reporting) -> None:  # noqa: F811
+    from archive.models import Instance
+    from archive.reporting.cda import KEY_OBJECT_SELECTION
+
+    one = Instance.objects.filter(series__study=reporting.study).order_by("pk").first()
+    assert one is not None
+    Instance.objects.filter(pk=one.pk).update(sop_class_uid=KEY_OBJECT_SELECTION)
+    xml = build(make_version(reporting), reporting)
+    listed = xp(xml, "//hl7:section[hl7:code/@code='121181']//hl7:observation/hl7:id/@root")
+    assert len(listed) == 5 and one.sop_instance_uid not in listed
