@@ -35,8 +35,9 @@ immutable evidence of what was published, and the document registry (the FSE
 gateway's replacement of the earlier version) is what supersedes it for
 consumers; the latest is the highest InstanceNumber.
 
-The document is derived from the index alone (its UID from the previous
-manifest's and the references, its dates from the references' arrival), so
+The document is derived from the index alone (its UID and number from the
+manifests made before and the references, its dates from the references'
+arrival), so
 two workers that make it at once make the same bytes, and ingestion keeps one.
 """
 
@@ -302,17 +303,23 @@ def study_manifest(*, study: Study) -> Instance:
         return last
     if not current:
         raise ManifestError(f"study {study.study_instance_uid} has no instance to reference", code="empty")
+    # Every manifest the series ever held counts, a withdrawn one too (a rejection note may
+    # name a manifest): the next one never takes an earlier one's UID or number.
+    made_before = Instance.all_objects.filter(
+        series__series_instance_uid=manifest_series_uid(study.study_instance_uid)
+    ).count()
     sop_uid = str(
         generate_uid(
             entropy_srcs=[
                 study.study_instance_uid,
                 "XDS-I.b manifest",
+                str(made_before),
                 last.sop_instance_uid if last else "",
                 *sorted(r.sop_uid for r in current),
             ]
         )
     )
-    number = (last.instance_number or len(manifests)) + 1 if last else 1
+    number = made_before + 1
     document = manifest_dataset(study=study, instances=instances, sop_instance_uid=sop_uid, instance_number=number)
     buffer = io.BytesIO()
     dcmwrite(buffer, document, enforce_file_format=True)

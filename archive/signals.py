@@ -32,7 +32,8 @@ commits (``transaction.on_commit``), in the process that signed it. It says:
 this report is final and may be published (the citizen portal, if the
 patient chose online delivery), and the study may be packaged for
 preservation. The signing request sends it: receivers only enqueue.
-Connected in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
+Connected in ``ArchiveConfig.ready``: ``archive.tasks.manifest_on_report_signed``
+(queues ``study_manifest``: the study's XDS-I.b manifest); in ``BookingConfig.ready``: ``booking.tasks.report_signed_booking``
 (queues ``booking_reported``: the booking becomes "refertato"); in
 ``PortalConfig.ready``: ``portal.tasks.publish_on_report_signed`` (queues
 ``report_publish``); in ``PreservationConfig.ready``:
@@ -47,6 +48,8 @@ Sent after the transaction that withdrew instances of a study commits (a
 rejection note, or a rejected instance arriving after its note), by
 :mod:`archive.rejection`. It says: these instances are no longer in regular
 use; what was made of them above the archive may need a person. Connected in
+``ArchiveConfig.ready``: ``archive.tasks.manifest_on_instances_rejected`` (queues
+``study_manifest``: a new manifest when the study has one); in
 ``PortalConfig.ready``: ``portal.tasks.rejection_enqueue`` (queues
 ``rejection_portal``: live zips of the study withdrawn, a notice when the
 report was published); in ``PreservationConfig.ready``:

@@ -459,3 +459,18 @@ def test_check_deploy_warns_when_the_manifests_would_carry_no_url(settings: Any)
     settings.PACS_PUBLIC_URL = ""
     (warning,) = check_manifest_public_url(None)
     assert warning.id == "archive.W050"
+
+
+def test_a_withdrawn_manifest_is_followed_by_a_new_one_never_by_its_twin(region: Any, tmp_path: Path) -> None:
+    study = ingest_study(tmp_path, region)
+    first = study_manifest(study=study)
+    # A rejection note that names the manifest itself (IOCM: any instance of the study).
+    note = rejection_note([dcmread(_path(first), stop_before_pixels=True)])
+    note.save_as(tmp_path / "note.dcm", enforce_file_format=True)
+    instance_ingest(path=tmp_path / "note.dcm", facility=region.facility, owned=False, calling_ae="CT01")
+    assert not Instance.objects.filter(pk=first.pk).exists()
+
+    second = study_manifest(study=study)
+    assert second.sop_instance_uid != first.sop_instance_uid
+    assert second.instance_number == 2
+    assert manifest.manifest_references(_dataset(second)) == _in_study(study)
