@@ -257,3 +257,22 @@ def test_a_correction_of_a_cd_booking_is_not_published(fse: Gateway, cup: Cup, r
     report = signed_report(reporting)
     assert report_signed_send(report, tasknames.FSE_REPORT_PLAN) == ["no_consent"]
     assert not fse.received
+
+
+def test_a_publication_whose_answer_was_lost_is_done_on_the_gateway_s_409(
+    fse: Gateway, cup: Cup, reporting: Reporting
+) -> None:
+    """The worker died after the gateway accepted the document: sent again, the gateway answers
+    409 (duplicate), which says the document is there; the outbox takes it as done."""
+    _booking, report = booked_and_signed(cup, reporting)
+    signed_and_sent(report)
+    publish = Operation.objects.get(kind=Operation.Kind.PUBLISH)
+    Operation.objects.filter(pk=publish.pk).update(
+        status=Operation.Status.SENDING, updated_at=timezone.now() - dt.timedelta(hours=1)
+    )
+    assert publish.pk in outbox.operations_due()
+    assert outbox.operation_send(op_pk=publish.pk) == Operation.Status.DONE
+    publish.refresh_from_db()
+    assert publish.last_status_code == 409 and "Conflict" in publish.note
+    assert [r.status for r in fse.received if r.path == "/v1/documents"] == [201, 409]
+    assert len([d for d in fse.documents.values() if d["status"] == "current"]) == 1
