@@ -18,6 +18,7 @@ class FseGatewayConfig(AppConfig):
         from booking.models import DistributionChoice
         from portal.models import Concealment
 
+        from . import checks  # noqa: F401  (registers the system checks)
         from .tasks import concealment_saved, distribution_choice_saved, publish_on_report_signed
 
         report_signed.connect(publish_on_report_signed, dispatch_uid="fse_gateway.publish")

@@ -3,6 +3,8 @@ filters, every exchange inline; audited; a failed operation sent again by "Ripro
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -78,3 +80,18 @@ def test_the_demo_credentials_are_made_once_and_sign_what_the_stand_in_accepts(t
     with pytest.raises(CommandError):
         call_command("fse_demo_credentials", "--dir", str(directory), stdout=out)
     assert not list(directory.glob(".*.tmp"))
+
+
+def test_the_checks_say_when_the_gateway_is_plain_http_or_the_key_unreadable(
+    fse: Gateway, settings: Any, tmp_path: Any
+) -> None:
+    from fse_gateway import checks, gateway
+
+    assert [w.id for w in checks.check_fse_transport(None)] == ["fse_gateway.W001", "fse_gateway.W001"]
+    assert checks.check_fse_credentials(None) == []
+    settings.PACS_FSE_GATEWAY_URL = "https://modipa-val.fse.salute.gov.it/govway/rest/in/FSE/gateway/v1"
+    settings.PACS_FSE_MANIFEST_URL = ""
+    assert checks.check_fse_transport(None) == []
+    settings.PACS_FSE_JWT_KEY_FILE = str(tmp_path / "missing.pem")
+    gateway._credentials_read.cache_clear()
+    assert [e.id for e in checks.check_fse_credentials(None)] == ["fse_gateway.E001"]
