@@ -64,3 +64,9 @@ REJECTION_PRESERVATION = "preservation.tasks.rejection_preservation"
 # The anonymised export for teaching and research (research.services.export_build).
 RESEARCH_EXPORT_BUILD = "research.tasks.export_build"
 RESEARCH_EXPORT_BUILD_SWEEP = "research.tasks.export_build_sweep"
+# --- fse_gateway -----------------------------------------------------------------
+FSE_REPORT_PLAN = "fse_gateway.tasks.report_plan"
+FSE_OPERATION_SEND = "fse_gateway.tasks.operation_send"
+FSE_CONSENT_CHECK = "fse_gateway.tasks.consent_check"
+FSE_CONCEALMENT_CHECK = "fse_gateway.tasks.concealment_check"
+FSE_OUTBOX_SWEEP = "fse_gateway.tasks.outbox_sweep"

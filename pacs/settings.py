@@ -150,6 +150,7 @@ INSTALLED_APPS = [
     "archive",
     "booking",
     "portal",
+    "fse_gateway",  # publication to the national FSE 2.0 gateway (an outbox); below nothing imports it
     "preservation",
     "research",  # anonymised exports for teaching and research: imports the archive only
 ]
@@ -960,3 +961,54 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+# --- Publication to the national FSE 2.0 gateway (fse_gateway, issue 20) ----------------------
+# The gateway's base URL with its version (the test system:
+# https://modipa-val.fse.salute.gov.it/govway/rest/in/FSE/gateway/v1); empty: nothing is published.
+PACS_FSE_GATEWAY_URL = env_str("PACS_FSE_GATEWAY_URL")
+# Where the study's KOS manifest goes (IHE XDS-I.b: the region's imaging document registry,
+# not the national gateway, which takes CDA); empty: no manifest is sent.
+PACS_FSE_MANIFEST_URL = env_str("PACS_FSE_MANIFEST_URL")
+# The JWTs' signing key and its certificate (PEM files; the certificate goes in x5c and its
+# CN after "auth:"/"integrity:" in iss). `manage.py fse_demo_credentials` makes a demo pair.
+PACS_FSE_JWT_KEY_FILE = env_str("PACS_FSE_JWT_KEY_FILE")
+PACS_FSE_JWT_KEY_PASSWORD = env_secret("PACS_FSE_JWT_KEY_PASSWORD")
+PACS_FSE_JWT_CERT_FILE = env_str("PACS_FSE_JWT_CERT_FILE")
+PACS_FSE_JWT_ISSUER = env_str("PACS_FSE_JWT_ISSUER")  # default: the certificate's CN
+PACS_FSE_JWT_SUBJECT = env_str("PACS_FSE_JWT_SUBJECT")  # CF^^^&2.16.840.1.113883.2.9.4.3.2&ISO of who answers for it
+PACS_FSE_JWT_AUDIENCE = env_str("PACS_FSE_JWT_AUDIENCE")  # default: PACS_FSE_GATEWAY_URL
+PACS_FSE_JWT_LIFETIME_SECONDS = env_int("PACS_FSE_JWT_LIFETIME_SECONDS", 300)
+PACS_FSE_ORGANIZATION_ID = env_str("PACS_FSE_ORGANIZATION_ID", "060")  # Friuli Venezia Giulia
+PACS_FSE_ORGANIZATION = env_str("PACS_FSE_ORGANIZATION", "Regione Friuli Venezia Giulia")
+# The producing facility as XON (name^^^^^&catalogue OID&ISO^^^^code), the locality claim.
+PACS_FSE_LOCALITY = env_str(
+    "PACS_FSE_LOCALITY", "ASUGI OSPEDALE DI CATTINARA^^^^^&2.16.840.1.113883.2.9.4.1.2&ISO^^^^060001"
+)
+PACS_FSE_SUBJECT_ROLE = env_str("PACS_FSE_SUBJECT_ROLE", "AAS")
+PACS_FSE_APPLICATION_ID = env_str("PACS_FSE_APPLICATION_ID", "PACS-REGIONALE")
+PACS_FSE_APPLICATION_VENDOR = env_str("PACS_FSE_APPLICATION_VENDOR", "Regione FVG")
+PACS_FSE_APPLICATION_VERSION = env_str("PACS_FSE_APPLICATION_VERSION", "1.0")
+PACS_FSE_FACILITY_TYPE = env_str("PACS_FSE_FACILITY_TYPE", "Ospedale")  # tipologiaStruttura
+PACS_FSE_PRACTICE_SETTING = env_str("PACS_FSE_PRACTICE_SETTING", "AD_PSC103")  # Radiodiagnostica
+PACS_FSE_REPOSITORY_OID = env_str("PACS_FSE_REPOSITORY_OID", "2.16.840.1.113883.2.9.2.60.4.5.1")
+PACS_FSE_SUBMISSION_OID_ROOT = env_str("PACS_FSE_SUBMISSION_OID_ROOT", "2.16.840.1.113883.2.9.2.60.4.3")
+PACS_FSE_DOCUMENT_OID_ROOT = env_str("PACS_FSE_DOCUMENT_OID_ROOT", "2.16.840.1.113883.2.9.2.60.4.4")
+PACS_FSE_ACCESSION_OID = env_str("PACS_FSE_ACCESSION_OID", "2.16.840.1.113883.2.9.2.60.4.6")
+PACS_FSE_TIMEOUT_SECONDS = env_float("PACS_FSE_TIMEOUT_SECONDS", 30.0)
+# Retries: after a network error, a timeout, 408/425/429 or 5xx, the wait doubles from the base up to the cap.
+PACS_FSE_RETRY_BASE_SECONDS = env_float("PACS_FSE_RETRY_BASE_SECONDS", 60.0)
+PACS_FSE_RETRY_MAX_SECONDS = env_float("PACS_FSE_RETRY_MAX_SECONDS", 3600.0)
+PACS_FSE_SENDING_STALE_SECONDS = env_float("PACS_FSE_SENDING_STALE_SECONDS", 600.0)
+for _fse_name, _fse_value in (
+    ("PACS_FSE_GATEWAY_URL", PACS_FSE_GATEWAY_URL),
+    ("PACS_FSE_MANIFEST_URL", PACS_FSE_MANIFEST_URL),
+):
+    if _fse_value and not _fse_value.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(f"{_fse_name}: {_fse_value!r} is not an http(s) URL")
+if PACS_FSE_GATEWAY_URL and not (PACS_FSE_JWT_KEY_FILE and PACS_FSE_JWT_CERT_FILE and PACS_FSE_JWT_SUBJECT):
+    raise ImproperlyConfigured(
+        "PACS_FSE_GATEWAY_URL needs PACS_FSE_JWT_KEY_FILE, PACS_FSE_JWT_CERT_FILE and PACS_FSE_JWT_SUBJECT"
+    )
+CELERY_BEAT_SCHEDULE["fse-outbox-sweep"] = {
+    "task": tasknames.FSE_OUTBOX_SWEEP,
+    "schedule": env_float("PACS_FSE_SWEEP_SECONDS", 120.0),
+}

@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAP = REPO / "docs" / "ARCHITECTURE.md"
-APPS = ("kernel", "archive", "booking", "portal", "preservation", "research", "pacs", "idp")
+APPS = ("kernel", "archive", "booking", "portal", "preservation", "research", "pacs", "idp", "fse_gateway")
 TABLE_TITLE = "## Rooms and what each may import"
 
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from kernel import tasknames
 from pacs.celery import app
 
-PROJECT_APPS = {"archive", "booking", "portal", "preservation", "research", "pacs"}
+PROJECT_APPS = {"archive", "booking", "portal", "preservation", "research", "pacs", "fse_gateway"}
 
 # The names messages already queued in a running system carry: a test, not the
 # module, so that changing a string there fails here.
@@ -53,6 +53,11 @@ WIRE_NAMES = {
     "preservation.tasks.rejection_preservation",
     "research.tasks.export_build",
     "research.tasks.export_build_sweep",
+    "fse_gateway.tasks.report_plan",
+    "fse_gateway.tasks.operation_send",
+    "fse_gateway.tasks.consent_check",
+    "fse_gateway.tasks.concealment_check",
+    "fse_gateway.tasks.outbox_sweep",
 }
 
 
