@@ -590,6 +590,9 @@ ADMIN_MODELS: dict[str, tuple[str | None, AdminRow | None]] = {
     "preservation.Discard": (None, None),
     "preservation.FixityAudit": (None, None),
     "preservation.PreservationAlert": (None, None),
+    # The FSE gateway's outbox: each operation and attempt names its study (hidden with it).
+    "fse_gateway.Operation": ("study__", None),
+    "fse_gateway.Attempt": ("operation__study__", None),
     # The research exports: no study's data (the exports' studies and criteria are not shown);
     # the key table names patients to the data-protection role only (tests/research).
     "research.ExportProject": (None, None),
