@@ -33,6 +33,8 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kernel.errors import Invalid
+
 if TYPE_CHECKING:
     # Only for hints: the ORM and storage are imported when a study is read.
     from pydicom.dataset import Dataset
@@ -109,7 +111,7 @@ RADIOPHARMACEUTICAL_AGENT = "349358000"  # SCT
 RADIONUCLIDE = "89457008"  # SCT
 
 
-class DoseError(Exception):
+class DoseError(Invalid):
     """An RDSR that cannot be read as one (not an SR, no content)."""
 
 

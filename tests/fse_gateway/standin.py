@@ -304,14 +304,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, data: dict[str, Any], received: Received) -> None:
         payload = json.dumps(data).encode()
+        # Recorded before the answer leaves: the client may read it, and the test look, at once.
+        received.status, received.answer = status, data
+        with self.gateway.lock:
+            self.gateway.received.append(received)
         self.send_response(status)
         self.send_header("Content-Type", "application/problem+json" if status >= 400 else "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
-        received.status, received.answer = status, data
-        with self.gateway.lock:
-            self.gateway.received.append(received)
 
     def _handle(self, method: str) -> None:
         gw = self.gateway
