@@ -1,13 +1,17 @@
-/* The research export's page: follow its preparation (as portal.js follows a citizen's zip). No library. */
+/* Follow a long preparation on its page: the citizen's package (portal/package.html) and the
+   research export (research/export.html). The box is the element with data-progress; its
+   parts are named by its id: <id>-progress, -percent, -state (data-ready, data-failed),
+   -ready and -link. The status URL answers {status, percent, download_url}. No library. */
 (function () {
   "use strict";
-  var box = document.getElementById("export");
+  var box = document.querySelector("[data-progress]");
   if (!box || box.dataset.status === "ready" || box.dataset.status === "failed") { return; }
-  var bar = document.getElementById("export-progress");
-  var percent = document.getElementById("export-percent");
-  var state = document.getElementById("export-state");
-  var ready = document.getElementById("export-ready");
-  var link = document.getElementById("export-link");
+  var part = function (name) { return document.getElementById(box.id + "-" + name); };
+  var bar = part("progress");
+  var percent = part("percent");
+  var state = part("state");
+  var ready = part("ready");
+  var link = part("link");
   var poll = function () {
     fetch(box.dataset.statusUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.json(); })
