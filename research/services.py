@@ -49,6 +49,7 @@ from archive import access
 from archive.models import Instance, Patient, Study
 from archive.storage import retrieve
 from archive.storage import tiers as storage
+from kernel import tasknames
 from kernel.audit import audit_record
 from kernel.errors import Invalid, NotFound
 from kernel.models import AuditEvent
@@ -238,10 +239,11 @@ def export_request(*, project: ExportProject, user: Any, criteria: dict[str, Any
 
 
 def _build_enqueue(export_pk: int) -> None:
-    from .tasks import export_build as task
+    # By name (kernel.tasknames), as booking queues its tasks: the tasks import this module.
+    from celery import current_app
 
     try:
-        task.delay(export_pk)
+        current_app.send_task(tasknames.RESEARCH_EXPORT_BUILD, args=[export_pk])
     except Exception:
         # The row stays queued; exports_overdue finds it and the sweep queues it again.
         logger.exception("build of research export %s not queued", export_pk)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from django.utils import timezone
 from lxml import etree
 
 from archive.reporting.booked import BookedExam, Contacts
+from archive.reporting.cda_rules import CdaProblem, rule_problems
 
 NS = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -68,17 +68,6 @@ _SECTION = {
 }
 # The study's prescription priority (Study.priority) as HL7 ActPriority.
 _PRIORITY = {"U": ("UR", "Urgente"), "B": ("EL", "Breve"), "D": ("EL", "Differita"), "P": ("R", "Programmata")}
-
-
-@dataclass(frozen=True)
-class CdaProblem:
-    """One reason a document fails: ``rule`` is "XSD" or the Ministry's rule id ("ERRORE-29")."""
-
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.rule}: {self.message}"
 
 
 def _q(tag: str) -> str:
@@ -500,7 +489,6 @@ def cda_problems(xml: bytes) -> list[CdaProblem]:
     every encoded rule of the Ministry's schematron for the RAD document
     (:data:`archive.reporting.cda_rules.RULES`), each reported with its id.
     """
-    from archive.reporting.cda_rules import rule_problems
 
     try:
         doc = etree.fromstring(xml, parser=etree.XMLParser(resolve_entities=False, no_network=True))

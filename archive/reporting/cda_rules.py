@@ -19,12 +19,20 @@ warnings (``report``: W001, W005) are :func:`rule_warnings`, not problems.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from lxml import etree
 
-if TYPE_CHECKING:  # the problem type lives with the document's maker, which imports this module lazily
-    from archive.reporting.cda import CdaProblem
+
+@dataclass(frozen=True)
+class CdaProblem:
+    """One reason a document fails: ``rule`` is "XSD" or the Ministry's rule id ("ERRORE-29")."""
+
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
 
 NSMAP = {
     "hl7": "urn:hl7-org:v3",
@@ -520,8 +528,6 @@ def _failing(doc: etree._Element, rule: Rule) -> list[etree._Element]:
 
 
 def _results(doc: etree._Element, *, warnings: bool) -> list[CdaProblem]:
-    from archive.reporting.cda import CdaProblem
-
     problems: list[CdaProblem] = []
     for rule in RULES:
         if rule.warning != warnings:
