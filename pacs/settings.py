@@ -669,6 +669,12 @@ LOGGING = {
 # Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
 # "out of resources" and QIDO-RS with a Warning header (narrow the query).
 PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
+# QIDO-RS pages: a search without `limit` answers this many results, and a larger
+# `limit` is served as PACS_QIDO_MAX_LIMIT; when more matched, the answer carries the
+# PS3.18 8.3.4.4 Warning header and the client asks for the next page with `offset`.
+# A small default keeps an unlimited wildcard search (ROSSI*) as fast as a page of it.
+PACS_QIDO_MAX_LIMIT = env_int("PACS_QIDO_MAX_LIMIT", PACS_QUERY_MAX_MATCHES)
+PACS_QIDO_DEFAULT_LIMIT = env_int("PACS_QIDO_DEFAULT_LIMIT", 100)
 # Wildcards (* and ?) one matching key may carry, repeated * counting as one: a
 # name search needs two or three; dozens are an attack on the database's matcher.
 PACS_QUERY_MAX_WILDCARDS = env_int("PACS_QUERY_MAX_WILDCARDS", 10)

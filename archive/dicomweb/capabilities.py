@@ -45,7 +45,7 @@ _HANDLERS = ("get", "post", "put", "delete", "patch")
 # What each QIDO-RS control parameter takes (its values are checked in qido.py).
 _CONTROL_TYPES = {
     "includefield": ("xs:string", True, "attribute keywords or tags, comma-separated, or all"),
-    "limit": ("xs:nonNegativeInteger", False, "at most PACS_QUERY_MAX_MATCHES results are returned"),
+    "limit": ("xs:nonNegativeInteger", False, "default PACS_QIDO_DEFAULT_LIMIT, at most PACS_QIDO_MAX_LIMIT results"),
     "offset": ("xs:nonNegativeInteger", False, "at most PACS_QUERY_MAX_OFFSET"),
     "fuzzymatching": ("xs:boolean", False, "true: person names and text keys match any part, any case"),
     "accept": ("xs:string", True, "overrides the Accept header (PS3.18 8.3.3.1)"),

@@ -83,8 +83,8 @@ def _qido_int(query: Any, name: str, *, maximum: int | None = None) -> int | Non
     """A paging parameter: a whole number from 0, at most ``maximum`` when one is given.
 
     Beyond it 400, never a database error (an offset past the database's integer
-    answered 500). A limit has no maximum here: past PACS_QUERY_MAX_MATCHES it is
-    served as that maximum with a Warning (PS3.18 8.3.4.4)."""
+    answered 500). A limit has no maximum here: past PACS_QIDO_MAX_LIMIT it is
+    served as that maximum with a Warning (PS3.18 8.3.4.4), see :func:`qido_page_size`."""
     text = query.get(name)
     if text is None or text == "":
         return None
@@ -101,6 +101,22 @@ def _qido_int(query: Any, name: str, *, maximum: int | None = None) -> int | Non
     return value
 
 
+def qido_page_size(limit: int | None) -> tuple[int, bool]:
+    """How many results one answer holds, and whether the server chose it (not the client).
+
+    Without ``limit`` the page is PACS_QIDO_DEFAULT_LIMIT; a ``limit`` past
+    PACS_QIDO_MAX_LIMIT is served as that maximum. In both cases the server cut
+    the answer, so when more matched it says so (PS3.18 8.3.4.4, the Warning
+    header); a ``limit`` within the maximum is the client's own page and is
+    answered without one, as the standard asks."""
+    maximum = max(1, int(settings.PACS_QIDO_MAX_LIMIT))
+    if limit is None:
+        return min(max(1, int(settings.PACS_QIDO_DEFAULT_LIMIT)), maximum), True
+    if limit > maximum:
+        return maximum, True
+    return limit, False
+
+
 def qido_search(
     scope: Scope,
     query: Any,
@@ -113,8 +129,9 @@ def qido_search(
 
     ``query`` is the request's query parameters (a QueryDict). Matching keys
     are given by keyword or tag; ``includefield`` (repeatable, comma lists,
-    ``all``) adds return keys; ``limit`` and ``offset`` page; at most
-    PACS_QUERY_MAX_MATCHES results are returned and ``truncated`` says so.
+    ``all``) adds return keys; ``limit`` and ``offset`` page; without a
+    limit PACS_QIDO_DEFAULT_LIMIT results are returned, at most PACS_QIDO_MAX_LIMIT,
+    and ``truncated`` says when the server cut an answer that had more.
     """
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -169,9 +186,7 @@ def qido_search(
         raise DicomwebError(400, "fuzzymatching is true or false")
     limit = _qido_int(query, "limit")
     offset = _qido_int(query, "offset", maximum=settings.PACS_QUERY_MAX_OFFSET) or 0
-    maximum = settings.PACS_QUERY_MAX_MATCHES
-    capped = limit is None or limit > maximum
-    wanted = maximum if capped or limit is None else limit
+    wanted, capped = qido_page_size(limit)
 
     identifier = Dataset()
     with warnings.catch_warnings():

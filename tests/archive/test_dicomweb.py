@@ -810,7 +810,7 @@ def test_qido_with_fifty_stars_answers_or_is_refused_at_once(client, two_studies
         assert response.status_code == 200 and len(results) == 2
 
 
-@override_settings(PACS_QUERY_MAX_MATCHES=1)
+@override_settings(PACS_QIDO_DEFAULT_LIMIT=1)
 def test_qido_truncated_at_the_maximum_warns(client, two_studies, reader) -> None:
     response, results = _search(client, reader, "/dicomweb/studies")
     assert len(results) == 1
