@@ -237,7 +237,7 @@ def statement() -> str:
         ],
     )
     dicom_settings = {
-        name: (default, comment) for name, default, comment in _settings_defaults(("PACS_DICOM_", "PACS_QUERY_"))
+        name: (default, comment) for name, default, comment in _settings_defaults(("PACS_DICOM_", "PACS_QUERY_", "PACS_QIDO_"))
     }
 
     def setting(name: str) -> str:
@@ -457,7 +457,15 @@ def statement() -> str:
             )
     out += _table(["Resource", "Method", "Transaction", "Query parameters", "Accepts", "Produces"], rows)
     out += [
-        "QIDO-RS matching keys are those of the C-FIND table (section 4.2.5), by keyword or tag; "
+        "QIDO-RS matching keys are those of the C-FIND table (section 4.2.5), by keyword or tag. "
+        f"A search without `limit` answers at most {setting('PACS_QIDO_DEFAULT_LIMIT')} results, and a "
+        f"larger `limit` than {setting('PACS_QIDO_MAX_LIMIT')} is served as that maximum; when the "
+        "archive cut an answer that had more matches, it carries the PS3.18 8.3.4.4 header "
+        '`Warning: 299 {host}: "The number of results exceeded the maximum supported by the server. '
+        'Additional results can be requested."` and the next page is asked with `offset` (newest study '
+        "first, a stable order). A `limit` within the maximum is the client's own page: no Warning. A "
+        f"negative or non-numeric `limit` or `offset`, or an `offset` past {setting('PACS_QUERY_MAX_OFFSET')}, "
+        "is refused with 400. "
         "WADO-RS sends instances in their stored transfer syntax (no `transfer-syntax`, `*` or the stored "
         "one) or converted to the one asked (Explicit VR Little Endian and the lossless syntaxes above; "
         "lossy ones only when named); frames as `application/octet-stream` are uncompressed unless "

@@ -666,15 +666,17 @@ LOGGING = {
 }
 
 # --- query/retrieve ----------------------------------------------------------
-# Most matches one C-FIND or QIDO-RS answers; beyond it C-FIND ends with
-# "out of resources" and QIDO-RS with a Warning header (narrow the query).
+# Most matches one C-FIND answers; beyond it C-FIND ends with "out of resources"
+# (narrow the query). QIDO-RS pages by PACS_QIDO_DEFAULT_LIMIT and PACS_QIDO_MAX_LIMIT.
 PACS_QUERY_MAX_MATCHES = env_int("PACS_QUERY_MAX_MATCHES", 1000)
-# QIDO-RS pages: a search without `limit` answers this many results, and a larger
-# `limit` is served as PACS_QIDO_MAX_LIMIT; when more matched, the answer carries the
-# PS3.18 8.3.4.4 Warning header and the client asks for the next page with `offset`.
-# A small default keeps an unlimited wildcard search (ROSSI*) as fast as a page of it.
-PACS_QIDO_MAX_LIMIT = env_int("PACS_QIDO_MAX_LIMIT", PACS_QUERY_MAX_MATCHES)
+# QIDO-RS results a search without `limit` answers; when more matched, the answer
+# carries the PS3.18 8.3.4.4 Warning header and the client asks for the next page
+# with `offset`. A page, not everything: an unlimited ROSSI* stays as fast as a page.
 PACS_QIDO_DEFAULT_LIMIT = env_int("PACS_QIDO_DEFAULT_LIMIT", 100)
+# The largest QIDO-RS page: a larger `limit` is served as this many (with the Warning when more matched).
+PACS_QIDO_MAX_LIMIT = env_int("PACS_QIDO_MAX_LIMIT", 1000)
+if PACS_QIDO_DEFAULT_LIMIT < 1 or PACS_QIDO_MAX_LIMIT < PACS_QIDO_DEFAULT_LIMIT:
+    raise ImproperlyConfigured("PACS_QIDO_DEFAULT_LIMIT must be at least 1 and at most PACS_QIDO_MAX_LIMIT")
 # Wildcards (* and ?) one matching key may carry, repeated * counting as one: a
 # name search needs two or three; dozens are an attack on the database's matcher.
 PACS_QUERY_MAX_WILDCARDS = env_int("PACS_QUERY_MAX_WILDCARDS", 10)
