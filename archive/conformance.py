@@ -237,7 +237,8 @@ def statement() -> str:
         ],
     )
     dicom_settings = {
-        name: (default, comment) for name, default, comment in _settings_defaults(("PACS_DICOM_", "PACS_QUERY_", "PACS_QIDO_"))
+        name: (default, comment)
+        for name, default, comment in _settings_defaults(("PACS_DICOM_", "PACS_QUERY_", "PACS_QIDO_"))
     }
 
     def setting(name: str) -> str:
