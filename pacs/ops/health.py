@@ -28,10 +28,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from health_check.base import HealthCheck
-from health_check.contrib.celery import Ping
-from health_check.exceptions import ServiceUnavailable
-from health_check.views import HealthCheckView
+from health_check.base import HealthCheck  # type: ignore[import-untyped]
+from health_check.contrib.celery import Ping  # type: ignore[import-untyped]
+from health_check.exceptions import ServiceUnavailable  # type: ignore[import-untyped]
+from health_check.views import HealthCheckView  # type: ignore[import-untyped]
 
 from archive.models import Facility
 from archive.storage import lifecycle
@@ -123,7 +123,7 @@ class WorkersCheck(Named):
     name: str = "celery_workers"
 
     def run(self) -> None:
-        from pacs.celery import app
+        from celery import current_app as app  # pacs.celery's app, loaded with Django (pacs/__init__)
 
         # django-health-check's own Celery check: a ping, then a worker consuming the default queue.
         ping = Ping(app=app, timeout=datetime.timedelta(seconds=settings.PACS_HEALTH_CELERY_TIMEOUT), limit=1)
@@ -202,9 +202,7 @@ class ReadinessView(HealthCheckView):
         return JsonResponse(
             {
                 "status": "unavailable" if failed else "ok",
-                "checks": {
-                    repr(r.check): "OK" if not r.error else str(r.error.message) for r in self.results
-                },
+                "checks": {repr(r.check): "OK" if not r.error else str(r.error.message) for r in self.results},
             },
             status=503 if failed else 200,
         )

@@ -41,14 +41,14 @@ def queue_lengths() -> dict[str, int]:
     url = str(settings.CELERY_BROKER_URL)
     if not url.startswith(("redis://", "rediss://")):
         return {}
-    from pacs.celery import app
+    from celery import current_app as app  # pacs.celery's app, loaded with Django (pacs/__init__)
 
     names = {q.name for q in (app.conf.task_queues or ())} or {app.conf.task_default_queue}
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        return {name: int(client.llen(name)) for name in sorted(names)}  # type: ignore[arg-type]
+        return {name: int(client.llen(name)) for name in sorted(names)}
     finally:
         client.close()
 
