@@ -171,3 +171,35 @@ def test_restricted_readiness_takes_the_metrics_gate(well, settings) -> None:  #
     assert _ready(REMOTE_ADDR="127.0.0.1")[0] == 200
     # Liveness stays public.
     assert Client().get("/health/live/", REMOTE_ADDR="203.0.113.9").status_code == 200
+
+
+@pytest.fixture
+def s3_longterm(settings, s3_server):  # type: ignore[no-untyped-def]
+    settings.STORAGES = {**settings.STORAGES, "longterm": s3_server.storage_settings(connect_timeout=1, read_timeout=1)}
+    return s3_server
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_object_store_tier_is_probed_and_named_when_it_is_down(well, s3_longterm) -> None:  # type: ignore[no-untyped-def]
+    import boto3
+
+    status, body = _ready()
+    assert status == 200, body
+    assert body["checks"]["tier:longterm:region"] == "OK"
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_longterm.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    # The probe left no object behind.
+    assert client.list_objects_v2(Bucket=s3_longterm.bucket).get("KeyCount", 0) == 0
+
+    s3_longterm.proc.terminate()
+    s3_longterm.proc.wait(10)
+    status, body = _ready()
+    assert status == 503
+    assert body["checks"]["tier:longterm:region"] == "not writable or readable"
+    assert s3_longterm.endpoint not in json.dumps(body)
