@@ -153,9 +153,12 @@ INSTALLED_APPS = [
     "fse_gateway",  # publication to the national FSE 2.0 gateway (an outbox); below nothing imports it
     "preservation",
     "research",  # anonymised exports for teaching and research: imports the archive only
+    "django_prometheus",  # /metrics: request and process metrics; the archive's own in pacs.ops.metrics
 ]
 
 MIDDLEWARE = [
+    # django-prometheus: first and last, so the request metrics time the whole stack.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -170,6 +173,7 @@ MIDDLEWARE = [
     "portal.middleware.CitizenSessionMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its answer.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "pacs.urls"
@@ -1020,3 +1024,21 @@ CELERY_BEAT_SCHEDULE["fse-outbox-sweep"] = {
     "task": tasknames.FSE_OUTBOX_SWEEP,
     "schedule": env_float("PACS_FSE_SWEEP_SECONDS", 120.0),
 }
+
+# --- Health and metrics (pacs.ops) ---------------------------------------------
+# /health/live/ is always public; /health/ready/ is public (check names and fixed
+# messages only) unless PACS_HEALTH_RESTRICTED puts it behind the metrics' gate.
+PACS_HEALTH_RESTRICTED = env_bool("PACS_HEALTH_RESTRICTED", False)
+# Off on a host where no Celery worker is expected to answer (a web-only box).
+PACS_HEALTH_CELERY_WORKERS = env_bool("PACS_HEALTH_CELERY_WORKERS", True)
+PACS_HEALTH_CELERY_TIMEOUT = env_float("PACS_HEALTH_CELERY_TIMEOUT", 1.0)
+# The C-ECHO to the listener at PACS_DICOM_HOST:PACS_DICOM_PORT. The calling AE
+# must be a node of the called facility, registered from this host's address.
+PACS_HEALTH_DICOM_LISTENER = env_bool("PACS_HEALTH_DICOM_LISTENER", True)
+PACS_HEALTH_DICOM_CALLING_AE = env_str("PACS_HEALTH_DICOM_CALLING_AE", "PACS_HEALTH")
+PACS_HEALTH_DICOM_CALLED_AE = env_str("PACS_HEALTH_DICOM_CALLED_AE", "")  # default: the first facility's
+PACS_HEALTH_DICOM_TIMEOUT = env_float("PACS_HEALTH_DICOM_TIMEOUT", 2.0)
+# /metrics: these addresses or networks (empty: any) and, when the file is set,
+# the bearer token it holds.
+PACS_METRICS_ALLOWED_IPS = env_list("PACS_METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+PACS_METRICS_TOKEN_FILE = env_str("PACS_METRICS_TOKEN_FILE", "")

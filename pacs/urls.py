@@ -11,6 +11,8 @@ from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    # Liveness, readiness and /metrics (pacs.ops): outside the i18n and login machinery.
+    path("", include("pacs.ops.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
     path("accounts/", include("django.contrib.auth.urls")),
     # Before admin/: the archive's storage dashboard lives under admin/archive/.

@@ -369,6 +369,12 @@ def _dicomweb_decision(route: str) -> Decision:
 
 DECISIONS: dict[str, Decision] = {
     "": Decision(PUBLIC),
+    # Operations (pacs.ops): liveness and readiness name checks and tiers, never a study or a path;
+    # /metrics is refused outside its allowlist (loopback: the test client's 127.0.0.1 passes) and
+    # shows counts per facility only (tests/ops).
+    "health/live/": Decision(PUBLIC),
+    "health/ready/": Decision(PUBLIC),
+    "metrics": Decision(PUBLIC),
     # The research exports' pages show projects and pseudonymised summaries, no study's data; the
     # study an export names (in the POST's body) is refused as missing when hidden (tests/research).
     "ricerca/": Decision(PUBLIC),
@@ -874,7 +880,10 @@ def _check_withdrawn(w: World, report: Report_) -> None:
                 report.add(f"{principal} GET {url} -> {answer.status}: a withdrawn instance answered as if there")
 
 
-def test_the_web_access_matrix(world: World) -> None:
+def test_the_web_access_matrix(world: World, settings: Any) -> None:
+    # Readiness answers 200 here: no worker or listener runs beside the matrix (tests/ops checks them).
+    settings.PACS_HEALTH_CELERY_WORKERS = False
+    settings.PACS_HEALTH_DICOM_LISTENER = False
     report = Report_()
     for route, _pattern in _routes():
         decision = _decision(route)

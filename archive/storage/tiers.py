@@ -946,3 +946,41 @@ def file_sha256(fh: BinaryIO) -> str:
     for chunk in iter(lambda: fh.read(_CHUNK), b""):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+PROBE_DIR = ".health"
+
+
+def tier_probe(tier: str) -> None:
+    """Write a small object to ``tier``, read it back, remove it: the readiness check's probe.
+
+    It lies under :data:`PROBE_DIR` (``.health/<random>``), never a name an
+    instance could have, and is removed even from the write-once preservation
+    tier: it was never a preserved object. Raises :class:`StorageError` when the
+    tier cannot be written, read back with the same bytes, or cleaned.
+    """
+    data = uuid.uuid4().bytes
+    relpath = f"{PROBE_DIR}/{uuid.uuid4().hex}"
+    if tier_is_local(tier):
+        path = _tier_root(tier) / relpath
+        try:
+            path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            write_new_file(path, data)
+            try:
+                back = path.read_bytes()
+            finally:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, "probing the tier") from exc
+    else:
+        obj = _s3_object(tier, relpath)
+        try:
+            obj.client.put_object(Bucket=obj.bucket, Key=obj.key, Body=data)
+            try:
+                back = obj.client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
+            finally:
+                obj.client.delete_object(Bucket=obj.bucket, Key=obj.key)
+        except Exception as exc:
+            raise _s3_error(exc, "probing the tier") from exc
+    if back != data:
+        raise StorageError(f"tier {tier} read back other bytes than it was given")
