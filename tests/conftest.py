@@ -207,18 +207,21 @@ def listener(transactional_db: None, region: Region, dicom_fast_paths: bool) -> 
 
 
 @contextmanager
-def worker_process(process_env: dict[str, str], log_path: Path, queues: list[str]) -> Iterator[subprocess.Popen]:
-    """A real Celery worker process consuming ``queues`` (this session's), emptied first.
+def worker_process(
+    process_env: dict[str, str], log_path: Path, queues: list[str], *, purge: bool = True
+) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process consuming ``queues`` (this session's), every queue emptied first.
 
     Tasks that earlier tests queued (a booking's prefetch, a recall) refer to
     rows those tests' rollback removed.
     """
     from pacs.celery import app as celery_app
 
-    with celery_app.connection_for_write() as conn:
-        for queue in settings.PACS_TASK_QUEUES.values():
-            conn.default_channel.queue_declare(queue=queue)
-            conn.default_channel.queue_purge(queue)
+    if purge:
+        with celery_app.connection_for_write() as conn:
+            for queue in settings.PACS_TASK_QUEUES.values():
+                conn.default_channel.queue_declare(queue=queue)
+                conn.default_channel.queue_purge(queue)
     proc = subprocess.Popen(
         [
             sys.executable,

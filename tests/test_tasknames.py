@@ -110,6 +110,8 @@ def test_every_task_and_every_sweep_of_the_beat_is_routed_to_its_kinds_queue() -
         queue = app.amqp.router.route({}, name)["queue"].name
         assert queue == settings.PACS_TASK_QUEUES[kind_of[name]], name
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
-        assert app.amqp.router.route({}, entry["task"])["queue"].name == settings.PACS_TASK_QUEUES[kind_of[entry["task"]]]
+        assert (
+            app.amqp.router.route({}, entry["task"])["queue"].name == settings.PACS_TASK_QUEUES[kind_of[entry["task"]]]
+        )
     assert settings.PACS_TASK_QUEUES["default"] == settings.CELERY_TASK_DEFAULT_QUEUE
     assert settings.PACS_TASK_QUEUES["lifecycle"] == settings.CELERY_QUEUE_PREFIX + "lifecycle"
