@@ -623,6 +623,10 @@ PACS_FIXITY_SAMPLE = env_int("PACS_FIXITY_SAMPLE", 100)
 # sets the hospital network's interface, or 0.0.0.0.
 PACS_DICOM_HOST = env_str("PACS_DICOM_HOST", "127.0.0.1")
 PACS_DICOM_PORT = env_int("PACS_DICOM_PORT", 11112)
+# The facilities (codes) this listener process serves, e.g. "TS-CAT,TS-MAG": each
+# hospital's listener on its own network (docs/DEPLOYMENT.md). Empty: every facility.
+# Another facility's called AE title is rejected; an unknown code stops start-up.
+PACS_DICOM_FACILITIES = env_list("PACS_DICOM_FACILITIES")
 # Accept associations from calling AE titles that are not registered remote
 # nodes: they may C-ECHO and C-STORE, nothing else. Only for the demo:
 # production must leave it off.
