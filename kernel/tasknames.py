@@ -70,3 +70,73 @@ FSE_OPERATION_SEND = "fse_gateway.tasks.operation_send"
 FSE_CONSENT_CHECK = "fse_gateway.tasks.consent_check"
 FSE_CONCEALMENT_CHECK = "fse_gateway.tasks.concealment_check"
 FSE_OUTBOX_SWEEP = "fse_gateway.tasks.outbox_sweep"
+
+# --- queues ----------------------------------------------------------------------
+# Every task runs on the queue of its kind, so that each kind of work can have its
+# own hosts and concurrency (docs/DEPLOYMENT.md): ``pacs.settings`` builds
+# CELERY_TASK_ROUTES from this one table, the beat's sweeps included, and
+# ``tests/test_tasknames.py`` fails for a task named above and missing here.
+# A kind is the queue's name (after CELERY_QUEUE_PREFIX); ``default`` is the
+# project's default queue (CELERY_QUEUE, "pacs"), for what needs no hosts of its own.
+QUEUES: dict[str, tuple[str, ...]] = {
+    # What follows a study's arrival: indexing follow-ups, matching to its booking,
+    # Storage Commitment's answers, the modality's procedure step.
+    "ingest": (
+        STUDY_POST_INGEST,
+        POST_INGEST_SWEEP,
+        STUDY_MATCH,
+        STORAGE_COMMITMENT_ANSWER,
+        STORAGE_COMMITMENT_SWEEP,
+        BOOKING_PROCEDURE_STEP,
+        BOOKING_PROCEDURE_STEP_SWEEP,
+    ),
+    # Decoding and encoding pixels: the previews (renditions) of each series.
+    "render": (STUDY_RENDITIONS_QUEUE, SERIES_RENDITIONS_MAKE),
+    # The tiers: migration, fixity, recalls (and the prefetch that recalls), purges.
+    "lifecycle": (
+        LIFECYCLE_RUN,
+        STORAGE_FIXITY_AUDIT,
+        STUDIES_RECALL,
+        BOOKING_PREFETCH,
+        BOOKINGS_PREFETCH,
+        REJECTIONS_PURGE,
+    ),
+    "preservation": (
+        STUDY_PACKAGE,
+        STUDIES_PACKAGE_SWEEP,
+        VOLUMES_CLOSE,
+        PRESERVATION_FIXITY_AUDIT,
+        DISCARD_PROPOSE,
+        AUDIT_SEAL,
+        REJECTION_PRESERVATION,
+    ),
+    # What the citizen receives: the report's publication, packages to download, CDs.
+    "portal": (
+        REPORT_PUBLISH,
+        REPORT_PUBLISH_SWEEP,
+        DOWNLOAD_PACKAGE_BUILD,
+        DOWNLOAD_PACKAGES_PURGE,
+        REJECTION_PORTAL,
+        CD_MEDIUM_MAKE,
+        CD_MEDIA_SWEEP,
+    ),
+    # The national FSE 2.0 gateway's outbox.
+    "publication": (
+        FSE_REPORT_PLAN,
+        FSE_OPERATION_SEND,
+        FSE_CONSENT_CHECK,
+        FSE_CONCEALMENT_CHECK,
+        FSE_OUTBOX_SWEEP,
+    ),
+    "research": (RESEARCH_EXPORT_BUILD, RESEARCH_EXPORT_BUILD_SWEEP),
+    # The rest: a signed report's follow-ups (encapsulation, manifest, booking), IOCM announces.
+    "default": (
+        REPORT_ENCAPSULATE,
+        REPORT_ENCAPSULATE_SWEEP,
+        STUDY_MANIFEST,
+        STUDY_MANIFEST_SWEEP,
+        BOOKING_REPORTED,
+        BOOKING_REPORTED_SWEEP,
+        REJECTIONS_ANNOUNCE_SWEEP,
+    ),
+}

@@ -19,6 +19,7 @@ import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from kernel import tasknames
 
@@ -259,6 +260,19 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "pacs")
+# Work routed by kind (kernel.tasknames.QUEUES): each kind its own queue, so that a
+# host runs the kinds it is sized for (`celery -A pacs worker -Q lifecycle,preservation`,
+# docs/DEPLOYMENT.md); a worker started without -Q consumes them all (make run).
+# The prefix keeps several installations (or test sessions) apart on one broker.
+CELERY_QUEUE_PREFIX = env_str("CELERY_QUEUE_PREFIX", "")
+PACS_TASK_QUEUES: dict[str, str] = {
+    kind: CELERY_TASK_DEFAULT_QUEUE if kind == "default" else f"{CELERY_QUEUE_PREFIX}{kind}"
+    for kind in tasknames.QUEUES
+}
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in PACS_TASK_QUEUES.values()]
+CELERY_TASK_ROUTES = {
+    name: {"queue": PACS_TASK_QUEUES[kind]} for kind, names in tasknames.QUEUES.items() for name in names
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "Europe/Rome"
 CELERY_BEAT_SCHEDULE = {
@@ -613,6 +627,10 @@ PACS_FIXITY_SAMPLE = env_int("PACS_FIXITY_SAMPLE", 100)
 # sets the hospital network's interface, or 0.0.0.0.
 PACS_DICOM_HOST = env_str("PACS_DICOM_HOST", "127.0.0.1")
 PACS_DICOM_PORT = env_int("PACS_DICOM_PORT", 11112)
+# The facilities (codes) this listener process serves, e.g. "TS-CAT,TS-MAG": each
+# hospital's listener on its own network (docs/DEPLOYMENT.md). Empty: every facility.
+# Another facility's called AE title is rejected; an unknown code stops start-up.
+PACS_DICOM_FACILITIES = env_list("PACS_DICOM_FACILITIES")
 # Accept associations from calling AE titles that are not registered remote
 # nodes: they may C-ECHO and C-STORE, nothing else. Only for the demo:
 # production must leave it off.

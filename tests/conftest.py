@@ -206,18 +206,22 @@ def listener(transactional_db: None, region: Region, dicom_fast_paths: bool) -> 
         stop_listener(server, grace=0.0)
 
 
-@pytest.fixture
-def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """A real Celery worker process consuming this session's queue.
+@contextmanager
+def worker_process(
+    process_env: dict[str, str], log_path: Path, queues: list[str], *, purge: bool = True
+) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process consuming ``queues`` (this session's), every queue emptied first.
 
-    The queue is emptied first: tasks that earlier tests queued (a booking's
-    prefetch, a recall) refer to rows those tests' rollback removed.
+    Tasks that earlier tests queued (a booking's prefetch, a recall) refer to
+    rows those tests' rollback removed.
     """
     from pacs.celery import app as celery_app
 
-    with celery_app.connection_for_write() as conn:
-        conn.default_channel.queue_purge(os.environ["CELERY_QUEUE"])
-    log_path = tmp_path / "worker.log"
+    if purge:
+        with celery_app.connection_for_write() as conn:
+            for queue in settings.PACS_TASK_QUEUES.values():
+                conn.default_channel.queue_declare(queue=queue)
+                conn.default_channel.queue_purge(queue)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -234,7 +238,7 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
             "--without-mingle",
             "--without-heartbeat",
             "--queues",
-            os.environ["CELERY_QUEUE"],
+            ",".join(queues),
         ],
         cwd=REPO,
         env=process_env,
@@ -250,6 +254,13 @@ def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subpr
         yield proc
     finally:
         process_stop(proc)
+
+
+@pytest.fixture
+def celery_worker(process_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process consuming every queue of this session (each kind's, kernel.tasknames.QUEUES)."""
+    with worker_process(process_env, tmp_path / "worker.log", list(settings.PACS_TASK_QUEUES.values())) as proc:
+        yield proc
 
 
 @dataclass

@@ -15,6 +15,7 @@ os.environ.setdefault("PACS_AUDIT_KEY_FILE", os.path.join(os.environ["PACS_TEST_
 # Tests run their own Celery queue, so that nothing a previous run left in a
 # shared broker is consumed by this run's worker.
 os.environ.setdefault("CELERY_QUEUE", f"pacs-test-{os.getpid()}")
+os.environ.setdefault("CELERY_QUEUE_PREFIX", os.environ["CELERY_QUEUE"] + ".")
 
 
 def pytest_unconfigure(config: object) -> None:

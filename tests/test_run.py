@@ -20,7 +20,14 @@ from tests.dicom_client import send_files
 
 # What the test session sets for its own processes, which the demo must not inherit:
 # it keeps its database, broker, audit key and queue in its own var folder.
-_SESSION_ONLY = ("DATABASE_URL", "REDIS_URL", "CELERY_QUEUE", "PACS_AUDIT_KEY_FILE", "PACS_TEST_VAR_DIR")
+_SESSION_ONLY = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_QUEUE",
+    "CELERY_QUEUE_PREFIX",
+    "PACS_AUDIT_KEY_FILE",
+    "PACS_TEST_VAR_DIR",
+)
 
 
 def _run(procfile: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -85,3 +85,33 @@ def test_the_beat_schedule_names_registered_tasks() -> None:
 def test_the_module_imports_nothing() -> None:
     tree = ast.parse(Path(tasknames.__file__).read_text())
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
+def test_every_task_has_one_queue_of_its_kind() -> None:
+    """A new task missing from kernel.tasknames.QUEUES would run on the default queue unnoticed."""
+    queued = [name for names in tasknames.QUEUES.values() for name in names]
+    assert sorted(queued) == sorted(named().values())
+    assert set(tasknames.QUEUES) == {
+        "ingest",
+        "render",
+        "lifecycle",
+        "preservation",
+        "portal",
+        "publication",
+        "research",
+        "default",
+    }
+
+
+def test_every_task_and_every_sweep_of_the_beat_is_routed_to_its_kinds_queue() -> None:
+    app.loader.import_default_modules()
+    kind_of = {name: kind for kind, names in tasknames.QUEUES.items() for name in names}
+    for name in named().values():
+        queue = app.amqp.router.route({}, name)["queue"].name
+        assert queue == settings.PACS_TASK_QUEUES[kind_of[name]], name
+    for entry in settings.CELERY_BEAT_SCHEDULE.values():
+        assert (
+            app.amqp.router.route({}, entry["task"])["queue"].name == settings.PACS_TASK_QUEUES[kind_of[entry["task"]]]
+        )
+    assert settings.PACS_TASK_QUEUES["default"] == settings.CELERY_TASK_DEFAULT_QUEUE
+    assert settings.PACS_TASK_QUEUES["lifecycle"] == settings.CELERY_QUEUE_PREFIX + "lifecycle"

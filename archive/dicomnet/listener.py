@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
@@ -203,11 +204,15 @@ def decide_association(
     accept_unknown: bool,
     peer_ip: str | None = None,
     certificate_sha256: str | None = None,
+    facility_codes: frozenset[str] = frozenset(),
 ) -> tuple[Peer | None, tuple[int, int, int] | None, str]:
     """Accept (a Peer) or reject (an A-ASSOCIATE-RJ reason) an association request.
 
     A listener bound to one facility answers to ``listener_ae`` (default: the
-    facility's AE title); an unbound one serves every facility under its own.
+    facility's AE title); an unbound one serves every facility under its own,
+    or only those of ``facility_codes`` when given (PACS_DICOM_FACILITIES: a
+    hospital's listener on its own network): another facility's AE title is
+    "called AE title not recognised", as an unknown one.
 
     A registered node is accepted only from its registered addresses
     (``peer_ip``, default the host part of ``address``); on the TLS port
@@ -228,6 +233,8 @@ def decide_association(
             facility = None
     else:
         facility = Facility.objects.filter(ae_title=called_ae).first()
+        if facility is not None and facility_codes and facility.code not in facility_codes:
+            return None, REJECT_CALLED_AE, f"called AE title {called_ae!r} ({facility.code}) is not served here"
     if facility is None:
         return None, REJECT_CALLED_AE, f"called AE title {called_ae!r} is not served here"
     node = RemoteNode.objects.filter(facility=facility, ae_title=calling_ae).first()
@@ -298,6 +305,7 @@ def handle_requested(event: Event) -> None:
             facility_code=server.facility_code,
             listener_ae=server.listener_ae,
             accept_unknown=server.accept_unknown,
+            facility_codes=server.facility_codes,
         )
         if reject is None and server.draining:
             peer, reject, why = None, (0x02, 0x03, 0x02), "the listener is shutting down"
@@ -559,6 +567,7 @@ class PacsServer(ThreadedAssociationServer):
     plain and the TLS server share it."""
 
     facility_code: str | None = None
+    facility_codes: frozenset[str] = frozenset()  # PACS_DICOM_FACILITIES; empty: every facility
     listener_ae: str | None = None
     accept_unknown: bool = False
     draining: bool = False
@@ -1286,12 +1295,14 @@ def start_listener(
     facility_code: str | None = None,
     ae_title: str | None = None,
     tls_port: int | None = None,
+    facility_codes: frozenset[str] = frozenset(),
 ) -> PacsServer:
     """Start serving in background threads; return the server (``.server_address`` has the port).
 
     With ``facility_code`` the listener serves that facility only, under
     ``ae_title`` (default: the facility's); without, it serves every facility,
-    each under its own AE title, and the called AE title chooses the facility.
+    each under its own AE title (only those of ``facility_codes``, when given:
+    see :func:`facilities_served`), and the called AE title chooses the facility.
 
     When DICOM TLS is configured (``PACS_DICOM_TLS_CERT``...), the same
     associations are served with TLS on ``tls_port`` (default
@@ -1347,6 +1358,7 @@ def start_listener(
         raise
     for server in servers:
         server.facility_code = facility_code
+        server.facility_codes = facility_codes
         server.listener_ae = ae_title
         server.accept_unknown = settings.PACS_DICOM_ACCEPT_UNKNOWN_AE
         server.slots = slots
@@ -1358,6 +1370,22 @@ def start_listener(
     plain = servers[0]
     plain.tls_server = servers[1] if len(servers) > 1 else None
     return plain
+
+
+def facilities_served(codes: list[str]) -> list[Facility]:
+    """The facilities of ``codes`` (PACS_DICOM_FACILITIES), every one when empty.
+
+    A code that names no facility stops start-up (ImproperlyConfigured): a
+    listener that silently served fewer hospitals than configured would turn
+    their modalities away.
+    """
+    facilities = list(Facility.objects.order_by("code"))
+    if not codes:
+        return facilities
+    unknown = sorted(set(codes) - {f.code for f in facilities})
+    if unknown:
+        raise ImproperlyConfigured(f"PACS_DICOM_FACILITIES names no facility with code {', '.join(unknown)}")
+    return [f for f in facilities if f.code in codes]
 
 
 def stop_listener(server: PacsServer, *, grace: float) -> None:

@@ -61,7 +61,15 @@ def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = N
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "PACS_AUDIT_KEY_FILE", "PACS_TEST_VAR_DIR", "CELERY_QUEUE")
+        if k
+        not in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "PACS_AUDIT_KEY_FILE",
+            "PACS_TEST_VAR_DIR",
+            "CELERY_QUEUE",
+            "CELERY_QUEUE_PREFIX",
+        )
     }
     clean["PACS_VAR_DIR"] = str(tmp_path / "var")  # for those that do not choose one
     # A session of its own: on a timeout the benchmark's servers go with it, not only the script.

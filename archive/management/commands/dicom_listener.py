@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.dicomnet import fence
-from archive.dicomnet.listener import start_listener, stop_listener
+from archive.dicomnet.listener import facilities_served, start_listener, stop_listener
 from archive.dicomnet.peers import is_loopback
 from archive.models import Facility, ae_title_validator
 
@@ -61,6 +61,14 @@ class Command(BaseCommand):
                 ae_title_validator(ae_title)
             except ValidationError:
                 raise CommandError(f"{ae_title!r} is not a valid AE title (1-16 printable ASCII characters)") from None
+        # PACS_DICOM_FACILITIES: the hospitals this process serves (--facility: one of them).
+        try:
+            served_facilities = facilities_served(settings.PACS_DICOM_FACILITIES)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        facility_codes = frozenset(settings.PACS_DICOM_FACILITIES)
+        if facility and facility_codes and facility.code not in facility_codes:
+            raise CommandError(f"--facility {facility.code} is not among PACS_DICOM_FACILITIES")
         port = opts["port"]
         if port is None:
             port = facility.dicom_port if facility else settings.PACS_DICOM_PORT
@@ -87,6 +95,7 @@ class Command(BaseCommand):
                 facility_code=facility.code if facility else None,
                 ae_title=ae_title,
                 tls_port=tls_port,
+                facility_codes=facility_codes,
             )
         except fence.FenceBroken as exc:
             raise CommandError(f"pynetdicom is not what the listener was written for: {exc}") from exc
@@ -98,9 +107,9 @@ class Command(BaseCommand):
         if facility:
             served = f"{ae_title or facility.ae_title} ({facility.code})"
         else:
-            served = (
-                ", ".join(f"{f.ae_title} ({f.code})" for f in Facility.objects.order_by("code")) or "no facility yet"
-            )
+            served = ", ".join(f"{f.ae_title} ({f.code})" for f in served_facilities) or "no facility yet"
+            if facility_codes:
+                served += " (PACS_DICOM_FACILITIES)"
         # Start-up's objects live as long as the process: out of the collector's
         # full passes (as in pacs/wsgi.py), which long C-FIND answers would trigger.
         gc.freeze()
