@@ -72,4 +72,33 @@ def test_per_facility_counts_equal_the_database(region, tmp_path: Path) -> None:
 def test_queue_lengths_are_skipped_for_the_filesystem_broker(settings) -> None:  # type: ignore[no-untyped-def]
     from pacs.ops.metrics import queue_lengths
 
-    assert settings.CELERY_BROKER_URL.startswith("filesystem://") and queue_lengths() == {}
+    # The embedded default (make run); CI runs the suite on Redis, so it is set here.
+    settings.CELERY_BROKER_URL = "filesystem://"
+    assert queue_lengths() == {}
+
+
+@pytest.mark.django_db
+def test_queue_lengths_are_read_from_redis(settings) -> None:  # type: ignore[no-untyped-def]
+    import redis
+    from celery import current_app
+
+    from pacs.ops.metrics import queue_lengths
+
+    # A database of the machine's Redis (127.0.0.1, as CI's) that no other test uses.
+    url = "redis://127.0.0.1:6379/13"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    settings.CELERY_BROKER_URL = url
+    names = sorted({q.name for q in (current_app.conf.task_queues or ())} or {current_app.conf.task_default_queue})
+    try:
+        client.delete(*names)
+        client.rpush(names[0], "a", "b")
+        lengths = queue_lengths()
+        assert set(lengths) == set(names)
+        assert lengths[names[0]] == 2 and sum(lengths.values()) == 2
+    finally:
+        client.delete(*names)
+        client.close()
