@@ -4,16 +4,13 @@ the settings that point the outbox at it."""
 
 from __future__ import annotations
 
-import datetime as dt
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from django.core.management import call_command
 
 from fse_gateway import gateway as client
 from tests.booking.conftest import cup as cup  # noqa: F401  (fixture)
@@ -32,26 +29,10 @@ class Keys:
 
 
 def keys_make(directory: Path, common_name: str = "060001PACSREGIONALE") -> Keys:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    key_file, cert_file = directory / "fse-key.pem", directory / "fse-cert.pem"
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_file.write_bytes(cert_pem)
-    return Keys(key_file, cert_file, cert_pem)
+    """A key and its self-signed certificate, made by the demo's own command (fse_demo_credentials)."""
+    call_command("fse_demo_credentials", dir=str(directory), cn=common_name, stdout=io.StringIO())
+    key_file, cert_file = directory / "jwt-key.pem", directory / "jwt-cert.pem"
+    return Keys(key_file, cert_file, cert_file.read_bytes())
 
 
 @pytest.fixture(scope="session")
