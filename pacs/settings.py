@@ -635,7 +635,12 @@ PACS_DICOM_FACILITIES = env_list("PACS_DICOM_FACILITIES")
 # nodes: they may C-ECHO and C-STORE, nothing else. Only for the demo:
 # production must leave it off.
 PACS_DICOM_ACCEPT_UNKNOWN_AE = env_bool("PACS_DICOM_ACCEPT_UNKNOWN_AE", False)
-# Established associations, all peers together (both ports).
+# Processes serving the listener's port(s) (archive/dicomnet/prefork.py): one
+# process uses one core for its CPU work (the GIL), so a listener that receives
+# from several modalities at once runs one per core. 0: one per CPU this process
+# may use. Each process opens its own database connections (one per association).
+PACS_DICOM_LISTENER_PROCESSES = env_int("PACS_DICOM_LISTENER_PROCESSES", 1)
+# Established associations, all peers together (both ports, every process).
 PACS_DICOM_MAX_ASSOCIATIONS = env_int("PACS_DICOM_MAX_ASSOCIATIONS", 32)
 # Connections one peer address may hold at once, associated or not yet: one
 # host cannot take every slot. Beyond it a new connection is closed at once.

@@ -35,6 +35,7 @@ import copy
 import errno
 import io
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -133,6 +134,9 @@ DIMSE_STATUS = {
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+# Transient, service provider (presentation), local limit exceeded: as pynetdicom answers
+# beyond its maximum_associations.
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 
 # Modality Worklist C-FIND is answered from the bookings, which the archive does
@@ -308,7 +312,13 @@ def handle_requested(event: Event) -> None:
             facility_codes=server.facility_codes,
         )
         if reject is None and server.draining:
-            peer, reject, why = None, (0x02, 0x03, 0x02), "the listener is shutting down"
+            peer, reject, why = None, REJECT_LOCAL_LIMIT, "the listener is shutting down"
+        if reject is None and not assoc.association_slot_acquire():
+            peer, reject, why = (
+                None,
+                REJECT_LOCAL_LIMIT,
+                f"{server.slots.max_associations} associations in progress (PACS_DICOM_MAX_ASSOCIATIONS)",
+            )
         if reject is None:
             assoc.pacs_peer = peer
             return
@@ -412,6 +422,7 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
         self._pacs_lock = threading.Lock()
         self._pacs_audited = False
         self._pacs_slot_held = True
+        self._pacs_association_held = False
         self._pacs_started = time.monotonic()
 
     def audit_once(self) -> None:
@@ -442,6 +453,14 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
             self._pacs_slot_held = False
         self.pacs_server.slots.release(self._pacs_address)
 
+    def association_slot_acquire(self) -> bool:
+        """A place under PACS_DICOM_MAX_ASSOCIATIONS (every process of the listener
+        together), held until the association's thread ends; False: none free."""
+        if not self.pacs_server.slots.association_acquire():
+            return False
+        self._pacs_association_held = True
+        return True
+
     def run(self) -> None:
         try:
             super().run()
@@ -452,6 +471,9 @@ class PacsAssociation(SendsStoredInstances, fence.FencedAssociation):
                 try:
                     connections.close_all()
                 finally:
+                    if self._pacs_association_held:
+                        self._pacs_association_held = False
+                        self.pacs_server.slots.association_release()
                     self.slot_release()
 
     def service_answered(self, msg: Any, context_id: int) -> bool:
@@ -571,7 +593,7 @@ class PacsServer(ThreadedAssociationServer):
     listener_ae: str | None = None
     accept_unknown: bool = False
     draining: bool = False
-    slots: dul.AddressSlots
+    slots: dul.AddressSlots | dul.SharedSlots  # shared by the processes of a listener of several
     tls_server: PacsServer | None = None  # the DICOM TLS port, served beside this one
     fast_paths: bool = True  # PACS_DICOM_FAST_PATHS when the listener started (fence.py)
     # Gate threads end with the process; associations are joined by stop_listener.
@@ -580,11 +602,54 @@ class PacsServer(ThreadedAssociationServer):
     # SYNs dropped and retried by the peer a second later, a stall for everyone.
     request_queue_size = 128
 
+    def __init__(self, *args: Any, listening_socket: socket.socket | None = None, **kwargs: Any) -> None:
+        # A process of a listener of several (archive/dicomnet/prefork.py) serves the
+        # socket its parent bound and listens on, shared with its siblings.
+        self.listening_socket = listening_socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.listening_socket is None:
+            super().server_bind()
+            return
+        assert self.socket is not None
+        self.socket.close()  # the one socketserver made, unbound
+        self.socket = self.listening_socket
+        # Non-blocking: every process wakes for a connection, one accepts it, the
+        # others' accept() fails at once (socketserver ignores that OSError).
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening_socket is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening_socket is None:
+            super().server_close()
+            return
+        # Only this process's descriptor: shutdown() would stop the port for the
+        # siblings too (the parent does that when the whole listener stops).
+        assert self.socket is not None
+        self.socket.close()
+
     def get_request(self) -> tuple[Any, Any]:
         # pynetdicom does the TLS handshake here, in the accepting thread, where
         # one silent peer stops the port: the gate does it in the connection's own.
         assert self.socket is not None
-        return self.socket.accept()
+        if self.listening_socket is None:
+            return self.socket.accept()
+        try:
+            sock, address = self.socket.accept()
+        except BlockingIOError:
+            raise  # a sibling process took the connection
+        except OSError:
+            # The parent shut the socket (the listener stops): this process's loop
+            # ends within moments; meanwhile the socket stays readable, do not spin.
+            time.sleep(0.05)
+            raise
+        sock.setblocking(True)  # the gate sets its own timeouts
+        return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         address = str(client_address[0])
@@ -1296,6 +1361,8 @@ def start_listener(
     ae_title: str | None = None,
     tls_port: int | None = None,
     facility_codes: frozenset[str] = frozenset(),
+    listening_sockets: list[socket.socket] | None = None,
+    slots: dul.AddressSlots | dul.SharedSlots | None = None,
 ) -> PacsServer:
     """Start serving in background threads; return the server (``.server_address`` has the port).
 
@@ -1308,6 +1375,11 @@ def start_listener(
     associations are served with TLS on ``tls_port`` (default
     ``PACS_DICOM_TLS_PORT``; 0: any free port): the returned server's
     ``tls_server``. Both share the association limits.
+
+    A process of a listener of several (``archive/dicomnet/prefork.py``)
+    gives the sockets its parent listens on (``listening_sockets``: the plain
+    one, then the TLS one when TLS is configured) instead of ``host`` and the
+    ports, and the ``slots`` shared by every process.
     """
     # Nothing of pynetdicom is changed for the process: the adaptations are the
     # fence's classes, made for this server's associations only.
@@ -1332,14 +1404,23 @@ def start_listener(
     ]
     if fast_paths:
         handlers.append((evt.EVT_CONN_OPEN, fence.handle_conn_open_nodelay))
-    slots = dul.AddressSlots(per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)
+    if slots is None:
+        slots = dul.AddressSlots(
+            per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS,
+            max_associations=settings.PACS_DICOM_MAX_ASSOCIATIONS,
+        )
     context = tls_context()  # before binding: a bad certificate stops start-up
     addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
     if context is not None:
         addresses.append(((host, settings.PACS_DICOM_TLS_PORT if tls_port is None else tls_port), context))
+    inherited: list[socket.socket | None] = list(listening_sockets or [None] * len(addresses))
+    if len(inherited) != len(addresses):
+        raise ImproperlyConfigured("the listening sockets handed over do not match the TLS configuration")
     servers: list[PacsServer] = []
     try:
-        for address, ssl_context in addresses:
+        for (address, ssl_context), listening_socket in zip(addresses, inherited, strict=True):
+            if listening_socket is not None:
+                address = listening_socket.getsockname()[:2]
             server = cast(
                 PacsServer,
                 ae.make_server(
@@ -1349,6 +1430,7 @@ def start_listener(
                     evt_handlers=handlers,
                     server_class=PacsServer,
                     request_handler=PacsRequestHandler,
+                    listening_socket=listening_socket,
                 ),
             )  # a PacsServer: pynetdicom's annotation names its default class
             servers.append(server)
