@@ -120,9 +120,11 @@ def test_ingest_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Pa
         r"^target\s+mode\s+seconds\s+inst/s\s+MB/s\s+vs floor$",
         *(
             rf"^{target}\s+{mode}\s+\d"
-            for target in ("floor", "sqlite", "postgresql")
+            for target in ("floor", "sqlite", "postgresql", r"sqlite x\d+", r"postgresql x\d+")
             for mode in ("1 association", "4 associations")
         ),
+        r"^sqlite x\d+\s+1 association \d+\.\d+ \((met|NOT met);",
+        r"^postgresql x\d+\s+1 association \d+\.\d+ \((met|NOT met);",
     )
 
 
