@@ -581,6 +581,11 @@ class PacsRequestHandler(fence.FencedRequestHandler):
         self.started = True
 
 
+# Seconds a process of a listener of several waits before accepting a connection
+# when a sibling holds fewer (an idle process accepts in well under a millisecond).
+ACCEPT_DEFERRAL = 0.005
+
+
 class PacsServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the gate of ``archive/dicomnet/transport.py`` in front:
     each connection's thread first waits (``PACS_DICOM_REQUEST_TIMEOUT``) for
@@ -639,6 +644,10 @@ class PacsServer(ThreadedAssociationServer):
         assert self.socket is not None
         if self.listening_socket is None:
             return self.socket.accept()
+        if isinstance(self.slots, dul.SharedSlots) and not self.slots.least_loaded():
+            # Every process woke for this connection: one that holds fewer lets it
+            # have it first; if none takes it (all busy), this one does.
+            time.sleep(ACCEPT_DEFERRAL)
         try:
             sock, address = self.socket.accept()
         except BlockingIOError:

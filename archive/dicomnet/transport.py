@@ -109,7 +109,8 @@ class AddressSlots:
 # The parent holds the AddressSlots; each child process asks it over its own end of
 # a socket pair, one line a request: "a ADDRESS" (acquire a connection slot) and "A"
 # (an association's) answer "1" or "0"; "r ADDRESS" and "R" give them back and
-# answer nothing; "c [ADDRESS]" answers the connections held (by the address, or
+# answer nothing; "l" answers "1" when the child holds no more connections than
+# any sibling (who accepts first, below); "c [ADDRESS]" answers the connections held (by the address, or
 # all); "s" answers the snapshot as JSON; "h" (hello) says the child serves. Per child the parent keeps what it holds, so a child that dies (even by
 # SIGKILL) gives every slot back with it.
 
@@ -184,6 +185,10 @@ class SlotBroker:
                 if associations[0] > 0:
                     associations[0] -= 1
                     self.slots.association_release()
+            elif verb == "l":
+                mine = sum(addresses.values())
+                least = min(sum(held.values()) for held, _n in self._ledger.values())
+                replies.append(b"1\n" if mine <= least else b"0\n")
             elif verb == "c":
                 replies.append(b"%d\n" % self.slots.held(address or None))
             elif verb == "s":
@@ -246,6 +251,10 @@ class SharedSlots:
 
     def association_release(self) -> None:
         self._tell("R")
+
+    def least_loaded(self) -> bool:
+        """Whether this process holds no more connections than any of its siblings."""
+        return self._ask("l") != b"0\n"
 
     def snapshot(self) -> dict[str, Any]:
         answer = self._ask("s")
