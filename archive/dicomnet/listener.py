@@ -1422,7 +1422,7 @@ def start_listener(
     addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
     if context is not None:
         addresses.append(((host, settings.PACS_DICOM_TLS_PORT if tls_port is None else tls_port), context))
-    inherited: list[socket.socket | None] = list(listening_sockets or [None] * len(addresses))
+    inherited: list[socket.socket | None] = [*listening_sockets] if listening_sockets else [None] * len(addresses)
     if len(inherited) != len(addresses):
         raise ImproperlyConfigured("the listening sockets handed over do not match the TLS configuration")
     servers: list[PacsServer] = []

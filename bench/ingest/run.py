@@ -265,10 +265,10 @@ def main() -> None:
     for db in databases:
         ratios = []
         for mode, goal in (("1 association", 0.9), ("4 associations", 1.3)):
-            ratio = results["floor"][mode] / results[db + multi][mode]
-            single = results[db][mode] / results[db + multi][mode]
-            met = "met" if ratio >= goal else "NOT met"
-            ratios.append(f"{mode} {ratio:.2f} ({met}; {single:.2f}x one process)")
+            to_floor = results["floor"][mode] / results[db + multi][mode]
+            to_single = results[db][mode] / results[db + multi][mode]
+            met = "met" if to_floor >= goal else "NOT met"
+            ratios.append(f"{mode} {to_floor:.2f} ({met}; {to_single:.2f}x one process)")
         print(f"{db + multi:<14}{', '.join(ratios)}")
 
 

@@ -120,7 +120,9 @@ def test_the_association_limit_holds_across_processes(start_listener_process, re
         for _ in range(3):
             third = _associate(listener.port)
             assert third.is_rejected
-            assert (third.acceptor.primitive.result, third.acceptor.primitive.diagnostic) == (0x02, 0x02)
+            answer = third.acceptor.primitive
+            assert answer is not None
+            assert (answer.result, answer.result_source, answer.diagnostic) == (0x02, 0x03, 0x02)
         assert "associations in progress (PACS_DICOM_MAX_ASSOCIATIONS)" in listener.log()
     finally:
         for a in held:
