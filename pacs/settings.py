@@ -639,7 +639,11 @@ PACS_DICOM_ACCEPT_UNKNOWN_AE = env_bool("PACS_DICOM_ACCEPT_UNKNOWN_AE", False)
 # process uses one core for its CPU work (the GIL), so a listener that receives
 # from several modalities at once runs one per core. 0: one per CPU this process
 # may use. Each process opens its own database connections (one per association).
+# Default 1: a fresh checkout (SQLite, one write lock) gains little from more;
+# deploy/listener/*.env.example sets 0 for production.
 PACS_DICOM_LISTENER_PROCESSES = env_int("PACS_DICOM_LISTENER_PROCESSES", 1)
+if PACS_DICOM_LISTENER_PROCESSES < 0:
+    raise ImproperlyConfigured("PACS_DICOM_LISTENER_PROCESSES is a number of processes, 0 for one per CPU")
 # Established associations, all peers together (both ports, every process).
 PACS_DICOM_MAX_ASSOCIATIONS = env_int("PACS_DICOM_MAX_ASSOCIATIONS", 32)
 # Connections one peer address may hold at once, associated or not yet: one
