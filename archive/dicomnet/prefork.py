@@ -240,6 +240,9 @@ class Prefork:
         sys.stdout.flush()
         sys.stderr.flush()
         parent_pid = os.getpid()
+        # Blocked across the fork: a SIGTERM that came before the child's own handler
+        # would run the parent's (inherited) and be lost; it waits for the child's.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         pid = os.fork()
         if pid == 0:  # the child
             status = 1
@@ -248,7 +251,7 @@ class Prefork:
                 self._selector.close()
                 for child in self.children.values():
                     child.sock.close()
-                status = self._child(index, parent_pid, child_end)
+                status = self._child(index, parent_pid, child_end, blocked)
             except BaseException:
                 logger.exception("listener process %d failed", os.getpid())
             finally:
@@ -256,16 +259,18 @@ class Prefork:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child_end.close()
         parent_end.setblocking(False)
         child = _Child(index=index, pid=pid, sock=parent_end, started=time.monotonic())
         self.children[pid] = child
         self._selector.register(parent_end, selectors.EVENT_READ, child)
 
-    def _child(self, index: int, parent_pid: int, broker: socket.socket) -> int:
+    def _child(self, index: int, parent_pid: int, broker: socket.socket, blocked: set[signal.Signals]) -> int:
         signals: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: signals.append(signum))
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         _die_with_parent()
         if os.getppid() != parent_pid:
             return 0  # the parent died before this child could ask to be told
