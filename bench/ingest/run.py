@@ -67,7 +67,7 @@ def generate(dest: Path, count: int, folders: int) -> int:
     return total
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
