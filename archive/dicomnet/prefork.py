@@ -266,7 +266,7 @@ class Prefork:
         self.children[pid] = child
         self._selector.register(parent_end, selectors.EVENT_READ, child)
 
-    def _child(self, index: int, parent_pid: int, broker: socket.socket, blocked: set[signal.Signals]) -> int:
+    def _child(self, index: int, parent_pid: int, broker: socket.socket, blocked: set[int | signal.Signals]) -> int:
         signals: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: signals.append(signum))
