@@ -205,3 +205,35 @@ def test_the_processes_stop_when_the_parent_is_killed(start_listener_process, re
 def test_a_bad_process_count_is_refused(start_listener_process, region) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(RuntimeError, match="--processes -1"):
         start_listener_process("--processes", "-1")
+
+
+def test_the_tls_port_is_served_by_the_processes_too(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from archive.models import RemoteNode
+    from tests.tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    secure = pki.client("secure")
+    RemoteNode.objects.create(
+        facility=region.facility,
+        ae_title="SECURE",
+        host="127.0.0.1",
+        port=104,
+        can_store=True,
+        tls_certificate_sha256=secure.sha256,
+    )
+    listener = start_listener_process("--processes", "2", "--tls-port", "0", env=pki.settings())
+    found = re.search(r"DICOM TLS on [^\s]+:(\d+)", listener.log())
+    assert found, listener.log()
+    ae = AE(ae_title="SECURE")
+    ae.add_requested_context(Verification)
+    for _ in range(3):
+        assoc = ae.associate(
+            "127.0.0.1", int(found.group(1)), ae_title="TSCAT_PACS", tls_args=(pki.client_context(secure), "localhost")
+        )
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    # The node with a certificate is refused on the plain port, by whichever process.
+    assert not ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS").is_established
