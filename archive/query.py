@@ -43,7 +43,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db.models import CharField, Count, Exists, Lookup, Max, OuterRef, Q, QuerySet, Sum, TextField
@@ -975,19 +975,19 @@ def _encoded_rows(
             if type(item) is bytes:
                 parts.append(item)
                 continue
-            column, prefix, long, vr = item  # type: ignore[misc]
-            value = row[column]
+            at_column, prefix, long, key_vr = cast(tuple[int, bytes, bool, str], item)
+            value = row[at_column]
             if type(value) is str:
                 if not text and not value.isascii():
                     text = True
-                if vr in numbers or not value:
-                    data = _value_bytes(value, vr, codec)
+                if key_vr in numbers or not value:
+                    data = _value_bytes(value, key_vr, codec)
                 else:
                     data = value.encode(codec)
                     if len(data) % 2:
-                        data += b"\0" if vr == "UI" else b" "
+                        data += b"\0" if key_vr == "UI" else b" "
             else:
-                data = _value_bytes(value, vr, codec)
+                data = _value_bytes(value, key_vr, codec)
             parts.append(prefix)
             parts.append(_PACK_L(len(data)) if long else _PACK_H(len(data)))
             parts.append(data)

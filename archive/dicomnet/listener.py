@@ -857,7 +857,7 @@ def _answer_find(
                 break
             matches += 1
             if not encoded:
-                yield PENDING, result
+                yield PENDING, cast(Dataset, result)
             elif not cast(find_fast.PendingWriter, writer).add(cast(bytes, result)):
                 break  # the association ended: pynetdicom sends nothing more
     except QueryError as exc:

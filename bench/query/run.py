@@ -150,20 +150,22 @@ class Servers:
             return children
 
 
-def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int) -> Servers:
+def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int, checkout: Path = REPO) -> Servers:
+    """gunicorn and the DICOM listener, run from ``checkout`` (another checkout's
+    servers against the same archive: before and after a change)."""
     logs.mkdir(parents=True, exist_ok=True)
     web_log, dicom_log = logs / "gunicorn.log", logs / "dicom_listener.log"
     gunicorn = BIN / "gunicorn"
     web = subprocess.Popen(
         [str(gunicorn), "pacs.wsgi", "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads)],
-        cwd=REPO,
+        cwd=checkout,
         env=env,
         stdout=web_log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     dicom = subprocess.Popen(
         [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
+        cwd=checkout,
         env=env,
         stdout=dicom_log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -299,6 +301,20 @@ class Timings:
     # Untimed work after each timed request (the raw C-FIND client's decoding), and its seconds.
     after: Callable[[], float] | None = None
     after_seconds: list[float] = field(default_factory=list)
+    # The serving process's CPU seconds so far (C-FIND: the listener's), read around each request.
+    cpu: Callable[[], float] | None = None
+    cpu_seconds: list[float] = field(default_factory=list)
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    """A probe of the process's CPU seconds so far, user and system, all its threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def probe() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return probe
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -553,6 +569,7 @@ def latency_run(
                 continue
             if len(result.errors) >= 5:
                 continue  # not working: say so once, do not hammer it
+            cpu = result.cpu() if result.cpu is not None else 0.0
             start = time.perf_counter()
             try:
                 n = call(i)
@@ -560,6 +577,8 @@ def latency_run(
                 result.errors.append(" ".join(f"{type(exc).__name__}: {exc}".split()))
                 continue
             elapsed = time.perf_counter() - start
+            if result.cpu is not None and i >= warmup:
+                result.cpu_seconds.append(result.cpu() - cpu)
             after = result.after() if result.after is not None else None
             if i >= warmup:
                 result.seconds.append(elapsed)
@@ -584,9 +603,12 @@ def latency_print(title: str, results: list[Timings]) -> None:
         verdict = "" if r.goal_ms is None else ("ok" if p95 < r.goal_ms else "MISSED")
         med = statistics.median(r.matches)
         line = f"{r.label:<52}{len(ms):>5}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}"
+        if r.cpu_seconds:
+            # Clock ticks (10 ms): only the mean over many requests means anything.
+            line += f"  listener CPU {statistics.mean(r.cpu_seconds) * 1000:.1f} ms/request"
         if r.after_seconds:
             after = [s * 1000 for s in r.after_seconds]
-            line += f"{'':<8}decode p50 {_pct(after, 50):.1f} / p95 {_pct(after, 95):.1f} ms"
+            line += f"  decode p50 {_pct(after, 50):.1f} / p95 {_pct(after, 95):.1f} ms"
         print(line)
         if r.errors:
             print(f"{'':<52}({len(r.errors)} failed: {r.errors[0][:120]})")
@@ -930,6 +952,13 @@ def main() -> None:
     parser.add_argument("--skip-wado", action="store_true")
     parser.add_argument("--skip-latency", action="store_true", help="no servers, no QIDO-RS/C-FIND latency")
     parser.add_argument("--skip-qido", action="store_true", help="C-FIND latency only")
+    parser.add_argument(
+        "--servers-from",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="run gunicorn and the listener from another checkout (e.g. `git archive` of the commit before a change)",
+    )
     parser.add_argument("--skip-large", action="store_true", help="no 512x512 (~260 MB) retrieve study")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the query behind each kind")
     parser.add_argument("--seed", type=int, default=1)
@@ -1053,7 +1082,9 @@ def main() -> None:
             print("generating and importing the retrieve studies", file=sys.stderr, flush=True)
             wado = wado_studies_make(work, env, wado_specs)
 
-        servers = servers_start(env, work / "logs", workers=args.workers, threads=args.threads)
+        servers = servers_start(
+            env, work / "logs", workers=args.workers, threads=args.threads, checkout=args.servers_from
+        )
         try:
             print(
                 f"gunicorn on :{servers.web_port} ({args.workers} workers x {args.threads} threads), "
@@ -1102,8 +1133,9 @@ def main() -> None:
                     find = None
                     for r in find_results:
                         r.errors.append(f"{type(exc).__name__}: {exc}")
-                if isinstance(find, RawFind):
-                    for r in find_results:
+                for r in find_results:
+                    r.cpu = process_cpu(servers.dicom.pid)
+                    if isinstance(find, RawFind):
                         r.after = find.decode
 
                 def cfind(level: str, matching: dict[str, str], find: RawFind | Cfind | None = find) -> int:
