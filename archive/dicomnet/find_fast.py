@@ -135,8 +135,9 @@ class PendingWriter:
     """Frames pending C-FIND responses and hands them to the association's DUL
     thread in writes of about ``_BATCH`` bytes, at most ``_AHEAD`` waiting.
 
-    ``add`` returns False once the association is no longer established (the
-    caller stops); ``flush`` hands over what is left, before the final status.
+    ``add`` returns False once the association is no longer established or the
+    peer aborted it (the caller stops); ``flush`` hands over what is left, before
+    the final status.
     """
 
     def __init__(self, assoc: Any, *, context_id: int, command: bytes) -> None:
@@ -167,13 +168,13 @@ class PendingWriter:
         self._size += size + 6
         if self._size >= _BATCH:
             return self._hand_over()
-        return self._assoc.is_established
+        return True
 
     def flush(self) -> bool:
         """Hand over what is framed; True while the association is established."""
         if self._buffer:
             return self._hand_over()
-        return self._assoc.is_established
+        return self._going_on()
 
     def _hand_over(self) -> bool:
         while len(self._queued) >= _AHEAD:
@@ -184,10 +185,17 @@ class PendingWriter:
         self._buffer, self._size = [], 0
         self._queued.append(primitive)
         self._dul.send_pdu(primitive)
-        return self._assoc.is_established
+        return self._going_on()
+
+    def _going_on(self) -> bool:
+        # The reactor that would mark the association ended is serving this C-FIND:
+        # an A-ABORT is seen on the ACSE's queue, as pynetdicom's service class looks
+        # for it between two responses (its _wrap_handler); the state of the DUL
+        # drops what comes after it anyway (fence row 17).
+        return bool(self._assoc.is_established and not self._assoc.acse.is_aborted())
 
     def _wait(self, primitive: PreEncodedPData) -> bool:
         while not primitive.sent.wait(_WAIT):
-            if not self._assoc.is_established or not self._dul.is_alive():
+            if not self._going_on() or not self._dul.is_alive():
                 return False
         return True

@@ -859,7 +859,10 @@ def _answer_find(
             if not encoded:
                 yield PENDING, cast(Dataset, result)
             elif not cast(find_fast.PendingWriter, writer).add(cast(bytes, result)):
-                break  # the association ended: pynetdicom sends nothing more
+                # The association ended or the peer aborted: pynetdicom sends nothing more.
+                outcome = AuditEvent.Outcome.WARNING
+                detail["ended"] = True
+                break
     except QueryError as exc:
         logger.warning("%s from %s refused: %s", what, peer.calling_ae, exc)
         outcome, final = AuditEvent.Outcome.FAILURE, _status(DIMSE_STATUS[exc.code], exc.message)

@@ -23,6 +23,8 @@ from archive.dicomnet.find_fast import response_pdus
 from archive.models import Patient, RemoteNode, Study
 from archive.query import ATTRIBUTES, LEVELS, query_encoded, query_run
 from archive.sample_data import PatientInfo, write_study
+from kernel.models import AuditEvent
+from tests.conftest import wait_until
 from tests.dicomweb_helpers import ingest_files
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -264,3 +266,42 @@ def test_the_fast_road_answers_what_pynetdicom_answered(  # type: ignore[no-unty
         == [{"Alphabetic": "YAMADA^TARO", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}]
         for a in answers[True, "STUDY"]
     )
+
+
+def test_an_abort_stops_the_answer_and_the_audit_says_so(  # type: ignore[no-untyped-def]
+    listener: int, region, workstation, settings
+) -> None:
+    total = 5000
+    patient = Patient.objects.create(provisional=True)
+    Study.objects.bulk_create(
+        Study(
+            study_instance_uid=f"1.2.826.0.1.3680043.8.498.9.{i}",
+            patient=patient,
+            facility=region.facility,
+            patient_name="MOLTI^STUDI",
+            dicom_patient_id="MANY",
+            study_date=dt.date(2020, 1, 1) + dt.timedelta(days=i % 900),
+        )
+        for i in range(total)
+    )
+    settings.PACS_QUERY_MAX_MATCHES = total * 2
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "MANY"
+    ds.StudyInstanceUID = ""
+    ae = AE(ae_title="WS")
+    ae.add_requested_context(FIND)
+    assoc = ae.associate("127.0.0.1", listener, ae_title="TSCAT_PACS")
+    assert assoc.is_established
+    responses = assoc.send_c_find(ds, FIND)
+    status, _identifier = next(responses)
+    assert status.Status == 0xFF00
+    assoc.abort()
+
+    def audited() -> AuditEvent | None:
+        return AuditEvent.objects.filter(action="dicom.query").first()
+
+    event = wait_until(audited, what="the C-FIND's audit event")
+    assert event.detail.get("ended") is True and event.outcome == AuditEvent.Outcome.WARNING
+    assert 1 <= event.detail["matches"] < total
+    assert len(event.detail["studies"]) == 20
