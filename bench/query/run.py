@@ -304,15 +304,42 @@ class Timings:
     # The serving process's CPU seconds so far (C-FIND: the listener's), read around each request.
     cpu: Callable[[], float] | None = None
     cpu_seconds: list[float] = field(default_factory=list)
+    # The database backends' CPU seconds so far (C-FIND with --skip-qido), around each request.
+    db_cpu: Callable[[], float] | None = None
+    db_cpu_seconds: list[float] = field(default_factory=list)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu(pid: int) -> Callable[[], float]:
     """A probe of the process's CPU seconds so far, user and system, all its threads."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    return lambda: _cpu_seconds(pid)
+
+
+def backends_cpu() -> Callable[[], float]:
+    """A probe of the CPU seconds so far of the PostgreSQL backends serving this
+    database to others than this process (with ``--skip-qido``: the listener's),
+    read from /proc (PostgreSQL on this machine). A backend that ended is no
+    longer counted: a mean over many requests, as the listener's."""
+    from django.db import connection
 
     def probe() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks
+        with connection.cursor() as c:
+            c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            pids = [r[0] for r in c.fetchall()]
+        total = 0.0
+        for pid in pids:
+            try:
+                total += _cpu_seconds(pid)
+            except OSError:
+                pass
+        return total
 
     return probe
 
@@ -570,6 +597,7 @@ def latency_run(
             if len(result.errors) >= 5:
                 continue  # not working: say so once, do not hammer it
             cpu = result.cpu() if result.cpu is not None else 0.0
+            db_cpu = result.db_cpu() if result.db_cpu is not None else 0.0
             start = time.perf_counter()
             try:
                 n = call(i)
@@ -579,6 +607,8 @@ def latency_run(
             elapsed = time.perf_counter() - start
             if result.cpu is not None and i >= warmup:
                 result.cpu_seconds.append(result.cpu() - cpu)
+            if result.db_cpu is not None and i >= warmup:
+                result.db_cpu_seconds.append(result.db_cpu() - db_cpu)
             after = result.after() if result.after is not None else None
             if i >= warmup:
                 result.seconds.append(elapsed)
@@ -606,6 +636,8 @@ def latency_print(title: str, results: list[Timings]) -> None:
         if r.cpu_seconds:
             # Clock ticks (10 ms): only the mean over many requests means anything.
             line += f"  listener CPU {statistics.mean(r.cpu_seconds) * 1000:.1f} ms/request"
+        if r.db_cpu_seconds:
+            line += f"  database CPU {statistics.mean(r.db_cpu_seconds) * 1000:.1f} ms/request"
         if r.after_seconds:
             after = [s * 1000 for s in r.after_seconds]
             line += f"  decode p50 {_pct(after, 50):.1f} / p95 {_pct(after, 95):.1f} ms"
@@ -1135,6 +1167,8 @@ def main() -> None:
                         r.errors.append(f"{type(exc).__name__}: {exc}")
                 for r in find_results:
                     r.cpu = process_cpu(servers.dicom.pid)
+                    if args.skip_qido:
+                        r.db_cpu = backends_cpu()
                     if isinstance(find, RawFind):
                         r.after = find.decode
 
