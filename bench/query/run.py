@@ -322,23 +322,30 @@ def process_cpu(pid: int) -> Callable[[], float]:
 def backends_cpu() -> Callable[[], float]:
     """A probe of the CPU seconds so far of the PostgreSQL backends serving this
     database to others than this process (with ``--skip-qido``: the listener's),
-    read from /proc (PostgreSQL on this machine). A backend that ended is no
-    longer counted: a mean over many requests, as the listener's."""
+    read from /proc (PostgreSQL on this machine), as a running total: each
+    backend's growth since it was last seen, a new one's from its start (what a
+    backend did between its last reading and its end is lost)."""
     from django.db import connection
 
+    seen: dict[int, float] = {}
+    total = 0.0
+
     def probe() -> float:
+        nonlocal seen, total
         with connection.cursor() as c:
             c.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
             )
             pids = [r[0] for r in c.fetchall()]
-        total = 0.0
+        now: dict[int, float] = {}
         for pid in pids:
             try:
-                total += _cpu_seconds(pid)
+                now[pid] = _cpu_seconds(pid)
             except OSError:
-                pass
+                continue
+            total += now[pid] - seen.get(pid, 0.0)
+        seen = now
         return total
 
     return probe
