@@ -677,8 +677,9 @@ PACS_DICOM_SHUTDOWN_GRACE = env_float("PACS_DICOM_SHUTDOWN_GRACE", 10.0)
 # The listener's fast paths around pynetdicom (archive/dicomnet/fence.py, rows
 # marked F): loops that wake on events instead of polling every millisecond,
 # the peer read before queued responses are sent (a C-CANCEL is seen at once),
-# C-FIND responses encoded once, TCP_NODELAY, large reads, no identifier
-# formatting for pynetdicom's log. Off: pynetdicom's own behaviour for each
+# C-FIND pending responses written straight from the index rows as whole PDUs,
+# many per socket write (archive/dicomnet/find_fast.py), TCP_NODELAY, large
+# reads, no identifier formatting for pynetdicom's log. Off: pynetdicom's own behaviour for each
 # (slower; to compare, or to rule a fast path out); the PDU length ceiling,
 # the request gate and the per-address slots stay on either way.
 PACS_DICOM_FAST_PATHS = env_bool("PACS_DICOM_FAST_PATHS", True)

@@ -137,6 +137,17 @@ Row   pynetdicom name                         Why                               
                                               releasing meanwhile waits for the DIMSE
                                               timeout. The response is read through the
                                               public ``EVT_DIMSE_RECV``.
+
+17 F  ``DUL._process_recv_primitive``         A C-FIND's pending responses come             A way to queue encoded PDUs
+      (overridden, as row 5; uses             pre-encoded from the index rows as whole      (or a DIMSE message's bytes)
+      ``state_machine.current_state``,        P-DATA-TF PDUs, many in one                   for sending.
+      ``AssociationSocket.send``)             :class:`PreEncodedPData`; the DUL writes
+                                              them in one socket write where pynetdicom's
+                                              DT-1 and AR-7 would send a P-DATA-TF (Sta6,
+                                              Sta8) and drops them in any other state.
+                                              ``EVT_PDU_SENT`` and ``EVT_DIMSE_SENT`` are
+                                              not triggered for them (``EVT_DATA_SENT``
+                                              is).
 ====  ======================================  ============================================  ============================
 
 Public hooks used instead of internals: ``EVT_REQUESTED`` decides who may
@@ -312,6 +323,9 @@ TOUCHED: tuple[Touched, ...] = (
     Touched("15", "_config", "LOG_RESPONSE_IDENTIFIERS", "config"),
     Touched("16", "Association", "_reactor_checkpoint", "attribute"),
     Touched("16", "Association", "_is_paused", "attribute"),
+    Touched("17", "DULServiceProvider", "_process_recv_primitive", "method", ("self",)),
+    Touched("17", "DULServiceProvider", "state_machine", "attribute"),
+    Touched("17", "AssociationSocket", "send", "method", ("self", "bytestream")),
 )
 
 
@@ -323,6 +337,7 @@ def _owners() -> dict[str, Any]:
         "DIMSEMessage": DIMSEMessage,
         "C_STORE": C_STORE,
         "RequestHandler": RequestHandler,
+        "AssociationSocket": AssociationSocket,
         "ApplicationEntity": ApplicationEntity,
         "_config": _config,
     }
@@ -468,7 +483,18 @@ class _NotifyingQueue(queue.Queue):
         self._notify()
 
 
-# --- the DUL (rows 1-5) ---------------------------------------------------------------
+class PreEncodedPData(P_DATA):
+    """Whole P-DATA-TF PDUs, encoded by the caller, for the DUL to write in one socket
+    write (row 17). ``sent`` is set once they are written, or dropped because the
+    association is ending. Only for :class:`FencedDUL` with fast paths on."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+        self.sent = threading.Event()
+
+
+# --- the DUL (rows 1-5, 17) ---------------------------------------------------------------
 
 
 class FencedDUL(DULServiceProvider):
@@ -607,7 +633,27 @@ class FencedDUL(DULServiceProvider):
                     readable = []
                 if readable:
                     return False
+            try:
+                first = self.to_provider_queue.queue[0]
+            except IndexError:
+                first = None
+            if isinstance(first, PreEncodedPData):
+                self._send_pre_encoded(first)
+                return True
         return bool(super()._process_recv_primitive())
+
+    def _send_pre_encoded(self, primitive: PreEncodedPData) -> None:
+        """Row 17: what DT-1 (Sta6) and AR-7 (Sta8) do with a P-DATA request, for PDUs
+        already encoded; in any other state the association is ending and they are dropped."""
+        self.to_provider_queue.get(False)
+        try:
+            if self.socket is not None and self.state_machine.current_state in ("Sta6", "Sta8"):
+                self.socket.send(primitive.data)  # on failure it queues Evt17, as for any PDU
+        finally:
+            primitive.sent.set()
+        if self.to_provider_queue.qsize():
+            # The reactor sleeps when no event came of this turn: wake it for what is queued.
+            self._poke()
 
     def _read_pdu_data(self) -> None:
         sock = self.socket

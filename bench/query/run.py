@@ -150,20 +150,22 @@ class Servers:
             return children
 
 
-def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int) -> Servers:
+def servers_start(env: dict[str, str], logs: Path, *, workers: int, threads: int, checkout: Path = REPO) -> Servers:
+    """gunicorn and the DICOM listener, run from ``checkout`` (another checkout's
+    servers against the same archive: before and after a change)."""
     logs.mkdir(parents=True, exist_ok=True)
     web_log, dicom_log = logs / "gunicorn.log", logs / "dicom_listener.log"
     gunicorn = BIN / "gunicorn"
     web = subprocess.Popen(
         [str(gunicorn), "pacs.wsgi", "--bind", "127.0.0.1:0", "--workers", str(workers), "--threads", str(threads)],
-        cwd=REPO,
+        cwd=checkout,
         env=env,
         stdout=web_log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     dicom = subprocess.Popen(
         [PYTHON, "manage.py", "dicom_listener", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
+        cwd=checkout,
         env=env,
         stdout=dicom_log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -296,6 +298,57 @@ class Timings:
     seconds: list[float] = field(default_factory=list)
     matches: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Untimed work after each timed request (the raw C-FIND client's decoding), and its seconds.
+    after: Callable[[], float] | None = None
+    after_seconds: list[float] = field(default_factory=list)
+    # The serving process's CPU seconds so far (C-FIND: the listener's), read around each request.
+    cpu: Callable[[], float] | None = None
+    cpu_seconds: list[float] = field(default_factory=list)
+    # The database backends' CPU seconds so far (C-FIND with --skip-qido), around each request.
+    db_cpu: Callable[[], float] | None = None
+    db_cpu_seconds: list[float] = field(default_factory=list)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    """A probe of the process's CPU seconds so far, user and system, all its threads."""
+    return lambda: _cpu_seconds(pid)
+
+
+def backends_cpu() -> Callable[[], float]:
+    """A probe of the CPU seconds so far of the PostgreSQL backends serving this
+    database to others than this process (with ``--skip-qido``: the listener's),
+    read from /proc (PostgreSQL on this machine), as a running total: each
+    backend's growth since it was last seen, a new one's from its start (what a
+    backend did between its last reading and its end is lost)."""
+    from django.db import connection
+
+    seen: dict[int, float] = {}
+    total = 0.0
+
+    def probe() -> float:
+        nonlocal seen, total
+        with connection.cursor() as c:
+            c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            pids = [r[0] for r in c.fetchall()]
+        now: dict[int, float] = {}
+        for pid in pids:
+            try:
+                now[pid] = _cpu_seconds(pid)
+            except OSError:
+                continue
+            total += now[pid] - seen.get(pid, 0.0)
+        seen = now
+        return total
+
+    return probe
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -371,6 +424,175 @@ class Cfind:
             self.assoc.release()
 
 
+class RawFind:
+    """A minimal C-FIND SCU on a plain socket, so that the client does not dominate the
+    measurement: one association (Study Root, Implicit VR Little Endian, the largest
+    PDU the listener takes), the request written as one PDU, and the responses read
+    as PDUs whose command sets are scanned for their Status only; the identifiers are
+    kept as bytes. Timed from the request's write to the final response's last byte.
+    ``decode_seconds`` is what decoding those identifiers with pydicom then costs
+    (outside the timing): what a Python client such as pynetdicom's adds."""
+
+    MODEL = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+    IMPLICIT = "1.2.840.10008.1.2"
+
+    def __init__(self, port: int, called_ae: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = bytearray()
+        self.message_id = 0
+        self.answers: list[bytes] = []
+        self.sock.sendall(self._associate_rq(CALLING_AE, called_ae))
+        pdu_type, body = self._read_pdu()
+        if pdu_type != 0x02:
+            raise RuntimeError(f"association refused (PDU type 0x{pdu_type:02X})")
+        if not self._context_accepted(body):
+            raise RuntimeError("Study Root FIND in Implicit VR Little Endian was not accepted")
+
+    @staticmethod
+    def _item(kind: int, data: bytes) -> bytes:
+        return bytes([kind, 0]) + len(data).to_bytes(2, "big") + data
+
+    def _associate_rq(self, calling: str, called: str) -> bytes:
+        from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+        item = self._item
+        context = item(0x20, b"\x01\0\0\0" + item(0x30, self.MODEL.encode()) + item(0x40, self.IMPLICIT.encode()))
+        user = item(0x50, item(0x51, (0).to_bytes(4, "big")) + item(0x52, PYDICOM_IMPLEMENTATION_UID.encode()))
+        body = (
+            b"\0\x01\0\0"
+            + called.encode().ljust(16)
+            + calling.encode().ljust(16)
+            + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1")
+            + context
+            + user
+        )
+        return bytes([0x01, 0]) + len(body).to_bytes(4, "big") + body
+
+    @staticmethod
+    def _context_accepted(body: bytes | bytearray) -> bool:
+        at = 68  # past the fixed fields of an A-ASSOCIATE-AC
+        while at + 4 <= len(body):
+            kind, length = body[at], int.from_bytes(body[at + 2 : at + 4], "big")
+            if kind == 0x21 and body[at + 4] == 1:
+                return body[at + 6] == 0  # result: acceptance
+            at += 4 + length
+        return False
+
+    def _read_exact(self, n: int) -> bytearray:
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(max(1 << 20, n - len(self.buffer)))
+            if not chunk:
+                raise ConnectionError("the listener closed the connection")
+            self.buffer += chunk
+        data = self.buffer[:n]
+        del self.buffer[:n]
+        return data
+
+    def _read_pdu(self) -> tuple[int, bytearray]:
+        head = self._read_exact(6)
+        return head[0], self._read_exact(int.from_bytes(head[2:6], "big"))
+
+    @staticmethod
+    def _command_fields(command: bytes | bytearray) -> dict[int, bytes]:
+        """The elements of an implicit VR little endian command set, tag -> value bytes."""
+        fields, at = {}, 0
+        while at + 8 <= len(command):
+            tag = int.from_bytes(command[at : at + 2], "little") << 16 | int.from_bytes(
+                command[at + 2 : at + 4], "little"
+            )
+            length = int.from_bytes(command[at + 4 : at + 8], "little")
+            fields[tag] = bytes(command[at + 8 : at + 8 + length])
+            at += 8 + length
+        return fields
+
+    def find(self, level: str, matching: dict[str, str], keys: list[str]) -> int:
+        from io import BytesIO
+
+        from pydicom.dataset import Dataset
+        from pynetdicom.dimse_messages import C_FIND_RQ
+        from pynetdicom.dimse_primitives import C_FIND
+        from pynetdicom.dsutils import encode
+
+        ds = Dataset()
+        ds.QueryRetrieveLevel = level
+        for kw in keys:
+            setattr(ds, kw, "")
+        for kw, value in matching.items():
+            setattr(ds, kw, value)
+        self.message_id = self.message_id % 65535 + 1
+        req = C_FIND()
+        req.MessageID = self.message_id
+        req.AffectedSOPClassUID = self.MODEL
+        req.Priority = 2
+        req.Identifier = BytesIO(encode(ds, True, True))
+        message = C_FIND_RQ()
+        message.primitive_to_message(req)
+        command = encode(message.command_set, True, True)
+        identifier = req.Identifier.getvalue()
+        pdvs = [
+            (len(command) + 2).to_bytes(4, "big") + b"\x01\x03" + command,
+            (len(identifier) + 2).to_bytes(4, "big") + b"\x01\x02" + identifier,
+        ]
+        body = b"".join(pdvs)
+        self.sock.sendall(b"\x04\0" + len(body).to_bytes(4, "big") + body)
+        answers: list[bytes] = []
+        command_part, data_part = bytearray(), bytearray()
+        status = None
+        while True:
+            pdu_type, body = self._read_pdu()
+            if pdu_type != 0x04:
+                raise RuntimeError(f"PDU type 0x{pdu_type:02X} during a C-FIND")
+            at = 0
+            while at < len(body):
+                length = int.from_bytes(body[at : at + 4], "big")
+                control = body[at + 5]
+                value = body[at + 6 : at + 4 + length]
+                at += 4 + length
+                if control & 1:
+                    command_part += value
+                    if control & 2:
+                        fields = self._command_fields(command_part)
+                        command_part = bytearray()
+                        status = int.from_bytes(fields.get(0x00000900, b"\xff\xff"), "little")
+                        if status not in (0xFF00, 0xFF01):
+                            comment = fields.get(0x00000902, b"").decode(errors="replace").strip()
+                            self.answers = answers
+                            if status == 0xA700 and answers:  # past PACS_QUERY_MAX_MATCHES: those sent count
+                                return len(answers)
+                            if status != 0x0000:
+                                raise RuntimeError(f"C-FIND status 0x{status:04X} {comment}")
+                            return len(answers)
+                else:
+                    data_part += value
+                    if control & 2:
+                        answers.append(bytes(data_part))
+                        data_part = bytearray()
+
+    def decode(self) -> float:
+        """Decode the last answer's identifiers with pydicom (as pynetdicom's SCU does,
+        without its per-response work); the seconds it took."""
+        from io import BytesIO
+
+        from pynetdicom.dsutils import decode
+
+        start = time.perf_counter()
+        for data in self.answers:
+            ds = decode(BytesIO(data), True, True)
+            for _elem in ds:  # pydicom converts raw elements when they are read
+                pass
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\x05\0\0\0\0\x04\0\0\0\0")  # A-RELEASE-RQ
+            self._read_pdu()
+        except OSError:
+            pass
+        self.sock.close()
+
+
 def latency_run(
     kinds: list[tuple[Timings, Callable[[int], int]]], *, repeat: int, warmup: int, progress: bool = True
 ) -> None:
@@ -381,6 +603,8 @@ def latency_run(
                 continue
             if len(result.errors) >= 5:
                 continue  # not working: say so once, do not hammer it
+            cpu = result.cpu() if result.cpu is not None else 0.0
+            db_cpu = result.db_cpu() if result.db_cpu is not None else 0.0
             start = time.perf_counter()
             try:
                 n = call(i)
@@ -388,9 +612,16 @@ def latency_run(
                 result.errors.append(" ".join(f"{type(exc).__name__}: {exc}".split()))
                 continue
             elapsed = time.perf_counter() - start
+            if result.cpu is not None and i >= warmup:
+                result.cpu_seconds.append(result.cpu() - cpu)
+            if result.db_cpu is not None and i >= warmup:
+                result.db_cpu_seconds.append(result.db_cpu() - db_cpu)
+            after = result.after() if result.after is not None else None
             if i >= warmup:
                 result.seconds.append(elapsed)
                 result.matches.append(n)
+                if after is not None:
+                    result.after_seconds.append(after)
         if progress and (i + 1) % 50 == 0:
             print(f"  {i + 1}/{warmup + repeat} rounds", file=sys.stderr, flush=True)
 
@@ -408,7 +639,16 @@ def latency_print(title: str, results: list[Timings]) -> None:
         goal = f"< {r.goal_ms:.0f} ms" if r.goal_ms else ""
         verdict = "" if r.goal_ms is None else ("ok" if p95 < r.goal_ms else "MISSED")
         med = statistics.median(r.matches)
-        print(f"{r.label:<52}{len(ms):>5}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}")
+        line = f"{r.label:<52}{len(ms):>5}{p50:>8.1f}{p95:>8.1f}{max(ms):>8.1f}{med:>9.0f}{goal:>10}  {verdict}"
+        if r.cpu_seconds:
+            # Clock ticks (10 ms): only the mean over many requests means anything.
+            line += f"  listener CPU {statistics.mean(r.cpu_seconds) * 1000:.1f} ms/request"
+        if r.db_cpu_seconds:
+            line += f"  database CPU {statistics.mean(r.db_cpu_seconds) * 1000:.1f} ms/request"
+        if r.after_seconds:
+            after = [s * 1000 for s in r.after_seconds]
+            line += f"  decode p50 {_pct(after, 50):.1f} / p95 {_pct(after, 95):.1f} ms"
+        print(line)
         if r.errors:
             print(f"{'':<52}({len(r.errors)} failed: {r.errors[0][:120]})")
 
@@ -750,9 +990,23 @@ def main() -> None:
     parser.add_argument("--wado-repeat", type=int, default=3)
     parser.add_argument("--skip-wado", action="store_true")
     parser.add_argument("--skip-latency", action="store_true", help="no servers, no QIDO-RS/C-FIND latency")
+    parser.add_argument("--skip-qido", action="store_true", help="C-FIND latency only")
+    parser.add_argument(
+        "--servers-from",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="run gunicorn and the listener from another checkout (e.g. `git archive` of the commit before a change)",
+    )
     parser.add_argument("--skip-large", action="store_true", help="no 512x512 (~260 MB) retrieve study")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the query behind each kind")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--find-client",
+        choices=["raw", "pynetdicom", "both"],
+        default="raw",
+        help="C-FIND client: a minimal one on a socket (raw), pynetdicom's SCU, or both (interleaved)",
+    )
     parser.add_argument(
         "--min-studies", type=int, default=1000, help="refuse a smaller archive (the test suite's smoke run: 100)"
     )
@@ -778,6 +1032,7 @@ def main() -> None:
         args.repeat, args.warmup, args.workers, args.wado_repeat = 1, 0, 1, 1
         args.skip_wado = args.skip_latency = False
         args.sql, args.explain, args.strict, args.min_studies = 1, True, True, 100
+        args.find_client = "both"
         wado_specs = [("4 x CT_small (39 KB)", 4, 128), ("4 x CT 512x512 (513 KB)", 4, 512)]
 
     name = urlparse(args.database_url).path.lstrip("/")
@@ -866,7 +1121,9 @@ def main() -> None:
             print("generating and importing the retrieve studies", file=sys.stderr, flush=True)
             wado = wado_studies_make(work, env, wado_specs)
 
-        servers = servers_start(env, work / "logs", workers=args.workers, threads=args.threads)
+        servers = servers_start(
+            env, work / "logs", workers=args.workers, threads=args.threads, checkout=args.servers_from
+        )
         try:
             print(
                 f"gunicorn on :{servers.web_port} ({args.workers} workers x {args.threads} threads), "
@@ -894,52 +1151,72 @@ def main() -> None:
                 lambda i: qido.get("/studies", {"PatientName": v.name_inner[i], "limit": 100}),
                 lambda i: qido.get(f"/studies/{v.study_uids[i]}/series", {}),
             ]
-            find_results = [
-                Timings("PatientID", 15),
-                Timings("StudyDate range + ModalitiesInStudy=CT (all)", 50),
-                Timings("PatientName=ROSS* (all, up to the maximum)", 50, every=5),
-                Timings("PatientName=ROSSI^MA* (family^given*)", 50),
-                Timings("PatientName=*OSS*^MA* (inner wildcards, all)", 50),
-                Timings("SERIES level, StudyInstanceUID=<uid>", 15),
-            ]
-            try:
-                find: Cfind | None = Cfind(servers.dicom_port, called_ae)
-            except Exception as exc:
-                find = None
+            if args.skip_qido:
+                qido_results, qido_calls = [], []
+            find_runs: list[tuple[str, list[Timings], list[Callable[[int], int]], Any]] = []
+            clients = ["raw", "pynetdicom"] if args.find_client == "both" else [args.find_client]
+            for client in clients:
+                find_results = [
+                    Timings("PatientID", 15),
+                    Timings("StudyDate range + ModalitiesInStudy=CT (all)", 50),
+                    Timings("PatientName=ROSS* (all, up to the maximum)", 50, every=5),
+                    Timings("PatientName=ROSSI^MA* (family^given*)", 50),
+                    Timings("PatientName=*OSS*^MA* (inner wildcards, all)", 50),
+                    Timings("SERIES level, StudyInstanceUID=<uid>", 15),
+                ]
+                try:
+                    find: RawFind | Cfind | None = (RawFind if client == "raw" else Cfind)(
+                        servers.dicom_port, called_ae
+                    )
+                except Exception as exc:
+                    find = None
+                    for r in find_results:
+                        r.errors.append(f"{type(exc).__name__}: {exc}")
                 for r in find_results:
-                    r.errors.append(f"{type(exc).__name__}: {exc}")
+                    r.cpu = process_cpu(servers.dicom.pid)
+                    if args.skip_qido:
+                        r.db_cpu = backends_cpu()
+                    if isinstance(find, RawFind):
+                        r.after = find.decode
 
-            def cfind(level: str, matching: dict[str, str]) -> int:
-                if find is None:
-                    raise RuntimeError("no association")
-                return find.find(level, matching, STUDY_KEYS if level == "STUDY" else SERIES_KEYS)
+                def cfind(level: str, matching: dict[str, str], find: RawFind | Cfind | None = find) -> int:
+                    if find is None:
+                        raise RuntimeError("no association")
+                    return find.find(level, matching, STUDY_KEYS if level == "STUDY" else SERIES_KEYS)
 
-            find_calls: list[Callable[[int], int]] = [
-                lambda i: cfind("STUDY", {"PatientID": v.patient_ids[i]}),
-                lambda i: cfind("STUDY", {"StudyDate": v.date_ranges[i], "ModalitiesInStudy": "CT"}),
-                lambda i: cfind("STUDY", {"PatientName": v.name_prefixes[i]}),
-                lambda i: cfind("STUDY", {"PatientName": v.name_given[i]}),
-                lambda i: cfind("STUDY", {"PatientName": v.name_inner[i]}),
-                lambda i: cfind("SERIES", {"StudyInstanceUID": v.study_uids[i]}),
-            ]
+                find_calls: list[Callable[[int], int]] = [
+                    lambda i, f=cfind: f("STUDY", {"PatientID": v.patient_ids[i]}),
+                    lambda i, f=cfind: f("STUDY", {"StudyDate": v.date_ranges[i], "ModalitiesInStudy": "CT"}),
+                    lambda i, f=cfind: f("STUDY", {"PatientName": v.name_prefixes[i]}),
+                    lambda i, f=cfind: f("STUDY", {"PatientName": v.name_given[i]}),
+                    lambda i, f=cfind: f("STUDY", {"PatientName": v.name_inner[i]}),
+                    lambda i, f=cfind: f("SERIES", {"StudyInstanceUID": v.study_uids[i]}),
+                ]
+                find_runs.append((client, find_results, find_calls, find))
             print("measuring QIDO-RS and C-FIND latency", file=sys.stderr, flush=True)
-            latency_run(
-                list(zip(qido_results + find_results, qido_calls + find_calls, strict=True)),
-                repeat=args.repeat,
-                warmup=args.warmup,
-            )
-            if find is not None:
-                find.close()
+            all_results = qido_results + [r for _, results, _, _ in find_runs for r in results]
+            all_calls = qido_calls + [c for _, _, calls, _ in find_runs for c in calls]
+            latency_run(list(zip(all_results, all_calls, strict=True)), repeat=args.repeat, warmup=args.warmup)
+            for _, _, _, find in find_runs:
+                if find is not None:
+                    find.close()
             print(
                 f"\nQuery benchmark: {studies:,} studies / {instances:,} instances on PostgreSQL; "
                 f"n requests per query after {args.warmup} rounds of warm-up, each with another value "
                 f"from the archive; matches = median per request"
             )
-            latency_print(
-                f"QIDO-RS over HTTP (gunicorn, {args.workers}x{args.threads}, keep-alive, token)", qido_results
-            )
-            latency_print("C-FIND (pynetdicom SCU, Study Root, one association)", find_results)
-            failed = [r.label for r in qido_results + find_results if r.errors]
+            if qido_results:
+                latency_print(
+                    f"QIDO-RS over HTTP (gunicorn, {args.workers}x{args.threads}, keep-alive, token)", qido_results
+                )
+            for client, find_results, _, _ in find_runs:
+                title = {
+                    "raw": "C-FIND (raw SCU: PDUs read, statuses scanned, from request to final response; "
+                    "decode = pydicom decoding the identifiers afterwards, untimed)",
+                    "pynetdicom": "C-FIND (pynetdicom SCU, decoding each response as it comes)",
+                }[client]
+                latency_print(f"{title}, Study Root, one association", find_results)
+            failed = [r.label for r in all_results if r.errors]
             if wado:
                 failed += wado_run(servers, token, wado, args.wado_repeat)
         finally:

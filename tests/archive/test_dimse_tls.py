@@ -3,6 +3,7 @@ its own client certificate, and a node that has one only on the TLS port."""
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import ssl
 import time
@@ -14,10 +15,15 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes these names at run time
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
-from archive.models import Instance, RemoteNode
+from archive.models import Instance, Patient, RemoteNode, Study
 from kernel.models import AuditEvent
 from tests.conftest import Region, wait_until
 from tests.dicom_client import echo
@@ -116,6 +122,40 @@ def test_node_with_its_own_certificate_stores_over_tls(tls_listener: TlsListener
     finally:
         assoc.release()
     assert Instance.objects.get().calling_ae == "SECURE"
+
+
+@pytest.mark.plain_too
+def test_a_find_of_hundreds_of_matches_is_answered_over_tls(tls_listener: TlsListener, region: Region) -> None:
+    """The C-FIND fast road writes many PDUs at once, here through the TLS socket."""
+    RemoteNode.objects.filter(ae_title="SECURE").update(can_query=True)
+    patient = Patient.objects.create(provisional=True)
+    Study.objects.bulk_create(
+        Study(
+            study_instance_uid=f"1.2.826.0.1.3680043.8.498.8.{i}",
+            patient=patient,
+            facility=region.facility,
+            patient_name="TLS^STUDIO",
+            dicom_patient_id="TLS",
+            study_date=dt.date(2020, 1, 1) + dt.timedelta(days=i),
+        )
+        for i in range(300)
+    )
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "TLS"
+    ds.PatientName = ""
+    ds.StudyInstanceUID = ""
+    context = tls_listener.pki.client_context(tls_listener.secure)
+    assoc = _associate(tls_listener.tls_port, "SECURE", context, StudyRootQueryRetrieveInformationModelFind)
+    assert assoc.is_established
+    try:
+        answers = list(assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    pending = [identifier for status, identifier in answers if status.Status == 0xFF00]
+    assert answers[-1][0].Status == 0x0000
+    assert len({str(d.StudyInstanceUID) for d in pending}) == 300
+    assert {str(d.PatientName) for d in pending} == {"TLS^STUDIO"}
 
 
 def test_another_nodes_certificate_is_refused(tls_listener: TlsListener) -> None:

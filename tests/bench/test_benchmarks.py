@@ -166,6 +166,7 @@ def test_query_benchmark_generates_and_runs_at_its_smoke_size(database_url: str,
         r"^--- PatientID: ",  # --explain
         r"^In the database: planning \+ execution",  # --sql
         r"^QIDO-RS over HTTP",
+        r"^C-FIND \(raw SCU",
         r"^C-FIND \(pynetdicom SCU",
         r"^query\s+n\s+p50 ms\s+p95 ms\s+max ms\s+matches\s+goal p95\s+verdict$",
         r"^PatientName=\*OSS\*\^MA\* \(inner wildcards",
