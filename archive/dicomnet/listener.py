@@ -79,7 +79,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
 from archive.dicom_transcode import TranscodeError
-from archive.dicomnet import commitment, fence, mpps, peers, retrieve_transcode
+from archive.dicomnet import commitment, fence, mpps, observe, peers, retrieve_transcode
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
     CANCEL,
@@ -1332,6 +1332,8 @@ def start_listener(
     ]
     if fast_paths:
         handlers.append((evt.EVT_CONN_OPEN, fence.handle_conn_open_nodelay))
+    # The association's id on every log line, and its metrics (archive/dicomnet/observe.py).
+    handlers = observe.instrument(handlers)
     slots = dul.AddressSlots(per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS)
     context = tls_context()  # before binding: a bad certificate stops start-up
     addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.dicomnet import fence
+from archive.dicomnet import fence, observe
 from archive.dicomnet.listener import facilities_served, start_listener, stop_listener
 from archive.dicomnet.peers import is_loopback
 from archive.models import Facility, ae_title_validator
@@ -88,6 +88,15 @@ class Command(BaseCommand):
         # This process serves DICOM only: pynetdicom's process-wide options are set here
         # (fence row 15), never by start_listener.
         fence.listener_process_configure(fast_paths=settings.PACS_DICOM_FAST_PATHS)
+        if settings.PACS_DICOM_METRICS_PORT is not None:
+            # Before the listener: with PROMETHEUS_MULTIPROC_DIR, this process owns the directory.
+            try:
+                metrics_host, metrics_port = observe.metrics_serve(
+                    host=settings.PACS_DICOM_METRICS_HOST, port=settings.PACS_DICOM_METRICS_PORT
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot serve the metrics on {settings.PACS_DICOM_METRICS_HOST}: {exc}") from exc
+            self.stdout.write(f"DICOM listener metrics on http://{metrics_host}:{metrics_port}/metrics")
         try:
             server = start_listener(
                 host=opts["host"],
