@@ -159,6 +159,11 @@ def _on_established(event: Event) -> None:
             return
         state.opened, state.facility = True, facility
     ASSOCIATIONS_OPEN.labels(facility).inc()
+    # An association whose DUL stopped without EVT_RELEASED or EVT_ABORTED (an exception
+    # in a state-machine action) ends when it is collected. Not EVT_CONN_CLOSE: the DUL
+    # fires it as soon as the peer closes after our A-RELEASE-RP, before the association
+    # thread has marked itself released.
+    weakref.finalize(event.assoc, _end, state, "aborted")
 
 
 def _on_rejected(event: Event) -> None:
@@ -181,18 +186,20 @@ def _on_rejected(event: Event) -> None:
 
 def _on_ended(event: Event) -> None:
     assoc = event.assoc
-    state = _state(assoc)
+    peer = getattr(assoc, "pacs_peer", None)
+    _end(_state(assoc), "released" if assoc.is_released else "aborted", peer.store_counts() if peer else {})
+
+
+def _end(state: _State, result: str, stores: dict[str, int] | None = None) -> None:
     with _lock:
         if state.ended or not state.opened:
             return
         state.ended = True
     ASSOCIATIONS_OPEN.labels(state.facility).dec()
-    ASSOCIATIONS.labels(state.facility, "released" if assoc.is_released else "aborted").inc()
-    peer = getattr(assoc, "pacs_peer", None)
-    if peer is not None:
-        for outcome, count in peer.store_counts().items():
-            if count:
-                STORES.labels(state.facility, outcome).inc(count)
+    ASSOCIATIONS.labels(state.facility, result).inc()
+    for outcome, count in (stores or {}).items():
+        if count:
+            STORES.labels(state.facility, outcome).inc(count)
 
 
 def _level(event: Event) -> str:
@@ -242,8 +249,6 @@ def instrument(handlers: list[Any]) -> list[Any]:
         (evt.EVT_REJECTED, _on_rejected),
         (evt.EVT_RELEASED, _on_ended),
         (evt.EVT_ABORTED, _on_ended),
-        # An association whose DUL stopped without either event still ends here.
-        (evt.EVT_CONN_CLOSE, _on_ended),
     ]
 
 
