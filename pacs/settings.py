@@ -154,6 +154,7 @@ INSTALLED_APPS = [
     "fse_gateway",  # publication to the national FSE 2.0 gateway (an outbox); below nothing imports it
     "preservation",
     "research",  # anonymised exports for teaching and research: imports the archive only
+    "pacs.ops",  # operations: health, metrics, logs, backup and restore (their commands)
     "django_prometheus",  # /metrics: request and process metrics; the archive's own in pacs.ops.metrics
 ]
 
