@@ -46,6 +46,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _tree_copy(src: Path, dst: Path, name: str, files: dict[str, dict[str, Any]]
     logger.info("backup: %s copied", name)
 
 
-def _libpq_env(url_or_settings: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def _libpq_env(url_or_settings: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
     """Connection options for pg_dump/pg_restore, the password in the environment."""
     s = url_or_settings
     args = ["--host", str(s.get("HOST") or "127.0.0.1"), "--port", str(s.get("PORT") or 5432)]
@@ -299,17 +300,18 @@ def restore(source: Path, folder: Path, *, database_url: str) -> dict[str, str]:
     return environment
 
 
-def _database_create(target: dict[str, Any]) -> None:
+def _database_create(target: Mapping[str, Any]) -> None:
     import psycopg
     from psycopg import sql
 
-    options = {
-        "host": target.get("HOST") or "127.0.0.1",
-        "port": target.get("PORT") or 5432,
-        "user": target.get("USER") or None,
-        "password": target.get("PASSWORD") or None,
-    }
-    with psycopg.connect(dbname="postgres", autocommit=True, **options) as conn:
+    with psycopg.connect(
+        dbname="postgres",
+        host=str(target.get("HOST") or "127.0.0.1"),
+        port=int(target.get("PORT") or 5432),
+        user=target.get("USER") or None,
+        password=target.get("PASSWORD") or None,
+        autocommit=True,
+    ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [target["NAME"]]).fetchone()
         if exists:
             raise BackupError(f"the database {target['NAME']} exists: a restore goes into a new database")
