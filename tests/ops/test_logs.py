@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 
 from archive.sample_data import PatientInfo, write_study
 from kernel import logs, tasknames
-from tests.conftest import wait_until, worker_process
+from tests.conftest import REPO, wait_until, worker_process
 from tests.dicom_client import send_files
 
 
@@ -174,3 +177,16 @@ def test_every_line_of_an_association_carries_its_id_two_at_once_have_two(
     rejected = [line for line in during if line["event"].startswith("rejecting association")]
     assert len(rejected) == 1 and rejected[0]["association_id"] not in summaries
     assert len(by_id) == 3, sorted(by_id)
+
+
+def test_an_unknown_log_format_stops_start_up() -> None:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO,
+        env={**os.environ, "PACS_LOG_FORMAT": "xml"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "PACS_LOG_FORMAT='xml' is not one of console, json" in done.stderr
