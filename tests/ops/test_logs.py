@@ -98,9 +98,14 @@ def test_every_line_of_a_celery_task_carries_the_task_id(process_env: dict[str, 
     with worker_process(env, log, list(settings.PACS_TASK_QUEUES.values())):
         before = len(_json_lines(log.read_text()))
         # A recall into a facility that does not exist: the task logs a warning of its own.
-        results = [
-            app.send_task(tasknames.STUDIES_RECALL, args=[[], 999_000 + n, "2026-12-31T00:00:00"]) for n in (1, 2)
-        ]
+        # Queued while a request is being served: its lines name the request that queued it.
+        logs.ids_bind(request_id="req-that-queued")
+        try:
+            results = [
+                app.send_task(tasknames.STUDIES_RECALL, args=[[], 999_000 + n, "2026-12-31T00:00:00"]) for n in (1, 2)
+            ]
+        finally:
+            logs.ids_clear()
         wait_until(lambda: log.read_text().count("succeeded in") >= 2, what="both tasks logged as done")
     lines = _json_lines(log.read_text())[before:]
     for n, result in enumerate(results, start=1):
@@ -110,6 +115,8 @@ def test_every_line_of_a_celery_task_carries_the_task_id(process_env: dict[str, 
         assert "received" in events and "succeeded" in events, events
         # The task's own line and the worker's lines about it: one id, the task's.
         assert any(line["logger"] == "archive.tasks" for line in own)
+        task_line = next(line for line in own if line["logger"] == "archive.tasks")
+        assert task_line["origin_request_id"] == "req-that-queued" and "request_id" not in task_line
     during = [line for line in lines if "recall into facility" in line["event"] or "Task " in line["event"]]
     assert during and all(line.get("task_id") in {r.id for r in results} for line in during), during
 
