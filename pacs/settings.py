@@ -21,7 +21,7 @@ from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
-from kernel import tasknames
+from kernel import logs, tasknames
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -154,10 +154,13 @@ INSTALLED_APPS = [
     "fse_gateway",  # publication to the national FSE 2.0 gateway (an outbox); below nothing imports it
     "preservation",
     "research",  # anonymised exports for teaching and research: imports the archive only
+    "pacs.ops",  # operations: health, metrics, logs, backup and restore (their commands)
     "django_prometheus",  # /metrics: request and process metrics; the archive's own in pacs.ops.metrics
 ]
 
 MIDDLEWARE = [
+    # The request's id for every log line it causes, echoed as X-Request-ID (kernel/logs.py).
+    "pacs.ops.logs.RequestIdMiddleware",
     # django-prometheus: first and last, so the request metrics time the whole stack.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -683,19 +686,28 @@ PACS_DICOM_SHUTDOWN_GRACE = env_float("PACS_DICOM_SHUTDOWN_GRACE", 10.0)
 # (slower; to compare, or to rule a fast path out); the PDU length ceiling,
 # the request gate and the per-address slots stay on either way.
 PACS_DICOM_FAST_PATHS = env_bool("PACS_DICOM_FAST_PATHS", True)
+# The listener's own Prometheus endpoint (archive/dicomnet/observe.py): associations,
+# C-STOREs by outcome, C-FIND/C-MOVE/C-GET durations. Unset: not served; 0: any free
+# port (printed). With several listener processes, PROMETHEUS_MULTIPROC_DIR (an
+# environment variable of prometheus_client) names the folder where they add up.
+PACS_DICOM_METRICS_PORT: int | None = env_int("PACS_DICOM_METRICS_PORT", -1)
+PACS_DICOM_METRICS_PORT = None if PACS_DICOM_METRICS_PORT == -1 else PACS_DICOM_METRICS_PORT
+if PACS_DICOM_METRICS_PORT is not None and not 0 <= PACS_DICOM_METRICS_PORT <= 65535:
+    raise ImproperlyConfigured(f"PACS_DICOM_METRICS_PORT={PACS_DICOM_METRICS_PORT} is not a TCP port")
+PACS_DICOM_METRICS_HOST = env_str("PACS_DICOM_METRICS_HOST", "127.0.0.1")
 
 # --- Logging ------------------------------------------------------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        # pynetdicom logs every PDU at INFO; keep its warnings only.
-        "pynetdicom": {"level": env_str("PYNETDICOM_LOG_LEVEL", "WARNING")},
-    },
-}
+# Every line through structlog (kernel/logs.py), with the id of the request, Celery
+# task or DICOM association it belongs to. PACS_LOG_FORMAT: console (readable, make
+# run) or json (one object a line, production: deploy/pacs.env.example).
+PACS_LOG_FORMAT = env_str("PACS_LOG_FORMAT", "console")
+if PACS_LOG_FORMAT not in logs.FORMATS:
+    raise ImproperlyConfigured(f"PACS_LOG_FORMAT={PACS_LOG_FORMAT!r} is not one of {', '.join(logs.FORMATS)}")
+LOGGING = logs.logging_config(
+    fmt=PACS_LOG_FORMAT,
+    level=env_str("LOG_LEVEL", "INFO"),
+    pynetdicom_level=env_str("PYNETDICOM_LOG_LEVEL", "WARNING"),
+)
 
 # --- query/retrieve ----------------------------------------------------------
 # Most matches one C-FIND answers; beyond it C-FIND ends with "out of resources"

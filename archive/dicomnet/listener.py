@@ -80,7 +80,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from archive import access
 from archive.dicom import ACCEPTED_TRANSFER_SYNTAXES, DicomRejected, check_store_context
 from archive.dicom_transcode import TranscodeError
-from archive.dicomnet import commitment, fence, find_fast, mpps, peers, retrieve_transcode
+from archive.dicomnet import commitment, fence, find_fast, mpps, observe, peers, retrieve_transcode
 from archive.dicomnet import transport as dul
 from archive.dicomnet.statuses import (
     CANCEL,
@@ -1456,6 +1456,8 @@ def start_listener(
             per_address=settings.PACS_DICOM_MAX_ASSOCIATIONS_PER_ADDRESS,
             max_associations=settings.PACS_DICOM_MAX_ASSOCIATIONS,
         )
+    # The association's id on every log line, and its metrics (archive/dicomnet/observe.py).
+    handlers = observe.instrument(handlers)
     context = tls_context()  # before binding: a bad certificate stops start-up
     addresses: list[tuple[tuple[str, int], ssl.SSLContext | None]] = [((host, port), None)]
     if context is not None:

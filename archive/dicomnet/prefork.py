@@ -49,6 +49,7 @@ from typing import Any
 
 from django.db import connections
 
+from archive.dicomnet import observe
 from archive.dicomnet import transport as dul
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class Prefork:
                 pass
             child.sock.close()
             given = self.broker.child_gone(pid)
+            observe.process_dead(pid)  # its share of the live gauges goes (PROMETHEUS_MULTIPROC_DIR)
             code = os.waitstatus_to_exitcode(wait_status)
             if self.stopping:
                 logger.info("listener process %d stopped (%s)", pid, code)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.dicomnet import fence, prefork
+from archive.dicomnet import fence, observe, prefork
 from archive.dicomnet.listener import facilities_served, start_listener, stop_listener, tls_context
 from archive.dicomnet.peers import is_loopback
 from archive.dicomnet.transport import AddressSlots, SharedSlots
@@ -107,6 +107,24 @@ class Command(BaseCommand):
         # This process serves DICOM only: pynetdicom's process-wide options are set here
         # (fence row 15), never by start_listener.
         fence.listener_process_configure(fast_paths=settings.PACS_DICOM_FAST_PATHS)
+        if (
+            processes > 1
+            and settings.PACS_DICOM_METRICS_PORT is not None
+            and observe.multiprocess_directory() is None
+        ):
+            raise CommandError(
+                "several listener processes with PACS_DICOM_METRICS_PORT need PROMETHEUS_MULTIPROC_DIR "
+                "(a folder the processes share their metrics through; see docs/DEPLOYMENT.md)"
+            )
+        if settings.PACS_DICOM_METRICS_PORT is not None:
+            # Before the listener: with PROMETHEUS_MULTIPROC_DIR, this process owns the directory.
+            try:
+                metrics_host, metrics_port = observe.metrics_serve(
+                    host=settings.PACS_DICOM_METRICS_HOST, port=settings.PACS_DICOM_METRICS_PORT
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot serve the metrics on {settings.PACS_DICOM_METRICS_HOST}: {exc}") from exc
+            self.stdout.write(f"DICOM listener metrics on http://{metrics_host}:{metrics_port}/metrics")
         if processes > 1:
             self._serve_prefork(
                 processes,
