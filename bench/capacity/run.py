@@ -267,7 +267,7 @@ def queries_measure(repeat: int, rng: random.Random, *, full: bool) -> list[Quer
     from archive.dicomweb.scope import Scope, instances_select
     from archive.query import query_run, retrieve_instances
     from archive.storage.retrieve import instances_with_copies
-    from bench.query.run import STUDY_KEYS, SERIES_KEYS, _engine_options, bench_accounts, values_pick
+    from bench.query.run import SERIES_KEYS, STUDY_KEYS, _engine_options, bench_accounts, values_pick
 
     bench_accounts()  # the staff user whose principal the queries run as (the region's scope)
     options = _engine_options()
@@ -324,6 +324,54 @@ def queries_measure(repeat: int, rng: random.Random, *, full: bool) -> list[Quer
     for i in range(repeat):
         for stats, make in kinds:
             explain_into(stats, make(i), full=full)
+    return [stats for stats, _ in kinds]
+
+
+def lifecycle_prepare() -> tuple[int, int]:
+    """Make the archive look as the lifecycle leaves it, and return (copies added, copies removed).
+
+    The generated archive has a facility copy of every instance and nothing else;
+    a running one has a verified long-term copy of every instance older than
+    ``PACS_MIGRATE_AFTER_DAYS`` and no facility copy older than ``PACS_EVICT_AFTER_DAYS``
+    (evicted), so that the lifecycle's queries must find the few instances still
+    due among all those already done: what the archive's age costs them."""
+    from django.conf import settings
+    from django.db import connection, transaction
+
+    from archive.storage import tiers as storage
+
+    longterm = storage.longterm_tier(storage.REGION)
+    with transaction.atomic(), connection.cursor() as c:
+        c.execute(
+            "INSERT INTO archive_copy (instance_id, tier, path, sha256, size, created_at, verified_at) "
+            "SELECT c.instance_id, %s, c.path, c.sha256, c.size, c.created_at, c.verified_at FROM archive_copy c "
+            "JOIN archive_instance i ON i.id = c.instance_id "
+            "WHERE c.tier LIKE 'facility:%%' AND i.received_at < now() - make_interval(days => %s) "
+            "ON CONFLICT DO NOTHING",
+            [longterm, int(settings.PACS_MIGRATE_AFTER_DAYS) + 1],
+        )
+        added = c.rowcount
+        c.execute(
+            "DELETE FROM archive_copy c USING archive_instance i WHERE i.id = c.instance_id "
+            "AND c.tier LIKE 'facility:%%' AND i.received_at < now() - make_interval(days => %s)",
+            [int(settings.PACS_EVICT_AFTER_DAYS) + 1],
+        )
+        removed = c.rowcount
+    with connection.cursor() as c:
+        c.execute("VACUUM (ANALYZE) archive_copy")
+    return added, removed
+
+
+def lifecycle_measure(repeat: int) -> list[QueryStats]:
+    from archive.storage.lifecycle import copies_to_evict, instances_to_migrate
+
+    kinds = [
+        (QueryStats("lifecycle: instances to migrate"), lambda: len(instances_to_migrate())),
+        (QueryStats("lifecycle: copies to evict"), lambda: len(copies_to_evict())),
+    ]
+    for _ in range(repeat):
+        for stats, run in kinds:
+            explain_into(stats, run, full=False)
     return [stats for stats, _ in kinds]
 
 
@@ -559,9 +607,8 @@ def region_print(measured: dict[str, float]) -> None:
     print(f"{'work at peak':<40}{'needs':<30}{'one process does (measured)':<44}{'processes':>10}")
     for label, need, does, procs in rows_out:
         print(f"{label:<40}{need:<30}{does:<44}{procs:>10.2f}")
-    events_year = (
-        openings * (year.instances / year.studies + SEARCHES_PER_OPENING)
-        + year.studies * (2 + CITIZEN_PAGES_PER_STUDY)
+    events_year = openings * (year.instances / year.studies + SEARCHES_PER_OPENING) + year.studies * (
+        2 + CITIZEN_PAGES_PER_STUDY
     )
     print(f"audit events a year at these rates: {events_year:,.0f}")
     if measured.get("audit_read_bytes"):
@@ -569,6 +616,16 @@ def region_print(measured: dict[str, float]) -> None:
             f"  at {measured['audit_read_bytes']:,.0f} B per event: {_fmt_bytes(events_year * measured['audit_read_bytes'])}"
             f" a year, {_fmt_bytes(events_year * measured['audit_read_bytes'] * YEARS)} in {YEARS} years"
         )
+
+
+def _stats_print(s: QueryStats) -> None:
+    read = ", ".join(sorted(s.indexes)) or "-"
+    if s.scans:
+        read += "; SEQ SCAN " + ", ".join(sorted(s.scans))
+    print(
+        f"{s.label:<38}{_pct(s.seconds, 50) * 1000:>8.2f}{_pct(s.seconds, 95) * 1000:>8.2f}"
+        f"{statistics.median(s.rows):>7.0f}{statistics.median(s.buffers):>9.0f}  {read}"
+    )
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -605,6 +662,12 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="print one plan of each query in full")
     parser.add_argument("--no-region", dest="region", action="store_false", help="no projection for the region")
     parser.add_argument("--region-only", action="store_true", help="only the projection (no database)")
+    parser.add_argument(
+        "--no-lifecycle",
+        dest="lifecycle",
+        action="store_false",
+        help="leave the copies as generated (no long-term copies, no lifecycle queries)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="2,000 studies, every part at its smallest")
     args = parser.parse_args()
@@ -685,20 +748,28 @@ def main() -> None:
         print(f"{'query':<38}{'p50 ms':>8}{'p95 ms':>8}{'rows':>7}{'buffers':>9}  indexes read / tables scanned")
         stats = queries_measure(args.repeat, random.Random(args.seed), full=args.explain)
         for s in stats:
-            read = ", ".join(sorted(s.indexes)) or "-"
-            if s.scans:
-                read += "; SEQ SCAN " + ", ".join(sorted(s.scans))
-            print(
-                f"{s.label:<38}{_pct(s.seconds, 50) * 1000:>8.2f}{_pct(s.seconds, 95) * 1000:>8.2f}"
-                f"{statistics.median(s.rows):>7.0f}{statistics.median(s.buffers):>9.0f}  {read}"
-            )
+            _stats_print(s)
         if args.explain:
             for s in stats:
                 print(f"\n--- plan: {s.label}\n{s.plan}")
 
+        if args.lifecycle:
+            t0 = time.perf_counter()
+            added, removed = lifecycle_prepare()
+            print(
+                f"\nLifecycle: the archive as the lifecycle leaves it ({added:,} long-term copies added, "
+                f"{removed:,} facility copies past retention removed, {time.perf_counter() - t0:.0f} s); "
+                f"{max(3, args.repeat // 10)} runs each"
+            )
+            print(f"{'query':<38}{'p50 ms':>8}{'p95 ms':>8}{'rows':>7}{'buffers':>9}  indexes read / tables scanned")
+            for s in lifecycle_measure(max(3, args.repeat // 10)):
+                _stats_print(s)
+
+        if args.audit_events <= 0:
+            args.audit_events = 0
         print(f"\nAudit: {args.audit_events:,} events of each kind, audit_record in a transaction each")
         print(f"{'kind':<28}{'events/s':>10}{'event B':>10}{'links B':>10}{'B/event':>10}")
-        for a in audit_measure(args.audit_events):
+        for a in audit_measure(args.audit_events) if args.audit_events else []:
             per = (a.event_bytes + a.link_bytes) / a.events
             if a.kind.startswith("WADO"):
                 measured["audit_read_bytes"] = per
