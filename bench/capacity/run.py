@@ -777,6 +777,20 @@ def main() -> None:
                 f"{a.kind:<28}{a.events / a.seconds:>10,.0f}{a.event_bytes / a.events:>10,.0f}"
                 f"{a.link_bytes / a.events:>10,.0f}{per:>10,.0f}"
             )
+        if args.audit_events:
+            with connection.cursor() as c:
+                audit_tables = [t for t in tables_measure(c) if t.name.startswith("archive_audit")]
+                audit_indexes = [i for i in indexes_measure(c) if i[0].startswith("archive_audit")]
+            print("the audit's tables after it, and their indexes:")
+            for t in audit_tables:
+                print(
+                    f"  {t.name:<26}{t.rows:>10,} rows, heap {_fmt_bytes(t.heap)}, indexes {_fmt_bytes(t.indexes)}, "
+                    f"{t.total / max(1, t.rows):,.0f} B/row"
+                )
+            counted = {t.name: t.rows for t in audit_tables}
+            for table, index, size, _ in audit_indexes:
+                per = size / counted[table] if counted.get(table) else 0
+                print(f"  {table:<26}{index[:51]:<52}{_fmt_bytes(size):>12}{per:>8,.0f} B/row")
         connection.close()
     if args.region:
         region_print(measured)
