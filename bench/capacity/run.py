@@ -115,7 +115,8 @@ DAYTIME_SHARE = 0.85  # the rest at night and at weekends (emergencies)
 PEAK_FACTOR = 2.0  # the busiest hour against the working-hours mean
 FACILITY_WINDOW_DAYS = 365  # PACS_EVICT_AFTER_DAYS: the facility tier keeps a year
 RECALLED_SHARE = 0.05  # priors recalled into the facility tiers (PACS_RECALL_KEEP_DAYS), of the long-term
-SERIES_PER_STUDY = 4
+FIXITY_CYCLE_DAYS = 90  # PACS_FIXITY_CYCLE_DAYS
+PRESERVATION_FIXITY_CYCLE_DAYS = 365  # PACS_PRESERVATION_FIXITY_CYCLE_DAYS
 # Reading: each study opened in the diagnostic viewer by about three people (the radiologist,
 # a clinician, a second opinion or a prior), each opening fetching every image once (the
 # viewer's WADO-RS frames, one audited request per image), and a tenth of studies retrieved by
@@ -541,6 +542,10 @@ def region_print(measured: dict[str, float]) -> None:
     portal_s = year.studies * CITIZEN_PAGES_PER_STUDY * peak
     migrate_obj_s = year.instances / (365 * 86400)
     migrate_mb_s = year.bytes / (365 * 86400) / 1e6
+    # PACS_FIXITY_CYCLE_DAYS re-reads every copy (facility and long-term tiers) once per cycle,
+    # PACS_PRESERVATION_FIXITY_CYCLE_DAYS every preserved package: at the tenth year's size.
+    fixity_mb_s = year.bytes * (min(window, YEARS) + RECALLED_SHARE * YEARS + YEARS) / (FIXITY_CYCLE_DAYS * 86400) / 1e6
+    preservation_fixity_mb_s = year.bytes * YEARS / (PRESERVATION_FIXITY_CYCLE_DAYS * 86400) / 1e6
     audit_s = images_s + searches_s + portal_s + year.studies * 2 * peak
     rows_out = [
         (
@@ -598,15 +603,27 @@ def region_print(measured: dict[str, float]) -> None:
             migrate_mb_s / m["lifecycle_fs_mb_s"],
         ),
         (
+            f"fixity: every copy every {FIXITY_CYCLE_DAYS} days (year {YEARS})",
+            f"{fixity_mb_s:,.0f} MB/s (24 h)",
+            f"{m['lifecycle_fs_mb_s']:.0f} MB/s read + SHA-256",
+            fixity_mb_s / m["lifecycle_fs_mb_s"],
+        ),
+        (
+            f"preservation fixity, {PRESERVATION_FIXITY_CYCLE_DAYS} days (year {YEARS})",
+            f"{preservation_fixity_mb_s:,.0f} MB/s (24 h)",
+            f"{m['lifecycle_fs_mb_s']:.0f} MB/s read + SHA-256",
+            preservation_fixity_mb_s / m["lifecycle_fs_mb_s"],
+        ),
+        (
             "audit events",
             f"{audit_s:,.0f} /s",
             f"{m['audit_events_s']:.0f} /s per process (chains scale)",
             audit_s / m["audit_events_s"],
         ),
     ]
-    print(f"{'work at peak':<40}{'needs':<30}{'one process does (measured)':<44}{'processes':>10}")
+    print(f"{'work at peak':<44}{'needs':<30}{'one process does (measured)':<44}{'processes':>10}")
     for label, need, does, procs in rows_out:
-        print(f"{label:<40}{need:<30}{does:<44}{procs:>10.2f}")
+        print(f"{label:<44}{need:<30}{does:<44}{procs:>10.2f}")
     events_year = openings * (year.instances / year.studies + SEARCHES_PER_OPENING) + year.studies * (
         2 + CITIZEN_PAGES_PER_STUDY
     )
