@@ -134,6 +134,9 @@ def test_capacity_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: 
             )
         ),
         r"^--- plan: instances of a study \(WADO-RS\)$",
+        r"^Lifecycle: the archive as the lifecycle leaves it \([\d,]+ long-term copies added",
+        r"^lifecycle: instances to migrate\s+[\d.]+\s+[\d.]+\s",
+        r"^lifecycle: copies to evict\s+[\d.]+\s+[\d.]+\s",
         r"^WADO-RS read \(per image\)\s+[\d,]+\s+[\d,]+\s+0\s+[\d,]+$",
         r"^search, 20 patients\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+[\d,]+$",
         r"^The region: 1,200,000 inhabitants, 20 facilities, 10 years",
