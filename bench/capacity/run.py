@@ -624,14 +624,22 @@ def region_print(measured: dict[str, float]) -> None:
     print(f"{'work at peak':<44}{'needs':<30}{'one process does (measured)':<44}{'processes':>10}")
     for label, need, does, procs in rows_out:
         print(f"{label:<44}{need:<30}{does:<44}{procs:>10.2f}")
-    events_year = openings * (year.instances / year.studies + SEARCHES_PER_OPENING) + year.studies * (
-        2 + CITIZEN_PAGES_PER_STUDY
+    searches_year = openings * SEARCHES_PER_OPENING
+    per_image_year = openings * (year.instances / year.studies)
+    others_year = year.studies * (2 + CITIZEN_PAGES_PER_STUDY)  # stores, portal pages
+    print(
+        f"audit events a year at these rates: {per_image_year + searches_year + others_year:,.0f} "
+        f"({per_image_year:,.0f} viewer image reads, {searches_year:,.0f} searches, {others_year:,.0f} others); "
+        f"audited once per opening instead of per image: {openings + searches_year + others_year:,.0f}"
     )
-    print(f"audit events a year at these rates: {events_year:,.0f}")
-    if measured.get("audit_read_bytes"):
+    read_b, search_b = measured.get("audit_read_bytes"), measured.get("audit_search_bytes")
+    if read_b and search_b:
+        per_image = (per_image_year + others_year) * read_b + searches_year * search_b
+        per_opening = (openings + others_year) * read_b + searches_year * search_b
         print(
-            f"  at {measured['audit_read_bytes']:,.0f} B per event: {_fmt_bytes(events_year * measured['audit_read_bytes'])}"
-            f" a year, {_fmt_bytes(events_year * measured['audit_read_bytes'] * YEARS)} in {YEARS} years"
+            f"  at {read_b:,.0f} B per event, {search_b:,.0f} per search: {_fmt_bytes(per_image)} a year, "
+            f"{_fmt_bytes(per_image * YEARS)} in {YEARS} years; once per opening: {_fmt_bytes(per_opening)} "
+            f"a year, {_fmt_bytes(per_opening * YEARS)} in {YEARS} years"
         )
 
 
@@ -788,8 +796,7 @@ def main() -> None:
         print(f"{'kind':<28}{'events/s':>10}{'event B':>10}{'links B':>10}{'B/event':>10}")
         for a in audit_measure(args.audit_events) if args.audit_events else []:
             per = (a.event_bytes + a.link_bytes) / a.events
-            if a.kind.startswith("WADO"):
-                measured["audit_read_bytes"] = per
+            measured["audit_read_bytes" if a.kind.startswith("WADO") else "audit_search_bytes"] = per
             print(
                 f"{a.kind:<28}{a.events / a.seconds:>10,.0f}{a.event_bytes / a.events:>10,.0f}"
                 f"{a.link_bytes / a.events:>10,.0f}{per:>10,.0f}"
