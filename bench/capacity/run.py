@@ -649,8 +649,8 @@ def _stats_print(s: QueryStats) -> None:
     if s.scans:
         read += "; SEQ SCAN " + ", ".join(sorted(s.scans))
     print(
-        f"{s.label:<38}{_pct(s.seconds, 50) * 1000:>8.2f}{_pct(s.seconds, 95) * 1000:>8.2f}"
-        f"{statistics.median(s.rows):>7.0f}{statistics.median(s.buffers):>9.0f}  {read}"
+        f"{s.label:<38}{_pct(s.seconds, 50) * 1000:>9.2f} {_pct(s.seconds, 95) * 1000:>9.2f}"
+        f"{statistics.median(s.rows):>7.0f}{statistics.median(s.buffers):>10.0f}  {read}"
     )
 
 
@@ -771,7 +771,7 @@ def main() -> None:
             print(f"{table:<28}{index[:51]:<52}{_fmt_bytes(size):>12}{size / trows if trows else 0:>8,.0f}")
 
         print(f"\nQueries: the database's time (planning + execution, EXPLAIN ANALYZE), {args.repeat} values each")
-        print(f"{'query':<38}{'p50 ms':>8}{'p95 ms':>8}{'rows':>7}{'buffers':>9}  indexes read / tables scanned")
+        print(f"{'query':<38}{'p50 ms':>9} {'p95 ms':>9}{'rows':>7}{'buffers':>10}  indexes read / tables scanned")
         stats = queries_measure(args.repeat, random.Random(args.seed), full=args.explain)
         for s in stats:
             _stats_print(s)
@@ -787,7 +787,7 @@ def main() -> None:
                 f"{removed:,} facility copies past retention removed, {time.perf_counter() - t0:.0f} s); "
                 f"{max(1, args.repeat // 10)} run(s) each"
             )
-            print(f"{'query':<38}{'p50 ms':>8}{'p95 ms':>8}{'rows':>7}{'buffers':>9}  indexes read / tables scanned")
+            print(f"{'query':<38}{'p50 ms':>9} {'p95 ms':>9}{'rows':>7}{'buffers':>10}  indexes read / tables scanned")
             for s in lifecycle_measure(max(1, args.repeat // 10)):
                 _stats_print(s)
 
