@@ -18,6 +18,11 @@ writes; ``--reuse`` measures one already filled) and prints:
   C-MOVE study: ``retrieve_instances``); with the shared buffers each touched
   (hit + read) and the indexes it read, so that a size against another shows
   what stays flat. ``--explain`` also prints one plan of each in full.
+* **Lifecycle** (``--no-lifecycle`` to skip): the archive made as the lifecycle
+  leaves it (a verified long-term copy of every instance older than a week,
+  no facility copy older than a year), then the database's time and buffers of
+  ``instances_to_migrate`` and ``copies_to_evict`` (a batch each). This
+  changes the database: the tables are measured before it.
 * **Audit**: ``--audit-events`` events written with the project's own
   ``kernel.audit.audit_record``, each in its transaction as a request writes
   it, of two kinds: a WADO-RS read (the study, the patient, the request's
