@@ -112,6 +112,43 @@ def test_audit_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Pat
     )
 
 
+def test_capacity_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/capacity/run.py", "--smoke", "--database-url", database_url, tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^Capacity: 2,000 studies, [\d,]+ instances in smoke_capacity_",
+        r"^table\s+rows\s+heap\s+indexes\s+total\s+B/row\s+idx B/row$",
+        *(rf"^{table}\s+[\d,]+\s" for table in ("archive_study", "archive_instance", "archive_copy")),
+        r"^per study: [\d,]+ B of the archive's tables",
+        r"^table\s+index\s+size\s+B/row$",
+        r"^query\s+p50 ms\s+p95 ms\s+rows\s+buffers\s+indexes read",
+        *(
+            rf"^{re.escape(query)}\s+[\d.]+\s+[\d.]+\s"
+            for query in (
+                "PatientID",
+                "StudyDate 1-31 days + CT, limit 100",
+                "PatientName=ROSSI^MA*",
+                "series of a study",
+                "instances of a study (WADO-RS)",
+                "instances of a study (C-MOVE)",
+            )
+        ),
+        r"^--- plan: instances of a study \(WADO-RS\)$",
+        r"^Lifecycle: the archive as the lifecycle leaves it \([\d,]+ long-term copies added",
+        r"^lifecycle: instances to migrate\s+[\d.]+\s+[\d.]+\s",
+        r"^lifecycle: copies to evict\s+[\d.]+\s+[\d.]+\s",
+        r"^WADO-RS read \(per image\)\s+[\d,]+\s+[\d,]+\s+0\s+[\d,]+$",
+        r"^search, 20 patients\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+[\d,]+$",
+        r"^The region: 1,200,000 inhabitants, 20 facilities, 10 years",
+        r"^total\s+[\d,]+\s+[\d,]+\s",
+        r"^\s+10\s+[\d,]+\s+[\d,]+\s",
+        r"^work at peak\s+needs",
+        r"^ingest, region\s+[\d,]+ inst/s",
+        r"^audit events a year at these rates: [\d,]+ \([\d,]+ viewer image reads",
+        r"^  at [\d,]+ B per event, [\d,]+ per search: ",
+    )
+
+
 def test_ingest_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
     out = _run("bench/ingest/run.py", "--smoke", tmp_path=tmp_path, env={"BENCH_PG_URL": database_url})
     _has_lines(
