@@ -107,11 +107,7 @@ class Command(BaseCommand):
         # This process serves DICOM only: pynetdicom's process-wide options are set here
         # (fence row 15), never by start_listener.
         fence.listener_process_configure(fast_paths=settings.PACS_DICOM_FAST_PATHS)
-        if (
-            processes > 1
-            and settings.PACS_DICOM_METRICS_PORT is not None
-            and observe.multiprocess_directory() is None
-        ):
+        if processes > 1 and settings.PACS_DICOM_METRICS_PORT is not None and observe.multiprocess_directory() is None:
             raise CommandError(
                 "several listener processes with PACS_DICOM_METRICS_PORT need PROMETHEUS_MULTIPROC_DIR "
                 "(a folder the processes share their metrics through; see docs/DEPLOYMENT.md)"
