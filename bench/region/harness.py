@@ -200,7 +200,7 @@ class Stats:
     migrate_seconds: float = 0.0
     evicted: int = 0
     listener_down_seconds: float = 0.0
-    worker_drain_seconds: float | None = None  # from host alpha's restart to every queue empty
+    worker_drain_seconds: float | None = None  # from host alpha's restart to the backlog before the kill
     final_drain_seconds: float = 0.0  # from the end of sending to the region idle
     backlog_peak: int = 0
     instances: int = 0
@@ -325,7 +325,6 @@ class Box:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
     def s3_start(self) -> None:
-        import boto3
 
         self.s3_port = free_port()
         proc = self.start_proc(
@@ -465,7 +464,8 @@ class Box:
         from bench.region.seed import FACILITIES
 
         self.queues = [self.queue] + [
-            f"{self.queue}.{k}" for k in ("ingest", "render", "lifecycle", "preservation", "portal", "publication", "research")
+            f"{self.queue}.{k}"
+            for k in ("ingest", "render", "lifecycle", "preservation", "portal", "publication", "research")
         ]
         # Every process at once, as a region's hosts boot; then each waited for.
         listeners = [self.listener_start(code, free_port(), wait=False) for code, _name, _ae in FACILITIES]
@@ -607,7 +607,7 @@ def modality_run(box: Box, index: int, done: threading.Event, ledger: Ledger, st
             return
         port = box.listeners[code][1]
         try:
-            done = subprocess.run(
+            sent = subprocess.run(
                 ["storescu", "-v", "--no-halt", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
                 + [str(p) for p in pending],
                 capture_output=True,
@@ -615,7 +615,7 @@ def modality_run(box: Box, index: int, done: threading.Event, ledger: Ledger, st
                 timeout=120,
                 env={**os.environ, "TCP_NODELAY": "1"},
             )
-            output = done.stdout + done.stderr
+            output = sent.stdout + sent.stderr
         except subprocess.TimeoutExpired as exc:
             output = f"storescu timed out: {exc}"
         acked = set(storescu_acknowledged(output))
@@ -704,6 +704,20 @@ def reader_run(box: Box, index: int, stop: threading.Event, ledger: Ledger, stat
 # --- the run -----------------------------------------------------------------------------
 
 
+def _guarded(target: Any, ledger: Ledger) -> Any:
+    """``target`` for a thread, whose exception becomes one of the run's problems (not a warning)."""
+
+    def run(*args: Any) -> None:
+        try:
+            target(*args)
+        except Exception as exc:
+            with ledger.lock:
+                ledger.problems.append(f"{threading.current_thread().name} failed: {exc!r}")
+            raise
+
+    return run
+
+
 def drained(box: Box) -> bool:
     waiting, unacked = box.backlog()
     if waiting or unacked:
@@ -753,14 +767,16 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
     stop_sending = threading.Event()
     modalities = [
         threading.Thread(
-            target=modality_run,
+            target=_guarded(modality_run, ledger),
             args=(box, i, stop_sending, ledger, stats, files),
             name=f"modality-{i}",
         )
         for i in range(size.modalities)
     ]
     readers = [
-        threading.Thread(target=reader_run, args=(box, i, stop_readers, ledger, stats), name=f"reader-{i}")
+        threading.Thread(
+            target=_guarded(reader_run, ledger), args=(box, i, stop_readers, ledger, stats), name=f"reader-{i}"
+        )
         for i in range(size.readers)
     ]
     samples: list[tuple[float, int, int]] = []  # (time, backlog, migrated)

@@ -14,9 +14,10 @@ and every copy (the run fails, exit 1, when anything is wrong); and prints:
   the faults included);
 * downloads/s, instances/s and MB/s served by the web processes;
 * migrations/s to S3 (verified copies, from the first to the last);
-* the time to drain after the kill (from host ``alpha``'s restart to every
-  queue empty) and after the last store (to every instance on S3, every queue
-  empty).
+* the time to drain after the kill (from host ``alpha``'s restart until the
+  backlog, the dead host's unacknowledged messages included, is back to its
+  level before the kill) and after the last store (to every instance on S3,
+  every queue empty).
 
 Run: ``.venv/bin/python bench/region/run.py [--seconds 180] [--modalities 8]``;
 ``--smoke`` is a short run (``tests/bench/test_benchmarks.py``);
@@ -51,18 +52,22 @@ def report(outcome: Outcome, size: Size) -> None:
     print(f"{'part':<34}{'count':>8}{'seconds':>9}{'per s':>9}{'MB/s':>8}")
     for code in sorted(s.stored):
         n, b = s.stored[code], s.stored_bytes.get(code, 0)
-        print(f"{'store ' + code:<34}{n:>8}{s.send_seconds:>9.1f}{n / s.send_seconds:>9.1f}{b / mb / s.send_seconds:>8.2f}")
+        print(
+            f"{'store ' + code:<34}{n:>8}{s.send_seconds:>9.1f}{n / s.send_seconds:>9.1f}{b / mb / s.send_seconds:>8.2f}"
+        )
     n, b = sum(s.stored.values()), sum(s.stored_bytes.values())
     print(f"{'store total':<34}{n:>8}{s.send_seconds:>9.1f}{n / s.send_seconds:>9.1f}{b / mb / s.send_seconds:>8.2f}")
     wall = s.send_seconds
-    print(f"{'download (WADO-RS study)':<34}{s.downloads:>8}{wall:>9.1f}{s.downloads / wall:>9.1f}{s.download_bytes / mb / wall:>8.2f}")
+    print(
+        f"{'download (WADO-RS study)':<34}{s.downloads:>8}{wall:>9.1f}{s.downloads / wall:>9.1f}{s.download_bytes / mb / wall:>8.2f}"
+    )
     print(f"{'  instances downloaded':<34}{s.download_instances:>8}{wall:>9.1f}{s.download_instances / wall:>9.1f}")
     secs = s.migrate_seconds or float("nan")
     print(f"{'migrate to S3 (verified)':<34}{s.instances:>8}{secs:>9.1f}{s.instances / secs:>9.1f}")
     print(f"{'evicted from the facility tier':<34}{s.evicted:>8}")
     print(f"{'resent (not acknowledged)':<34}{s.retried:>8}")
     drain = "never" if s.worker_drain_seconds is None else f"{s.worker_drain_seconds:.1f} s"
-    print(f"drain after the kill (restart to every queue empty): {drain}; backlog peak {s.backlog_peak} messages")
+    print(f"drain after the kill (restart to the backlog before it): {drain}; backlog peak {s.backlog_peak} messages")
     print(f"drain after the last store (to all on S3, queues empty): {s.final_drain_seconds:.1f} s")
     print(f"listener restart (SIGTERM to ready again): {s.listener_down_seconds:.1f} s")
     if outcome.problems:
