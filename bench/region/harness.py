@@ -97,6 +97,7 @@ class Size:
     modalities: int = 8
     send_seconds: float = 40.0
     images_per_study: int = 10
+    study_pause: float = 0.0  # seconds a modality waits between studies (0: back to back)
     readers: int = 2
     web_workers: int = 1  # per web process (the Procfile's gunicorn has 2; two processes here)
     web_threads: int = 4
@@ -202,6 +203,7 @@ class Stats:
     listener_down_seconds: float = 0.0
     worker_drain_seconds: float | None = None  # from host alpha's restart to the backlog before the kill
     final_drain_seconds: float = 0.0  # from the end of sending to the region idle
+    sent_at: float = 0.0  # time.monotonic() when the last modality was done
     backlog_peak: int = 0
     instances: int = 0
 
@@ -634,6 +636,8 @@ def modality_run(box: Box, index: int, done: threading.Event, ledger: Ledger, st
         if left:
             stats.retried += len(left)
             time.sleep(0.5)  # a modality waits a little before trying again
+        elif box.size.study_pause:
+            done.wait(box.size.study_pause)
         pending = left
 
 
@@ -736,12 +740,11 @@ def region_run(size: Size, work: Path, *, log: Any = print) -> Outcome:
         box.start()
         log(f"box started in {time.monotonic() - t_start:.0f} s: database {box.db_name}, queues {box.queue}.*")
         run_load(box, size, work, ledger, stats, log=log)
-        t0 = time.monotonic()
         try:
             wait_until(lambda: drained(box), timeout=size.drain_timeout, what="the region drained", interval=0.5)
         except TimeoutError as exc:
             ledger.problems.append(f"{exc}: backlog {box.backlog()}, {box.progress()}")
-        stats.final_drain_seconds = time.monotonic() - t0
+        stats.final_drain_seconds = time.monotonic() - stats.sent_at
         log(f"drained {stats.final_drain_seconds:.1f} s after the last store")
         # The clock first (it queues sweeps for ever), then what it queued last is left to run.
         box.hosts["beta"][-1].stop()
@@ -821,7 +824,8 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
         stop_sending.set()
         for t in modalities:
             t.join()
-        stats.send_seconds = time.monotonic() - t0
+        stats.sent_at = time.monotonic()
+        stats.send_seconds = stats.sent_at - t0
         log(f"{stats.send_seconds:.0f} s: modalities done, {len(ledger.acked)} instances acknowledged")
     finally:
         stop_sending.set()
