@@ -326,6 +326,15 @@ class Box:
         with pg_admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
 
+    def broker_clean(self) -> None:
+        """This run's keys in Redis (its queues and kombu's bindings of them), once every process is gone."""
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        keys = list(r.scan_iter(match=f"*{self.queue}*", count=1000))
+        if keys:
+            r.delete(*keys)
+
     def s3_start(self) -> None:
 
         self.s3_port = free_port()
@@ -759,8 +768,9 @@ def region_run(size: Size, work: Path, *, log: Any = print) -> Outcome:
         box.stop()
         try:
             box.database_drop()
+            box.broker_clean()
         except Exception as exc:  # the run's outcome matters more than the clean-up's
-            log(f"could not drop {box.db_name}: {exc}")
+            log(f"could not clean up {box.db_name} and its queues: {exc}")
 
 
 def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, log: Any) -> None:
