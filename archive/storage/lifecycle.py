@@ -15,12 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, Expression, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -458,6 +460,7 @@ class RunResult:
     failed: int = 0
     scope_copied: int = 0
     scope_released: int = 0
+    skipped: bool = False  # another pass was running (lifecycle_run)
     errors: list[str] = field(default_factory=list)
     # (instance pk, step) of each failure: a run that only fails what failed before moves nothing.
     failed_objects: set[tuple[int, str]] = field(default_factory=set)
@@ -520,12 +523,51 @@ def evict_batch(
     return result
 
 
+# PostgreSQL advisory lock key of the lifecycle pass ("LIFE").
+_RUN_LOCK_KEY = 0x4C494645
+
+
+@contextmanager
+def _run_claimed() -> Iterator[bool]:
+    """Whether this process holds the lifecycle pass: one at a time in the region.
+
+    Two passes at once (a pass longer than beat's period, a manual
+    ``lifecycle run`` beside beat's) would each copy the same due instances to
+    the long-term tier, and the later one, finding the copies it meant to
+    evict already gone, stopped its eviction with a false "could not be
+    released" error. On PostgreSQL a session advisory lock, taken without
+    waiting: the server releases it when the holder's connection ends, so a
+    worker killed mid-pass never leaves it held. SQLite (one machine, the demo)
+    takes no lock.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RUN_LOCK_KEY])
+        claimed = bool(cursor.fetchone()[0])
+    try:
+        yield claimed
+    finally:
+        if claimed:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_RUN_LOCK_KEY])
+
+
 def lifecycle_run(*, now: dt.datetime | None = None, limit: int | None = None) -> RunResult:
-    """One lifecycle pass: migrate what is due, evict what is backed, advance the scope migration."""
-    result = migrate_batch(now=now, limit=limit)
-    scope_migration_step(limit=limit, result=result)
-    evict_batch(now=now, limit=limit, result=result)
-    return result
+    """One lifecycle pass: migrate what is due, evict what is backed, advance the scope migration.
+
+    Returns a result with ``skipped`` set, having done nothing, while another
+    pass runs (:func:`_run_claimed`): the running one does the work.
+    """
+    with _run_claimed() as claimed:
+        if not claimed:
+            logger.info("lifecycle pass skipped: another one is running")
+            return RunResult(skipped=True)
+        result = migrate_batch(now=now, limit=limit)
+        scope_migration_step(limit=limit, result=result)
+        evict_batch(now=now, limit=limit, result=result)
+        return result
 
 
 # --- recall and prefetch ---------------------------------------------------------------

@@ -271,3 +271,33 @@ def test_a_copy_released_while_it_is_being_sent_is_sent_whole(region: Region, ct
         on_disk.unlink()  # the lifecycle releases the copy meanwhile
         assert path.read_bytes() == expected
         assert path.stat().st_size == len(expected)
+
+
+def test_one_lifecycle_pass_at_a_time_and_a_dead_holder_frees_it(old_study, settings) -> None:  # type: ignore[no-untyped-def]
+    """Two passes at once (beat's period shorter than a pass, as the region in a box showed) each
+    copied the same instances to the long-term tier, and the later one stopped its eviction with a
+    false "could not be released" error: a pass now runs only while no other holds the claim."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the claim is a PostgreSQL advisory lock (SQLite: one machine, no claim)")
+    import psycopg
+
+    from tests.conftest import database_url
+
+    settings.PACS_EVICT_AFTER_DAYS = 5
+    other = psycopg.connect(database_url(), autocommit=True)  # another worker's pass, running
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [lifecycle._RUN_LOCK_KEY])
+        result = lifecycle.lifecycle_run()
+        assert result.skipped and (result.migrated, result.evicted, result.failed) == (0, 0, 0)
+        assert all(tiers_of(i, verified=False) == {"facility:TS-CAT"} for i in old_study)
+        out = io.StringIO()
+        call_command("lifecycle", "run", "--until-done", stdout=out)
+        assert "another lifecycle pass is running" in out.getvalue()
+    finally:
+        other.close()  # the holder's connection ends, as when its worker is killed: the claim goes with it
+    result = lifecycle.lifecycle_run()
+    assert not result.skipped and (result.migrated, result.evicted, result.failed) == (6, 6, 0)
+    # Released at the end of the pass: the next one runs.
+    assert not lifecycle.lifecycle_run().skipped

@@ -8,7 +8,8 @@ benchmark that no longer runs (a moved import, a column it does not write, a
 page that fails) fails its test here. Those that need PostgreSQL get a
 throw-away database of their own (never ``test_*``, which the suite owns),
 dropped afterwards, and are skipped when PostgreSQL is not reachable on
-127.0.0.1:5432; ingest and render need DCMTK, which ``make test`` installs.
+127.0.0.1:5432; ingest, render and region need DCMTK, which ``make test`` installs;
+region makes (and drops) its own database and needs Redis too (skipped without).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None) -> str:
+def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 240) -> str:
     """Run ``script`` with the project's Python; its standard output, or a failure with both outputs' ends."""
     # Not the test session's database, broker or audit key (a file this session may not have
     # made yet): each benchmark names its own, and generates its key in its own var folder.
@@ -83,11 +84,11 @@ def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = N
         start_new_session=True,
     )
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"{script} took more than 240 s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+        pytest.fail(f"{script} took more than {timeout:.0f} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
     return stdout
 
@@ -214,6 +215,9 @@ def test_query_benchmark_generates_and_runs_at_its_smoke_size(database_url: str,
         r"^4 x CT 512x512 \(513 KB\)\s+[\d.]+\s+warm\s+\d",
     )
     assert "not measured" not in out, out
+
+
+# bench/region/run.py --smoke is run by tests/bench/test_region.py: the region test is that run.
 
 
 def test_render_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:

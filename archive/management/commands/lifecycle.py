@@ -43,6 +43,9 @@ class Command(BaseCommand):
         seen: set[tuple[int, str]] = set()
         while True:
             result = lifecycle.lifecycle_run(limit=opts["limit"])
+            if result.skipped:
+                self.stdout.write("another lifecycle pass is running (beat's, or another host's): nothing done")
+                break
             self.stdout.write(
                 f"migrated {result.migrated}, evicted {result.evicted}, scope copied {result.scope_copied}, "
                 f"scope released {result.scope_released}, failed {result.failed}"
