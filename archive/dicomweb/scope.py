@@ -15,6 +15,7 @@ from typing import BinaryIO
 from django.db.models import QuerySet
 
 from archive.storage.retrieve import NotAvailable, instance_open, instances_with_copies
+from archive.storage.tiers import facility_tier
 
 from .. import access
 from ..dicom import is_valid_uid
@@ -70,14 +71,9 @@ def _scope_note(scope: Scope) -> str:
     return f" (facility {scope.facility.code})" if scope.facility is not None else ""
 
 
-def instances_select(
-    scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> tuple[Study, list[Instance]]:
-    """The study and the instances a study/series/instance URL names, in series and instance order.
-
-    Raises 400 for a malformed UID and 404 for one that does not exist in
-    this scope (or belongs to another study or series than the URL says).
-    """
+def _instances_qs(
+    scope: Scope, *, study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[Study, QuerySet[Instance]]:
     study = study_get(scope, study_uid)
     qs = Instance.objects.filter(series__study=study)
     if series_uid is not None:
@@ -88,16 +84,66 @@ def instances_select(
     if sop_uid is not None:
         check_uid(sop_uid, "SOPInstanceUID")
         qs = qs.filter(sop_instance_uid=sop_uid)
-    instances = list(
-        instances_with_copies(qs.select_related("series__study")).order_by(
-            "series__series_number", "series__id", "instance_number", "id"
-        )
-    )
+    return study, qs.order_by("series__series_number", "series__id", "instance_number", "id")
+
+
+def _none_there(study_uid: str, series_uid: str | None, sop_uid: str | None) -> DicomwebError:
+    if sop_uid is not None:
+        return DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
+    return DicomwebError(404, "no instance is archived there")
+
+
+def instances_select(
+    scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> tuple[Study, list[Instance]]:
+    """The study and the instances a study/series/instance URL names, in series and instance order.
+
+    Raises 400 for a malformed UID and 404 for one that does not exist in
+    this scope (or belongs to another study or series than the URL says).
+    """
+    study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    instances = list(instances_with_copies(qs.select_related("series__study")))
     if not instances:
-        if sop_uid is not None:
-            raise DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
-        raise DicomwebError(404, "no instance is archived there")
+        raise _none_there(study_uid, series_uid, sop_uid)
     return study, instances
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """What a retrieve of whole instances needs of one, as a row (no model instance)."""
+
+    pk: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    own_tier: str  # its facility's tier ("" without a facility): copies there are read first
+
+
+def instance_rows_select(
+    scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> tuple[Study, list[InstanceRow]]:
+    """:func:`instances_select` as rows: the access policy checked once (the study), then one
+    query for the instances whatever their number (their copies: :func:`copies_ranked`)."""
+    study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    rows = [
+        InstanceRow(pk, sop, series, ts, facility_tier(code) if code else "")
+        for pk, sop, series, ts, code in qs.values_list(
+            "pk", "sop_instance_uid", "series__series_instance_uid", "transfer_syntax_uid", "facility__code"
+        ).iterator(chunk_size=2000)
+    ]
+    if not rows:
+        raise _none_there(study_uid, series_uid, sop_uid)
+    return study, rows
+
+
+def instance_load(pk: int) -> Instance:
+    """One instance as :func:`instance_open` wants it (its facility and copies loaded)."""
+    return instances_with_copies(Instance.objects.filter(pk=pk).select_related("series__study")).get()
+
+
+def instances_load(pks: list[int]) -> list[Instance]:
+    """:func:`instance_load` for many: one query for the instances and one for their copies."""
+    return list(instances_with_copies(Instance.objects.filter(pk__in=pks).select_related("series__study")))
 
 
 def instance_url(scope: Scope, instance: Instance) -> str:

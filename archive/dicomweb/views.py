@@ -46,9 +46,15 @@ from .multipart import Part, Streamed, body_of, multipart_content_type, multipar
 from .native_xml import dataset_to_native_xml
 from .qido import qido_search
 from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
-from .scope import Scope, instance_url, instances_select, study_get
+from .scope import Scope, instance_rows_select, instance_url, instances_select, study_get
 from .stow import DICOM_XML, stow, stow_answer_type
-from .wado import bulkdata_response, frames_response, instances_response, metadata_response, parse_frame_list
+from .wado import (
+    bulkdata_response,
+    frames_response,
+    instances_retrieve_response,
+    metadata_response,
+    parse_frame_list,
+)
 from .wado_uri import wado_uri_file, wado_uri_parse, wado_uri_wants_dicom
 
 logger = logging.getLogger(__name__)
@@ -230,6 +236,24 @@ class DicomwebView(APIView):
         note.detail["instances"] = len(instances)
         return instances
 
+    def retrieve(
+        self,
+        note: AuditNote,
+        facility: str | None,
+        *,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> HttpResponseBase:
+        """WADO-RS of whole instances (study, series, instance): the study checked once against
+        the access policy, the instances and their copies read as rows, the files streamed."""
+        scope = self.scope(facility)
+        note.study_instance_uid = study_uid or ""
+        study, rows = instance_rows_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+        note.study = study
+        note.detail["instances"] = len(rows)
+        return self.done(note, _streamed(instances_retrieve_response(scope, study_uid, rows, self.accept())))
+
     def done(self, note: AuditNote, response: HttpResponseBase) -> HttpResponseBase:
         self._audit(note, note.outcome)
         return response
@@ -267,9 +291,7 @@ class StudyView(DicomwebView):
 
     def get(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="study")
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study)
 
     def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         return stow_handle(self, facility, study)
@@ -278,9 +300,7 @@ class StudyView(DicomwebView):
 class SeriesView(DicomwebView):
     def get(self, request: Request, study: str, series: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="series", series=series)
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study, series_uid=series)
 
 
 class InstanceView(DicomwebView):
@@ -288,9 +308,7 @@ class InstanceView(DicomwebView):
         self, request: Request, study: str, series: str, instance: str, facility: str | None = None
     ) -> HttpResponseBase:
         note = self.begin(resource="instance", series=series, instance=instance)
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study, series_uid=series, sop_uid=instance)
 
 
 class MetadataView(DicomwebView):

@@ -180,9 +180,7 @@ def _render_here(path: Path) -> bytes:
     """The floor: one frame rendered in this process (pydicom + NumPy + Pillow), as the render worker does."""
     from archive.rendering.isolated import _render_path
 
-    return _render_path(
-        path=str(path), frame=1, media_type=JPEG, quality=90, window=None, viewport=None, max_size=None
-    )
+    return _render_path(path=str(path), frame=1, media_type=JPEG, quality=90, window=None, viewport=None, max_size=None)
 
 
 # --- WADO-RS ------------------------------------------------------------------------------
@@ -233,7 +231,9 @@ def multipart_check(body: bytes, content_type: str, files: list[Path]) -> str:
     return ""
 
 
-def wado_run(session: Any, web: Any, token: str, studies: list[WadoStudy], repeat: int) -> dict[tuple[str, str], WadoFigures]:
+def wado_run(
+    session: Any, web: Any, token: str, studies: list[WadoStudy], repeat: int
+) -> dict[tuple[str, str], WadoFigures]:
     figures: dict[tuple[str, str], WadoFigures] = {}
     for round_ in range(repeat):
         for study in studies:
