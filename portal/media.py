@@ -502,6 +502,15 @@ def dicom_media_layout(*, study: Study) -> DicomLayout:
     MediaError
         No instances, too many for the file IDs, or a header unreadable.
     """
+    groups, tree, entries = _layout_entries(study)
+    return DicomLayout(entries=entries, records=_layout_records(groups, tree), series_count=len(groups))
+
+
+_Tree = list[tuple[Series, list[tuple[Instance, tuple[str, ...]]]]]
+
+
+def _layout_entries(study: Study) -> tuple[list[NumberedSeries], _Tree, list[tuple[Instance, tuple[str, ...]]]]:
+    """The series, their instances numbered into file IDs, and the instances in that order (the index only)."""
     groups = _study_series(study)
     tree = [
         (
@@ -513,11 +522,14 @@ def dicom_media_layout(*, study: Study) -> DicomLayout:
     entries: list[tuple[Instance, tuple[str, ...]]] = [entry for _series, group in tree for entry in group]
     if not entries:
         raise MediaError(f"study {study.study_instance_uid} has no instances")
+    return groups, tree, entries
+
+
+def _layout_records(groups: list[NumberedSeries], tree: _Tree) -> list[_Record]:
     try:
-        records = dicomdir_records(groups=tree, numbers=[n.number for n in groups])
+        return dicomdir_records(groups=tree, numbers=[n.number for n in groups])
     except retrieve.NotAvailable as exc:
         raise MediaError(str(exc)) from exc
-    return DicomLayout(entries=entries, records=records, series_count=len(groups))
 
 
 def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
@@ -580,16 +592,16 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         An instance cannot be read, its bytes do not hash as recorded, or
         FileSet cannot list it in the DICOMDIR.
     """
-    layout = dicom_media_layout(study=study)
-    entries, records = layout.entries, layout.records
+    groups, tree, entries = _layout_entries(study)
     when = dt.datetime.now()
-    readme = _dicom_readme(study, series=layout.series_count, instances=len(entries))
+    readme = _dicom_readme(study, series=len(groups), instances=len(entries))
     meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
-    # The DICOMDIR is encoded (pure Python) while the instances are copied
-    # (mostly I/O and hashing outside the GIL), and goes last into the zip.
+    # The DICOMDIR's records are made (a header per series) and encoded (pure Python) while
+    # the instances are copied (mostly I/O, hashing and CRC outside the GIL), and it goes
+    # last into the zip: the copy starts as soon as the index is read.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomdir") as pool:
-        encoding = pool.submit(dicomdir_encode, records)
+        encoding = pool.submit(lambda: dicomdir_encode(_layout_records(groups, tree)))
         with _zip_in_place(path) as zf:
             _member_write_bytes(zf, README, readme, when=when)
             meter.add(len(readme))

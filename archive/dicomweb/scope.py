@@ -78,8 +78,8 @@ def _instances_qs(
     qs = Instance.objects.filter(series__study=study)
     if series_uid is not None:
         check_uid(series_uid, "SeriesInstanceUID")
-        if not Series.objects.filter(study=study, series_instance_uid=series_uid).exists():
-            raise DicomwebError(404, f"series {series_uid} is not in study {study_uid}")
+        if sop_uid is None:
+            _series_check(study, study_uid, series_uid)
         qs = qs.filter(series__series_instance_uid=series_uid)
     if sop_uid is not None:
         check_uid(sop_uid, "SOPInstanceUID")
@@ -87,7 +87,15 @@ def _instances_qs(
     return study, qs.order_by("series__series_number", "series__id", "instance_number", "id")
 
 
-def _none_there(study_uid: str, series_uid: str | None, sop_uid: str | None) -> DicomwebError:
+def _series_check(study: Study, study_uid: str, series_uid: str) -> None:
+    if not Series.objects.filter(study=study, series_instance_uid=series_uid).exists():
+        raise DicomwebError(404, f"series {series_uid} is not in study {study_uid}")
+
+
+def _none_there(study: Study, study_uid: str, series_uid: str | None, sop_uid: str | None) -> DicomwebError:
+    # An instance URL: its series is looked for only now (a found instance needs no second query).
+    if sop_uid is not None and series_uid is not None:
+        _series_check(study, study_uid, series_uid)
     if sop_uid is not None:
         return DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
     return DicomwebError(404, "no instance is archived there")
@@ -104,7 +112,7 @@ def instances_select(
     study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     instances = list(instances_with_copies(qs.select_related("series__study")))
     if not instances:
-        raise _none_there(study_uid, series_uid, sop_uid)
+        raise _none_there(study, study_uid, series_uid, sop_uid)
     return study, instances
 
 
@@ -132,7 +140,7 @@ def instance_rows_select(
         ).iterator(chunk_size=2000)
     ]
     if not rows:
-        raise _none_there(study_uid, series_uid, sop_uid)
+        raise _none_there(study, study_uid, series_uid, sop_uid)
     return study, rows
 
 
