@@ -129,9 +129,10 @@ class InstanceRow:
 
 def instance_rows_select(
     scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-) -> tuple[Study, list[InstanceRow]]:
+) -> tuple[Study, list[InstanceRow], QuerySet[Instance]]:
     """:func:`instances_select` as rows: the access policy checked once (the study), then one
-    query for the instances whatever their number (their copies: :func:`copies_ranked`)."""
+    query for the instances whatever their number (their copies: :func:`copies_ranked`, to
+    which the query is given as a subquery)."""
     study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     rows = [
         InstanceRow(pk, sop, series, ts, facility_tier(code) if code else "")
@@ -141,7 +142,7 @@ def instance_rows_select(
     ]
     if not rows:
         raise _none_there(study, study_uid, series_uid, sop_uid)
-    return study, rows
+    return study, rows, qs
 
 
 def instance_load(pk: int) -> Instance:

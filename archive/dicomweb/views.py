@@ -249,10 +249,10 @@ class DicomwebView(APIView):
         the access policy, the instances and their copies read as rows, the files streamed."""
         scope = self.scope(facility)
         note.study_instance_uid = study_uid or ""
-        study, rows = instance_rows_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+        study, rows, among = instance_rows_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
         note.study = study
         note.detail["instances"] = len(rows)
-        return self.done(note, _streamed(instances_retrieve_response(scope, study_uid, rows, self.accept())))
+        return self.done(note, _streamed(instances_retrieve_response(scope, study_uid, rows, self.accept(), among)))
 
     def done(self, note: AuditNote, response: HttpResponseBase) -> HttpResponseBase:
         self._audit(note, note.outcome)

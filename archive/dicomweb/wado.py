@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from django.db.models import QuerySet
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -132,7 +133,11 @@ STREAM_BLOCK = 1 << 20
 
 
 def instances_retrieve_response(
-    scope: Scope, study_uid: str, rows: list[InstanceRow], ranges: list[MediaRange]
+    scope: Scope,
+    study_uid: str,
+    rows: list[InstanceRow],
+    ranges: list[MediaRange],
+    among: QuerySet[Instance] | None = None,
 ) -> Streamed:
     """The instances of a study, series or instance retrieve as multipart/related application/dicom.
 
@@ -144,7 +149,8 @@ def instances_retrieve_response(
     facility tier (the long-term tier, an object store), or that cannot be
     opened, goes through :func:`~archive.storage.retrieve.instance_open`, as
     every other reader does. When some instance must be transcoded the
-    request takes :func:`instances_response`'s way, part by part.
+    request takes :func:`instances_response`'s way, part by part. ``among``: the query
+    that selected ``rows`` (:func:`.scope.instance_rows_select`), for the copies' query.
     """
     wanted = transcoding.instance_wanted(ranges)
     if wanted is None:
@@ -156,16 +162,16 @@ def instances_retrieve_response(
     if any(produced[0] != stored for stored, produced in targets.items()):
         loaded = {i.pk: i for i in instances_load([r.pk for r in rows])}
         return instances_response(scope, [loaded[r.pk] for r in rows if r.pk in loaded], ranges)
-    copies = retrieve.copies_ranked({r.pk: r.own_tier for r in rows})
+    copies = retrieve.copies_ranked({r.pk: r.own_tier for r in rows}, among)
     opened = _rows_open(rows, copies)
     boundary = new_boundary()
     return Streamed(multipart_content_type(DICOM, boundary), _stored_blocks(scope, study_uid, opened, boundary))
 
 
-def _row_open(row: InstanceRow, copies: list[retrieve.CopyRef]) -> BinaryIO:
-    local = retrieve.local_facility_open(copies)
-    if local is not None:
-        return local[0]
+def _row_open(row: InstanceRow, copies: list[retrieve.CopyRef], local: retrieve.LocalOpener) -> BinaryIO:
+    fh = local.open(copies)
+    if fh is not None:
+        return fh
     return retrieve.instance_open(instance_load(row.pk))  # NotAvailable when nothing can be read
 
 
@@ -174,11 +180,12 @@ def _rows_open(
 ) -> Iterator[tuple[InstanceRow, BinaryIO]]:
     """Each row with its open file, as :func:`.scope._open_all` (the first opened now: a
     request none of whose instances can be read is a 503, not an empty body)."""
+    local = retrieve.LocalOpener()
 
     def rest(todo: list[InstanceRow]) -> Iterator[tuple[InstanceRow, BinaryIO]]:
         for row in todo:
             try:
-                fh = _row_open(row, copies[row.pk])
+                fh = _row_open(row, copies[row.pk], local)
             except retrieve.NotAvailable as exc:
                 logger.error("DICOMweb: skipping %s: %s", row.sop_instance_uid, exc.reason)
                 continue
@@ -186,7 +193,7 @@ def _rows_open(
 
     for i, row in enumerate(rows):
         try:
-            fh = _row_open(row, copies[row.pk])
+            fh = _row_open(row, copies[row.pk], local)
         except retrieve.NotAvailable as exc:
             if len(rows) == 1:
                 raise DicomwebError(503, f"instance {row.sop_instance_uid} cannot be read now: {exc.reason}") from None
