@@ -262,6 +262,10 @@ def wado_run(
     return figures
 
 
+def _rate(mb_s: float) -> str:
+    return f"{mb_s:.0f}" if mb_s >= 100 else f"{mb_s:.1f}"
+
+
 def wado_print(studies: list[WadoStudy], figures: dict[tuple[str, str], WadoFigures], repeat: int) -> None:
     print(
         f"\nWADO-RS retrieve of a whole study ({MULTIPART_DICOM}), best of {repeat}; the floor reads the same "
@@ -275,13 +279,13 @@ def wado_print(studies: list[WadoStudy], figures: dict[tuple[str, str], WadoFigu
         for cache in ("cold", "warm"):
             f = figures[(study.label, cache)]
             mb = study.bytes / 1e6
-            head = f"{study.label:<30}{mb:>7.1f}{cache:>7}{mb / f.floor:>12.0f}"
+            head = f"{study.label:<30}{mb:>7.1f}{cache:>7}{_rate(mb / f.floor):>12}"
             if f.error:
                 print(f"{head}  not measured: {f.error[:150]}")
                 continue
             ratio = f.floor / f.wado
             print(
-                f"{head}{mb / f.wado:>11.0f}{ratio:>7.2f}{'>= 0.5':>8}"
+                f"{head}{_rate(mb / f.wado):>11}{ratio:>7.2f}{'>= 0.5':>8}"
                 f"{f.peak_kib / 1024:>20.0f}{f.growth_kib / 1024:>11.1f}  {'ok' if ratio >= 0.5 else 'MISSED'}"
             )
 
