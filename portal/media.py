@@ -512,7 +512,7 @@ _Tree = list[tuple[Series, list[tuple[Instance, tuple[str, ...]]]]]
 def _layout_entries(study: Study) -> tuple[list[NumberedSeries], _Tree, list[tuple[Instance, tuple[str, ...]]]]:
     """The series, their instances numbered into file IDs, and the instances in that order (the index only)."""
     groups = _study_series(study)
-    tree = [
+    tree: _Tree = [
         (
             n.series,
             [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(n.instances, start=1)],

@@ -236,7 +236,7 @@ def _stored_blocks(
                 if pos == STREAM_BLOCK:
                     yield bytes(view)
                     pos = 0
-                n = fh.readinto(view[pos:])
+                n = _readinto(fh, view[pos:])
                 if not n:
                     break
                 pos += n
@@ -246,6 +246,16 @@ def _stored_blocks(
         pos = 0
     view[pos : pos + len(tail)] = tail
     yield bytes(view[: pos + len(tail)])
+
+
+def _readinto(fh: BinaryIO, view: memoryview) -> int:
+    """``fh.readinto(view)``, or a read copied in for a file object without it."""
+    readinto = getattr(fh, "readinto", None)
+    if readinto is not None:
+        return int(readinto(view) or 0)
+    data = fh.read(len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 # --- reading stored files -------------------------------------------------------------------
