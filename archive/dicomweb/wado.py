@@ -1,7 +1,9 @@
 """WADO-RS (PS3.18 10.4): instances, metadata, bulk data and frames, and reading stored files for them.
 
 Everything that can be large streams: instances go out as multipart/related
-chunks of the stored files (:mod:`archive.dicomweb.multipart`); metadata
+bodies written in blocks of :data:`STREAM_BLOCK` bytes filled from the stored
+files (:func:`instances_retrieve_response`; a transcoded part goes through
+:mod:`archive.dicomweb.multipart` part by part); metadata
 reads headers only (``stop_before_pixels`` and deferred values): large
 binary values become BulkDataURIs served by :func:`bulkdata_response`.
 
