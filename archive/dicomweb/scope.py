@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.db.models import QuerySet
 
@@ -114,6 +114,35 @@ def instances_select(
     if not instances:
         raise _none_there(study, study_uid, series_uid, sop_uid)
     return study, instances
+
+
+def instance_one_select(
+    scope: Scope, *, study_uid: str, series_uid: str, sop_uid: str, annotations: dict[str, Any] | None = None
+) -> tuple[Study, Instance]:
+    """The study and the one instance an instance URL names, in one query under the access
+    policy (the policy's condition put on the instance's study) and one for its copies;
+    ``annotations`` are added to that query. When nothing matches, :func:`instances_select`
+    says why with the same answers as every other URL (400, or 404 for the study, the series
+    or the instance: a study the principal may not see is not there)."""
+    check_uid(study_uid, "StudyInstanceUID")
+    check_uid(series_uid, "SeriesInstanceUID")
+    check_uid(sop_uid, "SOPInstanceUID")
+    path = "series__study__"
+    qs = Instance.objects.filter(
+        access.visible_q(scope.principal, path),
+        series__study__study_instance_uid=study_uid,
+        series__series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+    )
+    if scope.facility is not None:
+        qs = qs.filter(series__study__facility=scope.facility)
+    if annotations:
+        qs = qs.annotate(**annotations)
+    found = list(instances_with_copies(qs.select_related("series__study__patient")).order_by("id")[:1])
+    if not found:
+        study, instances = instances_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+        return study, instances[0]  # not reached unless it appeared meanwhile
+    return found[0].series.study, found[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView, exception_handler
 
+from archive.rendering.previews import rendition_exists
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.web import client_ip
@@ -45,8 +46,8 @@ from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, jso
 from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
 from .native_xml import dataset_to_native_xml
 from .qido import qido_search
-from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
-from .scope import Scope, instance_rows_select, instance_url, instances_select, study_get
+from .rendered import RENDITION, render_instance, render_params, rendered_many_response, thumbnail_of
+from .scope import Scope, instance_one_select, instance_rows_select, instance_url, instances_select, study_get
 from .stow import DICOM_XML, stow, stow_answer_type
 from .wado import (
     bulkdata_response,
@@ -376,7 +377,23 @@ class RenderedView(DicomwebView):
         params = render_params(request.query_params, self.accept(), thumbnail=self.thumbnail)
         numbers = parse_frame_list(frames) if frames else [1]
         scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        if instance is not None and series is not None:
+            # One instance: study, instance and whether a stored rendition matches in one query.
+            exists = rendition_exists(frame=numbers[0], params=params)
+            note.study_instance_uid = study
+            note.study, one = instance_one_select(
+                scope,
+                study_uid=study,
+                series_uid=series,
+                sop_uid=instance,
+                annotations={RENDITION: exists} if exists is not None else None,
+            )
+            if exists is None:
+                setattr(one, RENDITION, False)
+            note.detail["instances"] = 1
+            instances = [one]
+        else:
+            instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
         if self.thumbnail:
             data = thumbnail_of(instances, params, frame=numbers[0])
             return self.done(note, HttpResponse(data, content_type=params.media_type))
