@@ -29,13 +29,13 @@ def _instance_url(path: Path) -> str:
 
 
 # What an instance's /rendered reads and writes, once each: the token with its user, the user's
-# permissions, the principal (citizen? staff profile), the emergency accesses, the instance with
+# permissions, the principal (citizen? staff profile? an emergency access?: the patients of
+# emergency accesses are read only for those who hold one), the instance with
 # its study under the access policy (and whether a stored rendition matches), its copies, the audit row.
 EXPECTED = [
     "knox_authtoken",
     "auth_permission",
     "portal_citizenaccount",
-    "portal_emergencyaccess",
     "archive_instance",
     "archive_copy",
     "INSERT INTO \"archive_auditevent\"",
@@ -60,18 +60,19 @@ def test_rendered_instance_statements(client, stored, reader) -> None:
     assert len(statements) == len(EXPECTED), statements
     for sql, table in zip(statements, EXPECTED, strict=True):
         assert table in sql, (table, sql)
+    assert "portal_emergencyaccess" in statements[2]  # asked with who the user is, no query of its own
     # The default parameters may match a stored preview: the instance's query asks (no query of its own).
-    assert "archive_rendition" in statements[4]
+    assert "archive_rendition" in statements[3]
     # Other parameters or frames cannot match one: not asked at all; a thumbnail can, and is asked.
     for suffix, asked in (("?quality=50", False), ("?viewport=64,64", False), ("", True)):
         with CaptureQueriesContext(connection) as queries:
             assert client.get(url + suffix, **reader.auth).status_code == 200
         assert len(queries.captured_queries) == len(EXPECTED)
-        assert ("archive_rendition" in queries.captured_queries[4]["sql"]) is asked, suffix
+        assert ("archive_rendition" in queries.captured_queries[3]["sql"]) is asked, suffix
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/thumbnail"), **reader.auth).status_code == 200
     assert len(queries.captured_queries) == len(EXPECTED)
-    assert "archive_rendition" in queries.captured_queries[4]["sql"]
+    assert "archive_rendition" in queries.captured_queries[3]["sql"]
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/frames/2/rendered"), **reader.auth).status_code == 400
     assert not any("archive_rendition" in q["sql"] for q in queries.captured_queries)
