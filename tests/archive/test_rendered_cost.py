@@ -38,7 +38,7 @@ EXPECTED = [
     "portal_citizenaccount",
     "archive_instance",
     "archive_copy",
-    "INSERT INTO \"archive_auditevent\"",
+    'INSERT INTO "archive_auditevent"',
 ]
 
 
@@ -56,7 +56,9 @@ def test_rendered_instance_statements(client, stored, reader) -> None:
             client.get(url, **reader.auth)
             cpu.append(time.process_time() - start)
         cpu.sort()
-        print(f"\nstatements: {len(statements)}; CPU best {cpu[0] * 1000:.2f} ms, median {cpu[len(cpu) // 2] * 1000:.2f} ms")
+        print(
+            f"\nstatements: {len(statements)}; CPU best {cpu[0] * 1000:.2f} ms, median {cpu[len(cpu) // 2] * 1000:.2f} ms"
+        )
     assert len(statements) == len(EXPECTED), statements
     for sql, table in zip(statements, EXPECTED, strict=True):
         assert table in sql, (table, sql)
