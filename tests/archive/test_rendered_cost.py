@@ -78,3 +78,29 @@ def test_rendered_instance_statements(client, stored, reader) -> None:
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/frames/2/rendered"), **reader.auth).status_code == 400
     assert not any("archive_rendition" in q["sql"] for q in queries.captured_queries)
+
+
+def test_a_token_loads_own_and_group_permissions_in_one_query(db) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import Group, Permission
+    from knox.models import AuthToken
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from archive.api_tokens import ApiTokenAuthentication
+
+    user = helpers.make_user("tecnico", "archive.view_study").user
+    group = Group.objects.create(name="lettori")
+    group.permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    user.groups.add(group)  # type: ignore[attr-defined]
+    _token, key = AuthToken.objects.create(user=user)
+    with CaptureQueriesContext(connection) as queries:
+        found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+        assert found.has_perm("archive.view_study") and found.has_perm("archive.view_instance")
+        assert not found.has_perm("archive.add_instance")
+    assert len(queries.captured_queries) == 2  # the token with its user, then the permissions
+    # The same set ModelBackend computes by itself.
+    fresh = type(found).objects.get(pk=found.pk)
+    assert fresh.get_all_permissions() == found.get_all_permissions() == {"archive.view_study", "archive.view_instance"}
+    # Deactivated since the token was issued: refused before any permission is read.
+    type(found).objects.filter(pk=found.pk).update(is_active=False)
+    with pytest.raises(AuthenticationFailed, match="inattivo"):
+        ApiTokenAuthentication().authenticate_credentials(key.encode())
