@@ -145,6 +145,8 @@ class PolicyExtension(Protocol):
     # Optional: ``citizen_exists(user_ref) -> Exists``, true when the user at ``OuterRef(user_ref)``
     # has a citizen's account (so that a member of staff is told apart in the query that reads
     # their profile).
+    # Optional: ``emergency_exists(user_ref) -> Exists``, true when the user at ``OuterRef(user_ref)``
+    # holds a live emergency access (so that the patients' query is made only for those who do).
     # Optional: ``state_version() -> str``, a value that changes whenever a study is
     # concealed or revealed (:func:`visibility_key` uses it when present).
 
@@ -183,19 +185,23 @@ def authority_restriction(user: Any) -> int | None:
 def principal_for_user(user: Any) -> Principal:
     """The principal of a web request's user: nobody, a citizen or a member of staff.
 
-    Every request builds one, so a member of staff costs two queries: who they are
-    (a citizen's account? their staff profile) in one, their exceptions to the
-    concealment in the other.
+    Every request builds one, so a member of staff costs one query: who they are
+    (a citizen's account? their staff profile? a live emergency access?), and a
+    second for the patients of their emergency accesses only when they hold one.
     """
     if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
         return NOBODY
     name = str(user.get_username())
     citizen_exists = getattr(_extension, "citizen_exists", None)
+    emergency_exists = getattr(_extension, "emergency_exists", None)
     who = (
         get_user_model()
         ._default_manager.filter(pk=user.pk)
-        .annotate(is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False))
-        .values("is_citizen", "staff_profile__authority_id", "staff_profile__cross_authority")
+        .annotate(
+            is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False),
+            has_emergency=emergency_exists("pk") if emergency_exists is not None else Value(True),
+        )
+        .values("is_citizen", "has_emergency", "staff_profile__authority_id", "staff_profile__cross_authority")
         .first()
     ) or {}
     if _extension is not None and (who.get("is_citizen") or citizen_exists is None):
@@ -204,7 +210,10 @@ def principal_for_user(user: Any) -> Principal:
             return Principal(Kind.CITIZEN, name=name, user_id=user.pk, patient_ids=frozenset(citizen))
     if not user.has_perm(VIEW_STUDY_PERM):
         return Principal(Kind.STAFF, name=name, user_id=user.pk, sees_nothing=True)
-    emergency = _extension.emergency_patient_ids(user) if _extension is not None else set()
+    # Their patients are read only when the first query found a live emergency access.
+    emergency = (
+        _extension.emergency_patient_ids(user) if _extension is not None and who.get("has_emergency", True) else set()
+    )
     authority_id = who.get("staff_profile__authority_id")
     if who.get("staff_profile__cross_authority") or bool(settings.PACS_REPORT_CROSS_AUTHORITY):
         authority_id = None

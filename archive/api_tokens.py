@@ -28,6 +28,8 @@ from hmac import compare_digest
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -170,7 +172,9 @@ class ApiTokenAuthentication(TokenAuthentication):
                 raise exceptions.AuthenticationFailed(
                     _("Token scaduto: chiederne uno nuovo a /api/token/."), code="token_expired"
                 )
-            return self.validate_user(auth_token)
+            user, auth_token = self.validate_user(auth_token)
+            permissions_load(user)
+            return user, auth_token
         raise invalid
 
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
@@ -178,6 +182,22 @@ class ApiTokenAuthentication(TokenAuthentication):
             auth_token.delete()
             return True
         return False
+
+
+def permissions_load(user: Any) -> None:
+    """Fill ``user``'s permission cache (the one ``ModelBackend`` keeps on the user object) with
+    one query, its own and its groups' permissions together, instead of ModelBackend's two: a
+    token's request asks ``has_perm`` several times (the view's permission, the access policy).
+    The set is the one ModelBackend would compute; a superuser's is left to ModelBackend."""
+    if not user.is_active or user.is_superuser or hasattr(user, "_perm_cache"):
+        return
+    rows = (
+        Permission.objects.filter(Q(user=user) | Q(group__user=user))
+        .values_list("content_type__app_label", "codename")
+        .order_by()
+        .distinct()
+    )
+    user._perm_cache = {f"{app}.{codename}" for app, codename in rows}
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

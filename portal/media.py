@@ -47,7 +47,7 @@ import unicodedata
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +171,57 @@ def _instance_copy(instance: Instance, name: str, fh: IO[bytes], writer: _Member
         raise MediaError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
 
 
+# Instances up to this size are read whole and hashed by HASHERS threads at once (the
+# SHA-256, the zip's CRC-32 and the writes then share both cores, in order); larger
+# ones are copied a chunk at a time by _instance_copy. Memory: at most IN_FLIGHT of them.
+WHOLE_FILE = 8 << 20
+HASHERS = 2
+IN_FLIGHT = 4
+
+
+def _read_hashed(fh: IO[bytes]) -> tuple[bytes, str]:
+    with fh:
+        data = fh.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _instances_copy(
+    entries: Sequence[tuple[Instance, tuple[str, ...]]], writer: _MemberWriter, meter: _Progress
+) -> None:
+    """Every instance into the zip, in order, each checked against its SHA-256 before it is written."""
+    pending: deque[tuple[Instance, str, IO[bytes], Future[tuple[bytes, str]]]] = deque()
+
+    def write_oldest() -> None:
+        instance, name, _fh, future = pending.popleft()
+        data, digest = future.result()
+        if digest != instance.sha256:
+            logger.error("%s read back with SHA-256 %s, %s recorded", instance, digest, instance.sha256)
+            raise MediaError(f"{instance.sop_instance_uid}: the stored copy does not match its SHA-256")
+        writer.put(name)
+        view = memoryview(data)
+        for start in range(0, len(data), CHUNK):  # the writer's queue holds chunks, not whole files
+            writer.put(view[start : start + CHUNK])
+        meter.add(len(data))
+
+    with ThreadPoolExecutor(max_workers=HASHERS, thread_name_prefix="zip-hash") as hashers:
+        try:
+            for instance, name, fh in _opened_ahead(entries):
+                if instance.size > WHOLE_FILE:
+                    while pending:
+                        write_oldest()
+                    _instance_copy(instance, name, fh, writer, meter)
+                    continue
+                pending.append((instance, name, fh, hashers.submit(_read_hashed, fh)))
+                while len(pending) > IN_FLIGHT:
+                    write_oldest()
+            while pending:
+                write_oldest()
+        finally:
+            for _instance, _name, fh, future in pending:
+                if future.cancel():  # never started: its file is closed here
+                    fh.close()
+
+
 def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt.datetime) -> None:
     with zf.open(_member_info(name, when), "w", force_zip64=True) as out:
         out.write(data)
@@ -195,7 +246,7 @@ class _MemberWriter:
     def __init__(self, zf: zipfile.ZipFile, when: dt.datetime) -> None:
         self.zf = zf
         self.when = when
-        self.items: queue.Queue[str | bytes | None] = queue.Queue(maxsize=self._QUEUED)
+        self.items: queue.Queue[str | bytes | memoryview | None] = queue.Queue(maxsize=self._QUEUED)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="zip-writer", daemon=True)
         self.thread.start()
@@ -220,7 +271,7 @@ class _MemberWriter:
             while self.items.get() is not None:  # let the caller's put() go on until it sees the error
                 pass
 
-    def put(self, item: str | bytes) -> None:
+    def put(self, item: str | bytes | memoryview) -> None:
         if self.error is not None:
             raise MediaError(f"writing the zip failed: {self.error}") from self.error
         self.items.put(item)
@@ -502,8 +553,17 @@ def dicom_media_layout(*, study: Study) -> DicomLayout:
     MediaError
         No instances, too many for the file IDs, or a header unreadable.
     """
+    groups, tree, entries = _layout_entries(study)
+    return DicomLayout(entries=entries, records=_layout_records(groups, tree), series_count=len(groups))
+
+
+_Tree = list[tuple[Series, list[tuple[Instance, tuple[str, ...]]]]]
+
+
+def _layout_entries(study: Study) -> tuple[list[NumberedSeries], _Tree, list[tuple[Instance, tuple[str, ...]]]]:
+    """The series, their instances numbered into file IDs, and the instances in that order (the index only)."""
     groups = _study_series(study)
-    tree = [
+    tree: _Tree = [
         (
             n.series,
             [(instance, _file_id(s_index, i_index)) for i_index, instance in enumerate(n.instances, start=1)],
@@ -513,11 +573,14 @@ def dicom_media_layout(*, study: Study) -> DicomLayout:
     entries: list[tuple[Instance, tuple[str, ...]]] = [entry for _series, group in tree for entry in group]
     if not entries:
         raise MediaError(f"study {study.study_instance_uid} has no instances")
+    return groups, tree, entries
+
+
+def _layout_records(groups: list[NumberedSeries], tree: _Tree) -> list[_Record]:
     try:
-        records = dicomdir_records(groups=tree, numbers=[n.number for n in groups])
+        return dicomdir_records(groups=tree, numbers=[n.number for n in groups])
     except retrieve.NotAvailable as exc:
         raise MediaError(str(exc)) from exc
-    return DicomLayout(entries=entries, records=records, series_count=len(groups))
 
 
 def _dicom_readme(study: Study, *, series: int, instances: int) -> bytes:
@@ -580,23 +643,22 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
         An instance cannot be read, its bytes do not hash as recorded, or
         FileSet cannot list it in the DICOMDIR.
     """
-    layout = dicom_media_layout(study=study)
-    entries, records = layout.entries, layout.records
+    groups, tree, entries = _layout_entries(study)
     when = dt.datetime.now()
-    readme = _dicom_readme(study, series=layout.series_count, instances=len(entries))
+    readme = _dicom_readme(study, series=len(groups), instances=len(entries))
     meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
-    # The DICOMDIR is encoded (pure Python) while the instances are copied
-    # (mostly I/O and hashing outside the GIL), and goes last into the zip.
+    # The DICOMDIR's records are made (a header per series) and encoded (pure Python) while
+    # the instances are copied (mostly I/O, hashing and CRC outside the GIL), and it goes
+    # last into the zip: the copy starts as soon as the index is read.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomdir") as pool:
-        encoding = pool.submit(dicomdir_encode, records)
+        encoding = pool.submit(lambda: dicomdir_encode(_layout_records(groups, tree)))
         with _zip_in_place(path) as zf:
             _member_write_bytes(zf, README, readme, when=when)
             meter.add(len(readme))
             writer = _MemberWriter(zf, when)
             try:
-                for instance, name, fh in _opened_ahead(entries):
-                    _instance_copy(instance, name, fh, writer, meter)
+                _instances_copy(entries, writer, meter)
             except BaseException:
                 with contextlib.suppress(MediaError):
                     writer.finish()

@@ -78,6 +78,11 @@ class PortalPolicy:
             )
         )
 
+    def emergency_exists(self, user_ref: str) -> Exists:
+        now = timezone.now()
+        since = now - dt.timedelta(minutes=emergency_access_minutes())
+        return Exists(EmergencyAccess.objects.filter(user_id=OuterRef(user_ref), at__gt=since, at__lte=now))
+
     def citizen_exists(self, user_ref: str) -> Exists:
         return Exists(CitizenAccount.objects.filter(user_id=OuterRef(user_ref)))
 

@@ -24,6 +24,10 @@ from .scope import Scope, instance_url
 
 logger = logging.getLogger(__name__)
 
+# The annotation :func:`archive.dicomweb.scope.instance_one_select` may put on an instance:
+# whether a stored rendition matches the request's first frame (archive.rendering.previews.rendition_exists).
+RENDITION = "rendition_stored"
+
 
 def rendered_media_type(ranges: list[MediaRange]) -> str:
     """image/jpeg unless image/png is preferred; 406 when neither is acceptable."""
@@ -94,7 +98,9 @@ def render_instance(instance: Instance, frame: int, params: RenderParams) -> byt
     """One frame of an instance rendered (in a worker process: a decoder that crashes or
     hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be rendered."""
     try:
-        return stored_or_rendered(instance=instance, frame=frame, params=params)
+        # The query that read the instance may have said whether a stored rendition matches (RENDITION).
+        stored = getattr(instance, RENDITION, None) if frame == 1 else None
+        return stored_or_rendered(instance=instance, frame=frame, params=params, stored_exists=stored)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
     except rendering.NoImage as exc:

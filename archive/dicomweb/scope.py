@@ -10,11 +10,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.db.models import QuerySet
 
 from archive.storage.retrieve import NotAvailable, instance_open, instances_with_copies
+from archive.storage.tiers import facility_tier
 
 from .. import access
 from ..dicom import is_valid_uid
@@ -70,6 +71,36 @@ def _scope_note(scope: Scope) -> str:
     return f" (facility {scope.facility.code})" if scope.facility is not None else ""
 
 
+def _instances_qs(
+    scope: Scope, *, study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[Study, QuerySet[Instance]]:
+    study = study_get(scope, study_uid)
+    qs = Instance.objects.filter(series__study=study)
+    if series_uid is not None:
+        check_uid(series_uid, "SeriesInstanceUID")
+        if sop_uid is None:
+            _series_check(study, study_uid, series_uid)
+        qs = qs.filter(series__series_instance_uid=series_uid)
+    if sop_uid is not None:
+        check_uid(sop_uid, "SOPInstanceUID")
+        qs = qs.filter(sop_instance_uid=sop_uid)
+    return study, qs.order_by("series__series_number", "series__id", "instance_number", "id")
+
+
+def _series_check(study: Study, study_uid: str, series_uid: str) -> None:
+    if not Series.objects.filter(study=study, series_instance_uid=series_uid).exists():
+        raise DicomwebError(404, f"series {series_uid} is not in study {study_uid}")
+
+
+def _none_there(study: Study, study_uid: str, series_uid: str | None, sop_uid: str | None) -> DicomwebError:
+    # An instance URL: its series is looked for only now (a found instance needs no second query).
+    if sop_uid is not None and series_uid is not None:
+        _series_check(study, study_uid, series_uid)
+    if sop_uid is not None:
+        return DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
+    return DicomwebError(404, "no instance is archived there")
+
+
 def instances_select(
     scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> tuple[Study, list[Instance]]:
@@ -78,26 +109,79 @@ def instances_select(
     Raises 400 for a malformed UID and 404 for one that does not exist in
     this scope (or belongs to another study or series than the URL says).
     """
-    study = study_get(scope, study_uid)
-    qs = Instance.objects.filter(series__study=study)
-    if series_uid is not None:
-        check_uid(series_uid, "SeriesInstanceUID")
-        if not Series.objects.filter(study=study, series_instance_uid=series_uid).exists():
-            raise DicomwebError(404, f"series {series_uid} is not in study {study_uid}")
-        qs = qs.filter(series__series_instance_uid=series_uid)
-    if sop_uid is not None:
-        check_uid(sop_uid, "SOPInstanceUID")
-        qs = qs.filter(sop_instance_uid=sop_uid)
-    instances = list(
-        instances_with_copies(qs.select_related("series__study")).order_by(
-            "series__series_number", "series__id", "instance_number", "id"
-        )
-    )
+    study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    instances = list(instances_with_copies(qs.select_related("series__study")))
     if not instances:
-        if sop_uid is not None:
-            raise DicomwebError(404, f"instance {sop_uid} is not in series {series_uid} of study {study_uid}")
-        raise DicomwebError(404, "no instance is archived there")
+        raise _none_there(study, study_uid, series_uid, sop_uid)
     return study, instances
+
+
+def instance_one_select(
+    scope: Scope, *, study_uid: str, series_uid: str, sop_uid: str, annotations: dict[str, Any] | None = None
+) -> tuple[Study, Instance]:
+    """The study and the one instance an instance URL names, in one query under the access
+    policy (the policy's condition put on the instance's study) and one for its copies;
+    ``annotations`` are added to that query. When nothing matches, :func:`instances_select`
+    says why with the same answers as every other URL (400, or 404 for the study, the series
+    or the instance: a study the principal may not see is not there)."""
+    check_uid(study_uid, "StudyInstanceUID")
+    check_uid(series_uid, "SeriesInstanceUID")
+    check_uid(sop_uid, "SOPInstanceUID")
+    path = "series__study__"
+    qs = Instance.objects.filter(
+        access.visible_q(scope.principal, path),
+        series__study__study_instance_uid=study_uid,
+        series__series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+    )
+    if scope.facility is not None:
+        qs = qs.filter(series__study__facility=scope.facility)
+    if annotations:
+        qs = qs.annotate(**annotations)
+    found = list(instances_with_copies(qs.select_related("series__study__patient")).order_by("id")[:1])
+    if not found:
+        study, instances = instances_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+        return study, instances[0]  # not reached unless it appeared meanwhile
+    return found[0].series.study, found[0]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """What a retrieve of whole instances needs of one, as a row (no model instance)."""
+
+    pk: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    own_tier: str  # its facility's tier ("" without a facility): copies there are read first
+
+
+def instance_rows_select(
+    scope: Scope, *, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> tuple[Study, list[InstanceRow], QuerySet[Instance]]:
+    """:func:`instances_select` as rows: the access policy checked once (the study), then one
+    query for the instances whatever their number (their copies: :func:`copies_ranked`, to
+    which the query is given as a subquery)."""
+    study, qs = _instances_qs(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    rows = [
+        InstanceRow(pk, sop, series, ts, facility_tier(code) if code else "")
+        for pk, sop, series, ts, code in qs.values_list(
+            "pk", "sop_instance_uid", "series__series_instance_uid", "transfer_syntax_uid", "facility__code"
+        ).iterator(chunk_size=2000)
+    ]
+    if not rows:
+        raise _none_there(study, study_uid, series_uid, sop_uid)
+    return study, rows, qs
+
+
+def instance_load(pk: int) -> Instance:
+    """One instance as :func:`instance_open` wants it (its facility and copies loaded)."""
+    return instances_with_copies(Instance.objects.filter(pk=pk).select_related("series__study")).get()
+
+
+def instances_load(pks: list[int]) -> list[Instance]:
+    """:func:`instance_load` for many: one query for the instances and one for their copies."""
+    return list(instances_with_copies(Instance.objects.filter(pk__in=pks).select_related("series__study")))
 
 
 def instance_url(scope: Scope, instance: Instance) -> str:

@@ -34,6 +34,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView, exception_handler
 
+from archive.rendering.previews import rendition_exists
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.web import client_ip
@@ -45,10 +46,16 @@ from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, jso
 from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
 from .native_xml import dataset_to_native_xml
 from .qido import qido_search
-from .rendered import render_instance, render_params, rendered_many_response, thumbnail_of
-from .scope import Scope, instance_url, instances_select, study_get
+from .rendered import RENDITION, render_instance, render_params, rendered_many_response, thumbnail_of
+from .scope import Scope, instance_one_select, instance_rows_select, instance_url, instances_select, study_get
 from .stow import DICOM_XML, stow, stow_answer_type
-from .wado import bulkdata_response, frames_response, instances_response, metadata_response, parse_frame_list
+from .wado import (
+    bulkdata_response,
+    frames_response,
+    instances_retrieve_response,
+    metadata_response,
+    parse_frame_list,
+)
 from .wado_uri import wado_uri_file, wado_uri_parse, wado_uri_wants_dicom
 
 logger = logging.getLogger(__name__)
@@ -230,6 +237,24 @@ class DicomwebView(APIView):
         note.detail["instances"] = len(instances)
         return instances
 
+    def retrieve(
+        self,
+        note: AuditNote,
+        facility: str | None,
+        *,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> HttpResponseBase:
+        """WADO-RS of whole instances (study, series, instance): the study checked once against
+        the access policy, the instances and their copies read as rows, the files streamed."""
+        scope = self.scope(facility)
+        note.study_instance_uid = study_uid or ""
+        study, rows, among = instance_rows_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+        note.study = study
+        note.detail["instances"] = len(rows)
+        return self.done(note, _streamed(instances_retrieve_response(scope, study_uid, rows, self.accept(), among)))
+
     def done(self, note: AuditNote, response: HttpResponseBase) -> HttpResponseBase:
         self._audit(note, note.outcome)
         return response
@@ -267,9 +292,7 @@ class StudyView(DicomwebView):
 
     def get(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="study")
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study)
 
     def post(self, request: Request, study: str, facility: str | None = None) -> HttpResponseBase:
         return stow_handle(self, facility, study)
@@ -278,9 +301,7 @@ class StudyView(DicomwebView):
 class SeriesView(DicomwebView):
     def get(self, request: Request, study: str, series: str, facility: str | None = None) -> HttpResponseBase:
         note = self.begin(resource="series", series=series)
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study, series_uid=series)
 
 
 class InstanceView(DicomwebView):
@@ -288,9 +309,7 @@ class InstanceView(DicomwebView):
         self, request: Request, study: str, series: str, instance: str, facility: str | None = None
     ) -> HttpResponseBase:
         note = self.begin(resource="instance", series=series, instance=instance)
-        scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        return self.done(note, _streamed(instances_response(scope, instances, self.accept())))
+        return self.retrieve(note, facility, study_uid=study, series_uid=series, sop_uid=instance)
 
 
 class MetadataView(DicomwebView):
@@ -358,7 +377,23 @@ class RenderedView(DicomwebView):
         params = render_params(request.query_params, self.accept(), thumbnail=self.thumbnail)
         numbers = parse_frame_list(frames) if frames else [1]
         scope = self.scope(facility)
-        instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
+        if instance is not None and series is not None:
+            # One instance: study, instance and whether a stored rendition matches in one query.
+            exists = rendition_exists(frame=numbers[0], params=params)
+            note.study_instance_uid = study
+            note.study, one = instance_one_select(
+                scope,
+                study_uid=study,
+                series_uid=series,
+                sop_uid=instance,
+                annotations={RENDITION: exists} if exists is not None else None,
+            )
+            if exists is None:
+                setattr(one, RENDITION, False)
+            note.detail["instances"] = 1
+            instances = [one]
+        else:
+            instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
         if self.thumbnail:
             data = thumbnail_of(instances, params, frame=numbers[0])
             return self.done(note, HttpResponse(data, content_type=params.media_type))

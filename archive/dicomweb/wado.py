@@ -1,7 +1,9 @@
 """WADO-RS (PS3.18 10.4): instances, metadata, bulk data and frames, and reading stored files for them.
 
 Everything that can be large streams: instances go out as multipart/related
-chunks of the stored files (:mod:`archive.dicomweb.multipart`); metadata
+bodies written in blocks of :data:`STREAM_BLOCK` bytes filled from the stored
+files (:func:`instances_retrieve_response`; a transcoded part goes through
+:mod:`archive.dicomweb.multipart` part by part); metadata
 reads headers only (``stop_before_pixels`` and deferred values): large
 binary values become BulkDataURIs served by :func:`bulkdata_response`.
 
@@ -28,6 +30,7 @@ Choices the standard leaves open (the conformance statement, in short):
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import re
@@ -36,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from django.db.models import QuerySet
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -49,6 +53,7 @@ from pydicom.uid import (
 )
 
 from archive.rendering import pipeline as rendering
+from archive.storage import retrieve
 
 from ..models import Instance
 from . import transcoding
@@ -63,7 +68,7 @@ from .multipart import (
     multipart_stream,
     new_boundary,
 )
-from .scope import Scope, _open_all, _open_one, instance_url
+from .scope import InstanceRow, Scope, _open_all, _open_one, instance_load, instance_url, instances_load
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,137 @@ def instances_response(scope: Scope, instances: list[Instance], ranges: list[Med
                 logger.error("DICOMweb: skipping %s: %s", instance.sop_instance_uid, exc.message)
 
     return Streamed(multipart_content_type(DICOM, boundary), multipart_stream(parts(), boundary))
+
+
+# A retrieve of whole instances stored as they go out is written in blocks of this many
+# bytes: files of a few KB are framed and sent together, not one write each.
+STREAM_BLOCK = 1 << 20
+
+
+def instances_retrieve_response(
+    scope: Scope,
+    study_uid: str,
+    rows: list[InstanceRow],
+    ranges: list[MediaRange],
+    among: QuerySet[Instance] | None = None,
+) -> Streamed:
+    """The instances of a study, series or instance retrieve as multipart/related application/dicom.
+
+    When every instance goes out as stored (the usual case: no transfer syntax
+    asked, ``*``, or the stored one) the parts are the stored files read in
+    large blocks straight from their copies (one query for all the copies,
+    :func:`~archive.storage.retrieve.copies_ranked`), framed and written
+    :data:`STREAM_BLOCK` bytes at a time. A copy that is not a local file of a
+    facility tier (the long-term tier, an object store), or that cannot be
+    opened, goes through :func:`~archive.storage.retrieve.instance_open`, as
+    every other reader does. When some instance must be transcoded the
+    request takes :func:`instances_response`'s way, part by part. ``among``: the query
+    that selected ``rows`` (:func:`.scope.instance_rows_select`), for the copies' query.
+    """
+    wanted = transcoding.instance_wanted(ranges)
+    if wanted is None:
+        raise DicomwebError(406, 'instances are served as multipart/related; type="application/dicom"')
+    targets = {ts: transcoding.instance_targets(wanted, ts) for ts in {r.transfer_syntax_uid for r in rows}}
+    refused = [r.transfer_syntax_uid for r in rows if not targets[r.transfer_syntax_uid]]
+    if refused:
+        raise transcoding.not_producible(refused)
+    if any(produced[0] != stored for stored, produced in targets.items()):
+        loaded = {i.pk: i for i in instances_load([r.pk for r in rows])}
+        return instances_response(scope, [loaded[r.pk] for r in rows if r.pk in loaded], ranges)
+    copies = retrieve.copies_ranked({r.pk: r.own_tier for r in rows}, among)
+    opened = _rows_open(rows, copies)
+    boundary = new_boundary()
+    return Streamed(multipart_content_type(DICOM, boundary), _stored_blocks(scope, study_uid, opened, boundary))
+
+
+def _row_open(row: InstanceRow, copies: list[retrieve.CopyRef], local: retrieve.LocalOpener) -> BinaryIO:
+    fh = local.open(copies)
+    if fh is not None:
+        return fh
+    return retrieve.instance_open(instance_load(row.pk))  # NotAvailable when nothing can be read
+
+
+def _rows_open(
+    rows: list[InstanceRow], copies: dict[int, list[retrieve.CopyRef]]
+) -> Iterator[tuple[InstanceRow, BinaryIO]]:
+    """Each row with its open file, as :func:`.scope._open_all` (the first opened now: a
+    request none of whose instances can be read is a 503, not an empty body)."""
+    local = retrieve.LocalOpener()
+
+    def rest(todo: list[InstanceRow]) -> Iterator[tuple[InstanceRow, BinaryIO]]:
+        for row in todo:
+            try:
+                fh = _row_open(row, copies[row.pk], local)
+            except retrieve.NotAvailable as exc:
+                logger.error("DICOMweb: skipping %s: %s", row.sop_instance_uid, exc.reason)
+                continue
+            yield row, fh
+
+    for i, row in enumerate(rows):
+        try:
+            fh = _row_open(row, copies[row.pk], local)
+        except retrieve.NotAvailable as exc:
+            if len(rows) == 1:
+                raise DicomwebError(503, f"instance {row.sop_instance_uid} cannot be read now: {exc.reason}") from None
+            logger.error("DICOMweb: skipping %s: %s", row.sop_instance_uid, exc.reason)
+            continue
+        return itertools.chain([(row, fh)], rest(rows[i + 1 :]))
+    raise DicomwebError(503, "none of the requested instances can be read now")
+
+
+def _stored_blocks(
+    scope: Scope, study_uid: str, opened: Iterator[tuple[InstanceRow, BinaryIO]], boundary: str
+) -> Iterator[bytes]:
+    """The multipart body: each file read with ``readinto`` into one buffer, sent when it is full."""
+    buf = bytearray(STREAM_BLOCK)
+    view = memoryview(buf)
+    pos = 0
+    dash = f"--{boundary}".encode("ascii")
+    first = True
+    for row, fh in opened:  # the files are opened one at a time, as their turn comes
+        with fh:
+            location = scope.instance_url(study_uid, row.series_instance_uid, row.sop_instance_uid)
+            head = b"".join(
+                [
+                    b"" if first else b"\r\n",
+                    dash,
+                    b"\r\nContent-Type: application/dicom; transfer-syntax=",
+                    row.transfer_syntax_uid.encode("ascii"),
+                    b"\r\nContent-Location: ",
+                    location.encode("ascii", "replace"),
+                    b"\r\n\r\n",
+                ]
+            )
+            first = False
+            if pos + len(head) > STREAM_BLOCK:
+                yield bytes(view[:pos])
+                pos = 0
+            view[pos : pos + len(head)] = head
+            pos += len(head)
+            while True:
+                if pos == STREAM_BLOCK:
+                    yield bytes(view)
+                    pos = 0
+                n = _readinto(fh, view[pos:])
+                if not n:
+                    break
+                pos += n
+    tail = (b"" if first else b"\r\n") + dash + b"--\r\n"
+    if pos + len(tail) > STREAM_BLOCK:
+        yield bytes(view[:pos])
+        pos = 0
+    view[pos : pos + len(tail)] = tail
+    yield bytes(view[: pos + len(tail)])
+
+
+def _readinto(fh: BinaryIO, view: memoryview) -> int:
+    """``fh.readinto(view)``, or a read copied in for a file object without it."""
+    readinto = getattr(fh, "readinto", None)
+    if readinto is not None:
+        return int(readinto(view) or 0)
+    data = fh.read(len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 # --- reading stored files -------------------------------------------------------------------

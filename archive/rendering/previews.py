@@ -305,17 +305,55 @@ def rendition_get(*, instance: Instance, frame: int, kind: str, params: renderin
 def rendition_for_request(*, instance: Instance, frame: int, params: rendering.RenderParams) -> bytes | None:
     """:func:`rendition_get` for an on-demand request: a thumbnail when it asks
     for the thumbnail size, else a preview (the parameters decide the match)."""
-    kind = Rendition.Kind.THUMBNAIL if params.max_size == rendering.THUMBNAIL_SIZE else Rendition.Kind.PREVIEW
-    return rendition_get(instance=instance, frame=frame, kind=kind, params=params)
+    return rendition_get(instance=instance, frame=frame, kind=_request_kind(params), params=params)
 
 
-def stored_or_rendered(*, instance: Instance, frame: int, params: rendering.RenderParams) -> bytes:
+def _request_kind(params: rendering.RenderParams) -> str:
+    return Rendition.Kind.THUMBNAIL if params.max_size == rendering.THUMBNAIL_SIZE else Rendition.Kind.PREVIEW
+
+
+# The keys a stored rendition can have: those made after ingestion (a preview the cap did not
+# shrink is stored under the full-size key, see _store).
+_STORED_KEYS = {
+    (Rendition.Kind.PREVIEW, params_key(PREVIEW)),
+    (Rendition.Kind.PREVIEW, params_key(_full_size(PREVIEW))),
+    (Rendition.Kind.THUMBNAIL, params_key(THUMBNAIL)),
+}
+
+
+def rendition_may_exist(*, frame: int, params: rendering.RenderParams) -> bool:
+    """False when no rendition made after ingestion can match a request (another frame, other
+    parameters): such a request renders without looking for one."""
+    return frame == FRAME and (_request_kind(params), params_key(params)) in _STORED_KEYS
+
+
+def rendition_exists(*, frame: int, params: rendering.RenderParams, ref: str = "pk") -> Exists | None:
+    """An ``Exists`` true when the instance at ``OuterRef(ref)`` has a usable stored rendition
+    for this request (its tier is checked when it is read), to be annotated on the query that
+    reads the instance; None when none can exist (:func:`rendition_may_exist`)."""
+    if not rendition_may_exist(frame=frame, params=params):
+        return None
+    return Exists(
+        Rendition.objects.filter(
+            instance=OuterRef(ref), frame=frame, kind=_request_kind(params), params_key=params_key(params), reason=""
+        )
+    )
+
+
+def stored_or_rendered(
+    *, instance: Instance, frame: int, params: rendering.RenderParams, stored_exists: bool | None = None
+) -> bytes:
     """The stored rendition made with ``params``, else the frame rendered now in a worker process.
+
+    ``stored_exists``: whether the query that read ``instance`` found a rendition for
+    this request (:func:`rendition_exists`); False skips the lookup, None (unknown)
+    looks unless none can exist.
 
     Raises ``retrieve.NotAvailable`` (no readable copy), ``rendering.NoImage``
     (nothing to render) or ``ValueError`` (a frame or parameter out of range).
     """
-    stored = rendition_for_request(instance=instance, frame=frame, params=params)
+    look = stored_exists if stored_exists is not None else rendition_may_exist(frame=frame, params=params)
+    stored = rendition_for_request(instance=instance, frame=frame, params=params) if look else None
     if stored is not None:  # rendered after ingestion with exactly these parameters
         return stored
     with retrieve.instance_file(instance) as path:

@@ -220,6 +220,21 @@ def test_query_benchmark_generates_and_runs_at_its_smoke_size(database_url: str,
 # bench/region/run.py --smoke is run by tests/bench/test_region.py: the region test is that run.
 
 
+def test_retrieve_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
+    out = _run("bench/retrieve/run.py", "--smoke", "--database-url", database_url, tmp_path=tmp_path)
+    _has_lines(
+        out,
+        r"^WADO-RS retrieve of a whole study",
+        r"^study\s+MB\s+cache\s+floor MB/s\s+WADO MB/s\s+ratio\s+goal",
+        r"^4 x CT_small \(39 KB\)\s+[\d.]+\s+cold\s+\d",
+        r"^4 x CT 512x512 \(513 KB\)\s+[\d.]+\s+warm\s+\d",
+        r"^On-demand WADO-RS rendered",
+        r"^image\s+floor ms\s+server ms\s+ratio$",
+        r"^all \(4 images\)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+goal >= 0.5",
+    )
+    assert "not measured" not in out and "FAILED" not in out, out
+
+
 def test_render_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
     out = _run("bench/render/run.py", "--smoke", tmp_path=tmp_path)
     _has_lines(

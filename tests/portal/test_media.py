@@ -221,3 +221,38 @@ def test_folder_names_are_safe_for_every_file_system() -> None:
     series = Series(modality="MR", series_number=3, series_description="Encéfalo T2/FLAIR: <assiale>")
     assert media.series_folder_name(number=3, series=series) == "Serie 03 - RM Encefalo T2 FLAIR assiale"
     assert media.series_folder_name(number=3, series=series, width=4) == "Serie 0003 - RM Encefalo T2 FLAIR assiale"
+
+
+@pytest.mark.parametrize("whole_file", [media.WHOLE_FILE, 1], ids=["read-whole-hashed-in-threads", "chunk-by-chunk"])
+def test_dicom_zip_members_check_out_by_either_copy(  # type: ignore[no-untyped-def]
+    region, ct_study: list[Path], tmp_path: Path, monkeypatch, whole_file: int
+) -> None:
+    # Small instances are read whole and hashed in parallel, larger ones copied a chunk at a time:
+    # either way the members are the stored bytes, in order, with CRC-32s that check out.
+    monkeypatch.setattr(media, "WHOLE_FILE", whole_file)
+    monkeypatch.setattr(media, "CHUNK", 4096)  # several chunks per 39 KB file
+    ingest_files(ct_study, region.facility)
+    out = tmp_path / "study.zip"
+    dicom_media_zip_write(study=_study(), path=out)
+    ordered = list(
+        Instance.objects.order_by("series__series_number", "instance_number").values_list("sha256", flat=True)
+    )
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None  # every member's CRC-32 recomputed from its bytes
+        members = [i.filename for i in zf.infolist() if i.filename.startswith("DICOM/")]
+        assert [hashlib.sha256(zf.read(m)).hexdigest() for m in members] == ordered
+
+
+def test_dicom_zip_is_made_whole_or_not_at_all_when_a_copy_is_damaged_mid_study(  # type: ignore[no-untyped-def]
+    region, ct_study: list[Path], tmp_path: Path
+) -> None:
+    ingest_files(ct_study, region.facility)
+    second = Instance.objects.order_by("series__series_number", "instance_number")[1]
+    copy = second.copies.get()
+    stored = storage.absolute_path(copy.tier, copy.path)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(MediaError, match=f"{second.sop_instance_uid}: the stored copy does not match"):
+        dicom_media_zip_write(study=_study(), path=tmp_path / "out" / "study.zip")
+    assert _no_leftovers(tmp_path / "out") == []

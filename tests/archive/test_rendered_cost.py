@@ -1,0 +1,106 @@
+"""What one on-demand ``/rendered`` request costs the web process around the render: its SQL
+statements (counted, so that a change adding one fails here) and its CPU time."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests import dicomweb_helpers as helpers
+from tests.dicomweb_helpers import ingest_files, uids
+
+reader = helpers.reader
+
+
+@pytest.fixture
+def stored(region, ct_study: list[Path]) -> list[Path]:
+    ingest_files(ct_study, region.facility)
+    return ct_study
+
+
+def _instance_url(path: Path) -> str:
+    study, series, sop = uids(path)
+    return f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+
+
+# What an instance's /rendered reads and writes, once each: the token with its user, the user's
+# permissions, the principal (citizen? staff profile? an emergency access?: the patients of
+# emergency accesses are read only for those who hold one), the instance with
+# its study under the access policy (and whether a stored rendition matches), its copies, the audit row.
+EXPECTED = [
+    "knox_authtoken",
+    "auth_permission",
+    "portal_citizenaccount",
+    "archive_instance",
+    "archive_copy",
+    'INSERT INTO "archive_auditevent"',
+]
+
+
+def test_rendered_instance_statements(client, stored, reader) -> None:
+    url = _instance_url(stored[0]) + "/rendered"
+    assert client.get(url, **reader.auth).status_code == 200  # warm: worker started, caches filled
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, **reader.auth)
+    assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    if os.environ.get("PACS_RENDERED_COST"):  # figures for the README: PACS_RENDERED_COST=<requests>
+        cpu = []
+        for _ in range(int(os.environ["PACS_RENDERED_COST"])):
+            start = time.process_time()
+            client.get(url, **reader.auth)
+            cpu.append(time.process_time() - start)
+        cpu.sort()
+        print(
+            f"\nstatements: {len(statements)}; CPU best {cpu[0] * 1000:.2f} ms, median {cpu[len(cpu) // 2] * 1000:.2f} ms"
+        )
+    assert len(statements) == len(EXPECTED), statements
+    for sql, table in zip(statements, EXPECTED, strict=True):
+        assert table in sql, (table, sql)
+    assert "portal_emergencyaccess" in statements[2]  # asked with who the user is, no query of its own
+    # The default parameters may match a stored preview: the instance's query asks (no query of its own).
+    assert "archive_rendition" in statements[3]
+    # Other parameters or frames cannot match one: not asked at all; a thumbnail can, and is asked.
+    for suffix, asked in (("?quality=50", False), ("?viewport=64,64", False), ("", True)):
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url + suffix, **reader.auth).status_code == 200
+        assert len(queries.captured_queries) == len(EXPECTED)
+        assert ("archive_rendition" in queries.captured_queries[3]["sql"]) is asked, suffix
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url.replace("/rendered", "/thumbnail"), **reader.auth).status_code == 200
+    assert len(queries.captured_queries) == len(EXPECTED)
+    assert "archive_rendition" in queries.captured_queries[3]["sql"]
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url.replace("/rendered", "/frames/2/rendered"), **reader.auth).status_code == 400
+    assert not any("archive_rendition" in q["sql"] for q in queries.captured_queries)
+
+
+def test_a_token_loads_own_and_group_permissions_in_one_query(db) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import Group, Permission
+    from knox.models import AuthToken
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from archive.api_tokens import ApiTokenAuthentication
+
+    user = helpers.make_user("tecnico", "archive.view_study").user
+    group = Group.objects.create(name="lettori")
+    group.permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    user.groups.add(group)  # type: ignore[attr-defined]
+    _token, key = AuthToken.objects.create(user=user)
+    with CaptureQueriesContext(connection) as queries:
+        found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+        assert found.has_perm("archive.view_study") and found.has_perm("archive.view_instance")
+        assert not found.has_perm("archive.add_instance")
+    assert len(queries.captured_queries) == 2  # the token with its user, then the permissions
+    # The same set ModelBackend computes by itself.
+    fresh = type(found).objects.get(pk=found.pk)
+    assert fresh.get_all_permissions() == found.get_all_permissions() == {"archive.view_study", "archive.view_instance"}
+    # Deactivated since the token was issued: refused before any permission is read.
+    type(found).objects.filter(pk=found.pk).update(is_active=False)
+    with pytest.raises(AuthenticationFailed, match="inattivo"):
+        ApiTokenAuthentication().authenticate_credentials(key.encode())
