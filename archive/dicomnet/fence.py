@@ -899,8 +899,6 @@ class CheckedAE(ApplicationEntity):
         return super()._create_socket(assoc, address, tls_args)
 
 
-
-
 class FencedAssociation(CheckedReactor):
     """An acceptor association with the fenced providers.
 

@@ -1208,7 +1208,6 @@ class PacsAE(fence.CheckedAE):
         AE.ae_title.fset(self, value)  # type: ignore[attr-defined]  # mypy reads a property on the class as its value
 
 
-
 def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE SCP to a registered retrieve destination of the called facility."""
     peer = _peer(event)
