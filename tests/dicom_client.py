@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.sop_class import Verification
+
+# pynetdicom's AE, whose associations' loop does not take the response a send_c_*
+# waits for (pynetdicom issue 875; archive/dicomnet/fence.py row 6).
+from archive.dicomnet.fence import CheckedAE as AE
 
 # Send files byte for byte from disk, as a modality would: pynetdicom otherwise
 # decodes and re-encodes them (and refuses, or repairs, the broken ones the

@@ -10,8 +10,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.association import Association
+
+from archive.dicomnet.fence import CheckedAE as AE  # pynetdicom issue 875: fence row 6
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -723,7 +723,7 @@ def _send_new_association(commitment: StorageCommitment, ds: Dataset, event_type
     node = commitment.node
     if node is None:
         raise CommitmentUndelivered("the node was removed", code="commitment_undelivered")
-    ae = AE(ae_title=commitment.called_ae or commitment.facility.ae_title)
+    ae = fence.CheckedAE(ae_title=commitment.called_ae or commitment.facility.ae_title)
     ae.acse_timeout = settings.PACS_DICOM_ACSE_TIMEOUT
     ae.dimse_timeout = settings.PACS_DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.PACS_DICOM_NETWORK_TIMEOUT

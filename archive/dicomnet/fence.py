@@ -57,10 +57,21 @@ Row   pynetdicom name                         Why                               
                                               peer's socket is read first when it has
                                               data.
 
-6 F   ``Association._run_reactor`` (copied;   The association's loop sleeps 1 ms a turn.    As row 4.
-      uses ``_kill``, ``_is_paused``,         The copy waits on an event set whenever the
-      ``_reactor_checkpoint``)                DUL or the DIMSE provider queues something
-                                              for it (``to_user_queue``, ``msg_queue``).
+6     ``Association._run_reactor`` (copied;   pynetdicom's loop may read the DIMSE queue    The re-check in
+      uses ``_kill``, ``_is_paused``,         after a thread sending a request saw it       pynetdicom's loop (its issue
+      ``_reactor_checkpoint``)                paused, and take that request's response      875); as row 4 for F.
+                                              (pynetdicom issue 875: "Received unexpected
+                                              ... service message", then the sender's
+                                              DIMSE timeout). The copy
+                                              (:class:`CheckedReactor`) reads it only if
+                                              the checkpoint is still set after it marked
+                                              itself running; on in both modes, for the
+                                              listener's associations and the archive's
+                                              requestors (row 12). F: it sleeps on an
+                                              event set whenever the DUL or the DIMSE
+                                              provider queues something for it
+                                              (``to_user_queue``, ``msg_queue``) where
+                                              pynetdicom sleeps 1 ms a turn.
 
 7     ``Association.__init__`` (its ``dul``   It makes its DUL and DIMSE providers with no  Provider classes as class
       and ``dimse`` replaced)                 way to choose their class: the subclass       attributes of Association.
@@ -105,8 +116,12 @@ Row   pynetdicom name                         Why                               
                                               ``dimse_messages.NamedTemporaryFile``
                                               patched for the process.)
 
-12    ``Association.__class__`` of a C-MOVE   ``AE.associate`` makes a plain Association;   As row 8, for requestors.
-      sub-association (switched)              the listener's sends archived files (row
+12    ``Association.__class__`` of a          ``AE.associate`` makes a plain Association:   As row 8, for requestors.
+      requestor association (switched;        :class:`CheckedAE` switches it, as it makes
+      ``AE._create_socket`` overridden)       its socket and before any thread starts, to
+                                              :class:`CheckedReactor` (row 6), the
+                                              listener's C-MOVE sub-associations to a
+                                              subclass that sends archived files (row
                                               10). The class adds methods, no state
                                               (checked when switched).
 
@@ -316,6 +331,7 @@ TOUCHED: tuple[Touched, ...] = (
         ("self", "primitive", "assoc"),
         "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
     ),
+    Touched("12", "ApplicationEntity", "_create_socket", "method", ("self", "assoc", "address", "tls_args")),
     Touched("13", "DIMSEServiceProvider", "send_msg", "method", ("self", "primitive", "context_id")),
     Touched("13", "DIMSEMessage", "primitive_to_message", "method", ("self", "primitive")),
     Touched("14", "ApplicationEntity", "ae_title", "property"),
@@ -777,73 +793,46 @@ class FencedDIMSE(DIMSEServiceProvider):
         super().send_msg(primitive, context_id)
 
 
-# --- the association (rows 6, 7, 9, 10) -------------------------------------------------
+# --- the association (rows 6, 7, 9, 10, 12) ---------------------------------------------
 
 
-class FencedAssociation(Association):
-    """An acceptor association with the fenced providers.
+class CheckedReactor(Association):
+    """pynetdicom's association loop without its race with a sending thread (row 6;
+    pynetdicom issue 875). Methods only, so that a requestor association
+    ``AE.associate`` makes may be switched to it (row 12, :class:`CheckedAE`).
 
-    ``service_answered(msg, context_id)`` (for subclasses) may answer a request
-    itself before pynetdicom's service class runs; ``pacs_serving`` is true
-    while a request is being served.
+    pynetdicom's loop marks itself paused, waits on ``_reactor_checkpoint``,
+    marks itself running and reads the DIMSE queue. A thread sending a
+    request (``send_c_store``, ``send_c_find``...) clears the checkpoint, waits
+    until the loop is marked paused, sends and reads the response off the
+    same queue. When it clears the checkpoint after the loop's wait returned
+    but before the loop marked itself running, it sees it paused, sends, and
+    the loop takes the response ("Received unexpected ... service message");
+    the sender waits for the DIMSE timeout. Here the loop reads the queue
+    only when the checkpoint is still set after it marked itself running:
+    either the sender sees it running and waits, or the loop sees the
+    checkpoint cleared and pauses again. In both modes: it is a correction,
+    not a fast path.
     """
 
-    pacs_serving = False
-
-    def __init__(
-        self,
-        ae: ApplicationEntity,
-        mode: str,
-        *,
-        fast: bool,
-        first_pdu: bytes = b"",
-        read_limit: int,
-        data_set_buffer: DataSetBuffer | None = None,
-    ) -> None:
-        super().__init__(ae, mode)
-        self.pacs_fast = fast
-        self._pacs_wakeup = threading.Event()
-        # Row 7: pynetdicom made plain providers; none has started or been handed out.
-        self.dimse = FencedDIMSE(self, fast=fast, wake_user=self._pacs_wakeup.set, data_set_buffer=data_set_buffer)
-        self.dul = FencedDUL(
-            self, fast=fast, first_pdu=first_pdu, read_limit=read_limit, wake_user=self._pacs_wakeup.set
-        )
-        # The setters hand the timeouts to the DUL's timers: to the new DUL's.
-        self.acse_timeout = self.acse_timeout
-        self.network_timeout = self.network_timeout
-
-    def service_answered(self, msg: Any, context_id: int) -> bool:
-        return False
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        if self.is_established and msg.is_valid_request and self.service_answered(msg, context_id):
-            return
-        self.pacs_serving = True
-        try:
-            super()._serve_request(msg, context_id)
-        finally:
-            self.pacs_serving = False
-
-    def _pacs_wait(self, seconds: float) -> None:
-        # Cleared after waking and before the reactor looks at its queues, so
-        # a message that arrives meanwhile is either seen now or wakes the next wait.
-        self._pacs_wakeup.wait(seconds)
-        self._pacs_wakeup.clear()
+    def _reactor_idle(self) -> None:
+        time.sleep(0.001)
 
     def _run_reactor(self) -> None:
-        if not self.pacs_fast:
-            super()._run_reactor()
-            return
         # pynetdicom 3.0.4's Association._run_reactor (row 6), comments shortened,
-        # with time.sleep(0.001) replaced by self._pacs_wait(0.001).
+        # with time.sleep(0.001) replaced by self._reactor_idle() and the re-check.
         self._is_paused = False
         while not self._kill:
-            self._pacs_wait(0.001)
+            self._reactor_idle()
 
             # Will block until `_reactor_checkpoint` is set()
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
+            if not self._reactor_checkpoint.is_set():
+                # A sender cleared it after the wait returned, and may have seen
+                # _is_paused still True: the queue is its own until it sets it.
+                continue
 
             # Check with the DIMSE provider to see if a completely decoded
             #   message is available
@@ -894,6 +883,77 @@ class FencedAssociation(Association):
 
                 self.kill()
                 return
+
+
+class CheckedAE(ApplicationEntity):
+    """An AE whose requestor associations are ``requestor_class`` (a subclass of
+    :class:`CheckedReactor`), switched when ``AE.associate`` makes their socket,
+    before any of their threads starts (row 12)."""
+
+    requestor_class: type[Association] = CheckedReactor
+
+    def _create_socket(
+        self, assoc: Association, address: Any, tls_args: tuple[ssl.SSLContext, str] | None
+    ) -> AssociationSocket:
+        requestor_becomes(assoc, self.requestor_class)
+        return super()._create_socket(assoc, address, tls_args)
+
+
+class FencedAssociation(CheckedReactor):
+    """An acceptor association with the fenced providers.
+
+    ``service_answered(msg, context_id)`` (for subclasses) may answer a request
+    itself before pynetdicom's service class runs; ``pacs_serving`` is true
+    while a request is being served.
+    """
+
+    pacs_serving = False
+
+    def __init__(
+        self,
+        ae: ApplicationEntity,
+        mode: str,
+        *,
+        fast: bool,
+        first_pdu: bytes = b"",
+        read_limit: int,
+        data_set_buffer: DataSetBuffer | None = None,
+    ) -> None:
+        super().__init__(ae, mode)
+        self.pacs_fast = fast
+        self._pacs_wakeup = threading.Event()
+        # Row 7: pynetdicom made plain providers; none has started or been handed out.
+        self.dimse = FencedDIMSE(self, fast=fast, wake_user=self._pacs_wakeup.set, data_set_buffer=data_set_buffer)
+        self.dul = FencedDUL(
+            self, fast=fast, first_pdu=first_pdu, read_limit=read_limit, wake_user=self._pacs_wakeup.set
+        )
+        # The setters hand the timeouts to the DUL's timers: to the new DUL's.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def service_answered(self, msg: Any, context_id: int) -> bool:
+        return False
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if self.is_established and msg.is_valid_request and self.service_answered(msg, context_id):
+            return
+        self.pacs_serving = True
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            self.pacs_serving = False
+
+    def _pacs_wait(self, seconds: float) -> None:
+        # Cleared after waking and before the reactor looks at its queues, so
+        # a message that arrives meanwhile is either seen now or wakes the next wait.
+        self._pacs_wakeup.wait(seconds)
+        self._pacs_wakeup.clear()
+
+    def _reactor_idle(self) -> None:
+        if self.pacs_fast:
+            self._pacs_wait(0.001)
+        else:
+            time.sleep(0.001)
 
 
 def send_file(
@@ -972,8 +1032,10 @@ def exact_context(assoc: Association, sop_class_uid: str, transfer_syntax_uid: s
 
 
 def requestor_becomes(assoc: Association, cls: type[Association]) -> None:
-    """Row 12: give an association ``AE.associate`` made the class ``cls``, a subclass
-    of Association that adds methods and no state."""
+    """Row 12: give an association ``AE.associate`` is making the class ``cls``, a
+    subclass of Association that adds methods and no state, before its thread starts."""
+    if assoc.is_alive():
+        raise RuntimeError("an association's class is switched before its thread starts")
     for klass in cls.__mro__[: cls.__mro__.index(Association)]:
         for name, value in vars(klass).items():
             if not name.startswith("__") and not callable(value):

@@ -348,14 +348,14 @@ def handle_requested(event: Event) -> None:
 # --- the association, its handlers and the server ---------------------------------
 
 
-class SendsStoredInstances(Association):
+class SendsStoredInstances(fence.CheckedReactor):
     """C-STORE sub-operations of C-GET and C-MOVE: a :class:`StoredInstance` is
     sent from its archived file, byte for byte, when the peer accepted its
     transfer syntax (``fence.send_file``); otherwise transcoded to one the peer
     accepted (``retrieve_transcode``, compressed data in a render worker); one
     that cannot be converted is a failed sub-operation, and the retrieve goes on.
     Methods only: a C-MOVE's sub-association is switched to this class
-    (fence row 12)."""
+    (fence row 12), before its thread starts; its loop is fence row 6's."""
 
     def send_c_store(
         self,
@@ -1191,12 +1191,13 @@ def _move_contexts(qs: Any) -> list[Any]:
     return contexts[:128]
 
 
-class PacsAE(AE):
+class PacsAE(fence.CheckedAE):
     """The listener's AE: a C-MOVE's sub-association calls out under the AE title
     of the facility that was called (``calling_as``, per thread; fence row 14),
     and sends archived files as they are (fence row 12)."""
 
     _local = threading.local()
+    requestor_class = SendsStoredInstances
 
     @property
     def ae_title(self) -> str:
@@ -1205,11 +1206,6 @@ class PacsAE(AE):
     @ae_title.setter
     def ae_title(self, value: str) -> None:
         AE.ae_title.fset(self, value)  # type: ignore[attr-defined]  # mypy reads a property on the class as its value
-
-    def associate(self, *args: Any, **kwargs: Any) -> Association:
-        assoc = super().associate(*args, **kwargs)
-        fence.requestor_becomes(assoc, SendsStoredInstances)
-        return assoc
 
 
 def handle_move(event: Event) -> Iterator[Any]:

@@ -376,8 +376,12 @@ class Qido:
 
 class Cfind:
     def __init__(self, port: int, called_ae: str) -> None:
-        from pynetdicom import AE, _config
+        from pynetdicom import _config
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        # pynetdicom's AE without its reactor race (issue 875), which made this client
+        # time out on about one C-FIND in 240.
+        from archive.dicomnet.fence import CheckedAE as AE
 
         # pynetdicom formats every identifier it receives for its debug log, logged or not:
         # the client's cost, not the archive's.

@@ -143,14 +143,15 @@ class ListenerCheck(Named):
     timeout = datetime.timedelta(seconds=5)
 
     def run(self) -> None:
-        from pynetdicom import AE
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        from archive.dicomnet.fence import CheckedAE  # pynetdicom's requestor without its reactor race
 
         host = settings.PACS_DICOM_HOST
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         seconds = settings.PACS_HEALTH_DICOM_TIMEOUT
-        ae = AE(ae_title=settings.PACS_HEALTH_DICOM_CALLING_AE)
+        ae = CheckedAE(ae_title=settings.PACS_HEALTH_DICOM_CALLING_AE)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = seconds
         ae.connection_timeout = seconds
         ae.add_requested_context(Verification)

@@ -300,3 +300,90 @@ def test_the_listeners_threads_end(transactional_db: None, region: Any) -> None:
         lambda: not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()],
         what="the listener's threads to end",
     )
+
+
+# --- row 6: the reactor's race with a sending thread (pynetdicom issue 875) ----------------
+
+
+class _GatedCheckpoint(threading.Event):
+    """The association's ``_reactor_checkpoint``, holding its loop, once, where pynetdicom
+    issue 875's race opens: after its wait returned and before it marks itself running,
+    until the response to the request a sending thread then sends is on the DIMSE queue.
+    ``turn_done`` is set when the loop comes back to the checkpoint after that."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__()
+        self.set()
+        self.assoc = assoc
+        self.armed = False
+        self.past_wait = threading.Event()
+        self.turn_done = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self.assoc and self.past_wait.is_set() and not self.turn_done.is_set():
+            self.turn_done.set()  # the loop's next turn: it read the queue, or did not, already
+        woke = super().wait(timeout)
+        if threading.current_thread() is self.assoc and self.armed and not self.past_wait.is_set():
+            self.past_wait.set()
+            deadline = time.monotonic() + 5
+            while self.assoc.dimse.msg_queue.empty() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return woke
+
+
+@pytest.mark.parametrize("reactor", [Association, fence.CheckedReactor], ids=["pynetdicom", "fence"])
+def test_the_reactor_does_not_take_the_response_a_sender_waits_for(
+    reactor: type[Association], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The interleaving of pynetdicom issue 875, forced: the sender clears the checkpoint
+    and reads the loop as paused just after the loop's wait returned; the response is on
+    the queue before the loop goes on, and the sender reads the queue after the loop's
+    turn. pynetdicom's loop takes the response and the sender times out; the fence's
+    (every association of the listener and the archive's requestors, row 6) does not."""
+    scp = AE(ae_title="ECHOSCP")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+
+        class Requestor(fence.CheckedAE):
+            requestor_class = reactor
+
+        scu = Requestor(ae_title="ECHOSCU")
+        scu.dimse_timeout = 1
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="ECHOSCP")
+        assert assoc.is_established and type(assoc) is reactor
+        gate = _GatedCheckpoint(assoc)
+        assoc._reactor_checkpoint = gate
+        real_get_msg = assoc.dimse.get_msg
+
+        def get_msg(block: bool = False) -> Any:
+            if threading.current_thread() is not assoc:  # the sender: after the loop's turn
+                assert gate.turn_done.wait(5)
+            return real_get_msg(block)
+
+        assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+        gate.armed = True
+        assert gate.past_wait.wait(5)
+        with caplog.at_level("WARNING", logger="pynetdicom"):
+            status = assoc.send_c_echo()
+        assert gate.turn_done.is_set()
+        taken = [r for r in caplog.records if "unexpected" in r.getMessage()]
+        if reactor is Association:  # the race is forced: the test can fail
+            assert "Status" not in status and taken
+            assert assoc.is_aborted
+        else:
+            assert status.Status == 0x0000 and not taken
+            assoc.release()
+            assert assoc.is_released
+    finally:
+        server.shutdown()
+
+
+def test_requestors_are_switched_before_their_thread_starts() -> None:
+    """Row 12: an association already running keeps its class."""
+    assoc = Association(AE(), "requestor")
+    assoc.is_alive = lambda: True  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="before its thread starts"):
+        fence.requestor_becomes(assoc, fence.CheckedReactor)
+    assert type(assoc) is Association
