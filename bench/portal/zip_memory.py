@@ -59,10 +59,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
+from bench.common import RssWatch, evict, floor_read  # noqa: E402
 from bench.portal.run import web_start  # noqa: E402
 from bench.portal.seed import WORK_DIR  # noqa: E402
 from bench.query.generate import _codice_fiscale  # noqa: E402
-from bench.query.run import RssWatch, evict, floor_read  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_URL = os.environ.get("BENCH_PORTAL_ZIP_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_portal_zip")

@@ -1,4 +1,4 @@
-"""Query/retrieve benchmark: QIDO-RS and C-FIND latency, WADO-RS throughput and memory.
+"""Query benchmark: QIDO-RS and C-FIND latency (the WADO-RS retrieve: ``bench/retrieve/run.py``).
 
 Runs against the archive ``bench/query/generate.py`` filled (100,000 studies,
 ~1,000,000 instances in PostgreSQL), through the real servers started here
@@ -15,23 +15,18 @@ as subprocesses: gunicorn (``pacs.wsgi``) and ``manage.py dicom_listener``.
   the series of one study. The median number of matches is printed with
   each, and the issue's goal (p95 < 15 ms for PatientID and series, < 50 ms
   for range and wildcard).
-* WADO-RS retrieve of a whole study (500 CT_small instances by default,
-  generated from pydicom's bundled file and ingested with ``import_dicom``):
-  MB/s against the floor (reading the same stored files, same bytes, from
-  this process), best of ``--wado-repeat`` interleaved; and the gunicorn
-  worker's peak RSS during the retrieve, for a 50-instance study, the
-  500-instance one and a 500-instance study of 512x512 images (~260 MB),
-  to show whether memory grows with the study.
+* The WADO-RS retrieve (MB/s against the floor of reading the same stored
+  files, the gunicorn worker's peak RSS) moved to ``bench/retrieve/run.py``,
+  issue 21's retrieve benchmark: one measurement, in one place.
 * ``--explain``: EXPLAIN (ANALYZE, BUFFERS) of the SQL ``archive.query``
   runs for one value of each query kind.
 
 Run: ``.venv/bin/python bench/query/generate.py`` once, then
-``.venv/bin/python bench/query/run.py [--repeat N] [--explain] [--skip-wado]``.
+``.venv/bin/python bench/query/run.py [--repeat N] [--explain]``.
 This is a benchmark, not a test: it asserts nothing (``--strict`` only exits 1
 when a query kind failed). ``--smoke`` runs every part once at its smallest, in
 seconds, on the archive ``generate.py --smoke`` writes (200 studies): one round of
-each query kind, no warm-up, one gunicorn worker, the retrieve of a 4-instance
-study of each image size, ``--sql 1``, ``--explain``, ``--strict``; the test suite
+each query kind, no warm-up, one gunicorn worker, ``--sql 1``, ``--explain``, ``--strict``; the test suite
 runs it (``tests/bench/test_benchmarks.py``) so that the benchmark cannot rot.
 """
 
@@ -48,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,9 +59,7 @@ BIN = Path(PYTHON).parent
 DEFAULT_URL = os.environ.get("BENCH_QUERY_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_query")
 CALLING_AE = "BENCHSCU"
 FACILITY = "TS-CAT"
-WADO_PATIENT_ID = "BENCHWADO"
 DICOM_JSON = "application/dicom+json"
-MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
 # Return keys a workstation's study browser asks for (C-FIND; QIDO returns its defaults).
 STUDY_KEYS = [
@@ -248,9 +240,9 @@ def values_pick(count: int, rng: random.Random) -> Values:
         c.execute("SELECT setseed(%s)", [rng.random() * 2 - 1])
         # Patients uniformly (not studies: that would favour the long tail's patients).
         c.execute(
-            "SELECT dicom_patient_id FROM (SELECT DISTINCT dicom_patient_id FROM archive_study "
-            "WHERE dicom_patient_id <> %s) p ORDER BY random() LIMIT %s",
-            [WADO_PATIENT_ID, count],
+            "SELECT dicom_patient_id FROM (SELECT DISTINCT dicom_patient_id FROM archive_study) p "
+            "ORDER BY random() LIMIT %s",
+            [count],
         )
         patient_ids = _cycle([r[0] for r in c.fetchall()], count)
         c.execute("SELECT count(*) FROM archive_study")
@@ -258,13 +250,11 @@ def values_pick(count: int, rng: random.Random) -> Values:
         percent = min(100.0, max(5.0, 400.0 * count / max(1, c.fetchone()[0])))
         c.execute(
             "SELECT patient_name, study_instance_uid FROM archive_study TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) "
-            "WHERE dicom_patient_id <> %s ORDER BY random() LIMIT %s",
-            [percent, rng.randrange(1 << 30), WADO_PATIENT_ID, count],
+            "ORDER BY random() LIMIT %s",
+            [percent, rng.randrange(1 << 30), count],
         )
         rows = _cycle(c.fetchall(), count)
-        c.execute(
-            "SELECT min(study_date), max(study_date) FROM archive_study WHERE dicom_patient_id <> %s", [WADO_PATIENT_ID]
-        )
+        c.execute("SELECT min(study_date), max(study_date) FROM archive_study")
         first, last = c.fetchone()
     names = [r[0] for r in rows]
     span = (last - first).days
@@ -657,250 +647,6 @@ def latency_print(title: str, results: list[Timings]) -> None:
             print(f"{'':<52}({len(r.errors)} failed: {r.errors[0][:120]})")
 
 
-# --- WADO-RS ------------------------------------------------------------------------
-
-
-@dataclass
-class WadoStudy:
-    label: str
-    uid: str
-    files: list[Path]  # the stored copies, as the server reads them
-    bytes: int
-
-
-def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, int, int]]) -> list[WadoStudy]:
-    """Generate, import (``manage.py import_dicom``) and locate each (label, instances, pixels) study."""
-    import numpy as np
-    from pydicom.uid import generate_uid
-
-    from archive import sample_data
-    from archive.models import Copy
-    from archive.storage import tiers as storage
-
-    studies = []
-    patient = sample_data.PatientInfo(patient_id=WADO_PATIENT_ID, name="BENCH^WADO")
-    for label, count, pixels in specs:
-        dest = work / f"wado-{count}-{pixels}"
-        study_uid = generate_uid()
-        template = sample_data.bundled_dataset(sample_data.CT)
-        if pixels != template.Rows:
-            # CT_small is 128x128; a real CT slice is 512x512 (~0.5 MB): same image, scaled up.
-            factor = pixels // template.Rows
-            arr = np.kron(template.pixel_array, np.ones((factor, factor), dtype=template.pixel_array.dtype))
-            template.Rows, template.Columns = arr.shape
-            template.PixelData = arr.tobytes()
-        dest.mkdir(parents=True)
-        per_series = count // 2 if count >= 100 else count
-        for s in range(count // per_series):
-            series_uid = generate_uid()
-            for i in range(per_series):
-                ds = sample_data.fresh_copy(
-                    template,
-                    patient=patient,
-                    study_uid=study_uid,
-                    series_uid=series_uid,
-                    instance_number=i + 1,
-                    series_number=s + 1,
-                    study_description=f"bench/query WADO {label}",
-                )
-                ds.save_as(dest / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-        subprocess.run(
-            [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        for p in dest.iterdir():
-            p.unlink()
-        dest.rmdir()
-        copies = list(
-            Copy.objects.filter(instance__series__study__study_instance_uid=study_uid).values_list(
-                "tier", "path", "size"
-            )
-        )
-        if len(copies) != count:
-            raise RuntimeError(f"{label}: {len(copies)} instances indexed, {count} expected")
-        files = [storage.absolute_path(tier, path) for tier, path, _ in copies]
-        studies.append(WadoStudy(label, study_uid, files, sum(size for _, _, size in copies)))
-    return studies
-
-
-def wado_studies_delete(uids: list[str]) -> None:
-    """Remove the retrieve studies from the index, so that the archive stays as generated."""
-    from django.db import transaction
-
-    from archive.models import Copy, Instance, Series, Study
-
-    with transaction.atomic():
-        Copy.objects.filter(instance__series__study__study_instance_uid__in=uids).delete()
-        Instance.objects.filter(series__study__study_instance_uid__in=uids).delete()
-        Series.objects.filter(study__study_instance_uid__in=uids).delete()
-        Study.objects.filter(study_instance_uid__in=uids).delete()
-
-
-def floor_read(files: list[Path]) -> tuple[float, int]:
-    """Read every file whole, in 1 MiB chunks, and discard it (cat > /dev/null)."""
-    start = time.perf_counter()
-    total = 0
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    for path in files:
-        with open(path, "rb", buffering=0) as fh:
-            while n := fh.readinto(view):
-                total += n
-    return time.perf_counter() - start, total
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class RssWatch:
-    """The gunicorn workers' resident memory around one request.
-
-    The kernel's peak (VmHWM) is reset first (``clear_refs`` 5), so the peak
-    read afterwards is the request's; VmRSS is also sampled every 2 ms.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.before = {pid: _status_kib(pid, "VmRSS") for pid in pids}
-        self.hwm_reset = True
-        for pid in pids:
-            try:
-                Path(f"/proc/{pid}/clear_refs").write_text("5")
-            except OSError:
-                self.hwm_reset = False
-        self.sampled = dict(self.before)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            for pid in self.pids:
-                self.sampled[pid] = max(self.sampled[pid], _status_kib(pid, "VmRSS"))
-
-    def stop(self) -> tuple[int, int]:
-        """(peak KiB, growth KiB over the RSS before) of the worker that grew most."""
-        self._stop.set()
-        self._thread.join()
-        best = (0, -1)
-        for pid in self.pids:
-            peak = max(self.sampled[pid], _status_kib(pid, "VmHWM") if self.hwm_reset else 0)
-            growth = peak - self.before[pid]
-            if growth > best[1]:
-                best = (peak, growth)
-        return best
-
-
-def wado_retrieve(port: int, token: str, uid: str) -> tuple[float, int]:
-    """GET the whole study as multipart/related; (seconds, body bytes). One connection per retrieve."""
-    import requests
-
-    start = time.perf_counter()
-    total = 0
-    with requests.get(
-        f"http://127.0.0.1:{port}/dicomweb/studies/{uid}",
-        headers={"Authorization": f"Token {token}", "Accept": MULTIPART_DICOM},
-        stream=True,
-        timeout=300,
-    ) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
-        for chunk in r.iter_content(chunk_size=1 << 20):
-            total += len(chunk)
-    return time.perf_counter() - start, total
-
-
-def evict(files: list[Path]) -> None:
-    """Drop the files' pages from the page cache (clean pages only; no root needed)."""
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-@dataclass
-class WadoFigures:
-    floor: float = float("inf")  # best seconds
-    wado: float = float("inf")
-    peak_kib: int = 0
-    growth_kib: int = 0
-    body: int = 0
-    error: str = ""
-
-
-def wado_run(servers: Servers, token: str, studies: list[WadoStudy], repeat: int) -> list[str]:
-    """Per study and cache state, best of ``repeat``: the floor and the retrieve, one after the other.
-
-    Returns the retrieves that failed."""
-    # One untimed retrieve first: the worker's first one imports and allocates what every later one reuses.
-    wado_retrieve(servers.web_port, token, studies[0].uid)
-    figures: dict[tuple[str, str], WadoFigures] = {}
-    for _ in range(repeat):
-        for study in studies:
-            for cache in ("cold", "warm"):
-                f = figures.setdefault((study.label, cache), WadoFigures())
-                if f.error:
-                    continue
-                if cache == "cold":
-                    evict(study.files)
-                seconds, read = floor_read(study.files)
-                if read != study.bytes:
-                    raise RuntimeError(f"{study.label}: read {read} bytes of {study.bytes}")
-                f.floor = min(f.floor, seconds)
-                if cache == "cold":
-                    evict(study.files)
-                watch = RssWatch(servers.web_workers())
-                try:
-                    seconds, f.body = wado_retrieve(servers.web_port, token, study.uid)
-                except Exception as exc:
-                    f.error = f"{type(exc).__name__}: {exc}"
-                    continue
-                finally:
-                    peak, growth = watch.stop()
-                f.wado = min(f.wado, seconds)
-                f.peak_kib, f.growth_kib = max(f.peak_kib, peak), max(f.growth_kib, growth)
-
-    print(
-        f"\nWADO-RS retrieve of a whole study ({MULTIPART_DICOM}), best of {repeat}; the floor reads the same "
-        "stored files whole from this process (cat > /dev/null); cold: their pages evicted first"
-    )
-    print(
-        f"{'study':<28}{'MB':>7}{'cache':>7}{'floor MB/s':>12}{'WADO MB/s':>11}{'ratio':>7}{'goal':>8}"
-        f"{'worker peak RSS MB':>20}{'growth MB':>11}"
-    )
-    for study in studies:
-        for cache in ("cold", "warm"):
-            f = figures[(study.label, cache)]
-            mb = study.bytes / 1e6
-            head = f"{study.label:<28}{mb:>7.1f}{cache:>7}{mb / f.floor:>12.0f}"
-            if f.error:
-                print(f"{head}  not measured: {f.error[:150]}")
-                continue
-            ratio = f.floor / f.wado
-            verdict = "ok" if ratio >= 0.5 else "MISSED"
-            print(
-                f"{head}{mb / f.wado:>11.0f}{ratio:>7.2f}{'>= 0.5':>8}"
-                f"{f.peak_kib / 1024:>20.0f}{f.growth_kib / 1024:>11.1f}  {verdict}"
-            )
-    bodies = ", ".join(f"{figures[(s.label, 'warm')].body / 1e6:.1f}" for s in studies)
-    print(
-        f"(growth: the serving worker's peak RSS during the retrieve minus its RSS before; response bodies {bodies} MB)"
-    )
-    return [f"WADO-RS {label} ({cache})" for (label, cache), f in figures.items() if f.error]
-
-
 # --- EXPLAIN --------------------------------------------------------------------------
 
 
@@ -991,8 +737,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30, help="untimed requests per query kind first")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--threads", type=int, default=2, help="gunicorn threads per worker")
-    parser.add_argument("--wado-repeat", type=int, default=3)
-    parser.add_argument("--skip-wado", action="store_true")
+    parser.add_argument(
+        "--skip-wado",
+        action="store_true",
+        help="no effect: the WADO-RS retrieve is measured by bench/retrieve/run.py (kept for recorded commands)",
+    )
     parser.add_argument("--skip-latency", action="store_true", help="no servers, no QIDO-RS/C-FIND latency")
     parser.add_argument("--skip-qido", action="store_true", help="C-FIND latency only")
     parser.add_argument(
@@ -1002,7 +751,6 @@ def main() -> None:
         metavar="DIR",
         help="run gunicorn and the listener from another checkout (e.g. `git archive` of the commit before a change)",
     )
-    parser.add_argument("--skip-large", action="store_true", help="no 512x512 (~260 MB) retrieve study")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE the query behind each kind")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -1026,18 +774,14 @@ def main() -> None:
         help="also the database's time (EXPLAIN ANALYZE) for N values per kind",
     )
     args = parser.parse_args()
-    wado_specs = [("50 x CT_small (39 KB)", 50, 128), ("500 x CT_small (39 KB)", 500, 128)]
-    if not args.skip_large:
-        wado_specs.append(("500 x CT 512x512 (513 KB)", 500, 512))
     if args.smoke:
         # Each query kind once (the kinds run one round in `every` run in round 0 too), one
-        # worker, one small retrieve study of each image size, the database's time and its
+        # worker, the database's time and its
         # plans for one value: every part of the benchmark, on generate.py --smoke's archive.
-        args.repeat, args.warmup, args.workers, args.wado_repeat = 1, 0, 1, 1
-        args.skip_wado = args.skip_latency = False
+        args.repeat, args.warmup, args.workers = 1, 0, 1
+        args.skip_latency = False
         args.sql, args.explain, args.strict, args.min_studies = 1, True, True, 100
         args.find_client = "both"
-        wado_specs = [("4 x CT_small (39 KB)", 4, 128), ("4 x CT 512x512 (513 KB)", 4, 512)]
 
     name = urlparse(args.database_url).path.lstrip("/")
     if name == "test" or name.startswith("test_"):
@@ -1120,11 +864,6 @@ def main() -> None:
 
         if args.skip_latency:
             return
-        wado: list[WadoStudy] = []
-        if not args.skip_wado:
-            print("generating and importing the retrieve studies", file=sys.stderr, flush=True)
-            wado = wado_studies_make(work, env, wado_specs)
-
         servers = servers_start(
             env, work / "logs", workers=args.workers, threads=args.threads, checkout=args.servers_from
         )
@@ -1221,12 +960,8 @@ def main() -> None:
                 }[client]
                 latency_print(f"{title}, Study Root, one association", find_results)
             failed = [r.label for r in all_results if r.errors]
-            if wado:
-                failed += wado_run(servers, token, wado, args.wado_repeat)
         finally:
             servers.stop()
-            if wado:
-                wado_studies_delete([s.uid for s in wado])
     if args.strict and failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

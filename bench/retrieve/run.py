@@ -49,20 +49,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
+from bench.common import RssWatch, evict, floor_read  # noqa: E402
 from bench.portal.run import web_start  # noqa: E402
-from bench.query.run import (  # noqa: E402
-    FACILITY,
-    MULTIPART_DICOM,
-    RssWatch,
-    WadoStudy,
-    bench_accounts,
-    evict,
-    floor_read,
-    wado_studies_make,
-)
+from bench.query.run import FACILITY, bench_accounts  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_URL = os.environ.get("BENCH_RETRIEVE_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_retrieve")
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+WADO_PATIENT_ID = "BENCHWADO"
+WADO_DESCRIPTION = "bench/retrieve WADO"
 RENDER_PATIENT_ID = "BENCHRENDERED"
 RENDER_DESCRIPTION = "bench/retrieve rendered"
 JPEG = "image/jpeg"
@@ -97,7 +92,10 @@ def bench_studies_delete() -> None:
 
     with transaction.atomic():
         studies = Study.objects.filter(
-            Q(study_description__startswith="bench/query WADO") | Q(study_description=RENDER_DESCRIPTION)
+            # bench/query WADO: the studies this benchmark made before it left bench/query.
+            Q(study_description__startswith=WADO_DESCRIPTION)
+            | Q(study_description__startswith="bench/query WADO")
+            | Q(study_description=RENDER_DESCRIPTION)
         )
         Rendition.objects.filter(instance__series__study__in=studies).delete()
         Copy.objects.filter(instance__series__study__in=studies).delete()
@@ -184,6 +182,72 @@ def _render_here(path: Path) -> bytes:
 
 
 # --- WADO-RS ------------------------------------------------------------------------------
+
+
+@dataclass
+class WadoStudy:
+    label: str
+    uid: str
+    files: list[Path]  # the stored copies, as the server reads them
+    bytes: int
+
+
+def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, int, int]]) -> list[WadoStudy]:
+    """Generate, import (``manage.py import_dicom``) and locate each (label, instances, pixels) study."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    from archive import sample_data
+    from archive.models import Copy
+    from archive.storage import tiers as storage
+
+    studies = []
+    patient = sample_data.PatientInfo(patient_id=WADO_PATIENT_ID, name="BENCH^WADO")
+    for label, count, pixels in specs:
+        dest = work / f"wado-{count}-{pixels}"
+        study_uid = generate_uid()
+        template = sample_data.bundled_dataset(sample_data.CT)
+        if pixels != template.Rows:
+            # CT_small is 128x128; a real CT slice is 512x512 (~0.5 MB): same image, scaled up.
+            factor = pixels // template.Rows
+            arr = np.kron(template.pixel_array, np.ones((factor, factor), dtype=template.pixel_array.dtype))
+            template.Rows, template.Columns = arr.shape
+            template.PixelData = arr.tobytes()
+        dest.mkdir(parents=True)
+        per_series = count // 2 if count >= 100 else count
+        for s in range(count // per_series):
+            series_uid = generate_uid()
+            for i in range(per_series):
+                ds = sample_data.fresh_copy(
+                    template,
+                    patient=patient,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    instance_number=i + 1,
+                    series_number=s + 1,
+                    study_description=f"{WADO_DESCRIPTION} {label}",
+                )
+                ds.save_as(dest / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        subprocess.run(
+            [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for p in dest.iterdir():
+            p.unlink()
+        dest.rmdir()
+        copies = list(
+            Copy.objects.filter(instance__series__study__study_instance_uid=study_uid).values_list(
+                "tier", "path", "size"
+            )
+        )
+        if len(copies) != count:
+            raise RuntimeError(f"{label}: {len(copies)} instances indexed, {count} expected")
+        files = [storage.absolute_path(tier, path) for tier, path, _ in copies]
+        studies.append(WadoStudy(label, study_uid, files, sum(size for _, _, size in copies)))
+    return studies
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""Helpers the benchmarks share: the floor of reading stored files, their eviction from the
+page cache, and the gunicorn workers' resident memory around one request.
+
+Used by ``bench/retrieve/run.py`` (WADO-RS retrieve against its floor) and
+``bench/portal/zip_memory.py`` (the portal's ZIP download against its floor).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def floor_read(files: list[Path]) -> tuple[float, int]:
+    """Read every file whole, in 1 MiB chunks, and discard it (cat > /dev/null)."""
+    start = time.perf_counter()
+    total = 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            while n := fh.readinto(view):
+                total += n
+    return time.perf_counter() - start, total
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssWatch:
+    """The gunicorn workers' resident memory around one request.
+
+    The kernel's peak (VmHWM) is reset first (``clear_refs`` 5), so the peak
+    read afterwards is the request's; VmRSS is also sampled every 2 ms.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before = {pid: _status_kib(pid, "VmRSS") for pid in pids}
+        self.hwm_reset = True
+        for pid in pids:
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                self.hwm_reset = False
+        self.sampled = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            for pid in self.pids:
+                self.sampled[pid] = max(self.sampled[pid], _status_kib(pid, "VmRSS"))
+
+    def stop(self) -> tuple[int, int]:
+        """(peak KiB, growth KiB over the RSS before) of the worker that grew most."""
+        self._stop.set()
+        self._thread.join()
+        best = (0, -1)
+        for pid in self.pids:
+            peak = max(self.sampled[pid], _status_kib(pid, "VmHWM") if self.hwm_reset else 0)
+            growth = peak - self.before[pid]
+            if growth > best[1]:
+                best = (peak, growth)
+        return best
+
+
+def evict(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache (clean pages only; no root needed)."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
