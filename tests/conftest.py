@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 from urllib.parse import quote
 
@@ -23,6 +24,9 @@ from django.db import connection
 
 from archive.models import Facility, HealthAuthority, RemoteNode
 from archive.sample_data import PatientInfo, write_study
+
+if TYPE_CHECKING:  # a type only: importing tests.dicom_client sets pynetdicom's options
+    from tests.dicom_client import SendReport
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,6 +150,27 @@ class ListenerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def tls_port(self) -> int:
+        """The DICOM TLS port the listener bound (``--tls-port 0``), as its log says."""
+        found = re.search(r"DICOM TLS on [^\s]+:(\d+) ", self.log())
+        assert found, self.log()
+        return int(found.group(1))
+
+    def send_and_signal(self, files: list[Path], *, after: int, sig: int) -> tuple[SendReport, list[str]]:
+        """Send ``files`` on one association, signalling the listener once ``after`` of them
+        were acknowledged with success; the report and the acknowledged UIDs, in order."""
+        from tests.dicom_client import send_files
+
+        acked: list[str] = []
+
+        def on_status(uid: str, status: int) -> None:
+            if status == 0:
+                acked.append(uid)
+            if len(acked) == after:
+                self.proc.send_signal(sig)
+
+        return send_files(self.port, files, on_status=on_status), acked
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from archive.models import Facility, RemoteNode
+
 
 @dataclass(frozen=True)
 class Credential:
@@ -46,6 +48,19 @@ class Pki:
             "PACS_DICOM_TLS_KEY": str(self.server.key),
             "PACS_DICOM_TLS_CA": str(self.ca),
         }
+
+
+def tls_node_create(*, facility: Facility, ae_title: str, credential: Credential) -> RemoteNode:
+    """A node of ``facility`` that may store, known by its client certificate: with it, the
+    listener accepts it only on the TLS port (``host``/``port`` are where it would be called)."""
+    return RemoteNode.objects.create(
+        facility=facility,
+        ae_title=ae_title,
+        host="127.0.0.1",
+        port=104,
+        can_store=True,
+        tls_certificate_sha256=credential.sha256,
+    )
 
 
 def _key() -> rsa.RSAPrivateKey:

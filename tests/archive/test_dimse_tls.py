@@ -27,7 +27,7 @@ from archive.models import Instance, Patient, RemoteNode, Study
 from kernel.models import AuditEvent
 from tests.conftest import Region, wait_until
 from tests.dicom_client import echo
-from tests.tls_helpers import Credential, Pki, make_pki
+from tests.tls_helpers import Credential, Pki, make_pki, tls_node_create
 
 
 @dataclass
@@ -53,23 +53,9 @@ def tls_listener(
     for name, value in pki.settings().items():
         setattr(settings, name, value)
     secure, other = pki.client("secure"), pki.client("other")
-    RemoteNode.objects.create(
-        facility=region.facility,
-        ae_title="SECURE",
-        host="127.0.0.1",
-        port=104,
-        can_store=True,
-        # As openssl prints it: the model's clean() normalises, the listener compares normalised.
-        tls_certificate_sha256=secure.sha256,
-    )
-    RemoteNode.objects.create(
-        facility=region.facility,
-        ae_title="OTHER",
-        host="127.0.0.1",
-        port=104,
-        can_store=True,
-        tls_certificate_sha256=other.sha256,
-    )
+    # Their SHA-256 as openssl prints it: the model's clean() normalises, the listener compares normalised.
+    tls_node_create(facility=region.facility, ae_title="SECURE", credential=secure)
+    tls_node_create(facility=region.facility, ae_title="OTHER", credential=other)
     server = start_listener(host="127.0.0.1", port=0, tls_port=0)
     assert server.tls_server is not None
     try:

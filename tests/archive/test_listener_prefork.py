@@ -19,7 +19,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from archive.models import Instance, Study
 from archive.sample_data import PatientInfo, write_study
 from tests.conftest import wait_until
-from tests.dicom_client import echo, send_files
+from tests.dicom_client import echo
 
 pytestmark = pytest.mark.slow
 
@@ -149,15 +149,7 @@ def test_sigterm_lets_the_association_in_flight_finish_then_exits(  # type: igno
     listener = start_listener_process("--processes", "2", env={"PACS_DICOM_SHUTDOWN_GRACE": "60"})
     children = _children(listener.proc.pid)
     files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), instances_per_series=60)
-    acked: list[str] = []
-
-    def on_status(uid: str, status: int) -> None:
-        if status == 0:
-            acked.append(uid)
-        if len(acked) == 10:
-            listener.proc.send_signal(signal.SIGTERM)
-
-    report = send_files(listener.port, files, on_status=on_status)
+    report, acked = listener.send_and_signal(files, after=10, sig=signal.SIGTERM)
     assert listener.proc.wait(timeout=90) == 0, listener.log()
     log = listener.log()
     assert "stopping: no new associations" in log and "DICOM listener stopped" in log
@@ -208,29 +200,17 @@ def test_a_bad_process_count_is_refused(start_listener_process, region) -> None:
 
 
 def test_the_tls_port_is_served_by_the_processes_too(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import re
-
-    from archive.models import RemoteNode
-    from tests.tls_helpers import make_pki
+    from tests.tls_helpers import make_pki, tls_node_create
 
     pki = make_pki(tmp_path / "pki")
     secure = pki.client("secure")
-    RemoteNode.objects.create(
-        facility=region.facility,
-        ae_title="SECURE",
-        host="127.0.0.1",
-        port=104,
-        can_store=True,
-        tls_certificate_sha256=secure.sha256,
-    )
+    tls_node_create(facility=region.facility, ae_title="SECURE", credential=secure)
     listener = start_listener_process("--processes", "2", "--tls-port", "0", env=pki.settings())
-    found = re.search(r"DICOM TLS on [^\s]+:(\d+)", listener.log())
-    assert found, listener.log()
     ae = AE(ae_title="SECURE")
     ae.add_requested_context(Verification)
     for _ in range(3):
         assoc = ae.associate(
-            "127.0.0.1", int(found.group(1)), ae_title="TSCAT_PACS", tls_args=(pki.client_context(secure), "localhost")
+            "127.0.0.1", listener.tls_port(), ae_title="TSCAT_PACS", tls_args=(pki.client_context(secure), "localhost")
         )
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0

@@ -55,15 +55,7 @@ def test_sigterm_finishes_the_store_in_flight_and_exits(start_listener_process, 
     # 290 stores after the signal take well over the half-second grace period.
     listener = start_listener_process(env={"PACS_DICOM_SHUTDOWN_GRACE": "0.5"})
     files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), instances_per_series=300)
-    acked: list[str] = []
-
-    def on_status(uid: str, status: int) -> None:
-        if status == 0:
-            acked.append(uid)
-        if len(acked) == 10:
-            listener.proc.send_signal(signal.SIGTERM)
-
-    report = send_files(listener.port, files, on_status=on_status)
+    report, acked = listener.send_and_signal(files, after=10, sig=signal.SIGTERM)
     assert listener.proc.wait(timeout=60) == 0, listener.log()
     assert "DICOM listener stopped" in listener.log()
     assert 10 <= len(acked) < 300  # cut between two stores, after the grace period
@@ -79,15 +71,7 @@ def test_sigterm_finishes_the_store_in_flight_and_exits(start_listener_process, 
 def test_sigkill_mid_transfer_loses_no_acknowledged_instance(start_listener_process, region, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     listener = start_listener_process()
     files = write_study(tmp_path, patient=PatientInfo(patient_id="P1"), series=2, instances_per_series=100)
-    acked: list[str] = []
-
-    def on_status(uid: str, status: int) -> None:
-        if status == 0:
-            acked.append(uid)
-        if len(acked) == 70:
-            listener.proc.send_signal(signal.SIGKILL)
-
-    send_files(listener.port, files, on_status=on_status)
+    _report, acked = listener.send_and_signal(files, after=70, sig=signal.SIGKILL)
     listener.proc.wait(timeout=30)
     assert len(acked) == 70
     _acked_all_stored(acked)

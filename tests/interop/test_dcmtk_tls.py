@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from archive.models import Instance, RemoteNode
+from archive.models import Instance
 from kernel.models import AuditEvent
 from tests.conftest import wait_until
-from tests.tls_helpers import Credential, make_pki
+from tests.tls_helpers import Credential, make_pki, tls_node_create
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +33,9 @@ def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def tls_setup(start_listener_process, region, tmp_path: Path):  # type: ignore[no-untyped-def]
     pki = make_pki(tmp_path / "pki")
     node = pki.client("ct-secure")
-    RemoteNode.objects.create(
-        facility=region.facility,
-        ae_title="CTSECURE",
-        host="127.0.0.1",
-        port=104,
-        can_store=True,
-        tls_certificate_sha256=node.sha256,
-    )
+    tls_node_create(facility=region.facility, ae_title="CTSECURE", credential=node)
     listener = start_listener_process("--tls-port", "0", env=pki.settings())
-    found = re.search(r"DICOM TLS on [^\s]+:(\d+) ", listener.log())
-    assert found, listener.log()
-    return pki, node, int(found.group(1)), listener
+    return pki, node, listener.tls_port(), listener
 
 
 def test_echoscu_and_storescu_over_tls(tls_setup, process_env, ct_study: list[Path]) -> None:  # type: ignore[no-untyped-def]
