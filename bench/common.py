@@ -1,8 +1,9 @@
-"""Helpers the benchmarks share: the floor of reading stored files, their eviction from the
-page cache, and the gunicorn workers' resident memory around one request.
+"""Helpers the benchmarks share: a download measured against the floor of reading the same
+stored files, their eviction from the page cache, and the gunicorn workers' resident
+memory around one request.
 
-Used by ``bench/retrieve/run.py`` (WADO-RS retrieve against its floor) and
-``bench/portal/zip_memory.py`` (the portal's ZIP download against its floor).
+Used by ``bench/retrieve/run.py`` (WADO-RS retrieve) and ``bench/portal/zip_memory.py``
+(the portal's ZIP download).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,7 +29,7 @@ def floor_read(files: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - start, total
 
 
-def _status_kib(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -45,7 +48,7 @@ class RssWatch:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.before = {pid: _status_kib(pid, "VmRSS") for pid in pids}
+        self.before = {pid: status_kib(pid, "VmRSS") for pid in pids}
         self.hwm_reset = True
         for pid in pids:
             try:
@@ -60,7 +63,7 @@ class RssWatch:
     def _sample(self) -> None:
         while not self._stop.wait(0.002):
             for pid in self.pids:
-                self.sampled[pid] = max(self.sampled[pid], _status_kib(pid, "VmRSS"))
+                self.sampled[pid] = max(self.sampled[pid], status_kib(pid, "VmRSS"))
 
     def stop(self) -> tuple[int, int]:
         """(peak KiB, growth KiB over the RSS before) of the worker that grew most."""
@@ -68,7 +71,7 @@ class RssWatch:
         self._thread.join()
         best = (0, -1)
         for pid in self.pids:
-            peak = max(self.sampled[pid], _status_kib(pid, "VmHWM") if self.hwm_reset else 0)
+            peak = max(self.sampled[pid], status_kib(pid, "VmHWM") if self.hwm_reset else 0)
             growth = peak - self.before[pid]
             if growth > best[1]:
                 best = (peak, growth)
@@ -83,3 +86,49 @@ def evict(files: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+@dataclass
+class Download:
+    """One download's best of several rounds against its floor (this process reading the
+    same files whole), and the serving workers' resident memory during it."""
+
+    seconds: float = float("inf")  # the best download
+    floor: float = float("inf")  # the best read of the files
+    body: int = 0  # bytes of the last download
+    peak_kib: int = 0
+    growth_kib: int = 0
+    error: str = ""  # the download's failure: no later round
+
+    def round(
+        self,
+        files: list[Path],
+        *,
+        cold: bool,
+        workers: list[int],
+        download: Callable[[], tuple[float, int]],
+        size: int | None = None,
+    ) -> None:
+        """The floor, then ``download`` (seconds, body bytes) watched by ``RssWatch(workers)``;
+        cold: the files' pages evicted before each. A failed download is kept in ``error``;
+        a floor that did not read ``size`` bytes raises."""
+        if self.error:
+            return
+        if cold:
+            evict(files)
+        seconds, read = floor_read(files)
+        if size is not None and read != size:
+            raise RuntimeError(f"the floor read {read} bytes of {size}")
+        self.floor = min(self.floor, seconds)
+        if cold:
+            evict(files)
+        watch = RssWatch(workers)
+        try:
+            seconds, self.body = download()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        finally:
+            peak, growth = watch.stop()
+        self.seconds = min(self.seconds, seconds)
+        self.peak_kib, self.growth_kib = max(self.peak_kib, peak), max(self.growth_kib, growth)

@@ -59,7 +59,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import RssWatch, evict, floor_read  # noqa: E402
+from bench.common import Download, evict, floor_read, status_kib  # noqa: E402
 from bench.portal.run import web_start  # noqa: E402
 from bench.portal.seed import WORK_DIR  # noqa: E402
 from bench.query.generate import _codice_fiscale  # noqa: E402
@@ -75,16 +75,6 @@ PASSWORD = "bench-portal-Zip-2026"
 MB = 1e6
 
 
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 # --- the child processes ---------------------------------------------------------------
 
 
@@ -98,7 +88,7 @@ def child_main(what: str, arg: str, out: str) -> None:
 
     if what == "zip":
         study = Study.objects.get(pk=int(arg))
-        rss = _status_kib(os.getpid(), "VmRSS")
+        rss = status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
         info = media.dicom_media_zip_write(study=study, path=Path(out), progress=None)
         seconds = time.perf_counter() - t
@@ -107,7 +97,7 @@ def child_main(what: str, arg: str, out: str) -> None:
         from portal.models import DownloadPackage
 
         DownloadPackage.objects.filter(pk=int(arg)).first()  # the ORM warmed up, as in a worker
-        rss = _status_kib(os.getpid(), "VmRSS")
+        rss = status_kib(os.getpid(), "VmRSS")
         t = time.perf_counter()
         package = downloads.media_build(package_pk=int(arg))
         seconds = time.perf_counter() - t
@@ -147,7 +137,7 @@ def child_run(env: dict[str, str], what: str, arg: str, out: str = "") -> ChildR
 
     def sample() -> None:
         while not stop.wait(0.005):
-            sampled[0] = max(sampled[0], _status_kib(proc.pid, "VmRSS"))
+            sampled[0] = max(sampled[0], status_kib(proc.pid, "VmRSS"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -386,16 +376,6 @@ _CSRF = re.compile(r'name="csrfmiddlewaretoken"\s+value="([^"]+)"')
 
 
 @dataclass
-class Download:
-    seconds: float = float("inf")
-    body: int = 0
-    peak_kib: int = 0
-    growth_kib: int = 0
-    floor: float = float("inf")
-    error: str = ""
-
-
-@dataclass
 class CitizenFlow:
     package_pk: int = 0
     build: ChildRun | None = None
@@ -485,22 +465,7 @@ def citizen_flow(web: Any, env: dict[str, str], *, cf: str, booking_pk: int, rep
     for round_ in range(repeat):
         for cache in ("cold", "warm") if round_ % 2 == 0 else ("warm", "cold"):
             d = flow.downloads.setdefault(cache, Download())
-            if cache == "cold":
-                evict([zip_path])
-            seconds, read = floor_read([zip_path])
-            d.floor = min(d.floor, seconds)
-            if cache == "cold":
-                evict([zip_path])
-            watch = RssWatch(web.workers())
-            try:
-                seconds, d.body = _download(s, url)
-            except Exception as exc:
-                d.error = f"{type(exc).__name__}: {exc}"
-                continue
-            finally:
-                peak, growth = watch.stop()
-            d.seconds = min(d.seconds, seconds)
-            d.peak_kib, d.growth_kib = max(d.peak_kib, peak), max(d.growth_kib, growth)
+            d.round([zip_path], cold=cache == "cold", workers=web.workers(), download=lambda: _download(s, url))
     return flow
 
 

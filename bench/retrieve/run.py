@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import RssWatch, evict, floor_read  # noqa: E402
+from bench.common import Download  # noqa: E402
 from bench.portal.run import web_start  # noqa: E402
 from bench.query.run import FACILITY, bench_accounts  # noqa: E402
 
@@ -250,15 +250,6 @@ def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, in
     return studies
 
 
-@dataclass
-class WadoFigures:
-    floor: float = float("inf")
-    wado: float = float("inf")
-    peak_kib: int = 0
-    growth_kib: int = 0
-    error: str = ""
-
-
 def wado_get(session: Any, port: int, token: str, uid: str, *, keep: bool = False) -> tuple[float, bytes | int, str]:
     """GET the whole study; (seconds, the body or its length, its content type)."""
     start = time.perf_counter()
@@ -280,6 +271,12 @@ def wado_get(session: Any, port: int, token: str, uid: str, *, keep: bool = Fals
     return time.perf_counter() - start, (b"".join(parts) if keep else total), content_type
 
 
+def _wado_length(session: Any, port: int, token: str, uid: str) -> tuple[float, int]:
+    seconds, length, _ = wado_get(session, port, token, uid)
+    assert isinstance(length, int)
+    return seconds, length
+
+
 def multipart_check(body: bytes, content_type: str, files: list[Path]) -> str:
     """'' when the body's parts are the stored files byte for byte (in any order), else what differs."""
     from email.parser import BytesParser
@@ -297,32 +294,19 @@ def multipart_check(body: bytes, content_type: str, files: list[Path]) -> str:
 
 def wado_run(
     session: Any, web: Any, token: str, studies: list[WadoStudy], repeat: int
-) -> dict[tuple[str, str], WadoFigures]:
-    figures: dict[tuple[str, str], WadoFigures] = {}
+) -> dict[tuple[str, str], Download]:
+    figures: dict[tuple[str, str], Download] = {}
     for round_ in range(repeat):
         for study in studies:
             for cache in ("cold", "warm") if round_ % 2 == 0 else ("warm", "cold"):
-                f = figures.setdefault((study.label, cache), WadoFigures())
-                if f.error:
-                    continue
-                if cache == "cold":
-                    evict(study.files)
-                seconds, read = floor_read(study.files)
-                if read != study.bytes:
-                    raise RuntimeError(f"{study.label}: read {read} bytes of {study.bytes}")
-                f.floor = min(f.floor, seconds)
-                if cache == "cold":
-                    evict(study.files)
-                watch = RssWatch(web.workers())
-                try:
-                    seconds, _body, _ = wado_get(session, web.port, token, study.uid)
-                except Exception as exc:
-                    f.error = f"{type(exc).__name__}: {exc}"
-                    continue
-                finally:
-                    peak, growth = watch.stop()
-                f.wado = min(f.wado, seconds)
-                f.peak_kib, f.growth_kib = max(f.peak_kib, peak), max(f.growth_kib, growth)
+                f = figures.setdefault((study.label, cache), Download())
+                f.round(
+                    study.files,
+                    cold=cache == "cold",
+                    workers=web.workers(),
+                    download=lambda uid=study.uid: _wado_length(session, web.port, token, uid),
+                    size=study.bytes,
+                )
     return figures
 
 
@@ -330,7 +314,7 @@ def _rate(mb_s: float) -> str:
     return f"{mb_s:.0f}" if mb_s >= 100 else f"{mb_s:.1f}"
 
 
-def wado_print(studies: list[WadoStudy], figures: dict[tuple[str, str], WadoFigures], repeat: int) -> None:
+def wado_print(studies: list[WadoStudy], figures: dict[tuple[str, str], Download], repeat: int) -> None:
     print(
         f"\nWADO-RS retrieve of a whole study ({MULTIPART_DICOM}), best of {repeat}; the floor reads the same "
         "stored files whole in this process (cat > /dev/null); cold: their pages evicted first"
@@ -347,9 +331,9 @@ def wado_print(studies: list[WadoStudy], figures: dict[tuple[str, str], WadoFigu
             if f.error:
                 print(f"{head}  not measured: {f.error[:150]}")
                 continue
-            ratio = f.floor / f.wado
+            ratio = f.floor / f.seconds
             print(
-                f"{head}{_rate(mb / f.wado):>11}{ratio:>7.2f}{'>= 0.5':>8}"
+                f"{head}{_rate(mb / f.seconds):>11}{ratio:>7.2f}{'>= 0.5':>8}"
                 f"{f.peak_kib / 1024:>20.0f}{f.growth_kib / 1024:>11.1f}  {'ok' if ratio >= 0.5 else 'MISSED'}"
             )
 
