@@ -104,6 +104,22 @@ def bench_studies_delete() -> None:
         studies.delete()
 
 
+def folder_import(dest: Path, env: dict[str, str], *, quiet: bool = False) -> None:
+    """``manage.py import_dicom`` of the files in ``dest`` (the archive copies them), then ``dest``
+    removed; quiet: its standard error discarded too."""
+    subprocess.run(
+        [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else None,
+    )
+    for p in dest.iterdir():
+        p.unlink()
+    dest.rmdir()
+
+
 @dataclass
 class RenderImage:
     label: str
@@ -151,17 +167,7 @@ def render_study_make(work: Path, env: dict[str, str], count: int) -> list[Rende
                     leftover.unlink()
             continue
         labels[copy.SOPInstanceUID] = path.name
-    subprocess.run(
-        [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
-        cwd=REPO,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for p in dest.iterdir():
-        p.unlink()
-    dest.rmdir()
+    folder_import(dest, env, quiet=True)
     # Rendered on demand: no stored preview may answer for the renderer.
     Rendition.objects.filter(instance__series__study__study_instance_uid=study_uid).delete()
     images = []
@@ -228,16 +234,7 @@ def wado_studies_make(work: Path, env: dict[str, str], specs: list[tuple[str, in
                     study_description=f"{WADO_DESCRIPTION} {label}",
                 )
                 ds.save_as(dest / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-        subprocess.run(
-            [PYTHON, "manage.py", "import_dicom", str(dest), "--facility", FACILITY, "--no-progress"],
-            cwd=REPO,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        for p in dest.iterdir():
-            p.unlink()
-        dest.rmdir()
+        folder_import(dest, env)
         copies = list(
             Copy.objects.filter(instance__series__study__study_instance_uid=study_uid).values_list(
                 "tier", "path", "size"
