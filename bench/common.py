@@ -1,4 +1,4 @@
-"""Helpers the benchmarks share: a download measured against the floor of reading the same
+"""Helpers the benchmarks share: the servers' environment, a download measured against the floor of reading the same
 stored files, their eviction from the page cache, and the gunicorn workers' resident
 memory around one request.
 
@@ -14,6 +14,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def server_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of the servers a benchmark starts, set in this process too (Django set up
+    here reads the same): its database, its own var folder, quiet logs, no DEBUG, no Redis
+    (``REDIS_URL`` removed: no broker), and ``extra``."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PACS_VAR_DIR": str(var_dir),
+        "LOG_LEVEL": "WARNING",
+        "DEBUG": "0",
+        **extra,
+    }
+    env.pop("REDIS_URL", None)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG", *extra)})
+    os.environ.pop("REDIS_URL", None)
+    return env
 
 
 def floor_read(files: list[Path]) -> tuple[float, int]:

@@ -53,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
+from bench.common import server_env  # noqa: E402
 from bench.portal.seed import CITIZENS_FILE, DEFAULT_URL, WORK_DIR  # noqa: E402
 
 PYTHON = sys.executable
@@ -473,21 +474,14 @@ def main() -> None:
         # The smoke run's sample and logs stay in its temporary folder: var/bench/portal's
         # citizens.json belongs to the full-size database and must not be overwritten.
         citizens_file = work / "citizens.json" if args.smoke else CITIZENS_FILE
-        env = {
-            **os.environ,
-            "DATABASE_URL": args.database_url,
-            "PACS_VAR_DIR": str(work / "var"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-            "SECURE_COOKIES": "0",
+        env = server_env(
+            args.database_url,
+            work / "var",
+            SECURE_COOKIES="0",
             # One key for every worker (and this process): else each would make its own in the empty var folder.
-            "SECRET_KEY": secrets.token_urlsafe(50),
-        }
-        env.pop("REDIS_URL", None)
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG", "SECURE_COOKIES")})
-        os.environ["SECRET_KEY"] = env["SECRET_KEY"]
+            SECRET_KEY=secrets.token_urlsafe(50),
+        )
         os.environ["ALLOWED_HOSTS"] = "testserver,localhost,127.0.0.1"  # this process's test client only
-        os.environ.pop("REDIS_URL", None)
         database_ready(args.database_url, citizens=args.citizens, exams=args.exams, citizens_file=citizens_file)
         from booking.models import Booking
         from portal.models import CitizenAccount

@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
+from bench.common import server_env  # noqa: E402
+
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 DEFAULT_URL = os.environ.get("BENCH_QUERY_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_query")
@@ -789,16 +791,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="pacs-bench-query-") as tmp:
         work = Path(tmp)
-        env = {
-            **os.environ,
-            "DATABASE_URL": args.database_url,
-            "PACS_VAR_DIR": str(work / "var"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-        }
-        env.pop("REDIS_URL", None)
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG")})
-        os.environ.pop("REDIS_URL", None)
+        env = server_env(args.database_url, work / "var")
         import django
 
         django.setup()

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import Download  # noqa: E402
+from bench.common import Download, server_env  # noqa: E402
 from bench.portal.run import web_start  # noqa: E402
 from bench.query.run import FACILITY, bench_accounts  # noqa: E402
 
@@ -442,18 +442,12 @@ def main() -> None:
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pacs-bench-retrieve-") as tmp:
         work = Path(tmp)
-        env = {
-            **os.environ,
-            "DATABASE_URL": args.database_url,
-            "PACS_VAR_DIR": str(work / "var"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "0",
-            "SECURE_COOKIES": "0",
-            "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
-        }
-        env.pop("REDIS_URL", None)
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG", "SECRET_KEY")})
-        os.environ.pop("REDIS_URL", None)
+        env = server_env(
+            args.database_url,
+            work / "var",
+            SECURE_COOKIES="0",
+            SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+        )
         database_ready(args.database_url)
         bench_studies_delete()
         token, _ = bench_accounts()
