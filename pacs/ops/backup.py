@@ -56,6 +56,8 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
 from django.db import connection
 
+from kernel.errors import PacsError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -65,8 +67,10 @@ TIER_KINDS = ("facility", "longterm", "preservation")
 CHUNK = 1 << 20
 
 
-class BackupError(Exception):
+class BackupError(PacsError):
     """A backup or restore that cannot go on; the message says why."""
+
+    code = "backup"
 
 
 def _sha256_copy(src: Path, dst: Path | None) -> tuple[str, int]:
