@@ -366,6 +366,19 @@ class Qido:
         return len(r.json())
 
 
+def find_identifier(level: str, matching: dict[str, str], keys: list[str]) -> Any:
+    """A C-FIND identifier: the level, each return key empty, each matching key's value."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for kw in keys:
+        setattr(ds, kw, "")
+    for kw, value in matching.items():
+        setattr(ds, kw, value)
+    return ds
+
+
 class Cfind:
     def __init__(self, port: int, called_ae: str) -> None:
         from pynetdicom import _config
@@ -393,14 +406,7 @@ class Cfind:
         self.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def find(self, level: str, matching: dict[str, str], keys: list[str]) -> int:
-        from pydicom.dataset import Dataset
-
-        ds = Dataset()
-        ds.QueryRetrieveLevel = level
-        for kw in keys:
-            setattr(ds, kw, "")
-        for kw, value in matching.items():
-            setattr(ds, kw, value)
+        ds = find_identifier(level, matching, keys)
         n = 0
         for status, _identifier in self.assoc.send_c_find(ds, self.model):
             code = getattr(status, "Status", None)
@@ -506,17 +512,11 @@ class RawFind:
     def find(self, level: str, matching: dict[str, str], keys: list[str]) -> int:
         from io import BytesIO
 
-        from pydicom.dataset import Dataset
         from pynetdicom.dimse_messages import C_FIND_RQ
         from pynetdicom.dimse_primitives import C_FIND
         from pynetdicom.dsutils import encode
 
-        ds = Dataset()
-        ds.QueryRetrieveLevel = level
-        for kw in keys:
-            setattr(ds, kw, "")
-        for kw, value in matching.items():
-            setattr(ds, kw, value)
+        ds = find_identifier(level, matching, keys)
         self.message_id = self.message_id % 65535 + 1
         req = C_FIND()
         req.MessageID = self.message_id
