@@ -155,6 +155,8 @@ def web_start(env: dict[str, str], logs: Path, *, workers: int, threads: int) ->
         [
             str(BIN / "gunicorn"),
             "pacs.wsgi",
+            "--config",
+            "python:pacs.gunicorn_conf",
             "--bind",
             "127.0.0.1:0",
             "--workers",

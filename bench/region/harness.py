@@ -382,6 +382,8 @@ class Box:
             [
                 str(BIN / "gunicorn"),
                 "pacs.wsgi",
+                "--config",
+                "python:pacs.gunicorn_conf",
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",

@@ -72,7 +72,7 @@ def web_start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
     """gunicorn as the Procfile's ``web`` line, on a free port."""
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "pacs.wsgi", "--bind", "127.0.0.1:0", "--workers", "2"]
-        + ["--threads", "4"],
+        + ["--threads", "4", "--config", "python:pacs.gunicorn_conf"],
         cwd=REPO,
         env=env,
         stdout=log.open("wb"),

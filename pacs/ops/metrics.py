@@ -8,18 +8,26 @@ Redis (``LLEN`` of each queue); the embedded filesystem broker has none to
 report. Associations are not counted here: the listener runs in its own
 processes and keeps no shared count yet (see README).
 
+Under gunicorn (``pacs.gunicorn_conf``) the web workers run in prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``): django-prometheus' counters and
+histograms are the sum of every worker, whichever worker answers the scrape, and
+the per-process collectors (CPU, memory) are not served, since they would describe
+the answering worker only. Without the folder (the test client, ``manage.py
+runserver``) the process's own registry is served.
+
 The endpoint is restricted (``pacs.ops.access``): loopback by default.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 from django.conf import settings
 from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -115,4 +123,16 @@ def metrics(request: HttpRequest) -> HttpResponse:
     """The Prometheus text format, to allowed clients only (403 to the others)."""
     if not allowed(request):
         return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def registry() -> CollectorRegistry:
+    """What a scrape reads: every web process's metrics added up from ``PROMETHEUS_MULTIPROC_DIR``
+    plus the archive's figures; without the folder, this process's registry."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return REGISTRY
+    summed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(summed, path=directory)
+    summed.register(_collector)
+    return summed

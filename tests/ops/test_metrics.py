@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,7 @@ from archive.ingest import STORED, instance_ingest
 from archive.models import Instance, StorageAlert
 from archive.sample_data import PatientInfo, write_study
 from preservation.models import PreservationAlert
+from tests.conftest import process_stop, wait_until
 
 
 def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -102,3 +109,88 @@ def test_queue_lengths_are_read_from_redis(settings) -> None:  # type: ignore[no
     finally:
         client.delete(*names)
         client.close()
+
+
+# --- several gunicorn workers: one figure (pacs.gunicorn_conf) ------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+LIVE = "/health/live/"
+
+
+class _Gunicorn:
+    """gunicorn as the Procfile runs it (two workers, the project's configuration) on a free port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "pacs.wsgi", "--config", "python:pacs.gunicorn_conf"]
+            + ["--bind", "127.0.0.1:0", "--workers", "2", "--threads", "2"],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        found = wait_until(
+            lambda: re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()), what="gunicorn", timeout=60
+        )
+        self.port = int(found.group(1))
+        wait_until(lambda: len(self.workers()) == 2, what="two workers", timeout=60)
+        for _ in range(20):  # both workers have loaded Django (each answers one of these at least once, surely)
+            self.get(LIVE)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[int]:
+        """The live workers' pids, from the log (booted, not yet exited)."""
+        booted = [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.log())]
+        return [pid for pid in booted if Path(f"/proc/{pid}").exists()]
+
+    def get(self, path: str) -> str:
+        # A new connection each time: the kernel hands it to either worker.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return str(response.read().decode())
+
+    def live_count(self) -> float:
+        """Requests to the liveness view answered 200, as /metrics says (summed over the workers)."""
+        families = _families(self.get("/metrics"))
+        return sum(
+            value
+            for labels, value in families.get("django_http_responses_total_by_status_view_method_total", {}).items()
+            if dict(labels).get("view") == "health-live" and dict(labels).get("status") == "200"
+        )
+
+    def stop(self) -> None:
+        process_stop(self.proc)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_workers_are_added_up_and_a_dead_worker_keeps_its_counts(
+    process_env: dict[str, str], tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    env = {**process_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    web = _Gunicorn(env, tmp_path / "gunicorn-1.log")
+    try:
+        for _ in range(30):
+            web.get(LIVE)
+        # Both workers counted requests (each writes its own file), and every scrape, whichever
+        # worker answers it, gives the sum: the 20 warm-up requests and these 30.
+        pids = web.workers()
+        assert {p.name for p in metrics_dir.glob("counter_*.db")} == {f"counter_{pid}.db" for pid in pids}
+        assert [web.live_count() for _ in range(8)] == [50.0] * 8
+
+        # A worker killed: gunicorn replaces it, and its counts stay in the sum.
+        os.kill(pids[0], signal.SIGKILL)
+        wait_until(lambda: len(web.workers()) == 2 and pids[0] not in web.workers(), what="a new worker")
+        web.get(LIVE)
+        assert [web.live_count() for _ in range(4)] == [51.0] * 4
+    finally:
+        web.stop()
+
+    # A new start forgets the earlier run's values.
+    web = _Gunicorn(env, tmp_path / "gunicorn-2.log")
+    try:
+        assert web.live_count() == 20.0
+    finally:
+        web.stop()
