@@ -184,6 +184,8 @@ AE title, and each refusal is audited.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import inspect
 import logging
@@ -888,7 +890,12 @@ class CheckedReactor(Association):
 class CheckedAE(ApplicationEntity):
     """An AE whose requestor associations are ``requestor_class`` (a subclass of
     :class:`CheckedReactor`), switched when ``AE.associate`` makes their socket,
-    before any of their threads starts (row 12)."""
+    before any of their threads starts (row 12).
+
+    Their two threads (the association's and its DUL's) also run in a copy of the
+    caller's :mod:`contextvars`. So what the caller's thread has bound there, such as
+    the log ids of ``kernel.logs`` (the association that asked for a C-MOVE, the task
+    or the request), goes with the lines they write."""
 
     requestor_class: type[Association] = CheckedReactor
 
@@ -896,6 +903,9 @@ class CheckedAE(ApplicationEntity):
         self, assoc: Association, address: Any, tls_args: tuple[ssl.SSLContext, str] | None
     ) -> AssociationSocket:
         requestor_becomes(assoc, self.requestor_class)
+        for thread in (assoc, assoc.dul):
+            # A copy each: one Context cannot be entered by two threads at once.
+            thread.run = functools.partial(contextvars.copy_context().run, thread.run)  # type: ignore[method-assign]
         return super()._create_socket(assoc, address, tls_args)
 
 

@@ -186,6 +186,74 @@ def test_every_line_of_an_association_carries_its_id_two_at_once_have_two(
     assert len(by_id) == 3, sorted(by_id)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_c_move_sub_association_logs_with_the_id_of_the_association_that_asked(
+    region: Any, start_listener_process: Any, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pynetdicom import evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    from archive.models import RemoteNode
+
+    received: list[str] = []
+    destination = AE(ae_title="DEST")
+    destination.supported_contexts = StoragePresentationContexts
+    server = destination.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append("x") or 0x0000)],
+    )
+    try:
+        RemoteNode.objects.create(
+            facility=region.facility,
+            ae_title="DEST",
+            host="127.0.0.1",
+            port=server.server_address[1],
+            is_retrieve_destination=True,
+        )
+        RemoteNode.objects.create(
+            facility=region.facility, ae_title="WS", host="127.0.0.1", port=104, can_query=True, can_retrieve=True
+        )
+        listener = start_listener_process(env={"PACS_LOG_FORMAT": "json", "PYNETDICOM_LOG_LEVEL": "DEBUG"})
+        patient = PatientInfo(patient_id="MRN-MOVE", name="Rossi^Mario", birth_date="19700101", sex="M")
+        files = write_study(tmp_path / "move", patient=patient, instances_per_series=2)
+        assert len(send_files(listener.port, files, calling_ae="STORESCU").acknowledged()) == 2
+        wait_until(lambda: '"association from' in listener.log(), what="the C-STORE's summary line")
+        before = len(listener.log().splitlines())
+
+        ae = AE(ae_title="WS")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title="TSCAT_PACS")
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        move = StudyRootQueryRetrieveInformationModelMove
+        statuses = [status.Status for status, _ in assoc.send_c_move(query, "DEST", move)]
+        assoc.release()
+        assert statuses[-1] == 0x0000 and len(received) == 2
+        wait_until(lambda: listener.log().count('"association from') >= 2, what="the C-MOVE's summary line")
+        during = _json_lines("\n".join(listener.log().splitlines()[before:]))
+        listener.stop()
+    finally:
+        server.shutdown()
+
+    assert during and all(line.get("association_id") for line in during), [
+        line for line in during if not line.get("association_id")
+    ]
+    (move_id,) = {line["association_id"] for line in during if line["event"].startswith("association from")}
+    # The sub-association's own threads (pynetdicom's requestor and its DUL) write under the same id.
+    requesting = [line for line in during if line["event"].startswith("Requesting Association")]
+    assert requesting and all(line["association_id"] == move_id for line in requesting)
+    threads = {line["thread"] for line in during if line["association_id"] == move_id}
+    # The C-MOVE's association thread and two DUL threads: its own and the sub-association's.
+    assert len(threads) >= 3, threads
+
+
 def test_an_unknown_log_format_stops_start_up() -> None:
     done = subprocess.run(
         [sys.executable, "manage.py", "check"],
