@@ -14,7 +14,11 @@ processes), to:
 
 Prints instances/s and MB/s for each (the best of ``--repeat`` runs, each on
 freshly generated instances: this machine is shared and noisy), and our
-listener's ratio to the floor.
+listener's ratio to the floor. For the best run of each it also prints the CPU
+each instance cost the server (all its processes), the storescu clients and
+PostgreSQL, and the rate at which that sum fills the machine's cores: on a
+small machine the clients and the database share the cores with the listener,
+and that rate is a ceiling no listener can pass.
 Run: ``.venv/bin/python bench/ingest/run.py [--instances N] [--repeat R] [--skip-pg] [--processes N]``.
 This is a benchmark, not a test: it asserts nothing. ``--smoke`` (4 instances, one run: one
 instance per association of the four) runs every target in seconds: the test suite runs it
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -166,6 +171,58 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command name) of every process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            except OSError:
+                continue
+            found.append((int(entry.name), int(rest.split()[1]), comm.split("(", 1)[1]))
+    return found
+
+
+# PostgreSQL's processes that work for every database: their CPU counts for the one measured.
+PG_SHARED = ("walwriter", "checkpointer", "background writer")
+
+
+def _postgres_ours(pid: int, database: str) -> bool:
+    """A backend of ``database``, or one of PostgreSQL's shared writers (its title says which)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return False
+    return f" {database} " in title or any(title.rstrip().endswith(name) for name in PG_SHARED)
+
+
+def cpu_sample(server_pid: int, database: str | None) -> dict[str, float]:
+    """CPU seconds so far of the server (its process and its children: a pre-forked listener),
+    of PostgreSQL (the backends of ``database`` and the shared writers; nothing for SQLite) and
+    of this process's reaped children (the storescu clients, once waited for)."""
+    procs = _processes()
+    tree = {server_pid}
+    for _ in range(3):
+        tree |= {pid for pid, ppid, _ in procs if ppid in tree}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    postgres = [pid for pid, _, comm in procs if database and comm == "postgres" and _postgres_ours(pid, database)]
+    return {
+        "server": sum(_cpu_seconds(pid) for pid in tree),
+        "postgres": sum(_cpu_seconds(pid) for pid in postgres),
+        "clients": children.ru_utime + children.ru_stime,
+    }
+
+
 def pg_database(url: str, action: str) -> None:
     parsed = urlparse(url)
     name = parsed.path.lstrip("/")
@@ -197,12 +254,15 @@ def main() -> None:
     from archive.dicomnet.prefork import processes_default
 
     pg_url = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench")
+    pg_name = urlparse(pg_url).path.lstrip("/")
     procs_n = args.processes or processes_default()
     multi = f" x{procs_n}"  # the multi-process listener's targets: "sqlite x2"
     databases = ["sqlite"] + ([] if args.skip_pg else ["postgresql"])
     targets = ["floor"] + [t for db in databases for t in (db, db + multi)]
     modes = {"1 association": 1, "4 associations": 4}
     results: dict[str, dict[str, float]] = {t: {} for t in targets}
+    # CPU milliseconds per instance of the best run, by part: what caps the rate on this machine's cores.
+    cpu: dict[str, dict[str, dict[str, float]]] = {t: {} for t in targets}
     size = 0
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="pacs-bench-") as tmp:
@@ -224,10 +284,11 @@ def main() -> None:
                     done.result()
             with ThreadPoolExecutor(len(targets)) as pool:
                 started = {target: pool.submit(start, target) for target in targets}
-            ports = {}
+            ports, pids = {}, {}
             for target, future in started.items():
                 if future.exception() is None:
                     ports[target], proc = future.result()
+                    pids[target] = proc.pid
                     procs.append(proc)
             for future in started.values():
                 future.result()  # the first failure, once every server that started is in procs
@@ -238,8 +299,13 @@ def main() -> None:
                         dest = root / "data" / f"{r}-{mode.replace(' ', '-')}-{target.replace(' ', '')}"
                         size = generate(dest, args.instances, folders)
                         print(f"run {r + 1}/{args.repeat}: {target}, {mode}", file=sys.stderr, flush=True)
+                        database = pg_name if target.startswith("postgresql") else None
+                        before = cpu_sample(pids[target], database)
                         seconds = send(ports[target], sorted(dest.iterdir()), "TSCAT_PACS")
-                        results[target][mode] = min(seconds, results[target].get(mode, seconds))
+                        after = cpu_sample(pids[target], database)
+                        if seconds <= results[target].get(mode, seconds):
+                            results[target][mode] = seconds
+                            cpu[target][mode] = {k: (after[k] - before[k]) * 1000 / args.instances for k in after}
                         shutil.rmtree(dest)
         finally:
             for proc in procs:
@@ -260,6 +326,21 @@ def main() -> None:
             floor_rate = n / results["floor"][mode]
             ratio = "" if target == "floor" else f"{rate / floor_rate:.2f}"
             print(f"{target:<14}{mode:<17}{seconds:>9.2f}{rate:>9.0f}{mbps:>8.1f}{ratio:>10}")
+    cores = os.cpu_count() or 1
+    print(
+        f"\nCPU per instance (ms) in the best run: the server (every process of it), the storescu clients,"
+        f"\nPostgreSQL (this database's backends and the WAL and other writers), and the rate at which"
+        f" the sum would fill {cores} cores"
+    )
+    print(f"{'target':<14}{'mode':<17}{'server':>8}{'clients':>9}{'postgres':>10}{'total':>8}{'cap inst/s':>12}")
+    for target in targets:
+        for mode, part in cpu[target].items():
+            total = sum(part.values())
+            cap = cores * 1000 / total if total else float("inf")
+            print(
+                f"{target:<14}{mode:<17}{part['server']:>8.2f}{part['clients']:>9.2f}{part['postgres']:>10.2f}"
+                f"{total:>8.2f}{cap:>12.0f}"
+            )
     # Issue 21's goals for the listener of several processes, against the floor of the same run.
     print(f"\nthe listener of {procs_n} processes against the floor (goals: 1 association >= 0.9, 4 >= 1.3):")
     for db in databases:
