@@ -337,3 +337,40 @@ def test_unknown_ae_with_the_demo_flag_may_echo_and_store_only(  # type: ignore[
         "dicom.retrieve",
         "dicom.worklist",
     ]
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "transfer_syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),  # even and odd lengths
+        ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", "1.2.840.10008.1.2"),
+        ("1.2.840.10008.5.1.4.1.1.1.2", generate_uid(), "1.2.840.10008.1.2.4.90"),
+        ("1.2.840.10008.5.1.4.1.1.7", "9" * 64, "1.2.840.10008.1.2.5"),
+        # Not plain UIDs, as a careless peer may send them: pydicom's own path.
+        ("1.2.840.10008.5.1.4.1.1.2 ", "1.2.3.4\x00", "1.2.840.10008.1.2.1"),
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.abc", "1.2.840.10008.1.2.1"),
+        ("1.2.840.10008.5.1.4.1.1.2", "1." + "2" * 70, "1.2.840.10008.1.2.1"),
+    ],
+)
+def test_the_part10_header_of_a_received_data_set_is_what_pydicom_writes(
+    sop_class: str, sop_instance: str, transfer_syntax: str
+) -> None:
+    import io
+
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from archive.dicomnet.listener import part10_header
+
+    expected = io.BytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(
+        expected,  # type: ignore[arg-type]
+        create_file_meta(
+            sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=UID(transfer_syntax)
+        ),
+    )
+    header = part10_header(sop_class_uid=sop_class, sop_instance_uid=sop_instance, transfer_syntax=transfer_syntax)
+    assert header == expected.getvalue()
+    assert dcmread(io.BytesIO(header)).file_meta.MediaStorageSOPInstanceUID == sop_instance.rstrip("\x00 ")
