@@ -199,7 +199,7 @@ def _longterm_verified(instance: str = "pk") -> Exists:
 
 
 def instances_migrated_sync(*, instance_pks: Iterable[int]) -> None:
-    """Set ``Instance.migrated_at`` of these instances when they have a verified long-term
+    """Set ``Instance.migrated`` of these instances when they have a verified long-term
     copy, clear it when they have none, from the copies as they are now.
 
     Called in the transaction that recorded, released, or found damaged a long-term
@@ -214,8 +214,8 @@ def instances_migrated_sync(*, instance_pks: Iterable[int]) -> None:
         return
     list(Instance.all_objects.select_for_update().filter(pk__in=pks).order_by("pk").values_list("pk", flat=True))
     rows = Instance.all_objects.filter(pk__in=pks)
-    rows.filter(migrated_at__isnull=True).filter(_longterm_verified()).update(migrated_at=timezone.now())
-    rows.filter(migrated_at__isnull=False).filter(~_longterm_verified()).update(migrated_at=None)
+    rows.filter(migrated=False).filter(_longterm_verified()).update(migrated=True)
+    rows.filter(migrated=True).filter(~_longterm_verified()).update(migrated=False)
 
 
 def _is_longterm(tier: str) -> bool:
@@ -476,11 +476,11 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
     due, latest = _due("migrate", now)
     if latest is None:
         return []
-    # migrated_at NULL: no verified long-term copy (instances_migrated_sync). The
+    # migrated false: no verified long-term copy (instances_migrated_sync). The
     # partial index of those rows, read in received order up to the latest due
     # moment, holds only the instances still to migrate, whatever the archive's age.
     qs = (
-        Instance.all_objects.filter(migrated_at__isnull=True, received_at__lte=latest)
+        Instance.all_objects.filter(migrated=False, received_at__lte=latest)
         .filter(due)
         .filter(~_waiting(CopyFailure.Step.MIGRATE, now))
         .order_by("received_at", "pk")
@@ -497,12 +497,12 @@ def copies_to_evict(*, now: dt.datetime | None = None, limit: int | None = None)
         return []
     # The partial index of the facility copies (evicted ones are deleted) in their
     # instance's received order, up to the latest due moment; backed: the instance
-    # has a verified long-term copy (migrated_at, instances_migrated_sync).
+    # has a verified long-term copy (Instance.migrated, instances_migrated_sync).
     qs = (
         Copy.objects.filter(tier__startswith=f"{storage.FACILITY}:", instance_received_at__lte=latest)
         .filter(due)
         .filter(Q(keep_until__isnull=True) | Q(keep_until__lte=now))
-        .filter(instance__migrated_at__isnull=False)
+        .filter(instance__migrated=True)
         .order_by("instance_received_at", "pk")
         .values_list("pk", flat=True)
     )

@@ -361,8 +361,8 @@ def lifecycle_prepare() -> tuple[int, int]:
         added = c.rowcount
         # What archive.storage.lifecycle.instances_migrated_sync records with each long-term copy.
         c.execute(
-            "UPDATE archive_instance i SET migrated_at = c.created_at FROM archive_copy c "
-            "WHERE c.instance_id = i.id AND c.tier = %s AND i.migrated_at IS NULL",
+            "UPDATE archive_instance i SET migrated = TRUE FROM archive_copy c "
+            "WHERE c.instance_id = i.id AND c.tier = %s AND NOT i.migrated",
             [longterm],
         )
         c.execute(

@@ -117,7 +117,7 @@ def _longterm_forget() -> None:
     from archive.models import Copy, Instance
 
     Copy.objects.filter(tier__startswith="longterm:").delete()
-    Instance.all_objects.update(migrated_at=None)
+    Instance.all_objects.update(migrated=False)
 
 
 def migrate_once() -> float:

@@ -1,5 +1,5 @@
-"""The lifecycle's work to do, kept in indexes (docs/CAPACITY.md): ``Instance.migrated_at``
-is set exactly while the instance has a verified long-term copy, in every path that
+"""The lifecycle's work to do, kept in indexes (docs/CAPACITY.md): ``Instance.migrated``
+is true exactly while the instance has a verified long-term copy, in every path that
 records, releases, finds damaged or repairs one; ``Copy.instance_received_at`` is its
 instance's received time; migration 0026 fills both for an archive already there; and
 on PostgreSQL each selection reads its partial index, the due rows only."""
@@ -34,8 +34,8 @@ def old_study(region: Region, ct_study: list[Path]) -> list[Instance]:
 
 
 def migrated(instances: list[Instance]) -> list[bool]:
-    rows = dict(Instance.all_objects.filter(pk__in=[i.pk for i in instances]).values_list("pk", "migrated_at"))
-    return [rows[i.pk] is not None for i in instances]
+    rows = dict(Instance.all_objects.filter(pk__in=[i.pk for i in instances]).values_list("pk", "migrated"))
+    return [rows[i.pk] for i in instances]
 
 
 def has_verified_longterm(instance: Instance) -> bool:
@@ -44,9 +44,13 @@ def has_verified_longterm(instance: Instance) -> bool:
 
 def assert_invariant() -> None:
     for instance in Instance.all_objects.all():
-        assert (instance.migrated_at is not None) == has_verified_longterm(instance), instance
+        assert instance.migrated == has_verified_longterm(instance), instance
     for copy in Copy.objects.select_related("instance"):
-        assert copy.instance_received_at == copy.instance.received_at, copy
+        # Every path writes it; the data migration fills it only where the lifecycle reads it.
+        facility = copy.tier.startswith("facility:")
+        assert copy.instance_received_at == copy.instance.received_at or (
+            not facility and copy.instance_received_at is None
+        ), copy
 
 
 def test_ingest_records_the_received_time_on_each_copy_and_nothing_migrated(
@@ -172,8 +176,11 @@ def test_the_data_migration_fills_an_archive_already_there(
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
     assert migrated(old_study) == expected
-    for copy in Copy.objects.all():
-        assert copy.instance_received_at == received[copy.instance_id]
+    copies = list(Copy.objects.all())
+    assert {c.tier for c in copies} == {"facility:TS-CAT", REGION_TIER}
+    for copy in copies:
+        facility = copy.tier.startswith("facility:")
+        assert copy.instance_received_at == (received[copy.instance_id] if facility else None)
     assert_invariant()
 
 
@@ -190,15 +197,15 @@ def test_each_selection_reads_its_partial_index_only_over_the_due_rows(
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO archive_instance (sop_instance_uid, series_id, sop_class_uid, transfer_syntax_uid, size,"
-            " sha256, facility_id, calling_ae, received_at, migrated_at) "
+            " sha256, facility_id, calling_ae, received_at, migrated) "
             "SELECT '9.9.' || g, %s, %s, %s, 1, %s, %s, '', now() - interval '900 days' + g * interval '1 minute',"
-            " now() - interval '800 days' FROM generate_series(1, %s) AS g",
+            " TRUE FROM generate_series(1, %s) AS g",
             [sample.series_id, sample.sop_class_uid, sample.transfer_syntax_uid, "0" * 64, sample.facility_id, done],
         )
         cursor.execute(
             "INSERT INTO archive_copy (instance_id, tier, path, sha256, size, created_at, verified_at,"
             " instance_received_at) "
-            "SELECT id, %s, 'lt/' || id, sha256, 1, migrated_at, migrated_at, received_at FROM archive_instance"
+            "SELECT id, %s, 'lt/' || id, sha256, 1, received_at, received_at, received_at FROM archive_instance"
             " WHERE sop_instance_uid LIKE '9.9.%%'",
             [REGION_TIER],
         )
@@ -232,3 +239,13 @@ def _walk(node: dict[str, Any]) -> Any:
     yield node
     for child in node.get("Plans", []):
         yield from _walk(child)
+
+
+def test_a_facility_copy_without_its_received_time_is_refused(old_study: list[Instance]) -> None:
+    from django.db import IntegrityError, transaction
+
+    instance = old_study[0]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Copy.objects.create(instance=instance, tier="facility:GO-SG", path="x.dcm", sha256=instance.sha256, size=1)
+    # A long-term copy (the data migration leaves theirs empty) may go without.
+    Copy.objects.create(instance=instance, tier="longterm:ASUGI", path="x.dcm", sha256=instance.sha256, size=1)
