@@ -287,6 +287,7 @@ class _Received:
             "sha256": self.sha256,
             "size": self.size,
             "verified_at": self.received_at,
+            "instance_received_at": self.received_at,
         }
 
 
@@ -425,7 +426,16 @@ class _HotSql:
         )
         self.copy_fields = [
             cast("Field[Any, Any]", Copy._meta.get_field(name))
-            for name in ("instance", "tier", "path", "sha256", "size", "created_at", "verified_at")
+            for name in (
+                "instance",
+                "tier",
+                "path",
+                "sha256",
+                "size",
+                "created_at",
+                "verified_at",
+                "instance_received_at",
+            )
         ]
         self.insert_copy = (
             f"INSERT INTO {table(Copy)} ({', '.join(q(f.column) for f in self.copy_fields)}) "
@@ -593,7 +603,8 @@ def _existing(received: _Received, existing: Instance, *, study: Study) -> Inges
     # another facility is a copy in that facility's tier too.
     if not Copy.objects.filter(instance=existing, tier=received.tier).exists():
         with transaction.atomic():
-            Copy.objects.get_or_create(instance=existing, tier=received.tier, defaults=received.copy_values())
+            values = {**received.copy_values(), "instance_received_at": existing.received_at}
+            Copy.objects.get_or_create(instance=existing, tier=received.tier, defaults=values)
     return received.result(
         DUPLICATE, study.pk, study.patient_id, existing.pk, detail="already archived with the same content"
     )

@@ -393,6 +393,14 @@ class Instance(models.Model):
     # IOCM (archive.rejection): withdrawn from regular use by a rejection note (what it
     # rejects, and the note itself); ``objects`` leaves it out, ``all_objects`` keeps it.
     withdrawn_at = models.DateTimeField(_("ritirata il"), null=True, blank=True)
+    # True exactly while the instance has a verified copy in a long-term tier, set and
+    # cleared in the transaction that records (or releases, or finds damaged) that copy
+    # (archive.storage.lifecycle.instances_migrated_sync). The lifecycle finds what is
+    # still to migrate through the partial index of the rows where it is false: the
+    # work to do, not the work done, so a batch costs the same at any age. (A flag,
+    # not a time: migration 0026 adds it true for every row without writing them, then
+    # writes only the few not migrated yet.)
+    migrated = models.BooleanField(_("nell'archivio a lungo termine"), default=False, db_default=False)
 
     objects = _InstancesInRegularUse()
     all_objects = models.Manager()
@@ -403,7 +411,8 @@ class Instance(models.Model):
         indexes = [
             models.Index(
                 fields=["withdrawn_at"], condition=models.Q(withdrawn_at__isnull=False), name="instance_withdrawn"
-            )
+            ),
+            models.Index(fields=["received_at", "id"], condition=models.Q(migrated=False), name="instance_to_migrate"),
         ]
 
     def __str__(self) -> str:
@@ -424,6 +433,12 @@ class Copy(models.Model):
     # A facility copy recalled or prefetched from the long-term tier is kept
     # until then, whatever the retention says.
     keep_until = models.DateTimeField(_("trattenuta fino al"), null=True, blank=True)
+    # The instance's ``received_at`` (which never changes), copied here so that the
+    # facility copies still to evict are found in received order by the partial index
+    # below: evicted copies are deleted, so it holds the work to do, not the work done.
+    # Every path writes it; a facility copy must have it (the constraint). Migration
+    # 0026 fills it for the facility copies there, not for the long-term ones.
+    instance_received_at = models.DateTimeField(_("istanza ricevuta il"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("copia")
@@ -431,6 +446,17 @@ class Copy(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["instance", "tier"], name="copy_one_per_tier"),
             models.UniqueConstraint(fields=["tier", "path"], name="copy_unique_path"),
+            models.CheckConstraint(
+                condition=~models.Q(tier__startswith="facility:") | models.Q(instance_received_at__isnull=False),
+                name="copy_facility_received_at",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["instance_received_at", "id"],
+                condition=models.Q(tier__startswith="facility:"),
+                name="copy_facility_by_received",
+            )
         ]
 
     def __str__(self) -> str:

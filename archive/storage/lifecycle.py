@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -157,25 +157,69 @@ def policy_for(*, facility_id: int | None, modality: str, policies: list[Lifecyc
     )
 
 
-def _due(which: str, now: dt.datetime) -> Q:
-    """Instances older than their policy's ``migrate_after`` or ``evict_after``.
+def _due(which: str, now: dt.datetime, *, instance: str = "") -> tuple[Q, dt.datetime | None]:
+    """Instances older than their policy's ``migrate_after`` or ``evict_after``, and the
+    latest ``received_at`` any of them can have (None: no facility, nothing is due).
 
     One condition per facility and per modality that has its own policy, and
     one for the facility's other modalities: a handful of terms, whatever the
-    number of instances.
+    number of instances. ``instance`` is the path to the instance (``instance__``
+    from a copy). The bound is the condition's too, said once so that the
+    database reads the range of its index up to it and no further.
     """
     rows = list(LifecyclePolicy.objects.all())
     special = {r.modality for r in rows if r.modality}
     condition = Q(pk__in=[])
+    latest: dt.datetime | None = None
+
+    def term(facility_id: int, modality: str) -> Q:
+        nonlocal latest
+        policy = policy_for(facility_id=facility_id, modality=modality, policies=rows)
+        before = now - (policy.migrate_after if which == "migrate" else policy.evict_after)
+        latest = before if latest is None else max(latest, before)
+        return Q(**{f"{instance}facility_id": facility_id, f"{instance}received_at__lte": before})
+
     for facility_id in Facility.objects.values_list("pk", flat=True):
         for modality in special:
-            policy = policy_for(facility_id=facility_id, modality=modality, policies=rows)
-            age = policy.migrate_after if which == "migrate" else policy.evict_after
-            condition |= Q(facility_id=facility_id, series__modality=modality, received_at__lte=now - age)
-        policy = policy_for(facility_id=facility_id, modality="", policies=rows)
-        age = policy.migrate_after if which == "migrate" else policy.evict_after
-        condition |= Q(facility_id=facility_id, received_at__lte=now - age) & ~Q(series__modality__in=special)
-    return condition
+            condition |= term(facility_id, modality) & Q(**{f"{instance}series__modality": modality})
+        condition |= term(facility_id, "") & ~Q(**{f"{instance}series__modality__in": special})
+    return condition, latest
+
+
+# --- what is migrated ------------------------------------------------------------------
+
+
+def _longterm_verified(instance: str = "pk") -> Exists:
+    """A verified copy in a long-term tier of the instance at ``instance``."""
+    return Exists(
+        Copy.objects.filter(
+            instance=OuterRef(instance), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
+        )
+    )
+
+
+def instances_migrated_sync(*, instance_pks: Iterable[int]) -> None:
+    """Set ``Instance.migrated`` of these instances when they have a verified long-term
+    copy, clear it when they have none, from the copies as they are now.
+
+    Called in the transaction that recorded, released, or found damaged a long-term
+    copy, after that change, so that the flag (and the partial index the lifecycle
+    finds its work in, :func:`instances_to_migrate`) changes with the copies. The
+    instance rows are locked first (after the copies: the order of every caller), so
+    that the statements below, taking a new snapshot, see a copy another transaction
+    recorded or released while this one waited.
+    """
+    pks = sorted(set(instance_pks))
+    if not pks:
+        return
+    list(Instance.all_objects.select_for_update().filter(pk__in=pks).order_by("pk").values_list("pk", flat=True))
+    rows = Instance.all_objects.filter(pk__in=pks)
+    rows.filter(migrated=False).filter(_longterm_verified()).update(migrated=True)
+    rows.filter(migrated=True).filter(~_longterm_verified()).update(migrated=False)
+
+
+def _is_longterm(tier: str) -> bool:
+    return storage.tier_kind(tier) == storage.LONGTERM
 
 
 # --- copying ---------------------------------------------------------------------------
@@ -269,12 +313,15 @@ def _record(instance: Instance, tier: str, relpath: str, *, keep_until: dt.datet
         "sha256": instance.sha256,
         "size": instance.size,
         "verified_at": timezone.now(),
+        "instance_received_at": instance.received_at,
     }
     if keep_until is not None:
         defaults["keep_until"] = keep_until
     try:
         with transaction.atomic():
             Copy.objects.update_or_create(instance=instance, tier=tier, defaults=defaults)
+            if _is_longterm(tier):
+                instances_migrated_sync(instance_pks=[instance.pk])
     except IntegrityError:
         # Another run recorded the same copy first.
         logger.info("copy of %s in %s recorded concurrently", instance.sop_instance_uid, tier)
@@ -352,10 +399,12 @@ def _record_many(done: list[tuple[Instance, str, str]]) -> None:
                         sha256=instance.sha256,
                         size=instance.size,
                         verified_at=now,
+                        instance_received_at=instance.received_at,
                     )
                 )
         # A row another run recorded meanwhile is the same copy: skipped.
         Copy.objects.bulk_create(new, ignore_conflicts=True)
+        instances_migrated_sync(instance_pks=[i.pk for i, tier, _ in done if _is_longterm(tier)])
 
 
 def instance_migrate(*, instance_pk: int) -> bool:
@@ -405,6 +454,8 @@ def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: s
         if locked_keeper is None or locked_keeper.verified_at is None:
             return False
         mine.delete()
+        if _is_longterm(mine.tier):
+            instances_migrated_sync(instance_pks=[mine.instance_id])
     try:
         storage.copy_remove(mine.tier, mine.path)
     except storage.StorageError as exc:
@@ -422,16 +473,18 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
     scope migration's work (:func:`scope_migration_step`), not this.
     """
     now = now or timezone.now()
-    longterm_copy = Copy.objects.filter(
-        instance=OuterRef("pk"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
-    )
+    due, latest = _due("migrate", now)
+    if latest is None:
+        return []
+    # migrated false: no verified long-term copy (instances_migrated_sync). The
+    # partial index of those rows, read in received order up to the latest due
+    # moment, holds only the instances still to migrate, whatever the archive's age.
     qs = (
-        Instance.all_objects.filter(_due("migrate", now))
-        .filter(~Exists(longterm_copy))
+        Instance.all_objects.filter(migrated=False, received_at__lte=latest)
+        .filter(due)
         .filter(~_waiting(CopyFailure.Step.MIGRATE, now))
         .order_by("received_at", "pk")
         .values_list("pk", flat=True)
-        .distinct()
     )
     return list(qs[: limit or settings.PACS_LIFECYCLE_BATCH])
 
@@ -439,15 +492,18 @@ def instances_to_migrate(*, now: dt.datetime | None = None, limit: int | None = 
 def copies_to_evict(*, now: dt.datetime | None = None, limit: int | None = None) -> list[int]:
     """Facility copies of instances past their ``evict_after`` that a verified long-term copy backs."""
     now = now or timezone.now()
-    due = Instance.all_objects.filter(_due("evict", now)).values("pk")
-    backed = Copy.objects.filter(
-        instance=OuterRef("instance"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
-    )
+    due, latest = _due("evict", now, instance="instance__")
+    if latest is None:
+        return []
+    # The partial index of the facility copies (evicted ones are deleted) in their
+    # instance's received order, up to the latest due moment; backed: the instance
+    # has a verified long-term copy (Instance.migrated, instances_migrated_sync).
     qs = (
-        Copy.objects.filter(tier__startswith=f"{storage.FACILITY}:", instance__in=due)
+        Copy.objects.filter(tier__startswith=f"{storage.FACILITY}:", instance_received_at__lte=latest)
+        .filter(due)
         .filter(Q(keep_until__isnull=True) | Q(keep_until__lte=now))
-        .filter(Exists(backed))
-        .order_by("instance__received_at", "pk")
+        .filter(instance__migrated=True)
+        .order_by("instance_received_at", "pk")
         .values_list("pk", flat=True)
     )
     return list(qs[: limit or settings.PACS_LIFECYCLE_BATCH])
@@ -774,7 +830,10 @@ def copy_check(*, copy_pk: int, run: FixityRun | None = None) -> str:
         _count(run, counts)
         return "unreadable"
     if actual == instance.sha256 == copy.sha256:
-        Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now())
+        with transaction.atomic():
+            Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now())
+            if _is_longterm(copy.tier):
+                instances_migrated_sync(instance_pks=[instance.pk])
         counts["ok"] = 1
         _count(run, counts)
         return "ok"
@@ -782,8 +841,12 @@ def copy_check(*, copy_pk: int, run: FixityRun | None = None) -> str:
     kind = StorageAlert.Kind.MISSING if actual is None else StorageAlert.Kind.DAMAGED
     detail = "file missing" if actual is None else f"SHA-256 {actual}, expected {instance.sha256}"
     logger.error("fixity: copy %s of %s is damaged: %s", copy, instance.sop_instance_uid, detail)
-    # Readers stop taking it at once; it becomes verified again only once repaired.
-    Copy.objects.filter(pk=copy.pk).update(verified_at=None)
+    # Readers stop taking it at once; it becomes verified again only once repaired
+    # (and a long-term copy no longer counts as the instance's migration meanwhile).
+    with transaction.atomic():
+        Copy.objects.filter(pk=copy.pk).update(verified_at=None)
+        if _is_longterm(copy.tier):
+            instances_migrated_sync(instance_pks=[instance.pk])
     repaired_from = _repair(copy, instance)
     if repaired_from:
         counts["repaired"] = 1
@@ -824,7 +887,10 @@ def _repair(copy: Copy, instance: Instance) -> str:
         except storage.StorageError as exc:
             logger.warning("fixity: repairing %s from %s failed: %s", copy, source, exc)
             continue
-        Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now(), sha256=instance.sha256)
+        with transaction.atomic():
+            Copy.objects.filter(pk=copy.pk).update(verified_at=timezone.now(), sha256=instance.sha256)
+            if _is_longterm(copy.tier):
+                instances_migrated_sync(instance_pks=[instance.pk])
         return str(source)
     return ""
 

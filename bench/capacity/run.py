@@ -350,14 +350,21 @@ def lifecycle_prepare() -> tuple[int, int]:
     longterm = storage.longterm_tier(storage.REGION)
     with transaction.atomic(), connection.cursor() as c:
         c.execute(
-            "INSERT INTO archive_copy (instance_id, tier, path, sha256, size, created_at, verified_at) "
-            "SELECT c.instance_id, %s, c.path, c.sha256, c.size, c.created_at, c.verified_at FROM archive_copy c "
-            "JOIN archive_instance i ON i.id = c.instance_id "
+            "INSERT INTO archive_copy (instance_id, tier, path, sha256, size, created_at, verified_at, "
+            "instance_received_at) "
+            "SELECT c.instance_id, %s, c.path, c.sha256, c.size, c.created_at, c.verified_at, i.received_at "
+            "FROM archive_copy c JOIN archive_instance i ON i.id = c.instance_id "
             "WHERE c.tier LIKE 'facility:%%' AND i.received_at < now() - make_interval(days => %s) "
             "ON CONFLICT DO NOTHING",
             [longterm, int(settings.PACS_MIGRATE_AFTER_DAYS) + 1],
         )
         added = c.rowcount
+        # What archive.storage.lifecycle.instances_migrated_sync records with each long-term copy.
+        c.execute(
+            "UPDATE archive_instance i SET migrated = TRUE FROM archive_copy c "
+            "WHERE c.instance_id = i.id AND c.tier = %s AND NOT i.migrated",
+            [longterm],
+        )
         c.execute(
             "DELETE FROM archive_copy c USING archive_instance i WHERE i.id = c.instance_id "
             "AND c.tier LIKE 'facility:%%' AND i.received_at < now() - make_interval(days => %s)",
@@ -366,6 +373,7 @@ def lifecycle_prepare() -> tuple[int, int]:
         removed = c.rowcount
     with connection.cursor() as c:
         c.execute("VACUUM (ANALYZE) archive_copy")
+        c.execute("VACUUM (ANALYZE) archive_instance")
     return added, removed
 
 

@@ -112,11 +112,18 @@ def floor_fs(files: list[Path], dest: Path, *, fsync: bool) -> float:
     return took
 
 
-def migrate_once() -> float:
-    from archive.models import Copy
-    from archive.storage import lifecycle
+def _longterm_forget() -> None:
+    """Back to before the migration: no long-term copy, so no instance migrated."""
+    from archive.models import Copy, Instance
 
     Copy.objects.filter(tier__startswith="longterm:").delete()
+    Instance.all_objects.update(migrated=False)
+
+
+def migrate_once() -> float:
+    from archive.storage import lifecycle
+
+    _longterm_forget()
     lt = Path(os.environ["PACS_VAR_DIR"]) / "tiers" / "longterm"
     shutil.rmtree(lt, ignore_errors=True)
     start = time.perf_counter()
@@ -147,8 +154,6 @@ def migrate_s3_once(endpoint: str, bucket: str) -> float:
     from botocore.config import Config
     from django.test.utils import override_settings
 
-    from archive.models import Copy
-
     storages = dict(__import__("django.conf").conf.settings.STORAGES)
     storages["longterm"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -166,7 +171,7 @@ def migrate_s3_once(endpoint: str, bucket: str) -> float:
         },
     }
     with override_settings(STORAGES=storages):
-        Copy.objects.filter(tier__startswith="longterm:").delete()
+        _longterm_forget()
         client = s3_client(endpoint)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="region/"):
             for obj in page.get("Contents", []):

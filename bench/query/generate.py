@@ -655,6 +655,7 @@ def generate(*, studies: int, seed: int) -> None:
                         size,
                         received,
                         received,
+                        received,
                     )
 
         # The path layout is the archive's own, checked once rather than rebuilt per row.
@@ -665,7 +666,7 @@ def generate(*, studies: int, seed: int) -> None:
         timed(
             "copies",
             Copy,
-            ["id", "instance", "tier", "path", "sha256", "size", "created_at", "verified_at"],
+            ["id", "instance", "tier", "path", "sha256", "size", "created_at", "verified_at", "instance_received_at"],
             copy_rows(),
         )
         # Identity columns continue after the rows written with explicit keys.

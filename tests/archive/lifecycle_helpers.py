@@ -20,7 +20,10 @@ def ingest_files(paths: list[Path], facility: Facility, *, age_days: float = 0.0
         result = instance_ingest(path=path, facility=facility, owned=False, calling_ae="CT01")
         pks.append(result.instance_id)
     if age_days:
-        Instance.objects.filter(pk__in=pks).update(received_at=timezone.now() - dt.timedelta(days=age_days))
+        # Received in the past: the instance's time and its copies' copy of it (Copy.instance_received_at).
+        received_at = timezone.now() - dt.timedelta(days=age_days)
+        Instance.objects.filter(pk__in=pks).update(received_at=received_at)
+        Copy.objects.filter(instance__in=pks).update(instance_received_at=received_at)
     return list(Instance.objects.filter(pk__in=pks).order_by("pk"))
 
 
