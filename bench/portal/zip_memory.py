@@ -43,7 +43,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -60,9 +59,17 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
 from bench.common import Download, evict, floor_read, status_kib  # noqa: E402
+from bench.portal.citizen import (  # noqa: E402
+    Person,
+    booking_ensure,
+    citizen_ensure,
+    citizen_login,
+    citizen_session,
+    package_ask,
+    package_state,
+)
 from bench.portal.run import web_start  # noqa: E402
 from bench.portal.seed import WORK_DIR  # noqa: E402
-from bench.query.generate import _codice_fiscale  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_URL = os.environ.get("BENCH_PORTAL_ZIP_DB_URL", "postgres://postgres@127.0.0.1:5432/pacs_bench_portal_zip")
@@ -70,7 +77,7 @@ ZIP_VAR = WORK_DIR / "zip-var"
 ACCESSION = "BENCHZIP0001"
 FACILITY = "TS-CAT"
 DESCRIPTION = "bench/portal zip 1 GB"
-CITIZEN = ("ZIPPO", "BENCH", "M", dt.date(1970, 1, 1), "L424")
+CITIZEN: Person = ("ZIPPO", "BENCH", "M", dt.date(1970, 1, 1), "L424")
 PASSWORD = "bench-portal-Zip-2026"
 MB = 1e6
 
@@ -192,22 +199,6 @@ def prepare_database(url: str, *, reset: bool) -> None:
         demo_load()
 
 
-def citizen_ensure() -> tuple[Any, str]:
-    """The benchmark's citizen (patient, account); (patient, codice fiscale)."""
-    from archive.models import Patient
-    from portal.accounts import citizen_account_create
-    from portal.models import CitizenAccount
-
-    family, given, sex, birth, place = CITIZEN
-    cf = _codice_fiscale(family, given, sex, birth, place)
-    patient, _ = Patient.objects.get_or_create(
-        codice_fiscale=cf, defaults={"family_name": family, "given_name": given, "sex": sex, "birth_date": birth}
-    )
-    if not CitizenAccount.objects.filter(codice_fiscale=cf).exists():
-        citizen_account_create(codice_fiscale=cf, password=PASSWORD)
-    return patient, cf
-
-
 def study_files(study: Any) -> tuple[list[Path], int]:
     from archive.models import Copy
     from archive.storage import tiers as storage
@@ -283,72 +274,6 @@ def study_ensure(env: dict[str, str], *, instances: int, cf: str) -> Any:
     return Study.objects.get(study_instance_uid=study_uid)
 
 
-def booking_ensure(study: Any, patient: Any) -> Any:
-    """A reported booking of the study, online choice, a signed report published and live now."""
-    import hashlib
-
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-    from django.utils import timezone
-
-    from archive.models import Report
-    from booking.models import Booking, ConsentText, DistributionChoice, Procedure, Station
-    from portal.models import Publication
-
-    now = timezone.now()
-    booking = Booking.objects.filter(accession_number=ACCESSION).first()
-    with transaction.atomic():
-        if booking is None:
-            station = Station.objects.filter(facility=study.facility, modality="CT").first()
-            booking = Booking.objects.create(
-                accession_number=ACCESSION,
-                study_instance_uid=study.study_instance_uid,
-                patient=patient,
-                facility=study.facility,
-                procedure=Procedure.objects.filter(modality="CT").first(),
-                station=station,
-                scheduled_at=now.replace(year=now.year - 1, microsecond=0),  # a slot no seeded booking takes
-                channel=Booking.Channel.REGIONAL_CUP,
-                status=Booking.Status.REPORTED,
-                study=study,
-            )
-            DistributionChoice.objects.create(
-                booking=booking,
-                version=1,
-                delivery=DistributionChoice.Delivery.ONLINE,
-                consent_text=ConsentText.objects.order_by("-published_at").first(),
-                channel=booking.channel,
-                recorded_by_name="bench/portal",
-            )
-        live = Publication.objects.filter(
-            booking=booking, withdrawn_at__isnull=True, available_until__gt=now + dt.timedelta(hours=1)
-        ).exists()
-        if not live:
-            # A new signed version (an addendum after the first) with its publication, valid 45 days from now.
-            author, _ = get_user_model().objects.get_or_create(username="bench-radiologo")
-            last = Report.objects.filter(study=study).order_by("-version").first()
-            version = (last.version + 1) if last else 1
-            sha = hashlib.sha256(f"{study.study_instance_uid}/{version}".encode()).hexdigest()
-            report = Report.objects.create(
-                study=study,
-                version=version,
-                previous=last,
-                kind=Report.Kind.ADDENDUM if last else Report.Kind.ORIGINAL,
-                status=Report.Status.SIGNED,
-                author=author,
-                findings="bench/portal",
-                signed_at=now,
-                signer_name="bench",
-                pdf_path=f"reports/bench/{sha}.pdf",
-                pdf_sha256=sha,
-                signature_path=f"reports/bench/{sha}.pdf.p7m",
-            )
-            Publication.objects.create(
-                booking=booking, report=report, published_at=now, available_until=now + dt.timedelta(days=45)
-            )
-    return booking
-
-
 # --- (b) the floor -----------------------------------------------------------------------
 
 
@@ -372,8 +297,6 @@ def floor_copy(files: list[Path], dest: Path) -> tuple[float, int]:
 
 # --- (c) the citizen's download -------------------------------------------------------------
 
-_CSRF = re.compile(r'name="csrfmiddlewaretoken"\s+value="([^"]+)"')
-
 
 @dataclass
 class CitizenFlow:
@@ -386,45 +309,14 @@ class CitizenFlow:
 
 
 def citizen_flow(web: Any, env: dict[str, str], *, cf: str, booking_pk: int, repeat: int) -> CitizenFlow:
-    import requests
-
     base = f"http://127.0.0.1:{web.port}"
-    s = requests.Session()
+    s = citizen_session()
     flow = CitizenFlow()
-    form = s.get(f"{base}/fse/accesso/", timeout=30)
-    token = _CSRF.search(form.text)
-    if not token:
-        raise RuntimeError(f"no CSRF token on the login page (HTTP {form.status_code})")
-    r = s.post(
-        f"{base}/fse/accesso/",
-        data={"codice_fiscale": cf, "password": PASSWORD, "csrfmiddlewaretoken": token.group(1)},
-        headers={"Referer": f"{base}/fse/accesso/"},
-        allow_redirects=False,
-        timeout=60,
-    )
-    if r.status_code != 302:
-        raise RuntimeError(f"login: HTTP {r.status_code}")
-    page = s.get(f"{base}/fse/esami/{booking_pk}/", timeout=30)
-    token = _CSRF.search(page.text)
-    if page.status_code != 200 or not token:
-        raise RuntimeError(f"exam page: HTTP {page.status_code}")
-    r = s.post(
-        f"{base}/fse/esami/{booking_pk}/pacchetti/dicom/",
-        data={"csrfmiddlewaretoken": token.group(1)},
-        headers={"Referer": f"{base}/fse/esami/{booking_pk}/"},
-        allow_redirects=False,
-        timeout=600,
-    )
-    found = re.search(r"/fse/pacchetti/(\d+)/", r.headers.get("Location", ""))
-    if r.status_code != 302 or not found:
-        raise RuntimeError(f"package request: HTTP {r.status_code} {r.headers.get('Location', '')}")
-    flow.package_pk = int(found.group(1))
-    status_url = f"{base}/fse/pacchetti/{flow.package_pk}/?format=json"
+    citizen_login(s, base, cf=cf, password=PASSWORD)
+    flow.package_pk = package_ask(s, base, booking_pk=booking_pk)
 
     def poll() -> dict[str, Any]:
-        answer = s.get(status_url, timeout=30)
-        answer.raise_for_status()
-        return dict(answer.json())
+        return package_state(s, base, flow.package_pk)
 
     state = poll()
     if state["status"] != "ready":
@@ -530,9 +422,9 @@ def main() -> None:
     os.environ["SECRET_KEY"] = env["SECRET_KEY"]
     os.environ.pop("REDIS_URL", None)
     prepare_database(args.database_url, reset=args.reset)
-    patient, cf = citizen_ensure()
+    patient, cf = citizen_ensure(CITIZEN, password=PASSWORD)
     study = study_ensure(env, instances=args.instances, cf=cf)
-    booking = booking_ensure(study, patient)
+    booking = booking_ensure(study, patient, accession=ACCESSION)
     files, total = study_files(study)
     mb = total / MB
     print(f"study {study.study_instance_uid}: {len(files)} instances, {mb:.0f} MB", file=sys.stderr, flush=True)

@@ -4,21 +4,32 @@ Shared by the test (``tests/bench/test_region.py``) and the benchmark (``run.py`
 :func:`region_run` starts, all on loopback,
 
 * a PostgreSQL database of its own (created with a unique name, dropped at the
-  end), migrated and seeded by ``seed.py``; Redis (a db number of its own, queue
-  names with a prefix of this run's); an S3 server (moto) as the long-term tier;
+  end), migrated and seeded by ``seed.py`` (which also imports each citizen's
+  study, its booking reported and its report signed and published on line);
+  Redis (a db number of its own, queue names with a prefix of this run's); an
+  S3 server (moto) as the long-term tier;
 * the deployment's processes as ``deploy/`` runs them: a listener per facility
   (``manage.py dicom_listener`` with ``PACS_DICOM_FACILITIES``), two web
   processes (gunicorn ``pacs.wsgi``), and two worker hosts, each a process group
   of its own: host ``alpha`` runs the ``ingest`` group (``ingest,render``) and the
   ``lifecycle`` group (``lifecycle,preservation``), host ``beta`` the ``front``
-  group (the other queues) and Celery beat, whose sweeps run every few seconds;
+  group (``portal,publication,research`` and the default queue, as
+  ``deploy/worker/front.env.example``) and Celery beat, whose sweeps run every
+  few seconds;
 
 then drives it: modalities (DCMTK ``storescu``, one association per study of
 fresh-UID CT or MR images made from pydicom's bundled files) send to their
 facility's listener for ``send_seconds``, retrying what was not acknowledged as
 a modality does; readers download whole studies over WADO-RS from the two web
-processes with an API token; the lifecycle migrates every instance to the S3
-tier at once and evicts the facility copy soon after. Half-way, host ``alpha``'s
+processes with an API token; citizens (:func:`citizen_run`, one per citizen,
+each on one of the two web processes) log in to the portal with their codice
+fiscale and password, ask for the DICOM package of their exam, poll its page
+until host ``beta``'s ``portal`` queue has zipped it (``PACS_PORTAL_INLINE_BYTES``
+0: never while the request waits), download it and check it, and ask again
+(each package purged after its check, so that each request builds one anew);
+the lifecycle migrates every instance to the S3 tier at once and evicts the
+facility copy soon after (a recalled one too), so packages are zipped from the
+facility's copies or, once evicted, from S3's. Half-way, host ``alpha``'s
 whole process group is killed with SIGKILL and restarted a few seconds later;
 then one listener is stopped with SIGTERM and started again.
 
@@ -35,12 +46,17 @@ told (:class:`Outcome`'s ``problems``, empty when all is well):
 * every queue empty in Redis (``LLEN`` 0) and no message left unacknowledged;
   no study whose post-ingest work is pending; no copy failure outstanding;
 * every download complete (each instance acknowledged before the request in the
-  answer) and byte-exact against the index.
+  answer) and byte-exact against the index;
+* every package a citizen asked for ready within ``package_timeout`` (none left
+  queued, running or failed), and each a valid zip (``testzip``) holding a
+  DICOMDIR that lists exactly its instance members, one per instance of the
+  study, each with the SHA-256 the index records; no half-written package left.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -55,6 +71,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +116,10 @@ class Size:
     images_per_study: int = 10
     study_pause: float = 0.0  # seconds a modality waits between studies (0: back to back)
     readers: int = 2
+    citizens: int = 2  # each with an exam on line, downloading its DICOM package through the portal
+    citizen_images: int = 20  # images in each citizen's study (CT, ~39 KB each)
+    citizen_pause: float = 0.0  # seconds a citizen waits between packages
+    package_timeout: float = 120.0  # seconds from a package request to "ready" before it counts as never ready
     web_workers: int = 1  # per web process (the Procfile's gunicorn has 2; two processes here)
     web_threads: int = 4
     concurrency: int = 2  # per worker group
@@ -197,6 +218,13 @@ class Stats:
     download_instances: int = 0
     download_bytes: int = 0
     download_seconds: float = 0.0
+    packages: int = 0  # the citizens' DICOM packages downloaded and checked
+    package_instances: int = 0
+    package_bytes: int = 0
+    package_ready: list[float] = field(default_factory=list)  # seconds from each request to "ready"
+    packages_longterm: int = 0  # requested while the study had no facility copy (built from S3)
+    citizen_seconds: float = 0.0  # from the start of the load until the last citizen was done
+    seeded: int = 0  # the citizens' instances, imported before the load
     migrated: int = 0
     migrate_seconds: float = 0.0
     evicted: int = 0
@@ -235,6 +263,7 @@ class Box:
         self.webs: list[int] = []
         self.hosts: dict[str, list[Proc]] = {}
         self.token = ""
+        self.citizens: list[dict[str, Any]] = []  # from seed.py: codice_fiscale, password, booking, study_uid
         self.s3_port = 0
         self.queues: list[str] = []
 
@@ -271,6 +300,11 @@ class Box:
             "PACS_LIFECYCLE_SECONDS": repr(size.lifecycle_seconds),
             "PACS_LIFECYCLE_RETRY_SECONDS": "5",
             "PACS_POST_INGEST_SWEEP_SECONDS": "10",
+            # A study recalled by a read from S3 is evicted again as soon as a new one would be.
+            "PACS_RECALL_KEEP_DAYS": repr(size.evict_after_seconds / 86400),
+            # Every citizen's package is zipped by the portal queue's worker (host beta), as a large
+            # study's is, not while its request waits.
+            "PACS_PORTAL_INLINE_BYTES": "0",
             "PYTHONUNBUFFERED": "1",
             "TCP_NODELAY": "1",  # DCMTK 3.6.7 on loopback crawls without it (Nagle)
             **extra,
@@ -312,15 +346,26 @@ class Box:
             check=True,
             capture_output=True,
         )
-        out = subprocess.run(
-            [PYTHON, "-m", "bench.region.seed", str(self.size.modalities)],
+        seeded = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "bench.region.seed",
+                str(self.size.modalities),
+                "--citizens",
+                str(self.size.citizens),
+                "--images",
+                str(self.size.citizen_images),
+            ],
             cwd=REPO,
             env=env,
-            check=True,
             capture_output=True,
             text=True,
-        ).stdout
-        self.token = json.loads(out.strip().splitlines()[-1])["token"]
+        )
+        if seeded.returncode != 0:
+            raise RuntimeError(f"bench.region.seed exited {seeded.returncode}:\n{seeded.stderr[-3000:]}")
+        rows = json.loads(seeded.stdout.strip().splitlines()[-1])
+        self.token, self.citizens = rows["token"], rows["citizens"]
 
     def database_drop(self) -> None:
         with pg_admin() as conn:
@@ -545,6 +590,37 @@ class Box:
         )
         return dict(zip(("instances", "migrated", "pending", "failures", "facility_copies"), row, strict=True))
 
+    def study_instances(self, study_uid: str) -> dict[str, str]:
+        """The study's instances as the index records them: SOP Instance UID -> SHA-256."""
+        return dict(
+            self.sql(
+                """SELECT i.sop_instance_uid, i.sha256 FROM archive_instance i
+                   JOIN archive_series se ON se.id = i.series_id JOIN archive_study st ON st.id = se.study_id
+                   WHERE st.study_instance_uid = %s""",
+                (study_uid,),
+            )
+        )
+
+    def facility_copies(self, study_uid: str) -> int:
+        """How many copies of the study's instances the facility tiers hold now (0: only S3 has it)."""
+        ((n,),) = self.sql(
+            """SELECT count(*) FROM archive_copy c JOIN archive_instance i ON i.id = c.instance_id
+               JOIN archive_series se ON se.id = i.series_id JOIN archive_study st ON st.id = se.study_id
+               WHERE st.study_instance_uid = %s AND c.tier LIKE 'facility:%%'""",
+            (study_uid,),
+        )
+        return int(n)
+
+    def package_purge(self, package_pk: int) -> None:
+        """What the purge sweep (``portal.downloads.packages_purge``) does to an expired package, at once:
+        its file removed, its row purged; the next request of the study builds a new one."""
+        for (path,) in self.sql(
+            "UPDATE portal_downloadpackage SET status = 'purged' WHERE id = %s AND status = 'ready' RETURNING path",
+            (package_pk,),
+        ):
+            if path:
+                Path(path).unlink(missing_ok=True)
+
 
 # --- the load ----------------------------------------------------------------------------
 
@@ -559,6 +635,7 @@ class Ledger:
     studies: dict[str, list[str]] = field(default_factory=dict)  # study UID -> SOP UIDs acknowledged
     acked_bytes: dict[str, int] = field(default_factory=dict)
     downloaded: dict[str, set[str]] = field(default_factory=dict)  # SOP UID -> SHA-256 of what a reader got
+    seeded: dict[str, str] = field(default_factory=dict)  # SOP UID -> study UID: the citizens' studies, imported
     problems: list[str] = field(default_factory=list)
 
 
@@ -716,6 +793,124 @@ def reader_run(box: Box, index: int, stop: threading.Event, ledger: Ledger, stat
                 ledger.downloaded.setdefault(uid, set()).add(digest)
 
 
+def package_check(body: bytes, expected: dict[str, str]) -> list[str]:
+    """What is wrong with a citizen's DICOM package (a zip) against the index: every member's CRC
+    (``testzip``), the DICOMDIR present and naming exactly the instance members, one member per
+    instance of the study with the SHA-256 the index records for it (``expected``: UID -> SHA-256)."""
+    from pydicom import dcmread
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(body))
+    except zipfile.BadZipFile as exc:
+        return [f"not a zip ({len(body)} bytes): {exc}"]
+    problems = []
+    with zf:
+        broken = zf.testzip()
+        if broken is not None:
+            problems.append(f"member {broken} fails its CRC")
+        names = zf.namelist()
+        members = [n for n in names if n.startswith("DICOM/")]  # portal.media.FILES_ROOT
+        got: dict[str, str] = {}
+        for name in members:
+            data = zf.read(name)
+            uid = str(
+                dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+            )
+            if uid in got:
+                problems.append(f"{uid} in the zip twice")
+            got[uid] = hashlib.sha256(data).hexdigest()
+        if "DICOMDIR" not in names:
+            problems.append("no DICOMDIR")
+        else:
+            directory = dcmread(io.BytesIO(zf.read("DICOMDIR")))
+            listed = set()
+            for record in directory.DirectoryRecordSequence:
+                if "ReferencedFileID" in record:
+                    parts = record.ReferencedFileID
+                    listed.add("/".join([parts] if isinstance(parts, str) else parts))
+            if listed != set(members):
+                problems.append(f"the DICOMDIR lists {len(listed)} files, the zip holds {len(members)} instances")
+    missing = expected.keys() - got.keys()
+    if missing:
+        problems.append(f"{len(missing)} of the study's {len(expected)} instances missing")
+    if got.keys() - expected.keys():
+        problems.append(f"{len(got.keys() - expected.keys())} instances not of the study")
+    differ = [uid for uid in got.keys() & expected.keys() if got[uid] != expected[uid]]
+    if differ:
+        problems.append(f"{len(differ)} instances with other bytes than the index's, e.g. {differ[0]}")
+    return problems
+
+
+def citizen_run(
+    box: Box, index: int, stop: threading.Event, ledger: Ledger, stats: Stats, abandon: threading.Event
+) -> None:
+    """A citizen: logs in to the portal of one web process, then asks for the DICOM package of the
+    exam, polls its page until it is ready (zipped by host beta's ``front`` group, the ``portal``
+    queue), downloads it and checks it (:func:`package_check`), again and again. Each package is
+    purged after its download (:meth:`Box.package_purge`), so that each request builds a new one
+    from whatever copies the lifecycle has left: the facility's, or S3's once they are evicted.
+
+    After ``stop``, a citizen that has not yet asked while its study was on S3 only waits for the
+    lifecycle (still migrating and evicting, the region draining) to evict it, up to
+    ``drain_timeout``, and asks once more: every run builds a package from the long-term tier.
+    ``abandon``: the run failed, stop at once."""
+    import requests
+
+    from bench.portal.citizen import citizen_login, citizen_session, package_ask, package_state
+
+    citizen = box.citizens[index]
+    base = f"http://127.0.0.1:{box.webs[index % len(box.webs)]}"
+    who = f"citizen {index} (web {base.rpartition(':')[2]})"
+    expected = box.study_instances(citizen["study_uid"])
+    session = citizen_session()
+    citizen_login(session, base, cf=citizen["codice_fiscale"], password=citizen["password"])
+    from_s3 = False
+    patience = float("inf")
+    while True:
+        on_s3_only = box.facility_copies(citizen["study_uid"]) == 0
+        if stop.is_set():
+            patience = min(patience, time.monotonic() + box.size.drain_timeout)
+            if from_s3 or abandon.is_set() or time.monotonic() > patience:
+                break
+            if not on_s3_only:
+                time.sleep(1.0)
+                continue
+        t0 = time.perf_counter()
+        try:
+            package_pk = package_ask(session, base, booking_pk=citizen["booking"], timeout=60)
+            deadline = time.monotonic() + box.size.package_timeout
+            state = package_state(session, base, package_pk)
+            while state["status"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                state = package_state(session, base, package_pk)
+            ready = time.perf_counter() - t0
+            if state["status"] != "ready" or not state.get("download_url"):
+                with ledger.lock:
+                    ledger.problems.append(f"{who}: package {package_pk} not ready after {ready:.0f} s: {state}")
+                time.sleep(1.0)
+                continue
+            response = session.get(base + state["download_url"], timeout=120)
+            response.raise_for_status()
+        except (requests.RequestException, RuntimeError) as exc:
+            with ledger.lock:
+                ledger.problems.append(f"{who}: {exc}")
+            time.sleep(1.0)
+            continue
+        body = response.content
+        wrong = package_check(body, expected)
+        box.package_purge(package_pk)
+        from_s3 = from_s3 or on_s3_only
+        with ledger.lock:
+            ledger.problems.extend(f"{who}: package {package_pk}: {p}" for p in wrong)
+            stats.packages += 1
+            stats.package_instances += len(expected)
+            stats.package_bytes += len(body)
+            stats.package_ready.append(ready)
+            stats.packages_longterm += on_s3_only
+        if box.size.citizen_pause:
+            stop.wait(box.size.citizen_pause)
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -749,6 +944,10 @@ def region_run(size: Size, work: Path, *, log: Any = print) -> Outcome:
     t_start = time.monotonic()
     try:
         box.start()
+        for citizen in box.citizens:
+            for uid in box.study_instances(citizen["study_uid"]):
+                ledger.seeded[uid] = citizen["study_uid"]
+        stats.seeded = len(ledger.seeded)
         log(f"box started in {time.monotonic() - t_start:.0f} s: database {box.db_name}, queues {box.queue}.*")
         run_load(box, size, work, ledger, stats, log=log)
         try:
@@ -778,6 +977,7 @@ def region_run(size: Size, work: Path, *, log: Any = print) -> Outcome:
 def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, log: Any) -> None:
     files = work / "modalities"
     stop_readers = threading.Event()
+    abandon = threading.Event()
     t0 = time.monotonic()
     stop_sending = threading.Event()
     modalities = [
@@ -794,6 +994,14 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
         )
         for i in range(size.readers)
     ]
+    citizens = [
+        threading.Thread(
+            target=_guarded(citizen_run, ledger),
+            args=(box, i, stop_readers, ledger, stats, abandon),
+            name=f"citizen-{i}",
+        )
+        for i in range(len(box.citizens))
+    ]
     samples: list[tuple[float, int, int]] = []  # (time, backlog, migrated)
     sampling = threading.Event()
 
@@ -808,7 +1016,7 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
             sampling.wait(0.5)
 
     sampler = threading.Thread(target=sample, name="sampler")
-    for t in [*modalities, *readers, sampler]:
+    for t in [*modalities, *readers, *citizens, sampler]:
         t.start()
     try:
         # Half-way: host alpha (ingest and lifecycle workers) lost at once, back a little later.
@@ -839,10 +1047,19 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
         stats.sent_at = time.monotonic()
         stats.send_seconds = stats.sent_at - t0
         log(f"{stats.send_seconds:.0f} s: modalities done, {len(ledger.acked)} instances acknowledged")
+        stop_readers.set()
+        for t in citizens:
+            t.join()
+        stats.citizen_seconds = time.monotonic() - t0
+        if citizens:
+            log(f"{stats.citizen_seconds:.0f} s: citizens done, {stats.packages_longterm} packages asked from S3 only")
+    except BaseException:
+        abandon.set()
+        raise
     finally:
         stop_sending.set()
         stop_readers.set()
-        for t in readers:
+        for t in [*readers, *citizens]:
             t.join()
     # The kill's backlog: the first moment after the restart when every queue was empty.
     try:
@@ -875,9 +1092,12 @@ def verify(box: Box, ledger: Ledger, stats: Stats) -> list[str]:
     twice = {uid: n for uid, n in counts.items() if n != 1}
     if twice:
         problems.append(f"{len(twice)} instances indexed more than once: {list(twice.items())[:3]}")
-    foreign = [uid for uid in counts if uid not in ledger.sent]
+    foreign = [uid for uid in counts if uid not in ledger.sent and uid not in ledger.seeded]
     if foreign:
         problems.append(f"{len(foreign)} indexed instances no modality sent")
+    lost_seeded = [uid for uid in ledger.seeded if uid not in counts]
+    if lost_seeded:
+        problems.append(f"{len(lost_seeded)} instances of the citizens' studies no longer indexed")
 
     sha = dict(box.sql("SELECT sop_instance_uid, sha256 FROM archive_instance"))
     copies = box.sql(
@@ -930,6 +1150,10 @@ def verify(box: Box, ledger: Ledger, stats: Stats) -> list[str]:
     leftovers = [p for p in incoming.rglob("*") if p.is_file()] if incoming.exists() else []
     if leftovers:
         problems.append(f"{len(leftovers)} temporary files left in {incoming}: {leftovers[:3]}")
+    packages = box.var / "portal-packages"  # PACS_PORTAL_PACKAGE_DIR
+    parts = list(packages.glob(".*.part")) if packages.exists() else []
+    if parts:
+        problems.append(f"{len(parts)} half-written packages left in {packages}: {parts[:3]}")
 
     waiting, unacked = box.backlog()
     if waiting or unacked:
@@ -947,6 +1171,14 @@ def verify(box: Box, ledger: Ledger, stats: Stats) -> list[str]:
         problems.append("no instance was acknowledged")
     if not stats.downloads:
         problems.append("no study was downloaded")
+    # Every package a citizen asked for was built: none left queued, running or failed.
+    unready = box.sql("SELECT id, status, error FROM portal_downloadpackage WHERE status NOT IN ('ready', 'purged')")
+    if unready:
+        problems.append(f"{len(unready)} package requests never ready: {unready[:3]}")
+    if box.citizens and not stats.packages:
+        problems.append("no citizen's package was downloaded")
+    elif box.citizens and not stats.packages_longterm:
+        problems.append("no citizen's package was asked for while its study was on S3 only")
     return problems
 
 

@@ -5,8 +5,10 @@ queues of their own, a moto S3 server as the long-term tier, three listeners
 (one per facility, ``PACS_DICOM_FACILITIES``), two gunicorn web processes, two
 worker hosts (``alpha``: the ingest and lifecycle groups; ``beta``: the front
 group and beat); eight modalities (DCMTK ``storescu``) send while readers
-download whole studies over WADO-RS and the lifecycle migrates every instance
-to S3 and evicts the facility copy; half-way host ``alpha``'s process group is
+download whole studies over WADO-RS, two citizens download the DICOM package
+of their exam through the portal (zipped by host beta's worker, checked
+against the index) and the lifecycle migrates every instance to S3 and evicts
+the facility copy; half-way host ``alpha``'s process group is
 killed with SIGKILL and restarted, then one listener restarted (SIGTERM). The
 benchmark (``bench/region/run.py``) runs the same, larger, and prints the
 throughput of each part.
@@ -45,10 +47,13 @@ def test_a_region_loses_nothing_acknowledged_through_a_killed_worker_host_and_a_
         r"^part\s+count\s+seconds\s+per s\s+MB/s$",
         *(rf"^store {code}\s+\d+\s" for code in ("TS-CAT", "GO-SG", "MON-SP", "total")),
         r"^download \(WADO-RS study\)\s+\d+\s",
+        r"^package \(portal DICOM zip\)\s+\d+\s",
+        r"^citizens' packages, request to ready: median \d+\.\d s",
         r"^migrate to S3 \(verified\)\s+\d+\s",
         r"^drain after the kill \(",
         r"^drain after the last store ",
-        r"^verification: every acknowledged instance indexed once, every copy verified, every queue drained$",
+        r"^verification: every acknowledged instance indexed once, every copy verified, every queue drained, "
+        r"every package ready and exact$",
     ):
         assert re.search(line, out, re.M), f"{line!r} not in:\n{out}"
     s = outcome.stats
@@ -57,13 +62,17 @@ def test_a_region_loses_nothing_acknowledged_through_a_killed_worker_host_and_a_
         for log in sorted((tmp_path / "logs").glob("*.log"))
     )
     # Every acknowledged instance indexed once, every copy of each on each tier hashed to the index,
-    # every queue drained, nothing half-written, every download complete and byte-exact.
+    # every queue drained, nothing half-written, every download complete and byte-exact, every package
+    # a citizen asked for ready, a valid zip with its DICOMDIR and every instance as the index records it.
     assert not outcome.problems, "\n".join(outcome.problems) + "\n" + logs[-20000:]
     # ... and the run did what it says: each facility's listener stored, through both faults.
     assert sorted(s.stored) == sorted(code for code, _name, _ae in FACILITIES), s.stored
     assert all(n > 0 for n in s.stored.values()), s.stored
-    assert s.instances == sum(s.stored.values())
+    assert s.seeded > 0 and s.instances == sum(s.stored.values()) + s.seeded
     assert s.downloads > 0 and s.download_instances > 0
+    assert s.packages > 0 and s.package_instances > 0
     assert s.listener_down_seconds > 0
-    # The long-term tier took every instance, and reads went on after facility copies were evicted.
+    # The long-term tier took every instance, and reads went on after facility copies were evicted:
+    # a citizen's package was zipped while its study was on S3 only.
     assert s.evicted > 0
+    assert s.packages_longterm > 0
