@@ -36,6 +36,8 @@ NAMES = [
     "100%_GROSS^MA",  # LIKE's own wildcards, literals here
     "ROSSI^MA[R]CO",
     "MOSS^MAX",
+    "ΑΛΈΞΗΣ^ΓΙΆΝΝΗΣ",  # letters a C-locale database would not count as letters (pg_trgm's words)
+    "YAMADA^TARO=山田^太郎=やまだ^たろう",
 ]
 
 PATTERNS = [
@@ -54,6 +56,10 @@ PATTERNS = [
     "?OSS*^MA?",
     "*OSS^MA*",
     "*ZZZ*",
+    "*λέξ*^*ΆΝΝ*",
+    "*山田*",
+    "*=山?^太郎=*",
+    "*まだ^たろ*",
 ]
 
 
@@ -120,7 +126,7 @@ def test_a_wildcard_inside_a_name_finds_what_the_rules_say(studies: dict[str, st
             assert {studies[uid] for uid in _find(pattern)} == found
 
 
-@pytest.mark.parametrize("part", ["oss", "ÒRSO", "%_G", "ZZZ"])
+@pytest.mark.parametrize("part", ["oss", "ÒRSO", "%_G", "ZZZ", "山田", "ΓΙΆΝ"])
 def test_fuzzy_matching_finds_a_part_of_a_name(studies: dict[str, str], part: str) -> None:
     found = {studies[uid] for uid in _find(part, fuzzy=True)}
     assert found == _expected(f"*{part}*")
