@@ -1,4 +1,4 @@
-"""Wildcards inside a person name read the trigram index on PostgreSQL (migration 0026),
+"""Wildcards inside a person name read the trigram index on PostgreSQL (migration 0027),
 and answer what they answered before, on SQLite and on PostgreSQL.
 
 On PostgreSQL the answers are also read with sequential and plain index scans turned

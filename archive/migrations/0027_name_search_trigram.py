@@ -62,6 +62,6 @@ class Migration(migrations.Migration):
     # writing studies while it does (a plain CREATE INDEX would hold their writes for
     # the whole build: seconds at 100,000 studies, minutes at the region's millions).
     atomic = False
-    dependencies = [("archive", "0025_dose_register")]
+    dependencies = [("archive", "0026_lifecycle_work_indexes")]
 
     operations = [migrations.RunPython(trigram_index_create, trigram_index_drop)]
