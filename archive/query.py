@@ -223,6 +223,9 @@ class DicomMatch(Lookup):
     database's pattern syntax and sent as a parameter. A leading literal stem
     (``ROSS*``) keeps the index usable: on PostgreSQL by the ``varchar_pattern_ops``
     index Django adds to an indexed CharField, on SQLite by GLOB's own prefix rule.
+    On PostgreSQL the patient name's search key also has a trigram index (migration
+    0027, ``gin_trgm_ops``), which answers this very expression, ``(col)::text LIKE
+    pattern ESCAPE '\\'``, with wildcards anywhere (``%oss%^ma%``): keep its form.
     """
 
     lookup_name = "dicom_match"
