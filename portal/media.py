@@ -176,6 +176,8 @@ def _instance_copy(instance: Instance, name: str, fh: IO[bytes], writer: _Member
 # ones are copied a chunk at a time by _instance_copy. Memory: at most IN_FLIGHT of them.
 WHOLE_FILE = 8 << 20
 HASHERS = 2
+# The zip's writer starts the disk writing this often (_MemberWriter._writeback).
+WRITEBACK = 16 << 20
 IN_FLIGHT = 4
 
 
@@ -222,6 +224,13 @@ def _instances_copy(
                     fh.close()
 
 
+def _synced(zf: zipfile.ZipFile) -> None:
+    """What is written of the zip so far, on the disk (the final fsync then has little left)."""
+    assert zf.fp is not None
+    zf.fp.flush()
+    os.fdatasync(zf.fp.fileno())
+
+
 def _member_write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, *, when: dt.datetime) -> None:
     with zf.open(_member_info(name, when), "w", force_zip64=True) as out:
         out.write(data)
@@ -246,6 +255,7 @@ class _MemberWriter:
     def __init__(self, zf: zipfile.ZipFile, when: dt.datetime) -> None:
         self.zf = zf
         self.when = when
+        self._written_back = 0
         self.items: queue.Queue[str | bytes | memoryview | None] = queue.Queue(maxsize=self._QUEUED)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="zip-writer", daemon=True)
@@ -264,12 +274,29 @@ class _MemberWriter:
                 else:
                     assert out is not None
                     out.write(item)
+                    self._writeback()
             if out is not None:
                 out.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by put() and finish()
             self.error = exc
             while self.items.get() is not None:  # let the caller's put() go on until it sees the error
                 pass
+
+    def _writeback(self) -> None:
+        """Every :data:`WRITEBACK` bytes, ask the kernel to start writing the zip's new pages to
+        the disk (``POSIX_FADV_DONTNEED`` on dirty pages starts their writeback without waiting,
+        and lets the cache drop them once written). Otherwise nothing reaches the disk before
+        the final fsync, which then writes the whole zip while nothing else happens."""
+        fh = self.zf.fp
+        if fh is None or not hasattr(os, "posix_fadvise"):
+            return
+        position = fh.tell()
+        if position - self._written_back < WRITEBACK:
+            return
+        fh.flush()
+        with contextlib.suppress(OSError, io.UnsupportedOperation):
+            os.posix_fadvise(fh.fileno(), self._written_back, position - self._written_back, os.POSIX_FADV_DONTNEED)
+        self._written_back = position
 
     def put(self, item: str | bytes | memoryview) -> None:
         if self.error is not None:
@@ -648,23 +675,27 @@ def dicom_media_zip_write(*, study: Study, path: Path, progress: Progress | None
     readme = _dicom_readme(study, series=len(groups), instances=len(entries))
     meter = _Progress(sum(i.size for i, _ in entries) + len(readme), progress)
 
-    # The DICOMDIR's records are made (a header per series) and encoded (pure Python) while
-    # the instances are copied (mostly I/O, hashing and CRC outside the GIL), and it goes
-    # last into the zip: the copy starts as soon as the index is read.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomdir") as pool:
-        encoding = pool.submit(lambda: dicomdir_encode(_layout_records(groups, tree)))
-        with _zip_in_place(path) as zf:
-            _member_write_bytes(zf, README, readme, when=when)
-            meter.add(len(readme))
-            writer = _MemberWriter(zf, when)
-            try:
-                _instances_copy(entries, writer, meter)
-            except BaseException:
-                with contextlib.suppress(MediaError):
-                    writer.finish()
-                raise
-            writer.finish()
-            _member_write_bytes(zf, DICOMDIR, encoding.result(), when=when)
+    # The copy starts as soon as the index is read; the DICOMDIR goes last into the zip.
+    # Its records are made (a header per series) and encoded after the copy, while the
+    # instances' bytes still on their way to the disk are written: it is pure Python,
+    # and during the copy it would hold the GIL that the hashing and writing threads
+    # take back after each block (on a 600-image study, a third longer).
+    with _zip_in_place(path) as zf:
+        _member_write_bytes(zf, README, readme, when=when)
+        meter.add(len(readme))
+        writer = _MemberWriter(zf, when)
+        try:
+            _instances_copy(entries, writer, meter)
+        except BaseException:
+            with contextlib.suppress(MediaError):
+                writer.finish()
+            raise
+        writer.finish()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zip-sync") as pool:
+            synced = pool.submit(_synced, zf)
+            dicomdir = dicomdir_encode(_layout_records(groups, tree))
+            synced.result()
+        _member_write_bytes(zf, DICOMDIR, dicomdir, when=when)
     logger.info("DICOM package of study %s: %d instances in %s", study.study_instance_uid, len(entries), path)
     return _info(path, len(entries))
 
