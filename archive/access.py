@@ -160,6 +160,12 @@ def extension_register(extension: PolicyExtension | None) -> None:
     _extension = extension
 
 
+def policy_extension() -> PolicyExtension | None:
+    """The portal's part of the policy now installed (it shapes :func:`visible_q`'s SQL:
+    a key of compiled queries names it, kernel.querycache)."""
+    return _extension
+
+
 # --- principals --------------------------------------------------------------------
 
 

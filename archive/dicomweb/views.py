@@ -387,6 +387,8 @@ class RenderedView(DicomwebView):
                 series_uid=series,
                 sop_uid=instance,
                 annotations={RENDITION: exists} if exists is not None else None,
+                # What shapes rendition_exists' SQL: the frame and the parameters.
+                annotations_key=(RENDITION, numbers[0], params),
             )
             if exists is None:
                 setattr(one, RENDITION, False)
