@@ -21,6 +21,7 @@ is the caller's contract (``archive.dicomweb.scope`` documents its own).
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import threading
 from collections import OrderedDict
@@ -37,16 +38,29 @@ MAX_ENTRIES = 512
 
 @dataclass(frozen=True)
 class Slot:
-    """A value that changes between runs of a compiled query: ``str`` or ``int``."""
+    """A value that changes between runs of a compiled query: ``str``, ``int`` or an aware ``datetime``."""
 
     name: str
     kind: type = str
 
-    def stand_in(self, token: str) -> Any:
+    def stand_in(self, token: str, index: int) -> Any:
+        """The value that stands for this slot, the ``index``-th, while the query is compiled."""
+        number = int(token, 16) + 7919 * index
         if self.kind is int:
-            # Far outside any primary key; never a value a real row has.
-            return -(10**17) - int.from_bytes(token.encode()[:6], "big")
+            # Negative, never a key a row has, and within a 32-bit integer column's range (Django
+            # compiles a value outside it to an empty result).
+            return -1_000_000_000 - number % 1_000_000_000
+        if self.kind is dt.datetime:
+            # A moment no row records, told apart by its microseconds and seconds.
+            return dt.datetime(1111, 1, 1, 1, number % 60, (number // 60) % 60, number % 999_983, tzinfo=dt.UTC)
         return f"\x1f{self.name}:{token}\x1f"
+
+
+def _adapters(db: str) -> list[Callable[[Any], Any]]:
+    """How a lookup's value may reach the parameters: as given, or adapted by the backend
+    (SQLite passes a ``DateTimeField``'s value as text)."""
+    ops = connections[db].ops
+    return [lambda v: v, ops.adapt_datetimefield_value]
 
 
 class CompiledQuery:
@@ -58,42 +72,54 @@ class CompiledQuery:
         compiler = queryset.query.get_compiler(using=self.db)
         sql, params = compiler.as_sql()
         where: dict[int, str] = {}
+        self.adapt: dict[int, Callable[[Any], Any]] = {}
         for i, value in enumerate(params):
             for name, stand_in in stand_ins.items():
-                if type(value) is type(stand_in) and value == stand_in:
-                    where[i] = name
+                for adapt in _adapters(self.db) if isinstance(stand_in, dt.datetime) else [lambda v: v]:
+                    seen = adapt(stand_in)
+                    if type(value) is type(seen) and value == seen:
+                        where[i] = name
+                        self.adapt[i] = adapt
         missing = set(stand_ins) - set(where.values())
-        if missing or any(str(s) in sql for s in stand_ins.values()):
+        if missing or len(set(map(str, stand_ins.values()))) < len(stand_ins) or any(
+            str(s) in sql for s in stand_ins.values()
+        ):
             raise ValueError(f"slots {sorted(missing)} are not parameters of the compiled query")
         self.sql = sql
         self.params = tuple(params)
         self.slots = where
         self.compiler = compiler
         klass_info = compiler.klass_info
-        assert klass_info is not None, "a compiled query selects model instances"
-        self.model: type[Model] = klass_info["model"]
-        fields = klass_info["select_fields"]
-        self.start, self.end = fields[0], fields[-1] + 1
-        self.init_list = [f[0].target.attname for f in compiler.select[self.start : self.end]]
+        self.model: type[Model] | None = klass_info["model"] if klass_info else None
+        if klass_info:
+            fields = klass_info["select_fields"]
+            self.start, self.end = fields[0], fields[-1] + 1
+            self.init_list = [f[0].target.attname for f in compiler.select[self.start : self.end]]
+            self.has_related = bool(klass_info.get("related_klass_infos"))
         self.annotation_col_map = dict(compiler.annotation_col_map or {})
-        self.has_related = bool(klass_info.get("related_klass_infos"))
 
-    def fetch(self, **values: Any) -> list[Any]:
-        """The rows for ``values`` (one per slot) as model instances, as iterating the queryset gives them."""
-        if len(values) != len(set(self.slots.values())):
+    def rows(self, **values: Any) -> list[tuple[Any, ...]]:
+        """The rows for ``values`` (one per slot), each value converted as Django converts it
+        (a ``values_list`` query's tuples, when the query selects no model)."""
+        if set(values) != set(self.slots.values()):
             raise TypeError(f"values for {sorted(set(self.slots.values()))} expected, got {sorted(values)}")
         params = list(self.params)
         for i, name in self.slots.items():
-            params[i] = values[name]
-        connection = connections[self.db]
-        with connection.cursor() as cursor:
+            params[i] = self.adapt[i](values[name])
+        with connections[self.db].cursor() as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
+        return [tuple(row) for row in self.compiler.results_iter([rows])]
+
+    def fetch(self, **values: Any) -> list[Any]:
+        """The rows for ``values`` (one per slot) as model instances, as iterating the queryset gives them."""
+        if self.model is None:
+            raise TypeError("this compiled query selects no model: use rows()")
         compiler = self.compiler
         # New populators per call: they are cheap, and keep no state between threads.
         populators = get_related_populators(compiler.klass_info, compiler.select, self.db) if self.has_related else []
         found = []
-        for row in compiler.results_iter([rows]):
+        for row in self.rows(**values):
             obj = self.model.from_db(self.db, self.init_list, row[self.start : self.end])
             for populator in populators:
                 populator.populate(row, obj)
@@ -121,7 +147,7 @@ def compiled(key: Hashable, slots: list[Slot], build: Callable[..., QuerySet[Any
     if found is not None and found.vendor == connections[found.db].vendor:
         return found
     token = secrets.token_hex(6)
-    stand_ins = {slot.name: slot.stand_in(token) for slot in slots}
+    stand_ins = {slot.name: slot.stand_in(token, i) for i, slot in enumerate(slots)}
     made = CompiledQuery(build(**stand_ins), stand_ins)
     with _lock:
         _cache[full_key] = made
