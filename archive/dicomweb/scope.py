@@ -7,7 +7,7 @@ verified copy); one that cannot be read now is a 503.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, BinaryIO
@@ -123,12 +123,13 @@ def instance_one_select(
     study_uid: str,
     series_uid: str,
     sop_uid: str,
-    annotations: dict[str, Any] | None = None,
+    annotations: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     annotations_key: Hashable = None,
 ) -> tuple[Study, Instance]:
     """The study and the one instance an instance URL names, in one query under the access
     policy (the policy's condition put on the instance's study) and one for its copies;
-    ``annotations`` are added to that query. When nothing matches, :func:`instances_select`
+    ``annotations`` (or what a function gives, called only when the query is built) are added
+    to that query. When nothing matches, :func:`instances_select`
     says why with the same answers as every other URL (400, or 404 for the study, the series
     or the instance: a study the principal may not see is not there).
 
@@ -154,7 +155,7 @@ def instance_one_select(
         if scope.facility is not None:
             qs = qs.filter(series__study__facility=scope.facility)
         if annotations:
-            qs = qs.annotate(**annotations)
+            qs = qs.annotate(**(annotations() if callable(annotations) else annotations))
         return qs.select_related("facility", "series__study__patient").order_by("id")[:1]
 
     if annotations and annotations_key is None:

@@ -104,3 +104,41 @@ def test_a_token_loads_own_and_group_permissions_in_one_query(db) -> None:  # ty
     type(found).objects.filter(pk=found.pk).update(is_active=False)
     with pytest.raises(AuthenticationFailed, match="inattivo"):
         ApiTokenAuthentication().authenticate_credentials(key.encode())
+
+
+def test_a_change_of_what_the_user_may_see_holds_for_the_next_request(client, stored, reader, settings) -> None:
+    """The token's, the principal's and the instance's queries are compiled once per process
+    (kernel.querycache), never their answers: a study concealed, an emergency access given or
+    ended, a permission or a token revoked hold for the very next request."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from knox.models import AuthToken
+
+    from archive.models import Study
+    from portal.emergency import emergency_access_grant
+    from portal.oscuramento import conceal
+
+    url = _instance_url(stored[0]) + "/rendered"
+    assert client.get(url, **reader.auth).status_code == 200
+    study = Study.objects.select_related("patient").get(study_instance_uid=uids(stored[0])[0])
+    conceal(patient=study.patient, study=study)
+    assert client.get(url, **reader.auth).status_code == 404  # as a study that is not there
+    # An emergency access for the patient opens it, for as long as it lasts.
+    user = get_user_model().objects.get(pk=reader.user.pk)  # type: ignore[attr-defined]
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="portal", codename="emergency_access"))
+    user = get_user_model().objects.get(pk=user.pk)  # a fresh permission cache
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
+    emergency_access_grant(user=user, patient=study.patient, reason="paziente in pronto soccorso, incosciente")
+    assert client.get(url, **reader.auth).status_code == 200
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 0  # ended (no row changes: the window moved)
+    assert client.get(url, **reader.auth).status_code == 404
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
+    assert client.get(url, **reader.auth).status_code == 200
+    # The permission to read images revoked: refused.
+    user.user_permissions.remove(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    assert client.get(url, **reader.auth).status_code == 403
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    assert client.get(url, **reader.auth).status_code == 200
+    # The token revoked: not known any more.
+    AuthToken.objects.filter(user=user).delete()
+    assert client.get(url, **reader.auth).status_code == 401
