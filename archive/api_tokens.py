@@ -168,7 +168,9 @@ class ApiTokenAuthentication(TokenAuthentication):
             raise invalid from None
         # Its SQL compiled once per process (kernel.querycache): the same statement, run again.
         query = compiled(
-            "archive.api_tokens.token", [_KEY], lambda key: AuthToken.objects.filter(token_key=key).select_related("user")
+            "archive.api_tokens.token",
+            [_KEY],
+            lambda key: AuthToken.objects.filter(token_key=key).select_related("user"),
         )
         for auth_token in query.fetch(key=key[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if not compare_digest(digest, auth_token.digest):
@@ -199,10 +201,12 @@ def permissions_load(user: Any) -> None:
     query = compiled(
         "archive.api_tokens.permissions_load",
         [_USER],
-        lambda user: Permission.objects.filter(Q(user=user) | Q(group__user=user))
-        .values_list("content_type__app_label", "codename")
-        .order_by()
-        .distinct(),
+        lambda user: (
+            Permission.objects.filter(Q(user=user) | Q(group__user=user))
+            .values_list("content_type__app_label", "codename")
+            .order_by()
+            .distinct()
+        ),
     )
     user._perm_cache = {f"{app}.{codename}" for app, codename in query.rows(user=user.pk)}
 

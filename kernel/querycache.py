@@ -31,7 +31,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Model, QuerySet
-from django.db.models.query import get_related_populators
+from django.db.models.query import get_related_populators  # type: ignore[attr-defined]  # internal: how QuerySet.__iter__ fills select_related objects
 
 MAX_ENTRIES = 512
 
@@ -81,8 +81,10 @@ class CompiledQuery:
                         where[i] = name
                         self.adapt[i] = adapt
         missing = set(stand_ins) - set(where.values())
-        if missing or len(set(map(str, stand_ins.values()))) < len(stand_ins) or any(
-            str(s) in sql for s in stand_ins.values()
+        if (
+            missing
+            or len(set(map(str, stand_ins.values()))) < len(stand_ins)
+            or any(str(s) in sql for s in stand_ins.values())
         ):
             raise ValueError(f"slots {sorted(missing)} are not parameters of the compiled query")
         self.sql = sql

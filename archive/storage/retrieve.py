@@ -134,7 +134,7 @@ def copies_load(instance: Instance) -> None:
         field.set_cached_value(copy, instance)
     cached = instance.copies.get_queryset()
     cached._result_cache = copies
-    cached._prefetch_done = True
+    cached._prefetch_done = True  # type: ignore[attr-defined]  # as Django's prefetch marks it
     if not hasattr(instance, "_prefetched_objects_cache"):
         instance._prefetched_objects_cache = {}  # type: ignore[attr-defined]  # Django's prefetch sets it the same way
     instance._prefetched_objects_cache["copies"] = cached  # type: ignore[attr-defined]
