@@ -315,7 +315,7 @@ class _Pool:
             self.slots.release()
             raise
         worker.send(fn, args, kwargs, timeout)
-        what = kwargs.get("path") or getattr(fn, "__qualname__", repr(fn))
+        what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
         return Pending(self, worker, what, timeout=timeout, memory=memory)
 
     def finish(self, worker: _Worker, what: str, outcome: tuple, *, timeout: float, memory: int, started: float) -> Any:
