@@ -327,6 +327,21 @@ def _lease() -> _Lease:
     return lease
 
 
+def audit_rolled_back() -> None:
+    """Say that a transaction of this thread, with no other around it, has just rolled back.
+
+    Its events never existed, so this thread's chain goes on from its last committed
+    event instead of ending (as it does after a rollback nobody reports, since the
+    chain cannot tell a rollback from a commit whose hook was lost). Inside another
+    transaction it does nothing: earlier events of that one are still pending there.
+    """
+    if connection.in_atomic_block:
+        return
+    lease: _Lease | None = getattr(_local, "lease", None)
+    if lease is not None and lease.pool is _pool and lease.chain.tentative is not None:
+        lease.chain.tentative = None
+
+
 def _commit_hook(lease: _Lease, seq: int, mac: str) -> Callable[[], None]:
     def committed() -> None:
         chain = lease.chain

@@ -37,7 +37,7 @@ from rest_framework.views import APIView, exception_handler
 
 from archive.rendering.pipeline import RenderParams
 from archive.rendering.previews import rendition_exists, rendition_may_exist
-from kernel.audit import audit_record
+from kernel.audit import audit_record, audit_rolled_back
 from kernel.models import AuditEvent
 from kernel.web import client_ip
 
@@ -431,9 +431,14 @@ class RenderedView(DicomwebView):
         other core), in a transaction committed once the image is there. A render that fails
         rolls the row back, and the failure's own row is written instead (handle_exception);
         an audit that fails answers nothing, as everywhere (the render's answer is dropped)."""
-        with render_instance_started(instance, frame, params) as image, transaction.atomic():
-            self._audit(note, note.outcome)
-            data = image()
+        with render_instance_started(instance, frame, params) as image:
+            try:
+                with transaction.atomic():
+                    self._audit(note, note.outcome)
+                    data = image()
+            except DicomwebError:
+                audit_rolled_back()  # the row never existed: the chain goes on (not a new one per failure)
+                raise
         return HttpResponse(data, content_type=params.media_type)
 
 

@@ -196,3 +196,24 @@ def test_no_image_is_answered_when_its_audit_cannot_be_written(client, stored, r
         audit_chains_forget()
     # The render whose answer was dropped gave its worker back: the next request is served.
     assert client.get(url, **reader.auth).status_code == 200
+
+
+def test_a_failed_render_does_not_end_the_audit_chain(client, region, reader, tmp_path, transactional_db) -> None:
+    """Outside a test's transaction, as in production: the rolled-back row never existed, and
+    the chain goes on from its last committed row with the failure's (not one chain per 406)."""
+    from archive.sample_data import SR, PatientInfo, write_study
+    from kernel.audit import audit_verify
+    from kernel.models import AuditEvent
+
+    good = write_study(tmp_path / "ct", patient=PatientInfo("CT1"), instances_per_series=1)
+    files = write_study(tmp_path, patient=PatientInfo("SR1"), source=SR, instances_per_series=1)
+    ingest_files(good + files, region.facility)
+    assert client.get(_instance_url(good[0]) + "/rendered", **reader.auth).status_code == 200
+    served = AuditEvent.objects.order_by("-id").first()
+    assert client.get(_instance_url(files[0]) + "/rendered", **reader.auth).status_code == 406
+    assert client.get(_instance_url(good[0]) + "/rendered", **reader.auth).status_code == 200
+    failed, again = AuditEvent.objects.order_by("-id")[:2][::-1]
+    assert served is not None and failed.outcome == AuditEvent.Outcome.FAILURE
+    assert (failed.chain, failed.seq, failed.prev_hash) == (served.chain, served.seq + 1, served.hash)
+    assert (again.chain, again.seq, again.outcome) == (served.chain, served.seq + 2, AuditEvent.Outcome.SUCCESS)
+    assert audit_verify().ok
