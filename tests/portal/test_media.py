@@ -97,6 +97,45 @@ def test_dicom_zip_is_dicom_media_with_the_original_bytes(region, ct_study: list
     assert "Rossi Mario" in readme
 
 
+def test_the_dicomdir_offsets_written_in_place_are_those_of_encoding_it_again(  # type: ignore[no-untyped-def]
+    region, tmp_path: Path, patient: PatientInfo, monkeypatch
+) -> None:
+    """media.dicomdir_encode writes the records' offsets into its one encoding; the reference
+    here is what it did before: set them on the records and let pydicom encode the file again."""
+    import pydicom.uid
+    from pydicom import dcmwrite
+
+    uid = pydicom.uid.generate_uid()
+    files = write_study(tmp_path / "a", patient=patient, series=3, instances_per_series=4, study_uid=uid)
+    files += write_study(tmp_path / "sr", patient=patient, source=SR, instances_per_series=1, study_uid=uid)
+    ingest_files(files, region.facility)
+    monkeypatch.setattr(pydicom.uid, "generate_uid", lambda *a, **k: pydicom.uid.UID("1.2.826.0.1.3680043.8.498.1"))
+    groups, tree, _entries = media._layout_entries(Study.objects.get(study_instance_uid=uid))
+    ours = media.dicomdir_encode(media._layout_records(groups, tree))
+
+    roots = media._layout_records(groups, tree)
+    flat = media._flatten(roots)
+    first = dcmread(io.BytesIO(media.dicomdir_encode(roots)))  # only for its layout: the items' positions
+    offsets = {id(r): item.seq_item_tell for r, item in zip(flat, first.DirectoryRecordSequence, strict=True)}
+
+    def link(siblings: list) -> None:  # type: ignore[type-arg]
+        for n, record in enumerate(siblings):
+            if n + 1 < len(siblings):
+                record.dataset.OffsetOfTheNextDirectoryRecord = offsets[id(siblings[n + 1])]
+            if record.children:
+                record.dataset.OffsetOfReferencedLowerLevelDirectoryEntity = offsets[id(record.children[0])]
+                link(record.children)
+
+    link(roots)
+    first.DirectoryRecordSequence = [r.dataset for r in flat]
+    first.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = offsets[id(roots[0])]
+    first.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = offsets[id(roots[-1])]
+    again = io.BytesIO()
+    dcmwrite(again, first, enforce_file_format=True)
+    assert ours == again.getvalue()
+    assert len(flat) == 1 + 1 + 4 + 13  # patient, study, four series, twelve images and a report
+
+
 def test_dicom_zip_failing_half_way_leaves_nothing(region, ct_study: list[Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ingest_files(ct_study, region.facility)
     last = Instance.objects.order_by("series__series_number", "instance_number").last()
