@@ -118,22 +118,17 @@ def limits() -> Limits:
     )
 
 
-def _render_arguments(frame: int, params: rendering.RenderParams) -> dict[str, Any]:
-    """:func:`render_isolated`'s and :func:`_render_path`'s arguments from a
-    :class:`~archive.rendering.pipeline.RenderParams`, the file's path aside."""
-    return {
-        "frame": frame,
-        "media_type": params.media_type,
-        "quality": params.quality,
-        "window": params.window,
-        "viewport": params.viewport,
-        "max_size": params.max_size,
-    }
-
-
 def render_with(*, path: Path, frame: int, params: rendering.RenderParams) -> bytes:
     """:func:`render_isolated` with the caller's choices in one :class:`~archive.rendering.pipeline.RenderParams`."""
-    return render_isolated(path=path, **_render_arguments(frame, params))
+    return render_isolated(
+        path=path,
+        frame=frame,
+        media_type=params.media_type,
+        quality=params.quality,
+        window=params.window,
+        viewport=params.viewport,
+        max_size=params.max_size,
+    )
 
 
 def render_isolated(
@@ -431,7 +426,16 @@ def render_started(*, path: Path, frame: int, params: rendering.RenderParams) ->
     """:func:`render_with` without waiting: the worker renders while the caller goes on; the
     bytes (or :class:`~archive.rendering.pipeline.NoImage`, ``ValueError``) are
     :meth:`Pending.result`'s. ``path`` must stay readable until then."""
-    return start_isolated(_render_path, path=str(path), **_render_arguments(frame, params))
+    return start_isolated(
+        _render_path,
+        path=str(path),
+        frame=frame,
+        media_type=params.media_type,
+        quality=params.quality,
+        window=params.window,
+        viewport=params.viewport,
+        max_size=params.max_size,
+    )
 
 
 _lock = threading.Lock()
