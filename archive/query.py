@@ -877,7 +877,10 @@ def _value_bytes(value: Any, vr: str, codec: str) -> bytes:
     return data
 
 
-def _element_bytes(tag: int, vr: str, value: Any, *, implicit: bool, codec: str) -> bytes:
+def element_bytes(tag: int, vr: str, value: Any, *, implicit: bool, codec: str) -> bytes:
+    """One element, header and value, in little endian (explicit VR unless ``implicit``), its value
+    padded as :func:`archive.dicom.raw_element` pads it; for the identifiers of
+    :func:`query_encoded` and the listener's Part 10 header (``part10_header``)."""
     prefix, long = _element_prefix(tag, vr, implicit)
     data = _value_bytes(value, vr, codec)
     return prefix + (_PACK_L if long else _PACK_H)(len(data)) + data
@@ -960,12 +963,12 @@ def _encoded_rows(
         if tag < _CHARSET:
             split += 1
         if column is None:
-            plan.append(_element_bytes(tag, vr, constant, implicit=implicit, codec=codec))
+            plan.append(element_bytes(tag, vr, constant, implicit=implicit, codec=codec))
         else:
             prefix, long = _element_prefix(tag, vr, implicit)
             plan.append((column, prefix, long, vr))
     charsets = {
-        answer: _element_bytes(_CHARSET, "CS", answer, implicit=implicit, codec="ascii") if answer else b""
+        answer: element_bytes(_CHARSET, "CS", answer, implicit=implicit, codec="ascii") if answer else b""
         for answer in {charset, _UTF8, ""}
     }
     # Where the character set goes among the parts: each row element adds three.

@@ -100,7 +100,7 @@ from archive.dicomnet.statuses import (
 )
 from archive.ingest import CONFLICT, DUPLICATE, STORED, IngestError, instance_ingest
 from archive.models import Facility, Instance, Patient, RemoteNode, Study
-from archive.query import QueryError, query_encoded, query_run, retrieve_instances
+from archive.query import QueryError, element_bytes, query_encoded, query_run, retrieve_instances
 from archive.storage import tiers as storage
 from archive.storage.retrieve import instance_file, instances_with_copies
 from kernel.audit import audit_record
@@ -1322,32 +1322,18 @@ def part10_header(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
             ),
         )
         return header.getvalue()
-    body = b"".join(
-        (
-            struct.pack("<HH2s2xI", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01",
-            _short(0x0002, b"UI", _uid_bytes(sop_class_uid)),
-            _short(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
-            _short(0x0010, b"UI", _uid_bytes(transfer_syntax)),
-            _short(0x0012, b"UI", _uid_bytes(PYNETDICOM_IMPLEMENTATION_UID)),
-            _short(0x0013, b"SH", _text_bytes(PYNETDICOM_IMPLEMENTATION_VERSION)),
-        )
+    meta = (
+        (0x00020002, "UI", sop_class_uid),
+        (0x00020003, "UI", sop_instance_uid),
+        (0x00020010, "UI", transfer_syntax),
+        (0x00020012, "UI", PYNETDICOM_IMPLEMENTATION_UID),
+        (0x00020013, "SH", PYNETDICOM_IMPLEMENTATION_VERSION),
     )
-    return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
-
-
-def _short(element: int, vr: bytes, value: bytes) -> bytes:
-    """A group 0002 element with a 2-byte length (explicit VR little endian)."""
-    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-def _uid_bytes(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
-def _text_bytes(text: str) -> bytes:
-    raw = text.encode("ascii")
-    return raw + b" " if len(raw) % 2 else raw
+    # (0002,0001) File Meta Information Version, OB (a 4-byte length), then the rest.
+    body = struct.pack("<HH2s2xI", 0x0002, 0x0001, b"OB", 2) + b"\x00\x01"
+    body += b"".join(element_bytes(tag, vr, value, implicit=False, codec="ascii") for tag, vr, value in meta)
+    group_length = element_bytes(0x00020000, "UL", len(body), implicit=False, codec="ascii")
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 class _SpoolFile(io.BytesIO):
