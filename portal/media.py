@@ -528,7 +528,9 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
     draft = bytearray(encode())
     read = dcmread(io.BytesIO(draft))
     items = dict(zip(map(id, flat), read.DirectoryRecordSequence, strict=True))
-    offsets = {key: item.seq_item_tell for key, item in items.items()}
+
+    def at(record: _Record) -> int:
+        return int(items[id(record)].seq_item_tell)
 
     sequence_start = read.DirectoryRecordSequence[0].seq_item_tell if flat else 0
 
@@ -549,14 +551,14 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
         for n, record in enumerate(siblings):
             item = items[id(record)]
             if n + 1 < len(siblings):
-                put(item, NEXT_RECORD, offsets[id(siblings[n + 1])])
+                put(item, NEXT_RECORD, at(siblings[n + 1]))
             if record.children:
-                put(item, LOWER_LEVEL, offsets[id(record.children[0])])
+                put(item, LOWER_LEVEL, at(record.children[0]))
                 link(record.children)
 
     link(roots)
-    put(read, FIRST_ROOT_RECORD, offsets[id(roots[0])])
-    put(read, LAST_ROOT_RECORD, offsets[id(roots[-1])])
+    put(read, FIRST_ROOT_RECORD, at(roots[0]))
+    put(read, LAST_ROOT_RECORD, at(roots[-1]))
     return bytes(draft)
 
 

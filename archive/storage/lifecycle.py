@@ -189,12 +189,10 @@ def _due(which: str, now: dt.datetime, *, instance: str = "") -> tuple[Q, dt.dat
 # --- what is migrated ------------------------------------------------------------------
 
 
-def _longterm_verified(instance: str = "pk") -> Exists:
-    """A verified copy in a long-term tier of the instance at ``instance``."""
+def _longterm_verified() -> Exists:
+    """A verified copy in a long-term tier of the instance of the outer query."""
     return Exists(
-        Copy.objects.filter(
-            instance=OuterRef(instance), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False
-        )
+        Copy.objects.filter(instance=OuterRef("pk"), tier__startswith=f"{storage.LONGTERM}:", verified_at__isnull=False)
     )
 
 
