@@ -1,9 +1,9 @@
 """Helpers the benchmarks share: the servers' environment, a download measured against the floor of reading the same
-stored files, their eviction from the page cache, and the gunicorn workers' resident
-memory around one request.
+stored files, their eviction from the page cache, the gunicorn workers' resident
+memory around one request, and CPU time read from ``/proc``.
 
-Used by ``bench/retrieve/run.py`` (WADO-RS retrieve) and ``bench/portal/zip_memory.py``
-(the portal's ZIP download).
+Used by ``bench/retrieve/run.py`` (WADO-RS retrieve), ``bench/portal/zip_memory.py``
+(the portal's ZIP download), ``bench/portal/run.py`` and ``bench/ingest/run.py`` (CPU).
 """
 
 from __future__ import annotations
@@ -150,3 +150,24 @@ class Download:
             peak, growth = watch.stop()
         self.seconds = min(self.seconds, seconds)
         self.peak_kib, self.growth_kib = max(self.peak_kib, peak), max(self.growth_kib, growth)
+
+
+# --- CPU time from /proc ---------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_ticks(pid: int) -> int:
+    """User + system CPU of one process so far, in clock ticks (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def machine_busy_ticks() -> int:
+    """Clock ticks every core of the machine has been busy so far (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle

@@ -34,21 +34,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_made_here: Path | None = None
-
 
 def _directory() -> Path:
     """The metrics folder from the environment, or a private temporary one made now."""
-    global _made_here
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
         path = Path(given)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
-    _made_here = Path(tempfile.mkdtemp(prefix="pacs-web-metrics-"))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_made_here)
-    atexit.register(shutil.rmtree, _made_here, True)
-    return _made_here
+    made = Path(tempfile.mkdtemp(prefix="pacs-web-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
+    atexit.register(shutil.rmtree, made, True)
+    return made
 
 
 def _empty(path: Path) -> None:

@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
+from bench.common import CLK_TCK, machine_busy_ticks, process_ticks  # noqa: E402
+
 PYTHON = sys.executable
 DATABASE_PREPARE = (
     "import django; django.setup(); from django.core.management import call_command; "
@@ -172,15 +174,6 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _processes() -> list[tuple[int, int, str]]:
     """(pid, parent pid, command name) of every process."""
     found = []
@@ -194,13 +187,6 @@ def _processes() -> list[tuple[int, int, str]]:
     return found
 
 
-def _machine_busy() -> float:
-    """CPU seconds every core of the machine has been busy so far (``/proc/stat``: all but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_sample(server_pid: int) -> dict[str, float]:
     """CPU seconds so far of the server (its process and its children: a pre-forked listener),
     of this process's reaped children (the storescu clients, once waited for) and of the whole
@@ -212,9 +198,9 @@ def cpu_sample(server_pid: int) -> dict[str, float]:
         tree |= {pid for pid, ppid, _ in procs if ppid in tree}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
-        "server": sum(_cpu_seconds(pid) for pid in tree),
+        "server": sum(process_ticks(pid) for pid in tree) / CLK_TCK,
         "clients": children.ru_utime + children.ru_stime,
-        "machine": _machine_busy(),
+        "machine": machine_busy_ticks() / CLK_TCK,
     }
 
 

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import server_env  # noqa: E402
+from bench.common import CLK_TCK, machine_busy_ticks, process_ticks, server_env  # noqa: E402
 from bench.portal.seed import CITIZENS_FILE, DEFAULT_URL, WORK_DIR  # noqa: E402
 
 PYTHON = sys.executable
@@ -61,7 +61,6 @@ BIN = Path(PYTHON).parent
 LOCUST_VENV = REPO / "var" / "bench" / "locust-venv"
 PAGES = ["/fse/ (my exams)", "/fse/esami/<pk>/ (exam)"]
 GOAL_P95_MS = 100.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- preparation ---------------------------------------------------------------------
@@ -202,30 +201,16 @@ def _http_ok(url: str, timeout: float = 60) -> None:
 # --- CPU accounting ------------------------------------------------------------------
 
 
-def _proc_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
 def _postgres_ticks() -> dict[int, int]:
     out = {}
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
             if comm.read_text().strip() == "postgres":
                 pid = int(comm.parent.name)
-                out[pid] = _proc_ticks(pid)
+                out[pid] = process_ticks(pid)
         except (OSError, ValueError):
             continue
     return out
-
-
-def _total_busy_ticks() -> int:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle
 
 
 class CpuWatch:
@@ -234,16 +219,16 @@ class CpuWatch:
     def __init__(self, web: Web) -> None:
         self.web = web
         self.t0 = time.monotonic()
-        self.total0 = _total_busy_ticks()
-        self.web0 = {pid: _proc_ticks(pid) for pid in [web.proc.pid, *web.workers()]}
+        self.total0 = machine_busy_ticks()
+        self.web0 = {pid: process_ticks(pid) for pid in [web.proc.pid, *web.workers()]}
         self.pg0 = _postgres_ticks()
         self.children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def stop(self) -> dict[str, float]:
         """Seconds of CPU per part over the wall seconds (1.0 = one core busy)."""
         wall = time.monotonic() - self.t0
-        total = (_total_busy_ticks() - self.total0) / CLK_TCK
-        web = sum(_proc_ticks(pid) - self.web0.get(pid, 0) for pid in [self.web.proc.pid, *self.web.workers()])
+        total = (machine_busy_ticks() - self.total0) / CLK_TCK
+        web = sum(process_ticks(pid) - self.web0.get(pid, 0) for pid in [self.web.proc.pid, *self.web.workers()])
         pg = sum(t - self.pg0.get(pid, 0) for pid, t in _postgres_ticks().items())
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         locust = (ru.ru_utime + ru.ru_stime) - (self.children0.ru_utime + self.children0.ru_stime)
