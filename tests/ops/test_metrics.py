@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from archive.ingest import STORED, instance_ingest
 from archive.models import Instance, StorageAlert
 from archive.sample_data import PatientInfo, write_study
 from preservation.models import PreservationAlert
-from tests.conftest import process_stop, wait_until
+from tests.conftest import wait_until
 
 
 def _families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -113,42 +110,27 @@ def test_queue_lengths_are_read_from_redis(settings) -> None:  # type: ignore[no
 
 # --- several gunicorn workers: one figure (pacs.gunicorn_conf) ------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
 LIVE = "/health/live/"
 
 
 class _Gunicorn:
-    """gunicorn as the Procfile runs it (two workers, the project's configuration) on a free port."""
+    """gunicorn as the Procfile runs it (the project's configuration; two workers) on a free port,
+    started as the benchmarks start it (``bench.portal.run.web_start``)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "pacs.wsgi", "--config", "python:pacs.gunicorn_conf"]
-            + ["--bind", "127.0.0.1:0", "--workers", "2", "--threads", "2"],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        found = wait_until(
-            lambda: re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log()), what="gunicorn", timeout=60
-        )
-        self.port = int(found.group(1))
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        from bench.portal.run import web_start
+
+        self.web = web_start(env, logs, workers=2, threads=2)
         wait_until(lambda: len(self.workers()) == 2, what="two workers", timeout=60)
         for _ in range(20):  # both workers have loaded Django (each answers one of these at least once, surely)
             self.get(LIVE)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def workers(self) -> list[int]:
-        """The live workers' pids, from the log (booted, not yet exited)."""
-        booted = [int(p) for p in re.findall(r"Booting worker with pid: (\d+)", self.log())]
-        return [pid for pid in booted if Path(f"/proc/{pid}").exists()]
+        return self.web.workers()
 
     def get(self, path: str) -> str:
         # A new connection each time: the kernel hands it to either worker.
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web.port}{path}", timeout=30) as response:
             return str(response.read().decode())
 
     def live_count(self) -> float:
@@ -161,7 +143,7 @@ class _Gunicorn:
         )
 
     def stop(self) -> None:
-        process_stop(self.proc)
+        self.web.stop()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -170,7 +152,7 @@ def test_gunicorn_workers_are_added_up_and_a_dead_worker_keeps_its_counts(
 ) -> None:
     metrics_dir = tmp_path / "metrics"
     env = {**process_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    web = _Gunicorn(env, tmp_path / "gunicorn-1.log")
+    web = _Gunicorn(env, tmp_path / "gunicorn-1")
     try:
         for _ in range(30):
             web.get(LIVE)
@@ -189,7 +171,7 @@ def test_gunicorn_workers_are_added_up_and_a_dead_worker_keeps_its_counts(
         web.stop()
 
     # A new start forgets the earlier run's values.
-    web = _Gunicorn(env, tmp_path / "gunicorn-2.log")
+    web = _Gunicorn(env, tmp_path / "gunicorn-2")
     try:
         assert web.live_count() == 20.0
     finally:
