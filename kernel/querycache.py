@@ -25,7 +25,7 @@ import datetime as dt
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,10 @@ class CompiledQuery:
             self.init_list = [f[0].target.attname for f in compiler.select[self.start : self.end]]
             self.has_related = bool(klass_info.get("related_klass_infos"))
         self.annotation_col_map = dict(compiler.annotation_col_map or {})
+        # What results_iter works out on every call, worked out once: each column's converters.
+        self.fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+        self.converters = compiler.get_converters(self.fields)
+        self.composite = compiler.has_composite_fields(self.fields)
 
     def rows(self, **values: Any) -> list[tuple[Any, ...]]:
         """The rows for ``values`` (one per slot), each value converted as Django converts it
@@ -111,7 +115,13 @@ class CompiledQuery:
         with connections[self.db].cursor() as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
-        return [tuple(row) for row in self.compiler.results_iter([rows])]
+        # SQLCompiler.results_iter's steps, with the converters worked out at compile time.
+        converted: Iterable[Any] = rows
+        if self.converters:
+            converted = self.compiler.apply_converters(converted, self.converters)
+        if self.composite:
+            converted = self.compiler.composite_fields_to_tuples(converted, self.fields)
+        return [tuple(row) for row in converted]
 
     def fetch(self, **values: Any) -> list[Any]:
         """The rows for ``values`` (one per slot) as model instances, as iterating the queryset gives them."""

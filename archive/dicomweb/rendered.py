@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from archive.rendering import pipeline as rendering
+from archive.rendering.isolated import RenderBusy
 from archive.rendering.pipeline import RenderParams
 from archive.rendering.previews import stored_or_rendered, stored_or_rendering
 from archive.storage.retrieve import NotAvailable
@@ -104,6 +105,10 @@ def render_instance(instance: Instance, frame: int, params: RenderParams) -> byt
         return stored_or_rendered(instance=instance, frame=frame, params=params, stored_exists=stored)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
+    except RenderBusy as exc:
+        raise DicomwebError(
+            503, f"instance {instance.sop_instance_uid} cannot be rendered now: {exc.message}"
+        ) from None
     except rendering.NoImage as exc:
         raise DicomwebError(406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}") from None
     except ValueError as exc:
@@ -132,6 +137,10 @@ def render_instance_started(instance: Instance, frame: int, params: RenderParams
             yield answer
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
+    except RenderBusy as exc:
+        raise DicomwebError(
+            503, f"instance {instance.sop_instance_uid} cannot be rendered now: {exc.message}"
+        ) from None
 
 
 def rendered_many_response(scope: Scope, instances: list[Instance], params: RenderParams) -> Streamed:

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.rendering import pipeline as rendering
-from kernel.errors import PacsError
+from kernel.errors import PacsError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,12 @@ _BOOT = (
     "from archive.rendering.isolated import _serve\n"
     "_serve(inbox, outbox)\n"
 )
+
+
+class RenderBusy(Unavailable):
+    """Every render worker of this process stayed busy for a whole render's time: worth another try."""
+
+    code = "render_busy"
 
 
 @dataclass(frozen=True)
@@ -312,14 +318,21 @@ class _Pool:
     def start(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
     ) -> Pending:
-        """``fn`` handed to a worker; :meth:`Pending.result` waits for its answer."""
-        self.slots.acquire()
+        """``fn`` handed to a worker; :meth:`Pending.result` waits for its answer.
+
+        Waits at most ``timeout`` seconds for a free worker, then raises :class:`RenderBusy`;
+        the slot taken is given back by ``result()``, or here when handing over fails."""
+        if not self.slots.acquire(timeout=timeout):
+            raise RenderBusy(f"no render worker free after {timeout:.0f} s ({self.size} in this process)")
+        worker: _Worker | None = None
         try:
             worker = self._take(memory)
+            worker.send(fn, args, kwargs, timeout)
         except BaseException:
+            if worker is not None:
+                worker.kill()  # what it received, if anything, is unknown
             self.slots.release()
             raise
-        worker.send(fn, args, kwargs, timeout)
         what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
         return Pending(self, worker, what, timeout=timeout, memory=memory)
 

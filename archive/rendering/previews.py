@@ -35,7 +35,7 @@ from django.db.models import Exists, OuterRef, Q
 
 from archive.models import Instance, Rendition
 from archive.rendering import pipeline as rendering
-from archive.rendering.isolated import render_started, render_with
+from archive.rendering.isolated import RenderBusy, render_started, render_with
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import Unavailable
@@ -174,7 +174,7 @@ def series_renditions_make(*, series_pk: int) -> RenditionCounts:
             continue
         try:
             rendered = _render_all(instance, todo)
-        except (retrieve.NotAvailable, RuntimeError) as exc:
+        except (retrieve.NotAvailable, RenderBusy, RuntimeError) as exc:
             # No readable copy now, or no render worker could be started
             # (render_isolated turns everything about the image itself into
             # NoImage): not the image's fault, so no failure row; retried.

@@ -32,6 +32,13 @@ def test_a_compiled_query_answers_as_its_queryset_for_other_values(db: None) -> 
     assert [u.pk for u in query.fetch(name="nobody", pk=bruno.pk, since=long_ago)] == [bruno.pk]
     assert [u.pk for u in query.fetch(name="anna", pk=bruno.pk, since=long_ago)] == [anna.pk, bruno.pk]
     assert query.fetch(name="anna", pk=bruno.pk, since=timezone.now() + dt.timedelta(days=1)) == []
+    # Every field as the ORM converts it (an aware datetime, a boolean), not as the driver gives it.
+    [fetched] = query.fetch(name="anna", pk=-1, since=long_ago)
+    fresh = users.objects.get(pk=anna.pk)
+    assert {f.attname: getattr(fetched, f.attname) for f in users._meta.concrete_fields} == {
+        f.attname: getattr(fresh, f.attname) for f in users._meta.concrete_fields
+    }
+    assert timezone.is_aware(fetched.date_joined) and fetched.is_active is True
     # Same key: the same compiled query; values_list queries give their tuples.
     assert (
         compiled("test.users", [Slot("name"), Slot("pk", int), Slot("since", dt.datetime)], lambda **_: 1 / 0) is query
