@@ -60,7 +60,7 @@ from archive.conformance import MediaProfile
 from archive.models import Instance, Rendition, Series
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
-from archive.rendering.isolated import render_with
+from archive.rendering.isolated import RenderBusy, render_with
 from archive.series_numbers import MODALITY_NAMES, NumberedSeries, study_series_numbered
 from archive.storage import retrieve
 from archive.storage import tiers as storage
@@ -1047,7 +1047,7 @@ def jpeg_zip_write(*, study: Study, path: Path, progress: Progress | None = None
                         _member_write_bytes(zf, name, result, when=when)
                         written += 1
                     meter.add(1)
-            except (retrieve.NotAvailable, RuntimeError) as exc:
+            except (retrieve.NotAvailable, RenderBusy, RuntimeError) as exc:
                 raise MediaError(f"{plan.instance.sop_instance_uid}: {exc}") from exc
         readme = _jpeg_readme(study, series=len(groups), instances=len(plans), failures=failures)
         _member_write_bytes(zf, README, readme, when=when)

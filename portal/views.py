@@ -42,6 +42,7 @@ from archive import access
 from archive.models import Instance, Patient, Report
 from archive.rendering import pipeline as rendering
 from archive.rendering import previews
+from archive.rendering.isolated import RenderBusy
 from archive.reporting import services as reports
 from archive.series_numbers import NumberedSeries, series_label, study_series_numbered
 from archive.storage import retrieve
@@ -577,8 +578,8 @@ def preview(request: CitizenRequest, pk: int, instance_pk: int) -> HttpResponse:
     params = THUMBNAIL_PARAMS if request.GET.get("formato") == "miniatura" else VIEWER_PARAMS
     try:
         data = previews.stored_or_rendered(instance=instance, frame=1, params=params)
-    except retrieve.NotAvailable:
-        return HttpResponse(status=503)
+    except (retrieve.NotAvailable, RenderBusy):
+        return HttpResponse(status=503, headers={"Retry-After": "10"})
     except (rendering.NoImage, ValueError):
         raise Http404(_("Questa immagine non si può mostrare come JPEG.")) from None
     response = HttpResponse(data, content_type="image/jpeg")

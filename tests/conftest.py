@@ -421,6 +421,23 @@ def assert_private(root: Path, *, file_mode: int = 0o600) -> int:
 
 
 @pytest.fixture(autouse=True)
+def _render_slots_given_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No test leaves a slot of this process's render pool taken: one never given back
+    makes every later render in the process wait (archive.rendering.isolated)."""
+    from archive.rendering import isolated
+
+    yield
+    pool = isolated._current
+    if pool is None or pool.pid != os.getpid():
+        return
+    deadline = time.monotonic() + 10
+    while pool.slots._value < pool.size and time.monotonic() < deadline:  # type: ignore[attr-defined]  # a live server thread may still be rendering
+        time.sleep(0.05)
+    taken = pool.size - pool.slots._value  # type: ignore[attr-defined]
+    assert taken == 0, f"{request.node.nodeid} left {taken} render slot(s) taken"
+
+
+@pytest.fixture(autouse=True)
 def _empty_tiers() -> Iterator[None]:
     """Each test starts with empty tiers and incoming folders, as its database starts empty."""
     import shutil

@@ -9,12 +9,14 @@ renderable instance; rendered instance: its first frame.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from archive.rendering import pipeline as rendering
+from archive.rendering.isolated import RenderBusy
 from archive.rendering.pipeline import RenderParams
-from archive.rendering.previews import stored_or_rendered
+from archive.rendering.previews import stored_or_rendered, stored_or_rendering
 from archive.storage.retrieve import NotAvailable
 
 from ..models import Instance
@@ -103,10 +105,42 @@ def render_instance(instance: Instance, frame: int, params: RenderParams) -> byt
         return stored_or_rendered(instance=instance, frame=frame, params=params, stored_exists=stored)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
+    except RenderBusy as exc:
+        raise DicomwebError(
+            503, f"instance {instance.sop_instance_uid} cannot be rendered now: {exc.message}"
+        ) from None
     except rendering.NoImage as exc:
         raise DicomwebError(406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}") from None
     except ValueError as exc:
         raise DicomwebError(400, str(exc)) from None
+
+
+@contextmanager
+def render_instance_started(instance: Instance, frame: int, params: RenderParams) -> Iterator[Callable[[], bytes]]:
+    """:func:`render_instance` that does not wait: inside the context the worker renders while
+    the caller goes on (the audit row); the function given answers the bytes or raises the
+    same :class:`DicomwebError` as :func:`render_instance`."""
+    stored = getattr(instance, RENDITION, None) if frame == 1 else None
+    try:
+        with stored_or_rendering(instance=instance, frame=frame, params=params, stored_exists=stored) as image:
+
+            def answer() -> bytes:
+                try:
+                    return image()
+                except rendering.NoImage as exc:
+                    raise DicomwebError(
+                        406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}"
+                    ) from None
+                except ValueError as exc:
+                    raise DicomwebError(400, str(exc)) from None
+
+            yield answer
+    except NotAvailable as exc:
+        raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
+    except RenderBusy as exc:
+        raise DicomwebError(
+            503, f"instance {instance.sop_instance_uid} cannot be rendered now: {exc.message}"
+        ) from None
 
 
 def rendered_many_response(scope: Scope, instances: list[Instance], params: RenderParams) -> Streamed:

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.rendering import pipeline as rendering
-from kernel.errors import PacsError
+from kernel.errors import PacsError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ _BOOT = (
 )
 
 
+class RenderBusy(Unavailable):
+    """Every render worker of this process stayed busy for a whole render's time: worth another try."""
+
+    code = "render_busy"
+
+
 @dataclass(frozen=True)
 class Limits:
     timeout: float
@@ -118,17 +124,22 @@ def limits() -> Limits:
     )
 
 
+def _render_arguments(frame: int, params: rendering.RenderParams) -> dict[str, Any]:
+    """:func:`render_isolated`'s and :func:`_render_path`'s arguments from a
+    :class:`~archive.rendering.pipeline.RenderParams`, the file's path aside."""
+    return {
+        "frame": frame,
+        "media_type": params.media_type,
+        "quality": params.quality,
+        "window": params.window,
+        "viewport": params.viewport,
+        "max_size": params.max_size,
+    }
+
+
 def render_with(*, path: Path, frame: int, params: rendering.RenderParams) -> bytes:
     """:func:`render_isolated` with the caller's choices in one :class:`~archive.rendering.pipeline.RenderParams`."""
-    return render_isolated(
-        path=path,
-        frame=frame,
-        media_type=params.media_type,
-        quality=params.quality,
-        window=params.window,
-        viewport=params.viewport,
-        max_size=params.max_size,
-    )
+    return render_isolated(path=path, **_render_arguments(frame, params))
 
 
 def render_isolated(
@@ -228,11 +239,23 @@ class _Worker:
             self.kill()
             raise RuntimeError(f"a render worker could not be started: {exc} ({self.status()})") from None
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> tuple:
+    def send(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> bool:
+        """Hand the worker a task; False when it is gone (then :meth:`receive` says "died")."""
         self.tasks += 1
         try:
             self.outbox.send((fn, args, kwargs, timeout + CPU_GRACE))
-            if not self.inbox.poll(timeout):
+        except (EOFError, OSError):
+            self.usable = False
+            self.kill()
+            return False
+        return True
+
+    def receive(self, timeout: float) -> tuple:
+        """The answer to the task sent, waiting at most ``timeout`` seconds for it."""
+        if not self.usable:
+            return ("died", None)
+        try:
+            if not self.inbox.poll(max(timeout, 0.0)):
                 self.usable = False
                 self.kill()
                 return ("timeout", None)
@@ -244,6 +267,10 @@ class _Worker:
         if outcome[0] in ("memory", "panic", "broken"):
             self.usable = False  # it exits after such an answer
         return outcome
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> tuple:
+        self.send(fn, args, kwargs, timeout)
+        return self.receive(timeout)
 
     def status(self) -> str:
         code = self.proc.poll()
@@ -286,13 +313,31 @@ class _Pool:
     def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
     ) -> Any:
-        with self.slots:
+        return self.start(fn, args, kwargs, timeout=timeout, memory=memory).result()
+
+    def start(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
+    ) -> Pending:
+        """``fn`` handed to a worker; :meth:`Pending.result` waits for its answer.
+
+        Waits at most ``timeout`` seconds for a free worker, then raises :class:`RenderBusy`;
+        the slot taken is given back by ``result()``, or here when handing over fails."""
+        if not self.slots.acquire(timeout=timeout):
+            raise RenderBusy(f"no render worker free after {timeout:.0f} s ({self.size} in this process)")
+        worker: _Worker | None = None
+        try:
             worker = self._take(memory)
-            started = time.monotonic()
-            try:
-                outcome = worker.call(fn, args, kwargs, timeout)
-            finally:
-                self._give_back(worker)
+            worker.send(fn, args, kwargs, timeout)
+        except BaseException:
+            if worker is not None:
+                worker.kill()  # what it received, if anything, is unknown
+            self.slots.release()
+            raise
+        what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
+        return Pending(self, worker, what, timeout=timeout, memory=memory)
+
+    def finish(self, worker: _Worker, what: str, outcome: tuple, *, timeout: float, memory: int, started: float) -> Any:
+        """The value of a worker's answer, or the exception it stands for."""
         kind, value = outcome[0], outcome[1]
         if kind == "ok":
             return value
@@ -300,7 +345,6 @@ class _Pool:
             raise rendering.NoImage(value)
         if kind == "valueerror":
             raise ValueError(value)
-        what = kwargs.get("path") or getattr(fn, "__qualname__", repr(fn))
         if kind == "timeout":
             logger.error("rendering %s: no answer after %.1f s, render worker killed", what, timeout)
             raise rendering.NoImage(TOO_LONG)
@@ -351,6 +395,56 @@ class _Pool:
             worker.close()
             worker.proc.returncode = 0  # not ours to wait for
         self.idle = []
+
+
+class Pending:
+    """A task handed to a worker, whose answer :meth:`result` waits for (once): the caller
+    works meanwhile, the worker on the other core. As a context manager, an answer never
+    asked for is waited for and dropped on the way out, so the worker goes back to the pool."""
+
+    def __init__(self, pool: _Pool, worker: _Worker, what: str, *, timeout: float, memory: int) -> None:
+        self.pool, self.worker, self.what = pool, worker, what
+        self.timeout, self.memory = timeout, memory
+        self.started = time.monotonic()
+        self.done = False
+
+    def result(self) -> Any:
+        if self.done:
+            raise RuntimeError("the answer of a render was asked for twice")
+        self.done = True
+        try:
+            outcome = self.worker.receive(self.timeout - (time.monotonic() - self.started))
+        finally:
+            self.pool._give_back(self.worker)
+            self.pool.slots.release()
+        return self.pool.finish(
+            self.worker, self.what, outcome, timeout=self.timeout, memory=self.memory, started=self.started
+        )
+
+    def __enter__(self) -> Pending:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.done:
+            try:
+                self.result()
+            except Exception:  # noqa: BLE001  (nobody asked for this answer: its failure was logged)
+                pass
+
+
+def start_isolated(fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Pending:
+    """:func:`run_isolated` without waiting: the answer is :meth:`Pending.result`'s."""
+    lim = limits()
+    return _pool(lim.workers).start(
+        fn, args, kwargs, timeout=lim.timeout if timeout is None else timeout, memory=lim.memory
+    )
+
+
+def render_started(*, path: Path, frame: int, params: rendering.RenderParams) -> Pending:
+    """:func:`render_with` without waiting: the worker renders while the caller goes on; the
+    bytes (or :class:`~archive.rendering.pipeline.NoImage`, ``ValueError``) are
+    :meth:`Pending.result`'s. ``path`` must stay readable until then."""
+    return start_isolated(_render_path, path=str(path), **_render_arguments(frame, params))
 
 
 _lock = threading.Lock()

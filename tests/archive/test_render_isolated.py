@@ -170,6 +170,38 @@ def test_renders_from_several_threads_share_the_pool(settings) -> None:
     assert pool is not None and len(pool.idle) <= 2
 
 
+def test_a_caller_waits_for_a_free_worker_at_most_its_timeout_then_hears_busy(settings) -> None:
+    """Every worker busy for longer than a render may take: the next caller is told so
+    (503 at the edges), instead of waiting for ever; the busy renders are not disturbed."""
+    settings.PACS_RENDER_WORKERS = 1
+    with isolation.start_isolated(time.sleep, 1.5, timeout=10) as busy:
+        started = time.monotonic()
+        with pytest.raises(isolation.RenderBusy) as refused:
+            isolation.start_isolated(os.getpid, timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 1.4
+        assert refused.value.code == "render_busy" and "no render worker free" in refused.value.message
+        assert busy.result() is None
+    pool = isolation._current
+    assert pool is not None and pool.slots._value == 1  # type: ignore[attr-defined]
+    assert run_isolated(os.getpid) > 0
+
+
+def test_a_task_that_cannot_be_handed_over_gives_its_worker_and_slot_back(settings, monkeypatch) -> None:
+    settings.PACS_RENDER_WORKERS = 1
+    pid = run_isolated(os.getpid)
+
+    def unpicklable(self, *args: object) -> bool:  # type: ignore[no-untyped-def]
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(isolation._Worker, "send", unpicklable)
+        with pytest.raises(TypeError):
+            isolation.start_isolated(os.getpid)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # what it had received was unknown: killed, not given back
+    assert run_isolated(os.getpid) not in (pid, 0)  # the slot is free again: no wait
+
+
 def test_a_hang_and_a_crash_cost_only_their_own_renders(settings) -> None:
     """Unlike a ProcessPoolExecutor, which a dead worker breaks for every caller, one worker
     dying or hanging leaves the renders in the other workers alone."""
