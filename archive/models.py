@@ -291,7 +291,10 @@ class Study(models.Model):
     number_of_series = models.PositiveIntegerField("NumberOfStudyRelatedSeries", default=0)
     number_of_instances = models.PositiveIntegerField("NumberOfStudyRelatedInstances", default=0)
     created_at = models.DateTimeField(_("creato il"), auto_now_add=True)
-    last_received_at = models.DateTimeField(_("ultima immagine ricevuta"), null=True, blank=True, db_index=True)
+    # Not indexed: every image received rewrites it, and a column of no index lets PostgreSQL
+    # update the row in place (HOT), without a new entry in each of the study's indexes (the
+    # trigram GIN among them). Its readers start from pending studies or from reports.
+    last_received_at = models.DateTimeField(_("ultima immagine ricevuta"), null=True, blank=True)
     # Set by ingestion when post-ingest work is owed; cleared by the task that does it.
     post_ingest_pending = models.BooleanField(_("elaborazione in attesa"), default=False, db_index=True)
     post_ingest_at = models.DateTimeField(_("ultima elaborazione"), null=True, blank=True)

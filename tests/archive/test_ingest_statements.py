@@ -99,3 +99,31 @@ def test_an_image_a_rejection_note_waits_for_takes_the_transaction(
     assert Instance.all_objects.get(pk=result.instance_id).withdrawn_at is not None
     assert Rejection.objects.get(instance_id=result.instance_id).note == RejectionNote.objects.get()
     assert Instance.objects.filter(pk=first.pk).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="heap-only tuples are PostgreSQL's")
+def test_an_image_of_a_known_series_updates_its_study_and_series_rows_in_place(
+    region: Any, known_series: list[Path]
+) -> None:
+    """The study's and the series' counters and last_received_at are in no index: PostgreSQL
+    rewrites both rows in place (heap-only tuples), adding no entry to any of their indexes,
+    the trigram GIN among them, for each image."""
+
+    def updates() -> dict[str, tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, on its next idle
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname IN (%s, %s)",
+                [Study._meta.db_table, Series._meta.db_table],
+            )
+            return {name: (upd, hot) for name, upd, hot in cursor.fetchall()}
+
+    before = updates()
+    for path in known_series:
+        assert _ingest(path, region).outcome == STORED
+    after = updates()
+    for table in (Study._meta.db_table, Series._meta.db_table):
+        updated = after[table][0] - before[table][0]
+        in_place = after[table][1] - before[table][1]
+        assert updated == len(known_series) and in_place == updated, (table, updated, in_place)
