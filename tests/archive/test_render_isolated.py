@@ -202,6 +202,35 @@ def test_a_task_that_cannot_be_handed_over_gives_its_worker_and_slot_back(settin
     assert run_isolated(os.getpid) not in (pid, 0)  # the slot is free again: no wait
 
 
+def test_a_retired_worker_s_successor_is_started_before_the_next_render_needs_it(settings, monkeypatch) -> None:
+    """A worker retires after TASKS_PER_WORKER renders; the render after that does not
+    pay a worker's start (its imports: a few tenths of a second): the successor was
+    started in the background when the old one retired."""
+    from tests.conftest import wait_until
+
+    settings.PACS_RENDER_WORKERS = 1
+    monkeypatch.setattr(isolation, "TASKS_PER_WORKER", 3)
+    isolation.shutdown()
+    old = run_isolated(os.getpid)  # task 1 (the worker's start is paid here)
+    assert run_isolated(os.getpid) == old  # task 2
+    assert run_isolated(os.getpid) == old  # task 3: retired as it is given back
+    with pytest.raises(ProcessLookupError):
+        os.kill(old, 0)
+    pool = isolation._current
+    assert pool is not None
+    wait_until(lambda: len(pool.idle) == 1, timeout=60, what="the successor started")
+    successor = pool.idle[0].proc.pid
+    started = time.monotonic()
+    assert run_isolated(os.getpid) == successor
+    assert time.monotonic() - started < 0.15  # no imports waited for
+    # Shut down while a successor starts: it is not kept, and its process ends.
+    for _ in range(2):
+        run_isolated(os.getpid)
+    isolation.shutdown()
+    wait_until(lambda: not any(t.name == "render-worker-successor" for t in threading.enumerate()), what="starter")
+    assert pool.idle == []
+
+
 def test_a_hang_and_a_crash_cost_only_their_own_renders(settings) -> None:
     """Unlike a ProcessPoolExecutor, which a dead worker breaks for every caller, one worker
     dying or hanging leaves the renders in the other workers alone."""
