@@ -217,3 +217,26 @@ def test_a_failed_render_does_not_end_the_audit_chain(client, region, reader, tm
     assert (failed.chain, failed.seq, failed.prev_hash) == (served.chain, served.seq + 1, served.hash)
     assert (again.chain, again.seq, again.outcome) == (served.chain, served.seq + 2, AuditEvent.Outcome.SUCCESS)
     assert audit_verify().ok
+
+
+def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stored, reader, settings) -> None:
+    """Every render worker busy for longer than a render may take: 503 with Retry-After
+    (audited as a failure), not a request that waits for ever; then served again."""
+    import time as clock
+
+    from archive.rendering import isolated
+    from kernel.models import AuditEvent
+
+    url = _instance_url(stored[0]) + "/rendered"
+    settings.PACS_RENDER_WORKERS = 1
+    settings.PACS_RENDER_TIMEOUT = 0.5
+    with isolated.start_isolated(clock.sleep, 2.5, timeout=10) as busy:
+        started = clock.monotonic()
+        response = client.get(url, **reader.auth)
+        assert 0.5 <= clock.monotonic() - started < 2.4
+        assert response.status_code == 503 and response["Retry-After"]
+        assert "cannot be rendered now: no render worker free" in response.json()["detail"]
+        event = AuditEvent.objects.order_by("-id").first()
+        assert event is not None and event.outcome == AuditEvent.Outcome.FAILURE
+        busy.result()
+    assert client.get(url, **reader.auth).status_code == 200
