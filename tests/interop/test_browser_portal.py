@@ -6,6 +6,7 @@ image per frame), and page through the viewer."""
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import os
 import re
@@ -125,7 +126,12 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
 
             page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
             page.get_by_role("link", name="Guarda le immagini").click()
-            page.wait_for_url(re.compile(r".*/immagini/$"))
+            try:
+                page.wait_for_url(re.compile(r".*/immagini/$"))
+            except Exception:
+                # Where each of the live server's threads waits (a request never answered).
+                faulthandler.dump_traceback(all_threads=True)
+                raise
             image = page.locator("#viewer-image")
             image.wait_for()
             page.wait_for_function("() => document.getElementById('viewer-image').naturalWidth > 0")
