@@ -327,21 +327,6 @@ def _lease() -> _Lease:
     return lease
 
 
-def audit_rolled_back() -> None:
-    """Say that a transaction of this thread, with no other around it, has just rolled back.
-
-    Its events never existed, so this thread's chain goes on from its last committed
-    event instead of ending (as it does after a rollback nobody reports, since the
-    chain cannot tell a rollback from a commit whose hook was lost). Inside another
-    transaction it does nothing: earlier events of that one are still pending there.
-    """
-    if connection.in_atomic_block:
-        return
-    lease: _Lease | None = getattr(_local, "lease", None)
-    if lease is not None and lease.pool is _pool and lease.chain.tentative is not None:
-        lease.chain.tentative = None
-
-
 def _commit_hook(lease: _Lease, seq: int, mac: str) -> Callable[[], None]:
     def committed() -> None:
         chain = lease.chain
@@ -376,8 +361,7 @@ def audit_record(
     """Append one event to this thread's chain and return it.
 
     The row is written in the caller's transaction (it is committed, or rolled
-    back, with what it records); outside one, its INSERT commits by itself before
-    this returns.
+    back, with what it records).
 
     Parameters
     ----------
@@ -437,21 +421,11 @@ def _append(event: AuditEvent) -> AuditEvent:
     event.pk = None
     event.chain, event.seq, event.key_id, event.prev_hash = chain.id, seq + 1, chain.key.id, prev
     event.hash = row_mac(event, chain.key.secret)
-    links = event.detail.get("patients") or []
-    if not links and not connection.in_atomic_block:
-        # Outside any transaction (a DICOMweb answer's one event): the INSERT commits by itself,
-        # as durably as a COMMIT (synchronous_commit), in one round trip instead of BEGIN, INSERT,
-        # COMMIT. Tentative until it returns: if it raises, the row may or may not exist (an
-        # answer lost with the connection), and the next event abandons this chain (_lease).
-        hook = _commit_hook(lease, event.seq, event.hash)
-        chain.tentative = (event.seq, event.hash, hook)
-        event.save(force_insert=True)
-        hook()
-        return event
     # No savepoint inside the caller's transaction: two round trips per event
     # saved, and a failure here fails the caller's work, as it must.
     with transaction.atomic(savepoint=False):
         event.save(force_insert=True)
+        links = event.detail.get("patients") or []
         if links:
             AuditEventPatient.objects.bulk_create(AuditEventPatient(event=event, patient_id=pk) for pk in links)
         hook = _commit_hook(lease, event.seq, event.hash)

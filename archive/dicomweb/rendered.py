@@ -9,14 +9,13 @@ renderable instance; rendered instance: its first frame.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 from archive.rendering import pipeline as rendering
 from archive.rendering.isolated import RenderBusy
 from archive.rendering.pipeline import RenderParams
-from archive.rendering.previews import stored_or_rendering
+from archive.rendering.previews import stored_or_rendered
 from archive.storage.retrieve import NotAvailable
 
 from ..models import Instance
@@ -98,39 +97,21 @@ def _viewport(text: str) -> rendering.Viewport:
 
 def render_instance(instance: Instance, frame: int, params: RenderParams) -> bytes:
     """One frame of an instance rendered (in a worker process: a decoder that crashes or
-    hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be
-    rendered, 503 for no readable copy or no free render worker now."""
-    with render_instance_started(instance, frame, params) as image:
-        return image()
-
-
-@contextmanager
-def render_instance_started(instance: Instance, frame: int, params: RenderParams) -> Iterator[Callable[[], bytes]]:
-    """:func:`render_instance` that does not wait: inside the context the worker renders while
-    the caller goes on (the audit row); the function given answers the bytes or raises the
-    same :class:`DicomwebError` as :func:`render_instance`. The query that read the instance
-    may have said whether a stored rendition matches (``RENDITION``)."""
-    stored = getattr(instance, RENDITION, None) if frame == 1 else None
+    hangs costs this answer only); 400 for a frame it lacks, 406 for what cannot be rendered."""
     try:
-        with stored_or_rendering(instance=instance, frame=frame, params=params, stored_exists=stored) as image:
-
-            def answer() -> bytes:
-                try:
-                    return image()
-                except rendering.NoImage as exc:
-                    raise DicomwebError(
-                        406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}"
-                    ) from None
-                except ValueError as exc:
-                    raise DicomwebError(400, str(exc)) from None
-
-            yield answer
+        # The query that read the instance may have said whether a stored rendition matches (RENDITION).
+        stored = getattr(instance, RENDITION, None) if frame == 1 else None
+        return stored_or_rendered(instance=instance, frame=frame, params=params, stored_exists=stored)
     except NotAvailable as exc:
         raise DicomwebError(503, f"instance {instance.sop_instance_uid} cannot be read now: {exc.reason}") from None
     except RenderBusy as exc:
         raise DicomwebError(
             503, f"instance {instance.sop_instance_uid} cannot be rendered now: {exc.message}"
         ) from None
+    except rendering.NoImage as exc:
+        raise DicomwebError(406, f"instance {instance.sop_instance_uid} cannot be rendered: {exc.reason}") from None
+    except ValueError as exc:
+        raise DicomwebError(400, str(exc)) from None
 
 
 def rendered_many_response(scope: Scope, instances: list[Instance], params: RenderParams) -> Streamed:

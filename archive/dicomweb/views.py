@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
@@ -35,27 +34,19 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView, exception_handler
 
-from archive.rendering.pipeline import RenderParams
-from archive.rendering.previews import rendition_exists, rendition_may_exist
-from kernel.audit import audit_record, audit_rolled_back
+from archive.rendering.previews import rendition_exists
+from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.web import client_ip
 
 from .. import access
 from ..api_tokens import ApiTokenAuthentication
-from ..models import Facility, Instance, Study
+from ..models import Facility, Study
 from .media import DICOM_JSON, DicomwebError, MediaRange, dumps, error_body, json_acceptable, parse_accept
 from .multipart import Part, Streamed, body_of, multipart_content_type, multipart_stream, new_boundary
 from .native_xml import dataset_to_native_xml
 from .qido import qido_search
-from .rendered import (
-    RENDITION,
-    render_instance,
-    render_instance_started,
-    render_params,
-    rendered_many_response,
-    thumbnail_of,
-)
+from .rendered import RENDITION, render_instance, render_params, rendered_many_response, thumbnail_of
 from .scope import Scope, instance_one_select, instance_rows_select, instance_url, instances_select, study_get
 from .stow import DICOM_XML, stow, stow_answer_type
 from .wado import (
@@ -388,26 +379,21 @@ class RenderedView(DicomwebView):
         scope = self.scope(facility)
         if instance is not None and series is not None:
             # One instance: study, instance and whether a stored rendition matches in one query.
-            may_exist = rendition_may_exist(frame=numbers[0], params=params)
-            frame = numbers[0]
+            exists = rendition_exists(frame=numbers[0], params=params)
             note.study_instance_uid = study
             note.study, one = instance_one_select(
                 scope,
                 study_uid=study,
                 series_uid=series,
                 sop_uid=instance,
-                annotations=(lambda: {RENDITION: rendition_exists(frame=frame, params=params)}) if may_exist else None,
-                # What shapes rendition_exists' SQL: the frame and the parameters.
-                annotations_key=(RENDITION, frame, params),
+                annotations={RENDITION: exists} if exists is not None else None,
             )
-            if not may_exist:
+            if exists is None:
                 setattr(one, RENDITION, False)
             note.detail["instances"] = 1
             instances = [one]
         else:
             instances = self.select(note, scope, study_uid=study, series_uid=series, sop_uid=instance)
-        if instance is not None and len(numbers) == 1:
-            return self.rendered_one(note, instances[0], numbers[0], params)
         if self.thumbnail:
             data = thumbnail_of(instances, params, frame=numbers[0])
             return self.done(note, HttpResponse(data, content_type=params.media_type))
@@ -425,21 +411,6 @@ class RenderedView(DicomwebView):
         ]
         streamed = Streamed(multipart_content_type(params.media_type, boundary), multipart_stream(parts, boundary))
         return self.done(note, _streamed(streamed))
-
-    def rendered_one(self, note: AuditNote, instance: Instance, frame: int, params: RenderParams) -> HttpResponseBase:
-        """One frame of one instance: the audit row is written while the worker renders (the
-        other core), in a transaction committed once the image is there. A render that fails
-        rolls the row back, and the failure's own row is written instead (handle_exception);
-        an audit that fails answers nothing, as everywhere (the render's answer is dropped)."""
-        with render_instance_started(instance, frame, params) as image:
-            try:
-                with transaction.atomic():
-                    self._audit(note, note.outcome)
-                    data = image()
-            except DicomwebError:
-                audit_rolled_back()  # the row never existed: the chain goes on (not a new one per failure)
-                raise
-        return HttpResponse(data, content_type=params.media_type)
 
 
 class ThumbnailView(RenderedView):

@@ -468,13 +468,6 @@ def start_isolated(fn: Callable[..., Any], /, *args: Any, timeout: float | None 
     )
 
 
-def render_started(*, path: Path, frame: int, params: rendering.RenderParams) -> Pending:
-    """:func:`render_with` without waiting: the worker renders while the caller goes on; the
-    bytes (or :class:`~archive.rendering.pipeline.NoImage`, ``ValueError``) are
-    :meth:`Pending.result`'s. ``path`` must stay readable until then."""
-    return start_isolated(_render_path, path=str(path), **_render_arguments(frame, params))
-
-
 _lock = threading.Lock()
 _current: _Pool | None = None
 

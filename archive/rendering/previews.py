@@ -25,8 +25,6 @@ import hashlib
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from django.db.models import Exists, OuterRef, Q
 
 from archive.models import Instance, Rendition
 from archive.rendering import pipeline as rendering
-from archive.rendering.isolated import RenderBusy, render_started, render_with
+from archive.rendering.isolated import RenderBusy, render_with
 from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import Unavailable
@@ -354,23 +352,9 @@ def stored_or_rendered(
     Raises ``retrieve.NotAvailable`` (no readable copy), ``rendering.NoImage``
     (nothing to render) or ``ValueError`` (a frame or parameter out of range).
     """
-    with stored_or_rendering(instance=instance, frame=frame, params=params, stored_exists=stored_exists) as image:
-        return image()
-
-
-@contextmanager
-def stored_or_rendering(
-    *, instance: Instance, frame: int, params: rendering.RenderParams, stored_exists: bool | None = None
-) -> Iterator[Callable[[], bytes]]:
-    """:func:`stored_or_rendered` that does not wait for the render: inside the context the
-    worker process renders (on the other core) while the caller goes on, and the function
-    given answers the bytes (or raises as :func:`stored_or_rendered` does). Raises
-    ``retrieve.NotAvailable`` on entering when no copy can be read; the file stays readable
-    until the context ends, and an answer not asked for is waited for and dropped then."""
     look = stored_exists if stored_exists is not None else rendition_may_exist(frame=frame, params=params)
     stored = rendition_for_request(instance=instance, frame=frame, params=params) if look else None
     if stored is not None:  # rendered after ingestion with exactly these parameters
-        yield lambda: stored
-        return
-    with retrieve.instance_file(instance) as path, render_started(path=path, frame=frame, params=params) as pending:
-        yield pending.result
+        return stored
+    with retrieve.instance_file(instance) as path:
+        return render_with(path=path, frame=frame, params=params)

@@ -318,21 +318,7 @@ def test_wado_rs_serves_the_stored_renditions_for_default_parameters(
     def no_rendering(**kwargs: object) -> bytes:
         raise rendering.NoImage("rendered on demand")
 
-    class NoRendering:  # the same stand-in where the render is started and waited for later
-        def __init__(self, **kwargs: object) -> None:
-            pass
-
-        def __enter__(self) -> NoRendering:
-            return self
-
-        def __exit__(self, *exc_info: object) -> None:
-            return None
-
-        def result(self) -> bytes:
-            raise rendering.NoImage("rendered on demand")
-
     monkeypatch.setattr(previews, "render_with", no_rendering)
-    monkeypatch.setattr(previews, "render_started", NoRendering)
     response = client.get(url + "/thumbnail", **reader.auth)
     assert response.status_code == 200 and response.content == thumb
     response = client.get(url + "/rendered", **reader.auth)

@@ -42,21 +42,13 @@ EXPECTED = [
 ]
 
 
-# Transaction control is not counted: the audit row's transaction (a savepoint inside the test's).
-_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT")
-
-
-def _statements(queries: CaptureQueriesContext) -> list[str]:
-    return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(_CONTROL)]
-
-
 def test_rendered_instance_statements(client, stored, reader) -> None:
     url = _instance_url(stored[0]) + "/rendered"
     assert client.get(url, **reader.auth).status_code == 200  # warm: worker started, caches filled
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url, **reader.auth)
     assert response.status_code == 200 and response["Content-Type"] == "image/jpeg"
-    statements = _statements(queries)
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
     if os.environ.get("PACS_RENDERED_COST"):  # figures for the README: PACS_RENDERED_COST=<requests>
         cpu = []
         for _ in range(int(os.environ["PACS_RENDERED_COST"])):
@@ -77,12 +69,12 @@ def test_rendered_instance_statements(client, stored, reader) -> None:
     for suffix, asked in (("?quality=50", False), ("?viewport=64,64", False), ("", True)):
         with CaptureQueriesContext(connection) as queries:
             assert client.get(url + suffix, **reader.auth).status_code == 200
-        assert len(_statements(queries)) == len(EXPECTED)
-        assert ("archive_rendition" in _statements(queries)[3]) is asked, suffix
+        assert len(queries.captured_queries) == len(EXPECTED)
+        assert ("archive_rendition" in queries.captured_queries[3]["sql"]) is asked, suffix
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/thumbnail"), **reader.auth).status_code == 200
-    assert len(_statements(queries)) == len(EXPECTED)
-    assert "archive_rendition" in _statements(queries)[3]
+    assert len(queries.captured_queries) == len(EXPECTED)
+    assert "archive_rendition" in queries.captured_queries[3]["sql"]
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/frames/2/rendered"), **reader.auth).status_code == 400
     assert not any("archive_rendition" in q["sql"] for q in queries.captured_queries)
@@ -112,111 +104,6 @@ def test_a_token_loads_own_and_group_permissions_in_one_query(db) -> None:  # ty
     type(found).objects.filter(pk=found.pk).update(is_active=False)
     with pytest.raises(AuthenticationFailed, match="inattivo"):
         ApiTokenAuthentication().authenticate_credentials(key.encode())
-
-
-def test_a_change_of_what_the_user_may_see_holds_for_the_next_request(client, stored, reader, settings) -> None:
-    """The token's, the principal's and the instance's queries are compiled once per process
-    (kernel.querycache), never their answers: a study concealed, an emergency access given or
-    ended, a permission or a token revoked hold for the very next request."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Permission
-    from knox.models import AuthToken
-
-    from archive.models import Study
-    from portal.emergency import emergency_access_grant
-    from portal.oscuramento import conceal
-
-    url = _instance_url(stored[0]) + "/rendered"
-    assert client.get(url, **reader.auth).status_code == 200
-    study = Study.objects.select_related("patient").get(study_instance_uid=uids(stored[0])[0])
-    conceal(patient=study.patient, study=study)
-    assert client.get(url, **reader.auth).status_code == 404  # as a study that is not there
-    # An emergency access for the patient opens it, for as long as it lasts.
-    user = get_user_model().objects.get(pk=reader.user.pk)  # type: ignore[attr-defined]
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="portal", codename="emergency_access"))
-    user = get_user_model().objects.get(pk=user.pk)  # a fresh permission cache
-    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
-    emergency_access_grant(user=user, patient=study.patient, reason="paziente in pronto soccorso, incosciente")
-    assert client.get(url, **reader.auth).status_code == 200
-    settings.PACS_EMERGENCY_ACCESS_MINUTES = 0  # ended (no row changes: the window moved)
-    assert client.get(url, **reader.auth).status_code == 404
-    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
-    assert client.get(url, **reader.auth).status_code == 200
-    # The permission to read images revoked: refused.
-    user.user_permissions.remove(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
-    assert client.get(url, **reader.auth).status_code == 403
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
-    assert client.get(url, **reader.auth).status_code == 200
-    # The token revoked: not known any more.
-    AuthToken.objects.filter(user=user).delete()
-    assert client.get(url, **reader.auth).status_code == 401
-
-
-# --- the audit row written while the worker renders (archive.dicomweb.views.RenderedView.rendered_one)
-
-
-def test_a_render_that_fails_is_audited_as_a_failure_only(client, region, reader, tmp_path) -> None:
-    from archive.sample_data import SR, PatientInfo, write_study
-    from kernel.audit import audit_verify
-    from kernel.models import AuditEvent
-
-    files = write_study(tmp_path, patient=PatientInfo("SR1"), source=SR, instances_per_series=1)
-    ingest_files(files, region.facility)
-    url = _instance_url(files[0]) + "/rendered"
-    before = AuditEvent.objects.count()
-    response = client.get(url, **reader.auth)
-    assert response.status_code == 406 and "no pixel data" in response.json()["detail"]
-    # The row written while it rendered was rolled back with its transaction: one row, the failure.
-    [event] = AuditEvent.objects.order_by("-id")[: AuditEvent.objects.count() - before]
-    assert event.outcome == AuditEvent.Outcome.FAILURE and event.detail["path"] == url
-    assert "no pixel data" in event.detail["error"] and event.study is not None
-    assert audit_verify().ok
-    # The next image renders (the worker went back to the pool) and is audited as served.
-    good = write_study(tmp_path / "ct", patient=PatientInfo("CT1"), instances_per_series=1)
-    ingest_files(good, region.facility)
-    assert client.get(_instance_url(good[0]) + "/rendered", **reader.auth).status_code == 200
-    assert AuditEvent.objects.order_by("-id").first().outcome == AuditEvent.Outcome.SUCCESS  # type: ignore[union-attr]
-    assert audit_verify().ok
-
-
-def test_no_image_is_answered_when_its_audit_cannot_be_written(client, stored, reader, settings, tmp_path) -> None:
-    from kernel.audit import audit_chains_forget
-
-    url = _instance_url(stored[0]) + "/rendered"
-    assert client.get(url, **reader.auth).status_code == 200
-    kept = settings.PACS_AUDIT_KEY_FILE
-    settings.PACS_AUDIT_KEY_FILE = str(tmp_path / "mounted-secret")  # named, outside the var dir: never invented
-    audit_chains_forget()
-    client.raise_request_exception = False
-    try:
-        response = client.get(url, **reader.auth)
-        assert response.status_code == 500 and response.get("Content-Type") != "image/jpeg"
-    finally:
-        settings.PACS_AUDIT_KEY_FILE = kept
-        audit_chains_forget()
-    # The render whose answer was dropped gave its worker back: the next request is served.
-    assert client.get(url, **reader.auth).status_code == 200
-
-
-def test_a_failed_render_does_not_end_the_audit_chain(client, region, reader, tmp_path, transactional_db) -> None:
-    """Outside a test's transaction, as in production: the rolled-back row never existed, and
-    the chain goes on from its last committed row with the failure's (not one chain per 406)."""
-    from archive.sample_data import SR, PatientInfo, write_study
-    from kernel.audit import audit_verify
-    from kernel.models import AuditEvent
-
-    good = write_study(tmp_path / "ct", patient=PatientInfo("CT1"), instances_per_series=1)
-    files = write_study(tmp_path, patient=PatientInfo("SR1"), source=SR, instances_per_series=1)
-    ingest_files(good + files, region.facility)
-    assert client.get(_instance_url(good[0]) + "/rendered", **reader.auth).status_code == 200
-    served = AuditEvent.objects.order_by("-id").first()
-    assert client.get(_instance_url(files[0]) + "/rendered", **reader.auth).status_code == 406
-    assert client.get(_instance_url(good[0]) + "/rendered", **reader.auth).status_code == 200
-    failed, again = AuditEvent.objects.order_by("-id")[:2][::-1]
-    assert served is not None and failed.outcome == AuditEvent.Outcome.FAILURE
-    assert (failed.chain, failed.seq, failed.prev_hash) == (served.chain, served.seq + 1, served.hash)
-    assert (again.chain, again.seq, again.outcome) == (served.chain, served.seq + 2, AuditEvent.Outcome.SUCCESS)
-    assert audit_verify().ok
 
 
 def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stored, reader, settings) -> None:
