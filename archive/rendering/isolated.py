@@ -315,7 +315,24 @@ class _Pool:
     def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
     ) -> Any:
-        return self.start(fn, args, kwargs, timeout=timeout, memory=memory).result()
+        """``fn`` in a worker, waited for in one go (as before :meth:`start` existed): the slot,
+        the worker, the task and its answer in this one frame."""
+        if not self.slots.acquire(timeout=timeout):
+            raise RenderBusy(f"no render worker free after {timeout:.0f} s ({self.size} in this process)")
+        try:
+            worker = self._take(memory)
+            started = time.monotonic()
+            try:
+                outcome = worker.call(fn, args, kwargs, timeout)
+            except BaseException:
+                worker.kill()  # what it received, if anything, is unknown
+                raise
+            finally:
+                self._give_back(worker)
+        finally:
+            self.slots.release()
+        what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
+        return self.finish(worker, what, outcome, timeout=timeout, memory=memory, started=started)
 
     def start(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
