@@ -420,6 +420,39 @@ def assert_private(root: Path, *, file_mode: int = 0o600) -> int:
     return files
 
 
+@contextmanager
+def render_workers_busy(seconds: float) -> Iterator[None]:
+    """Every worker of this process's render pool (size ``PACS_RENDER_WORKERS``) busy
+    sleeping ``seconds`` in the context; on the way out, waits for them and checks that
+    each finished undisturbed."""
+    import threading
+
+    from archive.rendering import isolated
+
+    answers: list[object] = []
+
+    def sleep() -> None:
+        try:
+            answers.append(isolated.run_isolated(time.sleep, seconds, timeout=seconds + 10))
+        except Exception as exc:
+            answers.append(exc)
+
+    size = isolated.limits().workers
+    threads = [threading.Thread(target=sleep) for _ in range(size)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(
+            lambda: isolated._current is not None and isolated._current.slots._value == 0,  # type: ignore[attr-defined]
+            what="every render worker busy",
+        )
+        yield
+    finally:
+        for thread in threads:
+            thread.join()
+    assert answers == [None] * size, answers
+
+
 @pytest.fixture(autouse=True)
 def _render_slots_given_back(request: pytest.FixtureRequest) -> Iterator[None]:
     """No test leaves a slot of this process's render pool taken: one never given back

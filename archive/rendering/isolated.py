@@ -315,8 +315,8 @@ class _Pool:
     def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
     ) -> Any:
-        """``fn`` in a worker, waited for in one go (as before :meth:`start` existed): the slot,
-        the worker, the task and its answer in this one frame."""
+        """``fn`` in a worker, waited for: at most ``timeout`` seconds for a free worker (then
+        :class:`RenderBusy`), then at most ``timeout`` seconds for its answer."""
         if not self.slots.acquire(timeout=timeout):
             raise RenderBusy(f"no render worker free after {timeout:.0f} s ({self.size} in this process)")
         try:
@@ -333,27 +333,6 @@ class _Pool:
             self.slots.release()
         what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
         return self.finish(worker, what, outcome, timeout=timeout, memory=memory, started=started)
-
-    def start(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout: float, memory: int
-    ) -> Pending:
-        """``fn`` handed to a worker; :meth:`Pending.result` waits for its answer.
-
-        Waits at most ``timeout`` seconds for a free worker, then raises :class:`RenderBusy`;
-        the slot taken is given back by ``result()``, or here when handing over fails."""
-        if not self.slots.acquire(timeout=timeout):
-            raise RenderBusy(f"no render worker free after {timeout:.0f} s ({self.size} in this process)")
-        worker: _Worker | None = None
-        try:
-            worker = self._take(memory)
-            worker.send(fn, args, kwargs, timeout)
-        except BaseException:
-            if worker is not None:
-                worker.kill()  # what it received, if anything, is unknown
-            self.slots.release()
-            raise
-        what = str(kwargs.get("path") or getattr(fn, "__qualname__", repr(fn)))
-        return Pending(self, worker, what, timeout=timeout, memory=memory)
 
     def finish(self, worker: _Worker, what: str, outcome: tuple, *, timeout: float, memory: int, started: float) -> Any:
         """The value of a worker's answer, or the exception it stands for."""
@@ -440,49 +419,6 @@ class _Pool:
             worker.close()
             worker.proc.returncode = 0  # not ours to wait for
         self.idle = []
-
-
-class Pending:
-    """A task handed to a worker, whose answer :meth:`result` waits for (once): the caller
-    works meanwhile, the worker on the other core. As a context manager, an answer never
-    asked for is waited for and dropped on the way out, so the worker goes back to the pool."""
-
-    def __init__(self, pool: _Pool, worker: _Worker, what: str, *, timeout: float, memory: int) -> None:
-        self.pool, self.worker, self.what = pool, worker, what
-        self.timeout, self.memory = timeout, memory
-        self.started = time.monotonic()
-        self.done = False
-
-    def result(self) -> Any:
-        if self.done:
-            raise RuntimeError("the answer of a render was asked for twice")
-        self.done = True
-        try:
-            outcome = self.worker.receive(self.timeout - (time.monotonic() - self.started))
-        finally:
-            self.pool._give_back(self.worker)
-            self.pool.slots.release()
-        return self.pool.finish(
-            self.worker, self.what, outcome, timeout=self.timeout, memory=self.memory, started=self.started
-        )
-
-    def __enter__(self) -> Pending:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self.done:
-            try:
-                self.result()
-            except Exception:  # noqa: BLE001  (nobody asked for this answer: its failure was logged)
-                pass
-
-
-def start_isolated(fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Pending:
-    """:func:`run_isolated` without waiting: the answer is :meth:`Pending.result`'s."""
-    lim = limits()
-    return _pool(lim.workers).start(
-        fn, args, kwargs, timeout=lim.timeout if timeout is None else timeout, memory=lim.memory
-    )
 
 
 _lock = threading.Lock()

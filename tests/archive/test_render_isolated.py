@@ -173,14 +173,15 @@ def test_renders_from_several_threads_share_the_pool(settings) -> None:
 def test_a_caller_waits_for_a_free_worker_at_most_its_timeout_then_hears_busy(settings) -> None:
     """Every worker busy for longer than a render may take: the next caller is told so
     (503 at the edges), instead of waiting for ever; the busy renders are not disturbed."""
+    from tests.conftest import render_workers_busy
+
     settings.PACS_RENDER_WORKERS = 1
-    with isolation.start_isolated(time.sleep, 1.5, timeout=10) as busy:
+    with render_workers_busy(1.5):  # checks, as it ends, that the busy render finished undisturbed
         started = time.monotonic()
         with pytest.raises(isolation.RenderBusy) as refused:
-            isolation.start_isolated(os.getpid, timeout=0.3)
+            run_isolated(os.getpid, timeout=0.3)
         assert 0.3 <= time.monotonic() - started < 1.4
         assert refused.value.code == "render_busy" and "no render worker free" in refused.value.message
-        assert busy.result() is None
     pool = isolation._current
     assert pool is not None and pool.slots._value == 1  # type: ignore[attr-defined]
     assert run_isolated(os.getpid) > 0
@@ -196,7 +197,7 @@ def test_a_task_that_cannot_be_handed_over_gives_its_worker_and_slot_back(settin
     with monkeypatch.context() as patched:
         patched.setattr(isolation._Worker, "send", unpicklable)
         with pytest.raises(TypeError):
-            isolation.start_isolated(os.getpid)
+            run_isolated(os.getpid)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # what it had received was unknown: killed, not given back
     assert run_isolated(os.getpid) not in (pid, 0)  # the slot is free again: no wait

@@ -111,13 +111,13 @@ def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stor
     (audited as a failure), not a request that waits for ever; then served again."""
     import time as clock
 
-    from archive.rendering import isolated
     from kernel.models import AuditEvent
+    from tests.conftest import render_workers_busy
 
     url = _instance_url(stored[0]) + "/rendered"
     settings.PACS_RENDER_WORKERS = 1
     settings.PACS_RENDER_TIMEOUT = 0.5
-    with isolated.start_isolated(clock.sleep, 2.5, timeout=10) as busy:
+    with render_workers_busy(2.5):
         started = clock.monotonic()
         response = client.get(url, **reader.auth)
         assert 0.5 <= clock.monotonic() - started < 2.4
@@ -125,5 +125,4 @@ def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stor
         assert "cannot be rendered now: no render worker free" in response.json()["detail"]
         event = AuditEvent.objects.order_by("-id").first()
         assert event is not None and event.outcome == AuditEvent.Outcome.FAILURE
-        busy.result()
     assert client.get(url, **reader.auth).status_code == 200

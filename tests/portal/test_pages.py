@@ -357,18 +357,17 @@ def test_a_viewer_image_with_no_free_render_worker_is_503_not_a_wait(online: Cit
     Retry-After, never a request left hanging."""
     import time
 
-    from archive.rendering import isolated
+    from tests.conftest import render_workers_busy
 
     page = online.client.get(f"/fse/esami/{online.booking.pk}/immagini/").content.decode()
     (src,) = re.findall(r'id="viewer-image" src="([^"]+)"', page)
     settings.PACS_RENDER_WORKERS = 1
     settings.PACS_RENDER_TIMEOUT = 0.5
-    with isolated.start_isolated(time.sleep, 2.5, timeout=10) as busy:
+    with render_workers_busy(2.5):
         started = time.monotonic()
         image = online.client.get(src)
         assert 0.5 <= time.monotonic() - started < 2.4
         assert image.status_code == 503 and image["Retry-After"]
-        busy.result()
     assert online.client.get(src).status_code == 200
 
 
