@@ -5,6 +5,7 @@ password, open the signed PDF and download its signature."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 from pathlib import Path
@@ -179,5 +180,9 @@ def test_an_emergency_access_from_the_study_page_in_the_browser(
             assert "Accesso in emergenza registrato" in main
             assert prior.accession_number in main and study.accession_number in main
             page.screenshot(path=str(tmp_path / "patient.png"), full_page=True)
+        except Exception:
+            # Where each of the live server's threads waits (a page whose thumbnails never came).
+            faulthandler.dump_traceback(all_threads=True)
+            raise
         finally:
             browser.close()
