@@ -23,6 +23,7 @@ from archive.reporting import services as reports
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.browser_helpers import viewer_page_url
 from tests.conftest import wait_until
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_exam_make
 from tests.reporting_helpers import Reporting
@@ -127,7 +128,7 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
             page.get_by_role("link", name="Guarda le immagini").click()
             try:
-                page.wait_for_url(re.compile(r".*/immagini/$"))
+                page.wait_for_url(viewer_page_url(f"{base}/fse/esami/{exam.booking.pk}/immagini/"))
             except Exception:
                 # Where each of the live server's threads waits (a request never answered).
                 faulthandler.dump_traceback(all_threads=True)
