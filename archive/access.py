@@ -42,6 +42,7 @@ and nobody is a citizen.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 from collections.abc import Iterable
@@ -55,6 +56,7 @@ from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
 from kernel.errors import NotFound
+from kernel.querycache import Slot, compiled
 
 from .models import Facility, Instance, Patient, RemoteNode, Report, StaffProfile, Study
 
@@ -145,8 +147,10 @@ class PolicyExtension(Protocol):
     # Optional: ``citizen_exists(user_ref) -> Exists``, true when the user at ``OuterRef(user_ref)``
     # has a citizen's account (so that a member of staff is told apart in the query that reads
     # their profile).
-    # Optional: ``emergency_exists(user_ref) -> Exists``, true when the user at ``OuterRef(user_ref)``
-    # holds a live emergency access (so that the patients' query is made only for those who do).
+    # Optional: ``emergency_exists(user_ref, *, window=None) -> Exists``, true when the user at
+    # ``OuterRef(user_ref)`` holds a live emergency access (so that the patients' query is made only
+    # for those who do); with ``emergency_window() -> (since, now)``, live means granted in that window
+    # (passed as ``window``: the query's SQL then holds no moment, and is compiled once).
     # Optional: ``state_version() -> str``, a value that changes whenever a study is
     # concealed or revealed (:func:`visibility_key` uses it when present).
 
@@ -158,6 +162,12 @@ def extension_register(extension: PolicyExtension | None) -> None:
     """Install the portal's part of the policy (None removes it)."""
     global _extension
     _extension = extension
+
+
+def policy_extension() -> PolicyExtension | None:
+    """The portal's part of the policy now installed (it shapes :func:`visible_q`'s SQL:
+    a key of compiled queries names it, kernel.querycache)."""
+    return _extension
 
 
 # --- principals --------------------------------------------------------------------
@@ -194,16 +204,36 @@ def principal_for_user(user: Any) -> Principal:
     name = str(user.get_username())
     citizen_exists = getattr(_extension, "citizen_exists", None)
     emergency_exists = getattr(_extension, "emergency_exists", None)
-    who = (
-        get_user_model()
-        ._default_manager.filter(pk=user.pk)
-        .annotate(
-            is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False),
-            has_emergency=emergency_exists("pk") if emergency_exists is not None else Value(True),
+    emergency_window = getattr(_extension, "emergency_window", None)
+    fields = ("is_citizen", "has_emergency", "staff_profile__authority_id", "staff_profile__cross_authority")
+
+    def build(user: int, since: Any = None, now: Any = None) -> QuerySet[Any]:
+        if emergency_exists is None:
+            has_emergency: Any = Value(True)
+        elif emergency_window is not None:
+            has_emergency = emergency_exists("pk", window=(since, now))
+        else:
+            has_emergency = emergency_exists("pk")
+        return (
+            get_user_model()
+            ._default_manager.filter(pk=user)
+            .annotate(
+                is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False),
+                has_emergency=has_emergency,
+            )
+            .values_list(*fields)
+            .order_by("pk")[:1]
         )
-        .values("is_citizen", "has_emergency", "staff_profile__authority_id", "staff_profile__cross_authority")
-        .first()
-    ) or {}
+
+    if emergency_exists is not None and emergency_window is None:  # its SQL holds the moment: built each time
+        rows = list(build(user.pk))
+    elif emergency_window is None:
+        rows = compiled(("archive.access.principal_for_user", _extension), [_USER], build).rows(user=user.pk)
+    else:
+        since, now = emergency_window()
+        query = compiled(("archive.access.principal_for_user", _extension), _USER_AND_WINDOW, build)
+        rows = query.rows(user=user.pk, since=since, now=now)
+    who = dict(zip(fields, rows[0], strict=True)) if rows else {}
     if _extension is not None and (who.get("is_citizen") or citizen_exists is None):
         citizen = _extension.citizen_patient_ids(user)
         if citizen is not None:
@@ -225,6 +255,9 @@ def principal_for_user(user: Any) -> Principal:
         patient_ids=frozenset(emergency),
     )
 
+
+_USER = Slot("user", int)
+_USER_AND_WINDOW = [_USER, Slot("since", dt.datetime), Slot("now", dt.datetime)]
 
 _REQUEST_ATTR = "_pacs_principal"
 

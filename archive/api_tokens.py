@@ -42,6 +42,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import get_authorization_header
 
 from kernel.errors import Forbidden
+from kernel.querycache import Slot, compiled
 
 from . import access
 
@@ -165,7 +166,13 @@ class ApiTokenAuthentication(TokenAuthentication):
             digest = hash_token(key)
         except (UnicodeDecodeError, TypeError, binascii.Error):
             raise invalid from None
-        for auth_token in AuthToken.objects.filter(token_key=key[: CONSTANTS.TOKEN_KEY_LENGTH]).select_related("user"):
+        # Its SQL compiled once per process (kernel.querycache): the same statement, run again.
+        query = compiled(
+            "archive.api_tokens.token",
+            [_KEY],
+            lambda key: AuthToken.objects.filter(token_key=key).select_related("user"),
+        )
+        for auth_token in query.fetch(key=key[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if not compare_digest(digest, auth_token.digest):
                 continue
             if self._cleanup_token(auth_token):
@@ -191,13 +198,21 @@ def permissions_load(user: Any) -> None:
     The set is the one ModelBackend would compute; a superuser's is left to ModelBackend."""
     if not user.is_active or user.is_superuser or hasattr(user, "_perm_cache"):
         return
-    rows = (
-        Permission.objects.filter(Q(user=user) | Q(group__user=user))
-        .values_list("content_type__app_label", "codename")
-        .order_by()
-        .distinct()
+    query = compiled(
+        "archive.api_tokens.permissions_load",
+        [_USER],
+        lambda user: (
+            Permission.objects.filter(Q(user=user) | Q(group__user=user))
+            .values_list("content_type__app_label", "codename")
+            .order_by()
+            .distinct()
+        ),
     )
-    user._perm_cache = {f"{app}.{codename}" for app, codename in rows}
+    user._perm_cache = {f"{app}.{codename}" for app, codename in query.rows(user=user.pk)}
+
+
+_KEY = Slot("key")
+_USER = Slot("user", int)
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

@@ -361,7 +361,8 @@ def audit_record(
     """Append one event to this thread's chain and return it.
 
     The row is written in the caller's transaction (it is committed, or rolled
-    back, with what it records).
+    back, with what it records); outside one, its INSERT commits by itself before
+    this returns.
 
     Parameters
     ----------
@@ -421,11 +422,21 @@ def _append(event: AuditEvent) -> AuditEvent:
     event.pk = None
     event.chain, event.seq, event.key_id, event.prev_hash = chain.id, seq + 1, chain.key.id, prev
     event.hash = row_mac(event, chain.key.secret)
+    links = event.detail.get("patients") or []
+    if not links and not connection.in_atomic_block:
+        # Outside any transaction (a DICOMweb answer's one event): the INSERT commits by itself,
+        # as durably as a COMMIT (synchronous_commit), in one round trip instead of BEGIN, INSERT,
+        # COMMIT. Tentative until it returns: if it raises, the row may or may not exist (an
+        # answer lost with the connection), and the next event abandons this chain (_lease).
+        hook = _commit_hook(lease, event.seq, event.hash)
+        chain.tentative = (event.seq, event.hash, hook)
+        event.save(force_insert=True)
+        hook()
+        return event
     # No savepoint inside the caller's transaction: two round trips per event
     # saved, and a failure here fails the caller's work, as it must.
     with transaction.atomic(savepoint=False):
         event.save(force_insert=True)
-        links = event.detail.get("patients") or []
         if links:
             AuditEventPatient.objects.bulk_create(AuditEventPatient(event=event, patient_id=pk) for pk in links)
         hook = _commit_hook(lease, event.seq, event.hash)

@@ -78,9 +78,13 @@ class PortalPolicy:
             )
         )
 
-    def emergency_exists(self, user_ref: str) -> Exists:
+    def emergency_window(self) -> tuple[dt.datetime, dt.datetime]:
+        """``(since, now)``: an emergency access granted after ``since`` and by ``now`` is live."""
         now = timezone.now()
-        since = now - dt.timedelta(minutes=emergency_access_minutes())
+        return now - dt.timedelta(minutes=emergency_access_minutes()), now
+
+    def emergency_exists(self, user_ref: str, *, window: tuple[dt.datetime, dt.datetime] | None = None) -> Exists:
+        since, now = window or self.emergency_window()
         return Exists(EmergencyAccess.objects.filter(user_id=OuterRef(user_ref), at__gt=since, at__lte=now))
 
     def citizen_exists(self, user_ref: str) -> Exists:

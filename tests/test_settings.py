@@ -157,3 +157,29 @@ def test_a_proxy_ssl_header_that_is_not_a_header_name_is_refused(tmp_path: Path)
     env = {**_production(tmp_path), "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https"}
     done = _manage(env, "check")
     assert done.returncode != 0 and "is not a header name" in done.stderr
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(None, "True 2"), ("0", "None None"), ("5", "True 5")])
+def test_postgresql_binds_on_the_server_and_prepares_unless_told_not_to(
+    tmp_path: Path, threshold: str | None, expected: str
+) -> None:
+    env = _clean_env(PACS_VAR_DIR=str(tmp_path / "var"), DATABASE_URL="postgres://pacs@db.example.org:5432/pacs")
+    if threshold is not None:
+        env["DB_PREPARE_THRESHOLD"] = threshold
+    else:
+        env.pop("DB_PREPARE_THRESHOLD", None)
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "o = settings.DATABASES['default'].get('OPTIONS', {}); "
+        "print(o.get('server_side_binding'), o.get('prepare_threshold'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**env, "DJANGO_SETTINGS_MODULE": "pacs.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == expected

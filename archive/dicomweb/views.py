@@ -34,7 +34,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView, exception_handler
 
-from archive.rendering.previews import rendition_exists
+from archive.rendering.previews import rendition_exists, rendition_may_exist
 from kernel.audit import audit_record
 from kernel.models import AuditEvent
 from kernel.web import client_ip
@@ -379,16 +379,19 @@ class RenderedView(DicomwebView):
         scope = self.scope(facility)
         if instance is not None and series is not None:
             # One instance: study, instance and whether a stored rendition matches in one query.
-            exists = rendition_exists(frame=numbers[0], params=params)
+            may_exist = rendition_may_exist(frame=numbers[0], params=params)
+            frame = numbers[0]
             note.study_instance_uid = study
             note.study, one = instance_one_select(
                 scope,
                 study_uid=study,
                 series_uid=series,
                 sop_uid=instance,
-                annotations={RENDITION: exists} if exists is not None else None,
+                annotations=(lambda: {RENDITION: rendition_exists(frame=frame, params=params)}) if may_exist else None,
+                # What shapes rendition_exists' SQL: the frame and the parameters.
+                annotations_key=(RENDITION, frame, params),
             )
-            if exists is None:
+            if not may_exist:
                 setattr(one, RENDITION, False)
             note.detail["instances"] = 1
             instances = [one]

@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
 from django.db import DatabaseError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from archive.checks import check_audit_key, check_audit_key_deploy
@@ -92,6 +93,19 @@ def test_a_rolled_back_savepoint_ends_its_chain_too(db: None) -> None:
 def test_a_committed_chain_is_reused_by_the_next_event(transactional_db: None) -> None:
     first, second = write(2)
     assert second.chain == first.chain and second.seq == 2
+    assert audit_verify().ok
+
+
+def test_an_event_outside_a_transaction_is_one_insert_that_commits_by_itself(transactional_db: None) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        first, second = write(2)
+    # No BEGIN and COMMIT around each (Django logs them): the INSERT is its own transaction.
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT", "INSERT"]
+    assert (second.chain, second.seq, second.prev_hash) == (first.chain, 2, first.hash)
+    # The chain was given back when the row committed, and the next event goes on with it.
+    assert audit._local.lease is None
+    [third] = write(1)
+    assert (third.chain, third.seq) == (first.chain, 3)
     assert audit_verify().ok
 
 

@@ -126,3 +126,55 @@ def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stor
         event = AuditEvent.objects.order_by("-id").first()
         assert event is not None and event.outcome == AuditEvent.Outcome.FAILURE
     assert client.get(url, **reader.auth).status_code == 200
+
+
+def test_a_change_of_what_the_user_may_see_holds_for_the_next_request(client, stored, reader, settings) -> None:
+    """The token's, the principal's and the instance's queries are compiled once per process
+    (kernel.querycache), never their answers: a study concealed, an emergency access given or
+    ended, a permission or a token revoked hold for the very next request."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from knox.models import AuthToken
+
+    from archive.models import Study
+    from portal.emergency import emergency_access_grant
+    from portal.oscuramento import conceal
+
+    url = _instance_url(stored[0]) + "/rendered"
+    assert client.get(url, **reader.auth).status_code == 200
+    study = Study.objects.select_related("patient").get(study_instance_uid=uids(stored[0])[0])
+    conceal(patient=study.patient, study=study)
+    assert client.get(url, **reader.auth).status_code == 404  # as a study that is not there
+    # An emergency access for the patient opens it, for as long as it lasts.
+    user = get_user_model().objects.get(pk=reader.user.pk)  # type: ignore[attr-defined]
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="portal", codename="emergency_access"))
+    user = get_user_model().objects.get(pk=user.pk)  # a fresh permission cache
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
+    emergency_access_grant(user=user, patient=study.patient, reason="paziente in pronto soccorso, incosciente")
+    assert client.get(url, **reader.auth).status_code == 200
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 0  # ended (no row changes: the window moved)
+    assert client.get(url, **reader.auth).status_code == 404
+    settings.PACS_EMERGENCY_ACCESS_MINUTES = 30
+    assert client.get(url, **reader.auth).status_code == 200
+    # The permission to read images revoked: refused.
+    user.user_permissions.remove(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    assert client.get(url, **reader.auth).status_code == 403
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
+    assert client.get(url, **reader.auth).status_code == 200
+    # The token revoked: not known any more.
+    AuthToken.objects.filter(user=user).delete()
+    assert client.get(url, **reader.auth).status_code == 401
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_on_postgresql_the_hot_statements_are_prepared_once_per_connection(client, stored, reader) -> None:
+    """DB_PREPARE_THRESHOLD (pacs.settings): the policy's query for an instance costs more to
+    plan than to run; from its second run on a connection, PostgreSQL runs the plan it kept."""
+    url = _instance_url(stored[0]) + "/rendered"
+    for _ in range(3):
+        assert client.get(url, **reader.auth).status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('FROM "archive_instance"' in s and '"archive_study"' in s for s in prepared), prepared
+    assert any('FROM "knox_authtoken"' in s for s in prepared), prepared

@@ -19,6 +19,7 @@ from booking.models import DistributionChoice
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.browser_helpers import exam_page_drawn
 from tests.mpps_helpers import create_attributes, discontinued_attributes
 from tests.portal.portal_helpers import citizen_exam_make
 from tests.reporting_helpers import Reporting
@@ -163,6 +164,7 @@ def test_every_citizen_and_cup_page_is_accessible(
                 )
                 if package_url is None:  # asked once; the exam page then shows the package prepared
                     page.goto(f"{base}{mine}")
+                    exam_page_drawn(page)
                     page.locator('button.package-request[data-kind="jpeg"]').click()
                     page.wait_for_url("**/fse/pacchetti/*/")
                     package_url = page.url

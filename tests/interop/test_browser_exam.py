@@ -21,6 +21,7 @@ from booking.models import DistributionChoice
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.browser_helpers import exam_page_drawn
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_exam_make
 from tests.reporting_helpers import Reporting
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -233,6 +234,7 @@ def test_the_exam_on_a_phone_and_a_desktop(  # type: ignore[no-untyped-def]
 
             # A package page.
             page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+            exam_page_drawn(page)
             page.locator('button.package-request[data-kind="jpeg"]').click()
             page.wait_for_url(re.compile(r".*/fse/pacchetti/\d+/$"))
             page.locator("#package-link").wait_for(state="visible", timeout=60_000)

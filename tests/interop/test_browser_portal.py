@@ -23,6 +23,7 @@ from archive.reporting import services as reports
 from portal.models import DownloadPackage, Notification
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import MARIO_CF, Cup
+from tests.browser_helpers import exam_page_drawn, viewer_page_url
 from tests.conftest import wait_until
 from tests.portal.portal_helpers import CITIZEN_PASSWORD, citizen_exam_make
 from tests.reporting_helpers import Reporting
@@ -95,6 +96,7 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
             assert "Disponibile online fino al" in row.inner_text()
             row.get_by_role("link").click()
             page.wait_for_url(f"{base}/fse/esami/{exam.booking.pk}/")
+            exam_page_drawn(page)
 
             page.screenshot(path=str(tmp_path / "exam.png"), full_page=True)
             pdf = _download(page, page.locator("a.report-pdf"), downloads)
@@ -116,6 +118,7 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
                 assert dcmread(path, stop_before_pixels=True).SOPInstanceUID == record.SOPInstanceUID
 
             page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+            exam_page_drawn(page)
             jpeg_zip = _prepare(page, "jpeg", downloads)
             with zipfile.ZipFile(jpeg_zip) as zf:
                 jpegs = [n for n in zf.namelist() if n.endswith(".jpg")]
@@ -125,9 +128,10 @@ def test_a_citizen_downloads_report_and_images_and_views_them(
                 assert all(zf.read(n)[:2] == b"\xff\xd8" for n in jpegs)
 
             page.goto(f"{base}/fse/esami/{exam.booking.pk}/")
+            exam_page_drawn(page)
             page.get_by_role("link", name="Guarda le immagini").click()
             try:
-                page.wait_for_url(re.compile(r".*/immagini/$"))
+                page.wait_for_url(viewer_page_url(f"{base}/fse/esami/{exam.booking.pk}/immagini/"))
             except Exception:
                 # Where each of the live server's threads waits (a request never answered).
                 faulthandler.dump_traceback(all_threads=True)

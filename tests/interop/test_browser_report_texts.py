@@ -15,6 +15,7 @@ from django.contrib.auth.models import Permission
 from archive.models import Report, ReportPhrase, ReportTemplate
 from tests.a11y import assert_accessible
 from tests.booking.conftest import Cup, cup, linked_booking  # noqa: F401
+from tests.browser_helpers import viewer_page_url
 from tests.interop.test_browser_booking import CHROMIUM
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
 
@@ -74,7 +75,7 @@ def test_a_template_and_a_phrase_in_the_editor(
             assert "TC torace senza mdc (87.41)" in row.inner_text()
             page.screenshot(path=str(tmp_path / "worklist.png"), full_page=True)
             row.get_by_role("link", name="TC torace senza mdc").click()
-            page.wait_for_url(f"{base}/refertazione/studi/{study.pk}/", wait_until="domcontentloaded")
+            page.wait_for_url(viewer_page_url(f"{base}/refertazione/studi/{study.pk}/"), wait_until="domcontentloaded")
             assert "TC torace senza mdc (87.41)" in page.inner_text("h1")
 
             page.click("button:has-text('Inizia a refertare')")

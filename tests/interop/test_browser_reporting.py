@@ -5,6 +5,7 @@ password, open the signed PDF and download its signature."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from archive.models import Report
+from tests.browser_helpers import viewer_page_url
 from tests.interop.test_browser_booking import CHROMIUM
 from tests.pdf_text import pdf_text
 from tests.reporting_helpers import RADIOLOGIST_PASSWORD, Reporting, reporting  # noqa: F401
@@ -63,7 +65,7 @@ def test_report_a_study_in_the_browser(
             row = page.locator("tr", has_text=study.accession_number)
             assert "da refertare" in row.inner_text()
             row.locator(f'a[href="/refertazione/studi/{study.pk}/"]').click()
-            page.wait_for_url(f"{base}/refertazione/studi/{study.pk}/")
+            page.wait_for_url(viewer_page_url(f"{base}/refertazione/studi/{study.pk}/"))
 
             # The viewer shows a loaded preview; the arrow key moves to the next image.
             first = page.wait_for_function(IMAGE_LOADED).json_value()
@@ -162,7 +164,7 @@ def test_an_emergency_access_from_the_study_page_in_the_browser(
             page.fill("input[name=username]", "radiologo")
             page.fill("input[name=password]", RADIOLOGIST_PASSWORD)
             page.click("button[type=submit]:has-text('Accedi')")
-            page.wait_for_url(f"{base}/refertazione/studi/{study.pk}/")
+            page.wait_for_url(viewer_page_url(f"{base}/refertazione/studi/{study.pk}/"))
             priors = page.locator("section[aria-labelledby=priors-title]")
             assert "Nessun altro esame di questo paziente" in priors.inner_text()
             assert "scurat" not in page.inner_text("main")
@@ -179,5 +181,9 @@ def test_an_emergency_access_from_the_study_page_in_the_browser(
             assert "Accesso in emergenza registrato" in main
             assert prior.accession_number in main and study.accession_number in main
             page.screenshot(path=str(tmp_path / "patient.png"), full_page=True)
+        except Exception:
+            # Where each of the live server's threads waits (a page whose thumbnails never came).
+            faulthandler.dump_traceback(all_threads=True)
+            raise
         finally:
             browser.close()

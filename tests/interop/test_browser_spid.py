@@ -28,6 +28,7 @@ from portal.models import CitizenAccount
 from tests.a11y import assert_accessible
 from tests.booking import conftest as booking_fixtures
 from tests.booking.conftest import Cup
+from tests.browser_helpers import exam_page_drawn
 from tests.idp_helpers import Idp, idp_running
 from tests.reporting_helpers import Reporting, signed_report
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
@@ -163,6 +164,7 @@ def _log_in_and_download(page, base: str, idp: Idp, door: str, booking: Booking,
     assert "Disponibile online fino al" in row.inner_text()
     row.get_by_role("link").click()
     page.wait_for_url(f"{base}/fse/esami/{booking.pk}/")
+    exam_page_drawn(page)
     page.screenshot(path=str(shots / "exam.png"), full_page=True)
     with page.expect_download() as info:
         page.locator("a.report-pdf").click()
