@@ -209,7 +209,8 @@ SQLITE_PATH = VAR_DIR / "pacs.sqlite3"
 DATABASE_URL = env_secret("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_int("DB_PREPARE_THRESHOLD", 2) > 0:
+    DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 2)
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_PREPARE_THRESHOLD > 0:
         # Server-side binding, and a statement sent twice on a connection prepared: PostgreSQL
         # then plans it once per connection, not once per run. The hot paths' statements (the
         # access policy's joins, a store's index rows) cost more to plan than to run (1.2 ms
@@ -217,7 +218,7 @@ if DATABASE_URL:
         # client-side as before (a pooler in transaction mode that cannot keep prepared
         # statements needs it).
         DATABASES["default"].setdefault("OPTIONS", {}).update(
-            server_side_binding=True, prepare_threshold=env_int("DB_PREPARE_THRESHOLD", 2)
+            server_side_binding=True, prepare_threshold=DB_PREPARE_THRESHOLD
         )
 else:
     DATABASES = {

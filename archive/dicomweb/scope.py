@@ -123,23 +123,25 @@ def instance_one_select(
     study_uid: str,
     series_uid: str,
     sop_uid: str,
-    annotations: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+    annotations: Callable[[], dict[str, Any]] | None = None,
     annotations_key: Hashable = None,
 ) -> tuple[Study, Instance]:
     """The study and the one instance an instance URL names, in one query under the access
     policy (the policy's condition put on the instance's study) and one for its copies;
-    ``annotations`` (or what a function gives, called only when the query is built) are added
+    the annotations ``annotations()`` gives (called only when the query is built) are added
     to that query. When nothing matches, :func:`instances_select`
     says why with the same answers as every other URL (400, or 404 for the study, the series
     or the instance: a study the principal may not see is not there).
 
     The query's SQL is built and compiled once per principal, facility and
-    ``annotations_key`` (which must name everything that shapes ``annotations``' SQL: given
-    annotations without a key are compiled each time) and run again with the URL's UIDs
+    ``annotations_key`` (which must name everything that shapes the annotations' SQL)
+    and run again with the URL's UIDs
     (:mod:`kernel.querycache`): the policy's condition depends on the principal only
     (:func:`archive.access.visible_q`), and a principal changes with what it may see
     (its emergency accesses' patients, its authority), so a changed one is a new entry.
     """
+    if annotations is not None and annotations_key is None:
+        raise TypeError("annotations need an annotations_key naming what shapes their SQL")
     check_uid(study_uid, "StudyInstanceUID")
     check_uid(series_uid, "SeriesInstanceUID")
     check_uid(sop_uid, "SOPInstanceUID")
@@ -154,24 +156,20 @@ def instance_one_select(
         )
         if scope.facility is not None:
             qs = qs.filter(series__study__facility=scope.facility)
-        if annotations:
-            qs = qs.annotate(**(annotations() if callable(annotations) else annotations))
+        if annotations is not None:
+            qs = qs.annotate(**annotations())
         return qs.select_related("facility", "series__study__patient").order_by("id")[:1]
 
-    if annotations and annotations_key is None:
-        found = list(instances_with_copies(build(study_uid, series_uid, sop_uid)))
-    else:
-        key = (
-            "archive.dicomweb.scope.instance_one_select",
-            scope.principal,
-            access.policy_extension(),
-            scope.facility.pk if scope.facility is not None else None,
-            annotations_key if annotations else None,
-        )
-        query = compiled(key, _INSTANCE_SLOTS, build)
-        found = query.fetch(study=study_uid, series=series_uid, sop=sop_uid)
-        if found:
-            copies_load(found[0])
+    key = (
+        "archive.dicomweb.scope.instance_one_select",
+        scope.principal,
+        access.policy_extension(),
+        scope.facility.pk if scope.facility is not None else None,
+        annotations_key if annotations is not None else None,
+    )
+    found = compiled(key, _INSTANCE_SLOTS, build).fetch(study=study_uid, series=series_uid, sop=sop_uid)
+    if found:
+        copies_load(found[0])
     if not found:
         study, instances = instances_select(scope, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
         return study, instances[0]  # not reached unless it appeared meanwhile
