@@ -28,8 +28,9 @@ from hmac import compare_digest
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Permission
-from django.db.models import Q
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -198,17 +199,25 @@ def permissions_load(user: Any) -> None:
     The set is the one ModelBackend would compute; a superuser's is left to ModelBackend."""
     if not user.is_active or user.is_superuser or hasattr(user, "_perm_cache"):
         return
-    query = compiled(
-        "archive.api_tokens.permissions_load",
-        [_USER],
-        lambda user: (
-            Permission.objects.filter(Q(user=user) | Q(group__user=user))
-            .values_list("content_type__app_label", "codename")
-            .order_by()
-            .distinct()
-        ),
-    )
+    query = compiled("archive.api_tokens.permissions_load", [_USER], _permissions_of)
     user._perm_cache = {f"{app}.{codename}" for app, codename in query.rows(user=user.pk)}
+
+
+def _permissions_of(user: Any) -> QuerySet[Any]:
+    """The user's permissions, their own and their groups': each set read through its index on
+    the user (``permission IN (...) OR permission IN (...)``). Not the joins Django builds for
+    ``Q(user=user) | Q(group__user=user)``: their OR sits above the joins, so PostgreSQL reads every
+    grant of every user and every member of every group (11 ms with 5,000 users in one group,
+    9.4 s when each also held 8 permissions of their own), on every request a token makes."""
+    User = get_user_model()
+    own = User.user_permissions.through.objects.filter(user_id=user).values("permission_id")
+    groups = User.groups.through.objects.filter(user_id=user).values("group_id")
+    of_groups = Group.permissions.through.objects.filter(group_id__in=groups).values("permission_id")
+    return (
+        Permission.objects.filter(Q(pk__in=own) | Q(pk__in=of_groups))
+        .values_list("content_type__app_label", "codename")
+        .order_by()
+    )
 
 
 _KEY = Slot("key")

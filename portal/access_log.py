@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -352,14 +351,17 @@ def _roles(user_ids: set[int]) -> dict[int, str]:
     missing = user_ids - set(roles)
     if missing:
         codenames = [c for c, _label in _ROLES_BY_PERMISSION]
-        held = Permission.objects.filter(codename__in=codenames).filter(
-            Q(user__in=missing) | Q(group__user__in=missing)
-        )
+        # Their own grants and their groups', each read from the user's side (one OR over the
+        # joins from the permission would read every holder of these permissions in the region).
+        own = User.user_permissions.through.objects.filter(
+            user_id__in=missing, permission__codename__in=codenames
+        ).values_list("user_id", "permission__codename")
+        of_groups = User.groups.through.objects.filter(
+            user_id__in=missing, group__permissions__codename__in=codenames
+        ).values_list("user_id", "group__permissions__codename")
         found: dict[int, set[str]] = {}
-        for direct, via_group, codename in held.values_list("user", "group__user", "codename"):
-            for user_id in (direct, via_group):
-                if user_id in missing:
-                    found.setdefault(user_id, set()).add(codename)
+        for user_id, codename in [*own, *of_groups]:
+            found.setdefault(user_id, set()).add(codename)
         for user_id, codes in found.items():
             for codename, label in _ROLES_BY_PERMISSION:
                 if codename in codes:

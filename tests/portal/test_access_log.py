@@ -448,3 +448,18 @@ def test_the_page_says_whose_data_when_the_citizen_acts_for_others(online: Citiz
     page = client.get("/fse/accessi/").context["page"]
     [line] = by_actor(page.groups, "Degano")
     assert line.about == str(mario)
+
+
+def test_a_role_from_permissions_is_found_whether_held_directly_or_through_a_group(db: None) -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    from portal.access_log import _roles
+
+    User = get_user_model()
+    direct, via_group, neither = (User.objects.create_user(name) for name in ("diretto", "tramite-gruppo", "nessuno"))
+    direct.user_permissions.add(Permission.objects.get(codename="sign_report"))
+    team = Group.objects.create(name="Reparto 3")  # a name that says no role
+    team.permissions.add(Permission.objects.get(codename="reconcile_study"))
+    via_group.groups.add(team)
+    assert _roles({direct.pk, via_group.pk, neither.pk}) == {direct.pk: "radiologo/a", via_group.pk: "archivista"}
