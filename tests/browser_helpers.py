@@ -20,9 +20,12 @@ def viewer_page_url(url: str) -> re.Pattern[str]:
 def exam_page_drawn(page) -> None:  # type: ignore[no-untyped-def]
     """Wait until the citizen's exam page has drawn its report (``pacs/static/report-viewer.js``).
 
-    The report's pages then appear above the page's buttons and move them down: a click sent
-    while they move can land elsewhere (seen on a busy machine: a download that never came).
-    A page without a report (not online, on CD) has nothing to wait for.
+    The report's pages then appear above the page's buttons. They used to move them down, and
+    a click sent meanwhile landed elsewhere (seen on a busy machine: a download that never
+    came); their space is now kept from the first paint (``pacs/static/portal-exam.css``,
+    tests/interop/test_browser_exam.py), but for one page only: a longer report on a phone
+    held upright still grows the box. A page without a report (not online, on CD) has
+    nothing to wait for.
     """
     page.wait_for_function(
         "() => Array.from(document.querySelectorAll('.report-viewer'))"
