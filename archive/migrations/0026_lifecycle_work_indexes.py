@@ -21,11 +21,59 @@ Both are set-based SQL over ranges of primary keys, each range in its own
 transaction (the migration is not atomic: on PostgreSQL one transaction over
 the whole table would hold its locks and every dead row until the end). Run
 again after a crash, the fill does what is still missing.
+
+On PostgreSQL the constraint and the two indexes are then made online, ingest
+and retrieval going on meanwhile (the model's state is the plain AddConstraint
+and AddIndex; other databases run those; going back drops the indexes
+``CONCURRENTLY`` too):
+
+* The constraint is added ``NOT VALID``: ACCESS EXCLUSIVE on ``archive_copy``
+  for a change of the catalogue only. A transaction open on the table would
+  make it wait, and every read and write queue behind it: it is asked with a
+  ``lock_timeout`` of a second and asked again until it has it, so nothing
+  waits longer. ``VALIDATE CONSTRAINT`` then reads every copy under SHARE
+  UPDATE EXCLUSIVE, which reads and writes do not wait for (a plain ADD
+  CONSTRAINT holds ACCESS EXCLUSIVE for the whole read: every retrieve and
+  every ingest would wait for a scan of hundreds of millions of rows).
+* Each index is built ``CONCURRENTLY`` (SHARE UPDATE EXCLUSIVE: writes go on,
+  where a plain CREATE INDEX holds SHARE, which every INSERT waits for, for the
+  whole build), the SQL Django's AddIndex makes with ``IF NOT EXISTS``. The build
+  waits for the transactions already open on the table, and an invalid index
+  left by a build that failed is dropped first, as 0027 does.
 """
 
-from django.db import migrations, models, transaction
+import sys
+import time
+
+from django.db import OperationalError, migrations, models, transaction
+from django.db.migrations.operations.base import Operation
 
 _BATCH = 50_000
+_LOCK_TIMEOUT = "1s"  # the longest a read or write of archive_copy waits behind the constraint's ACCESS EXCLUSIVE
+
+RECEIVED_AT = models.CheckConstraint(
+    condition=models.Q(
+        models.Q(("tier__startswith", "facility:"), _negated=True),
+        ("instance_received_at__isnull", False),
+        _connector="OR",
+    ),
+    name="copy_facility_received_at",
+)
+TO_MIGRATE = models.Index(
+    condition=models.Q(("migrated", False)),
+    fields=["received_at", "id"],
+    name="instance_to_migrate",
+)
+BY_RECEIVED = models.Index(
+    condition=models.Q(("tier__startswith", "facility:")),
+    fields=["instance_received_at", "id"],
+    name="copy_facility_by_received",
+)
+WORK = [
+    migrations.AddConstraint(model_name="copy", constraint=RECEIVED_AT),
+    migrations.AddIndex(model_name="instance", index=TO_MIGRATE),
+    migrations.AddIndex(model_name="copy", index=BY_RECEIVED),
+]
 
 
 def _ranges(cursor, table):
@@ -60,6 +108,94 @@ def fill(apps, schema_editor):
                 )
 
 
+def _catalogue(schema_editor, sql, params):
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _briefly(schema_editor, sql):
+    """A change of the catalogue under ACCESS EXCLUSIVE, never queued for longer than _LOCK_TIMEOUT."""
+    if schema_editor.collect_sql:  # sqlmigrate
+        schema_editor.execute(sql, params=None)
+        return
+    told = False
+    while True:
+        try:
+            with transaction.atomic(using=schema_editor.connection.alias):
+                schema_editor.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'", params=None)
+                schema_editor.execute(sql, params=None)
+            return
+        except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+        if not told:
+            sys.stderr.write(
+                f"A transaction open on archive_copy for more than {_LOCK_TIMEOUT} (pg_stat_activity):"
+                " adding the constraint again every second.\n"
+            )
+            told = True
+        time.sleep(1)
+
+
+def online(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return  # NotOnPostgreSQL: the plain operations
+    Copy, Instance = apps.get_model("archive", "Copy"), apps.get_model("archive", "Instance")
+    table, name = Copy._meta.db_table, RECEIVED_AT.name
+    if schema_editor.collect_sql or not _catalogue(
+        schema_editor, "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s", [table, name]
+    ):
+        _briefly(schema_editor, f"{RECEIVED_AT.create_sql(Copy, schema_editor)} NOT VALID")
+    quote = schema_editor.quote_name
+    schema_editor.execute(f"ALTER TABLE {quote(table)} VALIDATE CONSTRAINT {quote(name)}", params=None)
+    for model, index in ((Instance, TO_MIGRATE), (Copy, BY_RECEIVED)):
+        if not schema_editor.collect_sql and _catalogue(
+            schema_editor, "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [index.name]
+        ) == (True,):
+            # A concurrent build that failed half-way leaves an invalid index behind, which IF NOT EXISTS would keep.
+            schema_editor.remove_index(model, index, concurrently=True)
+        sql = str(index.create_sql(model, schema_editor, concurrently=True))
+        schema_editor.execute(
+            sql.replace("CREATE INDEX CONCURRENTLY ", "CREATE INDEX CONCURRENTLY IF NOT EXISTS ", 1), params=None
+        )
+
+
+def online_reverse(apps, schema_editor):
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    Copy, Instance = apps.get_model("archive", "Copy"), apps.get_model("archive", "Instance")
+    for model, index in ((Copy, BY_RECEIVED), (Instance, TO_MIGRATE)):
+        schema_editor.remove_index(model, index, concurrently=True)  # DROP INDEX CONCURRENTLY IF EXISTS
+    _briefly(schema_editor, str(RECEIVED_AT.remove_sql(Copy, schema_editor)))
+
+
+class NotOnPostgreSQL(Operation):
+    """An operation's change of the database on the other databases (on PostgreSQL ``online`` makes it).
+
+    Not a RunPython: SQLite adds a CHECK by rebuilding the table from the model's state, and a
+    RunPython's historical models are those of the state before the constraint."""
+
+    reversible = True
+
+    def __init__(self, operation):
+        self.operation = operation
+
+    def state_forwards(self, app_label, state):
+        self.operation.state_forwards(app_label, state)
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            self.operation.database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            self.operation.database_backwards(app_label, schema_editor, from_state, to_state)
+
+    def describe(self):
+        return f"{self.operation.describe()} (not on PostgreSQL)"
+
+
 class Migration(migrations.Migration):
     atomic = False
 
@@ -85,31 +221,11 @@ class Migration(migrations.Migration):
             field=models.DateTimeField(blank=True, null=True, verbose_name="istanza ricevuta il"),
         ),
         migrations.RunPython(fill, migrations.RunPython.noop, elidable=True),
-        migrations.AddConstraint(
-            model_name="copy",
-            constraint=models.CheckConstraint(
-                condition=models.Q(
-                    models.Q(("tier__startswith", "facility:"), _negated=True),
-                    ("instance_received_at__isnull", False),
-                    _connector="OR",
-                ),
-                name="copy_facility_received_at",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="instance",
-            index=models.Index(
-                condition=models.Q(("migrated", False)),
-                fields=["received_at", "id"],
-                name="instance_to_migrate",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="copy",
-            index=models.Index(
-                condition=models.Q(("tier__startswith", "facility:")),
-                fields=["instance_received_at", "id"],
-                name="copy_facility_by_received",
-            ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=WORK,
+            database_operations=[
+                migrations.RunPython(online, online_reverse),
+                *(NotOnPostgreSQL(operation) for operation in WORK),
+            ],
         ),
     ]

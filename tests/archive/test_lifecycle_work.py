@@ -1,19 +1,24 @@
 """The lifecycle's work to do, kept in indexes (docs/CAPACITY.md): ``Instance.migrated``
 is true exactly while the instance has a verified long-term copy, in every path that
 records, releases, finds damaged or repairs one; ``Copy.instance_received_at`` is its
-instance's received time; migration 0026 fills both for an archive already there; and
+instance's received time; migration 0026 fills both for an archive already there (on
+PostgreSQL building its indexes and constraint while the archive goes on writing); and
 on PostgreSQL each selection reads its partial index, the due rows only."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, migrations, transaction
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
 from django.test.utils import CaptureQueriesContext
 
 from archive.ingest import instance_ingest
@@ -182,6 +187,156 @@ def test_the_data_migration_fills_an_archive_already_there(
         facility = copy.tier.startswith("facility:")
         assert copy.instance_received_at == (received[copy.instance_id] if facility else None)
     assert_invariant()
+    if connection.vendor == "postgresql":
+        assert_work_indexes_in_catalogue(old_study[0])
+
+
+MIGRATION = "0026_lifecycle_work_indexes"
+# pg_get_indexdef of the two indexes as Django's plain AddIndex built them (before 0026 built them online).
+WORK_INDEXES = {
+    "instance_to_migrate": "CREATE INDEX instance_to_migrate ON public.archive_instance USING btree"
+    " (received_at, id) WHERE (NOT migrated)",
+    "copy_facility_by_received": "CREATE INDEX copy_facility_by_received ON public.archive_copy USING btree"
+    " (instance_received_at, id) WHERE ((tier)::text ~~ 'facility:%'::text)",
+}
+
+
+def assert_work_indexes_in_catalogue(instance: Instance) -> None:
+    """PostgreSQL: both partial indexes valid and defined as before, the constraint validated and enforced."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexrelid::regclass::text, indisvalid, pg_get_indexdef(indexrelid) FROM pg_index"
+            " WHERE indexrelid::regclass::text IN (%s, %s)",
+            list(WORK_INDEXES),
+        )
+        assert {name: (valid, sql) for name, valid, sql in cursor.fetchall()} == {
+            name: (True, sql) for name, sql in WORK_INDEXES.items()
+        }
+        cursor.execute(
+            "SELECT convalidated, pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s",
+            ["copy_facility_received_at"],
+        )
+        assert cursor.fetchall() == [
+            (True, "CHECK (((NOT ((tier)::text ~~ 'facility:%'::text)) OR (instance_received_at IS NOT NULL)))")
+        ]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Copy.objects.create(instance=instance, tier="facility:GO-SG", path="y.dcm", sha256=instance.sha256, size=1)
+
+
+def write(cursor: Any, sample: Instance, tag: str, *, copy: bool = True) -> None:
+    """What an ingest writes: an instance and its facility copy (raw SQL: the tables are mid-migration)."""
+    cursor.execute(
+        "INSERT INTO archive_instance (sop_instance_uid, series_id, sop_class_uid, transfer_syntax_uid, size,"
+        " sha256, facility_id, calling_ae, received_at) VALUES (%s, %s, %s, %s, 1, %s, %s, '', now())"
+        " RETURNING id, received_at",
+        [
+            f"9.8.{tag}",
+            sample.series_id,
+            sample.sop_class_uid,
+            sample.transfer_syntax_uid,
+            "0" * 64,
+            sample.facility_id,
+        ],
+    )
+    pk, received_at = cursor.fetchone()
+    if copy:
+        cursor.execute(
+            "INSERT INTO archive_copy (instance_id, tier, path, sha256, size, created_at, instance_received_at)"
+            " VALUES (%s, 'facility:TS-CAT', %s, %s, 1, now(), %s)",
+            [pk, f"w/{tag}", "0" * 64, received_at],
+        )
+
+
+def apply(operations: Sequence[Any], state: Any, editor: Any) -> None:
+    """Operations of a migration that is not atomic, as ``Migration.apply`` runs them (``state`` moves on)."""
+    for operation in operations:
+        before = state.clone()
+        operation.state_forwards("archive", state)
+        operation.database_forwards("archive", editor, before, state)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's locks")
+@pytest.mark.django_db(transaction=True)
+def test_the_constraint_and_indexes_are_built_while_the_archive_writes(old_study: list[Instance]) -> None:
+    """0026's constraint and partial indexes, built on an archive in use, never hold its writes.
+
+    After the columns and the fill, the rest of 0026 runs in a thread while ingest transactions
+    are open: one that wrote both tables (the constraint waits for it), then one that wrote an
+    instance (the concurrent build of ``instance_to_migrate`` waits for it). Meanwhile this
+    connection writes instances and facility copies with ``lock_timeout = 2s``: none may wait
+    that long. A plain ``ADD CONSTRAINT`` or ``CREATE INDEX`` queues for its lock behind the open
+    transaction, and every write queues behind it."""
+    sample = old_study[0]
+    executor = MigrationExecutor(connection)
+    executor.migrate([("archive", "0025_dose_register")])
+    operations = executor.loader.get_migration("archive", MIGRATION).operations
+    split = 1 + next(i for i, op in enumerate(operations) if isinstance(op, migrations.RunPython))  # the fill
+    state = executor.loader.project_state(("archive", "0025_dose_register"), at_end=True)
+    with connection.schema_editor(atomic=False) as editor:
+        apply(operations[:split], state, editor)  # the columns and the fill
+
+    errors: list[BaseException] = []
+    pid: list[int] = []
+
+    def build() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pid.append(cursor.fetchone()[0])
+            with connection.schema_editor(atomic=False) as editor:
+                apply(operations[split:], state, editor)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    def write_for(cursor: Any, seconds: float, phase: str) -> None:
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            write(cursor, sample, f"{phase}{n}")  # OperationalError (lock timeout) if held 2 s
+            n += 1
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=build)
+    holders = [connections.create_connection(DEFAULT_DB_ALIAS) for _ in range(2)]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+            holders[0].set_autocommit(False)
+            write(holders[0].cursor(), sample, "h0")
+            thread.start()
+            write_for(cursor, 3, "a")
+            assert thread.is_alive() and not errors  # the constraint waits for the open transaction
+            holders[1].set_autocommit(False)
+            write(holders[1].cursor(), sample, "h1", copy=False)
+            holders[0].commit()
+            deadline = time.monotonic() + 30
+            while True:
+                cursor.execute("SELECT wait_event_type, query FROM pg_stat_activity WHERE pid = %s", pid)
+                waiting, query = cursor.fetchone()
+                if waiting == "Lock" and query.startswith("CREATE INDEX CONCURRENTLY"):
+                    break
+                assert thread.is_alive() and time.monotonic() < deadline, (errors, waiting, query)
+                time.sleep(0.05)
+            write_for(cursor, 1, "b")  # while the build waits for the instance's transaction
+            assert thread.is_alive()
+            holders[1].commit()
+            thread.join(60)
+            assert not thread.is_alive() and not errors, errors
+    finally:
+        for holder in holders:
+            holder.rollback()
+            holder.close()
+        if thread.ident is not None:
+            thread.join(60)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        if not errors:
+            MigrationRecorder(connection).record_applied("archive", MIGRATION)
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert_work_indexes_in_catalogue(sample)
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the plans are PostgreSQL's")
@@ -242,8 +397,6 @@ def _walk(node: dict[str, Any]) -> Any:
 
 
 def test_a_facility_copy_without_its_received_time_is_refused(old_study: list[Instance]) -> None:
-    from django.db import IntegrityError, transaction
-
     instance = old_study[0]
     with pytest.raises(IntegrityError), transaction.atomic():
         Copy.objects.create(instance=instance, tier="facility:GO-SG", path="x.dcm", sha256=instance.sha256, size=1)
