@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Exists, Max, OuterRef
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from archive import access
@@ -23,7 +23,7 @@ from archive.models import Patient, Report
 
 from .delegations import delegator_ids
 from .emergency import emergency_access_minutes, emergency_access_until
-from .models import CitizenAccount, Concealment, EmergencyAccess
+from .models import CitizenAccount, Concealment, ConcealmentVersion, EmergencyAccess
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ class PortalPolicy:
         return {own, *delegator_ids(delegate_id=own)}
 
     def state_version(self) -> str:
-        """Changes whenever a study is concealed or revealed (revealing sets
-        ``revealed_at``; concealing again adds a row)."""
-        state = Concealment.objects.aggregate(last=Max("pk"), rows=Count("pk"), revealed=Count("revealed_at"))
-        return f"{state['last'] or 0}:{state['rows']}:{state['revealed']}"
+        """Changes whenever a study is concealed or revealed: the count of the writes of
+        concealments (:class:`~portal.models.ConcealmentVersion`, one row read by its key;
+        not an aggregate over every concealment of the region)."""
+        version = ConcealmentVersion.objects.filter(pk=1).values_list("version", flat=True).first()
+        return f"v{version or 0}"
 
 
 policy = PortalPolicy()
