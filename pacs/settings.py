@@ -210,6 +210,8 @@ DATABASE_URL = env_secret("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
     DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 2)
+    # PostgreSQL's JIT compilation: off on every connection (kernel.dbsession), unless DB_JIT=1.
+    DB_JIT = env_bool("DB_JIT", False)
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_PREPARE_THRESHOLD > 0:
         # Server-side binding, and a statement sent twice on a connection prepared: PostgreSQL
         # then plans it once per connection, not once per run. The hot paths' statements (the

@@ -30,11 +30,9 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import weakref
 from collections import deque
 from typing import Any
 
-from django.db import connection
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
@@ -58,35 +56,6 @@ _PDV_HEAD = struct.Struct(">LBB").pack  # PDV item: length, context ID, message 
 # Message control headers (PS3.8 E.2): bit 0 command, bit 1 last fragment.
 _COMMAND_LAST, _DATA, _DATA_LAST = 0x03, 0x00, 0x02
 _COMMAND = 0x01
-
-
-# The PostgreSQL connections (psycopg's, per association thread) told not to JIT-compile.
-_JIT_OFF: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def jit_off() -> None:
-    """Turn PostgreSQL's JIT compilation off for this thread's connection, once per connection.
-
-    A wildcard C-FIND of a common surname (``ROSS*``: ~9,400 candidates at 100,000
-    studies, the 1,000 newest answered) is costed above ``jit_above_cost``
-    (100,000, the default) because of the access policy's conditions, and
-    PostgreSQL then compiles it with LLVM on every run: 20-40 ms, more than the
-    query itself takes (bench/query, README). The listener's statements are short
-    index lookups that JIT never pays back. (A server configured with ``jit = off``
-    needs none of this.) A failure is logged: the query then runs as configured.
-    """
-    if connection.vendor != "postgresql":
-        return
-    try:
-        connection.ensure_connection()
-        raw = connection.connection
-        if raw is None or raw in _JIT_OFF:
-            return
-        with connection.cursor() as cursor:
-            cursor.execute("SET jit = off")
-        _JIT_OFF.add(raw)
-    except Exception:
-        logger.exception("could not turn JIT off for the C-FIND's connection")
 
 
 def pending_command(request: Any, status: int = 0xFF00) -> bytes:

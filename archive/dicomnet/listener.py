@@ -843,8 +843,6 @@ def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     identifier, error = _identifier(event)
     level = str(identifier.get("QueryRetrieveLevel", "")) if identifier is not None else ""
     detail: dict[str, Any] = {"facility": peer.facility.code, "model": root, "level": level}
-    if getattr(event.assoc, "pacs_fast", False):
-        find_fast.jit_off()
     if identifier is not None:
         detail["keys"] = {e.keyword: str(e.value) for e in identifier if e.keyword and e.value not in (None, "")}
     studies: list[str] = []
