@@ -192,6 +192,17 @@ class ApiTokenAuthentication(TokenAuthentication):
         return False
 
 
+def expired_tokens_purge(*, batch: int = 10_000) -> int:
+    """Delete the tokens whose expiry has passed, ``batch`` at a time (short transactions); the count."""
+    now = timezone.now()
+    total = 0
+    while True:
+        keys = list(AuthToken.objects.filter(expiry__lt=now).values_list("digest", flat=True)[:batch])
+        if not keys:
+            return total
+        total += AuthToken.objects.filter(digest__in=keys, expiry__lt=now).delete()[0]
+
+
 def permissions_load(user: Any) -> None:
     """Fill ``user``'s permission cache (the one ``ModelBackend`` keeps on the user object) with
     one query, its own and its groups' permissions together, instead of ModelBackend's two: a

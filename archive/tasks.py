@@ -264,6 +264,26 @@ def rejections_purge() -> int:
     return rejection.rejections_purge()
 
 
+@shared_task(name=tasknames.CREDENTIALS_PURGE)
+def credentials_purge() -> dict[str, int]:
+    """Delete the API tokens and the login sessions that have expired (beat, daily).
+
+    Neither is ever read again once expired (a request finds its own by key, and refuses it
+    when expired), but nothing else removes them: a token is made per login and a session
+    per visit, and a region's staff and citizens leave hundreds of thousands a year.
+    """
+    from importlib import import_module
+
+    from django.conf import settings
+
+    from .api_tokens import expired_tokens_purge
+
+    tokens = expired_tokens_purge()
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+    logger.info("credentials purge: %d expired API tokens deleted, expired sessions cleared", tokens)
+    return {"tokens": tokens}
+
+
 @shared_task(name=tasknames.REJECTIONS_ANNOUNCE_SWEEP)
 def rejections_announce_sweep() -> int:
     """Announce again the day's rejection notes (IOCM): a notice the broker lost is opened now."""

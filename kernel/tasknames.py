@@ -31,6 +31,8 @@ STORAGE_COMMITMENT_SWEEP = "archive.tasks.storage_commitment_sweep"
 # IOCM rejection notes (archive.rejection): the purge after retention, and the re-announce sweep.
 REJECTIONS_PURGE = "archive.tasks.rejections_purge"
 REJECTIONS_ANNOUNCE_SWEEP = "archive.tasks.rejections_announce_sweep"
+# Expired API tokens and login sessions deleted (they pile up: one token per login, one session per visit).
+CREDENTIALS_PURGE = "archive.tasks.credentials_purge"
 
 # --- booking ---------------------------------------------------------------------
 STUDY_MATCH = "booking.tasks.study_match"
@@ -138,5 +140,6 @@ QUEUES: dict[str, tuple[str, ...]] = {
         BOOKING_REPORTED,
         BOOKING_REPORTED_SWEEP,
         REJECTIONS_ANNOUNCE_SWEEP,
+        CREDENTIALS_PURGE,
     ),
 }

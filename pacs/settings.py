@@ -1013,6 +1013,11 @@ CELERY_BEAT_SCHEDULE["rejections-announce-sweep"] = {
     "task": tasknames.REJECTIONS_ANNOUNCE_SWEEP,
     "schedule": env_float("PACS_REJECTION_PURGE_SECONDS", 3600.0),
 }
+# Expired API tokens and login sessions deleted, once a day at PACS_CREDENTIALS_PURGE_HOUR.
+CELERY_BEAT_SCHEDULE["credentials-purge"] = {
+    "task": tasknames.CREDENTIALS_PURGE,
+    "schedule": crontab(hour=env_int("PACS_CREDENTIALS_PURGE_HOUR", 3), minute=30),
+}
 
 # --- research: anonymised exports for teaching and research -------------------------
 # Anonymised exports for teaching and research (research.services) are written here.

@@ -47,6 +47,7 @@ WIRE_NAMES = {
     "preservation.tasks.audit_seal",
     "archive.tasks.rejections_purge",
     "archive.tasks.rejections_announce_sweep",
+    "archive.tasks.credentials_purge",
     "portal.tasks.rejection_portal",
     "portal.tasks.cd_medium_make",
     "portal.tasks.cd_media_sweep",

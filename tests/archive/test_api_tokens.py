@@ -237,3 +237,25 @@ def test_a_tokens_permissions_are_read_from_its_user_whatever_the_region_holds()
     assert not [n for n in _plan_nodes(plan) if n.get("Relation Name") in grants and n["Node Type"] == "Seq Scan"]
     assert max(n["Actual Rows"] * n.get("Actual Loops", 1) for n in _plan_nodes(plan)) < 400, json.dumps(plan)[:3000]
     assert plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0) < 100, json.dumps(plan)[:3000]
+
+
+def test_the_daily_purge_deletes_expired_tokens_and_sessions_only(db: None) -> None:
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+
+    from archive.tasks import credentials_purge
+
+    live, old = make_user("ancora-valido"), make_user("scaduto")
+    AuthToken.objects.filter(user=old.user).update(expiry=timezone.now() - dt.timedelta(minutes=1))
+    fresh = SessionStore()
+    fresh["x"] = 1
+    fresh.create()
+    stale = SessionStore()
+    stale["x"] = 2
+    stale.create()
+    Session.objects.filter(session_key=stale.session_key).update(expire_date=timezone.now() - dt.timedelta(days=1))
+
+    assert credentials_purge.apply().get() == {"tokens": 1}
+    assert list(AuthToken.objects.values_list("user__username", flat=True)) == [live.user.username]
+    assert list(Session.objects.values_list("session_key", flat=True)) == [fresh.session_key]
+    assert credentials_purge.apply().get() == {"tokens": 0}  # nothing more: idempotent
