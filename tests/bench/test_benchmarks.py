@@ -227,8 +227,10 @@ def test_retrieve_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: 
         r"^4 x CT_small \(39 KB\)\s+[\d.]+\s+cold\s+\d",
         r"^4 x CT 512x512 \(513 KB\)\s+[\d.]+\s+warm\s+\d",
         r"^On-demand WADO-RS rendered",
-        r"^image\s+floor ms\s+server ms\s+ratio$",
-        r"^all \(4 images\)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+goal >= 0.5",
+        r"^image\s+floor ms\s+server ms\s+ratio\s+requests ms$",
+        r"^all \(4 images\)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+goal >= 0.5",
+        r"^with requests as the client: ratio [\d.]+$",
+        r"ms with http\.client, [\d.]+ ms with requests$",
     )
     assert "not measured" not in out and "FAILED" not in out, out
 
