@@ -25,6 +25,7 @@ from archive.ingest import instance_ingest
 from archive.models import Copy, Instance
 from archive.storage import lifecycle
 from tests.conftest import Region
+from tests.plan_helpers import plan_buffers, plan_nodes, plan_of
 
 from .lifecycle_helpers import copy_file, ingest_files
 
@@ -375,11 +376,8 @@ def test_each_selection_reads_its_partial_index_only_over_the_due_rows(
         with CaptureQueriesContext(connection) as queries:
             select()
         sql = next(q["sql"] for q in queries.captured_queries if "LIMIT" in q["sql"])
-        with connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
-            raw = cursor.fetchone()[0]
-        plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
-        nodes = list(_walk(plan))
+        plan = plan_of(sql)
+        nodes = list(plan_nodes(plan))
         scans = [n for n in nodes if n.get("Index Name") == index]
         assert scans, f"{select.__name__} does not read {index}: {json.dumps(plan)[:2000]}"
         # The range of the due rows: the study's six, never the 20,000 done.
@@ -387,13 +385,7 @@ def test_each_selection_reads_its_partial_index_only_over_the_due_rows(
         assert not [
             n for n in nodes if n.get("Node Type") == "Seq Scan" and n.get("Relation Name") == "archive_instance"
         ]
-        assert plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0) < 200
-
-
-def _walk(node: dict[str, Any]) -> Any:
-    yield node
-    for child in node.get("Plans", []):
-        yield from _walk(child)
+        assert plan_buffers(plan) < 200
 
 
 def test_a_facility_copy_without_its_received_time_is_refused(old_study: list[Instance]) -> None:

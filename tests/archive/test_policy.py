@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -18,6 +16,7 @@ from archive import access
 from archive.models import Facility, HealthAuthority, Instance, Patient, RemoteNode, Report, Series, StaffProfile, Study
 from portal.models import CitizenAccount, Concealment, Delegation, EmergencyAccess
 from tests.conftest import Region
+from tests.plan_helpers import plan_buffers, plan_nodes, plan_of
 
 _uids = itertools.count(1)
 # Codici fiscali with a valid check character (python-codicefiscale's encoding).
@@ -238,26 +237,6 @@ def test_the_visibility_key_changes_with_every_concealment_set_or_lifted_however
     assert not key_changes(lambda: Concealment.objects.filter(study=w.foreign).update(revealed_at=timezone.now()))
 
 
-def _plan(sql: str) -> dict[str, Any]:
-    import json
-
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
-        row = cursor.fetchone()
-    assert row is not None
-    raw = row[0]
-    plan: dict[str, Any] = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
-    return plan
-
-
-def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from _nodes(child)
-
-
 def test_the_visibility_key_reads_no_concealment_of_the_region(world: World) -> None:
     """A region's concealments (here 10,000, set and lifted over the years): the key an admin list
     page computes reads one row by its key, not every concealment (the aggregate over them all was
@@ -281,9 +260,9 @@ def test_the_visibility_key_reads_no_concealment_of_the_region(world: World) -> 
         access.visibility_key(principal)
     assert queries.captured_queries
     for query in queries.captured_queries:
-        plan = _plan(query["sql"])
-        nodes = list(_nodes(plan))
+        plan = plan_of(query["sql"])
+        nodes = list(plan_nodes(plan))
         read = [n for n in nodes if n.get("Relation Name") == "portal_concealment"]
         assert not read, f"reads the concealments: {query['sql'][:300]}"
         assert max(n["Actual Rows"] * n.get("Actual Loops", 1) for n in nodes) < 10
-        assert plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0) < 10
+        assert plan_buffers(plan) < 10
