@@ -382,15 +382,24 @@ class LeanClient:
         raise AssertionError("unreachable")
 
 
-def render_get(client: Any, port: int, token: str, image: RenderImage) -> tuple[float, bytes]:
-    """One ``/rendered`` with ``client``: a :class:`LeanClient` or a ``requests`` session."""
-    headers = {"Authorization": f"Token {token}", "Accept": JPEG}
+class RequestsClient:
+    """The same GET through a ``requests`` session (what the rest of the benchmark uses)."""
+
+    def __init__(self, session: Any, port: int) -> None:
+        self.session = session
+        self.port = port
+
+    def get(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        r = self.session.get(f"http://127.0.0.1:{self.port}{path}", headers=headers, timeout=60)
+        return r.status_code, r.headers.get("Content-Type", ""), r.content
+
+
+def render_get(client: LeanClient | RequestsClient, token: str, image: RenderImage) -> tuple[float, bytes]:
+    """One ``/rendered`` with ``client``, timed."""
     start = time.perf_counter()
-    if isinstance(client, LeanClient):
-        status, content_type, body = client.get(f"{image.url}/rendered", headers)
-    else:
-        r = client.get(f"http://127.0.0.1:{port}{image.url}/rendered", headers=headers, timeout=60)
-        status, content_type, body = r.status_code, r.headers.get("Content-Type", ""), r.content
+    status, content_type, body = client.get(
+        f"{image.url}/rendered", {"Authorization": f"Token {token}", "Accept": JPEG}
+    )
     seconds = time.perf_counter() - start
     if status != 200 or content_type != JPEG:
         raise RuntimeError(f"HTTP {status} {content_type} {body[:200]!r}")
@@ -399,15 +408,14 @@ def render_get(client: Any, port: int, token: str, image: RenderImage) -> tuple[
 
 def render_run(session: Any, port: int, token: str, images: list[RenderImage], repeat: int) -> RenderFigures:
     fig = RenderFigures()
-    lean = LeanClient(port)
+    lean, with_session = LeanClient(port), RequestsClient(session, port)
     floors = [float("inf")] * len(images)
-    servers = [float("inf")] * len(images)
-    with_requests = [float("inf")] * len(images)
+    best = {"lean": [float("inf")] * len(images), "requests": [float("inf")] * len(images)}
     # Untimed: each image once (the decoder plugins, the render workers, the files in the page cache).
     for image in images:
         _render_here(image.path)
         try:
-            render_get(lean, port, token, image)
+            render_get(lean, token, image)
         except Exception as exc:
             fig.errors.append(f"{image.label}: {exc}")
     for round_ in range(repeat):
@@ -420,23 +428,19 @@ def render_run(session: Any, port: int, token: str, images: list[RenderImage], r
                     floors[i] = min(floors[i], time.perf_counter() - t)
                     continue
                 try:
-                    seconds, _ = render_get(lean if step == "lean" else session, port, token, image)
+                    seconds, _ = render_get(lean if step == "lean" else with_session, token, image)
                 except Exception:
                     continue
-                if step == "lean":
-                    servers[i] = min(servers[i], seconds)
-                else:
-                    with_requests[i] = min(with_requests[i], seconds)
-    fig.floor, fig.server, fig.server_requests = floors, servers, with_requests
+                best[step][i] = min(best[step][i], seconds)
+    fig.floor, fig.server, fig.server_requests = floors, best["lean"], best["requests"]
     for _ in range(repeat * 4):
-        start = time.perf_counter()
-        status, _, _ = lean.get("/health/live/", {})
-        fig.live = min(fig.live, time.perf_counter() - start)
-        start = time.perf_counter()
-        r = session.get(f"http://127.0.0.1:{port}/health/live/", timeout=60)
-        fig.live_requests = min(fig.live_requests, time.perf_counter() - start)
-        if status != 200 or r.status_code != 200:
-            fig.errors.append(f"liveness probe: HTTP {status} / {r.status_code}")
+        statuses = []
+        for client, attr in ((lean, "live"), (with_session, "live_requests")):
+            start = time.perf_counter()
+            statuses.append(client.get("/health/live/", {})[0])
+            setattr(fig, attr, min(getattr(fig, attr), time.perf_counter() - start))
+        if statuses != [200, 200]:
+            fig.errors.append(f"liveness probe: HTTP {statuses[0]} / {statuses[1]}")
             break
     return fig
 
