@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,8 +124,21 @@ class _Gunicorn:
 
         self.web = web_start(env, logs, workers=2, threads=2)
         wait_until(lambda: len(self.workers()) == 2, what="two workers", timeout=60)
-        for _ in range(20):  # both workers have loaded Django (each answers one of these at least once, surely)
-            self.get(LIVE)
+
+    def warm(self, metrics_dir: Path) -> int:
+        """Requests to the liveness view, four at a time, until both workers have counted some (each
+        writes its own file); returns how many were sent. The kernel hands a connection to whichever
+        worker accepts first, and one worker can take a long run of them: 20 in a row once did."""
+        sent = 0
+        deadline = time.monotonic() + 60
+        with ThreadPoolExecutor(4) as pool:
+            while True:
+                list(pool.map(lambda _: self.get(LIVE), range(8)))
+                sent += 8
+                expected = {f"counter_{pid}.db" for pid in self.workers()}
+                if {p.name for p in metrics_dir.glob("counter_*.db")} == expected:
+                    return sent
+                assert time.monotonic() < deadline, f"after {sent} requests, not both workers had counted one"
 
     def workers(self) -> list[int]:
         return self.web.workers()
@@ -154,25 +169,27 @@ def test_gunicorn_workers_are_added_up_and_a_dead_worker_keeps_its_counts(
     env = {**process_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     web = _Gunicorn(env, tmp_path / "gunicorn-1")
     try:
+        sent = web.warm(metrics_dir)
         for _ in range(30):
             web.get(LIVE)
-        # Both workers counted requests (each writes its own file), and every scrape, whichever
-        # worker answers it, gives the sum: the 20 warm-up requests and these 30.
+        # Both workers counted requests, and every scrape, whichever worker answers it, gives the
+        # sum: the warm-up requests and these 30.
         pids = web.workers()
-        assert {p.name for p in metrics_dir.glob("counter_*.db")} == {f"counter_{pid}.db" for pid in pids}
-        assert [web.live_count() for _ in range(8)] == [50.0] * 8
+        assert [web.live_count() for _ in range(8)] == [sent + 30.0] * 8
 
         # A worker killed: gunicorn replaces it, and its counts stay in the sum.
         os.kill(pids[0], signal.SIGKILL)
         wait_until(lambda: len(web.workers()) == 2 and pids[0] not in web.workers(), what="a new worker")
         web.get(LIVE)
-        assert [web.live_count() for _ in range(4)] == [51.0] * 4
+        assert [web.live_count() for _ in range(4)] == [sent + 31.0] * 4
     finally:
         web.stop()
 
     # A new start forgets the earlier run's values.
     web = _Gunicorn(env, tmp_path / "gunicorn-2")
     try:
-        assert web.live_count() == 20.0
+        for _ in range(5):
+            web.get(LIVE)
+        assert web.live_count() == 5.0
     finally:
         web.stop()
