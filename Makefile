@@ -70,8 +70,12 @@ run: install
 	$(RUN_ENV) $(BIN)/python manage.py demo_info
 	$(RUN_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pacs.procfile --procfile Procfile
 
+# The suite runs in one process per core, at most four (pytest-xdist: each has its own test
+# database, var folder, Celery queues and Redis database, tests/env_plugin.py).
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= auto
 test: install-test system-test-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4
 
 # Lint, format and types (mypy reads its configuration, and which code it
 # checks, from pyproject.toml).

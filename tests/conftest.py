@@ -31,6 +31,16 @@ if TYPE_CHECKING:  # a type only: importing tests.dicom_client sets pynetdicom's
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Passwords hashed in this process take 1,000 PBKDF2 rounds, not Django's million (a third of a
+    second each, hundreds of seconds over the suite). The rounds are written in the hash, so any
+    process the tests start, with the production settings, still checks these passwords (and
+    rehashes them at their next login, as it would after an upgrade)."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    PBKDF2PasswordHasher.iterations = 1_000
+
+
 @dataclass
 class Region:
     authority: HealthAuthority

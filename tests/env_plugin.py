@@ -17,6 +17,29 @@ os.environ.setdefault("PACS_AUDIT_KEY_FILE", os.path.join(os.environ["PACS_TEST_
 os.environ.setdefault("CELERY_QUEUE", f"pacs-test-{os.getpid()}")
 os.environ.setdefault("CELERY_QUEUE_PREFIX", os.environ["CELERY_QUEUE"] + ".")
 
+# Under pytest-xdist (make test runs the suite in several processes) each worker inherits the
+# values above from the controller; it needs its own: a var folder (media, tiers, the audit key),
+# Celery queues, and a Redis database, since a test's cache.clear() flushes its whole database,
+# broker messages included. pytest-django gives each its own test database (test_test_gw0, ...).
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker and os.environ.get("PACS_TEST_WORKER") != _worker:
+    os.environ["PACS_TEST_WORKER"] = _worker
+    _index = int(_worker.removeprefix("gw"))
+    _var = os.path.join(os.environ["PACS_TEST_VAR_DIR"], _worker)
+    os.makedirs(_var, exist_ok=True)
+    os.environ["PACS_TEST_VAR_DIR"] = os.environ["PACS_VAR_DIR"] = _var
+    os.environ["PACS_AUDIT_KEY_FILE"] = os.path.join(_var, "audit.key")
+    os.environ["CELERY_QUEUE"] = f"{os.environ['CELERY_QUEUE']}-{_worker}"
+    os.environ["CELERY_QUEUE_PREFIX"] = os.environ["CELERY_QUEUE"] + "."
+    if os.environ.get("REDIS_URL"):
+        # Redis databases 8-15, one a worker (0 is the serial run's; other tests name 5 and 13).
+        if _index >= 8:
+            raise RuntimeError("at most 8 xdist workers: each needs a Redis database of its own (8-15)")
+        _base, _, _db = os.environ["REDIS_URL"].rstrip("/").rpartition("/")
+        if not _db.isdigit():
+            _base = os.environ["REDIS_URL"].rstrip("/")
+        os.environ["REDIS_URL"] = f"{_base}/{8 + _index}"
+
 
 def pytest_unconfigure(config: object) -> None:
     import shutil

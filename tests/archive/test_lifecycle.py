@@ -16,7 +16,7 @@ from archive.models import Copy, FixityRun, LifecyclePolicy, ScopeMigration, Sto
 from archive.storage import lifecycle
 from archive.storage import tiers as storage
 from kernel import tasknames
-from tests.conftest import Region
+from tests.conftest import Region, wait_until
 
 from .lifecycle_helpers import copy_file, ingest_files, read_sha256, tiers_of
 
@@ -297,6 +297,19 @@ def test_one_lifecycle_pass_at_a_time_and_a_dead_holder_frees_it(old_study, sett
         assert "another lifecycle pass is running" in out.getvalue()
     finally:
         other.close()  # the holder's connection ends, as when its worker is killed: the claim goes with it
+    # The server ends that backend, and frees its lock, a moment after the client has closed (under
+    # load, after this test's next statement once): wait until no session of this database holds it.
+    with connection.cursor() as cursor:
+
+        def released() -> bool:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.objid = %s AND l.granted",
+                [lifecycle._RUN_LOCK_KEY],
+            )
+            return cursor.fetchone()[0] == 0
+
+        wait_until(released, what="the closed connection's lock released", timeout=10)
     result = lifecycle.lifecycle_run()
     assert not result.skipped and (result.migrated, result.evicted, result.failed) == (6, 6, 0)
     # Released at the end of the pass: the next one runs.
