@@ -743,6 +743,12 @@ PACS_QUERY_MAX_OFFSET = env_int("PACS_QUERY_MAX_OFFSET", 1_000_000)
 # A search that returns patient data records the patients it returned (the first N
 # per answer), so that each citizen's "chi ha visto i miei dati" shows searches too.
 PACS_AUDIT_MAX_PATIENTS = env_int("PACS_AUDIT_MAX_PATIENTS", 50)
+# A viewer fetches each image of a study with its own DICOMweb request: the first
+# image request of a reading (a user, a credential, a study, retrieve or metadata)
+# is audited, the others for this many seconds after it are not, one by one; the
+# event says so. The study, series and search requests are always audited, and
+# every refusal and failure. 0: every image request is an event. Docs/CAPACITY.md.
+PACS_AUDIT_READING_WINDOW = env_int("PACS_AUDIT_READING_WINDOW", 1800)
 # The audit log's HMAC key: a file outside the database (at least 32 bytes; in
 # production a mounted secret the database's administrators cannot read).
 # Unset: PACS_VAR_DIR/audit.key, generated (0600) when absent, for the demo and

@@ -17,12 +17,15 @@ the service functions negotiate DICOM media types themselves.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import get_script_prefix
 from rest_framework import exceptions
@@ -256,8 +259,77 @@ class DicomwebView(APIView):
         return self.done(note, _streamed(instances_retrieve_response(scope, study_uid, rows, self.accept(), among)))
 
     def done(self, note: AuditNote, response: HttpResponseBase) -> HttpResponseBase:
+        key = _reading_key(self.request, note)
+        if key is not None and _reading_recorded(key):
+            return response  # this reading's event is written (the first image's)
+        if key is not None:
+            note.detail["reading_window_s"] = settings.PACS_AUDIT_READING_WINDOW
         self._audit(note, note.outcome)
+        if key is not None:
+            # Once the event is committed (now, outside a transaction): a rollback leaves no key.
+            transaction.on_commit(lambda: _reading_remember(key))
         return response
+
+
+# --- one event per reading of a study ---------------------------------------------------------------
+# A viewer asks for each image of a study on its own (the instance, its frames, its rendering, its
+# metadata): a hundred requests for one reading of a CT. The evidence the citizen's access log and
+# the auditor need is who opened which study when and through what, not each image; an event per
+# image was nine tenths of the audit log at the region's size (docs/CAPACITY.md). So the first image
+# request of a reading is audited, with "reading_window_s" in its detail, and the next ones by the
+# same user, credential (token or session) and action on the same study are not, one by one, for
+# PACS_AUDIT_READING_WINDOW seconds after it; then the next image request writes a new event.
+# Always audited: whole studies and series (an export), searches, stores, every refusal and failure,
+# and any request when the cache cannot say (the audit errs towards more, never less).
+
+_PER_IMAGE = frozenset(
+    {
+        "instance",
+        "instance.metadata",
+        "frames",
+        "bulkdata",
+        "instance.rendered",
+        "instance.thumbnail",
+        "frames.rendered",
+        "frames.thumbnail",
+        "wado-uri",
+    }
+)
+
+
+def _reading_key(request: Request, note: AuditNote) -> str | None:
+    """The cache key of the reading this request belongs to, or None when it is audited on its own."""
+    window = settings.PACS_AUDIT_READING_WINDOW
+    if window <= 0 or note.outcome != AuditEvent.Outcome.SUCCESS or note.study is None:
+        return None
+    if note.detail.get("resource") not in _PER_IMAGE:
+        return None
+    user = getattr(request, "_user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    # The credential by something random of its own (a row's id may come back after a rollback or
+    # a restore), hashed: neither the session's key nor the token's digest goes into the cache.
+    token = getattr(request, "_auth", None)
+    secret = getattr(token, "digest", None) or getattr(getattr(request._request, "session", None), "session_key", None)
+    if not secret:
+        return None
+    credential = hashlib.sha256(f"{type(token).__name__}:{secret}".encode()).hexdigest()[:32]
+    return f"pacs:audit:reading:{user.pk}:{credential}:{note.action}:{note.study.pk}"
+
+
+def _reading_recorded(key: str) -> bool:
+    try:
+        return cache.get(key) is not None
+    except Exception:
+        logger.warning("the cache could not say whether this reading is audited: auditing it", exc_info=True)
+        return False
+
+
+def _reading_remember(key: str) -> None:
+    try:
+        cache.set(key, 1, timeout=settings.PACS_AUDIT_READING_WINDOW)
+    except Exception:
+        logger.warning("the cache could not keep this reading: its next image is audited too", exc_info=True)
 
 
 def _streamed(result: Streamed, status: int = 200) -> StreamingHttpResponse:

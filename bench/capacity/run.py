@@ -124,8 +124,9 @@ FIXITY_CYCLE_DAYS = 90  # PACS_FIXITY_CYCLE_DAYS
 PRESERVATION_FIXITY_CYCLE_DAYS = 365  # PACS_PRESERVATION_FIXITY_CYCLE_DAYS
 # Reading: each study opened in the diagnostic viewer by about three people (the radiologist,
 # a clinician, a second opinion or a prior), each opening fetching every image once (the
-# viewer's WADO-RS frames, one audited request per image), and a tenth of studies retrieved by
-# C-MOVE to a workstation; searches: ten per study read.
+# viewer's WADO-RS frames, one request per image, audited once per opening since
+# PACS_AUDIT_READING_WINDOW), and a tenth of studies retrieved by C-MOVE to a workstation;
+# searches: ten per study read.
 OPENINGS_PER_STUDY = 3.0
 SEARCHES_PER_OPENING = 3.0
 CITIZEN_DOWNLOAD_SHARE = 0.10  # studies a citizen downloads as a zip from the portal
@@ -560,7 +561,8 @@ def region_print(measured: dict[str, float]) -> None:
     # PACS_PRESERVATION_FIXITY_CYCLE_DAYS every preserved package: at the tenth year's size.
     fixity_mb_s = year.bytes * (min(window, YEARS) + RECALLED_SHARE * YEARS + YEARS) / (FIXITY_CYCLE_DAYS * 86400) / 1e6
     preservation_fixity_mb_s = year.bytes * YEARS / (PRESERVATION_FIXITY_CYCLE_DAYS * 86400) / 1e6
-    audit_s = images_s + searches_s + portal_s + year.studies * 2 * peak
+    # One event per opening (PACS_AUDIT_READING_WINDOW), its searches, the portal's pages, two stores a study.
+    audit_s = openings * peak + searches_s + portal_s + year.studies * 2 * peak
     rows_out = [
         (
             "ingest, region",
@@ -642,18 +644,18 @@ def region_print(measured: dict[str, float]) -> None:
     per_image_year = openings * (year.instances / year.studies)
     others_year = year.studies * (2 + CITIZEN_PAGES_PER_STUDY)  # stores, portal pages
     print(
-        f"audit events a year at these rates: {per_image_year + searches_year + others_year:,.0f} "
-        f"({per_image_year:,.0f} viewer image reads, {searches_year:,.0f} searches, {others_year:,.0f} others); "
-        f"audited once per opening instead of per image: {openings + searches_year + others_year:,.0f}"
+        f"audit events a year at these rates: {openings + searches_year + others_year:,.0f} "
+        f"({openings:,.0f} viewer openings, {searches_year:,.0f} searches, {others_year:,.0f} others); "
+        f"with every image audited (PACS_AUDIT_READING_WINDOW=0): {per_image_year + searches_year + others_year:,.0f}"
     )
     read_b, search_b = measured.get("audit_read_bytes"), measured.get("audit_search_bytes")
     if read_b and search_b:
         per_image = (per_image_year + others_year) * read_b + searches_year * search_b
         per_opening = (openings + others_year) * read_b + searches_year * search_b
         print(
-            f"  at {read_b:,.0f} B per event, {search_b:,.0f} per search: {_fmt_bytes(per_image)} a year, "
-            f"{_fmt_bytes(per_image * YEARS)} in {YEARS} years; once per opening: {_fmt_bytes(per_opening)} "
-            f"a year, {_fmt_bytes(per_opening * YEARS)} in {YEARS} years"
+            f"  at {read_b:,.0f} B per event, {search_b:,.0f} per search: {_fmt_bytes(per_opening)} a year, "
+            f"{_fmt_bytes(per_opening * YEARS)} in {YEARS} years; with every image: {_fmt_bytes(per_image)} "
+            f"a year, {_fmt_bytes(per_image * YEARS)} in {YEARS} years"
         )
 
 

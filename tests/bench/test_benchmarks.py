@@ -145,7 +145,7 @@ def test_capacity_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: 
         r"^\s+10\s+[\d,]+\s+[\d,]+\s",
         r"^work at peak\s+needs",
         r"^ingest, region\s+[\d,]+ inst/s",
-        r"^audit events a year at these rates: [\d,]+ \([\d,]+ viewer image reads",
+        r"^audit events a year at these rates: [\d,]+ \([\d,]+ viewer openings, .*with every image audited",
         r"^  at [\d,]+ B per event, [\d,]+ per search: ",
     )
 
