@@ -35,10 +35,9 @@ if _worker and os.environ.get("PACS_TEST_WORKER") != _worker:
         # Redis databases 8-15, one a worker (0 is the serial run's; other tests name 5 and 13).
         if _index >= 8:
             raise RuntimeError("at most 8 xdist workers: each needs a Redis database of its own (8-15)")
-        _base, _, _db = os.environ["REDIS_URL"].rstrip("/").rpartition("/")
-        if not _db.isdigit():
-            _base = os.environ["REDIS_URL"].rstrip("/")
-        os.environ["REDIS_URL"] = f"{_base}/{8 + _index}"
+        from urllib.parse import urlsplit
+
+        os.environ["REDIS_URL"] = urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{8 + _index}").geturl()
 
 
 def pytest_unconfigure(config: object) -> None:
