@@ -123,7 +123,10 @@ def test_the_association_limit_holds_across_processes(start_listener_process, re
             answer = third.acceptor.primitive
             assert answer is not None
             assert (answer.result, answer.result_source, answer.diagnostic) == (0x02, 0x03, 0x02)
-        assert "associations in progress (PACS_DICOM_MAX_ASSOCIATIONS)" in listener.log()
+        wait_until(
+            lambda: "associations in progress (PACS_DICOM_MAX_ASSOCIATIONS)" in listener.log(),
+            what="the refusal logged",
+        )
     finally:
         for a in held:
             a.release()
@@ -177,7 +180,7 @@ def test_a_killed_process_is_replaced_and_gives_its_slots_back(  # type: ignore[
     assert _associate(listener.port).is_rejected  # full
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(_children(listener.proc.pid) - {victim}) == 2, timeout=30, what="a replacement")
-    assert "died (signal 9)" in listener.log()
+    wait_until(lambda: "died (signal 9)" in listener.log(), what="the death logged")
     # Its association's slot came back with it: a new association is accepted.
     assert wait_until(lambda: echo(listener.port) == 0, timeout=10, what="the dead process's slot")
     held.abort()

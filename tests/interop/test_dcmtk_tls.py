@@ -71,7 +71,8 @@ def test_echoscu_with_the_wrong_certificate_is_refused(  # type: ignore[no-untyp
         process_env,
     )
     assert failed.returncode != 0
-    assert "TLS handshake failed" in listener.log()
+    # The client may exit before the listener has written its line: wait for it.
+    wait_until(lambda: "TLS handshake failed" in listener.log(), what="the failed handshake logged")
     # Plain DICOM for a node with a certificate: refused too.
     plain = _run(["echoscu", "-aet", "CTSECURE", "-aec", "TSCAT_PACS", "127.0.0.1", str(listener.port)], process_env)
     assert plain.returncode != 0
