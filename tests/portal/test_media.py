@@ -136,6 +136,42 @@ def test_the_dicomdir_offsets_written_in_place_are_those_of_encoding_it_again(  
     assert len(flat) == 1 + 1 + 4 + 13  # patient, study, four series, twelve images and a report
 
 
+@pytest.mark.parametrize(
+    ("number", "file_id", "instance_uid"),
+    [
+        (12, ("DICOM", "S0001", "I0001"), "1.2.3.4"),  # even lengths
+        (7, ("DICOM", "S0002", "I0345"), "1.2.3.45"),  # an odd ID and number: padded
+        (-3, ("DICOM", "S0001", "I12345"), "1.2.826.0.1.3680043.8.498.123456789012345678901234567890123456"),
+    ],
+)
+def test_an_image_record_encoded_by_hand_is_what_pydicom_encodes(
+    number: int, file_id: tuple, instance_uid: str
+) -> None:  # type: ignore[type-arg]
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    leaf = media._ImageLeaf(
+        instance_number=number,
+        file_id=file_id,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid=instance_uid,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, leaf.dataset())
+    assert leaf.encoded() == fp.getvalue()
+    # A value pydicom must encode (not ASCII): the hand encoder declines, the record still encodes.
+    odd = media._ImageLeaf(number, file_id, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.\u00e8", "1.2.840.10008.1.2.1")
+    assert odd.encoded() is None
+    root = media._Record(leaf.dataset())
+    root.children.append(media._Record(image=odd))
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        read = dcmread(io.BytesIO(media.dicomdir_encode([root])))
+        assert read.DirectoryRecordSequence[1].ReferencedSOPInstanceUIDInFile == "1.2.3.\u00e8"
+    assert read.DirectoryRecordSequence[1].InstanceNumber == number
+
+
 def test_dicom_zip_failing_half_way_leaves_nothing(region, ct_study: list[Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     ingest_files(ct_study, region.facility)
     last = Instance.objects.order_by("series__series_number", "instance_number").last()
