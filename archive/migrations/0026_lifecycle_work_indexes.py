@@ -17,7 +17,14 @@ the work to do, never the work done:
 * ``instance_received_at`` is filled for the facility copies only (a year's
   worth at most: older ones are evicted); a long-term copy needs none.
 
-Both are set-based SQL over ranges of primary keys, each range in its own
+The two columns (and the default's change) are one transaction: on PostgreSQL
+each ALTER TABLE takes ACCESS EXCLUSIVE, so it is asked with a ``lock_timeout``
+of a second and asked again until it has it (a transaction open on the table
+would make it wait, and every read and write queue behind it), and a crash
+leaves all three or none; run again after a crash, the migration finds the
+columns there and goes on with the fill.
+
+Both fills are set-based SQL over ranges of primary keys, each range in its own
 transaction (the migration is not atomic: on PostgreSQL one transaction over
 the whole table would hold its locks and every dead row until the end). Run
 again after a crash, the fill does what is still missing.
@@ -119,23 +126,100 @@ def _briefly(schema_editor, sql):
     if schema_editor.collect_sql:  # sqlmigrate
         schema_editor.execute(sql, params=None)
         return
+    _briefly_run(
+        schema_editor, lambda: schema_editor.execute(sql, params=None), "archive_copy", "adding the constraint"
+    )
+
+
+def _briefly_run(schema_editor, change, tables, what):
+    """``change()`` in one transaction whose locks are never queued for longer than _LOCK_TIMEOUT:
+    on PostgreSQL's lock_not_available the transaction is rolled back and tried again every second."""
     told = False
     while True:
         try:
             with transaction.atomic(using=schema_editor.connection.alias):
                 schema_editor.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'", params=None)
-                schema_editor.execute(sql, params=None)
+                change()
             return
         except OperationalError as error:
             if getattr(error.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
         if not told:
             sys.stderr.write(
-                f"A transaction open on archive_copy for more than {_LOCK_TIMEOUT} (pg_stat_activity):"
-                " adding the constraint again every second.\n"
+                f"A transaction open on {tables} for more than {_LOCK_TIMEOUT} (pg_stat_activity):"
+                f" {what} again every second.\n"
             )
             told = True
         time.sleep(1)
+
+
+class Briefly(Operation):
+    """``operations`` (changes of tables' columns) as one: on PostgreSQL in one transaction,
+    its locks never queued for longer than _LOCK_TIMEOUT (:func:`_briefly_run`), and nothing
+    done when ``done`` (a table and a column the last of them adds) is there already: the
+    migration is not atomic, so a crash after this transaction and before the migration is
+    recorded leaves the columns made, and the next run goes on from there.
+    Other databases run the operations as they are."""
+
+    reversible = True
+
+    def __init__(self, operations, done):
+        self.operations = operations
+        self.done = done
+
+    def state_forwards(self, app_label, state):
+        for operation in self.operations:
+            operation.state_forwards(app_label, state)
+
+    def _steps(self, app_label, from_state):
+        state, steps = from_state, []
+        for operation in self.operations:
+            after = state.clone()
+            operation.state_forwards(app_label, after)
+            steps.append((operation, state, after))
+            state = after
+        return steps
+
+    def _made(self, schema_editor):
+        table, column = self.done
+        with schema_editor.connection.cursor() as cursor:
+            return column in {
+                c.name for c in schema_editor.connection.introspection.get_table_description(cursor, table)
+            }
+
+    def _run(self, schema_editor, change, tables):
+        if schema_editor.connection.vendor != "postgresql" or schema_editor.collect_sql:
+            change()
+        else:
+            _briefly_run(schema_editor, change, tables, "changing its columns")
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if not schema_editor.collect_sql and self._made(schema_editor):
+            return
+        steps = self._steps(app_label, from_state)
+
+        def change():
+            for operation, before, after in steps:
+                operation.database_forwards(app_label, schema_editor, before, after)
+
+        self._run(schema_editor, change, self._tables(app_label))
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if not schema_editor.collect_sql and not self._made(schema_editor):
+            return
+        steps = self._steps(app_label, to_state)
+
+        def change():
+            for operation, before, after in reversed(steps):
+                operation.database_backwards(app_label, schema_editor, after, before)
+
+        self._run(schema_editor, change, self._tables(app_label))
+
+    def _tables(self, app_label):
+        return " and ".join(sorted({f"{app_label}_{operation.model_name_lower}" for operation in self.operations}))
+
+    def describe(self):
+        return "; ".join(operation.describe() for operation in self.operations) + " (one transaction)"
 
 
 def online(apps, schema_editor):
@@ -204,21 +288,28 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        # True for the rows there (without writing them), false for the rows to come.
-        migrations.AddField(
-            model_name="instance",
-            name="migrated",
-            field=models.BooleanField(db_default=True, verbose_name="nell'archivio a lungo termine"),
-        ),
-        migrations.AlterField(
-            model_name="instance",
-            name="migrated",
-            field=models.BooleanField(default=False, db_default=False, verbose_name="nell'archivio a lungo termine"),
-        ),
-        migrations.AddField(
-            model_name="copy",
-            name="instance_received_at",
-            field=models.DateTimeField(blank=True, null=True, verbose_name="istanza ricevuta il"),
+        Briefly(
+            [
+                # True for the rows there (without writing them), false for the rows to come.
+                migrations.AddField(
+                    model_name="instance",
+                    name="migrated",
+                    field=models.BooleanField(db_default=True, verbose_name="nell'archivio a lungo termine"),
+                ),
+                migrations.AlterField(
+                    model_name="instance",
+                    name="migrated",
+                    field=models.BooleanField(
+                        default=False, db_default=False, verbose_name="nell'archivio a lungo termine"
+                    ),
+                ),
+                migrations.AddField(
+                    model_name="copy",
+                    name="instance_received_at",
+                    field=models.DateTimeField(blank=True, null=True, verbose_name="istanza ricevuta il"),
+                ),
+            ],
+            done=("archive_copy", "instance_received_at"),
         ),
         migrations.RunPython(fill, migrations.RunPython.noop, elidable=True),
         migrations.SeparateDatabaseAndState(

@@ -340,6 +340,91 @@ def test_the_constraint_and_indexes_are_built_while_the_archive_writes(old_study
     assert_work_indexes_in_catalogue(sample)
 
 
+def _columns(table: str) -> set[str]:
+    with connection.cursor() as cursor:
+        return {c.name for c in connection.introspection.get_table_description(cursor, table)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crash_after_the_columns_is_resumed_by_migrating_again(old_study: list[Instance]) -> None:
+    """0026 is not atomic: its columns are made and committed, then the process dies before the
+    migration is recorded. Migrating again finds them there and goes on (no "column exists")."""
+    executor = MigrationExecutor(connection)
+    executor.migrate([("archive", "0025_dose_register")])
+    try:
+        assert "migrated" not in _columns("archive_instance")
+        operations = executor.loader.get_migration("archive", MIGRATION).operations
+        state = executor.loader.project_state(("archive", "0025_dose_register"), at_end=True)
+        with connection.schema_editor(atomic=False) as editor:
+            apply(operations[:1], state, editor)  # the columns; then the crash
+        assert "migrated" in _columns("archive_instance") and "instance_received_at" in _columns("archive_copy")
+        assert not MigrationRecorder(connection).migration_qs.filter(app="archive", name=MIGRATION).exists()
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert MigrationRecorder(connection).migration_qs.filter(app="archive", name=MIGRATION).exists()
+    assert migrated(old_study) == [False] * len(old_study)
+    assert_invariant()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's locks")
+@pytest.mark.django_db(transaction=True)
+def test_the_columns_never_queue_the_archive_s_writes(old_study: list[Instance]) -> None:
+    """0026's columns need ACCESS EXCLUSIVE on archive_instance and archive_copy. With an ingest's
+    transaction open on archive_instance, the ALTER TABLE waits for it; every write would queue
+    behind that wait. It is asked with a lock_timeout of a second and asked again: meanwhile this
+    connection writes instances with ``lock_timeout = 2s``, and none may wait that long. The
+    columns are made once the open transaction ends, all in one transaction."""
+    sample = old_study[0]
+    executor = MigrationExecutor(connection)
+    executor.migrate([("archive", "0025_dose_register")])
+    operations = executor.loader.get_migration("archive", MIGRATION).operations
+    state = executor.loader.project_state(("archive", "0025_dose_register"), at_end=True)
+    errors: list[BaseException] = []
+
+    def columns() -> None:
+        try:
+            with connection.schema_editor(atomic=False) as editor:
+                apply(operations[:1], state, editor)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=columns)
+    holder = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+            holder.set_autocommit(False)
+            write(holder.cursor(), sample, "h0", copy=False)
+            thread.start()
+            end, n = time.monotonic() + 3.5, 0
+            while time.monotonic() < end:
+                write(cursor, sample, f"a{n}", copy=False)  # OperationalError (lock timeout) if queued 2 s
+                n += 1
+                time.sleep(0.1)
+            assert thread.is_alive() and not errors  # still asking, every second
+            assert "migrated" not in _columns("archive_instance")
+            holder.commit()
+            thread.join(30)
+            assert not thread.is_alive() and not errors, errors
+            assert "migrated" in _columns("archive_instance") and "instance_received_at" in _columns("archive_copy")
+    finally:
+        holder.rollback()
+        holder.close()
+        if thread.ident is not None:
+            thread.join(30)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert_invariant()
+    assert_work_indexes_in_catalogue(sample)
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the plans are PostgreSQL's")
 def test_each_selection_reads_its_partial_index_only_over_the_due_rows(
     old_study: list[Instance], settings: Any
