@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import CLK_TCK, machine_busy_ticks, process_ticks  # noqa: E402
+from bench.common import CLK_TCK, database_template, machine_busy_ticks, process_ticks  # noqa: E402
 
 PYTHON = sys.executable
 DATABASE_PREPARE = (
@@ -210,7 +210,8 @@ def pg_database(url: str, action: str) -> None:
     args = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432), "-U", parsed.username or "postgres"]
     subprocess.run(["dropdb", "--if-exists", *args, name], check=True)
     if action == "create":
-        subprocess.run(["createdb", *args, name], check=True)
+        template = database_template()
+        subprocess.run(["createdb", *args, *(["--template", template] if template else []), name], check=True)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ kind, never their figures (a benchmark asserts nothing about speed). A
 benchmark that no longer runs (a moved import, a column it does not write, a
 page that fails) fails its test here. Those that need PostgreSQL get a
 throw-away database of their own (never ``test_*``, which the suite owns),
+created as a copy of the session's migrated template (``BENCH_PG_TEMPLATE``,
+tests/bench/template.py: each benchmark's own ``migrate`` then has nothing to do),
 dropped afterwards, and are skipped when PostgreSQL is not reachable on
 127.0.0.1:5432; ingest, render and region need DCMTK, which ``make test`` installs;
 region makes (and drops) its own database and needs Redis too (skipped without).
@@ -25,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.bench.template import template_ready
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -40,12 +43,14 @@ def _admin() -> Any:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it)."""
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it,
+    as a copy of the session's migrated template: tests/bench/template.py)."""
     try:
         _admin().close()
     except Exception as exc:
         pytest.skip(f"this benchmark needs PostgreSQL on {HOST}:{PORT}: {exc}")
+    monkeypatch.setenv("BENCH_PG_TEMPLATE", template_ready())
     bench = request.node.name.removeprefix("test_").split("_")[0]
     name = f"smoke_{bench}_{os.getpid()}"
     try:
