@@ -4,7 +4,8 @@ memory around one request, and CPU time read from ``/proc``.
 
 Used by ``bench/retrieve/run.py`` (WADO-RS retrieve), ``bench/portal/zip_memory.py``
 (the portal's ZIP download), ``bench/portal/run.py`` and ``bench/ingest/run.py`` (CPU); the
-template of the PostgreSQL databases the benchmarks create (:func:`database_template`).
+template of the PostgreSQL databases the benchmarks create (:func:`database_template`) and of
+their SQLite ones (:func:`sqlite_from_template`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def database_template() -> str | None:
     once a session (``tests/bench/conftest.py``); the benchmark migrates its copy all the same (nothing to
     do unless the checkout has a newer migration). Nobody may be connected to the template while it is copied."""
     return os.environ.get("BENCH_PG_TEMPLATE") or None
+
+
+def sqlite_from_template(path: Path) -> None:
+    """When ``BENCH_SQLITE_TEMPLATE`` names a migrated SQLite database and ``path`` does not exist yet,
+    ``path`` starts as a copy of it (0600) instead of empty: the test suite's, migrated once a session
+    (``tests/bench/template.py``). The benchmark migrates its copy all the same."""
+    import shutil
+
+    template = os.environ.get("BENCH_SQLITE_TEMPLATE")
+    if not template or path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    path.chmod(0o600)
 
 
 def floor_read(files: list[Path]) -> tuple[float, int]:
