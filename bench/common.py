@@ -39,7 +39,7 @@ def server_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]
 def database_template() -> str | None:
     """``BENCH_PG_TEMPLATE``: a migrated PostgreSQL database that a benchmark's new database is copied from
     (``CREATE DATABASE ... TEMPLATE``, seconds) instead of created empty, or None. The test suite's, migrated
-    once a session (``tests/bench/conftest.py``); the benchmark migrates its copy all the same (nothing to
+    once a session (``tests/bench/template.py``); the benchmark migrates its copy all the same (nothing to
     do unless the checkout has a newer migration). Nobody may be connected to the template while it is copied."""
     return os.environ.get("BENCH_PG_TEMPLATE") or None
 
