@@ -3,7 +3,9 @@ stored files, their eviction from the page cache, the gunicorn workers' resident
 memory around one request, and CPU time read from ``/proc``.
 
 Used by ``bench/retrieve/run.py`` (WADO-RS retrieve), ``bench/portal/zip_memory.py``
-(the portal's ZIP download), ``bench/portal/run.py`` and ``bench/ingest/run.py`` (CPU).
+(the portal's ZIP download), ``bench/portal/run.py`` and ``bench/ingest/run.py`` (CPU); the
+template of the PostgreSQL databases the benchmarks create (:func:`database_template`) and of
+their SQLite ones (:func:`sqlite_from_template`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,28 @@ def server_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "PACS_VAR_DIR", "LOG_LEVEL", "DEBUG", *extra)})
     os.environ.pop("REDIS_URL", None)
     return env
+
+
+def database_template() -> str | None:
+    """``BENCH_PG_TEMPLATE``: a migrated PostgreSQL database that a benchmark's new database is copied from
+    (``CREATE DATABASE ... TEMPLATE``, seconds) instead of created empty, or None. The test suite's, migrated
+    once a session (``tests/bench/template.py``); the benchmark migrates its copy all the same (nothing to
+    do unless the checkout has a newer migration). Nobody may be connected to the template while it is copied."""
+    return os.environ.get("BENCH_PG_TEMPLATE") or None
+
+
+def sqlite_from_template(path: Path) -> None:
+    """When ``BENCH_SQLITE_TEMPLATE`` names a migrated SQLite database and ``path`` does not exist yet,
+    ``path`` starts as a copy of it (0600) instead of empty: the test suite's, migrated once a session
+    (``tests/bench/template.py``). The benchmark migrates its copy all the same."""
+    import shutil
+
+    template = os.environ.get("BENCH_SQLITE_TEMPLATE")
+    if not template or path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    path.chmod(0o600)
 
 
 def floor_read(files: list[Path]) -> tuple[float, int]:

@@ -17,6 +17,9 @@ os.environ.setdefault("PACS_AUDIT_KEY_FILE", os.path.join(os.environ["PACS_TEST_
 os.environ.setdefault("CELERY_QUEUE", f"pacs-test-{os.getpid()}")
 os.environ.setdefault("CELERY_QUEUE_PREFIX", os.environ["CELERY_QUEUE"] + ".")
 
+# The session's folder, the same in every xdist worker (tests/bench/template.py keeps a lock there).
+os.environ.setdefault("PACS_TEST_SESSION_DIR", os.environ["PACS_TEST_VAR_DIR"])
+
 # Under pytest-xdist (make test runs the suite in several processes) each worker inherits the
 # values above from the controller; it needs its own: a var folder (media, tiers, the audit key),
 # Celery queues, and a Redis database, since a test's cache.clear() flushes its whole database,
@@ -44,5 +47,13 @@ def pytest_unconfigure(config: object) -> None:
     import shutil
 
     path = os.environ.get("PACS_TEST_VAR_DIR", "")
+    if not os.environ.get("PACS_TEST_WORKER") and path:
+        # The session's own process (the xdist controller, or the only one): the benchmarks' template
+        # database, if a test made one (in any worker), goes with the session.
+        from pathlib import Path
+
+        from tests.bench.template import template_drop
+
+        template_drop(Path(path))
     if path.startswith(tempfile.gettempdir()) and "pacs-test-" in path and not os.environ.get("PACS_KEEP_TEST_VAR"):
         shutil.rmtree(path, ignore_errors=True)

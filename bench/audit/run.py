@@ -192,7 +192,10 @@ def main() -> None:
     if created:
         name = urlparse(url).path.lstrip("/")
         _psql(url, f'DROP DATABASE IF EXISTS "{name}"')
-        _psql(url, f'CREATE DATABASE "{name}"')
+        from bench.common import database_template
+
+        template = database_template()
+        _psql(url, f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
     try:
         designs = [d for d in args.designs.split(",") if d]

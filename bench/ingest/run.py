@@ -46,7 +46,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
-from bench.common import CLK_TCK, machine_busy_ticks, process_ticks  # noqa: E402
+from bench.common import (  # noqa: E402
+    CLK_TCK,
+    database_template,
+    machine_busy_ticks,
+    process_ticks,
+    sqlite_from_template,
+)
 
 PYTHON = sys.executable
 DATABASE_PREPARE = (
@@ -141,6 +147,8 @@ def prepare(work: Path, database_url: str | None) -> None:
     is measured. The single- and the multi-process listener share the database (they never
     receive at the same time)."""
     env = listener_env(work, database_url)
+    if not database_url:
+        sqlite_from_template(work / "var" / "pacs.sqlite3")  # settings.SQLITE_PATH
     subprocess.run([PYTHON, "-c", DATABASE_PREPARE], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -210,7 +218,8 @@ def pg_database(url: str, action: str) -> None:
     args = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432), "-U", parsed.username or "postgres"]
     subprocess.run(["dropdb", "--if-exists", *args, name], check=True)
     if action == "create":
-        subprocess.run(["createdb", *args, name], check=True)
+        template = database_template()
+        subprocess.run(["createdb", *args, *(["--template", template] if template else []), name], check=True)
 
 
 def main() -> None:

@@ -54,6 +54,9 @@ def free_port() -> int:
 def setup(instances: int, frames: int) -> tuple[list[Path], int]:
     import django
 
+    from bench.common import sqlite_from_template
+
+    sqlite_from_template(WORK / "bench.sqlite3")
     django.setup()
     from django.core.management import call_command
 

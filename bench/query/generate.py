@@ -253,7 +253,13 @@ def database_prepare(url: str, *, reset: bool) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            from bench.common import database_template
+
+            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            template = database_template()
+            if template:
+                create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(create)
             print(f"created database {name}")
 
 

@@ -78,6 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import database_template
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
@@ -337,7 +339,8 @@ class Box:
 
     def database_create(self) -> None:
         with pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+            template = database_template()
+            conn.execute(f'CREATE DATABASE "{self.db_name}"' + (f' TEMPLATE "{template}"' if template else ""))
         env = self.env()
         subprocess.run(
             [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],

@@ -52,7 +52,7 @@ def seed(work: Path, slices: int, size: int) -> None:
     from archive.sample_data import PatientInfo
     from tests.viewer3d_helpers import ct_series, ingest
 
-    call_command("migrate", verbosity=0, interactive=False)
+    call_command("migrate", verbosity=0, interactive=False)  # on a copy of BENCH_SQLITE_TEMPLATE if set (main)
     authority = HealthAuthority.objects.create(code="ASUGI", name="Azienda sanitaria di prova")
     facility = Facility.objects.create(
         code="TS-CAT", name="Ospedale di prova", authority=authority, ae_title="BENCH", dicom_port=11112
@@ -187,6 +187,9 @@ def main() -> None:
     env.pop("REDIS_URL", None)
     os.environ.update({k: env[k] for k in ("PACS_VAR_DIR", "DATABASE_URL", "DJANGO_SETTINGS_MODULE", "DEBUG")})
     os.environ.pop("REDIS_URL", None)
+    from bench.common import sqlite_from_template
+
+    sqlite_from_template(work / "bench.sqlite3")
     started = time.perf_counter()
     seed(work, args.slices, args.size)
     seeded = time.perf_counter() - started

@@ -7,6 +7,9 @@ kind, never their figures (a benchmark asserts nothing about speed). A
 benchmark that no longer runs (a moved import, a column it does not write, a
 page that fails) fails its test here. Those that need PostgreSQL get a
 throw-away database of their own (never ``test_*``, which the suite owns),
+created as a copy of the session's migrated template (``BENCH_PG_TEMPLATE``,
+tests/bench/template.py: each benchmark's own ``migrate`` then has nothing to do; the
+SQLite ones of ingest, lifecycle and viewer start as copies of a migrated file the same way),
 dropped afterwards, and are skipped when PostgreSQL is not reachable on
 127.0.0.1:5432; ingest, render and region need DCMTK, which ``make test`` installs;
 region makes (and drops) its own database and needs Redis too (skipped without).
@@ -25,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.bench.template import sqlite_template_ready, template_ready
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -40,12 +44,14 @@ def _admin() -> Any:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it)."""
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it,
+    as a copy of the session's migrated template: tests/bench/template.py)."""
     try:
         _admin().close()
     except Exception as exc:
         pytest.skip(f"this benchmark needs PostgreSQL on {HOST}:{PORT}: {exc}")
+    monkeypatch.setenv("BENCH_PG_TEMPLATE", template_ready())
     bench = request.node.name.removeprefix("test_").split("_")[0]
     name = f"smoke_{bench}_{os.getpid()}"
     try:
@@ -53,6 +59,13 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SQLite databases the benchmark makes start as copies of the session's migrated one
+    (``BENCH_SQLITE_TEMPLATE``, tests/bench/template.py)."""
+    monkeypatch.setenv("BENCH_SQLITE_TEMPLATE", str(sqlite_template_ready()))
 
 
 def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 240) -> str:
@@ -150,6 +163,7 @@ def test_capacity_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: 
     )
 
 
+@pytest.mark.usefixtures("sqlite_template")
 def test_ingest_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Path) -> None:
     out = _run("bench/ingest/run.py", "--smoke", tmp_path=tmp_path, env={"BENCH_PG_URL": database_url})
     _has_lines(
@@ -166,6 +180,7 @@ def test_ingest_benchmark_runs_at_its_smoke_size(database_url: str, tmp_path: Pa
     )
 
 
+@pytest.mark.usefixtures("sqlite_template")
 def test_lifecycle_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
     out = _run("bench/lifecycle/run.py", "--smoke", tmp_path=tmp_path)
     _has_lines(
@@ -259,6 +274,7 @@ def test_render_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Chromium is not installed at /usr/bin/chromium")
+@pytest.mark.usefixtures("sqlite_template")
 def test_viewer_benchmark_runs_at_its_smoke_size(tmp_path: Path) -> None:
     out = _run("bench/viewer/run.py", "--smoke", tmp_path=tmp_path)
     _has_lines(

@@ -26,17 +26,20 @@ import pytest
 from bench.region import run as region_bench
 from bench.region.harness import services_reachable
 from bench.region.seed import FACILITIES
+from tests.bench.template import template_ready
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(900)
 def test_a_region_loses_nothing_acknowledged_through_a_killed_worker_host_and_a_restarted_listener(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     why = services_reachable()
     if why:
         pytest.skip(why)
+    # The box's database is a copy of the session's migrated template (tests/bench/template.py).
+    monkeypatch.setenv("BENCH_PG_TEMPLATE", template_ready())
     # The benchmark's own smoke run (bench/region/run.py --smoke): one run is both the test and the
     # proof that the benchmark still runs. It exits 1 (SystemExit) when the verification finds anything,
     # with every process's log on stderr.
