@@ -178,9 +178,7 @@ def test_the_data_migration_fills_an_archive_already_there(
             cursor.execute("SELECT COUNT(*) FROM archive_instance")
             assert cursor.fetchone()[0] == 6
     finally:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        migrate_to_the_end()
     assert migrated(old_study) == expected
     copies = list(Copy.objects.all())
     assert {c.tier for c in copies} == {"facility:TS-CAT", REGION_TIER}
@@ -190,6 +188,13 @@ def test_the_data_migration_fills_an_archive_already_there(
     assert_invariant()
     if connection.vendor == "postgresql":
         assert_work_indexes_in_catalogue(old_study[0])
+
+
+def migrate_to_the_end() -> None:
+    """Every migration applied, as the test found the database (the graph read again from disk)."""
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 MIGRATION = "0026_lifecycle_work_indexes"
@@ -254,6 +259,18 @@ def apply(operations: Sequence[Any], state: Any, editor: Any) -> None:
         before = state.clone()
         operation.state_forwards("archive", state)
         operation.database_forwards("archive", editor, before, state)
+
+
+def holders_end(holders: Sequence[Any], thread: threading.Thread) -> None:
+    """The open transactions rolled back and closed, the migration's thread waited for, and this
+    connection's lock_timeout reset."""
+    for holder in holders:
+        holder.rollback()
+        holder.close()
+    if thread.ident is not None:
+        thread.join(60)
+    with connection.cursor() as cursor:
+        cursor.execute("RESET lock_timeout")
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's locks")
@@ -326,17 +343,10 @@ def test_the_constraint_and_indexes_are_built_while_the_archive_writes(old_study
             thread.join(60)
             assert not thread.is_alive() and not errors, errors
     finally:
-        for holder in holders:
-            holder.rollback()
-            holder.close()
-        if thread.ident is not None:
-            thread.join(60)
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
+        holders_end(holders, thread)
         if not errors:
             MigrationRecorder(connection).record_applied("archive", MIGRATION)
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        migrate_to_the_end()
     assert_work_indexes_in_catalogue(sample)
 
 
@@ -360,9 +370,7 @@ def test_a_crash_after_the_columns_is_resumed_by_migrating_again(old_study: list
         assert "migrated" in _columns("archive_instance") and "instance_received_at" in _columns("archive_copy")
         assert not MigrationRecorder(connection).migration_qs.filter(app="archive", name=MIGRATION).exists()
     finally:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        migrate_to_the_end()
     assert MigrationRecorder(connection).migration_qs.filter(app="archive", name=MIGRATION).exists()
     assert migrated(old_study) == [False] * len(old_study)
     assert_invariant()
@@ -412,15 +420,8 @@ def test_the_columns_never_queue_the_archive_s_writes(old_study: list[Instance])
             assert not thread.is_alive() and not errors, errors
             assert "migrated" in _columns("archive_instance") and "instance_received_at" in _columns("archive_copy")
     finally:
-        holder.rollback()
-        holder.close()
-        if thread.ident is not None:
-            thread.join(30)
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        holders_end([holder], thread)
+        migrate_to_the_end()
     assert_invariant()
     assert_work_indexes_in_catalogue(sample)
 

@@ -39,24 +39,37 @@ def admin() -> Any:
     return psycopg.connect(host=HOST, port=PORT, user="postgres", dbname="postgres", autocommit=True, connect_timeout=3)
 
 
-def _env(database_url: str, var: str) -> dict[str, str]:
-    """The environment of a template's migration: not the test session's database, broker, audit key
-    or var folder, its own."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "DATABASE_URL",
-            "REDIS_URL",
-            "PACS_AUDIT_KEY_FILE",
-            "PACS_TEST_VAR_DIR",
-            "CELERY_QUEUE",
-            "CELERY_QUEUE_PREFIX",
+# What a benchmark's process (or a template's migration) must not take from the test session:
+# its database, broker, audit key (a file this session may not have made yet), var folder, queues.
+SESSION_ONLY = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "PACS_AUDIT_KEY_FILE",
+    "PACS_TEST_VAR_DIR",
+    "CELERY_QUEUE",
+    "CELERY_QUEUE_PREFIX",
+)
+
+
+def environment_without_session() -> dict[str, str]:
+    """This process's environment without what belongs to the test session (:data:`SESSION_ONLY`)."""
+    return {k: v for k, v in os.environ.items() if k not in SESSION_ONLY}
+
+
+def _migrate(database_url: str, what: str) -> None:
+    """``manage.py migrate`` on ``database_url``, with a var folder and an audit key of its own."""
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-template-") as var:
+        env = environment_without_session()
+        env.update(DATABASE_URL=database_url, PACS_VAR_DIR=var, PACS_AUDIT_KEY_FILE=str(Path(var) / "audit.key"))
+        done = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
         )
-    }
-    env.update(DATABASE_URL=database_url, PACS_VAR_DIR=var, PACS_AUDIT_KEY_FILE=str(Path(var) / "audit.key"))
-    return env
+    if done.returncode != 0:
+        raise RuntimeError(f"migrating {what} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
 def session_dir() -> Path:
@@ -82,18 +95,7 @@ def template_ready() -> str:
             # A half-made one, from a worker of this session that died making it.
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
-        with tempfile.TemporaryDirectory(prefix="pacs-bench-template-") as var:
-            done = subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=REPO,
-                env=_env(f"postgres://postgres@{HOST}:{PORT}/{name}", var),
-                capture_output=True,
-                text=True,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"migrating {name} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-            )
+        _migrate(f"postgres://postgres@{HOST}:{PORT}/{name}", name)
         with admin() as conn:
             # The migration's connections are gone with its process; none may come back (a copy fails
             # while anyone is connected to its template).
@@ -111,19 +113,9 @@ def sqlite_template_ready() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return path
-        with tempfile.TemporaryDirectory(prefix="pacs-bench-template-") as var:
-            made = Path(var) / "template.sqlite3"
-            done = subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=REPO,
-                env=_env(f"sqlite:///{made}", var),
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"migrating {made} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-                )
+        with tempfile.TemporaryDirectory(prefix="pacs-bench-template-db-") as where:
+            made = Path(where) / "template.sqlite3"
+            _migrate(f"sqlite:///{made}", str(made))
             # One file, whatever the migration left in its write-ahead log; then in place at once.
             partial = folder / f"{MARKER}.sqlite3.partial"
             partial.unlink(missing_ok=True)

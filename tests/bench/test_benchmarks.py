@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.template import sqlite_template_ready, template_ready
+from tests.bench.template import environment_without_session, sqlite_template_ready, template_ready
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -72,19 +72,7 @@ def _run(script: str, *args: str, tmp_path: Path, env: dict[str, str] | None = N
     """Run ``script`` with the project's Python; its standard output, or a failure with both outputs' ends."""
     # Not the test session's database, broker or audit key (a file this session may not have
     # made yet): each benchmark names its own, and generates its key in its own var folder.
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "DATABASE_URL",
-            "REDIS_URL",
-            "PACS_AUDIT_KEY_FILE",
-            "PACS_TEST_VAR_DIR",
-            "CELERY_QUEUE",
-            "CELERY_QUEUE_PREFIX",
-        )
-    }
+    clean = environment_without_session()
     clean["PACS_VAR_DIR"] = str(tmp_path / "var")  # for those that do not choose one
     # A session of its own: on a timeout the benchmark's servers go with it, not only the script.
     proc = subprocess.Popen(
