@@ -414,10 +414,7 @@ class _ImageLeaf:
         ds = Dataset()
         ds.InstanceNumber = self.instance_number
         _record_finish_dataset(ds, "IMAGE")
-        ds.ReferencedFileID = list(self.file_id)
-        ds.ReferencedSOPClassUIDInFile = self.sop_class_uid
-        ds.ReferencedSOPInstanceUIDInFile = self.sop_instance_uid
-        ds.ReferencedTransferSyntaxUIDInFile = self.transfer_syntax_uid
+        _references_set(ds, self.file_id, self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid)
         return ds
 
     def encoded(self) -> bytes | None:
@@ -441,20 +438,35 @@ class _ImageLeaf:
             return None
 
 
+def _header(tag: int, vr: bytes, length: int) -> bytes:
+    """An element's header in Explicit VR Little Endian, for a VR with a 2-byte length (PS3.5 7.1.2)."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, length)
+
+
 def _ul(tag: int, value: int) -> bytes:
-    return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"UL", 4, value)
+    return _header(tag, b"UL", 4) + struct.pack("<I", value)
 
 
 def _us(tag: int, value: int) -> bytes:
-    return struct.pack("<HH2sHH", tag >> 16, tag & 0xFFFF, b"US", 2, value)
+    return _header(tag, b"US", 2) + struct.pack("<H", value)
 
 
 def _short_text(tag: int, vr: bytes, text: str, pad: bytes) -> bytes:
-    """An element of a VR with a 2-byte length (PS3.5 7.1.2), padded to an even length (PS3.5 6.2)."""
+    """A text element, padded to an even length (PS3.5 6.2)."""
     value = text.encode("ascii")
     if len(value) % 2:
         value += pad
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    return _header(tag, vr, len(value)) + value
+
+
+def _references_set(
+    ds: Dataset, file_id: Sequence[str], sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str
+) -> None:
+    """A leaf record's reference to its file (PS3.3 F.3-3)."""
+    ds.ReferencedFileID = list(file_id)
+    ds.ReferencedSOPClassUIDInFile = sop_class_uid
+    ds.ReferencedSOPInstanceUIDInFile = sop_instance_uid
+    ds.ReferencedTransferSyntaxUIDInFile = transfer_syntax_uid
 
 
 class _Record:
@@ -482,7 +494,8 @@ def _record(kind: str, header: Dataset) -> _Record:
         ds = directory_record(kind, header)  # PS3.3 F.5, with Specific Character Set (F.3.2.2)
     except (ValueError, KeyError, AttributeError) as exc:
         raise MediaError(f"{header.get('SOPInstanceUID', '?')}: no {kind} record for the DICOMDIR: {exc}") from exc
-    return _record_finish(_Record(ds), kind)
+    _record_finish_dataset(ds, kind)
+    return _Record(ds)
 
 
 def _leaf_kind_from_index(instance: Instance, series: Series) -> str | None:
@@ -544,17 +557,15 @@ def dicomdir_records(
             else:
                 header = _record_header(instance, series=series, series_number=series_number, instance_number=number)
                 leaf = _record(_four_level_record_type(header), header)
-                leaf.dataset.ReferencedFileID = list(file_id)
-                leaf.dataset.ReferencedSOPClassUIDInFile = instance.sop_class_uid
-                leaf.dataset.ReferencedSOPInstanceUIDInFile = instance.sop_instance_uid
-                leaf.dataset.ReferencedTransferSyntaxUIDInFile = instance.transfer_syntax_uid
+                _references_set(
+                    leaf.dataset,
+                    file_id,
+                    instance.sop_class_uid,
+                    instance.sop_instance_uid,
+                    instance.transfer_syntax_uid,
+                )
             series_record.children.append(leaf)
     return roots
-
-
-def _record_finish(record: _Record, kind: str) -> _Record:
-    _record_finish_dataset(record.dataset, kind)
-    return record
 
 
 def _record_finish_dataset(ds: Dataset, kind: str) -> None:
@@ -627,8 +638,7 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
 
     def put(position: int, tag: int, offset: int) -> None:
         # Checked against the element's own header, and its value still the 0 encoded.
-        header = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UL", 4)
-        if out[position - 8 : position] != header or out[position : position + 4] != bytes(4):
+        if out[position - 8 : position] != _header(tag, b"UL", 4) or out[position : position + 4] != bytes(4):
             raise MediaError(f"the DICOMDIR's offset {tag:08X} is not where it was encoded")
         struct.pack_into("<I", out, position, offset)
 
@@ -643,8 +653,7 @@ def dicomdir_encode(roots: list[_Record]) -> bytes:
 
     link(roots)
     for tag, record in ((FIRST_ROOT_RECORD, roots[0]), (LAST_ROOT_RECORD, roots[-1])):
-        header = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UL", 4)
-        found = out.find(header, 0, sequence_start)
+        found = out.find(_header(tag, b"UL", 4), 0, sequence_start)
         put(found + 8 if found >= 0 else 0, tag, where[id(record)])
     return bytes(out)
 

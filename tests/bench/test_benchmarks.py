@@ -24,23 +24,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.bench.template import environment_without_session, sqlite_template_ready, template_ready
+from tests.bench.template import HOST, PORT, admin, environment_without_session, sqlite_template_ready, template_ready
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-HOST, PORT = "127.0.0.1", 5432
 PAGES = ("/fse/ (my exams)", "/fse/esami/<pk>/ (exam)")  # bench/portal/run.py's
-
-
-def _admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(host=HOST, port=PORT, user="postgres", dbname="postgres", autocommit=True, connect_timeout=3)
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """The URL of a database of the benchmark's own, dropped afterwards (the benchmark creates it,
     as a copy of the session's migrated template: tests/bench/template.py)."""
     try:
-        _admin().close()
+        admin().close()
     except Exception as exc:
         pytest.skip(f"this benchmark needs PostgreSQL on {HOST}:{PORT}: {exc}")
     monkeypatch.setenv("BENCH_PG_TEMPLATE", template_ready())
@@ -57,7 +49,7 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     try:
         yield f"postgres://postgres@{HOST}:{PORT}/{name}"
     finally:
-        with _admin() as conn:
+        with admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
