@@ -30,6 +30,7 @@ from django.db import IntegrityError, OperationalError, close_old_connections, c
 from django.db.models import F, Field
 from django.utils import timezone
 
+from archive.storage import removals
 from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.audit import audit_record
@@ -603,8 +604,17 @@ def _existing(received: _Received, existing: Instance, *, study: Study) -> Inges
     # another facility is a copy in that facility's tier too.
     if not Copy.objects.filter(instance=existing, tier=received.tier).exists():
         with transaction.atomic():
-            values = {**received.copy_values(), "instance_received_at": existing.received_at}
-            Copy.objects.get_or_create(instance=existing, tier=received.tier, defaults=values)
+            # An evicted copy's file at this very path may be waiting for its removal,
+            # and may have been what place_file found: cancel the removal, then look.
+            removals.removals_cancel([(received.tier, received.relpath)])
+            if storage.stored_size(received.tier, received.relpath) == received.size:
+                values = {**received.copy_values(), "instance_received_at": existing.received_at}
+                Copy.objects.get_or_create(instance=existing, tier=received.tier, defaults=values)
+            else:
+                # Removed by that release meanwhile: the instance stays in the copy that backed it.
+                logger.info(
+                    "%s: the file found in %s was removed meanwhile, not recorded", received.relpath, received.tier
+                )
     return received.result(
         DUPLICATE, study.pk, study.patient_id, existing.pk, detail="already archived with the same content"
     )

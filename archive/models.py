@@ -466,6 +466,31 @@ class Copy(models.Model):
         return f"{self.tier}:{self.path}"
 
 
+class FileRemoval(models.Model):
+    """A file to remove from a tier once its row is gone: written in the same transaction
+    that deletes the copy's (or rendition's) row, deleted when the file is removed.
+
+    A process killed between the commit and the removal leaves this row, not an orphan
+    file: the lifecycle's pass finishes it (``archive.storage.removals``). A writer about
+    to put a file back at the same path cancels it first.
+    """
+
+    tier = models.CharField(_("livello"), max_length=64)
+    path = models.CharField(_("percorso"), max_length=512)
+    # A copy's file (``copy_remove``, refused on the write-once tier) or a rendition's.
+    is_copy = models.BooleanField(_("copia"), default=True)
+    instance_id = models.BigIntegerField(_("istanza"), null=True, blank=True)  # no key: a purge deletes it
+    created_at = models.DateTimeField(_("creata il"), auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = _("file da rimuovere")
+        verbose_name_plural = _("file da rimuovere")
+        indexes = [models.Index(fields=["tier", "path"], name="fileremoval_tier_path")]
+
+    def __str__(self) -> str:
+        return f"{self.tier}:{self.path}"
+
+
 class InstanceConflict(models.Model):
     """A received object that collides with an archived one, kept for staff review.
 

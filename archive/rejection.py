@@ -58,6 +58,7 @@ from django.utils import timezone
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from archive.storage import removals
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
 from kernel.errors import PacsError
@@ -502,13 +503,13 @@ def rejections_due(*, now: dt.datetime | None = None, limit: int = 500) -> list[
 
 def rejection_purge(*, rejection_pk: int, now: dt.datetime | None = None) -> bool:
     """Remove a rejected instance whose retention has passed: its index rows (copies,
-    renditions, the instance, a series left with nothing) in one transaction, then its
-    files in every tier (a file left by a crash in between is an orphan, harmless).
+    renditions, the instance, a series left with nothing) in one transaction, with the
+    removal of its files in every tier noted there and done after the commit
+    (:mod:`archive.storage.removals`: a crash in between leaves it to the lifecycle's pass).
     A preservation package is never touched: the tier refuses it, and this removes
     only the archive's own copies. Idempotent: False when there was nothing to do.
     """
     now = now or timezone.now()
-    files: list[tuple[str, str, bool]] = []
     with transaction.atomic():
         rejection = Rejection.objects.select_for_update().filter(pk=rejection_pk).first()
         if rejection is None or rejection.instance_id is None or rejection.rejected_at is None:
@@ -519,8 +520,9 @@ def rejection_purge(*, rejection_pk: int, now: dt.datetime | None = None) -> boo
         series, study = instance.series, instance.series.study
         copies = list(Copy.objects.filter(instance=instance))
         renditions = list(Rendition.objects.filter(instance=instance))
-        files += [(c.tier, c.path, True) for c in copies if storage.tier_kind(c.tier) != storage.PRESERVATION]
+        files = [(c.tier, c.path, True) for c in copies if storage.tier_kind(c.tier) != storage.PRESERVATION]
         files += [(r.tier, r.path, False) for r in renditions if r.path]
+        pending = removals.removals_note(files, instance_id=instance.pk)
         Rendition.objects.filter(instance=instance).delete()
         Copy.objects.filter(instance=instance).exclude(tier__startswith=f"{storage.PRESERVATION}:").delete()
         InstanceConflict.objects.filter(instance=instance).update(instance=None)
@@ -540,14 +542,7 @@ def rejection_purge(*, rejection_pk: int, now: dt.datetime | None = None) -> boo
                 "copies": [f"{tier}:{path}" for tier, path, is_copy in files if is_copy],
             },
         )
-    for tier, path, is_copy in files:
-        try:
-            if is_copy:
-                storage.copy_remove(tier, path)
-            else:
-                storage.remove_file(tier, path)
-        except storage.StorageError as exc:
-            logger.warning("purged %s but its file %s:%s stays: %s", rejection.sop_instance_uid, tier, path, exc)
+    removals.removals_finish(pending)
     return True
 
 

@@ -32,6 +32,7 @@ from archive.models import (
     Copy,
     CopyFailure,
     Facility,
+    FileRemoval,
     FixityRun,
     Instance,
     LifecyclePolicy,
@@ -39,7 +40,7 @@ from archive.models import (
     StorageAlert,
     Study,
 )
-from archive.storage import retrieve
+from archive.storage import removals, retrieve
 from archive.storage import tiers as storage
 from kernel.errors import Unavailable
 
@@ -261,15 +262,24 @@ def copy_make(*, instance: Instance, tier: str, keep_until: dt.datetime | None =
         if keep_until is not None and (existing.keep_until is None or existing.keep_until < keep_until):
             Copy.objects.filter(pk=existing.pk).update(keep_until=keep_until)
         return False
+    removals.removals_cancel([(tier, _target_path(instance, tier))])
     relpath = _copy_bytes(instance, tier, batch=None)
     _record(instance, tier, relpath, keep_until=keep_until)
     return True
 
 
-def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | None) -> str:
-    """The input/output of :func:`copy_make`, no database access (the copies are prefetched): returns the path."""
+def _target_path(instance: Instance, tier: str) -> str:
+    """Where a copy of ``instance`` goes in ``tier``: the path of a row left unverified, else the usual one."""
     existing = next((c for c in instance.copies.all() if c.tier == tier), None)
-    relpath = existing.path if existing is not None else _relpath(instance)
+    return existing.path if existing is not None else _relpath(instance)
+
+
+def _copy_bytes(instance: Instance, tier: str, *, batch: storage.SyncBatch | None) -> str:
+    """The input/output of :func:`copy_make`, no database access (the copies are prefetched): returns the path.
+
+    The caller has cancelled any removal pending at that path (:func:`removals.removals_cancel`).
+    """
+    relpath = _target_path(instance, tier)
     sources = [c for c in retrieve.copies_nearest_first(instance) if c.tier != tier]
     if not sources:
         raise SourceDamaged(instance.sop_instance_uid, "no verified copy to copy from")
@@ -344,6 +354,8 @@ def copies_make(*, instance_pks: list[int], threads: int | None = None) -> tuple
         tier = longterm_tier_for(instance.facility)
         if not any(c.tier == tier and c.verified_at is not None for c in instance.copies.all()):
             work.append((instance, tier))
+    # The evicted copy of a recalled instance may still be waiting for its file's removal.
+    removals.removals_cancel((tier, _target_path(instance, tier)) for instance, tier in work)
     batch = storage.SyncBatch()
     done: list[tuple[Instance, str, str]] = []
     failures: list[tuple[int, Exception]] = []
@@ -418,9 +430,10 @@ def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: s
     ``keeper_kind``), and present in its tier with its size (checked before
     the transaction: slow input/output stays outside). In the transaction the
     instance's copy rows are locked and the keeper is looked at again, so a
-    concurrent release cannot take it away; the row is deleted there and the
-    file after the commit (a file left by a crash in between is an orphan,
-    harmless). Returns True when released.
+    concurrent release cannot take it away; the row is deleted there, with a
+    removal of its file noted, and the file goes after the commit
+    (:mod:`archive.storage.removals`: a crash in between leaves the removal to
+    the next pass, not an orphan file). Returns True when released.
     """
     copy = Copy.objects.filter(pk=copy_pk).first()
     if copy is None:
@@ -452,12 +465,10 @@ def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: s
         if locked_keeper is None or locked_keeper.verified_at is None:
             return False
         mine.delete()
+        pending = removals.removals_note([(mine.tier, mine.path, True)], instance_id=mine.instance_id)
         if _is_longterm(mine.tier):
             instances_migrated_sync(instance_pks=[mine.instance_id])
-    try:
-        storage.copy_remove(mine.tier, mine.path)
-    except storage.StorageError as exc:
-        logger.warning("released copy %s but its file stays: %s", mine, exc)
+    removals.removals_finish(pending)
     return True
 
 
@@ -514,6 +525,7 @@ class RunResult:
     failed: int = 0
     scope_copied: int = 0
     scope_released: int = 0
+    removed: int = 0  # files whose removal a killed process left, removed now (removals_sweep)
     skipped: bool = False  # another pass was running (lifecycle_run)
     errors: list[str] = field(default_factory=list)
     # (instance pk, step) of each failure: a run that only fails what failed before moves nothing.
@@ -621,6 +633,7 @@ def lifecycle_run(*, now: dt.datetime | None = None, limit: int | None = None) -
         result = migrate_batch(now=now, limit=limit)
         scope_migration_step(limit=limit, result=result)
         evict_batch(now=now, limit=limit, result=result)
+        result.removed = removals.removals_sweep(now=now)
         return result
 
 
@@ -932,6 +945,7 @@ def storage_summary(*, principal: access.Principal = access.SYSTEM) -> dict[str,
         "fixity_runs": list(FixityRun.objects.all()[:5]),
         "alerts": list(alerts.select_related("instance")[:50]),
         "unverified": Copy.objects.filter(verified_at__isnull=True).count(),
+        "removals_pending": FileRemoval.objects.count(),  # files of released copies not removed yet
         "stuck": list(failures.select_related("instance").order_by("-damaged", "next_try_at", "pk")[:50]),
         "stuck_count": failures.count(),
     }

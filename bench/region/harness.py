@@ -41,8 +41,9 @@ told (:class:`Outcome`'s ``problems``, empty when all is well):
   once, and nothing is indexed that was not sent;
 * every copy of every instance, on the facility tier and on S3, hashes to the
   index's SHA-256; every instance has a verified long-term copy; no file or
-  object under ``studies/`` that no copy records, no temporary file left in the
-  incoming folders;
+  object under ``studies/`` that no copy records and no file removal left pending
+  (a release cut short by the kill is finished by the next lifecycle pass), no
+  temporary file left in the incoming folders;
 * every queue empty in Redis (``LLEN`` 0) and no message left unacknowledged;
   no study whose post-ingest work is pending; no copy failure outstanding;
 * every download complete (each instance acknowledged before the request in the
@@ -302,6 +303,8 @@ class Box:
             "PACS_LIFECYCLE_SECONDS": repr(size.lifecycle_seconds),
             "PACS_LIFECYCLE_RETRY_SECONDS": "5",
             "PACS_POST_INGEST_SWEEP_SECONDS": "10",
+            # A file removal left by the killed host is finished by the next lifecycle pass.
+            "PACS_FILE_REMOVAL_GRACE_SECONDS": repr(size.lifecycle_seconds),
             # A study recalled by a read from S3 is evicted again as soon as a new one would be.
             "PACS_RECALL_KEEP_DAYS": repr(size.evict_after_seconds / 86400),
             # Every citizen's package is zipped by the portal queue's worker (host beta), as a large
@@ -588,10 +591,12 @@ class Box:
                       (SELECT count(*) FROM archive_copy WHERE tier = %s AND verified_at IS NOT NULL),
                       (SELECT count(*) FROM archive_study WHERE post_ingest_pending),
                       (SELECT count(*) FROM archive_copyfailure),
-                      (SELECT count(*) FROM archive_copy WHERE tier LIKE 'facility:%%')""",
+                      (SELECT count(*) FROM archive_copy WHERE tier LIKE 'facility:%%'),
+                      (SELECT count(*) FROM archive_fileremoval)""",
             (f"longterm:{SCOPE}",),
         )
-        return dict(zip(("instances", "migrated", "pending", "failures", "facility_copies"), row, strict=True))
+        keys = ("instances", "migrated", "pending", "failures", "facility_copies", "removals")
+        return dict(zip(keys, row, strict=True))
 
     def study_instances(self, study_uid: str) -> dict[str, str]:
         """The study's instances as the index records them: SOP Instance UID -> SHA-256."""
@@ -1066,7 +1071,12 @@ def run_load(box: Box, size: Size, work: Path, ledger: Ledger, stats: Stats, *, 
             t.join()
     # The kill's backlog: the first moment after the restart when every queue was empty.
     try:
-        wait_until(lambda: sum(box.backlog()) == 0, timeout=size.drain_timeout, what="queues empty", interval=0.5)
+        wait_until(
+            lambda: sum(box.backlog()) == 0 and not box.progress()["removals"],
+            timeout=size.drain_timeout,
+            what="queues empty and no file removal pending",
+            interval=0.5,
+        )
     finally:
         sampling.set()
         sampler.join()
@@ -1166,6 +1176,8 @@ def verify(box: Box, ledger: Ledger, stats: Stats) -> list[str]:
         problems.append(f"{progress['pending']} studies with post-ingest work pending")
     if progress["failures"]:
         problems.append(f"{progress['failures']} copy failures outstanding")
+    if progress["removals"]:
+        problems.append(f"{progress['removals']} file removals left pending")
 
     wrong = [uid for uid, digests in ledger.downloaded.items() if digests != {sha.get(uid)}]
     if wrong:

@@ -28,6 +28,7 @@ from archive.access import SYSTEM, studies_visible
 from archive.ingest import IngestError, instance_ingest
 from archive.models import (
     Copy,
+    FileRemoval,
     Instance,
     Rejection,
     RejectionNote,
@@ -39,6 +40,7 @@ from archive.models import (
     Study,
 )
 from archive.sample_data import PatientInfo, rejection_note, write_study
+from archive.storage import removals
 from archive.storage import tiers as storage
 from kernel.models import AuditEvent
 from tests.archive.test_dimse_qr import GET, Stored, StoreSCP, c_find, c_move, destination, stored  # noqa: F401
@@ -366,6 +368,7 @@ def test_the_purge_waits_for_the_retention_then_removes_files_and_rows(
     region: Any,
     tmp_path: Path,
     settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings.PACS_REJECTION_RETENTION_DAYS = {"113001": 30, "113039": 0, "default": 30}
     study = Study.objects.get(study_instance_uid=stored.study_uid)
@@ -402,7 +405,8 @@ def test_the_purge_waits_for_the_retention_then_removes_files_and_rows(
     assert event.study_id == study.pk and event.patient_id == study.patient_id
     assert rejection.rejections_purge() == 0
 
-    # 113039 (retention policy expired) has no retention: purged at the next run.
+    # 113039 (retention policy expired) has no retention: purged at the next run. This purge's
+    # process dies between its commit and the files: the removals it noted are finished later.
     (uid2, path2) = sorted(stored.files.items())[2]
     instance_ingest(
         path=_note_file(tmp_path, rejection_note([_header(path2)], code="113039")),
@@ -410,8 +414,18 @@ def test_the_purge_waits_for_the_retention_then_removes_files_and_rows(
         owned=False,
         calling_ae="MODALITY",
     )
-    assert rejection.rejections_purge() == 1
+    instance2 = Instance.all_objects.get(sop_instance_uid=uid2)
+    files2 = {(c.tier, c.path) for c in Copy.objects.filter(instance=instance2)}
+    with monkeypatch.context() as m:
+        m.setattr(removals, "removals_finish", lambda pks: 0)
+        assert rejection.rejections_purge() == 1
     assert not Instance.all_objects.filter(sop_instance_uid=uid2).exists()
+    assert all(storage.absolute_path(tier, path).exists() for tier, path in files2)
+    noted = FileRemoval.objects.filter(instance_id=instance2.pk)
+    assert {(r.tier, r.path) for r in noted} == files2 and all(r.is_copy for r in noted)
+    assert removals.removals_sweep(now=timezone.now() + dt.timedelta(minutes=2)) == len(files2)
+    assert not any(storage.absolute_path(tier, path).exists() for tier, path in files2)
+    assert not FileRemoval.objects.exists()
 
 
 # --- the radiologist's and the citizen's pages and zips ----------------------------------

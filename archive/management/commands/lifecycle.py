@@ -48,7 +48,7 @@ class Command(BaseCommand):
                 break
             self.stdout.write(
                 f"migrated {result.migrated}, evicted {result.evicted}, scope copied {result.scope_copied}, "
-                f"scope released {result.scope_released}, failed {result.failed}"
+                f"scope released {result.scope_released}, failed {result.failed}, files removed {result.removed}"
             )
             self.stdout.flush()
             busy = result.migrated + result.evicted + result.scope_copied + result.scope_released
@@ -76,7 +76,10 @@ class Command(BaseCommand):
         w(f"long-term scope: {summary['scope']}")
         for row in summary["tiers"]:
             w(f"  {row['tier']:<24} {row['objects']:>8} objects {row['bytes'] or 0:>14} bytes")
-        w(f"to migrate: {summary['to_migrate']}, to evict: {summary['to_evict']}, unverified: {summary['unverified']}")
+        w(
+            f"to migrate: {summary['to_migrate']}, to evict: {summary['to_evict']}, unverified: {summary['unverified']}, "
+            f"file removals pending: {summary['removals_pending']}"
+        )
         migration = summary["migration"]
         if migration is not None:
             state = "done" if migration.finished_at else "running"
