@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import shared_task, signals
 from django.db import InterfaceError, OperationalError, transaction
 
 from archive.dicomnet import commitment
@@ -97,6 +97,13 @@ def lifecycle_run(limit: int | None = None) -> dict[str, int]:
     """
     result = lifecycle.lifecycle_run(limit=limit)
     return {k: v for k, v in vars(result).items() if isinstance(v, int)}
+
+
+@signals.worker_ready.connect
+def _temporaries_clean(**_kwargs: Any) -> None:
+    """A worker starting removes what this host's dead processes left in the incoming folder and
+    the tiers (a copy cut short by a killed worker); its own children are alive, so kept."""
+    storage.incoming_clean_stray(own=False)
 
 
 @shared_task(name=tasknames.STORAGE_FIXITY_AUDIT, acks_late=True)

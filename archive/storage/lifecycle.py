@@ -634,6 +634,8 @@ def lifecycle_run(*, now: dt.datetime | None = None, limit: int | None = None) -
         scope_migration_step(limit=limit, result=result)
         evict_batch(now=now, limit=limit, result=result)
         result.removed = removals.removals_sweep(now=now)
+        # What a worker of this host killed mid-copy left: its temporary files in the tiers.
+        storage.incoming_clean_stray(own=False)
         return result
 
 

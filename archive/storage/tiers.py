@@ -41,6 +41,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -250,8 +251,12 @@ def incoming_dir() -> Path:
     return path
 
 
-def incoming_clean_stray() -> int:
-    """Remove the incoming folders of processes that no longer run; return how many files went."""
+def incoming_clean_stray(*, own: bool = True) -> int:
+    """Remove the incoming folders of processes that no longer run, and the temporary files
+    they were writing into the tiers (:func:`_tier_temp`); return how many files went.
+
+    ``own``: this process's folder too (at start-up: a dead process that had the same pid).
+    """
     root = Path(settings.PACS_INCOMING_DIR)
     if not root.is_dir():
         return 0
@@ -260,19 +265,56 @@ def incoming_clean_stray() -> int:
         if not entry.is_dir() or not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
         if pid == os.getpid():
-            files = [p for p in entry.iterdir() if p.is_file()]
-            for p in files:
-                p.unlink(missing_ok=True)
-            removed += len(files)
-            continue
-        removed += sum(1 for p in entry.rglob("*") if p.is_file())
-        shutil.rmtree(entry, ignore_errors=True)
+            if own:
+                removed += _clean_folder(entry)
+        elif not _pid_alive(pid):
+            removed += _clean_folder(entry)
+            shutil.rmtree(entry, ignore_errors=True)
     if removed:
-        logger.warning("removed %d stray temporary files from %s", removed, root)
+        logger.warning("removed %d stray temporary files from %s and the tiers", removed, root)
     return removed
+
+
+def _clean_folder(folder: Path) -> int:
+    removed = 0
+    for p in folder.iterdir():
+        if p.is_symlink() and p.name.endswith(_TIER_TEMP_MARK):
+            # A temporary file in a tier (its target), whose copy never finished.
+            target = os.readlink(p)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+                removed += 1
+            p.unlink(missing_ok=True)
+        elif p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+_TIER_TEMP_MARK = ".tier-temp"
+
+
+@contextlib.contextmanager
+def _tier_temp(folder: Path) -> Iterator[tuple[int, str]]:
+    """A new temporary file in ``folder`` of a tier, as ``(fd, path)``: beside its final name,
+    so that linking or renaming it there is atomic.
+
+    A symbolic link to it in this process's incoming folder marks it while it is written,
+    made before the file and removed after the caller is done with it: a process killed
+    meanwhile leaves the link, and the clean-up of a dead process's folder
+    (:func:`incoming_clean_stray`, at a listener's or a worker's start and in each lifecycle
+    pass) removes the file it points to. Walking the tiers for such files is not an option.
+    """
+    name = f".{uuid.uuid4().hex}.part"
+    tmp = str(folder / name)
+    marker = incoming_dir() / f"{name}{_TIER_TEMP_MARK}"
+    os.symlink(tmp, marker)
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        yield fd, tmp
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -414,19 +456,19 @@ def remove_file(tier: str, relpath: str) -> bool:
 
 
 def _copy_across(src: Path, final: Path) -> bool:
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
+    with _tier_temp(final.parent) as (fd, tmp):
         try:
-            os.link(tmp, final)
-            return True
-        except FileExistsError:
-            return False
-    finally:
-        os.unlink(tmp)
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                shutil.copyfileobj(inp, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            os.unlink(tmp)
 
 
 def stored_size(tier: str, relpath: str) -> int | None:
@@ -700,45 +742,49 @@ def _fs_store(
     src: BinaryIO, tier: str, relpath: str, *, sha256: str, replace: bool, batch: SyncBatch | None = None
 ) -> bool:
     final = absolute_path(tier, relpath)
-    tmp: str | None = None
     try:
         _makedirs_durable(final.parent)
         # The temporary file sits beside its final name: same filesystem, so
         # linking it is atomic whatever filesystem the incoming folder is on.
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".part")
-        with os.fdopen(fd, "w+b") as out:
-            _copy_into(src, out)
-            # Read back what the tier holds and check it before it takes its
-            # name; only when it is wrong is the source hashed, to say whose
-            # fault it is (one SHA-256 pass in the usual case).
-            out.seek(0)
-            got = file_sha256(out)
-            if got != sha256:
-                source = _source_sha256(src)
-                if source is not None and source != sha256:
-                    raise SourceMismatch(f"the source of {relpath} has SHA-256 {source}")
-                raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {got}, expected {sha256}")
-            if batch is None:
-                os.fsync(out.fileno())
-        if replace:
-            os.replace(tmp, final)
-            tmp = None
-            created = True
-        elif batch is not None:
-            # In a lifecycle batch no verified copy is recorded at this name
-            # (else nothing would be copied), and these bytes have the hash
-            # the name carries: renaming over a file a concurrent run just
-            # made replaces it with the same bytes. One step less than link
-            # and unlink.
-            created = not final.exists()
-            os.replace(tmp, final)
-            tmp = None
-        else:
+        with _tier_temp(final.parent) as (fd, tmp):
+            placed = False
             try:
-                os.link(tmp, final)
-                created = True
-            except FileExistsError:
-                created = False
+                with os.fdopen(fd, "w+b") as out:
+                    _copy_into(src, out)
+                    # Read back what the tier holds and check it before it takes its
+                    # name; only when it is wrong is the source hashed, to say whose
+                    # fault it is (one SHA-256 pass in the usual case).
+                    out.seek(0)
+                    got = file_sha256(out)
+                    if got != sha256:
+                        source = _source_sha256(src)
+                        if source is not None and source != sha256:
+                            raise SourceMismatch(f"the source of {relpath} has SHA-256 {source}")
+                        raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {got}, expected {sha256}")
+                    if batch is None:
+                        os.fsync(out.fileno())
+                if replace:
+                    os.replace(tmp, final)
+                    placed = created = True
+                elif batch is not None:
+                    # In a lifecycle batch no verified copy is recorded at this name
+                    # (else nothing would be copied), and these bytes have the hash
+                    # the name carries: renaming over a file a concurrent run just
+                    # made replaces it with the same bytes. One step less than link
+                    # and unlink.
+                    created = not final.exists()
+                    os.replace(tmp, final)
+                    placed = True
+                else:
+                    try:
+                        os.link(tmp, final)
+                        created = True
+                    except FileExistsError:
+                        created = False
+            finally:
+                if not placed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
         if batch is None:
             _fsync_dir(final.parent)
         else:
@@ -746,10 +792,6 @@ def _fs_store(
         return created
     except OSError as exc:
         raise _storage_error(exc, f"storing {relpath} in {tier}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _copy_into(src: BinaryIO, out: BinaryIO) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,59 @@ def test_stray_incoming_files_of_dead_processes_are_removed(settings, tmp_path: 
     assert (live_dir / "busy.part").exists()
     (live_dir / "busy.part").unlink()
     live_dir.rmdir()
+
+
+_COPY_CUT_SHORT = """
+import sys, time
+import django
+django.setup()
+from archive.storage import tiers as storage
+
+class Hanging:
+    \"\"\"A source that gives part of its bytes, then hangs (a store that stops answering).\"\"\"
+    given = False
+    def read(self, size=-1):
+        if self.given:
+            print("writing", flush=True)
+            time.sleep(3600)
+        self.given = True
+        return b"x" * 65536
+
+storage.copy_store(Hanging(), sys.argv[1], sys.argv[2], sha256="0" * 64)
+"""
+
+
+def test_a_copy_cut_short_by_a_killed_process_leaves_no_temporary_file_in_the_tier(settings) -> None:  # type: ignore[no-untyped-def]
+    """A worker killed while it copies into a tier (a recall, in the region in a box) left its
+    temporary file beside the copy's name for ever: nothing walks the tiers. Its mark in the
+    process's incoming folder now lets the clean-up of dead processes remove it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    tier, relpath = "facility:TS-CAT", "studies/00/1.2.3/1.2.3.4/1.2.3.4.5." + "0" * 64 + ".dcm"
+    folder = storage.absolute_path(tier, relpath).parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", _COPY_CUT_SHORT, tier, relpath], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "writing"
+        (half,) = [p for p in folder.iterdir() if p.name.endswith(".part")]
+        assert half.stat().st_size == 65536
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    # This process writing a copy of its own meanwhile: alive, so its file is kept.
+    with storage._tier_temp(folder) as (fd, mine):
+        os.close(fd)
+        assert storage.incoming_clean_stray(own=False) == 1
+        assert not half.exists() and Path(mine).exists()
+        assert not (Path(settings.PACS_INCOMING_DIR) / str(child.pid)).exists()
+        os.unlink(mine)
+    assert not any(Path(settings.PACS_INCOMING_DIR, str(os.getpid())).iterdir())  # its mark gone with it
+    assert list(folder.iterdir()) == []
 
 
 def test_stored_files_and_their_folders_are_the_service_accounts_only(
