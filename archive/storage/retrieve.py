@@ -23,14 +23,16 @@ from typing import BinaryIO
 from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import DateTimeField, JSONField, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from archive.models import Copy, Instance, Series
 from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.errors import Unavailable
-from kernel.querycache import Slot, compiled
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +122,45 @@ def instances_with_copies(queryset: QuerySet[Instance]) -> QuerySet[Instance]:
     return queryset.select_related("facility").prefetch_related("copies")
 
 
-def copies_load(instance: Instance) -> None:
-    """Give ``instance`` its copies as :func:`instances_with_copies`'s prefetch does (one query,
-    the same rows), its SQL compiled once per process (:mod:`kernel.querycache`)."""
-    query = compiled(
-        "archive.storage.retrieve.copies_load",
-        [_INSTANCE],
-        lambda instance: Copy.objects.filter(instance_id=instance),
+COPIES = "pacs_copies"  # the annotation copies_annotation() puts on an instance
+
+
+def copies_annotation() -> RawSQL:
+    """The instance's copies, every column, as a JSON array of arrays: a correlated subquery
+    for the query that reads the instance (``annotate(**{COPIES: copies_annotation()})``), so
+    that one round trip brings both; :func:`copies_from_annotation` then gives them to the
+    instance as :func:`instances_with_copies`'s prefetch does."""
+    q = connection.ops.quote_name
+    columns = ", ".join(f"c.{q(f.column)}" for f in Copy._meta.concrete_fields)
+    postgresql = connection.vendor == "postgresql"
+    aggregate, array = ("JSONB_AGG", "JSONB_BUILD_ARRAY") if postgresql else ("JSON_GROUP_ARRAY", "JSON_ARRAY")
+    instance = f"{q(Instance._meta.db_table)}.{q(Instance._meta.pk.column)}"
+    sql = (
+        f"SELECT {aggregate}({array}({columns})) FROM {q(Copy._meta.db_table)} c "
+        f"WHERE c.{q(Copy._meta.get_field('instance').column)} = {instance}"
     )
-    copies = query.fetch(instance=instance.pk)
+    return RawSQL(sql, [], output_field=JSONField())
+
+
+def copies_from_annotation(instance: Instance) -> None:
+    """Give ``instance`` the copies :func:`copies_annotation` brought with it, as
+    :func:`instances_with_copies`'s prefetch does (the same rows, as models)."""
+    rows = getattr(instance, COPIES) or []  # NULL on PostgreSQL when there is none
+    fields = Copy._meta.concrete_fields
+    names = [f.attname for f in fields]
+    moments = [i for i, f in enumerate(fields) if isinstance(f, DateTimeField)]
+    copies = []
+    for row in sorted(rows, key=lambda r: r[0]):
+        for i in moments:
+            if row[i] is not None:
+                moment = parse_datetime(row[i])
+                # SQLite keeps UTC without an offset; PostgreSQL's JSON writes it.
+                row[i] = moment if moment is None or moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        copies.append(Copy.from_db(instance._state.db, names, row))
+    _copies_set(instance, copies)
+
+
+def _copies_set(instance: Instance, copies: list[Copy]) -> None:
     field = Copy._meta.get_field("instance")
     for copy in copies:
         field.set_cached_value(copy, instance)
@@ -138,9 +170,6 @@ def copies_load(instance: Instance) -> None:
     if not hasattr(instance, "_prefetched_objects_cache"):
         instance._prefetched_objects_cache = {}  # type: ignore[attr-defined]  # Django's prefetch sets it the same way
     instance._prefetched_objects_cache["copies"] = cached  # type: ignore[attr-defined]
-
-
-_INSTANCE = Slot("instance", int)
 
 
 @contextmanager

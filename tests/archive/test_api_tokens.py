@@ -142,7 +142,7 @@ def test_the_openapi_description_names_both_schemes(client: Client, db: None) ->
     assert "Authorization: Token <key>" in description and "Authorization: Bearer <key>" in description
 
 
-# --- the permissions a token's request reads (archive.api_tokens.permissions_load) ----------------
+# --- the permissions a token's request reads with its token (archive.api_tokens) ----------------
 
 
 def _fresh(user_id: int):  # type: ignore[no-untyped-def]
@@ -151,11 +151,25 @@ def _fresh(user_id: int):  # type: ignore[no-untyped-def]
     return get_user_model().objects.get(pk=user_id)
 
 
+def _authenticated(user_id: int):  # type: ignore[no-untyped-def]
+    """A token's request authenticated as the server does it: the user with its permission cache."""
+    from knox.models import AuthToken
+
+    from archive.api_tokens import ApiTokenAuthentication
+
+    _token, key = AuthToken.objects.create(user=_fresh(user_id))  # any account may hold one here
+    user, _token = ApiTokenAuthentication().authenticate_credentials(key.encode())
+    return user
+
+
 def test_a_tokens_permissions_are_its_users_and_its_groups_and_no_others(db: None) -> None:
     from django.contrib.auth.backends import ModelBackend
     from django.contrib.auth.models import Group, Permission
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.exceptions import AuthenticationFailed
 
-    from archive.api_tokens import permissions_load
+    from archive.api_tokens import ApiTokenAuthentication, api_token_issue
 
     own, of_group, other = (
         Permission.objects.get(content_type__app_label="archive", codename=c)
@@ -169,30 +183,42 @@ def test_a_tokens_permissions_are_its_users_and_its_groups_and_no_others(db: Non
     someone = make_user("altro-permessi").user
     someone.user_permissions.add(other)
     someone.groups.add(group)
-    user = _fresh(reader.pk)
-    permissions_load(user)
+    key = api_token_issue(user=_fresh(reader.pk)).key
+    with CaptureQueriesContext(connection) as queries:
+        user, _token = ApiTokenAuthentication().authenticate_credentials(key.encode())
+        assert user.has_perm("archive.view_study") and not user.has_perm("archive.add_instance")
+    assert len(queries.captured_queries) == 1  # the token, its user and their permissions together
     assert user._perm_cache == {"archive.view_study", "archive.view_instance"}
     assert user._perm_cache == ModelBackend().get_all_permissions(_fresh(reader.pk))
-    assert user.has_perm("archive.view_study") and not user.has_perm("archive.add_instance")
     # A grant taken away holds for the next request (nothing is kept between requests but the SQL).
     reader.groups.remove(group)
-    again = _fresh(reader.pk)
-    permissions_load(again)
-    assert again._perm_cache == {"archive.view_study"}
+    assert _authenticated(reader.pk)._perm_cache == {"archive.view_study"}
+    # None at all: an empty set, not ModelBackend's queries.
+    reader.user_permissions.remove(own)
+    nothing = _authenticated(reader.pk)
+    assert nothing._perm_cache == set() and not nothing.has_perm("archive.view_study")
+    # A superuser's are ModelBackend's (all of them), as before.
+    boss = make_user("capo-permessi").user
+    type(boss).objects.filter(pk=boss.pk).update(is_superuser=True)
+    assert _authenticated(boss.pk).has_perm("archive.add_instance")
+    # Deactivated since the token was issued: refused.
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    with pytest.raises(AuthenticationFailed, match="inattivo"):
+        ApiTokenAuthentication().authenticate_credentials(key.encode())
 
 
 @pytest.mark.django_db
 def test_a_tokens_permissions_are_read_from_its_user_whatever_the_region_holds() -> None:
     """A region's staff (here 4,000 accounts, each with 8 grants of its own and in a role group):
-    the query of one token's permissions reads that account's rows through the indexes, not
-    every grant of every account (Django's ``Q(user=) | Q(group__user=)`` joins did: 9.4 s)."""
+    the token's query reads that account's permission rows through the indexes, not every grant
+    of every account (Django's ``Q(user=) | Q(group__user=)`` joins did: 9.4 s)."""
     import json
 
     from django.contrib.auth.models import Group, Permission
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from archive.api_tokens import permissions_load
+    from archive.api_tokens import ApiTokenAuthentication, api_token_issue
 
     if connection.vendor != "postgresql":
         pytest.skip("the plan is PostgreSQL's")
@@ -218,9 +244,9 @@ def test_a_tokens_permissions_are_read_from_its_user_whatever_the_region_holds()
         )
         for table in ("auth_user", "auth_user_user_permissions", "auth_user_groups", "auth_group_permissions"):
             cursor.execute(f"ANALYZE {table}")
-    user = _fresh(reader.pk)
+    key = api_token_issue(user=_fresh(reader.pk)).key
     with CaptureQueriesContext(connection) as queries:
-        permissions_load(user)
+        user, _token = ApiTokenAuthentication().authenticate_credentials(key.encode())
     assert {"archive.view_study"} < user._perm_cache
     (sql,) = [q["sql"] for q in queries.captured_queries]
     plan = plan_of(sql)

@@ -28,18 +28,17 @@ def _instance_url(path: Path) -> str:
     return f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
 
 
-# What an instance's /rendered reads and writes, once each: the token with its user, the user's
+# What an instance's /rendered reads and writes, once each: the token with its user and the user's
 # permissions, the principal (citizen? staff profile? an emergency access?: the patients of
-# emergency accesses are read only for those who hold one), the instance with
-# its study under the access policy (and whether a stored rendition matches), its copies, the audit row.
+# emergency accesses are read only for those who hold one), the instance with its study under the
+# access policy (and whether a stored rendition matches) and its copies, the audit row.
 EXPECTED = [
     "knox_authtoken",
-    "auth_permission",
     "portal_citizenaccount",
     "archive_instance",
-    "archive_copy",
     'INSERT INTO "archive_auditevent"',
 ]
+TOKEN, PRINCIPAL, INSTANCE = 0, 1, 2
 
 
 def test_rendered_instance_statements(client, stored, reader) -> None:
@@ -62,48 +61,62 @@ def test_rendered_instance_statements(client, stored, reader) -> None:
     assert len(statements) == len(EXPECTED), statements
     for sql, table in zip(statements, EXPECTED, strict=True):
         assert table in sql, (table, sql)
-    assert "portal_emergencyaccess" in statements[2]  # asked with who the user is, no query of its own
+    assert "auth_permission" in statements[TOKEN]  # read with the token, no query of their own
+    assert "portal_emergencyaccess" in statements[PRINCIPAL]  # asked with who the user is, no query of its own
+    assert "archive_copy" in statements[INSTANCE]  # the copies come with the instance
     # The default parameters may match a stored preview: the instance's query asks (no query of its own).
-    assert "archive_rendition" in statements[3]
+    assert "archive_rendition" in statements[INSTANCE]
     # Other parameters or frames cannot match one: not asked at all; a thumbnail can, and is asked.
     for suffix, asked in (("?quality=50", False), ("?viewport=64,64", False), ("", True)):
         with CaptureQueriesContext(connection) as queries:
             assert client.get(url + suffix, **reader.auth).status_code == 200
         assert len(queries.captured_queries) == len(EXPECTED)
-        assert ("archive_rendition" in queries.captured_queries[3]["sql"]) is asked, suffix
+        assert ("archive_rendition" in queries.captured_queries[INSTANCE]["sql"]) is asked, suffix
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/thumbnail"), **reader.auth).status_code == 200
     assert len(queries.captured_queries) == len(EXPECTED)
-    assert "archive_rendition" in queries.captured_queries[3]["sql"]
+    assert "archive_rendition" in queries.captured_queries[INSTANCE]["sql"]
     with CaptureQueriesContext(connection) as queries:
         assert client.get(url.replace("/rendered", "/frames/2/rendered"), **reader.auth).status_code == 400
     assert not any("archive_rendition" in q["sql"] for q in queries.captured_queries)
 
 
-def test_a_token_loads_own_and_group_permissions_in_one_query(db) -> None:  # type: ignore[no-untyped-def]
-    from django.contrib.auth.models import Group, Permission
-    from knox.models import AuthToken
-    from rest_framework.exceptions import AuthenticationFailed
+def test_the_copies_that_come_with_the_instance_are_its_rows(stored) -> None:  # type: ignore[no-untyped-def]
+    """``retrieve.copies_annotation``: the instance's copies as JSON in its own query, made into
+    the models a prefetch makes (every column, the moments aware), on SQLite and PostgreSQL."""
+    import datetime as dt
 
-    from archive.api_tokens import ApiTokenAuthentication
+    from django.forms.models import model_to_dict
+    from django.utils import timezone
 
-    user = helpers.make_user("tecnico", "archive.view_study").user
-    group = Group.objects.create(name="lettori")
-    group.permissions.add(Permission.objects.get(content_type__app_label="archive", codename="view_instance"))
-    user.groups.add(group)  # type: ignore[attr-defined]
-    _token, key = AuthToken.objects.create(user=user)
+    from archive.models import Copy, Instance
+    from archive.storage import lifecycle, retrieve
+
+    instance = Instance.objects.get(sop_instance_uid=uids(stored[0])[2])
+    assert lifecycle.instance_migrate(instance_pk=instance.pk)
+    Copy.objects.filter(instance=instance, tier__startswith="facility:").update(
+        keep_until=timezone.now() + dt.timedelta(days=3, microseconds=17)
+    )
+    annotated = Instance.objects.annotate(**{retrieve.COPIES: retrieve.copies_annotation()}).get(pk=instance.pk)
+    retrieve.copies_from_annotation(annotated)
     with CaptureQueriesContext(connection) as queries:
-        found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
-        assert found.has_perm("archive.view_study") and found.has_perm("archive.view_instance")
-        assert not found.has_perm("archive.add_instance")
-    assert len(queries.captured_queries) == 2  # the token with its user, then the permissions
-    # The same set ModelBackend computes by itself.
-    fresh = type(found).objects.get(pk=found.pk)
-    assert fresh.get_all_permissions() == found.get_all_permissions() == {"archive.view_study", "archive.view_instance"}
-    # Deactivated since the token was issued: refused before any permission is read.
-    type(found).objects.filter(pk=found.pk).update(is_active=False)
-    with pytest.raises(AuthenticationFailed, match="inattivo"):
-        ApiTokenAuthentication().authenticate_credentials(key.encode())
+        got = list(annotated.copies.all())
+    assert not queries.captured_queries  # the prefetch cache, as instances_with_copies leaves it
+    expected = list(Copy.objects.filter(instance=instance).order_by("pk"))
+    assert len(expected) == 2
+    assert [model_to_dict(c) | {"id": c.pk, "created_at": c.created_at} for c in got] == [
+        model_to_dict(c) | {"id": c.pk, "created_at": c.created_at} for c in expected
+    ]
+    assert all(c.verified_at.tzinfo is not None and not c._state.adding for c in got)
+    assert [c.tier for c in retrieve.copies_nearest_first(annotated)] == [
+        c.tier
+        for c in retrieve.copies_nearest_first(retrieve.instances_with_copies(Instance.objects).get(pk=instance.pk))
+    ]
+    # An instance without copies (never the case once stored; the query must still answer).
+    Copy.objects.filter(instance=instance).delete()
+    bare = Instance.objects.annotate(**{retrieve.COPIES: retrieve.copies_annotation()}).get(pk=instance.pk)
+    retrieve.copies_from_annotation(bare)
+    assert list(bare.copies.all()) == []
 
 
 def test_no_free_render_worker_answers_503_after_a_render_s_timeout(client, stored, reader, settings) -> None:
