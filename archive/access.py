@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef, Q, QuerySet, Value
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
 from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
@@ -198,43 +198,16 @@ def principal_for_user(user: Any) -> Principal:
     Every request builds one, so a member of staff costs one query: who they are
     (a citizen's account? their staff profile? a live emergency access?), and a
     second for the patients of their emergency accesses only when they hold one.
+    A user an API token brought has that first query's answers with it already
+    (:func:`principal_facts`, asked in the token's own query): no query at all.
     """
     if user is None or not getattr(user, "is_authenticated", False) or not getattr(user, "is_active", True):
         return NOBODY
     name = str(user.get_username())
-    citizen_exists = getattr(_extension, "citizen_exists", None)
-    emergency_exists = getattr(_extension, "emergency_exists", None)
-    emergency_window = getattr(_extension, "emergency_window", None)
-    fields = ("is_citizen", "has_emergency", "staff_profile__authority_id", "staff_profile__cross_authority")
-
-    def build(user: int, since: Any = None, now: Any = None) -> QuerySet[Any]:
-        if emergency_exists is None:
-            has_emergency: Any = Value(True)
-        elif emergency_window is not None:
-            has_emergency = emergency_exists("pk", window=(since, now))
-        else:
-            has_emergency = emergency_exists("pk")
-        return (
-            get_user_model()
-            ._default_manager.filter(pk=user)
-            .annotate(
-                is_citizen=citizen_exists("pk") if citizen_exists is not None else Value(False),
-                has_emergency=has_emergency,
-            )
-            .values_list(*fields)
-            .order_by("pk")[:1]
-        )
-
-    if emergency_exists is not None and emergency_window is None:  # its SQL holds the moment: built each time
-        rows = list(build(user.pk))
-    elif emergency_window is None:
-        rows = compiled(("archive.access.principal_for_user", _extension), [_USER], build).rows(user=user.pk)
-    else:
-        since, now = emergency_window()
-        query = compiled(("archive.access.principal_for_user", _extension), _USER_AND_WINDOW, build)
-        rows = query.rows(user=user.pk, since=since, now=now)
-    who = dict(zip(fields, rows[0], strict=True)) if rows else {}
-    if _extension is not None and (who.get("is_citizen") or citizen_exists is None):
+    who = getattr(user, PRINCIPAL_FACTS, None)
+    if who is None:
+        who = _principal_facts_read(user)
+    if _extension is not None and (who.get("is_citizen") or not hasattr(_extension, "citizen_exists")):
         citizen = _extension.citizen_patient_ids(user)
         if citizen is not None:
             return Principal(Kind.CITIZEN, name=name, user_id=user.pk, patient_ids=frozenset(citizen))
@@ -244,8 +217,8 @@ def principal_for_user(user: Any) -> Principal:
     emergency = (
         _extension.emergency_patient_ids(user) if _extension is not None and who.get("has_emergency", True) else set()
     )
-    authority_id = who.get("staff_profile__authority_id")
-    if who.get("staff_profile__cross_authority") or bool(settings.PACS_REPORT_CROSS_AUTHORITY):
+    authority_id = who.get("authority_id")
+    if who.get("cross_authority") or bool(settings.PACS_REPORT_CROSS_AUTHORITY):
         authority_id = None
     return Principal(
         Kind.STAFF,
@@ -254,6 +227,70 @@ def principal_for_user(user: Any) -> Principal:
         authority_id=authority_id,
         patient_ids=frozenset(emergency),
     )
+
+
+# What principal_for_user reads about a user, in its own query or in another that reads the user.
+_FACTS = ("is_citizen", "has_emergency", "authority_id", "cross_authority")
+# The attribute of a user object that holds them when another query brought them (principal_facts_keep).
+PRINCIPAL_FACTS = "_pacs_principal_facts"
+
+
+def principal_facts(*, user_ref: str, prefix: str, since: Any = None, now: Any = None) -> dict[str, Any]:
+    """The annotations that say what :func:`principal_for_user` needs to know of a user, named
+    ``pacs_<fact>``, for a query on users (``user_ref="pk"``, ``prefix=""``) or on rows that name
+    one (``user_ref="user_id"``, ``prefix="user__"``). ``since`` and ``now``: the emergency
+    window (:func:`principal_facts_window`), slots of a compiled query."""
+    citizen_exists = getattr(_extension, "citizen_exists", None)
+    emergency_exists = getattr(_extension, "emergency_exists", None)
+    if emergency_exists is None:
+        has_emergency: Any = Value(True)
+    elif since is not None:
+        has_emergency = emergency_exists(user_ref, window=(since, now))
+    else:
+        has_emergency = emergency_exists(user_ref)
+    return {
+        "pacs_is_citizen": citizen_exists(user_ref) if citizen_exists is not None else Value(False),
+        "pacs_has_emergency": has_emergency,
+        "pacs_authority_id": F(f"{prefix}staff_profile__authority_id"),
+        "pacs_cross_authority": F(f"{prefix}staff_profile__cross_authority"),
+    }
+
+
+def principal_facts_window() -> tuple[dt.datetime, dt.datetime] | None:
+    """``(since, now)`` of the emergency accesses live now, for :func:`principal_facts`; None
+    when the policy has no such window."""
+    window = getattr(_extension, "emergency_window", None)
+    return window() if window is not None else None
+
+
+def principal_facts_compilable() -> bool:
+    """Whether :func:`principal_facts` can be part of a compiled query: not when the policy's
+    emergency condition holds the moment in its SQL (no window to pass as slots)."""
+    return getattr(_extension, "emergency_exists", None) is None or principal_facts_window() is not None
+
+
+def principal_facts_keep(user: Any, row: Any) -> None:
+    """Keep on ``user`` the facts :func:`principal_facts` read with ``row`` (for this request's
+    :func:`principal_for_user`; :func:`principal_forget` drops them)."""
+    setattr(user, PRINCIPAL_FACTS, {fact: getattr(row, f"pacs_{fact}") for fact in _FACTS})
+
+
+def _principal_facts_read(user: Any) -> dict[str, Any]:
+    def build(user: int, since: Any = None, now: Any = None) -> QuerySet[Any]:
+        facts = principal_facts(user_ref="pk", prefix="", since=since, now=now)
+        return (
+            get_user_model()._default_manager.filter(pk=user).annotate(**facts).values_list(*facts).order_by("pk")[:1]
+        )
+
+    window = principal_facts_window()
+    if not principal_facts_compilable():  # its SQL holds the moment: built each time
+        rows = list(build(user.pk))
+    elif window is None:
+        rows = compiled(("archive.access.principal_for_user", _extension), [_USER], build).rows(user=user.pk)
+    else:
+        query = compiled(("archive.access.principal_for_user", _extension), _USER_AND_WINDOW, build)
+        rows = query.rows(user=user.pk, since=window[0], now=window[1])
+    return dict(zip(_FACTS, rows[0], strict=True)) if rows else {}
 
 
 _USER = Slot("user", int)
@@ -277,9 +314,13 @@ def principal_for_request(request: HttpRequest | Any) -> Principal:
 
 
 def principal_forget(request: HttpRequest | Any) -> None:
-    """Drop the request's cached principal (after granting an emergency access, say)."""
+    """Drop the request's cached principal (after granting an emergency access, say), and
+    what its user's token brought of it."""
     if hasattr(request, _REQUEST_ATTR):
         delattr(request, _REQUEST_ATTR)
+    user = getattr(request, "user", None)
+    if hasattr(user, PRINCIPAL_FACTS):
+        delattr(user, PRINCIPAL_FACTS)
 
 
 def principal_for_node(node: RemoteNode | None, *, facility: Facility | None = None) -> Principal:

@@ -170,18 +170,30 @@ class ApiTokenAuthentication(TokenAuthentication):
             digest = hash_token(key)
         except (UnicodeDecodeError, TypeError, binascii.Error):
             raise invalid from None
-        # Its SQL compiled once per process (kernel.querycache): the same statement, run again;
-        # the user and their permissions come with the token (one round trip for all three).
-        query = compiled(
-            "archive.api_tokens.token",
-            [_KEY],
-            lambda key: (
+        # Its SQL compiled once per process (kernel.querycache): the same statement, run again.
+        # The user, their permissions and what the access policy's principal needs to know of
+        # them come with the token: one round trip for the request's authentication and principal.
+        facts = access.principal_facts_compilable()
+        window = access.principal_facts_window() if facts else None
+
+        def build(key: str, since: Any = None, now: Any = None) -> Any:
+            query = (
                 AuthToken.objects.filter(token_key=key)
                 .select_related("user")
                 .annotate(**{_PERMISSIONS: RawSQL(_permissions_sql(), [], output_field=TextField())})
-            ),
-        )
-        for auth_token in query.fetch(key=key[: CONSTANTS.TOKEN_KEY_LENGTH]):
+            )
+            if facts:
+                query = query.annotate(
+                    **access.principal_facts(user_ref="user_id", prefix="user__", since=since, now=now)
+                )
+            return query
+
+        slots = [_KEY, *_WINDOW] if window is not None else [_KEY]
+        query = compiled(("archive.api_tokens.token", access.policy_extension(), facts), slots, build)
+        values: dict[str, Any] = {"key": key[: CONSTANTS.TOKEN_KEY_LENGTH]}
+        if window is not None:
+            values.update(since=window[0], now=window[1])
+        for auth_token in query.fetch(**values):
             if not compare_digest(digest, auth_token.digest):
                 continue
             if self._cleanup_token(auth_token):
@@ -190,6 +202,8 @@ class ApiTokenAuthentication(TokenAuthentication):
                 )
             user, auth_token = self.validate_user(auth_token)
             permissions_set(user, getattr(auth_token, _PERMISSIONS))
+            if facts:
+                access.principal_facts_keep(user, auth_token)
             return user, auth_token
         raise invalid
 
@@ -260,6 +274,7 @@ def _permissions_sql() -> str:
 
 
 _KEY = Slot("key")
+_WINDOW = [Slot("since", dt.datetime), Slot("now", dt.datetime)]
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

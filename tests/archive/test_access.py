@@ -454,3 +454,72 @@ def test_the_visibility_key_changes_with_what_is_seen(scene: Scene) -> None:
     assert after_hiding != before
     emergency(scene.rep.colleague, scene.rossi.patient)
     assert key(scene.rep.colleague) != after_hiding
+
+
+# --- the principal a token's request brings with its token (archive.access.principal_facts) ---------
+
+
+def test_a_tokens_principal_is_the_one_its_own_query_builds(scene: Scene) -> None:
+    """What the principal needs to know of a user (citizen? authority? a live emergency access?)
+    comes with the token's query: no query of its own, and the same principal its own query
+    builds, for every kind of user, and again at the next request once an emergency access is
+    taken or runs out."""
+    import datetime as dt
+
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+    from knox.models import AuthToken
+
+    from archive import access
+    from archive.api_tokens import ApiTokenAuthentication
+    from portal.models import CitizenAccount, EmergencyAccess
+
+    def through_token(user: object) -> tuple[access.Principal, int]:
+        _token, key = AuthToken.objects.create(user=user)  # type: ignore[misc]  # any account may hold one here
+        found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+        assert hasattr(found, access.PRINCIPAL_FACTS)
+        with CaptureQueriesContext(connection) as queries:
+            principal = access.principal_for_user(found)
+        return principal, len(queries.captured_queries)
+
+    def by_its_own_query(user: object) -> access.Principal:
+        fresh = get_user_model().objects.get(pk=user.pk)  # type: ignore[attr-defined]
+        assert not hasattr(fresh, access.PRINCIPAL_FACTS)
+        return access.principal_for_user(fresh)
+
+    citizen = get_user_model().objects.create_user(username="cittadino-token", password="x")
+    CitizenAccount.objects.create(user=citizen, codice_fiscale=BIANCHI_CF)
+    StaffProfile.objects.update_or_create(user=scene.foreign, defaults={"cross_authority": True})
+    for user in (scene.radiologist, scene.foreign, scene.regional, scene.rep.colleague, citizen):
+        principal, queries = through_token(user)
+        assert principal == by_its_own_query(user), user
+        assert queries == (3 if user is citizen else 0), user  # a citizen's patients and delegations, as before
+    assert through_token(citizen)[0].is_citizen and through_token(scene.foreign)[0].authority_id is None
+
+    live = emergency(scene.rep.colleague, scene.rossi.patient)
+    principal, queries = through_token(scene.rep.colleague)
+    assert principal == by_its_own_query(scene.rep.colleague)
+    assert principal.patient_ids == {scene.rossi.patient_id} and queries == 1  # its patients only
+    EmergencyAccess.objects.filter(pk=live.pk).update(at=timezone.now() - dt.timedelta(days=2))
+    principal, queries = through_token(scene.rep.colleague)
+    assert principal == by_its_own_query(scene.rep.colleague) and not principal.patient_ids and queries == 0
+
+
+def test_forgetting_the_principal_forgets_what_the_token_brought(scene: Scene) -> None:
+    """An emergency access granted during a request (the portal's page) is seen by the principal
+    built again after ``principal_forget``, though the token's query found none."""
+    from django.test import RequestFactory
+    from knox.models import AuthToken
+
+    from archive import access
+    from archive.api_tokens import ApiTokenAuthentication
+
+    _token, key = AuthToken.objects.create(user=scene.rep.colleague)
+    request = RequestFactory().get("/")
+    request.user, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+    assert not access.principal_for_request(request).patient_ids
+    emergency(scene.rep.colleague, scene.rossi.patient)
+    access.principal_forget(request)
+    assert access.principal_for_request(request).patient_ids == {scene.rossi.patient_id}
