@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from archive.models import Instance, StorageAlert
+from archive.models import FileRemoval, Instance, StorageAlert
 from archive.storage import lifecycle
 from preservation.models import PreservationAlert
 
@@ -68,6 +68,7 @@ class ArchiveCollector(Collector):
         "pacs_instances_stored",
         "pacs_instances_stored_bytes",
         "pacs_lifecycle_backlog_instances",
+        "pacs_file_removals_pending",
         "pacs_storage_alerts_open",
         "pacs_preservation_alerts_open",
         "pacs_celery_queue_length",
@@ -95,6 +96,11 @@ class ArchiveCollector(Collector):
             "pacs_lifecycle_backlog_instances",
             f"Instances past their migration policy without a verified long-term copy (capped at {BACKLOG_CAP})",
             value=len(lifecycle.instances_to_migrate(limit=BACKLOG_CAP)),
+        )
+        yield GaugeMetricFamily(
+            "pacs_file_removals_pending",
+            "Files of released or purged copies whose removal a killed worker left to the lifecycle pass",
+            value=FileRemoval.objects.count(),
         )
         yield GaugeMetricFamily(
             "pacs_storage_alerts_open",

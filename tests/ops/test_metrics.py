@@ -14,7 +14,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from archive.ingest import STORED, instance_ingest
-from archive.models import Instance, StorageAlert
+from archive.models import FileRemoval, Instance, StorageAlert
 from archive.sample_data import PatientInfo, write_study
 from preservation.models import PreservationAlert
 from tests.conftest import wait_until
@@ -68,6 +68,9 @@ def test_per_facility_counts_equal_the_database(region, tmp_path: Path) -> None:
     assert found["pacs_storage_alerts_open"][()] == 1
     assert found["pacs_preservation_alerts_open"][()] == PreservationAlert.objects.count() == 0
     assert found["pacs_lifecycle_backlog_instances"][()] == 0  # nothing is past its policy yet
+    assert found["pacs_file_removals_pending"][()] == 0
+    FileRemoval.objects.create(tier="facility:TS-CAT", path="studies/x.dcm", instance_id=None)
+    assert _families(_scrape(REMOTE_ADDR="127.0.0.1")[1])["pacs_file_removals_pending"][()] == 1
     # django-prometheus' own families are there too.
     assert any(name.startswith("django_http_requests") for name in found)
     # No patient datum in the text.
