@@ -30,7 +30,7 @@ from django.db import IntegrityError, OperationalError, close_old_connections, c
 from django.db.models import F, Field
 from django.utils import timezone
 
-from archive.storage import removals
+from archive import removals
 from archive.storage import tiers as storage
 from kernel import tasknames
 from kernel.audit import audit_record

@@ -471,7 +471,7 @@ class FileRemoval(models.Model):
     that deletes the copy's (or rendition's) row, deleted when the file is removed.
 
     A process killed between the commit and the removal leaves this row, not an orphan
-    file: the lifecycle's pass finishes it (``archive.storage.removals``). A writer about
+    file: the lifecycle's pass finishes it (``archive.removals``). A writer about
     to put a file back at the same path cancels it first.
     """
 

@@ -58,7 +58,7 @@ from django.utils import timezone
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from archive.storage import removals
+from archive import removals
 from archive.storage import tiers as storage
 from kernel.audit import audit_record
 from kernel.errors import PacsError
@@ -505,7 +505,7 @@ def rejection_purge(*, rejection_pk: int, now: dt.datetime | None = None) -> boo
     """Remove a rejected instance whose retention has passed: its index rows (copies,
     renditions, the instance, a series left with nothing) in one transaction, with the
     removal of its files in every tier noted there and done after the commit
-    (:mod:`archive.storage.removals`: a crash in between leaves it to the lifecycle's pass).
+    (:mod:`archive.removals`: a crash in between leaves it to the lifecycle's pass).
     A preservation package is never touched: the tier refuses it, and this removes
     only the archive's own copies. Idempotent: False when there was nothing to do.
     """

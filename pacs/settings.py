@@ -626,7 +626,7 @@ PACS_LIFECYCLE_CHUNK = env_int("PACS_LIFECYCLE_CHUNK", 50)
 PACS_LIFECYCLE_RETRY_SECONDS = env_int("PACS_LIFECYCLE_RETRY_SECONDS", 900)
 PACS_LIFECYCLE_RETRY_MAX_SECONDS = env_int("PACS_LIFECYCLE_RETRY_MAX_SECONDS", 86400)
 # A released copy's file whose removal its process did not finish (killed after the
-# commit) is removed by the lifecycle pass after this many seconds (archive.storage.removals).
+# commit) is removed by the lifecycle pass after this many seconds (archive.removals).
 PACS_FILE_REMOVAL_GRACE_SECONDS = env_float("PACS_FILE_REMOVAL_GRACE_SECONDS", 60.0)
 # A recalled (or prefetched) object stays in the facility tier this long.
 PACS_RECALL_KEEP_DAYS = env_float("PACS_RECALL_KEEP_DAYS", 30.0)

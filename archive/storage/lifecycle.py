@@ -27,7 +27,7 @@ from django.db.models import Count, Exists, Expression, F, OuterRef, Q, Sum, Val
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from archive import access
+from archive import access, removals
 from archive.models import (
     Copy,
     CopyFailure,
@@ -40,7 +40,7 @@ from archive.models import (
     StorageAlert,
     Study,
 )
-from archive.storage import removals, retrieve
+from archive.storage import retrieve
 from archive.storage import tiers as storage
 from kernel.errors import Unavailable
 
@@ -432,7 +432,7 @@ def copy_release(*, copy_pk: int, keeper_tier: str | None = None, keeper_kind: s
     instance's copy rows are locked and the keeper is looked at again, so a
     concurrent release cannot take it away; the row is deleted there, with a
     removal of its file noted, and the file goes after the commit
-    (:mod:`archive.storage.removals`: a crash in between leaves the removal to
+    (:mod:`archive.removals`: a crash in between leaves the removal to
     the next pass, not an orphan file). Returns True when released.
     """
     copy = Copy.objects.filter(pk=copy_pk).first()

@@ -1,5 +1,5 @@
 """A released copy's file is removed after its row, without orphans and without racing a writer
-(``archive.storage.removals``).
+(``archive.removals``).
 
 A process that dies between the release's commit and the file's removal (the region in a box
 found one: a worker host killed with SIGKILL) leaves a noted removal, which the lifecycle's next
@@ -23,9 +23,10 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
+from archive import removals
 from archive.ingest import DUPLICATE, instance_ingest
 from archive.models import Copy, FileRemoval, Instance
-from archive.storage import lifecycle, removals
+from archive.storage import lifecycle
 from archive.storage import tiers as storage
 from tests.conftest import Region, wait_until
 

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pynetdicom import AE, build_role, evt
 
-from archive import rejection
+from archive import rejection, removals
 from archive.access import SYSTEM, studies_visible
 from archive.ingest import IngestError, instance_ingest
 from archive.models import (
@@ -40,7 +40,6 @@ from archive.models import (
     Study,
 )
 from archive.sample_data import PatientInfo, rejection_note, write_study
-from archive.storage import removals
 from archive.storage import tiers as storage
 from kernel.models import AuditEvent
 from tests.archive.test_dimse_qr import GET, Stored, StoreSCP, c_find, c_move, destination, stored  # noqa: F401
