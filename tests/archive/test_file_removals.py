@@ -184,27 +184,34 @@ class _InThread:
 
 
 @contextmanager
-def remover_in_progress(removal: FileRemoval) -> Iterator[Any]:
-    """Another process's :func:`removals.removal_finish`, stopped inside its transaction: the
-    removal's row deleted, not yet committed. Yields the connection; leaving commits it."""
+def deleted_in_an_open_transaction(**match: Any) -> Iterator[None]:
+    """Another process's transaction that deleted the removals matching ``match`` and has not
+    committed yet: a remover's :func:`removals.removal_finish` (by ``id``), or a writer's
+    :func:`removals.removals_cancel` (by ``tier`` and ``path``). Leaving commits it."""
     holder = connections.create_connection(DEFAULT_DB_ALIAS)
     holder.set_autocommit(False)
     try:
-        holder.cursor().execute(f"DELETE FROM {FileRemoval._meta.db_table} WHERE id = %s", [removal.pk])
-        yield holder
+        where = " AND ".join(f"{column} = %s" for column in match)
+        holder.cursor().execute(f"DELETE FROM {FileRemoval._meta.db_table} WHERE {where}", list(match.values()))
+        yield
         holder.commit()
     finally:
         holder.close()
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
-@pytest.mark.django_db(transaction=True)
+def on_postgresql(test: Callable[..., None]) -> Callable[..., None]:
+    """A test of two connections meeting on a row: PostgreSQL's row locks, committed data."""
+    test = pytest.mark.django_db(transaction=True)(test)
+    return pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")(test)
+
+
+@on_postgresql
 def test_a_recall_waits_for_a_removal_in_progress_then_writes_the_file_again(
     migrated: list[Instance], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = migrated[0]
     facility, _noted = release_facility_copy(instance, monkeypatch)
-    with remover_in_progress(FileRemoval.objects.get()):
+    with deleted_in_an_open_transaction(id=FileRemoval.objects.get().pk):
         copy_file(facility).unlink()  # what the remover does inside its transaction
         recall = _InThread(lambda: lifecycle.instance_recall(instance_pk=instance.pk))
         wait_until(recall.waiting, timeout=30, interval=0.05, what="the recall to wait for the remover")
@@ -215,8 +222,7 @@ def test_a_recall_waits_for_a_removal_in_progress_then_writes_the_file_again(
     assert back.verified_at is not None and storage.copy_sha256(FACILITY_TIER, back.path) == instance.sha256
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
-@pytest.mark.django_db(transaction=True)
+@on_postgresql
 def test_an_image_sent_again_during_the_removal_of_the_file_it_found_is_not_recorded_there(
     migrated: list[Instance], ct_study: list[Path], region: Region, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,7 +237,7 @@ def test_an_image_sent_again_during_the_removal_of_the_file_it_found_is_not_reco
     def send() -> Any:
         return instance_ingest(path=sent, facility=region.facility, owned=False, calling_ae="CT01")
 
-    with remover_in_progress(FileRemoval.objects.get()):
+    with deleted_in_an_open_transaction(id=FileRemoval.objects.get().pk):
         ingest = _InThread(send)
         wait_until(ingest.waiting, timeout=30, interval=0.05, what="the ingest to wait for the remover")
         copy_file(facility).unlink()  # the remover's removal, after the ingest found the file
@@ -243,25 +249,15 @@ def test_an_image_sent_again_during_the_removal_of_the_file_it_found_is_not_reco
     assert storage.copy_sha256(FACILITY_TIER, again.path) == instance.sha256
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
-@pytest.mark.django_db(transaction=True)
+@on_postgresql
 def test_a_removal_waits_for_a_writer_that_cancelled_it_and_keeps_the_file(
     migrated: list[Instance], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = migrated[0]
     facility, noted = release_facility_copy(instance, monkeypatch)
-    holder = connections.create_connection(DEFAULT_DB_ALIAS)
-    holder.set_autocommit(False)
-    try:
-        # A writer's removals_cancel in its transaction, not yet committed.
-        holder.cursor().execute(
-            f"DELETE FROM {FileRemoval._meta.db_table} WHERE tier = %s AND path = %s", [FACILITY_TIER, facility.path]
-        )
+    with deleted_in_an_open_transaction(tier=FACILITY_TIER, path=facility.path):
         remover = _InThread(lambda: removals.removals_finish(noted))
         wait_until(remover.waiting, timeout=30, interval=0.05, what="the remover to wait for the writer")
         assert copy_file(facility).exists()
-        holder.commit()
-    finally:
-        holder.close()
     assert remover.join() == 0
     assert copy_file(facility).exists()
