@@ -280,11 +280,13 @@ def _clean_folder(folder: Path) -> int:
     removed = 0
     for p in folder.iterdir():
         if p.is_symlink() and p.name.endswith(_TIER_TEMP_MARK):
-            # A temporary file in a tier (its target), whose copy never finished.
+            # A temporary file in a tier (its target), whose copy never finished: only a
+            # name _tier_temp gives is removed, whatever the link says.
             target = os.readlink(p)
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-                removed += 1
+            if _TIER_TEMP_NAME.fullmatch(os.path.basename(target)):
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+                    removed += 1
             p.unlink(missing_ok=True)
         elif p.is_file():
             p.unlink(missing_ok=True)
@@ -293,6 +295,7 @@ def _clean_folder(folder: Path) -> int:
 
 
 _TIER_TEMP_MARK = ".tier-temp"
+_TIER_TEMP_NAME = re.compile(r"\.[0-9a-f]{32}\.part")
 
 
 @contextlib.contextmanager

@@ -245,11 +245,16 @@ def test_stray_incoming_files_of_dead_processes_are_removed(settings, tmp_path: 
     stray_dir = Path(settings.PACS_INCOMING_DIR) / str(dead.pid)
     stray_dir.mkdir(parents=True, exist_ok=True)
     (stray_dir / "tmp123.dcm").write_bytes(b"half a file")
+    # A mark that names something else than a temporary file of a tier: the link goes, not its target.
+    victim = tmp_path / "victim.dcm"
+    victim.write_bytes(b"not ours to remove")
+    (stray_dir / "x.part.tier-temp").symlink_to(victim)
     live_dir = Path(settings.PACS_INCOMING_DIR) / "1"  # pid 1 is alive
     live_dir.mkdir(exist_ok=True)
     (live_dir / "busy.part").write_bytes(b"being written")
     assert storage.incoming_clean_stray() >= 1
     assert not stray_dir.exists()
+    assert victim.read_bytes() == b"not ours to remove"
     assert (live_dir / "busy.part").exists()
     (live_dir / "busy.part").unlink()
     live_dir.rmdir()
