@@ -23,6 +23,14 @@ row lock; SQLite lets one writer at a time), so whichever comes second sees the
 other's outcome: a file put back is never removed, and a file removed is never
 recorded as a copy. A path is cancelled even where no removal is pending: the
 writer cannot know without the same statement.
+
+One meeting is not closed: a purged instance's image sent again, as a new
+instance, in the moment between the purge's commit and its removal. The ingest
+found the file in place and has not committed its row, so the remover's check of
+the copy rows does not see it. Only a rejected instance's purge leads there (a
+released copy's instance still exists: the same image is a duplicate, handled
+above), and such an instance is withdrawn on arrival, its rejection standing;
+the fixity audit reports its missing file.
 """
 
 from __future__ import annotations
