@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import uuid
@@ -240,15 +241,27 @@ def absolute_path(tier: str, relpath: str) -> Path:
 
 
 def incoming_dir() -> Path:
-    """This process's folder for files being received (``<incoming>/<pid>``).
+    """This process's folder for files being received (``<incoming>/<host>.<pid>``).
 
     One folder per process, so a process starting up can remove what a dead
     one left behind without touching the files another live one is writing.
+    The incoming folder is shared by the hosts of a region (docs/DEPLOYMENT.md):
+    the host's name keeps one host's pids apart from another's, and a host
+    judges only its own processes alive or dead.
     """
-    path = Path(settings.PACS_INCOMING_DIR) / str(os.getpid())
+    path = incoming_dir_of(os.getpid())
     if not path.is_dir():
         _makedirs_durable(path)
     return path
+
+
+def incoming_dir_of(pid: int) -> Path:
+    """The incoming folder of this host's process ``pid`` (:func:`incoming_dir`)."""
+    return Path(settings.PACS_INCOMING_DIR) / f"{_host()}.{pid}"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 
 
 def incoming_clean_stray(*, own: bool = True) -> int:
@@ -256,15 +269,19 @@ def incoming_clean_stray(*, own: bool = True) -> int:
     they were writing into the tiers (:func:`_tier_temp`); return how many files went.
 
     ``own``: this process's folder too (at start-up: a dead process that had the same pid).
+    Only this host's folders: another host's processes are that host's to judge.
     """
     root = Path(settings.PACS_INCOMING_DIR)
     if not root.is_dir():
         return 0
     removed = 0
+    mine = f"{_host()}."
     for entry in root.iterdir():
-        if not entry.is_dir() or not entry.name.isdigit():
+        # This host's processes' folders (and a bare pid: a folder made before the host was named).
+        number = entry.name[len(mine) :] if entry.name.startswith(mine) else entry.name
+        if not entry.is_dir() or not number.isdigit():
             continue
-        pid = int(entry.name)
+        pid = int(number)
         if pid == os.getpid():
             if own:
                 removed += _clean_folder(entry)

@@ -242,9 +242,17 @@ def test_stray_incoming_files_of_dead_processes_are_removed(settings, tmp_path: 
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stray_dir = Path(settings.PACS_INCOMING_DIR) / str(dead.pid)
+    stray_dir = storage.incoming_dir_of(dead.pid)
     stray_dir.mkdir(parents=True, exist_ok=True)
     (stray_dir / "tmp123.dcm").write_bytes(b"half a file")
+    # A folder named by its pid only (before folders were named by host too): this host's.
+    legacy = Path(settings.PACS_INCOMING_DIR) / str(dead.pid)
+    legacy.mkdir()
+    (legacy / "tmp456.dcm").write_bytes(b"half a file")
+    # Another host's process with that pid: that host judges it, not this one.
+    other_host = Path(settings.PACS_INCOMING_DIR) / f"another-host.{dead.pid}"
+    other_host.mkdir()
+    (other_host / "receiving.dcm").write_bytes(b"being received there")
     # A mark that names something else than a temporary file of a tier: the link goes, not its target.
     victim = tmp_path / "victim.dcm"
     victim.write_bytes(b"not ours to remove")
@@ -253,7 +261,8 @@ def test_stray_incoming_files_of_dead_processes_are_removed(settings, tmp_path: 
     live_dir.mkdir(exist_ok=True)
     (live_dir / "busy.part").write_bytes(b"being written")
     assert storage.incoming_clean_stray() >= 1
-    assert not stray_dir.exists()
+    assert not stray_dir.exists() and not legacy.exists()
+    assert (other_host / "receiving.dcm").exists()
     assert victim.read_bytes() == b"not ours to remove"
     assert (live_dir / "busy.part").exists()
     (live_dir / "busy.part").unlink()
@@ -307,9 +316,9 @@ def test_a_copy_cut_short_by_a_killed_process_leaves_no_temporary_file_in_the_ti
         os.close(fd)
         assert storage.incoming_clean_stray(own=False) == 1
         assert not half.exists() and Path(mine).exists()
-        assert not (Path(settings.PACS_INCOMING_DIR) / str(child.pid)).exists()
+        assert not storage.incoming_dir_of(child.pid).exists()
         os.unlink(mine)
-    assert not any(Path(settings.PACS_INCOMING_DIR, str(os.getpid())).iterdir())  # its mark gone with it
+    assert not any(storage.incoming_dir().iterdir())  # its mark gone with it
     assert list(folder.iterdir()) == []
 
 

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -18,6 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from archive.models import Instance, Study
 from archive.sample_data import PatientInfo, write_study
+from archive.storage import tiers as storage
 from tests.conftest import wait_until
 from tests.dicom_client import echo
 
@@ -49,8 +49,7 @@ def _alive(pid: int) -> bool:
 
 def _receivers(among: set[int]) -> set[int]:
     """Which of ``among`` received a C-STORE: each process writes under its own incoming folder."""
-    root = Path(settings.PACS_INCOMING_DIR)
-    return {pid for pid in among if (root / str(pid)).is_dir()}
+    return {pid for pid in among if storage.incoming_dir_of(pid).is_dir()}
 
 
 def _associate(port: int, *, contexts: tuple[str, ...] = (Verification,)) -> Association:

@@ -81,7 +81,7 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(start_listener_proc
     assert study.number_of_instances == Instance.objects.count()
     _assert_index_matches_files(Path(settings.PACS_FACILITY_TIER_DIR))
     # The dead listener's half-received file is removed by the next one.
-    dead = Path(settings.PACS_INCOMING_DIR) / str(listener.proc.pid)
+    dead = storage.incoming_dir_of(listener.proc.pid)
     restarted = start_listener_process()
     assert not dead.exists()
     # And the sender's retry of everything completes the study, duplicates included.

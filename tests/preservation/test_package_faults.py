@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from celery import current_app
-from django.conf import settings as django_settings
 
+from archive.storage import tiers as storage
 from preservation import packages, vault
 from preservation.models import Package, PackageFile
 from tests.conftest import wait_until
@@ -51,7 +51,7 @@ def test_a_worker_killed_mid_package_leaves_nothing_and_the_next_run_completes( 
 ) -> None:
     study = signed.rep.study
     current_app.send_task(packages_task(), args=[study.pk], queue=os.environ["CELERY_QUEUE"])
-    incoming = Path(django_settings.PACS_INCOMING_DIR) / str(celery_worker.pid)
+    incoming = storage.incoming_dir_of(celery_worker.pid)
 
     def gathering() -> bool:
         return len(list(incoming.glob("sip-*/dicom/*/*.dcm"))) >= 2
