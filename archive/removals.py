@@ -56,13 +56,7 @@ def removals_note(files: Iterable[tuple[str, str, bool]], *, instance_id: int | 
     rows = FileRemoval.objects.bulk_create(
         [FileRemoval(tier=tier, path=path, is_copy=is_copy, instance_id=instance_id) for tier, path, is_copy in files]
     )
-    if any(r.pk is None for r in rows):  # a database without RETURNING: read them back
-        return list(
-            FileRemoval.objects.filter(instance_id=instance_id, path__in=[r.path for r in rows]).values_list(
-                "pk", flat=True
-            )
-        )
-    return [r.pk for r in rows]
+    return [r.pk for r in rows]  # set by the INSERT's RETURNING (PostgreSQL, SQLite 3.35+)
 
 
 def removal_finish(pk: int) -> bool:

@@ -320,8 +320,9 @@ def _tier_temp(folder: Path) -> Iterator[tuple[int, str]]:
     """A new temporary file in ``folder`` of a tier, as ``(fd, path)``: beside its final name,
     so that linking or renaming it there is atomic.
 
-    A symbolic link to it in this process's incoming folder marks it while it is written,
-    made before the file and removed after the caller is done with it: a process killed
+    On leaving, the name is removed if the caller did not rename the file (a file linked to
+    its final name stays there). A symbolic link to it in this process's incoming folder
+    marks it while it is written, made before the file and removed last: a process killed
     meanwhile leaves the link, and the clean-up of a dead process's folder
     (:func:`incoming_clean_stray`, at a listener's or a worker's start and in each lifecycle
     pass) removes the file it points to. Walking the tiers for such files is not an option.
@@ -334,6 +335,8 @@ def _tier_temp(folder: Path) -> Iterator[tuple[int, str]]:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         yield fd, tmp
     finally:
+        with contextlib.suppress(OSError):  # FileNotFoundError once renamed
+            os.unlink(tmp)
         marker.unlink(missing_ok=True)
 
 
@@ -477,18 +480,15 @@ def remove_file(tier: str, relpath: str) -> bool:
 
 def _copy_across(src: Path, final: Path) -> bool:
     with _tier_temp(final.parent) as (fd, tmp):
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, final)
-                return True
-            except FileExistsError:
-                return False
-        finally:
-            os.unlink(tmp)
+            os.link(tmp, final)
+            return True
+        except FileExistsError:
+            return False
 
 
 def stored_size(tier: str, relpath: str) -> int | None:
@@ -767,44 +767,37 @@ def _fs_store(
         # The temporary file sits beside its final name: same filesystem, so
         # linking it is atomic whatever filesystem the incoming folder is on.
         with _tier_temp(final.parent) as (fd, tmp):
-            placed = False
-            try:
-                with os.fdopen(fd, "w+b") as out:
-                    _copy_into(src, out)
-                    # Read back what the tier holds and check it before it takes its
-                    # name; only when it is wrong is the source hashed, to say whose
-                    # fault it is (one SHA-256 pass in the usual case).
-                    out.seek(0)
-                    got = file_sha256(out)
-                    if got != sha256:
-                        source = _source_sha256(src)
-                        if source is not None and source != sha256:
-                            raise SourceMismatch(f"the source of {relpath} has SHA-256 {source}")
-                        raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {got}, expected {sha256}")
-                    if batch is None:
-                        os.fsync(out.fileno())
-                if replace:
-                    os.replace(tmp, final)
-                    placed = created = True
-                elif batch is not None:
-                    # In a lifecycle batch no verified copy is recorded at this name
-                    # (else nothing would be copied), and these bytes have the hash
-                    # the name carries: renaming over a file a concurrent run just
-                    # made replaces it with the same bytes. One step less than link
-                    # and unlink.
-                    created = not final.exists()
-                    os.replace(tmp, final)
-                    placed = True
-                else:
-                    try:
-                        os.link(tmp, final)
-                        created = True
-                    except FileExistsError:
-                        created = False
-            finally:
-                if not placed:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
+            with os.fdopen(fd, "w+b") as out:
+                _copy_into(src, out)
+                # Read back what the tier holds and check it before it takes its
+                # name; only when it is wrong is the source hashed, to say whose
+                # fault it is (one SHA-256 pass in the usual case).
+                out.seek(0)
+                got = file_sha256(out)
+                if got != sha256:
+                    source = _source_sha256(src)
+                    if source is not None and source != sha256:
+                        raise SourceMismatch(f"the source of {relpath} has SHA-256 {source}")
+                    raise CopyMismatch(f"{tier}:{relpath} read back with SHA-256 {got}, expected {sha256}")
+                if batch is None:
+                    os.fsync(out.fileno())
+            if replace:
+                os.replace(tmp, final)
+                created = True
+            elif batch is not None:
+                # In a lifecycle batch no verified copy is recorded at this name
+                # (else nothing would be copied), and these bytes have the hash
+                # the name carries: renaming over a file a concurrent run just
+                # made replaces it with the same bytes. One step less than link
+                # and unlink.
+                created = not final.exists()
+                os.replace(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                    created = True
+                except FileExistsError:
+                    created = False
         if batch is None:
             _fsync_dir(final.parent)
         else:
