@@ -239,7 +239,7 @@ def principal_facts(*, user_ref: str, prefix: str, since: Any = None, now: Any =
     """The annotations that say what :func:`principal_for_user` needs to know of a user, named
     ``pacs_<fact>``, for a query on users (``user_ref="pk"``, ``prefix=""``) or on rows that name
     one (``user_ref="user_id"``, ``prefix="user__"``). ``since`` and ``now``: the emergency
-    window (:func:`principal_facts_window`), slots of a compiled query."""
+    window, slots of a compiled query (:func:`principal_facts_slots`)."""
     citizen_exists = getattr(_extension, "citizen_exists", None)
     emergency_exists = getattr(_extension, "emergency_exists", None)
     if emergency_exists is None:
@@ -256,17 +256,18 @@ def principal_facts(*, user_ref: str, prefix: str, since: Any = None, now: Any =
     }
 
 
-def principal_facts_window() -> tuple[dt.datetime, dt.datetime] | None:
-    """``(since, now)`` of the emergency accesses live now, for :func:`principal_facts`; None
-    when the policy has no such window."""
+def principal_facts_slots() -> tuple[list[Slot], dict[str, Any]] | None:
+    """What :func:`principal_facts` needs as slots of a compiled query, and their values now:
+    the emergency window (``since``, ``now``), or nothing when the policy has no emergency
+    condition; None when it cannot be compiled (the condition holds the moment in its SQL:
+    no window to pass)."""
+    if getattr(_extension, "emergency_exists", None) is None:
+        return [], {}
     window = getattr(_extension, "emergency_window", None)
-    return window() if window is not None else None
-
-
-def principal_facts_compilable() -> bool:
-    """Whether :func:`principal_facts` can be part of a compiled query: not when the policy's
-    emergency condition holds the moment in its SQL (no window to pass as slots)."""
-    return getattr(_extension, "emergency_exists", None) is None or principal_facts_window() is not None
+    if window is None:
+        return None
+    since, now = window()
+    return list(_WINDOW), {"since": since, "now": now}
 
 
 def principal_facts_keep(user: Any, row: Any) -> None:
@@ -282,19 +283,18 @@ def _principal_facts_read(user: Any) -> dict[str, Any]:
             get_user_model()._default_manager.filter(pk=user).annotate(**facts).values_list(*facts).order_by("pk")[:1]
         )
 
-    window = principal_facts_window()
-    if not principal_facts_compilable():  # its SQL holds the moment: built each time
+    slots = principal_facts_slots()
+    if slots is None:  # its SQL holds the moment: built each time
         rows = list(build(user.pk))
-    elif window is None:
-        rows = compiled(("archive.access.principal_for_user", _extension), [_USER], build).rows(user=user.pk)
     else:
-        query = compiled(("archive.access.principal_for_user", _extension), _USER_AND_WINDOW, build)
-        rows = query.rows(user=user.pk, since=window[0], now=window[1])
+        window, values = slots
+        query = compiled(("archive.access.principal_for_user", _extension), [_USER, *window], build)
+        rows = query.rows(user=user.pk, **values)
     return dict(zip(_FACTS, rows[0], strict=True)) if rows else {}
 
 
 _USER = Slot("user", int)
-_USER_AND_WINDOW = [_USER, Slot("since", dt.datetime), Slot("now", dt.datetime)]
+_WINDOW = [Slot("since", dt.datetime), Slot("now", dt.datetime)]
 
 _REQUEST_ATTR = "_pacs_principal"
 

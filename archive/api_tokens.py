@@ -173,8 +173,7 @@ class ApiTokenAuthentication(TokenAuthentication):
         # Its SQL compiled once per process (kernel.querycache): the same statement, run again.
         # The user, their permissions and what the access policy's principal needs to know of
         # them come with the token: one round trip for the request's authentication and principal.
-        facts = access.principal_facts_compilable()
-        window = access.principal_facts_window() if facts else None
+        facts = access.principal_facts_slots()
 
         def build(key: str, since: Any = None, now: Any = None) -> Any:
             query = (
@@ -182,18 +181,16 @@ class ApiTokenAuthentication(TokenAuthentication):
                 .select_related("user")
                 .annotate(**{_PERMISSIONS: RawSQL(_permissions_sql(), [], output_field=TextField())})
             )
-            if facts:
+            if facts is not None:
                 query = query.annotate(
                     **access.principal_facts(user_ref="user_id", prefix="user__", since=since, now=now)
                 )
             return query
 
-        slots = [_KEY, *_WINDOW] if window is not None else [_KEY]
-        query = compiled(("archive.api_tokens.token", access.policy_extension(), facts), slots, build)
-        values: dict[str, Any] = {"key": key[: CONSTANTS.TOKEN_KEY_LENGTH]}
-        if window is not None:
-            values.update(since=window[0], now=window[1])
-        for auth_token in query.fetch(**values):
+        window, values = facts if facts is not None else ([], {})
+        key_shape = ("archive.api_tokens.token", access.policy_extension(), facts is not None)
+        query = compiled(key_shape, [_KEY, *window], build)
+        for auth_token in query.fetch(key=key[: CONSTANTS.TOKEN_KEY_LENGTH], **values):
             if not compare_digest(digest, auth_token.digest):
                 continue
             if self._cleanup_token(auth_token):
@@ -202,7 +199,7 @@ class ApiTokenAuthentication(TokenAuthentication):
                 )
             user, auth_token = self.validate_user(auth_token)
             permissions_set(user, getattr(auth_token, _PERMISSIONS))
-            if facts:
+            if facts is not None:
                 access.principal_facts_keep(user, auth_token)
             return user, auth_token
         raise invalid
@@ -274,7 +271,6 @@ def _permissions_sql() -> str:
 
 
 _KEY = Slot("key")
-_WINDOW = [Slot("since", dt.datetime), Slot("now", dt.datetime)]
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

@@ -42,6 +42,16 @@ def make_user(username: str, *perms: str, staff: bool = True) -> ApiUser:
     return ApiUser(user=user, token=key)
 
 
+def token_authenticated(user: object) -> object:
+    """``user`` as a token's request authenticates it (a new token for it, as any account may
+    hold one in a test): a fresh user object with what the token's query brought."""
+    from archive.api_tokens import ApiTokenAuthentication
+
+    _token, key = AuthToken.objects.create(user=user)  # type: ignore[misc]
+    found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+    return found
+
+
 # The access policy (archive.access) shows studies only to holders of archive.view_study;
 # DICOMweb then asks archive.view_instance to read and archive.add_instance to store.
 @pytest.fixture

@@ -19,7 +19,7 @@ from archive.sample_data import PatientInfo, write_study
 from kernel.models import AuditEvent
 from tests.access_helpers import BIANCHI_CF, Scene, emergency, hide
 from tests.access_helpers import scene as scene  # noqa: F401  (fixture)
-from tests.dicomweb_helpers import make_user, multipart_body, uids
+from tests.dicomweb_helpers import make_user, multipart_body, token_authenticated, uids
 from tests.reporting_helpers import PATIENT_CF, Reporting, signed_report
 from tests.reporting_helpers import reporting as reporting  # noqa: F401  (the shared fixture)
 
@@ -470,15 +470,12 @@ def test_a_tokens_principal_is_the_one_its_own_query_builds(scene: Scene) -> Non
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
-    from knox.models import AuthToken
 
     from archive import access
-    from archive.api_tokens import ApiTokenAuthentication
     from portal.models import CitizenAccount, EmergencyAccess
 
     def through_token(user: object) -> tuple[access.Principal, int]:
-        _token, key = AuthToken.objects.create(user=user)  # type: ignore[misc]  # any account may hold one here
-        found, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+        found = token_authenticated(user)
         assert hasattr(found, access.PRINCIPAL_FACTS)
         with CaptureQueriesContext(connection) as queries:
             principal = access.principal_for_user(found)
@@ -511,14 +508,11 @@ def test_forgetting_the_principal_forgets_what_the_token_brought(scene: Scene) -
     """An emergency access granted during a request (the portal's page) is seen by the principal
     built again after ``principal_forget``, though the token's query found none."""
     from django.test import RequestFactory
-    from knox.models import AuthToken
 
     from archive import access
-    from archive.api_tokens import ApiTokenAuthentication
 
-    _token, key = AuthToken.objects.create(user=scene.rep.colleague)
     request = RequestFactory().get("/")
-    request.user, _ = ApiTokenAuthentication().authenticate_credentials(key.encode())
+    request.user = token_authenticated(scene.rep.colleague)
     assert not access.principal_for_request(request).patient_ids
     emergency(scene.rep.colleague, scene.rossi.patient)
     access.principal_forget(request)

@@ -18,7 +18,7 @@ from knox.models import AuthToken
 
 from kernel.models import AuditEvent
 from kernel.problems import PROBLEM_JSON
-from tests.dicomweb_helpers import ApiUser, make_user
+from tests.dicomweb_helpers import ApiUser, make_user, token_authenticated
 from tests.plan_helpers import plan_buffers, plan_nodes, plan_of
 
 DICOMWEB = "/dicomweb/studies"
@@ -153,13 +153,7 @@ def _fresh(user_id: int):  # type: ignore[no-untyped-def]
 
 def _authenticated(user_id: int):  # type: ignore[no-untyped-def]
     """A token's request authenticated as the server does it: the user with its permission cache."""
-    from knox.models import AuthToken
-
-    from archive.api_tokens import ApiTokenAuthentication
-
-    _token, key = AuthToken.objects.create(user=_fresh(user_id))  # any account may hold one here
-    user, _token = ApiTokenAuthentication().authenticate_credentials(key.encode())
-    return user
+    return token_authenticated(_fresh(user_id))
 
 
 def test_a_tokens_permissions_are_its_users_and_its_groups_and_no_others(db: None) -> None:
