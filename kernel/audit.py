@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from kernel import hashchain
@@ -423,14 +424,19 @@ def _append(event: AuditEvent) -> AuditEvent:
     event.chain, event.seq, event.key_id, event.prev_hash = chain.id, seq + 1, chain.key.id, prev
     event.hash = row_mac(event, chain.key.secret)
     links = event.detail.get("patients") or []
-    if not links and not connection.in_atomic_block:
-        # Outside any transaction (a DICOMweb answer's one event): the INSERT commits by itself,
-        # as durably as a COMMIT (synchronous_commit), in one round trip instead of BEGIN, INSERT,
-        # COMMIT. Tentative until it returns: if it raises, the row may or may not exist (an
+    if not connection.in_atomic_block and (not links or connection.vendor == "postgresql"):
+        # Outside any transaction (a DICOMweb answer's or a C-FIND's one event): one statement
+        # that commits by itself, as durably as a COMMIT (synchronous_commit), in one round trip
+        # instead of BEGIN, INSERT, INSERT, COMMIT; with the patients a search returned, the
+        # event and its links in one INSERT ... (PostgreSQL's data-modifying WITH: both or
+        # neither). Tentative until it returns: if it raises, the row may or may not exist (an
         # answer lost with the connection), and the next event abandons this chain (_lease).
         hook = _commit_hook(lease, event.seq, event.hash)
         chain.tentative = (event.seq, event.hash, hook)
-        event.save(force_insert=True)
+        if links:
+            _insert_with_links(event, links)
+        else:
+            event.save(force_insert=True)
         hook()
         return event
     # No savepoint inside the caller's transaction: two round trips per event
@@ -444,6 +450,31 @@ def _append(event: AuditEvent) -> AuditEvent:
         # robust: a failing hook registered before ours must not leave this chain held.
         transaction.on_commit(hook, robust=True)
     return event
+
+
+def _insert_with_links(event: AuditEvent, links: list[int]) -> None:
+    """INSERT ``event`` and its patient links in one statement (PostgreSQL), outside a
+    transaction: the statement is its own. The event's columns are those ``save`` writes,
+    prepared by Django's own insert compiler."""
+    meta = AuditEvent._meta
+    query = InsertQuery(AuditEvent)
+    query.insert_values([f for f in meta.local_concrete_fields if f is not meta.pk], [event])
+    compiler = query.get_compiler(connection=connection)
+    compiler.returning_fields = [meta.pk]
+    [(insert, params)] = compiler.as_sql()
+    qn = connection.ops.quote_name
+    link = AuditEventPatient._meta
+    sql = (
+        f"WITH e AS ({insert}), l AS ("
+        f"INSERT INTO {qn(link.db_table)} ({qn(link.get_field('event').column)}, "
+        f"{qn(link.get_field('patient').column)}) SELECT e.{qn(meta.pk.column)}, p "
+        f"FROM e CROSS JOIN unnest(%s::bigint[]) AS p) SELECT {qn(meta.pk.column)} FROM e"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, list(links)])
+        [(pk,)] = cursor.fetchall()
+    event.pk = pk
+    event._state.adding, event._state.db = False, connection.alias
 
 
 def patients_detail(patients: Iterable[int | None]) -> dict[str, Any]:

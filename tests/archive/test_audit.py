@@ -109,6 +109,44 @@ def test_an_event_outside_a_transaction_is_one_insert_that_commits_by_itself(tra
     assert audit_verify().ok
 
 
+def test_a_search_outside_a_transaction_is_one_statement_with_its_patients(transactional_db: None) -> None:
+    a, b = (Patient.objects.create(family_name=n, provisional=True) for n in ("A", "B"))
+    with CaptureQueriesContext(connection) as queries:
+        first = audit_record(action="dicom.query", ae_title="VIEWER", patients=[a.pk, b.pk, a.pk])
+        second = audit_record(action="dicom.query", ae_title="VIEWER", patients=[b.pk])
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    if connection.vendor == "postgresql":
+        # The event and its links in one INSERT ... that is its own transaction.
+        assert statements == ["WITH", "WITH"]
+    else:
+        assert statements.count("INSERT") == 4  # SQLite: each event and its links, in a transaction
+    assert (second.chain, second.seq, second.prev_hash) == (first.chain, first.seq + 1, first.hash)
+    stored = AuditEvent.objects.get(pk=first.pk)
+    assert stored.hash == first.hash and stored.detail["patients"] == [a.pk, b.pk]
+    links = AuditEventPatient.objects.filter(event__in=[first.pk, second.pk])
+    assert sorted(links.values_list("event_id", "patient_id")) == sorted(
+        [(first.pk, a.pk), (first.pk, b.pk), (second.pk, b.pk)]
+    )
+    assert audit._local.lease is None  # the chain given back on its commit
+    assert audit_verify().ok
+
+
+def test_a_search_whose_statement_fails_writes_neither_the_event_nor_its_links(transactional_db: None) -> None:
+    [first] = write(1)
+    # A wrong idea of the chain's tail: the event's (chain, seq) collides, so the one
+    # statement fails as a whole (no link without its event), and the event goes to a new chain.
+    audit._local.lease = None
+    lease = audit._lease()
+    lease.chain.id, lease.chain.seq, lease.chain.hash = first.chain, 0, GENESIS_HASH
+    before = AuditEventPatient.objects.count()
+    event = audit_record(action="dicom.query", ae_title="VIEWER", patients=[7, 8])
+    assert event.chain != first.chain and event.seq == 1
+    assert AuditEvent.objects.filter(chain=first.chain).count() == 1
+    assert AuditEventPatient.objects.count() == before + 2
+    assert set(AuditEventPatient.objects.filter(event=event).values_list("patient_id", flat=True)) == {7, 8}
+    assert audit_verify().ok
+
+
 def test_concurrent_threads_write_separate_chains_that_all_verify(transactional_db: None) -> None:
     threads, per_thread = 6, 15
     barrier = threading.Barrier(threads)
