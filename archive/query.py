@@ -54,6 +54,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from kernel.errors import Invalid
+from kernel.querycache import CompiledQuery, Slot, compiled
 
 from . import access
 from .dicom import raw_element
@@ -504,8 +505,39 @@ def query_parse(identifier: Dataset, *, level: str, root: str = "study") -> Quer
     return Query(level=level, matching=matching, returned=returned)
 
 
-def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, principal: access.Principal) -> QuerySet:
+@dataclass(frozen=True)
+class _Condition:
+    """One matching key's condition: on the rows' own level (``below`` None) or on a lower
+    level's rows (``below``: that level), which some of them must match."""
+
+    keyword: str
+    below: str | None
+    field: str  # the path of the key's column
+    q: Q
+
+
+def _conditions(query: Query, *, fuzzy: bool) -> list[_Condition]:
+    """The conditions of ``query``'s matching keys, in the identifier's order; raises
+    :class:`QueryError` on a bad value (before anything is read)."""
     level = query.level
+    paths = _PATHS[level]
+    conditions = []
+    for keyword, raw in query.matching.items():
+        attr = ATTRIBUTES[keyword]
+        if level == PATIENT and attr.level != PATIENT:
+            raise QueryError(f"{keyword} is not a PATIENT level key", keyword=keyword)
+        # A key of a lower level: some series/instance below must match.
+        below = None if attr.level in paths else attr.level
+        field = attr.field if below else paths[attr.level] + attr.field
+        q = attr_q(attr, field, raw, fuzzy=fuzzy)
+        if q is not None:
+            conditions.append(_Condition(keyword, below, field, q))
+    return conditions
+
+
+def _filtered(
+    level: str, conditions: list[_Condition], *, facility: Facility | None, principal: access.Principal
+) -> QuerySet:
     base: QuerySet = {
         PATIENT: Study.objects.all(),
         STUDY: Study.objects.all(),
@@ -514,21 +546,13 @@ def _filtered(query: Query, *, fuzzy: bool, facility: Facility | None, principal
     }[level]
     paths = _PATHS[level]
     below: dict[str, Q] = {}
-    conditions = Q()
-    for keyword, raw in query.matching.items():
-        attr = ATTRIBUTES[keyword]
-        if level == PATIENT and attr.level != PATIENT:
-            raise QueryError(f"{keyword} is not a PATIENT level key", keyword=keyword)
-        if attr.level in paths:
-            q = attr_q(attr, paths[attr.level] + attr.field, raw, fuzzy=fuzzy)
-            if q is not None:
-                conditions &= q
+    on_rows = Q()
+    for condition in conditions:
+        if condition.below is None:
+            on_rows &= condition.q
         else:
-            # A key of a lower level: some series/instance below must match.
-            q = attr_q(attr, attr.field, raw, fuzzy=fuzzy)
-            if q is not None:
-                below[attr.level] = below.get(attr.level, Q()) & q
-    qs = base.filter(conditions)
+            below[condition.below] = below.get(condition.below, Q()) & condition.q
+    qs = base.filter(on_rows)
     if facility is not None:
         qs = qs.filter(**{paths.get(STUDY, "") + "facility": facility})
     # The access policy: a study the principal may not see is not in the archive for it.
@@ -639,7 +663,9 @@ def query_values(
     return keys, _rows_read(rows, bounded=limit is not None)
 
 
-def _rows_read(rows: QuerySet, *, bounded: bool) -> Iterator[tuple[Any, ...]]:
+def _rows_read(rows: QuerySet | _Compiled, *, bounded: bool) -> Iterator[tuple[Any, ...]]:
+    if isinstance(rows, _Compiled):
+        return iter(rows.statement.rows(**rows.values))  # bounded, as only those are compiled
     if not bounded:
         return rows.iterator(chunk_size=500)
     # Bounded: fetched at once. (On PostgreSQL .iterator() declares a cursor, for
@@ -659,10 +685,12 @@ def _query_prepare(
     facility: Facility | None = None,
     principal: access.Principal,
     with_patient: bool = False,
-) -> tuple[list[_Key], QuerySet]:
-    """The returned keys and the (not yet run) rows of :func:`query_values`."""
+) -> tuple[list[_Key], QuerySet | _Compiled]:
+    """The returned keys and the (not yet run) rows of :func:`query_values`: a queryset,
+    or, for a query whose every matching key is one exact value, the statement compiled
+    for its shape (:func:`_exact_shape`) with this query's values."""
     query = query_parse(identifier, level=level, root=root)
-    qs = _filtered(query, fuzzy=fuzzy, facility=facility, principal=principal)
+    conditions = _conditions(query, fuzzy=fuzzy)
     keywords = list(dict.fromkeys([*_PARENT_KEYS[query.level], *query.returned]))
     fields: dict[str, str] = {}  # keyword -> values() path
     for kw in keywords:
@@ -675,32 +703,8 @@ def _query_prepare(
             continue  # patient counts are answered at the PATIENT level only
         else:
             fields[kw] = _PATHS[query.level][attr.level] + attr.field
-    if query.level == PATIENT:
-        qs = (
-            qs.values("dicom_patient_id", "issuer_of_patient_id")
-            .annotate(
-                p_patient_name=Max("patient_name"),
-                p_dicom_patient_id=Max("dicom_patient_id"),
-                p_issuer_of_patient_id=Max("issuer_of_patient_id"),
-                p_patient_birth_date=Max("patient_birth_date"),
-                p_patient_sex=Max("patient_sex"),
-                n_studies=Count("id"),
-                n_series=Sum("number_of_series"),
-                n_instances=Sum("number_of_instances"),
-            )
-            .order_by("dicom_patient_id", "issuer_of_patient_id")
-        )
-        if with_patient:
-            qs = qs.annotate(p_patient_pk=Max("patient_id"))
-    else:
-        qs = qs.order_by(*_ORDER[query.level])
     paths = list(dict.fromkeys(fields.values()))
     columns = [*paths, _PATIENT_PK[query.level]] if with_patient else paths
-    rows = qs.values_list(*columns)
-    if limit is not None:
-        rows = rows[offset : offset + max(limit, 0)]
-    elif offset:
-        rows = rows[offset:]
     index = {path: i for i, path in enumerate(paths)}
     keys = []
     for kw in keywords:
@@ -708,7 +712,96 @@ def _query_prepare(
         if tag is not None:
             path = fields.get(kw)
             keys.append(_Key(kw, tag, dictionary_VR(tag), index[path] if path is not None else None))
-    return keys, rows
+
+    def rows_of(conditions: list[_Condition]) -> QuerySet:
+        qs = _filtered(query.level, conditions, facility=facility, principal=principal)
+        if query.level == PATIENT:
+            qs = (
+                qs.values("dicom_patient_id", "issuer_of_patient_id")
+                .annotate(
+                    p_patient_name=Max("patient_name"),
+                    p_dicom_patient_id=Max("dicom_patient_id"),
+                    p_issuer_of_patient_id=Max("issuer_of_patient_id"),
+                    p_patient_birth_date=Max("patient_birth_date"),
+                    p_patient_sex=Max("patient_sex"),
+                    n_studies=Count("id"),
+                    n_series=Sum("number_of_series"),
+                    n_instances=Sum("number_of_instances"),
+                )
+                .order_by("dicom_patient_id", "issuer_of_patient_id")
+            )
+            if with_patient:
+                qs = qs.annotate(p_patient_pk=Max("patient_id"))
+        else:
+            qs = qs.order_by(*_ORDER[query.level])
+        rows = qs.values_list(*columns)
+        if limit is not None:
+            rows = rows[offset : offset + max(limit, 0)]
+        elif offset:
+            rows = rows[offset:]
+        return rows
+
+    shape = _exact_shape(conditions) if limit is not None and query.level != PATIENT else None
+    if shape is None:
+        return keys, rows_of(conditions)
+    lookups, values = shape
+    key = (
+        "archive.query",
+        query.level,
+        lookups,
+        tuple(columns),
+        limit,
+        offset,
+        facility.pk if facility is not None else None,
+        principal,
+        access.policy_extension(),
+    )
+
+    def build(**stand_ins: str) -> QuerySet:
+        return rows_of(
+            [
+                _Condition(c.keyword, c.below, c.field, Q(**{lookup: stand_ins[f"v{i}"]}))
+                for i, (c, (_kw, _below, lookup)) in enumerate(zip(conditions, lookups, strict=True))
+            ]
+        )
+
+    slots = [Slot(f"v{i}") for i in range(len(values))]
+    try:
+        statement = compiled(key, slots, build)
+    except ValueError:  # a value the SQL does not carry as it is: built each time
+        return keys, rows_of(conditions)
+    return keys, _Compiled(statement, {f"v{i}": v for i, v in enumerate(values)})
+
+
+def _exact_shape(
+    conditions: list[_Condition],
+) -> tuple[tuple[tuple[str, str | None, str], ...], list[str]] | None:
+    """When every condition is one exact value on a column (a UID, a PatientID, an
+    AccessionNumber), the query's shape (keyword, level below, lookup of each) and the
+    values; None otherwise.
+
+    Only ``exact``: its value is the statement's parameter as it is, where a wildcard's,
+    a case-insensitive or a fuzzy match's is a pattern made from it, which a compiled
+    statement cannot take (:mod:`kernel.querycache`)."""
+    lookups, values = [], []
+    for c in conditions:
+        q = c.q
+        if q.negated or len(q.children) != 1 or not isinstance(q.children[0], tuple):
+            return None
+        lookup, value = q.children[0]
+        if lookup not in (c.field, c.field + "__exact") or not isinstance(value, str):
+            return None
+        lookups.append((c.keyword, c.below, lookup))
+        values.append(value)
+    return tuple(lookups), values
+
+
+@dataclass
+class _Compiled:
+    """A compiled statement and this query's values: :func:`_rows_read` runs it."""
+
+    statement: CompiledQuery
+    values: dict[str, str]
 
 
 def query_run(
@@ -1068,7 +1161,6 @@ def retrieve_instances(
         value = _values(matching["PatientID"])
         if len(value) != 1 or "*" in value[0] or "?" in value[0]:
             raise QueryError("PatientID must be a single value in a retrieve", keyword="PatientID")
-    qs = _filtered(
-        Query(level=IMAGE, matching=matching, returned=[]), fuzzy=False, facility=facility, principal=principal
-    )
+    query = Query(level=IMAGE, matching=matching, returned=[])
+    qs = _filtered(IMAGE, _conditions(query, fuzzy=False), facility=facility, principal=principal)
     return qs.order_by("series__study_id", "series_id", "instance_number", "id")

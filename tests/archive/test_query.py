@@ -18,10 +18,13 @@ from pydicom.tag import Tag
 from pynetdicom.dsutils import decode, encode
 
 from archive import sample_data
-from archive.access import SYSTEM
-from archive.models import Patient, Study
+from archive.access import SYSTEM, Kind, Principal
+from archive.models import Instance, Patient, Series, Study
 from archive.query import QueryError, query_json, query_run, retrieve_instances
 from archive.sample_data import PatientInfo, write_study
+from kernel import querycache
+from kernel.querycache import compiled_forget
+from tests.access_helpers import hide
 from tests.dicomweb_helpers import ingest_files
 
 
@@ -515,3 +518,102 @@ def test_a_c_find_with_fifty_stars_answers_or_is_refused_at_once(
         assert status == 0x0000
         expected = {archive.a, archive.b} | {s.study_instance_uid for s in Study.objects.filter(patient_name="A" * 64)}
         assert uids(found) == (expected if value.startswith("**") else set())
+
+
+# --- exact keys: one compiled statement per shape (kernel.querycache) ---------------------------
+
+
+def answers(level: str, keys: dict[str, str], principal: Principal = SYSTEM, limit: int | None = 100) -> list[tuple]:
+    """Each match's returned keys, in the engine's order (``limit=None``: built each time)."""
+    found = query_run(identifier(**keys), level=level, principal=principal, limit=limit)
+    return [tuple(str(e.value) for e in ds) for ds in found]
+
+
+def test_exact_keys_answer_from_a_statement_compiled_once_per_shape(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    a_series = sorted(
+        Series.objects.filter(study__study_instance_uid=archive.a).values_list("series_instance_uid", flat=True)
+    )
+    a_sop = Instance.objects.filter(series__series_instance_uid=a_series[0]).values_list("sop_instance_uid", flat=True)[
+        0
+    ]
+    under = _study(region, "3", accession_number="A_B")  # "_" and "%": literals in an exact match
+    _study(region, "4", accession_number="AXB")
+    _study(region, "5", accession_number="A%")
+    cases = [
+        ("STUDY", {"PatientID": "MRN0001", "StudyInstanceUID": "", "PatientName": "", "StudyDate": ""}),
+        ("STUDY", {"PatientID": "MRN0002", "StudyInstanceUID": "", "PatientName": "", "StudyDate": ""}),
+        ("STUDY", {"AccessionNumber": "ACC3", "ModalitiesInStudy": "", "NumberOfStudyRelatedInstances": ""}),
+        ("STUDY", {"AccessionNumber": "A_B", "StudyInstanceUID": ""}),
+        ("STUDY", {"AccessionNumber": "A%", "StudyInstanceUID": ""}),
+        ("STUDY", {"StudyInstanceUID": archive.c, "ModalitiesInStudy": ""}),
+        ("STUDY", {"SeriesInstanceUID": a_series[1], "StudyInstanceUID": ""}),  # through the series
+        ("STUDY", {"PatientID": "MRN0001", "AccessionNumber": "ACC2"}),  # none
+        ("SERIES", {"StudyInstanceUID": archive.a, "SeriesInstanceUID": "", "Modality": ""}),
+        ("SERIES", {"StudyInstanceUID": archive.b, "SeriesInstanceUID": "", "Modality": ""}),
+        ("IMAGE", {"SeriesInstanceUID": a_series[0], "SOPInstanceUID": "", "InstanceNumber": ""}),
+        ("IMAGE", {"SOPInstanceUID": a_sop}),
+    ]
+    compiled_forget()
+    for level, keys in cases:
+        built = answers(level, keys, limit=None)
+        before = len(querycache._cache)
+        first = answers(level, keys)
+        after = len(querycache._cache)
+        again = answers(level, keys)
+        assert first == again == built, (level, keys)
+        assert len(querycache._cache) == after and after - before in (0, 1)
+    # The same shape with other values is the same statement (two PatientIDs, two accession
+    # numbers, two studies' series).
+    assert len(querycache._cache) == len(cases) - 3
+    assert {row[-1] for row in answers("STUDY", {"AccessionNumber": "A_B", "StudyInstanceUID": ""})} == {
+        under.study_instance_uid
+    }
+    assert answers("STUDY", {"PatientID": "MRN0009", "StudyInstanceUID": ""}) == []
+
+
+def test_a_wildcard_a_range_or_a_list_is_built_each_time(archive: Archive) -> None:
+    compiled_forget()
+    for keys in (
+        {"PatientID": "MRN000*"},
+        {"PatientName": "ROSSI^MARIO"},  # a person's name: any case
+        {"StudyDate": "20190101-20201231"},
+        {"StudyInstanceUID": f"{archive.a}\\{archive.b}"},
+        {"ModalitiesInStudy": "CT"},
+    ):
+        assert answers("STUDY", {**keys, "StudyInstanceUID": keys.get("StudyInstanceUID", "")})
+    assert not querycache._cache
+
+
+def test_each_principal_has_its_own_statement(archive: Archive, region) -> None:  # type: ignore[no-untyped-def]
+    c = Study.objects.get(study_instance_uid=archive.c)
+    luca, mario = c.patient_id, Study.objects.get(study_instance_uid=archive.a).patient_id
+    keys = {"StudyInstanceUID": archive.c, "AccessionNumber": ""}  # (0008,0050) and (0020,000D)
+    # Pairs of principals that differ in what they may see of study c, Gorizia's: by facility;
+    # then, once its patient hid it, a citizen's own against another's, and a professional
+    # with an emergency access for the patient against one without.
+    nodes = (
+        Principal(kind=Kind.NODE, name="gorizia", facility_id=region.other_facility.pk),
+        Principal(kind=Kind.NODE, name="trieste", facility_id=region.facility.pk),
+    )
+    hidden = [
+        (
+            Principal(kind=Kind.CITIZEN, name="luca", patient_ids=frozenset({luca})),
+            Principal(kind=Kind.CITIZEN, name="mario", patient_ids=frozenset({mario})),
+        ),
+        (
+            Principal(kind=Kind.STAFF, name="with an emergency access", user_id=1, patient_ids=frozenset({luca})),
+            Principal(kind=Kind.STAFF, name="without", user_id=1),
+        ),
+    ]
+    for pairs in ([nodes], hidden):
+        if pairs is hidden:
+            hide(c)
+        # Whoever asks first, the one who may not see the study does not find it.
+        for sees, blind in pairs:
+            compiled_forget()
+            assert answers("STUDY", keys, sees) == [("ACC3", archive.c)]
+            assert answers("STUDY", keys, blind) == []
+            compiled_forget()
+            assert answers("STUDY", keys, blind) == []
+            assert answers("STUDY", keys, sees) == [("ACC3", archive.c)]
+            assert len(querycache._cache) == 2
