@@ -62,11 +62,29 @@ def check_uid(value: str, what: str) -> str:
 
 
 def study_get(scope: Scope, study_uid: str) -> Study:
+    """The study a URL names, with its patient, under the access policy: 400 for a malformed
+    UID, 404 for a study that is not there for the scope's principal.
+
+    Its SQL is built and compiled once per principal and facility (:mod:`kernel.querycache`,
+    as :func:`instance_one_select`'s) and run again with the URL's UID."""
     check_uid(study_uid, "StudyInstanceUID")
-    study = scope.studies().select_related("patient").filter(study_instance_uid=study_uid).first()
-    if study is None:
+
+    def build(study: str) -> QuerySet[Study]:
+        return scope.studies().select_related("patient").filter(study_instance_uid=study).order_by("pk")[:1]
+
+    key = (
+        "archive.dicomweb.scope.study_get",
+        scope.principal,
+        access.policy_extension(),
+        scope.facility.pk if scope.facility is not None else None,
+    )
+    found = compiled(key, _STUDY_SLOTS, build).fetch(study=study_uid)
+    if not found:
         raise DicomwebError(404, f"study {study_uid} is not in this archive{_scope_note(scope)}")
-    return study
+    return found[0]
+
+
+_STUDY_SLOTS = [Slot("study")]
 
 
 def _scope_note(scope: Scope) -> str:
