@@ -4,7 +4,7 @@ tests, which act as an intruder holding the database would."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,31 +23,32 @@ AUDIT_TABLES = ("archive_auditevent", "archive_auditeventpatient", "preservation
 
 
 @contextmanager
-def audit_guards_lifted(connection: Any) -> Iterator[None]:
-    """Within this block the audit tables accept UPDATE, DELETE and TRUNCATE.
+def audit_guards_lifted(connection: Any, tables: Sequence[str] = AUDIT_TABLES) -> Iterator[None]:
+    """Within this block the audit tables (or ``tables``) accept UPDATE, DELETE and TRUNCATE.
 
     PostgreSQL: the owner disables the tables' triggers (transactional: run it in
-    a transaction and a failure leaves them enabled). SQLite: the triggers are
-    dropped and then created again from their own SQL.
+    a transaction and a failure leaves them enabled); the foreign keys deferred
+    meanwhile are checked on leaving. SQLite: the triggers are dropped and then
+    created again from their own SQL.
     """
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # ALTER TABLE refuses while deferred foreign-key checks are pending.
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            for table in AUDIT_TABLES:
+            for table in tables:
                 cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
             try:
                 yield
             finally:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                for table in AUDIT_TABLES:
+                for table in tables:
                     cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
                 cursor.execute("SET CONSTRAINTS ALL DEFERRED")
         elif connection.vendor == "sqlite":
-            placeholders = ", ".join("%s" for _ in AUDIT_TABLES)
+            placeholders = ", ".join("%s" for _ in tables)
             cursor.execute(
                 f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ({placeholders})",
-                list(AUDIT_TABLES),
+                list(tables),
             )
             triggers = cursor.fetchall()
             for name, _sql in triggers:

@@ -404,20 +404,19 @@ def _audit_flush_allowed() -> Iterator[None]:
     def execute_sql_flush(self: BaseDatabaseOperations, sql_list: list[str]) -> None:
         from django.db import transaction
 
-        with transaction.atomic(using=self.connection.alias), audit_guards_lifted(self.connection):
-            if self.connection.vendor == "postgresql" and any(sql.startswith("DELETE ") for sql in sql_list):
-                with self.connection.cursor() as cursor:
-                    # audit_guards_lifted has made the constraints immediate (ALTER TABLE needs it).
+        connection = self.connection
+        deleting = connection.vendor == "postgresql" and any(sql.startswith("DELETE ") for sql in sql_list)
+        with transaction.atomic(using=connection.alias):
+            tables: tuple[str, ...] = AUDIT_TABLES
+            if deleting:
+                with connection.cursor() as cursor:  # every table a trigger guards, the audit's among them
                     cursor.execute("SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal")
-                    guarded = sorted({t for (t,) in cursor.fetchall()} - set(AUDIT_TABLES))
-                    for table in guarded:
-                        cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-                    cursor.execute("SET CONSTRAINTS ALL DEFERRED")
-                    original(self, sql_list)
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # every check now, on empty tables
-                    for table in guarded:
-                        cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-            else:
+                    tables = tuple(sorted({t for (t,) in cursor.fetchall()} | set(AUDIT_TABLES)))
+            with audit_guards_lifted(connection, tables):
+                if deleting:
+                    with connection.cursor() as cursor:
+                        # Checked on leaving the guards, on empty tables: the order of the DELETEs is free.
+                        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
                 original(self, sql_list)
         audit_chains_forget()
 
